@@ -1,0 +1,252 @@
+/// Batch Normalization (Ioffe & Szegedy, 2015) with ghost batches.
+///
+/// Training normalizes each channel by the mean and biased variance over the batch and all spatial positions;
+/// evaluation uses the running statistics.
+///
+/// Conventions (spec section 2), PyTorch's:
+/// - `momentum` (default `0.1`) weights the **new** value:
+///   `running ← (1 − momentum)·running + momentum·batch`. Keras and Flax write `0.99` for the same thing
+///   (the weight on the old value): pass `1 − theirs`.
+/// - The running variance is **unbiased** (`var_B · m/(m−1)`); normalization uses the biased variance.
+/// - `ε` (default `1e-5`) inside the square root.
+/// - A training batch with a single value per channel (per ghost batch) is an error, as in PyTorch.
+///
+/// **Ghost batches.** With `normBatch = k`, statistics are computed separately over each run of `k`
+/// consecutive samples, as `N/k` devices with `k` samples each would compute them (the papers' "batch size
+/// per GPU"). `k` must divide the batch size (an error otherwise). The running statistics are updated
+/// **once per forward with the average** over the ghost batches of their means and unbiased variances, so
+/// `momentum` means the same per step whatever `k` is. `normBatch == N` (or nil) is ordinary BN.
+///
+/// **Non-finite batches.** If any batch statistic is NaN or infinite the running statistics are left
+/// unchanged and ``skippedUpdates`` is incremented; the output is still computed (and non-finite).
+public final class BatchNorm: NormalizationLayer {
+    /// `C`.
+    public let channels: Int
+    /// `ε`.
+    public let epsilon: Float
+    /// PyTorch-convention momentum: the weight of the new batch statistic.
+    public let momentum: Float
+    /// Samples per ghost batch; nil uses the whole batch.
+    public let normBatch: Int?
+    /// `γ` (nil with `affine: false`).
+    public let weight: Parameter?
+    /// `β` (nil with `affine: false`).
+    public let bias: Parameter?
+    /// Running mean (`running_mean`).
+    public private(set) var runningMean: [Float]
+    /// Running unbiased variance (`running_var`).
+    public private(set) var runningVariance: [Float]
+    /// Number of training forwards (`num_batches_tracked`).
+    public private(set) var batchesTracked: Int64 = 0
+    /// Training forwards whose statistics were not finite and so were not folded into the running statistics.
+    public private(set) var skippedUpdates: Int = 0
+
+    /// `"BatchNorm(C=…)"`.
+    public var name: String { "BatchNorm(C=\(channels)\(normBatch.map { ", normBatch=\($0)" } ?? ""))" }
+
+    private var savedInput: Tensor?
+    private var savedGeometry: NormalizationGeometry?
+    private var mean: [Double] = []
+    private var variance: [Double] = []
+    private var rstd: [Double] = []
+    private var sumDy: [Double] = []
+    private var sumDyCentered: [Double] = []
+    private var scratch: [Float] = []
+    private var gammaEffective: [Float] = []
+
+    /// A BatchNorm over `channels` channels.
+    ///
+    /// - Parameters:
+    ///   - momentum: PyTorch convention, in `0...1`, the weight of the new statistic.
+    ///   - normBatch: samples per ghost batch (must divide every training batch); nil for the whole batch.
+    /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for out-of-range arguments.
+    public init(channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.1, normBatch: Int? = nil,
+                affine: Bool = true) throws {
+        guard channels >= 1 else {
+            throw NormalizationError.invalidArgument(name: "channels", value: "\(channels)", expected: "at least 1")
+        }
+        guard epsilon >= 0, epsilon.isFinite else {
+            throw NormalizationError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
+        }
+        guard (0...1).contains(momentum) else {
+            throw NormalizationError.invalidArgument(
+                name: "momentum", value: "\(momentum)", expected: "0...1 (PyTorch convention: weight of the new value)")
+        }
+        if let normBatch, normBatch < 1 {
+            throw NormalizationError.invalidArgument(name: "normBatch", value: "\(normBatch)", expected: "at least 1")
+        }
+        self.channels = channels
+        self.epsilon = epsilon
+        self.momentum = momentum
+        self.normBatch = normBatch
+        (weight, bias) = makeAffine(channels: channels, affine: affine)
+        runningMean = [Float](repeating: 0, count: channels)
+        runningVariance = [Float](repeating: 1, count: channels)
+    }
+
+    /// The geometry of a training forward over `x`, after checking the ghost-batch rule and set size.
+    func trainingGeometry(_ x: Tensor) throws -> NormalizationGeometry {
+        let k = normBatch ?? x.batch
+        guard x.batch % k == 0 else { throw NormalizationError.normBatchDoesNotDivide(batch: x.batch, normBatch: k) }
+        guard k * x.spatialCount > 1 else {
+            throw NormalizationError.tooFewValuesPerChannel(layer: name, valuesPerSet: k * x.spatialCount)
+        }
+        return NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
+                                     positions: x.spatialCount, samplesPerSet: k, channelsPerSet: 1)
+    }
+
+    /// Training: batch (or ghost-batch) statistics, running-statistics update, saves for backward.
+    /// Evaluation: `y = γ·(x − running_mean)/sqrt(running_var + ε) + β`.
+    public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
+        try InputCheck.validate(x, channels: channels, layer: name)
+        guard training else {
+            try evaluate(x, into: &y)
+            return
+        }
+        let g = try trainingGeometry(x)
+        if mean.count != g.setCount {
+            mean = [Double](repeating: 0, count: g.setCount)
+            variance = mean
+            rstd = mean
+        }
+        if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
+            scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
+        }
+        y.prepare(shape: x.shape, layout: x.layout)
+        let gamma = weight?.value, beta = bias?.value
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                mean.withUnsafeMutableBufferPointer { mp in
+                    variance.withUnsafeMutableBufferPointer { vp in
+                        scratch.withUnsafeMutableBufferPointer { sp in
+                            withOptionalPointers(gamma, beta) { gp, bp in
+                                NormalizationKernels.normalize(
+                                    y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
+                                    x: xp.baseAddress!, gamma: gp, beta: bp, epsilon: epsilon,
+                                    scratchScale: sp.baseAddress!,
+                                    scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
+        updateRunningStatistics(geometry: g)
+        savedInput = x
+        savedGeometry = g
+    }
+
+    private func updateRunningStatistics(geometry g: NormalizationGeometry) {
+        batchesTracked += 1
+        let m = Double(g.elementsPerSet), blocks = Double(g.sampleBlocks)
+        let unbias = m / (m - 1)
+        guard mean.allSatisfy(\.isFinite), variance.allSatisfy(\.isFinite) else {
+            skippedUpdates += 1
+            return
+        }
+        let keep = 1 - Double(momentum), take = Double(momentum)
+        for c in 0..<channels {
+            var mu = 0.0, v = 0.0
+            for b in 0..<g.sampleBlocks {
+                mu += mean[b * channels + c]
+                v += variance[b * channels + c]
+            }
+            runningMean[c] = Float(keep * Double(runningMean[c]) + take * mu / blocks)
+            runningVariance[c] = Float(keep * Double(runningVariance[c]) + take * unbias * v / blocks)
+        }
+    }
+
+    private func evaluate(_ x: Tensor, into y: inout Tensor) throws {
+        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
+                                      positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
+        if scratch.count < 2 * channels { scratch = [Float](repeating: 0, count: 2 * channels) }
+        for c in 0..<channels {
+            let a = Double(weight?.value[c] ?? 1) / (Double(runningVariance[c]) + Double(epsilon)).squareRoot()
+            scratch[c] = Float(a)
+            scratch[channels + c] = Float(Double(bias?.value[c] ?? 0) - a * Double(runningMean[c]))
+        }
+        y.prepare(shape: x.shape, layout: x.layout)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                scratch.withUnsafeBufferPointer { sp in
+                    NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: sp.baseAddress!,
+                                               shift: sp.baseAddress! + channels, geometry: g)
+                }
+            }
+        }
+        savedInput = nil
+        savedGeometry = nil
+    }
+
+    /// The backward of the training forward: per (ghost batch, channel)
+    /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` with `g = γ_c·dy`; `dγ_c = Σ dy·x̂`, `dβ_c = Σ dy`.
+    public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
+        guard let x = savedInput, let g = savedGeometry else {
+            throw NormalizationError.backwardBeforeForward(layer: name)
+        }
+        try InputCheck.validateGradient(dy, like: x)
+        if sumDy.count != g.batch * channels {
+            sumDy = [Double](repeating: 0, count: g.batch * channels)
+            sumDyCentered = sumDy
+        }
+        if gammaEffective.count != g.coefficientCount {
+            gammaEffective = [Float](repeating: 1, count: g.coefficientCount)
+        }
+        if let w = weight?.value {
+            for b in 0..<g.sampleBlocks { for c in 0..<channels { gammaEffective[b * channels + c] = w[c] } }
+        }
+        dx.prepare(shape: x.shape, layout: x.layout)
+        x.withUnsafeBufferPointer { xp in
+            dy.withUnsafeBufferPointer { dyp in
+                dx.withUnsafeMutableBufferPointer { dxp in
+                    sumDy.withUnsafeMutableBufferPointer { s1 in
+                        sumDyCentered.withUnsafeMutableBufferPointer { s2 in
+                            scratch.withUnsafeMutableBufferPointer { sp in
+                                NormalizationKernels.normalizeBackward(
+                                    dx: dxp.baseAddress!, sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
+                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
+                                    gammaEffective: gammaEffective, scratch: sp.baseAddress!, geometry: g)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let k = g.samplesPerSet, c = channels
+        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
+                           sumDy: sumDy, sumDyCentered: sumDyCentered,
+                           scale: { n, ch in self.rstd[(n / k) * c + ch] })
+        savedInput = nil
+        savedGeometry = nil
+    }
+
+    /// `weight`, `bias` (when affine), `running_mean`, `running_var`, `num_batches_tracked` (int64 scalar),
+    /// as PyTorch's `nn.BatchNorm2d`.
+    public func stateDict() -> [String: StateTensor] {
+        var state: [String: StateTensor] = [
+            "running_mean": .float32(shape: [channels], values: runningMean),
+            "running_var": .float32(shape: [channels], values: runningVariance),
+            "num_batches_tracked": .int64(shape: [], values: [batchesTracked]),
+        ]
+        if let weight { state["weight"] = .float32(shape: [channels], values: weight.value) }
+        if let bias { state["bias"] = .float32(shape: [channels], values: bias.value) }
+        return state
+    }
+
+    /// Restores everything ``stateDict()`` writes; nothing changes if any entry is invalid.
+    public func loadStateDict(_ state: [String: StateTensor]) throws {
+        let rm = try state.floats("running_mean", shape: [channels], layer: name)
+        let rv = try state.floats("running_var", shape: [channels], layer: name)
+        let tracked = try state.scalarInt("num_batches_tracked", layer: name)
+        var w: [Float]?, b: [Float]?
+        if weight != nil {
+            w = try state.floats("weight", shape: [channels], layer: name)
+            b = try state.floats("bias", shape: [channels], layer: name)
+        }
+        runningMean = rm
+        runningVariance = rv
+        batchesTracked = tracked
+        if let w, let b { weight?.value = w; bias?.value = b }
+    }
+}

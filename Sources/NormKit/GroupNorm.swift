@@ -1,0 +1,203 @@
+/// Group Normalization (Wu & He, 2018): each sample's channels are split into `G` contiguous groups and each
+/// group is normalized by its own mean and variance over its channels and all spatial positions.
+///
+/// Conventions (spec sections 0–1):
+/// - Grouping is **contiguous**: channel `c` is in group `c / (C/G)`, as in PyTorch's `nn.GroupNorm` and the
+///   paper's code (MLX's default interleaves channels; NormKit does not).
+/// - Variance is biased (divide by the set size); `ε` (default `1e-5`) sits inside the square root.
+/// - `γ`, `β` are per channel, shape `(C,)`.
+/// - Statistics never depend on other samples, so training and evaluation compute the same thing and there
+///   are no running statistics.
+///
+/// ``layerNorm(channels:epsilon:affine:)`` (`G = 1`) and ``instanceNorm(channels:epsilon:affine:)`` (`G = C`)
+/// are the paper's LN and IN for conv nets, with per-channel affine.
+///
+/// ```swift
+/// let norm = try GroupNorm(channels: 64, groups: 32)
+/// let y = try norm.forward(x, training: true)
+/// let grads = try norm.backward(dy)   // grads.input, grads.weight, grads.bias
+/// ```
+public final class GroupNorm: NormalizationLayer {
+    /// `C`.
+    public let channels: Int
+    /// `G`, the number of groups.
+    public let groups: Int
+    /// `ε`.
+    public let epsilon: Float
+    /// `γ` (nil with `affine: false`).
+    public let weight: Parameter?
+    /// `β` (nil with `affine: false`).
+    public let bias: Parameter?
+
+    /// `"GroupNorm(C=…, G=…)"`.
+    public var name: String { "GroupNorm(C=\(channels), G=\(groups))" }
+    /// `C / G`.
+    public var groupSize: Int { channels / groups }
+
+    // Saved by the training forward for the backward.
+    private var savedInput: Tensor?
+    private var savedGeometry: NormalizationGeometry?
+    private var mean: [Double] = []
+    private var variance: [Double] = []
+    private var rstd: [Double] = []
+    // Scratch reused across steps.
+    private var sumDy: [Double] = []
+    private var sumDyCentered: [Double] = []
+    private var scratch: [Float] = []
+    private var gammaEffective: [Float] = []
+
+    /// A GroupNorm with `groups` groups.
+    ///
+    /// - Throws: ``NormalizationError/invalidGroups(channels:groups:)`` unless `1 ≤ groups ≤ channels` and
+    ///   `groups` divides `channels`; ``NormalizationError/invalidArgument(name:value:expected:)`` for
+    ///   `channels < 1` or `epsilon < 0`.
+    public init(channels: Int, groups: Int, epsilon: Float = 1e-5, affine: Bool = true) throws {
+        guard channels >= 1 else {
+            throw NormalizationError.invalidArgument(name: "channels", value: "\(channels)", expected: "at least 1")
+        }
+        guard groups >= 1, groups <= channels, channels % groups == 0 else {
+            throw NormalizationError.invalidGroups(channels: channels, groups: groups)
+        }
+        guard epsilon >= 0, epsilon.isFinite else {
+            throw NormalizationError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
+        }
+        self.channels = channels
+        self.groups = groups
+        self.epsilon = epsilon
+        (weight, bias) = makeAffine(channels: channels, affine: affine)
+    }
+
+    /// A GroupNorm whose groups have `groupSize` channels each (`G = C / groupSize`).
+    ///
+    /// - Throws: ``NormalizationError/invalidGroupSize(channels:groupSize:)`` unless `groupSize` divides
+    ///   `channels`.
+    public convenience init(channels: Int, groupSize: Int, epsilon: Float = 1e-5, affine: Bool = true) throws {
+        guard groupSize >= 1, groupSize <= channels, channels % groupSize == 0 else {
+            throw NormalizationError.invalidGroupSize(channels: channels, groupSize: groupSize)
+        }
+        try self.init(channels: channels, groups: channels / groupSize, epsilon: epsilon, affine: affine)
+    }
+
+    /// Layer Normalization for conv nets: one statistic per sample over all channels and positions (`G = 1`),
+    /// per-channel `γ`, `β`.
+    public static func layerNorm(channels: Int, epsilon: Float = 1e-5, affine: Bool = true) throws -> GroupNorm {
+        try GroupNorm(channels: channels, groups: 1, epsilon: epsilon, affine: affine)
+    }
+
+    /// Instance Normalization: one statistic per sample and channel (`G = C`), per-channel `γ`, `β`.
+    public static func instanceNorm(channels: Int, epsilon: Float = 1e-5, affine: Bool = true) throws -> GroupNorm {
+        try GroupNorm(channels: channels, groups: channels, epsilon: epsilon, affine: affine)
+    }
+
+    /// Normalizes each (sample, group); identical in training and evaluation. In training it saves `x` and the
+    /// group statistics for ``backward(_:into:)``.
+    public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
+        try InputCheck.validate(x, channels: channels, layer: name)
+        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
+                                      positions: x.spatialCount, samplesPerSet: 1, channelsPerSet: groupSize)
+        if mean.count != g.setCount {
+            mean = [Double](repeating: 0, count: g.setCount)
+            variance = mean
+            rstd = mean
+        }
+        if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
+            scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
+        }
+        y.prepare(shape: x.shape, layout: x.layout)
+        let gamma = weight?.value, beta = bias?.value
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                mean.withUnsafeMutableBufferPointer { mp in
+                    variance.withUnsafeMutableBufferPointer { vp in
+                        scratch.withUnsafeMutableBufferPointer { sp in
+                            withOptionalPointers(gamma, beta) { gp, bp in
+                                NormalizationKernels.normalize(
+                                    y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
+                                    x: xp.baseAddress!, gamma: gp, beta: bp, epsilon: epsilon,
+                                    scratchScale: sp.baseAddress!,
+                                    scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if training {
+            for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
+            savedInput = x
+            savedGeometry = g
+        } else {
+            savedInput = nil
+            savedGeometry = nil
+        }
+    }
+
+    /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` per group with `g = γ_c·dy`; `dγ_c = Σ dy·x̂`, `dβ_c = Σ dy`.
+    public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
+        guard let x = savedInput, let g = savedGeometry else {
+            throw NormalizationError.backwardBeforeForward(layer: name)
+        }
+        try InputCheck.validateGradient(dy, like: x)
+        if sumDy.count != g.batch * channels {
+            sumDy = [Double](repeating: 0, count: g.batch * channels)
+            sumDyCentered = sumDy
+        }
+        if gammaEffective.count != g.coefficientCount {
+            gammaEffective = [Float](repeating: 1, count: g.coefficientCount)
+        }
+        if let w = weight?.value {
+            for n in 0..<g.batch { for c in 0..<channels { gammaEffective[n * channels + c] = w[c] } }
+        }
+        dx.prepare(shape: x.shape, layout: x.layout)
+        runBackward(dx: &dx, dy: dy, x: x, geometry: g)
+        let setsPerSample = groups, cpg = groupSize
+        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
+                           sumDy: sumDy, sumDyCentered: sumDyCentered,
+                           scale: { n, c in self.rstd[n * setsPerSample + c / cpg] })
+        savedInput = nil
+        savedGeometry = nil
+    }
+
+    private func runBackward(dx: inout Tensor, dy: Tensor, x: Tensor, geometry g: NormalizationGeometry) {
+        x.withUnsafeBufferPointer { xp in
+            dy.withUnsafeBufferPointer { dyp in
+                dx.withUnsafeMutableBufferPointer { dxp in
+                    sumDy.withUnsafeMutableBufferPointer { s1 in
+                        sumDyCentered.withUnsafeMutableBufferPointer { s2 in
+                            scratch.withUnsafeMutableBufferPointer { sp in
+                                NormalizationKernels.normalizeBackward(
+                                    dx: dxp.baseAddress!, sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
+                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
+                                    gammaEffective: gammaEffective, scratch: sp.baseAddress!, geometry: g)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `weight` and `bias` (when affine); GroupNorm has no running statistics.
+    public func stateDict() -> [String: StateTensor] {
+        var state: [String: StateTensor] = [:]
+        if let weight { state["weight"] = .float32(shape: [channels], values: weight.value) }
+        if let bias { state["bias"] = .float32(shape: [channels], values: bias.value) }
+        return state
+    }
+
+    /// Restores `weight` and `bias`.
+    public func loadStateDict(_ state: [String: StateTensor]) throws {
+        guard let weight, let bias else { return }
+        let w = try state.floats("weight", shape: [channels], layer: name)
+        let b = try state.floats("bias", shape: [channels], layer: name)
+        weight.value = w
+        bias.value = b
+    }
+}
+
+/// Calls `body` with pointers to two optional arrays (nil pointers for nil arrays).
+func withOptionalPointers<R>(_ a: [Float]?, _ b: [Float]?,
+                             _ body: (UnsafePointer<Float>?, UnsafePointer<Float>?) -> R) -> R {
+    guard let a, let b else { return body(nil, nil) }
+    return a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in body(ap.baseAddress, bp.baseAddress) } }
+}

@@ -1,0 +1,329 @@
+// The kernels behind every layer. A normalization set is a block of `samplesPerSet` consecutive samples by
+// `channelsPerSet` consecutive channels, over all spatial positions:
+//
+//   BatchNorm (ghost batch k)  samplesPerSet = k, channelsPerSet = 1
+//   GroupNorm (G groups)       samplesPerSet = 1, channelsPerSet = C/G   (LN: C, IN: 1)
+//
+// Sets are numbered `b·channelBlocks + g` (sample block b, channel block g). Per-channel coefficients are
+// indexed `b·C + c` so a ghost-batched BN or a GN can give each (sample block, channel) its own affine.
+//
+// Channels-first: each (n, c) plane is a contiguous row of M floats; the kernels walk one set at a time
+// through all of its passes so the set stays in cache (one DRAM read of x and one write of y per forward).
+// Channels-last: per-(n, c) sums are gathered position by position into Double accumulators.
+
+/// Shape and grouping of one normalization call.
+@usableFromInline
+struct NormalizationGeometry: Equatable {
+    @usableFromInline let layout: TensorLayout
+    @usableFromInline let batch: Int
+    @usableFromInline let channels: Int
+    @usableFromInline let positions: Int
+    @usableFromInline let samplesPerSet: Int
+    @usableFromInline let channelsPerSet: Int
+
+    @usableFromInline
+    init(layout: TensorLayout, batch: Int, channels: Int, positions: Int, samplesPerSet: Int, channelsPerSet: Int) {
+        assert(batch % samplesPerSet == 0 && channels % channelsPerSet == 0)
+        self.layout = layout
+        self.batch = batch
+        self.channels = channels
+        self.positions = positions
+        self.samplesPerSet = samplesPerSet
+        self.channelsPerSet = channelsPerSet
+    }
+
+    @usableFromInline var sampleBlocks: Int { batch / samplesPerSet }
+    @usableFromInline var channelBlocks: Int { channels / channelsPerSet }
+    @usableFromInline var setCount: Int { sampleBlocks * channelBlocks }
+    @usableFromInline var elementsPerSet: Int { samplesPerSet * channelsPerSet * positions }
+    /// Size of a per-(sample block, channel) coefficient array.
+    @usableFromInline var coefficientCount: Int { sampleBlocks * channels }
+    @usableFromInline var elementCount: Int { batch * channels * positions }
+
+    @inline(__always) func set(n: Int, c: Int) -> Int {
+        (n / samplesPerSet) * channelBlocks + c / channelsPerSet
+    }
+    @inline(__always) func coefficient(n: Int, c: Int) -> Int { (n / samplesPerSet) * channels + c }
+}
+
+/// Stateless kernels over raw buffers: outputs first, then inputs, then the geometry.
+enum NormalizationKernels {
+
+    // MARK: Forward
+
+    /// Per-set mean and biased variance (corrected two-pass, Double results).
+    static func statistics(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
+                           x: UnsafePointer<Float>, geometry g: NormalizationGeometry) {
+        switch g.layout {
+        case .channelsFirst:
+            Parallelism.forEachRange(count: g.setCount, work: g.elementCount) { sets in
+                for s in sets {
+                    let (m, v) = setStatisticsChannelsFirst(x: x, set: s, geometry: g)
+                    mean[s] = m
+                    variance[s] = v
+                }
+            }
+        case .channelsLast:
+            statisticsChannelsLast(mean: mean, variance: variance, x: x, geometry: g)
+        }
+    }
+
+    /// `y = scale[b,c]·x + shift[b,c]` for every element (coefficients per sample block and channel).
+    static func apply(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+                      scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, geometry g: NormalizationGeometry) {
+        let m = g.positions, c = g.channels
+        switch g.layout {
+        case .channelsFirst:
+            Parallelism.forEachRange(count: g.batch * c, work: g.elementCount) { rows in
+                for row in rows {
+                    let k = g.coefficient(n: row / c, c: row % c)
+                    rowAffine(y + row * m, x + row * m, m, scale: scale[k], shift: shift[k])
+                }
+            }
+        case .channelsLast:
+            Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
+                for row in rows {
+                    let base = g.coefficient(n: row / m, c: 0)
+                    let yr = y + row * c, xr = x + row * c, a = scale + base, b = shift + base
+                    for ch in 0..<c { yr[ch] = xr[ch] * a[ch] + b[ch] }
+                }
+            }
+        }
+    }
+
+    /// The standard training forward: per-set statistics, then `y = γ_c·(x−μ)·rstd + β_c`, fused per set in
+    /// channels-first order. `gamma`/`beta` are per channel (nil: 1 and 0). Writes mean and biased variance.
+    static func normalize(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
+                          variance: UnsafeMutablePointer<Double>, x: UnsafePointer<Float>,
+                          gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
+                          scratchScale: UnsafeMutablePointer<Float>, scratchShift: UnsafeMutablePointer<Float>,
+                          geometry g: NormalizationGeometry) {
+        switch g.layout {
+        case .channelsFirst:
+            let m = g.positions
+            Parallelism.forEachRange(count: g.setCount, work: g.elementCount) { sets in
+                for s in sets {
+                    let (mu, v) = setStatisticsChannelsFirst(x: x, set: s, geometry: g)
+                    mean[s] = mu
+                    variance[s] = v
+                    let rstd = 1 / (v + Double(epsilon)).squareRoot()
+                    let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
+                    for c in c0..<(c0 + g.channelsPerSet) {
+                        let a = (gamma.map { Double($0[c]) } ?? 1) * rstd
+                        let shift = (beta.map { Double($0[c]) } ?? 0) - a * mu
+                        for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
+                            let row = (n * g.channels + c) * m
+                            rowAffine(y + row, x + row, m, scale: Float(a), shift: Float(shift))
+                        }
+                    }
+                }
+            }
+        case .channelsLast:
+            statisticsChannelsLast(mean: mean, variance: variance, x: x, geometry: g)
+            for n in 0..<g.sampleBlocks * g.samplesPerSet where n % g.samplesPerSet == 0 {
+                for c in 0..<g.channels {
+                    let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
+                    let a = (gamma.map { Double($0[c]) } ?? 1) / (variance[s] + Double(epsilon)).squareRoot()
+                    scratchScale[k] = Float(a)
+                    scratchShift[k] = Float((beta.map { Double($0[c]) } ?? 0) - a * mean[s])
+                }
+            }
+            apply(y: y, x: x, scale: scratchScale, shift: scratchShift, geometry: g)
+        }
+    }
+
+    @inline(__always)
+    static func setStatisticsChannelsFirst(x: UnsafePointer<Float>, set s: Int, geometry g: NormalizationGeometry)
+        -> (mean: Double, variance: Double)
+    {
+        let m = g.positions
+        let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
+        let count = Double(g.elementsPerSet)
+        var total = 0.0
+        // Channels of one sample inside a set are adjacent rows: one contiguous run per sample.
+        let run = g.channelsPerSet * m
+        for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
+            total += rowSum(x + (n * g.channels + c0) * m, run)
+        }
+        let mu = total / count
+        var d1 = 0.0, d2 = 0.0
+        for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
+            let (a, q) = rowCenteredSums(x + (n * g.channels + c0) * m, run, center: Float(mu))
+            d1 += a
+            d2 += q
+        }
+        // Σ(x−μ̃) is not exactly 0 because μ̃ is μ rounded to float: correct for it.
+        let correction = d1 / count
+        return (mu + correction, max(0, d2 / count - correction * correction))
+    }
+
+    /// Channels-last statistics: per-(n, c) sums in Double, then per-set means and centred sums.
+    static func statisticsChannelsLast(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
+                                       x: UnsafePointer<Float>, geometry g: NormalizationGeometry) {
+        let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
+        let sums = UnsafeMutablePointer<Double>.allocate(capacity: g.batch * c * 2)
+        defer { sums.deallocate() }
+        let s1 = sums, s2 = sums + g.batch * c
+        Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
+            for n in samples {
+                let acc = s1 + n * c
+                acc.initialize(repeating: 0, count: c)
+                for p in 0..<m {
+                    let xr = x + (n * m + p) * c
+                    for ch in 0..<c { acc[ch] += Double(xr[ch]) }
+                }
+            }
+        }
+        for s in 0..<g.setCount { mean[s] = 0 }
+        for n in 0..<g.batch { for ch in 0..<c { mean[g.set(n: n, c: ch)] += s1[n * c + ch] } }
+        for s in 0..<g.setCount { mean[s] /= count }
+        Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
+            for n in samples {
+                let acc = s2 + n * c
+                acc.initialize(repeating: 0, count: c)
+                for p in 0..<m {
+                    let xr = x + (n * m + p) * c
+                    for ch in 0..<c {
+                        let d = Double(xr[ch]) - mean[g.set(n: n, c: ch)]
+                        acc[ch] += d * d
+                    }
+                }
+            }
+        }
+        for s in 0..<g.setCount { variance[s] = 0 }
+        for n in 0..<g.batch { for ch in 0..<c { variance[g.set(n: n, c: ch)] += s2[n * c + ch] } }
+        for s in 0..<g.setCount { variance[s] = max(0, variance[s] / count) }
+    }
+
+    // MARK: Backward
+
+    /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (Double).
+    static func gradientSums(sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>,
+                             dy: UnsafePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Double>,
+                             geometry g: NormalizationGeometry) {
+        let c = g.channels, m = g.positions
+        switch g.layout {
+        case .channelsFirst:
+            Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
+                for row in rows {
+                    let k = Float(center[g.set(n: row / c, c: row % c)])
+                    (sumDy[row], sumDyCentered[row]) = rowGradientSums(dy + row * m, x + row * m, m, center: k)
+                }
+            }
+        case .channelsLast:
+            Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
+                for n in samples {
+                    let a1 = sumDy + n * c, a2 = sumDyCentered + n * c
+                    a1.initialize(repeating: 0, count: c)
+                    a2.initialize(repeating: 0, count: c)
+                    for p in 0..<m {
+                        let o = (n * m + p) * c
+                        for ch in 0..<c {
+                            let gy = Double(dy[o + ch])
+                            a1[ch] += gy
+                            a2[ch] += gy * (Double(x[o + ch]) - center[g.set(n: n, c: ch)])
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dx = scale[b,c]·dy + slope[set]·(x − center[set]) + offset[set]`.
+    static func gradientApply(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                              center: UnsafePointer<Double>, scale: UnsafePointer<Float>,
+                              slope: UnsafePointer<Float>, offset: UnsafePointer<Float>,
+                              geometry g: NormalizationGeometry) {
+        let c = g.channels, m = g.positions
+        switch g.layout {
+        case .channelsFirst:
+            Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
+                for row in rows {
+                    let n = row / c, ch = row % c, s = g.set(n: n, c: ch)
+                    rowGradientApply(dx + row * m, dy + row * m, x + row * m, m,
+                                     p: scale[g.coefficient(n: n, c: ch)], q: slope[s], r: offset[s],
+                                     center: Float(center[s]))
+                }
+            }
+        case .channelsLast:
+            Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
+                for row in rows {
+                    let n = row / m, o = row * c, base = g.coefficient(n: n, c: 0)
+                    for ch in 0..<c {
+                        let s = g.set(n: n, c: ch)
+                        dx[o + ch] = scale[base + ch] * dy[o + ch]
+                            + slope[s] * Float(Double(x[o + ch]) - center[s]) + offset[s]
+                    }
+                }
+            }
+        }
+    }
+
+    /// The backward of `x̂ = (x−μ)·rstd` with upstream `g = gammaEffective[b,c]·dy`:
+    /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` per set. Also returns the per-(n, c) sums `Σdy`, `Σdy·(x−μ)`
+    /// from which the layer forms `dγ` and `dβ`. Fused per set in channels-first order.
+    static func normalizeBackward(dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
+                                  sumDyCentered: UnsafeMutablePointer<Double>,
+                                  dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                  mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
+                                  gammaEffective: UnsafePointer<Float>,
+                                  scratch: UnsafeMutablePointer<Float>, geometry g: NormalizationGeometry) {
+        let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
+        switch g.layout {
+        case .channelsFirst:
+            Parallelism.forEachRange(count: g.setCount, work: 2 * g.elementCount) { sets in
+                for s in sets {
+                    let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
+                    let mu = Float(mean[s]), r = rstd[s]
+                    var meanG = 0.0, meanGX = 0.0
+                    for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
+                        for ch in c0..<(c0 + g.channelsPerSet) {
+                            let row = n * c + ch
+                            let (a1, a2) = rowGradientSums(dy + row * m, x + row * m, m, center: mu)
+                            sumDy[row] = a1
+                            sumDyCentered[row] = a2
+                            let ge = Double(gammaEffective[b * c + ch])
+                            meanG += ge * a1
+                            meanGX += ge * a2
+                        }
+                    }
+                    meanG /= count
+                    meanGX = meanGX * r / count
+                    let q = Float(-r * r * meanGX), off = Float(-r * meanG)
+                    for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
+                        for ch in c0..<(c0 + g.channelsPerSet) {
+                            let row = n * c + ch
+                            rowGradientApply(dx + row * m, dy + row * m, x + row * m, m,
+                                             p: Float(r * Double(gammaEffective[b * c + ch])), q: q, r: off,
+                                             center: mu)
+                        }
+                    }
+                }
+            }
+        case .channelsLast:
+            gradientSums(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, geometry: g)
+            // scratch holds: scale (coefficientCount), slope (sets), offset (sets).
+            let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
+            var meanG = [Double](repeating: 0, count: g.setCount), meanGX = meanG
+            for n in 0..<g.batch {
+                for ch in 0..<c {
+                    let s = g.set(n: n, c: ch), ge = Double(gammaEffective[g.coefficient(n: n, c: ch)])
+                    meanG[s] += ge * sumDy[n * c + ch]
+                    meanGX[s] += ge * sumDyCentered[n * c + ch]
+                }
+            }
+            for s in 0..<g.setCount {
+                let r = rstd[s]
+                slope[s] = Float(-r * r * (meanGX[s] * r / count))
+                offset[s] = Float(-r * meanG[s] / count)
+            }
+            for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
+                for ch in 0..<c {
+                    let k = g.coefficient(n: n, c: ch)
+                    scale[k] = Float(rstd[g.set(n: n, c: ch)] * Double(gammaEffective[k]))
+                }
+            }
+            gradientApply(dx: dx, dy: dy, x: x, center: mean, scale: scale, slope: slope, offset: offset, geometry: g)
+        }
+    }
+}

@@ -1,0 +1,114 @@
+// Contiguous-row primitives shared by every normalization kernel. Each reads or writes one run of `count`
+// floats with 16-wide SIMD vectors; sums are accumulated in float32 lanes over blocks of `blockLength`
+// elements and the block totals in Double, so long rows keep float64-level accuracy.
+
+@usableFromInline typealias Vector = SIMD16<Float>
+
+@inline(__always) @usableFromInline
+func loadVector(_ p: UnsafePointer<Float>, _ i: Int) -> Vector {
+    UnsafeRawPointer(p + i).loadUnaligned(as: Vector.self)
+}
+
+@inline(__always) @usableFromInline
+func storeVector(_ v: Vector, _ p: UnsafeMutablePointer<Float>, _ i: Int) {
+    UnsafeMutableRawPointer(p + i).storeBytes(of: v, as: Vector.self)
+}
+
+/// Float32 partial sums never cover more than this many elements before moving into a Double.
+@usableFromInline let blockLength = 2048
+
+/// `Σ x` over a row.
+@inline(__always) @usableFromInline
+func rowSum(_ x: UnsafePointer<Float>, _ count: Int) -> Double {
+    var total = 0.0
+    var start = 0
+    while start < count {
+        let end = min(start + blockLength, count)
+        var acc = Vector(repeating: 0)
+        var i = start
+        while i + 16 <= end { acc += loadVector(x, i); i += 16 }
+        var tail: Float = 0
+        while i < end { tail += x[i]; i += 1 }
+        total += Double(acc.sum() + tail)
+        start = end
+    }
+    return total
+}
+
+/// `(Σ (x−k), Σ (x−k)²)` over a row: with `k` the set's mean this is the second pass of the corrected
+/// two-pass variance, `var = (Σd² − (Σd)²/m) / m`, which stays accurate when the mean dwarfs the spread.
+@inline(__always) @usableFromInline
+func rowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -> (Double, Double) {
+    var s1 = 0.0, s2 = 0.0
+    let kv = Vector(repeating: k)
+    var start = 0
+    while start < count {
+        let end = min(start + blockLength, count)
+        var a1 = Vector(repeating: 0), a2 = Vector(repeating: 0)
+        var i = start
+        while i + 16 <= end {
+            let d = loadVector(x, i) - kv
+            a1 += d
+            a2 += d * d
+            i += 16
+        }
+        var t1: Float = 0, t2: Float = 0
+        while i < end { let d = x[i] - k; t1 += d; t2 += d * d; i += 1 }
+        s1 += Double(a1.sum() + t1)
+        s2 += Double(a2.sum() + t2)
+        start = end
+    }
+    return (s1, s2)
+}
+
+/// `(Σ dy, Σ dy·(x−k))` over a row: the two per-channel sums every mean-subtracting backward needs.
+@inline(__always) @usableFromInline
+func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float)
+    -> (Double, Double)
+{
+    var s1 = 0.0, s2 = 0.0
+    let kv = Vector(repeating: k)
+    var start = 0
+    while start < count {
+        let end = min(start + blockLength, count)
+        var a1 = Vector(repeating: 0), a2 = Vector(repeating: 0)
+        var i = start
+        while i + 16 <= end {
+            let g = loadVector(dy, i)
+            a1 += g
+            a2 += g * (loadVector(x, i) - kv)
+            i += 16
+        }
+        var t1: Float = 0, t2: Float = 0
+        while i < end { t1 += dy[i]; t2 += dy[i] * (x[i] - k); i += 1 }
+        s1 += Double(a1.sum() + t1)
+        s2 += Double(a2.sum() + t2)
+        start = end
+    }
+    return (s1, s2)
+}
+
+/// `y = a·x + b` over a row (`y` may alias `x`).
+@inline(__always) @usableFromInline
+func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float) {
+    let av = Vector(repeating: a), bv = Vector(repeating: b)
+    var i = 0
+    while i + 16 <= count {
+        storeVector(loadVector(x, i) * av + bv, y, i)
+        i += 16
+    }
+    while i < count { y[i] = x[i] * a + b; i += 1 }
+}
+
+/// `dx = p·dy + q·(x−k) + r` over a row: every backward in NormKit reduces to this form per channel.
+@inline(__always) @usableFromInline
+func rowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
+                      _ count: Int, p: Float, q: Float, r: Float, center k: Float) {
+    let pv = Vector(repeating: p), qv = Vector(repeating: q), rv = Vector(repeating: r), kv = Vector(repeating: k)
+    var i = 0
+    while i + 16 <= count {
+        storeVector(loadVector(dy, i) * pv + (loadVector(x, i) - kv) * qv + rv, dx, i)
+        i += 16
+    }
+    while i < count { dx[i] = dy[i] * p + (x[i] - k) * q + r; i += 1 }
+}

@@ -1,0 +1,85 @@
+/// What a trainable tensor is, so an optimizer can treat kinds differently (for example no weight decay on
+/// normalization parameters and biases).
+public enum ParameterRole: String, Sendable, Codable {
+    /// A convolution or linear weight.
+    case weight
+    /// A bias of a convolution or linear layer.
+    case bias
+    /// A normalization layer's per-channel scale `γ`.
+    case normalizationScale
+    /// A normalization layer's per-channel shift `β`.
+    case normalizationShift
+}
+
+/// A trainable tensor and its gradient, shared by reference between the layer that uses it and the optimizer
+/// that updates it.
+///
+/// Layers overwrite ``gradient`` in each backward (they do not accumulate). Running statistics are never
+/// `Parameter`s: an optimizer cannot touch them.
+public final class Parameter {
+    /// The PyTorch `state_dict` name within its layer (`"weight"`, `"bias"`).
+    public let name: String
+    /// The tensor's shape in PyTorch's convention (`(C,)` for `γ`, `(out, in, kh, kw)` for a conv weight).
+    public let shape: [Int]
+    /// What the tensor is.
+    public let role: ParameterRole
+    /// The values, row-major in ``shape``.
+    public var value: [Float]
+    /// `∂loss/∂value` from the last backward.
+    public var gradient: [Float]
+    /// `false` freezes the parameter (its gradient is still computed; optimizers skip it).
+    public var isTrainable: Bool
+
+    /// A parameter of `shape` filled with `value`, zero gradient.
+    public init(name: String, shape: [Int], role: ParameterRole, value: [Float], isTrainable: Bool = true) {
+        precondition(value.count == shape.reduce(1, *), "Parameter \(name): \(value.count) values for shape \(shape)")
+        self.name = name
+        self.shape = shape
+        self.role = role
+        self.value = value
+        self.gradient = [Float](repeating: 0, count: value.count)
+        self.isTrainable = isTrainable
+    }
+}
+
+/// One named tensor of a layer's checkpointable state, in PyTorch's `state_dict` naming and dtype.
+public enum StateTensor: Equatable, Sendable {
+    /// A float32 tensor (parameters and running statistics).
+    case float32(shape: [Int], values: [Float])
+    /// An int64 tensor (step counters such as `num_batches_tracked`).
+    case int64(shape: [Int], values: [Int64])
+
+    /// The tensor's shape.
+    public var shape: [Int] {
+        switch self {
+        case .float32(let shape, _), .int64(let shape, _): return shape
+        }
+    }
+}
+
+extension Dictionary where Key == String, Value == StateTensor {
+    /// The float32 values of `name`, checked against `shape`.
+    func floats(_ name: String, shape: [Int], layer: String) throws -> [Float] {
+        guard let entry = self[name] else {
+            throw NormalizationError.invalidState(layer: layer, name: name, reason: "missing")
+        }
+        guard case .float32(let s, let values) = entry else {
+            throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected float32")
+        }
+        guard s == shape, values.count == shape.reduce(1, *) else {
+            throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected shape \(shape), got \(s)")
+        }
+        return values
+    }
+
+    /// The int64 scalar `name`.
+    func scalarInt(_ name: String, layer: String) throws -> Int64 {
+        guard let entry = self[name] else {
+            throw NormalizationError.invalidState(layer: layer, name: name, reason: "missing")
+        }
+        guard case .int64(let s, let values) = entry, s.reduce(1, *) == 1, values.count == 1 else {
+            throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected an int64 scalar")
+        }
+        return values[0]
+    }
+}

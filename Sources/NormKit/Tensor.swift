@@ -1,0 +1,194 @@
+import Foundation
+
+/// The memory order of a ``Tensor``'s elements.
+///
+/// The logical shape is always `(N, C, *spatial)`; the layout only says how elements sit in memory.
+public enum TensorLayout: String, Sendable, CaseIterable, Codable {
+    /// `(N, C, *spatial)`, PyTorch's default ("NCHW"). Each `(n, c)` plane is contiguous.
+    case channelsFirst
+    /// `(N, *spatial, C)` ("NHWC"). The channels of one position are contiguous.
+    case channelsLast
+}
+
+/// Owns one 64-byte-aligned block of `Float`s. Shared between copies of a ``Tensor`` until one of them writes.
+@usableFromInline
+final class TensorStorage: @unchecked Sendable {
+    @usableFromInline let pointer: UnsafeMutablePointer<Float>
+    @usableFromInline let count: Int
+
+    @usableFromInline
+    init(count: Int) {
+        self.count = count
+        let raw = UnsafeMutableRawPointer.allocate(
+            byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
+        pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        pointer.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    @usableFromInline
+    func copy() -> TensorStorage {
+        let other = TensorStorage(count: count)
+        other.pointer.update(from: pointer, count: count)
+        return other
+    }
+
+    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+}
+
+/// A float32 tensor of logical shape `(N, C, *spatial)` with spatial rank 0 to 3, stored channels-first or
+/// channels-last.
+///
+/// `Tensor` is a value type with copy-on-write storage: copies are cheap (one retain), and a write through
+/// ``withUnsafeMutableBufferPointer(_:)`` copies the elements only when another copy still shares them.
+/// To allocate nothing per training step, keep a tensor per activation and pass it as the `into:` argument of
+/// a layer's forward and backward: when its shape already matches and nothing else holds its storage, the
+/// same memory is reused.
+public struct Tensor: @unchecked Sendable {
+    /// The logical shape `(N, C, *spatial)`, whatever the ``layout``.
+    public private(set) var shape: [Int]
+    /// The memory order of the elements.
+    public private(set) var layout: TensorLayout
+    @usableFromInline var storage: TensorStorage
+
+    /// A tensor of zeros.
+    ///
+    /// - Precondition: `shape` has 2 to 5 non-negative dimensions (checked by ``validated(shape:)``
+    ///   where the shape comes from user input).
+    public init(zeros shape: [Int], layout: TensorLayout = .channelsFirst) {
+        precondition((2...5).contains(shape.count) && shape.allSatisfy { $0 >= 0 },
+                     "Tensor shape must be (N, C, *spatial) with spatial rank 0 to 3, got \(shape)")
+        self.shape = shape
+        self.layout = layout
+        self.storage = TensorStorage(count: shape.reduce(1, *))
+    }
+
+    /// A tensor holding `values` in memory order (see ``layout``).
+    ///
+    /// - Throws: ``NormalizationError/invalidShape(_:)`` or ``NormalizationError/elementCountMismatch(expected:got:)``.
+    public init(shape: [Int], layout: TensorLayout = .channelsFirst, values: [Float]) throws {
+        try Tensor.validate(shape: shape)
+        let count = shape.reduce(1, *)
+        guard values.count == count else {
+            throw NormalizationError.elementCountMismatch(expected: count, got: values.count)
+        }
+        self.init(zeros: shape, layout: layout)
+        values.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: count) }
+    }
+
+    /// Checks that `shape` is `(N, C, *spatial)` with spatial rank 0 to 3 and no negative dimension.
+    public static func validate(shape: [Int]) throws {
+        guard (2...5).contains(shape.count), shape.allSatisfy({ $0 >= 0 }) else {
+            throw NormalizationError.invalidShape(shape)
+        }
+    }
+
+    /// Number of elements.
+    @inlinable public var count: Int { storage.count }
+    /// `N`, the batch size.
+    @inlinable public var batch: Int { shape[0] }
+    /// `C`, the number of channels.
+    @inlinable public var channels: Int { shape[1] }
+    /// The spatial dimensions `S` (empty for rank-0 spatial inputs `(N, C)`).
+    @inlinable public var spatialShape: ArraySlice<Int> { shape.dropFirst(2) }
+    /// `M = prod(S)`, the number of spatial positions (1 when there are none).
+    @inlinable public var spatialCount: Int { shape.dropFirst(2).reduce(1, *) }
+
+    /// The elements in memory order.
+    public var values: [Float] {
+        withUnsafeBufferPointer { Array($0) }
+    }
+
+    /// Calls `body` with the elements in memory order.
+    @inlinable
+    public func withUnsafeBufferPointer<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        try body(UnsafeBufferPointer(start: storage.pointer, count: storage.count))
+    }
+
+    /// Calls `body` with writable elements in memory order, copying them first if another tensor shares them.
+    @inlinable
+    public mutating func withUnsafeMutableBufferPointer<R>(
+        _ body: (UnsafeMutableBufferPointer<Float>) throws -> R
+    ) rethrows -> R {
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return try body(UnsafeMutableBufferPointer(start: storage.pointer, count: storage.count))
+    }
+
+    /// Makes this tensor have `shape` and `layout`, reusing its memory when the element count is unchanged and
+    /// no other tensor shares it. The contents are unspecified afterwards (callers overwrite them).
+    public mutating func prepare(shape newShape: [Int], layout newLayout: TensorLayout) {
+        if newShape.reduce(1, *) != storage.count || !isKnownUniquelyReferenced(&storage) {
+            storage = TensorStorage(count: newShape.reduce(1, *))
+        }
+        shape = newShape
+        layout = newLayout
+    }
+
+    /// The memory offset of logical element `(n, c, position)` where `position` is the flat spatial index.
+    @inlinable
+    public func offset(n: Int, c: Int, position: Int) -> Int {
+        let channels = shape[1], positions = spatialCount
+        switch layout {
+        case .channelsFirst: return (n * channels + c) * positions + position
+        case .channelsLast: return (n * positions + position) * channels + c
+        }
+    }
+
+    /// Reads or writes logical element `(n, c, position)` (flat spatial index). Convenient, not fast.
+    public subscript(n: Int, c: Int, position: Int) -> Float {
+        get { storage.pointer[offset(n: n, c: c, position: position)] }
+        set {
+            let index = offset(n: n, c: c, position: position)
+            withUnsafeMutableBufferPointer { $0[index] = newValue }
+        }
+    }
+
+    /// The same logical tensor in another memory order.
+    public func converted(to newLayout: TensorLayout) -> Tensor {
+        if newLayout == layout { return self }
+        var result = Tensor(zeros: shape, layout: newLayout)
+        let n = batch, c = channels, m = spatialCount
+        let source = storage.pointer
+        result.withUnsafeMutableBufferPointer { target in
+            for i in 0..<n {
+                for ch in 0..<c {
+                    for p in 0..<m {
+                        let first = (i * c + ch) * m + p, last = (i * m + p) * c + ch
+                        if layout == .channelsFirst { target[last] = source[first] } else { target[first] = source[last] }
+                    }
+                }
+            }
+        }
+        return result
+    }
+
+    /// A tensor of the same shape filled with standard normal values from `generator`.
+    public static func randomNormal<G: RandomNumberGenerator>(
+        shape: [Int], layout: TensorLayout = .channelsFirst, mean: Float = 0, standardDeviation: Float = 1,
+        using generator: inout G
+    ) -> Tensor {
+        var t = Tensor(zeros: shape, layout: layout)
+        t.withUnsafeMutableBufferPointer { buffer in
+            var i = 0
+            while i < buffer.count {
+                // Box-Muller: two normals from two uniforms.
+                let u1 = Float.random(in: Float.ulpOfOne..<1, using: &generator)
+                let u2 = Float.random(in: 0..<1, using: &generator)
+                let radius = (-2 * Foundation.log(u1)).squareRoot()
+                buffer[i] = mean + standardDeviation * radius * Foundation.cos(2 * .pi * u2)
+                if i + 1 < buffer.count {
+                    buffer[i + 1] = mean + standardDeviation * radius * Foundation.sin(2 * .pi * u2)
+                }
+                i += 2
+            }
+        }
+        return t
+    }
+}
+
+extension Tensor: CustomStringConvertible {
+    /// Shape, layout and the first few values.
+    public var description: String {
+        let head = withUnsafeBufferPointer { Array($0.prefix(6)) }
+        return "Tensor(shape: \(shape), layout: \(layout), values: \(head)\(count > 6 ? "…" : ""))"
+    }
+}
