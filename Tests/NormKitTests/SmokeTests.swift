@@ -1,5 +1,5 @@
 import XCTest
-@testable import NormKit
+import NormKit
 
 final class SmokeTests: XCTestCase {
     func testGroupNormRuns() throws {

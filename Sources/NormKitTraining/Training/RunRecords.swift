@@ -1,0 +1,96 @@
+import Foundation
+
+/// The normalization a model uses, as the CLI spells it.
+public enum NormKind: String, Codable, CaseIterable, Sendable {
+    case bn, gn, ln, `in`, brn, mabn
+    case frozenBN = "frozen-bn"
+    case none
+}
+
+/// Everything that determines a training run. Saved in `summary.json`, in checkpoints' metadata and used as
+/// a sweep cell's identity.
+public struct TrainingConfiguration: Codable, Equatable, Sendable {
+    /// `resnet8`, `resnet14`, `resnet20`, … (depth 6n+2) or `vgg`.
+    public var model: String = "resnet8"
+    public var norm: NormKind = .gn
+    /// GN groups (exclusive with ``groupSize``); nil with both uses the model default.
+    public var groups: Int? = nil
+    /// GN channels per group.
+    public var groupSize: Int? = nil
+    /// SGD batch.
+    public var batch: Int = 32
+    /// Samples per normalization batch (ghost batch for BN/BRN, one MABN iteration); nil = ``batch``.
+    public var normBatch: Int? = nil
+    public var epochs: Int = 2
+    /// Peak learning rate; nil = `0.1 × batch / 32` (linear scaling rule).
+    public var learningRate: Double? = nil
+    public var momentum: Double = 0.9
+    public var weightDecay: Double = 5e-4
+    /// Apply weight decay to γ, β and biases too (default: conv and linear weights only).
+    public var decayAllParameters: Bool = false
+    /// `cosine` (linear warm-up then cosine to 0) or `step` (÷10 at ``milestones``).
+    public var schedule: String = "cosine"
+    /// Fraction of all steps spent in linear warm-up from lr/25.
+    public var warmupFraction: Double = 0.15
+    /// Epochs at which the step schedule divides the learning rate by 10.
+    public var milestones: [Int] = []
+    public var seed: UInt64 = 0
+    /// Use only the first `trainLimit` training images (nil: all).
+    public var trainLimit: Int? = nil
+    /// Use only the first `testLimit` test images (nil: all).
+    public var testLimit: Int? = nil
+    public var augment: Bool = true
+    public var threads: Int = 2
+
+    public init() {}
+
+    /// The learning rate actually used at the peak.
+    public var peakLearningRate: Double { learningRate ?? 0.1 * Double(batch) / 32 }
+    /// The statistics batch actually used.
+    public var effectiveNormBatch: Int { normBatch ?? batch }
+}
+
+/// One line of `metrics.jsonl`: the state after an epoch.
+public struct EpochMetrics: Codable, Equatable, Sendable {
+    public var epoch: Int
+    public var step: Int
+    public var trainLoss: Double
+    public var trainError: Double
+    public var testLoss: Double
+    public var testError: Double
+    public var learningRate: Double
+    /// Wall seconds since the run started (training and evaluation).
+    public var seconds: Double
+    /// Training throughput over this epoch.
+    public var imagesPerSecond: Double
+
+    public init(epoch: Int, step: Int, trainLoss: Double, trainError: Double, testLoss: Double, testError: Double,
+                learningRate: Double, seconds: Double, imagesPerSecond: Double) {
+        self.epoch = epoch; self.step = step; self.trainLoss = trainLoss; self.trainError = trainError
+        self.testLoss = testLoss; self.testError = testError; self.learningRate = learningRate
+        self.seconds = seconds; self.imagesPerSecond = imagesPerSecond
+    }
+}
+
+/// `summary.json`: written when a run finishes.
+public struct RunSummary: Codable, Equatable, Sendable {
+    public var configuration: TrainingConfiguration
+    /// Test error (fraction, 0…1) after the last epoch.
+    public var finalTestError: Double
+    public var bestTestError: Double
+    public var epochs: [EpochMetrics]
+    public var wallSeconds: Double
+    public var imagesPerSecond: Double
+    /// Accuracy per class on the test set after the last epoch.
+    public var perClassAccuracy: [Double]
+    /// True once every epoch ran; a sweep redoes runs without a finished summary.
+    public var finished: Bool
+
+    public init(configuration: TrainingConfiguration, finalTestError: Double, bestTestError: Double,
+                epochs: [EpochMetrics], wallSeconds: Double, imagesPerSecond: Double,
+                perClassAccuracy: [Double], finished: Bool) {
+        self.configuration = configuration; self.finalTestError = finalTestError
+        self.bestTestError = bestTestError; self.epochs = epochs; self.wallSeconds = wallSeconds
+        self.imagesPerSecond = imagesPerSecond; self.perClassAccuracy = perClassAccuracy; self.finished = finished
+    }
+}
