@@ -164,14 +164,18 @@ public final class BatchNorm: NormalizationLayer {
         for c in 0..<channels {
             let a = Double(weight?.value[c] ?? 1) / (Double(runningVariance[c]) + Double(epsilon)).squareRoot()
             scratch[c] = Float(a)
-            scratch[channels + c] = Float(Double(bias?.value[c] ?? 0) - a * Double(runningMean[c]))
+            scratch[channels + c] = bias?.value[c] ?? 0
         }
         y.prepare(shape: x.shape, layout: x.layout)
+        // y = a·(x − running_mean) + β, not folded into a·x + b (accurate when |running_mean| ≫ σ).
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
                 scratch.withUnsafeBufferPointer { sp in
-                    NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: sp.baseAddress!,
-                                               shift: sp.baseAddress! + channels, geometry: g)
+                    runningMean.withUnsafeBufferPointer { mp in
+                        NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: mp.baseAddress!,
+                                                           scale: sp.baseAddress!, shift: sp.baseAddress! + channels,
+                                                           geometry: g)
+                    }
                 }
             }
         }

@@ -48,6 +48,8 @@ struct NormalizationGeometry: Equatable {
 
 /// Stateless kernels over raw buffers: outputs first, then inputs, then the geometry.
 enum NormalizationKernels {
+    /// Floats per statistics chunk (16 KB: both passes over a chunk stay in L1).
+    static let statisticsChunk = 4096
 
     // MARK: Forward
 
@@ -91,6 +93,31 @@ enum NormalizationKernels {
         }
     }
 
+    /// `y = scale[b,c]·(x − center[b,c]) + shift[b,c]`: ``apply(y:x:scale:shift:geometry:)`` with the centring
+    /// kept out of the fold, so the output stays accurate when |center| dwarfs the spread of `x`.
+    static func applyCentered(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Float>,
+                              scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+                              geometry g: NormalizationGeometry) {
+        let m = g.positions, c = g.channels
+        switch g.layout {
+        case .channelsFirst:
+            Parallelism.forEachRange(count: g.batch * c, work: g.elementCount) { rows in
+                for row in rows {
+                    let k = g.coefficient(n: row / c, c: row % c)
+                    rowAffineCentered(y + row * m, x + row * m, m, center: center[k], scale: scale[k], shift: shift[k])
+                }
+            }
+        case .channelsLast:
+            Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
+                for row in rows {
+                    let base = g.coefficient(n: row / m, c: 0)
+                    let yr = y + row * c, xr = x + row * c, k = center + base, a = scale + base, b = shift + base
+                    for ch in 0..<c { yr[ch] = (xr[ch] - k[ch]) * a[ch] + b[ch] }
+                }
+            }
+        }
+    }
+
     /// The standard training forward: per-set statistics, then `y = γ_c·(x−μ)·rstd + β_c`, fused per set in
     /// channels-first order. `gamma`/`beta` are per channel (nil: 1 and 0). Writes mean and biased variance.
     static func normalize(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
@@ -109,52 +136,65 @@ enum NormalizationKernels {
                     let rstd = 1 / (v + Double(epsilon)).squareRoot()
                     let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
                     for c in c0..<(c0 + g.channelsPerSet) {
-                        let a = (gamma.map { Double($0[c]) } ?? 1) * rstd
-                        let shift = (beta.map { Double($0[c]) } ?? 0) - a * mu
+                        // y = a·(x − μ̃) + β − a·(μ − μ̃) with μ̃ = Float(μ): not folded into a·x + b, which
+                        // loses all accuracy when |μ| ≫ σ (x = 1e4 + 0.01·randn).
+                        let a = (gamma.map { Double($0[c]) } ?? 1) * rstd, center = Float(mu)
+                        let shift = (beta.map { Double($0[c]) } ?? 0) - a * (mu - Double(center))
                         for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
                             let row = (n * g.channels + c) * m
-                            rowAffine(y + row, x + row, m, scale: Float(a), shift: Float(shift))
+                            rowAffineCentered(y + row, x + row, m, center: center, scale: Float(a), shift: Float(shift))
                         }
                     }
                 }
             }
         case .channelsLast:
             statisticsChannelsLast(mean: mean, variance: variance, x: x, geometry: g)
+            let centers = UnsafeMutablePointer<Float>.allocate(capacity: g.coefficientCount)
+            defer { centers.deallocate() }
             for n in 0..<g.sampleBlocks * g.samplesPerSet where n % g.samplesPerSet == 0 {
                 for c in 0..<g.channels {
                     let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
                     let a = (gamma.map { Double($0[c]) } ?? 1) / (variance[s] + Double(epsilon)).squareRoot()
+                    centers[k] = Float(mean[s])
                     scratchScale[k] = Float(a)
-                    scratchShift[k] = Float((beta.map { Double($0[c]) } ?? 0) - a * mean[s])
+                    scratchShift[k] = Float((beta.map { Double($0[c]) } ?? 0) - a * (mean[s] - Double(centers[k])))
                 }
             }
-            apply(y: y, x: x, scale: scratchScale, shift: scratchShift, geometry: g)
+            applyCentered(y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, geometry: g)
         }
     }
 
+    /// Mean and biased variance of one set: each chunk of at most `statisticsChunk` contiguous floats gets an
+    /// exact two-pass mean and centred sum of squares while it sits in L1, and chunks are merged with Chan's
+    /// parallel formula in Double. One pass over the set from L2/DRAM, float64-level accuracy.
     @inline(__always)
     static func setStatisticsChannelsFirst(x: UnsafePointer<Float>, set s: Int, geometry g: NormalizationGeometry)
         -> (mean: Double, variance: Double)
     {
         let m = g.positions
         let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
-        let count = Double(g.elementsPerSet)
-        var total = 0.0
         // Channels of one sample inside a set are adjacent rows: one contiguous run per sample.
         let run = g.channelsPerSet * m
+        var count = 0.0, mean = 0.0, m2 = 0.0
         for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
-            total += rowSum(x + (n * g.channels + c0) * m, run)
+            let base = x + (n * g.channels + c0) * m
+            var start = 0
+            while start < run {
+                let length = min(statisticsChunk, run - start)
+                let p = base + start
+                let k = Double(length)
+                let chunkMean = Float(rowSum(p, length) / k)
+                let (d1, d2) = rowCenteredSums(p, length, center: chunkMean)
+                // Σ(x−μ̃) is not exactly 0 because μ̃ is rounded to float: correct for it.
+                let mu = Double(chunkMean) + d1 / k, q = max(0, d2 - d1 * d1 / k)
+                let total = count + k, delta = mu - mean
+                mean += delta * k / total
+                m2 += q + delta * delta * count * k / total
+                count = total
+                start += length
+            }
         }
-        let mu = total / count
-        var d1 = 0.0, d2 = 0.0
-        for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
-            let (a, q) = rowCenteredSums(x + (n * g.channels + c0) * m, run, center: Float(mu))
-            d1 += a
-            d2 += q
-        }
-        // Σ(x−μ̃) is not exactly 0 because μ̃ is μ rounded to float: correct for it.
-        let correction = d1 / count
-        return (mu + correction, max(0, d2 / count - correction * correction))
+        return (mean, max(0, m2 / count))
     }
 
     /// Channels-last statistics: per-(n, c) sums in Double, then per-set means and centred sums.

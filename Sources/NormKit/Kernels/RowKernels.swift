@@ -100,6 +100,21 @@ func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ co
     while i < count { y[i] = x[i] * a + b; i += 1 }
 }
 
+/// `y = a·(x − k) + b` over a row (`y` may alias `x`). With `k` near the row's values `x − k` is (nearly) exact, so
+/// the output keeps float32 accuracy relative to its own scale even when |k| dwarfs the spread of `x`; the
+/// folded `rowAffine(scale: a, shift: b − a·k)` would round `a·x` on a grid of `ulp(a·k)`.
+@inline(__always) @usableFromInline
+func rowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
+                       center k: Float, scale a: Float, shift b: Float) {
+    let kv = Vector(repeating: k), av = Vector(repeating: a), bv = Vector(repeating: b)
+    var i = 0
+    while i + 16 <= count {
+        storeVector((loadVector(x, i) - kv) * av + bv, y, i)
+        i += 16
+    }
+    while i < count { y[i] = (x[i] - k) * a + b; i += 1 }
+}
+
 /// `dx = p·dy + q·(x−k) + r` over a row: every backward in NormKit reduces to this form per channel.
 @inline(__always) @usableFromInline
 func rowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,

@@ -1,0 +1,173 @@
+/// Frozen Batch Normalization (BN*, spec section 2), the GN paper's detection baseline and torchvision's
+/// `FrozenBatchNorm2d`: a fixed per-channel affine map from stored statistics, **identical in training and
+/// evaluation** (no batch statistics at all, nothing is ever updated by a forward):
+/// ```
+/// scale = γ / sqrt(running_var + ε)
+/// y     = x·scale + (β − running_mean·scale)
+/// ```
+/// Conventions: `running_var` is used as stored (PyTorch stores BN's unbiased running variance); `ε` (default
+/// `1e-5`) inside the square root.
+///
+/// `γ` and `β` always exist; they are frozen (``Parameter/isTrainable`` `false`) unless built with
+/// `trainableAffine: true`. Their gradients are computed either way: `dγ_c = Σ dy·(x − running_mean)/sqrt(running_var
+/// + ε)`, `dβ_c = Σ dy`, and `dx = scale·dy`.
+///
+/// A training forward saves `x` for ``backward(_:into:)``; an evaluation forward touches no state.
+public final class FrozenBatchNorm: NormalizationLayer {
+    /// `C`.
+    public let channels: Int
+    /// `ε`, added to `running_var` inside the square root.
+    public let epsilon: Float
+    /// `γ` (`weight`), trainable only with `trainableAffine: true`.
+    public let weight: Parameter?
+    /// `β` (`bias`), trainable only with `trainableAffine: true`.
+    public let bias: Parameter?
+    /// The frozen mean (`running_mean`).
+    public private(set) var runningMean: [Float]
+    /// The frozen variance (`running_var`), used as stored.
+    public private(set) var runningVariance: [Float]
+
+    /// `"FrozenBatchNorm(C=…)"`.
+    public var name: String { "FrozenBatchNorm(C=\(channels))" }
+
+    private var savedInput: Tensor?
+    private var scale: [Float]
+    private var shift: [Float]
+    private var inverseStd: [Double]
+    private var center: [Double]
+    private let zeroShift: [Float]
+    private var sumDy: [Double] = []
+    private var sumDyCentered: [Double] = []
+
+    /// A frozen BN with `running_mean = 0`, `running_var = 1`, `γ = 1`, `β = 0`.
+    ///
+    /// - Parameter trainableAffine: whether an optimizer may update `γ`, `β` (their ``Parameter/isTrainable``).
+    /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for `channels < 1` or a negative or
+    ///   non-finite `epsilon`.
+    public init(channels: Int, epsilon: Float = 1e-5, trainableAffine: Bool = false) throws {
+        guard channels >= 1 else {
+            throw NormalizationError.invalidArgument(name: "channels", value: "\(channels)", expected: "at least 1")
+        }
+        guard epsilon >= 0, epsilon.isFinite else {
+            throw NormalizationError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
+        }
+        self.channels = channels
+        self.epsilon = epsilon
+        let (w, b) = makeAffine(channels: channels, affine: true)
+        w?.isTrainable = trainableAffine
+        b?.isTrainable = trainableAffine
+        weight = w
+        bias = b
+        runningMean = [Float](repeating: 0, count: channels)
+        runningVariance = [Float](repeating: 1, count: channels)
+        scale = [Float](repeating: 0, count: channels)
+        shift = scale
+        zeroShift = scale
+        inverseStd = [Double](repeating: 0, count: channels)
+        center = inverseStd
+    }
+
+    /// Freezes a trained ``BatchNorm``: copies its `ε`, running mean and (unbiased) running variance, and its
+    /// `γ`, `β` (1 and 0 if it has no affine parameters).
+    public convenience init(_ bn: BatchNorm, trainableAffine: Bool = false) throws {
+        try self.init(channels: bn.channels, epsilon: bn.epsilon, trainableAffine: trainableAffine)
+        runningMean = bn.runningMean
+        runningVariance = bn.runningVariance
+        if let w = bn.weight?.value, let b = bn.bias?.value {
+            weight?.value = w
+            bias?.value = b
+        }
+    }
+
+    /// `scale_c = γ_c/sqrt(running_var_c + ε)` and `shift_c = β_c − running_mean_c·scale_c`.
+    private func computeCoefficients() {
+        let eps = Double(epsilon)
+        for c in 0..<channels {
+            let inv = 1 / (Double(runningVariance[c]) + eps).squareRoot()
+            let a = Double(weight?.value[c] ?? 1) * inv
+            inverseStd[c] = inv
+            center[c] = Double(runningMean[c])
+            scale[c] = Float(a)
+            shift[c] = Float(Double(bias?.value[c] ?? 0) - a * Double(runningMean[c]))
+        }
+    }
+
+    /// `y = x·scale + (β − running_mean·scale)` in both modes; a training forward also saves `x`.
+    public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
+        try InputCheck.validate(x, channels: channels, layer: name)
+        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
+                                      positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
+        computeCoefficients()
+        y.prepare(shape: x.shape, layout: x.layout)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: scale, shift: shift,
+                                           geometry: g)
+            }
+        }
+        if training { savedInput = x }
+    }
+
+    /// `dx = scale·dy`; `dγ_c = Σ dy·(x − running_mean_c)/sqrt(running_var_c + ε)`, `dβ_c = Σ dy` (computed even
+    /// when the affine is frozen).
+    public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
+        guard let x = savedInput else { throw NormalizationError.backwardBeforeForward(layer: name) }
+        try InputCheck.validateGradient(dy, like: x)
+        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
+                                      positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
+        if sumDy.count != g.batch * channels {
+            sumDy = [Double](repeating: 0, count: g.batch * channels)
+            sumDyCentered = sumDy
+        }
+        computeCoefficients()
+        x.withUnsafeBufferPointer { xp in
+            dy.withUnsafeBufferPointer { dyp in
+                sumDy.withUnsafeMutableBufferPointer { s1 in
+                    sumDyCentered.withUnsafeMutableBufferPointer { s2 in
+                        NormalizationKernels.gradientSums(sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
+                                                          dy: dyp.baseAddress!, x: xp.baseAddress!,
+                                                          center: center, geometry: g)
+                    }
+                }
+            }
+        }
+        dx.prepare(shape: x.shape, layout: x.layout)
+        dy.withUnsafeBufferPointer { dyp in
+            dx.withUnsafeMutableBufferPointer { dxp in
+                // dx = scale·dy: the affine kernel with a zero shift.
+                NormalizationKernels.apply(y: dxp.baseAddress!, x: dyp.baseAddress!, scale: scale,
+                                           shift: zeroShift, geometry: g)
+            }
+        }
+        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
+                           sumDy: sumDy, sumDyCentered: sumDyCentered,
+                           scale: { _, c in self.inverseStd[c] })
+        savedInput = nil
+    }
+
+    /// `weight`, `bias`, `running_mean`, `running_var` (no step counter), as the reference `FrozenBatchNorm2d`.
+    public func stateDict() -> [String: StateTensor] {
+        [
+            "weight": .float32(shape: [channels], values: weight?.value ?? []),
+            "bias": .float32(shape: [channels], values: bias?.value ?? []),
+            "running_mean": .float32(shape: [channels], values: runningMean),
+            "running_var": .float32(shape: [channels], values: runningVariance),
+        ]
+    }
+
+    /// Restores everything ``stateDict()`` writes; nothing changes if an entry is missing, has the wrong shape or
+    /// dtype, or `running_var` is negative or not finite.
+    public func loadStateDict(_ state: [String: StateTensor]) throws {
+        let w = try state.floats("weight", shape: [channels], layer: name)
+        let b = try state.floats("bias", shape: [channels], layer: name)
+        let rm = try state.floats("running_mean", shape: [channels], layer: name)
+        let rv = try state.floats("running_var", shape: [channels], layer: name)
+        guard rv.allSatisfy({ $0 >= 0 && $0.isFinite }) else {
+            throw NormalizationError.invalidState(layer: name, name: "running_var", reason: "must be finite and ≥ 0")
+        }
+        weight?.value = w
+        bias?.value = b
+        runningMean = rm
+        runningVariance = rv
+    }
+}

@@ -1,0 +1,103 @@
+import Dispatch
+import Foundation
+
+/// Times NormKit's GroupNorm and BatchNorm kernels and relates them to the machine's memory-copy bandwidth
+/// measured in the same run (`normkit bench`).
+public enum KernelBenchmark {
+    /// One benchmarked shape and layer.
+    public struct Row: Codable, Sendable {
+        public var layer: String
+        public var shape: [Int]
+        public var groups: Int?
+        /// Median milliseconds of one training forward.
+        public var forwardMilliseconds: Double
+        /// Median milliseconds of one training forward plus its backward.
+        public var forwardBackwardMilliseconds: Double
+        /// Forward bytes (x read once, y written once) per second over the copy bandwidth.
+        public var forwardFractionOfCopy: Double
+        /// Forward+backward bytes (x → y; x, dy → dx) per second over the copy bandwidth.
+        public var forwardBackwardFractionOfCopy: Double
+    }
+
+    /// The shapes of the issue: ResNet-50 stages at small and large batch plus a few small tensors.
+    public static let defaultShapes: [[Int]] = [
+        [2, 256, 56, 56], [2, 512, 28, 28], [2, 2048, 7, 7], [32, 256, 56, 56], [32, 32, 28, 28], [8, 64, 14, 14],
+    ]
+
+    /// Bytes per second of a multi-threaded `memcpy` of a `megabytes` buffer (read + write counted), the best of
+    /// `repetitions`.
+    public static func copyBandwidth(megabytes: Int = 256, repetitions: Int = 7, threads: Int) -> Double {
+        let count = megabytes << 20
+        let source = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
+        let target = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
+        defer { source.deallocate(); target.deallocate() }
+        memset(source, 1, count)
+        memset(target, 0, count)
+        var best = Double.infinity
+        for _ in 0..<repetitions {
+            let start = DispatchTime.now().uptimeNanoseconds
+            DispatchQueue.concurrentPerform(iterations: threads) { t in
+                let lo = count * t / threads, hi = count * (t + 1) / threads
+                memcpy(target + lo, source + lo, hi - lo)
+            }
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        return 2 * Double(count) / best
+    }
+
+    /// Median seconds of `body` over `repetitions` runs after one warm-up run.
+    static func median(repetitions: Int, _ body: () throws -> Void) rethrows -> Double {
+        try body()
+        var times: [Double] = []
+        for _ in 0..<repetitions {
+            let start = DispatchTime.now().uptimeNanoseconds
+            try body()
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        times.sort()
+        return times[times.count / 2]
+    }
+
+    /// Benchmarks GN (`G = min(32, C)`) and BN on each shape (channels-first, training mode).
+    public static func run(shapes: [[Int]] = defaultShapes, layout: TensorLayout = .channelsFirst,
+                           repetitions: Int = 9, copyBytesPerSecond: Double) throws -> [Row] {
+        var rows: [Row] = []
+        var generator = SeededGenerator(seed: 42)
+        for shape in shapes {
+            let x = Tensor.randomNormal(shape: shape, layout: layout, using: &generator)
+            let dy = Tensor.randomNormal(shape: shape, layout: layout, using: &generator)
+            let c = shape[1], bytes = Double(x.count * MemoryLayout<Float>.size)
+            let gn = try GroupNorm(channels: c, groups: min(32, c))
+            let bn = try BatchNorm(channels: c)
+            for (name, layer, groups) in [("GroupNorm", gn as NormalizationLayer, Optional(min(32, c))),
+                                          ("BatchNorm", bn as NormalizationLayer, nil)] {
+                var y = Tensor(zeros: shape, layout: layout), dx = Tensor(zeros: shape, layout: layout)
+                let forward = try median(repetitions: repetitions) {
+                    try layer.forward(x, into: &y, training: true)
+                }
+                let both = try median(repetitions: repetitions) {
+                    try layer.forward(x, into: &y, training: true)
+                    try layer.backward(dy, into: &dx)
+                }
+                rows.append(Row(layer: name, shape: shape, groups: groups,
+                                forwardMilliseconds: forward * 1e3, forwardBackwardMilliseconds: both * 1e3,
+                                forwardFractionOfCopy: 2 * bytes / forward / copyBytesPerSecond,
+                                forwardBackwardFractionOfCopy: 5 * bytes / both / copyBytesPerSecond))
+            }
+        }
+        return rows
+    }
+
+    /// A Markdown table of `rows`.
+    public static func markdown(_ rows: [Row], copyBytesPerSecond: Double) -> String {
+        var out = "Copy bandwidth (same run): \(String(format: "%.1f", copyBytesPerSecond / 1e9)) GB/s\n\n"
+        out += "| layer | shape | fwd ms | fwd+bwd ms | fwd / copy BW | fwd+bwd / copy BW |\n|---|---|---:|---:|---:|---:|\n"
+        for r in rows {
+            let name = r.groups.map { "\(r.layer) G=\($0)" } ?? r.layer
+            out += "| \(name) | (\(r.shape.map(String.init).joined(separator: ","))) | "
+                + String(format: "%.3f | %.3f | %.2f | %.2f |\n", r.forwardMilliseconds, r.forwardBackwardMilliseconds,
+                         r.forwardFractionOfCopy, r.forwardBackwardFractionOfCopy)
+        }
+        return out
+    }
+}

@@ -1,0 +1,607 @@
+import Foundation
+
+/// Why a safetensors file was refused (on read) or could not be produced (on write).
+///
+/// Every message names the file and the tensor concerned, the expected and found values, and a hint.
+public enum SafeTensorsError: Error, Equatable, CustomStringConvertible, LocalizedError {
+    /// The file could not be read.
+    case readFailed(path: String, reason: String)
+    /// The file is shorter than the 8-byte header length.
+    case fileTooShort(path: String, found: Int)
+    /// The header length in the first 8 bytes runs past the end of the file.
+    case headerLengthBeyondFile(path: String, declared: UInt64, available: Int)
+    /// The header length is above the format's limit of 100,000,000 bytes.
+    case headerTooLarge(path: String, declared: UInt64, limit: Int)
+    /// The header is not valid UTF-8 JSON of the expected structure; `reason` says where and why.
+    case invalidHeader(path: String, reason: String)
+    /// A tensor's dtype is not `F32` or `I64`, the two NormKit stores.
+    case unsupportedDtype(path: String, tensor: String, dtype: String)
+    /// A tensor's shape is not a list of non-negative integers, or its size overflows.
+    case invalidShape(path: String, tensor: String, reason: String)
+    /// A tensor's `data_offsets` are not `[begin, end]` with `begin ≤ end ≤` the data length.
+    case offsetsOutOfRange(path: String, tensor: String, begin: Int, end: Int, dataLength: Int)
+    /// A tensor's byte range does not have the size its shape and dtype need.
+    case sizeMismatch(path: String, tensor: String, shape: [Int], dtype: String, expectedBytes: Int, foundBytes: Int)
+    /// Two tensors' byte ranges overlap.
+    case overlappingTensors(path: String, tensor: String, other: String, offset: Int)
+    /// Bytes between two tensors (or before the first) belong to no tensor.
+    case gapBetweenTensors(path: String, tensor: String, expectedBegin: Int, foundBegin: Int)
+    /// The tensors end before the file does: trailing bytes.
+    case trailingData(path: String, dataLength: Int, covered: Int)
+    /// A tensor cannot be written: reserved or duplicate name, or values that do not match the shape.
+    case invalidTensor(name: String, reason: String)
+
+    /// The message: file, tensor, expected and found values, and a hint.
+    public var description: String {
+        let damaged = "Hint: the file is damaged or was not written by a safetensors writer; restore it from a backup or write it again."
+        switch self {
+        case .readFailed(let path, let reason):
+            return "\(path): cannot read the safetensors file (\(reason)). Hint: check that the path exists and is a readable regular file."
+        case .fileTooShort(let path, let found):
+            return "\(path): not a safetensors file: expected at least 8 bytes (the header length), found \(found). \(damaged)"
+        case .headerLengthBeyondFile(let path, let declared, let available):
+            return "\(path): the header length is \(declared) bytes but only \(available) bytes follow it: the file is truncated or not a safetensors file. \(damaged)"
+        case .headerTooLarge(let path, let declared, let limit):
+            return "\(path): the header length \(declared) is above the format's limit of \(limit) bytes. \(damaged)"
+        case .invalidHeader(let path, let reason):
+            return "\(path): invalid safetensors header: \(reason). \(damaged)"
+        case .unsupportedDtype(let path, let tensor, let dtype):
+            return "\(path): tensor \"\(tensor)\" has dtype \"\(dtype)\": expected \"F32\" or \"I64\". Hint: NormKit stores float32 tensors and int64 counters; convert the checkpoint in PyTorch (`{k: v.float() if v.is_floating_point() else v.long()}`) before saving it."
+        case .invalidShape(let path, let tensor, let reason):
+            return "\(path): tensor \"\(tensor)\": invalid shape (\(reason)). \(damaged)"
+        case .offsetsOutOfRange(let path, let tensor, let begin, let end, let length):
+            return "\(path): tensor \"\(tensor)\": data_offsets [\(begin), \(end)] are outside the data section of \(length) bytes (expected 0 ≤ begin ≤ end ≤ \(length)). \(damaged)"
+        case .sizeMismatch(let path, let tensor, let shape, let dtype, let expected, let found):
+            return "\(path): tensor \"\(tensor)\" of shape \(shape) and dtype \(dtype) needs \(expected) bytes, its data_offsets span \(found). \(damaged)"
+        case .overlappingTensors(let path, let tensor, let other, let offset):
+            return "\(path): tensor \"\(tensor)\" starts at data offset \(offset), inside tensor \"\(other)\": the byte ranges overlap. \(damaged)"
+        case .gapBetweenTensors(let path, let tensor, let expected, let found):
+            return "\(path): tensor \"\(tensor)\" starts at data offset \(found), expected \(expected): \(found - expected) bytes belong to no tensor. \(damaged)"
+        case .trailingData(let path, let length, let covered):
+            return "\(path): the tensors cover \(covered) bytes of the \(length)-byte data section: \(length - covered) trailing bytes. \(damaged)"
+        case .invalidTensor(let name, let reason):
+            return "cannot write tensor \"\(name)\": \(reason)."
+        }
+    }
+
+    /// The same text as ``description``.
+    public var errorDescription: String? { description }
+}
+
+/// The safetensors checkpoint format (Hugging Face), for float32 and int64 tensors.
+///
+/// A file is: an 8-byte little-endian header length `n`; `n` bytes of UTF-8 JSON mapping each tensor name to
+/// `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets into the data section), plus an optional
+/// `"__metadata__"` map of strings to strings; then the data section, little-endian, tensors back to back.
+///
+/// ``write(_:metadata:to:)`` produces the bytes the Python `safetensors` package (0.4 – 0.8) writes for the
+/// same tensors: compact JSON with the metadata first, tensors ordered by dtype (`I64` before `F32`) and then
+/// by name, data in that order, and the header padded with spaces to a multiple of 8 bytes. (Python's
+/// metadata order is a hash map's; NormKit sorts the metadata keys.) Writes are atomic (``AtomicFile``).
+///
+/// ``read(from:)`` validates everything: header length against the file size, UTF-8 JSON, duplicate keys,
+/// dtypes, shapes, and that the tensors tile the data section exactly — no overlap, no gap, no trailing byte.
+public enum SafeTensors {
+    /// The largest header accepted, as in the reference implementation.
+    public static let maximumHeaderLength = 100_000_000
+
+    /// Writes `tensors` and `metadata` to `url` atomically: a failed or interrupted write leaves any previous
+    /// file at `url` intact.
+    ///
+    /// - Throws: ``SafeTensorsError/invalidTensor(name:reason:)`` for a tensor whose values do not match its
+    ///   shape or a tensor named `__metadata__`; ``AtomicFileError`` when the file cannot be written.
+    public static func write(_ tensors: [String: StateTensor], metadata: [String: String] = [:], to url: URL) throws {
+        try AtomicFile.write(encode(tensors, metadata: metadata), to: url)
+    }
+
+    /// Reads a safetensors file.
+    ///
+    /// - Throws: ``SafeTensorsError`` naming the file and what is wrong with it.
+    public static func read(from url: URL) throws -> (tensors: [String: StateTensor], metadata: [String: String]) {
+        let bytes: [UInt8]
+        do {
+            bytes = try readFileBytes(path: url.path)
+        } catch let DataError.readFailed(path, reason) {
+            throw SafeTensorsError.readFailed(path: path, reason: reason)
+        }
+        return try decode(bytes, source: url.path)
+    }
+
+    /// The file content ``write(_:metadata:to:)`` writes.
+    ///
+    /// - Throws: ``SafeTensorsError/invalidTensor(name:reason:)``.
+    public static func encode(_ tensors: [String: StateTensor], metadata: [String: String] = [:]) throws -> [UInt8] {
+        for (name, tensor) in tensors {
+            guard name != "__metadata__" else {
+                throw SafeTensorsError.invalidTensor(name: name, reason: "the name is reserved for the metadata map")
+            }
+            guard tensor.shape.allSatisfy({ $0 >= 0 }) else {
+                throw SafeTensorsError.invalidTensor(name: name, reason: "negative dimension in shape \(tensor.shape)")
+            }
+            let (count, overflow) = elementCount(tensor.shape)
+            let found: Int
+            switch tensor {
+            case .float32(_, let values): found = values.count
+            case .int64(_, let values): found = values.count
+            }
+            guard !overflow, count == found else {
+                throw SafeTensorsError.invalidTensor(
+                    name: name, reason: "shape \(tensor.shape) needs \(count) values, found \(found)")
+            }
+        }
+        // The reference writer's order: larger dtypes (I64) first, then by name (byte-wise).
+        let names = tensors.keys.sorted { a, b in
+            let (ra, rb) = (rank(tensors[a]!), rank(tensors[b]!))
+            return ra != rb ? ra > rb : a.utf8.lexicographicallyPrecedes(b.utf8)
+        }
+        var header = "{"
+        var first = true
+        if !metadata.isEmpty {
+            header += "\"__metadata__\":{"
+            for (i, key) in metadata.keys.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }).enumerated() {
+                header += (i > 0 ? "," : "") + jsonString(key) + ":" + jsonString(metadata[key]!)
+            }
+            header += "}"
+            first = false
+        }
+        var offset = 0
+        for name in names {
+            let tensor = tensors[name]!
+            let bytes = elementCount(tensor.shape).count * elementSize(tensor)
+            header += (first ? "" : ",") + jsonString(name) + ":{\"dtype\":\"" + dtypeName(tensor) + "\",\"shape\":["
+                + tensor.shape.map(String.init).joined(separator: ",") + "],\"data_offsets\":[\(offset),\(offset + bytes)]}"
+            offset += bytes
+            first = false
+        }
+        header += "}"
+        var headerBytes = Array(header.utf8)
+        headerBytes += repeatElement(UInt8(ascii: " "), count: (8 - headerBytes.count % 8) % 8)
+
+        var out = [UInt8](repeating: 0, count: 8 + headerBytes.count + offset)
+        out.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: UInt64(headerBytes.count).littleEndian, toByteOffset: 0, as: UInt64.self)
+            headerBytes.withUnsafeBytes { raw.baseAddress!.advanced(by: 8).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            var position = 8 + headerBytes.count
+            for name in names {
+                switch tensors[name]! {
+                case .float32(_, let values):
+                    for v in values {
+                        raw.storeBytes(of: v.bitPattern.littleEndian, toByteOffset: position, as: UInt32.self)
+                        position += 4
+                    }
+                case .int64(_, let values):
+                    for v in values {
+                        raw.storeBytes(of: v.littleEndian, toByteOffset: position, as: Int64.self)
+                        position += 8
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Parses and validates the content of a safetensors file.
+    ///
+    /// - Parameter source: the file name used in error messages.
+    /// - Throws: ``SafeTensorsError``.
+    public static func decode(_ bytes: [UInt8], source: String = "<memory>") throws
+        -> (tensors: [String: StateTensor], metadata: [String: String])
+    {
+        guard bytes.count >= 8 else { throw SafeTensorsError.fileTooShort(path: source, found: bytes.count) }
+        let declared = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard declared <= UInt64(bytes.count - 8) else {
+            throw SafeTensorsError.headerLengthBeyondFile(path: source, declared: declared, available: bytes.count - 8)
+        }
+        guard declared <= UInt64(maximumHeaderLength) else {
+            throw SafeTensorsError.headerTooLarge(path: source, declared: declared, limit: maximumHeaderLength)
+        }
+        let headerLength = Int(declared)
+        let dataStart = 8 + headerLength
+        let dataLength = bytes.count - dataStart
+
+        let root: HeaderJSON
+        do {
+            var parser = HeaderJSONParser(bytes: bytes[8..<dataStart])
+            root = try parser.parseDocument()
+        } catch let error as HeaderJSONParser.Failure {
+            throw SafeTensorsError.invalidHeader(path: source, reason: error.message)
+        }
+        guard case .object(let entries) = root else {
+            throw SafeTensorsError.invalidHeader(path: source, reason: "expected a JSON object, found \(root.kind)")
+        }
+
+        struct Entry { let name: String; let dtype: String; let shape: [Int]; let begin: Int; let end: Int }
+        var metadata: [String: String] = [:]
+        var list: [Entry] = []
+        for (name, value) in entries {
+            if name == "__metadata__" {
+                switch value {
+                case .null: continue
+                case .object(let pairs):
+                    for (key, item) in pairs {
+                        guard case .string(let text) = item else {
+                            throw SafeTensorsError.invalidHeader(
+                                path: source, reason: "__metadata__ value of \"\(key)\" must be a string, found \(item.kind)")
+                        }
+                        metadata[key] = text
+                    }
+                default:
+                    throw SafeTensorsError.invalidHeader(
+                        path: source, reason: "__metadata__ must be an object of strings, found \(value.kind)")
+                }
+                continue
+            }
+            guard case .object(let fields) = value else {
+                throw SafeTensorsError.invalidHeader(
+                    path: source, reason: "tensor \"\(name)\" must be an object, found \(value.kind)")
+            }
+            func field(_ key: String) throws -> HeaderJSON {
+                guard let found = fields.first(where: { $0.0 == key })?.1 else {
+                    throw SafeTensorsError.invalidHeader(path: source, reason: "tensor \"\(name)\" has no \"\(key)\"")
+                }
+                return found
+            }
+            guard case .string(let dtype) = try field("dtype") else {
+                throw SafeTensorsError.invalidHeader(path: source, reason: "tensor \"\(name)\": dtype must be a string")
+            }
+            guard dtype == "F32" || dtype == "I64" else {
+                throw SafeTensorsError.unsupportedDtype(path: source, tensor: name, dtype: dtype)
+            }
+            guard case .array(let shapeItems) = try field("shape") else {
+                throw SafeTensorsError.invalidShape(path: source, tensor: name, reason: "expected a list of integers")
+            }
+            let shape = try shapeItems.map { item -> Int in
+                guard let d = item.nonNegativeInteger else {
+                    throw SafeTensorsError.invalidShape(
+                        path: source, tensor: name, reason: "expected non-negative integers, found \(item.text)")
+                }
+                return d
+            }
+            guard case .array(let offsetItems) = try field("data_offsets"), offsetItems.count == 2,
+                  let begin = offsetItems[0].nonNegativeInteger, let end = offsetItems[1].nonNegativeInteger
+            else {
+                throw SafeTensorsError.invalidHeader(
+                    path: source, reason: "tensor \"\(name)\": data_offsets must be [begin, end] with non-negative integers")
+            }
+            guard begin <= end, end <= dataLength else {
+                throw SafeTensorsError.offsetsOutOfRange(
+                    path: source, tensor: name, begin: begin, end: end, dataLength: dataLength)
+            }
+            let (count, overflow) = elementCount(shape)
+            let (needed, overflow2) = count.multipliedReportingOverflow(by: dtype == "F32" ? 4 : 8)
+            guard !overflow, !overflow2 else {
+                throw SafeTensorsError.invalidShape(path: source, tensor: name, reason: "\(shape) overflows")
+            }
+            guard needed == end - begin else {
+                throw SafeTensorsError.sizeMismatch(
+                    path: source, tensor: name, shape: shape, dtype: dtype, expectedBytes: needed, foundBytes: end - begin)
+            }
+            list.append(Entry(name: name, dtype: dtype, shape: shape, begin: begin, end: end))
+        }
+
+        // The tensors must tile the data section: sorted by offsets, each starts where the previous ended.
+        list.sort { ($0.begin, $0.end) < ($1.begin, $1.end) }
+        var covered = 0
+        var previous: String? = nil
+        for entry in list {
+            if entry.begin < covered {
+                throw SafeTensorsError.overlappingTensors(
+                    path: source, tensor: entry.name, other: previous ?? "", offset: entry.begin)
+            }
+            if entry.begin > covered {
+                throw SafeTensorsError.gapBetweenTensors(
+                    path: source, tensor: entry.name, expectedBegin: covered, foundBegin: entry.begin)
+            }
+            covered = entry.end
+            previous = entry.name
+        }
+        guard covered == dataLength else {
+            throw SafeTensorsError.trailingData(path: source, dataLength: dataLength, covered: covered)
+        }
+
+        var tensors: [String: StateTensor] = [:]
+        bytes.withUnsafeBytes { raw in
+            for entry in list {
+                let base = dataStart + entry.begin
+                let count = (entry.end - entry.begin) / (entry.dtype == "F32" ? 4 : 8)
+                if entry.dtype == "F32" {
+                    let values = (0..<count).map {
+                        Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: base + 4 * $0, as: UInt32.self)))
+                    }
+                    tensors[entry.name] = .float32(shape: entry.shape, values: values)
+                } else {
+                    let values = (0..<count).map {
+                        Int64(littleEndian: raw.loadUnaligned(fromByteOffset: base + 8 * $0, as: Int64.self))
+                    }
+                    tensors[entry.name] = .int64(shape: entry.shape, values: values)
+                }
+            }
+        }
+        return (tensors, metadata)
+    }
+
+    // MARK: Helpers
+
+    private static func elementCount(_ shape: [Int]) -> (count: Int, overflow: Bool) {
+        var count = 1
+        for d in shape {
+            let (p, o) = count.multipliedReportingOverflow(by: d)
+            if o { return (0, true) }
+            count = p
+        }
+        return (count, false)
+    }
+
+    private static func rank(_ tensor: StateTensor) -> Int {
+        if case .int64 = tensor { return 1 }
+        return 0
+    }
+
+    private static func dtypeName(_ tensor: StateTensor) -> String {
+        if case .int64 = tensor { return "I64" }
+        return "F32"
+    }
+
+    private static func elementSize(_ tensor: StateTensor) -> Int {
+        if case .int64 = tensor { return 8 }
+        return 4
+    }
+
+    /// A JSON string literal escaped as serde_json escapes it (what the Python package writes): `"` and `\`,
+    /// `\b \f \n \r \t`, other control characters as `\u00xx`; everything else verbatim UTF-8.
+    private static func jsonString(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+}
+
+/// A parsed JSON value. Objects keep their members in order; numbers keep their text.
+private enum HeaderJSON {
+    case object([(String, HeaderJSON)])
+    case array([HeaderJSON])
+    case string(String)
+    case number(String)
+    case bool(Bool)
+    case null
+
+    /// What kind of value this is, for messages.
+    var kind: String {
+        switch self {
+        case .object: return "an object"
+        case .array: return "an array"
+        case .string: return "a string"
+        case .number: return "a number"
+        case .bool: return "a boolean"
+        case .null: return "null"
+        }
+    }
+
+    /// The value as written, shortened, for messages.
+    var text: String {
+        switch self {
+        case .number(let t): return t
+        case .string(let s): return "\"\(s.prefix(40))\""
+        default: return kind
+        }
+    }
+
+    /// The value when it is a plain non-negative integer (no sign, fraction or exponent) that fits an `Int`.
+    var nonNegativeInteger: Int? {
+        guard case .number(let text) = self, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        return Int(text)
+    }
+}
+
+/// A strict JSON parser (RFC 8259) for safetensors headers: rejects duplicate keys, invalid UTF-8, raw
+/// control characters in strings, lone surrogates, and nesting deeper than 64 levels.
+private struct HeaderJSONParser {
+    /// Where and why parsing failed.
+    struct Failure: Error { let message: String }
+
+    private let bytes: ArraySlice<UInt8>
+    private var index: Int
+    private let start: Int
+
+    init(bytes: ArraySlice<UInt8>) {
+        self.bytes = bytes
+        self.index = bytes.startIndex
+        self.start = bytes.startIndex
+    }
+
+    /// One value surrounded by optional whitespace (the safetensors padding is spaces).
+    mutating func parseDocument() throws -> HeaderJSON {
+        skipWhitespace()
+        let value = try parseValue(depth: 0)
+        skipWhitespace()
+        guard index == bytes.endIndex else { throw fail("unexpected bytes after the JSON value") }
+        return value
+    }
+
+    private func fail(_ message: String) -> Failure {
+        Failure(message: "\(message) at header byte \(index - start)")
+    }
+
+    private mutating func skipWhitespace() {
+        while index < bytes.endIndex, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
+    }
+
+    private mutating func parseValue(depth: Int) throws -> HeaderJSON {
+        guard depth < 64 else { throw fail("JSON nested too deeply") }
+        guard index < bytes.endIndex else { throw fail("unexpected end of the header (JSON incomplete)") }
+        switch bytes[index] {
+        case UInt8(ascii: "{"):
+            index += 1
+            var members: [(String, HeaderJSON)] = []
+            var keys = Set<String>()
+            skipWhitespace()
+            if index < bytes.endIndex, bytes[index] == UInt8(ascii: "}") {
+                index += 1
+                return .object(members)
+            }
+            while true {
+                skipWhitespace()
+                guard index < bytes.endIndex, bytes[index] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
+                let key = try parseString()
+                guard keys.insert(key).inserted else { throw fail("duplicate key \"\(key)\"") }
+                skipWhitespace()
+                try expect(":")
+                skipWhitespace()
+                members.append((key, try parseValue(depth: depth + 1)))
+                skipWhitespace()
+                guard index < bytes.endIndex else { throw fail("unexpected end of the header in an object") }
+                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                try expect("}")
+                return .object(members)
+            }
+        case UInt8(ascii: "["):
+            index += 1
+            var items: [HeaderJSON] = []
+            skipWhitespace()
+            if index < bytes.endIndex, bytes[index] == UInt8(ascii: "]") {
+                index += 1
+                return .array(items)
+            }
+            while true {
+                skipWhitespace()
+                items.append(try parseValue(depth: depth + 1))
+                skipWhitespace()
+                guard index < bytes.endIndex else { throw fail("unexpected end of the header in an array") }
+                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                try expect("]")
+                return .array(items)
+            }
+        case UInt8(ascii: "\""):
+            return .string(try parseString())
+        case UInt8(ascii: "t"):
+            try literal("true")
+            return .bool(true)
+        case UInt8(ascii: "f"):
+            try literal("false")
+            return .bool(false)
+        case UInt8(ascii: "n"):
+            try literal("null")
+            return .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return .number(try parseNumber())
+        default:
+            throw fail("unexpected character 0x\(String(bytes[index], radix: 16))")
+        }
+    }
+
+    private mutating func expect(_ character: Unicode.Scalar) throws {
+        guard index < bytes.endIndex, bytes[index] == UInt8(ascii: character) else {
+            throw fail("expected '\(character)'")
+        }
+        index += 1
+    }
+
+    private mutating func literal(_ word: String) throws {
+        for byte in word.utf8 {
+            guard index < bytes.endIndex, bytes[index] == byte else { throw fail("invalid literal, expected \(word)") }
+            index += 1
+        }
+    }
+
+    private mutating func parseNumber() throws -> String {
+        let begin = index
+        func digits() -> Int {
+            let from = index
+            while index < bytes.endIndex, (48...57).contains(bytes[index]) { index += 1 }
+            return index - from
+        }
+        if bytes[index] == UInt8(ascii: "-") { index += 1 }
+        guard index < bytes.endIndex, (48...57).contains(bytes[index]) else { throw fail("invalid number") }
+        if bytes[index] == UInt8(ascii: "0") { index += 1 } else { _ = digits() }
+        if index < bytes.endIndex, bytes[index] == UInt8(ascii: ".") {
+            index += 1
+            guard digits() > 0 else { throw fail("invalid number: digits expected after '.'") }
+        }
+        if index < bytes.endIndex, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+            index += 1
+            if index < bytes.endIndex, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+            guard digits() > 0 else { throw fail("invalid number: digits expected in the exponent") }
+        }
+        return String(decoding: bytes[begin..<index], as: UTF8.self)
+    }
+
+    private mutating func parseString() throws -> String {
+        index += 1  // the opening quote
+        var utf8: [UInt8] = []
+        while true {
+            guard index < bytes.endIndex else { throw fail("unterminated string") }
+            let byte = bytes[index]
+            index += 1
+            switch byte {
+            case UInt8(ascii: "\""):
+                guard let text = String(validating: utf8, as: UTF8.self) else { throw fail("invalid UTF-8 in a string") }
+                return text
+            case UInt8(ascii: "\\"):
+                guard index < bytes.endIndex else { throw fail("unterminated escape") }
+                let escape = bytes[index]
+                index += 1
+                switch escape {
+                case UInt8(ascii: "\""): utf8.append(0x22)
+                case UInt8(ascii: "\\"): utf8.append(0x5C)
+                case UInt8(ascii: "/"): utf8.append(0x2F)
+                case UInt8(ascii: "b"): utf8.append(0x08)
+                case UInt8(ascii: "f"): utf8.append(0x0C)
+                case UInt8(ascii: "n"): utf8.append(0x0A)
+                case UInt8(ascii: "r"): utf8.append(0x0D)
+                case UInt8(ascii: "t"): utf8.append(0x09)
+                case UInt8(ascii: "u"):
+                    var code = try hex4()
+                    if (0xD800..<0xDC00).contains(code) {
+                        guard index + 1 < bytes.endIndex, bytes[index] == UInt8(ascii: "\\"),
+                              bytes[index + 1] == UInt8(ascii: "u") else { throw fail("lone surrogate in \\u escape") }
+                        index += 2
+                        let low = try hex4()
+                        guard (0xDC00..<0xE000).contains(low) else { throw fail("invalid surrogate pair") }
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                    } else if (0xDC00..<0xE000).contains(code) {
+                        throw fail("lone surrogate in \\u escape")
+                    }
+                    utf8.append(contentsOf: Array(String(Unicode.Scalar(code)!).utf8))
+                default:
+                    throw fail("invalid escape \\\(Unicode.Scalar(escape))")
+                }
+            case 0..<0x20:
+                throw fail("raw control character 0x\(String(byte, radix: 16)) in a string")
+            default:
+                utf8.append(byte)
+            }
+        }
+    }
+
+    private mutating func hex4() throws -> UInt32 {
+        guard index + 4 <= bytes.endIndex else { throw fail("incomplete \\u escape") }
+        var value: UInt32 = 0
+        for _ in 0..<4 {
+            let b = bytes[index]
+            let digit: UInt32
+            switch b {
+            case 48...57: digit = UInt32(b - 48)
+            case 97...102: digit = UInt32(b - 87)
+            case 65...70: digit = UInt32(b - 55)
+            default: throw fail("invalid hex digit in \\u escape")
+            }
+            value = value << 4 | digit
+            index += 1
+        }
+        return value
+    }
+}

@@ -1,0 +1,198 @@
+import CZlib
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Reading (and, for tests and tools, writing) gzip data through zlib.
+///
+/// ``readFile(at:)`` returns a file's bytes, inflating them first when the file is gzip-compressed, so callers
+/// such as the IDX reader accept `train-images-idx3-ubyte.gz` and `train-images-idx3-ubyte` alike.
+public enum Gzip {
+    /// Whether `bytes` start with the gzip magic number `1f 8b`.
+    public static func isGzip(_ bytes: [UInt8]) -> Bool {
+        bytes.count >= 2 && bytes[0] == 0x1F && bytes[1] == 0x8B
+    }
+
+    /// The whole file at `url`, decompressed when it is gzip data (it starts with `1f 8b` or its name ends in
+    /// `.gz`), as is otherwise.
+    ///
+    /// - Throws: ``DataError/readFailed(path:reason:)`` when the file cannot be read;
+    ///   ``DataError/corruptGzip(path:reason:)``, ``DataError/truncatedGzip(path:compressedBytes:decompressedBytes:)``
+    ///   or ``DataError/trailingGzipData(path:offset:count:)`` when its compressed data is damaged.
+    public static func readFile(at url: URL) throws -> [UInt8] {
+        let bytes = try readFileBytes(path: url.path)
+        if isGzip(bytes) || url.pathExtension.lowercased() == "gz" {
+            return try decompress(bytes, source: url.path)
+        }
+        return bytes
+    }
+
+    /// Inflates a gzip (or zlib) stream: zlib detects the wrapper itself (`inflateInit2` with window bits
+    /// 15 + 32) and checks the CRC-32 and length trailer. Concatenated gzip members are inflated one after
+    /// the other, as `gunzip` does.
+    ///
+    /// - Parameters:
+    ///   - compressed: the compressed bytes.
+    ///   - source: the file name to put in error messages.
+    /// - Throws: ``DataError/corruptGzip(path:reason:)`` for data zlib refuses,
+    ///   ``DataError/truncatedGzip(path:compressedBytes:decompressedBytes:)`` when the stream stops early,
+    ///   ``DataError/trailingGzipData(path:offset:count:)`` for bytes after the last member.
+    public static func decompress(_ compressed: [UInt8], source: String = "<memory>") throws -> [UInt8] {
+        guard !compressed.isEmpty else {
+            throw DataError.truncatedGzip(path: source, compressedBytes: 0, decompressedBytes: 0)
+        }
+        // The gzip trailer's ISIZE (length mod 2^32) is a good first guess for the output size.
+        var capacity = max(compressed.count * 2, 1 << 16)
+        if isGzip(compressed), compressed.count >= 18 {
+            let n = compressed.count
+            let isize = Int(compressed[n - 4]) | Int(compressed[n - 3]) << 8 | Int(compressed[n - 2]) << 16
+                | Int(compressed[n - 1]) << 24
+            if isize > 0, isize <= compressed.count &* 1100 { capacity = isize + 1 }
+        }
+        var output = [UInt8](repeating: 0, count: capacity)
+        var produced = 0
+
+        var stream = z_stream()
+        var status = inflateInit2_(&stream, 15 + 32, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size))
+        guard status == Z_OK else {
+            throw DataError.corruptGzip(path: source, reason: "inflateInit2 failed with status \(status)")
+        }
+        defer { inflateEnd(&stream) }
+
+        var consumed = 0
+        try compressed.withUnsafeBufferPointer { input in
+            let base = UnsafeMutablePointer(mutating: input.baseAddress!)
+            while true {
+                if produced == output.count {
+                    output.append(contentsOf: repeatElement(0, count: output.count))
+                }
+                let chunkIn = min(input.count - consumed, 1 << 30)
+                let chunkOut = min(output.count - produced, 1 << 30)
+                stream.next_in = base + consumed
+                stream.avail_in = uInt(chunkIn)
+                status = output.withUnsafeMutableBufferPointer { out -> Int32 in
+                    stream.next_out = out.baseAddress! + produced
+                    stream.avail_out = uInt(chunkOut)
+                    return inflate(&stream, Z_NO_FLUSH)
+                }
+                consumed += chunkIn - Int(stream.avail_in)
+                produced += chunkOut - Int(stream.avail_out)
+                switch status {
+                case Z_OK:
+                    continue
+                case Z_STREAM_END:
+                    let remaining = input.count - consumed
+                    if remaining == 0 { return }
+                    if remaining >= 2, input[consumed] == 0x1F, input[consumed + 1] == 0x8B {
+                        inflateReset(&stream)  // another gzip member follows
+                        continue
+                    }
+                    throw DataError.trailingGzipData(path: source, offset: consumed, count: remaining)
+                case Z_BUF_ERROR:
+                    if consumed == input.count {
+                        throw DataError.truncatedGzip(
+                            path: source, compressedBytes: input.count, decompressedBytes: produced)
+                    }
+                    continue  // the output buffer was full; it grows at the top of the loop
+                case Z_NEED_DICT:
+                    throw DataError.corruptGzip(path: source, reason: "the stream needs a preset dictionary")
+                case Z_MEM_ERROR:
+                    throw DataError.corruptGzip(path: source, reason: "out of memory")
+                default:
+                    let message = stream.msg.map { String(cString: $0) } ?? "status \(status)"
+                    throw DataError.corruptGzip(path: source, reason: "\(message) at compressed offset \(consumed)")
+                }
+            }
+        }
+        output.removeSubrange(produced...)
+        return output
+    }
+
+    /// `bytes` compressed as one gzip member (used by tests and tools to write `.gz` files).
+    ///
+    /// - Parameter level: zlib compression level, 0 (store) to 9 (best).
+    /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` for a bad level.
+    public static func compress(_ bytes: [UInt8], level: Int = 6) throws -> [UInt8] {
+        guard (0...9).contains(level) else {
+            throw DataError.invalidArgument(name: "gzip level", value: "\(level)", expected: "0...9")
+        }
+        var stream = z_stream()
+        var status = deflateInit2_(&stream, Int32(level), Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY,
+                                   ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size))
+        guard status == Z_OK else {
+            throw DataError.invalidArgument(name: "gzip level", value: "\(level)", expected: "a level zlib accepts")
+        }
+        defer { deflateEnd(&stream) }
+        var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, uLong(bytes.count))) + 64)
+        var consumed = 0, produced = 0
+        bytes.withUnsafeBufferPointer { input in
+            let base = UnsafeMutablePointer(mutating: input.baseAddress ?? UnsafePointer(bitPattern: 1)!)
+            repeat {
+                if produced == output.count { output.append(contentsOf: repeatElement(0, count: output.count)) }
+                let chunkIn = min(input.count - consumed, 1 << 30)
+                let chunkOut = min(output.count - produced, 1 << 30)
+                stream.next_in = base + consumed
+                stream.avail_in = uInt(chunkIn)
+                let flush = consumed + chunkIn == input.count ? Z_FINISH : Z_NO_FLUSH
+                status = output.withUnsafeMutableBufferPointer { out -> Int32 in
+                    stream.next_out = out.baseAddress! + produced
+                    stream.avail_out = uInt(chunkOut)
+                    return deflate(&stream, flush)
+                }
+                consumed += chunkIn - Int(stream.avail_in)
+                produced += chunkOut - Int(stream.avail_out)
+            } while status == Z_OK || status == Z_BUF_ERROR
+        }
+        guard status == Z_STREAM_END else {
+            throw DataError.invalidArgument(name: "gzip stream", value: "deflate status \(status)", expected: "Z_STREAM_END")
+        }
+        output.removeSubrange(produced...)
+        return output
+    }
+}
+
+/// The whole content of the file at `path`, read with POSIX calls so the error names the real cause.
+///
+/// - Throws: ``DataError/readFailed(path:reason:)``.
+func readFileBytes(path: String) throws -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw DataError.readFailed(path: path, reason: String(cString: strerror(errno))) }
+    defer { close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0 else {
+        throw DataError.readFailed(path: path, reason: String(cString: strerror(errno)))
+    }
+    guard (info.st_mode & S_IFMT) == S_IFREG else {
+        throw DataError.readFailed(path: path, reason: "not a regular file")
+    }
+    var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
+    var filled = 0
+    try bytes.withUnsafeMutableBytes { buffer in
+        while filled < buffer.count {
+            let n = read(fd, buffer.baseAddress! + filled, buffer.count - filled)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw DataError.readFailed(path: path, reason: String(cString: strerror(errno)))
+            }
+            if n == 0 { break }  // the file shrank while we read it
+            filled += n
+        }
+    }
+    if filled < bytes.count { bytes.removeSubrange(filled...) }
+    // A file that grew while we read it: read the rest too.
+    var chunk = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw DataError.readFailed(path: path, reason: String(cString: strerror(errno)))
+        }
+        if n == 0 { break }
+        bytes.append(contentsOf: chunk[0..<n])
+    }
+    return bytes
+}

@@ -1,0 +1,86 @@
+import COpenBLAS
+
+/// The one place NormKitTraining talks to OpenBLAS: its thread count and a thin row-major `sgemm`.
+///
+/// **Threading policy.** Never nest OpenBLAS threads inside NormKit's own parallel loops. The layers read
+/// ``threads`` on each call: when OpenBLAS runs single-threaded they split the batch over
+/// ``Parallelism/threadCount`` threads themselves (each thread calling a single-threaded `sgemm` on its own
+/// images and scratch); otherwise their loops stay serial and OpenBLAS threads each GEMM. The first is the
+/// faster configuration on this project's small convolutions (about 2.5× at batch 32 and 2× at batch 2 on
+/// 2 cores, measured in `ConvolutionTests.testConvolutionTimings`), so it is the default: building the first
+/// ``Conv2d`` or ``Linear`` sets OpenBLAS to 1 thread unless ``setThreads(_:)`` was called before.
+public enum BLAS {
+    /// Whether ``setThreads(_:)`` (or the default) has configured OpenBLAS in this process.
+    nonisolated(unsafe) private static var configured = false
+
+    /// Sets the number of threads OpenBLAS uses for each call (at least 1).
+    ///
+    /// Call it at start-up, not while another thread is inside a BLAS call.
+    public static func setThreads(_ n: Int) {
+        configured = true
+        openblas_set_num_threads(Int32(clamping: max(1, n)))
+    }
+
+    /// Applies the default policy (OpenBLAS single-threaded, layers thread over images) unless
+    /// ``setThreads(_:)`` was called before. Layers call it from their initialisers.
+    static func configureDefaultIfNeeded() {
+        if !configured { setThreads(1) }
+    }
+
+    /// The number of threads OpenBLAS currently uses per call.
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+
+    /// The CPU kernel family OpenBLAS selected (for example `"SkylakeX"` or `"Haswell"`), for logs.
+    public static var coreName: String {
+        guard let name = openblas_get_corename() else { return "unknown" }
+        return String(cString: name)
+    }
+
+    /// Row-major single-precision GEMM: `C = α·op(A)·op(B) + β·C` with `op(A)` of shape `m × k`, `op(B)` of
+    /// shape `k × n` and `C` of shape `m × n`.
+    ///
+    /// - Parameters:
+    ///   - transposeA: `op(A) = Aᵀ`; `A` is then stored `k × m`.
+    ///   - transposeB: `op(B) = Bᵀ`; `B` is then stored `n × k`.
+    ///   - lda, ldb, ldc: row strides (in elements) of `A`, `B`, `C` as stored.
+    /// - Precondition: the pointers cover the stated extents (callers size their buffers from the same numbers).
+    @inline(__always)
+    public static func sgemm(
+        transposeA: Bool = false, transposeB: Bool = false, m: Int, n: Int, k: Int,
+        alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        guard m > 0, n > 0 else { return }
+        cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+}
+
+/// A 64-byte-aligned block of `Float` scratch memory owned by one layer. It only grows, so steady-state
+/// training steps allocate nothing; its contents are unspecified after ``reserve(_:)``.
+final class LayerScratch {
+    /// The first element.
+    private(set) var pointer: UnsafeMutablePointer<Float>
+    /// How many floats ``pointer`` can hold.
+    private(set) var capacity: Int
+
+    init(capacity: Int = 16) {
+        self.capacity = max(capacity, 16)
+        pointer = LayerScratch.allocate(self.capacity)
+    }
+
+    /// Makes room for at least `count` floats (the old contents are dropped when it grows).
+    func reserve(_ count: Int) {
+        guard count > capacity else { return }
+        UnsafeMutableRawPointer(pointer).deallocate()
+        capacity = count
+        pointer = LayerScratch.allocate(count)
+    }
+
+    private static func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: count * MemoryLayout<Float>.stride, alignment: 64)
+        return raw.initializeMemory(as: Float.self, repeating: 0, count: count)
+    }
+
+    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+}

@@ -1,0 +1,436 @@
+import Dispatch
+
+/// A 2-D convolution over channels-first `(N, C, H, W)` tensors, PyTorch's `nn.Conv2d` (square kernel, equal
+/// stride and padding in both directions, zero padding, no dilation or groups), optionally weight-centred.
+///
+/// - Weight: ``weight`` of shape `(out, in, k, k)` (PyTorch's layout and `state_dict` name `weight`),
+///   He (Kaiming) normal initialisation with mode `fan_out`: `std = √(2 / (out·k·k))`, as the reference models
+///   do. Optional ``bias`` `(out,)`, initialised to zero.
+/// - `centred: true` is MABN's CenConv (spec section 5): every forward centres each output filter,
+///   `W_c[o] = W[o] − mean(W[o])`, and convolves with `W_c`; the backward maps `∂L/∂W_c` back through
+///   ``WeightCentering/centerGradient(_:_:filters:fanIn:)``. The stored weight stays uncentred, as in the
+///   reference `CenConv2d`.
+/// - Lowering: for a group of images, im2col writes the `(C·k·k) × (positions)` patch matrix into per-thread
+///   scratch and one `sgemm` computes the outputs. The backward recomputes the patches (cheaper than keeping
+///   them), so a training forward saves only the input (a reference, no copy) and the weights it used.
+/// - Threads: see ``BLAS``. With OpenBLAS single-threaded the batch is split over
+///   ``Parallelism/threadCount`` threads, each with its own scratch and weight-gradient partial sums (added
+///   in a fixed order, so results do not depend on scheduling); otherwise everything runs on the calling
+///   thread and OpenBLAS threads each GEMM.
+public final class Conv2d: Layer {
+    /// `C`, the input channels.
+    public let inChannels: Int
+    /// The output channels (filters).
+    public let outChannels: Int
+    /// `k`, the side of the square kernel.
+    public let kernelSize: Int
+    /// The step between windows, in both directions.
+    public let stride: Int
+    /// Zeros added on every side of the input.
+    public let padding: Int
+    /// Whether each filter is centred before use (MABN's CenConv).
+    public let centred: Bool
+    /// The filters, shape `(out, in, k, k)`, role ``ParameterRole/weight``.
+    public let weight: Parameter
+    /// The per-filter bias `(out,)`, nil when built with `bias: false`.
+    public let bias: Parameter?
+    /// When `false` the backward computes only the parameter gradients and leaves `dx` untouched (for the
+    /// first convolution of a network, whose input gradient nobody needs).
+    public var computesInputGradient = true
+
+    /// `"Conv2d(16→32, 3×3, stride 2, padding 1)"` (with `", centred"` / `", bias"` when set).
+    public var name: String {
+        "Conv2d(\(inChannels)→\(outChannels), \(kernelSize)×\(kernelSize), stride \(stride), padding \(padding)"
+            + (centred ? ", centred" : "") + (bias != nil ? ", bias" : "") + ")"
+    }
+
+    /// ``weight`` and, when present, ``bias``.
+    public var parameters: [Parameter] { bias.map { [weight, $0] } ?? [weight] }
+
+    /// `C·k·k`, the length of one filter.
+    private var fanIn: Int { inChannels * kernelSize * kernelSize }
+
+    private var savedInput: Tensor?
+    private var savedGeometry: ConvolutionGeometry?
+    /// The weights the last forward used (centred when ``centred``), `out × fanIn`.
+    private let usedWeight: LayerScratch
+    private var workspaces: [ConvolutionWorkspace] = []
+
+    /// A convolution with He-normal (`fan_out`) weights drawn from `generator`.
+    ///
+    /// - Throws: ``LayerError/invalidArgument(layer:name:value:expected:)`` for a channel count, kernel size or
+    ///   stride below 1, or a negative padding.
+    public init(inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
+                bias: Bool = false, centred: Bool = false, generator: inout SeededGenerator) throws {
+        for (argument, value) in [("inChannels", inChannels), ("outChannels", outChannels),
+                                  ("kernelSize", kernelSize), ("stride", stride)] where value < 1 {
+            throw LayerError.invalidArgument(layer: "Conv2d", name: argument, value: value, expected: "at least 1")
+        }
+        guard padding >= 0 else {
+            throw LayerError.invalidArgument(layer: "Conv2d", name: "padding", value: padding, expected: "at least 0")
+        }
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernelSize = kernelSize
+        self.stride = stride
+        self.padding = padding
+        self.centred = centred
+        let shape = [outChannels, inChannels, kernelSize, kernelSize]
+        let std = (2 / Float(outChannels * kernelSize * kernelSize)).squareRoot()
+        let initial = Tensor.randomNormal(shape: shape, standardDeviation: std, using: &generator).values
+        weight = Parameter(name: "weight", shape: shape, role: .weight, value: initial)
+        self.bias = bias
+            ? Parameter(name: "bias", shape: [outChannels], role: .bias,
+                        value: [Float](repeating: 0, count: outChannels))
+            : nil
+        usedWeight = LayerScratch(capacity: outChannels * inChannels * kernelSize * kernelSize)
+        BLAS.configureDefaultIfNeeded()
+    }
+
+    /// The output shape for an input `(N, C, H, W)`: `(N, out, (H + 2p − k)/s + 1, (W + 2p − k)/s + 1)`.
+    ///
+    /// - Throws: the same errors as ``forward(_:into:training:)`` for a bad input shape or layout.
+    public func outputShape(for x: Tensor) throws -> [Int] {
+        let g = try geometry(of: x)
+        return [g.batch, outChannels, g.outHeight, g.outWidth]
+    }
+
+    /// Convolves `x` `(N, in, H, W)` into `y` `(N, out, H', W')`, reusing `y`'s memory when it can. A training
+    /// forward keeps a reference to `x` and the weights it used for the backward.
+    ///
+    /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
+    ///   ``LayerError/channelMismatch(layer:expected:got:)``, ``LayerError/emptyBatch(layer:)`` or
+    ///   ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
+    public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
+        let g = try geometry(of: x)
+        prepareWeights()
+        let plan = prepareWorkspaces(for: g)
+        y.prepare(shape: [g.batch, outChannels, g.outHeight, g.outWidth], layout: .channelsFirst)
+        let w = UnsafePointer(usedWeight.pointer)
+        let workspaces = self.workspaces
+        let biasValues = bias?.value
+        x.withUnsafeBufferPointer { xb in
+            y.withUnsafeMutableBufferPointer { yb in
+                let xp = xb.baseAddress!, yp = yb.baseAddress!
+                Conv2d.run(threads: plan.threads, count: g.batch) { t, range in
+                    Conv2d.forwardImages(range, group: plan.group, g, x: xp, weights: w, bias: biasValues,
+                                         y: yp, workspace: workspaces[t])
+                }
+            }
+        }
+        if training {
+            savedInput = x
+            savedGeometry = g
+        }
+    }
+
+    /// Backpropagates `dy` through the last training forward: sets ``weight``'s (and ``bias``'s) gradient and,
+    /// when ``computesInputGradient``, writes `dx` (shape of the forward's input).
+    ///
+    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
+    ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
+        guard let x = savedInput, let g = savedGeometry else { throw LayerError.backwardBeforeForward(layer: name) }
+        try LayerCheck.gradient(dy, shape: [g.batch, outChannels, g.outHeight, g.outWidth], layout: .channelsFirst,
+                                layer: name)
+        let plan = prepareWorkspaces(for: g)
+        let w = UnsafePointer(usedWeight.pointer)
+        let workspaces = self.workspaces
+        let wantsInput = computesInputGradient
+        func run(_ dxp: UnsafeMutablePointer<Float>?) {
+            x.withUnsafeBufferPointer { xb in
+                dy.withUnsafeBufferPointer { dyb in
+                    let xp = xb.baseAddress!, dyp = dyb.baseAddress!
+                    Conv2d.run(threads: plan.threads, count: g.batch) { t, range in
+                        Conv2d.backwardImages(range, group: plan.group, g, x: xp, weights: w, dy: dyp, dx: dxp,
+                                              workspace: workspaces[t])
+                    }
+                }
+            }
+        }
+        if wantsInput {
+            dx.prepare(shape: x.shape, layout: .channelsFirst)
+            dx.withUnsafeMutableBufferPointer { run($0.baseAddress!) }
+        } else {
+            run(nil)
+        }
+        // Add the per-thread partial sums in thread order, then map through the centring.
+        let count = outChannels * fanIn, filters = outChannels, fanIn = self.fanIn
+        weight.gradient.withUnsafeMutableBufferPointer { gw in
+            let out = gw.baseAddress!
+            out.update(from: workspaces[0].weightGradient.pointer, count: count)
+            for t in 1..<plan.threads {
+                let part = workspaces[t].weightGradient.pointer
+                for i in 0..<count { out[i] += part[i] }
+            }
+            if centred { WeightCentering.centerGradient(out, out, filters: filters, fanIn: fanIn) }
+        }
+        if let bias {
+            bias.gradient.withUnsafeMutableBufferPointer { gb in
+                for o in 0..<filters {
+                    var total: Float = 0
+                    for t in 0..<plan.threads { total += workspaces[t].biasGradient.pointer[o] }
+                    gb[o] = total
+                }
+            }
+        }
+        savedInput = nil
+        savedGeometry = nil
+    }
+
+    /// `weight` (and `bias`) in PyTorch naming; the weight is stored uncentred.
+    public func stateDict() -> [String: StateTensor] {
+        var state: [String: StateTensor] = ["weight": .float32(shape: weight.shape, values: weight.value)]
+        if let bias { state["bias"] = .float32(shape: bias.shape, values: bias.value) }
+        return state
+    }
+
+    /// Restores ``stateDict()``'s tensors; throws ``LayerError/invalidState(layer:name:reason:)`` and changes
+    /// nothing when one is missing or mis-shaped.
+    public func loadStateDict(_ state: [String: StateTensor]) throws {
+        let w = try LayerCheck.floats(state, "weight", shape: weight.shape, layer: name)
+        let b = try bias.map { try LayerCheck.floats(state, "bias", shape: $0.shape, layer: name) }
+        weight.value = w
+        if let b { bias?.value = b }
+    }
+
+    // MARK: - Planning
+
+    /// Checks `x` and returns the convolution's geometry for it.
+    private func geometry(of x: Tensor) throws -> ConvolutionGeometry {
+        try LayerCheck.spatial(x, channels: inChannels, layer: name)
+        let h = x.shape[2], w = x.shape[3]
+        guard h + 2 * padding >= kernelSize, w + 2 * padding >= kernelSize else {
+            throw LayerError.inputTooSmall(layer: name, height: h, width: w, kernelSize: kernelSize, padding: padding)
+        }
+        return ConvolutionGeometry(batch: x.batch, channels: inChannels, height: h, width: w, filters: outChannels,
+                                   kernel: kernelSize, stride: stride, padding: padding)
+    }
+
+    /// Copies (or centres) the weights into ``usedWeight``.
+    private func prepareWeights() {
+        let dst = usedWeight.pointer, filters = outChannels, fanIn = self.fanIn
+        weight.value.withUnsafeBufferPointer { src in
+            if centred {
+                WeightCentering.center(dst, src.baseAddress!, filters: filters, fanIn: fanIn)
+            } else {
+                dst.update(from: src.baseAddress!, count: filters * fanIn)
+            }
+        }
+    }
+
+    /// How many threads split the batch and how many images share one GEMM.
+    private struct Plan { var threads: Int; var group: Int }
+
+    /// Aim for GEMMs with at least this many output columns (positions × images) when images are small.
+    static let targetColumns = 512
+
+    /// Chooses the plan for `g` and sizes the per-thread scratch (growing only).
+    private func prepareWorkspaces(for g: ConvolutionGeometry) -> Plan {
+        let threads = BLAS.threads == 1 ? max(1, min(Parallelism.threadCount, g.batch)) : 1
+        let perThread = (g.batch + threads - 1) / threads
+        let group = max(1, min(perThread, Conv2d.targetColumns / g.positions))
+        while workspaces.count < threads { workspaces.append(ConvolutionWorkspace()) }
+        let columns = group * g.positions
+        for t in 0..<threads {
+            let ws = workspaces[t]
+            ws.patches.reserve(g.fanIn * columns)
+            ws.staging.reserve(g.filters * columns)
+            ws.weightGradient.reserve(g.filters * g.fanIn)
+            ws.biasGradient.reserve(g.filters)
+        }
+        return Plan(threads: threads, group: group)
+    }
+
+    /// Runs `body(thread, images)` over `0..<count` split into `threads` contiguous ranges.
+    private static func run(threads: Int, count: Int, _ body: (Int, Range<Int>) -> Void) {
+        if threads <= 1 {
+            body(0, 0..<count)
+            return
+        }
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            body(t, (count * t / threads)..<(count * (t + 1) / threads))
+        }
+    }
+
+    // MARK: - Kernels (one thread's images)
+
+    private static func forwardImages(_ images: Range<Int>, group: Int, _ g: ConvolutionGeometry,
+                                      x: UnsafePointer<Float>, weights: UnsafePointer<Float>, bias: [Float]?,
+                                      y: UnsafeMutablePointer<Float>, workspace: ConvolutionWorkspace) {
+        let p = g.positions, o = g.filters, inPlane = g.channels * g.height * g.width, outImage = o * p
+        let patches = workspace.patches.pointer, staging = workspace.staging.pointer
+        var n0 = images.lowerBound
+        while n0 < images.upperBound {
+            let m = min(group, images.upperBound - n0), columns = m * p
+            for j in 0..<m {
+                im2col(g, x + (n0 + j) * inPlane, patches + j * p, rowStride: columns)
+            }
+            if m == 1 {
+                BLAS.sgemm(m: o, n: p, k: g.fanIn, a: weights, lda: g.fanIn, b: patches, ldb: p, c: y + n0 * outImage,
+                           ldc: p)
+            } else {
+                BLAS.sgemm(m: o, n: columns, k: g.fanIn, a: weights, lda: g.fanIn, b: patches, ldb: columns,
+                           c: staging, ldc: columns)
+                for j in 0..<m {
+                    let image = y + (n0 + j) * outImage
+                    for f in 0..<o {
+                        (image + f * p).update(from: staging + f * columns + j * p, count: p)
+                    }
+                }
+            }
+            if let bias {
+                for j in 0..<m {
+                    let image = y + (n0 + j) * outImage
+                    for f in 0..<o {
+                        let row = image + f * p, b = bias[f]
+                        for i in 0..<p { row[i] += b }
+                    }
+                }
+            }
+            n0 += m
+        }
+    }
+
+    private static func backwardImages(_ images: Range<Int>, group: Int, _ g: ConvolutionGeometry,
+                                       x: UnsafePointer<Float>, weights: UnsafePointer<Float>,
+                                       dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
+                                       workspace: ConvolutionWorkspace) {
+        let p = g.positions, o = g.filters, inPlane = g.channels * g.height * g.width, outImage = o * p
+        let patches = workspace.patches.pointer, staging = workspace.staging.pointer
+        let dw = workspace.weightGradient.pointer, db = workspace.biasGradient.pointer
+        db.update(repeating: 0, count: o)
+        var first = true
+        var n0 = images.lowerBound
+        while n0 < images.upperBound {
+            let m = min(group, images.upperBound - n0), columns = m * p
+            for j in 0..<m {
+                im2col(g, x + (n0 + j) * inPlane, patches + j * p, rowStride: columns)
+            }
+            // dY of the group as one `out × columns` matrix.
+            let dyGroup: UnsafePointer<Float>
+            if m == 1 {
+                dyGroup = dy + n0 * outImage
+            } else {
+                for j in 0..<m {
+                    let image = dy + (n0 + j) * outImage
+                    for f in 0..<o { (staging + f * columns + j * p).update(from: image + f * p, count: p) }
+                }
+                dyGroup = UnsafePointer(staging)
+            }
+            // dW (+)= dY · patchesᵀ
+            BLAS.sgemm(transposeB: true, m: o, n: g.fanIn, k: columns, a: dyGroup, lda: columns, b: patches,
+                       ldb: columns, beta: first ? 0 : 1, c: dw, ldc: g.fanIn)
+            first = false
+            for f in 0..<o {
+                let row = dyGroup + f * columns
+                var total: Float = 0
+                for i in 0..<columns { total += row[i] }
+                db[f] += total
+            }
+            if let dx {
+                // dPatches = Wᵀ · dY, written over the patches, then scattered back (col2im).
+                BLAS.sgemm(transposeA: true, m: g.fanIn, n: columns, k: o, a: weights, lda: g.fanIn, b: dyGroup,
+                           ldb: columns, c: patches, ldc: columns)
+                for j in 0..<m {
+                    col2im(g, patches + j * p, rowStride: columns, into: dx + (n0 + j) * inPlane)
+                }
+            }
+            n0 += m
+        }
+    }
+
+    /// The output positions `[lower, upper)` along one axis whose input index `out·s − p + tap` is inside
+    /// `0..<inputSize`.
+    @inline(__always)
+    private static func validRange(tap: Int, inputSize: Int, outputSize: Int, stride s: Int, padding p: Int)
+        -> (Int, Int)
+    {
+        let shift = p - tap
+        let lower = shift <= 0 ? 0 : (shift + s - 1) / s
+        let top = inputSize - 1 + p - tap
+        let upper = top < 0 ? 0 : min(outputSize, top / s + 1)
+        return (min(lower, upper), upper)
+    }
+
+    /// Writes one image's `(C·k·k) × positions` patch matrix (row `(c·k + ki)·k + kj`, column `oh·W' + ow`)
+    /// with rows `rowStride` apart.
+    private static func im2col(_ g: ConvolutionGeometry, _ x: UnsafePointer<Float>,
+                               _ patches: UnsafeMutablePointer<Float>, rowStride: Int) {
+        let k = g.kernel, s = g.stride, pad = g.padding, h = g.height, w = g.width
+        let ho = g.outHeight, wo = g.outWidth
+        for c in 0..<g.channels {
+            let plane = x + c * h * w
+            for ki in 0..<k {
+                let (ohLo, ohHi) = validRange(tap: ki, inputSize: h, outputSize: ho, stride: s, padding: pad)
+                for kj in 0..<k {
+                    let (owLo, owHi) = validRange(tap: kj, inputSize: w, outputSize: wo, stride: s, padding: pad)
+                    let row = patches + ((c * k + ki) * k + kj) * rowStride
+                    if ohLo > 0 { row.update(repeating: 0, count: ohLo * wo) }
+                    if ohHi < ho { (row + ohHi * wo).update(repeating: 0, count: (ho - ohHi) * wo) }
+                    let width = owHi - owLo
+                    for oh in ohLo..<ohHi {
+                        let d = row + oh * wo
+                        if owLo > 0 { d.update(repeating: 0, count: owLo) }
+                        if owHi < wo { (d + owHi).update(repeating: 0, count: wo - owHi) }
+                        let src = plane + (oh * s - pad + ki) * w + (owLo * s - pad + kj), dst = d + owLo
+                        if s == 1 {
+                            dst.update(from: src, count: width)
+                        } else {
+                            for i in 0..<width { dst[i] = src[i * s] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of ``im2col(_:_:_:rowStride:)``: overwrites one image's `dx` with the sum of the patch
+    /// gradients over every window that read each input element.
+    private static func col2im(_ g: ConvolutionGeometry, _ patches: UnsafePointer<Float>, rowStride: Int,
+                               into dx: UnsafeMutablePointer<Float>) {
+        let k = g.kernel, s = g.stride, pad = g.padding, h = g.height, w = g.width, wo = g.outWidth
+        dx.update(repeating: 0, count: g.channels * h * w)
+        for c in 0..<g.channels {
+            let plane = dx + c * h * w
+            for ki in 0..<k {
+                let (ohLo, ohHi) = validRange(tap: ki, inputSize: h, outputSize: g.outHeight, stride: s, padding: pad)
+                for kj in 0..<k {
+                    let (owLo, owHi) = validRange(tap: kj, inputSize: w, outputSize: wo, stride: s, padding: pad)
+                    let row = patches + ((c * k + ki) * k + kj) * rowStride
+                    let width = owHi - owLo
+                    for oh in ohLo..<ohHi {
+                        let src = row + oh * wo + owLo
+                        let dst = plane + (oh * s - pad + ki) * w + (owLo * s - pad + kj)
+                        if s == 1 {
+                            for i in 0..<width { dst[i] += src[i] }
+                        } else {
+                            for i in 0..<width { dst[i * s] += src[i] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sizes of one convolution call.
+struct ConvolutionGeometry: Equatable {
+    var batch: Int, channels: Int, height: Int, width: Int, filters: Int, kernel: Int, stride: Int, padding: Int
+    var outHeight: Int { (height + 2 * padding - kernel) / stride + 1 }
+    var outWidth: Int { (width + 2 * padding - kernel) / stride + 1 }
+    var positions: Int { outHeight * outWidth }
+    var fanIn: Int { channels * kernel * kernel }
+}
+
+/// One thread's scratch for ``Conv2d``.
+final class ConvolutionWorkspace {
+    /// The patch matrix of a group of images (reused for its gradient in the backward).
+    let patches = LayerScratch()
+    /// Outputs (forward) or output gradients (backward) of a group, `out × columns`.
+    let staging = LayerScratch()
+    /// This thread's partial `∂L/∂W_used`.
+    let weightGradient = LayerScratch()
+    /// This thread's partial `∂L/∂b`.
+    let biasGradient = LayerScratch()
+}

@@ -1,0 +1,120 @@
+/// A fully connected layer on `(N, in)` tensors, PyTorch's `nn.Linear`: `y = x·Wᵀ + b`.
+///
+/// - ``weight`` has shape `(out, in)` and ``bias`` `(out,)` (`state_dict` names `weight`, `bias`).
+/// - PyTorch's default initialisation: both uniform in `±1/√in`, drawn from the given generator.
+/// - Input is rank 2. Both ``TensorLayout``s are accepted (a rank-2 tensor has the same memory in either);
+///   the output and `dx` are channels-first.
+public final class Linear: Layer {
+    /// `in`, the input features.
+    public let inFeatures: Int
+    /// `out`, the output features.
+    public let outFeatures: Int
+    /// `W`, shape `(out, in)`, role ``ParameterRole/weight``.
+    public let weight: Parameter
+    /// `b`, shape `(out,)`, role ``ParameterRole/bias``.
+    public let bias: Parameter
+
+    /// `"Linear(64→10)"`.
+    public var name: String { "Linear(\(inFeatures)→\(outFeatures))" }
+
+    /// ``weight`` and ``bias``.
+    public var parameters: [Parameter] { [weight, bias] }
+
+    private var savedInput: Tensor?
+
+    /// A linear layer with PyTorch's default uniform initialisation drawn from `generator` (weight first,
+    /// then bias).
+    ///
+    /// - Throws: ``LayerError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1.
+    public init(inFeatures: Int, outFeatures: Int, generator: inout SeededGenerator) throws {
+        for (argument, value) in [("inFeatures", inFeatures), ("outFeatures", outFeatures)] where value < 1 {
+            throw LayerError.invalidArgument(layer: "Linear", name: argument, value: value, expected: "at least 1")
+        }
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        let bound = 1 / Float(inFeatures).squareRoot()
+        let w = (0..<(outFeatures * inFeatures)).map { _ in Float.random(in: -bound...bound, using: &generator) }
+        let b = (0..<outFeatures).map { _ in Float.random(in: -bound...bound, using: &generator) }
+        weight = Parameter(name: "weight", shape: [outFeatures, inFeatures], role: .weight, value: w)
+        bias = Parameter(name: "bias", shape: [outFeatures], role: .bias, value: b)
+        BLAS.configureDefaultIfNeeded()
+    }
+
+    /// `y = x·Wᵀ + b` for `x` of shape `(N, in)`; a training forward keeps a reference to `x`.
+    ///
+    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``LayerError/channelMismatch(layer:expected:got:)``
+    ///   or ``LayerError/emptyBatch(layer:)``.
+    public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
+        guard x.shape.count == 2 else { throw LayerError.wrongRank(layer: name, expected: 2, shape: x.shape) }
+        guard x.channels == inFeatures else {
+            throw LayerError.channelMismatch(layer: name, expected: inFeatures, got: x.channels)
+        }
+        guard x.batch > 0 else { throw LayerError.emptyBatch(layer: name) }
+        let n = x.batch, i = inFeatures, o = outFeatures
+        y.prepare(shape: [n, o], layout: .channelsFirst)
+        x.withUnsafeBufferPointer { xb in
+            weight.value.withUnsafeBufferPointer { wb in
+                bias.value.withUnsafeBufferPointer { bb in
+                    y.withUnsafeMutableBufferPointer { yb in
+                        let yp = yb.baseAddress!
+                        for r in 0..<n { (yp + r * o).update(from: bb.baseAddress!, count: o) }
+                        BLAS.sgemm(transposeB: true, m: n, n: o, k: i, a: xb.baseAddress!, lda: i,
+                                   b: wb.baseAddress!, ldb: i, beta: 1, c: yp, ldc: o)
+                    }
+                }
+            }
+        }
+        if training { savedInput = x }
+    }
+
+    /// Sets `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ_rows dy` and writes `dx = dy·W`.
+    ///
+    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
+    ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
+        guard let x = savedInput else { throw LayerError.backwardBeforeForward(layer: name) }
+        let n = x.batch, i = inFeatures, o = outFeatures
+        guard dy.shape == [n, o] else {
+            throw LayerError.gradientMismatch(layer: name, expected: [n, o], expectedLayout: .channelsFirst,
+                                              got: dy.shape, gotLayout: dy.layout)
+        }
+        dx.prepare(shape: [n, i], layout: .channelsFirst)
+        x.withUnsafeBufferPointer { xb in
+            dy.withUnsafeBufferPointer { db in
+                let dyp = db.baseAddress!
+                weight.gradient.withUnsafeMutableBufferPointer { gw in
+                    BLAS.sgemm(transposeA: true, m: o, n: i, k: n, a: dyp, lda: o, b: xb.baseAddress!, ldb: i,
+                               c: gw.baseAddress!, ldc: i)
+                }
+                bias.gradient.withUnsafeMutableBufferPointer { gb in
+                    for c in 0..<o { gb[c] = 0 }
+                    for r in 0..<n {
+                        for c in 0..<o { gb[c] += dyp[r * o + c] }
+                    }
+                }
+                weight.value.withUnsafeBufferPointer { wb in
+                    dx.withUnsafeMutableBufferPointer { dxb in
+                        BLAS.sgemm(m: n, n: i, k: o, a: dyp, lda: o, b: wb.baseAddress!, ldb: i,
+                                   c: dxb.baseAddress!, ldc: i)
+                    }
+                }
+            }
+        }
+        savedInput = nil
+    }
+
+    /// `weight` and `bias` in PyTorch naming.
+    public func stateDict() -> [String: StateTensor] {
+        ["weight": .float32(shape: weight.shape, values: weight.value),
+         "bias": .float32(shape: bias.shape, values: bias.value)]
+    }
+
+    /// Restores ``stateDict()``'s tensors; throws ``LayerError/invalidState(layer:name:reason:)`` and changes
+    /// nothing when one is missing or mis-shaped.
+    public func loadStateDict(_ state: [String: StateTensor]) throws {
+        let w = try LayerCheck.floats(state, "weight", shape: weight.shape, layer: name)
+        let b = try LayerCheck.floats(state, "bias", shape: bias.shape, layer: name)
+        weight.value = w
+        bias.value = b
+    }
+}

@@ -1,0 +1,185 @@
+/// Max pooling over square windows of channels-first `(N, C, H, W)` tensors, PyTorch's `nn.MaxPool2d` without
+/// padding (floor mode): the output is `(N, C, (H − k)/s + 1, (W − k)/s + 1)`.
+///
+/// Each output takes the first maximum of its window in row-major order (the last NaN wins, as in PyTorch). A training
+/// forward records the winner's position per output (in scratch reused across steps); the backward sends each
+/// `dy` there (adding where windows overlap). No parameters.
+public final class MaxPool2d: Layer {
+    /// `k`, the side of the window.
+    public let kernelSize: Int
+    /// The step between windows.
+    public let stride: Int
+
+    /// `"MaxPool2d(2×2, stride 2)"`.
+    public var name: String { "MaxPool2d(\(kernelSize)×\(kernelSize), stride \(stride))" }
+    /// None.
+    public var parameters: [Parameter] { [] }
+
+    private var savedInputShape: [Int]?
+    /// Per output, the flat index within its input plane of the window's maximum.
+    private var winners: [Int32] = []
+
+    /// A max pool with a `kernelSize × kernelSize` window moved `stride` (default `kernelSize`) at a time.
+    ///
+    /// - Throws: ``LayerError/invalidArgument(layer:name:value:expected:)`` for a size or stride below 1.
+    public init(kernelSize: Int, stride: Int? = nil) throws {
+        let stride = stride ?? kernelSize
+        for (argument, value) in [("kernelSize", kernelSize), ("stride", stride)] where value < 1 {
+            throw LayerError.invalidArgument(layer: "MaxPool2d", name: argument, value: value, expected: "at least 1")
+        }
+        self.kernelSize = kernelSize
+        self.stride = stride
+    }
+
+    /// Pools `x` into `y`.
+    ///
+    /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
+    ///   ``LayerError/emptyBatch(layer:)`` or ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
+    public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
+        try LayerCheck.spatial(x, channels: nil, layer: name)
+        let h = x.shape[2], w = x.shape[3], k = kernelSize, s = stride
+        guard h >= k, w >= k else {
+            throw LayerError.inputTooSmall(layer: name, height: h, width: w, kernelSize: k, padding: 0)
+        }
+        let ho = (h - k) / s + 1, wo = (w - k) / s + 1, planes = x.batch * x.channels
+        y.prepare(shape: [x.batch, x.channels, ho, wo], layout: .channelsFirst)
+        if training && winners.count != planes * ho * wo {
+            winners = [Int32](repeating: 0, count: planes * ho * wo)
+        }
+        func pool(_ index: UnsafeMutablePointer<Int32>?) {
+            x.withUnsafeBufferPointer { xb in
+                y.withUnsafeMutableBufferPointer { yb in
+                    let xp = xb.baseAddress!, yp = yb.baseAddress!
+                    Parallelism.forEachRange(count: planes, work: planes * h * w) { range in
+                        for plane in range {
+                            let src = xp + plane * h * w, dst = yp + plane * ho * wo
+                            let idx = index.map { $0 + plane * ho * wo }
+                            for oh in 0..<ho {
+                                for ow in 0..<wo {
+                                    var best = oh * s * w + ow * s
+                                    var value = src[best]
+                                    for ki in 0..<k {
+                                        let row = (oh * s + ki) * w + ow * s
+                                        for kj in 0..<k {
+                                            let v = src[row + kj]
+                                            if v > value || v.isNaN { value = v; best = row + kj }
+                                        }
+                                    }
+                                    dst[oh * wo + ow] = value
+                                    idx?[oh * wo + ow] = Int32(best)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if training {
+            winners.withUnsafeMutableBufferPointer { pool($0.baseAddress!) }
+            savedInputShape = x.shape
+        } else {
+            pool(nil)
+        }
+    }
+
+    /// Routes each `dy` to its window's maximum; every other `dx` is zero.
+    ///
+    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
+    ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
+        guard let shape = savedInputShape else { throw LayerError.backwardBeforeForward(layer: name) }
+        let h = shape[2], w = shape[3], k = kernelSize, s = stride
+        let ho = (h - k) / s + 1, wo = (w - k) / s + 1, planes = shape[0] * shape[1]
+        try LayerCheck.gradient(dy, shape: [shape[0], shape[1], ho, wo], layout: .channelsFirst, layer: name)
+        dx.prepare(shape: shape, layout: .channelsFirst)
+        winners.withUnsafeBufferPointer { wb in
+            dy.withUnsafeBufferPointer { db in
+                dx.withUnsafeMutableBufferPointer { dxb in
+                    let idx = wb.baseAddress!, dyp = db.baseAddress!, dxp = dxb.baseAddress!
+                    Parallelism.forEachRange(count: planes, work: planes * h * w) { range in
+                        for plane in range {
+                            let dst = dxp + plane * h * w, out = plane * ho * wo
+                            dst.update(repeating: 0, count: h * w)
+                            for i in 0..<(ho * wo) { dst[Int(idx[out + i])] += dyp[out + i] }
+                        }
+                    }
+                }
+            }
+        }
+        savedInputShape = nil
+    }
+
+    /// Empty: no state.
+    public func stateDict() -> [String: StateTensor] { [:] }
+
+    /// Accepts any dictionary (there is nothing to restore).
+    public func loadStateDict(_ state: [String: StateTensor]) throws {}
+}
+
+/// The mean over all spatial positions, `(N, C, H, W) → (N, C)`: PyTorch's
+/// `torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)`. The output is a rank-2 channels-first tensor. No parameters.
+public final class GlobalAveragePool: Layer {
+    /// `"GlobalAveragePool"`.
+    public let name = "GlobalAveragePool"
+    /// None.
+    public var parameters: [Parameter] { [] }
+
+    private var savedInputShape: [Int]?
+
+    /// A global average pool.
+    public init() {}
+
+    /// `y[n, c] = mean over (h, w) of x[n, c, h, w]` (summed in Double).
+    ///
+    /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
+    ///   ``LayerError/emptyBatch(layer:)`` or, for an empty plane, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
+    public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
+        try LayerCheck.spatial(x, channels: nil, layer: name)
+        let m = x.spatialCount, planes = x.batch * x.channels
+        guard m > 0 else {
+            throw LayerError.inputTooSmall(layer: name, height: x.shape[2], width: x.shape[3], kernelSize: 1, padding: 0)
+        }
+        y.prepare(shape: [x.batch, x.channels], layout: .channelsFirst)
+        x.withUnsafeBufferPointer { xb in
+            y.withUnsafeMutableBufferPointer { yb in
+                let scale = 1 / Double(m)
+                for plane in 0..<planes {
+                    let row = xb.baseAddress! + plane * m
+                    var total = 0.0
+                    for i in 0..<m { total += Double(row[i]) }
+                    yb[plane] = Float(total * scale)
+                }
+            }
+        }
+        if training { savedInputShape = x.shape }
+    }
+
+    /// `dx[n, c, h, w] = dy[n, c] / (H·W)`.
+    ///
+    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
+    ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
+        guard let shape = savedInputShape else { throw LayerError.backwardBeforeForward(layer: name) }
+        let planes = shape[0] * shape[1], m = shape[2] * shape[3]
+        guard dy.shape == [shape[0], shape[1]] else {
+            throw LayerError.gradientMismatch(layer: name, expected: [shape[0], shape[1]],
+                                              expectedLayout: .channelsFirst, got: dy.shape, gotLayout: dy.layout)
+        }
+        dx.prepare(shape: shape, layout: .channelsFirst)
+        dy.withUnsafeBufferPointer { db in
+            dx.withUnsafeMutableBufferPointer { dxb in
+                let scale = 1 / Float(m)
+                for plane in 0..<planes {
+                    (dxb.baseAddress! + plane * m).update(repeating: db[plane] * scale, count: m)
+                }
+            }
+        }
+        savedInputShape = nil
+    }
+
+    /// Empty: no state.
+    public func stateDict() -> [String: StateTensor] { [:] }
+
+    /// Accepts any dictionary (there is nothing to restore).
+    public func loadStateDict(_ state: [String: StateTensor]) throws {}
+}

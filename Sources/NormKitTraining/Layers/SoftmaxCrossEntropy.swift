@@ -1,0 +1,78 @@
+import Foundation
+
+/// Softmax followed by the cross-entropy with integer labels, averaged over the batch: PyTorch's
+/// `F.cross_entropy(logits, labels)` (reduction `mean`).
+///
+/// The forward computes each row's log-sum-exp around the row maximum in Double (stable for any finite
+/// logits), stores the probabilities and the labels, and returns the mean loss; ``backward(into:)`` writes
+/// `∂loss/∂logits = (softmax − onehot) / N`. ``predictions`` and ``correctCount`` serve error counting.
+/// Buffers are reused while the batch shape stays the same.
+public final class SoftmaxCrossEntropy {
+    /// The row-wise argmax of the last forward's logits (the first maximum on ties).
+    public private(set) var predictions: [Int] = []
+    /// How many ``predictions`` equal the last forward's labels.
+    public private(set) var correctCount = 0
+
+    private var probabilities: [Float] = []
+    private var savedLabels: [Int] = []
+    private var savedShape: [Int]?
+
+    /// A loss with no state yet.
+    public init() {}
+
+    /// The mean cross-entropy of `logits` `(N, K)` against `labels` (`N` values in `0..<K`).
+    ///
+    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``LayerError/emptyBatch(layer:)``,
+    ///   ``LayerError/labelCountMismatch(batch:labels:)`` or ``LayerError/labelOutOfRange(index:label:classes:)``;
+    ///   nothing is changed when it throws.
+    public func forward(logits: Tensor, labels: [Int]) throws -> Float {
+        let layer = "SoftmaxCrossEntropy"
+        guard logits.shape.count == 2 else { throw LayerError.wrongRank(layer: layer, expected: 2, shape: logits.shape) }
+        let n = logits.batch, k = logits.channels
+        guard n > 0 else { throw LayerError.emptyBatch(layer: layer) }
+        guard labels.count == n else { throw LayerError.labelCountMismatch(batch: n, labels: labels.count) }
+        for (i, label) in labels.enumerated() where !(0..<k).contains(label) {
+            throw LayerError.labelOutOfRange(index: i, label: label, classes: k)
+        }
+        if probabilities.count != n * k { probabilities = [Float](repeating: 0, count: n * k) }
+        if predictions.count != n { predictions = [Int](repeating: 0, count: n) }
+        var total = 0.0, correct = 0
+        logits.withUnsafeBufferPointer { lb in
+            probabilities.withUnsafeMutableBufferPointer { pb in
+                for r in 0..<n {
+                    let row = lb.baseAddress! + r * k, prob = pb.baseAddress! + r * k
+                    var best = 0
+                    for j in 1..<max(k, 1) where row[j] > row[best] { best = j }
+                    let top = Double(row[best])
+                    var sum = 0.0
+                    for j in 0..<k { sum += Foundation.exp(Double(row[j]) - top) }
+                    let logSum = top + Foundation.log(sum)
+                    for j in 0..<k { prob[j] = Float(Foundation.exp(Double(row[j]) - logSum)) }
+                    total += logSum - Double(row[labels[r]])
+                    predictions[r] = best
+                    if best == labels[r] { correct += 1 }
+                }
+            }
+        }
+        savedLabels = labels
+        savedShape = [n, k]
+        correctCount = correct
+        return Float(total / Double(n))
+    }
+
+    /// Writes `∂(mean loss)/∂logits = (softmax − onehot(label)) / N` of the last forward into `dlogits`
+    /// (shape `(N, K)`, channels-first; its memory is reused when it can be). May be called more than once.
+    ///
+    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` before any forward.
+    public func backward(into dlogits: inout Tensor) throws {
+        guard let shape = savedShape else { throw LayerError.backwardBeforeForward(layer: "SoftmaxCrossEntropy") }
+        let n = shape[0], k = shape[1], scale = 1 / Float(n)
+        dlogits.prepare(shape: shape, layout: .channelsFirst)
+        probabilities.withUnsafeBufferPointer { pb in
+            dlogits.withUnsafeMutableBufferPointer { db in
+                for i in 0..<(n * k) { db[i] = pb[i] * scale }
+                for r in 0..<n { db[r * k + savedLabels[r]] -= scale }
+            }
+        }
+    }
+}

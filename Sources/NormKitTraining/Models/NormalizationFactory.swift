@@ -1,0 +1,59 @@
+/// How to build the normalization layers of a model: which kind and its hyper-parameters.
+public struct NormalizationSettings: Codable, Equatable, Sendable {
+    /// The kind of normalization (`.none` builds no layer).
+    public var kind: NormKind
+    /// GN groups; nil with ``groupSize`` nil means ``defaultGroups``.
+    public var groups: Int?
+    /// GN channels per group (exclusive with ``groups``).
+    public var groupSize: Int?
+    /// Samples per normalization batch for BN, BRN and MABN (nil: the whole batch).
+    public var normBatch: Int?
+    /// MABN's `S_buf` (spec §4: SGD batch / normalization batch).
+    public var mabnBufferSize: Int
+    /// BRN's `r_max`/`d_max` schedule.
+    public var renormSchedule: BatchRenorm.Schedule
+
+    /// GN's default for NormKit's small-image ResNets: 8 groups. The paper's 32 groups cannot split the first
+    /// stage's 16 channels, and `min(32, C)` would turn that stage into InstanceNorm; 8 groups give 2, 4 and 8
+    /// channels per group in the three stages (the reference recipe of spec §8).
+    public static let defaultGroups = 8
+
+    /// Settings for `kind` with the defaults of spec §8.
+    public init(kind: NormKind, groups: Int? = nil, groupSize: Int? = nil, normBatch: Int? = nil,
+                mabnBufferSize: Int = 1, renormSchedule: BatchRenorm.Schedule = .paper) {
+        self.kind = kind
+        self.groups = groups
+        self.groupSize = groupSize
+        self.normBatch = normBatch
+        self.mabnBufferSize = mabnBufferSize
+        self.renormSchedule = renormSchedule
+    }
+
+    /// The settings of a training configuration (spec §8): MABN's `S_buf = batch / normBatch`, BRN's schedule
+    /// scaled to `totalSteps` SGD steps.
+    public init(_ c: TrainingConfiguration, totalSteps: Int) throws {
+        self.init(kind: c.norm, groups: c.groups, groupSize: c.groupSize, normBatch: c.normBatch,
+                  mabnBufferSize: max(1, c.batch / c.effectiveNormBatch),
+                  renormSchedule: try BatchRenorm.Schedule.scaled(totalSteps: max(totalSteps, 1)))
+    }
+
+    /// Whether convolutions feeding this normalization are weight-centred (MABN's CenConv).
+    public var centresConvolutions: Bool { kind == .mabn }
+
+    /// A new normalization layer over `channels` channels, or nil for `.none`.
+    public func makeLayer(channels: Int) throws -> NormalizationLayer? {
+        switch kind {
+        case .bn: return try BatchNorm(channels: channels, normBatch: normBatch)
+        case .gn:
+            if let groupSize { return try GroupNorm(channels: channels, groupSize: groupSize) }
+            return try GroupNorm(channels: channels, groups: groups ?? Self.defaultGroups)
+        case .ln: return try GroupNorm.layerNorm(channels: channels)
+        case .in: return try GroupNorm.instanceNorm(channels: channels)
+        case .brn: return try BatchRenorm(channels: channels, schedule: renormSchedule, normBatch: normBatch)
+        case .mabn:
+            return try MovingAverageBatchNorm(channels: channels, bufferSize: mabnBufferSize, normBatch: normBatch)
+        case .frozenBN: return try FrozenBatchNorm(channels: channels)
+        case .none: return nil
+        }
+    }
+}

@@ -1,0 +1,368 @@
+import Foundation
+
+/// The state of one run directory as the report sees it.
+public enum RunStatus: String, Codable, Sendable {
+    /// `summary.json` with `finished == true`.
+    case finished
+    /// Not finished yet: an unfinished `summary.json` or only `metrics.jsonl` lines; its last epoch counts.
+    case partial
+    /// `error.txt` is present (the run threw), or its records cannot be read.
+    case failed
+}
+
+/// One run of a sweep, read back from its directory: a row of `runs.csv` / `runs.json`.
+public struct SweepRunRecord: Codable, Equatable, Sendable {
+    /// The run directory's name.
+    public var runName: String
+    /// Finished, partial or failed.
+    public var status: RunStatus
+    /// The run's configuration (from `summary.json`, else from the plan's cell).
+    public var configuration: TrainingConfiguration
+    /// The results-table columns the run fills (see ``SweepCell/columns``).
+    public var columns: [Int]
+    /// The GN groups-axis value, if any.
+    public var groupSpec: GroupSpec?
+    /// Epochs with metrics.
+    public var epochsCompleted: Int
+    /// Test error after the last (completed) epoch, as a fraction (0…1), like `summary.json`.
+    public var finalTestError: Double?
+    /// Lowest test error over the epochs, as a fraction.
+    public var bestTestError: Double?
+    /// Wall seconds (the summary's, else the last epoch's).
+    public var wallSeconds: Double?
+    /// Training throughput (the summary's, else the mean over epochs).
+    public var imagesPerSecond: Double?
+    /// The error text of a failed run.
+    public var error: String?
+    /// Per-epoch metrics (for the training curves).
+    public var epochs: [EpochMetrics]
+
+    /// The run's line in the table and plot.
+    public var seriesKey: SeriesKey { SeriesKey(norm: configuration.norm, groupSpec: groupSpec) }
+}
+
+/// Everything a sweep directory says, and the report files made from it.
+///
+/// ``build(from:)`` reads only the directory: `plan.json` if present (columns, row order, requested seed counts,
+/// configurations of runs that have not written a summary) and every `<run>/summary.json`, `<run>/metrics.jsonl`
+/// and `<run>/error.txt`. ``write(to:)`` writes `results.md`, `runs.csv`, `runs.json`, `error_vs_batch.svg`,
+/// `training_curves.svg`, and PNG versions of both plots.
+public struct SweepReport {
+    /// The plan and cells from `plan.json`, if present.
+    public var plan: SweepPlanRecord?
+    /// Every run directory with records, in plan order (others after, by name).
+    public var runs: [SweepRunRecord]
+    /// Cells of the plan with no run directory records yet.
+    public var pendingRuns: [String]
+    /// The results table.
+    public var table: ResultsTable
+
+    /// `summary.json`.
+    public static let summaryFileName = "summary.json"
+    /// `metrics.jsonl`.
+    public static let metricsFileName = "metrics.jsonl"
+    /// `error.txt`.
+    public static let errorFileName = "error.txt"
+    /// The files ``write(to:)`` produces.
+    public static let reportFileNames = ["results.md", "runs.csv", "runs.json", "error_vs_batch.svg",
+                                         "error_vs_batch.png", "training_curves.svg", "training_curves.png"]
+
+    /// Reads a sweep directory.
+    /// - Throws: ``SweepError/missingSweepDirectory(_:)``; ``SweepError/unreadableRecord(_:reason:)`` for a
+    ///   malformed `plan.json`. A run whose own records are malformed is reported as failed instead.
+    public static func build(from directory: URL) throws -> SweepReport {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory),
+              isDirectory.boolValue else { throw SweepError.missingSweepDirectory(directory) }
+        let plan = try SweepPlanRecord.read(from: directory)
+        let cellsByName = Dictionary((plan?.cells ?? []).map { ($0.runName, $0) }, uniquingKeysWith: { a, _ in a })
+        let contents = (try? FileManager.default.contentsOfDirectory(
+            at: directory, includingPropertiesForKeys: [.isDirectoryKey])) ?? []
+        let dirNames = Set(contents.filter { url in
+            (try? url.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) == true
+        }.map(\.lastPathComponent))
+        let planned = (plan?.cells ?? []).map(\.runName)
+        let names = planned.filter(dirNames.contains) + dirNames.subtracting(planned).sorted()
+
+        var runs: [SweepRunRecord] = []
+        for name in names {
+            if let run = readRun(directory.appendingPathComponent(name, isDirectory: true), cell: cellsByName[name]) {
+                runs.append(run)
+            }
+        }
+        if plan == nil { inferColumns(&runs) }
+        let present = Set(runs.map(\.runName))
+        let pending = planned.filter { !present.contains($0) }
+        return SweepReport(plan: plan, runs: runs, pendingRuns: pending, table: ResultsTable(runs: runs, plan: plan))
+    }
+
+    /// Writes every report file into `directory` (normally the sweep directory itself).
+    /// - Throws: ``SweepError/cannotWrite(_:reason:)``.
+    public func write(to directory: URL) throws {
+        try save(Data(markdown().utf8), "results.md", in: directory)
+        try save(Data(ResultsCSV.csv(runs).utf8), "runs.csv", in: directory)
+        try save(ResultsCSV.json(runs), "runs.json", in: directory)
+        let errorPlot = errorVersusBatchCanvas()
+        let curves = trainingCurvesCanvas()
+        try save(Data(SVGPlot.render(errorPlot).utf8), "error_vs_batch.svg", in: directory)
+        try save(Data(SVGPlot.render(curves).utf8), "training_curves.svg", in: directory)
+        try save(PNGPlot.render(errorPlot), "error_vs_batch.png", in: directory)
+        try save(PNGPlot.render(curves), "training_curves.png", in: directory)
+    }
+
+    /// Reads a sweep directory and writes its report files into it.
+    @discardableResult
+    public static func rebuild(in directory: URL) throws -> SweepReport {
+        let report = try build(from: directory)
+        try report.write(to: directory)
+        return report
+    }
+
+    /// The content of `results.md`.
+    public func markdown() -> String {
+        var out = "# Sweep `\(plan?.plan.name ?? "sweep")`: test error vs normalization batch\n\n"
+        if let setup = setupLine() { out += setup + "\n\n" }
+        let count = { (s: RunStatus) in runs.filter { $0.status == s }.count }
+        let total = plan?.cells.count ?? runs.count
+        out += "Runs: \(total) planned; \(count(.finished)) finished, \(count(.partial)) partial, "
+            + "\(count(.failed)) failed, \(pendingRuns.count) not started.\n\n"
+        out += "## Test error (%) by normalization batch size\n\n" + table.markdown() + "\n"
+        if let groups = table.groupsMarkdown() {
+            out += "## GroupNorm: number of groups and channels per group\n\n" + groups + "\n"
+        }
+        out += "## Figures\n\n![Test error vs normalization batch](error_vs_batch.svg)\n\n"
+        out += "![Training curves](training_curves.svg)\n\n"
+        out += "PNG versions: `error_vs_batch.png`, `training_curves.png`. Per-run rows: `runs.csv`, `runs.json`.\n"
+        let failed = runs.filter { $0.status == .failed }
+        if !failed.isEmpty {
+            out += "\n## Failed runs\n\n"
+            for run in failed {
+                let first = (run.error ?? "").split(separator: "\n").first.map(String.init) ?? ""
+                out += "- `\(run.runName)`: \(first)\n"
+            }
+        }
+        if !pendingRuns.isEmpty {
+            out += "\n## Not started\n\n" + pendingRuns.map { "`\($0)`" }.joined(separator: ", ") + "\n"
+        }
+        return out
+    }
+
+    /// One sentence describing the plan's recipe.
+    private func setupLine() -> String? {
+        guard let record = plan else { return nil }
+        let p = record.plan, b = p.base
+        let train = b.trainLimit.map { "\(Self.grouped($0)) training" } ?? "all training"
+        let test = b.testLimit.map { "\(Self.grouped($0)) test" } ?? "all test"
+        let batching: String
+        switch p.setting {
+        case .normalizationBatch:
+            let lr = b.learningRate ?? 0.1 * Double(p.batch) / 32
+            batching = "SGD batch \(p.batch) (peak learning rate \(lr)); BN/BRN statistics over ghost batches of the "
+                + "column's size, one MABN iteration per ghost batch"
+        case .perGPU:
+            batching = "per-GPU batches: SGD batch = \(p.gpus) × the column's size, learning rate 0.1 × batch / 32"
+        }
+        let seeds = p.seeds.map(String.init).joined(separator: ", ")
+        return "\(b.model), \(batching); \(b.epochs) epoch\(b.epochs == 1 ? "" : "s") on \(train) images, "
+            + "tested on \(test) images; \(b.schedule) schedule; seeds \(seeds)."
+    }
+
+    /// `24000` → `24,000`.
+    private static func grouped(_ value: Int) -> String {
+        var digits = String(value.magnitude), out = ""
+        while digits.count > 3 {
+            out = "," + digits.suffix(3) + out
+            digits.removeLast(3)
+        }
+        return (value < 0 ? "-" : "") + digits + out
+    }
+
+    private func save(_ data: Data, _ name: String, in directory: URL) throws {
+        let url = directory.appendingPathComponent(name)
+        do {
+            try data.write(to: url, options: .atomic)
+        } catch {
+            throw SweepError.cannotWrite(url, reason: "\(error)")
+        }
+    }
+
+    /// Reads one run directory; nil when it holds no records and the plan does not know it.
+    private static func readRun(_ runDir: URL, cell: SweepCell?) -> SweepRunRecord? {
+        let fm = FileManager.default
+        let summaryURL = runDir.appendingPathComponent(summaryFileName)
+        let metricsURL = runDir.appendingPathComponent(metricsFileName)
+        let errorURL = runDir.appendingPathComponent(errorFileName)
+        var summary: RunSummary?
+        var problems: [String] = []
+        if fm.fileExists(atPath: summaryURL.path) {
+            do {
+                summary = try JSONDecoder().decode(RunSummary.self, from: Data(contentsOf: summaryURL))
+            } catch {
+                problems.append("unreadable \(summaryFileName): \(error)")
+            }
+        }
+        var errorText = (try? String(contentsOf: errorURL, encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let configuration = summary?.configuration ?? cell?.configuration else { return nil }
+        var epochs = summary?.epochs ?? []
+        if summary?.finished != true, let lines = try? String(contentsOf: metricsURL, encoding: .utf8) {
+            // A line being written when the sweep stopped may be truncated: keep the ones that decode.
+            let fromFile = lines.split(separator: "\n").compactMap {
+                try? JSONDecoder().decode(EpochMetrics.self, from: Data($0.utf8))
+            }
+            if fromFile.count > epochs.count { epochs = fromFile }
+        }
+        if !problems.isEmpty { errorText = ([errorText].compactMap { $0 } + problems).joined(separator: "\n") }
+        let status: RunStatus
+        if errorText != nil, summary?.finished != true {
+            status = .failed
+        } else if summary?.finished == true {
+            status = .finished
+        } else if !epochs.isEmpty {
+            status = .partial
+        } else {
+            return nil
+        }
+        let columns = cell?.columns ?? [configuration.effectiveNormBatch]
+        let groupSpec = cell.map(\.groupSpec) ?? nil
+        let last = epochs.last
+        let throughput = epochs.isEmpty ? nil : epochs.map(\.imagesPerSecond).reduce(0, +) / Double(epochs.count)
+        return SweepRunRecord(
+            runName: runDir.lastPathComponent, status: status, configuration: configuration, columns: columns,
+            groupSpec: groupSpec, epochsCompleted: epochs.count,
+            finalTestError: summary?.finalTestError ?? last?.testError,
+            bestTestError: summary?.bestTestError ?? epochs.map(\.testError).min(),
+            wallSeconds: summary?.wallSeconds ?? last?.seconds,
+            imagesPerSecond: summary?.imagesPerSecond ?? throughput,
+            error: status == .failed ? errorText : nil, epochs: epochs)
+    }
+
+    /// Without `plan.json`: a batch-independent run at the SGD batch (normBatch nil) fills every column when all
+    /// runs share one SGD batch; GN runs get a groups value when GN runs differ in their groups fields.
+    private static func inferColumns(_ runs: inout [SweepRunRecord]) {
+        let batches = Set(runs.map(\.configuration.batch))
+        let allColumns = Set(runs.map(\.configuration.effectiveNormBatch)).sorted(by: >)
+        let gnSpecs = Set(runs.filter { $0.configuration.norm == .gn }.compactMap {
+            GroupSpec(configuration: $0.configuration)
+        })
+        for index in runs.indices {
+            let config = runs[index].configuration
+            if batches.count == 1, config.normBatch == nil, !SweepPlan.dependsOnNormalizationBatch(config.norm) {
+                runs[index].columns = allColumns
+            }
+            if config.norm == .gn, gnSpecs.count > 1 { runs[index].groupSpec = GroupSpec(configuration: config) }
+        }
+    }
+}
+
+// MARK: - Figures
+
+extension SweepReport {
+    /// Colours and markers by normalization, so a normalization looks the same in every sweep.
+    static func style(of key: SeriesKey, index: Int) -> (PlotColor, MarkerShape) {
+        if key.groupSpec != nil {
+            return (PlotColor.palette[index % PlotColor.palette.count],
+                    MarkerShape.allCases[index % MarkerShape.allCases.count])
+        }
+        switch key.norm {
+        case .bn: return (PlotColor(hex: "#1f77b4"), .circle)
+        case .gn: return (PlotColor(hex: "#d62728"), .square)
+        case .mabn: return (PlotColor(hex: "#2ca02c"), .triangle)
+        case .brn: return (PlotColor(hex: "#ff7f0e"), .diamond)
+        case .ln: return (PlotColor(hex: "#9467bd"), .triangleDown)
+        case .in: return (PlotColor(hex: "#8c564b"), .hexagon)
+        case .frozenBN: return (PlotColor(hex: "#7f7f7f"), .circle)
+        case .none: return (PlotColor(hex: "#17becf"), .square)
+        }
+    }
+
+    /// Colours of normalization batch columns (largest first) in the training curves.
+    static let batchColors = ["#08519c", "#4292c6", "#41ab5d", "#fd8d3c", "#d7301f", "#7a0177", "#525252"]
+        .map(PlotColor.init(hex:))
+
+    /// `error_vs_batch`: mean test error vs normalization batch (log2 axis, 32 on the left), ± std error bars.
+    func errorVersusBatchCanvas() -> PlotCanvas {
+        var canvas = PlotCanvas(width: 900, height: 560)
+        let series = table.rows.enumerated().map { index, row -> PlotSeries in
+            let (color, marker) = Self.style(of: row.key, index: index)
+            let points = table.columns.compactMap { column -> (x: Double, y: Double, error: Double?)? in
+                guard let entry = row.entries[column], let mean = entry.mean else { return nil }
+                return (log2(Double(column)), mean, entry.std)
+            }
+            let name = row.key.label + (row.reused ? " (batch-independent: one run)" : "")
+            return PlotSeries(name: name, color: color, marker: marker, dashed: row.reused, points: points)
+        }
+        let model = plan?.plan.base.model ?? runs.first?.configuration.model ?? "model"
+        let perGPU = plan?.plan.setting == .perGPU
+        let xLabel = perGPU
+            ? "images per GPU = normalization batch (SGD batch = \(plan?.plan.gpus ?? 8) × this; log scale)"
+            : "normalization batch size (images per statistics batch, log scale)"
+        let plot = LinePlot(
+            title: "\(model): test error vs normalization batch size",
+            xLabel: xLabel, yLabel: "test error (%), mean ± std over seeds",
+            xTicks: table.columns.map { (log2(Double($0)), "\($0)") }, xReversed: true,
+            series: series, dodge: 5)
+        plot.draw(x: 0, y: 0, width: canvas.width, height: canvas.height, on: &canvas)
+        return canvas
+    }
+
+    /// `training_curves`: per normalization, test error and train loss vs epoch, one line per run coloured by
+    /// normalization batch (dashed: unfinished).
+    func trainingCurvesCanvas() -> PlotCanvas {
+        let withEpochs = runs.filter { !$0.epochs.isEmpty }
+        let keys = table.rows.map(\.key).filter { key in withEpochs.contains { $0.seriesKey == key } }
+        let perRow = max(1, min(3, keys.count))
+        let panelWidth = 320.0, panelHeight = 210.0, headerHeight = 78.0
+        let blockRows = max(1, (keys.count + perRow - 1) / perRow)
+        var canvas = PlotCanvas(width: 16 + Double(perRow) * panelWidth,
+                                height: headerHeight + Double(blockRows) * (2 * panelHeight + 16))
+        canvas.add(.text("Training curves: test error and train loss per epoch", at: PlotPoint(x: 16, y: 26),
+                         size: 16, color: .black, anchor: .start, bold: true, vertical: false))
+        // Colour key: one swatch per normalization batch column, plus reused runs.
+        let columns = table.columns
+        var keyItems = columns.enumerated().map { ("\($1)", Self.batchColors[$0 % Self.batchColors.count]) }
+        if withEpochs.contains(where: { $0.columns.count > 1 }) { keyItems.append(("one run, all columns", .axis)) }
+        var x = 16.0
+        let keyY = 54.0
+        canvas.add(.text("normalization batch:", at: PlotPoint(x: x, y: keyY + 4), size: 12, color: .black,
+                         anchor: .start, bold: false, vertical: false))
+        x += PlotCanvas.textWidth("normalization batch:", size: 12) + 12
+        for (label, color) in keyItems {
+            canvas.add(.line(PlotPoint(x: x, y: keyY), PlotPoint(x: x + 22, y: keyY), PlotStroke(color: color, width: 2.5)))
+            canvas.add(.text(label, at: PlotPoint(x: x + 28, y: keyY + 4), size: 12, color: .black, anchor: .start,
+                             bold: false, vertical: false))
+            x += 28 + PlotCanvas.textWidth(label, size: 12) + 18
+        }
+        canvas.add(.text("dashed: unfinished run", at: PlotPoint(x: x + 10, y: keyY + 4), size: 12, color: .muted,
+                         anchor: .start, bold: false, vertical: false))
+        if keys.isEmpty {
+            canvas.add(.text("no epochs recorded yet", at: PlotPoint(x: canvas.width / 2, y: headerHeight + panelHeight),
+                             size: 12, color: .muted, anchor: .middle, bold: false, vertical: false))
+        }
+        for (index, key) in keys.enumerated() {
+            let bx = 8 + Double(index % perRow) * panelWidth
+            let by = headerHeight + Double(index / perRow) * (2 * panelHeight + 16)
+            let keyRuns = withEpochs.filter { $0.seriesKey == key }
+            let maxEpoch = keyRuns.flatMap { $0.epochs.map(\.epoch) }.max() ?? 1
+            let step = max(1, Int((Double(maxEpoch) / 6).rounded(.up)))
+            let ticks = stride(from: step == 1 ? 1 : step, through: maxEpoch, by: step).map { (Double($0), "\($0)") }
+            func series(_ value: (EpochMetrics) -> Double) -> [PlotSeries] {
+                keyRuns.map { run in
+                    let color = run.columns.count > 1 ? PlotColor.axis
+                        : Self.batchColors[(columns.firstIndex(of: run.columns[0]) ?? 0) % Self.batchColors.count]
+                    return PlotSeries(name: run.runName, color: color, marker: .circle, dashed: run.status != .finished,
+                                      points: run.epochs.map { (Double($0.epoch), value($0), nil) })
+                }
+            }
+            var errorPlot = LinePlot(title: "\(key.label): test error", xLabel: "epoch", yLabel: "test error (%)",
+                                     xTicks: ticks, series: series { $0.testError * 100 }, showLegend: false)
+            errorPlot.fontSize = 11; errorPlot.titleSize = 13
+            errorPlot.draw(x: bx, y: by, width: panelWidth, height: panelHeight, on: &canvas)
+            var lossPlot = LinePlot(title: "\(key.label): train loss", xLabel: "epoch", yLabel: "train loss",
+                                    xTicks: ticks, series: series { $0.trainLoss }, showLegend: false)
+            lossPlot.fontSize = 11; lossPlot.titleSize = 13
+            lossPlot.draw(x: bx, y: by + panelHeight, width: panelWidth, height: panelHeight, on: &canvas)
+        }
+        return canvas
+    }
+}

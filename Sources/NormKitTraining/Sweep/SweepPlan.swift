@@ -1,0 +1,327 @@
+import Foundation
+
+/// One value of GroupNorm's groups axis: a number of groups `G` or a number of channels per group.
+///
+/// Encoded (and named in run directories) as `g<G>` or `gs<size>`, e.g. `g8`, `gs4`.
+public enum GroupSpec: Codable, Hashable, Sendable, CustomStringConvertible {
+    /// `G` groups in every GN layer.
+    case groups(Int)
+    /// This many channels per group in every GN layer.
+    case groupSize(Int)
+
+    /// The tag used in run names and in `plan.json`: `g8`, `gs4`.
+    public var tag: String {
+        switch self {
+        case .groups(let g): return "g\(g)"
+        case .groupSize(let s): return "gs\(s)"
+        }
+    }
+
+    /// The number (groups or channels per group).
+    public var value: Int {
+        switch self {
+        case .groups(let g): return g
+        case .groupSize(let s): return s
+        }
+    }
+
+    /// A human-readable form: `G=8` or `4 ch/group`.
+    public var description: String {
+        switch self {
+        case .groups(let g): return "G=\(g)"
+        case .groupSize(let s): return "\(s) ch/group"
+        }
+    }
+
+    /// Parses a ``tag`` (`g8`, `gs4`); nil if malformed.
+    public init?(tag: String) {
+        if tag.hasPrefix("gs"), let s = Int(tag.dropFirst(2)), s > 0 {
+            self = .groupSize(s)
+        } else if tag.hasPrefix("g"), let g = Int(tag.dropFirst(1)), g > 0 {
+            self = .groups(g)
+        } else {
+            return nil
+        }
+    }
+
+    /// The spec a configuration's `groups` / `groupSize` fields describe, if any.
+    public init?(configuration: TrainingConfiguration) {
+        if let g = configuration.groups {
+            self = .groups(g)
+        } else if let s = configuration.groupSize {
+            self = .groupSize(s)
+        } else {
+            return nil
+        }
+    }
+
+    /// Decodes a ``tag`` string.
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        let tag = try container.decode(String.self)
+        guard let spec = GroupSpec(tag: tag) else {
+            throw DecodingError.dataCorruptedError(
+                in: container, debugDescription: "group spec '\(tag)' is neither g<groups> nor gs<groupSize>")
+        }
+        self = spec
+    }
+
+    /// Encodes the ``tag`` string.
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(tag)
+    }
+
+    /// Writes this spec into a configuration (clearing the other field).
+    func apply(to configuration: inout TrainingConfiguration) {
+        switch self {
+        case .groups(let g): configuration.groups = g; configuration.groupSize = nil
+        case .groupSize(let s): configuration.groups = nil; configuration.groupSize = s
+        }
+    }
+}
+
+/// How a sweep turns a normalization batch size into an SGD batch.
+public enum BatchSetting: String, Codable, Sendable {
+    /// A fixed SGD batch (``SweepPlan/batch``); BN/BRN statistics come from ghost batches of `normBatch`
+    /// samples and MABN counts one iteration per ghost batch. The learning rate stays the base one.
+    case normalizationBatch = "normalization-batch"
+    /// The papers' "images per GPU": SGD batch = ``SweepPlan/gpus`` × normBatch, statistics per `normBatch`,
+    /// learning rate scaled linearly with the SGD batch (`learningRate = nil`, so
+    /// ``TrainingConfiguration/peakLearningRate`` gives `0.1 × batch / 32`).
+    case perGPU = "per-gpu"
+}
+
+/// One run of a sweep: its configuration and the run directory it writes to.
+public struct SweepCell: Codable, Equatable, Sendable {
+    /// The run directory's name inside the sweep directory (`bn-nb2-s0`, `gn-g8-nb32-s1`): stable for a given plan,
+    /// so a restarted sweep finds the runs it already finished.
+    public var runName: String
+    /// The configuration the run function receives.
+    public var configuration: TrainingConfiguration
+    /// The normalization batch columns of the results table this run fills: one for BN-like normalizations,
+    /// all of the plan's columns for a batch-independent normalization run once and reused.
+    public var columns: [Int]
+    /// The groups-axis value this GN run stands for (nil when the plan has no groups axis or the run is not GN).
+    public var groupSpec: GroupSpec?
+
+    /// Creates a cell.
+    public init(runName: String, configuration: TrainingConfiguration, columns: [Int], groupSpec: GroupSpec? = nil) {
+        self.runName = runName; self.configuration = configuration; self.columns = columns
+        self.groupSpec = groupSpec
+    }
+
+    /// True when this run's result is reused across several normalization batch columns.
+    public var isReused: Bool { columns.count > 1 }
+}
+
+/// A grid of training runs: normalizations × normalization batch sizes × (GN groups) × seeds.
+///
+/// Every cell's configuration is ``base`` with the norm, batch, normBatch, seed (and, per-GPU, learning rate;
+/// for GN on a groups axis, groups/groupSize) replaced. Groups fields are cleared for every normalization but GN.
+///
+/// **Batch-independent normalizations.** GN, LN, IN, frozen BN and `none` compute nothing across samples, so the
+/// normalization batch does not change their math: in the ``BatchSetting/normalizationBatch`` setting a GN cell at
+/// normBatch 8 would be a rerun of the same computation with different ghost-batch bookkeeping. By default
+/// (``reuseBatchIndependentRuns``) such a normalization runs once per seed at the SGD batch (normBatch nil) and its
+/// result fills every column; the results table marks those cells with a footnote. In the ``BatchSetting/perGPU``
+/// setting the SGD batch and learning rate change with the column, so every column is a distinct run.
+public struct SweepPlan: Codable, Equatable, Sendable {
+    /// A short name for the sweep (printed in the report title).
+    public var name: String
+    /// The configuration every cell starts from (model, epochs, schedule, data slice, …).
+    public var base: TrainingConfiguration
+    /// The normalizations (table rows), in display order.
+    public var norms: [NormKind]
+    /// The normalization batch sizes (table columns); the report shows them in descending order.
+    public var normBatches: [Int]
+    /// The SGD batch in the ``BatchSetting/normalizationBatch`` setting.
+    public var batch: Int
+    /// How normalization batch sizes become SGD batches.
+    public var setting: BatchSetting
+    /// Simulated GPUs in the ``BatchSetting/perGPU`` setting (SGD batch = gpus × normBatch).
+    public var gpus: Int
+    /// GN groups axis (GN paper, Table 3); empty: GN uses ``base``'s groups fields (or the model default).
+    public var groupAxis: [GroupSpec]
+    /// Seeds; every cell runs once per seed.
+    public var seeds: [UInt64]
+    /// Run batch-independent normalizations once per seed and reuse the result across columns (see the type's
+    /// documentation). Only affects the ``BatchSetting/normalizationBatch`` setting.
+    public var reuseBatchIndependentRuns: Bool
+
+    /// Creates a plan; defaults: normalization batches 32, 16, 8, 4, 2 at a fixed SGD batch of 32, seed 0.
+    public init(name: String = "sweep", base: TrainingConfiguration = TrainingConfiguration(),
+                norms: [NormKind] = [.bn, .gn], normBatches: [Int] = [32, 16, 8, 4, 2], batch: Int = 32,
+                setting: BatchSetting = .normalizationBatch, gpus: Int = 8, groupAxis: [GroupSpec] = [],
+                seeds: [UInt64] = [0], reuseBatchIndependentRuns: Bool = true) {
+        self.name = name; self.base = base; self.norms = norms; self.normBatches = normBatches
+        self.batch = batch; self.setting = setting; self.gpus = gpus; self.groupAxis = groupAxis
+        self.seeds = seeds; self.reuseBatchIndependentRuns = reuseBatchIndependentRuns
+    }
+
+    /// Whether a normalization's statistics span samples, so that the normalization batch changes its math
+    /// (BN, BRN, MABN). GN, LN, IN, frozen BN and `none` do not depend on it.
+    public static func dependsOnNormalizationBatch(_ norm: NormKind) -> Bool {
+        switch norm {
+        case .bn, .brn, .mabn: return true
+        case .gn, .ln, .in, .frozenBN, .none: return false
+        }
+    }
+
+    /// The table's columns: the normalization batch sizes, largest first.
+    public var columns: [Int] { normBatches.sorted(by: >) }
+
+    /// Throws ``SweepError/invalidPlan(_:)`` naming the first problem: an empty or duplicated axis, a
+    /// non-positive size, a normalization batch that does not divide the SGD batch, a groups axis without GN.
+    public func validate() throws {
+        func fail(_ reason: String) -> SweepError { .invalidPlan(reason) }
+        if norms.isEmpty { throw fail("no normalizations") }
+        if Set(norms).count != norms.count { throw fail("normalizations listed twice: \(norms.map(\.rawValue))") }
+        if normBatches.isEmpty { throw fail("no normalization batch sizes") }
+        if Set(normBatches).count != normBatches.count {
+            throw fail("normalization batch sizes listed twice: \(normBatches)")
+        }
+        if let bad = normBatches.first(where: { $0 < 1 }) { throw fail("normalization batch \(bad) is not positive") }
+        if seeds.isEmpty { throw fail("no seeds") }
+        if Set(seeds).count != seeds.count { throw fail("seeds listed twice: \(seeds)") }
+        switch setting {
+        case .normalizationBatch:
+            if batch < 1 { throw fail("SGD batch \(batch) is not positive") }
+            if let bad = normBatches.first(where: { $0 > batch || batch % $0 != 0 }) {
+                throw fail("normalization batch \(bad) does not divide the SGD batch \(batch)")
+            }
+        case .perGPU:
+            if gpus < 1 { throw fail("gpus \(gpus) is not positive") }
+        }
+        if !groupAxis.isEmpty {
+            if !norms.contains(.gn) { throw fail("a groups axis \(groupAxis.map(\.tag)) needs gn among the norms") }
+            if Set(groupAxis).count != groupAxis.count { throw fail("groups axis lists a value twice") }
+            if let bad = groupAxis.first(where: { $0.value < 1 }) { throw fail("groups axis value \(bad.tag) < 1") }
+        }
+        if base.epochs < 1 { throw fail("epochs \(base.epochs) is not positive") }
+    }
+
+    /// Expands the grid into cells, in run order: seed-major (every configuration with seed 0 first, so a partial
+    /// sweep already has a full table for one seed), then normalization, groups value, column.
+    ///
+    /// - Parameter include: the caller's filter (for example, drop `none` on a model that cannot train without
+    ///   normalization); cells it rejects are left out of the sweep and of `plan.json`.
+    /// - Throws: ``SweepError/invalidPlan(_:)`` from ``validate()``.
+    public func cells(including include: (SweepCell) -> Bool = { _ in true }) throws -> [SweepCell] {
+        try validate()
+        var result: [SweepCell] = []
+        for seed in seeds {
+            for norm in norms {
+                let specs: [GroupSpec?] = (norm == .gn && !groupAxis.isEmpty) ? groupAxis.map { $0 } : [nil]
+                for spec in specs {
+                    for (normBatch, columns) in runColumns(for: norm) {
+                        let cell = makeCell(norm: norm, spec: spec, normBatch: normBatch, columns: columns, seed: seed)
+                        if include(cell) { result.append(cell) }
+                    }
+                }
+            }
+        }
+        return result
+    }
+
+    /// Estimated wall seconds for the whole plan at a training throughput (images per second): for every cell,
+    /// training images × epochs / throughput plus one evaluation of the test images per epoch (counted at
+    /// ``evaluationSpeedup`` times the training throughput). Full data is Fashion-MNIST's 60,000 / 10,000 images.
+    public func estimatedSeconds(imagesPerSecond: Double,
+                                 including include: (SweepCell) -> Bool = { _ in true }) -> Double {
+        guard imagesPerSecond > 0, let cells = try? cells(including: include) else { return 0 }
+        return cells.reduce(0) { $0 + Self.estimatedSeconds(of: $1.configuration, imagesPerSecond: imagesPerSecond) }
+    }
+
+    /// Estimated wall seconds of one run (see ``estimatedSeconds(imagesPerSecond:including:)``).
+    public static func estimatedSeconds(of configuration: TrainingConfiguration, imagesPerSecond: Double) -> Double {
+        guard imagesPerSecond > 0 else { return 0 }
+        let train = Double(min(configuration.trainLimit ?? fullTrainImages, fullTrainImages))
+        let test = Double(min(configuration.testLimit ?? fullTestImages, fullTestImages))
+        let epochs = Double(configuration.epochs)
+        return epochs * (train / imagesPerSecond + test / (imagesPerSecond * evaluationSpeedup))
+    }
+
+    /// Training images in the full data set (Fashion-MNIST), used when ``TrainingConfiguration/trainLimit`` is nil.
+    public static let fullTrainImages = 60_000
+    /// Test images in the full data set (Fashion-MNIST), used when ``TrainingConfiguration/testLimit`` is nil.
+    public static let fullTestImages = 10_000
+    /// How much faster evaluation (forward only) runs than training, for estimates.
+    public static let evaluationSpeedup = 3.0
+
+    /// The runs one normalization needs: (normBatch to configure, columns the run fills).
+    private func runColumns(for norm: NormKind) -> [(Int?, [Int])] {
+        let cols = columns
+        if setting == .normalizationBatch && reuseBatchIndependentRuns && !Self.dependsOnNormalizationBatch(norm) {
+            return [(nil, cols)]
+        }
+        return cols.map { ($0, [$0]) }
+    }
+
+    private func makeCell(norm: NormKind, spec: GroupSpec?, normBatch: Int?, columns: [Int], seed: UInt64) -> SweepCell {
+        var config = base
+        config.norm = norm
+        config.seed = seed
+        if norm != .gn {
+            config.groups = nil
+            config.groupSize = nil
+        }
+        spec?.apply(to: &config)
+        switch setting {
+        case .normalizationBatch:
+            config.batch = batch
+            config.normBatch = normBatch
+        case .perGPU:
+            let nb = normBatch ?? columns[0]
+            config.batch = gpus * nb
+            config.normBatch = nb
+            config.learningRate = nil
+        }
+        var parts = [norm.rawValue]
+        if norm == .gn, let groupTag = spec?.tag ?? GroupSpec(configuration: config)?.tag { parts.append(groupTag) }
+        parts.append("nb\(config.effectiveNormBatch)")
+        parts.append("s\(seed)")
+        return SweepCell(runName: parts.joined(separator: "-"), configuration: config, columns: columns, groupSpec: spec)
+    }
+}
+
+/// The content of `<sweepDir>/plan.json`: the plan and the cells it expanded to (after the caller's filter).
+public struct SweepPlanRecord: Codable, Equatable, Sendable {
+    /// The plan as given.
+    public var plan: SweepPlan
+    /// The cells the runner runs, in order.
+    public var cells: [SweepCell]
+
+    /// Creates a record.
+    public init(plan: SweepPlan, cells: [SweepCell]) {
+        self.plan = plan; self.cells = cells
+    }
+
+    /// The file name inside a sweep directory.
+    public static let fileName = "plan.json"
+
+    /// Reads `<directory>/plan.json`; nil when absent.
+    /// - Throws: ``SweepError/unreadableRecord(_:reason:)`` when present but not decodable.
+    public static func read(from directory: URL) throws -> SweepPlanRecord? {
+        let url = directory.appendingPathComponent(fileName)
+        guard FileManager.default.fileExists(atPath: url.path) else { return nil }
+        do {
+            return try JSONDecoder().decode(SweepPlanRecord.self, from: Data(contentsOf: url))
+        } catch {
+            throw SweepError.unreadableRecord(url, reason: "\(error)")
+        }
+    }
+
+    /// Writes `<directory>/plan.json` (pretty-printed, sorted keys).
+    /// - Throws: ``SweepError/cannotWrite(_:reason:)``.
+    public func write(to directory: URL) throws {
+        let url = directory.appendingPathComponent(Self.fileName)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        do {
+            try encoder.encode(self).write(to: url, options: .atomic)
+        } catch {
+            throw SweepError.cannotWrite(url, reason: "\(error)")
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import Foundation
+
+/// The learning rate as a function of the step.
+public struct LearningRateSchedule: Equatable, Sendable {
+    /// The shape after warm-up.
+    public enum Decay: Equatable, Sendable {
+        /// Cosine from the peak to 0 at the last step.
+        case cosine
+        /// Divide by 10 at each of these steps.
+        case step(milestones: [Int])
+    }
+
+    /// The learning rate after warm-up.
+    public var peak: Double
+    /// Steps of linear warm-up from `peak / 25` to `peak`.
+    public var warmupSteps: Int
+    /// All steps of the run.
+    public var totalSteps: Int
+    /// What happens after warm-up.
+    public var decay: Decay
+
+    /// A schedule; `warmupSteps` is clamped to `0...totalSteps`.
+    public init(peak: Double, warmupSteps: Int, totalSteps: Int, decay: Decay) {
+        self.peak = peak
+        self.totalSteps = max(1, totalSteps)
+        self.warmupSteps = min(max(0, warmupSteps), self.totalSteps)
+        self.decay = decay
+    }
+
+    /// The schedule of a training configuration with `stepsPerEpoch` steps per epoch (spec §8 by default:
+    /// linear warm-up over the first 15 % of the steps from lr/25, then cosine to 0).
+    public init(_ configuration: TrainingConfiguration, stepsPerEpoch: Int) {
+        let total = configuration.epochs * stepsPerEpoch
+        let decay: Decay = configuration.schedule == "step"
+            ? .step(milestones: configuration.milestones.map { $0 * stepsPerEpoch }) : .cosine
+        self.init(peak: configuration.peakLearningRate,
+                  warmupSteps: Int((configuration.warmupFraction * Double(total)).rounded()),
+                  totalSteps: total, decay: decay)
+    }
+
+    /// The learning rate for step `step` (0-based).
+    public func rate(at step: Int) -> Double {
+        if step < warmupSteps {
+            let start = peak / 25
+            return start + (peak - start) * Double(step) / Double(max(1, warmupSteps))
+        }
+        switch decay {
+        case .cosine:
+            let span = max(1, totalSteps - warmupSteps)
+            let progress = min(1, Double(step - warmupSteps) / Double(span))
+            return peak * 0.5 * (1 + cos(.pi * progress))
+        case .step(let milestones):
+            return peak * pow(0.1, Double(milestones.filter { step >= $0 }.count))
+        }
+    }
+}

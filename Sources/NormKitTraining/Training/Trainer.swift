@@ -1,0 +1,266 @@
+import Dispatch
+import Foundation
+
+/// Errors of a training run.
+public enum TrainingError: Error, CustomStringConvertible, Equatable {
+    case invalidConfiguration(String)
+    /// The run stopped on request (Ctrl-C) after saving a checkpoint at `step`.
+    case interrupted(step: Int, directory: String)
+    case nothingToResume(String)
+
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let why): return "invalid training configuration: \(why)"
+        case .interrupted(let step, let dir):
+            return "interrupted: checkpoint of step \(step) saved in \(dir); continue with `normkit train --resume \(dir)`"
+        case .nothingToResume(let dir):
+            return "nothing to resume in \(dir): it has no \(TrainingCheckpoint.modelFileName)"
+        }
+    }
+}
+
+/// Test-set results.
+public struct Evaluation: Equatable, Sendable {
+    /// Mean cross-entropy.
+    public var loss: Double
+    /// Fraction misclassified.
+    public var error: Double
+    /// Accuracy per class.
+    public var perClassAccuracy: [Double]
+    /// Number of test images.
+    public var count: Int
+}
+
+/// Set by SIGINT; the trainer checks it after every step.
+nonisolated(unsafe) private var interruptRequested: sig_atomic_t = 0
+
+/// Trains one model with one configuration: SGD steps over shuffled, augmented batches, an evaluation on the
+/// test set after every epoch, `metrics.jsonl`, `summary.json` and checkpoints in the output directory.
+///
+/// The same configuration and seed give the same numbers (all kernels split work deterministically), and
+/// ``resume(from:)`` continues a saved run exactly where it stopped.
+public final class Trainer {
+    public let configuration: TrainingConfiguration
+    public let normalization: NormalizationSettings
+    public let model: Model
+    public let optimizer: SGD
+    public let schedule: LearningRateSchedule
+    public let train: Dataset
+    public let test: Dataset
+    /// Where records and checkpoints go (nil: nowhere).
+    public let output: URL?
+    /// How progress is shown.
+    public var progress: ProgressReporter
+    /// Stop (with a checkpoint) after this many steps in total, as if interrupted; for tests and time-boxed runs.
+    public var stopAfterStep: Int?
+    /// Save a checkpoint every this many steps as well as at every epoch's end.
+    public var checkpointEverySteps: Int?
+
+    public private(set) var step = 0
+    public private(set) var history: [EpochMetrics] = []
+    /// Each step's training loss (in memory, for tests and curves).
+    public private(set) var stepLosses: [Float] = []
+    let batches: BatchIterator
+    let stepsPerEpoch: Int
+    private let loss = SoftmaxCrossEntropy()
+    private var images = Tensor(zeros: [0, 0])
+    private var labels32: [Int32] = []
+    private var labels: [Int] = []
+    private var logitsGradient = Tensor(zeros: [0, 0])
+    private var epochLossSum = 0.0, epochCorrect = 0, epochImages = 0
+    private var elapsedBefore = 0.0, epochTrainingSeconds = 0.0
+
+    /// A trainer for `configuration` on `train`, evaluated on `test`.
+    ///
+    /// - Throws: ``TrainingError/invalidConfiguration(_:)`` naming the bad field, or the model's construction
+    ///   error (for example GN groups that do not divide a stage's width).
+    public init(configuration: TrainingConfiguration, train: Dataset, test: Dataset, output: URL?,
+                progress: ProgressReporter = ProgressReporter()) throws {
+        let c = configuration
+        guard c.batch >= 1 else { throw TrainingError.invalidConfiguration("batch must be at least 1, got \(c.batch)") }
+        guard c.epochs >= 1 else { throw TrainingError.invalidConfiguration("epochs must be at least 1, got \(c.epochs)") }
+        if let nb = c.normBatch, nb < 1 || c.batch % nb != 0 {
+            throw TrainingError.invalidConfiguration(
+                "norm-batch \(nb) must be at least 1 and divide the SGD batch \(c.batch)")
+        }
+        if c.groups != nil && c.groupSize != nil {
+            throw TrainingError.invalidConfiguration("give --groups or --group-size, not both")
+        }
+        guard ["cosine", "step"].contains(c.schedule) else {
+            throw TrainingError.invalidConfiguration("schedule must be cosine or step, got \(c.schedule)")
+        }
+        guard train.count >= c.batch else {
+            throw TrainingError.invalidConfiguration("the training set has \(train.count) images, fewer than one batch of \(c.batch)")
+        }
+        guard c.peakLearningRate > 0, c.peakLearningRate.isFinite else {
+            throw TrainingError.invalidConfiguration("learning rate must be positive, got \(c.peakLearningRate)")
+        }
+        self.configuration = c
+        self.train = train
+        self.test = test
+        self.output = output
+        self.progress = progress
+        stepsPerEpoch = train.count / c.batch
+        let totalSteps = stepsPerEpoch * c.epochs
+        normalization = try NormalizationSettings(c, totalSteps: totalSteps)
+        model = try makeModel(named: c.model, normalization: normalization, inChannels: train.channels,
+                              classes: train.classCount, seed: c.seed)
+        optimizer = SGD(parameters: model.parameters, momentum: Float(c.momentum), weightDecay: Float(c.weightDecay),
+                        decayAllParameters: c.decayAllParameters)
+        schedule = LearningRateSchedule(c, stepsPerEpoch: stepsPerEpoch)
+        batches = try BatchIterator(dataset: train, batchSize: c.batch, shuffle: true, dropLast: true,
+                                    augmentation: c.augment ? .standard(for: train) : nil, seed: c.seed)
+    }
+
+    /// Restores model, optimizer, data position and history from a checkpoint written by this configuration.
+    public func resume(from directory: URL) throws {
+        let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
+        guard FileManager.default.fileExists(atPath: modelURL.path) else {
+            throw TrainingError.nothingToResume(directory.path)
+        }
+        let state = try TrainingCheckpoint.load(into: model, optimizer: optimizer, from: directory)
+        try batches.seek(to: state.position)
+        step = state.step
+        history = state.history
+        epochLossSum = state.epochLossSum
+        epochCorrect = state.epochCorrect
+        epochImages = state.epochImages
+        elapsedBefore = state.elapsedSeconds
+        epochTrainingSeconds = state.epochTrainingSeconds
+    }
+
+    /// Installs a SIGINT handler that makes running trainers save a checkpoint and stop after the current step.
+    public static func stopOnInterrupt() {
+        signal(SIGINT) { _ in
+            if interruptRequested != 0 { _exit(130) }  // a second Ctrl-C quits at once
+            interruptRequested = 1
+        }
+    }
+
+    /// Trains until the last epoch (or an interruption), evaluating after each epoch.
+    ///
+    /// - Returns: the summary (also written to `summary.json` when finished).
+    /// - Throws: ``TrainingError/interrupted(step:directory:)`` after saving a checkpoint on Ctrl-C or at
+    ///   ``stopAfterStep``.
+    @discardableResult
+    public func run() throws -> RunSummary {
+        let c = configuration
+        Parallelism.threadCount = c.threads
+        BLAS.setThreads(1)
+        if let output { try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true) }
+        let start = DispatchTime.now().uptimeNanoseconds
+        func now() -> Double { elapsedBefore + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+        var lastEvaluation: Evaluation?
+        while batches.epoch < c.epochs {
+            let epoch = batches.epoch
+            var segmentStart = DispatchTime.now().uptimeNanoseconds
+            let imagesAtSegmentStart = epochImages
+            while let n = batches.next(into: &images, labels: &labels32) {
+                let rate = schedule.rate(at: step)
+                if labels.count != n { labels = [Int](repeating: 0, count: n) }
+                for i in 0..<n { labels[i] = Int(labels32[i]) }
+                let logits = try model.forward(images, training: true)
+                let value = try loss.forward(logits: logits, labels: labels)
+                try loss.backward(into: &logitsGradient)
+                try model.backward(logitsGradient)
+                optimizer.step(learningRate: Float(rate))
+                step += 1
+                stepLosses.append(value)
+                epochLossSum += Double(value) * Double(n)
+                epochCorrect += loss.correctCount
+                epochImages += n
+                let seconds = Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
+                let speed = Double(epochImages - imagesAtSegmentStart) / max(seconds, 1e-9)
+                let left = Double((c.epochs - epoch) * stepsPerEpoch - batches.batchIndex) * Double(c.batch) / speed
+                progress.step(epoch: epoch, epochs: c.epochs, batch: batches.batchIndex, batches: stepsPerEpoch,
+                              loss: epochLossSum / Double(max(epochImages, 1)), imagesPerSecond: speed,
+                              secondsLeft: left)
+                let stopNow = interruptRequested != 0 || step == stopAfterStep
+                if stopNow || (checkpointEverySteps.map { step % $0 == 0 } ?? false) {
+                    epochTrainingSeconds += Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
+                    segmentStart = DispatchTime.now().uptimeNanoseconds
+                    try saveCheckpoint(elapsed: now())
+                    if stopNow {
+                        interruptRequested = 0
+                        throw TrainingError.interrupted(step: step, directory: output?.path ?? "(no output directory)")
+                    }
+                }
+            }
+            epochTrainingSeconds += Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
+            let evaluation = try evaluate()
+            lastEvaluation = evaluation
+            let metrics = EpochMetrics(
+                epoch: epoch, step: step, trainLoss: epochLossSum / Double(max(epochImages, 1)),
+                trainError: 1 - Double(epochCorrect) / Double(max(epochImages, 1)), testLoss: evaluation.loss,
+                testError: evaluation.error, learningRate: schedule.rate(at: max(step - 1, 0)), seconds: now(),
+                imagesPerSecond: Double(epochImages) / max(epochTrainingSeconds, 1e-9))
+            history.append(metrics)
+            progress.epoch(metrics, epochs: c.epochs)
+            epochLossSum = 0; epochCorrect = 0; epochImages = 0; epochTrainingSeconds = 0
+            try batches.seek(epoch: epoch + 1)
+            if let output {
+                try writeMetrics(to: output.appendingPathComponent("metrics.jsonl"))
+                try saveCheckpoint(elapsed: now())
+            }
+        }
+        let evaluation = try lastEvaluation ?? evaluate()
+        let summary = RunSummary(
+            configuration: c, finalTestError: evaluation.error,
+            bestTestError: history.map(\.testError).min() ?? evaluation.error, epochs: history, wallSeconds: now(),
+            imagesPerSecond: history.isEmpty ? 0 : history.map(\.imagesPerSecond).reduce(0, +) / Double(history.count),
+            perClassAccuracy: evaluation.perClassAccuracy, finished: true)
+        if let output {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try AtomicFile.write(Array(try encoder.encode(summary)), to: output.appendingPathComponent("summary.json"))
+        }
+        return summary
+    }
+
+    private func saveCheckpoint(elapsed: Double) throws {
+        guard let output else { return }
+        let state = TrainingCheckpoint.TrainingState(
+            step: step, position: batches.position, history: history, epochLossSum: epochLossSum,
+            epochCorrect: epochCorrect, epochImages: epochImages, elapsedSeconds: elapsed,
+            epochTrainingSeconds: epochTrainingSeconds)
+        try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state, configuration: configuration,
+                                    normalization: normalization, to: output)
+    }
+
+    /// Writes `metrics.jsonl` from the history (whole file, atomically: a resumed run never duplicates lines).
+    private func writeMetrics(to url: URL) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var text = ""
+        for m in history { text += String(decoding: try encoder.encode(m), as: UTF8.self) + "\n" }
+        try AtomicFile.write(Array(text.utf8), to: url)
+    }
+
+    /// Evaluates the model on the test set (evaluation mode: running statistics, no state changes).
+    public func evaluate() throws -> Evaluation {
+        try Trainer.evaluate(model: model, on: test)
+    }
+
+    /// Evaluates `model` on `dataset` in batches of `batchSize`.
+    public static func evaluate(model: Model, on dataset: Dataset, batchSize: Int = 500) throws -> Evaluation {
+        let iterator = try BatchIterator(dataset: dataset, batchSize: batchSize, shuffle: false, dropLast: false)
+        let loss = SoftmaxCrossEntropy()
+        var x = Tensor(zeros: [0, 0]), y32: [Int32] = [], y: [Int] = []
+        var lossSum = 0.0, wrong = 0
+        var correctPerClass = [Int](repeating: 0, count: dataset.classCount)
+        var countPerClass = correctPerClass
+        while let n = iterator.next(into: &x, labels: &y32) {
+            y = y32.map(Int.init)
+            let logits = try model.forward(x, training: false)
+            lossSum += Double(try loss.forward(logits: logits, labels: y)) * Double(n)
+            for i in 0..<n {
+                countPerClass[y[i]] += 1
+                if loss.predictions[i] == y[i] { correctPerClass[y[i]] += 1 } else { wrong += 1 }
+            }
+        }
+        let count = max(dataset.count, 1)
+        return Evaluation(loss: lossSum / Double(count), error: Double(wrong) / Double(count),
+                          perClassAccuracy: zip(correctPerClass, countPerClass).map { $1 > 0 ? Double($0) / Double($1) : 0 },
+                          count: dataset.count)
+    }
+}

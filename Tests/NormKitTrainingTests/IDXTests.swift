@@ -1,0 +1,290 @@
+import Foundation
+import NormKitTraining
+import XCTest
+
+/// The gzip and IDX readers and `FashionMNIST.load` on small synthetic files written into a temporary
+/// directory: good files, and every kind of damage, each refused with its specific error.
+final class IDXTests: XCTestCase {
+    private var directory: URL!
+
+    override func setUpWithError() throws {
+        directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("normkit-idx-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    // MARK: Helpers
+
+    private func url(_ name: String) -> URL { directory.appendingPathComponent(name) }
+
+    private func writeBytes(_ bytes: [UInt8], _ name: String) throws -> URL {
+        let target = url(name)
+        try Data(bytes).write(to: target)
+        return target
+    }
+
+    /// `count` images of `rows × cols` with a deterministic pattern, and their labels.
+    private func images(count: Int, rows: Int = 28, cols: Int = 28, seed: Int = 0) throws -> IDXFile {
+        let bytes = (0..<(count * rows * cols)).map { UInt8(truncatingIfNeeded: ($0 &* 7 &+ seed &* 13) % 251) }
+        return try IDXFile(dimensions: [count, rows, cols], bytes: bytes)
+    }
+
+    private func labels(count: Int, classes: Int = 10) throws -> IDXFile {
+        try IDXFile(dimensions: [count], bytes: (0..<count).map { UInt8($0 % classes) })
+    }
+
+    private func assertThrows<T>(_ expression: @autoclosure () throws -> T, file: StaticString = #filePath,
+                                 line: UInt = #line, _ check: (DataError) -> Void) {
+        XCTAssertThrowsError(try expression(), file: file, line: line) { error in
+            guard let dataError = error as? DataError else {
+                return XCTFail("expected a DataError, got \(type(of: error)): \(error)", file: file, line: line)
+            }
+            XCTAssertTrue("\(dataError)".contains("Hint") || "\(dataError)".hasPrefix("invalid"),
+                          "message without a hint: \(dataError)", file: file, line: line)
+            check(dataError)
+        }
+    }
+
+    /// Writes a Fashion-MNIST-like directory; the closures may damage a file's content.
+    private func writeDataset(train: Int = 12, test: Int = 5, trainLabels: Int? = nil,
+                              compressTrain: Bool = true, labelBytes: [UInt8]? = nil) throws {
+        try images(count: train).write(to: url("train-images-idx3-ubyte.gz"), compressed: compressTrain)
+        if let labelBytes {
+            try IDXFile(dimensions: [labelBytes.count], bytes: labelBytes)
+                .write(to: url("train-labels-idx1-ubyte"))
+        } else {
+            try labels(count: trainLabels ?? train).write(to: url("train-labels-idx1-ubyte"))
+        }
+        try images(count: test, seed: 5).write(to: url("t10k-images.idx3-ubyte"))  // original MNIST spelling
+        try labels(count: test).write(to: url("t10k-labels-idx1-ubyte.gz"), compressed: true)
+    }
+
+    // MARK: Good files
+
+    func testReadsUncompressedLabelsAndImages() throws {
+        let labelFile = try labels(count: 7)
+        try labelFile.write(to: url("labels"))
+        let raw = try Data(contentsOf: url("labels"))
+        XCTAssertEqual(Array(raw.prefix(8)), [0, 0, 8, 1, 0, 0, 0, 7], "magic 0x00000801, big-endian count")
+        XCTAssertEqual(try IDXFile.read(from: url("labels"), expectedMagic: IDXFile.labelsMagic), labelFile)
+
+        let imageFile = try images(count: 3, rows: 4, cols: 5)
+        try imageFile.write(to: url("images"))
+        let read = try IDXFile.read(from: url("images"), expectedMagic: IDXFile.imagesMagic)
+        XCTAssertEqual(read.dimensions, [3, 4, 5])
+        XCTAssertEqual(read.bytes, imageFile.bytes)
+        XCTAssertEqual(read.magic, IDXFile.imagesMagic)
+    }
+
+    func testReadsGzipCompressedFilesLikeRawOnes() throws {
+        let imageFile = try images(count: 9)
+        try imageFile.write(to: url("images.gz"), compressed: true)
+        let compressed = try Data(contentsOf: url("images.gz"))
+        XCTAssertEqual(Array(compressed.prefix(2)), [0x1F, 0x8B])
+        XCTAssertLessThan(compressed.count, imageFile.encoded().count)
+        XCTAssertEqual(try IDXFile.read(from: url("images.gz")), imageFile)
+        // Detected by the magic number too, whatever the name.
+        try compressed.write(to: url("images-no-extension"))
+        XCTAssertEqual(try IDXFile.read(from: url("images-no-extension")), imageFile)
+        // Concatenated gzip members inflate to the concatenation, as with gunzip.
+        let twice = try Gzip.compress([1, 2, 3]) + Gzip.compress([4, 5])
+        XCTAssertEqual(try Gzip.decompress(twice), [1, 2, 3, 4, 5])
+        // A large buffer (more than the first output guess) round-trips.
+        let big = (0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 &* 31 >> 3) }
+        XCTAssertEqual(try Gzip.decompress(Gzip.compress(big, level: 1)), big)
+    }
+
+    // MARK: Damaged files
+
+    func testWrongMagicIsRefused() throws {
+        try labels(count: 4).write(to: url("labels"))
+        assertThrows(try IDXFile.read(from: url("labels"), expectedMagic: IDXFile.imagesMagic)) { error in
+            XCTAssertEqual(error, .idxBadMagic(path: self.url("labels").path, expected: 0x803, found: 0x801))
+            XCTAssertTrue(error.description.contains("0x00000803") && error.description.contains("0x00000801"))
+        }
+        let garbage = try writeBytes([0x50, 0x4B, 0x03, 0x04] + [UInt8](repeating: 0, count: 20), "zip")
+        assertThrows(try IDXFile.read(from: garbage)) { error in
+            guard case .idxBadMagic(_, _, let found) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(found, 0x504B_0304)
+        }
+        let floats = try writeBytes([0, 0, 0x0D, 1, 0, 0, 0, 1, 0, 0, 0, 0], "floats")
+        assertThrows(try IDXFile.read(from: floats)) { error in
+            XCTAssertEqual(error, .idxUnsupportedElementType(path: floats.path, found: 0x0D))
+        }
+    }
+
+    func testTruncatedFileIsRefused() throws {
+        let good = try images(count: 2).encoded()
+        let cut = try writeBytes(Array(good.dropLast()), "cut")
+        assertThrows(try IDXFile.read(from: cut, expectedMagic: IDXFile.imagesMagic)) { error in
+            XCTAssertEqual(error, .idxLengthMismatch(path: cut.path, dimensions: [2, 28, 28],
+                                                     expected: good.count, found: good.count - 1))
+            XCTAssertTrue(error.description.contains("truncated"))
+        }
+        let header = try writeBytes(Array(good.prefix(9)), "header")
+        assertThrows(try IDXFile.read(from: header)) { error in
+            XCTAssertEqual(error, .idxHeaderTooShort(path: header.path, expected: 16, found: 9))
+        }
+        let empty = try writeBytes([], "empty")
+        assertThrows(try IDXFile.read(from: empty)) { error in
+            XCTAssertEqual(error, .idxHeaderTooShort(path: empty.path, expected: 4, found: 0))
+        }
+    }
+
+    func testWrongCountAndTrailingBytesAreRefused() throws {
+        // The header says 5 labels, the file holds 4.
+        let short = try writeBytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2, 3, 4], "short")
+        assertThrows(try IDXFile.read(from: short, expectedMagic: IDXFile.labelsMagic)) { error in
+            XCTAssertEqual(error, .idxLengthMismatch(path: short.path, dimensions: [5], expected: 13, found: 12))
+        }
+        // Trailing bytes after the data.
+        let long = try writeBytes(labels(count: 4).encoded() + [9, 9], "long")
+        assertThrows(try IDXFile.read(from: long, expectedMagic: IDXFile.labelsMagic)) { error in
+            XCTAssertEqual(error, .idxLengthMismatch(path: long.path, dimensions: [4], expected: 12, found: 14))
+            XCTAssertTrue(error.description.contains("2 trailing bytes"))
+        }
+        // Absurd dimensions neither trap nor allocate.
+        let huge = try writeBytes([0, 0, 8, 3, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], "huge")
+        assertThrows(try IDXFile.read(from: huge)) { error in
+            XCTAssertEqual(error, .idxDimensionsOverflow(path: huge.path, dimensions: [0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF]))
+        }
+        let big = try writeBytes([0, 0, 8, 1, 0xFF, 0xFF, 0xFF, 0xFF, 1], "big")
+        assertThrows(try IDXFile.read(from: big)) { error in
+            XCTAssertEqual(error, .idxLengthMismatch(path: big.path, dimensions: [0xFFFF_FFFF], expected: 8 + 0xFFFF_FFFF, found: 9))
+        }
+    }
+
+    func testCorruptAndTruncatedGzipAreRefused() throws {
+        let compressed = try Gzip.compress(images(count: 20).encoded())
+        var corrupt = compressed
+        for i in stride(from: 20, to: corrupt.count - 20, by: 7) { corrupt[i] ^= 0x5A }
+        let corruptURL = try writeBytes(corrupt, "corrupt.gz")
+        assertThrows(try IDXFile.read(from: corruptURL)) { error in
+            guard case .corruptGzip(let path, _) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(path, corruptURL.path)
+        }
+        // A changed CRC is caught by zlib's trailer check.
+        var badCRC = compressed
+        badCRC[badCRC.count - 6] ^= 1
+        assertThrows(try Gzip.decompress(badCRC, source: "crc.gz")) { error in
+            guard case .corruptGzip(_, let reason) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(reason.contains("check"), reason)
+        }
+        let truncatedURL = try writeBytes(Array(compressed.prefix(compressed.count / 2)), "truncated.gz")
+        assertThrows(try IDXFile.read(from: truncatedURL)) { error in
+            guard case .truncatedGzip(let path, let compressedBytes, _) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(path, truncatedURL.path)
+            XCTAssertEqual(compressedBytes, compressed.count / 2)
+        }
+        assertThrows(try Gzip.decompress(Array(compressed.dropLast(3)), source: "trailer.gz")) { error in
+            guard case .truncatedGzip = error else { return XCTFail("\(error)") }
+        }
+        assertThrows(try Gzip.decompress(compressed + [0, 1, 2], source: "junk.gz")) { error in
+            XCTAssertEqual(error, .trailingGzipData(path: "junk.gz", offset: compressed.count, count: 3))
+        }
+        // A .gz name with data that is not gzip at all.
+        let plain = try writeBytes(labels(count: 3).encoded(), "plain.gz")
+        assertThrows(try IDXFile.read(from: plain)) { error in
+            guard case .corruptGzip = error else { return XCTFail("\(error)") }
+        }
+        assertThrows(try Gzip.readFile(at: url("does-not-exist.gz"))) { error in
+            guard case .readFailed(_, let reason) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(reason.contains("No such file"), reason)
+        }
+        assertThrows(try Gzip.readFile(at: directory)) { error in
+            guard case .readFailed = error else { return XCTFail("\(error)") }
+        }
+    }
+
+    // MARK: Datasets from IDX files
+
+    func testLoadsSyntheticDatasetWithTrainingStatistics() throws {
+        try writeDataset(train: 12, test: 5)
+        let (train, test) = try FashionMNIST.load(directory: directory, trainLimit: 10)
+        XCTAssertEqual(train.count, 10)
+        XCTAssertEqual(test.count, 5)
+        XCTAssertEqual(train.shape, [10, 1, 28, 28])
+        XCTAssertEqual(train.images.count, 10 * 784)
+        XCTAssertEqual(Array(train.labels.prefix(4)), [0, 1, 2, 3])
+        XCTAssertEqual(train.classNames, FashionMNIST.classNames)
+        XCTAssertEqual(FashionMNIST.classNames.count, 10)
+
+        // The statistics are those of the 10 training images used, computed in Double, and both splits use them.
+        let rawTrain = try images(count: 12).bytes.prefix(10 * 784).map { Double($0) / 255 }
+        let mean = rawTrain.reduce(0, +) / Double(rawTrain.count)
+        let std = (rawTrain.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(rawTrain.count)).squareRoot()
+        XCTAssertEqual(train.mean, mean, accuracy: 1e-12)
+        XCTAssertEqual(train.std, std, accuracy: 1e-12)
+        XCTAssertEqual(test.statistics, train.statistics)
+        let rawTest = try images(count: 5, seed: 5).bytes
+        for i in [0, 1, 100, 783, 3000] {
+            XCTAssertEqual(test.images[i], Float((Double(rawTest[i]) / 255 - mean) / std), accuracy: 1e-6)
+        }
+        let standardised = train.images.map(Double.init)
+        XCTAssertEqual(standardised.reduce(0, +) / Double(standardised.count), 0, accuracy: 1e-5)
+        XCTAssertEqual(train.zeroPixelValue, Float(-mean / std), accuracy: 1e-6)
+
+        // Without a limit, every image; a limit above the count is the whole file.
+        XCTAssertEqual(try FashionMNIST.load(directory: directory, trainLimit: 1000, testLimit: 2).train.count, 12)
+        XCTAssertEqual(try FashionMNIST.load(directory: directory, testLimit: 2).test.count, 2)
+        assertThrows(try FashionMNIST.load(directory: directory, trainLimit: 0)) { error in
+            guard case .invalidArgument = error else { return XCTFail("\(error)") }
+        }
+    }
+
+    func testImageAndLabelCountMismatchNamesBothCounts() throws {
+        try writeDataset(train: 12, trainLabels: 11)
+        assertThrows(try FashionMNIST.load(directory: directory)) { error in
+            XCTAssertEqual(error, .countMismatch(
+                imagesPath: self.url("train-images-idx3-ubyte.gz").path, images: 12,
+                labelsPath: self.url("train-labels-idx1-ubyte").path, labels: 11))
+            XCTAssertTrue(error.description.contains("12 images") && error.description.contains("11 labels"))
+        }
+    }
+
+    func testLabelOutOfRangeIsRefused() throws {
+        try writeDataset(train: 4, labelBytes: [0, 9, 10, 1])
+        assertThrows(try FashionMNIST.load(directory: directory)) { error in
+            XCTAssertEqual(error, .labelOutOfRange(
+                path: self.url("train-labels-idx1-ubyte").path, index: 2, label: 10, classCount: 10))
+        }
+    }
+
+    func testWrongImageSizeIsRefused() throws {
+        try writeDataset()
+        try images(count: 12, rows: 27, cols: 28).write(to: url("train-images-idx3-ubyte.gz"), compressed: true)
+        assertThrows(try FashionMNIST.load(directory: directory)) { error in
+            XCTAssertEqual(error, .unexpectedShape(path: self.url("train-images-idx3-ubyte.gz").path,
+                                                   expected: "(count, 28, 28)", found: [12, 27, 28]))
+        }
+    }
+
+    func testSwappedImagesAndLabelsAreRefused() throws {
+        try writeDataset()
+        try FileManager.default.removeItem(at: url("train-labels-idx1-ubyte"))
+        try images(count: 12).write(to: url("train-labels-idx1-ubyte"))
+        assertThrows(try FashionMNIST.load(directory: directory)) { error in
+            XCTAssertEqual(error, .idxBadMagic(path: self.url("train-labels-idx1-ubyte").path,
+                                               expected: IDXFile.labelsMagic, found: IDXFile.imagesMagic))
+        }
+    }
+
+    func testMissingDatasetSaysHowToInstallIt() throws {
+        try labels(count: 3).write(to: url("t10k-labels-idx1-ubyte"))
+        assertThrows(try FashionMNIST.load(directory: directory)) { error in
+            guard case .datasetNotFound(let path, let missing) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(path, self.directory.path)
+            XCTAssertEqual(missing.count, 3)
+            XCTAssertTrue(error.description.contains("apt-get install dataset-fashion-mnist"), error.description)
+            XCTAssertTrue(error.description.contains("--data DIR"), error.description)
+        }
+        assertThrows(try FashionMNIST.load(directory: directory.appendingPathComponent("nowhere"))) { error in
+            guard case .datasetNotFound(_, let missing) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(missing.count, 4)
+        }
+    }
+}

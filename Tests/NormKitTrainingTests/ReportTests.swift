@@ -1,0 +1,384 @@
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import NormKitTraining
+import XCTest
+
+/// Runner and report tests with fake runs: no training, only the records a trainer writes.
+final class ReportTests: XCTestCase {
+    private var directory: URL!
+
+    override func setUpWithError() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("sweep-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    // MARK: - Fakes
+
+    private struct FakeFailure: Error, CustomStringConvertible {
+        var description: String { "fake divergence: loss is NaN at step 17" }
+    }
+
+    private func smallPlan(seeds: [UInt64] = [0]) -> SweepPlan {
+        var base = TrainingConfiguration()
+        base.groups = 8
+        base.epochs = 2
+        base.trainLimit = 100
+        return SweepPlan(name: "test", base: base, norms: [.bn, .gn], normBatches: [32, 2], seeds: seeds)
+    }
+
+    private func epochs(_ config: TrainingConfiguration, finalError: Double) -> [EpochMetrics] {
+        (1...config.epochs).map { e in
+            let error = finalError + 0.05 * Double(config.epochs - e)
+            return EpochMetrics(epoch: e, step: e * 10, trainLoss: 1.0 / Double(e), trainError: error + 0.01,
+                                testLoss: 0.5, testError: error, learningRate: 0.1, seconds: Double(e) * 3,
+                                imagesPerSecond: 900)
+        }
+    }
+
+    private func summary(_ config: TrainingConfiguration, error: Double, finished: Bool = true) -> RunSummary {
+        let metrics = epochs(config, finalError: error)
+        return RunSummary(configuration: config, finalTestError: error, bestTestError: metrics.map(\.testError).min()!,
+                          epochs: metrics, wallSeconds: 6, imagesPerSecond: 900,
+                          perClassAccuracy: Array(repeating: 1 - error, count: 10), finished: finished)
+    }
+
+    /// Writes `summary.json` and `metrics.jsonl` as a trainer would.
+    private func writeRecords(_ summary: RunSummary, to runDir: URL, summaryFile: Bool = true) throws {
+        try FileManager.default.createDirectory(at: runDir, withIntermediateDirectories: true)
+        let lines = try summary.epochs.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
+        try (lines.joined(separator: "\n") + "\n").write(to: runDir.appendingPathComponent("metrics.jsonl"),
+                                                         atomically: true, encoding: .utf8)
+        if summaryFile {
+            try JSONEncoder().encode(summary).write(to: runDir.appendingPathComponent("summary.json"))
+        }
+    }
+
+    /// A deterministic fake error: BN degrades as its batch shrinks, GN is flat.
+    private func fakeError(_ config: TrainingConfiguration) -> Double {
+        let seedNoise = Double(config.seed) * 0.002
+        if config.norm == .bn { return 0.10 + 0.1 / Double(config.effectiveNormBatch) + seedNoise }
+        return 0.12 + seedNoise
+    }
+
+    private func readSummary(_ name: String) throws -> RunSummary {
+        let url = directory.appendingPathComponent(name).appendingPathComponent("summary.json")
+        return try JSONDecoder().decode(RunSummary.self, from: Data(contentsOf: url))
+    }
+
+    // MARK: - Runner
+
+    func testRunnerSkipsFinishedRunsAndRedoesUnfinishedOnes() throws {
+        let plan = smallPlan()
+        let cells = try plan.cells()
+        XCTAssertEqual(cells.map(\.runName), ["bn-nb32-s0", "bn-nb2-s0", "gn-g8-nb32-s0"])
+        // A finished run, and an unfinished one with a stale error from an earlier attempt.
+        try writeRecords(summary(cells[0].configuration, error: 0.111), to: directory.appendingPathComponent("bn-nb32-s0"))
+        let unfinished = directory.appendingPathComponent("bn-nb2-s0")
+        try writeRecords(summary(cells[1].configuration, error: 0.3, finished: false), to: unfinished)
+        try "old failure\n".write(to: unfinished.appendingPathComponent("error.txt"), atomically: true, encoding: .utf8)
+
+        var calls: [String] = []
+        var reportExistedAtSecondCall = false
+        let runner = SweepRunner(plan: plan, directory: directory) { config, runDir in
+            calls.append(runDir.lastPathComponent)
+            if calls.count == 2 {
+                reportExistedAtSecondCall = FileManager.default.fileExists(
+                    atPath: runDir.deletingLastPathComponent().appendingPathComponent("results.md").path)
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: runDir.appendingPathComponent("summary.json").path),
+                           "an unfinished summary is removed before the rerun")
+            let result = self.summary(config, error: self.fakeError(config))
+            try self.writeRecords(result, to: runDir)
+            return result
+        }
+        let outcome = try runner.run()
+        XCTAssertEqual(calls, ["bn-nb2-s0", "gn-g8-nb32-s0"])
+        XCTAssertEqual(outcome.cells.map(\.status), [.skipped, .finished, .finished])
+        XCTAssertTrue(reportExistedAtSecondCall, "the report is rebuilt after every cell")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: unfinished.appendingPathComponent("error.txt").path))
+        XCTAssertEqual(try readSummary("bn-nb32-s0").finalTestError, 0.111, "the finished run was left alone")
+        XCTAssertTrue(try readSummary("bn-nb2-s0").finished)
+        for file in ["plan.json", "results.md", "runs.csv", "runs.json", "error_vs_batch.svg", "training_curves.svg",
+                     "error_vs_batch.png", "training_curves.png"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: directory.appendingPathComponent(file).path), file)
+        }
+        XCTAssertEqual(try SweepPlanRecord.read(from: directory)?.cells, cells)
+
+        // A restart with the same plan runs nothing.
+        calls = []
+        let again = try runner.run()
+        XCTAssertEqual(calls, [])
+        XCTAssertEqual(again.count(.skipped), 3)
+    }
+
+    func testFailingCellIsRecordedAndTheSweepContinues() throws {
+        let plan = smallPlan()
+        var calls: [String] = []
+        var failing = true
+        let runner = SweepRunner(plan: plan, directory: directory) { config, runDir in
+            calls.append(runDir.lastPathComponent)
+            if failing && config.norm == .bn && config.effectiveNormBatch == 2 { throw FakeFailure() }
+            return self.summary(config, error: self.fakeError(config))  // the runner writes summary.json
+        }
+        let outcome = try runner.run()
+        XCTAssertEqual(calls, ["bn-nb32-s0", "bn-nb2-s0", "gn-g8-nb32-s0"])
+        XCTAssertEqual(outcome.failedRuns, ["bn-nb2-s0"])
+        XCTAssertEqual(outcome.count(.finished), 2)
+        let errorText = try String(contentsOf: directory.appendingPathComponent("bn-nb2-s0/error.txt"), encoding: .utf8)
+        XCTAssertTrue(errorText.contains("loss is NaN at step 17"))
+        XCTAssertTrue(try readSummary("gn-g8-nb32-s0").finished, "summary.json written from the returned summary")
+
+        let report = try SweepReport.build(from: directory)
+        XCTAssertEqual(report.runs.first { $0.runName == "bn-nb2-s0" }?.status, .failed)
+        let markdown = try String(contentsOf: directory.appendingPathComponent("results.md"), encoding: .utf8)
+        XCTAssertTrue(markdown.contains("## Failed runs"))
+        XCTAssertTrue(markdown.contains("`bn-nb2-s0`: fake divergence"))
+
+        // The restart retries only the failed cell, and clears its error.
+        calls = []
+        failing = false
+        let retry = try runner.run()
+        XCTAssertEqual(calls, ["bn-nb2-s0"])
+        XCTAssertEqual(retry.failedRuns, [])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory.appendingPathComponent("bn-nb2-s0/error.txt").path))
+    }
+
+    func testFinishedRunWithAnotherConfigurationStopsTheSweep() throws {
+        let plan = smallPlan()
+        var other = try plan.cells()[0].configuration
+        other.epochs = 7
+        try writeRecords(summary(other, error: 0.1), to: directory.appendingPathComponent("bn-nb32-s0"))
+        var called = false
+        let runner = SweepRunner(plan: plan, directory: directory) { config, _ in
+            called = true
+            return self.summary(config, error: 0.1)
+        }
+        XCTAssertThrowsError(try runner.run()) { error in
+            guard case SweepError.configurationMismatch(let name, let differences)? = error as? SweepError else {
+                return XCTFail("unexpected \(error)")
+            }
+            XCTAssertEqual(name, "bn-nb32-s0")
+            XCTAssertEqual(differences, ["epochs: 7 → 2"])
+        }
+        XCTAssertFalse(called)
+    }
+
+    // MARK: - Table
+
+    /// Three seeds of BN and GN at 32 and 2 with known errors; BN at 2 lacks seed 2.
+    private func writeKnownSweep() throws -> SweepPlanRecord {
+        let plan = smallPlan(seeds: [0, 1, 2])
+        let cells = try plan.cells()
+        let record = SweepPlanRecord(plan: plan, cells: cells)
+        try record.write(to: directory)
+        let errors: [String: Double] = [
+            "bn-nb32-s0": 0.10, "bn-nb32-s1": 0.12, "bn-nb32-s2": 0.14,
+            "bn-nb2-s0": 0.20, "bn-nb2-s1": 0.22,
+            "gn-g8-nb32-s0": 0.13, "gn-g8-nb32-s1": 0.13, "gn-g8-nb32-s2": 0.16,
+        ]
+        for cell in cells {
+            guard let error = errors[cell.runName] else { continue }
+            try writeRecords(summary(cell.configuration, error: error), to: directory.appendingPathComponent(cell.runName))
+        }
+        return record
+    }
+
+    func testTableMeansStdsAndBNMinusGN() throws {
+        _ = try writeKnownSweep()
+        let report = try SweepReport.build(from: directory)
+        let table = report.table
+        XCTAssertEqual(table.columns, [32, 2])
+        XCTAssertEqual(table.rows.map(\.key.label), ["BN", "GN"])
+        let bn32 = try XCTUnwrap(table.entry(SeriesKey(norm: .bn), column: 32))
+        XCTAssertEqual(try XCTUnwrap(bn32.mean), 12, accuracy: 1e-9)
+        XCTAssertEqual(try XCTUnwrap(bn32.std), 2, accuracy: 1e-9)
+        XCTAssertEqual(bn32.n, 3)
+        let bn2 = try XCTUnwrap(table.entry(SeriesKey(norm: .bn), column: 2))
+        XCTAssertEqual(try XCTUnwrap(bn2.mean), 21, accuracy: 1e-9)
+        XCTAssertEqual(try XCTUnwrap(bn2.std), 2.squareRoot(), accuracy: 1e-9)
+        XCTAssertEqual(bn2.n, 2)
+        XCTAssertEqual(bn2.requested, 3)
+        // GN ran once per seed and fills both columns.
+        for column in [32, 2] {
+            let gn = try XCTUnwrap(table.entry(SeriesKey(norm: .gn), column: column))
+            XCTAssertEqual(try XCTUnwrap(gn.mean), 14, accuracy: 1e-9)
+            XCTAssertEqual(try XCTUnwrap(gn.std), 3.squareRoot(), accuracy: 1e-9)
+            XCTAssertTrue(gn.reused)
+        }
+        XCTAssertEqual(try XCTUnwrap(table.difference(column: 32)), -2, accuracy: 1e-9)
+        XCTAssertEqual(try XCTUnwrap(table.difference(column: 2)), 7, accuracy: 1e-9)
+
+        try report.write(to: directory)
+        let markdown = try String(contentsOf: directory.appendingPathComponent("results.md"), encoding: .utf8)
+        XCTAssertTrue(markdown.contains("| normalization batch | 32 | 2 |"))
+        XCTAssertTrue(markdown.contains("| BN | 12.00 ± 2.00 | 21.00 ± 1.41 (n=2) |"))
+        XCTAssertTrue(markdown.contains("| GN † | 14.00 ± 1.73 | 14.00 ± 1.73 |"))
+        XCTAssertTrue(markdown.contains("| **BN − GN** | −2.00 | +7.00 |"))
+        XCTAssertTrue(markdown.contains("† GN does not depend on the normalization batch"))
+        XCTAssertTrue(markdown.contains("Runs: 9 planned; 8 finished, 0 partial, 0 failed, 1 not started."))
+    }
+
+    func testUnfinishedRunsContributeTheirLastEpochMarkedPartial() throws {
+        let plan = smallPlan()
+        let cells = try plan.cells()
+        try SweepPlanRecord(plan: plan, cells: cells).write(to: directory)
+        try writeRecords(summary(cells[0].configuration, error: 0.10), to: directory.appendingPathComponent(cells[0].runName))
+        // Only metrics.jsonl, one complete epoch and a truncated line being written when the sweep stopped.
+        let runDir = directory.appendingPathComponent("bn-nb2-s0")
+        try FileManager.default.createDirectory(at: runDir, withIntermediateDirectories: true)
+        let first = epochs(cells[1].configuration, finalError: 0.25)[0]
+        let line = String(decoding: try JSONEncoder().encode(first), as: UTF8.self)
+        try (line + "\n{\"epoch\": 2, \"ste").write(to: runDir.appendingPathComponent("metrics.jsonl"),
+                                                    atomically: true, encoding: .utf8)
+        let report = try SweepReport.build(from: directory)
+        let partial = try XCTUnwrap(report.runs.first { $0.runName == "bn-nb2-s0" })
+        XCTAssertEqual(partial.status, .partial)
+        XCTAssertEqual(partial.epochsCompleted, 1)
+        XCTAssertEqual(try XCTUnwrap(partial.finalTestError), first.testError, accuracy: 1e-12)
+        let entry = try XCTUnwrap(report.table.entry(SeriesKey(norm: .bn), column: 2))
+        XCTAssertTrue(entry.partial)
+        XCTAssertEqual(report.pendingRuns, ["gn-g8-nb32-s0"])
+        let markdown = report.markdown()
+        XCTAssertTrue(markdown.contains(String(format: "%.2f*", first.testError * 100)))
+        XCTAssertTrue(markdown.contains("*: includes unfinished runs"))
+    }
+
+    func testReportWithoutPlanInfersReusedColumns() throws {
+        var config = TrainingConfiguration()
+        config.epochs = 1
+        for nb in [32, 4] {
+            config.norm = .bn
+            config.normBatch = nb
+            try writeRecords(summary(config, error: 0.1 + 0.01 * Double(32 / nb)),
+                             to: directory.appendingPathComponent("bn-nb\(nb)-s0"))
+        }
+        config.norm = .gn
+        config.normBatch = nil
+        try writeRecords(summary(config, error: 0.13), to: directory.appendingPathComponent("gn-nb32-s0"))
+        let report = try SweepReport.build(from: directory)
+        XCTAssertNil(report.plan)
+        XCTAssertEqual(report.table.columns, [32, 4])
+        XCTAssertEqual(try XCTUnwrap(report.table.difference(column: 4)), 0.18 * 100 - 13, accuracy: 1e-9)
+        XCTAssertEqual(report.table.entry(SeriesKey(norm: .gn), column: 4)?.requested, 1)
+    }
+
+    func testGroupsAxisTable() throws {
+        var base = TrainingConfiguration()
+        base.epochs = 1
+        let plan = SweepPlan(name: "groups", base: base, norms: [.gn], normBatches: [32],
+                             groupAxis: [.groups(4), .groups(1), .groupSize(2), .groupSize(1)])
+        let cells = try plan.cells()
+        try SweepPlanRecord(plan: plan, cells: cells).write(to: directory)
+        let errors = [0.120, 0.150, 0.125, 0.180]
+        for (cell, error) in zip(cells, errors) {
+            try writeRecords(summary(cell.configuration, error: error), to: directory.appendingPathComponent(cell.runName))
+        }
+        let report = try SweepReport.build(from: directory)
+        let groups = try XCTUnwrap(report.table.groupsMarkdown())
+        XCTAssertTrue(groups.contains("| groups (G) | 4 | 1 (=LN) |"))
+        XCTAssertTrue(groups.contains("| error % | 12.00 | 15.00 |"))
+        XCTAssertTrue(groups.contains("| Δ vs best | +0.00 | +3.00 |"))
+        XCTAssertTrue(groups.contains("| channels per group | 2 | 1 (=IN) |"))
+        XCTAssertTrue(groups.contains("| Δ vs best | +0.00 | +5.50 |"))
+        XCTAssertTrue(report.markdown().contains("## GroupNorm: number of groups and channels per group"))
+        XCTAssertNil(report.table.difference(column: 32), "no BN row")
+    }
+
+    // MARK: - Files
+
+    func testCSVAndJSONHaveOneRowPerRun() throws {
+        let record = try writeKnownSweep()
+        let report = try SweepReport.rebuild(in: directory)
+        XCTAssertEqual(report.runs.count, 8)
+        let csv = try String(contentsOf: directory.appendingPathComponent("runs.csv"), encoding: .utf8)
+        let lines = csv.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1 + 8)
+        XCTAssertEqual(String(lines[0]), ResultsCSV.header.joined(separator: ","))
+        for line in lines { XCTAssertEqual(line.split(separator: ",", omittingEmptySubsequences: false).count,
+                                           ResultsCSV.header.count) }
+        XCTAssertTrue(lines.contains { $0.hasPrefix("bn-nb2-s1,finished,resnet8,bn,,,32,2,2,0.1,") })
+        XCTAssertTrue(csv.contains(",22.000,"), "final test error in percent")
+        let json = try JSONDecoder().decode([SweepRunRecord].self,
+                                            from: Data(contentsOf: directory.appendingPathComponent("runs.json")))
+        XCTAssertEqual(json.map(\.runName), record.cells.map(\.runName).filter { $0 != "bn-nb2-s2" })
+        XCTAssertEqual(json.first?.configuration, record.cells.first?.configuration)
+    }
+
+    func testSVGIsWellFormedWithLegendAndAxisLabels() throws {
+        let plan = SweepPlan(name: "svg", base: smallPlan().base, norms: [.bn, .gn, .mabn, .brn],
+                             seeds: [0, 1])
+        let runner = SweepRunner(plan: plan, directory: directory) { config, runDir in
+            var result = self.summary(config, error: self.fakeError(config))
+            if config.norm == .mabn { result.finalTestError = 0.125 + Double(config.seed) * 0.003 }
+            try self.writeRecords(result, to: runDir)
+            return result
+        }
+        try runner.run()
+        let texts = try svgTexts("error_vs_batch.svg")
+        for label in ["BN", "GN (batch-independent: one run)", "MABN", "BRN"] {
+            XCTAssertTrue(texts.contains(label), "legend entry \(label)")
+        }
+        XCTAssertTrue(texts.contains { $0.hasPrefix("normalization batch size") }, "x-axis label")
+        XCTAssertTrue(texts.contains { $0.hasPrefix("test error (%)") }, "y-axis label")
+        XCTAssertTrue(texts.contains { $0.contains("test error vs normalization batch size") }, "title")
+        for tick in ["32", "16", "8", "4", "2"] { XCTAssertTrue(texts.contains(tick), "x tick \(tick)") }
+
+        let curves = try svgTexts("training_curves.svg")
+        XCTAssertTrue(curves.contains("BN: test error"))
+        XCTAssertTrue(curves.contains("MABN: train loss"))
+        XCTAssertTrue(curves.contains("epoch"))
+
+        let png = try Data(contentsOf: directory.appendingPathComponent("error_vs_batch.png"))
+        XCTAssertEqual(Array(png.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
+        XCTAssertEqual(Array(png[16..<24]), [0, 0, 3, 0x84, 0, 0, 2, 0x30], "900 × 560 pixels")
+        XCTAssertEqual(Array(png.suffix(8).prefix(4)), Array("IEND".utf8))
+    }
+
+    func testEmptySweepDirectoryStillGivesAReport() throws {
+        try SweepPlanRecord(plan: smallPlan(), cells: try smallPlan().cells()).write(to: directory)
+        let report = try SweepReport.rebuild(in: directory)
+        XCTAssertEqual(report.runs.count, 0)
+        XCTAssertEqual(report.pendingRuns.count, 3)
+        XCTAssertTrue(try svgTexts("error_vs_batch.svg").contains("no results yet"))
+        XCTAssertThrowsError(try SweepReport.build(from: directory.appendingPathComponent("missing"))) { error in
+            XCTAssertTrue("\(error)".contains("does not exist"))
+        }
+    }
+
+    // MARK: - Helpers
+
+    /// The text content of every `<text>` element; fails if the file is not well-formed XML.
+    private func svgTexts(_ name: String) throws -> [String] {
+        let parser = XMLParser(data: try Data(contentsOf: directory.appendingPathComponent(name)))
+        let collector = TextCollector()
+        parser.delegate = collector
+        XCTAssertTrue(parser.parse(), "\(name): \(String(describing: parser.parserError))")
+        XCTAssertEqual(collector.root, "svg")
+        return collector.texts
+    }
+}
+
+/// Collects `<text>` contents and the root element's name.
+private final class TextCollector: NSObject, XMLParserDelegate {
+    var texts: [String] = []
+    var root: String?
+    private var current: String?
+
+    func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
+                attributes: [String: String] = [:]) {
+        if root == nil { root = name }
+        if name == "text" { current = "" }
+    }
+
+    func parser(_ parser: XMLParser, foundCharacters string: String) { current? += string }
+
+    func parser(_ parser: XMLParser, didEndElement name: String, namespaceURI: String?, qualifiedName: String?) {
+        if name == "text", let text = current { texts.append(text); current = nil }
+    }
+}
