@@ -146,15 +146,23 @@ public final class BatchNorm: NormalizationLayer {
             return
         }
         let keep = 1 - Double(momentum), take = Double(momentum)
+        var newMean = runningMean, newVariance = runningVariance
         for c in 0..<channels {
             var mu = 0.0, v = 0.0
             for b in 0..<g.sampleBlocks {
                 mu += mean[b * channels + c]
                 v += variance[b * channels + c]
             }
-            runningMean[c] = Float(keep * Double(runningMean[c]) + take * mu / blocks)
-            runningVariance[c] = Float(keep * Double(runningVariance[c]) + take * unbias * v / blocks)
+            newMean[c] = Float(keep * Double(runningMean[c]) + take * mu / blocks)
+            newVariance[c] = Float(keep * Double(runningVariance[c]) + take * unbias * v / blocks)
         }
+        // Statistics finite in Double can still overflow Float (|x| ~ 1e38): skip rather than store infinity.
+        guard newMean.allSatisfy(\.isFinite), newVariance.allSatisfy(\.isFinite) else {
+            skippedUpdates += 1
+            return
+        }
+        runningMean = newMean
+        runningVariance = newVariance
     }
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) throws {

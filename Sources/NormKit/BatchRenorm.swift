@@ -223,7 +223,7 @@ public final class BatchRenorm: NormalizationLayer {
             }
         }
         batchesTracked += 1
-        let (rMax, dMax) = schedule.limits(step: Int(batchesTracked))
+        let (rMax, dMax) = schedule.limits(step: Int(batchesTracked) - 1)
         let eps = Double(epsilon), c = channels
         // Coefficients per (ghost batch, channel): y = a·x + b with a = γ·r/σ_B, b = β + γ·(d − a/γ·μ_B).
         for b in 0..<g.sampleBlocks {

@@ -49,7 +49,7 @@ final class BatchNormTests: XCTestCase {
 
     func testMatchesFloat64ReferenceOnRandomShapes() throws {
         var rng = SeededGenerator(seed: 0xB401)
-        var cases = 0
+        var cases = 0, shapes: [[Int]] = []
         for rank in 0...3 {
             for trial in 0..<2 {
                 let batch = [6, 4][trial]
@@ -57,6 +57,7 @@ final class BatchNormTests: XCTestCase {
                 let spatial = randomSpatial(rank: rank, using: &rng)
                 let shape = [batch, channels] + spatial
                 let positions = spatial.reduce(1, *)
+                shapes.append(shape)
                 // Ghost batches: every divisor k of N with at least 3 values per set (a set of 2 values has
                 // x̂ = ±sqrt(var/(var+ε)) and dx ∝ ε/var: pure cancellation, see testTwoValueSets).
                 var normBatches: [Int?] = [nil]
@@ -75,13 +76,17 @@ final class BatchNormTests: XCTestCase {
             }
         }
         XCTAssertGreaterThan(cases, 40)
-        print("BatchNormTests: \(cases) random cases × 3 steps")
+        print("BatchNormTests: \(cases) random cases × 3 steps on shapes \(shapes)")
     }
 
-    /// Shapes large enough for the multi-threaded paths, positions not a multiple of 16.
+    /// Shapes large enough for the multi-threaded paths (≥ 2·2¹⁵ elements per forward), positions not a multiple
+    /// of 16; run with 2 and 3 threads (uneven splits).
     func testLargeShapesUseMultipleThreads() throws {
         var rng = SeededGenerator(seed: 0xB402)
-        for (shape, k) in [([2, 64, 28, 28], nil), ([8, 32, 7, 7], 2), ([4, 16, 5, 9, 7], 2)] as [([Int], Int?)] {
+        let saved = Parallelism.threadCount
+        defer { Parallelism.threadCount = saved }
+        for (i, (shape, k)) in ([([2, 64, 28, 28], nil), ([8, 32, 17, 17], 2), ([4, 16, 9, 11, 13], 2)] as [([Int], Int?)]).enumerated() {
+            Parallelism.threadCount = 2 + i % 2
             for layout in TensorLayout.allCases {
                 let bn = try BatchNorm(channels: shape[1], normBatch: k)
                 try runSteps(bn, shape: shape, layout: layout, steps: 2, label: "BN \(shape) k=\(String(describing: k)) \(layout)",

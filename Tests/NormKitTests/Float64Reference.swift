@@ -264,6 +264,7 @@ final class ErrorLog {
         worst[label] = max(worst[label] ?? 0, error)
     }
     func report(_ title: String) {
+        if worst.isEmpty { return }
         let lines = worst.keys.sorted().map { String(format: "  %-28@ %.3e", $0 as NSString, worst[$0]!) }
         print("\(title):\n" + lines.joined(separator: "\n"))
     }

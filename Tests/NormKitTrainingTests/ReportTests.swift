@@ -288,6 +288,23 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(groups.contains("| Δ vs best | +0.00 | +5.50 |"))
         XCTAssertTrue(report.markdown().contains("## GroupNorm: number of groups and channels per group"))
         XCTAssertNil(report.table.difference(column: 32), "no BN row")
+        try report.write(to: directory)
+        let texts = try svgTexts("error_vs_groups.svg")
+        for label in ["4", "1 (LN)", "2", "1 (IN)", "groups G (log scale)", "channels per group (log scale)"] {
+            XCTAssertTrue(texts.contains(label), label)
+        }
+    }
+
+    func testRunsOutsideThePlanAreListedButNotTabulated() throws {
+        _ = try writeKnownSweep()
+        var stray = TrainingConfiguration()
+        stray.norm = .ln
+        try writeRecords(summary(stray, error: 0.3), to: directory.appendingPathComponent("ln-nb32-s0"))
+        let report = try SweepReport.build(from: directory)
+        XCTAssertEqual(report.otherRuns.map(\.runName), ["ln-nb32-s0"])
+        XCTAssertFalse(report.runs.contains { $0.runName == "ln-nb32-s0" })
+        XCTAssertFalse(report.table.rows.contains { $0.key.norm == .ln })
+        XCTAssertTrue(report.markdown().contains("## Runs not in plan.json (ignored above)"))
     }
 
     // MARK: - Files
@@ -319,6 +336,7 @@ final class ReportTests: XCTestCase {
             try self.writeRecords(result, to: runDir)
             return result
         }
+        runner.rebuildsReport = false  // only the final report; rebuilding after each cell is tested above
         try runner.run()
         let texts = try svgTexts("error_vs_batch.svg")
         for label in ["BN", "GN (batch-independent: one run)", "MABN", "BRN"] {

@@ -59,11 +59,14 @@ public struct Augmentation: Equatable, Sendable {
     }
 
     /// The recipe's augmentation for `dataset`: 2 pixels of padding with the standardised value of a raw 0
-    /// pixel, flip with probability ½.
+    /// pixel (``Dataset/zeroPixelValue``), flip with probability ½.
+    ///
+    /// A dataset's statistics have a positive, finite std, so the pad value is finite; should `−mean / std`
+    /// overflow `Float` all the same, the pad value is clamped to the largest finite `Float` of its sign.
     public static func standard(for dataset: Dataset) -> Augmentation {
-        // The arguments are valid by construction (a dataset's std is positive and finite).
-        (try? Augmentation(padding: 2, flipProbability: 0.5, padValue: dataset.zeroPixelValue))
-            ?? Augmentation(unchecked: 2, 0.5, 0)
+        let value = dataset.zeroPixelValue
+        let padValue = value.isFinite ? value : (value < 0 ? -Float.greatestFiniteMagnitude : Float.greatestFiniteMagnitude)
+        return Augmentation(unchecked: 2, 0.5, value.isNaN ? 0 : padValue)
     }
 
     private init(unchecked padding: Int, _ flipProbability: Double, _ padValue: Float) {

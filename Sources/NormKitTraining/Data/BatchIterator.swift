@@ -146,7 +146,10 @@ public final class BatchIterator {
         let n = min(batchSize, dataset.count - start)
         let size = dataset.sampleSize
         let (c, h, w) = (dataset.channels, dataset.height, dataset.width)
-        if images.shape != [n, c, h, w] || images.layout != .channelsFirst {
+        let shape = images.shape  // compared element by element: no array is built per batch
+        if shape.count != 4 || shape[0] != n || shape[1] != c || shape[2] != h || shape[3] != w
+            || images.layout != .channelsFirst
+        {
             images.prepare(shape: [n, c, h, w], layout: .channelsFirst)
         }
         if labels.count != n {

@@ -92,8 +92,8 @@ public struct Dataset: Sendable {
     /// A dataset from already standardised images.
     ///
     /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` when the sizes disagree, a dimension is not
-    ///   positive or `classNames` does not have `classCount` names; ``DataError/labelOutOfRange(path:index:label:classCount:)``
-    ///   for a label outside `0..<classCount`.
+    ///   positive, `classNames` does not have `classCount` names or `statistics` has a std that is not positive
+    ///   and finite; ``DataError/labelOutOfRange(path:index:label:classCount:)`` for a label outside `0..<classCount`.
     public init(images: [Float], labels: [Int32], channels: Int = 1, height: Int, width: Int, classCount: Int,
                 classNames: [String] = [], statistics: PixelStatistics) throws {
         guard channels > 0, height > 0, width > 0 else {
@@ -115,6 +115,7 @@ public struct Dataset: Sendable {
             throw DataError.labelOutOfRange(
                 path: "<memory>", index: index, label: Int(labels[index]), classCount: classCount)
         }
+        try Dataset.checkStatistics(statistics, source: "<memory>")
         self.images = images
         self.labels = labels
         self.count = labels.count

@@ -11,12 +11,15 @@ import Dispatch
 ///   ``WeightCentering/centerGradient(_:_:filters:fanIn:)``. The stored weight stays uncentred, as in the
 ///   reference `CenConv2d`.
 /// - Lowering: for a group of images, im2col writes the `(C·k·k) × (positions)` patch matrix into per-thread
-///   scratch and one `sgemm` computes the outputs. The backward recomputes the patches (cheaper than keeping
-///   them), so a training forward saves only the input (a reference, no copy) and the weights it used.
-/// - Threads: see ``BLAS``. With OpenBLAS single-threaded the batch is split over
-///   ``Parallelism/threadCount`` threads, each with its own scratch and weight-gradient partial sums (added
-///   in a fixed order, so results do not depend on scheduling); otherwise everything runs on the calling
-///   thread and OpenBLAS threads each GEMM.
+///   scratch and one `sgemm` computes the outputs. The backward recomputes the patches while they are in
+///   cache instead of keeping a full-batch patch matrix per layer, so a training forward saves only the input
+///   (a reference, no copy) and the weights it used.
+/// - Threads: see ``BLAS``. With OpenBLAS single-threaded (the default the first `Conv2d` sets up unless
+///   ``BLAS/setThreads(_:)`` was called) the batch is split over ``Parallelism/threadCount`` threads, each with
+///   its own scratch and weight-gradient partial sums (added in a fixed order, so results do not depend on
+///   scheduling); otherwise everything runs on the calling thread and OpenBLAS threads each GEMM.
+/// - Memory: the per-thread scratch (the patches of up to `max(1, 512 / positions)` images, which share one
+///   GEMM, and partial gradients) only grows, so steady-state steps allocate no buffers.
 public final class Conv2d: Layer {
     /// `C`, the input channels.
     public let inChannels: Int

@@ -137,20 +137,27 @@ public struct ResultsTable: Sendable {
     }
 
     /// `mean(BN) − mean(other)` in percentage points at a column (the GN paper's `BN − GN` row uses `.gn`);
-    /// nil when either is missing, or when `other` has several series (a groups axis).
+    /// nil when either is missing (GN runs on a groups axis do not count).
     public func difference(from other: NormKind = .gn, column: Int) -> Double? {
-        let others = rows.filter { $0.key.norm == other }
+        let others = mainRows.filter { $0.key.norm == other }
         guard others.count == 1,
               let bn = entry(SeriesKey(norm: .bn), column: column)?.mean,
               let value = others[0].entries[column]?.mean else { return nil }
         return bn - value
     }
 
-    /// Rows on a GN groups axis (GN paper, Table 3).
+    /// Rows on a GN groups axis (GN paper, Table 3); shown in their own tables and plot.
     public var groupRows: [Row] { rows.filter { $0.key.groupSpec != nil } }
 
-    /// The Markdown of the main table and its footnotes.
+    /// Rows not on a groups axis: the main table and the error-vs-batch plot.
+    public var mainRows: [Row] { rows.filter { $0.key.groupSpec == nil } }
+
+    /// The Markdown of the main table (``mainRows``) and its footnotes.
     public func markdown() -> String {
+        let rows = mainRows
+        guard !rows.isEmpty else {
+            return "No normalization-batch series: every run is on the GN groups axis (see the groups tables).\n"
+        }
         var lines: [String] = []
         let header = "| normalization batch | " + columns.map(String.init).joined(separator: " | ") + " |"
         lines.append(header)
@@ -191,7 +198,7 @@ public struct ResultsTable: Sendable {
             lines.append("| \(title) | " + heads.joined(separator: " | ") + " |")
             lines.append("|---|" + String(repeating: "---:|", count: subset.count))
             for column in shown {
-                let label = allReused ? "error %" : "error % (batch \(column))"
+                let label = shown.count == 1 ? "error %" : "error % (normalization batch \(column))"
                 lines.append("| \(label) | " + subset.map { Self.format($0.entries[column]) }.joined(separator: " | ")
                              + " |")
                 if let best = subset.compactMap({ $0.entries[column]?.mean }).min() {

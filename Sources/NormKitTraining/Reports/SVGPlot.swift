@@ -111,6 +111,8 @@ struct LinePlot {
     var emptyMessage = "no results yet"
     var fontSize: Double = 12
     var titleSize: Double = 16
+    var markerRadius: Double = 4.5
+    var lineWidth: Double = 2
 
     /// Lays the plot out inside a frame of the canvas.
     func draw(x frameX: Double, y frameY: Double, width: Double, height: Double, on canvas: inout PlotCanvas) {
@@ -119,7 +121,7 @@ struct LinePlot {
             : 44 + (legendEntries.map { PlotCanvas.textWidth($0.name, size: fontSize) }.max() ?? 0) + 14
         let left = frameX + fontSize * 5.2, right = frameX + width - 12 - (legendWidth > 0 ? legendWidth + 14 : 0)
         let top = frameY + (title.isEmpty ? 10 : titleSize * 2.2)
-        let bottom = frameY + height - fontSize * 3.6
+        let bottom = frameY + height - fontSize * 3.9
         let plotWidth = max(right - left, 10), plotHeight = max(bottom - top, 10)
 
         // Ranges.
@@ -129,7 +131,7 @@ struct LinePlot {
         let xPad = (xMax - xMin) * 0.07
         xMin -= xPad; xMax += xPad
         let ys = series.flatMap { $0.points.flatMap { [$0.y - ($0.error ?? 0), $0.y + ($0.error ?? 0)] } }
-        let yTicks = Self.niceTicks(min: ys.min() ?? 0, max: ys.max() ?? 1)
+        let yTicks = ys.isEmpty ? [0, 0.25, 0.5, 0.75, 1] : Self.niceTicks(min: ys.min()!, max: ys.max()!)
         let yMin = yTicks.first!, yMax = yTicks.last!
         func px(_ x: Double) -> Double {
             let t = (x - xMin) / (xMax - xMin)
@@ -183,10 +185,10 @@ struct LinePlot {
                 canvas.add(.line(PlotPoint(x: p.x - 4, y: y1), PlotPoint(x: p.x + 4, y: y1), stroke))
             }
             if points.count > 1 {
-                canvas.add(.polyline(points, PlotStroke(color: s.color, width: 2, dash: s.dashed ? [7, 4] : [])))
+                canvas.add(.polyline(points, PlotStroke(color: s.color, width: lineWidth, dash: s.dashed ? [7, 4] : [])))
             }
             for p in points {
-                canvas.add(s.marker.shape(at: p, radius: 4.5, fill: s.color, stroke: PlotStroke(color: .white)))
+                canvas.add(s.marker.shape(at: p, radius: markerRadius, fill: s.color, stroke: PlotStroke(color: .white)))
             }
         }
 

@@ -50,8 +50,11 @@ public struct SweepRunRecord: Codable, Equatable, Sendable {
 public struct SweepReport {
     /// The plan and cells from `plan.json`, if present.
     public var plan: SweepPlanRecord?
-    /// Every run directory with records, in plan order (others after, by name).
+    /// Every run of the plan with records, in plan order (without `plan.json`: every run directory, by name).
     public var runs: [SweepRunRecord]
+    /// Run directories with records that `plan.json` does not list (left from another plan): listed in
+    /// `results.md`, kept out of the tables, plots and `runs.csv`.
+    public var otherRuns: [SweepRunRecord]
     /// Cells of the plan with no run directory records yet.
     public var pendingRuns: [String]
     /// The results table.
@@ -63,7 +66,8 @@ public struct SweepReport {
     public static let metricsFileName = "metrics.jsonl"
     /// `error.txt`.
     public static let errorFileName = "error.txt"
-    /// The files ``write(to:)`` produces.
+    /// The files ``write(to:)`` always produces; a sweep with a GN groups axis also gets `error_vs_groups.svg`
+    /// and `error_vs_groups.png`.
     public static let reportFileNames = ["results.md", "runs.csv", "runs.json", "error_vs_batch.svg",
                                          "error_vs_batch.png", "training_curves.svg", "training_curves.png"]
 
@@ -84,16 +88,17 @@ public struct SweepReport {
         let planned = (plan?.cells ?? []).map(\.runName)
         let names = planned.filter(dirNames.contains) + dirNames.subtracting(planned).sorted()
 
-        var runs: [SweepRunRecord] = []
+        var runs: [SweepRunRecord] = [], others: [SweepRunRecord] = []
         for name in names {
-            if let run = readRun(directory.appendingPathComponent(name, isDirectory: true), cell: cellsByName[name]) {
-                runs.append(run)
-            }
+            guard let run = readRun(directory.appendingPathComponent(name, isDirectory: true), cell: cellsByName[name])
+            else { continue }
+            if plan == nil || cellsByName[name] != nil { runs.append(run) } else { others.append(run) }
         }
         if plan == nil { inferColumns(&runs) }
         let present = Set(runs.map(\.runName))
         let pending = planned.filter { !present.contains($0) }
-        return SweepReport(plan: plan, runs: runs, pendingRuns: pending, table: ResultsTable(runs: runs, plan: plan))
+        return SweepReport(plan: plan, runs: runs, otherRuns: others, pendingRuns: pending,
+                           table: ResultsTable(runs: runs, plan: plan))
     }
 
     /// Writes every report file into `directory` (normally the sweep directory itself).
@@ -108,6 +113,11 @@ public struct SweepReport {
         try save(Data(SVGPlot.render(curves).utf8), "training_curves.svg", in: directory)
         try save(PNGPlot.render(errorPlot), "error_vs_batch.png", in: directory)
         try save(PNGPlot.render(curves), "training_curves.png", in: directory)
+        if !table.groupRows.isEmpty {
+            let groups = errorVersusGroupsCanvas()
+            try save(Data(SVGPlot.render(groups).utf8), "error_vs_groups.svg", in: directory)
+            try save(PNGPlot.render(groups), "error_vs_groups.png", in: directory)
+        }
     }
 
     /// Reads a sweep directory and writes its report files into it.
@@ -130,9 +140,11 @@ public struct SweepReport {
         if let groups = table.groupsMarkdown() {
             out += "## GroupNorm: number of groups and channels per group\n\n" + groups + "\n"
         }
-        out += "## Figures\n\n![Test error vs normalization batch](error_vs_batch.svg)\n\n"
+        out += "## Figures\n\n"
+        if !table.mainRows.isEmpty { out += "![Test error vs normalization batch](error_vs_batch.svg)\n\n" }
+        if !table.groupRows.isEmpty { out += "![GN: test error vs groups](error_vs_groups.svg)\n\n" }
         out += "![Training curves](training_curves.svg)\n\n"
-        out += "PNG versions: `error_vs_batch.png`, `training_curves.png`. Per-run rows: `runs.csv`, `runs.json`.\n"
+        out += "Each figure also comes as a PNG. Per-run rows: `runs.csv`, `runs.json`.\n"
         let failed = runs.filter { $0.status == .failed }
         if !failed.isEmpty {
             out += "\n## Failed runs\n\n"
@@ -140,6 +152,10 @@ public struct SweepReport {
                 let first = (run.error ?? "").split(separator: "\n").first.map(String.init) ?? ""
                 out += "- `\(run.runName)`: \(first)\n"
             }
+        }
+        if !otherRuns.isEmpty {
+            out += "\n## Runs not in plan.json (ignored above)\n\n"
+                + otherRuns.map { "`\($0.runName)`" }.joined(separator: ", ") + "\n"
         }
         if !pendingRuns.isEmpty {
             out += "\n## Not started\n\n" + pendingRuns.map { "`\($0)`" }.joined(separator: ", ") + "\n"
@@ -283,13 +299,15 @@ extension SweepReport {
     /// `error_vs_batch`: mean test error vs normalization batch (log2 axis, 32 on the left), ± std error bars.
     func errorVersusBatchCanvas() -> PlotCanvas {
         var canvas = PlotCanvas(width: 900, height: 560)
-        let series = table.rows.enumerated().map { index, row -> PlotSeries in
+        let series = table.mainRows.enumerated().map { index, row -> PlotSeries in
             let (color, marker) = Self.style(of: row.key, index: index)
             let points = table.columns.compactMap { column -> (x: Double, y: Double, error: Double?)? in
                 guard let entry = row.entries[column], let mean = entry.mean else { return nil }
                 return (log2(Double(column)), mean, entry.std)
             }
-            let name = row.key.label + (row.reused ? " (batch-independent: one run)" : "")
+            let notes = (row.reused ? ["batch-independent: one run"] : [])
+                + (row.entries.values.contains(where: \.partial) ? ["partial"] : [])
+            let name = row.key.label + (notes.isEmpty ? "" : " (\(notes.joined(separator: ", ")))")
             return PlotSeries(name: name, color: color, marker: marker, dashed: row.reused, points: points)
         }
         let model = plan?.plan.base.model ?? runs.first?.configuration.model ?? "model"
@@ -301,8 +319,46 @@ extension SweepReport {
             title: "\(model): test error vs normalization batch size",
             xLabel: xLabel, yLabel: "test error (%), mean ± std over seeds",
             xTicks: table.columns.map { (log2(Double($0)), "\($0)") }, xReversed: true,
-            series: series, dodge: 5)
+            series: series, dodge: 5,
+            emptyMessage: table.groupRows.isEmpty ? "no results yet" : "GN groups axis only: see error_vs_groups.svg")
         plot.draw(x: 0, y: 0, width: canvas.width, height: canvas.height, on: &canvas)
+        return canvas
+    }
+
+    /// `error_vs_groups` (GN paper, Table 3 as a figure): GN's test error vs the number of groups (left) and vs
+    /// channels per group (right), log2 axes with the largest value on the left; one line per normalization
+    /// batch column when runs differ by column.
+    func errorVersusGroupsCanvas() -> PlotCanvas {
+        var canvas = PlotCanvas(width: 1000, height: 480)
+        let rows = table.groupRows
+        let reused = rows.allSatisfy(\.reused)
+        let shown = reused ? Array(table.columns.prefix(1))
+            : table.columns.filter { c in rows.contains { $0.entries[c]?.mean != nil } }
+        let panels: [(String, String, (GroupSpec) -> Int?, String)] = [
+            ("number of groups", "groups G (log scale)", { if case .groups(let g) = $0 { return g } else { return nil } },
+             "LN"),
+            ("channels per group", "channels per group (log scale)",
+             { if case .groupSize(let c) = $0 { return c } else { return nil } }, "IN"),
+        ]
+        for (index, panel) in panels.enumerated() {
+            let values = rows.compactMap { row in row.key.groupSpec.flatMap(panel.2).map { (row, $0) } }
+            let series = shown.enumerated().map { k, column -> PlotSeries in
+                let points = values.compactMap { row, value -> (x: Double, y: Double, error: Double?)? in
+                    guard let entry = row.entries[column], let mean = entry.mean else { return nil }
+                    return (log2(Double(value)), mean, entry.std)
+                }.sorted { $0.x > $1.x }
+                let name = shown.count == 1 ? "GN" : "normalization batch \(column)"
+                return PlotSeries(name: name, color: Self.batchColors[k % Self.batchColors.count], marker: .square,
+                                  points: points)
+            }
+            let ticks = values.map(\.1).sorted(by: >).map { v in (log2(Double(v)), v == 1 ? "1 (\(panel.3))" : "\(v)") }
+            var plot = LinePlot(title: "GN: test error vs \(panel.0)", xLabel: panel.1,
+                                yLabel: "test error (%), mean ± std over seeds", xTicks: ticks, xReversed: true,
+                                series: series, showLegend: shown.count > 1, dodge: 4,
+                                emptyMessage: "no \(panel.0) values in this sweep")
+            plot.titleSize = 15
+            plot.draw(x: Double(index) * 500, y: 0, width: 500, height: canvas.height, on: &canvas)
+        }
         return canvas
     }
 
@@ -356,11 +412,11 @@ extension SweepReport {
             }
             var errorPlot = LinePlot(title: "\(key.label): test error", xLabel: "epoch", yLabel: "test error (%)",
                                      xTicks: ticks, series: series { $0.testError * 100 }, showLegend: false)
-            errorPlot.fontSize = 11; errorPlot.titleSize = 13
+            errorPlot.fontSize = 11; errorPlot.titleSize = 13; errorPlot.markerRadius = 3; errorPlot.lineWidth = 1.5
             errorPlot.draw(x: bx, y: by, width: panelWidth, height: panelHeight, on: &canvas)
             var lossPlot = LinePlot(title: "\(key.label): train loss", xLabel: "epoch", yLabel: "train loss",
                                     xTicks: ticks, series: series { $0.trainLoss }, showLegend: false)
-            lossPlot.fontSize = 11; lossPlot.titleSize = 13
+            lossPlot.fontSize = 11; lossPlot.titleSize = 13; lossPlot.markerRadius = 3; lossPlot.lineWidth = 1.5
             lossPlot.draw(x: bx, y: by + panelHeight, width: panelWidth, height: panelHeight, on: &canvas)
         }
         return canvas

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what NormKit needs from Debian on a fresh machine (idempotent; needs root or sudo):
+#   libopenblas-dev (BLAS for convolutions), zlib1g-dev (gzip IDX files), pkg-config (finds both),
+#   dataset-fashion-mnist (the real dataset, in /usr/share/datasets/fashion-mnist).
+set -euo pipefail
+packages=(libopenblas-dev zlib1g-dev pkg-config dataset-fashion-mnist)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing: ${missing[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v swift >/dev/null || { echo "swift is not on PATH: install Swift 6.x (swift.org) first" >&2; exit 1; }
