@@ -21,7 +21,9 @@ Tests/NormKitTrainingTests/Fixtures/:
 The BRN counters are set past its warm-up (`num_batches_tracked = 10000` with the paper's schedule, so
 `r_max ≈ 1.29`, `d_max = 1.25` and the clips bite), and MABN's past both its warm-up and the `r` threshold
 (`iters = 1500`), so the training forward uses the SMA of the (filled) `buffer_x2`, the renormalisation factor
-`r` from the old `running_var`, and the backward the SMA of `buffer_gz`.
+`r` from the old `running_var` (log-uniform over e^±4, so that `r` is clipped in many channels: unclipped,
+`r·z = x/sqrt(running_var + ε)` and the forward would not depend on the SMA), and the backward the SMA of
+`buffer_gz`.
 
     /work/.venv-torch/bin/python scripts/make_torch_model_fixtures.py
 """
@@ -65,9 +67,11 @@ def perturb(model: torch.nn.Module, gen: torch.Generator) -> None:
                 module.running_std.copy_(torch.rand(module.running_std.shape, generator=gen) * 1.5 + 0.5)
                 module.num_batches_tracked.fill_(BRN_TRACKED)
             elif isinstance(module, torch_models.MovingAverageBatchNorm2d):
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) * 1.5 + 0.5)
+                # Log-uniform over e^±4: r = sqrt(v+ε)/sqrt(running_var+ε) is clipped to [1/5, 5] in many channels,
+                # so the training forward depends on the SMA of buffer_x2 (unclipped, r·z = x/sqrt(running_var+ε)).
+                module.running_var.copy_(torch.exp(8 * torch.rand(module.running_var.shape, generator=gen) - 4))
                 module.iters.fill_(MABN_ITERS)
-                module.buffer_x2.copy_(torch.rand(module.buffer_x2.shape, generator=gen) * 1.5 + 0.5)
+                module.buffer_x2.copy_(torch.exp(2 * torch.rand(module.buffer_x2.shape, generator=gen) - 1))
                 module.buffer_gz.copy_(0.05 * torch.randn(module.buffer_gz.shape, generator=gen))
             elif isinstance(module, torch_models.FrozenBatchNorm2d):
                 module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)

@@ -68,7 +68,7 @@ public final class BatchRenorm: NormalizationLayer {
         public static func scaled(totalSteps: Int, rMax: Double = 3, dMax: Double = 5) throws -> Schedule {
             guard totalSteps >= 1, totalSteps <= Int.max / 100 - 1 else {
                 throw NormalizationError.invalidArgument(
-                    name: "totalSteps", value: "\(totalSteps)", expected: "at least 1")
+                    name: "totalSteps", value: "\(totalSteps)", expected: "1...\(Int.max / 100 - 1)")
             }
             func percent(_ p: Int) -> Int { (totalSteps * p + 50) / 100 }
             return Schedule(warmupSteps: percent(5), rMax: rMax, dMax: dMax, rSteps: percent(40), dSteps: percent(25))
@@ -142,7 +142,8 @@ public final class BatchRenorm: NormalizationLayer {
     private var sumDy: [Double] = []
     private var sumDyCentered: [Double] = []
     private var scratch: [Float] = []
-    private var gammaEffective: [Float] = []
+    private var centers: [Float] = []
+    private var centerRounded: [Double] = []
     private var evalScale: [Float]
     private var evalShift: [Float]
 
@@ -210,6 +211,7 @@ public final class BatchRenorm: NormalizationLayer {
             dShift = mean
             lastR = [Float](repeating: 1, count: g.setCount)
             lastD = [Float](repeating: 0, count: g.setCount)
+            centers = [Float](repeating: 0, count: g.setCount)
         }
         if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
             scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
@@ -223,9 +225,10 @@ public final class BatchRenorm: NormalizationLayer {
             }
         }
         batchesTracked += 1
-        let (rMax, dMax) = schedule.limits(step: Int(batchesTracked) - 1)
+        let (rMax, dMax) = schedule.limits(step: Int(batchesTracked))
         let eps = Double(epsilon), c = channels
-        // Coefficients per (ghost batch, channel): y = a·x + b with a = γ·r/σ_B, b = β + γ·(d − a/γ·μ_B).
+        // Coefficients per (ghost batch, channel): y = a·(x − k) + b with a = γ·r/σ_B, k = μ_B rounded to float,
+        // b = β + γ·d − a·(μ_B − k). Not folded into a·x + b', which loses accuracy when |μ_B| ≫ σ_B.
         for b in 0..<g.sampleBlocks {
             for ch in 0..<c {
                 let s = b * c + ch
@@ -239,17 +242,19 @@ public final class BatchRenorm: NormalizationLayer {
                 lastR[s] = Float(r)
                 lastD[s] = Float(d)
                 let gamma = Double(weight?.value[ch] ?? 1), beta = Double(bias?.value[ch] ?? 0)
-                let a = gamma * r / sigmaB
+                let a = gamma * r / sigmaB, k = Float(mean[s])
+                centers[s] = k
                 scratch[s] = Float(a)
-                scratch[g.coefficientCount + s] = Float(beta + gamma * d - a * mean[s])
+                scratch[g.coefficientCount + s] = Float(beta + gamma * d - a * (mean[s] - Double(k)))
             }
         }
         y.prepare(shape: x.shape, layout: x.layout)
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
                 scratch.withUnsafeBufferPointer { sp in
-                    NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: sp.baseAddress!,
-                                               shift: sp.baseAddress! + g.coefficientCount, geometry: g)
+                    NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: centers,
+                                                       scale: sp.baseAddress!,
+                                                       shift: sp.baseAddress! + g.coefficientCount, geometry: g)
                 }
             }
         }
@@ -286,15 +291,15 @@ public final class BatchRenorm: NormalizationLayer {
         let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
                                       positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
         for c in 0..<channels {
-            let a = Double(weight?.value[c] ?? 1) / Double(runningStd[c])
-            evalScale[c] = Float(a)
-            evalShift[c] = Float(Double(bias?.value[c] ?? 0) - a * Double(runningMean[c]))
+            evalScale[c] = Float(Double(weight?.value[c] ?? 1) / Double(runningStd[c]))
+            evalShift[c] = bias?.value[c] ?? 0
         }
         y.prepare(shape: x.shape, layout: x.layout)
+        // y = a·(x − μ) + β, not folded into a·x + b (accurate when |μ| ≫ σ).
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
-                NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: evalScale,
-                                           shift: evalShift, geometry: g)
+                NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: runningMean,
+                                                   scale: evalScale, shift: evalShift, geometry: g)
             }
         }
     }
@@ -302,6 +307,11 @@ public final class BatchRenorm: NormalizationLayer {
     /// The backward of the last training forward with `r`, `d` held constant: BN's backward per (ghost batch,
     /// channel) with `g = γ_c·r·dy`, i.e. `dx = (1/σ_B)·(g − mean(g) − x̂_B·mean(g·x̂_B))` where
     /// `x̂_B = (x − μ_B)/σ_B`; `dγ_c = Σ dy·x̂` with `x̂ = x̂_B·r + d`, `dβ_c = Σ dy`.
+    ///
+    /// Computed from the per-(n, c) sums `Σdy`, `Σdy·(x − μ̃)` around `μ̃ = float(μ_B)` (exact differences),
+    /// corrected to `μ_B` in Double, then one `dx = p·dy + q·(x − μ̃) + o` pass: accurate even when
+    /// `|μ_B| ≫ σ_B`. (`NormalizationKernels.normalizeBackward` would be the fused equivalent, but its
+    /// channels-first path drops `μ_B − μ̃`, which costs accuracy in that regime.)
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)
@@ -311,33 +321,56 @@ public final class BatchRenorm: NormalizationLayer {
             sumDy = [Double](repeating: 0, count: g.batch * channels)
             sumDyCentered = sumDy
         }
-        if gammaEffective.count != g.coefficientCount {
-            gammaEffective = [Float](repeating: 1, count: g.coefficientCount)
+        // `scratch` holds p (coefficients), q and o (sets); `centerRounded` the float-exact centres.
+        if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
+            scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
         }
+        if centerRounded.count != g.setCount { centerRounded = [Double](repeating: 0, count: g.setCount) }
+        for s in 0..<g.setCount { centerRounded[s] = Double(Float(mean[s])) }
+        x.withUnsafeBufferPointer { xp in
+            dy.withUnsafeBufferPointer { dyp in
+                sumDy.withUnsafeMutableBufferPointer { s1 in
+                    sumDyCentered.withUnsafeMutableBufferPointer { s2 in
+                        NormalizationKernels.gradientSums(sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
+                                                          dy: dyp.baseAddress!, x: xp.baseAddress!,
+                                                          center: centerRounded, geometry: g)
+                    }
+                }
+            }
+        }
+        let k = g.samplesPerSet, c = channels, count = Double(g.elementsPerSet)
+        let slopeBase = g.coefficientCount, offsetBase = g.coefficientCount + g.setCount
         for b in 0..<g.sampleBlocks {
-            for c in 0..<channels {
-                let s = b * channels + c
-                gammaEffective[s] = Float(Double(weight?.value[c] ?? 1) * rFactor[s])
+            for ch in 0..<c {
+                let s = b * c + ch, delta = mean[s] - centerRounded[s]
+                var s1 = 0.0, s2 = 0.0
+                for n in (b * k)..<((b + 1) * k) {
+                    let i = n * c + ch
+                    sumDyCentered[i] -= delta * sumDy[i]          // Σdy·(x − μ_B)
+                    s1 += sumDy[i]
+                    s2 += sumDyCentered[i]
+                }
+                let rs = rstd[s], ge = Double(weight?.value[ch] ?? 1) * rFactor[s]
+                let meanG = ge * s1 / count, meanGX = ge * s2 * rs / count
+                let q = -rs * rs * meanGX
+                scratch[s] = Float(rs * ge)
+                scratch[slopeBase + s] = Float(q)
+                scratch[offsetBase + s] = Float(-rs * meanG - q * delta)
             }
         }
         dx.prepare(shape: x.shape, layout: x.layout)
         x.withUnsafeBufferPointer { xp in
             dy.withUnsafeBufferPointer { dyp in
                 dx.withUnsafeMutableBufferPointer { dxp in
-                    sumDy.withUnsafeMutableBufferPointer { s1 in
-                        sumDyCentered.withUnsafeMutableBufferPointer { s2 in
-                            scratch.withUnsafeMutableBufferPointer { sp in
-                                NormalizationKernels.normalizeBackward(
-                                    dx: dxp.baseAddress!, sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
-                                    gammaEffective: gammaEffective, scratch: sp.baseAddress!, geometry: g)
-                            }
-                        }
+                    scratch.withUnsafeBufferPointer { sp in
+                        NormalizationKernels.gradientApply(dx: dxp.baseAddress!, dy: dyp.baseAddress!,
+                                                           x: xp.baseAddress!, center: centerRounded,
+                                                           scale: sp.baseAddress!, slope: sp.baseAddress! + slopeBase,
+                                                           offset: sp.baseAddress! + offsetBase, geometry: g)
                     }
                 }
             }
         }
-        let k = g.samplesPerSet, c = channels
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyCentered,
                            scale: { n, ch in self.rstd[(n / k) * c + ch] * self.rFactor[(n / k) * c + ch] },

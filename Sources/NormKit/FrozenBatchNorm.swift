@@ -3,8 +3,9 @@
 /// evaluation** (no batch statistics at all, nothing is ever updated by a forward):
 /// ```
 /// scale = γ / sqrt(running_var + ε)
-/// y     = x·scale + (β − running_mean·scale)
+/// y     = x·scale + (β − running_mean·scale)     // computed as scale·(x − running_mean) + β
 /// ```
+/// (The centred form keeps float32 accuracy when |running_mean| dwarfs the spread of `x`.)
 /// Conventions: `running_var` is used as stored (PyTorch stores BN's unbiased running variance); `ε` (default
 /// `1e-5`) inside the square root.
 ///
@@ -32,7 +33,7 @@ public final class FrozenBatchNorm: NormalizationLayer {
 
     private var savedInput: Tensor?
     private var scale: [Float]
-    private var shift: [Float]
+    private var centerFloat: [Float]
     private var inverseStd: [Double]
     private var center: [Double]
     private let zeroShift: [Float]
@@ -61,7 +62,7 @@ public final class FrozenBatchNorm: NormalizationLayer {
         runningMean = [Float](repeating: 0, count: channels)
         runningVariance = [Float](repeating: 1, count: channels)
         scale = [Float](repeating: 0, count: channels)
-        shift = scale
+        centerFloat = scale
         zeroShift = scale
         inverseStd = [Double](repeating: 0, count: channels)
         center = inverseStd
@@ -79,30 +80,30 @@ public final class FrozenBatchNorm: NormalizationLayer {
         }
     }
 
-    /// `scale_c = γ_c/sqrt(running_var_c + ε)` and `shift_c = β_c − running_mean_c·scale_c`.
+    /// `scale_c = γ_c/sqrt(running_var_c + ε)` and the centre `running_mean_c`.
     private func computeCoefficients() {
         let eps = Double(epsilon)
         for c in 0..<channels {
             let inv = 1 / (Double(runningVariance[c]) + eps).squareRoot()
-            let a = Double(weight?.value[c] ?? 1) * inv
             inverseStd[c] = inv
             center[c] = Double(runningMean[c])
-            scale[c] = Float(a)
-            shift[c] = Float(Double(bias?.value[c] ?? 0) - a * Double(runningMean[c]))
+            centerFloat[c] = runningMean[c]
+            scale[c] = Float(Double(weight?.value[c] ?? 1) * inv)
         }
     }
 
-    /// `y = x·scale + (β − running_mean·scale)` in both modes; a training forward also saves `x`.
+    /// `y = scale·(x − running_mean) + β` in both modes; a training forward also saves `x`.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try InputCheck.validate(x, channels: channels, layer: name)
         let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
                                       positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
         computeCoefficients()
+        let beta = bias?.value ?? zeroShift
         y.prepare(shape: x.shape, layout: x.layout)
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
-                NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: scale, shift: shift,
-                                           geometry: g)
+                NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: centerFloat,
+                                                   scale: scale, shift: beta, geometry: g)
             }
         }
         if training { savedInput = x }

@@ -26,6 +26,7 @@
 /// - `momentum` (default `0.98`) weights the **old** value — the opposite of ``BatchNorm``'s and
 ///   ``BatchRenorm``'s `momentum` (Keras/Flax direction, as the paper).
 /// - `ε` (default `1e-5`) inside the square roots. The statistic is a second moment, never a variance.
+/// - Unlike ``BatchNorm``, a chunk with a single value per channel is allowed (a second moment needs no spread).
 /// - `S_buf` (``bufferSize``) is `realBatch / normBatch` in the paper (simulating a batch of 32 with batches of
 ///   2: 16). Ring slots are `t mod S_buf` with `t` after its increment, as the reference.
 ///

@@ -86,6 +86,28 @@ final class FrozenBatchNormTests: XCTestCase {
         for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-5, key) }
     }
 
+    /// |running_mean| ≫ the spread of x (x = 1e4 + 0.01·randn): the output keeps 1e-5 relative accuracy.
+    func testLargeMeanStaysAccurate() throws {
+        var rng = SeededGenerator(seed: 505)
+        let layer = try FrozenBatchNorm(channels: 2)
+        let rm: [Float] = [1e4, -3e3], rv: [Float] = [1e-4, 4e-4]
+        try layer.loadStateDict([
+            "weight": .float32(shape: [2], values: [2, 1]), "bias": .float32(shape: [2], values: [0.5, 0]),
+            "running_mean": .float32(shape: [2], values: rm), "running_var": .float32(shape: [2], values: rv),
+        ])
+        let ref = Reference(gamma: [2, 1], beta: [0.5, 0], mean: rm.map(Double.init), variance: rv.map(Double.init),
+                            epsilon: Double(layer.epsilon))
+        var worst = 0.0
+        for layout in TensorLayout.allCases {
+            var xl = Kit.randomLogical(3 * 2 * 8, mean: 0, std: 0.01, &rng)
+            for i in xl.indices { xl[i] = Double(Float(Double(rm[(i / 8) % 2]) + xl[i])) }
+            let y = try layer.forward(Kit.tensor([3, 2, 8], layout, xl), training: true)
+            worst = max(worst, Kit.relErr(Kit.logical(y), ref.forward(xl, channels: 2, positions: 8)))
+        }
+        print("FrozenBatchNorm with |running_mean| ≫ σ: max relative error \(worst)")
+        XCTAssertLessThanOrEqual(worst, 1e-5)
+    }
+
     /// dx, dγ, dβ equal central finite differences of `L = Σ w·y` of the float64 forward.
     func testBackwardMatchesFiniteDifferences() throws {
         var rng = SeededGenerator(seed: 502)

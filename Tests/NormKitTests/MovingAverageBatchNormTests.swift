@@ -268,6 +268,32 @@ final class MovingAverageBatchNormTests: XCTestCase {
         XCTAssertGreaterThan(smaChunks, 0)
     }
 
+    /// A shape large enough for the kernels' multi-threaded paths (73,728 elements), in the SMA and r phase with
+    /// ghost batches, agrees with float64 too.
+    func testLargeShapeMatchesFloat64Reference() throws {
+        var rng = SeededGenerator(seed: 406)
+        var worst: [String: Double] = [:]
+        let shape = [4, 8, 48, 48], positions = 48 * 48
+        for layout in TensorLayout.allCases {
+            let (layer, ref) = try makePair(channels: 8, bufferSize: 3, warmup: 100, normBatch: 2, affine: true,
+                                            iters: 1500, rng: &rng)
+            let xl = Kit.randomLogical(shape.reduce(1, *), mean: 0.1, std: 1.5, &rng)
+            let dyl = Kit.randomLogical(shape.reduce(1, *), mean: 0, std: 1, &rng)
+            let y = try layer.forward(Kit.tensor(shape, layout, xl), training: true)
+            let grads = try layer.backward(Kit.tensor(shape, layout, dyl))
+            let yr = ref.forward(xl, batch: 4, positions: positions), gr = ref.backward(dyl)
+            Kit.record(&worst, "y", Kit.relErr(Kit.logical(y), yr), "\(layout)")
+            Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), "\(layout)")
+            Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale), "\(layout)")
+            Kit.record(&worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale), "\(layout)")
+            Kit.record(&worst, "state", max(Kit.relErr(layer.secondMomentBuffer.map(Double.init), ref.bufX2),
+                                            Kit.relErr(layer.backwardStatisticBuffer.map(Double.init), ref.bufGz),
+                                            Kit.relErr(layer.runningSecondMoment.map(Double.init), ref.running)), "\(layout)")
+        }
+        print("MovingAverageBatchNorm on [4, 8, 48, 48], max relative errors:", Kit.describe(worst))
+        for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-5, key) }
+    }
+
     /// During warm-up the backward is the exact gradient of `y = γ·x/sqrt(mean(x²)+ε) + β` (per chunk): compare
     /// with central finite differences of `L = Σ w·y` in float64 (dx, dγ, dβ), whole and ghost batches.
     func testWarmupBackwardMatchesFiniteDifferences() throws {
