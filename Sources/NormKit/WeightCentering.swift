@@ -11,8 +11,11 @@ public enum WeightCentering {
                               filters: Int, fanIn: Int) {
         for o in 0..<filters {
             let w = weights + o * fanIn, out = centred + o * fanIn
-            let mean = Float(rowSum(w, fanIn) / Double(max(fanIn, 1)))
-            rowAffine(out, w, fanIn, scale: 1, shift: -mean)
+            // Two-pass mean: the float estimate m0 corrected by the mean deviation from it.
+            let n = Double(max(fanIn, 1))
+            let m0 = Float(rowSum(w, fanIn) / n)
+            let (d1, _) = rowCenteredSums(w, fanIn, center: m0)
+            rowAffineCentered(out, w, fanIn, center: m0, scale: 1, shift: Float(-d1 / n))
         }
     }
 

@@ -246,8 +246,11 @@ enum NormalizationKernels {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
                 for row in rows {
-                    let k = Float(center[g.set(n: row / c, c: row % c)])
-                    (sumDy[row], sumDyCentered[row]) = rowGradientSums(dy + row * m, x + row * m, m, center: k)
+                    let exact = center[g.set(n: row / c, c: row % c)], k = Float(exact)
+                    let (a1, a2) = rowGradientSums(dy + row * m, x + row * m, m, center: k)
+                    // The row was centred on the float k; move the sum to the exact centre.
+                    sumDy[row] = a1
+                    sumDyCentered[row] = a2 - (exact - Double(k)) * a1
                 }
             }
         case .channelsLast:
@@ -280,9 +283,10 @@ enum NormalizationKernels {
             Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
                 for row in rows {
                     let n = row / c, ch = row % c, s = g.set(n: n, c: ch)
+                    let k = Float(center[s]), delta = center[s] - Double(k)
                     rowGradientApply(dx + row * m, dy + row * m, x + row * m, m,
-                                     p: scale[g.coefficient(n: n, c: ch)], q: slope[s], r: offset[s],
-                                     center: Float(center[s]))
+                                     p: scale[g.coefficient(n: n, c: ch)], q: slope[s],
+                                     r: Float(Double(offset[s]) - Double(slope[s]) * delta), center: k)
                 }
             }
         case .channelsLast:
@@ -314,12 +318,14 @@ enum NormalizationKernels {
             Parallelism.forEachRange(count: g.setCount, work: 2 * g.elementCount) { sets in
                 for s in sets {
                     let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
-                    let mu = Float(mean[s]), r = rstd[s]
+                    // Rows are centred on the float μ̃; δ = μ − μ̃ moves sums and offsets to the exact mean.
+                    let mu = Float(mean[s]), r = rstd[s], delta = mean[s] - Double(mu)
                     var meanG = 0.0, meanGX = 0.0
                     for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
                         for ch in c0..<(c0 + g.channelsPerSet) {
                             let row = n * c + ch
-                            let (a1, a2) = rowGradientSums(dy + row * m, x + row * m, m, center: mu)
+                            let (a1, raw) = rowGradientSums(dy + row * m, x + row * m, m, center: mu)
+                            let a2 = raw - delta * a1
                             sumDy[row] = a1
                             sumDyCentered[row] = a2
                             let ge = Double(gammaEffective[b * c + ch])
@@ -329,7 +335,8 @@ enum NormalizationKernels {
                     }
                     meanG /= count
                     meanGX = meanGX * r / count
-                    let q = Float(-r * r * meanGX), off = Float(-r * meanG)
+                    let slope = -r * r * meanGX
+                    let q = Float(slope), off = Float(-r * meanG - slope * delta)
                     for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
                         for ch in c0..<(c0 + g.channelsPerSet) {
                             let row = n * c + ch

@@ -22,6 +22,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case unsupported(String)
     case missingTensor(String)
     case unexpectedTensors([String])
+    /// A tensor of the right name but the wrong shape or dtype.
+    case mismatchedTensor(name: String, expected: String, found: String)
 
     public var description: String {
         switch self {
@@ -32,6 +34,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         case .missingTensor(let name): return "checkpoint has no tensor '\(name)'"
         case .unexpectedTensors(let names):
             return "checkpoint has tensors the model does not: \(names.prefix(5).joined(separator: ", "))\(names.count > 5 ? ", …" : "")"
+        case .mismatchedTensor(let name, let expected, let found):
+            return "checkpoint tensor '\(name)' is \(found), the model expects \(expected)"
         }
     }
 }
@@ -45,6 +49,13 @@ func loadAtomically(_ model: Model, _ state: [String: StateTensor],
     if let missing = expected.subtracting(state.keys).sorted().first { throw ModelError.missingTensor(missing) }
     let extra = Set(state.keys).subtracting(expected).sorted()
     guard extra.isEmpty else { throw ModelError.unexpectedTensors(extra) }
+    for name in expected.sorted() {
+        let want = backup[name]!, have = state[name]!
+        if want.shape != have.shape || want.dtypeName != have.dtypeName {
+            throw ModelError.mismatchedTensor(name: name, expected: "\(want.dtypeName) \(want.shape)",
+                                              found: "\(have.dtypeName) \(have.shape)")
+        }
+    }
     do { try load(state) } catch {
         try? load(backup)
         throw error
@@ -137,4 +148,12 @@ public func makeModel(named name: String, normalization: NormalizationSettings, 
         return try VGG(normalization: normalization, inChannels: inChannels, classes: classes, generator: &generator)
     }
     throw ModelError.unknownModel(name)
+}
+
+extension StateTensor {
+    /// `float32` or `int64`.
+    var dtypeName: String {
+        if case .int64 = self { return "int64" }
+        return "float32"
+    }
 }

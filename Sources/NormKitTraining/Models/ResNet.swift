@@ -40,7 +40,7 @@ final class BasicBlock {
         h = try conv2.forward(h, training: training)
         h = try norm2.forward(h, training: training)
         sum.prepare(shape: h.shape, layout: h.layout)
-        h.withUnsafeBufferPointer { src in sum.withUnsafeMutableBufferPointer { $0.update(fromContentsOf: src) } }
+        _ = h.withUnsafeBufferPointer { src in sum.withUnsafeMutableBufferPointer { $0.update(fromContentsOf: src) } }
         if let downsampleConv, let downsampleNorm {
             var s = try downsampleConv.forward(x, training: training)
             s = try downsampleNorm.forward(s, training: training)
@@ -59,7 +59,7 @@ final class BasicBlock {
         g = try norm1.backward(g)
         g = try conv1.backward(g)
         inputGradient.prepare(shape: g.shape, layout: g.layout)
-        g.withUnsafeBufferPointer { src in inputGradient.withUnsafeMutableBufferPointer { $0.update(fromContentsOf: src) } }
+        _ = g.withUnsafeBufferPointer { src in inputGradient.withUnsafeMutableBufferPointer { $0.update(fromContentsOf: src) } }
         if let downsampleConv, let downsampleNorm {
             var s = try downsampleNorm.backward(dsum)
             s = try downsampleConv.backward(s)

@@ -118,6 +118,12 @@ public final class Trainer {
         guard FileManager.default.fileExists(atPath: modelURL.path) else {
             throw TrainingError.nothingToResume(directory.path)
         }
+        var saved = try TrainingCheckpoint.readModel(at: modelURL).configuration
+        saved.threads = configuration.threads
+        guard saved == configuration else {
+            throw TrainingError.invalidConfiguration(
+                "\(directory.path) was trained with another configuration; resume it with its own (normkit train --resume)")
+        }
         let state = try TrainingCheckpoint.load(into: model, optimizer: optimizer, from: directory)
         try batches.seek(to: state.position)
         step = state.step

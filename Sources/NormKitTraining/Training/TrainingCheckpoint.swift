@@ -29,6 +29,14 @@ public enum TrainingCheckpoint {
         public var elapsedSeconds: Double
         /// Wall seconds spent training (not evaluating) in the unfinished epoch.
         public var epochTrainingSeconds: Double
+
+        /// A training state.
+        public init(step: Int, position: BatchIterator.Position, history: [EpochMetrics], epochLossSum: Double,
+                    epochCorrect: Int, epochImages: Int, elapsedSeconds: Double, epochTrainingSeconds: Double) {
+            self.step = step; self.position = position; self.history = history; self.epochLossSum = epochLossSum
+            self.epochCorrect = epochCorrect; self.epochImages = epochImages; self.elapsedSeconds = elapsedSeconds
+            self.epochTrainingSeconds = epochTrainingSeconds
+        }
     }
 
     /// The `__metadata__` describing a model so it can be rebuilt from the file alone (in NormKit or with
@@ -108,8 +116,12 @@ public enum TrainingCheckpoint {
             }
             velocities.append(v)
         }
-        try optimizer.loadVelocities(velocities)
+        let backup = model.stateDict()
         try model.loadStateDict(tensors)
+        do { try optimizer.loadVelocities(velocities) } catch {
+            try? model.loadStateDict(backup)
+            throw error
+        }
         return state
     }
 }
