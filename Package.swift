@@ -4,7 +4,8 @@ import PackageDescription
 let package = Package(
     name: "NormKit",
     products: [
-        /// The normalization layers (BN, GN, LN, IN, BRN, MABN, frozen BN, CenConv). Depends on Foundation only.
+        /// The normalization layers (BN, GN, LN, IN, BRN, MABN, frozen BN, CenConv). Depends on Foundation only
+        /// (plus its own small C target of wide-vector kernels).
         .library(name: "NormKit", targets: ["NormKit"]),
         /// Conv nets, data, optimizers and checkpoints built on NormKit (needs OpenBLAS and zlib).
         .library(name: "NormKitTraining", targets: ["NormKitTraining"]),
@@ -14,7 +15,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        .target(name: "NormKit"),
+        /// AVX2/AVX-512 versions of the core's row primitives (function-level target attributes, run-time
+        /// dispatch); the Swift SIMD versions in NormKit are the reference and the fallback.
+        .target(name: "CNormKitKernels"),
+        .target(name: "NormKit", dependencies: ["CNormKitKernels"]),
         .systemLibrary(
             name: "COpenBLAS", pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev", "pkg-config"])]),

@@ -48,7 +48,7 @@ struct BenchCommand: ParsableCommand {
         #endif
         let copy = KernelBenchmark.copyBandwidth(threads: threads)
         let rows = try KernelBenchmark.run(shapes: try parsedShapes(), layout: layout, repetitions: repetitions, copyBytesPerSecond: copy)
-        print("normkit bench: \(threads) thread(s), layout \(layout.rawValue), median of \(repetitions)")
+        print("normkit bench: \(threads) thread(s), layout \(layout.rawValue), kernels \(KernelDispatch.description), median of \(repetitions)")
         print(KernelBenchmark.markdown(rows, copyBytesPerSecond: copy))
         if let json {
             let encoder = JSONEncoder()

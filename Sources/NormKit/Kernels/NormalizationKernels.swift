@@ -164,35 +164,60 @@ enum NormalizationKernels {
         }
     }
 
-    /// Mean and biased variance of one set: each chunk of at most `statisticsChunk` contiguous floats gets an
-    /// exact two-pass mean and centred sum of squares while it sits in L1, and chunks are merged with Chan's
-    /// parallel formula in Double. One pass over the set from L2/DRAM, float64-level accuracy.
+    /// Mean and biased variance of one set. The set's rows (one contiguous run of `channelsPerSet·M` floats per
+    /// sample) are cut into groups of about `statisticsChunk` floats — several short rows form one group, a long
+    /// row is split — and each group gets an exact two-pass mean and centred sum of squares while it sits in L1.
+    /// Groups are merged with Chan's parallel formula in Double: one pass over the set from L2/DRAM,
+    /// float64-level accuracy, and few merges even when rows are short (BN on 7×7 maps).
     @inline(__always)
     static func setStatisticsChannelsFirst(x: UnsafePointer<Float>, set s: Int, geometry g: NormalizationGeometry)
         -> (mean: Double, variance: Double)
     {
         let m = g.positions
         let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
-        // Channels of one sample inside a set are adjacent rows: one contiguous run per sample.
         let run = g.channelsPerSet * m
-        var count = 0.0, mean = 0.0, m2 = 0.0
-        for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
-            let base = x + (n * g.channels + c0) * m
-            var start = 0
-            while start < run {
-                let length = min(statisticsChunk, run - start)
-                let p = base + start
-                let k = Double(length)
-                let chunkMean = Float(rowSum(p, length) / k)
-                let (d1, d2) = rowCenteredSums(p, length, center: chunkMean)
-                // Σ(x−μ̃) is not exactly 0 because μ̃ is rounded to float: correct for it.
-                let mu = Double(chunkMean) + d1 / k, q = max(0, d2 - d1 * d1 / k)
-                let total = count + k, delta = mu - mean
-                mean += delta * k / total
-                m2 += q + delta * delta * count * k / total
-                count = total
-                start += length
+        let firstSample = b * g.samplesPerSet, endSample = firstSample + g.samplesPerSet
+        @inline(__always) func base(_ n: Int) -> UnsafePointer<Float> { x + (n * g.channels + c0) * m }
+        /// Calls `body` on each contiguous piece between (n0, o0) and (n1, o1) (sample, offset in its run).
+        @inline(__always) func forEachPiece(_ n0: Int, _ o0: Int, _ n1: Int, _ o1: Int,
+                                            _ body: (UnsafePointer<Float>, Int) -> Void) {
+            var n = n0, o = o0
+            while n < n1 || (n == n1 && o < o1) {
+                let end = n == n1 ? o1 : run
+                body(base(n) + o, end - o)
+                n += 1
+                o = 0
             }
+        }
+        var count = 0.0, mean = 0.0, m2 = 0.0
+        var n = firstSample, offset = 0
+        while n < endSample {
+            // The group: pieces from (n, offset) until about statisticsChunk floats are covered.
+            var endN = n, endOffset = offset, size = 0
+            while endN < endSample && size < statisticsChunk {
+                let take = min(run - endOffset, statisticsChunk - size)
+                size += take
+                endOffset += take
+                if endOffset == run { endN += 1; endOffset = 0 }
+            }
+            let k = Double(size)
+            var total = 0.0
+            forEachPiece(n, offset, endN, endOffset) { p, length in total += rowSum(p, length) }
+            let groupMean = Float(total / k)
+            var d1 = 0.0, d2 = 0.0
+            forEachPiece(n, offset, endN, endOffset) { p, length in
+                let (a, q) = rowCenteredSums(p, length, center: groupMean)
+                d1 += a
+                d2 += q
+            }
+            // Σ(x−μ̃) is not exactly 0 because μ̃ is rounded to float: correct for it.
+            let mu = Double(groupMean) + d1 / k, q = max(0, d2 - d1 * d1 / k)
+            let merged = count + k, delta = mu - mean
+            mean += delta * k / merged
+            m2 += q + delta * delta * count * k / merged
+            count = merged
+            n = endN
+            offset = endOffset
         }
         return (mean, max(0, m2 / count))
     }

@@ -1,3 +1,6 @@
+import CNormKitKernels
+import Foundation
+
 // Contiguous-row primitives shared by every normalization kernel. Each reads or writes one run of `count`
 // floats with 16-wide SIMD vectors; sums are accumulated in float32 lanes over blocks of `blockLength`
 // elements and the block totals in Double, so long rows keep float64-level accuracy.
@@ -19,7 +22,7 @@ func storeVector(_ v: Vector, _ p: UnsafeMutablePointer<Float>, _ i: Int) {
 
 /// `Σ x` over a row.
 @inline(__always) @usableFromInline
-func rowSum(_ x: UnsafePointer<Float>, _ count: Int) -> Double {
+func portableRowSum(_ x: UnsafePointer<Float>, _ count: Int) -> Double {
     var total = 0.0
     var start = 0
     while start < count {
@@ -38,7 +41,7 @@ func rowSum(_ x: UnsafePointer<Float>, _ count: Int) -> Double {
 /// `(Σ (x−k), Σ (x−k)²)` over a row: with `k` the set's mean this is the second pass of the corrected
 /// two-pass variance, `var = (Σd² − (Σd)²/m) / m`, which stays accurate when the mean dwarfs the spread.
 @inline(__always) @usableFromInline
-func rowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -> (Double, Double) {
+func portableRowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -> (Double, Double) {
     var s1 = 0.0, s2 = 0.0
     let kv = Vector(repeating: k)
     var start = 0
@@ -63,7 +66,7 @@ func rowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -
 
 /// `(Σ dy, Σ dy·(x−k))` over a row: the two per-channel sums every mean-subtracting backward needs.
 @inline(__always) @usableFromInline
-func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float)
+func portableRowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float)
     -> (Double, Double)
 {
     var s1 = 0.0, s2 = 0.0
@@ -90,7 +93,7 @@ func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ co
 
 /// `y = a·x + b` over a row (`y` may alias `x`).
 @inline(__always) @usableFromInline
-func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float) {
+func portableRowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float) {
     let av = Vector(repeating: a), bv = Vector(repeating: b)
     var i = 0
     while i + 16 <= count {
@@ -104,7 +107,7 @@ func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ co
 /// the output keeps float32 accuracy relative to its own scale even when |k| dwarfs the spread of `x`; the
 /// folded `rowAffine(scale: a, shift: b − a·k)` would round `a·x` on a grid of `ulp(a·k)`.
 @inline(__always) @usableFromInline
-func rowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
+func portableRowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
                        center k: Float, scale a: Float, shift b: Float) {
     let kv = Vector(repeating: k), av = Vector(repeating: a), bv = Vector(repeating: b)
     var i = 0
@@ -117,7 +120,7 @@ func rowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Floa
 
 /// `dx = p·dy + q·(x−k) + r` over a row: every backward in NormKit reduces to this form per channel.
 @inline(__always) @usableFromInline
-func rowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
+func portableRowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
                       _ count: Int, p: Float, q: Float, r: Float, center k: Float) {
     let pv = Vector(repeating: p), qv = Vector(repeating: q), rv = Vector(repeating: r), kv = Vector(repeating: k)
     var i = 0
@@ -126,4 +129,81 @@ func rowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Flo
         i += 16
     }
     while i < count { dx[i] = dy[i] * p + (x[i] - k) * q + r; i += 1 }
+}
+
+// MARK: Dispatch
+
+/// Which implementation of the row primitives NormKit's kernels use.
+///
+/// The portable kernels are Swift `SIMD16<Float>` code (baseline x86-64 vectors without `unsafeFlags`); the
+/// native kernels are the same loops with AVX2+FMA or AVX-512 intrinsics in the small C target `CNormKitKernels`,
+/// chosen at run time by CPU feature. Both accumulate in float lanes over blocks of 2048 elements and in Double
+/// across blocks; they differ only by float rounding, and the tests run both against each other and against
+/// float64 references. Set the environment variable `NORMKIT_KERNELS=portable` (or ``useNativeKernels``) to
+/// force the portable path.
+public enum KernelDispatch {
+    /// The widest native instruction set available here: `"avx512"`, `"avx2"` or `"none"`.
+    public static let nativeInstructionSet: String = {
+        switch nk_native_level() {
+        case 3: return "avx512"
+        case 2: return "avx2"
+        default: return "none"
+        }
+    }()
+
+    /// Whether the native kernels run (default: when the CPU has them and `NORMKIT_KERNELS` is not `portable`).
+    /// Set it before running kernels, not while they run.
+    nonisolated(unsafe) public static var useNativeKernels: Bool =
+        nk_native_level() > 0 && ProcessInfo.processInfo.environment["NORMKIT_KERNELS"] != "portable"
+
+    /// `"native (avx512)"`, `"portable (Swift SIMD)"`, … for logs and benchmarks.
+    public static var description: String {
+        useNativeKernels ? "native (\(nativeInstructionSet))" : "portable (Swift SIMD16)"
+    }
+}
+
+@inline(__always) @usableFromInline
+func rowSum(_ x: UnsafePointer<Float>, _ count: Int) -> Double {
+    KernelDispatch.useNativeKernels ? nk_row_sum(x, count) : portableRowSum(x, count)
+}
+
+@inline(__always) @usableFromInline
+func rowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -> (Double, Double) {
+    guard KernelDispatch.useNativeKernels else { return portableRowCenteredSums(x, count, center: k) }
+    var s1 = 0.0, s2 = 0.0
+    nk_row_centered_sums(x, count, k, &s1, &s2)
+    return (s1, s2)
+}
+
+@inline(__always) @usableFromInline
+func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float)
+    -> (Double, Double)
+{
+    guard KernelDispatch.useNativeKernels else { return portableRowGradientSums(dy, x, count, center: k) }
+    var s1 = 0.0, s2 = 0.0
+    nk_row_gradient_sums(dy, x, count, k, &s1, &s2)
+    return (s1, s2)
+}
+
+@inline(__always) @usableFromInline
+func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float) {
+    if KernelDispatch.useNativeKernels { nk_row_affine(y, x, count, a, b) } else {
+        portableRowAffine(y, x, count, scale: a, shift: b)
+    }
+}
+
+@inline(__always) @usableFromInline
+func rowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
+                       center k: Float, scale a: Float, shift b: Float) {
+    if KernelDispatch.useNativeKernels { nk_row_affine_centered(y, x, count, k, a, b) } else {
+        portableRowAffineCentered(y, x, count, center: k, scale: a, shift: b)
+    }
+}
+
+@inline(__always) @usableFromInline
+func rowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
+                      _ count: Int, p: Float, q: Float, r: Float, center k: Float) {
+    if KernelDispatch.useNativeKernels { nk_row_gradient_apply(dx, dy, x, count, p, q, r, k) } else {
+        portableRowGradientApply(dx, dy, x, count, p: p, q: q, r: r, center: k)
+    }
 }
