@@ -91,7 +91,8 @@ struct SweepCommand: ParsableCommand {
             print("failed runs (see error.txt in each): \(outcome.failedRuns.joined(separator: ", "))")
         }
         print("table: \(directory.appendingPathComponent("results.md").path)")
-        print("plot:  \(directory.appendingPathComponent("error_vs_batch.svg").path)")
+        let plot = plan.groupAxis.isEmpty ? "error_vs_batch.svg" : "error_vs_groups.svg"
+        print("plot:  \(directory.appendingPathComponent(plot).path) (and .png; training curves in training_curves.svg)")
         if !outcome.failedRuns.isEmpty { throw ExitCode.failure }
     }
 
@@ -131,6 +132,9 @@ struct ReportCommand: ParsableCommand {
         let report = try SweepReport.build(from: url)
         try report.write(to: url)
         print(report.markdown())
-        print("written: \(url.appendingPathComponent("results.md").path), runs.csv, runs.json, error_vs_batch.svg")
+        let files = ["results.md", "runs.csv", "runs.json", "error_vs_batch.svg", "error_vs_batch.png",
+                     "error_vs_groups.svg", "error_vs_groups.png", "training_curves.svg", "training_curves.png"]
+        let written = files.filter { FileManager.default.fileExists(atPath: url.appendingPathComponent($0).path) }
+        print("written in \(url.path): \(written.joined(separator: ", "))")
     }
 }
