@@ -53,6 +53,9 @@ public final class BatchNorm: NormalizationLayer {
     private var sumDyCentered: [Double] = []
     private var scratch: [Float] = []
     private var gammaEffective: [Float] = []
+    // The next running statistics, built here and swapped in when finite (no allocation per step).
+    private var pendingMean: [Float] = []
+    private var pendingVariance: [Float] = []
 
     /// A BatchNorm over `channels` channels.
     ///
@@ -118,20 +121,22 @@ public final class BatchNorm: NormalizationLayer {
             y.withUnsafeMutableBufferPointer { yp in
                 mean.withUnsafeMutableBufferPointer { mp in
                     variance.withUnsafeMutableBufferPointer { vp in
-                        scratch.withUnsafeMutableBufferPointer { sp in
-                            withOptionalPointers(gamma, beta) { gp, bp in
-                                NormalizationKernels.normalize(
-                                    y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                    x: xp.baseAddress!, gamma: gp, beta: bp, epsilon: epsilon,
-                                    scratchScale: sp.baseAddress!,
-                                    scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
+                        rstd.withUnsafeMutableBufferPointer { rp in
+                            scratch.withUnsafeMutableBufferPointer { sp in
+                                withOptionalPointers(gamma, beta) { gp, bp in
+                                    NormalizationKernels.normalize(
+                                        y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
+                                        rstd: rp.baseAddress!,
+                                        x: xp.baseAddress!, gamma: gp, beta: bp, epsilon: epsilon,
+                                        scratchScale: sp.baseAddress!,
+                                        scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
         updateRunningStatistics(geometry: g)
         savedInput = x
         savedGeometry = g
@@ -139,30 +144,33 @@ public final class BatchNorm: NormalizationLayer {
 
     private func updateRunningStatistics(geometry g: NormalizationGeometry) {
         batchesTracked += 1
-        let m = Double(g.elementsPerSet), blocks = Double(g.sampleBlocks)
+        let m = Double(g.elementsPerSet), perBlock = 1 / Double(g.sampleBlocks)
         let unbias = m / (m - 1)
         guard mean.allSatisfy(\.isFinite), variance.allSatisfy(\.isFinite) else {
             skippedUpdates += 1
             return
         }
         let keep = 1 - Double(momentum), take = Double(momentum)
-        var newMean = runningMean, newVariance = runningVariance
+        if pendingMean.count != channels {
+            pendingMean = [Float](repeating: 0, count: channels)
+            pendingVariance = pendingMean
+        }
         for c in 0..<channels {
             var mu = 0.0, v = 0.0
             for b in 0..<g.sampleBlocks {
                 mu += mean[b * channels + c]
                 v += variance[b * channels + c]
             }
-            newMean[c] = Float(keep * Double(runningMean[c]) + take * mu / blocks)
-            newVariance[c] = Float(keep * Double(runningVariance[c]) + take * unbias * v / blocks)
+            pendingMean[c] = Float(keep * Double(runningMean[c]) + take * mu * perBlock)
+            pendingVariance[c] = Float(keep * Double(runningVariance[c]) + take * unbias * v * perBlock)
         }
         // Statistics finite in Double can still overflow Float (|x| ~ 1e38): skip rather than store infinity.
-        guard newMean.allSatisfy(\.isFinite), newVariance.allSatisfy(\.isFinite) else {
+        guard pendingMean.allSatisfy(\.isFinite), pendingVariance.allSatisfy(\.isFinite) else {
             skippedUpdates += 1
             return
         }
-        runningMean = newMean
-        runningVariance = newVariance
+        swap(&runningMean, &pendingMean)
+        swap(&runningVariance, &pendingVariance)
     }
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) throws {

@@ -109,13 +109,16 @@ public final class GroupNorm: NormalizationLayer {
             y.withUnsafeMutableBufferPointer { yp in
                 mean.withUnsafeMutableBufferPointer { mp in
                     variance.withUnsafeMutableBufferPointer { vp in
-                        scratch.withUnsafeMutableBufferPointer { sp in
-                            withOptionalPointers(gamma, beta) { gp, bp in
-                                NormalizationKernels.normalize(
-                                    y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                    x: xp.baseAddress!, gamma: gp, beta: bp, epsilon: epsilon,
-                                    scratchScale: sp.baseAddress!,
-                                    scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
+                        rstd.withUnsafeMutableBufferPointer { rp in
+                            scratch.withUnsafeMutableBufferPointer { sp in
+                                withOptionalPointers(gamma, beta) { gp, bp in
+                                    NormalizationKernels.normalize(
+                                        y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
+                                        rstd: rp.baseAddress!,
+                                        x: xp.baseAddress!, gamma: gp, beta: bp, epsilon: epsilon,
+                                        scratchScale: sp.baseAddress!,
+                                        scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
+                                }
                             }
                         }
                     }
@@ -123,7 +126,6 @@ public final class GroupNorm: NormalizationLayer {
             }
         }
         if training {
-            for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
             savedInput = x
             savedGeometry = g
         } else {

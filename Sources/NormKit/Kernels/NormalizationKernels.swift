@@ -119,9 +119,10 @@ enum NormalizationKernels {
     }
 
     /// The standard training forward: per-set statistics, then `y = γ_c·(x−μ)·rstd + β_c`, fused per set in
-    /// channels-first order. `gamma`/`beta` are per channel (nil: 1 and 0). Writes mean and biased variance.
+    /// channels-first order. `gamma`/`beta` are per channel (nil: 1 and 0). Writes mean, biased variance and rstd.
     static func normalize(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
-                          variance: UnsafeMutablePointer<Double>, x: UnsafePointer<Float>,
+                          variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
+                          x: UnsafePointer<Float>,
                           gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
                           scratchScale: UnsafeMutablePointer<Float>, scratchShift: UnsafeMutablePointer<Float>,
                           geometry g: NormalizationGeometry) {
@@ -133,12 +134,13 @@ enum NormalizationKernels {
                     let (mu, v) = setStatisticsChannelsFirst(x: x, set: s, geometry: g)
                     mean[s] = mu
                     variance[s] = v
-                    let rstd = 1 / (v + Double(epsilon)).squareRoot()
+                    let r = 1 / (v + Double(epsilon)).squareRoot()
+                    rstd[s] = r
                     let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
                     for c in c0..<(c0 + g.channelsPerSet) {
                         // y = a·(x − μ̃) + β − a·(μ − μ̃) with μ̃ = Float(μ): not folded into a·x + b, which
                         // loses all accuracy when |μ| ≫ σ (x = 1e4 + 0.01·randn).
-                        let a = (gamma.map { Double($0[c]) } ?? 1) * rstd, center = Float(mu)
+                        let a = (gamma.map { Double($0[c]) } ?? 1) * r, center = Float(mu)
                         let shift = (beta.map { Double($0[c]) } ?? 0) - a * (mu - Double(center))
                         for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
                             let row = (n * g.channels + c) * m
@@ -149,12 +151,13 @@ enum NormalizationKernels {
             }
         case .channelsLast:
             statisticsChannelsLast(mean: mean, variance: variance, x: x, geometry: g)
+            for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
             let centers = UnsafeMutablePointer<Float>.allocate(capacity: g.coefficientCount)
             defer { centers.deallocate() }
             for n in 0..<g.sampleBlocks * g.samplesPerSet where n % g.samplesPerSet == 0 {
                 for c in 0..<g.channels {
                     let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
-                    let a = (gamma.map { Double($0[c]) } ?? 1) / (variance[s] + Double(epsilon)).squareRoot()
+                    let a = (gamma.map { Double($0[c]) } ?? 1) * rstd[s]
                     centers[k] = Float(mean[s])
                     scratchScale[k] = Float(a)
                     scratchShift[k] = Float((beta.map { Double($0[c]) } ?? 0) - a * (mean[s] - Double(centers[k])))
@@ -200,10 +203,10 @@ enum NormalizationKernels {
                 endOffset += take
                 if endOffset == run { endN += 1; endOffset = 0 }
             }
-            let k = Double(size)
+            let k = Double(size), inverseK = 1 / k  // one division per group: divisions dominate short sets
             var total = 0.0
             forEachPiece(n, offset, endN, endOffset) { p, length in total += rowSum(p, length) }
-            let groupMean = Float(total / k)
+            let groupMean = Float(total * inverseK)
             var d1 = 0.0, d2 = 0.0
             forEachPiece(n, offset, endN, endOffset) { p, length in
                 let (a, q) = rowCenteredSums(p, length, center: groupMean)
@@ -211,13 +214,18 @@ enum NormalizationKernels {
                 d2 += q
             }
             // Σ(x−μ̃) is not exactly 0 because μ̃ is rounded to float: correct for it.
-            let mu = Double(groupMean) + d1 / k, q = max(0, d2 - d1 * d1 / k)
-            let merged = count + k, delta = mu - mean
-            mean += delta * k / merged
-            m2 += q + delta * delta * count * k / merged
-            count = merged
+            let mu = Double(groupMean) + d1 * inverseK, q = max(0, d2 - d1 * d1 * inverseK)
             n = endN
             offset = endOffset
+            if count == 0 {
+                if n >= endSample { return (mu, q * inverseK) }  // the whole set was one group
+                (count, mean, m2) = (k, mu, q)
+                continue
+            }
+            let merged = count + k, delta = mu - mean, weight = k / merged
+            mean += delta * weight
+            m2 += q + delta * delta * count * weight
+            count = merged
         }
         return (mean, max(0, m2 / count))
     }

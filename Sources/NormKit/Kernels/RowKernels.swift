@@ -133,6 +133,14 @@ func portableRowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePoi
 
 // MARK: Dispatch
 
+/// The switch the row primitives read on every call. A constant pointer rather than a `static var`: a global
+/// variable pays a dynamic exclusivity check per access, which costs more than a 49-element row.
+@usableFromInline nonisolated(unsafe) let nativeKernelsFlag: UnsafeMutablePointer<Bool> = {
+    let flag = UnsafeMutablePointer<Bool>.allocate(capacity: 1)
+    flag.initialize(to: nk_native_level() > 0 && ProcessInfo.processInfo.environment["NORMKIT_KERNELS"] != "portable")
+    return flag
+}()
+
 /// Which implementation of the row primitives NormKit's kernels use.
 ///
 /// The portable kernels are Swift `SIMD16<Float>` code (baseline x86-64 vectors without `unsafeFlags`); the
@@ -153,8 +161,10 @@ public enum KernelDispatch {
 
     /// Whether the native kernels run (default: when the CPU has them and `NORMKIT_KERNELS` is not `portable`).
     /// Set it before running kernels, not while they run.
-    nonisolated(unsafe) public static var useNativeKernels: Bool =
-        nk_native_level() > 0 && ProcessInfo.processInfo.environment["NORMKIT_KERNELS"] != "portable"
+    public static var useNativeKernels: Bool {
+        get { nativeKernelsFlag.pointee }
+        set { nativeKernelsFlag.pointee = newValue && nk_native_level() > 0 }
+    }
 
     /// `"native (avx512)"`, `"portable (Swift SIMD)"`, … for logs and benchmarks.
     public static var description: String {
@@ -164,12 +174,12 @@ public enum KernelDispatch {
 
 @inline(__always) @usableFromInline
 func rowSum(_ x: UnsafePointer<Float>, _ count: Int) -> Double {
-    KernelDispatch.useNativeKernels ? nk_row_sum(x, count) : portableRowSum(x, count)
+    nativeKernelsFlag.pointee ? nk_row_sum(x, count) : portableRowSum(x, count)
 }
 
 @inline(__always) @usableFromInline
 func rowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -> (Double, Double) {
-    guard KernelDispatch.useNativeKernels else { return portableRowCenteredSums(x, count, center: k) }
+    guard nativeKernelsFlag.pointee else { return portableRowCenteredSums(x, count, center: k) }
     var s1 = 0.0, s2 = 0.0
     nk_row_centered_sums(x, count, k, &s1, &s2)
     return (s1, s2)
@@ -179,7 +189,7 @@ func rowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -
 func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float)
     -> (Double, Double)
 {
-    guard KernelDispatch.useNativeKernels else { return portableRowGradientSums(dy, x, count, center: k) }
+    guard nativeKernelsFlag.pointee else { return portableRowGradientSums(dy, x, count, center: k) }
     var s1 = 0.0, s2 = 0.0
     nk_row_gradient_sums(dy, x, count, k, &s1, &s2)
     return (s1, s2)
@@ -187,7 +197,7 @@ func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ co
 
 @inline(__always) @usableFromInline
 func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float) {
-    if KernelDispatch.useNativeKernels { nk_row_affine(y, x, count, a, b) } else {
+    if nativeKernelsFlag.pointee { nk_row_affine(y, x, count, a, b) } else {
         portableRowAffine(y, x, count, scale: a, shift: b)
     }
 }
@@ -195,7 +205,7 @@ func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ co
 @inline(__always) @usableFromInline
 func rowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
                        center k: Float, scale a: Float, shift b: Float) {
-    if KernelDispatch.useNativeKernels { nk_row_affine_centered(y, x, count, k, a, b) } else {
+    if nativeKernelsFlag.pointee { nk_row_affine_centered(y, x, count, k, a, b) } else {
         portableRowAffineCentered(y, x, count, center: k, scale: a, shift: b)
     }
 }
@@ -203,7 +213,7 @@ func rowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Floa
 @inline(__always) @usableFromInline
 func rowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
                       _ count: Int, p: Float, q: Float, r: Float, center k: Float) {
-    if KernelDispatch.useNativeKernels { nk_row_gradient_apply(dx, dy, x, count, p, q, r, k) } else {
+    if nativeKernelsFlag.pointee { nk_row_gradient_apply(dx, dy, x, count, p, q, r, k) } else {
         portableRowGradientApply(dx, dy, x, count, p: p, q: q, r: r, center: k)
     }
 }
