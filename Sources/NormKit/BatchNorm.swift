@@ -46,13 +46,8 @@ public final class BatchNorm: NormalizationLayer {
 
     private var savedInput: Tensor?
     private var savedGeometry: NormalizationGeometry?
-    private var mean: [Double] = []
-    private var variance: [Double] = []
-    private var rstd: [Double] = []
-    private var sumDy: [Double] = []
-    private var sumDyCentered: [Double] = []
-    private var scratch: [Float] = []
-    private var gammaEffective: [Float] = []
+    private var workspace = StatisticsWorkspace()
+    private var evaluationCoefficients: [Float] = []
     // The next running statistics, built here and swapped in when finite (no allocation per step).
     private var pendingMean: [Float] = []
     private var pendingVariance: [Float] = []
@@ -107,36 +102,7 @@ public final class BatchNorm: NormalizationLayer {
             return
         }
         let g = try trainingGeometry(x)
-        if mean.count != g.setCount {
-            mean = [Double](repeating: 0, count: g.setCount)
-            variance = mean
-            rstd = mean
-        }
-        if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
-            scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
-        }
-        y.prepare(shape: x.shape, layout: x.layout)
-        let gamma = weight?.value, beta = bias?.value
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in
-                mean.withUnsafeMutableBufferPointer { mp in
-                    variance.withUnsafeMutableBufferPointer { vp in
-                        rstd.withUnsafeMutableBufferPointer { rp in
-                            scratch.withUnsafeMutableBufferPointer { sp in
-                                withOptionalPointers(gamma, beta) { gp, bp in
-                                    NormalizationKernels.normalize(
-                                        y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                        rstd: rp.baseAddress!,
-                                        x: xp.baseAddress!, gamma: gp, beta: bp, epsilon: epsilon,
-                                        scratchScale: sp.baseAddress!,
-                                        scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, geometry: g)
         updateRunningStatistics(geometry: g)
         savedInput = x
         savedGeometry = g
@@ -146,6 +112,7 @@ public final class BatchNorm: NormalizationLayer {
         batchesTracked += 1
         let m = Double(g.elementsPerSet), perBlock = 1 / Double(g.sampleBlocks)
         let unbias = m / (m - 1)
+        let mean = workspace.mean, variance = workspace.variance
         guard mean.allSatisfy(\.isFinite), variance.allSatisfy(\.isFinite) else {
             skippedUpdates += 1
             return
@@ -176,21 +143,23 @@ public final class BatchNorm: NormalizationLayer {
     private func evaluate(_ x: Tensor, into y: inout Tensor) throws {
         let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
                                       positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
-        if scratch.count < 2 * channels { scratch = [Float](repeating: 0, count: 2 * channels) }
+        if evaluationCoefficients.count < 2 * channels {
+            evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
+        }
         for c in 0..<channels {
             let a = Double(weight?.value[c] ?? 1) / (Double(runningVariance[c]) + Double(epsilon)).squareRoot()
-            scratch[c] = Float(a)
-            scratch[channels + c] = bias?.value[c] ?? 0
+            evaluationCoefficients[c] = Float(a)
+            evaluationCoefficients[channels + c] = bias?.value[c] ?? 0
         }
         y.prepare(shape: x.shape, layout: x.layout)
         // y = a·(x − running_mean) + β, not folded into a·x + b (accurate when |running_mean| ≫ σ).
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
-                scratch.withUnsafeBufferPointer { sp in
+                evaluationCoefficients.withUnsafeBufferPointer { sp in
                     runningMean.withUnsafeBufferPointer { mp in
-                        NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: mp.baseAddress!,
-                                                           scale: sp.baseAddress!, shift: sp.baseAddress! + channels,
-                                                           geometry: g)
+                        NormalizationKernels.applyCentered(
+                            y: yp.baseAddress!, x: xp.baseAddress!, center: mp.baseAddress!, scale: sp.baseAddress!,
+                            shift: sp.baseAddress! + channels, geometry: g)
                     }
                 }
             }
@@ -206,37 +175,11 @@ public final class BatchNorm: NormalizationLayer {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x)
-        if sumDy.count != g.batch * channels {
-            sumDy = [Double](repeating: 0, count: g.batch * channels)
-            sumDyCentered = sumDy
-        }
-        if gammaEffective.count != g.coefficientCount {
-            gammaEffective = [Float](repeating: 1, count: g.coefficientCount)
-        }
-        if let w = weight?.value {
-            for b in 0..<g.sampleBlocks { for c in 0..<channels { gammaEffective[b * channels + c] = w[c] } }
-        }
-        dx.prepare(shape: x.shape, layout: x.layout)
-        x.withUnsafeBufferPointer { xp in
-            dy.withUnsafeBufferPointer { dyp in
-                dx.withUnsafeMutableBufferPointer { dxp in
-                    sumDy.withUnsafeMutableBufferPointer { s1 in
-                        sumDyCentered.withUnsafeMutableBufferPointer { s2 in
-                            scratch.withUnsafeMutableBufferPointer { sp in
-                                NormalizationKernels.normalizeBackward(
-                                    dx: dxp.baseAddress!, sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
-                                    gammaEffective: gammaEffective, scratch: sp.baseAddress!, geometry: g)
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        workspace.backward(dy, input: x, into: &dx, gamma: weight?.value, geometry: g)
         let k = g.samplesPerSet, c = channels
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
-                           sumDy: sumDy, sumDyCentered: sumDyCentered,
-                           scale: { n, ch in self.rstd[(n / k) * c + ch] })
+                           sumDy: workspace.sumDy, sumDyCentered: workspace.sumDyCentered,
+                           scale: { n, ch in self.workspace.rstd[(n / k) * c + ch] })
         savedInput = nil
         savedGeometry = nil
     }

@@ -34,17 +34,10 @@ public final class GroupNorm: NormalizationLayer {
     /// `C / G`.
     public var groupSize: Int { channels / groups }
 
-    // Saved by the training forward for the backward.
+    // Saved by the training forward for the backward, and the buffers reused across steps.
     private var savedInput: Tensor?
     private var savedGeometry: NormalizationGeometry?
-    private var mean: [Double] = []
-    private var variance: [Double] = []
-    private var rstd: [Double] = []
-    // Scratch reused across steps.
-    private var sumDy: [Double] = []
-    private var sumDyCentered: [Double] = []
-    private var scratch: [Float] = []
-    private var gammaEffective: [Float] = []
+    private var workspace = StatisticsWorkspace()
 
     /// A GroupNorm with `groups` groups.
     ///
@@ -95,36 +88,7 @@ public final class GroupNorm: NormalizationLayer {
         try InputCheck.validate(x, channels: channels, layer: name)
         let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
                                       positions: x.spatialCount, samplesPerSet: 1, channelsPerSet: groupSize)
-        if mean.count != g.setCount {
-            mean = [Double](repeating: 0, count: g.setCount)
-            variance = mean
-            rstd = mean
-        }
-        if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
-            scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
-        }
-        y.prepare(shape: x.shape, layout: x.layout)
-        let gamma = weight?.value, beta = bias?.value
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in
-                mean.withUnsafeMutableBufferPointer { mp in
-                    variance.withUnsafeMutableBufferPointer { vp in
-                        rstd.withUnsafeMutableBufferPointer { rp in
-                            scratch.withUnsafeMutableBufferPointer { sp in
-                                withOptionalPointers(gamma, beta) { gp, bp in
-                                    NormalizationKernels.normalize(
-                                        y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                        rstd: rp.baseAddress!,
-                                        x: xp.baseAddress!, gamma: gp, beta: bp, epsilon: epsilon,
-                                        scratchScale: sp.baseAddress!,
-                                        scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, geometry: g)
         if training {
             savedInput = x
             savedGeometry = g
@@ -140,43 +104,13 @@ public final class GroupNorm: NormalizationLayer {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x)
-        if sumDy.count != g.batch * channels {
-            sumDy = [Double](repeating: 0, count: g.batch * channels)
-            sumDyCentered = sumDy
-        }
-        if gammaEffective.count != g.coefficientCount {
-            gammaEffective = [Float](repeating: 1, count: g.coefficientCount)
-        }
-        if let w = weight?.value {
-            for n in 0..<g.batch { for c in 0..<channels { gammaEffective[n * channels + c] = w[c] } }
-        }
-        dx.prepare(shape: x.shape, layout: x.layout)
-        runBackward(dx: &dx, dy: dy, x: x, geometry: g)
+        workspace.backward(dy, input: x, into: &dx, gamma: weight?.value, geometry: g)
         let setsPerSample = groups, cpg = groupSize
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
-                           sumDy: sumDy, sumDyCentered: sumDyCentered,
-                           scale: { n, c in self.rstd[n * setsPerSample + c / cpg] })
+                           sumDy: workspace.sumDy, sumDyCentered: workspace.sumDyCentered,
+                           scale: { n, c in self.workspace.rstd[n * setsPerSample + c / cpg] })
         savedInput = nil
         savedGeometry = nil
-    }
-
-    private func runBackward(dx: inout Tensor, dy: Tensor, x: Tensor, geometry g: NormalizationGeometry) {
-        x.withUnsafeBufferPointer { xp in
-            dy.withUnsafeBufferPointer { dyp in
-                dx.withUnsafeMutableBufferPointer { dxp in
-                    sumDy.withUnsafeMutableBufferPointer { s1 in
-                        sumDyCentered.withUnsafeMutableBufferPointer { s2 in
-                            scratch.withUnsafeMutableBufferPointer { sp in
-                                NormalizationKernels.normalizeBackward(
-                                    dx: dxp.baseAddress!, sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
-                                    gammaEffective: gammaEffective, scratch: sp.baseAddress!, geometry: g)
-                            }
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// `weight` and `bias` (when affine); GroupNorm has no running statistics.

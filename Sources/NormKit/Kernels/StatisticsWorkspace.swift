@@ -1,0 +1,81 @@
+/// The buffers and kernel calls that BatchNorm and GroupNorm share: a training forward that computes per-set
+/// statistics and normalizes (``normalize(_:into:gamma:beta:epsilon:geometry:)``), and the matching backward
+/// (``backward(_:input:into:gamma:geometry:)``). Buffers are resized only when the geometry changes, so steady
+/// training allocates nothing.
+struct StatisticsWorkspace {
+    /// Per-set mean, biased variance and `1/sqrt(var + ε)` of the last forward.
+    private(set) var mean: [Double] = []
+    private(set) var variance: [Double] = []
+    private(set) var rstd: [Double] = []
+    /// Per-(n, c) `Σ dy` and `Σ dy·(x − μ)` of the last backward.
+    private(set) var sumDy: [Double] = []
+    private(set) var sumDyCentered: [Double] = []
+    private var scratch: [Float] = []
+    private var gammaEffective: [Float] = []
+
+    /// Statistics of every set of `x` and `y = γ·(x − μ)·rstd + β`.
+    mutating func normalize(_ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?, epsilon: Float,
+                            geometry g: NormalizationGeometry) {
+        if mean.count != g.setCount {
+            mean = [Double](repeating: 0, count: g.setCount)
+            variance = mean
+            rstd = mean
+        }
+        let scratchCount = 2 * g.coefficientCount + 2 * g.setCount
+        if scratch.count < scratchCount { scratch = [Float](repeating: 0, count: scratchCount) }
+        y.prepare(shape: x.shape, layout: x.layout)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                mean.withUnsafeMutableBufferPointer { mp in
+                    variance.withUnsafeMutableBufferPointer { vp in
+                        rstd.withUnsafeMutableBufferPointer { rp in
+                            scratch.withUnsafeMutableBufferPointer { sp in
+                                withOptionalPointers(gamma, beta) { gp, bp in
+                                    NormalizationKernels.normalize(
+                                        y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
+                                        rstd: rp.baseAddress!, x: xp.baseAddress!, gamma: gp, beta: bp,
+                                        epsilon: epsilon, scratchScale: sp.baseAddress!,
+                                        scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dx` of the last ``normalize(_:into:gamma:beta:epsilon:geometry:)`` for upstream `dy` (with `γ` per
+    /// channel, or 1), and the per-(n, c) sums from which the layer forms `dγ` and `dβ`.
+    mutating func backward(_ dy: Tensor, input x: Tensor, into dx: inout Tensor, gamma: [Float]?,
+                           geometry g: NormalizationGeometry) {
+        let c = g.channels
+        if sumDy.count != g.batch * c {
+            sumDy = [Double](repeating: 0, count: g.batch * c)
+            sumDyCentered = sumDy
+        }
+        if gammaEffective.count != g.coefficientCount {
+            gammaEffective = [Float](repeating: 1, count: g.coefficientCount)
+        }
+        if let gamma {
+            for b in 0..<g.sampleBlocks { for ch in 0..<c { gammaEffective[b * c + ch] = gamma[ch] } }
+        }
+        dx.prepare(shape: x.shape, layout: x.layout)
+        x.withUnsafeBufferPointer { xp in
+            dy.withUnsafeBufferPointer { dyp in
+                dx.withUnsafeMutableBufferPointer { dxp in
+                    sumDy.withUnsafeMutableBufferPointer { s1 in
+                        sumDyCentered.withUnsafeMutableBufferPointer { s2 in
+                            scratch.withUnsafeMutableBufferPointer { sp in
+                                NormalizationKernels.normalizeBackward(
+                                    dx: dxp.baseAddress!, sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
+                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
+                                    gammaEffective: gammaEffective, scratch: sp.baseAddress!, geometry: g)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
