@@ -152,18 +152,19 @@ enum NormalizationKernels {
         case .channelsLast:
             statisticsChannelsLast(mean: mean, variance: variance, x: x, geometry: g)
             for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
-            let centers = UnsafeMutablePointer<Float>.allocate(capacity: g.coefficientCount)
-            defer { centers.deallocate() }
-            for n in 0..<g.sampleBlocks * g.samplesPerSet where n % g.samplesPerSet == 0 {
-                for c in 0..<g.channels {
-                    let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
-                    let a = (gamma.map { Double($0[c]) } ?? 1) * rstd[s]
-                    centers[k] = Float(mean[s])
-                    scratchScale[k] = Float(a)
-                    scratchShift[k] = Float((beta.map { Double($0[c]) } ?? 0) - a * (mean[s] - Double(centers[k])))
-                }
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: g.coefficientCount) { buffer in
+                let centers = buffer.baseAddress!
+                for n in 0..<g.sampleBlocks * g.samplesPerSet where n % g.samplesPerSet == 0 {
+                    for c in 0..<g.channels {
+                        let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
+                        let a = (gamma.map { Double($0[c]) } ?? 1) * rstd[s]
+                        centers[k] = Float(mean[s])
+                        scratchScale[k] = Float(a)
+                        scratchShift[k] = Float((beta.map { Double($0[c]) } ?? 0) - a * (mean[s] - Double(centers[k])))
+                    }
             }
             applyCentered(y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, geometry: g)
+            }
         }
     }
 
@@ -234,18 +235,19 @@ enum NormalizationKernels {
     static func statisticsChannelsLast(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
                                        x: UnsafePointer<Float>, geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
-        let sums = UnsafeMutablePointer<Double>.allocate(capacity: g.batch * c * 2)
-        defer { sums.deallocate() }
-        let s1 = sums, s2 = sums + g.batch * c
-        Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
-            for n in samples {
-                let acc = s1 + n * c
-                acc.initialize(repeating: 0, count: c)
-                for p in 0..<m {
-                    let xr = x + (n * m + p) * c
-                    for ch in 0..<c { acc[ch] += Double(xr[ch]) }
+        // Temporary per-(n, c) sums (on the stack when small).
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: g.batch * c * 2) { buffer in
+            let sums = buffer.baseAddress!
+            let s1 = sums, s2 = sums + g.batch * c
+            Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
+                for n in samples {
+                    let acc = s1 + n * c
+                    acc.initialize(repeating: 0, count: c)
+                    for p in 0..<m {
+                        let xr = x + (n * m + p) * c
+                        for ch in 0..<c { acc[ch] += Double(xr[ch]) }
+                    }
                 }
-            }
         }
         for s in 0..<g.setCount { mean[s] = 0 }
         for n in 0..<g.batch { for ch in 0..<c { mean[g.set(n: n, c: ch)] += s1[n * c + ch] } }
@@ -266,6 +268,7 @@ enum NormalizationKernels {
         for s in 0..<g.setCount { variance[s] = 0 }
         for n in 0..<g.batch { for ch in 0..<c { variance[g.set(n: n, c: ch)] += s2[n * c + ch] } }
         for s in 0..<g.setCount { variance[s] = max(0, variance[s] / count) }
+        }
     }
 
     // MARK: Backward
@@ -384,13 +387,15 @@ enum NormalizationKernels {
             gradientSums(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, geometry: g)
             // scratch holds: scale (coefficientCount), slope (sets), offset (sets).
             let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
-            var meanG = [Double](repeating: 0, count: g.setCount), meanGX = meanG
-            for n in 0..<g.batch {
-                for ch in 0..<c {
-                    let s = g.set(n: n, c: ch), ge = Double(gammaEffective[g.coefficient(n: n, c: ch)])
-                    meanG[s] += ge * sumDy[n * c + ch]
-                    meanGX[s] += ge * sumDyCentered[n * c + ch]
-                }
+            withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * g.setCount) { buffer in
+                let meanG = buffer.baseAddress!, meanGX = meanG + g.setCount
+                meanG.initialize(repeating: 0, count: 2 * g.setCount)
+                for n in 0..<g.batch {
+                    for ch in 0..<c {
+                        let s = g.set(n: n, c: ch), ge = Double(gammaEffective[g.coefficient(n: n, c: ch)])
+                        meanG[s] += ge * sumDy[n * c + ch]
+                        meanGX[s] += ge * sumDyCentered[n * c + ch]
+                    }
             }
             for s in 0..<g.setCount {
                 let r = rstd[s]
@@ -404,6 +409,7 @@ enum NormalizationKernels {
                 }
             }
             gradientApply(dx: dx, dy: dy, x: x, center: mean, scale: scale, slope: slope, offset: offset, geometry: g)
+            }
         }
     }
 }
