@@ -111,28 +111,37 @@ public final class BatchNorm: NormalizationLayer {
     private func updateRunningStatistics(geometry g: NormalizationGeometry) {
         batchesTracked += 1
         let m = Double(g.elementsPerSet), perBlock = 1 / Double(g.sampleBlocks)
-        let unbias = m / (m - 1)
-        let mean = workspace.mean, variance = workspace.variance
-        guard mean.allSatisfy(\.isFinite), variance.allSatisfy(\.isFinite) else {
-            skippedUpdates += 1
-            return
-        }
-        let keep = 1 - Double(momentum), take = Double(momentum)
+        let unbias = m / (m - 1), keep = 1 - Double(momentum), take = Double(momentum)
+        let mean = workspace.mean, variance = workspace.variance, blocks = g.sampleBlocks, channels = channels
         if pendingMean.count != channels {
             pendingMean = [Float](repeating: 0, count: channels)
             pendingVariance = pendingMean
         }
-        for c in 0..<channels {
-            var mu = 0.0, v = 0.0
-            for b in 0..<g.sampleBlocks {
-                mu += mean[b * channels + c]
-                v += variance[b * channels + c]
+        // Built in the pending arrays and swapped in only if every value is finite (no allocation per step). A
+        // non-finite batch statistic poisons its sum, and statistics finite in Double can still overflow Float
+        // (|x| ~ 1e38), so checking the Float results covers both.
+        var finite = true
+        runningMean.withUnsafeBufferPointer { oldMean in
+            runningVariance.withUnsafeBufferPointer { oldVariance in
+                pendingMean.withUnsafeMutableBufferPointer { newMean in
+                    pendingVariance.withUnsafeMutableBufferPointer { newVariance in
+                        for c in 0..<channels {
+                            var mu = 0.0, v = 0.0
+                            for b in 0..<blocks {
+                                mu += mean[b * channels + c]
+                                v += variance[b * channels + c]
+                            }
+                            let nm = Float(keep * Double(oldMean[c]) + take * mu * perBlock)
+                            let nv = Float(keep * Double(oldVariance[c]) + take * unbias * v * perBlock)
+                            finite = finite && nm.isFinite && nv.isFinite && mu.isFinite && v.isFinite
+                            newMean[c] = nm
+                            newVariance[c] = nv
+                        }
+                    }
+                }
             }
-            pendingMean[c] = Float(keep * Double(runningMean[c]) + take * mu * perBlock)
-            pendingVariance[c] = Float(keep * Double(runningVariance[c]) + take * unbias * v * perBlock)
         }
-        // Statistics finite in Double can still overflow Float (|x| ~ 1e38): skip rather than store infinity.
-        guard pendingMean.allSatisfy(\.isFinite), pendingVariance.allSatisfy(\.isFinite) else {
+        guard finite else {
             skippedUpdates += 1
             return
         }
@@ -179,7 +188,7 @@ public final class BatchNorm: NormalizationLayer {
         let k = g.samplesPerSet, c = channels
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: workspace.sumDy, sumDyCentered: workspace.sumDyCentered,
-                           scale: { n, ch in self.workspace.rstd[(n / k) * c + ch] })
+                           scale: { [rstd = workspace.rstd] n, ch in rstd[(n / k) * c + ch] })
         savedInput = nil
         savedGeometry = nil
     }

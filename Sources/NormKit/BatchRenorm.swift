@@ -373,8 +373,8 @@ public final class BatchRenorm: NormalizationLayer {
         }
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyCentered,
-                           scale: { n, ch in self.rstd[(n / k) * c + ch] * self.rFactor[(n / k) * c + ch] },
-                           offset: { n, ch in self.dShift[(n / k) * c + ch] })
+                           scale: { [rstd, rFactor] n, ch in rstd[(n / k) * c + ch] * rFactor[(n / k) * c + ch] },
+                           offset: { [dShift] n, ch in dShift[(n / k) * c + ch] })
         savedInput = nil
         savedGeometry = nil
     }

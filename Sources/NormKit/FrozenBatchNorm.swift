@@ -142,7 +142,7 @@ public final class FrozenBatchNorm: NormalizationLayer {
         }
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyCentered,
-                           scale: { _, c in self.inverseStd[c] })
+                           scale: { [inverseStd] _, c in inverseStd[c] })
         savedInput = nil
     }
 

@@ -106,9 +106,10 @@ public final class GroupNorm: NormalizationLayer {
         try InputCheck.validateGradient(dy, like: x)
         workspace.backward(dy, input: x, into: &dx, gamma: weight?.value, geometry: g)
         let setsPerSample = groups, cpg = groupSize
+        let rstd = workspace.rstd
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: workspace.sumDy, sumDyCentered: workspace.sumDyCentered,
-                           scale: { n, c in self.workspace.rstd[n * setsPerSample + c / cpg] })
+                           scale: { n, c in rstd[n * setsPerSample + c / cpg] })
         savedInput = nil
         savedGeometry = nil
     }

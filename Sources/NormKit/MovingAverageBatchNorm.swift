@@ -325,7 +325,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         }
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyX,
-                           scale: { n, ch in self.chunkR[(n / k) * c + ch] * self.chunkRstd[(n / k) * c + ch] })
+                           scale: { [chunkR, chunkRstd] n, ch in chunkR[(n / k) * c + ch] * chunkRstd[(n / k) * c + ch] })
         savedInput = nil
         savedGeometry = nil
     }

@@ -93,19 +93,25 @@ func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
 }
 
 /// Writes `dγ_c = Σ_n scale[n,c]·sumDyCentered[n,c] + Σ_n offset[n,c]·sumDy[n,c]` and `dβ_c = Σ_n sumDy[n,c]`
-/// into the parameters' gradients. `scale` and `offset` are functions of (n, c).
+/// into the parameters' gradients. `scale` and `offset` are functions of (n, c); pass closures over local copies of
+/// the arrays they read, not over `self` (a stored property read per element pays an exclusivity check).
 func setAffineGradients(weight: Parameter?, bias: Parameter?, batch: Int, channels: Int,
                         sumDy: [Double], sumDyCentered: [Double],
                         scale: (Int, Int) -> Double, offset: (Int, Int) -> Double = { _, _ in 0 }) {
     guard let weight, let bias else { return }
-    for c in 0..<channels {
-        var dg = 0.0, db = 0.0
-        for n in 0..<batch {
-            let i = n * channels + c
-            dg += scale(n, c) * sumDyCentered[i] + offset(n, c) * sumDy[i]
-            db += sumDy[i]
+    // One exclusive access per array for the whole loop (not one per element).
+    weight.gradient.withUnsafeMutableBufferPointer { dGamma in
+        bias.gradient.withUnsafeMutableBufferPointer { dBeta in
+            for c in 0..<channels {
+                var dg = 0.0, db = 0.0
+                for n in 0..<batch {
+                    let i = n * channels + c
+                    dg += scale(n, c) * sumDyCentered[i] + offset(n, c) * sumDy[i]
+                    db += sumDy[i]
+                }
+                dGamma[c] = Float(dg)
+                dBeta[c] = Float(db)
+            }
         }
-        weight.gradient[c] = Float(dg)
-        bias.gradient[c] = Float(db)
     }
 }

@@ -12,6 +12,9 @@ extern "C" {
 
 /* 0: none (use the Swift path), 2: AVX2 + FMA, 3: AVX-512F. */
 int nk_native_level(void);
+/* Caps the level used from now on (2 runs the AVX2 bodies on an AVX-512 CPU, as the tests do); returns it.
+ * Call it before running kernels, not while they run. */
+int nk_limit_native_level(int maximum);
 
 double nk_row_sum(const float *x, long n);
 void nk_row_centered_sums(const float *x, long n, float k, double *s1, double *s2);
@@ -19,6 +22,26 @@ void nk_row_gradient_sums(const float *dy, const float *x, long n, float k, doub
 void nk_row_affine(float *y, const float *x, long n, float a, float b);
 void nk_row_affine_centered(float *y, const float *x, long n, float k, float a, float b);
 void nk_row_gradient_apply(float *dx, const float *dy, const float *x, long n, float p, float q, float r, float k);
+
+/*
+ * Set kernels, over a batch of `sets` normalization sets: set j starts at x + j·set_stride and is `pieces` runs of
+ * `rows·m` contiguous floats, run i at i·piece_stride; row r of a run belongs to the set's r-th channel.
+ * Per-set values (k, q, r, mean, m2) are indexed j, per-row coefficients (a, b, p) j·rows + r.
+ */
+/* Mean and centred sum of squares Σ(x−μ)² per set (shifted two-pass: float mean k, then Σ(x−k), Σ(x−k)² in
+ * float lanes over at most BLOCK elements, double totals, corrected for the rounding of k). */
+void nk_sets_moments(const float *x, long sets, long set_stride, long pieces, long run, long piece_stride,
+                     double *mean, double *m2);
+/* y = a·(x − k) + b (y may alias x). */
+void nk_sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows, long m,
+                             long piece_stride, const float *k, const float *a, const float *b);
+/* Per row: s1[j·rows + i·out_stride + r] = Σ dy, s2[…] = Σ dy·(x − k). */
+void nk_sets_gradient_sums(double *s1, double *s2, long out_stride, const float *dy, const float *x, long sets,
+                           long set_stride, long pieces, long rows, long m, long piece_stride, const float *k);
+/* dx = p·dy + q·(x − k) + r. */
+void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long sets, long set_stride, long pieces,
+                            long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
+                            const float *k);
 
 #ifdef __cplusplus
 }

@@ -59,10 +59,8 @@ enum NormalizationKernels {
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.setCount, work: g.elementCount) { sets in
-                for s in sets {
-                    let (m, v) = setStatisticsChannelsFirst(x: x, set: s, geometry: g)
-                    mean[s] = m
-                    variance[s] = v
+                g.forEachSetBatch(in: sets) { first, size in
+                    batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
                 }
             }
         case .channelsLast:
@@ -128,25 +126,30 @@ enum NormalizationKernels {
                           geometry g: NormalizationGeometry) {
         switch g.layout {
         case .channelsFirst:
-            let m = g.positions
+            // Per-row coefficients go to scale/shift[b·C + c] and centres to center[s]: each set owns its entries,
+            // so threads never share one, and a batch of consecutive sets finds its coefficients consecutive.
+            let cps = g.channelsPerSet, center = scratchShift + g.coefficientCount
             Parallelism.forEachRange(count: g.setCount, work: g.elementCount) { sets in
-                for s in sets {
-                    let (mu, v) = setStatisticsChannelsFirst(x: x, set: s, geometry: g)
-                    mean[s] = mu
-                    variance[s] = v
-                    let r = 1 / (v + Double(epsilon)).squareRoot()
-                    rstd[s] = r
-                    let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
-                    for c in c0..<(c0 + g.channelsPerSet) {
-                        // y = a·(x − μ̃) + β − a·(μ − μ̃) with μ̃ = Float(μ): not folded into a·x + b, which
-                        // loses all accuracy when |μ| ≫ σ (x = 1e4 + 0.01·randn).
-                        let a = (gamma.map { Double($0[c]) } ?? 1) * r, center = Float(mu)
-                        let shift = (beta.map { Double($0[c]) } ?? 0) - a * (mu - Double(center))
-                        for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
-                            let row = (n * g.channels + c) * m
-                            rowAffineCentered(y + row, x + row, m, center: center, scale: Float(a), shift: Float(shift))
+                g.forEachSetBatch(in: sets) { first, size in
+                    batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
+                    for s in first..<(first + size) {
+                        let mu = mean[s], r = 1 / (variance[s] + Double(epsilon)).squareRoot()
+                        rstd[s] = r
+                        // y = a·(x − μ̃) + β − a·(μ − μ̃) with μ̃ = Float(μ): not folded into a·x + b, which loses
+                        // all accuracy when |μ| ≫ σ (x = 1e4 + 0.01·randn).
+                        center[s] = Float(mu)
+                        let delta = mu - Double(center[s])
+                        let c0 = (s % g.channelBlocks) * cps, k0 = (s / g.channelBlocks) * g.channels + c0
+                        for j in 0..<cps {
+                            let a = Double(gamma?[c0 + j] ?? 1) * r
+                            scratchScale[k0 + j] = Float(a)
+                            scratchShift[k0 + j] = Float(Double(beta?[c0 + j] ?? 0) - a * delta)
                         }
                     }
+                    let batch = g.batch(ofSets: first, count: size)
+                    let k0 = (first / g.channelBlocks) * g.channels + (first % g.channelBlocks) * cps
+                    setAffineCentered(y + batch.offset, x + batch.offset, batch, center: center + first,
+                                      scale: scratchScale + k0, shift: scratchShift + k0)
                 }
             }
         case .channelsLast:
@@ -166,6 +169,22 @@ enum NormalizationKernels {
             applyCentered(y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, geometry: g)
             }
         }
+    }
+
+    /// Mean and biased variance of the consecutive sets `sets` (one sample block): sets that fit in a statistics
+    /// chunk go through the batched set kernel (two passes while the set sits in L1), larger ones through
+    /// ``setStatisticsChannelsFirst(x:set:geometry:)``.
+    @inline(__always)
+    static func batchStatistics(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
+                                x: UnsafePointer<Float>, sets: Range<Int>, geometry g: NormalizationGeometry) {
+        guard g.elementsPerSet <= statisticsChunk else {
+            for s in sets { (mean[s], variance[s]) = setStatisticsChannelsFirst(x: x, set: s, geometry: g) }
+            return
+        }
+        let batch = g.batch(ofSets: sets.lowerBound, count: sets.count)
+        setMoments(mean: mean + sets.lowerBound, m2: variance + sets.lowerBound, x + batch.offset, batch)
+        let inverse = 1 / Double(g.elementsPerSet)
+        for s in sets { variance[s] *= inverse }
     }
 
     /// Mean and biased variance of one set. The set's rows (one contiguous run of `channelsPerSet·M` floats per
@@ -348,39 +367,46 @@ enum NormalizationKernels {
                                   mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
                                   gammaEffective: UnsafePointer<Float>,
                                   scratch: UnsafeMutablePointer<Float>, geometry g: NormalizationGeometry) {
-        let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
+        let c = g.channels, count = Double(g.elementsPerSet)
         switch g.layout {
         case .channelsFirst:
+            // scratch: the per-row factor rstd·γ_c at [b·C + c], then per set the slope q, offset r and float
+            // centre μ̃ (each set owns its entries; a batch of consecutive sets finds them consecutive).
+            let p = scratch, q = scratch + g.coefficientCount, r = q + g.setCount, center = r + g.setCount
+            let cps = g.channelsPerSet
             Parallelism.forEachRange(count: g.setCount, work: 2 * g.elementCount) { sets in
-                for s in sets {
-                    let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
-                    // Rows are centred on the float μ̃; δ = μ − μ̃ moves sums and offsets to the exact mean.
-                    let mu = Float(mean[s]), r = rstd[s], delta = mean[s] - Double(mu)
-                    var meanG = 0.0, meanGX = 0.0
-                    for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
-                        for ch in c0..<(c0 + g.channelsPerSet) {
-                            let row = n * c + ch
-                            let (a1, raw) = rowGradientSums(dy + row * m, x + row * m, m, center: mu)
-                            let a2 = raw - delta * a1
-                            sumDy[row] = a1
-                            sumDyCentered[row] = a2
-                            let ge = Double(gammaEffective[b * c + ch])
-                            meanG += ge * a1
-                            meanGX += ge * a2
+                g.forEachSetBatch(in: sets) { first, size in
+                    let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
+                    let batch = g.batch(ofSets: first, count: size)
+                    for s in first..<(first + size) { center[s] = Float(mean[s]) }
+                    setGradientSums(sumDy + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
+                                    sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
+                                    outStride: c, dy + batch.offset, x + batch.offset, batch,
+                                    center: center + first)
+                    for s in first..<(first + size) {
+                        let c0 = (s % g.channelBlocks) * cps, firstRow = b * g.samplesPerSet * c + c0
+                        // Rows were centred on the float μ̃; δ = μ − μ̃ moves sums and offsets to the exact mean.
+                        let rs = rstd[s], delta = mean[s] - Double(center[s])
+                        var meanG = 0.0, meanGX = 0.0
+                        for piece in 0..<g.samplesPerSet {
+                            for j in 0..<cps {
+                                let row = firstRow + piece * c + j
+                                let a1 = sumDy[row], a2 = sumDyCentered[row] - delta * a1
+                                sumDyCentered[row] = a2
+                                let ge = Double(gammaEffective[b * c + c0 + j])
+                                meanG += ge * a1
+                                meanGX += ge * a2
+                            }
                         }
+                        meanG /= count
+                        meanGX = meanGX * rs / count
+                        let slope = -rs * rs * meanGX
+                        for j in 0..<cps { p[b * c + c0 + j] = Float(rs * Double(gammaEffective[b * c + c0 + j])) }
+                        q[s] = Float(slope)
+                        r[s] = Float(-rs * meanG - slope * delta)
                     }
-                    meanG /= count
-                    meanGX = meanGX * r / count
-                    let slope = -r * r * meanGX
-                    let q = Float(slope), off = Float(-r * meanG - slope * delta)
-                    for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
-                        for ch in c0..<(c0 + g.channelsPerSet) {
-                            let row = n * c + ch
-                            rowGradientApply(dx + row * m, dy + row * m, x + row * m, m,
-                                             p: Float(r * Double(gammaEffective[b * c + ch])), q: q, r: off,
-                                             center: mu)
-                        }
-                    }
+                    setGradientApply(dx + batch.offset, dy + batch.offset, x + batch.offset, batch, p: p + k0,
+                                     q: q + first, r: r + first, center: center + first)
                 }
             }
         case .channelsLast:

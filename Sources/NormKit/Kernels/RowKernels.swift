@@ -135,29 +135,64 @@ func portableRowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePoi
 
 /// The switch the row primitives read on every call. A constant pointer rather than a `static var`: a global
 /// variable pays a dynamic exclusivity check per access, which costs more than a 49-element row.
+/// `NORMKIT_KERNELS=portable` starts with the portable kernels, `NORMKIT_KERNELS=avx2` caps the native ones at AVX2.
 @usableFromInline nonisolated(unsafe) let nativeKernelsFlag: UnsafeMutablePointer<Bool> = {
     let flag = UnsafeMutablePointer<Bool>.allocate(capacity: 1)
-    flag.initialize(to: nk_native_level() > 0 && ProcessInfo.processInfo.environment["NORMKIT_KERNELS"] != "portable")
+    let choice = ProcessInfo.processInfo.environment["NORMKIT_KERNELS"]
+    if choice == "avx2" { _ = nk_limit_native_level(2) }
+    flag.initialize(to: nk_native_level() > 0 && choice != "portable")
     return flag
 }()
 
-/// Which implementation of the row primitives NormKit's kernels use.
+/// Which implementation of the row and set primitives NormKit's kernels use.
 ///
 /// The portable kernels are Swift `SIMD16<Float>` code (baseline x86-64 vectors without `unsafeFlags`); the
 /// native kernels are the same loops with AVX2+FMA or AVX-512 intrinsics in the small C target `CNormKitKernels`,
-/// chosen at run time by CPU feature. Both accumulate in float lanes over blocks of 2048 elements and in Double
-/// across blocks; they differ only by float rounding, and the tests run both against each other and against
-/// float64 references. Set the environment variable `NORMKIT_KERNELS=portable` (or ``useNativeKernels``) to
-/// force the portable path.
+/// chosen at run time by CPU feature. Both accumulate in float lanes over blocks of at most 2048 elements and in
+/// Double across blocks; they differ only by float rounding, and the tests run all of them against each other and
+/// against float64 references. The environment variable `NORMKIT_KERNELS=portable` forces the portable path and
+/// `NORMKIT_KERNELS=avx2` the AVX2 bodies on an AVX-512 CPU; ``useNativeKernels`` and
+/// ``limitNativeInstructionSet(to:)`` do the same from code.
 public enum KernelDispatch {
-    /// The widest native instruction set available here: `"avx512"`, `"avx2"` or `"none"`.
-    public static let nativeInstructionSet: String = {
-        switch nk_native_level() {
-        case 3: return "avx512"
-        case 2: return "avx2"
-        default: return "none"
+    /// The native instruction sets, narrowest first.
+    public enum InstructionSet: Int, Comparable, CaseIterable, Sendable {
+        /// Neither: only the portable kernels run.
+        case none = 0
+        /// AVX2 with FMA (256-bit vectors).
+        case avx2 = 2
+        /// AVX-512F (512-bit vectors, masked tails, transposing reductions for short rows).
+        case avx512 = 3
+
+        /// `"none"`, `"avx2"`, `"avx512"`.
+        public var name: String {
+            switch self {
+            case .none: return "none"
+            case .avx2: return "avx2"
+            case .avx512: return "avx512"
+            }
         }
-    }()
+
+        public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+    }
+
+    /// The native instruction set in use (the CPU's widest, or less after ``limitNativeInstructionSet(to:)``).
+    public static var instructionSet: InstructionSet {
+        _ = nativeKernelsFlag  // applies NORMKIT_KERNELS first
+        return InstructionSet(rawValue: Int(nk_native_level())) ?? .none
+    }
+
+    /// The name of ``instructionSet``: `"avx512"`, `"avx2"` or `"none"`.
+    public static var nativeInstructionSet: String { instructionSet.name }
+
+    /// Uses at most `limit` from now on (`.avx2` runs the AVX2 bodies on an AVX-512 CPU; `.avx512` lifts the cap).
+    /// Call it between kernel calls, not while kernels run. Returns the instruction set now in use.
+    @discardableResult
+    public static func limitNativeInstructionSet(to limit: InstructionSet) -> InstructionSet {
+        _ = nativeKernelsFlag
+        _ = nk_limit_native_level(Int32(max(limit.rawValue, 0)))
+        if instructionSet == .none { nativeKernelsFlag.pointee = false }
+        return instructionSet
+    }
 
     /// Whether the native kernels run (default: when the CPU has them and `NORMKIT_KERNELS` is not `portable`).
     /// Set it before running kernels, not while they run.
@@ -166,7 +201,7 @@ public enum KernelDispatch {
         set { nativeKernelsFlag.pointee = newValue && nk_native_level() > 0 }
     }
 
-    /// `"native (avx512)"`, `"portable (Swift SIMD)"`, … for logs and benchmarks.
+    /// `"native (avx512)"`, `"portable (Swift SIMD16)"`, … for logs and benchmarks.
     public static var description: String {
         useNativeKernels ? "native (\(nativeInstructionSet))" : "portable (Swift SIMD16)"
     }

@@ -21,7 +21,7 @@ struct StatisticsWorkspace {
             variance = mean
             rstd = mean
         }
-        let scratchCount = 2 * g.coefficientCount + 2 * g.setCount
+        let scratchCount = 2 * g.coefficientCount + 3 * g.setCount  // see NormalizationKernels
         if scratch.count < scratchCount { scratch = [Float](repeating: 0, count: scratchCount) }
         y.prepare(shape: x.shape, layout: x.layout)
         x.withUnsafeBufferPointer { xp in
