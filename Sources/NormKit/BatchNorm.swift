@@ -60,19 +60,9 @@ public final class BatchNorm: NormalizationLayer {
     /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for out-of-range arguments.
     public init(channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.1, normBatch: Int? = nil,
                 affine: Bool = true) throws {
-        guard channels >= 1 else {
-            throw NormalizationError.invalidArgument(name: "channels", value: "\(channels)", expected: "at least 1")
-        }
-        guard epsilon >= 0, epsilon.isFinite else {
-            throw NormalizationError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
-        }
-        guard (0...1).contains(momentum) else {
-            throw NormalizationError.invalidArgument(
-                name: "momentum", value: "\(momentum)", expected: "0...1 (PyTorch convention: weight of the new value)")
-        }
-        if let normBatch, normBatch < 1 {
-            throw NormalizationError.invalidArgument(name: "normBatch", value: "\(normBatch)", expected: "at least 1")
-        }
+        try LayerArgument.validate(.channels(channels), .epsilon(epsilon),
+                                   .momentum(momentum, convention: "PyTorch convention: weight of the new value"),
+                                   .normBatch(normBatch))
         self.channels = channels
         self.epsilon = epsilon
         self.momentum = momentum
@@ -80,17 +70,6 @@ public final class BatchNorm: NormalizationLayer {
         (weight, bias) = makeAffine(channels: channels, affine: affine)
         runningMean = [Float](repeating: 0, count: channels)
         runningVariance = [Float](repeating: 1, count: channels)
-    }
-
-    /// The geometry of a training forward over `x`, after checking the ghost-batch rule and set size.
-    func trainingGeometry(_ x: Tensor) throws -> NormalizationGeometry {
-        let k = normBatch ?? x.batch
-        guard x.batch % k == 0 else { throw NormalizationError.normBatchDoesNotDivide(batch: x.batch, normBatch: k) }
-        guard k * x.spatialCount > 1 else {
-            throw NormalizationError.tooFewValuesPerChannel(layer: name, valuesPerSet: k * x.spatialCount)
-        }
-        return NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
-                                     positions: x.spatialCount, samplesPerSet: k, channelsPerSet: 1)
     }
 
     /// Training: batch (or ghost-batch) statistics, running-statistics update, saves for backward.
@@ -101,7 +80,7 @@ public final class BatchNorm: NormalizationLayer {
             try evaluate(x, into: &y)
             return
         }
-        let g = try trainingGeometry(x)
+        let g = try NormalizationGeometry.varianceGhostBatches(x, channels: channels, normBatch: normBatch, layer: name)
         workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, geometry: g)
         updateRunningStatistics(geometry: g)
         savedInput = x
@@ -150,29 +129,23 @@ public final class BatchNorm: NormalizationLayer {
     }
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) throws {
-        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
-                                      positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
+        let g = NormalizationGeometry.perChannel(x, channels: channels)
         if evaluationCoefficients.count < 2 * channels {
             evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
         }
-        for c in 0..<channels {
-            let a = Double(weight?.value[c] ?? 1) / (Double(runningVariance[c]) + Double(epsilon)).squareRoot()
-            evaluationCoefficients[c] = Float(a)
-            evaluationCoefficients[channels + c] = bias?.value[c] ?? 0
-        }
-        y.prepare(shape: x.shape, layout: x.layout)
-        // y = a·(x − running_mean) + β, not folded into a·x + b (accurate when |running_mean| ≫ σ).
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in
-                evaluationCoefficients.withUnsafeBufferPointer { sp in
-                    runningMean.withUnsafeBufferPointer { mp in
-                        NormalizationKernels.applyCentered(
-                            y: yp.baseAddress!, x: xp.baseAddress!, center: mp.baseAddress!, scale: sp.baseAddress!,
-                            shift: sp.baseAddress! + channels, geometry: g)
-                    }
-                }
+        let gamma = weight?.value, beta = bias?.value, runningVariance = runningVariance
+        let eps = Double(epsilon), channels = channels
+        // Scales at [c], shifts at [C + c]; one exclusive access for the loop (not one per element).
+        evaluationCoefficients.withUnsafeMutableBufferPointer { coefficients in
+            for c in 0..<channels {
+                let a = Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
+                coefficients[c] = Float(a)
+                coefficients[channels + c] = beta?[c] ?? 0
             }
         }
+        // y = a·(x − running_mean) + β, not folded into a·x + b (accurate when |running_mean| ≫ σ).
+        applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels, center: runningMean,
+                    geometry: g)
         savedInput = nil
         savedGeometry = nil
     }
@@ -196,29 +169,20 @@ public final class BatchNorm: NormalizationLayer {
     /// `weight`, `bias` (when affine), `running_mean`, `running_var`, `num_batches_tracked` (int64 scalar),
     /// as PyTorch's `nn.BatchNorm2d`.
     public func stateDict() -> [String: StateTensor] {
-        var state: [String: StateTensor] = [
-            "running_mean": .float32(shape: [channels], values: runningMean),
-            "running_var": .float32(shape: [channels], values: runningVariance),
-            "num_batches_tracked": .int64(shape: [], values: [batchesTracked]),
-        ]
-        if let weight { state["weight"] = .float32(shape: [channels], values: weight.value) }
-        if let bias { state["bias"] = .float32(shape: [channels], values: bias.value) }
-        return state
+        checkpoint.entries(weight: weight, bias: bias, runningMean: runningMean, runningSpread: runningVariance,
+                           batchesTracked: batchesTracked)
     }
 
-    /// Restores everything ``stateDict()`` writes; nothing changes if any entry is invalid.
+    /// Restores everything ``stateDict()`` writes; nothing changes if any entry is missing or has the wrong shape
+    /// or dtype (any value is accepted, as PyTorch).
     public func loadStateDict(_ state: [String: StateTensor]) throws {
-        let rm = try state.floats("running_mean", shape: [channels], layer: name)
-        let rv = try state.floats("running_var", shape: [channels], layer: name)
-        let tracked = try state.scalarInt("num_batches_tracked", layer: name)
-        var w: [Float]?, b: [Float]?
-        if weight != nil {
-            w = try state.floats("weight", shape: [channels], layer: name)
-            b = try state.floats("bias", shape: [channels], layer: name)
-        }
-        runningMean = rm
-        runningVariance = rv
-        batchesTracked = tracked
-        if let w, let b { weight?.value = w; bias?.value = b }
+        try checkpoint.load(state, runningMean: &runningMean, runningSpread: &runningVariance,
+                            batchesTracked: &batchesTracked, weight: weight, bias: bias)
+    }
+
+    /// The state-dict layout: the variance under `running_var`, any values, a step counter.
+    private var checkpoint: RunningStatisticsCheckpoint {
+        RunningStatisticsCheckpoint(layer: name, channels: channels, spreadName: "running_var",
+                                    spreadRequirement: nil, stepCounter: .anyValue)
     }
 }

@@ -132,20 +132,29 @@ public final class BatchRenorm: NormalizationLayer {
     /// `"BatchRenorm(C=…)"`.
     public var name: String { "BatchRenorm(C=\(channels)\(normBatch.map { ", normBatch=\($0)" } ?? ""))" }
 
+    /// What a training forward saves per (ghost batch, channel) for its backward.
+    private struct RenormFactors {
+        /// `1/σ_B`.
+        var rstd: Double
+        /// `r`, a constant in the backward.
+        var r: Double
+        /// `d`, a constant in the backward.
+        var d: Double
+    }
+
     private var savedInput: Tensor?
     private var savedGeometry: NormalizationGeometry?
+    // Per (ghost batch, channel), reused across steps.
     private var mean: [Double] = []
     private var variance: [Double] = []
-    private var rstd: [Double] = []
-    private var rFactor: [Double] = []
-    private var dShift: [Double] = []
+    private var renormFactors: [RenormFactors] = []
     private var sumDy: [Double] = []
     private var sumDyCentered: [Double] = []
+    // Kernel coefficients: scale and shift (per coefficient), then centres (per set) in the forward; scale (per
+    // coefficient), slope and offset (per set) in the backward.
     private var scratch: [Float] = []
-    private var centers: [Float] = []
-    private var centerRounded: [Double] = []
-    private var evalScale: [Float]
-    private var evalShift: [Float]
+    // Evaluation: scales at [c], shifts at [C + c].
+    private var evaluationCoefficients: [Float]
 
     /// A Batch Renormalization layer over `channels` channels.
     ///
@@ -157,19 +166,8 @@ public final class BatchRenorm: NormalizationLayer {
     /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for out-of-range arguments.
     public init(channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.01, schedule: Schedule = .paper,
                 normBatch: Int? = nil, affine: Bool = true) throws {
-        guard channels >= 1 else {
-            throw NormalizationError.invalidArgument(name: "channels", value: "\(channels)", expected: "at least 1")
-        }
-        guard epsilon >= 0, epsilon.isFinite else {
-            throw NormalizationError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
-        }
-        guard (0...1).contains(momentum) else {
-            throw NormalizationError.invalidArgument(
-                name: "momentum", value: "\(momentum)", expected: "0...1 (weight of the new value)")
-        }
-        if let normBatch, normBatch < 1 {
-            throw NormalizationError.invalidArgument(name: "normBatch", value: "\(normBatch)", expected: "at least 1")
-        }
+        try LayerArgument.validate(.channels(channels), .epsilon(epsilon),
+                                   .momentum(momentum, convention: "weight of the new value"), .normBatch(normBatch))
         try schedule.validate()
         self.channels = channels
         self.epsilon = epsilon
@@ -179,19 +177,7 @@ public final class BatchRenorm: NormalizationLayer {
         (weight, bias) = makeAffine(channels: channels, affine: affine)
         runningMean = [Float](repeating: 0, count: channels)
         runningStd = [Float](repeating: 1, count: channels)
-        evalScale = [Float](repeating: 0, count: channels)
-        evalShift = evalScale
-    }
-
-    /// The geometry of a training forward over `x`, after checking the ghost-batch rule and set size.
-    private func trainingGeometry(_ x: Tensor) throws -> NormalizationGeometry {
-        let k = normBatch ?? x.batch
-        guard x.batch % k == 0 else { throw NormalizationError.normBatchDoesNotDivide(batch: x.batch, normBatch: k) }
-        guard k * x.spatialCount > 1 else {
-            throw NormalizationError.tooFewValuesPerChannel(layer: name, valuesPerSet: k * x.spatialCount)
-        }
-        return NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
-                                     positions: x.spatialCount, samplesPerSet: k, channelsPerSet: 1)
+        evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
     }
 
     /// Training: batch renormalization with (ghost-)batch statistics, step counter increment, running-statistics
@@ -202,20 +188,15 @@ public final class BatchRenorm: NormalizationLayer {
             evaluate(x, into: &y)
             return
         }
-        let g = try trainingGeometry(x)
+        let g = try NormalizationGeometry.varianceGhostBatches(x, channels: channels, normBatch: normBatch, layer: name)
         if mean.count != g.setCount {
             mean = [Double](repeating: 0, count: g.setCount)
             variance = mean
-            rstd = mean
-            rFactor = mean
-            dShift = mean
+            renormFactors = [RenormFactors](repeating: RenormFactors(rstd: 0, r: 1, d: 0), count: g.setCount)
             lastR = [Float](repeating: 1, count: g.setCount)
             lastD = [Float](repeating: 0, count: g.setCount)
-            centers = [Float](repeating: 0, count: g.setCount)
         }
-        if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
-            scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
-        }
+        prepareScratch(g)
         x.withUnsafeBufferPointer { xp in
             mean.withUnsafeMutableBufferPointer { mp in
                 variance.withUnsafeMutableBufferPointer { vp in
@@ -226,41 +207,48 @@ public final class BatchRenorm: NormalizationLayer {
         }
         batchesTracked += 1
         let (rMax, dMax) = schedule.limits(step: Int(batchesTracked))
-        let eps = Double(epsilon), c = channels
-        // Coefficients per (ghost batch, channel): y = a·(x − k) + b with a = γ·r/σ_B, k = μ_B rounded to float,
-        // b = β + γ·d − a·(μ_B − k). Not folded into a·x + b', which loses accuracy when |μ_B| ≫ σ_B.
-        for b in 0..<g.sampleBlocks {
-            for ch in 0..<c {
-                let s = b * c + ch
-                let sigmaB = (variance[s] + eps).squareRoot()
-                let sigma = Double(runningStd[ch]), mu = Double(runningMean[ch])
-                let r = clip(sigmaB / sigma, 1 / rMax, rMax)
-                let d = clip((mean[s] - mu) / sigma, -dMax, dMax)
-                rstd[s] = 1 / sigmaB
-                rFactor[s] = r
-                dShift[s] = d
-                lastR[s] = Float(r)
-                lastD[s] = Float(d)
-                let gamma = Double(weight?.value[ch] ?? 1), beta = Double(bias?.value[ch] ?? 0)
-                let a = gamma * r / sigmaB, k = Float(mean[s])
-                centers[s] = k
-                scratch[s] = Float(a)
-                scratch[g.coefficientCount + s] = Float(beta + gamma * d - a * (mean[s] - Double(k)))
-            }
-        }
-        y.prepare(shape: x.shape, layout: x.layout)
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in
-                scratch.withUnsafeBufferPointer { sp in
-                    NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: centers,
-                                                       scale: sp.baseAddress!,
-                                                       shift: sp.baseAddress! + g.coefficientCount, geometry: g)
-                }
-            }
-        }
+        computeCoefficients(geometry: g, rMax: rMax, dMax: dMax)
+        applyAffine(x, into: &y, coefficients: scratch, shiftBase: g.coefficientCount, center: scratch,
+                    centerBase: 2 * g.coefficientCount, geometry: g)
         updateRunningStatistics(geometry: g)
         savedInput = x
         savedGeometry = g
+    }
+
+    /// Per (ghost batch, channel) `s` of the training forward: `r`, `d`, `1/σ_B` (saved for the backward and in
+    /// ``lastR``, ``lastD``) and the output coefficients of `y = a·(x − k) + b`, with `a = γ·r/σ_B`, `k = μ_B`
+    /// rounded to float and `b = β + γ·d − a·(μ_B − k)`, into `scratch` at `[s]`, `[coefficientCount + s]` and
+    /// `[2·coefficientCount + s]`. Not folded into `a·x + b'`, which loses accuracy when `|μ_B| ≫ σ_B`.
+    private func computeCoefficients(geometry g: NormalizationGeometry, rMax: Double, dMax: Double) {
+        let eps = Double(epsilon), c = channels, shiftBase = g.coefficientCount, centerBase = 2 * g.coefficientCount
+        let mean = mean, variance = variance, runningMean = runningMean, runningStd = runningStd
+        let gamma = weight?.value, beta = bias?.value
+        // One exclusive access per written array for the whole loop (not one per element).
+        renormFactors.withUnsafeMutableBufferPointer { factors in
+            lastR.withUnsafeMutableBufferPointer { lastR in
+                lastD.withUnsafeMutableBufferPointer { lastD in
+                    scratch.withUnsafeMutableBufferPointer { coefficients in
+                        for b in 0..<g.sampleBlocks {
+                            for ch in 0..<c {
+                                let s = b * c + ch
+                                let sigmaB = (variance[s] + eps).squareRoot()
+                                let sigma = Double(runningStd[ch]), mu = Double(runningMean[ch])
+                                let r = clip(sigmaB / sigma, 1 / rMax, rMax)
+                                let d = clip((mean[s] - mu) / sigma, -dMax, dMax)
+                                factors[s] = RenormFactors(rstd: 1 / sigmaB, r: r, d: d)
+                                lastR[s] = Float(r)
+                                lastD[s] = Float(d)
+                                let gammaC = Double(gamma?[ch] ?? 1), betaC = Double(beta?[ch] ?? 0)
+                                let a = gammaC * r / sigmaB, k = Float(mean[s])
+                                coefficients[s] = Float(a)
+                                coefficients[shiftBase + s] = Float(betaC + gammaC * d - a * (mean[s] - Double(k)))
+                                coefficients[centerBase + s] = k
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// `min(max(v, lo), hi)`, propagating NaN.
@@ -268,113 +256,94 @@ public final class BatchRenorm: NormalizationLayer {
         v.isNaN ? v : min(max(v, lo), hi)
     }
 
+    /// Makes `scratch` large enough for either pass over `g` (it only grows).
+    private func prepareScratch(_ g: NormalizationGeometry) {
+        if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
+            scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
+        }
+    }
+
     private func updateRunningStatistics(geometry g: NormalizationGeometry) {
-        let eps = Double(epsilon)
+        let eps = Double(epsilon), mean = mean, variance = variance
         guard mean.allSatisfy(\.isFinite), variance.allSatisfy({ ($0 + eps).squareRoot().isFinite }) else {
             skippedUpdates += 1
             return
         }
-        let alpha = Double(momentum), blocks = Double(g.sampleBlocks)
-        for c in 0..<channels {
-            var mu = 0.0, sigma = 0.0
-            for b in 0..<g.sampleBlocks {
-                mu += mean[b * channels + c]
-                sigma += (variance[b * channels + c] + eps).squareRoot()
+        let alpha = Double(momentum), blocks = g.sampleBlocks, channels = channels
+        // One exclusive access per running array for the whole loop (not one per element).
+        runningMean.withUnsafeMutableBufferPointer { runningMean in
+            runningStd.withUnsafeMutableBufferPointer { runningStd in
+                for c in 0..<channels {
+                    var mu = 0.0, sigma = 0.0
+                    for b in 0..<blocks {
+                        mu += mean[b * channels + c]
+                        sigma += (variance[b * channels + c] + eps).squareRoot()
+                    }
+                    let rm = Double(runningMean[c]), rs = Double(runningStd[c])
+                    runningMean[c] = Float(rm + alpha * (mu / Double(blocks) - rm))
+                    runningStd[c] = Float(rs + alpha * (sigma / Double(blocks) - rs))
+                }
             }
-            let rm = Double(runningMean[c]), rs = Double(runningStd[c])
-            runningMean[c] = Float(rm + alpha * (mu / blocks - rm))
-            runningStd[c] = Float(rs + alpha * (sigma / blocks - rs))
         }
     }
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
-        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
-                                      positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
-        for c in 0..<channels {
-            evalScale[c] = Float(Double(weight?.value[c] ?? 1) / Double(runningStd[c]))
-            evalShift[c] = bias?.value[c] ?? 0
-        }
-        y.prepare(shape: x.shape, layout: x.layout)
-        // y = a·(x − μ) + β, not folded into a·x + b (accurate when |μ| ≫ σ).
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in
-                NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: runningMean,
-                                                   scale: evalScale, shift: evalShift, geometry: g)
+        let g = NormalizationGeometry.perChannel(x, channels: channels)
+        let gamma = weight?.value, beta = bias?.value, runningStd = runningStd, channels = channels
+        evaluationCoefficients.withUnsafeMutableBufferPointer { coefficients in
+            for c in 0..<channels {
+                coefficients[c] = Float(Double(gamma?[c] ?? 1) / Double(runningStd[c]))
+                coefficients[channels + c] = beta?[c] ?? 0
             }
         }
+        // y = a·(x − μ) + β, not folded into a·x + b (accurate when |μ| ≫ σ).
+        applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels, center: runningMean,
+                    geometry: g)
     }
 
     /// The backward of the last training forward with `r`, `d` held constant: BN's backward per (ghost batch,
     /// channel) with `g = γ_c·r·dy`, i.e. `dx = (1/σ_B)·(g − mean(g) − x̂_B·mean(g·x̂_B))` where
     /// `x̂_B = (x − μ_B)/σ_B`; `dγ_c = Σ dy·x̂` with `x̂ = x̂_B·r + d`, `dβ_c = Σ dy`.
     ///
-    /// Computed from the per-(n, c) sums `Σdy`, `Σdy·(x − μ̃)` around `μ̃ = float(μ_B)` (exact differences),
-    /// corrected to `μ_B` in Double, then one `dx = p·dy + q·(x − μ̃) + o` pass: accurate even when
-    /// `|μ_B| ≫ σ_B`. (`NormalizationKernels.normalizeBackward` would be the fused equivalent, but its
-    /// channels-first path drops `μ_B − μ̃`, which costs accuracy in that regime.)
+    /// Computed from the per-(n, c) sums `Σdy`, `Σdy·(x − μ_B)`, then one `dx = p·dy + q·(x − μ_B) + o` pass.
+    /// Both kernels take the exact Double centre `μ_B` and correct themselves for centring rows on `float(μ_B)`,
+    /// so this stays accurate even when `|μ_B| ≫ σ_B`.
+    /// (`NormalizationKernels.normalizeBackward` would be the fused equivalent, but it takes `γ·r` rounded to
+    /// float, where this keeps it in Double.)
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x)
-        if sumDy.count != g.batch * channels {
-            sumDy = [Double](repeating: 0, count: g.batch * channels)
-            sumDyCentered = sumDy
-        }
-        // `scratch` holds p (coefficients), q and o (sets); `centerRounded` the float-exact centres.
-        if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
-            scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
-        }
-        if centerRounded.count != g.setCount { centerRounded = [Double](repeating: 0, count: g.setCount) }
-        for s in 0..<g.setCount { centerRounded[s] = Double(Float(mean[s])) }
-        x.withUnsafeBufferPointer { xp in
-            dy.withUnsafeBufferPointer { dyp in
-                sumDy.withUnsafeMutableBufferPointer { s1 in
-                    sumDyCentered.withUnsafeMutableBufferPointer { s2 in
-                        NormalizationKernels.gradientSums(sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                                          dy: dyp.baseAddress!, x: xp.baseAddress!,
-                                                          center: centerRounded, geometry: g)
-                    }
-                }
-            }
-        }
+        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: mean, geometry: g)
+        // `scratch` holds p (coefficients), q and o (sets).
+        prepareScratch(g)
         let k = g.samplesPerSet, c = channels, count = Double(g.elementsPerSet)
         let slopeBase = g.coefficientCount, offsetBase = g.coefficientCount + g.setCount
-        for b in 0..<g.sampleBlocks {
-            for ch in 0..<c {
-                let s = b * c + ch, delta = mean[s] - centerRounded[s]
-                var s1 = 0.0, s2 = 0.0
-                for n in (b * k)..<((b + 1) * k) {
-                    let i = n * c + ch
-                    sumDyCentered[i] -= delta * sumDy[i]          // Σdy·(x − μ_B)
-                    s1 += sumDy[i]
-                    s2 += sumDyCentered[i]
-                }
-                let rs = rstd[s], ge = Double(weight?.value[ch] ?? 1) * rFactor[s]
-                let meanG = ge * s1 / count, meanGX = ge * s2 * rs / count
-                let q = -rs * rs * meanGX
-                scratch[s] = Float(rs * ge)
-                scratch[slopeBase + s] = Float(q)
-                scratch[offsetBase + s] = Float(-rs * meanG - q * delta)
-            }
-        }
-        dx.prepare(shape: x.shape, layout: x.layout)
-        x.withUnsafeBufferPointer { xp in
-            dy.withUnsafeBufferPointer { dyp in
-                dx.withUnsafeMutableBufferPointer { dxp in
-                    scratch.withUnsafeBufferPointer { sp in
-                        NormalizationKernels.gradientApply(dx: dxp.baseAddress!, dy: dyp.baseAddress!,
-                                                           x: xp.baseAddress!, center: centerRounded,
-                                                           scale: sp.baseAddress!, slope: sp.baseAddress! + slopeBase,
-                                                           offset: sp.baseAddress! + offsetBase, geometry: g)
+        let sumDy = sumDy, sumDyCentered = sumDyCentered, factors = renormFactors, gamma = weight?.value
+        scratch.withUnsafeMutableBufferPointer { coefficients in
+            for b in 0..<g.sampleBlocks {
+                for ch in 0..<c {
+                    let s = b * c + ch
+                    var s1 = 0.0, s2 = 0.0
+                    for n in (b * k)..<((b + 1) * k) {
+                        s1 += sumDy[n * c + ch]
+                        s2 += sumDyCentered[n * c + ch]
                     }
+                    let rs = factors[s].rstd, ge = Double(gamma?[ch] ?? 1) * factors[s].r
+                    let meanG = ge * s1 / count, meanGX = ge * s2 * rs / count
+                    coefficients[s] = Float(rs * ge)
+                    coefficients[slopeBase + s] = Float(-rs * rs * meanGX)
+                    coefficients[offsetBase + s] = Float(-rs * meanG)
                 }
             }
         }
+        applyGradient(dy, input: x, into: &dx, center: mean, coefficients: scratch, slopeBase: slopeBase,
+                      offsetBase: offsetBase, geometry: g)
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyCentered,
-                           scale: { [rstd, rFactor] n, ch in rstd[(n / k) * c + ch] * rFactor[(n / k) * c + ch] },
-                           offset: { [dShift] n, ch in dShift[(n / k) * c + ch] })
+                           scale: { n, ch in factors[(n / k) * c + ch].rstd * factors[(n / k) * c + ch].r },
+                           offset: { n, ch in factors[(n / k) * c + ch].d })
         savedInput = nil
         savedGeometry = nil
     }
@@ -382,36 +351,21 @@ public final class BatchRenorm: NormalizationLayer {
     /// `weight`, `bias` (when affine), `running_mean`, `running_std`, `num_batches_tracked` (int64 scalar,
     /// shape `[]`), as the reference `BatchRenorm2d`.
     public func stateDict() -> [String: StateTensor] {
-        var state: [String: StateTensor] = [
-            "running_mean": .float32(shape: [channels], values: runningMean),
-            "running_std": .float32(shape: [channels], values: runningStd),
-            "num_batches_tracked": .int64(shape: [], values: [batchesTracked]),
-        ]
-        if let weight { state["weight"] = .float32(shape: [channels], values: weight.value) }
-        if let bias { state["bias"] = .float32(shape: [channels], values: bias.value) }
-        return state
+        checkpoint.entries(weight: weight, bias: bias, runningMean: runningMean, runningSpread: runningStd,
+                           batchesTracked: batchesTracked)
     }
 
     /// Restores everything ``stateDict()`` writes; nothing changes if any entry is missing, has the wrong shape
     /// or dtype, `running_std` is not positive and finite, or `num_batches_tracked` is negative.
     public func loadStateDict(_ state: [String: StateTensor]) throws {
-        let rm = try state.floats("running_mean", shape: [channels], layer: name)
-        let rs = try state.floats("running_std", shape: [channels], layer: name)
-        guard rs.allSatisfy({ $0 > 0 && $0.isFinite }) else {
-            throw NormalizationError.invalidState(layer: name, name: "running_std", reason: "must be positive and finite")
-        }
-        let tracked = try state.scalarInt("num_batches_tracked", layer: name)
-        guard tracked >= 0 else {
-            throw NormalizationError.invalidState(layer: name, name: "num_batches_tracked", reason: "must be ≥ 0")
-        }
-        var w: [Float]?, b: [Float]?
-        if weight != nil {
-            w = try state.floats("weight", shape: [channels], layer: name)
-            b = try state.floats("bias", shape: [channels], layer: name)
-        }
-        runningMean = rm
-        runningStd = rs
-        batchesTracked = tracked
-        if let w, let b { weight?.value = w; bias?.value = b }
+        try checkpoint.load(state, runningMean: &runningMean, runningSpread: &runningStd,
+                            batchesTracked: &batchesTracked, weight: weight, bias: bias)
+    }
+
+    /// The state-dict layout: the standard deviation under `running_std` (positive and finite), a step counter
+    /// (≥ 0).
+    private var checkpoint: RunningStatisticsCheckpoint {
+        RunningStatisticsCheckpoint(layer: name, channels: channels, spreadName: "running_std",
+                                    spreadRequirement: .positiveFinite, stepCounter: .nonNegative)
     }
 }

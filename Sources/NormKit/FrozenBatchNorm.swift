@@ -32,8 +32,8 @@ public final class FrozenBatchNorm: NormalizationLayer {
     public var name: String { "FrozenBatchNorm(C=\(channels))" }
 
     private var savedInput: Tensor?
+    // Per channel, recomputed by each forward and backward from the current statistics and `γ`.
     private var scale: [Float]
-    private var centerFloat: [Float]
     private var inverseStd: [Double]
     private var center: [Double]
     private let zeroShift: [Float]
@@ -46,12 +46,7 @@ public final class FrozenBatchNorm: NormalizationLayer {
     /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for `channels < 1` or a negative or
     ///   non-finite `epsilon`.
     public init(channels: Int, epsilon: Float = 1e-5, trainableAffine: Bool = false) throws {
-        guard channels >= 1 else {
-            throw NormalizationError.invalidArgument(name: "channels", value: "\(channels)", expected: "at least 1")
-        }
-        guard epsilon >= 0, epsilon.isFinite else {
-            throw NormalizationError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
-        }
+        try LayerArgument.validate(.channels(channels), .epsilon(epsilon))
         self.channels = channels
         self.epsilon = epsilon
         let (w, b) = makeAffine(channels: channels, affine: true)
@@ -62,7 +57,6 @@ public final class FrozenBatchNorm: NormalizationLayer {
         runningMean = [Float](repeating: 0, count: channels)
         runningVariance = [Float](repeating: 1, count: channels)
         scale = [Float](repeating: 0, count: channels)
-        centerFloat = scale
         zeroShift = scale
         inverseStd = [Double](repeating: 0, count: channels)
         center = inverseStd
@@ -80,29 +74,35 @@ public final class FrozenBatchNorm: NormalizationLayer {
         }
     }
 
-    /// `scale_c = γ_c/sqrt(running_var_c + ε)` and the centre `running_mean_c`.
+    /// `scale_c = γ_c/sqrt(running_var_c + ε)`, `1/sqrt(running_var_c + ε)` and the centre `running_mean_c`.
     private func computeCoefficients() {
-        let eps = Double(epsilon)
-        for c in 0..<channels {
-            let inv = 1 / (Double(runningVariance[c]) + eps).squareRoot()
-            inverseStd[c] = inv
-            center[c] = Double(runningMean[c])
-            centerFloat[c] = runningMean[c]
-            scale[c] = Float(Double(weight?.value[c] ?? 1) * inv)
+        let eps = Double(epsilon), channels = channels
+        let gamma = weight?.value, runningMean = runningMean, runningVariance = runningVariance
+        // One exclusive access per written array for the whole loop (not one per element).
+        scale.withUnsafeMutableBufferPointer { scale in
+            inverseStd.withUnsafeMutableBufferPointer { inverseStd in
+                center.withUnsafeMutableBufferPointer { center in
+                    for c in 0..<channels {
+                        let inv = 1 / (Double(runningVariance[c]) + eps).squareRoot()
+                        inverseStd[c] = inv
+                        center[c] = Double(runningMean[c])
+                        scale[c] = Float(Double(gamma?[c] ?? 1) * inv)
+                    }
+                }
+            }
         }
     }
 
     /// `y = scale·(x − running_mean) + β` in both modes; a training forward also saves `x`.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try InputCheck.validate(x, channels: channels, layer: name)
-        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
-                                      positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
+        let g = NormalizationGeometry.perChannel(x, channels: channels)
         computeCoefficients()
         let beta = bias?.value ?? zeroShift
         y.prepare(shape: x.shape, layout: x.layout)
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
-                NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: centerFloat,
+                NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: runningMean,
                                                    scale: scale, shift: beta, geometry: g)
             }
         }
@@ -114,24 +114,9 @@ public final class FrozenBatchNorm: NormalizationLayer {
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput else { throw NormalizationError.backwardBeforeForward(layer: name) }
         try InputCheck.validateGradient(dy, like: x)
-        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
-                                      positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
-        if sumDy.count != g.batch * channels {
-            sumDy = [Double](repeating: 0, count: g.batch * channels)
-            sumDyCentered = sumDy
-        }
+        let g = NormalizationGeometry.perChannel(x, channels: channels)
         computeCoefficients()
-        x.withUnsafeBufferPointer { xp in
-            dy.withUnsafeBufferPointer { dyp in
-                sumDy.withUnsafeMutableBufferPointer { s1 in
-                    sumDyCentered.withUnsafeMutableBufferPointer { s2 in
-                        NormalizationKernels.gradientSums(sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                                          dy: dyp.baseAddress!, x: xp.baseAddress!,
-                                                          center: center, geometry: g)
-                    }
-                }
-            }
-        }
+        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: center, geometry: g)
         dx.prepare(shape: x.shape, layout: x.layout)
         dy.withUnsafeBufferPointer { dyp in
             dx.withUnsafeMutableBufferPointer { dxp in
@@ -148,27 +133,20 @@ public final class FrozenBatchNorm: NormalizationLayer {
 
     /// `weight`, `bias`, `running_mean`, `running_var` (no step counter), as the reference `FrozenBatchNorm2d`.
     public func stateDict() -> [String: StateTensor] {
-        [
-            "weight": .float32(shape: [channels], values: weight?.value ?? []),
-            "bias": .float32(shape: [channels], values: bias?.value ?? []),
-            "running_mean": .float32(shape: [channels], values: runningMean),
-            "running_var": .float32(shape: [channels], values: runningVariance),
-        ]
+        checkpoint.entries(weight: weight, bias: bias, runningMean: runningMean, runningSpread: runningVariance)
     }
 
     /// Restores everything ``stateDict()`` writes; nothing changes if an entry is missing, has the wrong shape or
     /// dtype, or `running_var` is negative or not finite.
     public func loadStateDict(_ state: [String: StateTensor]) throws {
-        let w = try state.floats("weight", shape: [channels], layer: name)
-        let b = try state.floats("bias", shape: [channels], layer: name)
-        let rm = try state.floats("running_mean", shape: [channels], layer: name)
-        let rv = try state.floats("running_var", shape: [channels], layer: name)
-        guard rv.allSatisfy({ $0 >= 0 && $0.isFinite }) else {
-            throw NormalizationError.invalidState(layer: name, name: "running_var", reason: "must be finite and ≥ 0")
-        }
-        weight?.value = w
-        bias?.value = b
-        runningMean = rm
-        runningVariance = rv
+        try checkpoint.load(state, runningMean: &runningMean, runningSpread: &runningVariance, weight: weight,
+                            bias: bias)
+    }
+
+    /// The state-dict layout: the variance under `running_var` (finite and ≥ 0), always `weight` and `bias`, no
+    /// step counter.
+    private var checkpoint: RunningStatisticsCheckpoint {
+        RunningStatisticsCheckpoint(layer: name, channels: channels, spreadName: "running_var",
+                                    spreadRequirement: .finiteNonNegative, stepCounter: .none)
     }
 }

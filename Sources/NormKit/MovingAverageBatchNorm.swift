@@ -77,26 +77,34 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         "MovingAverageBatchNorm(C=\(channels), S_buf=\(bufferSize)\(normBatch.map { ", normBatch=\($0)" } ?? ""))"
     }
 
+    /// What a training forward saves per (chunk, channel) for its backward.
+    private struct ChunkFactors {
+        /// `sqrt(v + ε)`, the divisor of the forward.
+        var divisor: Double
+        /// `r`, a constant in the backward.
+        var r: Double
+        /// `1/sqrt(v + ε)`.
+        var rstd: Double { 1 / divisor }
+    }
+
     // Saved by the training forward for the backward, per chunk b and set s = b·C + c.
     private var savedInput: Tensor?
     private var savedGeometry: NormalizationGeometry?
-    private var chunkV: [Double] = []
-    private var chunkRstd: [Double] = []
-    private var chunkR: [Double] = []
-    private var chunkT: [Int64] = []
-    private var chunkUseBatch: [Bool] = []
+    /// `t` of the forward's first chunk: chunk `b` was iteration `savedFirstIteration + b`.
+    private var savedFirstIteration: Int64 = 0
+    private var chunkFactors: [ChunkFactors] = []
     // Scratch reused across steps.
     private var mean: [Double] = []
     private var variance: [Double] = []
     private var zeroCenter: [Double] = []
-    private var scale: [Float] = []
-    private var shift: [Float] = []
-    private var slope: [Float] = []
+    // Kernel coefficients per set: scale, then shift (forward) or offset (backward), then slope (backward).
+    private var coefficients: [Float] = []
     private var sumDy: [Double] = []
     private var sumDyX: [Double] = []
+    // `Ψ_t` per channel of one chunk (backward).
     private var chunkStatistic: [Double]
-    private var evalScale: [Float]
-    private var evalShift: [Float]
+    // Evaluation: scales at [c], shifts at [C + c].
+    private var evaluationCoefficients: [Float]
 
     /// An MABN layer over `channels` channels with ring buffers of `bufferSize` iterations.
     ///
@@ -108,25 +116,10 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for out-of-range arguments.
     public init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, momentum: Float = 0.98, warmup: Int = 100,
                 normBatch: Int? = nil, affine: Bool = true) throws {
-        guard channels >= 1 else {
-            throw NormalizationError.invalidArgument(name: "channels", value: "\(channels)", expected: "at least 1")
-        }
-        guard bufferSize >= 1 else {
-            throw NormalizationError.invalidArgument(name: "bufferSize", value: "\(bufferSize)", expected: "at least 1")
-        }
-        guard epsilon >= 0, epsilon.isFinite else {
-            throw NormalizationError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
-        }
-        guard (0...1).contains(momentum) else {
-            throw NormalizationError.invalidArgument(
-                name: "momentum", value: "\(momentum)", expected: "0...1 (weight of the OLD value, e.g. 0.98)")
-        }
-        guard warmup >= 0 else {
-            throw NormalizationError.invalidArgument(name: "warmup", value: "\(warmup)", expected: "at least 0")
-        }
-        if let normBatch, normBatch < 1 {
-            throw NormalizationError.invalidArgument(name: "normBatch", value: "\(normBatch)", expected: "at least 1")
-        }
+        try LayerArgument.validate(.channels(channels), .count("bufferSize", bufferSize, atLeast: 1),
+                                   .epsilon(epsilon),
+                                   .momentum(momentum, convention: "weight of the OLD value, e.g. 0.98"),
+                                   .count("warmup", warmup, atLeast: 0), .normBatch(normBatch))
         self.channels = channels
         self.bufferSize = bufferSize
         self.epsilon = epsilon
@@ -138,8 +131,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         secondMomentBuffer = [Float](repeating: 0, count: bufferSize * channels)
         backwardStatisticBuffer = secondMomentBuffer
         chunkStatistic = [Double](repeating: 0, count: channels)
-        evalScale = [Float](repeating: 0, count: channels)
-        evalShift = evalScale
+        evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
     }
 
     /// `useBatch(t)`: the current chunk's statistic instead of the SMA.
@@ -149,7 +141,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     @inline(__always) private func slot(_ t: Int64) -> Int { Int(t % Int64(bufferSize)) }
 
     /// The mean over the ring buffer `buffer` (`S_buf × C`) of channel `c`.
-    @inline(__always) private func ringMean(_ buffer: [Float], _ c: Int) -> Double {
+    @inline(__always) private func ringMean(_ buffer: UnsafeBufferPointer<Float>, _ c: Int) -> Double {
         var total = 0.0
         for i in 0..<bufferSize { total += Double(buffer[i * channels + c]) }
         return total / Double(bufferSize)
@@ -163,10 +155,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             evaluate(x, into: &y)
             return
         }
-        let k = normBatch ?? x.batch
-        guard x.batch % k == 0 else { throw NormalizationError.normBatchDoesNotDivide(batch: x.batch, normBatch: k) }
-        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
-                                      positions: x.spatialCount, samplesPerSet: k, channelsPerSet: 1)
+        let g = try NormalizationGeometry.ghostBatches(x, channels: channels, normBatch: normBatch)
         prepareScratch(g)
         x.withUnsafeBufferPointer { xp in
             mean.withUnsafeMutableBufferPointer { mp in
@@ -176,91 +165,93 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                 }
             }
         }
-        let c = channels, eps = Double(epsilon), keep = Double(momentum)
-        let rThreshold = Int64(max(1000, warmup))
-        for b in 0..<g.sampleBlocks {
-            iterations += 1
-            let t = iterations, row = slot(t) * c
-            var finite = true
-            for ch in 0..<c {
-                let s = b * c + ch
-                chunkStatistic[ch] = variance[s] + mean[s] * mean[s]
-                finite = finite && chunkStatistic[ch].isFinite
-            }
-            if finite {
-                for ch in 0..<c { secondMomentBuffer[row + ch] = Float(chunkStatistic[ch]) }
-            } else {
-                skippedUpdates += 1
-            }
-            let useBatch = usesBatch(t)
-            for ch in 0..<c {
-                let s = b * c + ch
-                let v = useBatch ? chunkStatistic[ch] : ringMean(secondMomentBuffer, ch)
-                let root = (v + eps).squareRoot()
-                var r = 1.0
-                if t > rThreshold {
-                    let ratio = root / (Double(runningSecondMoment[ch]) + eps).squareRoot()
-                    r = ratio.isNaN ? ratio : min(max(ratio, 0.2), 5)
+        savedFirstIteration = iterations + 1
+        runIterations(geometry: g)
+        // Per set: y = γ·r·x/sqrt(v+ε) + β as scale·x + shift, and the diagnostic r.
+        let c = channels, shiftBase = g.setCount, factors = chunkFactors, gamma = weight?.value, beta = bias?.value
+        lastR.withUnsafeMutableBufferPointer { lastR in
+            coefficients.withUnsafeMutableBufferPointer { coefficients in
+                for b in 0..<g.sampleBlocks {
+                    for ch in 0..<c {
+                        let s = b * c + ch
+                        lastR[s] = Float(factors[s].r)
+                        coefficients[s] = Float(Double(gamma?[ch] ?? 1) * factors[s].r / factors[s].divisor)
+                        coefficients[shiftBase + s] = beta?[ch] ?? 0
+                    }
                 }
-                if finite {
-                    runningSecondMoment[ch] = Float(keep * Double(runningSecondMoment[ch]) + (1 - keep) * v)
-                }
-                chunkV[s] = v
-                chunkRstd[s] = 1 / root
-                chunkR[s] = r
-                lastR[s] = Float(r)
-                let gamma = Double(weight?.value[ch] ?? 1)
-                scale[s] = Float(gamma * r / root)
-                shift[s] = bias?.value[ch] ?? 0
-            }
-            chunkT[b] = t
-            chunkUseBatch[b] = useBatch
-        }
-        y.prepare(shape: x.shape, layout: x.layout)
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in
-                NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: scale, shift: shift,
-                                           geometry: g)
             }
         }
+        applyAffine(x, into: &y, coefficients: coefficients, shiftBase: shiftBase, geometry: g)
         savedInput = x
         savedGeometry = g
     }
 
+    /// The forward's MABN iterations, one per chunk in order: advances `t`, writes the chunk's `χ²_t` to its ring
+    /// slot, takes `v` (`χ²_t` while `useBatch(t)`, the SMA afterwards) and `r` against the old EMA, updates the
+    /// EMA, and saves `sqrt(v+ε)` and `r` per set.
+    private func runIterations(geometry g: NormalizationGeometry) {
+        let c = channels, eps = Double(epsilon), keep = Double(momentum)
+        let rThreshold = Int64(max(1000, warmup))
+        let mean = mean, variance = variance
+        /// `χ²` of set `s`: `mean(x²) = var + mean²`.
+        func secondMoment(_ s: Int) -> Double { variance[s] + mean[s] * mean[s] }
+        // One exclusive access per written array for the whole loop (not one per element).
+        secondMomentBuffer.withUnsafeMutableBufferPointer { ring in
+            runningSecondMoment.withUnsafeMutableBufferPointer { running in
+                chunkFactors.withUnsafeMutableBufferPointer { factors in
+                    for b in 0..<g.sampleBlocks {
+                        iterations += 1
+                        let t = iterations, row = slot(t) * c
+                        let finite = (0..<c).allSatisfy { secondMoment(b * c + $0).isFinite }
+                        if finite {
+                            for ch in 0..<c { ring[row + ch] = Float(secondMoment(b * c + ch)) }
+                        } else {
+                            skippedUpdates += 1
+                        }
+                        let useBatch = usesBatch(t)
+                        for ch in 0..<c {
+                            let s = b * c + ch
+                            let v = useBatch ? secondMoment(s) : ringMean(UnsafeBufferPointer(ring), ch)
+                            let root = (v + eps).squareRoot()
+                            var r = 1.0
+                            if t > rThreshold {
+                                let ratio = root / (Double(running[ch]) + eps).squareRoot()
+                                r = ratio.isNaN ? ratio : min(max(ratio, 0.2), 5)
+                            }
+                            if finite {
+                                running[ch] = Float(keep * Double(running[ch]) + (1 - keep) * v)
+                            }
+                            factors[s] = ChunkFactors(divisor: root, r: r)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sizes the per-set arrays for `g` (reallocated only when the number of sets changes).
     private func prepareScratch(_ g: NormalizationGeometry) {
         if mean.count != g.setCount {
             mean = [Double](repeating: 0, count: g.setCount)
             variance = mean
             zeroCenter = mean
-            chunkV = mean
-            chunkRstd = mean
-            chunkR = mean
-            scale = [Float](repeating: 0, count: g.setCount)
-            shift = scale
-            slope = scale
+            chunkFactors = [ChunkFactors](repeating: ChunkFactors(divisor: 1, r: 1), count: g.setCount)
+            coefficients = [Float](repeating: 0, count: 3 * g.setCount)
             lastR = [Float](repeating: 1, count: g.setCount)
-        }
-        if chunkT.count != g.sampleBlocks {
-            chunkT = [Int64](repeating: 0, count: g.sampleBlocks)
-            chunkUseBatch = [Bool](repeating: true, count: g.sampleBlocks)
         }
     }
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
-        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
-                                      positions: x.spatialCount, samplesPerSet: x.batch, channelsPerSet: 1)
-        for c in 0..<channels {
-            let a = Double(weight?.value[c] ?? 1) / (Double(runningSecondMoment[c]) + Double(epsilon)).squareRoot()
-            evalScale[c] = Float(a)
-            evalShift[c] = bias?.value[c] ?? 0
-        }
-        y.prepare(shape: x.shape, layout: x.layout)
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in
-                NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: evalScale,
-                                           shift: evalShift, geometry: g)
+        let g = NormalizationGeometry.perChannel(x, channels: channels)
+        let gamma = weight?.value, beta = bias?.value, running = runningSecondMoment
+        let eps = Double(epsilon), channels = channels
+        evaluationCoefficients.withUnsafeMutableBufferPointer { coefficients in
+            for c in 0..<channels {
+                coefficients[c] = Float(Double(gamma?[c] ?? 1) / (Double(running[c]) + eps).squareRoot())
+                coefficients[channels + c] = beta?[c] ?? 0
             }
         }
+        applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels, geometry: g)
     }
 
     /// The MABN backward of the last training forward, chunk by chunk in forward order: pushes `Ψ_t` into
@@ -271,61 +262,48 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x)
-        if sumDy.count != g.batch * channels {
-            sumDy = [Double](repeating: 0, count: g.batch * channels)
-            sumDyX = sumDy
-        }
-        x.withUnsafeBufferPointer { xp in
-            dy.withUnsafeBufferPointer { dyp in
-                sumDy.withUnsafeMutableBufferPointer { s1 in
-                    sumDyX.withUnsafeMutableBufferPointer { s2 in
-                        NormalizationKernels.gradientSums(sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                                          dy: dyp.baseAddress!, x: xp.baseAddress!,
-                                                          center: zeroCenter, geometry: g)
+        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: zeroCenter, geometry: g)
+        let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet)
+        let offsetBase = g.setCount, slopeBase = 2 * g.setCount
+        let sumDyX = sumDyX, factors = chunkFactors, gamma = weight?.value, firstIteration = savedFirstIteration
+        // One exclusive access per written array for the whole loop (not one per element).
+        chunkStatistic.withUnsafeMutableBufferPointer { psi in
+            backwardStatisticBuffer.withUnsafeMutableBufferPointer { ring in
+                coefficients.withUnsafeMutableBufferPointer { coefficients in
+                    for b in 0..<g.sampleBlocks {
+                        let t = firstIteration + Int64(b), row = slot(t) * c
+                        var finite = true
+                        for ch in 0..<c {
+                            let s = b * c + ch
+                            var total = 0.0
+                            for n in (b * k)..<((b + 1) * k) { total += sumDyX[n * c + ch] }
+                            // Ψ = mean(g·z) = γ·r·rstd·mean(dy·x).
+                            psi[ch] = Double(gamma?[ch] ?? 1) * factors[s].r * factors[s].rstd * total / count
+                            finite = finite && psi[ch].isFinite
+                        }
+                        if finite {
+                            for ch in 0..<c { ring[row + ch] = Float(psi[ch]) }
+                        } else {
+                            skippedUpdates += 1
+                        }
+                        let useBatch = usesBatch(t)
+                        for ch in 0..<c {
+                            let s = b * c + ch
+                            let psiBar = useBatch ? psi[ch] : ringMean(UnsafeBufferPointer(ring), ch)
+                            let rs = factors[s].rstd
+                            coefficients[s] = Float(Double(gamma?[ch] ?? 1) * factors[s].r * rs)
+                            coefficients[slopeBase + s] = Float(-psiBar * rs * rs)
+                            coefficients[offsetBase + s] = 0
+                        }
                     }
                 }
             }
         }
-        let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet)
-        for b in 0..<g.sampleBlocks {
-            let t = chunkT[b], row = slot(t) * c
-            var finite = true
-            for ch in 0..<c {
-                let s = b * c + ch
-                var total = 0.0
-                for n in (b * k)..<((b + 1) * k) { total += sumDyX[n * c + ch] }
-                // Ψ = mean(g·z) = γ·r·rstd·mean(dy·x).
-                chunkStatistic[ch] = Double(weight?.value[ch] ?? 1) * chunkR[s] * chunkRstd[s] * total / count
-                finite = finite && chunkStatistic[ch].isFinite
-            }
-            if finite {
-                for ch in 0..<c { backwardStatisticBuffer[row + ch] = Float(chunkStatistic[ch]) }
-            } else {
-                skippedUpdates += 1
-            }
-            let useBatch = chunkUseBatch[b]
-            for ch in 0..<c {
-                let s = b * c + ch
-                let psi = useBatch ? chunkStatistic[ch] : ringMean(backwardStatisticBuffer, ch)
-                let rs = chunkRstd[s]
-                scale[s] = Float(Double(weight?.value[ch] ?? 1) * chunkR[s] * rs)
-                slope[s] = Float(-psi * rs * rs)
-                shift[s] = 0
-            }
-        }
-        dx.prepare(shape: x.shape, layout: x.layout)
-        x.withUnsafeBufferPointer { xp in
-            dy.withUnsafeBufferPointer { dyp in
-                dx.withUnsafeMutableBufferPointer { dxp in
-                    NormalizationKernels.gradientApply(dx: dxp.baseAddress!, dy: dyp.baseAddress!,
-                                                       x: xp.baseAddress!, center: zeroCenter, scale: scale,
-                                                       slope: slope, offset: shift, geometry: g)
-                }
-            }
-        }
+        applyGradient(dy, input: x, into: &dx, center: zeroCenter, coefficients: coefficients, slopeBase: slopeBase,
+                      offsetBase: offsetBase, geometry: g)
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyX,
-                           scale: { [chunkR, chunkRstd] n, ch in chunkR[(n / k) * c + ch] * chunkRstd[(n / k) * c + ch] })
+                           scale: { n, ch in factors[(n / k) * c + ch].r * factors[(n / k) * c + ch].rstd })
         savedInput = nil
         savedGeometry = nil
     }
@@ -339,8 +317,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             "buffer_x2": .float32(shape: [bufferSize, channels], values: secondMomentBuffer),
             "buffer_gz": .float32(shape: [bufferSize, channels], values: backwardStatisticBuffer),
         ]
-        if let weight { state["weight"] = .float32(shape: [channels], values: weight.value) }
-        if let bias { state["bias"] = .float32(shape: [channels], values: bias.value) }
+        state.addAffine(weight: weight, bias: bias, channels: channels)
         return state
     }
 
@@ -348,26 +325,16 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// drops any pending (un-backpropagated) training forward. Nothing changes if an entry is missing, has the
     /// wrong shape or dtype, `running_var` is negative or not finite, or `iters` is negative.
     public func loadStateDict(_ state: [String: StateTensor]) throws {
-        let running = try state.floats("running_var", shape: [channels], layer: name)
-        guard running.allSatisfy({ $0 >= 0 && $0.isFinite }) else {
-            throw NormalizationError.invalidState(layer: name, name: "running_var", reason: "must be finite and ≥ 0")
-        }
-        let iters = try state.scalarInt("iters", layer: name)
-        guard iters >= 0 else {
-            throw NormalizationError.invalidState(layer: name, name: "iters", reason: "must be ≥ 0")
-        }
+        let running = try state.floats("running_var", shape: [channels], layer: name, meeting: .finiteNonNegative)
+        let iters = try state.stepCounter("iters", layer: name, nonNegative: true)
         let x2 = try state.floats("buffer_x2", shape: [bufferSize, channels], layer: name)
         let gz = try state.floats("buffer_gz", shape: [bufferSize, channels], layer: name)
-        var w: [Float]?, b: [Float]?
-        if weight != nil {
-            w = try state.floats("weight", shape: [channels], layer: name)
-            b = try state.floats("bias", shape: [channels], layer: name)
-        }
+        let affine = try state.affineValues(channels: channels, layer: name, affine: weight != nil)
         runningSecondMoment = running
         iterations = iters
         secondMomentBuffer = x2
         backwardStatisticBuffer = gz
-        if let w, let b { weight?.value = w; bias?.value = b }
+        affine?.restore(weight: weight, bias: bias)
         savedInput = nil
         savedGeometry = nil
     }

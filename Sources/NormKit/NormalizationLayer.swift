@@ -66,13 +66,14 @@ extension NormalizationLayer {
 
 /// Shared input checks.
 enum InputCheck {
-    /// Throws unless `x` is `(N, C, *S)` with `N > 0` and the layer's channel count.
-    static func validate(_ x: Tensor, channels: Int, layer: String) throws {
+    /// Throws unless `x` is `(N, C, *S)` with `N > 0` and the layer's channel count. `layer` (the layer's name for
+    /// the error) is only evaluated on failure: building it allocates, and this runs every step.
+    static func validate(_ x: Tensor, channels: Int, layer: @autoclosure () -> String) throws {
         try Tensor.validate(shape: x.shape)
         guard x.channels == channels else {
-            throw NormalizationError.channelMismatch(layer: layer, expected: channels, got: x.channels)
+            throw NormalizationError.channelMismatch(layer: layer(), expected: channels, got: x.channels)
         }
-        guard x.batch > 0 else { throw NormalizationError.emptyBatch(layer: layer) }
+        guard x.batch > 0 else { throw NormalizationError.emptyBatch(layer: layer()) }
     }
 
     /// Throws unless `dy` matches the saved input's shape and layout.
@@ -111,6 +112,158 @@ func setAffineGradients(weight: Parameter?, bias: Parameter?, batch: Int, channe
                 }
                 dGamma[c] = Float(dg)
                 dBeta[c] = Float(db)
+            }
+        }
+    }
+}
+
+/// A constructor argument of a normalization layer and the range it must be in.
+enum LayerArgument {
+    /// An integer argument (`channels`, `bufferSize`, `warmup`) that must be at least `minimum`.
+    case count(String, Int, atLeast: Int)
+    /// `ε`: finite and ≥ 0.
+    case epsilon(Float)
+    /// `momentum`: in `0...1`. `convention` says which value it weights, in the error's expected text
+    /// (`"0...1 (convention)"`), since the layers differ.
+    case momentum(Float, convention: String)
+    /// `normBatch`: nil (the whole batch) or at least 1.
+    case normBatch(Int?)
+
+    /// `channels`: at least 1.
+    static func channels(_ channels: Int) -> LayerArgument { .count("channels", channels, atLeast: 1) }
+
+    /// Checks `arguments` in order.
+    ///
+    /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for the first one out of range.
+    static func validate(_ arguments: LayerArgument...) throws {
+        for argument in arguments { try argument.validate() }
+    }
+
+    /// Throws ``NormalizationError/invalidArgument(name:value:expected:)`` if the argument is out of range.
+    func validate() throws {
+        switch self {
+        case .count(let name, let value, let minimum):
+            guard value >= minimum else {
+                throw NormalizationError.invalidArgument(name: name, value: "\(value)", expected: "at least \(minimum)")
+            }
+        case .epsilon(let epsilon):
+            guard epsilon >= 0, epsilon.isFinite else {
+                throw NormalizationError.invalidArgument(
+                    name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
+            }
+        case .momentum(let momentum, let convention):
+            guard (0...1).contains(momentum) else {
+                throw NormalizationError.invalidArgument(
+                    name: "momentum", value: "\(momentum)", expected: "0...1 (\(convention))")
+            }
+        case .normBatch(let normBatch):
+            if let normBatch, normBatch < 1 {
+                throw NormalizationError.invalidArgument(
+                    name: "normBatch", value: "\(normBatch)", expected: "at least 1")
+            }
+        }
+    }
+}
+
+extension NormalizationGeometry {
+    /// One set per channel over the whole batch of `x`: the geometry of a per-channel affine map (evaluation
+    /// with running statistics, frozen statistics).
+    static func perChannel(_ x: Tensor, channels: Int) -> NormalizationGeometry {
+        NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels, positions: x.spatialCount,
+                              samplesPerSet: x.batch, channelsPerSet: 1)
+    }
+
+    /// The sets of a ghost-batched training forward over `x`: runs of `normBatch` consecutive samples (the whole
+    /// batch when nil) by one channel.
+    ///
+    /// - Throws: ``NormalizationError/normBatchDoesNotDivide(batch:normBatch:)`` unless `normBatch` divides the batch.
+    static func ghostBatches(_ x: Tensor, channels: Int, normBatch: Int?) throws -> NormalizationGeometry {
+        let k = normBatch ?? x.batch
+        guard x.batch % k == 0 else { throw NormalizationError.normBatchDoesNotDivide(batch: x.batch, normBatch: k) }
+        return NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels, positions: x.spatialCount,
+                                     samplesPerSet: k, channelsPerSet: 1)
+    }
+
+    /// ``ghostBatches(_:channels:normBatch:)`` for a layer that normalizes by a batch variance, which needs more
+    /// than one value per set.
+    ///
+    /// - Throws: also ``NormalizationError/tooFewValuesPerChannel(layer:valuesPerSet:)``, naming `layer` (only
+    ///   evaluated then: building it allocates, and this runs every step).
+    static func varianceGhostBatches(_ x: Tensor, channels: Int, normBatch: Int?, layer: @autoclosure () -> String)
+        throws -> NormalizationGeometry
+    {
+        let g = try ghostBatches(x, channels: channels, normBatch: normBatch)
+        guard g.elementsPerSet > 1 else {
+            throw NormalizationError.tooFewValuesPerChannel(layer: layer(), valuesPerSet: g.elementsPerSet)
+        }
+        return g
+    }
+}
+
+/// Writes `sumDy[n·C + c] = Σ dy` and `sumDyCentered[n·C + c] = Σ dy·(x − center[set])` over each row `(n, c)`
+/// (``NormalizationKernels/gradientSums(sumDy:sumDyCentered:dy:x:center:geometry:)``, exact for a Double
+/// centre), first resizing both arrays to `N·C` if the batch changed (no allocation per step otherwise).
+func computeGradientSums(sumDy: inout [Double], sumDyCentered: inout [Double], dy: Tensor, x: Tensor,
+                         center: [Double], geometry g: NormalizationGeometry) {
+    if sumDy.count != g.batch * g.channels {
+        sumDy = [Double](repeating: 0, count: g.batch * g.channels)
+        sumDyCentered = sumDy
+    }
+    x.withUnsafeBufferPointer { xp in
+        dy.withUnsafeBufferPointer { dyp in
+            sumDy.withUnsafeMutableBufferPointer { s1 in
+                sumDyCentered.withUnsafeMutableBufferPointer { s2 in
+                    NormalizationKernels.gradientSums(sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
+                                                      dy: dyp.baseAddress!, x: xp.baseAddress!, center: center,
+                                                      geometry: g)
+                }
+            }
+        }
+    }
+}
+
+/// Overwrites `y` (reusing its memory when it can) with a per-(sample block, channel) affine map of `x`:
+/// `scale·(x − center) + shift` (``NormalizationKernels/applyCentered(y:x:center:scale:shift:geometry:)``), or
+/// `scale·x + shift` without a centre (``NormalizationKernels/apply(y:x:scale:shift:geometry:)``). With
+/// `k = b·C + c`, the scale is `coefficients[k]`, the shift `coefficients[shiftBase + k]` and the centre
+/// `center[centerBase + k]`.
+func applyAffine(_ x: Tensor, into y: inout Tensor, coefficients: [Float], shiftBase: Int,
+                 center: [Float]? = nil, centerBase: Int = 0, geometry g: NormalizationGeometry) {
+    y.prepare(shape: x.shape, layout: x.layout)
+    x.withUnsafeBufferPointer { xp in
+        y.withUnsafeMutableBufferPointer { yp in
+            coefficients.withUnsafeBufferPointer { cp in
+                guard let center else {
+                    NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: cp.baseAddress!,
+                                               shift: cp.baseAddress! + shiftBase, geometry: g)
+                    return
+                }
+                center.withUnsafeBufferPointer { kp in
+                    NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!,
+                                                       center: kp.baseAddress! + centerBase, scale: cp.baseAddress!,
+                                                       shift: cp.baseAddress! + shiftBase, geometry: g)
+                }
+            }
+        }
+    }
+}
+
+/// Overwrites `dx` (reusing its memory when it can) with `p·dy + q·(x − center[set]) + o`
+/// (``NormalizationKernels/gradientApply(dx:dy:x:center:scale:slope:offset:geometry:)``, exact for a Double
+/// centre): `p` per (sample block, channel) at `coefficients[k]`, `q` and `o` per set at
+/// `coefficients[slopeBase + s]` and `coefficients[offsetBase + s]`.
+func applyGradient(_ dy: Tensor, input x: Tensor, into dx: inout Tensor, center: [Double], coefficients: [Float],
+                   slopeBase: Int, offsetBase: Int, geometry g: NormalizationGeometry) {
+    dx.prepare(shape: x.shape, layout: x.layout)
+    x.withUnsafeBufferPointer { xp in
+        dy.withUnsafeBufferPointer { dyp in
+            dx.withUnsafeMutableBufferPointer { dxp in
+                coefficients.withUnsafeBufferPointer { cp in
+                    NormalizationKernels.gradientApply(dx: dxp.baseAddress!, dy: dyp.baseAddress!, x: xp.baseAddress!,
+                                                       center: center, scale: cp.baseAddress!,
+                                                       slope: cp.baseAddress! + slopeBase,
+                                                       offset: cp.baseAddress! + offsetBase, geometry: g)
+                }
             }
         }
     }

@@ -99,7 +99,7 @@ struct SweepCommand: ParsableCommand {
     /// Images per second of a few ResNet-8 training steps on random data (for the duration estimate).
     func measureThroughput(_ base: TrainingConfiguration) throws -> Double {
         var generator = SeededGenerator(seed: 1)
-        let settings = NormalizationSettings(kind: .gn, groups: 8)
+        let settings = NormalizationSettings(kind: .gn)
         let model = try makeModel(named: base.model, normalization: settings, seed: 1)
         let x = Tensor.randomNormal(shape: [base.batch, 1, 28, 28], using: &generator)
         let labels = (0..<base.batch).map { $0 % 10 }

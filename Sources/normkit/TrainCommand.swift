@@ -43,7 +43,7 @@ struct TrainCommand: ParsableCommand {
     var model = "resnet8"
     @Option(help: "Normalization: \(NormKind.allCases.map(\.rawValue).joined(separator: ", ")).")
     var norm: NormKind = .gn
-    @Option(help: "GN groups (default 8: 2/4/8 channels per group in the three stages).")
+    @Option(help: "GN groups (default 16: 1/2/4 channels per group in ResNet's three stages).")
     var groups: Int?
     @Option(help: "GN channels per group (instead of --groups).")
     var groupSize: Int?

@@ -169,6 +169,36 @@ final class ReportTests: XCTestCase {
         XCTAssertFalse(called)
     }
 
+    func testGroupingIsIgnoredForRunsThatAreNotGroupNorm() throws {
+        let plan = smallPlan()
+        var old = try plan.cells()[0].configuration
+        XCTAssertEqual(old.norm, .bn)
+        old.groups = 3  // a BN run made under another GN default
+        try writeRecords(summary(old, error: 0.1), to: directory.appendingPathComponent("bn-nb32-s0"))
+        var calls: [String] = []
+        let runner = SweepRunner(plan: plan, directory: directory) { config, url in
+            calls.append(url.lastPathComponent)
+            return self.summary(config, error: 0.1)
+        }
+        _ = try runner.run()
+        XCTAssertFalse(calls.contains("bn-nb32-s0"), "the finished BN run is reused")
+        XCTAssertTrue(calls.contains("bn-nb2-s0"))
+
+        // For GN the grouping is part of the configuration.
+        var gn = try plan.cells().first { $0.configuration.norm == .gn }!
+        let expected = gn.configuration.groups!
+        gn.configuration.groups = 3
+        try FileManager.default.removeItem(at: directory.appendingPathComponent(gn.runName))
+        try writeRecords(summary(gn.configuration, error: 0.1), to: directory.appendingPathComponent(gn.runName))
+        XCTAssertThrowsError(try runner.run()) { error in
+            guard case SweepError.configurationMismatch(let name, let differences)? = error as? SweepError else {
+                return XCTFail("unexpected \(error)")
+            }
+            XCTAssertEqual(name, gn.runName)
+            XCTAssertEqual(differences, ["groups: 3 → \(expected)"])
+        }
+    }
+
     // MARK: - Table
 
     /// Three seeds of BN and GN at 32 and 2 with known errors; BN at 2 lacks seed 2.
@@ -287,6 +317,8 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(groups.contains("| channels per group | 2 | 1 (=IN) |"))
         XCTAssertTrue(groups.contains("| Δ vs best | +0.00 | +5.50 |"))
         XCTAssertTrue(report.markdown().contains("## GroupNorm: number of groups and channels per group"))
+        XCTAssertTrue(report.markdown().hasPrefix("# Sweep `groups`: test error vs GN groups\n"))
+        XCTAssertFalse(report.markdown().contains("by normalization batch size"), "no empty batch table")
         XCTAssertNil(report.table.difference(column: 32), "no BN row")
         try report.write(to: directory)
         let texts = try svgTexts("error_vs_groups.svg")

@@ -141,7 +141,7 @@ final class SweepPlanTests: XCTestCase {
     func testQuickAndDemoFitTheirBudgets() throws {
         let quick = SweepPresets.quick
         let quickCells = try quick.plan.cells()
-        XCTAssertEqual(quickCells.map(\.runName), ["bn-nb32-s0", "bn-nb2-s0", "gn-g8-nb32-s0", "mabn-nb32-s0",
+        XCTAssertEqual(quickCells.map(\.runName), ["bn-nb32-s0", "bn-nb2-s0", "gn-g16-nb32-s0", "mabn-nb32-s0",
                                                    "mabn-nb2-s0"])
         XCTAssertTrue(quickCells.allSatisfy { $0.configuration.epochs == 1 && $0.configuration.trainLimit == 4_000 })
         XCTAssertLessThan(quick.estimatedSeconds(imagesPerSecond: 1_000), 60)

@@ -214,7 +214,9 @@ final class TrainingTests: XCTestCase {
         let decoded = try JSONDecoder().decode(
             RunSummary.self, from: Data(contentsOf: directory.appendingPathComponent("summary.json")))
         XCTAssertEqual(decoded, summary)
-        XCTAssertEqual(decoded.configuration, c)
+        XCTAssertNil(c.groups)
+        XCTAssertEqual(decoded.configuration, c.resolved, "recorded with GN's default groups made explicit")
+        XCTAssertEqual(decoded.configuration.groups, NormalizationSettings.defaultGroups)
         XCTAssertTrue(decoded.finished)
         XCTAssertEqual(decoded.epochs, metrics)
         XCTAssertEqual(decoded.finalTestError, metrics.last!.testError)
@@ -224,13 +226,32 @@ final class TrainingTests: XCTestCase {
         // The model file is the final model, with the metadata to rebuild it.
         let (tensors, configuration, step) = try TrainingCheckpoint.readModel(
             at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName))
-        XCTAssertEqual(configuration, c)
+        XCTAssertEqual(configuration, c.resolved)
         XCTAssertEqual(step, 24)
         XCTAssertEqual(tensors, trainer.model.stateDict())
         let (_, metadata) = try SafeTensors.read(from: directory.appendingPathComponent(TrainingCheckpoint.modelFileName))
         let torch = try JSONDecoder().decode([String: String].self, from: Data(metadata["torch_model_arguments"]!.utf8))
         XCTAssertEqual(torch["norm"], "gn")
         XCTAssertEqual(torch["depth"], "8")
-        XCTAssertEqual(torch["groups"], "8")
+        XCTAssertEqual(torch["groups"], "\(NormalizationSettings.defaultGroups)", "the default is recorded")
+    }
+
+    /// A model file from before the trainer recorded GN's default (configuration without groups) is read with the
+    /// groups its PyTorch arguments name, not with today's default.
+    func testLegacyCheckpointKeepsTheGroupsItWasTrainedWith() throws {
+        let directory = try Self.temporaryDirectory("legacy")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let legacy = Self.smallConfiguration(.gn)
+        XCTAssertNil(legacy.groups)
+        var metadata = try TrainingCheckpoint.metadata(configuration: legacy,
+                                                       normalization: NormalizationSettings(kind: .gn, groups: 8),
+                                                       step: 3)
+        metadata["torch_model_arguments"] = #"{"depth":"8","groups":"8","mabn_buffer":"1","norm":"gn"}"#
+        let url = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
+        try SafeTensors.write(["w": .float32(shape: [1], values: [0])], metadata: metadata, to: url)
+        let (_, configuration, step) = try TrainingCheckpoint.readModel(at: url)
+        XCTAssertEqual(configuration.groups, 8)
+        XCTAssertEqual(step, 3)
     }
 }

@@ -130,13 +130,17 @@ public struct SweepReport {
 
     /// The content of `results.md`.
     public func markdown() -> String {
-        var out = "# Sweep `\(plan?.plan.name ?? "sweep")`: test error vs normalization batch\n\n"
+        let axes = [table.mainRows.isEmpty && !table.groupRows.isEmpty ? nil : "normalization batch",
+                    table.groupRows.isEmpty ? nil : "GN groups"].compactMap { $0 }
+        var out = "# Sweep `\(plan?.plan.name ?? "sweep")`: test error vs \(axes.joined(separator: " and "))\n\n"
         if let setup = setupLine() { out += setup + "\n\n" }
         let count = { (s: RunStatus) in runs.filter { $0.status == s }.count }
         let total = plan?.cells.count ?? runs.count
         out += "Runs: \(total) planned; \(count(.finished)) finished, \(count(.partial)) partial, "
             + "\(count(.failed)) failed, \(pendingRuns.count) not started.\n\n"
-        out += "## Test error (%) by normalization batch size\n\n" + table.markdown() + "\n"
+        if !table.mainRows.isEmpty || table.groupRows.isEmpty {
+            out += "## Test error (%) by normalization batch size\n\n" + table.markdown() + "\n"
+        }
         if let groups = table.groupsMarkdown() {
             out += "## GroupNorm: number of groups and channels per group\n\n" + groups + "\n"
         }

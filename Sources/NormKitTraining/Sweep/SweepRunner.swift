@@ -176,10 +176,14 @@ public final class SweepRunner {
         }
     }
 
-    /// Field-by-field differences (`name: old → new`), ignoring `threads`.
+    /// Field-by-field differences (`name: old → new`), ignoring `threads`, and GN's grouping when neither run is
+    /// GN (a BN run does not depend on it: runs made before a change of the GN default stay valid).
     static func differences(_ old: TrainingConfiguration, _ new: TrainingConfiguration) -> [String] {
         var a = old, b = new
         a.threads = 0; b.threads = 0
+        if a.norm != .gn && b.norm != .gn {
+            (a.groups, a.groupSize, b.groups, b.groupSize) = (nil, nil, nil, nil)
+        }
         guard a != b else { return [] }
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys

@@ -48,6 +48,15 @@ public struct TrainingConfiguration: Codable, Equatable, Sendable {
     public var peakLearningRate: Double { learningRate ?? 0.1 * Double(batch) / 32 }
     /// The statistics batch actually used.
     public var effectiveNormBatch: Int { normBatch ?? batch }
+
+    /// This configuration with the defaults that could change between NormKit versions made explicit: GN's
+    /// groups (``NormalizationSettings/defaultGroups`` when neither ``groups`` nor ``groupSize`` is set). The
+    /// trainer records the resolved form, so a checkpoint or summary says what it was trained with.
+    public var resolved: TrainingConfiguration {
+        var c = self
+        if c.norm == .gn && c.groups == nil && c.groupSize == nil { c.groups = NormalizationSettings.defaultGroups }
+        return c
+    }
 }
 
 /// One line of `metrics.jsonl`: the state after an epoch.

@@ -76,7 +76,7 @@ public final class Trainer {
     ///   error (for example GN groups that do not divide a stage's width).
     public init(configuration: TrainingConfiguration, train: Dataset, test: Dataset, output: URL?,
                 progress: ProgressReporter = ProgressReporter()) throws {
-        let c = configuration
+        let c = configuration.resolved
         guard c.batch >= 1 else { throw TrainingError.invalidConfiguration("batch must be at least 1, got \(c.batch)") }
         guard c.epochs >= 1 else { throw TrainingError.invalidConfiguration("epochs must be at least 1, got \(c.epochs)") }
         if let nb = c.normBatch, nb < 1 || c.batch % nb != 0 {

@@ -93,9 +93,16 @@ public enum TrainingCheckpoint {
     {
         let (tensors, metadata) = try SafeTensors.read(from: url)
         guard let json = metadata["configuration"],
-              let configuration = try? JSONDecoder().decode(TrainingConfiguration.self, from: Data(json.utf8)) else {
+              var configuration = try? JSONDecoder().decode(TrainingConfiguration.self, from: Data(json.utf8)) else {
             throw ModelError.unsupported(
                 "\(url.path) has no NormKit configuration in its metadata: not a checkpoint written by normkit train")
+        }
+        // Files from before the trainer recorded GN's default groups: the PyTorch arguments hold the value used.
+        if configuration.norm == .gn, configuration.groups == nil, configuration.groupSize == nil,
+           let torch = metadata["torch_model_arguments"],
+           let arguments = try? JSONDecoder().decode([String: String].self, from: Data(torch.utf8)),
+           let groups = arguments["groups"].flatMap({ Int($0) }) {
+            configuration.groups = groups
         }
         return (tensors, configuration, Int(metadata["step"] ?? "") ?? 0)
     }
