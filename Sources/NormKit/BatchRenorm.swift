@@ -153,6 +153,8 @@ public final class BatchRenorm: NormalizationLayer {
     // Kernel coefficients: scale and shift (per coefficient), then centres (per set) in the forward; scale (per
     // coefficient), slope and offset (per set) in the backward.
     private var scratch: [Float] = []
+    // Channels-last statistics temporaries.
+    private var statisticsScratch = KernelScratch()
     // Evaluation: scales at [c], shifts at [C + c].
     private var evaluationCoefficients: [Float]
 
@@ -200,8 +202,10 @@ public final class BatchRenorm: NormalizationLayer {
         x.withUnsafeBufferPointer { xp in
             mean.withUnsafeMutableBufferPointer { mp in
                 variance.withUnsafeMutableBufferPointer { vp in
-                    NormalizationKernels.statistics(mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                                    x: xp.baseAddress!, geometry: g)
+                    statisticsScratch.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
+                        NormalizationKernels.statistics(mean: mp.baseAddress!, variance: vp.baseAddress!,
+                                                        x: xp.baseAddress!, scratch: dp, geometry: g)
+                    }
                 }
             }
         }

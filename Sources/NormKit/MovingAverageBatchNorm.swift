@@ -101,6 +101,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     private var coefficients: [Float] = []
     private var sumDy: [Double] = []
     private var sumDyX: [Double] = []
+    // Channels-last statistics temporaries.
+    private var statisticsScratch = KernelScratch()
     // `Ψ_t` per channel of one chunk (backward).
     private var chunkStatistic: [Double]
     // Evaluation: scales at [c], shifts at [C + c].
@@ -160,8 +162,10 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         x.withUnsafeBufferPointer { xp in
             mean.withUnsafeMutableBufferPointer { mp in
                 variance.withUnsafeMutableBufferPointer { vp in
-                    NormalizationKernels.statistics(mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                                    x: xp.baseAddress!, geometry: g)
+                    statisticsScratch.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
+                        NormalizationKernels.statistics(mean: mp.baseAddress!, variance: vp.baseAddress!,
+                                                        x: xp.baseAddress!, scratch: dp, geometry: g)
+                    }
                 }
             }
         }

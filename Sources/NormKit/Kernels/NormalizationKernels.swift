@@ -53,9 +53,18 @@ enum NormalizationKernels {
 
     // MARK: Forward
 
-    /// Per-set mean and biased variance (corrected two-pass, Double results).
+    /// Doubles of kernel scratch that ``statistics(mean:variance:x:scratch:geometry:)``,
+    /// ``normalize(y:mean:variance:rstd:x:gamma:beta:epsilon:scratchScale:scratchShift:scratchDouble:geometry:)`` and
+    /// ``normalizeBackward(dx:sumDy:sumDyCentered:dy:x:mean:rstd:gammaEffective:scratch:scratchDouble:geometry:)``
+    /// need (channels-last per-(n, c) sums; channels-first needs none). Callers keep it between steps.
+    static func doubleScratchCount(_ g: NormalizationGeometry) -> Int {
+        g.layout == .channelsLast ? 2 * g.batch * g.channels : 1
+    }
+
+    /// Per-set mean and biased variance (corrected two-pass, Double results). `scratch`: ``doubleScratchCount(_:)``.
     static func statistics(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
-                           x: UnsafePointer<Float>, geometry g: NormalizationGeometry) {
+                           x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>,
+                           geometry g: NormalizationGeometry) {
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.setCount, work: g.elementCount) { sets in
@@ -64,7 +73,7 @@ enum NormalizationKernels {
                 }
             }
         case .channelsLast:
-            statisticsChannelsLast(mean: mean, variance: variance, x: x, geometry: g)
+            statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratch, geometry: g)
         }
     }
 
@@ -123,7 +132,7 @@ enum NormalizationKernels {
                           x: UnsafePointer<Float>,
                           gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
                           scratchScale: UnsafeMutablePointer<Float>, scratchShift: UnsafeMutablePointer<Float>,
-                          geometry g: NormalizationGeometry) {
+                          scratchDouble: UnsafeMutablePointer<Double>, geometry g: NormalizationGeometry) {
         switch g.layout {
         case .channelsFirst:
             // Per-row coefficients go to scale/shift[b·C + c] and centres to center[s]: each set owns its entries,
@@ -153,21 +162,19 @@ enum NormalizationKernels {
                 }
             }
         case .channelsLast:
-            statisticsChannelsLast(mean: mean, variance: variance, x: x, geometry: g)
+            statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
             for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: g.coefficientCount) { buffer in
-                let centers = buffer.baseAddress!
-                for n in 0..<g.sampleBlocks * g.samplesPerSet where n % g.samplesPerSet == 0 {
-                    for c in 0..<g.channels {
-                        let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
-                        let a = (gamma.map { Double($0[c]) } ?? 1) * rstd[s]
-                        centers[k] = Float(mean[s])
-                        scratchScale[k] = Float(a)
-                        scratchShift[k] = Float((beta.map { Double($0[c]) } ?? 0) - a * (mean[s] - Double(centers[k])))
-                    }
+            let centers = scratchShift + g.coefficientCount
+            for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
+                for c in 0..<g.channels {
+                    let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
+                    let a = Double(gamma?[c] ?? 1) * rstd[s]
+                    centers[k] = Float(mean[s])
+                    scratchScale[k] = Float(a)
+                    scratchShift[k] = Float(Double(beta?[c] ?? 0) - a * (mean[s] - Double(centers[k])))
+                }
             }
             applyCentered(y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, geometry: g)
-            }
         }
     }
 
@@ -251,13 +258,13 @@ enum NormalizationKernels {
     }
 
     /// Channels-last statistics: per-(n, c) sums in Double, then per-set means and centred sums.
+    /// `scratch` holds the per-(n, c) sums: ``doubleScratchCount(_:)`` doubles.
     static func statisticsChannelsLast(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
-                                       x: UnsafePointer<Float>, geometry g: NormalizationGeometry) {
+                                       x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>,
+                                       geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
-        // Temporary per-(n, c) sums (on the stack when small).
-        withUnsafeTemporaryAllocation(of: Double.self, capacity: g.batch * c * 2) { buffer in
-            let sums = buffer.baseAddress!
-            let s1 = sums, s2 = sums + g.batch * c
+        do {
+            let s1 = scratch, s2 = scratch + g.batch * c
             Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
                 for n in samples {
                     let acc = s1 + n * c
@@ -365,8 +372,8 @@ enum NormalizationKernels {
                                   sumDyCentered: UnsafeMutablePointer<Double>,
                                   dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                                   mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
-                                  gammaEffective: UnsafePointer<Float>,
-                                  scratch: UnsafeMutablePointer<Float>, geometry g: NormalizationGeometry) {
+                                  gammaEffective: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                                  scratchDouble: UnsafeMutablePointer<Double>, geometry g: NormalizationGeometry) {
         let c = g.channels, count = Double(g.elementsPerSet)
         switch g.layout {
         case .channelsFirst:
@@ -413,8 +420,8 @@ enum NormalizationKernels {
             gradientSums(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, geometry: g)
             // scratch holds: scale (coefficientCount), slope (sets), offset (sets).
             let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
-            withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * g.setCount) { buffer in
-                let meanG = buffer.baseAddress!, meanGX = meanG + g.setCount
+            do {
+                let meanG = scratchDouble, meanGX = meanG + g.setCount  // 2·setCount ≤ doubleScratchCount
                 meanG.initialize(repeating: 0, count: 2 * g.setCount)
                 for n in 0..<g.batch {
                     for ch in 0..<c {

@@ -11,6 +11,7 @@ struct StatisticsWorkspace {
     private(set) var sumDy: [Double] = []
     private(set) var sumDyCentered: [Double] = []
     private var scratch: [Float] = []
+    private var scratchDouble = KernelScratch()
     private var gammaEffective: [Float] = []
 
     /// Statistics of every set of `x` and `y = γ·(x − μ)·rstd + β`.
@@ -21,7 +22,7 @@ struct StatisticsWorkspace {
             variance = mean
             rstd = mean
         }
-        let scratchCount = 2 * g.coefficientCount + 3 * g.setCount  // see NormalizationKernels
+        let scratchCount = 3 * g.coefficientCount + 3 * g.setCount  // see NormalizationKernels
         if scratch.count < scratchCount { scratch = [Float](repeating: 0, count: scratchCount) }
         y.prepare(shape: x.shape, layout: x.layout)
         x.withUnsafeBufferPointer { xp in
@@ -30,12 +31,15 @@ struct StatisticsWorkspace {
                     variance.withUnsafeMutableBufferPointer { vp in
                         rstd.withUnsafeMutableBufferPointer { rp in
                             scratch.withUnsafeMutableBufferPointer { sp in
-                                withOptionalPointers(gamma, beta) { gp, bp in
-                                    NormalizationKernels.normalize(
-                                        y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                        rstd: rp.baseAddress!, x: xp.baseAddress!, gamma: gp, beta: bp,
-                                        epsilon: epsilon, scratchScale: sp.baseAddress!,
-                                        scratchShift: sp.baseAddress! + g.coefficientCount, geometry: g)
+                                scratchDouble.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
+                                    withOptionalPointers(gamma, beta) { gp, bp in
+                                        NormalizationKernels.normalize(
+                                            y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
+                                            rstd: rp.baseAddress!, x: xp.baseAddress!, gamma: gp, beta: bp,
+                                            epsilon: epsilon, scratchScale: sp.baseAddress!,
+                                            scratchShift: sp.baseAddress! + g.coefficientCount, scratchDouble: dp,
+                                            geometry: g)
+                                    }
                                 }
                             }
                         }
@@ -67,15 +71,30 @@ struct StatisticsWorkspace {
                     sumDy.withUnsafeMutableBufferPointer { s1 in
                         sumDyCentered.withUnsafeMutableBufferPointer { s2 in
                             scratch.withUnsafeMutableBufferPointer { sp in
-                                NormalizationKernels.normalizeBackward(
-                                    dx: dxp.baseAddress!, sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
-                                    gammaEffective: gammaEffective, scratch: sp.baseAddress!, geometry: g)
+                                scratchDouble.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
+                                    NormalizationKernels.normalizeBackward(
+                                        dx: dxp.baseAddress!, sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
+                                        dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
+                                        gammaEffective: gammaEffective, scratch: sp.baseAddress!, scratchDouble: dp,
+                                        geometry: g)
+                                }
                             }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Doubles a layer keeps for kernel temporaries (``NormalizationKernels/doubleScratchCount(_:)``), grown only when
+/// a geometry needs more, so a training step allocates nothing.
+struct KernelScratch {
+    private var storage: [Double] = []
+
+    /// Calls `body` with at least `count` doubles of scratch (contents unspecified).
+    mutating func withDoubles<R>(_ count: Int, _ body: (UnsafeMutablePointer<Double>) -> R) -> R {
+        if storage.count < count { storage = [Double](repeating: 0, count: max(count, 1)) }
+        return storage.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
     }
 }
