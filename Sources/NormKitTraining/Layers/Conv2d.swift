@@ -55,6 +55,9 @@ public final class Conv2d: Layer {
 
     private var savedInput: Tensor?
     private var savedGeometry: ConvolutionGeometry?
+    // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
+    private var outputShape: [Int] = []
+    private var savedOutputShape: [Int] = []
     /// The weights the last forward used (centred when ``centred``), `out × fanIn`.
     private let usedWeight: LayerScratch
     private var workspaces: [ConvolutionWorkspace] = []
@@ -108,7 +111,8 @@ public final class Conv2d: Layer {
         let g = try geometry(of: x)
         prepareWeights()
         let plan = prepareWorkspaces(for: g)
-        y.prepare(shape: [g.batch, outChannels, g.outHeight, g.outWidth], layout: .channelsFirst)
+        outputShape.setDimensions(g.batch, outChannels, g.outHeight, g.outWidth)
+        y.prepare(shape: outputShape, layout: .channelsFirst)
         let w = UnsafePointer(usedWeight.pointer)
         let workspaces = self.workspaces
         let biasValues = bias?.value
@@ -124,6 +128,7 @@ public final class Conv2d: Layer {
         if training {
             savedInput = x
             savedGeometry = g
+            savedOutputShape = outputShape
         }
     }
 
@@ -134,8 +139,7 @@ public final class Conv2d: Layer {
     ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput, let g = savedGeometry else { throw LayerError.backwardBeforeForward(layer: name) }
-        try LayerCheck.gradient(dy, shape: [g.batch, outChannels, g.outHeight, g.outWidth], layout: .channelsFirst,
-                                layer: name)
+        try LayerCheck.gradient(dy, shape: savedOutputShape, layout: .channelsFirst, layer: name)
         let plan = prepareWorkspaces(for: g)
         let w = UnsafePointer(usedWeight.pointer)
         let workspaces = self.workspaces

@@ -63,19 +63,20 @@ public enum LayerError: Error, Equatable, CustomStringConvertible {
 /// Shared input checks and state-dict helpers of the training layers.
 enum LayerCheck {
     /// Throws unless `x` is a non-empty channels-first `(N, C, H, W)` tensor with `channels` channels (any when nil).
-    static func spatial(_ x: Tensor, channels: Int?, layer: String) throws {
-        guard x.layout == .channelsFirst else { throw LayerError.unsupportedLayout(layer: layer, layout: x.layout) }
-        guard x.shape.count == 4 else { throw LayerError.wrongRank(layer: layer, expected: 4, shape: x.shape) }
+    /// `layer` is evaluated only to build an error (a layer's name is an interpolated string).
+    static func spatial(_ x: Tensor, channels: Int?, layer: @autoclosure () -> String) throws {
+        guard x.layout == .channelsFirst else { throw LayerError.unsupportedLayout(layer: layer(), layout: x.layout) }
+        guard x.shape.count == 4 else { throw LayerError.wrongRank(layer: layer(), expected: 4, shape: x.shape) }
         if let channels, x.channels != channels {
-            throw LayerError.channelMismatch(layer: layer, expected: channels, got: x.channels)
+            throw LayerError.channelMismatch(layer: layer(), expected: channels, got: x.channels)
         }
-        guard x.batch > 0 else { throw LayerError.emptyBatch(layer: layer) }
+        guard x.batch > 0 else { throw LayerError.emptyBatch(layer: layer()) }
     }
 
     /// Throws unless `dy` has `shape` and `layout`.
-    static func gradient(_ dy: Tensor, shape: [Int], layout: TensorLayout, layer: String) throws {
+    static func gradient(_ dy: Tensor, shape: [Int], layout: TensorLayout, layer: @autoclosure () -> String) throws {
         guard dy.shape == shape, dy.layout == layout else {
-            throw LayerError.gradientMismatch(layer: layer, expected: shape, expectedLayout: layout,
+            throw LayerError.gradientMismatch(layer: layer(), expected: shape, expectedLayout: layout,
                                               got: dy.shape, gotLayout: dy.layout)
         }
     }

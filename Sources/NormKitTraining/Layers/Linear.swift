@@ -21,6 +21,9 @@ public final class Linear: Layer {
     public var parameters: [Parameter] { [weight, bias] }
 
     private var savedInput: Tensor?
+    // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
+    private var outputShape: [Int] = []
+    private var savedOutputShape: [Int] = []
 
     /// A linear layer with PyTorch's default uniform initialisation drawn from `generator` (weight first,
     /// then bias).
@@ -51,7 +54,8 @@ public final class Linear: Layer {
         }
         guard x.batch > 0 else { throw LayerError.emptyBatch(layer: name) }
         let n = x.batch, i = inFeatures, o = outFeatures
-        y.prepare(shape: [n, o], layout: .channelsFirst)
+        outputShape.setDimensions(n, o)
+        y.prepare(shape: outputShape, layout: .channelsFirst)
         x.withUnsafeBufferPointer { xb in
             weight.value.withUnsafeBufferPointer { wb in
                 bias.value.withUnsafeBufferPointer { bb in
@@ -64,7 +68,10 @@ public final class Linear: Layer {
                 }
             }
         }
-        if training { savedInput = x }
+        if training {
+            savedInput = x
+            savedOutputShape = outputShape
+        }
     }
 
     /// Sets `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ_rows dy` and writes `dx = dy·W`.
@@ -74,11 +81,8 @@ public final class Linear: Layer {
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput else { throw LayerError.backwardBeforeForward(layer: name) }
         let n = x.batch, i = inFeatures, o = outFeatures
-        guard dy.shape == [n, o] else {
-            throw LayerError.gradientMismatch(layer: name, expected: [n, o], expectedLayout: .channelsFirst,
-                                              got: dy.shape, gotLayout: dy.layout)
-        }
-        dx.prepare(shape: [n, i], layout: .channelsFirst)
+        try LayerCheck.gradient(dy, shape: savedOutputShape, layout: .channelsFirst, layer: name)
+        dx.prepare(shape: x.shape, layout: .channelsFirst)
         x.withUnsafeBufferPointer { xb in
             dy.withUnsafeBufferPointer { db in
                 let dyp = db.baseAddress!

@@ -16,6 +16,9 @@ public final class MaxPool2d: Layer {
     public var parameters: [Parameter] { [] }
 
     private var savedInputShape: [Int]?
+    // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
+    private var outputShape: [Int] = []
+    private var savedOutputShape: [Int] = []
     /// Per output, the flat index within its input plane of the window's maximum.
     private var winners: [Int32] = []
 
@@ -42,7 +45,8 @@ public final class MaxPool2d: Layer {
             throw LayerError.inputTooSmall(layer: name, height: h, width: w, kernelSize: k, padding: 0)
         }
         let ho = (h - k) / s + 1, wo = (w - k) / s + 1, planes = x.batch * x.channels
-        y.prepare(shape: [x.batch, x.channels, ho, wo], layout: .channelsFirst)
+        outputShape.setDimensions(x.batch, x.channels, ho, wo)
+        y.prepare(shape: outputShape, layout: .channelsFirst)
         if training && winners.count != planes * ho * wo {
             winners = [Int32](repeating: 0, count: planes * ho * wo)
         }
@@ -77,6 +81,7 @@ public final class MaxPool2d: Layer {
         if training {
             winners.withUnsafeMutableBufferPointer { pool($0.baseAddress!) }
             savedInputShape = x.shape
+            savedOutputShape = outputShape
         } else {
             pool(nil)
         }
@@ -90,7 +95,7 @@ public final class MaxPool2d: Layer {
         guard let shape = savedInputShape else { throw LayerError.backwardBeforeForward(layer: name) }
         let h = shape[2], w = shape[3], k = kernelSize, s = stride
         let ho = (h - k) / s + 1, wo = (w - k) / s + 1, planes = shape[0] * shape[1]
-        try LayerCheck.gradient(dy, shape: [shape[0], shape[1], ho, wo], layout: .channelsFirst, layer: name)
+        try LayerCheck.gradient(dy, shape: savedOutputShape, layout: .channelsFirst, layer: name)
         dx.prepare(shape: shape, layout: .channelsFirst)
         winners.withUnsafeBufferPointer { wb in
             dy.withUnsafeBufferPointer { db in
@@ -125,6 +130,9 @@ public final class GlobalAveragePool: Layer {
     public var parameters: [Parameter] { [] }
 
     private var savedInputShape: [Int]?
+    // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
+    private var outputShape: [Int] = []
+    private var savedOutputShape: [Int] = []
 
     /// A global average pool.
     public init() {}
@@ -139,7 +147,8 @@ public final class GlobalAveragePool: Layer {
         guard m > 0 else {
             throw LayerError.inputTooSmall(layer: name, height: x.shape[2], width: x.shape[3], kernelSize: 1, padding: 0)
         }
-        y.prepare(shape: [x.batch, x.channels], layout: .channelsFirst)
+        outputShape.setDimensions(x.batch, x.channels)
+        y.prepare(shape: outputShape, layout: .channelsFirst)
         x.withUnsafeBufferPointer { xb in
             y.withUnsafeMutableBufferPointer { yb in
                 let scale = 1 / Double(m)
@@ -151,7 +160,10 @@ public final class GlobalAveragePool: Layer {
                 }
             }
         }
-        if training { savedInputShape = x.shape }
+        if training {
+            savedInputShape = x.shape
+            savedOutputShape = outputShape
+        }
     }
 
     /// `dx[n, c, h, w] = dy[n, c] / (H·W)`.
@@ -161,10 +173,7 @@ public final class GlobalAveragePool: Layer {
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let shape = savedInputShape else { throw LayerError.backwardBeforeForward(layer: name) }
         let planes = shape[0] * shape[1], m = shape[2] * shape[3]
-        guard dy.shape == [shape[0], shape[1]] else {
-            throw LayerError.gradientMismatch(layer: name, expected: [shape[0], shape[1]],
-                                              expectedLayout: .channelsFirst, got: dy.shape, gotLayout: dy.layout)
-        }
+        try LayerCheck.gradient(dy, shape: savedOutputShape, layout: .channelsFirst, layer: name)
         dx.prepare(shape: shape, layout: .channelsFirst)
         dy.withUnsafeBufferPointer { db in
             dx.withUnsafeMutableBufferPointer { dxb in

@@ -16,6 +16,7 @@ public final class SoftmaxCrossEntropy {
     private var probabilities: [Float] = []
     private var savedLabels: [Int] = []
     private var savedShape: [Int]?
+    private var logitsShape: [Int] = []  // reused every step (see Shape+InPlace.swift)
 
     /// A loss with no state yet.
     public init() {}
@@ -55,7 +56,8 @@ public final class SoftmaxCrossEntropy {
             }
         }
         savedLabels = labels
-        savedShape = [n, k]
+        logitsShape.setDimensions(n, k)
+        savedShape = logitsShape
         correctCount = correct
         return Float(total / Double(n))
     }
