@@ -23,7 +23,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = ResNet(8, args.norm, groups=8)
+    model = ResNet(8, args.norm, groups=16)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
