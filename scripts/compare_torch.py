@@ -1,0 +1,81 @@
+"""NormKit vs PyTorch on the shapes of `normkit bench`, measured in alternating rounds.
+
+The project's machines are shared VMs whose speed for cache-resident work changes from minute to minute (see
+docs/PERFORMANCE.md). Comparing a NormKit table from one minute with a PyTorch table from another mixes that
+drift into the ratio, so this script alternates: one `normkit bench` run, one PyTorch run of the same shapes,
+`--rounds` times, and keeps for every cell the best (lowest) of the rounds' medians for each side. Both sides get
+the same treatment; the ratio column is PyTorch time / NormKit time.
+
+    swift build -c release
+    .venv-torch/bin/python scripts/compare_torch.py --rounds 3
+"""
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+
+import torch
+
+from bench_torch import SHAPES, median_ms
+
+
+def torch_round():
+    """{(layer, shape): (fwd ms, fwd+bwd ms)} for one pass over the shapes (training mode, 2 threads)."""
+    out = {}
+    for shape in SHAPES:
+        c = shape[1]
+        x = torch.randn(*shape, requires_grad=True)
+        dy = torch.randn(*shape)
+        for name, layer in (("GroupNorm", torch.nn.GroupNorm(min(32, c), c)), ("BatchNorm", torch.nn.BatchNorm2d(c))):
+            layer.train()
+            reps = 9 if x.numel() > 10_000_000 else 51
+            with torch.no_grad():
+                fwd = median_ms(lambda: layer(x), reps)
+
+            def both():
+                x.grad = None
+                layer.zero_grad(set_to_none=True)
+                layer(x).backward(dy)
+            out[(name, tuple(shape))] = (fwd, median_ms(both, reps))
+    return out
+
+
+def normkit_round(binary):
+    """The same table from `normkit bench --json`."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "bench.json")
+        subprocess.run([binary, "bench", "--repetitions", "101", "--json", path], check=True,
+                       stdout=subprocess.DEVNULL)
+        rows = json.load(open(path))
+    return {(r["layer"], tuple(r["shape"])): (r["forwardMilliseconds"], r["forwardBackwardMilliseconds"])
+            for r in rows}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--normkit", default=".build/release/normkit")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    best_nk, best_pt = {}, {}
+    for r in range(args.rounds):
+        for best, table in ((best_nk, normkit_round(args.normkit)), (best_pt, torch_round())):
+            for key, (f, fb) in table.items():
+                old = best.get(key, (float("inf"), float("inf")))
+                best[key] = (min(old[0], f), min(old[1], fb))
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    print(f"\ntorch {torch.__version__}, 2 threads; best of {args.rounds} alternating rounds (each a median)\n")
+    print("| layer | shape | NormKit fwd ms | PyTorch fwd ms | × | NormKit fwd+bwd ms | PyTorch fwd+bwd ms | × |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for key in best_pt:
+        name, shape = key
+        label = f"GroupNorm G={min(32, shape[1])}" if name == "GroupNorm" else name
+        nf, nfb = best_nk[key]
+        pf, pfb = best_pt[key]
+        print(f"| {label} | {shape} | {nf:.3f} | {pf:.3f} | {pf / nf:.2f} | {nfb:.3f} | {pfb:.3f} | {pfb / nfb:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
