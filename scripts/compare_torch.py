@@ -17,28 +17,7 @@ import tempfile
 
 import torch
 
-from bench_torch import SHAPES, median_ms
-
-
-def torch_round():
-    """{(layer, shape): (fwd ms, fwd+bwd ms)} for one pass over the shapes (training mode, 2 threads)."""
-    out = {}
-    for shape in SHAPES:
-        c = shape[1]
-        x = torch.randn(*shape, requires_grad=True)
-        dy = torch.randn(*shape)
-        for name, layer in (("GroupNorm", torch.nn.GroupNorm(min(32, c), c)), ("BatchNorm", torch.nn.BatchNorm2d(c))):
-            layer.train()
-            reps = 9 if x.numel() > 10_000_000 else 51
-            with torch.no_grad():
-                fwd = median_ms(lambda: layer(x), reps)
-
-            def both():
-                x.grad = None
-                layer.zero_grad(set_to_none=True)
-                layer(x).backward(dy)
-            out[(name, tuple(shape))] = (fwd, median_ms(both, reps))
-    return out
+from bench_torch import label, measure
 
 
 def normkit_round(binary):
@@ -61,7 +40,7 @@ def main():
     torch.manual_seed(0)
     best_nk, best_pt = {}, {}
     for r in range(args.rounds):
-        for best, table in ((best_nk, normkit_round(args.normkit)), (best_pt, torch_round())):
+        for best, table in ((best_nk, normkit_round(args.normkit)), (best_pt, measure())):
             for key, (f, fb) in table.items():
                 old = best.get(key, (float("inf"), float("inf")))
                 best[key] = (min(old[0], f), min(old[1], fb))
@@ -71,10 +50,9 @@ def main():
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for key in best_pt:
         name, shape = key
-        label = f"GroupNorm G={min(32, shape[1])}" if name == "GroupNorm" else name
         nf, nfb = best_nk[key]
         pf, pfb = best_pt[key]
-        print(f"| {label} | {shape} | {nf:.3f} | {pf:.3f} | {pf / nf:.2f} | {nfb:.3f} | {pfb:.3f} | {pfb / nfb:.2f} |")
+        print(f"| {label(name, shape)} | {shape} | {nf:.3f} | {pf:.3f} | {pf / nf:.2f} | {nfb:.3f} | {pfb:.3f} | {pfb / nfb:.2f} |")
 
 
 if __name__ == "__main__":
