@@ -157,11 +157,7 @@ public final class BatchNorm: NormalizationLayer {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x)
-        workspace.backward(dy, input: x, into: &dx, gamma: weight?.value, geometry: g)
-        let k = g.samplesPerSet, c = channels
-        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
-                           sumDy: workspace.sumDy, sumDyCentered: workspace.sumDyCentered,
-                           scale: { [rstd = workspace.rstd] n, ch in rstd[(n / k) * c + ch] })
+        workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
         savedInput = nil
         savedGeometry = nil
     }

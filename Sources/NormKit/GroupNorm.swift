@@ -104,12 +104,7 @@ public final class GroupNorm: NormalizationLayer {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x)
-        workspace.backward(dy, input: x, into: &dx, gamma: weight?.value, geometry: g)
-        let setsPerSample = groups, cpg = groupSize
-        let rstd = workspace.rstd
-        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
-                           sumDy: workspace.sumDy, sumDyCentered: workspace.sumDyCentered,
-                           scale: { n, c in rstd[n * setsPerSample + c / cpg] })
+        workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
         savedInput = nil
         savedGeometry = nil
     }

@@ -49,10 +49,11 @@ struct StatisticsWorkspace {
         }
     }
 
-    /// `dx` of the last ``normalize(_:into:gamma:beta:epsilon:geometry:)`` for upstream `dy` (with `γ` per
-    /// channel, or 1), and the per-(n, c) sums from which the layer forms `dγ` and `dβ`.
-    mutating func backward(_ dy: Tensor, input x: Tensor, into dx: inout Tensor, gamma: [Float]?,
-                           geometry g: NormalizationGeometry) {
+    /// `dx` of the last ``normalize(_:into:gamma:beta:epsilon:geometry:)`` for upstream `dy`, and, when the layer
+    /// is affine, `dγ_c = Σ dy·x̂` and `dβ_c = Σ dy` into `weight` and `bias` (`γ` is `weight`'s value, or 1).
+    mutating func backward(_ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?,
+                           bias: Parameter?, geometry g: NormalizationGeometry) {
+        let gamma = weight?.value
         let c = g.channels
         if sumDy.count != g.batch * c {
             sumDy = [Double](repeating: 0, count: g.batch * c)
@@ -84,6 +85,9 @@ struct StatisticsWorkspace {
                 }
             }
         }
+        let rstdBySet = rstd
+        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: c, sumDy: sumDy,
+                           sumDyCentered: sumDyCentered, scale: { n, ch in rstdBySet[g.set(n: n, c: ch)] })
     }
 }
 
