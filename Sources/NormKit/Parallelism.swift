@@ -1,4 +1,4 @@
-import Dispatch
+import CNormKitKernels
 import Foundation
 
 /// How many threads NormKit's kernels use.
@@ -8,16 +8,20 @@ public enum Parallelism {
     nonisolated(unsafe) public static var threadCount: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
     /// Contiguous pieces per thread that ``forEachRange(count:work:minimumWork:_:)`` hands out. More pieces than
-    /// threads let the calling thread, which starts at once, take more of the work while a worker wakes up:
+    /// threads let the calling thread, which starts at once, take more of the work while a worker catches up:
     /// 8 measured about 20 % faster than 1 on the smallest `normkit bench` shapes (GN and BN on (2, 2048, 7, 7))
     /// and the same on the large ones.
     @usableFromInline static let piecesPerThread = 8
 
     /// Runs `body` over `0..<count` split into contiguous ranges when there is at least `minimumWork` units of work
     /// per extra thread; otherwise runs it inline. The ranges (up to ``piecesPerThread`` per thread) go to the
-    /// threads as they become free, in order. The default threshold (65,536 elements) is where waking a second
-    /// thread starts to pay on this project's 2-core machines (`normkit bench`).
-    @inlinable
+    /// calling thread and NormKit's worker threads as they become free, in order. The default threshold (65,536
+    /// elements) is where a second thread starts to pay on this project's 2-core machines (`normkit bench`).
+    ///
+    /// The workers are a small persistent pool (`Sources/CNormKitKernels/ThreadPool.c`) that spins for about
+    /// 50 µs after each call before it sleeps: a training step's kernel calls come microseconds apart, and
+    /// waking a parked thread for each (as `DispatchQueue.concurrentPerform` does) cost as much as normalizing a
+    /// small tensor. A call made from inside `body`, or while another thread's call runs, runs inline.
     public static func forEachRange(count: Int, work: Int, minimumWork: Int = 1 << 16,
                                     _ body: (Range<Int>) -> Void) {
         let threads = min(threadCount, count, max(1, work / max(minimumWork, 1)))
@@ -26,9 +30,53 @@ public enum Parallelism {
             return
         }
         let pieces = min(count, threads * piecesPerThread)
-        DispatchQueue.concurrentPerform(iterations: pieces) { t in
-            let lower = count * t / pieces, upper = count * (t + 1) / pieces
-            if lower < upper { body(lower..<upper) }
+        // `body` runs only until nk_parallel_for returns. (The wrapper closure of `withoutActuallyEscaping` is
+        // the one heap allocation of a threaded call.)
+        withoutActuallyEscaping(body) { body in
+            var job = PieceJob(count: count, pieces: pieces, body: body)
+            withUnsafeMutablePointer(to: &job) { pointer in
+                nk_parallel_for(pieces, Int32(threads), { context, piece in
+                    let job = context!.assumingMemoryBound(to: PieceJob.self)
+                    let count = job.pointee.count, pieces = job.pointee.pieces
+                    let lower = count * piece / pieces, upper = count * (piece + 1) / pieces
+                    if lower < upper { job.pointee.body(lower..<upper) }
+                }, pointer)
+            }
         }
     }
+}
+
+extension Parallelism {
+    /// Runs `body(part)` once for every part in `0..<parts` on the calling thread and NormKit's worker threads (at
+    /// most ``threadCount`` at once), for work that is already split, for example one slice per thread with a
+    /// scratch buffer per slice. Parts go to threads as they become free; each runs exactly once.
+    public static func forEachPart(_ parts: Int, _ body: (Int) -> Void) {
+        guard parts > 1, threadCount > 1 else {
+            for part in 0..<max(parts, 0) { body(part) }
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            var job = PartJob(body: body)
+            withUnsafeMutablePointer(to: &job) { pointer in
+                nk_parallel_for(parts, Int32(min(parts, threadCount)), { context, part in
+                    context!.assumingMemoryBound(to: PartJob.self).pointee.body(part)
+                }, pointer)
+            }
+        }
+    }
+}
+
+/// One ``Parallelism/forEachPart(_:_:)`` call as the pool sees it (on the caller's stack during the call).
+private struct PartJob {
+    typealias Body = (Int) -> Void
+    let body: Body
+}
+
+/// One ``Parallelism/forEachRange(count:work:minimumWork:_:)`` call as the pool's pieces see it (on the caller's
+/// stack for the duration of the call).
+private struct PieceJob {
+    typealias Body = (Range<Int>) -> Void
+    let count: Int
+    let pieces: Int
+    let body: Body
 }

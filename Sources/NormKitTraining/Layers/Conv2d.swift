@@ -255,7 +255,7 @@ public final class Conv2d: Layer {
             body(0, 0..<count)
             return
         }
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
+        Parallelism.forEachPart(threads) { t in
             body(t, (count * t / threads)..<(count * (t + 1) / threads))
         }
     }

@@ -1,0 +1,113 @@
+// See include/NormKitThreadPool.h.
+#define _GNU_SOURCE
+#include "NormKitThreadPool.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define NK_PAUSE() __builtin_ia32_pause()
+#else
+#define NK_PAUSE() ((void)0)
+#endif
+
+#define NK_MAX_WORKERS 63
+
+static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;   // one call at a time
+static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static int sleepers = 0;                                        // guarded by sleep_lock
+static int started = 0;                                         // workers started; guarded by run_lock
+static _Atomic long generation = 0;                             // one increment per call
+static _Atomic long next_piece = 0;
+static _Atomic int busy = 0;                                    // workers not yet done with the current call
+static _Atomic long spin_nanoseconds = 50000;
+// The current call; written before `generation` is incremented (release), read after it is seen (acquire).
+static long job_pieces;
+static int job_workers;
+static nk_piece_function job_fn;
+static void *job_context;
+static _Thread_local int is_worker = 0;
+
+static long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long)t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static void run_pieces(void) {
+    for (;;) {
+        long p = atomic_fetch_add(&next_piece, 1);
+        if (p >= job_pieces) return;
+        job_fn(job_context, p);
+    }
+}
+
+static long first_generation[NK_MAX_WORKERS];  // the generation current when each worker was created
+
+static void *worker_main(void *argument) {
+    const long index = (long)argument;
+    is_worker = 1;
+    long seen = first_generation[index];  // not a fresh load: the call that started it may have begun already
+    for (;;) {
+        long g = atomic_load_explicit(&generation, memory_order_acquire);
+        if (g == seen) {
+            // Spin for a while (the next kernel call of a training step is usually microseconds away), then sleep.
+            const long until = now_ns() + atomic_load_explicit(&spin_nanoseconds, memory_order_relaxed);
+            int spins = 0;
+            while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen) {
+                NK_PAUSE();
+                if ((++spins & 63) == 0 && now_ns() > until) break;
+            }
+            if (g == seen) {
+                pthread_mutex_lock(&sleep_lock);
+                sleepers++;
+                while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen)
+                    pthread_cond_wait(&wake, &sleep_lock);
+                sleepers--;
+                pthread_mutex_unlock(&sleep_lock);
+            }
+        }
+        seen = g;
+        if (index < job_workers) run_pieces();
+        atomic_fetch_sub_explicit(&busy, 1, memory_order_release);
+    }
+    return 0;
+}
+
+void nk_set_worker_spin_microseconds(long microseconds) {
+    atomic_store(&spin_nanoseconds, microseconds > 0 ? microseconds * 1000 : 0);
+}
+
+void nk_parallel_for(long pieces, int threads, nk_piece_function fn, void *context) {
+    if (threads > NK_MAX_WORKERS + 1) threads = NK_MAX_WORKERS + 1;
+    if (threads <= 1 || pieces <= 1 || is_worker || pthread_mutex_trylock(&run_lock) != 0) {
+        for (long p = 0; p < pieces; p++) fn(context, p);
+        return;
+    }
+    while (started < threads - 1) {
+        pthread_t thread;
+        pthread_attr_t attributes;
+        pthread_attr_init(&attributes);
+        pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+        first_generation[started] = atomic_load(&generation);
+        int failed = pthread_create(&thread, &attributes, worker_main, (void *)(long)started);
+        pthread_attr_destroy(&attributes);
+        if (failed) break;
+        started++;
+    }
+    job_pieces = pieces;
+    job_workers = threads - 1;
+    job_fn = fn;
+    job_context = context;
+    atomic_store(&next_piece, 0);
+    atomic_store(&busy, started);
+    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    pthread_mutex_lock(&sleep_lock);
+    if (sleepers > 0) pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&sleep_lock);
+    run_pieces();
+    while (atomic_load_explicit(&busy, memory_order_acquire) > 0) NK_PAUSE();
+    pthread_mutex_unlock(&run_lock);
+}

@@ -1,0 +1,25 @@
+#ifndef NORMKIT_THREAD_POOL_H
+#define NORMKIT_THREAD_POOL_H
+/*
+ * A small persistent thread pool for NormKit's kernels. `nk_parallel_for` runs fn(context, piece) for every piece
+ * in 0..<pieces on the calling thread and up to threads − 1 workers, which take pieces in order as they become
+ * free. Between calls a worker spins for a few tens of microseconds before it sleeps, so the back-to-back kernel
+ * calls of a training step find it awake (waking a parked thread costs several microseconds, as long as a whole
+ * normalization of a small tensor). One call runs at a time: a call from a worker, or while another call runs,
+ * runs its pieces inline on the calling thread.
+ */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void (*nk_piece_function)(void *context, long piece);
+
+void nk_parallel_for(long pieces, int threads, nk_piece_function fn, void *context);
+
+/* Microseconds a worker spins after a call before it sleeps (default 50; 0 sleeps at once). */
+void nk_set_worker_spin_microseconds(long microseconds);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,83 @@
+import Dispatch
+import Foundation
+import NormKit
+import XCTest
+
+/// The worker pool behind `Parallelism`: every index or part runs exactly once, nested and concurrent calls run
+/// (inline) instead of deadlocking, and results do not depend on how pieces were shared out.
+final class ParallelismTests: XCTestCase {
+    override func tearDown() {
+        Parallelism.threadCount = Self.defaultThreads
+        super.tearDown()
+    }
+
+    static let defaultThreads = Parallelism.threadCount
+
+    func testEveryIndexRunsExactlyOnce() {
+        for threads in [1, 2, 3, 8] {
+            Parallelism.threadCount = threads
+            for count in [1, 2, 7, 16, 17, 1000, 100_003] {
+                var hits = [Int32](repeating: 0, count: count)
+                hits.withUnsafeMutableBufferPointer { h in
+                    let base = h.baseAddress!
+                    Parallelism.forEachRange(count: count, work: count * 1000, minimumWork: 1) { range in
+                        for i in range { base[i] += 1 }  // ranges are disjoint: no two threads touch one index
+                    }
+                }
+                XCTAssertTrue(hits.allSatisfy { $0 == 1 }, "threads \(threads), count \(count)")
+            }
+        }
+    }
+
+    func testEveryPartRunsExactlyOnce() {
+        Parallelism.threadCount = 2
+        for parts in [0, 1, 2, 5, 64] {
+            var hits = [Int32](repeating: 0, count: max(parts, 1))
+            hits.withUnsafeMutableBufferPointer { h in
+                let base = h.baseAddress!
+                Parallelism.forEachPart(parts) { part in base[part] += 1 }
+            }
+            XCTAssertEqual(Array(hits.prefix(parts)), [Int32](repeating: 1, count: parts), "parts \(parts)")
+        }
+    }
+
+    func testNestedCallsRunInline() {
+        Parallelism.threadCount = 2
+        let total = 64 * 64
+        var hits = [Int32](repeating: 0, count: total)
+        hits.withUnsafeMutableBufferPointer { h in
+            let base = h.baseAddress!
+            Parallelism.forEachRange(count: 64, work: 1 << 20, minimumWork: 1) { outer in
+                for i in outer {
+                    Parallelism.forEachRange(count: 64, work: 1 << 20, minimumWork: 1) { inner in
+                        for j in inner { base[i * 64 + j] += 1 }
+                    }
+                }
+            }
+        }
+        XCTAssertTrue(hits.allSatisfy { $0 == 1 })
+    }
+
+    /// Calls from several threads at once: one gets the pool, the others run inline; all finish, all correct.
+    func testConcurrentCallersAllComplete() {
+        Parallelism.threadCount = 2
+        let callers = 4, count = 50_000
+        var sums = [Int](repeating: 0, count: callers)
+        sums.withUnsafeMutableBufferPointer { s in
+            let out = s.baseAddress!
+            DispatchQueue.concurrentPerform(iterations: callers) { caller in
+                for _ in 0..<20 {
+                    var partial = [Int](repeating: 0, count: count)
+                    partial.withUnsafeMutableBufferPointer { p in
+                        let base = p.baseAddress!
+                        Parallelism.forEachRange(count: count, work: count * 100, minimumWork: 1) { range in
+                            for i in range { base[i] = i }
+                        }
+                    }
+                    out[caller] = partial.reduce(0, +)
+                }
+            }
+        }
+        XCTAssertEqual(sums, [Int](repeating: count * (count - 1) / 2, count: callers))
+    }
+}
