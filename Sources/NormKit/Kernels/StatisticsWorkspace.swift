@@ -13,6 +13,7 @@ struct StatisticsWorkspace {
     private var scratch: [Float] = []
     private var scratchDouble = KernelScratch()
     private var gammaEffective: [Float] = []
+    private var affineAccumulators: [Double] = []
 
     /// Statistics of every set of `x` and `y = γ·(x − μ)·rstd + β`.
     mutating func normalize(_ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?, epsilon: Float,
@@ -85,9 +86,40 @@ struct StatisticsWorkspace {
                 }
             }
         }
-        let rstdBySet = rstd
-        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: c, sumDy: sumDy,
-                           sumDyCentered: sumDyCentered, scale: { n, ch in rstdBySet[g.set(n: n, c: ch)] })
+        if let weight, let bias { affineGradients(weight: weight, bias: bias, geometry: g) }
+    }
+
+    /// `dγ_c = Σ_n rstd[set(n, c)]·Σdy·(x − μ)[n, c]` and `dβ_c = Σ_n Σdy[n, c]` from the sums of the last backward,
+    /// walked row by row (contiguous) with the set index advanced per channel block: no division per element.
+    private mutating func affineGradients(weight: Parameter, bias: Parameter, geometry g: NormalizationGeometry) {
+        let c = g.channels, cps = g.channelsPerSet
+        if affineAccumulators.count != 2 * c { affineAccumulators = [Double](repeating: 0, count: 2 * c) }
+        sumDy.withUnsafeBufferPointer { s1 in
+            sumDyCentered.withUnsafeBufferPointer { s2 in
+                rstd.withUnsafeBufferPointer { r in
+                    affineAccumulators.withUnsafeMutableBufferPointer { acc in
+                        let dg = acc.baseAddress!, db = dg + c
+                        dg.update(repeating: 0, count: 2 * c)
+                        for n in 0..<g.batch {
+                            let row = n * c, firstSet = (n / g.samplesPerSet) * g.channelBlocks
+                            for block in 0..<g.channelBlocks {
+                                let scale = r[firstSet + block]
+                                for ch in (block * cps)..<((block + 1) * cps) {
+                                    dg[ch] += scale * s2[row + ch]
+                                    db[ch] += s1[row + ch]
+                                }
+                            }
+                        }
+                        weight.gradient.withUnsafeMutableBufferPointer { w in
+                            for ch in 0..<c { w[ch] = Float(dg[ch]) }
+                        }
+                        bias.gradient.withUnsafeMutableBufferPointer { b in
+                            for ch in 0..<c { b[ch] = Float(db[ch]) }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
