@@ -95,7 +95,9 @@ func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
 
 /// Writes `dγ_c = Σ_n scale[n,c]·sumDyCentered[n,c] + Σ_n offset[n,c]·sumDy[n,c]` and `dβ_c = Σ_n sumDy[n,c]`
 /// into the parameters' gradients. `scale` and `offset` are functions of (n, c); pass closures over local copies of
-/// the arrays they read, not over `self` (a stored property read per element pays an exclusivity check).
+/// the arrays they read, not over `self` (a stored property read per element pays an exclusivity check). Inlined so
+/// that each caller's closures are specialised into the loop instead of called per element.
+@inline(__always)
 func setAffineGradients(weight: Parameter?, bias: Parameter?, batch: Int, channels: Int,
                         sumDy: [Double], sumDyCentered: [Double],
                         scale: (Int, Int) -> Double, offset: (Int, Int) -> Double = { _, _ in 0 }) {
