@@ -19,13 +19,13 @@ static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static int sleepers = 0;                                        // guarded by sleep_lock
 static int started = 0;                                         // workers started; guarded by run_lock
-static _Atomic long generation = 0;                             // one increment per call
+// One step per call: (call number << 8) | workers taking part, so a worker decides from the value it saw alone.
+static _Atomic long generation = 0;
 static _Atomic long next_piece = 0;
 static _Atomic int busy = 0;                                    // workers not yet done with the current call
 static _Atomic long spin_nanoseconds = 50000;
-// The current call; written before `generation` is incremented (release), read after it is seen (acquire).
+// The current call; written before `generation` is stored (release), read after it is seen (acquire).
 static long job_pieces;
-static int job_workers;
 static nk_piece_function job_fn;
 static void *job_context;
 static _Thread_local int is_worker = 0;
@@ -50,15 +50,19 @@ static void *worker_main(void *argument) {
     const long index = (long)argument;
     is_worker = 1;
     long seen = first_generation[index];  // not a fresh load: the call that started it may have begun already
+    int participated = 0;
     for (;;) {
         long g = atomic_load_explicit(&generation, memory_order_acquire);
         if (g == seen) {
-            // Spin for a while (the next kernel call of a training step is usually microseconds away), then sleep.
-            const long until = now_ns() + atomic_load_explicit(&spin_nanoseconds, memory_order_relaxed);
-            int spins = 0;
-            while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen) {
-                NK_PAUSE();
-                if ((++spins & 63) == 0 && now_ns() > until) break;
+            // After taking part in a call, spin for a while (the next kernel call of a training step is usually
+            // microseconds away), then sleep. A worker the last call did not need sleeps at once.
+            if (participated) {
+                const long until = now_ns() + atomic_load_explicit(&spin_nanoseconds, memory_order_relaxed);
+                int spins = 0;
+                while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen) {
+                    NK_PAUSE();
+                    if ((++spins & 63) == 0 && now_ns() > until) break;
+                }
             }
             if (g == seen) {
                 pthread_mutex_lock(&sleep_lock);
@@ -70,8 +74,11 @@ static void *worker_main(void *argument) {
             }
         }
         seen = g;
-        if (index < job_workers) run_pieces();
-        atomic_fetch_sub_explicit(&busy, 1, memory_order_release);
+        participated = index < (g & 0xFF);  // only the first threads − 1 workers take part (and count in busy)
+        if (participated) {
+            run_pieces();
+            atomic_fetch_sub_explicit(&busy, 1, memory_order_release);
+        }
     }
     return 0;
 }
@@ -97,13 +104,14 @@ void nk_parallel_for(long pieces, int threads, nk_piece_function fn, void *conte
         if (failed) break;
         started++;
     }
+    const long workers = threads - 1 < started ? threads - 1 : started;
     job_pieces = pieces;
-    job_workers = threads - 1;
     job_fn = fn;
     job_context = context;
     atomic_store(&next_piece, 0);
-    atomic_store(&busy, started);
-    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    atomic_store(&busy, (int)workers);
+    const long call = (atomic_load(&generation) >> 8) + 1;
+    atomic_store_explicit(&generation, (call << 8) | workers, memory_order_release);
     pthread_mutex_lock(&sleep_lock);
     if (sleepers > 0) pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&sleep_lock);

@@ -29,6 +29,27 @@ final class ParallelismTests: XCTestCase {
         }
     }
 
+    /// After a call with many threads (which starts many workers), a 2-thread call must involve one worker only:
+    /// the others stay asleep instead of spinning on the 2 cores. Checked by its result and by its speed staying
+    /// within reach of a fresh 2-thread call (oversubscription made such calls tens of times slower).
+    func testFewerThreadsAfterManyStillCorrect() {
+        Parallelism.threadCount = 8
+        var sink = [Double](repeating: 0, count: 1 << 16)
+        sink.withUnsafeMutableBufferPointer { s in
+            let base = s.baseAddress!
+            Parallelism.forEachRange(count: 1 << 16, work: 1 << 30, minimumWork: 1) { r in for i in r { base[i] = 1 } }
+        }
+        Parallelism.threadCount = 2
+        var hits = [Int32](repeating: 0, count: 4096)
+        for _ in 0..<200 {
+            hits.withUnsafeMutableBufferPointer { h in
+                let base = h.baseAddress!
+                Parallelism.forEachRange(count: 4096, work: 1 << 20, minimumWork: 1) { r in for i in r { base[i] += 1 } }
+            }
+        }
+        XCTAssertTrue(hits.allSatisfy { $0 == 200 })
+    }
+
     func testEveryPartRunsExactlyOnce() {
         Parallelism.threadCount = 2
         for parts in [0, 1, 2, 5, 64] {
