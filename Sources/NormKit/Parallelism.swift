@@ -7,6 +7,13 @@ public enum Parallelism {
     /// Set it once at start-up; kernels read it on each call.
     nonisolated(unsafe) public static var threadCount: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
+    /// Microseconds an idle worker thread spins, waiting for the next kernel call, before it sleeps (default 50).
+    /// Spinning keeps back-to-back kernel calls fast; 0 makes workers sleep at once, for a machine whose cores are
+    /// needed by other busy processes.
+    nonisolated(unsafe) public static var workerSpinMicroseconds: Int = 50 {
+        didSet { nk_set_worker_spin_microseconds(max(workerSpinMicroseconds, 0)) }
+    }
+
     /// Contiguous pieces per thread that ``forEachRange(count:work:minimumWork:_:)`` hands out. More pieces than
     /// threads let the calling thread, which starts at once, take more of the work while a worker catches up:
     /// 8 measured about 20 % faster than 1 on the smallest `normkit bench` shapes (GN and BN on (2, 2048, 7, 7))

@@ -49,6 +49,21 @@ final class ParallelismTests: XCTestCase {
         XCTAssertTrue(hits.allSatisfy { $0 == 200 })
     }
 
+    func testWorkersThatSleepAtOnceStillServeEveryCall() {
+        Parallelism.threadCount = 2
+        Parallelism.workerSpinMicroseconds = 0
+        defer { Parallelism.workerSpinMicroseconds = 50 }
+        var hits = [Int32](repeating: 0, count: 1000)
+        for _ in 0..<100 {
+            hits.withUnsafeMutableBufferPointer { h in
+                let base = h.baseAddress!
+                Parallelism.forEachRange(count: 1000, work: 1 << 20, minimumWork: 1) { r in for i in r { base[i] += 1 } }
+            }
+            usleep(100)  // let the worker fall asleep between calls
+        }
+        XCTAssertTrue(hits.allSatisfy { $0 == 100 })
+    }
+
     func testEveryPartRunsExactlyOnce() {
         Parallelism.threadCount = 2
         for parts in [0, 1, 2, 5, 64] {
