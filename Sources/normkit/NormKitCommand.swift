@@ -13,6 +13,27 @@ struct NormKitCommand: ParsableCommand {
     /// they are printed rather than when a 4 KB buffer fills, then parses and runs the command.
     static func main() {
         setvbuf(stdout, nil, _IOLBF, 0)
-        main(nil)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: userFacing(error))
+        }
     }
+
+    /// Foundation's and Codable's errors in NormKit's words ("path: reason"), never `NSCocoaErrorDomain` text;
+    /// NormKit's and the argument parser's own errors unchanged.
+    static func userFacing(_ error: Error) -> Error {
+        if error is DecodingError || error is EncodingError || type(of: error) == NSError.self || error is CocoaError {
+            return CommandFailure(ErrorText.describe(error))
+        }
+        return error
+    }
+}
+
+/// A failure while a command runs (not a usage mistake, so no usage text follows it).
+struct CommandFailure: Error, CustomStringConvertible, LocalizedError {
+    let description: String
+    init(_ description: String) { self.description = description }
+    var errorDescription: String? { description }
 }

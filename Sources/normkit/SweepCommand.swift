@@ -54,6 +54,14 @@ struct SweepCommand: ParsableCommand {
         let speed = try measureThroughput(plan.base)
         let estimate = plan.estimatedSeconds(imagesPerSecond: speed)
         let cells = try plan.cells()
+        for cell in cells {
+            do { try cell.configuration.validate() } catch let error as ConfigurationError {
+                throw ValidationError("sweep cell \(cell.runName): \(error.description)")
+            }
+        }
+        // One sweep per directory at a time (each run also locks its own directory).
+        let sweepLock = try RunDirectoryLock.acquire(directory)
+        defer { sweepLock.release() }
         print("normkit sweep --preset \(preset.name): \(preset.description)")
         print(String(format: "%d runs; this machine trains ResNet-8 at about %.0f images/s, so expect about %@.",
                      cells.count, speed, ProgressReporter.clock(estimate)))
@@ -74,13 +82,16 @@ struct SweepCommand: ParsableCommand {
             if FileManager.default.fileExists(
                 atPath: runDirectory.appendingPathComponent(TrainingCheckpoint.modelFileName).path) {
                 try trainer.resume(from: runDirectory)
+            } else {
+                // Records without a checkpoint (a run that died before its first save) are this cell's own: redo it.
+                trainer.replacesExistingRun = true
             }
             do {
                 return try trainer.run()
             } catch TrainingError.interrupted(let step, _) {
                 print("\ninterrupted at step \(step) of \(runDirectory.lastPathComponent); its checkpoint is saved. "
                       + "Run the same command again to continue the sweep.")
-                Foundation.exit(130)
+                Foundation.exit(128 + (Trainer.lastInterruptSignal ?? SIGINT))
             }
         }
         runner.log = { print($0) }
@@ -129,6 +140,11 @@ struct ReportCommand: ParsableCommand {
 
     func run() throws {
         let url = URL(fileURLWithPath: directory)
+        guard try SweepPlanRecord.read(from: url) != nil else {
+            throw CommandFailure("\(url.path) is not a sweep directory (it has no \(SweepPlanRecord.fileName)); "
+                                  + "`normkit report` rebuilds the report of a directory written by `normkit sweep`, "
+                                  + "and writes nothing elsewhere")
+        }
         let report = try SweepReport.build(from: url)
         try report.write(to: url)
         print(report.markdown())

@@ -81,21 +81,35 @@ struct TrainCommand: ParsableCommand {
     var checkpointEvery: Int?
     @OptionGroup var dataOptions: DataOptions
 
+    @Flag(help: "Replace the run already in --out (its checkpoint and records are deleted first).")
+    var overwrite = false
+
     func validate() throws {
-        guard batch >= 1 else { throw ValidationError("--batch must be at least 1, got \(batch)") }
-        guard epochs >= 1 else { throw ValidationError("--epochs must be at least 1, got \(epochs)") }
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
-        if let normBatch, normBatch < 1 || batch % normBatch != 0 {
-            throw ValidationError("--norm-batch \(normBatch) must divide --batch \(batch)")
+        if let every = checkpointEvery, every < 1 {
+            throw ValidationError("--checkpoint-every \(every): must be at least 1 (steps between checkpoints)")
         }
-        if groups != nil && groupSize != nil { throw ValidationError("give --groups or --group-size, not both") }
-        if let groups, groups < 1 { throw ValidationError("--groups must be at least 1, got \(groups)") }
-        if let groupSize, groupSize < 1 { throw ValidationError("--group-size must be at least 1, got \(groupSize)") }
-        guard ["cosine", "step"].contains(schedule) else {
-            throw ValidationError("--schedule must be cosine or step, got \(schedule)")
+        let configuration = try trainingConfiguration()
+        do {
+            try configuration.validate()
+        } catch let error as ConfigurationError {
+            throw ValidationError(error.description)
         }
-        if let lr, !(lr > 0) { throw ValidationError("--lr must be positive, got \(lr)") }
-        guard (0..<1).contains(warmup) else { throw ValidationError("--warmup must be in [0, 1), got \(warmup)") }
+        if resume != nil {
+            // A resumed run continues with its own configuration: a flag that would change it is refused, not ignored.
+            var defaults = try TrainCommand.parse([])
+            defaults.threads = threads
+            defaults.dataOptions = dataOptions
+            let changed = try defaults.trainingConfiguration().differences(from: configuration)
+            guard changed.isEmpty else {
+                throw ValidationError("--resume continues a run with its own configuration; drop the flags that would change it (\(changed.joined(separator: "; ")))")
+            }
+            if out != nil { throw ValidationError("--resume DIR writes into DIR; drop --out") }
+            if overwrite { throw ValidationError("--overwrite replaces a run; it cannot be combined with --resume") }
+        } else {
+            do { try configuration.validateApplicability() } catch let error as ConfigurationError {
+                throw ValidationError(error.description)
+            }
+        }
         _ = try parsedMilestones()
     }
 
@@ -120,25 +134,34 @@ struct TrainCommand: ParsableCommand {
     }
 
     func run() throws {
-        var configuration: TrainingConfiguration
+        let configuration: TrainingConfiguration
         let directory: URL
+        let train: Dataset, test: Dataset
         if let resume {
             directory = URL(fileURLWithPath: resume)
             let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
             guard FileManager.default.fileExists(atPath: modelURL.path) else {
                 throw TrainingError.nothingToResume(directory.path)
             }
-            configuration = try TrainingCheckpoint.readModel(at: modelURL).configuration
-            configuration.threads = threads
+            let file = try TrainingCheckpoint.read(at: modelURL)
+            var saved = file.configuration
+            saved.threads = threads
+            configuration = saved
+            // The data it was trained on, unless --data says otherwise (the trainer then compares fingerprints).
+            let dataDirectory = dataOptions.data.map { URL(fileURLWithPath: $0) }
+                ?? file.data?.source.map { URL(fileURLWithPath: $0.directory) }
+            (train, test) = try FashionMNIST.load(directory: dataDirectory, trainLimit: configuration.trainLimit,
+                                                  testLimit: configuration.testLimit,
+                                                  statistics: file.data?.statistics)
         } else {
             configuration = try trainingConfiguration()
-            let name = "\(model)-\(norm.rawValue)-b\(batch)-nb\(normBatch ?? batch)-s\(seed)"
-            directory = URL(fileURLWithPath: out ?? "runs/\(name)")
-        }
-        let (train, test) = try dataOptions.load(trainLimit: configuration.trainLimit,
+            (train, test) = try dataOptions.load(trainLimit: configuration.trainLimit,
                                                  testLimit: configuration.testLimit)
+            directory = URL(fileURLWithPath: out ?? "runs/\(Self.defaultRunName(configuration, data: train.source))")
+        }
         let trainer = try Trainer(configuration: configuration, train: train, test: test, output: directory)
         trainer.checkpointEverySteps = checkpointEvery
+        trainer.replacesExistingRun = overwrite
         if resume != nil {
             try trainer.resume(from: directory)
             print("resuming \(directory.path) at step \(trainer.step)")
@@ -156,10 +179,18 @@ struct TrainCommand: ParsableCommand {
         } catch let error as TrainingError {
             if case .interrupted = error {
                 print("\n\(error)")
-                throw ExitCode(130)
+                throw ExitCode(128 + (Trainer.lastInterruptSignal ?? SIGINT))
             }
             throw error
         }
+    }
+
+    /// `<model>-<norm>-b<batch>-nb<normBatch>-s<seed>-<hash>`: readable, and distinct for runs whose
+    /// configurations or data differ in anything (the hash covers every field but the thread count, and the
+    /// data's fingerprint).
+    static func defaultRunName(_ c: TrainingConfiguration, data: DataSource?) -> String {
+        "\(c.model)-\(c.norm.rawValue)-b\(c.batch)-nb\(c.effectiveNormBatch)-s\(c.seed)-"
+            + c.identityHash(data: data?.fingerprint ?? "")
     }
 }
 
@@ -174,6 +205,12 @@ struct EvalCommand: ParsableCommand {
     var threads = 2
     @OptionGroup var dataOptions: DataOptions
 
+    func validate() throws {
+        guard (1...ConfigurationLimits.maxThreads).contains(threads) else {
+            throw ValidationError("--threads \(threads): must be in 1...\(ConfigurationLimits.maxThreads)")
+        }
+    }
+
     func run() throws {
         var url = URL(fileURLWithPath: checkpoint)
         var isDirectory: ObjCBool = false
@@ -182,15 +219,19 @@ struct EvalCommand: ParsableCommand {
         }
         Parallelism.threadCount = threads
         BLAS.setThreads(1)
-        let (tensors, configuration, step) = try TrainingCheckpoint.readModel(at: url)
-        // The training set's pixel statistics standardise the test set, as in training.
-        let (_, test) = try dataOptions.load(trainLimit: configuration.trainLimit, testLimit: dataOptions.testLimit)
+        // Read and validate everything the file says before building or allocating anything.
+        let file = try TrainingCheckpoint.read(at: url)
+        let configuration = file.configuration
+        let test = try testSet(for: file)
         let normalization = try NormalizationSettings(configuration, totalSteps: 1)
         let model = try makeModel(named: configuration.model, normalization: normalization,
                                   inChannels: test.channels, classes: test.classCount, seed: configuration.seed)
-        try model.loadStateDict(tensors)
+        try model.loadStateDict(file.tensors)
         let evaluation = try Trainer.evaluate(model: model, on: test)
-        print("\(url.path): \(configuration.model) with \(configuration.norm.rawValue), step \(step)")
+        guard evaluation.loss.isFinite else {
+            throw CommandFailure("\(url.path): the test loss is \(evaluation.loss): the checkpoint's weights or running statistics are not finite (a diverged run?)")
+        }
+        print("\(url.path): \(configuration.model) with \(configuration.norm.rawValue), step \(file.step)")
         print(String(format: "test error %.2f%% on %d images (loss %.4f)", 100 * evaluation.error, evaluation.count,
                      evaluation.loss))
         print("\n| class | accuracy |\n|---|---:|")
@@ -198,5 +239,26 @@ struct EvalCommand: ParsableCommand {
             let name = i < test.classNames.count ? test.classNames[i] : "\(i)"
             print(String(format: "| %@ | %.2f%% |", name, 100 * accuracy))
         }
+    }
+
+    /// The test images, standardised with the training statistics the checkpoint recorded; data from --data,
+    /// else the directory the model was trained on, else the default. Says so when that is not the training data.
+    func testSet(for file: TrainingCheckpoint.ModelFile) throws -> Dataset {
+        let recorded = file.data?.source
+        let directory = dataOptions.data.map { URL(fileURLWithPath: $0) }
+            ?? recorded.map { URL(fileURLWithPath: $0.directory) }
+        guard let statistics = file.data?.statistics else {
+            print("note: this checkpoint does not record its pixel statistics (written by an older normkit); "
+                  + "recomputing them from the training images in \((directory ?? FashionMNIST.defaultDirectory).path)")
+            return try FashionMNIST.load(directory: directory, trainLimit: file.configuration.trainLimit,
+                                         testLimit: dataOptions.testLimit).test
+        }
+        let test = try FashionMNIST.loadTest(directory: directory, limit: dataOptions.testLimit, statistics: statistics)
+        if let recorded, let given = test.source, recorded.fingerprint != given.fingerprint {
+            print("note: evaluating on \(given.directory) (fingerprint \(given.fingerprint)), not the data the model "
+                  + "was trained on (\(recorded.directory), fingerprint \(recorded.fingerprint)); "
+                  + "the images are standardised with the training statistics recorded in the checkpoint")
+        }
+        return test
     }
 }

@@ -30,6 +30,12 @@ public struct PixelStatistics: Equatable, Sendable, Codable {
             self.init(mean: 0, std: 0)
             return
         }
+        // One byte value only: the std is exactly 0 (the float sums below would leave ~1e-18 of rounding, which
+        // would pass a `> 0` check and scale standardised images by ~1e16).
+        if let only = histogram.firstIndex(where: { $0 > 0 }), histogram[(only + 1)...].allSatisfy({ $0 == 0 }) {
+            self.init(mean: Double(only) / 255, std: 0)
+            return
+        }
         var sum = 0.0
         for (value, count) in histogram.enumerated() { sum += Double(count) * Double(value) }
         let mean = sum / 255 / n
@@ -76,6 +82,9 @@ public struct Dataset: Sendable {
     public let classNames: [String]
     /// The training-set statistics the images were standardised with.
     public let statistics: PixelStatistics
+    /// Where the images came from (set by ``FashionMNIST/load(directory:trainLimit:testLimit:statistics:)``; nil
+    /// for a dataset built in memory).
+    public var source: DataSource?
 
     /// Mean of the training pixels on the [0, 1] scale (``statistics``' mean).
     public var mean: Double { statistics.mean }
@@ -193,6 +202,11 @@ public struct Dataset: Sendable {
     }
 
     private static func checkStatistics(_ statistics: PixelStatistics, source: String) throws {
+        if statistics.std == 0, statistics.mean.isFinite {
+            throw DataError.invalidArgument(
+                name: "pixel statistics of \(source)", value: "every pixel is \(Int((statistics.mean * 255).rounded())) (std 0)",
+                expected: "training images that are not all one value: a constant image set cannot be standardised")
+        }
         guard statistics.std > 0, statistics.std.isFinite, statistics.mean.isFinite else {
             throw DataError.invalidArgument(
                 name: "pixel statistics of \(source)", value: "mean \(statistics.mean), std \(statistics.std)",
@@ -240,10 +254,45 @@ public enum FashionMNIST {
     ///   - testLimit: use only the first `testLimit` test images (nil: all 10,000).
     /// - Throws: ``DataError/datasetNotFound(directory:missing:)`` (saying how to install the dataset) when
     ///   files are missing; any other ``DataError`` for a malformed file.
-    public static func load(directory: URL? = nil, trainLimit: Int? = nil, testLimit: Int? = nil) throws
-        -> (train: Dataset, test: Dataset)
+    ///   - statistics: standardise both splits with these (the ones a checkpoint recorded) instead of the
+    ///     training images' own.
+    public static func load(directory: URL? = nil, trainLimit: Int? = nil, testLimit: Int? = nil,
+                            statistics: PixelStatistics? = nil) throws -> (train: Dataset, test: Dataset)
     {
         let directory = directory ?? defaultDirectory
+        let found = try files(in: directory)
+        let source = try DataSource(directory: directory, files: found)
+        let size = (height: imageSize, width: imageSize)
+        var train = try Dataset.loadIDX(
+            images: found[0], labels: found[1], classCount: classCount, classNames: classNames, imageSize: size,
+            limit: trainLimit, statistics: statistics)
+        var test = try Dataset.loadIDX(
+            images: found[2], labels: found[3], classCount: classCount, classNames: classNames, imageSize: size,
+            limit: testLimit, statistics: train.statistics)
+        train.source = source
+        test.source = source
+        return (train, test)
+    }
+
+    /// The test split alone, standardised with `statistics` (the training statistics a checkpoint recorded).
+    public static func loadTest(directory: URL? = nil, limit: Int? = nil, statistics: PixelStatistics) throws -> Dataset {
+        let directory = directory ?? defaultDirectory
+        let found = try files(in: directory)
+        var test = try Dataset.loadIDX(
+            images: found[2], labels: found[3], classCount: classCount, classNames: classNames,
+            imageSize: (imageSize, imageSize), limit: limit, statistics: statistics)
+        test.source = try DataSource(directory: directory, files: found)
+        return test
+    }
+
+    /// The fingerprint of the dataset in `directory` (see ``DataSource``), without loading it.
+    public static func source(in directory: URL? = nil) throws -> DataSource {
+        let directory = directory ?? defaultDirectory
+        return try DataSource(directory: directory, files: files(in: directory))
+    }
+
+    /// The four files, in the order train images, train labels, test images, test labels.
+    private static func files(in directory: URL) throws -> [URL] {
         let names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                      "t10k-labels-idx1-ubyte"]
         var found: [URL] = []
@@ -252,14 +301,7 @@ public enum FashionMNIST {
             if let url = locate(name, in: directory) { found.append(url) } else { missing.append("\(name)(.gz)") }
         }
         guard missing.isEmpty else { throw DataError.datasetNotFound(directory: directory.path, missing: missing) }
-        let size = (height: imageSize, width: imageSize)
-        let train = try Dataset.loadIDX(
-            images: found[0], labels: found[1], classCount: classCount, classNames: classNames, imageSize: size,
-            limit: trainLimit)
-        let test = try Dataset.loadIDX(
-            images: found[2], labels: found[3], classCount: classCount, classNames: classNames, imageSize: size,
-            limit: testLimit, statistics: train.statistics)
-        return (train, test)
+        return found
     }
 
     /// The first existing regular file among the spellings of `name`.

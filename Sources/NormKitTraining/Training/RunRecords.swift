@@ -94,10 +94,13 @@ public struct RunSummary: Codable, Equatable, Sendable {
     public var perClassAccuracy: [Double]
     /// True once every epoch ran; a sweep redoes runs without a finished summary.
     public var finished: Bool
+    /// What the run was trained on (nil in summaries written before NormKit recorded it).
+    public var data: DataRecord?
 
     public init(configuration: TrainingConfiguration, finalTestError: Double, bestTestError: Double,
                 epochs: [EpochMetrics], wallSeconds: Double, imagesPerSecond: Double,
-                perClassAccuracy: [Double], finished: Bool) {
+                perClassAccuracy: [Double], finished: Bool, data: DataRecord? = nil) {
+        self.data = data
         self.configuration = configuration; self.finalTestError = finalTestError
         self.bestTestError = bestTestError; self.epochs = epochs; self.wallSeconds = wallSeconds
         self.imagesPerSecond = imagesPerSecond; self.perClassAccuracy = perClassAccuracy; self.finished = finished

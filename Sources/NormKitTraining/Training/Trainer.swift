@@ -1,24 +1,6 @@
 import Dispatch
 import Foundation
 
-/// Errors of a training run.
-public enum TrainingError: Error, CustomStringConvertible, Equatable {
-    case invalidConfiguration(String)
-    /// The run stopped on request (Ctrl-C) after saving a checkpoint at `step`.
-    case interrupted(step: Int, directory: String)
-    case nothingToResume(String)
-
-    public var description: String {
-        switch self {
-        case .invalidConfiguration(let why): return "invalid training configuration: \(why)"
-        case .interrupted(let step, let dir):
-            return "interrupted: checkpoint of step \(step) saved in \(dir); continue with `normkit train --resume \(dir)`"
-        case .nothingToResume(let dir):
-            return "nothing to resume in \(dir): it has no \(TrainingCheckpoint.modelFileName)"
-        }
-    }
-}
-
 /// Test-set results.
 public struct Evaluation: Equatable, Sendable {
     /// Mean cross-entropy.
@@ -31,8 +13,9 @@ public struct Evaluation: Equatable, Sendable {
     public var count: Int
 }
 
-/// Set by SIGINT; the trainer checks it after every step.
+/// Set to the signal number by SIGINT or SIGTERM; the trainer checks it after every step.
 nonisolated(unsafe) private var interruptRequested: sig_atomic_t = 0
+nonisolated(unsafe) private var interruptSignalSeen: Int32 = 0
 
 /// Trains one model with one configuration: SGD steps over shuffled, augmented batches, an evaluation on the
 /// test set after every epoch, `metrics.jsonl`, `summary.json` and checkpoints in the output directory.
@@ -53,8 +36,22 @@ public final class Trainer {
     public var progress: ProgressReporter
     /// Stop (with a checkpoint) after this many steps in total, as if interrupted; for tests and time-boxed runs.
     public var stopAfterStep: Int?
-    /// Save a checkpoint every this many steps as well as at every epoch's end.
+    /// Save a checkpoint every this many steps as well as at every epoch's end (nil or 0: only at epoch ends).
     public var checkpointEverySteps: Int?
+    /// Let a new (not resumed) run replace a run already in ``output`` (its checkpoint, states and records are
+    /// removed first). Off by default: ``run()`` then refuses with ``TrainingError/runExists(path:state:)``.
+    public var replacesExistingRun = false
+    /// A training loss above this (or not finite) stops the run as diverged. Cross-entropy starts near
+    /// `ln(classes)` (2.3 for 10 classes); a mean above 1,000 is far past any recovering run.
+    public var divergenceLossBound: Float = 1_000
+    /// A weight above this in magnitude (or not finite) at a checkpoint stops the run as diverged instead of
+    /// being saved. Trained conv nets keep weights of order 1.
+    public var divergenceWeightBound: Float = 10_000
+    /// What the run is trained on (recorded in checkpoints and `summary.json`).
+    public let dataRecord: DataRecord
+    /// The step of the last checkpoint written or resumed from.
+    public private(set) var lastCheckpointStep: Int?
+    private var lock: RunDirectoryLock?
 
     public private(set) var step = 0
     public private(set) var history: [EpochMetrics] = []
@@ -77,17 +74,8 @@ public final class Trainer {
     public init(configuration: TrainingConfiguration, train: Dataset, test: Dataset, output: URL?,
                 progress: ProgressReporter = ProgressReporter()) throws {
         let c = configuration.resolved
-        guard c.batch >= 1 else { throw TrainingError.invalidConfiguration("batch must be at least 1, got \(c.batch)") }
-        guard c.epochs >= 1 else { throw TrainingError.invalidConfiguration("epochs must be at least 1, got \(c.epochs)") }
-        if let nb = c.normBatch, nb < 1 || c.batch % nb != 0 {
-            throw TrainingError.invalidConfiguration(
-                "norm-batch \(nb) must be at least 1 and divide the SGD batch \(c.batch)")
-        }
-        if c.groups != nil && c.groupSize != nil {
-            throw TrainingError.invalidConfiguration("give --groups or --group-size, not both")
-        }
-        guard ["cosine", "step"].contains(c.schedule) else {
-            throw TrainingError.invalidConfiguration("schedule must be cosine or step, got \(c.schedule)")
+        do { try c.validate() } catch let error as ConfigurationError {
+            throw TrainingError.invalidConfiguration(error.description)
         }
         guard train.count >= c.batch else {
             throw TrainingError.invalidConfiguration("the training set has \(train.count) images, fewer than one batch of \(c.batch)")
@@ -96,6 +84,7 @@ public final class Trainer {
             throw TrainingError.invalidConfiguration("learning rate must be positive, got \(c.peakLearningRate)")
         }
         self.configuration = c
+        self.dataRecord = DataRecord(train: train, test: test)
         self.train = train
         self.test = test
         self.output = output
@@ -113,16 +102,28 @@ public final class Trainer {
     }
 
     /// Restores model, optimizer, data position and history from a checkpoint written by this configuration.
+    ///
+    /// - Throws: ``TrainingError/nothingToResume(_:)``, ``TrainingError/runDirectoryLocked(path:pid:)`` while
+    ///   another process writes the directory, ``TrainingError/invalidConfiguration(_:)`` for a run of another
+    ///   configuration, ``TrainingError/dataMismatch(directory:recorded:given:)`` when the checkpoint records
+    ///   other data than this trainer's, and checkpoint reading errors.
     public func resume(from directory: URL) throws {
         let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
         guard FileManager.default.fileExists(atPath: modelURL.path) else {
             throw TrainingError.nothingToResume(directory.path)
         }
-        var saved = try TrainingCheckpoint.readModel(at: modelURL).configuration
+        try acquireLock(directory)
+        let file = try TrainingCheckpoint.read(at: modelURL)
+        var saved = file.configuration
         saved.threads = configuration.threads
         guard saved == configuration else {
             throw TrainingError.invalidConfiguration(
-                "\(directory.path) was trained with another configuration; resume it with its own (normkit train --resume)")
+                "\(directory.path) was trained with another configuration (\(saved.differences(from: configuration).joined(separator: "; "))); resume it with its own (normkit train --resume)")
+        }
+        if let recorded = file.data?.source, let given = dataRecord.source, recorded.fingerprint != given.fingerprint {
+            throw TrainingError.dataMismatch(
+                directory: directory.path, recorded: "\(recorded.directory) (fingerprint \(recorded.fingerprint))",
+                given: "\(given.directory) (fingerprint \(given.fingerprint))")
         }
         let state = try TrainingCheckpoint.load(into: model, optimizer: optimizer, from: directory)
         try batches.seek(to: state.position)
@@ -133,14 +134,41 @@ public final class Trainer {
         epochImages = state.epochImages
         elapsedBefore = state.elapsedSeconds
         epochTrainingSeconds = state.epochTrainingSeconds
+        lastCheckpointStep = state.step
+        resumed = true
     }
 
-    /// Installs a SIGINT handler that makes running trainers save a checkpoint and stop after the current step.
-    public static func stopOnInterrupt() {
-        signal(SIGINT) { _ in
-            if interruptRequested != 0 { _exit(130) }  // a second Ctrl-C quits at once
-            interruptRequested = 1
+    private var resumed = false
+
+    /// Locks `directory` for this trainer (once) and removes temporary files of writers that died.
+    private func acquireLock(_ directory: URL) throws {
+        guard lock == nil else { return }
+        let lock = try RunDirectoryLock.acquire(directory)
+        self.lock = lock
+        if let pid = lock.previousHolder {
+            progress.message("note: \(directory.path) was last locked by pid \(pid), which has exited; taking it over")
         }
+        for name in RunDirectory.removeStaleTemporaryFiles(in: directory) {
+            progress.message("removed \(name), a temporary file of a writer that died")
+        }
+    }
+
+    /// Installs SIGINT and SIGTERM handlers that make running trainers save a checkpoint and stop after the
+    /// current step (a second signal quits at once).
+    public static func stopOnInterrupt() {
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber) { received in
+                if interruptRequested != 0 { _exit(128 + received) }
+                interruptRequested = received
+            }
+        }
+    }
+
+    /// The signal that stopped the last interrupted run (SIGINT or SIGTERM), for the exit code `128 + signal`;
+    /// nil when it stopped at ``stopAfterStep``.
+    public private(set) static var lastInterruptSignal: Int32? {
+        get { interruptSignalSeen == 0 ? nil : interruptSignalSeen }
+        set { interruptSignalSeen = newValue ?? 0 }
     }
 
     /// Trains until the last epoch (or an interruption), evaluating after each epoch.
@@ -153,7 +181,19 @@ public final class Trainer {
         let c = configuration
         Parallelism.threadCount = c.threads
         BLAS.setThreads(1)
-        if let output { try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true) }
+        if let output {
+            try acquireLock(output)
+            if !resumed {
+                let contents = RunDirectory.contents(of: output)
+                if contents != .empty {
+                    guard replacesExistingRun else {
+                        throw TrainingError.runExists(path: output.path, state: Self.describe(contents))
+                    }
+                    try RunDirectory.removeRun(in: output)
+                }
+            }
+        }
+        defer { lock?.release(); lock = nil }
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { elapsedBefore + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var lastEvaluation: Evaluation?
@@ -167,6 +207,10 @@ public final class Trainer {
                 for i in 0..<n { labels[i] = Int(labels32[i]) }
                 let logits = try model.forward(images, training: true)
                 let value = try loss.forward(logits: logits, labels: labels)
+                guard value.isFinite, value <= divergenceLossBound else {
+                    throw TrainingError.diverged(step: step + 1, what: "loss \(value)",
+                                                 lastCheckpointStep: lastCheckpointStep, directory: output?.path)
+                }
                 try loss.backward(into: &logitsGradient)
                 try model.backward(logitsGradient)
                 optimizer.step(learningRate: Float(rate))
@@ -182,11 +226,12 @@ public final class Trainer {
                               loss: epochLossSum / Double(max(epochImages, 1)), imagesPerSecond: speed,
                               secondsLeft: left)
                 let stopNow = interruptRequested != 0 || step == stopAfterStep
-                if stopNow || (checkpointEverySteps.map { step % $0 == 0 } ?? false) {
+                if stopNow || (checkpointEverySteps.map { $0 > 0 && step % $0 == 0 } ?? false) {
                     epochTrainingSeconds += Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
                     segmentStart = DispatchTime.now().uptimeNanoseconds
                     try saveCheckpoint(elapsed: now())
                     if stopNow {
+                        Self.lastInterruptSignal = interruptRequested == 0 ? nil : interruptRequested
                         interruptRequested = 0
                         throw TrainingError.interrupted(step: step, directory: output?.path ?? "(no output directory)")
                     }
@@ -194,6 +239,10 @@ public final class Trainer {
             }
             epochTrainingSeconds += Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
             let evaluation = try evaluate()
+            guard evaluation.loss.isFinite else {
+                throw TrainingError.diverged(step: step, what: "test loss \(evaluation.loss) after epoch \(epoch + 1)",
+                                             lastCheckpointStep: lastCheckpointStep, directory: output?.path)
+            }
             lastEvaluation = evaluation
             let metrics = EpochMetrics(
                 epoch: epoch, step: step, trainLoss: epochLossSum / Double(max(epochImages, 1)),
@@ -214,29 +263,63 @@ public final class Trainer {
             configuration: c, finalTestError: evaluation.error,
             bestTestError: history.map(\.testError).min() ?? evaluation.error, epochs: history, wallSeconds: now(),
             imagesPerSecond: history.isEmpty ? 0 : history.map(\.imagesPerSecond).reduce(0, +) / Double(history.count),
-            perClassAccuracy: evaluation.perClassAccuracy, finished: true)
+            perClassAccuracy: evaluation.perClassAccuracy, finished: true, data: dataRecord)
         if let output {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try AtomicFile.write(Array(try encoder.encode(summary)), to: output.appendingPathComponent("summary.json"))
+            try AtomicFile.write(Array(try JSONEncoder.normKit(pretty: true).encode(summary)),
+                                 to: output.appendingPathComponent("summary.json"))
         }
         return summary
     }
 
+    /// "finished", "interrupted at step k", … for messages.
+    static func describe(_ contents: RunDirectory.Contents) -> String {
+        switch contents {
+        case .empty: return "empty"
+        case .finished: return "a finished run"
+        case .unfinished(let step): return "a run interrupted at step \(step)"
+        case .records(let files): return "records of a run: \(files.joined(separator: ", "))"
+        }
+    }
+
+    /// Why the model or optimizer state must not be saved (a value not finite, a weight past
+    /// ``divergenceWeightBound``), or nil.
+    private func unsaveableState() -> String? {
+        for (name, tensor) in model.stateDict() {
+            guard case .float32(_, let values) = tensor else { continue }
+            var largest: Float = 0
+            for v in values {
+                guard v.isFinite else { return "\(name) holds \(v)" }
+                largest = max(largest, abs(v))
+            }
+            let isWeight = name.hasSuffix("weight") || name.hasSuffix("bias")
+            if isWeight && largest > divergenceWeightBound {
+                return "\(name) reached |w| = \(largest), above \(divergenceWeightBound)"
+            }
+        }
+        for (i, velocity) in optimizer.velocities.enumerated() where !velocity.allSatisfy(\.isFinite) {
+            return "the SGD velocity of parameter \(i) is not finite"
+        }
+        return nil
+    }
+
     private func saveCheckpoint(elapsed: Double) throws {
         guard let output else { return }
+        if let reason = unsaveableState() {
+            throw TrainingError.diverged(step: step, what: reason, lastCheckpointStep: lastCheckpointStep,
+                                         directory: output.path)
+        }
         let state = TrainingCheckpoint.TrainingState(
             step: step, position: batches.position, history: history, epochLossSum: epochLossSum,
             epochCorrect: epochCorrect, epochImages: epochImages, elapsedSeconds: elapsed,
             epochTrainingSeconds: epochTrainingSeconds)
         try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state, configuration: configuration,
-                                    normalization: normalization, to: output)
+                                    normalization: normalization, data: dataRecord, to: output)
+        lastCheckpointStep = step
     }
 
     /// Writes `metrics.jsonl` from the history (whole file, atomically: a resumed run never duplicates lines).
     private func writeMetrics(to url: URL) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        let encoder = JSONEncoder.normKit()
         var text = ""
         for m in history { text += String(decoding: try encoder.encode(m), as: UTF8.self) + "\n" }
         try AtomicFile.write(Array(text.utf8), to: url)

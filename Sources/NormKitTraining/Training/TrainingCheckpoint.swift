@@ -42,9 +42,8 @@ public enum TrainingCheckpoint {
     /// The `__metadata__` describing a model so it can be rebuilt from the file alone (in NormKit or with
     /// `torch_models.ResNet(depth, norm, groups=…, group_size=…, mabn_buffer=…)`).
     public static func metadata(configuration: TrainingConfiguration, normalization: NormalizationSettings,
-                                step: Int) throws -> [String: String] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+                                step: Int, data: DataRecord? = nil) throws -> [String: String] {
+        let encoder = JSONEncoder.normKit()
         var torch: [String: String] = ["norm": configuration.norm.rawValue,
                                        "mabn_buffer": "\(normalization.mabnBufferSize)"]
         if configuration.model.lowercased().hasPrefix("resnet") {
@@ -53,49 +52,76 @@ public enum TrainingCheckpoint {
         if let g = configuration.groupSize { torch["group_size"] = "\(g)" } else {
             torch["groups"] = "\(configuration.groups ?? NormalizationSettings.defaultGroups)"
         }
-        return [
+        var metadata = [
             "format": format,
             "configuration": String(decoding: try encoder.encode(configuration), as: UTF8.self),
             "torch_model_arguments": String(decoding: try encoder.encode(torch), as: UTF8.self),
             "step": "\(step)",
         ]
+        if let data { metadata["data"] = String(decoding: try encoder.encode(data), as: UTF8.self) }
+        return metadata
     }
 
     /// Writes the pair into `directory` (created if needed).
     public static func save(model: Model, optimizer: SGD, state: TrainingState, configuration: TrainingConfiguration,
-                            normalization: NormalizationSettings, to directory: URL) throws {
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+                            normalization: NormalizationSettings, data: DataRecord? = nil, to directory: URL) throws {
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        } catch {
+            throw TrainingError.cannotWrite(path: directory.path, reason: describe(error))
+        }
         var tensors: [String: StateTensor] = [:]
         for (i, v) in optimizer.velocities.enumerated() {
             tensors[String(format: "velocity.%04d", i)] = .float32(shape: [v.count], values: v)
         }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        let encoder = JSONEncoder.normKit()
         let stateJSON = String(decoding: try encoder.encode(state), as: UTF8.self)
         try SafeTensors.write(tensors, metadata: ["format": format, "state": stateJSON, "step": "\(state.step)"],
                               to: directory.appendingPathComponent(stateFileName(step: state.step)))
         try SafeTensors.write(model.stateDict(),
                               metadata: try metadata(configuration: configuration, normalization: normalization,
-                                                     step: state.step),
+                                                     step: state.step, data: data),
                               to: directory.appendingPathComponent(modelFileName))
-        // Older training states are no longer referenced by the model file.
+        // Older training states of this run are no longer referenced by the model file. Only older ones: the
+        // run holds the directory's lock, and a state of a later step is never this save's to delete.
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
-        for file in files where file.hasPrefix("training-state-") && file != stateFileName(step: state.step) {
+        for file in files {
+            guard let step = stateStep(fileName: file), step < state.step else { continue }
             try? FileManager.default.removeItem(at: directory.appendingPathComponent(file))
         }
     }
 
     static func stateFileName(step: Int) -> String { "training-state-\(step).safetensors" }
 
-    /// Reads a model file: its tensors and the configuration it was trained with.
-    public static func readModel(at url: URL) throws
-        -> (tensors: [String: StateTensor], configuration: TrainingConfiguration, step: Int)
-    {
+    /// The step of a `training-state-<step>.safetensors` name, nil for any other name.
+    static func stateStep(fileName: String) -> Int? {
+        guard fileName.hasPrefix("training-state-"), fileName.hasSuffix(".safetensors") else { return nil }
+        return Int(fileName.dropFirst("training-state-".count).dropLast(".safetensors".count))
+    }
+
+    /// Everything a model file holds: tensors, the configuration (validated), the step and the data record.
+    public struct ModelFile {
+        public var tensors: [String: StateTensor]
+        public var configuration: TrainingConfiguration
+        public var step: Int
+        /// What the model was trained on (nil in files written before NormKit recorded it).
+        public var data: DataRecord?
+    }
+
+    /// Reads and checks a model file: the configuration passes ``TrainingConfiguration/validate(source:)`` (with
+    /// its caps on depth, batch and MABN's buffer) and the tensor names agree with the configuration's model
+    /// before anything is built.
+    ///
+    /// - Throws: ``SafeTensorsError`` for a damaged file, ``CheckpointError`` for missing or undecodable
+    ///   metadata or tensors of another model, ``ConfigurationError`` for a value out of range.
+    public static func read(at url: URL) throws -> ModelFile {
         let (tensors, metadata) = try SafeTensors.read(from: url)
-        guard let json = metadata["configuration"],
-              var configuration = try? JSONDecoder().decode(TrainingConfiguration.self, from: Data(json.utf8)) else {
-            throw ModelError.unsupported(
-                "\(url.path) has no NormKit configuration in its metadata: not a checkpoint written by normkit train")
+        guard let json = metadata["configuration"] else { throw CheckpointError.notACheckpoint(path: url.path) }
+        var configuration: TrainingConfiguration
+        do {
+            configuration = try JSONDecoder.normKit.decode(TrainingConfiguration.self, from: Data(json.utf8))
+        } catch {
+            throw CheckpointError.unreadableMetadata(path: url.path, field: "configuration", reason: describe(error))
         }
         // Files from before the trainer recorded GN's default groups: the PyTorch arguments hold the value used.
         if configuration.norm == .gn, configuration.groups == nil, configuration.groupSize == nil,
@@ -104,17 +130,64 @@ public enum TrainingCheckpoint {
            let groups = arguments["groups"].flatMap({ Int($0) }) {
             configuration.groups = groups
         }
-        return (tensors, configuration, Int(metadata["step"] ?? "") ?? 0)
+        try configuration.validate(source: url.path)
+        guard let stepText = metadata["step"], let step = Int(stepText), step >= 0 else {
+            throw CheckpointError.unreadableMetadata(
+                path: url.path, field: "step", reason: "expected a step count ≥ 0, found \(metadata["step"].map { "'\($0)'" } ?? "nothing")")
+        }
+        var data: DataRecord?
+        if let text = metadata["data"] {
+            do { data = try JSONDecoder.normKit.decode(DataRecord.self, from: Data(text.utf8)) } catch {
+                throw CheckpointError.unreadableMetadata(path: url.path, field: "data", reason: describe(error))
+            }
+        }
+        try checkTensorNames(Array(tensors.keys), against: configuration, path: url.path)
+        return ModelFile(tensors: tensors, configuration: configuration, step: step, data: data)
+    }
+
+    /// Compares a ResNet file's residual blocks with the configuration's depth (each of the three stages has
+    /// `(depth − 2) / 6` blocks), so a configuration that names another model is refused before it is built.
+    static func checkTensorNames(_ names: [String], against configuration: TrainingConfiguration, path: String) throws {
+        guard let depth = configuration.resNetDepth else { return }
+        let perStage = (depth - 2) / 6
+        for stage in 1...3 {
+            let prefix = "layer\(stage)."
+            let blocks = Set(names.compactMap { name -> Int? in
+                guard name.hasPrefix(prefix) else { return nil }
+                return Int(name.dropFirst(prefix.count).prefix(while: { $0 != "." }))
+            })
+            guard blocks == Set(0..<perStage) else {
+                throw CheckpointError.tensorsDoNotMatch(
+                    path: path, reason: "the configuration says \(configuration.model) (\(perStage) blocks per stage), but stage \(stage) has \(blocks.count) block(s) in the file")
+            }
+        }
+    }
+
+    /// Reads a model file: its tensors and the configuration it was trained with (see ``read(at:)``).
+    public static func readModel(at url: URL) throws
+        -> (tensors: [String: StateTensor], configuration: TrainingConfiguration, step: Int)
+    {
+        let file = try read(at: url)
+        return (file.tensors, file.configuration, file.step)
     }
 
     /// Restores `model` and `optimizer` from `directory` and returns the training state.
     public static func load(into model: Model, optimizer: SGD, from directory: URL) throws -> TrainingState {
         let (tensors, _, step) = try readModel(at: directory.appendingPathComponent(modelFileName))
         let stateURL = directory.appendingPathComponent(stateFileName(step: step))
+        guard FileManager.default.fileExists(atPath: stateURL.path) else {
+            throw CheckpointError.missingTrainingState(path: stateURL.path, step: step)
+        }
         let (velocityTensors, metadata) = try SafeTensors.read(from: stateURL)
-        guard let json = metadata["state"],
-              let state = try? JSONDecoder().decode(TrainingState.self, from: Data(json.utf8)), state.step == step else {
-            throw ModelError.unsupported("\(stateURL.path) does not hold the training state of step \(step)")
+        let state: TrainingState
+        do {
+            state = try JSONDecoder.normKit.decode(TrainingState.self, from: Data((metadata["state"] ?? "").utf8))
+        } catch {
+            throw CheckpointError.unreadableMetadata(path: stateURL.path, field: "state", reason: describe(error))
+        }
+        guard state.step == step else {
+            throw CheckpointError.unreadableMetadata(
+                path: stateURL.path, field: "state", reason: "it holds step \(state.step), the model file step \(step)")
         }
         var velocities: [[Float]] = []
         for i in 0..<velocityTensors.count {
