@@ -1,0 +1,327 @@
+import Foundation
+import XCTest
+import NormKitTraining
+
+/// Issue 8 at the library level: configurations are validated (with caps) before anything is built, a run
+/// directory is never overwritten by accident and has one writer, a diverging run stops without saving bad
+/// values, and the data a model was trained on travels with it. (The CLI's side: NormKitCLITests.)
+final class ReliabilityTests: XCTestCase {
+    // MARK: - Validation at the door
+
+    func testEveryOutOfRangeSettingNamesItsFlagValueAndRange() throws {
+        let cases: [(String, (inout TrainingConfiguration) -> Void)] = [
+            ("--batch", { $0.batch = 0 }),
+            ("--batch", { $0.batch = 1 << 40 }),
+            ("--norm-batch", { $0.normBatch = 0 }),
+            ("--norm-batch", { $0.batch = 32; $0.normBatch = 5 }),
+            ("--norm-batch", { $0.norm = .mabn; $0.batch = 65_536; $0.normBatch = 1 }),
+            ("--epochs", { $0.epochs = 0 }),
+            ("--lr", { $0.learningRate = .infinity }),
+            ("--lr", { $0.learningRate = .nan }),
+            ("--lr", { $0.learningRate = -0.1 }),
+            ("--momentum", { $0.momentum = 1 }),
+            ("--momentum", { $0.momentum = -0.1 }),
+            ("--weight-decay", { $0.weightDecay = -1e-4 }),
+            ("--weight-decay", { $0.weightDecay = .nan }),
+            ("--warmup", { $0.warmupFraction = 1 }),
+            ("--schedule", { $0.schedule = "linear" }),
+            ("--model", { $0.model = "resnet60000002" }),
+            ("--model", { $0.model = "resnet9" }),
+            ("--model", { $0.model = "alexnet" }),
+            ("--groups", { $0.groups = 0 }),
+            ("--group-size", { $0.groupSize = -2 }),
+            ("--groups", { $0.groups = 4; $0.groupSize = 2 }),
+            ("--threads", { $0.threads = 0 }),
+            ("--train-limit", { $0.trainLimit = 0 }),
+        ]
+        for (flag, mutate) in cases {
+            var c = TrainingConfiguration()
+            mutate(&c)
+            XCTAssertThrowsError(try c.validate(), "\(flag): \(c)") { error in
+                guard let error = error as? ConfigurationError else { return XCTFail("\(flag): \(error)") }
+                XCTAssertEqual(error.flag, flag)
+                XCTAssertTrue(error.description.hasPrefix("\(flag) "), error.description)
+                XCTAssertEqual(error.localizedDescription, error.description)
+            }
+        }
+        XCTAssertNoThrow(try TrainingConfiguration().validate())
+        var deep = TrainingConfiguration()
+        deep.model = "resnet1202"
+        XCTAssertNoThrow(try deep.validate())
+    }
+
+    func testSettingsThatDoNothingForTheNormalizationAreRefused() throws {
+        for norm in [NormKind.gn, .ln, .in, .frozenBN, .none] {
+            var c = TrainingConfiguration()
+            c.norm = norm
+            c.normBatch = 4
+            XCTAssertThrowsError(try c.validateApplicability()) { XCTAssertEqual(($0 as? ConfigurationError)?.flag, "--norm-batch") }
+        }
+        for norm in [NormKind.bn, .ln, .in, .brn, .mabn] {
+            var c = TrainingConfiguration()
+            c.norm = norm
+            c.groups = 4
+            XCTAssertThrowsError(try c.validateApplicability()) { XCTAssertEqual(($0 as? ConfigurationError)?.flag, "--groups") }
+            c.groups = nil
+            c.groupSize = 2
+            XCTAssertThrowsError(try c.validateApplicability()) { XCTAssertEqual(($0 as? ConfigurationError)?.flag, "--group-size") }
+        }
+        var bn = TrainingConfiguration()
+        bn.norm = .bn
+        bn.normBatch = 4
+        XCTAssertNoThrow(try bn.validateApplicability())
+    }
+
+    /// A checkpoint's configuration goes through the same checks, before any model is built: a hostile file
+    /// is refused at once instead of dividing by zero, allocating 70 TB or building for minutes.
+    func testHostileCheckpointConfigurationsAreRefusedBeforeBuilding() throws {
+        let directory = try Self.finishedRun("hostile")
+        let file = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
+        let (tensors, metadata) = try SafeTensors.read(from: file)
+        func rewritten(_ edit: (inout [String: Any]) -> Void) throws -> URL {
+            var object = try JSONSerialization.jsonObject(with: Data(metadata["configuration"]!.utf8)) as! [String: Any]
+            edit(&object)
+            var changed = metadata
+            changed["configuration"] = String(decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+            let url = directory.appendingPathComponent("hostile.safetensors")
+            try SafeTensors.write(tensors, metadata: changed, to: url)
+            return url
+        }
+        let cases: [(String, (inout [String: Any]) -> Void)] = [
+            ("--batch", { $0["batch"] = 0 }),
+            ("--norm-batch", { $0["normBatch"] = 0 }),
+            ("--batch", { $0["norm"] = "mabn"; $0["batch"] = 1 << 40; $0["normBatch"] = 1 }),
+            ("--norm-batch", { $0["norm"] = "mabn"; $0["batch"] = 65_536; $0["normBatch"] = 1 }),
+            ("--model", { $0["model"] = "resnet60000002" }),
+            ("--epochs", { $0["epochs"] = -3 }),
+        ]
+        for (flag, edit) in cases {
+            let url = try rewritten(edit)
+            let start = Date()
+            XCTAssertThrowsError(try TrainingCheckpoint.read(at: url), flag) { error in
+                XCTAssertEqual((error as? ConfigurationError)?.flag, flag, "\(error)")
+                XCTAssertTrue("\(error)".contains(url.path), "\(error)")
+            }
+            XCTAssertLessThan(Date().timeIntervalSince(start), 2, "\(flag): refused only after building")
+        }
+        // A valid configuration of another depth: the tensor names disagree, refused before building.
+        let url = try rewritten { $0["model"] = "resnet14" }
+        XCTAssertThrowsError(try TrainingCheckpoint.read(at: url)) { error in
+            guard case .tensorsDoNotMatch? = error as? CheckpointError else { return XCTFail("\(error)") }
+        }
+        let broken = try rewritten { $0["momentum"] = "fast" }
+        XCTAssertThrowsError(try TrainingCheckpoint.read(at: broken)) { error in
+            guard case .unreadableMetadata(_, "configuration", let reason)? = error as? CheckpointError else {
+                return XCTFail("\(error)")
+            }
+            XCTAssertTrue(reason.contains("momentum"), reason)
+            XCTAssertFalse("\(error)".contains("NSCocoaErrorDomain"))
+        }
+    }
+
+    // MARK: - A run directory is never overwritten by accident
+
+    func testANewRunRefusesADirectoryThatHoldsARunAndReplacesItOnlyWhenAsked() throws {
+        let directory = try Self.finishedRun("exists")
+        let before = try Self.snapshot(directory)
+        var other = Self.configuration()
+        other.learningRate = 0.05
+        let trainer = try Self.trainer(other, output: directory)
+        XCTAssertThrowsError(try trainer.run()) { error in
+            guard case .runExists(_, let state)? = error as? TrainingError else { return XCTFail("\(error)") }
+            XCTAssertEqual(state, "a finished run")
+            XCTAssertTrue("\(error)".contains("--resume"), "\(error)")
+        }
+        XCTAssertEqual(try Self.snapshot(directory), before, "a refused run changed files")
+        let replacing = try Self.trainer(other, output: directory)
+        replacing.replacesExistingRun = true
+        let summary = try replacing.run()
+        XCTAssertEqual(summary.configuration.learningRate, 0.05)
+    }
+
+    func testAnotherProcessHoldingTheLockStopsTheRun() throws {
+        let directory = try TrainingTests.temporaryDirectory("locked")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+        holder.arguments = [directory.appendingPathComponent(RunDirectory.lockFileName).path, "sleep", "3"]
+        try holder.run()
+        defer { holder.waitUntilExit() }
+        var locked = false
+        for _ in 0..<100 where !locked {  // wait until flock(1) holds it
+            do { try RunDirectoryLock.acquire(directory).release() } catch { locked = true }
+            if !locked { usleep(20_000) }
+        }
+        XCTAssertTrue(locked, "flock(1) never took the lock")
+        let trainer = try Self.trainer(Self.configuration(), output: directory)
+        XCTAssertThrowsError(try trainer.run()) { error in
+            guard case .runDirectoryLocked? = error as? TrainingError else { return XCTFail("\(error)") }
+            XCTAssertTrue("\(error)".contains("in use by another normkit process"))
+        }
+        holder.waitUntilExit()  // the holder exits: the kernel drops its lock
+        XCTAssertNoThrow(try Self.trainer(Self.configuration(), output: directory).run())
+    }
+
+    func testStaleTemporaryFilesOfDeadWritersAreRemovedAndLaterStatesKept() throws {
+        let directory = try TrainingTests.temporaryDirectory("stale")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let dead = Process()
+        dead.executableURL = URL(fileURLWithPath: "/bin/true")
+        try dead.run()
+        dead.waitUntilExit()
+        let stale = ".model.safetensors.\(dead.processIdentifier).1f2e.tmp"
+        let live = ".model.safetensors.1.abcd.tmp"  // PID 1 is alive: not ours to remove
+        for name in [stale, live] {
+            FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: Data([1]))
+        }
+        let trainer = try Self.trainer(Self.configuration(), output: directory)
+        trainer.stopAfterStep = 3
+        XCTAssertThrowsError(try trainer.run())
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+        XCTAssertFalse(files.contains(stale))
+        XCTAssertTrue(files.contains(live))
+        // A save deletes only older training states: plant a later one and save again.
+        let later = "training-state-999999.safetensors"
+        FileManager.default.createFile(atPath: directory.appendingPathComponent(later).path, contents: Data([1]))
+        let resumed = try Self.trainer(Self.configuration(), output: directory)
+        try resumed.resume(from: directory)
+        resumed.stopAfterStep = 5
+        XCTAssertThrowsError(try resumed.run())
+        let after = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+        XCTAssertTrue(after.contains(later), "a save deleted a later training state")
+        XCTAssertTrue(after.contains("training-state-5.safetensors"))
+        XCTAssertFalse(after.contains("training-state-3.safetensors"))
+    }
+
+    // MARK: - Divergence stops the run
+
+    func testADivergingRunStopsAndNeverSavesNonFiniteOrExplodedWeights() throws {
+        for (rate, every) in [(1000.0, nil as Int?), (1e6, 1)] {
+            let directory = try TrainingTests.temporaryDirectory("diverge-\(Int(rate))")
+            var c = Self.configuration()
+            c.learningRate = rate
+            c.warmupFraction = 0
+            let trainer = try Self.trainer(c, output: directory)
+            trainer.checkpointEverySteps = every
+            XCTAssertThrowsError(try trainer.run(), "lr \(rate)") { error in
+                guard case .diverged(let step, _, let last, _)? = error as? TrainingError else {
+                    return XCTFail("\(error)")
+                }
+                XCTAssertGreaterThan(step, 0)
+                XCTAssertTrue("\(error)".hasPrefix("training diverged at step \(step) ("), "\(error)")
+                XCTAssertEqual(last, trainer.lastCheckpointStep)
+            }
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+            XCTAssertFalse(files.contains("summary.json"))
+            if files.contains(TrainingCheckpoint.modelFileName) {
+                let model = try TrainingCheckpoint.read(at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName))
+                for (name, tensor) in model.tensors {
+                    guard case .float32(_, let values) = tensor else { continue }
+                    XCTAssertTrue(values.allSatisfy { $0.isFinite && abs($0) <= trainer.divergenceWeightBound }, name)
+                }
+            }
+        }
+    }
+
+    // MARK: - The data a model was trained on travels with it
+
+    func testAConstantImageSetIsRefused() throws {
+        let stats = PixelStatistics(pixels: [UInt8](repeating: 77, count: 60_000 * 784))
+        XCTAssertEqual(stats.std, 0, "rounding left a std of \(stats.std)")
+        XCTAssertThrowsError(try Dataset(pixels: [UInt8](repeating: 77, count: 4 * 4), labels: [0], height: 4,
+                                         width: 4, classCount: 10, statistics: stats)) { error in
+            XCTAssertTrue("\(error)".contains("all one value") || "\(error)".contains("every pixel is 77"), "\(error)")
+        }
+    }
+
+    func testCheckpointAndSummaryRecordTheDataAndResumeRefusesOtherData() throws {
+        var (train, test) = try TrainingTests.synthetic()
+        train.source = DataSource(directory: "/data/a", fingerprint: "00000000000000aa")
+        test.source = train.source
+        let directory = try TrainingTests.temporaryDirectory("provenance")
+        let first = try Trainer(configuration: Self.configuration(), train: train, test: test, output: directory,
+                                progress: ProgressReporter(style: .silent))
+        first.stopAfterStep = 2
+        XCTAssertThrowsError(try first.run())
+        let file = try TrainingCheckpoint.read(at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName))
+        XCTAssertEqual(file.data?.source, train.source)
+        XCTAssertEqual(file.data?.statistics, train.statistics)
+        XCTAssertEqual(file.data?.trainCount, train.count)
+
+        var other = train
+        other.source = DataSource(directory: "/data/b", fingerprint: "00000000000000bb")
+        let second = try Trainer(configuration: Self.configuration(), train: other, test: test, output: directory,
+                                 progress: ProgressReporter(style: .silent))
+        XCTAssertThrowsError(try second.resume(from: directory)) { error in
+            guard case .dataMismatch? = error as? TrainingError else { return XCTFail("\(error)") }
+            XCTAssertTrue("\(error)".contains("/data/a") && "\(error)".contains("/data/b"), "\(error)")
+        }
+        let third = try Trainer(configuration: Self.configuration(), train: train, test: test, output: directory,
+                                progress: ProgressReporter(style: .silent))
+        try third.resume(from: directory)
+        let summary = try third.run()
+        XCTAssertEqual(summary.data, DataRecord(train: train, test: test))
+        let onDisk = try JSONDecoder().decode(RunSummary.self, from: Data(contentsOf: directory.appendingPathComponent("summary.json")))
+        XCTAssertEqual(onDisk.data?.source?.fingerprint, "00000000000000aa")
+    }
+
+    func testTheFingerprintFollowsTheFilesContent() throws {
+        let directory = try TrainingTests.temporaryDirectory("fingerprint")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let url = directory.appendingPathComponent("file")
+        try Data([1, 2, 3]).write(to: url)
+        let a = try DataSource(directory: directory, files: [url])
+        XCTAssertEqual(try DataSource(directory: directory, files: [url]), a)
+        try Data([1, 2, 4]).write(to: url)
+        XCTAssertNotEqual(try DataSource(directory: directory, files: [url]).fingerprint, a.fingerprint)
+        XCTAssertEqual(a.fingerprint.count, 16)
+    }
+
+    func testDefaultIdentityHashSeparatesRunsThatDifferInAnything() throws {
+        let base = TrainingConfiguration()
+        var seen: Set<String> = [base.identityHash()]
+        let changes: [(inout TrainingConfiguration) -> Void] = [
+            { $0.learningRate = 0.05 }, { $0.augment = false }, { $0.epochs = 3 }, { $0.trainLimit = 512 },
+            { $0.testLimit = 100 }, { $0.weightDecay = 0 },
+        ]
+        for change in changes {
+            var c = base
+            change(&c)
+            XCTAssertTrue(seen.insert(c.identityHash()).inserted, "\(c)")
+        }
+        XCTAssertTrue(seen.insert(base.identityHash(data: "another dataset")).inserted)
+        var threads = base
+        threads.threads = 7
+        XCTAssertEqual(threads.identityHash(), base.identityHash(), "the thread count changes nothing")
+    }
+
+    // MARK: - Helpers
+
+    static func configuration() -> TrainingConfiguration {
+        var c = TrainingTests.smallConfiguration(.bn)
+        c.epochs = 1
+        c.threads = 1
+        return c
+    }
+
+    static func trainer(_ c: TrainingConfiguration, output: URL) throws -> Trainer {
+        let data = try TrainingTests.synthetic()
+        return try Trainer(configuration: c, train: data.train, test: data.test, output: output,
+                           progress: ProgressReporter(style: .silent))
+    }
+
+    static func finishedRun(_ name: String) throws -> URL {
+        let directory = try TrainingTests.temporaryDirectory(name)
+        try trainer(configuration(), output: directory).run()
+        return directory
+    }
+
+    /// Every file's bytes, by name.
+    static func snapshot(_ directory: URL) throws -> [String: Data] {
+        var files: [String: Data] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: directory.path) where name != RunDirectory.lockFileName {
+            files[name] = try Data(contentsOf: directory.appendingPathComponent(name))
+        }
+        return files
+    }
+}
