@@ -51,17 +51,18 @@ struct SweepCommand: ParsableCommand {
         Parallelism.threadCount = threads
         BLAS.setThreads(1)
 
-        let speed = try measureThroughput(plan.base)
-        let estimate = plan.estimatedSeconds(imagesPerSecond: speed)
+        // Every cell passes the checks of a new run before anything is built or trained.
         let cells = try plan.cells()
         for cell in cells {
             do { try cell.configuration.validate() } catch let error as ConfigurationError {
-                throw ValidationError("sweep cell \(cell.runName): \(error.description)")
+                throw CommandFailure("sweep cell \(cell.runName): \(error.description)")
             }
         }
         // One sweep per directory at a time (each run also locks its own directory).
         let sweepLock = try RunDirectoryLock.acquire(directory)
         defer { sweepLock.release() }
+        let speed = try measureThroughput(plan.base)
+        let estimate = plan.estimatedSeconds(imagesPerSecond: speed)
         print("normkit sweep --preset \(preset.name): \(preset.description)")
         print(String(format: "%d runs; this machine trains ResNet-8 at about %.0f images/s, so expect about %@.",
                      cells.count, speed, ProgressReporter.clock(estimate)))
