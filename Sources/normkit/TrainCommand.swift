@@ -148,8 +148,8 @@ struct TrainCommand: ParsableCommand {
             saved.threads = threads
             configuration = saved
             // The data it was trained on, unless --data says otherwise (the trainer then compares fingerprints).
-            let dataDirectory = dataOptions.data.map { URL(fileURLWithPath: $0) }
-                ?? file.data?.source.map { URL(fileURLWithPath: $0.directory) }
+            let dataDirectory = try dataOptions.data.map { URL(fileURLWithPath: $0) }
+                ?? file.data?.source.map { try Self.recordedDirectory($0, of: modelURL) }
             (train, test) = try FashionMNIST.load(directory: dataDirectory, trainLimit: configuration.trainLimit,
                                                   testLimit: configuration.testLimit,
                                                   statistics: file.data?.statistics)
@@ -183,6 +183,15 @@ struct TrainCommand: ParsableCommand {
             }
             throw error
         }
+    }
+
+    /// The directory a checkpoint records its data in; an error saying to pass --data when it is gone.
+    static func recordedDirectory(_ source: DataSource, of checkpoint: URL) throws -> URL {
+        guard FileManager.default.fileExists(atPath: source.directory) else {
+            throw CommandFailure("\(checkpoint.path) was trained on the data in \(source.directory), which is not "
+                                 + "there any more; pass --data with a directory holding the same files")
+        }
+        return URL(fileURLWithPath: source.directory)
     }
 
     /// `<model>-<norm>-b<batch>-nb<normBatch>-s<seed>-<hash>`: readable, and distinct for runs whose
@@ -245,8 +254,8 @@ struct EvalCommand: ParsableCommand {
     /// else the directory the model was trained on, else the default. Says so when that is not the training data.
     func testSet(for file: TrainingCheckpoint.ModelFile) throws -> Dataset {
         let recorded = file.data?.source
-        let directory = dataOptions.data.map { URL(fileURLWithPath: $0) }
-            ?? recorded.map { URL(fileURLWithPath: $0.directory) }
+        let directory = try dataOptions.data.map { URL(fileURLWithPath: $0) }
+            ?? recorded.map { try TrainCommand.recordedDirectory($0, of: URL(fileURLWithPath: checkpoint)) }
         guard let statistics = file.data?.statistics else {
             print("note: this checkpoint does not record its pixel statistics (written by an older normkit); "
                   + "recomputing them from the training images in \((directory ?? FashionMNIST.defaultDirectory).path)")

@@ -249,7 +249,9 @@ final class TrainingTests: XCTestCase {
                                                        step: 3)
         metadata["torch_model_arguments"] = #"{"depth":"8","groups":"8","mabn_buffer":"1","norm":"gn"}"#
         let url = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
-        try SafeTensors.write(["w": .float32(shape: [1], values: [0])], metadata: metadata, to: url)
+        // A real ResNet-8's tensors: a checkpoint's tensor names must agree with its configuration's depth.
+        let model = try makeModel(named: "resnet8", normalization: NormalizationSettings(kind: .gn, groups: 8), seed: 0)
+        try SafeTensors.write(model.stateDict(), metadata: metadata, to: url)
         let (_, configuration, step) = try TrainingCheckpoint.readModel(at: url)
         XCTAssertEqual(configuration.groups, 8)
         XCTAssertEqual(step, 3)
