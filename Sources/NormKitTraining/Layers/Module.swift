@@ -111,6 +111,18 @@ extension Module {
         return state
     }
 
+    /// The module at `path` (`"layer2.0.conv1"`; `""` is this one), nil when there is none: PyTorch's
+    /// `get_submodule`.
+    public func submodule(_ path: String) -> (any Module)? {
+        namedModules().first { $0.name == path }?.module
+    }
+
+    /// The live parameter named `name` (`"layer2.0.conv1.weight"`), nil when there is none: PyTorch's
+    /// `get_parameter`.
+    public func parameter(_ name: String) -> Parameter? {
+        namedParameters().first { $0.name == name }?.parameter
+    }
+
     /// Sets ``training`` on every module of the tree (PyTorch's `train(mode)`); returns `self`.
     @discardableResult
     public func train(_ mode: Bool = true) -> Self {

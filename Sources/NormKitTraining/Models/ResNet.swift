@@ -60,6 +60,12 @@ public final class ResNet: Model {
     public var conv1: Conv2d { stem.layer }
     /// The stem's normalization (`norm1`).
     public var norm1: NormalizationModule { stemNorm.module }
+    /// The first stage (`layer1`, width `width`, stride 1).
+    public var layer1: ResNetStage { stages[0] }
+    /// The second stage (`layer2`, width `2·width`, stride 2).
+    public var layer2: ResNetStage { stages[1] }
+    /// The third stage (`layer3`, width `4·width`, stride 2).
+    public var layer3: ResNetStage { stages[2] }
     /// The classifier (`fc`).
     public var fc: Linear { classifier.layer }
     /// Every block, stage by stage.
@@ -76,6 +82,7 @@ public final class ResNet: Model {
             + [("fc", fc)]
     }
 
+    /// Logits `(N, classes)` for images `(N, inChannels, H, W)`, in a buffer reused by the next forward.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
         var h = try stem.forward(x, training: training)
         h = try stemNorm.forward(h, training: training)
@@ -85,6 +92,7 @@ public final class ResNet: Model {
         return try classifier.forward(h, training: training)
     }
 
+    /// Backpropagates `∂loss/∂logits` through the last training forward into every parameter's gradient.
     public func backward(_ logitsGradient: Tensor) throws {
         var g = try classifier.backward(logitsGradient)
         g = try pool.backward(g)

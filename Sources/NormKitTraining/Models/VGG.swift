@@ -42,11 +42,13 @@ public final class VGG: Model {
     /// `features`, `fc`.
     public var children: [(name: String, module: any Module)] { [("features", features), ("fc", fc)] }
 
+    /// Logits `(N, classes)` for images `(N, inChannels, H, W)`, in a buffer reused by the next forward.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
         let h = try features.forward(x, training: training)
         return try classifier.forward(try gap.forward(h, training: training), training: training)
     }
 
+    /// Backpropagates `∂loss/∂logits` through the last training forward into every parameter's gradient.
     public func backward(_ logitsGradient: Tensor) throws {
         try features.backward(try gap.backward(try classifier.backward(logitsGradient)))
     }
