@@ -47,8 +47,18 @@ public final class Conv2d: Layer {
             + (centred ? ", centred" : "") + (bias != nil ? ", bias" : "") + ")"
     }
 
-    /// ``weight`` and, when present, ``bias``.
-    public var parameters: [Parameter] { bias.map { [weight, $0] } ?? [weight] }
+    /// PyTorch's `repr`: `"Conv2d(16, 32, kernel_size=3, stride=2, padding=1, bias=False)"` (`CenConv2d` when
+    /// ``centred``, as the reference class; padding only when non-zero).
+    public var summary: String {
+        (centred ? "CenConv2d" : "Conv2d") + "(\(inChannels), \(outChannels), kernel_size=\(kernelSize), stride=\(stride)"
+            + (padding != 0 ? ", padding=\(padding)" : "") + (bias == nil ? ", bias=False" : "") + ")"
+    }
+
+    /// ``weight`` and, when present, ``bias`` (state-dict names `weight`, `bias`; stored uncentred).
+    public var ownParameters: [Parameter] { bias.map { [weight, $0] } ?? [weight] }
+
+    /// The mode `callAsFunction(_:)` uses (see ``Module/training``).
+    public var training = true
 
     /// `C·k·k`, the length of one filter.
     private var fanIn: Int { inChannels * kernelSize * kernelSize }
@@ -183,22 +193,6 @@ public final class Conv2d: Layer {
         }
         savedInput = nil
         savedGeometry = nil
-    }
-
-    /// `weight` (and `bias`) in PyTorch naming; the weight is stored uncentred.
-    public func stateDict() -> [String: StateTensor] {
-        var state: [String: StateTensor] = ["weight": .float32(shape: weight.shape, values: weight.value)]
-        if let bias { state["bias"] = .float32(shape: bias.shape, values: bias.value) }
-        return state
-    }
-
-    /// Restores ``stateDict()``'s tensors; throws ``LayerError/invalidState(layer:name:reason:)`` and changes
-    /// nothing when one is missing or mis-shaped.
-    public func loadStateDict(_ state: [String: StateTensor]) throws {
-        let w = try LayerCheck.floats(state, "weight", shape: weight.shape, layer: name)
-        let b = try bias.map { try LayerCheck.floats(state, "bias", shape: $0.shape, layer: name) }
-        weight.value = w
-        if let b { bias?.value = b }
     }
 
     // MARK: - Planning

@@ -1,16 +1,21 @@
-/// A differentiable layer of the training stack: the same shape as NormKit's ``NormalizationLayer``.
+/// A differentiable layer of the training stack: the same shape as NormKit's ``NormalizationLayer``, and a
+/// ``Module`` (its parameters, state dict and printing come from the module tree).
 ///
 /// Each training forward saves what its backward needs; the backward overwrites the parameters' gradients
 /// and writes `dx` into the caller's buffer (reused when its shape matches).
-public protocol Layer: AnyObject {
+public protocol Layer: Module {
     /// Computes the layer's output into `y`.
     func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws
     /// Backpropagates `dy` into `dx` and sets the parameters' gradients.
     func backward(_ dy: Tensor, into dx: inout Tensor) throws
-    /// The trainable parameters.
-    var parameters: [Parameter] { get }
-    /// Checkpointable tensors in PyTorch `state_dict` naming, relative to the layer.
-    func stateDict() -> [String: StateTensor]
-    /// Restores what ``stateDict()`` wrote; throws and changes nothing on a missing or mis-shaped entry.
-    func loadStateDict(_ state: [String: StateTensor]) throws
+}
+
+extension Layer {
+    /// The output for `x` in a new tensor, in the layer's current mode (``Module/training``): the same as
+    /// `forward(x, into: &y, training: training)`.
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        var y = Tensor(zeros: [0, 0])
+        try forward(x, into: &y, training: training)
+        return y
+    }
 }

@@ -1,9 +1,11 @@
+import Foundation
+
 /// Everything a training-stack layer (``Conv2d``, ``Linear``, ``ReLU``, ``MaxPool2d``,
 /// ``GlobalAveragePool``, ``SoftmaxCrossEntropy``) refuses, with a message that names the offending numbers.
 ///
 /// Layers check their inputs before touching any state, so a thrown error leaves parameters and saved
 /// activations exactly as they were.
-public enum LayerError: Error, Equatable, CustomStringConvertible {
+public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedError {
     /// A constructor argument out of range (layer, argument name, value, what is allowed).
     case invalidArgument(layer: String, name: String, value: Int, expected: String)
     /// The input does not have the rank the layer needs (`4` for `(N, C, H, W)`, `2` for `(N, C)`).
@@ -58,6 +60,9 @@ public enum LayerError: Error, Equatable, CustomStringConvertible {
             return "\(layer): state '\(name)': \(reason)"
         }
     }
+
+    /// The same text as ``description``, so `error.localizedDescription` is the message too.
+    public var errorDescription: String? { description }
 }
 
 /// Shared input checks and state-dict helpers of the training layers.

@@ -17,8 +17,14 @@ public final class Linear: Layer {
     /// `"Linear(64→10)"`.
     public var name: String { "Linear(\(inFeatures)→\(outFeatures))" }
 
-    /// ``weight`` and ``bias``.
-    public var parameters: [Parameter] { [weight, bias] }
+    /// PyTorch's `repr`: `"Linear(in_features=64, out_features=10, bias=True)"`.
+    public var summary: String { "Linear(in_features=\(inFeatures), out_features=\(outFeatures), bias=True)" }
+
+    /// ``weight`` and ``bias`` (state-dict names `weight`, `bias`).
+    public var ownParameters: [Parameter] { [weight, bias] }
+
+    /// The mode `callAsFunction(_:)` uses (see ``Module/training``).
+    public var training = true
 
     private var savedInput: Tensor?
     // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
@@ -107,18 +113,4 @@ public final class Linear: Layer {
         savedInput = nil
     }
 
-    /// `weight` and `bias` in PyTorch naming.
-    public func stateDict() -> [String: StateTensor] {
-        ["weight": .float32(shape: weight.shape, values: weight.value),
-         "bias": .float32(shape: bias.shape, values: bias.value)]
-    }
-
-    /// Restores ``stateDict()``'s tensors; throws ``LayerError/invalidState(layer:name:reason:)`` and changes
-    /// nothing when one is missing or mis-shaped.
-    public func loadStateDict(_ state: [String: StateTensor]) throws {
-        let w = try LayerCheck.floats(state, "weight", shape: weight.shape, layer: name)
-        let b = try LayerCheck.floats(state, "bias", shape: bias.shape, layer: name)
-        weight.value = w
-        bias.value = b
-    }
 }

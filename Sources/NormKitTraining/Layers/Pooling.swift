@@ -12,8 +12,10 @@ public final class MaxPool2d: Layer {
 
     /// `"MaxPool2d(2×2, stride 2)"`.
     public var name: String { "MaxPool2d(\(kernelSize)×\(kernelSize), stride \(stride))" }
-    /// None.
-    public var parameters: [Parameter] { [] }
+    /// PyTorch's `repr` without its defaults: `"MaxPool2d(kernel_size=2, stride=2)"`.
+    public var summary: String { "MaxPool2d(kernel_size=\(kernelSize), stride=\(stride))" }
+    /// The mode `callAsFunction(_:)` uses (see ``Module/training``).
+    public var training = true
 
     private var savedInputShape: [Int]?
     // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
@@ -113,12 +115,6 @@ public final class MaxPool2d: Layer {
         }
         savedInputShape = nil
     }
-
-    /// Empty: no state.
-    public func stateDict() -> [String: StateTensor] { [:] }
-
-    /// Accepts any dictionary (there is nothing to restore).
-    public func loadStateDict(_ state: [String: StateTensor]) throws {}
 }
 
 /// The mean over all spatial positions, `(N, C, H, W) → (N, C)`: PyTorch's
@@ -126,8 +122,10 @@ public final class MaxPool2d: Layer {
 public final class GlobalAveragePool: Layer {
     /// `"GlobalAveragePool"`.
     public let name = "GlobalAveragePool"
-    /// None.
-    public var parameters: [Parameter] { [] }
+    /// `"GlobalAveragePool()"` (PyTorch: `AdaptiveAvgPool2d(1)` then `flatten(1)`).
+    public var summary: String { "GlobalAveragePool()" }
+    /// The mode `callAsFunction(_:)` uses (see ``Module/training``).
+    public var training = true
 
     private var savedInputShape: [Int]?
     // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
@@ -185,10 +183,4 @@ public final class GlobalAveragePool: Layer {
         }
         savedInputShape = nil
     }
-
-    /// Empty: no state.
-    public func stateDict() -> [String: StateTensor] { [:] }
-
-    /// Accepts any dictionary (there is nothing to restore).
-    public func loadStateDict(_ state: [String: StateTensor]) throws {}
 }

@@ -5,8 +5,10 @@
 public final class ReLU: Layer {
     /// `"ReLU"`.
     public let name = "ReLU"
-    /// None.
-    public var parameters: [Parameter] { [] }
+    /// `"ReLU()"`.
+    public var summary: String { "ReLU()" }
+    /// The mode `callAsFunction(_:)` uses (see ``Module/training``).
+    public var training = true
 
     private var savedOutput: Tensor?
 
@@ -49,12 +51,6 @@ public final class ReLU: Layer {
         }
         savedOutput = nil
     }
-
-    /// Empty: no state.
-    public func stateDict() -> [String: StateTensor] { [:] }
-
-    /// Accepts any dictionary (there is nothing to restore).
-    public func loadStateDict(_ state: [String: StateTensor]) throws {}
 }
 
 /// SIMD element-wise loops of the training layers.

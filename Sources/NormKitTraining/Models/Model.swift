@@ -1,26 +1,35 @@
 import Foundation
 
-/// A classifier the trainer can drive: forward to logits, backward from their gradient, parameters for the
-/// optimizer and a PyTorch-compatible state dict for checkpoints.
-public protocol Model: AnyObject {
+/// A classifier the trainer can drive: forward to logits and backward from their gradient. Its parameters (for
+/// the optimizer), PyTorch-compatible state dict (for checkpoints), printing and train/eval switch come from
+/// the module tree (``Module``).
+public protocol Model: Module {
     /// Logits `(N, classes)` for images `(N, C, H, W)`. The result is a buffer the model reuses.
     func forward(_ x: Tensor, training: Bool) throws -> Tensor
     /// Backpropagates `∂loss/∂logits` through the last training forward, setting every parameter's gradient.
     func backward(_ logitsGradient: Tensor) throws
-    /// Every trainable parameter, in a fixed order.
-    var parameters: [Parameter] { get }
-    /// Every checkpointable tensor under its PyTorch `state_dict` name.
-    func stateDict() -> [String: StateTensor]
-    /// Restores ``stateDict()``; throws naming the first missing, unexpected or mis-shaped tensor.
-    func loadStateDict(_ state: [String: StateTensor]) throws
 }
 
-/// Errors from building or loading a model.
-public enum ModelError: Error, CustomStringConvertible, Equatable {
+extension Model {
+    /// The logits for `x` in the model's current mode (``Module/training``, set by ``Module/train(_:)`` and
+    /// ``Module/eval()``): `forward(x, training: training)`.
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        try forward(x, training: training)
+    }
+}
+
+/// Errors from building or loading a model. Each message names the model, the tensor (by its full state-dict
+/// key) or the file involved.
+public enum ModelError: Error, CustomStringConvertible, Equatable, LocalizedError {
+    /// A model name `makeModel(named:…)` does not know.
     case unknownModel(String)
+    /// A ResNet depth that is not `6n+2` (at least 8).
     case invalidDepth(Int)
+    /// Something the model or its checkpoint cannot do; the text says what.
     case unsupported(String)
+    /// A strict load's state dict lacks this key.
     case missingTensor(String)
+    /// A strict load's state dict has these keys the model does not.
     case unexpectedTensors([String])
     /// A tensor of the right name but the wrong shape or dtype.
     case mismatchedTensor(name: String, expected: String, found: String)
@@ -38,71 +47,29 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
             return "checkpoint tensor '\(name)' is \(found), the model expects \(expected)"
         }
     }
+
+    /// The same text as ``description``, so `error.localizedDescription` is the message too.
+    public var errorDescription: String? { description }
 }
 
-/// Checks that `state` has exactly `model`'s tensor names, then runs `load`; if `load` throws, restores the
-/// model's previous state so a failed load changes nothing.
-func loadAtomically(_ model: Model, _ state: [String: StateTensor],
-                    _ load: ([String: StateTensor]) throws -> Void) throws {
-    let backup = model.stateDict()
-    let expected = Set(backup.keys)
-    if let missing = expected.subtracting(state.keys).sorted().first { throw ModelError.missingTensor(missing) }
-    let extra = Set(state.keys).subtracting(expected).sorted()
-    guard extra.isEmpty else { throw ModelError.unexpectedTensors(extra) }
-    for name in expected.sorted() {
-        let want = backup[name]!, have = state[name]!
-        if want.shape != have.shape || want.dtypeName != have.dtypeName {
-            throw ModelError.mismatchedTensor(name: name, expected: "\(want.dtypeName) \(want.shape)",
-                                              found: "\(have.dtypeName) \(have.shape)")
-        }
-    }
-    do { try load(state) } catch {
-        try? load(backup)
-        throw error
-    }
-}
-
-/// A state dict under a name prefix.
-func prefixed(_ prefix: String, _ state: [String: StateTensor]) -> [String: StateTensor] {
-    Dictionary(uniqueKeysWithValues: state.map { ("\(prefix).\($0.key)", $0.value) })
-}
-
-/// The entries of `state` under `prefix.`, with the prefix removed.
-func unprefixed(_ prefix: String, _ state: [String: StateTensor]) -> [String: StateTensor] {
-    var out: [String: StateTensor] = [:]
-    let p = prefix + "."
-    for (k, v) in state where k.hasPrefix(p) { out[String(k.dropFirst(p.count))] = v }
-    return out
-}
-
-/// A normalization layer slot that may be empty (`--norm none`), with its own output buffers.
+/// A normalization slot with its own output buffers; the identity passes tensors through without a copy.
 final class NormalizationSlot {
-    let layer: NormalizationLayer?
+    let module: NormalizationModule
     private var output = Tensor(zeros: [0, 0])
     private var inputGradient = Tensor(zeros: [0, 0])
 
-    init(_ layer: NormalizationLayer?) { self.layer = layer }
+    init(_ layer: NormalizationLayer?) { module = NormalizationModule(layer) }
 
     func forward(_ x: Tensor, training: Bool) throws -> Tensor {
-        guard let layer else { return x }
+        guard let layer = module.layer else { return x }
         try layer.forward(x, into: &output, training: training)
         return output
     }
 
     func backward(_ dy: Tensor) throws -> Tensor {
-        guard let layer else { return dy }
+        guard let layer = module.layer else { return dy }
         try layer.backward(dy, into: &inputGradient)
         return inputGradient
-    }
-
-    var parameters: [Parameter] { layer?.parameters ?? [] }
-    func stateDict() -> [String: StateTensor] { layer?.stateDict() ?? [:] }
-    func loadStateDict(_ state: [String: StateTensor]) throws { try layer?.loadStateDict(state) }
-
-    /// Sets `γ` to 0 (the last normalization of a residual block, spec §6).
-    func zeroScale() {
-        guard let weight = layer?.weight, weight.isTrainable else { return }
-        weight.value = [Float](repeating: 0, count: weight.value.count)
     }
 }
 
@@ -148,12 +115,4 @@ public func makeModel(named name: String, normalization: NormalizationSettings, 
         return try VGG(normalization: normalization, inChannels: inChannels, classes: classes, generator: &generator)
     }
     throw ModelError.unknownModel(name)
-}
-
-extension StateTensor {
-    /// `float32` or `int64`.
-    var dtypeName: String {
-        if case .int64 = self { return "int64" }
-        return "float32"
-    }
 }

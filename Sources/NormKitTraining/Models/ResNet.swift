@@ -1,191 +1,104 @@
-/// He et al.'s basic residual block: `relu(norm2(conv2(relu(norm1(conv1(x))))) + shortcut(x))`, the shortcut
-/// a 1×1 conv + norm when the shape changes. Names follow `torch_models.BasicBlock`.
-final class BasicBlock {
-    let conv1: LayerSlot<Conv2d>
-    let norm1: NormalizationSlot
-    let relu1 = LayerSlot(ReLU())
-    let conv2: LayerSlot<Conv2d>
-    let norm2: NormalizationSlot
-    let downsampleConv: LayerSlot<Conv2d>?
-    let downsampleNorm: NormalizationSlot?
-    let relu2 = LayerSlot(ReLU())
-    private var sum = Tensor(zeros: [0, 0])
-    private var inputGradient = Tensor(zeros: [0, 0])
-
-    init(inChannels: Int, outChannels: Int, stride: Int, normalization: NormalizationSettings,
-         generator: inout SeededGenerator) throws {
-        let centred = normalization.centresConvolutions
-        conv1 = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: outChannels, kernelSize: 3, stride: stride,
-                                 padding: 1, bias: false, centred: centred, generator: &generator))
-        norm1 = NormalizationSlot(try normalization.makeLayer(channels: outChannels))
-        conv2 = LayerSlot(try Conv2d(inChannels: outChannels, outChannels: outChannels, kernelSize: 3, stride: 1,
-                                 padding: 1, bias: false, centred: centred, generator: &generator))
-        norm2 = NormalizationSlot(try normalization.makeLayer(channels: outChannels))
-        norm2.zeroScale()
-        if stride != 1 || inChannels != outChannels {
-            downsampleConv = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: outChannels, kernelSize: 1,
-                                              stride: stride, padding: 0, bias: false, centred: centred,
-                                              generator: &generator))
-            downsampleNorm = NormalizationSlot(try normalization.makeLayer(channels: outChannels))
-        } else {
-            downsampleConv = nil
-            downsampleNorm = nil
-        }
-    }
-
-    func forward(_ x: Tensor, training: Bool) throws -> Tensor {
-        var h = try conv1.forward(x, training: training)
-        h = try norm1.forward(h, training: training)
-        h = try relu1.forward(h, training: training)
-        h = try conv2.forward(h, training: training)
-        h = try norm2.forward(h, training: training)
-        sum.prepare(shape: h.shape, layout: h.layout)
-        _ = h.withUnsafeBufferPointer { src in sum.withUnsafeMutableBufferPointer { $0.update(fromContentsOf: src) } }
-        if let downsampleConv, let downsampleNorm {
-            var s = try downsampleConv.forward(x, training: training)
-            s = try downsampleNorm.forward(s, training: training)
-            addInPlace(&sum, s)
-        } else {
-            addInPlace(&sum, x)
-        }
-        return try relu2.forward(sum, training: training)
-    }
-
-    func backward(_ dy: Tensor) throws -> Tensor {
-        let dsum = try relu2.backward(dy)
-        var g = try norm2.backward(dsum)
-        g = try conv2.backward(g)
-        g = try relu1.backward(g)
-        g = try norm1.backward(g)
-        g = try conv1.backward(g)
-        inputGradient.prepare(shape: g.shape, layout: g.layout)
-        _ = g.withUnsafeBufferPointer { src in inputGradient.withUnsafeMutableBufferPointer { $0.update(fromContentsOf: src) } }
-        if let downsampleConv, let downsampleNorm {
-            var s = try downsampleNorm.backward(dsum)
-            s = try downsampleConv.backward(s)
-            addInPlace(&inputGradient, s)
-        } else {
-            addInPlace(&inputGradient, dsum)
-        }
-        return inputGradient
-    }
-
-    var parameters: [Parameter] {
-        conv1.layer.parameters + norm1.parameters + conv2.layer.parameters + norm2.parameters
-            + (downsampleConv?.layer.parameters ?? []) + (downsampleNorm?.parameters ?? [])
-    }
-
-    func stateDict() -> [String: StateTensor] {
-        var s = prefixed("conv1", conv1.layer.stateDict())
-        s.merge(prefixed("norm1", norm1.stateDict())) { $1 }
-        s.merge(prefixed("conv2", conv2.layer.stateDict())) { $1 }
-        s.merge(prefixed("norm2", norm2.stateDict())) { $1 }
-        if let downsampleConv, let downsampleNorm {
-            s.merge(prefixed("downsample.0", downsampleConv.layer.stateDict())) { $1 }
-            s.merge(prefixed("downsample.1", downsampleNorm.stateDict())) { $1 }
-        }
-        return s
-    }
-
-    func loadStateDict(_ state: [String: StateTensor]) throws {
-        try conv1.layer.loadStateDict(unprefixed("conv1", state))
-        try norm1.loadStateDict(unprefixed("norm1", state))
-        try conv2.layer.loadStateDict(unprefixed("conv2", state))
-        try norm2.loadStateDict(unprefixed("norm2", state))
-        if let downsampleConv, let downsampleNorm {
-            try downsampleConv.layer.loadStateDict(unprefixed("downsample.0", state))
-            try downsampleNorm.loadStateDict(unprefixed("downsample.1", state))
-        }
-    }
-}
-
 /// He et al.'s residual network for small images (depth `6n+2`): a 3×3 stem, three stages of `n` basic blocks
 /// at widths 16/32/64 with strides 1/2/2, global average pooling and a linear classifier. The layout, tensor
-/// names and initialisation (He normal, fan-out; `γ = 0` for each block's last norm) are those of
-/// `torch_models.ResNet`, so checkpoints load there with `strict=True`.
+/// names and initialisation (He normal, fan-out; `γ = 0` for each block's last norm unless
+/// `zeroInitResidualScale` is off) are those of `torch_models.ResNet`, so checkpoints load there with
+/// `strict=True`.
+///
+/// The tree is `conv1`, `norm1`, `layer1`…`layer3` (``stages``, each a ``ResNetStage`` of ``BasicBlock``s) and
+/// `fc`, readable from outside: `model.stages[1].blocks[0].conv1.weight` is `layer2.0.conv1.weight`.
 public final class ResNet: Model {
     /// `6n+2`.
     public let depth: Int
     /// The normalization used everywhere.
     public let normalization: NormalizationSettings
-    let stem: LayerSlot<Conv2d>
-    let stemNorm: NormalizationSlot
-    let stemReLU = LayerSlot(ReLU())
-    let stages: [[BasicBlock]]
-    let pool = LayerSlot(GlobalAveragePool())
-    let classifier: LayerSlot<Linear>
+    /// Whether each block's last normalization started with `γ = 0`.
+    public let zeroInitResidualScale: Bool
+    /// The three stages (`layer1`, `layer2`, `layer3`), `n` blocks each.
+    public let stages: [ResNetStage]
+    /// The mode `callAsFunction(_:)` uses (see ``Module/training``).
+    public var training = true
+    private let stem: LayerSlot<Conv2d>
+    private let stemNorm: NormalizationSlot
+    private let stemReLU = LayerSlot(ReLU())
+    private let pool = LayerSlot(GlobalAveragePool())
+    private let classifier: LayerSlot<Linear>
 
     /// Builds a ResNet of `depth` layers (`6n+2`), stage widths `width`, `2·width`, `4·width`.
+    ///
+    /// - Parameter zeroInitResidualScale: start each block's last normalization with `γ = 0` (spec §6, the
+    ///   reference's and the default), so every block starts as its shortcut; `false` keeps `γ = 1`. No effect
+    ///   on frozen `γ` (BN\*) or without normalization.
+    /// - Throws: ``ModelError/invalidDepth(_:)``, or an error of a layer's constructor.
     public init(depth: Int, normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10,
-                width: Int = 16, generator: inout SeededGenerator) throws {
+                width: Int = 16, zeroInitResidualScale: Bool = true, generator: inout SeededGenerator) throws {
         guard depth >= 8, (depth - 2) % 6 == 0 else { throw ModelError.invalidDepth(depth) }
         self.depth = depth
         self.normalization = normalization
+        self.zeroInitResidualScale = zeroInitResidualScale
         let n = (depth - 2) / 6
         stem = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: width, kernelSize: 3, stride: 1, padding: 1,
-                                bias: false, centred: normalization.centresConvolutions, generator: &generator))
+                                    bias: false, centred: normalization.centresConvolutions, generator: &generator))
         stem.layer.computesInputGradient = false
         stemNorm = NormalizationSlot(try normalization.makeLayer(channels: width))
         var cin = width
-        var stages: [[BasicBlock]] = []
+        var stages: [ResNetStage] = []
         for (cout, stride) in [(width, 1), (2 * width, 2), (4 * width, 2)] {
             var blocks: [BasicBlock] = []
             for b in 0..<n {
                 blocks.append(try BasicBlock(inChannels: cin, outChannels: cout, stride: b == 0 ? stride : 1,
-                                             normalization: normalization, generator: &generator))
+                                             normalization: normalization, zeroInitLastScale: zeroInitResidualScale,
+                                             generator: &generator))
                 cin = cout
             }
-            stages.append(blocks)
+            stages.append(ResNetStage(blocks: blocks))
         }
         self.stages = stages
         classifier = LayerSlot(try Linear(inFeatures: cin, outFeatures: classes, generator: &generator))
     }
 
+    /// The stem convolution (`conv1`; it computes no input gradient).
+    public var conv1: Conv2d { stem.layer }
+    /// The stem's normalization (`norm1`).
+    public var norm1: NormalizationModule { stemNorm.module }
+    /// The first stage (`layer1`, width `width`, stride 1).
+    public var layer1: ResNetStage { stages[0] }
+    /// The second stage (`layer2`, width `2·width`, stride 2).
+    public var layer2: ResNetStage { stages[1] }
+    /// The third stage (`layer3`, width `4·width`, stride 2).
+    public var layer3: ResNetStage { stages[2] }
+    /// The classifier (`fc`).
+    public var fc: Linear { classifier.layer }
+    /// Every block, stage by stage.
+    public var blocks: [BasicBlock] { stages.flatMap(\.blocks) }
+
+    /// `"ResNet-8"`.
+    public var name: String { "ResNet-\(depth)" }
+    /// `"ResNet"`.
+    public var summary: String { "ResNet" }
+    /// `conv1`, `norm1`, `layer1`, `layer2`, `layer3`, `fc`.
+    public var children: [(name: String, module: any Module)] {
+        [("conv1", conv1), ("norm1", norm1)]
+            + stages.enumerated().map { ("layer\($0.offset + 1)", $0.element) }
+            + [("fc", fc)]
+    }
+
+    /// Logits `(N, classes)` for images `(N, inChannels, H, W)`, in a buffer reused by the next forward.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
         var h = try stem.forward(x, training: training)
         h = try stemNorm.forward(h, training: training)
         h = try stemReLU.forward(h, training: training)
-        for stage in stages { for block in stage { h = try block.forward(h, training: training) } }
+        for stage in stages { for block in stage.blocks { h = try block.forward(h, training: training) } }
         h = try pool.forward(h, training: training)
         return try classifier.forward(h, training: training)
     }
 
+    /// Backpropagates `∂loss/∂logits` through the last training forward into every parameter's gradient.
     public func backward(_ logitsGradient: Tensor) throws {
         var g = try classifier.backward(logitsGradient)
         g = try pool.backward(g)
-        for stage in stages.reversed() { for block in stage.reversed() { g = try block.backward(g) } }
+        for stage in stages.reversed() { for block in stage.blocks.reversed() { g = try block.backward(g) } }
         g = try stemReLU.backward(g)
         g = try stemNorm.backward(g)
         _ = try stem.backward(g)
-    }
-
-    public var parameters: [Parameter] {
-        stem.layer.parameters + stemNorm.parameters + stages.flatMap { $0.flatMap(\.parameters) }
-            + classifier.layer.parameters
-    }
-
-    public func stateDict() -> [String: StateTensor] {
-        var s = prefixed("conv1", stem.layer.stateDict())
-        s.merge(prefixed("norm1", stemNorm.stateDict())) { $1 }
-        for (i, stage) in stages.enumerated() {
-            for (j, block) in stage.enumerated() {
-                s.merge(prefixed("layer\(i + 1).\(j)", block.stateDict())) { $1 }
-            }
-        }
-        s.merge(prefixed("fc", classifier.layer.stateDict())) { $1 }
-        return s
-    }
-
-    public func loadStateDict(_ state: [String: StateTensor]) throws {
-        try loadAtomically(self, state, load)
-    }
-
-    private func load(_ state: [String: StateTensor]) throws {
-        try stem.layer.loadStateDict(unprefixed("conv1", state))
-        try stemNorm.loadStateDict(unprefixed("norm1", state))
-        for (i, stage) in stages.enumerated() {
-            for (j, block) in stage.enumerated() { try block.loadStateDict(unprefixed("layer\(i + 1).\(j)", state)) }
-        }
-        try classifier.layer.loadStateDict(unprefixed("fc", state))
     }
 }

@@ -2,96 +2,54 @@
 /// 3×3 conv–norm–ReLU units (widths 16, 32, 64) with 2×2 max pooling between stages, global average pooling
 /// and a linear classifier. With `--norm none` the convs carry biases and there is no normalization at all.
 ///
-/// Tensor names follow a PyTorch `nn.Sequential` called `features` (conv at index `3k`, its norm at `3k+1`,
-/// ReLU at `3k+2`, pools in between) plus `fc`.
+/// The tree is a PyTorch `nn.Sequential` called ``features`` (conv at index `3k`, its norm at `3k+1` (an
+/// `Identity` with `--norm none`), ReLU at `3k+2`, pools in between) plus `fc`.
 public final class VGG: Model {
-    private enum Unit {
-        case conv(index: Int, LayerSlot<Conv2d>, normIndex: Int, NormalizationSlot, LayerSlot<ReLU>)
-        case pool(LayerSlot<MaxPool2d>)
-    }
-    private let units: [Unit]
-    private let gap = LayerSlot(GlobalAveragePool())
-    private let classifier: LayerSlot<Linear>
+    /// The convolutional part (`features`).
+    public let features: Sequential
     /// The normalization used after every conv.
     public let normalization: NormalizationSettings
+    /// The mode `callAsFunction(_:)` uses (see ``Module/training``).
+    public var training = true
+    private let gap = LayerSlot(GlobalAveragePool())
+    private let classifier: LayerSlot<Linear>
 
     /// Builds the network.
     public init(normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10, widths: [Int] = [16, 32, 64],
                 generator: inout SeededGenerator) throws {
         self.normalization = normalization
-        var units: [Unit] = []
-        var cin = inChannels, index = 0
+        var layers: [any Layer] = []
+        var cin = inChannels
         for (s, width) in widths.enumerated() {
-            if s > 0 {
-                units.append(.pool(LayerSlot(try MaxPool2d(kernelSize: 2, stride: 2))))
-                index += 1
-            }
+            if s > 0 { layers.append(try MaxPool2d(kernelSize: 2, stride: 2)) }
             for _ in 0..<2 {
                 let conv = try Conv2d(inChannels: cin, outChannels: width, kernelSize: 3, stride: 1, padding: 1,
-                                  bias: normalization.kind == .none, centred: normalization.centresConvolutions,
-                                  generator: &generator)
-                if units.isEmpty { conv.computesInputGradient = false }
-                units.append(.conv(index: index, LayerSlot(conv), normIndex: index + 1,
-                                   NormalizationSlot(try normalization.makeLayer(channels: width)), LayerSlot(ReLU())))
-                index += 3
+                                      bias: normalization.kind == .none, centred: normalization.centresConvolutions,
+                                      generator: &generator)
+                if layers.isEmpty { conv.computesInputGradient = false }
+                layers += [conv, NormalizationModule(try normalization.makeLayer(channels: width)), ReLU()]
                 cin = width
             }
         }
-        self.units = units
+        features = Sequential(layers)
         classifier = LayerSlot(try Linear(inFeatures: cin, outFeatures: classes, generator: &generator))
     }
 
+    /// The classifier (`fc`).
+    public var fc: Linear { classifier.layer }
+    /// `"VGG"`.
+    public var summary: String { "VGG" }
+    /// `features`, `fc`.
+    public var children: [(name: String, module: any Module)] { [("features", features), ("fc", fc)] }
+
+    /// Logits `(N, classes)` for images `(N, inChannels, H, W)`, in a buffer reused by the next forward.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
-        var h = x
-        for unit in units {
-            switch unit {
-            case .conv(_, let conv, _, let norm, let relu):
-                h = try relu.forward(try norm.forward(try conv.forward(h, training: training), training: training),
-                                     training: training)
-            case .pool(let pool):
-                h = try pool.forward(h, training: training)
-            }
-        }
+        let h = try features.forward(x, training: training)
         return try classifier.forward(try gap.forward(h, training: training), training: training)
     }
 
+    /// Backpropagates `∂loss/∂logits` through the last training forward into every parameter's gradient.
     public func backward(_ logitsGradient: Tensor) throws {
-        var g = try gap.backward(try classifier.backward(logitsGradient))
-        for unit in units.reversed() {
-            switch unit {
-            case .conv(_, let conv, _, let norm, let relu):
-                g = try conv.backward(try norm.backward(try relu.backward(g)))
-            case .pool(let pool):
-                g = try pool.backward(g)
-            }
-        }
-    }
-
-    public var parameters: [Parameter] {
-        units.flatMap { unit -> [Parameter] in
-            if case .conv(_, let conv, _, let norm, _) = unit { return conv.layer.parameters + norm.parameters }
-            return []
-        } + classifier.layer.parameters
-    }
-
-    public func stateDict() -> [String: StateTensor] {
-        var s = prefixed("fc", classifier.layer.stateDict())
-        for case .conv(let i, let conv, let j, let norm, _) in units {
-            s.merge(prefixed("features.\(i)", conv.layer.stateDict())) { $1 }
-            s.merge(prefixed("features.\(j)", norm.stateDict())) { $1 }
-        }
-        return s
-    }
-
-    public func loadStateDict(_ state: [String: StateTensor]) throws {
-        try loadAtomically(self, state, load)
-    }
-
-    private func load(_ state: [String: StateTensor]) throws {
-        try classifier.layer.loadStateDict(unprefixed("fc", state))
-        for case .conv(let i, let conv, let j, let norm, _) in units {
-            try conv.layer.loadStateDict(unprefixed("features.\(i)", state))
-            try norm.loadStateDict(unprefixed("features.\(j)", state))
-        }
+        try features.backward(try gap.backward(try classifier.backward(logitsGradient)))
     }
 }

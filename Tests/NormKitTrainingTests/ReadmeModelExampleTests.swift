@@ -1,0 +1,68 @@
+import XCTest
+import NormKitTraining
+
+/// The README's "building a model in code" example, verbatim between the markers, so it is known to compile and
+/// run; then checks on what it did.
+final class ReadmeModelExampleTests: XCTestCase {
+    func testBuildTrainSaveAndInspectANetworkInCode() throws {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("normkit-readme-model-\(ProcessInfo.processInfo.processIdentifier)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var printed: [String] = []
+        func print(_ items: Any...) { printed.append(items.map { "\($0)" }.joined(separator: " ")) }
+
+        // README begin
+        var generator = SeededGenerator(seed: 0)
+        let model = Sequential(
+            try Conv2d(inChannels: 1, outChannels: 16, kernelSize: 3, padding: 1, generator: &generator),
+            NormalizationModule(try GroupNorm(channels: 16, groups: 4)),
+            ReLU(),
+            try MaxPool2d(kernelSize: 2),
+            GlobalAveragePool(),
+            try Linear(inFeatures: 16, outFeatures: 10, generator: &generator))
+        print(model)                                    // Sequential( (0): Conv2d(1, 16, kernel_size=3, …) …
+
+        // A toy batch: 8 images of 28×28 and their labels.
+        let images = Tensor.randomNormal(shape: [8, 1, 28, 28], using: &generator)
+        let labels = [0, 1, 2, 3, 4, 5, 6, 7]
+
+        let optimizer = SGD(parameters: model.parameters, momentum: 0.9, weightDecay: 5e-4)
+        let loss = SoftmaxCrossEntropy()
+        var dlogits = Tensor(zeros: [0, 0])
+        model.train()
+        for step in 1...5 {
+            let value = try loss.forward(logits: try model(images), labels: labels)
+            try loss.backward(into: &dlogits)
+            try model.backward(dlogits)                 // fills every parameter's gradient
+            optimizer.step(learningRate: 0.1)
+            print("step \(step): loss \(value)")
+        }
+
+        model.eval()                                    // callAsFunction now runs in evaluation mode
+        let logits = try model(images)                  // (8, 10)
+        let evalLoss = try loss.forward(logits: logits, labels: labels)
+        print("eval loss \(evalLoss), \(loss.correctCount) of \(labels.count) correct")
+
+        let file = directory.appendingPathComponent("model.safetensors")
+        try SafeTensors.write(model.stateDict(), to: file)   // loads into the PyTorch twin with strict=True
+        for (name, parameter) in model.namedParameters() {
+            print(name, parameter)                      // 0.weight Parameter(weight, shape=[16, 1, 3, 3], …)
+        }
+        try model.loadStateDict(try SafeTensors.read(from: file).tensors)
+        // README end
+
+        XCTAssertEqual(printed.first?.split(separator: "\n").first, "Sequential(")
+        XCTAssertTrue(printed[0].contains("  (1): GroupNorm(4, 16)"), printed[0])
+        let losses = printed.filter { $0.hasPrefix("step ") }.compactMap { Float($0.split(separator: " ").last!) }
+        XCTAssertEqual(losses.count, 5)
+        XCTAssertLessThan(losses.last!, losses.first!, "five SGD steps on one batch did not lower its loss")
+        XCTAssertEqual(logits.shape, [8, 10])
+        XCTAssertTrue(printed.contains { $0.hasPrefix("eval loss ") && $0.hasSuffix(" of 8 correct") })
+        XCTAssertTrue(printed.contains("0.weight Parameter(weight, shape=[16, 1, 3, 3], requires_grad=True)"))
+        XCTAssertTrue(printed.contains("1.bias Parameter(bias, shape=[16], requires_grad=True)"))
+        XCTAssertTrue(printed.contains("5.bias Parameter(bias, shape=[10], requires_grad=True)"))
+        XCTAssertEqual(printed.filter { $0.contains("Parameter(") }.count, 5)  // conv: no bias
+        XCTAssertEqual(try SafeTensors.read(from: file).tensors, model.stateDict())
+    }
+}
