@@ -66,7 +66,7 @@ public struct Tensor: Sendable {
     /// - Precondition: `shape` has 2 to 5 non-negative dimensions (checked in every build). For a shape that
     ///   comes from data, a file or a user, use the throwing ``init(shape:layout:)``.
     public init(zeros shape: [Int], layout: TensorLayout = .channelsFirst) {
-        precondition(Tensor.isValid(shape: shape),
+        checkPrecondition(Tensor.isValid(shape: shape),
                      "Tensor(zeros:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and no negative "
                         + "dimension, got \(shape)")
         self.shape = shape
@@ -146,7 +146,7 @@ public struct Tensor: Sendable {
     ///
     /// - Precondition: `newShape` is a valid shape (``isValid(shape:)``); layers pass their validated input's.
     public mutating func prepare(shape newShape: [Int], layout newLayout: TensorLayout) {
-        precondition(Tensor.isValid(shape: newShape),
+        checkPrecondition(Tensor.isValid(shape: newShape),
                      "Tensor.prepare(shape:layout:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and "
                         + "no negative dimension, got \(newShape)")
         if newShape.reduce(1, *) != storage.count || !isKnownUniquelyReferenced(&storage) {
@@ -178,7 +178,7 @@ public struct Tensor: Sendable {
 
     /// The checked memory offset of `(n, c, position)`.
     private func checkedOffset(_ n: Int, _ c: Int, _ position: Int) -> Int {
-        precondition(isValidIndex(n: n, c: c, position: position),
+        checkPrecondition(isValidIndex(n: n, c: c, position: position),
                      "Tensor index (n: \(n), c: \(c), position: \(position)) is out of bounds for shape \(shape) "
                         + "(n in 0..<\(shape[0]), c in 0..<\(shape[1]), position in 0..<\(spatialCount))")
         return offset(n: n, c: c, position: position)
@@ -215,7 +215,9 @@ public struct Tensor: Sendable {
         return result
     }
 
-    /// A tensor of the same shape filled with standard normal values from `generator`.
+    /// A tensor of `shape` filled with normal values (`mean`, `standardDeviation`) from `generator`.
+    ///
+    /// - Precondition: `shape` is valid, as for ``init(zeros:layout:)``.
     public static func randomNormal<G: RandomNumberGenerator>(
         shape: [Int], layout: TensorLayout = .channelsFirst, mean: Float = 0, standardDeviation: Float = 1,
         using generator: inout G
@@ -245,4 +247,13 @@ extension Tensor: CustomStringConvertible {
         let head = withUnsafeBufferPointer { Array($0.prefix(6)) }
         return "Tensor(shape: \(shape), layout: \(layout), values: \(head)\(count > 6 ? "…" : ""))"
     }
+}
+
+/// NormKit's precondition for programmer errors (see ``NormalizationError``): stops the process with `message` when
+/// `condition` is false, in every build. Unlike `precondition`, whose message `-O` builds drop, `fatalError` prints
+/// it in release builds too, so the crash names the index and the shape.
+@inline(__always)
+func checkPrecondition(_ condition: Bool, _ message: @autoclosure () -> String,
+                       file: StaticString = #fileID, line: UInt = #line) {
+    if !condition { fatalError(message(), file: file, line: line) }
 }
