@@ -35,6 +35,11 @@ let package = Package(
         .testTarget(name: "NormKitTests", dependencies: ["NormKit"], resources: [.copy("Fixtures")]),
         .testTarget(
             name: "NormKitTrainingTests", dependencies: ["NormKitTraining"], resources: [.copy("Fixtures")]),
+        /// Compiled in the Swift 6 language mode (complete concurrency checking): NormKit's Sendable types and the
+        /// layer-per-actor pattern must build without warnings.
+        .testTarget(
+            name: "NormKitConcurrencyTests", dependencies: ["NormKit"],
+            swiftSettings: [.swiftLanguageMode(.v6)]),
     ],
     swiftLanguageModes: [.v5]
 )

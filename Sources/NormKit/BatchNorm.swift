@@ -41,8 +41,13 @@ public final class BatchNorm: NormalizationLayer {
     /// Training forwards whose statistics were not finite and so were not folded into the running statistics.
     public private(set) var skippedUpdates: Int = 0
 
-    /// `"BatchNorm(C=…)"`.
-    public var name: String { "BatchNorm(C=\(channels)\(normBatch.map { ", normBatch=\($0)" } ?? ""))" }
+    /// `"BatchNorm(channels: 64)"`, with `normBatch` and `affine: false` when set.
+    public var name: String { BatchNorm.describe(channels: channels, normBatch: normBatch, affine: weight != nil) }
+
+    /// The ``name`` of a BatchNorm built with these arguments.
+    static func describe(channels: Int, normBatch: Int?, affine: Bool) -> String {
+        layerName("BatchNorm", channels: channels, [normBatch.map { "normBatch: \($0)" }], affine: affine)
+    }
 
     private var savedInput: Tensor?
     private var savedGeometry: NormalizationGeometry?
@@ -57,12 +62,14 @@ public final class BatchNorm: NormalizationLayer {
     /// - Parameters:
     ///   - momentum: PyTorch convention, in `0...1`, the weight of the new statistic.
     ///   - normBatch: samples per ghost batch (must divide every training batch); nil for the whole batch.
-    /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for out-of-range arguments.
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
     public init(channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.1, normBatch: Int? = nil,
                 affine: Bool = true) throws {
-        try LayerArgument.validate(.channels(channels), .epsilon(epsilon),
-                                   .momentum(momentum, convention: "PyTorch convention: weight of the new value"),
-                                   .normBatch(normBatch))
+        try LayerArgument.validate(
+            layer: BatchNorm.describe(channels: channels, normBatch: normBatch, affine: affine),
+            .channels(channels), .epsilon(epsilon),
+            .fraction("momentum", momentum, meaning: "PyTorch convention: weight of the new value"),
+            .normBatch(normBatch))
         self.channels = channels
         self.epsilon = epsilon
         self.momentum = momentum
@@ -156,7 +163,7 @@ public final class BatchNorm: NormalizationLayer {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
-        try InputCheck.validateGradient(dy, like: x)
+        try InputCheck.validateGradient(dy, like: x, layer: name)
         workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
         savedInput = nil
         savedGeometry = nil
@@ -169,10 +176,12 @@ public final class BatchNorm: NormalizationLayer {
                            batchesTracked: batchesTracked)
     }
 
-    /// Restores everything ``stateDict()`` writes; nothing changes if any entry is missing or has the wrong shape
-    /// or dtype (any value is accepted, as PyTorch).
-    public func loadStateDict(_ state: [String: StateTensor]) throws {
-        try checkpoint.load(state, runningMean: &runningMean, runningSpread: &runningVariance,
+    /// Restores what ``stateDict()`` writes (strict: exactly those keys; see
+    /// ``NormalizationLayer/loadStateDict(_:strict:)``); nothing changes if it throws (a wrong shape or dtype;
+    /// any value is accepted, as PyTorch).
+    @discardableResult
+    public func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult {
+        try checkpoint.load(state, strict: strict, runningMean: &runningMean, runningSpread: &runningVariance,
                             batchesTracked: &batchesTracked, weight: weight, bias: bias)
     }
 

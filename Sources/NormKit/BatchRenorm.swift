@@ -64,11 +64,11 @@ public final class BatchRenorm: NormalizationLayer {
         /// steps, `r_max` is fully relaxed at 40 % and `d_max` at 25 % (each rounded half up to a whole step,
         /// `(totalSteps·percent + 50) / 100`).
         ///
-        /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` if `totalSteps < 1`.
+        /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` if `totalSteps < 1`.
         public static func scaled(totalSteps: Int, rMax: Double = 3, dMax: Double = 5) throws -> Schedule {
             guard totalSteps >= 1, totalSteps <= Int.max / 100 - 1 else {
-                throw NormalizationError.invalidArgument(
-                    name: "totalSteps", value: "\(totalSteps)", expected: "1...\(Int.max / 100 - 1)")
+                throw NormalizationError.invalidArgument(layer: "BatchRenorm.Schedule", name: "totalSteps",
+                                                         value: "\(totalSteps)", expected: "1...\(Int.max / 100 - 1)")
             }
             func percent(_ p: Int) -> Int { (totalSteps * p + 50) / 100 }
             return Schedule(warmupSteps: percent(5), rMax: rMax, dMax: dMax, rSteps: percent(40), dSteps: percent(25))
@@ -84,20 +84,24 @@ public final class BatchRenorm: NormalizationLayer {
             return (1 + (rMax - 1) * fr, dMax * fd)
         }
 
-        func validate() throws {
+        /// Throws ``NormalizationError/invalidArgument(layer:name:value:expected:)`` naming `layer` for a number
+        /// out of range.
+        func validate(layer: String) throws {
             guard warmupSteps >= 0 else {
                 throw NormalizationError.invalidArgument(
-                    name: "schedule.warmupSteps", value: "\(warmupSteps)", expected: "at least 0")
+                    layer: layer, name: "schedule.warmupSteps", value: "\(warmupSteps)", expected: "at least 0")
             }
             guard rSteps >= 0, dSteps >= 0 else {
                 throw NormalizationError.invalidArgument(
-                    name: "schedule.rSteps/dSteps", value: "\(rSteps)/\(dSteps)", expected: "at least 0")
+                    layer: layer, name: "schedule.rSteps/dSteps", value: "\(rSteps)/\(dSteps)", expected: "at least 0")
             }
             guard rMax >= 1, rMax.isFinite else {
-                throw NormalizationError.invalidArgument(name: "schedule.rMax", value: "\(rMax)", expected: "a finite value ≥ 1")
+                throw NormalizationError.invalidArgument(
+                    layer: layer, name: "schedule.rMax", value: "\(rMax)", expected: "a finite value ≥ 1")
             }
             guard dMax >= 0, dMax.isFinite else {
-                throw NormalizationError.invalidArgument(name: "schedule.dMax", value: "\(dMax)", expected: "a finite value ≥ 0")
+                throw NormalizationError.invalidArgument(
+                    layer: layer, name: "schedule.dMax", value: "\(dMax)", expected: "a finite value ≥ 0")
             }
         }
     }
@@ -129,8 +133,13 @@ public final class BatchRenorm: NormalizationLayer {
     /// `d` of the last training forward, indexed `ghostBatch·C + c` (diagnostics).
     public private(set) var lastD: [Float] = []
 
-    /// `"BatchRenorm(C=…)"`.
-    public var name: String { "BatchRenorm(C=\(channels)\(normBatch.map { ", normBatch=\($0)" } ?? ""))" }
+    /// `"BatchRenorm(channels: 64)"`, with `normBatch` and `affine: false` when set.
+    public var name: String { BatchRenorm.describe(channels: channels, normBatch: normBatch, affine: weight != nil) }
+
+    /// The ``name`` of a BatchRenorm built with these arguments.
+    static func describe(channels: Int, normBatch: Int?, affine: Bool) -> String {
+        layerName("BatchRenorm", channels: channels, [normBatch.map { "normBatch: \($0)" }], affine: affine)
+    }
 
     /// What a training forward saves per (ghost batch, channel) for its backward.
     private struct RenormFactors {
@@ -165,12 +174,14 @@ public final class BatchRenorm: NormalizationLayer {
     ///   - momentum: `α` in `0...1`, the weight of the **new** value (the reference's convention).
     ///   - schedule: the `r_max`/`d_max` relaxation; ``Schedule/paper`` is for ~500k-step runs.
     ///   - normBatch: samples per ghost batch (must divide every training batch); nil for the whole batch.
-    /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for out-of-range arguments.
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
     public init(channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.01, schedule: Schedule = .paper,
                 normBatch: Int? = nil, affine: Bool = true) throws {
-        try LayerArgument.validate(.channels(channels), .epsilon(epsilon),
-                                   .momentum(momentum, convention: "weight of the new value"), .normBatch(normBatch))
-        try schedule.validate()
+        let layer = BatchRenorm.describe(channels: channels, normBatch: normBatch, affine: affine)
+        try LayerArgument.validate(layer: layer, .channels(channels), .epsilon(epsilon),
+                                   .fraction("momentum", momentum, meaning: "weight of the new value"),
+                                   .normBatch(normBatch))
+        try schedule.validate(layer: layer)
         self.channels = channels
         self.epsilon = epsilon
         self.momentum = momentum
@@ -318,7 +329,7 @@ public final class BatchRenorm: NormalizationLayer {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
-        try InputCheck.validateGradient(dy, like: x)
+        try InputCheck.validateGradient(dy, like: x, layer: name)
         computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: mean, geometry: g)
         // `scratch` holds p (coefficients), q and o (sets).
         prepareScratch(g)
@@ -359,10 +370,12 @@ public final class BatchRenorm: NormalizationLayer {
                            batchesTracked: batchesTracked)
     }
 
-    /// Restores everything ``stateDict()`` writes; nothing changes if any entry is missing, has the wrong shape
-    /// or dtype, `running_std` is not positive and finite, or `num_batches_tracked` is negative.
-    public func loadStateDict(_ state: [String: StateTensor]) throws {
-        try checkpoint.load(state, runningMean: &runningMean, runningSpread: &runningStd,
+    /// Restores what ``stateDict()`` writes (strict: exactly those keys; see
+    /// ``NormalizationLayer/loadStateDict(_:strict:)``); nothing changes if it throws (also for a wrong shape or
+    /// dtype, a `running_std` that is not positive and finite, or a negative `num_batches_tracked`).
+    @discardableResult
+    public func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult {
+        try checkpoint.load(state, strict: strict, runningMean: &runningMean, runningSpread: &runningStd,
                             batchesTracked: &batchesTracked, weight: weight, bias: bias)
     }
 

@@ -1,6 +1,6 @@
 // The state-dict entries the layers share, written and checked in one place so that every layer keeps PyTorch's
-// keys, shapes and dtypes and the rule of loadStateDict: every entry is read and checked before anything is
-// assigned, so nothing changes if any entry is invalid.
+// keys, shapes and dtypes and the rules of loadStateDict: strict by default (exactly the layer's keys), every entry
+// read and checked before anything is assigned, so nothing changes if the load throws.
 
 /// A condition every value of a checkpoint statistic must meet, and the reason an error gives when one does not.
 struct ValueRequirement: Sendable {
@@ -15,47 +15,97 @@ struct ValueRequirement: Sendable {
     static let positiveFinite = ValueRequirement(reason: "must be positive and finite") { $0 > 0 && $0.isFinite }
 }
 
-/// `γ` and `β` read from a checkpoint, kept aside until every other entry has been checked too.
-struct AffineValues {
-    /// The `weight` values.
-    let weight: [Float]
-    /// The `bias` values.
-    let bias: [Float]
+/// Reads one layer's entries from a state dict, PyTorch's `load_state_dict` way.
+///
+/// Each read declares a key the layer has; a present entry is checked (dtype, shape, values) at once and an
+/// invalid one throws whatever `strict` is. An absent one reads as nil. ``finish()`` then compares the declared
+/// keys with the state dict's: in strict mode any missing or unexpected key throws, otherwise they are reported.
+/// Callers assign nothing until ``finish()`` has returned.
+struct StateDictReader {
+    /// The state dict being loaded.
+    let state: [String: StateTensor]
+    /// The layer's name, for errors.
+    let layer: String
+    /// Whether missing and unexpected keys throw.
+    let strict: Bool
+    /// The keys the layer has (declared by the reads).
+    private var expected: Set<String> = []
 
-    /// Copies the values into the layer's parameters.
-    func restore(weight: Parameter?, bias: Parameter?) {
-        weight?.value = self.weight
-        bias?.value = self.bias
+    init(_ state: [String: StateTensor], layer: String, strict: Bool) {
+        self.state = state
+        self.layer = layer
+        self.strict = strict
     }
-}
 
-extension Dictionary where Key == String, Value == StateTensor {
-    /// The float32 values of `name`, checked against `shape` and, when given, `requirement`.
-    func floats(_ name: String, shape: [Int], layer: String, meeting requirement: ValueRequirement?) throws -> [Float] {
-        let values = try floats(name, shape: shape, layer: layer)
+    /// The float32 values of `name`, checked against `shape` and, when given, `requirement`; nil if absent.
+    mutating func floats(_ name: String, shape: [Int], meeting requirement: ValueRequirement? = nil) throws
+        -> [Float]?
+    {
+        expected.insert(name)
+        guard let entry = state[name] else { return nil }
+        guard case .float32(let s, let values) = entry else {
+            throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected float32")
+        }
+        guard s == shape, values.count == shape.reduce(1, *) else {
+            throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected shape \(shape), got \(s)")
+        }
         if let requirement, !values.allSatisfy(requirement.isMet) {
             throw NormalizationError.invalidState(layer: layer, name: name, reason: requirement.reason)
         }
         return values
     }
 
-    /// The int64 scalar step counter `name`; with `nonNegative`, a negative value is an error.
-    func stepCounter(_ name: String, layer: String, nonNegative: Bool) throws -> Int64 {
-        let value = try scalarInt(name, layer: layer)
-        guard !nonNegative || value >= 0 else {
+    /// The int64 scalar step counter `name` (with `nonNegative`, a negative value is an error); nil if absent.
+    mutating func stepCounter(_ name: String, nonNegative: Bool) throws -> Int64? {
+        expected.insert(name)
+        guard let entry = state[name] else { return nil }
+        guard case .int64(let s, let values) = entry, s.reduce(1, *) == 1, values.count == 1 else {
+            throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected an int64 scalar")
+        }
+        guard !nonNegative || values[0] >= 0 else {
             throw NormalizationError.invalidState(layer: layer, name: name, reason: "must be ≥ 0")
         }
-        return value
+        return values[0]
     }
 
-    /// `weight` then `bias`, float32 `(C,)`, when the layer has affine parameters; nil (nothing read) otherwise.
-    func affineValues(channels: Int, layer: String, affine: Bool) throws -> AffineValues? {
-        guard affine else { return nil }
-        let weight = try floats("weight", shape: [channels], layer: layer)
-        let bias = try floats("bias", shape: [channels], layer: layer)
-        return AffineValues(weight: weight, bias: bias)
+    /// `weight` and `bias`, float32 `(C,)`, of the parameters that exist (a layer without them does not declare
+    /// the keys, so given ones are unexpected).
+    mutating func affine(weight: Parameter?, bias: Parameter?, channels: Int) throws -> AffineValues {
+        AffineValues(weight: weight == nil ? nil : try floats("weight", shape: [channels]),
+                     bias: bias == nil ? nil : try floats("bias", shape: [channels]))
     }
 
+    /// The missing and unexpected keys.
+    ///
+    /// - Throws: in strict mode, ``NormalizationError/incompatibleStateDict(layer:missingKeys:unexpectedKeys:)``
+    ///   if either list is not empty.
+    func finish() throws -> StateDictLoadResult {
+        let result = StateDictLoadResult(missingKeys: expected.filter { state[$0] == nil },
+                                         unexpectedKeys: state.keys.filter { !expected.contains($0) })
+        if strict, !result.isEmpty {
+            throw NormalizationError.incompatibleStateDict(layer: layer, missingKeys: result.missingKeys,
+                                                           unexpectedKeys: result.unexpectedKeys)
+        }
+        return result
+    }
+}
+
+/// `γ` and `β` read from a checkpoint (nil: absent or the layer has none), kept aside until every other entry has
+/// been checked too.
+struct AffineValues {
+    /// The `weight` values.
+    let weight: [Float]?
+    /// The `bias` values.
+    let bias: [Float]?
+
+    /// Copies the values that were read into the layer's parameters.
+    func restore(weight: Parameter?, bias: Parameter?) {
+        if let w = self.weight { weight?.value = w }
+        if let b = self.bias { bias?.value = b }
+    }
+}
+
+extension Dictionary where Key == String, Value == StateTensor {
     /// Adds the `weight` and `bias` entries, float32 `(C,)`, of the parameters that exist.
     mutating func addAffine(weight: Parameter?, bias: Parameter?, channels: Int) {
         if let weight { self["weight"] = .float32(shape: [channels], values: weight.value) }
@@ -102,31 +152,33 @@ struct RunningStatisticsCheckpoint {
     }
 
     /// Reads and checks every entry (`running_mean`, the spread, `num_batches_tracked`, then `weight` and `bias`
-    /// when the layer has them), then assigns them all: nothing changes if any entry is invalid.
+    /// when the layer has them) and the key sets, then assigns what was read: nothing changes if it throws.
     ///
-    /// - Throws: ``NormalizationError/invalidState(layer:name:reason:)`` for the first entry that is missing, has
-    ///   the wrong shape or dtype, or breaks the layer's rule.
-    func load(_ state: [String: StateTensor], runningMean: inout [Float], runningSpread: inout [Float],
-              batchesTracked: inout Int64, weight: Parameter?, bias: Parameter?) throws {
-        let mean = try state.floats("running_mean", shape: [channels], layer: layer)
-        let spread = try state.floats(spreadName, shape: [channels], layer: layer, meeting: spreadRequirement)
-        var tracked: Int64 = 0
-        if stepCounter != .none {
-            tracked = try state.stepCounter("num_batches_tracked", layer: layer,
-                                            nonNegative: stepCounter == .nonNegative)
-        }
-        let affine = try state.affineValues(channels: channels, layer: layer, affine: weight != nil)
-        runningMean = mean
-        runningSpread = spread
-        batchesTracked = tracked
-        affine?.restore(weight: weight, bias: bias)
+    /// - Throws: ``NormalizationError/invalidState(layer:name:reason:)`` for the first entry that has the wrong
+    ///   shape or dtype or breaks the layer's rule; in strict mode
+    ///   ``NormalizationError/incompatibleStateDict(layer:missingKeys:unexpectedKeys:)``.
+    func load(_ state: [String: StateTensor], strict: Bool, runningMean: inout [Float], runningSpread: inout [Float],
+              batchesTracked: inout Int64, weight: Parameter?, bias: Parameter?) throws -> StateDictLoadResult {
+        var reader = StateDictReader(state, layer: layer, strict: strict)
+        let mean = try reader.floats("running_mean", shape: [channels])
+        let spread = try reader.floats(spreadName, shape: [channels], meeting: spreadRequirement)
+        let tracked = stepCounter == .none
+            ? nil : try reader.stepCounter("num_batches_tracked", nonNegative: stepCounter == .nonNegative)
+        let affine = try reader.affine(weight: weight, bias: bias, channels: channels)
+        let result = try reader.finish()
+        if let mean { runningMean = mean }
+        if let spread { runningSpread = spread }
+        if let tracked { batchesTracked = tracked }
+        affine.restore(weight: weight, bias: bias)
+        return result
     }
 
-    /// ``load(_:runningMean:runningSpread:batchesTracked:weight:bias:)`` for a layer without a step counter.
-    func load(_ state: [String: StateTensor], runningMean: inout [Float], runningSpread: inout [Float],
-              weight: Parameter?, bias: Parameter?) throws {
+    /// ``load(_:strict:runningMean:runningSpread:batchesTracked:weight:bias:)`` for a layer without a step
+    /// counter.
+    func load(_ state: [String: StateTensor], strict: Bool, runningMean: inout [Float], runningSpread: inout [Float],
+              weight: Parameter?, bias: Parameter?) throws -> StateDictLoadResult {
         var untracked: Int64 = 0
-        try load(state, runningMean: &runningMean, runningSpread: &runningSpread, batchesTracked: &untracked,
-                 weight: weight, bias: bias)
+        return try load(state, strict: strict, runningMean: &runningMean, runningSpread: &runningSpread,
+                        batchesTracked: &untracked, weight: weight, bias: bias)
     }
 }

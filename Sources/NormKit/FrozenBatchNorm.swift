@@ -28,8 +28,8 @@ public final class FrozenBatchNorm: NormalizationLayer {
     /// The frozen variance (`running_var`), used as stored.
     public private(set) var runningVariance: [Float]
 
-    /// `"FrozenBatchNorm(C=…)"`.
-    public var name: String { "FrozenBatchNorm(C=\(channels))" }
+    /// `"FrozenBatchNorm(channels: 64)"`.
+    public var name: String { layerName("FrozenBatchNorm", channels: channels) }
 
     private var savedInput: Tensor?
     // Per channel, recomputed by each forward and backward from the current statistics and `γ`.
@@ -43,10 +43,11 @@ public final class FrozenBatchNorm: NormalizationLayer {
     /// A frozen BN with `running_mean = 0`, `running_var = 1`, `γ = 1`, `β = 0`.
     ///
     /// - Parameter trainableAffine: whether an optimizer may update `γ`, `β` (their ``Parameter/isTrainable``).
-    /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for `channels < 1` or a negative or
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for `channels < 1` or a negative or
     ///   non-finite `epsilon`.
     public init(channels: Int, epsilon: Float = 1e-5, trainableAffine: Bool = false) throws {
-        try LayerArgument.validate(.channels(channels), .epsilon(epsilon))
+        try LayerArgument.validate(layer: layerName("FrozenBatchNorm", channels: channels), .channels(channels),
+                                   .epsilon(epsilon))
         self.channels = channels
         self.epsilon = epsilon
         let (w, b) = makeAffine(channels: channels, affine: true)
@@ -113,7 +114,7 @@ public final class FrozenBatchNorm: NormalizationLayer {
     /// when the affine is frozen).
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput else { throw NormalizationError.backwardBeforeForward(layer: name) }
-        try InputCheck.validateGradient(dy, like: x)
+        try InputCheck.validateGradient(dy, like: x, layer: name)
         let g = NormalizationGeometry.perChannel(x, channels: channels)
         computeCoefficients()
         computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: center, geometry: g)
@@ -136,11 +137,13 @@ public final class FrozenBatchNorm: NormalizationLayer {
         checkpoint.entries(weight: weight, bias: bias, runningMean: runningMean, runningSpread: runningVariance)
     }
 
-    /// Restores everything ``stateDict()`` writes; nothing changes if an entry is missing, has the wrong shape or
-    /// dtype, or `running_var` is negative or not finite.
-    public func loadStateDict(_ state: [String: StateTensor]) throws {
-        try checkpoint.load(state, runningMean: &runningMean, runningSpread: &runningVariance, weight: weight,
-                            bias: bias)
+    /// Restores what ``stateDict()`` writes (strict: exactly those keys; see
+    /// ``NormalizationLayer/loadStateDict(_:strict:)``); nothing changes if it throws (also for a wrong shape or
+    /// dtype, or a negative or non-finite `running_var`).
+    @discardableResult
+    public func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult {
+        try checkpoint.load(state, strict: strict, runningMean: &runningMean, runningSpread: &runningVariance,
+                            weight: weight, bias: bias)
     }
 
     /// The state-dict layout: the variance under `running_var` (finite and ≥ 0), always `weight` and `bias`, no

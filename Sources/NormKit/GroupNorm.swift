@@ -12,6 +12,10 @@
 /// ``layerNorm(channels:epsilon:affine:)`` (`G = 1`) and ``instanceNorm(channels:epsilon:affine:)`` (`G = C`)
 /// are the paper's LN and IN for conv nets, with per-channel affine.
 ///
+/// The grouping is given once: ``init(channels:groups:epsilon:affine:)`` or
+/// ``init(channels:groupSize:epsilon:affine:)``; ``init(channels:groups:groupSize:epsilon:affine:)`` takes either
+/// from optional settings and refuses both.
+///
 /// ```swift
 /// let norm = try GroupNorm(channels: 64, groups: 32)
 /// let y = try norm.forward(x, training: true)
@@ -29,8 +33,15 @@ public final class GroupNorm: NormalizationLayer {
     /// `β` (nil with `affine: false`).
     public let bias: Parameter?
 
-    /// `"GroupNorm(C=…, G=…)"`.
-    public var name: String { "GroupNorm(C=\(channels), G=\(groups))" }
+    /// `"GroupNorm(channels: 64, groups: 32)"` (with `affine: false` when set).
+    public var name: String {
+        GroupNorm.describe(channels: channels, grouping: "groups: \(groups)", affine: weight != nil)
+    }
+
+    /// The ``name`` of a GroupNorm built with these arguments (`grouping`: `"groups: 32"` or `"groupSize: 2"`).
+    static func describe(channels: Int, grouping: String, affine: Bool) -> String {
+        layerName("GroupNorm", channels: channels, [grouping], affine: affine)
+    }
     /// `C / G`.
     public var groupSize: Int { channels / groups }
 
@@ -42,18 +53,15 @@ public final class GroupNorm: NormalizationLayer {
     /// A GroupNorm with `groups` groups.
     ///
     /// - Throws: ``NormalizationError/invalidGroups(channels:groups:)`` unless `1 ≤ groups ≤ channels` and
-    ///   `groups` divides `channels`; ``NormalizationError/invalidArgument(name:value:expected:)`` for
+    ///   `groups` divides `channels`; ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for
     ///   `channels < 1` or `epsilon < 0`.
     public init(channels: Int, groups: Int, epsilon: Float = 1e-5, affine: Bool = true) throws {
-        guard channels >= 1 else {
-            throw NormalizationError.invalidArgument(name: "channels", value: "\(channels)", expected: "at least 1")
-        }
+        let layer = GroupNorm.describe(channels: channels, grouping: "groups: \(groups)", affine: affine)
+        try LayerArgument.validate(layer: layer, .channels(channels))
         guard groups >= 1, groups <= channels, channels % groups == 0 else {
             throw NormalizationError.invalidGroups(channels: channels, groups: groups)
         }
-        guard epsilon >= 0, epsilon.isFinite else {
-            throw NormalizationError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
-        }
+        try LayerArgument.validate(layer: layer, .epsilon(epsilon))
         self.channels = channels
         self.groups = groups
         self.epsilon = epsilon
@@ -69,6 +77,27 @@ public final class GroupNorm: NormalizationLayer {
             throw NormalizationError.invalidGroupSize(channels: channels, groupSize: groupSize)
         }
         try self.init(channels: channels, groups: channels / groupSize, epsilon: epsilon, affine: affine)
+    }
+
+    /// A GroupNorm from optional settings that give the grouping either as a number of groups or as channels per
+    /// group: exactly one of `groups` and `groupSize` must be non-nil (no silent preference).
+    ///
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` (name `"groups/groupSize"`)
+    ///   when both or neither are given; otherwise as ``init(channels:groups:epsilon:affine:)`` or
+    ///   ``init(channels:groupSize:epsilon:affine:)``.
+    public convenience init(channels: Int, groups: Int?, groupSize: Int?, epsilon: Float = 1e-5,
+                            affine: Bool = true) throws {
+        switch (groups, groupSize) {
+        case (let groups?, nil):
+            try self.init(channels: channels, groups: groups, epsilon: epsilon, affine: affine)
+        case (nil, let groupSize?):
+            try self.init(channels: channels, groupSize: groupSize, epsilon: epsilon, affine: affine)
+        default:
+            let given = "groups: \(groups.map(String.init) ?? "nil"), groupSize: \(groupSize.map(String.init) ?? "nil")"
+            throw NormalizationError.invalidArgument(
+                layer: layerName("GroupNorm", channels: channels, [given], affine: affine), name: "groups/groupSize",
+                value: given, expected: "exactly one of groups and groupSize (both describe the grouping)")
+        }
     }
 
     /// Layer Normalization for conv nets: one statistic per sample over all channels and positions (`G = 1`),
@@ -103,7 +132,7 @@ public final class GroupNorm: NormalizationLayer {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
-        try InputCheck.validateGradient(dy, like: x)
+        try InputCheck.validateGradient(dy, like: x, layer: name)
         workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
         savedInput = nil
         savedGeometry = nil
@@ -117,13 +146,15 @@ public final class GroupNorm: NormalizationLayer {
         return state
     }
 
-    /// Restores `weight` and `bias`.
-    public func loadStateDict(_ state: [String: StateTensor]) throws {
-        guard let weight, let bias else { return }
-        let w = try state.floats("weight", shape: [channels], layer: name)
-        let b = try state.floats("bias", shape: [channels], layer: name)
-        weight.value = w
-        bias.value = b
+    /// Restores `weight` and `bias` (strict: exactly those keys, none for `affine: false`; see
+    /// ``NormalizationLayer/loadStateDict(_:strict:)``); nothing changes if it throws.
+    @discardableResult
+    public func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult {
+        var reader = StateDictReader(state, layer: name, strict: strict)
+        let affine = try reader.affine(weight: weight, bias: bias, channels: channels)
+        let result = try reader.finish()
+        affine.restore(weight: weight, bias: bias)
+        return result
     }
 }
 

@@ -10,7 +10,7 @@
 /// useBatch = t ≤ S_buf or t < warmup
 /// v = useBatch ? χ²_t : mean(bufχ²)                   // simple moving average over the ring buffer
 /// r = t ≤ max(1000, warmup) ? 1 : clip(sqrt(v+ε)/sqrt(runningχ²+ε), 1/5, 5)   // the OLD runningχ²
-/// runningχ² ← momentum·runningχ² + (1 − momentum)·v   // every iteration
+/// runningχ² ← oldValueWeight·runningχ² + (1 − oldValueWeight)·v   // every iteration
 /// y = γ·r·x/sqrt(v+ε) + β
 /// ```
 /// Training backward (`r` a constant, `z = x/sqrt(v+ε)`, `g = γ·r·dy`):
@@ -23,8 +23,10 @@
 /// pending backward).
 ///
 /// Conventions:
-/// - `momentum` (default `0.98`) weights the **old** value — the opposite of ``BatchNorm``'s and
-///   ``BatchRenorm``'s `momentum` (Keras/Flax direction, as the paper).
+/// - The EMA factor is labelled ``oldValueWeight`` (default `0.98`, the paper's and the reference's `momentum`):
+///   the weight of the **old** value — the opposite of ``BatchNorm``'s and ``BatchRenorm``'s `momentum` (the
+///   weight of the new value), hence its own label. The deprecated `momentum:` label takes the same number.
+///   State dicts are unchanged (the factor is not in them).
 /// - `ε` (default `1e-5`) inside the square roots. The statistic is a second moment, never a variance.
 /// - Unlike ``BatchNorm``, a chunk with a single value per channel is allowed (a second moment needs no spread).
 /// - `S_buf` (``bufferSize``) is `realBatch / normBatch` in the paper (simulating a batch of 32 with batches of
@@ -46,8 +48,12 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     public let channels: Int
     /// `ε`, added to the second moment inside the square root.
     public let epsilon: Float
-    /// EMA momentum: the weight of the **old** running second moment (default `0.98`).
-    public let momentum: Float
+    /// The EMA factor: the weight of the **old** running second moment (default `0.98`; the paper's `momentum`).
+    public let oldValueWeight: Float
+
+    /// The EMA factor under its old, ambiguous name (the weight of the **old** value, unlike ``BatchNorm``'s).
+    @available(*, deprecated, renamed: "oldValueWeight")
+    public var momentum: Float { oldValueWeight }
     /// `S_buf`, the length of the SMA ring buffers.
     public let bufferSize: Int
     /// Iterations (chunks) that use the current batch's statistics instead of the SMA (`t < warmup`); the `r`
@@ -72,9 +78,16 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// `r` of the last training forward, indexed `chunk·C + c` (diagnostics).
     public private(set) var lastR: [Float] = []
 
-    /// `"MovingAverageBatchNorm(C=…, S_buf=…)"`.
+    /// `"MovingAverageBatchNorm(channels: 64, bufferSize: 16)"`, with `normBatch` and `affine: false` when set.
     public var name: String {
-        "MovingAverageBatchNorm(C=\(channels), S_buf=\(bufferSize)\(normBatch.map { ", normBatch=\($0)" } ?? ""))"
+        MovingAverageBatchNorm.describe(channels: channels, bufferSize: bufferSize, normBatch: normBatch,
+                                        affine: weight != nil)
+    }
+
+    /// The ``name`` of an MABN layer built with these arguments.
+    static func describe(channels: Int, bufferSize: Int, normBatch: Int?, affine: Bool) -> String {
+        layerName("MovingAverageBatchNorm", channels: channels,
+                  ["bufferSize: \(bufferSize)", normBatch.map { "normBatch: \($0)" }], affine: affine)
     }
 
     /// What a training forward saves per (chunk, channel) for its backward.
@@ -112,20 +125,24 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     ///
     /// - Parameters:
     ///   - bufferSize: `S_buf ≥ 1` (`realBatch / normBatch` in the paper).
-    ///   - momentum: in `0...1`, the weight of the **old** value in the EMA (opposite of ``BatchNorm``).
+    ///   - oldValueWeight: in `0...1`, the weight of the **old** running value in the EMA,
+    ///     `runningχ² ← oldValueWeight·runningχ² + (1 − oldValueWeight)·v` (the paper's `momentum = 0.98`).
+    ///     PyTorch-convention `momentum` `m` (weight of the new value, as ``BatchNorm``) is `1 − m` here.
     ///   - warmup: iterations using batch statistics (`≥ 0`, default 100).
     ///   - normBatch: samples per MABN iteration (must divide every training batch); nil for the whole batch.
-    /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for out-of-range arguments.
-    public init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, momentum: Float = 0.98, warmup: Int = 100,
-                normBatch: Int? = nil, affine: Bool = true) throws {
-        try LayerArgument.validate(.channels(channels), .count("bufferSize", bufferSize, atLeast: 1),
-                                   .epsilon(epsilon),
-                                   .momentum(momentum, convention: "weight of the OLD value, e.g. 0.98"),
-                                   .count("warmup", warmup, atLeast: 0), .normBatch(normBatch))
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
+    public init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, oldValueWeight: Float = 0.98,
+                warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true) throws {
+        try LayerArgument.validate(
+            layer: MovingAverageBatchNorm.describe(channels: channels, bufferSize: bufferSize, normBatch: normBatch,
+                                                   affine: affine),
+            .channels(channels), .count("bufferSize", bufferSize, atLeast: 1), .epsilon(epsilon),
+            .fraction("oldValueWeight", oldValueWeight, meaning: "weight of the OLD value, e.g. 0.98"),
+            .count("warmup", warmup, atLeast: 0), .normBatch(normBatch))
         self.channels = channels
         self.bufferSize = bufferSize
         self.epsilon = epsilon
-        self.momentum = momentum
+        self.oldValueWeight = oldValueWeight
         self.warmup = warmup
         self.normBatch = normBatch
         (weight, bias) = makeAffine(channels: channels, affine: affine)
@@ -134,6 +151,15 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         backwardStatisticBuffer = secondMomentBuffer
         chunkStatistic = [Double](repeating: 0, count: channels)
         evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
+    }
+
+    /// The old spelling of ``init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:)``:
+    /// `momentum` here is the weight of the **old** value (the same number as `oldValueWeight`).
+    @available(*, deprecated, renamed: "init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:)")
+    public convenience init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, momentum: Float,
+                            warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true) throws {
+        try self.init(channels: channels, bufferSize: bufferSize, epsilon: epsilon, oldValueWeight: momentum,
+                      warmup: warmup, normBatch: normBatch, affine: affine)
     }
 
     /// `useBatch(t)`: the current chunk's statistic instead of the SMA.
@@ -157,7 +183,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             evaluate(x, into: &y)
             return
         }
-        let g = try NormalizationGeometry.ghostBatches(x, channels: channels, normBatch: normBatch)
+        let g = try NormalizationGeometry.ghostBatches(x, channels: channels, normBatch: normBatch, layer: name)
         prepareScratch(g)
         x.withUnsafeBufferPointer { xp in
             mean.withUnsafeMutableBufferPointer { mp in
@@ -194,7 +220,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// slot, takes `v` (`χ²_t` while `useBatch(t)`, the SMA afterwards) and `r` against the old EMA, updates the
     /// EMA, and saves `sqrt(v+ε)` and `r` per set.
     private func runIterations(geometry g: NormalizationGeometry) {
-        let c = channels, eps = Double(epsilon), keep = Double(momentum)
+        let c = channels, eps = Double(epsilon), keep = Double(oldValueWeight)
         let rThreshold = Int64(max(1000, warmup))
         let mean = mean, variance = variance
         /// `χ²` of set `s`: `mean(x²) = var + mean²`.
@@ -265,7 +291,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
-        try InputCheck.validateGradient(dy, like: x)
+        try InputCheck.validateGradient(dy, like: x, layer: name)
         computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: zeroCenter, geometry: g)
         let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet)
         let offsetBase = g.setCount, slopeBase = 2 * g.setCount
@@ -325,21 +351,26 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         return state
     }
 
-    /// Restores everything ``stateDict()`` writes, so the layer continues exactly as the one that wrote it, and
-    /// drops any pending (un-backpropagated) training forward. Nothing changes if an entry is missing, has the
-    /// wrong shape or dtype, `running_var` is negative or not finite, or `iters` is negative.
-    public func loadStateDict(_ state: [String: StateTensor]) throws {
-        let running = try state.floats("running_var", shape: [channels], layer: name, meeting: .finiteNonNegative)
-        let iters = try state.stepCounter("iters", layer: name, nonNegative: true)
-        let x2 = try state.floats("buffer_x2", shape: [bufferSize, channels], layer: name)
-        let gz = try state.floats("buffer_gz", shape: [bufferSize, channels], layer: name)
-        let affine = try state.affineValues(channels: channels, layer: name, affine: weight != nil)
-        runningSecondMoment = running
-        iterations = iters
-        secondMomentBuffer = x2
-        backwardStatisticBuffer = gz
-        affine?.restore(weight: weight, bias: bias)
+    /// Restores what ``stateDict()`` writes, so the layer continues exactly as the one that wrote it (strict:
+    /// exactly those keys; see ``NormalizationLayer/loadStateDict(_:strict:)``), and drops any pending
+    /// (un-backpropagated) training forward. Nothing changes if it throws (also for a wrong shape or dtype, a
+    /// negative or non-finite `running_var`, or a negative `iters`).
+    @discardableResult
+    public func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult {
+        var reader = StateDictReader(state, layer: name, strict: strict)
+        let running = try reader.floats("running_var", shape: [channels], meeting: .finiteNonNegative)
+        let iters = try reader.stepCounter("iters", nonNegative: true)
+        let x2 = try reader.floats("buffer_x2", shape: [bufferSize, channels])
+        let gz = try reader.floats("buffer_gz", shape: [bufferSize, channels])
+        let affine = try reader.affine(weight: weight, bias: bias, channels: channels)
+        let result = try reader.finish()
+        if let running { runningSecondMoment = running }
+        if let iters { iterations = iters }
+        if let x2 { secondMomentBuffer = x2 }
+        if let gz { backwardStatisticBuffer = gz }
+        affine.restore(weight: weight, bias: bias)
         savedInput = nil
         savedGeometry = nil
+        return result
     }
 }

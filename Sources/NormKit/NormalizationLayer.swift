@@ -1,11 +1,18 @@
 /// The gradients a normalization backward produces.
-public struct NormalizationGradients {
+public struct NormalizationGradients: Sendable {
     /// `∂loss/∂x`, same shape and layout as the forward's input.
     public var input: Tensor
     /// `∂loss/∂γ` per channel (nil without affine parameters).
     public var weight: [Float]?
     /// `∂loss/∂β` per channel (nil without affine parameters).
     public var bias: [Float]?
+
+    /// Gradients from their parts.
+    public init(input: Tensor, weight: [Float]?, bias: [Float]?) {
+        self.input = input
+        self.weight = weight
+        self.bias = bias
+    }
 }
 
 /// The shape every NormKit normalization layer shares.
@@ -17,8 +24,29 @@ public struct NormalizationGradients {
 /// - Each training forward pairs with at most one backward; a backward without one throws
 ///   ``NormalizationError/backwardBeforeForward(layer:)``. The backward overwrites the parameters' gradients.
 /// - Input is `(N, C, *spatial)` with spatial rank 0 to 3 in either ``TensorLayout``.
+/// - Bad input throws a ``NormalizationError`` naming the layer and changes nothing (see its error policy).
+/// - ``loadStateDict(_:strict:)`` is strict by default, as PyTorch's `load_state_dict`.
+///
+/// **Concurrency.** A layer is a single-task object: it mutates its running statistics, saved activations and
+/// scratch buffers on every call, so it is not `Sendable` and Swift 6 refuses to share one between tasks. Use one
+/// layer per task, or own it in an actor and call it there. The tensors going in and out (``Tensor``,
+/// ``NormalizationGradients``, ``StateTensor``) are `Sendable`:
+///
+/// ```swift
+/// actor NormalizationStage {
+///     private let norm: GroupNorm
+///     init(channels: Int) throws { norm = try GroupNorm(channels: channels, groups: 32) }
+///     func forward(_ x: Tensor) throws -> Tensor { try norm.forward(x, training: true) }
+///     func backward(_ dy: Tensor) throws -> NormalizationGradients { try norm.backward(dy) }
+/// }
+/// let stage = try NormalizationStage(channels: 64)
+/// async let y = stage.forward(x)   // calls from any task run one at a time, on the actor
+/// ```
+///
+/// The kernels inside one call already use several threads (``Parallelism``).
 public protocol NormalizationLayer: AnyObject {
-    /// A short description (`"GroupNorm(C=64, G=32)"`), used in error messages.
+    /// A short description in initializer syntax (`"GroupNorm(channels: 64, groups: 32)"`), which begins every
+    /// error message the layer throws.
     var name: String { get }
     /// `C`, the number of channels the layer was built for.
     var channels: Int { get }
@@ -40,14 +68,30 @@ public protocol NormalizationLayer: AnyObject {
     /// The layer's checkpointable tensors in PyTorch `state_dict` naming (`weight`, `bias`, `running_mean`, …).
     func stateDict() -> [String: StateTensor]
 
-    /// Restores tensors written by ``stateDict()``; throws without changing anything when an entry is missing or
-    /// has the wrong shape or dtype.
-    func loadStateDict(_ state: [String: StateTensor]) throws
+    /// Restores tensors written by ``stateDict()``, as PyTorch's `load_state_dict(state, strict=strict)`.
+    ///
+    /// - `strict: true`: `state` must hold exactly the layer's keys; a missing or unexpected key throws
+    ///   ``NormalizationError/incompatibleStateDict(layer:missingKeys:unexpectedKeys:)`` naming them all (a
+    ///   layer built with `affine: false` given `weight`/`bias` is such an unexpected-keys error).
+    /// - `strict: false`: loads the entries that match and returns the missing and unexpected keys; what is
+    ///   missing keeps its current value.
+    ///
+    /// Either way an entry of the wrong shape or dtype, or with values the layer cannot use (a negative variance,
+    /// a negative step counter), throws ``NormalizationError/invalidState(layer:name:reason:)``. A load that
+    /// throws changes nothing.
+    @discardableResult
+    func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult
 }
 
 extension NormalizationLayer {
     /// The trainable parameters (`γ`, `β`), empty with `affine: false`.
     public var parameters: [Parameter] { [weight, bias].compactMap { $0 } }
+
+    /// ``loadStateDict(_:strict:)`` with `strict: true` (PyTorch's default): every key of the layer, and no other.
+    @discardableResult
+    public func loadStateDict(_ state: [String: StateTensor]) throws -> StateDictLoadResult {
+        try loadStateDict(state, strict: true)
+    }
 
     /// Normalizes `x` into a new tensor.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
@@ -69,17 +113,18 @@ enum InputCheck {
     /// Throws unless `x` is `(N, C, *S)` with `N > 0` and the layer's channel count. `layer` (the layer's name for
     /// the error) is only evaluated on failure: building it allocates, and this runs every step.
     static func validate(_ x: Tensor, channels: Int, layer: @autoclosure () -> String) throws {
-        try Tensor.validate(shape: x.shape)
+        try Tensor.validate(shape: x.shape, for: layer())
         guard x.channels == channels else {
             throw NormalizationError.channelMismatch(layer: layer(), expected: channels, got: x.channels)
         }
         guard x.batch > 0 else { throw NormalizationError.emptyBatch(layer: layer()) }
     }
 
-    /// Throws unless `dy` matches the saved input's shape and layout.
-    static func validateGradient(_ dy: Tensor, like x: Tensor) throws {
+    /// Throws unless `dy` matches the saved input's shape and layout (`layer` evaluated only on failure).
+    static func validateGradient(_ dy: Tensor, like x: Tensor, layer: @autoclosure () -> String) throws {
         guard dy.shape == x.shape, dy.layout == x.layout else {
-            throw NormalizationError.shapeMismatch(expected: x.shape, got: dy.shape, layout: "\(x.layout)")
+            throw NormalizationError.shapeMismatch(layer: layer(), expected: x.shape, expectedLayout: x.layout,
+                                                   got: dy.shape, gotLayout: dy.layout)
         }
     }
 }
@@ -125,9 +170,9 @@ enum LayerArgument {
     case count(String, Int, atLeast: Int)
     /// `ε`: finite and ≥ 0.
     case epsilon(Float)
-    /// `momentum`: in `0...1`. `convention` says which value it weights, in the error's expected text
-    /// (`"0...1 (convention)"`), since the layers differ.
-    case momentum(Float, convention: String)
+    /// A weight in `0...1` (`momentum`, `oldValueWeight`); `meaning` says which value it weights, in the error's
+    /// expected text (`"0...1 (meaning)"`), since the layers differ.
+    case fraction(String, Float, meaning: String)
     /// `normBatch`: nil (the whole batch) or at least 1.
     case normBatch(Int?)
 
@@ -136,35 +181,43 @@ enum LayerArgument {
 
     /// Checks `arguments` in order.
     ///
-    /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` for the first one out of range.
-    static func validate(_ arguments: LayerArgument...) throws {
-        for argument in arguments { try argument.validate() }
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` naming `layer` for the first
+    ///   one out of range.
+    static func validate(layer: String, _ arguments: LayerArgument...) throws {
+        for argument in arguments { try argument.validate(layer: layer) }
     }
 
-    /// Throws ``NormalizationError/invalidArgument(name:value:expected:)`` if the argument is out of range.
-    func validate() throws {
+    /// Throws ``NormalizationError/invalidArgument(layer:name:value:expected:)`` if the argument is out of range.
+    func validate(layer: String) throws {
         switch self {
         case .count(let name, let value, let minimum):
             guard value >= minimum else {
-                throw NormalizationError.invalidArgument(name: name, value: "\(value)", expected: "at least \(minimum)")
+                throw NormalizationError.invalidArgument(
+                    layer: layer, name: name, value: "\(value)", expected: "at least \(minimum)")
             }
         case .epsilon(let epsilon):
             guard epsilon >= 0, epsilon.isFinite else {
                 throw NormalizationError.invalidArgument(
-                    name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
+                    layer: layer, name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
             }
-        case .momentum(let momentum, let convention):
-            guard (0...1).contains(momentum) else {
+        case .fraction(let name, let value, let meaning):
+            guard (0...1).contains(value) else {
                 throw NormalizationError.invalidArgument(
-                    name: "momentum", value: "\(momentum)", expected: "0...1 (\(convention))")
+                    layer: layer, name: name, value: "\(value)", expected: "0...1 (\(meaning))")
             }
         case .normBatch(let normBatch):
             if let normBatch, normBatch < 1 {
                 throw NormalizationError.invalidArgument(
-                    name: "normBatch", value: "\(normBatch)", expected: "at least 1")
+                    layer: layer, name: "normBatch", value: "\(normBatch)", expected: "at least 1")
             }
         }
     }
+}
+
+/// `"Kind(channels: C, extra…)"` with `, affine: false` when the layer has no `γ`, `β`: the layers' names.
+func layerName(_ kind: String, channels: Int, _ extras: [String?] = [], affine: Bool = true) -> String {
+    let parts = ["channels: \(channels)"] + extras.compactMap { $0 } + (affine ? [] : ["affine: false"])
+    return "\(kind)(\(parts.joined(separator: ", ")))"
 }
 
 extension NormalizationGeometry {
@@ -178,15 +231,20 @@ extension NormalizationGeometry {
     /// The sets of a ghost-batched training forward over `x`: runs of `normBatch` consecutive samples (the whole
     /// batch when nil) by one channel.
     ///
-    /// - Throws: ``NormalizationError/normBatchDoesNotDivide(batch:normBatch:)`` unless `normBatch` divides the batch.
-    static func ghostBatches(_ x: Tensor, channels: Int, normBatch: Int?) throws -> NormalizationGeometry {
+    /// - Throws: ``NormalizationError/normBatchDoesNotDivide(layer:batch:normBatch:)`` naming `layer` (evaluated
+    ///   only then) unless `normBatch` divides the batch.
+    static func ghostBatches(_ x: Tensor, channels: Int, normBatch: Int?, layer: @autoclosure () -> String)
+        throws -> NormalizationGeometry
+    {
         let k = normBatch ?? x.batch
-        guard x.batch % k == 0 else { throw NormalizationError.normBatchDoesNotDivide(batch: x.batch, normBatch: k) }
+        guard x.batch % k == 0 else {
+            throw NormalizationError.normBatchDoesNotDivide(layer: layer(), batch: x.batch, normBatch: k)
+        }
         return NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels, positions: x.spatialCount,
                                      samplesPerSet: k, channelsPerSet: 1)
     }
 
-    /// ``ghostBatches(_:channels:normBatch:)`` for a layer that normalizes by a batch variance, which needs more
+    /// ``ghostBatches(_:channels:normBatch:layer:)`` for a layer that normalizes by a batch variance, which needs more
     /// than one value per set.
     ///
     /// - Throws: also ``NormalizationError/tooFewValuesPerChannel(layer:valuesPerSet:)``, naming `layer` (only
@@ -194,7 +252,7 @@ extension NormalizationGeometry {
     static func varianceGhostBatches(_ x: Tensor, channels: Int, normBatch: Int?, layer: @autoclosure () -> String)
         throws -> NormalizationGeometry
     {
-        let g = try ghostBatches(x, channels: channels, normBatch: normBatch)
+        let g = try ghostBatches(x, channels: channels, normBatch: normBatch, layer: layer())
         guard g.elementsPerSet > 1 else {
             throw NormalizationError.tooFewValuesPerChannel(layer: layer(), valuesPerSet: g.elementsPerSet)
         }

@@ -1,18 +1,39 @@
 import CNormKitKernels
 import Foundation
+import Synchronization
 
 /// How many threads NormKit's kernels use.
+///
+/// The settings here are **process-wide**: one value for every layer and every task. They are atomic, so any task
+/// or thread may read or set them at any time without a data race; a kernel call reads ``threadCount`` once when
+/// it starts, so a change applies from the next call on (a call already running keeps its split).
 public enum Parallelism {
-    /// The number of threads kernels split their work across (default: the active processor count).
-    /// Set it once at start-up; kernels read it on each call.
-    nonisolated(unsafe) public static var threadCount: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
-
-    /// Microseconds an idle worker thread spins, waiting for the next kernel call, before it sleeps (default 50).
-    /// Spinning keeps back-to-back kernel calls fast; 0 makes workers sleep at once, for a machine whose cores are
-    /// needed by other busy processes.
-    nonisolated(unsafe) public static var workerSpinMicroseconds: Int = 50 {
-        didSet { nk_set_worker_spin_microseconds(max(workerSpinMicroseconds, 0)) }
+    /// The number of threads kernels split their work across (default: the active processor count; values below 1
+    /// are stored as 1). Process-wide and atomic: safe to set from any task.
+    public static var threadCount: Int {
+        get { threadCountStorage.load(ordering: .relaxed) }
+        set { threadCountStorage.store(max(1, newValue), ordering: .relaxed) }
     }
+
+    /// Microseconds an idle worker thread spins, waiting for the next kernel call, before it sleeps (default 50;
+    /// values below 0 are stored as 0). Spinning keeps back-to-back kernel calls fast; 0 makes workers sleep at
+    /// once, for a machine whose cores are needed by other busy processes. Process-wide; safe to set from any task
+    /// (the value and the worker pool's copy are updated together).
+    public static var workerSpinMicroseconds: Int {
+        get { workerSpinStorage.withLock { $0 } }
+        set {
+            workerSpinStorage.withLock { value in
+                value = max(newValue, 0)
+                nk_set_worker_spin_microseconds(value)
+            }
+        }
+    }
+
+    /// The value behind ``threadCount`` (an atomic: kernels read it on every call).
+    private static let threadCountStorage = Atomic<Int>(max(1, ProcessInfo.processInfo.activeProcessorCount))
+    /// The value behind ``workerSpinMicroseconds`` (a mutex, so that the worker pool's copy is set in the same
+    /// order as this one).
+    private static let workerSpinStorage = Mutex<Int>(50)
 
     /// Contiguous pieces per thread that ``forEachRange(count:work:minimumWork:_:)`` hands out. More pieces than
     /// threads let the calling thread, which starts at once, take more of the work while a worker catches up:
@@ -58,14 +79,15 @@ extension Parallelism {
     /// most ``threadCount`` at once), for work that is already split, for example one slice per thread with a
     /// scratch buffer per slice. Parts go to threads as they become free; each runs exactly once.
     public static func forEachPart(_ parts: Int, _ body: (Int) -> Void) {
-        guard parts > 1, threadCount > 1 else {
+        let threads = threadCount
+        guard parts > 1, threads > 1 else {
             for part in 0..<max(parts, 0) { body(part) }
             return
         }
         withoutActuallyEscaping(body) { body in
             var job = PartJob(body: body)
             withUnsafeMutablePointer(to: &job) { pointer in
-                nk_parallel_for(parts, Int32(min(parts, threadCount)), { context, part in
+                nk_parallel_for(parts, Int32(min(parts, threads)), { context, part in
                     context!.assumingMemoryBound(to: PartJob.self).pointee.body(part)
                 }, pointer)
             }

@@ -14,6 +14,8 @@ public enum ParameterRole: String, Sendable, Codable {
 /// A trainable tensor and its gradient, shared by reference between the layer that uses it and the optimizer
 /// that updates it.
 ///
+/// Not `Sendable`: it is mutable state owned by one layer (and its optimizer), used from one task at a time.
+///
 /// Layers overwrite ``gradient`` in each backward (they do not accumulate). Running statistics are never
 /// `Parameter`s: an optimizer cannot touch them.
 public final class Parameter {
@@ -31,8 +33,10 @@ public final class Parameter {
     public var isTrainable: Bool
 
     /// A parameter of `shape` filled with `value`, zero gradient.
+    ///
+    /// - Precondition: `value.count` is the element count of `shape` (a programmer error otherwise).
     public init(name: String, shape: [Int], role: ParameterRole, value: [Float], isTrainable: Bool = true) {
-        precondition(value.count == shape.reduce(1, *), "Parameter \(name): \(value.count) values for shape \(shape)")
+        checkPrecondition(value.count == shape.reduce(1, *), "Parameter \(name): \(value.count) values for shape \(shape)")
         self.name = name
         self.shape = shape
         self.role = role
@@ -54,32 +58,5 @@ public enum StateTensor: Equatable, Sendable {
         switch self {
         case .float32(let shape, _), .int64(let shape, _): return shape
         }
-    }
-}
-
-extension Dictionary where Key == String, Value == StateTensor {
-    /// The float32 values of `name`, checked against `shape`.
-    func floats(_ name: String, shape: [Int], layer: String) throws -> [Float] {
-        guard let entry = self[name] else {
-            throw NormalizationError.invalidState(layer: layer, name: name, reason: "missing")
-        }
-        guard case .float32(let s, let values) = entry else {
-            throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected float32")
-        }
-        guard s == shape, values.count == shape.reduce(1, *) else {
-            throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected shape \(shape), got \(s)")
-        }
-        return values
-    }
-
-    /// The int64 scalar `name`.
-    func scalarInt(_ name: String, layer: String) throws -> Int64 {
-        guard let entry = self[name] else {
-            throw NormalizationError.invalidState(layer: layer, name: name, reason: "missing")
-        }
-        guard case .int64(let s, let values) = entry, s.reduce(1, *) == 1, values.count == 1 else {
-            throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected an int64 scalar")
-        }
-        return values[0]
     }
 }

@@ -11,6 +11,12 @@ public enum TensorLayout: String, Sendable, CaseIterable, Codable {
 }
 
 /// Owns one 64-byte-aligned block of `Float`s. Shared between copies of a ``Tensor`` until one of them writes.
+///
+/// `@unchecked Sendable` because it holds a raw pointer; it is sound because its memory is written only through
+/// ``Tensor``'s mutating methods, and each first replaces a storage that is not uniquely referenced
+/// (`isKnownUniquelyReferenced`, an atomic reference-count check) with a private copy. So memory that another
+/// tensor — on any thread — can see is never written: only read, which is safe concurrently. (The same
+/// copy-on-write argument as the standard library's `Array`.)
 @usableFromInline
 final class TensorStorage: @unchecked Sendable {
     @usableFromInline let pointer: UnsafeMutablePointer<Float>
@@ -43,43 +49,65 @@ final class TensorStorage: @unchecked Sendable {
 /// To allocate nothing per training step, keep a tensor per activation and pass it as the `into:` argument of
 /// a layer's forward and backward: when its shape already matches and nothing else holds its storage, the
 /// same memory is reused.
-public struct Tensor: @unchecked Sendable {
+///
+/// `Tensor` is `Sendable`: copies may be read and written on different tasks (a write copies shared storage
+/// first). Element access through the subscript is bounds-checked in every build (a precondition naming the
+/// index and the shape); only the `withUnsafe…` methods are unchecked. See ``NormalizationError`` for the error
+/// policy.
+public struct Tensor: Sendable {
     /// The logical shape `(N, C, *spatial)`, whatever the ``layout``.
     public private(set) var shape: [Int]
     /// The memory order of the elements.
     public private(set) var layout: TensorLayout
     @usableFromInline var storage: TensorStorage
 
-    /// A tensor of zeros.
+    /// A tensor of zeros, for a shape written in code.
     ///
-    /// - Precondition: `shape` has 2 to 5 non-negative dimensions (checked by ``validated(shape:)``
-    ///   where the shape comes from user input).
+    /// - Precondition: `shape` has 2 to 5 non-negative dimensions (checked in every build). For a shape that
+    ///   comes from data, a file or a user, use the throwing ``init(shape:layout:)``.
     public init(zeros shape: [Int], layout: TensorLayout = .channelsFirst) {
-        precondition((2...5).contains(shape.count) && shape.allSatisfy { $0 >= 0 },
-                     "Tensor shape must be (N, C, *spatial) with spatial rank 0 to 3, got \(shape)")
+        checkPrecondition(Tensor.isValid(shape: shape),
+                     "Tensor(zeros:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and no negative "
+                        + "dimension, got \(shape)")
         self.shape = shape
         self.layout = layout
         self.storage = TensorStorage(count: shape.reduce(1, *))
     }
 
+    /// A tensor of zeros, for a shape that comes from input (data, files, users).
+    ///
+    /// - Throws: ``NormalizationError/invalidShape(layer:shape:)`` unless `shape` is `(N, C, *spatial)` with
+    ///   spatial rank 0 to 3 and no negative dimension.
+    public init(shape: [Int], layout: TensorLayout = .channelsFirst) throws {
+        try Tensor.validate(shape: shape)
+        self.init(zeros: shape, layout: layout)
+    }
+
     /// A tensor holding `values` in memory order (see ``layout``).
     ///
-    /// - Throws: ``NormalizationError/invalidShape(_:)`` or ``NormalizationError/elementCountMismatch(expected:got:)``.
+    /// - Throws: ``NormalizationError/invalidShape(layer:shape:)`` or
+    ///   ``NormalizationError/elementCountMismatch(layer:expected:got:)``.
     public init(shape: [Int], layout: TensorLayout = .channelsFirst, values: [Float]) throws {
         try Tensor.validate(shape: shape)
         let count = shape.reduce(1, *)
         guard values.count == count else {
-            throw NormalizationError.elementCountMismatch(expected: count, got: values.count)
+            throw NormalizationError.elementCountMismatch(layer: "Tensor", expected: count, got: values.count)
         }
         self.init(zeros: shape, layout: layout)
         values.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: count) }
     }
 
+    /// Whether `shape` is `(N, C, *spatial)` with spatial rank 0 to 3 and no negative dimension.
+    public static func isValid(shape: [Int]) -> Bool {
+        (2...5).contains(shape.count) && shape.allSatisfy { $0 >= 0 }
+    }
+
     /// Checks that `shape` is `(N, C, *spatial)` with spatial rank 0 to 3 and no negative dimension.
-    public static func validate(shape: [Int]) throws {
-        guard (2...5).contains(shape.count), shape.allSatisfy({ $0 >= 0 }) else {
-            throw NormalizationError.invalidShape(shape)
-        }
+    ///
+    /// - Parameter source: what the shape is for, named by the error (a layer's name; `"Tensor"` by default).
+    /// - Throws: ``NormalizationError/invalidShape(layer:shape:)``.
+    public static func validate(shape: [Int], for source: @autoclosure () -> String = "Tensor") throws {
+        guard isValid(shape: shape) else { throw NormalizationError.invalidShape(layer: source(), shape: shape) }
     }
 
     /// Number of elements.
@@ -115,7 +143,12 @@ public struct Tensor: @unchecked Sendable {
 
     /// Makes this tensor have `shape` and `layout`, reusing its memory when the element count is unchanged and
     /// no other tensor shares it. The contents are unspecified afterwards (callers overwrite them).
+    ///
+    /// - Precondition: `newShape` is a valid shape (``isValid(shape:)``); layers pass their validated input's.
     public mutating func prepare(shape newShape: [Int], layout newLayout: TensorLayout) {
+        checkPrecondition(Tensor.isValid(shape: newShape),
+                     "Tensor.prepare(shape:layout:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and "
+                        + "no negative dimension, got \(newShape)")
         if newShape.reduce(1, *) != storage.count || !isKnownUniquelyReferenced(&storage) {
             storage = TensorStorage(count: newShape.reduce(1, *))
         }
@@ -124,6 +157,9 @@ public struct Tensor: @unchecked Sendable {
     }
 
     /// The memory offset of logical element `(n, c, position)` where `position` is the flat spatial index.
+    ///
+    /// Arithmetic only, unchecked (for code that indexes a `withUnsafe…` buffer); check the index with
+    /// ``isValidIndex(n:c:position:)`` first.
     @inlinable
     public func offset(n: Int, c: Int, position: Int) -> Int {
         let channels = shape[1], positions = spatialCount
@@ -133,11 +169,29 @@ public struct Tensor: @unchecked Sendable {
         }
     }
 
+    /// Whether `(n, c, position)` names an element: `0 ≤ n < N`, `0 ≤ c < C`, `0 ≤ position < M` (the flat
+    /// spatial index).
+    @inlinable
+    public func isValidIndex(n: Int, c: Int, position: Int) -> Bool {
+        (0..<shape[0]).contains(n) && (0..<shape[1]).contains(c) && (0..<spatialCount).contains(position)
+    }
+
+    /// The checked memory offset of `(n, c, position)`.
+    private func checkedOffset(_ n: Int, _ c: Int, _ position: Int) -> Int {
+        checkPrecondition(isValidIndex(n: n, c: c, position: position),
+                     "Tensor index (n: \(n), c: \(c), position: \(position)) is out of bounds for shape \(shape) "
+                        + "(n in 0..<\(shape[0]), c in 0..<\(shape[1]), position in 0..<\(spatialCount))")
+        return offset(n: n, c: c, position: position)
+    }
+
     /// Reads or writes logical element `(n, c, position)` (flat spatial index). Convenient, not fast.
+    ///
+    /// - Precondition: ``isValidIndex(n:c:position:)`` (checked in every build; the message names the index and
+    ///   the shape).
     public subscript(n: Int, c: Int, position: Int) -> Float {
-        get { storage.pointer[offset(n: n, c: c, position: position)] }
+        get { storage.pointer[checkedOffset(n, c, position)] }
         set {
-            let index = offset(n: n, c: c, position: position)
+            let index = checkedOffset(n, c, position)
             withUnsafeMutableBufferPointer { $0[index] = newValue }
         }
     }
@@ -161,7 +215,9 @@ public struct Tensor: @unchecked Sendable {
         return result
     }
 
-    /// A tensor of the same shape filled with standard normal values from `generator`.
+    /// A tensor of `shape` filled with normal values (`mean`, `standardDeviation`) from `generator`.
+    ///
+    /// - Precondition: `shape` is valid, as for ``init(zeros:layout:)``.
     public static func randomNormal<G: RandomNumberGenerator>(
         shape: [Int], layout: TensorLayout = .channelsFirst, mean: Float = 0, standardDeviation: Float = 1,
         using generator: inout G
@@ -191,4 +247,13 @@ extension Tensor: CustomStringConvertible {
         let head = withUnsafeBufferPointer { Array($0.prefix(6)) }
         return "Tensor(shape: \(shape), layout: \(layout), values: \(head)\(count > 6 ? "…" : ""))"
     }
+}
+
+/// NormKit's precondition for programmer errors (see ``NormalizationError``): stops the process with `message` when
+/// `condition` is false, in every build. Unlike `precondition`, whose message `-O` builds drop, `fatalError` prints
+/// it in release builds too, so the crash names the index and the shape.
+@inline(__always)
+func checkPrecondition(_ condition: Bool, _ message: @autoclosure () -> String,
+                       file: StaticString = #fileID, line: UInt = #line) {
+    if !condition { fatalError(message(), file: file, line: line) }
 }

@@ -28,11 +28,12 @@ public enum WeightCentering {
 
     /// Centred copy of `weights` viewed as `filters` rows.
     ///
-    /// - Throws: ``NormalizationError/invalidArgument(name:value:expected:)`` unless `filters` divides the count.
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` unless `filters` divides the count.
     public static func centered(_ weights: [Float], filters: Int) throws -> [Float] {
         guard filters >= 1, weights.count % filters == 0 else {
             throw NormalizationError.invalidArgument(
-                name: "filters", value: "\(filters)", expected: "a divisor of the weight count \(weights.count)")
+                layer: "WeightCentering", name: "filters", value: "\(filters)",
+                expected: "a divisor of the weight count \(weights.count)")
         }
         var out = weights
         let fanIn = weights.count / filters

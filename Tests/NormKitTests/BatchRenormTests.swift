@@ -433,8 +433,11 @@ final class BatchRenormTests: XCTestCase {
         let odd = try BatchRenorm.Schedule.scaled(totalSteps: 10)   // 0.5 → 1, 4, 2.5 → 3
         XCTAssertEqual([odd.warmupSteps, odd.rSteps, odd.dSteps], [1, 4, 3])
         XCTAssertThrowsError(try BatchRenorm.Schedule.scaled(totalSteps: 0)) { error in
-            guard case NormalizationError.invalidArgument(let name, _, _) = error else { return XCTFail("\(error)") }
+            guard case NormalizationError.invalidArgument(let layer, let name, _, _) = error else {
+                return XCTFail("\(error)")
+            }
             XCTAssertEqual(name, "totalSteps")
+            XCTAssertEqual(layer, "BatchRenorm.Schedule")
         }
         // The step used is num_batches_tracked after the increment: the first forward after warm-up relaxes r.
         let layer = try BatchRenorm(channels: 1, momentum: 0,
@@ -493,7 +496,7 @@ final class BatchRenormTests: XCTestCase {
         XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "num_batches_tracked") }
         bad = before
         bad["weight"] = nil
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "weight") }
+        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertIncompatibleKeys($0, missing: ["weight"]) }
         XCTAssertEqual(b.stateDict(), before)
     }
 
@@ -509,7 +512,7 @@ final class BatchRenormTests: XCTestCase {
             XCTAssertEqual($0 as? NormalizationError, .channelMismatch(layer: layer.name, expected: 3, got: 2))
         }
         XCTAssertThrowsError(try layer.forward(Tensor(zeros: [3, 3, 5]), training: true)) {
-            XCTAssertEqual($0 as? NormalizationError, .normBatchDoesNotDivide(batch: 3, normBatch: 2))
+            XCTAssertEqual($0 as? NormalizationError, .normBatchDoesNotDivide(layer: layer.name, batch: 3, normBatch: 2))
         }
         XCTAssertThrowsError(try layer.forward(Tensor(zeros: [0, 3, 5]), training: true)) {
             XCTAssertEqual($0 as? NormalizationError, .emptyBatch(layer: layer.name))
@@ -536,7 +539,7 @@ final class BatchRenormTests: XCTestCase {
         // Constructor arguments.
         func assertArgument(_ name: String, _ body: () throws -> BatchRenorm) {
             XCTAssertThrowsError(try body()) { error in
-                guard case NormalizationError.invalidArgument(let n, _, _) = error else { return XCTFail("\(error)") }
+                guard case NormalizationError.invalidArgument(_, let n, _, _) = error else { return XCTFail("\(error)") }
                 XCTAssertEqual(n, name)
             }
         }
@@ -688,6 +691,16 @@ enum VariantTestKit {
             return XCTFail("expected invalidState, got \(error)", file: file, line: line)
         }
         XCTAssertEqual(n, name, file: file, line: line)
+    }
+
+    /// Asserts `error` is a strict load's key mismatch listing exactly `missing` and `unexpected`.
+    static func assertIncompatibleKeys(_ error: Error, missing: [String], unexpected: [String] = [],
+                                       file: StaticString = #filePath, line: UInt = #line) {
+        guard case NormalizationError.incompatibleStateDict(_, let m, let u) = error else {
+            return XCTFail("expected incompatibleStateDict, got \(error)", file: file, line: line)
+        }
+        XCTAssertEqual(m, missing, file: file, line: line)
+        XCTAssertEqual(u, unexpected, file: file, line: line)
     }
 
     // MARK: Traces

@@ -95,9 +95,11 @@ final class InputErrorTests: XCTestCase {
     }
 
     func testBatchNormConstructionErrors() {
-        assertThrows(.invalidArgument(name: "momentum", value: "1.5",
+        assertThrows(.invalidArgument(layer: "BatchNorm(channels: 3)", name: "momentum", value: "1.5",
                                       expected: "0...1 (PyTorch convention: weight of the new value)"),
-                     mentioning: ["momentum", "1.5"]) { try BatchNorm(channels: 3, momentum: 1.5) }
+                     mentioning: ["BatchNorm(channels: 3)", "momentum", "1.5"]) {
+            try BatchNorm(channels: 3, momentum: 1.5)
+        }
         XCTAssertThrowsError(try BatchNorm(channels: 3, normBatch: 0)) { error in
             XCTAssertTrue("\(error)".contains("normBatch") && "\(error)".contains("0"), "\(error)")
         }
@@ -108,13 +110,17 @@ final class InputErrorTests: XCTestCase {
     // MARK: Tensors
 
     func testTensorRankAndCountErrors() {
-        assertThrows(.invalidShape([5]), mentioning: ["[5]"]) { try Tensor(shape: [5], values: [0, 0, 0, 0, 0]) }
-        assertThrows(.invalidShape([1, 1, 1, 1, 1, 1]), mentioning: ["[1, 1, 1, 1, 1, 1]"]) {
+        assertThrows(.invalidShape(layer: "Tensor", shape: [5]), mentioning: ["[5]"]) {
+            try Tensor(shape: [5], values: [0, 0, 0, 0, 0])
+        }
+        assertThrows(.invalidShape(layer: "Tensor", shape: [1, 1, 1, 1, 1, 1]), mentioning: ["[1, 1, 1, 1, 1, 1]"]) {
             try Tensor(shape: [1, 1, 1, 1, 1, 1], values: [0])
         }
-        assertThrows(.invalidShape([]), mentioning: ["[]"]) { try Tensor(shape: [], values: []) }
-        assertThrows(.invalidShape([2, -1]), mentioning: ["-1"]) { try Tensor(shape: [2, -1], values: []) }
-        assertThrows(.elementCountMismatch(expected: 6, got: 5), mentioning: ["6", "5"]) {
+        assertThrows(.invalidShape(layer: "Tensor", shape: []), mentioning: ["[]"]) { try Tensor(shape: [], values: []) }
+        assertThrows(.invalidShape(layer: "Tensor", shape: [2, -1]), mentioning: ["-1"]) {
+            try Tensor(shape: [2, -1], values: [])
+        }
+        assertThrows(.elementCountMismatch(layer: "Tensor", expected: 6, got: 5), mentioning: ["6", "5"]) {
             try Tensor(shape: [2, 3], values: [0, 0, 0, 0, 0])
         }
         XCTAssertThrowsError(try Tensor.validate(shape: [1, 2, 3, 4, 5, 6]))
@@ -141,7 +147,7 @@ final class InputErrorTests: XCTestCase {
         let gx = randomTensor([2, 6, 7], using: &rng), gdy = randomTensor([2, 6, 7], using: &rng)
         _ = try gn.forward(gx, training: true)
         for training in [true, false] {
-            assertThrows(.channelMismatch(layer: gn.name, expected: 6, got: 5), mentioning: ["6", "5", "G=3"]) {
+            assertThrows(.channelMismatch(layer: gn.name, expected: 6, got: 5), mentioning: ["6", "5", "groups: 3"]) {
                 try gn.forward(bad, training: training)
             }
         }
@@ -190,14 +196,14 @@ final class InputErrorTests: XCTestCase {
         let (bn, x, dy) = try trainedBatchNorm(normBatch: 2)
         let before = BNState(bn)
         var rng = SeededGenerator(seed: 0xE404)
-        assertThrows(.normBatchDoesNotDivide(batch: 5, normBatch: 2), mentioning: ["2", "5"]) {
+        assertThrows(.normBatchDoesNotDivide(layer: bn.name, batch: 5, normBatch: 2), mentioning: ["2", "5", bn.name]) {
             try bn.forward(randomTensor([5, 3, 5], using: &rng), training: true)
         }
         XCTAssertEqual(BNState(bn), before)
         try assertPendingBackwardIntact(bn, sets: .batchNorm(normBatch: 2), x: x, dy: dy)
         // normBatch larger than the batch does not divide it either.
         let big = try BatchNorm(channels: 3, normBatch: 8)
-        assertThrows(.normBatchDoesNotDivide(batch: 4, normBatch: 8), mentioning: ["8", "4"]) {
+        assertThrows(.normBatchDoesNotDivide(layer: big.name, batch: 4, normBatch: 8), mentioning: ["8", "4"]) {
             try big.forward(randomTensor([4, 3, 5], using: &rng), training: true)
         }
         // Evaluation ignores normBatch.
@@ -230,10 +236,17 @@ final class InputErrorTests: XCTestCase {
         let (bn, x, dy) = try trainedBatchNorm()
         var rng = SeededGenerator(seed: 0xE406)
         let before = BNState(bn)
-        assertThrows(.shapeMismatch(expected: [4, 3, 5], got: [4, 3, 6], layout: "channelsFirst"),
-                     mentioning: ["[4, 3, 5]", "[4, 3, 6]"]) { try bn.backward(randomTensor([4, 3, 6], using: &rng)) }
-        assertThrows(.shapeMismatch(expected: [4, 3, 5], got: [4, 3, 5], layout: "channelsFirst"),
-                     mentioning: ["channelsFirst"]) { try bn.backward(dy.converted(to: .channelsLast)) }
+        assertThrows(.shapeMismatch(layer: bn.name, expected: [4, 3, 5], expectedLayout: .channelsFirst,
+                                    got: [4, 3, 6], gotLayout: .channelsFirst),
+                     mentioning: ["[4, 3, 5]", "[4, 3, 6]", bn.name]) {
+            try bn.backward(randomTensor([4, 3, 6], using: &rng))
+        }
+        // A layout mismatch names both layouts.
+        assertThrows(.shapeMismatch(layer: bn.name, expected: [4, 3, 5], expectedLayout: .channelsFirst,
+                                    got: [4, 3, 5], gotLayout: .channelsLast),
+                     mentioning: ["expected [4, 3, 5] channelsFirst, got [4, 3, 5] channelsLast"]) {
+            try bn.backward(dy.converted(to: .channelsLast))
+        }
         XCTAssertEqual(BNState(bn), before)
         // The refused gradient did not consume the pending backward.
         try assertPendingBackwardIntact(bn, sets: .batchNorm(normBatch: 4), x: x, dy: dy)
@@ -241,7 +254,8 @@ final class InputErrorTests: XCTestCase {
         let gn = try GroupNorm(channels: 4, groups: 2)
         let gx = randomTensor([2, 4, 3, 3], using: &rng), gdy = randomTensor([2, 4, 3, 3], using: &rng)
         _ = try gn.forward(gx, training: true)
-        assertThrows(.shapeMismatch(expected: [2, 4, 3, 3], got: [2, 4, 9], layout: "channelsFirst"),
+        assertThrows(.shapeMismatch(layer: gn.name, expected: [2, 4, 3, 3], expectedLayout: .channelsFirst,
+                                    got: [2, 4, 9], gotLayout: .channelsFirst),
                      mentioning: ["[2, 4, 3, 3]", "[2, 4, 9]"]) { try gn.backward(randomTensor([2, 4, 9], using: &rng)) }
         try assertPendingBackwardIntact(gn, sets: .groupNorm(groups: 2), x: gx, dy: gdy)
     }

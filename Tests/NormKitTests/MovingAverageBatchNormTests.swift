@@ -349,7 +349,8 @@ final class MovingAverageBatchNormTests: XCTestCase {
         XCTAssertTrue(file.runs.contains { $0.normBatch != nil && $0.normBatch! < $0.shape[0] })
         for run in file.runs {
             let layer = try MovingAverageBatchNorm(channels: run.shape[1], bufferSize: try XCTUnwrap(run.bufferSize),
-                                                   momentum: Float(run.momentum), warmup: try XCTUnwrap(run.warmup),
+                                                   oldValueWeight: Float(run.momentum),
+                                                   warmup: try XCTUnwrap(run.warmup),
                                                    normBatch: run.normBatch)
             var rNotOne = 0, rClipped = 0
             let worst = try Kit.replayTrace(run, kind: .mabn, layer: layer, r: {
@@ -463,14 +464,14 @@ final class MovingAverageBatchNormTests: XCTestCase {
     func testBadInputThrows() throws {
         func assertArgument(_ name: String, _ body: () throws -> MovingAverageBatchNorm) {
             XCTAssertThrowsError(try body()) { error in
-                guard case NormalizationError.invalidArgument(let n, _, _) = error else { return XCTFail("\(error)") }
+                guard case NormalizationError.invalidArgument(_, let n, _, _) = error else { return XCTFail("\(error)") }
                 XCTAssertEqual(n, name)
             }
         }
         assertArgument("bufferSize") { try MovingAverageBatchNorm(channels: 2, bufferSize: 0) }
         assertArgument("bufferSize") { try MovingAverageBatchNorm(channels: 2, bufferSize: -3) }
         assertArgument("channels") { try MovingAverageBatchNorm(channels: 0, bufferSize: 2) }
-        assertArgument("momentum") { try MovingAverageBatchNorm(channels: 2, bufferSize: 2, momentum: 1.5) }
+        assertArgument("oldValueWeight") { try MovingAverageBatchNorm(channels: 2, bufferSize: 2, oldValueWeight: 1.5) }
         assertArgument("epsilon") { try MovingAverageBatchNorm(channels: 2, bufferSize: 2, epsilon: .nan) }
         assertArgument("warmup") { try MovingAverageBatchNorm(channels: 2, bufferSize: 2, warmup: -1) }
         assertArgument("normBatch") { try MovingAverageBatchNorm(channels: 2, bufferSize: 2, normBatch: 0) }
@@ -490,7 +491,7 @@ final class MovingAverageBatchNormTests: XCTestCase {
             XCTAssertEqual($0 as? NormalizationError, .channelMismatch(layer: layer.name, expected: 3, got: 5))
         }
         XCTAssertThrowsError(try layer.forward(Tensor(zeros: [5, 3, 2]), training: true)) {
-            XCTAssertEqual($0 as? NormalizationError, .normBatchDoesNotDivide(batch: 5, normBatch: 2))
+            XCTAssertEqual($0 as? NormalizationError, .normBatchDoesNotDivide(layer: layer.name, batch: 5, normBatch: 2))
         }
         XCTAssertThrowsError(try layer.forward(Tensor(zeros: [0, 3, 2]), training: true)) {
             XCTAssertEqual($0 as? NormalizationError, .emptyBatch(layer: layer.name))

@@ -102,7 +102,7 @@ final class WeightCenteringTests: XCTestCase {
     func testInvalidFilterCountThrows() {
         for filters in [0, -1, 3] {
             XCTAssertThrowsError(try WeightCentering.centered([1, 2, 3, 4], filters: filters)) {
-                guard case NormalizationError.invalidArgument("filters", _, _) = $0 else { return XCTFail("\($0)") }
+                guard case NormalizationError.invalidArgument("WeightCentering", "filters", _, _) = $0 else { return XCTFail("\($0)") }
             }
         }
     }

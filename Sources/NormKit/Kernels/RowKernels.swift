@@ -153,6 +153,11 @@ func portableRowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePoi
 /// against float64 references. The environment variable `NORMKIT_KERNELS=portable` forces the portable path and
 /// `NORMKIT_KERNELS=avx2` the AVX2 bodies on an AVX-512 CPU; ``useNativeKernels`` and
 /// ``limitNativeInstructionSet(to:)`` do the same from code.
+///
+/// These switches are process-wide and, unlike ``Parallelism``'s settings, **not** synchronized with running
+/// kernels (the kernels read them per row, and the C target's level is a plain variable): they are for start-up
+/// and tests. Set them from one task while no kernel runs; setting one while another task runs a layer is a
+/// programmer error (a data race), not something NormKit checks.
 public enum KernelDispatch {
     /// The native instruction sets, narrowest first.
     public enum InstructionSet: Int, Comparable, CaseIterable, Sendable {
