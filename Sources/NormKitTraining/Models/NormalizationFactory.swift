@@ -48,8 +48,9 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
         switch kind {
         case .bn: return try BatchNorm(channels: channels, normBatch: normBatch)
         case .gn:
-            if let groupSize { return try GroupNorm(channels: channels, groupSize: groupSize) }
-            return try GroupNorm(channels: channels, groups: groups ?? Self.defaultGroups)
+            // Both given is refused by GroupNorm; neither means the default groups.
+            return try GroupNorm(channels: channels, groups: groupSize == nil ? groups ?? Self.defaultGroups : groups,
+                                 groupSize: groupSize)
         case .ln: return try GroupNorm.layerNorm(channels: channels)
         case .in: return try GroupNorm.instanceNorm(channels: channels)
         case .brn: return try BatchRenorm(channels: channels, schedule: renormSchedule, normBatch: normBatch)
