@@ -139,7 +139,7 @@ final class ModuleLoadingTests: XCTestCase {
         var state = bn.stateDict()
         state.removeValue(forKey: "running_var")
         XCTAssertThrowsError(try bn.loadStateDict(state)) {
-            XCTAssertEqual($0 as? LayerError, .invalidState(layer: "BatchNorm(C=4)", name: "running_var",
+            XCTAssertEqual($0 as? LayerError, .invalidState(layer: "BatchNorm(channels: 4)", name: "running_var",
                                                             reason: "missing"))
         }
         state["weight"] = .float32(shape: [4], values: [1, 2, 3, 4])
