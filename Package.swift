@@ -26,15 +26,20 @@ let package = Package(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev", "pkg-config"])]),
         .target(name: "NormKitTraining", dependencies: ["NormKit", "COpenBLAS", "CZlib"]),
+        /// Sweeps, reports and plots, and the kernel benchmark: the experiments behind the CLI's `sweep`,
+        /// `report` and `bench`, kept out of the training library.
+        .target(name: "NormKitExperiments", dependencies: ["NormKitTraining", "CZlib"]),
         .executableTarget(
             name: "normkit",
             dependencies: [
                 "NormKitTraining",
+                "NormKitExperiments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "NormKitTests", dependencies: ["NormKit"], resources: [.copy("Fixtures")]),
         .testTarget(
             name: "NormKitTrainingTests", dependencies: ["NormKitTraining"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "NormKitExperimentsTests", dependencies: ["NormKitExperiments"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// One value of GroupNorm's groups axis: a number of groups `G` or a number of channels per group.
 ///

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// A line of the results table and of the error-vs-batch plot: a normalization, and for GN on a groups axis,
 /// the groups value.

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// A named, ready-to-run sweep plan with a description and a duration estimate.
 public struct SweepPreset: Sendable {
