@@ -7,7 +7,7 @@
 # One combined archive holds the two libraries (NormKit, NormKitTraining; catalogs in Sources/*/*.docc) and the
 # CLI's NormKitExperiments target, so that doc comments can link across modules: write ``/NormKit/Tensor``
 # (leading slash, module first) in NormKitTraining to link to NormKit's `Tensor`.
-# Preview locally with: docc preview Sources/NormKit/NormKit.docc (or serve OUTPUT_DIR statically).
+# Preview one library locally with: swift package --disable-sandbox preview-documentation --target NormKit
 #
 # swift-docc-plugin is a dependency of this package only (no product uses it), so NormKit's users never fetch
 # it; scripts/check_dependencies.sh checks that.
