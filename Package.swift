@@ -9,10 +9,16 @@ let package = Package(
         .library(name: "NormKit", targets: ["NormKit"]),
         /// Conv nets, data, optimizers and checkpoints built on NormKit (needs OpenBLAS and zlib).
         .library(name: "NormKitTraining", targets: ["NormKitTraining"]),
-        .executable(name: "normkit", targets: ["normkit"]),
+        // No `.executable` product for `normkit`, on purpose: SwiftPM resolves a dependency's packages only for
+        // the products it declares, so without one a user of NormKit or NormKitTraining resolves no other
+        // package (scripts/check_dependencies.sh checks it). In this package `swift build` still builds
+        // `.build/<config>/normkit`, and `swift run normkit` / `--product normkit` still work.
     ],
+    // For developing NormKit only: the CLI's parser and the DocC plugin (scripts/docs.sh). Reached from no
+    // product, so never resolved by a package that depends on NormKit.
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         /// AVX2/AVX-512 versions of the core's row primitives (function-level target attributes, run-time
@@ -26,10 +32,14 @@ let package = Package(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev", "pkg-config"])]),
         .target(name: "NormKitTraining", dependencies: ["NormKit", "COpenBLAS", "CZlib"]),
+        /// Sweeps, reports and plots, and the kernel benchmark: the experiments behind the CLI's `sweep`,
+        /// `report` and `bench`, kept out of the training library.
+        .target(name: "NormKitExperiments", dependencies: ["NormKitTraining", "CZlib"]),
         .executableTarget(
             name: "normkit",
             dependencies: [
                 "NormKitTraining",
+                "NormKitExperiments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "NormKitTests", dependencies: ["NormKit"], resources: [.copy("Fixtures")]),
@@ -40,6 +50,7 @@ let package = Package(
         .testTarget(
             name: "NormKitConcurrencyTests", dependencies: ["NormKit"],
             swiftSettings: [.swiftLanguageMode(.v6)]),
+        .testTarget(name: "NormKitExperimentsTests", dependencies: ["NormKitExperiments"]),
     ],
     swiftLanguageModes: [.v5]
 )

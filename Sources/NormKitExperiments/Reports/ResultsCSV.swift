@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// `runs.csv` and `runs.json`: one row per run with every configuration field and its results.
 public enum ResultsCSV {

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// What happened to one cell during ``SweepRunner/run()``.
 public enum SweepCellStatus: String, Codable, Sendable {

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// A named, ready-to-run sweep plan with a description and a duration estimate.
 public struct SweepPreset: Sendable {
@@ -23,7 +24,7 @@ public struct SweepPreset: Sendable {
 
 /// The sweeps NormKit ships, all on Fashion-MNIST with the spec's recipe (section 8): ResNet-8, SGD momentum 0.9,
 /// learning rate `0.1 × batch / 32` with warm-up and cosine decay, weight decay 5e-4, GN with
-/// ``NormalizationSettings/defaultGroups`` (16) groups,
+/// ``/NormKitTraining/NormalizationSettings/defaultGroups`` (16) groups,
 /// statistics over ghost batches of `normBatch` samples inside an SGD batch of 32.
 public enum SweepPresets {
     /// The recipe every preset starts from: ResNet-8, GN with 16 groups, 2 epochs, full data.

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// A line of the results table and of the error-vs-batch plot: a normalization, and for GN on a groups axis,
 /// the groups value.
@@ -25,7 +26,8 @@ public struct SeriesKey: Hashable, Codable, Sendable, Comparable {
         return "\(name) (\(spec))"
     }
 
-    /// Normalization order (``NormKind/allCases``), then groups before group sizes, larger values first.
+    /// Normalization order (the declaration order of ``/NormKitTraining/NormKind``, as in `allCases`), then groups
+    /// before group sizes, larger values first.
     public static func < (a: SeriesKey, b: SeriesKey) -> Bool {
         let ia = NormKind.allCases.firstIndex(of: a.norm)!, ib = NormKind.allCases.firstIndex(of: b.norm)!
         if ia != ib { return ia < ib }

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// Errors thrown while planning, running or reporting a sweep.
 public enum SweepError: Error, CustomStringConvertible, Equatable {

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 // A small vector scene (lines, shapes, text) that the report's plots are laid out into, and its SVG writer.
 // `PNGPlot` rasterizes the same scene, so the SVG and the PNG of a plot are drawn by one layout.

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// One value of GroupNorm's groups axis: a number of groups `G` or a number of channels per group.
 ///
@@ -88,7 +89,7 @@ public enum BatchSetting: String, Codable, Sendable {
     case normalizationBatch = "normalization-batch"
     /// The papers' "images per GPU": SGD batch = ``SweepPlan/gpus`` × normBatch, statistics per `normBatch`,
     /// learning rate scaled linearly with the SGD batch (`learningRate = nil`, so
-    /// ``TrainingConfiguration/peakLearningRate`` gives `0.1 × batch / 32`).
+    /// ``/NormKitTraining/TrainingConfiguration/peakLearningRate`` gives `0.1 × batch / 32`).
     case perGPU = "per-gpu"
 }
 
@@ -242,9 +243,9 @@ public struct SweepPlan: Codable, Equatable, Sendable {
         return epochs * (train / imagesPerSecond + test / (imagesPerSecond * evaluationSpeedup))
     }
 
-    /// Training images in the full data set (Fashion-MNIST), used when ``TrainingConfiguration/trainLimit`` is nil.
+    /// Training images in the full data set (Fashion-MNIST), used when ``/NormKitTraining/TrainingConfiguration/trainLimit`` is nil.
     public static let fullTrainImages = 60_000
-    /// Test images in the full data set (Fashion-MNIST), used when ``TrainingConfiguration/testLimit`` is nil.
+    /// Test images in the full data set (Fashion-MNIST), used when ``/NormKitTraining/TrainingConfiguration/testLimit`` is nil.
     public static let fullTestImages = 10_000
     /// How much faster evaluation (forward only) runs than training, for estimates.
     public static let evaluationSpeedup = 3.0

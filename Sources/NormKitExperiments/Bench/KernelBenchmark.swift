@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import NormKitTraining
 
 /// Times NormKit's GroupNorm and BatchNorm kernels and relates them to the machine's memory-copy bandwidth
 /// measured in the same run (`normkit bench`).

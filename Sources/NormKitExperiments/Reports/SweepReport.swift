@@ -1,4 +1,5 @@
 import Foundation
+import NormKitTraining
 
 /// The state of one run directory as the report sees it.
 public enum RunStatus: String, Codable, Sendable {

@@ -1,5 +1,6 @@
 import CZlib
 import Foundation
+import NormKitTraining
 
 /// Rasterizes a ``PlotCanvas`` (the same scene the SVG is written from) and encodes it as an RGB PNG through zlib.
 ///

@@ -2,6 +2,7 @@ import Foundation
 #if canImport(FoundationXML)
 import FoundationXML
 #endif
+import NormKitExperiments
 import NormKitTraining
 import XCTest
 
