@@ -35,6 +35,8 @@ let package = Package(
         .testTarget(name: "NormKitTests", dependencies: ["NormKit"], resources: [.copy("Fixtures")]),
         .testTarget(
             name: "NormKitTrainingTests", dependencies: ["NormKitTraining"], resources: [.copy("Fixtures")]),
+        /// End-to-end tests of the `normkit` binary (built because the executable target is a dependency).
+        .testTarget(name: "NormKitCLITests", dependencies: ["normkit", "NormKitTraining"]),
     ],
     swiftLanguageModes: [.v5]
 )
