@@ -73,6 +73,10 @@ final class CLIFixture {
     }
 
     private init() throws {
+        guard FileManager.default.isExecutableFile(atPath: CLI.binary.path) else {
+            throw NSError(domain: "CLIFixture", code: 2, userInfo: [NSLocalizedDescriptionKey:
+                "no normkit executable at \(CLI.binary.path) (build it with `swift build`, or set NORMKIT_BINARY)"])
+        }
         root = FileManager.default.temporaryDirectory.appendingPathComponent("normkit-cli-tests-\(UUID().uuidString)")
         data = root.appendingPathComponent("fmnist-main")
         otherData = root.appendingPathComponent("fmnist-other")

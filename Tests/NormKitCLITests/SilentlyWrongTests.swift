@@ -72,6 +72,25 @@ final class SilentlyWrongTests: XCTestCase {
         XCTAssertTrue(other.stdout.contains(fixture.otherData.lastPathComponent), other.summary)
     }
 
+    func testEvalOfACheckpointWithoutADataRecordRecomputesTheStatistics() throws {
+        let fixture = try CLIFixture.shared()
+        let finalError = try XCTUnwrap(try summaryJSON(in: fixture.baseRun)?["finalTestError"] as? Double)
+        let (tensors, metadata) = try SafeTensors.read(
+            from: fixture.baseRun.appendingPathComponent(TrainingCheckpoint.modelFileName))
+        XCTAssertNotNil(metadata["data"], "a new checkpoint records its data")
+        var older = metadata
+        older["data"] = nil
+        let url = try fixture.scratch("no-data-record").appendingPathComponent("model.safetensors")
+        try SafeTensors.write(tensors, metadata: older, to: url)
+
+        let result = try CLI.run(["eval", "--checkpoint", url.path, "--threads", "1", "--data", fixture.data.path],
+                                 in: fixture.root)
+        assertExit(result, 0, "eval of a checkpoint written before data records")
+        XCTAssertTrue(result.stdout.contains("does not record its pixel statistics"), result.summary)
+        XCTAssertTrue(result.stdout.contains(String(format: "test error %.2f%% on 16 images", 100 * finalError)),
+                      result.summary)
+    }
+
     func testResumeRefusesOtherDataAndFlagsThatChangeTheRun() throws {
         let fixture = try CLIFixture.shared()
         let scratch = try fixture.scratch("resume-refusals")
