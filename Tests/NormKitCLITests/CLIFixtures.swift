@@ -68,8 +68,11 @@ final class CLIFixture {
     let baseArguments: [String]
 
     /// Fast training arguments on `data` (one thread, one epoch, batch 16).
-    static func quickTraining(data: URL) -> [String] {
-        ["train", "--data", data.path, "--threads", "1", "--epochs", "1", "--batch", "16"]
+    static func quickTraining(data: URL) -> [String] { quickTraining(dataPath: data.path) }
+
+    /// Fast training arguments on the data at `dataPath` (absolute or relative to the working directory).
+    static func quickTraining(dataPath: String) -> [String] {
+        ["train", "--data", dataPath, "--threads", "1", "--epochs", "1", "--batch", "16"]
     }
 
     private init() throws {

@@ -31,10 +31,14 @@ final class WorkNeverLostTests: XCTestCase {
     func testDefaultRunDirectoriesDifferForRunsThatDiffer() throws {
         let fixture = try CLIFixture.shared()
         let cwd = try fixture.scratch("default-out")
+        // The third names its data relative to the working directory.
+        let relativeOtherData = "../\(fixture.otherData.lastPathComponent)"
+        XCTAssertEqual(cwd.deletingLastPathComponent().standardizedFileURL.path,
+                       fixture.otherData.deletingLastPathComponent().standardizedFileURL.path)
         let commands = [
             fixture.baseArguments,
             fixture.baseArguments + ["--lr", "0.05"],
-            CLIFixture.quickTraining(data: fixture.otherData),
+            CLIFixture.quickTraining(dataPath: relativeOtherData),
         ]
         for arguments in commands {
             assertExit(try CLI.run(arguments, in: cwd), 0, arguments.joined(separator: " "))
@@ -45,6 +49,18 @@ final class WorkNeverLostTests: XCTestCase {
                        "runs differing in --lr or --data get their own default directory: \(names)")
         for name in names {
             XCTAssertTrue(isFinished(runs.appendingPathComponent(name)), "\(name) should hold a finished run")
+        }
+
+        // The run on relative data evaluates from another working directory without --data: its checkpoint
+        // records the data directory as an absolute path.
+        for name in names {
+            let run = runs.appendingPathComponent(name)
+            // (Two levels below the training's working directory: "../fmnist-other" would not resolve here.)
+            let eval = try CLI.run(["eval", "--checkpoint", run.path, "--threads", "1"], in: run)
+            assertExit(eval, 0, "eval of \(name) from another directory, without --data")
+            let finalError = try XCTUnwrap(try summaryJSON(in: run)?["finalTestError"] as? Double)
+            XCTAssertTrue(eval.stdout.contains(String(format: "test error %.2f%% on 16 images", 100 * finalError)),
+                          eval.summary)
         }
     }
 
