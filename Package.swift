@@ -51,6 +51,8 @@ let package = Package(
             name: "NormKitConcurrencyTests", dependencies: ["NormKit"],
             swiftSettings: [.swiftLanguageMode(.v6)]),
         .testTarget(name: "NormKitExperimentsTests", dependencies: ["NormKitExperiments"]),
+        /// End-to-end tests of the `normkit` binary (built because the executable target is a dependency).
+        .testTarget(name: "NormKitCLITests", dependencies: ["normkit", "NormKitTraining"]),
     ],
     swiftLanguageModes: [.v5]
 )
