@@ -81,6 +81,22 @@ struct TrainCommand: ParsableCommand {
     var checkpointEvery: Int?
     @OptionGroup var dataOptions: DataOptions
 
+    @Option(help: "MABN's buffer S_buf in iterations (default: max(1, 32 / norm batch), about 32 images).")
+    var mabnBuffer: Int?
+    @Option(help: "MABN iterations that use batch statistics (default 100).")
+    var mabnWarmup: Int?
+    @Option(help: "MABN's EMA factor: the weight of the OLD value (default 0.98, the authors').")
+    var mabnOldWeight: Double?
+    @Option(help: "BN's momentum, PyTorch's convention: the weight of the NEW value (default 0.1).")
+    var bnMomentum: Double?
+    @Option(help: "BRN's momentum: the weight of the NEW value (default 0.01).")
+    var brnMomentum: Double?
+    @Option(help: "BRN's fully relaxed r_max (default 3).")
+    var brnRMax: Double?
+    @Option(help: "BRN's fully relaxed d_max (default 5).")
+    var brnDMax: Double?
+    @Option(help: "BRN's relaxation schedule: scaled (to this run's steps, default) or paper (5k/40k/25k steps).")
+    var brnSchedule: String?
     @Flag(help: "Replace the run already in --out (its checkpoint and records are deleted first).")
     var overwrite = false
 
@@ -130,6 +146,9 @@ struct TrainCommand: ParsableCommand {
         c.schedule = schedule; c.milestones = try parsedMilestones(); c.warmupFraction = warmup
         c.seed = seed; c.trainLimit = dataOptions.trainLimit; c.testLimit = dataOptions.testLimit
         c.augment = !noAugment; c.threads = threads
+        c.mabnBuffer = mabnBuffer; c.mabnWarmup = mabnWarmup; c.mabnOldValueWeight = mabnOldWeight
+        c.bnMomentum = bnMomentum; c.brnMomentum = brnMomentum; c.brnRMax = brnRMax; c.brnDMax = brnDMax
+        c.brnSchedule = brnSchedule
         return c
     }
 

@@ -14,7 +14,7 @@ final class ReliabilityTests: XCTestCase {
             ("--batch", { $0.batch = 1 << 40 }),
             ("--norm-batch", { $0.normBatch = 0 }),
             ("--norm-batch", { $0.batch = 32; $0.normBatch = 5 }),
-            ("--norm-batch", { $0.norm = .mabn; $0.batch = 65_536; $0.normBatch = 1 }),
+            ("--mabn-buffer", { $0.norm = .mabn; $0.mabnBuffer = 1 << 40 }),
             ("--epochs", { $0.epochs = 0 }),
             ("--lr", { $0.learningRate = .infinity }),
             ("--lr", { $0.learningRate = .nan }),
@@ -91,7 +91,7 @@ final class ReliabilityTests: XCTestCase {
             ("--batch", { $0["batch"] = 0 }),
             ("--norm-batch", { $0["normBatch"] = 0 }),
             ("--batch", { $0["norm"] = "mabn"; $0["batch"] = 1 << 40; $0["normBatch"] = 1 }),
-            ("--norm-batch", { $0["norm"] = "mabn"; $0["batch"] = 65_536; $0["normBatch"] = 1 }),
+            ("--mabn-buffer", { $0["norm"] = "mabn"; $0["mabnBuffer"] = 1 << 40 }),
             ("--model", { $0["model"] = "resnet60000002" }),
             ("--epochs", { $0["epochs"] = -3 }),
         ]

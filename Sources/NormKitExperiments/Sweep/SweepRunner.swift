@@ -180,7 +180,8 @@ public final class SweepRunner {
     /// Field-by-field differences (`name: old → new`), ignoring `threads`, and GN's grouping when neither run is
     /// GN (a BN run does not depend on it: runs made before a change of the GN default stay valid).
     static func differences(_ old: TrainingConfiguration, _ new: TrainingConfiguration) -> [String] {
-        var a = old, b = new
+        // Resolved: a recorded default (GN's groups, MABN's buffer) equals the same default left implicit.
+        var a = old.resolved, b = new.resolved
         a.threads = 0; b.threads = 0
         if a.norm != .gn && b.norm != .gn {
             (a.groups, a.groupSize, b.groups, b.groupSize) = (nil, nil, nil, nil)

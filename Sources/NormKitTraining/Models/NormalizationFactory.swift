@@ -12,6 +12,13 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
     public var mabnBufferSize: Int
     /// BRN's `r_max`/`d_max` schedule.
     public var renormSchedule: BatchRenorm.Schedule
+    /// BN's momentum (PyTorch's convention, weight of the new value).
+    public var batchNormMomentum: Float = 0.1
+    /// BRN's momentum (weight of the new value).
+    public var renormMomentum: Float = 0.01
+    /// MABN's warm-up iterations and EMA weight of the old value.
+    public var mabnWarmup: Int = 100
+    public var mabnOldValueWeight: Float = 0.98
 
     /// GN's default for NormKit's small-image ResNets (widths 16/32/64): 16 groups, i.e. 1, 2 and 4 channels per
     /// group in the three stages. The paper's 32 groups cannot split the first stage's 16 channels. Spec §8 started
@@ -32,12 +39,24 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
         self.renormSchedule = renormSchedule
     }
 
-    /// The settings of a training configuration (spec §8): MABN's `S_buf = batch / normBatch`, BRN's schedule
-    /// scaled to `totalSteps` SGD steps.
+    /// The settings of a training configuration (spec §8): MABN's buffer (``TrainingConfiguration/mabnBufferSize``),
+    /// BRN's schedule scaled to `totalSteps` SGD steps (or the paper's), and the layers' momenta and warm-up.
     public init(_ c: TrainingConfiguration, totalSteps: Int) throws {
+        let rMax = c.brnRMax ?? 3, dMax = c.brnDMax ?? 5
+        let schedule: BatchRenorm.Schedule
+        if c.brnSchedule == "paper" {
+            let paper = BatchRenorm.Schedule.paper
+            schedule = BatchRenorm.Schedule(warmupSteps: paper.warmupSteps, rMax: rMax, dMax: dMax,
+                                            rSteps: paper.rSteps, dSteps: paper.dSteps)
+        } else {
+            schedule = try BatchRenorm.Schedule.scaled(totalSteps: max(totalSteps, 1), rMax: rMax, dMax: dMax)
+        }
         self.init(kind: c.norm, groups: c.groups, groupSize: c.groupSize, normBatch: c.normBatch,
-                  mabnBufferSize: max(1, c.batch / c.effectiveNormBatch),
-                  renormSchedule: try BatchRenorm.Schedule.scaled(totalSteps: max(totalSteps, 1)))
+                  mabnBufferSize: c.mabnBufferSize, renormSchedule: schedule)
+        batchNormMomentum = Float(c.bnMomentum ?? 0.1)
+        renormMomentum = Float(c.brnMomentum ?? 0.01)
+        mabnWarmup = c.mabnWarmup ?? 100
+        mabnOldValueWeight = Float(c.mabnOldValueWeight ?? 0.98)
     }
 
     /// Whether convolutions feeding this normalization are weight-centred (MABN's CenConv).
@@ -46,16 +65,20 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
     /// A new normalization layer over `channels` channels, or nil for `.none`.
     public func makeLayer(channels: Int) throws -> NormalizationLayer? {
         switch kind {
-        case .bn: return try BatchNorm(channels: channels, normBatch: normBatch)
+        case .bn: return try BatchNorm(channels: channels, momentum: batchNormMomentum, normBatch: normBatch)
         case .gn:
             // Both given is refused by GroupNorm; neither means the default groups.
             return try GroupNorm(channels: channels, groups: groupSize == nil ? groups ?? Self.defaultGroups : groups,
                                  groupSize: groupSize)
         case .ln: return try GroupNorm.layerNorm(channels: channels)
         case .in: return try GroupNorm.instanceNorm(channels: channels)
-        case .brn: return try BatchRenorm(channels: channels, schedule: renormSchedule, normBatch: normBatch)
+        case .brn:
+            return try BatchRenorm(channels: channels, momentum: renormMomentum, schedule: renormSchedule,
+                                   normBatch: normBatch)
         case .mabn:
-            return try MovingAverageBatchNorm(channels: channels, bufferSize: mabnBufferSize, normBatch: normBatch)
+            return try MovingAverageBatchNorm(channels: channels, bufferSize: mabnBufferSize,
+                                              oldValueWeight: mabnOldValueWeight, warmup: mabnWarmup,
+                                              normBatch: normBatch)
         case .frozenBN: return try FrozenBatchNorm(channels: channels)
         case .none: return nil
         }

@@ -52,8 +52,8 @@ extension TrainingConfiguration {
         return Int(lower.dropFirst("resnet".count))
     }
 
-    /// MABN's `S_buf` for this configuration (SGD batch / normalization batch).
-    public var mabnBufferSize: Int { max(1, batch / max(effectiveNormBatch, 1)) }
+    /// MABN's `S_buf` for this configuration: ``mabnBuffer`` or ``defaultMABNBuffer``.
+    public var mabnBufferSize: Int { mabnBuffer ?? defaultMABNBuffer }
 
     /// Checks every field against its range and ``ConfigurationLimits``, before anything is built.
     ///
@@ -81,9 +81,25 @@ extension TrainingConfiguration {
                 throw fail("--norm-batch", nb, "must be at least 1 and divide --batch \(batch)")
             }
         }
-        if norm == .mabn, mabnBufferSize > ConfigurationLimits.maxMABNBuffer {
-            throw fail("--norm-batch", effectiveNormBatch,
-                       "gives MABN a buffer of \(mabnBufferSize) iterations (batch / norm-batch); at most \(ConfigurationLimits.maxMABNBuffer)")
+        if let buffer = mabnBuffer, !(1...ConfigurationLimits.maxMABNBuffer).contains(buffer) {
+            throw fail("--mabn-buffer", buffer, "must be in 1...\(ConfigurationLimits.maxMABNBuffer) iterations")
+        }
+        if let warmup = mabnWarmup, !(0...10_000_000).contains(warmup) {
+            throw fail("--mabn-warmup", warmup, "must be in 0...10000000 iterations")
+        }
+        if let w = mabnOldValueWeight, !(w >= 0 && w <= 1) {
+            throw fail("--mabn-old-weight", w, "must be in [0, 1] (the weight of the old value in MABN's EMA)")
+        }
+        if let m = bnMomentum, !(m >= 0 && m <= 1) {
+            throw fail("--bn-momentum", m, "must be in [0, 1] (PyTorch's convention: the weight of the new value)")
+        }
+        if let m = brnMomentum, !(m >= 0 && m <= 1) {
+            throw fail("--brn-momentum", m, "must be in [0, 1] (the weight of the new value)")
+        }
+        if let r = brnRMax, !(r >= 1 && r.isFinite) { throw fail("--brn-r-max", r, "must be a finite number ≥ 1") }
+        if let d = brnDMax, !(d >= 0 && d.isFinite) { throw fail("--brn-d-max", d, "must be a finite number ≥ 0") }
+        if let schedule = brnSchedule, !["scaled", "paper"].contains(schedule) {
+            throw fail("--brn-schedule", schedule, "must be scaled or paper")
         }
         guard (1...ConfigurationLimits.maxEpochs).contains(epochs) else {
             throw fail("--epochs", epochs, "must be in 1...\(ConfigurationLimits.maxEpochs)")
@@ -134,6 +150,19 @@ extension TrainingConfiguration {
             throw ConfigurationError(
                 flag: "--norm-batch", value: "\(nb)",
                 expected: "has no effect with --norm \(norm.rawValue) (only bn, brn and mabn compute statistics across samples)")
+        }
+        let layerSettings: [(String, Any?, Set<NormKind>)] = [
+            ("--bn-momentum", bnMomentum, [.bn]),
+            ("--mabn-buffer", mabnBuffer, [.mabn]), ("--mabn-warmup", mabnWarmup, [.mabn]),
+            ("--mabn-old-weight", mabnOldValueWeight, [.mabn]),
+            ("--brn-momentum", brnMomentum, [.brn]), ("--brn-r-max", brnRMax, [.brn]), ("--brn-d-max", brnDMax, [.brn]),
+            ("--brn-schedule", brnSchedule, [.brn]),
+        ]
+        for (flag, value, norms) in layerSettings {
+            if let value, !norms.contains(norm) {
+                throw ConfigurationError(flag: flag, value: "\(value)",
+                                         expected: "has no effect with --norm \(norm.rawValue) (only \(norms.map(\.rawValue).sorted().joined(separator: ", ")))")
+            }
         }
         if norm != .gn {
             if let g = groups {

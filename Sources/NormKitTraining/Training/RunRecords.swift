@@ -42,6 +42,24 @@ public struct TrainingConfiguration: Codable, Equatable, Sendable {
     public var augment: Bool = true
     public var threads: Int = 2
 
+    // The layers' hyper-parameters (nil: the layer's default; the trainer records MABN's buffer resolved).
+    /// MABN's buffer `S_buf` in iterations; nil: ``defaultMABNBuffer`` (the statistics of about 32 images).
+    public var mabnBuffer: Int? = nil
+    /// MABN iterations that use batch statistics (nil: 100).
+    public var mabnWarmup: Int? = nil
+    /// MABN's EMA factor, the weight of the **old** value (nil: 0.98, the authors' value).
+    public var mabnOldValueWeight: Double? = nil
+    /// BN's running-statistics momentum, PyTorch's convention: the weight of the **new** value (nil: 0.1).
+    public var bnMomentum: Double? = nil
+    /// BRN's running-statistics momentum, the weight of the new value (nil: 0.01).
+    public var brnMomentum: Double? = nil
+    /// BRN's fully relaxed `r_max` and `d_max` (nil: 3 and 5).
+    public var brnRMax: Double? = nil
+    public var brnDMax: Double? = nil
+    /// BRN's relaxation schedule: `scaled` (warm-up 5 %, `r_max` relaxed by 40 %, `d_max` by 25 % of the run's
+    /// steps; the default) or `paper` (5k, 40k and 25k steps).
+    public var brnSchedule: String? = nil
+
     public init() {}
 
     /// The learning rate actually used at the peak.
@@ -55,8 +73,13 @@ public struct TrainingConfiguration: Codable, Equatable, Sendable {
     public var resolved: TrainingConfiguration {
         var c = self
         if c.norm == .gn && c.groups == nil && c.groupSize == nil { c.groups = NormalizationSettings.defaultGroups }
+        if c.norm == .mabn && c.mabnBuffer == nil { c.mabnBuffer = c.defaultMABNBuffer }
         return c
     }
+
+    /// MABN's default buffer: `max(1, 32 / normalization batch)` iterations, so that its statistics cover about
+    /// 32 images whatever the batch (a true batch of 2 gets 16, as the paper's per-GPU batch of 2 in 32).
+    public var defaultMABNBuffer: Int { max(1, 32 / max(effectiveNormBatch, 1)) }
 }
 
 /// One line of `metrics.jsonl`: the state after an epoch.

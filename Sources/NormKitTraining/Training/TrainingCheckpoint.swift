@@ -123,12 +123,18 @@ public enum TrainingCheckpoint {
         } catch {
             throw CheckpointError.unreadableMetadata(path: url.path, field: "configuration", reason: describe(error))
         }
-        // Files from before the trainer recorded GN's default groups: the PyTorch arguments hold the value used.
-        if configuration.norm == .gn, configuration.groups == nil, configuration.groupSize == nil,
-           let torch = metadata["torch_model_arguments"],
-           let arguments = try? JSONDecoder().decode([String: String].self, from: Data(torch.utf8)),
-           let groups = arguments["groups"].flatMap({ Int($0) }) {
-            configuration.groups = groups
+        // Files from before the trainer recorded GN's default groups or MABN's buffer: the PyTorch arguments
+        // hold the values used (MABN's buffer was batch / normBatch then, not today's default).
+        if let torch = metadata["torch_model_arguments"],
+           let arguments = try? JSONDecoder().decode([String: String].self, from: Data(torch.utf8)) {
+            if configuration.norm == .gn, configuration.groups == nil, configuration.groupSize == nil,
+               let groups = arguments["groups"].flatMap({ Int($0) }) {
+                configuration.groups = groups
+            }
+            if configuration.norm == .mabn, configuration.mabnBuffer == nil,
+               let buffer = arguments["mabn_buffer"].flatMap({ Int($0) }) {
+                configuration.mabnBuffer = buffer
+            }
         }
         try configuration.validate(source: url.path)
         guard let stepText = metadata["step"], let step = Int(stepText), step >= 0 else {
