@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NormKitExperiments
 import NormKitTraining
 
 /// `normkit bench`: GroupNorm and BatchNorm kernel timings as a fraction of copy bandwidth.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import NormKitExperiments
 import NormKitTraining
 
 /// `normkit sweep`: a grid of training runs, collected into a table, a CSV and plots.

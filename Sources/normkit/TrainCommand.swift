@@ -112,12 +112,14 @@ struct TrainCommand: ParsableCommand {
         }
         if resume != nil {
             // A resumed run continues with its own configuration: a flag that would change it is refused, not ignored.
+            // (--data is not part of the configuration: it may point at the same files elsewhere.)
             var defaults = try TrainCommand.parse([])
             defaults.threads = threads
-            defaults.dataOptions = dataOptions
-            let changed = try defaults.trainingConfiguration().differences(from: configuration)
-            guard changed.isEmpty else {
-                throw ValidationError("--resume continues a run with its own configuration; drop the flags that would change it (\(changed.joined(separator: "; ")))")
+            defaults.dataOptions.data = dataOptions.data
+            let given = try defaults.trainingConfiguration().differences(from: configuration)
+            guard given.isEmpty else {
+                throw ValidationError("--resume continues a run with the configuration recorded in its checkpoint; "
+                                      + "drop the configuration flags given with it (\(given.map { String($0.split(separator: " ").first ?? "") }.joined(separator: ", ")))")
             }
             if out != nil { throw ValidationError("--resume DIR writes into DIR; drop --out") }
             if overwrite { throw ValidationError("--overwrite replaces a run; it cannot be combined with --resume") }
@@ -178,7 +180,12 @@ struct TrainCommand: ParsableCommand {
                                                  testLimit: configuration.testLimit)
             directory = URL(fileURLWithPath: out ?? "runs/\(Self.defaultRunName(configuration, data: train.source))")
         }
-        let trainer = try Trainer(configuration: configuration, train: train, test: test, output: directory)
+        let trainer: Trainer
+        do {
+            trainer = try Trainer(configuration: configuration, train: train, test: test, output: directory)
+        } catch let error where resume != nil {
+            throw CommandFailure("\(directory.appendingPathComponent(TrainingCheckpoint.modelFileName).path): its configuration does not build a model: \(ErrorText.describe(error))")
+        }
         trainer.checkpointEverySteps = checkpointEvery
         trainer.replacesExistingRun = overwrite
         if resume != nil {
@@ -251,10 +258,8 @@ struct EvalCommand: ParsableCommand {
         let file = try TrainingCheckpoint.read(at: url)
         let configuration = file.configuration
         let test = try testSet(for: file)
-        let normalization = try NormalizationSettings(configuration, totalSteps: 1)
-        let model = try makeModel(named: configuration.model, normalization: normalization,
-                                  inChannels: test.channels, classes: test.classCount, seed: configuration.seed)
-        try model.loadStateDict(file.tensors)
+        let model = try TrainingCheckpoint.buildModel(for: file, at: url, inChannels: test.channels,
+                                                      classes: test.classCount)
         let evaluation = try Trainer.evaluate(model: model, on: test)
         guard evaluation.loss.isFinite else {
             throw CommandFailure("\(url.path): the test loss is \(evaluation.loss): the checkpoint's weights or running statistics are not finite (a diverged run?)")

@@ -136,7 +136,10 @@ public enum TrainingCheckpoint {
                 configuration.mabnBuffer = buffer
             }
         }
-        try configuration.validate(source: url.path)
+        // The thread count is the reader's choice (eval and resume set their own): not checked here.
+        var checked = configuration
+        checked.threads = 1
+        try checked.validate(source: url.path)
         guard let stepText = metadata["step"], let step = Int(stepText), step >= 0 else {
             throw CheckpointError.unreadableMetadata(
                 path: url.path, field: "step", reason: "expected a step count ≥ 0, found \(metadata["step"].map { "'\($0)'" } ?? "nothing")")
@@ -151,10 +154,42 @@ public enum TrainingCheckpoint {
         return ModelFile(tensors: tensors, configuration: configuration, step: step, data: data)
     }
 
+    /// Builds the model `file`'s configuration describes and loads its tensors (strictly), for evaluation.
+    ///
+    /// - Throws: ``CheckpointError`` naming `url` when the configuration cannot build a model (GN groups that do
+    ///   not divide a stage, …) or the tensors do not fit it.
+    public static func buildModel(for file: ModelFile, at url: URL, inChannels: Int = 1, classes: Int = 10) throws -> Model {
+        let model: Model
+        do {
+            let normalization = try NormalizationSettings(file.configuration, totalSteps: 1)
+            model = try makeModel(named: file.configuration.model, normalization: normalization,
+                                  inChannels: inChannels, classes: classes, seed: file.configuration.seed)
+        } catch {
+            throw CheckpointError.unreadableMetadata(
+                path: url.path, field: "configuration", reason: "it does not describe a buildable model: \(describe(error))")
+        }
+        do { try model.loadStateDict(file.tensors) } catch {
+            throw CheckpointError.tensorsDoNotMatch(
+                path: url.path, reason: "\(file.configuration.model) with \(file.configuration.norm.rawValue): \(describe(error))")
+        }
+        return model
+    }
+
     /// Compares a ResNet file's residual blocks with the configuration's depth (each of the three stages has
     /// `(depth − 2) / 6` blocks), so a configuration that names another model is refused before it is built.
     static func checkTensorNames(_ names: [String], against configuration: TrainingConfiguration, path: String) throws {
-        guard let depth = configuration.resNetDepth else { return }
+        let isVGGFile = names.contains { $0.hasPrefix("features.") }
+        guard let depth = configuration.resNetDepth else {
+            guard isVGGFile else {
+                throw CheckpointError.tensorsDoNotMatch(
+                    path: path, reason: "the configuration says \(configuration.model), but the file has no VGG 'features.' tensors")
+            }
+            return
+        }
+        if isVGGFile {
+            throw CheckpointError.tensorsDoNotMatch(
+                path: path, reason: "the configuration says \(configuration.model), but the file holds VGG 'features.' tensors")
+        }
         let perStage = (depth - 2) / 6
         for stage in 1...3 {
             let prefix = "layer\(stage)."
