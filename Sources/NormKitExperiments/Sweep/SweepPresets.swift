@@ -109,11 +109,55 @@ public enum SweepPresets {
             plan: plan)
     }
 
-    /// Every preset, in the order the CLI lists them.
-    public static var all: [SweepPreset] { [quick, demo, paperTable2, paperTable3, mabn] }
+    /// True small batches (issue 12): the SGD batch *is* the normalization batch, 32, 16, 8, 4, 2, with the
+    /// learning rate scaled linearly (`0.1 × batch / 32`), MABN's buffer `32 / batch` (its default), BRN's schedule
+    /// scaled to each run's steps; BN, BRN, GN, MABN, 3 seeds, 2 epochs each on the full data. The gradient noise of
+    /// a small batch comes with its statistics, as for a detector with 2 images per GPU.
+    public static var smallBatch: SweepPreset {
+        let plan = SweepPlan(name: "small-batch", base: recipe, norms: [.bn, .brn, .gn, .mabn],
+                             normBatches: [32, 16, 8, 4, 2], setting: .perGPU, gpus: 1, seeds: [0, 1, 2])
+        return SweepPreset(
+            name: "small-batch",
+            description: "True small batches: SGD batch = normalization batch = 32, 16, 8, 4, 2, learning rate "
+                + "0.1 × batch / 32, MABN buffer 32 / batch; BN, BRN, GN, MABN, 3 seeds, 2 epochs, full data. "
+                + "Expected at batch 2 (MABN paper): MABN best, BN worst, BRN between.",
+            plan: plan)
+    }
 
-    /// The preset with this name (`quick`, `demo`, `paper-table2`, `paper-table3`, `mabn`; `paperTable2` and
-    /// `paperTable3` are accepted too).
+    /// The GN paper's Table 1 and Figure 4: BN, LN, IN and GN at batch 32, 3 seeds, 10 epochs, with per-epoch
+    /// training and test error curves (the paper: GN trains to a lower training error than BN but a higher
+    /// validation error).
+    public static var paperTable1: SweepPreset {
+        var base = recipe
+        base.epochs = 10
+        let plan = SweepPlan(name: "paper-table1", base: base, norms: [.bn, .ln, .in, .gn], normBatches: [32],
+                             seeds: [0, 1, 2])
+        return SweepPreset(
+            name: "paper-table1",
+            description: "GN paper, Table 1 and Figure 4: BN, LN, IN, GN at batch 32, 3 seeds, 10 epochs, full "
+                + "data; training and test error curves per epoch in training_curves.svg.",
+            plan: plan)
+    }
+
+    /// VGG without normalization, with BN and with GN at batch 32 (the GN paper trains VGG-16 without
+    /// normalization and finds GN helps), 3 seeds, 2 epochs, full data.
+    public static var vgg: SweepPreset {
+        var base = recipe
+        base.model = "vgg"
+        let plan = SweepPlan(name: "vgg", base: base, norms: [.none, .bn, .gn], normBatches: [32], seeds: [0, 1, 2])
+        return SweepPreset(
+            name: "vgg",
+            description: "VGG with no normalization, BN and GN at batch 32, 3 seeds, 2 epochs, full data.",
+            plan: plan)
+    }
+
+    /// Every preset, in the order the CLI lists them.
+    public static var all: [SweepPreset] {
+        [quick, demo, paperTable2, paperTable3, mabn, smallBatch, paperTable1, vgg]
+    }
+
+    /// The preset with this name (`quick`, `demo`, `paper-table2`, `paper-table3`, `mabn`, `small-batch`,
+    /// `paper-table1`, `vgg`; `paperTable2`, `smallBatch`, … are accepted too).
     /// - Throws: ``SweepError/unknownPreset(name:available:)``.
     public static func named(_ name: String) throws -> SweepPreset {
         let key = name.lowercased().replacingOccurrences(of: "-", with: "").replacingOccurrences(of: "_", with: "")
