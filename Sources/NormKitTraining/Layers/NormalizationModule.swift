@@ -7,6 +7,9 @@
 public final class NormalizationModule: Layer {
     /// The normalization, nil for the identity.
     public let layer: NormalizationLayer?
+    /// Sees this normalization's input in every forward and its output gradient in every backward (analyses such
+    /// as `normkit stats`); nil, the default, costs one branch per call.
+    public weak var observer: NormalizationObserver?
     /// The mode `callAsFunction(_:)` uses (see ``Module/training``).
     public var training = true
 
@@ -30,7 +33,7 @@ public final class NormalizationModule: Layer {
         case let brn as BatchRenorm:
             arguments = ["\(brn.channels)", "momentum=\(brn.momentum)"] + Self.normBatch(brn.normBatch)
         case let mabn as MovingAverageBatchNorm:
-            arguments = ["\(mabn.channels)", "buffer_size=\(mabn.bufferSize)", "momentum=\(mabn.momentum)"]
+            arguments = ["\(mabn.channels)", "buffer_size=\(mabn.bufferSize)", "momentum=\(mabn.oldValueWeight)"]
                 + Self.normBatch(mabn.normBatch)
         case is FrozenBatchNorm: arguments = ["\(layer.channels)"]
         default: return layer.name
@@ -80,12 +83,14 @@ public final class NormalizationModule: Layer {
 
     /// Normalizes `x` into `y` (the identity copies it).
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
+        observer?.normalization(self, sawInput: x, training: training)
         guard let layer else { return copy(x, into: &y) }
         try layer.forward(x, into: &y, training: training)
     }
 
     /// Backpropagates `dy` into `dx` (the identity copies it).
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
+        observer?.normalization(self, sawOutputGradient: dy)
         guard let layer else { return copy(dy, into: &dx) }
         try layer.backward(dy, into: &dx)
     }
@@ -101,4 +106,12 @@ public final class NormalizationModule: Layer {
 func copy(_ x: Tensor, into y: inout Tensor) {
     y.prepare(shape: x.shape, layout: x.layout)
     x.withUnsafeBufferPointer { src in y.withUnsafeMutableBufferPointer { _ = $0.update(fromContentsOf: src) } }
+}
+
+/// What an analysis attached to a ``NormalizationModule`` (its ``NormalizationModule/observer``) is shown.
+public protocol NormalizationObserver: AnyObject {
+    /// The input of a forward, before the layer normalizes it.
+    func normalization(_ module: NormalizationModule, sawInput x: Tensor, training: Bool)
+    /// The gradient of the layer's output in a backward, before the layer backpropagates it.
+    func normalization(_ module: NormalizationModule, sawOutputGradient dy: Tensor)
 }

@@ -61,12 +61,14 @@ final class NormalizationSlot {
     init(_ layer: NormalizationLayer?) { module = NormalizationModule(layer) }
 
     func forward(_ x: Tensor, training: Bool) throws -> Tensor {
+        module.observer?.normalization(module, sawInput: x, training: training)
         guard let layer = module.layer else { return x }
         try layer.forward(x, into: &output, training: training)
         return output
     }
 
     func backward(_ dy: Tensor) throws -> Tensor {
+        module.observer?.normalization(module, sawOutputGradient: dy)
         guard let layer = module.layer else { return dy }
         try layer.backward(dy, into: &inputGradient)
         return inputGradient
