@@ -7,7 +7,7 @@ struct NormKitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "normkit",
         abstract: "Normalization layers for small batches: benchmark, train, evaluate, sweep.",
-        subcommands: [TrainCommand.self, EvalCommand.self, SweepCommand.self, ReportCommand.self, BenchCommand.self])
+        subcommands: [TrainCommand.self, EvalCommand.self, SweepCommand.self, ReportCommand.self, BenchCommand.self, ExportCommand.self])
 
     /// Line-buffers standard output first, so that progress lines reach a log file (`normkit sweep … > log`) as
     /// they are printed rather than when a 4 KB buffer fills, then parses and runs the command.
