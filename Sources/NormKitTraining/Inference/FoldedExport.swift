@@ -46,7 +46,7 @@ public enum FoldedExport {
         let file = try TrainingCheckpoint.read(at: checkpoint)
         let configuration = file.configuration
         if let reason = configuration.norm.foldingRefusal {
-            throw FoldingError.notFoldable(path: checkpoint.path, layer: "the \(configuration.model) checkpoint",
+            throw FoldingError.notFoldable(path: checkpoint.path, layer: "\(configuration.model)'s \(configuration.norm.rawValue) layers",
                                            reason: reason)
         }
         guard let depth = configuration.resNetDepth else {

@@ -4,7 +4,7 @@ import Foundation
 /// file, and the reason.
 public enum FoldingError: Error, Equatable, CustomStringConvertible, LocalizedError {
     /// A normalization that is not a fixed per-channel affine at inference (GN, LN, IN, or a layer type NormKit
-    /// does not know how to fold).
+    /// does not know how to fold); `path` is its state-dict path in the model, or the checkpoint's file.
     case notFoldable(path: String, layer: String, reason: String)
     /// Folding gave a value that is not finite (a running variance of −ε, a running std of 0, a diverged run).
     case nonFiniteResult(path: String, channel: Int, reason: String)
@@ -16,7 +16,7 @@ public enum FoldingError: Error, Equatable, CustomStringConvertible, LocalizedEr
     public var description: String {
         switch self {
         case .notFoldable(let path, let layer, let reason):
-            return "cannot fold \(layer) at '\(path)' into the convolution before it: \(reason)"
+            return "\(path): cannot fold \(layer) into the preceding convolution: \(reason)"
         case .nonFiniteResult(let path, let channel, let reason):
             return "folding '\(path)' gives a non-finite value in channel \(channel): \(reason)"
         case .unsupported(let what): return what
