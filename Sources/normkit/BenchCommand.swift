@@ -3,17 +3,31 @@ import Foundation
 import NormKitExperiments
 import NormKitTraining
 
-/// `normkit bench`: GroupNorm and BatchNorm kernel timings as a fraction of copy bandwidth.
+/// `normkit bench`: GroupNorm and BatchNorm kernel timings as a fraction of copy bandwidth; with `--inference`,
+/// the eval forward of a GN ResNet against the folded MABN ResNet of the same depth.
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Time GN and BN forward and forward+backward against this machine's memory-copy bandwidth.")
+        abstract: "Time GN and BN forward and forward+backward against this machine's memory-copy bandwidth.",
+        discussion: """
+            With --inference: latency per image at batch 1 and throughput at --batch of a GN ResNet, the same \
+            MABN ResNet in eval mode and folded (normkit export --fold), timed alternately in one run.
+            """)
 
     @Option(help: "Threads for the kernels (default: all cores).")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
-    @Option(help: "Timed repetitions per measurement (the median is reported).")
-    var repetitions: Int = 9
+    @Option(help: "Timed repetitions per measurement (the median is reported; default 9, 200 with --inference).")
+    var repetitions: Int?
+
+    @Flag(help: "Time inference instead: a GN ResNet vs the folded MABN ResNet of the same depth.")
+    var inference = false
+
+    @Option(help: "With --inference: the ResNet depth (6n+2).")
+    var depth: Int = 20
+
+    @Option(help: "With --inference: the batch of the throughput measurement.")
+    var batch: Int = 32
 
     @Option(help: "Memory order: channelsFirst (NCHW) or channelsLast (NHWC).")
     var layout: TensorLayout = .channelsFirst
@@ -26,7 +40,15 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
-        guard repetitions >= 1 else { throw ValidationError("--repetitions must be at least 1, got \(repetitions)") }
+        if let repetitions, repetitions < 1 {
+            throw ValidationError("--repetitions must be at least 1, got \(repetitions)")
+        }
+        guard depth >= 8, depth <= ConfigurationLimits.maxResNetDepth, (depth - 2) % 6 == 0 else {
+            throw ValidationError("--depth \(depth): must be 6n+2 between 8 and \(ConfigurationLimits.maxResNetDepth)")
+        }
+        guard (1...ConfigurationLimits.maxBatch).contains(batch) else {
+            throw ValidationError("--batch \(batch): must be in 1...\(ConfigurationLimits.maxBatch)")
+        }
         _ = try parsedShapes()
     }
 
@@ -47,15 +69,31 @@ struct BenchCommand: ParsableCommand {
         #if DEBUG
         print("warning: this is a debug build; benchmark a release build (swift build -c release)")
         #endif
+        if inference { return try runInference() }
+        let repetitions = repetitions ?? 9
         let copy = KernelBenchmark.copyBandwidth(threads: threads)
         let rows = try KernelBenchmark.run(shapes: try parsedShapes(), layout: layout, repetitions: repetitions, copyBytesPerSecond: copy)
         print("normkit bench: \(threads) thread(s), layout \(layout.rawValue), kernels \(KernelDispatch.description), median of \(repetitions)")
         print(KernelBenchmark.markdown(rows, copyBytesPerSecond: copy))
-        if let json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(rows).write(to: URL(fileURLWithPath: json), options: .atomic)
-        }
+        try writeJSON(rows)
+    }
+
+    /// `--inference`: GN vs folded MABN ResNet eval forwards.
+    func runInference() throws {
+        let repetitions = repetitions ?? 200
+        BLAS.setThreads(1)
+        let rows = try InferenceBenchmark.run(depth: depth, batch: batch, repetitions: repetitions)
+        print("normkit bench --inference: ResNet-\(depth), 1×28×28 images, eval forward, \(threads) thread(s), "
+              + "median of \(repetitions) (batch 1) / \(max(1, repetitions / 4)) (batch \(batch)), models alternated")
+        print(InferenceBenchmark.markdown(rows))
+        try writeJSON(rows)
+    }
+
+    func writeJSON<T: Encodable>(_ rows: T) throws {
+        guard let json else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(rows).write(to: URL(fileURLWithPath: json), options: .atomic)
     }
 }
 

@@ -1,0 +1,148 @@
+import Foundation
+import XCTest
+import NormKitTraining
+
+/// `normkit export --fold` (``FoldedExport``): a training checkpoint in, a folded safetensors file out that
+/// reads back into ``FoldedResNet`` with the unfolded model's eval logits; refusals leave nothing behind.
+final class FoldedExportTests: XCTestCase {
+    var directory: URL!
+
+    override func setUpWithError() throws {
+        directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("normkit-fold-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// A `model.safetensors` as the trainer writes it (tensors plus ``TrainingCheckpoint/metadata``) for a
+    /// ResNet-8 with `norm`, after three training forwards; returns the file, the model and its configuration.
+    func writeCheckpoint(_ norm: NormKind, name: String = "model.safetensors") throws
+        -> (url: URL, model: ResNet, configuration: TrainingConfiguration)
+    {
+        var configuration = TrainingConfiguration()
+        configuration.model = "resnet8"
+        configuration.norm = norm
+        configuration.batch = 8
+        configuration.normBatch = norm == .gn || norm == .ln || norm == .in || norm == .none || norm == .frozenBN ? nil : 2
+        configuration.seed = 4
+        configuration = configuration.resolved
+        let settings = try NormalizationSettings(configuration, totalSteps: 1)
+        var generator = SeededGenerator(seed: 4)
+        let model = try ResNet(depth: 8, normalization: settings, zeroInitResidualScale: false, generator: &generator)
+        if norm != .gn && norm != .ln && norm != .in { try FoldingTests.perturb(model, generator: &generator) }
+        for _ in 0..<3 {
+            _ = try model.forward(Tensor.randomNormal(shape: [8, 1, 16, 16], mean: 0.5, standardDeviation: 2,
+                                                      using: &generator), training: true)
+        }
+        let url = directory.appendingPathComponent(name)
+        try SafeTensors.write(model.stateDict(),
+                              metadata: try TrainingCheckpoint.metadata(configuration: configuration,
+                                                                        normalization: settings, step: 3),
+                              to: url)
+        return (url, model, configuration)
+    }
+
+    func testExportWritesAFoldedModelWithItsMetadataThatReadsBack() throws {
+        for norm in [NormKind.mabn, .bn, .brn, .frozenBN, .none] {
+            let (checkpoint, model, configuration) = try writeCheckpoint(norm)
+            let out = directory.appendingPathComponent("folded-\(norm.rawValue).safetensors")
+            let result = try FoldedExport.export(checkpoint: checkpoint, to: out, overwrite: false)
+            XCTAssertLessThan(result.probeRelativeDifference, 1e-5, "\(norm)")
+
+            let (folded, metadata) = try FoldedExport.read(at: out)
+            XCTAssertEqual(metadata["norm"], "folded")
+            XCTAssertEqual(metadata["depth"], "8")
+            XCTAssertEqual(metadata["format"], FoldedExport.format)
+            XCTAssertEqual(metadata["source_norm"], norm.rawValue)
+            XCTAssertEqual(metadata["source_step"], "3")
+            XCTAssertEqual(metadata["source_checkpoint"], checkpoint.path)
+            XCTAssertNil(metadata["configuration"], "a folded file must not pass for a training checkpoint")
+            let source = try JSONDecoder().decode(TrainingConfiguration.self,
+                                                  from: Data(metadata["source_configuration"]!.utf8))
+            XCTAssertEqual(source, configuration)
+            let torch = try JSONDecoder().decode([String: String].self, from: Data(metadata["torch_model_arguments"]!.utf8))
+            XCTAssertEqual(torch, ["depth": "8", "norm": "folded", "in_channels": "1", "num_classes": "10", "width": "16"])
+
+            // Every conv has a bias, there is no normalization tensor, and the file is the fold of the checkpoint.
+            let (tensors, _) = try SafeTensors.read(from: out)
+            let convWeights = tensors.keys.filter { $0.hasSuffix(".weight") && tensors[$0]!.shape.count == 4 }
+            XCTAssertEqual(convWeights.count, 9, "\(norm): conv1 + 3 blocks × 2 + 2 downsamples")
+            for name in convWeights {
+                XCTAssertNotNil(tensors[String(name.dropLast("weight".count)) + "bias"], "\(norm): \(name) has no bias")
+            }
+            XCTAssertFalse(tensors.keys.contains { $0.contains("norm") || $0.contains("running") }, "\(norm)")
+            XCTAssertEqual(tensors, try fold(model).stateDict(), "\(norm)")
+
+            var generator = SeededGenerator(seed: 8)
+            let x = Tensor.randomNormal(shape: [3, 1, 20, 20], using: &generator)
+            let d = TorchModelParityTests.relativeDifference(try folded.forward(x, training: false).values,
+                                                             try model.forward(x, training: false).values)
+            XCTAssertLessThan(d, 1e-5, "\(norm): the exported model vs the checkpoint's in eval mode")
+        }
+    }
+
+    func testAnExistingOutputIsKeptUnlessOverwrite() throws {
+        let (checkpoint, _, _) = try writeCheckpoint(.mabn)
+        let out = directory.appendingPathComponent("folded.safetensors")
+        try Data("keep me".utf8).write(to: out)
+        XCTAssertThrowsError(try FoldedExport.export(checkpoint: checkpoint, to: out, overwrite: false)) { error in
+            XCTAssertEqual(error as? FoldingError, .outputExists(path: out.path))
+            XCTAssertTrue("\(error)".contains("--overwrite"), "\(error)")
+        }
+        XCTAssertEqual(try Data(contentsOf: out), Data("keep me".utf8))
+        try FoldedExport.export(checkpoint: checkpoint, to: out, overwrite: true)
+        XCTAssertEqual(try FoldedExport.read(at: out).metadata["norm"], "folded")
+        // Never the checkpoint itself, even with --overwrite.
+        XCTAssertThrowsError(try FoldedExport.export(checkpoint: checkpoint, to: checkpoint, overwrite: true)) { error in
+            XCTAssertTrue("\(error)".contains("checkpoint itself"), "\(error)")
+        }
+        XCTAssertNoThrow(try TrainingCheckpoint.read(at: checkpoint))
+    }
+
+    func testPerSampleNormalizationCheckpointsAreRefusedAndNothingIsWritten() throws {
+        for norm in [NormKind.gn, .ln, .in] {
+            let (checkpoint, _, _) = try writeCheckpoint(norm, name: "\(norm.rawValue).safetensors")
+            let out = directory.appendingPathComponent("folded-\(norm.rawValue).safetensors")
+            XCTAssertThrowsError(try FoldedExport.export(checkpoint: checkpoint, to: out, overwrite: false)) { error in
+                guard case FoldingError.notFoldable(_, _, let reason) = error else { return XCTFail("\(norm): \(error)") }
+                XCTAssertTrue(reason.contains("own statistics"), reason)
+                XCTAssertTrue("\(error)".contains(checkpoint.path), "\(error)")
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out.path), "\(norm)")
+        }
+    }
+
+    func testInputsThatAreNotWhatTheyClaimAreRefused() throws {
+        // A training checkpoint is not a folded export.
+        let (checkpoint, _, _) = try writeCheckpoint(.bn)
+        XCTAssertThrowsError(try FoldedExport.read(at: checkpoint)) { error in
+            XCTAssertTrue("\(error)".contains("not a folded export"), "\(error)")
+        }
+        // A file without a configuration is not a checkpoint.
+        let bare = directory.appendingPathComponent("bare.safetensors")
+        try SafeTensors.write(["x": .float32(shape: [1], values: [1])], to: bare)
+        XCTAssertThrowsError(try FoldedExport.export(checkpoint: bare,
+                                                     to: directory.appendingPathComponent("o.safetensors"),
+                                                     overwrite: false)) { error in
+            XCTAssertTrue(error is CheckpointError, "\(error)")
+        }
+        // A folded export whose depth disagrees with its blocks.
+        let out = directory.appendingPathComponent("folded.safetensors")
+        try FoldedExport.export(checkpoint: checkpoint, to: out, overwrite: false)
+        var (tensors, metadata) = try SafeTensors.read(from: out)
+        metadata["depth"] = "14"
+        try SafeTensors.write(tensors, metadata: metadata, to: out)
+        XCTAssertThrowsError(try FoldedExport.read(at: out)) { error in
+            XCTAssertTrue("\(error)".contains("depth 14"), "\(error)")
+        }
+        metadata["depth"] = "8"
+        tensors["conv1.bias"] = nil
+        try SafeTensors.write(tensors, metadata: metadata, to: out)
+        XCTAssertThrowsError(try FoldedExport.read(at: out)) { error in
+            XCTAssertTrue("\(error)".contains("conv1.bias"), "\(error)")
+        }
+    }
+}
