@@ -10,6 +10,12 @@ public struct ChannelStatistics: Equatable, Sendable {
     public var gradientMean: [Double]
     public var gradientProjection: [Double]
 
+    /// Statistics given explicitly.
+    public init(mean: [Double], variance: [Double], gradientMean: [Double], gradientProjection: [Double]) {
+        self.mean = mean; self.variance = variance; self.gradientMean = gradientMean
+        self.gradientProjection = gradientProjection
+    }
+
     /// The four arrays in the order μ, σ², g, Ψ.
     var all: [[Double]] { [mean, variance, gradientMean, gradientProjection] }
 
