@@ -94,8 +94,10 @@ for t in "${targets[@]}"; do
   mkdir -p "$new" "$artifacts"
   dict=()
   [[ -f "$root/Fuzz/Dictionaries/$t.dict" ]] && dict=(-dict="$root/Fuzz/Dictionaries/$t.dict")
+  # One fuzzing process per target, in-process (libFuzzer's default: one worker, one job). Passing -jobs=1
+  # -workers=1 would instead fork a child that logs to ./fuzz-0.log; targets run one after the other.
   cmd=("$bin/$t" "${mode[@]}" -rss_limit_mb="$rss" -timeout="$timeout" -max_len="$max_len" -detect_leaks=1
-       -workers=1 -jobs=1 -print_final_stats=1 -artifact_prefix="$artifacts" "${dict[@]}" "$new" "$corpus")
+       -print_final_stats=1 -artifact_prefix="$artifacts" "${dict[@]}" "$new" "$corpus")
   echo "== $t: ${cmd[*]}"
   start=$(date +%s)
   status=0

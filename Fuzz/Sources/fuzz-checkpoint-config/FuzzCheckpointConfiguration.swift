@@ -49,7 +49,7 @@ public func fuzzCheckpointConfiguration(_ data: UnsafePointer<UInt8>?, _ size: I
         let c = configuration.resolved
         if c.batch >= 1, c.epochs >= 1 {
             let stepsPerEpoch = trainingImages(c) / c.batch
-            _ = stepsPerEpoch * c.epochs  // what `Trainer.init` does
+            keep(stepsPerEpoch * c.epochs)  // what `Trainer.init` does
         }
         return 0
     }
@@ -76,6 +76,12 @@ public func fuzzCheckpointConfiguration(_ data: UnsafePointer<UInt8>?, _ size: I
         }
     }
     return 0
+}
+
+/// Uses `value` so that the optimizer keeps the computation (and its overflow check) that produced it.
+@inline(never)
+private func keep(_ value: Int) {
+    if value == 0x5EED_F00D { Fuzz.log("") }
 }
 
 private let unguarded = ProcessInfo.processInfo.environment["NORMKIT_FUZZ_UNGUARDED"] == "1"
