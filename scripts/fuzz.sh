@@ -33,7 +33,7 @@ build_only=0
 make_corpus=0
 targets=()
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runs) mode=(-runs="${2:?}"); shift 2 ;;
