@@ -173,7 +173,8 @@ public struct SweepPlan: Codable, Equatable, Sendable {
     public var columns: [Int] { normBatches.sorted(by: >) }
 
     /// Throws ``SweepError/invalidPlan(_:)`` naming the first problem: an empty or duplicated axis, a
-    /// non-positive size, a normalization batch that does not divide the SGD batch, a groups axis without GN.
+    /// non-positive size, a normalization batch that does not divide the SGD batch, a per-GPU SGD batch
+    /// (gpus × normalization batch) that overflows `Int`, a groups axis without GN.
     public func validate() throws {
         func fail(_ reason: String) -> SweepError { .invalidPlan(reason) }
         if norms.isEmpty { throw fail("no normalizations") }
@@ -193,6 +194,9 @@ public struct SweepPlan: Codable, Equatable, Sendable {
             }
         case .perGPU:
             if gpus < 1 { throw fail("gpus \(gpus) is not positive") }
+            if let bad = normBatches.first(where: { gpus.multipliedReportingOverflow(by: $0).overflow }) {
+                throw fail("gpus \(gpus) × normalization batch \(bad) overflows the SGD batch (at most \(Int.max))")
+            }
         }
         if !groupAxis.isEmpty {
             if !norms.contains(.gn) { throw fail("a groups axis \(groupAxis.map(\.tag)) needs gn among the norms") }
@@ -302,12 +306,15 @@ public struct SweepPlanRecord: Codable, Equatable, Sendable {
     public static let fileName = "plan.json"
 
     /// Reads `<directory>/plan.json`; nil when absent.
-    /// - Throws: ``SweepError/unreadableRecord(_:reason:)`` when present but not decodable.
+    ///
+    /// The file is read with NormKit's POSIX reader rather than `Data(contentsOf:)`, which on Linux leaks a
+    /// 4 KiB buffer for every empty file (found by the `fuzz-sweep-plan` target, docs/FUZZING.md).
+    /// - Throws: ``SweepError/unreadableRecord(_:reason:)`` when present but not readable or not decodable.
     public static func read(from directory: URL) throws -> SweepPlanRecord? {
         let url = directory.appendingPathComponent(fileName)
         guard FileManager.default.fileExists(atPath: url.path) else { return nil }
         do {
-            return try JSONDecoder().decode(SweepPlanRecord.self, from: Data(contentsOf: url))
+            return try JSONDecoder().decode(SweepPlanRecord.self, from: Data(readFileBytes(path: url.path)))
         } catch {
             throw SweepError.unreadableRecord(url, reason: "\(error)")
         }
