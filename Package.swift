@@ -9,6 +9,9 @@ let package = Package(
         .library(name: "NormKit", targets: ["NormKit"]),
         /// Conv nets, data, optimizers and checkpoints built on NormKit (needs OpenBLAS and zlib).
         .library(name: "NormKitTraining", targets: ["NormKitTraining"]),
+        /// Sweeps, reports and plots, the kernel benchmark and the statistics analysis (the CLI's experiments; no
+        /// dependency beyond NormKitTraining).
+        .library(name: "NormKitExperiments", targets: ["NormKitExperiments"]),
         // No `.executable` product for `normkit`, on purpose: SwiftPM resolves a dependency's packages only for
         // the products it declares, so without one a user of NormKit or NormKitTraining resolves no other
         // package (scripts/check_dependencies.sh checks it). In this package `swift build` still builds

@@ -10,7 +10,10 @@ import PackageDescription
 let fuzzerTarget: (String) -> Target = { name in
     .executableTarget(
         name: name,
-        dependencies: ["FuzzSupport", .product(name: "NormKitTraining", package: "NormKit")],
+        dependencies: [
+            "FuzzSupport", .product(name: "NormKitTraining", package: "NormKit"),
+            .product(name: "NormKitExperiments", package: "NormKit"),
+        ],
         swiftSettings: [.unsafeFlags(["-parse-as-library"])])
 }
 
@@ -30,6 +33,9 @@ let package = Package(
         fuzzerTarget("fuzz-sweep-plan"),
         .executableTarget(
             name: "fuzz-make-corpus",
-            dependencies: [.product(name: "NormKitTraining", package: "NormKit")]),
+            dependencies: [
+                .product(name: "NormKitTraining", package: "NormKit"),
+                .product(name: "NormKitExperiments", package: "NormKit"),
+            ]),
     ]
 )

@@ -4,6 +4,7 @@
 // running it again rewrites the same files. `scripts/fuzz.sh --make-corpus` builds and runs it.
 import Foundation
 import NormKit
+import NormKitExperiments
 import NormKitTraining
 
 let corpus = URL(fileURLWithPath: CommandLine.arguments.dropFirst().first ?? "Corpus", isDirectory: true)

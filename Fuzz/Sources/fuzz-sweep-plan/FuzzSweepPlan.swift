@@ -1,5 +1,6 @@
 import Foundation
 import FuzzSupport
+import NormKitExperiments
 import NormKitTraining
 
 /// Fuzzes a sweep directory's `plan.json` (`SweepPlanRecord`): `normkit report` reads it with

@@ -316,7 +316,7 @@ public struct SweepPlanRecord: Codable, Equatable, Sendable {
         do {
             return try JSONDecoder().decode(SweepPlanRecord.self, from: Data(readFileBytes(path: url.path)))
         } catch {
-            throw SweepError.unreadableRecord(url, reason: "\(error)")
+            throw SweepError.unreadableRecord(url, reason: ErrorText.describe(error))
         }
     }
 

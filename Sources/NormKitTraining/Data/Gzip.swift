@@ -158,7 +158,7 @@ public enum Gzip {
 /// The whole content of the file at `path`, read with POSIX calls so the error names the real cause.
 ///
 /// - Throws: ``DataError/readFailed(path:reason:)``.
-func readFileBytes(path: String) throws -> [UInt8] {
+package func readFileBytes(path: String) throws -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw DataError.readFailed(path: path, reason: String(cString: strerror(errno))) }
     defer { close(fd) }

@@ -1,4 +1,5 @@
 import Foundation
+import NormKitExperiments
 import NormKitTraining
 import XCTest
 
