@@ -170,10 +170,13 @@ public final class BatchRenorm: NormalizationLayer {
     /// A Batch Renormalization layer over `channels` channels.
     ///
     /// - Parameters:
+    ///   - channels: `C`, the size of dimension 1 of every input (`≥ 1`).
     ///   - epsilon: `ε` inside `σ_B = sqrt(var_B + ε)`.
     ///   - momentum: `α` in `0...1`, the weight of the **new** value (the reference's convention).
     ///   - schedule: the `r_max`/`d_max` relaxation; ``Schedule/paper`` is for ~500k-step runs.
     ///   - normBatch: samples per ghost batch (must divide every training batch); nil for the whole batch.
+    ///   - affine: whether the layer has a learnable per-channel `γ` (``weight``) and `β` (``bias``); `false`
+    ///     leaves both nil (`y = x̂`).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
     public init(channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.01, schedule: Schedule = .paper,
                 normBatch: Int? = nil, affine: Bool = true) throws {

@@ -42,9 +42,12 @@ public final class FrozenBatchNorm: NormalizationLayer {
 
     /// A frozen BN with `running_mean = 0`, `running_var = 1`, `γ = 1`, `β = 0`.
     ///
-    /// - Parameter trainableAffine: whether an optimizer may update `γ`, `β` (their ``Parameter/isTrainable``).
-    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for `channels < 1` or a negative or
-    ///   non-finite `epsilon`.
+    /// - Parameters:
+    ///   - channels: `C`, the size of dimension 1 of every input (`≥ 1`).
+    ///   - epsilon: `ε ≥ 0` inside the square root, `1 / sqrt(running_var + ε)`.
+    ///   - trainableAffine: whether an optimizer may update `γ`, `β` (their ``Parameter/isTrainable``).
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for `channels < 1` or a
+    ///   negative or non-finite `epsilon`.
     public init(channels: Int, epsilon: Float = 1e-5, trainableAffine: Bool = false) throws {
         try LayerArgument.validate(layer: layerName("FrozenBatchNorm", channels: channels), .channels(channels),
                                    .epsilon(epsilon))

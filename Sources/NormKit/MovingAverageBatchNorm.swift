@@ -124,12 +124,16 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// An MABN layer over `channels` channels with ring buffers of `bufferSize` iterations.
     ///
     /// - Parameters:
+    ///   - channels: `C`, the size of dimension 1 of every input (`≥ 1`).
     ///   - bufferSize: `S_buf ≥ 1` (`realBatch / normBatch` in the paper).
+    ///   - epsilon: `ε ≥ 0` inside the square root, `z = x / sqrt(v + ε)` (`v` the averaged `χ²`).
     ///   - oldValueWeight: in `0...1`, the weight of the **old** running value in the EMA,
     ///     `runningχ² ← oldValueWeight·runningχ² + (1 − oldValueWeight)·v` (the paper's `momentum = 0.98`).
     ///     PyTorch-convention `momentum` `m` (weight of the new value, as ``BatchNorm``) is `1 − m` here.
     ///   - warmup: iterations using batch statistics (`≥ 0`, default 100).
     ///   - normBatch: samples per MABN iteration (must divide every training batch); nil for the whole batch.
+    ///   - affine: whether the layer has a learnable per-channel `γ` (``weight``) and `β` (``bias``); `false`
+    ///     leaves both nil (`y = x̂`).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
     public init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, oldValueWeight: Float = 0.98,
                 warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true) throws {

@@ -42,7 +42,7 @@ public enum Parallelism {
     @usableFromInline static let piecesPerThread = 8
 
     /// Runs `body` over `0..<count` split into contiguous ranges when there is at least `minimumWork` units of work
-    /// per extra thread; otherwise runs it inline. The ranges (up to ``piecesPerThread`` per thread) go to the
+    /// per extra thread; otherwise runs it inline. The ranges (up to 8 per thread) go to the
     /// calling thread and NormKit's worker threads as they become free, in order. The default threshold (65,536
     /// elements) is where a second thread starts to pay on this project's 2-core machines (`normkit bench`).
     ///

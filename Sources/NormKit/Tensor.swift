@@ -104,7 +104,9 @@ public struct Tensor: Sendable {
 
     /// Checks that `shape` is `(N, C, *spatial)` with spatial rank 0 to 3 and no negative dimension.
     ///
-    /// - Parameter source: what the shape is for, named by the error (a layer's name; `"Tensor"` by default).
+    /// - Parameters:
+    ///   - shape: the dimensions to check.
+    ///   - source: what the shape is for, named by the error (a layer's name; `"Tensor"` by default).
     /// - Throws: ``NormalizationError/invalidShape(layer:shape:)``.
     public static func validate(shape: [Int], for source: @autoclosure () -> String = "Tensor") throws {
         guard isValid(shape: shape) else { throw NormalizationError.invalidShape(layer: source(), shape: shape) }

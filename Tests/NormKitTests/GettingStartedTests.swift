@@ -64,7 +64,8 @@ final class GettingStartedTests: XCTestCase {
         // so descent lowers every β.
         for (after, before) in zip(block.norm.bias!.value, biasBefore) { XCTAssertLessThan(after, before) }
         XCTAssertThrowsError(try block.backward(outputGradient)) { error in
-            XCTAssertEqual(error as? NormalizationError, .backwardBeforeForward(layer: "GroupNorm(C=32, G=8)"))
+            XCTAssertEqual(error as? NormalizationError,
+                           .backwardBeforeForward(layer: "GroupNorm(channels: 32, groups: 8)"))
         }
 
         let state = block.norm.stateDict()
@@ -72,10 +73,22 @@ final class GettingStartedTests: XCTestCase {
         try copy.norm.loadStateDict(state)
         XCTAssertEqual(copy.norm.stateDict(), state)
         XCTAssertEqual(try copy.forward(x, training: false).values, try block.forward(x, training: false).values)
+        var extra = state
+        extra["running_mean"] = .float32(shape: [32], values: [Float](repeating: 0, count: 32))
+        XCTAssertThrowsError(try copy.norm.loadStateDict(extra), "a strict load refuses an extra entry")
+        XCTAssertEqual(copy.norm.stateDict(), state, "a refused load changes nothing")
+
+        let bn = try BatchNorm(channels: 32)
+        let result = try bn.loadStateDict(state, strict: false)
+        XCTAssertEqual("\(result)",
+                       "missing keys: [num_batches_tracked, running_mean, running_var]; unexpected keys: []")
+        XCTAssertEqual(bn.weight!.value, block.norm.weight!.value)
+        XCTAssertEqual(bn.bias!.value, block.norm.bias!.value)
 
         XCTAssertThrowsError(try GroupNorm(channels: 30, groups: 8)) { error in
-            XCTAssertEqual("\(error)",
-                           "GroupNorm: 30 channels cannot be split into 8 groups (groups must be in 1...30 and divide 30)")
+            XCTAssertEqual(error.localizedDescription,
+                           "GroupNorm(channels: 30, groups: 8): 30 channels cannot be split into 8 groups "
+                               + "(groups must be in 1...30 and divide 30)")
         }
     }
 }

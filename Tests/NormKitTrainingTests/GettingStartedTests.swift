@@ -30,6 +30,13 @@ final class GettingStartedTests: XCTestCase {
         var rng = SeededGenerator(seed: 0)
         let settings = NormalizationSettings(kind: .gn, groups: 16)
         let model = try ResNet(depth: 8, normalization: settings, generator: &rng)
+        XCTAssertEqual("\(model)".split(separator: "\n").prefix(3), [
+            "ResNet(", "  (conv1): Conv2d(1, 16, kernel_size=3, stride=1, padding=1, bias=False)",
+            "  (norm1): GroupNorm(16, 16)"])
+        let firstParameters = model.namedParameters().prefix(3)
+        XCTAssertEqual(firstParameters.map(\.name), ["conv1.weight", "norm1.weight", "norm1.bias"])
+        XCTAssertEqual(firstParameters.map(\.parameter.shape), [[16, 1, 3, 3], [16], [16]])
+        XCTAssertTrue(model.parameter("layer2.0.conv1.weight") === model.stages[1].blocks[0].conv1.weight)
 
         let optimizer = SGD(parameters: model.parameters, momentum: 0.9, weightDecay: 5e-4)
         let loss = SoftmaxCrossEntropy()
@@ -39,9 +46,11 @@ final class GettingStartedTests: XCTestCase {
         var logitsGradient = Tensor(zeros: [0, 0])
         let before = try Trainer.evaluate(model: model, on: test)
         var losses: [Float] = []
+        model.train()
+        XCTAssertTrue(model.namedModules().allSatisfy { $0.module.training })
         for _ in 0..<30 {
             guard batches.next(into: &images, labels: &labels) != nil else { break }
-            let logits = try model.forward(images, training: true)
+            let logits = try model(images)
             XCTAssertEqual(logits.shape, [32, 10])
             let value = try loss.forward(logits: logits, labels: labels.map(Int.init))
             try loss.backward(into: &logitsGradient)
@@ -51,6 +60,8 @@ final class GettingStartedTests: XCTestCase {
         }
         XCTAssertEqual(losses.count, 30)
         XCTAssertTrue(losses.allSatisfy(\.isFinite))
+        model.eval()
+        XCTAssertTrue(model.namedModules().allSatisfy { !$0.module.training })
         let evaluation = try Trainer.evaluate(model: model, on: test)
         XCTAssertLessThan(evaluation.loss, before.loss, "30 steps on an easy task lower the test loss")
 
@@ -71,5 +82,15 @@ final class GettingStartedTests: XCTestCase {
         try restored.loadStateDict(tensors)
         XCTAssertEqual(restored.stateDict(), model.stateDict())
         XCTAssertEqual(try Trainer.evaluate(model: restored, on: test), evaluation)
+        var extra = tensors
+        extra["fc.extra"] = tensors["fc.bias"]
+        XCTAssertThrowsError(try restored.loadStateDict(extra), "a strict load refuses an extra tensor")
+
+        let resnet14 = try ResNet(depth: 14, normalization: settings, generator: &rng)
+        let result = try resnet14.loadStateDict(tensors, strict: false)
+        XCTAssertEqual(result.missingKeys.first, "layer1.1.conv1.weight")
+        XCTAssertEqual(result.unexpectedKeys, [])
+        let loaded = resnet14.parameter("layer3.0.conv2.weight")!
+        XCTAssertEqual(StateTensor.float32(shape: loaded.shape, values: loaded.value), tensors["layer3.0.conv2.weight"])
     }
 }

@@ -44,13 +44,21 @@ final class ReadmeModelExampleTests: XCTestCase {
         let evalLoss = try loss.forward(logits: logits, labels: labels)
         print("eval loss \(evalLoss), \(loss.correctCount) of \(labels.count) correct")
 
-        let file = directory.appendingPathComponent("model.safetensors")
+        let file = directory.appendingPathComponent("model.safetensors")   // directory: a folder URL of yours
         try SafeTensors.write(model.stateDict(), to: file)   // loads into the PyTorch twin with strict=True
         for (name, parameter) in model.namedParameters() {
             print(name, parameter)                      // 0.weight Parameter(weight, shape=[16, 1, 3, 3], …)
         }
         try model.loadStateDict(try SafeTensors.read(from: file).tensors)
         // README end
+
+        // README ResNet begin
+        let gn = NormalizationSettings(kind: .gn, groups: 16)
+        let resnet = try ResNet(depth: 20, normalization: gn, zeroInitResidualScale: true, generator: &generator)
+        let resnet8 = try ResNet(depth: 8, normalization: gn, generator: &generator)
+        let result = try resnet.loadStateDict(resnet8.stateDict(), strict: false)
+        print(result)                       // missing keys: [layer1.1.conv1.weight, …]; unexpected keys: []
+        // README ResNet end
 
         XCTAssertEqual(printed.first?.split(separator: "\n").first, "Sequential(")
         XCTAssertTrue(printed[0].contains("  (1): GroupNorm(4, 16)"), printed[0])
@@ -64,5 +72,15 @@ final class ReadmeModelExampleTests: XCTestCase {
         XCTAssertTrue(printed.contains("5.bias Parameter(bias, shape=[10], requires_grad=True)"))
         XCTAssertEqual(printed.filter { $0.contains("Parameter(") }.count, 5)  // conv: no bias
         XCTAssertEqual(try SafeTensors.read(from: file).tensors, model.stateDict())
+
+        // The ResNet variant: PyTorch's names for the tree's parts, and what a non-strict load reports.
+        XCTAssertTrue(resnet.parameter("layer2.0.conv1.weight") === resnet.stages[1].blocks[0].conv1.weight)
+        XCTAssertEqual(result.unexpectedKeys, [])
+        XCTAssertEqual(result.missingKeys.first, "layer1.1.conv1.weight")
+        XCTAssertEqual(Set(result.missingKeys), Set(resnet.stateDict().keys).subtracting(resnet8.stateDict().keys))
+        XCTAssertEqual(resnet.parameter("layer3.0.conv1.weight")!.value,
+                       resnet8.parameter("layer3.0.conv1.weight")!.value)
+        XCTAssertTrue(printed.last!.hasPrefix("missing keys: [layer1.1.conv1.weight, "), printed.last!)
+        XCTAssertTrue(printed.last!.hasSuffix("; unexpected keys: []"), printed.last!)
     }
 }

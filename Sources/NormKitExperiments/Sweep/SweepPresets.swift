@@ -22,10 +22,10 @@ public struct SweepPreset: Sendable {
     }
 }
 
-/// The sweeps NormKit ships, all on Fashion-MNIST with the spec's recipe (section 8): ResNet-8, SGD momentum 0.9,
-/// learning rate `0.1 × batch / 32` with warm-up and cosine decay, weight decay 5e-4, GN with
-/// ``/NormKitTraining/NormalizationSettings/defaultGroups`` (16) groups,
-/// statistics over ghost batches of `normBatch` samples inside an SGD batch of 32.
+/// The sweeps NormKit ships, all on Fashion-MNIST with the recipe of `docs/NORMALIZATION.md` §8: ResNet-8, SGD momentum
+/// 0.9, learning rate `0.1 × batch / 32` with warm-up and cosine decay, weight decay 5e-4, GN with
+/// ``/NormKitTraining/NormalizationSettings/defaultGroups`` (16) groups, statistics over ghost batches of `normBatch`
+/// samples inside an SGD batch of 32.
 public enum SweepPresets {
     /// The recipe every preset starts from: ResNet-8, GN with 16 groups, 2 epochs, full data.
     public static var recipe: TrainingConfiguration {
@@ -54,10 +54,10 @@ public enum SweepPresets {
             plan: plan)
     }
 
-    /// The README's main experiment, the spec's recipe as is: BN, GN and MABN at normalization batch 32, 16, 8, 4, 2
-    /// (11 runs: GN runs once and fills every column), one seed, 2 epochs on the full data. About 10 minutes on 2
-    /// cores at NormKit's ~2,300 images/s; enough to show BN's error climbing as its batch shrinks while GN and
-    /// MABN stay flat.
+    /// The README's main experiment, the recipe of `docs/NORMALIZATION.md` §8 as is: BN, GN and MABN at normalization
+    /// batch 32, 16, 8, 4, 2 (11 runs: GN runs once and fills every column), one seed, 2 epochs on the full data. About
+    /// 10 minutes on 2 cores at NormKit's ~2,300 images/s; enough to show BN's error climbing as its batch shrinks
+    /// while GN and MABN stay flat.
     public static var demo: SweepPreset {
         let plan = SweepPlan(name: "demo", base: recipe, norms: [.bn, .gn, .mabn], normBatches: [32, 16, 8, 4, 2],
                              seeds: [0])

@@ -182,7 +182,9 @@ public enum SafeTensors {
 
     /// Parses and validates the content of a safetensors file.
     ///
-    /// - Parameter source: the file name used in error messages.
+    /// - Parameters:
+    ///   - bytes: the whole file: the 8-byte header length, the JSON header, then the tensor data.
+    ///   - source: the file name used in error messages.
     /// - Throws: ``SafeTensorsError``.
     public static func decode(_ bytes: [UInt8], source: String = "<memory>") throws
         -> (tensors: [String: StateTensor], metadata: [String: String])

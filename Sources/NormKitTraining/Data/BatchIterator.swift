@@ -3,7 +3,7 @@ import Foundation
 /// Cuts a ``Dataset`` into mini-batches, epoch after epoch: seeded shuffling, optional augmentation, and a
 /// position that a checkpoint can store so a resumed run sees exactly the batches it would have seen.
 ///
-/// **Order.** Epoch `e` visits the samples in a Fisher–Yates permutation drawn from a ``SeededGenerator``
+/// **Order.** Epoch `e` visits the samples in a Fisher–Yates permutation drawn from a ``/NormKit/SeededGenerator``
 /// seeded with ``derivedSeed(seed:epoch:stream:)`` (stream 0); without shuffling, in index order. Every
 /// sample appears once per epoch. With `dropLast` the final incomplete batch is skipped (training: every SGD
 /// batch is full); without it the last batch is smaller (evaluation: every sample is seen).

@@ -59,7 +59,7 @@ public struct PixelStatistics: Equatable, Sendable, Codable {
 /// A labelled image dataset in memory: standardised float32 images in NCHW order and integer labels.
 ///
 /// `images` holds `count × channels × height × width` values, sample after sample, each sample's planes
-/// row-major: exactly the memory of a channels-first ``Tensor`` of shape `(count, channels, height, width)`.
+/// row-major: exactly the memory of a channels-first ``/NormKit/Tensor`` of shape `(count, channels, height, width)`.
 /// Pixels were scaled to [0, 1] and then standardised with ``statistics`` — for both splits of a dataset, the
 /// statistics of the *training* images that are used, so a test image is transformed exactly as a training
 /// image would be.
@@ -252,10 +252,10 @@ public enum FashionMNIST {
     ///   - directory: the directory with the four IDX files; nil means ``defaultDirectory``.
     ///   - trainLimit: use only the first `trainLimit` training images (nil: all 60,000).
     ///   - testLimit: use only the first `testLimit` test images (nil: all 10,000).
-    /// - Throws: ``DataError/datasetNotFound(directory:missing:)`` (saying how to install the dataset) when
-    ///   files are missing; any other ``DataError`` for a malformed file.
     ///   - statistics: standardise both splits with these (the ones a checkpoint recorded) instead of the
     ///     training images' own.
+    /// - Throws: ``DataError/datasetNotFound(directory:missing:)`` (saying how to install the dataset) when
+    ///   files are missing; any other ``DataError`` for a malformed file.
     public static func load(directory: URL? = nil, trainLimit: Int? = nil, testLimit: Int? = nil,
                             statistics: PixelStatistics? = nil) throws -> (train: Dataset, test: Dataset)
     {

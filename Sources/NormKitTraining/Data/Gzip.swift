@@ -114,7 +114,9 @@ public enum Gzip {
 
     /// `bytes` compressed as one gzip member (used by tests and tools to write `.gz` files).
     ///
-    /// - Parameter level: zlib compression level, 0 (store) to 9 (best).
+    /// - Parameters:
+    ///   - bytes: the data to compress.
+    ///   - level: zlib compression level, 0 (store) to 9 (best).
     /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` for a bad level.
     public static func compress(_ bytes: [UInt8], level: Int = 6) throws -> [UInt8] {
         guard (0...9).contains(level) else {

@@ -50,8 +50,10 @@ public struct IDXFile: Equatable, Sendable {
 
     /// Reads the IDX file at `url`, gzip-compressed or not.
     ///
-    /// - Parameter expectedMagic: when given (``labelsMagic``, ``imagesMagic``), the file's magic number must
-    ///   be this one.
+    /// - Parameters:
+    ///   - url: the file; a name ending in `.gz` or a gzip magic number means gzip-compressed.
+    ///   - expectedMagic: when given (``labelsMagic``, ``imagesMagic``), the file's magic number must be this
+    ///     one.
     /// - Throws: ``DataError`` naming the file: unreadable or corrupt gzip, short header, wrong magic,
     ///   unsupported element type, or a length that does not match the header.
     public static func read(from url: URL, expectedMagic: UInt32? = nil) throws -> IDXFile {

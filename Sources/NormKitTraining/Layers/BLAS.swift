@@ -4,7 +4,7 @@ import COpenBLAS
 ///
 /// **Threading policy.** Never nest OpenBLAS threads inside NormKit's own parallel loops. The layers read
 /// ``threads`` on each call: when OpenBLAS runs single-threaded they split the batch over
-/// ``Parallelism/threadCount`` threads themselves (each thread calling a single-threaded `sgemm` on its own
+/// ``/NormKit/Parallelism/threadCount`` threads themselves (each thread calling a single-threaded `sgemm` on its own
 /// images and scratch); otherwise their loops stay serial and OpenBLAS threads each GEMM. The first is the
 /// faster configuration on this project's small convolutions (about 2.5× at batch 32 and 2× at batch 2 on
 /// 2 cores, measured in `ConvolutionTests.testConvolutionTimings`), so it is the default: building the first
@@ -42,7 +42,17 @@ public enum BLAS {
     /// - Parameters:
     ///   - transposeA: `op(A) = Aᵀ`; `A` is then stored `k × m`.
     ///   - transposeB: `op(B) = Bᵀ`; `B` is then stored `n × k`.
-    ///   - lda, ldb, ldc: row strides (in elements) of `A`, `B`, `C` as stored.
+    ///   - m: the rows of `op(A)` and `C`; nothing is done when `m` or `n` is 0.
+    ///   - n: the columns of `op(B)` and `C`.
+    ///   - k: the columns of `op(A)`, the rows of `op(B)`.
+    ///   - alpha: `α`, the scale of the product.
+    ///   - a: `A`, row-major.
+    ///   - lda: the row stride (in elements) of `A` as stored.
+    ///   - b: `B`, row-major.
+    ///   - ldb: the row stride (in elements) of `B` as stored.
+    ///   - beta: `β`, the scale of `C`'s old contents (0: `C` is overwritten, its old values are never read).
+    ///   - c: `C`, row-major, read (unless `β = 0`) and written.
+    ///   - ldc: the row stride (in elements) of `C`.
     /// - Precondition: the pointers cover the stated extents (callers size their buffers from the same numbers).
     @inline(__always)
     public static func sgemm(

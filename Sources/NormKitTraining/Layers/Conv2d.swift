@@ -8,15 +8,15 @@ import Dispatch
 ///   do. Optional ``bias`` `(out,)`, initialised to zero.
 /// - `centred: true` is MABN's CenConv (spec section 5): every forward centres each output filter,
 ///   `W_c[o] = W[o] − mean(W[o])`, and convolves with `W_c`; the backward maps `∂L/∂W_c` back through
-///   ``WeightCentering/centerGradient(_:_:filters:fanIn:)``. The stored weight stays uncentred, as in the
+///   ``/NormKit/WeightCentering/centerGradient(_:_:filters:fanIn:)``. The stored weight stays uncentred, as in the
 ///   reference `CenConv2d`.
 /// - Lowering: for a group of images, im2col writes the `(C·k·k) × (positions)` patch matrix into per-thread
 ///   scratch and one `sgemm` computes the outputs. The backward recomputes the patches while they are in
 ///   cache instead of keeping a full-batch patch matrix per layer, so a training forward saves only the input
 ///   (a reference, no copy) and the weights it used.
 /// - Threads: see ``BLAS``. With OpenBLAS single-threaded (the default the first `Conv2d` sets up unless
-///   ``BLAS/setThreads(_:)`` was called) the batch is split over ``Parallelism/threadCount`` threads, each with
-///   its own scratch and weight-gradient partial sums (added in a fixed order, so results do not depend on
+///   ``BLAS/setThreads(_:)`` was called) the batch is split over ``/NormKit/Parallelism/threadCount`` threads, each
+///   with its own scratch and weight-gradient partial sums (added in a fixed order, so results do not depend on
 ///   scheduling); otherwise everything runs on the calling thread and OpenBLAS threads each GEMM.
 /// - Memory: the per-thread scratch (the patches of up to `max(1, 512 / positions)` images, which share one
 ///   GEMM, and partial gradients) only grows, so steady-state steps allocate no buffers.
@@ -33,7 +33,7 @@ public final class Conv2d: Layer {
     public let padding: Int
     /// Whether each filter is centred before use (MABN's CenConv).
     public let centred: Bool
-    /// The filters, shape `(out, in, k, k)`, role ``ParameterRole/weight``.
+    /// The filters, shape `(out, in, k, k)`, role ``/NormKit/ParameterRole/weight``.
     public let weight: Parameter
     /// The per-filter bias `(out,)`, nil when built with `bias: false`.
     public let bias: Parameter?

@@ -1,4 +1,4 @@
-/// A differentiable layer of the training stack: the same shape as NormKit's ``NormalizationLayer``, and a
+/// A differentiable layer of the training stack: the same shape as NormKit's ``/NormKit/NormalizationLayer``, and a
 /// ``Module`` (its parameters, state dict and printing come from the module tree).
 ///
 /// Each training forward saves what its backward needs; the backward overwrites the parameters' gradients

@@ -2,16 +2,16 @@
 ///
 /// - ``weight`` has shape `(out, in)` and ``bias`` `(out,)` (`state_dict` names `weight`, `bias`).
 /// - PyTorch's default initialisation: both uniform in `±1/√in`, drawn from the given generator.
-/// - Input is rank 2. Both ``TensorLayout``s are accepted (a rank-2 tensor has the same memory in either);
+/// - Input is rank 2. Both ``/NormKit/TensorLayout``s are accepted (a rank-2 tensor has the same memory in either);
 ///   the output and `dx` are channels-first.
 public final class Linear: Layer {
     /// `in`, the input features.
     public let inFeatures: Int
     /// `out`, the output features.
     public let outFeatures: Int
-    /// `W`, shape `(out, in)`, role ``ParameterRole/weight``.
+    /// `W`, shape `(out, in)`, role ``/NormKit/ParameterRole/weight``.
     public let weight: Parameter
-    /// `b`, shape `(out,)`, role ``ParameterRole/bias``.
+    /// `b`, shape `(out,)`, role ``/NormKit/ParameterRole/bias``.
     public let bias: Parameter
 
     /// `"Linear(64→10)"`.

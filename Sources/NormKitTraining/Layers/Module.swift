@@ -6,7 +6,7 @@
 /// | declared by the module | derived (in `Module`'s extension) |
 /// |---|---|
 /// | ``children`` (name and module, in registration order) | ``namedModules()``, ``train(_:)``, ``eval()``, printing |
-/// | ``ownParameters`` (live ``Parameter``s, named by ``Parameter/name``) | ``namedParameters()``, ``parameters`` |
+/// | ``ownParameters`` (live ``/NormKit/Parameter``s, by their `name`) | ``namedParameters()``, ``parameters`` |
 /// | ``ownBuffers()`` (running statistics, counters) | ``namedBuffers()``, ``stateDict()`` |
 /// | ``loadOwnState(_:)`` | ``loadStateDict(_:strict:)``, ``loadStateDict(_:)`` |
 ///
@@ -28,7 +28,7 @@ public protocol Module: AnyObject, CustomStringConvertible {
     /// The direct children with their attribute names, in registration order (the order of every derived list).
     var children: [(name: String, module: any Module)] { get }
     /// The trainable tensors the module holds itself (not its children's), live: their values and gradients
-    /// are the ones the module computes with. Each is named by its ``Parameter/name``.
+    /// are the ones the module computes with. Each is named by its ``/NormKit/Parameter/name``.
     var ownParameters: [Parameter] { get }
     /// Copies of the module's own checkpointable tensors that are not parameters (running statistics, step
     /// counters), in a fixed order.

@@ -1,4 +1,4 @@
-/// A NormKit ``NormalizationLayer`` as a leaf of the module tree, or the identity (PyTorch's `nn.Identity`, a
+/// A NormKit ``/NormKit/NormalizationLayer`` as a leaf of the module tree, or the identity (PyTorch's `nn.Identity`, a
 /// model's `--norm none` slot) when ``layer`` is nil.
 ///
 /// Its tensors are the wrapped layer's: ``ownParameters`` are `γ`/`β` (`weight`, `bias`), ``ownBuffers()`` the

@@ -25,9 +25,16 @@ public final class ResNet: Model {
 
     /// Builds a ResNet of `depth` layers (`6n+2`), stage widths `width`, `2·width`, `4·width`.
     ///
-    /// - Parameter zeroInitResidualScale: start each block's last normalization with `γ = 0` (spec §6, the
-    ///   reference's and the default), so every block starts as its shortcut; `false` keeps `γ = 1`. No effect
-    ///   on frozen `γ` (BN\*) or without normalization.
+    /// - Parameters:
+    ///   - depth: `6n+2` with `n ≥ 1` (8, 14, 20, …): `n` basic blocks per stage.
+    ///   - normalization: the normalization after every convolution (``NormalizationSettings``).
+    ///   - inChannels: the channels of the input images (1 for Fashion-MNIST).
+    ///   - classes: the number of logits `fc` produces.
+    ///   - width: the first stage's channels (16 in the papers' small-image ResNets).
+    ///   - zeroInitResidualScale: start each block's last normalization with `γ = 0` (`docs/NORMALIZATION.md`
+    ///     §6, the reference's and the default), so every block starts as its shortcut; `false` keeps `γ = 1`.
+    ///     No effect on frozen `γ` (BN\*) or without normalization.
+    ///   - generator: the random numbers for the He-normal initialisation of the convolutions and `fc`.
     /// - Throws: ``ModelError/invalidDepth(_:)``, or an error of a layer's constructor.
     public init(depth: Int, normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10,
                 width: Int = 16, zeroInitResidualScale: Bool = true, generator: inout SeededGenerator) throws {
