@@ -31,4 +31,11 @@ final class SmallBatchPresetTests: XCTestCase {
         XCTAssertEqual(vgg.count, 9)
         for cell in table1 + vgg { XCTAssertNoThrow(try cell.configuration.validate(), cell.runName) }
     }
+
+    func testSweepErrorsReadTheSameThroughLocalizedDescription() {
+        XCTAssertThrowsError(try SweepPresets.named("nope")) { error in
+            XCTAssertEqual(error.localizedDescription, "\(error)")
+            XCTAssertTrue(error.localizedDescription.contains("small-batch"), error.localizedDescription)
+        }
+    }
 }

@@ -325,3 +325,26 @@ final class ReliabilityTests: XCTestCase {
         return files
     }
 }
+
+/// Every error of the training stack reads the same through `localizedDescription` as through `description`
+/// (never "The operation could not be completed") and names its directory or file.
+final class TrainingErrorTextTests: XCTestCase {
+    func testEveryCaseHasItsMessageAsLocalizedDescription() {
+        let errors: [Error & CustomStringConvertible] = [
+            TrainingError.invalidConfiguration("x"), TrainingError.interrupted(step: 3, directory: "/r"),
+            TrainingError.nothingToResume("/r"),
+            TrainingError.diverged(step: 4, what: "loss nan", lastCheckpointStep: 2, directory: "/r"),
+            TrainingError.runExists(path: "/r", state: "a finished run"),
+            TrainingError.runDirectoryLocked(path: "/r", pid: 7), TrainingError.cannotWrite(path: "/r", reason: "EACCES"),
+            TrainingError.dataMismatch(directory: "/r", recorded: "/a", given: "/b"),
+            CheckpointError.notACheckpoint(path: "/m"), CheckpointError.unreadableMetadata(path: "/m", field: "f", reason: "r"),
+            CheckpointError.tensorsDoNotMatch(path: "/m", reason: "r"), CheckpointError.missingTrainingState(path: "/m", step: 1),
+            ConfigurationError(flag: "--lr", value: "inf", expected: "finite", source: "/m"),
+        ]
+        for error in errors {
+            XCTAssertEqual(error.localizedDescription, error.description)
+            XCTAssertTrue(error.description.contains("/r") || error.description.contains("/m")
+                          || error.description.contains("configuration"), error.description)
+        }
+    }
+}

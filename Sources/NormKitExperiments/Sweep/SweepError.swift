@@ -2,7 +2,7 @@ import Foundation
 import NormKitTraining
 
 /// Errors thrown while planning, running or reporting a sweep.
-public enum SweepError: Error, CustomStringConvertible, Equatable {
+public enum SweepError: Error, CustomStringConvertible, Equatable, LocalizedError {
     /// The plan cannot be expanded (empty axis, a normalization batch that does not divide the SGD batch, …).
     case invalidPlan(String)
     /// No preset has this name.
@@ -35,4 +35,7 @@ public enum SweepError: Error, CustomStringConvertible, Equatable {
             return "cannot write \(url.path): \(reason)"
         }
     }
+
+    /// The same text as ``description``.
+    public var errorDescription: String? { description }
 }
