@@ -1,5 +1,7 @@
 import Dispatch
 import Foundation
+import NormKit
+import NormKitTraining
 
 /// `normkit bench --inference`: what folding saves at deployment. Times the eval forward of a GN ResNet, the
 /// same MABN ResNet unfolded (its normalizations applied as eval affines) and folded (``fold(_:)``), all of one
