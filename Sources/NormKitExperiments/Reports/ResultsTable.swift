@@ -8,13 +8,24 @@ public struct SeriesKey: Hashable, Codable, Sendable, Comparable {
     public var norm: NormKind
     /// The GN groups-axis value, if the run is on one.
     public var groupSpec: GroupSpec?
+    /// An MABN ablation's parts switched off (``/NormKitTraining/TrainingConfiguration/mabnWithout``, joined by
+    /// `, `); nil for the paper's MABN and every other norm.
+    public var variant: String?
 
     /// Creates a key.
-    public init(norm: NormKind, groupSpec: GroupSpec? = nil) {
-        self.norm = norm; self.groupSpec = groupSpec
+    public init(norm: NormKind, groupSpec: GroupSpec? = nil, variant: String? = nil) {
+        self.norm = norm; self.groupSpec = groupSpec; self.variant = variant
     }
 
-    /// The label the papers use: `BN`, `GN`, `BN*` (frozen BN), `GN (G=8)`, `GN (4 ch/group)`.
+    /// The key of a run with this configuration (and groups-axis value).
+    public init(configuration: TrainingConfiguration, groupSpec: GroupSpec?) {
+        let without = configuration.mabnWithout ?? []
+        self.init(norm: configuration.norm, groupSpec: groupSpec,
+                  variant: without.isEmpty ? nil : without.joined(separator: ", "))
+    }
+
+    /// The label the papers use: `BN`, `GN`, `BN*` (frozen BN), `GN (G=8)`, `GN (4 ch/group)`; an ablation's
+    /// `MABN without renorm, cenconv`.
     public var label: String {
         let name: String
         switch norm {
@@ -22,6 +33,7 @@ public struct SeriesKey: Hashable, Codable, Sendable, Comparable {
         case .none: name = "none"
         default: name = norm.rawValue.uppercased()
         }
+        if let variant { return "\(name) without \(variant)" }
         guard let spec = groupSpec else { return name }
         return "\(name) (\(spec))"
     }
@@ -38,7 +50,8 @@ public struct SeriesKey: Hashable, Codable, Sendable, Comparable {
             case .groupSize(let c)?: return (2, -c)
             }
         }
-        return rank(a.groupSpec) < rank(b.groupSpec)
+        if rank(a.groupSpec) != rank(b.groupSpec) { return rank(a.groupSpec) < rank(b.groupSpec) }
+        return (a.variant ?? "") < (b.variant ?? "")
     }
 }
 
@@ -107,7 +120,7 @@ public struct ResultsTable: Sendable {
         if let plan {
             columns = plan.plan.columns
             for cell in plan.cells {
-                let key = SeriesKey(norm: cell.configuration.norm, groupSpec: cell.groupSpec)
+                let key = SeriesKey(configuration: cell.configuration, groupSpec: cell.groupSpec)
                 if !order.contains(key) { order.append(key) }
                 for column in cell.columns { requested[key, default: [:]][column, default: 0] += 1 }
             }
