@@ -90,6 +90,11 @@ final class MABNAblationPresetTests: XCTestCase {
         c.norm = .mabn
         c.mabnWithout = []
         XCTAssertNil(c.resolved.mabnWithout)
+        c.mabnWithout = ["cenconv", "form"]
+        XCTAssertEqual(c.resolved.mabnWithout, ["form", "cenconv"])
+        var reordered = c
+        reordered.mabnWithout = ["form", "cenconv"]
+        XCTAssertEqual(c.identityHash(), reordered.identityHash())
         var old = TrainingConfiguration()
         old.norm = .mabn
         XCTAssertFalse(String(decoding: try JSONEncoder().encode(old), as: UTF8.self).contains("mabnWithout"))

@@ -72,13 +72,19 @@ public struct TrainingConfiguration: Codable, Equatable, Sendable {
     public var effectiveNormBatch: Int { normBatch ?? batch }
 
     /// This configuration with the defaults that could change between NormKit versions made explicit: GN's
-    /// groups (``NormalizationSettings/defaultGroups`` when neither ``groups`` nor ``groupSize`` is set). The
+    /// groups (``NormalizationSettings/defaultGroups`` when neither ``groups`` nor ``groupSize`` is set), and
+    /// ``mabnWithout`` in ``MABNPart`` order (nil when empty). The
     /// trainer records the resolved form, so a checkpoint or summary says what it was trained with.
     public var resolved: TrainingConfiguration {
         var c = self
         if c.norm == .gn && c.groups == nil && c.groupSize == nil { c.groups = NormalizationSettings.defaultGroups }
         if c.norm == .mabn && c.mabnBuffer == nil { c.mabnBuffer = c.defaultMABNBuffer }
-        if c.mabnWithout?.isEmpty == true { c.mabnWithout = nil }
+        if let without = c.mabnWithout {
+            // Canonical: nil for none, else in MABNPart order (unknown names, refused by validation, last).
+            let order = MABNPart.allCases.map(\.rawValue)
+            func rank(_ name: String) -> Int { order.firstIndex(of: name) ?? order.count }
+            c.mabnWithout = without.isEmpty ? nil : without.sorted { (rank($0), $0) < (rank($1), $1) }
+        }
         return c
     }
 
