@@ -73,6 +73,19 @@ extension MovingAverageBatchNorm {
     }
 }
 
+// MARK: - Deprecated spelling
+
+extension MovingAverageBatchNorm {
+    /// The old spelling of ``init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:parts:)``:
+    /// `momentum` here is the weight of the **old** value (the same number as `oldValueWeight`).
+    @available(*, deprecated, renamed: "init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:parts:)")
+    public convenience init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, momentum: Float,
+                            warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true) throws {
+        try self.init(channels: channels, bufferSize: bufferSize, epsilon: epsilon, oldValueWeight: momentum,
+                      warmup: warmup, normBatch: normBatch, affine: affine)
+    }
+}
+
 // MARK: - State dict
 
 extension MovingAverageBatchNorm {

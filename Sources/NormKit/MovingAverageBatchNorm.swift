@@ -143,12 +143,15 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// An MABN layer over `channels` channels with ring buffers of `bufferSize` iterations.
     ///
     /// - Parameters:
+    ///   - channels: `C ≥ 1`.
     ///   - bufferSize: `S_buf ≥ 1` (`realBatch / normBatch` in the paper).
+    ///   - epsilon: `ε ≥ 0`, added to the statistic inside the square root (default `1e-5`).
     ///   - oldValueWeight: in `0...1`, the weight of the **old** running value in the EMA,
     ///     `runningχ² ← oldValueWeight·runningχ² + (1 − oldValueWeight)·v` (the paper's `momentum = 0.98`).
     ///     PyTorch-convention `momentum` `m` (weight of the new value, as ``BatchNorm``) is `1 − m` here.
     ///   - warmup: iterations using batch statistics (`≥ 0`, default 100).
     ///   - normBatch: samples per MABN iteration (must divide every training batch); nil for the whole batch.
+    ///   - affine: learn `γ` and `β` (default true).
     ///   - parts: which of MABN's parts to use (an ablation; default ``Parts/paper``, all of them).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
     public init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, oldValueWeight: Float = 0.98,
@@ -176,15 +179,6 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         gradientMeanBuffer = meanBuffer
         chunkStatistic = [Double](repeating: 0, count: 2 * channels)
         evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
-    }
-
-    /// The old spelling of ``init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:)``:
-    /// `momentum` here is the weight of the **old** value (the same number as `oldValueWeight`).
-    @available(*, deprecated, renamed: "init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:)")
-    public convenience init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, momentum: Float,
-                            warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true) throws {
-        try self.init(channels: channels, bufferSize: bufferSize, epsilon: epsilon, oldValueWeight: momentum,
-                      warmup: warmup, normBatch: normBatch, affine: affine)
     }
 
     /// `useBatch(t)`: the current chunk's statistic instead of the SMA.
