@@ -159,5 +159,10 @@ final class MABNAblationPresetTests: XCTestCase {
         try report.write(to: directory)
         let markdown = try String(contentsOf: directory.appendingPathComponent("results.md"), encoding: .utf8)
         XCTAssertTrue(markdown.contains("| MABN without renorm | 11.10 ± 0.14 | 11.10 ± 0.14 |"), markdown)
+        // The verdict table: each variant against the full MABN (10.10 %).
+        XCTAssertTrue(markdown.contains("## MABN ablation: change in test error against the full MABN"), markdown)
+        XCTAssertTrue(markdown.contains("| renorm | +1.00 | +1.00 |"), markdown)
+        XCTAssertTrue(markdown.contains("| form, fwd-sma, bwd-sma, renorm, cenconv | +2.00 | +2.00 |"), markdown)
+        XCTAssertNil(ResultsTable(runs: [], plan: nil).ablationMarkdown())
     }
 }

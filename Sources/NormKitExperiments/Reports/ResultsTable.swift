@@ -152,9 +152,9 @@ public struct ResultsTable: Sendable {
     }
 
     /// `mean(BN) − mean(other)` in percentage points at a column (the GN paper's `BN − GN` row uses `.gn`);
-    /// nil when either is missing (GN runs on a groups axis do not count).
+    /// nil when either is missing (GN runs on a groups axis and MABN ablation variants do not count).
     public func difference(from other: NormKind = .gn, column: Int) -> Double? {
-        let others = mainRows.filter { $0.key.norm == other }
+        let others = mainRows.filter { $0.key.norm == other && $0.key.variant == nil }
         guard others.count == 1,
               let bn = entry(SeriesKey(norm: .bn), column: column)?.mean,
               let value = others[0].entries[column]?.mean else { return nil }
@@ -190,6 +190,31 @@ public struct ResultsTable: Sendable {
         }
         lines.append("")
         lines += footnotes(for: rows)
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The MABN ablation's verdict (issue 12): per variant and column, its mean test error minus the full MABN's
+    /// in percentage points (positive: the variant is worse, so the parts it lacks help). Nil without variant rows
+    /// or without a full-MABN row.
+    public func ablationMarkdown() -> String? {
+        let variants = mainRows.filter { $0.key.norm == .mabn && $0.key.variant != nil }
+        guard !variants.isEmpty, let full = mainRows.first(where: { $0.key == SeriesKey(norm: .mabn) }) else {
+            return nil
+        }
+        var lines = ["| MABN parts switched off | " + columns.map(String.init).joined(separator: " | ") + " |",
+                     "|---|" + String(repeating: "---:|", count: columns.count)]
+        for row in variants {
+            let cells = columns.map { column -> String in
+                guard let value = row.entries[column]?.mean, let reference = full.entries[column]?.mean else {
+                    return "—"
+                }
+                return Self.signed(value - reference)
+            }
+            lines.append("| \(row.key.variant!) | " + cells.joined(separator: " | ") + " |")
+        }
+        lines.append("")
+        lines.append("Test error minus the full MABN's, in percentage points, by SGD/normalization batch; positive: "
+                     + "worse without those parts. Compare with the seeds' standard deviations in the table above.")
         return lines.joined(separator: "\n") + "\n"
     }
 

@@ -142,6 +142,9 @@ public struct SweepReport {
         if !table.mainRows.isEmpty || table.groupRows.isEmpty {
             out += "## Test error (%) by normalization batch size\n\n" + table.markdown() + "\n"
         }
+        if let ablation = table.ablationMarkdown() {
+            out += "## MABN ablation: change in test error against the full MABN\n\n" + ablation + "\n"
+        }
         if let groups = table.groupsMarkdown() {
             out += "## GroupNorm: number of groups and channels per group\n\n" + groups + "\n"
         }
