@@ -43,6 +43,9 @@
 ///
 /// Like the reference, a forward without its backward leaves a stale `bufΨ` slot, and two forwards for one
 /// step advance the state twice.
+///
+/// **Ablation.** ``Parts`` switches MABN's parts off one by one (the BN form instead of the second moment, the
+/// forward SMA, the backward SMA, `r`); the default ``Parts/paper`` is the layer described above, bit for bit.
 public final class MovingAverageBatchNorm: NormalizationLayer {
     /// `C`.
     public let channels: Int
@@ -61,33 +64,44 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     public let warmup: Int
     /// Samples per MABN iteration (ghost batch); nil uses the whole batch.
     public let normBatch: Int?
+    /// Which of MABN's parts this layer uses (``Parts/paper``, all of them, by default).
+    public let parts: Parts
     /// `γ` (nil with `affine: false`).
     public let weight: Parameter?
     /// `β` (nil with `affine: false`).
     public let bias: Parameter?
     /// EMA of the second moment `χ²` per channel (`running_var` in the reference's naming), used in evaluation.
-    public private(set) var runningSecondMoment: [Float]
+    /// In the BN form (``Parts/secondMomentForm`` off): the EMA of the variance.
+    public internal(set) var runningSecondMoment: [Float]
+    /// The BN form's EMA of the mean (`running_mean`); empty in the second-moment form.
+    public internal(set) var runningMean: [Float]
     /// The iteration counter `t` (`iters`): MABN iterations (chunks) so far.
-    public private(set) var iterations: Int64 = 0
-    /// The forward ring buffer `bufχ²` (`buffer_x2`), `S_buf × C` row-major.
-    public private(set) var secondMomentBuffer: [Float]
+    public internal(set) var iterations: Int64 = 0
+    /// The forward ring buffer `bufχ²` (`buffer_x2`), `S_buf × C` row-major (the BN form: of the variance).
+    public internal(set) var secondMomentBuffer: [Float]
     /// The backward ring buffer `bufΨ` (`buffer_gz`), `S_buf × C` row-major.
-    public private(set) var backwardStatisticBuffer: [Float]
+    public internal(set) var backwardStatisticBuffer: [Float]
+    /// The BN form's forward ring buffer of the mean `bufμ` (`buffer_mean`); empty in the second-moment form.
+    public internal(set) var meanBuffer: [Float]
+    /// The BN form's backward ring buffer of `g_B = mean(g)` (`buffer_g`); empty in the second-moment form.
+    public internal(set) var gradientMeanBuffer: [Float]
     /// Chunks whose `χ²` or `Ψ` was not finite and so was not written to the buffers and EMA.
     public private(set) var skippedUpdates: Int = 0
     /// `r` of the last training forward, indexed `chunk·C + c` (diagnostics).
     public private(set) var lastR: [Float] = []
 
     /// `"MovingAverageBatchNorm(channels: 64, bufferSize: 16)"`, with `normBatch` and `affine: false` when set.
+    /// Parts other than the paper's are listed too (`parts: without renorm`).
     public var name: String {
         MovingAverageBatchNorm.describe(channels: channels, bufferSize: bufferSize, normBatch: normBatch,
-                                        affine: weight != nil)
+                                        affine: weight != nil, parts: parts)
     }
 
     /// The ``name`` of an MABN layer built with these arguments.
-    static func describe(channels: Int, bufferSize: Int, normBatch: Int?, affine: Bool) -> String {
+    static func describe(channels: Int, bufferSize: Int, normBatch: Int?, affine: Bool, parts: Parts) -> String {
         layerName("MovingAverageBatchNorm", channels: channels,
-                  ["bufferSize: \(bufferSize)", normBatch.map { "normBatch: \($0)" }], affine: affine)
+                  ["bufferSize: \(bufferSize)", normBatch.map { "normBatch: \($0)" },
+                   parts == .paper ? nil : "parts: \(parts)"], affine: affine)
     }
 
     /// What a training forward saves per (chunk, channel) for its backward.
@@ -96,6 +110,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         var divisor: Double
         /// `r`, a constant in the backward.
         var r: Double
+        /// The mean subtracted (`μ̄`; 0 in the second-moment form).
+        var center: Double = 0
         /// `1/sqrt(v + ε)`.
         var rstd: Double { 1 / divisor }
     }
@@ -110,13 +126,16 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     private var mean: [Double] = []
     private var variance: [Double] = []
     private var zeroCenter: [Double] = []
+    // The BN form's subtracted means per set, for the forward (Float) and the backward (Double).
+    private var forwardCenter: [Float] = []
+    private var backwardCenter: [Double] = []
     // Kernel coefficients per set: scale, then shift (forward) or offset (backward), then slope (backward).
     private var coefficients: [Float] = []
     private var sumDy: [Double] = []
     private var sumDyX: [Double] = []
     // Channels-last statistics temporaries.
     private var statisticsScratch = KernelScratch()
-    // `Ψ_t` per channel of one chunk (backward).
+    // `Ψ_t` per channel of one chunk (backward); the BN form's `g_B` after it at [C + c].
     private var chunkStatistic: [Double]
     // Evaluation: scales at [c], shifts at [C + c].
     private var evaluationCoefficients: [Float]
@@ -126,7 +145,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// - Parameters:
     ///   - channels: `C`, the size of dimension 1 of every input (`≥ 1`).
     ///   - bufferSize: `S_buf ≥ 1` (`realBatch / normBatch` in the paper).
-    ///   - epsilon: `ε ≥ 0` inside the square root, `z = x / sqrt(v + ε)` (`v` the averaged `χ²`).
+    ///   - epsilon: `ε ≥ 0`, added to the statistic inside the square root (default `1e-5`).
     ///   - oldValueWeight: in `0...1`, the weight of the **old** running value in the EMA,
     ///     `runningχ² ← oldValueWeight·runningχ² + (1 − oldValueWeight)·v` (the paper's `momentum = 0.98`).
     ///     PyTorch-convention `momentum` `m` (weight of the new value, as ``BatchNorm``) is `1 − m` here.
@@ -134,12 +153,13 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     ///   - normBatch: samples per MABN iteration (must divide every training batch); nil for the whole batch.
     ///   - affine: whether the layer has a learnable per-channel `γ` (``weight``) and `β` (``bias``); `false`
     ///     leaves both nil (`y = x̂`).
+    ///   - parts: which of MABN's parts to use (an ablation; default ``Parts/paper``, all of them).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
     public init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, oldValueWeight: Float = 0.98,
-                warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true) throws {
+                warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true, parts: Parts = .paper) throws {
         try LayerArgument.validate(
             layer: MovingAverageBatchNorm.describe(channels: channels, bufferSize: bufferSize, normBatch: normBatch,
-                                                   affine: affine),
+                                                   affine: affine, parts: parts),
             .channels(channels), .count("bufferSize", bufferSize, atLeast: 1), .epsilon(epsilon),
             .fraction("oldValueWeight", oldValueWeight, meaning: "weight of the OLD value, e.g. 0.98"),
             .count("warmup", warmup, atLeast: 0), .normBatch(normBatch))
@@ -149,21 +169,17 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         self.oldValueWeight = oldValueWeight
         self.warmup = warmup
         self.normBatch = normBatch
+        self.parts = parts
         (weight, bias) = makeAffine(channels: channels, affine: affine)
         runningSecondMoment = [Float](repeating: 1, count: channels)
         secondMomentBuffer = [Float](repeating: 0, count: bufferSize * channels)
         backwardStatisticBuffer = secondMomentBuffer
-        chunkStatistic = [Double](repeating: 0, count: channels)
+        let meanForm = !parts.secondMomentForm
+        runningMean = [Float](repeating: 0, count: meanForm ? channels : 0)
+        meanBuffer = [Float](repeating: 0, count: meanForm ? bufferSize * channels : 0)
+        gradientMeanBuffer = meanBuffer
+        chunkStatistic = [Double](repeating: 0, count: 2 * channels)
         evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
-    }
-
-    /// The old spelling of ``init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:)``:
-    /// `momentum` here is the weight of the **old** value (the same number as `oldValueWeight`).
-    @available(*, deprecated, renamed: "init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:)")
-    public convenience init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, momentum: Float,
-                            warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true) throws {
-        try self.init(channels: channels, bufferSize: bufferSize, epsilon: epsilon, oldValueWeight: momentum,
-                      warmup: warmup, normBatch: normBatch, affine: affine)
     }
 
     /// `useBatch(t)`: the current chunk's statistic instead of the SMA.
@@ -201,7 +217,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         }
         savedFirstIteration = iterations + 1
         runIterations(geometry: g)
-        // Per set: y = γ·r·x/sqrt(v+ε) + β as scale·x + shift, and the diagnostic r.
+        // Per set: y = γ·r·(x − μ̄)/sqrt(v+ε) + β as scale·(x − center) + shift (no centre in the second-moment
+        // form), and the diagnostic r.
         let c = channels, shiftBase = g.setCount, factors = chunkFactors, gamma = weight?.value, beta = bias?.value
         lastR.withUnsafeMutableBufferPointer { lastR in
             coefficients.withUnsafeMutableBufferPointer { coefficients in
@@ -215,51 +232,71 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                 }
             }
         }
-        applyAffine(x, into: &y, coefficients: coefficients, shiftBase: shiftBase, geometry: g)
+        if parts.secondMomentForm {
+            applyAffine(x, into: &y, coefficients: coefficients, shiftBase: shiftBase, geometry: g)
+        } else {
+            forwardCenter.withUnsafeMutableBufferPointer { center in
+                for s in 0..<g.setCount { center[s] = Float(factors[s].center) }
+            }
+            applyAffine(x, into: &y, coefficients: coefficients, shiftBase: shiftBase, center: forwardCenter,
+                        geometry: g)
+        }
         savedInput = x
         savedGeometry = g
     }
 
-    /// The forward's MABN iterations, one per chunk in order: advances `t`, writes the chunk's `χ²_t` to its ring
-    /// slot, takes `v` (`χ²_t` while `useBatch(t)`, the SMA afterwards) and `r` against the old EMA, updates the
-    /// EMA, and saves `sqrt(v+ε)` and `r` per set.
+    /// The forward's MABN iterations, one per chunk in order: advances `t`, writes the chunk's `χ²_t` (the BN
+    /// form: `σ²_t` and `μ_t`) to its ring slot, takes `v` (`χ²_t` while `useBatch(t)` or without the forward SMA,
+    /// the SMA afterwards) and `r` against the old EMA, updates the EMA, and saves `sqrt(v+ε)`, `r` and `μ̄` per set.
     private func runIterations(geometry g: NormalizationGeometry) {
         let c = channels, eps = Double(epsilon), keep = Double(oldValueWeight)
-        let rThreshold = Int64(max(1000, warmup))
+        let rThreshold = parts.renormalization ? Int64(max(1000, warmup)) : Int64.max
+        let meanForm = !parts.secondMomentForm, forwardSMA = parts.forwardSMA
         let mean = mean, variance = variance
-        /// `χ²` of set `s`: `mean(x²) = var + mean²`.
-        func secondMoment(_ s: Int) -> Double { variance[s] + mean[s] * mean[s] }
+        /// The forward statistic of set `s`: `χ² = mean(x²) = var + mean²`, or the BN form's variance.
+        func statistic(_ s: Int) -> Double { meanForm ? variance[s] : variance[s] + mean[s] * mean[s] }
+        func isFinite(_ s: Int) -> Bool { statistic(s).isFinite && (!meanForm || mean[s].isFinite) }
         // One exclusive access per written array for the whole loop (not one per element).
         secondMomentBuffer.withUnsafeMutableBufferPointer { ring in
-            runningSecondMoment.withUnsafeMutableBufferPointer { running in
-                chunkFactors.withUnsafeMutableBufferPointer { factors in
-                    for b in 0..<g.sampleBlocks {
-                        iterations += 1
-                        let t = iterations, row = slot(t) * c
-                        let finite = (0..<c).allSatisfy { secondMoment(b * c + $0).isFinite }
-                        if finite {
-                            for ch in 0..<c { ring[row + ch] = Float(secondMoment(b * c + ch)) }
-                        } else {
-                            skippedUpdates += 1
-                        }
-                        let useBatch = usesBatch(t)
-                        for ch in 0..<c {
-                            let s = b * c + ch
-                            let v = useBatch ? secondMoment(s) : ringMean(UnsafeBufferPointer(ring), ch)
-                            let root = (v + eps).squareRoot()
-                            var r = 1.0
-                            if t > rThreshold {
-                                let ratio = root / (Double(running[ch]) + eps).squareRoot()
-                                r = ratio.isNaN ? ratio : min(max(ratio, 0.2), 5)
-                            }
-                            if finite {
-                                running[ch] = Float(keep * Double(running[ch]) + (1 - keep) * v)
-                            }
-                            factors[s] = ChunkFactors(divisor: root, r: r)
-                        }
+        meanBuffer.withUnsafeMutableBufferPointer { meanRing in
+        runningSecondMoment.withUnsafeMutableBufferPointer { running in
+        runningMean.withUnsafeMutableBufferPointer { runningMean in
+        chunkFactors.withUnsafeMutableBufferPointer { factors in
+            for b in 0..<g.sampleBlocks {
+                iterations += 1
+                let t = iterations, row = slot(t) * c
+                let finite = (0..<c).allSatisfy { isFinite(b * c + $0) }
+                if finite {
+                    for ch in 0..<c { ring[row + ch] = Float(statistic(b * c + ch)) }
+                    if meanForm { for ch in 0..<c { meanRing[row + ch] = Float(mean[b * c + ch]) } }
+                } else {
+                    skippedUpdates += 1
+                }
+                let useBatch = !forwardSMA || usesBatch(t)
+                for ch in 0..<c {
+                    let s = b * c + ch
+                    let v = useBatch ? statistic(s) : ringMean(UnsafeBufferPointer(ring), ch)
+                    let root = (v + eps).squareRoot()
+                    var r = 1.0
+                    if t > rThreshold {
+                        let ratio = root / (Double(running[ch]) + eps).squareRoot()
+                        r = ratio.isNaN ? ratio : min(max(ratio, 0.2), 5)
                     }
+                    var center = 0.0
+                    if meanForm {
+                        center = useBatch ? mean[s] : ringMean(UnsafeBufferPointer(meanRing), ch)
+                        if finite { runningMean[ch] = Float(keep * Double(runningMean[ch]) + (1 - keep) * center) }
+                    }
+                    if finite {
+                        running[ch] = Float(keep * Double(running[ch]) + (1 - keep) * v)
+                    }
+                    factors[s] = ChunkFactors(divisor: root, r: r, center: center)
                 }
             }
+        }
+        }
+        }
+        }
         }
     }
 
@@ -269,6 +306,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             mean = [Double](repeating: 0, count: g.setCount)
             variance = mean
             zeroCenter = mean
+            backwardCenter = mean
+            forwardCenter = [Float](repeating: 0, count: g.setCount)
             chunkFactors = [ChunkFactors](repeating: ChunkFactors(divisor: 1, r: 1), count: g.setCount)
             coefficients = [Float](repeating: 0, count: 3 * g.setCount)
             lastR = [Float](repeating: 1, count: g.setCount)
@@ -285,23 +324,35 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                 coefficients[channels + c] = beta?[c] ?? 0
             }
         }
-        applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels, geometry: g)
+        // The BN form: y = γ·(x − running_mean)/sqrt(running_var + ε) + β.
+        applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels,
+                    center: parts.secondMomentForm ? nil : runningMean, geometry: g)
     }
 
     /// The MABN backward of the last training forward, chunk by chunk in forward order: pushes `Ψ_t` into
     /// `bufΨ[t mod S_buf]`, then `dx = (g − z·Ψ̄)/sqrt(v+ε)` with `g = γ·r·dy`, `Ψ̄` the chunk's `Ψ_t` while
-    /// `useBatch(t)` and the SMA of `bufΨ` afterwards; `dγ_c = Σ dy·r·z`, `dβ_c = Σ dy`.
+    /// `useBatch(t)` (or without the backward SMA) and the SMA of `bufΨ` afterwards; `dγ_c = Σ dy·r·z`,
+    /// `dβ_c = Σ dy`. The BN form (``Parts``) adds `g_B = mean(g)`: `dx = (g − ḡ − x̂·Ψ̄)/sqrt(v+ε)`.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x, layer: name)
-        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: zeroCenter, geometry: g)
+        let meanForm = !parts.secondMomentForm, backwardSMA = parts.backwardSMA, factors = chunkFactors
+        if meanForm {
+            backwardCenter.withUnsafeMutableBufferPointer { center in
+                for s in 0..<g.setCount { center[s] = factors[s].center }
+            }
+        }
+        let center = meanForm ? backwardCenter : zeroCenter
+        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: center, geometry: g)
         let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet)
         let offsetBase = g.setCount, slopeBase = 2 * g.setCount
-        let sumDyX = sumDyX, factors = chunkFactors, gamma = weight?.value, firstIteration = savedFirstIteration
-        // One exclusive access per written array for the whole loop (not one per element).
+        let sumDy = sumDy, sumDyX = sumDyX, gamma = weight?.value, firstIteration = savedFirstIteration
+        // One exclusive access per written array for the whole loop (not one per element). `psi[c]` holds `Ψ_t`,
+        // `psi[C + c]` the BN form's `g_B`.
         chunkStatistic.withUnsafeMutableBufferPointer { psi in
+            gradientMeanBuffer.withUnsafeMutableBufferPointer { gRing in
             backwardStatisticBuffer.withUnsafeMutableBufferPointer { ring in
                 coefficients.withUnsafeMutableBufferPointer { coefficients in
                     for b in 0..<g.sampleBlocks {
@@ -314,26 +365,39 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                             // Ψ = mean(g·z) = γ·r·rstd·mean(dy·x).
                             psi[ch] = Double(gamma?[ch] ?? 1) * factors[s].r * factors[s].rstd * total / count
                             finite = finite && psi[ch].isFinite
+                            if meanForm {
+                                // g_B = mean(g) = γ·r·mean(dy).
+                                var dyTotal = 0.0
+                                for n in (b * k)..<((b + 1) * k) { dyTotal += sumDy[n * c + ch] }
+                                psi[c + ch] = Double(gamma?[ch] ?? 1) * factors[s].r * dyTotal / count
+                                finite = finite && psi[c + ch].isFinite
+                            }
                         }
                         if finite {
                             for ch in 0..<c { ring[row + ch] = Float(psi[ch]) }
+                            if meanForm { for ch in 0..<c { gRing[row + ch] = Float(psi[c + ch]) } }
                         } else {
                             skippedUpdates += 1
                         }
-                        let useBatch = usesBatch(t)
+                        let useBatch = !backwardSMA || usesBatch(t)
                         for ch in 0..<c {
                             let s = b * c + ch
                             let psiBar = useBatch ? psi[ch] : ringMean(UnsafeBufferPointer(ring), ch)
                             let rs = factors[s].rstd
                             coefficients[s] = Float(Double(gamma?[ch] ?? 1) * factors[s].r * rs)
                             coefficients[slopeBase + s] = Float(-psiBar * rs * rs)
-                            coefficients[offsetBase + s] = 0
+                            var offset = 0.0
+                            if meanForm {
+                                offset = -(useBatch ? psi[c + ch] : ringMean(UnsafeBufferPointer(gRing), ch)) * rs
+                            }
+                            coefficients[offsetBase + s] = Float(offset)
                         }
                     }
                 }
             }
+            }
         }
-        applyGradient(dy, input: x, into: &dx, center: zeroCenter, coefficients: coefficients, slopeBase: slopeBase,
+        applyGradient(dy, input: x, into: &dx, center: center, coefficients: coefficients, slopeBase: slopeBase,
                       offsetBase: offsetBase, geometry: g)
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyX,
@@ -342,39 +406,9 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         savedGeometry = nil
     }
 
-    /// Exactly the reference's `state_dict`: `weight`, `bias` (when affine), `running_var` `(C,)` (the EMA of the
-    /// second moment), `iters` (int64 scalar, shape `[]`), `buffer_x2` and `buffer_gz` `(S_buf, C)`.
-    public func stateDict() -> [String: StateTensor] {
-        var state: [String: StateTensor] = [
-            "running_var": .float32(shape: [channels], values: runningSecondMoment),
-            "iters": .int64(shape: [], values: [iterations]),
-            "buffer_x2": .float32(shape: [bufferSize, channels], values: secondMomentBuffer),
-            "buffer_gz": .float32(shape: [bufferSize, channels], values: backwardStatisticBuffer),
-        ]
-        state.addAffine(weight: weight, bias: bias, channels: channels)
-        return state
-    }
-
-    /// Restores what ``stateDict()`` writes, so the layer continues exactly as the one that wrote it (strict:
-    /// exactly those keys; see ``NormalizationLayer/loadStateDict(_:strict:)``), and drops any pending
-    /// (un-backpropagated) training forward. Nothing changes if it throws (also for a wrong shape or dtype, a
-    /// negative or non-finite `running_var`, or a negative `iters`).
-    @discardableResult
-    public func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult {
-        var reader = StateDictReader(state, layer: name, strict: strict)
-        let running = try reader.floats("running_var", shape: [channels], meeting: .finiteNonNegative)
-        let iters = try reader.stepCounter("iters", nonNegative: true)
-        let x2 = try reader.floats("buffer_x2", shape: [bufferSize, channels])
-        let gz = try reader.floats("buffer_gz", shape: [bufferSize, channels])
-        let affine = try reader.affine(weight: weight, bias: bias, channels: channels)
-        let result = try reader.finish()
-        if let running { runningSecondMoment = running }
-        if let iters { iterations = iters }
-        if let x2 { secondMomentBuffer = x2 }
-        if let gz { backwardStatisticBuffer = gz }
-        affine.restore(weight: weight, bias: bias)
+    /// Forgets the pending (un-backpropagated) training forward.
+    func dropPendingForward() {
         savedInput = nil
         savedGeometry = nil
-        return result
     }
 }

@@ -87,6 +87,12 @@ struct TrainCommand: ParsableCommand {
     var mabnWarmup: Int?
     @Option(help: "MABN's EMA factor: the weight of the OLD value (default 0.98, the authors').")
     var mabnOldWeight: Double?
+    @Option(help: ArgumentHelp(
+        "MABN ablation: parts to switch off, comma-separated, from form, fwd-sma, bwd-sma, renorm, cenconv.",
+        discussion: "form: mean and variance (BN form) instead of the second moment; fwd-sma / bwd-sma: the "
+            + "current batch's forward / backward statistics instead of their moving averages; renorm: r = 1; "
+            + "cenconv: ordinary instead of weight-centred convolutions. Default: none (the paper's MABN)."))
+    var mabnWithout: String?
     @Option(help: "BN's momentum, PyTorch's convention: the weight of the NEW value (default 0.1).")
     var bnMomentum: Double?
     @Option(help: "BRN's momentum: the weight of the NEW value (default 0.01).")
@@ -149,6 +155,10 @@ struct TrainCommand: ParsableCommand {
         c.seed = seed; c.trainLimit = dataOptions.trainLimit; c.testLimit = dataOptions.testLimit
         c.augment = !noAugment; c.threads = threads
         c.mabnBuffer = mabnBuffer; c.mabnWarmup = mabnWarmup; c.mabnOldValueWeight = mabnOldWeight
+        c.mabnWithout = mabnWithout.map { list in
+            list.split(separator: ",", omittingEmptySubsequences: false)
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+        }
         c.bnMomentum = bnMomentum; c.brnMomentum = brnMomentum; c.brnRMax = brnRMax; c.brnDMax = brnDMax
         c.brnSchedule = brnSchedule
         return c

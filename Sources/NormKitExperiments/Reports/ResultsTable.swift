@@ -8,13 +8,24 @@ public struct SeriesKey: Hashable, Codable, Sendable, Comparable {
     public var norm: NormKind
     /// The GN groups-axis value, if the run is on one.
     public var groupSpec: GroupSpec?
+    /// An MABN ablation's parts switched off (``/NormKitTraining/TrainingConfiguration/mabnWithout``, joined by
+    /// `, `); nil for the paper's MABN and every other norm.
+    public var variant: String?
 
     /// Creates a key.
-    public init(norm: NormKind, groupSpec: GroupSpec? = nil) {
-        self.norm = norm; self.groupSpec = groupSpec
+    public init(norm: NormKind, groupSpec: GroupSpec? = nil, variant: String? = nil) {
+        self.norm = norm; self.groupSpec = groupSpec; self.variant = variant
     }
 
-    /// The label the papers use: `BN`, `GN`, `BN*` (frozen BN), `GN (G=8)`, `GN (4 ch/group)`.
+    /// The key of a run with this configuration (and groups-axis value).
+    public init(configuration: TrainingConfiguration, groupSpec: GroupSpec?) {
+        let without = configuration.mabnWithout ?? []
+        self.init(norm: configuration.norm, groupSpec: groupSpec,
+                  variant: without.isEmpty ? nil : without.joined(separator: ", "))
+    }
+
+    /// The label the papers use: `BN`, `GN`, `BN*` (frozen BN), `GN (G=8)`, `GN (4 ch/group)`; an ablation's
+    /// `MABN without renorm, cenconv`.
     public var label: String {
         let name: String
         switch norm {
@@ -22,6 +33,7 @@ public struct SeriesKey: Hashable, Codable, Sendable, Comparable {
         case .none: name = "none"
         default: name = norm.rawValue.uppercased()
         }
+        if let variant { return "\(name) without \(variant)" }
         guard let spec = groupSpec else { return name }
         return "\(name) (\(spec))"
     }
@@ -38,7 +50,8 @@ public struct SeriesKey: Hashable, Codable, Sendable, Comparable {
             case .groupSize(let c)?: return (2, -c)
             }
         }
-        return rank(a.groupSpec) < rank(b.groupSpec)
+        if rank(a.groupSpec) != rank(b.groupSpec) { return rank(a.groupSpec) < rank(b.groupSpec) }
+        return (a.variant ?? "") < (b.variant ?? "")
     }
 }
 
@@ -107,7 +120,7 @@ public struct ResultsTable: Sendable {
         if let plan {
             columns = plan.plan.columns
             for cell in plan.cells {
-                let key = SeriesKey(norm: cell.configuration.norm, groupSpec: cell.groupSpec)
+                let key = SeriesKey(configuration: cell.configuration, groupSpec: cell.groupSpec)
                 if !order.contains(key) { order.append(key) }
                 for column in cell.columns { requested[key, default: [:]][column, default: 0] += 1 }
             }
@@ -139,9 +152,9 @@ public struct ResultsTable: Sendable {
     }
 
     /// `mean(BN) − mean(other)` in percentage points at a column (the GN paper's `BN − GN` row uses `.gn`);
-    /// nil when either is missing (GN runs on a groups axis do not count).
+    /// nil when either is missing (GN runs on a groups axis and MABN ablation variants do not count).
     public func difference(from other: NormKind = .gn, column: Int) -> Double? {
-        let others = mainRows.filter { $0.key.norm == other }
+        let others = mainRows.filter { $0.key.norm == other && $0.key.variant == nil }
         guard others.count == 1,
               let bn = entry(SeriesKey(norm: .bn), column: column)?.mean,
               let value = others[0].entries[column]?.mean else { return nil }
@@ -177,6 +190,31 @@ public struct ResultsTable: Sendable {
         }
         lines.append("")
         lines += footnotes(for: rows)
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The MABN ablation's verdict (issue 12): per variant and column, its mean test error minus the full MABN's
+    /// in percentage points (positive: the variant is worse, so the parts it lacks help). Nil without variant rows
+    /// or without a full-MABN row.
+    public func ablationMarkdown() -> String? {
+        let variants = mainRows.filter { $0.key.norm == .mabn && $0.key.variant != nil }
+        guard !variants.isEmpty, let full = mainRows.first(where: { $0.key == SeriesKey(norm: .mabn) }) else {
+            return nil
+        }
+        var lines = ["| MABN parts switched off | " + columns.map(String.init).joined(separator: " | ") + " |",
+                     "|---|" + String(repeating: "---:|", count: columns.count)]
+        for row in variants {
+            let cells = columns.map { column -> String in
+                guard let value = row.entries[column]?.mean, let reference = full.entries[column]?.mean else {
+                    return "—"
+                }
+                return Self.signed(value - reference)
+            }
+            lines.append("| \(row.key.variant!) | " + cells.joined(separator: " | ") + " |")
+        }
+        lines.append("")
+        lines.append("Test error minus the full MABN's, in percentage points, by SGD/normalization batch; positive: "
+                     + "worse without those parts. Compare with the seeds' standard deviations in the table above.")
         return lines.joined(separator: "\n") + "\n"
     }
 

@@ -39,7 +39,7 @@ public struct SweepRunRecord: Codable, Equatable, Sendable {
     public var epochs: [EpochMetrics]
 
     /// The run's line in the table and plot.
-    public var seriesKey: SeriesKey { SeriesKey(norm: configuration.norm, groupSpec: groupSpec) }
+    public var seriesKey: SeriesKey { SeriesKey(configuration: configuration, groupSpec: groupSpec) }
 }
 
 /// Everything a sweep directory says, and the report files made from it.
@@ -141,6 +141,9 @@ public struct SweepReport {
             + "\(count(.failed)) failed, \(pendingRuns.count) not started.\n\n"
         if !table.mainRows.isEmpty || table.groupRows.isEmpty {
             out += "## Test error (%) by normalization batch size\n\n" + table.markdown() + "\n"
+        }
+        if let ablation = table.ablationMarkdown() {
+            out += "## MABN ablation: change in test error against the full MABN\n\n" + ablation + "\n"
         }
         if let groups = table.groupsMarkdown() {
             out += "## GroupNorm: number of groups and channels per group\n\n" + groups + "\n"
@@ -281,7 +284,7 @@ public struct SweepReport {
 extension SweepReport {
     /// Colours and markers by normalization, so a normalization looks the same in every sweep.
     static func style(of key: SeriesKey, index: Int) -> (PlotColor, MarkerShape) {
-        if key.groupSpec != nil {
+        if key.groupSpec != nil || key.variant != nil {
             return (PlotColor.palette[index % PlotColor.palette.count],
                     MarkerShape.allCases[index % MarkerShape.allCases.count])
         }

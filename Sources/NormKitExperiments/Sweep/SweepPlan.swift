@@ -82,6 +82,27 @@ public enum GroupSpec: Codable, Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+/// A named edit of the configuration of a sweep's MABN cells: one row of an ablation (issue 12, MABN's parts).
+///
+/// The name goes into run names (`mabn-<name>-nb2-s0`); the report tells the rows apart by the configuration's
+/// ``/NormKitTraining/TrainingConfiguration/mabnWithout``.
+public struct SweepVariant: Codable, Hashable, Sendable {
+    /// A short name for run directories: lower-case letters, digits and `-`.
+    public var name: String
+    /// MABN's parts switched off (``/NormKitTraining/MABNPart`` raw values); empty: the paper's MABN.
+    public var mabnWithout: [String]
+
+    /// Creates a variant.
+    public init(name: String, mabnWithout: [String]) {
+        self.name = name; self.mabnWithout = mabnWithout
+    }
+
+    /// Writes this variant into a configuration.
+    func apply(to configuration: inout TrainingConfiguration) {
+        configuration.mabnWithout = mabnWithout.isEmpty ? nil : mabnWithout
+    }
+}
+
 /// How a sweep turns a normalization batch size into an SGD batch.
 public enum BatchSetting: String, Codable, Sendable {
     /// A fixed SGD batch (``SweepPlan/batch``); BN/BRN statistics come from ghost batches of `normBatch`
@@ -105,11 +126,14 @@ public struct SweepCell: Codable, Equatable, Sendable {
     public var columns: [Int]
     /// The groups-axis value this GN run stands for (nil when the plan has no groups axis or the run is not GN).
     public var groupSpec: GroupSpec?
+    /// The name of the plan's variant this run stands for (nil without a variants axis or for a norm but MABN).
+    public var variant: String?
 
     /// Creates a cell.
-    public init(runName: String, configuration: TrainingConfiguration, columns: [Int], groupSpec: GroupSpec? = nil) {
+    public init(runName: String, configuration: TrainingConfiguration, columns: [Int], groupSpec: GroupSpec? = nil,
+                variant: String? = nil) {
         self.runName = runName; self.configuration = configuration; self.columns = columns
-        self.groupSpec = groupSpec
+        self.groupSpec = groupSpec; self.variant = variant
     }
 
     /// True when this run's result is reused across several normalization batch columns.
@@ -146,6 +170,9 @@ public struct SweepPlan: Codable, Equatable, Sendable {
     public var groupAxis: [GroupSpec]
     /// Seeds; every cell runs once per seed.
     public var seeds: [UInt64]
+    /// MABN variants axis (an ablation): every MABN cell runs once per variant; nil or empty: MABN as ``base``.
+    /// Other norms are unaffected.
+    public var variants: [SweepVariant]?
     /// Run batch-independent normalizations once per seed and reuse the result across columns (see the type's
     /// documentation). Only affects the ``BatchSetting/normalizationBatch`` setting.
     public var reuseBatchIndependentRuns: Bool
@@ -154,10 +181,11 @@ public struct SweepPlan: Codable, Equatable, Sendable {
     public init(name: String = "sweep", base: TrainingConfiguration = TrainingConfiguration(),
                 norms: [NormKind] = [.bn, .gn], normBatches: [Int] = [32, 16, 8, 4, 2], batch: Int = 32,
                 setting: BatchSetting = .normalizationBatch, gpus: Int = 8, groupAxis: [GroupSpec] = [],
-                seeds: [UInt64] = [0], reuseBatchIndependentRuns: Bool = true) {
+                seeds: [UInt64] = [0], reuseBatchIndependentRuns: Bool = true, variants: [SweepVariant]? = nil) {
         self.name = name; self.base = base; self.norms = norms; self.normBatches = normBatches
         self.batch = batch; self.setting = setting; self.gpus = gpus; self.groupAxis = groupAxis
         self.seeds = seeds; self.reuseBatchIndependentRuns = reuseBatchIndependentRuns
+        self.variants = variants
     }
 
     /// Whether a normalization's statistics span samples, so that the normalization batch changes its math
@@ -174,7 +202,8 @@ public struct SweepPlan: Codable, Equatable, Sendable {
 
     /// Throws ``SweepError/invalidPlan(_:)`` naming the first problem: an empty or duplicated axis, a
     /// non-positive size, a normalization batch that does not divide the SGD batch, a per-GPU SGD batch
-    /// (gpus × normalization batch) that overflows `Int`, a groups axis without GN.
+    /// (gpus × normalization batch) that overflows `Int`, a groups axis without GN, a variants axis without
+    /// MABN, with a malformed or repeated name, or naming an unknown MABN part.
     public func validate() throws {
         func fail(_ reason: String) -> SweepError { .invalidPlan(reason) }
         if norms.isEmpty { throw fail("no normalizations") }
@@ -203,11 +232,31 @@ public struct SweepPlan: Codable, Equatable, Sendable {
             if Set(groupAxis).count != groupAxis.count { throw fail("groups axis lists a value twice") }
             if let bad = groupAxis.first(where: { $0.value < 1 }) { throw fail("groups axis value \(bad.tag) < 1") }
         }
+        if let variants, !variants.isEmpty {
+            if !norms.contains(.mabn) { throw fail("a variants axis \(variants.map(\.name)) needs mabn among the norms") }
+            if Set(variants.map(\.name)).count != variants.count { throw fail("variants axis lists a name twice") }
+            let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
+            for variant in variants {
+                if variant.name.isEmpty || !variant.name.allSatisfy(allowed.contains) {
+                    throw fail("variant name '\(variant.name)' must be lower-case letters, digits and -")
+                }
+                var config = base
+                variant.apply(to: &config)
+                do {
+                    _ = try config.mabnPartsSwitchedOff()
+                } catch {
+                    throw fail("variant \(variant.name): \(error)")
+                }
+            }
+            if Set(variants.map { Set($0.mabnWithout) }).count != variants.count {
+                throw fail("two variants switch off the same MABN parts")
+            }
+        }
         if base.epochs < 1 { throw fail("epochs \(base.epochs) is not positive") }
     }
 
     /// Expands the grid into cells, in run order: seed-major (every configuration with seed 0 first, so a partial
-    /// sweep already has a full table for one seed), then normalization, groups value, column.
+    /// sweep already has a full table for one seed), then normalization, groups value or variant, column.
     ///
     /// - Parameter include: the caller's filter (for example, drop `none` on a model that cannot train without
     ///   normalization); cells it rejects are left out of the sweep and of `plan.json`.
@@ -218,10 +267,14 @@ public struct SweepPlan: Codable, Equatable, Sendable {
         for seed in seeds {
             for norm in norms {
                 let specs: [GroupSpec?] = (norm == .gn && !groupAxis.isEmpty) ? groupAxis.map { $0 } : [nil]
+                let variantAxis: [SweepVariant?] = norm == .mabn && !(variants ?? []).isEmpty ? variants! : [nil]
                 for spec in specs {
-                    for (normBatch, columns) in runColumns(for: norm) {
-                        let cell = makeCell(norm: norm, spec: spec, normBatch: normBatch, columns: columns, seed: seed)
-                        if include(cell) { result.append(cell) }
+                    for variant in variantAxis {
+                        for (normBatch, columns) in runColumns(for: norm) {
+                            let cell = makeCell(norm: norm, spec: spec, variant: variant, normBatch: normBatch,
+                                                columns: columns, seed: seed)
+                            if include(cell) { result.append(cell) }
+                        }
                     }
                 }
             }
@@ -263,7 +316,8 @@ public struct SweepPlan: Codable, Equatable, Sendable {
         return cols.map { ($0, [$0]) }
     }
 
-    private func makeCell(norm: NormKind, spec: GroupSpec?, normBatch: Int?, columns: [Int], seed: UInt64) -> SweepCell {
+    private func makeCell(norm: NormKind, spec: GroupSpec?, variant: SweepVariant?, normBatch: Int?, columns: [Int],
+                          seed: UInt64) -> SweepCell {
         var config = base
         config.norm = norm
         config.seed = seed
@@ -272,6 +326,7 @@ public struct SweepPlan: Codable, Equatable, Sendable {
             config.groupSize = nil
         }
         spec?.apply(to: &config)
+        variant?.apply(to: &config)
         switch setting {
         case .normalizationBatch:
             config.batch = batch
@@ -284,9 +339,11 @@ public struct SweepPlan: Codable, Equatable, Sendable {
         }
         var parts = [norm.rawValue]
         if norm == .gn, let groupTag = spec?.tag ?? GroupSpec(configuration: config)?.tag { parts.append(groupTag) }
+        if let variant { parts.append(variant.name) }
         parts.append("nb\(config.effectiveNormBatch)")
         parts.append("s\(seed)")
-        return SweepCell(runName: parts.joined(separator: "-"), configuration: config, columns: columns, groupSpec: spec)
+        return SweepCell(runName: parts.joined(separator: "-"), configuration: config, columns: columns, groupSpec: spec,
+                         variant: variant?.name)
     }
 }
 

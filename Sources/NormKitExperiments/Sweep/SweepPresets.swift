@@ -124,6 +124,39 @@ public enum SweepPresets {
             plan: plan)
     }
 
+    /// The ablation ladder and the leave-one-out rows of ``mabnAblation``, in table order. The ladder's fifth step
+    /// (everything but CenConv) is also the full MABN minus CenConv, so it is named `no-cenconv` and not repeated.
+    public static var mabnAblationVariants: [SweepVariant] {
+        let parts = MABNPart.allCases.map(\.rawValue)   // form, fwd-sma, bwd-sma, renorm, cenconv
+        // The ladder: BN (every part off), then the parts switched on one by one up to the full MABN.
+        let ladder = [
+            SweepVariant(name: "bn-form", mabnWithout: parts),
+            SweepVariant(name: "second-moment", mabnWithout: Array(parts.dropFirst(1))),
+            SweepVariant(name: "sm-fwd-sma", mabnWithout: Array(parts.dropFirst(2))),
+            SweepVariant(name: "sm-fwd-bwd-sma", mabnWithout: Array(parts.dropFirst(3))),
+            SweepVariant(name: "no-cenconv", mabnWithout: Array(parts.dropFirst(4))),
+            SweepVariant(name: "full", mabnWithout: []),
+        ]
+        return ladder + parts.dropLast().map { SweepVariant(name: "no-\($0)", mabnWithout: [$0]) }
+    }
+
+    /// Issue 12's MABN ablation: which of MABN's parts buys the small-batch accuracy. MABN at true SGD batches of 2
+    /// and 32 (learning rate `0.1 × batch / 32`, buffer `32 / batch`: 16 at batch 2, 1 at batch 32, where both
+    /// moving averages are the current batch's statistics) in ten variants: BN (every part off: mean and
+    /// variance, batch statistics, `r = 1`, plain convolutions), then the second-moment form, the forward SMA, the
+    /// backward SMA, `r` and CenConv switched on one by one (the last is the full MABN), and the full MABN minus
+    /// each part (minus CenConv is the ladder's step before it); 3 seeds, 2 epochs, full data (60 runs).
+    public static var mabnAblation: SweepPreset {
+        let plan = SweepPlan(name: "mabn-ablation", base: recipe, norms: [.mabn], normBatches: [32, 2],
+                             setting: .perGPU, gpus: 1, seeds: [0, 1, 2], variants: mabnAblationVariants)
+        return SweepPreset(
+            name: "mabn-ablation",
+            description: "MABN's parts one by one at true SGD batches 2 and 32 (lr 0.1 × batch / 32, buffer "
+                + "32 / batch): BN (all off), + second-moment form, + forward SMA, + backward SMA, + r, + CenConv "
+                + "(= MABN), and MABN minus each part; 3 seeds, 2 epochs, full data. Rows are the variants.",
+            plan: plan)
+    }
+
     /// The GN paper's Table 1 and Figure 4: BN, LN, IN and GN at batch 32, 3 seeds, 10 epochs, with per-epoch
     /// training and test error curves (the paper: GN trains to a lower training error than BN but a higher
     /// validation error).
@@ -153,11 +186,11 @@ public enum SweepPresets {
 
     /// Every preset, in the order the CLI lists them.
     public static var all: [SweepPreset] {
-        [quick, demo, paperTable2, paperTable3, mabn, smallBatch, paperTable1, vgg]
+        [quick, demo, paperTable2, paperTable3, mabn, smallBatch, mabnAblation, paperTable1, vgg]
     }
 
     /// The preset with this name (`quick`, `demo`, `paper-table2`, `paper-table3`, `mabn`, `small-batch`,
-    /// `paper-table1`, `vgg`; `paperTable2`, `smallBatch`, … are accepted too).
+    /// `mabn-ablation`, `paper-table1`, `vgg`; `paperTable2`, `smallBatch`, … are accepted too).
     /// - Throws: ``SweepError/unknownPreset(name:available:)``.
     public static func named(_ name: String) throws -> SweepPreset {
         let key = name.lowercased().replacingOccurrences(of: "-", with: "").replacingOccurrences(of: "_", with: "")

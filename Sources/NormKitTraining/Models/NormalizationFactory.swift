@@ -19,6 +19,10 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
     /// MABN's warm-up iterations and EMA weight of the old value.
     public var mabnWarmup: Int = 100
     public var mabnOldValueWeight: Float = 0.98
+    /// MABN's layer parts (an ablation; default the paper's, all on).
+    public var mabnParts: MovingAverageBatchNorm.Parts = .paper
+    /// Whether MABN's convolutions are weight-centred (CenConv; default on, the paper's). Off only for an ablation.
+    public var mabnCentresConvolutions: Bool = true
 
     /// GN's default for NormKit's small-image ResNets (widths 16/32/64): 16 groups, i.e. 1, 2 and 4 channels per
     /// group in the three stages. The paper's 32 groups cannot split the first stage's 16 channels. Spec §8 started
@@ -57,10 +61,16 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
         renormMomentum = Float(c.brnMomentum ?? 0.01)
         mabnWarmup = c.mabnWarmup ?? 100
         mabnOldValueWeight = Float(c.mabnOldValueWeight ?? 0.98)
+        let without = try c.mabnPartsSwitchedOff()
+        mabnParts = MovingAverageBatchNorm.Parts(
+            secondMomentForm: !without.contains(.form), forwardSMA: !without.contains(.forwardSMA),
+            backwardSMA: !without.contains(.backwardSMA), renormalization: !without.contains(.renormalization))
+        mabnCentresConvolutions = !without.contains(.cenConv)
     }
 
-    /// Whether convolutions feeding this normalization are weight-centred (MABN's CenConv).
-    public var centresConvolutions: Bool { kind == .mabn }
+    /// Whether convolutions feeding this normalization are weight-centred (MABN's CenConv, unless an ablation
+    /// switched it off with ``mabnCentresConvolutions``).
+    public var centresConvolutions: Bool { kind == .mabn && mabnCentresConvolutions }
 
     /// A new normalization layer over `channels` channels, or nil for `.none`.
     public func makeLayer(channels: Int) throws -> NormalizationLayer? {
@@ -78,7 +88,7 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
         case .mabn:
             return try MovingAverageBatchNorm(channels: channels, bufferSize: mabnBufferSize,
                                               oldValueWeight: mabnOldValueWeight, warmup: mabnWarmup,
-                                              normBatch: normBatch)
+                                              normBatch: normBatch, parts: mabnParts)
         case .frozenBN: return try FrozenBatchNorm(channels: channels)
         case .none: return nil
         }

@@ -52,6 +52,27 @@ extension TrainingConfiguration {
         return Int(lower.dropFirst("resnet".count))
     }
 
+    /// The MABN parts ``mabnWithout`` switches off (empty: the paper's MABN).
+    ///
+    /// - Parameter source: the file the configuration was read from (named in the error), nil for flags.
+    /// - Throws: ``ConfigurationError`` for an unknown or repeated part name.
+    public func mabnPartsSwitchedOff(source: String? = nil) throws -> Set<MABNPart> {
+        var parts = Set<MABNPart>()
+        let valid = MABNPart.allCases.map(\.rawValue).joined(separator: ", ")
+        for name in mabnWithout ?? [] {
+            guard let part = MABNPart(rawValue: name) else {
+                throw ConfigurationError(flag: "--mabn-without", value: name,
+                                         expected: "must be MABN parts from \(valid), separated by commas",
+                                         source: source)
+            }
+            guard parts.insert(part).inserted else {
+                throw ConfigurationError(flag: "--mabn-without", value: name, expected: "lists a part twice",
+                                         source: source)
+            }
+        }
+        return parts
+    }
+
     /// MABN's `S_buf` for this configuration: ``mabnBuffer`` or ``defaultMABNBuffer``.
     public var mabnBufferSize: Int { mabnBuffer ?? defaultMABNBuffer }
 
@@ -90,6 +111,7 @@ extension TrainingConfiguration {
         if let w = mabnOldValueWeight, !(w >= 0 && w <= 1) {
             throw fail("--mabn-old-weight", w, "must be in [0, 1] (the weight of the old value in MABN's EMA)")
         }
+        _ = try mabnPartsSwitchedOff(source: source)
         if let m = bnMomentum, !(m >= 0 && m <= 1) {
             throw fail("--bn-momentum", m, "must be in [0, 1] (PyTorch's convention: the weight of the new value)")
         }
@@ -155,6 +177,7 @@ extension TrainingConfiguration {
             ("--bn-momentum", bnMomentum, [.bn]),
             ("--mabn-buffer", mabnBuffer, [.mabn]), ("--mabn-warmup", mabnWarmup, [.mabn]),
             ("--mabn-old-weight", mabnOldValueWeight, [.mabn]),
+            ("--mabn-without", mabnWithout.flatMap { $0.isEmpty ? nil : $0.joined(separator: ",") }, [.mabn]),
             ("--brn-momentum", brnMomentum, [.brn]), ("--brn-r-max", brnRMax, [.brn]), ("--brn-d-max", brnDMax, [.brn]),
             ("--brn-schedule", brnSchedule, [.brn]),
         ]

@@ -49,6 +49,10 @@ public struct TrainingConfiguration: Codable, Equatable, Sendable {
     public var mabnWarmup: Int? = nil
     /// MABN's EMA factor, the weight of the **old** value (nil: 0.98, the authors' value).
     public var mabnOldValueWeight: Double? = nil
+    /// MABN's parts switched off for an ablation (issue 12), in ``MABNPart`` order: `form`, `fwd-sma`,
+    /// `bwd-sma`, `renorm` (``/NormKit/MovingAverageBatchNorm/Parts``) and `cenconv` (the weight-centred
+    /// convolutions before MABN). nil or empty: the paper's MABN (every part on).
+    public var mabnWithout: [String]? = nil
     /// BN's running-statistics momentum, PyTorch's convention: the weight of the **new** value (nil: 0.1).
     public var bnMomentum: Double? = nil
     /// BRN's running-statistics momentum, the weight of the new value (nil: 0.01).
@@ -68,18 +72,39 @@ public struct TrainingConfiguration: Codable, Equatable, Sendable {
     public var effectiveNormBatch: Int { normBatch ?? batch }
 
     /// This configuration with the defaults that could change between NormKit versions made explicit: GN's
-    /// groups (``NormalizationSettings/defaultGroups`` when neither ``groups`` nor ``groupSize`` is set). The
+    /// groups (``NormalizationSettings/defaultGroups`` when neither ``groups`` nor ``groupSize`` is set), and
+    /// ``mabnWithout`` in ``MABNPart`` order (nil when empty). The
     /// trainer records the resolved form, so a checkpoint or summary says what it was trained with.
     public var resolved: TrainingConfiguration {
         var c = self
         if c.norm == .gn && c.groups == nil && c.groupSize == nil { c.groups = NormalizationSettings.defaultGroups }
         if c.norm == .mabn && c.mabnBuffer == nil { c.mabnBuffer = c.defaultMABNBuffer }
+        if let without = c.mabnWithout {
+            // Canonical: nil for none, else in MABNPart order (unknown names, refused by validation, last).
+            let order = MABNPart.allCases.map(\.rawValue)
+            func rank(_ name: String) -> Int { order.firstIndex(of: name) ?? order.count }
+            c.mabnWithout = without.isEmpty ? nil : without.sorted { (rank($0), $0) < (rank($1), $1) }
+        }
         return c
     }
 
     /// MABN's default buffer: `max(1, 32 / normalization batch)` iterations, so that its statistics cover about
     /// 32 images whatever the batch (a true batch of 2 gets 16, as the paper's per-GPU batch of 2 in 32).
     public var defaultMABNBuffer: Int { max(1, 32 / max(effectiveNormBatch, 1)) }
+}
+
+/// One of MABN's parts, as ``TrainingConfiguration/mabnWithout`` and `normkit train --mabn-without` name it.
+public enum MABNPart: String, CaseIterable, Codable, Sendable {
+    /// The second-moment form (off: the BN form, mean and variance).
+    case form
+    /// The simple moving average of the forward statistic(s).
+    case forwardSMA = "fwd-sma"
+    /// The simple moving average of the backward statistic(s).
+    case backwardSMA = "bwd-sma"
+    /// The renormalization factor `r`.
+    case renormalization = "renorm"
+    /// Weight-centred convolutions (CenConv) before the MABN layers.
+    case cenConv = "cenconv"
 }
 
 /// One line of `metrics.jsonl`: the state after an epoch.
