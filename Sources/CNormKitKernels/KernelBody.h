@@ -52,13 +52,15 @@ NK_INLINE vf addrun(vf s, const float *x, long n) {
 // (gradient sums: grad = 1). Every caller passes grad as a literal and the function is always inlined, so each
 // gets a loop without the test; the same holds for the other `grad` flags below.
 NK_INLINE void pairrun(const int grad, vf *s, vf *q, const float *dy, const float *x, long n, vf kv) {
-#define NK_TERM(o) vf d##o = vsub(vload(x + i + o * NK_LANES), kv), g##o = grad ? vload(dy + i + o * NK_LANES) : d##o
     vf s0 = *s, q0 = *q;
     long i = 0;
     if (n >= STEP) {
         vf s1 = vzero(), q1 = vzero(), s2 = vzero(), q2 = vzero(), s3 = vzero(), q3 = vzero();
         for (; i + STEP <= n; i += STEP) {
-            NK_TERM(0); NK_TERM(1); NK_TERM(2); NK_TERM(3);
+            vf d0 = vsub(vload(x + i), kv), d1 = vsub(vload(x + i + NK_LANES), kv),
+               d2 = vsub(vload(x + i + 2 * NK_LANES), kv), d3 = vsub(vload(x + i + 3 * NK_LANES), kv);
+            vf g0 = grad ? vload(dy + i) : d0, g1 = grad ? vload(dy + i + NK_LANES) : d1,
+               g2 = grad ? vload(dy + i + 2 * NK_LANES) : d2, g3 = grad ? vload(dy + i + 3 * NK_LANES) : d3;
             s0 = vadd(s0, g0); q0 = vfma(g0, d0, q0);
             s1 = vadd(s1, g1); q1 = vfma(g1, d1, q1);
             s2 = vadd(s2, g2); q2 = vfma(g2, d2, q2);
@@ -68,11 +70,10 @@ NK_INLINE void pairrun(const int grad, vf *s, vf *q, const float *dy, const floa
         q0 = vadd(vadd(q0, q1), vadd(q2, q3));
     }
     for (; i + NK_LANES <= n; i += NK_LANES) {
-        NK_TERM(0);
-        s0 = vadd(s0, g0);
-        q0 = vfma(g0, d0, q0);
+        vf d = vsub(vload(x + i), kv), g = grad ? vload(dy + i) : d;
+        s0 = vadd(s0, g);
+        q0 = vfma(g, d, q0);
     }
-#undef NK_TERM
     if (i < n) {
         vmask m = vmask_first(n - i);
         vf d = vkeep(m, vsub(vload_part(m, x + i), kv)), g = grad ? vload_part(m, dy + i) : d;

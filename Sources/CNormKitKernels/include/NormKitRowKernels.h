@@ -1,8 +1,8 @@
 #ifndef NORMKIT_ROW_KERNELS_H
 #define NORMKIT_ROW_KERNELS_H
 /*
- * Wide-vector (AVX2+FMA, AVX-512) versions of NormKit's row primitives, selected at run time by CPU feature.
- * The Swift SIMD versions in Sources/NormKit/Kernels/RowKernels.swift are the reference and the fallback; the
+ * Wide-vector (AVX2+FMA, AVX-512) versions of NormKit's row primitives: one body compiled per instruction set,
+ * the table for this CPU chosen once at the first call (the scheme: ../KernelTable.h). The Swift SIMD versions in Sources/NormKit/Kernels/RowKernels.swift are the reference and the fallback; the
  * tests run both and compare them. Semantics are identical: float lanes accumulate over blocks of at most
  * NK_BLOCK_LENGTH elements, block totals are added in double.
  */
@@ -13,7 +13,8 @@ extern "C" {
 /* Floats summed in float lanes before a block total is added in double (the Swift kernels' `blockLength`). */
 enum { NK_BLOCK_LENGTH = 2048 };
 
-/* 0: none (use the Swift path), 2: AVX2 + FMA, 3: AVX-512F. */
+/* 0: none (use the Swift path), 2: AVX2 + FMA, 3: AVX-512F. Callers check it is > 0 before calling the kernels
+ * below: at level 0 they do nothing (nk_row_sum returns 0). */
 int nk_native_level(void);
 /* Caps the level used from now on (2 runs the AVX2 bodies on an AVX-512 CPU, as the tests do; 0 none); returns
  * the level now in use. Thread-safe; kernels already running finish on the table they started with. */
