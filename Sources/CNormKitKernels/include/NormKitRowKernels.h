@@ -1,19 +1,23 @@
 #ifndef NORMKIT_ROW_KERNELS_H
 #define NORMKIT_ROW_KERNELS_H
 /*
- * Wide-vector (AVX2+FMA, AVX-512) versions of NormKit's row primitives, selected at run time by CPU feature.
- * The Swift SIMD versions in Sources/NormKit/Kernels/RowKernels.swift are the reference and the fallback; the
+ * Wide-vector (AVX2+FMA, AVX-512) versions of NormKit's row primitives: one body compiled per instruction set,
+ * the table for this CPU chosen once at the first call (the scheme: ../KernelTable.h). The Swift SIMD versions in Sources/NormKit/Kernels/RowKernels.swift are the reference and the fallback; the
  * tests run both and compare them. Semantics are identical: float lanes accumulate over blocks of at most
- * 2048 elements, block totals are added in double.
+ * NK_BLOCK_LENGTH elements, block totals are added in double.
  */
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* 0: none (use the Swift path), 2: AVX2 + FMA, 3: AVX-512F. */
+/* Floats summed in float lanes before a block total is added in double (the Swift kernels' `blockLength`). */
+enum { NK_BLOCK_LENGTH = 2048 };
+
+/* 0: none (use the Swift path), 2: AVX2 + FMA, 3: AVX-512F. Callers check it is > 0 before calling the kernels
+ * below: at level 0 they do nothing (nk_row_sum returns 0). */
 int nk_native_level(void);
-/* Caps the level used from now on (2 runs the AVX2 bodies on an AVX-512 CPU, as the tests do); returns it.
- * Call it before running kernels, not while they run. */
+/* Caps the level used from now on (2 runs the AVX2 bodies on an AVX-512 CPU, as the tests do; 0 none); returns
+ * the level now in use. Thread-safe; kernels already running finish on the table they started with. */
 int nk_limit_native_level(int maximum);
 
 double nk_row_sum(const float *x, long n);
@@ -29,7 +33,7 @@ void nk_row_gradient_apply(float *dx, const float *dy, const float *x, long n, f
  * Per-set values (k, q, r, mean, m2) are indexed j, per-row coefficients (a, b, p) j·rows + r.
  */
 /* Mean and centred sum of squares Σ(x−μ)² per set (shifted two-pass: float mean k, then Σ(x−k), Σ(x−k)² in
- * float lanes over at most BLOCK elements, double totals, corrected for the rounding of k). */
+ * float lanes over at most NK_BLOCK_LENGTH elements, double totals, corrected for the rounding of k). */
 void nk_sets_moments(const float *x, long sets, long set_stride, long pieces, long run, long piece_stride,
                      double *mean, double *m2);
 /* y = a·(x − k) + b (y may alias x). */

@@ -1,0 +1,41 @@
+#ifndef NORMKIT_KERNEL_TABLE_H
+#define NORMKIT_KERNEL_TABLE_H
+/*
+ * One body per kernel, compiled once per instruction set, dispatched once.
+ *
+ *   KernelBody.h      every primitive, written once against a small vector layer (vf, vload, vfma, vload_part …)
+ *   KernelsAVX512.c   the vector layer for AVX-512F (16 lanes, mask registers), then #include "KernelBody.h"
+ *   KernelsAVX2.c     the vector layer for AVX2+FMA (8 lanes, vector masks), then #include "KernelBody.h"
+ *   RowKernels.c      detects the CPU once, points `active` at one table below, and forwards the public
+ *                     nk_* calls (include/NormKitRowKernels.h) through it
+ *
+ * Each inclusion gives its functions internal linkage and the instruction set's function-level `target`
+ * attribute (no global compiler flags: the package builds with SwiftPM's defaults), and exports only its
+ * table. The Swift SIMD kernels in Sources/NormKit/Kernels are the reference and the path for other CPUs.
+ */
+#include "NormKitRowKernels.h"
+
+typedef struct nk_kernel_table {
+    int level;  /* the nk_native_level() value this table implements: 2 or 3 */
+    __typeof__(nk_row_sum) *row_sum;
+    __typeof__(nk_row_centered_sums) *row_centered_sums;
+    __typeof__(nk_row_gradient_sums) *row_gradient_sums;
+    __typeof__(nk_row_affine_centered) *row_affine_centered;  /* nk_row_affine is the k = 0 case */
+    __typeof__(nk_row_gradient_apply) *row_gradient_apply;
+    __typeof__(nk_sets_moments) *sets_moments;
+    __typeof__(nk_sets_affine_centered) *sets_affine_centered;
+    __typeof__(nk_sets_gradient_sums) *sets_gradient_sums;
+    __typeof__(nk_sets_gradient_apply) *sets_gradient_apply;
+} nk_kernel_table;
+
+#if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
+#define NK_X86 1
+extern const nk_kernel_table nk_kernels_avx2;    /* KernelsAVX2.c */
+extern const nk_kernel_table nk_kernels_avx512;  /* KernelsAVX512.c */
+#endif
+
+/* For the ISA files: a kernel function and an always-inlined helper compiled for the instruction set NK_TARGET. */
+#define NK_FN __attribute__((target(NK_TARGET))) static
+#define NK_INLINE __attribute__((target(NK_TARGET), always_inline)) static inline
+
+#endif

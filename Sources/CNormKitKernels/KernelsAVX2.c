@@ -1,0 +1,41 @@
+// The AVX2+FMA vector layer of the one kernel body (the scheme: KernelTable.h; the layer's contract: KernelBody.h).
+#include "KernelTable.h"
+
+#ifdef NK_X86
+#include <immintrin.h>
+
+#define NK_TARGET "avx2,fma"
+#define NK_TABLE nk_kernels_avx2
+#define NK_LEVEL 2
+#define NK_LANES 8
+#define NK_PS(op) _mm256_##op##_ps
+typedef __m256 vf;
+
+// No mask registers: a lane mask is a vector of all-ones (kept) or zero 32-bit lanes; vmaskmov loads and stores
+// neither read nor write (nor fault on) the other lanes.
+typedef __m256i vmask;
+#define vmask_first(n) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define vload_part(m, p) _mm256_maskload_ps(p, m)
+#define vstore_part(p, m, v) _mm256_maskstore_ps(p, m, v)
+#define vkeep(m, v) _mm256_and_ps(v, _mm256_castsi256_ps(m))
+
+NK_INLINE float vreduce(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// An 8×8 transpose folded into 7 shuffle-add steps: within 128-bit lanes (unpack, shuffle), then across them.
+NK_INLINE vf vreduce_lanes(const vf *v) {
+    vf l1[4], l2[2];
+    for (int i = 0; i < 4; i++)
+        l1[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        l2[i] = _mm256_add_ps(_mm256_shuffle_ps(l1[2 * i], l1[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(l1[2 * i], l1[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm256_add_ps(_mm256_permute2f128_ps(l2[0], l2[1], 0x20), _mm256_permute2f128_ps(l2[0], l2[1], 0x31));
+}
+
+#include "KernelBody.h"
+#endif

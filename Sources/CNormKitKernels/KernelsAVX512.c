@@ -1,0 +1,38 @@
+// The AVX-512F vector layer of the one kernel body (the scheme: KernelTable.h; the layer's contract: KernelBody.h).
+#include "KernelTable.h"
+
+#ifdef NK_X86
+#include <immintrin.h>
+
+#define NK_TARGET "avx512f"
+#define NK_TABLE nk_kernels_avx512
+#define NK_LEVEL 3
+#define NK_LANES 16
+#define NK_PS(op) _mm512_##op##_ps
+typedef __m512 vf;
+
+// Lane masks are mask registers: a partial load or store is one instruction and touches only the masked lanes.
+typedef __mmask16 vmask;
+#define vmask_first(n) ((__mmask16)((1u << (n)) - 1))
+#define vload_part(m, p) _mm512_maskz_loadu_ps(m, p)
+#define vstore_part(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+#define vkeep(m, v) _mm512_maskz_mov_ps(m, v)
+#define vreduce(v) _mm512_reduce_add_ps(v)
+
+// A 16×16 transpose folded into 15 shuffle-add steps: within 128-bit lanes (unpack, shuffle), then across them.
+NK_INLINE vf vreduce_lanes(const vf *v) {
+    vf l1[8], l2[4], l3[2];
+    for (int i = 0; i < 8; i++)
+        l1[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        l2[i] = _mm512_add_ps(_mm512_shuffle_ps(l1[2 * i], l1[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_ps(l1[2 * i], l1[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 2; i++)
+        l3[i] = _mm512_add_ps(_mm512_shuffle_f32x4(l2[2 * i], l2[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(l2[2 * i], l2[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(l3[0], l3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(l3[0], l3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+#include "KernelBody.h"
+#endif
