@@ -12,12 +12,12 @@ struct SweepCommand: ParsableCommand {
         discussion: """
             Presets: quick (CI smoke test), demo (the README's ~10-minute main job), paper-table2 (BN vs GN over \
             normalization batches 32..2), paper-table3 (GN groups), mabn (BN, BRN, MABN, GN over 32..2), \
-            small-batch (true SGD batches 32..2), paper-table1 (BN, LN, IN, GN curves), vgg (VGG: none, BN, GN). Each run \
+            small-batch (true SGD batches 32..2), mabn-ablation (MABN minus each part), paper-table1 (BN, LN, IN, GN curves), vgg (VGG: none, BN, GN). Each run \
             lands in its own directory; an interrupted sweep started again skips finished runs and resumes the \
             unfinished one from its checkpoint. `normkit report DIR` rebuilds the report.
             """)
 
-    @Option(help: "quick, demo, paper-table2, paper-table3, mabn, small-batch, paper-table1 or vgg.")
+    @Option(help: "quick, demo, paper-table2, paper-table3, mabn, small-batch, mabn-ablation, paper-table1 or vgg.")
     var preset: String = "demo"
     @Option(help: "Sweep directory (default runs/sweep-<preset>).")
     var out: String?

@@ -124,7 +124,8 @@ final class SweepPlanTests: XCTestCase {
     }
 
     func testPresetsExpandWithPositiveEstimates() throws {
-        XCTAssertEqual(SweepPresets.all.map(\.name), ["quick", "demo", "paper-table2", "paper-table3", "mabn"])
+        XCTAssertEqual(SweepPresets.all.map(\.name), ["quick", "demo", "paper-table2", "paper-table3", "mabn", "small-batch",
+                                                      "mabn-ablation", "paper-table1", "vgg"])
         for preset in SweepPresets.all {
             let cells = try preset.plan.cells()
             XCTAssertFalse(cells.isEmpty, preset.name)

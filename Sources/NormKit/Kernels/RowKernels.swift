@@ -18,7 +18,7 @@ func storeVector(_ v: Vector, _ p: UnsafeMutablePointer<Float>, _ i: Int) {
 }
 
 /// Float32 partial sums never cover more than this many elements before moving into a Double.
-@usableFromInline let blockLength = 2048
+@usableFromInline let blockLength = Int(NK_BLOCK_LENGTH)
 
 /// `Σ x` over a row.
 @inline(__always) @usableFromInline

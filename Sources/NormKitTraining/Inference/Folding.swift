@@ -79,6 +79,12 @@ public func inferenceAffine(of layer: NormalizationLayer?, path: String) throws 
     case let brn as BatchRenorm:
         return centred((0..<c).map { gamma[$0] / Double(brn.runningStd[$0]) }, brn.runningMean)
     case let mabn as MovingAverageBatchNorm:
+        guard mabn.parts.secondMomentForm else {
+            throw FoldingError.notFoldable(
+                path: path, layer: layer.name,
+                reason: "an ablation of MABN without its second-moment form (mean-and-variance form) is not the "
+                    + "model the folded reference describes; fold only the paper's normalization form")
+        }
         return ((0..<c).map { gamma[$0] / (Double(mabn.runningSecondMoment[$0]) + eps).squareRoot() }, beta)
     case let gn as GroupNorm:
         let kind = gn.groups == 1 ? "LayerNorm" : (gn.groups == gn.channels ? "InstanceNorm" : "GroupNorm")
