@@ -82,7 +82,7 @@ struct StatsCommand: ParsableCommand {
         try AtomicFile.write(Array(try encoder.encode(report)), to: output.appendingPathComponent("stats.json"))
         try AtomicFile.write(Array(report.svg().utf8), to: output.appendingPathComponent("stats.svg"))
         print("normkit stats: \(url.path), \(report.populationImages) population images, \(batches) batches per size; "
-              + "relative deviation from the population value, mean over BN layers and channels")
+              + "relative deviation from the population value (per channel, then the mean over channels)")
         print(table)
         print("written in \(output.path): stats.md, stats.json, stats.svg")
     }

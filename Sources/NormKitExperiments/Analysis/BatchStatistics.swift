@@ -101,9 +101,11 @@ public struct BatchStatisticsReport: Codable, Sendable {
     public var populationImages: Int
     public var rows: [StatisticsDeviation]
 
-    /// A Markdown table: per batch size, the deviations averaged over layers, single batch and moving average.
+    /// Markdown: per batch size, the deviations' median over layers (single batch and moving average), then every
+    /// layer's single-batch deviations.
     public func markdown() -> String {
-        var lines = ["| batch | μ_B | σ²_B | g_B | Ψ_B | backward / forward | SMA window | SMA μ | SMA σ² | SMA g | SMA Ψ |",
+        var lines = ["Median over BN layers of the mean relative deviation from the population value:", "",
+                     "| batch | μ_B | σ²_B | g_B | Ψ_B | backward / forward | SMA window | SMA μ | SMA σ² | SMA g | SMA Ψ |",
                      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for (batch, single, sma, window) in averagedOverLayers() {
             let ratio = (single[2] + single[3]) / max(single[0] + single[1], 1e-300)
@@ -111,15 +113,30 @@ public struct BatchStatisticsReport: Codable, Sendable {
                 + sma.map { String(format: "%.4f", $0) }
             lines.append("| \(batch) | " + cells.joined(separator: " | ") + " |")
         }
+        lines += ["", "Per layer, single batches (μ_B / σ²_B / g_B / Ψ_B):", "",
+                  "| layer | " + Set(rows.map(\.batch)).sorted().map { "B = \($0)" }.joined(separator: " | ") + " |",
+                  "|---|" + String(repeating: "---|", count: Set(rows.map(\.batch)).count)]
+        var layerOrder: [String] = []
+        for row in rows where !layerOrder.contains(row.layer) { layerOrder.append(row.layer) }
+        for layer in layerOrder {
+            let cells = rows.filter { $0.layer == layer }.sorted { $0.batch < $1.batch }
+                .map { $0.single.map { String(format: "%.3g", $0) }.joined(separator: " / ") }
+            lines.append("| \(layer) | " + cells.joined(separator: " | ") + " |")
+        }
         return lines.joined(separator: "\n")
     }
 
-    /// Per batch size: the four deviations averaged over layers (single batch, moving average) and the window.
+    /// Per batch size: the four deviations' median over layers (single batch, moving average) and the window. The
+    /// median, because one layer can dominate a mean (the stem's backward statistics stray far more than any other).
     public func averagedOverLayers() -> [(batch: Int, single: [Double], movingAverage: [Double], window: Int)] {
         Dictionary(grouping: rows, by: \.batch).keys.sorted().map { batch in
             let group = rows.filter { $0.batch == batch }
             func average(_ pick: (StatisticsDeviation) -> [Double]) -> [Double] {
-                (0..<4).map { s in group.map { pick($0)[s] }.reduce(0, +) / Double(group.count) }
+                (0..<4).map { s in
+                    let values = group.map { pick($0)[s] }.sorted()
+                    let n = values.count
+                    return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2
+                }
             }
             return (batch, average(\.single), average(\.movingAverage), group[0].window)
         }
@@ -274,7 +291,7 @@ extension BatchStatisticsReport {
         let averaged = averagedOverLayers()
         let names = ["μ_B (forward)", "σ²_B (forward)", "g_B (backward)", "Ψ_B (backward)"]
         let panels: [(title: String, values: [[Double]])] = [
-            ("BN batch statistics: single batches", averaged.map(\.single)),
+            ("BN batch statistics (median over layers): single batches", averaged.map(\.single)),
             ("after a moving average over 32 / B batches", averaged.map(\.movingAverage)),
         ]
         for (index, panel) in panels.enumerated() {
