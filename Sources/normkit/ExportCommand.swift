@@ -36,11 +36,7 @@ struct ExportCommand: ParsableCommand {
     }
 
     func run() throws {
-        var url = URL(fileURLWithPath: checkpoint)
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
-            url = url.appendingPathComponent(TrainingCheckpoint.modelFileName)
-        }
+        let url = modelFile(checkpoint)
         let output = URL(fileURLWithPath: out)
         let result = try FoldedExport.export(checkpoint: url, to: output, overwrite: overwrite)
         let model = result.model

@@ -38,3 +38,13 @@ struct CommandFailure: Error, CustomStringConvertible, LocalizedError {
     init(_ description: String) { self.description = description }
     var errorDescription: String? { description }
 }
+
+/// The model file a `--checkpoint` names: the file itself, or `model.safetensors` inside a run directory.
+func modelFile(_ checkpoint: String) -> URL {
+    let url = URL(fileURLWithPath: checkpoint)
+    var isDirectory: ObjCBool = false
+    if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
+        return url.appendingPathComponent(TrainingCheckpoint.modelFileName)
+    }
+    return url
+}

@@ -52,11 +52,7 @@ struct StatsCommand: ParsableCommand {
     }
 
     func run() throws {
-        var url = URL(fileURLWithPath: checkpoint)
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
-            url = url.appendingPathComponent(TrainingCheckpoint.modelFileName)
-        }
+        let url = modelFile(checkpoint)
         Parallelism.threadCount = threads
         BLAS.setThreads(1)
         let file = try TrainingCheckpoint.read(at: url)

@@ -257,11 +257,7 @@ struct EvalCommand: ParsableCommand {
     }
 
     func run() throws {
-        var url = URL(fileURLWithPath: checkpoint)
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
-            url = url.appendingPathComponent(TrainingCheckpoint.modelFileName)
-        }
+        let url = modelFile(checkpoint)
         Parallelism.threadCount = threads
         BLAS.setThreads(1)
         // Read and validate everything the file says before building or allocating anything.
