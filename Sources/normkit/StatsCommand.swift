@@ -65,8 +65,7 @@ struct StatsCommand: ParsableCommand {
                                                statistics: file.data?.statistics)
         let model = try TrainingCheckpoint.buildModel(for: file, at: url, inChannels: train.channels,
                                                       classes: train.classCount)
-        guard let tree = model as? Model & Module else { throw CommandFailure("\(url.path): the model has no module tree") }
-        let report = try BatchStatisticsAnalysis.run(model: tree, data: train, batchSizes: try parsedSizes(),
+        let report = try BatchStatisticsAnalysis.run(model: model, data: train, batchSizes: try parsedSizes(),
                                                      batches: batches, populationImages: population, seed: seed,
                                                      checkpoint: url.path)
         let output = URL(fileURLWithPath: out ?? url.deletingLastPathComponent().appendingPathComponent("stats").path)

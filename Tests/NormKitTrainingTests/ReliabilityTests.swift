@@ -172,7 +172,7 @@ final class ReliabilityTests: XCTestCase {
         let stale = ".model.safetensors.\(dead.processIdentifier).1f2e.tmp"
         let live = ".model.safetensors.1.abcd.tmp"  // PID 1 is alive: not ours to remove
         for name in [stale, live] {
-            FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: Data([1]))
+            XCTAssertTrue(FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: Data([1])))
         }
         let trainer = try Self.trainer(Self.configuration(), output: directory)
         trainer.stopAfterStep = 3
@@ -182,7 +182,7 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(files.contains(live))
         // A save deletes only older training states: plant a later one and save again.
         let later = "training-state-999999.safetensors"
-        FileManager.default.createFile(atPath: directory.appendingPathComponent(later).path, contents: Data([1]))
+        XCTAssertTrue(FileManager.default.createFile(atPath: directory.appendingPathComponent(later).path, contents: Data([1])))
         let resumed = try Self.trainer(Self.configuration(), output: directory)
         try resumed.resume(from: directory)
         resumed.stopAfterStep = 5

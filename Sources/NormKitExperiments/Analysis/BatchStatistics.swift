@@ -22,7 +22,10 @@ public struct ChannelStatistics: Equatable, Sendable {
     /// The statistics of input `x` and output gradient `dy` (same shape and layout), computed in Double.
     ///
     /// - Parameters:
+    ///   - x: the layer's input `(N, C, *spatial)`.
+    ///   - dy: the gradient of the layer's output, same shape and layout.
     ///   - gamma: the layer's `γ` (nil: 1).
+    ///   - epsilon: `ε` inside the square root of `x̂`.
     ///   - gradientScale: multiplies `dy` first (the batch size, to undo a mean loss's `1/N`, so that gradients
     ///     of batches of different sizes are on one scale).
     ///   - perSample: when given, receives each sample's four per-channel means (the per-sample statistics

@@ -4,7 +4,7 @@ import NormKit
 import NormKitTraining
 
 /// `normkit bench --inference`: what folding saves at deployment. Times the eval forward of a GN ResNet, the
-/// same MABN ResNet unfolded (its normalizations applied as eval affines) and folded (``fold(_:)``), all of one
+/// same MABN ResNet unfolded (its normalizations applied as eval affines) and folded (``/NormKitTraining/fold(_:)``), all of one
 /// depth, on `(N, 1, 28, 28)` images: per-image latency at batch 1 and throughput at batch 32.
 ///
 /// The models are timed alternately in one loop (GN, MABN, folded MABN, GN, …), so a change in the machine's
@@ -31,7 +31,7 @@ public enum InferenceBenchmark {
     /// Builds the three models of `depth` (seeded) and times them; `repetitions` timed forwards per model and
     /// batch size after one warm-up each.
     ///
-    /// - Throws: ``ModelError/invalidDepth(_:)``, or a layer's error.
+    /// - Throws: ``/NormKitTraining/ModelError/invalidDepth(_:)``, or a layer's error.
     public static func run(depth: Int, batch: Int = 32, repetitions: Int = 200, imageSize: Int = 28,
                            seed: UInt64 = 0) throws -> [Row] {
         var generator = SeededGenerator(seed: seed)

@@ -30,7 +30,10 @@ public enum FoldedExport {
     /// Reads the checkpoint (validated by ``TrainingCheckpoint/read(at:)``), folds its model, checks the folded
     /// model against the unfolded one in eval mode on a probe batch, and writes it to `output` atomically.
     ///
-    /// - Parameter overwrite: replace an existing `output` (never the checkpoint itself).
+    /// - Parameters:
+    ///   - checkpoint: the `model.safetensors` of a run trained with BN, BRN, MABN, frozen BN or no normalization.
+    ///   - output: the folded model's safetensors file.
+    ///   - overwrite: replace an existing `output` (never the checkpoint itself).
     /// - Throws: ``FoldingError/outputExists(path:)`` (before reading anything), ``FoldingError/notFoldable(path:layer:reason:)``
     ///   for a GN/LN/IN checkpoint, ``FoldingError/unsupported(_:)`` for a VGG checkpoint or `output` equal to the
     ///   checkpoint, the checkpoint's read errors, or the write's ``AtomicFileError``. Nothing is written when it

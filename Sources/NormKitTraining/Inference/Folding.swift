@@ -50,16 +50,16 @@ extension NormKind {
 ///
 /// | layer | scale | shift |
 /// |---|---|---|
-/// | ``BatchNorm``, ``FrozenBatchNorm`` | `γ / sqrt(running_var + ε)` | `β − running_mean·scale` |
-/// | ``BatchRenorm`` | `γ / running_std` | `β − running_mean·scale` |
-/// | ``MovingAverageBatchNorm`` | `γ / sqrt(running_var + ε)` (EMA of `χ²`) | `β` |
+/// | ``/NormKit/BatchNorm``, ``/NormKit/FrozenBatchNorm`` | `γ / sqrt(running_var + ε)` | `β − running_mean·scale` |
+/// | ``/NormKit/BatchRenorm`` | `γ / running_std` | `β − running_mean·scale` |
+/// | ``/NormKit/MovingAverageBatchNorm`` | `γ / sqrt(running_var + ε)` (EMA of `χ²`) | `β` |
 ///
 /// (`γ = 1`, `β = 0` for a layer without affine parameters.) These are the layers' own evaluation coefficients
 /// (each layer computes its scale the same way, in Double, before its eval forward); NormKit's layers do not
 /// expose them, so they are recomputed here from `weight`, `bias` and the running statistics.
 ///
 /// - Returns: nil for the identity (a nil layer).
-/// - Throws: ``FoldingError/notFoldable(path:layer:reason:)`` for ``GroupNorm`` (GN, LN, IN) and any other layer
+/// - Throws: ``FoldingError/notFoldable(path:layer:reason:)`` for ``/NormKit/GroupNorm`` (GN, LN, IN) and any other layer
 ///   type.
 public func inferenceAffine(of layer: NormalizationLayer?, path: String) throws -> (scale: [Double], shift: [Double])? {
     guard let layer else { return nil }
@@ -105,7 +105,7 @@ public func inferenceAffine(of layer: NormalizationLayer?, path: String) throws 
 /// `torch_models.fold(model)`. Per output channel `c` of a convolution with weight `W` and bias `b` (0 if it has
 /// none) followed by a normalization with eval affine `(s, t)` (``inferenceAffine(of:path:)``):
 /// `W'[c] = s_c·W[c]`, `b'_c = s_c·b_c + t_c`; MABN's CenConv weights are centred first, exactly as its forward
-/// centres them (``WeightCentering/centered(_:filters:)``). The classifier is copied.
+/// centres them (``/NormKit/WeightCentering/centered(_:filters:)``). The classifier is copied.
 ///
 /// The result computes what `model` computes in evaluation mode (to float rounding), whatever `model`'s mode.
 /// `model` is not changed.
