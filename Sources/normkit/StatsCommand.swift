@@ -55,7 +55,10 @@ struct StatsCommand: ParsableCommand {
         let url = modelFile(checkpoint)
         Parallelism.threadCount = threads
         BLAS.setThreads(1)
-        let file = try TrainingCheckpoint.read(at: url)
+        var file = try TrainingCheckpoint.read(at: url)
+        // The statistics of batches of each size B: no ghost batches inside them (normBatch does not change the
+        // model's tensors).
+        file.configuration.normBatch = nil
         guard file.configuration.norm == .bn else {
             throw CommandFailure("\(url.path) is a \(file.configuration.norm.rawValue) model: the statistics measured are BN's (g_B and Ψ_B of a BN layer); give a checkpoint trained with --norm bn")
         }
