@@ -1,5 +1,10 @@
 // swift-tools-version: 6.0
+import Foundation
 import PackageDescription
+
+/// oneDNN (Debian's `libdnnl-dev`) is optional: without its header NormKit builds the same API with the im2col
+/// engine only (`ConvolutionEngine.oneDNN.isAvailable` is false).
+let hasOneDNN = FileManager.default.fileExists(atPath: "/usr/include/oneapi/dnnl/dnnl.h")
 
 let package = Package(
     name: "NormKit",
@@ -34,7 +39,11 @@ let package = Package(
         .systemLibrary(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev", "pkg-config"])]),
-        .target(name: "NormKitTraining", dependencies: ["NormKit", "COpenBLAS", "CZlib"]),
+        /// The bridge to oneDNN's convolutions (the one target that sees oneDNN; stubs that say so without it).
+        .target(
+            name: "CNormKitDNNL",
+            linkerSettings: hasOneDNN ? [.linkedLibrary("dnnl"), .linkedLibrary("gomp")] : []),
+        .target(name: "NormKitTraining", dependencies: ["NormKit", "COpenBLAS", "CZlib", "CNormKitDNNL"]),
         /// Sweeps, reports and plots, and the kernel benchmark: the experiments behind the CLI's `sweep`,
         /// `report` and `bench`, kept out of the training library.
         .target(name: "NormKitExperiments", dependencies: ["NormKitTraining", "CZlib"]),

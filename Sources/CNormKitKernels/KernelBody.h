@@ -273,6 +273,107 @@ NK_FN void sets_gradient_apply(float *dx, const float *dy, const float *x, long 
     sets_apply(1, dx, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k);
 }
 
+// ---- Channels-last (NHWC): one sample's m positions are m rows of c contiguous floats ------------------------
+// Channels go in chunks of up to CL_VECTORS vectors, held in registers (coefficients and accumulators) while the
+// positions stream past; each float lane adds at most BLOCK positions before its total goes to double.
+#define CL_VECTORS 4
+#define CL_WIDTH (CL_VECTORS * NK_LANES)
+
+// Vector v of a chunk of nv vectors whose last one has `tail` lanes (0: full), loaded with the tail mask tm.
+#define CL_LOAD(p, v) ((v) == nv - 1 && tail ? vload_part(tm, (p)) : vload(p))
+#define CL_STORE(p, v, value)                                             \
+    do {                                                                  \
+        if ((v) == nv - 1 && tail) vstore_part((p), tm, (value));         \
+        else vstore((p), (value));                                        \
+    } while (0)
+#define CL_CHUNK(c0, c)                                                   \
+    const long w = (c) - (c0) < CL_WIDTH ? (c) - (c0) : CL_WIDTH;         \
+    const int nv = (int)((w + NK_LANES - 1) / NK_LANES);                  \
+    const long tail = w % NK_LANES;                                       \
+    const vmask tm = vmask_first(tail ? tail : 1)
+
+// Per channel, with d = x − k[ch] (k NULL: 0): s1[ch] += Σ d, s2[ch] += Σ d² (grad 0), or s1[ch] += Σ dy,
+// s2[ch] += Σ dy·d (grad 1).
+NK_INLINE void cl_pairs(const int grad, double *s1, double *s2, const float *dy, const float *x, long m, long c,
+                        const float *k) {
+    for (long c0 = 0; c0 < c; c0 += CL_WIDTH) {
+        CL_CHUNK(c0, c);
+        vf kv[CL_VECTORS];
+        for (int v = 0; v < nv; v++) kv[v] = k ? CL_LOAD(k + c0 + v * NK_LANES, v) : vzero();
+        for (long p0 = 0; p0 < m; p0 += BLOCK) {
+            const long p1 = p0 + BLOCK < m ? p0 + BLOCK : m;
+            vf a[CL_VECTORS], b[CL_VECTORS];
+            for (int v = 0; v < CL_VECTORS; v++) a[v] = b[v] = vzero();
+            for (long p = p0; p < p1; p++) {
+                const float *xr = x + p * c + c0;
+                for (int v = 0; v < nv; v++) {
+                    vf d = vsub(CL_LOAD(xr + v * NK_LANES, v), kv[v]);
+                    if (grad) {
+                        vf g = CL_LOAD(dy + p * c + c0 + v * NK_LANES, v);
+                        a[v] = vadd(a[v], g);
+                        b[v] = vfma(g, d, b[v]);
+                    } else {
+                        a[v] = vadd(a[v], d);
+                        b[v] = vfma(d, d, b[v]);
+                    }
+                }
+            }
+            float ta[CL_WIDTH], tb[CL_WIDTH];
+            for (int v = 0; v < nv; v++) {
+                vstore(ta + v * NK_LANES, a[v]);
+                vstore(tb + v * NK_LANES, b[v]);
+            }
+            for (long j = 0; j < w; j++) {
+                s1[c0 + j] += ta[j];
+                s2[c0 + j] += tb[j];
+            }
+        }
+    }
+}
+
+NK_FN void cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, const float *k) {
+    cl_pairs(0, s1, s2, NULL, x, m, c, k);
+}
+
+NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k) {
+    cl_pairs(1, s1, s2, dy, x, m, c, k);
+}
+
+// out = a[ch]·(x − k[ch]) + b[ch] (grad 0), or p·dy + q·(x − k) + r (grad 1: a = q, b = r); out may alias x.
+NK_INLINE void cl_apply(const int grad, float *out, const float *dy, const float *x, long m, long c,
+                        const float *p, const float *a, const float *b, const float *k) {
+    for (long c0 = 0; c0 < c; c0 += CL_WIDTH) {
+        CL_CHUNK(c0, c);
+        vf kv[CL_VECTORS], av[CL_VECTORS], bv[CL_VECTORS], pv[CL_VECTORS];
+        for (int v = 0; v < nv; v++) {
+            const long o = c0 + v * NK_LANES;
+            kv[v] = k ? CL_LOAD(k + o, v) : vzero();
+            av[v] = CL_LOAD(a + o, v);
+            bv[v] = CL_LOAD(b + o, v);
+            pv[v] = grad ? CL_LOAD(p + o, v) : vzero();
+        }
+        for (long i = 0; i < m; i++) {
+            const long row = i * c + c0;
+            for (int v = 0; v < nv; v++) {
+                const long o = row + v * NK_LANES;
+                vf value = vfma(av[v], vsub(CL_LOAD(x + o, v), kv[v]), bv[v]);
+                if (grad) value = vfma(pv[v], CL_LOAD(dy + o, v), value);
+                CL_STORE(out + o, v, value);
+            }
+        }
+    }
+}
+
+NK_FN void cl_affine_centered(float *y, const float *x, long m, long c, const float *k, const float *a,
+                              const float *b) {
+    cl_apply(0, y, NULL, x, m, c, NULL, a, b, k);
+}
+
+NK_FN void cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, const float *p,
+                             const float *q, const float *r, const float *k) {
+    cl_apply(1, dx, dy, x, m, c, p, q, r, k);
+}
+
 const nk_kernel_table NK_TABLE = {
     .level = NK_LEVEL,
     .row_sum = row_sum,
@@ -284,4 +385,8 @@ const nk_kernel_table NK_TABLE = {
     .sets_affine_centered = sets_affine_centered,
     .sets_gradient_sums = sets_gradient_sums,
     .sets_gradient_apply = sets_gradient_apply,
+    .cl_centered_sums = cl_centered_sums,
+    .cl_gradient_sums = cl_gradient_sums,
+    .cl_affine_centered = cl_affine_centered,
+    .cl_gradient_apply = cl_gradient_apply,
 };

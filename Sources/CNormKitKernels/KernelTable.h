@@ -26,6 +26,10 @@ typedef struct nk_kernel_table {
     __typeof__(nk_sets_affine_centered) *sets_affine_centered;
     __typeof__(nk_sets_gradient_sums) *sets_gradient_sums;
     __typeof__(nk_sets_gradient_apply) *sets_gradient_apply;
+    __typeof__(nk_cl_centered_sums) *cl_centered_sums;
+    __typeof__(nk_cl_gradient_sums) *cl_gradient_sums;
+    __typeof__(nk_cl_affine_centered) *cl_affine_centered;
+    __typeof__(nk_cl_gradient_apply) *cl_gradient_apply;
 } nk_kernel_table;
 
 #if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))

@@ -47,6 +47,22 @@ void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long set
                             long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
                             const float *k);
 
+/*
+ * Channels-last (NHWC) kernels over one sample: m positions, each a row of c contiguous floats; per-channel
+ * arrays (k, a, b, p, q, r) have c entries. Vectorised across channels; each float lane adds at most
+ * NK_BLOCK_LENGTH positions before its total is added in double.
+ */
+/* s1[ch] += Σ (x − k[ch]), s2[ch] += Σ (x − k[ch])² (k NULL: 0). */
+void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, const float *k);
+/* s1[ch] += Σ dy, s2[ch] += Σ dy·(x − k[ch]). */
+void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k);
+/* y = a[ch]·(x − k[ch]) + b[ch] (k NULL: 0; y may alias x). */
+void nk_cl_affine_centered(float *y, const float *x, long m, long c, const float *k, const float *a,
+                           const float *b);
+/* dx = p[ch]·dy + q[ch]·(x − k[ch]) + r[ch]. */
+void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, const float *p,
+                          const float *q, const float *r, const float *k);
+
 #ifdef __cplusplus
 }
 #endif

@@ -93,6 +93,9 @@ enum NormalizationKernels {
                 }
             }
         case .channelsLast:
+            if nativeChannelsLast {
+                return nativeApplyChannelsLast(y: y, x: x, center: nil, scale: scale, shift: shift, geometry: g)
+            }
             Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
                 for row in rows {
                     let base = g.coefficient(n: row / m, c: 0)
@@ -118,6 +121,9 @@ enum NormalizationKernels {
                 }
             }
         case .channelsLast:
+            if nativeChannelsLast {
+                return nativeApplyChannelsLast(y: y, x: x, center: center, scale: scale, shift: shift, geometry: g)
+            }
             Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
                 for row in rows {
                     let base = g.coefficient(n: row / m, c: 0)
@@ -265,6 +271,9 @@ enum NormalizationKernels {
     static func statisticsChannelsLast(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
                                        x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>,
                                        geometry g: NormalizationGeometry) {
+        if nativeChannelsLast {
+            return nativeStatisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratch, geometry: g)
+        }
         let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
         do {
             let s1 = scratch, s2 = scratch + g.batch * c
@@ -319,6 +328,10 @@ enum NormalizationKernels {
                 }
             }
         case .channelsLast:
+            if nativeChannelsLast {
+                return nativeGradientSumsChannelsLast(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x,
+                                                      center: center, geometry: g)
+            }
             Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
                 for n in samples {
                     let a1 = sumDy + n * c, a2 = sumDyCentered + n * c
@@ -355,6 +368,10 @@ enum NormalizationKernels {
                 }
             }
         case .channelsLast:
+            if nativeChannelsLast {
+                return nativeGradientApplyChannelsLast(dx: dx, dy: dy, x: x, center: center, scale: scale,
+                                                       slope: slope, offset: offset, geometry: g)
+            }
             Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
                 for row in rows {
                     let n = row / m, o = row * c, base = g.coefficient(n: n, c: 0)

@@ -40,6 +40,11 @@ public final class Conv2d: Layer {
     /// When `false` the backward computes only the parameter gradients and leaves `dx` untouched (for the
     /// first convolution of a network, whose input gradient nobody needs).
     public var computesInputGradient = true
+    /// How the convolution is computed (default ``ConvolutionEngine/preferred``: oneDNN when this build has it).
+    /// oneDNN takes channels-first and channels-last inputs and answers in the input's layout; im2col takes
+    /// channels-first only. Change it between a training forward and its backward and the backward still uses
+    /// the forward's engine.
+    public var engine: ConvolutionEngine = .preferred
 
     /// `"Conv2d(16→32, 3×3, stride 2, padding 1)"` (with `", centred"` / `", bias"` when set).
     public var name: String {
@@ -65,12 +70,14 @@ public final class Conv2d: Layer {
 
     private var savedInput: Tensor?
     private var savedGeometry: ConvolutionGeometry?
+    private var savedEngine: ConvolutionEngine = .im2col
+    let oneDNN = OneDNNConvolutions()
     // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
     private var outputShape: [Int] = []
     private var savedOutputShape: [Int] = []
     /// The weights the last forward used (centred when ``centred``), `out × fanIn`.
-    private let usedWeight: LayerScratch
-    private var workspaces: [ConvolutionWorkspace] = []
+    let usedWeight: LayerScratch
+    private(set) var workspaces: [ConvolutionWorkspace] = []
 
     /// A convolution with He-normal (`fan_out`) weights drawn from `generator`.
     ///
@@ -119,10 +126,27 @@ public final class Conv2d: Layer {
     ///   ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         let g = try geometry(of: x)
+        if let reason = engine.unavailableReason {
+            throw LayerError.engineFailure(layer: name, engine: "oneDNN", message: reason)
+        }
         prepareWeights()
-        let plan = prepareWorkspaces(for: g)
         outputShape.setDimensions(g.batch, outChannels, g.outHeight, g.outWidth)
-        y.prepare(shape: outputShape, layout: .channelsFirst)
+        y.prepare(shape: outputShape, layout: x.layout)
+        if engine == .oneDNN {
+            try forwardOneDNN(x, into: &y, g)
+        } else {
+            forwardIm2col(x, into: &y, g)
+        }
+        if training {
+            savedInput = x
+            savedGeometry = g
+            savedOutputShape = outputShape
+            savedEngine = engine
+        }
+    }
+
+    private func forwardIm2col(_ x: Tensor, into y: inout Tensor, _ g: ConvolutionGeometry) {
+        let plan = prepareWorkspaces(for: g)
         let w = UnsafePointer(usedWeight.pointer)
         let workspaces = self.workspaces
         let biasValues = bias?.value
@@ -135,11 +159,6 @@ public final class Conv2d: Layer {
                 }
             }
         }
-        if training {
-            savedInput = x
-            savedGeometry = g
-            savedOutputShape = outputShape
-        }
     }
 
     /// Backpropagates `dy` through the last training forward: sets ``weight``'s (and ``bias``'s) gradient and,
@@ -149,7 +168,20 @@ public final class Conv2d: Layer {
     ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput, let g = savedGeometry else { throw LayerError.backwardBeforeForward(layer: name) }
-        try LayerCheck.gradient(dy, shape: savedOutputShape, layout: .channelsFirst, layer: name)
+        try LayerCheck.gradient(dy, shape: savedOutputShape, layout: x.layout, layer: name)
+        let threads: Int
+        if savedEngine == .oneDNN {
+            threads = try backwardOneDNN(x, dy, into: &dx, g)
+        } else {
+            threads = backwardIm2col(x, dy, into: &dx, g)
+        }
+        sumGradients(threads: threads)
+        savedInput = nil
+        savedGeometry = nil
+    }
+
+    /// The im2col backward into each thread's partial gradients (and `dx`); returns the thread count.
+    private func backwardIm2col(_ x: Tensor, _ dy: Tensor, into dx: inout Tensor, _ g: ConvolutionGeometry) -> Int {
         let plan = prepareWorkspaces(for: g)
         let w = UnsafePointer(usedWeight.pointer)
         let workspaces = self.workspaces
@@ -171,12 +203,18 @@ public final class Conv2d: Layer {
         } else {
             run(nil)
         }
-        // Add the per-thread partial sums in thread order, then map through the centring.
+        return plan.threads
+    }
+
+    /// Adds the per-thread partial gradients in thread order into ``weight`` (mapped through the centring) and
+    /// ``bias``.
+    private func sumGradients(threads: Int) {
+        let workspaces = self.workspaces
         let count = outChannels * fanIn, filters = outChannels, fanIn = self.fanIn
         weight.gradient.withUnsafeMutableBufferPointer { gw in
             let out = gw.baseAddress!
             out.update(from: workspaces[0].weightGradient.pointer, count: count)
-            for t in 1..<plan.threads {
+            for t in 1..<threads {
                 let part = workspaces[t].weightGradient.pointer
                 for i in 0..<count { out[i] += part[i] }
             }
@@ -186,20 +224,18 @@ public final class Conv2d: Layer {
             bias.gradient.withUnsafeMutableBufferPointer { gb in
                 for o in 0..<filters {
                     var total: Float = 0
-                    for t in 0..<plan.threads { total += workspaces[t].biasGradient.pointer[o] }
+                    for t in 0..<threads { total += workspaces[t].biasGradient.pointer[o] }
                     gb[o] = total
                 }
             }
         }
-        savedInput = nil
-        savedGeometry = nil
     }
 
     // MARK: - Planning
 
     /// Checks `x` and returns the convolution's geometry for it.
     private func geometry(of x: Tensor) throws -> ConvolutionGeometry {
-        try LayerCheck.spatial(x, channels: inChannels, layer: name)
+        try LayerCheck.spatial(x, channels: inChannels, layer: name, channelsLastToo: engine == .oneDNN)
         let h = x.shape[2], w = x.shape[3]
         guard h + 2 * padding >= kernelSize, w + 2 * padding >= kernelSize else {
             throw LayerError.inputTooSmall(layer: name, height: h, width: w, kernelSize: kernelSize, padding: padding)
@@ -243,8 +279,17 @@ public final class Conv2d: Layer {
         return Plan(threads: threads, group: group)
     }
 
+    /// Sizes the first `threads` workspaces' partial gradients (growing only).
+    func reserveGradientWorkspaces(threads: Int, _ g: ConvolutionGeometry) {
+        while workspaces.count < threads { workspaces.append(ConvolutionWorkspace()) }
+        for t in 0..<threads {
+            workspaces[t].weightGradient.reserve(g.filters * g.fanIn)
+            workspaces[t].biasGradient.reserve(g.filters)
+        }
+    }
+
     /// Runs `body(thread, images)` over `0..<count` split into `threads` contiguous ranges.
-    private static func run(threads: Int, count: Int, _ body: (Int, Range<Int>) -> Void) {
+    static func run(threads: Int, count: Int, _ body: (Int, Range<Int>) -> Void) {
         if threads <= 1 {
             body(0, 0..<count)
             return

@@ -29,6 +29,8 @@ public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedErro
     case labelOutOfRange(index: Int, label: Int, classes: Int)
     /// A state entry (checkpoint tensor) is missing or has the wrong shape or type.
     case invalidState(layer: String, name: String, reason: String)
+    /// A compute engine (oneDNN) refused or failed a call; `message` is its own explanation.
+    case engineFailure(layer: String, engine: String, message: String)
 
     /// A sentence naming the layer and the numbers involved.
     public var description: String {
@@ -58,6 +60,8 @@ public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedErro
             return "SoftmaxCrossEntropy: label \(label) at sample \(index) is outside 0..<\(classes)"
         case .invalidState(let layer, let name, let reason):
             return "\(layer): state '\(name)': \(reason)"
+        case .engineFailure(let layer, let engine, let message):
+            return "\(layer): the \(engine) engine failed: \(message)"
         }
     }
 
@@ -69,8 +73,11 @@ public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedErro
 enum LayerCheck {
     /// Throws unless `x` is a non-empty channels-first `(N, C, H, W)` tensor with `channels` channels (any when nil).
     /// `layer` is evaluated only to build an error (a layer's name is an interpolated string).
-    static func spatial(_ x: Tensor, channels: Int?, layer: @autoclosure () -> String) throws {
-        guard x.layout == .channelsFirst else { throw LayerError.unsupportedLayout(layer: layer(), layout: x.layout) }
+    static func spatial(_ x: Tensor, channels: Int?, layer: @autoclosure () -> String,
+                        channelsLastToo: Bool = false) throws {
+        guard x.layout == .channelsFirst || channelsLastToo else {
+            throw LayerError.unsupportedLayout(layer: layer(), layout: x.layout)
+        }
         guard x.shape.count == 4 else { throw LayerError.wrongRank(layer: layer(), expected: 4, shape: x.shape) }
         if let channels, x.channels != channels {
             throw LayerError.channelMismatch(layer: layer(), expected: channels, got: x.channels)

@@ -118,7 +118,8 @@ public final class MaxPool2d: Layer {
 }
 
 /// The mean over all spatial positions, `(N, C, H, W) → (N, C)`: PyTorch's
-/// `torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)`. The output is a rank-2 channels-first tensor. No parameters.
+/// `torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)`. Takes either layout; the output is a rank-2 channels-first
+/// tensor. No parameters.
 public final class GlobalAveragePool: Layer {
     /// `"GlobalAveragePool"`.
     public let name = "GlobalAveragePool"
@@ -128,6 +129,7 @@ public final class GlobalAveragePool: Layer {
     public var training = true
 
     private var savedInputShape: [Int]?
+    private var savedInputLayout = TensorLayout.channelsFirst
     // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
     private var outputShape: [Int] = []
     private var savedOutputShape: [Int] = []
@@ -140,44 +142,56 @@ public final class GlobalAveragePool: Layer {
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
     ///   ``LayerError/emptyBatch(layer:)`` or, for an empty plane, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
-        try LayerCheck.spatial(x, channels: nil, layer: name)
-        let m = x.spatialCount, planes = x.batch * x.channels
+        try LayerCheck.spatial(x, channels: nil, layer: name, channelsLastToo: true)
+        let m = x.spatialCount, n = x.batch, c = x.channels
         guard m > 0 else {
             throw LayerError.inputTooSmall(layer: name, height: x.shape[2], width: x.shape[3], kernelSize: 1, padding: 0)
         }
-        outputShape.setDimensions(x.batch, x.channels)
+        outputShape.setDimensions(n, c)
         y.prepare(shape: outputShape, layout: .channelsFirst)
+        let channelsLast = x.layout == .channelsLast
         x.withUnsafeBufferPointer { xb in
             y.withUnsafeMutableBufferPointer { yb in
                 let scale = 1 / Double(m)
-                for plane in 0..<planes {
-                    let row = xb.baseAddress! + plane * m
-                    var total = 0.0
-                    for i in 0..<m { total += Double(row[i]) }
-                    yb[plane] = Float(total * scale)
+                for i in 0..<n {
+                    for k in 0..<c {
+                        // NCHW: a contiguous plane; NHWC: every c-th element of the image.
+                        let start = channelsLast ? i * m * c + k : (i * c + k) * m, step = channelsLast ? c : 1
+                        var total = 0.0
+                        for p in 0..<m { total += Double(xb[start + p * step]) }
+                        yb[i * c + k] = Float(total * scale)
+                    }
                 }
             }
         }
         if training {
             savedInputShape = x.shape
+            savedInputLayout = x.layout
             savedOutputShape = outputShape
         }
     }
 
-    /// `dx[n, c, h, w] = dy[n, c] / (H·W)`.
+    /// `dx[n, c, h, w] = dy[n, c] / (H·W)`, in the forward input's layout.
     ///
     /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
     ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let shape = savedInputShape else { throw LayerError.backwardBeforeForward(layer: name) }
-        let planes = shape[0] * shape[1], m = shape[2] * shape[3]
+        let n = shape[0], c = shape[1], m = shape[2] * shape[3]
         try LayerCheck.gradient(dy, shape: savedOutputShape, layout: .channelsFirst, layer: name)
-        dx.prepare(shape: shape, layout: .channelsFirst)
+        dx.prepare(shape: shape, layout: savedInputLayout)
+        let channelsLast = savedInputLayout == .channelsLast
         dy.withUnsafeBufferPointer { db in
             dx.withUnsafeMutableBufferPointer { dxb in
                 let scale = 1 / Float(m)
-                for plane in 0..<planes {
-                    (dxb.baseAddress! + plane * m).update(repeating: db[plane] * scale, count: m)
+                let base = dxb.baseAddress!
+                for i in 0..<n {
+                    if channelsLast {
+                        let row = db.baseAddress! + i * c, image = base + i * m * c
+                        for p in 0..<m { for k in 0..<c { image[p * c + k] = row[k] * scale } }
+                    } else {
+                        for k in 0..<c { (base + (i * c + k) * m).update(repeating: db[i * c + k] * scale, count: m) }
+                    }
                 }
             }
         }

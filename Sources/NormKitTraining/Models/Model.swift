@@ -94,6 +94,29 @@ final class LayerSlot<L: Layer> {
     }
 }
 
+/// Writes `x` into `buffer` in `layout` (a copy when the layouts agree or `x` has one channel; reuses `buffer`).
+func convert(_ x: Tensor, into buffer: inout Tensor, layout: TensorLayout) {
+    buffer.prepare(shape: x.shape, layout: layout)
+    let n = x.batch, c = x.channels, m = x.shape.dropFirst(2).reduce(1, *)
+    let sameOrder = x.layout == layout || c == 1
+    x.withUnsafeBufferPointer { source in
+        buffer.withUnsafeMutableBufferPointer { target in
+            if sameOrder {
+                target.baseAddress!.update(from: source.baseAddress!, count: source.count)
+                return
+            }
+            for i in 0..<n {
+                for k in 0..<c {
+                    for p in 0..<m {
+                        let first = (i * c + k) * m + p, last = (i * m + p) * c + k
+                        if layout == .channelsLast { target[last] = source[first] } else { target[first] = source[last] }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `a += b` elementwise (same shape and layout).
 func addInPlace(_ a: inout Tensor, _ b: Tensor) {
     precondition(a.shape == b.shape && a.layout == b.layout)

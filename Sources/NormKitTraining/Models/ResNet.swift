@@ -22,6 +22,19 @@ public final class ResNet: Model {
     private let stemReLU = LayerSlot(ReLU())
     private let pool = LayerSlot(GlobalAveragePool())
     private let classifier: LayerSlot<Linear>
+    private var input = Tensor(zeros: [0, 0])
+
+    /// How every convolution computes (default ``ConvolutionEngine/preferred``). Setting it sets each
+    /// ``Conv2d/engine`` and the layout of the activations between them (``ConvolutionEngine/activationLayout``:
+    /// channels-last for oneDNN, so no activation is ever reordered; the input is converted once per forward).
+    public var engine: ConvolutionEngine = .preferred {
+        didSet { for conv in convolutions { conv.engine = engine } }
+    }
+
+    /// Every convolution, the stem first.
+    private var convolutions: [Conv2d] {
+        [conv1] + blocks.flatMap { block in [block.conv1, block.conv2] + (block.downsample.map { [$0.conv] } ?? []) }
+    }
 
     /// Builds a ResNet of `depth` layers (`6n+2`), stage widths `width`, `2·width`, `4·width`.
     ///
@@ -91,7 +104,12 @@ public final class ResNet: Model {
 
     /// Logits `(N, classes)` for images `(N, inChannels, H, W)`, in a buffer reused by the next forward.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
-        var h = try stem.forward(x, training: training)
+        var h = x
+        if x.layout != engine.activationLayout {
+            convert(x, into: &input, layout: engine.activationLayout)
+            h = input
+        }
+        h = try stem.forward(h, training: training)
         h = try stemNorm.forward(h, training: training)
         h = try stemReLU.forward(h, training: training)
         for stage in stages { for block in stage.blocks { h = try block.forward(h, training: training) } }

@@ -1,0 +1,61 @@
+// NormKit's bridge to oneDNN (Debian's libdnnl-dev, oneDNN 2.x): 2-D convolutions forward, backward-data and
+// backward-weights (with bias) for one fixed shape each, their primitives created once and reused.
+//
+// One `nk_dnnl_convolution` belongs to one thread at a time (it owns its stream, its scratchpads and its weight
+// buffers); NormKit gives each worker of its pool its own. Each runs oneDNN single-threaded, so NormKit's pool is
+// the one owner of the cores and oneDNN's OpenMP threads are never started.
+//
+// Activations are float32 in the caller's memory, `(N, C, H, W)` logically, NCHW or NHWC in memory as chosen at
+// creation; oneDNN reads and writes them in place (no reorder). Weights are given and returned in PyTorch's OIHW
+// order and reordered to the layout oneDNN picked only in `nk_dnnl_convolution_set_weights`.
+//
+// Every function returns 0 on success or a oneDNN status (> 0); `nk_dnnl_last_error` describes the last failure
+// of the calling thread.
+#ifndef NORMKIT_DNNL_H
+#define NORMKIT_DNNL_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct nk_dnnl_convolution nk_dnnl_convolution;
+
+/// 1 when NormKit was built with oneDNN (its headers were found), else 0 and every other call fails.
+int nk_dnnl_is_available(void);
+
+/// oneDNN's version, "2.6.3", or "" without oneDNN.
+const char *nk_dnnl_version(void);
+
+/// The calling thread's last error message ("" if none).
+const char *nk_dnnl_last_error(void);
+
+/// A convolution of `batch` images of `channels × height × width` into `filters` channels, square kernel `kernel`,
+/// `stride` and zero `padding` on every side; `channels_last` selects NHWC memory for input and output (else
+/// NCHW). NULL on failure (see `nk_dnnl_last_error`).
+nk_dnnl_convolution *nk_dnnl_convolution_create(int batch, int channels, int height, int width, int filters,
+                                                int kernel, int stride, int padding, int has_bias,
+                                                int channels_last);
+
+void nk_dnnl_convolution_destroy(nk_dnnl_convolution *convolution);
+
+/// Reorders `weights` (OIHW, `filters × channels × kernel × kernel`) into the primitives' own layouts; call before
+/// the forward and backward-data after the weights changed.
+int nk_dnnl_convolution_set_weights(nk_dnnl_convolution *convolution, const float *weights);
+
+/// `y = conv(x, weights) + bias` (`bias` may be NULL when created without one).
+int nk_dnnl_convolution_forward(nk_dnnl_convolution *convolution, const float *x, const float *bias, float *y);
+
+/// `dx = conv_transpose(dy, weights)`.
+int nk_dnnl_convolution_backward_data(nk_dnnl_convolution *convolution, const float *dy, float *dx);
+
+/// `dweights` (OIHW, overwritten) and `dbias` (overwritten; may be NULL without a bias) from `x` and `dy`.
+int nk_dnnl_convolution_backward_weights(nk_dnnl_convolution *convolution, const float *x, const float *dy,
+                                         float *dweights, float *dbias);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,92 @@
+import CNormKitDNNL
+import Foundation
+import NormKit
+
+/// ``Conv2d`` on oneDNN: the batch split over NormKit's pool, each thread one single-threaded primitive on its
+/// own images (see ``ConvolutionEngine``).
+extension Conv2d {
+    /// The first failure of a parallel section (threads cannot throw across the pool).
+    private final class FirstError: @unchecked Sendable {
+        private var message: String?
+        private let lock = NSLock()
+        func record(_ text: String) { lock.withLock { if message == nil { message = text } } }
+        var value: String? { lock.withLock { message } }
+    }
+
+    private func threadCount(for g: ConvolutionGeometry) -> Int { max(1, min(Parallelism.threadCount, g.batch)) }
+
+    private func key(_ images: Int, _ g: ConvolutionGeometry, _ layout: TensorLayout) -> OneDNNConvolutions.Key {
+        OneDNNConvolutions.Key(batch: images, height: g.height, width: g.width, channelsLast: layout == .channelsLast)
+    }
+
+    /// Creates (or finds) every thread's primitive before the parallel section, so creation errors throw here.
+    private func handles(_ g: ConvolutionGeometry, layout: TensorLayout, threads: Int) throws -> [OpaquePointer] {
+        oneDNN.reserve(threads: threads)
+        return try (0..<threads).map { t in
+            let images = g.batch * (t + 1) / threads - g.batch * t / threads
+            return try oneDNN.handle(thread: t, key(images, g, layout), geometry: g, hasBias: bias != nil,
+                                     layer: name)
+        }
+    }
+
+    func forwardOneDNN(_ x: Tensor, into y: inout Tensor, _ g: ConvolutionGeometry) throws {
+        let threads = threadCount(for: g)
+        let handles = try handles(g, layout: x.layout, threads: threads)
+        let w = UnsafePointer(usedWeight.pointer)
+        let inImage = g.channels * g.height * g.width, outImage = g.filters * g.positions
+        let failure = FirstError()
+        let biasValues = bias?.value ?? []
+        biasValues.withUnsafeBufferPointer { bp in
+            let b = bias == nil ? nil : bp.baseAddress
+            x.withUnsafeBufferPointer { xb in
+                y.withUnsafeMutableBufferPointer { yb in
+                    let xp = xb.baseAddress!, yp = yb.baseAddress!
+                    Conv2d.run(threads: threads, count: g.batch) { t, range in
+                        guard nk_dnnl_convolution_set_weights(handles[t], w) == 0,
+                              nk_dnnl_convolution_forward(handles[t], xp + range.lowerBound * inImage, b,
+                                                          yp + range.lowerBound * outImage) == 0
+                        else { return failure.record(OneDNNConvolutions.lastError) }
+                    }
+                }
+            }
+        }
+        if let message = failure.value { throw LayerError.engineFailure(layer: name, engine: "oneDNN", message: message) }
+    }
+
+    /// The oneDNN backward into each thread's partial gradients (and `dx`); returns the thread count.
+    func backwardOneDNN(_ x: Tensor, _ dy: Tensor, into dx: inout Tensor, _ g: ConvolutionGeometry) throws -> Int {
+        let threads = threadCount(for: g)
+        let handles = try handles(g, layout: x.layout, threads: threads)
+        reserveGradientWorkspaces(threads: threads, g)
+        let workspaces = self.workspaces
+        let inImage = g.channels * g.height * g.width, outImage = g.filters * g.positions
+        let hasBias = bias != nil
+        let failure = FirstError()
+        func run(_ dxp: UnsafeMutablePointer<Float>?) {
+            x.withUnsafeBufferPointer { xb in
+                dy.withUnsafeBufferPointer { dyb in
+                    let xp = xb.baseAddress!, dyp = dyb.baseAddress!
+                    Conv2d.run(threads: threads, count: g.batch) { t, range in
+                        let images = xp + range.lowerBound * inImage, gradients = dyp + range.lowerBound * outImage
+                        guard nk_dnnl_convolution_backward_weights(
+                            handles[t], images, gradients, workspaces[t].weightGradient.pointer,
+                            hasBias ? workspaces[t].biasGradient.pointer : nil) == 0
+                        else { return failure.record(OneDNNConvolutions.lastError) }
+                        if let dxp, nk_dnnl_convolution_backward_data(handles[t], gradients,
+                                                                      dxp + range.lowerBound * inImage) != 0 {
+                            failure.record(OneDNNConvolutions.lastError)
+                        }
+                    }
+                }
+            }
+        }
+        if computesInputGradient {
+            dx.prepare(shape: x.shape, layout: x.layout)
+            dx.withUnsafeMutableBufferPointer { run($0.baseAddress!) }
+        } else {
+            run(nil)
+        }
+        if let message = failure.value { throw LayerError.engineFailure(layer: name, engine: "oneDNN", message: message) }
+        return threads
+    }
+}

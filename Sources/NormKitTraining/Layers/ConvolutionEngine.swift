@@ -1,0 +1,94 @@
+import CNormKitDNNL
+import NormKit
+
+/// How ``Conv2d`` computes: oneDNN's convolutions (the engine PyTorch's CPU convolutions use) or NormKit's own
+/// im2col + OpenBLAS `sgemm` lowering.
+///
+/// - ``oneDNN``: Debian's `libdnnl-dev`, found when NormKit is built (``isAvailable``). Reads and writes
+///   activations in place in either layout, NHWC (channels-last, its fast path: no reorder ever touches an
+///   activation) or NCHW; the weights are reordered to the layout oneDNN picked once per forward.
+/// - ``im2col``: patches + `sgemm`, channels-first only; the reference the oneDNN path is tested against, and the
+///   engine on a machine without oneDNN.
+///
+/// Both split the batch over ``/NormKit/Parallelism/threadCount`` threads of NormKit's pool, each running its
+/// engine single-threaded on its own images: NormKit's pool is the one owner of the cores (oneDNN's OpenMP threads
+/// and OpenBLAS's threads are never started), and the weight gradients are summed in thread order, so results do
+/// not depend on scheduling.
+public enum ConvolutionEngine: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
+    /// oneDNN (`libdnnl`), NHWC or NCHW.
+    case oneDNN = "onednn"
+    /// im2col + OpenBLAS `sgemm`, NCHW.
+    case im2col
+
+    /// Whether this build has the engine (oneDNN needs `libdnnl-dev` when NormKit is compiled).
+    public var isAvailable: Bool {
+        switch self {
+        case .oneDNN: return nk_dnnl_is_available() != 0
+        case .im2col: return true
+        }
+    }
+
+    /// oneDNN when this build has it, else im2col.
+    public static var preferred: ConvolutionEngine { ConvolutionEngine.oneDNN.isAvailable ? .oneDNN : .im2col }
+
+    /// The activation layout a network built for this engine keeps: channels-last for oneDNN, channels-first
+    /// for im2col.
+    public var activationLayout: TensorLayout { self == .oneDNN ? .channelsLast : .channelsFirst }
+
+    /// `"onednn"` or `"im2col"`.
+    public var description: String { rawValue }
+
+    /// `"oneDNN 2.6.3"` or `"im2col + OpenBLAS (SkylakeX)"`, for logs and benchmarks.
+    public var versionDescription: String {
+        switch self {
+        case .oneDNN: return isAvailable ? "oneDNN \(String(cString: nk_dnnl_version()))" : "oneDNN (not built in)"
+        case .im2col: return "im2col + OpenBLAS (\(BLAS.coreName))"
+        }
+    }
+
+    /// Why the engine cannot be used in this build, nil when it can.
+    public var unavailableReason: String? {
+        isAvailable ? nil : "NormKit was built without oneDNN: install Debian's libdnnl-dev and rebuild"
+    }
+}
+
+/// One ``Conv2d``'s oneDNN primitives: per thread of the batch split, a `nk_dnnl_convolution` for that thread's
+/// image count and layout (a few shapes kept, so alternating training and evaluation batches rebuild nothing).
+/// Each handle is used by one thread at a time.
+final class OneDNNConvolutions {
+    struct Key: Hashable { var batch: Int; var height: Int; var width: Int; var channelsLast: Bool }
+
+    private var perThread: [[Key: OpaquePointer]] = []
+    private static let shapesKept = 4
+
+    /// The handle of thread `t` for `key`, created on first use; throws oneDNN's message when it cannot be built.
+    func handle(thread t: Int, _ key: Key, geometry g: ConvolutionGeometry, hasBias: Bool, layer: String) throws
+        -> OpaquePointer
+    {
+        if let existing = perThread[t][key] { return existing }
+        if perThread[t].count >= Self.shapesKept, let victim = perThread[t].first {
+            nk_dnnl_convolution_destroy(victim.value)
+            perThread[t].removeValue(forKey: victim.key)
+        }
+        guard let created = nk_dnnl_convolution_create(
+            Int32(key.batch), Int32(g.channels), Int32(key.height), Int32(key.width), Int32(g.filters),
+            Int32(g.kernel), Int32(g.stride), Int32(g.padding), hasBias ? 1 : 0, key.channelsLast ? 1 : 0)
+        else {
+            throw LayerError.engineFailure(layer: layer, engine: "oneDNN", message: OneDNNConvolutions.lastError)
+        }
+        perThread[t][key] = created
+        return created
+    }
+
+    /// Makes room for `threads` threads' handles (call before a parallel section).
+    func reserve(threads: Int) {
+        while perThread.count < threads { perThread.append([:]) }
+    }
+
+    /// The calling thread's last oneDNN error message.
+    static var lastError: String { String(cString: nk_dnnl_last_error()) }
+
+    deinit {
+        for handles in perThread { for handle in handles.values { nk_dnnl_convolution_destroy(handle) } }
+    }
+}
