@@ -25,7 +25,7 @@ def normkit_round(binary):
     """The same table from `normkit bench --json`."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.json")
-        subprocess.run([binary, "bench", "--repetitions", "101", "--json", path], check=True,
+        subprocess.run([binary, "bench", "--layout", "channelsFirst", "--repetitions", "101", "--json", path], check=True,
                        stdout=subprocess.DEVNULL)
         rows = json.load(open(path))
     return {(r["layer"], tuple(r["shape"])): (r["forwardMilliseconds"], r["forwardBackwardMilliseconds"])

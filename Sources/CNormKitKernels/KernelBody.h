@@ -274,60 +274,77 @@ NK_FN void sets_gradient_apply(float *dx, const float *dy, const float *x, long 
 }
 
 // ---- Channels-last (NHWC): one sample's m positions are m rows of c contiguous floats ------------------------
-// Channels go in chunks of up to CL_VECTORS vectors, held in registers (coefficients and accumulators) while the
-// positions stream past; each float lane adds at most BLOCK positions before its total goes to double.
+// Each row's channels go in vectors, CL_WIDTH channels (4 vectors) at a time with coefficients and accumulators in
+// registers; wider rows are cut into tiles of rows that stay in L1 while every CL_WIDTH-channel slice sweeps them,
+// so memory is read once, in order. Each float lane adds at most CL_ROWS positions before its total goes to double.
 #define CL_VECTORS 4
 #define CL_WIDTH (CL_VECTORS * NK_LANES)
+#define CL_MAX 1024
+#define CL_ROWS 64
 
-// Vector v of a chunk of nv vectors whose last one has `tail` lanes (0: full), loaded with the tail mask tm.
+// Vector v of a run of nv vectors whose last one has `tail` lanes (0: full), loaded or stored with the tail mask tm.
 #define CL_LOAD(p, v) ((v) == nv - 1 && tail ? vload_part(tm, (p)) : vload(p))
 #define CL_STORE(p, v, value)                                             \
     do {                                                                  \
         if ((v) == nv - 1 && tail) vstore_part((p), tm, (value));         \
         else vstore((p), (value));                                        \
     } while (0)
-#define CL_CHUNK(c0, c)                                                   \
-    const long w = (c) - (c0) < CL_WIDTH ? (c) - (c0) : CL_WIDTH;         \
-    const int nv = (int)((w + NK_LANES - 1) / NK_LANES);                  \
-    const long tail = w % NK_LANES;                                       \
+#define CL_RUN(w)                                                         \
+    const int nv = (int)(((w) + NK_LANES - 1) / NK_LANES);                \
+    const long tail = (w) % NK_LANES;                                     \
     const vmask tm = vmask_first(tail ? tail : 1)
 
-// Per channel, with d = x − k[ch] (k NULL: 0): s1[ch] += Σ d, s2[ch] += Σ d² (grad 0), or s1[ch] += Σ dy,
-// s2[ch] += Σ dy·d (grad 1).
+// Per channel, with d = x − k[ch] (k NULL: 0): fa[ch] += Σ d, fb[ch] += Σ d² (grad 0), or fa[ch] += Σ dy,
+// fb[ch] += Σ dy·d (grad 1), over `rows` rows of channels 0 … w − 1 (w ≤ CL_WIDTH: all in registers), rows c apart.
+NK_INLINE void cl_pairs_tile(const int grad, float *fa, float *fb, const float *dy, const float *x, long rows, long c,
+                             long w, const float *k) {
+    CL_RUN(w);
+    vf kv[CL_VECTORS], a[CL_VECTORS], b[CL_VECTORS];
+    for (int v = 0; v < nv; v++) {
+        kv[v] = k ? CL_LOAD(k + v * NK_LANES, v) : vzero();
+        a[v] = vload(fa + v * NK_LANES);
+        b[v] = vload(fb + v * NK_LANES);
+    }
+    for (long p = 0; p < rows; p++) {
+        for (int v = 0; v < nv; v++) {
+            const long o = p * c + v * NK_LANES;
+            vf d = vsub(CL_LOAD(x + o, v), kv[v]);
+            vf g = grad ? CL_LOAD(dy + o, v) : d;
+            a[v] = vadd(a[v], g);
+            b[v] = vfma(g, d, b[v]);
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        vstore(fa + v * NK_LANES, a[v]);
+        vstore(fb + v * NK_LANES, b[v]);
+    }
+}
+
+// s1[ch] += Σ d (or Σ dy), s2[ch] += Σ d² (or Σ dy·d) for channels 0 … w − 1 (w ≤ CL_MAX) of m rows c apart. The rows
+// go in tiles of at most CL_ROWS rows and about 32 KB; each tile is swept once per CL_WIDTH channels while it sits in
+// L1, so x (and dy) come from memory once, in order. A float lane adds one value per row, so its total goes to double
+// after every tile (≤ CL_ROWS values: the accuracy of the channels-first kernels, whose lanes add ~n/64 values).
+NK_INLINE void cl_pairs_run(const int grad, double *s1, double *s2, const float *dy, const float *x, long m, long c,
+                            long w, const float *k) {
+    float fa[CL_MAX + NK_LANES], fb[CL_MAX + NK_LANES];
+    const long fit = 8192 / c, tile = fit < 1 ? 1 : fit < CL_ROWS ? fit : CL_ROWS;
+    for (long p0 = 0; p0 < m; p0 += tile) {
+        const long rows = p0 + tile < m ? tile : m - p0;
+        for (long j = 0; j < w + NK_LANES; j++) fa[j] = fb[j] = 0;  // the lanes past w are loaded, never used
+        for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
+            const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
+            cl_pairs_tile(grad, fa + c0, fb + c0, grad ? dy + p0 * c + c0 : NULL, x + p0 * c + c0, rows, c, cw,
+                          k ? k + c0 : NULL);
+        }
+        for (long j = 0; j < w; j++) { s1[j] += fa[j]; s2[j] += fb[j]; }
+    }
+}
+
 NK_INLINE void cl_pairs(const int grad, double *s1, double *s2, const float *dy, const float *x, long m, long c,
                         const float *k) {
-    for (long c0 = 0; c0 < c; c0 += CL_WIDTH) {
-        CL_CHUNK(c0, c);
-        vf kv[CL_VECTORS];
-        for (int v = 0; v < nv; v++) kv[v] = k ? CL_LOAD(k + c0 + v * NK_LANES, v) : vzero();
-        for (long p0 = 0; p0 < m; p0 += BLOCK) {
-            const long p1 = p0 + BLOCK < m ? p0 + BLOCK : m;
-            vf a[CL_VECTORS], b[CL_VECTORS];
-            for (int v = 0; v < CL_VECTORS; v++) a[v] = b[v] = vzero();
-            for (long p = p0; p < p1; p++) {
-                const float *xr = x + p * c + c0;
-                for (int v = 0; v < nv; v++) {
-                    vf d = vsub(CL_LOAD(xr + v * NK_LANES, v), kv[v]);
-                    if (grad) {
-                        vf g = CL_LOAD(dy + p * c + c0 + v * NK_LANES, v);
-                        a[v] = vadd(a[v], g);
-                        b[v] = vfma(g, d, b[v]);
-                    } else {
-                        a[v] = vadd(a[v], d);
-                        b[v] = vfma(d, d, b[v]);
-                    }
-                }
-            }
-            float ta[CL_WIDTH], tb[CL_WIDTH];
-            for (int v = 0; v < nv; v++) {
-                vstore(ta + v * NK_LANES, a[v]);
-                vstore(tb + v * NK_LANES, b[v]);
-            }
-            for (long j = 0; j < w; j++) {
-                s1[c0 + j] += ta[j];
-                s2[c0 + j] += tb[j];
-            }
-        }
+    for (long c0 = 0; c0 < c; c0 += CL_MAX) {
+        const long w = c - c0 < CL_MAX ? c - c0 : CL_MAX;
+        cl_pairs_run(grad, s1 + c0, s2 + c0, grad ? dy + c0 : NULL, x + c0, m, c, w, k ? k + c0 : NULL);
     }
 }
 
@@ -340,26 +357,43 @@ NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float
 }
 
 // out = a[ch]·(x − k[ch]) + b[ch] (grad 0), or p·dy + q·(x − k) + r (grad 1: a = q, b = r); out may alias x.
+// Channels c0 … c0 + w − 1 (w ≤ CL_WIDTH: coefficients in registers) of rows c apart.
+NK_INLINE void cl_apply_run(const int grad, float *out, const float *dy, const float *x, long m, long c, long w,
+                            const float *p, const float *a, const float *b, const float *k) {
+    CL_RUN(w);
+    vf kv[CL_VECTORS], av[CL_VECTORS], bv[CL_VECTORS], pv[CL_VECTORS];
+    for (int v = 0; v < nv; v++) {
+        const long o = v * NK_LANES;
+        kv[v] = k ? CL_LOAD(k + o, v) : vzero();
+        av[v] = CL_LOAD(a + o, v);
+        bv[v] = CL_LOAD(b + o, v);
+        pv[v] = grad ? CL_LOAD(p + o, v) : vzero();
+    }
+    for (long i = 0; i < m; i++) {
+        for (int v = 0; v < nv; v++) {
+            const long o = i * c + v * NK_LANES;
+            vf value = vfma(av[v], vsub(CL_LOAD(x + o, v), kv[v]), bv[v]);
+            if (grad) value = vfma(pv[v], CL_LOAD(dy + o, v), value);
+            CL_STORE(out + o, v, value);
+        }
+    }
+}
+
 NK_INLINE void cl_apply(const int grad, float *out, const float *dy, const float *x, long m, long c,
                         const float *p, const float *a, const float *b, const float *k) {
-    for (long c0 = 0; c0 < c; c0 += CL_WIDTH) {
-        CL_CHUNK(c0, c);
-        vf kv[CL_VECTORS], av[CL_VECTORS], bv[CL_VECTORS], pv[CL_VECTORS];
-        for (int v = 0; v < nv; v++) {
-            const long o = c0 + v * NK_LANES;
-            kv[v] = k ? CL_LOAD(k + o, v) : vzero();
-            av[v] = CL_LOAD(a + o, v);
-            bv[v] = CL_LOAD(b + o, v);
-            pv[v] = grad ? CL_LOAD(p + o, v) : vzero();
-        }
-        for (long i = 0; i < m; i++) {
-            const long row = i * c + c0;
-            for (int v = 0; v < nv; v++) {
-                const long o = row + v * NK_LANES;
-                vf value = vfma(av[v], vsub(CL_LOAD(x + o, v), kv[v]), bv[v]);
-                if (grad) value = vfma(pv[v], CL_LOAD(dy + o, v), value);
-                CL_STORE(out + o, v, value);
-            }
+    if (c <= CL_WIDTH) {
+        cl_apply_run(grad, out, dy, x, m, c, c, p, a, b, k);
+        return;
+    }
+    // Wide rows: tiles of about 32 KB of rows, swept once per CL_WIDTH channels while in L1 (coefficients in
+    // registers for each sweep).
+    const long tile = c >= 8192 ? 1 : 8192 / c;
+    for (long p0 = 0; p0 < m; p0 += tile) {
+        const long rows = p0 + tile < m ? tile : m - p0, o = p0 * c;
+        for (long c0 = 0; c0 < c; c0 += CL_WIDTH) {
+            const long w = c - c0 < CL_WIDTH ? c - c0 : CL_WIDTH;
+            cl_apply_run(grad, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, rows, c, w,
+                         grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL);
         }
     }
 }

@@ -29,8 +29,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "With --inference: the batch of the throughput measurement.")
     var batch: Int = 32
 
-    @Option(help: "Memory order: channelsFirst (NCHW) or channelsLast (NHWC).")
-    var layout: TensorLayout = .channelsFirst
+    @Option(help: "Memory order: channelsFirst (NCHW) or channelsLast (NHWC); default both, side by side.")
+    var layout: TensorLayout?
 
     @Option(help: "Shapes to time instead of the defaults, e.g. '8x64x14x14,2x2048x7x7'.")
     var shapes: String?
@@ -72,8 +72,10 @@ struct BenchCommand: ParsableCommand {
         if inference { return try runInference() }
         let repetitions = repetitions ?? 9
         let copy = KernelBenchmark.copyBandwidth(threads: threads)
-        let rows = try KernelBenchmark.run(shapes: try parsedShapes(), layout: layout, repetitions: repetitions, copyBytesPerSecond: copy)
-        print("normkit bench: \(threads) thread(s), layout \(layout.rawValue), kernels \(KernelDispatch.description), median of \(repetitions)")
+        let layouts = layout.map { [$0] } ?? TensorLayout.allCases
+        let rows = try KernelBenchmark.run(shapes: try parsedShapes(), layouts: layouts, repetitions: repetitions,
+                                           copyBytesPerSecond: copy)
+        print("normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), median of \(repetitions)")
         print(KernelBenchmark.markdown(rows, copyBytesPerSecond: copy))
         try writeJSON(rows)
     }

@@ -13,6 +13,7 @@ struct NormKitCommand: ParsableCommand {
     /// Line-buffers standard output first, so that progress lines reach a log file (`normkit sweep … > log`) as
     /// they are printed rather than when a 4 KB buffer fills, then parses and runs the command.
     static func main() {
+        useFastBLASKernels()
         setvbuf(stdout, nil, _IOLBF, 0)
         do {
             var command = try parseAsRoot()
@@ -20,6 +21,16 @@ struct NormKitCommand: ParsableCommand {
         } catch {
             exit(withError: userFacing(error))
         }
+    }
+
+    /// Re-executes this process once with `OPENBLAS_CORETYPE` set when OpenBLAS fell back to generic kernels on a
+    /// CPU with AVX2/AVX-512 (``BLAS/suggestedCoreType``); the same PID, arguments and descriptors. If the exec
+    /// fails, carries on with the slow kernels.
+    static func useFastBLASKernels() {
+        guard let core = BLAS.suggestedCoreType else { return }
+        setenv("OPENBLAS_CORETYPE", core, 1)
+        let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
+        execv("/proc/self/exe", arguments)
     }
 
     /// Foundation's and Codable's errors in NormKit's words ("path: reason"), never `NSCocoaErrorDomain` text;

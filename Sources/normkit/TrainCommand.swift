@@ -105,8 +105,11 @@ struct TrainCommand: ParsableCommand {
     var brnSchedule: String?
     @Flag(help: "Replace the run already in --out (its checkpoint and records are deleted first).")
     var overwrite = false
+    @Option(help: "Convolution engine: onednn (default when built in; channels-last network) or im2col (OpenBLAS).")
+    var convEngine: ConvolutionEngine = .preferred
 
     func validate() throws {
+        if let reason = convEngine.unavailableReason { throw ValidationError("--conv-engine \(convEngine): \(reason)") }
         if let every = checkpointEvery, every < 1 {
             throw ValidationError("--checkpoint-every \(every): must be at least 1 (steps between checkpoints)")
         }
@@ -198,13 +201,15 @@ struct TrainCommand: ParsableCommand {
         }
         trainer.checkpointEverySteps = checkpointEvery
         trainer.replacesExistingRun = overwrite
+        trainer.convolutionEngine = convEngine
         if resume != nil {
             try trainer.resume(from: directory)
             print("resuming \(directory.path) at step \(trainer.step)")
         }
         print("training \(configuration.model) with \(configuration.norm.rawValue) "
               + "(batch \(configuration.batch), norm batch \(configuration.effectiveNormBatch), "
-              + "\(configuration.epochs) epochs, lr \(configuration.peakLearningRate)) on \(train.count) images → \(directory.path)")
+              + "\(configuration.epochs) epochs, lr \(configuration.peakLearningRate)) on \(train.count) images → \(directory.path)"
+              + " [\(convEngine.versionDescription)]")
         Trainer.stopOnInterrupt()
         do {
             let summary = try trainer.run()
@@ -301,3 +306,5 @@ struct EvalCommand: ParsableCommand {
         return test
     }
 }
+
+extension ConvolutionEngine: ExpressibleByArgument {}

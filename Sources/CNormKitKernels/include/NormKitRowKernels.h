@@ -49,8 +49,8 @@ void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long set
 
 /*
  * Channels-last (NHWC) kernels over one sample: m positions, each a row of c contiguous floats; per-channel
- * arrays (k, a, b, p, q, r) have c entries. Vectorised across channels; each float lane adds at most
- * NK_BLOCK_LENGTH positions before its total is added in double.
+ * arrays (k, a, b, p, q, r) have c entries. Vectorised across channels; each float lane adds at most 64
+ * positions before its total is added in double.
  */
 /* s1[ch] += Σ (x − k[ch]), s2[ch] += Σ (x − k[ch])² (k NULL: 0). */
 void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, const float *k);

@@ -6,49 +6,42 @@ import CNormKitKernels
 // Per-channel rows of per-set values (k, q, r) are built in stack scratch of C floats per call.
 // The portable loops in NormalizationKernels.swift remain the reference and the path without native kernels.
 
-extension NormalizationGeometry {
-    /// `Σ values[n·C + c]` over the (n, c) of set `s` (its samples × its channels).
-    @inline(__always)
-    func sumOverSet(_ s: Int, _ values: UnsafePointer<Double>) -> Double {
-        let n0 = (s / channelBlocks) * samplesPerSet, c0 = (s % channelBlocks) * channelsPerSet
-        var total = 0.0
-        for n in n0..<(n0 + samplesPerSet) { for ch in c0..<(c0 + channelsPerSet) { total += values[n * channels + ch] } }
-        return total
-    }
-}
-
 extension NormalizationKernels {
     /// Whether the channels-last native kernels run (the same switch as the row kernels).
     @inline(__always) static var nativeChannelsLast: Bool { nativeKernelsFlag.pointee }
 
-    /// Channels-last statistics, shifted two-pass: per-(n, c) `Σx` give the set means μ; then per-(n, c) `Σ(x−k)`
-    /// and `Σ(x−k)²` with `k = Float(μ)`, and per set `Σ(x−μ)² = Σ(x−k)² − (Σ(x−k))²/count`.
+    /// Channels-last statistics in one pass over `x`, shifted: per (n, c), `Σ(x−k)` and `Σ(x−k)²` with `k` the
+    /// channel's value in the first row of the sample block (a value of the data, so `x − k` is of the order of
+    /// the spread even when |μ| ≫ σ); per set, in double, `μ = Σ(k·M + Σ(x−k)) / count` and
+    /// `Σ(x−μ)² = Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²]`.
     static func nativeStatisticsChannelsLast(mean: UnsafeMutablePointer<Double>,
                                              variance: UnsafeMutablePointer<Double>, x: UnsafePointer<Float>,
                                              scratch: UnsafeMutablePointer<Double>, geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
         let s1 = scratch, s2 = scratch + g.batch * c
+        @inline(__always) func shift(_ n: Int) -> UnsafePointer<Float> { x + (n / g.samplesPerSet) * g.samplesPerSet * m * c }
         Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
             for n in samples {
                 (s1 + n * c).update(repeating: 0, count: c)
                 (s2 + n * c).update(repeating: 0, count: c)
-                nk_cl_centered_sums(s1 + n * c, s2 + n * c, x + n * m * c, m, c, nil)
+                nk_cl_centered_sums(s1 + n * c, s2 + n * c, x + n * m * c, m, c, shift(n))
             }
         }
-        for s in 0..<g.setCount { mean[s] = g.sumOverSet(s, s1) / count }
-        Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: c) { k in
-                for n in samples {
-                    for ch in 0..<c { k[ch] = Float(mean[g.set(n: n, c: ch)]) }
-                    (s1 + n * c).update(repeating: 0, count: c)
-                    (s2 + n * c).update(repeating: 0, count: c)
-                    nk_cl_centered_sums(s1 + n * c, s2 + n * c, x + n * m * c, m, c, k.baseAddress!)
+        let cps = g.channelsPerSet, sps = g.samplesPerSet, mm = Double(m)
+        for s in 0..<g.setCount {
+            let n0 = (s / g.channelBlocks) * sps, c0 = (s % g.channelBlocks) * cps, k = shift(n0)
+            var total = 0.0
+            for n in n0..<(n0 + sps) { for ch in c0..<(c0 + cps) { total += Double(k[ch]) * mm + s1[n * c + ch] } }
+            let mu = total / count
+            var m2 = 0.0
+            for n in n0..<(n0 + sps) {
+                for ch in c0..<(c0 + cps) {
+                    let e = mu - Double(k[ch])
+                    m2 += s2[n * c + ch] - 2 * e * s1[n * c + ch] + mm * e * e
                 }
             }
-        }
-        for s in 0..<g.setCount {
-            let shifted = g.sumOverSet(s, s1)
-            variance[s] = max(0, (g.sumOverSet(s, s2) - shifted * shifted / count) / count)
+            mean[s] = mu
+            variance[s] = max(0, m2 / count)
         }
     }
 
@@ -116,6 +109,104 @@ extension NormalizationKernels {
                     }
                     let o = first * c
                     nk_cl_gradient_apply(dx + o, dy + o, x + o, count, c, scale + g.coefficient(n: n, c: 0), q, r, k)
+                }
+            }
+        }
+    }
+}
+
+// Sets inside one sample (GN, LN, IN: samplesPerSet = 1): the whole pipeline per sample, so a sample small enough
+// to stay in L2 is read from memory once per pass direction (statistics, coefficients, apply while it is cached).
+extension NormalizationKernels {
+    /// Samples up to this many floats (4 MB: L2, or the L3 of this project's machines) take the per-sample fused path.
+    static let fusedSampleFloats = 1 << 20
+
+    /// Whether ``nativeNormalizePerSample(y:mean:variance:rstd:x:gamma:beta:epsilon:scale:shift:centers:sums:geometry:)``
+    /// and ``nativeNormalizeBackwardPerSample(dx:sumDy:sumDyCentered:dy:x:mean:rstd:gammaEffective:geometry:)``
+    /// apply to `g`.
+    static func fusesPerSample(_ g: NormalizationGeometry) -> Bool {
+        nativeChannelsLast && g.samplesPerSet == 1 && g.channels * g.positions <= fusedSampleFloats
+    }
+
+    /// The training forward per sample: one-pass shifted statistics of its sets, their coefficients, then
+    /// `y = a·(x − μ̃) + b` while the sample is in cache. `centers`/`scale`/`shift` get per-(n, c) entries.
+    static func nativeNormalizePerSample(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
+                                         variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
+                                         x: UnsafePointer<Float>, gamma: UnsafePointer<Float>?,
+                                         beta: UnsafePointer<Float>?, epsilon: Float,
+                                         scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>,
+                                         centers: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>,
+                                         geometry g: NormalizationGeometry) {
+        let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
+        let count = Double(g.elementsPerSet), mm = Double(m)
+        Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
+            for n in samples {
+                let xs = x + n * m * c, a1 = sums + n * c, a2 = sums + (g.batch + n) * c
+                a1.update(repeating: 0, count: c)
+                a2.update(repeating: 0, count: c)
+                nk_cl_centered_sums(a1, a2, xs, m, c, xs)  // shifted by the sample's first row
+                for j in 0..<blocks {
+                    let s = n * blocks + j, c0 = j * cps
+                    var total = 0.0
+                    for ch in c0..<(c0 + cps) { total += Double(xs[ch]) * mm + a1[ch] }
+                    let mu = total / count
+                    var m2 = 0.0
+                    for ch in c0..<(c0 + cps) {
+                        let e = mu - Double(xs[ch])
+                        m2 += a2[ch] - 2 * e * a1[ch] + mm * e * e
+                    }
+                    let v = max(0, m2 / count), r = 1 / (v + Double(epsilon)).squareRoot()
+                    mean[s] = mu
+                    variance[s] = v
+                    rstd[s] = r
+                    let center = Float(mu), delta = mu - Double(center)
+                    for ch in c0..<(c0 + cps) {
+                        let a = Double(gamma?[ch] ?? 1) * r, k = n * c + ch
+                        centers[k] = center
+                        scale[k] = Float(a)
+                        shift[k] = Float(Double(beta?[ch] ?? 0) - a * delta)
+                    }
+                }
+                nk_cl_affine_centered(y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c)
+            }
+        }
+    }
+
+    /// The training backward per sample: gradient sums of its sets, their slopes and offsets, then `dx` while the
+    /// sample's `x` and `dy` are in cache. Writes the per-(n, c) `Σdy`, `Σdy·(x−μ)` as the unfused path does.
+    static func nativeNormalizeBackwardPerSample(dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
+                                                 sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
+                                                 x: UnsafePointer<Float>, mean: UnsafePointer<Double>,
+                                                 rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Float>,
+                                                 geometry g: NormalizationGeometry) {
+        let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
+        let count = Double(g.elementsPerSet)
+        Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * c) { rows in
+                let k = rows.baseAddress!, p = k + c, q = p + c, r = q + c
+                for n in samples {
+                    let o = n * m * c, a1 = sumDy + n * c, a2 = sumDyCentered + n * c
+                    for ch in 0..<c { k[ch] = Float(mean[n * blocks + ch / cps]) }
+                    a1.update(repeating: 0, count: c)
+                    a2.update(repeating: 0, count: c)
+                    nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, k)
+                    for j in 0..<blocks {
+                        let s = n * blocks + j, c0 = j * cps, rs = rstd[s], delta = mean[s] - Double(k[c0])
+                        var meanG = 0.0, meanGX = 0.0
+                        for ch in c0..<(c0 + cps) {
+                            a2[ch] -= delta * a1[ch]  // centred on the float μ̃; moved to the exact mean
+                            let ge = Double(gammaEffective[n * c + ch])
+                            meanG += ge * a1[ch]
+                            meanGX += ge * a2[ch]
+                        }
+                        let slope = -rs * rs * (meanGX * rs / count), offset = -rs * meanG / count
+                        for ch in c0..<(c0 + cps) {
+                            p[ch] = Float(rs * Double(gammaEffective[n * c + ch]))
+                            q[ch] = Float(slope)
+                            r[ch] = Float(offset - slope * delta)
+                        }
+                    }
+                    nk_cl_gradient_apply(dx + o, dy + o, x + o, m, c, p, q, r, k)
                 }
             }
         }

@@ -171,6 +171,12 @@ enum NormalizationKernels {
                 }
             }
         case .channelsLast:
+            if fusesPerSample(g) {
+                return nativeNormalizePerSample(y: y, mean: mean, variance: variance, rstd: rstd, x: x, gamma: gamma,
+                                                beta: beta, epsilon: epsilon, scale: scratchScale,
+                                                shift: scratchShift, centers: scratchShift + g.coefficientCount,
+                                                sums: scratchDouble, geometry: g)
+            }
             statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
             for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
             let centers = scratchShift + g.coefficientCount
@@ -437,6 +443,11 @@ enum NormalizationKernels {
                 }
             }
         case .channelsLast:
+            if fusesPerSample(g) {
+                return nativeNormalizeBackwardPerSample(dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy,
+                                                        x: x, mean: mean, rstd: rstd, gammaEffective: gammaEffective,
+                                                        geometry: g)
+            }
             gradientSums(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, geometry: g)
             // scratch holds: scale (coefficientCount), slope (sets), offset (sets).
             let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount

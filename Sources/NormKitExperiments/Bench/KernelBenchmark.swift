@@ -9,6 +9,8 @@ public enum KernelBenchmark {
     public struct Row: Codable, Sendable {
         public var layer: String
         public var shape: [Int]
+        /// The memory order of `x`, `y`, `dy` and `dx`.
+        public var layout: TensorLayout
         public var groups: Int?
         /// Median milliseconds of one training forward.
         public var forwardMilliseconds: Double
@@ -59,19 +61,22 @@ public enum KernelBenchmark {
         return times[times.count / 2]
     }
 
-    /// Benchmarks GN (`G = min(32, C)`) and BN on each shape (channels-first, training mode).
-    public static func run(shapes: [[Int]] = defaultShapes, layout: TensorLayout = .channelsFirst,
+    /// Benchmarks GN (`G = min(32, C)`) and BN on each shape in training mode, in each of `layouts` (side by side:
+    /// for every shape and layer, one row per layout, measured one after the other).
+    public static func run(shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases,
                            repetitions: Int = 9, copyBytesPerSecond: Double) throws -> [Row] {
         var rows: [Row] = []
         var generator = SeededGenerator(seed: 42)
         for shape in shapes {
-            let x = Tensor.randomNormal(shape: shape, layout: layout, using: &generator)
-            let dy = Tensor.randomNormal(shape: shape, layout: layout, using: &generator)
-            let c = shape[1], bytes = Double(x.count * MemoryLayout<Float>.size)
+            let first = Tensor.randomNormal(shape: shape, using: &generator)
+            let firstDy = Tensor.randomNormal(shape: shape, using: &generator)
+            let c = shape[1], bytes = Double(first.count * MemoryLayout<Float>.size)
             let gn = try GroupNorm(channels: c, groups: min(32, c))
             let bn = try BatchNorm(channels: c)
             for (name, layer, groups) in [("GroupNorm", gn as NormalizationLayer, Optional(min(32, c))),
                                           ("BatchNorm", bn as NormalizationLayer, nil)] {
+              for layout in layouts {
+                let x = first.converted(to: layout), dy = firstDy.converted(to: layout)
                 var y = Tensor(zeros: shape, layout: layout), dx = Tensor(zeros: shape, layout: layout)
                 let forward = try median(repetitions: repetitions) {
                     try layer.forward(x, into: &y, training: true)
@@ -80,10 +85,11 @@ public enum KernelBenchmark {
                     try layer.forward(x, into: &y, training: true)
                     try layer.backward(dy, into: &dx)
                 }
-                rows.append(Row(layer: name, shape: shape, groups: groups,
+                rows.append(Row(layer: name, shape: shape, layout: layout, groups: groups,
                                 forwardMilliseconds: forward * 1e3, forwardBackwardMilliseconds: both * 1e3,
                                 forwardFractionOfCopy: 2 * bytes / forward / copyBytesPerSecond,
                                 forwardBackwardFractionOfCopy: 5 * bytes / both / copyBytesPerSecond))
+              }
             }
         }
         return rows
@@ -92,10 +98,12 @@ public enum KernelBenchmark {
     /// A Markdown table of `rows`.
     public static func markdown(_ rows: [Row], copyBytesPerSecond: Double) -> String {
         var out = "Copy bandwidth (same run): \(String(format: "%.1f", copyBytesPerSecond / 1e9)) GB/s\n\n"
-        out += "| layer | shape | fwd ms | fwd+bwd ms | fwd / copy BW | fwd+bwd / copy BW |\n|---|---|---:|---:|---:|---:|\n"
+        out += "| layer | shape | layout | fwd ms | fwd+bwd ms | fwd / copy BW | fwd+bwd / copy BW |\n"
+            + "|---|---|---|---:|---:|---:|---:|\n"
         for r in rows {
             let name = r.groups.map { "\(r.layer) G=\($0)" } ?? r.layer
-            out += "| \(name) | (\(r.shape.map(String.init).joined(separator: ","))) | "
+            let layout = r.layout == .channelsFirst ? "NCHW" : "NHWC"
+            out += "| \(name) | (\(r.shape.map(String.init).joined(separator: ","))) | \(layout) | "
                 + String(format: "%.3f | %.3f | %.2f | %.2f |\n", r.forwardMilliseconds, r.forwardBackwardMilliseconds,
                          r.forwardFractionOfCopy, r.forwardBackwardFractionOfCopy)
         }

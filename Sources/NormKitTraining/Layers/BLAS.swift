@@ -1,4 +1,6 @@
 import COpenBLAS
+import Foundation
+import NormKit
 
 /// The one place NormKitTraining talks to OpenBLAS: its thread count and a thin row-major `sgemm`.
 ///
@@ -34,6 +36,26 @@ public enum BLAS {
     public static var coreName: String {
         guard let name = openblas_get_corename() else { return "unknown" }
         return String(cString: name)
+    }
+
+    /// OpenBLAS kernel families that use neither AVX2 nor AVX-512: what its run-time detection falls back to on a
+    /// CPU model it does not know (OpenBLAS 0.3.21, Debian 12, calls Intel's Emerald Rapids "Prescott").
+    static let genericCores: Set<String> = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
+                                            "Katmai", "Coppermine", "Northwood", "Banias", "Sandybridge"]
+
+    /// The `OPENBLAS_CORETYPE` this process should have had: `"SkylakeX"` (AVX-512) or `"Haswell"` (AVX2) when
+    /// OpenBLAS chose a generic kernel family on a CPU that has those instructions (3–4× slower `sgemm` here), nil
+    /// when its choice is fine or the variable is set. OpenBLAS reads the variable only when it is loaded, so only
+    /// a new process can use it: `normkit` re-executes itself with it set.
+    public static var suggestedCoreType: String? {
+        guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil, genericCores.contains(coreName) else {
+            return nil
+        }
+        switch KernelDispatch.instructionSet {
+        case .avx512: return "SkylakeX"
+        case .avx2: return "Haswell"
+        default: return nil
+        }
     }
 
     /// Row-major single-precision GEMM: `C = α·op(A)·op(B) + β·C` with `op(A)` of shape `m × k`, `op(B)` of

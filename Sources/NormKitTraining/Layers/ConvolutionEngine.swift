@@ -52,6 +52,19 @@ public enum ConvolutionEngine: String, Sendable, Codable, CaseIterable, CustomSt
     }
 }
 
+extension Module {
+    /// Sets the engine of every ``Conv2d`` in this tree; a ``ResNet`` also switches the layout of its activations
+    /// (``ResNet/engine``).
+    public func useConvolutionEngine(_ engine: ConvolutionEngine) {
+        if let resnet = self as? ResNet {
+            resnet.engine = engine
+            return
+        }
+        if let conv = self as? Conv2d { conv.engine = engine }
+        for child in children { child.module.useConvolutionEngine(engine) }
+    }
+}
+
 /// One ``Conv2d``'s oneDNN primitives: per thread of the batch split, a `nk_dnnl_convolution` for that thread's
 /// image count and layout (a few shapes kept, so alternating training and evaluation batches rebuild nothing).
 /// Each handle is used by one thread at a time.

@@ -144,11 +144,16 @@ public struct RunSummary: Codable, Equatable, Sendable {
     public var finished: Bool
     /// What the run was trained on (nil in summaries written before NormKit recorded it).
     public var data: DataRecord?
+    /// The convolution engine that computed it (`"oneDNN 2.6.3"`, `"im2col + OpenBLAS (SkylakeX)"`; nil in older
+    /// summaries).
+    public var convolutionEngine: String?
 
     public init(configuration: TrainingConfiguration, finalTestError: Double, bestTestError: Double,
                 epochs: [EpochMetrics], wallSeconds: Double, imagesPerSecond: Double,
-                perClassAccuracy: [Double], finished: Bool, data: DataRecord? = nil) {
+                perClassAccuracy: [Double], finished: Bool, data: DataRecord? = nil,
+                convolutionEngine: String? = nil) {
         self.data = data
+        self.convolutionEngine = convolutionEngine
         self.configuration = configuration; self.finalTestError = finalTestError
         self.bestTestError = bestTestError; self.epochs = epochs; self.wallSeconds = wallSeconds
         self.imagesPerSecond = imagesPerSecond; self.perClassAccuracy = perClassAccuracy; self.finished = finished

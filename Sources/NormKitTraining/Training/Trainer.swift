@@ -47,6 +47,11 @@ public final class Trainer {
     /// A weight above this in magnitude (or not finite) at a checkpoint stops the run as diverged instead of
     /// being saved. Trained conv nets keep weights of order 1.
     public var divergenceWeightBound: Float = 10_000
+    /// How the model's convolutions compute (default ``ConvolutionEngine/preferred``); not part of the run's
+    /// identity (results agree within float rounding), recorded in `summary.json`.
+    public var convolutionEngine: ConvolutionEngine = .preferred {
+        didSet { model.useConvolutionEngine(convolutionEngine) }
+    }
     /// What the run is trained on (recorded in checkpoints and `summary.json`).
     public let dataRecord: DataRecord
     /// The step of the last checkpoint written or resumed from.
@@ -263,7 +268,8 @@ public final class Trainer {
             configuration: c, finalTestError: evaluation.error,
             bestTestError: history.map(\.testError).min() ?? evaluation.error, epochs: history, wallSeconds: now(),
             imagesPerSecond: history.isEmpty ? 0 : history.map(\.imagesPerSecond).reduce(0, +) / Double(history.count),
-            perClassAccuracy: evaluation.perClassAccuracy, finished: true, data: dataRecord)
+            perClassAccuracy: evaluation.perClassAccuracy, finished: true, data: dataRecord,
+            convolutionEngine: convolutionEngine.versionDescription)
         if let output {
             try AtomicFile.write(Array(try JSONEncoder.normKit(pretty: true).encode(summary)),
                                  to: output.appendingPathComponent("summary.json"))
