@@ -1,0 +1,603 @@
+import Foundation
+import NormKit
+import XCTest
+
+/// The channels-last (NHWC) paths of every normalization layer (BN with and without ghost batches, GN including LN
+/// and IN, BRN, MABN, frozen BN), on the native kernels (`nk_cl_*`, AVX-512 and AVX2) and the portable Swift loops:
+///
+/// - training forward, backward (`dx`, `dγ`, `dβ`), evaluation forward and the running state of a channels-last
+///   input equal those of the same layer on the channels-first input, and a float64 reference;
+/// - the native, AVX2 and portable kernels agree with each other;
+/// - channel counts that are not multiples of 8 or 16 (3, 17, 65, 70) and larger than one 4-vector chunk (65, 70,
+///   130), positions 1, 7, 49, 300 and 3000 (more than one 2048-position block);
+/// - the hard input `x = 1e4 + 0.01·randn` is as accurate channels-last as channels-first;
+/// - results do not depend on the thread count and repeat exactly.
+///
+/// Helpers: `VariantTestKit` (BatchRenormTests.swift), `Float64Reference` and the layers' own float64 references in
+/// BatchRenormTests, MovingAverageBatchNormTests and FrozenBatchNormTests.
+final class ChannelsLastKernelTests: XCTestCase {
+    typealias Kit = VariantTestKit
+
+    static let defaultNative = KernelDispatch.useNativeKernels
+    static let defaultThreads = Parallelism.threadCount
+
+    override func tearDown() {
+        KernelDispatch.limitNativeInstructionSet(to: .avx512)
+        KernelDispatch.useNativeKernels = Self.defaultNative
+        Parallelism.threadCount = Self.defaultThreads
+        super.tearDown()
+    }
+
+    // MARK: - Kernel paths
+
+    enum Path: String, CaseIterable {
+        case native, avx2, portable
+    }
+
+    /// Switches the process to `path`; false when this CPU does not have it.
+    @discardableResult
+    func select(_ path: Path) -> Bool {
+        switch path {
+        case .portable:
+            KernelDispatch.limitNativeInstructionSet(to: .avx512)
+            KernelDispatch.useNativeKernels = false
+            return true
+        case .native:
+            KernelDispatch.limitNativeInstructionSet(to: .avx512)
+            KernelDispatch.useNativeKernels = true
+            return KernelDispatch.useNativeKernels
+        case .avx2:
+            KernelDispatch.limitNativeInstructionSet(to: .avx512)
+            KernelDispatch.useNativeKernels = true
+            guard KernelDispatch.useNativeKernels else { return false }
+            return KernelDispatch.limitNativeInstructionSet(to: .avx2) == .avx2
+        }
+    }
+
+    // MARK: - Shapes and cases
+
+    /// `[N, C, spatial…]`: channels 3, 8, 17, 64, 65, 70, 130; positions 1, 7, 49, 300, 3000.
+    static let shapes: [[Int]] = [
+        [6, 3], [6, 17], [6, 130],
+        [4, 8, 7], [4, 65, 7], [4, 17, 7],
+        [4, 70, 7, 7], [4, 3, 7, 7], [2, 64, 49], [2, 130, 7, 7],
+        [1, 70, 3, 10, 10],
+        [2, 3, 3000], [2, 17, 50, 60], [2, 130, 3000],
+    ]
+
+    /// GN group counts per channel count: LN (1), IN (C) and some in between.
+    static func groups(_ c: Int) -> [Int] {
+        switch c {
+        case 8: return [1, 4, 8]
+        case 64: return [1, 16, 64]
+        case 65: return [1, 5, 13, 65]
+        case 70: return [1, 7, 35, 70]
+        case 130: return [1, 13, 65, 130]
+        default: return [1, c]
+        }
+    }
+
+    /// What a layer produced, in logical `(n, c, p)` order.
+    struct Outputs {
+        var y: [Double], dx: [Double], dgamma: [Double]?, dbeta: [Double]?, yEval: [Double]
+        var state: [String: [Double]]
+    }
+
+    /// What the float64 reference says (`dgammaScale`, `dbetaScale`: the magnitude of the sums, 0 for max|value|).
+    struct ReferenceOutputs {
+        var y: [Double], dx: [Double], dgamma: [Double]?, dbeta: [Double]?, yEval: [Double]
+        var dgammaScale = 0.0, dbetaScale = 0.0
+    }
+
+    /// A layer to build (the same each call) and its float64 reference for one shape (nil: no reference).
+    struct LayerCase {
+        var label: String
+        var make: () throws -> NormalizationLayer
+        var reference: (([Double], [Double]) -> ReferenceOutputs)?
+    }
+
+    static func floats(_ count: Int, in range: ClosedRange<Float>, signed: Bool = false,
+                       _ rng: inout SeededGenerator) -> [Float] {
+        (0..<count).map { _ in
+            let v = Float.random(in: range, using: &rng)
+            return signed && Bool.random(using: &rng) ? -v : v
+        }
+    }
+
+    static func doubles(_ v: [Float]) -> [Double] { v.map(Double.init) }
+
+    static func refTensor(_ shape: [Int], _ data: [Double]) -> RefTensor {
+        RefTensor(batch: shape[0], channels: shape[1], positions: shape.dropFirst(2).reduce(1, *), data: data)
+    }
+
+    /// BatchNorm (momentum 0.3, random affine), whole batch or ghost batches of `normBatch`.
+    static func batchNormCase(_ shape: [Int], normBatch: Int?, affine: Bool = true,
+                              _ rng: inout SeededGenerator) -> LayerCase {
+        let c = shape[1]
+        let gamma = floats(c, in: 0.5...1.5, signed: true, &rng), beta = floats(c, in: -1...1, &rng)
+        let momentum: Float = 0.3
+        let make = { () throws -> NormalizationLayer in
+            let layer = try BatchNorm(channels: c, momentum: momentum, normBatch: normBatch, affine: affine)
+            layer.weight?.value = gamma
+            layer.bias?.value = beta
+            return layer
+        }
+        let reference = { (x: [Double], dy: [Double]) -> ReferenceOutputs in
+            let rx = refTensor(shape, x), sets = RefSets.batchNorm(normBatch: normBatch ?? shape[0])
+            let g = affine ? doubles(gamma) : nil, b = affine ? doubles(beta) : nil
+            let forward = Float64Reference.forward(rx, sets: sets, gamma: g, beta: b)
+            let backward = Float64Reference.backward(rx, dy: refTensor(shape, dy), sets: sets, gamma: g)
+            var mean = [Double](repeating: 0, count: c), variance = [Double](repeating: 1, count: c)
+            Float64Reference.updateRunning(mean: &mean, variance: &variance, with: forward, momentum: Double(momentum))
+            let eval = Float64Reference.batchNormEval(rx, runningMean: mean, runningVariance: variance, gamma: g, beta: b)
+            return ReferenceOutputs(y: forward.y.data, dx: backward.dx.data, dgamma: affine ? backward.dgamma : nil,
+                                    dbeta: affine ? backward.dbeta : nil, yEval: eval.data)
+        }
+        return LayerCase(label: "BN normBatch \(normBatch.map(String.init) ?? "all")\(affine ? "" : " no affine")",
+                         make: make, reference: reference)
+    }
+
+    /// GroupNorm with `groups` groups (1: LN, C: IN), random affine.
+    static func groupNormCase(_ shape: [Int], groups: Int, affine: Bool = true, _ rng: inout SeededGenerator) -> LayerCase {
+        let c = shape[1]
+        let gamma = floats(c, in: 0.5...1.5, signed: true, &rng), beta = floats(c, in: -1...1, &rng)
+        let make = { () throws -> NormalizationLayer in
+            let layer = try GroupNorm(channels: c, groups: groups, affine: affine)
+            layer.weight?.value = gamma
+            layer.bias?.value = beta
+            return layer
+        }
+        let reference = { (x: [Double], dy: [Double]) -> ReferenceOutputs in
+            let rx = refTensor(shape, x), sets = RefSets.groupNorm(groups: groups)
+            let g = affine ? doubles(gamma) : nil, b = affine ? doubles(beta) : nil
+            let forward = Float64Reference.forward(rx, sets: sets, gamma: g, beta: b)
+            let backward = Float64Reference.backward(rx, dy: refTensor(shape, dy), sets: sets, gamma: g)
+            return ReferenceOutputs(y: forward.y.data, dx: backward.dx.data, dgamma: affine ? backward.dgamma : nil,
+                                    dbeta: affine ? backward.dbeta : nil, yEval: forward.y.data)
+        }
+        let kind = groups == 1 ? "LN" : groups == c ? "IN" : "GN \(groups) groups"
+        return LayerCase(label: kind, make: make, reference: reference)
+    }
+
+    static let renormSchedule = BatchRenorm.Schedule(warmupSteps: 2, rMax: 2.5, dMax: 1.5, rSteps: 12, dSteps: 8)
+
+    /// BatchRenorm mid-relaxation (step 5 of a short schedule) with random running statistics, so `r` and `d` are
+    /// neither 1 and 0 nor all clipped.
+    static func batchRenormCase(_ shape: [Int], normBatch: Int?, _ rng: inout SeededGenerator) -> LayerCase {
+        let c = shape[1], positions = shape.dropFirst(2).reduce(1, *)
+        let gamma = floats(c, in: 0.5...1.5, &rng), beta = floats(c, in: -0.5...0.5, &rng)
+        let rm = floats(c, in: -1...1, &rng), rs = floats(c, in: 0.4...2.5, &rng)
+        let momentum: Float = 0.3, step: Int64 = 5
+        let make = { () throws -> NormalizationLayer in
+            let layer = try BatchRenorm(channels: c, momentum: momentum, schedule: renormSchedule, normBatch: normBatch)
+            try layer.loadStateDict([
+                "weight": .float32(shape: [c], values: gamma), "bias": .float32(shape: [c], values: beta),
+                "running_mean": .float32(shape: [c], values: rm), "running_std": .float32(shape: [c], values: rs),
+                "num_batches_tracked": .int64(shape: [], values: [step]),
+            ])
+            return layer
+        }
+        let reference = { (x: [Double], dy: [Double]) -> ReferenceOutputs in
+            let ref = BatchRenormTests.Reference(channels: c, epsilon: Double(Float(1e-5)), momentum: Double(momentum),
+                                                 schedule: renormSchedule, normBatch: normBatch,
+                                                 gamma: doubles(gamma), beta: doubles(beta))
+            ref.runningMean = doubles(rm)
+            ref.runningStd = doubles(rs)
+            ref.step = Int(step)
+            let y = ref.forward(x, batch: shape[0], positions: positions)
+            let back = ref.backward(dy)
+            return ReferenceOutputs(y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta,
+                                    yEval: ref.evaluate(x, batch: shape[0], positions: positions),
+                                    dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
+        }
+        return LayerCase(label: "BRN normBatch \(normBatch.map(String.init) ?? "all")", make: make, reference: reference)
+    }
+
+    /// MABN (buffer 3) fresh (`iters` 0: batch statistics) or at `iters` 1500 (the SMA and the r phase, with random
+    /// buffers and running second moments).
+    static func movingAverageCase(_ shape: [Int], normBatch: Int?, iters: Int64,
+                                  _ rng: inout SeededGenerator) -> LayerCase {
+        let c = shape[1], positions = shape.dropFirst(2).reduce(1, *), bufferSize = 3
+        let gamma = floats(c, in: 0.5...1.5, &rng), beta = floats(c, in: -0.5...0.5, &rng)
+        let running = (0..<c).map { _ in Float(Foundation.exp(Double.random(in: -3...3, using: &rng))) }
+        let x2 = iters == 0 ? [Float](repeating: 0, count: bufferSize * c) : floats(bufferSize * c, in: 0.5...4, &rng)
+        let gz = iters == 0 ? x2 : floats(bufferSize * c, in: -0.3...0.3, &rng)
+        let make = { () throws -> NormalizationLayer in
+            let layer = try MovingAverageBatchNorm(channels: c, bufferSize: bufferSize, warmup: 100, normBatch: normBatch)
+            try layer.loadStateDict([
+                "weight": .float32(shape: [c], values: gamma), "bias": .float32(shape: [c], values: beta),
+                "running_var": .float32(shape: [c], values: running), "iters": .int64(shape: [], values: [iters]),
+                "buffer_x2": .float32(shape: [bufferSize, c], values: x2),
+                "buffer_gz": .float32(shape: [bufferSize, c], values: gz),
+            ])
+            return layer
+        }
+        let reference = { (x: [Double], dy: [Double]) -> ReferenceOutputs in
+            let ref = MovingAverageBatchNormTests.Reference(
+                channels: c, bufferSize: bufferSize, warmup: 100, momentum: Double(Float(0.98)),
+                epsilon: Double(Float(1e-5)), normBatch: normBatch, gamma: doubles(gamma), beta: doubles(beta))
+            ref.running = doubles(running)
+            ref.t = Int(iters)
+            ref.bufX2 = doubles(x2)
+            ref.bufGz = doubles(gz)
+            let y = ref.forward(x, batch: shape[0], positions: positions)
+            let back = ref.backward(dy)
+            return ReferenceOutputs(y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta,
+                                    yEval: ref.evaluate(x, batch: shape[0], positions: positions),
+                                    dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
+        }
+        return LayerCase(label: "MABN iters \(iters) normBatch \(normBatch.map(String.init) ?? "all")", make: make,
+                         reference: reference)
+    }
+
+    /// MABN in the BN form (`Parts.batchNorm`: centred statistics, no SMA): no float64 reference here, checked
+    /// channels-last against channels-first and across kernel paths.
+    static func movingAverageBatchNormFormCase(_ shape: [Int], normBatch: Int?, _ rng: inout SeededGenerator) -> LayerCase {
+        let c = shape[1]
+        let gamma = floats(c, in: 0.5...1.5, &rng), beta = floats(c, in: -0.5...0.5, &rng)
+        let make = { () throws -> NormalizationLayer in
+            let layer = try MovingAverageBatchNorm(channels: c, bufferSize: 2, warmup: 0, normBatch: normBatch,
+                                                   parts: .batchNorm)
+            layer.weight?.value = gamma
+            layer.bias?.value = beta
+            return layer
+        }
+        return LayerCase(label: "MABN BN form normBatch \(normBatch.map(String.init) ?? "all")", make: make,
+                         reference: nil)
+    }
+
+    /// Frozen BN with random statistics and affine.
+    static func frozenCase(_ shape: [Int], _ rng: inout SeededGenerator) -> LayerCase {
+        let c = shape[1], positions = shape.dropFirst(2).reduce(1, *)
+        let gamma = floats(c, in: -1.5...1.5, &rng), beta = floats(c, in: -1...1, &rng)
+        let mean = floats(c, in: -2...2, &rng), variance = floats(c, in: 0.01...4, &rng)
+        let make = { () throws -> NormalizationLayer in
+            let layer = try FrozenBatchNorm(channels: c, trainableAffine: true)
+            try layer.loadStateDict([
+                "weight": .float32(shape: [c], values: gamma), "bias": .float32(shape: [c], values: beta),
+                "running_mean": .float32(shape: [c], values: mean),
+                "running_var": .float32(shape: [c], values: variance),
+            ])
+            return layer
+        }
+        let reference = { (x: [Double], dy: [Double]) -> ReferenceOutputs in
+            let ref = FrozenBatchNormTests.Reference(gamma: doubles(gamma), beta: doubles(beta), mean: doubles(mean),
+                                                     variance: doubles(variance), epsilon: Double(Float(1e-5)))
+            let y = ref.forward(x, channels: c, positions: positions)
+            let back = ref.backward(x, dy, channels: c, positions: positions)
+            return ReferenceOutputs(y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta, yEval: y,
+                                    dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
+        }
+        return LayerCase(label: "frozen BN", make: make, reference: reference)
+    }
+
+    /// Samples per ghost batch for a batch of `n` (nil when there is no proper ghost batch).
+    static func ghost(_ n: Int) -> Int? {
+        switch n {
+        case 6: return 3
+        case 4: return 2
+        case 2: return 1
+        default: return nil
+        }
+    }
+
+    // MARK: - Running a case
+
+    /// A training forward, its backward and an evaluation forward of a new layer on `x`, `dy` in `layout`.
+    func run(_ c: LayerCase, shape: [Int], x: [Double], dy: [Double], layout: TensorLayout,
+             file: StaticString = #filePath, line: UInt = #line) throws -> Outputs {
+        let layer = try c.make()
+        let xt = Kit.tensor(shape, layout, x), dyt = Kit.tensor(shape, layout, dy)
+        let y = try layer.forward(xt, training: true)
+        XCTAssertEqual(y.layout, layout, file: file, line: line)
+        XCTAssertEqual(y.shape, shape, file: file, line: line)
+        let grads = try layer.backward(dyt)
+        XCTAssertEqual(grads.input.layout, layout, file: file, line: line)
+        XCTAssertEqual(grads.input.shape, shape, file: file, line: line)
+        let yEval = try layer.forward(xt, training: false)
+        XCTAssertEqual(yEval.layout, layout, file: file, line: line)
+        var state: [String: [Double]] = [:]
+        for (key, value) in layer.stateDict() {
+            switch value {
+            case .float32(_, let v): state[key] = v.map(Double.init)
+            case .int64(_, let v): state[key] = v.map(Double.init)
+            }
+        }
+        return Outputs(y: Kit.logical(y), dx: Kit.logical(grads.input), dgamma: grads.weight?.map(Double.init),
+                       dbeta: grads.bias?.map(Double.init), yEval: Kit.logical(yEval), state: state)
+    }
+
+    /// The worst relative errors seen, per quantity and comparison; reported and asserted at the end of a test.
+    final class Worst {
+        var values: [String: Double] = [:]
+        var places: [String: String] = [:]
+        func record(_ key: String, _ value: Double, _ place: String) {
+            let v = value.isNaN ? .infinity : value
+            if v > (values[key] ?? -1) {
+                values[key] = v
+                places[key] = place
+            }
+        }
+        func assertBelow(_ tolerance: Double, _ title: String, file: StaticString = #filePath, line: UInt = #line) {
+            print("\(title), worst relative errors:")
+            for key in values.keys.sorted() {
+                print(String(format: "  %-52@ %.2e  (%@)", key as NSString, values[key]!, places[key]! as NSString))
+                XCTAssertLessThanOrEqual(values[key]!, tolerance, "\(title): \(key) at \(places[key]!)",
+                                         file: file, line: line)
+            }
+        }
+    }
+
+    /// Runs `c` on every available path in both layouts and checks: each against the reference; channels-last
+    /// against channels-first on the same path; the native and AVX2 channels-last outputs against the portable.
+    func check(_ c: LayerCase, shape: [Int], worst: Worst, rng: inout SeededGenerator,
+               file: StaticString = #filePath, line: UInt = #line) throws {
+        let count = shape.reduce(1, *)
+        let x = Kit.randomLogical(count, mean: 0.4, std: 1.7, &rng)
+        let dy = Kit.randomLogical(count, mean: 0.1, std: 1, &rng)
+        let reference = c.reference?(x, dy)
+        var results: [Path: [TensorLayout: Outputs]] = [:]
+        for path in Path.allCases where select(path) {
+            for layout in TensorLayout.allCases {
+                results[path, default: [:]][layout] = try run(c, shape: shape, x: x, dy: dy, layout: layout,
+                                                              file: file, line: line)
+            }
+        }
+        select(.native)
+        XCTAssertNotNil(results[.portable], file: file, line: line)
+        let place = "\(c.label) \(shape)"
+        func compare(_ a: Outputs, _ want: ReferenceOutputs, _ what: String) {
+            worst.record("y \(what)", Kit.relErr(a.y, want.y), place)
+            worst.record("dx \(what)", Kit.relErr(a.dx, want.dx), place)
+            worst.record("eval y \(what)", Kit.relErr(a.yEval, want.yEval), place)
+            XCTAssertEqual(a.dgamma == nil, want.dgamma == nil, "\(what) \(place)", file: file, line: line)
+            if let g = a.dgamma, let h = want.dgamma {
+                worst.record("dγ \(what)", Kit.relErr(g, h, scale: want.dgammaScale), place)
+            }
+            if let g = a.dbeta, let h = want.dbeta {
+                worst.record("dβ \(what)", Kit.relErr(g, h, scale: want.dbetaScale), place)
+            }
+        }
+        func asReference(_ o: Outputs) -> ReferenceOutputs {
+            ReferenceOutputs(y: o.y, dx: o.dx, dgamma: o.dgamma, dbeta: o.dbeta, yEval: o.yEval,
+                             dgammaScale: reference?.dgammaScale ?? 0, dbetaScale: reference?.dbetaScale ?? 0)
+        }
+        func compareState(_ a: Outputs, _ b: Outputs, _ what: String) {
+            XCTAssertEqual(Set(a.state.keys), Set(b.state.keys), "\(what) \(place)", file: file, line: line)
+            for (key, value) in a.state {
+                guard let other = b.state[key], other.count == value.count else { continue }
+                worst.record("state \(what)", Kit.relErr(value, other), place + " " + key)
+            }
+        }
+        for (path, byLayout) in results {
+            if let reference {
+                for (layout, outputs) in byLayout {
+                    compare(outputs, reference, "vs float64, \(layout == .channelsLast ? "CL" : "CF")")
+                }
+            }
+            if let first = byLayout[.channelsFirst], let last = byLayout[.channelsLast] {
+                compare(last, asReference(first), "CL vs CF (\(path.rawValue))")
+                compareState(last, first, "CL vs CF")
+            }
+        }
+        if let portable = results[.portable]?[.channelsLast] {
+            for path in [Path.native, .avx2] {
+                guard let last = results[path]?[.channelsLast] else { continue }
+                compare(last, asReference(portable), "CL \(path.rawValue) vs CL portable")
+                compareState(last, portable, "CL native/avx2 vs portable")
+            }
+        }
+    }
+
+    /// Tolerance of every comparison (float rounding, as the other float64-reference tests).
+    let tolerance = 1e-5
+
+    // MARK: - Tests
+
+    func testBatchNormChannelsLast() throws {
+        var rng = SeededGenerator(seed: 0xC1_01)
+        let worst = Worst()
+        for shape in Self.shapes {
+            try check(Self.batchNormCase(shape, normBatch: nil, &rng), shape: shape, worst: worst, rng: &rng)
+            if let k = Self.ghost(shape[0]), k * shape.dropFirst(2).reduce(1, *) >= 3 {
+                try check(Self.batchNormCase(shape, normBatch: k, &rng), shape: shape, worst: worst, rng: &rng)
+            }
+        }
+        // Without affine parameters once.
+        let shape = [4, 17, 7, 7]
+        try check(Self.batchNormCase(shape, normBatch: 2, affine: false, &rng), shape: shape, worst: worst, rng: &rng)
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests BN")
+    }
+
+    func testGroupNormLayerNormInstanceNormChannelsLast() throws {
+        var rng = SeededGenerator(seed: 0xC1_02)
+        let worst = Worst()
+        for shape in Self.shapes {
+            let c = shape[1], positions = shape.dropFirst(2).reduce(1, *)
+            for groups in Self.groups(c) where (c / groups) * positions >= 3 {
+                try check(Self.groupNormCase(shape, groups: groups, &rng), shape: shape, worst: worst, rng: &rng)
+            }
+        }
+        let shape = [2, 70, 7, 7]
+        try check(Self.groupNormCase(shape, groups: 7, affine: false, &rng), shape: shape, worst: worst, rng: &rng)
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests GN/LN/IN")
+    }
+
+    func testBatchRenormChannelsLast() throws {
+        var rng = SeededGenerator(seed: 0xC1_03)
+        let worst = Worst()
+        for shape in Self.shapes {
+            try check(Self.batchRenormCase(shape, normBatch: nil, &rng), shape: shape, worst: worst, rng: &rng)
+            if let k = Self.ghost(shape[0]), k * shape.dropFirst(2).reduce(1, *) >= 3 {
+                try check(Self.batchRenormCase(shape, normBatch: k, &rng), shape: shape, worst: worst, rng: &rng)
+            }
+        }
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests BRN")
+    }
+
+    func testMovingAverageBatchNormChannelsLast() throws {
+        var rng = SeededGenerator(seed: 0xC1_04)
+        let worst = Worst()
+        for shape in Self.shapes {
+            let positions = shape.dropFirst(2).reduce(1, *)
+            // ≥ 3 values per chunk (with fewer the warm-up dx is rounding noise).
+            let k = Self.ghost(shape[0]).flatMap { $0 * positions >= 3 ? $0 : nil }
+            try check(Self.movingAverageCase(shape, normBatch: nil, iters: 0, &rng), shape: shape, worst: worst, rng: &rng)
+            try check(Self.movingAverageCase(shape, normBatch: k, iters: 1500, &rng), shape: shape, worst: worst,
+                      rng: &rng)
+            try check(Self.movingAverageBatchNormFormCase(shape, normBatch: k, &rng), shape: shape, worst: worst,
+                      rng: &rng)
+        }
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests MABN")
+    }
+
+    func testFrozenBatchNormChannelsLast() throws {
+        var rng = SeededGenerator(seed: 0xC1_05)
+        let worst = Worst()
+        for shape in Self.shapes + [[1, 3, 1, 1], [1, 130, 5]] {
+            try check(Self.frozenCase(shape, &rng), shape: shape, worst: worst, rng: &rng)
+        }
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests frozen BN")
+    }
+
+    // MARK: - The hard numerics case
+
+    /// `x = 1e4 + 0.01·randn` (float32) through BN (whole and ghost batches), GN (LN, IN, groups between) and
+    /// BRN (fresh: plain BN statistics), affine off, on every kernel path in both layouts: every output element and
+    /// `dx` within 1e-5 of float64 (relative to the largest), per set `mean(y)` within 1e-4 of 0 and `var(y)`
+    /// within 1e-4 of `var/(var + ε)` (as NumericsTests), and channels-last no less accurate than channels-first.
+    /// Also frozen BN with `running_mean ≈ 1e4`, `running_var ≈ 1e-4`; and the milder `x = 100 + randn` on 3000
+    /// positions (more than one 2048-position block).
+    func testLargeMeanSmallSpreadIsAsAccurateChannelsLast() throws {
+        var rng = SeededGenerator(seed: 0xC1_06)
+        let worst = Worst(), statistics = Worst()
+        var byLayout: [String: [TensorLayout: Double]] = [:]
+        // The hard input on three shapes, and a milder one (mean 100, std 1) on a set longer than one block.
+        let inputs: [(shape: [Int], mean: Double, std: Double)] = [
+            ([8, 3, 15, 15], 1e4, 0.01), ([4, 70, 7, 7], 1e4, 0.01), ([2, 17, 50, 60], 1e4, 0.01),
+            ([2, 17, 50, 60], 100, 1),
+        ]
+        for (shape, offset, spread) in inputs {
+            let c = shape[1], count = shape.reduce(1, *)
+            let x = Kit.randomLogical(count, mean: offset, std: spread, &rng)
+            let dy = Kit.randomLogical(count, mean: 0, std: 1, &rng)
+            let rx = Self.refTensor(shape, x), rdy = Self.refTensor(shape, dy)
+            var layers: [(String, () throws -> NormalizationLayer, RefSets)] = [
+                ("BN", { try BatchNorm(channels: c, affine: false) }, .batchNorm(normBatch: shape[0])),
+                ("BN ghost", { try BatchNorm(channels: c, normBatch: 1, affine: false) }, .batchNorm(normBatch: 1)),
+                ("BRN", { try BatchRenorm(channels: c, affine: false) }, .batchNorm(normBatch: shape[0])),
+            ]
+            for groups in Self.groups(c) {
+                layers.append(("GN \(groups) groups", { try GroupNorm(channels: c, groups: groups, affine: false) },
+                               .groupNorm(groups: groups)))
+            }
+            for (name, make, sets) in layers {
+                let forward = Float64Reference.forward(rx, sets: sets, gamma: nil, beta: nil)
+                let backward = Float64Reference.backward(rx, dy: rdy, sets: sets, gamma: nil)
+                let members = sets.members(batch: shape[0], channels: c)
+                for path in Path.allCases where select(path) {
+                    for layout in TensorLayout.allCases {
+                        let layer = try make()
+                        let y = try layer.forward(Kit.tensor(shape, layout, x), training: true)
+                        let dx = try layer.backward(Kit.tensor(shape, layout, dy)).input
+                        let ry = Self.refTensor(shape, Kit.logical(y))
+                        let place = "\(name) \(shape) x = \(offset) ± \(spread) \(path.rawValue) \(layout)"
+                        let ey = Kit.relErr(ry.data, forward.y.data), edx = Kit.relErr(Kit.logical(dx), backward.dx.data)
+                        worst.record("y vs float64", ey, place)
+                        worst.record("dx vs float64", edx, place)
+                        var worstMean = 0.0, worstVariance = 0.0
+                        for (s, set) in members.enumerated() {
+                            var total = 0.0, squares = 0.0, n = 0.0
+                            for (i, ch) in set { for p in 0..<ry.positions { total += ry[i, ch, p]; n += 1 } }
+                            let mean = total / n
+                            for (i, ch) in set { for p in 0..<ry.positions { squares += (ry[i, ch, p] - mean) * (ry[i, ch, p] - mean) } }
+                            let v = forward.variance[s], want = v / (v + 1e-5)
+                            worstMean = max(worstMean, abs(mean))
+                            worstVariance = max(worstVariance, abs(squares / n - want) / want)
+                        }
+                        statistics.record("|mean(y)| per set (absolute)", worstMean, place)
+                        statistics.record("var(y) per set (relative)", worstVariance, place)
+                        let key = "\(name) \(shape) x = \(offset) ± \(spread) \(path.rawValue)"
+                        byLayout[key, default: [:]][layout] = max(ey, edx)
+                    }
+                }
+            }
+            // Frozen BN far from zero.
+            let rm = (0..<c).map { _ in Float(offset + Double.random(in: -1...1, using: &rng) * spread) }
+            let rv = (0..<c).map { _ in Float(spread * spread * Double.random(in: 0.5...2, using: &rng)) }
+            let ref = FrozenBatchNormTests.Reference(gamma: [Double](repeating: 1, count: c),
+                                                     beta: [Double](repeating: 0, count: c), mean: Self.doubles(rm),
+                                                     variance: Self.doubles(rv), epsilon: Double(Float(1e-5)))
+            let want = ref.forward(x, channels: c, positions: shape.dropFirst(2).reduce(1, *))
+            for path in Path.allCases where select(path) {
+                for layout in TensorLayout.allCases {
+                    let layer = try FrozenBatchNorm(channels: c)
+                    try layer.loadStateDict([
+                        "weight": .float32(shape: [c], values: [Float](repeating: 1, count: c)),
+                        "bias": .float32(shape: [c], values: [Float](repeating: 0, count: c)),
+                        "running_mean": .float32(shape: [c], values: rm), "running_var": .float32(shape: [c], values: rv),
+                    ])
+                    let y = try layer.forward(Kit.tensor(shape, layout, x), training: false)
+                    let e = Kit.relErr(Kit.logical(y), want)
+                    worst.record("y vs float64", e, "frozen BN \(shape) x = \(offset) ± \(spread) \(path.rawValue) \(layout)")
+                    byLayout["frozen BN \(shape) x = \(offset) ± \(spread) \(path.rawValue)", default: [:]][layout] = e
+                }
+            }
+        }
+        select(.native)
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests 1e4 + 0.01·randn")
+        statistics.assertBelow(1e-4, "ChannelsLastKernelTests 1e4 + 0.01·randn, statistics of y")
+        for (key, errors) in byLayout.sorted(by: { $0.key < $1.key }) {
+            guard let first = errors[.channelsFirst], let last = errors[.channelsLast] else { continue }
+            XCTAssertLessThanOrEqual(last, max(10 * first, 2e-6),
+                                     "\(key): channels-last error \(last) vs channels-first \(first)")
+        }
+    }
+
+    // MARK: - Threads
+
+    /// On a tensor large enough for the threaded paths (780,000 elements; batch 2 and batch 1), one and two threads
+    /// give the same outputs up to rounding, and the same thread count gives identical outputs run after run, on
+    /// the native and the portable channels-last kernels.
+    func testChannelsLastResultsDoNotDependOnThreads() throws {
+        var rng = SeededGenerator(seed: 0xC1_07)
+        for shape in [[2, 130, 3000], [1, 130, 60, 50]] {
+            let count = shape.reduce(1, *)
+            let x = Kit.randomLogical(count, mean: 0.4, std: 1.7, &rng)
+            let dy = Kit.randomLogical(count, mean: 0.1, std: 1, &rng)
+            var cases = [Self.groupNormCase(shape, groups: 13, &rng), Self.frozenCase(shape, &rng)]
+            if shape[0] > 1 {
+                cases += [Self.batchNormCase(shape, normBatch: nil, &rng), Self.batchRenormCase(shape, normBatch: 1, &rng),
+                          Self.movingAverageCase(shape, normBatch: nil, iters: 1500, &rng)]
+            }
+            for c in cases {
+                for path in [Path.native, .portable] where select(path) {
+                    var first: [Int: Outputs] = [:]
+                    for threads in [1, 2, 1, 2] {
+                        Parallelism.threadCount = threads
+                        let out = try run(c, shape: shape, x: x, dy: dy, layout: .channelsLast)
+                        let label = "\(c.label) \(shape) \(path.rawValue) \(threads) threads"
+                        if let earlier = first[threads] {
+                            XCTAssertEqual(out.y, earlier.y, "y repeat \(label)")
+                            XCTAssertEqual(out.dx, earlier.dx, "dx repeat \(label)")
+                            XCTAssertEqual(out.dgamma, earlier.dgamma, "dγ repeat \(label)")
+                            XCTAssertEqual(out.yEval, earlier.yEval, "eval repeat \(label)")
+                        } else {
+                            first[threads] = out
+                        }
+                    }
+                    let one = first[1]!, two = first[2]!
+                    let label = "\(c.label) \(shape) \(path.rawValue)"
+                    XCTAssertLessThanOrEqual(Kit.relErr(two.y, one.y), 1e-6, "y 2 vs 1 threads \(label)")
+                    XCTAssertLessThanOrEqual(Kit.relErr(two.dx, one.dx), 1e-6, "dx 2 vs 1 threads \(label)")
+                    XCTAssertLessThanOrEqual(Kit.relErr(two.yEval, one.yEval), 1e-6, "eval 2 vs 1 threads \(label)")
+                    if let g = two.dgamma, let h = one.dgamma {
+                        XCTAssertLessThanOrEqual(Kit.relErr(g, h), 1e-6, "dγ 2 vs 1 threads \(label)")
+                    }
+                }
+                Parallelism.threadCount = Self.defaultThreads
+            }
+        }
+        select(.native)
+    }
+}

@@ -1,0 +1,631 @@
+import Foundation
+import NormKitTraining
+import XCTest
+
+/// The oneDNN engine of `Conv2d` (both layouts) against the im2col engine (the reference) and a direct convolution
+/// in Double: forward, input gradient and parameter gradients on random shapes; thread-count independence and
+/// run-to-run reproducibility; the backward when something changed between a training forward and its backward;
+/// errors; and a whole ResNet-8 on each engine.
+final class ConvolutionEngineTests: XCTestCase {
+    static let defaultThreads = Parallelism.threadCount
+
+    override func setUp() {
+        super.setUp()
+        BLAS.setThreads(1)  // the library's recommended configuration (layers split the batch themselves)
+    }
+
+    override func tearDown() {
+        Parallelism.threadCount = Self.defaultThreads
+        BLAS.setThreads(1)
+        super.tearDown()
+    }
+
+    func skipUnlessOneDNN() throws {
+        try XCTSkipUnless(ConvolutionEngine.oneDNN.isAvailable,
+                          ConvolutionEngine.oneDNN.unavailableReason ?? "oneDNN unavailable")
+    }
+
+    // MARK: - Engine properties
+
+    func testEngineProperties() throws {
+        try skipUnlessOneDNN()
+        XCTAssertEqual(ConvolutionEngine.preferred, .oneDNN)
+        XCTAssertEqual(ConvolutionEngine.oneDNN.activationLayout, .channelsLast)
+        XCTAssertEqual(ConvolutionEngine.im2col.activationLayout, .channelsFirst)
+        XCTAssertNil(ConvolutionEngine.oneDNN.unavailableReason)
+        XCTAssertNil(ConvolutionEngine.im2col.unavailableReason)
+        XCTAssertTrue(ConvolutionEngine.oneDNN.versionDescription.hasPrefix("oneDNN 2."),
+                      ConvolutionEngine.oneDNN.versionDescription)
+        var rng = SeededGenerator(seed: 900)
+        let conv = try Conv2d(inChannels: 2, outChannels: 3, kernelSize: 3, generator: &rng)
+        XCTAssertEqual(conv.engine, .oneDNN, "the default engine is the preferred one")
+        let model = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .bn), generator: &rng)
+        XCTAssertEqual(model.engine, .oneDNN)
+        model.engine = .im2col
+        let convs = model.namedModules().compactMap { $0.module as? Conv2d }
+        XCTAssertEqual(convs.count, 9, "ResNet-8: stem, 3 blocks × 2, 2 downsample convolutions")
+        for conv in convs { XCTAssertEqual(conv.engine, .im2col) }
+        model.engine = .oneDNN
+        for conv in convs { XCTAssertEqual(conv.engine, .oneDNN) }
+    }
+
+    // MARK: - oneDNN against im2col and float64
+
+    /// Random shapes (batch 1…5, 1…20 channels in and out, planes 1…13, kernel 1 and 3 and once 5, stride 1 and 2,
+    /// padding 0…2, every bias/centred combination): the oneDNN engine on NCHW and on NHWC input, and the im2col
+    /// engine, each against a direct convolution in Double and oneDNN against im2col: outputs, `dx`, `dW`, `db`.
+    func testOneDNNMatchesIm2colAndFloat64OnRandomShapes() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 901)
+        var worst: [String: Double] = [:]
+        var kernels: Set<Int> = [], strides: Set<Int> = [], paddings: Set<Int> = []
+        for index in 0..<60 {
+            let spec = EngineSpec.random(&rng, kernel: index == 0 ? 5 : nil)
+            kernels.insert(spec.kernel)
+            strides.insert(spec.stride)
+            paddings.insert(spec.padding)
+            let bias = index % 2 == 1, centred = (index / 2) % 2 == 1
+            Parallelism.threadCount = index % 3 == 0 ? 1 : 2
+            let (conv, x, dy) = try makeConvolution(spec, bias: bias, centred: centred, rng: &rng)
+            let label = "\(spec) bias \(bias) centred \(centred) threads \(Parallelism.threadCount)"
+            let reference = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value,
+                                              centred: centred)
+            let want = reference.run(x: x.values, dy: dy.values)
+            let im2col = try run(conv, .im2col, .channelsFirst, x: x, dy: dy)
+            let nchw = try run(conv, .oneDNN, .channelsFirst, x: x, dy: dy)
+            let nhwc = try run(conv, .oneDNN, .channelsLast, x: x, dy: dy)
+            for (name, result) in [("im2col", im2col), ("oneDNN NCHW", nchw), ("oneDNN NHWC", nhwc)] {
+                worst[name] = max(worst[name] ?? 0, result.assertClose(to: want, tolerance: 1e-4, "\(name) vs float64 \(label)"))
+            }
+            let wantIm2col = ExpectedConvolution(im2col)
+            for (name, result) in [("oneDNN NCHW vs im2col", nchw), ("oneDNN NHWC vs im2col", nhwc)] {
+                worst[name] = max(worst[name] ?? 0, result.assertClose(to: wantIm2col, tolerance: 1e-4, "\(name) \(label)"))
+            }
+            assertNear(nhwc.y, nchw.y, 1e-5, "oneDNN NHWC vs NCHW y \(label)")
+        }
+        XCTAssertEqual(kernels, [1, 3, 5])
+        XCTAssertEqual(strides, [1, 2])
+        XCTAssertEqual(paddings, [0, 1, 2])
+        print("ConvolutionEngineTests random shapes, worst relative errors:",
+              worst.keys.sorted().map { "\($0) \(String(format: "%.2e", worst[$0]!))" }.joined(separator: ", "))
+    }
+
+    /// Hand-picked edge shapes: 1×1 planes, a window covering the whole padded input, one channel in or out,
+    /// batch 1, a 5×5 kernel with stride 2, and channel counts around oneDNN's 8/16-channel blocks.
+    func testOneDNNEdgeShapesMatchFloat64() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 902)
+        let specs = [
+            EngineSpec(batch: 1, channels: 1, height: 1, width: 1, filters: 1, kernel: 1, stride: 1, padding: 0),
+            EngineSpec(batch: 2, channels: 3, height: 1, width: 1, filters: 4, kernel: 3, stride: 1, padding: 1),
+            EngineSpec(batch: 3, channels: 5, height: 1, width: 2, filters: 2, kernel: 5, stride: 2, padding: 2),
+            EngineSpec(batch: 1, channels: 16, height: 13, width: 13, filters: 16, kernel: 3, stride: 2, padding: 0),
+            EngineSpec(batch: 4, channels: 17, height: 6, width: 11, filters: 9, kernel: 5, stride: 2, padding: 1),
+            EngineSpec(batch: 5, channels: 8, height: 12, width: 3, filters: 20, kernel: 1, stride: 2, padding: 2),
+            EngineSpec(batch: 2, channels: 20, height: 2, width: 13, filters: 1, kernel: 3, stride: 1, padding: 2),
+        ]
+        for spec in specs {
+            for (bias, centred) in [(false, false), (true, true)] {
+                let (conv, x, dy) = try makeConvolution(spec, bias: bias, centred: centred, rng: &rng)
+                let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value,
+                                             centred: centred).run(x: x.values, dy: dy.values)
+                for layout in TensorLayout.allCases {
+                    let result = try run(conv, .oneDNN, layout, x: x, dy: dy)
+                    result.assertClose(to: want, tolerance: 1e-5, "oneDNN \(layout) \(spec) bias \(bias) centred \(centred)")
+                }
+            }
+        }
+    }
+
+    // MARK: - Threads and reproducibility
+
+    /// One and two threads (a batch of 5 splits unevenly) give the same numbers up to rounding, and the same
+    /// thread count gives bit-identical numbers run after run, for both engines and both oneDNN layouts.
+    func testResultsDoNotDependOnThreadsAndRepeatExactly() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 903)
+        let spec = EngineSpec(batch: 5, channels: 13, height: 9, width: 10, filters: 11, kernel: 3, stride: 1,
+                              padding: 1)
+        let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: true, rng: &rng)
+        for (engine, layout) in [(ConvolutionEngine.oneDNN, TensorLayout.channelsFirst), (.oneDNN, .channelsLast),
+                                 (.im2col, .channelsFirst)] {
+            var byThreads: [Int: EngineResult] = [:]
+            for threads in [1, 2, 1, 2] {
+                Parallelism.threadCount = threads
+                let result = try run(conv, engine, layout, x: x, dy: dy)
+                if let first = byThreads[threads] {
+                    XCTAssertTrue(first == result, "\(engine) \(layout) \(threads) threads: a second run differs")
+                } else {
+                    byThreads[threads] = result
+                }
+            }
+            byThreads[2]!.assertClose(to: ExpectedConvolution(byThreads[1]!), tolerance: 1e-5, "\(engine) \(layout): 2 vs 1 threads")
+        }
+    }
+
+    // MARK: - What may happen between a training forward and its backward
+
+    /// The backward after `Parallelism.threadCount` changed since the training forward (allowed: the setting
+    /// applies from the next call on) must still be the gradient of that forward.
+    func testBackwardAfterThreadCountChangedSinceTheForward() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 904)
+        let spec = EngineSpec(batch: 4, channels: 6, height: 7, width: 7, filters: 5, kernel: 3, stride: 1, padding: 1)
+        let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: false, rng: &rng)
+        let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value, centred: false)
+            .run(x: x.values, dy: dy.values)
+        for layout in TensorLayout.allCases {
+            for (forwardThreads, backwardThreads) in [(2, 1), (1, 2)] {
+                // A fresh layer each time, so no primitive of an earlier call can be reused.
+                let fresh = try Conv2d(inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
+                                       stride: spec.stride, padding: spec.padding, bias: true, generator: &rng)
+                fresh.weight.value = conv.weight.value
+                fresh.bias!.value = conv.bias!.value
+                fresh.engine = .oneDNN
+                var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
+                Parallelism.threadCount = forwardThreads
+                try fresh.forward(x.converted(to: layout), into: &y, training: true)
+                Parallelism.threadCount = backwardThreads
+                try fresh.backward(dy.converted(to: layout), into: &dx)
+                let result = EngineResult(y: y.converted(to: .channelsFirst).values,
+                                          dx: dx.converted(to: .channelsFirst).values,
+                                          dw: fresh.weight.gradient, db: fresh.bias?.gradient)
+                result.assertClose(to: want, tolerance: 1e-4,
+                                   "oneDNN \(layout): forward on \(forwardThreads) threads, backward on \(backwardThreads)")
+            }
+        }
+        // The same after a whole step on one thread with other weights (as after an optimizer step): the backward
+        // must use the weights of its own forward, not those of an earlier step.
+        for layout in TensorLayout.allCases {
+            let layer = try Conv2d(inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
+                                   stride: spec.stride, padding: spec.padding, bias: true, generator: &rng)
+            layer.engine = .oneDNN
+            layer.bias!.value = conv.bias!.value
+            layer.weight.value = conv.weight.value.map { -2 * $0 }
+            var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
+            Parallelism.threadCount = 1
+            try layer.forward(x.converted(to: layout), into: &y, training: true)
+            try layer.backward(dy.converted(to: layout), into: &dx)
+            layer.weight.value = conv.weight.value
+            Parallelism.threadCount = 2
+            try layer.forward(x.converted(to: layout), into: &y, training: true)
+            Parallelism.threadCount = 1
+            try layer.backward(dy.converted(to: layout), into: &dx)
+            let result = EngineResult(y: y.converted(to: .channelsFirst).values,
+                                      dx: dx.converted(to: .channelsFirst).values,
+                                      dw: layer.weight.gradient, db: layer.bias?.gradient)
+            result.assertClose(to: want, tolerance: 1e-4,
+                               "oneDNN \(layout): a step on 1 thread, new weights, forward on 2 threads, backward on 1")
+        }
+    }
+
+    /// Evaluation forwards of many other shapes between a training forward and its backward (a validation pass
+    /// in the middle of a step, or probing shapes) must not change that backward. (Which cached primitive the
+    /// layer drops first depends on hashing, so the scenario runs for three training batch sizes and both layouts,
+    /// each on a fresh layer.)
+    func testBackwardAfterEvaluationForwardsOfOtherShapes() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 905)
+        Parallelism.threadCount = 1
+        for trainingBatch in [3, 4, 5] {
+            let spec = EngineSpec(batch: trainingBatch, channels: 4, height: 8, width: 8, filters: 6, kernel: 3,
+                                  stride: 2, padding: 1)
+            for layout in TensorLayout.allCases {
+                let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: true, rng: &rng)
+                let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value, centred: true)
+                    .run(x: x.values, dy: dy.values)
+                conv.engine = .oneDNN
+                var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1]), other = Tensor(zeros: [1, 1])
+                try conv.forward(x.converted(to: layout), into: &y, training: true)
+                let forwardOutput = y.converted(to: .channelsFirst).values
+                // 30 other shapes (batch 1…2, planes 3…9 × 3…7).
+                for batch in 1...2 {
+                    for side in 3...7 {
+                        for height in [side, side + 1, side + 2] {
+                            let probe = Tensor.randomNormal(shape: [batch, spec.channels, height, side], using: &rng)
+                            try conv.forward(probe.converted(to: layout), into: &other, training: false)
+                        }
+                    }
+                }
+                try conv.backward(dy.converted(to: layout), into: &dx)
+                let result = EngineResult(y: forwardOutput, dx: dx.converted(to: .channelsFirst).values,
+                                          dw: conv.weight.gradient, db: conv.bias?.gradient)
+                result.assertClose(to: want, tolerance: 1e-4,
+                                   "oneDNN \(layout) batch \(trainingBatch): backward after 30 evaluation forwards")
+            }
+        }
+    }
+
+    /// Changing `engine` between a training forward and its backward: the backward uses the forward's engine.
+    func testEngineChangedBetweenForwardAndBackward() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 906)
+        let spec = EngineSpec(batch: 3, channels: 5, height: 6, width: 7, filters: 4, kernel: 3, stride: 1, padding: 1)
+        let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: true, rng: &rng)
+        let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value, centred: true)
+            .run(x: x.values, dy: dy.values)
+        for (first, then, layout) in [(ConvolutionEngine.oneDNN, ConvolutionEngine.im2col, TensorLayout.channelsLast),
+                                      (.oneDNN, .im2col, .channelsFirst), (.im2col, .oneDNN, .channelsFirst)] {
+            conv.engine = first
+            var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
+            try conv.forward(x.converted(to: layout), into: &y, training: true)
+            conv.engine = then
+            try conv.backward(dy.converted(to: layout), into: &dx)
+            XCTAssertEqual(dx.layout, layout)
+            let result = EngineResult(y: y.converted(to: .channelsFirst).values,
+                                      dx: dx.converted(to: .channelsFirst).values,
+                                      dw: conv.weight.gradient, db: conv.bias?.gradient)
+            result.assertClose(to: want, tolerance: 1e-4, "forward \(first) \(layout), engine then set to \(then)")
+        }
+    }
+
+    /// `computesInputGradient = false` on oneDNN: `dx` untouched, the parameter gradients the same.
+    func testOneDNNWithoutInputGradient() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 907)
+        let spec = EngineSpec(batch: 3, channels: 3, height: 8, width: 8, filters: 4, kernel: 3, stride: 1, padding: 1)
+        let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: false, rng: &rng)
+        for layout in TensorLayout.allCases {
+            let full = try run(conv, .oneDNN, layout, x: x, dy: dy)
+            conv.computesInputGradient = false
+            var y = Tensor(zeros: [1, 1]), untouched = try Tensor(shape: [1, 2], values: [7, 8])
+            try conv.forward(x.converted(to: layout), into: &y, training: true)
+            try conv.backward(dy.converted(to: layout), into: &untouched)
+            XCTAssertEqual(untouched.values, [7, 8])
+            XCTAssertEqual(untouched.shape, [1, 2])
+            XCTAssertEqual(conv.weight.gradient, full.dw)
+            XCTAssertEqual(conv.bias!.gradient, full.db!)
+            conv.computesInputGradient = true
+        }
+    }
+
+    // MARK: - Errors
+
+    func testBadInputThrowsLayerErrors() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 908)
+        let conv = try Conv2d(inChannels: 3, outChannels: 4, kernelSize: 3, stride: 1, padding: 0, generator: &rng)
+        var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
+
+        conv.engine = .oneDNN
+        for layout in TensorLayout.allCases {
+            XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 5, 8, 8], layout: layout), into: &y, training: true)) {
+                XCTAssertEqual($0 as? LayerError, .channelMismatch(layer: conv.name, expected: 3, got: 5), "\(layout)")
+            }
+            XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 1, 8, 8], layout: layout), into: &y, training: false)) {
+                XCTAssertEqual($0 as? LayerError, .channelMismatch(layer: conv.name, expected: 3, got: 1), "\(layout)")
+            }
+            XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 3, 8], layout: layout), into: &y, training: true)) {
+                XCTAssertEqual($0 as? LayerError, .wrongRank(layer: conv.name, expected: 4, shape: [2, 3, 8]), "\(layout)")
+            }
+            XCTAssertThrowsError(try conv.forward(Tensor(zeros: [0, 3, 8, 8], layout: layout), into: &y, training: true)) {
+                XCTAssertEqual($0 as? LayerError, .emptyBatch(layer: conv.name), "\(layout)")
+            }
+            XCTAssertThrowsError(try conv.forward(Tensor(zeros: [1, 3, 2, 8], layout: layout), into: &y, training: true)) {
+                XCTAssertEqual($0 as? LayerError,
+                               .inputTooSmall(layer: conv.name, height: 2, width: 8, kernelSize: 3, padding: 0), "\(layout)")
+            }
+            // A gradient in the other layout than the forward's input.
+            try conv.forward(Tensor(zeros: [2, 3, 8, 8], layout: layout), into: &y, training: true)
+            XCTAssertEqual(y.layout, layout)
+            let other: TensorLayout = layout == .channelsFirst ? .channelsLast : .channelsFirst
+            XCTAssertThrowsError(try conv.backward(Tensor(zeros: [2, 4, 6, 6], layout: other), into: &dx)) {
+                XCTAssertEqual($0 as? LayerError, .gradientMismatch(layer: conv.name, expected: [2, 4, 6, 6],
+                                                                    expectedLayout: layout, got: [2, 4, 6, 6],
+                                                                    gotLayout: other), "\(layout)")
+            }
+            XCTAssertThrowsError(try conv.backward(Tensor(zeros: [2, 4, 5, 6], layout: layout), into: &dx)) {
+                XCTAssertEqual($0 as? LayerError, .gradientMismatch(layer: conv.name, expected: [2, 4, 6, 6],
+                                                                    expectedLayout: layout, got: [2, 4, 5, 6],
+                                                                    gotLayout: layout), "\(layout)")
+            }
+            // The layer still works after the errors.
+            try conv.forward(Tensor(zeros: [2, 3, 8, 8], layout: layout), into: &y, training: true)
+            try conv.backward(Tensor(zeros: [2, 4, 6, 6], layout: layout), into: &dx)
+            XCTAssertEqual(dx.shape, [2, 3, 8, 8])
+            XCTAssertEqual(dx.layout, layout)
+        }
+
+        conv.engine = .im2col
+        XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast), into: &y,
+                                              training: true)) {
+            XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: conv.name, layout: .channelsLast))
+        }
+        XCTAssertThrowsError(try conv.outputShape(for: Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast))) {
+            XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: conv.name, layout: .channelsLast))
+        }
+        conv.engine = .oneDNN
+        XCTAssertEqual(try conv.outputShape(for: Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast)), [2, 4, 6, 6])
+    }
+
+    // MARK: - ResNet-8 on each engine
+
+    /// ResNet-8 with oneDNN (channels-last activations) and with im2col (channels-first), built from the same
+    /// seed: the same logits, loss, parameter gradients and running statistics after a training forward and
+    /// backward, then the same evaluation logits, then the same again for a second batch of another size; for
+    /// GN, BN and MABN (and the other normalizations, which cost little more).
+    func testResNet8OneDNNMatchesIm2col() throws {
+        try skipUnlessOneDNN()
+        let kinds: [NormKind] = [.gn, .bn, .mabn, .brn, .ln, .in, .frozenBN, .none]
+        var worst: [String: Double] = [:]
+        for kind in kinds {
+            var settings = NormalizationSettings(kind: kind)
+            if kind == .gn { settings.groups = 4 }
+            func build() throws -> ResNet {
+                var generator = SeededGenerator(seed: 910)
+                return try ResNet(depth: 8, normalization: settings, inChannels: 3, classes: 10, width: 8,
+                                  zeroInitResidualScale: false, generator: &generator)
+            }
+            let onednn = try build(), im2col = try build()
+            onednn.engine = .oneDNN
+            im2col.engine = .im2col
+            // The same non-trivial γ and β in both.
+            var rng = SeededGenerator(seed: 911)
+            for ((_, p), (_, q)) in zip(onednn.namedParameters(), im2col.namedParameters())
+            where p.role == .normalizationScale || p.role == .normalizationShift {
+                p.value = p.value.map { _ in Float.random(in: 0.5...1.5, using: &rng) * (p.role == .normalizationShift ? 0.3 : 1) }
+                q.value = p.value
+            }
+            for (step, batch) in [(0, 8), (1, 4)] {
+                let x = Tensor.randomNormal(shape: [batch, 3, 12, 12], using: &rng)
+                let labels = (0..<batch).map { _ in Int.random(in: 0..<10, using: &rng) }
+                let label = "\(kind) step \(step)"
+                var results: [(logits: [Float], grads: [String: [Float]], eval: [Float], state: [String: StateTensor])] = []
+                for model in [onednn, im2col] {
+                    let ce = SoftmaxCrossEntropy()
+                    let logits = try model.forward(x, training: true)
+                    XCTAssertEqual(logits.shape, [batch, 10])
+                    let logitValues = logits.values
+                    _ = try ce.forward(logits: logits, labels: labels)
+                    var dlogits = Tensor(zeros: [0, 0])
+                    try ce.backward(into: &dlogits)
+                    try model.backward(dlogits)
+                    var grads: [String: [Float]] = [:]
+                    for (name, p) in model.namedParameters() { grads[name] = p.gradient }
+                    let eval = try model.forward(x, training: false).values
+                    results.append((logitValues, grads, eval, model.stateDict()))
+                }
+                let (a, b) = (results[0], results[1])
+                worst["logits"] = max(worst["logits"] ?? 0, assertNear(a.logits, b.logits, 1e-4, "logits \(label)"))
+                worst["eval logits"] = max(worst["eval logits"] ?? 0, assertNear(a.eval, b.eval, 1e-4, "eval logits \(label)"))
+                XCTAssertEqual(Set(a.grads.keys), Set(b.grads.keys))
+                for (name, g) in a.grads.sorted(by: { $0.key < $1.key }) {
+                    guard let h = b.grads[name] else { continue }
+                    worst["gradients"] = max(worst["gradients"] ?? 0, assertNear(g, h, 1e-4, "∂\(name) \(label)"))
+                }
+                XCTAssertEqual(Set(a.state.keys), Set(b.state.keys))
+                for (name, value) in a.state {
+                    guard case .float32(_, let u) = value, case .float32(_, let v)? = b.state[name] else {
+                        XCTAssertEqual(value, b.state[name], "\(name) \(label)")
+                        continue
+                    }
+                    worst["state"] = max(worst["state"] ?? 0, assertNear(u, v, 1e-4, "state \(name) \(label)"))
+                }
+            }
+        }
+        print("ConvolutionEngineTests ResNet-8 oneDNN vs im2col, worst relative differences:",
+              worst.keys.sorted().map { "\($0) \(String(format: "%.2e", worst[$0]!))" }.joined(separator: ", "))
+    }
+
+    /// The oneDNN ResNet given its input channels-last (no conversion) or channels-first (converted once): the
+    /// same logits and gradients; and the im2col ResNet given a channels-last input converts it too.
+    func testResNetTakesEitherInputLayout() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 912)
+        let x = Tensor.randomNormal(shape: [4, 3, 10, 10], using: &rng)
+        let labels = [1, 7, 3, 0]
+        for engine in ConvolutionEngine.allCases {
+            var outcomes: [([Float], [Float])] = []
+            for layout in TensorLayout.allCases {
+                var generator = SeededGenerator(seed: 913)
+                let model = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .bn), inChannels: 3,
+                                       width: 8, zeroInitResidualScale: false, generator: &generator)
+                model.engine = engine
+                let logits = try model.forward(x.converted(to: layout), training: true)
+                let ce = SoftmaxCrossEntropy()
+                _ = try ce.forward(logits: logits, labels: labels)
+                var dlogits = Tensor(zeros: [0, 0])
+                try ce.backward(into: &dlogits)
+                try model.backward(dlogits)
+                outcomes.append((logits.values, model.parameters.flatMap(\.gradient)))
+            }
+            assertNear(outcomes[1].0, outcomes[0].0, 1e-6, "\(engine): logits of a channels-last input")
+            assertNear(outcomes[1].1, outcomes[0].1, 1e-5, "\(engine): gradients of a channels-last input")
+        }
+    }
+
+    // MARK: - Helpers
+
+    /// A convolution with non-zero filter means (so centring matters) and a random bias, an input and an output
+    /// gradient, both channels-first.
+    func makeConvolution(_ spec: EngineSpec, bias: Bool, centred: Bool, rng: inout SeededGenerator) throws
+        -> (Conv2d, Tensor, Tensor)
+    {
+        let conv = try Conv2d(inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
+                              stride: spec.stride, padding: spec.padding, bias: bias, centred: centred,
+                              generator: &rng)
+        conv.weight.value = conv.weight.value.map { $0 + 0.3 }
+        if let b = conv.bias { b.value = (0..<b.value.count).map { _ in Float.random(in: -1...1, using: &rng) } }
+        let x = Tensor.randomNormal(shape: [spec.batch, spec.channels, spec.height, spec.width], using: &rng)
+        let dy = Tensor.randomNormal(shape: spec.outputShape, using: &rng)
+        return (conv, x, dy)
+    }
+
+    /// One training forward and backward of `conv` on `engine` with `x`, `dy` (channels-first) given in `layout`;
+    /// everything returned channels-first.
+    func run(_ conv: Conv2d, _ engine: ConvolutionEngine, _ layout: TensorLayout, x: Tensor, dy: Tensor,
+             file: StaticString = #filePath, line: UInt = #line) throws -> EngineResult {
+        conv.engine = engine
+        var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
+        try conv.forward(x.converted(to: layout), into: &y, training: true)
+        XCTAssertEqual(y.layout, layout, "the output is in the input's layout", file: file, line: line)
+        XCTAssertEqual(y.shape, dy.shape, file: file, line: line)
+        try conv.backward(dy.converted(to: layout), into: &dx)
+        XCTAssertEqual(dx.layout, layout, "dx is in the input's layout", file: file, line: line)
+        XCTAssertEqual(dx.shape, x.shape, file: file, line: line)
+        return EngineResult(y: y.converted(to: .channelsFirst).values, dx: dx.converted(to: .channelsFirst).values,
+                            dw: conv.weight.gradient, db: conv.bias?.gradient)
+    }
+}
+
+// MARK: - Shapes, results and the float64 reference
+
+/// The sizes of one test convolution.
+struct EngineSpec: CustomStringConvertible {
+    var batch, channels, height, width, filters, kernel, stride, padding: Int
+    var outHeight: Int { (height + 2 * padding - kernel) / stride + 1 }
+    var outWidth: Int { (width + 2 * padding - kernel) / stride + 1 }
+    var outputShape: [Int] { [batch, filters, outHeight, outWidth] }
+    var description: String {
+        "(\(batch),\(channels),\(height),\(width))→\(filters) k\(kernel) s\(stride) p\(padding)"
+    }
+
+    /// Batch 1…5, channels 1…20 in and out, planes 1…13 with `H + 2p ≥ k`, kernel 1 or 3 (or `kernel`),
+    /// stride 1 or 2, padding 0…2.
+    static func random(_ rng: inout SeededGenerator, kernel: Int? = nil) -> EngineSpec {
+        let k = kernel ?? [1, 3].randomElement(using: &rng)!
+        let padding = Int.random(in: 0...2, using: &rng)
+        let smallest = max(1, k - 2 * padding)
+        return EngineSpec(batch: Int.random(in: 1...5, using: &rng), channels: Int.random(in: 1...20, using: &rng),
+                          height: Int.random(in: smallest...13, using: &rng),
+                          width: Int.random(in: smallest...13, using: &rng),
+                          filters: Int.random(in: 1...20, using: &rng), kernel: k,
+                          stride: Int.random(in: 1...2, using: &rng), padding: padding)
+    }
+}
+
+/// What one forward and backward produced, channels-first.
+struct EngineResult: Equatable {
+    var y: [Float], dx: [Float], dw: [Float], db: [Float]?
+
+    /// Checks every part against `want` (max-abs error over max-abs value); returns the worst relative error.
+    @discardableResult
+    func assertClose(to want: ExpectedConvolution, tolerance: Double, _ message: String,
+                     file: StaticString = #filePath, line: UInt = #line) -> Double {
+        var worst = assertNear(y, want.y, tolerance, "y " + message, file: file, line: line)
+        worst = max(worst, assertNear(dx, want.dx, tolerance, "dx " + message, file: file, line: line))
+        worst = max(worst, assertNear(dw, want.dw, tolerance, "dW " + message, file: file, line: line))
+        XCTAssertEqual(db == nil, want.db == nil, "bias gradient presence " + message, file: file, line: line)
+        if let db, let wdb = want.db {
+            worst = max(worst, assertNear(db, wdb, tolerance, "db " + message, file: file, line: line))
+        }
+        return worst
+    }
+}
+
+/// The expected values of an ``EngineResult`` (Double).
+struct ExpectedConvolution {
+    var y: [Double], dx: [Double], dw: [Double], db: [Double]?
+
+    init(y: [Double], dx: [Double], dw: [Double], db: [Double]?) {
+        self.y = y
+        self.dx = dx
+        self.dw = dw
+        self.db = db
+    }
+
+    init(_ r: EngineResult) {
+        self.init(y: r.y.map(Double.init), dx: r.dx.map(Double.init), dw: r.dw.map(Double.init),
+                  db: r.db.map { $0.map(Double.init) })
+    }
+}
+
+/// A direct convolution in Double and its gradients, the filters centred first when `centred` (and the weight
+/// gradient mapped back through the centring).
+struct DoubleConvolution {
+    let s: EngineSpec
+    let w: [Double]
+    let b: [Double]?
+    let centred: Bool
+
+    init(_ spec: EngineSpec, weights: [Float], bias: [Float]?, centred: Bool) {
+        s = spec
+        self.centred = centred
+        var w = weights.map(Double.init)
+        let fanIn = spec.channels * spec.kernel * spec.kernel
+        if centred {
+            for o in 0..<spec.filters {
+                let mean = w[o * fanIn..<(o + 1) * fanIn].reduce(0, +) / Double(fanIn)
+                for i in o * fanIn..<(o + 1) * fanIn { w[i] -= mean }
+            }
+        }
+        self.w = w
+        b = bias?.map(Double.init)
+    }
+
+    /// Calls `body(xIndex, wIndex, yIndex)` for every product of the convolution.
+    private func forEachTap(_ body: (Int, Int, Int) -> Void) {
+        for n in 0..<s.batch {
+            for o in 0..<s.filters {
+                for oh in 0..<s.outHeight {
+                    for ow in 0..<s.outWidth {
+                        let yi = ((n * s.filters + o) * s.outHeight + oh) * s.outWidth + ow
+                        for c in 0..<s.channels {
+                            for ki in 0..<s.kernel {
+                                let ih = oh * s.stride - s.padding + ki
+                                guard ih >= 0, ih < s.height else { continue }
+                                for kj in 0..<s.kernel {
+                                    let iw = ow * s.stride - s.padding + kj
+                                    guard iw >= 0, iw < s.width else { continue }
+                                    body(((n * s.channels + c) * s.height + ih) * s.width + iw,
+                                         ((o * s.channels + c) * s.kernel + ki) * s.kernel + kj, yi)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func run(x xf: [Float], dy dyf: [Float]) -> ExpectedConvolution {
+        let x = xf.map(Double.init), dy = dyf.map(Double.init)
+        let positions = s.outHeight * s.outWidth
+        var y = [Double](repeating: 0, count: s.batch * s.filters * positions)
+        if let b { for i in y.indices { y[i] = b[(i / positions) % s.filters] } }
+        var dx = [Double](repeating: 0, count: x.count), dw = [Double](repeating: 0, count: w.count)
+        forEachTap { xi, wi, yi in
+            y[yi] += w[wi] * x[xi]
+            dx[xi] += w[wi] * dy[yi]
+            dw[wi] += x[xi] * dy[yi]
+        }
+        if centred {
+            let fanIn = s.channels * s.kernel * s.kernel
+            for o in 0..<s.filters {
+                let mean = dw[o * fanIn..<(o + 1) * fanIn].reduce(0, +) / Double(fanIn)
+                for i in o * fanIn..<(o + 1) * fanIn { dw[i] -= mean }
+            }
+        }
+        var db: [Double]?
+        if b != nil {
+            var sums = [Double](repeating: 0, count: s.filters)
+            for i in dy.indices { sums[(i / positions) % s.filters] += dy[i] }
+            db = sums
+        }
+        return ExpectedConvolution(y: y, dx: dx, dw: dw, db: db)
+    }
+}
+
+/// `max|a − b| ≤ tolerance · max|b|` (scale at least 1e-6); returns the relative error.
+@discardableResult
+func assertNear(_ actual: [Float], _ expected: [Double], _ tolerance: Double, _ message: String,
+                file: StaticString = #filePath, line: UInt = #line) -> Double {
+    XCTAssertEqual(actual.count, expected.count, message, file: file, line: line)
+    guard actual.count == expected.count, !actual.isEmpty else { return 0 }
+    let scale = max(expected.map(abs).max() ?? 0, 1e-6)
+    var worst = 0.0, at = 0
+    for i in actual.indices {
+        let d = abs(Double(actual[i]) - expected[i])
+        if d > worst || d.isNaN { worst = d.isNaN ? .infinity : d; at = i }
+    }
+    XCTAssertLessThanOrEqual(worst / scale, tolerance,
+                             "\(message): worst at \(at): \(actual[at]) vs \(expected[at]) (scale \(scale))",
+                             file: file, line: line)
+    return worst / scale
+}
+
+@discardableResult
+func assertNear(_ actual: [Float], _ expected: [Float], _ tolerance: Double, _ message: String,
+                file: StaticString = #filePath, line: UInt = #line) -> Double {
+    assertNear(actual, expected.map(Double.init), tolerance, message, file: file, line: line)
+}
