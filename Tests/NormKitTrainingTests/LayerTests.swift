@@ -297,11 +297,12 @@ final class LayerTests: XCTestCase {
         }
         XCTAssertThrowsError(try MaxPool2d(kernelSize: 0))
 
-        let gap = GlobalAveragePool()
-        XCTAssertThrowsError(try gap.forward(Tensor(zeros: [2, 3, 4, 4], layout: .channelsLast), into: &y,
-                                             training: true)) {
-            XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: gap.name, layout: .channelsLast))
+        // GlobalAveragePool takes both layouts (PoolingLayoutTests); MaxPool2d is channels-first only.
+        XCTAssertThrowsError(try pool.forward(Tensor(zeros: [2, 3, 4, 4], layout: .channelsLast), into: &y,
+                                              training: true)) {
+            XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: pool.name, layout: .channelsLast))
         }
+        let gap = GlobalAveragePool()
         XCTAssertThrowsError(try gap.forward(Tensor(zeros: [2, 3]), into: &y, training: true)) {
             XCTAssertEqual($0 as? LayerError, .wrongRank(layer: gap.name, expected: 4, shape: [2, 3]))
         }

@@ -29,7 +29,9 @@ extension Conv2d {
         }
     }
 
-    func forwardOneDNN(_ x: Tensor, into y: inout Tensor, _ g: ConvolutionGeometry) throws {
+    /// The oneDNN forward; returns the thread split it used (the backward uses the same).
+    @discardableResult
+    func forwardOneDNN(_ x: Tensor, into y: inout Tensor, _ g: ConvolutionGeometry) throws -> Int {
         let threads = threadCount(for: g)
         let handles = try handles(g, layout: x.layout, threads: threads)
         let w = UnsafePointer(usedWeight.pointer)
@@ -51,12 +53,17 @@ extension Conv2d {
             }
         }
         if let message = failure.value { throw LayerError.engineFailure(layer: name, engine: "oneDNN", message: message) }
+        return threads
     }
 
-    /// The oneDNN backward into each thread's partial gradients (and `dx`); returns the thread count.
-    func backwardOneDNN(_ x: Tensor, _ dy: Tensor, into dx: inout Tensor, _ g: ConvolutionGeometry) throws -> Int {
-        let threads = threadCount(for: g)
+    /// The oneDNN backward into each thread's partial gradients (and `dx`); returns the thread count. The split is
+    /// the training forward's (`threads`, whatever ``/NormKit/Parallelism/threadCount`` is now), and every handle
+    /// gets the forward's weights again before the backward-data (its handle may have been replaced by evaluation
+    /// forwards of other shapes since, or hold another step's weights).
+    func backwardOneDNN(_ x: Tensor, _ dy: Tensor, into dx: inout Tensor, _ g: ConvolutionGeometry,
+                        threads: Int) throws -> Int {
         let handles = try handles(g, layout: x.layout, threads: threads)
+        let w = UnsafePointer(usedWeight.pointer)
         reserveGradientWorkspaces(threads: threads, g)
         let workspaces = self.workspaces
         let inImage = g.channels * g.height * g.width, outImage = g.filters * g.positions
@@ -81,8 +88,9 @@ extension Conv2d {
                             hasBias ? workspaces[t].biasGradient.pointer : nil) != 0 {
                             return failure.record(OneDNNConvolutions.lastError)
                         }
-                        if let dxp, nk_dnnl_convolution_backward_data(handles[t], gradients,
-                                                                      dxp + range.lowerBound * inImage) != 0 {
+                        if let dxp, nk_dnnl_convolution_set_weights(handles[t], w) != 0
+                            || nk_dnnl_convolution_backward_data(handles[t], gradients,
+                                                                 dxp + range.lowerBound * inImage) != 0 {
                             failure.record(OneDNNConvolutions.lastError)
                         }
                     }

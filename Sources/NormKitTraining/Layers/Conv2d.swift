@@ -1,7 +1,9 @@
 import Dispatch
 
-/// A 2-D convolution over channels-first `(N, C, H, W)` tensors, PyTorch's `nn.Conv2d` (square kernel, equal
-/// stride and padding in both directions, zero padding, no dilation or groups), optionally weight-centred.
+/// A 2-D convolution over `(N, C, H, W)` tensors, PyTorch's `nn.Conv2d` (square kernel, equal stride and padding in
+/// both directions, zero padding, no dilation or groups), optionally weight-centred. Computed by oneDNN (either
+/// layout; the answer comes in the input's) or by im2col + OpenBLAS (channels-first only): see ``engine`` and
+/// ``ConvolutionEngine``; the description of the lowering below is the im2col engine's.
 ///
 /// - Weight: ``weight`` of shape `(out, in, k, k)` (PyTorch's layout and `state_dict` name `weight`),
 ///   He (Kaiming) normal initialisation with mode `fan_out`: `std = √(2 / (out·k·k))`, as the reference models
@@ -71,6 +73,7 @@ public final class Conv2d: Layer {
     private var savedInput: Tensor?
     private var savedGeometry: ConvolutionGeometry?
     private var savedEngine: ConvolutionEngine = .im2col
+    private var savedThreads = 1
     let oneDNN = OneDNNConvolutions()
     // The last forward's output shape, and the last training forward's (see Shape+InPlace.swift).
     private var outputShape: [Int] = []
@@ -118,12 +121,13 @@ public final class Conv2d: Layer {
         return [g.batch, outChannels, g.outHeight, g.outWidth]
     }
 
-    /// Convolves `x` `(N, in, H, W)` into `y` `(N, out, H', W')`, reusing `y`'s memory when it can. A training
-    /// forward keeps a reference to `x` and the weights it used for the backward.
+    /// Convolves `x` `(N, in, H, W)` into `y` `(N, out, H', W')` in `x`'s layout, reusing `y`'s memory when it
+    /// can. A training forward keeps a reference to `x` and the weights it used for the backward.
     ///
-    /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
-    ///   ``LayerError/channelMismatch(layer:expected:got:)``, ``LayerError/emptyBatch(layer:)`` or
-    ///   ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
+    /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)`` (channels-last with the im2col engine),
+    ///   ``LayerError/wrongRank(layer:expected:shape:)``, ``LayerError/channelMismatch(layer:expected:got:)``,
+    ///   ``LayerError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``, or
+    ///   ``LayerError/engineFailure(layer:engine:message:)`` when oneDNN is not built in or refuses the shape.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         let g = try geometry(of: x)
         if let reason = engine.unavailableReason {
@@ -132,12 +136,14 @@ public final class Conv2d: Layer {
         prepareWeights()
         outputShape.setDimensions(g.batch, outChannels, g.outHeight, g.outWidth)
         y.prepare(shape: outputShape, layout: x.layout)
+        var threads = 1
         if engine == .oneDNN {
-            try forwardOneDNN(x, into: &y, g)
+            threads = try forwardOneDNN(x, into: &y, g)
         } else {
             forwardIm2col(x, into: &y, g)
         }
         if training {
+            savedThreads = threads
             savedInput = x
             savedGeometry = g
             savedOutputShape = outputShape
@@ -171,7 +177,7 @@ public final class Conv2d: Layer {
         try LayerCheck.gradient(dy, shape: savedOutputShape, layout: x.layout, layer: name)
         let threads: Int
         if savedEngine == .oneDNN {
-            threads = try backwardOneDNN(x, dy, into: &dx, g)
+            threads = try backwardOneDNN(x, dy, into: &dx, g, threads: savedThreads)
         } else {
             threads = backwardIm2col(x, dy, into: &dx, g)
         }
