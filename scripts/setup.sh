@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what NormKit needs from Debian on a fresh machine (idempotent; needs root or sudo):
-#   libopenblas-dev (BLAS for convolutions), zlib1g-dev (gzip IDX files), pkg-config (finds both),
+#   libdnnl-dev (oneDNN: the convolutions; without it NormKit builds with its im2col engine only),
+#   libopenblas-dev (BLAS for the im2col engine and the classifier), zlib1g-dev (gzip IDX files), pkg-config,
 #   dataset-fashion-mnist (the real dataset, in /usr/share/datasets/fashion-mnist).
 set -euo pipefail
-packages=(libopenblas-dev zlib1g-dev pkg-config dataset-fashion-mnist)
+packages=(libdnnl-dev libopenblas-dev zlib1g-dev pkg-config dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

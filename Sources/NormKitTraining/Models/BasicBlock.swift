@@ -12,8 +12,10 @@ public final class BasicBlock: Module {
     private let norm2Slot: NormalizationSlot
     /// The projection shortcut, nil for the identity shortcut.
     public let downsample: ResNetShortcut?
-    private let relu2 = LayerSlot(ReLU())
-    private var sum = Tensor(zeros: [0, 0])
+    /// The block's output `relu(norm2(…) + shortcut)`, one fused pass; kept for the backward after a training forward.
+    private var output = Tensor(zeros: [0, 0])
+    private var savedOutput: Tensor?
+    private var outputGradient = Tensor(zeros: [0, 0])
     private var inputGradient = Tensor(zeros: [0, 0])
     /// The mode `ResNet`'s `callAsFunction(_:)` uses (see ``Module/training``).
     public var training = true
@@ -61,17 +63,17 @@ public final class BasicBlock: Module {
         h = try relu1.forward(h, training: training)
         h = try conv2Slot.forward(h, training: training)
         h = try norm2Slot.forward(h, training: training)
-        copy(h, into: &sum)
-        if let downsample {
-            addInPlace(&sum, try downsample.forward(x, training: training))
-        } else {
-            addInPlace(&sum, x)
-        }
-        return try relu2.forward(sum, training: training)
+        addReLU(h, try downsample?.forward(x, training: training) ?? x, into: &output)
+        if training { savedOutput = output }
+        return output
     }
 
     func backward(_ dy: Tensor) throws -> Tensor {
-        let dsum = try relu2.backward(dy)
+        guard let saved = savedOutput else { throw LayerError.backwardBeforeForward(layer: "BasicBlock") }
+        try LayerCheck.gradient(dy, shape: saved.shape, layout: saved.layout, layer: "BasicBlock")
+        reluBackward(output: saved, dy, into: &outputGradient)
+        savedOutput = nil
+        let dsum = outputGradient
         var g = try norm2Slot.backward(dsum)
         g = try conv2Slot.backward(g)
         g = try relu1.backward(g)
