@@ -34,6 +34,12 @@ const char *nk_dnnl_version(void) {
     return text;
 }
 
+// Every oneDNN call of a thread (creation included) runs on that thread alone: OpenMP never starts a team.
+static _Thread_local int single_threaded = 0;
+static void use_one_thread(void) {
+    if (!single_threaded) { omp_set_num_threads(1); single_threaded = 1; }
+}
+
 static dnnl_engine_t engine;
 static dnnl_status_t engine_status = dnnl_success;
 static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
@@ -204,6 +210,7 @@ nk_dnnl_convolution *nk_dnnl_convolution_create(int batch, int channels, int hei
                   batch, channels, filters, height, width, kernel, stride, padding);
         return NULL;
     }
+    use_one_thread();
     pthread_once(&engine_once, create_engine);
     nk_dnnl_convolution *c = calloc(1, sizeof *c);
     if (!c) { set_error("out of memory"); return NULL; }
@@ -242,11 +249,6 @@ void nk_dnnl_convolution_destroy(nk_dnnl_convolution *c) {
         if (memories[i]) dnnl_memory_destroy(memories[i]);
     if (c->stream) dnnl_stream_destroy(c->stream);
     free(c);
-}
-
-static _Thread_local int single_threaded = 0;
-static void use_one_thread(void) {
-    if (!single_threaded) { omp_set_num_threads(1); single_threaded = 1; }
 }
 
 int nk_dnnl_convolution_set_weights(nk_dnnl_convolution *c, const float *weights) {

@@ -22,6 +22,20 @@ public final class FoldedResNet: Model {
     private let stemReLU = LayerSlot(ReLU())
     private let pool = LayerSlot(GlobalAveragePool())
     private let classifier: LayerSlot<Linear>
+    private var input = Tensor(zeros: [0, 0])
+
+    /// How every convolution computes (default ``ConvolutionEngine/preferred``), and so the activations' layout
+    /// (channels-last for oneDNN), as ``ResNet/engine``.
+    public var engine: ConvolutionEngine = .preferred {
+        didSet {
+            conv1.engine = engine
+            for block in blocks {
+                block.conv1.engine = engine
+                block.conv2.engine = engine
+                block.downsample?.conv.engine = engine
+            }
+        }
+    }
 
     /// A folded ResNet of `depth` layers (`6n+2`) and stage widths `width`, `2·width`, `4·width`, with He-normal
     /// weights from `generator` and zero biases.
@@ -73,7 +87,12 @@ public final class FoldedResNet: Model {
     /// Logits `(N, classes)` for images `(N, inChannels, H, W)`, in a buffer reused by the next forward. Both
     /// modes compute the same thing.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
-        var h = try stem.forward(x, training: training)
+        var h = x
+        if x.layout != engine.activationLayout {
+            convert(x, into: &input, layout: engine.activationLayout)
+            h = input
+        }
+        h = try stem.forward(h, training: training)
         h = try stemReLU.forward(h, training: training)
         for stage in stages { for block in stage.blocks { h = try block.forward(h, training: training) } }
         h = try pool.forward(h, training: training)

@@ -5,28 +5,25 @@ import NormKit
 /// ``Conv2d`` on oneDNN: the batch split over NormKit's pool, each thread one single-threaded primitive on its
 /// own images (see ``ConvolutionEngine``).
 extension Conv2d {
-    /// The first failure of a parallel section (threads cannot throw across the pool).
-    private final class FirstError: @unchecked Sendable {
-        private var message: String?
-        private let lock = NSLock()
-        func record(_ text: String) { lock.withLock { if message == nil { message = text } } }
-        var value: String? { lock.withLock { message } }
-    }
-
     private func threadCount(for g: ConvolutionGeometry) -> Int { max(1, min(Parallelism.threadCount, g.batch)) }
 
     private func key(_ images: Int, _ g: ConvolutionGeometry, _ layout: TensorLayout) -> OneDNNConvolutions.Key {
         OneDNNConvolutions.Key(batch: images, height: g.height, width: g.width, channelsLast: layout == .channelsLast)
     }
 
-    /// Creates (or finds) every thread's primitive before the parallel section, so creation errors throw here.
-    private func handles(_ g: ConvolutionGeometry, layout: TensorLayout, threads: Int) throws -> [OpaquePointer] {
+    /// Creates (or finds) every thread's primitive before the parallel section, so creation errors throw here;
+    /// returns them in ``OneDNNConvolutions/current`` (memory reused from call to call: a step allocates nothing).
+    private func handles(_ g: ConvolutionGeometry, layout: TensorLayout, threads: Int) throws
+        -> UnsafeMutablePointer<OpaquePointer?>
+    {
         oneDNN.reserve(threads: threads)
-        return try (0..<threads).map { t in
+        for t in 0..<threads {
             let images = g.batch * (t + 1) / threads - g.batch * t / threads
-            return try oneDNN.handle(thread: t, key(images, g, layout), geometry: g, hasBias: bias != nil,
-                                     layer: name)
+            oneDNN.current[t] = try oneDNN.handle(thread: t, key(images, g, layout), geometry: g,
+                                                  hasBias: bias != nil, layer: name)
         }
+        oneDNN.failure.reset()
+        return oneDNN.current
     }
 
     /// The oneDNN forward; returns the thread split it used (the backward uses the same).
@@ -36,7 +33,7 @@ extension Conv2d {
         let handles = try handles(g, layout: x.layout, threads: threads)
         let w = UnsafePointer(usedWeight.pointer)
         let inImage = g.channels * g.height * g.width, outImage = g.filters * g.positions
-        let failure = FirstError()
+        let failure = oneDNN.failure
         let biasValues = bias?.value ?? []
         biasValues.withUnsafeBufferPointer { bp in
             let b = bias == nil ? nil : bp.baseAddress
@@ -44,8 +41,8 @@ extension Conv2d {
                 y.withUnsafeMutableBufferPointer { yb in
                     let xp = xb.baseAddress!, yp = yb.baseAddress!
                     Conv2d.run(threads: threads, count: g.batch) { t, range in
-                        guard nk_dnnl_convolution_set_weights(handles[t], w) == 0,
-                              nk_dnnl_convolution_forward(handles[t], xp + range.lowerBound * inImage, b,
+                        guard nk_dnnl_convolution_set_weights(handles[t]!, w) == 0,
+                              nk_dnnl_convolution_forward(handles[t]!, xp + range.lowerBound * inImage, b,
                                                           yp + range.lowerBound * outImage) == 0
                         else { return failure.record(OneDNNConvolutions.lastError) }
                     }
@@ -71,7 +68,7 @@ extension Conv2d {
         // One input channel, channels-last output: oneDNN 2.6 has no fast weight-gradient kernel for it (2.3 ms per
         // 16 images of ResNet's stem, 20× its forward), so NormKit computes that one directly.
         let directWeightGradient = g.channels == 1 && x.layout == .channelsLast
-        let failure = FirstError()
+        let failure = oneDNN.failure
         func run(_ dxp: UnsafeMutablePointer<Float>?) {
             x.withUnsafeBufferPointer { xb in
                 dy.withUnsafeBufferPointer { dyb in
@@ -84,12 +81,12 @@ extension Conv2d {
                                 db: hasBias ? workspaces[t].biasGradient.pointer : nil, x: images, dy: gradients,
                                 images: range.count, g)
                         } else if nk_dnnl_convolution_backward_weights(
-                            handles[t], images, gradients, workspaces[t].weightGradient.pointer,
+                            handles[t]!, images, gradients, workspaces[t].weightGradient.pointer,
                             hasBias ? workspaces[t].biasGradient.pointer : nil) != 0 {
                             return failure.record(OneDNNConvolutions.lastError)
                         }
-                        if let dxp, nk_dnnl_convolution_set_weights(handles[t], w) != 0
-                            || nk_dnnl_convolution_backward_data(handles[t], gradients,
+                        if let dxp, nk_dnnl_convolution_set_weights(handles[t]!, w) != 0
+                            || nk_dnnl_convolution_backward_data(handles[t]!, gradients,
                                                                  dxp + range.lowerBound * inImage) != 0 {
                             failure.record(OneDNNConvolutions.lastError)
                         }

@@ -1,4 +1,5 @@
 import CNormKitDNNL
+import Foundation
 import NormKit
 
 /// How ``Conv2d`` computes: oneDNN's convolutions (the engine PyTorch's CPU convolutions use) or NormKit's own
@@ -60,6 +61,10 @@ extension Module {
             resnet.engine = engine
             return
         }
+        if let folded = self as? FoldedResNet {
+            folded.engine = engine
+            return
+        }
         if let conv = self as? Conv2d { conv.engine = engine }
         for child in children { child.module.useConvolutionEngine(engine) }
     }
@@ -73,6 +78,20 @@ final class OneDNNConvolutions {
 
     private var perThread: [[Key: OpaquePointer]] = []
     private static let shapesKept = 4
+    /// The handles of the call in progress, one per thread (``reserve(threads:)`` sizes it).
+    private(set) var current = UnsafeMutablePointer<OpaquePointer?>.allocate(capacity: 1)
+    private var currentCapacity = 1
+    /// The first failure of the call in progress (threads cannot throw across the pool).
+    let failure = FirstFailure()
+
+    /// The first error message recorded by any thread of a parallel section.
+    final class FirstFailure: @unchecked Sendable {
+        private var message: String?
+        private let lock = NSLock()
+        func reset() { lock.withLock { message = nil } }
+        func record(_ text: String) { lock.withLock { if message == nil { message = text } } }
+        var value: String? { lock.withLock { message } }
+    }
 
     /// The handle of thread `t` for `key`, created on first use; throws oneDNN's message when it cannot be built.
     func handle(thread t: Int, _ key: Key, geometry g: ConvolutionGeometry, hasBias: Bool, layer: String) throws
@@ -96,6 +115,11 @@ final class OneDNNConvolutions {
     /// Makes room for `threads` threads' handles (call before a parallel section).
     func reserve(threads: Int) {
         while perThread.count < threads { perThread.append([:]) }
+        if currentCapacity < threads {
+            current.deallocate()
+            current = .allocate(capacity: threads)
+            currentCapacity = threads
+        }
     }
 
     /// The calling thread's last oneDNN error message.
@@ -103,5 +127,6 @@ final class OneDNNConvolutions {
 
     deinit {
         for handles in perThread { for handle in handles.values { nk_dnnl_convolution_destroy(handle) } }
+        current.deallocate()
     }
 }
