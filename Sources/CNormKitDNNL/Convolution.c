@@ -254,6 +254,11 @@ void nk_dnnl_convolution_destroy(nk_dnnl_convolution *c) {
 int nk_dnnl_convolution_set_weights(nk_dnnl_convolution *c, const float *weights) {
     use_one_thread();
     CHECK(move_weights(c, &c->forward_weights, weights, 0));
+    return 0;
+}
+
+int nk_dnnl_convolution_set_backward_weights(nk_dnnl_convolution *c, const float *weights) {
+    use_one_thread();
     CHECK(move_weights(c, &c->backward_data_weights, weights, 0));
     return 0;
 }
@@ -320,6 +325,9 @@ nk_dnnl_convolution *nk_dnnl_convolution_create(int batch, int channels, int hei
 }
 void nk_dnnl_convolution_destroy(nk_dnnl_convolution *c) { (void)c; }
 int nk_dnnl_convolution_set_weights(nk_dnnl_convolution *c, const float *w) { (void)c; (void)w; return unavailable(); }
+int nk_dnnl_convolution_set_backward_weights(nk_dnnl_convolution *c, const float *w) {
+    (void)c; (void)w; return unavailable();
+}
 int nk_dnnl_convolution_forward(nk_dnnl_convolution *c, const float *x, const float *b, float *y) {
     (void)c; (void)x; (void)b; (void)y; return unavailable();
 }

@@ -89,18 +89,20 @@ _ = try measureLayers(shape: threadedLayerShape)
 
 print("""
 
-    Whole training steps (forward, loss, backward, SGD), batch \(modelBatch) of 1×28×28, channels-first \
-    (reported, not enforced):
+    Whole training steps (forward, loss, backward, SGD), batch \(modelBatch) of 1×28×28, on each convolution engine \
+    this build has (oneDNN: channels-last network; im2col: channels-first) (reported, not enforced):
 
-    | model | forward | loss | backward | SGD step | mallocs per step |
-    |---|---|---|---|---|---|
+    | model | engine | forward | loss | backward | SGD step | mallocs per step |
+    |---|---|---|---|---|---|---|
     """)
-for (label, kind) in [("ResNet-8 + GN", NormKind.gn), ("ResNet-8 + BN", NormKind.bn)] {
-    var step = try ModelTrainingStep(modelName: "resnet8", normalization: NormalizationSettings(kind: kind),
-                                     batch: modelBatch, seed: 1)
-    let counts = try step.mallocs(afterWarmUp: warmUpSteps, measured: measuredSteps)
-    let parts = [counts.forward, counts.loss, counts.backward, counts.optimizer, counts.total]
-    print("| \(label) | " + parts.map { perStep($0, measuredSteps) }.joined(separator: " | ") + " |")
+for engine in ConvolutionEngine.allCases where engine.isAvailable {
+    for (label, kind) in [("ResNet-8 + GN", NormKind.gn), ("ResNet-8 + BN", NormKind.bn)] {
+        var step = try ModelTrainingStep(modelName: "resnet8", normalization: NormalizationSettings(kind: kind),
+                                         batch: modelBatch, seed: 1, engine: engine)
+        let counts = try step.mallocs(afterWarmUp: warmUpSteps, measured: measuredSteps)
+        let parts = [counts.forward, counts.loss, counts.backward, counts.optimizer, counts.total]
+        print("| \(label) | \(engine) | " + parts.map { perStep($0, measuredSteps) }.joined(separator: " | ") + " |")
+    }
 }
 
 if allocatingLayers.isEmpty {

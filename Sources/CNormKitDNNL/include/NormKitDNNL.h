@@ -40,9 +40,12 @@ nk_dnnl_convolution *nk_dnnl_convolution_create(int batch, int channels, int hei
 
 void nk_dnnl_convolution_destroy(nk_dnnl_convolution *convolution);
 
-/// Reorders `weights` (OIHW, `filters × channels × kernel × kernel`) into the primitives' own layouts; call before
-/// the forward and backward-data after the weights changed.
+/// Reorders `weights` (OIHW, `filters × channels × kernel × kernel`) into the forward primitive's own layout; call
+/// before the forward after the weights changed.
 int nk_dnnl_convolution_set_weights(nk_dnnl_convolution *convolution, const float *weights);
+
+/// The same for the backward-data primitive (its layout may differ); call before the backward-data.
+int nk_dnnl_convolution_set_backward_weights(nk_dnnl_convolution *convolution, const float *weights);
 
 /// `y = conv(x, weights) + bias` (`bias` may be NULL when created without one).
 int nk_dnnl_convolution_forward(nk_dnnl_convolution *convolution, const float *x, const float *bias, float *y);

@@ -85,7 +85,7 @@ extension Conv2d {
                             hasBias ? workspaces[t].biasGradient.pointer : nil) != 0 {
                             return failure.record(OneDNNConvolutions.lastError)
                         }
-                        if let dxp, nk_dnnl_convolution_set_weights(handles[t]!, w) != 0
+                        if let dxp, nk_dnnl_convolution_set_backward_weights(handles[t]!, w) != 0
                             || nk_dnnl_convolution_backward_data(handles[t]!, gradients,
                                                                  dxp + range.lowerBound * inImage) != 0 {
                             failure.record(OneDNNConvolutions.lastError)
