@@ -3,8 +3,10 @@ import Foundation
 import PackageDescription
 
 /// oneDNN (Debian's `libdnnl-dev`) is optional: without its header NormKit builds the same API with the im2col
-/// engine only (`ConvolutionEngine.oneDNN.isAvailable` is false).
+/// engine only (`ConvolutionEngine.oneDNN.isAvailable` is false). `NORMKIT_WITHOUT_ONEDNN=1` builds that
+/// configuration on a machine that has it (CI checks it still builds and trains).
 let hasOneDNN = FileManager.default.fileExists(atPath: "/usr/include/oneapi/dnnl/dnnl.h")
+    && ProcessInfo.processInfo.environment["NORMKIT_WITHOUT_ONEDNN"] == nil
 
 let package = Package(
     name: "NormKit",
@@ -42,6 +44,7 @@ let package = Package(
         /// The bridge to oneDNN's convolutions (the one target that sees oneDNN; stubs that say so without it).
         .target(
             name: "CNormKitDNNL",
+            cSettings: hasOneDNN ? [] : [.define("NORMKIT_WITHOUT_ONEDNN")],
             linkerSettings: hasOneDNN ? [.linkedLibrary("dnnl"), .linkedLibrary("gomp")] : []),
         .target(name: "NormKitTraining", dependencies: ["NormKit", "COpenBLAS", "CZlib", "CNormKitDNNL"]),
         /// Sweeps, reports and plots, and the kernel benchmark: the experiments behind the CLI's `sweep`,

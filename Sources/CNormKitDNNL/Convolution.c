@@ -18,7 +18,7 @@ static void set_error(const char *format, ...) {
 
 const char *nk_dnnl_last_error(void) { return last_error; }
 
-#if __has_include(<oneapi/dnnl/dnnl.h>)
+#if __has_include(<oneapi/dnnl/dnnl.h>) && !defined(NORMKIT_WITHOUT_ONEDNN)
 #include <oneapi/dnnl/dnnl.h>
 #include <pthread.h>
 
