@@ -27,22 +27,38 @@ extension NormalizationKernels {
                 nk_cl_centered_sums(s1 + n * c, s2 + n * c, x + n * m * c, m, c, shift(n))
             }
         }
-        let cps = g.channelsPerSet, sps = g.samplesPerSet, mm = Double(m)
+        let cps = g.channelsPerSet, sps = g.samplesPerSet
         for s in 0..<g.setCount {
             let n0 = (s / g.channelBlocks) * sps, c0 = (s % g.channelBlocks) * cps, k = shift(n0)
-            var total = 0.0
-            for n in n0..<(n0 + sps) { for ch in c0..<(c0 + cps) { total += Double(k[ch]) * mm + s1[n * c + ch] } }
-            let mu = total / count
-            var m2 = 0.0
-            for n in n0..<(n0 + sps) {
-                for ch in c0..<(c0 + cps) {
-                    let e = mu - Double(k[ch])
-                    m2 += s2[n * c + ch] - 2 * e * s1[n * c + ch] + mm * e * e
-                }
+            (mean[s], variance[s]) = shiftedMoments(positions: m, count: count, entries: sps * cps) { i in
+                let ch = c0 + i % cps, e = (n0 + i / cps) * c + ch
+                return (Double(k[ch]), s1[e], s2[e])
             }
-            mean[s] = mu
-            variance[s] = max(0, m2 / count)
         }
+    }
+
+    /// A set's mean and biased variance from its entries' shifted sums: entry `i` (one (n, c) of the set, M values)
+    /// has shift `k`, `Σ(x−k)` and `Σ(x−k)²`; `μ = Σ(k·M + Σ(x−k)) / count` and
+    /// `Σ(x−μ)² = Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²]`, in double.
+    @inline(__always)
+    static func shiftedMoments(positions m: Int, count: Double, entries: Int,
+                               _ entry: (Int) -> (shift: Double, sum: Double, squares: Double))
+        -> (mean: Double, variance: Double)
+    {
+        let mm = Double(m)
+        var total = 0.0
+        for i in 0..<entries {
+            let (k, s1, _) = entry(i)
+            total += k * mm + s1
+        }
+        let mu = total / count
+        var m2 = 0.0
+        for i in 0..<entries {
+            let (k, s1, s2) = entry(i)
+            let e = mu - k
+            m2 += s2 - 2 * e * s1 + mm * e * e
+        }
+        return (mu, max(0, m2 / count))
     }
 
     /// Calls `body(n, firstRow, rows)` for the runs of rows (positions) of `rows` that lie in one sample each.
@@ -138,7 +154,7 @@ extension NormalizationKernels {
                                          centers: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>,
                                          geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
-        let count = Double(g.elementsPerSet), mm = Double(m)
+        let count = Double(g.elementsPerSet)
         Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
             for n in samples {
                 let xs = x + n * m * c, a1 = sums + n * c, a2 = sums + (g.batch + n) * c
@@ -147,15 +163,10 @@ extension NormalizationKernels {
                 nk_cl_centered_sums(a1, a2, xs, m, c, xs)  // shifted by the sample's first row
                 for j in 0..<blocks {
                     let s = n * blocks + j, c0 = j * cps
-                    var total = 0.0
-                    for ch in c0..<(c0 + cps) { total += Double(xs[ch]) * mm + a1[ch] }
-                    let mu = total / count
-                    var m2 = 0.0
-                    for ch in c0..<(c0 + cps) {
-                        let e = mu - Double(xs[ch])
-                        m2 += a2[ch] - 2 * e * a1[ch] + mm * e * e
+                    let (mu, v) = shiftedMoments(positions: m, count: count, entries: cps) { i in
+                        (Double(xs[c0 + i]), a1[c0 + i], a2[c0 + i])
                     }
-                    let v = max(0, m2 / count), r = 1 / (v + Double(epsilon)).squareRoot()
+                    let r = 1 / (v + Double(epsilon)).squareRoot()
                     mean[s] = mu
                     variance[s] = v
                     rstd[s] = r

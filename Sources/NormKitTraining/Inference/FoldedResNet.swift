@@ -87,12 +87,7 @@ public final class FoldedResNet: Model {
     /// Logits `(N, classes)` for images `(N, inChannels, H, W)`, in a buffer reused by the next forward. Both
     /// modes compute the same thing.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
-        var h = x
-        if x.layout != engine.activationLayout {
-            convert(x, into: &input, layout: engine.activationLayout)
-            h = input
-        }
-        h = try stem.forward(h, training: training)
+        var h = try stem.forward(activations(x, in: engine.activationLayout, buffer: &input), training: training)
         h = try stemReLU.forward(h, training: training)
         for stage in stages { for block in stage.blocks { h = try block.forward(h, training: training) } }
         h = try pool.forward(h, training: training)
@@ -116,7 +111,8 @@ public final class FoldedBasicBlock: Module {
     private let conv1Slot: LayerSlot<Conv2d>
     private let relu1 = LayerSlot(ReLU())
     private let conv2Slot: LayerSlot<Conv2d>
-    private let relu2 = LayerSlot(ReLU())
+    /// `relu(conv2(…) + shortcut)` in one pass.
+    private let residual = ResidualReLU()
     /// `norm1`, the identity.
     public let norm1 = NormalizationModule(nil)
     /// `norm2`, the identity.
@@ -124,8 +120,6 @@ public final class FoldedBasicBlock: Module {
     /// The projection shortcut (`downsample.0` the conv, `downsample.1` the identity), nil for the identity
     /// shortcut.
     public let downsample: FoldedShortcut?
-    private var sum = Tensor(zeros: [0, 0])
-    private var inputGradient = Tensor(zeros: [0, 0])
     /// The mode (see ``Module/training``); it changes nothing here.
     public var training = true
 
@@ -157,27 +151,15 @@ public final class FoldedBasicBlock: Module {
         var h = try conv1Slot.forward(x, training: training)
         h = try relu1.forward(h, training: training)
         h = try conv2Slot.forward(h, training: training)
-        copy(h, into: &sum)
-        if let downsample {
-            addInPlace(&sum, try downsample.forward(x, training: training))
-        } else {
-            addInPlace(&sum, x)
-        }
-        return try relu2.forward(sum, training: training)
+        return residual.forward(h, shortcut: try downsample?.forward(x, training: training) ?? x, training: training)
     }
 
     func backward(_ dy: Tensor) throws -> Tensor {
-        let dsum = try relu2.backward(dy)
+        let dsum = try residual.backward(dy, layer: "BasicBlock")
         var g = try conv2Slot.backward(dsum)
         g = try relu1.backward(g)
         g = try conv1Slot.backward(g)
-        copy(g, into: &inputGradient)
-        if let downsample {
-            addInPlace(&inputGradient, try downsample.backward(dsum))
-        } else {
-            addInPlace(&inputGradient, dsum)
-        }
-        return inputGradient
+        return residual.inputGradient(branch: g, shortcut: try downsample?.backward(dsum) ?? dsum)
     }
 }
 

@@ -37,18 +37,7 @@ public final class ReLU: Layer {
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let y = savedOutput else { throw LayerError.backwardBeforeForward(layer: name) }
         try LayerCheck.gradient(dy, shape: y.shape, layout: y.layout, layer: name)
-        dx.prepare(shape: y.shape, layout: y.layout)
-        let count = y.count
-        y.withUnsafeBufferPointer { yb in
-            dy.withUnsafeBufferPointer { db in
-                dx.withUnsafeMutableBufferPointer { dxb in
-                    let yp = yb.baseAddress!, dyp = db.baseAddress!, dxp = dxb.baseAddress!
-                    Parallelism.forEachRange(count: count, work: count, minimumWork: 1 << 17) { r in
-                        Elementwise.reluBackward(yp + r.lowerBound, dyp + r.lowerBound, dxp + r.lowerBound, r.count)
-                    }
-                }
-            }
-        }
+        reluBackward(output: y, dy, into: &dx)
         savedOutput = nil
     }
 }

@@ -12,11 +12,8 @@ public final class BasicBlock: Module {
     private let norm2Slot: NormalizationSlot
     /// The projection shortcut, nil for the identity shortcut.
     public let downsample: ResNetShortcut?
-    /// The block's output `relu(norm2(…) + shortcut)`, one fused pass; kept for the backward after a training forward.
-    private var output = Tensor(zeros: [0, 0])
-    private var savedOutput: Tensor?
-    private var outputGradient = Tensor(zeros: [0, 0])
-    private var inputGradient = Tensor(zeros: [0, 0])
+    /// The block's output `relu(norm2(…) + shortcut)`, one fused pass.
+    private let residual = ResidualReLU()
     /// The mode `ResNet`'s `callAsFunction(_:)` uses (see ``Module/training``).
     public var training = true
 
@@ -63,29 +60,17 @@ public final class BasicBlock: Module {
         h = try relu1.forward(h, training: training)
         h = try conv2Slot.forward(h, training: training)
         h = try norm2Slot.forward(h, training: training)
-        addReLU(h, try downsample?.forward(x, training: training) ?? x, into: &output)
-        if training { savedOutput = output }
-        return output
+        return residual.forward(h, shortcut: try downsample?.forward(x, training: training) ?? x, training: training)
     }
 
     func backward(_ dy: Tensor) throws -> Tensor {
-        guard let saved = savedOutput else { throw LayerError.backwardBeforeForward(layer: "BasicBlock") }
-        try LayerCheck.gradient(dy, shape: saved.shape, layout: saved.layout, layer: "BasicBlock")
-        reluBackward(output: saved, dy, into: &outputGradient)
-        savedOutput = nil
-        let dsum = outputGradient
+        let dsum = try residual.backward(dy, layer: "BasicBlock")
         var g = try norm2Slot.backward(dsum)
         g = try conv2Slot.backward(g)
         g = try relu1.backward(g)
         g = try norm1Slot.backward(g)
         g = try conv1Slot.backward(g)
-        copy(g, into: &inputGradient)
-        if let downsample {
-            addInPlace(&inputGradient, try downsample.backward(dsum))
-        } else {
-            addInPlace(&inputGradient, dsum)
-        }
-        return inputGradient
+        return residual.inputGradient(branch: g, shortcut: try downsample?.backward(dsum) ?? dsum)
     }
 }
 

@@ -117,6 +117,46 @@ func convert(_ x: Tensor, into buffer: inout Tensor, layout: TensorLayout) {
     }
 }
 
+/// The end of a residual block: `relu(h + shortcut)` in one pass, its masked backward, and the input gradient as the
+/// sum of the two branches' (``BasicBlock`` and ``FoldedBasicBlock``).
+final class ResidualReLU {
+    private var output = Tensor(zeros: [0, 0])
+    private var savedOutput: Tensor?
+    private var outputGradient = Tensor(zeros: [0, 0])
+    private var inputGradient = Tensor(zeros: [0, 0])
+
+    /// `relu(h + shortcut)`, kept for the backward after a training forward.
+    func forward(_ h: Tensor, shortcut: Tensor, training: Bool) -> Tensor {
+        addReLU(h, shortcut, into: &output)
+        if training { savedOutput = output }
+        return output
+    }
+
+    /// `∂L/∂(h + shortcut)` from `∂L/∂output`.
+    func backward(_ dy: Tensor, layer: String) throws -> Tensor {
+        guard let saved = savedOutput else { throw LayerError.backwardBeforeForward(layer: layer) }
+        try LayerCheck.gradient(dy, shape: saved.shape, layout: saved.layout, layer: layer)
+        reluBackward(output: saved, dy, into: &outputGradient)
+        savedOutput = nil
+        return outputGradient
+    }
+
+    /// The block's input gradient: the residual branch's plus the shortcut's.
+    func inputGradient(branch: Tensor, shortcut: Tensor) -> Tensor {
+        copy(branch, into: &inputGradient)
+        addInPlace(&inputGradient, shortcut)
+        return inputGradient
+    }
+}
+
+/// `x` in `layout`: `x` itself when it is already, else converted into `buffer` (reused between calls). The stems
+/// of ``ResNet`` and ``FoldedResNet`` use it to give the network the activation layout of its engine.
+func activations(_ x: Tensor, in layout: TensorLayout, buffer: inout Tensor) -> Tensor {
+    guard x.layout != layout else { return x }
+    convert(x, into: &buffer, layout: layout)
+    return buffer
+}
+
 /// `y = max(a + b, 0)` elementwise (same shape and layout; `y` reused): a residual block's sum and ReLU in one pass.
 func addReLU(_ a: Tensor, _ b: Tensor, into y: inout Tensor) {
     precondition(a.shape == b.shape && a.layout == b.layout)

@@ -104,12 +104,7 @@ public final class ResNet: Model {
 
     /// Logits `(N, classes)` for images `(N, inChannels, H, W)`, in a buffer reused by the next forward.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
-        var h = x
-        if x.layout != engine.activationLayout {
-            convert(x, into: &input, layout: engine.activationLayout)
-            h = input
-        }
-        h = try stem.forward(h, training: training)
+        var h = try stem.forward(activations(x, in: engine.activationLayout, buffer: &input), training: training)
         h = try stemNorm.forward(h, training: training)
         h = try stemReLU.forward(h, training: training)
         for stage in stages { for block in stage.blocks { h = try block.forward(h, training: training) } }
