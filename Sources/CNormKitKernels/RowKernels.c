@@ -74,16 +74,17 @@ void nk_row_centered_sums(const float *x, long n, float k, double *s1, double *s
     NK_FORWARD(row_centered_sums(x, n, k, s1, s2));
 }
 
-void nk_row_gradient_sums(const float *dy, const float *x, long n, float k, double *s1, double *s2) {
-    NK_FORWARD(row_gradient_sums(dy, x, n, k, s1, s2));
+void nk_row_gradient_sums(const float *dy, const float *x, long n, float k, double *s1, double *s2,
+                          const nk_activation_backward *act) {
+    NK_FORWARD(row_gradient_sums(dy, x, n, k, s1, s2, act));
 }
 
 void nk_row_affine(float *y, const float *x, long n, float a, float b) {
-    NK_FORWARD(row_affine_centered(y, x, n, 0, a, b));
+    NK_FORWARD(row_affine_centered(y, x, n, 0, a, b, NK_IDENTITY));
 }
 
-void nk_row_affine_centered(float *y, const float *x, long n, float k, float a, float b) {
-    NK_FORWARD(row_affine_centered(y, x, n, k, a, b));
+void nk_row_affine_centered(float *y, const float *x, long n, float k, float a, float b, int act) {
+    NK_FORWARD(row_affine_centered(y, x, n, k, a, b, act));
 }
 
 void nk_row_gradient_apply(float *dx, const float *dy, const float *x, long n, float p, float q, float r, float k) {
@@ -96,13 +97,14 @@ void nk_sets_moments(const float *x, long sets, long set_stride, long pieces, lo
 }
 
 void nk_sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows, long m,
-                             long piece_stride, const float *k, const float *a, const float *b) {
-    NK_FORWARD(sets_affine_centered(y, x, sets, set_stride, pieces, rows, m, piece_stride, k, a, b));
+                             long piece_stride, const float *k, const float *a, const float *b, int act) {
+    NK_FORWARD(sets_affine_centered(y, x, sets, set_stride, pieces, rows, m, piece_stride, k, a, b, act));
 }
 
 void nk_sets_gradient_sums(double *s1, double *s2, long out_stride, const float *dy, const float *x, long sets,
-                           long set_stride, long pieces, long rows, long m, long piece_stride, const float *k) {
-    NK_FORWARD(sets_gradient_sums(s1, s2, out_stride, dy, x, sets, set_stride, pieces, rows, m, piece_stride, k));
+                           long set_stride, long pieces, long rows, long m, long piece_stride, const float *k,
+                           const nk_activation_backward *act) {
+    NK_FORWARD(sets_gradient_sums(s1, s2, out_stride, dy, x, sets, set_stride, pieces, rows, m, piece_stride, k, act));
 }
 
 void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long sets, long set_stride, long pieces,
@@ -115,13 +117,14 @@ void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c,
     NK_FORWARD(cl_centered_sums(s1, s2, x, m, c, k));
 }
 
-void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k) {
-    NK_FORWARD(cl_gradient_sums(s1, s2, dy, x, m, c, k));
+void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k,
+                         const nk_activation_backward *act) {
+    NK_FORWARD(cl_gradient_sums(s1, s2, dy, x, m, c, k, act));
 }
 
 void nk_cl_affine_centered(float *y, const float *x, long m, long c, const float *k, const float *a,
-                           const float *b) {
-    NK_FORWARD(cl_affine_centered(y, x, m, c, k, a, b));
+                           const float *b, int act) {
+    NK_FORWARD(cl_affine_centered(y, x, m, c, k, a, b, act));
 }
 
 void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, const float *p,

@@ -32,6 +32,9 @@ public final class BatchNorm: NormalizationLayer {
     public let weight: Parameter?
     /// `β` (nil with `affine: false`).
     public let bias: Parameter?
+    /// The activation fused into the apply stage (``FusedActivation``): the output is `act(norm(x))` and the
+    /// backward takes its gradient. Set it between steps, not between a forward and its backward.
+    public var activation: FusedActivation = .identity
     /// Running mean (`running_mean`).
     public private(set) var runningMean: [Float]
     /// Running unbiased variance (`running_var`).
@@ -92,7 +95,8 @@ public final class BatchNorm: NormalizationLayer {
             return
         }
         let g = try NormalizationGeometry.varianceGhostBatches(x, channels: channels, normBatch: normBatch, layer: name)
-        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, geometry: g)
+        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
+                            activation: activation, geometry: g)
         updateRunningStatistics(geometry: g)
         savedInput = x
         savedGeometry = g
@@ -156,7 +160,7 @@ public final class BatchNorm: NormalizationLayer {
         }
         // y = a·(x − running_mean) + β, not folded into a·x + b (accurate when |running_mean| ≫ σ).
         applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels, center: runningMean,
-                    geometry: g)
+                    activation: activation, geometry: g)
         savedInput = nil
         savedGeometry = nil
     }

@@ -120,6 +120,9 @@ public final class BatchRenorm: NormalizationLayer {
     public let weight: Parameter?
     /// `β` (nil with `affine: false`).
     public let bias: Parameter?
+    /// The activation fused into the apply stage (``FusedActivation``): the output is `act(norm(x))` and the
+    /// backward takes its gradient. Set it between steps, not between a forward and its backward.
+    public var activation: FusedActivation = .identity
     /// Running mean `μ` (`running_mean`).
     public private(set) var runningMean: [Float]
     /// Running standard deviation `σ` (`running_std`, includes `ε`).
@@ -152,6 +155,8 @@ public final class BatchRenorm: NormalizationLayer {
     }
 
     private var savedInput: Tensor?
+    /// The training forward's pre-activation, for the backward of a fused activation.
+    private var preActivation = PreActivation()
     private var savedGeometry: NormalizationGeometry?
     // Per (ghost batch, channel), reused across steps.
     private var mean: [Double] = []
@@ -226,8 +231,11 @@ public final class BatchRenorm: NormalizationLayer {
         batchesTracked += 1
         let (rMax, dMax) = schedule.limits(step: Int(batchesTracked))
         computeCoefficients(geometry: g, rMax: rMax, dMax: dMax)
+        let activation = activation
         applyAffine(x, into: &y, coefficients: scratch, shiftBase: g.coefficientCount, center: scratch,
-                    centerBase: 2 * g.coefficientCount, geometry: g)
+                    centerBase: 2 * g.coefficientCount, activation: activation, geometry: g) { scale, shift, center in
+            preActivation.record(activation, count: g.coefficientCount, scale: scale, shift: shift, center: center)
+        }
         updateRunningStatistics(geometry: g)
         savedInput = x
         savedGeometry = g
@@ -316,7 +324,7 @@ public final class BatchRenorm: NormalizationLayer {
         }
         // y = a·(x − μ) + β, not folded into a·x + b (accurate when |μ| ≫ σ).
         applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels, center: runningMean,
-                    geometry: g)
+                    activation: activation, geometry: g)
     }
 
     /// The backward of the last training forward with `r`, `d` held constant: BN's backward per (ghost batch,
@@ -333,7 +341,8 @@ public final class BatchRenorm: NormalizationLayer {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x, layer: name)
-        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: mean, geometry: g)
+        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: mean,
+                            preActivation: preActivation, dz: &dx, geometry: g)
         // `scratch` holds p (coefficients), q and o (sets).
         prepareScratch(g)
         let k = g.samplesPerSet, c = channels, count = Double(g.elementsPerSet)
@@ -356,7 +365,8 @@ public final class BatchRenorm: NormalizationLayer {
                 }
             }
         }
-        applyGradient(dy, input: x, into: &dx, center: mean, coefficients: scratch, slopeBase: slopeBase,
+        applyGradient(preActivation.isActive ? nil : dy, input: x, into: &dx, center: mean, coefficients: scratch,
+                      slopeBase: slopeBase,
                       offsetBase: offsetBase, geometry: g)
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyCentered,

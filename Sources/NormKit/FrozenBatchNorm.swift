@@ -23,6 +23,9 @@ public final class FrozenBatchNorm: NormalizationLayer {
     public let weight: Parameter?
     /// `β` (`bias`), trainable only with `trainableAffine: true`.
     public let bias: Parameter?
+    /// The activation fused into the apply stage (``FusedActivation``): the output is `act(norm(x))` and the
+    /// backward takes its gradient. Set it between steps, not between a forward and its backward.
+    public var activation: FusedActivation = .identity
     /// The frozen mean (`running_mean`).
     public private(set) var runningMean: [Float]
     /// The frozen variance (`running_var`), used as stored.
@@ -32,6 +35,8 @@ public final class FrozenBatchNorm: NormalizationLayer {
     public var name: String { layerName("FrozenBatchNorm", channels: channels) }
 
     private var savedInput: Tensor?
+    /// The training forward's pre-activation, for the backward of a fused activation.
+    private var preActivation = PreActivation()
     // Per channel, recomputed by each forward and backward from the current statistics and `γ`.
     private var scale: [Float]
     private var inverseStd: [Double]
@@ -107,27 +112,31 @@ public final class FrozenBatchNorm: NormalizationLayer {
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
                 NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: runningMean,
-                                                   scale: scale, shift: beta, geometry: g)
+                                                   scale: scale, shift: beta, activation: activation, geometry: g)
             }
         }
-        if training { savedInput = x }
+        if training {
+            savedInput = x
+            preActivation.record(activation, count: channels, scale: scale, shift: beta, center: runningMean)
+        }
     }
 
-    /// `dx = scale·dy`; `dγ_c = Σ dy·(x − running_mean_c)/sqrt(running_var_c + ε)`, `dβ_c = Σ dy` (computed even
-    /// when the affine is frozen).
+    /// `dx = scale·dz`; `dγ_c = Σ dz·(x − running_mean_c)/sqrt(running_var_c + ε)`, `dβ_c = Σ dz` (computed even
+    /// when the affine is frozen), with `dz = dy`, or `dy·act'(z)` after a forward with a fused activation.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput else { throw NormalizationError.backwardBeforeForward(layer: name) }
         try InputCheck.validateGradient(dy, like: x, layer: name)
         let g = NormalizationGeometry.perChannel(x, channels: channels)
         computeCoefficients()
-        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: center, geometry: g)
-        dx.prepare(shape: x.shape, layout: x.layout)
-        dy.withUnsafeBufferPointer { dyp in
-            dx.withUnsafeMutableBufferPointer { dxp in
-                // dx = scale·dy: the affine kernel with a zero shift.
-                NormalizationKernels.apply(y: dxp.baseAddress!, x: dyp.baseAddress!, scale: scale,
-                                           shift: zeroShift, geometry: g)
+        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: center,
+                            preActivation: preActivation, dz: &dx, geometry: g)
+        dx.withUnsafeMutableBufferPointer { dxp in
+            // dx = scale·dz: the affine kernel with a zero shift, in place over the dz the sums left in dx.
+            func scaleBy(_ upstream: UnsafePointer<Float>) {
+                NormalizationKernels.apply(y: dxp.baseAddress!, x: upstream, scale: scale, shift: zeroShift,
+                                           geometry: g)
             }
+            if preActivation.isActive { scaleBy(dxp.baseAddress!) } else { dy.withUnsafeBufferPointer { scaleBy($0.baseAddress!) } }
         }
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyCentered,

@@ -32,6 +32,9 @@ public final class GroupNorm: NormalizationLayer {
     public let weight: Parameter?
     /// `β` (nil with `affine: false`).
     public let bias: Parameter?
+    /// The activation fused into the apply stage (``FusedActivation``): the output is `act(norm(x))` and the
+    /// backward takes its gradient. Set it between steps, not between a forward and its backward.
+    public var activation: FusedActivation = .identity
 
     /// `"GroupNorm(channels: 64, groups: 32)"` (with `affine: false` when set).
     public var name: String {
@@ -117,7 +120,8 @@ public final class GroupNorm: NormalizationLayer {
         try InputCheck.validate(x, channels: channels, layer: name)
         let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
                                       positions: x.spatialCount, samplesPerSet: 1, channelsPerSet: groupSize)
-        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, geometry: g)
+        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
+                            activation: activation, geometry: g)
         if training {
             savedInput = x
             savedGeometry = g

@@ -70,6 +70,9 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     public let weight: Parameter?
     /// `β` (nil with `affine: false`).
     public let bias: Parameter?
+    /// The activation fused into the apply stage (``FusedActivation``): the output is `act(norm(x))` and the
+    /// backward takes its gradient. Set it between steps, not between a forward and its backward.
+    public var activation: FusedActivation = .identity
     /// EMA of the second moment `χ²` per channel (`running_var` in the reference's naming), used in evaluation.
     /// In the BN form (``Parts/secondMomentForm`` off): the EMA of the variance.
     public internal(set) var runningSecondMoment: [Float]
@@ -118,6 +121,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
 
     // Saved by the training forward for the backward, per chunk b and set s = b·C + c.
     private var savedInput: Tensor?
+    /// The training forward's pre-activation, for the backward of a fused activation.
+    private var preActivation = PreActivation()
     private var savedGeometry: NormalizationGeometry?
     /// `t` of the forward's first chunk: chunk `b` was iteration `savedFirstIteration + b`.
     private var savedFirstIteration: Int64 = 0
@@ -232,14 +237,20 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                 }
             }
         }
+        let activation = activation
         if parts.secondMomentForm {
-            applyAffine(x, into: &y, coefficients: coefficients, shiftBase: shiftBase, geometry: g)
+            applyAffine(x, into: &y, coefficients: coefficients, shiftBase: shiftBase, activation: activation,
+                        geometry: g) { scale, shift, center in
+                preActivation.record(activation, count: g.coefficientCount, scale: scale, shift: shift, center: center)
+            }
         } else {
             forwardCenter.withUnsafeMutableBufferPointer { center in
                 for s in 0..<g.setCount { center[s] = Float(factors[s].center) }
             }
             applyAffine(x, into: &y, coefficients: coefficients, shiftBase: shiftBase, center: forwardCenter,
-                        geometry: g)
+                        activation: activation, geometry: g) { scale, shift, center in
+                preActivation.record(activation, count: g.coefficientCount, scale: scale, shift: shift, center: center)
+            }
         }
         savedInput = x
         savedGeometry = g
@@ -326,7 +337,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         }
         // The BN form: y = γ·(x − running_mean)/sqrt(running_var + ε) + β.
         applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels,
-                    center: parts.secondMomentForm ? nil : runningMean, geometry: g)
+                    center: parts.secondMomentForm ? nil : runningMean, activation: activation, geometry: g)
     }
 
     /// The MABN backward of the last training forward, chunk by chunk in forward order: pushes `Ψ_t` into
@@ -345,7 +356,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             }
         }
         let center = meanForm ? backwardCenter : zeroCenter
-        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: center, geometry: g)
+        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: center,
+                            preActivation: preActivation, dz: &dx, geometry: g)
         let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet)
         let offsetBase = g.setCount, slopeBase = 2 * g.setCount
         let sumDy = sumDy, sumDyX = sumDyX, gamma = weight?.value, firstIteration = savedFirstIteration
@@ -397,7 +409,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             }
             }
         }
-        applyGradient(dy, input: x, into: &dx, center: center, coefficients: coefficients, slopeBase: slopeBase,
+        applyGradient(preActivation.isActive ? nil : dy, input: x, into: &dx, center: center,
+                      coefficients: coefficients, slopeBase: slopeBase,
                       offsetBase: offsetBase, geometry: g)
         setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
                            sumDy: sumDy, sumDyCentered: sumDyX,

@@ -56,6 +56,11 @@ public protocol NormalizationLayer: AnyObject {
     var weight: Parameter? { get }
     /// `β` of shape `(C,)`, nil when built with `affine: false`.
     var bias: Parameter? { get }
+    /// The activation fused into the layer's apply stage: ``FusedActivation/identity`` (the default) for the plain
+    /// normalization, ``FusedActivation/relu`` or ``FusedActivation/silu`` to output `act(norm(x))` in the same
+    /// pass, in training and evaluation; ``backward(_:into:)`` then takes the gradient of that output and masks or
+    /// scales it inside its gradient-sums pass. Equal to the layer followed by the activation, to float rounding.
+    var activation: FusedActivation { get set }
 
     /// Normalizes `x` into `y` (reusing `y`'s memory when it can). In training mode the layer uses batch
     /// statistics (as it defines them), updates its running statistics and saves what the backward needs.
@@ -260,70 +265,79 @@ extension NormalizationGeometry {
     }
 }
 
-/// Writes `sumDy[n·C + c] = Σ dy` and `sumDyCentered[n·C + c] = Σ dy·(x − center[set])` over each row `(n, c)`
-/// (``NormalizationKernels/gradientSums(sumDy:sumDyCentered:dy:x:center:geometry:)``, exact for a Double
-/// centre), first resizing both arrays to `N·C` if the batch changed (no allocation per step otherwise).
+/// Per-(n, c) `Σ dz` and `Σ dz·(x − center[set])` of a layer's backward, with `dz = dy` or, after a forward with a
+/// fused activation (`preActivation`), `dz = dy·act'(z)`, which is then also written into `dx` (prepared here)
+/// for ``applyGradient(_:input:into:center:coefficients:slopeBase:offsetBase:geometry:)`` to read in place.
 func computeGradientSums(sumDy: inout [Double], sumDyCentered: inout [Double], dy: Tensor, x: Tensor,
-                         center: [Double], geometry g: NormalizationGeometry) {
+                         center: [Double], preActivation: PreActivation, dz dx: inout Tensor,
+                         geometry g: NormalizationGeometry) {
     if sumDy.count != g.batch * g.channels {
         sumDy = [Double](repeating: 0, count: g.batch * g.channels)
         sumDyCentered = sumDy
     }
+    dx.prepare(shape: x.shape, layout: x.layout)
     x.withUnsafeBufferPointer { xp in
         dy.withUnsafeBufferPointer { dyp in
-            sumDy.withUnsafeMutableBufferPointer { s1 in
-                sumDyCentered.withUnsafeMutableBufferPointer { s2 in
-                    NormalizationKernels.gradientSums(sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                                      dy: dyp.baseAddress!, x: xp.baseAddress!, center: center,
-                                                      geometry: g)
+            dx.withUnsafeMutableBufferPointer { dzp in
+                sumDy.withUnsafeMutableBufferPointer { s1 in
+                    sumDyCentered.withUnsafeMutableBufferPointer { s2 in
+                        preActivation.withBackward(dz: dzp.baseAddress!) { activation in
+                            NormalizationKernels.gradientSums(sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
+                                                              dy: dyp.baseAddress!, x: xp.baseAddress!,
+                                                              center: center, activation: activation, geometry: g)
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Overwrites `y` (reusing its memory when it can) with a per-(sample block, channel) affine map of `x`:
-/// `scale·(x − center) + shift` (``NormalizationKernels/applyCentered(y:x:center:scale:shift:geometry:)``), or
-/// `scale·x + shift` without a centre (``NormalizationKernels/apply(y:x:scale:shift:geometry:)``). With
-/// `k = b·C + c`, the scale is `coefficients[k]`, the shift `coefficients[shiftBase + k]` and the centre
-/// `center[centerBase + k]`.
+/// `y = act(a·(x − k) + b)` with `a = coefficients[0…]`, `b = coefficients[shiftBase…]` and `k = center[centerBase…]`
+/// (0 without `center`) per coefficient. A training forward passes `record` to keep that affine for the backward of
+/// the activation (``PreActivation/record(_:count:scale:shift:center:)``).
 func applyAffine(_ x: Tensor, into y: inout Tensor, coefficients: [Float], shiftBase: Int,
-                 center: [Float]? = nil, centerBase: Int = 0, geometry g: NormalizationGeometry) {
+                 center: [Float]? = nil, centerBase: Int = 0, activation: FusedActivation = .identity,
+                 geometry g: NormalizationGeometry,
+                 record: (_ scale: UnsafePointer<Float>, _ shift: UnsafePointer<Float>,
+                          _ center: UnsafePointer<Float>?) -> Void = { _, _, _ in }) {
     y.prepare(shape: x.shape, layout: x.layout)
     x.withUnsafeBufferPointer { xp in
         y.withUnsafeMutableBufferPointer { yp in
             coefficients.withUnsafeBufferPointer { cp in
+                let scale = cp.baseAddress!, shift = cp.baseAddress! + shiftBase
                 guard let center else {
-                    NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: cp.baseAddress!,
-                                               shift: cp.baseAddress! + shiftBase, geometry: g)
+                    NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: scale, shift: shift,
+                                               activation: activation, geometry: g)
+                    record(scale, shift, nil)
                     return
                 }
                 center.withUnsafeBufferPointer { kp in
                     NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!,
-                                                       center: kp.baseAddress! + centerBase, scale: cp.baseAddress!,
-                                                       shift: cp.baseAddress! + shiftBase, geometry: g)
+                                                       center: kp.baseAddress! + centerBase, scale: scale,
+                                                       shift: shift, activation: activation, geometry: g)
+                    record(scale, shift, kp.baseAddress! + centerBase)
                 }
             }
         }
     }
 }
 
-/// Overwrites `dx` (reusing its memory when it can) with `p·dy + q·(x − center[set]) + o`
-/// (``NormalizationKernels/gradientApply(dx:dy:x:center:scale:slope:offset:geometry:)``, exact for a Double
-/// centre): `p` per (sample block, channel) at `coefficients[k]`, `q` and `o` per set at
-/// `coefficients[slopeBase + s]` and `coefficients[offsetBase + s]`.
-func applyGradient(_ dy: Tensor, input x: Tensor, into dx: inout Tensor, center: [Double], coefficients: [Float],
+/// `dx = p·dz + q·(x − k) + o` with `dz = dy`, or (`dy` nil) the `dz` that
+/// ``computeGradientSums(sumDy:sumDyCentered:dy:x:center:preActivation:dz:geometry:)`` left in `dx`.
+func applyGradient(_ dy: Tensor?, input x: Tensor, into dx: inout Tensor, center: [Double], coefficients: [Float],
                    slopeBase: Int, offsetBase: Int, geometry g: NormalizationGeometry) {
-    dx.prepare(shape: x.shape, layout: x.layout)
+    if dy != nil { dx.prepare(shape: x.shape, layout: x.layout) }
     x.withUnsafeBufferPointer { xp in
-        dy.withUnsafeBufferPointer { dyp in
-            dx.withUnsafeMutableBufferPointer { dxp in
-                coefficients.withUnsafeBufferPointer { cp in
-                    NormalizationKernels.gradientApply(dx: dxp.baseAddress!, dy: dyp.baseAddress!, x: xp.baseAddress!,
+        dx.withUnsafeMutableBufferPointer { dxp in
+            coefficients.withUnsafeBufferPointer { cp in
+                func run(_ upstream: UnsafePointer<Float>) {
+                    NormalizationKernels.gradientApply(dx: dxp.baseAddress!, dy: upstream, x: xp.baseAddress!,
                                                        center: center, scale: cp.baseAddress!,
                                                        slope: cp.baseAddress! + slopeBase,
                                                        offset: cp.baseAddress! + offsetBase, geometry: g)
                 }
+                if let dy { dy.withUnsafeBufferPointer { run($0.baseAddress!) } } else { run(dxp.baseAddress!) }
             }
         }
     }

@@ -20,11 +20,31 @@ int nk_native_level(void);
  * the level now in use. Thread-safe; kernels already running finish on the table they started with. */
 int nk_limit_native_level(int maximum);
 
+/*
+ * Activations fused into the apply stage: the forward writes y = act(a·(x − k) + b) instead of the affine alone.
+ * Identity, ReLU (max(0, z), NaN kept) and SiLU (z·σ(z), σ from a Cephes-style exp accurate to ~2 float ulps).
+ */
+enum { NK_IDENTITY = 0, NK_RELU = 1, NK_SILU = 2 };
+
+/*
+ * The backward of a fused activation, given to the gradient-sums kernels. `kind` is NK_RELU or NK_SILU; `scale`,
+ * `shift`, `center` give the forward's pre-activation z = scale·(x − center) + shift, indexed like the kernel's
+ * other per-row (or per-channel) coefficients. The kernel sums dz = dy·act'(z) in place of dy and stores dz to
+ * `dz` (laid out like dy, which it may alias), where the apply stage reads it as its dy: the activation's backward
+ * costs no pass of its own. A NULL nk_activation_backward is the identity.
+ */
+typedef struct nk_activation_backward {
+    int kind;
+    const float *scale, *shift, *center;
+    float *dz;
+} nk_activation_backward;
+
 double nk_row_sum(const float *x, long n);
 void nk_row_centered_sums(const float *x, long n, float k, double *s1, double *s2);
-void nk_row_gradient_sums(const float *dy, const float *x, long n, float k, double *s1, double *s2);
+void nk_row_gradient_sums(const float *dy, const float *x, long n, float k, double *s1, double *s2,
+                          const nk_activation_backward *act);
 void nk_row_affine(float *y, const float *x, long n, float a, float b);
-void nk_row_affine_centered(float *y, const float *x, long n, float k, float a, float b);
+void nk_row_affine_centered(float *y, const float *x, long n, float k, float a, float b, int act);
 void nk_row_gradient_apply(float *dx, const float *dy, const float *x, long n, float p, float q, float r, float k);
 
 /*
@@ -36,12 +56,13 @@ void nk_row_gradient_apply(float *dx, const float *dy, const float *x, long n, f
  * float lanes over at most NK_BLOCK_LENGTH elements, double totals, corrected for the rounding of k). */
 void nk_sets_moments(const float *x, long sets, long set_stride, long pieces, long run, long piece_stride,
                      double *mean, double *m2);
-/* y = a·(x − k) + b (y may alias x). */
+/* y = act(a·(x − k) + b) (y may alias x). */
 void nk_sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows, long m,
-                             long piece_stride, const float *k, const float *a, const float *b);
-/* Per row: s1[j·rows + i·out_stride + r] = Σ dy, s2[…] = Σ dy·(x − k). */
+                             long piece_stride, const float *k, const float *a, const float *b, int act);
+/* Per row: s1[j·rows + i·out_stride + r] = Σ dy, s2[…] = Σ dy·(x − k) (dy: dz with a fused activation). */
 void nk_sets_gradient_sums(double *s1, double *s2, long out_stride, const float *dy, const float *x, long sets,
-                           long set_stride, long pieces, long rows, long m, long piece_stride, const float *k);
+                           long set_stride, long pieces, long rows, long m, long piece_stride, const float *k,
+                           const nk_activation_backward *act);
 /* dx = p·dy + q·(x − k) + r. */
 void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long sets, long set_stride, long pieces,
                             long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
@@ -54,11 +75,12 @@ void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long set
  */
 /* s1[ch] += Σ (x − k[ch]), s2[ch] += Σ (x − k[ch])² (k NULL: 0). */
 void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, const float *k);
-/* s1[ch] += Σ dy, s2[ch] += Σ dy·(x − k[ch]). */
-void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k);
-/* y = a[ch]·(x − k[ch]) + b[ch] (k NULL: 0; y may alias x). */
+/* s1[ch] += Σ dy, s2[ch] += Σ dy·(x − k[ch]) (dy: dz with a fused activation). */
+void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k,
+                         const nk_activation_backward *act);
+/* y = act(a[ch]·(x − k[ch]) + b[ch]) (k NULL: 0; y may alias x). */
 void nk_cl_affine_centered(float *y, const float *x, long m, long c, const float *k, const float *a,
-                           const float *b);
+                           const float *b, int act);
 /* dx = p[ch]·dy + q[ch]·(x − k[ch]) + r[ch]. */
 void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, const float *p,
                           const float *q, const float *r, const float *k);

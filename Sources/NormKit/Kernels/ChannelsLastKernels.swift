@@ -72,25 +72,27 @@ extension NormalizationKernels {
         }
     }
 
-    /// `y = scale[b,c]·(x − center[b,c]) + shift[b,c]` (center nil: 0), rows of the batch split over threads.
+    /// `y = act(scale[b,c]·(x − center[b,c]) + shift[b,c])` (center nil: 0), rows of the batch split over threads.
     static func nativeApplyChannelsLast(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
                                         center: UnsafePointer<Float>?, scale: UnsafePointer<Float>,
-                                        shift: UnsafePointer<Float>, geometry g: NormalizationGeometry) {
+                                        shift: UnsafePointer<Float>, activation: FusedActivation,
+                                        geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions
         Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
             forEachSampleRun(rows, positions: m) { n, first, count in
                 let k0 = g.coefficient(n: n, c: 0)
                 nk_cl_affine_centered(y + first * c, x + first * c, count, c, center.map { $0 + k0 }, scale + k0,
-                                      shift + k0)
+                                      shift + k0, activation.kernelCode)
             }
         }
     }
 
-    /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (moved from the float `k = Float(center)` to the exact centre).
+    /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (moved from the float `k = Float(center)` to the exact centre);
+    /// with a fused activation, of `dz = dy·act'(z)`, also written to `activation.dz`.
     static func nativeGradientSumsChannelsLast(sumDy: UnsafeMutablePointer<Double>,
                                                sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
                                                x: UnsafePointer<Float>, center: UnsafePointer<Double>,
-                                               geometry g: NormalizationGeometry) {
+                                               activation: ActivationBackward?, geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions
         Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: c) { k in
@@ -99,7 +101,9 @@ extension NormalizationKernels {
                     let a1 = sumDy + n * c, a2 = sumDyCentered + n * c
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
-                    nk_cl_gradient_sums(a1, a2, dy + n * m * c, x + n * m * c, m, c, k.baseAddress!)
+                    withKernelActivation(activation, coefficient: g.coefficient(n: n, c: 0), element: n * m * c) {
+                        nk_cl_gradient_sums(a1, a2, dy + n * m * c, x + n * m * c, m, c, k.baseAddress!, $0)
+                    }
                     for ch in 0..<c { a2[ch] -= (center[g.set(n: n, c: ch)] - Double(k[ch])) * a1[ch] }
                 }
             }
@@ -145,14 +149,14 @@ extension NormalizationKernels {
     }
 
     /// The training forward per sample: one-pass shifted statistics of its sets, their coefficients, then
-    /// `y = a·(x − μ̃) + b` while the sample is in cache. `centers`/`scale`/`shift` get per-(n, c) entries.
+    /// `y = act(a·(x − μ̃) + b)` while the sample is in cache. `centers`/`scale`/`shift` get per-(n, c) entries.
     static func nativeNormalizePerSample(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
                                          variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
                                          x: UnsafePointer<Float>, gamma: UnsafePointer<Float>?,
                                          beta: UnsafePointer<Float>?, epsilon: Float,
                                          scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>,
                                          centers: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>,
-                                         geometry g: NormalizationGeometry) {
+                                         activation: FusedActivation, geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
         let count = Double(g.elementsPerSet)
         Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
@@ -178,18 +182,21 @@ extension NormalizationKernels {
                         shift[k] = Float(Double(beta?[ch] ?? 0) - a * delta)
                     }
                 }
-                nk_cl_affine_centered(y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c)
+                nk_cl_affine_centered(y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c,
+                                      activation.kernelCode)
             }
         }
     }
 
     /// The training backward per sample: gradient sums of its sets, their slopes and offsets, then `dx` while the
-    /// sample's `x` and `dy` are in cache. Writes the per-(n, c) `Σdy`, `Σdy·(x−μ)` as the unfused path does.
+    /// sample's `x` and `dy` are in cache. Writes the per-(n, c) `Σdy`, `Σdy·(x−μ)` as the unfused path does. With
+    /// a fused activation the sums pass turns `dy` into `dz` (written to `activation.dz`, normally `dx`) and the
+    /// apply reads it back while it is cached.
     static func nativeNormalizeBackwardPerSample(dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
                                                  sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
                                                  x: UnsafePointer<Float>, mean: UnsafePointer<Double>,
                                                  rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Float>,
-                                                 geometry g: NormalizationGeometry) {
+                                                 activation: ActivationBackward?, geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
         let count = Double(g.elementsPerSet)
         Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
@@ -200,7 +207,9 @@ extension NormalizationKernels {
                     for ch in 0..<c { k[ch] = Float(mean[n * blocks + ch / cps]) }
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
-                    nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, k)
+                    withKernelActivation(activation, coefficient: n * c, element: o) {
+                        nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, k, $0)
+                    }
                     for j in 0..<blocks {
                         let s = n * blocks + j, c0 = j * cps, rs = rstd[s], delta = mean[s] - Double(k[c0])
                         var meanG = 0.0, meanGX = 0.0
@@ -217,7 +226,8 @@ extension NormalizationKernels {
                             r[ch] = Float(offset - slope * delta)
                         }
                     }
-                    nk_cl_gradient_apply(dx + o, dy + o, x + o, m, c, p, q, r, k)
+                    let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
+                    nk_cl_gradient_apply(dx + o, upstream + o, x + o, m, c, p, q, r, k)
                 }
             }
         }

@@ -80,27 +80,34 @@ enum NormalizationKernels {
         }
     }
 
-    /// `y = scale[b,c]·x + shift[b,c]` for every element (coefficients per sample block and channel).
+    /// `y = act(scale[b,c]·x + shift[b,c])` for every element (coefficients per sample block and channel).
     static func apply(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
-                      scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, geometry g: NormalizationGeometry) {
+                      scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, activation: FusedActivation = .identity,
+                      geometry g: NormalizationGeometry) {
         let m = g.positions, c = g.channels
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.batch * c, work: g.elementCount) { rows in
                 for row in rows {
                     let k = g.coefficient(n: row / c, c: row % c)
-                    rowAffine(y + row * m, x + row * m, m, scale: scale[k], shift: shift[k])
+                    if activation == .identity {
+                        rowAffine(y + row * m, x + row * m, m, scale: scale[k], shift: shift[k])
+                    } else {
+                        rowAffineCentered(y + row * m, x + row * m, m, center: 0, scale: scale[k], shift: shift[k],
+                                          activation: activation)
+                    }
                 }
             }
         case .channelsLast:
             if nativeChannelsLast {
-                return nativeApplyChannelsLast(y: y, x: x, center: nil, scale: scale, shift: shift, geometry: g)
+                return nativeApplyChannelsLast(y: y, x: x, center: nil, scale: scale, shift: shift,
+                                               activation: activation, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
                 for row in rows {
                     let base = g.coefficient(n: row / m, c: 0)
                     let yr = y + row * c, xr = x + row * c, a = scale + base, b = shift + base
-                    for ch in 0..<c { yr[ch] = xr[ch] * a[ch] + b[ch] }
+                    for ch in 0..<c { yr[ch] = activation.apply(xr[ch] * a[ch] + b[ch]) }
                 }
             }
         }
@@ -110,38 +117,43 @@ enum NormalizationKernels {
     /// kept out of the fold, so the output stays accurate when |center| dwarfs the spread of `x`.
     static func applyCentered(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Float>,
                               scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
-                              geometry g: NormalizationGeometry) {
+                              activation: FusedActivation = .identity, geometry g: NormalizationGeometry) {
         let m = g.positions, c = g.channels
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.batch * c, work: g.elementCount) { rows in
                 for row in rows {
                     let k = g.coefficient(n: row / c, c: row % c)
-                    rowAffineCentered(y + row * m, x + row * m, m, center: center[k], scale: scale[k], shift: shift[k])
+                    rowAffineCentered(y + row * m, x + row * m, m, center: center[k], scale: scale[k], shift: shift[k],
+                                      activation: activation)
                 }
             }
         case .channelsLast:
             if nativeChannelsLast {
-                return nativeApplyChannelsLast(y: y, x: x, center: center, scale: scale, shift: shift, geometry: g)
+                return nativeApplyChannelsLast(y: y, x: x, center: center, scale: scale, shift: shift,
+                                               activation: activation, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
                 for row in rows {
                     let base = g.coefficient(n: row / m, c: 0)
                     let yr = y + row * c, xr = x + row * c, k = center + base, a = scale + base, b = shift + base
-                    for ch in 0..<c { yr[ch] = (xr[ch] - k[ch]) * a[ch] + b[ch] }
+                    for ch in 0..<c { yr[ch] = activation.apply((xr[ch] - k[ch]) * a[ch] + b[ch]) }
                 }
             }
         }
     }
 
-    /// The standard training forward: per-set statistics, then `y = γ_c·(x−μ)·rstd + β_c`, fused per set in
-    /// channels-first order. `gamma`/`beta` are per channel (nil: 1 and 0). Writes mean, biased variance and rstd.
+    /// The standard training forward: per-set statistics, then `y = act(γ_c·(x−μ)·rstd + β_c)`, fused per set in
+    /// channels-first order. `gamma`/`beta` are per channel (nil: 1 and 0). Writes mean, biased variance and rstd,
+    /// and leaves the per-coefficient scale and shift in `scratchScale`/`scratchShift` and the float centres after
+    /// the shifts (per set channels-first, per coefficient channels-last: ``forwardCenter(_:geometry:)``).
     static func normalize(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
                           variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
                           x: UnsafePointer<Float>,
                           gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
                           scratchScale: UnsafeMutablePointer<Float>, scratchShift: UnsafeMutablePointer<Float>,
-                          scratchDouble: UnsafeMutablePointer<Double>, geometry g: NormalizationGeometry) {
+                          scratchDouble: UnsafeMutablePointer<Double>, activation: FusedActivation = .identity,
+                          geometry g: NormalizationGeometry) {
         switch g.layout {
         case .channelsFirst:
             // Per-row coefficients go to scale/shift[b·C + c] and centres to center[s]: each set owns its entries,
@@ -167,7 +179,7 @@ enum NormalizationKernels {
                     let batch = g.batch(ofSets: first, count: size)
                     let k0 = (first / g.channelBlocks) * g.channels + (first % g.channelBlocks) * cps
                     setAffineCentered(y + batch.offset, x + batch.offset, batch, center: center + first,
-                                      scale: scratchScale + k0, shift: scratchShift + k0)
+                                      scale: scratchScale + k0, shift: scratchShift + k0, activation: activation)
                 }
             }
         case .channelsLast:
@@ -175,7 +187,7 @@ enum NormalizationKernels {
                 return nativeNormalizePerSample(y: y, mean: mean, variance: variance, rstd: rstd, x: x, gamma: gamma,
                                                 beta: beta, epsilon: epsilon, scale: scratchScale,
                                                 shift: scratchShift, centers: scratchShift + g.coefficientCount,
-                                                sums: scratchDouble, geometry: g)
+                                                sums: scratchDouble, activation: activation, geometry: g)
             }
             statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
             for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
@@ -189,7 +201,8 @@ enum NormalizationKernels {
                     scratchShift[k] = Float(Double(beta?[c] ?? 0) - a * (mean[s] - Double(centers[k])))
                 }
             }
-            applyCentered(y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, geometry: g)
+            applyCentered(y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, activation: activation,
+                          geometry: g)
         }
     }
 
@@ -317,17 +330,20 @@ enum NormalizationKernels {
 
     // MARK: Backward
 
-    /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (Double).
+    /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (Double); with a fused activation, of `dz = dy·act'(z)`,
+    /// which is also written to `activation.dz` (laid out like `dy`) for the apply stage.
     static func gradientSums(sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>,
                              dy: UnsafePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Double>,
-                             geometry g: NormalizationGeometry) {
+                             activation: ActivationBackward? = nil, geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
                 for row in rows {
                     let exact = center[g.set(n: row / c, c: row % c)], k = Float(exact)
-                    let (a1, a2) = rowGradientSums(dy + row * m, x + row * m, m, center: k)
+                    let (a1, a2) = rowGradientSums(dy + row * m, x + row * m, m, center: k, activation: activation,
+                                                   coefficient: g.coefficient(n: row / c, c: row % c),
+                                                   element: row * m)
                     // The row was centred on the float k; move the sum to the exact centre.
                     sumDy[row] = a1
                     sumDyCentered[row] = a2 - (exact - Double(k)) * a1
@@ -336,7 +352,7 @@ enum NormalizationKernels {
         case .channelsLast:
             if nativeChannelsLast {
                 return nativeGradientSumsChannelsLast(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x,
-                                                      center: center, geometry: g)
+                                                      center: center, activation: activation, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
                 for n in samples {
@@ -345,8 +361,13 @@ enum NormalizationKernels {
                     a2.initialize(repeating: 0, count: c)
                     for p in 0..<m {
                         let o = (n * m + p) * c
+                        if let activation {
+                            activation.portableChannels(dy: dy + o, x: x + o, count: c,
+                                                        coefficient: g.coefficient(n: n, c: 0), element: o)
+                        }
+                        let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
                         for ch in 0..<c {
-                            let gy = Double(dy[o + ch])
+                            let gy = Double(upstream[o + ch])
                             a1[ch] += gy
                             a2[ch] += gy * (Double(x[o + ch]) - center[g.set(n: n, c: ch)])
                         }
@@ -399,8 +420,11 @@ enum NormalizationKernels {
                                   dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                                   mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
                                   gammaEffective: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
-                                  scratchDouble: UnsafeMutablePointer<Double>, geometry g: NormalizationGeometry) {
+                                  scratchDouble: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil,
+                                  geometry g: NormalizationGeometry) {
         let c = g.channels, count = Double(g.elementsPerSet)
+        // With a fused activation the sums stage writes dz = dy·act'(z) into dx and the apply stage reads it there.
+        let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
         switch g.layout {
         case .channelsFirst:
             // scratch: the per-row factor rstd·γ_c at [b·C + c], then per set the slope q, offset r and float
@@ -415,7 +439,8 @@ enum NormalizationKernels {
                     setGradientSums(sumDy + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
                                     sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
                                     outStride: c, dy + batch.offset, x + batch.offset, batch,
-                                    center: center + first)
+                                    center: center + first,
+                                    activation: activation?.moved(coefficient: k0, element: batch.offset))
                     for s in first..<(first + size) {
                         let c0 = (s % g.channelBlocks) * cps, firstRow = b * g.samplesPerSet * c + c0
                         // Rows were centred on the float μ̃; δ = μ − μ̃ moves sums and offsets to the exact mean.
@@ -438,7 +463,7 @@ enum NormalizationKernels {
                         q[s] = Float(slope)
                         r[s] = Float(-rs * meanG - slope * delta)
                     }
-                    setGradientApply(dx + batch.offset, dy + batch.offset, x + batch.offset, batch, p: p + k0,
+                    setGradientApply(dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
                                      q: q + first, r: r + first, center: center + first)
                 }
             }
@@ -446,9 +471,10 @@ enum NormalizationKernels {
             if fusesPerSample(g) {
                 return nativeNormalizeBackwardPerSample(dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy,
                                                         x: x, mean: mean, rstd: rstd, gammaEffective: gammaEffective,
-                                                        geometry: g)
+                                                        activation: activation, geometry: g)
             }
-            gradientSums(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, geometry: g)
+            gradientSums(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, activation: activation,
+                         geometry: g)
             // scratch holds: scale (coefficientCount), slope (sets), offset (sets).
             let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
             do {
@@ -472,7 +498,8 @@ enum NormalizationKernels {
                     scale[k] = Float(rstd[g.set(n: n, c: ch)] * Double(gammaEffective[k]))
                 }
             }
-            gradientApply(dx: dx, dy: dy, x: x, center: mean, scale: scale, slope: slope, offset: offset, geometry: g)
+            gradientApply(dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset,
+                          geometry: g)
             }
         }
     }

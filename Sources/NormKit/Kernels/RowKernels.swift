@@ -225,14 +225,23 @@ func rowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -
     return (s1, s2)
 }
 
-@inline(__always) @usableFromInline
-func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float)
+/// `(Σ g, Σ g·(x − k))` over a row with `g = dy`, or with a fused activation `g = dz = dy·act'(z)` (the forward's
+/// pre-activation of `coefficient`), which is also written to `activation.dz` from `element` on.
+@inline(__always)
+func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float,
+                     activation: ActivationBackward? = nil, coefficient: Int = 0, element: Int = 0)
     -> (Double, Double)
 {
-    guard nativeKernelsFlag.pointee else { return portableRowGradientSums(dy, x, count, center: k) }
-    var s1 = 0.0, s2 = 0.0
-    nk_row_gradient_sums(dy, x, count, k, &s1, &s2)
-    return (s1, s2)
+    if nativeKernelsFlag.pointee {
+        var s1 = 0.0, s2 = 0.0
+        withKernelActivation(activation, coefficient: coefficient, element: element) {
+            nk_row_gradient_sums(dy, x, count, k, &s1, &s2, $0)
+        }
+        return (s1, s2)
+    }
+    guard let activation else { return portableRowGradientSums(dy, x, count, center: k) }
+    activation.portableRow(dy: dy, x: x, count: count, coefficient: coefficient, element: element)
+    return portableRowGradientSums(activation.dz + element, x, count, center: k)
 }
 
 @inline(__always) @usableFromInline
@@ -242,12 +251,21 @@ func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ co
     }
 }
 
+/// `y = act(a·(x − k) + b)` over a row (`y` may alias `x`).
 @inline(__always) @usableFromInline
 func rowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
-                       center k: Float, scale a: Float, shift b: Float) {
-    if nativeKernelsFlag.pointee { nk_row_affine_centered(y, x, count, k, a, b) } else {
+                       center k: Float, scale a: Float, shift b: Float, activation: FusedActivation = .identity) {
+    if nativeKernelsFlag.pointee { nk_row_affine_centered(y, x, count, k, a, b, activation.kernelCode) } else {
         portableRowAffineCentered(y, x, count, center: k, scale: a, shift: b)
+        portableActivate(y, count, activation)
     }
+}
+
+/// `y = act(y)` in place (the portable kernels' activation, after their affine).
+@inline(__always)
+func portableActivate(_ y: UnsafeMutablePointer<Float>, _ count: Int, _ activation: FusedActivation) {
+    guard activation != .identity else { return }
+    for i in 0..<count { y[i] = activation.apply(y[i]) }
 }
 
 @inline(__always) @usableFromInline

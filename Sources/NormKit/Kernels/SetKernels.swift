@@ -79,13 +79,14 @@ func setMoments(mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Dou
     }
 }
 
-/// `y = a[j·rows + r]·(x − k[j]) + b[j·rows + r]` over the batch (`y` may alias `x`).
+/// `y = act(a[j·rows + r]·(x − k[j]) + b[j·rows + r])` over the batch (`y` may alias `x`).
 @inline(__always) @usableFromInline
 func setAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ batch: SetBatch,
-                       center k: UnsafePointer<Float>, scale a: UnsafePointer<Float>, shift b: UnsafePointer<Float>) {
+                       center k: UnsafePointer<Float>, scale a: UnsafePointer<Float>, shift b: UnsafePointer<Float>,
+                       activation: FusedActivation = .identity) {
     if nativeKernelsFlag.pointee {
         nk_sets_affine_centered(y, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m,
-                                batch.pieceStride, k, a, b)
+                                batch.pieceStride, k, a, b, activation.kernelCode)
         return
     }
     for j in 0..<batch.sets {
@@ -93,19 +94,24 @@ func setAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Floa
             for r in 0..<batch.rows {
                 let o = j * batch.setStride + p * batch.pieceStride + r * batch.m, c = j * batch.rows + r
                 portableRowAffineCentered(y + o, x + o, batch.m, center: k[j], scale: a[c], shift: b[c])
+                portableActivate(y + o, batch.m, activation)
             }
         }
     }
 }
 
 /// Per row: `s1[j·rows + i·outStride + r] = Σ dy` and `s2[…] = Σ dy·(x − k[j])` (row `r` of run `i` of set `j`).
-@inline(__always) @usableFromInline
+/// With a fused activation (`activation`'s arrays and `dz` already moved to the batch's first coefficient and
+/// element) the sums are of `dz = dy·act'(z)`, which is also written out.
+@inline(__always)
 func setGradientSums(_ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, outStride: Int,
                      _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ batch: SetBatch,
-                     center k: UnsafePointer<Float>) {
+                     center k: UnsafePointer<Float>, activation: ActivationBackward? = nil) {
     if nativeKernelsFlag.pointee {
-        nk_sets_gradient_sums(s1, s2, outStride, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows,
-                              batch.m, batch.pieceStride, k)
+        withKernelActivation(activation, coefficient: 0, element: 0) {
+            nk_sets_gradient_sums(s1, s2, outStride, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows,
+                                  batch.m, batch.pieceStride, k, $0)
+        }
         return
     }
     for j in 0..<batch.sets {
@@ -113,7 +119,13 @@ func setGradientSums(_ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePoin
             for r in 0..<batch.rows {
                 let o = j * batch.setStride + p * batch.pieceStride + r * batch.m
                 let out = j * batch.rows + p * outStride + r
-                (s1[out], s2[out]) = portableRowGradientSums(dy + o, x + o, batch.m, center: k[j])
+                if let activation {
+                    activation.portableRow(dy: dy + o, x: x + o, count: batch.m, coefficient: j * batch.rows + r,
+                                           element: o)
+                    (s1[out], s2[out]) = portableRowGradientSums(activation.dz + o, x + o, batch.m, center: k[j])
+                } else {
+                    (s1[out], s2[out]) = portableRowGradientSums(dy + o, x + o, batch.m, center: k[j])
+                }
             }
         }
     }

@@ -14,10 +14,12 @@ struct StatisticsWorkspace {
     private var scratchDouble = KernelScratch()
     private var gammaEffective: [Float] = []
     private var affineAccumulators: [Double] = []
+    /// The last forward's pre-activation, when it had a fused activation.
+    private var preActivation = PreActivation()
 
-    /// Statistics of every set of `x` and `y = γ·(x − μ)·rstd + β`.
+    /// Statistics of every set of `x` and `y = act(γ·(x − μ)·rstd + β)`.
     mutating func normalize(_ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?, epsilon: Float,
-                            geometry g: NormalizationGeometry) {
+                            activation: FusedActivation = .identity, geometry g: NormalizationGeometry) {
         if mean.count != g.setCount {
             mean = [Double](repeating: 0, count: g.setCount)
             variance = mean
@@ -39,7 +41,7 @@ struct StatisticsWorkspace {
                                             rstd: rp.baseAddress!, x: xp.baseAddress!, gamma: gp, beta: bp,
                                             epsilon: epsilon, scratchScale: sp.baseAddress!,
                                             scratchShift: sp.baseAddress! + g.coefficientCount, scratchDouble: dp,
-                                            geometry: g)
+                                            activation: activation, geometry: g)
                                     }
                                 }
                             }
@@ -48,10 +50,36 @@ struct StatisticsWorkspace {
                 }
             }
         }
+        recordPreActivation(activation, geometry: g)
     }
 
-    /// `dx` of the last ``normalize(_:into:gamma:beta:epsilon:geometry:)`` for upstream `dy`, and, when the layer
-    /// is affine, `dγ_c = Σ dy·x̂` and `dβ_c = Σ dy` into `weight` and `bias` (`γ` is `weight`'s value, or 1).
+    /// Keeps the forward's `z = scale·(x − center) + shift` per coefficient (from `scratch`, where
+    /// ``NormalizationKernels/normalize(y:mean:variance:rstd:x:gamma:beta:epsilon:scratchScale:scratchShift:scratchDouble:activation:geometry:)``
+    /// leaves it) for the backward of a fused activation.
+    private mutating func recordPreActivation(_ activation: FusedActivation, geometry g: NormalizationGeometry) {
+        let n = g.coefficientCount
+        scratch.withUnsafeBufferPointer { sp in
+            let scale = sp.baseAddress!, shift = scale + n, centers = shift + n
+            preActivation.record(activation, count: n) { a, b, k in
+                a.update(from: scale, count: n)
+                b.update(from: shift, count: n)
+                switch g.layout {
+                case .channelsFirst:  // centres per set
+                    for block in 0..<g.sampleBlocks {
+                        for c in 0..<g.channels {
+                            k[block * g.channels + c] = centers[block * g.channelBlocks + c / g.channelsPerSet]
+                        }
+                    }
+                case .channelsLast:  // centres per coefficient
+                    k.update(from: centers, count: n)
+                }
+            }
+        }
+    }
+
+    /// `dx` of the last ``normalize(_:into:gamma:beta:epsilon:activation:geometry:)`` for upstream `dy` (the
+    /// gradient of the activation's output when it had one), and, when the layer is affine, `dγ_c = Σ dz·x̂` and
+    /// `dβ_c = Σ dz` into `weight` and `bias` (`γ` is `weight`'s value, or 1; `dz` is `dy` through the activation).
     mutating func backward(_ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?,
                            bias: Parameter?, geometry g: NormalizationGeometry) {
         let gamma = weight?.value
@@ -74,11 +102,14 @@ struct StatisticsWorkspace {
                         sumDyCentered.withUnsafeMutableBufferPointer { s2 in
                             scratch.withUnsafeMutableBufferPointer { sp in
                                 scratchDouble.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
-                                    NormalizationKernels.normalizeBackward(
-                                        dx: dxp.baseAddress!, sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                        dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
-                                        gammaEffective: gammaEffective, scratch: sp.baseAddress!, scratchDouble: dp,
-                                        geometry: g)
+                                    preActivation.withBackward(dz: dxp.baseAddress!) { activation in
+                                        NormalizationKernels.normalizeBackward(
+                                            dx: dxp.baseAddress!, sumDy: s1.baseAddress!,
+                                            sumDyCentered: s2.baseAddress!, dy: dyp.baseAddress!, x: xp.baseAddress!,
+                                            mean: mean, rstd: rstd, gammaEffective: gammaEffective,
+                                            scratch: sp.baseAddress!, scratchDouble: dp, activation: activation,
+                                            geometry: g)
+                                    }
                                 }
                             }
                         }
