@@ -1,8 +1,10 @@
-"""Times PyTorch's GroupNorm and BatchNorm2d (training mode, forward and forward+backward) on the shapes of
-`normkit bench`, with 2 threads, for the comparison in docs/PERFORMANCE.md.
+"""Times PyTorch's GroupNorm, GroupNorm followed by SiLU (`F.silu(gn(x))`, the unfused block NormKit's
+`GroupNorm+SiLU` row replaces) and BatchNorm2d (training mode, forward and forward+backward) on the shapes of
+`normkit bench`, with 2 threads, in NCHW or channels-last memory, for the comparison in docs/PERFORMANCE.md.
 
-    .venv-torch/bin/python scripts/bench_torch.py
+    .venv-torch/bin/python scripts/bench_torch.py [--layout channelsLast]
 """
+import argparse
 import time
 import torch
 
@@ -20,15 +22,21 @@ def median_ms(fn, reps):
     return 1e3 * times[len(times) // 2]
 
 
-def measure():
-    """{(layer, shape): (fwd ms, fwd+bwd ms)} over SHAPES, layer "GroupNorm" (G = min(32, C)) or "BatchNorm",
-    training mode; the forward alone runs under no_grad."""
+def measure(layout="channelsFirst"):
+    """{(layer, shape): (fwd ms, fwd+bwd ms)} over SHAPES, layer "GroupNorm" (G = min(32, C)), "GroupNorm+SiLU" or
+    "BatchNorm", training mode; the forward alone runs under no_grad. `layout` "channelsLast" puts x and dy in
+    torch.channels_last memory (PyTorch's GN and BN have channels-last kernels)."""
+    memory = torch.channels_last if layout == "channelsLast" else torch.contiguous_format
     out = {}
     for shape in SHAPES:
         c = shape[1]
-        x = torch.randn(*shape, requires_grad=True)
-        dy = torch.randn(*shape)
-        for name, layer in (("GroupNorm", torch.nn.GroupNorm(min(32, c), c)), ("BatchNorm", torch.nn.BatchNorm2d(c))):
+        x = torch.randn(*shape).to(memory_format=memory).requires_grad_(True)
+        dy = torch.randn(*shape).to(memory_format=memory)
+        gn = torch.nn.GroupNorm(min(32, c), c)
+        layers = (("GroupNorm", gn), ("GroupNorm+SiLU", torch.nn.Sequential(torch.nn.GroupNorm(min(32, c), c),
+                                                                            torch.nn.SiLU())),
+                  ("BatchNorm", torch.nn.BatchNorm2d(c)))
+        for name, layer in layers:
             layer.train()
             reps = 9 if x.numel() > 10_000_000 else 51
             with torch.no_grad():
@@ -43,15 +51,18 @@ def measure():
 
 
 def label(name, shape):
-    return f"GroupNorm G={min(32, shape[1])}" if name == "GroupNorm" else name
+    return f"{name.replace('GroupNorm', f'GroupNorm G={min(32, shape[1])}')}" if name.startswith("GroupNorm") else name
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layout", choices=["channelsFirst", "channelsLast"], default="channelsFirst")
+    args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.layout}")
     print("| layer | shape | fwd ms | fwd+bwd ms |\n|---|---|---:|---:|")
-    for (name, shape), (fwd, fb) in measure().items():
+    for (name, shape), (fwd, fb) in measure(args.layout).items():
         print(f"| {label(name, shape)} | {shape} | {fwd:.3f} | {fb:.3f} |")
 
 

@@ -7,7 +7,9 @@ drift into the ratio, so this script alternates: one `normkit bench` run, one Py
 the same treatment; the ratio column is PyTorch time / NormKit time.
 
     swift build -c release
-    .venv-torch/bin/python scripts/compare_torch.py --rounds 3
+    .venv-torch/bin/python scripts/compare_torch.py --rounds 3 [--layout channelsLast]
+
+`--layout channelsLast` compares NormKit's NHWC kernels with PyTorch on torch.channels_last tensors.
 """
 import argparse
 import json
@@ -21,11 +23,11 @@ import torch
 from bench_torch import label, measure
 
 
-def normkit_round(binary):
+def normkit_round(binary, layout):
     """The same table from `normkit bench --json`."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.json")
-        subprocess.run([binary, "bench", "--layout", "channelsFirst", "--repetitions", "101", "--json", path], check=True,
+        subprocess.run([binary, "bench", "--layout", layout, "--repetitions", "101", "--json", path], check=True,
                        stdout=subprocess.DEVNULL)
         rows = json.load(open(path))
     return {(r["layer"], tuple(r["shape"])): (r["forwardMilliseconds"], r["forwardBackwardMilliseconds"])
@@ -36,6 +38,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--normkit", default=".build/release/normkit")
+    parser.add_argument("--layout", choices=["channelsFirst", "channelsLast"], default="channelsFirst")
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -44,12 +47,13 @@ def main():
         # PyTorch's OpenMP workers keep spinning for a while after its last kernel and would take a core from the
         # NormKit process started right after; a pause lets them park (NormKit's own workers spin only ~50 µs).
         time.sleep(1)
-        for best, table in ((best_nk, normkit_round(args.normkit)), (best_pt, measure())):
+        for best, table in ((best_nk, normkit_round(args.normkit, args.layout)), (best_pt, measure(args.layout))):
             for key, (f, fb) in table.items():
                 old = best.get(key, (float("inf"), float("inf")))
                 best[key] = (min(old[0], f), min(old[1], fb))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
-    print(f"\ntorch {torch.__version__}, 2 threads; best of {args.rounds} alternating rounds (each a median)\n")
+    print(f"\ntorch {torch.__version__}, 2 threads, {args.layout}; best of {args.rounds} alternating rounds "
+          "(each a median)\n")
     print("| layer | shape | NormKit fwd ms | PyTorch fwd ms | × | NormKit fwd+bwd ms | PyTorch fwd+bwd ms | × |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for key in best_pt:

@@ -14,6 +14,7 @@
  *                      reduction: one for NK_LANES sums instead of NK_LANES horizontal sums)
  *   vround(v), vpow2(n)   round to nearest integer; 2^n for integral n in [−126, 127] (exponent bits)
  *   vkeep_positive(z, v)  v where z > 0, else 0 (NaN z: 0)
+ *   vrecip_estimate(v)    1/v to 12 (AVX2) or 14 (AVX-512) bits
  */
 #define vzero NK_PS(setzero)
 #define vset1 NK_PS(set1)
@@ -25,7 +26,6 @@
 #define vfma NK_PS(fmadd) /* vfma(a, b, c) = a·b + c */
 #define vmax NK_PS(max)     /* vmax(a, b): b when either is NaN */
 #define vmin NK_PS(min)
-#define vdiv NK_PS(div)
 
 #define BLOCK NK_BLOCK_LENGTH
 #define STEP (4 * NK_LANES) /* one step of the long loops: four vectors into four accumulators */
@@ -49,7 +49,14 @@ NK_INLINE vf vexp(vf x) {
     return vmul(p, vpow2(n));
 }
 
-NK_INLINE vf vsigmoid(vf z) { return vdiv(vset1(1.0f), vadd(vset1(1.0f), vexp(vsub(vzero(), z)))); }
+// 1/v from the estimate and one Newton step (e ← e·(2 − v·e): 12 → ~23, 14 → 24 bits), for v ≥ 1: three
+// pipelined operations instead of a division (one per ~10–16 cycles), which would bound SiLU's pass.
+NK_INLINE vf vrecip(vf v) {
+    const vf e = vrecip_estimate(v);
+    return vmul(e, vfma(vsub(vzero(), v), e, vset1(2.0f)));
+}
+
+NK_INLINE vf vsigmoid(vf z) { return vrecip(vadd(vset1(1.0f), vexp(vsub(vzero(), z)))); }
 
 // act(z): the forward's apply stage.
 NK_INLINE vf vact(const int act, vf z) {

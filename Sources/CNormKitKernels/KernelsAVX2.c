@@ -20,6 +20,7 @@ typedef __m256i vmask;
 #define vkeep(m, v) _mm256_and_ps(v, _mm256_castsi256_ps(m))
 #define vround(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vpow2(n) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23))
+#define vrecip_estimate(v) _mm256_rcp_ps(v)
 #define vkeep_positive(z, v) _mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ), v)
 
 NK_INLINE float vreduce(vf v) {

@@ -61,8 +61,10 @@ public enum KernelBenchmark {
         return times[times.count / 2]
     }
 
-    /// Benchmarks GN (`G = min(32, C)`) and BN on each shape in training mode, in each of `layouts` (side by side:
-    /// for every shape and layer, one row per layout, measured one after the other).
+    /// Benchmarks GN (`G = min(32, C)`), GN with SiLU fused into its apply stage (the normalization block of
+    /// diffusion U-Nets; same bytes as GN, so its copy fractions compare directly) and BN on each shape in training
+    /// mode, in each of `layouts` (side by side: for every shape and layer, one row per layout, measured one after
+    /// the other).
     public static func run(shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases,
                            repetitions: Int = 9, copyBytesPerSecond: Double) throws -> [Row] {
         var rows: [Row] = []
@@ -73,7 +75,10 @@ public enum KernelBenchmark {
             let c = shape[1], bytes = Double(first.count * MemoryLayout<Float>.size)
             let gn = try GroupNorm(channels: c, groups: min(32, c))
             let bn = try BatchNorm(channels: c)
+            let gnSiLU = try GroupNorm(channels: c, groups: min(32, c))
+            gnSiLU.activation = .silu
             for (name, layer, groups) in [("GroupNorm", gn as NormalizationLayer, Optional(min(32, c))),
+                                          ("GroupNorm+SiLU", gnSiLU as NormalizationLayer, Optional(min(32, c))),
                                           ("BatchNorm", bn as NormalizationLayer, nil)] {
               for layout in layouts {
                 let x = first.converted(to: layout), dy = firstDy.converted(to: layout)

@@ -6,8 +6,8 @@
 /// Read-only from outside: reach its layers to inspect or change their tensors; ``ResNet`` runs it.
 public final class BasicBlock: Module {
     private let conv1Slot: LayerSlot<Conv2d>
-    private let norm1Slot: NormalizationSlot
-    private let relu1 = LayerSlot(ReLU())
+    /// `norm1` and the ReLU after it (fused into norm1's apply stage).
+    private let norm1Slot: NormalizationReLUSlot
     private let conv2Slot: LayerSlot<Conv2d>
     private let norm2Slot: NormalizationSlot
     /// The projection shortcut, nil for the identity shortcut.
@@ -33,7 +33,7 @@ public final class BasicBlock: Module {
         conv1Slot = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: outChannels, kernelSize: 3,
                                          stride: stride, padding: 1, bias: false, centred: centred,
                                          generator: &generator))
-        norm1Slot = NormalizationSlot(try normalization.makeLayer(channels: outChannels))
+        norm1Slot = NormalizationReLUSlot(try normalization.makeLayer(channels: outChannels))
         conv2Slot = LayerSlot(try Conv2d(inChannels: outChannels, outChannels: outChannels, kernelSize: 3, stride: 1,
                                          padding: 1, bias: false, centred: centred, generator: &generator))
         norm2Slot = NormalizationSlot(try normalization.makeLayer(channels: outChannels))
@@ -54,10 +54,15 @@ public final class BasicBlock: Module {
             + (downsample.map { [("downsample", $0)] } ?? [])
     }
 
+    /// Whether norm1's ReLU runs in norm1's apply stage (``ResNet/fusesActivations``).
+    var fusesActivations: Bool {
+        get { norm1Slot.fuses }
+        set { norm1Slot.fuses = newValue }
+    }
+
     func forward(_ x: Tensor, training: Bool) throws -> Tensor {
         var h = try conv1Slot.forward(x, training: training)
         h = try norm1Slot.forward(h, training: training)
-        h = try relu1.forward(h, training: training)
         h = try conv2Slot.forward(h, training: training)
         h = try norm2Slot.forward(h, training: training)
         return residual.forward(h, shortcut: try downsample?.forward(x, training: training) ?? x, training: training)
@@ -67,7 +72,6 @@ public final class BasicBlock: Module {
         let dsum = try residual.backward(dy, layer: "BasicBlock")
         var g = try norm2Slot.backward(dsum)
         g = try conv2Slot.backward(g)
-        g = try relu1.backward(g)
         g = try norm1Slot.backward(g)
         g = try conv1Slot.backward(g)
         return residual.inputGradient(branch: g, shortcut: try downsample?.backward(dsum) ?? dsum)

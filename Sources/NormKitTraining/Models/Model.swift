@@ -75,6 +75,34 @@ final class NormalizationSlot {
     }
 }
 
+/// A normalization followed by ReLU. The ReLU runs in the normalization's apply stage (its
+/// ``/NormKit/NormalizationLayer/activation`` set to ``/NormKit/FusedActivation/relu``, forward and backward in the
+/// passes the layer makes anyway) when ``fuses`` is on, there is a normalization and no observer is attached (an
+/// observer is shown the normalization's own output gradient); otherwise as a pass of its own.
+final class NormalizationReLUSlot {
+    let norm: NormalizationSlot
+    private let relu = LayerSlot(ReLU())
+    /// Whether to fuse when possible (``ResNet/fusesActivations``).
+    var fuses = true
+    private var fusedLastForward = false
+
+    init(_ layer: NormalizationLayer?) { norm = NormalizationSlot(layer) }
+
+    var module: NormalizationModule { norm.module }
+
+    func forward(_ x: Tensor, training: Bool) throws -> Tensor {
+        let fuse = fuses && module.layer != nil && module.observer == nil
+        module.layer?.activation = fuse ? .relu : .identity
+        fusedLastForward = fuse
+        let h = try norm.forward(x, training: training)
+        return fuse ? h : try relu.forward(h, training: training)
+    }
+
+    func backward(_ dy: Tensor) throws -> Tensor {
+        try norm.backward(fusedLastForward ? dy : try relu.backward(dy))
+    }
+}
+
 /// A layer with its output and input-gradient buffers, reused across steps.
 final class LayerSlot<L: Layer> {
     let layer: L

@@ -18,8 +18,8 @@ public final class ResNet: Model {
     /// The mode `callAsFunction(_:)` uses (see ``Module/training``).
     public var training = true
     private let stem: LayerSlot<Conv2d>
-    private let stemNorm: NormalizationSlot
-    private let stemReLU = LayerSlot(ReLU())
+    /// The stem's normalization and the ReLU after it (fused into its apply stage).
+    private let stemNorm: NormalizationReLUSlot
     private let pool = LayerSlot(GlobalAveragePool())
     private let classifier: LayerSlot<Linear>
     private var input = Tensor(zeros: [0, 0])
@@ -29,6 +29,18 @@ public final class ResNet: Model {
     /// channels-last for oneDNN, so no activation is ever reordered; the input is converted once per forward).
     public var engine: ConvolutionEngine = .preferred {
         didSet { for conv in convolutions { conv.engine = engine } }
+    }
+
+    /// Whether the ReLU after the stem's and each block's first normalization runs inside that normalization's
+    /// apply stage (``/NormKit/FusedActivation/relu``: one pass fewer each way), on by default. The layer's
+    /// ``/NormKit/NormalizationLayer/activation`` is set at each forward; a normalization with an observer
+    /// (``NormalizationModule/observer``) always runs unfused, so the observer sees the normalization's own output
+    /// gradient. The residual sum's ReLU is fused with the sum (``BasicBlock``) either way.
+    public var fusesActivations = true {
+        didSet {
+            stemNorm.fuses = fusesActivations
+            for block in blocks { block.fusesActivations = fusesActivations }
+        }
     }
 
     /// Every convolution, the stem first.
@@ -59,7 +71,7 @@ public final class ResNet: Model {
         stem = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: width, kernelSize: 3, stride: 1, padding: 1,
                                     bias: false, centred: normalization.centresConvolutions, generator: &generator))
         stem.layer.computesInputGradient = false
-        stemNorm = NormalizationSlot(try normalization.makeLayer(channels: width))
+        stemNorm = NormalizationReLUSlot(try normalization.makeLayer(channels: width))
         var cin = width
         var stages: [ResNetStage] = []
         for (cout, stride) in [(width, 1), (2 * width, 2), (4 * width, 2)] {
@@ -106,7 +118,6 @@ public final class ResNet: Model {
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
         var h = try stem.forward(activations(x, in: engine.activationLayout, buffer: &input), training: training)
         h = try stemNorm.forward(h, training: training)
-        h = try stemReLU.forward(h, training: training)
         for stage in stages { for block in stage.blocks { h = try block.forward(h, training: training) } }
         h = try pool.forward(h, training: training)
         return try classifier.forward(h, training: training)
@@ -117,7 +128,6 @@ public final class ResNet: Model {
         var g = try classifier.backward(logitsGradient)
         g = try pool.backward(g)
         for stage in stages.reversed() { for block in stage.blocks.reversed() { g = try block.backward(g) } }
-        g = try stemReLU.backward(g)
         g = try stemNorm.backward(g)
         _ = try stem.backward(g)
     }
