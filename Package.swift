@@ -8,6 +8,14 @@ import PackageDescription
 let hasOneDNN = FileManager.default.fileExists(atPath: "/usr/include/oneapi/dnnl/dnnl.h")
     && ProcessInfo.processInfo.environment["NORMKIT_WITHOUT_ONEDNN"] == nil
 
+/// Open MPI (Debian's `libopenmpi-dev`, with `openmpi-bin` for `mpirun`) is optional too: it is the transport of
+/// `NormKitDistributed` only. Found by its pkg-config file or, failing that, its header; without either the bridge
+/// compiles stubs that throw a message naming the packages to install (`MPICommunicator.isAvailable` is false).
+/// `NORMKIT_WITHOUT_MPI=1` builds that configuration on a machine that has it.
+let hasOpenMPI = (FileManager.default.fileExists(atPath: "/usr/lib/x86_64-linux-gnu/pkgconfig/ompi-c.pc")
+    || FileManager.default.fileExists(atPath: "/usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h"))
+    && ProcessInfo.processInfo.environment["NORMKIT_WITHOUT_MPI"] == nil
+
 let package = Package(
     name: "NormKit",
     products: [
@@ -19,6 +27,10 @@ let package = Package(
         /// Sweeps, reports and plots, the kernel benchmark and the statistics analysis (the CLI's experiments; no
         /// dependency beyond NormKitTraining).
         .library(name: "NormKitExperiments", targets: ["NormKitExperiments"]),
+        /// Data-parallel training across processes: `MPICommunicator`, the training stack's `DataParallelGroup`
+        /// over Open MPI (launched with `mpirun`; needs `libopenmpi-dev` to build with MPI, else it builds and
+        /// throws that MPI is unavailable). Neither NormKit nor NormKitTraining depends on it.
+        .library(name: "NormKitDistributed", targets: ["NormKitDistributed"]),
         // No `.executable` product for `normkit`, on purpose: SwiftPM resolves a dependency's packages only for
         // the products it declares, so without one a user of NormKit or NormKitTraining resolves no other
         // package (scripts/check_dependencies.sh checks it). In this package `swift build` still builds
@@ -47,6 +59,22 @@ let package = Package(
             cSettings: hasOneDNN ? [] : [.define("NORMKIT_WITHOUT_ONEDNN")],
             linkerSettings: hasOneDNN ? [.linkedLibrary("dnnl"), .linkedLibrary("gomp")] : []),
         .target(name: "NormKitTraining", dependencies: ["NormKit", "COpenBLAS", "CZlib", "CNormKitDNNL"]),
+        /// Open MPI's C API (`mpi.h`, `-lmpi`), seen by the C bridge below only: Swift cannot import MPI's handles
+        /// (`MPI_COMM_WORLD`, `MPI_FLOAT`, `MPI_SUM` are macros over internal symbols).
+        .systemLibrary(
+            name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin", "pkg-config"])]),
+        /// The bridge to Open MPI: plain C functions over MPI_COMM_WORLD (the one target that sees MPI; stubs that
+        /// say so without it).
+        .target(
+            name: "CNormKitMPI",
+            dependencies: hasOpenMPI ? ["CMPI"] : [],
+            cSettings: hasOpenMPI ? [] : [.define("NORMKIT_WITHOUT_MPI")]),
+        /// `MPICommunicator`: NormKitTraining's `DataParallelGroup` (and SyncBN's `CrossWorkerReduction`) over
+        /// Open MPI. Compiled in the Swift 6 language mode.
+        .target(
+            name: "NormKitDistributed", dependencies: ["NormKitTraining", "CNormKitMPI"],
+            swiftSettings: [.swiftLanguageMode(.v6)]),
         /// Sweeps, reports and plots, and the kernel benchmark: the experiments behind the CLI's `sweep`,
         /// `report` and `bench`, kept out of the training library.
         .target(name: "NormKitExperiments", dependencies: ["NormKitTraining", "CZlib"]),
@@ -57,6 +85,11 @@ let package = Package(
                 "NormKitExperiments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+        /// The MPI self-test, run under `mpirun` by scripts/mpi_check.sh (collectives against closed forms, large
+        /// counts, a rank that dies). No product: it builds into `.build/<config>/normkit-mpi-check`.
+        .executableTarget(
+            name: "normkit-mpi-check", dependencies: ["NormKitDistributed"],
+            swiftSettings: [.swiftLanguageMode(.v6)]),
         .testTarget(name: "NormKitTests", dependencies: ["NormKit"], resources: [.copy("Fixtures")]),
         .testTarget(
             name: "NormKitTrainingTests", dependencies: ["NormKitTraining"], resources: [.copy("Fixtures")]),
