@@ -32,8 +32,7 @@
 
 // ---- Fused activations (NK_IDENTITY, NK_RELU, NK_SILU; every caller passes a literal) --------------------------
 // exp by Cephes' expf scheme: n = round(x·log2 e), r = x − n·ln 2 in two parts, a degree-6 polynomial, times 2^n.
-// x is clamped to [−87.33, 88] so 2^n stays a normal float (σ then saturates at 1 or ~6e−39, which SiLU multiplies
-// by z: no visible error).
+// x is clamped to [−87.33, 88] so 2^n stays a normal float.
 NK_INLINE vf vexp(vf x) {
     x = vmin(vmax(x, vset1(-87.33654f)), vset1(88.0f));
     const vf n = vround(vmul(x, vset1(1.44269504088896341f)));
@@ -56,20 +55,32 @@ NK_INLINE vf vrecip(vf v) {
     return vmul(e, vfma(vsub(vzero(), v), e, vset1(2.0f)));
 }
 
-NK_INLINE vf vsigmoid(vf z) { return vrecip(vadd(vset1(1.0f), vexp(vsub(vzero(), z)))); }
+// σ(z) = 1/(1 + e) with e = exp(−z), also returned in *e; below z = −87 (σ < 2e−38) σ is 0, not the ~6e−39 of the
+// clamped exp, which SiLU would multiply by a huge |z| (σ(−1e33)·(−1e33) is 0, not −6e−6). A NaN z gives σ = 0
+// and SiLU = z·0 = NaN.
+NK_INLINE vf vsigmoid(vf z, vf *e) {
+    *e = vexp(vsub(vzero(), z));
+    return vkeep_positive(vadd(z, vset1(87.0f)), vrecip(vadd(vset1(1.0f), *e)));
+}
 
 // act(z): the forward's apply stage.
 NK_INLINE vf vact(const int act, vf z) {
     if (act == NK_RELU) return vmax(vzero(), z);  // max(0, NaN) is NaN: ReLU keeps NaN, as PyTorch's does
-    if (act == NK_SILU) return vmul(z, vsigmoid(z));
+    vf e;
+    if (act == NK_SILU) return vmul(z, vsigmoid(z, &e));
     return z;
 }
 
-// dy·act'(z): the backward, with σ' = σ·(1 − σ) giving SiLU' = σ + z·σ·(1 − σ).
+// dy·act'(z): the backward. SiLU' = σ + z·σ·(1 − σ) = σ·(1 + z·(e·σ)), with 1 − σ = e·σ (e = exp(−z)) rather than
+// a subtraction: near σ = 1 the subtraction keeps only the reciprocal's error, which z multiplies (1e30 for z = 1e30).
 NK_INLINE vf vact_grad(const int act, vf dy, vf z) {
     if (act == NK_RELU) return vkeep_positive(z, dy);
-    const vf s = vsigmoid(z);
-    return vmul(dy, vfma(vmul(z, s), vsub(vset1(1.0f), s), s));
+    vf e;
+    const vf s = vsigmoid(z, &e);
+    // e·σ = 1 − σ ≤ 1 before z multiplies it (z·e alone overflows), and 0 above z = 87, where the clamped exp is
+    // too large (the true z·(1 − σ) < 87·exp(−87) there).
+    const vf tail = vkeep_positive(vsub(vset1(87.0f), z), vmul(e, s));
+    return vmul(vmul(dy, s), vfma(z, tail, vset1(1.0f)));
 }
 
 // The backward's view of a fused activation for one row or channel vector: the forward's z = fa·(x − fk) + fb.

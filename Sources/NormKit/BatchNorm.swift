@@ -17,6 +17,11 @@
 /// **once per forward with the average** over the ghost batches of their means and unbiased variances, so
 /// `momentum` means the same per step whatever `k` is. `normBatch == N` (or nil) is ordinary BN.
 ///
+/// **SyncBN.** With ``crossWorkerReduction`` set (a data-parallel job's communicator), training statistics are
+/// those of the global batch over every worker (spec section 9): each worker's per-channel (count, mean, M2) are
+/// gathered and merged between the statistics and coefficients stages, and the backward sums `Σdy`, `Σdy·x̂` over
+/// workers; exact for unequal per-worker batches. Without it, BN on a worker is per-worker BN.
+///
 /// **Non-finite batches.** If any batch statistic is NaN or infinite the running statistics are left
 /// unchanged and ``skippedUpdates`` is incremented; the output is still computed (and non-finite).
 public final class BatchNorm: NormalizationLayer {
@@ -35,6 +40,8 @@ public final class BatchNorm: NormalizationLayer {
     /// The activation fused into the apply stage (``FusedActivation``): the output is `act(norm(x))` and the
     /// backward takes its gradient. Set it between steps, not between a forward and its backward.
     public var activation: FusedActivation = .identity
+    /// SyncBN's reduction across workers (nil: statistics of this process's batch). Not with ``normBatch``.
+    public var crossWorkerReduction: CrossWorkerReduction?
     /// Running mean (`running_mean`).
     public private(set) var runningMean: [Float]
     /// Running unbiased variance (`running_var`).
@@ -54,6 +61,8 @@ public final class BatchNorm: NormalizationLayer {
 
     private var savedInput: Tensor?
     private var savedGeometry: NormalizationGeometry?
+    /// The reduction of the pending training forward (its backward must use the same one).
+    private var savedReduction: CrossWorkerReduction?
     private var workspace = StatisticsWorkspace()
     private var evaluationCoefficients: [Float] = []
     // The next running statistics, built here and swapped in when finite (no allocation per step).
@@ -94,17 +103,35 @@ public final class BatchNorm: NormalizationLayer {
             try evaluate(x, into: &y)
             return
         }
+        if let reduction = crossWorkerReduction {
+            guard normBatch == nil else {
+                throw NormalizationError.invalidArgument(
+                    layer: name, name: "normBatch", value: "\(normBatch!)",
+                    expected: "nil with crossWorkerReduction (SyncBN normalizes over the global batch)")
+            }
+            let g = NormalizationGeometry.perChannel(x, channels: channels)
+            try workspace.normalizeAcrossWorkers(x, into: &y, gamma: weight?.value, beta: bias?.value,
+                                                 epsilon: epsilon, activation: activation, reduction: reduction,
+                                                 geometry: g, layer: name)
+            updateRunningStatistics(geometry: g, count: workspace.reducedCount)
+            savedInput = x
+            savedGeometry = g
+            savedReduction = reduction
+            return
+        }
         let g = try NormalizationGeometry.varianceGhostBatches(x, channels: channels, normBatch: normBatch, layer: name)
         workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
                             activation: activation, geometry: g)
-        updateRunningStatistics(geometry: g)
+        updateRunningStatistics(geometry: g, count: Double(g.elementsPerSet))
         savedInput = x
         savedGeometry = g
+        savedReduction = nil
     }
 
-    private func updateRunningStatistics(geometry g: NormalizationGeometry) {
+    /// Folds the last forward's statistics (`count` values per set) into the running statistics.
+    private func updateRunningStatistics(geometry g: NormalizationGeometry, count m: Double) {
         batchesTracked += 1
-        let m = Double(g.elementsPerSet), perBlock = 1 / Double(g.sampleBlocks)
+        let perBlock = 1 / Double(g.sampleBlocks)
         let unbias = m / (m - 1), keep = 1 - Double(momentum), take = Double(momentum)
         let mean = workspace.mean, variance = workspace.variance, blocks = g.sampleBlocks, channels = channels
         if pendingMean.count != channels {
@@ -172,7 +199,13 @@ public final class BatchNorm: NormalizationLayer {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x, layer: name)
-        workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
+        if let reduction = savedReduction {
+            try workspace.backwardAcrossWorkers(dy, input: x, into: &dx, weight: weight, bias: bias,
+                                                reduction: reduction, geometry: g, layer: name)
+        } else {
+            workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
+        }
+        savedReduction = nil
         savedInput = nil
         savedGeometry = nil
     }

@@ -45,6 +45,8 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
     /// A strict state-dict load whose keys are not exactly the layer's (PyTorch's "Missing key(s)" /
     /// "Unexpected key(s)"); both lists sorted.
     case incompatibleStateDict(layer: String, missingKeys: [String], unexpectedKeys: [String])
+    /// SyncBN's reduction across workers (``CrossWorkerReduction``) failed, or the workers disagree (`reason`).
+    case crossWorkerReductionFailed(layer: String, reason: String)
 
     /// What refused: a layer's ``NormalizationLayer/name`` (`"BatchNorm(channels: 64)"`), or `"Tensor"`,
     /// `"BatchRenorm.Schedule"`, `"WeightCentering"`.
@@ -54,7 +56,7 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
              .channelMismatch(let layer, _, _), .shapeMismatch(let layer, _, _, _, _), .emptyBatch(let layer),
              .tooFewValuesPerChannel(let layer, _), .normBatchDoesNotDivide(let layer, _, _),
              .backwardBeforeForward(let layer), .invalidState(let layer, _, _),
-             .incompatibleStateDict(let layer, _, _):
+             .incompatibleStateDict(let layer, _, _), .crossWorkerReductionFailed(let layer, _):
             return layer
         case .invalidGroups(let channels, let groups):
             return GroupNorm.describe(channels: channels, grouping: "groups: \(groups)", affine: true)
@@ -103,6 +105,8 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
             return "state dict does not match the layer: \(parts.joined(separator: "; ")) "
                 + "(a strict load needs exactly the layer's keys; loadStateDict(_:strict: false) loads the matching "
                 + "entries and reports the rest)"
+        case .crossWorkerReductionFailed(_, let reason):
+            return "SyncBN's reduction across workers failed: \(reason)"
         }
     }
 }
