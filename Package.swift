@@ -83,6 +83,7 @@ let package = Package(
             dependencies: [
                 "NormKitTraining",
                 "NormKitExperiments",
+                "NormKitDistributed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         /// The MPI self-test, run under `mpirun` by scripts/mpi_check.sh (collectives against closed forms, large

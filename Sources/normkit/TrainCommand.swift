@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NormKitDistributed
 import NormKitTraining
 
 extension NormKind: ExpressibleByArgument {}
@@ -105,6 +106,10 @@ struct TrainCommand: ParsableCommand {
     var brnSchedule: String?
     @Flag(help: "Replace the run already in --out (its checkpoint and records are deleted first).")
     var overwrite = false
+    @Flag(help: ArgumentHelp(
+        "Data-parallel training over the ranks of mpirun (one model replica each, the batch split evenly).",
+        discussion: "Run as: mpirun -np R --allow-run-as-root --oversubscribe --bind-to none normkit train --distributed --threads T ... (R·T ≤ cores; --allow-run-as-root only as root). --norm bn is per-worker BN, --norm syncbn synchronises the statistics. Needs openmpi-bin and libopenmpi-dev."))
+    var distributed = false
     @Option(help: "Convolution engine: onednn (default when built in; channels-last network) or im2col (OpenBLAS).")
     var convEngine: ConvolutionEngine = .preferred
 
@@ -193,9 +198,13 @@ struct TrainCommand: ParsableCommand {
                                                  testLimit: configuration.testLimit)
             directory = URL(fileURLWithPath: out ?? "runs/\(Self.defaultRunName(configuration, data: train.source))")
         }
+        let communicator = distributed ? try Self.communicator() : nil
+        let isFirstWorker = (communicator?.workerIndex ?? 0) == 0
         let trainer: Trainer
         do {
-            trainer = try Trainer(configuration: configuration, train: train, test: test, output: directory)
+            trainer = try Trainer(configuration: configuration, train: train, test: test, output: directory,
+                                  progress: isFirstWorker ? ProgressReporter() : ProgressReporter(style: .silent))
+            if let communicator { try trainer.distribute(over: communicator) }
         } catch let error where resume != nil {
             throw CommandFailure("\(directory.appendingPathComponent(TrainingCheckpoint.modelFileName).path): its configuration does not build a model: \(ErrorText.describe(error))")
         }
@@ -204,26 +213,44 @@ struct TrainCommand: ParsableCommand {
         trainer.convolutionEngine = convEngine
         if resume != nil {
             try trainer.resume(from: directory)
-            print("resuming \(directory.path) at step \(trainer.step)")
+            if isFirstWorker { print("resuming \(directory.path) at step \(trainer.step)") }
         }
-        print("training \(configuration.model) with \(configuration.norm.rawValue) "
+        if let communicator, isFirstWorker {
+            print("data-parallel over \(communicator.workerCount) MPI ranks: \(configuration.batch / communicator.workerCount) images per rank per step, \(configuration.norm == .syncbn ? "SyncBN" : configuration.norm == .bn ? "per-worker BN" : configuration.norm.rawValue)")
+        }
+        if isFirstWorker { print("training \(configuration.model) with \(configuration.norm.rawValue) "
               + "(batch \(configuration.batch), norm batch \(configuration.effectiveNormBatch), "
               + "\(configuration.epochs) epochs, lr \(configuration.peakLearningRate)) on \(train.count) images → \(directory.path)"
-              + " [\(convEngine.versionDescription)]")
+              + " [\(convEngine.versionDescription)]") }
         Trainer.stopOnInterrupt()
         do {
             let summary = try trainer.run()
+            try communicator?.finalize()
+            guard isFirstWorker else { return }
             print(String(format: "final test error %.2f%% (best %.2f%%), %.0f img/s, %@ wall; summary in %@",
                          100 * summary.finalTestError, 100 * summary.bestTestError, summary.imagesPerSecond,
                          ProgressReporter.clock(summary.wallSeconds),
                          directory.appendingPathComponent("summary.json").path))
         } catch let error as TrainingError {
             if case .interrupted = error {
-                print("\n\(error)")
+                if isFirstWorker { print("\n\(error)") }
                 throw ExitCode(128 + (Trainer.lastInterruptSignal ?? SIGINT))
             }
             throw error
         }
+    }
+
+    /// This process's MPI communicator for `--distributed`; a clear error without MPI or outside mpirun.
+    static func communicator() throws -> MPICommunicator {
+        guard MPICommunicator.isAvailable else {
+            throw CommandFailure("--distributed needs Open MPI: this normkit was built without it (install openmpi-bin and libopenmpi-dev, then rebuild)")
+        }
+        guard MPICommunicator.launchedUnderMPI() else {
+            throw CommandFailure("--distributed runs under mpirun, one process per rank: mpirun -np 2 "
+                                 + MPICommunicator.mpirunArguments().joined(separator: " ")
+                                 + " normkit train --distributed --threads 1 …")
+        }
+        return try MPICommunicator()
     }
 
     /// The directory a checkpoint records its data in; an error saying to pass --data when it is gone.

@@ -297,6 +297,7 @@ extension SweepReport {
         case .in: return (PlotColor(hex: "#8c564b"), .hexagon)
         case .frozenBN: return (PlotColor(hex: "#7f7f7f"), .circle)
         case .none: return (PlotColor(hex: "#17becf"), .square)
+        case .syncbn: return (PlotColor(hex: "#e377c2"), .circle)
         }
     }
 

@@ -192,7 +192,7 @@ public struct SweepPlan: Codable, Equatable, Sendable {
     /// (BN, BRN, MABN). GN, LN, IN, frozen BN and `none` do not depend on it.
     public static func dependsOnNormalizationBatch(_ norm: NormKind) -> Bool {
         switch norm {
-        case .bn, .brn, .mabn: return true
+        case .bn, .syncbn, .brn, .mabn: return true
         case .gn, .ln, .in, .frozenBN, .none: return false
         }
     }

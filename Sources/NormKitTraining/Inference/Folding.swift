@@ -39,7 +39,7 @@ extension NormKind {
         case .gn, .ln, .in:
             return "\(rawValue) normalizes every image with its own statistics (per-sample mean and variance), "
                 + "so at inference it is not a fixed per-channel affine; only bn, brn, mabn, frozen-bn and none fold"
-        case .bn, .brn, .mabn, .frozenBN, .none:
+        case .bn, .syncbn, .brn, .mabn, .frozenBN, .none:
             return nil
         }
     }

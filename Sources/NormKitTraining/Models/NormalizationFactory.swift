@@ -76,6 +76,9 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
     public func makeLayer(channels: Int) throws -> NormalizationLayer? {
         switch kind {
         case .bn: return try BatchNorm(channels: channels, momentum: batchNormMomentum, normBatch: normBatch)
+        case .syncbn:
+            // The workers' reduction is attached by Trainer.distribute(over:); until then it is BatchNorm.
+            return try BatchNorm(channels: channels, momentum: batchNormMomentum)
         case .gn:
             // Both given is refused by GroupNorm; neither means the default groups.
             return try GroupNorm(channels: channels, groups: groupSize == nil ? groups ?? Self.defaultGroups : groups,

@@ -167,6 +167,13 @@ extension TrainingConfiguration {
         switch norm {
         case .bn, .brn, .mabn: usesBatchStatistics = true
         case .gn, .ln, .in, .frozenBN, .none: usesBatchStatistics = false
+        case .syncbn:
+            if let nb = normBatch {
+                throw ConfigurationError(
+                    flag: "--norm-batch", value: "\(nb)",
+                    expected: "no --norm-batch with --norm syncbn (SyncBN normalizes over the global batch; per-worker BN is --norm bn)")
+            }
+            usesBatchStatistics = true
         }
         if let nb = normBatch, !usesBatchStatistics {
             throw ConfigurationError(

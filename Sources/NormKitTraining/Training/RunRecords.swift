@@ -4,6 +4,9 @@ import Foundation
 public enum NormKind: String, Codable, CaseIterable, Sendable {
     case bn, gn, ln, `in`, brn, mabn
     case frozenBN = "frozen-bn"
+    /// BatchNorm whose statistics are the global batch's over all workers of a data-parallel run (SyncBN, spec §9);
+    /// in a single process, BatchNorm. Its tensors and checkpoints are BatchNorm's.
+    case syncbn
     case none
 }
 

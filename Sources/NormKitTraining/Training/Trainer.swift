@@ -71,6 +71,14 @@ public final class Trainer {
     private var logitsGradient = Tensor(zeros: [0, 0])
     private var epochLossSum = 0.0, epochCorrect = 0, epochImages = 0
     private var elapsedBefore = 0.0, epochTrainingSeconds = 0.0
+    /// Data-parallel training (``distribute(over:)``): the workers, and this worker's slice of each batch.
+    var dataParallel: DataParallelGroup?
+    var workerImages = Tensor(zeros: [0, 0])
+    var workerLabels: [Int32] = []
+    var flatGradients: [Float] = []
+    var stepTotals: [Double] = [0, 0, 0, 0]
+    /// Whether this process writes the run's files (the only process, or worker 0 of a data-parallel run).
+    var writesRun: Bool { (dataParallel?.workerIndex ?? 0) == 0 }
 
     /// A trainer for `configuration` on `train`, evaluated on `test`.
     ///
@@ -117,7 +125,7 @@ public final class Trainer {
         guard FileManager.default.fileExists(atPath: modelURL.path) else {
             throw TrainingError.nothingToResume(directory.path)
         }
-        try acquireLock(directory)
+        if writesRun { try acquireLock(directory) }
         let file = try TrainingCheckpoint.read(at: modelURL)
         var saved = file.configuration
         saved.threads = configuration.threads
@@ -186,7 +194,7 @@ public final class Trainer {
         let c = configuration
         Parallelism.threadCount = c.threads
         BLAS.setThreads(1)
-        if let output {
+        if let output, writesRun {
             try acquireLock(output)
             if !resumed {
                 let contents = RunDirectory.contents(of: output)
@@ -199,6 +207,7 @@ public final class Trainer {
             }
         }
         defer { lock?.release(); lock = nil }
+        try broadcastInitialParameters()
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { elapsedBefore + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var lastEvaluation: Evaluation?
@@ -206,31 +215,41 @@ public final class Trainer {
             let epoch = batches.epoch
             var segmentStart = DispatchTime.now().uptimeNanoseconds
             let imagesAtSegmentStart = epochImages
-            while let n = batches.next(into: &images, labels: &labels32) {
+            while let batchSize = batches.next(into: &images, labels: &labels32) {
                 let rate = schedule.rate(at: step)
+                // This worker's samples of the batch (all of it without data parallelism).
+                let (input, n) = workerBatch(images, batchSize)
                 if labels.count != n { labels = [Int](repeating: 0, count: n) }
-                for i in 0..<n { labels[i] = Int(labels32[i]) }
-                let logits = try model.forward(images, training: true)
-                let value = try loss.forward(logits: logits, labels: labels)
+                let firstLabel = dataParallel == nil ? 0 : workerSampleRange(batchSize).lowerBound
+                for i in 0..<n { labels[i] = Int(labels32[firstLabel + i]) }
+                let logits = try model.forward(input, training: true)
+                let localValue = try loss.forward(logits: logits, labels: labels)
+                // The batch's mean loss, correct count and stop request over all workers: every worker decides
+                // alike whether to stop or to call the run diverged.
+                let totals = try batchTotals(loss: localValue, correct: loss.correctCount, count: n,
+                                             stop: interruptRequested != 0 || step + 1 == stopAfterStep)
+                let value = Float(totals.loss)
                 guard value.isFinite, value <= divergenceLossBound else {
                     throw TrainingError.diverged(step: step + 1, what: "loss \(value)",
                                                  lastCheckpointStep: lastCheckpointStep, directory: output?.path)
                 }
                 try loss.backward(into: &logitsGradient)
                 try model.backward(logitsGradient)
+                try averageGradientsOverWorkers()
                 optimizer.step(learningRate: Float(rate))
+                try synchronizeRunningStatistics()
                 step += 1
                 stepLosses.append(value)
-                epochLossSum += Double(value) * Double(n)
-                epochCorrect += loss.correctCount
-                epochImages += n
+                epochLossSum += totals.loss * Double(totals.count)
+                epochCorrect += totals.correct
+                epochImages += totals.count
                 let seconds = Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
                 let speed = Double(epochImages - imagesAtSegmentStart) / max(seconds, 1e-9)
                 let left = Double((c.epochs - epoch) * stepsPerEpoch - batches.batchIndex) * Double(c.batch) / speed
                 progress.step(epoch: epoch, epochs: c.epochs, batch: batches.batchIndex, batches: stepsPerEpoch,
                               loss: epochLossSum / Double(max(epochImages, 1)), imagesPerSecond: speed,
                               secondsLeft: left)
-                let stopNow = interruptRequested != 0 || step == stopAfterStep
+                let stopNow = totals.stop
                 if stopNow || (checkpointEverySteps.map { $0 > 0 && step % $0 == 0 } ?? false) {
                     epochTrainingSeconds += Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
                     segmentStart = DispatchTime.now().uptimeNanoseconds
@@ -258,7 +277,7 @@ public final class Trainer {
             progress.epoch(metrics, epochs: c.epochs)
             epochLossSum = 0; epochCorrect = 0; epochImages = 0; epochTrainingSeconds = 0
             try batches.seek(epoch: epoch + 1)
-            if let output {
+            if let output, writesRun {
                 try writeMetrics(to: output.appendingPathComponent("metrics.jsonl"))
                 try saveCheckpoint(elapsed: now())
             }
@@ -270,7 +289,7 @@ public final class Trainer {
             imagesPerSecond: history.isEmpty ? 0 : history.map(\.imagesPerSecond).reduce(0, +) / Double(history.count),
             perClassAccuracy: evaluation.perClassAccuracy, finished: true, data: dataRecord,
             convolutionEngine: convolutionEngine.versionDescription)
-        if let output {
+        if let output, writesRun {
             try AtomicFile.write(Array(try JSONEncoder.normKit(pretty: true).encode(summary)),
                                  to: output.appendingPathComponent("summary.json"))
         }
@@ -309,7 +328,7 @@ public final class Trainer {
     }
 
     private func saveCheckpoint(elapsed: Double) throws {
-        guard let output else { return }
+        guard let output, writesRun else { return }
         if let reason = unsaveableState() {
             throw TrainingError.diverged(step: step, what: reason, lastCheckpointStep: lastCheckpointStep,
                                          directory: output.path)

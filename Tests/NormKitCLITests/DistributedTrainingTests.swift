@@ -1,0 +1,124 @@
+import Foundation
+import NormKitTraining
+import XCTest
+
+/// `mpirun -np R normkit train --distributed` against the single-process training it must equal (issue 11's
+/// equivalence tests): after several SGD steps every tensor of the two checkpoints agrees within float rounding.
+/// Skipped where Open MPI's `mpirun` is not installed (CI installs it).
+final class DistributedTrainingTests: XCTestCase {
+    static let mpirun = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first {
+        FileManager.default.isExecutableFile(atPath: $0)
+    }
+
+    /// The mpirun options for one machine (as MPICommunicator.mpirunArguments(): root in a container, more ranks
+    /// than cores, no pinning, shared memory).
+    static var mpirunOptions: [String] {
+        (geteuid() == 0 ? ["--allow-run-as-root"] : [])
+            + ["--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,vader", "--timeout", "100"]
+    }
+
+    private var data: URL!
+    private var root: URL!
+
+    override func setUpWithError() throws {
+        guard Self.mpirun != nil else { throw XCTSkip("mpirun not installed (apt-get install openmpi-bin)") }
+        root = FileManager.default.temporaryDirectory.appendingPathComponent("normkit-mpi-\(UUID().uuidString)")
+        data = root.appendingPathComponent("data")
+        try SyntheticData.write(to: data, trainCount: 96, testCount: 24, seed: 5)
+    }
+
+    override func tearDownWithError() throws {
+        if let root { try? FileManager.default.removeItem(at: root) }
+    }
+
+    /// Runs `normkit` under `mpirun -np ranks` (or directly with `ranks` nil) and returns the run's checkpoint.
+    private func train(ranks: Int?, _ arguments: [String], name: String,
+                       file: StaticString = #filePath, line: UInt = #line) throws -> [String: StateTensor] {
+        let out = root.appendingPathComponent(name)
+        let common = ["train", "--data", data.path, "--threads", "1", "--epochs", "1", "--test-limit", "24",
+                      "--out", out.path]
+        let process = Process()
+        let logs = root.appendingPathComponent("\(name).log")
+        FileManager.default.createFile(atPath: logs.path, contents: nil)
+        if let ranks {
+            process.executableURL = URL(fileURLWithPath: Self.mpirun!)
+            process.arguments = ["-np", "\(ranks)"] + Self.mpirunOptions + [CLI.binary.path] + common
+                + ["--distributed"] + arguments
+        } else {
+            process.executableURL = CLI.binary
+            process.arguments = common + arguments
+        }
+        process.standardOutput = try FileHandle(forWritingTo: logs)
+        process.standardError = process.standardOutput
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        let log = (try? String(contentsOf: logs, encoding: .utf8)) ?? ""
+        XCTAssertEqual(process.terminationStatus, 0, "\(name) failed:\n\(log)", file: file, line: line)
+        return try SafeTensors.read(from: out.appendingPathComponent(TrainingCheckpoint.modelFileName)).tensors
+    }
+
+    /// The largest difference between same-named float tensors relative to the tensor's largest magnitude.
+    private func assertClose(_ a: [String: StateTensor], _ b: [String: StateTensor], tolerance: Double,
+                             _ label: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(Set(a.keys), Set(b.keys), label, file: file, line: line)
+        var worst = (0.0, "")
+        for (name, tensor) in a {
+            guard case .float32(_, let x) = tensor, case .float32(_, let y)? = b[name] else { continue }
+            let scale = max(y.map { Double(abs($0)) }.max() ?? 0, 1e-6)
+            let difference = zip(x, y).map { Double(abs($0 - $1)) }.max() ?? 0
+            if difference / scale > worst.0 { worst = (difference / scale, name) }
+        }
+        print("\(label): worst relative difference \(worst.0) (\(worst.1))")
+        XCTAssertLessThan(worst.0, tolerance, "\(label): \(worst.1)", file: file, line: line)
+    }
+
+    /// 2 ranks × 16 images with per-worker BN == one process with ghost batches of 16 in a batch of 32.
+    func testPerWorkerBatchNormEqualsGhostBatches() throws {
+        let ranks = try train(ranks: 2, ["--norm", "bn", "--batch", "32"], name: "bn-2ranks")
+        let single = try train(ranks: nil, ["--norm", "bn", "--batch", "32", "--norm-batch", "16"], name: "bn-ghost")
+        assertClose(ranks, single, tolerance: 1e-5, "per-worker BN, 2 ranks vs ghost batches")
+    }
+
+    /// 2 ranks × 16 with SyncBN == one process with BN over 32; and 3 ranks × 8 == BN over 24 (SyncBN's counts).
+    func testSyncBatchNormEqualsBatchNormOverTheGlobalBatch() throws {
+        let ranks = try train(ranks: 2, ["--norm", "syncbn", "--batch", "32"], name: "sync-2ranks")
+        let single = try train(ranks: nil, ["--norm", "bn", "--batch", "32"], name: "bn-32")
+        assertClose(ranks, single, tolerance: 1e-5, "SyncBN, 2 ranks vs BN over 32")
+        let three = try train(ranks: 3, ["--norm", "syncbn", "--batch", "24"], name: "sync-3ranks")
+        let single24 = try train(ranks: nil, ["--norm", "bn", "--batch", "24"], name: "bn-24")
+        assertClose(three, single24, tolerance: 1e-5, "SyncBN, 3 ranks vs BN over 24")
+    }
+
+    /// GN needs nothing across workers: 2 ranks × 16 == one process over 32.
+    func testGroupNormEqualsSingleProcess() throws {
+        let ranks = try train(ranks: 2, ["--norm", "gn", "--batch", "32"], name: "gn-2ranks")
+        let single = try train(ranks: nil, ["--norm", "gn", "--batch", "32"], name: "gn-32")
+        assertClose(ranks, single, tolerance: 1e-5, "GN, 2 ranks vs one process")
+    }
+
+    /// A batch that does not split evenly is refused with the reason, on every rank, before any step.
+    func testUnevenSplitIsRefused() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.mpirun!)
+        process.arguments = ["-np", "3"] + Self.mpirunOptions + [CLI.binary.path, "train", "--distributed",
+            "--data", data.path, "--threads", "1", "--batch", "32", "--out", root.appendingPathComponent("uneven").path]
+        let pipe = root.appendingPathComponent("uneven.log")
+        FileManager.default.createFile(atPath: pipe.path, contents: nil)
+        process.standardOutput = try FileHandle(forWritingTo: pipe)
+        process.standardError = process.standardOutput
+        try process.run()
+        process.waitUntilExit()
+        let log = (try? String(contentsOf: pipe, encoding: .utf8)) ?? ""
+        XCTAssertNotEqual(process.terminationStatus, 0, log)
+        XCTAssertTrue(log.contains("does not split into 3 equal per-worker batches"), log)
+    }
+
+    /// `--distributed` outside mpirun says how to launch it.
+    func testDistributedOutsideMPIRunSaysHowToLaunch() throws {
+        let result = try CLI.run(["train", "--distributed", "--data", data.path, "--threads", "1",
+                                  "--out", root.appendingPathComponent("alone").path], in: root)
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.stderr.contains("mpirun -np 2"), result.stderr)
+    }
+}
