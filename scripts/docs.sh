@@ -18,7 +18,7 @@ mkdir -p "$(dirname "$out")"
 out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
 
 swift package --allow-writing-to-directory "$(dirname "$out")" generate-documentation \
-  --target NormKit --target NormKitTraining --target NormKitExperiments \
+  --target NormKit --target NormKitTraining --target NormKitExperiments --target NormKitDistributed \
   --enable-experimental-combined-documentation \
   --warnings-as-errors \
   --output-path "$out"

@@ -2,9 +2,11 @@
 # Installs what NormKit needs from Debian on a fresh machine (idempotent; needs root or sudo):
 #   libdnnl-dev (oneDNN: the convolutions; without it NormKit builds with its im2col engine only),
 #   libopenblas-dev (BLAS for the im2col engine and the classifier), zlib1g-dev (gzip IDX files), pkg-config,
-#   dataset-fashion-mnist (the real dataset, in /usr/share/datasets/fashion-mnist).
+#   dataset-fashion-mnist (the real dataset, in /usr/share/datasets/fashion-mnist), openmpi-bin and
+#   libopenmpi-dev (Open MPI: data-parallel training, `mpirun … normkit train --distributed`; without them NormKit
+#   builds without NormKitDistributed's transport).
 set -euo pipefail
-packages=(libdnnl-dev libopenblas-dev zlib1g-dev pkg-config dataset-fashion-mnist)
+packages=(libdnnl-dev libopenblas-dev zlib1g-dev pkg-config dataset-fashion-mnist openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -3,7 +3,7 @@ import Foundation
 import NormKitTraining
 
 /// The workers of a data-parallel job as the processes of an Open MPI job (`MPI_COMM_WORLD`): NormKitTraining's
-/// ``/NormKitTraining/DataParallelGroup`` and SyncBN's ``/NormKit/CrossWorkerReduction`` over MPI collectives, through the C bridge
+/// ``/NormKitTraining/DataParallelGroup`` and SyncBN's `CrossWorkerReduction` (NormKit) over MPI collectives, through the C bridge
 /// `CNormKitMPI` (Swift cannot import MPI's handles, which are macros).
 ///
 /// Start the processes with `mpirun` (as root in a container it needs ``mpirunArguments(runningAsRoot:)``):
