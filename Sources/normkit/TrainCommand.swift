@@ -223,10 +223,19 @@ struct TrainCommand: ParsableCommand {
               + "\(configuration.epochs) epochs, lr \(configuration.peakLearningRate)) on \(train.count) images → \(directory.path)"
               + " [\(convEngine.versionDescription)]") }
         Trainer.stopOnInterrupt()
+        let firstStep = trainer.step
         do {
             let summary = try trainer.run()
             try communicator?.finalize()
             guard isFirstWorker else { return }
+            if let (gradients, statistics) = trainer.communication, trainer.step > firstStep {
+                let steps = Double(trainer.step - firstStep)
+                print(String(format: "communication per step (rank 0): gradient all-reduce %.3f ms (%d floats), "
+                             + "normalization reductions %.3f ms (%.1f collectives, %.0f values)",
+                             1e3 * gradients.seconds / steps, gradients.values / max(gradients.calls, 1),
+                             1e3 * statistics.seconds / steps, Double(statistics.calls) / steps,
+                             Double(statistics.values) / steps))
+            }
             print(String(format: "final test error %.2f%% (best %.2f%%), %.0f img/s, %@ wall; summary in %@",
                          100 * summary.finalTestError, 100 * summary.bestTestError, summary.imagesPerSecond,
                          ProgressReporter.clock(summary.wallSeconds),

@@ -26,9 +26,19 @@ extension Trainer {
                 "the SGD batch \(batch) does not split into \(workers) equal per-worker batches (choose --batch as a multiple of the number of ranks)")
         }
         dataParallel = group
+        gradientClock = TimedDataParallelGroup(group)
+        statisticsClock = TimedDataParallelGroup(group)
         if configuration.norm == .syncbn {
-            for layer in normalizationLayers { (layer as? BatchNorm)?.crossWorkerReduction = group }
+            for layer in normalizationLayers { (layer as? BatchNorm)?.crossWorkerReduction = statisticsClock }
         }
+    }
+
+    /// The communication of the steps so far: the gradients' all-reduce, and the normalization layers' reductions
+    /// (SyncBN's statistics, per-worker BN's running statistics), each as seconds, collectives and values
+    /// contributed by this worker. Nil without data parallelism.
+    public var communication: (gradients: TimedDataParallelGroup, statistics: TimedDataParallelGroup)? {
+        guard let gradientClock, let statisticsClock else { return nil }
+        return (gradientClock, statisticsClock)
     }
 
     /// Every normalization layer of the model.
@@ -91,7 +101,7 @@ extension Trainer {
             }
             offset += count
         }
-        try flatGradients.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
+        try flatGradients.withUnsafeMutableBufferPointer { try (gradientClock ?? group).allReduceSum($0) }
         let scale = 1 / Float(group.workerCount)
         offset = 0
         for p in parameters {
@@ -108,7 +118,9 @@ extension Trainer {
     /// Per-worker BN: the running statistics averaged over the workers after each step (see the type's notes).
     func synchronizeRunningStatistics() throws {
         guard let group = dataParallel, group.workerCount > 1, configuration.norm == .bn else { return }
-        for layer in normalizationLayers { try (layer as? BatchNorm)?.averageRunningStatistics(over: group) }
+        for layer in normalizationLayers {
+            try (layer as? BatchNorm)?.averageRunningStatistics(over: statisticsClock ?? group)
+        }
     }
 
     /// Worker 0's parameters on every worker (identical seeds already agree; this makes it a guarantee).

@@ -73,6 +73,8 @@ public final class Trainer {
     private var elapsedBefore = 0.0, epochTrainingSeconds = 0.0
     /// Data-parallel training (``distribute(over:)``): the workers, and this worker's slice of each batch.
     var dataParallel: DataParallelGroup?
+    var gradientClock: TimedDataParallelGroup?
+    var statisticsClock: TimedDataParallelGroup?
     var workerImages = Tensor(zeros: [0, 0])
     var workerLabels: [Int32] = []
     var flatGradients: [Float] = []
