@@ -24,6 +24,14 @@ struct LayerCase: Sendable {
             try MovingAverageBatchNorm(channels: $0, bufferSize: 2, warmup: 0)
         },
         LayerCase(label: "FrozenBatchNorm") { try FrozenBatchNorm(channels: $0) },
+        // Fused activations: the forward's affine is recorded for the backward in buffers kept across steps.
+        LayerCase(label: "GroupNorm (G=4) + SiLU") { try GroupNorm(channels: $0, groups: 4).activated(.silu) },
+        LayerCase(label: "BatchNorm + ReLU") { try BatchNorm(channels: $0).activated(.relu) },
+        LayerCase(label: "BatchRenorm + ReLU") { try BatchRenorm(channels: $0).activated(.relu) },
+        LayerCase(label: "MovingAverageBatchNorm (after warm-up) + SiLU") {
+            try MovingAverageBatchNorm(channels: $0, bufferSize: 2, warmup: 0).activated(.silu)
+        },
+        LayerCase(label: "FrozenBatchNorm + ReLU") { try FrozenBatchNorm(channels: $0).activated(.relu) },
     ]
 }
 
@@ -55,5 +63,13 @@ struct LayerTrainingStep {
     mutating func mallocs(afterWarmUp warmUp: Int, measured: Int) throws -> Int {
         for _ in 0..<warmUp { try run() }
         return try AllocationCounter.mallocs { for _ in 0..<measured { try run() } }
+    }
+}
+
+extension NormalizationLayer {
+    /// The layer with `activation` fused into its apply stage.
+    func activated(_ activation: FusedActivation) -> Self {
+        self.activation = activation
+        return self
     }
 }
