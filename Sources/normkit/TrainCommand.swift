@@ -242,7 +242,13 @@ struct TrainCommand: ParsableCommand {
                          directory.appendingPathComponent("summary.json").path))
         } catch let error as TrainingError {
             if case .interrupted = error {
-                if isFirstWorker { print("\n\(error)") }
+                if isFirstWorker {
+                    print("\n\(error)")
+                    fflush(stdout)
+                }
+                // The other ranks leave only once rank 0 has saved and said so: mpirun ends the whole job as soon
+                // as one rank exits with an error.
+                try? communicator?.barrier()
                 throw ExitCode(128 + (Trainer.lastInterruptSignal ?? SIGINT))
             }
             throw error
