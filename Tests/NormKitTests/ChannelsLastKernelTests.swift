@@ -15,44 +15,8 @@ import XCTest
 ///
 /// Helpers: `VariantTestKit` (BatchRenormTests.swift), `Float64Reference` and the layers' own float64 references in
 /// BatchRenormTests, MovingAverageBatchNormTests and FrozenBatchNormTests.
-final class ChannelsLastKernelTests: XCTestCase {
+final class ChannelsLastKernelTests: KernelPathTestCase {
     typealias Kit = VariantTestKit
-
-    static let defaultNative = KernelDispatch.useNativeKernels
-    static let defaultThreads = Parallelism.threadCount
-
-    override func tearDown() {
-        KernelDispatch.limitNativeInstructionSet(to: .avx512)
-        KernelDispatch.useNativeKernels = Self.defaultNative
-        Parallelism.threadCount = Self.defaultThreads
-        super.tearDown()
-    }
-
-    // MARK: - Kernel paths
-
-    enum Path: String, CaseIterable {
-        case native, avx2, portable
-    }
-
-    /// Switches the process to `path`; false when this CPU does not have it.
-    @discardableResult
-    func select(_ path: Path) -> Bool {
-        switch path {
-        case .portable:
-            KernelDispatch.limitNativeInstructionSet(to: .avx512)
-            KernelDispatch.useNativeKernels = false
-            return true
-        case .native:
-            KernelDispatch.limitNativeInstructionSet(to: .avx512)
-            KernelDispatch.useNativeKernels = true
-            return KernelDispatch.useNativeKernels
-        case .avx2:
-            KernelDispatch.limitNativeInstructionSet(to: .avx512)
-            KernelDispatch.useNativeKernels = true
-            guard KernelDispatch.useNativeKernels else { return false }
-            return KernelDispatch.limitNativeInstructionSet(to: .avx2) == .avx2
-        }
-    }
 
     // MARK: - Shapes and cases
 

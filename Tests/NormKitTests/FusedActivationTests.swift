@@ -22,44 +22,8 @@ import XCTest
 /// - **Paths.** Also GN channels-last with a sample beyond the native per-sample path (2^20 floats), threaded.
 /// - **Switching** identity → SiLU → ReLU → identity … on one layer between steps: each backward is right.
 /// - **x = 1e4 + 0.01·randn** with GN + SiLU and BN + ReLU matches float64.
-final class FusedActivationTests: XCTestCase {
+final class FusedActivationTests: KernelPathTestCase {
     typealias Kit = VariantTestKit
-
-    static let defaultNative = KernelDispatch.useNativeKernels
-    static let defaultThreads = Parallelism.threadCount
-
-    override func tearDown() {
-        KernelDispatch.limitNativeInstructionSet(to: .avx512)
-        KernelDispatch.useNativeKernels = Self.defaultNative
-        Parallelism.threadCount = Self.defaultThreads
-        super.tearDown()
-    }
-
-    // MARK: - Kernel paths
-
-    enum Path: String, CaseIterable {
-        case avx512, avx2, portable
-    }
-
-    /// Switches the process to `path`; false when this CPU does not have it.
-    @discardableResult
-    func select(_ path: Path) -> Bool {
-        switch path {
-        case .portable:
-            KernelDispatch.limitNativeInstructionSet(to: .avx512)
-            KernelDispatch.useNativeKernels = false
-            return true
-        case .avx512:
-            KernelDispatch.limitNativeInstructionSet(to: .avx512)
-            KernelDispatch.useNativeKernels = true
-            return KernelDispatch.useNativeKernels && KernelDispatch.instructionSet == .avx512
-        case .avx2:
-            KernelDispatch.limitNativeInstructionSet(to: .avx512)
-            KernelDispatch.useNativeKernels = true
-            guard KernelDispatch.useNativeKernels else { return false }
-            return KernelDispatch.limitNativeInstructionSet(to: .avx2) == .avx2
-        }
-    }
 
     // MARK: - Float64 activations (written here, independently of FusedActivation's own)
 
@@ -411,7 +375,7 @@ final class FusedActivationTests: XCTestCase {
         let state = Self.randomState(for: try spec.make(shape[1]), &rng)
         // The portable kernels have no per-sample path: their channels-last GN is always the unfused one, covered by
         // the composition tests.
-        for path in [Path.avx512, .avx2] where select(path) {
+        for path in [Path.native, .avx2] where select(path) {
             for (threads, activation) in [(Self.defaultThreads, FusedActivation.silu), (5, .relu)] {
                 Parallelism.threadCount = threads
                 try checkComposition(spec, activation: activation, state: state, x: x, dy: dy,
