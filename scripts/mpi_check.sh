@@ -6,6 +6,7 @@
 #   3. -np 3 with NORMKIT_MPI_MAX_CHUNK=1000000: the same, large buffers split into several MPI calls;
 #   4. -np 3 --fail-rank 1, with rank 1 dying by exit(3), SIGKILL and MPI_Abort while the others wait in
 #      MPI_Allreduce: the job must end non-zero before the time limit, each survivor printing its termination notice
+#      (after MPI_Abort Open MPI kills the survivors itself and their notices may be lost: not required there)
 #      (no survivor may get an error code or complete the collective: that would mean a change in Open MPI's
 #      behaviour, documented in MPICommunicator).
 #
@@ -101,10 +102,14 @@ for mode in exit kill abort; do
     fail "fail-rank ($mode): the job hung until the time limit (status $status)"
   elif grep -q "MPI_Allreduce threw\|MPI_Allreduce completed" <<< "$output"; then
     fail "fail-rank ($mode): a survivor did not end as documented (status $status)"
-  elif [ "$notices" != 2 ]; then
+  elif [ "$mode" != abort ] && [ "$notices" != 2 ]; then
     fail "fail-rank ($mode): $notices termination notices, 2 expected (status $status)"
+  elif [ "$mode" = abort ] && [ "$notices" -gt 2 ]; then
+    # After MPI_Abort Open MPI kills the others itself and says their output may or may not appear (a CI run saw
+    # 1 of 2 notices): the job ending, non-zero and in time, is what is required.
+    fail "fail-rank ($mode): $notices termination notices, at most 2 expected (status $status)"
   else
-    pass "fail-rank ($mode): mpirun ended the job in ${elapsed} s with status $status, both survivors said why"
+    pass "fail-rank ($mode): mpirun ended the job in ${elapsed} s with status $status, $notices survivor notice(s)"
   fi
 done
 
