@@ -37,6 +37,12 @@
 /// chunk (a later chunk's SMA and `r` see the earlier chunks of the same forward); the backward walks them in
 /// the same order, pushing each chunk's `Ψ` before it uses the SMA. Warm-up and the `r` threshold count chunks.
 ///
+/// **Across workers** (``crossWorkerReduction``, data-parallel training): every worker's batch is one more
+/// chunk of the same sequence, worker `w`'s after worker `w − 1`'s, as ghost chunks are in one process: each
+/// forward gathers every worker's per-chunk statistics (2 values per channel and chunk) and walks all of them in
+/// order, each backward gathers every worker's `Ψ` (and `g_B`) likewise. Every worker so keeps the same state,
+/// and `R` workers with batches of `k` compute what one process computes with ghost batches of `k`.
+///
 /// **Non-finite statistics.** A chunk whose `χ²_t` is NaN or infinite writes neither its ring slot nor the
 /// EMA (its `t` still advances); a chunk whose `Ψ_t` is not finite does not write its `bufΨ` slot. Each such
 /// event increments ``skippedUpdates``. (The reference has no such guard; for finite inputs the two agree.)
@@ -92,6 +98,9 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     public private(set) var skippedUpdates: Int = 0
     /// `r` of the last training forward, indexed `chunk·C + c` (diagnostics).
     public private(set) var lastR: [Float] = []
+    /// The workers whose batches continue this layer's sequence of iterations (see "Across workers" above); nil
+    /// in one process. Set it between steps.
+    public var crossWorkerReduction: CrossWorkerReduction?
 
     /// `"MovingAverageBatchNorm(channels: 64, bufferSize: 16)"`, with `normBatch` and `affine: false` when set.
     /// Parts other than the paper's are listed too (`parts: without renorm`).
@@ -108,7 +117,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     }
 
     /// What a training forward saves per (chunk, channel) for its backward.
-    private struct ChunkFactors {
+    struct ChunkFactors {
         /// `sqrt(v + ε)`, the divisor of the forward.
         var divisor: Double
         /// `r`, a constant in the backward.
@@ -127,6 +136,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// `t` of the forward's first chunk: chunk `b` was iteration `savedFirstIteration + b`.
     private var savedFirstIteration: Int64 = 0
     private var chunkFactors: [ChunkFactors] = []
+    /// Every worker's chunks across workers (see ``WorkerChunks``).
+    var workerChunks = WorkerChunks()
     // Scratch reused across steps.
     private var mean: [Double] = []
     private var variance: [Double] = []
@@ -140,8 +151,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     private var sumDyX: [Double] = []
     // Channels-last statistics temporaries.
     private var statisticsScratch = KernelScratch()
-    // `Ψ_t` per channel of one chunk (backward); the BN form's `g_B` after it at [C + c].
-    private var chunkStatistic: [Double]
+    // `Ψ_t` per chunk b and channel at [b·2C + c] (backward); the BN form's `g_B` after it at [b·2C + C + c].
+    private var chunkStatistic: [Double] = []
     // Evaluation: scales at [c], shifts at [C + c].
     private var evaluationCoefficients: [Float]
 
@@ -183,7 +194,6 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         runningMean = [Float](repeating: 0, count: meanForm ? channels : 0)
         meanBuffer = [Float](repeating: 0, count: meanForm ? bufferSize * channels : 0)
         gradientMeanBuffer = meanBuffer
-        chunkStatistic = [Double](repeating: 0, count: 2 * channels)
         evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
     }
 
@@ -221,7 +231,14 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             }
         }
         savedFirstIteration = iterations + 1
-        runIterations(geometry: g)
+        if let workers = crossWorkerReduction, workers.workerCount > 1 {
+            let all = try workerChunks.gatherForward(mean: mean, variance: variance, blocks: g.sampleBlocks,
+                                                         over: workers, layer: name)
+            runIterations(blocks: all.blocks, mean: all.mean, variance: all.variance, into: &workerChunks.factors)
+            workerChunks.keepOwn(of: workers, into: &chunkFactors)
+        } else {
+            runIterations(blocks: g.sampleBlocks, mean: mean, variance: variance, into: &chunkFactors)
+        }
         // Per set: y = γ·r·(x − μ̄)/sqrt(v+ε) + β as scale·(x − center) + shift (no centre in the second-moment
         // form), and the diagnostic r.
         let c = channels, shiftBase = g.setCount, factors = chunkFactors, gamma = weight?.value, beta = bias?.value
@@ -256,14 +273,14 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         savedGeometry = g
     }
 
-    /// The forward's MABN iterations, one per chunk in order: advances `t`, writes the chunk's `χ²_t` (the BN
-    /// form: `σ²_t` and `μ_t`) to its ring slot, takes `v` (`χ²_t` while `useBatch(t)` or without the forward SMA,
-    /// the SMA afterwards) and `r` against the old EMA, updates the EMA, and saves `sqrt(v+ε)`, `r` and `μ̄` per set.
-    private func runIterations(geometry g: NormalizationGeometry) {
+    /// The forward's MABN iterations, one per chunk (`blocks` of them, statistics at `b·C + c`) in order: advances
+    /// `t`, writes the chunk's `χ²_t` (the BN form: `σ²_t` and `μ_t`) to its ring slot, takes `v` (`χ²_t` while
+    /// `useBatch(t)` or without the forward SMA, the SMA afterwards) and `r` against the old EMA, updates the EMA,
+    /// and saves `sqrt(v+ε)`, `r` and `μ̄` per set in `factors`.
+    private func runIterations(blocks: Int, mean: [Double], variance: [Double], into factors: inout [ChunkFactors]) {
         let c = channels, eps = Double(epsilon), keep = Double(oldValueWeight)
         let rThreshold = parts.renormalization ? Int64(max(1000, warmup)) : Int64.max
         let meanForm = !parts.secondMomentForm, forwardSMA = parts.forwardSMA
-        let mean = mean, variance = variance
         /// The forward statistic of set `s`: `χ² = mean(x²) = var + mean²`, or the BN form's variance.
         func statistic(_ s: Int) -> Double { meanForm ? variance[s] : variance[s] + mean[s] * mean[s] }
         func isFinite(_ s: Int) -> Bool { statistic(s).isFinite && (!meanForm || mean[s].isFinite) }
@@ -272,8 +289,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         meanBuffer.withUnsafeMutableBufferPointer { meanRing in
         runningSecondMoment.withUnsafeMutableBufferPointer { running in
         runningMean.withUnsafeMutableBufferPointer { runningMean in
-        chunkFactors.withUnsafeMutableBufferPointer { factors in
-            for b in 0..<g.sampleBlocks {
+        factors.withUnsafeMutableBufferPointer { factors in
+            for b in 0..<blocks {
                 iterations += 1
                 let t = iterations, row = slot(t) * c
                 let finite = (0..<c).allSatisfy { isFinite(b * c + $0) }
@@ -358,56 +375,61 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         let center = meanForm ? backwardCenter : zeroCenter
         computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: center,
                             preActivation: preActivation, dz: &dx, geometry: g)
-        let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet)
-        let offsetBase = g.setCount, slopeBase = 2 * g.setCount
+        let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet), blocks = g.sampleBlocks
+        let offsetBase = g.setCount, slopeBase = 2 * g.setCount, width = 2 * c
         let sumDy = sumDy, sumDyX = sumDyX, gamma = weight?.value, firstIteration = savedFirstIteration
-        // One exclusive access per written array for the whole loop (not one per element). `psi[c]` holds `Ψ_t`,
-        // `psi[C + c]` the BN form's `g_B`.
+        // This worker's chunks: `Ψ_t = mean(g·z) = γ·r·rstd·mean(dy·x)` at [b·2C + c], the BN form's
+        // `g_B = mean(g) = γ·r·mean(dy)` at [b·2C + C + c].
+        if chunkStatistic.count != blocks * width { chunkStatistic = [Double](repeating: 0, count: blocks * width) }
         chunkStatistic.withUnsafeMutableBufferPointer { psi in
-            gradientMeanBuffer.withUnsafeMutableBufferPointer { gRing in
-            backwardStatisticBuffer.withUnsafeMutableBufferPointer { ring in
-                coefficients.withUnsafeMutableBufferPointer { coefficients in
-                    for b in 0..<g.sampleBlocks {
-                        let t = firstIteration + Int64(b), row = slot(t) * c
-                        var finite = true
-                        for ch in 0..<c {
-                            let s = b * c + ch
-                            var total = 0.0
-                            for n in (b * k)..<((b + 1) * k) { total += sumDyX[n * c + ch] }
-                            // Ψ = mean(g·z) = γ·r·rstd·mean(dy·x).
-                            psi[ch] = Double(gamma?[ch] ?? 1) * factors[s].r * factors[s].rstd * total / count
-                            finite = finite && psi[ch].isFinite
-                            if meanForm {
-                                // g_B = mean(g) = γ·r·mean(dy).
-                                var dyTotal = 0.0
-                                for n in (b * k)..<((b + 1) * k) { dyTotal += sumDy[n * c + ch] }
-                                psi[c + ch] = Double(gamma?[ch] ?? 1) * factors[s].r * dyTotal / count
-                                finite = finite && psi[c + ch].isFinite
-                            }
-                        }
-                        if finite {
-                            for ch in 0..<c { ring[row + ch] = Float(psi[ch]) }
-                            if meanForm { for ch in 0..<c { gRing[row + ch] = Float(psi[c + ch]) } }
-                        } else {
-                            skippedUpdates += 1
-                        }
-                        let useBatch = !backwardSMA || usesBatch(t)
-                        for ch in 0..<c {
-                            let s = b * c + ch
-                            let psiBar = useBatch ? psi[ch] : ringMean(UnsafeBufferPointer(ring), ch)
-                            let rs = factors[s].rstd
-                            coefficients[s] = Float(Double(gamma?[ch] ?? 1) * factors[s].r * rs)
-                            coefficients[slopeBase + s] = Float(-psiBar * rs * rs)
-                            var offset = 0.0
-                            if meanForm {
-                                offset = -(useBatch ? psi[c + ch] : ringMean(UnsafeBufferPointer(gRing), ch)) * rs
-                            }
-                            coefficients[offsetBase + s] = Float(offset)
-                        }
+            for b in 0..<blocks {
+                for ch in 0..<c {
+                    let s = b * c + ch, gammaR = Double(gamma?[ch] ?? 1) * factors[s].r
+                    var total = 0.0, dyTotal = 0.0
+                    for n in (b * k)..<((b + 1) * k) {
+                        total += sumDyX[n * c + ch]
+                        dyTotal += sumDy[n * c + ch]
                     }
+                    psi[b * width + ch] = gammaR * factors[s].rstd * total / count
+                    psi[b * width + c + ch] = meanForm ? gammaR * dyTotal / count : 0
                 }
             }
+        }
+        // Every worker's chunks in order (this worker's alone in one process), this worker's at `own`.
+        var all = chunkStatistic, own = 0..<blocks
+        if let workers = crossWorkerReduction, workers.workerCount > 1 {
+            all = try workerChunks.gatherBackward(chunkStatistic, over: workers, layer: name)
+            own = (workers.workerIndex * blocks)..<((workers.workerIndex + 1) * blocks)
+        }
+        // One exclusive access per written array for the whole loop (not one per element).
+        gradientMeanBuffer.withUnsafeMutableBufferPointer { gRing in
+        backwardStatisticBuffer.withUnsafeMutableBufferPointer { ring in
+        coefficients.withUnsafeMutableBufferPointer { coefficients in
+            for chunk in 0..<(all.count / width) {
+                let t = firstIteration + Int64(chunk), row = slot(t) * c, psi = chunk * width
+                if (0..<c).allSatisfy({ all[psi + $0].isFinite && all[psi + c + $0].isFinite }) {
+                    for ch in 0..<c { ring[row + ch] = Float(all[psi + ch]) }
+                    if meanForm { for ch in 0..<c { gRing[row + ch] = Float(all[psi + c + ch]) } }
+                } else {
+                    skippedUpdates += 1
+                }
+                guard own.contains(chunk) else { continue }
+                let b = chunk - own.lowerBound, useBatch = !backwardSMA || usesBatch(t)
+                for ch in 0..<c {
+                    let s = b * c + ch
+                    let psiBar = useBatch ? all[psi + ch] : ringMean(UnsafeBufferPointer(ring), ch)
+                    let rs = factors[s].rstd
+                    coefficients[s] = Float(Double(gamma?[ch] ?? 1) * factors[s].r * rs)
+                    coefficients[slopeBase + s] = Float(-psiBar * rs * rs)
+                    var offset = 0.0
+                    if meanForm {
+                        offset = -(useBatch ? all[psi + c + ch] : ringMean(UnsafeBufferPointer(gRing), ch)) * rs
+                    }
+                    coefficients[offsetBase + s] = Float(offset)
+                }
             }
+        }
+        }
         }
         applyGradient(preActivation.isActive ? nil : dy, input: x, into: &dx, center: center,
                       coefficients: coefficients, slopeBase: slopeBase,

@@ -176,6 +176,7 @@ struct TrainCommand: ParsableCommand {
         let configuration: TrainingConfiguration
         let directory: URL
         let train: Dataset, test: Dataset
+        let communicator = distributed ? try Self.communicator() : nil
         if let resume {
             directory = URL(fileURLWithPath: resume)
             let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
@@ -193,12 +194,11 @@ struct TrainCommand: ParsableCommand {
                                                   testLimit: configuration.testLimit,
                                                   statistics: file.data?.statistics)
         } else {
-            configuration = try trainingConfiguration()
+            configuration = try trainingConfiguration().perWorker(workers: communicator?.workerCount ?? 1)
             (train, test) = try dataOptions.load(trainLimit: configuration.trainLimit,
                                                  testLimit: configuration.testLimit)
             directory = URL(fileURLWithPath: out ?? "runs/\(Self.defaultRunName(configuration, data: train.source))")
         }
-        let communicator = distributed ? try Self.communicator() : nil
         let isFirstWorker = (communicator?.workerIndex ?? 0) == 0
         let trainer: Trainer
         do {

@@ -101,6 +101,20 @@ final class DistributedTrainingTests: XCTestCase {
         assertClose(ranks, single, tolerance: 1e-5, "GN, 2 ranks vs one process")
     }
 
+    /// MABN: 2 ranks × 16 == one process with ghost chunks of 16 (each rank's batch one more iteration of the same
+    /// sequence, rank 0's first). No warm-up and the default buffer of 2, so the SMAs of both passes mix the ranks'
+    /// statistics from the third iteration on; 2 epochs, 6 steps, 12 iterations.
+    func testMABNEqualsGhostChunksInOneProcess() throws {
+        let common = ["--norm", "mabn", "--batch", "32", "--epochs", "2", "--mabn-warmup", "0"]
+        let ranks = try train(ranks: 2, common, name: "mabn-2ranks")
+        let single = try train(ranks: nil, common + ["--norm-batch", "16"], name: "mabn-ghost")
+        assertClose(ranks, single, tolerance: 1e-5, "MABN, 2 ranks vs ghost chunks")
+        let recorded = try TrainingCheckpoint.read(
+            at: root.appendingPathComponent("mabn-2ranks").appendingPathComponent(TrainingCheckpoint.modelFileName))
+        XCTAssertEqual(recorded.configuration.normBatch, 16, "the per-worker normalization batch is recorded")
+        XCTAssertEqual(recorded.configuration.mabnBufferSize, 2, "about 32 images: 32 / 16")
+    }
+
     /// Ctrl-C under mpirun stops every rank at the same step with rank 0's checkpoint. Resumed on 2 ranks, the run
     /// ends with the weights of a 2-rank run never interrupted (resume is exact); resumed in one process (another
     /// number of ranks, the same global batch) it finishes too. (One process against two ranks is compared over 3
@@ -148,21 +162,36 @@ final class DistributedTrainingTests: XCTestCase {
                         .step, 300, "resumed in one process, to the end")
     }
 
-    /// A batch that does not split evenly is refused with the reason, on every rank, before any step.
-    func testUnevenSplitIsRefused() throws {
+    /// Runs `normkit ARGUMENTS` under `mpirun -np ranks` and returns its exit status and output.
+    private func mpirun(ranks: Int, _ arguments: [String], name: String) throws -> (status: Int32, log: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.mpirun!)
-        process.arguments = ["-np", "3"] + Self.mpirunOptions + [CLI.binary.path, "train", "--distributed",
-            "--data", data.path, "--threads", "1", "--batch", "32", "--out", root.appendingPathComponent("uneven").path]
-        let pipe = root.appendingPathComponent("uneven.log")
-        FileManager.default.createFile(atPath: pipe.path, contents: nil)
-        process.standardOutput = try FileHandle(forWritingTo: pipe)
+        process.arguments = ["-np", "\(ranks)"] + Self.mpirunOptions + [CLI.binary.path] + arguments
+        let logs = root.appendingPathComponent("\(name).log")
+        FileManager.default.createFile(atPath: logs.path, contents: nil)
+        process.standardOutput = try FileHandle(forWritingTo: logs)
         process.standardError = process.standardOutput
         try process.run()
         process.waitUntilExit()
-        let log = (try? String(contentsOf: pipe, encoding: .utf8)) ?? ""
-        XCTAssertNotEqual(process.terminationStatus, 0, log)
+        return (process.terminationStatus, (try? String(contentsOf: logs, encoding: .utf8)) ?? "")
+    }
+
+    /// A batch that does not split evenly is refused with the reason, on every rank, before any step.
+    func testUnevenSplitIsRefused() throws {
+        let (status, log) = try mpirun(ranks: 3, ["train", "--distributed", "--data", data.path, "--threads", "1",
+            "--batch", "32", "--out", root.appendingPathComponent("uneven").path], name: "uneven")
+        XCTAssertNotEqual(status, 0, log)
         XCTAssertTrue(log.contains("does not split into 3 equal per-worker batches"), log)
+    }
+
+    /// A per-worker normalization batch that does not divide the per-worker batch is refused with the remedy.
+    func testNormalizationBatchLargerThanPerWorkerBatchIsRefused() throws {
+        let (status, log) = try mpirun(ranks: 2, ["train", "--distributed", "--data", data.path, "--threads", "1",
+            "--batch", "32", "--norm", "bn", "--norm-batch", "32",
+            "--out", root.appendingPathComponent("too-large").path], name: "too-large")
+        XCTAssertNotEqual(status, 0, log)
+        XCTAssertTrue(log.contains("normalization batch 32 must divide 16"), log)
+        XCTAssertTrue(log.contains("--norm-batch 16"), log)
     }
 
     /// `--distributed` outside mpirun says how to launch it.

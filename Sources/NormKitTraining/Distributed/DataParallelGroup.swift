@@ -1,7 +1,7 @@
 import NormKit
 
 /// The workers of a data-parallel training job, as the training stack uses them: one model replica per worker,
-/// parameters broadcast from worker 0 at the start, gradients summed (then averaged) after every backward, and the
+/// parameters broadcast from worker 0 at the start, gradients of the whole batch summed after every backward, and the
 /// reductions SyncBN needs (``/NormKit/CrossWorkerReduction``). `NormKitDistributed`'s `MPICommunicator` is the
 /// implementation over Open MPI; the training stack itself knows no transport.
 ///

@@ -3,8 +3,9 @@ import NormKit
 /// Data-parallel training: one ``Trainer`` per worker, all with the same configuration and seed, so every worker
 /// draws the same shuffled, augmented SGD batch and trains on its own equal slice of it (worker `w` of `R` takes
 /// samples `w·B/R ..< (w+1)·B/R`: every image is seen once per epoch). Worker 0's parameters are broadcast before
-/// the first step; after each backward the gradients are summed over workers and divided by `R` (the gradient of
-/// the batch's mean loss), so every worker takes the same SGD step. The batch's loss, correct count and any stop
+/// the first step; each worker divides its loss gradient by `R` and after the backward the gradients are summed
+/// over workers (the gradient of the batch's mean loss, and inside the network the gradients one process computes
+/// over the whole batch), so every worker takes the same SGD step. The batch's loss, correct count and any stop
 /// request are summed too, so all workers stop, checkpoint and diverge together. Worker 0 alone writes the run's
 /// directory (checkpoints, metrics, summary); every worker evaluates the whole test set (the same model gives the
 /// same numbers).
@@ -12,8 +13,15 @@ import NormKit
 /// Normalization across workers: per-worker BN (`--norm bn`, the papers' "images per GPU") normalizes each
 /// worker's slice with its own statistics; the running statistics are averaged over workers after every step,
 /// which is the update ghost batches of `B/R` make in one process. SyncBN (`--norm syncbn`) normalizes with the
-/// global batch's statistics (``/NormKit/BatchNorm/crossWorkerReduction``). GN, LN and IN need nothing. BRN and
-/// MABN keep per-worker running state (their parameters stay in step through the gradients).
+/// global batch's statistics (``/NormKit/BatchNorm/crossWorkerReduction``). MABN continues one sequence of
+/// iterations over the workers' batches, worker after worker, as ghost chunks in one process
+/// (``/NormKit/MovingAverageBatchNorm/crossWorkerReduction``): every worker keeps the same state. GN, LN and IN
+/// need nothing. BRN keeps per-worker running state (worker 0's is saved; its parameters stay in step through the
+/// gradients).
+///
+/// The per-worker normalizations (BN, BRN, MABN) need a normalization batch that divides the per-worker batch:
+/// ``TrainingConfiguration/perWorker(workers:)`` makes the default (the whole per-worker batch) explicit, so that
+/// the checkpoint says what was trained and a resume in one process uses ghost batches of the same size.
 extension Trainer {
     /// Makes this trainer one worker of `group`. Call it before ``resume(from:)`` and ``run()``.
     ///
@@ -25,11 +33,24 @@ extension Trainer {
             throw TrainingError.invalidConfiguration(
                 "the SGD batch \(batch) does not split into \(workers) equal per-worker batches (choose --batch as a multiple of the number of ranks)")
         }
+        let perWorker = batch / workers, normBatch = configuration.normBatch ?? batch
+        if configuration.norm == .syncbn && configuration.normBatch != nil {
+            throw TrainingError.invalidConfiguration(
+                "SyncBN normalizes over the whole SGD batch of all workers; drop --norm-batch")
+        }
+        if [.bn, .brn, .mabn].contains(configuration.norm) && perWorker % normBatch != 0 {
+            throw TrainingError.invalidConfiguration(
+                "each of the \(workers) workers normalizes its own \(perWorker) images, so the normalization batch \(normBatch) must divide \(perWorker) (use --norm-batch \(perWorker) or a divisor of it, or --norm syncbn)")
+        }
         dataParallel = group
         gradientClock = TimedDataParallelGroup(group)
         statisticsClock = TimedDataParallelGroup(group)
-        if configuration.norm == .syncbn {
-            for layer in normalizationLayers { (layer as? BatchNorm)?.crossWorkerReduction = statisticsClock }
+        for layer in normalizationLayers {
+            switch (configuration.norm, layer) {
+            case (.syncbn, let layer as BatchNorm): layer.crossWorkerReduction = statisticsClock
+            case (.mabn, let layer as MovingAverageBatchNorm): layer.crossWorkerReduction = statisticsClock
+            default: break
+            }
         }
     }
 
@@ -84,9 +105,20 @@ extension Trainer {
         return (stepTotals[0] / stepTotals[2], Int(stepTotals[1]), Int(stepTotals[2]), stepTotals[3] > 0)
     }
 
-    /// Sums every parameter's gradient over the workers (one reduction of all of them) and divides by the number
-    /// of workers.
-    func averageGradientsOverWorkers() throws {
+    /// Turns the gradient of this worker's mean loss into its share of the gradient of the whole batch's mean
+    /// loss (divides by the number of workers), so that every gradient inside the network, and every statistic a
+    /// layer keeps of it (MABN's `Ψ` buffer), is what one process computes over the whole batch.
+    func scaleToGlobalBatch(_ gradient: inout Tensor) {
+        guard let group = dataParallel, group.workerCount > 1 else { return }
+        let scale = 1 / Float(group.workerCount)
+        gradient.withUnsafeMutableBufferPointer { g in
+            for i in g.indices { g[i] *= scale }
+        }
+    }
+
+    /// Sums every parameter's gradient over the workers (one reduction of all of them): with
+    /// ``scaleToGlobalBatch(_:)`` the gradient of the whole batch's mean loss.
+    func sumGradientsOverWorkers() throws {
         guard let group = dataParallel, group.workerCount > 1 else { return }
         let parameters = model.parameters
         let total = parameters.reduce(0) { $0 + $1.gradient.count }
@@ -102,13 +134,12 @@ extension Trainer {
             offset += count
         }
         try flatGradients.withUnsafeMutableBufferPointer { try (gradientClock ?? group).allReduceSum($0) }
-        let scale = 1 / Float(group.workerCount)
         offset = 0
         for p in parameters {
             let count = p.gradient.count
             flatGradients.withUnsafeBufferPointer { f in
                 p.gradient.withUnsafeMutableBufferPointer { g in
-                    for i in 0..<count { g[i] = f[offset + i] * scale }
+                    for i in 0..<count { g[i] = f[offset + i] }
                 }
             }
             offset += count
@@ -129,5 +160,19 @@ extension Trainer {
         for p in model.parameters {
             try p.value.withUnsafeMutableBufferPointer { try group.broadcast($0, from: 0) }
         }
+    }
+}
+
+extension TrainingConfiguration {
+    /// This configuration for a data-parallel run on `workers` workers: per-worker BN, BRN and MABN normalize each
+    /// worker's `batch / workers` images, so an unset ``normBatch`` becomes that number (recorded in the checkpoint;
+    /// MABN's default buffer follows it). Other normalizations, one worker, or a batch that does not split are left
+    /// as they are (``Trainer/distribute(over:)`` refuses the last).
+    public func perWorker(workers: Int) -> TrainingConfiguration {
+        var c = self
+        if workers > 1, normBatch == nil, batch % workers == 0, [.bn, .brn, .mabn].contains(norm) {
+            c.normBatch = batch / workers
+        }
+        return c
     }
 }

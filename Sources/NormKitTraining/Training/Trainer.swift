@@ -236,8 +236,9 @@ public final class Trainer {
                                                  lastCheckpointStep: lastCheckpointStep, directory: output?.path)
                 }
                 try loss.backward(into: &logitsGradient)
+                scaleToGlobalBatch(&logitsGradient)
                 try model.backward(logitsGradient)
-                try averageGradientsOverWorkers()
+                try sumGradientsOverWorkers()
                 optimizer.step(learningRate: Float(rate))
                 try synchronizeRunningStatistics()
                 step += 1
