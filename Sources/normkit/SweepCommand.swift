@@ -23,14 +23,50 @@ struct SweepCommand: ParsableCommand {
     var out: String?
     @Option(help: "Comma-separated seeds, overriding the preset's.")
     var seeds: String?
-    @Option(help: "Threads.")
+    @Option(help: "Threads (per run; divided among the ranks of a --ranks cell).")
     var threads = 2
+    @Option(help: ArgumentHelp(
+        "Real ranks instead of ghost batches: BN, BRN and MABN cells below the SGD batch run under mpirun.",
+        discussion: "A cell with normalization batch k in SGD batch B runs on gcd(R, B/k) ranks (mpirun -np, "
+            + "each rank's B/R images in ghost batches of k); other cells run in this process. Default sweep "
+            + "directory: runs/sweep-<preset>-r<R>. Needs openmpi-bin and libopenmpi-dev."))
+    var ranks: Int?
+    @Option(help: "Only these normalizations of the preset, comma-separated (e.g. bn,gn).")
+    var norms: String?
+    @Option(help: "Only these normalization batches of the preset, comma-separated (e.g. 16,8).")
+    var normBatches: String?
     @OptionGroup var dataOptions: DataOptions
 
     func validate() throws {
         _ = try SweepPresets.named(preset)
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        if let ranks, ranks < 1 { throw ValidationError("--ranks must be at least 1, got \(ranks)") }
         _ = try parsedSeeds()
+        _ = try parsedFilter()
+    }
+
+    /// The cells `--norms` and `--norm-batches` keep (every cell without them).
+    func parsedFilter() throws -> (SweepCell) -> Bool {
+        let kinds = try norms.map { list in
+            try Set(list.split(separator: ",").map { name -> NormKind in
+                guard let kind = NormKind(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
+                    throw ValidationError("--norms: '\(name)' is not one of \(NormKind.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return kind
+            })
+        }
+        let batches = try normBatches.map { list in
+            try Set(list.split(separator: ",").map { value -> Int in
+                guard let size = Int(value.trimmingCharacters(in: .whitespaces)), size >= 1 else {
+                    throw ValidationError("--norm-batches must be comma-separated positive integers, got '\(list)'")
+                }
+                return size
+            })
+        }
+        return { cell in
+            (kinds?.contains(cell.configuration.norm) ?? true)
+                && (batches.map { !$0.isDisjoint(with: cell.columns) } ?? true)
+        }
     }
 
     func parsedSeeds() throws -> [UInt64]? {
@@ -47,14 +83,18 @@ struct SweepCommand: ParsableCommand {
         var plan = preset.plan
         if let seeds = try parsedSeeds() { plan.seeds = seeds }
         plan.base.threads = threads
+        plan.ranks = ranks
+        let include = try parsedFilter()
         if let limit = dataOptions.trainLimit { plan.base.trainLimit = limit }
         if let limit = dataOptions.testLimit { plan.base.testLimit = limit }
-        let directory = URL(fileURLWithPath: out ?? "runs/sweep-\(preset.name)")
+        let directory = URL(fileURLWithPath: out ?? "runs/sweep-\(preset.name)\(ranks.map { "-r\($0)" } ?? "")")
         Parallelism.threadCount = threads
         BLAS.setThreads(1)
 
         // Every cell passes the checks of a new run before anything is built or trained.
-        let cells = try plan.cells()
+        let cells = try plan.cells(including: include)
+        guard !cells.isEmpty else { throw CommandFailure("--norms/--norm-batches leave no cell of the preset") }
+        if cells.contains(where: { $0.ranks != nil }) { _ = try RankedRun.mpirun() }
         for cell in cells {
             do { try cell.configuration.validate() } catch let error as ConfigurationError {
                 throw CommandFailure("sweep cell \(cell.runName): \(error.description)")
@@ -64,7 +104,7 @@ struct SweepCommand: ParsableCommand {
         let sweepLock = try RunDirectoryLock.acquire(directory)
         defer { sweepLock.release() }
         let speed = try measureThroughput(plan.base)
-        let estimate = plan.estimatedSeconds(imagesPerSecond: speed)
+        let estimate = plan.estimatedSeconds(imagesPerSecond: speed, including: include)
         print("normkit sweep --preset \(preset.name): \(preset.description)")
         print(String(format: "%d runs; this machine trains ResNet-8 at about %.0f images/s, so expect about %@.",
                      cells.count, speed, ProgressReporter.clock(estimate)))
@@ -73,7 +113,12 @@ struct SweepCommand: ParsableCommand {
         var datasets: [String: (train: Dataset, test: Dataset)] = [:]
         let interactive = isatty(STDOUT_FILENO) == 1
         Trainer.stopOnInterrupt()
-        let runner = SweepRunner(plan: plan, directory: directory) { configuration, runDirectory in
+        let runner = SweepRunner(plan: plan, directory: directory, include: include) { cell, runDirectory in
+            if let ranks = cell.ranks {
+                return try RankedRun(cell: cell, ranks: ranks, directory: runDirectory,
+                                     threads: max(1, threads / ranks), data: dataOptions.data).run()
+            }
+            let configuration = cell.configuration
             let key = "\(configuration.trainLimit ?? -1)/\(configuration.testLimit ?? -1)"
             if datasets[key] == nil {
                 datasets[key] = try dataOptions.load(trainLimit: configuration.trainLimit,

@@ -162,6 +162,37 @@ final class DistributedTrainingTests: XCTestCase {
                         .step, 300, "resumed in one process, to the end")
     }
 
+    /// `normkit sweep --ranks 2`: the BN cell below the SGD batch trains under `mpirun -np 2` (its summary says 2
+    /// workers, its configuration is the ghost-batch cell's), the full-batch cell in one process; the same command
+    /// again skips both, and the ranked cell's weights equal a ghost-batch run of the same configuration.
+    func testSweepRanksAxisRunsCellsUnderMPIRun() throws {
+        let sweep = root.appendingPathComponent("sweep-r2")
+        let arguments = ["sweep", "--preset", "quick", "--ranks", "2", "--norms", "bn", "--threads", "2",
+                         "--data", data.path, "--train-limit", "96", "--test-limit", "24", "--out", sweep.path]
+        let first = try CLI.run(arguments, in: root, timeout: 300)
+        XCTAssertEqual(first.status, 0, first.summary)
+        XCTAssertTrue(first.stdout.contains("mpirun -np 2"), first.stdout)
+        let ranked = sweep.appendingPathComponent("bn-nb2-r2-s0")
+        let summary = try JSONDecoder().decode(
+            RunSummary.self, from: Data(contentsOf: ranked.appendingPathComponent("summary.json")))
+        XCTAssertEqual(summary.workers, 2)
+        XCTAssertEqual(summary.configuration.normBatch, 2)
+        XCTAssertEqual(summary.configuration.batch, 32)
+        let whole = try JSONDecoder().decode(RunSummary.self, from: Data(contentsOf:
+            sweep.appendingPathComponent("bn-nb32-s0").appendingPathComponent("summary.json")))
+        XCTAssertNil(whole.workers, "the full-batch cell runs in one process")
+
+        let again = try CLI.run(arguments, in: root, timeout: 300)
+        XCTAssertEqual(again.status, 0, again.summary)
+        XCTAssertTrue(again.stdout.contains("bn-nb2-r2-s0: finished earlier, skipped"), again.stdout)
+
+        var ghost = summary.configuration
+        ghost.threads = 1
+        let single = try train(ranks: nil, ghost.trainArguments + ["--data", data.path], name: "ghost-of-sweep")
+        let weights = try SafeTensors.read(from: ranked.appendingPathComponent(TrainingCheckpoint.modelFileName))
+        assertClose(weights.tensors, single, tolerance: 1e-4, "sweep cell on 2 ranks vs ghost batches")
+    }
+
     /// Runs `normkit ARGUMENTS` under `mpirun -np ranks` and returns its exit status and output.
     private func mpirun(ranks: Int, _ arguments: [String], name: String) throws -> (status: Int32, log: String) {
         let process = Process()

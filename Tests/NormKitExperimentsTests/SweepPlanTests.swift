@@ -108,6 +108,41 @@ final class SweepPlanTests: XCTestCase {
         XCTAssertTrue("\(SweepError.invalidPlan("no seeds"))".contains("no seeds"))
     }
 
+    /// The ranks axis (issue 11): per-worker normalizations below the SGD batch run on gcd(R, B/k) ranks, named
+    /// `-rR`; batch-independent norms and full-batch cells stay in one process; plans without the field decode.
+    func testRanksAxis() throws {
+        var plan = SweepPlan(base: base(), norms: [.bn, .gn, .mabn, .brn], normBatches: [32, 16, 8, 2], seeds: [0])
+        plan.ranks = 4
+        let cells = try plan.cells()
+        let ranks = Dictionary(uniqueKeysWithValues: cells.map { ($0.runName, $0.ranks) })
+        XCTAssertEqual(ranks["bn-nb32-s0"], .some(nil), "the whole batch in one process")
+        XCTAssertEqual(ranks["bn-nb16-r2-s0"], 2, "gcd(4, 32/16)")
+        XCTAssertEqual(ranks["bn-nb8-r4-s0"], 4)
+        XCTAssertEqual(ranks["mabn-nb2-r4-s0"], 4, "4 ranks of 8 images in ghost batches of 2")
+        XCTAssertEqual(ranks["brn-nb16-r2-s0"], 2)
+        XCTAssertEqual(ranks["gn-g8-nb32-s0"], .some(nil), "GN needs nothing across workers")
+        let bn8 = try XCTUnwrap(cells.first { $0.runName == "bn-nb8-r4-s0" })
+        XCTAssertEqual(bn8.configuration.normBatch, 8, "the configuration is the ghost-batch cell's")
+        XCTAssertEqual(bn8.configuration.batch, 32)
+        plan.ranks = 3
+        XCTAssertNil(try plan.cells().first { $0.runName.hasPrefix("bn-nb16") }?.ranks, "gcd(3, 2) = 1: one process")
+
+        var invalid = plan
+        invalid.ranks = 0
+        XCTAssertThrowsError(try invalid.cells())
+        invalid = SweepPresets.smallBatch.plan
+        invalid.ranks = 2
+        XCTAssertThrowsError(try invalid.cells()) { XCTAssertTrue("\($0)".contains("normalization-batch setting")) }
+
+        // A plan.json written before the field existed decodes with no ranks.
+        let json = try JSONEncoder().encode(SweepPresets.demo.plan)
+        var object = try XCTUnwrap(JSONSerialization.jsonObject(with: json) as? [String: Any])
+        object.removeValue(forKey: "ranks")
+        let old = try JSONDecoder().decode(SweepPlan.self, from: JSONSerialization.data(withJSONObject: object))
+        XCTAssertNil(old.ranks)
+        XCTAssertEqual(old, SweepPresets.demo.plan)
+    }
+
     func testGroupSpecCodingAndPlanRecordRoundTrip() throws {
         XCTAssertEqual(GroupSpec(tag: "gs16"), .groupSize(16))
         XCTAssertEqual(GroupSpec(tag: "g2"), .groups(2))

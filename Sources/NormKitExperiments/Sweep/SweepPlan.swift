@@ -128,12 +128,15 @@ public struct SweepCell: Codable, Equatable, Sendable {
     public var groupSpec: GroupSpec?
     /// The name of the plan's variant this run stands for (nil without a variants axis or for a norm but MABN).
     public var variant: String?
+    /// Data-parallel workers (`mpirun` ranks) that train this cell, each on `batch / ranks` images normalized in
+    /// ghost batches of `normBatch` (see ``SweepPlan/ranks``); nil: one process.
+    public var ranks: Int?
 
     /// Creates a cell.
     public init(runName: String, configuration: TrainingConfiguration, columns: [Int], groupSpec: GroupSpec? = nil,
-                variant: String? = nil) {
+                variant: String? = nil, ranks: Int? = nil) {
         self.runName = runName; self.configuration = configuration; self.columns = columns
-        self.groupSpec = groupSpec; self.variant = variant
+        self.groupSpec = groupSpec; self.variant = variant; self.ranks = ranks
     }
 
     /// True when this run's result is reused across several normalization batch columns.
@@ -176,6 +179,12 @@ public struct SweepPlan: Codable, Equatable, Sendable {
     /// Run batch-independent normalizations once per seed and reuse the result across columns (see the type's
     /// documentation). Only affects the ``BatchSetting/normalizationBatch`` setting.
     public var reuseBatchIndependentRuns: Bool
+    /// Real workers instead of ghost batches (issue 11's ranks axis): a cell of a per-worker normalization (BN,
+    /// BRN, MABN) whose normalization batch `k` is smaller than the SGD batch `B` runs on
+    /// `gcd(ranks, B / k)` `mpirun` ranks, each normalizing its own `B / R` images (in ghost batches of `k` when
+    /// `R < B / k`). Nil (the default): every cell in one process. Only in the
+    /// ``BatchSetting/normalizationBatch`` setting.
+    public var ranks: Int?
 
     /// Creates a plan; defaults: normalization batches 32, 16, 8, 4, 2 at a fixed SGD batch of 32, seed 0.
     public init(name: String = "sweep", base: TrainingConfiguration = TrainingConfiguration(),
@@ -253,6 +262,21 @@ public struct SweepPlan: Codable, Equatable, Sendable {
             }
         }
         if base.epochs < 1 { throw fail("epochs \(base.epochs) is not positive") }
+        if let ranks {
+            if ranks < 1 { throw fail("ranks \(ranks) is not positive") }
+            if setting != .normalizationBatch {
+                throw fail("a ranks axis needs the normalization-batch setting (true small batches run in one process)")
+            }
+        }
+    }
+
+    /// The ranks of a cell (see ``ranks``): nil for one process.
+    func cellRanks(norm: NormKind, normBatch: Int?) -> Int? {
+        guard let ranks, setting == .normalizationBatch, [.bn, .brn, .mabn].contains(norm),
+              let normBatch, normBatch < batch else { return nil }
+        var (a, b) = (ranks, batch / normBatch)
+        while b != 0 { (a, b) = (b, a % b) }
+        return a > 1 ? a : nil
     }
 
     /// Expands the grid into cells, in run order: seed-major (every configuration with seed 0 first, so a partial
@@ -341,9 +365,11 @@ public struct SweepPlan: Codable, Equatable, Sendable {
         if norm == .gn, let groupTag = spec?.tag ?? GroupSpec(configuration: config)?.tag { parts.append(groupTag) }
         if let variant { parts.append(variant.name) }
         parts.append("nb\(config.effectiveNormBatch)")
+        let ranks = cellRanks(norm: norm, normBatch: config.normBatch)
+        if let ranks { parts.append("r\(ranks)") }
         parts.append("s\(seed)")
         return SweepCell(runName: parts.joined(separator: "-"), configuration: config, columns: columns, groupSpec: spec,
-                         variant: variant?.name)
+                         variant: variant?.name, ranks: ranks)
     }
 }
 

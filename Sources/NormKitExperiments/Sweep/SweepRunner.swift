@@ -53,6 +53,8 @@ public final class SweepRunner {
     /// Trains one configuration into a run directory (created by the runner) and returns its summary. It should
     /// write `summary.json` itself; if it does not, the runner writes the returned summary there.
     public typealias RunFunction = (TrainingConfiguration, URL) throws -> RunSummary
+    /// Trains one cell (its configuration, and its ``SweepCell/ranks``) into a run directory, as ``RunFunction``.
+    public typealias CellRunFunction = (SweepCell, URL) throws -> RunSummary
 
     /// The plan.
     public let plan: SweepPlan
@@ -64,7 +66,7 @@ public final class SweepRunner {
     public var rebuildsReport = true
 
     private let include: (SweepCell) -> Bool
-    private let runFunction: RunFunction
+    private let runFunction: CellRunFunction
 
     /// Creates a runner.
     /// - Parameters:
@@ -72,9 +74,15 @@ public final class SweepRunner {
     ///   - directory: the sweep directory.
     ///   - include: the caller's cell filter (see ``SweepPlan/cells(including:)``).
     ///   - run: trains one cell.
+    public convenience init(plan: SweepPlan, directory: URL, include: @escaping (SweepCell) -> Bool = { _ in true },
+                            run: @escaping RunFunction) {
+        self.init(plan: plan, directory: directory, include: include, runCell: { try run($0.configuration, $1) })
+    }
+
+    /// Creates a runner whose run function sees the whole cell (for ``SweepCell/ranks``).
     public init(plan: SweepPlan, directory: URL, include: @escaping (SweepCell) -> Bool = { _ in true },
-                run: @escaping RunFunction) {
-        self.plan = plan; self.directory = directory; self.include = include; self.runFunction = run
+                runCell: @escaping CellRunFunction) {
+        self.plan = plan; self.directory = directory; self.include = include; self.runFunction = runCell
     }
 
     /// The cells this runner runs, in order.
@@ -137,7 +145,7 @@ public final class SweepRunner {
             if fm.fileExists(atPath: errorURL.path) { try fm.removeItem(at: errorURL) }
             if fm.fileExists(atPath: summaryURL.path) { try fm.removeItem(at: summaryURL) }
             log("\(position): running")
-            let summary = try runFunction(cell.configuration, runDir)
+            let summary = try runFunction(cell, runDir)
             if !fm.fileExists(atPath: summaryURL.path) {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

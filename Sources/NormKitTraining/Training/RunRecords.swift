@@ -150,12 +150,15 @@ public struct RunSummary: Codable, Equatable, Sendable {
     /// The convolution engine that computed it (`"oneDNN 2.6.3"`, `"im2col + OpenBLAS (SkylakeX)"`; nil in older
     /// summaries).
     public var convolutionEngine: String?
+    /// The data-parallel workers (ranks) that trained it; nil for one process (and in older summaries).
+    public var workers: Int?
 
     public init(configuration: TrainingConfiguration, finalTestError: Double, bestTestError: Double,
                 epochs: [EpochMetrics], wallSeconds: Double, imagesPerSecond: Double,
                 perClassAccuracy: [Double], finished: Bool, data: DataRecord? = nil,
-                convolutionEngine: String? = nil) {
+                convolutionEngine: String? = nil, workers: Int? = nil) {
         self.data = data
+        self.workers = workers
         self.convolutionEngine = convolutionEngine
         self.configuration = configuration; self.finalTestError = finalTestError
         self.bestTestError = bestTestError; self.epochs = epochs; self.wallSeconds = wallSeconds

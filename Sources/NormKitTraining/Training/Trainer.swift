@@ -291,7 +291,8 @@ public final class Trainer {
             bestTestError: history.map(\.testError).min() ?? evaluation.error, epochs: history, wallSeconds: now(),
             imagesPerSecond: history.isEmpty ? 0 : history.map(\.imagesPerSecond).reduce(0, +) / Double(history.count),
             perClassAccuracy: evaluation.perClassAccuracy, finished: true, data: dataRecord,
-            convolutionEngine: convolutionEngine.versionDescription)
+            convolutionEngine: convolutionEngine.versionDescription,
+            workers: dataParallel.map(\.workerCount).flatMap { $0 > 1 ? $0 : nil })
         if let output, writesRun {
             try AtomicFile.write(Array(try JSONEncoder.normKit(pretty: true).encode(summary)),
                                  to: output.appendingPathComponent("summary.json"))
