@@ -89,6 +89,11 @@ final class DistributedTrainingTests: XCTestCase {
         let ranks = try train(ranks: 2, ["--norm", "syncbn", "--batch", "32"], name: "sync-2ranks")
         let single = try train(ranks: nil, ["--norm", "bn", "--batch", "32"], name: "bn-32")
         assertClose(ranks, single, tolerance: 1e-5, "SyncBN, 2 ranks vs BN over 32")
+        // The checkpoint names the reference model that loads it: a BN ResNet.
+        let (_, metadata) = try SafeTensors.read(
+            from: root.appendingPathComponent("sync-2ranks").appendingPathComponent(TrainingCheckpoint.modelFileName))
+        let torch = try JSONDecoder().decode([String: String].self, from: Data(metadata["torch_model_arguments"]!.utf8))
+        XCTAssertEqual(torch["norm"], "bn")
         let three = try train(ranks: 3, ["--norm", "syncbn", "--batch", "24"], name: "sync-3ranks")
         let single24 = try train(ranks: nil, ["--norm", "bn", "--batch", "24"], name: "bn-24")
         assertClose(three, single24, tolerance: 1e-5, "SyncBN, 3 ranks vs BN over 24")

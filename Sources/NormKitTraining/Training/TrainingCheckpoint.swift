@@ -44,7 +44,9 @@ public enum TrainingCheckpoint {
     public static func metadata(configuration: TrainingConfiguration, normalization: NormalizationSettings,
                                 step: Int, data: DataRecord? = nil) throws -> [String: String] {
         let encoder = JSONEncoder.normKit()
-        var torch: [String: String] = ["norm": configuration.norm.rawValue,
+        // A SyncBN model is a BN model outside training (the same tensors; PyTorch's SyncBatchNorm is BatchNorm2d's
+        // state dict too), and the reference models know it as "bn".
+        var torch: [String: String] = ["norm": configuration.norm == .syncbn ? "bn" : configuration.norm.rawValue,
                                        "mabn_buffer": "\(normalization.mabnBufferSize)"]
         if configuration.model.lowercased().hasPrefix("resnet") {
             torch["depth"] = String(configuration.model.dropFirst("resnet".count))
