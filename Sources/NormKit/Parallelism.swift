@@ -7,6 +7,11 @@ import Synchronization
 /// The settings here are **process-wide**: one value for every layer and every task. They are atomic, so any task
 /// or thread may read or set them at any time without a data race; a kernel call reads ``threadCount`` once when
 /// it starts, so a change applies from the next call on (a call already running keeps its split).
+///
+/// The kernels run on **one worker pool per process** (`Sources/CNormKitKernels/ThreadPool.c`), shared by every
+/// layer, task and thread: one threaded call runs on it at a time, and a call made while another runs (or from
+/// inside a `body`) runs inline on its calling thread. The workers start on first use, as many as
+/// ``threadCount`` − 1 asks for (at most 63), and live until the process exits.
 public enum Parallelism {
     /// The number of threads kernels split their work across (default: the active processor count; values below 1
     /// are stored as 1). Process-wide and atomic: safe to set from any task.

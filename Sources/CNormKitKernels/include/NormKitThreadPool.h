@@ -6,7 +6,8 @@
  * free. Between calls a worker spins for a few tens of microseconds before it sleeps, so the back-to-back kernel
  * calls of a training step find it awake (waking a parked thread costs several microseconds, as long as a whole
  * normalization of a small tensor). One call runs at a time: a call from a worker, or while another call runs,
- * runs its pieces inline on the calling thread.
+ * runs its pieces inline on the calling thread. There is one pool per process (its state is file-scope statics in
+ * ThreadPool.c): every caller in the process shares it.
  */
 #ifdef __cplusplus
 extern "C" {

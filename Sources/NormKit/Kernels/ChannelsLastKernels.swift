@@ -8,7 +8,7 @@ import CNormKitKernels
 
 extension NormalizationKernels {
     /// Whether the channels-last native kernels run (the same switch as the row kernels).
-    @inline(__always) static var nativeChannelsLast: Bool { nativeKernelsFlag.pointee }
+    @inline(__always) static var nativeChannelsLast: Bool { nativeKernels }
 
     /// Channels-last statistics in one pass over `x`, shifted: per (n, c), `Σ(x−k)` and `Σ(x−k)²` with `k` the
     /// channel's value in the first row of the sample block (a value of the data, so `x − k` is of the order of

@@ -1,5 +1,6 @@
 import CNormKitKernels
 import Foundation
+import Synchronization
 
 // Contiguous-row primitives shared by every normalization kernel. Each reads or writes one run of `count`
 // floats with 16-wide SIMD vectors; sums are accumulated in float32 lanes over blocks of `blockLength`
@@ -133,16 +134,19 @@ func portableRowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePoi
 
 // MARK: Dispatch
 
-/// The switch the row primitives read on every call. A constant pointer rather than a `static var`: a global
-/// variable pays a dynamic exclusivity check per access, which costs more than a 49-element row.
+/// The switch the row primitives read on every call. An atomic constant rather than a `static var`: a global
+/// variable pays a dynamic exclusivity check per access, which costs more than a 49-element row, while a relaxed
+/// atomic load is the same single byte load as a plain one (and makes a change from another thread race-free).
 /// `NORMKIT_KERNELS=portable` starts with the portable kernels, `NORMKIT_KERNELS=avx2` caps the native ones at AVX2.
-@usableFromInline nonisolated(unsafe) let nativeKernelsFlag: UnsafeMutablePointer<Bool> = {
-    let flag = UnsafeMutablePointer<Bool>.allocate(capacity: 1)
+@usableFromInline let nativeKernelsFlag: Atomic<Bool> = {
     let choice = ProcessInfo.processInfo.environment["NORMKIT_KERNELS"]
     if choice == "avx2" { _ = nk_limit_native_level(2) }
-    flag.initialize(to: nk_native_level() > 0 && choice != "portable")
-    return flag
+    return Atomic(nk_native_level() > 0 && choice != "portable")
 }()
+
+/// Whether the native row and set kernels run: ``KernelDispatch/useNativeKernels``, as the kernels read it.
+@inline(__always) @usableFromInline
+var nativeKernels: Bool { nativeKernelsFlag.load(ordering: .relaxed) }
 
 /// Which implementation of the row and set primitives NormKit's kernels use.
 ///
@@ -154,10 +158,11 @@ func portableRowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePoi
 /// `NORMKIT_KERNELS=avx2` the AVX2 bodies on an AVX-512 CPU; ``useNativeKernels`` and
 /// ``limitNativeInstructionSet(to:)`` do the same from code.
 ///
-/// These switches are process-wide and, unlike ``Parallelism``'s settings, **not** synchronized with running
-/// kernels (the kernels read them per row, and the C target's level is a plain variable): they are for start-up
-/// and tests. Set them from one task while no kernel runs; setting one while another task runs a layer is a
-/// programmer error (a data race), not something NormKit checks.
+/// These switches are process-wide. They are atomic (the Swift switch and the C target's table), so setting one
+/// from any task is no data race; but unlike ``Parallelism``'s settings, which a kernel call reads once when it
+/// starts, the kernels read them per row: a layer running on another task while one changes may mix the two
+/// implementations within that call (results that differ from either by float rounding). They are for start-up
+/// and tests: set them while no kernel runs.
 public enum KernelDispatch {
     /// The native instruction sets, narrowest first.
     public enum InstructionSet: Int, Comparable, CaseIterable, Sendable {
@@ -182,7 +187,7 @@ public enum KernelDispatch {
 
     /// The native instruction set in use (the CPU's widest, or less after ``limitNativeInstructionSet(to:)``).
     public static var instructionSet: InstructionSet {
-        _ = nativeKernelsFlag  // applies NORMKIT_KERNELS first
+        _ = nativeKernels  // applies NORMKIT_KERNELS first
         return InstructionSet(rawValue: Int(nk_native_level())) ?? .none
     }
 
@@ -193,17 +198,17 @@ public enum KernelDispatch {
     /// Call it between kernel calls, not while kernels run. Returns the instruction set now in use.
     @discardableResult
     public static func limitNativeInstructionSet(to limit: InstructionSet) -> InstructionSet {
-        _ = nativeKernelsFlag
+        _ = nativeKernels
         _ = nk_limit_native_level(Int32(max(limit.rawValue, 0)))
-        if instructionSet == .none { nativeKernelsFlag.pointee = false }
+        if instructionSet == .none { nativeKernelsFlag.store(false, ordering: .relaxed) }
         return instructionSet
     }
 
     /// Whether the native kernels run (default: when the CPU has them and `NORMKIT_KERNELS` is not `portable`).
     /// Set it before running kernels, not while they run.
     public static var useNativeKernels: Bool {
-        get { nativeKernelsFlag.pointee }
-        set { nativeKernelsFlag.pointee = newValue && nk_native_level() > 0 }
+        get { nativeKernels }
+        set { nativeKernelsFlag.store(newValue && nk_native_level() > 0, ordering: .relaxed) }
     }
 
     /// `"native (avx512)"`, `"portable (Swift SIMD16)"`, … for logs and benchmarks.
@@ -214,12 +219,12 @@ public enum KernelDispatch {
 
 @inline(__always) @usableFromInline
 func rowSum(_ x: UnsafePointer<Float>, _ count: Int) -> Double {
-    nativeKernelsFlag.pointee ? nk_row_sum(x, count) : portableRowSum(x, count)
+    nativeKernels ? nk_row_sum(x, count) : portableRowSum(x, count)
 }
 
 @inline(__always) @usableFromInline
 func rowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -> (Double, Double) {
-    guard nativeKernelsFlag.pointee else { return portableRowCenteredSums(x, count, center: k) }
+    guard nativeKernels else { return portableRowCenteredSums(x, count, center: k) }
     var s1 = 0.0, s2 = 0.0
     nk_row_centered_sums(x, count, k, &s1, &s2)
     return (s1, s2)
@@ -232,7 +237,7 @@ func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ co
                      activation: ActivationBackward? = nil, coefficient: Int = 0, element: Int = 0)
     -> (Double, Double)
 {
-    if nativeKernelsFlag.pointee {
+    if nativeKernels {
         var s1 = 0.0, s2 = 0.0
         withKernelActivation(activation, coefficient: coefficient, element: element) {
             nk_row_gradient_sums(dy, x, count, k, &s1, &s2, $0)
@@ -246,7 +251,7 @@ func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ co
 
 @inline(__always) @usableFromInline
 func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float) {
-    if nativeKernelsFlag.pointee { nk_row_affine(y, x, count, a, b) } else {
+    if nativeKernels { nk_row_affine(y, x, count, a, b) } else {
         portableRowAffine(y, x, count, scale: a, shift: b)
     }
 }
@@ -255,7 +260,7 @@ func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ co
 @inline(__always) @usableFromInline
 func rowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
                        center k: Float, scale a: Float, shift b: Float, activation: FusedActivation = .identity) {
-    if nativeKernelsFlag.pointee { nk_row_affine_centered(y, x, count, k, a, b, activation.kernelCode) } else {
+    if nativeKernels { nk_row_affine_centered(y, x, count, k, a, b, activation.kernelCode) } else {
         portableRowAffineCentered(y, x, count, center: k, scale: a, shift: b)
         portableActivate(y, count, activation)
     }
@@ -271,7 +276,7 @@ func portableActivate(_ y: UnsafeMutablePointer<Float>, _ count: Int, _ activati
 @inline(__always) @usableFromInline
 func rowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
                       _ count: Int, p: Float, q: Float, r: Float, center k: Float) {
-    if nativeKernelsFlag.pointee { nk_row_gradient_apply(dx, dy, x, count, p, q, r, k) } else {
+    if nativeKernels { nk_row_gradient_apply(dx, dy, x, count, p, q, r, k) } else {
         portableRowGradientApply(dx, dy, x, count, p: p, q: q, r: r, center: k)
     }
 }

@@ -58,7 +58,7 @@ extension NormalizationGeometry {
 @inline(__always) @usableFromInline
 func setMoments(mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Float>,
                 _ batch: SetBatch) {
-    if nativeKernelsFlag.pointee {
+    if nativeKernels {
         nk_sets_moments(x, batch.sets, batch.setStride, batch.pieces, batch.run, batch.pieceStride, mean, m2)
         return
     }
@@ -84,7 +84,7 @@ func setMoments(mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Dou
 func setAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ batch: SetBatch,
                        center k: UnsafePointer<Float>, scale a: UnsafePointer<Float>, shift b: UnsafePointer<Float>,
                        activation: FusedActivation = .identity) {
-    if nativeKernelsFlag.pointee {
+    if nativeKernels {
         nk_sets_affine_centered(y, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m,
                                 batch.pieceStride, k, a, b, activation.kernelCode)
         return
@@ -107,7 +107,7 @@ func setAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Floa
 func setGradientSums(_ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, outStride: Int,
                      _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ batch: SetBatch,
                      center k: UnsafePointer<Float>, activation: ActivationBackward? = nil) {
-    if nativeKernelsFlag.pointee {
+    if nativeKernels {
         withKernelActivation(activation, coefficient: 0, element: 0) {
             nk_sets_gradient_sums(s1, s2, outStride, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows,
                                   batch.m, batch.pieceStride, k, $0)
@@ -136,7 +136,7 @@ func setGradientSums(_ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePoin
 func setGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
                       _ batch: SetBatch, p: UnsafePointer<Float>, q: UnsafePointer<Float>, r: UnsafePointer<Float>,
                       center k: UnsafePointer<Float>) {
-    if nativeKernelsFlag.pointee {
+    if nativeKernels {
         nk_sets_gradient_apply(dx, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m,
                                batch.pieceStride, p, q, r, k)
         return
