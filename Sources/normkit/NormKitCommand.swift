@@ -14,7 +14,7 @@ struct NormKitCommand: ParsableCommand {
     /// they are printed rather than when a 4 KB buffer fills, then parses and runs the command.
     static func main() {
         useFastBLASKernels()
-        setvbuf(stdout, nil, _IOLBF, 0)
+        StandardOutput.useLineBuffering()
         do {
             var command = try parseAsRoot()
             try command.run()

@@ -244,7 +244,7 @@ struct TrainCommand: ParsableCommand {
             if case .interrupted = error {
                 if isFirstWorker {
                     print("\n\(error)")
-                    fflush(stdout)
+                    StandardOutput.flush()
                 }
                 // The other ranks leave only once rank 0 has saved and said so: mpirun ends the whole job as soon
                 // as one rank exits with an error.

@@ -1,6 +1,7 @@
 import COpenBLAS
 import Foundation
 import NormKit
+import Synchronization
 
 /// The one place NormKitTraining talks to OpenBLAS: its thread count and a thin row-major `sgemm`.
 ///
@@ -13,20 +14,20 @@ import NormKit
 /// ``Conv2d`` or ``Linear`` sets OpenBLAS to 1 thread unless ``setThreads(_:)`` was called before.
 public enum BLAS {
     /// Whether ``setThreads(_:)`` (or the default) has configured OpenBLAS in this process.
-    nonisolated(unsafe) private static var configured = false
+    private static let configured = Atomic<Bool>(false)
 
     /// Sets the number of threads OpenBLAS uses for each call (at least 1).
     ///
     /// Call it at start-up, not while another thread is inside a BLAS call.
     public static func setThreads(_ n: Int) {
-        configured = true
+        configured.store(true, ordering: .relaxed)
         openblas_set_num_threads(Int32(clamping: max(1, n)))
     }
 
     /// Applies the default policy (OpenBLAS single-threaded, layers thread over images) unless
     /// ``setThreads(_:)`` was called before. Layers call it from their initialisers.
     static func configureDefaultIfNeeded() {
-        if !configured { setThreads(1) }
+        if !configured.load(ordering: .relaxed) { setThreads(1) }
     }
 
     /// The number of threads OpenBLAS currently uses per call.

@@ -1,6 +1,7 @@
 import CNormKitDNNL
 import Foundation
 import NormKit
+import Synchronization
 
 /// How ``Conv2d`` computes: oneDNN's convolutions (the engine PyTorch's CPU convolutions use) or NormKit's own
 /// im2col + OpenBLAS `sgemm` lowering.
@@ -85,12 +86,11 @@ final class OneDNNConvolutions {
     let failure = FirstFailure()
 
     /// The first error message recorded by any thread of a parallel section.
-    final class FirstFailure: @unchecked Sendable {
-        private var message: String?
-        private let lock = NSLock()
-        func reset() { lock.withLock { message = nil } }
-        func record(_ text: String) { lock.withLock { if message == nil { message = text } } }
-        var value: String? { lock.withLock { message } }
+    final class FirstFailure: Sendable {
+        private let message = Mutex<String?>(nil)
+        func reset() { message.withLock { $0 = nil } }
+        func record(_ text: String) { message.withLock { if $0 == nil { $0 = text } } }
+        var value: String? { message.withLock { $0 } }
     }
 
     /// The handle of thread `t` for `key`, created on first use; throws oneDNN's message when it cannot be built.

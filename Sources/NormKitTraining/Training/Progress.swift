@@ -30,7 +30,7 @@ public final class ProgressReporter {
             guard batch % max(every, 1) == 0 || batch == batches else { return }
             print(String(format: "epoch %d/%d step %d/%d loss %.4f %.0f img/s ETA %@",
                          epoch + 1, epochs, batch, batches, loss, imagesPerSecond, Self.clock(secondsLeft)))
-            fflush(stdout)
+            StandardOutput.flush()
         case .bar:
             let now = Date().timeIntervalSince1970
             guard now - lastDraw > 0.1 || batch == batches else { return }
@@ -50,14 +50,14 @@ public final class ProgressReporter {
         print(String(format: "epoch %d/%d  train loss %.4f  train error %.2f%%  test loss %.4f  test error %.2f%%  lr %.4f  %.0f img/s  %@",
                      m.epoch + 1, epochs, m.trainLoss, 100 * m.trainError, m.testLoss, 100 * m.testError,
                      m.learningRate, m.imagesPerSecond, Self.clock(m.seconds)))
-        fflush(stdout)
+        StandardOutput.flush()
     }
 
     /// A message line.
     public func message(_ text: String) {
         if case .silent = style { return }
         print(text)
-        fflush(stdout)
+        StandardOutput.flush()
     }
 
     /// `h:mm:ss` or `m:ss`.

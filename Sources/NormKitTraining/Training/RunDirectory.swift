@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -82,16 +83,16 @@ public enum RunDirectory {
 /// The kernel drops a `flock` when its process dies, so a lock is never stale; the file keeps the PID of the
 /// last holder for messages. Within one process the lock is counted: a second ``acquire(_:)`` of the same
 /// directory (a trainer that resumes and then runs) shares the first.
-public final class RunDirectoryLock: @unchecked Sendable {
+public final class RunDirectoryLock: Sendable {
     /// The locked directory (standardised path).
     public let directory: String
     /// The PID left in the lock file by a previous holder that died without releasing it (the kernel dropped its
     /// lock), nil after a clean release.
     public let previousHolder: Int32?
-    private var released = false
+    private let released = Atomic<Bool>(false)
 
-    private static let mutex = NSLock()
-    nonisolated(unsafe) private static var held: [String: (descriptor: Int32, count: Int)] = [:]
+    /// The directories this process holds: each one's lock file descriptor and number of holds.
+    private static let held = Mutex<[String: (descriptor: Int32, count: Int)]>([:])
 
     private init(directory: String, previousHolder: Int32?) {
         self.directory = directory; self.previousHolder = previousHolder
@@ -103,51 +104,52 @@ public final class RunDirectoryLock: @unchecked Sendable {
     ///   ``TrainingError/cannotWrite(path:reason:)`` when the directory or the lock file cannot be created.
     public static func acquire(_ directory: URL) throws -> RunDirectoryLock {
         let path = directory.standardizedFileURL.path
-        mutex.lock()
-        defer { mutex.unlock() }
-        if let entry = held[path] {
-            held[path] = (entry.descriptor, entry.count + 1)
-            return RunDirectoryLock(directory: path, previousHolder: nil)
+        return try held.withLock { held in
+            if let entry = held[path] {
+                held[path] = (entry.descriptor, entry.count + 1)
+                return RunDirectoryLock(directory: path, previousHolder: nil)
+            }
+            do {
+                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            } catch {
+                throw TrainingError.cannotWrite(path: path, reason: describe(error))
+            }
+            let lockPath = (path as NSString).appendingPathComponent(RunDirectory.lockFileName)
+            let descriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            guard descriptor >= 0 else {
+                throw TrainingError.cannotWrite(path: lockPath, reason: String(cString: strerror(errno)))
+            }
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let n = pread(descriptor, &buffer, buffer.count, 0)
+            let recorded = n > 0
+                ? Int32(String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+                : nil
+            while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+                if errno == EINTR { continue }
+                close(descriptor)
+                throw TrainingError.runDirectoryLocked(path: path, pid: recorded)
+            }
+            let pid = Array("\(getpid())\n".utf8)
+            _ = ftruncate(descriptor, 0)
+            _ = pid.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
+            held[path] = (descriptor, 1)
+            return RunDirectoryLock(directory: path, previousHolder: recorded.flatMap { $0 == getpid() ? nil : $0 })
         }
-        do {
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        } catch {
-            throw TrainingError.cannotWrite(path: path, reason: describe(error))
-        }
-        let lockPath = (path as NSString).appendingPathComponent(RunDirectory.lockFileName)
-        let descriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard descriptor >= 0 else {
-            throw TrainingError.cannotWrite(path: lockPath, reason: String(cString: strerror(errno)))
-        }
-        var buffer = [UInt8](repeating: 0, count: 32)
-        let n = pread(descriptor, &buffer, buffer.count, 0)
-        let recorded = n > 0 ? Int32(String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) : nil
-        while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
-            if errno == EINTR { continue }
-            close(descriptor)
-            throw TrainingError.runDirectoryLocked(path: path, pid: recorded)
-        }
-        let pid = Array("\(getpid())\n".utf8)
-        _ = ftruncate(descriptor, 0)
-        _ = pid.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
-        held[path] = (descriptor, 1)
-        return RunDirectoryLock(directory: path, previousHolder: recorded.flatMap { $0 == getpid() ? nil : $0 })
     }
 
     /// Releases this hold (the lock itself when it was the last one in the process). Idempotent.
     public func release() {
-        Self.mutex.lock()
-        defer { Self.mutex.unlock() }
-        guard !released else { return }
-        released = true
-        guard let entry = Self.held[directory] else { return }
-        if entry.count > 1 {
-            Self.held[directory] = (entry.descriptor, entry.count - 1)
-        } else {
-            Self.held[directory] = nil
-            _ = ftruncate(entry.descriptor, 0)  // an empty file: released cleanly (a PID left behind: its holder died)
-            flock(entry.descriptor, LOCK_UN)
-            close(entry.descriptor)
+        Self.held.withLock { held in
+            guard !released.exchange(true, ordering: .relaxed) else { return }
+            guard let entry = held[directory] else { return }
+            if entry.count > 1 {
+                held[directory] = (entry.descriptor, entry.count - 1)
+            } else {
+                held[directory] = nil
+                _ = ftruncate(entry.descriptor, 0)  // an empty file: released cleanly (a PID left behind: its holder died)
+                flock(entry.descriptor, LOCK_UN)
+                close(entry.descriptor)
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Test-set results.
 public struct Evaluation: Equatable, Sendable {
@@ -14,8 +15,10 @@ public struct Evaluation: Equatable, Sendable {
 }
 
 /// Set to the signal number by SIGINT or SIGTERM; the trainer checks it after every step.
+/// Kept `nonisolated(unsafe)`: a signal handler may only touch a plain `sig_atomic_t` global (no lock, no lazy init).
 nonisolated(unsafe) private var interruptRequested: sig_atomic_t = 0
-nonisolated(unsafe) private var interruptSignalSeen: Int32 = 0
+/// The signal behind ``Trainer/lastInterruptSignal`` (0: none), set by the trainer after it stopped.
+private let interruptSignalSeen = Atomic<Int32>(0)
 
 /// Trains one model with one configuration: SGD steps over shuffled, augmented batches, an evaluation on the
 /// test set after every epoch, `metrics.jsonl`, `summary.json` and checkpoints in the output directory.
@@ -182,8 +185,11 @@ public final class Trainer {
     /// The signal that stopped the last interrupted run (SIGINT or SIGTERM), for the exit code `128 + signal`;
     /// nil when it stopped at ``stopAfterStep``.
     public private(set) static var lastInterruptSignal: Int32? {
-        get { interruptSignalSeen == 0 ? nil : interruptSignalSeen }
-        set { interruptSignalSeen = newValue ?? 0 }
+        get {
+            let signal = interruptSignalSeen.load(ordering: .relaxed)
+            return signal == 0 ? nil : signal
+        }
+        set { interruptSignalSeen.store(newValue ?? 0, ordering: .relaxed) }
     }
 
     /// Trains until the last epoch (or an interruption), evaluating after each epoch.
