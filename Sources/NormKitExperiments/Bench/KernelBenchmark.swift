@@ -31,8 +31,9 @@ public enum KernelBenchmark {
     /// `repetitions`.
     public static func copyBandwidth(megabytes: Int = 256, repetitions: Int = 7, threads: Int) -> Double {
         let count = megabytes << 20
-        let source = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
-        let target = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
+        // Unchecked: raw pointers are not Sendable; the threads below copy disjoint ranges within concurrentPerform.
+        nonisolated(unsafe) let source = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
+        nonisolated(unsafe) let target = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
         defer { source.deallocate(); target.deallocate() }
         memset(source, 1, count)
         memset(target, 0, count)
