@@ -1,5 +1,6 @@
 import Foundation
 import NormKitTraining
+import Synchronization
 import XCTest
 
 /// Tiny synthetic datasets in the Fashion-MNIST file layout (four raw IDX files).
@@ -96,20 +97,19 @@ final class CLIFixture {
         }
     }
 
-    nonisolated(unsafe) private static var made: Result<CLIFixture, Error>?
-    private static let lock = NSLock()
+    private static let made = Mutex<Result<CLIFixture, Error>?>(nil)
 
     /// The shared fixture (made on first use; a failure to make it fails every test that needs it).
     static func shared() throws -> CLIFixture {
-        lock.lock()
-        defer { lock.unlock() }
-        if made == nil {
-            made = Result { try CLIFixture() }
-            if case .success(let fixture) = made! {
-                XCTestObservationCenter.shared.addTestObserver(RemoveWhenDone(fixture.root))
+        try made.withLock { made in
+            if made == nil {
+                made = Result { try CLIFixture() }
+                if case .success(let fixture) = made! {
+                    XCTestObservationCenter.shared.addTestObserver(RemoveWhenDone(fixture.root))
+                }
             }
+            return try made!.get()
         }
-        return try made!.get()
     }
 
     /// A new empty directory under ``root`` for one test.

@@ -43,7 +43,7 @@ final class DistributedTrainingTests: XCTestCase {
                 + (arguments.contains("--data") ? [] : ["--data", data.path])
         let process = Process()
         let logs = root.appendingPathComponent("\(name).log")
-        FileManager.default.createFile(atPath: logs.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: logs.path, contents: nil)
         if let ranks {
             process.executableURL = URL(fileURLWithPath: Self.mpirun!)
             process.arguments = ["-np", "\(ranks)"] + Self.mpirunOptions + [CLI.binary.path] + common
@@ -137,7 +137,7 @@ final class DistributedTrainingTests: XCTestCase {
             "--threads", "1", "--epochs", "1", "--test-limit", "24", "--checkpoint-every", "1", "--out", out.path]
             + arguments
         let logs = root.appendingPathComponent("interrupted.log")
-        FileManager.default.createFile(atPath: logs.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: logs.path, contents: nil)
         process.standardOutput = try FileHandle(forWritingTo: logs)
         process.standardError = process.standardOutput
         try process.run()
@@ -204,7 +204,7 @@ final class DistributedTrainingTests: XCTestCase {
         process.executableURL = URL(fileURLWithPath: Self.mpirun!)
         process.arguments = ["-np", "\(ranks)"] + Self.mpirunOptions + [CLI.binary.path] + arguments
         let logs = root.appendingPathComponent("\(name).log")
-        FileManager.default.createFile(atPath: logs.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: logs.path, contents: nil)
         process.standardOutput = try FileHandle(forWritingTo: logs)
         process.standardError = process.standardOutput
         try process.run()

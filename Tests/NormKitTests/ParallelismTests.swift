@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import NormKit
+import Synchronization
 import XCTest
 
 /// The worker pool behind `Parallelism`: every index or part runs exactly once, nested and concurrent calls run
@@ -97,22 +98,21 @@ final class ParallelismTests: XCTestCase {
     func testConcurrentCallersAllComplete() {
         Parallelism.threadCount = 2
         let callers = 4, count = 50_000
-        var sums = [Int](repeating: 0, count: callers)
-        sums.withUnsafeMutableBufferPointer { s in
-            let out = s.baseAddress!
-            DispatchQueue.concurrentPerform(iterations: callers) { caller in
-                for _ in 0..<20 {
-                    var partial = [Int](repeating: 0, count: count)
-                    partial.withUnsafeMutableBufferPointer { p in
-                        let base = p.baseAddress!
-                        Parallelism.forEachRange(count: count, work: count * 100, minimumWork: 1) { range in
-                            for i in range { base[i] = i }
-                        }
+        let results = Mutex([Int](repeating: 0, count: callers))
+        DispatchQueue.concurrentPerform(iterations: callers) { caller in
+            for _ in 0..<20 {
+                var partial = [Int](repeating: 0, count: count)
+                partial.withUnsafeMutableBufferPointer { p in
+                    let base = p.baseAddress!
+                    Parallelism.forEachRange(count: count, work: count * 100, minimumWork: 1) { range in
+                        for i in range { base[i] = i }
                     }
-                    out[caller] = partial.reduce(0, +)
                 }
+                let sum = partial.reduce(0, +)
+                results.withLock { $0[caller] = sum }
             }
         }
+        let sums = results.withLock { $0 }
         XCTAssertEqual(sums, [Int](repeating: count * (count - 1) / 2, count: callers))
     }
 }

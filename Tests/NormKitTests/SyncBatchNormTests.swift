@@ -5,6 +5,7 @@ import XCTest
 /// Workers of a data-parallel job inside one process: each runs on its own thread and calls the collectives in the
 /// same order; a call returns once every worker has made it (an NSCondition barrier per exchange). Sums are added
 /// in worker order, as a deterministic MPI reduction would.
+/// (`@unchecked`: every stored `var` is read and written only with `condition` locked.)
 final class InProcessWorkers: @unchecked Sendable {
     let count: Int
     private let condition = NSCondition()
@@ -64,18 +65,22 @@ final class InProcessWorkers: @unchecked Sendable {
 }
 
 /// Runs `body(i)` for every `i` in `0..<count`, each on its own thread, and returns when all have finished.
-func runConcurrently(_ count: Int, _ body: @escaping (Int) -> Void) {
-    let done = DispatchGroup()
-    for i in 0..<count {
-        done.enter()
-        let thread = Thread {
-            body(i)
-            done.leave()
+func runConcurrently(_ count: Int, _ body: (Int) -> Void) {
+    withoutActuallyEscaping(body) { body in
+        // Unchecked: `body` never outlives this call (fork-join, as concurrentPerform), callers lock what they share.
+        nonisolated(unsafe) let body = body
+        let done = DispatchGroup()
+        for i in 0..<count {
+            done.enter()
+            let thread = Thread {
+                body(i)
+                done.leave()
+            }
+            thread.stackSize = 8 << 20
+            thread.start()
         }
-        thread.stackSize = 8 << 20
-        thread.start()
+        done.wait()
     }
-    done.wait()
 }
 
 /// A reduction that always fails, as a transport whose peer died would.

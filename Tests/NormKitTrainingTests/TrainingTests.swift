@@ -1,15 +1,16 @@
 import Foundation
 import XCTest
 import NormKitTraining
+import Synchronization
 
 /// The training loop end to end: loss falls on real data, runs are deterministic, an interrupted run resumes
 /// exactly, and the run directory holds the records it documents.
 final class TrainingTests: XCTestCase {
     /// The first 3,200 training and 500 test images of Fashion-MNIST, loaded once.
-    nonisolated(unsafe) static var cachedFashionMNIST: (train: Dataset, test: Dataset)?
+    static let cachedFashionMNIST = Mutex<(train: Dataset, test: Dataset)?>(nil)
 
     static func fashionMNIST() throws -> (train: Dataset, test: Dataset) {
-        if let cached = cachedFashionMNIST { return cached }
+        if let cached = cachedFashionMNIST.withLock({ $0 }) { return cached }
         // CI installs the Debian package dataset-fashion-mnist; elsewhere the test is skipped (as DatasetTests).
         let loaded: (train: Dataset, test: Dataset)
         do {
@@ -18,17 +19,17 @@ final class TrainingTests: XCTestCase {
             if case .datasetNotFound = error { throw XCTSkip("\(error)") }
             throw error
         }
-        cachedFashionMNIST = loaded
+        cachedFashionMNIST.withLock { $0 = loaded }
         return loaded
     }
 
     /// Small synthetic 16×16 images (learnable labels): the point of these tests is the loop, not the data.
-    nonisolated(unsafe) static var cachedSynthetic: (Dataset, Dataset)?
+    static let cachedSynthetic = Mutex<(Dataset, Dataset)?>(nil)
 
     static func synthetic() throws -> (train: Dataset, test: Dataset) {
-        if let cached = cachedSynthetic { return cached }
+        if let cached = cachedSynthetic.withLock({ $0 }) { return cached }
         let data = try TorchModelParityTests.syntheticData(count: 128, testCount: 32, size: 16, seed: 21)
-        cachedSynthetic = data
+        cachedSynthetic.withLock { $0 = data }
         return data
     }
 
