@@ -10,6 +10,7 @@ import MallocInterposerSwift
 /// Allocations on every thread are counted (the interposer keeps a counter block per thread and sums them).
 enum AllocationCounter {
     /// Keeps the probe allocation of ``interposerIsLoaded()`` reachable, so the optimizer cannot remove it.
+    /// (`nonisolated(unsafe)`: only this single-threaded tool's main thread touches it, and a lock would allocate.)
     nonisolated(unsafe) private static var probeSink: [UInt8] = []
 
     /// The number of allocation calls (`mallocCount`: small and large) made while `body` runs.

@@ -66,4 +66,6 @@ extension Fuzz {
     }
 }
 
+/// Written once, by ``Fuzz/scratchDirectory``'s once-only initializer, before the exit handler that reads it is
+/// registered. (`nonisolated(unsafe)`: the handler is a C function pointer, which cannot capture the path.)
 nonisolated(unsafe) private var scratchToRemove: String?

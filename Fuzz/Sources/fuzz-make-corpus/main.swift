@@ -8,7 +8,7 @@ import NormKitExperiments
 import NormKitTraining
 
 let corpus = URL(fileURLWithPath: CommandLine.arguments.dropFirst().first ?? "Corpus", isDirectory: true)
-nonisolated(unsafe) var written = 0
+nonisolated(unsafe) var written = 0  // unchecked: this seed writer is single-threaded
 
 func seed(_ target: String, _ name: String, _ bytes: [UInt8]) {
     let directory = corpus.appendingPathComponent(target, isDirectory: true)
