@@ -71,10 +71,8 @@ let package = Package(
             dependencies: hasOpenMPI ? ["CMPI"] : [],
             cSettings: hasOpenMPI ? [] : [.define("NORMKIT_WITHOUT_MPI")]),
         /// `MPICommunicator`: NormKitTraining's `DataParallelGroup` (and SyncBN's `CrossWorkerReduction`) over
-        /// Open MPI. Compiled in the Swift 6 language mode.
-        .target(
-            name: "NormKitDistributed", dependencies: ["NormKitTraining", "CNormKitMPI"],
-            swiftSettings: [.swiftLanguageMode(.v6)]),
+        /// Open MPI.
+        .target(name: "NormKitDistributed", dependencies: ["NormKitTraining", "CNormKitMPI"]),
         /// Sweeps, reports and plots, and the kernel benchmark: the experiments behind the CLI's `sweep`,
         /// `report` and `bench`, kept out of the training library.
         .target(name: "NormKitExperiments", dependencies: ["NormKitTraining", "CZlib"]),
@@ -88,20 +86,17 @@ let package = Package(
             ]),
         /// The MPI self-test, run under `mpirun` by scripts/mpi_check.sh (collectives against closed forms, large
         /// counts, a rank that dies). No product: it builds into `.build/<config>/normkit-mpi-check`.
-        .executableTarget(
-            name: "normkit-mpi-check", dependencies: ["NormKitDistributed"],
-            swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(name: "normkit-mpi-check", dependencies: ["NormKitDistributed"]),
         .testTarget(name: "NormKitTests", dependencies: ["NormKit"], resources: [.copy("Fixtures")]),
         .testTarget(
             name: "NormKitTrainingTests", dependencies: ["NormKitTraining"], resources: [.copy("Fixtures")]),
-        /// Compiled in the Swift 6 language mode (complete concurrency checking): NormKit's Sendable types and the
-        /// layer-per-actor pattern must build without warnings.
-        .testTarget(
-            name: "NormKitConcurrencyTests", dependencies: ["NormKit"],
-            swiftSettings: [.swiftLanguageMode(.v6)]),
+        /// NormKit's Sendable types and the layer-per-actor pattern must build without warnings (in the Swift 6
+        /// language mode, as every target).
+        .testTarget(name: "NormKitConcurrencyTests", dependencies: ["NormKit"]),
         .testTarget(name: "NormKitExperimentsTests", dependencies: ["NormKitExperiments"]),
         /// End-to-end tests of the `normkit` binary (built because the executable target is a dependency).
         .testTarget(name: "NormKitCLITests", dependencies: ["normkit", "NormKitTraining"]),
     ],
-    swiftLanguageModes: [.v5]
+    // Every target compiles in the Swift 6 language mode (complete concurrency checking), without warnings.
+    swiftLanguageModes: [.v6]
 )
