@@ -65,22 +65,20 @@ final class InProcessWorkers: @unchecked Sendable {
 }
 
 /// Runs `body(i)` for every `i` in `0..<count`, each on its own thread, and returns when all have finished.
-func runConcurrently(_ count: Int, _ body: (Int) -> Void) {
-    withoutActuallyEscaping(body) { body in
-        // Unchecked: `body` never outlives this call (fork-join, as concurrentPerform), callers lock what they share.
-        nonisolated(unsafe) let body = body
-        let done = DispatchGroup()
-        for i in 0..<count {
-            done.enter()
-            let thread = Thread {
-                body(i)
-                done.leave()
-            }
-            thread.stackSize = 8 << 20
-            thread.start()
+func runConcurrently(_ count: Int, _ body: @escaping (Int) -> Void) {
+    // Unchecked: every call of `body` ends before this returns (fork-join), and callers lock what they share.
+    nonisolated(unsafe) let body = body
+    let done = DispatchGroup()
+    for i in 0..<count {
+        done.enter()
+        let thread = Thread {
+            body(i)
+            done.leave()
         }
-        done.wait()
+        thread.stackSize = 8 << 20
+        thread.start()
     }
+    done.wait()
 }
 
 /// A reduction that always fails, as a transport whose peer died would.
