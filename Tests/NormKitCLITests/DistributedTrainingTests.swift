@@ -186,6 +186,8 @@ final class DistributedTrainingTests: XCTestCase {
         let whole = try JSONDecoder().decode(RunSummary.self, from: Data(contentsOf:
             sweep.appendingPathComponent("bn-nb32-s0").appendingPathComponent("summary.json")))
         XCTAssertNil(whole.workers, "the full-batch cell runs in one process")
+        let report = try String(contentsOf: sweep.appendingPathComponent("results.md"), encoding: .utf8)
+        XCTAssertTrue(report.contains("on R ≤ 2 mpirun ranks instead"), report)
 
         let again = try CLI.run(arguments, in: root, timeout: 300)
         XCTAssertEqual(again.status, 0, again.summary)

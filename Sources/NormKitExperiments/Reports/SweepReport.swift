@@ -177,12 +177,16 @@ public struct SweepReport {
         let p = record.plan, b = p.base
         let train = b.trainLimit.map { "\(Self.grouped($0)) training" } ?? "all training"
         let test = b.testLimit.map { "\(Self.grouped($0)) test" } ?? "all test"
-        let batching: String
+        var batching: String
         switch p.setting {
         case .normalizationBatch:
             let lr = b.learningRate ?? 0.1 * Double(p.batch) / 32
             batching = "SGD batch \(p.batch) (peak learning rate \(lr)); BN/BRN statistics over ghost batches of the "
                 + "column's size, one MABN iteration per ghost batch"
+            if let ranks = p.ranks {
+                batching += " (cells named -rR below the SGD batch: on R ≤ \(ranks) mpirun ranks instead, each "
+                    + "normalizing its own images)"
+            }
         case .perGPU:
             batching = "per-GPU batches: SGD batch = \(p.gpus) × the column's size, learning rate 0.1 × batch / 32"
         }
