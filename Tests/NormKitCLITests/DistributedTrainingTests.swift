@@ -99,11 +99,26 @@ final class DistributedTrainingTests: XCTestCase {
         assertClose(three, single24, tolerance: 1e-5, "SyncBN, 3 ranks vs BN over 24")
     }
 
-    /// GN needs nothing across workers: 2 ranks × 16 == one process over 32.
+    /// GN needs nothing across workers: 2 ranks × 16 == one process over 32. Evaluation is sharded (each rank 12 of
+    /// the 24 test images, 3 ranks 8 each): the summary's test numbers are the whole test set's.
     func testGroupNormEqualsSingleProcess() throws {
         let ranks = try train(ranks: 2, ["--norm", "gn", "--batch", "32"], name: "gn-2ranks")
         let single = try train(ranks: nil, ["--norm", "gn", "--batch", "32"], name: "gn-32")
         assertClose(ranks, single, tolerance: 1e-5, "GN, 2 ranks vs one process")
+        _ = try train(ranks: 3, ["--norm", "gn", "--batch", "24"], name: "gn-3ranks")
+        _ = try train(ranks: nil, ["--norm", "gn", "--batch", "24"], name: "gn-24")
+        for (distributed, alone) in [("gn-2ranks", "gn-32"), ("gn-3ranks", "gn-24")] {
+            let a = try summary(distributed), b = try summary(alone)
+            XCTAssertEqual(a.finalTestError, b.finalTestError, distributed)
+            XCTAssertEqual(a.perClassAccuracy, b.perClassAccuracy, distributed)
+            XCTAssertEqual(a.epochs.last!.testLoss, b.epochs.last!.testLoss, accuracy: 1e-5 * b.epochs.last!.testLoss,
+                           distributed)
+        }
+    }
+
+    private func summary(_ name: String) throws -> RunSummary {
+        try JSONDecoder().decode(RunSummary.self, from: Data(
+            contentsOf: root.appendingPathComponent(name).appendingPathComponent("summary.json")))
     }
 
     /// MABN: 2 ranks × 16 == one process with ghost chunks of 16 (each rank's batch one more iteration of the same

@@ -283,3 +283,22 @@ private extension BatchIterator {
         return indices
     }
 }
+
+extension DatasetTests {
+    /// `samples(_:)` (a data-parallel worker's share of the test set): the images and labels of the range, the
+    /// dataset's shape, classes and statistics; an empty or out-of-bounds range is an error.
+    func testSamplesOfARange() throws {
+        let images = (0..<(5 * 4)).map { Float($0) }
+        let data = try Dataset(images: images, labels: [0, 1, 2, 1, 0], height: 2, width: 2, classCount: 3,
+                               statistics: PixelStatistics(mean: 0.5, std: 0.25))
+        let part = try data.samples(1..<3)
+        XCTAssertEqual(part.images, Array(images[4..<12]))
+        XCTAssertEqual(part.labels, [1, 2])
+        XCTAssertEqual(part.shape, [2, 1, 2, 2])
+        XCTAssertEqual(part.classCount, 3)
+        XCTAssertEqual(part.statistics, data.statistics)
+        for bad in [2..<2, 4..<6, -1..<1] {
+            XCTAssertThrowsError(try data.samples(bad)) { XCTAssertTrue("\($0)".contains("sample range"), "\($0)") }
+        }
+    }
+}

@@ -148,6 +148,22 @@ public struct Dataset: Sendable {
                       classNames: classNames, statistics: statistics)
     }
 
+    /// The samples `range` as a dataset of their own (same shape, classes, names, statistics and source).
+    ///
+    /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` when `range` is empty or not within
+    ///   `0..<count`.
+    public func samples(_ range: Range<Int>) throws -> Dataset {
+        guard !range.isEmpty, range.lowerBound >= 0, range.upperBound <= count else {
+            throw DataError.invalidArgument(name: "sample range", value: "\(range)",
+                                            expected: "a non-empty range within 0..<\(count)")
+        }
+        var part = try Dataset(images: Array(images[(range.lowerBound * sampleSize)..<(range.upperBound * sampleSize)]),
+                               labels: Array(labels[range]), channels: channels, height: height, width: width,
+                               classCount: classCount, classNames: classNames, statistics: statistics)
+        part.source = source
+        return part
+    }
+
     /// Loads a dataset from an IDX images file (`0x00000803`, `count × height × width`) and an IDX labels file
     /// (`0x00000801`), gzip-compressed or not.
     ///

@@ -7,8 +7,9 @@ import NormKit
 /// over workers (the gradient of the batch's mean loss, and inside the network the gradients one process computes
 /// over the whole batch), so every worker takes the same SGD step. The batch's loss, correct count and any stop
 /// request are summed too, so all workers stop, checkpoint and diverge together. Worker 0 alone writes the run's
-/// directory (checkpoints, metrics, summary); every worker evaluates the whole test set (the same model gives the
-/// same numbers).
+/// directory (checkpoints, metrics, summary). Evaluation is sharded: worker `w` evaluates its contiguous share of
+/// the test set and the sums (loss, errors, per-class counts) are added over workers, so every worker reports the
+/// numbers of the whole test set.
 ///
 /// Normalization across workers: per-worker BN (`--norm bn`, the papers' "images per GPU") normalizes each
 /// worker's slice with its own statistics; the running statistics are averaged over workers after every step,
@@ -43,6 +44,9 @@ extension Trainer {
                 "each of the \(workers) workers normalizes its own \(perWorker) images, so the normalization batch \(normBatch) must divide \(perWorker) (use --norm-batch \(perWorker) or a divisor of it, or --norm syncbn)")
         }
         dataParallel = group
+        let images = test.count, worker = group.workerIndex
+        testShard = workers > 1 && images >= workers
+            ? try test.samples((worker * images / workers)..<((worker + 1) * images / workers)) : nil
         gradientClock = TimedDataParallelGroup(group)
         statisticsClock = TimedDataParallelGroup(group)
         for layer in normalizationLayers {
@@ -144,6 +148,21 @@ extension Trainer {
             }
             offset += count
         }
+    }
+
+    /// This worker's evaluation of its `shard` of the test set, summed over the workers.
+    func evaluateSharded(_ shard: Dataset) throws -> Evaluation {
+        var totals = try EvaluationTotals(model: model, on: shard, batchSize: 500)
+        guard let group = dataParallel else { return totals.evaluation }
+        let classes = totals.countPerClass.count
+        var sums = [totals.lossSum, Double(totals.wrong)] + totals.correctPerClass.map(Double.init)
+            + totals.countPerClass.map(Double.init)
+        try sums.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
+        totals.lossSum = sums[0]
+        totals.wrong = Int(sums[1])
+        totals.correctPerClass = sums[2..<(2 + classes)].map { Int($0) }
+        totals.countPerClass = sums[(2 + classes)...].map { Int($0) }
+        return totals.evaluation
     }
 
     /// Per-worker BN: the running statistics averaged over the workers after each step (see the type's notes).

@@ -82,6 +82,8 @@ public final class Trainer {
     var workerLabels: [Int32] = []
     var flatGradients: [Float] = []
     var stepTotals: [Double] = [0, 0, 0, 0]
+    /// This worker's contiguous share of the test set (nil: the whole of it).
+    var testShard: Dataset?
     /// Whether this process writes the run's files (the only process, or worker 0 of a data-parallel run).
     var writesRun: Bool { (dataParallel?.workerIndex ?? 0) == 0 }
 
@@ -362,17 +364,30 @@ public final class Trainer {
 
     /// Evaluates the model on the test set (evaluation mode: running statistics, no state changes).
     public func evaluate() throws -> Evaluation {
-        try Trainer.evaluate(model: model, on: test)
+        guard let shard = testShard else { return try Trainer.evaluate(model: model, on: test) }
+        return try evaluateSharded(shard)
     }
 
     /// Evaluates `model` on `dataset` in batches of `batchSize`.
     public static func evaluate(model: Model, on dataset: Dataset, batchSize: Int = 500) throws -> Evaluation {
+        try EvaluationTotals(model: model, on: dataset, batchSize: batchSize).evaluation
+    }
+}
+
+/// The sums an ``Evaluation`` is made of (they add up over parts of a test set).
+struct EvaluationTotals {
+    /// Σ cross-entropy, misclassified images, and per class the correct predictions and the images.
+    var lossSum = 0.0, wrong = 0
+    var correctPerClass: [Int]
+    var countPerClass: [Int]
+
+    /// The totals of `model` on `dataset`, in batches of `batchSize`.
+    init(model: Model, on dataset: Dataset, batchSize: Int) throws {
+        correctPerClass = [Int](repeating: 0, count: dataset.classCount)
+        countPerClass = correctPerClass
         let iterator = try BatchIterator(dataset: dataset, batchSize: batchSize, shuffle: false, dropLast: false)
         let loss = SoftmaxCrossEntropy()
         var x = Tensor(zeros: [0, 0]), y32: [Int32] = [], y: [Int] = []
-        var lossSum = 0.0, wrong = 0
-        var correctPerClass = [Int](repeating: 0, count: dataset.classCount)
-        var countPerClass = correctPerClass
         while let n = iterator.next(into: &x, labels: &y32) {
             y = y32.map(Int.init)
             let logits = try model.forward(x, training: false)
@@ -382,9 +397,13 @@ public final class Trainer {
                 if loss.predictions[i] == y[i] { correctPerClass[y[i]] += 1 } else { wrong += 1 }
             }
         }
-        let count = max(dataset.count, 1)
+    }
+
+    /// Mean loss, error and per-class accuracy.
+    var evaluation: Evaluation {
+        let images = countPerClass.reduce(0, +), count = max(images, 1)
         return Evaluation(loss: lossSum / Double(count), error: Double(wrong) / Double(count),
                           perClassAccuracy: zip(correctPerClass, countPerClass).map { $1 > 0 ? Double($0) / Double($1) : 0 },
-                          count: dataset.count)
+                          count: images)
     }
 }
