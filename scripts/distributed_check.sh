@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Data-parallel training end to end on Fashion-MNIST (issue 11's "done when"), for bn, syncbn, gn and mabn:
 #
-#   1. mpirun -np 2 normkit train --distributed on 3,200 training images (100 steps of 32, checkpoint every 20),
+#   1. mpirun -np 2 normkit train --distributed on 9,600 training images (300 steps of 32, checkpoint every 10),
 #      interrupted with Ctrl-C (SIGINT to mpirun) after its first checkpoint;
 #   2. the same run resumed on 2 ranks with `normkit train --resume DIR` under mpirun, to its end;
 #   3. with PYTHON set to a Python that has torch and safetensors (optional): the final checkpoint loaded strictly
@@ -27,7 +27,7 @@ failed=0
 for norm in bn syncbn gn mabn; do
   out="$work/$norm"
   mpirun -np 2 $mpirun_flags --timeout 300 "$normkit" train --distributed --threads 1 --norm "$norm" \
-    --batch 32 --epochs 1 --train-limit 3200 --test-limit 1000 --checkpoint-every 20 "${data[@]}" --out "$out" \
+    --batch 32 --epochs 1 --train-limit 9600 --test-limit 1000 --checkpoint-every 10 "${data[@]}" --out "$out" \
     >"$work/$norm-1.log" 2>&1 &
   job=$!
   for _ in $(seq 600); do
@@ -47,7 +47,7 @@ for norm in bn syncbn gn mabn; do
     echo "FAIL $norm: resume"; tail -5 "$work/$norm-2.log"; failed=1; continue
   fi
   line=$(grep "final test error" "$work/$norm-2.log")
-  echo "ok   $norm: interrupted at step $stopped of 100, resumed on 2 ranks: $line"
+  echo "ok   $norm: interrupted at step $stopped of 300, resumed on 2 ranks: $line"
   if [ -n "${PYTHON:-}" ]; then
     if "$PYTHON" scripts/check_torch_interop.py --run "$out" >"$work/$norm-torch.log" 2>&1; then
       echo "ok   $norm: loads strictly into torch_models.ResNet ($(tail -1 "$work/$norm-torch.log"))"

@@ -64,6 +64,10 @@ static long max_chunk = 0;
 // The MPI call in progress, for the termination notice (a string literal or NULL).
 static const char *_Atomic current_operation = NULL;
 
+// A SIGTERM that reached the application's handler outside MPI calls: noticed by the next call (see below).
+static _Atomic int pending_termination = 0;
+static void write_notice(const char *operation);
+
 // Checks, with `lock` held, that a collective may run now, and records it as the call in progress.
 static int begin(const char *operation) {
     int current = atomic_load(&state);
@@ -75,6 +79,7 @@ static int begin(const char *operation) {
         if (!is_main) return NK_MPI_ERR_THREAD;
     }
     atomic_store(&current_operation, operation);
+    if (atomic_exchange(&pending_termination, 0)) write_notice(operation);
     return 0;
 }
 
@@ -274,7 +279,37 @@ static void append_int(char *line, size_t *length, size_t capacity, int value) {
     while (n > 0 && *length + 1 < capacity) line[(*length)++] = digits[--n];
 }
 
+// The application's SIGTERM handler when there was one (a trainer's "checkpoint and stop"): it still gets every
+// SIGTERM. The notice is printed too, inside the MPI call in progress or at the start of the next, since a rank
+// whose peer died never returns from that call (mpirun then kills it); after a Ctrl-C every rank got the signal
+// and the call completes.
+static void (*application_handler)(int) = NULL;
+
+// The notice of a SIGTERM that the application handles, once the rank is (or was already) inside `operation`.
+static void write_notice(const char *operation) {
+    char line[400];
+    size_t length = 0;
+    append_text(line, &length, sizeof line, "normkit-mpi: rank ");
+    append_int(line, &length, sizeof line, atomic_load(&world_rank));
+    append_text(line, &length, sizeof line, " of ");
+    append_int(line, &length, sizeof line, atomic_load(&world_size));
+    append_text(line, &length, sizeof line, " got SIGTERM while in ");
+    append_text(line, &length, sizeof line, operation);
+    append_text(line, &length, sizeof line,
+                ": it stops after this step if every rank got it (Ctrl-C); if another rank failed, mpirun "
+                "ends the job (its message names the rank)\n");
+    ssize_t ignored = write(STDERR_FILENO, line, length);
+    (void)ignored;
+}
+
 static void termination_handler(int signal_number) {
+    const char *operation = atomic_load(&current_operation);
+    if (application_handler != NULL) {
+        // Inside a call now, or at the start of the next one (a rank whose peer died never returns from it).
+        if (operation != NULL) write_notice(operation); else atomic_store(&pending_termination, 1);
+        application_handler(signal_number);
+        return;
+    }
     char line[400];
     size_t length = 0;
     append_text(line, &length, sizeof line, "normkit-mpi: rank ");
@@ -282,7 +317,6 @@ static void termination_handler(int signal_number) {
     append_text(line, &length, sizeof line, " of ");
     append_int(line, &length, sizeof line, atomic_load(&world_size));
     append_text(line, &length, sizeof line, " was terminated by SIGTERM ");
-    const char *operation = atomic_load(&current_operation);
     if (operation != NULL) {
         append_text(line, &length, sizeof line, "while in ");
         append_text(line, &length, sizeof line, operation);
@@ -293,7 +327,8 @@ static void termination_handler(int signal_number) {
                 ": mpirun is ending the job, usually because another rank failed (mpirun's message names it)\n");
     ssize_t ignored = write(STDERR_FILENO, line, length);
     (void)ignored;
-    // SA_RESETHAND restored the default disposition: die of the signal, as without the handler.
+    // Die of the signal, as without the handler.
+    signal(signal_number, SIG_DFL);
     raise(signal_number);
 }
 
@@ -302,11 +337,12 @@ int nk_mpi_install_termination_notice(void) {
     if (atomic_load(&installed)) return 1;
     struct sigaction current;
     if (sigaction(SIGTERM, NULL, &current) != 0) return 0;
-    if ((current.sa_flags & SA_SIGINFO) || current.sa_handler != SIG_DFL) return 0;   // the application's
+    if ((current.sa_flags & SA_SIGINFO) || current.sa_handler == SIG_IGN) return 0;   // not ours to wrap
+    if (current.sa_handler != SIG_DFL) application_handler = current.sa_handler;
     struct sigaction notice;
     memset(&notice, 0, sizeof notice);
     notice.sa_handler = termination_handler;
-    notice.sa_flags = SA_RESETHAND;
+    notice.sa_flags = current.sa_flags & SA_RESTART;
     sigemptyset(&notice.sa_mask);
     if (sigaction(SIGTERM, &notice, NULL) != 0) return 0;
     atomic_store(&installed, 1);

@@ -37,7 +37,8 @@ import NormKitTraining
 /// SIGTERM to every other process, and prints which process failed and how. So that the other processes say why
 /// they stopped (instead of vanishing mid-collective), the communicator installs a SIGTERM handler that prints
 /// "normkit-mpi: rank 0 of 3 was terminated by SIGTERM while in MPI_Allreduce: …" and then dies of the signal as
-/// before (only when the application has no SIGTERM handler of its own; see `init(reportsTermination:)`).
+/// before; an application's own SIGTERM handler keeps every SIGTERM outside MPI calls (see
+/// `init(reportsTermination:)`).
 ///
 /// **Threads.** Any thread may call it; the bridge serialises the calls. Every worker must still make the same
 /// calls, with the same counts and roots, in the same order (the collective rules of MPI): a mismatch is
@@ -53,8 +54,10 @@ public final class MPICommunicator: DataParallelGroup, Sendable {
     public let workerCount: Int
 
     /// Joins the MPI job, initialising MPI if no communicator did yet in this process (collective then: every
-    /// process of the job must create one). `reportsTermination` installs the SIGTERM notice described above when
-    /// SIGTERM still has its default disposition.
+    /// process of the job must create one). `reportsTermination` installs the SIGTERM notice described above; when
+    /// the application already handles SIGTERM (a trainer's "checkpoint and stop"), its handler still gets every
+    /// SIGTERM that arrives outside MPI calls, and the notice is printed for one inside a collective, where the
+    /// process cannot return to the application. Install the application's handler first.
     ///
     /// Throws ``DistributedError/mpiUnavailable`` when built without Open MPI,
     /// ``DistributedError/finalized(operation:)`` after ``finalize()``,

@@ -176,6 +176,8 @@ struct TrainCommand: ParsableCommand {
         let configuration: TrainingConfiguration
         let directory: URL
         let train: Dataset, test: Dataset
+        // Before the communicator, which wraps the handlers (a SIGTERM inside a collective prints which rank and call).
+        Trainer.stopOnInterrupt()
         let communicator = distributed ? try Self.communicator() : nil
         if let resume {
             directory = URL(fileURLWithPath: resume)
@@ -222,7 +224,6 @@ struct TrainCommand: ParsableCommand {
               + "(batch \(configuration.batch), norm batch \(configuration.effectiveNormBatch), "
               + "\(configuration.epochs) epochs, lr \(configuration.peakLearningRate)) on \(train.count) images → \(directory.path)"
               + " [\(convEngine.versionDescription)]") }
-        Trainer.stopOnInterrupt()
         let firstStep = trainer.step
         do {
             let summary = try trainer.run()

@@ -215,6 +215,61 @@ final class DistributedTrainingTests: XCTestCase {
         assertClose(weights.tensors, single, tolerance: 1e-4, "sweep cell on 2 ranks vs ghost batches")
     }
 
+    /// A rank killed mid-run (`SIGKILL`, as the OOM killer would) ends the job without a hang, and nothing but the
+    /// steps after the last checkpoint is lost: rank 0's checkpoint is intact and the run resumes to its end.
+    func testKilledRankEndsTheJobAndTheRunResumes() throws {
+        let longData = root.appendingPathComponent("kill-data")
+        try SyntheticData.write(to: longData, trainCount: 2400, testCount: 24, seed: 7)
+        let out = root.appendingPathComponent("killed")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.mpirun!)
+        process.arguments = ["-np", "2"] + Self.mpirunOptions + [CLI.binary.path, "train", "--distributed",
+            "--threads", "1", "--epochs", "1", "--test-limit", "24", "--checkpoint-every", "1", "--batch", "8",
+            "--norm", "syncbn", "--data", longData.path, "--out", out.path]
+        let logs = root.appendingPathComponent("killed.log")
+        _ = FileManager.default.createFile(atPath: logs.path, contents: nil)
+        process.standardOutput = try FileHandle(forWritingTo: logs)
+        process.standardError = process.standardOutput
+        try process.run()
+        let log = { (try? String(contentsOf: logs, encoding: .utf8)) ?? "" }
+        let model = out.appendingPathComponent(TrainingCheckpoint.modelFileName)
+        XCTAssertTrue(CLI.waitUntil(timeout: 60) { FileManager.default.fileExists(atPath: model.path) },
+                      "no checkpoint:\n\(log())")
+        let rank1 = try XCTUnwrap(Self.rankProcess(1, writing: out.path), "rank 1 not found:\n\(log())")
+        kill(rank1, SIGKILL)
+        let ended = CLI.waitUntil(timeout: 60) { !process.isRunning }
+        if !ended { process.terminate() }
+        XCTAssertTrue(ended, "mpirun still running 60 s after a rank died:\n\(log())")
+        process.waitUntilExit()
+        XCTAssertNotEqual(process.terminationStatus, 0, log())
+        XCTAssertTrue(log().contains("rank 1"), "mpirun names the rank that died:\n\(log())")
+        XCTAssertTrue(log().contains("normkit-mpi: rank 0 of 2 got SIGTERM while in MPI_"),
+                      "rank 0 says where it was stopped:\n\(log())")
+        let saved = try TrainingCheckpoint.read(at: model)
+        XCTAssertGreaterThan(saved.step, 0)
+        XCTAssertLessThan(saved.step, 300)
+        let resumed = try train(ranks: 2, ["--resume", out.path], name: "killed-resumed", output: nil)
+        XCTAssertFalse(resumed.isEmpty)
+        XCTAssertEqual(try TrainingCheckpoint.read(at: model).step, 300, "resumed to the end")
+    }
+
+    /// The process id of `normkit` rank `rank` whose command line names `path` (from /proc).
+    private static func rankProcess(_ rank: Int, writing path: String) -> pid_t? {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        for entry in entries {
+            guard let pid = pid_t(entry),
+                  let command = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"),
+                  let environment = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { continue }
+            let arguments = command.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            let variables = environment.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            if arguments.first?.hasSuffix("normkit") == true, arguments.contains(path),
+               variables.contains("OMPI_COMM_WORLD_RANK=\(rank)") {
+                return pid
+            }
+        }
+        return nil
+    }
+
     /// Runs `normkit ARGUMENTS` under `mpirun -np ranks` and returns its exit status and output.
     private func mpirun(ranks: Int, _ arguments: [String], name: String) throws -> (status: Int32, log: String) {
         let process = Process()
