@@ -285,14 +285,19 @@ static void append_int(char *line, size_t *length, size_t capacity, int value) {
 // and the call completes.
 static void (*application_handler)(int) = NULL;
 
+// "normkit-mpi: rank r of R".
+static void append_rank(char *line, size_t *length, size_t capacity) {
+    append_text(line, length, capacity, "normkit-mpi: rank ");
+    append_int(line, length, capacity, atomic_load(&world_rank));
+    append_text(line, length, capacity, " of ");
+    append_int(line, length, capacity, atomic_load(&world_size));
+}
+
 // The notice of a SIGTERM that the application handles, once the rank is (or was already) inside `operation`.
 static void write_notice(const char *operation) {
     char line[400];
     size_t length = 0;
-    append_text(line, &length, sizeof line, "normkit-mpi: rank ");
-    append_int(line, &length, sizeof line, atomic_load(&world_rank));
-    append_text(line, &length, sizeof line, " of ");
-    append_int(line, &length, sizeof line, atomic_load(&world_size));
+    append_rank(line, &length, sizeof line);
     append_text(line, &length, sizeof line, " got SIGTERM while in ");
     append_text(line, &length, sizeof line, operation);
     append_text(line, &length, sizeof line,
@@ -312,10 +317,7 @@ static void termination_handler(int signal_number) {
     }
     char line[400];
     size_t length = 0;
-    append_text(line, &length, sizeof line, "normkit-mpi: rank ");
-    append_int(line, &length, sizeof line, atomic_load(&world_rank));
-    append_text(line, &length, sizeof line, " of ");
-    append_int(line, &length, sizeof line, atomic_load(&world_size));
+    append_rank(line, &length, sizeof line);
     append_text(line, &length, sizeof line, " was terminated by SIGTERM ");
     if (operation != NULL) {
         append_text(line, &length, sizeof line, "while in ");
