@@ -175,21 +175,7 @@ public final class BatchNorm: NormalizationLayer {
     /// is the update ghost batches make in one process (the running statistics move by the average of the
     /// workers' batch statistics), to float rounding. Nothing changes if the reduction throws.
     public func averageRunningStatistics(over reduction: CrossWorkerReduction) throws {
-        let c = channels, workers = Double(reduction.workerCount)
-        if synchronizationBuffer.count != 2 * c { synchronizationBuffer = [Double](repeating: 0, count: 2 * c) }
-        for ch in 0..<c {
-            synchronizationBuffer[ch] = Double(runningMean[ch])
-            synchronizationBuffer[c + ch] = Double(runningVariance[ch])
-        }
-        do {
-            try synchronizationBuffer.withUnsafeMutableBufferPointer { try reduction.allReduceSum($0) }
-        } catch {
-            throw NormalizationError.crossWorkerReductionFailed(layer: name, reason: "\(error)")
-        }
-        for ch in 0..<c {
-            runningMean[ch] = Float(synchronizationBuffer[ch] / workers)
-            runningVariance[ch] = Float(synchronizationBuffer[c + ch] / workers)
-        }
+        try reduction.average(&runningMean, &runningVariance, scratch: &synchronizationBuffer, layer: name)
     }
 
     private var synchronizationBuffer: [Double] = []

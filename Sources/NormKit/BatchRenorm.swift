@@ -131,6 +131,16 @@ public final class BatchRenorm: NormalizationLayer {
     public private(set) var batchesTracked: Int64 = 0
     /// Training forwards whose statistics were not finite and so were not folded into the running statistics.
     public private(set) var skippedUpdates: Int = 0
+    /// Per-worker BRN in data-parallel training: replaces the running mean and standard deviation by their averages
+    /// over the workers of `reduction`, so that every worker keeps the same ones. After a training step this is the
+    /// update ghost batches make in one process (once per forward, by the average of the batches' `μ_B` and `σ_B`),
+    /// to float rounding. Nothing changes if the reduction throws.
+    public func averageRunningStatistics(over reduction: CrossWorkerReduction) throws {
+        try reduction.average(&runningMean, &runningStd, scratch: &synchronizationBuffer, layer: name)
+    }
+
+    private var synchronizationBuffer: [Double] = []
+
     /// `r` of the last training forward, indexed `ghostBatch·C + c` (diagnostics).
     public private(set) var lastR: [Float] = []
     /// `d` of the last training forward, indexed `ghostBatch·C + c` (diagnostics).

@@ -15,3 +15,22 @@ public protocol CrossWorkerReduction: AnyObject {
     /// workerCount`).
     func allGather(_ local: UnsafeBufferPointer<Double>, into all: UnsafeMutableBufferPointer<Double>) throws
 }
+
+extension CrossWorkerReduction {
+    /// Replaces each element of `first` and `second` by its average over the workers (one all-reduce of both, in
+    /// double), using `scratch`; a failure is thrown as ``NormalizationError/crossWorkerReductionFailed(layer:reason:)``
+    /// for `layer` and changes nothing. Per-worker BN's and BRN's running statistics stay in step this way.
+    func average(_ first: inout [Float], _ second: inout [Float], scratch: inout [Double], layer: String) throws {
+        let a = first.count, total = a + second.count, workers = Double(workerCount)
+        if scratch.count != total { scratch = [Double](repeating: 0, count: total) }
+        for i in 0..<a { scratch[i] = Double(first[i]) }
+        for i in 0..<second.count { scratch[a + i] = Double(second[i]) }
+        do {
+            try scratch.withUnsafeMutableBufferPointer { try allReduceSum($0) }
+        } catch {
+            throw NormalizationError.crossWorkerReductionFailed(layer: layer, reason: "\(error)")
+        }
+        for i in 0..<a { first[i] = Float(scratch[i] / workers) }
+        for i in 0..<second.count { second[i] = Float(scratch[a + i] / workers) }
+    }
+}

@@ -84,6 +84,15 @@ final class DistributedTrainingTests: XCTestCase {
         assertClose(ranks, single, tolerance: 1e-5, "per-worker BN, 2 ranks vs ghost batches")
     }
 
+    /// Per-worker BRN: 2 ranks × 16 == ghost batches of 16 in one process (running mean and std averaged over
+    /// ranks: BRN's ghost-batch update), with `r` and `d` active from the first steps (the schedule scaled to 6 steps).
+    func testPerWorkerBatchRenormEqualsGhostBatches() throws {
+        let common = ["--norm", "brn", "--batch", "32", "--epochs", "2", "--brn-momentum", "0.3"]
+        let ranks = try train(ranks: 2, common, name: "brn-2ranks")
+        let single = try train(ranks: nil, common + ["--norm-batch", "16"], name: "brn-ghost")
+        assertClose(ranks, single, tolerance: 1e-5, "per-worker BRN, 2 ranks vs ghost batches")
+    }
+
     /// 2 ranks × 16 with SyncBN == one process with BN over 32; and 3 ranks × 8 == BN over 24 (SyncBN's counts).
     func testSyncBatchNormEqualsBatchNormOverTheGlobalBatch() throws {
         let ranks = try train(ranks: 2, ["--norm", "syncbn", "--batch", "32"], name: "sync-2ranks")

@@ -16,9 +16,8 @@ import NormKit
 /// which is the update ghost batches of `B/R` make in one process. SyncBN (`--norm syncbn`) normalizes with the
 /// global batch's statistics (``/NormKit/BatchNorm/crossWorkerReduction``). MABN continues one sequence of
 /// iterations over the workers' batches, worker after worker, as ghost chunks in one process
-/// (``/NormKit/MovingAverageBatchNorm/crossWorkerReduction``): every worker keeps the same state. GN, LN and IN
-/// need nothing. BRN keeps per-worker running state (worker 0's is saved; its parameters stay in step through the
-/// gradients).
+/// (``/NormKit/MovingAverageBatchNorm/crossWorkerReduction``): every worker keeps the same state. Per-worker BRN
+/// averages its running mean and standard deviation like BN (the ghost-batch update). GN, LN and IN need nothing.
 ///
 /// The per-worker normalizations (BN, BRN, MABN) need a normalization batch that divides the per-worker batch:
 /// ``TrainingConfiguration/perWorker(workers:)`` makes the default (the whole per-worker batch) explicit, so that
@@ -165,11 +164,16 @@ extension Trainer {
         return totals.evaluation
     }
 
-    /// Per-worker BN: the running statistics averaged over the workers after each step (see the type's notes).
+    /// Per-worker BN and BRN: the running statistics averaged over the workers after each step (see the type's
+    /// notes).
     func synchronizeRunningStatistics() throws {
-        guard let group = dataParallel, group.workerCount > 1, configuration.norm == .bn else { return }
+        guard let group = dataParallel, group.workerCount > 1 else { return }
         for layer in normalizationLayers {
-            try (layer as? BatchNorm)?.averageRunningStatistics(over: statisticsClock ?? group)
+            switch (configuration.norm, layer) {
+            case (.bn, let layer as BatchNorm): try layer.averageRunningStatistics(over: statisticsClock ?? group)
+            case (.brn, let layer as BatchRenorm): try layer.averageRunningStatistics(over: statisticsClock ?? group)
+            default: break
+            }
         }
     }
 
