@@ -22,8 +22,9 @@
 /// gathered and merged between the statistics and coefficients stages, and the backward sums `Σdy`, `Σdy·x̂` over
 /// workers; exact for unequal per-worker batches. Without it, BN on a worker is per-worker BN.
 ///
-/// **Non-finite batches.** If any batch statistic is NaN or infinite the running statistics are left
-/// unchanged and ``skippedUpdates`` is incremented; the output is still computed (and non-finite).
+/// **Non-finite batches.** If any batch statistic, or a new running value (a variance finite in Double can
+/// overflow Float), is NaN or infinite the running statistics are left unchanged and ``skippedUpdates`` is
+/// incremented; the output is still computed (and non-finite).
 public final class BatchNorm: NormalizationLayer {
     /// `C`.
     public let channels: Int
@@ -66,8 +67,7 @@ public final class BatchNorm: NormalizationLayer {
     private var workspace = StatisticsWorkspace()
     private var evaluationCoefficients: [Float] = []
     // The next running statistics, built here and swapped in when finite (no allocation per step).
-    private var pendingMean: [Float] = []
-    private var pendingVariance: [Float] = []
+    private var runningFold = RunningStatisticsFold()
 
     /// A BatchNorm over `channels` channels.
     ///
@@ -128,46 +128,16 @@ public final class BatchNorm: NormalizationLayer {
         savedReduction = nil
     }
 
-    /// Folds the last forward's statistics (`count` values per set) into the running statistics.
+    /// Folds the last forward's statistics (`count` values per set) into the running statistics (the variance
+    /// unbiased by `m/(m − 1)`), or counts a skipped update when a value is not finite.
     private func updateRunningStatistics(geometry g: NormalizationGeometry, count m: Double) {
         batchesTracked += 1
-        let perBlock = 1 / Double(g.sampleBlocks)
-        let unbias = m / (m - 1), keep = 1 - Double(momentum), take = Double(momentum)
-        let mean = workspace.mean, variance = workspace.variance, blocks = g.sampleBlocks, channels = channels
-        if pendingMean.count != channels {
-            pendingMean = [Float](repeating: 0, count: channels)
-            pendingVariance = pendingMean
-        }
-        // Built in the pending arrays and swapped in only if every value is finite (no allocation per step). A
-        // non-finite batch statistic poisons its sum, and statistics finite in Double can still overflow Float
-        // (|x| ~ 1e38), so checking the Float results covers both.
-        var finite = true
-        runningMean.withUnsafeBufferPointer { oldMean in
-            runningVariance.withUnsafeBufferPointer { oldVariance in
-                pendingMean.withUnsafeMutableBufferPointer { newMean in
-                    pendingVariance.withUnsafeMutableBufferPointer { newVariance in
-                        for c in 0..<channels {
-                            var mu = 0.0, v = 0.0
-                            for b in 0..<blocks {
-                                mu += mean[b * channels + c]
-                                v += variance[b * channels + c]
-                            }
-                            let nm = Float(keep * Double(oldMean[c]) + take * mu * perBlock)
-                            let nv = Float(keep * Double(oldVariance[c]) + take * unbias * v * perBlock)
-                            finite = finite && nm.isFinite && nv.isFinite && mu.isFinite && v.isFinite
-                            newMean[c] = nm
-                            newVariance[c] = nv
-                        }
-                    }
-                }
-            }
-        }
-        guard finite else {
+        let variance = workspace.variance, unbias = m / (m - 1)
+        if !runningFold.fold(mean: &runningMean, spread: &runningVariance, batchMean: workspace.mean,
+                             batchSpread: { unbias * variance[$0] }, sampleBlocks: g.sampleBlocks,
+                             momentum: momentum) {
             skippedUpdates += 1
-            return
         }
-        swap(&runningMean, &pendingMean)
-        swap(&runningVariance, &pendingVariance)
     }
 
     /// Per-worker BN in a data-parallel run: replaces the running mean and variance by their average over the

@@ -24,8 +24,9 @@
 /// forward). The running statistics are updated **once per forward with the average** over the ghost batches of
 /// `μ_B` and of `σ_B` (the same rule as ``BatchNorm``), and ``batchesTracked`` counts forwards, not ghost batches.
 ///
-/// **Non-finite batches.** If any `μ_B` or `σ_B` is NaN or infinite the running statistics are left unchanged and
-/// ``skippedUpdates`` is incremented (the step counter still advances); the output is still computed.
+/// **Non-finite batches.** If any `μ_B` or `σ_B`, or a new running value, is NaN or infinite the running statistics
+/// are left unchanged and ``skippedUpdates`` is incremented (the step counter still advances); the output is still
+/// computed. BatchNorm follows the same rule (one fold for both).
 ///
 /// An evaluation forward touches no state: a pending training forward can still be backpropagated after it.
 public final class BatchRenorm: NormalizationLayer {
@@ -140,6 +141,7 @@ public final class BatchRenorm: NormalizationLayer {
     }
 
     private var synchronizationBuffer: [Double] = []
+    private var runningFold = RunningStatisticsFold()
 
     /// `r` of the last training forward, indexed `ghostBatch·C + c` (diagnostics).
     public private(set) var lastR: [Float] = []
@@ -299,27 +301,14 @@ public final class BatchRenorm: NormalizationLayer {
         }
     }
 
+    /// Folds the average `μ_B` and `σ_B` into the running mean and standard deviation, or counts a skipped update
+    /// when a value is not finite.
     private func updateRunningStatistics(geometry g: NormalizationGeometry) {
-        let eps = Double(epsilon), mean = mean, variance = variance
-        guard mean.allSatisfy(\.isFinite), variance.allSatisfy({ ($0 + eps).squareRoot().isFinite }) else {
+        let eps = Double(epsilon), variance = variance
+        if !runningFold.fold(mean: &runningMean, spread: &runningStd, batchMean: mean,
+                             batchSpread: { (variance[$0] + eps).squareRoot() }, sampleBlocks: g.sampleBlocks,
+                             momentum: momentum) {
             skippedUpdates += 1
-            return
-        }
-        let alpha = Double(momentum), blocks = g.sampleBlocks, channels = channels
-        // One exclusive access per running array for the whole loop (not one per element).
-        runningMean.withUnsafeMutableBufferPointer { runningMean in
-            runningStd.withUnsafeMutableBufferPointer { runningStd in
-                for c in 0..<channels {
-                    var mu = 0.0, sigma = 0.0
-                    for b in 0..<blocks {
-                        mu += mean[b * channels + c]
-                        sigma += (variance[b * channels + c] + eps).squareRoot()
-                    }
-                    let rm = Double(runningMean[c]), rs = Double(runningStd[c])
-                    runningMean[c] = Float(rm + alpha * (mu / Double(blocks) - rm))
-                    runningStd[c] = Float(rs + alpha * (sigma / Double(blocks) - rs))
-                }
-            }
         }
     }
 
@@ -378,10 +367,8 @@ public final class BatchRenorm: NormalizationLayer {
         applyGradient(preActivation.isActive ? nil : dy, input: x, into: &dx, center: mean, coefficients: scratch,
                       slopeBase: slopeBase,
                       offsetBase: offsetBase, geometry: g)
-        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
-                           sumDy: sumDy, sumDyCentered: sumDyCentered,
-                           scale: { n, ch in factors[(n / k) * c + ch].rstd * factors[(n / k) * c + ch].r },
-                           offset: { n, ch in factors[(n / k) * c + ch].d })
+        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
+                             setScale: { factors[$0].rstd * factors[$0].r }, setOffset: { factors[$0].d })
         savedInput = nil
         savedGeometry = nil
     }

@@ -138,9 +138,8 @@ public final class FrozenBatchNorm: NormalizationLayer {
             }
             if preActivation.isActive { scaleBy(dxp.baseAddress!) } else { dy.withUnsafeBufferPointer { scaleBy($0.baseAddress!) } }
         }
-        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
-                           sumDy: sumDy, sumDyCentered: sumDyCentered,
-                           scale: { [inverseStd] _, c in inverseStd[c] })
+        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
+                             setScale: { [inverseStd] in inverseStd[$0] })
         savedInput = nil
     }
 

@@ -434,9 +434,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         applyGradient(preActivation.isActive ? nil : dy, input: x, into: &dx, center: center,
                       coefficients: coefficients, slopeBase: slopeBase,
                       offsetBase: offsetBase, geometry: g)
-        setAffineGradients(weight: weight, bias: bias, batch: g.batch, channels: channels,
-                           sumDy: sumDy, sumDyCentered: sumDyX,
-                           scale: { n, ch in factors[(n / k) * c + ch].r * factors[(n / k) * c + ch].rstd })
+        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyX, geometry: g,
+                             setScale: { factors[$0].r * factors[$0].rstd })
         savedInput = nil
         savedGeometry = nil
     }

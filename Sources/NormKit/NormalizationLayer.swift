@@ -143,27 +143,36 @@ func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
                       value: [Float](repeating: 0, count: channels)))
 }
 
-/// Writes `dγ_c = Σ_n scale[n,c]·sumDyCentered[n,c] + Σ_n offset[n,c]·sumDy[n,c]` and `dβ_c = Σ_n sumDy[n,c]`
-/// into the parameters' gradients. `scale` and `offset` are functions of (n, c); pass closures over local copies of
-/// the arrays they read, not over `self` (a stored property read per element pays an exclusivity check). Inlined so
-/// that each caller's closures are specialised into the loop instead of called per element.
+/// The one `dγ`/`dβ` walk of every layer: `dγ_c = Σ_n scale[s]·Σdy·(x − k)[n, c] + offset[s]·Σdy[n, c]` and
+/// `dβ_c = Σ_n Σdy[n, c]` with `s` the set of `(n, c)` in `g`, from the per-(n, c) sums of a backward, written into
+/// the parameters' gradients (nothing without them). `setScale` and `setOffset` are called once per set; pass
+/// closures over local copies of the arrays they read, not over `self` (a stored property read pays an exclusivity
+/// check). Inlined so that each caller's closures are specialised into the loop. Sums run over `n` in order.
 @inline(__always)
-func setAffineGradients(weight: Parameter?, bias: Parameter?, batch: Int, channels: Int,
-                        sumDy: [Double], sumDyCentered: [Double],
-                        scale: (Int, Int) -> Double, offset: (Int, Int) -> Double = { _, _ in 0 }) {
+func writeAffineGradients(weight: Parameter?, bias: Parameter?, sumDy: [Double], sumDyCentered: [Double],
+                          geometry g: NormalizationGeometry, setScale: (Int) -> Double,
+                          setOffset: (Int) -> Double = { _ in 0 }) {
     guard let weight, let bias else { return }
-    // One exclusive access per array for the whole loop (not one per element).
-    weight.gradient.withUnsafeMutableBufferPointer { dGamma in
-        bias.gradient.withUnsafeMutableBufferPointer { dBeta in
-            for c in 0..<channels {
-                var dg = 0.0, db = 0.0
-                for n in 0..<batch {
-                    let i = n * channels + c
-                    dg += scale(n, c) * sumDyCentered[i] + offset(n, c) * sumDy[i]
-                    db += sumDy[i]
+    let c = g.channels, k = g.samplesPerSet, cps = g.channelsPerSet
+    sumDy.withUnsafeBufferPointer { s1 in
+        sumDyCentered.withUnsafeBufferPointer { s2 in
+            // One exclusive access per gradient for the whole loop (not one per element).
+            weight.gradient.withUnsafeMutableBufferPointer { dGamma in
+                bias.gradient.withUnsafeMutableBufferPointer { dBeta in
+                    for ch in 0..<c {
+                        var dg = 0.0, db = 0.0
+                        for block in 0..<g.sampleBlocks {
+                            let s = block * g.channelBlocks + ch / cps
+                            let scale = setScale(s), offset = setOffset(s)
+                            for n in (block * k)..<((block + 1) * k) {
+                                dg += scale * s2[n * c + ch] + offset * s1[n * c + ch]
+                                db += s1[n * c + ch]
+                            }
+                        }
+                        dGamma[ch] = Float(dg)
+                        dBeta[ch] = Float(db)
+                    }
                 }
-                dGamma[c] = Float(dg)
-                dBeta[c] = Float(db)
             }
         }
     }

@@ -13,7 +13,6 @@ struct StatisticsWorkspace {
     private var scratch: [Float] = []
     private var scratchDouble = KernelScratch()
     private var gammaEffective: [Float] = []
-    private var affineAccumulators: [Double] = []
     /// The last forward's pre-activation, when it had a fused activation.
     private var preActivation = PreActivation()
     /// SyncBN: values per channel over all workers in the last reduced forward, and the reductions' buffers.
@@ -120,40 +119,8 @@ struct StatisticsWorkspace {
                 }
             }
         }
-        if let weight, let bias { affineGradients(weight: weight, bias: bias, geometry: g) }
-    }
-
-    /// `dγ_c = Σ_n rstd[set(n, c)]·Σdy·(x − μ)[n, c]` and `dβ_c = Σ_n Σdy[n, c]` from the sums of the last backward,
-    /// walked row by row (contiguous) with the set index advanced per channel block: no division per element.
-    private mutating func affineGradients(weight: Parameter, bias: Parameter, geometry g: NormalizationGeometry) {
-        let c = g.channels, cps = g.channelsPerSet
-        if affineAccumulators.count != 2 * c { affineAccumulators = [Double](repeating: 0, count: 2 * c) }
-        sumDy.withUnsafeBufferPointer { s1 in
-            sumDyCentered.withUnsafeBufferPointer { s2 in
-                rstd.withUnsafeBufferPointer { r in
-                    affineAccumulators.withUnsafeMutableBufferPointer { acc in
-                        let dg = acc.baseAddress!, db = dg + c
-                        dg.update(repeating: 0, count: 2 * c)
-                        for n in 0..<g.batch {
-                            let row = n * c, firstSet = (n / g.samplesPerSet) * g.channelBlocks
-                            for block in 0..<g.channelBlocks {
-                                let scale = r[firstSet + block]
-                                for ch in (block * cps)..<((block + 1) * cps) {
-                                    dg[ch] += scale * s2[row + ch]
-                                    db[ch] += s1[row + ch]
-                                }
-                            }
-                        }
-                        weight.gradient.withUnsafeMutableBufferPointer { w in
-                            for ch in 0..<c { w[ch] = Float(dg[ch]) }
-                        }
-                        bias.gradient.withUnsafeMutableBufferPointer { b in
-                            for ch in 0..<c { b[ch] = Float(db[ch]) }
-                        }
-                    }
-                }
-            }
-        }
+        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
+                             setScale: { [rstd] in rstd[$0] })
     }
 }
 
@@ -309,7 +276,8 @@ extension StatisticsWorkspace {
                 }
             }
         }
-        if let weight, let bias { affineGradients(weight: weight, bias: bias, geometry: g) }
+        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
+                             setScale: { [rstd] in rstd[$0] })
     }
 }
 
