@@ -277,10 +277,10 @@ public final class BatchRenorm: NormalizationLayer {
                                 lastR[s] = Float(r)
                                 lastD[s] = Float(d)
                                 let gammaC = Double(gamma?[ch] ?? 1), betaC = Double(beta?[ch] ?? 0)
-                                let a = gammaC * r / sigmaB, k = Float(mean[s])
+                                let a = gammaC * r / sigmaB, centering = Centering(mean[s])
                                 coefficients[s] = Float(a)
-                                coefficients[shiftBase + s] = Float(betaC + gammaC * d - a * (mean[s] - Double(k)))
-                                coefficients[centerBase + s] = k
+                                coefficients[shiftBase + s] = centering.shift(betaC + gammaC * d, scale: a)
+                                coefficients[centerBase + s] = centering.center
                             }
                         }
                     }

@@ -104,7 +104,9 @@ extension NormalizationKernels {
                     withKernelActivation(activation, coefficient: g.coefficient(n: n, c: 0), element: n * m * c) {
                         nk_cl_gradient_sums(a1, a2, dy + n * m * c, x + n * m * c, m, c, k.baseAddress!, $0)
                     }
-                    for ch in 0..<c { a2[ch] -= (center[g.set(n: n, c: ch)] - Double(k[ch])) * a1[ch] }
+                    for ch in 0..<c {
+                        a2[ch] = Centering(center[g.set(n: n, c: ch)]).exactSum(centered: a2[ch], sumDy: a1[ch])
+                    }
                 }
             }
         }
@@ -122,10 +124,10 @@ extension NormalizationKernels {
                 forEachSampleRun(rows, positions: m) { n, first, count in
                     for ch in 0..<c {
                         let s = g.set(n: n, c: ch)
-                        k[ch] = Float(center[s])
+                        let centering = Centering(center[s])
+                        k[ch] = centering.center
                         q[ch] = slope[s]
-                        // The rows are centred on the float k; the offset absorbs the difference to the exact centre.
-                        r[ch] = Float(Double(offset[s]) - Double(slope[s]) * (center[s] - Double(k[ch])))
+                        r[ch] = centering.offset(Double(offset[s]), slope: Double(slope[s]))
                     }
                     let o = first * c
                     nk_cl_gradient_apply(dx + o, dy + o, x + o, count, c, scale + g.coefficient(n: n, c: 0), q, r, k)
@@ -174,12 +176,12 @@ extension NormalizationKernels {
                     mean[s] = mu
                     variance[s] = v
                     rstd[s] = r
-                    let center = Float(mu), delta = mu - Double(center)
+                    let centering = Centering(mu)
                     for ch in c0..<(c0 + cps) {
                         let a = Double(gamma?[ch] ?? 1) * r, k = n * c + ch
-                        centers[k] = center
+                        centers[k] = centering.center
                         scale[k] = Float(a)
-                        shift[k] = Float(Double(beta?[ch] ?? 0) - a * delta)
+                        shift[k] = centering.shift(Double(beta?[ch] ?? 0), scale: a)
                     }
                 }
                 nk_cl_affine_centered(y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c,
@@ -204,17 +206,17 @@ extension NormalizationKernels {
                 let k = rows.baseAddress!, p = k + c, q = p + c, r = q + c
                 for n in samples {
                     let o = n * m * c, a1 = sumDy + n * c, a2 = sumDyCentered + n * c
-                    for ch in 0..<c { k[ch] = Float(mean[n * blocks + ch / cps]) }
+                    for ch in 0..<c { k[ch] = Centering(mean[n * blocks + ch / cps]).center }
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
                     withKernelActivation(activation, coefficient: n * c, element: o) {
                         nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, k, $0)
                     }
                     for j in 0..<blocks {
-                        let s = n * blocks + j, c0 = j * cps, rs = rstd[s], delta = mean[s] - Double(k[c0])
+                        let s = n * blocks + j, c0 = j * cps, rs = rstd[s], centering = Centering(mean[s])
                         var meanG = 0.0, meanGX = 0.0
                         for ch in c0..<(c0 + cps) {
-                            a2[ch] -= delta * a1[ch]  // centred on the float μ̃; moved to the exact mean
+                            a2[ch] = centering.exactSum(centered: a2[ch], sumDy: a1[ch])
                             let ge = Double(gammaEffective[n * c + ch])
                             meanG += ge * a1[ch]
                             meanGX += ge * a2[ch]
@@ -223,7 +225,7 @@ extension NormalizationKernels {
                         for ch in c0..<(c0 + cps) {
                             p[ch] = Float(rs * Double(gammaEffective[n * c + ch]))
                             q[ch] = Float(slope)
-                            r[ch] = Float(offset - slope * delta)
+                            r[ch] = centering.offset(offset, slope: slope)
                         }
                     }
                     let upstream = activation.map { UnsafePointer($0.dz) } ?? dy

@@ -167,13 +167,13 @@ enum NormalizationKernels {
                         rstd[s] = r
                         // y = a·(x − μ̃) + β − a·(μ − μ̃) with μ̃ = Float(μ): not folded into a·x + b, which loses
                         // all accuracy when |μ| ≫ σ (x = 1e4 + 0.01·randn).
-                        center[s] = Float(mu)
-                        let delta = mu - Double(center[s])
+                        let centering = Centering(mu)
+                        center[s] = centering.center
                         let c0 = (s % g.channelBlocks) * cps, k0 = (s / g.channelBlocks) * g.channels + c0
                         for j in 0..<cps {
                             let a = Double(gamma?[c0 + j] ?? 1) * r
                             scratchScale[k0 + j] = Float(a)
-                            scratchShift[k0 + j] = Float(Double(beta?[c0 + j] ?? 0) - a * delta)
+                            scratchShift[k0 + j] = centering.shift(Double(beta?[c0 + j] ?? 0), scale: a)
                         }
                     }
                     let batch = g.batch(ofSets: first, count: size)
@@ -196,9 +196,10 @@ enum NormalizationKernels {
                 for c in 0..<g.channels {
                     let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
                     let a = Double(gamma?[c] ?? 1) * rstd[s]
-                    centers[k] = Float(mean[s])
+                    let centering = Centering(mean[s])
+                    centers[k] = centering.center
                     scratchScale[k] = Float(a)
-                    scratchShift[k] = Float(Double(beta?[c] ?? 0) - a * (mean[s] - Double(centers[k])))
+                    scratchShift[k] = centering.shift(Double(beta?[c] ?? 0), scale: a)
                 }
             }
             applyCentered(y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, activation: activation,
@@ -340,13 +341,13 @@ enum NormalizationKernels {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
                 for row in rows {
-                    let exact = center[g.set(n: row / c, c: row % c)], k = Float(exact)
-                    let (a1, a2) = rowGradientSums(dy + row * m, x + row * m, m, center: k, activation: activation,
+                    let centering = Centering(center[g.set(n: row / c, c: row % c)])
+                    let (a1, a2) = rowGradientSums(dy + row * m, x + row * m, m, center: centering.center,
+                                                   activation: activation,
                                                    coefficient: g.coefficient(n: row / c, c: row % c),
                                                    element: row * m)
-                    // The row was centred on the float k; move the sum to the exact centre.
                     sumDy[row] = a1
-                    sumDyCentered[row] = a2 - (exact - Double(k)) * a1
+                    sumDyCentered[row] = centering.exactSum(centered: a2, sumDy: a1)
                 }
             }
         case .channelsLast:
@@ -388,10 +389,11 @@ enum NormalizationKernels {
             Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
                 for row in rows {
                     let n = row / c, ch = row % c, s = g.set(n: n, c: ch)
-                    let k = Float(center[s]), delta = center[s] - Double(k)
+                    let centering = Centering(center[s])
                     rowGradientApply(dx + row * m, dy + row * m, x + row * m, m,
                                      p: scale[g.coefficient(n: n, c: ch)], q: slope[s],
-                                     r: Float(Double(offset[s]) - Double(slope[s]) * delta), center: k)
+                                     r: centering.offset(Double(offset[s]), slope: Double(slope[s])),
+                                     center: centering.center)
                 }
             }
         case .channelsLast:
@@ -435,7 +437,7 @@ enum NormalizationKernels {
                 g.forEachSetBatch(in: sets) { first, size in
                     let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
                     let batch = g.batch(ofSets: first, count: size)
-                    for s in first..<(first + size) { center[s] = Float(mean[s]) }
+                    for s in first..<(first + size) { center[s] = Centering(mean[s]).center }
                     setGradientSums(sumDy + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
                                     sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
                                     outStride: c, dy + batch.offset, x + batch.offset, batch,
@@ -443,13 +445,13 @@ enum NormalizationKernels {
                                     activation: activation?.moved(coefficient: k0, element: batch.offset))
                     for s in first..<(first + size) {
                         let c0 = (s % g.channelBlocks) * cps, firstRow = b * g.samplesPerSet * c + c0
-                        // Rows were centred on the float μ̃; δ = μ − μ̃ moves sums and offsets to the exact mean.
-                        let rs = rstd[s], delta = mean[s] - Double(center[s])
+                        // Rows were centred on the float μ̃ = center[s] (the forward's Centering(μ).center).
+                        let rs = rstd[s], centering = Centering(mean[s])
                         var meanG = 0.0, meanGX = 0.0
                         for piece in 0..<g.samplesPerSet {
                             for j in 0..<cps {
                                 let row = firstRow + piece * c + j
-                                let a1 = sumDy[row], a2 = sumDyCentered[row] - delta * a1
+                                let a1 = sumDy[row], a2 = centering.exactSum(centered: sumDyCentered[row], sumDy: a1)
                                 sumDyCentered[row] = a2
                                 let ge = Double(gammaEffective[b * c + c0 + j])
                                 meanG += ge * a1
@@ -461,7 +463,7 @@ enum NormalizationKernels {
                         let slope = -rs * rs * meanGX
                         for j in 0..<cps { p[b * c + c0 + j] = Float(rs * Double(gammaEffective[b * c + c0 + j])) }
                         q[s] = Float(slope)
-                        r[s] = Float(-rs * meanG - slope * delta)
+                        r[s] = centering.offset(-rs * meanG, slope: slope)
                     }
                     setGradientApply(dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
                                      q: q + first, r: r + first, center: center + first)

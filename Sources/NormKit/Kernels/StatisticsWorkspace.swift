@@ -202,9 +202,10 @@ extension StatisticsWorkspace {
             for ch in 0..<c {
                 let r = 1 / (localVariance[ch] + Double(epsilon)).squareRoot(), a = Double(gamma?[ch] ?? 1) * r
                 rstd[ch] = r
-                centers[ch] = Float(localMean[ch])
+                let centering = Centering(localMean[ch])
+                centers[ch] = centering.center
                 scale[ch] = Float(a)
-                shift[ch] = Float(Double(beta?[ch] ?? 0) - a * (localMean[ch] - Double(centers[ch])))
+                shift[ch] = centering.shift(Double(beta?[ch] ?? 0), scale: a)
             }
             x.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
