@@ -3,7 +3,7 @@
 
     normkit train --model resnet8 --norm mabn --batch 16 --norm-batch 2 --epochs 1 --train-limit 512 --out RUN
     normkit export --fold --checkpoint RUN --out FOLDED.safetensors
-    /work/.venv-torch/bin/python scripts/check_fold_export.py RUN/model.safetensors FOLDED.safetensors
+    $PYTHON scripts/check_fold_export.py RUN/model.safetensors FOLDED.safetensors
 
 1. Rebuilds the checkpoint's model, `torch_models.ResNet(depth, norm, groups=…, mabn_buffer=…)`, from its
    `torch_model_arguments` and loads it with `strict=True` (scripts/check_torch_interop.py's `build`).

@@ -2,7 +2,7 @@
 """Checks that NormKit checkpoints load into the reference PyTorch models and give the same outputs.
 
     NORMKIT_INTEROP_DIR=/tmp/interop swift test -c release --filter TorchModelParityTests/testExportForTorchInterop
-    /work/.venv-torch/bin/python scripts/check_torch_interop.py /tmp/interop [--run RUN_DIR ...]
+    $PYTHON scripts/check_torch_interop.py /tmp/interop [--run RUN_DIR ...]
 
 DIR holds one sub-directory per normalization, each a `normkit train`-style run directory (written by `Trainer`)
 with `model.safetensors` and a `logits.json` of inputs and NormKit's logits. For each, the script:

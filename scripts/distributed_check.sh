@@ -8,7 +8,7 @@
 #      into ../shared/reference/torch_models.py's ResNet through scripts/check_torch_interop.py --run.
 #
 #     bash scripts/distributed_check.sh                                  # steps 1–2
-#     PYTHON=/work/.venv-torch/bin/python bash scripts/distributed_check.sh   # and step 3
+#     PYTHON=/path/to/python-with-torch bash scripts/distributed_check.sh   # and step 3
 #
 # Needs the Fashion-MNIST files (Debian: dataset-fashion-mnist) or --data in NORMKIT_DATA, and Open MPI
 # (openmpi-bin, libopenmpi-dev). Exits 0 when every norm trained, resumed and (with PYTHON) loaded; 1 otherwise.

@@ -15,7 +15,7 @@ writes one file, Tests/NormKitTrainingTests/Fixtures/fold_resnet8_<norm>.safeten
 Its `__metadata__`: `norm`, `depth`, `width`, `groups`, `mabn_buffer`, and `folded_names` (JSON, the folded
 state_dict's keys in PyTorch's order). It also checks that the reference refuses gn, ln and in.
 
-    /work/.venv-torch/bin/python scripts/make_fold_fixtures.py
+    $PYTHON scripts/make_fold_fixtures.py
 """
 import json
 import os

@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """PyTorch's float32 error on hard inputs: the bar NormKit's precision tests hold each layer to.
 
-Runs the reference layers of ../shared/reference/torch_models.py (copied into the repository's tests' reach only
-as numbers) in float32 and in float64 on the same float32 inputs, step by step from the same state, and writes
-each float32 run's worst relative error against its float64 twin, together with the inputs, to
-Tests/NormKitTests/Fixtures/torch_precision.json. NormKitTests.PrecisionTests replays the inputs through NormKit and
-asserts its errors against its own float64 reference stay within a small factor of PyTorch's.
+Runs the layers of the project's PyTorch reference, torch_models.py (found as in scripts/check_torch_interop.py:
+NORMKIT_REFERENCE or --reference-dir), in float32 and in float64 on the same float32 inputs, step by step from the
+same state, and writes each float32 run's worst relative error against its float64 twin, together with the inputs,
+to Tests/NormKitTests/Fixtures/torch_precision.json. NormKitTests.PrecisionTests replays the inputs through NormKit
+and asserts its errors against its own float64 reference stay within a small factor of PyTorch's.
 
-    /path/to/python-with-torch scripts/make_precision_fixtures.py [--reference-dir ../shared/reference]
+    $PYTHON scripts/make_precision_fixtures.py [--reference-dir DIR]      # $PYTHON: a Python with torch
 
-Cases `brnLargeMean` (issue 9's gap): BatchRenorm2d on (1, 24, 2) NCHW, per-channel means S·N(0,1) for S = 1e3, 10
-and 1e5, spreads 0.01, momentum 0.2, warm-up 5 steps, r_max 3 by step 20, d_max 5 by step 12, 40 training steps (forward, backward,
-then an evaluation forward of the same input); on the same inputs, `F.batch_norm` (training with running statistics,
-momentum 0.2, then evaluation) and `F.group_norm` with one group per channel. Relative error = max|a − ref| / max|ref| per step, worst over steps.
+Cases `brnLargeMean` (issue 9's gap): BatchRenorm2d on (1, 24, 2) NCHW, per-channel means S·N(0,1) for S = 1e3,
+10 and 1e5, spreads 0.01, momentum 0.2, warm-up 5 steps, r_max 3 by step 20, d_max 5 by step 12, 40 training steps
+(forward, backward, then an evaluation forward of the same input); on the same inputs, `F.batch_norm` (training
+with running statistics, momentum 0.2, then evaluation) and `F.group_norm` with one group per channel. Relative
+error = max|a − ref| / max|ref| per step, worst over steps.
 """
 import argparse
 import json
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--reference-dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference"))
+parser.add_argument("--reference-dir", default=os.environ.get(
+    "NORMKIT_REFERENCE", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")))
 parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "Tests", "NormKitTests", "Fixtures",
                                                   "torch_precision.json"))
 args = parser.parse_args()

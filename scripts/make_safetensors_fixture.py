@@ -1,7 +1,7 @@
 """Writes the safetensors interoperability fixture for NormKit's tests, or checks a file NormKit wrote.
 
-    /work/.venv-torch/bin/python scripts/make_safetensors_fixture.py            # write the fixture
-    /work/.venv-torch/bin/python scripts/make_safetensors_fixture.py --check F  # read a NormKit-written file
+    $PYTHON scripts/make_safetensors_fixture.py            # write the fixture
+    $PYTHON scripts/make_safetensors_fixture.py --check F  # read a NormKit-written file
 
 Writing produces, in Tests/NormKitTrainingTests/Fixtures/:
   safetensors_python.safetensors  written by the Python `safetensors` package (safetensors.torch.save_file)

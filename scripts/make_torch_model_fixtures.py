@@ -25,7 +25,7 @@ The BRN counters are set past its warm-up (`num_batches_tracked = 10000` with th
 `r·z = x/sqrt(running_var + ε)` and the forward would not depend on the SMA), and the backward the SMA of
 `buffer_gz`.
 
-    /work/.venv-torch/bin/python scripts/make_torch_model_fixtures.py
+    $PYTHON scripts/make_torch_model_fixtures.py
 """
 import json
 import os
