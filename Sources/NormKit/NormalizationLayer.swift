@@ -15,7 +15,31 @@ public struct NormalizationGradients: Sendable {
     }
 }
 
-/// The shape every NormKit normalization layer shares.
+/// The layer family of NormKit: a forward into the caller's buffer and the backward of the last training forward.
+///
+/// ``NormalizationLayer`` refines it with `γ`/`β`, running state and state dicts; the training stack's `Layer`
+/// (NormKitTraining) refines it with the module tree (convolutions, pooling, losses, models' parts), so one
+/// training loop drives both kinds.
+public protocol TensorLayer: AnyObject {
+    /// Computes the output for `x` into `y` (reusing `y`'s memory when it can). A training forward saves what the
+    /// backward needs.
+    func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws
+
+    /// Backpropagates `dy` through the last training forward into `dx` (reusing its memory when it can) and
+    /// overwrites the parameters' gradients.
+    func backward(_ dy: Tensor, into dx: inout Tensor) throws
+}
+
+extension TensorLayer {
+    /// The output for `x` in a new tensor.
+    public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
+        var y = Tensor(zeros: [0, 0])
+        try forward(x, into: &y, training: training)
+        return y
+    }
+}
+
+/// The shape every NormKit normalization layer shares (a ``TensorLayer``).
 ///
 /// - A layer is a reference type holding its parameters (``weight`` `γ`, ``bias`` `β`, per channel), its
 ///   running statistics (saved with ``stateDict()``, never given to an optimizer) and what its last training
@@ -44,7 +68,7 @@ public struct NormalizationGradients: Sendable {
 /// ```
 ///
 /// The kernels inside one call already use several threads (``Parallelism``).
-public protocol NormalizationLayer: AnyObject {
+public protocol NormalizationLayer: TensorLayer {
     /// A short description in initializer syntax (`"GroupNorm(channels: 64, groups: 32)"`), which begins every
     /// error message the layer throws.
     var name: String { get }
@@ -96,13 +120,6 @@ extension NormalizationLayer {
     @discardableResult
     public func loadStateDict(_ state: [String: StateTensor]) throws -> StateDictLoadResult {
         try loadStateDict(state, strict: true)
-    }
-
-    /// Normalizes `x` into a new tensor.
-    public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
-        var y = Tensor(zeros: [0, 0])
-        try forward(x, into: &y, training: training)
-        return y
     }
 
     /// Backpropagates `dy` and returns `dx`, `dγ` and `dβ`.

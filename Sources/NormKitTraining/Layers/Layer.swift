@@ -1,14 +1,10 @@
-/// A differentiable layer of the training stack: the same shape as NormKit's ``/NormKit/NormalizationLayer``, and a
-/// ``Module`` (its parameters, state dict and printing come from the module tree).
+/// A differentiable layer of the training stack: a NormKit ``/NormKit/TensorLayer`` (the family
+/// ``/NormKit/NormalizationLayer`` also belongs to) that is a ``Module`` (its parameters, state dict and printing
+/// come from the module tree).
 ///
 /// Each training forward saves what its backward needs; the backward overwrites the parameters' gradients
 /// and writes `dx` into the caller's buffer (reused when its shape matches).
-public protocol Layer: Module {
-    /// Computes the layer's output into `y`.
-    func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws
-    /// Backpropagates `dy` into `dx` and sets the parameters' gradients.
-    func backward(_ dy: Tensor, into dx: inout Tensor) throws
-}
+public protocol Layer: Module, TensorLayer {}
 
 extension Layer {
     /// The output for `x` in a new tensor, in the layer's current mode (``Module/training``): the same as
