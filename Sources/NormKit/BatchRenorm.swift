@@ -156,31 +156,10 @@ public final class BatchRenorm: NormalizationLayer {
         layerName("BatchRenorm", channels: channels, [normBatch.map { "normBatch: \($0)" }], affine: affine)
     }
 
-    /// What a training forward saves per (ghost batch, channel) for its backward.
-    private struct RenormFactors {
-        /// `1/σ_B`.
-        var rstd: Double
-        /// `r`, a constant in the backward.
-        var r: Double
-        /// `d`, a constant in the backward.
-        var d: Double
-    }
-
     private var savedInput: Tensor?
-    /// The training forward's pre-activation, for the backward of a fused activation.
-    private var preActivation = PreActivation()
     private var savedGeometry: NormalizationGeometry?
-    // Per (ghost batch, channel), reused across steps.
-    private var mean: [Double] = []
-    private var variance: [Double] = []
-    private var renormFactors: [RenormFactors] = []
-    private var sumDy: [Double] = []
-    private var sumDyCentered: [Double] = []
-    // Kernel coefficients: scale and shift (per coefficient), then centres (per set) in the forward; scale (per
-    // coefficient), slope and offset (per set) in the backward.
-    private var scratch: [Float] = []
-    // Channels-last statistics temporaries.
-    private var statisticsScratch = KernelScratch()
+    /// The fused training pipeline (statistics → ``Renormalization`` → coefficients → apply, and its backward).
+    private var workspace = StatisticsWorkspace()
     // Evaluation: scales at [c], shifts at [C + c].
     private var evaluationCoefficients: [Float]
 
@@ -222,90 +201,53 @@ public final class BatchRenorm: NormalizationLayer {
             return
         }
         let g = try NormalizationGeometry.varianceGhostBatches(x, channels: channels, normBatch: normBatch, layer: name)
-        if mean.count != g.setCount {
-            mean = [Double](repeating: 0, count: g.setCount)
-            variance = mean
-            renormFactors = [RenormFactors](repeating: RenormFactors(rstd: 0, r: 1, d: 0), count: g.setCount)
+        batchesTracked += 1
+        let (rMax, dMax) = schedule.limits(step: Int(batchesTracked))
+        let rule = Renormalization(runningMean: runningMean, runningStd: runningStd, rMax: rMax, dMax: dMax,
+                                   epsilon: Double(epsilon))
+        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, rule: rule,
+                            activation: activation, geometry: g)
+        if lastR.count != g.setCount {
             lastR = [Float](repeating: 1, count: g.setCount)
             lastD = [Float](repeating: 0, count: g.setCount)
         }
-        prepareScratch(g)
-        x.withUnsafeBufferPointer { xp in
-            mean.withUnsafeMutableBufferPointer { mp in
-                variance.withUnsafeMutableBufferPointer { vp in
-                    statisticsScratch.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
-                        NormalizationKernels.statistics(mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                                        x: xp.baseAddress!, scratch: dp, geometry: g)
-                    }
-                }
-            }
-        }
-        batchesTracked += 1
-        let (rMax, dMax) = schedule.limits(step: Int(batchesTracked))
-        computeCoefficients(geometry: g, rMax: rMax, dMax: dMax)
-        let activation = activation
-        applyAffine(x, into: &y, coefficients: scratch, shiftBase: g.coefficientCount, center: scratch,
-                    centerBase: 2 * g.coefficientCount, activation: activation, geometry: g) { scale, shift, center in
-            preActivation.record(activation, count: g.coefficientCount, scale: scale, shift: shift, center: center)
+        for s in 0..<g.setCount {
+            lastR[s] = Float(workspace.gain[s])
+            lastD[s] = Float(workspace.offset[s])
         }
         updateRunningStatistics(geometry: g)
         savedInput = x
         savedGeometry = g
     }
 
-    /// Per (ghost batch, channel) `s` of the training forward: `r`, `d`, `1/σ_B` (saved for the backward and in
-    /// ``lastR``, ``lastD``) and the output coefficients of `y = a·(x − k) + b`, with `a = γ·r/σ_B`, `k = μ_B`
-    /// rounded to float and `b = β + γ·d − a·(μ_B − k)`, into `scratch` at `[s]`, `[coefficientCount + s]` and
-    /// `[2·coefficientCount + s]`. Not folded into `a·x + b'`, which loses accuracy when `|μ_B| ≫ σ_B`.
-    private func computeCoefficients(geometry g: NormalizationGeometry, rMax: Double, dMax: Double) {
-        let eps = Double(epsilon), c = channels, shiftBase = g.coefficientCount, centerBase = 2 * g.coefficientCount
-        let mean = mean, variance = variance, runningMean = runningMean, runningStd = runningStd
-        let gamma = weight?.value, beta = bias?.value
-        // One exclusive access per written array for the whole loop (not one per element).
-        renormFactors.withUnsafeMutableBufferPointer { factors in
-            lastR.withUnsafeMutableBufferPointer { lastR in
-                lastD.withUnsafeMutableBufferPointer { lastD in
-                    scratch.withUnsafeMutableBufferPointer { coefficients in
-                        for b in 0..<g.sampleBlocks {
-                            for ch in 0..<c {
-                                let s = b * c + ch
-                                let sigmaB = (variance[s] + eps).squareRoot()
-                                let sigma = Double(runningStd[ch]), mu = Double(runningMean[ch])
-                                let r = clip(sigmaB / sigma, 1 / rMax, rMax)
-                                let d = clip((mean[s] - mu) / sigma, -dMax, dMax)
-                                factors[s] = RenormFactors(rstd: 1 / sigmaB, r: r, d: d)
-                                lastR[s] = Float(r)
-                                lastD[s] = Float(d)
-                                let gammaC = Double(gamma?[ch] ?? 1), betaC = Double(beta?[ch] ?? 0)
-                                let a = gammaC * r / sigmaB, centering = Centering(mean[s])
-                                coefficients[s] = Float(a)
-                                coefficients[shiftBase + s] = centering.shift(betaC + gammaC * d, scale: a)
-                                coefficients[centerBase + s] = centering.center
-                            }
-                        }
-                    }
-                }
-            }
+    /// BRN's ``NormalizationRule``: per (ghost batch, channel), `gain = r = clip(σ_B/σ, 1/r_max, r_max)` and
+    /// `offset = d = clip((μ_B − μ)/σ, −d_max, d_max)` with `σ_B = sqrt(var_B + ε)` and the running `μ`, `σ` from
+    /// before this forward; the fused kernels then compute `y = γ·(r·x̂ + d) + β` and, holding `r` and `d`
+    /// constant, BN's backward with `γ·r` (in Double) and `dγ = Σ dy·(r·x̂ + d)`.
+    struct Renormalization: NormalizationRule {
+        let runningMean: [Float], runningStd: [Float], rMax: Double, dMax: Double, epsilon: Double
+
+        @inline(__always)
+        func setAffine(set: Int, channel c: Int, mean: Double, variance: Double, rstd: Double)
+            -> (gain: Double, offset: Double)
+        {
+            let sigma = Double(runningStd[c])
+            return (clip((variance + epsilon).squareRoot() / sigma, 1 / rMax, rMax),
+                    clip((mean - Double(runningMean[c])) / sigma, -dMax, dMax))
+        }
+
+        /// `min(max(v, lo), hi)`, propagating NaN.
+        @inline(__always) private func clip(_ v: Double, _ lo: Double, _ hi: Double) -> Double {
+            v.isNaN ? v : min(max(v, lo), hi)
         }
     }
 
-    /// `min(max(v, lo), hi)`, propagating NaN.
-    @inline(__always) private func clip(_ v: Double, _ lo: Double, _ hi: Double) -> Double {
-        v.isNaN ? v : min(max(v, lo), hi)
-    }
-
-    /// Makes `scratch` large enough for either pass over `g` (it only grows).
-    private func prepareScratch(_ g: NormalizationGeometry) {
-        if scratch.count < 2 * g.coefficientCount + 2 * g.setCount {
-            scratch = [Float](repeating: 0, count: 2 * g.coefficientCount + 2 * g.setCount)
-        }
-    }
 
     /// Folds the average `μ_B` and `σ_B` into the running mean and standard deviation, or counts a skipped update
     /// when a value is not finite.
     private func updateRunningStatistics(geometry g: NormalizationGeometry) {
-        let eps = Double(epsilon), variance = variance
-        if !runningFold.fold(mean: &runningMean, spread: &runningStd, batchMean: mean,
+        let eps = Double(epsilon), variance = workspace.variance
+        if !runningFold.fold(mean: &runningMean, spread: &runningStd, batchMean: workspace.mean,
                              batchSpread: { (variance[$0] + eps).squareRoot() }, sampleBlocks: g.sampleBlocks,
                              momentum: momentum) {
             skippedUpdates += 1
@@ -328,50 +270,18 @@ public final class BatchRenorm: NormalizationLayer {
 
     /// The backward of the last training forward with `r`, `d` held constant: BN's backward per (ghost batch,
     /// channel) with `g = γ_c·r·dy`, i.e. `dx = (1/σ_B)·(g − mean(g) − x̂_B·mean(g·x̂_B))` where
-    /// `x̂_B = (x − μ_B)/σ_B`; `dγ_c = Σ dy·x̂` with `x̂ = x̂_B·r + d`, `dβ_c = Σ dy`.
-    ///
-    /// Computed from the per-(n, c) sums `Σdy`, `Σdy·(x − μ_B)`, then one `dx = p·dy + q·(x − μ_B) + o` pass.
-    /// Both kernels take the exact Double centre `μ_B` and correct themselves for centring rows on `float(μ_B)`,
-    /// so this stays accurate even when `|μ_B| ≫ σ_B`.
-    /// (`NormalizationKernels.normalizeBackward` would be the fused equivalent, but it takes `γ·r` rounded to
-    /// float, where this keeps it in Double.)
+    /// `x̂_B = (x − μ_B)/σ_B`; `dγ_c = Σ dy·x̂` with `x̂ = x̂_B·r + d`, `dβ_c = Σ dy`. The fused backward of the
+    /// pipeline, `γ·r` kept in Double; accurate even when `|μ_B| ≫ σ_B` (``Centering``).
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)
         }
         try InputCheck.validateGradient(dy, like: x, layer: name)
-        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: mean,
-                            preActivation: preActivation, dz: &dx, geometry: g)
-        // `scratch` holds p (coefficients), q and o (sets).
-        prepareScratch(g)
-        let k = g.samplesPerSet, c = channels, count = Double(g.elementsPerSet)
-        let slopeBase = g.coefficientCount, offsetBase = g.coefficientCount + g.setCount
-        let sumDy = sumDy, sumDyCentered = sumDyCentered, factors = renormFactors, gamma = weight?.value
-        scratch.withUnsafeMutableBufferPointer { coefficients in
-            for b in 0..<g.sampleBlocks {
-                for ch in 0..<c {
-                    let s = b * c + ch
-                    var s1 = 0.0, s2 = 0.0
-                    for n in (b * k)..<((b + 1) * k) {
-                        s1 += sumDy[n * c + ch]
-                        s2 += sumDyCentered[n * c + ch]
-                    }
-                    let rs = factors[s].rstd, ge = Double(gamma?[ch] ?? 1) * factors[s].r
-                    let meanG = ge * s1 / count, meanGX = ge * s2 * rs / count
-                    coefficients[s] = Float(rs * ge)
-                    coefficients[slopeBase + s] = Float(-rs * rs * meanGX)
-                    coefficients[offsetBase + s] = Float(-rs * meanG)
-                }
-            }
-        }
-        applyGradient(preActivation.isActive ? nil : dy, input: x, into: &dx, center: mean, coefficients: scratch,
-                      slopeBase: slopeBase,
-                      offsetBase: offsetBase, geometry: g)
-        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
-                             setScale: { factors[$0].rstd * factors[$0].r }, setOffset: { factors[$0].d })
+        workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
         savedInput = nil
         savedGeometry = nil
     }
+
 
     /// `weight`, `bias` (when affine), `running_mean`, `running_std`, `num_batches_tracked` (int64 scalar,
     /// shape `[]`), as the reference `BatchRenorm2d`.

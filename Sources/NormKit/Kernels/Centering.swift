@@ -20,4 +20,12 @@ struct Centering {
 
     /// The offset `o` of `dx = p·dy + q·(x − k) + o` equal to `p·dy + q·(x − μ) + offset`.
     @inline(__always) func offset(_ offset: Double, slope q: Double) -> Float { Float(offset - q * residual) }
+
+    /// The per-channel `a`, `b` of `y = a·(x − k) + b` equal to `γ·(factor·(x − μ) + offset) + β` (a set normalized
+    /// by `factor = gain·rstd` and `offset`, ``NormalizationRule``): `a = γ·factor`, `b = β + γ·offset − a·δ`.
+    @inline(__always)
+    func coefficients(gamma: Double, beta: Double, factor: Double, offset: Double) -> (scale: Float, shift: Float) {
+        let a = gamma * factor
+        return (Float(a), shift(offset == 0 ? beta : beta + gamma * offset, scale: a))
+    }
 }

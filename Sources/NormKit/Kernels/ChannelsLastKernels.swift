@@ -154,8 +154,9 @@ extension NormalizationKernels {
     /// `y = act(a·(x − μ̃) + b)` while the sample is in cache. `centers`/`scale`/`shift` get per-(n, c) entries.
     static func nativeNormalizePerSample(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
                                          variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
+                                         gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
                                          x: UnsafePointer<Float>, gamma: UnsafePointer<Float>?,
-                                         beta: UnsafePointer<Float>?, epsilon: Float,
+                                         beta: UnsafePointer<Float>?, epsilon: Float, rule: some NormalizationRule,
                                          scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>,
                                          centers: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>,
                                          activation: FusedActivation, geometry g: NormalizationGeometry) {
@@ -173,15 +174,15 @@ extension NormalizationKernels {
                         (Double(xs[c0 + i]), a1[c0 + i], a2[c0 + i])
                     }
                     let r = 1 / (v + Double(epsilon)).squareRoot()
-                    mean[s] = mu
-                    variance[s] = v
-                    rstd[s] = r
-                    let centering = Centering(mu)
+                    let set = rule.setAffine(set: s, channel: c0, mean: mu, variance: v, rstd: r)
+                    (mean[s], variance[s], rstd[s], gain[s], offset[s]) = (mu, v, r, set.gain, set.offset)
+                    let centering = Centering(mu), factor = set.gain * r
                     for ch in c0..<(c0 + cps) {
-                        let a = Double(gamma?[ch] ?? 1) * r, k = n * c + ch
+                        let k = n * c + ch
                         centers[k] = centering.center
-                        scale[k] = Float(a)
-                        shift[k] = centering.shift(Double(beta?[ch] ?? 0), scale: a)
+                        (scale[k], shift[k]) = centering.coefficients(
+                            gamma: Double(gamma?[ch] ?? 1), beta: Double(beta?[ch] ?? 0), factor: factor,
+                            offset: set.offset)
                     }
                 }
                 nk_cl_affine_centered(y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c,
@@ -197,7 +198,7 @@ extension NormalizationKernels {
     static func nativeNormalizeBackwardPerSample(dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
                                                  sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
                                                  x: UnsafePointer<Float>, mean: UnsafePointer<Double>,
-                                                 rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Float>,
+                                                 rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Double>,
                                                  activation: ActivationBackward?, geometry g: NormalizationGeometry) {
         let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
         let count = Double(g.elementsPerSet)
@@ -217,13 +218,13 @@ extension NormalizationKernels {
                         var meanG = 0.0, meanGX = 0.0
                         for ch in c0..<(c0 + cps) {
                             a2[ch] = centering.exactSum(centered: a2[ch], sumDy: a1[ch])
-                            let ge = Double(gammaEffective[n * c + ch])
+                            let ge = gammaEffective[n * c + ch]
                             meanG += ge * a1[ch]
                             meanGX += ge * a2[ch]
                         }
                         let slope = -rs * rs * (meanGX * rs / count), offset = -rs * meanG / count
                         for ch in c0..<(c0 + cps) {
-                            p[ch] = Float(rs * Double(gammaEffective[n * c + ch]))
+                            p[ch] = Float(rs * gammaEffective[n * c + ch])
                             q[ch] = Float(slope)
                             r[ch] = centering.offset(offset, slope: slope)
                         }

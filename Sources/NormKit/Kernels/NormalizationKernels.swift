@@ -143,14 +143,16 @@ enum NormalizationKernels {
         }
     }
 
-    /// The standard training forward: per-set statistics, then `y = act(γ_c·(x−μ)·rstd + β_c)`, fused per set in
-    /// channels-first order. `gamma`/`beta` are per channel (nil: 1 and 0). Writes mean, biased variance and rstd,
-    /// and leaves the per-coefficient scale and shift in `scratchScale`/`scratchShift` and the float centres after
+    /// The training forward: per-set statistics, the rule's `gain` and `offset` per set, then
+    /// `y = act(γ_c·(gain·(x−μ)·rstd + offset) + β_c)`, fused per set in channels-first order. `gamma`/`beta` are per
+    /// channel (nil: 1 and 0). Writes mean, biased variance, rstd, gain and offset per set, and leaves the per-coefficient scale and shift in `scratchScale`/`scratchShift` and the float centres after
     /// the shifts (per set channels-first, per coefficient channels-last: ``forwardCenter(_:geometry:)``).
     static func normalize(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
                           variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
+                          gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
                           x: UnsafePointer<Float>,
                           gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
+                          rule: some NormalizationRule,
                           scratchScale: UnsafeMutablePointer<Float>, scratchShift: UnsafeMutablePointer<Float>,
                           scratchDouble: UnsafeMutablePointer<Double>, activation: FusedActivation = .identity,
                           geometry g: NormalizationGeometry) {
@@ -164,16 +166,17 @@ enum NormalizationKernels {
                     batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
                     for s in first..<(first + size) {
                         let mu = mean[s], r = 1 / (variance[s] + Double(epsilon)).squareRoot()
-                        rstd[s] = r
-                        // y = a·(x − μ̃) + β − a·(μ − μ̃) with μ̃ = Float(μ): not folded into a·x + b, which loses
-                        // all accuracy when |μ| ≫ σ (x = 1e4 + 0.01·randn).
-                        let centering = Centering(mu)
-                        center[s] = centering.center
                         let c0 = (s % g.channelBlocks) * cps, k0 = (s / g.channelBlocks) * g.channels + c0
+                        let set = rule.setAffine(set: s, channel: c0, mean: mu, variance: variance[s], rstd: r)
+                        (rstd[s], gain[s], offset[s]) = (r, set.gain, set.offset)
+                        // y = a·(x − μ̃) + b with μ̃ = Float(μ): not folded into a·x + b', which loses all accuracy
+                        // when |μ| ≫ σ (x = 1e4 + 0.01·randn).
+                        let centering = Centering(mu), factor = set.gain * r
+                        center[s] = centering.center
                         for j in 0..<cps {
-                            let a = Double(gamma?[c0 + j] ?? 1) * r
-                            scratchScale[k0 + j] = Float(a)
-                            scratchShift[k0 + j] = centering.shift(Double(beta?[c0 + j] ?? 0), scale: a)
+                            (scratchScale[k0 + j], scratchShift[k0 + j]) = centering.coefficients(
+                                gamma: Double(gamma?[c0 + j] ?? 1), beta: Double(beta?[c0 + j] ?? 0), factor: factor,
+                                offset: set.offset)
                         }
                     }
                     let batch = g.batch(ofSets: first, count: size)
@@ -184,22 +187,28 @@ enum NormalizationKernels {
             }
         case .channelsLast:
             if fusesPerSample(g) {
-                return nativeNormalizePerSample(y: y, mean: mean, variance: variance, rstd: rstd, x: x, gamma: gamma,
-                                                beta: beta, epsilon: epsilon, scale: scratchScale,
+                return nativeNormalizePerSample(y: y, mean: mean, variance: variance, rstd: rstd, gain: gain,
+                                                offset: offset, x: x, gamma: gamma, beta: beta, epsilon: epsilon,
+                                                rule: rule, scale: scratchScale,
                                                 shift: scratchShift, centers: scratchShift + g.coefficientCount,
                                                 sums: scratchDouble, activation: activation, geometry: g)
             }
             statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
-            for s in 0..<g.setCount { rstd[s] = 1 / (variance[s] + Double(epsilon)).squareRoot() }
+            for s in 0..<g.setCount {
+                let r = 1 / (variance[s] + Double(epsilon)).squareRoot()
+                let set = rule.setAffine(set: s, channel: (s % g.channelBlocks) * g.channelsPerSet, mean: mean[s],
+                                         variance: variance[s], rstd: r)
+                (rstd[s], gain[s], offset[s]) = (r, set.gain, set.offset)
+            }
             let centers = scratchShift + g.coefficientCount
             for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
                 for c in 0..<g.channels {
                     let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
-                    let a = Double(gamma?[c] ?? 1) * rstd[s]
                     let centering = Centering(mean[s])
                     centers[k] = centering.center
-                    scratchScale[k] = Float(a)
-                    scratchShift[k] = centering.shift(Double(beta?[c] ?? 0), scale: a)
+                    (scratchScale[k], scratchShift[k]) = centering.coefficients(
+                        gamma: Double(gamma?[c] ?? 1), beta: Double(beta?[c] ?? 0), factor: gain[s] * rstd[s],
+                        offset: offset[s])
                 }
             }
             applyCentered(y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, activation: activation,
@@ -421,7 +430,7 @@ enum NormalizationKernels {
                                   sumDyCentered: UnsafeMutablePointer<Double>,
                                   dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                                   mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
-                                  gammaEffective: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                                  gammaEffective: UnsafePointer<Double>, scratch: UnsafeMutablePointer<Float>,
                                   scratchDouble: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil,
                                   geometry g: NormalizationGeometry) {
         let c = g.channels, count = Double(g.elementsPerSet)
@@ -453,7 +462,7 @@ enum NormalizationKernels {
                                 let row = firstRow + piece * c + j
                                 let a1 = sumDy[row], a2 = centering.exactSum(centered: sumDyCentered[row], sumDy: a1)
                                 sumDyCentered[row] = a2
-                                let ge = Double(gammaEffective[b * c + c0 + j])
+                                let ge = gammaEffective[b * c + c0 + j]
                                 meanG += ge * a1
                                 meanGX += ge * a2
                             }
@@ -461,7 +470,7 @@ enum NormalizationKernels {
                         meanG /= count
                         meanGX = meanGX * rs / count
                         let slope = -rs * rs * meanGX
-                        for j in 0..<cps { p[b * c + c0 + j] = Float(rs * Double(gammaEffective[b * c + c0 + j])) }
+                        for j in 0..<cps { p[b * c + c0 + j] = Float(rs * gammaEffective[b * c + c0 + j]) }
                         q[s] = Float(slope)
                         r[s] = centering.offset(-rs * meanG, slope: slope)
                     }
@@ -484,7 +493,7 @@ enum NormalizationKernels {
                 meanG.initialize(repeating: 0, count: 2 * g.setCount)
                 for n in 0..<g.batch {
                     for ch in 0..<c {
-                        let s = g.set(n: n, c: ch), ge = Double(gammaEffective[g.coefficient(n: n, c: ch)])
+                        let s = g.set(n: n, c: ch), ge = gammaEffective[g.coefficient(n: n, c: ch)]
                         meanG[s] += ge * sumDy[n * c + ch]
                         meanGX[s] += ge * sumDyCentered[n * c + ch]
                     }
@@ -497,7 +506,7 @@ enum NormalizationKernels {
             for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
                 for ch in 0..<c {
                     let k = g.coefficient(n: n, c: ch)
-                    scale[k] = Float(rstd[g.set(n: n, c: ch)] * Double(gammaEffective[k]))
+                    scale[k] = Float(rstd[g.set(n: n, c: ch)] * gammaEffective[k])
                 }
             }
             gradientApply(dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset,

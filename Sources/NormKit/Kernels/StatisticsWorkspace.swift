@@ -7,25 +7,32 @@ struct StatisticsWorkspace {
     private(set) var mean: [Double] = []
     private(set) var variance: [Double] = []
     private(set) var rstd: [Double] = []
+    /// Per-set `gain` and `offset` of the last forward's ``NormalizationRule`` (1 and 0 for BN and GN).
+    private(set) var gain: [Double] = []
+    private(set) var offset: [Double] = []
     /// Per-(n, c) `Σ dy` and `Σ dy·(x − μ)` of the last backward.
     private(set) var sumDy: [Double] = []
     private(set) var sumDyCentered: [Double] = []
     private var scratch: [Float] = []
     private var scratchDouble = KernelScratch()
-    private var gammaEffective: [Float] = []
+    private var gammaEffective: [Double] = []
     /// The last forward's pre-activation, when it had a fused activation.
     private var preActivation = PreActivation()
     /// SyncBN: values per channel over all workers in the last reduced forward, and the reductions' buffers.
     private(set) var reducedCount = 0.0
     private var reductionBuffer: [Double] = []
 
-    /// Statistics of every set of `x` and `y = act(γ·(x − μ)·rstd + β)`.
+    /// Statistics of every set of `x`, the rule's gain and offset per set, and
+    /// `y = act(γ·(gain·(x − μ)·rstd + offset) + β)`.
     mutating func normalize(_ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?, epsilon: Float,
-                            activation: FusedActivation = .identity, geometry g: NormalizationGeometry) {
-        if mean.count != g.setCount {
+                            rule: some NormalizationRule = Standardization(), activation: FusedActivation = .identity,
+                            geometry g: NormalizationGeometry) {
+        if mean.count != g.setCount || gain.count != g.setCount {
             mean = [Double](repeating: 0, count: g.setCount)
             variance = mean
             rstd = mean
+            gain = mean
+            offset = mean
         }
         let scratchCount = 3 * g.coefficientCount + 3 * g.setCount  // see NormalizationKernels
         if scratch.count < scratchCount { scratch = [Float](repeating: 0, count: scratchCount) }
@@ -35,18 +42,23 @@ struct StatisticsWorkspace {
                 mean.withUnsafeMutableBufferPointer { mp in
                     variance.withUnsafeMutableBufferPointer { vp in
                         rstd.withUnsafeMutableBufferPointer { rp in
+                        gain.withUnsafeMutableBufferPointer { gainp in
+                        offset.withUnsafeMutableBufferPointer { offsetp in
                             scratch.withUnsafeMutableBufferPointer { sp in
                                 scratchDouble.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
                                     withOptionalPointers(gamma, beta) { gp, bp in
                                         NormalizationKernels.normalize(
                                             y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                            rstd: rp.baseAddress!, x: xp.baseAddress!, gamma: gp, beta: bp,
-                                            epsilon: epsilon, scratchScale: sp.baseAddress!,
+                                            rstd: rp.baseAddress!, gain: gainp.baseAddress!,
+                                            offset: offsetp.baseAddress!, x: xp.baseAddress!, gamma: gp, beta: bp,
+                                            epsilon: epsilon, rule: rule, scratchScale: sp.baseAddress!,
                                             scratchShift: sp.baseAddress! + g.coefficientCount, scratchDouble: dp,
                                             activation: activation, geometry: g)
                                     }
                                 }
                             }
+                        }
+                        }
                         }
                     }
                 }
@@ -79,9 +91,10 @@ struct StatisticsWorkspace {
         }
     }
 
-    /// `dx` of the last ``normalize(_:into:gamma:beta:epsilon:activation:geometry:)`` for upstream `dy` (the
-    /// gradient of the activation's output when it had one), and, when the layer is affine, `dγ_c = Σ dz·x̂` and
-    /// `dβ_c = Σ dz` into `weight` and `bias` (`γ` is `weight`'s value, or 1; `dz` is `dy` through the activation).
+    /// `dx` of the last ``normalize(_:into:gamma:beta:epsilon:rule:activation:geometry:)`` for upstream `dy` (the
+    /// gradient of the activation's output when it had one): BN's backward with `γ·gain`; and, when the layer is
+    /// affine, `dγ_c = Σ dz·(gain·x̂ + offset)` and `dβ_c = Σ dz` into `weight` and `bias` (`γ` is `weight`'s value,
+    /// or 1; `dz` is `dy` through the activation).
     mutating func backward(_ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?,
                            bias: Parameter?, geometry g: NormalizationGeometry) {
         let gamma = weight?.value
@@ -91,10 +104,15 @@ struct StatisticsWorkspace {
             sumDyCentered = sumDy
         }
         if gammaEffective.count != g.coefficientCount {
-            gammaEffective = [Float](repeating: 1, count: g.coefficientCount)
+            gammaEffective = [Double](repeating: 1, count: g.coefficientCount)
         }
-        if let gamma {
-            for b in 0..<g.sampleBlocks { for ch in 0..<c { gammaEffective[b * c + ch] = gamma[ch] } }
+        let gain = gain, rstd = rstd, offset = offset
+        gammaEffective.withUnsafeMutableBufferPointer { ge in
+            for b in 0..<g.sampleBlocks {
+                for ch in 0..<c {
+                    ge[b * c + ch] = Double(gamma?[ch] ?? 1) * gain[b * g.channelBlocks + ch / g.channelsPerSet]
+                }
+            }
         }
         dx.prepare(shape: x.shape, layout: x.layout)
         x.withUnsafeBufferPointer { xp in
@@ -120,7 +138,7 @@ struct StatisticsWorkspace {
             }
         }
         writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
-                             setScale: { [rstd] in rstd[$0] })
+                             setScale: { rstd[$0] * gain[$0] }, setOffset: { offset[$0] })
     }
 }
 
