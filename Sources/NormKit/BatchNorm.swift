@@ -65,7 +65,7 @@ public final class BatchNorm: NormalizationLayer {
     /// The reduction of the pending training forward (its backward must use the same one).
     private var savedReduction: CrossWorkerReduction?
     private var workspace = StatisticsWorkspace()
-    private var evaluationCoefficients: [Float] = []
+    private var evaluation = EvaluationAffine()
     // The next running statistics, built here and swapped in when finite (no allocation per step).
     private var runningFold = RunningStatisticsFold()
 
@@ -151,23 +151,11 @@ public final class BatchNorm: NormalizationLayer {
     private var synchronizationBuffer: [Double] = []
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) throws {
-        let g = NormalizationGeometry.perChannel(x, channels: channels)
-        if evaluationCoefficients.count < 2 * channels {
-            evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
+        let gamma = weight?.value, runningVariance = runningVariance, eps = Double(epsilon)
+        evaluation.apply(x, into: &y, channels: channels, beta: bias?.value, center: runningMean,
+                         activation: activation) { c in
+            Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
         }
-        let gamma = weight?.value, beta = bias?.value, runningVariance = runningVariance
-        let eps = Double(epsilon), channels = channels
-        // Scales at [c], shifts at [C + c]; one exclusive access for the loop (not one per element).
-        evaluationCoefficients.withUnsafeMutableBufferPointer { coefficients in
-            for c in 0..<channels {
-                let a = Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
-                coefficients[c] = Float(a)
-                coefficients[channels + c] = beta?[c] ?? 0
-            }
-        }
-        // y = a·(x − running_mean) + β, not folded into a·x + b (accurate when |running_mean| ≫ σ).
-        applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels, center: runningMean,
-                    activation: activation, geometry: g)
         savedInput = nil
         savedGeometry = nil
     }

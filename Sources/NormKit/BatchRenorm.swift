@@ -160,8 +160,7 @@ public final class BatchRenorm: NormalizationLayer {
     private var savedGeometry: NormalizationGeometry?
     /// The fused training pipeline (statistics → ``Renormalization`` → coefficients → apply, and its backward).
     private var workspace = StatisticsWorkspace()
-    // Evaluation: scales at [c], shifts at [C + c].
-    private var evaluationCoefficients: [Float]
+    private var evaluation = EvaluationAffine()
 
     /// A Batch Renormalization layer over `channels` channels.
     ///
@@ -189,7 +188,6 @@ public final class BatchRenorm: NormalizationLayer {
         (weight, bias) = makeAffine(channels: channels, affine: affine)
         runningMean = [Float](repeating: 0, count: channels)
         runningStd = [Float](repeating: 1, count: channels)
-        evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
     }
 
     /// Training: batch renormalization with (ghost-)batch statistics, step counter increment, running-statistics
@@ -254,18 +252,13 @@ public final class BatchRenorm: NormalizationLayer {
         }
     }
 
+    /// `y = γ·(x − μ)/σ + β` with the running `μ` and `σ`.
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
-        let g = NormalizationGeometry.perChannel(x, channels: channels)
-        let gamma = weight?.value, beta = bias?.value, runningStd = runningStd, channels = channels
-        evaluationCoefficients.withUnsafeMutableBufferPointer { coefficients in
-            for c in 0..<channels {
-                coefficients[c] = Float(Double(gamma?[c] ?? 1) / Double(runningStd[c]))
-                coefficients[channels + c] = beta?[c] ?? 0
-            }
+        let gamma = weight?.value, runningStd = runningStd
+        evaluation.apply(x, into: &y, channels: channels, beta: bias?.value, center: runningMean,
+                         activation: activation) { c in
+            Double(gamma?[c] ?? 1) / Double(runningStd[c])
         }
-        // y = a·(x − μ) + β, not folded into a·x + b (accurate when |μ| ≫ σ).
-        applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels, center: runningMean,
-                    activation: activation, geometry: g)
     }
 
     /// The backward of the last training forward with `r`, `d` held constant: BN's backward per (ghost batch,

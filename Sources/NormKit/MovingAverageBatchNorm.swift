@@ -153,8 +153,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     private var statisticsScratch = KernelScratch()
     // `Ψ_t` per chunk b and channel at [b·2C + c] (backward); the BN form's `g_B` after it at [b·2C + C + c].
     private var chunkStatistic: [Double] = []
-    // Evaluation: scales at [c], shifts at [C + c].
-    private var evaluationCoefficients: [Float]
+    private var evaluation = EvaluationAffine()
 
     /// An MABN layer over `channels` channels with ring buffers of `bufferSize` iterations.
     ///
@@ -194,7 +193,6 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         runningMean = [Float](repeating: 0, count: meanForm ? channels : 0)
         meanBuffer = [Float](repeating: 0, count: meanForm ? bufferSize * channels : 0)
         gradientMeanBuffer = meanBuffer
-        evaluationCoefficients = [Float](repeating: 0, count: 2 * channels)
     }
 
     /// `useBatch(t)`: the current chunk's statistic instead of the SMA.
@@ -343,18 +341,12 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     }
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
-        let g = NormalizationGeometry.perChannel(x, channels: channels)
-        let gamma = weight?.value, beta = bias?.value, running = runningSecondMoment
-        let eps = Double(epsilon), channels = channels
-        evaluationCoefficients.withUnsafeMutableBufferPointer { coefficients in
-            for c in 0..<channels {
-                coefficients[c] = Float(Double(gamma?[c] ?? 1) / (Double(running[c]) + eps).squareRoot())
-                coefficients[channels + c] = beta?[c] ?? 0
-            }
-        }
+        let gamma = weight?.value, running = runningSecondMoment, eps = Double(epsilon)
         // The BN form: y = γ·(x − running_mean)/sqrt(running_var + ε) + β.
-        applyAffine(x, into: &y, coefficients: evaluationCoefficients, shiftBase: channels,
-                    center: parts.secondMomentForm ? nil : runningMean, activation: activation, geometry: g)
+        evaluation.apply(x, into: &y, channels: channels, beta: bias?.value,
+                         center: parts.secondMomentForm ? nil : runningMean, activation: activation) { c in
+            Double(gamma?[c] ?? 1) / (Double(running[c]) + eps).squareRoot()
+        }
     }
 
     /// The MABN backward of the last training forward, chunk by chunk in forward order: pushes `Ψ_t` into
