@@ -79,8 +79,10 @@ public final class BatchNorm: NormalizationLayer {
     ///   - affine: whether the layer has a learnable per-channel `γ` (``weight``) and `β` (``bias``); `false`
     ///     leaves both nil (`y = x̂`).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
-    public init(channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.1, normBatch: Int? = nil,
-                affine: Bool = true) throws {
+    public init(
+        channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.1, normBatch: Int? = nil,
+        affine: Bool = true
+    ) throws {
         try LayerArgument.validate(
             layer: BatchNorm.describe(channels: channels, normBatch: normBatch, affine: affine),
             .channels(channels), .epsilon(epsilon),
@@ -110,9 +112,10 @@ public final class BatchNorm: NormalizationLayer {
                     expected: "nil with crossWorkerReduction (SyncBN normalizes over the global batch)")
             }
             let g = NormalizationGeometry.perChannel(x, channels: channels)
-            try workspace.normalizeAcrossWorkers(x, into: &y, gamma: weight?.value, beta: bias?.value,
-                                                 epsilon: epsilon, activation: activation, reduction: reduction,
-                                                 geometry: g, layer: name)
+            try workspace.normalizeAcrossWorkers(
+                x, into: &y, gamma: weight?.value, beta: bias?.value,
+                epsilon: epsilon, activation: activation, reduction: reduction,
+                geometry: g, layer: name)
             updateRunningStatistics(geometry: g, count: workspace.reducedCount)
             savedInput = x
             savedGeometry = g
@@ -120,8 +123,9 @@ public final class BatchNorm: NormalizationLayer {
             return
         }
         let g = try NormalizationGeometry.varianceGhostBatches(x, channels: channels, normBatch: normBatch, layer: name)
-        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
-                            activation: activation, geometry: g)
+        workspace.normalize(
+            x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
+            activation: activation, geometry: g)
         updateRunningStatistics(geometry: g, count: Double(g.elementsPerSet))
         savedInput = x
         savedGeometry = g
@@ -133,9 +137,11 @@ public final class BatchNorm: NormalizationLayer {
     private func updateRunningStatistics(geometry g: NormalizationGeometry, count m: Double) {
         batchesTracked += 1
         let variance = workspace.variance, unbias = m / (m - 1)
-        if !runningFold.fold(mean: &runningMean, spread: &runningVariance, batchMean: workspace.mean,
-                             batchSpread: { unbias * variance[$0] }, sampleBlocks: g.sampleBlocks,
-                             momentum: momentum) {
+        if !runningFold.fold(
+            mean: &runningMean, spread: &runningVariance, batchMean: workspace.mean,
+            batchSpread: { unbias * variance[$0] }, sampleBlocks: g.sampleBlocks,
+            momentum: momentum)
+        {
             skippedUpdates += 1
         }
     }
@@ -152,8 +158,10 @@ public final class BatchNorm: NormalizationLayer {
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) throws {
         let gamma = weight?.value, runningVariance = runningVariance, eps = Double(epsilon)
-        evaluation.apply(x, into: &y, channels: channels, beta: bias?.value, center: runningMean,
-                         activation: activation) { c in
+        evaluation.apply(
+            x, into: &y, channels: channels, beta: bias?.value, center: runningMean,
+            activation: activation
+        ) { c in
             Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
         }
         savedInput = nil
@@ -168,8 +176,9 @@ public final class BatchNorm: NormalizationLayer {
         }
         try InputCheck.validateGradient(dy, like: x, layer: name)
         if let reduction = savedReduction {
-            try workspace.backwardAcrossWorkers(dy, input: x, into: &dx, weight: weight, bias: bias,
-                                                reduction: reduction, geometry: g, layer: name)
+            try workspace.backwardAcrossWorkers(
+                dy, input: x, into: &dx, weight: weight, bias: bias,
+                reduction: reduction, geometry: g, layer: name)
         } else {
             workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
         }
@@ -181,8 +190,9 @@ public final class BatchNorm: NormalizationLayer {
     /// `weight`, `bias` (when affine), `running_mean`, `running_var`, `num_batches_tracked` (int64 scalar),
     /// as PyTorch's `nn.BatchNorm2d`.
     public func stateDict() -> [String: StateTensor] {
-        checkpoint.entries(weight: weight, bias: bias, runningMean: runningMean, runningSpread: runningVariance,
-                           batchesTracked: batchesTracked)
+        checkpoint.entries(
+            weight: weight, bias: bias, runningMean: runningMean, runningSpread: runningVariance,
+            batchesTracked: batchesTracked)
     }
 
     /// Restores what ``stateDict()`` writes (strict: exactly those keys; see
@@ -190,13 +200,15 @@ public final class BatchNorm: NormalizationLayer {
     /// any value is accepted, as PyTorch).
     @discardableResult
     public func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult {
-        try checkpoint.load(state, strict: strict, runningMean: &runningMean, runningSpread: &runningVariance,
-                            batchesTracked: &batchesTracked, weight: weight, bias: bias)
+        try checkpoint.load(
+            state, strict: strict, runningMean: &runningMean, runningSpread: &runningVariance,
+            batchesTracked: &batchesTracked, weight: weight, bias: bias)
     }
 
     /// The state-dict layout: the variance under `running_var`, any values, a step counter.
     private var checkpoint: RunningStatisticsCheckpoint {
-        RunningStatisticsCheckpoint(layer: name, channels: channels, spreadName: "running_var",
-                                    spreadRequirement: nil, stepCounter: .anyValue)
+        RunningStatisticsCheckpoint(
+            layer: name, channels: channels, spreadName: "running_var",
+            spreadRequirement: nil, stepCounter: .anyValue)
     }
 }

@@ -68,8 +68,9 @@ public final class BatchRenorm: NormalizationLayer {
         /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` if `totalSteps < 1`.
         public static func scaled(totalSteps: Int, rMax: Double = 3, dMax: Double = 5) throws -> Schedule {
             guard totalSteps >= 1, totalSteps <= Int.max / 100 - 1 else {
-                throw NormalizationError.invalidArgument(layer: "BatchRenorm.Schedule", name: "totalSteps",
-                                                         value: "\(totalSteps)", expected: "1...\(Int.max / 100 - 1)")
+                throw NormalizationError.invalidArgument(
+                    layer: "BatchRenorm.Schedule", name: "totalSteps",
+                    value: "\(totalSteps)", expected: "1...\(Int.max / 100 - 1)")
             }
             func percent(_ p: Int) -> Int { (totalSteps * p + 50) / 100 }
             return Schedule(warmupSteps: percent(5), rMax: rMax, dMax: dMax, rSteps: percent(40), dSteps: percent(25))
@@ -173,12 +174,15 @@ public final class BatchRenorm: NormalizationLayer {
     ///   - affine: whether the layer has a learnable per-channel `γ` (``weight``) and `β` (``bias``); `false`
     ///     leaves both nil (`y = x̂`).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
-    public init(channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.01, schedule: Schedule = .paper,
-                normBatch: Int? = nil, affine: Bool = true) throws {
+    public init(
+        channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.01, schedule: Schedule = .paper,
+        normBatch: Int? = nil, affine: Bool = true
+    ) throws {
         let layer = BatchRenorm.describe(channels: channels, normBatch: normBatch, affine: affine)
-        try LayerArgument.validate(layer: layer, .channels(channels), .epsilon(epsilon),
-                                   .fraction("momentum", momentum, meaning: "weight of the new value"),
-                                   .normBatch(normBatch))
+        try LayerArgument.validate(
+            layer: layer, .channels(channels), .epsilon(epsilon),
+            .fraction("momentum", momentum, meaning: "weight of the new value"),
+            .normBatch(normBatch))
         try schedule.validate(layer: layer)
         self.channels = channels
         self.epsilon = epsilon
@@ -201,10 +205,12 @@ public final class BatchRenorm: NormalizationLayer {
         let g = try NormalizationGeometry.varianceGhostBatches(x, channels: channels, normBatch: normBatch, layer: name)
         batchesTracked += 1
         let (rMax, dMax) = schedule.limits(step: Int(batchesTracked))
-        let rule = Renormalization(runningMean: runningMean, runningStd: runningStd, rMax: rMax, dMax: dMax,
-                                   epsilon: Double(epsilon))
-        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, rule: rule,
-                            activation: activation, geometry: g)
+        let rule = Renormalization(
+            runningMean: runningMean, runningStd: runningStd, rMax: rMax, dMax: dMax,
+            epsilon: Double(epsilon))
+        workspace.normalize(
+            x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, rule: rule,
+            activation: activation, geometry: g)
         if lastR.count != g.setCount {
             lastR = [Float](repeating: 1, count: g.setCount)
             lastD = [Float](repeating: 0, count: g.setCount)
@@ -226,12 +232,16 @@ public final class BatchRenorm: NormalizationLayer {
         let runningMean: [Float], runningStd: [Float], rMax: Double, dMax: Double, epsilon: Double
 
         @inline(__always)
-        func setAffine(set: Int, channel c: Int, mean: Double, variance: Double, rstd: Double)
+        func setAffine(
+            set: Int, channel c: Int, mean: Double, variance: Double, rstd: Double
+        )
             -> (gain: Double, offset: Double)
         {
             let sigma = Double(runningStd[c])
-            return (clip((variance + epsilon).squareRoot() / sigma, 1 / rMax, rMax),
-                    clip((mean - Double(runningMean[c])) / sigma, -dMax, dMax))
+            return (
+                clip((variance + epsilon).squareRoot() / sigma, 1 / rMax, rMax),
+                clip((mean - Double(runningMean[c])) / sigma, -dMax, dMax)
+            )
         }
 
         /// `min(max(v, lo), hi)`, propagating NaN.
@@ -240,14 +250,15 @@ public final class BatchRenorm: NormalizationLayer {
         }
     }
 
-
     /// Folds the average `μ_B` and `σ_B` into the running mean and standard deviation, or counts a skipped update
     /// when a value is not finite.
     private func updateRunningStatistics(geometry g: NormalizationGeometry) {
         let eps = Double(epsilon), variance = workspace.variance
-        if !runningFold.fold(mean: &runningMean, spread: &runningStd, batchMean: workspace.mean,
-                             batchSpread: { (variance[$0] + eps).squareRoot() }, sampleBlocks: g.sampleBlocks,
-                             momentum: momentum) {
+        if !runningFold.fold(
+            mean: &runningMean, spread: &runningStd, batchMean: workspace.mean,
+            batchSpread: { (variance[$0] + eps).squareRoot() }, sampleBlocks: g.sampleBlocks,
+            momentum: momentum)
+        {
             skippedUpdates += 1
         }
     }
@@ -255,8 +266,10 @@ public final class BatchRenorm: NormalizationLayer {
     /// `y = γ·(x − μ)/σ + β` with the running `μ` and `σ`.
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
         let gamma = weight?.value, runningStd = runningStd
-        evaluation.apply(x, into: &y, channels: channels, beta: bias?.value, center: runningMean,
-                         activation: activation) { c in
+        evaluation.apply(
+            x, into: &y, channels: channels, beta: bias?.value, center: runningMean,
+            activation: activation
+        ) { c in
             Double(gamma?[c] ?? 1) / Double(runningStd[c])
         }
     }
@@ -275,12 +288,12 @@ public final class BatchRenorm: NormalizationLayer {
         savedGeometry = nil
     }
 
-
     /// `weight`, `bias` (when affine), `running_mean`, `running_std`, `num_batches_tracked` (int64 scalar,
     /// shape `[]`), as the reference `BatchRenorm2d`.
     public func stateDict() -> [String: StateTensor] {
-        checkpoint.entries(weight: weight, bias: bias, runningMean: runningMean, runningSpread: runningStd,
-                           batchesTracked: batchesTracked)
+        checkpoint.entries(
+            weight: weight, bias: bias, runningMean: runningMean, runningSpread: runningStd,
+            batchesTracked: batchesTracked)
     }
 
     /// Restores what ``stateDict()`` writes (strict: exactly those keys; see
@@ -288,14 +301,16 @@ public final class BatchRenorm: NormalizationLayer {
     /// dtype, a `running_std` that is not positive and finite, or a negative `num_batches_tracked`).
     @discardableResult
     public func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult {
-        try checkpoint.load(state, strict: strict, runningMean: &runningMean, runningSpread: &runningStd,
-                            batchesTracked: &batchesTracked, weight: weight, bias: bias)
+        try checkpoint.load(
+            state, strict: strict, runningMean: &runningMean, runningSpread: &runningStd,
+            batchesTracked: &batchesTracked, weight: weight, bias: bias)
     }
 
     /// The state-dict layout: the standard deviation under `running_std` (positive and finite), a step counter
     /// (≥ 0).
     private var checkpoint: RunningStatisticsCheckpoint {
-        RunningStatisticsCheckpoint(layer: name, channels: channels, spreadName: "running_std",
-                                    spreadRequirement: .positiveFinite, stepCounter: .nonNegative)
+        RunningStatisticsCheckpoint(
+            layer: name, channels: channels, spreadName: "running_std",
+            spreadRequirement: .positiveFinite, stepCounter: .nonNegative)
     }
 }

@@ -38,7 +38,9 @@ struct StateDictReader {
     }
 
     /// The float32 values of `name`, checked against `shape` and, when given, `requirement`; nil if absent.
-    mutating func floats(_ name: String, shape: [Int], meeting requirement: ValueRequirement? = nil) throws
+    mutating func floats(
+        _ name: String, shape: [Int], meeting requirement: ValueRequirement? = nil
+    ) throws
         -> [Float]?
     {
         expected.insert(name)
@@ -71,8 +73,9 @@ struct StateDictReader {
     /// `weight` and `bias`, float32 `(C,)`, of the parameters that exist (a layer without them does not declare
     /// the keys, so given ones are unexpected).
     mutating func affine(weight: Parameter?, bias: Parameter?, channels: Int) throws -> AffineValues {
-        AffineValues(weight: weight == nil ? nil : try floats("weight", shape: [channels]),
-                     bias: bias == nil ? nil : try floats("bias", shape: [channels]))
+        AffineValues(
+            weight: weight == nil ? nil : try floats("weight", shape: [channels]),
+            bias: bias == nil ? nil : try floats("bias", shape: [channels]))
     }
 
     /// The missing and unexpected keys.
@@ -80,11 +83,13 @@ struct StateDictReader {
     /// - Throws: in strict mode, ``NormalizationError/incompatibleStateDict(layer:missingKeys:unexpectedKeys:)``
     ///   if either list is not empty.
     func finish() throws -> StateDictLoadResult {
-        let result = StateDictLoadResult(missingKeys: expected.filter { state[$0] == nil },
-                                         unexpectedKeys: state.keys.filter { !expected.contains($0) })
+        let result = StateDictLoadResult(
+            missingKeys: expected.filter { state[$0] == nil },
+            unexpectedKeys: state.keys.filter { !expected.contains($0) })
         if strict, !result.isEmpty {
-            throw NormalizationError.incompatibleStateDict(layer: layer, missingKeys: result.missingKeys,
-                                                           unexpectedKeys: result.unexpectedKeys)
+            throw NormalizationError.incompatibleStateDict(
+                layer: layer, missingKeys: result.missingKeys,
+                unexpectedKeys: result.unexpectedKeys)
         }
         return result
     }
@@ -140,8 +145,10 @@ struct RunningStatisticsCheckpoint {
     let stepCounter: StepCounter
 
     /// The entries of a layer's state (`batchesTracked` is written only when the layer keeps a step counter).
-    func entries(weight: Parameter?, bias: Parameter?, runningMean: [Float], runningSpread: [Float],
-                 batchesTracked: Int64 = 0) -> [String: StateTensor] {
+    func entries(
+        weight: Parameter?, bias: Parameter?, runningMean: [Float], runningSpread: [Float],
+        batchesTracked: Int64 = 0
+    ) -> [String: StateTensor] {
         var state: [String: StateTensor] = [
             "running_mean": .float32(shape: [channels], values: runningMean),
             spreadName: .float32(shape: [channels], values: runningSpread),
@@ -157,12 +164,15 @@ struct RunningStatisticsCheckpoint {
     /// - Throws: ``NormalizationError/invalidState(layer:name:reason:)`` for the first entry that has the wrong
     ///   shape or dtype or breaks the layer's rule; in strict mode
     ///   ``NormalizationError/incompatibleStateDict(layer:missingKeys:unexpectedKeys:)``.
-    func load(_ state: [String: StateTensor], strict: Bool, runningMean: inout [Float], runningSpread: inout [Float],
-              batchesTracked: inout Int64, weight: Parameter?, bias: Parameter?) throws -> StateDictLoadResult {
+    func load(
+        _ state: [String: StateTensor], strict: Bool, runningMean: inout [Float], runningSpread: inout [Float],
+        batchesTracked: inout Int64, weight: Parameter?, bias: Parameter?
+    ) throws -> StateDictLoadResult {
         var reader = StateDictReader(state, layer: layer, strict: strict)
         let mean = try reader.floats("running_mean", shape: [channels])
         let spread = try reader.floats(spreadName, shape: [channels], meeting: spreadRequirement)
-        let tracked = stepCounter == .none
+        let tracked =
+            stepCounter == .none
             ? nil : try reader.stepCounter("num_batches_tracked", nonNegative: stepCounter == .nonNegative)
         let affine = try reader.affine(weight: weight, bias: bias, channels: channels)
         let result = try reader.finish()
@@ -175,10 +185,13 @@ struct RunningStatisticsCheckpoint {
 
     /// ``load(_:strict:runningMean:runningSpread:batchesTracked:weight:bias:)`` for a layer without a step
     /// counter.
-    func load(_ state: [String: StateTensor], strict: Bool, runningMean: inout [Float], runningSpread: inout [Float],
-              weight: Parameter?, bias: Parameter?) throws -> StateDictLoadResult {
+    func load(
+        _ state: [String: StateTensor], strict: Bool, runningMean: inout [Float], runningSpread: inout [Float],
+        weight: Parameter?, bias: Parameter?
+    ) throws -> StateDictLoadResult {
         var untracked: Int64 = 0
-        return try load(state, strict: strict, runningMean: &runningMean, runningSpread: &runningSpread,
-                        batchesTracked: &untracked, weight: weight, bias: bias)
+        return try load(
+            state, strict: strict, runningMean: &runningMean, runningSpread: &runningSpread,
+            batchesTracked: &untracked, weight: weight, bias: bias)
     }
 }

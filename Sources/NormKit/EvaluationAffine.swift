@@ -8,8 +8,10 @@ struct EvaluationAffine {
 
     /// `y = act(scale(c)·(x − center[c]) + beta[c])` over `x`'s channels (`center` nil: 0, `beta` nil: 0).
     @inline(__always)
-    mutating func apply(_ x: Tensor, into y: inout Tensor, channels: Int, beta: [Float]?, center: [Float]?,
-                        activation: FusedActivation, scale: (Int) -> Double) {
+    mutating func apply(
+        _ x: Tensor, into y: inout Tensor, channels: Int, beta: [Float]?, center: [Float]?,
+        activation: FusedActivation, scale: (Int) -> Double
+    ) {
         if coefficients.count < 2 * channels { coefficients = [Float](repeating: 0, count: 2 * channels) }
         // One exclusive access for the loop (not one per element).
         coefficients.withUnsafeMutableBufferPointer { coefficients in
@@ -18,7 +20,8 @@ struct EvaluationAffine {
                 coefficients[channels + c] = beta?[c] ?? 0
             }
         }
-        applyAffine(x, into: &y, coefficients: coefficients, shiftBase: channels, center: center,
-                    activation: activation, geometry: .perChannel(x, channels: channels))
+        applyAffine(
+            x, into: &y, coefficients: coefficients, shiftBase: channels, center: center,
+            activation: activation, geometry: .perChannel(x, channels: channels))
     }
 }

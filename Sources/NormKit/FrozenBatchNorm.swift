@@ -54,8 +54,9 @@ public final class FrozenBatchNorm: NormalizationLayer {
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for `channels < 1` or a
     ///   negative or non-finite `epsilon`.
     public init(channels: Int, epsilon: Float = 1e-5, trainableAffine: Bool = false) throws {
-        try LayerArgument.validate(layer: layerName("FrozenBatchNorm", channels: channels), .channels(channels),
-                                   .epsilon(epsilon))
+        try LayerArgument.validate(
+            layer: layerName("FrozenBatchNorm", channels: channels), .channels(channels),
+            .epsilon(epsilon))
         self.channels = channels
         self.epsilon = epsilon
         let (w, b) = makeAffine(channels: channels, affine: true)
@@ -111,8 +112,9 @@ public final class FrozenBatchNorm: NormalizationLayer {
         y.prepare(shape: x.shape, layout: x.layout)
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
-                NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: runningMean,
-                                                   scale: scale, shift: beta, activation: activation, geometry: g)
+                NormalizationKernels.applyCentered(
+                    y: yp.baseAddress!, x: xp.baseAddress!, center: runningMean,
+                    scale: scale, shift: beta, activation: activation, geometry: g)
             }
         }
         if training {
@@ -128,18 +130,25 @@ public final class FrozenBatchNorm: NormalizationLayer {
         try InputCheck.validateGradient(dy, like: x, layer: name)
         let g = NormalizationGeometry.perChannel(x, channels: channels)
         computeCoefficients()
-        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: center,
-                            preActivation: preActivation, dz: &dx, geometry: g)
+        computeGradientSums(
+            sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: center,
+            preActivation: preActivation, dz: &dx, geometry: g)
         dx.withUnsafeMutableBufferPointer { dxp in
             // dx = scale·dz: the affine kernel with a zero shift, in place over the dz the sums left in dx.
             func scaleBy(_ upstream: UnsafePointer<Float>) {
-                NormalizationKernels.apply(y: dxp.baseAddress!, x: upstream, scale: scale, shift: zeroShift,
-                                           geometry: g)
+                NormalizationKernels.apply(
+                    y: dxp.baseAddress!, x: upstream, scale: scale, shift: zeroShift,
+                    geometry: g)
             }
-            if preActivation.isActive { scaleBy(dxp.baseAddress!) } else { dy.withUnsafeBufferPointer { scaleBy($0.baseAddress!) } }
+            if preActivation.isActive {
+                scaleBy(dxp.baseAddress!)
+            } else {
+                dy.withUnsafeBufferPointer { scaleBy($0.baseAddress!) }
+            }
         }
-        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
-                             setScale: { [inverseStd] in inverseStd[$0] })
+        writeAffineGradients(
+            weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
+            setScale: { [inverseStd] in inverseStd[$0] })
         savedInput = nil
     }
 
@@ -153,14 +162,16 @@ public final class FrozenBatchNorm: NormalizationLayer {
     /// dtype, or a negative or non-finite `running_var`).
     @discardableResult
     public func loadStateDict(_ state: [String: StateTensor], strict: Bool) throws -> StateDictLoadResult {
-        try checkpoint.load(state, strict: strict, runningMean: &runningMean, runningSpread: &runningVariance,
-                            weight: weight, bias: bias)
+        try checkpoint.load(
+            state, strict: strict, runningMean: &runningMean, runningSpread: &runningVariance,
+            weight: weight, bias: bias)
     }
 
     /// The state-dict layout: the variance under `running_var` (finite and ≥ 0), always `weight` and `bias`, no
     /// step counter.
     private var checkpoint: RunningStatisticsCheckpoint {
-        RunningStatisticsCheckpoint(layer: name, channels: channels, spreadName: "running_var",
-                                    spreadRequirement: .finiteNonNegative, stepCounter: .none)
+        RunningStatisticsCheckpoint(
+            layer: name, channels: channels, spreadName: "running_var",
+            spreadRequirement: .finiteNonNegative, stepCounter: .none)
     }
 }

@@ -83,9 +83,13 @@ struct PreActivation {
     mutating func clear() { activation = .identity }
 
     /// Records `activation` over `count` coefficients; `fill` writes scale, shift and center (each `count` long).
-    mutating func record(_ activation: FusedActivation, count: Int,
-                         _ fill: (_ scale: UnsafeMutablePointer<Float>, _ shift: UnsafeMutablePointer<Float>,
-                                  _ center: UnsafeMutablePointer<Float>) -> Void) {
+    mutating func record(
+        _ activation: FusedActivation, count: Int,
+        _ fill: (
+            _ scale: UnsafeMutablePointer<Float>, _ shift: UnsafeMutablePointer<Float>,
+            _ center: UnsafeMutablePointer<Float>
+        ) -> Void
+    ) {
         self.activation = activation
         guard activation != .identity else { return }
         if storage.count < 3 * count { storage = [Float](repeating: 0, count: 3 * count) }
@@ -96,8 +100,10 @@ struct PreActivation {
     }
 
     /// Records the affine of an apply call: `scale` and `shift` per coefficient, `center` per coefficient or nil (0).
-    mutating func record(_ activation: FusedActivation, count: Int, scale: UnsafePointer<Float>,
-                         shift: UnsafePointer<Float>, center: UnsafePointer<Float>?) {
+    mutating func record(
+        _ activation: FusedActivation, count: Int, scale: UnsafePointer<Float>,
+        shift: UnsafePointer<Float>, center: UnsafePointer<Float>?
+    ) {
         record(activation, count: count) { a, b, k in
             a.update(from: scale, count: count)
             b.update(from: shift, count: count)
@@ -109,8 +115,10 @@ struct PreActivation {
     func withBackward<R>(dz: UnsafeMutablePointer<Float>, _ body: (ActivationBackward?) -> R) -> R {
         guard isActive else { return body(nil) }
         return storage.withUnsafeBufferPointer { p in
-            body(ActivationBackward(activation: activation, scale: p.baseAddress!, shift: p.baseAddress! + count,
-                                    center: p.baseAddress! + 2 * count, dz: dz))
+            body(
+                ActivationBackward(
+                    activation: activation, scale: p.baseAddress!, shift: p.baseAddress! + count,
+                    center: p.baseAddress! + 2 * count, dz: dz))
         }
     }
 }
@@ -133,14 +141,17 @@ struct ActivationBackward {
     /// The kernel descriptor with the coefficient arrays moved to `coefficient` and `dz` to `element`.
     @inline(__always)
     func kernel(coefficient k: Int, element o: Int) -> nk_activation_backward {
-        nk_activation_backward(kind: activation.kernelCode, scale: scale + k, shift: shift + k, center: center + k,
-                               dz: dz + o)
+        nk_activation_backward(
+            kind: activation.kernelCode, scale: scale + k, shift: shift + k, center: center + k,
+            dz: dz + o)
     }
 
     /// The portable path: `dz[o + i] = dy[i]·act'(z)` for `count` elements of coefficient `k`, element `o` on.
     @inline(__always)
-    func portableRow(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, count: Int, coefficient k: Int,
-                     element o: Int) {
+    func portableRow(
+        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, count: Int, coefficient k: Int,
+        element o: Int
+    ) {
         let a = scale[k], b = shift[k], c = center[k], out = dz + o
         for i in 0..<count { out[i] = activation.gradient(dy[i], at: (x[i] - c) * a + b) }
     }
@@ -148,8 +159,10 @@ struct ActivationBackward {
     /// The portable channels-last path: `dz[o + ch] = dy[ch]·act'(z)` for one position's `count` channels, whose
     /// coefficients start at `coefficient`.
     @inline(__always)
-    func portableChannels(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, count: Int, coefficient k: Int,
-                          element o: Int) {
+    func portableChannels(
+        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, count: Int, coefficient k: Int,
+        element o: Int
+    ) {
         let a = scale + k, b = shift + k, c = center + k, out = dz + o
         for ch in 0..<count { out[ch] = activation.gradient(dy[ch], at: (x[ch] - c[ch]) * a[ch] + b[ch]) }
     }
@@ -157,8 +170,10 @@ struct ActivationBackward {
 
 /// Calls `body` with a pointer to the kernel descriptor of `backward` at (coefficient, element), or nil.
 @inline(__always)
-func withKernelActivation<R>(_ backward: ActivationBackward?, coefficient: Int, element: Int,
-                             _ body: (UnsafePointer<nk_activation_backward>?) -> R) -> R {
+func withKernelActivation<R>(
+    _ backward: ActivationBackward?, coefficient: Int, element: Int,
+    _ body: (UnsafePointer<nk_activation_backward>?) -> R
+) -> R {
     guard let backward else { return body(nil) }
     var descriptor = backward.kernel(coefficient: coefficient, element: element)
     return withUnsafePointer(to: &descriptor) { body($0) }

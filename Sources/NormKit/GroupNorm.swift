@@ -88,8 +88,10 @@ public final class GroupNorm: NormalizationLayer {
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` (name `"groups/groupSize"`)
     ///   when both or neither are given; otherwise as ``init(channels:groups:epsilon:affine:)`` or
     ///   ``init(channels:groupSize:epsilon:affine:)``.
-    public convenience init(channels: Int, groups: Int?, groupSize: Int?, epsilon: Float = 1e-5,
-                            affine: Bool = true) throws {
+    public convenience init(
+        channels: Int, groups: Int?, groupSize: Int?, epsilon: Float = 1e-5,
+        affine: Bool = true
+    ) throws {
         switch (groups, groupSize) {
         case (let groups?, nil):
             try self.init(channels: channels, groups: groups, epsilon: epsilon, affine: affine)
@@ -118,10 +120,12 @@ public final class GroupNorm: NormalizationLayer {
     /// group statistics for ``backward(_:into:)``.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try InputCheck.validate(x, channels: channels, layer: name)
-        let g = NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels,
-                                      positions: x.spatialCount, samplesPerSet: 1, channelsPerSet: groupSize)
-        workspace.normalize(x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
-                            activation: activation, geometry: g)
+        let g = NormalizationGeometry(
+            layout: x.layout, batch: x.batch, channels: channels,
+            positions: x.spatialCount, samplesPerSet: 1, channelsPerSet: groupSize)
+        workspace.normalize(
+            x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
+            activation: activation, geometry: g)
         if training {
             savedInput = x
             savedGeometry = g
@@ -163,8 +167,10 @@ public final class GroupNorm: NormalizationLayer {
 }
 
 /// Calls `body` with pointers to two optional arrays (nil pointers for nil arrays).
-func withOptionalPointers<R>(_ a: [Float]?, _ b: [Float]?,
-                             _ body: (UnsafePointer<Float>?, UnsafePointer<Float>?) -> R) -> R {
+func withOptionalPointers<R>(
+    _ a: [Float]?, _ b: [Float]?,
+    _ body: (UnsafePointer<Float>?, UnsafePointer<Float>?) -> R
+) -> R {
     guard let a, let b else { return body(nil, nil) }
     return a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in body(ap.baseAddress, bp.baseAddress) } }
 }

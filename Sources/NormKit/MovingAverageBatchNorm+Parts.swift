@@ -29,8 +29,10 @@ extension MovingAverageBatchNorm {
         public var renormalization: Bool
 
         /// Creates a set of switches (every part on by default).
-        public init(secondMomentForm: Bool = true, forwardSMA: Bool = true, backwardSMA: Bool = true,
-                    renormalization: Bool = true) {
+        public init(
+            secondMomentForm: Bool = true, forwardSMA: Bool = true, backwardSMA: Bool = true,
+            renormalization: Bool = true
+        ) {
             self.secondMomentForm = secondMomentForm
             self.forwardSMA = forwardSMA
             self.backwardSMA = backwardSMA
@@ -40,8 +42,9 @@ extension MovingAverageBatchNorm {
         /// The paper's MABN: every part on (the default).
         public static let paper = Parts()
         /// Every part off: BN with batch statistics in training (and EMAs of them for evaluation).
-        public static let batchNorm = Parts(secondMomentForm: false, forwardSMA: false, backwardSMA: false,
-                                            renormalization: false)
+        public static let batchNorm = Parts(
+            secondMomentForm: false, forwardSMA: false, backwardSMA: false,
+            renormalization: false)
 
         /// One part, as the CLI names it.
         public enum Part: String, CaseIterable, Sendable {
@@ -50,8 +53,9 @@ extension MovingAverageBatchNorm {
 
         /// The paper's MABN without `parts`.
         public init(without parts: Set<Part>) {
-            self.init(secondMomentForm: !parts.contains(.form), forwardSMA: !parts.contains(.forwardSMA),
-                      backwardSMA: !parts.contains(.backwardSMA), renormalization: !parts.contains(.renormalization))
+            self.init(
+                secondMomentForm: !parts.contains(.form), forwardSMA: !parts.contains(.forwardSMA),
+                backwardSMA: !parts.contains(.backwardSMA), renormalization: !parts.contains(.renormalization))
         }
 
         /// The parts switched off, in ``Part`` order.
@@ -78,11 +82,16 @@ extension MovingAverageBatchNorm {
 extension MovingAverageBatchNorm {
     /// The old spelling of ``init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:parts:)``:
     /// `momentum` here is the weight of the **old** value (the same number as `oldValueWeight`).
-    @available(*, deprecated, renamed: "init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:parts:)")
-    public convenience init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, momentum: Float,
-                            warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true) throws {
-        try self.init(channels: channels, bufferSize: bufferSize, epsilon: epsilon, oldValueWeight: momentum,
-                      warmup: warmup, normBatch: normBatch, affine: affine)
+    @available(
+        *, deprecated, renamed: "init(channels:bufferSize:epsilon:oldValueWeight:warmup:normBatch:affine:parts:)"
+    )
+    public convenience init(
+        channels: Int, bufferSize: Int, epsilon: Float = 1e-5, momentum: Float,
+        warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true
+    ) throws {
+        try self.init(
+            channels: channels, bufferSize: bufferSize, epsilon: epsilon, oldValueWeight: momentum,
+            warmup: warmup, normBatch: normBatch, affine: affine)
     }
 }
 
@@ -122,9 +131,11 @@ extension MovingAverageBatchNorm {
         var meanState: (running: [Float]?, buffer: [Float]?, gradient: [Float]?) = (nil, nil, nil)
         if !parts.secondMomentForm {
             let finite = ValueRequirement(reason: "must be finite") { $0.isFinite }
-            meanState = (try reader.floats("running_mean", shape: [channels], meeting: finite),
-                         try reader.floats("buffer_mean", shape: [bufferSize, channels]),
-                         try reader.floats("buffer_g", shape: [bufferSize, channels]))
+            meanState = (
+                try reader.floats("running_mean", shape: [channels], meeting: finite),
+                try reader.floats("buffer_mean", shape: [bufferSize, channels]),
+                try reader.floats("buffer_g", shape: [bufferSize, channels])
+            )
         }
         let affine = try reader.affine(weight: weight, bias: bias, channels: channels)
         let result = try reader.finish()

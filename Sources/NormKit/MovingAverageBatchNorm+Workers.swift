@@ -16,8 +16,10 @@ extension MovingAverageBatchNorm {
 
         /// Gathers every worker's per-set `mean` and `variance` (this worker's `blocks` chunks, `blocks·C` sets);
         /// returns the number of chunks over all workers and their statistics in order.
-        mutating func gatherForward(mean localMean: [Double], variance localVariance: [Double], blocks: Int,
-                                    over workers: CrossWorkerReduction, layer: String) throws
+        mutating func gatherForward(
+            mean localMean: [Double], variance localVariance: [Double], blocks: Int,
+            over workers: CrossWorkerReduction, layer: String
+        ) throws
             -> (blocks: Int, mean: [Double], variance: [Double])
         {
             let sets = localMean.count, all = sets * workers.workerCount
@@ -49,7 +51,9 @@ extension MovingAverageBatchNorm {
         }
 
         /// Every worker's `statistics` (the same count on each), worker after worker.
-        mutating func gatherBackward(_ statistics: [Double], over workers: CrossWorkerReduction, layer: String)
+        mutating func gatherBackward(
+            _ statistics: [Double], over workers: CrossWorkerReduction, layer: String
+        )
             throws -> [Double]
         {
             let all = statistics.count * workers.workerCount
@@ -58,8 +62,10 @@ extension MovingAverageBatchNorm {
             return gatheredBackward
         }
 
-        private func gather(_ local: [Double], into all: inout [Double], over workers: CrossWorkerReduction,
-                            layer: String) throws {
+        private func gather(
+            _ local: [Double], into all: inout [Double], over workers: CrossWorkerReduction,
+            layer: String
+        ) throws {
             do {
                 try local.withUnsafeBufferPointer { local in
                     try all.withUnsafeMutableBufferPointer { try workers.allGather(local, into: $0) }

@@ -105,15 +105,19 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// `"MovingAverageBatchNorm(channels: 64, bufferSize: 16)"`, with `normBatch` and `affine: false` when set.
     /// Parts other than the paper's are listed too (`parts: without renorm`).
     public var name: String {
-        MovingAverageBatchNorm.describe(channels: channels, bufferSize: bufferSize, normBatch: normBatch,
-                                        affine: weight != nil, parts: parts)
+        MovingAverageBatchNorm.describe(
+            channels: channels, bufferSize: bufferSize, normBatch: normBatch,
+            affine: weight != nil, parts: parts)
     }
 
     /// The ``name`` of an MABN layer built with these arguments.
     static func describe(channels: Int, bufferSize: Int, normBatch: Int?, affine: Bool, parts: Parts) -> String {
-        layerName("MovingAverageBatchNorm", channels: channels,
-                  ["bufferSize: \(bufferSize)", normBatch.map { "normBatch: \($0)" },
-                   parts == .paper ? nil : "parts: \(parts)"], affine: affine)
+        layerName(
+            "MovingAverageBatchNorm", channels: channels,
+            [
+                "bufferSize: \(bufferSize)", normBatch.map { "normBatch: \($0)" },
+                parts == .paper ? nil : "parts: \(parts)",
+            ], affine: affine)
     }
 
     /// What a training forward saves per (chunk, channel) for its backward.
@@ -170,11 +174,14 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     ///     leaves both nil (`y = x̂`).
     ///   - parts: which of MABN's parts to use (an ablation; default ``Parts/paper``, all of them).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
-    public init(channels: Int, bufferSize: Int, epsilon: Float = 1e-5, oldValueWeight: Float = 0.98,
-                warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true, parts: Parts = .paper) throws {
+    public init(
+        channels: Int, bufferSize: Int, epsilon: Float = 1e-5, oldValueWeight: Float = 0.98,
+        warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true, parts: Parts = .paper
+    ) throws {
         try LayerArgument.validate(
-            layer: MovingAverageBatchNorm.describe(channels: channels, bufferSize: bufferSize, normBatch: normBatch,
-                                                   affine: affine, parts: parts),
+            layer: MovingAverageBatchNorm.describe(
+                channels: channels, bufferSize: bufferSize, normBatch: normBatch,
+                affine: affine, parts: parts),
             .channels(channels), .count("bufferSize", bufferSize, atLeast: 1), .epsilon(epsilon),
             .fraction("oldValueWeight", oldValueWeight, meaning: "weight of the OLD value, e.g. 0.98"),
             .count("warmup", warmup, atLeast: 0), .normBatch(normBatch))
@@ -222,16 +229,18 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             mean.withUnsafeMutableBufferPointer { mp in
                 variance.withUnsafeMutableBufferPointer { vp in
                     statisticsScratch.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
-                        NormalizationKernels.statistics(mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                                        x: xp.baseAddress!, scratch: dp, geometry: g)
+                        NormalizationKernels.statistics(
+                            mean: mp.baseAddress!, variance: vp.baseAddress!,
+                            x: xp.baseAddress!, scratch: dp, geometry: g)
                     }
                 }
             }
         }
         savedFirstIteration = iterations + 1
         if let workers = crossWorkerReduction, workers.workerCount > 1 {
-            let all = try workerChunks.gatherForward(mean: mean, variance: variance, blocks: g.sampleBlocks,
-                                                         over: workers, layer: name)
+            let all = try workerChunks.gatherForward(
+                mean: mean, variance: variance, blocks: g.sampleBlocks,
+                over: workers, layer: name)
             runIterations(blocks: all.blocks, mean: all.mean, variance: all.variance, into: &workerChunks.factors)
             workerChunks.keepOwn(of: workers, into: &chunkFactors)
         } else {
@@ -254,16 +263,20 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         }
         let activation = activation
         if parts.secondMomentForm {
-            applyAffine(x, into: &y, coefficients: coefficients, shiftBase: shiftBase, activation: activation,
-                        geometry: g) { scale, shift, center in
+            applyAffine(
+                x, into: &y, coefficients: coefficients, shiftBase: shiftBase, activation: activation,
+                geometry: g
+            ) { scale, shift, center in
                 preActivation.record(activation, count: g.coefficientCount, scale: scale, shift: shift, center: center)
             }
         } else {
             forwardCenter.withUnsafeMutableBufferPointer { center in
                 for s in 0..<g.setCount { center[s] = Float(factors[s].center) }
             }
-            applyAffine(x, into: &y, coefficients: coefficients, shiftBase: shiftBase, center: forwardCenter,
-                        activation: activation, geometry: g) { scale, shift, center in
+            applyAffine(
+                x, into: &y, coefficients: coefficients, shiftBase: shiftBase, center: forwardCenter,
+                activation: activation, geometry: g
+            ) { scale, shift, center in
                 preActivation.record(activation, count: g.coefficientCount, scale: scale, shift: shift, center: center)
             }
         }
@@ -284,45 +297,48 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         func isFinite(_ s: Int) -> Bool { statistic(s).isFinite && (!meanForm || mean[s].isFinite) }
         // One exclusive access per written array for the whole loop (not one per element).
         secondMomentBuffer.withUnsafeMutableBufferPointer { ring in
-        meanBuffer.withUnsafeMutableBufferPointer { meanRing in
-        runningSecondMoment.withUnsafeMutableBufferPointer { running in
-        runningMean.withUnsafeMutableBufferPointer { runningMean in
-        factors.withUnsafeMutableBufferPointer { factors in
-            for b in 0..<blocks {
-                iterations += 1
-                let t = iterations, row = slot(t) * c
-                let finite = (0..<c).allSatisfy { isFinite(b * c + $0) }
-                if finite {
-                    for ch in 0..<c { ring[row + ch] = Float(statistic(b * c + ch)) }
-                    if meanForm { for ch in 0..<c { meanRing[row + ch] = Float(mean[b * c + ch]) } }
-                } else {
-                    skippedUpdates += 1
-                }
-                let useBatch = !forwardSMA || usesBatch(t)
-                for ch in 0..<c {
-                    let s = b * c + ch
-                    let v = useBatch ? statistic(s) : ringMean(UnsafeBufferPointer(ring), ch)
-                    let root = (v + eps).squareRoot()
-                    var r = 1.0
-                    if t > rThreshold {
-                        let ratio = root / (Double(running[ch]) + eps).squareRoot()
-                        r = ratio.isNaN ? ratio : min(max(ratio, 0.2), 5)
+            meanBuffer.withUnsafeMutableBufferPointer { meanRing in
+                runningSecondMoment.withUnsafeMutableBufferPointer { running in
+                    runningMean.withUnsafeMutableBufferPointer { runningMean in
+                        factors.withUnsafeMutableBufferPointer { factors in
+                            for b in 0..<blocks {
+                                iterations += 1
+                                let t = iterations, row = slot(t) * c
+                                let finite = (0..<c).allSatisfy { isFinite(b * c + $0) }
+                                if finite {
+                                    for ch in 0..<c { ring[row + ch] = Float(statistic(b * c + ch)) }
+                                    if meanForm { for ch in 0..<c { meanRing[row + ch] = Float(mean[b * c + ch]) } }
+                                } else {
+                                    skippedUpdates += 1
+                                }
+                                let useBatch = !forwardSMA || usesBatch(t)
+                                for ch in 0..<c {
+                                    let s = b * c + ch
+                                    let v = useBatch ? statistic(s) : ringMean(UnsafeBufferPointer(ring), ch)
+                                    let root = (v + eps).squareRoot()
+                                    var r = 1.0
+                                    if t > rThreshold {
+                                        let ratio = root / (Double(running[ch]) + eps).squareRoot()
+                                        r = ratio.isNaN ? ratio : min(max(ratio, 0.2), 5)
+                                    }
+                                    var center = 0.0
+                                    if meanForm {
+                                        center = useBatch ? mean[s] : ringMean(UnsafeBufferPointer(meanRing), ch)
+                                        if finite {
+                                            runningMean[ch] = Float(
+                                                keep * Double(runningMean[ch]) + (1 - keep) * center)
+                                        }
+                                    }
+                                    if finite {
+                                        running[ch] = Float(keep * Double(running[ch]) + (1 - keep) * v)
+                                    }
+                                    factors[s] = ChunkFactors(divisor: root, r: r, center: center)
+                                }
+                            }
+                        }
                     }
-                    var center = 0.0
-                    if meanForm {
-                        center = useBatch ? mean[s] : ringMean(UnsafeBufferPointer(meanRing), ch)
-                        if finite { runningMean[ch] = Float(keep * Double(runningMean[ch]) + (1 - keep) * center) }
-                    }
-                    if finite {
-                        running[ch] = Float(keep * Double(running[ch]) + (1 - keep) * v)
-                    }
-                    factors[s] = ChunkFactors(divisor: root, r: r, center: center)
                 }
             }
-        }
-        }
-        }
-        }
         }
     }
 
@@ -343,8 +359,10 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
         let gamma = weight?.value, running = runningSecondMoment, eps = Double(epsilon)
         // The BN form: y = γ·(x − running_mean)/sqrt(running_var + ε) + β.
-        evaluation.apply(x, into: &y, channels: channels, beta: bias?.value,
-                         center: parts.secondMomentForm ? nil : runningMean, activation: activation) { c in
+        evaluation.apply(
+            x, into: &y, channels: channels, beta: bias?.value,
+            center: parts.secondMomentForm ? nil : runningMean, activation: activation
+        ) { c in
             Double(gamma?[c] ?? 1) / (Double(running[c]) + eps).squareRoot()
         }
     }
@@ -365,8 +383,9 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             }
         }
         let center = meanForm ? backwardCenter : zeroCenter
-        computeGradientSums(sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: center,
-                            preActivation: preActivation, dz: &dx, geometry: g)
+        computeGradientSums(
+            sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: center,
+            preActivation: preActivation, dz: &dx, geometry: g)
         let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet), blocks = g.sampleBlocks
         let offsetBase = g.setCount, slopeBase = 2 * g.setCount, width = 2 * c
         let sumDy = sumDy, sumDyX = sumDyX, gamma = weight?.value, firstIteration = savedFirstIteration
@@ -395,39 +414,41 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         }
         // One exclusive access per written array for the whole loop (not one per element).
         gradientMeanBuffer.withUnsafeMutableBufferPointer { gRing in
-        backwardStatisticBuffer.withUnsafeMutableBufferPointer { ring in
-        coefficients.withUnsafeMutableBufferPointer { coefficients in
-            for chunk in 0..<(all.count / width) {
-                let t = firstIteration + Int64(chunk), row = slot(t) * c, psi = chunk * width
-                if (0..<c).allSatisfy({ all[psi + $0].isFinite && all[psi + c + $0].isFinite }) {
-                    for ch in 0..<c { ring[row + ch] = Float(all[psi + ch]) }
-                    if meanForm { for ch in 0..<c { gRing[row + ch] = Float(all[psi + c + ch]) } }
-                } else {
-                    skippedUpdates += 1
-                }
-                guard own.contains(chunk) else { continue }
-                let b = chunk - own.lowerBound, useBatch = !backwardSMA || usesBatch(t)
-                for ch in 0..<c {
-                    let s = b * c + ch
-                    let psiBar = useBatch ? all[psi + ch] : ringMean(UnsafeBufferPointer(ring), ch)
-                    let rs = factors[s].rstd
-                    coefficients[s] = Float(Double(gamma?[ch] ?? 1) * factors[s].r * rs)
-                    coefficients[slopeBase + s] = Float(-psiBar * rs * rs)
-                    var offset = 0.0
-                    if meanForm {
-                        offset = -(useBatch ? all[psi + c + ch] : ringMean(UnsafeBufferPointer(gRing), ch)) * rs
+            backwardStatisticBuffer.withUnsafeMutableBufferPointer { ring in
+                coefficients.withUnsafeMutableBufferPointer { coefficients in
+                    for chunk in 0..<(all.count / width) {
+                        let t = firstIteration + Int64(chunk), row = slot(t) * c, psi = chunk * width
+                        if (0..<c).allSatisfy({ all[psi + $0].isFinite && all[psi + c + $0].isFinite }) {
+                            for ch in 0..<c { ring[row + ch] = Float(all[psi + ch]) }
+                            if meanForm { for ch in 0..<c { gRing[row + ch] = Float(all[psi + c + ch]) } }
+                        } else {
+                            skippedUpdates += 1
+                        }
+                        guard own.contains(chunk) else { continue }
+                        let b = chunk - own.lowerBound, useBatch = !backwardSMA || usesBatch(t)
+                        for ch in 0..<c {
+                            let s = b * c + ch
+                            let psiBar = useBatch ? all[psi + ch] : ringMean(UnsafeBufferPointer(ring), ch)
+                            let rs = factors[s].rstd
+                            coefficients[s] = Float(Double(gamma?[ch] ?? 1) * factors[s].r * rs)
+                            coefficients[slopeBase + s] = Float(-psiBar * rs * rs)
+                            var offset = 0.0
+                            if meanForm {
+                                offset = -(useBatch ? all[psi + c + ch] : ringMean(UnsafeBufferPointer(gRing), ch)) * rs
+                            }
+                            coefficients[offsetBase + s] = Float(offset)
+                        }
                     }
-                    coefficients[offsetBase + s] = Float(offset)
                 }
             }
         }
-        }
-        }
-        applyGradient(preActivation.isActive ? nil : dy, input: x, into: &dx, center: center,
-                      coefficients: coefficients, slopeBase: slopeBase,
-                      offsetBase: offsetBase, geometry: g)
-        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyX, geometry: g,
-                             setScale: { factors[$0].r * factors[$0].rstd })
+        applyGradient(
+            preActivation.isActive ? nil : dy, input: x, into: &dx, center: center,
+            coefficients: coefficients, slopeBase: slopeBase,
+            offsetBase: offsetBase, geometry: g)
+        writeAffineGradients(
+            weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyX, geometry: g,
+            setScale: { factors[$0].r * factors[$0].rstd })
         savedInput = nil
         savedGeometry = nil
     }

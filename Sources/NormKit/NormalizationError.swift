@@ -30,8 +30,9 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
     /// The input's channel count is not the layer's.
     case channelMismatch(layer: String, expected: Int, got: Int)
     /// Two tensors that must match (the backward's `dy` and the forward's `x`) differ in shape or layout.
-    case shapeMismatch(layer: String, expected: [Int], expectedLayout: TensorLayout, got: [Int],
-                       gotLayout: TensorLayout)
+    case shapeMismatch(
+        layer: String, expected: [Int], expectedLayout: TensorLayout, got: [Int],
+        gotLayout: TensorLayout)
     /// The batch has no samples.
     case emptyBatch(layer: String)
     /// A training batch with one value per channel in a normalization set: the variance is undefined.
@@ -53,10 +54,10 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
     public var layer: String {
         switch self {
         case .invalidShape(let layer, _), .elementCountMismatch(let layer, _, _), .invalidArgument(let layer, _, _, _),
-             .channelMismatch(let layer, _, _), .shapeMismatch(let layer, _, _, _, _), .emptyBatch(let layer),
-             .tooFewValuesPerChannel(let layer, _), .normBatchDoesNotDivide(let layer, _, _),
-             .backwardBeforeForward(let layer), .invalidState(let layer, _, _),
-             .incompatibleStateDict(let layer, _, _), .crossWorkerReductionFailed(let layer, _):
+            .channelMismatch(let layer, _, _), .shapeMismatch(let layer, _, _, _, _), .emptyBatch(let layer),
+            .tooFewValuesPerChannel(let layer, _), .normBatchDoesNotDivide(let layer, _, _),
+            .backwardBeforeForward(let layer), .invalidState(let layer, _, _),
+            .incompatibleStateDict(let layer, _, _), .crossWorkerReductionFailed(let layer, _):
             return layer
         case .invalidGroups(let channels, let groups):
             return GroupNorm.describe(channels: channels, grouping: "groups: \(groups)", affine: true)
@@ -75,25 +76,31 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
     private var problem: String {
         switch self {
         case .invalidShape(_, let shape):
-            return "invalid tensor shape \(shape): expected (N, C, *spatial) with spatial rank 0 to 3 and no negative dimension"
+            return
+                "invalid tensor shape \(shape): expected (N, C, *spatial) with spatial rank 0 to 3 and no negative dimension"
         case .elementCountMismatch(_, let expected, let got):
             return "expected \(expected) values for this shape, got \(got)"
         case .invalidGroups(let channels, let groups):
-            return "\(channels) channels cannot be split into \(groups) groups (groups must be in 1...\(channels) and divide \(channels))"
+            return
+                "\(channels) channels cannot be split into \(groups) groups (groups must be in 1...\(channels) and divide \(channels))"
         case .invalidGroupSize(let channels, let groupSize):
-            return "\(channels) channels cannot be split into groups of \(groupSize) channels (group size must be in 1...\(channels) and divide \(channels))"
+            return
+                "\(channels) channels cannot be split into groups of \(groupSize) channels (group size must be in 1...\(channels) and divide \(channels))"
         case .invalidArgument(_, let name, let value, let expected):
             return "invalid \(name) = \(value): expected \(expected)"
         case .channelMismatch(_, let expected, let got):
             return "input has \(got) channels, the layer was built for \(expected)"
         case .shapeMismatch(_, let expected, let expectedLayout, let got, let gotLayout):
-            return "gradient does not match the forward's input: expected \(expected) \(expectedLayout), got \(got) \(gotLayout)"
+            return
+                "gradient does not match the forward's input: expected \(expected) \(expectedLayout), got \(got) \(gotLayout)"
         case .emptyBatch:
             return "the batch is empty (N = 0)"
         case .tooFewValuesPerChannel(_, let count):
-            return "expected more than 1 value per channel when training, got \(count) (batch statistics need at least 2 values)"
+            return
+                "expected more than 1 value per channel when training, got \(count) (batch statistics need at least 2 values)"
         case .normBatchDoesNotDivide(_, let batch, let normBatch):
-            return "normBatch \(normBatch) does not divide the batch size \(batch): every ghost batch must have exactly normBatch samples"
+            return
+                "normBatch \(normBatch) does not divide the batch size \(batch): every ghost batch must have exactly normBatch samples"
         case .backwardBeforeForward:
             return "backward called without a preceding training forward (each forward pairs with one backward)"
         case .invalidState(_, let name, let reason):

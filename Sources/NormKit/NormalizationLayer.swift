@@ -145,8 +145,9 @@ enum InputCheck {
     /// Throws unless `dy` matches the saved input's shape and layout (`layer` evaluated only on failure).
     static func validateGradient(_ dy: Tensor, like x: Tensor, layer: @autoclosure () -> String) throws {
         guard dy.shape == x.shape, dy.layout == x.layout else {
-            throw NormalizationError.shapeMismatch(layer: layer(), expected: x.shape, expectedLayout: x.layout,
-                                                   got: dy.shape, gotLayout: dy.layout)
+            throw NormalizationError.shapeMismatch(
+                layer: layer(), expected: x.shape, expectedLayout: x.layout,
+                got: dy.shape, gotLayout: dy.layout)
         }
     }
 }
@@ -154,10 +155,14 @@ enum InputCheck {
 /// Makes a `γ`/`β` pair for `channels` (or nil pair when `affine` is false).
 func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
     guard affine else { return (nil, nil) }
-    return (Parameter(name: "weight", shape: [channels], role: .normalizationScale,
-                      value: [Float](repeating: 1, count: channels)),
-            Parameter(name: "bias", shape: [channels], role: .normalizationShift,
-                      value: [Float](repeating: 0, count: channels)))
+    return (
+        Parameter(
+            name: "weight", shape: [channels], role: .normalizationScale,
+            value: [Float](repeating: 1, count: channels)),
+        Parameter(
+            name: "bias", shape: [channels], role: .normalizationShift,
+            value: [Float](repeating: 0, count: channels))
+    )
 }
 
 /// The one `dγ`/`dβ` walk of every layer: `dγ_c = Σ_n scale[s]·Σdy·(x − k)[n, c] + offset[s]·Σdy[n, c]` and
@@ -166,9 +171,11 @@ func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
 /// closures over local copies of the arrays they read, not over `self` (a stored property read pays an exclusivity
 /// check). Inlined so that each caller's closures are specialised into the loop. Sums run over `n` in order.
 @inline(__always)
-func writeAffineGradients(weight: Parameter?, bias: Parameter?, sumDy: [Double], sumDyCentered: [Double],
-                          geometry g: NormalizationGeometry, setScale: (Int) -> Double,
-                          setOffset: (Int) -> Double = { _ in 0 }) {
+func writeAffineGradients(
+    weight: Parameter?, bias: Parameter?, sumDy: [Double], sumDyCentered: [Double],
+    geometry g: NormalizationGeometry, setScale: (Int) -> Double,
+    setOffset: (Int) -> Double = { _ in 0 }
+) {
     guard let weight, let bias else { return }
     let c = g.channels, k = g.samplesPerSet, cps = g.channelsPerSet
     sumDy.withUnsafeBufferPointer { s1 in
@@ -255,8 +262,9 @@ extension NormalizationGeometry {
     /// One set per channel over the whole batch of `x`: the geometry of a per-channel affine map (evaluation
     /// with running statistics, frozen statistics).
     static func perChannel(_ x: Tensor, channels: Int) -> NormalizationGeometry {
-        NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels, positions: x.spatialCount,
-                              samplesPerSet: x.batch, channelsPerSet: 1)
+        NormalizationGeometry(
+            layout: x.layout, batch: x.batch, channels: channels, positions: x.spatialCount,
+            samplesPerSet: x.batch, channelsPerSet: 1)
     }
 
     /// The sets of a ghost-batched training forward over `x`: runs of `normBatch` consecutive samples (the whole
@@ -264,15 +272,18 @@ extension NormalizationGeometry {
     ///
     /// - Throws: ``NormalizationError/normBatchDoesNotDivide(layer:batch:normBatch:)`` naming `layer` (evaluated
     ///   only then) unless `normBatch` divides the batch.
-    static func ghostBatches(_ x: Tensor, channels: Int, normBatch: Int?, layer: @autoclosure () -> String)
+    static func ghostBatches(
+        _ x: Tensor, channels: Int, normBatch: Int?, layer: @autoclosure () -> String
+    )
         throws -> NormalizationGeometry
     {
         let k = normBatch ?? x.batch
         guard x.batch % k == 0 else {
             throw NormalizationError.normBatchDoesNotDivide(layer: layer(), batch: x.batch, normBatch: k)
         }
-        return NormalizationGeometry(layout: x.layout, batch: x.batch, channels: channels, positions: x.spatialCount,
-                                     samplesPerSet: k, channelsPerSet: 1)
+        return NormalizationGeometry(
+            layout: x.layout, batch: x.batch, channels: channels, positions: x.spatialCount,
+            samplesPerSet: k, channelsPerSet: 1)
     }
 
     /// ``ghostBatches(_:channels:normBatch:layer:)`` for a layer that normalizes by a batch variance, which needs more
@@ -280,7 +291,9 @@ extension NormalizationGeometry {
     ///
     /// - Throws: also ``NormalizationError/tooFewValuesPerChannel(layer:valuesPerSet:)``, naming `layer` (only
     ///   evaluated then: building it allocates, and this runs every step).
-    static func varianceGhostBatches(_ x: Tensor, channels: Int, normBatch: Int?, layer: @autoclosure () -> String)
+    static func varianceGhostBatches(
+        _ x: Tensor, channels: Int, normBatch: Int?, layer: @autoclosure () -> String
+    )
         throws -> NormalizationGeometry
     {
         let g = try ghostBatches(x, channels: channels, normBatch: normBatch, layer: layer())
@@ -294,9 +307,11 @@ extension NormalizationGeometry {
 /// Per-(n, c) `Σ dz` and `Σ dz·(x − center[set])` of a layer's backward, with `dz = dy` or, after a forward with a
 /// fused activation (`preActivation`), `dz = dy·act'(z)`, which is then also written into `dx` (prepared here)
 /// for ``applyGradient(_:input:into:center:coefficients:slopeBase:offsetBase:geometry:)`` to read in place.
-func computeGradientSums(sumDy: inout [Double], sumDyCentered: inout [Double], dy: Tensor, x: Tensor,
-                         center: [Double], preActivation: PreActivation, dz dx: inout Tensor,
-                         geometry g: NormalizationGeometry) {
+func computeGradientSums(
+    sumDy: inout [Double], sumDyCentered: inout [Double], dy: Tensor, x: Tensor,
+    center: [Double], preActivation: PreActivation, dz dx: inout Tensor,
+    geometry g: NormalizationGeometry
+) {
     if sumDy.count != g.batch * g.channels {
         sumDy = [Double](repeating: 0, count: g.batch * g.channels)
         sumDyCentered = sumDy
@@ -308,9 +323,10 @@ func computeGradientSums(sumDy: inout [Double], sumDyCentered: inout [Double], d
                 sumDy.withUnsafeMutableBufferPointer { s1 in
                     sumDyCentered.withUnsafeMutableBufferPointer { s2 in
                         preActivation.withBackward(dz: dzp.baseAddress!) { activation in
-                            NormalizationKernels.gradientSums(sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
-                                                              dy: dyp.baseAddress!, x: xp.baseAddress!,
-                                                              center: center, activation: activation, geometry: g)
+                            NormalizationKernels.gradientSums(
+                                sumDy: s1.baseAddress!, sumDyCentered: s2.baseAddress!,
+                                dy: dyp.baseAddress!, x: xp.baseAddress!,
+                                center: center, activation: activation, geometry: g)
                         }
                     }
                 }
@@ -322,26 +338,32 @@ func computeGradientSums(sumDy: inout [Double], sumDyCentered: inout [Double], d
 /// `y = act(a·(x − k) + b)` with `a = coefficients[0…]`, `b = coefficients[shiftBase…]` and `k = center[centerBase…]`
 /// (0 without `center`) per coefficient. A training forward passes `record` to keep that affine for the backward of
 /// the activation (``PreActivation/record(_:count:scale:shift:center:)``).
-func applyAffine(_ x: Tensor, into y: inout Tensor, coefficients: [Float], shiftBase: Int,
-                 center: [Float]? = nil, centerBase: Int = 0, activation: FusedActivation = .identity,
-                 geometry g: NormalizationGeometry,
-                 record: (_ scale: UnsafePointer<Float>, _ shift: UnsafePointer<Float>,
-                          _ center: UnsafePointer<Float>?) -> Void = { _, _, _ in }) {
+func applyAffine(
+    _ x: Tensor, into y: inout Tensor, coefficients: [Float], shiftBase: Int,
+    center: [Float]? = nil, centerBase: Int = 0, activation: FusedActivation = .identity,
+    geometry g: NormalizationGeometry,
+    record: (
+        _ scale: UnsafePointer<Float>, _ shift: UnsafePointer<Float>,
+        _ center: UnsafePointer<Float>?
+    ) -> Void = { _, _, _ in }
+) {
     y.prepare(shape: x.shape, layout: x.layout)
     x.withUnsafeBufferPointer { xp in
         y.withUnsafeMutableBufferPointer { yp in
             coefficients.withUnsafeBufferPointer { cp in
                 let scale = cp.baseAddress!, shift = cp.baseAddress! + shiftBase
                 guard let center else {
-                    NormalizationKernels.apply(y: yp.baseAddress!, x: xp.baseAddress!, scale: scale, shift: shift,
-                                               activation: activation, geometry: g)
+                    NormalizationKernels.apply(
+                        y: yp.baseAddress!, x: xp.baseAddress!, scale: scale, shift: shift,
+                        activation: activation, geometry: g)
                     record(scale, shift, nil)
                     return
                 }
                 center.withUnsafeBufferPointer { kp in
-                    NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!,
-                                                       center: kp.baseAddress! + centerBase, scale: scale,
-                                                       shift: shift, activation: activation, geometry: g)
+                    NormalizationKernels.applyCentered(
+                        y: yp.baseAddress!, x: xp.baseAddress!,
+                        center: kp.baseAddress! + centerBase, scale: scale,
+                        shift: shift, activation: activation, geometry: g)
                     record(scale, shift, kp.baseAddress! + centerBase)
                 }
             }
@@ -351,17 +373,20 @@ func applyAffine(_ x: Tensor, into y: inout Tensor, coefficients: [Float], shift
 
 /// `dx = p·dz + q·(x − k) + o` with `dz = dy`, or (`dy` nil) the `dz` that
 /// ``computeGradientSums(sumDy:sumDyCentered:dy:x:center:preActivation:dz:geometry:)`` left in `dx`.
-func applyGradient(_ dy: Tensor?, input x: Tensor, into dx: inout Tensor, center: [Double], coefficients: [Float],
-                   slopeBase: Int, offsetBase: Int, geometry g: NormalizationGeometry) {
+func applyGradient(
+    _ dy: Tensor?, input x: Tensor, into dx: inout Tensor, center: [Double], coefficients: [Float],
+    slopeBase: Int, offsetBase: Int, geometry g: NormalizationGeometry
+) {
     if dy != nil { dx.prepare(shape: x.shape, layout: x.layout) }
     x.withUnsafeBufferPointer { xp in
         dx.withUnsafeMutableBufferPointer { dxp in
             coefficients.withUnsafeBufferPointer { cp in
                 func run(_ upstream: UnsafePointer<Float>) {
-                    NormalizationKernels.gradientApply(dx: dxp.baseAddress!, dy: upstream, x: xp.baseAddress!,
-                                                       center: center, scale: cp.baseAddress!,
-                                                       slope: cp.baseAddress! + slopeBase,
-                                                       offset: cp.baseAddress! + offsetBase, geometry: g)
+                    NormalizationKernels.gradientApply(
+                        dx: dxp.baseAddress!, dy: upstream, x: xp.baseAddress!,
+                        center: center, scale: cp.baseAddress!,
+                        slope: cp.baseAddress! + slopeBase,
+                        offset: cp.baseAddress! + offsetBase, geometry: g)
                 }
                 if let dy { dy.withUnsafeBufferPointer { run($0.baseAddress!) } } else { run(dxp.baseAddress!) }
             }

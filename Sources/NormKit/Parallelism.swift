@@ -55,8 +55,10 @@ public enum Parallelism {
     /// 50 µs after each call before it sleeps: a training step's kernel calls come microseconds apart, and
     /// waking a parked thread for each (as `DispatchQueue.concurrentPerform` does) cost as much as normalizing a
     /// small tensor. A call made from inside `body`, or while another thread's call runs, runs inline.
-    public static func forEachRange(count: Int, work: Int, minimumWork: Int = 1 << 16,
-                                    _ body: (Range<Int>) -> Void) {
+    public static func forEachRange(
+        count: Int, work: Int, minimumWork: Int = 1 << 16,
+        _ body: (Range<Int>) -> Void
+    ) {
         let threads = min(threadCount, count, max(1, work / max(minimumWork, 1)))
         if threads <= 1 {
             if count > 0 { body(0..<count) }
@@ -68,12 +70,14 @@ public enum Parallelism {
         withoutActuallyEscaping(body) { body in
             var job = PieceJob(count: count, pieces: pieces, body: body)
             withUnsafeMutablePointer(to: &job) { pointer in
-                nk_parallel_for(pieces, Int32(threads), { context, piece in
-                    let job = context!.assumingMemoryBound(to: PieceJob.self)
-                    let count = job.pointee.count, pieces = job.pointee.pieces
-                    let lower = count * piece / pieces, upper = count * (piece + 1) / pieces
-                    if lower < upper { job.pointee.body(lower..<upper) }
-                }, pointer)
+                nk_parallel_for(
+                    pieces, Int32(threads),
+                    { context, piece in
+                        let job = context!.assumingMemoryBound(to: PieceJob.self)
+                        let count = job.pointee.count, pieces = job.pointee.pieces
+                        let lower = count * piece / pieces, upper = count * (piece + 1) / pieces
+                        if lower < upper { job.pointee.body(lower..<upper) }
+                    }, pointer)
             }
         }
     }
@@ -92,9 +96,11 @@ extension Parallelism {
         withoutActuallyEscaping(body) { body in
             var job = PartJob(body: body)
             withUnsafeMutablePointer(to: &job) { pointer in
-                nk_parallel_for(parts, Int32(min(parts, threads)), { context, part in
-                    context!.assumingMemoryBound(to: PartJob.self).pointee.body(part)
-                }, pointer)
+                nk_parallel_for(
+                    parts, Int32(min(parts, threads)),
+                    { context, part in
+                        context!.assumingMemoryBound(to: PartJob.self).pointee.body(part)
+                    }, pointer)
             }
         }
     }

@@ -36,7 +36,8 @@ public final class Parameter {
     ///
     /// - Precondition: `value.count` is the element count of `shape` (a programmer error otherwise).
     public init(name: String, shape: [Int], role: ParameterRole, value: [Float], isTrainable: Bool = true) {
-        checkPrecondition(value.count == shape.reduce(1, *), "Parameter \(name): \(value.count) values for shape \(shape)")
+        checkPrecondition(
+            value.count == shape.reduce(1, *), "Parameter \(name): \(value.count) values for shape \(shape)")
         self.name = name
         self.shape = shape
         self.role = role

@@ -15,8 +15,10 @@ struct RunningStatisticsFold {
     /// `mean` and `spread`; `batchSpread(s)` is the spread of set `s`. Returns false, changing nothing, when a value
     /// is not finite.
     @inline(__always)
-    mutating func fold(mean: inout [Float], spread: inout [Float], batchMean: [Double],
-                       batchSpread: (Int) -> Double, sampleBlocks blocks: Int, momentum: Float) -> Bool {
+    mutating func fold(
+        mean: inout [Float], spread: inout [Float], batchMean: [Double],
+        batchSpread: (Int) -> Double, sampleBlocks blocks: Int, momentum: Float
+    ) -> Bool {
         let channels = mean.count, alpha = Double(momentum), perBlock = 1 / Double(blocks)
         if pendingMean.count != channels {
             pendingMean = [Float](repeating: 0, count: channels)
@@ -37,7 +39,8 @@ struct RunningStatisticsFold {
                             let rm = Double(oldMean[c]), rs = Double(oldSpread[c])
                             newMean[c] = Float(rm + alpha * (mu * perBlock - rm))
                             newSpread[c] = Float(rs + alpha * (sigma * perBlock - rs))
-                            finite = finite && mu.isFinite && sigma.isFinite && newMean[c].isFinite
+                            finite =
+                                finite && mu.isFinite && sigma.isFinite && newMean[c].isFinite
                                 && newSpread[c].isFinite
                         }
                     }

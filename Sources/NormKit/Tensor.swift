@@ -66,9 +66,10 @@ public struct Tensor: Sendable {
     /// - Precondition: `shape` has 2 to 5 non-negative dimensions (checked in every build). For a shape that
     ///   comes from data, a file or a user, use the throwing ``init(shape:layout:)``.
     public init(zeros shape: [Int], layout: TensorLayout = .channelsFirst) {
-        checkPrecondition(Tensor.isValid(shape: shape),
-                     "Tensor(zeros:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and no negative "
-                        + "dimension, got \(shape)")
+        checkPrecondition(
+            Tensor.isValid(shape: shape),
+            "Tensor(zeros:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and no negative "
+                + "dimension, got \(shape)")
         self.shape = shape
         self.layout = layout
         self.storage = TensorStorage(count: shape.reduce(1, *))
@@ -148,9 +149,10 @@ public struct Tensor: Sendable {
     ///
     /// - Precondition: `newShape` is a valid shape (``isValid(shape:)``); layers pass their validated input's.
     public mutating func prepare(shape newShape: [Int], layout newLayout: TensorLayout) {
-        checkPrecondition(Tensor.isValid(shape: newShape),
-                     "Tensor.prepare(shape:layout:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and "
-                        + "no negative dimension, got \(newShape)")
+        checkPrecondition(
+            Tensor.isValid(shape: newShape),
+            "Tensor.prepare(shape:layout:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and "
+                + "no negative dimension, got \(newShape)")
         if newShape.reduce(1, *) != storage.count || !isKnownUniquelyReferenced(&storage) {
             storage = TensorStorage(count: newShape.reduce(1, *))
         }
@@ -180,9 +182,10 @@ public struct Tensor: Sendable {
 
     /// The checked memory offset of `(n, c, position)`.
     private func checkedOffset(_ n: Int, _ c: Int, _ position: Int) -> Int {
-        checkPrecondition(isValidIndex(n: n, c: c, position: position),
-                     "Tensor index (n: \(n), c: \(c), position: \(position)) is out of bounds for shape \(shape) "
-                        + "(n in 0..<\(shape[0]), c in 0..<\(shape[1]), position in 0..<\(spatialCount))")
+        checkPrecondition(
+            isValidIndex(n: n, c: c, position: position),
+            "Tensor index (n: \(n), c: \(c), position: \(position)) is out of bounds for shape \(shape) "
+                + "(n in 0..<\(shape[0]), c in 0..<\(shape[1]), position in 0..<\(spatialCount))")
         return offset(n: n, c: c, position: position)
     }
 
@@ -209,7 +212,11 @@ public struct Tensor: Sendable {
                 for ch in 0..<c {
                     for p in 0..<m {
                         let first = (i * c + ch) * m + p, last = (i * m + p) * c + ch
-                        if layout == .channelsFirst { target[last] = source[first] } else { target[first] = source[last] }
+                        if layout == .channelsFirst {
+                            target[last] = source[first]
+                        } else {
+                            target[first] = source[last]
+                        }
                     }
                 }
             }
@@ -255,7 +262,9 @@ extension Tensor: CustomStringConvertible {
 /// `condition` is false, in every build. Unlike `precondition`, whose message `-O` builds drop, `fatalError` prints
 /// it in release builds too, so the crash names the index and the shape.
 @inline(__always)
-func checkPrecondition(_ condition: Bool, _ message: @autoclosure () -> String,
-                       file: StaticString = #fileID, line: UInt = #line) {
+func checkPrecondition(
+    _ condition: Bool, _ message: @autoclosure () -> String,
+    file: StaticString = #fileID, line: UInt = #line
+) {
     if !condition { fatalError(message(), file: file, line: line) }
 }

@@ -164,7 +164,7 @@ public final class MPICommunicator: DataParallelGroup, Sendable {
     // MARK: Errors
 
     private func checkRoot(_ root: Int) throws {
-        guard (0 ..< workerCount).contains(root) else {
+        guard (0..<workerCount).contains(root) else {
             throw DistributedError.invalidRoot(root: root, workerCount: workerCount)
         }
     }

@@ -127,9 +127,10 @@ final class Checker {
         }
         if failing[0] != 0 { failures += 1 }
         if rank == 0 {
-            say(failing[0] == 0
-                ? "PASS  \(name)  (\(describe(elapsed)) on rank 0)"
-                : "FAIL  \(name)  (on \(Int(failing[0])) of \(ranks) ranks, details on stderr)")
+            say(
+                failing[0] == 0
+                    ? "PASS  \(name)  (\(describe(elapsed)) on rank 0)"
+                    : "FAIL  \(name)  (on \(Int(failing[0])) of \(ranks) ranks, details on stderr)")
         }
     }
 
@@ -143,21 +144,21 @@ final class Checker {
 
     func runAll(largeCount: Int) {
         let r = rank, n = ranks
-        let rankSum = n * (n + 1) / 2          // Σ (r + 1)
-        let rankSumFrom0 = n * (n - 1) / 2     // Σ r
+        let rankSum = n * (n + 1) / 2  // Σ (r + 1)
+        let rankSumFrom0 = n * (n - 1) / 2  // Σ r
 
         check("allReduceSum Float ×1000: Σ_r (r+1)·(i mod 7 + 1)") {
-            var values = (0 ..< 1000).map { Float(r + 1) * Float($0 % 7 + 1) }
+            var values = (0..<1000).map { Float(r + 1) * Float($0 % 7 + 1) }
             try values.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
             return firstMismatch(values) { Float(rankSum) * Float($0 % 7 + 1) }
         }
         check("allReduceSum Double ×1000: Σ_r (r + i/2)") {
-            var values = (0 ..< 1000).map { Double(r) + 0.5 * Double($0) }
+            var values = (0..<1000).map { Double(r) + 0.5 * Double($0) }
             try values.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
             return firstMismatch(values) { Double(rankSumFrom0) + 0.5 * Double($0) * Double(n) }
         }
         check("allGather Double ×3 per rank: rank w's block at 3w") {
-            let local = (0 ..< 3).map { Double(r * 10 + $0) }
+            let local = (0..<3).map { Double(r * 10 + $0) }
             var all = [Double](repeating: -1, count: 3 * n)
             try local.withUnsafeBufferPointer { local in
                 try all.withUnsafeMutableBufferPointer { try group.allGather(local, into: $0) }
@@ -166,7 +167,7 @@ final class Checker {
         }
         for root in Set([0, n - 1]).sorted() {
             check("broadcast Float ×1000 from rank \(root)") {
-                var values = (0 ..< 1000).map { Float(r * 100_000 + $0) }
+                var values = (0..<1000).map { Float(r * 100_000 + $0) }
                 try values.withUnsafeMutableBufferPointer { try group.broadcast($0, from: root) }
                 return firstMismatch(values) { Float(root * 100_000 + $0) }
             }
@@ -191,7 +192,7 @@ final class Checker {
         let count = largeCount
         check("large allReduceSum Float ×\(count): Σ_r (r+1 + i mod 1024)") {
             var values = [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
-                for i in 0 ..< count { buffer[i] = Float(r + 1) + Float(i % 1024) }
+                for i in 0..<count { buffer[i] = Float(r + 1) + Float(i % 1024) }
                 initialized = count
             }
             try values.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
@@ -199,13 +200,13 @@ final class Checker {
         }
         check("large broadcast Float ×\(count) from rank \(n - 1)") {
             var values = [Float](repeating: r == n - 1 ? 0 : -1, count: count)
-            if r == n - 1 { for i in 0 ..< count { values[i] = Float(i % 4096) } }
+            if r == n - 1 { for i in 0..<count { values[i] = Float(i % 4096) } }
             try values.withUnsafeMutableBufferPointer { try group.broadcast($0, from: n - 1) }
             return firstMismatch(values) { Float($0 % 4096) }
         }
         let gatherCount = count / 2 + 1
         check("large allGather Double ×\(gatherCount) per rank") {
-            let local = (0 ..< gatherCount).map { Double(r) * 1e7 + Double($0) }
+            let local = (0..<gatherCount).map { Double(r) * 1e7 + Double($0) }
             var all = [Double](repeating: -1, count: gatherCount * n)
             try local.withUnsafeBufferPointer { local in
                 try all.withUnsafeMutableBufferPointer { try group.allGather(local, into: $0) }
@@ -289,7 +290,7 @@ func runFailure(group: MPICommunicator, failRank: Int, mode: FailMode) -> Never 
     }
     if r == 0 { say("rank \(failRank) will die (\(mode.rawValue)) while the others wait in MPI_Allreduce") }
     if r == failRank {
-        Thread.sleep(forTimeInterval: 0.5)   // the others are in the collective by now
+        Thread.sleep(forTimeInterval: 0.5)  // the others are in the collective by now
         warn("rank \(r): dying now (\(mode.rawValue)), without finalize")
         switch mode {
         case .exit: exit(Status.failingRank)
@@ -349,9 +350,10 @@ if let failRank = options.failRank {
 
 let start = ContinuousClock.now
 if group.workerIndex == 0 {
-    say("normkit-mpi-check: \(group.workerCount) ranks, launched by mpirun: "
-        + "\(MPICommunicator.launchedUnderMPI() ? "yes" : "no (singleton)"), "
-        + "elements per MPI call: \(group.elementsPerMPICall)")
+    say(
+        "normkit-mpi-check: \(group.workerCount) ranks, launched by mpirun: "
+            + "\(MPICommunicator.launchedUnderMPI() ? "yes" : "no (singleton)"), "
+            + "elements per MPI call: \(group.elementsPerMPICall)")
 }
 let checker = Checker(group: group)
 checker.runAll(largeCount: options.largeCount)
@@ -362,8 +364,9 @@ do { try group.finalize() } catch {
 let finalizedCleanly = checker.checkAfterFinalize()
 if group.workerIndex == 0 {
     let elapsed = describe(ContinuousClock.now - start)
-    say(checker.failures == 0
-        ? "normkit-mpi-check: all \(checker.checks) checks passed on \(group.workerCount) ranks in \(elapsed)"
-        : "normkit-mpi-check: \(checker.failures) of \(checker.checks) checks FAILED")
+    say(
+        checker.failures == 0
+            ? "normkit-mpi-check: all \(checker.checks) checks passed on \(group.workerCount) ranks in \(elapsed)"
+            : "normkit-mpi-check: \(checker.failures) of \(checker.checks) checks FAILED")
 }
 exit(checker.failures == 0 && finalizedCleanly ? Status.passed : Status.failed)

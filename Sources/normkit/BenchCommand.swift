@@ -57,7 +57,8 @@ struct BenchCommand: ParsableCommand {
         return try shapes.split(separator: ",").map { item in
             let dims = item.split(separator: "x").compactMap { Int($0) }
             guard dims.count == item.split(separator: "x").count, (2...5).contains(dims.count),
-                  dims.allSatisfy({ $0 >= 1 }) else {
+                dims.allSatisfy({ $0 >= 1 })
+            else {
                 throw ValidationError("--shapes: '\(item)' is not NxCx… with 2 to 5 positive dimensions")
             }
             return dims
@@ -67,15 +68,18 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         Parallelism.threadCount = threads
         #if DEBUG
-        print("warning: this is a debug build; benchmark a release build (swift build -c release)")
+            print("warning: this is a debug build; benchmark a release build (swift build -c release)")
         #endif
         if inference { return try runInference() }
         let repetitions = repetitions ?? 9
         let copy = KernelBenchmark.copyBandwidth(threads: threads)
         let layouts = layout.map { [$0] } ?? TensorLayout.allCases
-        let rows = try KernelBenchmark.run(shapes: try parsedShapes(), layouts: layouts, repetitions: repetitions,
-                                           copyBytesPerSecond: copy)
-        print("normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), median of \(repetitions)")
+        let rows = try KernelBenchmark.run(
+            shapes: try parsedShapes(), layouts: layouts, repetitions: repetitions,
+            copyBytesPerSecond: copy)
+        print(
+            "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), median of \(repetitions)"
+        )
         print(KernelBenchmark.markdown(rows, copyBytesPerSecond: copy))
         try writeJSON(rows)
     }
@@ -85,8 +89,9 @@ struct BenchCommand: ParsableCommand {
         let repetitions = repetitions ?? 200
         BLAS.setThreads(1)
         let rows = try InferenceBenchmark.run(depth: depth, batch: batch, repetitions: repetitions)
-        print("normkit bench --inference: ResNet-\(depth), 1×28×28 images, eval forward, \(threads) thread(s), "
-              + "median of \(repetitions) (batch 1) / \(max(1, repetitions / 4)) (batch \(batch)), models alternated")
+        print(
+            "normkit bench --inference: ResNet-\(depth), 1×28×28 images, eval forward, \(threads) thread(s), "
+                + "median of \(repetitions) (batch 1) / \(max(1, repetitions / 4)) (batch \(batch)), models alternated")
         print(InferenceBenchmark.markdown(rows))
         try writeJSON(rows)
     }

@@ -40,13 +40,19 @@ struct ExportCommand: ParsableCommand {
         let output = URL(fileURLWithPath: out)
         let result = try FoldedExport.export(checkpoint: url, to: output, overwrite: overwrite)
         let model = result.model
-        print("\(url.path): \(result.source.configuration.model) with \(result.source.configuration.norm.rawValue), "
-              + "step \(result.source.step)")
-        print("wrote \(output.path): folded ResNet-\(model.depth), \(model.stateDict().count) tensors "
-              + "(every conv with a bias, no normalization layers)")
-        print(String(format: "check: eval logits of the folded vs the unfolded model on a probe batch differ by %.1e "
-                     + "(max |diff| / max |logit|)", result.probeRelativeDifference))
-        print("PyTorch: torch_models.ResNet(\(model.depth), \"folded\", in_channels=\(model.conv1.inChannels), "
-              + "num_classes=\(model.fc.outFeatures), width=\(model.width)).load_state_dict(load_file(path), strict=True)")
+        print(
+            "\(url.path): \(result.source.configuration.model) with \(result.source.configuration.norm.rawValue), "
+                + "step \(result.source.step)")
+        print(
+            "wrote \(output.path): folded ResNet-\(model.depth), \(model.stateDict().count) tensors "
+                + "(every conv with a bias, no normalization layers)")
+        print(
+            String(
+                format: "check: eval logits of the folded vs the unfolded model on a probe batch differ by %.1e "
+                    + "(max |diff| / max |logit|)", result.probeRelativeDifference))
+        print(
+            "PyTorch: torch_models.ResNet(\(model.depth), \"folded\", in_channels=\(model.conv1.inChannels), "
+                + "num_classes=\(model.fc.outFeatures), width=\(model.width)).load_state_dict(load_file(path), strict=True)"
+        )
     }
 }

@@ -7,8 +7,10 @@ struct NormKitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "normkit",
         abstract: "Normalization layers for small batches: train, evaluate, sweep, report, benchmark, export, analyse.",
-        subcommands: [TrainCommand.self, EvalCommand.self, SweepCommand.self, ReportCommand.self, BenchCommand.self,
-                      ExportCommand.self, StatsCommand.self])
+        subcommands: [
+            TrainCommand.self, EvalCommand.self, SweepCommand.self, ReportCommand.self, BenchCommand.self,
+            ExportCommand.self, StatsCommand.self,
+        ])
 
     /// Line-buffers standard output first, so that progress lines reach a log file (`normkit sweep … > log`) as
     /// they are printed rather than when a 4 KB buffer fills, then parses and runs the command.

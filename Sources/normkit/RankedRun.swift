@@ -17,9 +17,13 @@ struct RankedRun {
     /// `mpirun` from `PATH`, or a clear error naming the package.
     static func mpirun() throws -> URL {
         let paths = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
-        guard let found = paths.map({ URL(fileURLWithPath: String($0)).appendingPathComponent("mpirun") })
-            .first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-            throw CommandFailure("--ranks runs cells under mpirun, which is not installed (apt-get install openmpi-bin libopenmpi-dev, then rebuild)")
+        guard
+            let found = paths.map({ URL(fileURLWithPath: String($0)).appendingPathComponent("mpirun") })
+                .first(where: { FileManager.default.isExecutableFile(atPath: $0.path) })
+        else {
+            throw CommandFailure(
+                "--ranks runs cells under mpirun, which is not installed (apt-get install openmpi-bin libopenmpi-dev, then rebuild)"
+            )
         }
         return found
     }
@@ -53,12 +57,14 @@ struct RankedRun {
         process.waitUntilExit()
         let status = process.terminationStatus
         if status == 128 + SIGINT || status == 128 + SIGTERM {
-            print("\ninterrupted: \(directory.lastPathComponent) saved its checkpoint. "
-                  + "Run the same command again to continue the sweep.")
+            print(
+                "\ninterrupted: \(directory.lastPathComponent) saved its checkpoint. "
+                    + "Run the same command again to continue the sweep.")
             Foundation.exit(status)
         }
         guard status == 0 else {
-            throw CommandFailure("mpirun -np \(ranks) normkit train --distributed exited with status \(status) (its output is above)")
+            throw CommandFailure(
+                "mpirun -np \(ranks) normkit train --distributed exited with status \(status) (its output is above)")
         }
         let url = directory.appendingPathComponent(SweepReport.summaryFileName)
         do {

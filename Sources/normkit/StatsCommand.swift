@@ -7,7 +7,8 @@ import NormKitTraining
 struct StatsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stats",
-        abstract: "How far BN's forward (μ_B, σ²_B) and backward (g_B, Ψ_B) batch statistics stray from their population values, per batch size.",
+        abstract:
+            "How far BN's forward (μ_B, σ²_B) and backward (g_B, Ψ_B) batch statistics stray from their population values, per batch size.",
         discussion: """
             For every BN layer of the checkpoint's model, over --batches random training batches of each size, the \
             relative deviation E|stat_B − stat| / (|stat| + scale) of each statistic from its value over the first \
@@ -34,7 +35,9 @@ struct StatsCommand: ParsableCommand {
 
     func validate() throws {
         _ = try parsedSizes()
-        guard (1...100_000).contains(batches) else { throw ValidationError("--batches \(batches): must be in 1...100000") }
+        guard (1...100_000).contains(batches) else {
+            throw ValidationError("--batches \(batches): must be in 1...100000")
+        }
         guard (250...1_000_000).contains(population) else {
             throw ValidationError("--population \(population): must be in 250...1000000")
         }
@@ -60,17 +63,23 @@ struct StatsCommand: ParsableCommand {
         // model's tensors).
         file.configuration.normBatch = nil
         guard file.configuration.norm == .bn else {
-            throw CommandFailure("\(url.path) is a \(file.configuration.norm.rawValue) model: the statistics measured are BN's (g_B and Ψ_B of a BN layer); give a checkpoint trained with --norm bn")
+            throw CommandFailure(
+                "\(url.path) is a \(file.configuration.norm.rawValue) model: the statistics measured are BN's (g_B and Ψ_B of a BN layer); give a checkpoint trained with --norm bn"
+            )
         }
-        let directory = try dataOptions.data.map { URL(fileURLWithPath: $0) }
+        let directory =
+            try dataOptions.data.map { URL(fileURLWithPath: $0) }
             ?? file.data?.source.map { try TrainCommand.recordedDirectory($0, of: url) }
-        let (train, _) = try FashionMNIST.load(directory: directory, trainLimit: population, testLimit: 1,
-                                               statistics: file.data?.statistics)
-        let model = try TrainingCheckpoint.buildModel(for: file, at: url, inChannels: train.channels,
-                                                      classes: train.classCount)
-        let report = try BatchStatisticsAnalysis.run(model: model, data: train, batchSizes: try parsedSizes(),
-                                                     batches: batches, populationImages: population, seed: seed,
-                                                     checkpoint: url.path)
+        let (train, _) = try FashionMNIST.load(
+            directory: directory, trainLimit: population, testLimit: 1,
+            statistics: file.data?.statistics)
+        let model = try TrainingCheckpoint.buildModel(
+            for: file, at: url, inChannels: train.channels,
+            classes: train.classCount)
+        let report = try BatchStatisticsAnalysis.run(
+            model: model, data: train, batchSizes: try parsedSizes(),
+            batches: batches, populationImages: population, seed: seed,
+            checkpoint: url.path)
         let output = URL(fileURLWithPath: out ?? url.deletingLastPathComponent().appendingPathComponent("stats").path)
         try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
         let table = report.markdown()
@@ -79,8 +88,9 @@ struct StatsCommand: ParsableCommand {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try AtomicFile.write(Array(try encoder.encode(report)), to: output.appendingPathComponent("stats.json"))
         try AtomicFile.write(Array(report.svg().utf8), to: output.appendingPathComponent("stats.svg"))
-        print("normkit stats: \(url.path), \(report.populationImages) population images, \(batches) batches per size; "
-              + "relative deviation from the population value (per channel, then the mean over channels)")
+        print(
+            "normkit stats: \(url.path), \(report.populationImages) population images, \(batches) batches per size; "
+                + "relative deviation from the population value (per channel, then the mean over channels)")
         print(table)
         print("written in \(output.path): stats.md, stats.json, stats.svg")
     }

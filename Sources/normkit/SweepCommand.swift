@@ -25,11 +25,12 @@ struct SweepCommand: ParsableCommand {
     var seeds: String?
     @Option(help: "Threads (per run; divided among the ranks of a --ranks cell).")
     var threads = 2
-    @Option(help: ArgumentHelp(
-        "Real ranks instead of ghost batches: BN, BRN and MABN cells below the SGD batch run under mpirun.",
-        discussion: "A cell with normalization batch k in SGD batch B runs on gcd(R, B/k) ranks (mpirun -np, "
-            + "each rank's B/R images in ghost batches of k); other cells run in this process. Default sweep "
-            + "directory: runs/sweep-<preset>-r<R>. Needs openmpi-bin and libopenmpi-dev."))
+    @Option(
+        help: ArgumentHelp(
+            "Real ranks instead of ghost batches: BN, BRN and MABN cells below the SGD batch run under mpirun.",
+            discussion: "A cell with normalization batch k in SGD batch B runs on gcd(R, B/k) ranks (mpirun -np, "
+                + "each rank's B/R images in ghost batches of k); other cells run in this process. Default sweep "
+                + "directory: runs/sweep-<preset>-r<R>. Needs openmpi-bin and libopenmpi-dev."))
     var ranks: Int?
     @Option(help: "Only these normalizations of the preset, comma-separated (e.g. bn,gn).")
     var norms: String?
@@ -48,20 +49,24 @@ struct SweepCommand: ParsableCommand {
     /// The cells `--norms` and `--norm-batches` keep (every cell without them).
     func parsedFilter() throws -> (SweepCell) -> Bool {
         let kinds = try norms.map { list in
-            try Set(list.split(separator: ",").map { name -> NormKind in
-                guard let kind = NormKind(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
-                    throw ValidationError("--norms: '\(name)' is not one of \(NormKind.allCases.map(\.rawValue).joined(separator: ", "))")
-                }
-                return kind
-            })
+            try Set(
+                list.split(separator: ",").map { name -> NormKind in
+                    guard let kind = NormKind(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
+                        throw ValidationError(
+                            "--norms: '\(name)' is not one of \(NormKind.allCases.map(\.rawValue).joined(separator: ", "))"
+                        )
+                    }
+                    return kind
+                })
         }
         let batches = try normBatches.map { list in
-            try Set(list.split(separator: ",").map { value -> Int in
-                guard let size = Int(value.trimmingCharacters(in: .whitespaces)), size >= 1 else {
-                    throw ValidationError("--norm-batches must be comma-separated positive integers, got '\(list)'")
-                }
-                return size
-            })
+            try Set(
+                list.split(separator: ",").map { value -> Int in
+                    guard let size = Int(value.trimmingCharacters(in: .whitespaces)), size >= 1 else {
+                        throw ValidationError("--norm-batches must be comma-separated positive integers, got '\(list)'")
+                    }
+                    return size
+                })
         }
         return { cell in
             (kinds?.contains(cell.configuration.norm) ?? true)
@@ -106,8 +111,10 @@ struct SweepCommand: ParsableCommand {
         let speed = try measureThroughput(plan.base)
         let estimate = plan.estimatedSeconds(imagesPerSecond: speed, including: include)
         print("normkit sweep --preset \(preset.name): \(preset.description)")
-        print(String(format: "%d runs; this machine trains ResNet-8 at about %.0f images/s, so expect about %@.",
-                     cells.count, speed, ProgressReporter.clock(estimate)))
+        print(
+            String(
+                format: "%d runs; this machine trains ResNet-8 at about %.0f images/s, so expect about %@.",
+                cells.count, speed, ProgressReporter.clock(estimate)))
         print("results → \(directory.path)")
 
         var datasets: [String: (train: Dataset, test: Dataset)] = [:]
@@ -115,20 +122,25 @@ struct SweepCommand: ParsableCommand {
         Trainer.stopOnInterrupt()
         let runner = SweepRunner(plan: plan, directory: directory, include: include) { cell, runDirectory in
             if let ranks = cell.ranks {
-                return try RankedRun(cell: cell, ranks: ranks, directory: runDirectory,
-                                     threads: max(1, threads / ranks), data: dataOptions.data).run()
+                return try RankedRun(
+                    cell: cell, ranks: ranks, directory: runDirectory,
+                    threads: max(1, threads / ranks), data: dataOptions.data
+                ).run()
             }
             let configuration = cell.configuration
             let key = "\(configuration.trainLimit ?? -1)/\(configuration.testLimit ?? -1)"
             if datasets[key] == nil {
-                datasets[key] = try dataOptions.load(trainLimit: configuration.trainLimit,
-                                                     testLimit: configuration.testLimit)
+                datasets[key] = try dataOptions.load(
+                    trainLimit: configuration.trainLimit,
+                    testLimit: configuration.testLimit)
             }
             let (train, test) = datasets[key]!
-            let trainer = try Trainer(configuration: configuration, train: train, test: test, output: runDirectory,
-                                      progress: ProgressReporter(style: interactive ? .bar : .silent))
+            let trainer = try Trainer(
+                configuration: configuration, train: train, test: test, output: runDirectory,
+                progress: ProgressReporter(style: interactive ? .bar : .silent))
             if FileManager.default.fileExists(
-                atPath: runDirectory.appendingPathComponent(TrainingCheckpoint.modelFileName).path) {
+                atPath: runDirectory.appendingPathComponent(TrainingCheckpoint.modelFileName).path)
+            {
                 try trainer.resume(from: runDirectory)
             } else {
                 // Records without a checkpoint (a run that died before its first save) are this cell's own: redo it.
@@ -137,8 +149,9 @@ struct SweepCommand: ParsableCommand {
             do {
                 return try trainer.run()
             } catch TrainingError.interrupted(let step, _) {
-                print("\ninterrupted at step \(step) of \(runDirectory.lastPathComponent); its checkpoint is saved. "
-                      + "Run the same command again to continue the sweep.")
+                print(
+                    "\ninterrupted at step \(step) of \(runDirectory.lastPathComponent); its checkpoint is saved. "
+                        + "Run the same command again to continue the sweep.")
                 Foundation.exit(128 + (Trainer.lastInterruptSignal ?? SIGINT))
             }
         }
@@ -151,7 +164,8 @@ struct SweepCommand: ParsableCommand {
         }
         print("table: \(directory.appendingPathComponent("results.md").path)")
         let plot = plan.groupAxis.isEmpty ? "error_vs_batch.svg" : "error_vs_groups.svg"
-        print("plot:  \(directory.appendingPathComponent(plot).path) (and .png; training curves in training_curves.svg)")
+        print(
+            "plot:  \(directory.appendingPathComponent(plot).path) (and .png; training curves in training_curves.svg)")
         if !outcome.failedRuns.isEmpty { throw ExitCode.failure }
     }
 
@@ -189,15 +203,18 @@ struct ReportCommand: ParsableCommand {
     func run() throws {
         let url = URL(fileURLWithPath: directory)
         guard try SweepPlanRecord.read(from: url) != nil else {
-            throw CommandFailure("\(url.path) is not a sweep directory (it has no \(SweepPlanRecord.fileName)); "
-                                  + "`normkit report` rebuilds the report of a directory written by `normkit sweep`, "
-                                  + "and writes nothing elsewhere")
+            throw CommandFailure(
+                "\(url.path) is not a sweep directory (it has no \(SweepPlanRecord.fileName)); "
+                    + "`normkit report` rebuilds the report of a directory written by `normkit sweep`, "
+                    + "and writes nothing elsewhere")
         }
         let report = try SweepReport.build(from: url)
         try report.write(to: url)
         print(report.markdown())
-        let files = ["results.md", "runs.csv", "runs.json", "error_vs_batch.svg", "error_vs_batch.png",
-                     "error_vs_groups.svg", "error_vs_groups.png", "training_curves.svg", "training_curves.png"]
+        let files = [
+            "results.md", "runs.csv", "runs.json", "error_vs_batch.svg", "error_vs_batch.png",
+            "error_vs_groups.svg", "error_vs_groups.png", "training_curves.svg", "training_curves.png",
+        ]
         let written = files.filter { FileManager.default.fileExists(atPath: url.appendingPathComponent($0).path) }
         print("written in \(url.path): \(written.joined(separator: ", "))")
     }

@@ -7,9 +7,10 @@ extension NormKind: ExpressibleByArgument {}
 
 /// Where the data comes from (shared by train, eval and sweep).
 struct DataOptions: ParsableArguments {
-    @Option(help: ArgumentHelp(
-        "Directory with Fashion-MNIST-style IDX files (.gz or raw).",
-        discussion: "Default: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist)."))
+    @Option(
+        help: ArgumentHelp(
+            "Directory with Fashion-MNIST-style IDX files (.gz or raw).",
+            discussion: "Default: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist)."))
     var data: String?
 
     @Option(help: "Use only the first N training images.")
@@ -19,13 +20,16 @@ struct DataOptions: ParsableArguments {
     var testLimit: Int?
 
     func validate() throws {
-        if let trainLimit, trainLimit < 1 { throw ValidationError("--train-limit must be at least 1, got \(trainLimit)") }
+        if let trainLimit, trainLimit < 1 {
+            throw ValidationError("--train-limit must be at least 1, got \(trainLimit)")
+        }
         if let testLimit, testLimit < 1 { throw ValidationError("--test-limit must be at least 1, got \(testLimit)") }
     }
 
     func load(trainLimit: Int? = nil, testLimit: Int? = nil) throws -> (train: Dataset, test: Dataset) {
-        try FashionMNIST.load(directory: data.map { URL(fileURLWithPath: $0) },
-                              trainLimit: trainLimit ?? self.trainLimit, testLimit: testLimit ?? self.testLimit)
+        try FashionMNIST.load(
+            directory: data.map { URL(fileURLWithPath: $0) },
+            trainLimit: trainLimit ?? self.trainLimit, testLimit: testLimit ?? self.testLimit)
     }
 }
 
@@ -88,11 +92,12 @@ struct TrainCommand: ParsableCommand {
     var mabnWarmup: Int?
     @Option(help: "MABN's EMA factor: the weight of the OLD value (default 0.98, the authors').")
     var mabnOldWeight: Double?
-    @Option(help: ArgumentHelp(
-        "MABN ablation: parts to switch off, comma-separated, from form, fwd-sma, bwd-sma, renorm, cenconv.",
-        discussion: "form: mean and variance (BN form) instead of the second moment; fwd-sma / bwd-sma: the "
-            + "current batch's forward / backward statistics instead of their moving averages; renorm: r = 1; "
-            + "cenconv: ordinary instead of weight-centred convolutions. Default: none (the paper's MABN)."))
+    @Option(
+        help: ArgumentHelp(
+            "MABN ablation: parts to switch off, comma-separated, from form, fwd-sma, bwd-sma, renorm, cenconv.",
+            discussion: "form: mean and variance (BN form) instead of the second moment; fwd-sma / bwd-sma: the "
+                + "current batch's forward / backward statistics instead of their moving averages; renorm: r = 1; "
+                + "cenconv: ordinary instead of weight-centred convolutions. Default: none (the paper's MABN)."))
     var mabnWithout: String?
     @Option(help: "BN's momentum, PyTorch's convention: the weight of the NEW value (default 0.1).")
     var bnMomentum: Double?
@@ -106,9 +111,12 @@ struct TrainCommand: ParsableCommand {
     var brnSchedule: String?
     @Flag(help: "Replace the run already in --out (its checkpoint and records are deleted first).")
     var overwrite = false
-    @Flag(help: ArgumentHelp(
-        "Data-parallel training over the ranks of mpirun (one model replica each, the batch split evenly).",
-        discussion: "Run as: mpirun -np R --allow-run-as-root --oversubscribe --bind-to none normkit train --distributed --threads T ... (R·T ≤ cores; --allow-run-as-root only as root). --norm bn is per-worker BN, --norm syncbn synchronises the statistics. Needs openmpi-bin and libopenmpi-dev."))
+    @Flag(
+        help: ArgumentHelp(
+            "Data-parallel training over the ranks of mpirun (one model replica each, the batch split evenly).",
+            discussion:
+                "Run as: mpirun -np R --allow-run-as-root --oversubscribe --bind-to none normkit train --distributed --threads T ... (R·T ≤ cores; --allow-run-as-root only as root). --norm bn is per-worker BN, --norm syncbn synchronises the statistics. Needs openmpi-bin and libopenmpi-dev."
+        ))
     var distributed = false
     @Option(help: "Convolution engine: onednn (default when built in; channels-last network) or im2col (OpenBLAS).")
     var convEngine: ConvolutionEngine = .preferred
@@ -132,8 +140,10 @@ struct TrainCommand: ParsableCommand {
             defaults.dataOptions.data = dataOptions.data
             let given = try defaults.trainingConfiguration().differences(from: configuration)
             guard given.isEmpty else {
-                throw ValidationError("--resume continues a run with the configuration recorded in its checkpoint; "
-                                      + "drop the configuration flags given with it (\(given.map { String($0.split(separator: " ").first ?? "") }.joined(separator: ", ")))")
+                throw ValidationError(
+                    "--resume continues a run with the configuration recorded in its checkpoint; "
+                        + "drop the configuration flags given with it (\(given.map { String($0.split(separator: " ").first ?? "") }.joined(separator: ", ")))"
+                )
             }
             if out != nil { throw ValidationError("--resume DIR writes into DIR; drop --out") }
             if overwrite { throw ValidationError("--overwrite replaces a run; it cannot be combined with --resume") }
@@ -190,25 +200,31 @@ struct TrainCommand: ParsableCommand {
             saved.threads = threads
             configuration = saved
             // The data it was trained on, unless --data says otherwise (the trainer then compares fingerprints).
-            let dataDirectory = try dataOptions.data.map { URL(fileURLWithPath: $0) }
+            let dataDirectory =
+                try dataOptions.data.map { URL(fileURLWithPath: $0) }
                 ?? file.data?.source.map { try Self.recordedDirectory($0, of: modelURL) }
-            (train, test) = try FashionMNIST.load(directory: dataDirectory, trainLimit: configuration.trainLimit,
-                                                  testLimit: configuration.testLimit,
-                                                  statistics: file.data?.statistics)
+            (train, test) = try FashionMNIST.load(
+                directory: dataDirectory, trainLimit: configuration.trainLimit,
+                testLimit: configuration.testLimit,
+                statistics: file.data?.statistics)
         } else {
             configuration = try trainingConfiguration().perWorker(workers: communicator?.workerCount ?? 1)
-            (train, test) = try dataOptions.load(trainLimit: configuration.trainLimit,
-                                                 testLimit: configuration.testLimit)
+            (train, test) = try dataOptions.load(
+                trainLimit: configuration.trainLimit,
+                testLimit: configuration.testLimit)
             directory = URL(fileURLWithPath: out ?? "runs/\(Self.defaultRunName(configuration, data: train.source))")
         }
         let isFirstWorker = (communicator?.workerIndex ?? 0) == 0
         let trainer: Trainer
         do {
-            trainer = try Trainer(configuration: configuration, train: train, test: test, output: directory,
-                                  progress: isFirstWorker ? ProgressReporter() : ProgressReporter(style: .silent))
+            trainer = try Trainer(
+                configuration: configuration, train: train, test: test, output: directory,
+                progress: isFirstWorker ? ProgressReporter() : ProgressReporter(style: .silent))
             if let communicator { try trainer.distribute(over: communicator) }
         } catch let error where resume != nil {
-            throw CommandFailure("\(directory.appendingPathComponent(TrainingCheckpoint.modelFileName).path): its configuration does not build a model: \(ErrorText.describe(error))")
+            throw CommandFailure(
+                "\(directory.appendingPathComponent(TrainingCheckpoint.modelFileName).path): its configuration does not build a model: \(ErrorText.describe(error))"
+            )
         }
         trainer.checkpointEverySteps = checkpointEvery
         trainer.replacesExistingRun = overwrite
@@ -218,12 +234,17 @@ struct TrainCommand: ParsableCommand {
             if isFirstWorker { print("resuming \(directory.path) at step \(trainer.step)") }
         }
         if let communicator, isFirstWorker {
-            print("data-parallel over \(communicator.workerCount) MPI ranks: \(configuration.batch / communicator.workerCount) images per rank per step, \(configuration.norm == .syncbn ? "SyncBN" : configuration.norm == .bn ? "per-worker BN" : configuration.norm.rawValue)")
+            print(
+                "data-parallel over \(communicator.workerCount) MPI ranks: \(configuration.batch / communicator.workerCount) images per rank per step, \(configuration.norm == .syncbn ? "SyncBN" : configuration.norm == .bn ? "per-worker BN" : configuration.norm.rawValue)"
+            )
         }
-        if isFirstWorker { print("training \(configuration.model) with \(configuration.norm.rawValue) "
-              + "(batch \(configuration.batch), norm batch \(configuration.effectiveNormBatch), "
-              + "\(configuration.epochs) epochs, lr \(configuration.peakLearningRate)) on \(train.count) images → \(directory.path)"
-              + " [\(convEngine.versionDescription)]") }
+        if isFirstWorker {
+            print(
+                "training \(configuration.model) with \(configuration.norm.rawValue) "
+                    + "(batch \(configuration.batch), norm batch \(configuration.effectiveNormBatch), "
+                    + "\(configuration.epochs) epochs, lr \(configuration.peakLearningRate)) on \(train.count) images → \(directory.path)"
+                    + " [\(convEngine.versionDescription)]")
+        }
         let firstStep = trainer.step
         do {
             let summary = try trainer.run()
@@ -231,16 +252,20 @@ struct TrainCommand: ParsableCommand {
             guard isFirstWorker else { return }
             if let (gradients, statistics) = trainer.communication, trainer.step > firstStep {
                 let steps = Double(trainer.step - firstStep)
-                print(String(format: "communication per step (rank 0): gradient all-reduce %.3f ms (%d floats), "
-                             + "normalization reductions %.3f ms (%.1f collectives, %.0f values)",
-                             1e3 * gradients.seconds / steps, gradients.values / max(gradients.calls, 1),
-                             1e3 * statistics.seconds / steps, Double(statistics.calls) / steps,
-                             Double(statistics.values) / steps))
+                print(
+                    String(
+                        format: "communication per step (rank 0): gradient all-reduce %.3f ms (%d floats), "
+                            + "normalization reductions %.3f ms (%.1f collectives, %.0f values)",
+                        1e3 * gradients.seconds / steps, gradients.values / max(gradients.calls, 1),
+                        1e3 * statistics.seconds / steps, Double(statistics.calls) / steps,
+                        Double(statistics.values) / steps))
             }
-            print(String(format: "final test error %.2f%% (best %.2f%%), %.0f img/s, %@ wall; summary in %@",
-                         100 * summary.finalTestError, 100 * summary.bestTestError, summary.imagesPerSecond,
-                         ProgressReporter.clock(summary.wallSeconds),
-                         directory.appendingPathComponent("summary.json").path))
+            print(
+                String(
+                    format: "final test error %.2f%% (best %.2f%%), %.0f img/s, %@ wall; summary in %@",
+                    100 * summary.finalTestError, 100 * summary.bestTestError, summary.imagesPerSecond,
+                    ProgressReporter.clock(summary.wallSeconds),
+                    directory.appendingPathComponent("summary.json").path))
         } catch let error as TrainingError {
             if case .interrupted = error {
                 if isFirstWorker {
@@ -259,12 +284,15 @@ struct TrainCommand: ParsableCommand {
     /// This process's MPI communicator for `--distributed`; a clear error without MPI or outside mpirun.
     static func communicator() throws -> MPICommunicator {
         guard MPICommunicator.isAvailable else {
-            throw CommandFailure("--distributed needs Open MPI: this normkit was built without it (install openmpi-bin and libopenmpi-dev, then rebuild)")
+            throw CommandFailure(
+                "--distributed needs Open MPI: this normkit was built without it (install openmpi-bin and libopenmpi-dev, then rebuild)"
+            )
         }
         guard MPICommunicator.launchedUnderMPI() else {
-            throw CommandFailure("--distributed runs under mpirun, one process per rank: mpirun -np 2 "
-                                 + MPICommunicator.mpirunArguments().joined(separator: " ")
-                                 + " normkit train --distributed --threads 1 …")
+            throw CommandFailure(
+                "--distributed runs under mpirun, one process per rank: mpirun -np 2 "
+                    + MPICommunicator.mpirunArguments().joined(separator: " ")
+                    + " normkit train --distributed --threads 1 …")
         }
         return try MPICommunicator()
     }
@@ -272,8 +300,9 @@ struct TrainCommand: ParsableCommand {
     /// The directory a checkpoint records its data in; an error saying to pass --data when it is gone.
     static func recordedDirectory(_ source: DataSource, of checkpoint: URL) throws -> URL {
         guard FileManager.default.fileExists(atPath: source.directory) else {
-            throw CommandFailure("\(checkpoint.path) was trained on the data in \(source.directory), which is not "
-                                 + "there any more; pass --data with a directory holding the same files")
+            throw CommandFailure(
+                "\(checkpoint.path) was trained on the data in \(source.directory), which is not "
+                    + "there any more; pass --data with a directory holding the same files")
         }
         return URL(fileURLWithPath: source.directory)
     }
@@ -312,15 +341,20 @@ struct EvalCommand: ParsableCommand {
         let file = try TrainingCheckpoint.read(at: url)
         let configuration = file.configuration
         let test = try testSet(for: file)
-        let model = try TrainingCheckpoint.buildModel(for: file, at: url, inChannels: test.channels,
-                                                      classes: test.classCount)
+        let model = try TrainingCheckpoint.buildModel(
+            for: file, at: url, inChannels: test.channels,
+            classes: test.classCount)
         let evaluation = try Trainer.evaluate(model: model, on: test)
         guard evaluation.loss.isFinite else {
-            throw CommandFailure("\(url.path): the test loss is \(evaluation.loss): the checkpoint's weights or running statistics are not finite (a diverged run?)")
+            throw CommandFailure(
+                "\(url.path): the test loss is \(evaluation.loss): the checkpoint's weights or running statistics are not finite (a diverged run?)"
+            )
         }
         print("\(url.path): \(configuration.model) with \(configuration.norm.rawValue), step \(file.step)")
-        print(String(format: "test error %.2f%% on %d images (loss %.4f)", 100 * evaluation.error, evaluation.count,
-                     evaluation.loss))
+        print(
+            String(
+                format: "test error %.2f%% on %d images (loss %.4f)", 100 * evaluation.error, evaluation.count,
+                evaluation.loss))
         print("\n| class | accuracy |\n|---|---:|")
         for (i, accuracy) in evaluation.perClassAccuracy.enumerated() {
             let name = i < test.classNames.count ? test.classNames[i] : "\(i)"
@@ -332,19 +366,25 @@ struct EvalCommand: ParsableCommand {
     /// else the directory the model was trained on, else the default. Says so when that is not the training data.
     func testSet(for file: TrainingCheckpoint.ModelFile) throws -> Dataset {
         let recorded = file.data?.source
-        let directory = try dataOptions.data.map { URL(fileURLWithPath: $0) }
+        let directory =
+            try dataOptions.data.map { URL(fileURLWithPath: $0) }
             ?? recorded.map { try TrainCommand.recordedDirectory($0, of: URL(fileURLWithPath: checkpoint)) }
         guard let statistics = file.data?.statistics else {
-            print("note: this checkpoint does not record its pixel statistics (written by an older normkit); "
-                  + "recomputing them from the training images in \((directory ?? FashionMNIST.defaultDirectory).path)")
-            return try FashionMNIST.load(directory: directory, trainLimit: file.configuration.trainLimit,
-                                         testLimit: dataOptions.testLimit).test
+            print(
+                "note: this checkpoint does not record its pixel statistics (written by an older normkit); "
+                    + "recomputing them from the training images in \((directory ?? FashionMNIST.defaultDirectory).path)"
+            )
+            return try FashionMNIST.load(
+                directory: directory, trainLimit: file.configuration.trainLimit,
+                testLimit: dataOptions.testLimit
+            ).test
         }
         let test = try FashionMNIST.loadTest(directory: directory, limit: dataOptions.testLimit, statistics: statistics)
         if let recorded, let given = test.source, recorded.fingerprint != given.fingerprint {
-            print("note: evaluating on \(given.directory) (fingerprint \(given.fingerprint)), not the data the model "
-                  + "was trained on (\(recorded.directory), fingerprint \(recorded.fingerprint)); "
-                  + "the images are standardised with the training statistics recorded in the checkpoint")
+            print(
+                "note: evaluating on \(given.directory) (fingerprint \(given.fingerprint)), not the data the model "
+                    + "was trained on (\(recorded.directory), fingerprint \(recorded.fingerprint)); "
+                    + "the images are standardised with the training statistics recorded in the checkpoint")
         }
         return test
     }

@@ -8,8 +8,10 @@ enum SyntheticData {
     /// Writes `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte` and
     /// `t10k-labels-idx1-ubyte` into `directory`: `trainCount` and `testCount` 28×28 images of pseudo-random bytes
     /// (seeded by `seed`), labels cycling through 0…9. With `constantTrainPixel`, every training pixel is that value.
-    static func write(to directory: URL, trainCount: Int, testCount: Int, seed: UInt64,
-                      constantTrainPixel: UInt8? = nil) throws {
+    static func write(
+        to directory: URL, trainCount: Int, testCount: Int, seed: UInt64,
+        constantTrainPixel: UInt8? = nil
+    ) throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
         func nextByte() -> UInt8 {
@@ -78,8 +80,12 @@ final class CLIFixture {
 
     private init() throws {
         guard FileManager.default.isExecutableFile(atPath: CLI.binary.path) else {
-            throw NSError(domain: "CLIFixture", code: 2, userInfo: [NSLocalizedDescriptionKey:
-                "no normkit executable at \(CLI.binary.path) (build it with `swift build`, or set NORMKIT_BINARY)"])
+            throw NSError(
+                domain: "CLIFixture", code: 2,
+                userInfo: [
+                    NSLocalizedDescriptionKey:
+                        "no normkit executable at \(CLI.binary.path) (build it with `swift build`, or set NORMKIT_BINARY)"
+                ])
         }
         root = FileManager.default.temporaryDirectory.appendingPathComponent("normkit-cli-tests-\(UUID().uuidString)")
         data = root.appendingPathComponent("fmnist-main")
@@ -92,8 +98,9 @@ final class CLIFixture {
         baseArguments = Self.quickTraining(data: data)
         let result = try CLI.run(baseArguments + ["--out", baseRun.path], in: root)
         guard result.status == 0, !result.signaled else {
-            throw NSError(domain: "CLIFixture", code: 1,
-                          userInfo: [NSLocalizedDescriptionKey: "the base training run failed: \(result.summary)"])
+            throw NSError(
+                domain: "CLIFixture", code: 1,
+                userInfo: [NSLocalizedDescriptionKey: "the base training run failed: \(result.summary)"])
         }
     }
 

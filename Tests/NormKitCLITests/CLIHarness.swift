@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What one run of the `normkit` binary did.
@@ -34,10 +34,11 @@ enum CLI {
             return URL(fileURLWithPath: path)
         }
         // On Linux the test bundle is an executable in the products directory (.build/debug), as is normkit.
-        let candidates = [
-            Bundle.main.bundleURL,
-            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
-        ] + Bundle.allBundles.map { $0.bundleURL.deletingLastPathComponent() }
+        let candidates =
+            [
+                Bundle.main.bundleURL,
+                URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
+            ] + Bundle.allBundles.map { $0.bundleURL.deletingLastPathComponent() }
         for directory in candidates {
             let url = directory.appendingPathComponent("normkit")
             if FileManager.default.isExecutableFile(atPath: url.path) { return url }
@@ -99,8 +100,9 @@ enum CLI {
             let out = (try? String(contentsOf: stdoutURL, encoding: .utf8)) ?? ""
             let err = (try? String(contentsOf: stderrURL, encoding: .utf8)) ?? ""
             try? FileManager.default.removeItem(at: stdoutURL.deletingLastPathComponent())
-            return CLIResult(status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
-                             stdout: out, stderr: err, seconds: seconds, timedOut: timedOut)
+            return CLIResult(
+                status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
+                stdout: out, stderr: err, seconds: seconds, timedOut: timedOut)
         }
     }
 
@@ -123,7 +125,9 @@ enum CLI {
 /// Assertions shared by the CLI tests.
 extension XCTestCase {
     /// The process exited by itself (no signal, no timeout) with `code`.
-    func assertExit(_ result: CLIResult, _ code: Int32, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    func assertExit(
+        _ result: CLIResult, _ code: Int32, _ what: String, file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertFalse(result.timedOut, "\(what): timed out\n\(result.summary)", file: file, line: line)
         XCTAssertFalse(result.signaled, "\(what): killed by a signal\n\(result.summary)", file: file, line: line)
         XCTAssertEqual(result.status, code, "\(what): exit code\n\(result.summary)", file: file, line: line)
@@ -131,8 +135,10 @@ extension XCTestCase {
 
     /// A clear refusal: a non-zero exit code of its own (not a trap), each of `phrases` on standard error, and
     /// no crash report.
-    func assertRefused(_ result: CLIResult, code: Int32? = nil, mentioning phrases: [String], _ what: String,
-                       file: StaticString = #filePath, line: UInt = #line) {
+    func assertRefused(
+        _ result: CLIResult, code: Int32? = nil, mentioning phrases: [String], _ what: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertFalse(result.timedOut, "\(what): timed out\n\(result.summary)", file: file, line: line)
         XCTAssertFalse(result.signaled, "\(what): killed by a signal\n\(result.summary)", file: file, line: line)
         if let code {
@@ -141,12 +147,14 @@ extension XCTestCase {
             XCTAssertNotEqual(result.status, 0, "\(what): should fail\n\(result.summary)", file: file, line: line)
         }
         for phrase in phrases {
-            XCTAssertTrue(result.stderr.contains(phrase), "\(what): stderr should mention '\(phrase)'\n\(result.summary)",
-                          file: file, line: line)
+            XCTAssertTrue(
+                result.stderr.contains(phrase), "\(what): stderr should mention '\(phrase)'\n\(result.summary)",
+                file: file, line: line)
         }
         for crash in ["Fatal error", "Stack dump", "backtrace", "Illegal instruction", "Segmentation fault"] {
-            XCTAssertFalse(result.stderr.contains(crash), "\(what): crash report on stderr\n\(result.summary)",
-                           file: file, line: line)
+            XCTAssertFalse(
+                result.stderr.contains(crash), "\(what): crash report on stderr\n\(result.summary)",
+                file: file, line: line)
         }
     }
 }

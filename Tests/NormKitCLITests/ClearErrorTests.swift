@@ -8,9 +8,10 @@ final class ClearErrorTests: XCTestCase {
     func testCheckpointEveryZeroIsAUsageError() throws {
         let fixture = try CLIFixture.shared()
         let out = try fixture.scratch("checkpoint-every-0")
-        let result = try CLI.run(CLIFixture.quickTraining(data: fixture.data)
-                                 + ["--checkpoint-every", "0", "--out", out.appendingPathComponent("run").path],
-                                 in: out)
+        let result = try CLI.run(
+            CLIFixture.quickTraining(data: fixture.data)
+                + ["--checkpoint-every", "0", "--out", out.appendingPathComponent("run").path],
+            in: out)
         assertRefused(result, code: 64, mentioning: ["--checkpoint-every"], "train --checkpoint-every 0")
     }
 
@@ -32,17 +33,22 @@ final class ClearErrorTests: XCTestCase {
     }
 
     /// `normkit eval` of a checkpoint edited by `edit` fails within a few seconds, naming the file and `field`.
-    private func assertEvalRefuses(_ name: String, field: [String], editing edit: (inout [String: Any]) -> Void,
-                                   file: StaticString = #filePath, line: UInt = #line) throws {
+    private func assertEvalRefuses(
+        _ name: String, field: [String], editing edit: (inout [String: Any]) -> Void,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let fixture = try CLIFixture.shared()
         let url = try checkpoint(name, editing: edit)
-        let result = try CLI.run(["eval", "--checkpoint", url.path, "--data", fixture.data.path, "--threads", "1"],
-                                 in: url.deletingLastPathComponent(), timeout: 30)
+        let result = try CLI.run(
+            ["eval", "--checkpoint", url.path, "--data", fixture.data.path, "--threads", "1"],
+            in: url.deletingLastPathComponent(), timeout: 30)
         assertRefused(result, mentioning: [url.path], "eval of a checkpoint with \(name)", file: file, line: line)
-        XCTAssertTrue(field.contains { result.stderr.contains($0) },
-                      "eval of a checkpoint with \(name): stderr should name the field (\(field))\n\(result.summary)",
-                      file: file, line: line)
-        XCTAssertLessThan(result.seconds, 10, "eval of a checkpoint with \(name) should fail at once", file: file, line: line)
+        XCTAssertTrue(
+            field.contains { result.stderr.contains($0) },
+            "eval of a checkpoint with \(name): stderr should name the field (\(field))\n\(result.summary)",
+            file: file, line: line)
+        XCTAssertLessThan(
+            result.seconds, 10, "eval of a checkpoint with \(name) should fail at once", file: file, line: line)
     }
 
     func testEvalRefusesACheckpointWithBatchZero() throws {

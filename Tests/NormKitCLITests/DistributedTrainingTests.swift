@@ -33,11 +33,15 @@ final class DistributedTrainingTests: XCTestCase {
 
     /// Runs `normkit` under `mpirun -np ranks` (or directly with `ranks` nil) and returns the run's checkpoint.
     /// With `output` nil, `arguments` name the run (`--resume DIR`), whose checkpoint is returned.
-    private func train(ranks: Int?, _ arguments: [String], name: String, output: URL?? = .none,
-                       file: StaticString = #filePath, line: UInt = #line) throws -> [String: StateTensor] {
+    private func train(
+        ranks: Int?, _ arguments: [String], name: String, output: URL?? = .none,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws -> [String: StateTensor] {
         let resuming = arguments.first == "--resume"
         let out = resuming ? URL(fileURLWithPath: arguments[1]) : root.appendingPathComponent(name)
-        let common = resuming ? ["train", "--threads", "1"]
+        let common =
+            resuming
+            ? ["train", "--threads", "1"]
             : ["train", "--threads", "1", "--test-limit", "24", "--out", out.path]
                 + (arguments.contains("--epochs") ? [] : ["--epochs", "1"])
                 + (arguments.contains("--data") ? [] : ["--data", data.path])
@@ -46,7 +50,8 @@ final class DistributedTrainingTests: XCTestCase {
         _ = FileManager.default.createFile(atPath: logs.path, contents: nil)
         if let ranks {
             process.executableURL = URL(fileURLWithPath: Self.mpirun!)
-            process.arguments = ["-np", "\(ranks)"] + Self.mpirunOptions + [CLI.binary.path] + common
+            process.arguments =
+                ["-np", "\(ranks)"] + Self.mpirunOptions + [CLI.binary.path] + common
                 + ["--distributed"] + arguments
         } else {
             process.executableURL = CLI.binary
@@ -63,8 +68,10 @@ final class DistributedTrainingTests: XCTestCase {
     }
 
     /// The largest difference between same-named float tensors relative to the tensor's largest magnitude.
-    private func assertClose(_ a: [String: StateTensor], _ b: [String: StateTensor], tolerance: Double,
-                             _ label: String, file: StaticString = #filePath, line: UInt = #line) {
+    private func assertClose(
+        _ a: [String: StateTensor], _ b: [String: StateTensor], tolerance: Double,
+        _ label: String, file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertEqual(Set(a.keys), Set(b.keys), label, file: file, line: line)
         var worst = (0.0, "")
         for (name, tensor) in a {
@@ -120,14 +127,17 @@ final class DistributedTrainingTests: XCTestCase {
             let a = try summary(distributed), b = try summary(alone)
             XCTAssertEqual(a.finalTestError, b.finalTestError, distributed)
             XCTAssertEqual(a.perClassAccuracy, b.perClassAccuracy, distributed)
-            XCTAssertEqual(a.epochs.last!.testLoss, b.epochs.last!.testLoss, accuracy: 1e-5 * b.epochs.last!.testLoss,
-                           distributed)
+            XCTAssertEqual(
+                a.epochs.last!.testLoss, b.epochs.last!.testLoss, accuracy: 1e-5 * b.epochs.last!.testLoss,
+                distributed)
         }
     }
 
     private func summary(_ name: String) throws -> RunSummary {
-        try JSONDecoder().decode(RunSummary.self, from: Data(
-            contentsOf: root.appendingPathComponent(name).appendingPathComponent("summary.json")))
+        try JSONDecoder().decode(
+            RunSummary.self,
+            from: Data(
+                contentsOf: root.appendingPathComponent(name).appendingPathComponent("summary.json")))
     }
 
     /// MABN: 2 ranks × 16 == one process with ghost chunks of 16 (each rank's batch one more iteration of the same
@@ -157,8 +167,11 @@ final class DistributedTrainingTests: XCTestCase {
         let arguments = ["--data", longData.path, "--batch", "8", "--norm", "syncbn"]
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.mpirun!)
-        process.arguments = ["-np", "2"] + Self.mpirunOptions + [CLI.binary.path, "train", "--distributed",
-            "--threads", "1", "--epochs", "1", "--test-limit", "24", "--checkpoint-every", "1", "--out", out.path]
+        process.arguments =
+            ["-np", "2"] + Self.mpirunOptions + [
+                CLI.binary.path, "train", "--distributed",
+                "--threads", "1", "--epochs", "1", "--test-limit", "24", "--checkpoint-every", "1", "--out", out.path,
+            ]
             + arguments
         let logs = root.appendingPathComponent("interrupted.log")
         _ = FileManager.default.createFile(atPath: logs.path, contents: nil)
@@ -184,11 +197,13 @@ final class DistributedTrainingTests: XCTestCase {
         let never = try train(ranks: 2, arguments, name: "never-stopped")
         assertClose(resumed, never, tolerance: 1e-6, "2 ranks interrupted at step \(stopped.step) and resumed")
 
-        let single = try CLI.run(["train", "--resume", alone.path, "--threads", "1", "--data", longData.path],
-                                 in: root)
+        let single = try CLI.run(
+            ["train", "--resume", alone.path, "--threads", "1", "--data", longData.path],
+            in: root)
         XCTAssertEqual(single.status, 0, single.summary)
-        XCTAssertEqual(try TrainingCheckpoint.read(at: alone.appendingPathComponent(TrainingCheckpoint.modelFileName))
-                        .step, 300, "resumed in one process, to the end")
+        XCTAssertEqual(
+            try TrainingCheckpoint.read(at: alone.appendingPathComponent(TrainingCheckpoint.modelFileName))
+                .step, 300, "resumed in one process, to the end")
     }
 
     /// `normkit sweep --ranks 2`: the BN cell below the SGD batch trains under `mpirun -np 2` (its summary says 2
@@ -196,8 +211,10 @@ final class DistributedTrainingTests: XCTestCase {
     /// again skips both, and the ranked cell's weights equal a ghost-batch run of the same configuration.
     func testSweepRanksAxisRunsCellsUnderMPIRun() throws {
         let sweep = root.appendingPathComponent("sweep-r2")
-        let arguments = ["sweep", "--preset", "quick", "--ranks", "2", "--norms", "bn", "--threads", "2",
-                         "--data", data.path, "--train-limit", "96", "--test-limit", "24", "--out", sweep.path]
+        let arguments = [
+            "sweep", "--preset", "quick", "--ranks", "2", "--norms", "bn", "--threads", "2",
+            "--data", data.path, "--train-limit", "96", "--test-limit", "24", "--out", sweep.path,
+        ]
         let first = try CLI.run(arguments, in: root, timeout: 300)
         XCTAssertEqual(first.status, 0, first.summary)
         XCTAssertTrue(first.stdout.contains("mpirun -np 2"), first.stdout)
@@ -207,8 +224,11 @@ final class DistributedTrainingTests: XCTestCase {
         XCTAssertEqual(summary.workers, 2)
         XCTAssertEqual(summary.configuration.normBatch, 2)
         XCTAssertEqual(summary.configuration.batch, 32)
-        let whole = try JSONDecoder().decode(RunSummary.self, from: Data(contentsOf:
-            sweep.appendingPathComponent("bn-nb32-s0").appendingPathComponent("summary.json")))
+        let whole = try JSONDecoder().decode(
+            RunSummary.self,
+            from: Data(
+                contentsOf:
+                    sweep.appendingPathComponent("bn-nb32-s0").appendingPathComponent("summary.json")))
         XCTAssertNil(whole.workers, "the full-batch cell runs in one process")
         let report = try String(contentsOf: sweep.appendingPathComponent("results.md"), encoding: .utf8)
         XCTAssertTrue(report.contains("on R ≤ 2 mpirun ranks instead"), report)
@@ -232,9 +252,12 @@ final class DistributedTrainingTests: XCTestCase {
         let out = root.appendingPathComponent("killed")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.mpirun!)
-        process.arguments = ["-np", "2"] + Self.mpirunOptions + [CLI.binary.path, "train", "--distributed",
-            "--threads", "1", "--epochs", "1", "--test-limit", "24", "--checkpoint-every", "1", "--batch", "8",
-            "--norm", "syncbn", "--data", longData.path, "--out", out.path]
+        process.arguments =
+            ["-np", "2"] + Self.mpirunOptions + [
+                CLI.binary.path, "train", "--distributed",
+                "--threads", "1", "--epochs", "1", "--test-limit", "24", "--checkpoint-every", "1", "--batch", "8",
+                "--norm", "syncbn", "--data", longData.path, "--out", out.path,
+            ]
         let logs = root.appendingPathComponent("killed.log")
         _ = FileManager.default.createFile(atPath: logs.path, contents: nil)
         process.standardOutput = try FileHandle(forWritingTo: logs)
@@ -242,8 +265,9 @@ final class DistributedTrainingTests: XCTestCase {
         try process.run()
         let log = { (try? String(contentsOf: logs, encoding: .utf8)) ?? "" }
         let model = out.appendingPathComponent(TrainingCheckpoint.modelFileName)
-        XCTAssertTrue(CLI.waitUntil(timeout: 60) { FileManager.default.fileExists(atPath: model.path) },
-                      "no checkpoint:\n\(log())")
+        XCTAssertTrue(
+            CLI.waitUntil(timeout: 60) { FileManager.default.fileExists(atPath: model.path) },
+            "no checkpoint:\n\(log())")
         let rank1 = try XCTUnwrap(Self.rankProcess(1, writing: out.path), "rank 1 not found:\n\(log())")
         kill(rank1, SIGKILL)
         let ended = CLI.waitUntil(timeout: 60) { !process.isRunning }
@@ -252,8 +276,9 @@ final class DistributedTrainingTests: XCTestCase {
         process.waitUntilExit()
         XCTAssertNotEqual(process.terminationStatus, 0, log())
         XCTAssertTrue(log().contains("rank 1"), "mpirun names the rank that died:\n\(log())")
-        XCTAssertTrue(log().contains("normkit-mpi: rank 0 of 2 got SIGTERM while in MPI_"),
-                      "rank 0 says where it was stopped:\n\(log())")
+        XCTAssertTrue(
+            log().contains("normkit-mpi: rank 0 of 2 got SIGTERM while in MPI_"),
+            "rank 0 says where it was stopped:\n\(log())")
         let saved = try TrainingCheckpoint.read(at: model)
         XCTAssertGreaterThan(saved.step, 0)
         XCTAssertLessThan(saved.step, 300)
@@ -267,12 +292,14 @@ final class DistributedTrainingTests: XCTestCase {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         for entry in entries {
             guard let pid = pid_t(entry),
-                  let command = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"),
-                  let environment = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { continue }
+                let command = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"),
+                let environment = FileManager.default.contents(atPath: "/proc/\(pid)/environ")
+            else { continue }
             let arguments = command.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
             let variables = environment.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
             if arguments.first?.hasSuffix("normkit") == true, arguments.contains(path),
-               variables.contains("OMPI_COMM_WORLD_RANK=\(rank)") {
+                variables.contains("OMPI_COMM_WORLD_RANK=\(rank)")
+            {
                 return pid
             }
         }
@@ -295,17 +322,25 @@ final class DistributedTrainingTests: XCTestCase {
 
     /// A batch that does not split evenly is refused with the reason, on every rank, before any step.
     func testUnevenSplitIsRefused() throws {
-        let (status, log) = try mpirun(ranks: 3, ["train", "--distributed", "--data", data.path, "--threads", "1",
-            "--batch", "32", "--out", root.appendingPathComponent("uneven").path], name: "uneven")
+        let (status, log) = try mpirun(
+            ranks: 3,
+            [
+                "train", "--distributed", "--data", data.path, "--threads", "1",
+                "--batch", "32", "--out", root.appendingPathComponent("uneven").path,
+            ], name: "uneven")
         XCTAssertNotEqual(status, 0, log)
         XCTAssertTrue(log.contains("does not split into 3 equal per-worker batches"), log)
     }
 
     /// A per-worker normalization batch that does not divide the per-worker batch is refused with the remedy.
     func testNormalizationBatchLargerThanPerWorkerBatchIsRefused() throws {
-        let (status, log) = try mpirun(ranks: 2, ["train", "--distributed", "--data", data.path, "--threads", "1",
-            "--batch", "32", "--norm", "bn", "--norm-batch", "32",
-            "--out", root.appendingPathComponent("too-large").path], name: "too-large")
+        let (status, log) = try mpirun(
+            ranks: 2,
+            [
+                "train", "--distributed", "--data", data.path, "--threads", "1",
+                "--batch", "32", "--norm", "bn", "--norm-batch", "32",
+                "--out", root.appendingPathComponent("too-large").path,
+            ], name: "too-large")
         XCTAssertNotEqual(status, 0, log)
         XCTAssertTrue(log.contains("normalization batch 32 must divide 16"), log)
         XCTAssertTrue(log.contains("--norm-batch 16"), log)
@@ -313,8 +348,11 @@ final class DistributedTrainingTests: XCTestCase {
 
     /// `--distributed` outside mpirun says how to launch it.
     func testDistributedOutsideMPIRunSaysHowToLaunch() throws {
-        let result = try CLI.run(["train", "--distributed", "--data", data.path, "--threads", "1",
-                                  "--out", root.appendingPathComponent("alone").path], in: root)
+        let result = try CLI.run(
+            [
+                "train", "--distributed", "--data", data.path, "--threads", "1",
+                "--out", root.appendingPathComponent("alone").path,
+            ], in: root)
         XCTAssertNotEqual(result.status, 0)
         XCTAssertTrue(result.stderr.contains("mpirun -np 2"), result.stderr)
     }

@@ -14,13 +14,16 @@ final class SilentlyWrongTests: XCTestCase {
 
     func testSettingsThatDoNothingForTheNormalizationAreRefused() throws {
         for norm in ["gn", "ln", "in"] {
-            assertRefused(try train(["--norm", norm, "--norm-batch", "4"], name: "nb-\(norm)"), code: 64,
-                          mentioning: ["--norm-batch"], "--norm \(norm) --norm-batch 4")
+            assertRefused(
+                try train(["--norm", norm, "--norm-batch", "4"], name: "nb-\(norm)"), code: 64,
+                mentioning: ["--norm-batch"], "--norm \(norm) --norm-batch 4")
         }
-        assertRefused(try train(["--norm", "bn", "--groups", "4"], name: "bn-groups"), code: 64,
-                      mentioning: ["--groups"], "--norm bn --groups 4")
-        assertRefused(try train(["--norm", "bn", "--group-size", "2"], name: "bn-group-size"), code: 64,
-                      mentioning: ["--group-size"], "--norm bn --group-size 2")
+        assertRefused(
+            try train(["--norm", "bn", "--groups", "4"], name: "bn-groups"), code: 64,
+            mentioning: ["--groups"], "--norm bn --groups 4")
+        assertRefused(
+            try train(["--norm", "bn", "--group-size", "2"], name: "bn-group-size"), code: 64,
+            mentioning: ["--group-size"], "--norm bn --group-size 2")
     }
 
     func testOutOfRangeOptimizerSettingsAreRefused() throws {
@@ -32,16 +35,18 @@ final class SilentlyWrongTests: XCTestCase {
             (["--lr", "inf"], "--lr"),
         ]
         for (arguments, flag) in cases {
-            assertRefused(try train(arguments, name: "range"), code: 64, mentioning: [flag],
-                          "train \(arguments.joined(separator: " "))")
+            assertRefused(
+                try train(arguments, name: "range"), code: 64, mentioning: [flag],
+                "train \(arguments.joined(separator: " "))")
         }
     }
 
     func testConstantTrainingImagesAreRefused() throws {
         let fixture = try CLIFixture.shared()
         let out = try fixture.scratch("constant")
-        let result = try CLI.run(CLIFixture.quickTraining(data: fixture.constantData)
-                                 + ["--out", out.appendingPathComponent("run").path], in: out)
+        let result = try CLI.run(
+            CLIFixture.quickTraining(data: fixture.constantData)
+                + ["--out", out.appendingPathComponent("run").path], in: out)
         assertRefused(result, mentioning: ["constant", "fmnist-constant"], "training on images that are all one value")
         XCTAssertFalse(isFinished(out.appendingPathComponent("run")))
     }
@@ -54,21 +59,29 @@ final class SilentlyWrongTests: XCTestCase {
 
         let recorded = try CLI.run(["eval", "--checkpoint", fixture.baseRun.path, "--threads", "1"], in: fixture.root)
         assertExit(recorded, 0, "eval without --data")
-        XCTAssertTrue(recorded.stdout.contains(expected),
-                      "eval without --data should evaluate on the training run's data: '\(expected)'\n\(recorded.summary)")
+        XCTAssertTrue(
+            recorded.stdout.contains(expected),
+            "eval without --data should evaluate on the training run's data: '\(expected)'\n\(recorded.summary)")
         XCTAssertFalse(recorded.stdout.contains("note:"), recorded.summary)
 
-        let same = try CLI.run(["eval", "--checkpoint", fixture.baseRun.path, "--threads", "1",
-                                "--data", fixture.data.path], in: fixture.root)
+        let same = try CLI.run(
+            [
+                "eval", "--checkpoint", fixture.baseRun.path, "--threads", "1",
+                "--data", fixture.data.path,
+            ], in: fixture.root)
         assertExit(same, 0, "eval --data (the training data)")
         XCTAssertTrue(same.stdout.contains(expected), same.summary)
         XCTAssertFalse(same.stdout.contains("note:"), same.summary)
 
-        let other = try CLI.run(["eval", "--checkpoint", fixture.baseRun.path, "--threads", "1",
-                                 "--data", fixture.otherData.path], in: fixture.root)
+        let other = try CLI.run(
+            [
+                "eval", "--checkpoint", fixture.baseRun.path, "--threads", "1",
+                "--data", fixture.otherData.path,
+            ], in: fixture.root)
         assertExit(other, 0, "eval --data OTHER")
-        XCTAssertTrue(other.stdout.contains("not the data the model was trained on"),
-                      "eval on other data should say so\n\(other.summary)")
+        XCTAssertTrue(
+            other.stdout.contains("not the data the model was trained on"),
+            "eval on other data should say so\n\(other.summary)")
         XCTAssertTrue(other.stdout.contains(fixture.otherData.lastPathComponent), other.summary)
     }
 
@@ -83,12 +96,14 @@ final class SilentlyWrongTests: XCTestCase {
         let url = try fixture.scratch("no-data-record").appendingPathComponent("model.safetensors")
         try SafeTensors.write(tensors, metadata: older, to: url)
 
-        let result = try CLI.run(["eval", "--checkpoint", url.path, "--threads", "1", "--data", fixture.data.path],
-                                 in: fixture.root)
+        let result = try CLI.run(
+            ["eval", "--checkpoint", url.path, "--threads", "1", "--data", fixture.data.path],
+            in: fixture.root)
         assertExit(result, 0, "eval of a checkpoint written before data records")
         XCTAssertTrue(result.stdout.contains("does not record its pixel statistics"), result.summary)
-        XCTAssertTrue(result.stdout.contains(String(format: "test error %.2f%% on 16 images", 100 * finalError)),
-                      result.summary)
+        XCTAssertTrue(
+            result.stdout.contains(String(format: "test error %.2f%% on 16 images", 100 * finalError)),
+            result.summary)
     }
 
     func testResumeRefusesOtherDataAndFlagsThatChangeTheRun() throws {
@@ -99,10 +114,14 @@ final class SilentlyWrongTests: XCTestCase {
         let run = try copyDirectory(fixture.baseRun, to: scratch, name: "run")
         let before = snapshot(of: run)
 
-        let otherData = try CLI.run(["train", "--resume", run.path, "--threads", "1",
-                                     "--data", fixture.otherData.path], in: scratch)
-        assertRefused(otherData, mentioning: [fixture.data.lastPathComponent, fixture.otherData.lastPathComponent],
-                      "train --resume DIR --data OTHER")
+        let otherData = try CLI.run(
+            [
+                "train", "--resume", run.path, "--threads", "1",
+                "--data", fixture.otherData.path,
+            ], in: scratch)
+        assertRefused(
+            otherData, mentioning: [fixture.data.lastPathComponent, fixture.otherData.lastPathComponent],
+            "train --resume DIR --data OTHER")
         XCTAssertEqual(snapshot(of: run), before)
 
         let otherRate = try CLI.run(["train", "--resume", run.path, "--threads", "1", "--lr", "0.5"], in: scratch)
@@ -131,24 +150,29 @@ final class SilentlyWrongTests: XCTestCase {
         let fixture = try CLIFixture.shared()
         let out = try fixture.scratch("diverge").appendingPathComponent("run")
         let what = "train " + extra.joined(separator: " ")
-        let result = try CLI.run(fixture.baseArguments + extra + ["--out", out.path],
-                                 in: out.deletingLastPathComponent())
+        let result = try CLI.run(
+            fixture.baseArguments + extra + ["--out", out.path],
+            in: out.deletingLastPathComponent())
         assertRefused(result, mentioning: ["training diverged at step"], what, file: file, line: line)
         for phrase in ["encode", "Float.nan", "Double.nan", "invalidValue", "JSON"] {
-            XCTAssertFalse(result.stderr.contains(phrase), "\(what): NaN reached a JSON encoder\n\(result.summary)",
-                           file: file, line: line)
+            XCTAssertFalse(
+                result.stderr.contains(phrase), "\(what): NaN reached a JSON encoder\n\(result.summary)",
+                file: file, line: line)
         }
-        XCTAssertFalse(isFinished(out), "\(what): a diverged run must not be recorded as finished", file: file, line: line)
+        XCTAssertFalse(
+            isFinished(out), "\(what): a diverged run must not be recorded as finished", file: file, line: line)
         let model = out.appendingPathComponent(TrainingCheckpoint.modelFileName)
         guard FileManager.default.fileExists(atPath: model.path) else { return }
         let (tensors, _) = try SafeTensors.read(from: model)
         for (name, tensor) in tensors {
             guard case .float32(_, let values) = tensor else { continue }
-            XCTAssertTrue(values.allSatisfy(\.isFinite), "\(what): \(name) was saved with a non-finite value",
-                          file: file, line: line)
+            XCTAssertTrue(
+                values.allSatisfy(\.isFinite), "\(what): \(name) was saved with a non-finite value",
+                file: file, line: line)
             if name.hasSuffix("weight") || name.hasSuffix("bias") {
-                XCTAssertLessThanOrEqual(values.map(abs).max() ?? 0, 1e4, "\(what): \(name) was saved with a huge value",
-                                         file: file, line: line)
+                XCTAssertLessThanOrEqual(
+                    values.map(abs).max() ?? 0, 1e4, "\(what): \(name) was saved with a huge value",
+                    file: file, line: line)
             }
         }
     }

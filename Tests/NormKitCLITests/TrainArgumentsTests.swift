@@ -28,8 +28,9 @@ final class TrainArgumentsTests: XCTestCase {
 
         for (index, configuration) in [gn, mabn, brn, bn].enumerated() {
             let out = root.appendingPathComponent("run\(index)")
-            let result = try CLI.run(["train"] + configuration.trainArguments + ["--data", fixture.data.path, "--out", out.path],
-                                     in: root)
+            let result = try CLI.run(
+                ["train"] + configuration.trainArguments + ["--data", fixture.data.path, "--out", out.path],
+                in: root)
             XCTAssertEqual(result.status, 0, result.summary + result.stderr)
             guard result.status == 0 else { continue }
             let summary = try JSONDecoder().decode(

@@ -3,7 +3,7 @@ import NormKitTraining
 import XCTest
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A finished or interrupted run is never overwritten, mixed with another, or corrupted by a second writer.
@@ -16,8 +16,9 @@ final class WorkNeverLostTests: XCTestCase {
         let other = fixture.baseArguments + ["--lr", "0.05", "--out", run.path]
 
         let refused = try CLI.run(other, in: scratch)
-        assertRefused(refused, mentioning: [run.path, "already holds a run", "--overwrite"],
-                      "train --out DIR holding a finished run")
+        assertRefused(
+            refused, mentioning: [run.path, "already holds a run", "--overwrite"],
+            "train --out DIR holding a finished run")
         XCTAssertEqual(snapshot(of: run), before, "a refused train must leave every file of the run byte-identical")
 
         let replaced = try CLI.run(other + ["--overwrite"], in: scratch)
@@ -33,8 +34,9 @@ final class WorkNeverLostTests: XCTestCase {
         let cwd = try fixture.scratch("default-out")
         // The third names its data relative to the working directory.
         let relativeOtherData = "../\(fixture.otherData.lastPathComponent)"
-        XCTAssertEqual(cwd.deletingLastPathComponent().standardizedFileURL.path,
-                       fixture.otherData.deletingLastPathComponent().standardizedFileURL.path)
+        XCTAssertEqual(
+            cwd.deletingLastPathComponent().standardizedFileURL.path,
+            fixture.otherData.deletingLastPathComponent().standardizedFileURL.path)
         let commands = [
             fixture.baseArguments,
             fixture.baseArguments + ["--lr", "0.05"],
@@ -45,8 +47,9 @@ final class WorkNeverLostTests: XCTestCase {
         }
         let runs = cwd.appendingPathComponent("runs")
         let names = try FileManager.default.contentsOfDirectory(atPath: runs.path).sorted()
-        XCTAssertEqual(names.count, commands.count,
-                       "runs differing in --lr or --data get their own default directory: \(names)")
+        XCTAssertEqual(
+            names.count, commands.count,
+            "runs differing in --lr or --data get their own default directory: \(names)")
         for name in names {
             XCTAssertTrue(isFinished(runs.appendingPathComponent(name)), "\(name) should hold a finished run")
         }
@@ -59,16 +62,19 @@ final class WorkNeverLostTests: XCTestCase {
             let eval = try CLI.run(["eval", "--checkpoint", run.path, "--threads", "1"], in: run)
             assertExit(eval, 0, "eval of \(name) from another directory, without --data")
             let finalError = try XCTUnwrap(try summaryJSON(in: run)?["finalTestError"] as? Double)
-            XCTAssertTrue(eval.stdout.contains(String(format: "test error %.2f%% on 16 images", 100 * finalError)),
-                          eval.summary)
+            XCTAssertTrue(
+                eval.stdout.contains(String(format: "test error %.2f%% on 16 images", 100 * finalError)),
+                eval.summary)
         }
     }
 
     /// Arguments of a run long enough to be interrupted: 24 small steps (batch 4 of 16 images, 6 epochs), a
     /// checkpoint after each.
     private func longRun(_ fixture: CLIFixture, out: URL) -> [String] {
-        ["train", "--data", fixture.data.path, "--threads", "1", "--epochs", "6", "--batch", "4",
-         "--train-limit", "16", "--checkpoint-every", "1", "--out", out.path]
+        [
+            "train", "--data", fixture.data.path, "--threads", "1", "--epochs", "6", "--batch", "4",
+            "--train-limit", "16", "--checkpoint-every", "1", "--out", out.path,
+        ]
     }
 
     /// Starts `arguments`, waits for the first checkpoint, sends `signal` and returns the result.
@@ -78,8 +84,9 @@ final class WorkNeverLostTests: XCTestCase {
         let appeared = CLI.waitUntil(timeout: 30) {
             FileManager.default.fileExists(atPath: model.path) || !process.process.isRunning
         }
-        XCTAssertTrue(appeared && process.process.isRunning,
-                      "the run should be writing checkpoints when it is signalled\n\(process.stdoutSoFar)")
+        XCTAssertTrue(
+            appeared && process.process.isRunning,
+            "the run should be writing checkpoints when it is signalled\n\(process.stdoutSoFar)")
         if process.process.isRunning { process.send(signal) }
         return process.wait()
     }
@@ -95,20 +102,26 @@ final class WorkNeverLostTests: XCTestCase {
         let model = out.appendingPathComponent(TrainingCheckpoint.modelFileName)
         let checkpoint = try TrainingCheckpoint.read(at: model)
         XCTAssertGreaterThan(checkpoint.step, 0)
-        XCTAssertEqual(checkpoint.data?.source.map { URL(fileURLWithPath: $0.directory).lastPathComponent },
-                       fixture.data.lastPathComponent, "the checkpoint records the data it was trained on")
+        XCTAssertEqual(
+            checkpoint.data?.source.map { URL(fileURLWithPath: $0.directory).lastPathComponent },
+            fixture.data.lastPathComponent, "the checkpoint records the data it was trained on")
         XCTAssertFalse(isFinished(out))
 
         let before = snapshot(of: out)
         let again = try CLI.run(arguments, in: cwd)
-        assertRefused(again, mentioning: [out.path, "interrupted at step \(checkpoint.step)", "--resume"],
-                      "the same command again without --resume")
+        assertRefused(
+            again, mentioning: [out.path, "interrupted at step \(checkpoint.step)", "--resume"],
+            "the same command again without --resume")
         XCTAssertEqual(snapshot(of: out), before, "a refused train must leave the checkpoint untouched")
 
-        let otherData = try CLI.run(["train", "--resume", out.path, "--threads", "1",
-                                     "--data", fixture.otherData.path], in: cwd)
-        assertRefused(otherData, mentioning: [fixture.data.lastPathComponent, fixture.otherData.lastPathComponent],
-                      "train --resume DIR --data OTHER")
+        let otherData = try CLI.run(
+            [
+                "train", "--resume", out.path, "--threads", "1",
+                "--data", fixture.otherData.path,
+            ], in: cwd)
+        assertRefused(
+            otherData, mentioning: [fixture.data.lastPathComponent, fixture.otherData.lastPathComponent],
+            "train --resume DIR --data OTHER")
         XCTAssertEqual(snapshot(of: out), before, "a refused resume must leave the checkpoint untouched")
 
         let resumed = try CLI.run(["train", "--resume", out.path, "--threads", "1"], in: cwd)
@@ -118,8 +131,9 @@ final class WorkNeverLostTests: XCTestCase {
         let summary = try XCTUnwrap(try summaryJSON(in: out))
         let data = try XCTUnwrap(summary["data"] as? [String: Any], "summary.json records its data")
         let source = try XCTUnwrap(data["source"] as? [String: Any])
-        XCTAssertEqual((source["directory"] as? String).map { URL(fileURLWithPath: $0).lastPathComponent },
-                       fixture.data.lastPathComponent, "the resumed run should have continued on its own data")
+        XCTAssertEqual(
+            (source["directory"] as? String).map { URL(fileURLWithPath: $0).lastPathComponent },
+            fixture.data.lastPathComponent, "the resumed run should have continued on its own data")
     }
 
     func testSIGINTSavesACheckpointAndResumeFinishes() throws {
@@ -136,8 +150,11 @@ final class WorkNeverLostTests: XCTestCase {
         assertRefused(again, mentioning: [out.path, "--resume"], "the same command again without --resume")
         XCTAssertEqual(snapshot(of: out), before, "a refused train must leave the checkpoint untouched")
 
-        let resumed = try CLI.run(["train", "--resume", out.path, "--threads", "1",
-                                   "--data", fixture.data.path], in: cwd)
+        let resumed = try CLI.run(
+            [
+                "train", "--resume", out.path, "--threads", "1",
+                "--data", fixture.data.path,
+            ], in: cwd)
         assertExit(resumed, 0, "train --resume after SIGINT")
         XCTAssertTrue(isFinished(out))
     }
@@ -149,18 +166,22 @@ final class WorkNeverLostTests: XCTestCase {
         let arguments = longRun(fixture, out: out)
         let first = try CLI.Running(arguments, in: cwd)
         let model = out.appendingPathComponent(TrainingCheckpoint.modelFileName)
-        XCTAssertTrue(CLI.waitUntil(timeout: 30) {
-            FileManager.default.fileExists(atPath: model.path) || !first.process.isRunning
-        })
+        XCTAssertTrue(
+            CLI.waitUntil(timeout: 30) {
+                FileManager.default.fileExists(atPath: model.path) || !first.process.isRunning
+            })
         XCTAssertTrue(first.process.isRunning, "the first run should still be training\n\(first.stdoutSoFar)")
 
         let second = try CLI.run(arguments, in: cwd)
-        assertRefused(second, mentioning: ["in use by another normkit process", "pid \(first.pid)"],
-                      "a second train --out of a directory being written")
+        assertRefused(
+            second, mentioning: ["in use by another normkit process", "pid \(first.pid)"],
+            "a second train --out of a directory being written")
         let secondResume = try CLI.run(["train", "--resume", out.path, "--threads", "1"], in: cwd)
-        assertRefused(secondResume, mentioning: ["in use by another normkit process"],
-                      "a second train --resume of a directory being written")
-        XCTAssertTrue(first.process.isRunning, "the refused commands must not have stopped the first\n\(first.stdoutSoFar)")
+        assertRefused(
+            secondResume, mentioning: ["in use by another normkit process"],
+            "a second train --resume of a directory being written")
+        XCTAssertTrue(
+            first.process.isRunning, "the refused commands must not have stopped the first\n\(first.stdoutSoFar)")
 
         first.send(SIGTERM)
         assertExit(first.wait(), 143, "the first run, stopped by SIGTERM")

@@ -111,7 +111,7 @@ final class ConcurrencyTests: XCTestCase {
             for task in 0..<8 {
                 group.addTask {
                     let norm = try GroupNorm(channels: 8, groups: 4)
-                    let (x, _) = Self.inputs(task: task, shape: [2, 8, 64, 64])   // 65,536 elements: threaded
+                    let (x, _) = Self.inputs(task: task, shape: [2, 8, 64, 64])  // 65,536 elements: threaded
                     var reads: [Int] = []
                     for step in 0..<20 {
                         Parallelism.threadCount = 1 + (task + step) % 3

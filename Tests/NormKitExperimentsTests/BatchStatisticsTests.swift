@@ -1,8 +1,8 @@
 import Foundation
-import XCTest
 import NormKit
 import NormKitExperiments
 import NormKitTraining
+import XCTest
 
 /// `normkit stats` (issue 12, item 3): the four batch statistics against a direct float64 computation, and the
 /// measurement's shape on a small BN network.
@@ -14,11 +14,14 @@ final class BatchStatisticsTests: XCTestCase {
         let dy = Tensor.randomNormal(shape: [n, c, h, w], using: &generator)
         let gamma: [Float] = [0.5, -1, 2, 1.5]
         let scale = 3.0
-        let xs = x.withUnsafeBufferPointer { $0.map(Double.init) }, ds = dy.withUnsafeBufferPointer { $0.map(Double.init) }
+        let xs = x.withUnsafeBufferPointer { $0.map(Double.init) },
+            ds = dy.withUnsafeBufferPointer { $0.map(Double.init) }
         var expected = ChannelStatistics(mean: [], variance: [], gradientMean: [], gradientProjection: [])
         for k in 0..<c {
             var values: [(Double, Double)] = []
-            for i in 0..<n { for p in 0..<(h * w) { values.append((xs[(i * c + k) * h * w + p], ds[(i * c + k) * h * w + p])) } }
+            for i in 0..<n {
+                for p in 0..<(h * w) { values.append((xs[(i * c + k) * h * w + p], ds[(i * c + k) * h * w + p])) }
+            }
             let m = Double(values.count)
             let mu = values.map(\.0).reduce(0, +) / m
             let v = values.map { ($0.0 - mu) * ($0.0 - mu) }.reduce(0, +) / m
@@ -30,10 +33,13 @@ final class BatchStatisticsTests: XCTestCase {
             expected.gradientProjection.append(zip(g, xhat).map(*).reduce(0, +) / m)
         }
         for layout in [TensorLayout.channelsFirst, .channelsLast] {
-            let got = ChannelStatistics.of(x: x.converted(to: layout), dy: dy.converted(to: layout), gamma: gamma,
-                                           gradientScale: scale)
-            for (a, b) in zip([got.mean, got.variance, got.gradientMean, got.gradientProjection],
-                              [expected.mean, expected.variance, expected.gradientMean, expected.gradientProjection]) {
+            let got = ChannelStatistics.of(
+                x: x.converted(to: layout), dy: dy.converted(to: layout), gamma: gamma,
+                gradientScale: scale)
+            for (a, b) in zip(
+                [got.mean, got.variance, got.gradientMean, got.gradientProjection],
+                [expected.mean, expected.variance, expected.gradientMean, expected.gradientProjection])
+            {
                 for (u, v) in zip(a, b) { XCTAssertEqual(u, v, accuracy: 1e-10 * max(1, abs(v)), "\(layout)") }
             }
         }
@@ -51,8 +57,9 @@ final class BatchStatisticsTests: XCTestCase {
             GlobalAveragePool(),
             try Linear(inFeatures: 8, outFeatures: 10, generator: &generator))
         let (data, _) = try TorchModelParityTestsData.synthetic(count: 600)
-        let report = try BatchStatisticsAnalysis.run(model: model, data: data, batchSizes: [1, 4, 32], batches: 40,
-                                                     populationImages: 600, seed: 3)
+        let report = try BatchStatisticsAnalysis.run(
+            model: model, data: data, batchSizes: [1, 4, 32], batches: 40,
+            populationImages: 600, seed: 3)
         XCTAssertEqual(report.rows.count, 2 * 3)
         XCTAssertEqual(Set(report.rows.map(\.layer)).count, 2)
         let averaged = report.averagedOverLayers()
@@ -65,10 +72,13 @@ final class BatchStatisticsTests: XCTestCase {
         XCTAssertTrue(report.markdown().contains("| 32 |"))
         XCTAssertTrue(report.svg().hasPrefix("<svg") || report.svg().hasPrefix("<?xml"))
         // A model without BN is refused.
-        let gn = Sequential(NormalizationModule(try GroupNorm(channels: 1, groups: 1)), GlobalAveragePool(),
-                            try Linear(inFeatures: 1, outFeatures: 10, generator: &generator))
-        XCTAssertThrowsError(try BatchStatisticsAnalysis.run(model: gn, data: data, batchSizes: [2], batches: 1,
-                                                             populationImages: 10, seed: 0))
+        let gn = Sequential(
+            NormalizationModule(try GroupNorm(channels: 1, groups: 1)), GlobalAveragePool(),
+            try Linear(inFeatures: 1, outFeatures: 10, generator: &generator))
+        XCTAssertThrowsError(
+            try BatchStatisticsAnalysis.run(
+                model: gn, data: data, batchSizes: [2], batches: 1,
+                populationImages: 10, seed: 0))
     }
 }
 
@@ -83,10 +93,14 @@ enum TorchModelParityTestsData {
             let label = Int(generator.next() % 10)
             labels[i] = Int32(label)
             for p in 0..<(size * size) {
-                pixels[i * size * size + p] = UInt8(min(255, (p / size == label ? 200 : 30) + Int(generator.next() % 40)))
+                pixels[i * size * size + p] = UInt8(
+                    min(255, (p / size == label ? 200 : 30) + Int(generator.next() % 40)))
             }
         }
-        return (try Dataset(pixels: pixels, labels: labels, height: size, width: size, classCount: 10,
-                            statistics: PixelStatistics(mean: 0.25, std: 0.3)), count)
+        return (
+            try Dataset(
+                pixels: pixels, labels: labels, height: size, width: size, classCount: 10,
+                statistics: PixelStatistics(mean: 0.25, std: 0.3)), count
+        )
     }
 }

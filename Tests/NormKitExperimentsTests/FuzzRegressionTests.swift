@@ -18,8 +18,9 @@ final class FuzzRegressionTests: XCTestCase {
     private func perGPUPlan(gpus: Int) -> SweepPlan {
         var base = TrainingConfiguration()
         base.epochs = 1
-        return SweepPlan(name: "per-gpu", base: base, norms: [.mabn, .ln], normBatches: [8, 2], setting: .perGPU,
-                         gpus: gpus, seeds: [0])
+        return SweepPlan(
+            name: "per-gpu", base: base, norms: [.mabn, .ln], normBatches: [8, 2], setting: .perGPU,
+            gpus: gpus, seeds: [0])
     }
 
     /// fuzz-sweep-plan, crash: a `plan.json` with `"setting": "per-gpu"` and `"gpus": 4611686018427387904`
@@ -37,8 +38,10 @@ final class FuzzRegressionTests: XCTestCase {
         let plan = try XCTUnwrap(try SweepPlanRecord.read(from: directory)).plan
         XCTAssertEqual(plan.gpus, 4_611_686_018_427_387_904)
         XCTAssertThrowsError(try plan.validate()) { error in
-            XCTAssertEqual(error as? SweepError, .invalidPlan(
-                "gpus 4611686018427387904 × normalization batch 8 overflows the SGD batch (at most \(Int.max))"))
+            XCTAssertEqual(
+                error as? SweepError,
+                .invalidPlan(
+                    "gpus 4611686018427387904 × normalization batch 8 overflows the SGD batch (at most \(Int.max))"))
         }
         XCTAssertThrowsError(try plan.cells()) { error in
             guard case .invalidPlan(let reason)? = error as? SweepError else {

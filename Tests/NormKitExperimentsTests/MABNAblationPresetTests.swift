@@ -32,7 +32,9 @@ final class MABNAblationPresetTests: XCTestCase {
 
     /// What each variant builds: the layer's parts and whether the convolutions are centred.
     func testVariantsBuildTheLadderAndTheLeaveOneOutRows() throws {
-        let cells = try SweepPresets.mabnAblation.plan.cells().filter { $0.configuration.seed == 0 && $0.configuration.batch == 2 }
+        let cells = try SweepPresets.mabnAblation.plan.cells().filter {
+            $0.configuration.seed == 0 && $0.configuration.batch == 2
+        }
         var built: [String: (Parts, Bool)] = [:]
         for cell in cells {
             let settings = try NormalizationSettings(cell.configuration, totalSteps: 100)
@@ -80,7 +82,9 @@ final class MABNAblationPresetTests: XCTestCase {
             XCTAssertTrue(e?.expected.contains("form, fwd-sma, bwd-sma, renorm, cenconv") == true, "\(error)")
         }
         c.mabnWithout = ["renorm", "renorm"]
-        XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? ConfigurationError)?.expected, "lists a part twice") }
+        XCTAssertThrowsError(try c.validate()) {
+            XCTAssertEqual(($0 as? ConfigurationError)?.expected, "lists a part twice")
+        }
         c.mabnWithout = ["form"]
         c.norm = .bn
         XCTAssertThrowsError(try c.validateApplicability()) { error in
@@ -101,11 +105,17 @@ final class MABNAblationPresetTests: XCTestCase {
     }
 
     func testVariantsAxisValidationAndOtherNormsUnaffected() throws {
-        let two = [SweepVariant(name: "full", mabnWithout: []), SweepVariant(name: "no-renorm", mabnWithout: ["renorm"])]
+        let two = [
+            SweepVariant(name: "full", mabnWithout: []), SweepVariant(name: "no-renorm", mabnWithout: ["renorm"]),
+        ]
         let plan = SweepPlan(name: "t", norms: [.bn, .mabn], normBatches: [32, 2], seeds: [0], variants: two)
         let cells = try plan.cells()
-        XCTAssertEqual(cells.map(\.runName), ["bn-nb32-s0", "bn-nb2-s0", "mabn-full-nb32-s0", "mabn-full-nb2-s0",
-                                              "mabn-no-renorm-nb32-s0", "mabn-no-renorm-nb2-s0"])
+        XCTAssertEqual(
+            cells.map(\.runName),
+            [
+                "bn-nb32-s0", "bn-nb2-s0", "mabn-full-nb32-s0", "mabn-full-nb2-s0",
+                "mabn-no-renorm-nb32-s0", "mabn-no-renorm-nb2-s0",
+            ])
         XCTAssertTrue(cells.filter { $0.configuration.norm == .bn }.allSatisfy { $0.configuration.mabnWithout == nil })
         func refused(_ plan: SweepPlan, _ fragment: String, line: UInt = #line) {
             XCTAssertThrowsError(try plan.validate(), line: line) { error in
@@ -116,8 +126,9 @@ final class MABNAblationPresetTests: XCTestCase {
         refused(SweepPlan(norms: [.mabn], variants: two + [two[1]]), "twice")
         refused(SweepPlan(norms: [.mabn], variants: [SweepVariant(name: "x", mabnWithout: ["nope"])]), "nope")
         refused(SweepPlan(norms: [.mabn], variants: [SweepVariant(name: "A b", mabnWithout: [])]), "A b")
-        refused(SweepPlan(norms: [.mabn], variants: [two[1], SweepVariant(name: "y", mabnWithout: ["renorm"])]),
-                "same MABN parts")
+        refused(
+            SweepPlan(norms: [.mabn], variants: [two[1], SweepVariant(name: "y", mabnWithout: ["renorm"])]),
+            "same MABN parts")
         // A plan without variants encodes as before (no key), so older plan.json files still decode.
         let json = String(decoding: try JSONEncoder().encode(SweepPlan()), as: UTF8.self)
         XCTAssertFalse(json.contains("variants"))
@@ -130,20 +141,27 @@ final class MABNAblationPresetTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: directory) }
         var base = TrainingConfiguration()
         base.epochs = 1
-        let variants = [SweepVariant(name: "full", mabnWithout: []),
-                        SweepVariant(name: "no-renorm", mabnWithout: ["renorm"]),
-                        SweepVariant(name: "bn-form", mabnWithout: MABNPart.allCases.map(\.rawValue))]
-        let plan = SweepPlan(name: "t", base: base, norms: [.mabn], normBatches: [32, 2], setting: .perGPU, gpus: 1,
-                             seeds: [0, 1], variants: variants)
+        let variants = [
+            SweepVariant(name: "full", mabnWithout: []),
+            SweepVariant(name: "no-renorm", mabnWithout: ["renorm"]),
+            SweepVariant(name: "bn-form", mabnWithout: MABNPart.allCases.map(\.rawValue)),
+        ]
+        let plan = SweepPlan(
+            name: "t", base: base, norms: [.mabn], normBatches: [32, 2], setting: .perGPU, gpus: 1,
+            seeds: [0, 1], variants: variants)
         let cells = try plan.cells()
         try SweepPlanRecord(plan: plan, cells: cells).write(to: directory)
         for cell in cells {
-            let error = 0.1 + 0.01 * Double(variants.firstIndex { $0.name == cell.variant }!) + 0.002 * Double(cell.configuration.seed)
-            let metrics = EpochMetrics(epoch: 1, step: 10, trainLoss: 1, trainError: error, testLoss: 1,
-                                       testError: error, learningRate: 0.1, seconds: 1, imagesPerSecond: 100)
-            let summary = RunSummary(configuration: cell.configuration, finalTestError: error, bestTestError: error,
-                                     epochs: [metrics], wallSeconds: 1, imagesPerSecond: 100,
-                                     perClassAccuracy: Array(repeating: 1 - error, count: 10), finished: true)
+            let error =
+                0.1 + 0.01 * Double(variants.firstIndex { $0.name == cell.variant }!) + 0.002
+                * Double(cell.configuration.seed)
+            let metrics = EpochMetrics(
+                epoch: 1, step: 10, trainLoss: 1, trainError: error, testLoss: 1,
+                testError: error, learningRate: 0.1, seconds: 1, imagesPerSecond: 100)
+            let summary = RunSummary(
+                configuration: cell.configuration, finalTestError: error, bestTestError: error,
+                epochs: [metrics], wallSeconds: 1, imagesPerSecond: 100,
+                perClassAccuracy: Array(repeating: 1 - error, count: 10), finished: true)
             let runDirectory = directory.appendingPathComponent(cell.runName)
             try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
             try JSONEncoder().encode(summary).write(to: runDirectory.appendingPathComponent("summary.json"))
@@ -151,8 +169,9 @@ final class MABNAblationPresetTests: XCTestCase {
                 .write(to: runDirectory.appendingPathComponent("metrics.jsonl"), atomically: true, encoding: .utf8)
         }
         let report = try SweepReport.build(from: directory)
-        XCTAssertEqual(report.table.rows.map(\.key.label),
-                       ["MABN", "MABN without renorm", "MABN without form, fwd-sma, bwd-sma, renorm, cenconv"])
+        XCTAssertEqual(
+            report.table.rows.map(\.key.label),
+            ["MABN", "MABN without renorm", "MABN without form, fwd-sma, bwd-sma, renorm, cenconv"])
         let noRenorm = SeriesKey(norm: .mabn, variant: "renorm")
         XCTAssertEqual(try XCTUnwrap(report.table.entry(noRenorm, column: 2)?.mean), 11.1, accuracy: 1e-9)
         XCTAssertEqual(report.table.entry(noRenorm, column: 2)?.n, 2)

@@ -1,10 +1,11 @@
 import Foundation
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
 import NormKitExperiments
 import NormKitTraining
 import XCTest
+
+#if canImport(FoundationXML)
+    import FoundationXML
+#endif
 
 /// Runner and report tests with fake runs: no training, only the records a trainer writes.
 final class ReportTests: XCTestCase {
@@ -36,25 +37,28 @@ final class ReportTests: XCTestCase {
     private func epochs(_ config: TrainingConfiguration, finalError: Double) -> [EpochMetrics] {
         (1...config.epochs).map { e in
             let error = finalError + 0.05 * Double(config.epochs - e)
-            return EpochMetrics(epoch: e, step: e * 10, trainLoss: 1.0 / Double(e), trainError: error + 0.01,
-                                testLoss: 0.5, testError: error, learningRate: 0.1, seconds: Double(e) * 3,
-                                imagesPerSecond: 900)
+            return EpochMetrics(
+                epoch: e, step: e * 10, trainLoss: 1.0 / Double(e), trainError: error + 0.01,
+                testLoss: 0.5, testError: error, learningRate: 0.1, seconds: Double(e) * 3,
+                imagesPerSecond: 900)
         }
     }
 
     private func summary(_ config: TrainingConfiguration, error: Double, finished: Bool = true) -> RunSummary {
         let metrics = epochs(config, finalError: error)
-        return RunSummary(configuration: config, finalTestError: error, bestTestError: metrics.map(\.testError).min()!,
-                          epochs: metrics, wallSeconds: 6, imagesPerSecond: 900,
-                          perClassAccuracy: Array(repeating: 1 - error, count: 10), finished: finished)
+        return RunSummary(
+            configuration: config, finalTestError: error, bestTestError: metrics.map(\.testError).min()!,
+            epochs: metrics, wallSeconds: 6, imagesPerSecond: 900,
+            perClassAccuracy: Array(repeating: 1 - error, count: 10), finished: finished)
     }
 
     /// Writes `summary.json` and `metrics.jsonl` as a trainer would.
     private func writeRecords(_ summary: RunSummary, to runDir: URL, summaryFile: Bool = true) throws {
         try FileManager.default.createDirectory(at: runDir, withIntermediateDirectories: true)
         let lines = try summary.epochs.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
-        try (lines.joined(separator: "\n") + "\n").write(to: runDir.appendingPathComponent("metrics.jsonl"),
-                                                         atomically: true, encoding: .utf8)
+        try (lines.joined(separator: "\n") + "\n").write(
+            to: runDir.appendingPathComponent("metrics.jsonl"),
+            atomically: true, encoding: .utf8)
         if summaryFile {
             try JSONEncoder().encode(summary).write(to: runDir.appendingPathComponent("summary.json"))
         }
@@ -79,7 +83,8 @@ final class ReportTests: XCTestCase {
         let cells = try plan.cells()
         XCTAssertEqual(cells.map(\.runName), ["bn-nb32-s0", "bn-nb2-s0", "gn-g8-nb32-s0"])
         // A finished run, and an unfinished one with a stale error from an earlier attempt.
-        try writeRecords(summary(cells[0].configuration, error: 0.111), to: directory.appendingPathComponent("bn-nb32-s0"))
+        try writeRecords(
+            summary(cells[0].configuration, error: 0.111), to: directory.appendingPathComponent("bn-nb32-s0"))
         let unfinished = directory.appendingPathComponent("bn-nb2-s0")
         try writeRecords(summary(cells[1].configuration, error: 0.3, finished: false), to: unfinished)
         try "old failure\n".write(to: unfinished.appendingPathComponent("error.txt"), atomically: true, encoding: .utf8)
@@ -92,8 +97,9 @@ final class ReportTests: XCTestCase {
                 reportExistedAtSecondCall = FileManager.default.fileExists(
                     atPath: runDir.deletingLastPathComponent().appendingPathComponent("results.md").path)
             }
-            XCTAssertFalse(FileManager.default.fileExists(atPath: runDir.appendingPathComponent("summary.json").path),
-                           "an unfinished summary is removed before the rerun")
+            XCTAssertFalse(
+                FileManager.default.fileExists(atPath: runDir.appendingPathComponent("summary.json").path),
+                "an unfinished summary is removed before the rerun")
             let result = self.summary(config, error: self.fakeError(config))
             try self.writeRecords(result, to: runDir)
             return result
@@ -105,8 +111,10 @@ final class ReportTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: unfinished.appendingPathComponent("error.txt").path))
         XCTAssertEqual(try readSummary("bn-nb32-s0").finalTestError, 0.111, "the finished run was left alone")
         XCTAssertTrue(try readSummary("bn-nb2-s0").finished)
-        for file in ["plan.json", "results.md", "runs.csv", "runs.json", "error_vs_batch.svg", "training_curves.svg",
-                     "error_vs_batch.png", "training_curves.png"] {
+        for file in [
+            "plan.json", "results.md", "runs.csv", "runs.json", "error_vs_batch.svg", "training_curves.svg",
+            "error_vs_batch.png", "training_curves.png",
+        ] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: directory.appendingPathComponent(file).path), file)
         }
         XCTAssertEqual(try SweepPlanRecord.read(from: directory)?.cells, cells)
@@ -147,7 +155,8 @@ final class ReportTests: XCTestCase {
         let retry = try runner.run()
         XCTAssertEqual(calls, ["bn-nb2-s0"])
         XCTAssertEqual(retry.failedRuns, [])
-        XCTAssertFalse(FileManager.default.fileExists(atPath: directory.appendingPathComponent("bn-nb2-s0/error.txt").path))
+        XCTAssertFalse(
+            FileManager.default.fileExists(atPath: directory.appendingPathComponent("bn-nb2-s0/error.txt").path))
     }
 
     func testFinishedRunWithAnotherConfigurationStopsTheSweep() throws {
@@ -215,7 +224,8 @@ final class ReportTests: XCTestCase {
         ]
         for cell in cells {
             guard let error = errors[cell.runName] else { continue }
-            try writeRecords(summary(cell.configuration, error: error), to: directory.appendingPathComponent(cell.runName))
+            try writeRecords(
+                summary(cell.configuration, error: error), to: directory.appendingPathComponent(cell.runName))
         }
         return record
     }
@@ -259,14 +269,16 @@ final class ReportTests: XCTestCase {
         let plan = smallPlan()
         let cells = try plan.cells()
         try SweepPlanRecord(plan: plan, cells: cells).write(to: directory)
-        try writeRecords(summary(cells[0].configuration, error: 0.10), to: directory.appendingPathComponent(cells[0].runName))
+        try writeRecords(
+            summary(cells[0].configuration, error: 0.10), to: directory.appendingPathComponent(cells[0].runName))
         // Only metrics.jsonl, one complete epoch and a truncated line being written when the sweep stopped.
         let runDir = directory.appendingPathComponent("bn-nb2-s0")
         try FileManager.default.createDirectory(at: runDir, withIntermediateDirectories: true)
         let first = epochs(cells[1].configuration, finalError: 0.25)[0]
         let line = String(decoding: try JSONEncoder().encode(first), as: UTF8.self)
-        try (line + "\n{\"epoch\": 2, \"ste").write(to: runDir.appendingPathComponent("metrics.jsonl"),
-                                                    atomically: true, encoding: .utf8)
+        try (line + "\n{\"epoch\": 2, \"ste").write(
+            to: runDir.appendingPathComponent("metrics.jsonl"),
+            atomically: true, encoding: .utf8)
         let report = try SweepReport.build(from: directory)
         let partial = try XCTUnwrap(report.runs.first { $0.runName == "bn-nb2-s0" })
         XCTAssertEqual(partial.status, .partial)
@@ -286,8 +298,9 @@ final class ReportTests: XCTestCase {
         for nb in [32, 4] {
             config.norm = .bn
             config.normBatch = nb
-            try writeRecords(summary(config, error: 0.1 + 0.01 * Double(32 / nb)),
-                             to: directory.appendingPathComponent("bn-nb\(nb)-s0"))
+            try writeRecords(
+                summary(config, error: 0.1 + 0.01 * Double(32 / nb)),
+                to: directory.appendingPathComponent("bn-nb\(nb)-s0"))
         }
         config.norm = .gn
         config.normBatch = nil
@@ -302,13 +315,15 @@ final class ReportTests: XCTestCase {
     func testGroupsAxisTable() throws {
         var base = TrainingConfiguration()
         base.epochs = 1
-        let plan = SweepPlan(name: "groups", base: base, norms: [.gn], normBatches: [32],
-                             groupAxis: [.groups(4), .groups(1), .groupSize(2), .groupSize(1)])
+        let plan = SweepPlan(
+            name: "groups", base: base, norms: [.gn], normBatches: [32],
+            groupAxis: [.groups(4), .groups(1), .groupSize(2), .groupSize(1)])
         let cells = try plan.cells()
         try SweepPlanRecord(plan: plan, cells: cells).write(to: directory)
         let errors = [0.120, 0.150, 0.125, 0.180]
         for (cell, error) in zip(cells, errors) {
-            try writeRecords(summary(cell.configuration, error: error), to: directory.appendingPathComponent(cell.runName))
+            try writeRecords(
+                summary(cell.configuration, error: error), to: directory.appendingPathComponent(cell.runName))
         }
         let report = try SweepReport.build(from: directory)
         let groups = try XCTUnwrap(report.table.groupsMarkdown())
@@ -350,19 +365,24 @@ final class ReportTests: XCTestCase {
         let lines = csv.split(separator: "\n")
         XCTAssertEqual(lines.count, 1 + 8)
         XCTAssertEqual(String(lines[0]), ResultsCSV.header.joined(separator: ","))
-        for line in lines { XCTAssertEqual(line.split(separator: ",", omittingEmptySubsequences: false).count,
-                                           ResultsCSV.header.count) }
+        for line in lines {
+            XCTAssertEqual(
+                line.split(separator: ",", omittingEmptySubsequences: false).count,
+                ResultsCSV.header.count)
+        }
         XCTAssertTrue(lines.contains { $0.hasPrefix("bn-nb2-s1,finished,resnet8,bn,,,32,2,2,0.1,") })
         XCTAssertTrue(csv.contains(",22.000,"), "final test error in percent")
-        let json = try JSONDecoder().decode([SweepRunRecord].self,
-                                            from: Data(contentsOf: directory.appendingPathComponent("runs.json")))
+        let json = try JSONDecoder().decode(
+            [SweepRunRecord].self,
+            from: Data(contentsOf: directory.appendingPathComponent("runs.json")))
         XCTAssertEqual(json.map(\.runName), record.cells.map(\.runName).filter { $0 != "bn-nb2-s2" })
         XCTAssertEqual(json.first?.configuration, record.cells.first?.configuration)
     }
 
     func testSVGIsWellFormedWithLegendAndAxisLabels() throws {
-        let plan = SweepPlan(name: "svg", base: smallPlan().base, norms: [.bn, .gn, .mabn, .brn],
-                             seeds: [0, 1])
+        let plan = SweepPlan(
+            name: "svg", base: smallPlan().base, norms: [.bn, .gn, .mabn, .brn],
+            seeds: [0, 1])
         let runner = SweepRunner(plan: plan, directory: directory) { config, runDir in
             var result = self.summary(config, error: self.fakeError(config))
             if config.norm == .mabn { result.finalTestError = 0.125 + Double(config.seed) * 0.003 }
@@ -421,8 +441,10 @@ private final class TextCollector: NSObject, XMLParserDelegate {
     var root: String?
     private var current: String?
 
-    func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
-                attributes: [String: String] = [:]) {
+    func parser(
+        _ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
+        attributes: [String: String] = [:]
+    ) {
         if root == nil { root = name }
         if name == "text" { current = "" }
     }

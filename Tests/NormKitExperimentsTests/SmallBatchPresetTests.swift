@@ -1,6 +1,6 @@
-import XCTest
 import NormKitExperiments
 import NormKitTraining
+import XCTest
 
 /// Issue 12's presets: true small batches (SGD batch = normalization batch), GN's Table 1 curves, VGG.
 final class SmallBatchPresetTests: XCTestCase {

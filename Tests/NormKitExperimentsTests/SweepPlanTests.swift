@@ -19,8 +19,9 @@ final class SweepPlanTests: XCTestCase {
         XCTAssertEqual(cells.count, 22)
         let names = cells.map(\.runName)
         XCTAssertEqual(Set(names).count, names.count, "run names must be unique")
-        XCTAssertEqual(Array(names.prefix(6)),
-                       ["bn-nb32-s0", "bn-nb16-s0", "bn-nb8-s0", "bn-nb4-s0", "bn-nb2-s0", "gn-g8-nb32-s0"])
+        XCTAssertEqual(
+            Array(names.prefix(6)),
+            ["bn-nb32-s0", "bn-nb16-s0", "bn-nb8-s0", "bn-nb4-s0", "bn-nb2-s0", "gn-g8-nb32-s0"])
         XCTAssertTrue(names.contains("mabn-nb2-s1"))
         XCTAssertTrue(names.contains("gn-g8-nb32-s1"))
         // Stable: the same plan expands to the same cells.
@@ -71,8 +72,9 @@ final class SweepPlanTests: XCTestCase {
     }
 
     func testGroupAxisCells() throws {
-        let plan = SweepPlan(base: base(), norms: [.bn, .gn], normBatches: [32],
-                             groupAxis: [.groups(1), .groups(8), .groupSize(4)])
+        let plan = SweepPlan(
+            base: base(), norms: [.bn, .gn], normBatches: [32],
+            groupAxis: [.groups(1), .groups(8), .groupSize(4)])
         let cells = try plan.cells()
         XCTAssertEqual(cells.map(\.runName), ["bn-nb32-s0", "gn-g1-nb32-s0", "gn-g8-nb32-s0", "gn-gs4-nb32-s0"])
         let gs4 = cells[3]
@@ -88,8 +90,9 @@ final class SweepPlanTests: XCTestCase {
         XCTAssertEqual(try plan.cells().count, 4)
         let kept = try plan.cells { $0.configuration.norm != .none }
         XCTAssertEqual(kept.map(\.runName), ["bn-nb32-s0", "bn-nb4-s0", "gn-g8-nb32-s0"])
-        XCTAssertLessThan(plan.estimatedSeconds(imagesPerSecond: 1_000) { $0.configuration.norm != .none },
-                          plan.estimatedSeconds(imagesPerSecond: 1_000))
+        XCTAssertLessThan(
+            plan.estimatedSeconds(imagesPerSecond: 1_000) { $0.configuration.norm != .none },
+            plan.estimatedSeconds(imagesPerSecond: 1_000))
     }
 
     func testInvalidPlansThrowWithReason() {
@@ -99,7 +102,8 @@ final class SweepPlanTests: XCTestCase {
                 return "\(error)"
             } catch { return "\(error)" }
         }
-        XCTAssertEqual(reason(SweepPlan(normBatches: [32, 3])), "normalization batch 3 does not divide the SGD batch 32")
+        XCTAssertEqual(
+            reason(SweepPlan(normBatches: [32, 3])), "normalization batch 3 does not divide the SGD batch 32")
         XCTAssertEqual(reason(SweepPlan(normBatches: [64])), "normalization batch 64 does not divide the SGD batch 32")
         XCTAssertEqual(reason(SweepPlan(seeds: [])), "no seeds")
         XCTAssertNotNil(reason(SweepPlan(norms: [.bn], groupAxis: [.groups(2)])))
@@ -159,8 +163,12 @@ final class SweepPlanTests: XCTestCase {
     }
 
     func testPresetsExpandWithPositiveEstimates() throws {
-        XCTAssertEqual(SweepPresets.all.map(\.name), ["quick", "demo", "paper-table2", "paper-table3", "mabn", "small-batch",
-                                                      "mabn-ablation", "paper-table1", "vgg"])
+        XCTAssertEqual(
+            SweepPresets.all.map(\.name),
+            [
+                "quick", "demo", "paper-table2", "paper-table3", "mabn", "small-batch",
+                "mabn-ablation", "paper-table1", "vgg",
+            ])
         for preset in SweepPresets.all {
             let cells = try preset.plan.cells()
             XCTAssertFalse(cells.isEmpty, preset.name)
@@ -178,8 +186,12 @@ final class SweepPlanTests: XCTestCase {
     func testQuickAndDemoFitTheirBudgets() throws {
         let quick = SweepPresets.quick
         let quickCells = try quick.plan.cells()
-        XCTAssertEqual(quickCells.map(\.runName), ["bn-nb32-s0", "bn-nb2-s0", "gn-g16-nb32-s0", "mabn-nb32-s0",
-                                                   "mabn-nb2-s0"])
+        XCTAssertEqual(
+            quickCells.map(\.runName),
+            [
+                "bn-nb32-s0", "bn-nb2-s0", "gn-g16-nb32-s0", "mabn-nb32-s0",
+                "mabn-nb2-s0",
+            ])
         XCTAssertTrue(quickCells.allSatisfy { $0.configuration.epochs == 1 && $0.configuration.trainLimit == 4_000 })
         XCTAssertLessThan(quick.estimatedSeconds(imagesPerSecond: 1_000), 60)
         // Training images × epochs / throughput + evaluation at 3× throughput, per cell.
@@ -200,10 +212,12 @@ final class SweepPlanTests: XCTestCase {
         XCTAssertEqual(table2.count, 3 * (5 + 1))
         XCTAssertTrue(table2.allSatisfy { $0.configuration.trainLimit == nil && $0.configuration.epochs == 2 })
         let table3 = SweepPresets.paperTable3.plan
-        XCTAssertEqual(table3.groupAxis.map(\.tag), ["g16", "g8", "g4", "g2", "g1", "gs16", "gs8", "gs4", "gs2", "gs1"])
+        XCTAssertEqual(
+            table3.groupAxis.map(\.tag), ["g16", "g8", "g4", "g2", "g1", "gs16", "gs8", "gs4", "gs2", "gs1"])
         XCTAssertEqual(try table3.cells().count, 30)
-        XCTAssertEqual(SweepPresets.groupAxis(widths: [16, 32, 64], groups: [32, 16, 3], groupSizes: [32, 8]),
-                       [.groups(16), .groupSize(8)])
+        XCTAssertEqual(
+            SweepPresets.groupAxis(widths: [16, 32, 64], groups: [32, 16, 3], groupSizes: [32, 8]),
+            [.groups(16), .groupSize(8)])
         let mabn = try SweepPresets.mabn.plan.cells()
         XCTAssertEqual(mabn.count, 3 * (5 + 5 + 5 + 1))
     }

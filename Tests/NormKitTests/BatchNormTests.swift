@@ -1,5 +1,5 @@
-import XCTest
 import NormKit
+import XCTest
 
 /// BatchNorm, training (whole batch and ghost batches `normBatch`) and evaluation, with and without affine,
 /// forward, backward and running statistics over several steps, against the float64 reference (spec §1–2) on
@@ -14,8 +14,10 @@ final class BatchNormTests: XCTestCase {
 
     /// Three training steps (new x, dy each) then an eval forward; checks y, dx, dγ, dβ each step, the running
     /// mean/var after each step and the eval output, against a float64 chain started from the same state.
-    private func runSteps(_ bn: BatchNorm, shape: [Int], layout: TensorLayout, steps: Int = 3, scale: Float = 2,
-                          offset: Float = 0.7, label: String, using rng: inout SeededGenerator) throws {
+    private func runSteps(
+        _ bn: BatchNorm, shape: [Int], layout: TensorLayout, steps: Int = 3, scale: Float = 2,
+        offset: Float = 0.7, label: String, using rng: inout SeededGenerator
+    ) throws {
         let (gamma, beta) = randomizeAffine(bn, using: &rng)
         let k = bn.normBatch ?? shape[0]
         var refMean = [Double](repeating: 0, count: bn.channels)
@@ -23,10 +25,12 @@ final class BatchNormTests: XCTestCase {
         for step in 0..<steps {
             let x = randomTensor(shape, scale: scale, offset: offset, using: &rng).converted(to: layout)
             let dy = randomTensor(shape, using: &rng).converted(to: layout)
-            let ref = try checkTrainingStep(bn, sets: .batchNorm(normBatch: k), x: x, dy: dy, gamma: gamma,
-                                            beta: beta, label: "\(label) step \(step)", log: log)
-            Float64Reference.updateRunning(mean: &refMean, variance: &refVar, with: ref,
-                                           momentum: Double(bn.momentum))
+            let ref = try checkTrainingStep(
+                bn, sets: .batchNorm(normBatch: k), x: x, dy: dy, gamma: gamma,
+                beta: beta, label: "\(label) step \(step)", log: log)
+            Float64Reference.updateRunning(
+                mean: &refMean, variance: &refVar, with: ref,
+                momentum: Double(bn.momentum))
             let em = relativeError(bn.runningMean, refMean), ev = relativeError(bn.runningVariance, refVar)
             log.record("running_mean", em)
             log.record("running_var", ev)
@@ -35,8 +39,9 @@ final class BatchNormTests: XCTestCase {
         }
         XCTAssertEqual(bn.batchesTracked, Int64(steps))
         let x = randomTensor(shape, scale: scale, offset: offset, using: &rng).converted(to: layout)
-        let refEval = Float64Reference.batchNormEval(RefTensor(x), runningMean: refMean, runningVariance: refVar,
-                                                     gamma: gamma, beta: beta)
+        let refEval = Float64Reference.batchNormEval(
+            RefTensor(x), runningMean: refMean, runningVariance: refVar,
+            gamma: gamma, beta: beta)
         let before = (bn.runningMean, bn.runningVariance)
         let y = try bn.forward(x, training: false)
         let ee = relativeError(y, refEval)
@@ -66,9 +71,11 @@ final class BatchNormTests: XCTestCase {
                     for affine in [true, false] {
                         for k in normBatches {
                             let bn = try BatchNorm(channels: channels, normBatch: k, affine: affine)
-                            try runSteps(bn, shape: shape, layout: layout,
-                                         label: "BN normBatch=\(k.map(String.init) ?? "nil") \(shape) \(layout) affine=\(affine)",
-                                         using: &rng)
+                            try runSteps(
+                                bn, shape: shape, layout: layout,
+                                label:
+                                    "BN normBatch=\(k.map(String.init) ?? "nil") \(shape) \(layout) affine=\(affine)",
+                                using: &rng)
                             cases += 1
                         }
                     }
@@ -85,12 +92,16 @@ final class BatchNormTests: XCTestCase {
         var rng = SeededGenerator(seed: 0xB402)
         let saved = Parallelism.threadCount
         defer { Parallelism.threadCount = saved }
-        for (i, (shape, k)) in ([([2, 64, 28, 28], nil), ([8, 32, 17, 17], 2), ([4, 16, 9, 11, 13], 2)] as [([Int], Int?)]).enumerated() {
+        for (i, (shape, k))
+            in ([([2, 64, 28, 28], nil), ([8, 32, 17, 17], 2), ([4, 16, 9, 11, 13], 2)] as [([Int], Int?)]).enumerated()
+        {
             Parallelism.threadCount = 2 + i % 2
             for layout in TensorLayout.allCases {
                 let bn = try BatchNorm(channels: shape[1], normBatch: k)
-                try runSteps(bn, shape: shape, layout: layout, steps: 2, label: "BN \(shape) k=\(String(describing: k)) \(layout)",
-                             using: &rng)
+                try runSteps(
+                    bn, shape: shape, layout: layout, steps: 2,
+                    label: "BN \(shape) k=\(String(describing: k)) \(layout)",
+                    using: &rng)
             }
         }
     }
@@ -100,19 +111,22 @@ final class BatchNormTests: XCTestCase {
         var rng = SeededGenerator(seed: 0xB403)
         // (Several channels each: with one channel, max|dγ| is a single sum that can be 1000× smaller than
         // Σ|dy·x̂|, and float32 summation error is relative to the latter.)
-        for (shape, k) in [([5, 3], nil), ([6, 2], 3), ([3, 2, 5], nil), ([4, 2, 3], 2), ([2, 2, 3, 2], 1),
-                           ([2, 3, 2, 2, 2], nil)] as [([Int], Int?)] {
+        for (shape, k) in [
+            ([5, 3], nil), ([6, 2], 3), ([3, 2, 5], nil), ([4, 2, 3], 2), ([2, 2, 3, 2], 1),
+            ([2, 3, 2, 2, 2], nil),
+        ] as [([Int], Int?)] {
             let x = randomTensor(shape, scale: 1.5, offset: -0.4, using: &rng)
             let w = randomTensor(shape, using: &rng)
             for layout in TensorLayout.allCases {
                 for affine in [true, false] {
                     let bn = try BatchNorm(channels: shape[1], normBatch: k, affine: affine)
                     let (gamma, beta) = randomizeAffine(bn, using: &rng)
-                    try checkFiniteDifferences(bn, sets: .batchNorm(normBatch: k ?? shape[0]),
-                                               x: x.converted(to: layout), w: w.converted(to: layout),
-                                               gamma: gamma, beta: beta,
-                                               label: "BN \(shape) k=\(String(describing: k)) \(layout) affine=\(affine)",
-                                               log: log)
+                    try checkFiniteDifferences(
+                        bn, sets: .batchNorm(normBatch: k ?? shape[0]),
+                        x: x.converted(to: layout), w: w.converted(to: layout),
+                        gamma: gamma, beta: beta,
+                        label: "BN \(shape) k=\(String(describing: k)) \(layout) affine=\(affine)",
+                        log: log)
                 }
             }
         }
@@ -130,8 +144,9 @@ final class BatchNormTests: XCTestCase {
         let ref = Float64Reference.forward(RefTensor(x), sets: .batchNorm(normBatch: 2), gamma: gamma, beta: beta)
         let y = try bn.forward(x, training: true)
         XCTAssertLessThanOrEqual(relativeError(y, ref.y), referenceTolerance)
-        let refBack = Float64Reference.backward(RefTensor(x), dy: RefTensor(dy), sets: .batchNorm(normBatch: 2),
-                                                gamma: gamma)
+        let refBack = Float64Reference.backward(
+            RefTensor(x), dy: RefTensor(dy), sets: .batchNorm(normBatch: 2),
+            gamma: gamma)
         let grads = try bn.backward(dy)
         let termScale = ref.rstd.max()! * RefTensor(dy).data.map(abs).max()! * 1.5
         let absErr = zip(RefTensor(grads.input).data, refBack.dx.data).map { abs($0 - $1) }.max()!
@@ -166,7 +181,8 @@ final class BatchNormTests: XCTestCase {
         _ = try standard.forward(x, training: true)
         for c in 0..<4 {
             XCTAssertEqual(Double(standard.runningMean[c]), 0.1 * ref.channelMean[c], accuracy: 1e-6)
-            XCTAssertEqual(Double(standard.runningVariance[c]), 0.9 + 0.1 * ref.channelUnbiasedVariance[c], accuracy: 1e-6)
+            XCTAssertEqual(
+                Double(standard.runningVariance[c]), 0.9 + 0.1 * ref.channelUnbiasedVariance[c], accuracy: 1e-6)
         }
         let state = standard.stateDict()
         XCTAssertEqual(Set(state.keys), ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"])
@@ -190,14 +206,17 @@ final class BatchNormTests: XCTestCase {
                 let part = try BatchNorm(channels: 3, momentum: 0.3)
                 part.weight!.value = ghost.weight!.value
                 part.bias!.value = ghost.bias!.value
-                let xc = try sliceBatch(x, from: 2 * chunk, count: 2), dyc = try sliceBatch(dy, from: 2 * chunk, count: 2)
+                let xc = try sliceBatch(x, from: 2 * chunk, count: 2),
+                    dyc = try sliceBatch(dy, from: 2 * chunk, count: 2)
                 let yc = try part.forward(xc.converted(to: layout), training: true)
                 let dxc = try part.backward(dyc.converted(to: layout)).input
-                XCTAssertLessThanOrEqual(relativeError(RefTensor(yc).data, try sliceBatch(y, from: 2 * chunk, count: 2).values), 1e-6)
-                XCTAssertLessThanOrEqual(relativeError(RefTensor(dxc).data, try sliceBatch(dx, from: 2 * chunk, count: 2).values), 1e-6)
+                XCTAssertLessThanOrEqual(
+                    relativeError(RefTensor(yc).data, try sliceBatch(y, from: 2 * chunk, count: 2).values), 1e-6)
+                XCTAssertLessThanOrEqual(
+                    relativeError(RefTensor(dxc).data, try sliceBatch(dx, from: 2 * chunk, count: 2).values), 1e-6)
                 for c in 0..<3 {
                     meanSum[c] += Double(part.runningMean[c]) / 3
-                    varSum[c] += (Double(part.runningVariance[c]) - 0.7) / 3   // 0.7·1 + 0.3·v
+                    varSum[c] += (Double(part.runningVariance[c]) - 0.7) / 3  // 0.7·1 + 0.3·v
                 }
             }
             for c in 0..<3 {

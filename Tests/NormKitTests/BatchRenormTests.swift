@@ -21,8 +21,10 @@ final class BatchRenormTests: XCTestCase {
         var mean: [Double] = [], std: [Double] = [], r: [Double] = [], d: [Double] = []
         var rFree: [Double] = [], dFree: [Double] = []
 
-        init(channels: Int, epsilon: Double = 1e-5, momentum: Double, schedule: BatchRenorm.Schedule,
-             normBatch: Int?, gamma: [Double], beta: [Double]) {
+        init(
+            channels: Int, epsilon: Double = 1e-5, momentum: Double, schedule: BatchRenorm.Schedule,
+            normBatch: Int?, gamma: [Double], beta: [Double]
+        ) {
             self.channels = channels
             self.epsilon = epsilon
             self.momentum = momentum
@@ -43,7 +45,9 @@ final class BatchRenormTests: XCTestCase {
         }
 
         /// Per (ghost batch b, channel c) mean and biased variance.
-        static func statistics(_ x: [Double], batch: Int, channels: Int, positions: Int, k: Int)
+        static func statistics(
+            _ x: [Double], batch: Int, channels: Int, positions: Int, k: Int
+        )
             -> (mean: [Double], variance: [Double])
         {
             let blocks = batch / k
@@ -51,7 +55,9 @@ final class BatchRenormTests: XCTestCase {
             for b in 0..<blocks {
                 for c in 0..<channels {
                     var s = 0.0
-                    for n in (b * k)..<((b + 1) * k) { for p in 0..<positions { s += x[(n * channels + c) * positions + p] } }
+                    for n in (b * k)..<((b + 1) * k) {
+                        for p in 0..<positions { s += x[(n * channels + c) * positions + p] }
+                    }
                     let mu = s / Double(k * positions)
                     var q = 0.0
                     for n in (b * k)..<((b + 1) * k) {
@@ -65,8 +71,10 @@ final class BatchRenormTests: XCTestCase {
         }
 
         /// `y = γ((x − μ_B)/σ_B·r + d) + β` with `r`, `d` given (the function finite differences differentiate).
-        static func normalize(_ x: [Double], batch: Int, channels: Int, positions: Int, k: Int, epsilon: Double,
-                              r: [Double], d: [Double], gamma: [Double], beta: [Double]) -> [Double] {
+        static func normalize(
+            _ x: [Double], batch: Int, channels: Int, positions: Int, k: Int, epsilon: Double,
+            r: [Double], d: [Double], gamma: [Double], beta: [Double]
+        ) -> [Double] {
             let (mean, variance) = statistics(x, batch: batch, channels: channels, positions: positions, k: k)
             var y = x
             for n in 0..<batch {
@@ -102,8 +110,9 @@ final class BatchRenormTests: XCTestCase {
                 r[s] = min(max(rFree[s], 1 / rMax), rMax)
                 d[s] = min(max(dFree[s], -dMax), dMax)
             }
-            let y = Reference.normalize(x, batch: batch, channels: channels, positions: positions, k: k,
-                                        epsilon: epsilon, r: r, d: d, gamma: gamma, beta: beta)
+            let y = Reference.normalize(
+                x, batch: batch, channels: channels, positions: positions, k: k,
+                epsilon: epsilon, r: r, d: d, gamma: gamma, beta: beta)
             let blocks = Double(batch / k)
             for c in 0..<channels {
                 var mu = 0.0, sigma = 0.0
@@ -116,7 +125,9 @@ final class BatchRenormTests: XCTestCase {
 
         /// BN's backward with `g = γ·r·dy` per (ghost batch, channel); `dγ = Σ dy·x̂`, `dβ = Σ dy`.
         /// Also returns the magnitudes `Σ|dy·x̂|`, `Σ|dy|` of the parameter-gradient sums (their condition).
-        func backward(_ dy: [Double])
+        func backward(
+            _ dy: [Double]
+        )
             -> (dx: [Double], dgamma: [Double], dbeta: [Double], dgammaScale: Double, dbetaScale: Double)
         {
             let m = Double(k * positions)
@@ -170,10 +181,13 @@ final class BatchRenormTests: XCTestCase {
     let shortSchedule = BatchRenorm.Schedule(warmupSteps: 2, rMax: 2.5, dMax: 1.5, rSteps: 12, dSteps: 8)
 
     /// A BRN layer and its reference with the same random γ, β, running statistics and step counter.
-    func makePair(channels: Int, normBatch: Int?, affine: Bool, step: Int64, momentum: Float = 0.3,
-                  rng: inout SeededGenerator) throws -> (BatchRenorm, Reference) {
-        let layer = try BatchRenorm(channels: channels, momentum: momentum, schedule: shortSchedule,
-                                    normBatch: normBatch, affine: affine)
+    func makePair(
+        channels: Int, normBatch: Int?, affine: Bool, step: Int64, momentum: Float = 0.3,
+        rng: inout SeededGenerator
+    ) throws -> (BatchRenorm, Reference) {
+        let layer = try BatchRenorm(
+            channels: channels, momentum: momentum, schedule: shortSchedule,
+            normBatch: normBatch, affine: affine)
         let gamma = affine ? Kit.randomFloats(channels, in: 0.5...1.5, &rng) : [Float](repeating: 1, count: channels)
         let beta = affine ? Kit.randomFloats(channels, in: -0.5...0.5, &rng) : [Float](repeating: 0, count: channels)
         let rm = Kit.randomFloats(channels, in: -1...1, &rng), rs = Kit.randomFloats(channels, in: 0.4...2.5, &rng)
@@ -187,9 +201,10 @@ final class BatchRenormTests: XCTestCase {
             state["bias"] = .float32(shape: [channels], values: beta)
         }
         try layer.loadStateDict(state)
-        let ref = Reference(channels: channels, epsilon: Double(layer.epsilon), momentum: Double(momentum),
-                            schedule: shortSchedule, normBatch: normBatch,
-                            gamma: gamma.map(Double.init), beta: beta.map(Double.init))
+        let ref = Reference(
+            channels: channels, epsilon: Double(layer.epsilon), momentum: Double(momentum),
+            schedule: shortSchedule, normBatch: normBatch,
+            gamma: gamma.map(Double.init), beta: beta.map(Double.init))
         ref.runningMean = rm.map(Double.init)
         ref.runningStd = rs.map(Double.init)
         ref.step = Int(step)
@@ -215,8 +230,9 @@ final class BatchRenormTests: XCTestCase {
                     let k = max(Int.random(in: 2...3, using: &rng), (4 + positions - 1) / positions)
                     let batch = ghost ? k * Int.random(in: 2...3, using: &rng) : max(2, (4 + positions - 1) / positions)
                     let affine = !(rank == 2 && ghost)
-                    let (layer, ref) = try makePair(channels: channels, normBatch: ghost ? k : nil, affine: affine,
-                                                    step: 1, rng: &rng)
+                    let (layer, ref) = try makePair(
+                        channels: channels, normBatch: ghost ? k : nil, affine: affine,
+                        step: 1, rng: &rng)
                     let shape = [batch, channels] + spatial
                     for step in 0..<3 {
                         let xl = Kit.randomLogical(shape.reduce(1, *), mean: 0.3, std: 1.7, &rng)
@@ -231,33 +247,48 @@ final class BatchRenormTests: XCTestCase {
                         Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), context)
                         if affine {
                             // dγ, dβ are sums that can cancel: errors are relative to max(max|ref|, Σ|terms|).
-                            Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma,
-                                                                    scale: gr.dgammaScale), context)
-                            Kit.record(&worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta,
-                                                                   scale: gr.dbetaScale), context)
+                            Kit.record(
+                                &worst, "dgamma",
+                                Kit.relErr(
+                                    grads.weight!.map(Double.init), gr.dgamma,
+                                    scale: gr.dgammaScale), context)
+                            Kit.record(
+                                &worst, "dbeta",
+                                Kit.relErr(
+                                    grads.bias!.map(Double.init), gr.dbeta,
+                                    scale: gr.dbetaScale), context)
                         } else {
                             XCTAssertNil(grads.weight)
                             XCTAssertNil(grads.bias)
                         }
-                        Kit.record(&worst, "r,d", max(Kit.relErr(layer.lastR.map(Double.init), ref.r),
-                                                      Kit.relErr(layer.lastD.map(Double.init), ref.d)), context)
-                        Kit.record(&worst, "running", max(Kit.relErr(layer.runningMean.map(Double.init), ref.runningMean),
-                                                          Kit.relErr(layer.runningStd.map(Double.init), ref.runningStd)),
-                                   context)
+                        Kit.record(
+                            &worst, "r,d",
+                            max(
+                                Kit.relErr(layer.lastR.map(Double.init), ref.r),
+                                Kit.relErr(layer.lastD.map(Double.init), ref.d)), context)
+                        Kit.record(
+                            &worst, "running",
+                            max(
+                                Kit.relErr(layer.runningMean.map(Double.init), ref.runningMean),
+                                Kit.relErr(layer.runningStd.map(Double.init), ref.runningStd)),
+                            context)
                         for s in 0..<ref.r.count {
                             if ref.r[s] != ref.rFree[s] { clippedR += 1 } else { freeR += 1 }
                             if ref.d[s] != ref.dFree[s] { clippedD += 1 } else { freeD += 1 }
                         }
                         let ye = try layer.forward(x, training: false)
-                        Kit.record(&worst, "eval", Kit.relErr(Kit.logical(ye), ref.evaluate(xl, batch: batch, positions: positions)),
-                                   context)
+                        Kit.record(
+                            &worst, "eval",
+                            Kit.relErr(Kit.logical(ye), ref.evaluate(xl, batch: batch, positions: positions)),
+                            context)
                     }
                     XCTAssertEqual(layer.batchesTracked, 4)
                 }
             }
         }
-        print("BatchRenorm vs float64 reference, max relative errors:", Kit.describe(worst),
-              "r clipped/free \(clippedR)/\(freeR), d clipped/free \(clippedD)/\(freeD)")
+        print(
+            "BatchRenorm vs float64 reference, max relative errors:", Kit.describe(worst),
+            "r clipped/free \(clippedR)/\(freeR), d clipped/free \(clippedD)/\(freeD)")
         for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-5, key) }
         XCTAssertGreaterThan(clippedR, 0)
         XCTAssertGreaterThan(freeR, 0)
@@ -279,8 +310,11 @@ final class BatchRenormTests: XCTestCase {
             let yr = ref.forward(xl, batch: 4, positions: positions), gr = ref.backward(dyl)
             Kit.record(&worst, "y", Kit.relErr(Kit.logical(y), yr), "\(layout)")
             Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), "\(layout)")
-            Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale), "\(layout)")
-            Kit.record(&worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale), "\(layout)")
+            Kit.record(
+                &worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale),
+                "\(layout)")
+            Kit.record(
+                &worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale), "\(layout)")
         }
         print("BatchRenorm on [4, 8, 48, 48], max relative errors:", Kit.describe(worst))
         for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-5, key) }
@@ -300,8 +334,9 @@ final class BatchRenormTests: XCTestCase {
                 "running_mean": .float32(shape: [2], values: rm), "running_std": .float32(shape: [2], values: rs),
                 "num_batches_tracked": .int64(shape: [], values: [5]),
             ])
-            let ref = Reference(channels: 2, epsilon: Double(layer.epsilon), momentum: 0.1, schedule: shortSchedule,
-                                normBatch: 2, gamma: [1.5, 0.5], beta: [0.25, -1])
+            let ref = Reference(
+                channels: 2, epsilon: Double(layer.epsilon), momentum: 0.1, schedule: shortSchedule,
+                normBatch: 2, gamma: [1.5, 0.5], beta: [0.25, -1])
             ref.runningMean = rm.map(Double.init)
             ref.runningStd = rs.map(Double.init)
             ref.step = 5
@@ -320,17 +355,24 @@ final class BatchRenormTests: XCTestCase {
                 let yr = ref.forward(xl, batch: 4, positions: positions), gr = ref.backward(dyl)
                 Kit.record(&worst, "y", Kit.relErr(Kit.logical(y), yr), "\(layout)")
                 Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), "\(layout)")
-                Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma,
-                                                        scale: gr.dgammaScale), "\(layout)")
+                Kit.record(
+                    &worst, "dgamma",
+                    Kit.relErr(
+                        grads.weight!.map(Double.init), gr.dgamma,
+                        scale: gr.dgammaScale), "\(layout)")
                 for c in 0..<2 {
-                    XCTAssertEqual(Double(layer.runningMean[c]), ref.runningMean[c],
-                                   accuracy: Double(layer.runningMean[c].ulp))
+                    XCTAssertEqual(
+                        Double(layer.runningMean[c]), ref.runningMean[c],
+                        accuracy: Double(layer.runningMean[c].ulp))
                     XCTAssertEqual(Double(layer.runningStd[c]), ref.runningStd[c], accuracy: 1e-6 * ref.runningStd[c])
                 }
                 ref.runningMean = layer.runningMean.map(Double.init)
                 ref.runningStd = layer.runningStd.map(Double.init)
-                Kit.record(&worst, "eval", Kit.relErr(Kit.logical(try layer.forward(x, training: false)),
-                                                      ref.evaluate(xl, batch: 4, positions: positions)), "\(layout)")
+                Kit.record(
+                    &worst, "eval",
+                    Kit.relErr(
+                        Kit.logical(try layer.forward(x, training: false)),
+                        ref.evaluate(xl, batch: 4, positions: positions)), "\(layout)")
             }
         }
         print("BatchRenorm with |μ| ≫ σ, max relative errors:", Kit.describe(worst))
@@ -342,8 +384,10 @@ final class BatchRenormTests: XCTestCase {
     func testBackwardMatchesFiniteDifferences() throws {
         var rng = SeededGenerator(seed: 302)
         var worst: [String: Double] = [:]
-        let cases: [([Int], Int?, TensorLayout)] = [([4, 3, 5], nil, .channelsFirst), ([6, 2, 2, 3], 3, .channelsLast),
-                                                    ([8, 3], 4, .channelsFirst), ([4, 2, 2, 2, 2], 2, .channelsLast)]
+        let cases: [([Int], Int?, TensorLayout)] = [
+            ([4, 3, 5], nil, .channelsFirst), ([6, 2, 2, 3], 3, .channelsLast),
+            ([8, 3], 4, .channelsFirst), ([4, 2, 2, 2, 2], 2, .channelsLast),
+        ]
         for (shape, normBatch, layout) in cases {
             let channels = shape[1], batch = shape[0], positions = shape.dropFirst(2).reduce(1, *)
             let k = normBatch ?? batch
@@ -355,8 +399,9 @@ final class BatchRenormTests: XCTestCase {
             let grads = try layer.backward(Kit.tensor(shape, layout, wl))
             let r = ref.r, d = ref.d, eps = ref.epsilon
             func loss(_ x: [Double], _ gamma: [Double], _ beta: [Double]) -> Double {
-                let y = Reference.normalize(x, batch: batch, channels: channels, positions: positions, k: k,
-                                            epsilon: eps, r: r, d: d, gamma: gamma, beta: beta)
+                let y = Reference.normalize(
+                    x, batch: batch, channels: channels, positions: positions, k: k,
+                    epsilon: eps, r: r, d: d, gamma: gamma, beta: beta)
                 return zip(y, wl).reduce(0) { $0 + $1.0 * $1.1 }
             }
             let h = 1e-5
@@ -392,21 +437,30 @@ final class BatchRenormTests: XCTestCase {
         for run in file.runs {
             let stats = try XCTUnwrap(run.stats)
             // The fixture itself shows that r and d were clipped in some steps and free in others.
-            for key in ["rClippedAfterWarmup", "rFreeAfterWarmup", "dClippedAfterWarmup", "dFreeAfterWarmup",
-                        "rClippedAfterRelaxed", "dClippedAfterRelaxed"] {
+            for key in [
+                "rClippedAfterWarmup", "rFreeAfterWarmup", "dClippedAfterWarmup", "dFreeAfterWarmup",
+                "rClippedAfterRelaxed", "dClippedAfterRelaxed",
+            ] {
                 XCTAssertGreaterThan(stats[key] ?? 0, 0, "\(run.name): \(key)")
             }
             let schedule = try BatchRenorm.Schedule.scaled(totalSteps: run.steps)
             let sch = try XCTUnwrap(run.schedule)
-            XCTAssertEqual([schedule.warmupSteps, schedule.rSteps, schedule.dSteps],
-                           [sch.warmupSteps, sch.rSteps, sch.dSteps])
-            let layer = try BatchRenorm(channels: run.shape[1], momentum: Float(run.momentum), schedule: schedule,
-                                        normBatch: run.normBatch)
-            let worst = try Kit.replayTrace(run, kind: .brn, layer: layer,
-                                            r: { layer.lastR }, d: { layer.lastD },
-                                            state: { ["running_mean": layer.runningMean.map(Double.init),
-                                                      "running_std": layer.runningStd.map(Double.init),
-                                                      "num_batches_tracked": [Double(layer.batchesTracked)]] })
+            XCTAssertEqual(
+                [schedule.warmupSteps, schedule.rSteps, schedule.dSteps],
+                [sch.warmupSteps, sch.rSteps, sch.dSteps])
+            let layer = try BatchRenorm(
+                channels: run.shape[1], momentum: Float(run.momentum), schedule: schedule,
+                normBatch: run.normBatch)
+            let worst = try Kit.replayTrace(
+                run, kind: .brn, layer: layer,
+                r: { layer.lastR }, d: { layer.lastD },
+                state: {
+                    [
+                        "running_mean": layer.runningMean.map(Double.init),
+                        "running_std": layer.runningStd.map(Double.init),
+                        "num_batches_tracked": [Double(layer.batchesTracked)],
+                    ]
+                })
             print("BatchRenorm trace '\(run.name)', max relative errors:", Kit.describe(worst))
             for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-4, "\(run.name): \(key)") }
             XCTAssertEqual(layer.batchesTracked, Int64(run.steps))
@@ -424,13 +478,13 @@ final class BatchRenormTests: XCTestCase {
         XCTAssertEqual([s.warmupSteps, s.rSteps, s.dSteps], [60, 480, 300])
         XCTAssertTrue(s.limits(step: 1) == (1, 0))
         XCTAssertTrue(s.limits(step: 60) == (1, 0))
-        let mid = s.limits(step: 270)      // 210 of 420 steps for r, 210 of 240 for d
+        let mid = s.limits(step: 270)  // 210 of 420 steps for r, 210 of 240 for d
         XCTAssertEqual(mid.rMax, 2, accuracy: 1e-12)
         XCTAssertEqual(mid.dMax, 4.375, accuracy: 1e-12)
         XCTAssertTrue(s.limits(step: 300) == (1 + 2 * 240 / 420, 5))
         XCTAssertTrue(s.limits(step: 480) == (3, 5))
         XCTAssertTrue(s.limits(step: 100_000) == (3, 5))
-        let odd = try BatchRenorm.Schedule.scaled(totalSteps: 10)   // 0.5 → 1, 4, 2.5 → 3
+        let odd = try BatchRenorm.Schedule.scaled(totalSteps: 10)  // 0.5 → 1, 4, 2.5 → 3
         XCTAssertEqual([odd.warmupSteps, odd.rSteps, odd.dSteps], [1, 4, 3])
         XCTAssertThrowsError(try BatchRenorm.Schedule.scaled(totalSteps: 0)) { error in
             guard case NormalizationError.invalidArgument(let layer, let name, _, _) = error else {
@@ -440,14 +494,15 @@ final class BatchRenormTests: XCTestCase {
             XCTAssertEqual(layer, "BatchRenorm.Schedule")
         }
         // The step used is num_batches_tracked after the increment: the first forward after warm-up relaxes r.
-        let layer = try BatchRenorm(channels: 1, momentum: 0,
-                                    schedule: .init(warmupSteps: 1, rMax: 2, dMax: 1, rSteps: 2, dSteps: 2))
-        let x = try Tensor(shape: [4, 1], values: [0, 1, 2, 3])   // σ_B ≈ 1.118 > σ = 1
-        _ = try layer.forward(x, training: true)                    // step 1: warm-up, r = 1
+        let layer = try BatchRenorm(
+            channels: 1, momentum: 0,
+            schedule: .init(warmupSteps: 1, rMax: 2, dMax: 1, rSteps: 2, dSteps: 2))
+        let x = try Tensor(shape: [4, 1], values: [0, 1, 2, 3])  // σ_B ≈ 1.118 > σ = 1
+        _ = try layer.forward(x, training: true)  // step 1: warm-up, r = 1
         XCTAssertEqual(layer.lastR, [1])
-        _ = try layer.forward(x, training: true)                    // step 2: r_max = 2, r free
+        _ = try layer.forward(x, training: true)  // step 2: r_max = 2, r free
         XCTAssertEqual(Double(layer.lastR[0]), (1.25 + 1e-5).squareRoot(), accuracy: 1e-6)
-        XCTAssertEqual(layer.lastD, [1])                            // d = μ_B/σ = 1.5 clipped to d_max = 1
+        XCTAssertEqual(layer.lastD, [1])  // d = μ_B/σ = 1.5 clipped to d_max = 1
     }
 
     /// stateDict → new layer → loadStateDict gives identical next outputs and gradients; a wrong shape, dtype or
@@ -512,7 +567,8 @@ final class BatchRenormTests: XCTestCase {
             XCTAssertEqual($0 as? NormalizationError, .channelMismatch(layer: layer.name, expected: 3, got: 2))
         }
         XCTAssertThrowsError(try layer.forward(Tensor(zeros: [3, 3, 5]), training: true)) {
-            XCTAssertEqual($0 as? NormalizationError, .normBatchDoesNotDivide(layer: layer.name, batch: 3, normBatch: 2))
+            XCTAssertEqual(
+                $0 as? NormalizationError, .normBatchDoesNotDivide(layer: layer.name, batch: 3, normBatch: 2))
         }
         XCTAssertThrowsError(try layer.forward(Tensor(zeros: [0, 3, 5]), training: true)) {
             XCTAssertEqual($0 as? NormalizationError, .emptyBatch(layer: layer.name))
@@ -539,7 +595,9 @@ final class BatchRenormTests: XCTestCase {
         // Constructor arguments.
         func assertArgument(_ name: String, _ body: () throws -> BatchRenorm) {
             XCTAssertThrowsError(try body()) { error in
-                guard case NormalizationError.invalidArgument(_, let n, _, _) = error else { return XCTFail("\(error)") }
+                guard case NormalizationError.invalidArgument(_, let n, _, _) = error else {
+                    return XCTFail("\(error)")
+                }
                 XCTAssertEqual(n, name)
             }
         }
@@ -649,8 +707,10 @@ enum VariantTestKit {
         }
     }
 
-    static func randomTensor(_ shape: [Int], _ layout: TensorLayout, mean: Double, std: Double,
-                             _ rng: inout SeededGenerator) -> Tensor {
+    static func randomTensor(
+        _ shape: [Int], _ layout: TensorLayout, mean: Double, std: Double,
+        _ rng: inout SeededGenerator
+    ) -> Tensor {
         tensor(shape, layout, randomLogical(shape.reduce(1, *), mean: mean, std: std, &rng))
     }
 
@@ -694,8 +754,10 @@ enum VariantTestKit {
     }
 
     /// Asserts `error` is a strict load's key mismatch listing exactly `missing` and `unexpected`.
-    static func assertIncompatibleKeys(_ error: Error, missing: [String], unexpected: [String] = [],
-                                       file: StaticString = #filePath, line: UInt = #line) {
+    static func assertIncompatibleKeys(
+        _ error: Error, missing: [String], unexpected: [String] = [],
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         guard case NormalizationError.incompatibleStateDict(_, let m, let u) = error else {
             return XCTFail("expected incompatibleStateDict, got \(error)", file: file, line: line)
         }
@@ -710,7 +772,8 @@ enum VariantTestKit {
     /// The input formula of `scripts/make_trace_fixtures.py` (same libm, same operation order).
     static func traceX(_ kind: TraceKind, step s: Int, _ n: Int, _ c: Int, _ p: Int) -> Double {
         let sd = Double(s), nd = Double(n), cd = Double(c), pd = Double(p)
-        let base = Foundation.sin(0.173 * sd + 0.91 * nd + 0.57 * cd + 0.331 * pd)
+        let base =
+            Foundation.sin(0.173 * sd + 0.91 * nd + 0.57 * cd + 0.331 * pd)
             + 0.5 * Foundation.cos(0.061 * sd * (cd + 1) + 1.7 * pd + 0.4 * nd)
         var scale = Foundation.exp(0.9 * Foundation.sin(2.0 * Double.pi * sd / 347.0 + 0.8 * cd))
         if s % 97 == 0 { scale *= 12.0 }
@@ -762,7 +825,9 @@ enum VariantTestKit {
         case scalar(Double)
         init(from decoder: Decoder) throws {
             let container = try decoder.singleValueContainer()
-            if let list = try? container.decode([Double].self) { self = .list(list) } else {
+            if let list = try? container.decode([Double].self) {
+                self = .list(list)
+            } else {
                 self = .scalar(try container.decode(Double.self))
             }
         }
@@ -798,8 +863,9 @@ enum VariantTestKit {
     }
 
     static func loadTrace(_ name: String) throws -> TraceFile {
-        let url = try XCTUnwrap(Bundle.module.url(forResource: name, withExtension: "json", subdirectory: "Fixtures"),
-                                "missing fixture \(name).json: run scripts/make_trace_fixtures.py")
+        let url = try XCTUnwrap(
+            Bundle.module.url(forResource: name, withExtension: "json", subdirectory: "Fixtures"),
+            "missing fixture \(name).json: run scripts/make_trace_fixtures.py")
         return try JSONDecoder().decode(TraceFile.self, from: Data(contentsOf: url))
     }
 
@@ -811,8 +877,10 @@ enum VariantTestKit {
     /// Replays a trace run through `layer` (γ, β set as the script does): per step a training forward, the
     /// backward, then an evaluation forward of the same x; compares the summaries and checkpoints. Returns the
     /// worst relative error per quantity.
-    static func replayTrace(_ run: TraceRun, kind: TraceKind, layer: NormalizationLayer, r: () -> [Float],
-                            d: (() -> [Float])?, state: () -> [String: [Double]]) throws -> [String: Double] {
+    static func replayTrace(
+        _ run: TraceRun, kind: TraceKind, layer: NormalizationLayer, r: () -> [Float],
+        d: (() -> [Float])?, state: () -> [String: [Double]]
+    ) throws -> [String: Double] {
         let shape = run.shape, channels = shape[1], batch = shape[0], positions = shape.dropFirst(2).reduce(1, *)
         let layout = try XCTUnwrap(TensorLayout(rawValue: run.layout))
         let chunks = batch / (run.normBatch ?? batch)
@@ -822,7 +890,8 @@ enum VariantTestKit {
         for n in 0..<batch {
             for c in 0..<channels {
                 for p in 0..<positions {
-                    probe[(n * channels + c) * positions + p] = Foundation.cos(0.7 * Double(n) + 1.1 * Double(c) + 0.3 * Double(p))
+                    probe[(n * channels + c) * positions + p] = Foundation.cos(
+                        0.7 * Double(n) + 1.1 * Double(c) + 0.3 * Double(p))
                 }
             }
         }
@@ -844,7 +913,9 @@ enum VariantTestKit {
             try layer.forward(x, into: &ye, training: false)
             if summary < run.summarySteps.count, run.summarySteps[summary] == s {
                 let context = "\(run.name) step \(s)"
-                let bw = (0..<(chunks * channels)).map { 1 + 0.5 * Double($0 % channels) + 0.25 * Double($0 / channels) }
+                let bw = (0..<(chunks * channels)).map {
+                    1 + 0.5 * Double($0 % channels) + 0.25 * Double($0 / channels)
+                }
                 var items: [(String, [Double], [Double], Double)] = [
                     ("yP", logical(y), probe, run.yP[summary]), ("dxP", logical(dx), probe, run.dxP[summary]),
                     ("dgP", dgamma, cw, run.dgP[summary]), ("dbP", dbeta, cw, run.dbP[summary]),

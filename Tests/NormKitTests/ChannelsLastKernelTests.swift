@@ -60,8 +60,10 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         var reference: (([Double], [Double]) -> ReferenceOutputs)?
     }
 
-    static func floats(_ count: Int, in range: ClosedRange<Float>, signed: Bool = false,
-                       _ rng: inout SeededGenerator) -> [Float] {
+    static func floats(
+        _ count: Int, in range: ClosedRange<Float>, signed: Bool = false,
+        _ rng: inout SeededGenerator
+    ) -> [Float] {
         (0..<count).map { _ in
             let v = Float.random(in: range, using: &rng)
             return signed && Bool.random(using: &rng) ? -v : v
@@ -75,8 +77,10 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
     }
 
     /// BatchNorm (momentum 0.3, random affine), whole batch or ghost batches of `normBatch`.
-    static func batchNormCase(_ shape: [Int], normBatch: Int?, affine: Bool = true,
-                              _ rng: inout SeededGenerator) -> LayerCase {
+    static func batchNormCase(
+        _ shape: [Int], normBatch: Int?, affine: Bool = true,
+        _ rng: inout SeededGenerator
+    ) -> LayerCase {
         let c = shape[1]
         let gamma = floats(c, in: 0.5...1.5, signed: true, &rng), beta = floats(c, in: -1...1, &rng)
         let momentum: Float = 0.3
@@ -93,16 +97,21 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             let backward = Float64Reference.backward(rx, dy: refTensor(shape, dy), sets: sets, gamma: g)
             var mean = [Double](repeating: 0, count: c), variance = [Double](repeating: 1, count: c)
             Float64Reference.updateRunning(mean: &mean, variance: &variance, with: forward, momentum: Double(momentum))
-            let eval = Float64Reference.batchNormEval(rx, runningMean: mean, runningVariance: variance, gamma: g, beta: b)
-            return ReferenceOutputs(y: forward.y.data, dx: backward.dx.data, dgamma: affine ? backward.dgamma : nil,
-                                    dbeta: affine ? backward.dbeta : nil, yEval: eval.data)
+            let eval = Float64Reference.batchNormEval(
+                rx, runningMean: mean, runningVariance: variance, gamma: g, beta: b)
+            return ReferenceOutputs(
+                y: forward.y.data, dx: backward.dx.data, dgamma: affine ? backward.dgamma : nil,
+                dbeta: affine ? backward.dbeta : nil, yEval: eval.data)
         }
-        return LayerCase(label: "BN normBatch \(normBatch.map(String.init) ?? "all")\(affine ? "" : " no affine")",
-                         make: make, reference: reference)
+        return LayerCase(
+            label: "BN normBatch \(normBatch.map(String.init) ?? "all")\(affine ? "" : " no affine")",
+            make: make, reference: reference)
     }
 
     /// GroupNorm with `groups` groups (1: LN, C: IN), random affine.
-    static func groupNormCase(_ shape: [Int], groups: Int, affine: Bool = true, _ rng: inout SeededGenerator) -> LayerCase {
+    static func groupNormCase(
+        _ shape: [Int], groups: Int, affine: Bool = true, _ rng: inout SeededGenerator
+    ) -> LayerCase {
         let c = shape[1]
         let gamma = floats(c, in: 0.5...1.5, signed: true, &rng), beta = floats(c, in: -1...1, &rng)
         let make = { () throws -> NormalizationLayer in
@@ -116,8 +125,9 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             let g = affine ? doubles(gamma) : nil, b = affine ? doubles(beta) : nil
             let forward = Float64Reference.forward(rx, sets: sets, gamma: g, beta: b)
             let backward = Float64Reference.backward(rx, dy: refTensor(shape, dy), sets: sets, gamma: g)
-            return ReferenceOutputs(y: forward.y.data, dx: backward.dx.data, dgamma: affine ? backward.dgamma : nil,
-                                    dbeta: affine ? backward.dbeta : nil, yEval: forward.y.data)
+            return ReferenceOutputs(
+                y: forward.y.data, dx: backward.dx.data, dgamma: affine ? backward.dgamma : nil,
+                dbeta: affine ? backward.dbeta : nil, yEval: forward.y.data)
         }
         let kind = groups == 1 ? "LN" : groups == c ? "IN" : "GN \(groups) groups"
         return LayerCase(label: kind, make: make, reference: reference)
@@ -142,32 +152,38 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             return layer
         }
         let reference = { (x: [Double], dy: [Double]) -> ReferenceOutputs in
-            let ref = BatchRenormTests.Reference(channels: c, epsilon: Double(Float(1e-5)), momentum: Double(momentum),
-                                                 schedule: renormSchedule, normBatch: normBatch,
-                                                 gamma: doubles(gamma), beta: doubles(beta))
+            let ref = BatchRenormTests.Reference(
+                channels: c, epsilon: Double(Float(1e-5)), momentum: Double(momentum),
+                schedule: renormSchedule, normBatch: normBatch,
+                gamma: doubles(gamma), beta: doubles(beta))
             ref.runningMean = doubles(rm)
             ref.runningStd = doubles(rs)
             ref.step = Int(step)
             let y = ref.forward(x, batch: shape[0], positions: positions)
             let back = ref.backward(dy)
-            return ReferenceOutputs(y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta,
-                                    yEval: ref.evaluate(x, batch: shape[0], positions: positions),
-                                    dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
+            return ReferenceOutputs(
+                y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta,
+                yEval: ref.evaluate(x, batch: shape[0], positions: positions),
+                dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
         }
-        return LayerCase(label: "BRN normBatch \(normBatch.map(String.init) ?? "all")", make: make, reference: reference)
+        return LayerCase(
+            label: "BRN normBatch \(normBatch.map(String.init) ?? "all")", make: make, reference: reference)
     }
 
     /// MABN (buffer 3) fresh (`iters` 0: batch statistics) or at `iters` 1500 (the SMA and the r phase, with random
     /// buffers and running second moments).
-    static func movingAverageCase(_ shape: [Int], normBatch: Int?, iters: Int64,
-                                  _ rng: inout SeededGenerator) -> LayerCase {
+    static func movingAverageCase(
+        _ shape: [Int], normBatch: Int?, iters: Int64,
+        _ rng: inout SeededGenerator
+    ) -> LayerCase {
         let c = shape[1], positions = shape.dropFirst(2).reduce(1, *), bufferSize = 3
         let gamma = floats(c, in: 0.5...1.5, &rng), beta = floats(c, in: -0.5...0.5, &rng)
         let running = (0..<c).map { _ in Float(Foundation.exp(Double.random(in: -3...3, using: &rng))) }
         let x2 = iters == 0 ? [Float](repeating: 0, count: bufferSize * c) : floats(bufferSize * c, in: 0.5...4, &rng)
         let gz = iters == 0 ? x2 : floats(bufferSize * c, in: -0.3...0.3, &rng)
         let make = { () throws -> NormalizationLayer in
-            let layer = try MovingAverageBatchNorm(channels: c, bufferSize: bufferSize, warmup: 100, normBatch: normBatch)
+            let layer = try MovingAverageBatchNorm(
+                channels: c, bufferSize: bufferSize, warmup: 100, normBatch: normBatch)
             try layer.loadStateDict([
                 "weight": .float32(shape: [c], values: gamma), "bias": .float32(shape: [c], values: beta),
                 "running_var": .float32(shape: [c], values: running), "iters": .int64(shape: [], values: [iters]),
@@ -186,28 +202,34 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             ref.bufGz = doubles(gz)
             let y = ref.forward(x, batch: shape[0], positions: positions)
             let back = ref.backward(dy)
-            return ReferenceOutputs(y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta,
-                                    yEval: ref.evaluate(x, batch: shape[0], positions: positions),
-                                    dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
+            return ReferenceOutputs(
+                y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta,
+                yEval: ref.evaluate(x, batch: shape[0], positions: positions),
+                dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
         }
-        return LayerCase(label: "MABN iters \(iters) normBatch \(normBatch.map(String.init) ?? "all")", make: make,
-                         reference: reference)
+        return LayerCase(
+            label: "MABN iters \(iters) normBatch \(normBatch.map(String.init) ?? "all")", make: make,
+            reference: reference)
     }
 
     /// MABN in the BN form (`Parts.batchNorm`: centred statistics, no SMA): no float64 reference here, checked
     /// channels-last against channels-first and across kernel paths.
-    static func movingAverageBatchNormFormCase(_ shape: [Int], normBatch: Int?, _ rng: inout SeededGenerator) -> LayerCase {
+    static func movingAverageBatchNormFormCase(
+        _ shape: [Int], normBatch: Int?, _ rng: inout SeededGenerator
+    ) -> LayerCase {
         let c = shape[1]
         let gamma = floats(c, in: 0.5...1.5, &rng), beta = floats(c, in: -0.5...0.5, &rng)
         let make = { () throws -> NormalizationLayer in
-            let layer = try MovingAverageBatchNorm(channels: c, bufferSize: 2, warmup: 0, normBatch: normBatch,
-                                                   parts: .batchNorm)
+            let layer = try MovingAverageBatchNorm(
+                channels: c, bufferSize: 2, warmup: 0, normBatch: normBatch,
+                parts: .batchNorm)
             layer.weight?.value = gamma
             layer.bias?.value = beta
             return layer
         }
-        return LayerCase(label: "MABN BN form normBatch \(normBatch.map(String.init) ?? "all")", make: make,
-                         reference: nil)
+        return LayerCase(
+            label: "MABN BN form normBatch \(normBatch.map(String.init) ?? "all")", make: make,
+            reference: nil)
     }
 
     /// Frozen BN with random statistics and affine.
@@ -225,12 +247,14 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             return layer
         }
         let reference = { (x: [Double], dy: [Double]) -> ReferenceOutputs in
-            let ref = FrozenBatchNormTests.Reference(gamma: doubles(gamma), beta: doubles(beta), mean: doubles(mean),
-                                                     variance: doubles(variance), epsilon: Double(Float(1e-5)))
+            let ref = FrozenBatchNormTests.Reference(
+                gamma: doubles(gamma), beta: doubles(beta), mean: doubles(mean),
+                variance: doubles(variance), epsilon: Double(Float(1e-5)))
             let y = ref.forward(x, channels: c, positions: positions)
             let back = ref.backward(x, dy, channels: c, positions: positions)
-            return ReferenceOutputs(y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta, yEval: y,
-                                    dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
+            return ReferenceOutputs(
+                y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta, yEval: y,
+                dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
         }
         return LayerCase(label: "frozen BN", make: make, reference: reference)
     }
@@ -248,8 +272,10 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
     // MARK: - Running a case
 
     /// A training forward, its backward and an evaluation forward of a new layer on `x`, `dy` in `layout`.
-    func run(_ c: LayerCase, shape: [Int], x: [Double], dy: [Double], layout: TensorLayout,
-             file: StaticString = #filePath, line: UInt = #line) throws -> Outputs {
+    func run(
+        _ c: LayerCase, shape: [Int], x: [Double], dy: [Double], layout: TensorLayout,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws -> Outputs {
         let layer = try c.make()
         let xt = Kit.tensor(shape, layout, x), dyt = Kit.tensor(shape, layout, dy)
         let y = try layer.forward(xt, training: true)
@@ -267,8 +293,9 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             case .int64(_, let v): state[key] = v.map(Double.init)
             }
         }
-        return Outputs(y: Kit.logical(y), dx: Kit.logical(grads.input), dgamma: grads.weight?.map(Double.init),
-                       dbeta: grads.bias?.map(Double.init), yEval: Kit.logical(yEval), state: state)
+        return Outputs(
+            y: Kit.logical(y), dx: Kit.logical(grads.input), dgamma: grads.weight?.map(Double.init),
+            dbeta: grads.bias?.map(Double.init), yEval: Kit.logical(yEval), state: state)
     }
 
     /// The worst relative errors seen, per quantity and comparison; reported and asserted at the end of a test.
@@ -286,16 +313,19 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             print("\(title), worst relative errors:")
             for key in values.keys.sorted() {
                 print(String(format: "  %-52@ %.2e  (%@)", key as NSString, values[key]!, places[key]! as NSString))
-                XCTAssertLessThanOrEqual(values[key]!, tolerance, "\(title): \(key) at \(places[key]!)",
-                                         file: file, line: line)
+                XCTAssertLessThanOrEqual(
+                    values[key]!, tolerance, "\(title): \(key) at \(places[key]!)",
+                    file: file, line: line)
             }
         }
     }
 
     /// Runs `c` on every available path in both layouts and checks: each against the reference; channels-last
     /// against channels-first on the same path; the native and AVX2 channels-last outputs against the portable.
-    func check(_ c: LayerCase, shape: [Int], worst: Worst, rng: inout SeededGenerator,
-               file: StaticString = #filePath, line: UInt = #line) throws {
+    func check(
+        _ c: LayerCase, shape: [Int], worst: Worst, rng: inout SeededGenerator,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let count = shape.reduce(1, *)
         let x = Kit.randomLogical(count, mean: 0.4, std: 1.7, &rng)
         let dy = Kit.randomLogical(count, mean: 0.1, std: 1, &rng)
@@ -303,8 +333,9 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         var results: [Path: [TensorLayout: Outputs]] = [:]
         for path in Path.allCases where select(path) {
             for layout in TensorLayout.allCases {
-                results[path, default: [:]][layout] = try run(c, shape: shape, x: x, dy: dy, layout: layout,
-                                                              file: file, line: line)
+                results[path, default: [:]][layout] = try run(
+                    c, shape: shape, x: x, dy: dy, layout: layout,
+                    file: file, line: line)
             }
         }
         select(.native)
@@ -323,8 +354,9 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             }
         }
         func asReference(_ o: Outputs) -> ReferenceOutputs {
-            ReferenceOutputs(y: o.y, dx: o.dx, dgamma: o.dgamma, dbeta: o.dbeta, yEval: o.yEval,
-                             dgammaScale: reference?.dgammaScale ?? 0, dbetaScale: reference?.dbetaScale ?? 0)
+            ReferenceOutputs(
+                y: o.y, dx: o.dx, dgamma: o.dgamma, dbeta: o.dbeta, yEval: o.yEval,
+                dgammaScale: reference?.dgammaScale ?? 0, dbetaScale: reference?.dbetaScale ?? 0)
         }
         func compareState(_ a: Outputs, _ b: Outputs, _ what: String) {
             XCTAssertEqual(Set(a.state.keys), Set(b.state.keys), "\(what) \(place)", file: file, line: line)
@@ -406,11 +438,14 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             let positions = shape.dropFirst(2).reduce(1, *)
             // ≥ 3 values per chunk (with fewer the warm-up dx is rounding noise).
             let k = Self.ghost(shape[0]).flatMap { $0 * positions >= 3 ? $0 : nil }
-            try check(Self.movingAverageCase(shape, normBatch: nil, iters: 0, &rng), shape: shape, worst: worst, rng: &rng)
-            try check(Self.movingAverageCase(shape, normBatch: k, iters: 1500, &rng), shape: shape, worst: worst,
-                      rng: &rng)
-            try check(Self.movingAverageBatchNormFormCase(shape, normBatch: k, &rng), shape: shape, worst: worst,
-                      rng: &rng)
+            try check(
+                Self.movingAverageCase(shape, normBatch: nil, iters: 0, &rng), shape: shape, worst: worst, rng: &rng)
+            try check(
+                Self.movingAverageCase(shape, normBatch: k, iters: 1500, &rng), shape: shape, worst: worst,
+                rng: &rng)
+            try check(
+                Self.movingAverageBatchNormFormCase(shape, normBatch: k, &rng), shape: shape, worst: worst,
+                rng: &rng)
         }
         worst.assertBelow(tolerance, "ChannelsLastKernelTests MABN")
     }
@@ -452,8 +487,11 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
                 ("BRN", { try BatchRenorm(channels: c, affine: false) }, .batchNorm(normBatch: shape[0])),
             ]
             for groups in Self.groups(c) {
-                layers.append(("GN \(groups) groups", { try GroupNorm(channels: c, groups: groups, affine: false) },
-                               .groupNorm(groups: groups)))
+                layers.append(
+                    (
+                        "GN \(groups) groups", { try GroupNorm(channels: c, groups: groups, affine: false) },
+                        .groupNorm(groups: groups)
+                    ))
             }
             for (name, make, sets) in layers {
                 let forward = Float64Reference.forward(rx, sets: sets, gamma: nil, beta: nil)
@@ -466,7 +504,8 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
                         let dx = try layer.backward(Kit.tensor(shape, layout, dy)).input
                         let ry = Self.refTensor(shape, Kit.logical(y))
                         let place = "\(name) \(shape) x = \(offset) ± \(spread) \(path.rawValue) \(layout)"
-                        let ey = Kit.relErr(ry.data, forward.y.data), edx = Kit.relErr(Kit.logical(dx), backward.dx.data)
+                        let ey = Kit.relErr(ry.data, forward.y.data),
+                            edx = Kit.relErr(Kit.logical(dx), backward.dx.data)
                         worst.record("y vs float64", ey, place)
                         worst.record("dx vs float64", edx, place)
                         var worstMean = 0.0, worstVariance = 0.0
@@ -474,7 +513,9 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
                             var total = 0.0, squares = 0.0, n = 0.0
                             for (i, ch) in set { for p in 0..<ry.positions { total += ry[i, ch, p]; n += 1 } }
                             let mean = total / n
-                            for (i, ch) in set { for p in 0..<ry.positions { squares += (ry[i, ch, p] - mean) * (ry[i, ch, p] - mean) } }
+                            for (i, ch) in set {
+                                for p in 0..<ry.positions { squares += (ry[i, ch, p] - mean) * (ry[i, ch, p] - mean) }
+                            }
                             let v = forward.variance[s], want = v / (v + 1e-5)
                             worstMean = max(worstMean, abs(mean))
                             worstVariance = max(worstVariance, abs(squares / n - want) / want)
@@ -489,9 +530,10 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             // Frozen BN far from zero.
             let rm = (0..<c).map { _ in Float(offset + Double.random(in: -1...1, using: &rng) * spread) }
             let rv = (0..<c).map { _ in Float(spread * spread * Double.random(in: 0.5...2, using: &rng)) }
-            let ref = FrozenBatchNormTests.Reference(gamma: [Double](repeating: 1, count: c),
-                                                     beta: [Double](repeating: 0, count: c), mean: Self.doubles(rm),
-                                                     variance: Self.doubles(rv), epsilon: Double(Float(1e-5)))
+            let ref = FrozenBatchNormTests.Reference(
+                gamma: [Double](repeating: 1, count: c),
+                beta: [Double](repeating: 0, count: c), mean: Self.doubles(rm),
+                variance: Self.doubles(rv), epsilon: Double(Float(1e-5)))
             let want = ref.forward(x, channels: c, positions: shape.dropFirst(2).reduce(1, *))
             for path in Path.allCases where select(path) {
                 for layout in TensorLayout.allCases {
@@ -499,11 +541,13 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
                     try layer.loadStateDict([
                         "weight": .float32(shape: [c], values: [Float](repeating: 1, count: c)),
                         "bias": .float32(shape: [c], values: [Float](repeating: 0, count: c)),
-                        "running_mean": .float32(shape: [c], values: rm), "running_var": .float32(shape: [c], values: rv),
+                        "running_mean": .float32(shape: [c], values: rm),
+                        "running_var": .float32(shape: [c], values: rv),
                     ])
                     let y = try layer.forward(Kit.tensor(shape, layout, x), training: false)
                     let e = Kit.relErr(Kit.logical(y), want)
-                    worst.record("y vs float64", e, "frozen BN \(shape) x = \(offset) ± \(spread) \(path.rawValue) \(layout)")
+                    worst.record(
+                        "y vs float64", e, "frozen BN \(shape) x = \(offset) ± \(spread) \(path.rawValue) \(layout)")
                     byLayout["frozen BN \(shape) x = \(offset) ± \(spread) \(path.rawValue)", default: [:]][layout] = e
                 }
             }
@@ -513,8 +557,9 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         statistics.assertBelow(1e-4, "ChannelsLastKernelTests 1e4 + 0.01·randn, statistics of y")
         for (key, errors) in byLayout.sorted(by: { $0.key < $1.key }) {
             guard let first = errors[.channelsFirst], let last = errors[.channelsLast] else { continue }
-            XCTAssertLessThanOrEqual(last, max(10 * first, 2e-6),
-                                     "\(key): channels-last error \(last) vs channels-first \(first)")
+            XCTAssertLessThanOrEqual(
+                last, max(10 * first, 2e-6),
+                "\(key): channels-last error \(last) vs channels-first \(first)")
         }
     }
 
@@ -531,8 +576,10 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             let dy = Kit.randomLogical(count, mean: 0.1, std: 1, &rng)
             var cases = [Self.groupNormCase(shape, groups: 13, &rng), Self.frozenCase(shape, &rng)]
             if shape[0] > 1 {
-                cases += [Self.batchNormCase(shape, normBatch: nil, &rng), Self.batchRenormCase(shape, normBatch: 1, &rng),
-                          Self.movingAverageCase(shape, normBatch: nil, iters: 1500, &rng)]
+                cases += [
+                    Self.batchNormCase(shape, normBatch: nil, &rng), Self.batchRenormCase(shape, normBatch: 1, &rng),
+                    Self.movingAverageCase(shape, normBatch: nil, iters: 1500, &rng),
+                ]
             }
             for c in cases {
                 for path in [Path.native, .portable] where select(path) {

@@ -4,8 +4,8 @@
 // finite-difference tests check its own backward.
 
 import Foundation
-import XCTest
 import NormKit
+import XCTest
 
 /// A logical `(N, C, M)` array of Doubles (`M` = flattened spatial positions), indexed `(n·C + c)·M + p`
 /// whatever the memory layout of the tensor it came from.
@@ -92,8 +92,10 @@ struct RefBackward {
 enum Float64Reference {
     /// Training forward for any normalization set family (spec §1): `μ`, biased `var`, `x̂ = (x−μ)·rstd`,
     /// `y = γ_c·x̂ + β_c`. `gamma`/`beta` nil means 1 and 0.
-    static func forward(_ x: RefTensor, sets kind: RefSets, gamma: [Double]?, beta: [Double]?,
-                        epsilon: Double = 1e-5) -> RefForward {
+    static func forward(
+        _ x: RefTensor, sets kind: RefSets, gamma: [Double]?, beta: [Double]?,
+        epsilon: Double = 1e-5
+    ) -> RefForward {
         let sets = kind.members(batch: x.batch, channels: x.channels)
         var y = RefTensor(batch: x.batch, channels: x.channels, positions: x.positions)
         var xhat = y
@@ -136,8 +138,10 @@ enum Float64Reference {
 
     /// Backward of the training forward (spec §1): per set, with `g = γ_c·dy`,
     /// `dx = rstd·(g − mean_I(g) − x̂·mean_I(g·x̂))`; `dγ_c = Σ dy·x̂`, `dβ_c = Σ dy` over every element of `c`.
-    static func backward(_ x: RefTensor, dy: RefTensor, sets kind: RefSets, gamma: [Double]?,
-                         epsilon: Double = 1e-5) -> RefBackward {
+    static func backward(
+        _ x: RefTensor, dy: RefTensor, sets kind: RefSets, gamma: [Double]?,
+        epsilon: Double = 1e-5
+    ) -> RefBackward {
         let fwd = forward(x, sets: kind, gamma: gamma, beta: nil, epsilon: epsilon)
         let sets = kind.members(batch: x.batch, channels: x.channels)
         var dx = RefTensor(batch: x.batch, channels: x.channels, positions: x.positions)
@@ -173,8 +177,10 @@ enum Float64Reference {
     }
 
     /// BN eval (spec §2): `y = γ_c·(x − running_mean_c)/sqrt(running_var_c + ε) + β_c`.
-    static func batchNormEval(_ x: RefTensor, runningMean: [Double], runningVariance: [Double],
-                              gamma: [Double]?, beta: [Double]?, epsilon: Double = 1e-5) -> RefTensor {
+    static func batchNormEval(
+        _ x: RefTensor, runningMean: [Double], runningVariance: [Double],
+        gamma: [Double]?, beta: [Double]?, epsilon: Double = 1e-5
+    ) -> RefTensor {
         var y = RefTensor(batch: x.batch, channels: x.channels, positions: x.positions)
         for n in 0..<x.batch {
             for c in 0..<x.channels {
@@ -189,8 +195,10 @@ enum Float64Reference {
 
     /// BN running statistics (spec §2, PyTorch convention): `r ← (1−m)·r + m·batch`, the stored variance
     /// unbiased, updated once per forward with the ghost batches' average (NormKit's documented choice).
-    static func updateRunning(mean: inout [Double], variance: inout [Double], with fwd: RefForward,
-                              momentum: Double) {
+    static func updateRunning(
+        mean: inout [Double], variance: inout [Double], with fwd: RefForward,
+        momentum: Double
+    ) {
         for c in 0..<mean.count {
             mean[c] = (1 - momentum) * mean[c] + momentum * fwd.channelMean[c]
             variance[c] = (1 - momentum) * variance[c] + momentum * fwd.channelUnbiasedVariance[c]
@@ -206,15 +214,18 @@ enum Float64Reference {
     }
 
     /// Central finite differences of `L = Σ w·y` with respect to `x`, `γ` and `β` (γ, β default to 1, 0).
-    static func finiteDifferences(_ x: RefTensor, w: RefTensor, sets: RefSets, gamma: [Double]?, beta: [Double]?,
-                                  step h: Double = 1e-5) -> RefBackward {
+    static func finiteDifferences(
+        _ x: RefTensor, w: RefTensor, sets: RefSets, gamma: [Double]?, beta: [Double]?,
+        step h: Double = 1e-5
+    ) -> RefBackward {
         var dx = RefTensor(batch: x.batch, channels: x.channels, positions: x.positions)
         for i in 0..<x.count {
             var plus = x, minus = x
             plus.data[i] += h
             minus.data[i] -= h
-            dx.data[i] = (loss(plus, w: w, sets: sets, gamma: gamma, beta: beta)
-                - loss(minus, w: w, sets: sets, gamma: gamma, beta: beta)) / (2 * h)
+            dx.data[i] =
+                (loss(plus, w: w, sets: sets, gamma: gamma, beta: beta)
+                    - loss(minus, w: w, sets: sets, gamma: gamma, beta: beta)) / (2 * h)
         }
         let g0 = gamma ?? [Double](repeating: 1, count: x.channels)
         let b0 = beta ?? [Double](repeating: 0, count: x.channels)
@@ -223,13 +234,15 @@ enum Float64Reference {
             var gp = g0, gm = g0
             gp[c] += h
             gm[c] -= h
-            dgamma[c] = (loss(x, w: w, sets: sets, gamma: gp, beta: b0)
-                - loss(x, w: w, sets: sets, gamma: gm, beta: b0)) / (2 * h)
+            dgamma[c] =
+                (loss(x, w: w, sets: sets, gamma: gp, beta: b0)
+                    - loss(x, w: w, sets: sets, gamma: gm, beta: b0)) / (2 * h)
             var bp = b0, bm = b0
             bp[c] += h
             bm[c] -= h
-            dbeta[c] = (loss(x, w: w, sets: sets, gamma: g0, beta: bp)
-                - loss(x, w: w, sets: sets, gamma: g0, beta: bm)) / (2 * h)
+            dbeta[c] =
+                (loss(x, w: w, sets: sets, gamma: g0, beta: bp)
+                    - loss(x, w: w, sets: sets, gamma: g0, beta: bm)) / (2 * h)
         }
         return RefBackward(dx: dx, dgamma: dgamma, dbeta: dbeta)
     }
@@ -279,8 +292,10 @@ extension SeededGenerator {
 }
 
 /// A random tensor (standard normal times `scale`, plus `offset`) in `layout`.
-func randomTensor(_ shape: [Int], layout: TensorLayout = .channelsFirst, scale: Float = 1, offset: Float = 0,
-                  using rng: inout SeededGenerator) -> Tensor {
+func randomTensor(
+    _ shape: [Int], layout: TensorLayout = .channelsFirst, scale: Float = 1, offset: Float = 0,
+    using rng: inout SeededGenerator
+) -> Tensor {
     Tensor.randomNormal(shape: shape, layout: layout, mean: offset, standardDeviation: scale, using: &rng)
 }
 
@@ -314,10 +329,12 @@ func randomSpatial(rank: Int, using rng: inout SeededGenerator) -> [Int] {
 /// Runs one training forward and backward of `layer` on `x`, `dy` and compares `y`, `dx`, `dγ`, `dβ` with the
 /// float64 reference for `sets`. Returns the reference forward (for running-statistics checks).
 @discardableResult
-func checkTrainingStep(_ layer: NormalizationLayer, sets: RefSets, x: Tensor, dy: Tensor,
-                       gamma: [Double]?, beta: [Double]?, label: String, log: ErrorLog,
-                       tolerance: Double = referenceTolerance,
-                       file: StaticString = #filePath, line: UInt = #line) throws -> RefForward {
+func checkTrainingStep(
+    _ layer: NormalizationLayer, sets: RefSets, x: Tensor, dy: Tensor,
+    gamma: [Double]?, beta: [Double]?, label: String, log: ErrorLog,
+    tolerance: Double = referenceTolerance,
+    file: StaticString = #filePath, line: UInt = #line
+) throws -> RefForward {
     let rx = RefTensor(x), rdy = RefTensor(dy)
     let ref = Float64Reference.forward(rx, sets: sets, gamma: gamma, beta: beta)
     let y = try layer.forward(x, training: true)
@@ -353,16 +370,19 @@ func checkTrainingStep(_ layer: NormalizationLayer, sets: RefSets, x: Tensor, dy
 
 /// Compares the Swift backward of `layer` (with `dy = w`) with central finite differences of `L = Σ w·y` on
 /// the float64 reference forward, and checks the reference's own analytic backward against the same FD.
-func checkFiniteDifferences(_ layer: NormalizationLayer, sets: RefSets, x: Tensor, w: Tensor,
-                            gamma: [Double]?, beta: [Double]?, label: String, log: ErrorLog,
-                            tolerance: Double = referenceTolerance,
-                            file: StaticString = #filePath, line: UInt = #line) throws {
+func checkFiniteDifferences(
+    _ layer: NormalizationLayer, sets: RefSets, x: Tensor, w: Tensor,
+    gamma: [Double]?, beta: [Double]?, label: String, log: ErrorLog,
+    tolerance: Double = referenceTolerance,
+    file: StaticString = #filePath, line: UInt = #line
+) throws {
     let rx = RefTensor(x), rw = RefTensor(w)
     let fd = Float64Reference.finiteDifferences(rx, w: rw, sets: sets, gamma: gamma, beta: beta)
     let analytic = Float64Reference.backward(rx, dy: rw, sets: sets, gamma: gamma)
     // The reference itself: float64 analytic vs float64 FD (truncation O(h²) and rounding O(1e-16/h)).
-    let refErr = max(relativeError(analytic.dx.data, fd.dx.data), relativeError(analytic.dgamma, fd.dgamma),
-                     relativeError(analytic.dbeta, fd.dbeta))
+    let refErr = max(
+        relativeError(analytic.dx.data, fd.dx.data), relativeError(analytic.dgamma, fd.dgamma),
+        relativeError(analytic.dbeta, fd.dbeta))
     log.record("reference vs FD", refErr)
     XCTAssertLessThanOrEqual(refErr, 1e-8, "reference backward vs FD \(label)", file: file, line: line)
 

@@ -20,7 +20,9 @@ final class FrozenBatchNormTests: XCTestCase {
             }
         }
 
-        func backward(_ x: [Double], _ dy: [Double], channels: Int, positions: Int)
+        func backward(
+            _ x: [Double], _ dy: [Double], channels: Int, positions: Int
+        )
             -> (dx: [Double], dgamma: [Double], dbeta: [Double], dgammaScale: Double, dbetaScale: Double)
         {
             var dgamma = [Double](repeating: 0, count: channels), dbeta = dgamma, dgAbs = dgamma, dbAbs = dgamma
@@ -39,16 +41,22 @@ final class FrozenBatchNormTests: XCTestCase {
     /// A frozen BN with random statistics and affine (through loadStateDict) and its reference.
     func makePair(channels: Int, rng: inout SeededGenerator) throws -> (FrozenBatchNorm, Reference) {
         let layer = try FrozenBatchNorm(channels: channels, trainableAffine: true)
-        let gamma = Kit.randomFloats(channels, in: -1.5...1.5, &rng), beta = Kit.randomFloats(channels, in: -1...1, &rng)
-        let mean = Kit.randomFloats(channels, in: -2...2, &rng), variance = Kit.randomFloats(channels, in: 0.01...4, &rng)
+        let gamma = Kit.randomFloats(channels, in: -1.5...1.5, &rng),
+            beta = Kit.randomFloats(channels, in: -1...1, &rng)
+        let mean = Kit.randomFloats(channels, in: -2...2, &rng),
+            variance = Kit.randomFloats(channels, in: 0.01...4, &rng)
         try layer.loadStateDict([
             "weight": .float32(shape: [channels], values: gamma), "bias": .float32(shape: [channels], values: beta),
             "running_mean": .float32(shape: [channels], values: mean),
             "running_var": .float32(shape: [channels], values: variance),
         ])
         let d = { (v: [Float]) in v.map(Double.init) }
-        return (layer, Reference(gamma: d(gamma), beta: d(beta), mean: d(mean), variance: d(variance),
-                                 epsilon: Double(layer.epsilon)))
+        return (
+            layer,
+            Reference(
+                gamma: d(gamma), beta: d(beta), mean: d(mean), variance: d(variance),
+                epsilon: Double(layer.epsilon))
+        )
     }
 
     /// Forward (identical in training and evaluation), dx, dγ and dβ agree with the float64 reference to 1e-5
@@ -74,10 +82,16 @@ final class FrozenBatchNormTests: XCTestCase {
                     let grads = try layer.backward(Kit.tensor(shape, layout, dyl))
                     let gr = ref.backward(xl, dyl, channels: channels, positions: positions)
                     let context = "\(shape) \(layout)"
-                    Kit.record(&worst, "y", Kit.relErr(Kit.logical(y), ref.forward(xl, channels: channels, positions: positions)), context)
+                    Kit.record(
+                        &worst, "y",
+                        Kit.relErr(Kit.logical(y), ref.forward(xl, channels: channels, positions: positions)), context)
                     Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), context)
-                    Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale), context)
-                    Kit.record(&worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale), context)
+                    Kit.record(
+                        &worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale),
+                        context)
+                    Kit.record(
+                        &worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale),
+                        context)
                     XCTAssertEqual(layer.stateDict(), state, "a forward changed the frozen statistics")
                 }
             }
@@ -95,8 +109,9 @@ final class FrozenBatchNormTests: XCTestCase {
             "weight": .float32(shape: [2], values: [2, 1]), "bias": .float32(shape: [2], values: [0.5, 0]),
             "running_mean": .float32(shape: [2], values: rm), "running_var": .float32(shape: [2], values: rv),
         ])
-        let ref = Reference(gamma: [2, 1], beta: [0.5, 0], mean: rm.map(Double.init), variance: rv.map(Double.init),
-                            epsilon: Double(layer.epsilon))
+        let ref = Reference(
+            gamma: [2, 1], beta: [0.5, 0], mean: rm.map(Double.init), variance: rv.map(Double.init),
+            epsilon: Double(layer.epsilon))
         var worst = 0.0
         for layout in TensorLayout.allCases {
             var xl = Kit.randomLogical(3 * 2 * 8, mean: 0, std: 0.01, &rng)
@@ -112,7 +127,9 @@ final class FrozenBatchNormTests: XCTestCase {
     func testBackwardMatchesFiniteDifferences() throws {
         var rng = SeededGenerator(seed: 502)
         var worst: [String: Double] = [:]
-        for (shape, layout) in [([3, 4, 5], TensorLayout.channelsFirst), ([2, 3, 2, 2], .channelsLast), ([4, 2], .channelsFirst)] {
+        for (shape, layout) in [
+            ([3, 4, 5], TensorLayout.channelsFirst), ([2, 3, 2, 2], .channelsLast), ([4, 2], .channelsFirst),
+        ] {
             let channels = shape[1], positions = shape.dropFirst(2).reduce(1, *)
             let (layer, ref) = try makePair(channels: channels, rng: &rng)
             let xl = Kit.randomLogical(shape.reduce(1, *), mean: 0, std: 1.5, &rng)
@@ -157,7 +174,8 @@ final class FrozenBatchNormTests: XCTestCase {
                 bn.bias!.value = [0.1, 0.2, -0.3]
             }
             for _ in 0..<5 {
-                _ = try bn.forward(Kit.randomTensor([4, 3, 2, 3], .channelsFirst, mean: 1, std: 3, &rng), training: true)
+                _ = try bn.forward(
+                    Kit.randomTensor([4, 3, 2, 3], .channelsFirst, mean: 1, std: 3, &rng), training: true)
             }
             let frozen = try FrozenBatchNorm(bn)
             XCTAssertEqual(frozen.epsilon, 1e-3)

@@ -98,11 +98,15 @@ final class FusedActivationTests: KernelPathTestCase {
         func assertClean(_ title: String, file: StaticString = #filePath, line: UInt = #line) {
             XCTAssertGreaterThan(checks, 0, "\(title): nothing was checked", file: file, line: line)
             for (key, f) in failures.sorted(by: { $0.key < $1.key }) {
-                XCTFail("\(title): \(key) fails in \(f.count) case(s), e.g. \(f.examples.joined(separator: " | "))",
-                        file: file, line: line)
+                XCTFail(
+                    "\(title): \(key) fails in \(f.count) case(s), e.g. \(f.examples.joined(separator: " | "))",
+                    file: file, line: line)
             }
-            let lines = worst.keys.sorted().map { String(format: "  %-44@ %.3e  (%@)", $0 as NSString, worst[$0]!.value,
-                                                         worst[$0]!.context as NSString) }
+            let lines = worst.keys.sorted().map {
+                String(
+                    format: "  %-44@ %.3e  (%@)", $0 as NSString, worst[$0]!.value,
+                    worst[$0]!.context as NSString)
+            }
             print("\(title) (\(checks) checks):\n" + lines.joined(separator: "\n"))
         }
     }
@@ -143,11 +147,14 @@ final class FusedActivationTests: KernelPathTestCase {
     static func middleGroups(_ c: Int) -> Int? { [2, 3, 4, 8, 16].filter { c % $0 == 0 && $0 < c }.last }
 
     static func specs(_ family: Family, channels c: Int) -> [LayerSpec] {
-        func spec(_ label: String, ghost: Int? = nil, subtractsMean: Bool = true, evaluationBetween: Bool = false,
-                  backwardState: Bool = false, values: @escaping ([Int]) -> Int,
-                  _ make: @escaping (Int) throws -> NormalizationLayer) -> LayerSpec {
-            LayerSpec(label: label, make: make, valuesPerSet: values, subtractsMean: subtractsMean, ghost: ghost,
-                      evaluationBetween: evaluationBetween, backwardState: backwardState)
+        func spec(
+            _ label: String, ghost: Int? = nil, subtractsMean: Bool = true, evaluationBetween: Bool = false,
+            backwardState: Bool = false, values: @escaping ([Int]) -> Int,
+            _ make: @escaping (Int) throws -> NormalizationLayer
+        ) -> LayerSpec {
+            LayerSpec(
+                label: label, make: make, valuesPerSet: values, subtractsMean: subtractsMean, ghost: ghost,
+                evaluationBetween: evaluationBetween, backwardState: backwardState)
         }
         let brnSchedule = BatchRenorm.Schedule(warmupSteps: 0, rMax: 1.2, dMax: 0.1, rSteps: 1, dSteps: 1)
         switch family {
@@ -173,9 +180,10 @@ final class FusedActivationTests: KernelPathTestCase {
                 },
             ]
             if let g = middleGroups(c) {
-                specs.append(spec("GN \(g) groups", values: { $0[1] / g * positions($0) }) {
-                    try GroupNorm(channels: $0, groups: g)
-                })
+                specs.append(
+                    spec("GN \(g) groups", values: { $0[1] / g * positions($0) }) {
+                        try GroupNorm(channels: $0, groups: g)
+                    })
             }
             return specs
         case .batchRenorm:
@@ -192,20 +200,27 @@ final class FusedActivationTests: KernelPathTestCase {
             ]
         case .movingAverage:
             return [
-                spec("MABN", subtractsMean: false, evaluationBetween: true, backwardState: true,
-                     values: { $0[0] * positions($0) }) {
+                spec(
+                    "MABN", subtractsMean: false, evaluationBetween: true, backwardState: true,
+                    values: { $0[0] * positions($0) }
+                ) {
                     try MovingAverageBatchNorm(channels: $0, bufferSize: 2, warmup: 0)
                 },
-                spec("MABN normBatch 2", ghost: 2, subtractsMean: false, evaluationBetween: true, backwardState: true,
-                     values: { 2 * positions($0) }) {
+                spec(
+                    "MABN normBatch 2", ghost: 2, subtractsMean: false, evaluationBetween: true, backwardState: true,
+                    values: { 2 * positions($0) }
+                ) {
                     try MovingAverageBatchNorm(channels: $0, bufferSize: 3, warmup: 0, normBatch: 2)
                 },
                 spec("MABN BN form", evaluationBetween: true, backwardState: true, values: { $0[0] * positions($0) }) {
-                    try MovingAverageBatchNorm(channels: $0, bufferSize: 2, warmup: 0,
-                                               parts: MovingAverageBatchNorm.Parts(secondMomentForm: false))
+                    try MovingAverageBatchNorm(
+                        channels: $0, bufferSize: 2, warmup: 0,
+                        parts: MovingAverageBatchNorm.Parts(secondMomentForm: false))
                 },
-                spec("MABN affine false", subtractsMean: false, evaluationBetween: true, backwardState: true,
-                     values: { $0[0] * positions($0) }) {
+                spec(
+                    "MABN affine false", subtractsMean: false, evaluationBetween: true, backwardState: true,
+                    values: { $0[0] * positions($0) }
+                ) {
                     try MovingAverageBatchNorm(channels: $0, bufferSize: 2, warmup: 0, affine: false)
                 },
             ]
@@ -213,7 +228,7 @@ final class FusedActivationTests: KernelPathTestCase {
             return [
                 spec("frozen BN", subtractsMean: false, evaluationBetween: true, values: { _ in Int.max }) {
                     try FrozenBatchNorm(channels: $0, trainableAffine: true)
-                },
+                }
             ]
         }
     }
@@ -289,9 +304,10 @@ final class FusedActivationTests: KernelPathTestCase {
                     for layout in TensorLayout.allCases {
                         let x = xs.map { $0.converted(to: layout) }, dy = dys.map { $0.converted(to: layout) }
                         for activation in [FusedActivation.relu, .silu] {
-                            try checkComposition(spec, activation: activation, state: state, x: x, dy: dy,
-                                                 context: "\(spec.label) \(activation) \(shape) \(layout) \(path)",
-                                                 tally: tally)
+                            try checkComposition(
+                                spec, activation: activation, state: state, x: x, dy: dy,
+                                context: "\(spec.label) \(activation) \(shape) \(layout) \(path)",
+                                tally: tally)
                         }
                     }
                 }
@@ -305,8 +321,10 @@ final class FusedActivationTests: KernelPathTestCase {
     /// `A(x) == act(B(x))`, `A.backward(dy) == B.backward(dy ⊙ act'(B(x)))`, and the same running state after.
     /// A writes into tensors kept across steps (`forward(_:into:training:)`, `backward(_:into:)` reuse their
     /// memory, so stale values of the last step sit there); B allocates.
-    func checkComposition(_ spec: LayerSpec, activation: FusedActivation, state: [String: StateTensor],
-                          x: [Tensor], dy: [Tensor], context: String, tally: Tally) throws {
+    func checkComposition(
+        _ spec: LayerSpec, activation: FusedActivation, state: [String: StateTensor],
+        x: [Tensor], dy: [Tensor], context: String, tally: Tally
+    ) throws {
         let c = x[0].channels
         let fused = try spec.make(c), plain = try spec.make(c)
         try fused.loadStateDict(state)
@@ -324,23 +342,31 @@ final class FusedActivationTests: KernelPathTestCase {
                 // An evaluation forward between a training forward and its backward changes nothing.
                 try fused.forward(x[2], into: &ye, training: false)
                 let ze = try plain.forward(x[2], training: false)
-                tally.check("evaluation y (backward pending) vs act(twin)", Self.forwardRatio(ye, ze, activation),
-                            limit: 1, at)
+                tally.check(
+                    "evaluation y (backward pending) vs act(twin)", Self.forwardRatio(ye, ze, activation),
+                    limit: 1, at)
             }
             try fused.backward(dy[step], into: &dx)
             let gp = try plain.backward(Self.chain(dy[step], through: z, activation))
             tally.expect("dx shape and layout", dx.shape == x[step].shape && dx.layout == x[step].layout, at)
-            tally.check("dx vs twin's for dy·act'(z)", Kit.relErr(dx.values.map(Double.init),
-                                                                  gp.input.values.map(Double.init)),
-                        limit: Self.backwardTolerance, at)
+            tally.check(
+                "dx vs twin's for dy·act'(z)",
+                Kit.relErr(
+                    dx.values.map(Double.init),
+                    gp.input.values.map(Double.init)),
+                limit: Self.backwardTolerance, at)
             if let dg = fused.weight?.gradient, let db = fused.bias?.gradient, let pg = gp.weight, let pb = gp.bias {
-                tally.check("dγ vs twin's", Kit.relErr(dg.map(Double.init), pg.map(Double.init)),
-                            limit: Self.backwardTolerance, at)
-                tally.check("dβ vs twin's", Kit.relErr(db.map(Double.init), pb.map(Double.init)),
-                            limit: Self.backwardTolerance, at)
+                tally.check(
+                    "dγ vs twin's", Kit.relErr(dg.map(Double.init), pg.map(Double.init)),
+                    limit: Self.backwardTolerance, at)
+                tally.check(
+                    "dβ vs twin's", Kit.relErr(db.map(Double.init), pb.map(Double.init)),
+                    limit: Self.backwardTolerance, at)
             } else {
-                tally.expect("affine gradients exactly when affine", fused.weight == nil && fused.bias == nil
-                                && gp.weight == nil && gp.bias == nil, at)
+                tally.expect(
+                    "affine gradients exactly when affine",
+                    fused.weight == nil && fused.bias == nil
+                        && gp.weight == nil && gp.bias == nil, at)
             }
         }
         try fused.forward(x[2], into: &ye, training: false)
@@ -353,9 +379,11 @@ final class FusedActivationTests: KernelPathTestCase {
         for (key, value) in sf {
             guard let other = sp[key] else { continue }
             if spec.backwardState, ["buffer_gz", "buffer_g"].contains(key),
-               case .float32(_, let a) = value, case .float32(_, let b) = other {
-                tally.check("MABN backward buffers vs twin's", Kit.relErr(a.map(Double.init), b.map(Double.init)),
-                            limit: Self.backwardTolerance, "\(context) \(key)")
+                case .float32(_, let a) = value, case .float32(_, let b) = other
+            {
+                tally.check(
+                    "MABN backward buffers vs twin's", Kit.relErr(a.map(Double.init), b.map(Double.init)),
+                    limit: Self.backwardTolerance, "\(context) \(key)")
             } else {
                 tally.expect("running state equals the twin's", value == other, "\(context) \(key)")
             }
@@ -378,9 +406,10 @@ final class FusedActivationTests: KernelPathTestCase {
         for path in [Path.native, .avx2] where select(path) {
             for (threads, activation) in [(Self.defaultThreads, FusedActivation.silu), (5, .relu)] {
                 Parallelism.threadCount = threads
-                try checkComposition(spec, activation: activation, state: state, x: x, dy: dy,
-                                     context: "\(spec.label) \(activation) \(shape) \(path) \(threads) threads",
-                                     tally: tally)
+                try checkComposition(
+                    spec, activation: activation, state: state, x: x, dy: dy,
+                    context: "\(spec.label) \(activation) \(shape) \(path) \(threads) threads",
+                    tally: tally)
             }
         }
         try XCTSkipIf(tally.checks == 0, "this CPU has no native kernels")
@@ -414,16 +443,20 @@ final class FusedActivationTests: KernelPathTestCase {
     }
 
     /// `Σ w ⊙ act(norm(x))` in float64 (`Float64Reference.forward`, then the activation written here).
-    static func compositeOutput(_ x: [Double], shape: [Int], sets: RefSets, gamma: [Double], beta: [Double],
-                                _ activation: FusedActivation) -> (z: [Double], y: [Double]) {
+    static func compositeOutput(
+        _ x: [Double], shape: [Int], sets: RefSets, gamma: [Double], beta: [Double],
+        _ activation: FusedActivation
+    ) -> (z: [Double], y: [Double]) {
         let rx = RefTensor(batch: shape[0], channels: shape[1], positions: positions(shape), data: x)
         let z = Float64Reference.forward(rx, sets: sets, gamma: gamma, beta: beta).y.data
         return (z, z.map { act64(activation, $0) })
     }
 
     /// Central finite differences (step `h`) of `L = Σ w ⊙ act(norm(x))` with respect to x, γ and β.
-    static func finiteDifferences(_ x: [Double], w: [Double], shape: [Int], sets: RefSets, gamma: [Double],
-                                  beta: [Double], _ activation: FusedActivation, h: Double = 1e-5)
+    static func finiteDifferences(
+        _ x: [Double], w: [Double], shape: [Int], sets: RefSets, gamma: [Double],
+        beta: [Double], _ activation: FusedActivation, h: Double = 1e-5
+    )
         -> (dx: [Double], dgamma: [Double], dbeta: [Double])
     {
         func loss(_ x: [Double], _ g: [Double], _ b: [Double]) -> Double {
@@ -432,13 +465,19 @@ final class FusedActivationTests: KernelPathTestCase {
         }
         func central(_ f: (Double) -> Double) -> Double { (f(h) - f(-h)) / (2 * h) }
         let dx = x.indices.map { i in
-            central { d in var p = x; p[i] += d; return loss(p, gamma, beta) }
+            central { d in
+                var p = x; p[i] += d; return loss(p, gamma, beta)
+            }
         }
         let dgamma = gamma.indices.map { c in
-            central { d in var p = gamma; p[c] += d; return loss(x, p, beta) }
+            central { d in
+                var p = gamma; p[c] += d; return loss(x, p, beta)
+            }
         }
         let dbeta = beta.indices.map { c in
-            central { d in var p = beta; p[c] += d; return loss(x, gamma, p) }
+            central { d in
+                var p = beta; p[c] += d; return loss(x, gamma, p)
+            }
         }
         return (dx, dgamma, dbeta)
     }
@@ -453,21 +492,26 @@ final class FusedActivationTests: KernelPathTestCase {
     /// The float layer (γ, β set, `activation`) against float64: the training output, and `dx`, `dγ`, `dβ` for
     /// `dy = w` against central finite differences of the float64 composite. Also checks the float64 chain rule
     /// (norm backward of `w ⊙ act'(z)`) against the same finite differences.
-    func checkAgainstFloat64(_ make: () throws -> NormalizationLayer, activation: FusedActivation, shape: [Int],
-                             sets: RefSets, x: [Double], w: [Double], gamma: [Double], beta: [Double],
-                             label: String, tally: Tally,
-                             afterTraining: ((NormalizationLayer, TensorLayout, String) throws -> Void)? = nil)
+    func checkAgainstFloat64(
+        _ make: () throws -> NormalizationLayer, activation: FusedActivation, shape: [Int],
+        sets: RefSets, x: [Double], w: [Double], gamma: [Double], beta: [Double],
+        label: String, tally: Tally,
+        afterTraining: ((NormalizationLayer, TensorLayout, String) throws -> Void)? = nil
+    )
         throws
     {
         let (z, y) = Self.compositeOutput(x, shape: shape, sets: sets, gamma: gamma, beta: beta, activation)
         let fd = Self.finiteDifferences(x, w: w, shape: shape, sets: sets, gamma: gamma, beta: beta, activation)
         let rx = RefTensor(batch: shape[0], channels: shape[1], positions: Self.positions(shape), data: x)
-        let dz = RefTensor(batch: shape[0], channels: shape[1], positions: Self.positions(shape),
-                           data: zip(w, z).map { $0 * Self.derivative64(activation, $1) })
+        let dz = RefTensor(
+            batch: shape[0], channels: shape[1], positions: Self.positions(shape),
+            data: zip(w, z).map { $0 * Self.derivative64(activation, $1) })
         let analytic = Float64Reference.backward(rx, dy: dz, sets: sets, gamma: gamma)
-        tally.check("float64 chain rule vs finite differences",
-                    max(Kit.relErr(analytic.dx.data, fd.dx), Kit.relErr(analytic.dgamma, fd.dgamma),
-                        Kit.relErr(analytic.dbeta, fd.dbeta)), limit: 1e-7, label)
+        tally.check(
+            "float64 chain rule vs finite differences",
+            max(
+                Kit.relErr(analytic.dx.data, fd.dx), Kit.relErr(analytic.dgamma, fd.dgamma),
+                Kit.relErr(analytic.dbeta, fd.dbeta)), limit: 1e-7, label)
         for path in Path.allCases where select(path) {
             for layout in TensorLayout.allCases {
                 let at = "\(label) \(layout) \(path)"
@@ -479,10 +523,12 @@ final class FusedActivationTests: KernelPathTestCase {
                 tally.check("y vs float64", Kit.relErr(Kit.logical(out), y), limit: 1e-5, at)
                 let grads = try layer.backward(Kit.tensor(shape, layout, w))
                 tally.check("dx vs finite differences", Kit.relErr(Kit.logical(grads.input), fd.dx), limit: 1e-5, at)
-                tally.check("dγ vs finite differences", Kit.relErr(grads.weight!.map(Double.init), fd.dgamma),
-                            limit: 1e-5, at)
-                tally.check("dβ vs finite differences", Kit.relErr(grads.bias!.map(Double.init), fd.dbeta),
-                            limit: 1e-5, at)
+                tally.check(
+                    "dγ vs finite differences", Kit.relErr(grads.weight!.map(Double.init), fd.dgamma),
+                    limit: 1e-5, at)
+                tally.check(
+                    "dβ vs finite differences", Kit.relErr(grads.bias!.map(Double.init), fd.dbeta),
+                    limit: 1e-5, at)
                 try afterTraining?(layer, layout, at)
             }
         }
@@ -496,9 +542,10 @@ final class FusedActivationTests: KernelPathTestCase {
             let x = Kit.randomLogical(count, mean: 0.5, std: 1.5, &rng)
             let w = Kit.randomLogical(count, mean: 0, std: 1, &rng)
             let (gamma, beta) = Self.randomAffine(c, &rng)
-            try checkAgainstFloat64({ try GroupNorm(channels: c, groups: groups) }, activation: .silu, shape: shape,
-                                    sets: .groupNorm(groups: groups), x: x, w: w, gamma: gamma, beta: beta,
-                                    label: "GN \(groups) groups + SiLU \(shape)", tally: tally)
+            try checkAgainstFloat64(
+                { try GroupNorm(channels: c, groups: groups) }, activation: .silu, shape: shape,
+                sets: .groupNorm(groups: groups), x: x, w: w, gamma: gamma, beta: beta,
+                label: "GN \(groups) groups + SiLU \(shape)", tally: tally)
         }
         tally.assertClean("FusedActivationTests GN + SiLU vs float64")
     }
@@ -520,15 +567,19 @@ final class FusedActivationTests: KernelPathTestCase {
             }
             let w = Kit.randomLogical(count, mean: 0, std: 1, &rng)
             let evaluationInput = Kit.randomLogical(count, mean: 0.2, std: 2, &rng)
-            try checkAgainstFloat64({ try BatchNorm(channels: c, normBatch: normBatch) }, activation: .relu,
-                                    shape: shape, sets: sets, x: x, w: w, gamma: gamma, beta: beta,
-                                    label: "BN normBatch \(normBatch) + ReLU \(shape)", tally: tally) { layer, layout, at in
+            try checkAgainstFloat64(
+                { try BatchNorm(channels: c, normBatch: normBatch) }, activation: .relu,
+                shape: shape, sets: sets, x: x, w: w, gamma: gamma, beta: beta,
+                label: "BN normBatch \(normBatch) + ReLU \(shape)", tally: tally
+            ) { layer, layout, at in
                 // Evaluation with the running statistics the training step left: relu(BN_eval(x)) in float64.
                 let bn = layer as! BatchNorm
                 let rx = RefTensor(batch: shape[0], channels: c, positions: m, data: evaluationInput)
                 let want = Float64Reference.batchNormEval(
-                    rx, runningMean: bn.runningMean.map(Double.init), runningVariance: bn.runningVariance.map(Double.init),
-                    gamma: gamma, beta: beta, epsilon: Double(bn.epsilon)).data.map { Self.act64(.relu, $0) }
+                    rx, runningMean: bn.runningMean.map(Double.init),
+                    runningVariance: bn.runningVariance.map(Double.init),
+                    gamma: gamma, beta: beta, epsilon: Double(bn.epsilon)
+                ).data.map { Self.act64(.relu, $0) }
                 let got = try layer.forward(Kit.tensor(shape, layout, evaluationInput), training: false)
                 tally.check("evaluation y vs float64", Kit.relErr(Kit.logical(got), want), limit: 1e-5, at)
             }
@@ -551,7 +602,9 @@ final class FusedActivationTests: KernelPathTestCase {
         let epsilon = Double(Float(1e-5))
         let scale = (0..<c).map { Double(gamma[$0]) / (Double(variance[$0]) + epsilon).squareRoot() }
         func z(_ x: [Double]) -> [Double] {
-            x.indices.map { i in let ch = (i / m) % c; return scale[ch] * (x[i] - Double(mean[ch])) + Double(beta[ch]) }
+            x.indices.map { i in
+                let ch = (i / m) % c; return scale[ch] * (x[i] - Double(mean[ch])) + Double(beta[ch])
+            }
         }
         // Pre-activations away from ReLU's kink, so float and float64 agree on the mask.
         var x: [Double] = []
@@ -585,20 +638,23 @@ final class FusedActivationTests: KernelPathTestCase {
                                 tally.expect("frozen BN: act(NaN) is NaN (\(mode))", y[i].isNaN, "\(at) element \(i)")
                             } else {
                                 let want = Self.act64(activation, zx[i])
-                                tally.check("frozen BN: y vs float64 next to NaN (\(mode))",
-                                            abs(y[i] - want) / (1e-5 * abs(want) + 4e-6), limit: 1, "\(at) element \(i)")
+                                tally.check(
+                                    "frozen BN: y vs float64 next to NaN (\(mode))",
+                                    abs(y[i] - want) / (1e-5 * abs(want) + 4e-6), limit: 1, "\(at) element \(i)")
                             }
                         }
                     }
                     for i in 0..<count where !nanAt.contains(i) {
                         let ch = (i / m) % c, want = scale[ch] * dy[i] * Self.derivative64(activation, zx[i])
-                        tally.check("frozen BN: dx vs float64 next to NaN", abs(dx[i] - want) / (1e-5 * abs(want) + 4e-6),
-                                    limit: 1, "\(at) element \(i)")
+                        tally.check(
+                            "frozen BN: dx vs float64 next to NaN", abs(dx[i] - want) / (1e-5 * abs(want) + 4e-6),
+                            limit: 1, "\(at) element \(i)")
                     }
                     guard activation == .relu else { continue }
                     for i in nanAt {
-                        tally.expect("frozen BN + ReLU: dx is 0 at NaN (gradient of relu at NaN is 0)", dx[i] == 0,
-                                     "\(at) element \(i): \(dx[i])")
+                        tally.expect(
+                            "frozen BN + ReLU: dx is 0 at NaN (gradient of relu at NaN is 0)", dx[i] == 0,
+                            "\(at) element \(i): \(dx[i])")
                     }
                     // dβ = Σ dz with dz = 0 at NaN: finite for every channel; dγ for the channels without NaN.
                     let nanChannels = Set(nanAt.map { ($0 / m) % c })
@@ -615,11 +671,14 @@ final class FusedActivationTests: KernelPathTestCase {
                                 termsG += abs(dy[i] * xhat)
                             }
                         }
-                        tally.check("frozen BN + ReLU: dβ vs float64 with NaN in the channel",
-                                    abs(Double(grads.bias![ch]) - db) / (1e-5 * terms + 1e-7), limit: 1, "\(at) channel \(ch)")
+                        tally.check(
+                            "frozen BN + ReLU: dβ vs float64 with NaN in the channel",
+                            abs(Double(grads.bias![ch]) - db) / (1e-5 * terms + 1e-7), limit: 1, "\(at) channel \(ch)")
                         if !nanChannels.contains(ch) {
-                            tally.check("frozen BN + ReLU: dγ vs float64", abs(Double(grads.weight![ch]) - dg)
-                                            / (1e-5 * termsG + 1e-7), limit: 1, "\(at) channel \(ch)")
+                            tally.check(
+                                "frozen BN + ReLU: dγ vs float64",
+                                abs(Double(grads.weight![ch]) - dg)
+                                    / (1e-5 * termsG + 1e-7), limit: 1, "\(at) channel \(ch)")
                         }
                     }
 
@@ -635,8 +694,9 @@ final class FusedActivationTests: KernelPathTestCase {
                             tally.expect("BN evaluation + ReLU: relu(NaN) is NaN", ye[i].isNaN, "\(at) element \(i)")
                         } else {
                             let want = Self.act64(.relu, zx[i])
-                            tally.check("BN evaluation + ReLU: y vs float64 next to NaN",
-                                        abs(ye[i] - want) / (1e-5 * abs(want) + 1e-6), limit: 1, "\(at) element \(i)")
+                            tally.check(
+                                "BN evaluation + ReLU: y vs float64 next to NaN",
+                                abs(ye[i] - want) / (1e-5 * abs(want) + 1e-6), limit: 1, "\(at) element \(i)")
                         }
                     }
                 }
@@ -649,10 +709,12 @@ final class FusedActivationTests: KernelPathTestCase {
         gx[(1 * gc + 2) * gm + 7] = .nan  // sample 1, channel 2: group 1
         let gdy = Kit.randomLogical(gx.count, mean: 0, std: 1, &rng)
         let (gg, gb) = Self.randomAffine(gc, &rng)
-        let (gz, gyWant) = Self.compositeOutput(gx, shape: gnShape, sets: .groupNorm(groups: groups), gamma: gg, beta: gb, .relu)
+        let (gz, gyWant) = Self.compositeOutput(
+            gx, shape: gnShape, sets: .groupNorm(groups: groups), gamma: gg, beta: gb, .relu)
         let rx = RefTensor(batch: 3, channels: gc, positions: gm, data: gx)
-        let gdz = RefTensor(batch: 3, channels: gc, positions: gm,
-                            data: zip(gdy, gz).map { $0 * Self.derivative64(.relu, $1) })
+        let gdz = RefTensor(
+            batch: 3, channels: gc, positions: gm,
+            data: zip(gdy, gz).map { $0 * Self.derivative64(.relu, $1) })
         let gRef = Float64Reference.backward(rx, dy: gdz, sets: .groupNorm(groups: groups), gamma: gg)
         func poisoned(_ i: Int) -> Bool { i / (gc * gm) == 1 && (i / gm) % gc / (gc / groups) == 1 }
         for path in Path.allCases where select(path) {
@@ -666,17 +728,22 @@ final class FusedActivationTests: KernelPathTestCase {
                 let grads = try gn.backward(Kit.tensor(gnShape, layout, gdy))
                 let dx = Kit.logical(grads.input)
                 let clean = y.indices.filter { !poisoned($0) }
-                tally.expect("GN + ReLU: the set with NaN is NaN", y.indices.filter(poisoned).allSatisfy { y[$0].isNaN }, at)
-                tally.check("GN + ReLU: other sets vs float64", Kit.relErr(clean.map { y[$0] }, clean.map { gyWant[$0] }),
-                            limit: 1e-5, at)
-                tally.check("GN + ReLU: dx of other sets vs float64",
-                            Kit.relErr(clean.map { dx[$0] }, clean.map { gRef.dx.data[$0] }), limit: 1e-5, at)
-                tally.check("GN + ReLU: dβ (finite: dz = 0 at NaN) vs float64",
-                            Kit.relErr(grads.bias!.map(Double.init), gRef.dbeta), limit: 1e-5, at)
+                tally.expect(
+                    "GN + ReLU: the set with NaN is NaN", y.indices.filter(poisoned).allSatisfy { y[$0].isNaN }, at)
+                tally.check(
+                    "GN + ReLU: other sets vs float64", Kit.relErr(clean.map { y[$0] }, clean.map { gyWant[$0] }),
+                    limit: 1e-5, at)
+                tally.check(
+                    "GN + ReLU: dx of other sets vs float64",
+                    Kit.relErr(clean.map { dx[$0] }, clean.map { gRef.dx.data[$0] }), limit: 1e-5, at)
+                tally.check(
+                    "GN + ReLU: dβ (finite: dz = 0 at NaN) vs float64",
+                    Kit.relErr(grads.bias!.map(Double.init), gRef.dbeta), limit: 1e-5, at)
                 let cleanChannels = [0, 1, 4, 5]
-                tally.check("GN + ReLU: dγ of channels without NaN vs float64",
-                            Kit.relErr(cleanChannels.map { Double(grads.weight![$0]) }, cleanChannels.map { gRef.dgamma[$0] }),
-                            limit: 1e-5, at)
+                tally.check(
+                    "GN + ReLU: dγ of channels without NaN vs float64",
+                    Kit.relErr(cleanChannels.map { Double(grads.weight![$0]) }, cleanChannels.map { gRef.dgamma[$0] }),
+                    limit: 1e-5, at)
             }
         }
         tally.assertClean("FusedActivationTests NaN")
@@ -703,12 +770,16 @@ final class FusedActivationTests: KernelPathTestCase {
                             identity.activation = .identity
                             for step in 0..<2 {
                                 let x = xs[step].converted(to: layout), dy = dys[step].converted(to: layout)
-                                let a = try identity.forward(x, training: true), b = try unset.forward(x, training: true)
+                                let a = try identity.forward(x, training: true),
+                                    b = try unset.forward(x, training: true)
                                 tally.expect("training y bit-identical", Self.bits(a.values) == Self.bits(b.values), at)
                                 let ga = try identity.backward(dy), gb = try unset.backward(dy)
-                                tally.expect("dx bit-identical", Self.bits(ga.input.values) == Self.bits(gb.input.values), at)
-                                tally.expect("dγ, dβ bit-identical", ga.weight.map(Self.bits) == gb.weight.map(Self.bits)
-                                                && ga.bias.map(Self.bits) == gb.bias.map(Self.bits), at)
+                                tally.expect(
+                                    "dx bit-identical", Self.bits(ga.input.values) == Self.bits(gb.input.values), at)
+                                tally.expect(
+                                    "dγ, dβ bit-identical",
+                                    ga.weight.map(Self.bits) == gb.weight.map(Self.bits)
+                                        && ga.bias.map(Self.bits) == gb.bias.map(Self.bits), at)
                             }
                             let x = xs[2].converted(to: layout)
                             let a = try identity.forward(x, training: false), b = try unset.forward(x, training: false)
@@ -732,8 +803,10 @@ final class FusedActivationTests: KernelPathTestCase {
     func testSiLUSaturatesAccuratelyAtExtremePreActivations() throws {
         var rng = SeededGenerator(seed: 0xE7)
         let tally = Tally()
-        let affine: [(gamma: Double, beta: Double)] = [(2, 90), (2, -90), (100, 1e4), (100, -1e4), (3000, 0), (5, -87),
-                                                       (1, 0), (-40, 100)]
+        let affine: [(gamma: Double, beta: Double)] = [
+            (2, 90), (2, -90), (100, 1e4), (100, -1e4), (3000, 0), (5, -87),
+            (1, 0), (-40, 100),
+        ]
         let c = affine.count, shape = [2, c, 5, 7], m = Self.positions(shape), count = shape.reduce(1, *)
         let gamma = affine.map(\.gamma), beta = affine.map(\.beta)
         let sets = RefSets.groupNorm(groups: c)
@@ -742,8 +815,9 @@ final class FusedActivationTests: KernelPathTestCase {
         let rx = RefTensor(batch: shape[0], channels: c, positions: m, data: x)
         let reference = Float64Reference.forward(rx, sets: sets, gamma: gamma, beta: beta)
         let z = reference.y.data, xhat = reference.xhat.data
-        let dz = RefTensor(batch: shape[0], channels: c, positions: m,
-                           data: zip(dy, z).map { $0 * Self.derivative64(.silu, $1) })
+        let dz = RefTensor(
+            batch: shape[0], channels: c, positions: m,
+            data: zip(dy, z).map { $0 * Self.derivative64(.silu, $1) })
         let back = Float64Reference.backward(rx, dy: dz, sets: sets, gamma: gamma)
         // Frozen BN with running mean 0 and variance 1: z = γ·x/sqrt(1 + ε) + β, elementwise.
         let epsilon = Double(Float(1e-5)), inv = 1 / (1 + epsilon).squareRoot()
@@ -765,34 +839,50 @@ final class FusedActivationTests: KernelPathTestCase {
                 let grads = try gn.backward(Kit.tensor(shape, layout, dy))
                 let dx = Kit.logical(grads.input)
                 tally.expect("IN + SiLU: y finite", y.allSatisfy(\.isFinite), at)
-                tally.expect("IN + SiLU: dx, dγ, dβ finite", dx.allSatisfy(\.isFinite)
-                                && grads.weight!.allSatisfy(\.isFinite) && grads.bias!.allSatisfy(\.isFinite), at)
+                tally.expect(
+                    "IN + SiLU: dx, dγ, dβ finite",
+                    dx.allSatisfy(\.isFinite)
+                        && grads.weight!.allSatisfy(\.isFinite) && grads.bias!.allSatisfy(\.isFinite), at)
                 for i in 0..<count {
                     let want = Self.act64(.silu, z[i])
                     // z's own float error: its rounding, and the float32-lane statistics (~1e-7 of σ in μ).
-                    let allowed = 1e-5 * abs(want) + 1.1 * (roundingOfZ(i, gamma[(i / m) % c] * xhat[i])
-                        + 2e-6 * abs(gamma[(i / m) % c])) + 1e-30
-                    tally.check("IN + SiLU: y vs float64 (ratio to allowed)", abs(y[i] - want) / allowed, limit: 1,
-                                "\(at) element \(i) z = \(z[i])")
+                    let allowed =
+                        1e-5 * abs(want) + 1.1
+                        * (roundingOfZ(i, gamma[(i / m) % c] * xhat[i])
+                            + 2e-6 * abs(gamma[(i / m) % c])) + 1e-30
+                    tally.check(
+                        "IN + SiLU: y vs float64 (ratio to allowed)", abs(y[i] - want) / allowed, limit: 1,
+                        "\(at) element \(i) z = \(z[i])")
                 }
                 let dxScale = dx.map(abs).max() ?? 0
                 for ch in 0..<c {
                     // Per channel, relative to the channel's largest value (and 1e-6 of the largest over all, for
                     // the saturated channels whose gradient is ~1e-37).
                     let ref = channel(back.dx.data, ch), got = channel(dx, ch)
-                    tally.check("IN + SiLU: dx vs float64 per channel",
-                                Kit.relErr(got, ref, scale: 1e-6 * dxScale), limit: 1e-4, "\(at) channel \(ch)")
+                    tally.check(
+                        "IN + SiLU: dx vs float64 per channel",
+                        Kit.relErr(got, ref, scale: 1e-6 * dxScale), limit: 1e-4, "\(at) channel \(ch)")
                 }
-                tally.check("IN + SiLU: dγ vs float64", Kit.relErr(grads.weight!.map(Double.init), back.dgamma,
-                                                                   scale: 0), limit: 1e-4, at)
-                tally.check("IN + SiLU: dβ vs float64", Kit.relErr(grads.bias!.map(Double.init), back.dbeta), limit: 1e-4, at)
+                tally.check(
+                    "IN + SiLU: dγ vs float64",
+                    Kit.relErr(
+                        grads.weight!.map(Double.init), back.dgamma,
+                        scale: 0), limit: 1e-4, at)
+                tally.check(
+                    "IN + SiLU: dβ vs float64", Kit.relErr(grads.bias!.map(Double.init), back.dbeta), limit: 1e-4, at)
                 for ch in 0..<c {
                     let scale = (back.dgamma.map(abs).max() ?? 0) * 1e-6
-                    tally.check("IN + SiLU: dγ per channel", Kit.relErr([Double(grads.weight![ch])], [back.dgamma[ch]],
-                                                                        scale: scale), limit: 1e-4, "\(at) channel \(ch)")
+                    tally.check(
+                        "IN + SiLU: dγ per channel",
+                        Kit.relErr(
+                            [Double(grads.weight![ch])], [back.dgamma[ch]],
+                            scale: scale), limit: 1e-4, "\(at) channel \(ch)")
                     let bscale = (back.dbeta.map(abs).max() ?? 0) * 1e-6
-                    tally.check("IN + SiLU: dβ per channel", Kit.relErr([Double(grads.bias![ch])], [back.dbeta[ch]],
-                                                                        scale: bscale), limit: 1e-4, "\(at) channel \(ch)")
+                    tally.check(
+                        "IN + SiLU: dβ per channel",
+                        Kit.relErr(
+                            [Double(grads.bias![ch])], [back.dbeta[ch]],
+                            scale: bscale), limit: 1e-4, "\(at) channel \(ch)")
                 }
 
                 // Frozen BN: the same pre-activations elementwise, training and evaluation.
@@ -811,14 +901,17 @@ final class FusedActivationTests: KernelPathTestCase {
                 for i in 0..<count {
                     let ch = (i / m) % c, rounding = roundingOfZ(i, gamma[ch] * x[i])
                     let want = Self.act64(.silu, frozenZ[i]), allowed = 1e-5 * abs(want) + 1.1 * rounding + 1e-30
-                    tally.check("frozen BN + SiLU: y vs float64 (training)", abs(ft[i] - want) / allowed, limit: 1,
-                                "\(at) element \(i) z = \(frozenZ[i])")
-                    tally.check("frozen BN + SiLU: y vs float64 (evaluation)", abs(fe[i] - want) / allowed, limit: 1,
-                                "\(at) element \(i) z = \(frozenZ[i])")
+                    tally.check(
+                        "frozen BN + SiLU: y vs float64 (training)", abs(ft[i] - want) / allowed, limit: 1,
+                        "\(at) element \(i) z = \(frozenZ[i])")
+                    tally.check(
+                        "frozen BN + SiLU: y vs float64 (evaluation)", abs(fe[i] - want) / allowed, limit: 1,
+                        "\(at) element \(i) z = \(frozenZ[i])")
                     let g = gamma[ch] * inv, wantDx = g * dy[i] * Self.derivative64(.silu, frozenZ[i])
                     let allowedDx = 1e-5 * abs(wantDx) + abs(g * dy[i]) * (0.6 * rounding + 1e-6) + 1e-30
-                    tally.check("frozen BN + SiLU: dx vs float64", abs(fdx[i] - wantDx) / allowedDx, limit: 1,
-                                "\(at) element \(i) z = \(frozenZ[i])")
+                    tally.check(
+                        "frozen BN + SiLU: dx vs float64", abs(fdx[i] - wantDx) / allowedDx, limit: 1,
+                        "\(at) element \(i) z = \(frozenZ[i])")
                 }
             }
         }
@@ -853,13 +946,16 @@ final class FusedActivationTests: KernelPathTestCase {
                 for i in 0..<count {
                     let b = beta[(i / m) % c], at = "\(layout) \(path) β = \(b)"
                     let want = Self.act64(.silu, z[i]), wantDx = inv * dy[i] * Self.derivative64(.silu, z[i])
-                    tally.check("silu(z) vs float64, training (ratio to allowed)",
-                                abs(training[i] - want) / (1e-5 * abs(want) + 1e-6), limit: 1, "\(at): \(training[i])")
-                    tally.check("silu(z) vs float64, evaluation (ratio to allowed)",
-                                abs(evaluation[i] - want) / (1e-5 * abs(want) + 1e-6), limit: 1, "\(at): \(evaluation[i])")
-                    tally.check("dx vs float64 (ratio to allowed)",
-                                abs(dx[i] - wantDx) / (1e-5 * abs(wantDx) + 1e-6 * abs(dy[i]) + 1e-30), limit: 1,
-                                "\(at): dx \(dx[i]), dy \(dy[i])")
+                    tally.check(
+                        "silu(z) vs float64, training (ratio to allowed)",
+                        abs(training[i] - want) / (1e-5 * abs(want) + 1e-6), limit: 1, "\(at): \(training[i])")
+                    tally.check(
+                        "silu(z) vs float64, evaluation (ratio to allowed)",
+                        abs(evaluation[i] - want) / (1e-5 * abs(want) + 1e-6), limit: 1, "\(at): \(evaluation[i])")
+                    tally.check(
+                        "dx vs float64 (ratio to allowed)",
+                        abs(dx[i] - wantDx) / (1e-5 * abs(wantDx) + 1e-6 * abs(dy[i]) + 1e-30), limit: 1,
+                        "\(at): dx \(dx[i]), dy \(dy[i])")
                 }
             }
         }
@@ -893,26 +989,35 @@ final class FusedActivationTests: KernelPathTestCase {
                             let x = xs[step].converted(to: layout), dy = dys[step].converted(to: layout)
                             let y = try layer.forward(x, training: true), z = try twin.forward(x, training: true)
                             tally.check("y vs act(twin)", Self.forwardRatio(y, z, activation), limit: 1, at)
-                            let g = try layer.backward(dy), t = try twin.backward(Self.chain(dy, through: z, activation))
-                            tally.check("dx vs twin's for dy·act'(z)", Kit.relErr(g.input.values.map(Double.init),
-                                                                                  t.input.values.map(Double.init)),
-                                        limit: Self.backwardTolerance, at)
-                            tally.check("dγ, dβ vs twin's",
-                                        max(Kit.relErr((g.weight ?? []).map(Double.init), (t.weight ?? []).map(Double.init)),
-                                            Kit.relErr((g.bias ?? []).map(Double.init), (t.bias ?? []).map(Double.init))),
-                                        limit: Self.backwardTolerance, at)
-                            tally.expect("affine gradients exactly when affine",
-                                         (g.weight != nil) == (layer.weight != nil) && (t.bias != nil) == (twin.bias != nil), at)
+                            let g = try layer.backward(dy),
+                                t = try twin.backward(Self.chain(dy, through: z, activation))
+                            tally.check(
+                                "dx vs twin's for dy·act'(z)",
+                                Kit.relErr(
+                                    g.input.values.map(Double.init),
+                                    t.input.values.map(Double.init)),
+                                limit: Self.backwardTolerance, at)
+                            tally.check(
+                                "dγ, dβ vs twin's",
+                                max(
+                                    Kit.relErr((g.weight ?? []).map(Double.init), (t.weight ?? []).map(Double.init)),
+                                    Kit.relErr((g.bias ?? []).map(Double.init), (t.bias ?? []).map(Double.init))),
+                                limit: Self.backwardTolerance, at)
+                            tally.expect(
+                                "affine gradients exactly when affine",
+                                (g.weight != nil) == (layer.weight != nil) && (t.bias != nil) == (twin.bias != nil), at)
                             let ye = try layer.forward(evaluationInput.converted(to: layout), training: false)
                             let ze = try twin.forward(evaluationInput.converted(to: layout), training: false)
-                            tally.check("evaluation y vs act(twin)", Self.forwardRatio(ye, ze, activation), limit: 1, at)
+                            tally.check(
+                                "evaluation y vs act(twin)", Self.forwardRatio(ye, ze, activation), limit: 1, at)
                             if activation == .identity && !spec.backwardState {
-                                tally.expect("identity step bit-identical to the twin",
-                                             Self.bits(y.values) == Self.bits(z.values)
-                                                && Self.bits(g.input.values) == Self.bits(t.input.values)
-                                                && g.weight.map(Self.bits) == t.weight.map(Self.bits)
-                                                && g.bias.map(Self.bits) == t.bias.map(Self.bits)
-                                                && Self.bits(ye.values) == Self.bits(ze.values), at)
+                                tally.expect(
+                                    "identity step bit-identical to the twin",
+                                    Self.bits(y.values) == Self.bits(z.values)
+                                        && Self.bits(g.input.values) == Self.bits(t.input.values)
+                                        && g.weight.map(Self.bits) == t.weight.map(Self.bits)
+                                        && g.bias.map(Self.bits) == t.bias.map(Self.bits)
+                                        && Self.bits(ye.values) == Self.bits(ze.values), at)
                             }
                         }
                     }
@@ -931,11 +1036,16 @@ final class FusedActivationTests: KernelPathTestCase {
         var rng = SeededGenerator(seed: 0x1E4)
         let tally = Tally()
         let cases: [(String, [Int], RefSets, FusedActivation, (Int) throws -> NormalizationLayer)] = [
-            ("GN 4 groups + SiLU", [2, 8, 6, 6], .groupNorm(groups: 4), .silu, { try GroupNorm(channels: $0, groups: 4) }),
+            (
+                "GN 4 groups + SiLU", [2, 8, 6, 6], .groupNorm(groups: 4), .silu,
+                { try GroupNorm(channels: $0, groups: 4) }
+            ),
             ("LN + SiLU", [2, 8, 6, 6], .groupNorm(groups: 1), .silu, { try GroupNorm.layerNorm(channels: $0) }),
             ("BN + ReLU", [4, 6, 5, 5], .batchNorm(normBatch: 4), .relu, { try BatchNorm(channels: $0) }),
-            ("BN normBatch 2 + ReLU", [4, 6, 5, 5], .batchNorm(normBatch: 2), .relu,
-             { try BatchNorm(channels: $0, normBatch: 2) }),
+            (
+                "BN normBatch 2 + ReLU", [4, 6, 5, 5], .batchNorm(normBatch: 2), .relu,
+                { try BatchNorm(channels: $0, normBatch: 2) }
+            ),
         ]
         for (label, shape, sets, activation, make) in cases {
             let c = shape[1], count = shape.reduce(1, *)
@@ -950,8 +1060,9 @@ final class FusedActivationTests: KernelPathTestCase {
             }
             let dy = Kit.randomLogical(count, mean: 0, std: 1, &rng)
             let rx = RefTensor(batch: shape[0], channels: c, positions: Self.positions(shape), data: x)
-            let dz = RefTensor(batch: shape[0], channels: c, positions: Self.positions(shape),
-                               data: zip(dy, z).map { $0 * Self.derivative64(activation, $1) })
+            let dz = RefTensor(
+                batch: shape[0], channels: c, positions: Self.positions(shape),
+                data: zip(dy, z).map { $0 * Self.derivative64(activation, $1) })
             let back = Float64Reference.backward(rx, dy: dz, sets: sets, gamma: gamma)
             for path in Path.allCases where select(path) {
                 for layout in TensorLayout.allCases {
@@ -964,7 +1075,8 @@ final class FusedActivationTests: KernelPathTestCase {
                     let grads = try layer.backward(Kit.tensor(shape, layout, dy))
                     tally.check("y vs float64", Kit.relErr(out, y), limit: 1e-5, at)
                     tally.check("dx vs float64", Kit.relErr(Kit.logical(grads.input), back.dx.data), limit: 1e-5, at)
-                    tally.check("dγ vs float64", Kit.relErr(grads.weight!.map(Double.init), back.dgamma), limit: 1e-5, at)
+                    tally.check(
+                        "dγ vs float64", Kit.relErr(grads.weight!.map(Double.init), back.dgamma), limit: 1e-5, at)
                     tally.check("dβ vs float64", Kit.relErr(grads.bias!.map(Double.init), back.dbeta), limit: 1e-5, at)
                 }
             }

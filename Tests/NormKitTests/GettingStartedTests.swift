@@ -47,10 +47,12 @@ final class GettingStartedTests: XCTestCase {
         let block = try NormReLU(channels: 32, groups: 8)
         let output = try block.forward(x, training: true)
         XCTAssertEqual(output.values.min(), 0, "ReLU output is non-negative and hits 0")
-        XCTAssertEqual(output.values.filter { $0 > 0 }, y.values.filter { $0 > 0 },
-                       "the block is ReLU of the same GroupNorm (γ = 1, β = 0 at initialisation)")
-        let outputGradient = try Tensor(shape: output.shape,
-                                        values: [Float](repeating: 1 / Float(output.count), count: output.count))
+        XCTAssertEqual(
+            output.values.filter { $0 > 0 }, y.values.filter { $0 > 0 },
+            "the block is ReLU of the same GroupNorm (γ = 1, β = 0 at initialisation)")
+        let outputGradient = try Tensor(
+            shape: output.shape,
+            values: [Float](repeating: 1 / Float(output.count), count: output.count))
         let inputGradient = try block.backward(outputGradient)
         XCTAssertEqual(inputGradient.shape, x.shape)
 
@@ -64,8 +66,9 @@ final class GettingStartedTests: XCTestCase {
         // so descent lowers every β.
         for (after, before) in zip(block.norm.bias!.value, biasBefore) { XCTAssertLessThan(after, before) }
         XCTAssertThrowsError(try block.backward(outputGradient)) { error in
-            XCTAssertEqual(error as? NormalizationError,
-                           .backwardBeforeForward(layer: "GroupNorm(channels: 32, groups: 8)"))
+            XCTAssertEqual(
+                error as? NormalizationError,
+                .backwardBeforeForward(layer: "GroupNorm(channels: 32, groups: 8)"))
         }
 
         let state = block.norm.stateDict()
@@ -80,15 +83,17 @@ final class GettingStartedTests: XCTestCase {
 
         let bn = try BatchNorm(channels: 32)
         let result = try bn.loadStateDict(state, strict: false)
-        XCTAssertEqual("\(result)",
-                       "missing keys: [num_batches_tracked, running_mean, running_var]; unexpected keys: []")
+        XCTAssertEqual(
+            "\(result)",
+            "missing keys: [num_batches_tracked, running_mean, running_var]; unexpected keys: []")
         XCTAssertEqual(bn.weight!.value, block.norm.weight!.value)
         XCTAssertEqual(bn.bias!.value, block.norm.bias!.value)
 
         XCTAssertThrowsError(try GroupNorm(channels: 30, groups: 8)) { error in
-            XCTAssertEqual(error.localizedDescription,
-                           "GroupNorm(channels: 30, groups: 8): 30 channels cannot be split into 8 groups "
-                               + "(groups must be in 1...30 and divide 30)")
+            XCTAssertEqual(
+                error.localizedDescription,
+                "GroupNorm(channels: 30, groups: 8): 30 channels cannot be split into 8 groups "
+                    + "(groups must be in 1...30 and divide 30)")
         }
     }
 }

@@ -1,5 +1,5 @@
-import XCTest
 import NormKit
+import XCTest
 
 /// GroupNorm (several G), LayerNorm (`GroupNorm.layerNorm`, G = 1) and InstanceNorm (`GroupNorm.instanceNorm`,
 /// G = C), with and without affine, forward and backward, against the float64 reference (spec §1) on random
@@ -55,8 +55,9 @@ final class GroupNormTests: XCTestCase {
                             let (layer, sets) = try makeLayer(kind, channels: channels, groups: groups, affine: affine)
                             let (gamma, beta) = randomizeAffine(layer, using: &rng)
                             let label = "\(kind) G=\(groups) shape=\(shape) \(layout) affine=\(affine)"
-                            let ref = try checkTrainingStep(layer, sets: sets, x: xl, dy: dyl, gamma: gamma,
-                                                            beta: beta, label: label, log: log)
+                            let ref = try checkTrainingStep(
+                                layer, sets: sets, x: xl, dy: dyl, gamma: gamma,
+                                beta: beta, label: label, log: log)
                             // GroupNorm has no running statistics: evaluation computes the same thing.
                             let yEval = try layer.forward(xl, training: false)
                             XCTAssertLessThanOrEqual(relativeError(yEval, ref.y), referenceTolerance, "eval \(label)")
@@ -86,8 +87,9 @@ final class GroupNormTests: XCTestCase {
                 for (kind, groups) in [(Kind.groupNorm, 16), (.groupNorm, c / 2), (.layerNorm, 1), (.instanceNorm, c)] {
                     let (layer, sets) = try makeLayer(kind, channels: c, groups: groups, affine: true)
                     let (gamma, beta) = randomizeAffine(layer, using: &rng)
-                    try checkTrainingStep(layer, sets: sets, x: xl, dy: dyl, gamma: gamma, beta: beta,
-                                          label: "\(kind) G=\(groups) \(shape) \(layout)", log: log)
+                    try checkTrainingStep(
+                        layer, sets: sets, x: xl, dy: dyl, gamma: gamma, beta: beta,
+                        label: "\(kind) G=\(groups) \(shape) \(layout)", log: log)
                 }
             }
         }
@@ -107,10 +109,11 @@ final class GroupNormTests: XCTestCase {
                     for (kind, groups) in configs {
                         let (layer, sets) = try makeLayer(kind, channels: c, groups: groups, affine: affine)
                         let (gamma, beta) = randomizeAffine(layer, using: &rng)
-                        try checkFiniteDifferences(layer, sets: sets, x: x.converted(to: layout),
-                                                   w: w.converted(to: layout), gamma: gamma, beta: beta,
-                                                   label: "\(kind) G=\(groups) \(shape) \(layout) affine=\(affine)",
-                                                   log: log)
+                        try checkFiniteDifferences(
+                            layer, sets: sets, x: x.converted(to: layout),
+                            w: w.converted(to: layout), gamma: gamma, beta: beta,
+                            label: "\(kind) G=\(groups) \(shape) \(layout) affine=\(affine)",
+                            log: log)
                     }
                 }
             }
@@ -127,7 +130,7 @@ final class GroupNormTests: XCTestCase {
         var shifted = x, interleaved = x
         for n in 0..<2 {
             for p in 0..<5 {
-                for c in 0..<4 { shifted[n, c, p] += 3 }          // channels 0–3 = group 0
+                for c in 0..<4 { shifted[n, c, p] += 3 }  // channels 0–3 = group 0
                 for c in stride(from: 0, to: 8, by: 2) { interleaved[n, c, p] += 3 }  // c mod 2 == 0
             }
         }

@@ -1,5 +1,5 @@
-import XCTest
 import NormKit
+import XCTest
 
 /// Identities that must hold between layers and layouts (spec §0–2):
 /// GN(G=1) == LN, GN(G=C) == IN, BN(normBatch = N) == BN, NHWC == NCHW up to transposition, and a few
@@ -16,22 +16,28 @@ final class IdentityTests: XCTestCase {
     private let shapes: [[Int]] = [[4, 6], [3, 6, 7], [2, 6, 5, 5], [2, 6, 3, 2, 5], [2, 12, 7, 7]]
 
     /// Runs forward (train and eval) and backward of both layers on the same inputs and returns both results.
-    private func run(_ a: NormalizationLayer, _ b: NormalizationLayer, x: Tensor, dy: Tensor)
+    private func run(
+        _ a: NormalizationLayer, _ b: NormalizationLayer, x: Tensor, dy: Tensor
+    )
         throws -> [(String, [Float], [Float])]
     {
         for (pa, pb) in zip(a.parameters, b.parameters) { pb.value = pa.value }
         let ya = try a.forward(x, training: true), yb = try b.forward(x, training: true)
         let ga = try a.backward(dy), gb = try b.backward(dy)
         let ea = try a.forward(x, training: false), eb = try b.forward(x, training: false)
-        var out: [(String, [Float], [Float])] = [("y", ya.values, yb.values), ("dx", ga.input.values, gb.input.values),
-                                                 ("eval y", ea.values, eb.values)]
+        var out: [(String, [Float], [Float])] = [
+            ("y", ya.values, yb.values), ("dx", ga.input.values, gb.input.values),
+            ("eval y", ea.values, eb.values),
+        ]
         if let wa = ga.weight, let wb = gb.weight { out.append(("dγ", wa, wb)) }
         if let ba = ga.bias, let bb = gb.bias { out.append(("dβ", ba, bb)) }
         return out
     }
 
-    private func assertIdentical(_ a: NormalizationLayer, _ b: NormalizationLayer, x: Tensor, dy: Tensor,
-                                 _ label: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    private func assertIdentical(
+        _ a: NormalizationLayer, _ b: NormalizationLayer, x: Tensor, dy: Tensor,
+        _ label: String, file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         for (what, u, v) in try run(a, b, x: x, dy: dy) {
             XCTAssertEqual(u, v, "\(what) \(label)", file: file, line: line)
         }
@@ -47,7 +53,8 @@ final class IdentityTests: XCTestCase {
                 let ln = try GroupNorm.layerNorm(channels: c)
                 randomizeAffine(ln, using: &rng)
                 try assertIdentical(ln, try GroupNorm(channels: c, groups: 1), x: x, dy: dy, "G=1 \(shape) \(layout)")
-                try assertIdentical(ln, try GroupNorm(channels: c, groupSize: c), x: x, dy: dy, "groupSize=C \(shape) \(layout)")
+                try assertIdentical(
+                    ln, try GroupNorm(channels: c, groupSize: c), x: x, dy: dy, "groupSize=C \(shape) \(layout)")
                 // LN's definition (spec §1): one statistic per sample over all channels and positions.
                 let ref = Float64Reference.forward(RefTensor(x), sets: .groupNorm(groups: 1), gamma: nil, beta: nil)
                 let y = try GroupNorm.layerNorm(channels: c, affine: false).forward(x, training: false)
@@ -66,8 +73,10 @@ final class IdentityTests: XCTestCase {
                 let c = shape[1]
                 let inorm = try GroupNorm.instanceNorm(channels: c)
                 randomizeAffine(inorm, using: &rng)
-                try assertIdentical(inorm, try GroupNorm(channels: c, groups: c), x: x, dy: dy, "G=C \(shape) \(layout)")
-                try assertIdentical(inorm, try GroupNorm(channels: c, groupSize: 1), x: x, dy: dy, "groupSize=1 \(shape) \(layout)")
+                try assertIdentical(
+                    inorm, try GroupNorm(channels: c, groups: c), x: x, dy: dy, "G=C \(shape) \(layout)")
+                try assertIdentical(
+                    inorm, try GroupNorm(channels: c, groupSize: 1), x: x, dy: dy, "groupSize=1 \(shape) \(layout)")
             }
         }
     }
@@ -112,7 +121,7 @@ final class IdentityTests: XCTestCase {
                 ("GN no affine", { try GroupNorm(channels: c, groups: 2, affine: false) }),
             ]
             if shape.count > 2 { makers.append(("IN", { try GroupNorm.instanceNorm(channels: c) })) }
-            if shape.count == 2 { makers.removeAll { $0.0 == "BN ghost" } }   // one value per ghost batch
+            if shape.count == 2 { makers.removeAll { $0.0 == "BN ghost" } }  // one value per ghost batch
             for (label, make) in makers {
                 let first = try make(), last = try make()
                 randomizeAffine(first, using: &rng)
@@ -171,8 +180,11 @@ final class IdentityTests: XCTestCase {
             let dGN = try gn.backward(dy).input
             let dLN = try ln.backward(try Tensor(shape: groupShape, values: dy.values)).input
             XCTAssertLessThanOrEqual(relativeError(dLN.values, dGN.values), 1e-6, "GN vs LN dx \(shape)")
-            log.record("reshape identities", max(relativeError(yBN.values, yIN.values), relativeError(dBN.values, dIN.values),
-                                                 relativeError(yLN.values, yGN.values), relativeError(dLN.values, dGN.values)))
+            log.record(
+                "reshape identities",
+                max(
+                    relativeError(yBN.values, yIN.values), relativeError(dBN.values, dIN.values),
+                    relativeError(yLN.values, yGN.values), relativeError(dLN.values, dGN.values)))
         }
     }
 }

@@ -1,5 +1,5 @@
-import XCTest
 import NormKit
+import XCTest
 
 /// Bad input: each case throws a specific ``NormalizationError`` whose description names the offending numbers,
 /// and changes no state (running statistics, counters, parameters, the pending backward).
@@ -7,15 +7,18 @@ import NormKit
 final class InputErrorTests: XCTestCase {
 
     /// Asserts `body` throws exactly `expected` and that its description contains every string in `mentions`.
-    private func assertThrows<T>(_ expected: NormalizationError, mentioning mentions: [String],
-                                 file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> T) {
+    private func assertThrows<T>(
+        _ expected: NormalizationError, mentioning mentions: [String],
+        file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> T
+    ) {
         XCTAssertThrowsError(try body(), file: file, line: line) { error in
             guard let e = error as? NormalizationError else {
                 return XCTFail("expected NormalizationError, got \(error)", file: file, line: line)
             }
             XCTAssertEqual(e, expected, file: file, line: line)
             for m in mentions {
-                XCTAssertTrue(e.description.contains(m), "\"\(e.description)\" should mention \(m)", file: file, line: line)
+                XCTAssertTrue(
+                    e.description.contains(m), "\"\(e.description)\" should mention \(m)", file: file, line: line)
             }
         }
     }
@@ -53,8 +56,10 @@ final class InputErrorTests: XCTestCase {
     }
 
     /// The pending backward still gives the reference gradient after the failed calls.
-    private func assertPendingBackwardIntact(_ layer: NormalizationLayer, sets: RefSets, x: Tensor, dy: Tensor,
-                                             file: StaticString = #filePath, line: UInt = #line) throws {
+    private func assertPendingBackwardIntact(
+        _ layer: NormalizationLayer, sets: RefSets, x: Tensor, dy: Tensor,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let gamma = layer.weight.map { $0.value.map(Double.init) }
         let ref = Float64Reference.backward(RefTensor(x), dy: RefTensor(dy), sets: sets, gamma: gamma)
         let grads = try layer.backward(dy)
@@ -95,9 +100,12 @@ final class InputErrorTests: XCTestCase {
     }
 
     func testBatchNormConstructionErrors() {
-        assertThrows(.invalidArgument(layer: "BatchNorm(channels: 3)", name: "momentum", value: "1.5",
-                                      expected: "0...1 (PyTorch convention: weight of the new value)"),
-                     mentioning: ["BatchNorm(channels: 3)", "momentum", "1.5"]) {
+        assertThrows(
+            .invalidArgument(
+                layer: "BatchNorm(channels: 3)", name: "momentum", value: "1.5",
+                expected: "0...1 (PyTorch convention: weight of the new value)"),
+            mentioning: ["BatchNorm(channels: 3)", "momentum", "1.5"]
+        ) {
             try BatchNorm(channels: 3, momentum: 1.5)
         }
         XCTAssertThrowsError(try BatchNorm(channels: 3, normBatch: 0)) { error in
@@ -116,7 +124,9 @@ final class InputErrorTests: XCTestCase {
         assertThrows(.invalidShape(layer: "Tensor", shape: [1, 1, 1, 1, 1, 1]), mentioning: ["[1, 1, 1, 1, 1, 1]"]) {
             try Tensor(shape: [1, 1, 1, 1, 1, 1], values: [0])
         }
-        assertThrows(.invalidShape(layer: "Tensor", shape: []), mentioning: ["[]"]) { try Tensor(shape: [], values: []) }
+        assertThrows(.invalidShape(layer: "Tensor", shape: []), mentioning: ["[]"]) {
+            try Tensor(shape: [], values: [])
+        }
         assertThrows(.invalidShape(layer: "Tensor", shape: [2, -1]), mentioning: ["-1"]) {
             try Tensor(shape: [2, -1], values: [])
         }
@@ -182,7 +192,9 @@ final class InputErrorTests: XCTestCase {
         let before = BNState(bn)
         let empty = Tensor(zeros: [0, 3, 4])
         for training in [true, false] {
-            assertThrows(.emptyBatch(layer: bn.name), mentioning: ["N = 0"]) { try bn.forward(empty, training: training) }
+            assertThrows(.emptyBatch(layer: bn.name), mentioning: ["N = 0"]) {
+                try bn.forward(empty, training: training)
+            }
         }
         XCTAssertEqual(BNState(bn), before)
         try assertPendingBackwardIntact(bn, sets: .batchNorm(normBatch: 4), x: x, dy: dy)
@@ -215,9 +227,11 @@ final class InputErrorTests: XCTestCase {
     func testBackwardBeforeForwardAndTwice() throws {
         var rng = SeededGenerator(seed: 0xE405)
         let x = randomTensor([4, 6, 5], using: &rng), dy = randomTensor([4, 6, 5], using: &rng)
-        let layers: [NormalizationLayer] = [try BatchNorm(channels: 6), try BatchNorm(channels: 6, normBatch: 2),
-                                            try GroupNorm(channels: 6, groups: 2), try GroupNorm.layerNorm(channels: 6),
-                                            try GroupNorm.instanceNorm(channels: 6)]
+        let layers: [NormalizationLayer] = [
+            try BatchNorm(channels: 6), try BatchNorm(channels: 6, normBatch: 2),
+            try GroupNorm(channels: 6, groups: 2), try GroupNorm.layerNorm(channels: 6),
+            try GroupNorm.instanceNorm(channels: 6),
+        ]
         for layer in layers {
             assertThrows(.backwardBeforeForward(layer: layer.name), mentioning: [layer.name]) { try layer.backward(dy) }
             _ = try layer.forward(x, training: true)
@@ -236,15 +250,21 @@ final class InputErrorTests: XCTestCase {
         let (bn, x, dy) = try trainedBatchNorm()
         var rng = SeededGenerator(seed: 0xE406)
         let before = BNState(bn)
-        assertThrows(.shapeMismatch(layer: bn.name, expected: [4, 3, 5], expectedLayout: .channelsFirst,
-                                    got: [4, 3, 6], gotLayout: .channelsFirst),
-                     mentioning: ["[4, 3, 5]", "[4, 3, 6]", bn.name]) {
+        assertThrows(
+            .shapeMismatch(
+                layer: bn.name, expected: [4, 3, 5], expectedLayout: .channelsFirst,
+                got: [4, 3, 6], gotLayout: .channelsFirst),
+            mentioning: ["[4, 3, 5]", "[4, 3, 6]", bn.name]
+        ) {
             try bn.backward(randomTensor([4, 3, 6], using: &rng))
         }
         // A layout mismatch names both layouts.
-        assertThrows(.shapeMismatch(layer: bn.name, expected: [4, 3, 5], expectedLayout: .channelsFirst,
-                                    got: [4, 3, 5], gotLayout: .channelsLast),
-                     mentioning: ["expected [4, 3, 5] channelsFirst, got [4, 3, 5] channelsLast"]) {
+        assertThrows(
+            .shapeMismatch(
+                layer: bn.name, expected: [4, 3, 5], expectedLayout: .channelsFirst,
+                got: [4, 3, 5], gotLayout: .channelsLast),
+            mentioning: ["expected [4, 3, 5] channelsFirst, got [4, 3, 5] channelsLast"]
+        ) {
             try bn.backward(dy.converted(to: .channelsLast))
         }
         XCTAssertEqual(BNState(bn), before)
@@ -254,9 +274,12 @@ final class InputErrorTests: XCTestCase {
         let gn = try GroupNorm(channels: 4, groups: 2)
         let gx = randomTensor([2, 4, 3, 3], using: &rng), gdy = randomTensor([2, 4, 3, 3], using: &rng)
         _ = try gn.forward(gx, training: true)
-        assertThrows(.shapeMismatch(layer: gn.name, expected: [2, 4, 3, 3], expectedLayout: .channelsFirst,
-                                    got: [2, 4, 9], gotLayout: .channelsFirst),
-                     mentioning: ["[2, 4, 3, 3]", "[2, 4, 9]"]) { try gn.backward(randomTensor([2, 4, 9], using: &rng)) }
+        assertThrows(
+            .shapeMismatch(
+                layer: gn.name, expected: [2, 4, 3, 3], expectedLayout: .channelsFirst,
+                got: [2, 4, 9], gotLayout: .channelsFirst),
+            mentioning: ["[2, 4, 3, 3]", "[2, 4, 9]"]
+        ) { try gn.backward(randomTensor([2, 4, 9], using: &rng)) }
         try assertPendingBackwardIntact(gn, sets: .groupNorm(groups: 2), x: gx, dy: gdy)
     }
 
@@ -271,7 +294,7 @@ final class InputErrorTests: XCTestCase {
                     let before = BNState(bn)
                     var rng = SeededGenerator(seed: 0xE407)
                     var x = randomTensor([4, 3, 5], using: &rng)
-                    x[3, 1, 2] = bad   // one element of one channel
+                    x[3, 1, 2] = bad  // one element of one channel
                     let y = try bn.forward(x.converted(to: layout), training: true)
                     XCTAssertEqual(bn.runningMean, before.mean, "\(bad) \(layout)")
                     XCTAssertEqual(bn.runningVariance, before.variance, "\(bad) \(layout)")
@@ -280,8 +303,9 @@ final class InputErrorTests: XCTestCase {
                     XCTAssertFalse(y.values.allSatisfy(\.isFinite), "the output is still computed (non-finite)")
                     // A later good batch updates normally again.
                     let good = randomTensor([4, 3, 5], using: &rng)
-                    let ref = Float64Reference.forward(RefTensor(good), sets: .batchNorm(normBatch: k ?? 4),
-                                                       gamma: nil, beta: nil)
+                    let ref = Float64Reference.forward(
+                        RefTensor(good), sets: .batchNorm(normBatch: k ?? 4),
+                        gamma: nil, beta: nil)
                     var mean = before.mean.map(Double.init), variance = before.variance.map(Double.init)
                     Float64Reference.updateRunning(mean: &mean, variance: &variance, with: ref, momentum: 0.1)
                     _ = try bn.forward(good.converted(to: layout), training: true)
@@ -305,8 +329,9 @@ final class InputErrorTests: XCTestCase {
             x[0, 0, 0] = 3e38
             x[1, 0, 0] = -3e38
             _ = try bn.forward(x.converted(to: layout), training: true)
-            XCTAssertTrue(bn.runningMean.allSatisfy(\.isFinite) && bn.runningVariance.allSatisfy(\.isFinite),
-                          "running statistics must stay finite (\(layout)): \(bn.runningMean) \(bn.runningVariance)")
+            XCTAssertTrue(
+                bn.runningMean.allSatisfy(\.isFinite) && bn.runningVariance.allSatisfy(\.isFinite),
+                "running statistics must stay finite (\(layout)): \(bn.runningMean) \(bn.runningVariance)")
             XCTAssertEqual(bn.runningVariance, before.variance, "\(layout)")
             XCTAssertEqual(bn.skippedUpdates, before.skipped + 1, "\(layout)")
         }

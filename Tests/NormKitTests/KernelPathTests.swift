@@ -1,5 +1,5 @@
-import XCTest
 import NormKit
+import XCTest
 
 /// The two implementations of the row primitives side by side: the portable Swift SIMD kernels and the native
 /// AVX2/AVX-512 ones. Both must match the float64 reference, and each other to float rounding.
@@ -15,15 +15,19 @@ final class KernelPathTests: XCTestCase {
     /// Shapes that cover every spatial rank, SIMD tails, the multi-threaded paths, the set kernels' batches of 16
     /// sets or rows with a remainder (40 and 20 channels), rows longer than one unrolled step (130) and sets larger
     /// than one float block (4·784, 64·49).
-    let shapes: [[Int]] = [[5, 12], [3, 12, 7], [2, 16, 9, 11], [2, 8, 3, 5, 7], [4, 32, 28, 28], [2, 64, 7, 7],
-                           [3, 40, 5, 5], [4, 20, 130], [2, 2048, 3]]
+    let shapes: [[Int]] = [
+        [5, 12], [3, 12, 7], [2, 16, 9, 11], [2, 8, 3, 5, 7], [4, 32, 28, 28], [2, 64, 7, 7],
+        [3, 40, 5, 5], [4, 20, 130], [2, 2048, 3],
+    ]
 
     func layers(channels c: Int) throws -> [(NormalizationLayer, RefSets)] {
-        [(try GroupNorm(channels: c, groups: 4), .groupNorm(groups: 4)),
-         (try GroupNorm(channels: c, groupSize: 2), .groupNorm(groups: c / 2)),
-         (try GroupNorm.layerNorm(channels: c), .groupNorm(groups: 1)),
-         (try BatchNorm(channels: c), .batchNorm(normBatch: 0)),
-         (try BatchNorm(channels: c, normBatch: 1), .batchNorm(normBatch: 1))]
+        [
+            (try GroupNorm(channels: c, groups: 4), .groupNorm(groups: 4)),
+            (try GroupNorm(channels: c, groupSize: 2), .groupNorm(groups: c / 2)),
+            (try GroupNorm.layerNorm(channels: c), .groupNorm(groups: 1)),
+            (try BatchNorm(channels: c), .batchNorm(normBatch: 0)),
+            (try BatchNorm(channels: c, normBatch: 1), .batchNorm(normBatch: 1)),
+        ]
     }
 
     func testPortableKernelsMatchTheFloat64Reference() throws {
@@ -54,14 +58,17 @@ final class KernelPathTests: XCTestCase {
                     // Two values per set: x̂ = ±1 and dx cancels to rounding noise, so a relative error means nothing.
                     if case .groupNorm(let groups) = sets, groups == shape[1] / 2, shape.count == 2 { continue }
                     let resolved: RefSets
-                    if case .batchNorm(let k) = sets { resolved = .batchNorm(normBatch: k == 0 ? shape[0] : k) } else {
+                    if case .batchNorm(let k) = sets {
+                        resolved = .batchNorm(normBatch: k == 0 ? shape[0] : k)
+                    } else {
                         resolved = sets
                     }
                     let (gamma, beta) = randomizeAffine(layer, using: &rng)
                     let x = randomTensor(shape, layout: layout, scale: 2, offset: 3, using: &rng)
                     let dy = randomTensor(shape, layout: layout, using: &rng)
-                    try checkTrainingStep(layer, sets: resolved, x: x, dy: dy, gamma: gamma, beta: beta,
-                                          label: "\(label) \(layer.name) \(shape) \(layout)", log: log)
+                    try checkTrainingStep(
+                        layer, sets: resolved, x: x, dy: dy, gamma: gamma, beta: beta,
+                        label: "\(label) \(layer.name) \(shape) \(layout)", log: log)
                 }
             }
         }
@@ -76,12 +83,16 @@ final class KernelPathTests: XCTestCase {
             let x = randomTensor(shape, scale: 3, offset: -2, using: &rng)
             let dy = randomTensor(shape, using: &rng)
             var outputs: [(String, [Float])] = []
-            for (label, native, limit) in [("portable", false, widest), ("avx2", true, .avx2), ("widest", true, widest)] {
+            for (label, native, limit) in [
+                ("portable", false, widest), ("avx2", true, .avx2), ("widest", true, widest),
+            ] {
                 KernelDispatch.useNativeKernels = native
                 KernelDispatch.limitNativeInstructionSet(to: limit)
                 var values: [Float] = []
-                for layer in [try MovingAverageBatchNorm(channels: shape[1], bufferSize: 2) as NormalizationLayer,
-                              try GroupNorm(channels: shape[1], groups: 2), try BatchNorm(channels: shape[1])] {
+                for layer in [
+                    try MovingAverageBatchNorm(channels: shape[1], bufferSize: 2) as NormalizationLayer,
+                    try GroupNorm(channels: shape[1], groups: 2), try BatchNorm(channels: shape[1]),
+                ] {
                     values += try layer.forward(x, training: true).values + layer.backward(dy).input.values
                 }
                 outputs.append((label, values))

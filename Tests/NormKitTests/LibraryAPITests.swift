@@ -1,6 +1,6 @@
 import Foundation
-import XCTest
 import NormKit
+import XCTest
 
 /// The library-facing contract of issue 13: checked element access, errors that are `LocalizedError` and name
 /// their layer, one grouping argument for GroupNorm, MABN's `oldValueWeight` label (and its deprecated spelling).
@@ -114,22 +114,22 @@ final class LibraryAPITests: XCTestCase {
         }
         var rng = SeededGenerator(seed: 1301)
         let bn = try BatchNorm(channels: 3, normBatch: 2)
-        record { _ = try Tensor(shape: [5], values: [0]) }                                      // invalidShape
-        record { _ = try Tensor(shape: [1, 2], values: [0]) }                                   // elementCountMismatch
-        record { _ = try GroupNorm(channels: 6, groups: 4) }                                    // invalidGroups
-        record { _ = try GroupNorm(channels: 6, groupSize: 4) }                                 // invalidGroupSize
-        record { _ = try BatchNorm(channels: 3, momentum: 2) }                                  // invalidArgument
-        record { _ = try bn.forward(Tensor(zeros: [2, 4]), training: true) }                    // channelMismatch
-        record { _ = try bn.forward(Tensor(zeros: [0, 3]), training: true) }                    // emptyBatch
-        record { _ = try BatchNorm(channels: 3).forward(Tensor(zeros: [1, 3]), training: true) } // tooFewValues…
-        record { _ = try bn.forward(Tensor(zeros: [3, 3, 2]), training: true) }                 // normBatchDoes…
-        record { _ = try bn.backward(Tensor(zeros: [2, 3, 2])) }                                // backwardBefore…
+        record { _ = try Tensor(shape: [5], values: [0]) }  // invalidShape
+        record { _ = try Tensor(shape: [1, 2], values: [0]) }  // elementCountMismatch
+        record { _ = try GroupNorm(channels: 6, groups: 4) }  // invalidGroups
+        record { _ = try GroupNorm(channels: 6, groupSize: 4) }  // invalidGroupSize
+        record { _ = try BatchNorm(channels: 3, momentum: 2) }  // invalidArgument
+        record { _ = try bn.forward(Tensor(zeros: [2, 4]), training: true) }  // channelMismatch
+        record { _ = try bn.forward(Tensor(zeros: [0, 3]), training: true) }  // emptyBatch
+        record { _ = try BatchNorm(channels: 3).forward(Tensor(zeros: [1, 3]), training: true) }  // tooFewValues…
+        record { _ = try bn.forward(Tensor(zeros: [3, 3, 2]), training: true) }  // normBatchDoes…
+        record { _ = try bn.backward(Tensor(zeros: [2, 3, 2])) }  // backwardBefore…
         _ = try bn.forward(randomTensor([2, 3, 2], using: &rng), training: true)
-        record { _ = try bn.backward(Tensor(zeros: [2, 3, 2], layout: .channelsLast)) }         // shapeMismatch
+        record { _ = try bn.backward(Tensor(zeros: [2, 3, 2], layout: .channelsLast)) }  // shapeMismatch
         var bad = bn.stateDict()
         bad["running_mean"] = .float32(shape: [4], values: [0, 0, 0, 0])
-        record { try bn.loadStateDict(bad) }                                                    // invalidState
-        record { try bn.loadStateDict([:]) }                                                    // incompatible…
+        record { try bn.loadStateDict(bad) }  // invalidState
+        record { try bn.loadStateDict([:]) }  // incompatible…
         return errors
     }
 
@@ -159,11 +159,17 @@ final class LibraryAPITests: XCTestCase {
     func testEveryLayerNamesItselfInItsErrors() throws {
         let layers: [(NormalizationLayer, String)] = [
             (try BatchNorm(channels: 4), "BatchNorm(channels: 4)"),
-            (try BatchNorm(channels: 4, normBatch: 2, affine: false), "BatchNorm(channels: 4, normBatch: 2, affine: false)"),
+            (
+                try BatchNorm(channels: 4, normBatch: 2, affine: false),
+                "BatchNorm(channels: 4, normBatch: 2, affine: false)"
+            ),
             (try GroupNorm(channels: 4, groups: 2), "GroupNorm(channels: 4, groups: 2)"),
             (try GroupNorm.layerNorm(channels: 4), "GroupNorm(channels: 4, groups: 1)"),
             (try BatchRenorm(channels: 4), "BatchRenorm(channels: 4)"),
-            (try MovingAverageBatchNorm(channels: 4, bufferSize: 3), "MovingAverageBatchNorm(channels: 4, bufferSize: 3)"),
+            (
+                try MovingAverageBatchNorm(channels: 4, bufferSize: 3),
+                "MovingAverageBatchNorm(channels: 4, bufferSize: 3)"
+            ),
             (try FrozenBatchNorm(channels: 4), "FrozenBatchNorm(channels: 4)"),
         ]
         var rng = SeededGenerator(seed: 1302)
@@ -178,9 +184,10 @@ final class LibraryAPITests: XCTestCase {
             let x = randomTensor([2, 4, 3], layout: .channelsLast, using: &rng)
             _ = try layer.forward(x, training: true)
             XCTAssertThrowsError(try layer.backward(x.converted(to: .channelsFirst))) {
-                XCTAssertEqual($0.localizedDescription,
-                               "\(name): gradient does not match the forward's input: "
-                                   + "expected [2, 4, 3] channelsLast, got [2, 4, 3] channelsFirst")
+                XCTAssertEqual(
+                    $0.localizedDescription,
+                    "\(name): gradient does not match the forward's input: "
+                        + "expected [2, 4, 3] channelsLast, got [2, 4, 3] channelsFirst")
             }
             XCTAssertThrowsError(try layer.loadStateDict(["nonsense": .float32(shape: [1], values: [0])])) {
                 XCTAssertTrue($0.localizedDescription.hasPrefix("\(name): state dict does not match"), "\($0)")
@@ -194,13 +201,23 @@ final class LibraryAPITests: XCTestCase {
         let cases: [(String, () throws -> NormalizationLayer)] = [
             ("BatchNorm(channels: 0)", { try BatchNorm(channels: 0) }),
             ("BatchRenorm(channels: 2, normBatch: 0)", { try BatchRenorm(channels: 2, normBatch: 0) }),
-            ("MovingAverageBatchNorm(channels: 2, bufferSize: 0)", { try MovingAverageBatchNorm(channels: 2, bufferSize: 0) }),
+            (
+                "MovingAverageBatchNorm(channels: 2, bufferSize: 0)",
+                { try MovingAverageBatchNorm(channels: 2, bufferSize: 0) }
+            ),
             ("FrozenBatchNorm(channels: 2)", { try FrozenBatchNorm(channels: 2, epsilon: -1) }),
             ("GroupNorm(channels: 0, groups: 1)", { try GroupNorm(channels: 0, groups: 1) }),
-            ("GroupNorm(channels: 4, groups: 2, affine: false)", { try GroupNorm(channels: 4, groups: 2, epsilon: .nan, affine: false) }),
-            ("BatchRenorm(channels: 2)", {
-                try BatchRenorm(channels: 2, schedule: .init(warmupSteps: 0, rMax: 0.5, dMax: 0, rSteps: 1, dSteps: 1))
-            }),
+            (
+                "GroupNorm(channels: 4, groups: 2, affine: false)",
+                { try GroupNorm(channels: 4, groups: 2, epsilon: .nan, affine: false) }
+            ),
+            (
+                "BatchRenorm(channels: 2)",
+                {
+                    try BatchRenorm(
+                        channels: 2, schedule: .init(warmupSteps: 0, rMax: 0.5, dMax: 0, rSteps: 1, dSteps: 1))
+                }
+            ),
         ]
         for (name, build) in cases {
             XCTAssertThrowsError(try build()) {
@@ -268,8 +285,9 @@ final class LibraryAPITests: XCTestCase {
     /// The deprecated `momentum:` spelling builds the same layer: same factor, same states step by step.
     func testDeprecatedMomentumLabelIsTheSameFactor() throws {
         var rng = SeededGenerator(seed: 1304)
-        let current = try MovingAverageBatchNorm(channels: 3, bufferSize: 2, oldValueWeight: 0.9, warmup: 1,
-                                                 normBatch: 2)
+        let current = try MovingAverageBatchNorm(
+            channels: 3, bufferSize: 2, oldValueWeight: 0.9, warmup: 1,
+            normBatch: 2)
         let legacy = try LegacyMABN.make(channels: 3, bufferSize: 2, momentum: 0.9, warmup: 1, normBatch: 2)
         XCTAssertEqual(legacy.oldValueWeight, 0.9)
         XCTAssertEqual(LegacyMABN.momentum(of: legacy), 0.9)
@@ -285,31 +303,39 @@ final class LibraryAPITests: XCTestCase {
         let fresh = try MovingAverageBatchNorm(channels: 3, bufferSize: 2, oldValueWeight: 0.9, warmup: 1, normBatch: 2)
         try fresh.loadStateDict(legacy.stateDict())
         XCTAssertEqual(fresh.stateDict(), legacy.stateDict())
-        XCTAssertEqual(Set(fresh.stateDict().keys), ["weight", "bias", "running_var", "iters", "buffer_x2", "buffer_gz"])
+        XCTAssertEqual(
+            Set(fresh.stateDict().keys), ["weight", "bias", "running_var", "iters", "buffer_x2", "buffer_gz"])
     }
 }
 
 /// Reaches MABN's deprecated spellings through a protocol, so the test exercises them without a deprecation
 /// warning at the call site.
 private protocol LegacyMABNSpelling {
-    init(channels: Int, bufferSize: Int, epsilon: Float, momentum: Float, warmup: Int, normBatch: Int?,
-         affine: Bool) throws
+    init(
+        channels: Int, bufferSize: Int, epsilon: Float, momentum: Float, warmup: Int, normBatch: Int?,
+        affine: Bool) throws
     var momentum: Float { get }
 }
 
 extension MovingAverageBatchNorm: LegacyMABNSpelling {}
 
 private enum LegacyMABN {
-    static func make(channels: Int, bufferSize: Int, momentum: Float, warmup: Int,
-                     normBatch: Int?) throws -> MovingAverageBatchNorm {
-        try build(MovingAverageBatchNorm.self, channels: channels, bufferSize: bufferSize, momentum: momentum,
-                  warmup: warmup, normBatch: normBatch)
+    static func make(
+        channels: Int, bufferSize: Int, momentum: Float, warmup: Int,
+        normBatch: Int?
+    ) throws -> MovingAverageBatchNorm {
+        try build(
+            MovingAverageBatchNorm.self, channels: channels, bufferSize: bufferSize, momentum: momentum,
+            warmup: warmup, normBatch: normBatch)
     }
 
-    private static func build<T: LegacyMABNSpelling>(_ type: T.Type, channels: Int, bufferSize: Int, momentum: Float,
-                                                     warmup: Int, normBatch: Int?) throws -> T {
-        try T(channels: channels, bufferSize: bufferSize, epsilon: 1e-5, momentum: momentum, warmup: warmup,
-              normBatch: normBatch, affine: true)
+    private static func build<T: LegacyMABNSpelling>(
+        _ type: T.Type, channels: Int, bufferSize: Int, momentum: Float,
+        warmup: Int, normBatch: Int?
+    ) throws -> T {
+        try T(
+            channels: channels, bufferSize: bufferSize, epsilon: 1e-5, momentum: momentum, warmup: warmup,
+            normBatch: normBatch, affine: true)
     }
 
     static func momentum<T: LegacyMABNSpelling>(of layer: T) -> Float { layer.momentum }

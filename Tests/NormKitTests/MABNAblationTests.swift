@@ -61,8 +61,10 @@ final class MABNAblationTests: XCTestCase {
         }
         XCTAssertEqual(explicit, recorded)
         // Any switch changes the trace (the hash sees every part).
-        for parts in [MovingAverageBatchNorm.Parts(secondMomentForm: false), .init(forwardSMA: false),
-                      .init(backwardSMA: false), .init(renormalization: false)] {
+        for parts in [
+            MovingAverageBatchNorm.Parts(secondMomentForm: false), .init(forwardSMA: false),
+            .init(backwardSMA: false), .init(renormalization: false),
+        ] {
             let other = try Self.traceHash {
                 try MovingAverageBatchNorm(channels: 3, bufferSize: 4, warmup: 3, normBatch: 2, parts: parts)
             }
@@ -84,8 +86,10 @@ final class MABNAblationTests: XCTestCase {
         struct Chunk { var v: [Double], mu: [Double], r: [Double], t: Int }
         var chunks: [Chunk] = [], x: [Double] = [], batch = 0, positions = 0, k = 0
 
-        init(channels: Int, bufferSize: Int, warmup: Int, normBatch: Int?, parts: MovingAverageBatchNorm.Parts,
-             gamma: [Double], beta: [Double]) {
+        init(
+            channels: Int, bufferSize: Int, warmup: Int, normBatch: Int?, parts: MovingAverageBatchNorm.Parts,
+            gamma: [Double], beta: [Double]
+        ) {
             self.channels = channels; self.bufferSize = bufferSize; self.warmup = warmup; self.keep = 0.98
             self.epsilon = 1e-5; self.normBatch = normBatch; self.parts = parts
             self.gamma = gamma; self.beta = beta
@@ -199,20 +203,26 @@ final class MABNAblationTests: XCTestCase {
     /// All sixteen combinations of the layer's four switches.
     static var allParts: [MovingAverageBatchNorm.Parts] {
         (0..<16).map { bits in
-            MovingAverageBatchNorm.Parts(secondMomentForm: bits & 1 != 0, forwardSMA: bits & 2 != 0,
-                                         backwardSMA: bits & 4 != 0, renormalization: bits & 8 != 0)
+            MovingAverageBatchNorm.Parts(
+                secondMomentForm: bits & 1 != 0, forwardSMA: bits & 2 != 0,
+                backwardSMA: bits & 4 != 0, renormalization: bits & 8 != 0)
         }
     }
 
     /// A layer and its reference with the same γ, β and state; with `iters > 0` random buffers and running
     /// statistics (log-uniform running variance, so `r` is clipped in some channels).
-    func makePair(parts: MovingAverageBatchNorm.Parts, channels: Int, bufferSize: Int, warmup: Int, normBatch: Int?,
-                  iters: Int64, rng: inout SeededGenerator) throws -> (MovingAverageBatchNorm, Reference) {
-        let layer = try MovingAverageBatchNorm(channels: channels, bufferSize: bufferSize, warmup: warmup,
-                                               normBatch: normBatch, parts: parts)
-        let gamma = Kit.randomFloats(channels, in: 0.5...1.5, &rng), beta = Kit.randomFloats(channels, in: -0.5...0.5, &rng)
-        var ref = Reference(channels: channels, bufferSize: bufferSize, warmup: warmup, normBatch: normBatch,
-                            parts: parts, gamma: gamma.map(Double.init), beta: beta.map(Double.init))
+    func makePair(
+        parts: MovingAverageBatchNorm.Parts, channels: Int, bufferSize: Int, warmup: Int, normBatch: Int?,
+        iters: Int64, rng: inout SeededGenerator
+    ) throws -> (MovingAverageBatchNorm, Reference) {
+        let layer = try MovingAverageBatchNorm(
+            channels: channels, bufferSize: bufferSize, warmup: warmup,
+            normBatch: normBatch, parts: parts)
+        let gamma = Kit.randomFloats(channels, in: 0.5...1.5, &rng),
+            beta = Kit.randomFloats(channels, in: -0.5...0.5, &rng)
+        var ref = Reference(
+            channels: channels, bufferSize: bufferSize, warmup: warmup, normBatch: normBatch,
+            parts: parts, gamma: gamma.map(Double.init), beta: beta.map(Double.init))
         var state = layer.stateDict()
         state["weight"] = .float32(shape: [channels], values: gamma)
         state["bias"] = .float32(shape: [channels], values: beta)
@@ -242,8 +252,10 @@ final class MABNAblationTests: XCTestCase {
     }
 
     func referenceState(_ ref: Reference) -> [String: [Double]] {
-        var state = ["running_var": ref.running, "buffer_x2": ref.bufX2, "buffer_gz": ref.bufGz,
-                     "iters": [Double(ref.t)]]
+        var state = [
+            "running_var": ref.running, "buffer_x2": ref.bufX2, "buffer_gz": ref.bufGz,
+            "iters": [Double(ref.t)],
+        ]
         if ref.meanForm {
             state["running_mean"] = ref.runningMean; state["buffer_mean"] = ref.bufMean; state["buffer_g"] = ref.bufG
         }
@@ -276,8 +288,9 @@ final class MABNAblationTests: XCTestCase {
                 let layout: TensorLayout = trial % 2 == 0 ? .channelsFirst : .channelsLast
                 let normBatch: Int? = trial < 2 ? nil : 2
                 let batch = 4, shape = [batch, channels] + spatial, positions = spatial.reduce(1, *)
-                var (layer, ref) = try makePair(parts: parts, channels: channels, bufferSize: bufferSize, warmup: 3,
-                                                normBatch: normBatch, iters: iters, rng: &rng)
+                var (layer, ref) = try makePair(
+                    parts: parts, channels: channels, bufferSize: bufferSize, warmup: 3,
+                    normBatch: normBatch, iters: iters, rng: &rng)
                 for step in 0..<9 {
                     let context = "\(parts) trial \(trial) step \(step)"
                     let xs = Kit.randomLogical(shape.reduce(1, *), mean: 0.4, std: 1.5, &rng)
@@ -287,21 +300,33 @@ final class MABNAblationTests: XCTestCase {
                     Kit.record(&worst, "y", Kit.relErr(Kit.logical(y), yRef), context)
                     let grads = try layer.backward(Kit.tensor(shape, layout, dys))
                     let refGrads = ref.backward(dys)
-                    Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), refGrads.dx,
-                                                        scale: refGrads.termScale), context)
-                    Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), refGrads.dgamma,
-                                                            scale: 1), context)
-                    Kit.record(&worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), refGrads.dbeta, scale: 1),
-                               context)
+                    Kit.record(
+                        &worst, "dx",
+                        Kit.relErr(
+                            Kit.logical(grads.input), refGrads.dx,
+                            scale: refGrads.termScale), context)
+                    Kit.record(
+                        &worst, "dgamma",
+                        Kit.relErr(
+                            grads.weight!.map(Double.init), refGrads.dgamma,
+                            scale: 1), context)
+                    Kit.record(
+                        &worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), refGrads.dbeta, scale: 1),
+                        context)
                     let state = layerState(layer), expected = referenceState(ref)
                     XCTAssertEqual(Set(state.keys), Set(expected.keys), context)
                     for (key, values) in expected {
                         Kit.record(&worst, key, Kit.relErr(state[key] ?? [], values, scale: 1e-3), context)
                     }
                     let yEval = try layer.forward(Kit.tensor(shape, layout, xs), training: false)
-                    Kit.record(&worst, "eval", Kit.relErr(Kit.logical(yEval), ref.evaluate(xs, batch: batch,
-                                                                                            positions: positions)),
-                               context)
+                    Kit.record(
+                        &worst, "eval",
+                        Kit.relErr(
+                            Kit.logical(yEval),
+                            ref.evaluate(
+                                xs, batch: batch,
+                                positions: positions)),
+                        context)
                 }
             }
         }
@@ -314,8 +339,9 @@ final class MABNAblationTests: XCTestCase {
         var rng = SeededGenerator(seed: 7)
         for renorm in [true, false] {
             let parts = MovingAverageBatchNorm.Parts(renormalization: renorm)
-            let (layer, _) = try makePair(parts: parts, channels: 3, bufferSize: 2, warmup: 3, normBatch: nil,
-                                          iters: 1005, rng: &rng)
+            let (layer, _) = try makePair(
+                parts: parts, channels: 3, bufferSize: 2, warmup: 3, normBatch: nil,
+                iters: 1005, rng: &rng)
             _ = try layer.forward(Kit.randomTensor([4, 3, 2], .channelsFirst, mean: 0, std: 2, &rng), training: true)
             XCTAssertEqual(layer.lastR.contains { $0 != 1 }, renorm, "renormalization \(renorm): r \(layer.lastR)")
         }
@@ -326,14 +352,19 @@ final class MABNAblationTests: XCTestCase {
     func testExactGradientsMatchFiniteDifferences() throws {
         var rng = SeededGenerator(seed: 99)
         let cases: [(MovingAverageBatchNorm.Parts, Int64)] = [
-            (.batchNorm, 40), (MovingAverageBatchNorm.Parts(forwardSMA: false, backwardSMA: false,
-                                                             renormalization: false), 40),
+            (.batchNorm, 40),
+            (
+                MovingAverageBatchNorm.Parts(
+                    forwardSMA: false, backwardSMA: false,
+                    renormalization: false), 40
+            ),
             (.paper, 0), (MovingAverageBatchNorm.Parts(secondMomentForm: false), 0),
         ]
         for (parts, iters) in cases {
             let shape = [4, 2, 3], positions = 3, batch = 4
-            let (layer, ref) = try makePair(parts: parts, channels: 2, bufferSize: 4, warmup: 50, normBatch: 2,
-                                            iters: iters, rng: &rng)
+            let (layer, ref) = try makePair(
+                parts: parts, channels: 2, bufferSize: 4, warmup: 50, normBatch: 2,
+                iters: iters, rng: &rng)
             let xs = Kit.randomLogical(24, mean: 0.3, std: 1, &rng), w = Kit.randomLogical(24, mean: 0, std: 1, &rng)
             _ = try layer.forward(Kit.tensor(shape, .channelsLast, xs), training: true)
             let grads = try layer.backward(Kit.tensor(shape, .channelsLast, w))
@@ -372,10 +403,12 @@ final class MABNAblationTests: XCTestCase {
             let normBatch: Int? = trial % 3 == 0 ? nil : 2
             let layout: TensorLayout = trial % 2 == 0 ? .channelsFirst : .channelsLast
             let shape = [4, channels] + spatial
-            let mabn = try MovingAverageBatchNorm(channels: channels, bufferSize: 3, warmup: 2, normBatch: normBatch,
-                                                  parts: .batchNorm)
+            let mabn = try MovingAverageBatchNorm(
+                channels: channels, bufferSize: 3, warmup: 2, normBatch: normBatch,
+                parts: .batchNorm)
             let bn = try BatchNorm(channels: channels, normBatch: normBatch)
-            let gamma = Kit.randomFloats(channels, in: 0.5...1.5, &rng), beta = Kit.randomFloats(channels, in: -1...1, &rng)
+            let gamma = Kit.randomFloats(channels, in: 0.5...1.5, &rng),
+                beta = Kit.randomFloats(channels, in: -1...1, &rng)
             for layer in [mabn, bn] as [NormalizationLayer] {
                 var state = layer.stateDict()
                 state["weight"] = .float32(shape: [channels], values: gamma)
@@ -390,10 +423,12 @@ final class MABNAblationTests: XCTestCase {
                 XCTAssertLessThan(Kit.relErr(Kit.logical(y), Kit.logical(yBN)), 1e-5, "y, \(context)")
                 let g = try mabn.backward(dy), gBN = try bn.backward(dy)
                 XCTAssertLessThan(Kit.relErr(Kit.logical(g.input), Kit.logical(gBN.input)), 1e-5, "dx, \(context)")
-                XCTAssertLessThan(Kit.relErr(g.weight!.map(Double.init), gBN.weight!.map(Double.init), scale: 1),
-                                  1e-5, "dγ, \(context)")
-                XCTAssertLessThan(Kit.relErr(g.bias!.map(Double.init), gBN.bias!.map(Double.init), scale: 1),
-                                  1e-5, "dβ, \(context)")
+                XCTAssertLessThan(
+                    Kit.relErr(g.weight!.map(Double.init), gBN.weight!.map(Double.init), scale: 1),
+                    1e-5, "dγ, \(context)")
+                XCTAssertLessThan(
+                    Kit.relErr(g.bias!.map(Double.init), gBN.bias!.map(Double.init), scale: 1),
+                    1e-5, "dβ, \(context)")
             }
         }
     }
@@ -405,10 +440,15 @@ final class MABNAblationTests: XCTestCase {
         var rng = SeededGenerator(seed: 5)
         let parts = MovingAverageBatchNorm.Parts(secondMomentForm: false)
         let a = try MovingAverageBatchNorm(channels: 3, bufferSize: 2, warmup: 1, normBatch: 2, parts: parts)
-        XCTAssertEqual(Set(a.stateDict().keys), ["weight", "bias", "running_var", "running_mean", "iters",
-                                                  "buffer_x2", "buffer_gz", "buffer_mean", "buffer_g"])
+        XCTAssertEqual(
+            Set(a.stateDict().keys),
+            [
+                "weight", "bias", "running_var", "running_mean", "iters",
+                "buffer_x2", "buffer_gz", "buffer_mean", "buffer_g",
+            ])
         let paper = try MovingAverageBatchNorm(channels: 3, bufferSize: 2)
-        XCTAssertEqual(Set(paper.stateDict().keys), ["weight", "bias", "running_var", "iters", "buffer_x2", "buffer_gz"])
+        XCTAssertEqual(
+            Set(paper.stateDict().keys), ["weight", "bias", "running_var", "iters", "buffer_x2", "buffer_gz"])
         for _ in 0..<5 {
             _ = try a.forward(Kit.randomTensor([4, 3, 2], .channelsFirst, mean: 1, std: 1, &rng), training: true)
             _ = try a.backward(Kit.randomTensor([4, 3, 2], .channelsFirst, mean: 0, std: 1, &rng))
@@ -439,10 +479,12 @@ final class MABNAblationTests: XCTestCase {
         let parts = MovingAverageBatchNorm.Parts(without: [.renormalization, .backwardSMA])
         XCTAssertEqual(parts.description, "without bwd-sma, renorm")
         XCTAssertEqual(MovingAverageBatchNorm.Parts(without: Set(parts.missing)), parts)
-        XCTAssertEqual(try MovingAverageBatchNorm(channels: 2, bufferSize: 4, parts: parts).name,
-                       "MovingAverageBatchNorm(channels: 2, bufferSize: 4, parts: without bwd-sma, renorm)")
-        XCTAssertEqual(try MovingAverageBatchNorm(channels: 2, bufferSize: 4).name,
-                       "MovingAverageBatchNorm(channels: 2, bufferSize: 4)")
+        XCTAssertEqual(
+            try MovingAverageBatchNorm(channels: 2, bufferSize: 4, parts: parts).name,
+            "MovingAverageBatchNorm(channels: 2, bufferSize: 4, parts: without bwd-sma, renorm)")
+        XCTAssertEqual(
+            try MovingAverageBatchNorm(channels: 2, bufferSize: 4).name,
+            "MovingAverageBatchNorm(channels: 2, bufferSize: 4)")
         let json = try JSONEncoder().encode(parts)
         XCTAssertEqual(try JSONDecoder().decode(MovingAverageBatchNorm.Parts.self, from: json), parts)
     }

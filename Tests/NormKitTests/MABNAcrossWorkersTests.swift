@@ -27,15 +27,19 @@ final class MABNAcrossWorkersTests: XCTestCase {
         let perSample = x.count / x.batch
         var shape = x.shape
         shape[0] = range.count
-        return try! Tensor(shape: shape, layout: x.layout,
-                           values: Array(x.values[(range.lowerBound * perSample)..<(range.upperBound * perSample)]))
+        return try! Tensor(
+            shape: shape, layout: x.layout,
+            values: Array(x.values[(range.lowerBound * perSample)..<(range.upperBound * perSample)]))
     }
 
-    private func makeLayer(channels: Int, normBatch: Int?, parts: MovingAverageBatchNorm.Parts) throws
+    private func makeLayer(
+        channels: Int, normBatch: Int?, parts: MovingAverageBatchNorm.Parts
+    ) throws
         -> MovingAverageBatchNorm
     {
-        let layer = try MovingAverageBatchNorm(channels: channels, bufferSize: 3, warmup: 5, normBatch: normBatch,
-                                               parts: parts)
+        let layer = try MovingAverageBatchNorm(
+            channels: channels, bufferSize: 3, warmup: 5, normBatch: normBatch,
+            parts: parts)
         layer.weight!.value = (0..<channels).map { 0.5 + Float($0) / Float(channels) }
         layer.bias!.value = (0..<channels).map { Float($0) * 0.1 - 0.2 }
         layer.activation = .silu
@@ -49,8 +53,9 @@ final class MABNAcrossWorkersTests: XCTestCase {
             try layer.forward(samples(step.x, range), into: &y, training: true)
             try layer.backward(samples(step.dy, range), into: &dx)
         }
-        return Outcome(y: y.values, dx: dx.values, dGamma: layer.weight!.gradient, dBeta: layer.bias!.gradient,
-                       state: layer.stateDict(), iterations: layer.iterations, lastR: layer.lastR)
+        return Outcome(
+            y: y.values, dx: dx.values, dGamma: layer.weight!.gradient, dBeta: layer.bias!.gradient,
+            state: layer.stateDict(), iterations: layer.iterations, lastR: layer.lastR)
     }
 
     private func maxRelative(_ a: [Float], _ b: [Float]) -> Double {
@@ -66,8 +71,10 @@ final class MABNAcrossWorkersTests: XCTestCase {
 
     /// `workers` workers of `perWorker` samples, each split into ghost chunks of `chunk`, over `stepCount` steps,
     /// against one layer with ghost batches of `chunk` over all `workers × perWorker` samples.
-    private func check(workers: Int, perWorker: Int, chunk: Int, stepCount: Int, parts: MovingAverageBatchNorm.Parts,
-                       layout: TensorLayout = .channelsFirst, file: StaticString = #filePath, line: UInt = #line) throws {
+    private func check(
+        workers: Int, perWorker: Int, chunk: Int, stepCount: Int, parts: MovingAverageBatchNorm.Parts,
+        layout: TensorLayout = .channelsFirst, file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let channels = 3, batch = workers * perWorker
         var generator = SeededGenerator(seed: UInt64(workers * 100 + perWorker * 10 + chunk))
         let steps = (0..<stepCount).map { step -> Step in
@@ -78,8 +85,9 @@ final class MABNAcrossWorkersTests: XCTestCase {
             let dy = Tensor.randomNormal(shape: raw.shape, using: &generator)
             return Step(x: x.converted(to: layout), dy: dy.converted(to: layout))
         }
-        let single = try train(try makeLayer(channels: channels, normBatch: chunk, parts: parts), steps,
-                               samples: 0..<batch)
+        let single = try train(
+            try makeLayer(channels: channels, normBatch: chunk, parts: parts), steps,
+            samples: 0..<batch)
 
         let group = InProcessWorkers(count: workers)
         var outcomes = [Outcome?](repeating: nil, count: workers)
@@ -87,8 +95,9 @@ final class MABNAcrossWorkersTests: XCTestCase {
         let lock = NSLock()
         runConcurrently(workers) { w in
             do {
-                let layer = try self.makeLayer(channels: channels, normBatch: chunk == perWorker ? nil : chunk,
-                                               parts: parts)
+                let layer = try self.makeLayer(
+                    channels: channels, normBatch: chunk == perWorker ? nil : chunk,
+                    parts: parts)
                 layer.crossWorkerReduction = InProcessWorkers.Handle(group, worker: w)
                 let outcome = try self.train(layer, steps, samples: (w * perWorker)..<((w + 1) * perWorker))
                 lock.lock(); outcomes[w] = outcome; lock.unlock()
@@ -103,8 +112,9 @@ final class MABNAcrossWorkersTests: XCTestCase {
         XCTAssertEqual(results[0].iterations, single.iterations, label, file: file, line: line)
         XCTAssertLessThan(maxRelative(results.flatMap(\.y), single.y), 1e-5, "y, \(label)", file: file, line: line)
         XCTAssertLessThan(maxRelative(results.flatMap(\.dx), single.dx), 1e-5, "dx, \(label)", file: file, line: line)
-        XCTAssertLessThan(maxRelative(results.flatMap(\.lastR), single.lastR), 1e-5, "r, \(label)",
-                          file: file, line: line)
+        XCTAssertLessThan(
+            maxRelative(results.flatMap(\.lastR), single.lastR), 1e-5, "r, \(label)",
+            file: file, line: line)
         let dGamma = (0..<channels).map { c in results.reduce(Float(0)) { $0 + $1.dGamma[c] } }
         let dBeta = (0..<channels).map { c in results.reduce(Float(0)) { $0 + $1.dBeta[c] } }
         XCTAssertLessThan(maxRelative(dGamma, single.dGamma), 1e-5, "dγ, \(label)", file: file, line: line)
@@ -112,11 +122,13 @@ final class MABNAcrossWorkersTests: XCTestCase {
         for (name, tensor) in single.state where name != "weight" && name != "bias" {
             let expected = floats(tensor)
             guard !expected.isEmpty else { continue }
-            XCTAssertLessThan(maxRelative(floats(results[0].state[name]), expected), 1e-5, "\(name), \(label)",
-                              file: file, line: line)
+            XCTAssertLessThan(
+                maxRelative(floats(results[0].state[name]), expected), 1e-5, "\(name), \(label)",
+                file: file, line: line)
             for result in results.dropFirst() {
-                XCTAssertEqual(floats(result.state[name]), floats(results[0].state[name]),
-                               "workers disagree on \(name), \(label)", file: file, line: line)
+                XCTAssertEqual(
+                    floats(result.state[name]), floats(results[0].state[name]),
+                    "workers disagree on \(name), \(label)", file: file, line: line)
             }
         }
     }

@@ -20,8 +20,10 @@ final class MovingAverageBatchNormTests: XCTestCase {
         struct Chunk { var v: [Double], r: [Double], t: Int, useBatch: Bool }
         var chunks: [Chunk] = [], x: [Double] = [], batch = 0, positions = 0, k = 0
 
-        init(channels: Int, bufferSize: Int, warmup: Int, momentum: Double = 0.98, epsilon: Double = 1e-5,
-             normBatch: Int?, gamma: [Double], beta: [Double]) {
+        init(
+            channels: Int, bufferSize: Int, warmup: Int, momentum: Double = 0.98, epsilon: Double = 1e-5,
+            normBatch: Int?, gamma: [Double], beta: [Double]
+        ) {
             self.channels = channels
             self.bufferSize = bufferSize
             self.warmup = warmup
@@ -53,7 +55,9 @@ final class MovingAverageBatchNormTests: XCTestCase {
                 let slot = t % bufferSize
                 var x2 = [Double](repeating: 0, count: channels)
                 for c in 0..<channels {
-                    for n in (b * k)..<((b + 1) * k) { for p in 0..<positions { x2[c] += x[index(n, c, p)] * x[index(n, c, p)] } }
+                    for n in (b * k)..<((b + 1) * k) {
+                        for p in 0..<positions { x2[c] += x[index(n, c, p)] * x[index(n, c, p)] }
+                    }
                     x2[c] /= Double(k * positions)
                     bufX2[slot * channels + c] = x2[c]
                 }
@@ -79,7 +83,9 @@ final class MovingAverageBatchNormTests: XCTestCase {
         }
 
         /// Also returns `max_c Σ|dy·r·z|` and `max_c Σ|dy|`, the magnitudes of the parameter-gradient sums.
-        func backward(_ dy: [Double])
+        func backward(
+            _ dy: [Double]
+        )
             -> (dx: [Double], dgamma: [Double], dbeta: [Double], dgammaScale: Double, dbetaScale: Double)
         {
             var dx = dy, dgamma = [Double](repeating: 0, count: channels), dbeta = dgamma
@@ -131,8 +137,10 @@ final class MovingAverageBatchNormTests: XCTestCase {
         }
 
         /// `y = γ·x/sqrt(mean_chunk(x²) + ε) + β`: what a warm-up forward computes, as a function to differentiate.
-        static func warmupFunction(_ x: [Double], batch: Int, channels: Int, positions: Int, k: Int, epsilon: Double,
-                                   gamma: [Double], beta: [Double]) -> [Double] {
+        static func warmupFunction(
+            _ x: [Double], batch: Int, channels: Int, positions: Int, k: Int, epsilon: Double,
+            gamma: [Double], beta: [Double]
+        ) -> [Double] {
             var y = x
             for b in 0..<(batch / k) {
                 for c in 0..<channels {
@@ -154,15 +162,22 @@ final class MovingAverageBatchNormTests: XCTestCase {
     }
 
     /// A layer and its reference with the same γ, β and state (`iters`, buffers, running second moment).
-    func makePair(channels: Int, bufferSize: Int, warmup: Int, normBatch: Int?, affine: Bool, iters: Int64,
-                  rng: inout SeededGenerator) throws -> (MovingAverageBatchNorm, Reference) {
-        let layer = try MovingAverageBatchNorm(channels: channels, bufferSize: bufferSize, warmup: warmup,
-                                               normBatch: normBatch, affine: affine)
+    func makePair(
+        channels: Int, bufferSize: Int, warmup: Int, normBatch: Int?, affine: Bool, iters: Int64,
+        rng: inout SeededGenerator
+    ) throws -> (MovingAverageBatchNorm, Reference) {
+        let layer = try MovingAverageBatchNorm(
+            channels: channels, bufferSize: bufferSize, warmup: warmup,
+            normBatch: normBatch, affine: affine)
         let gamma = affine ? Kit.randomFloats(channels, in: 0.5...1.5, &rng) : [Float](repeating: 1, count: channels)
         let beta = affine ? Kit.randomFloats(channels, in: -0.5...0.5, &rng) : [Float](repeating: 0, count: channels)
         // Log-uniform running second moment in [1e-3, 1e3]: r is clipped at 1/5 or 5 in some channels.
-        let running = (0..<channels).map { _ in Float(Foundation.exp(Double.random(in: Foundation.log(1e-3)...Foundation.log(1e3), using: &rng))) }
-        let x2 = iters == 0 ? [Float](repeating: 0, count: bufferSize * channels)
+        let running = (0..<channels).map { _ in
+            Float(Foundation.exp(Double.random(in: Foundation.log(1e-3)...Foundation.log(1e3), using: &rng)))
+        }
+        let x2 =
+            iters == 0
+            ? [Float](repeating: 0, count: bufferSize * channels)
             : Kit.randomFloats(bufferSize * channels, in: 0.5...4, &rng)
         let gz = iters == 0 ? x2 : Kit.randomFloats(bufferSize * channels, in: -0.3...0.3, &rng)
         var state: [String: StateTensor] = [
@@ -176,9 +191,10 @@ final class MovingAverageBatchNormTests: XCTestCase {
             state["bias"] = .float32(shape: [channels], values: beta)
         }
         try layer.loadStateDict(state)
-        let ref = Reference(channels: channels, bufferSize: bufferSize, warmup: warmup,
-                            epsilon: Double(layer.epsilon), normBatch: normBatch,
-                            gamma: gamma.map(Double.init), beta: beta.map(Double.init))
+        let ref = Reference(
+            channels: channels, bufferSize: bufferSize, warmup: warmup,
+            epsilon: Double(layer.epsilon), normBatch: normBatch,
+            gamma: gamma.map(Double.init), beta: beta.map(Double.init))
         ref.running = running.map(Double.init)
         ref.t = Int(iters)
         ref.bufX2 = x2.map(Double.init)
@@ -187,9 +203,11 @@ final class MovingAverageBatchNormTests: XCTestCase {
     }
 
     func stateOf(_ layer: MovingAverageBatchNorm) -> [String: [Double]] {
-        ["running_var": layer.runningSecondMoment.map(Double.init), "iters": [Double(layer.iterations)],
-         "buffer_x2": layer.secondMomentBuffer.map(Double.init),
-         "buffer_gz": layer.backwardStatisticBuffer.map(Double.init)]
+        [
+            "running_var": layer.runningSecondMoment.map(Double.init), "iters": [Double(layer.iterations)],
+            "buffer_x2": layer.secondMomentBuffer.map(Double.init),
+            "buffer_gz": layer.backwardStatisticBuffer.map(Double.init),
+        ]
     }
 
     // MARK: Tests
@@ -212,20 +230,24 @@ final class MovingAverageBatchNormTests: XCTestCase {
                         // ≥ 3 values per chunk: with one value the warm-up dx is ~ε/x² (pure rounding noise).
                         let least = (3 + positions - 1) / positions
                         let k = max(Int.random(in: 1...3, using: &rng), least)
-                        let batch = ghost ? k * Int.random(in: 2...3, using: &rng)
+                        let batch =
+                            ghost
+                            ? k * Int.random(in: 2...3, using: &rng)
                             : max(Int.random(in: 1...4, using: &rng), least)
                         let bufferSize = Int.random(in: 1...4, using: &rng)
                         let (warmup, iters): (Int, Int64) = [(100, 0), (4, 1), (100, 998)][regime]
                         let affine = !(rank == 1 && ghost)
-                        let (layer, ref) = try makePair(channels: channels, bufferSize: bufferSize, warmup: warmup,
-                                                        normBatch: ghost ? k : nil, affine: affine, iters: iters,
-                                                        rng: &rng)
+                        let (layer, ref) = try makePair(
+                            channels: channels, bufferSize: bufferSize, warmup: warmup,
+                            normBatch: ghost ? k : nil, affine: affine, iters: iters,
+                            rng: &rng)
                         let shape = [batch, channels] + spatial
                         for step in 0..<3 {
                             let xl = Kit.randomLogical(shape.reduce(1, *), mean: 0.2, std: 1.5, &rng)
                             let dyl = Kit.randomLogical(shape.reduce(1, *), mean: 0, std: 1, &rng)
                             let x = Kit.tensor(shape, layout, xl), dy = Kit.tensor(shape, layout, dyl)
-                            let context = "rank \(rank) \(layout) ghost \(ghost) regime \(regime) step \(step) shape \(shape) S \(bufferSize)"
+                            let context =
+                                "rank \(rank) \(layout) ghost \(ghost) regime \(regime) step \(step) shape \(shape) S \(bufferSize)"
                             let y = try layer.forward(x, training: true)
                             let yr = ref.forward(xl, batch: batch, positions: positions)
                             let rr = ref.chunks.flatMap(\.r)
@@ -239,29 +261,42 @@ final class MovingAverageBatchNormTests: XCTestCase {
                             let gr = ref.backward(dyl)
                             Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), context)
                             if affine {
-                                Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma,
-                                                                        scale: gr.dgammaScale), context)
-                                Kit.record(&worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta,
-                                                                       scale: gr.dbetaScale), context)
+                                Kit.record(
+                                    &worst, "dgamma",
+                                    Kit.relErr(
+                                        grads.weight!.map(Double.init), gr.dgamma,
+                                        scale: gr.dgammaScale), context)
+                                Kit.record(
+                                    &worst, "dbeta",
+                                    Kit.relErr(
+                                        grads.bias!.map(Double.init), gr.dbeta,
+                                        scale: gr.dbetaScale), context)
                             } else {
                                 XCTAssertNil(grads.weight)
                             }
                             let state = stateOf(layer)
-                            Kit.record(&worst, "state", max(Kit.relErr(state["running_var"]!, ref.running),
-                                                            Kit.relErr(state["buffer_x2"]!, ref.bufX2),
-                                                            Kit.relErr(state["buffer_gz"]!, ref.bufGz)), context)
+                            Kit.record(
+                                &worst, "state",
+                                max(
+                                    Kit.relErr(state["running_var"]!, ref.running),
+                                    Kit.relErr(state["buffer_x2"]!, ref.bufX2),
+                                    Kit.relErr(state["buffer_gz"]!, ref.bufGz)), context)
                             XCTAssertEqual(layer.iterations, Int64(ref.t), context)
                             let ye = try layer.forward(x, training: false)
-                            Kit.record(&worst, "eval", Kit.relErr(Kit.logical(ye),
-                                                                  ref.evaluate(xl, batch: batch, positions: positions)),
-                                       context)
+                            Kit.record(
+                                &worst, "eval",
+                                Kit.relErr(
+                                    Kit.logical(ye),
+                                    ref.evaluate(xl, batch: batch, positions: positions)),
+                                context)
                         }
                     }
                 }
             }
         }
-        print("MovingAverageBatchNorm vs float64 reference, max relative errors:", Kit.describe(worst),
-              "| r ≠ 1 in \(rNotOne) of \(rValues) (clipped \(rClipped)), SMA chunks \(smaChunks)")
+        print(
+            "MovingAverageBatchNorm vs float64 reference, max relative errors:", Kit.describe(worst),
+            "| r ≠ 1 in \(rNotOne) of \(rValues) (clipped \(rClipped)), SMA chunks \(smaChunks)")
         for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-5, key) }
         XCTAssertGreaterThan(rNotOne, rClipped)
         XCTAssertGreaterThan(rClipped, 0)
@@ -275,8 +310,9 @@ final class MovingAverageBatchNormTests: XCTestCase {
         var worst: [String: Double] = [:]
         let shape = [4, 8, 48, 48], positions = 48 * 48
         for layout in TensorLayout.allCases {
-            let (layer, ref) = try makePair(channels: 8, bufferSize: 3, warmup: 100, normBatch: 2, affine: true,
-                                            iters: 1500, rng: &rng)
+            let (layer, ref) = try makePair(
+                channels: 8, bufferSize: 3, warmup: 100, normBatch: 2, affine: true,
+                iters: 1500, rng: &rng)
             let xl = Kit.randomLogical(shape.reduce(1, *), mean: 0.1, std: 1.5, &rng)
             let dyl = Kit.randomLogical(shape.reduce(1, *), mean: 0, std: 1, &rng)
             let y = try layer.forward(Kit.tensor(shape, layout, xl), training: true)
@@ -284,11 +320,17 @@ final class MovingAverageBatchNormTests: XCTestCase {
             let yr = ref.forward(xl, batch: 4, positions: positions), gr = ref.backward(dyl)
             Kit.record(&worst, "y", Kit.relErr(Kit.logical(y), yr), "\(layout)")
             Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), "\(layout)")
-            Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale), "\(layout)")
-            Kit.record(&worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale), "\(layout)")
-            Kit.record(&worst, "state", max(Kit.relErr(layer.secondMomentBuffer.map(Double.init), ref.bufX2),
-                                            Kit.relErr(layer.backwardStatisticBuffer.map(Double.init), ref.bufGz),
-                                            Kit.relErr(layer.runningSecondMoment.map(Double.init), ref.running)), "\(layout)")
+            Kit.record(
+                &worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale),
+                "\(layout)")
+            Kit.record(
+                &worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale), "\(layout)")
+            Kit.record(
+                &worst, "state",
+                max(
+                    Kit.relErr(layer.secondMomentBuffer.map(Double.init), ref.bufX2),
+                    Kit.relErr(layer.backwardStatisticBuffer.map(Double.init), ref.bufGz),
+                    Kit.relErr(layer.runningSecondMoment.map(Double.init), ref.running)), "\(layout)")
         }
         print("MovingAverageBatchNorm on [4, 8, 48, 48], max relative errors:", Kit.describe(worst))
         for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-5, key) }
@@ -299,8 +341,10 @@ final class MovingAverageBatchNormTests: XCTestCase {
     func testWarmupBackwardMatchesFiniteDifferences() throws {
         var rng = SeededGenerator(seed: 402)
         var worst: [String: Double] = [:]
-        let cases: [([Int], Int?, TensorLayout)] = [([3, 2, 4], nil, .channelsFirst), ([6, 3, 2, 2], 2, .channelsLast),
-                                                    ([4, 2], 2, .channelsFirst), ([2, 2, 2, 1, 3], 1, .channelsLast)]
+        let cases: [([Int], Int?, TensorLayout)] = [
+            ([3, 2, 4], nil, .channelsFirst), ([6, 3, 2, 2], 2, .channelsLast),
+            ([4, 2], 2, .channelsFirst), ([2, 2, 2, 1, 3], 1, .channelsLast),
+        ]
         for (shape, normBatch, layout) in cases {
             let channels = shape[1], batch = shape[0], positions = shape.dropFirst(2).reduce(1, *)
             let layer = try MovingAverageBatchNorm(channels: channels, bufferSize: 4, normBatch: normBatch)
@@ -313,8 +357,9 @@ final class MovingAverageBatchNormTests: XCTestCase {
             let grads = try layer.backward(Kit.tensor(shape, layout, wl))
             let k = normBatch ?? batch, eps = Double(layer.epsilon)
             func loss(_ x: [Double], _ g: [Double], _ b: [Double]) -> Double {
-                let y = Reference.warmupFunction(x, batch: batch, channels: channels, positions: positions, k: k,
-                                                 epsilon: eps, gamma: g, beta: b)
+                let y = Reference.warmupFunction(
+                    x, batch: batch, channels: channels, positions: positions, k: k,
+                    epsilon: eps, gamma: g, beta: b)
                 return zip(y, wl).reduce(0) { $0 + $1.0 * $1.1 }
             }
             let h = 1e-5
@@ -336,7 +381,8 @@ final class MovingAverageBatchNormTests: XCTestCase {
             Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), fdg), context)
             Kit.record(&worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), fdb), context)
         }
-        print("MovingAverageBatchNorm warm-up backward vs finite differences, max relative errors:", Kit.describe(worst))
+        print(
+            "MovingAverageBatchNorm warm-up backward vs finite differences, max relative errors:", Kit.describe(worst))
         for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-4, key) }
     }
 
@@ -348,19 +394,23 @@ final class MovingAverageBatchNormTests: XCTestCase {
         XCTAssertEqual(file.runs.count, 2)
         XCTAssertTrue(file.runs.contains { $0.normBatch != nil && $0.normBatch! < $0.shape[0] })
         for run in file.runs {
-            let layer = try MovingAverageBatchNorm(channels: run.shape[1], bufferSize: try XCTUnwrap(run.bufferSize),
-                                                   oldValueWeight: Float(run.momentum),
-                                                   warmup: try XCTUnwrap(run.warmup),
-                                                   normBatch: run.normBatch)
+            let layer = try MovingAverageBatchNorm(
+                channels: run.shape[1], bufferSize: try XCTUnwrap(run.bufferSize),
+                oldValueWeight: Float(run.momentum),
+                warmup: try XCTUnwrap(run.warmup),
+                normBatch: run.normBatch)
             var rNotOne = 0, rClipped = 0
-            let worst = try Kit.replayTrace(run, kind: .mabn, layer: layer, r: {
-                let r = layer.lastR
-                rNotOne += r.filter { $0 != 1 }.count
-                rClipped += r.filter { $0 == 5 || $0 == 0.2 }.count
-                return r
-            }, d: nil, state: { stateOf(layer) })
-            print("MovingAverageBatchNorm trace '\(run.name)', max relative errors:", Kit.describe(worst),
-                  "| r ≠ 1: \(rNotOne), clipped: \(rClipped) (reference: \(run.stats ?? [:]))")
+            let worst = try Kit.replayTrace(
+                run, kind: .mabn, layer: layer,
+                r: {
+                    let r = layer.lastR
+                    rNotOne += r.filter { $0 != 1 }.count
+                    rClipped += r.filter { $0 == 5 || $0 == 0.2 }.count
+                    return r
+                }, d: nil, state: { stateOf(layer) })
+            print(
+                "MovingAverageBatchNorm trace '\(run.name)', max relative errors:", Kit.describe(worst),
+                "| r ≠ 1: \(rNotOne), clipped: \(rClipped) (reference: \(run.stats ?? [:]))")
             for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-4, "\(run.name): \(key)") }
             let chunks = run.shape[0] / (run.normBatch ?? run.shape[0])
             XCTAssertEqual(layer.iterations, Int64(run.steps * chunks))
@@ -381,7 +431,7 @@ final class MovingAverageBatchNormTests: XCTestCase {
         let a = try make()
         a.weight!.value = [0.5, 1, 2]
         a.bias!.value = [0, 0.25, -1]
-        for s in 1...150 {      // 300 iterations: past warm-up, SMA in both directions
+        for s in 1...150 {  // 300 iterations: past warm-up, SMA in both directions
             let (x, dy) = Kit.traceInputs(.mabn, step: s, shape: shape, layout: .channelsLast)
             _ = try a.forward(x, training: true)
             _ = try a.backward(dy)
@@ -464,7 +514,9 @@ final class MovingAverageBatchNormTests: XCTestCase {
     func testBadInputThrows() throws {
         func assertArgument(_ name: String, _ body: () throws -> MovingAverageBatchNorm) {
             XCTAssertThrowsError(try body()) { error in
-                guard case NormalizationError.invalidArgument(_, let n, _, _) = error else { return XCTFail("\(error)") }
+                guard case NormalizationError.invalidArgument(_, let n, _, _) = error else {
+                    return XCTFail("\(error)")
+                }
                 XCTAssertEqual(n, name)
             }
         }
@@ -491,7 +543,8 @@ final class MovingAverageBatchNormTests: XCTestCase {
             XCTAssertEqual($0 as? NormalizationError, .channelMismatch(layer: layer.name, expected: 3, got: 5))
         }
         XCTAssertThrowsError(try layer.forward(Tensor(zeros: [5, 3, 2]), training: true)) {
-            XCTAssertEqual($0 as? NormalizationError, .normBatchDoesNotDivide(layer: layer.name, batch: 5, normBatch: 2))
+            XCTAssertEqual(
+                $0 as? NormalizationError, .normBatchDoesNotDivide(layer: layer.name, batch: 5, normBatch: 2))
         }
         XCTAssertThrowsError(try layer.forward(Tensor(zeros: [0, 3, 2]), training: true)) {
             XCTAssertEqual($0 as? NormalizationError, .emptyBatch(layer: layer.name))
@@ -517,16 +570,17 @@ final class MovingAverageBatchNormTests: XCTestCase {
             _ = try layer.forward(Kit.randomTensor([4, 2, 3], .channelsFirst, mean: 0, std: 1, &rng), training: true)
             _ = try layer.backward(Kit.randomTensor([4, 2, 3], .channelsFirst, mean: 0, std: 1, &rng))
         }
-        let buffer = layer.secondMomentBuffer, t = layer.iterations     // 6
+        let buffer = layer.secondMomentBuffer, t = layer.iterations  // 6
         var xl = Kit.randomLogical(24, mean: 0, std: 1, &rng)
-        xl[5] = .nan                                                   // sample 0, channel 1: chunk 0 (t = 7)
+        xl[5] = .nan  // sample 0, channel 1: chunk 0 (t = 7)
         _ = try layer.forward(Kit.tensor([4, 2, 3], .channelsFirst, xl), training: true)
         XCTAssertEqual(layer.skippedUpdates, 1)
         XCTAssertEqual(layer.iterations, t + 2)
         let slot7 = Int((t + 1) % 4), slot8 = Int((t + 2) % 4)
-        XCTAssertEqual(Array(layer.secondMomentBuffer[(slot7 * 2)..<(slot7 * 2 + 2)]),
-                       Array(buffer[(slot7 * 2)..<(slot7 * 2 + 2)]))
-        for c in 0..<2 {        // chunk 1 = samples 2, 3
+        XCTAssertEqual(
+            Array(layer.secondMomentBuffer[(slot7 * 2)..<(slot7 * 2 + 2)]),
+            Array(buffer[(slot7 * 2)..<(slot7 * 2 + 2)]))
+        for c in 0..<2 {  // chunk 1 = samples 2, 3
             var x2 = 0.0
             for n in 2..<4 { for p in 0..<3 { x2 += xl[(n * 2 + c) * 3 + p] * xl[(n * 2 + c) * 3 + p] } }
             XCTAssertEqual(Double(layer.secondMomentBuffer[slot8 * 2 + c]), x2 / 6, accuracy: 1e-6 * x2)
@@ -534,7 +588,7 @@ final class MovingAverageBatchNormTests: XCTestCase {
         XCTAssertTrue(layer.runningSecondMoment.allSatisfy(\.isFinite))
         XCTAssertTrue(layer.secondMomentBuffer.allSatisfy(\.isFinite))
         _ = try layer.backward(Kit.randomTensor([4, 2, 3], .channelsFirst, mean: 0, std: 1, &rng))
-        XCTAssertEqual(layer.skippedUpdates, 2)                         // chunk 0's Ψ is NaN too
+        XCTAssertEqual(layer.skippedUpdates, 2)  // chunk 0's Ψ is NaN too
         XCTAssertTrue(layer.backwardStatisticBuffer.allSatisfy(\.isFinite))
     }
 }

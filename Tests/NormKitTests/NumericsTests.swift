@@ -1,6 +1,6 @@
 import Foundation
-import XCTest
 import NormKit
+import XCTest
 
 /// Spec §1 "Numerics": statistics must be accumulated stably. `x = 1e4 + 0.01·randn` (float32) must give the
 /// float64 variance to 1e-4 relative, and sets of 3·10⁷ elements must agree with float64 to 1e-5.
@@ -29,14 +29,16 @@ final class NumericsTests: XCTestCase {
         let m = Float(8 * 225)
         for n in 0..<8 { for p in 0..<225 { let v = x[n, 0, p]; s1 += v; s2 += v * v } }
         let naive = Double(s2 / m - (s1 / m) * (s1 / m))
-        XCTAssertGreaterThan(abs(naive - ref.variance[0]) / ref.variance[0], 1, "the test input must defeat the naive formula")
+        XCTAssertGreaterThan(
+            abs(naive - ref.variance[0]) / ref.variance[0], 1, "the test input must defeat the naive formula")
 
         var worst = 0.0
         for layout in TensorLayout.allCases {
             for k in [nil, 2] as [Int?] {
                 let bn = try BatchNorm(channels: 3, momentum: 1, normBatch: k)
                 _ = try bn.forward(x.converted(to: layout), training: true)
-                let r = Float64Reference.forward(RefTensor(x), sets: .batchNorm(normBatch: k ?? 8), gamma: nil, beta: nil)
+                let r = Float64Reference.forward(
+                    RefTensor(x), sets: .batchNorm(normBatch: k ?? 8), gamma: nil, beta: nil)
                 let ev = relativeError(bn.runningVariance, r.channelUnbiasedVariance)
                 let em = relativeError(bn.runningMean, r.channelMean)
                 worst = max(worst, ev)
@@ -44,8 +46,10 @@ final class NumericsTests: XCTestCase {
                 XCTAssertLessThanOrEqual(em, 1e-6, "running_mean \(layout)")
             }
         }
-        print(String(format: "NumericsTests: 1e4 + 0.01·randn: running_var rel. error %.3e (naive float32 one-pass: %.3e)",
-                     worst, abs(naive - ref.variance[0]) / ref.variance[0]))
+        print(
+            String(
+                format: "NumericsTests: 1e4 + 0.01·randn: running_var rel. error %.3e (naive float32 one-pass: %.3e)",
+                worst, abs(naive - ref.variance[0]) / ref.variance[0]))
     }
 
     /// The same hard input through GroupNorm (G = 1, 4, 8: LN, GN, IN) and BatchNorm (train, then eval with the
@@ -63,8 +67,10 @@ final class NumericsTests: XCTestCase {
         let rx = RefTensor(x)
         var worstMean = 0.0, worstVar = 0.0, worstElement = 0.0
         /// Checks y against the float64 output `want`, and its per-set statistics against `expectedVariance`.
-        func check(_ y: Tensor, _ want: RefTensor, sets: [[(n: Int, c: Int)]], expectedVariance: [Double],
-                   expectedMean: [Double]? = nil, _ label: String) {
+        func check(
+            _ y: Tensor, _ want: RefTensor, sets: [[(n: Int, c: Int)]], expectedVariance: [Double],
+            expectedMean: [Double]? = nil, _ label: String
+        ) {
             let ry = RefTensor(y)
             let e = relativeError(ry.data, want.data)
             worstElement = max(worstElement, e)
@@ -77,7 +83,8 @@ final class NumericsTests: XCTestCase {
                 worstMean = max(worstMean, dm)
                 worstVar = max(worstVar, abs(v - expectedVariance[s]) / expectedVariance[s])
                 XCTAssertLessThanOrEqual(dm, 1e-4, "mean(y) \(label) set \(s)")
-                XCTAssertLessThanOrEqual(abs(v - expectedVariance[s]) / expectedVariance[s], 1e-4, "var(y) \(label) set \(s)")
+                XCTAssertLessThanOrEqual(
+                    abs(v - expectedVariance[s]) / expectedVariance[s], 1e-4, "var(y) \(label) set \(s)")
             }
         }
         for layout in TensorLayout.allCases {
@@ -87,25 +94,33 @@ final class NumericsTests: XCTestCase {
                 let y = try gn.forward(xl, training: true)
                 let kind = RefSets.groupNorm(groups: groups)
                 let ref = Float64Reference.forward(rx, sets: kind, gamma: nil, beta: nil)
-                check(y, ref.y, sets: kind.members(batch: 2, channels: 8),
-                      expectedVariance: ref.variance.map { $0 / ($0 + 1e-5) }, "GN G=\(groups) \(layout)")
+                check(
+                    y, ref.y, sets: kind.members(batch: 2, channels: 8),
+                    expectedVariance: ref.variance.map { $0 / ($0 + 1e-5) }, "GN G=\(groups) \(layout)")
             }
             let bn = try BatchNorm(channels: 8, momentum: 1, affine: false)
             let kind = RefSets.batchNorm(normBatch: 2)
             let ref = Float64Reference.forward(rx, sets: kind, gamma: nil, beta: nil)
             let members = kind.members(batch: 2, channels: 8)
-            check(try bn.forward(xl, training: true), ref.y, sets: members,
-                  expectedVariance: ref.variance.map { $0 / ($0 + 1e-5) }, "BN train \(layout)")
+            check(
+                try bn.forward(xl, training: true), ref.y, sets: members,
+                expectedVariance: ref.variance.map { $0 / ($0 + 1e-5) }, "BN train \(layout)")
             // Eval with running_mean = μ, running_var = unbiased var (momentum 1), from the Float state: the stored
             // mean is μ rounded to float (off by up to 5e-4 = 5 % of σ), so mean(y) = (μ − running_mean)·rstd.
             let rm = bn.runningMean.map(Double.init), rv = bn.runningVariance.map(Double.init)
-            let refEval = Float64Reference.batchNormEval(rx, runningMean: rm, runningVariance: rv, gamma: nil, beta: nil)
-            check(try bn.forward(xl, training: false), refEval, sets: members,
-                  expectedVariance: ref.variance.enumerated().map { c, v in v / (rv[c] + 1e-5) },
-                  expectedMean: (0..<8).map { c in (ref.mean[c] - rm[c]) / (rv[c] + 1e-5).squareRoot() }, "BN eval \(layout)")
+            let refEval = Float64Reference.batchNormEval(
+                rx, runningMean: rm, runningVariance: rv, gamma: nil, beta: nil)
+            check(
+                try bn.forward(xl, training: false), refEval, sets: members,
+                expectedVariance: ref.variance.enumerated().map { c, v in v / (rv[c] + 1e-5) },
+                expectedMean: (0..<8).map { c in (ref.mean[c] - rm[c]) / (rv[c] + 1e-5).squareRoot() },
+                "BN eval \(layout)")
         }
-        print(String(format: "NumericsTests: 1e4 + 0.01·randn output: |mean(y) − expected| %.2e, var(y) rel. error %.2e, elements rel. error %.2e",
-                     worstMean, worstVar, worstElement))
+        print(
+            String(
+                format:
+                    "NumericsTests: 1e4 + 0.01·randn output: |mean(y) − expected| %.2e, var(y) rel. error %.2e, elements rel. error %.2e",
+                worstMean, worstVar, worstElement))
     }
 
     /// One set of 3·10⁷ elements (mean 3, std 1: the mean dominates the sum). BN on a single channel
@@ -144,7 +159,10 @@ final class NumericsTests: XCTestCase {
         }
         let ey = maxError / maxValue
         XCTAssertLessThanOrEqual(ey, 1e-5)
-        print(String(format: "NumericsTests: 3e7-element set: running_mean %.2e, running_var %.2e, LN output %.2e (relative)",
-                     em, ev, ey))
+        print(
+            String(
+                format:
+                    "NumericsTests: 3e7-element set: running_mean %.2e, running_var %.2e, LN output %.2e (relative)",
+                em, ev, ey))
     }
 }

@@ -44,7 +44,8 @@ final class ParallelismTests: XCTestCase {
         for _ in 0..<200 {
             hits.withUnsafeMutableBufferPointer { h in
                 let base = h.baseAddress!
-                Parallelism.forEachRange(count: 4096, work: 1 << 20, minimumWork: 1) { r in for i in r { base[i] += 1 } }
+                Parallelism.forEachRange(count: 4096, work: 1 << 20, minimumWork: 1) { r in for i in r { base[i] += 1 }
+                }
             }
         }
         XCTAssertTrue(hits.allSatisfy { $0 == 200 })
@@ -58,7 +59,8 @@ final class ParallelismTests: XCTestCase {
         for _ in 0..<100 {
             hits.withUnsafeMutableBufferPointer { h in
                 let base = h.baseAddress!
-                Parallelism.forEachRange(count: 1000, work: 1 << 20, minimumWork: 1) { r in for i in r { base[i] += 1 } }
+                Parallelism.forEachRange(count: 1000, work: 1 << 20, minimumWork: 1) { r in for i in r { base[i] += 1 }
+                }
             }
             usleep(100)  // let the worker fall asleep between calls
         }

@@ -1,7 +1,6 @@
 import Foundation
-import XCTest
-
 import NormKit
+import XCTest
 
 /// Precision against PyTorch's own float32 error on hard inputs (issue 9's gate: no worse than PyTorch's float32
 /// anywhere). Each case replays the inputs of `Fixtures/torch_precision.json` (made by
@@ -29,9 +28,11 @@ final class PrecisionTests: XCTestCase {
     }
 
     static func loadFixture() throws -> Fixture {
-        let url = try XCTUnwrap(Bundle.module.url(forResource: "torch_precision", withExtension: "json",
-                                                  subdirectory: "Fixtures"),
-                                "missing fixture torch_precision.json: run scripts/make_precision_fixtures.py")
+        let url = try XCTUnwrap(
+            Bundle.module.url(
+                forResource: "torch_precision", withExtension: "json",
+                subdirectory: "Fixtures"),
+            "missing fixture torch_precision.json: run scripts/make_precision_fixtures.py")
         return try JSONDecoder().decode(Fixture.self, from: Data(contentsOf: url))
     }
 
@@ -44,8 +45,9 @@ final class PrecisionTests: XCTestCase {
 
     func checkBatchRenorm(_ fixture: Fixture.Case) throws {
         let s = fixture.schedule
-        let schedule = BatchRenorm.Schedule(warmupSteps: s.warmupSteps, rMax: s.rMax, dMax: s.dMax, rSteps: s.rSteps,
-                                            dSteps: s.dSteps)
+        let schedule = BatchRenorm.Schedule(
+            warmupSteps: s.warmupSteps, rMax: s.rMax, dMax: s.dMax, rSteps: s.rSteps,
+            dSteps: s.dSteps)
         let shape = fixture.shape, channels = shape[1], positions = shape.dropFirst(2).reduce(1, *)
         for layout in TensorLayout.allCases {
             let layer = try BatchRenorm(channels: channels, momentum: fixture.momentum, schedule: schedule)
@@ -76,20 +78,23 @@ final class PrecisionTests: XCTestCase {
                 record("dx", Kit.logical(grads.input), gr.dx)
                 record("dgamma", grads.weight!.map(Double.init), gr.dgamma)
                 record("dbeta", grads.bias!.map(Double.init), gr.dbeta)
-                record("eval", Kit.logical(try layer.forward(x, training: false)),
-                       reference.evaluate(xl, batch: shape[0], positions: positions))
+                record(
+                    "eval", Kit.logical(try layer.forward(x, training: false)),
+                    reference.evaluate(xl, batch: shape[0], positions: positions))
                 activeR += zip(reference.r, reference.rFree).filter { $0 == $1 && $0 != 1 }.count
                 activeD += reference.d.filter { $0 != 0 }.count
             }
             XCTAssertGreaterThan(activeR, 0, "r never left 1: the case does not exercise BRN")
             XCTAssertGreaterThan(activeD, 0, "d never left 0: the case does not exercise BRN")
             let bar = fixture.torchFloat32Error
-            print("BatchRenorm, means \(fixture.meanScale)·N(0, 1), spread 0.01, \(layout): NormKit vs float64",
-                  Kit.describe(worst), "| PyTorch float32 vs float64", Kit.describe(bar))
+            print(
+                "BatchRenorm, means \(fixture.meanScale)·N(0, 1), spread 0.01, \(layout): NormKit vs float64",
+                Kit.describe(worst), "| PyTorch float32 vs float64", Kit.describe(bar))
             for (key, error) in worst {
                 let torchError = try XCTUnwrap(bar[key], key)
                 // Within 2× of PyTorch's error, or of float32's own resolution where PyTorch's is below it.
-                XCTAssertLessThanOrEqual(error, 2 * max(torchError, 1e-6), "\(key) in \(layout), means \(fixture.meanScale)·N(0, 1)")
+                XCTAssertLessThanOrEqual(
+                    error, 2 * max(torchError, 1e-6), "\(key) in \(layout), means \(fixture.meanScale)·N(0, 1)")
             }
         }
     }
@@ -112,11 +117,14 @@ final class PrecisionTests: XCTestCase {
                 var worst: [String: [String: Double]] = ["bn": [:], "gn": [:]]
                 for step in 0..<fixture.steps {
                     let xr = RefTensor(batch: shape[0], channels: channels, positions: positions, data: fixture.x[step])
-                    let dyr = RefTensor(batch: shape[0], channels: channels, positions: positions,
-                                        data: fixture.dy[step])
+                    let dyr = RefTensor(
+                        batch: shape[0], channels: channels, positions: positions,
+                        data: fixture.dy[step])
                     let x = Kit.tensor(shape, layout, fixture.x[step]), dy = Kit.tensor(shape, layout, fixture.dy[step])
-                    for (key, layer, sets) in [("bn", bn as NormalizationLayer, RefSets.batchNorm(normBatch: shape[0])),
-                                               ("gn", gn, RefSets.groupNorm(groups: channels))] {
+                    for (key, layer, sets) in [
+                        ("bn", bn as NormalizationLayer, RefSets.batchNorm(normBatch: shape[0])),
+                        ("gn", gn, RefSets.groupNorm(groups: channels)),
+                    ] {
                         let forward = Float64Reference.forward(xr, sets: sets, gamma: gamma, beta: beta)
                         let backward = Float64Reference.backward(xr, dy: dyr, sets: sets, gamma: gamma)
                         let y = try layer.forward(x, training: true)
@@ -129,8 +137,9 @@ final class PrecisionTests: XCTestCase {
                         record("dgamma", grads.weight!.map(Double.init), backward.dgamma)
                         record("dbeta", grads.bias!.map(Double.init), backward.dbeta)
                         if key == "bn" {
-                            Float64Reference.updateRunning(mean: &runningMean, variance: &runningVariance,
-                                                           with: forward, momentum: 0.2)
+                            Float64Reference.updateRunning(
+                                mean: &runningMean, variance: &runningVariance,
+                                with: forward, momentum: 0.2)
                             let evaluation = Float64Reference.batchNormEval(
                                 xr, runningMean: runningMean, runningVariance: runningVariance, gamma: gamma,
                                 beta: beta)
@@ -139,12 +148,14 @@ final class PrecisionTests: XCTestCase {
                     }
                 }
                 for (key, bar) in [("bn", fixture.batchNormFloat32Error), ("gn", fixture.groupNormFloat32Error)] {
-                    print("\(key), means \(fixture.meanScale)·N(0, 1), spread 0.01, \(layout): NormKit vs float64",
-                          Kit.describe(worst[key]!), "| PyTorch float32 vs float64", Kit.describe(bar))
+                    print(
+                        "\(key), means \(fixture.meanScale)·N(0, 1), spread 0.01, \(layout): NormKit vs float64",
+                        Kit.describe(worst[key]!), "| PyTorch float32 vs float64", Kit.describe(bar))
                     XCTAssertEqual(Set(worst[key]!.keys), Set(bar.keys), key)
                     for (name, error) in worst[key]! {
-                        XCTAssertLessThanOrEqual(error, 2 * max(bar[name] ?? 0, 1e-6),
-                                                 "\(key) \(name) in \(layout), means \(fixture.meanScale)·N(0, 1)")
+                        XCTAssertLessThanOrEqual(
+                            error, 2 * max(bar[name] ?? 0, 1e-6),
+                            "\(key) \(name) in \(layout), means \(fixture.meanScale)·N(0, 1)")
                     }
                 }
             }

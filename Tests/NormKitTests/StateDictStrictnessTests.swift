@@ -1,5 +1,5 @@
-import XCTest
 import NormKit
+import XCTest
 
 /// `loadStateDict` is strict by default for every layer kind (as PyTorch): a missing, unexpected or mis-shaped key
 /// throws, naming the layer and the keys, and changes nothing. `strict: false` loads what matches and reports the
@@ -80,7 +80,7 @@ final class StateDictStrictnessTests: XCTestCase {
                 XCTAssertEqual(result, StateDictLoadResult(missingKeys: [key]), label)
                 XCTAssertFalse(result.isEmpty)
                 var expected = full
-                expected[key] = before[key]   // the missing entry keeps its value
+                expected[key] = before[key]  // the missing entry keeps its value
                 XCTAssertEqual(layer.stateDict(), expected, "\(label) without \(key)")
                 try layer.loadStateDict(before)
             }
@@ -103,11 +103,13 @@ final class StateDictStrictnessTests: XCTestCase {
             state["extra.num_batches_tracked"] = .int64(shape: [], values: [1])
             let before = layer.stateDict()
             XCTAssertThrowsError(try layer.loadStateDict(state), label) { error in
-                Kit.assertIncompatibleKeys(error, missing: [],
-                                           unexpected: ["extra.num_batches_tracked", "running_mean_typo"])
+                Kit.assertIncompatibleKeys(
+                    error, missing: [],
+                    unexpected: ["extra.num_batches_tracked", "running_mean_typo"])
                 XCTAssertTrue(error.localizedDescription.hasPrefix(layer.name + ": "), "\(error)")
-                XCTAssertTrue(error.localizedDescription.contains(
-                    "unexpected key(s) extra.num_batches_tracked, running_mean_typo"), "\(error)")
+                XCTAssertTrue(
+                    error.localizedDescription.contains(
+                        "unexpected key(s) extra.num_batches_tracked, running_mean_typo"), "\(error)")
             }
             XCTAssertEqual(layer.stateDict(), before, "\(label): a refused load changed the layer")
             let result = try layer.loadStateDict(state, strict: false)
@@ -128,8 +130,9 @@ final class StateDictStrictnessTests: XCTestCase {
                 for strict in [true, false] {
                     XCTAssertThrowsError(try layer.loadStateDict(state, strict: strict), "\(label) \(key)") { error in
                         Kit.assertInvalidState(error, key)
-                        XCTAssertTrue(error.localizedDescription.hasPrefix(layer.name + ": state '\(key)'"),
-                                      "\(error)")
+                        XCTAssertTrue(
+                            error.localizedDescription.hasPrefix(layer.name + ": state '\(key)'"),
+                            "\(error)")
                     }
                     XCTAssertEqual(layer.stateDict(), before, "\(label) \(key) strict: \(strict)")
                 }
@@ -144,8 +147,10 @@ final class StateDictStrictnessTests: XCTestCase {
             (try BatchNorm(channels: 3), try BatchNorm(channels: 3, affine: false)),
             (try GroupNorm(channels: 4, groups: 2), try GroupNorm(channels: 4, groups: 2, affine: false)),
             (try BatchRenorm(channels: 3), try BatchRenorm(channels: 3, affine: false)),
-            (try MovingAverageBatchNorm(channels: 3, bufferSize: 2),
-             try MovingAverageBatchNorm(channels: 3, bufferSize: 2, affine: false)),
+            (
+                try MovingAverageBatchNorm(channels: 3, bufferSize: 2),
+                try MovingAverageBatchNorm(channels: 3, bufferSize: 2, affine: false)
+            ),
         ]
         for (affine, plain) in pairs {
             let state = perturbed(affine.stateDict())

@@ -115,8 +115,10 @@ final class SyncBatchNormTests: XCTestCase {
 
     /// Runs `steps` SyncBN training steps on `sizes.count` in-process workers, worker `w` taking the next
     /// `sizes[w]` samples of `x` and `dy`; returns each worker's last outputs and state.
-    private func runWorkers(_ sizes: [Int], x: Tensor, dy: Tensor, gamma: [Float], beta: [Float],
-                            activation: FusedActivation = .identity, steps: Int = 2) throws -> [WorkerResult] {
+    private func runWorkers(
+        _ sizes: [Int], x: Tensor, dy: Tensor, gamma: [Float], beta: [Float],
+        activation: FusedActivation = .identity, steps: Int = 2
+    ) throws -> [WorkerResult] {
         let group = InProcessWorkers(count: sizes.count)
         let starts = sizes.indices.map { sizes[..<$0].reduce(0, +) }
         var results = [WorkerResult?](repeating: nil, count: sizes.count)
@@ -138,8 +140,9 @@ final class SyncBatchNormTests: XCTestCase {
                     try bn.forward(xs, into: &y, training: true)
                     try bn.backward(dys, into: &dx)
                 }
-                let result = WorkerResult(y: y, dx: dx, dGamma: bn.weight!.gradient, dBeta: bn.bias!.gradient,
-                                          runningMean: bn.runningMean, runningVariance: bn.runningVariance)
+                let result = WorkerResult(
+                    y: y, dx: dx, dGamma: bn.weight!.gradient, dBeta: bn.bias!.gradient,
+                    runningMean: bn.runningMean, runningVariance: bn.runningVariance)
                 lock.lock(); results[w] = result; lock.unlock()
             } catch {
                 lock.lock(); failures[w] = error; lock.unlock()
@@ -150,8 +153,10 @@ final class SyncBatchNormTests: XCTestCase {
     }
 
     /// One BatchNorm over the whole batch, the same number of steps.
-    private func runSingle(x: Tensor, dy: Tensor, gamma: [Float], beta: [Float],
-                           activation: FusedActivation = .identity, steps: Int = 2) throws -> (BatchNorm, Tensor, Tensor) {
+    private func runSingle(
+        x: Tensor, dy: Tensor, gamma: [Float], beta: [Float],
+        activation: FusedActivation = .identity, steps: Int = 2
+    ) throws -> (BatchNorm, Tensor, Tensor) {
         let bn = try BatchNorm(channels: x.channels)
         bn.weight!.value = gamma
         bn.bias!.value = beta
@@ -170,9 +175,11 @@ final class SyncBatchNormTests: XCTestCase {
         return zip(a, b).map { Double(abs($0 - $1)) }.max()! / scale
     }
 
-    private func check(sizes: [Int], shape: [Int], layout: TensorLayout, activation: FusedActivation = .identity,
-                       offset: Float = 0, spread: Float = 1, tolerance: Double = 2e-5,
-                       file: StaticString = #filePath, line: UInt = #line) throws {
+    private func check(
+        sizes: [Int], shape: [Int], layout: TensorLayout, activation: FusedActivation = .identity,
+        offset: Float = 0, spread: Float = 1, tolerance: Double = 2e-5,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         var generator = SeededGenerator(seed: UInt64(sizes.reduce(7, &*) + shape.reduce(0, +)))
         let c = shape[1]
         let raw = Tensor.randomNormal(shape: shape, using: &generator)
@@ -189,14 +196,17 @@ final class SyncBatchNormTests: XCTestCase {
         // dγ, dβ: each worker has its own samples' sums; their total is the single layer's.
         let dGamma = (0..<c).map { ch in workers.reduce(Float(0)) { $0 + $1.dGamma[ch] } }
         let dBeta = (0..<c).map { ch in workers.reduce(Float(0)) { $0 + $1.dBeta[ch] } }
-        XCTAssertLessThan(maxRelative(dGamma, single.weight!.gradient), tolerance, "dγ, \(label)", file: file, line: line)
+        XCTAssertLessThan(
+            maxRelative(dGamma, single.weight!.gradient), tolerance, "dγ, \(label)", file: file, line: line)
         XCTAssertLessThan(maxRelative(dBeta, single.bias!.gradient), tolerance, "dβ, \(label)", file: file, line: line)
         // Running statistics: the global batch's on every worker (identical across workers).
         for w in workers {
-            XCTAssertLessThan(maxRelative(w.runningMean, single.runningMean), 1e-5, "running mean, \(label)",
-                              file: file, line: line)
-            XCTAssertLessThan(maxRelative(w.runningVariance, single.runningVariance), 1e-5,
-                              "running var, \(label)", file: file, line: line)
+            XCTAssertLessThan(
+                maxRelative(w.runningMean, single.runningMean), 1e-5, "running mean, \(label)",
+                file: file, line: line)
+            XCTAssertLessThan(
+                maxRelative(w.runningVariance, single.runningVariance), 1e-5,
+                "running var, \(label)", file: file, line: line)
             XCTAssertEqual(w.runningMean, workers[0].runningMean, "workers disagree, \(label)", file: file, line: line)
         }
     }
@@ -222,10 +232,12 @@ final class SyncBatchNormTests: XCTestCase {
 
     /// As stable as the single-process kernels: x = 1e4 + 0.01·randn (spec section 1).
     func testLargeMeanSmallSpread() throws {
-        try check(sizes: [8, 8], shape: [16, 4, 6, 6], layout: .channelsFirst, offset: 1e4, spread: 0.01,
-                  tolerance: 1e-4)
-        try check(sizes: [5, 11], shape: [16, 4, 6, 6], layout: .channelsLast, offset: 1e4, spread: 0.01,
-                  tolerance: 1e-4)
+        try check(
+            sizes: [8, 8], shape: [16, 4, 6, 6], layout: .channelsFirst, offset: 1e4, spread: 0.01,
+            tolerance: 1e-4)
+        try check(
+            sizes: [5, 11], shape: [16, 4, 6, 6], layout: .channelsLast, offset: 1e4, spread: 0.01,
+            tolerance: 1e-4)
     }
 
     /// One worker is BatchNorm.

@@ -1,6 +1,6 @@
 import Foundation
-import XCTest
 import NormKit
+import XCTest
 
 /// NormKit against PyTorch on the fixtures written by `scripts/make_torch_fixtures.py` (torch.nn.BatchNorm1d
 /// on (N, C) and (N, C, L), BatchNorm2d, BatchNorm3d, and torch.nn.GroupNorm with several G incl. G = 1 and
@@ -55,8 +55,9 @@ final class TorchParityTests: XCTestCase {
     }
 
     private func load<Case: Decodable>(_ name: String, as: Case.Type) throws -> Fixture<Case> {
-        let url = try XCTUnwrap(Bundle.module.url(forResource: name, withExtension: "json", subdirectory: "Fixtures"),
-                                "missing fixture \(name).json: run scripts/make_torch_fixtures.py")
+        let url = try XCTUnwrap(
+            Bundle.module.url(forResource: name, withExtension: "json", subdirectory: "Fixtures"),
+            "missing fixture \(name).json: run scripts/make_torch_fixtures.py")
         return try JSONDecoder().decode(Fixture<Case>.self, from: Data(contentsOf: url))
     }
 
@@ -102,7 +103,8 @@ final class TorchParityTests: XCTestCase {
                     }
                 }
                 XCTAssertEqual(bn.batchesTracked, c.num_batches_tracked, label)
-                XCTAssertEqual(bn.stateDict()["num_batches_tracked"], .int64(shape: [], values: [c.num_batches_tracked]))
+                XCTAssertEqual(
+                    bn.stateDict()["num_batches_tracked"], .int64(shape: [], values: [c.num_batches_tracked]))
                 let y = try bn.forward(try tensor(c.shape, c.eval.x, layout), training: false)
                 check(torchOrder(y), c.eval.y, "eval y", label)
             }

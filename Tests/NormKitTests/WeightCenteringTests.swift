@@ -56,7 +56,9 @@ final class WeightCenteringTests: XCTestCase {
         let w: [Float] = [1, 2, 3, 6, 0, 0, 0, 4]
         XCTAssertEqual(try WeightCentering.centered(w, filters: 2), [-2, -1, 0, 3, -1, -1, -1, 3])
         XCTAssertEqual(try WeightCentering.centered(w.map { $0 * 4 }, filters: 2), [-8, -4, 0, 12, -4, -4, -4, 12])
-        print("WeightCentering: max error vs float64 (relative to max|W|) \(worstError), max |filter mean| (relative) \(worstMean)")
+        print(
+            "WeightCentering: max error vs float64 (relative to max|W|) \(worstError), max |filter mean| (relative) \(worstMean)"
+        )
         XCTAssertLessThanOrEqual(worstError, 1e-6)
         XCTAssertLessThanOrEqual(worstMean, 1e-6)
     }
@@ -69,7 +71,7 @@ final class WeightCenteringTests: XCTestCase {
         for shape in shapes {
             let filters = shape[0], count = shape.reduce(1, *), fanIn = count / filters
             let weights = Kit.randomLogical(count, mean: 0.2, std: 1, &rng)
-            let upstream = Kit.randomLogical(count, mean: 0.5, std: 1, &rng)    // w = ∂L/∂W_c
+            let upstream = Kit.randomLogical(count, mean: 0.5, std: 1, &rng)  // w = ∂L/∂W_c
             func loss(_ v: [Double]) -> Double {
                 zip(Self.center64(v, filters: filters), upstream).reduce(0) { $0 + $1.0 * $1.1 }
             }
@@ -102,7 +104,9 @@ final class WeightCenteringTests: XCTestCase {
     func testInvalidFilterCountThrows() {
         for filters in [0, -1, 3] {
             XCTAssertThrowsError(try WeightCentering.centered([1, 2, 3, 4], filters: filters)) {
-                guard case NormalizationError.invalidArgument("WeightCentering", "filters", _, _) = $0 else { return XCTFail("\($0)") }
+                guard case NormalizationError.invalidArgument("WeightCentering", "filters", _, _) = $0 else {
+                    return XCTFail("\($0)")
+                }
             }
         }
     }

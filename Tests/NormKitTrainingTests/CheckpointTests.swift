@@ -1,8 +1,9 @@
 import Foundation
-import XCTest
 import NormKitTraining
+import XCTest
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Checkpoints refuse what they cannot use, say why, change nothing when they refuse, and survive failed saves.
@@ -37,8 +38,9 @@ final class CheckpointTests: XCTestCase {
 
     func trainer(_ c: TrainingConfiguration, output: URL?) throws -> Trainer {
         let data = try TorchModelParityTests.syntheticData(count: 64, testCount: 16, size: 16, seed: 9)
-        return try Trainer(configuration: c, train: data.0, test: data.1, output: output,
-                           progress: ProgressReporter(style: .silent))
+        return try Trainer(
+            configuration: c, train: data.0, test: data.1, output: output,
+            progress: ProgressReporter(style: .silent))
     }
 
     /// A run directory holding the checkpoint of step `steps`.
@@ -86,7 +88,9 @@ final class CheckpointTests: XCTestCase {
             let before = fresh.model.stateDict()
             let resumed = message { try fresh.resume(from: directory) }
             XCTAssertNotNil(resumed, "\(what): resume accepted a damaged file")
-            XCTAssertTrue(resumed?.contains(file.path) ?? false, "\(what): resume message does not name the file: \(resumed ?? "")")
+            XCTAssertTrue(
+                resumed?.contains(file.path) ?? false,
+                "\(what): resume message does not name the file: \(resumed ?? "")")
             XCTAssertEqual(fresh.model.stateDict(), before, "\(what): a refused resume changed the model")
             XCTAssertEqual(fresh.step, 0)
         }
@@ -125,13 +129,16 @@ final class CheckpointTests: XCTestCase {
         let before = model.stateDict()
         XCTAssertNotEqual(before, good)
 
-        func refuses(_ state: [String: StateTensor], naming words: [String], _ what: String,
-                     line: UInt = #line) {
+        func refuses(
+            _ state: [String: StateTensor], naming words: [String], _ what: String,
+            line: UInt = #line
+        ) {
             let text = message { try model.loadStateDict(state) }
             XCTAssertNotNil(text, "\(what) accepted", line: line)
             for word in words {
-                XCTAssertTrue(text?.contains(word) ?? false, "\(what): message does not name \(word): \(text ?? "")",
-                              line: line)
+                XCTAssertTrue(
+                    text?.contains(word) ?? false, "\(what): message does not name \(word): \(text ?? "")",
+                    line: line)
             }
             XCTAssertEqual(model.stateDict(), before, "\(what): a refused load changed the model", line: line)
         }
@@ -167,17 +174,22 @@ final class CheckpointTests: XCTestCase {
         var generator = SeededGenerator(seed: 4)
         let bn = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .bn), generator: &generator)
         let gn = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .gn), generator: &generator)
-        let mabn = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 4),
-                              generator: &generator)
-        let mabn8 = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 8),
-                               generator: &generator)
+        let mabn = try ResNet(
+            depth: 8, normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 4),
+            generator: &generator)
+        let mabn8 = try ResNet(
+            depth: 8, normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 8),
+            generator: &generator)
         let deeper = try ResNet(depth: 14, normalization: NormalizationSettings(kind: .gn), generator: &generator)
-        let narrow = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .gn, groups: 2), width: 4,
-                                generator: &generator)
+        let narrow = try ResNet(
+            depth: 8, normalization: NormalizationSettings(kind: .gn, groups: 2), width: 4,
+            generator: &generator)
         let vgg = try VGG(normalization: NormalizationSettings(kind: .gn), generator: &generator)
 
-        func check(_ target: Model, _ source: Model, naming name: String, or alternatives: [String] = [],
-                   _ what: String, line: UInt = #line) {
+        func check(
+            _ target: Model, _ source: Model, naming name: String, or alternatives: [String] = [],
+            _ what: String, line: UInt = #line
+        ) {
             let before = target.stateDict()
             let text = message { try target.loadStateDict(source.stateDict()) } ?? ""
             XCTAssertFalse(text.isEmpty, "\(what) accepted", line: line)
@@ -194,19 +206,22 @@ final class CheckpointTests: XCTestCase {
         check(gn, vgg, naming: "conv1.weight", "VGG checkpoint into a ResNet")
         // Same names, other shapes: the message names the full state-dict key and both shapes.
         check(mabn, mabn8, naming: "buffer_gz", "MABN checkpoint with another S_buf")
-        check(gn, narrow, naming: "'conv1.weight' is float32 [4, 1, 3, 3], the model expects float32 [16, 1, 3, 3]",
-              "a width-4 checkpoint into a width-16 ResNet")
+        check(
+            gn, narrow, naming: "'conv1.weight' is float32 [4, 1, 3, 3], the model expects float32 [16, 1, 3, 3]",
+            "a width-4 checkpoint into a width-16 ResNet")
 
         // The same through Trainer.resume: a run directory of another configuration is refused before any tensor
         // is read, and the trainer's model is unchanged.
         let data = try TorchModelParityTests.syntheticData(count: 32, testCount: 8, size: 16, seed: 9)
         let directory = temporaryDirectory("other-norm")
-        let gnRun = try Trainer(configuration: configuration(.gn), train: data.0, test: data.1, output: directory,
-                                progress: ProgressReporter(style: .silent))
+        let gnRun = try Trainer(
+            configuration: configuration(.gn), train: data.0, test: data.1, output: directory,
+            progress: ProgressReporter(style: .silent))
         gnRun.stopAfterStep = 1
         XCTAssertThrowsError(try gnRun.run())
-        let bnTrainer = try Trainer(configuration: configuration(.bn), train: data.0, test: data.1, output: nil,
-                                    progress: ProgressReporter(style: .silent))
+        let bnTrainer = try Trainer(
+            configuration: configuration(.bn), train: data.0, test: data.1, output: nil,
+            progress: ProgressReporter(style: .silent))
         let before = bnTrainer.model.stateDict()
         let text = message { try bnTrainer.resume(from: directory) } ?? ""
         XCTAssertTrue(text.contains("another configuration"), text)
@@ -227,14 +242,16 @@ final class CheckpointTests: XCTestCase {
         // Continue to step 4, where the save must fail: its training-state path is a non-empty directory
         // (permissions cannot stop root, which CI may be).
         let blocker = directory.appendingPathComponent("training-state-4.safetensors")
-        try FileManager.default.createDirectory(at: blocker.appendingPathComponent("x"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: blocker.appendingPathComponent("x"), withIntermediateDirectories: true)
         let second = try trainer(configuration(.bn), output: directory)
         try second.resume(from: directory)
         second.stopAfterStep = 4
         var failure: Error?
         do { try second.run() } catch { failure = error }
         XCTAssertNotNil(failure)
-        XCTAssertNil(failure as? TrainingError, "the run reported success or an interruption: \(String(describing: failure))")
+        XCTAssertNil(
+            failure as? TrainingError, "the run reported success or an interruption: \(String(describing: failure))")
         XCTAssertTrue("\(failure!)".contains(blocker.path), "\(failure!)")
 
         XCTAssertEqual(try Data(contentsOf: modelURL), oldModel, "the failed save touched model.safetensors")
@@ -261,7 +278,8 @@ final class CheckpointTests: XCTestCase {
         withFileSizeLimit(stateSize + 500) {
             do { try next.run() } catch { failure = error }
         }
-        XCTAssertNil(failure as? TrainingError, "the run reported success or an interruption: \(String(describing: failure))")
+        XCTAssertNil(
+            failure as? TrainingError, "the run reported success or an interruption: \(String(describing: failure))")
         XCTAssertNotNil(failure, "the save succeeded despite the limit")
         if let failure { XCTAssertTrue("\(failure)".contains(modelURL.path), "\(failure)") }
         XCTAssertEqual(try Data(contentsOf: modelURL), oldModel, "the failed save touched model.safetensors")

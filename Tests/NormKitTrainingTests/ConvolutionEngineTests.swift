@@ -21,8 +21,9 @@ final class ConvolutionEngineTests: XCTestCase {
     }
 
     func skipUnlessOneDNN() throws {
-        try XCTSkipUnless(ConvolutionEngine.oneDNN.isAvailable,
-                          ConvolutionEngine.oneDNN.unavailableReason ?? "oneDNN unavailable")
+        try XCTSkipUnless(
+            ConvolutionEngine.oneDNN.isAvailable,
+            ConvolutionEngine.oneDNN.unavailableReason ?? "oneDNN unavailable")
     }
 
     // MARK: - Engine properties
@@ -34,8 +35,9 @@ final class ConvolutionEngineTests: XCTestCase {
         XCTAssertEqual(ConvolutionEngine.im2col.activationLayout, .channelsFirst)
         XCTAssertNil(ConvolutionEngine.oneDNN.unavailableReason)
         XCTAssertNil(ConvolutionEngine.im2col.unavailableReason)
-        XCTAssertTrue(ConvolutionEngine.oneDNN.versionDescription.hasPrefix("oneDNN 2."),
-                      ConvolutionEngine.oneDNN.versionDescription)
+        XCTAssertTrue(
+            ConvolutionEngine.oneDNN.versionDescription.hasPrefix("oneDNN 2."),
+            ConvolutionEngine.oneDNN.versionDescription)
         var rng = SeededGenerator(seed: 900)
         let conv = try Conv2d(inChannels: 2, outChannels: 3, kernelSize: 3, generator: &rng)
         XCTAssertEqual(conv.engine, .oneDNN, "the default engine is the preferred one")
@@ -68,26 +70,30 @@ final class ConvolutionEngineTests: XCTestCase {
             Parallelism.threadCount = index % 3 == 0 ? 1 : 2
             let (conv, x, dy) = try makeConvolution(spec, bias: bias, centred: centred, rng: &rng)
             let label = "\(spec) bias \(bias) centred \(centred) threads \(Parallelism.threadCount)"
-            let reference = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value,
-                                              centred: centred)
+            let reference = DoubleConvolution(
+                spec, weights: conv.weight.value, bias: conv.bias?.value,
+                centred: centred)
             let want = reference.run(x: x.values, dy: dy.values)
             let im2col = try run(conv, .im2col, .channelsFirst, x: x, dy: dy)
             let nchw = try run(conv, .oneDNN, .channelsFirst, x: x, dy: dy)
             let nhwc = try run(conv, .oneDNN, .channelsLast, x: x, dy: dy)
             for (name, result) in [("im2col", im2col), ("oneDNN NCHW", nchw), ("oneDNN NHWC", nhwc)] {
-                worst[name] = max(worst[name] ?? 0, result.assertClose(to: want, tolerance: 1e-4, "\(name) vs float64 \(label)"))
+                worst[name] = max(
+                    worst[name] ?? 0, result.assertClose(to: want, tolerance: 1e-4, "\(name) vs float64 \(label)"))
             }
             let wantIm2col = ExpectedConvolution(im2col)
             for (name, result) in [("oneDNN NCHW vs im2col", nchw), ("oneDNN NHWC vs im2col", nhwc)] {
-                worst[name] = max(worst[name] ?? 0, result.assertClose(to: wantIm2col, tolerance: 1e-4, "\(name) \(label)"))
+                worst[name] = max(
+                    worst[name] ?? 0, result.assertClose(to: wantIm2col, tolerance: 1e-4, "\(name) \(label)"))
             }
             assertNear(nhwc.y, nchw.y, 1e-5, "oneDNN NHWC vs NCHW y \(label)")
         }
         XCTAssertEqual(kernels, [1, 3, 5])
         XCTAssertEqual(strides, [1, 2])
         XCTAssertEqual(paddings, [0, 1, 2])
-        print("ConvolutionEngineTests random shapes, worst relative errors:",
-              worst.keys.sorted().map { "\($0) \(String(format: "%.2e", worst[$0]!))" }.joined(separator: ", "))
+        print(
+            "ConvolutionEngineTests random shapes, worst relative errors:",
+            worst.keys.sorted().map { "\($0) \(String(format: "%.2e", worst[$0]!))" }.joined(separator: ", "))
     }
 
     /// Hand-picked edge shapes: 1×1 planes, a window covering the whole padded input, one channel in or out,
@@ -107,11 +113,14 @@ final class ConvolutionEngineTests: XCTestCase {
         for spec in specs {
             for (bias, centred) in [(false, false), (true, true)] {
                 let (conv, x, dy) = try makeConvolution(spec, bias: bias, centred: centred, rng: &rng)
-                let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value,
-                                             centred: centred).run(x: x.values, dy: dy.values)
+                let want = DoubleConvolution(
+                    spec, weights: conv.weight.value, bias: conv.bias?.value,
+                    centred: centred
+                ).run(x: x.values, dy: dy.values)
                 for layout in TensorLayout.allCases {
                     let result = try run(conv, .oneDNN, layout, x: x, dy: dy)
-                    result.assertClose(to: want, tolerance: 1e-5, "oneDNN \(layout) \(spec) bias \(bias) centred \(centred)")
+                    result.assertClose(
+                        to: want, tolerance: 1e-5, "oneDNN \(layout) \(spec) bias \(bias) centred \(centred)")
                 }
             }
         }
@@ -124,11 +133,14 @@ final class ConvolutionEngineTests: XCTestCase {
     func testResultsDoNotDependOnThreadsAndRepeatExactly() throws {
         try skipUnlessOneDNN()
         var rng = SeededGenerator(seed: 903)
-        let spec = EngineSpec(batch: 5, channels: 13, height: 9, width: 10, filters: 11, kernel: 3, stride: 1,
-                              padding: 1)
+        let spec = EngineSpec(
+            batch: 5, channels: 13, height: 9, width: 10, filters: 11, kernel: 3, stride: 1,
+            padding: 1)
         let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: true, rng: &rng)
-        for (engine, layout) in [(ConvolutionEngine.oneDNN, TensorLayout.channelsFirst), (.oneDNN, .channelsLast),
-                                 (.im2col, .channelsFirst)] {
+        for (engine, layout) in [
+            (ConvolutionEngine.oneDNN, TensorLayout.channelsFirst), (.oneDNN, .channelsLast),
+            (.im2col, .channelsFirst),
+        ] {
             var byThreads: [Int: EngineResult] = [:]
             for threads in [1, 2, 1, 2] {
                 Parallelism.threadCount = threads
@@ -139,7 +151,8 @@ final class ConvolutionEngineTests: XCTestCase {
                     byThreads[threads] = result
                 }
             }
-            byThreads[2]!.assertClose(to: ExpectedConvolution(byThreads[1]!), tolerance: 1e-5, "\(engine) \(layout): 2 vs 1 threads")
+            byThreads[2]!.assertClose(
+                to: ExpectedConvolution(byThreads[1]!), tolerance: 1e-5, "\(engine) \(layout): 2 vs 1 threads")
         }
     }
 
@@ -157,8 +170,9 @@ final class ConvolutionEngineTests: XCTestCase {
         for layout in TensorLayout.allCases {
             for (forwardThreads, backwardThreads) in [(2, 1), (1, 2)] {
                 // A fresh layer each time, so no primitive of an earlier call can be reused.
-                let fresh = try Conv2d(inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
-                                       stride: spec.stride, padding: spec.padding, bias: true, generator: &rng)
+                let fresh = try Conv2d(
+                    inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
+                    stride: spec.stride, padding: spec.padding, bias: true, generator: &rng)
                 fresh.weight.value = conv.weight.value
                 fresh.bias!.value = conv.bias!.value
                 fresh.engine = .oneDNN
@@ -167,18 +181,21 @@ final class ConvolutionEngineTests: XCTestCase {
                 try fresh.forward(x.converted(to: layout), into: &y, training: true)
                 Parallelism.threadCount = backwardThreads
                 try fresh.backward(dy.converted(to: layout), into: &dx)
-                let result = EngineResult(y: y.converted(to: .channelsFirst).values,
-                                          dx: dx.converted(to: .channelsFirst).values,
-                                          dw: fresh.weight.gradient, db: fresh.bias?.gradient)
-                result.assertClose(to: want, tolerance: 1e-4,
-                                   "oneDNN \(layout): forward on \(forwardThreads) threads, backward on \(backwardThreads)")
+                let result = EngineResult(
+                    y: y.converted(to: .channelsFirst).values,
+                    dx: dx.converted(to: .channelsFirst).values,
+                    dw: fresh.weight.gradient, db: fresh.bias?.gradient)
+                result.assertClose(
+                    to: want, tolerance: 1e-4,
+                    "oneDNN \(layout): forward on \(forwardThreads) threads, backward on \(backwardThreads)")
             }
         }
         // The same after a whole step on one thread with other weights (as after an optimizer step): the backward
         // must use the weights of its own forward, not those of an earlier step.
         for layout in TensorLayout.allCases {
-            let layer = try Conv2d(inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
-                                   stride: spec.stride, padding: spec.padding, bias: true, generator: &rng)
+            let layer = try Conv2d(
+                inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
+                stride: spec.stride, padding: spec.padding, bias: true, generator: &rng)
             layer.engine = .oneDNN
             layer.bias!.value = conv.bias!.value
             layer.weight.value = conv.weight.value.map { -2 * $0 }
@@ -191,11 +208,13 @@ final class ConvolutionEngineTests: XCTestCase {
             try layer.forward(x.converted(to: layout), into: &y, training: true)
             Parallelism.threadCount = 1
             try layer.backward(dy.converted(to: layout), into: &dx)
-            let result = EngineResult(y: y.converted(to: .channelsFirst).values,
-                                      dx: dx.converted(to: .channelsFirst).values,
-                                      dw: layer.weight.gradient, db: layer.bias?.gradient)
-            result.assertClose(to: want, tolerance: 1e-4,
-                               "oneDNN \(layout): a step on 1 thread, new weights, forward on 2 threads, backward on 1")
+            let result = EngineResult(
+                y: y.converted(to: .channelsFirst).values,
+                dx: dx.converted(to: .channelsFirst).values,
+                dw: layer.weight.gradient, db: layer.bias?.gradient)
+            result.assertClose(
+                to: want, tolerance: 1e-4,
+                "oneDNN \(layout): a step on 1 thread, new weights, forward on 2 threads, backward on 1")
         }
     }
 
@@ -208,8 +227,9 @@ final class ConvolutionEngineTests: XCTestCase {
         var rng = SeededGenerator(seed: 905)
         Parallelism.threadCount = 1
         for trainingBatch in [3, 4, 5] {
-            let spec = EngineSpec(batch: trainingBatch, channels: 4, height: 8, width: 8, filters: 6, kernel: 3,
-                                  stride: 2, padding: 1)
+            let spec = EngineSpec(
+                batch: trainingBatch, channels: 4, height: 8, width: 8, filters: 6, kernel: 3,
+                stride: 2, padding: 1)
             for layout in TensorLayout.allCases {
                 let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: true, rng: &rng)
                 let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value, centred: true)
@@ -228,10 +248,12 @@ final class ConvolutionEngineTests: XCTestCase {
                     }
                 }
                 try conv.backward(dy.converted(to: layout), into: &dx)
-                let result = EngineResult(y: forwardOutput, dx: dx.converted(to: .channelsFirst).values,
-                                          dw: conv.weight.gradient, db: conv.bias?.gradient)
-                result.assertClose(to: want, tolerance: 1e-4,
-                                   "oneDNN \(layout) batch \(trainingBatch): backward after 30 evaluation forwards")
+                let result = EngineResult(
+                    y: forwardOutput, dx: dx.converted(to: .channelsFirst).values,
+                    dw: conv.weight.gradient, db: conv.bias?.gradient)
+                result.assertClose(
+                    to: want, tolerance: 1e-4,
+                    "oneDNN \(layout) batch \(trainingBatch): backward after 30 evaluation forwards")
             }
         }
     }
@@ -244,17 +266,20 @@ final class ConvolutionEngineTests: XCTestCase {
         let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: true, rng: &rng)
         let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value, centred: true)
             .run(x: x.values, dy: dy.values)
-        for (first, then, layout) in [(ConvolutionEngine.oneDNN, ConvolutionEngine.im2col, TensorLayout.channelsLast),
-                                      (.oneDNN, .im2col, .channelsFirst), (.im2col, .oneDNN, .channelsFirst)] {
+        for (first, then, layout) in [
+            (ConvolutionEngine.oneDNN, ConvolutionEngine.im2col, TensorLayout.channelsLast),
+            (.oneDNN, .im2col, .channelsFirst), (.im2col, .oneDNN, .channelsFirst),
+        ] {
             conv.engine = first
             var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
             try conv.forward(x.converted(to: layout), into: &y, training: true)
             conv.engine = then
             try conv.backward(dy.converted(to: layout), into: &dx)
             XCTAssertEqual(dx.layout, layout)
-            let result = EngineResult(y: y.converted(to: .channelsFirst).values,
-                                      dx: dx.converted(to: .channelsFirst).values,
-                                      dw: conv.weight.gradient, db: conv.bias?.gradient)
+            let result = EngineResult(
+                y: y.converted(to: .channelsFirst).values,
+                dx: dx.converted(to: .channelsFirst).values,
+                dw: conv.weight.gradient, db: conv.bias?.gradient)
             result.assertClose(to: want, tolerance: 1e-4, "forward \(first) \(layout), engine then set to \(then)")
         }
     }
@@ -289,35 +314,51 @@ final class ConvolutionEngineTests: XCTestCase {
 
         conv.engine = .oneDNN
         for layout in TensorLayout.allCases {
-            XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 5, 8, 8], layout: layout), into: &y, training: true)) {
+            XCTAssertThrowsError(
+                try conv.forward(Tensor(zeros: [2, 5, 8, 8], layout: layout), into: &y, training: true)
+            ) {
                 XCTAssertEqual($0 as? LayerError, .channelMismatch(layer: conv.name, expected: 3, got: 5), "\(layout)")
             }
-            XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 1, 8, 8], layout: layout), into: &y, training: false)) {
+            XCTAssertThrowsError(
+                try conv.forward(Tensor(zeros: [2, 1, 8, 8], layout: layout), into: &y, training: false)
+            ) {
                 XCTAssertEqual($0 as? LayerError, .channelMismatch(layer: conv.name, expected: 3, got: 1), "\(layout)")
             }
             XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 3, 8], layout: layout), into: &y, training: true)) {
-                XCTAssertEqual($0 as? LayerError, .wrongRank(layer: conv.name, expected: 4, shape: [2, 3, 8]), "\(layout)")
+                XCTAssertEqual(
+                    $0 as? LayerError, .wrongRank(layer: conv.name, expected: 4, shape: [2, 3, 8]), "\(layout)")
             }
-            XCTAssertThrowsError(try conv.forward(Tensor(zeros: [0, 3, 8, 8], layout: layout), into: &y, training: true)) {
+            XCTAssertThrowsError(
+                try conv.forward(Tensor(zeros: [0, 3, 8, 8], layout: layout), into: &y, training: true)
+            ) {
                 XCTAssertEqual($0 as? LayerError, .emptyBatch(layer: conv.name), "\(layout)")
             }
-            XCTAssertThrowsError(try conv.forward(Tensor(zeros: [1, 3, 2, 8], layout: layout), into: &y, training: true)) {
-                XCTAssertEqual($0 as? LayerError,
-                               .inputTooSmall(layer: conv.name, height: 2, width: 8, kernelSize: 3, padding: 0), "\(layout)")
+            XCTAssertThrowsError(
+                try conv.forward(Tensor(zeros: [1, 3, 2, 8], layout: layout), into: &y, training: true)
+            ) {
+                XCTAssertEqual(
+                    $0 as? LayerError,
+                    .inputTooSmall(layer: conv.name, height: 2, width: 8, kernelSize: 3, padding: 0), "\(layout)")
             }
             // A gradient in the other layout than the forward's input.
             try conv.forward(Tensor(zeros: [2, 3, 8, 8], layout: layout), into: &y, training: true)
             XCTAssertEqual(y.layout, layout)
             let other: TensorLayout = layout == .channelsFirst ? .channelsLast : .channelsFirst
             XCTAssertThrowsError(try conv.backward(Tensor(zeros: [2, 4, 6, 6], layout: other), into: &dx)) {
-                XCTAssertEqual($0 as? LayerError, .gradientMismatch(layer: conv.name, expected: [2, 4, 6, 6],
-                                                                    expectedLayout: layout, got: [2, 4, 6, 6],
-                                                                    gotLayout: other), "\(layout)")
+                XCTAssertEqual(
+                    $0 as? LayerError,
+                    .gradientMismatch(
+                        layer: conv.name, expected: [2, 4, 6, 6],
+                        expectedLayout: layout, got: [2, 4, 6, 6],
+                        gotLayout: other), "\(layout)")
             }
             XCTAssertThrowsError(try conv.backward(Tensor(zeros: [2, 4, 5, 6], layout: layout), into: &dx)) {
-                XCTAssertEqual($0 as? LayerError, .gradientMismatch(layer: conv.name, expected: [2, 4, 6, 6],
-                                                                    expectedLayout: layout, got: [2, 4, 5, 6],
-                                                                    gotLayout: layout), "\(layout)")
+                XCTAssertEqual(
+                    $0 as? LayerError,
+                    .gradientMismatch(
+                        layer: conv.name, expected: [2, 4, 6, 6],
+                        expectedLayout: layout, got: [2, 4, 5, 6],
+                        gotLayout: layout), "\(layout)")
             }
             // The layer still works after the errors.
             try conv.forward(Tensor(zeros: [2, 3, 8, 8], layout: layout), into: &y, training: true)
@@ -327,8 +368,11 @@ final class ConvolutionEngineTests: XCTestCase {
         }
 
         conv.engine = .im2col
-        XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast), into: &y,
-                                              training: true)) {
+        XCTAssertThrowsError(
+            try conv.forward(
+                Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast), into: &y,
+                training: true)
+        ) {
             XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: conv.name, layout: .channelsLast))
         }
         XCTAssertThrowsError(try conv.outputShape(for: Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast))) {
@@ -353,8 +397,9 @@ final class ConvolutionEngineTests: XCTestCase {
             if kind == .gn { settings.groups = 4 }
             func build() throws -> ResNet {
                 var generator = SeededGenerator(seed: 910)
-                return try ResNet(depth: 8, normalization: settings, inChannels: 3, classes: 10, width: 8,
-                                  zeroInitResidualScale: false, generator: &generator)
+                return try ResNet(
+                    depth: 8, normalization: settings, inChannels: 3, classes: 10, width: 8,
+                    zeroInitResidualScale: false, generator: &generator)
             }
             let onednn = try build(), im2col = try build()
             onednn.engine = .oneDNN
@@ -363,14 +408,17 @@ final class ConvolutionEngineTests: XCTestCase {
             var rng = SeededGenerator(seed: 911)
             for ((_, p), (_, q)) in zip(onednn.namedParameters(), im2col.namedParameters())
             where p.role == .normalizationScale || p.role == .normalizationShift {
-                p.value = p.value.map { _ in Float.random(in: 0.5...1.5, using: &rng) * (p.role == .normalizationShift ? 0.3 : 1) }
+                p.value = p.value.map { _ in
+                    Float.random(in: 0.5...1.5, using: &rng) * (p.role == .normalizationShift ? 0.3 : 1)
+                }
                 q.value = p.value
             }
             for (step, batch) in [(0, 8), (1, 4)] {
                 let x = Tensor.randomNormal(shape: [batch, 3, 12, 12], using: &rng)
                 let labels = (0..<batch).map { _ in Int.random(in: 0..<10, using: &rng) }
                 let label = "\(kind) step \(step)"
-                var results: [(logits: [Float], grads: [String: [Float]], eval: [Float], state: [String: StateTensor])] = []
+                var results:
+                    [(logits: [Float], grads: [String: [Float]], eval: [Float], state: [String: StateTensor])] = []
                 for model in [onednn, im2col] {
                     let ce = SoftmaxCrossEntropy()
                     let logits = try model.forward(x, training: true)
@@ -387,7 +435,8 @@ final class ConvolutionEngineTests: XCTestCase {
                 }
                 let (a, b) = (results[0], results[1])
                 worst["logits"] = max(worst["logits"] ?? 0, assertNear(a.logits, b.logits, 1e-4, "logits \(label)"))
-                worst["eval logits"] = max(worst["eval logits"] ?? 0, assertNear(a.eval, b.eval, 1e-4, "eval logits \(label)"))
+                worst["eval logits"] = max(
+                    worst["eval logits"] ?? 0, assertNear(a.eval, b.eval, 1e-4, "eval logits \(label)"))
                 XCTAssertEqual(Set(a.grads.keys), Set(b.grads.keys))
                 for (name, g) in a.grads.sorted(by: { $0.key < $1.key }) {
                     guard let h = b.grads[name] else { continue }
@@ -403,8 +452,9 @@ final class ConvolutionEngineTests: XCTestCase {
                 }
             }
         }
-        print("ConvolutionEngineTests ResNet-8 oneDNN vs im2col, worst relative differences:",
-              worst.keys.sorted().map { "\($0) \(String(format: "%.2e", worst[$0]!))" }.joined(separator: ", "))
+        print(
+            "ConvolutionEngineTests ResNet-8 oneDNN vs im2col, worst relative differences:",
+            worst.keys.sorted().map { "\($0) \(String(format: "%.2e", worst[$0]!))" }.joined(separator: ", "))
     }
 
     /// The oneDNN ResNet given its input channels-last (no conversion) or channels-first (converted once): the
@@ -418,8 +468,9 @@ final class ConvolutionEngineTests: XCTestCase {
             var outcomes: [([Float], [Float])] = []
             for layout in TensorLayout.allCases {
                 var generator = SeededGenerator(seed: 913)
-                let model = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .bn), inChannels: 3,
-                                       width: 8, zeroInitResidualScale: false, generator: &generator)
+                let model = try ResNet(
+                    depth: 8, normalization: NormalizationSettings(kind: .bn), inChannels: 3,
+                    width: 8, zeroInitResidualScale: false, generator: &generator)
                 model.engine = engine
                 let logits = try model.forward(x.converted(to: layout), training: true)
                 let ce = SoftmaxCrossEntropy()
@@ -438,12 +489,15 @@ final class ConvolutionEngineTests: XCTestCase {
 
     /// A convolution with non-zero filter means (so centring matters) and a random bias, an input and an output
     /// gradient, both channels-first.
-    func makeConvolution(_ spec: EngineSpec, bias: Bool, centred: Bool, rng: inout SeededGenerator) throws
+    func makeConvolution(
+        _ spec: EngineSpec, bias: Bool, centred: Bool, rng: inout SeededGenerator
+    ) throws
         -> (Conv2d, Tensor, Tensor)
     {
-        let conv = try Conv2d(inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
-                              stride: spec.stride, padding: spec.padding, bias: bias, centred: centred,
-                              generator: &rng)
+        let conv = try Conv2d(
+            inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
+            stride: spec.stride, padding: spec.padding, bias: bias, centred: centred,
+            generator: &rng)
         conv.weight.value = conv.weight.value.map { $0 + 0.3 }
         if let b = conv.bias { b.value = (0..<b.value.count).map { _ in Float.random(in: -1...1, using: &rng) } }
         let x = Tensor.randomNormal(shape: [spec.batch, spec.channels, spec.height, spec.width], using: &rng)
@@ -453,8 +507,10 @@ final class ConvolutionEngineTests: XCTestCase {
 
     /// One training forward and backward of `conv` on `engine` with `x`, `dy` (channels-first) given in `layout`;
     /// everything returned channels-first.
-    func run(_ conv: Conv2d, _ engine: ConvolutionEngine, _ layout: TensorLayout, x: Tensor, dy: Tensor,
-             file: StaticString = #filePath, line: UInt = #line) throws -> EngineResult {
+    func run(
+        _ conv: Conv2d, _ engine: ConvolutionEngine, _ layout: TensorLayout, x: Tensor, dy: Tensor,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws -> EngineResult {
         conv.engine = engine
         var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
         try conv.forward(x.converted(to: layout), into: &y, training: true)
@@ -463,8 +519,9 @@ final class ConvolutionEngineTests: XCTestCase {
         try conv.backward(dy.converted(to: layout), into: &dx)
         XCTAssertEqual(dx.layout, layout, "dx is in the input's layout", file: file, line: line)
         XCTAssertEqual(dx.shape, x.shape, file: file, line: line)
-        return EngineResult(y: y.converted(to: .channelsFirst).values, dx: dx.converted(to: .channelsFirst).values,
-                            dw: conv.weight.gradient, db: conv.bias?.gradient)
+        return EngineResult(
+            y: y.converted(to: .channelsFirst).values, dx: dx.converted(to: .channelsFirst).values,
+            dw: conv.weight.gradient, db: conv.bias?.gradient)
     }
 }
 
@@ -486,11 +543,12 @@ struct EngineSpec: CustomStringConvertible {
         let k = kernel ?? [1, 3].randomElement(using: &rng)!
         let padding = Int.random(in: 0...2, using: &rng)
         let smallest = max(1, k - 2 * padding)
-        return EngineSpec(batch: Int.random(in: 1...5, using: &rng), channels: Int.random(in: 1...20, using: &rng),
-                          height: Int.random(in: smallest...13, using: &rng),
-                          width: Int.random(in: smallest...13, using: &rng),
-                          filters: Int.random(in: 1...20, using: &rng), kernel: k,
-                          stride: Int.random(in: 1...2, using: &rng), padding: padding)
+        return EngineSpec(
+            batch: Int.random(in: 1...5, using: &rng), channels: Int.random(in: 1...20, using: &rng),
+            height: Int.random(in: smallest...13, using: &rng),
+            width: Int.random(in: smallest...13, using: &rng),
+            filters: Int.random(in: 1...20, using: &rng), kernel: k,
+            stride: Int.random(in: 1...2, using: &rng), padding: padding)
     }
 }
 
@@ -500,8 +558,10 @@ struct EngineResult: Equatable {
 
     /// Checks every part against `want` (max-abs error over max-abs value); returns the worst relative error.
     @discardableResult
-    func assertClose(to want: ExpectedConvolution, tolerance: Double, _ message: String,
-                     file: StaticString = #filePath, line: UInt = #line) -> Double {
+    func assertClose(
+        to want: ExpectedConvolution, tolerance: Double, _ message: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) -> Double {
         var worst = assertNear(y, want.y, tolerance, "y " + message, file: file, line: line)
         worst = max(worst, assertNear(dx, want.dx, tolerance, "dx " + message, file: file, line: line))
         worst = max(worst, assertNear(dw, want.dw, tolerance, "dW " + message, file: file, line: line))
@@ -525,8 +585,9 @@ struct ExpectedConvolution {
     }
 
     init(_ r: EngineResult) {
-        self.init(y: r.y.map(Double.init), dx: r.dx.map(Double.init), dw: r.dw.map(Double.init),
-                  db: r.db.map { $0.map(Double.init) })
+        self.init(
+            y: r.y.map(Double.init), dx: r.dx.map(Double.init), dw: r.dw.map(Double.init),
+            db: r.db.map { $0.map(Double.init) })
     }
 }
 
@@ -567,8 +628,9 @@ struct DoubleConvolution {
                                 for kj in 0..<s.kernel {
                                     let iw = ow * s.stride - s.padding + kj
                                     guard iw >= 0, iw < s.width else { continue }
-                                    body(((n * s.channels + c) * s.height + ih) * s.width + iw,
-                                         ((o * s.channels + c) * s.kernel + ki) * s.kernel + kj, yi)
+                                    body(
+                                        ((n * s.channels + c) * s.height + ih) * s.width + iw,
+                                        ((o * s.channels + c) * s.kernel + ki) * s.kernel + kj, yi)
                                 }
                             }
                         }
@@ -608,8 +670,10 @@ struct DoubleConvolution {
 
 /// `max|a − b| ≤ tolerance · max|b|` (scale at least 1e-6); returns the relative error.
 @discardableResult
-func assertNear(_ actual: [Float], _ expected: [Double], _ tolerance: Double, _ message: String,
-                file: StaticString = #filePath, line: UInt = #line) -> Double {
+func assertNear(
+    _ actual: [Float], _ expected: [Double], _ tolerance: Double, _ message: String,
+    file: StaticString = #filePath, line: UInt = #line
+) -> Double {
     XCTAssertEqual(actual.count, expected.count, message, file: file, line: line)
     guard actual.count == expected.count, !actual.isEmpty else { return 0 }
     let scale = max(expected.map(abs).max() ?? 0, 1e-6)
@@ -618,14 +682,17 @@ func assertNear(_ actual: [Float], _ expected: [Double], _ tolerance: Double, _ 
         let d = abs(Double(actual[i]) - expected[i])
         if d > worst || d.isNaN { worst = d.isNaN ? .infinity : d; at = i }
     }
-    XCTAssertLessThanOrEqual(worst / scale, tolerance,
-                             "\(message): worst at \(at): \(actual[at]) vs \(expected[at]) (scale \(scale))",
-                             file: file, line: line)
+    XCTAssertLessThanOrEqual(
+        worst / scale, tolerance,
+        "\(message): worst at \(at): \(actual[at]) vs \(expected[at]) (scale \(scale))",
+        file: file, line: line)
     return worst / scale
 }
 
 @discardableResult
-func assertNear(_ actual: [Float], _ expected: [Float], _ tolerance: Double, _ message: String,
-                file: StaticString = #filePath, line: UInt = #line) -> Double {
+func assertNear(
+    _ actual: [Float], _ expected: [Float], _ tolerance: Double, _ message: String,
+    file: StaticString = #filePath, line: UInt = #line
+) -> Double {
     assertNear(actual, expected.map(Double.init), tolerance, message, file: file, line: line)
 }

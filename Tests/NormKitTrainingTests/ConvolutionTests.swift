@@ -23,15 +23,18 @@ final class ConvolutionTests: XCTestCase {
                     for kernel in [1, 3] {
                         for hasBias in [false, true] {
                             for centred in [false, true] {
-                                let spec = ConvSpec(batch: 3, channels: 3, height: 7, width: 6, filters: 4,
-                                                    kernel: kernel, stride: stride, padding: padding)
+                                let spec = ConvSpec(
+                                    batch: 3, channels: 3, height: 7, width: 6, filters: 4,
+                                    kernel: kernel, stride: stride, padding: padding)
                                 let (conv, x) = try makeConv(spec, bias: hasBias, centred: centred, rng: &rng)
                                 var y = Tensor(zeros: [1, 1])
                                 try conv.forward(x, into: &y, training: false)
-                                let expected = direct(spec, x: doubles(x.values), w: doubles(conv.weight.value),
-                                                      b: conv.bias.map { doubles($0.value) }, centred: centred)
+                                let expected = direct(
+                                    spec, x: doubles(x.values), w: doubles(conv.weight.value),
+                                    b: conv.bias.map { doubles($0.value) }, centred: centred)
                                 XCTAssertEqual(y.shape, spec.outputShape)
-                                assertClose(y.values, expected, relative: 1e-5, "\(spec) bias \(hasBias) centred \(centred)")
+                                assertClose(
+                                    y.values, expected, relative: 1e-5, "\(spec) bias \(hasBias) centred \(centred)")
                             }
                         }
                     }
@@ -57,8 +60,9 @@ final class ConvolutionTests: XCTestCase {
                 let (conv, x) = try makeConv(spec, bias: true, centred: centred, rng: &rng)
                 var y = Tensor(zeros: [1, 1])
                 try conv.forward(x, into: &y, training: true)
-                let expected = direct(spec, x: doubles(x.values), w: doubles(conv.weight.value),
-                                      b: doubles(conv.bias!.value), centred: centred)
+                let expected = direct(
+                    spec, x: doubles(x.values), w: doubles(conv.weight.value),
+                    b: doubles(conv.bias!.value), centred: centred)
                 assertClose(y.values, expected, relative: 1e-5, "\(spec) centred \(centred)")
             }
         }
@@ -201,8 +205,11 @@ final class ConvolutionTests: XCTestCase {
         XCTAssertThrowsError(try other.loadStateDict(["weight": state["weight"]!])) { error in
             XCTAssertEqual(error as? LayerError, .invalidState(layer: other.name, name: "bias", reason: "missing"))
         }
-        XCTAssertThrowsError(try other.loadStateDict(["weight": .float32(shape: [3, 2], values: Array(repeating: 0, count: 6)),
-                                                      "bias": state["bias"]!]))
+        XCTAssertThrowsError(
+            try other.loadStateDict([
+                "weight": .float32(shape: [3, 2], values: Array(repeating: 0, count: 6)),
+                "bias": state["bias"]!,
+            ]))
         XCTAssertEqual(other.weight.value, withBias.weight.value, "a failed load changes nothing")
     }
 
@@ -225,8 +232,11 @@ final class ConvolutionTests: XCTestCase {
         }
         // The im2col engine is channels-first only (oneDNN, the default where built in, takes both layouts).
         conv.engine = .im2col
-        XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast), into: &y,
-                                              training: true)) {
+        XCTAssertThrowsError(
+            try conv.forward(
+                Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast), into: &y,
+                training: true)
+        ) {
             XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: conv.name, layout: .channelsLast))
         }
         conv.engine = .preferred
@@ -234,18 +244,23 @@ final class ConvolutionTests: XCTestCase {
             XCTAssertEqual($0 as? LayerError, .emptyBatch(layer: conv.name))
         }
         XCTAssertThrowsError(try conv.forward(Tensor(zeros: [1, 3, 2, 8]), into: &y, training: true)) {
-            XCTAssertEqual($0 as? LayerError,
-                           .inputTooSmall(layer: conv.name, height: 2, width: 8, kernelSize: 3, padding: 0))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .inputTooSmall(layer: conv.name, height: 2, width: 8, kernelSize: 3, padding: 0))
         }
         try conv.forward(Tensor(zeros: [2, 3, 8, 8]), into: &y, training: true)
         XCTAssertThrowsError(try conv.backward(Tensor(zeros: [2, 4, 5, 6]), into: &dx)) {
-            XCTAssertEqual($0 as? LayerError, .gradientMismatch(layer: conv.name, expected: [2, 4, 6, 6],
-                                                                expectedLayout: .channelsFirst, got: [2, 4, 5, 6],
-                                                                gotLayout: .channelsFirst))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .gradientMismatch(
+                    layer: conv.name, expected: [2, 4, 6, 6],
+                    expectedLayout: .channelsFirst, got: [2, 4, 5, 6],
+                    gotLayout: .channelsFirst))
         }
         XCTAssertThrowsError(try Conv2d(inChannels: 0, outChannels: 4, kernelSize: 3, generator: &rng)) {
-            XCTAssertEqual($0 as? LayerError,
-                           .invalidArgument(layer: "Conv2d", name: "inChannels", value: 0, expected: "at least 1"))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .invalidArgument(layer: "Conv2d", name: "inChannels", value: 0, expected: "at least 1"))
         }
         XCTAssertThrowsError(try Conv2d(inChannels: 1, outChannels: 4, kernelSize: 3, stride: 0, generator: &rng))
         XCTAssertThrowsError(try Conv2d(inChannels: 1, outChannels: 4, kernelSize: 3, padding: -1, generator: &rng))
@@ -256,75 +271,87 @@ final class ConvolutionTests: XCTestCase {
     /// Milliseconds per forward + backward for ResNet-8's convolution shapes under both threading strategies.
     func testConvolutionTimings() throws {
         #if DEBUG
-        print("ConvolutionTests.testConvolutionTimings: skipped in debug builds (run swift test -c release)")
+            print("ConvolutionTests.testConvolutionTimings: skipped in debug builds (run swift test -c release)")
         #else
-        var rng = SeededGenerator(seed: 18)
-        // (in, out, kernel, stride, padding, H, uses per ResNet-8 step, dx needed)
-        let layers: [(Int, Int, Int, Int, Int, Int, Int, Bool)] = [
-            (1, 16, 3, 1, 1, 28, 1, false),   // stem
-            (16, 16, 3, 1, 1, 28, 2, true),   // layer1 (two convs)
-            (16, 32, 3, 2, 1, 28, 1, true),   // layer2 conv1
-            (16, 32, 1, 2, 0, 28, 1, true),   // layer2 downsample
-            (32, 32, 3, 1, 1, 14, 1, true),   // layer2 conv2
-            (32, 64, 3, 2, 1, 14, 1, true),   // layer3 conv1
-            (32, 64, 1, 2, 0, 14, 1, true),   // layer3 downsample
-            (64, 64, 3, 1, 1, 7, 1, true),    // layer3 conv2
-        ]
-        print("BLAS core: \(BLAS.coreName), Parallelism.threadCount = \(Parallelism.threadCount)")
-        for batch in [32, 2] {
-            for (strategy, blasThreads) in [("own threads over images, OpenBLAS 1 thread", 1),
-                                             ("serial loops, OpenBLAS 2 threads", 2)] {
-                BLAS.setThreads(blasThreads)
-                var total = 0.0
-                print("batch \(batch), \(strategy):")
-                for (cin, cout, k, s, p, h, uses, needsDx) in layers {
-                    let conv = try Conv2d(inChannels: cin, outChannels: cout, kernelSize: k, stride: s, padding: p,
-                                          centred: true, generator: &rng)
-                    conv.computesInputGradient = needsDx
-                    let x = Tensor.randomNormal(shape: [batch, cin, h, h], using: &rng)
-                    var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
-                    try conv.forward(x, into: &y, training: true)
-                    let dy = Tensor.randomNormal(shape: y.shape, using: &rng)
-                    try conv.backward(dy, into: &dx)
-                    // Best of 5 rounds (the machine may be shared): the mean of each round, the fastest round kept.
-                    let iterations = batch == 32 ? 10 : 100
-                    var f = Double.infinity, b = Double.infinity
-                    for _ in 0..<5 {
-                        var forwardTime = 0.0, backwardTime = 0.0
-                        for _ in 0..<iterations {
-                            let t0 = DispatchTime.now().uptimeNanoseconds
-                            try conv.forward(x, into: &y, training: true)
-                            let t1 = DispatchTime.now().uptimeNanoseconds
-                            try conv.backward(dy, into: &dx)
-                            let t2 = DispatchTime.now().uptimeNanoseconds
-                            forwardTime += Double(t1 - t0) / 1e6
-                            backwardTime += Double(t2 - t1) / 1e6
+            var rng = SeededGenerator(seed: 18)
+            // (in, out, kernel, stride, padding, H, uses per ResNet-8 step, dx needed)
+            let layers: [(Int, Int, Int, Int, Int, Int, Int, Bool)] = [
+                (1, 16, 3, 1, 1, 28, 1, false),  // stem
+                (16, 16, 3, 1, 1, 28, 2, true),  // layer1 (two convs)
+                (16, 32, 3, 2, 1, 28, 1, true),  // layer2 conv1
+                (16, 32, 1, 2, 0, 28, 1, true),  // layer2 downsample
+                (32, 32, 3, 1, 1, 14, 1, true),  // layer2 conv2
+                (32, 64, 3, 2, 1, 14, 1, true),  // layer3 conv1
+                (32, 64, 1, 2, 0, 14, 1, true),  // layer3 downsample
+                (64, 64, 3, 1, 1, 7, 1, true),  // layer3 conv2
+            ]
+            print("BLAS core: \(BLAS.coreName), Parallelism.threadCount = \(Parallelism.threadCount)")
+            for batch in [32, 2] {
+                for (strategy, blasThreads) in [
+                    ("own threads over images, OpenBLAS 1 thread", 1),
+                    ("serial loops, OpenBLAS 2 threads", 2),
+                ] {
+                    BLAS.setThreads(blasThreads)
+                    var total = 0.0
+                    print("batch \(batch), \(strategy):")
+                    for (cin, cout, k, s, p, h, uses, needsDx) in layers {
+                        let conv = try Conv2d(
+                            inChannels: cin, outChannels: cout, kernelSize: k, stride: s, padding: p,
+                            centred: true, generator: &rng)
+                        conv.computesInputGradient = needsDx
+                        let x = Tensor.randomNormal(shape: [batch, cin, h, h], using: &rng)
+                        var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
+                        try conv.forward(x, into: &y, training: true)
+                        let dy = Tensor.randomNormal(shape: y.shape, using: &rng)
+                        try conv.backward(dy, into: &dx)
+                        // Best of 5 rounds (the machine may be shared): the mean of each round, the fastest round kept.
+                        let iterations = batch == 32 ? 10 : 100
+                        var f = Double.infinity, b = Double.infinity
+                        for _ in 0..<5 {
+                            var forwardTime = 0.0, backwardTime = 0.0
+                            for _ in 0..<iterations {
+                                let t0 = DispatchTime.now().uptimeNanoseconds
+                                try conv.forward(x, into: &y, training: true)
+                                let t1 = DispatchTime.now().uptimeNanoseconds
+                                try conv.backward(dy, into: &dx)
+                                let t2 = DispatchTime.now().uptimeNanoseconds
+                                forwardTime += Double(t1 - t0) / 1e6
+                                backwardTime += Double(t2 - t1) / 1e6
+                            }
+                            if forwardTime + backwardTime < (f + b) * Double(iterations) {
+                                f = forwardTime / Double(iterations)
+                                b = backwardTime / Double(iterations)
+                            }
                         }
-                        if forwardTime + backwardTime < (f + b) * Double(iterations) {
-                            f = forwardTime / Double(iterations)
-                            b = backwardTime / Double(iterations)
-                        }
+                        let flops =
+                            2.0 * Double(batch * cout * y.shape[2] * y.shape[3] * cin * k * k) * (needsDx ? 3 : 2)
+                        total += (f + b) * Double(uses)
+                        print(
+                            String(
+                                format:
+                                    "  (%d,%2d,%2d,%2d)→%2d %d×%d s%d: fwd %.3f ms + bwd %.3f ms = %.3f ms  (%.1f GFLOP/s)",
+                                batch, cin, h, h, cout, k, k, s, f, b, f + b, flops / ((f + b) * 1e6)))
                     }
-                    let flops = 2.0 * Double(batch * cout * y.shape[2] * y.shape[3] * cin * k * k) * (needsDx ? 3 : 2)
-                    total += (f + b) * Double(uses)
-                    print(String(format: "  (%d,%2d,%2d,%2d)→%2d %d×%d s%d: fwd %.3f ms + bwd %.3f ms = %.3f ms  (%.1f GFLOP/s)",
-                                 batch, cin, h, h, cout, k, k, s, f, b, f + b, flops / ((f + b) * 1e6)))
+                    print(
+                        String(
+                            format: "  ResNet-8 convolutions per step: %.2f ms → %.0f images/s (convs only)",
+                            total, Double(batch) / total * 1000))
                 }
-                print(String(format: "  ResNet-8 convolutions per step: %.2f ms → %.0f images/s (convs only)",
-                             total, Double(batch) / total * 1000))
             }
-        }
-        BLAS.setThreads(1)
+            BLAS.setThreads(1)
         #endif
     }
 
     // MARK: - Helpers
 
-    private func makeConv(_ spec: ConvSpec, bias: Bool, centred: Bool, rng: inout SeededGenerator) throws
+    private func makeConv(
+        _ spec: ConvSpec, bias: Bool, centred: Bool, rng: inout SeededGenerator
+    ) throws
         -> (Conv2d, Tensor)
     {
-        let conv = try Conv2d(inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
-                              stride: spec.stride, padding: spec.padding, bias: bias, centred: centred, generator: &rng)
+        let conv = try Conv2d(
+            inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
+            stride: spec.stride, padding: spec.padding, bias: bias, centred: centred, generator: &rng)
         // Non-zero filter means so that centring matters; random bias.
         conv.weight.value = conv.weight.value.map { $0 + 0.3 }
         if let b = conv.bias { b.value = (0..<b.value.count).map { _ in Float.random(in: -1...1, using: &rng) } }
@@ -365,7 +392,8 @@ private func direct(_ s: ConvSpec, x: [Double], w: [Double], b: [Double]?, centr
                             for kj in 0..<s.kernel {
                                 let ih = oh * s.stride - s.padding + ki, iw = ow * s.stride - s.padding + kj
                                 guard ih >= 0, ih < s.height, iw >= 0, iw < s.width else { continue }
-                                total += w[((o * s.channels + c) * s.kernel + ki) * s.kernel + kj]
+                                total +=
+                                    w[((o * s.channels + c) * s.kernel + ki) * s.kernel + kj]
                                     * x[((n * s.channels + c) * s.height + ih) * s.width + iw]
                             }
                         }
@@ -381,8 +409,10 @@ private func direct(_ s: ConvSpec, x: [Double], w: [Double], b: [Double]?, centr
 private func doubles(_ values: [Float]) -> [Double] { values.map(Double.init) }
 
 /// `max |a − b| ≤ relative · max(max |b|, 1e-3)`.
-private func assertClose(_ actual: [Float], _ expected: [Double], relative: Double, _ message: String,
-                         file: StaticString = #filePath, line: UInt = #line) {
+private func assertClose(
+    _ actual: [Float], _ expected: [Double], relative: Double, _ message: String,
+    file: StaticString = #filePath, line: UInt = #line
+) {
     XCTAssertEqual(actual.count, expected.count, message, file: file, line: line)
     guard actual.count == expected.count else { return }
     let scale = max(expected.map(abs).max() ?? 0, 1e-3)
@@ -391,7 +421,8 @@ private func assertClose(_ actual: [Float], _ expected: [Double], relative: Doub
         worst = abs(Double(actual[i]) - expected[i])
         at = i
     }
-    XCTAssertLessThanOrEqual(worst / scale, relative,
-                             "\(message): worst at \(at): \(actual[at]) vs \(expected[at]) (scale \(scale))",
-                             file: file, line: line)
+    XCTAssertLessThanOrEqual(
+        worst / scale, relative,
+        "\(message): worst at \(at): \(actual[at]) vs \(expected[at]) (scale \(scale))",
+        file: file, line: line)
 }

@@ -15,8 +15,9 @@ final class DatasetTests: XCTestCase {
             images[i * sample] = Float(i)
             for p in 1..<sample { images[i * sample + p] = Float((i &* 31 &+ p &* 7) % 97) / 97 }
         }
-        return try Dataset(images: images, labels: (0..<count).map { Int32($0 % 10) }, height: size, width: size,
-                           classCount: 10, statistics: PixelStatistics(mean: 0.25, std: 0.5))
+        return try Dataset(
+            images: images, labels: (0..<count).map { Int32($0 % 10) }, height: size, width: size,
+            classCount: 10, statistics: PixelStatistics(mean: 0.25, std: 0.5))
     }
 
     /// Every batch of the current epoch: the sample indices (first values) and the labels.
@@ -44,8 +45,9 @@ final class DatasetTests: XCTestCase {
         }
         let start = Date()
         let (train, test) = try FashionMNIST.load()
-        print("Fashion-MNIST loaded in \(String(format: "%.2f", Date().timeIntervalSince(start))) s; "
-              + "mean \(train.mean), std \(train.std)")
+        print(
+            "Fashion-MNIST loaded in \(String(format: "%.2f", Date().timeIntervalSince(start))) s; "
+                + "mean \(train.mean), std \(train.std)")
         XCTAssertEqual(train.count, 60_000)
         XCTAssertEqual(test.count, 10_000)
         XCTAssertEqual(train.images.count, 60_000 * 784)
@@ -114,13 +116,16 @@ final class DatasetTests: XCTestCase {
         func pixel(_ out: [Float], _ y: Int, _ x: Int) -> Float { out[y * size + x] }
 
         // Offsets (2, 2) without a flip: the centred window, the image itself.
-        XCTAssertEqual(try augmentation.apply(.init(offsetY: 2, offsetX: 2, flip: false), to: image, height: size, width: size),
-                       image)
+        XCTAssertEqual(
+            try augmentation.apply(.init(offsetY: 2, offsetX: 2, flip: false), to: image, height: size, width: size),
+            image)
         // A flip alone mirrors each row.
-        let flipped = try augmentation.apply(.init(offsetY: 2, offsetX: 2, flip: true), to: image, height: size, width: size)
+        let flipped = try augmentation.apply(
+            .init(offsetY: 2, offsetX: 2, flip: true), to: image, height: size, width: size)
         for y in 0..<size { for x in 0..<size { XCTAssertEqual(pixel(flipped, y, x), image[y * size + size - 1 - x]) } }
         // Offsets (0, 0): the window starts in the padding, so the image moves down and right by 2.
-        let shifted = try augmentation.apply(.init(offsetY: 0, offsetX: 0, flip: false), to: image, height: size, width: size)
+        let shifted = try augmentation.apply(
+            .init(offsetY: 0, offsetX: 0, flip: false), to: image, height: size, width: size)
         for y in 0..<size {
             for x in 0..<size {
                 let expected: Float = (y < 2 || x < 2) ? -9 : image[(y - 2) * size + x - 2]
@@ -128,7 +133,8 @@ final class DatasetTests: XCTestCase {
             }
         }
         // Offsets (4, 1) with a flip: padded(y + 4, (5 − x) + 1), padded(i, j) = image(i − 2, j − 2).
-        let both = try augmentation.apply(.init(offsetY: 4, offsetX: 1, flip: true), to: image, height: size, width: size)
+        let both = try augmentation.apply(
+            .init(offsetY: 4, offsetX: 1, flip: true), to: image, height: size, width: size)
         for y in 0..<size {
             for x in 0..<size {
                 let (i, j) = (y + 4 - 2, (size - 1 - x) + 1 - 2)
@@ -136,8 +142,10 @@ final class DatasetTests: XCTestCase {
                 XCTAssertEqual(pixel(both, y, x), expected, "(\(y), \(x))")
             }
         }
-        XCTAssertThrowsError(try augmentation.apply(.init(offsetY: 5, offsetX: 0, flip: false), to: image,
-                                                    height: size, width: size))
+        XCTAssertThrowsError(
+            try augmentation.apply(
+                .init(offsetY: 5, offsetX: 0, flip: false), to: image,
+                height: size, width: size))
         XCTAssertThrowsError(try Augmentation(padding: -1, padValue: 0))
         XCTAssertThrowsError(try Augmentation(flipProbability: 1.5, padValue: 0))
 
@@ -154,7 +162,9 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(Double(flips) / 10_000, 0.5, accuracy: 0.03)
         XCTAssertEqual(offsets, Set(0...4))
         let never = try Augmentation(padding: 0, flipProbability: 0, padValue: 0)
-        for _ in 0..<100 { XCTAssertEqual(never.randomTransform(using: &generator), .init(offsetY: 0, offsetX: 0, flip: false)) }
+        for _ in 0..<100 {
+            XCTAssertEqual(never.randomTransform(using: &generator), .init(offsetY: 0, offsetX: 0, flip: false))
+        }
     }
 
     // MARK: Batch iterator
@@ -181,7 +191,8 @@ final class DatasetTests: XCTestCase {
             XCTAssertEqual(batches.indices.map(\.count), [Int](repeating: 10, count: 10), "every SGD batch is full")
             let seen = batches.indices.flatMap { $0 }
             XCTAssertEqual(Set(seen).count, 100, "no sample twice")
-            XCTAssertEqual(seen, BatchIterator.shuffledOrder(count: 103, seed: 3, epoch: epoch).prefix(100).map(Int.init))
+            XCTAssertEqual(
+                seen, BatchIterator.shuffledOrder(count: 103, seed: 3, epoch: epoch).prefix(100).map(Int.init))
             XCTAssertNotEqual(seen, previous, "a new order each epoch")
             for (indices, labels) in zip(batches.indices, batches.labels) {
                 XCTAssertEqual(labels, indices.map { Int32($0 % 10) }, "labels follow their images")
@@ -202,8 +213,9 @@ final class DatasetTests: XCTestCase {
         let dataset = try indexedDataset(count: 90, size: 8)
         let augmentation = try Augmentation(padding: 2, padValue: dataset.zeroPixelValue)
         func make(seed: UInt64) throws -> BatchIterator {
-            try BatchIterator(dataset: dataset, batchSize: 8, shuffle: true, dropLast: true, augmentation: augmentation,
-                              seed: seed)
+            try BatchIterator(
+                dataset: dataset, batchSize: 8, shuffle: true, dropLast: true, augmentation: augmentation,
+                seed: seed)
         }
         let reference = try make(seed: 11)
         var epochs: [(indices: [[Int]], labels: [[Int32]], images: [[Float]])] = []
@@ -238,8 +250,9 @@ final class DatasetTests: XCTestCase {
 
     func testBatchBuffersAreReused() throws {
         let dataset = try indexedDataset(count: 50, size: 28)
-        let iterator = try BatchIterator(dataset: dataset, batchSize: 8, shuffle: true, dropLast: true,
-                                         augmentation: .standard(for: dataset), seed: 1)
+        let iterator = try BatchIterator(
+            dataset: dataset, batchSize: 8, shuffle: true, dropLast: true,
+            augmentation: .standard(for: dataset), seed: 1)
         var x = Tensor(zeros: [8, 1, 28, 28]), y = [Int32](repeating: 0, count: 8)
         let imageAddress = x.withUnsafeBufferPointer { $0.baseAddress }
         let labelAddress = y.withUnsafeBufferPointer { $0.baseAddress }
@@ -252,21 +265,25 @@ final class DatasetTests: XCTestCase {
     func testAnAugmentedEpochOf60000ImagesTakesWellUnderASecond() throws {
         let count = 60_000
         let pixels = (0..<(count * 784)).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }
-        let dataset = try Dataset(pixels: pixels, labels: (0..<count).map { Int32($0 % 10) }, height: 28, width: 28,
-                                  classCount: 10, statistics: PixelStatistics(pixels: pixels))
-        let iterator = try BatchIterator(dataset: dataset, batchSize: 32, shuffle: true, dropLast: true,
-                                         augmentation: .standard(for: dataset), seed: 5)
+        let dataset = try Dataset(
+            pixels: pixels, labels: (0..<count).map { Int32($0 % 10) }, height: 28, width: 28,
+            classCount: 10, statistics: PixelStatistics(pixels: pixels))
+        let iterator = try BatchIterator(
+            dataset: dataset, batchSize: 32, shuffle: true, dropLast: true,
+            augmentation: .standard(for: dataset), seed: 5)
         var x = Tensor(zeros: [32, 1, 28, 28]), y: [Int32] = []
         var checksum: Float = 0
         let start = Date()
         try iterator.seek(epoch: 1)
         while iterator.next(into: &x, labels: &y) != nil { checksum += x.withUnsafeBufferPointer { $0[100] } }
         let seconds = Date().timeIntervalSince(start)
-        print("one augmented epoch of \(iterator.samplesPerEpoch) images: \(String(format: "%.3f", seconds)) s (\(checksum))")
+        print(
+            "one augmented epoch of \(iterator.samplesPerEpoch) images: \(String(format: "%.3f", seconds)) s (\(checksum))"
+        )
         #if DEBUG
-        XCTAssertLessThan(seconds, 30)
+            XCTAssertLessThan(seconds, 30)
         #else
-        XCTAssertLessThan(seconds, 0.5)
+            XCTAssertLessThan(seconds, 0.5)
         #endif
     }
 }
@@ -289,8 +306,9 @@ extension DatasetTests {
     /// dataset's shape, classes and statistics; an empty or out-of-bounds range is an error.
     func testSamplesOfARange() throws {
         let images = (0..<(5 * 4)).map { Float($0) }
-        let data = try Dataset(images: images, labels: [0, 1, 2, 1, 0], height: 2, width: 2, classCount: 3,
-                               statistics: PixelStatistics(mean: 0.5, std: 0.25))
+        let data = try Dataset(
+            images: images, labels: [0, 1, 2, 1, 0], height: 2, width: 2, classCount: 3,
+            statistics: PixelStatistics(mean: 0.5, std: 0.25))
         let part = try data.samples(1..<3)
         XCTAssertEqual(part.images, Array(images[4..<12]))
         XCTAssertEqual(part.labels, [1, 2])

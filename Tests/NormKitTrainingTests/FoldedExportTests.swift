@@ -1,6 +1,6 @@
 import Foundation
-import XCTest
 import NormKitTraining
+import XCTest
 
 /// `normkit export --fold` (``FoldedExport``): a training checkpoint in, a folded safetensors file out that
 /// reads back into ``FoldedResNet`` with the unfolded model's eval logits; refusals leave nothing behind.
@@ -19,14 +19,17 @@ final class FoldedExportTests: XCTestCase {
 
     /// A `model.safetensors` as the trainer writes it (tensors plus ``TrainingCheckpoint/metadata``) for a
     /// ResNet-8 with `norm`, after three training forwards; returns the file, the model and its configuration.
-    func writeCheckpoint(_ norm: NormKind, name: String = "model.safetensors") throws
+    func writeCheckpoint(
+        _ norm: NormKind, name: String = "model.safetensors"
+    ) throws
         -> (url: URL, model: ResNet, configuration: TrainingConfiguration)
     {
         var configuration = TrainingConfiguration()
         configuration.model = "resnet8"
         configuration.norm = norm
         configuration.batch = 8
-        configuration.normBatch = norm == .gn || norm == .ln || norm == .in || norm == .none || norm == .frozenBN ? nil : 2
+        configuration.normBatch =
+            norm == .gn || norm == .ln || norm == .in || norm == .none || norm == .frozenBN ? nil : 2
         configuration.seed = 4
         configuration = configuration.resolved
         let settings = try NormalizationSettings(configuration, totalSteps: 1)
@@ -34,14 +37,18 @@ final class FoldedExportTests: XCTestCase {
         let model = try ResNet(depth: 8, normalization: settings, zeroInitResidualScale: false, generator: &generator)
         if norm != .gn && norm != .ln && norm != .in { try FoldingTests.perturb(model, generator: &generator) }
         for _ in 0..<3 {
-            _ = try model.forward(Tensor.randomNormal(shape: [8, 1, 16, 16], mean: 0.5, standardDeviation: 2,
-                                                      using: &generator), training: true)
+            _ = try model.forward(
+                Tensor.randomNormal(
+                    shape: [8, 1, 16, 16], mean: 0.5, standardDeviation: 2,
+                    using: &generator), training: true)
         }
         let url = directory.appendingPathComponent(name)
-        try SafeTensors.write(model.stateDict(),
-                              metadata: try TrainingCheckpoint.metadata(configuration: configuration,
-                                                                        normalization: settings, step: 3),
-                              to: url)
+        try SafeTensors.write(
+            model.stateDict(),
+            metadata: try TrainingCheckpoint.metadata(
+                configuration: configuration,
+                normalization: settings, step: 3),
+            to: url)
         return (url, model, configuration)
     }
 
@@ -60,11 +67,14 @@ final class FoldedExportTests: XCTestCase {
             XCTAssertEqual(metadata["source_step"], "3")
             XCTAssertEqual(metadata["source_checkpoint"], checkpoint.path)
             XCTAssertNil(metadata["configuration"], "a folded file must not pass for a training checkpoint")
-            let source = try JSONDecoder().decode(TrainingConfiguration.self,
-                                                  from: Data(metadata["source_configuration"]!.utf8))
+            let source = try JSONDecoder().decode(
+                TrainingConfiguration.self,
+                from: Data(metadata["source_configuration"]!.utf8))
             XCTAssertEqual(source, configuration)
-            let torch = try JSONDecoder().decode([String: String].self, from: Data(metadata["torch_model_arguments"]!.utf8))
-            XCTAssertEqual(torch, ["depth": "8", "norm": "folded", "in_channels": "1", "num_classes": "10", "width": "16"])
+            let torch = try JSONDecoder().decode(
+                [String: String].self, from: Data(metadata["torch_model_arguments"]!.utf8))
+            XCTAssertEqual(
+                torch, ["depth": "8", "norm": "folded", "in_channels": "1", "num_classes": "10", "width": "16"])
 
             // Every conv has a bias, there is no normalization tensor, and the file is the fold of the checkpoint.
             let (tensors, _) = try SafeTensors.read(from: out)
@@ -78,8 +88,9 @@ final class FoldedExportTests: XCTestCase {
 
             var generator = SeededGenerator(seed: 8)
             let x = Tensor.randomNormal(shape: [3, 1, 20, 20], using: &generator)
-            let d = TorchModelParityTests.relativeDifference(try folded.forward(x, training: false).values,
-                                                             try model.forward(x, training: false).values)
+            let d = TorchModelParityTests.relativeDifference(
+                try folded.forward(x, training: false).values,
+                try model.forward(x, training: false).values)
             XCTAssertLessThan(d, 1e-5, "\(norm): the exported model vs the checkpoint's in eval mode")
         }
     }
@@ -96,7 +107,8 @@ final class FoldedExportTests: XCTestCase {
         try FoldedExport.export(checkpoint: checkpoint, to: out, overwrite: true)
         XCTAssertEqual(try FoldedExport.read(at: out).metadata["norm"], "folded")
         // Never the checkpoint itself, even with --overwrite.
-        XCTAssertThrowsError(try FoldedExport.export(checkpoint: checkpoint, to: checkpoint, overwrite: true)) { error in
+        XCTAssertThrowsError(try FoldedExport.export(checkpoint: checkpoint, to: checkpoint, overwrite: true)) {
+            error in
             XCTAssertTrue("\(error)".contains("checkpoint itself"), "\(error)")
         }
         XCTAssertNoThrow(try TrainingCheckpoint.read(at: checkpoint))
@@ -107,7 +119,9 @@ final class FoldedExportTests: XCTestCase {
             let (checkpoint, _, _) = try writeCheckpoint(norm, name: "\(norm.rawValue).safetensors")
             let out = directory.appendingPathComponent("folded-\(norm.rawValue).safetensors")
             XCTAssertThrowsError(try FoldedExport.export(checkpoint: checkpoint, to: out, overwrite: false)) { error in
-                guard case FoldingError.notFoldable(_, _, let reason) = error else { return XCTFail("\(norm): \(error)") }
+                guard case FoldingError.notFoldable(_, _, let reason) = error else {
+                    return XCTFail("\(norm): \(error)")
+                }
                 XCTAssertTrue(reason.contains("own statistics"), reason)
                 XCTAssertTrue("\(error)".contains(checkpoint.path), "\(error)")
             }
@@ -124,9 +138,12 @@ final class FoldedExportTests: XCTestCase {
         // A file without a configuration is not a checkpoint.
         let bare = directory.appendingPathComponent("bare.safetensors")
         try SafeTensors.write(["x": .float32(shape: [1], values: [1])], to: bare)
-        XCTAssertThrowsError(try FoldedExport.export(checkpoint: bare,
-                                                     to: directory.appendingPathComponent("o.safetensors"),
-                                                     overwrite: false)) { error in
+        XCTAssertThrowsError(
+            try FoldedExport.export(
+                checkpoint: bare,
+                to: directory.appendingPathComponent("o.safetensors"),
+                overwrite: false)
+        ) { error in
             XCTAssertTrue(error is CheckpointError, "\(error)")
         }
         // A folded export whose depth disagrees with its blocks.

@@ -1,6 +1,6 @@
 import Foundation
-import XCTest
 import NormKitTraining
+import XCTest
 
 /// Folding for inference (spec §10, `normkit export --fold`): the folded model against the unfolded one in eval
 /// mode, in NormKit and through the reference `torch_models.fold`.
@@ -34,8 +34,9 @@ final class FoldingTests: XCTestCase {
             XCTAssertEqual(folded.namedParameters().map(\.name), names, "\(kind): folded names or order")
             XCTAssertEqual(Set(folded.stateDict().keys), Set(names), "\(kind): folded state_dict keys")
             XCTAssertTrue(names.contains("layer2.0.downsample.0.bias") && names.contains("conv1.bias"))
-            XCTAssertFalse(folded.namedModules().contains { ($0.module as? NormalizationModule)?.layer != nil },
-                           "\(kind): a normalization layer is left")
+            XCTAssertFalse(
+                folded.namedModules().contains { ($0.module as? NormalizationModule)?.layer != nil },
+                "\(kind): a normalization layer is left")
 
             // Tensors: W' = s·W (centred for MABN), b' = s·b + t, as the reference computes them.
             var tensorDifference = 0.0
@@ -54,18 +55,23 @@ final class FoldingTests: XCTestCase {
             let againstTorch = Parity.relativeDifference(foldedLogits, Parity.floats(fixture["logits_folded"]))
             XCTAssertLessThan(inNormKit, 1e-5, "\(kind): folded vs unfolded eval logits in NormKit")
             XCTAssertLessThan(againstTorch, 1e-4, "\(kind): NormKit's folded logits vs the reference's fold")
-            XCTAssertLessThan(Parity.relativeDifference(eval, Parity.floats(fixture["logits_eval"])), 1e-4,
-                              "\(kind): unfolded eval logits vs PyTorch")
+            XCTAssertLessThan(
+                Parity.relativeDifference(eval, Parity.floats(fixture["logits_eval"])), 1e-4,
+                "\(kind): unfolded eval logits vs PyTorch")
 
             // The reference's folded tensors load strictly into NormKit's folded model and give its logits.
             var generator = SeededGenerator(seed: 3)
             let fromTorch = try FoldedResNet(depth: 8, width: 4, generator: &generator)
             try fromTorch.loadStateDict(expected)
-            let throughTorch = Parity.relativeDifference(try fromTorch.forward(x, training: false).values,
-                                                         Parity.floats(fixture["logits_folded"]))
+            let throughTorch = Parity.relativeDifference(
+                try fromTorch.forward(x, training: false).values,
+                Parity.floats(fixture["logits_folded"]))
             XCTAssertLessThan(throughTorch, 1e-4, "\(kind): the reference's folded model in NormKit")
-            report.append(String(format: "%@ tensors %.1e, folded vs unfolded %.1e, vs torch fold %.1e, torch-folded weights in NormKit %.1e",
-                                 kind.rawValue, tensorDifference, inNormKit, againstTorch, throughTorch))
+            report.append(
+                String(
+                    format:
+                        "%@ tensors %.1e, folded vs unfolded %.1e, vs torch fold %.1e, torch-folded weights in NormKit %.1e",
+                    kind.rawValue, tensorDifference, inNormKit, againstTorch, throughTorch))
         }
         print("Folding vs reference (max |diff| / max |reference|):\n  " + report.joined(separator: "\n  "))
     }
@@ -79,7 +85,9 @@ final class FoldingTests: XCTestCase {
         for (source, target) in [(model.conv1, folded.conv1), (model.blocks[1].conv2, folded.blocks[1].conv2)] {
             let filters = source.outChannels, fanIn = source.weight.value.count / filters
             func largestMean(_ w: [Float]) -> Double {
-                (0..<filters).map { o in abs(w[o * fanIn..<(o + 1) * fanIn].reduce(0.0) { $0 + Double($1) } / Double(fanIn)) }.max()!
+                (0..<filters).map { o in
+                    abs(w[o * fanIn..<(o + 1) * fanIn].reduce(0.0) { $0 + Double($1) } / Double(fanIn))
+                }.max()!
             }
             let scale = target.weight.value.map { abs(Double($0)) }.max()!
             XCTAssertGreaterThan(largestMean(source.weight.value), 1e-3, "uncentred source filters")
@@ -95,8 +103,9 @@ final class FoldingTests: XCTestCase {
         var report: [String] = []
         for kind in Self.foldable {
             var generator = SeededGenerator(seed: 21)
-            let model = try ResNet(depth: 8, normalization: NormalizationSettings(kind: kind, mabnBufferSize: 2),
-                                   zeroInitResidualScale: false, generator: &generator)
+            let model = try ResNet(
+                depth: 8, normalization: NormalizationSettings(kind: kind, mabnBufferSize: 2),
+                zeroInitResidualScale: false, generator: &generator)
             try Self.perturb(model, generator: &generator)
             for _ in 0..<3 {
                 let x = Tensor.randomNormal(shape: [4, 1, 16, 16], mean: 1, standardDeviation: 3, using: &generator)
@@ -107,15 +116,19 @@ final class FoldingTests: XCTestCase {
             let folded = try fold(model)
             let d = Parity.relativeDifference(try folded.forward(x, training: false).values, eval)
             XCTAssertLessThan(d, 1e-5, "\(kind): folded vs unfolded eval logits")
-            XCTAssertEqual(try folded.forward(x, training: true).values, try folded.forward(x, training: false).values,
-                           "\(kind): the folded model depends on the mode")
+            XCTAssertEqual(
+                try folded.forward(x, training: true).values, try folded.forward(x, training: false).values,
+                "\(kind): the folded model depends on the mode")
             // The comparison is sensitive to the fold: moving one channel's folded bias changes the logits.
             folded.blocks[0].conv1.bias!.value[0] += 1
-            XCTAssertGreaterThan(Parity.relativeDifference(try folded.forward(x, training: false).values, eval), 1e-4,
-                                 "\(kind): the logits do not see a folded bias")
+            XCTAssertGreaterThan(
+                Parity.relativeDifference(try folded.forward(x, training: false).values, eval), 1e-4,
+                "\(kind): the logits do not see a folded bias")
             report.append(String(format: "%@ %.1e", kind.rawValue, d))
         }
-        print("Folded vs unfolded eval logits, NormKit ResNet-8 (max |diff| / max |logit|): " + report.joined(separator: ", "))
+        print(
+            "Folded vs unfolded eval logits, NormKit ResNet-8 (max |diff| / max |logit|): "
+                + report.joined(separator: ", "))
     }
 
     func testPerSampleNormalizationsAreRefused() throws {
@@ -143,7 +156,9 @@ final class FoldingTests: XCTestCase {
         let model = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .bn), generator: &generator)
         model.blocks[1].norm2.layer!.weight!.value[3] = .infinity
         XCTAssertThrowsError(try fold(model)) { error in
-            guard case FoldingError.nonFiniteResult(let path, let channel, _) = error else { return XCTFail("\(error)") }
+            guard case FoldingError.nonFiniteResult(let path, let channel, _) = error else {
+                return XCTFail("\(error)")
+            }
             XCTAssertEqual(path, "layer2.0.norm2")
             XCTAssertEqual(channel, 3)
         }
@@ -163,7 +178,9 @@ final class FoldingTests: XCTestCase {
     static func perturb(_ model: ResNet, generator: inout SeededGenerator) throws {
         var state = model.stateDict()
         for (key, value) in state {
-            guard case .float32(let shape, let values) = value, shape.count == 1, !key.hasPrefix("fc.") else { continue }
+            guard case .float32(let shape, let values) = value, shape.count == 1, !key.hasPrefix("fc.") else {
+                continue
+            }
             let leaf = key.split(separator: ".").last!
             let uniform = { (g: inout SeededGenerator) in Float.random(in: 0.5..<1.5, using: &g) }
             let normals = Tensor.randomNormal(shape: [1, values.count], using: &generator).values

@@ -19,20 +19,26 @@ final class GettingStartedTests: XCTestCase {
                 for x in 4..<24 { pixels[i * 784 + y * 28 + x] = UInt8(200 + rng.next() % 56) }
             }
         }
-        return try Dataset(pixels: pixels, labels: labels, height: 28, width: 28, classCount: 10,
-                           statistics: PixelStatistics(pixels: pixels))
+        return try Dataset(
+            pixels: pixels, labels: labels, height: 28, width: 28, classCount: 10,
+            statistics: PixelStatistics(pixels: pixels))
     }
 
     func testArticleCode() throws {
-        let (train, test) = (try syntheticFashionMNIST(count: 1_024, seed: 1),
-                             try syntheticFashionMNIST(count: 256, seed: 2))
+        let (train, test) = (
+            try syntheticFashionMNIST(count: 1_024, seed: 1),
+            try syntheticFashionMNIST(count: 256, seed: 2)
+        )
 
         var rng = SeededGenerator(seed: 0)
         let settings = NormalizationSettings(kind: .gn, groups: 16)
         let model = try ResNet(depth: 8, normalization: settings, generator: &rng)
-        XCTAssertEqual("\(model)".split(separator: "\n").prefix(3), [
-            "ResNet(", "  (conv1): Conv2d(1, 16, kernel_size=3, stride=1, padding=1, bias=False)",
-            "  (norm1): GroupNorm(16, 16)"])
+        XCTAssertEqual(
+            "\(model)".split(separator: "\n").prefix(3),
+            [
+                "ResNet(", "  (conv1): Conv2d(1, 16, kernel_size=3, stride=1, padding=1, bias=False)",
+                "  (norm1): GroupNorm(16, 16)",
+            ])
         let firstParameters = model.namedParameters().prefix(3)
         XCTAssertEqual(firstParameters.map(\.name), ["conv1.weight", "norm1.weight", "norm1.bias"])
         XCTAssertEqual(firstParameters.map(\.parameter.shape), [[16, 1, 3, 3], [16], [16]])

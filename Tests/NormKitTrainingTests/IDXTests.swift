@@ -37,21 +37,26 @@ final class IDXTests: XCTestCase {
         try IDXFile(dimensions: [count], bytes: (0..<count).map { UInt8($0 % classes) })
     }
 
-    private func assertThrows<T>(_ expression: @autoclosure () throws -> T, file: StaticString = #filePath,
-                                 line: UInt = #line, _ check: (DataError) -> Void) {
+    private func assertThrows<T>(
+        _ expression: @autoclosure () throws -> T, file: StaticString = #filePath,
+        line: UInt = #line, _ check: (DataError) -> Void
+    ) {
         XCTAssertThrowsError(try expression(), file: file, line: line) { error in
             guard let dataError = error as? DataError else {
                 return XCTFail("expected a DataError, got \(type(of: error)): \(error)", file: file, line: line)
             }
-            XCTAssertTrue("\(dataError)".contains("Hint") || "\(dataError)".hasPrefix("invalid"),
-                          "message without a hint: \(dataError)", file: file, line: line)
+            XCTAssertTrue(
+                "\(dataError)".contains("Hint") || "\(dataError)".hasPrefix("invalid"),
+                "message without a hint: \(dataError)", file: file, line: line)
             check(dataError)
         }
     }
 
     /// Writes a Fashion-MNIST-like directory; the closures may damage a file's content.
-    private func writeDataset(train: Int = 12, test: Int = 5, trainLabels: Int? = nil,
-                              compressTrain: Bool = true, labelBytes: [UInt8]? = nil) throws {
+    private func writeDataset(
+        train: Int = 12, test: Int = 5, trainLabels: Int? = nil,
+        compressTrain: Bool = true, labelBytes: [UInt8]? = nil
+    ) throws {
         try images(count: train).write(to: url("train-images-idx3-ubyte.gz"), compressed: compressTrain)
         if let labelBytes {
             try IDXFile(dimensions: [labelBytes.count], bytes: labelBytes)
@@ -121,8 +126,11 @@ final class IDXTests: XCTestCase {
         let good = try images(count: 2).encoded()
         let cut = try writeBytes(Array(good.dropLast()), "cut")
         assertThrows(try IDXFile.read(from: cut, expectedMagic: IDXFile.imagesMagic)) { error in
-            XCTAssertEqual(error, .idxLengthMismatch(path: cut.path, dimensions: [2, 28, 28],
-                                                     expected: good.count, found: good.count - 1))
+            XCTAssertEqual(
+                error,
+                .idxLengthMismatch(
+                    path: cut.path, dimensions: [2, 28, 28],
+                    expected: good.count, found: good.count - 1))
             XCTAssertTrue(error.description.contains("truncated"))
         }
         let header = try writeBytes(Array(good.prefix(9)), "header")
@@ -148,13 +156,17 @@ final class IDXTests: XCTestCase {
             XCTAssertTrue(error.description.contains("2 trailing bytes"))
         }
         // Absurd dimensions neither trap nor allocate.
-        let huge = try writeBytes([0, 0, 8, 3, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], "huge")
+        let huge = try writeBytes(
+            [0, 0, 8, 3, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], "huge")
         assertThrows(try IDXFile.read(from: huge)) { error in
-            XCTAssertEqual(error, .idxDimensionsOverflow(path: huge.path, dimensions: [0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF]))
+            XCTAssertEqual(
+                error, .idxDimensionsOverflow(path: huge.path, dimensions: [0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF]))
         }
         let big = try writeBytes([0, 0, 8, 1, 0xFF, 0xFF, 0xFF, 0xFF, 1], "big")
         assertThrows(try IDXFile.read(from: big)) { error in
-            XCTAssertEqual(error, .idxLengthMismatch(path: big.path, dimensions: [0xFFFF_FFFF], expected: 8 + 0xFFFF_FFFF, found: 9))
+            XCTAssertEqual(
+                error,
+                .idxLengthMismatch(path: big.path, dimensions: [0xFFFF_FFFF], expected: 8 + 0xFFFF_FFFF, found: 9))
         }
     }
 
@@ -239,9 +251,11 @@ final class IDXTests: XCTestCase {
     func testImageAndLabelCountMismatchNamesBothCounts() throws {
         try writeDataset(train: 12, trainLabels: 11)
         assertThrows(try FashionMNIST.load(directory: directory)) { error in
-            XCTAssertEqual(error, .countMismatch(
-                imagesPath: self.url("train-images-idx3-ubyte.gz").path, images: 12,
-                labelsPath: self.url("train-labels-idx1-ubyte").path, labels: 11))
+            XCTAssertEqual(
+                error,
+                .countMismatch(
+                    imagesPath: self.url("train-images-idx3-ubyte.gz").path, images: 12,
+                    labelsPath: self.url("train-labels-idx1-ubyte").path, labels: 11))
             XCTAssertTrue(error.description.contains("12 images") && error.description.contains("11 labels"))
         }
     }
@@ -249,8 +263,10 @@ final class IDXTests: XCTestCase {
     func testLabelOutOfRangeIsRefused() throws {
         try writeDataset(train: 4, labelBytes: [0, 9, 10, 1])
         assertThrows(try FashionMNIST.load(directory: directory)) { error in
-            XCTAssertEqual(error, .labelOutOfRange(
-                path: self.url("train-labels-idx1-ubyte").path, index: 2, label: 10, classCount: 10))
+            XCTAssertEqual(
+                error,
+                .labelOutOfRange(
+                    path: self.url("train-labels-idx1-ubyte").path, index: 2, label: 10, classCount: 10))
         }
     }
 
@@ -258,8 +274,11 @@ final class IDXTests: XCTestCase {
         try writeDataset()
         try images(count: 12, rows: 27, cols: 28).write(to: url("train-images-idx3-ubyte.gz"), compressed: true)
         assertThrows(try FashionMNIST.load(directory: directory)) { error in
-            XCTAssertEqual(error, .unexpectedShape(path: self.url("train-images-idx3-ubyte.gz").path,
-                                                   expected: "(count, 28, 28)", found: [12, 27, 28]))
+            XCTAssertEqual(
+                error,
+                .unexpectedShape(
+                    path: self.url("train-images-idx3-ubyte.gz").path,
+                    expected: "(count, 28, 28)", found: [12, 27, 28]))
         }
     }
 
@@ -268,8 +287,11 @@ final class IDXTests: XCTestCase {
         try FileManager.default.removeItem(at: url("train-labels-idx1-ubyte"))
         try images(count: 12).write(to: url("train-labels-idx1-ubyte"))
         assertThrows(try FashionMNIST.load(directory: directory)) { error in
-            XCTAssertEqual(error, .idxBadMagic(path: self.url("train-labels-idx1-ubyte").path,
-                                               expected: IDXFile.labelsMagic, found: IDXFile.imagesMagic))
+            XCTAssertEqual(
+                error,
+                .idxBadMagic(
+                    path: self.url("train-labels-idx1-ubyte").path,
+                    expected: IDXFile.labelsMagic, found: IDXFile.imagesMagic))
         }
     }
 

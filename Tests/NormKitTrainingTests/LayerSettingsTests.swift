@@ -1,14 +1,17 @@
 import Foundation
-import XCTest
 import NormKit
 import NormKitTraining
+import XCTest
 
 /// Issue 12, item 1: the layers' hyper-parameters are settings of a run (flags, sweep plans), reach the layers,
 /// are validated, and are recorded in checkpoints; MABN's default buffer covers about 32 images.
 final class LayerSettingsTests: XCTestCase {
     func testMABNDefaultBufferCoversAbout32Images() {
-        for (batch, normBatch, expected) in [(2, nil, 16), (32, 2, 16), (32, nil, 1), (8, 4, 8), (64, 64, 1), (4, 1, 32)]
-            as [(Int, Int?, Int)] {
+        for (batch, normBatch, expected) in [
+            (2, nil, 16), (32, 2, 16), (32, nil, 1), (8, 4, 8), (64, 64, 1), (4, 1, 32),
+        ]
+            as [(Int, Int?, Int)]
+        {
             var c = TrainingConfiguration()
             c.norm = .mabn
             c.batch = batch
@@ -27,7 +30,8 @@ final class LayerSettingsTests: XCTestCase {
         c.mabnBuffer = 5
         c.mabnWarmup = 7
         c.mabnOldValueWeight = 0.9
-        let mabn = try XCTUnwrap(try NormalizationSettings(c, totalSteps: 100).makeLayer(channels: 4) as? MovingAverageBatchNorm)
+        let mabn = try XCTUnwrap(
+            try NormalizationSettings(c, totalSteps: 100).makeLayer(channels: 4) as? MovingAverageBatchNorm)
         XCTAssertEqual(mabn.bufferSize, 5)
         XCTAssertEqual(mabn.warmup, 7)
         XCTAssertEqual(mabn.oldValueWeight, 0.9)
@@ -43,7 +47,8 @@ final class LayerSettingsTests: XCTestCase {
         r.brnMomentum = 0.05
         r.brnRMax = 2
         r.brnDMax = 1
-        let scaled = try XCTUnwrap(try NormalizationSettings(r, totalSteps: 1000).makeLayer(channels: 4) as? BatchRenorm)
+        let scaled = try XCTUnwrap(
+            try NormalizationSettings(r, totalSteps: 1000).makeLayer(channels: 4) as? BatchRenorm)
         XCTAssertEqual(scaled.momentum, 0.05)
         XCTAssertEqual(scaled.schedule, try BatchRenorm.Schedule.scaled(totalSteps: 1000, rMax: 2, dMax: 1))
         r.brnSchedule = "paper"
@@ -55,7 +60,8 @@ final class LayerSettingsTests: XCTestCase {
         // Defaults are the layers' own.
         var d = TrainingConfiguration()
         d.norm = .bn
-        XCTAssertEqual((try NormalizationSettings(d, totalSteps: 10).makeLayer(channels: 4) as? BatchNorm)?.momentum, 0.1)
+        XCTAssertEqual(
+            (try NormalizationSettings(d, totalSteps: 10).makeLayer(channels: 4) as? BatchNorm)?.momentum, 0.1)
     }
 
     func testOutOfRangeOrInapplicableSettingsAreRefused() {
@@ -87,7 +93,9 @@ final class LayerSettingsTests: XCTestCase {
             c.norm = norm
             mutate(&c)
             XCTAssertNoThrow(try c.validate())
-            XCTAssertThrowsError(try c.validateApplicability()) { XCTAssertEqual(($0 as? ConfigurationError)?.flag, flag) }
+            XCTAssertThrowsError(try c.validateApplicability()) {
+                XCTAssertEqual(($0 as? ConfigurationError)?.flag, flag)
+            }
         }
     }
 
@@ -100,8 +108,9 @@ final class LayerSettingsTests: XCTestCase {
         c.epochs = 1
         c.threads = 1
         let data = try TrainingTests.synthetic()
-        let trainer = try Trainer(configuration: c, train: data.train, test: data.test, output: directory,
-                                  progress: ProgressReporter(style: .silent))
+        let trainer = try Trainer(
+            configuration: c, train: data.train, test: data.test, output: directory,
+            progress: ProgressReporter(style: .silent))
         trainer.stopAfterStep = 2
         XCTAssertThrowsError(try trainer.run())
         let url = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
@@ -111,10 +120,12 @@ final class LayerSettingsTests: XCTestCase {
         // default would be 2. The PyTorch arguments say 1.
         var legacy = c
         legacy.mabnBuffer = nil
-        let model = try makeModel(named: "resnet8", normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 1), seed: 0)
-        var metadata = try TrainingCheckpoint.metadata(configuration: legacy,
-                                                       normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 1),
-                                                       step: 0)
+        let model = try makeModel(
+            named: "resnet8", normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 1), seed: 0)
+        var metadata = try TrainingCheckpoint.metadata(
+            configuration: legacy,
+            normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 1),
+            step: 0)
         XCTAssertFalse(metadata["configuration"]!.contains("mabnBuffer"))
         metadata["torch_model_arguments"] = #"{"depth":"8","mabn_buffer":"1","norm":"mabn"}"#
         let legacyURL = directory.appendingPathComponent("legacy.safetensors")

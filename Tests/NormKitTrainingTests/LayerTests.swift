@@ -66,8 +66,11 @@ final class LayerTests: XCTestCase {
         try other.loadStateDict(state)
         XCTAssertEqual(other.weight.value, linear.weight.value)
         XCTAssertEqual(other.bias.value, linear.bias.value)
-        XCTAssertThrowsError(try other.loadStateDict(["weight": state["weight"]!,
-                                                      "bias": .int64(shape: [10], values: Array(repeating: 0, count: 10))]))
+        XCTAssertThrowsError(
+            try other.loadStateDict([
+                "weight": state["weight"]!,
+                "bias": .int64(shape: [10], values: Array(repeating: 0, count: 10)),
+            ]))
     }
 
     // MARK: - ReLU
@@ -198,7 +201,9 @@ final class LayerTests: XCTestCase {
         for r in 0..<n {
             let row = zs[r * k..<(r + 1) * k]
             let sum = row.map { Foundation.exp($0) }.reduce(0, +)
-            for j in 0..<k { analytic.append((Foundation.exp(zs[r * k + j]) / sum - (j == labels[r] ? 1 : 0)) / Double(n)) }
+            for j in 0..<k {
+                analytic.append((Foundation.exp(zs[r * k + j]) / sum - (j == labels[r] ? 1 : 0)) / Double(n))
+            }
         }
         assertClose(grad.values, analytic, relative: 1e-6, "analytic")
         let h = 1e-5
@@ -271,26 +276,36 @@ final class LayerTests: XCTestCase {
         }
         try linear.forward(Tensor(zeros: [3, 4]), into: &y, training: true)
         XCTAssertThrowsError(try linear.backward(Tensor(zeros: [3, 3]), into: &dx)) {
-            XCTAssertEqual($0 as? LayerError, .gradientMismatch(layer: linear.name, expected: [3, 2],
-                                                                expectedLayout: .channelsFirst, got: [3, 3],
-                                                                gotLayout: .channelsFirst))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .gradientMismatch(
+                    layer: linear.name, expected: [3, 2],
+                    expectedLayout: .channelsFirst, got: [3, 3],
+                    gotLayout: .channelsFirst))
         }
         XCTAssertThrowsError(try Linear(inFeatures: 4, outFeatures: 0, generator: &rng)) {
-            XCTAssertEqual($0 as? LayerError,
-                           .invalidArgument(layer: "Linear", name: "outFeatures", value: 0, expected: "at least 1"))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .invalidArgument(layer: "Linear", name: "outFeatures", value: 0, expected: "at least 1"))
         }
 
         let pool = try MaxPool2d(kernelSize: 2)
-        XCTAssertThrowsError(try pool.forward(Tensor(zeros: [1, 2, 4, 4], layout: .channelsLast), into: &y,
-                                              training: true)) {
+        XCTAssertThrowsError(
+            try pool.forward(
+                Tensor(zeros: [1, 2, 4, 4], layout: .channelsLast), into: &y,
+                training: true)
+        ) {
             XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: pool.name, layout: .channelsLast))
         }
         XCTAssertThrowsError(try pool.forward(Tensor(zeros: [1, 2, 4]), into: &y, training: true)) {
             XCTAssertEqual($0 as? LayerError, .wrongRank(layer: pool.name, expected: 4, shape: [1, 2, 4]))
         }
         XCTAssertThrowsError(try pool.forward(Tensor(zeros: [1, 2, 1, 4]), into: &y, training: true)) {
-            XCTAssertEqual($0 as? LayerError, .inputTooSmall(layer: pool.name, height: 1, width: 4, kernelSize: 2,
-                                                             padding: 0))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .inputTooSmall(
+                    layer: pool.name, height: 1, width: 4, kernelSize: 2,
+                    padding: 0))
         }
         XCTAssertThrowsError(try pool.backward(Tensor(zeros: [1, 2, 2, 2]), into: &dx)) {
             XCTAssertEqual($0 as? LayerError, .backwardBeforeForward(layer: pool.name))
@@ -298,8 +313,11 @@ final class LayerTests: XCTestCase {
         XCTAssertThrowsError(try MaxPool2d(kernelSize: 0))
 
         // GlobalAveragePool takes both layouts (PoolingLayoutTests); MaxPool2d is channels-first only.
-        XCTAssertThrowsError(try pool.forward(Tensor(zeros: [2, 3, 4, 4], layout: .channelsLast), into: &y,
-                                              training: true)) {
+        XCTAssertThrowsError(
+            try pool.forward(
+                Tensor(zeros: [2, 3, 4, 4], layout: .channelsLast), into: &y,
+                training: true)
+        ) {
             XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: pool.name, layout: .channelsLast))
         }
         let gap = GlobalAveragePool()
@@ -324,8 +342,10 @@ final class LayerTests: XCTestCase {
 private func doubles(_ values: [Float]) -> [Double] { values.map(Double.init) }
 
 /// `max |a − b| ≤ relative · max(max |b|, 1e-3)`.
-private func assertClose(_ actual: [Float], _ expected: [Double], relative: Double, _ message: String,
-                         file: StaticString = #filePath, line: UInt = #line) {
+private func assertClose(
+    _ actual: [Float], _ expected: [Double], relative: Double, _ message: String,
+    file: StaticString = #filePath, line: UInt = #line
+) {
     XCTAssertEqual(actual.count, expected.count, message, file: file, line: line)
     guard actual.count == expected.count else { return }
     let scale = max(expected.map(abs).max() ?? 0, 1e-3)
@@ -334,7 +354,8 @@ private func assertClose(_ actual: [Float], _ expected: [Double], relative: Doub
         worst = abs(Double(actual[i]) - expected[i])
         at = i
     }
-    XCTAssertLessThanOrEqual(worst / scale, relative,
-                             "\(message): worst at \(at): \(actual[at]) vs \(expected[at]) (scale \(scale))",
-                             file: file, line: line)
+    XCTAssertLessThanOrEqual(
+        worst / scale, relative,
+        "\(message): worst at \(at): \(actual[at]) vs \(expected[at]) (scale \(scale))",
+        file: file, line: line)
 }

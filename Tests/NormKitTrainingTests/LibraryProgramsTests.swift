@@ -1,7 +1,7 @@
 import Foundation
-import XCTest
 import NormKit
 import NormKitTraining
+import XCTest
 
 /// The three programs of issue 13's "done when", written only against public API (no `@testable`): a network of
 /// one's own with GN and MABN, BN with ghost batches in channels-last saved and reloaded, and a ResNet built in
@@ -52,7 +52,8 @@ final class LibraryProgramsTests: XCTestCase {
             try bn.forward(x, into: &y, training: true)
             XCTAssertEqual(y.layout, .channelsLast)
         }
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("normkit-ghost-bn-\(getpid()).safetensors")
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "normkit-ghost-bn-\(getpid()).safetensors")
         defer { try? FileManager.default.removeItem(at: file) }
         try SafeTensors.write(bn.stateDict(), to: file)
         let reloaded = try BatchNorm(channels: 6, normBatch: 2)
@@ -74,8 +75,9 @@ final class LibraryProgramsTests: XCTestCase {
         let named = resnet.namedParameters()
         let lines = named.map { "\($0.0) \($0.1)" }
         XCTAssertEqual(named.first?.0, "conv1.weight")
-        XCTAssertTrue(lines.contains { $0.hasPrefix("layer2.0.conv1.weight Parameter(") && $0.contains("[32, 16, 3, 3]") },
-                      lines.joined(separator: "\n"))
+        XCTAssertTrue(
+            lines.contains { $0.hasPrefix("layer2.0.conv1.weight Parameter(") && $0.contains("[32, 16, 3, 3]") },
+            lines.joined(separator: "\n"))
         XCTAssertTrue(named.first { $0.0 == "layer2.0.conv1.weight" }!.1 === resnet.stages[1].blocks[0].conv1.weight)
         XCTAssertEqual(Set(named.map(\.0)).isSubset(of: Set(resnet.stateDict().keys)), true)
         XCTAssertEqual(named.count, resnet.parameters.count)

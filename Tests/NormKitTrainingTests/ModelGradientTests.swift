@@ -1,5 +1,5 @@
-import XCTest
 import NormKitTraining
+import XCTest
 
 /// Whole-model backward against central finite differences: every layer and the residual wiring together.
 final class ModelGradientTests: XCTestCase {
@@ -8,10 +8,13 @@ final class ModelGradientTests: XCTestCase {
         return Double(try ce.forward(logits: try model.forward(x, training: true), labels: labels))
     }
 
-    func checkGradients(kind: NormKind, model name: String = "resnet", file: StaticString = #filePath, line: UInt = #line) throws {
+    func checkGradients(
+        kind: NormKind, model name: String = "resnet", file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         var generator = SeededGenerator(seed: 3)
         let settings = NormalizationSettings(kind: kind, groups: 2)
-        let model: Model = name == "vgg"
+        let model: Model =
+            name == "vgg"
             ? try VGG(normalization: settings, widths: [4, 8], generator: &generator)
             : try ResNet(depth: 8, normalization: settings, width: 4, generator: &generator)
         // Give the zero-initialised γ some value so every path carries gradient.
@@ -46,8 +49,9 @@ final class ModelGradientTests: XCTestCase {
                     if error < best { best = error; bestNumeric = numeric }
                 }
                 worst = max(worst, best)
-                XCTAssertLessThan(best, 5e-4, "\(kind) \(p.name)[\(i)] numeric \(bestNumeric) analytic \(analytic[i])",
-                                  file: file, line: line)
+                XCTAssertLessThan(
+                    best, 5e-4, "\(kind) \(p.name)[\(i)] numeric \(bestNumeric) analytic \(analytic[i])",
+                    file: file, line: line)
                 checked += 1
             }
         }

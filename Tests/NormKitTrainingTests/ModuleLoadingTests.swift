@@ -1,5 +1,5 @@
-import XCTest
 import NormKitTraining
+import XCTest
 
 /// Strict (PyTorch's default) and non-strict state-dict loads, at the model and at the layer level; and the
 /// `localizedDescription` of every model and layer error.
@@ -26,7 +26,8 @@ final class ModuleLoadingTests: XCTestCase {
         unexpected["layer4.0.conv1.weight"] = zeros([1])
         unexpected["head.bias"] = zeros([10])
         for load in [{ try model.loadStateDict($0) }, { try model.loadStateDict($0, strict: true) }]
-            as [([String: StateTensor]) throws -> Void] {
+            as [([String: StateTensor]) throws -> Void]
+        {
             XCTAssertThrowsError(try load(missing)) {
                 XCTAssertEqual($0 as? ModelError, .missingTensor("fc.bias"), "the first missing key, sorted")
             }
@@ -48,8 +49,11 @@ final class ModuleLoadingTests: XCTestCase {
         state["layer4.0.conv1.weight"] = zeros([1])
         state["aux.running_mean"] = zeros([3])
         let result = try model.loadStateDict(state, strict: false)
-        XCTAssertEqual(result, StateDictLoadResult(missingKeys: absent,
-                                                   unexpectedKeys: ["aux.running_mean", "layer4.0.conv1.weight"]))
+        XCTAssertEqual(
+            result,
+            StateDictLoadResult(
+                missingKeys: absent,
+                unexpectedKeys: ["aux.running_mean", "layer4.0.conv1.weight"]))
         XCTAssertFalse(result.isEmpty)
         XCTAssertTrue(result.description.contains("layer2.0.norm1.buffer_x2"), result.description)
         let after = model.stateDict()
@@ -59,8 +63,9 @@ final class ModuleLoadingTests: XCTestCase {
         }
         // The live parameter objects were updated in place (an optimizer holding them sees the new values).
         let named = Dictionary(uniqueKeysWithValues: model.namedParameters().map { ($0.name, $0.parameter) })
-        XCTAssertEqual(named["fc.weight"].map { StateTensor.float32(shape: $0.shape, values: $0.value) },
-                       good["fc.weight"])
+        XCTAssertEqual(
+            named["fc.weight"].map { StateTensor.float32(shape: $0.shape, values: $0.value) },
+            good["fc.weight"])
         let full = try model.loadStateDict(good, strict: false)
         XCTAssertTrue(full.isEmpty)
         XCTAssertEqual(full, StateDictLoadResult())
@@ -74,15 +79,21 @@ final class ModuleLoadingTests: XCTestCase {
             var state = good
             state["layer1.0.conv2.weight"] = zeros([16, 16, 1, 1])
             XCTAssertThrowsError(try model.loadStateDict(state, strict: strict)) {
-                XCTAssertEqual($0 as? ModelError, .mismatchedTensor(name: "layer1.0.conv2.weight",
-                                                                    expected: "float32 [16, 16, 3, 3]",
-                                                                    found: "float32 [16, 16, 1, 1]"))
+                XCTAssertEqual(
+                    $0 as? ModelError,
+                    .mismatchedTensor(
+                        name: "layer1.0.conv2.weight",
+                        expected: "float32 [16, 16, 3, 3]",
+                        found: "float32 [16, 16, 1, 1]"))
             }
             state = good
             state["norm1.num_batches_tracked"] = zeros([])
             XCTAssertThrowsError(try model.loadStateDict(state, strict: strict)) {
-                XCTAssertEqual($0 as? ModelError, .mismatchedTensor(name: "norm1.num_batches_tracked",
-                                                                    expected: "int64 []", found: "float32 []"))
+                XCTAssertEqual(
+                    $0 as? ModelError,
+                    .mismatchedTensor(
+                        name: "norm1.num_batches_tracked",
+                        expected: "int64 []", found: "float32 []"))
             }
             // A value the layer refuses (BRN's running σ must be positive), in a module loaded after most others:
             // everything loaded before it is rolled back.
@@ -106,8 +117,11 @@ final class ModuleLoadingTests: XCTestCase {
         var extra = good
         extra["running_mean"] = zeros([3])
         XCTAssertThrowsError(try conv.loadStateDict(extra)) {
-            XCTAssertEqual($0 as? LayerError, .invalidState(layer: conv.name, name: "running_mean",
-                                                            reason: "unexpected: the layer has no such tensor"))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .invalidState(
+                    layer: conv.name, name: "running_mean",
+                    reason: "unexpected: the layer has no such tensor"))
         }
         XCTAssertThrowsError(try conv.loadStateDict(["weight": good["weight"]!], strict: true)) {
             XCTAssertEqual($0 as? LayerError, .invalidState(layer: conv.name, name: "bias", reason: "missing"))
@@ -118,8 +132,11 @@ final class ModuleLoadingTests: XCTestCase {
         XCTAssertEqual(conv.weight.value, donor.weight.value)
         XCTAssertEqual(conv.bias?.value, [0, 0, 0], "a missing tensor keeps its value")
         XCTAssertThrowsError(try conv.loadStateDict(["weight": zeros([3, 2])], strict: false)) {
-            XCTAssertEqual($0 as? LayerError, .invalidState(layer: conv.name, name: "weight",
-                                                            reason: "expected float32 [3, 2, 1, 1], got float32 [3, 2]"))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .invalidState(
+                    layer: conv.name, name: "weight",
+                    reason: "expected float32 [3, 2, 1, 1], got float32 [3, 2]"))
         }
         XCTAssertEqual(conv.weight.value, donor.weight.value)
 
@@ -127,20 +144,30 @@ final class ModuleLoadingTests: XCTestCase {
         let relu = ReLU()
         XCTAssertNoThrow(try relu.loadStateDict([:]))
         XCTAssertThrowsError(try relu.loadStateDict(["weight": zeros([1])])) {
-            XCTAssertEqual($0 as? LayerError, .invalidState(layer: "ReLU", name: "weight",
-                                                            reason: "unexpected: the layer has no such tensor"))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .invalidState(
+                    layer: "ReLU", name: "weight",
+                    reason: "unexpected: the layer has no such tensor"))
         }
         XCTAssertEqual(try relu.loadStateDict(["weight": zeros([1])], strict: false).unexpectedKeys, ["weight"])
 
         // A normalization leaf: its buffers are part of the check; its own rules still apply.
         let bn = NormalizationModule(try BatchNorm(channels: 4))
-        XCTAssertEqual(Set(bn.stateDict().keys), ["weight", "bias", "running_mean", "running_var",
-                                                  "num_batches_tracked"])
+        XCTAssertEqual(
+            Set(bn.stateDict().keys),
+            [
+                "weight", "bias", "running_mean", "running_var",
+                "num_batches_tracked",
+            ])
         var state = bn.stateDict()
         state.removeValue(forKey: "running_var")
         XCTAssertThrowsError(try bn.loadStateDict(state)) {
-            XCTAssertEqual($0 as? LayerError, .invalidState(layer: "BatchNorm(channels: 4)", name: "running_var",
-                                                            reason: "missing"))
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .invalidState(
+                    layer: "BatchNorm(channels: 4)", name: "running_var",
+                    reason: "missing"))
         }
         state["weight"] = .float32(shape: [4], values: [1, 2, 3, 4])
         XCTAssertEqual(try bn.loadStateDict(state, strict: false).missingKeys, ["running_var"])
@@ -149,10 +176,15 @@ final class ModuleLoadingTests: XCTestCase {
 
     func testSequentialIsAModelAndNamesItsLayersByPosition() throws {
         var rng = SeededGenerator(seed: 4)
-        let net = Sequential(try Conv2d(inChannels: 1, outChannels: 2, kernelSize: 3, generator: &rng),
-                             NormalizationModule(try BatchNorm(channels: 2)), ReLU())
-        XCTAssertEqual(net.stateDict().keys.sorted(), ["0.weight", "1.bias", "1.num_batches_tracked",
-                                                       "1.running_mean", "1.running_var", "1.weight"])
+        let net = Sequential(
+            try Conv2d(inChannels: 1, outChannels: 2, kernelSize: 3, generator: &rng),
+            NormalizationModule(try BatchNorm(channels: 2)), ReLU())
+        XCTAssertEqual(
+            net.stateDict().keys.sorted(),
+            [
+                "0.weight", "1.bias", "1.num_batches_tracked",
+                "1.running_mean", "1.running_var", "1.weight",
+            ])
         var state = net.stateDict()
         state.removeValue(forKey: "1.running_mean")
         XCTAssertThrowsError(try net.loadStateDict(state)) {
@@ -171,8 +203,9 @@ final class ModuleLoadingTests: XCTestCase {
             .channelMismatch(layer: "Conv2d(16→32, 3×3, stride 2, padding 1)", expected: 16, got: 3),
             .emptyBatch(layer: "GlobalAveragePool"),
             .inputTooSmall(layer: "MaxPool2d(2×2, stride 2)", height: 1, width: 4, kernelSize: 2, padding: 0),
-            .gradientMismatch(layer: "ReLU", expected: [2, 3], expectedLayout: .channelsFirst, got: [3, 2],
-                              gotLayout: .channelsFirst),
+            .gradientMismatch(
+                layer: "ReLU", expected: [2, 3], expectedLayout: .channelsFirst, got: [3, 2],
+                gotLayout: .channelsFirst),
             .backwardBeforeForward(layer: "Linear(64→10)"),
             .labelCountMismatch(batch: 3, labels: 2),
             .labelOutOfRange(index: 1, label: 4, classes: 4),
@@ -181,15 +214,19 @@ final class ModuleLoadingTests: XCTestCase {
         for error in layerErrors {
             XCTAssertEqual((error as Error).localizedDescription, error.description)
             let layer = error.description.prefix { $0 != ":" }
-            XCTAssertTrue(["Conv2d", "Linear", "MaxPool2d", "GlobalAveragePool", "ReLU", "SoftmaxCrossEntropy"]
-                .contains { layer.hasPrefix($0) }, "does not start with the layer: \(error.description)")
+            XCTAssertTrue(
+                ["Conv2d", "Linear", "MaxPool2d", "GlobalAveragePool", "ReLU", "SoftmaxCrossEntropy"]
+                    .contains { layer.hasPrefix($0) }, "does not start with the layer: \(error.description)")
         }
         let modelErrors: [(ModelError, String)] = [
             (.unknownModel("resnet9"), "resnet9"), (.invalidDepth(9), "9"),
             (.unsupported("optimizer state does not match the model"), "optimizer state"),
             (.missingTensor("layer1.0.norm1.running_var"), "layer1.0.norm1.running_var"),
             (.unexpectedTensors(["head.bias"]), "head.bias"),
-            (.mismatchedTensor(name: "fc.weight", expected: "float32 [10, 64]", found: "float32 [10, 32]"), "fc.weight"),
+            (
+                .mismatchedTensor(name: "fc.weight", expected: "float32 [10, 64]", found: "float32 [10, 32]"),
+                "fc.weight"
+            ),
         ]
         for (error, named) in modelErrors {
             XCTAssertEqual((error as Error).localizedDescription, error.description)
@@ -202,8 +239,9 @@ final class ModuleLoadingTests: XCTestCase {
             _ = try conv(Tensor(zeros: [1, 3, 8, 8]))
             XCTFail("a 3-channel input was accepted")
         } catch {
-            XCTAssertEqual(error.localizedDescription,
-                           "Conv2d(16→32, 3×3, stride 2, padding 1): input has 3 channels, the layer was built for 16")
+            XCTAssertEqual(
+                error.localizedDescription,
+                "Conv2d(16→32, 3×3, stride 2, padding 1): input has 3 channels, the layer was built for 16")
         }
         let data = DataError.invalidArgument(name: "batch", value: "0", expected: "at least 1")
         XCTAssertEqual((data as Error).localizedDescription, data.description)

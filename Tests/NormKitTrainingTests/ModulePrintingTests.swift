@@ -1,5 +1,5 @@
-import XCTest
 import NormKitTraining
+import XCTest
 
 /// Models, layers and parameters print like PyTorch's `repr`.
 final class ModulePrintingTests: XCTestCase {
@@ -20,27 +20,29 @@ final class ModulePrintingTests: XCTestCase {
         let lines = text.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.first, "ResNet(")
         XCTAssertEqual(lines.last, ")")
-        assertLines(text, contain: [
-            "  (conv1): Conv2d(1, 16, kernel_size=3, stride=1, padding=1, bias=False)",
-            "  (norm1): GroupNorm(16, 16)",
-            "  (layer1): Sequential(",
-            "    (0): BasicBlock(",
-            "      (conv1): Conv2d(16, 16, kernel_size=3, stride=1, padding=1, bias=False)",
-            "  (layer2): Sequential(",
-            "      (conv1): Conv2d(16, 32, kernel_size=3, stride=2, padding=1, bias=False)",
-            "      (norm1): GroupNorm(16, 32)",
-            "      (conv2): Conv2d(32, 32, kernel_size=3, stride=1, padding=1, bias=False)",
-            "      (norm2): GroupNorm(16, 32)",
-            "      (downsample): Sequential(",
-            "        (0): Conv2d(16, 32, kernel_size=1, stride=2, bias=False)",
-            "        (1): GroupNorm(16, 32)",
-            "      )",
-            "    )",
-            "  )",
-            "  (layer3): Sequential(",
-            "        (1): GroupNorm(16, 64)",
-            "  (fc): Linear(in_features=64, out_features=10, bias=True)",
-        ], "GN ResNet-8")
+        assertLines(
+            text,
+            contain: [
+                "  (conv1): Conv2d(1, 16, kernel_size=3, stride=1, padding=1, bias=False)",
+                "  (norm1): GroupNorm(16, 16)",
+                "  (layer1): Sequential(",
+                "    (0): BasicBlock(",
+                "      (conv1): Conv2d(16, 16, kernel_size=3, stride=1, padding=1, bias=False)",
+                "  (layer2): Sequential(",
+                "      (conv1): Conv2d(16, 32, kernel_size=3, stride=2, padding=1, bias=False)",
+                "      (norm1): GroupNorm(16, 32)",
+                "      (conv2): Conv2d(32, 32, kernel_size=3, stride=1, padding=1, bias=False)",
+                "      (norm2): GroupNorm(16, 32)",
+                "      (downsample): Sequential(",
+                "        (0): Conv2d(16, 32, kernel_size=1, stride=2, bias=False)",
+                "        (1): GroupNorm(16, 32)",
+                "      )",
+                "    )",
+                "  )",
+                "  (layer3): Sequential(",
+                "        (1): GroupNorm(16, 64)",
+                "  (fc): Linear(in_features=64, out_features=10, bias=True)",
+            ], "GN ResNet-8")
         XCTAssertEqual(lines.filter { $0.hasSuffix("): BasicBlock(") }.count, 3)
         XCTAssertEqual(lines.filter { $0.contains("(downsample): Sequential(") }.count, 2)
         XCTAssertEqual(lines.count, 37, text)
@@ -48,16 +50,22 @@ final class ModulePrintingTests: XCTestCase {
 
     func testEveryNormalizationPrintsItsKindAndSettings() throws {
         let cases: [(NormalizationSettings, [String])] = [
-            (NormalizationSettings(kind: .bn, normBatch: 2),
-             ["  (norm1): BatchNorm2d(16, momentum=0.1, norm_batch=2)"]),
+            (
+                NormalizationSettings(kind: .bn, normBatch: 2),
+                ["  (norm1): BatchNorm2d(16, momentum=0.1, norm_batch=2)"]
+            ),
             (NormalizationSettings(kind: .bn), ["        (1): BatchNorm2d(64, momentum=0.1)"]),
             (NormalizationSettings(kind: .ln), ["      (norm2): GroupNorm(1, 32)"]),
             (NormalizationSettings(kind: .in), ["      (norm2): GroupNorm(32, 32)"]),
             (NormalizationSettings(kind: .gn, groupSize: 2), ["  (norm1): GroupNorm(8, 16)"]),
             (NormalizationSettings(kind: .brn), ["  (norm1): BatchRenorm2d(16, momentum=0.01)"]),
-            (NormalizationSettings(kind: .mabn, mabnBufferSize: 8),
-             ["  (conv1): CenConv2d(1, 16, kernel_size=3, stride=1, padding=1, bias=False)",
-              "  (norm1): MovingAverageBatchNorm2d(16, buffer_size=8, momentum=0.98)"]),
+            (
+                NormalizationSettings(kind: .mabn, mabnBufferSize: 8),
+                [
+                    "  (conv1): CenConv2d(1, 16, kernel_size=3, stride=1, padding=1, bias=False)",
+                    "  (norm1): MovingAverageBatchNorm2d(16, buffer_size=8, momentum=0.98)",
+                ]
+            ),
             (NormalizationSettings(kind: .frozenBN), ["  (norm1): FrozenBatchNorm2d(16)"]),
             (NormalizationSettings(kind: .none), ["  (norm1): Identity()", "        (1): Identity()"]),
         ]
@@ -69,11 +77,13 @@ final class ModulePrintingTests: XCTestCase {
     func testLayersVGGAndParametersPrint() throws {
         var generator = SeededGenerator(seed: 2)
         let vgg = try VGG(normalization: NormalizationSettings(kind: .none), generator: &generator)
-        assertLines("\(vgg)", contain: [
-            "VGG(", "  (features): Sequential(", "    (0): Conv2d(1, 16, kernel_size=3, stride=1, padding=1)",
-            "    (1): Identity()", "    (2): ReLU()", "    (6): MaxPool2d(kernel_size=2, stride=2)",
-            "    (19): ReLU()", "  )", "  (fc): Linear(in_features=64, out_features=10, bias=True)", ")",
-        ], "VGG")
+        assertLines(
+            "\(vgg)",
+            contain: [
+                "VGG(", "  (features): Sequential(", "    (0): Conv2d(1, 16, kernel_size=3, stride=1, padding=1)",
+                "    (1): Identity()", "    (2): ReLU()", "    (6): MaxPool2d(kernel_size=2, stride=2)",
+                "    (19): ReLU()", "  )", "  (fc): Linear(in_features=64, out_features=10, bias=True)", ")",
+            ], "VGG")
         XCTAssertEqual("\(GlobalAveragePool())", "GlobalAveragePool()")
         XCTAssertEqual("\(Sequential())", "Sequential")
         let conv = try Conv2d(inChannels: 3, outChannels: 8, kernelSize: 5, stride: 2, generator: &generator)

@@ -1,5 +1,5 @@
-import XCTest
 import NormKitTraining
+import XCTest
 
 /// The module tree: names, live parameters, buffers, modules, the optimizer's order, train/eval and
 /// `callAsFunction`.
@@ -8,9 +8,12 @@ final class ModuleTreeTests: XCTestCase {
 
     func resnet8(_ kind: NormKind, seed: UInt64 = 7, width: Int = 16, zeroInit: Bool = true) throws -> ResNet {
         var generator = SeededGenerator(seed: seed)
-        return try ResNet(depth: 8, normalization: NormalizationSettings(kind: kind, groups: width == 16 ? 16 : 2,
-                                                                         mabnBufferSize: 4),
-                          width: width, zeroInitResidualScale: zeroInit, generator: &generator)
+        return try ResNet(
+            depth: 8,
+            normalization: NormalizationSettings(
+                kind: kind, groups: width == 16 ? 16 : 2,
+                mabnBufferSize: 4),
+            width: width, zeroInitResidualScale: zeroInit, generator: &generator)
     }
 
     // MARK: - names
@@ -27,10 +30,12 @@ final class ModuleTreeTests: XCTestCase {
             XCTAssertEqual(Set(names).union(bufferNames), Set(state.keys), "\(kind): names are the state-dict keys")
             XCTAssertEqual(names.count + bufferNames.count, state.count, "\(kind)")
             // Parameters are exactly the state dict's `weight`/`bias` entries (BN*'s frozen γ/β included).
-            XCTAssertEqual(Set(names), Set(state.keys.filter { $0.hasSuffix(".weight") || $0.hasSuffix(".bias") }),
-                           "\(kind)")
+            XCTAssertEqual(
+                Set(names), Set(state.keys.filter { $0.hasSuffix(".weight") || $0.hasSuffix(".bias") }),
+                "\(kind)")
             for (name, parameter) in named {
-                XCTAssertEqual(state[name], .float32(shape: parameter.shape, values: parameter.value), "\(kind) \(name)")
+                XCTAssertEqual(
+                    state[name], .float32(shape: parameter.shape, values: parameter.value), "\(kind) \(name)")
                 XCTAssertTrue(name.hasSuffix("." + parameter.name), "\(kind) \(name)")
             }
             for (name, value) in buffers { XCTAssertEqual(state[name], value, "\(kind) \(name)") }
@@ -84,7 +89,9 @@ final class ModuleTreeTests: XCTestCase {
         var expected = ["", "conv1", "norm1"]
         for stage in 1...3 {
             let block = "layer\(stage).0"
-            expected += ["layer\(stage)", block, "\(block).conv1", "\(block).norm1", "\(block).conv2", "\(block).norm2"]
+            expected += [
+                "layer\(stage)", block, "\(block).conv1", "\(block).norm1", "\(block).conv2", "\(block).norm2",
+            ]
             if stage > 1 { expected += ["\(block).downsample", "\(block).downsample.0", "\(block).downsample.1"] }
         }
         expected.append("fc")
@@ -103,21 +110,27 @@ final class ModuleTreeTests: XCTestCase {
         XCTAssertTrue(deeper.namedModules().contains { $0.name == "layer3.2.norm2" })
         // VGG: `features` is a Sequential with PyTorch's indices.
         let vgg = try VGG(normalization: NormalizationSettings(kind: .gn), generator: &generator)
-        XCTAssertEqual(vgg.namedModules().map(\.name),
-                       ["", "features"] + (0..<20).map { "features.\($0)" } + ["fc"])
+        XCTAssertEqual(
+            vgg.namedModules().map(\.name),
+            ["", "features"] + (0..<20).map { "features.\($0)" } + ["fc"])
     }
 
     func testNamedBuffersAreTheRunningStatistics() throws {
         let bn = try resnet8(.bn)
-        let norms = ["norm1"] + (1...3).flatMap { s in
-            ["layer\(s).0.norm1", "layer\(s).0.norm2"] + (s > 1 ? ["layer\(s).0.downsample.1"] : [])
-        }
-        XCTAssertEqual(bn.namedBuffers().map(\.name),
-                       norms.flatMap { ["\($0).running_mean", "\($0).running_var", "\($0).num_batches_tracked"] })
-        XCTAssertEqual(try resnet8(.mabn).namedBuffers().prefix(4).map(\.name),
-                       ["norm1.running_var", "norm1.iters", "norm1.buffer_x2", "norm1.buffer_gz"])
-        XCTAssertEqual(try resnet8(.brn).namedBuffers().prefix(3).map(\.name),
-                       ["norm1.running_mean", "norm1.running_std", "norm1.num_batches_tracked"])
+        let norms =
+            ["norm1"]
+            + (1...3).flatMap { s in
+                ["layer\(s).0.norm1", "layer\(s).0.norm2"] + (s > 1 ? ["layer\(s).0.downsample.1"] : [])
+            }
+        XCTAssertEqual(
+            bn.namedBuffers().map(\.name),
+            norms.flatMap { ["\($0).running_mean", "\($0).running_var", "\($0).num_batches_tracked"] })
+        XCTAssertEqual(
+            try resnet8(.mabn).namedBuffers().prefix(4).map(\.name),
+            ["norm1.running_var", "norm1.iters", "norm1.buffer_x2", "norm1.buffer_gz"])
+        XCTAssertEqual(
+            try resnet8(.brn).namedBuffers().prefix(3).map(\.name),
+            ["norm1.running_mean", "norm1.running_std", "norm1.num_batches_tracked"])
         XCTAssertTrue(try resnet8(.gn).namedBuffers().isEmpty)
         XCTAssertTrue(try resnet8(.none).namedBuffers().isEmpty)
         // They are read afresh: a training forward moves them.
@@ -127,8 +140,9 @@ final class ModuleTreeTests: XCTestCase {
         _ = try bn.forward(x, training: true)
         let after = bn.namedBuffers()
         XCTAssertEqual(after.first { $0.name == "norm1.num_batches_tracked" }?.value, .int64(shape: [], values: [1]))
-        XCTAssertNotEqual(before.first { $0.name == "norm1.running_mean" }?.value,
-                          after.first { $0.name == "norm1.running_mean" }?.value)
+        XCTAssertNotEqual(
+            before.first { $0.name == "norm1.running_mean" }?.value,
+            after.first { $0.name == "norm1.running_mean" }?.value)
     }
 
     // MARK: - the optimizer's order
@@ -137,20 +151,28 @@ final class ModuleTreeTests: XCTestCase {
     /// velocities in training checkpoints are stored by this index, so it must never change.
     func testOptimizerOrderIsPinned() throws {
         let model = try resnet8(.bn)
-        var expected: [(String, [Int], Float)] = [("conv1.weight", [16, 1, 3, 3], 0.65803677),
-                                                  ("norm1.weight", [16], 16), ("norm1.bias", [16], 0)]
-        let convSums: [[Float]] = [[-4.576711, -8.870851], [-8.819723, 12.759287, -4.9966354],
-                                   [1.2241137, -8.2014265, 2.2643573]]
+        var expected: [(String, [Int], Float)] = [
+            ("conv1.weight", [16, 1, 3, 3], 0.65803677),
+            ("norm1.weight", [16], 16), ("norm1.bias", [16], 0),
+        ]
+        let convSums: [[Float]] = [
+            [-4.576711, -8.870851], [-8.819723, 12.759287, -4.9966354],
+            [1.2241137, -8.2014265, 2.2643573],
+        ]
         for (s, (cin, cout)) in [(16, 16), (16, 32), (32, 64)].enumerated() {
             let block = "layer\(s + 1).0"
-            expected += [("\(block).conv1.weight", [cout, cin, 3, 3], convSums[s][0]),
-                         ("\(block).norm1.weight", [cout], Float(cout)), ("\(block).norm1.bias", [cout], 0),
-                         ("\(block).conv2.weight", [cout, cout, 3, 3], convSums[s][1]),
-                         ("\(block).norm2.weight", [cout], 0), ("\(block).norm2.bias", [cout], 0)]
+            expected += [
+                ("\(block).conv1.weight", [cout, cin, 3, 3], convSums[s][0]),
+                ("\(block).norm1.weight", [cout], Float(cout)), ("\(block).norm1.bias", [cout], 0),
+                ("\(block).conv2.weight", [cout, cout, 3, 3], convSums[s][1]),
+                ("\(block).norm2.weight", [cout], 0), ("\(block).norm2.bias", [cout], 0),
+            ]
             if s > 0 {
-                expected += [("\(block).downsample.0.weight", [cout, cin, 1, 1], convSums[s][2]),
-                             ("\(block).downsample.1.weight", [cout], Float(cout)),
-                             ("\(block).downsample.1.bias", [cout], 0)]
+                expected += [
+                    ("\(block).downsample.0.weight", [cout, cin, 1, 1], convSums[s][2]),
+                    ("\(block).downsample.1.weight", [cout], Float(cout)),
+                    ("\(block).downsample.1.bias", [cout], 0),
+                ]
             }
         }
         expected += [("fc.weight", [10, 64], -3.4142973), ("fc.bias", [10], 0.19395705)]
@@ -164,8 +186,13 @@ final class ModuleTreeTests: XCTestCase {
 
         var generator = SeededGenerator(seed: 7)
         let vgg = try VGG(normalization: NormalizationSettings(kind: .gn), generator: &generator)
-        let vggNames = [0, 3, 7, 10, 14, 17].flatMap { ["features.\($0).weight", "features.\($0 + 1).weight",
-                                                        "features.\($0 + 1).bias"] } + ["fc.weight", "fc.bias"]
+        let vggNames =
+            [0, 3, 7, 10, 14, 17].flatMap {
+                [
+                    "features.\($0).weight", "features.\($0 + 1).weight",
+                    "features.\($0 + 1).bias",
+                ]
+            } + ["fc.weight", "fc.bias"]
         XCTAssertEqual(vgg.namedParameters().map(\.name), vggNames)
         let vggSums: [Float] = [0.65803677, -4.576711, -6.9795194, -2.3065507, 5.048238, -7.5384045, 1.8068857]
         let weights = vgg.parameters.filter { $0.role == .weight }
@@ -221,8 +248,9 @@ final class ModuleTreeTests: XCTestCase {
         bn.eval()
         XCTAssertEqual(try bn(x).values, try reference.forward(x, training: false).values)
 
-        let net = Sequential(conv, NormalizationModule(try GroupNorm(channels: 4, groups: 2)), ReLU(),
-                             GlobalAveragePool(), try Linear(inFeatures: 4, outFeatures: 5, generator: &rng))
+        let net = Sequential(
+            conv, NormalizationModule(try GroupNorm(channels: 4, groups: 2)), ReLU(),
+            GlobalAveragePool(), try Linear(inFeatures: 4, outFeatures: 5, generator: &rng))
         XCTAssertEqual(try net(x).values, try net.forward(x, training: true).values)
         XCTAssertEqual(try net(x).shape, [2, 5])
         let identity = NormalizationModule(nil)
@@ -243,8 +271,9 @@ final class ModuleTreeTests: XCTestCase {
             }
             // Only those γ differ: the same random draws everywhere else.
             let differing = zeroed.stateDict().filter { kept.stateDict()[$0.key] != $0.value }.keys.sorted()
-            XCTAssertEqual(differing, ["layer1.0.norm2.weight", "layer2.0.norm2.weight", "layer3.0.norm2.weight"],
-                           "\(kind)")
+            XCTAssertEqual(
+                differing, ["layer1.0.norm2.weight", "layer2.0.norm2.weight", "layer3.0.norm2.weight"],
+                "\(kind)")
         }
     }
 }

@@ -16,8 +16,10 @@ final class PoolingLayoutTests: XCTestCase {
     func testChannelsLastForwardAndBackwardEqualChannelsFirst() throws {
         var rng = SeededGenerator(seed: 920)
         // Odd channel counts, 1×1 planes, one channel, one image, non-square planes, a large plane.
-        let shapes = [[1, 1, 1, 1], [2, 3, 1, 1], [3, 1, 5, 4], [2, 17, 7, 7], [4, 64, 3, 5], [1, 130, 9, 2],
-                      [2, 5, 28, 28], [5, 16, 1, 7]]
+        let shapes = [
+            [1, 1, 1, 1], [2, 3, 1, 1], [3, 1, 5, 4], [2, 17, 7, 7], [4, 64, 3, 5], [1, 130, 9, 2],
+            [2, 5, 28, 28], [5, 16, 1, 7],
+        ]
         for shape in shapes {
             let x = Tensor.randomNormal(shape: shape, mean: 0.5, standardDeviation: 2, using: &rng)
             let dy = Tensor.randomNormal(shape: [shape[0], shape[1]], using: &rng)
@@ -45,13 +47,16 @@ final class PoolingLayoutTests: XCTestCase {
                         }
                     }
                 }
-                XCTAssertTrue(mismatches.isEmpty, "dx \(shape) \(layout): \(mismatches.count) wrong, first \(mismatches.prefix(3))")
+                XCTAssertTrue(
+                    mismatches.isEmpty,
+                    "dx \(shape) \(layout): \(mismatches.count) wrong, first \(mismatches.prefix(3))")
                 outputs[layout] = (y, dx)
             }
             let first = outputs[.channelsFirst]!, last = outputs[.channelsLast]!
             XCTAssertEqual(last.y.values, first.y.values, "y, channels-last vs channels-first \(shape)")
-            XCTAssertEqual(last.dx.converted(to: .channelsFirst).values, first.dx.values,
-                           "dx, channels-last vs channels-first \(shape)")
+            XCTAssertEqual(
+                last.dx.converted(to: .channelsFirst).values, first.dx.values,
+                "dx, channels-last vs channels-first \(shape)")
         }
     }
 
@@ -84,17 +89,24 @@ final class PoolingLayoutTests: XCTestCase {
         var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
         for layout in TensorLayout.allCases {
             XCTAssertThrowsError(try pool.forward(Tensor(zeros: [2, 3, 4], layout: layout), into: &y, training: true)) {
-                XCTAssertEqual($0 as? LayerError, .wrongRank(layer: pool.name, expected: 4, shape: [2, 3, 4]), "\(layout)")
+                XCTAssertEqual(
+                    $0 as? LayerError, .wrongRank(layer: pool.name, expected: 4, shape: [2, 3, 4]), "\(layout)")
             }
-            XCTAssertThrowsError(try pool.forward(Tensor(zeros: [2, 3, 0, 4], layout: layout), into: &y, training: true)) {
-                XCTAssertEqual($0 as? LayerError,
-                               .inputTooSmall(layer: pool.name, height: 0, width: 4, kernelSize: 1, padding: 0), "\(layout)")
+            XCTAssertThrowsError(
+                try pool.forward(Tensor(zeros: [2, 3, 0, 4], layout: layout), into: &y, training: true)
+            ) {
+                XCTAssertEqual(
+                    $0 as? LayerError,
+                    .inputTooSmall(layer: pool.name, height: 0, width: 4, kernelSize: 1, padding: 0), "\(layout)")
             }
             try pool.forward(Tensor(zeros: [2, 3, 4, 4], layout: layout), into: &y, training: true)
             XCTAssertThrowsError(try pool.backward(Tensor(zeros: [2, 4]), into: &dx)) {
-                XCTAssertEqual($0 as? LayerError, .gradientMismatch(layer: pool.name, expected: [2, 3],
-                                                                    expectedLayout: .channelsFirst, got: [2, 4],
-                                                                    gotLayout: .channelsFirst), "\(layout)")
+                XCTAssertEqual(
+                    $0 as? LayerError,
+                    .gradientMismatch(
+                        layer: pool.name, expected: [2, 3],
+                        expectedLayout: .channelsFirst, got: [2, 4],
+                        gotLayout: .channelsFirst), "\(layout)")
             }
         }
     }

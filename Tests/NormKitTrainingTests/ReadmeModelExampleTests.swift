@@ -1,5 +1,5 @@
-import XCTest
 import NormKitTraining
+import XCTest
 
 /// The README's "building a model in code" example, verbatim between the markers, so it is known to compile and
 /// run; then checks on what it did.
@@ -21,7 +21,7 @@ final class ReadmeModelExampleTests: XCTestCase {
             try MaxPool2d(kernelSize: 2),
             GlobalAveragePool(),
             try Linear(inFeatures: 16, outFeatures: 10, generator: &generator))
-        print(model)                                    // Sequential( (0): Conv2d(1, 16, kernel_size=3, …) …
+        print(model)  // Sequential( (0): Conv2d(1, 16, kernel_size=3, …) …
 
         // A toy batch: 8 images of 28×28 and their labels.
         let images = Tensor.randomNormal(shape: [8, 1, 28, 28], using: &generator)
@@ -34,20 +34,20 @@ final class ReadmeModelExampleTests: XCTestCase {
         for step in 1...5 {
             let value = try loss.forward(logits: try model(images), labels: labels)
             try loss.backward(into: &dlogits)
-            try model.backward(dlogits)                 // fills every parameter's gradient
+            try model.backward(dlogits)  // fills every parameter's gradient
             optimizer.step(learningRate: 0.1)
             print("step \(step): loss \(value)")
         }
 
-        model.eval()                                    // callAsFunction now runs in evaluation mode
-        let logits = try model(images)                  // (8, 10)
+        model.eval()  // callAsFunction now runs in evaluation mode
+        let logits = try model(images)  // (8, 10)
         let evalLoss = try loss.forward(logits: logits, labels: labels)
         print("eval loss \(evalLoss), \(loss.correctCount) of \(labels.count) correct")
 
-        let file = directory.appendingPathComponent("model.safetensors")   // directory: a folder URL of yours
-        try SafeTensors.write(model.stateDict(), to: file)   // loads into the PyTorch twin with strict=True
+        let file = directory.appendingPathComponent("model.safetensors")  // directory: a folder URL of yours
+        try SafeTensors.write(model.stateDict(), to: file)  // loads into the PyTorch twin with strict=True
         for (name, parameter) in model.namedParameters() {
-            print(name, parameter)                      // 0.weight Parameter(weight, shape=[16, 1, 3, 3], …)
+            print(name, parameter)  // 0.weight Parameter(weight, shape=[16, 1, 3, 3], …)
         }
         try model.loadStateDict(try SafeTensors.read(from: file).tensors)
         // README end
@@ -57,7 +57,7 @@ final class ReadmeModelExampleTests: XCTestCase {
         let resnet = try ResNet(depth: 20, normalization: gn, zeroInitResidualScale: true, generator: &generator)
         let resnet8 = try ResNet(depth: 8, normalization: gn, generator: &generator)
         let result = try resnet.loadStateDict(resnet8.stateDict(), strict: false)
-        print(result)                       // missing keys: [layer1.1.conv1.weight, …]; unexpected keys: []
+        print(result)  // missing keys: [layer1.1.conv1.weight, …]; unexpected keys: []
         // README ResNet end
 
         XCTAssertEqual(printed.first?.split(separator: "\n").first, "Sequential(")
@@ -78,8 +78,9 @@ final class ReadmeModelExampleTests: XCTestCase {
         XCTAssertEqual(result.unexpectedKeys, [])
         XCTAssertEqual(result.missingKeys.first, "layer1.1.conv1.weight")
         XCTAssertEqual(Set(result.missingKeys), Set(resnet.stateDict().keys).subtracting(resnet8.stateDict().keys))
-        XCTAssertEqual(resnet.parameter("layer3.0.conv1.weight")!.value,
-                       resnet8.parameter("layer3.0.conv1.weight")!.value)
+        XCTAssertEqual(
+            resnet.parameter("layer3.0.conv1.weight")!.value,
+            resnet8.parameter("layer3.0.conv1.weight")!.value)
         XCTAssertTrue(printed.last!.hasPrefix("missing keys: [layer1.1.conv1.weight, "), printed.last!)
         XCTAssertTrue(printed.last!.hasSuffix("; unexpected keys: []"), printed.last!)
     }

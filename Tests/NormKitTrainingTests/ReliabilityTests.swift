@@ -1,6 +1,6 @@
 import Foundation
-import XCTest
 import NormKitTraining
+import XCTest
 
 /// Issue 8 at the library level: configurations are validated (with caps) before anything is built, a run
 /// directory is never overwritten by accident and has one writer, a diverging run stops without saving bad
@@ -13,8 +13,18 @@ final class ReliabilityTests: XCTestCase {
             ("--batch", { $0.batch = 0 }),
             ("--batch", { $0.batch = 1 << 40 }),
             ("--norm-batch", { $0.normBatch = 0 }),
-            ("--norm-batch", { $0.batch = 32; $0.normBatch = 5 }),
-            ("--mabn-buffer", { $0.norm = .mabn; $0.mabnBuffer = 1 << 40 }),
+            (
+                "--norm-batch",
+                {
+                    $0.batch = 32; $0.normBatch = 5
+                }
+            ),
+            (
+                "--mabn-buffer",
+                {
+                    $0.norm = .mabn; $0.mabnBuffer = 1 << 40
+                }
+            ),
             ("--epochs", { $0.epochs = 0 }),
             ("--lr", { $0.learningRate = .infinity }),
             ("--lr", { $0.learningRate = .nan }),
@@ -30,7 +40,12 @@ final class ReliabilityTests: XCTestCase {
             ("--model", { $0.model = "alexnet" }),
             ("--groups", { $0.groups = 0 }),
             ("--group-size", { $0.groupSize = -2 }),
-            ("--groups", { $0.groups = 4; $0.groupSize = 2 }),
+            (
+                "--groups",
+                {
+                    $0.groups = 4; $0.groupSize = 2
+                }
+            ),
             ("--threads", { $0.threads = 0 }),
             ("--train-limit", { $0.trainLimit = 0 }),
         ]
@@ -55,16 +70,22 @@ final class ReliabilityTests: XCTestCase {
             var c = TrainingConfiguration()
             c.norm = norm
             c.normBatch = 4
-            XCTAssertThrowsError(try c.validateApplicability()) { XCTAssertEqual(($0 as? ConfigurationError)?.flag, "--norm-batch") }
+            XCTAssertThrowsError(try c.validateApplicability()) {
+                XCTAssertEqual(($0 as? ConfigurationError)?.flag, "--norm-batch")
+            }
         }
         for norm in [NormKind.bn, .ln, .in, .brn, .mabn] {
             var c = TrainingConfiguration()
             c.norm = norm
             c.groups = 4
-            XCTAssertThrowsError(try c.validateApplicability()) { XCTAssertEqual(($0 as? ConfigurationError)?.flag, "--groups") }
+            XCTAssertThrowsError(try c.validateApplicability()) {
+                XCTAssertEqual(($0 as? ConfigurationError)?.flag, "--groups")
+            }
             c.groups = nil
             c.groupSize = 2
-            XCTAssertThrowsError(try c.validateApplicability()) { XCTAssertEqual(($0 as? ConfigurationError)?.flag, "--group-size") }
+            XCTAssertThrowsError(try c.validateApplicability()) {
+                XCTAssertEqual(($0 as? ConfigurationError)?.flag, "--group-size")
+            }
         }
         var bn = TrainingConfiguration()
         bn.norm = .bn
@@ -82,7 +103,8 @@ final class ReliabilityTests: XCTestCase {
             var object = try JSONSerialization.jsonObject(with: Data(metadata["configuration"]!.utf8)) as! [String: Any]
             edit(&object)
             var changed = metadata
-            changed["configuration"] = String(decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+            changed["configuration"] = String(
+                decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)
             let url = directory.appendingPathComponent("hostile.safetensors")
             try SafeTensors.write(tensors, metadata: changed, to: url)
             return url
@@ -90,8 +112,18 @@ final class ReliabilityTests: XCTestCase {
         let cases: [(String, (inout [String: Any]) -> Void)] = [
             ("--batch", { $0["batch"] = 0 }),
             ("--norm-batch", { $0["normBatch"] = 0 }),
-            ("--batch", { $0["norm"] = "mabn"; $0["batch"] = 1 << 40; $0["normBatch"] = 1 }),
-            ("--mabn-buffer", { $0["norm"] = "mabn"; $0["mabnBuffer"] = 1 << 40 }),
+            (
+                "--batch",
+                {
+                    $0["norm"] = "mabn"; $0["batch"] = 1 << 40; $0["normBatch"] = 1
+                }
+            ),
+            (
+                "--mabn-buffer",
+                {
+                    $0["norm"] = "mabn"; $0["mabnBuffer"] = 1 << 40
+                }
+            ),
             ("--model", { $0["model"] = "resnet60000002" }),
             ("--epochs", { $0["epochs"] = -3 }),
         ]
@@ -172,7 +204,9 @@ final class ReliabilityTests: XCTestCase {
         let stale = ".model.safetensors.\(dead.processIdentifier).1f2e.tmp"
         let live = ".model.safetensors.1.abcd.tmp"  // PID 1 is alive: not ours to remove
         for name in [stale, live] {
-            XCTAssertTrue(FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: Data([1])))
+            XCTAssertTrue(
+                FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: Data([1]))
+            )
         }
         let trainer = try Self.trainer(Self.configuration(), output: directory)
         trainer.stopAfterStep = 3
@@ -182,7 +216,8 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(files.contains(live))
         // A save deletes only older training states: plant a later one and save again.
         let later = "training-state-999999.safetensors"
-        XCTAssertTrue(FileManager.default.createFile(atPath: directory.appendingPathComponent(later).path, contents: Data([1])))
+        XCTAssertTrue(
+            FileManager.default.createFile(atPath: directory.appendingPathComponent(later).path, contents: Data([1])))
         let resumed = try Self.trainer(Self.configuration(), output: directory)
         try resumed.resume(from: directory)
         resumed.stopAfterStep = 5
@@ -214,7 +249,8 @@ final class ReliabilityTests: XCTestCase {
             let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
             XCTAssertFalse(files.contains("summary.json"))
             if files.contains(TrainingCheckpoint.modelFileName) {
-                let model = try TrainingCheckpoint.read(at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName))
+                let model = try TrainingCheckpoint.read(
+                    at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName))
                 for (name, tensor) in model.tensors {
                     guard case .float32(_, let values) = tensor else { continue }
                     XCTAssertTrue(values.allSatisfy { $0.isFinite && abs($0) <= trainer.divergenceWeightBound }, name)
@@ -228,8 +264,11 @@ final class ReliabilityTests: XCTestCase {
     func testAConstantImageSetIsRefused() throws {
         let stats = PixelStatistics(pixels: [UInt8](repeating: 77, count: 60_000 * 784))
         XCTAssertEqual(stats.std, 0, "rounding left a std of \(stats.std)")
-        XCTAssertThrowsError(try Dataset(pixels: [UInt8](repeating: 77, count: 4 * 4), labels: [0], height: 4,
-                                         width: 4, classCount: 10, statistics: stats)) { error in
+        XCTAssertThrowsError(
+            try Dataset(
+                pixels: [UInt8](repeating: 77, count: 4 * 4), labels: [0], height: 4,
+                width: 4, classCount: 10, statistics: stats)
+        ) { error in
             XCTAssertTrue("\(error)".contains("all one value") || "\(error)".contains("every pixel is 77"), "\(error)")
         }
     }
@@ -239,8 +278,9 @@ final class ReliabilityTests: XCTestCase {
         train.source = DataSource(directory: "/data/a", fingerprint: "00000000000000aa")
         test.source = train.source
         let directory = try TrainingTests.temporaryDirectory("provenance")
-        let first = try Trainer(configuration: Self.configuration(), train: train, test: test, output: directory,
-                                progress: ProgressReporter(style: .silent))
+        let first = try Trainer(
+            configuration: Self.configuration(), train: train, test: test, output: directory,
+            progress: ProgressReporter(style: .silent))
         first.stopAfterStep = 2
         XCTAssertThrowsError(try first.run())
         let file = try TrainingCheckpoint.read(at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName))
@@ -250,18 +290,21 @@ final class ReliabilityTests: XCTestCase {
 
         var other = train
         other.source = DataSource(directory: "/data/b", fingerprint: "00000000000000bb")
-        let second = try Trainer(configuration: Self.configuration(), train: other, test: test, output: directory,
-                                 progress: ProgressReporter(style: .silent))
+        let second = try Trainer(
+            configuration: Self.configuration(), train: other, test: test, output: directory,
+            progress: ProgressReporter(style: .silent))
         XCTAssertThrowsError(try second.resume(from: directory)) { error in
             guard case .dataMismatch? = error as? TrainingError else { return XCTFail("\(error)") }
             XCTAssertTrue("\(error)".contains("/data/a") && "\(error)".contains("/data/b"), "\(error)")
         }
-        let third = try Trainer(configuration: Self.configuration(), train: train, test: test, output: directory,
-                                progress: ProgressReporter(style: .silent))
+        let third = try Trainer(
+            configuration: Self.configuration(), train: train, test: test, output: directory,
+            progress: ProgressReporter(style: .silent))
         try third.resume(from: directory)
         let summary = try third.run()
         XCTAssertEqual(summary.data, DataRecord(train: train, test: test))
-        let onDisk = try JSONDecoder().decode(RunSummary.self, from: Data(contentsOf: directory.appendingPathComponent("summary.json")))
+        let onDisk = try JSONDecoder().decode(
+            RunSummary.self, from: Data(contentsOf: directory.appendingPathComponent("summary.json")))
         XCTAssertEqual(onDisk.data?.source?.fingerprint, "00000000000000aa")
     }
 
@@ -306,8 +349,9 @@ final class ReliabilityTests: XCTestCase {
 
     static func trainer(_ c: TrainingConfiguration, output: URL) throws -> Trainer {
         let data = try TrainingTests.synthetic()
-        return try Trainer(configuration: c, train: data.train, test: data.test, output: output,
-                           progress: ProgressReporter(style: .silent))
+        return try Trainer(
+            configuration: c, train: data.train, test: data.test, output: output,
+            progress: ProgressReporter(style: .silent))
     }
 
     static func finishedRun(_ name: String) throws -> URL {
@@ -319,7 +363,8 @@ final class ReliabilityTests: XCTestCase {
     /// Every file's bytes, by name.
     static func snapshot(_ directory: URL) throws -> [String: Data] {
         var files: [String: Data] = [:]
-        for name in try FileManager.default.contentsOfDirectory(atPath: directory.path) where name != RunDirectory.lockFileName {
+        for name in try FileManager.default.contentsOfDirectory(atPath: directory.path)
+        where name != RunDirectory.lockFileName {
             files[name] = try Data(contentsOf: directory.appendingPathComponent(name))
         }
         return files
@@ -335,16 +380,20 @@ final class TrainingErrorTextTests: XCTestCase {
             TrainingError.nothingToResume("/r"),
             TrainingError.diverged(step: 4, what: "loss nan", lastCheckpointStep: 2, directory: "/r"),
             TrainingError.runExists(path: "/r", state: "a finished run"),
-            TrainingError.runDirectoryLocked(path: "/r", pid: 7), TrainingError.cannotWrite(path: "/r", reason: "EACCES"),
+            TrainingError.runDirectoryLocked(path: "/r", pid: 7),
+            TrainingError.cannotWrite(path: "/r", reason: "EACCES"),
             TrainingError.dataMismatch(directory: "/r", recorded: "/a", given: "/b"),
-            CheckpointError.notACheckpoint(path: "/m"), CheckpointError.unreadableMetadata(path: "/m", field: "f", reason: "r"),
-            CheckpointError.tensorsDoNotMatch(path: "/m", reason: "r"), CheckpointError.missingTrainingState(path: "/m", step: 1),
+            CheckpointError.notACheckpoint(path: "/m"),
+            CheckpointError.unreadableMetadata(path: "/m", field: "f", reason: "r"),
+            CheckpointError.tensorsDoNotMatch(path: "/m", reason: "r"),
+            CheckpointError.missingTrainingState(path: "/m", step: 1),
             ConfigurationError(flag: "--lr", value: "inf", expected: "finite", source: "/m"),
         ]
         for error in errors {
             XCTAssertEqual(error.localizedDescription, error.description)
-            XCTAssertTrue(error.description.contains("/r") || error.description.contains("/m")
-                          || error.description.contains("configuration"), error.description)
+            XCTAssertTrue(
+                error.description.contains("/r") || error.description.contains("/m")
+                    || error.description.contains("configuration"), error.description)
         }
     }
 }

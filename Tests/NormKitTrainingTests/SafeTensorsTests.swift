@@ -23,8 +23,9 @@ final class SafeTensorsTests: XCTestCase {
     private func url(_ name: String) -> URL { directory.appendingPathComponent(name) }
 
     private func fixture(_ name: String, _ ext: String) throws -> URL {
-        try XCTUnwrap(Bundle.module.url(forResource: name, withExtension: ext, subdirectory: "Fixtures"),
-                      "fixture \(name).\(ext) missing")
+        try XCTUnwrap(
+            Bundle.module.url(forResource: name, withExtension: ext, subdirectory: "Fixtures"),
+            "fixture \(name).\(ext) missing")
     }
 
     private var sample: [String: StateTensor] {
@@ -48,14 +49,18 @@ final class SafeTensorsTests: XCTestCase {
         return withUnsafeBytes(of: &length) { Array($0) } + headerBytes + data
     }
 
-    private func assertRefused(_ bytes: [UInt8], file: StaticString = #filePath, line: UInt = #line,
-                               _ check: (SafeTensorsError) -> Void) {
-        XCTAssertThrowsError(try SafeTensors.decode(bytes, source: "test.safetensors"), file: file, line: line) { error in
+    private func assertRefused(
+        _ bytes: [UInt8], file: StaticString = #filePath, line: UInt = #line,
+        _ check: (SafeTensorsError) -> Void
+    ) {
+        XCTAssertThrowsError(try SafeTensors.decode(bytes, source: "test.safetensors"), file: file, line: line) {
+            error in
             guard let error = error as? SafeTensorsError else {
                 return XCTFail("expected a SafeTensorsError, got \(error)", file: file, line: line)
             }
-            XCTAssertTrue(error.description.contains("test.safetensors") && error.description.contains("Hint"),
-                          "message names the file and gives a hint: \(error)", file: file, line: line)
+            XCTAssertTrue(
+                error.description.contains("test.safetensors") && error.description.contains("Hint"),
+                "message names the file and gives a hint: \(error)", file: file, line: line)
             check(error)
         }
     }
@@ -86,20 +91,24 @@ final class SafeTensorsTests: XCTestCase {
         let header = String(decoding: bytes[8..<(8 + headerLength)], as: UTF8.self)
         XCTAssertTrue(header.hasPrefix(#"{"__metadata__":{"config":"#), header)
         // I64 tensors first, then F32, each by name (the Python package's order).
-        let order = ["bn1.num_batches_tracked", "counts", "mabn.iters", "bn1.running_var", "bn1.weight",
-                     "conv1.weight", "empty", "fc.scale"].map { header.range(of: "\"\($0)\"")!.lowerBound }
+        let order = [
+            "bn1.num_batches_tracked", "counts", "mabn.iters", "bn1.running_var", "bn1.weight",
+            "conv1.weight", "empty", "fc.scale",
+        ].map { header.range(of: "\"\($0)\"")!.lowerBound }
         XCTAssertEqual(order, order.sorted())
 
         // No metadata and no tensors are fine too.
         try SafeTensors.write([:], metadata: [:], to: url("empty.safetensors"))
         let empty = try SafeTensors.read(from: url("empty.safetensors"))
         XCTAssertTrue(empty.tensors.isEmpty && empty.metadata.isEmpty)
-        XCTAssertEqual(try Array(Data(contentsOf: url("empty.safetensors"))), [8, 0, 0, 0, 0, 0, 0, 0] + Array("{}      ".utf8))
+        XCTAssertEqual(
+            try Array(Data(contentsOf: url("empty.safetensors"))), [8, 0, 0, 0, 0, 0, 0, 0] + Array("{}      ".utf8))
     }
 
     func testWriteRefusesInconsistentTensors() throws {
         XCTAssertThrowsError(try SafeTensors.encode(["w": .float32(shape: [2, 2], values: [1, 2, 3])])) { error in
-            XCTAssertEqual(error as? SafeTensorsError, .invalidTensor(name: "w", reason: "shape [2, 2] needs 4 values, found 3"))
+            XCTAssertEqual(
+                error as? SafeTensorsError, .invalidTensor(name: "w", reason: "shape [2, 2] needs 4 values, found 3"))
         }
         XCTAssertThrowsError(try SafeTensors.encode(["__metadata__": .int64(shape: [], values: [1])]))
         XCTAssertThrowsError(try SafeTensors.encode(["n": .int64(shape: [-1], values: [])]))
@@ -121,7 +130,8 @@ final class SafeTensorsTests: XCTestCase {
 
     func testReadsAFileWrittenByThePythonPackage() throws {
         let (tensors, metadata) = try SafeTensors.read(from: fixture("safetensors_python", "safetensors"))
-        let expected = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: fixture("safetensors_python", "json")))
+        let expected = try JSONDecoder().decode(
+            Expected.self, from: Data(contentsOf: fixture("safetensors_python", "json")))
         XCTAssertEqual(metadata, expected.metadata)
         XCTAssertEqual(Set(tensors.keys), Set(expected.tensors.keys))
         XCTAssertEqual(tensors.count, 11)
@@ -131,7 +141,8 @@ final class SafeTensorsTests: XCTestCase {
             switch got {
             case .float32(_, let values):
                 XCTAssertEqual(want.dtype, "F32", name)
-                XCTAssertEqual(values.map(\.bitPattern), want.f32_bits, "\(name): bit for bit (NaN, ±inf, -0, subnormal)")
+                XCTAssertEqual(
+                    values.map(\.bitPattern), want.f32_bits, "\(name): bit for bit (NaN, ±inf, -0, subnormal)")
             case .int64(_, let values):
                 XCTAssertEqual(want.dtype, "I64", name)
                 XCTAssertEqual(values, want.i64, name)
@@ -159,19 +170,25 @@ final class SafeTensorsTests: XCTestCase {
     // MARK: Damaged files
 
     func testCorruptAndTruncatedFilesAreRefused() throws {
-        let good = try SafeTensors.encode(["a": .float32(shape: [2], values: [1, 2]), "n": .int64(shape: [], values: [3])])
+        let good = try SafeTensors.encode([
+            "a": .float32(shape: [2], values: [1, 2]), "n": .int64(shape: [], values: [3]),
+        ])
 
         assertRefused(Array(good.prefix(5))) { XCTAssertEqual($0, .fileTooShort(path: "test.safetensors", found: 5)) }
         var longHeader = good
         longHeader[1] = 0x10  // header length + 4096
         assertRefused(longHeader) { error in
-            guard case .headerLengthBeyondFile(_, let declared, let available) = error else { return XCTFail("\(error)") }
+            guard case .headerLengthBeyondFile(_, let declared, let available) = error else {
+                return XCTFail("\(error)")
+            }
             XCTAssertGreaterThan(Int(declared), available)
         }
         assertRefused(Array(good.dropLast(4))) { error in  // the last tensor's bytes are cut off
             guard case .offsetsOutOfRange(_, "a", 8, 16, 12) = error else { return XCTFail("\(error)") }
         }
-        assertRefused(good + [0, 0, 0, 0]) { XCTAssertEqual($0, .trailingData(path: "test.safetensors", dataLength: 20, covered: 16)) }
+        assertRefused(good + [0, 0, 0, 0]) {
+            XCTAssertEqual($0, .trailingData(path: "test.safetensors", dataLength: 20, covered: 16))
+        }
 
         let four = [UInt8](repeating: 0, count: 4), eight = [UInt8](repeating: 0, count: 8)
         assertRefused(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#, data: four)) { error in
@@ -193,8 +210,11 @@ final class SafeTensorsTests: XCTestCase {
             XCTAssertEqual($0, .unsupportedDtype(path: "test.safetensors", tensor: "a", dtype: "F16"))
         }
         assertRefused(file(header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, data: four)) {
-            XCTAssertEqual($0, .sizeMismatch(path: "test.safetensors", tensor: "a", shape: [2], dtype: "F32",
-                                             expectedBytes: 8, foundBytes: 4))
+            XCTAssertEqual(
+                $0,
+                .sizeMismatch(
+                    path: "test.safetensors", tensor: "a", shape: [2], dtype: "F32",
+                    expectedBytes: 8, foundBytes: 4))
         }
         assertRefused(file(header: #"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, data: four)) { error in
             guard case .invalidShape(_, "a", _) = error else { return XCTFail("\(error)") }
@@ -202,24 +222,36 @@ final class SafeTensorsTests: XCTestCase {
         assertRefused(file(header: #"{"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}}"#, data: four)) { error in
             guard case .invalidShape(_, "a", _) = error else { return XCTFail("\(error)") }
         }
-        assertRefused(file(header: #"{"a":{"dtype":"I64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#, data: eight)) { error in
+        assertRefused(
+            file(header: #"{"a":{"dtype":"I64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#, data: eight)
+        ) { error in
             guard case .invalidShape(_, "a", _) = error else { return XCTFail("\(error)") }
         }
         assertRefused(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, data: four)) {
-            XCTAssertEqual($0, .offsetsOutOfRange(path: "test.safetensors", tensor: "a", begin: 4, end: 0, dataLength: 4))
+            XCTAssertEqual(
+                $0, .offsetsOutOfRange(path: "test.safetensors", tensor: "a", begin: 4, end: 0, dataLength: 4))
         }
         assertRefused(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}}"#, data: four)) { error in
             guard case .invalidHeader = error else { return XCTFail("\(error)") }
         }
-        assertRefused(file(header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
-                           data: eight)) {
+        assertRefused(
+            file(
+                header:
+                    #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                data: eight)
+        ) {
             XCTAssertEqual($0, .overlappingTensors(path: "test.safetensors", tensor: "b", other: "a", offset: 4))
         }
         assertRefused(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: eight)) {
-            XCTAssertEqual($0, .gapBetweenTensors(path: "test.safetensors", tensor: "a", expectedBegin: 0, foundBegin: 4))
+            XCTAssertEqual(
+                $0, .gapBetweenTensors(path: "test.safetensors", tensor: "a", expectedBegin: 0, foundBegin: 4))
         }
-        assertRefused(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
-                           data: four)) { error in
+        assertRefused(
+            file(
+                header:
+                    #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                data: four)
+        ) { error in
             guard case .invalidHeader(_, let reason) = error else { return XCTFail("\(error)") }
             XCTAssertTrue(reason.contains("duplicate key \"a\""), reason)
         }
@@ -256,15 +288,18 @@ final class SafeTensorsTests: XCTestCase {
 
         // A throw half-way through the write.
         struct Interrupted: Error {}
-        XCTAssertThrowsError(try AtomicFile.write(to: target) { writer in
-            try writer.write([UInt8](repeating: 0xAB, count: 100))
-            throw Interrupted()
-        }) { XCTAssertTrue($0 is Interrupted) }
+        XCTAssertThrowsError(
+            try AtomicFile.write(to: target) { writer in
+                try writer.write([UInt8](repeating: 0xAB, count: 100))
+                throw Interrupted()
+            }
+        ) { XCTAssertTrue($0 is Interrupted) }
         XCTAssertEqual(try Data(contentsOf: target), before)
         XCTAssertEqual(try temporaryFiles(), [], "the temporary file is removed")
 
         // A tensor that cannot be encoded: nothing is touched.
-        XCTAssertThrowsError(try SafeTensors.write(["bad": .float32(shape: [3], values: [])], metadata: [:], to: target))
+        XCTAssertThrowsError(
+            try SafeTensors.write(["bad": .float32(shape: [3], values: [])], metadata: [:], to: target))
         XCTAssertEqual(try Data(contentsOf: target), before)
 
         // The target is a directory: the rename fails, the directory and the checkpoint stay.
@@ -277,7 +312,8 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertEqual(try temporaryFiles(), [])
 
         // The directory does not exist.
-        XCTAssertThrowsError(try SafeTensors.write(sample, metadata: [:], to: url("no/such/dir/x.safetensors"))) { error in
+        XCTAssertThrowsError(try SafeTensors.write(sample, metadata: [:], to: url("no/such/dir/x.safetensors"))) {
+            error in
             guard case .createFailed(_, _, let reason)? = error as? AtomicFileError else { return XCTFail("\(error)") }
             XCTAssertTrue(reason.contains("No such file"), reason)
         }

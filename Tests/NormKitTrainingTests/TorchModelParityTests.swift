@@ -1,6 +1,6 @@
 import Foundation
-import XCTest
 import NormKitTraining
+import XCTest
 
 /// Interoperability with the reference PyTorch models (`../shared/reference/torch_models.py`), both ways.
 ///
@@ -17,8 +17,10 @@ final class TorchModelParityTests: XCTestCase {
     static let norms: [NormKind] = [.bn, .gn, .ln, .in, .brn, .mabn, .frozenBN, .none]
 
     static func fixture(_ name: String) throws -> URL {
-        guard let url = Bundle.module.url(forResource: name, withExtension: "safetensors", subdirectory: "Fixtures") else {
-            throw ModelError.unsupported("fixture \(name).safetensors missing: run scripts/make_torch_model_fixtures.py")
+        guard let url = Bundle.module.url(forResource: name, withExtension: "safetensors", subdirectory: "Fixtures")
+        else {
+            throw ModelError.unsupported(
+                "fixture \(name).safetensors missing: run scripts/make_torch_model_fixtures.py")
         }
         return url
     }
@@ -45,8 +47,9 @@ final class TorchModelParityTests: XCTestCase {
     /// The width-4 ResNet-8 of the fixtures, in NormKit.
     static func fixtureModel(_ kind: NormKind) throws -> ResNet {
         var generator = SeededGenerator(seed: 99)
-        return try ResNet(depth: 8, normalization: NormalizationSettings(kind: kind, groups: 2, mabnBufferSize: 3),
-                          width: 4, generator: &generator)
+        return try ResNet(
+            depth: 8, normalization: NormalizationSettings(kind: kind, groups: 2, mabnBufferSize: 3),
+            width: 4, generator: &generator)
     }
 
     struct Parity {
@@ -138,13 +141,15 @@ final class TorchModelParityTests: XCTestCase {
         let expectedGradients = names.map { Self.floats(expected["grad.\($0)"]) }
         for (key, value) in state {
             guard case .float32(let shape, let values) = value, !names.contains(key),
-                  Set(values).count > 1 else { continue }
+                Set(values).count > 1
+            else { continue }
             var wrong = state
             wrong[key] = .float32(shape: shape, values: values.reversed())
             let probe = try Self.fixtureModel(kind)
             try probe.loadStateDict(wrong)
-            var change = Self.relativeDifference(try probe.forward(x, training: false).values,
-                                                 Self.floats(expected["logits_eval"]))
+            var change = Self.relativeDifference(
+                try probe.forward(x, training: false).values,
+                Self.floats(expected["logits_eval"]))
             let logits = try probe.forward(x, training: true).values
             change = max(change, Self.relativeDifference(logits, Self.floats(expected["logits_train"])))
             _ = try ce.forward(logits: try Tensor(shape: [labels.count, 10], values: logits), labels: labels)
@@ -162,8 +167,10 @@ final class TorchModelParityTests: XCTestCase {
         var report: [String] = []
         for kind in Self.norms {
             let p = try checkTorchFixture(kind)
-            report.append(String(format: "%@ eval %.1e train %.1e grad %.1e buffers %.1e eval-after %.1e",
-                                 kind.rawValue, p.eval, p.train, p.gradient, p.buffers, p.evalAfter))
+            report.append(
+                String(
+                    format: "%@ eval %.1e train %.1e grad %.1e buffers %.1e eval-after %.1e",
+                    kind.rawValue, p.eval, p.train, p.gradient, p.buffers, p.evalAfter))
         }
         print("Torch → NormKit parity (max |diff| / max |torch|):\n  " + report.joined(separator: "\n  "))
     }
@@ -214,8 +221,9 @@ final class TorchModelParityTests: XCTestCase {
             c.learningRate = 0.05
             let directory = root.appendingPathComponent(kind.rawValue)
             try? FileManager.default.removeItem(at: directory)
-            let trainer = try Trainer(configuration: c, train: train, test: test, output: directory,
-                                      progress: ProgressReporter(style: .silent))
+            let trainer = try Trainer(
+                configuration: c, train: train, test: test, output: directory,
+                progress: ProgressReporter(style: .silent))
             trainer.stopAfterStep = 4
             XCTAssertThrowsError(try trainer.run()) { error in
                 XCTAssertEqual(error as? TrainingError, .interrupted(step: 4, directory: directory.path))
@@ -235,8 +243,9 @@ final class TorchModelParityTests: XCTestCase {
             // statistics, the paper's BRN schedule).
             let torchLike = try makeModel(
                 named: "resnet8",
-                normalization: NormalizationSettings(kind: kind, groups: c.groups ?? NormalizationSettings.defaultGroups,
-                                                     mabnBufferSize: trainer.normalization.mabnBufferSize),
+                normalization: NormalizationSettings(
+                    kind: kind, groups: c.groups ?? NormalizationSettings.defaultGroups,
+                    mabnBufferSize: trainer.normalization.mabnBufferSize),
                 seed: 0)
             try torchLike.loadStateDict(tensors)
             let trainLogits = try torchLike.forward(x, training: true).values
@@ -270,8 +279,9 @@ final class TorchModelParityTests: XCTestCase {
                     pixels[i * size * size + p] = UInt8(min(255, bright + Int(generator.next() % 40)))
                 }
             }
-            return try Dataset(pixels: pixels, labels: labels, height: size, width: size, classCount: 10,
-                               statistics: PixelStatistics(mean: 0.25, std: 0.3))
+            return try Dataset(
+                pixels: pixels, labels: labels, height: size, width: size, classCount: 10,
+                statistics: PixelStatistics(mean: 0.25, std: 0.3))
         }
         return (try make(count), try make(testCount))
     }

@@ -1,7 +1,7 @@
 import Foundation
-import XCTest
 import NormKitTraining
 import Synchronization
+import XCTest
 
 /// The training loop end to end: loss falls on real data, runs are deterministic, an interrupted run resumes
 /// exactly, and the run directory holds the records it documents.
@@ -54,9 +54,12 @@ final class TrainingTests: XCTestCase {
         return c
     }
 
-    func makeTrainer(_ c: TrainingConfiguration, _ data: (train: Dataset, test: Dataset), output: URL?) throws -> Trainer {
-        try Trainer(configuration: c, train: data.train, test: data.test, output: output,
-                    progress: ProgressReporter(style: .silent))
+    func makeTrainer(
+        _ c: TrainingConfiguration, _ data: (train: Dataset, test: Dataset), output: URL?
+    ) throws -> Trainer {
+        try Trainer(
+            configuration: c, train: data.train, test: data.test, output: output,
+            progress: ProgressReporter(style: .silent))
     }
 
     /// Epoch metrics without the wall-clock fields.
@@ -83,8 +86,11 @@ final class TrainingTests: XCTestCase {
         let losses = trainer.stepLosses.map(Double.init)
         XCTAssertEqual(losses.count, 200)
         let first = losses.prefix(20).reduce(0, +) / 20, last = losses.suffix(20).reduce(0, +) / 20
-        print(String(format: "Fashion-MNIST ResNet-8 GN, 200 steps of 16: loss first 20 %.3f, last 20 %.3f; test error %.1f%% on 500; %.1f s",
-                     first, last, 100 * summary.finalTestError, seconds))
+        print(
+            String(
+                format:
+                    "Fashion-MNIST ResNet-8 GN, 200 steps of 16: loss first 20 %.3f, last 20 %.3f; test error %.1f%% on 500; %.1f s",
+                first, last, 100 * summary.finalTestError, seconds))
         XCTAssertTrue(losses.allSatisfy(\.isFinite))
         XCTAssertLessThan(last, 0.7 * first, "the loss does not fall")
         XCTAssertLessThan(last, log(10.0) - 0.8, "no better than chance")
@@ -119,8 +125,10 @@ final class TrainingTests: XCTestCase {
     // MARK: - (c) resume
 
     /// Runs `c` uninterrupted, then stopped after `stop` steps and continued by a new trainer, and compares.
-    func checkResume(_ c: TrainingConfiguration, stopAfter stops: [Int], file: StaticString = #filePath,
-                     line: UInt = #line) throws {
+    func checkResume(
+        _ c: TrainingConfiguration, stopAfter stops: [Int], file: StaticString = #filePath,
+        line: UInt = #line
+    ) throws {
         let data = try Self.synthetic()
         let fullDirectory = try Self.temporaryDirectory("full-\(c.norm.rawValue)")
         defer { try? FileManager.default.removeItem(at: fullDirectory) }
@@ -135,28 +143,35 @@ final class TrainingTests: XCTestCase {
             let first = try makeTrainer(c, data, output: directory)
             first.stopAfterStep = stop
             XCTAssertThrowsError(try first.run(), file: file, line: line) { error in
-                XCTAssertEqual(error as? TrainingError, .interrupted(step: stop, directory: directory.path),
-                               file: file, line: line)
+                XCTAssertEqual(
+                    error as? TrainingError, .interrupted(step: stop, directory: directory.path),
+                    file: file, line: line)
             }
             XCTAssertEqual(first.step, stop, file: file, line: line)
             XCTAssertEqual(first.stepLosses, Array(full.stepLosses.prefix(stop)), file: file, line: line)
-            XCTAssertTrue(FileManager.default.fileExists(
-                atPath: directory.appendingPathComponent("training-state-\(stop).safetensors").path), file: file, line: line)
+            XCTAssertTrue(
+                FileManager.default.fileExists(
+                    atPath: directory.appendingPathComponent("training-state-\(stop).safetensors").path), file: file,
+                line: line)
 
             let second = try makeTrainer(c, data, output: directory)
             try second.resume(from: directory)
             XCTAssertEqual(second.step, stop, file: file, line: line)
             // The restored model is the one that stopped, buffers and counters included.
-            XCTAssertEqual(second.model.stateDict(), first.model.stateDict(), "\(c.norm) stop \(stop): restored state",
-                           file: file, line: line)
+            XCTAssertEqual(
+                second.model.stateDict(), first.model.stateDict(), "\(c.norm) stop \(stop): restored state",
+                file: file, line: line)
             let summary = try second.run()
-            XCTAssertEqual(second.stepLosses, Array(full.stepLosses.suffix(from: stop)),
-                           "\(c.norm) stopped at \(stop): the resumed losses differ from the uninterrupted run",
-                           file: file, line: line)
-            XCTAssertEqual(second.model.stateDict(), full.model.stateDict(),
-                           "\(c.norm) stopped at \(stop): final state differs", file: file, line: line)
-            XCTAssertEqual(summary.epochs.map(Self.deterministicPart), fullSummary.epochs.map(Self.deterministicPart),
-                           "\(c.norm) stopped at \(stop): epoch metrics differ", file: file, line: line)
+            XCTAssertEqual(
+                second.stepLosses, Array(full.stepLosses.suffix(from: stop)),
+                "\(c.norm) stopped at \(stop): the resumed losses differ from the uninterrupted run",
+                file: file, line: line)
+            XCTAssertEqual(
+                second.model.stateDict(), full.model.stateDict(),
+                "\(c.norm) stopped at \(stop): final state differs", file: file, line: line)
+            XCTAssertEqual(
+                summary.epochs.map(Self.deterministicPart), fullSummary.epochs.map(Self.deterministicPart),
+                "\(c.norm) stopped at \(stop): epoch metrics differ", file: file, line: line)
             XCTAssertEqual(summary.finalTestError, fullSummary.finalTestError, file: file, line: line)
             XCTAssertEqual(summary.perClassAccuracy, fullSummary.perClassAccuracy, file: file, line: line)
             XCTAssertTrue(summary.finished, file: file, line: line)
@@ -230,7 +245,8 @@ final class TrainingTests: XCTestCase {
         XCTAssertEqual(configuration, c.resolved)
         XCTAssertEqual(step, 24)
         XCTAssertEqual(tensors, trainer.model.stateDict())
-        let (_, metadata) = try SafeTensors.read(from: directory.appendingPathComponent(TrainingCheckpoint.modelFileName))
+        let (_, metadata) = try SafeTensors.read(
+            from: directory.appendingPathComponent(TrainingCheckpoint.modelFileName))
         let torch = try JSONDecoder().decode([String: String].self, from: Data(metadata["torch_model_arguments"]!.utf8))
         XCTAssertEqual(torch["norm"], "gn")
         XCTAssertEqual(torch["depth"], "8")
@@ -245,9 +261,10 @@ final class TrainingTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: directory) }
         let legacy = Self.smallConfiguration(.gn)
         XCTAssertNil(legacy.groups)
-        var metadata = try TrainingCheckpoint.metadata(configuration: legacy,
-                                                       normalization: NormalizationSettings(kind: .gn, groups: 8),
-                                                       step: 3)
+        var metadata = try TrainingCheckpoint.metadata(
+            configuration: legacy,
+            normalization: NormalizationSettings(kind: .gn, groups: 8),
+            step: 3)
         metadata["torch_model_arguments"] = #"{"depth":"8","groups":"8","mabn_buffer":"1","norm":"gn"}"#
         let url = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
         // A real ResNet-8's tensors: a checkpoint's tensor names must agree with its configuration's depth.

@@ -22,8 +22,10 @@ struct ModelTrainingStep {
 
     /// `modelName` with `normalization` on a random batch of `batch` 28×28 one-channel images (Fashion-MNIST's
     /// shape) with random labels out of 10 classes.
-    init(modelName: String, normalization: NormalizationSettings, batch: Int, seed: UInt64,
-         engine: ConvolutionEngine) throws {
+    init(
+        modelName: String, normalization: NormalizationSettings, batch: Int, seed: UInt64,
+        engine: ConvolutionEngine
+    ) throws {
         model = try makeModel(named: modelName, normalization: normalization, inChannels: 1, classes: 10, seed: seed)
         model.useConvolutionEngine(engine)
         optimizer = SGD(parameters: model.parameters)

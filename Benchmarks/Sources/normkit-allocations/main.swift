@@ -56,13 +56,15 @@ func measureLayers(shape: [Int]) throws -> [String] {
 guard AllocationCounter.interposerIsLoaded() else {
     let executable = URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL
     let library = executable.deletingLastPathComponent().appendingPathComponent("libMallocInterposerSwift.so")
-    FileHandle.standardError.write(Data("""
-        normkit-allocations: allocations are not being counted (malloc-interposer does not intercept malloc in \
-        this process), so every count would be 0.
-        Run it with the interposer's library preloaded (it is built next to this executable):
-            LD_PRELOAD=\(library.path) \(executable.path)
+    FileHandle.standardError.write(
+        Data(
+            """
+            normkit-allocations: allocations are not being counted (malloc-interposer does not intercept malloc in \
+            this process), so every count would be 0.
+            Run it with the interposer's library preloaded (it is built next to this executable):
+                LD_PRELOAD=\(library.path) \(executable.path)
 
-        """.utf8))
+            """.utf8))
     exit(2)
 }
 
@@ -70,7 +72,8 @@ guard AllocationCounter.interposerIsLoaded() else {
 Parallelism.threadCount = 2
 BLAS.setThreads(1)
 
-print("""
+print(
+    """
     Allocation calls per training step after \(warmUpSteps) warm-up steps, averaged over \(measuredSteps) steps \
     (Parallelism.threadCount = \(Parallelism.threadCount), OpenBLAS threads = \(BLAS.threads)).
 
@@ -79,7 +82,8 @@ print("""
     """)
 let allocatingLayers = try measureLayers(shape: layerShape)
 
-print("""
+print(
+    """
 
     Normalization layers, input \(shapeText(threadedLayerShape)), kernels split over \(Parallelism.threadCount) \
     threads (reported, not enforced):
@@ -87,7 +91,8 @@ print("""
     """)
 _ = try measureLayers(shape: threadedLayerShape)
 
-print("""
+print(
+    """
 
     Whole training steps (forward, loss, backward, SGD), batch \(modelBatch) of 1×28×28, on each convolution engine \
     this build has (oneDNN: channels-last network; im2col: channels-first) (reported, not enforced):
@@ -97,8 +102,9 @@ print("""
     """)
 for engine in ConvolutionEngine.allCases where engine.isAvailable {
     for (label, kind) in [("ResNet-8 + GN", NormKind.gn), ("ResNet-8 + BN", NormKind.bn)] {
-        var step = try ModelTrainingStep(modelName: "resnet8", normalization: NormalizationSettings(kind: kind),
-                                         batch: modelBatch, seed: 1, engine: engine)
+        var step = try ModelTrainingStep(
+            modelName: "resnet8", normalization: NormalizationSettings(kind: kind),
+            batch: modelBatch, seed: 1, engine: engine)
         let counts = try step.mallocs(afterWarmUp: warmUpSteps, measured: measuredSteps)
         let parts = [counts.forward, counts.loss, counts.backward, counts.optimizer, counts.total]
         print("| \(label) | \(engine) | " + parts.map { perStep($0, measuredSteps) }.joined(separator: " | ") + " |")
@@ -108,7 +114,8 @@ for engine in ConvolutionEngine.allCases where engine.isAvailable {
 if allocatingLayers.isEmpty {
     print("\nOK: no normalization layer allocates per step on \(shapeText(layerShape)).")
 } else {
-    print("\nFAIL: \(allocatingLayers.count) layer row(s) allocate per step: "
-          + allocatingLayers.joined(separator: ", ") + ".")
+    print(
+        "\nFAIL: \(allocatingLayers.count) layer row(s) allocate per step: "
+            + allocatingLayers.joined(separator: ", ") + ".")
     exit(1)
 }

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Helpers shared by the libFuzzer harnesses.
@@ -23,8 +23,10 @@ public enum Fuzz {
 
     /// A property every accepted input must have. A violation prints `message` and aborts, which libFuzzer
     /// reports as a crash and saves the input.
-    public static func check(_ condition: Bool, _ message: @autoclosure () -> String,
-                             file: StaticString = #fileID, line: UInt = #line) {
+    public static func check(
+        _ condition: Bool, _ message: @autoclosure () -> String,
+        file: StaticString = #fileID, line: UInt = #line
+    ) {
         if condition { return }
         FileHandle.standardError.write(Data("fuzz property violated at \(file):\(line): \(message())\n".utf8))
         abort()
@@ -35,7 +37,8 @@ public enum Fuzz {
     /// else `/tmp`.
     public static let scratchDirectory: URL = {
         let environment = ProcessInfo.processInfo.environment
-        let base = environment["NORMKIT_FUZZ_SCRATCH"]
+        let base =
+            environment["NORMKIT_FUZZ_SCRATCH"]
             ?? (FileManager.default.isWritableFile(atPath: "/dev/shm") ? "/dev/shm" : "/tmp")
         var template = Array((base + "/normkit-fuzz-XXXXXX").utf8CString)
         let path = template.withUnsafeMutableBufferPointer { buffer -> String in

@@ -25,8 +25,9 @@ public func fuzzCheckpointConfiguration(_ data: UnsafePointer<UInt8>?, _ size: I
     }
     let url = Fuzz.scratchDirectory.appendingPathComponent(TrainingCheckpoint.modelFileName)
     do {
-        Fuzz.writeFile(try SafeTensors.encode(["fc.bias": .float32(shape: [1], values: [0])], metadata: metadata),
-                       to: url)
+        Fuzz.writeFile(
+            try SafeTensors.encode(["fc.bias": .float32(shape: [1], values: [0])], metadata: metadata),
+            to: url)
     } catch {
         Fuzz.check(false, "cannot write the scratch model file: \(error)")
     }

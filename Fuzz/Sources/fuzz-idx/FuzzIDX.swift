@@ -15,17 +15,20 @@ public func fuzzIDX(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     } catch {
         Fuzz.log("rejected: \(error)")
         for magic in [IDXFile.labelsMagic, IDXFile.imagesMagic] {
-            Fuzz.check((try? IDXFile.parse(input, expectedMagic: magic)) == nil,
-                       "accepted with expected magic \(magic) but rejected without")
+            Fuzz.check(
+                (try? IDXFile.parse(input, expectedMagic: magic)) == nil,
+                "accepted with expected magic \(magic) but rejected without")
         }
         return 0
     }
     Fuzz.log("accepted: dimensions \(file.dimensions)")
-    Fuzz.check(file.dimensions.reduce(1, *) == file.bytes.count,
-               "dimensions \(file.dimensions) but \(file.bytes.count) data bytes")
+    Fuzz.check(
+        file.dimensions.reduce(1, *) == file.bytes.count,
+        "dimensions \(file.dimensions) but \(file.bytes.count) data bytes")
     Fuzz.check(file.encoded() == input, "re-encoding changed the bytes")
-    Fuzz.check((try? IDXFile(dimensions: file.dimensions, bytes: file.bytes)) == file,
-               "the public initializer refuses what the parser accepted")
+    Fuzz.check(
+        (try? IDXFile(dimensions: file.dimensions, bytes: file.bytes)) == file,
+        "the public initializer refuses what the parser accepted")
     for magic in [IDXFile.labelsMagic, IDXFile.imagesMagic] {
         let parsed = try? IDXFile.parse(input, expectedMagic: magic)
         Fuzz.check((parsed != nil) == (file.magic == magic), "expected magic \(magic) disagrees with \(file.magic)")

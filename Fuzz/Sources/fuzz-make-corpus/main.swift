@@ -35,14 +35,22 @@ do {
         "bn.num_batches_tracked": .int64(shape: [], values: [42]),
     ]
     seed(t, "valid-small.safetensors", try! SafeTensors.encode(small))
-    seed(t, "valid-metadata.safetensors", try! SafeTensors.encode(
-        small, metadata: ["format": "normkit-checkpoint-1", "note": "é ✓ \"q\" \\ /\n\t\u{01}", "step": "7"]))
+    seed(
+        t, "valid-metadata.safetensors",
+        try! SafeTensors.encode(
+            small, metadata: ["format": "normkit-checkpoint-1", "note": "é ✓ \"q\" \\ /\n\t\u{01}", "step": "7"]))
     seed(t, "valid-empty.safetensors", try! SafeTensors.encode([:]))
-    seed(t, "valid-zero-size.safetensors", try! SafeTensors.encode(
-        ["empty": .float32(shape: [0, 4], values: []), "scalar": .float32(shape: [], values: [.nan])]))
-    seed(t, "valid-2d.safetensors", try! SafeTensors.encode(
-        ["conv.weight": .float32(shape: [2, 1, 2, 2], values: (0..<8).map(Float.init)),
-         "iters": .int64(shape: [2], values: [Int64.min, Int64.max])]))
+    seed(
+        t, "valid-zero-size.safetensors",
+        try! SafeTensors.encode(
+            ["empty": .float32(shape: [0, 4], values: []), "scalar": .float32(shape: [], values: [.nan])]))
+    seed(
+        t, "valid-2d.safetensors",
+        try! SafeTensors.encode(
+            [
+                "conv.weight": .float32(shape: [2, 1, 2, 2], values: (0..<8).map(Float.init)),
+                "iters": .int64(shape: [2], values: [Int64.min, Int64.max]),
+            ]))
     let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../../../Tests/NormKitTrainingTests/Fixtures/safetensors_python.safetensors")
     if let python = try? Data(contentsOf: fixture) { seed(t, "valid-python-fixture.safetensors", Array(python)) }
@@ -51,28 +59,44 @@ do {
         "\"\(name)\":{\"dtype\":\"F32\",\"shape\":\(shape),\"data_offsets\":[\(begin),\(end)]}"
     }
     let eight = [UInt8](repeating: 0x3F, count: 8)
-    seed(t, "valid-handwritten.safetensors", rawSafeTensors(
-        "{\"__metadata__\":{\"k\":\"v\\u00e9\\ud83d\\ude00\"}," + f32("a", "[2]", 0, 8) + "}  ", eight))
-    seed(t, "bad-duplicate-key.safetensors", rawSafeTensors("{" + f32("a", "[1]", 0, 4) + "," + f32("a", "[1]", 4, 8) + "}", eight))
-    seed(t, "bad-overlap.safetensors", rawSafeTensors("{" + f32("a", "[2]", 0, 8) + "," + f32("b", "[1]", 4, 8) + "}", eight))
+    seed(
+        t, "valid-handwritten.safetensors",
+        rawSafeTensors(
+            "{\"__metadata__\":{\"k\":\"v\\u00e9\\ud83d\\ude00\"}," + f32("a", "[2]", 0, 8) + "}  ", eight))
+    seed(
+        t, "bad-duplicate-key.safetensors",
+        rawSafeTensors("{" + f32("a", "[1]", 0, 4) + "," + f32("a", "[1]", 4, 8) + "}", eight))
+    seed(
+        t, "bad-overlap.safetensors",
+        rawSafeTensors("{" + f32("a", "[2]", 0, 8) + "," + f32("b", "[1]", 4, 8) + "}", eight))
     seed(t, "bad-gap.safetensors", rawSafeTensors("{" + f32("a", "[1]", 4, 8) + "}", eight))
     seed(t, "bad-trailing.safetensors", rawSafeTensors("{" + f32("a", "[1]", 0, 4) + "}", eight))
     seed(t, "bad-size-mismatch.safetensors", rawSafeTensors("{" + f32("a", "[3]", 0, 8) + "}", eight))
     seed(t, "bad-offsets-reversed.safetensors", rawSafeTensors("{" + f32("a", "[0]", 8, 0) + "}", eight))
-    seed(t, "bad-shape-overflow.safetensors", rawSafeTensors(
-        "{" + f32("a", "[4294967296,4294967296,0]", 0, 0) + "}"))
+    seed(
+        t, "bad-shape-overflow.safetensors",
+        rawSafeTensors(
+            "{" + f32("a", "[4294967296,4294967296,0]", 0, 0) + "}"))
     seed(t, "bad-shape-negative.safetensors", rawSafeTensors("{" + f32("a", "[-1]", 0, 0) + "}"))
     seed(t, "bad-shape-float.safetensors", rawSafeTensors("{" + f32("a", "[1.0e0]", 0, 4) + "}", [0, 0, 0, 0]))
-    seed(t, "bad-dtype.safetensors", rawSafeTensors(
-        "{\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,2]}}", [0, 0]))
-    seed(t, "bad-i64-size.safetensors", rawSafeTensors(
-        "{\"a\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,4]}}", [0, 0, 0, 0]))
+    seed(
+        t, "bad-dtype.safetensors",
+        rawSafeTensors(
+            "{\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,2]}}", [0, 0]))
+    seed(
+        t, "bad-i64-size.safetensors",
+        rawSafeTensors(
+            "{\"a\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,4]}}", [0, 0, 0, 0]))
     seed(t, "bad-lone-surrogate.safetensors", rawSafeTensors("{\"__metadata__\":{\"k\":\"\\ud800\"}}"))
     seed(t, "bad-metadata-number.safetensors", rawSafeTensors("{\"__metadata__\":{\"k\":1}}"))
     seed(t, "bad-metadata-null.safetensors", rawSafeTensors("{\"__metadata__\":null}"))
-    seed(t, "bad-deep-nesting.safetensors", rawSafeTensors(String(repeating: "[", count: 70) + String(repeating: "]", count: 70)))
+    seed(
+        t, "bad-deep-nesting.safetensors",
+        rawSafeTensors(String(repeating: "[", count: 70) + String(repeating: "]", count: 70)))
     seed(t, "bad-not-object.safetensors", rawSafeTensors("[1, 2.5e-3, -0, true, false, null, \"s\"]"))
-    seed(t, "bad-invalid-utf8.safetensors", [6, 0, 0, 0, 0, 0, 0, 0] + Array("{\"".utf8) + [0xC3, 0x28] + Array("\"".utf8))
+    seed(
+        t, "bad-invalid-utf8.safetensors",
+        [6, 0, 0, 0, 0, 0, 0, 0] + Array("{\"".utf8) + [0xC3, 0x28] + Array("\"".utf8))
     seed(t, "bad-control-char.safetensors", rawSafeTensors("{\"a\u{01}\":{}}"))
     seed(t, "bad-header-too-long.safetensors", rawSafeTensors("{}", declaredLength: 1000))
     seed(t, "bad-header-huge.safetensors", rawSafeTensors("{}", declaredLength: UInt64.max))
@@ -107,8 +131,10 @@ func zlibStored(_ bytes: [UInt8]) -> [UInt8] {
     let n = UInt16(bytes.count)
     let adler = b << 16 | a
     return [0x78, 0x01, 0x01, UInt8(n & 0xFF), UInt8(n >> 8), UInt8(~n & 0xFF), UInt8(~n >> 8)] + bytes
-        + [UInt8(adler >> 24), UInt8(truncatingIfNeeded: adler >> 16), UInt8(truncatingIfNeeded: adler >> 8),
-           UInt8(truncatingIfNeeded: adler)]
+        + [
+            UInt8(adler >> 24), UInt8(truncatingIfNeeded: adler >> 16), UInt8(truncatingIfNeeded: adler >> 8),
+            UInt8(truncatingIfNeeded: adler),
+        ]
 }
 
 do {
@@ -164,13 +190,16 @@ do {
     seed(t, "valid-groupsize-vgg.json", configurationJSON(c))
     var old = TrainingConfiguration()  // a file from before the trainer recorded GN's groups
     old.norm = .gn
-    seed(t, "valid-old-gn-torch-arguments.bin", Array(configurationJSON(old).utf8) + [0]
-        + Array("{\"depth\":\"8\",\"groups\":\"8\",\"mabn_buffer\":\"1\",\"norm\":\"gn\"}".utf8))
+    seed(
+        t, "valid-old-gn-torch-arguments.bin",
+        Array(configurationJSON(old).utf8) + [0]
+            + Array("{\"depth\":\"8\",\"groups\":\"8\",\"mabn_buffer\":\"1\",\"norm\":\"gn\"}".utf8))
     let text = configurationJSON(TrainingConfiguration())
     func replacing(_ a: String, _ b: String) -> String { text.replacingOccurrences(of: a, with: b) }
     seed(t, "bad-batch-zero.json", replacing("\"batch\":32", "\"batch\":0"))
     seed(t, "bad-norm-batch-zero.json", replacing("\"batch\":32", "\"batch\":32,\"normBatch\":0"))
-    seed(t, "bad-norm-batch-negative.json", replacing("\"batch\":32", "\"batch\":-9223372036854775808,\"normBatch\":-1"))
+    seed(
+        t, "bad-norm-batch-negative.json", replacing("\"batch\":32", "\"batch\":-9223372036854775808,\"normBatch\":-1"))
     seed(t, "bad-epochs-huge.json", replacing("\"epochs\":2", "\"epochs\":9223372036854775807"))
     seed(t, "bad-groups-and-size.json", replacing("\"batch\":32", "\"batch\":32,\"groups\":3,\"groupSize\":5"))
     seed(t, "bad-groups-negative.json", replacing("\"batch\":32", "\"batch\":32,\"groups\":-16"))
@@ -215,12 +244,18 @@ do {
     seed(t, "valid-no-cells.json", planJSON(small, cells: []))
     let text = String(decoding: planJSON(small), as: UTF8.self)
     func replacing(_ a: String, _ b: String) -> [UInt8] { Array(text.replacingOccurrences(of: a, with: b).utf8) }
-    seed(t, "bad-group-tag.json", Array(String(decoding: planJSON(groups), as: UTF8.self)
-        .replacingOccurrences(of: "\"gs2\"", with: "\"gs0\"").utf8))
+    seed(
+        t, "bad-group-tag.json",
+        Array(
+            String(decoding: planJSON(groups), as: UTF8.self)
+                .replacingOccurrences(of: "\"gs2\"", with: "\"gs0\"").utf8))
     seed(t, "bad-setting.json", replacing("\"normalization-batch\"", "\"per-tpu\""))
     seed(t, "bad-norm-batch-zero.json", replacing("\"normBatches\":[8,2]", "\"normBatches\":[8,0]"))
-    seed(t, "bad-per-gpu-huge.json", Array(String(decoding: planJSON(perGPU), as: UTF8.self)
-        .replacingOccurrences(of: "\"gpus\":4", with: "\"gpus\":4611686018427387904").utf8))
+    seed(
+        t, "bad-per-gpu-huge.json",
+        Array(
+            String(decoding: planJSON(perGPU), as: UTF8.self)
+                .replacingOccurrences(of: "\"gpus\":4", with: "\"gpus\":4611686018427387904").utf8))
     seed(t, "bad-duplicate-seeds.json", replacing("\"seeds\":[0]", "\"seeds\":[0,0]"))
     seed(t, "bad-empty.json", "")
     seed(t, "bad-truncated.json", Array(text.utf8.prefix(text.utf8.count / 2)))

@@ -46,8 +46,9 @@ public func fuzzSweepPlan(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         Fuzz.check(Set(cells.map(\.runName)).count == cells.count, "two cells share a run name")
         for cell in cells {
             let c = cell.configuration
-            Fuzz.check(c.batch >= 1 && c.effectiveNormBatch >= 1 && c.batch % c.effectiveNormBatch == 0,
-                       "cell \(cell.runName): normalization batch \(c.effectiveNormBatch) vs SGD batch \(c.batch)")
+            Fuzz.check(
+                c.batch >= 1 && c.effectiveNormBatch >= 1 && c.batch % c.effectiveNormBatch == 0,
+                "cell \(cell.runName): normalization batch \(c.effectiveNormBatch) vs SGD batch \(c.batch)")
         }
         _ = p.estimatedSeconds(imagesPerSecond: 1000)
     } catch {

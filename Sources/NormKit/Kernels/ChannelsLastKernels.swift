@@ -14,12 +14,16 @@ extension NormalizationKernels {
     /// channel's value in the first row of the sample block (a value of the data, so `x − k` is of the order of
     /// the spread even when |μ| ≫ σ); per set, in double, `μ = Σ(k·M + Σ(x−k)) / count` and
     /// `Σ(x−μ)² = Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²]`.
-    static func nativeStatisticsChannelsLast(mean: UnsafeMutablePointer<Double>,
-                                             variance: UnsafeMutablePointer<Double>, x: UnsafePointer<Float>,
-                                             scratch: UnsafeMutablePointer<Double>, geometry g: NormalizationGeometry) {
+    static func nativeStatisticsChannelsLast(
+        mean: UnsafeMutablePointer<Double>,
+        variance: UnsafeMutablePointer<Double>, x: UnsafePointer<Float>,
+        scratch: UnsafeMutablePointer<Double>, geometry g: NormalizationGeometry
+    ) {
         let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
         let s1 = scratch, s2 = scratch + g.batch * c
-        @inline(__always) func shift(_ n: Int) -> UnsafePointer<Float> { x + (n / g.samplesPerSet) * g.samplesPerSet * m * c }
+        @inline(__always) func shift(_ n: Int) -> UnsafePointer<Float> {
+            x + (n / g.samplesPerSet) * g.samplesPerSet * m * c
+        }
         Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
             for n in samples {
                 (s1 + n * c).update(repeating: 0, count: c)
@@ -41,8 +45,10 @@ extension NormalizationKernels {
     /// has shift `k`, `Σ(x−k)` and `Σ(x−k)²`; `μ = Σ(k·M + Σ(x−k)) / count` and
     /// `Σ(x−μ)² = Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²]`, in double.
     @inline(__always)
-    static func shiftedMoments(positions m: Int, count: Double, entries: Int,
-                               _ entry: (Int) -> (shift: Double, sum: Double, squares: Double))
+    static func shiftedMoments(
+        positions m: Int, count: Double, entries: Int,
+        _ entry: (Int) -> (shift: Double, sum: Double, squares: Double)
+    )
         -> (mean: Double, variance: Double)
     {
         let mm = Double(m)
@@ -73,26 +79,31 @@ extension NormalizationKernels {
     }
 
     /// `y = act(scale[b,c]·(x − center[b,c]) + shift[b,c])` (center nil: 0), rows of the batch split over threads.
-    static func nativeApplyChannelsLast(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
-                                        center: UnsafePointer<Float>?, scale: UnsafePointer<Float>,
-                                        shift: UnsafePointer<Float>, activation: FusedActivation,
-                                        geometry g: NormalizationGeometry) {
+    static func nativeApplyChannelsLast(
+        y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+        center: UnsafePointer<Float>?, scale: UnsafePointer<Float>,
+        shift: UnsafePointer<Float>, activation: FusedActivation,
+        geometry g: NormalizationGeometry
+    ) {
         let c = g.channels, m = g.positions
         Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
             forEachSampleRun(rows, positions: m) { n, first, count in
                 let k0 = g.coefficient(n: n, c: 0)
-                nk_cl_affine_centered(y + first * c, x + first * c, count, c, center.map { $0 + k0 }, scale + k0,
-                                      shift + k0, activation.kernelCode)
+                nk_cl_affine_centered(
+                    y + first * c, x + first * c, count, c, center.map { $0 + k0 }, scale + k0,
+                    shift + k0, activation.kernelCode)
             }
         }
     }
 
     /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (moved from the float `k = Float(center)` to the exact centre);
     /// with a fused activation, of `dz = dy·act'(z)`, also written to `activation.dz`.
-    static func nativeGradientSumsChannelsLast(sumDy: UnsafeMutablePointer<Double>,
-                                               sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
-                                               x: UnsafePointer<Float>, center: UnsafePointer<Double>,
-                                               activation: ActivationBackward?, geometry g: NormalizationGeometry) {
+    static func nativeGradientSumsChannelsLast(
+        sumDy: UnsafeMutablePointer<Double>,
+        sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
+        x: UnsafePointer<Float>, center: UnsafePointer<Double>,
+        activation: ActivationBackward?, geometry g: NormalizationGeometry
+    ) {
         let c = g.channels, m = g.positions
         Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: c) { k in
@@ -113,10 +124,12 @@ extension NormalizationKernels {
     }
 
     /// `dx = scale[b,c]·dy + slope[set]·(x − center[set]) + offset[set]`, rows of the batch split over threads.
-    static func nativeGradientApplyChannelsLast(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
-                                                x: UnsafePointer<Float>, center: UnsafePointer<Double>,
-                                                scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
-                                                offset: UnsafePointer<Float>, geometry g: NormalizationGeometry) {
+    static func nativeGradientApplyChannelsLast(
+        dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+        x: UnsafePointer<Float>, center: UnsafePointer<Double>,
+        scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
+        offset: UnsafePointer<Float>, geometry g: NormalizationGeometry
+    ) {
         let c = g.channels, m = g.positions
         Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * c) { rowValues in
@@ -152,14 +165,16 @@ extension NormalizationKernels {
 
     /// The training forward per sample: one-pass shifted statistics of its sets, their coefficients, then
     /// `y = act(a·(x − μ̃) + b)` while the sample is in cache. `centers`/`scale`/`shift` get per-(n, c) entries.
-    static func nativeNormalizePerSample(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
-                                         variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
-                                         gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
-                                         x: UnsafePointer<Float>, gamma: UnsafePointer<Float>?,
-                                         beta: UnsafePointer<Float>?, epsilon: Float, rule: some NormalizationRule,
-                                         scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>,
-                                         centers: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>,
-                                         activation: FusedActivation, geometry g: NormalizationGeometry) {
+    static func nativeNormalizePerSample(
+        y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
+        variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
+        gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
+        x: UnsafePointer<Float>, gamma: UnsafePointer<Float>?,
+        beta: UnsafePointer<Float>?, epsilon: Float, rule: some NormalizationRule,
+        scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>,
+        centers: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>,
+        activation: FusedActivation, geometry g: NormalizationGeometry
+    ) {
         let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
         let count = Double(g.elementsPerSet)
         Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
@@ -185,8 +200,9 @@ extension NormalizationKernels {
                             offset: set.offset)
                     }
                 }
-                nk_cl_affine_centered(y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c,
-                                      activation.kernelCode)
+                nk_cl_affine_centered(
+                    y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c,
+                    activation.kernelCode)
             }
         }
     }
@@ -195,11 +211,13 @@ extension NormalizationKernels {
     /// sample's `x` and `dy` are in cache. Writes the per-(n, c) `Σdy`, `Σdy·(x−μ)` as the unfused path does. With
     /// a fused activation the sums pass turns `dy` into `dz` (written to `activation.dz`, normally `dx`) and the
     /// apply reads it back while it is cached.
-    static func nativeNormalizeBackwardPerSample(dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
-                                                 sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
-                                                 x: UnsafePointer<Float>, mean: UnsafePointer<Double>,
-                                                 rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Double>,
-                                                 activation: ActivationBackward?, geometry g: NormalizationGeometry) {
+    static func nativeNormalizeBackwardPerSample(
+        dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
+        sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
+        x: UnsafePointer<Float>, mean: UnsafePointer<Double>,
+        rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Double>,
+        activation: ActivationBackward?, geometry g: NormalizationGeometry
+    ) {
         let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
         let count = Double(g.elementsPerSet)
         Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in

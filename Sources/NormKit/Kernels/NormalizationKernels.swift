@@ -65,9 +65,11 @@ enum NormalizationKernels {
     }
 
     /// Per-set mean and biased variance (corrected two-pass, Double results). `scratch`: ``doubleScratchCount(_:)``.
-    static func statistics(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
-                           x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>,
-                           geometry g: NormalizationGeometry) {
+    static func statistics(
+        mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
+        x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>,
+        geometry g: NormalizationGeometry
+    ) {
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.setCount, work: g.elementCount) { sets in
@@ -81,9 +83,11 @@ enum NormalizationKernels {
     }
 
     /// `y = act(scale[b,c]·x + shift[b,c])` for every element (coefficients per sample block and channel).
-    static func apply(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
-                      scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, activation: FusedActivation = .identity,
-                      geometry g: NormalizationGeometry) {
+    static func apply(
+        y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+        scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, activation: FusedActivation = .identity,
+        geometry g: NormalizationGeometry
+    ) {
         let m = g.positions, c = g.channels
         switch g.layout {
         case .channelsFirst:
@@ -93,15 +97,17 @@ enum NormalizationKernels {
                     if activation == .identity {
                         rowAffine(y + row * m, x + row * m, m, scale: scale[k], shift: shift[k])
                     } else {
-                        rowAffineCentered(y + row * m, x + row * m, m, center: 0, scale: scale[k], shift: shift[k],
-                                          activation: activation)
+                        rowAffineCentered(
+                            y + row * m, x + row * m, m, center: 0, scale: scale[k], shift: shift[k],
+                            activation: activation)
                     }
                 }
             }
         case .channelsLast:
             if nativeChannelsLast {
-                return nativeApplyChannelsLast(y: y, x: x, center: nil, scale: scale, shift: shift,
-                                               activation: activation, geometry: g)
+                return nativeApplyChannelsLast(
+                    y: y, x: x, center: nil, scale: scale, shift: shift,
+                    activation: activation, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
                 for row in rows {
@@ -115,23 +121,27 @@ enum NormalizationKernels {
 
     /// `y = scale[b,c]·(x − center[b,c]) + shift[b,c]`: ``apply(y:x:scale:shift:geometry:)`` with the centring
     /// kept out of the fold, so the output stays accurate when |center| dwarfs the spread of `x`.
-    static func applyCentered(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Float>,
-                              scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
-                              activation: FusedActivation = .identity, geometry g: NormalizationGeometry) {
+    static func applyCentered(
+        y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Float>,
+        scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+        activation: FusedActivation = .identity, geometry g: NormalizationGeometry
+    ) {
         let m = g.positions, c = g.channels
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.batch * c, work: g.elementCount) { rows in
                 for row in rows {
                     let k = g.coefficient(n: row / c, c: row % c)
-                    rowAffineCentered(y + row * m, x + row * m, m, center: center[k], scale: scale[k], shift: shift[k],
-                                      activation: activation)
+                    rowAffineCentered(
+                        y + row * m, x + row * m, m, center: center[k], scale: scale[k], shift: shift[k],
+                        activation: activation)
                 }
             }
         case .channelsLast:
             if nativeChannelsLast {
-                return nativeApplyChannelsLast(y: y, x: x, center: center, scale: scale, shift: shift,
-                                               activation: activation, geometry: g)
+                return nativeApplyChannelsLast(
+                    y: y, x: x, center: center, scale: scale, shift: shift,
+                    activation: activation, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
                 for row in rows {
@@ -147,15 +157,17 @@ enum NormalizationKernels {
     /// `y = act(γ_c·(gain·(x−μ)·rstd + offset) + β_c)`, fused per set in channels-first order. `gamma`/`beta` are per
     /// channel (nil: 1 and 0). Writes mean, biased variance, rstd, gain and offset per set, and leaves the per-coefficient scale and shift in `scratchScale`/`scratchShift` and the float centres after
     /// the shifts (per set channels-first, per coefficient channels-last: ``forwardCenter(_:geometry:)``).
-    static func normalize(y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
-                          variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
-                          gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
-                          x: UnsafePointer<Float>,
-                          gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
-                          rule: some NormalizationRule,
-                          scratchScale: UnsafeMutablePointer<Float>, scratchShift: UnsafeMutablePointer<Float>,
-                          scratchDouble: UnsafeMutablePointer<Double>, activation: FusedActivation = .identity,
-                          geometry g: NormalizationGeometry) {
+    static func normalize(
+        y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
+        variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
+        gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
+        x: UnsafePointer<Float>,
+        gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
+        rule: some NormalizationRule,
+        scratchScale: UnsafeMutablePointer<Float>, scratchShift: UnsafeMutablePointer<Float>,
+        scratchDouble: UnsafeMutablePointer<Double>, activation: FusedActivation = .identity,
+        geometry g: NormalizationGeometry
+    ) {
         switch g.layout {
         case .channelsFirst:
             // Per-row coefficients go to scale/shift[b·C + c] and centres to center[s]: each set owns its entries,
@@ -181,23 +193,26 @@ enum NormalizationKernels {
                     }
                     let batch = g.batch(ofSets: first, count: size)
                     let k0 = (first / g.channelBlocks) * g.channels + (first % g.channelBlocks) * cps
-                    setAffineCentered(y + batch.offset, x + batch.offset, batch, center: center + first,
-                                      scale: scratchScale + k0, shift: scratchShift + k0, activation: activation)
+                    setAffineCentered(
+                        y + batch.offset, x + batch.offset, batch, center: center + first,
+                        scale: scratchScale + k0, shift: scratchShift + k0, activation: activation)
                 }
             }
         case .channelsLast:
             if fusesPerSample(g) {
-                return nativeNormalizePerSample(y: y, mean: mean, variance: variance, rstd: rstd, gain: gain,
-                                                offset: offset, x: x, gamma: gamma, beta: beta, epsilon: epsilon,
-                                                rule: rule, scale: scratchScale,
-                                                shift: scratchShift, centers: scratchShift + g.coefficientCount,
-                                                sums: scratchDouble, activation: activation, geometry: g)
+                return nativeNormalizePerSample(
+                    y: y, mean: mean, variance: variance, rstd: rstd, gain: gain,
+                    offset: offset, x: x, gamma: gamma, beta: beta, epsilon: epsilon,
+                    rule: rule, scale: scratchScale,
+                    shift: scratchShift, centers: scratchShift + g.coefficientCount,
+                    sums: scratchDouble, activation: activation, geometry: g)
             }
             statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
             for s in 0..<g.setCount {
                 let r = 1 / (variance[s] + Double(epsilon)).squareRoot()
-                let set = rule.setAffine(set: s, channel: (s % g.channelBlocks) * g.channelsPerSet, mean: mean[s],
-                                         variance: variance[s], rstd: r)
+                let set = rule.setAffine(
+                    set: s, channel: (s % g.channelBlocks) * g.channelsPerSet, mean: mean[s],
+                    variance: variance[s], rstd: r)
                 (rstd[s], gain[s], offset[s]) = (r, set.gain, set.offset)
             }
             let centers = scratchShift + g.coefficientCount
@@ -211,8 +226,9 @@ enum NormalizationKernels {
                         offset: offset[s])
                 }
             }
-            applyCentered(y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, activation: activation,
-                          geometry: g)
+            applyCentered(
+                y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, activation: activation,
+                geometry: g)
         }
     }
 
@@ -220,8 +236,10 @@ enum NormalizationKernels {
     /// chunk go through the batched set kernel (two passes while the set sits in L1), larger ones through
     /// ``setStatisticsChannelsFirst(x:set:geometry:)``.
     @inline(__always)
-    static func batchStatistics(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
-                                x: UnsafePointer<Float>, sets: Range<Int>, geometry g: NormalizationGeometry) {
+    static func batchStatistics(
+        mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
+        x: UnsafePointer<Float>, sets: Range<Int>, geometry g: NormalizationGeometry
+    ) {
         guard g.elementsPerSet <= statisticsChunk else {
             for s in sets { (mean[s], variance[s]) = setStatisticsChannelsFirst(x: x, set: s, geometry: g) }
             return
@@ -238,7 +256,9 @@ enum NormalizationKernels {
     /// Groups are merged with Chan's parallel formula in Double: one pass over the set from L2/DRAM,
     /// float64-level accuracy, and few merges even when rows are short (BN on 7×7 maps).
     @inline(__always)
-    static func setStatisticsChannelsFirst(x: UnsafePointer<Float>, set s: Int, geometry g: NormalizationGeometry)
+    static func setStatisticsChannelsFirst(
+        x: UnsafePointer<Float>, set s: Int, geometry g: NormalizationGeometry
+    )
         -> (mean: Double, variance: Double)
     {
         let m = g.positions
@@ -247,8 +267,10 @@ enum NormalizationKernels {
         let firstSample = b * g.samplesPerSet, endSample = firstSample + g.samplesPerSet
         @inline(__always) func base(_ n: Int) -> UnsafePointer<Float> { x + (n * g.channels + c0) * m }
         /// Calls `body` on each contiguous piece between (n0, o0) and (n1, o1) (sample, offset in its run).
-        @inline(__always) func forEachPiece(_ n0: Int, _ o0: Int, _ n1: Int, _ o1: Int,
-                                            _ body: (UnsafePointer<Float>, Int) -> Void) {
+        @inline(__always) func forEachPiece(
+            _ n0: Int, _ o0: Int, _ n1: Int, _ o1: Int,
+            _ body: (UnsafePointer<Float>, Int) -> Void
+        ) {
             var n = n0, o = o0
             while n < n1 || (n == n1 && o < o1) {
                 let end = n == n1 ? o1 : run
@@ -297,9 +319,11 @@ enum NormalizationKernels {
 
     /// Channels-last statistics: per-(n, c) sums in Double, then per-set means and centred sums.
     /// `scratch` holds the per-(n, c) sums: ``doubleScratchCount(_:)`` doubles.
-    static func statisticsChannelsLast(mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
-                                       x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>,
-                                       geometry g: NormalizationGeometry) {
+    static func statisticsChannelsLast(
+        mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
+        x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>,
+        geometry g: NormalizationGeometry
+    ) {
         if nativeChannelsLast {
             return nativeStatisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratch, geometry: g)
         }
@@ -315,26 +339,26 @@ enum NormalizationKernels {
                         for ch in 0..<c { acc[ch] += Double(xr[ch]) }
                     }
                 }
-        }
-        for s in 0..<g.setCount { mean[s] = 0 }
-        for n in 0..<g.batch { for ch in 0..<c { mean[g.set(n: n, c: ch)] += s1[n * c + ch] } }
-        for s in 0..<g.setCount { mean[s] /= count }
-        Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
-            for n in samples {
-                let acc = s2 + n * c
-                acc.initialize(repeating: 0, count: c)
-                for p in 0..<m {
-                    let xr = x + (n * m + p) * c
-                    for ch in 0..<c {
-                        let d = Double(xr[ch]) - mean[g.set(n: n, c: ch)]
-                        acc[ch] += d * d
+            }
+            for s in 0..<g.setCount { mean[s] = 0 }
+            for n in 0..<g.batch { for ch in 0..<c { mean[g.set(n: n, c: ch)] += s1[n * c + ch] } }
+            for s in 0..<g.setCount { mean[s] /= count }
+            Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
+                for n in samples {
+                    let acc = s2 + n * c
+                    acc.initialize(repeating: 0, count: c)
+                    for p in 0..<m {
+                        let xr = x + (n * m + p) * c
+                        for ch in 0..<c {
+                            let d = Double(xr[ch]) - mean[g.set(n: n, c: ch)]
+                            acc[ch] += d * d
+                        }
                     }
                 }
             }
-        }
-        for s in 0..<g.setCount { variance[s] = 0 }
-        for n in 0..<g.batch { for ch in 0..<c { variance[g.set(n: n, c: ch)] += s2[n * c + ch] } }
-        for s in 0..<g.setCount { variance[s] = max(0, variance[s] / count) }
+            for s in 0..<g.setCount { variance[s] = 0 }
+            for n in 0..<g.batch { for ch in 0..<c { variance[g.set(n: n, c: ch)] += s2[n * c + ch] } }
+            for s in 0..<g.setCount { variance[s] = max(0, variance[s] / count) }
         }
     }
 
@@ -342,27 +366,31 @@ enum NormalizationKernels {
 
     /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (Double); with a fused activation, of `dz = dy·act'(z)`,
     /// which is also written to `activation.dz` (laid out like `dy`) for the apply stage.
-    static func gradientSums(sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>,
-                             dy: UnsafePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Double>,
-                             activation: ActivationBackward? = nil, geometry g: NormalizationGeometry) {
+    static func gradientSums(
+        sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>,
+        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Double>,
+        activation: ActivationBackward? = nil, geometry g: NormalizationGeometry
+    ) {
         let c = g.channels, m = g.positions
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
                 for row in rows {
                     let centering = Centering(center[g.set(n: row / c, c: row % c)])
-                    let (a1, a2) = rowGradientSums(dy + row * m, x + row * m, m, center: centering.center,
-                                                   activation: activation,
-                                                   coefficient: g.coefficient(n: row / c, c: row % c),
-                                                   element: row * m)
+                    let (a1, a2) = rowGradientSums(
+                        dy + row * m, x + row * m, m, center: centering.center,
+                        activation: activation,
+                        coefficient: g.coefficient(n: row / c, c: row % c),
+                        element: row * m)
                     sumDy[row] = a1
                     sumDyCentered[row] = centering.exactSum(centered: a2, sumDy: a1)
                 }
             }
         case .channelsLast:
             if nativeChannelsLast {
-                return nativeGradientSumsChannelsLast(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x,
-                                                      center: center, activation: activation, geometry: g)
+                return nativeGradientSumsChannelsLast(
+                    sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x,
+                    center: center, activation: activation, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
                 for n in samples {
@@ -372,8 +400,9 @@ enum NormalizationKernels {
                     for p in 0..<m {
                         let o = (n * m + p) * c
                         if let activation {
-                            activation.portableChannels(dy: dy + o, x: x + o, count: c,
-                                                        coefficient: g.coefficient(n: n, c: 0), element: o)
+                            activation.portableChannels(
+                                dy: dy + o, x: x + o, count: c,
+                                coefficient: g.coefficient(n: n, c: 0), element: o)
                         }
                         let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
                         for ch in 0..<c {
@@ -388,10 +417,12 @@ enum NormalizationKernels {
     }
 
     /// `dx = scale[b,c]·dy + slope[set]·(x − center[set]) + offset[set]`.
-    static func gradientApply(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                              center: UnsafePointer<Double>, scale: UnsafePointer<Float>,
-                              slope: UnsafePointer<Float>, offset: UnsafePointer<Float>,
-                              geometry g: NormalizationGeometry) {
+    static func gradientApply(
+        dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        center: UnsafePointer<Double>, scale: UnsafePointer<Float>,
+        slope: UnsafePointer<Float>, offset: UnsafePointer<Float>,
+        geometry g: NormalizationGeometry
+    ) {
         let c = g.channels, m = g.positions
         switch g.layout {
         case .channelsFirst:
@@ -399,23 +430,26 @@ enum NormalizationKernels {
                 for row in rows {
                     let n = row / c, ch = row % c, s = g.set(n: n, c: ch)
                     let centering = Centering(center[s])
-                    rowGradientApply(dx + row * m, dy + row * m, x + row * m, m,
-                                     p: scale[g.coefficient(n: n, c: ch)], q: slope[s],
-                                     r: centering.offset(Double(offset[s]), slope: Double(slope[s])),
-                                     center: centering.center)
+                    rowGradientApply(
+                        dx + row * m, dy + row * m, x + row * m, m,
+                        p: scale[g.coefficient(n: n, c: ch)], q: slope[s],
+                        r: centering.offset(Double(offset[s]), slope: Double(slope[s])),
+                        center: centering.center)
                 }
             }
         case .channelsLast:
             if nativeChannelsLast {
-                return nativeGradientApplyChannelsLast(dx: dx, dy: dy, x: x, center: center, scale: scale,
-                                                       slope: slope, offset: offset, geometry: g)
+                return nativeGradientApplyChannelsLast(
+                    dx: dx, dy: dy, x: x, center: center, scale: scale,
+                    slope: slope, offset: offset, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
                 for row in rows {
                     let n = row / m, o = row * c, base = g.coefficient(n: n, c: 0)
                     for ch in 0..<c {
                         let s = g.set(n: n, c: ch)
-                        dx[o + ch] = scale[base + ch] * dy[o + ch]
+                        dx[o + ch] =
+                            scale[base + ch] * dy[o + ch]
                             + slope[s] * Float(Double(x[o + ch]) - center[s]) + offset[s]
                     }
                 }
@@ -426,13 +460,15 @@ enum NormalizationKernels {
     /// The backward of `x̂ = (x−μ)·rstd` with upstream `g = gammaEffective[b,c]·dy`:
     /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` per set. Also returns the per-(n, c) sums `Σdy`, `Σdy·(x−μ)`
     /// from which the layer forms `dγ` and `dβ`. Fused per set in channels-first order.
-    static func normalizeBackward(dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
-                                  sumDyCentered: UnsafeMutablePointer<Double>,
-                                  dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                                  mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
-                                  gammaEffective: UnsafePointer<Double>, scratch: UnsafeMutablePointer<Float>,
-                                  scratchDouble: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil,
-                                  geometry g: NormalizationGeometry) {
+    static func normalizeBackward(
+        dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
+        sumDyCentered: UnsafeMutablePointer<Double>,
+        dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
+        gammaEffective: UnsafePointer<Double>, scratch: UnsafeMutablePointer<Float>,
+        scratchDouble: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil,
+        geometry g: NormalizationGeometry
+    ) {
         let c = g.channels, count = Double(g.elementsPerSet)
         // With a fused activation the sums stage writes dz = dy·act'(z) into dx and the apply stage reads it there.
         let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
@@ -447,11 +483,12 @@ enum NormalizationKernels {
                     let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
                     let batch = g.batch(ofSets: first, count: size)
                     for s in first..<(first + size) { center[s] = Centering(mean[s]).center }
-                    setGradientSums(sumDy + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
-                                    sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
-                                    outStride: c, dy + batch.offset, x + batch.offset, batch,
-                                    center: center + first,
-                                    activation: activation?.moved(coefficient: k0, element: batch.offset))
+                    setGradientSums(
+                        sumDy + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
+                        sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
+                        outStride: c, dy + batch.offset, x + batch.offset, batch,
+                        center: center + first,
+                        activation: activation?.moved(coefficient: k0, element: batch.offset))
                     for s in first..<(first + size) {
                         let c0 = (s % g.channelBlocks) * cps, firstRow = b * g.samplesPerSet * c + c0
                         // Rows were centred on the float μ̃ = center[s] (the forward's Centering(μ).center).
@@ -474,18 +511,21 @@ enum NormalizationKernels {
                         q[s] = Float(slope)
                         r[s] = centering.offset(-rs * meanG, slope: slope)
                     }
-                    setGradientApply(dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
-                                     q: q + first, r: r + first, center: center + first)
+                    setGradientApply(
+                        dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
+                        q: q + first, r: r + first, center: center + first)
                 }
             }
         case .channelsLast:
             if fusesPerSample(g) {
-                return nativeNormalizeBackwardPerSample(dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy,
-                                                        x: x, mean: mean, rstd: rstd, gammaEffective: gammaEffective,
-                                                        activation: activation, geometry: g)
+                return nativeNormalizeBackwardPerSample(
+                    dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy,
+                    x: x, mean: mean, rstd: rstd, gammaEffective: gammaEffective,
+                    activation: activation, geometry: g)
             }
-            gradientSums(sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, activation: activation,
-                         geometry: g)
+            gradientSums(
+                sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, activation: activation,
+                geometry: g)
             // scratch holds: scale (coefficientCount), slope (sets), offset (sets).
             let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
             do {
@@ -497,20 +537,21 @@ enum NormalizationKernels {
                         meanG[s] += ge * sumDy[n * c + ch]
                         meanGX[s] += ge * sumDyCentered[n * c + ch]
                     }
-            }
-            for s in 0..<g.setCount {
-                let r = rstd[s]
-                slope[s] = Float(-r * r * (meanGX[s] * r / count))
-                offset[s] = Float(-r * meanG[s] / count)
-            }
-            for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
-                for ch in 0..<c {
-                    let k = g.coefficient(n: n, c: ch)
-                    scale[k] = Float(rstd[g.set(n: n, c: ch)] * gammaEffective[k])
                 }
-            }
-            gradientApply(dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset,
-                          geometry: g)
+                for s in 0..<g.setCount {
+                    let r = rstd[s]
+                    slope[s] = Float(-r * r * (meanGX[s] * r / count))
+                    offset[s] = Float(-r * meanG[s] / count)
+                }
+                for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
+                    for ch in 0..<c {
+                        let k = g.coefficient(n: n, c: ch)
+                        scale[k] = Float(rstd[g.set(n: n, c: ch)] * gammaEffective[k])
+                    }
+                }
+                gradientApply(
+                    dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset,
+                    geometry: g)
             }
         }
     }

@@ -12,14 +12,18 @@
 protocol NormalizationRule {
     /// `set` is the set's index, `channel` its first channel (the set's only one for BN-like sets); `variance` is
     /// the biased batch variance.
-    func setAffine(set: Int, channel: Int, mean: Double, variance: Double, rstd: Double)
+    func setAffine(
+        set: Int, channel: Int, mean: Double, variance: Double, rstd: Double
+    )
         -> (gain: Double, offset: Double)
 }
 
 /// `x̂` itself: BatchNorm, GroupNorm, LayerNorm, InstanceNorm.
 struct Standardization: NormalizationRule {
     @inline(__always)
-    func setAffine(set: Int, channel: Int, mean: Double, variance: Double, rstd: Double)
+    func setAffine(
+        set: Int, channel: Int, mean: Double, variance: Double, rstd: Double
+    )
         -> (gain: Double, offset: Double)
     {
         (1, 0)

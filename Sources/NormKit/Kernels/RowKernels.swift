@@ -67,7 +67,9 @@ func portableRowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: 
 
 /// `(Σ dy, Σ dy·(x−k))` over a row: the two per-channel sums every mean-subtracting backward needs.
 @inline(__always) @usableFromInline
-func portableRowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float)
+func portableRowGradientSums(
+    _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float
+)
     -> (Double, Double)
 {
     var s1 = 0.0, s2 = 0.0
@@ -94,7 +96,9 @@ func portableRowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Floa
 
 /// `y = a·x + b` over a row (`y` may alias `x`).
 @inline(__always) @usableFromInline
-func portableRowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float) {
+func portableRowAffine(
+    _ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float
+) {
     let av = Vector(repeating: a), bv = Vector(repeating: b)
     var i = 0
     while i + 16 <= count {
@@ -108,8 +112,10 @@ func portableRowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Floa
 /// the output keeps float32 accuracy relative to its own scale even when |k| dwarfs the spread of `x`; the
 /// folded `rowAffine(scale: a, shift: b − a·k)` would round `a·x` on a grid of `ulp(a·k)`.
 @inline(__always) @usableFromInline
-func portableRowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
-                       center k: Float, scale a: Float, shift b: Float) {
+func portableRowAffineCentered(
+    _ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
+    center k: Float, scale a: Float, shift b: Float
+) {
     let kv = Vector(repeating: k), av = Vector(repeating: a), bv = Vector(repeating: b)
     var i = 0
     while i + 16 <= count {
@@ -121,8 +127,10 @@ func portableRowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePoin
 
 /// `dx = p·dy + q·(x−k) + r` over a row: every backward in NormKit reduces to this form per channel.
 @inline(__always) @usableFromInline
-func portableRowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
-                      _ count: Int, p: Float, q: Float, r: Float, center k: Float) {
+func portableRowGradientApply(
+    _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
+    _ count: Int, p: Float, q: Float, r: Float, center k: Float
+) {
     let pv = Vector(repeating: p), qv = Vector(repeating: q), rv = Vector(repeating: r), kv = Vector(repeating: k)
     var i = 0
     while i + 16 <= count {
@@ -233,8 +241,10 @@ func rowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -
 /// `(Σ g, Σ g·(x − k))` over a row with `g = dy`, or with a fused activation `g = dz = dy·act'(z)` (the forward's
 /// pre-activation of `coefficient`), which is also written to `activation.dz` from `element` on.
 @inline(__always)
-func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float,
-                     activation: ActivationBackward? = nil, coefficient: Int = 0, element: Int = 0)
+func rowGradientSums(
+    _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float,
+    activation: ActivationBackward? = nil, coefficient: Int = 0, element: Int = 0
+)
     -> (Double, Double)
 {
     if nativeKernels {
@@ -250,17 +260,25 @@ func rowGradientSums(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ co
 }
 
 @inline(__always) @usableFromInline
-func rowAffine(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float) {
-    if nativeKernels { nk_row_affine(y, x, count, a, b) } else {
+func rowAffine(
+    _ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, scale a: Float, shift b: Float
+) {
+    if nativeKernels {
+        nk_row_affine(y, x, count, a, b)
+    } else {
         portableRowAffine(y, x, count, scale: a, shift: b)
     }
 }
 
 /// `y = act(a·(x − k) + b)` over a row (`y` may alias `x`).
 @inline(__always) @usableFromInline
-func rowAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
-                       center k: Float, scale a: Float, shift b: Float, activation: FusedActivation = .identity) {
-    if nativeKernels { nk_row_affine_centered(y, x, count, k, a, b, activation.kernelCode) } else {
+func rowAffineCentered(
+    _ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int,
+    center k: Float, scale a: Float, shift b: Float, activation: FusedActivation = .identity
+) {
+    if nativeKernels {
+        nk_row_affine_centered(y, x, count, k, a, b, activation.kernelCode)
+    } else {
         portableRowAffineCentered(y, x, count, center: k, scale: a, shift: b)
         portableActivate(y, count, activation)
     }
@@ -274,9 +292,13 @@ func portableActivate(_ y: UnsafeMutablePointer<Float>, _ count: Int, _ activati
 }
 
 @inline(__always) @usableFromInline
-func rowGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
-                      _ count: Int, p: Float, q: Float, r: Float, center k: Float) {
-    if nativeKernels { nk_row_gradient_apply(dx, dy, x, count, p, q, r, k) } else {
+func rowGradientApply(
+    _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
+    _ count: Int, p: Float, q: Float, r: Float, center k: Float
+) {
+    if nativeKernels {
+        nk_row_gradient_apply(dx, dy, x, count, p, q, r, k)
+    } else {
         portableRowGradientApply(dx, dy, x, count, p: p, q: q, r: r, center: k)
     }
 }

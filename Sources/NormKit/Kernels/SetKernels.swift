@@ -30,9 +30,10 @@ extension NormalizationGeometry {
     func batch(ofSets first: Int, count: Int) -> SetBatch {
         let b = first / channelBlocks, c0 = (first % channelBlocks) * channelsPerSet
         assert((first + count - 1) / channelBlocks == b, "a set batch crosses a sample block")
-        return SetBatch(offset: (b * samplesPerSet * channels + c0) * positions, sets: count,
-                        setStride: channelsPerSet * positions, pieces: samplesPerSet, rows: channelsPerSet,
-                        m: positions, pieceStride: channels * positions)
+        return SetBatch(
+            offset: (b * samplesPerSet * channels + c0) * positions, sets: count,
+            setStride: channelsPerSet * positions, pieces: samplesPerSet, rows: channelsPerSet,
+            m: positions, pieceStride: channels * positions)
     }
 
     /// Calls `body(first, count)` on consecutive sets of `range`, cut at sample-block boundaries and into batches
@@ -56,8 +57,10 @@ extension NormalizationGeometry {
 /// float mean `k` of a first pass, then `Σ(x−k)` and `Σ(x−k)²`, corrected for the rounding of `k`). Both passes
 /// read the set: callers use it on sets that stay in cache (``NormalizationKernels/statisticsChunk``).
 @inline(__always) @usableFromInline
-func setMoments(mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Float>,
-                _ batch: SetBatch) {
+func setMoments(
+    mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Float>,
+    _ batch: SetBatch
+) {
     if nativeKernels {
         nk_sets_moments(x, batch.sets, batch.setStride, batch.pieces, batch.run, batch.pieceStride, mean, m2)
         return
@@ -81,12 +84,15 @@ func setMoments(mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Dou
 
 /// `y = act(a[j·rows + r]·(x − k[j]) + b[j·rows + r])` over the batch (`y` may alias `x`).
 @inline(__always) @usableFromInline
-func setAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ batch: SetBatch,
-                       center k: UnsafePointer<Float>, scale a: UnsafePointer<Float>, shift b: UnsafePointer<Float>,
-                       activation: FusedActivation = .identity) {
+func setAffineCentered(
+    _ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ batch: SetBatch,
+    center k: UnsafePointer<Float>, scale a: UnsafePointer<Float>, shift b: UnsafePointer<Float>,
+    activation: FusedActivation = .identity
+) {
     if nativeKernels {
-        nk_sets_affine_centered(y, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m,
-                                batch.pieceStride, k, a, b, activation.kernelCode)
+        nk_sets_affine_centered(
+            y, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m,
+            batch.pieceStride, k, a, b, activation.kernelCode)
         return
     }
     for j in 0..<batch.sets {
@@ -104,13 +110,16 @@ func setAffineCentered(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Floa
 /// With a fused activation (`activation`'s arrays and `dz` already moved to the batch's first coefficient and
 /// element) the sums are of `dz = dy·act'(z)`, which is also written out.
 @inline(__always)
-func setGradientSums(_ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, outStride: Int,
-                     _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ batch: SetBatch,
-                     center k: UnsafePointer<Float>, activation: ActivationBackward? = nil) {
+func setGradientSums(
+    _ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, outStride: Int,
+    _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ batch: SetBatch,
+    center k: UnsafePointer<Float>, activation: ActivationBackward? = nil
+) {
     if nativeKernels {
         withKernelActivation(activation, coefficient: 0, element: 0) {
-            nk_sets_gradient_sums(s1, s2, outStride, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows,
-                                  batch.m, batch.pieceStride, k, $0)
+            nk_sets_gradient_sums(
+                s1, s2, outStride, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows,
+                batch.m, batch.pieceStride, k, $0)
         }
         return
     }
@@ -120,8 +129,9 @@ func setGradientSums(_ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePoin
                 let o = j * batch.setStride + p * batch.pieceStride + r * batch.m
                 let out = j * batch.rows + p * outStride + r
                 if let activation {
-                    activation.portableRow(dy: dy + o, x: x + o, count: batch.m, coefficient: j * batch.rows + r,
-                                           element: o)
+                    activation.portableRow(
+                        dy: dy + o, x: x + o, count: batch.m, coefficient: j * batch.rows + r,
+                        element: o)
                     (s1[out], s2[out]) = portableRowGradientSums(activation.dz + o, x + o, batch.m, center: k[j])
                 } else {
                     (s1[out], s2[out]) = portableRowGradientSums(dy + o, x + o, batch.m, center: k[j])
@@ -133,22 +143,25 @@ func setGradientSums(_ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePoin
 
 /// `dx = p[j·rows + r]·dy + q[j]·(x − k[j]) + r[j]` over the batch.
 @inline(__always) @usableFromInline
-func setGradientApply(_ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
-                      _ batch: SetBatch, p: UnsafePointer<Float>, q: UnsafePointer<Float>, r: UnsafePointer<Float>,
-                      center k: UnsafePointer<Float>) {
+func setGradientApply(
+    _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
+    _ batch: SetBatch, p: UnsafePointer<Float>, q: UnsafePointer<Float>, r: UnsafePointer<Float>,
+    center k: UnsafePointer<Float>
+) {
     if nativeKernels {
-        nk_sets_gradient_apply(dx, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m,
-                               batch.pieceStride, p, q, r, k)
+        nk_sets_gradient_apply(
+            dx, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m,
+            batch.pieceStride, p, q, r, k)
         return
     }
     for j in 0..<batch.sets {
         for piece in 0..<batch.pieces {
             for row in 0..<batch.rows {
                 let o = j * batch.setStride + piece * batch.pieceStride + row * batch.m
-                portableRowGradientApply(dx + o, dy + o, x + o, batch.m, p: p[j * batch.rows + row], q: q[j],
-                                         r: r[j], center: k[j])
+                portableRowGradientApply(
+                    dx + o, dy + o, x + o, batch.m, p: p[j * batch.rows + row], q: q[j],
+                    r: r[j], center: k[j])
             }
         }
     }
 }
-

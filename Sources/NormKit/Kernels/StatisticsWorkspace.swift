@@ -24,9 +24,11 @@ struct StatisticsWorkspace {
 
     /// Statistics of every set of `x`, the rule's gain and offset per set, and
     /// `y = act(γ·(gain·(x − μ)·rstd + offset) + β)`.
-    mutating func normalize(_ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?, epsilon: Float,
-                            rule: some NormalizationRule = Standardization(), activation: FusedActivation = .identity,
-                            geometry g: NormalizationGeometry) {
+    mutating func normalize(
+        _ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?, epsilon: Float,
+        rule: some NormalizationRule = Standardization(), activation: FusedActivation = .identity,
+        geometry g: NormalizationGeometry
+    ) {
         if mean.count != g.setCount || gain.count != g.setCount {
             mean = [Double](repeating: 0, count: g.setCount)
             variance = mean
@@ -42,23 +44,26 @@ struct StatisticsWorkspace {
                 mean.withUnsafeMutableBufferPointer { mp in
                     variance.withUnsafeMutableBufferPointer { vp in
                         rstd.withUnsafeMutableBufferPointer { rp in
-                        gain.withUnsafeMutableBufferPointer { gainp in
-                        offset.withUnsafeMutableBufferPointer { offsetp in
-                            scratch.withUnsafeMutableBufferPointer { sp in
-                                scratchDouble.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
-                                    withOptionalPointers(gamma, beta) { gp, bp in
-                                        NormalizationKernels.normalize(
-                                            y: yp.baseAddress!, mean: mp.baseAddress!, variance: vp.baseAddress!,
-                                            rstd: rp.baseAddress!, gain: gainp.baseAddress!,
-                                            offset: offsetp.baseAddress!, x: xp.baseAddress!, gamma: gp, beta: bp,
-                                            epsilon: epsilon, rule: rule, scratchScale: sp.baseAddress!,
-                                            scratchShift: sp.baseAddress! + g.coefficientCount, scratchDouble: dp,
-                                            activation: activation, geometry: g)
+                            gain.withUnsafeMutableBufferPointer { gainp in
+                                offset.withUnsafeMutableBufferPointer { offsetp in
+                                    scratch.withUnsafeMutableBufferPointer { sp in
+                                        scratchDouble.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
+                                            withOptionalPointers(gamma, beta) { gp, bp in
+                                                NormalizationKernels.normalize(
+                                                    y: yp.baseAddress!, mean: mp.baseAddress!,
+                                                    variance: vp.baseAddress!,
+                                                    rstd: rp.baseAddress!, gain: gainp.baseAddress!,
+                                                    offset: offsetp.baseAddress!, x: xp.baseAddress!, gamma: gp,
+                                                    beta: bp,
+                                                    epsilon: epsilon, rule: rule, scratchScale: sp.baseAddress!,
+                                                    scratchShift: sp.baseAddress! + g.coefficientCount,
+                                                    scratchDouble: dp,
+                                                    activation: activation, geometry: g)
+                                            }
+                                        }
                                     }
                                 }
                             }
-                        }
-                        }
                         }
                     }
                 }
@@ -95,8 +100,10 @@ struct StatisticsWorkspace {
     /// gradient of the activation's output when it had one): BN's backward with `γ·gain`; and, when the layer is
     /// affine, `dγ_c = Σ dz·(gain·x̂ + offset)` and `dβ_c = Σ dz` into `weight` and `bias` (`γ` is `weight`'s value,
     /// or 1; `dz` is `dy` through the activation).
-    mutating func backward(_ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?,
-                           bias: Parameter?, geometry g: NormalizationGeometry) {
+    mutating func backward(
+        _ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?,
+        bias: Parameter?, geometry g: NormalizationGeometry
+    ) {
         let gamma = weight?.value
         let c = g.channels
         if sumDy.count != g.batch * c {
@@ -137,8 +144,9 @@ struct StatisticsWorkspace {
                 }
             }
         }
-        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
-                             setScale: { rstd[$0] * gain[$0] }, setOffset: { offset[$0] })
+        writeAffineGradients(
+            weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
+            setScale: { rstd[$0] * gain[$0] }, setOffset: { offset[$0] })
     }
 }
 
@@ -149,10 +157,12 @@ extension StatisticsWorkspace {
     /// gathered from every worker as (count, mean, M2) and merged in worker order with Chan's formula (exact for
     /// unequal batches, as stable as the single-process kernels: no raw `Σx²`), then the coefficients and
     /// `y = act(γ·(x − μ)·rstd + β)` of the global statistics. Nothing changes if the reduction throws.
-    mutating func normalizeAcrossWorkers(_ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?,
-                                         epsilon: Float, activation: FusedActivation,
-                                         reduction: CrossWorkerReduction, geometry g: NormalizationGeometry,
-                                         layer: String) throws {
+    mutating func normalizeAcrossWorkers(
+        _ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?,
+        epsilon: Float, activation: FusedActivation,
+        reduction: CrossWorkerReduction, geometry g: NormalizationGeometry,
+        layer: String
+    ) throws {
         let c = g.channels, workers = reduction.workerCount
         var localMean = [Double](repeating: 0, count: 0), localVariance = localMean
         swap(&localMean, &mean)
@@ -167,8 +177,9 @@ extension StatisticsWorkspace {
         }
         x.withUnsafeBufferPointer { xp in
             scratchDouble.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
-                NormalizationKernels.statistics(mean: &localMean, variance: &localVariance, x: xp.baseAddress!,
-                                                scratch: dp, geometry: g)
+                NormalizationKernels.statistics(
+                    mean: &localMean, variance: &localVariance, x: xp.baseAddress!,
+                    scratch: dp, geometry: g)
             }
         }
         if reductionBuffer.count < 3 * c * (workers + 1) {
@@ -227,8 +238,9 @@ extension StatisticsWorkspace {
             }
             x.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
-                    NormalizationKernels.applyCentered(y: yp.baseAddress!, x: xp.baseAddress!, center: centers,
-                                                       scale: scale, shift: shift, activation: activation, geometry: g)
+                    NormalizationKernels.applyCentered(
+                        y: yp.baseAddress!, x: xp.baseAddress!, center: centers,
+                        scale: scale, shift: shift, activation: activation, geometry: g)
                 }
             }
         }
@@ -239,9 +251,11 @@ extension StatisticsWorkspace {
     /// this worker's per-channel `Σ dz` and `Σ dz·(x − μ)`, summed over all workers, give
     /// `dx = γ·rstd·(dz − Σdz/n − x̂·Σdz·x̂/n)` with `n` the global count; `dγ`, `dβ` are this worker's sums (the
     /// data-parallel step averages parameter gradients over workers like every other gradient).
-    mutating func backwardAcrossWorkers(_ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?,
-                                        bias: Parameter?, reduction: CrossWorkerReduction,
-                                        geometry g: NormalizationGeometry, layer: String) throws {
+    mutating func backwardAcrossWorkers(
+        _ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?,
+        bias: Parameter?, reduction: CrossWorkerReduction,
+        geometry g: NormalizationGeometry, layer: String
+    ) throws {
         let c = g.channels, gamma = weight?.value
         if sumDy.count != g.batch * c {
             sumDy = [Double](repeating: 0, count: g.batch * c)
@@ -253,9 +267,10 @@ extension StatisticsWorkspace {
             dy.withUnsafeBufferPointer { dyp in
                 dx.withUnsafeMutableBufferPointer { dxp in
                     preActivation.withBackward(dz: dxp.baseAddress!) { activation in
-                        NormalizationKernels.gradientSums(sumDy: &sumDy, sumDyCentered: &sumDyCentered,
-                                                          dy: dyp.baseAddress!, x: xp.baseAddress!, center: mean,
-                                                          activation: activation, geometry: g)
+                        NormalizationKernels.gradientSums(
+                            sumDy: &sumDy, sumDyCentered: &sumDyCentered,
+                            dy: dyp.baseAddress!, x: xp.baseAddress!, center: mean,
+                            activation: activation, geometry: g)
                     }
                 }
             }
@@ -287,16 +302,22 @@ extension StatisticsWorkspace {
             x.withUnsafeBufferPointer { xp in
                 dx.withUnsafeMutableBufferPointer { dxp in
                     func run(_ upstream: UnsafePointer<Float>) {
-                        NormalizationKernels.gradientApply(dx: dxp.baseAddress!, dy: upstream, x: xp.baseAddress!,
-                                                           center: mean, scale: scale, slope: slope, offset: offset,
-                                                           geometry: g)
+                        NormalizationKernels.gradientApply(
+                            dx: dxp.baseAddress!, dy: upstream, x: xp.baseAddress!,
+                            center: mean, scale: scale, slope: slope, offset: offset,
+                            geometry: g)
                     }
-                    if upstreamIsDz { run(dxp.baseAddress!) } else { dy.withUnsafeBufferPointer { run($0.baseAddress!) } }
+                    if upstreamIsDz {
+                        run(dxp.baseAddress!)
+                    } else {
+                        dy.withUnsafeBufferPointer { run($0.baseAddress!) }
+                    }
                 }
             }
         }
-        writeAffineGradients(weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
-                             setScale: { [rstd] in rstd[$0] })
+        writeAffineGradients(
+            weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
+            setScale: { [rstd] in rstd[$0] })
     }
 }
 

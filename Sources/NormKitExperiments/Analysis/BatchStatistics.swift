@@ -30,8 +30,10 @@ public struct ChannelStatistics: Equatable, Sendable {
     ///     of batches of different sizes are on one scale).
     ///   - perSample: when given, receives each sample's four per-channel means (the per-sample statistics
     ///     whose spread scales the deviations), as `[sample][statistic][channel]`.
-    public static func of(x: Tensor, dy: Tensor, gamma: [Float]?, epsilon: Double = 1e-5, gradientScale: Double = 1,
-                          perSample: ((Int, [[Double]]) -> Void)? = nil) -> ChannelStatistics {
+    public static func of(
+        x: Tensor, dy: Tensor, gamma: [Float]?, epsilon: Double = 1e-5, gradientScale: Double = 1,
+        perSample: ((Int, [[Double]]) -> Void)? = nil
+    ) -> ChannelStatistics {
         let n = x.shape[0], c = x.shape[1], positions = x.shape.dropFirst(2).reduce(1, *)
         let count = Double(n * positions)
         let layout = x.layout
@@ -107,18 +109,23 @@ public struct BatchStatisticsReport: Codable, Sendable {
     /// Markdown: per batch size, the deviations' median over layers (single batch and moving average), then every
     /// layer's single-batch deviations.
     public func markdown() -> String {
-        var lines = ["Median over BN layers of the mean relative deviation from the population value:", "",
-                     "| batch | μ_B | σ²_B | g_B | Ψ_B | backward / forward | SMA window | SMA μ | SMA σ² | SMA g | SMA Ψ |",
-                     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        var lines = [
+            "Median over BN layers of the mean relative deviation from the population value:", "",
+            "| batch | μ_B | σ²_B | g_B | Ψ_B | backward / forward | SMA window | SMA μ | SMA σ² | SMA g | SMA Ψ |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for (batch, single, sma, window) in averagedOverLayers() {
             let ratio = (single[2] + single[3]) / max(single[0] + single[1], 1e-300)
-            let cells = single.map { String(format: "%.4f", $0) } + [String(format: "%.2f×", ratio), "\(window)"]
+            let cells =
+                single.map { String(format: "%.4f", $0) } + [String(format: "%.2f×", ratio), "\(window)"]
                 + sma.map { String(format: "%.4f", $0) }
             lines.append("| \(batch) | " + cells.joined(separator: " | ") + " |")
         }
-        lines += ["", "Per layer, single batches (μ_B / σ²_B / g_B / Ψ_B):", "",
-                  "| layer | " + Set(rows.map(\.batch)).sorted().map { "B = \($0)" }.joined(separator: " | ") + " |",
-                  "|---|" + String(repeating: "---|", count: Set(rows.map(\.batch)).count)]
+        lines += [
+            "", "Per layer, single batches (μ_B / σ²_B / g_B / Ψ_B):", "",
+            "| layer | " + Set(rows.map(\.batch)).sorted().map { "B = \($0)" }.joined(separator: " | ") + " |",
+            "|---|" + String(repeating: "---|", count: Set(rows.map(\.batch)).count),
+        ]
         var layerOrder: [String] = []
         for row in rows where !layerOrder.contains(row.layer) { layerOrder.append(row.layer) }
         for layer in layerOrder {
@@ -152,14 +159,17 @@ public enum BatchStatisticsAnalysis {
     /// values over the first `populationImages` images of `data` (computed in chunks of 250 in training mode), over
     /// `batches` random batches of each size (seeded), and after a moving average over `max(1, 32 / B)` batches.
     /// The weights never change; `dy` comes from the mean cross-entropy and is scaled by the batch size.
-    public static func run(model: Model & Module, data: Dataset, batchSizes: [Int], batches: Int,
-                           populationImages: Int, seed: UInt64, checkpoint: String = "") throws -> BatchStatisticsReport {
+    public static func run(
+        model: Model & Module, data: Dataset, batchSizes: [Int], batches: Int,
+        populationImages: Int, seed: UInt64, checkpoint: String = ""
+    ) throws -> BatchStatisticsReport {
         let layers = model.namedModules().compactMap { entry -> (String, NormalizationModule)? in
             guard let module = entry.module as? NormalizationModule, module.layer is BatchNorm else { return nil }
             return (entry.name, module)
         }
         guard !layers.isEmpty else {
-            throw TrainingError.invalidConfiguration("the model has no BatchNorm layer: the statistics are BN's (train with --norm bn)")
+            throw TrainingError.invalidConfiguration(
+                "the model has no BatchNorm layer: the statistics are BN's (train with --norm bn)")
         }
         let recorder = Recorder()
         for (_, module) in layers { module.observer = recorder }
@@ -175,16 +185,20 @@ public enum BatchStatisticsAnalysis {
                 pixels.replaceSubrange(j * size..<(j + 1) * size, with: data.images[i * size..<(i + 1) * size])
             }
             let x = try Tensor(shape: [indices.count, data.channels, data.height, data.width], values: pixels)
-            _ = try loss.forward(logits: try model.forward(x, training: true), labels: indices.map { Int(data.labels[$0]) })
+            _ = try loss.forward(
+                logits: try model.forward(x, training: true), labels: indices.map { Int(data.labels[$0]) })
             try loss.backward(into: &dlogits)
             try model.backward(dlogits)
         }
-        func statistics(_ module: NormalizationModule, scale: Double,
-                        perSample: ((Int, [[Double]]) -> Void)? = nil) -> ChannelStatistics {
+        func statistics(
+            _ module: NormalizationModule, scale: Double,
+            perSample: ((Int, [[Double]]) -> Void)? = nil
+        ) -> ChannelStatistics {
             let id = ObjectIdentifier(module)
-            return ChannelStatistics.of(x: recorder.inputs[id]!, dy: recorder.gradients[id]!,
-                                        gamma: module.layer?.weight?.value, epsilon: Double(module.layer!.epsilon),
-                                        gradientScale: scale, perSample: perSample)
+            return ChannelStatistics.of(
+                x: recorder.inputs[id]!, dy: recorder.gradients[id]!,
+                gamma: module.layer?.weight?.value, epsilon: Double(module.layer!.epsilon),
+                gradientScale: scale, perSample: perSample)
         }
 
         // Population values and the spread of the per-sample statistics.
@@ -197,7 +211,9 @@ public enum BatchStatisticsAnalysis {
             for (l, (_, module)) in layers.enumerated() {
                 let s = statistics(module, scale: Double(chunk.count)) { _, sample in samples[l].append(sample) }
                 // E[x], E[x²] (for σ²), E[g], E[g·x̂], weighted by the chunk's size.
-                let parts = [s.mean, zip(s.variance, s.mean).map { $0 + $1 * $1 }, s.gradientMean, s.gradientProjection]
+                let parts = [
+                    s.mean, zip(s.variance, s.mean).map { $0 + $1 * $1 }, s.gradientMean, s.gradientProjection,
+                ]
                 for j in 0..<4 {
                     let weighted = parts[j].map { $0 * Double(chunk.count) }
                     sums[l][j] = sums[l][j].isEmpty ? weighted : zip(sums[l][j], weighted).map(+)
@@ -209,8 +225,10 @@ public enum BatchStatisticsAnalysis {
         for l in layers.indices {
             let mu = sums[l][0].map { $0 / Double(pool) }
             let second = sums[l][1].map { $0 / Double(pool) }
-            let values = [mu, zip(second, mu).map { $0 - $1 * $1 }, sums[l][2].map { $0 / Double(pool) },
-                          sums[l][3].map { $0 / Double(pool) }]
+            let values = [
+                mu, zip(second, mu).map { $0 - $1 * $1 }, sums[l][2].map { $0 / Double(pool) },
+                sums[l][3].map { $0 / Double(pool) },
+            ]
             population.append(values)
             // Per-sample statistics: mean of x, mean of (x − μ)² = E_i[x²] − 2μE_i[x] + μ², mean of g, of g·x̂.
             let perSample: [[[Double]]] = samples[l].map { (s: [[Double]]) -> [[Double]] in
@@ -221,13 +239,14 @@ public enum BatchStatisticsAnalysis {
                 }
                 return [s[0], centred, s[2], s[3]]
             }
-            spread.append((0..<4).map { j in
-                (0..<mu.count).map { k in
-                    let v = perSample.map { $0[j][k] }
-                    let m = v.reduce(0, +) / Double(v.count)
-                    return (v.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(v.count)).squareRoot()
-                }
-            })
+            spread.append(
+                (0..<4).map { j in
+                    (0..<mu.count).map { k in
+                        let v = perSample.map { $0[j][k] }
+                        let m = v.reduce(0, +) / Double(v.count)
+                        return (v.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(v.count)).squareRoot()
+                    }
+                })
         }
         func deviation(_ stat: [Double], _ l: Int, _ j: Int) -> Double {
             let p: [Double] = population[l][j], s: [Double] = spread[l][j]
@@ -266,8 +285,10 @@ public enum BatchStatisticsAnalysis {
                 }
             }
             for (l, (name, _)) in layers.enumerated() {
-                rows.append(StatisticsDeviation(layer: name, batch: batch, batches: batches, window: window,
-                                                single: single[l], movingAverage: moving[l].map { $0 / Double(max(averaged, 1)) }))
+                rows.append(
+                    StatisticsDeviation(
+                        layer: name, batch: batch, batches: batches, window: window,
+                        single: single[l], movingAverage: moving[l].map { $0 / Double(max(averaged, 1)) }))
             }
         }
         return BatchStatisticsReport(checkpoint: checkpoint, populationImages: pool, rows: rows)
@@ -304,8 +325,10 @@ extension BatchStatisticsReport {
                 for (row, values) in zip(averaged, panel.values) {
                     points.append((x: log2(Double(row.batch)), y: log10(max(values[j], 1e-6)), error: nil))
                 }
-                series.append(PlotSeries(name: names[j], color: PlotColor.palette[j], marker: MarkerShape.allCases[j],
-                                         dashed: j >= 2, points: points))
+                series.append(
+                    PlotSeries(
+                        name: names[j], color: PlotColor.palette[j], marker: MarkerShape.allCases[j],
+                        dashed: j >= 2, points: points))
             }
             let plot = LinePlot(
                 title: panel.title, xLabel: "batch size B (log scale)", yLabel: "log10 relative deviation",

@@ -32,15 +32,19 @@ public enum InferenceBenchmark {
     /// batch size after one warm-up each.
     ///
     /// - Throws: ``/NormKitTraining/ModelError/invalidDepth(_:)``, or a layer's error.
-    public static func run(depth: Int, batch: Int = 32, repetitions: Int = 200, imageSize: Int = 28,
-                           seed: UInt64 = 0) throws -> [Row] {
+    public static func run(
+        depth: Int, batch: Int = 32, repetitions: Int = 200, imageSize: Int = 28,
+        seed: UInt64 = 0
+    ) throws -> [Row] {
         var generator = SeededGenerator(seed: seed)
         let gn = try ResNet(depth: depth, normalization: NormalizationSettings(kind: .gn), generator: &generator)
-        let mabn = try ResNet(depth: depth, normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 4),
-                              generator: &generator)
+        let mabn = try ResNet(
+            depth: depth, normalization: NormalizationSettings(kind: .mabn, mabnBufferSize: 4),
+            generator: &generator)
         for _ in 0..<3 {
-            _ = try mabn.forward(Tensor.randomNormal(shape: [8, 1, imageSize, imageSize], using: &generator),
-                                 training: true)
+            _ = try mabn.forward(
+                Tensor.randomNormal(shape: [8, 1, imageSize, imageSize], using: &generator),
+                training: true)
         }
         let folded = try fold(mabn)
         let models: [(String, Model, Int)] = [
@@ -54,7 +58,8 @@ public enum InferenceBenchmark {
         let latency = try alternating(models.map(\.1), input: single, repetitions: repetitions)
         let throughput = try alternating(models.map(\.1), input: many, repetitions: max(1, repetitions / 4))
         return models.indices.map { i in
-            Row(model: models[i].0, normalizationLayers: models[i].2, batch1Milliseconds: latency[i] * 1e3,
+            Row(
+                model: models[i].0, normalizationLayers: models[i].2, batch1Milliseconds: latency[i] * 1e3,
                 batchMilliseconds: throughput[i] * 1e3, imagesPerSecond: Double(batch) / throughput[i], batch: batch)
         }
     }
@@ -81,17 +86,25 @@ public enum InferenceBenchmark {
     /// The rows as a Markdown table, with the folded model's speed-up over GN.
     public static func markdown(_ rows: [Row]) -> String {
         let batch = rows.first?.batch ?? 32
-        var lines = ["| model | norm layers | latency, batch 1 (ms/image) | batch \(batch) (ms) | images/s, batch \(batch) |",
-                     "|---|---:|---:|---:|---:|"]
+        var lines = [
+            "| model | norm layers | latency, batch 1 (ms/image) | batch \(batch) (ms) | images/s, batch \(batch) |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for r in rows {
-            lines.append(String(format: "| %@ | %d | %.3f | %.2f | %.0f |", r.model, r.normalizationLayers,
-                                r.batch1Milliseconds, r.batchMilliseconds, r.imagesPerSecond))
+            lines.append(
+                String(
+                    format: "| %@ | %d | %.3f | %.2f | %.0f |", r.model, r.normalizationLayers,
+                    r.batch1Milliseconds, r.batchMilliseconds, r.imagesPerSecond))
         }
-        if let gn = rows.first(where: { $0.model == "GN" }), let folded = rows.first(where: { $0.model == "MABN folded" }) {
+        if let gn = rows.first(where: { $0.model == "GN" }),
+            let folded = rows.first(where: { $0.model == "MABN folded" })
+        {
             lines.append("")
-            lines.append(String(format: "folded MABN vs GN: %.2f× lower latency at batch 1, %.2f× the throughput at batch %d",
-                                gn.batch1Milliseconds / folded.batch1Milliseconds,
-                                folded.imagesPerSecond / gn.imagesPerSecond, batch))
+            lines.append(
+                String(
+                    format: "folded MABN vs GN: %.2f× lower latency at batch 1, %.2f× the throughput at batch %d",
+                    gn.batch1Milliseconds / folded.batch1Milliseconds,
+                    folded.imagesPerSecond / gn.imagesPerSecond, batch))
         }
         return lines.joined(separator: "\n")
     }

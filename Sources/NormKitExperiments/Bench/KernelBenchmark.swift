@@ -66,8 +66,10 @@ public enum KernelBenchmark {
     /// diffusion U-Nets; same bytes as GN, so its copy fractions compare directly) and BN on each shape in training
     /// mode, in each of `layouts` (side by side: for every shape and layer, one row per layout, measured one after
     /// the other).
-    public static func run(shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases,
-                           repetitions: Int = 9, copyBytesPerSecond: Double) throws -> [Row] {
+    public static func run(
+        shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases,
+        repetitions: Int = 9, copyBytesPerSecond: Double
+    ) throws -> [Row] {
         var rows: [Row] = []
         var generator = SeededGenerator(seed: 42)
         for shape in shapes {
@@ -78,24 +80,28 @@ public enum KernelBenchmark {
             let bn = try BatchNorm(channels: c)
             let gnSiLU = try GroupNorm(channels: c, groups: min(32, c))
             gnSiLU.activation = .silu
-            for (name, layer, groups) in [("GroupNorm", gn as NormalizationLayer, Optional(min(32, c))),
-                                          ("GroupNorm+SiLU", gnSiLU as NormalizationLayer, Optional(min(32, c))),
-                                          ("BatchNorm", bn as NormalizationLayer, nil)] {
-              for layout in layouts {
-                let x = first.converted(to: layout), dy = firstDy.converted(to: layout)
-                var y = Tensor(zeros: shape, layout: layout), dx = Tensor(zeros: shape, layout: layout)
-                let forward = try median(repetitions: repetitions) {
-                    try layer.forward(x, into: &y, training: true)
+            for (name, layer, groups) in [
+                ("GroupNorm", gn as NormalizationLayer, Optional(min(32, c))),
+                ("GroupNorm+SiLU", gnSiLU as NormalizationLayer, Optional(min(32, c))),
+                ("BatchNorm", bn as NormalizationLayer, nil),
+            ] {
+                for layout in layouts {
+                    let x = first.converted(to: layout), dy = firstDy.converted(to: layout)
+                    var y = Tensor(zeros: shape, layout: layout), dx = Tensor(zeros: shape, layout: layout)
+                    let forward = try median(repetitions: repetitions) {
+                        try layer.forward(x, into: &y, training: true)
+                    }
+                    let both = try median(repetitions: repetitions) {
+                        try layer.forward(x, into: &y, training: true)
+                        try layer.backward(dy, into: &dx)
+                    }
+                    rows.append(
+                        Row(
+                            layer: name, shape: shape, layout: layout, groups: groups,
+                            forwardMilliseconds: forward * 1e3, forwardBackwardMilliseconds: both * 1e3,
+                            forwardFractionOfCopy: 2 * bytes / forward / copyBytesPerSecond,
+                            forwardBackwardFractionOfCopy: 5 * bytes / both / copyBytesPerSecond))
                 }
-                let both = try median(repetitions: repetitions) {
-                    try layer.forward(x, into: &y, training: true)
-                    try layer.backward(dy, into: &dx)
-                }
-                rows.append(Row(layer: name, shape: shape, layout: layout, groups: groups,
-                                forwardMilliseconds: forward * 1e3, forwardBackwardMilliseconds: both * 1e3,
-                                forwardFractionOfCopy: 2 * bytes / forward / copyBytesPerSecond,
-                                forwardBackwardFractionOfCopy: 5 * bytes / both / copyBytesPerSecond))
-              }
             }
         }
         return rows
@@ -104,14 +110,17 @@ public enum KernelBenchmark {
     /// A Markdown table of `rows`.
     public static func markdown(_ rows: [Row], copyBytesPerSecond: Double) -> String {
         var out = "Copy bandwidth (same run): \(String(format: "%.1f", copyBytesPerSecond / 1e9)) GB/s\n\n"
-        out += "| layer | shape | layout | fwd ms | fwd+bwd ms | fwd / copy BW | fwd+bwd / copy BW |\n"
+        out +=
+            "| layer | shape | layout | fwd ms | fwd+bwd ms | fwd / copy BW | fwd+bwd / copy BW |\n"
             + "|---|---|---|---:|---:|---:|---:|\n"
         for r in rows {
             let name = r.groups.map { "\(r.layer) G=\($0)" } ?? r.layer
             let layout = r.layout == .channelsFirst ? "NCHW" : "NHWC"
-            out += "| \(name) | (\(r.shape.map(String.init).joined(separator: ","))) | \(layout) | "
-                + String(format: "%.3f | %.3f | %.2f | %.2f |\n", r.forwardMilliseconds, r.forwardBackwardMilliseconds,
-                         r.forwardFractionOfCopy, r.forwardBackwardFractionOfCopy)
+            out +=
+                "| \(name) | (\(r.shape.map(String.init).joined(separator: ","))) | \(layout) | "
+                + String(
+                    format: "%.3f | %.3f | %.2f | %.2f |\n", r.forwardMilliseconds, r.forwardBackwardMilliseconds,
+                    r.forwardFractionOfCopy, r.forwardBackwardFractionOfCopy)
         }
         return out
     }

@@ -20,8 +20,9 @@ public struct SeriesKey: Hashable, Codable, Sendable, Comparable {
     /// The key of a run with this configuration (and groups-axis value).
     public init(configuration: TrainingConfiguration, groupSpec: GroupSpec?) {
         let without = configuration.mabnWithout ?? []
-        self.init(norm: configuration.norm, groupSpec: groupSpec,
-                  variant: without.isEmpty ? nil : without.joined(separator: ", "))
+        self.init(
+            norm: configuration.norm, groupSpec: groupSpec,
+            variant: without.isEmpty ? nil : without.joined(separator: ", "))
     }
 
     /// The label the papers use: `BN`, `GN`, `BN*` (frozen BN), `GN (G=8)`, `GN (4 ch/group)`; an ablation's
@@ -107,8 +108,11 @@ public struct ResultsTable: Sendable {
             guard let error = run.finalTestError else { continue }
             let key = run.seriesKey
             for column in run.columns {
-                var entry = values[key, default: [:]][column] ?? Entry(values: [], requested: 0, partial: false,
-                                                                         reused: false)
+                var entry =
+                    values[key, default: [:]][column]
+                    ?? Entry(
+                        values: [], requested: 0, partial: false,
+                        reused: false)
                 entry.values.append(error * 100)
                 entry.partial = entry.partial || run.status == .partial
                 entry.reused = entry.reused || run.columns.count > 1
@@ -156,8 +160,9 @@ public struct ResultsTable: Sendable {
     public func difference(from other: NormKind = .gn, column: Int) -> Double? {
         let others = mainRows.filter { $0.key.norm == other && $0.key.variant == nil }
         guard others.count == 1,
-              let bn = entry(SeriesKey(norm: .bn), column: column)?.mean,
-              let value = others[0].entries[column]?.mean else { return nil }
+            let bn = entry(SeriesKey(norm: .bn), column: column)?.mean,
+            let value = others[0].entries[column]?.mean
+        else { return nil }
         return bn - value
     }
 
@@ -201,8 +206,10 @@ public struct ResultsTable: Sendable {
         guard !variants.isEmpty, let full = mainRows.first(where: { $0.key == SeriesKey(norm: .mabn) }) else {
             return nil
         }
-        var lines = ["| MABN parts switched off | " + columns.map(String.init).joined(separator: " | ") + " |",
-                     "|---|" + String(repeating: "---:|", count: columns.count)]
+        var lines = [
+            "| MABN parts switched off | " + columns.map(String.init).joined(separator: " | ") + " |",
+            "|---|" + String(repeating: "---:|", count: columns.count),
+        ]
         for row in variants {
             let cells = columns.map { column -> String in
                 guard let value = row.entries[column]?.mean, let reference = full.entries[column]?.mean else {
@@ -213,8 +220,9 @@ public struct ResultsTable: Sendable {
             lines.append("| \(row.key.variant!) | " + cells.joined(separator: " | ") + " |")
         }
         lines.append("")
-        lines.append("Test error minus the full MABN's, in percentage points, by SGD/normalization batch; positive: "
-                     + "worse without those parts. Compare with the seeds' standard deviations in the table above.")
+        lines.append(
+            "Test error minus the full MABN's, in percentage points, by SGD/normalization batch; positive: "
+                + "worse without those parts. Compare with the seeds' standard deviations in the table above.")
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -225,7 +233,8 @@ public struct ResultsTable: Sendable {
         guard !groupRows.isEmpty else { return nil }
         // Reused runs fill every column with the same values: show them once.
         let allReused = groupRows.allSatisfy { $0.reused }
-        let shown = allReused ? Array(columns.prefix(1)) : columns.filter { c in groupRows.contains { $0.entries[c] != nil } }
+        let shown =
+            allReused ? Array(columns.prefix(1)) : columns.filter { c in groupRows.contains { $0.entries[c] != nil } }
         var lines: [String] = []
         let byGroups = groupRows.filter { if case .groups = $0.key.groupSpec { return true } else { return false } }
         let bySize = groupRows.filter { if case .groupSize = $0.key.groupSpec { return true } else { return false } }
@@ -239,8 +248,9 @@ public struct ResultsTable: Sendable {
             lines.append("|---|" + String(repeating: "---:|", count: subset.count))
             for column in shown {
                 let label = shown.count == 1 ? "error %" : "error % (normalization batch \(column))"
-                lines.append("| \(label) | " + subset.map { Self.format($0.entries[column]) }.joined(separator: " | ")
-                             + " |")
+                lines.append(
+                    "| \(label) | " + subset.map { Self.format($0.entries[column]) }.joined(separator: " | ")
+                        + " |")
                 if let best = subset.compactMap({ $0.entries[column]?.mean }).min() {
                     let deltas = subset.map { row in row.entries[column]?.mean.map { Self.signed($0 - best) } ?? "—" }
                     lines.append("| Δ vs best | " + deltas.joined(separator: " | ") + " |")
@@ -257,10 +267,11 @@ public struct ResultsTable: Sendable {
         let reusedLabels = rows.filter(\.reused).map(\.key.label)
         if !reusedLabels.isEmpty {
             let batch = reuseBatch.map { " (\($0))" } ?? ""
-            notes.append("† \(reusedLabels.joined(separator: ", ")) \(reusedLabels.count == 1 ? "does" : "do") not "
-                + "depend on the normalization batch: one run per seed at the SGD batch\(batch) fills every column "
-                + "(runs at smaller normalization batches would repeat the same math with different ghost-batch "
-                + "bookkeeping).")
+            notes.append(
+                "† \(reusedLabels.joined(separator: ", ")) \(reusedLabels.count == 1 ? "does" : "do") not "
+                    + "depend on the normalization batch: one run per seed at the SGD batch\(batch) fills every column "
+                    + "(runs at smaller normalization batches would repeat the same math with different ghost-batch "
+                    + "bookkeeping).")
         }
         let entries = rows.flatMap { $0.entries.values }
         if entries.contains(where: { $0.n < $0.requested }) {

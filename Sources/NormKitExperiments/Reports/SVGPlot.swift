@@ -19,8 +19,10 @@ struct PlotColor: Equatable {
     static let black = PlotColor(hex: "#000000"), white = PlotColor(hex: "#ffffff")
     static let axis = PlotColor(hex: "#333333"), grid = PlotColor(hex: "#e3e3e3"), muted = PlotColor(hex: "#666666")
     /// Tableau 10.
-    static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-                          "#7f7f7f", "#bcbd22", "#17becf"].map(PlotColor.init(hex:))
+    static let palette = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+        "#7f7f7f", "#bcbd22", "#17becf",
+    ].map(PlotColor.init(hex:))
 }
 
 /// A point in canvas pixels (y down).
@@ -80,7 +82,10 @@ enum MarkerShape: CaseIterable {
         case .diamond: return poly([(0, -1.3), (1.1, 0), (0, 1.3), (-1.1, 0)])
         case .triangleDown: return poly([(0, 1.2), (1.1, -0.9), (-1.1, -0.9)])
         case .hexagon:
-            return poly((0..<6).map { k in let a = Double(k) * .pi / 3; return (cos(a) * 1.1, sin(a) * 1.1) })
+            return poly(
+                (0..<6).map { k in
+                    let a = Double(k) * .pi / 3; return (cos(a) * 1.1, sin(a) * 1.1)
+                })
         }
     }
 }
@@ -118,7 +123,9 @@ struct LinePlot {
     /// Lays the plot out inside a frame of the canvas.
     func draw(x frameX: Double, y frameY: Double, width: Double, height: Double, on canvas: inout PlotCanvas) {
         let legendEntries = showLegend ? series.filter { !$0.points.isEmpty } : []
-        let legendWidth = legendEntries.isEmpty ? 0
+        let legendWidth =
+            legendEntries.isEmpty
+            ? 0
             : 44 + (legendEntries.map { PlotCanvas.textWidth($0.name, size: fontSize) }.max() ?? 0) + 14
         let left = frameX + fontSize * 5.2, right = frameX + width - 12 - (legendWidth > 0 ? legendWidth + 14 : 0)
         let top = frameY + (title.isEmpty ? 10 : titleSize * 2.2)
@@ -147,32 +154,46 @@ struct LinePlot {
             let y = py(tick)
             canvas.add(.line(PlotPoint(x: left, y: y), PlotPoint(x: right, y: y), PlotStroke(color: .grid)))
             canvas.add(.line(PlotPoint(x: left - 5, y: y), PlotPoint(x: left, y: y), PlotStroke(color: .axis)))
-            canvas.add(.text(String(format: "%.\(decimals)f", tick), at: PlotPoint(x: left - 8, y: y + fontSize * 0.35),
-                             size: fontSize, color: .axis, anchor: .end, bold: false, vertical: false))
+            canvas.add(
+                .text(
+                    String(format: "%.\(decimals)f", tick), at: PlotPoint(x: left - 8, y: y + fontSize * 0.35),
+                    size: fontSize, color: .axis, anchor: .end, bold: false, vertical: false))
         }
         for tick in xTicks {
             let x = px(tick.value)
             canvas.add(.line(PlotPoint(x: x, y: top), PlotPoint(x: x, y: bottom), PlotStroke(color: .grid)))
             canvas.add(.line(PlotPoint(x: x, y: bottom), PlotPoint(x: x, y: bottom + 5), PlotStroke(color: .axis)))
-            canvas.add(.text(tick.label, at: PlotPoint(x: x, y: bottom + 7 + fontSize), size: fontSize, color: .axis,
-                             anchor: .middle, bold: false, vertical: false))
+            canvas.add(
+                .text(
+                    tick.label, at: PlotPoint(x: x, y: bottom + 7 + fontSize), size: fontSize, color: .axis,
+                    anchor: .middle, bold: false, vertical: false))
         }
-        canvas.add(.rect(x: left, y: top, width: plotWidth, height: plotHeight, fill: nil,
-                         stroke: PlotStroke(color: .axis)))
-        canvas.add(.text(xLabel, at: PlotPoint(x: left + plotWidth / 2, y: bottom + 12 + fontSize * 2.2),
-                         size: fontSize, color: .black, anchor: .middle, bold: false, vertical: false))
-        canvas.add(.text(yLabel, at: PlotPoint(x: frameX + fontSize * 1.1, y: top + plotHeight / 2), size: fontSize,
-                         color: .black, anchor: .middle, bold: false, vertical: true))
+        canvas.add(
+            .rect(
+                x: left, y: top, width: plotWidth, height: plotHeight, fill: nil,
+                stroke: PlotStroke(color: .axis)))
+        canvas.add(
+            .text(
+                xLabel, at: PlotPoint(x: left + plotWidth / 2, y: bottom + 12 + fontSize * 2.2),
+                size: fontSize, color: .black, anchor: .middle, bold: false, vertical: false))
+        canvas.add(
+            .text(
+                yLabel, at: PlotPoint(x: frameX + fontSize * 1.1, y: top + plotHeight / 2), size: fontSize,
+                color: .black, anchor: .middle, bold: false, vertical: true))
         if !title.isEmpty {
-            canvas.add(.text(title, at: PlotPoint(x: left + plotWidth / 2, y: frameY + titleSize * 1.3),
-                             size: titleSize, color: .black, anchor: .middle, bold: true, vertical: false))
+            canvas.add(
+                .text(
+                    title, at: PlotPoint(x: left + plotWidth / 2, y: frameY + titleSize * 1.3),
+                    size: titleSize, color: .black, anchor: .middle, bold: true, vertical: false))
         }
 
         // Series: error bars, lines, markers.
         let drawn = series.filter { !$0.points.isEmpty }
         if drawn.isEmpty {
-            canvas.add(.text(emptyMessage, at: PlotPoint(x: left + plotWidth / 2, y: top + plotHeight / 2),
-                             size: fontSize, color: .muted, anchor: .middle, bold: false, vertical: false))
+            canvas.add(
+                .text(
+                    emptyMessage, at: PlotPoint(x: left + plotWidth / 2, y: top + plotHeight / 2),
+                    size: fontSize, color: .muted, anchor: .middle, bold: false, vertical: false))
         }
         for (index, s) in drawn.enumerated() {
             let offset = (Double(index) - Double(drawn.count - 1) / 2) * dodge
@@ -186,10 +207,12 @@ struct LinePlot {
                 canvas.add(.line(PlotPoint(x: p.x - 4, y: y1), PlotPoint(x: p.x + 4, y: y1), stroke))
             }
             if points.count > 1 {
-                canvas.add(.polyline(points, PlotStroke(color: s.color, width: lineWidth, dash: s.dashed ? [7, 4] : [])))
+                canvas.add(
+                    .polyline(points, PlotStroke(color: s.color, width: lineWidth, dash: s.dashed ? [7, 4] : [])))
             }
             for p in points {
-                canvas.add(s.marker.shape(at: p, radius: markerRadius, fill: s.color, stroke: PlotStroke(color: .white)))
+                canvas.add(
+                    s.marker.shape(at: p, radius: markerRadius, fill: s.color, stroke: PlotStroke(color: .white)))
             }
         }
 
@@ -197,16 +220,24 @@ struct LinePlot {
         guard !legendEntries.isEmpty else { return }
         let rowHeight = fontSize * 1.7
         let legendX = right + 14, legendY = top
-        canvas.add(.rect(x: legendX, y: legendY, width: legendWidth, height: rowHeight * Double(legendEntries.count) + 10,
-                         fill: .white, stroke: PlotStroke(color: PlotColor(hex: "#bbbbbb"))))
+        canvas.add(
+            .rect(
+                x: legendX, y: legendY, width: legendWidth, height: rowHeight * Double(legendEntries.count) + 10,
+                fill: .white, stroke: PlotStroke(color: PlotColor(hex: "#bbbbbb"))))
         for (row, s) in legendEntries.enumerated() {
             let y = legendY + 5 + rowHeight * (Double(row) + 0.5)
-            canvas.add(.line(PlotPoint(x: legendX + 8, y: y), PlotPoint(x: legendX + 34, y: y),
-                             PlotStroke(color: s.color, width: 2, dash: s.dashed ? [5, 3] : [])))
-            canvas.add(s.marker.shape(at: PlotPoint(x: legendX + 21, y: y), radius: 4.5, fill: s.color,
-                                      stroke: PlotStroke(color: .white)))
-            canvas.add(.text(s.name, at: PlotPoint(x: legendX + 42, y: y + fontSize * 0.35), size: fontSize,
-                             color: .black, anchor: .start, bold: false, vertical: false))
+            canvas.add(
+                .line(
+                    PlotPoint(x: legendX + 8, y: y), PlotPoint(x: legendX + 34, y: y),
+                    PlotStroke(color: s.color, width: 2, dash: s.dashed ? [5, 3] : [])))
+            canvas.add(
+                s.marker.shape(
+                    at: PlotPoint(x: legendX + 21, y: y), radius: 4.5, fill: s.color,
+                    stroke: PlotStroke(color: .white)))
+            canvas.add(
+                .text(
+                    s.name, at: PlotPoint(x: legendX + 42, y: y + fontSize * 0.35), size: fontSize,
+                    color: .black, anchor: .start, bold: false, vertical: false))
         }
     }
 
@@ -238,12 +269,12 @@ enum SVGPlot {
     static func render(_ canvas: PlotCanvas) -> String {
         let w = num(canvas.width), h = num(canvas.height)
         var out = """
-        <?xml version="1.0" encoding="UTF-8"?>
-        <svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="\(w)" height="\(h)" viewBox="0 0 \(w) \(h)" \
-        font-family="DejaVu Sans, Liberation Sans, Arial, Helvetica, sans-serif">
-        <rect x="0" y="0" width="\(w)" height="\(h)" fill="#ffffff"/>
+            <?xml version="1.0" encoding="UTF-8"?>
+            <svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="\(w)" height="\(h)" viewBox="0 0 \(w) \(h)" \
+            font-family="DejaVu Sans, Liberation Sans, Arial, Helvetica, sans-serif">
+            <rect x="0" y="0" width="\(w)" height="\(h)" fill="#ffffff"/>
 
-        """
+            """
         for shape in canvas.shapes { out += element(shape) + "\n" }
         return out + "</svg>\n"
     }

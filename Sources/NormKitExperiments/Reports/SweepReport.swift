@@ -69,8 +69,10 @@ public struct SweepReport {
     public static let errorFileName = "error.txt"
     /// The files ``write(to:)`` always produces; a sweep with a GN groups axis also gets `error_vs_groups.svg`
     /// and `error_vs_groups.png`.
-    public static let reportFileNames = ["results.md", "runs.csv", "runs.json", "error_vs_batch.svg",
-                                         "error_vs_batch.png", "training_curves.svg", "training_curves.png"]
+    public static let reportFileNames = [
+        "results.md", "runs.csv", "runs.json", "error_vs_batch.svg",
+        "error_vs_batch.png", "training_curves.svg", "training_curves.png",
+    ]
 
     /// Reads a sweep directory.
     /// - Throws: ``SweepError/missingSweepDirectory(_:)``; ``SweepError/unreadableRecord(_:reason:)`` for a
@@ -78,14 +80,17 @@ public struct SweepReport {
     public static func build(from directory: URL) throws -> SweepReport {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory),
-              isDirectory.boolValue else { throw SweepError.missingSweepDirectory(directory) }
+            isDirectory.boolValue
+        else { throw SweepError.missingSweepDirectory(directory) }
         let plan = try SweepPlanRecord.read(from: directory)
         let cellsByName = Dictionary((plan?.cells ?? []).map { ($0.runName, $0) }, uniquingKeysWith: { a, _ in a })
-        let contents = (try? FileManager.default.contentsOfDirectory(
-            at: directory, includingPropertiesForKeys: [.isDirectoryKey])) ?? []
-        let dirNames = Set(contents.filter { url in
-            (try? url.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) == true
-        }.map(\.lastPathComponent))
+        let contents =
+            (try? FileManager.default.contentsOfDirectory(
+                at: directory, includingPropertiesForKeys: [.isDirectoryKey])) ?? []
+        let dirNames = Set(
+            contents.filter { url in
+                (try? url.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) == true
+            }.map(\.lastPathComponent))
         let planned = (plan?.cells ?? []).map(\.runName)
         let names = planned.filter(dirNames.contains) + dirNames.subtracting(planned).sorted()
 
@@ -98,8 +103,9 @@ public struct SweepReport {
         if plan == nil { inferColumns(&runs) }
         let present = Set(runs.map(\.runName))
         let pending = planned.filter { !present.contains($0) }
-        return SweepReport(plan: plan, runs: runs, otherRuns: others, pendingRuns: pending,
-                           table: ResultsTable(runs: runs, plan: plan))
+        return SweepReport(
+            plan: plan, runs: runs, otherRuns: others, pendingRuns: pending,
+            table: ResultsTable(runs: runs, plan: plan))
     }
 
     /// Writes every report file into `directory` (normally the sweep directory itself).
@@ -131,13 +137,16 @@ public struct SweepReport {
 
     /// The content of `results.md`.
     public func markdown() -> String {
-        let axes = [table.mainRows.isEmpty && !table.groupRows.isEmpty ? nil : "normalization batch",
-                    table.groupRows.isEmpty ? nil : "GN groups"].compactMap { $0 }
+        let axes = [
+            table.mainRows.isEmpty && !table.groupRows.isEmpty ? nil : "normalization batch",
+            table.groupRows.isEmpty ? nil : "GN groups",
+        ].compactMap { $0 }
         var out = "# Sweep `\(plan?.plan.name ?? "sweep")`: test error vs \(axes.joined(separator: " and "))\n\n"
         if let setup = setupLine() { out += setup + "\n\n" }
         let count = { (s: RunStatus) in runs.filter { $0.status == s }.count }
         let total = plan?.cells.count ?? runs.count
-        out += "Runs: \(total) planned; \(count(.finished)) finished, \(count(.partial)) partial, "
+        out +=
+            "Runs: \(total) planned; \(count(.finished)) finished, \(count(.partial)) partial, "
             + "\(count(.failed)) failed, \(pendingRuns.count) not started.\n\n"
         if !table.mainRows.isEmpty || table.groupRows.isEmpty {
             out += "## Test error (%) by normalization batch size\n\n" + table.markdown() + "\n"
@@ -162,7 +171,8 @@ public struct SweepReport {
             }
         }
         if !otherRuns.isEmpty {
-            out += "\n## Runs not in plan.json (ignored above)\n\n"
+            out +=
+                "\n## Runs not in plan.json (ignored above)\n\n"
                 + otherRuns.map { "`\($0.runName)`" }.joined(separator: ", ") + "\n"
         }
         if !pendingRuns.isEmpty {
@@ -181,10 +191,12 @@ public struct SweepReport {
         switch p.setting {
         case .normalizationBatch:
             let lr = b.learningRate ?? 0.1 * Double(p.batch) / 32
-            batching = "SGD batch \(p.batch) (peak learning rate \(lr)); BN/BRN statistics over ghost batches of the "
+            batching =
+                "SGD batch \(p.batch) (peak learning rate \(lr)); BN/BRN statistics over ghost batches of the "
                 + "column's size, one MABN iteration per ghost batch"
             if let ranks = p.ranks {
-                batching += " (cells named -rR below the SGD batch: on R ≤ \(ranks) mpirun ranks instead, each "
+                batching +=
+                    " (cells named -rR below the SGD batch: on R ≤ \(ranks) mpirun ranks instead, each "
                     + "normalizing its own images)"
             }
         case .perGPU:
@@ -270,9 +282,10 @@ public struct SweepReport {
     private static func inferColumns(_ runs: inout [SweepRunRecord]) {
         let batches = Set(runs.map(\.configuration.batch))
         let allColumns = Set(runs.map(\.configuration.effectiveNormBatch)).sorted(by: >)
-        let gnSpecs = Set(runs.filter { $0.configuration.norm == .gn }.compactMap {
-            GroupSpec(configuration: $0.configuration)
-        })
+        let gnSpecs = Set(
+            runs.filter { $0.configuration.norm == .gn }.compactMap {
+                GroupSpec(configuration: $0.configuration)
+            })
         for index in runs.indices {
             let config = runs[index].configuration
             if batches.count == 1, config.normBatch == nil, !SweepPlan.dependsOnNormalizationBatch(config.norm) {
@@ -289,8 +302,10 @@ extension SweepReport {
     /// Colours and markers by normalization, so a normalization looks the same in every sweep.
     static func style(of key: SeriesKey, index: Int) -> (PlotColor, MarkerShape) {
         if key.groupSpec != nil || key.variant != nil {
-            return (PlotColor.palette[index % PlotColor.palette.count],
-                    MarkerShape.allCases[index % MarkerShape.allCases.count])
+            return (
+                PlotColor.palette[index % PlotColor.palette.count],
+                MarkerShape.allCases[index % MarkerShape.allCases.count]
+            )
         }
         switch key.norm {
         case .bn: return (PlotColor(hex: "#1f77b4"), .circle)
@@ -318,14 +333,16 @@ extension SweepReport {
                 guard let entry = row.entries[column], let mean = entry.mean else { return nil }
                 return (log2(Double(column)), mean, entry.std)
             }
-            let notes = (row.reused ? ["batch-independent: one run"] : [])
+            let notes =
+                (row.reused ? ["batch-independent: one run"] : [])
                 + (row.entries.values.contains(where: \.partial) ? ["partial"] : [])
             let name = row.key.label + (notes.isEmpty ? "" : " (\(notes.joined(separator: ", ")))")
             return PlotSeries(name: name, color: color, marker: marker, dashed: row.reused, points: points)
         }
         let model = plan?.plan.base.model ?? runs.first?.configuration.model ?? "model"
         let perGPU = plan?.plan.setting == .perGPU
-        let xLabel = perGPU
+        let xLabel =
+            perGPU
             ? "images per GPU = normalization batch (SGD batch = \(plan?.plan.gpus ?? 8) × this; log scale)"
             : "normalization batch size (images per statistics batch, log scale)"
         let plot = LinePlot(
@@ -345,13 +362,20 @@ extension SweepReport {
         var canvas = PlotCanvas(width: 1000, height: 480)
         let rows = table.groupRows
         let reused = rows.allSatisfy(\.reused)
-        let shown = reused ? Array(table.columns.prefix(1))
+        let shown =
+            reused
+            ? Array(table.columns.prefix(1))
             : table.columns.filter { c in rows.contains { $0.entries[c]?.mean != nil } }
         let panels: [(String, String, (GroupSpec) -> Int?, String)] = [
-            ("number of groups", "groups G (log scale)", { if case .groups(let g) = $0 { return g } else { return nil } },
-             "LN"),
-            ("channels per group", "channels per group (log scale)",
-             { if case .groupSize(let c) = $0 { return c } else { return nil } }, "IN"),
+            (
+                "number of groups", "groups G (log scale)",
+                { if case .groups(let g) = $0 { return g } else { return nil } },
+                "LN"
+            ),
+            (
+                "channels per group", "channels per group (log scale)",
+                { if case .groupSize(let c) = $0 { return c } else { return nil } }, "IN"
+            ),
         ]
         for (index, panel) in panels.enumerated() {
             let values = rows.compactMap { row in row.key.groupSpec.flatMap(panel.2).map { (row, $0) } }
@@ -361,14 +385,16 @@ extension SweepReport {
                     return (log2(Double(value)), mean, entry.std)
                 }.sorted { $0.x > $1.x }
                 let name = shown.count == 1 ? "GN" : "normalization batch \(column)"
-                return PlotSeries(name: name, color: Self.batchColors[k % Self.batchColors.count], marker: .square,
-                                  points: points)
+                return PlotSeries(
+                    name: name, color: Self.batchColors[k % Self.batchColors.count], marker: .square,
+                    points: points)
             }
             let ticks = values.map(\.1).sorted(by: >).map { v in (log2(Double(v)), v == 1 ? "1 (\(panel.3))" : "\(v)") }
-            var plot = LinePlot(title: "GN: test error vs \(panel.0)", xLabel: panel.1,
-                                yLabel: "test error (%), mean ± std over seeds", xTicks: ticks, xReversed: true,
-                                series: series, showLegend: shown.count > 1, dodge: 4,
-                                emptyMessage: "no \(panel.0) values in this sweep")
+            var plot = LinePlot(
+                title: "GN: test error vs \(panel.0)", xLabel: panel.1,
+                yLabel: "test error (%), mean ± std over seeds", xTicks: ticks, xReversed: true,
+                series: series, showLegend: shown.count > 1, dodge: 4,
+                emptyMessage: "no \(panel.0) values in this sweep")
             plot.titleSize = 15
             plot.draw(x: Double(index) * 500, y: 0, width: 500, height: canvas.height, on: &canvas)
         }
@@ -383,30 +409,42 @@ extension SweepReport {
         let perRow = max(1, min(3, keys.count))
         let panelWidth = 320.0, panelHeight = 210.0, headerHeight = 78.0
         let blockRows = max(1, (keys.count + perRow - 1) / perRow)
-        var canvas = PlotCanvas(width: 16 + Double(perRow) * panelWidth,
-                                height: headerHeight + Double(blockRows) * (2 * panelHeight + 16))
-        canvas.add(.text("Training curves: test error and train loss per epoch", at: PlotPoint(x: 16, y: 26),
-                         size: 16, color: .black, anchor: .start, bold: true, vertical: false))
+        var canvas = PlotCanvas(
+            width: 16 + Double(perRow) * panelWidth,
+            height: headerHeight + Double(blockRows) * (2 * panelHeight + 16))
+        canvas.add(
+            .text(
+                "Training curves: test error and train loss per epoch", at: PlotPoint(x: 16, y: 26),
+                size: 16, color: .black, anchor: .start, bold: true, vertical: false))
         // Colour key: one swatch per normalization batch column, plus reused runs.
         let columns = table.columns
         var keyItems = columns.enumerated().map { ("\($1)", Self.batchColors[$0 % Self.batchColors.count]) }
         if withEpochs.contains(where: { $0.columns.count > 1 }) { keyItems.append(("one run, all columns", .axis)) }
         var x = 16.0
         let keyY = 54.0
-        canvas.add(.text("normalization batch:", at: PlotPoint(x: x, y: keyY + 4), size: 12, color: .black,
-                         anchor: .start, bold: false, vertical: false))
+        canvas.add(
+            .text(
+                "normalization batch:", at: PlotPoint(x: x, y: keyY + 4), size: 12, color: .black,
+                anchor: .start, bold: false, vertical: false))
         x += PlotCanvas.textWidth("normalization batch:", size: 12) + 12
         for (label, color) in keyItems {
-            canvas.add(.line(PlotPoint(x: x, y: keyY), PlotPoint(x: x + 22, y: keyY), PlotStroke(color: color, width: 2.5)))
-            canvas.add(.text(label, at: PlotPoint(x: x + 28, y: keyY + 4), size: 12, color: .black, anchor: .start,
-                             bold: false, vertical: false))
+            canvas.add(
+                .line(PlotPoint(x: x, y: keyY), PlotPoint(x: x + 22, y: keyY), PlotStroke(color: color, width: 2.5)))
+            canvas.add(
+                .text(
+                    label, at: PlotPoint(x: x + 28, y: keyY + 4), size: 12, color: .black, anchor: .start,
+                    bold: false, vertical: false))
             x += 28 + PlotCanvas.textWidth(label, size: 12) + 18
         }
-        canvas.add(.text("dashed: unfinished run", at: PlotPoint(x: x + 10, y: keyY + 4), size: 12, color: .muted,
-                         anchor: .start, bold: false, vertical: false))
+        canvas.add(
+            .text(
+                "dashed: unfinished run", at: PlotPoint(x: x + 10, y: keyY + 4), size: 12, color: .muted,
+                anchor: .start, bold: false, vertical: false))
         if keys.isEmpty {
-            canvas.add(.text("no epochs recorded yet", at: PlotPoint(x: canvas.width / 2, y: headerHeight + panelHeight),
-                             size: 12, color: .muted, anchor: .middle, bold: false, vertical: false))
+            canvas.add(
+                .text(
+                    "no epochs recorded yet", at: PlotPoint(x: canvas.width / 2, y: headerHeight + panelHeight),
+                    size: 12, color: .muted, anchor: .middle, bold: false, vertical: false))
         }
         for (index, key) in keys.enumerated() {
             let bx = 8 + Double(index % perRow) * panelWidth
@@ -417,18 +455,23 @@ extension SweepReport {
             let ticks = stride(from: step == 1 ? 1 : step, through: maxEpoch, by: step).map { (Double($0), "\($0)") }
             func series(_ value: (EpochMetrics) -> Double) -> [PlotSeries] {
                 keyRuns.map { run in
-                    let color = run.columns.count > 1 ? PlotColor.axis
+                    let color =
+                        run.columns.count > 1
+                        ? PlotColor.axis
                         : Self.batchColors[(columns.firstIndex(of: run.columns[0]) ?? 0) % Self.batchColors.count]
-                    return PlotSeries(name: run.runName, color: color, marker: .circle, dashed: run.status != .finished,
-                                      points: run.epochs.map { (Double($0.epoch), value($0), nil) })
+                    return PlotSeries(
+                        name: run.runName, color: color, marker: .circle, dashed: run.status != .finished,
+                        points: run.epochs.map { (Double($0.epoch), value($0), nil) })
                 }
             }
-            var errorPlot = LinePlot(title: "\(key.label): test error", xLabel: "epoch", yLabel: "test error (%)",
-                                     xTicks: ticks, series: series { $0.testError * 100 }, showLegend: false)
+            var errorPlot = LinePlot(
+                title: "\(key.label): test error", xLabel: "epoch", yLabel: "test error (%)",
+                xTicks: ticks, series: series { $0.testError * 100 }, showLegend: false)
             errorPlot.fontSize = 11; errorPlot.titleSize = 13; errorPlot.markerRadius = 3; errorPlot.lineWidth = 1.5
             errorPlot.draw(x: bx, y: by, width: panelWidth, height: panelHeight, on: &canvas)
-            var lossPlot = LinePlot(title: "\(key.label): train loss", xLabel: "epoch", yLabel: "train loss",
-                                    xTicks: ticks, series: series { $0.trainLoss }, showLegend: false)
+            var lossPlot = LinePlot(
+                title: "\(key.label): train loss", xLabel: "epoch", yLabel: "train loss",
+                xTicks: ticks, series: series { $0.trainLoss }, showLegend: false)
             lossPlot.fontSize = 11; lossPlot.titleSize = 13; lossPlot.markerRadius = 3; lossPlot.lineWidth = 1.5
             lossPlot.draw(x: bx, y: by + panelHeight, width: panelWidth, height: panelHeight, on: &canvas)
         }

@@ -133,8 +133,10 @@ public struct SweepCell: Codable, Equatable, Sendable {
     public var ranks: Int?
 
     /// Creates a cell.
-    public init(runName: String, configuration: TrainingConfiguration, columns: [Int], groupSpec: GroupSpec? = nil,
-                variant: String? = nil, ranks: Int? = nil) {
+    public init(
+        runName: String, configuration: TrainingConfiguration, columns: [Int], groupSpec: GroupSpec? = nil,
+        variant: String? = nil, ranks: Int? = nil
+    ) {
         self.runName = runName; self.configuration = configuration; self.columns = columns
         self.groupSpec = groupSpec; self.variant = variant; self.ranks = ranks
     }
@@ -187,10 +189,12 @@ public struct SweepPlan: Codable, Equatable, Sendable {
     public var ranks: Int?
 
     /// Creates a plan; defaults: normalization batches 32, 16, 8, 4, 2 at a fixed SGD batch of 32, seed 0.
-    public init(name: String = "sweep", base: TrainingConfiguration = TrainingConfiguration(),
-                norms: [NormKind] = [.bn, .gn], normBatches: [Int] = [32, 16, 8, 4, 2], batch: Int = 32,
-                setting: BatchSetting = .normalizationBatch, gpus: Int = 8, groupAxis: [GroupSpec] = [],
-                seeds: [UInt64] = [0], reuseBatchIndependentRuns: Bool = true, variants: [SweepVariant]? = nil) {
+    public init(
+        name: String = "sweep", base: TrainingConfiguration = TrainingConfiguration(),
+        norms: [NormKind] = [.bn, .gn], normBatches: [Int] = [32, 16, 8, 4, 2], batch: Int = 32,
+        setting: BatchSetting = .normalizationBatch, gpus: Int = 8, groupAxis: [GroupSpec] = [],
+        seeds: [UInt64] = [0], reuseBatchIndependentRuns: Bool = true, variants: [SweepVariant]? = nil
+    ) {
         self.name = name; self.base = base; self.norms = norms; self.normBatches = normBatches
         self.batch = batch; self.setting = setting; self.gpus = gpus; self.groupAxis = groupAxis
         self.seeds = seeds; self.reuseBatchIndependentRuns = reuseBatchIndependentRuns
@@ -242,7 +246,9 @@ public struct SweepPlan: Codable, Equatable, Sendable {
             if let bad = groupAxis.first(where: { $0.value < 1 }) { throw fail("groups axis value \(bad.tag) < 1") }
         }
         if let variants, !variants.isEmpty {
-            if !norms.contains(.mabn) { throw fail("a variants axis \(variants.map(\.name)) needs mabn among the norms") }
+            if !norms.contains(.mabn) {
+                throw fail("a variants axis \(variants.map(\.name)) needs mabn among the norms")
+            }
             if Set(variants.map(\.name)).count != variants.count { throw fail("variants axis lists a name twice") }
             let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
             for variant in variants {
@@ -273,7 +279,8 @@ public struct SweepPlan: Codable, Equatable, Sendable {
     /// The ranks of a cell (see ``ranks``): nil for one process.
     func cellRanks(norm: NormKind, normBatch: Int?) -> Int? {
         guard let ranks, setting == .normalizationBatch, [.bn, .brn, .mabn].contains(norm),
-              let normBatch, normBatch < batch else { return nil }
+            let normBatch, normBatch < batch
+        else { return nil }
         var (a, b) = (ranks, batch / normBatch)
         while b != 0 { (a, b) = (b, a % b) }
         return a > 1 ? a : nil
@@ -295,8 +302,9 @@ public struct SweepPlan: Codable, Equatable, Sendable {
                 for spec in specs {
                     for variant in variantAxis {
                         for (normBatch, columns) in runColumns(for: norm) {
-                            let cell = makeCell(norm: norm, spec: spec, variant: variant, normBatch: normBatch,
-                                                columns: columns, seed: seed)
+                            let cell = makeCell(
+                                norm: norm, spec: spec, variant: variant, normBatch: normBatch,
+                                columns: columns, seed: seed)
                             if include(cell) { result.append(cell) }
                         }
                     }
@@ -309,8 +317,10 @@ public struct SweepPlan: Codable, Equatable, Sendable {
     /// Estimated wall seconds for the whole plan at a training throughput (images per second): for every cell,
     /// training images × epochs / throughput plus one evaluation of the test images per epoch (counted at
     /// ``evaluationSpeedup`` times the training throughput). Full data is Fashion-MNIST's 60,000 / 10,000 images.
-    public func estimatedSeconds(imagesPerSecond: Double,
-                                 including include: (SweepCell) -> Bool = { _ in true }) -> Double {
+    public func estimatedSeconds(
+        imagesPerSecond: Double,
+        including include: (SweepCell) -> Bool = { _ in true }
+    ) -> Double {
         guard imagesPerSecond > 0, let cells = try? cells(including: include) else { return 0 }
         return cells.reduce(0) { $0 + Self.estimatedSeconds(of: $1.configuration, imagesPerSecond: imagesPerSecond) }
     }
@@ -340,8 +350,10 @@ public struct SweepPlan: Codable, Equatable, Sendable {
         return cols.map { ($0, [$0]) }
     }
 
-    private func makeCell(norm: NormKind, spec: GroupSpec?, variant: SweepVariant?, normBatch: Int?, columns: [Int],
-                          seed: UInt64) -> SweepCell {
+    private func makeCell(
+        norm: NormKind, spec: GroupSpec?, variant: SweepVariant?, normBatch: Int?, columns: [Int],
+        seed: UInt64
+    ) -> SweepCell {
         var config = base
         config.norm = norm
         config.seed = seed
@@ -368,8 +380,9 @@ public struct SweepPlan: Codable, Equatable, Sendable {
         let ranks = cellRanks(norm: norm, normBatch: config.normBatch)
         if let ranks { parts.append("r\(ranks)") }
         parts.append("s\(seed)")
-        return SweepCell(runName: parts.joined(separator: "-"), configuration: config, columns: columns, groupSpec: spec,
-                         variant: variant?.name, ranks: ranks)
+        return SweepCell(
+            runName: parts.joined(separator: "-"), configuration: config, columns: columns, groupSpec: spec,
+            variant: variant?.name, ranks: ranks)
     }
 }
 

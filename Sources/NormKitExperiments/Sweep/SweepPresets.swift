@@ -59,8 +59,9 @@ public enum SweepPresets {
     /// 15 minutes on this project's 2-core machine kind (14 min 23 s measured, ~1,500 images/s with oneDNN); enough to
     /// show BN's error climbing as its batch shrinks while GN and MABN stay flat.
     public static var demo: SweepPreset {
-        let plan = SweepPlan(name: "demo", base: recipe, norms: [.bn, .gn, .mabn], normBatches: [32, 16, 8, 4, 2],
-                             seeds: [0])
+        let plan = SweepPlan(
+            name: "demo", base: recipe, norms: [.bn, .gn, .mabn], normBatches: [32, 16, 8, 4, 2],
+            seeds: [0])
         return SweepPreset(
             name: "demo",
             description: "BN vs GN vs MABN at normalization batch 32, 16, 8, 4, 2 (SGD batch 32, ghost batches); "
@@ -72,8 +73,9 @@ public enum SweepPresets {
     /// The GN paper's Table 2 on Fashion-MNIST: BN vs GN at normalization batch 32, 16, 8, 4, 2 inside an SGD
     /// batch of 32, three seeds, 2 epochs, full data.
     public static var paperTable2: SweepPreset {
-        let plan = SweepPlan(name: "paper-table2", base: recipe, norms: [.bn, .gn], normBatches: [32, 16, 8, 4, 2],
-                             seeds: [0, 1, 2])
+        let plan = SweepPlan(
+            name: "paper-table2", base: recipe, norms: [.bn, .gn], normBatches: [32, 16, 8, 4, 2],
+            seeds: [0, 1, 2])
         return SweepPreset(
             name: "paper-table2",
             description: "GN paper, Table 2: BN vs GN at normalization batch 32, 16, 8, 4, 2 (SGD batch 32), "
@@ -88,8 +90,9 @@ public enum SweepPresets {
         let axis = groupAxis(widths: resnetWidths, groups: candidates, groupSizes: candidates)
         var base = recipe
         base.groups = nil
-        let plan = SweepPlan(name: "paper-table3", base: base, norms: [.gn], normBatches: [32], groupAxis: axis,
-                             seeds: [0, 1, 2])
+        let plan = SweepPlan(
+            name: "paper-table3", base: base, norms: [.gn], normBatches: [32], groupAxis: axis,
+            seeds: [0, 1, 2])
         return SweepPreset(
             name: "paper-table3",
             description: "GN paper, Table 3: GN with G = 16, 8, 4, 2, 1 (=LN) groups and 16, 8, 4, 2, 1 (=IN) "
@@ -100,8 +103,9 @@ public enum SweepPresets {
     /// The MABN paper's comparison: BN, BRN, MABN and GN at normalization batch 32, 16, 8, 4, 2 inside an SGD
     /// batch of 32, three seeds, 2 epochs, full data.
     public static var mabn: SweepPreset {
-        let plan = SweepPlan(name: "mabn", base: recipe, norms: [.bn, .brn, .mabn, .gn],
-                             normBatches: [32, 16, 8, 4, 2], seeds: [0, 1, 2])
+        let plan = SweepPlan(
+            name: "mabn", base: recipe, norms: [.bn, .brn, .mabn, .gn],
+            normBatches: [32, 16, 8, 4, 2], seeds: [0, 1, 2])
         return SweepPreset(
             name: "mabn",
             description: "MABN paper: BN, BRN, MABN, GN at normalization batch 32, 16, 8, 4, 2 (SGD batch 32), "
@@ -114,8 +118,9 @@ public enum SweepPresets {
     /// scaled to each run's steps; BN, BRN, GN, MABN, 3 seeds, 2 epochs each on the full data. The gradient noise of
     /// a small batch comes with its statistics, as for a detector with 2 images per GPU.
     public static var smallBatch: SweepPreset {
-        let plan = SweepPlan(name: "small-batch", base: recipe, norms: [.bn, .brn, .gn, .mabn],
-                             normBatches: [32, 16, 8, 4, 2], setting: .perGPU, gpus: 1, seeds: [0, 1, 2])
+        let plan = SweepPlan(
+            name: "small-batch", base: recipe, norms: [.bn, .brn, .gn, .mabn],
+            normBatches: [32, 16, 8, 4, 2], setting: .perGPU, gpus: 1, seeds: [0, 1, 2])
         return SweepPreset(
             name: "small-batch",
             description: "True small batches: SGD batch = normalization batch = 32, 16, 8, 4, 2, learning rate "
@@ -127,7 +132,7 @@ public enum SweepPresets {
     /// The ablation ladder and the leave-one-out rows of ``mabnAblation``, in table order. The ladder's fifth step
     /// (everything but CenConv) is also the full MABN minus CenConv, so it is named `no-cenconv` and not repeated.
     public static var mabnAblationVariants: [SweepVariant] {
-        let parts = MABNPart.allCases.map(\.rawValue)   // form, fwd-sma, bwd-sma, renorm, cenconv
+        let parts = MABNPart.allCases.map(\.rawValue)  // form, fwd-sma, bwd-sma, renorm, cenconv
         // The ladder: BN (every part off), then the parts switched on one by one up to the full MABN.
         let ladder = [
             SweepVariant(name: "bn-form", mabnWithout: parts),
@@ -147,8 +152,9 @@ public enum SweepPresets {
     /// backward SMA, `r` and CenConv switched on one by one (the last is the full MABN), and the full MABN minus
     /// each part (minus CenConv is the ladder's step before it); 3 seeds, 2 epochs, full data (60 runs).
     public static var mabnAblation: SweepPreset {
-        let plan = SweepPlan(name: "mabn-ablation", base: recipe, norms: [.mabn], normBatches: [32, 2],
-                             setting: .perGPU, gpus: 1, seeds: [0, 1, 2], variants: mabnAblationVariants)
+        let plan = SweepPlan(
+            name: "mabn-ablation", base: recipe, norms: [.mabn], normBatches: [32, 2],
+            setting: .perGPU, gpus: 1, seeds: [0, 1, 2], variants: mabnAblationVariants)
         return SweepPreset(
             name: "mabn-ablation",
             description: "MABN's parts one by one at true SGD batches 2 and 32 (lr 0.1 × batch / 32, buffer "
@@ -163,8 +169,9 @@ public enum SweepPresets {
     public static var paperTable1: SweepPreset {
         var base = recipe
         base.epochs = 10
-        let plan = SweepPlan(name: "paper-table1", base: base, norms: [.bn, .ln, .in, .gn], normBatches: [32],
-                             seeds: [0, 1, 2])
+        let plan = SweepPlan(
+            name: "paper-table1", base: base, norms: [.bn, .ln, .in, .gn], normBatches: [32],
+            seeds: [0, 1, 2])
         return SweepPreset(
             name: "paper-table1",
             description: "GN paper, Table 1 and Figure 4: BN, LN, IN, GN at batch 32, 3 seeds, 10 epochs, full "

@@ -74,14 +74,18 @@ public final class SweepRunner {
     ///   - directory: the sweep directory.
     ///   - include: the caller's cell filter (see ``SweepPlan/cells(including:)``).
     ///   - run: trains one cell.
-    public convenience init(plan: SweepPlan, directory: URL, include: @escaping (SweepCell) -> Bool = { _ in true },
-                            run: @escaping RunFunction) {
+    public convenience init(
+        plan: SweepPlan, directory: URL, include: @escaping (SweepCell) -> Bool = { _ in true },
+        run: @escaping RunFunction
+    ) {
         self.init(plan: plan, directory: directory, include: include, runCell: { try run($0.configuration, $1) })
     }
 
     /// Creates a runner whose run function sees the whole cell (for ``SweepCell/ranks``).
-    public init(plan: SweepPlan, directory: URL, include: @escaping (SweepCell) -> Bool = { _ in true },
-                runCell: @escaping CellRunFunction) {
+    public init(
+        plan: SweepPlan, directory: URL, include: @escaping (SweepCell) -> Bool = { _ in true },
+        runCell: @escaping CellRunFunction
+    ) {
         self.plan = plan; self.directory = directory; self.include = include; self.runFunction = runCell
     }
 
@@ -171,9 +175,10 @@ public final class SweepRunner {
     private func finishedSummary(for cell: SweepCell) throws -> RunSummary? {
         let url = runDirectory(for: cell).appendingPathComponent(SweepReport.summaryFileName)
         guard FileManager.default.fileExists(atPath: url.path),
-              let data = try? Data(contentsOf: url),
-              let summary = try? JSONDecoder().decode(RunSummary.self, from: data),
-              summary.finished else { return nil }
+            let data = try? Data(contentsOf: url),
+            let summary = try? JSONDecoder().decode(RunSummary.self, from: data),
+            summary.finished
+        else { return nil }
         return summary
     }
 
@@ -198,8 +203,9 @@ public final class SweepRunner {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         guard let da = try? encoder.encode(a), let db = try? encoder.encode(b),
-              let ja = (try? JSONSerialization.jsonObject(with: da)) as? [String: Any],
-              let jb = (try? JSONSerialization.jsonObject(with: db)) as? [String: Any] else {
+            let ja = (try? JSONSerialization.jsonObject(with: da)) as? [String: Any],
+            let jb = (try? JSONSerialization.jsonObject(with: db)) as? [String: Any]
+        else {
             return ["configurations differ"]
         }
         let keys = Set(ja.keys).union(jb.keys).sorted()

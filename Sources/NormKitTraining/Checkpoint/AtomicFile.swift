@@ -1,9 +1,9 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Why an atomic write failed. The target file, if it existed, is unchanged in every case.
@@ -21,13 +21,17 @@ public enum AtomicFileError: Error, Equatable, CustomStringConvertible, Localize
     public var description: String {
         switch self {
         case .createFailed(let path, let temporary, let reason):
-            return "\(path): cannot create the temporary file \(temporary) (\(reason)). Hint: the directory must exist and be writable; the previous file, if any, is unchanged."
+            return
+                "\(path): cannot create the temporary file \(temporary) (\(reason)). Hint: the directory must exist and be writable; the previous file, if any, is unchanged."
         case .writeFailed(let path, let temporary, let written, let reason):
-            return "\(path): writing the temporary file \(temporary) failed after \(written) bytes (\(reason)). Hint: check free disk space; the previous file, if any, is unchanged."
+            return
+                "\(path): writing the temporary file \(temporary) failed after \(written) bytes (\(reason)). Hint: check free disk space; the previous file, if any, is unchanged."
         case .syncFailed(let path, let temporary, let reason):
-            return "\(path): flushing the temporary file \(temporary) to disk failed (\(reason)). Hint: check the disk; the previous file, if any, is unchanged."
+            return
+                "\(path): flushing the temporary file \(temporary) to disk failed (\(reason)). Hint: check the disk; the previous file, if any, is unchanged."
         case .renameFailed(let path, let temporary, let reason):
-            return "\(path): renaming \(temporary) over the target failed (\(reason)). Hint: the target must not be a directory and must be on the same file system; the previous file, if any, is unchanged."
+            return
+                "\(path): renaming \(temporary) over the target failed (\(reason)). Hint: the target must not be a directory and must be on the same file system; the previous file, if any, is unchanged."
         }
     }
 

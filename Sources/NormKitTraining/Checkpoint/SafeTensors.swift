@@ -33,32 +33,42 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible, Localiz
 
     /// The message: file, tensor, expected and found values, and a hint.
     public var description: String {
-        let damaged = "Hint: the file is damaged or was not written by a safetensors writer; restore it from a backup or write it again."
+        let damaged =
+            "Hint: the file is damaged or was not written by a safetensors writer; restore it from a backup or write it again."
         switch self {
         case .readFailed(let path, let reason):
-            return "\(path): cannot read the safetensors file (\(reason)). Hint: check that the path exists and is a readable regular file."
+            return
+                "\(path): cannot read the safetensors file (\(reason)). Hint: check that the path exists and is a readable regular file."
         case .fileTooShort(let path, let found):
-            return "\(path): not a safetensors file: expected at least 8 bytes (the header length), found \(found). \(damaged)"
+            return
+                "\(path): not a safetensors file: expected at least 8 bytes (the header length), found \(found). \(damaged)"
         case .headerLengthBeyondFile(let path, let declared, let available):
-            return "\(path): the header length is \(declared) bytes but only \(available) bytes follow it: the file is truncated or not a safetensors file. \(damaged)"
+            return
+                "\(path): the header length is \(declared) bytes but only \(available) bytes follow it: the file is truncated or not a safetensors file. \(damaged)"
         case .headerTooLarge(let path, let declared, let limit):
             return "\(path): the header length \(declared) is above the format's limit of \(limit) bytes. \(damaged)"
         case .invalidHeader(let path, let reason):
             return "\(path): invalid safetensors header: \(reason). \(damaged)"
         case .unsupportedDtype(let path, let tensor, let dtype):
-            return "\(path): tensor \"\(tensor)\" has dtype \"\(dtype)\": expected \"F32\" or \"I64\". Hint: NormKit stores float32 tensors and int64 counters; convert the checkpoint in PyTorch (`{k: v.float() if v.is_floating_point() else v.long()}`) before saving it."
+            return
+                "\(path): tensor \"\(tensor)\" has dtype \"\(dtype)\": expected \"F32\" or \"I64\". Hint: NormKit stores float32 tensors and int64 counters; convert the checkpoint in PyTorch (`{k: v.float() if v.is_floating_point() else v.long()}`) before saving it."
         case .invalidShape(let path, let tensor, let reason):
             return "\(path): tensor \"\(tensor)\": invalid shape (\(reason)). \(damaged)"
         case .offsetsOutOfRange(let path, let tensor, let begin, let end, let length):
-            return "\(path): tensor \"\(tensor)\": data_offsets [\(begin), \(end)] are outside the data section of \(length) bytes (expected 0 ≤ begin ≤ end ≤ \(length)). \(damaged)"
+            return
+                "\(path): tensor \"\(tensor)\": data_offsets [\(begin), \(end)] are outside the data section of \(length) bytes (expected 0 ≤ begin ≤ end ≤ \(length)). \(damaged)"
         case .sizeMismatch(let path, let tensor, let shape, let dtype, let expected, let found):
-            return "\(path): tensor \"\(tensor)\" of shape \(shape) and dtype \(dtype) needs \(expected) bytes, its data_offsets span \(found). \(damaged)"
+            return
+                "\(path): tensor \"\(tensor)\" of shape \(shape) and dtype \(dtype) needs \(expected) bytes, its data_offsets span \(found). \(damaged)"
         case .overlappingTensors(let path, let tensor, let other, let offset):
-            return "\(path): tensor \"\(tensor)\" starts at data offset \(offset), inside tensor \"\(other)\": the byte ranges overlap. \(damaged)"
+            return
+                "\(path): tensor \"\(tensor)\" starts at data offset \(offset), inside tensor \"\(other)\": the byte ranges overlap. \(damaged)"
         case .gapBetweenTensors(let path, let tensor, let expected, let found):
-            return "\(path): tensor \"\(tensor)\" starts at data offset \(found), expected \(expected): \(found - expected) bytes belong to no tensor. \(damaged)"
+            return
+                "\(path): tensor \"\(tensor)\" starts at data offset \(found), expected \(expected): \(found - expected) bytes belong to no tensor. \(damaged)"
         case .trailingData(let path, let length, let covered):
-            return "\(path): the tensors cover \(covered) bytes of the \(length)-byte data section: \(length - covered) trailing bytes. \(damaged)"
+            return
+                "\(path): the tensors cover \(covered) bytes of the \(length)-byte data section: \(length - covered) trailing bytes. \(damaged)"
         case .invalidTensor(let name, let reason):
             return "cannot write tensor \"\(name)\": \(reason)."
         }
@@ -148,8 +158,10 @@ public enum SafeTensors {
         for name in names {
             let tensor = tensors[name]!
             let bytes = elementCount(tensor.shape).count * elementSize(tensor)
-            header += (first ? "" : ",") + jsonString(name) + ":{\"dtype\":\"" + dtypeName(tensor) + "\",\"shape\":["
-                + tensor.shape.map(String.init).joined(separator: ",") + "],\"data_offsets\":[\(offset),\(offset + bytes)]}"
+            header +=
+                (first ? "" : ",") + jsonString(name) + ":{\"dtype\":\"" + dtypeName(tensor) + "\",\"shape\":["
+                + tensor.shape.map(String.init).joined(separator: ",")
+                + "],\"data_offsets\":[\(offset),\(offset + bytes)]}"
             offset += bytes
             first = false
         }
@@ -160,7 +172,9 @@ public enum SafeTensors {
         var out = [UInt8](repeating: 0, count: 8 + headerBytes.count + offset)
         out.withUnsafeMutableBytes { raw in
             raw.storeBytes(of: UInt64(headerBytes.count).littleEndian, toByteOffset: 0, as: UInt64.self)
-            headerBytes.withUnsafeBytes { raw.baseAddress!.advanced(by: 8).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            headerBytes.withUnsafeBytes {
+                raw.baseAddress!.advanced(by: 8).copyMemory(from: $0.baseAddress!, byteCount: $0.count)
+            }
             var position = 8 + headerBytes.count
             for name in names {
                 switch tensors[name]! {
@@ -186,7 +200,9 @@ public enum SafeTensors {
     ///   - bytes: the whole file: the 8-byte header length, the JSON header, then the tensor data.
     ///   - source: the file name used in error messages.
     /// - Throws: ``SafeTensorsError``.
-    public static func decode(_ bytes: [UInt8], source: String = "<memory>") throws
+    public static func decode(
+        _ bytes: [UInt8], source: String = "<memory>"
+    ) throws
         -> (tensors: [String: StateTensor], metadata: [String: String])
     {
         guard bytes.count >= 8 else { throw SafeTensorsError.fileTooShort(path: source, found: bytes.count) }
@@ -223,7 +239,8 @@ public enum SafeTensors {
                     for (key, item) in pairs {
                         guard case .string(let text) = item else {
                             throw SafeTensorsError.invalidHeader(
-                                path: source, reason: "__metadata__ value of \"\(key)\" must be a string, found \(item.kind)")
+                                path: source,
+                                reason: "__metadata__ value of \"\(key)\" must be a string, found \(item.kind)")
                         }
                         metadata[key] = text
                     }
@@ -260,10 +277,11 @@ public enum SafeTensors {
                 return d
             }
             guard case .array(let offsetItems) = try field("data_offsets"), offsetItems.count == 2,
-                  let begin = offsetItems[0].nonNegativeInteger, let end = offsetItems[1].nonNegativeInteger
+                let begin = offsetItems[0].nonNegativeInteger, let end = offsetItems[1].nonNegativeInteger
             else {
                 throw SafeTensorsError.invalidHeader(
-                    path: source, reason: "tensor \"\(name)\": data_offsets must be [begin, end] with non-negative integers")
+                    path: source,
+                    reason: "tensor \"\(name)\": data_offsets must be [begin, end] with non-negative integers")
             }
             guard begin <= end, end <= dataLength else {
                 throw SafeTensorsError.offsetsOutOfRange(
@@ -276,7 +294,8 @@ public enum SafeTensors {
             }
             guard needed == end - begin else {
                 throw SafeTensorsError.sizeMismatch(
-                    path: source, tensor: name, shape: shape, dtype: dtype, expectedBytes: needed, foundBytes: end - begin)
+                    path: source, tensor: name, shape: shape, dtype: dtype, expectedBytes: needed,
+                    foundBytes: end - begin)
             }
             list.append(Entry(name: name, dtype: dtype, shape: shape, begin: begin, end: end))
         }
@@ -308,7 +327,9 @@ public enum SafeTensors {
                 let count = (entry.end - entry.begin) / (entry.dtype == "F32" ? 4 : 8)
                 if entry.dtype == "F32" {
                     let values = (0..<count).map {
-                        Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: base + 4 * $0, as: UInt32.self)))
+                        Float(
+                            bitPattern: UInt32(
+                                littleEndian: raw.loadUnaligned(fromByteOffset: base + 4 * $0, as: UInt32.self)))
                     }
                     tensors[entry.name] = .float32(shape: entry.shape, values: values)
                 } else {
@@ -462,7 +483,9 @@ private struct HeaderJSONParser {
             }
             while true {
                 skipWhitespace()
-                guard index < bytes.endIndex, bytes[index] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
+                guard index < bytes.endIndex, bytes[index] == UInt8(ascii: "\"") else {
+                    throw fail("expected a string key")
+                }
                 let key = try parseString()
                 guard keys.insert(key).inserted else { throw fail("duplicate key \"\(key)\"") }
                 skipWhitespace()
@@ -540,7 +563,9 @@ private struct HeaderJSONParser {
         }
         if index < bytes.endIndex, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
             index += 1
-            if index < bytes.endIndex, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+            if index < bytes.endIndex, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+                index += 1
+            }
             guard digits() > 0 else { throw fail("invalid number: digits expected in the exponent") }
         }
         return String(decoding: bytes[begin..<index], as: UTF8.self)
@@ -555,7 +580,9 @@ private struct HeaderJSONParser {
             index += 1
             switch byte {
             case UInt8(ascii: "\""):
-                guard let text = String(validating: utf8, as: UTF8.self) else { throw fail("invalid UTF-8 in a string") }
+                guard let text = String(validating: utf8, as: UTF8.self) else {
+                    throw fail("invalid UTF-8 in a string")
+                }
                 return text
             case UInt8(ascii: "\\"):
                 guard index < bytes.endIndex else { throw fail("unterminated escape") }
@@ -574,7 +601,8 @@ private struct HeaderJSONParser {
                     var code = try hex4()
                     if (0xD800..<0xDC00).contains(code) {
                         guard index + 1 < bytes.endIndex, bytes[index] == UInt8(ascii: "\\"),
-                              bytes[index + 1] == UInt8(ascii: "u") else { throw fail("lone surrogate in \\u escape") }
+                            bytes[index + 1] == UInt8(ascii: "u")
+                        else { throw fail("lone surrogate in \\u escape") }
                         index += 2
                         let low = try hex4()
                         guard (0xDC00..<0xE000).contains(low) else { throw fail("invalid surrogate pair") }

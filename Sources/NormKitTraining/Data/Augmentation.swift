@@ -65,7 +65,8 @@ public struct Augmentation: Equatable, Sendable {
     /// overflow `Float` all the same, the pad value is clamped to the largest finite `Float` of its sign.
     public static func standard(for dataset: Dataset) -> Augmentation {
         let value = dataset.zeroPixelValue
-        let padValue = value.isFinite ? value : (value < 0 ? -Float.greatestFiniteMagnitude : Float.greatestFiniteMagnitude)
+        let padValue =
+            value.isFinite ? value : (value < 0 ? -Float.greatestFiniteMagnitude : Float.greatestFiniteMagnitude)
         return Augmentation(unchecked: 2, 0.5, value.isNaN ? 0 : padValue)
     }
 
@@ -88,7 +89,9 @@ public struct Augmentation: Equatable, Sendable {
     ///
     /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` when the sizes disagree or the transform's
     ///   offsets are outside `0...2 × padding`.
-    public func apply(_ transform: Transform, to image: [Float], channels: Int = 1, height: Int, width: Int) throws
+    public func apply(
+        _ transform: Transform, to image: [Float], channels: Int = 1, height: Int, width: Int
+    ) throws
         -> [Float]
     {
         try check(transform)
@@ -100,8 +103,9 @@ public struct Augmentation: Equatable, Sendable {
         var result = [Float](repeating: 0, count: image.count)
         image.withUnsafeBufferPointer { source in
             result.withUnsafeMutableBufferPointer { destination in
-                apply(transform, source: source.baseAddress!, destination: destination.baseAddress!,
-                      channels: channels, height: height, width: width)
+                apply(
+                    transform, source: source.baseAddress!, destination: destination.baseAddress!,
+                    channels: channels, height: height, width: width)
             }
         }
         return result
@@ -124,8 +128,9 @@ public struct Augmentation: Equatable, Sendable {
             output.withUnsafeMutableBufferPointer { destination in
                 for i in 0..<n {
                     let t = randomTransform(using: &generator)
-                    apply(t, source: source.baseAddress! + i * size, destination: destination.baseAddress! + i * size,
-                          channels: c, height: h, width: w)
+                    apply(
+                        t, source: source.baseAddress! + i * size, destination: destination.baseAddress! + i * size,
+                        channels: c, height: h, width: w)
                 }
             }
         }
@@ -141,8 +146,10 @@ public struct Augmentation: Equatable, Sendable {
 
     /// Writes the transformed image. `source` and `destination` hold `channels × height × width` values each
     /// and must not overlap; the transform's offsets are in `0...2 × padding`.
-    func apply(_ transform: Transform, source: UnsafePointer<Float>, destination: UnsafeMutablePointer<Float>,
-               channels: Int, height: Int, width: Int) {
+    func apply(
+        _ transform: Transform, source: UnsafePointer<Float>, destination: UnsafeMutablePointer<Float>,
+        channels: Int, height: Int, width: Int
+    ) {
         let shiftY = transform.offsetY - padding
         let shift = transform.offsetX - padding
         // Output column x reads source column x + shift, or (width − 1 − x) + shift when flipped; these are

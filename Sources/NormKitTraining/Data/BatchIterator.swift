@@ -76,8 +76,10 @@ public final class BatchIterator {
     ///
     /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` for a batch size below 1, a negative
     ///   epoch, or (with `dropLast`) a dataset smaller than one batch.
-    public init(dataset: Dataset, batchSize: Int, shuffle: Bool, dropLast: Bool, augmentation: Augmentation? = nil,
-                seed: UInt64 = 0, epoch: Int = 0) throws {
+    public init(
+        dataset: Dataset, batchSize: Int, shuffle: Bool, dropLast: Bool, augmentation: Augmentation? = nil,
+        seed: UInt64 = 0, epoch: Int = 0
+    ) throws {
         guard batchSize >= 1 else {
             throw DataError.invalidArgument(name: "batch size", value: "\(batchSize)", expected: "at least 1")
         }
@@ -170,8 +172,9 @@ public final class BatchIterator {
                     if let augmentation {
                         for i in 0..<n {
                             let t = augmentation.randomTransform(using: &augmentationGenerator)
-                            augmentation.apply(t, source: from + Int(order[start + i]) * size, destination: to + i * size,
-                                               channels: c, height: h, width: w)
+                            augmentation.apply(
+                                t, source: from + Int(order[start + i]) * size, destination: to + i * size,
+                                channels: c, height: h, width: w)
                         }
                     } else {
                         for i in 0..<n {

@@ -39,32 +39,45 @@ public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError
     public var description: String {
         switch self {
         case .readFailed(let path, let reason):
-            return "\(path): cannot read the file (\(reason)). Hint: check that the path exists, is a regular file and is readable."
+            return
+                "\(path): cannot read the file (\(reason)). Hint: check that the path exists, is a regular file and is readable."
         case .corruptGzip(let path, let reason):
-            return "\(path): corrupt gzip data (zlib: \(reason)). Hint: the download is damaged; reinstall or re-download the file, or pass the uncompressed file instead."
+            return
+                "\(path): corrupt gzip data (zlib: \(reason)). Hint: the download is damaged; reinstall or re-download the file, or pass the uncompressed file instead."
         case .truncatedGzip(let path, let compressed, let decompressed):
-            return "\(path): truncated gzip stream: expected more compressed data after \(compressed) bytes (found end of file after decompressing \(decompressed) bytes). Hint: the file was cut short; re-download it."
+            return
+                "\(path): truncated gzip stream: expected more compressed data after \(compressed) bytes (found end of file after decompressing \(decompressed) bytes). Hint: the file was cut short; re-download it."
         case .trailingGzipData(let path, let offset, let count):
-            return "\(path): \(count) unexpected bytes after the end of the gzip stream at offset \(offset) (expected end of file or another gzip member). Hint: the file is damaged or two files were concatenated."
+            return
+                "\(path): \(count) unexpected bytes after the end of the gzip stream at offset \(offset) (expected end of file or another gzip member). Hint: the file is damaged or two files were concatenated."
         case .idxHeaderTooShort(let path, let expected, let found):
-            return "\(path): not an IDX file: expected a header of at least \(expected) bytes, found \(found) bytes. Hint: the file is empty or truncated."
+            return
+                "\(path): not an IDX file: expected a header of at least \(expected) bytes, found \(found) bytes. Hint: the file is empty or truncated."
         case .idxBadMagic(let path, let expected, let found):
-            return "\(path): wrong IDX magic number: expected 0x\(hex(expected)), found 0x\(hex(found)). Hint: 0x00000803 is an images file (ubyte, 3 dimensions), 0x00000801 a labels file (ubyte, 1 dimension); check that images and labels are not swapped and that the file is an uncompressed or gzip-compressed IDX file."
+            return
+                "\(path): wrong IDX magic number: expected 0x\(hex(expected)), found 0x\(hex(found)). Hint: 0x00000803 is an images file (ubyte, 3 dimensions), 0x00000801 a labels file (ubyte, 1 dimension); check that images and labels are not swapped and that the file is an uncompressed or gzip-compressed IDX file."
         case .idxUnsupportedElementType(let path, let found):
-            return "\(path): unsupported IDX element type 0x\(String(found, radix: 16)): expected 0x08 (unsigned bytes). Hint: only ubyte IDX files (MNIST, Fashion-MNIST) are supported."
+            return
+                "\(path): unsupported IDX element type 0x\(String(found, radix: 16)): expected 0x08 (unsigned bytes). Hint: only ubyte IDX files (MNIST, Fashion-MNIST) are supported."
         case .idxDimensionsOverflow(let path, let dimensions):
-            return "\(path): IDX dimensions \(dimensions) describe more elements than can be addressed. Hint: the header is corrupt."
+            return
+                "\(path): IDX dimensions \(dimensions) describe more elements than can be addressed. Hint: the header is corrupt."
         case .idxLengthMismatch(let path, let dimensions, let expected, let found):
             let what = found < expected ? "the file is truncated" : "the file has \(found - expected) trailing bytes"
-            return "\(path): IDX dimensions \(dimensions) need \(expected) bytes (header and data), found \(found) bytes: \(what). Hint: re-download the file; a count in the header that does not match the data means the file is damaged."
+            return
+                "\(path): IDX dimensions \(dimensions) need \(expected) bytes (header and data), found \(found) bytes: \(what). Hint: re-download the file; a count in the header that does not match the data means the file is damaged."
         case .unexpectedShape(let path, let expected, let found):
-            return "\(path): unexpected IDX dimensions: expected \(expected), found \(found). Hint: pass the files of the dataset the model was built for."
+            return
+                "\(path): unexpected IDX dimensions: expected \(expected), found \(found). Hint: pass the files of the dataset the model was built for."
         case .countMismatch(let imagesPath, let images, let labelsPath, let labels):
-            return "image/label count mismatch: \(imagesPath) holds \(images) images but \(labelsPath) holds \(labels) labels. Hint: the two files must come from the same split (train or t10k) of the same dataset."
+            return
+                "image/label count mismatch: \(imagesPath) holds \(images) images but \(labelsPath) holds \(labels) labels. Hint: the two files must come from the same split (train or t10k) of the same dataset."
         case .labelOutOfRange(let path, let index, let label, let classCount):
-            return "\(path): label \(label) of sample \(index) is out of range: expected 0..<\(classCount). Hint: the labels file is damaged or belongs to another dataset."
+            return
+                "\(path): label \(label) of sample \(index) is out of range: expected 0..<\(classCount). Hint: the labels file is damaged or belongs to another dataset."
         case .datasetNotFound(let directory, let missing):
-            return "Fashion-MNIST not found in \(directory): missing \(missing.joined(separator: ", ")). Hint: install the Debian package dataset-fashion-mnist (`apt-get install dataset-fashion-mnist`, which puts the files in /usr/share/datasets/fashion-mnist), or pass `--data DIR` with a directory holding the IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzip-compressed or not)."
+            return
+                "Fashion-MNIST not found in \(directory): missing \(missing.joined(separator: ", ")). Hint: install the Debian package dataset-fashion-mnist (`apt-get install dataset-fashion-mnist`, which puts the files in /usr/share/datasets/fashion-mnist), or pass `--data DIR` with a directory holding the IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzip-compressed or not)."
         case .invalidArgument(let name, let value, let expected):
             return "invalid \(name): expected \(expected), found \(value)."
         }

@@ -103,8 +103,10 @@ public struct Dataset: Sendable {
     /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` when the sizes disagree, a dimension is not
     ///   positive, `classNames` does not have `classCount` names or `statistics` has a std that is not positive
     ///   and finite; ``DataError/labelOutOfRange(path:index:label:classCount:)`` for a label outside `0..<classCount`.
-    public init(images: [Float], labels: [Int32], channels: Int = 1, height: Int, width: Int, classCount: Int,
-                classNames: [String] = [], statistics: PixelStatistics) throws {
+    public init(
+        images: [Float], labels: [Int32], channels: Int = 1, height: Int, width: Int, classCount: Int,
+        classNames: [String] = [], statistics: PixelStatistics
+    ) throws {
         guard channels > 0, height > 0, width > 0 else {
             throw DataError.invalidArgument(
                 name: "image shape", value: "\([channels, height, width])", expected: "positive dimensions")
@@ -140,12 +142,15 @@ public struct Dataset: Sendable {
     ///
     /// - Throws: see ``init(images:labels:channels:height:width:classCount:classNames:statistics:)``; also
     ///   ``DataError/invalidArgument(name:value:expected:)`` when `statistics.std` is not positive.
-    public init(pixels: [UInt8], labels: [Int32], channels: Int = 1, height: Int, width: Int, classCount: Int,
-                classNames: [String] = [], statistics: PixelStatistics) throws {
+    public init(
+        pixels: [UInt8], labels: [Int32], channels: Int = 1, height: Int, width: Int, classCount: Int,
+        classNames: [String] = [], statistics: PixelStatistics
+    ) throws {
         try Dataset.checkStatistics(statistics, source: "<memory>")
-        try self.init(images: Dataset.standardize(pixels[...], statistics: statistics), labels: labels,
-                      channels: channels, height: height, width: width, classCount: classCount,
-                      classNames: classNames, statistics: statistics)
+        try self.init(
+            images: Dataset.standardize(pixels[...], statistics: statistics), labels: labels,
+            channels: channels, height: height, width: width, classCount: classCount,
+            classNames: classNames, statistics: statistics)
     }
 
     /// The samples `range` as a dataset of their own (same shape, classes, names, statistics and source).
@@ -154,12 +159,14 @@ public struct Dataset: Sendable {
     ///   `0..<count`.
     public func samples(_ range: Range<Int>) throws -> Dataset {
         guard !range.isEmpty, range.lowerBound >= 0, range.upperBound <= count else {
-            throw DataError.invalidArgument(name: "sample range", value: "\(range)",
-                                            expected: "a non-empty range within 0..<\(count)")
+            throw DataError.invalidArgument(
+                name: "sample range", value: "\(range)",
+                expected: "a non-empty range within 0..<\(count)")
         }
-        var part = try Dataset(images: Array(images[(range.lowerBound * sampleSize)..<(range.upperBound * sampleSize)]),
-                               labels: Array(labels[range]), channels: channels, height: height, width: width,
-                               classCount: classCount, classNames: classNames, statistics: statistics)
+        var part = try Dataset(
+            images: Array(images[(range.lowerBound * sampleSize)..<(range.upperBound * sampleSize)]),
+            labels: Array(labels[range]), channels: channels, height: height, width: width,
+            classCount: classCount, classNames: classNames, statistics: statistics)
         part.source = source
         return part
     }
@@ -177,9 +184,11 @@ public struct Dataset: Sendable {
     ///   - statistics: standardise with these; nil computes them from the samples used (a training set).
     /// - Throws: ``DataError``: unreadable or malformed files, an image/label count mismatch naming both counts,
     ///   an out-of-range label, images of the wrong size, a bad limit, or images that are all one value.
-    public static func loadIDX(images imagesFile: URL, labels labelsFile: URL, classCount: Int,
-                               classNames: [String] = [], imageSize: (height: Int, width: Int)? = nil,
-                               limit: Int? = nil, statistics: PixelStatistics? = nil) throws -> Dataset {
+    public static func loadIDX(
+        images imagesFile: URL, labels labelsFile: URL, classCount: Int,
+        classNames: [String] = [], imageSize: (height: Int, width: Int)? = nil,
+        limit: Int? = nil, statistics: PixelStatistics? = nil
+    ) throws -> Dataset {
         if let limit, limit < 1 {
             throw DataError.invalidArgument(name: "sample limit", value: "\(limit)", expected: "at least 1")
         }
@@ -220,7 +229,8 @@ public struct Dataset: Sendable {
     private static func checkStatistics(_ statistics: PixelStatistics, source: String) throws {
         if statistics.std == 0, statistics.mean.isFinite {
             throw DataError.invalidArgument(
-                name: "pixel statistics of \(source)", value: "every pixel is \(Int((statistics.mean * 255).rounded())) (std 0)",
+                name: "pixel statistics of \(source)",
+                value: "every pixel is \(Int((statistics.mean * 255).rounded())) (std 0)",
                 expected: "training images that are not all one value: a constant image set cannot be standardised")
         }
         guard statistics.std > 0, statistics.std.isFinite, statistics.mean.isFinite else {
@@ -272,9 +282,10 @@ public enum FashionMNIST {
     ///     training images' own.
     /// - Throws: ``DataError/datasetNotFound(directory:missing:)`` (saying how to install the dataset) when
     ///   files are missing; any other ``DataError`` for a malformed file.
-    public static func load(directory: URL? = nil, trainLimit: Int? = nil, testLimit: Int? = nil,
-                            statistics: PixelStatistics? = nil) throws -> (train: Dataset, test: Dataset)
-    {
+    public static func load(
+        directory: URL? = nil, trainLimit: Int? = nil, testLimit: Int? = nil,
+        statistics: PixelStatistics? = nil
+    ) throws -> (train: Dataset, test: Dataset) {
         let directory = directory ?? defaultDirectory
         let found = try files(in: directory)
         let source = try DataSource(directory: directory, files: found)
@@ -291,7 +302,8 @@ public enum FashionMNIST {
     }
 
     /// The test split alone, standardised with `statistics` (the training statistics a checkpoint recorded).
-    public static func loadTest(directory: URL? = nil, limit: Int? = nil, statistics: PixelStatistics) throws -> Dataset {
+    public static func loadTest(directory: URL? = nil, limit: Int? = nil, statistics: PixelStatistics) throws -> Dataset
+    {
         let directory = directory ?? defaultDirectory
         let found = try files(in: directory)
         var test = try Dataset.loadIDX(
@@ -309,8 +321,10 @@ public enum FashionMNIST {
 
     /// The four files, in the order train images, train labels, test images, test labels.
     private static func files(in directory: URL) throws -> [URL] {
-        let names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                     "t10k-labels-idx1-ubyte"]
+        let names = [
+            "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ]
         var found: [URL] = []
         var missing: [String] = []
         for name in names {

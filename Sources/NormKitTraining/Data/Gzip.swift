@@ -2,9 +2,9 @@ import CZlib
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Reading (and, for tests and tools, writing) gzip data through zlib.
@@ -49,7 +49,8 @@ public enum Gzip {
         var capacity = max(compressed.count * 2, 1 << 16)
         if isGzip(compressed), compressed.count >= 18 {
             let n = compressed.count
-            let isize = Int(compressed[n - 4]) | Int(compressed[n - 3]) << 8 | Int(compressed[n - 2]) << 16
+            let isize =
+                Int(compressed[n - 4]) | Int(compressed[n - 3]) << 8 | Int(compressed[n - 2]) << 16
                 | Int(compressed[n - 1]) << 24
             if isize > 0, isize <= compressed.count &* 1100 { capacity = isize + 1 }
         }
@@ -123,8 +124,9 @@ public enum Gzip {
             throw DataError.invalidArgument(name: "gzip level", value: "\(level)", expected: "0...9")
         }
         var stream = z_stream()
-        var status = deflateInit2_(&stream, Int32(level), Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY,
-                                   ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size))
+        var status = deflateInit2_(
+            &stream, Int32(level), Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY,
+            ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size))
         guard status == Z_OK else {
             throw DataError.invalidArgument(name: "gzip level", value: "\(level)", expected: "a level zlib accepts")
         }
@@ -150,7 +152,8 @@ public enum Gzip {
             } while status == Z_OK || status == Z_BUF_ERROR
         }
         guard status == Z_STREAM_END else {
-            throw DataError.invalidArgument(name: "gzip stream", value: "deflate status \(status)", expected: "Z_STREAM_END")
+            throw DataError.invalidArgument(
+                name: "gzip stream", value: "deflate status \(status)", expected: "Z_STREAM_END")
         }
         output.removeSubrange(produced...)
         return output

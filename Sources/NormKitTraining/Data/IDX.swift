@@ -67,7 +67,9 @@ public struct IDXFile: Equatable, Sendable {
     ///   - source: the file name used in error messages.
     ///   - expectedMagic: when given, the magic number the file must have.
     /// - Throws: see ``read(from:expectedMagic:)``.
-    public static func parse(_ data: [UInt8], source: String = "<memory>", expectedMagic: UInt32? = nil) throws
+    public static func parse(
+        _ data: [UInt8], source: String = "<memory>", expectedMagic: UInt32? = nil
+    ) throws
         -> IDXFile
     {
         guard data.count >= 4 else {
@@ -113,8 +115,10 @@ public struct IDXFile: Equatable, Sendable {
         out += [0, 0, Self.unsignedByteType, UInt8(dimensions.count)]
         for d in dimensions {
             let v = UInt32(d)
-            out += [UInt8(v >> 24), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 8),
-                    UInt8(truncatingIfNeeded: v)]
+            out += [
+                UInt8(v >> 24), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 8),
+                UInt8(truncatingIfNeeded: v),
+            ]
         }
         out += bytes
         return out

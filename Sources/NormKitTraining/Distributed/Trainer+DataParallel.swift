@@ -31,7 +31,8 @@ extension Trainer {
         let workers = group.workerCount, batch = configuration.batch
         guard workers >= 1, batch % workers == 0 else {
             throw TrainingError.invalidConfiguration(
-                "the SGD batch \(batch) does not split into \(workers) equal per-worker batches (choose --batch as a multiple of the number of ranks)")
+                "the SGD batch \(batch) does not split into \(workers) equal per-worker batches (choose --batch as a multiple of the number of ranks)"
+            )
         }
         let perWorker = batch / workers, normBatch = configuration.normBatch ?? batch
         if configuration.norm == .syncbn && configuration.normBatch != nil {
@@ -40,11 +41,13 @@ extension Trainer {
         }
         if [.bn, .brn, .mabn].contains(configuration.norm) && perWorker % normBatch != 0 {
             throw TrainingError.invalidConfiguration(
-                "each of the \(workers) workers normalizes its own \(perWorker) images, so the normalization batch \(normBatch) must divide \(perWorker) (use --norm-batch \(perWorker) or a divisor of it, or --norm syncbn)")
+                "each of the \(workers) workers normalizes its own \(perWorker) images, so the normalization batch \(normBatch) must divide \(perWorker) (use --norm-batch \(perWorker) or a divisor of it, or --norm syncbn)"
+            )
         }
         dataParallel = group
         let images = test.count, worker = group.workerIndex
-        testShard = workers > 1 && images >= workers
+        testShard =
+            workers > 1 && images >= workers
             ? try test.samples((worker * images / workers)..<((worker + 1) * images / workers)) : nil
         gradientClock = TimedDataParallelGroup(group)
         statisticsClock = TimedDataParallelGroup(group)
@@ -87,8 +90,9 @@ extension Trainer {
         let perSample = images.count / max(images.batch, 1)
         images.withUnsafeBufferPointer { source in
             workerImages.withUnsafeMutableBufferPointer { target in
-                target.baseAddress!.update(from: source.baseAddress! + range.lowerBound * perSample,
-                                           count: range.count * perSample)
+                target.baseAddress!.update(
+                    from: source.baseAddress! + range.lowerBound * perSample,
+                    count: range.count * perSample)
             }
         }
         return (workerImages, range.count)
@@ -96,7 +100,9 @@ extension Trainer {
 
     /// The batch's mean loss, correct predictions, images and stop request over all workers (this worker's alone
     /// without data parallelism).
-    func batchTotals(loss: Float, correct: Int, count: Int, stop: Bool)
+    func batchTotals(
+        loss: Float, correct: Int, count: Int, stop: Bool
+    )
         throws -> (loss: Double, correct: Int, count: Int, stop: Bool)
     {
         guard let group = dataParallel else { return (Double(loss), correct, count, stop) }
@@ -154,7 +160,8 @@ extension Trainer {
         var totals = try EvaluationTotals(model: model, on: shard, batchSize: 500)
         guard let group = dataParallel else { return totals.evaluation }
         let classes = totals.countPerClass.count
-        var sums = [totals.lossSum, Double(totals.wrong)] + totals.correctPerClass.map(Double.init)
+        var sums =
+            [totals.lossSum, Double(totals.wrong)] + totals.correctPerClass.map(Double.init)
             + totals.countPerClass.map(Double.init)
         try sums.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
         totals.lossSum = sums[0]

@@ -40,8 +40,11 @@ public enum FoldedExport {
     ///   throws.
     @discardableResult
     public static func export(checkpoint: URL, to output: URL, overwrite: Bool) throws -> Result {
-        if checkpoint.standardizedFileURL.resolvingSymlinksInPath() == output.standardizedFileURL.resolvingSymlinksInPath() {
-            throw FoldingError.unsupported("--out \(output.path) is the checkpoint itself; write the folded model to another file")
+        if checkpoint.standardizedFileURL.resolvingSymlinksInPath()
+            == output.standardizedFileURL.resolvingSymlinksInPath()
+        {
+            throw FoldingError.unsupported(
+                "--out \(output.path) is the checkpoint itself; write the folded model to another file")
         }
         if FileManager.default.fileExists(atPath: output.path), !overwrite {
             throw FoldingError.outputExists(path: output.path)
@@ -49,41 +52,51 @@ public enum FoldedExport {
         let file = try TrainingCheckpoint.read(at: checkpoint)
         let configuration = file.configuration
         if let reason = configuration.norm.foldingRefusal {
-            throw FoldingError.notFoldable(path: checkpoint.path, layer: "\(configuration.model)'s \(configuration.norm.rawValue) layers",
-                                           reason: reason)
+            throw FoldingError.notFoldable(
+                path: checkpoint.path, layer: "\(configuration.model)'s \(configuration.norm.rawValue) layers",
+                reason: reason)
         }
         guard let depth = configuration.resNetDepth else {
-            throw FoldingError.unsupported("\(checkpoint.path): \(configuration.model) has no folded reference model; "
-                                           + "only ResNet checkpoints (resnet8, resnet20, …) can be exported folded")
+            throw FoldingError.unsupported(
+                "\(checkpoint.path): \(configuration.model) has no folded reference model; "
+                    + "only ResNet checkpoints (resnet8, resnet20, …) can be exported folded")
         }
         let conv1 = try shape(of: "conv1.weight", rank: 4, in: file.tensors, path: checkpoint.path)
         let fc = try shape(of: "fc.weight", rank: 2, in: file.tensors, path: checkpoint.path)
         var generator = SeededGenerator(seed: configuration.seed)
-        let model = try ResNet(depth: depth, normalization: try NormalizationSettings(configuration, totalSteps: 1),
-                               inChannels: conv1[1], classes: fc[0], width: conv1[0], generator: &generator)
+        let model = try ResNet(
+            depth: depth, normalization: try NormalizationSettings(configuration, totalSteps: 1),
+            inChannels: conv1[1], classes: fc[0], width: conv1[0], generator: &generator)
         try model.loadStateDict(file.tensors)
         model.eval()
         let folded = try fold(model)
         let difference = try probeDifference(model, folded)
         guard difference.isFinite else {
-            throw FoldingError.unsupported("\(checkpoint.path): the model's eval logits are not finite (its weights or "
-                + "running statistics are not: a diverged run?); nothing was written")
+            throw FoldingError.unsupported(
+                "\(checkpoint.path): the model's eval logits are not finite (its weights or "
+                    + "running statistics are not: a diverged run?); nothing was written")
         }
         guard difference <= verificationTolerance else {
-            throw FoldingError.unsupported("\(checkpoint.path): the folded model's logits differ from the checkpoint's by "
-                + "\(difference) (relative) on a probe batch, above \(verificationTolerance); nothing was written")
+            throw FoldingError.unsupported(
+                "\(checkpoint.path): the folded model's logits differ from the checkpoint's by "
+                    + "\(difference) (relative) on a probe batch, above \(verificationTolerance); nothing was written")
         }
-        try SafeTensors.write(folded.stateDict(), metadata: try metadata(folded, source: file, checkpoint: checkpoint),
-                              to: output)
+        try SafeTensors.write(
+            folded.stateDict(), metadata: try metadata(folded, source: file, checkpoint: checkpoint),
+            to: output)
         return Result(model: folded, source: file, probeRelativeDifference: difference)
     }
 
     /// The `__metadata__` of a folded export (see ``FoldedExport``).
-    public static func metadata(_ folded: FoldedResNet, source: TrainingCheckpoint.ModelFile,
-                                checkpoint: URL) throws -> [String: String] {
+    public static func metadata(
+        _ folded: FoldedResNet, source: TrainingCheckpoint.ModelFile,
+        checkpoint: URL
+    ) throws -> [String: String] {
         let encoder = JSONEncoder.normKit()
-        let torch = ["depth": "\(folded.depth)", "norm": "folded", "in_channels": "\(folded.conv1.inChannels)",
-                     "num_classes": "\(folded.fc.outFeatures)", "width": "\(folded.width)"]
+        let torch = [
+            "depth": "\(folded.depth)", "norm": "folded", "in_channels": "\(folded.conv1.inChannels)",
+            "num_classes": "\(folded.fc.outFeatures)", "width": "\(folded.width)",
+        ]
         var metadata = [
             "format": format,
             "norm": "folded",
@@ -107,40 +120,51 @@ public enum FoldedExport {
     public static func read(at url: URL) throws -> (model: FoldedResNet, metadata: [String: String]) {
         let (tensors, metadata) = try SafeTensors.read(from: url)
         guard metadata["format"] == format else {
-            throw FoldingError.unsupported("\(url.path) is not a folded export: its metadata 'format' is "
-                + "\(metadata["format"].map { "'\($0)'" } ?? "missing"), expected '\(format)' (write one with normkit export --fold)")
+            throw FoldingError.unsupported(
+                "\(url.path) is not a folded export: its metadata 'format' is "
+                    + "\(metadata["format"].map { "'\($0)'" } ?? "missing"), expected '\(format)' (write one with normkit export --fold)"
+            )
         }
         guard let depth = metadata["depth"].flatMap({ Int($0) }), depth >= 8, (depth - 2) % 6 == 0,
-              depth <= ConfigurationLimits.maxResNetDepth else {
-            throw FoldingError.unsupported("\(url.path): metadata 'depth' is \(metadata["depth"].map { "'\($0)'" } ?? "missing"), "
-                + "expected 6n+2 between 8 and \(ConfigurationLimits.maxResNetDepth)")
+            depth <= ConfigurationLimits.maxResNetDepth
+        else {
+            throw FoldingError.unsupported(
+                "\(url.path): metadata 'depth' is \(metadata["depth"].map { "'\($0)'" } ?? "missing"), "
+                    + "expected 6n+2 between 8 and \(ConfigurationLimits.maxResNetDepth)")
         }
-        let blocks = Set(tensors.keys.compactMap { name -> Int? in
-            guard name.hasPrefix("layer1.") else { return nil }
-            return Int(name.dropFirst("layer1.".count).prefix(while: { $0 != "." }))
-        })
+        let blocks = Set(
+            tensors.keys.compactMap { name -> Int? in
+                guard name.hasPrefix("layer1.") else { return nil }
+                return Int(name.dropFirst("layer1.".count).prefix(while: { $0 != "." }))
+            })
         guard blocks == Set(0..<(depth - 2) / 6) else {
-            throw FoldingError.unsupported("\(url.path): metadata says depth \(depth) (\((depth - 2) / 6) blocks per stage), "
-                + "the file's layer1 has \(blocks.count)")
+            throw FoldingError.unsupported(
+                "\(url.path): metadata says depth \(depth) (\((depth - 2) / 6) blocks per stage), "
+                    + "the file's layer1 has \(blocks.count)")
         }
         let conv1 = try shape(of: "conv1.weight", rank: 4, in: tensors, path: url.path)
         let fc = try shape(of: "fc.weight", rank: 2, in: tensors, path: url.path)
         var generator = SeededGenerator(seed: 0)
-        let model = try FoldedResNet(depth: depth, inChannels: conv1[1], classes: fc[0], width: conv1[0],
-                                     generator: &generator)
+        let model = try FoldedResNet(
+            depth: depth, inChannels: conv1[1], classes: fc[0], width: conv1[0],
+            generator: &generator)
         try model.loadStateDict(tensors)
         model.eval()
         return (model, metadata)
     }
 
     /// The shape of `name`, which must have `rank` dimensions of at most ``ConfigurationLimits/maxGroups`` each.
-    private static func shape(of name: String, rank: Int, in tensors: [String: StateTensor], path: String) throws -> [Int] {
+    private static func shape(
+        of name: String, rank: Int, in tensors: [String: StateTensor], path: String
+    ) throws -> [Int] {
         guard let shape = tensors[name]?.shape else {
             throw CheckpointError.tensorsDoNotMatch(path: path, reason: "it has no '\(name)', which every ResNet has")
         }
         guard shape.count == rank, shape.allSatisfy({ (1...ConfigurationLimits.maxGroups).contains($0) }) else {
             throw CheckpointError.tensorsDoNotMatch(
-                path: path, reason: "'\(name)' has shape \(shape), expected \(rank) dimensions in 1...\(ConfigurationLimits.maxGroups)")
+                path: path,
+                reason:
+                    "'\(name)' has shape \(shape), expected \(rank) dimensions in 1...\(ConfigurationLimits.maxGroups)")
         }
         return shape
     }

@@ -42,22 +42,28 @@ public final class FoldedResNet: Model {
     ///
     /// - Throws: ``ModelError/invalidDepth(_:)``, or an error of a layer's constructor (a width, channel or
     ///   class count below 1).
-    public init(depth: Int, inChannels: Int = 1, classes: Int = 10, width: Int = 16,
-                generator: inout SeededGenerator) throws {
+    public init(
+        depth: Int, inChannels: Int = 1, classes: Int = 10, width: Int = 16,
+        generator: inout SeededGenerator
+    ) throws {
         guard depth >= 8, (depth - 2) % 6 == 0 else { throw ModelError.invalidDepth(depth) }
         self.depth = depth
         self.width = width
         let n = (depth - 2) / 6
-        stem = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: width, kernelSize: 3, stride: 1, padding: 1,
-                                    bias: true, generator: &generator))
+        stem = LayerSlot(
+            try Conv2d(
+                inChannels: inChannels, outChannels: width, kernelSize: 3, stride: 1, padding: 1,
+                bias: true, generator: &generator))
         stem.layer.computesInputGradient = false
         var cin = width
         var stages: [FoldedResNetStage] = []
         for (cout, stride) in [(width, 1), (2 * width, 2), (4 * width, 2)] {
             var blocks: [FoldedBasicBlock] = []
             for b in 0..<n {
-                blocks.append(try FoldedBasicBlock(inChannels: cin, outChannels: cout, stride: b == 0 ? stride : 1,
-                                                   generator: &generator))
+                blocks.append(
+                    try FoldedBasicBlock(
+                        inChannels: cin, outChannels: cout, stride: b == 0 ? stride : 1,
+                        generator: &generator))
                 cin = cout
             }
             stages.append(FoldedResNetStage(blocks: blocks))
@@ -129,13 +135,19 @@ public final class FoldedBasicBlock: Module {
     public var conv2: Conv2d { conv2Slot.layer }
 
     init(inChannels: Int, outChannels: Int, stride: Int, generator: inout SeededGenerator) throws {
-        conv1Slot = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: outChannels, kernelSize: 3,
-                                         stride: stride, padding: 1, bias: true, generator: &generator))
-        conv2Slot = LayerSlot(try Conv2d(inChannels: outChannels, outChannels: outChannels, kernelSize: 3, stride: 1,
-                                         padding: 1, bias: true, generator: &generator))
-        downsample = stride != 1 || inChannels != outChannels
-            ? try FoldedShortcut(inChannels: inChannels, outChannels: outChannels, stride: stride,
-                                 generator: &generator)
+        conv1Slot = LayerSlot(
+            try Conv2d(
+                inChannels: inChannels, outChannels: outChannels, kernelSize: 3,
+                stride: stride, padding: 1, bias: true, generator: &generator))
+        conv2Slot = LayerSlot(
+            try Conv2d(
+                inChannels: outChannels, outChannels: outChannels, kernelSize: 3, stride: 1,
+                padding: 1, bias: true, generator: &generator))
+        downsample =
+            stride != 1 || inChannels != outChannels
+            ? try FoldedShortcut(
+                inChannels: inChannels, outChannels: outChannels, stride: stride,
+                generator: &generator)
             : nil
     }
 
@@ -176,8 +188,10 @@ public final class FoldedShortcut: Module {
     public var conv: Conv2d { convSlot.layer }
 
     init(inChannels: Int, outChannels: Int, stride: Int, generator: inout SeededGenerator) throws {
-        convSlot = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: outChannels, kernelSize: 1,
-                                        stride: stride, padding: 0, bias: true, generator: &generator))
+        convSlot = LayerSlot(
+            try Conv2d(
+                inChannels: inChannels, outChannels: outChannels, kernelSize: 1,
+                stride: stride, padding: 0, bias: true, generator: &generator))
     }
 
     /// `"Sequential"`, as in the reference.

@@ -21,7 +21,8 @@ public enum FoldingError: Error, Equatable, CustomStringConvertible, LocalizedEr
             return "folding '\(path)' gives a non-finite value in channel \(channel): \(reason)"
         case .unsupported(let what): return what
         case .outputExists(let path):
-            return "\(path) already exists; pass --overwrite to replace it (the export never replaces a file by default)"
+            return
+                "\(path) already exists; pass --overwrite to replace it (the export never replaces a file by default)"
         }
     }
 
@@ -74,8 +75,9 @@ public func inferenceAffine(of layer: NormalizationLayer?, path: String) throws 
     case let bn as BatchNorm:
         return centred((0..<c).map { gamma[$0] / (Double(bn.runningVariance[$0]) + eps).squareRoot() }, bn.runningMean)
     case let frozen as FrozenBatchNorm:
-        return centred((0..<c).map { gamma[$0] / (Double(frozen.runningVariance[$0]) + eps).squareRoot() },
-                       frozen.runningMean)
+        return centred(
+            (0..<c).map { gamma[$0] / (Double(frozen.runningVariance[$0]) + eps).squareRoot() },
+            frozen.runningMean)
     case let brn as BatchRenorm:
         return centred((0..<c).map { gamma[$0] / Double(brn.runningStd[$0]) }, brn.runningMean)
     case let mabn as MovingAverageBatchNorm:
@@ -118,9 +120,10 @@ public func fold(_ model: ResNet) throws -> FoldedResNet {
         throw FoldingError.notFoldable(path: "norm1", layer: model.norm1.name, reason: reason)
     }
     var generator = SeededGenerator(seed: 0)
-    let folded = try FoldedResNet(depth: model.depth, inChannels: model.conv1.inChannels,
-                                  classes: model.fc.outFeatures, width: model.conv1.outChannels,
-                                  generator: &generator)
+    let folded = try FoldedResNet(
+        depth: model.depth, inChannels: model.conv1.inChannels,
+        classes: model.fc.outFeatures, width: model.conv1.outChannels,
+        generator: &generator)
     try foldConvolution(model.conv1, model.norm1, path: "norm1", into: folded.conv1)
     for (s, (stage, target)) in zip(model.stages, folded.stages).enumerated() {
         for (b, (block, into)) in zip(stage.blocks, target.blocks).enumerated() {
@@ -128,8 +131,9 @@ public func fold(_ model: ResNet) throws -> FoldedResNet {
             try foldConvolution(block.conv1, block.norm1, path: prefix + "norm1", into: into.conv1)
             try foldConvolution(block.conv2, block.norm2, path: prefix + "norm2", into: into.conv2)
             if let shortcut = block.downsample, let targetShortcut = into.downsample {
-                try foldConvolution(shortcut.conv, shortcut.norm, path: prefix + "downsample.1",
-                                    into: targetShortcut.conv)
+                try foldConvolution(
+                    shortcut.conv, shortcut.norm, path: prefix + "downsample.1",
+                    into: targetShortcut.conv)
             }
         }
     }
@@ -141,11 +145,14 @@ public func fold(_ model: ResNet) throws -> FoldedResNet {
 
 /// Writes `conv` followed by `norm` (at state-dict path `path`) into `target`'s weight and bias.
 private func foldConvolution(_ conv: Conv2d, _ norm: NormalizationModule, path: String, into target: Conv2d) throws {
-    precondition(target.weight.shape == conv.weight.shape && target.bias != nil,
-                 "the folded model's convolution at \(path) does not match the source's")
+    precondition(
+        target.weight.shape == conv.weight.shape && target.bias != nil,
+        "the folded model's convolution at \(path) does not match the source's")
     let filters = conv.outChannels
-    let weights = conv.centred ? try WeightCentering.centered(conv.weight.value, filters: filters)
-                               : conv.weight.value
+    let weights =
+        conv.centred
+        ? try WeightCentering.centered(conv.weight.value, filters: filters)
+        : conv.weight.value
     let bias = conv.bias?.value ?? [Float](repeating: 0, count: filters)
     guard let (scale, shift) = try inferenceAffine(of: norm.layer, path: path) else {
         target.weight.value = weights
@@ -159,7 +166,8 @@ private func foldConvolution(_ conv: Conv2d, _ norm: NormalizationModule, path: 
         foldedBias[c] = Float(scale[c] * Double(bias[c]) + shift[c])
         for i in c * fanIn..<(c + 1) * fanIn { foldedWeights[i] = Float(scale[c] * Double(weights[i])) }
         guard scale[c].isFinite, foldedBias[c].isFinite,
-              foldedWeights[c * fanIn..<(c + 1) * fanIn].allSatisfy(\.isFinite) else {
+            foldedWeights[c * fanIn..<(c + 1) * fanIn].allSatisfy(\.isFinite)
+        else {
             throw FoldingError.nonFiniteResult(
                 path: path, channel: c,
                 reason: "the eval scale is \(scale[c]) and the shift \(shift[c]) (from \(norm.name)'s weight, bias and "

@@ -41,8 +41,10 @@ public enum BLAS {
 
     /// OpenBLAS kernel families that use neither AVX2 nor AVX-512: what its run-time detection falls back to on a
     /// CPU model it does not know (OpenBLAS 0.3.21, Debian 12, calls Intel's Emerald Rapids "Prescott").
-    static let genericCores: Set<String> = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
-                                            "Katmai", "Coppermine", "Northwood", "Banias", "Sandybridge"]
+    static let genericCores: Set<String> = [
+        "Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
+        "Katmai", "Coppermine", "Northwood", "Banias", "Sandybridge",
+    ]
 
     /// The `OPENBLAS_CORETYPE` this process should have had: `"SkylakeX"` (AVX-512) or `"Haswell"` (AVX2) when
     /// OpenBLAS chose a generic kernel family on a CPU that has those instructions (3–4× slower `sgemm` here), nil
@@ -84,8 +86,9 @@ public enum BLAS {
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         guard m > 0, n > 0 else { return }
-        cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        cblas_sgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 }
 

@@ -13,14 +13,17 @@ extension Conv2d {
 
     /// Creates (or finds) every thread's primitive before the parallel section, so creation errors throw here;
     /// returns them in ``OneDNNConvolutions/current`` (memory reused from call to call: a step allocates nothing).
-    private func handles(_ g: ConvolutionGeometry, layout: TensorLayout, threads: Int) throws
+    private func handles(
+        _ g: ConvolutionGeometry, layout: TensorLayout, threads: Int
+    ) throws
         -> UnsafeMutablePointer<OpaquePointer?>
     {
         oneDNN.reserve(threads: threads)
         for t in 0..<threads {
             let images = g.batch * (t + 1) / threads - g.batch * t / threads
-            oneDNN.current[t] = try oneDNN.handle(thread: t, key(images, g, layout), geometry: g,
-                                                  hasBias: bias != nil, layer: name)
+            oneDNN.current[t] = try oneDNN.handle(
+                thread: t, key(images, g, layout), geometry: g,
+                hasBias: bias != nil, layer: name)
         }
         oneDNN.failure.reset()
         return oneDNN.current
@@ -42,14 +45,17 @@ extension Conv2d {
                     let xp = xb.baseAddress!, yp = yb.baseAddress!
                     Conv2d.run(threads: threads, count: g.batch) { t, range in
                         guard nk_dnnl_convolution_set_weights(handles[t]!, w) == 0,
-                              nk_dnnl_convolution_forward(handles[t]!, xp + range.lowerBound * inImage, b,
-                                                          yp + range.lowerBound * outImage) == 0
+                            nk_dnnl_convolution_forward(
+                                handles[t]!, xp + range.lowerBound * inImage, b,
+                                yp + range.lowerBound * outImage) == 0
                         else { return failure.record(OneDNNConvolutions.lastError) }
                     }
                 }
             }
         }
-        if let message = failure.value { throw LayerError.engineFailure(layer: name, engine: "oneDNN", message: message) }
+        if let message = failure.value {
+            throw LayerError.engineFailure(layer: name, engine: "oneDNN", message: message)
+        }
         return threads
     }
 
@@ -57,8 +63,10 @@ extension Conv2d {
     /// the training forward's (`threads`, whatever ``/NormKit/Parallelism/threadCount`` is now), and every handle
     /// gets the forward's weights again before the backward-data (its handle may have been replaced by evaluation
     /// forwards of other shapes since, or hold another step's weights).
-    func backwardOneDNN(_ x: Tensor, _ dy: Tensor, into dx: inout Tensor, _ g: ConvolutionGeometry,
-                        threads: Int) throws -> Int {
+    func backwardOneDNN(
+        _ x: Tensor, _ dy: Tensor, into dx: inout Tensor, _ g: ConvolutionGeometry,
+        threads: Int
+    ) throws -> Int {
         let handles = try handles(g, layout: x.layout, threads: threads)
         let w = UnsafePointer(usedWeight.pointer)
         reserveGradientWorkspaces(threads: threads, g)
@@ -82,12 +90,16 @@ extension Conv2d {
                                 images: range.count, g)
                         } else if nk_dnnl_convolution_backward_weights(
                             handles[t]!, images, gradients, workspaces[t].weightGradient.pointer,
-                            hasBias ? workspaces[t].biasGradient.pointer : nil) != 0 {
+                            hasBias ? workspaces[t].biasGradient.pointer : nil) != 0
+                        {
                             return failure.record(OneDNNConvolutions.lastError)
                         }
-                        if let dxp, nk_dnnl_convolution_set_backward_weights(handles[t]!, w) != 0
-                            || nk_dnnl_convolution_backward_data(handles[t]!, gradients,
-                                                                 dxp + range.lowerBound * inImage) != 0 {
+                        if let dxp,
+                            nk_dnnl_convolution_set_backward_weights(handles[t]!, w) != 0
+                                || nk_dnnl_convolution_backward_data(
+                                    handles[t]!, gradients,
+                                    dxp + range.lowerBound * inImage) != 0
+                        {
                             failure.record(OneDNNConvolutions.lastError)
                         }
                     }
@@ -100,15 +112,19 @@ extension Conv2d {
         } else {
             run(nil)
         }
-        if let message = failure.value { throw LayerError.engineFailure(layer: name, engine: "oneDNN", message: message) }
+        if let message = failure.value {
+            throw LayerError.engineFailure(layer: name, engine: "oneDNN", message: message)
+        }
         return threads
     }
 
     /// `dW` (OIHW) and `db` of a convolution with one input channel over channels-last `dy` (`images × positions ×
     /// filters`): every output position adds `x[tap]·dy[position, :]` to each valid tap's row of filters.
-    static func singleChannelWeightGradient(dw: UnsafeMutablePointer<Float>, db: UnsafeMutablePointer<Float>?,
-                                            x: UnsafePointer<Float>, dy: UnsafePointer<Float>, images: Int,
-                                            _ g: ConvolutionGeometry) {
+    static func singleChannelWeightGradient(
+        dw: UnsafeMutablePointer<Float>, db: UnsafeMutablePointer<Float>?,
+        x: UnsafePointer<Float>, dy: UnsafePointer<Float>, images: Int,
+        _ g: ConvolutionGeometry
+    ) {
         let o = g.filters, k = g.kernel, taps = k * k, h = g.height, w = g.width
         withUnsafeTemporaryAllocation(of: Float.self, capacity: taps * o) { scratch in
             let acc = scratch.baseAddress!  // tap-major: acc[tap·O + filter]

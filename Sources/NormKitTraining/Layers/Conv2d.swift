@@ -57,7 +57,8 @@ public final class Conv2d: Layer {
     /// PyTorch's `repr`: `"Conv2d(16, 32, kernel_size=3, stride=2, padding=1, bias=False)"` (`CenConv2d` when
     /// ``centred``, as the reference class; padding only when non-zero).
     public var summary: String {
-        (centred ? "CenConv2d" : "Conv2d") + "(\(inChannels), \(outChannels), kernel_size=\(kernelSize), stride=\(stride)"
+        (centred ? "CenConv2d" : "Conv2d")
+            + "(\(inChannels), \(outChannels), kernel_size=\(kernelSize), stride=\(stride)"
             + (padding != 0 ? ", padding=\(padding)" : "") + (bias == nil ? ", bias=False" : "") + ")"
     }
 
@@ -86,10 +87,14 @@ public final class Conv2d: Layer {
     ///
     /// - Throws: ``LayerError/invalidArgument(layer:name:value:expected:)`` for a channel count, kernel size or
     ///   stride below 1, or a negative padding.
-    public init(inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
-                bias: Bool = false, centred: Bool = false, generator: inout SeededGenerator) throws {
-        for (argument, value) in [("inChannels", inChannels), ("outChannels", outChannels),
-                                  ("kernelSize", kernelSize), ("stride", stride)] where value < 1 {
+    public init(
+        inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
+        bias: Bool = false, centred: Bool = false, generator: inout SeededGenerator
+    ) throws {
+        for (argument, value) in [
+            ("inChannels", inChannels), ("outChannels", outChannels),
+            ("kernelSize", kernelSize), ("stride", stride),
+        ] where value < 1 {
             throw LayerError.invalidArgument(layer: "Conv2d", name: argument, value: value, expected: "at least 1")
         }
         guard padding >= 0 else {
@@ -105,9 +110,11 @@ public final class Conv2d: Layer {
         let std = (2 / Float(outChannels * kernelSize * kernelSize)).squareRoot()
         let initial = Tensor.randomNormal(shape: shape, standardDeviation: std, using: &generator).values
         weight = Parameter(name: "weight", shape: shape, role: .weight, value: initial)
-        self.bias = bias
-            ? Parameter(name: "bias", shape: [outChannels], role: .bias,
-                        value: [Float](repeating: 0, count: outChannels))
+        self.bias =
+            bias
+            ? Parameter(
+                name: "bias", shape: [outChannels], role: .bias,
+                value: [Float](repeating: 0, count: outChannels))
             : nil
         usedWeight = LayerScratch(capacity: outChannels * inChannels * kernelSize * kernelSize)
         BLAS.configureDefaultIfNeeded()
@@ -160,8 +167,9 @@ public final class Conv2d: Layer {
             y.withUnsafeMutableBufferPointer { yb in
                 let xp = xb.baseAddress!, yp = yb.baseAddress!
                 Conv2d.run(threads: plan.threads, count: g.batch) { t, range in
-                    Conv2d.forwardImages(range, group: plan.group, g, x: xp, weights: w, bias: biasValues,
-                                         y: yp, workspace: workspaces[t])
+                    Conv2d.forwardImages(
+                        range, group: plan.group, g, x: xp, weights: w, bias: biasValues,
+                        y: yp, workspace: workspaces[t])
                 }
             }
         }
@@ -197,8 +205,9 @@ public final class Conv2d: Layer {
                 dy.withUnsafeBufferPointer { dyb in
                     let xp = xb.baseAddress!, dyp = dyb.baseAddress!
                     Conv2d.run(threads: plan.threads, count: g.batch) { t, range in
-                        Conv2d.backwardImages(range, group: plan.group, g, x: xp, weights: w, dy: dyp, dx: dxp,
-                                              workspace: workspaces[t])
+                        Conv2d.backwardImages(
+                            range, group: plan.group, g, x: xp, weights: w, dy: dyp, dx: dxp,
+                            workspace: workspaces[t])
                     }
                 }
             }
@@ -246,8 +255,9 @@ public final class Conv2d: Layer {
         guard h + 2 * padding >= kernelSize, w + 2 * padding >= kernelSize else {
             throw LayerError.inputTooSmall(layer: name, height: h, width: w, kernelSize: kernelSize, padding: padding)
         }
-        return ConvolutionGeometry(batch: x.batch, channels: inChannels, height: h, width: w, filters: outChannels,
-                                   kernel: kernelSize, stride: stride, padding: padding)
+        return ConvolutionGeometry(
+            batch: x.batch, channels: inChannels, height: h, width: w, filters: outChannels,
+            kernel: kernelSize, stride: stride, padding: padding)
     }
 
     /// Copies (or centres) the weights into ``usedWeight``.
@@ -307,9 +317,11 @@ public final class Conv2d: Layer {
 
     // MARK: - Kernels (one thread's images)
 
-    private static func forwardImages(_ images: Range<Int>, group: Int, _ g: ConvolutionGeometry,
-                                      x: UnsafePointer<Float>, weights: UnsafePointer<Float>, bias: [Float]?,
-                                      y: UnsafeMutablePointer<Float>, workspace: ConvolutionWorkspace) {
+    private static func forwardImages(
+        _ images: Range<Int>, group: Int, _ g: ConvolutionGeometry,
+        x: UnsafePointer<Float>, weights: UnsafePointer<Float>, bias: [Float]?,
+        y: UnsafeMutablePointer<Float>, workspace: ConvolutionWorkspace
+    ) {
         let p = g.positions, o = g.filters, inPlane = g.channels * g.height * g.width, outImage = o * p
         let patches = workspace.patches.pointer, staging = workspace.staging.pointer
         var n0 = images.lowerBound
@@ -319,11 +331,13 @@ public final class Conv2d: Layer {
                 im2col(g, x + (n0 + j) * inPlane, patches + j * p, rowStride: columns)
             }
             if m == 1 {
-                BLAS.sgemm(m: o, n: p, k: g.fanIn, a: weights, lda: g.fanIn, b: patches, ldb: p, c: y + n0 * outImage,
-                           ldc: p)
+                BLAS.sgemm(
+                    m: o, n: p, k: g.fanIn, a: weights, lda: g.fanIn, b: patches, ldb: p, c: y + n0 * outImage,
+                    ldc: p)
             } else {
-                BLAS.sgemm(m: o, n: columns, k: g.fanIn, a: weights, lda: g.fanIn, b: patches, ldb: columns,
-                           c: staging, ldc: columns)
+                BLAS.sgemm(
+                    m: o, n: columns, k: g.fanIn, a: weights, lda: g.fanIn, b: patches, ldb: columns,
+                    c: staging, ldc: columns)
                 for j in 0..<m {
                     let image = y + (n0 + j) * outImage
                     for f in 0..<o {
@@ -344,10 +358,12 @@ public final class Conv2d: Layer {
         }
     }
 
-    private static func backwardImages(_ images: Range<Int>, group: Int, _ g: ConvolutionGeometry,
-                                       x: UnsafePointer<Float>, weights: UnsafePointer<Float>,
-                                       dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
-                                       workspace: ConvolutionWorkspace) {
+    private static func backwardImages(
+        _ images: Range<Int>, group: Int, _ g: ConvolutionGeometry,
+        x: UnsafePointer<Float>, weights: UnsafePointer<Float>,
+        dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
+        workspace: ConvolutionWorkspace
+    ) {
         let p = g.positions, o = g.filters, inPlane = g.channels * g.height * g.width, outImage = o * p
         let patches = workspace.patches.pointer, staging = workspace.staging.pointer
         let dw = workspace.weightGradient.pointer, db = workspace.biasGradient.pointer
@@ -371,8 +387,9 @@ public final class Conv2d: Layer {
                 dyGroup = UnsafePointer(staging)
             }
             // dW (+)= dY · patchesᵀ
-            BLAS.sgemm(transposeB: true, m: o, n: g.fanIn, k: columns, a: dyGroup, lda: columns, b: patches,
-                       ldb: columns, beta: first ? 0 : 1, c: dw, ldc: g.fanIn)
+            BLAS.sgemm(
+                transposeB: true, m: o, n: g.fanIn, k: columns, a: dyGroup, lda: columns, b: patches,
+                ldb: columns, beta: first ? 0 : 1, c: dw, ldc: g.fanIn)
             first = false
             for f in 0..<o {
                 let row = dyGroup + f * columns
@@ -382,8 +399,9 @@ public final class Conv2d: Layer {
             }
             if let dx {
                 // dPatches = Wᵀ · dY, written over the patches, then scattered back (col2im).
-                BLAS.sgemm(transposeA: true, m: g.fanIn, n: columns, k: o, a: weights, lda: g.fanIn, b: dyGroup,
-                           ldb: columns, c: patches, ldc: columns)
+                BLAS.sgemm(
+                    transposeA: true, m: g.fanIn, n: columns, k: o, a: weights, lda: g.fanIn, b: dyGroup,
+                    ldb: columns, c: patches, ldc: columns)
                 for j in 0..<m {
                     col2im(g, patches + j * p, rowStride: columns, into: dx + (n0 + j) * inPlane)
                 }
@@ -395,7 +413,9 @@ public final class Conv2d: Layer {
     /// The output positions `[lower, upper)` along one axis whose input index `out·s − p + tap` is inside
     /// `0..<inputSize`.
     @inline(__always)
-    private static func validRange(tap: Int, inputSize: Int, outputSize: Int, stride s: Int, padding p: Int)
+    private static func validRange(
+        tap: Int, inputSize: Int, outputSize: Int, stride s: Int, padding p: Int
+    )
         -> (Int, Int)
     {
         let shift = p - tap
@@ -407,8 +427,10 @@ public final class Conv2d: Layer {
 
     /// Writes one image's `(C·k·k) × positions` patch matrix (row `(c·k + ki)·k + kj`, column `oh·W' + ow`)
     /// with rows `rowStride` apart.
-    private static func im2col(_ g: ConvolutionGeometry, _ x: UnsafePointer<Float>,
-                               _ patches: UnsafeMutablePointer<Float>, rowStride: Int) {
+    private static func im2col(
+        _ g: ConvolutionGeometry, _ x: UnsafePointer<Float>,
+        _ patches: UnsafeMutablePointer<Float>, rowStride: Int
+    ) {
         let k = g.kernel, s = g.stride, pad = g.padding, h = g.height, w = g.width
         let ho = g.outHeight, wo = g.outWidth
         for c in 0..<g.channels {
@@ -439,8 +461,10 @@ public final class Conv2d: Layer {
 
     /// The adjoint of ``im2col(_:_:_:rowStride:)``: overwrites one image's `dx` with the sum of the patch
     /// gradients over every window that read each input element.
-    private static func col2im(_ g: ConvolutionGeometry, _ patches: UnsafePointer<Float>, rowStride: Int,
-                               into dx: UnsafeMutablePointer<Float>) {
+    private static func col2im(
+        _ g: ConvolutionGeometry, _ patches: UnsafePointer<Float>, rowStride: Int,
+        into dx: UnsafeMutablePointer<Float>
+    ) {
         let k = g.kernel, s = g.stride, pad = g.padding, h = g.height, w = g.width, wo = g.outWidth
         dx.update(repeating: 0, count: g.channels * h * w)
         for c in 0..<g.channels {

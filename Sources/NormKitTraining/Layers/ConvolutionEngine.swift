@@ -94,7 +94,9 @@ final class OneDNNConvolutions {
     }
 
     /// The handle of thread `t` for `key`, created on first use; throws oneDNN's message when it cannot be built.
-    func handle(thread t: Int, _ key: Key, geometry g: ConvolutionGeometry, hasBias: Bool, layer: String) throws
+    func handle(
+        thread t: Int, _ key: Key, geometry g: ConvolutionGeometry, hasBias: Bool, layer: String
+    ) throws
         -> OpaquePointer
     {
         if let existing = perThread[t][key] { return existing }
@@ -102,9 +104,10 @@ final class OneDNNConvolutions {
             nk_dnnl_convolution_destroy(victim.value)
             perThread[t].removeValue(forKey: victim.key)
         }
-        guard let created = nk_dnnl_convolution_create(
-            Int32(key.batch), Int32(g.channels), Int32(key.height), Int32(key.width), Int32(g.filters),
-            Int32(g.kernel), Int32(g.stride), Int32(g.padding), hasBias ? 1 : 0, key.channelsLast ? 1 : 0)
+        guard
+            let created = nk_dnnl_convolution_create(
+                Int32(key.batch), Int32(g.channels), Int32(key.height), Int32(key.width), Int32(g.filters),
+                Int32(g.kernel), Int32(g.stride), Int32(g.padding), hasBias ? 1 : 0, key.channelsLast ? 1 : 0)
         else {
             throw LayerError.engineFailure(layer: layer, engine: "oneDNN", message: OneDNNConvolutions.lastError)
         }

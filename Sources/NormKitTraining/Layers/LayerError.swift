@@ -19,8 +19,9 @@ public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedErro
     /// The (padded) input is smaller than the window, so the output would be empty.
     case inputTooSmall(layer: String, height: Int, width: Int, kernelSize: Int, padding: Int)
     /// The gradient given to `backward` does not match the last training forward's output.
-    case gradientMismatch(layer: String, expected: [Int], expectedLayout: TensorLayout, got: [Int],
-                          gotLayout: TensorLayout)
+    case gradientMismatch(
+        layer: String, expected: [Int], expectedLayout: TensorLayout, got: [Int],
+        gotLayout: TensorLayout)
     /// `backward` was called without a training forward to pair with (or twice for one forward).
     case backwardBeforeForward(layer: String)
     /// The number of labels is not the batch size.
@@ -53,7 +54,8 @@ public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedErro
             return "\(layer): gradient has shape \(got) (\(gotLayout)), the forward's output was \(expected) "
                 + "(\(expectedLayout))"
         case .backwardBeforeForward(let layer):
-            return "\(layer): backward called without a preceding training forward (each forward pairs with one backward)"
+            return
+                "\(layer): backward called without a preceding training forward (each forward pairs with one backward)"
         case .labelCountMismatch(let batch, let labels):
             return "SoftmaxCrossEntropy: \(labels) labels for a batch of \(batch) rows"
         case .labelOutOfRange(let index, let label, let classes):
@@ -73,8 +75,10 @@ public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedErro
 enum LayerCheck {
     /// Throws unless `x` is a non-empty channels-first `(N, C, H, W)` tensor with `channels` channels (any when nil).
     /// `layer` is evaluated only to build an error (a layer's name is an interpolated string).
-    static func spatial(_ x: Tensor, channels: Int?, layer: @autoclosure () -> String,
-                        channelsLastToo: Bool = false) throws {
+    static func spatial(
+        _ x: Tensor, channels: Int?, layer: @autoclosure () -> String,
+        channelsLastToo: Bool = false
+    ) throws {
         guard x.layout == .channelsFirst || channelsLastToo else {
             throw LayerError.unsupportedLayout(layer: layer(), layout: x.layout)
         }
@@ -88,20 +92,24 @@ enum LayerCheck {
     /// Throws unless `dy` has `shape` and `layout`.
     static func gradient(_ dy: Tensor, shape: [Int], layout: TensorLayout, layer: @autoclosure () -> String) throws {
         guard dy.shape == shape, dy.layout == layout else {
-            throw LayerError.gradientMismatch(layer: layer(), expected: shape, expectedLayout: layout,
-                                              got: dy.shape, gotLayout: dy.layout)
+            throw LayerError.gradientMismatch(
+                layer: layer(), expected: shape, expectedLayout: layout,
+                got: dy.shape, gotLayout: dy.layout)
         }
     }
 
     /// The float32 values of `name` in `state`, checked against `shape`.
     static func floats(_ state: [String: StateTensor], _ name: String, shape: [Int], layer: String) throws -> [Float] {
-        guard let entry = state[name] else { throw LayerError.invalidState(layer: layer, name: name, reason: "missing") }
+        guard let entry = state[name] else {
+            throw LayerError.invalidState(layer: layer, name: name, reason: "missing")
+        }
         guard case .float32(let s, let values) = entry else {
             throw LayerError.invalidState(layer: layer, name: name, reason: "expected float32, got int64")
         }
         guard s == shape, values.count == shape.reduce(1, *) else {
-            throw LayerError.invalidState(layer: layer, name: name,
-                                          reason: "expected shape \(shape), got \(s) with \(values.count) values")
+            throw LayerError.invalidState(
+                layer: layer, name: name,
+                reason: "expected shape \(shape), got \(s) with \(values.count) values")
         }
         return values
     }

@@ -68,8 +68,9 @@ public final class Linear: Layer {
                     y.withUnsafeMutableBufferPointer { yb in
                         let yp = yb.baseAddress!
                         for r in 0..<n { (yp + r * o).update(from: bb.baseAddress!, count: o) }
-                        BLAS.sgemm(transposeB: true, m: n, n: o, k: i, a: xb.baseAddress!, lda: i,
-                                   b: wb.baseAddress!, ldb: i, beta: 1, c: yp, ldc: o)
+                        BLAS.sgemm(
+                            transposeB: true, m: n, n: o, k: i, a: xb.baseAddress!, lda: i,
+                            b: wb.baseAddress!, ldb: i, beta: 1, c: yp, ldc: o)
                     }
                 }
             }
@@ -93,8 +94,9 @@ public final class Linear: Layer {
             dy.withUnsafeBufferPointer { db in
                 let dyp = db.baseAddress!
                 weight.gradient.withUnsafeMutableBufferPointer { gw in
-                    BLAS.sgemm(transposeA: true, m: o, n: i, k: n, a: dyp, lda: o, b: xb.baseAddress!, ldb: i,
-                               c: gw.baseAddress!, ldc: i)
+                    BLAS.sgemm(
+                        transposeA: true, m: o, n: i, k: n, a: dyp, lda: o, b: xb.baseAddress!, ldb: i,
+                        c: gw.baseAddress!, ldc: i)
                 }
                 bias.gradient.withUnsafeMutableBufferPointer { gb in
                     for c in 0..<o { gb[c] = 0 }
@@ -104,8 +106,9 @@ public final class Linear: Layer {
                 }
                 weight.value.withUnsafeBufferPointer { wb in
                     dx.withUnsafeMutableBufferPointer { dxb in
-                        BLAS.sgemm(m: n, n: i, k: o, a: dyp, lda: o, b: wb.baseAddress!, ldb: i,
-                                   c: dxb.baseAddress!, ldc: i)
+                        BLAS.sgemm(
+                            m: n, n: i, k: o, a: dyp, lda: o, b: wb.baseAddress!, ldb: i,
+                            c: dxb.baseAddress!, ldc: i)
                     }
                 }
             }

@@ -28,7 +28,8 @@ extension Module {
             guard let have = state[name] else { continue }
             let want = current[name]!
             guard want.shape == have.shape, want.dtypeName == have.dtypeName,
-                  have.valueCount == have.shape.reduce(1, *) else {
+                have.valueCount == have.shape.reduce(1, *)
+            else {
                 throw refusal.mismatched(name, expected: want, found: have)
             }
             merged[name] = have
@@ -77,15 +78,20 @@ private struct StateRefusal {
 
     func unexpected(_ keys: [String]) -> Error {
         if root is Model { return ModelError.unexpectedTensors(keys) }
-        let others = keys.count > 1 ? " (and \(keys.dropFirst().prefix(4).joined(separator: ", "))\(keys.count > 5 ? ", …" : ""))" : ""
-        return LayerError.invalidState(layer: root.name, name: keys[0],
-                                       reason: "unexpected: the layer has no such tensor\(others)")
+        let others =
+            keys.count > 1
+            ? " (and \(keys.dropFirst().prefix(4).joined(separator: ", "))\(keys.count > 5 ? ", …" : ""))" : ""
+        return LayerError.invalidState(
+            layer: root.name, name: keys[0],
+            reason: "unexpected: the layer has no such tensor\(others)")
     }
 
     func mismatched(_ key: String, expected: StateTensor, found: StateTensor) -> Error {
         let want = "\(expected.dtypeName) \(expected.shape)"
-        let have = "\(found.dtypeName) \(found.shape)" + (found.valueCount == found.shape.reduce(1, *)
-            ? "" : " with \(found.valueCount) values")
+        let have =
+            "\(found.dtypeName) \(found.shape)"
+            + (found.valueCount == found.shape.reduce(1, *)
+                ? "" : " with \(found.valueCount) values")
         if root is Model { return ModelError.mismatchedTensor(name: key, expected: want, found: have) }
         return LayerError.invalidState(layer: owner(of: key).name, name: key, reason: "expected \(want), got \(have)")
     }

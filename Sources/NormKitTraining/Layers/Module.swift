@@ -139,8 +139,10 @@ extension Module {
 func qualified(_ path: String, _ name: String) -> String { path.isEmpty ? name : path + "." + name }
 
 /// Appends every descendant of `module` in pre-order, with its path.
-private func appendDescendants(of module: any Module, prefix: String,
-                               to out: inout [(name: String, module: any Module)]) {
+private func appendDescendants(
+    of module: any Module, prefix: String,
+    to out: inout [(name: String, module: any Module)]
+) {
     for (name, child) in module.children {
         let path = qualified(prefix, name)
         out.append((path, child))

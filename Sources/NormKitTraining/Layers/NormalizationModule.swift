@@ -33,7 +33,8 @@ public final class NormalizationModule: Layer {
         case let brn as BatchRenorm:
             arguments = ["\(brn.channels)", "momentum=\(brn.momentum)"] + Self.normBatch(brn.normBatch)
         case let mabn as MovingAverageBatchNorm:
-            arguments = ["\(mabn.channels)", "buffer_size=\(mabn.bufferSize)", "momentum=\(mabn.oldValueWeight)"]
+            arguments =
+                ["\(mabn.channels)", "buffer_size=\(mabn.bufferSize)", "momentum=\(mabn.oldValueWeight)"]
                 + Self.normBatch(mabn.normBatch)
         case is FrozenBatchNorm: arguments = ["\(layer.channels)"]
         default: return layer.name
@@ -69,8 +70,10 @@ public final class NormalizationModule: Layer {
         return state.keys.sorted { Self.bufferRank($0) < Self.bufferRank($1) }.map { ($0, state[$0]!) }
     }
 
-    private static let bufferOrder = ["running_mean", "running_var", "running_std", "num_batches_tracked", "iters",
-                                      "buffer_x2", "buffer_gz"]
+    private static let bufferOrder = [
+        "running_mean", "running_var", "running_std", "num_batches_tracked", "iters",
+        "buffer_x2", "buffer_gz",
+    ]
 
     private static func bufferRank(_ name: String) -> (Int, String) {
         (bufferOrder.firstIndex(of: name) ?? bufferOrder.count, name)

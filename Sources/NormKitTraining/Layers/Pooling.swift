@@ -145,7 +145,8 @@ public final class GlobalAveragePool: Layer {
         try LayerCheck.spatial(x, channels: nil, layer: name, channelsLastToo: true)
         let m = x.spatialCount, n = x.batch, c = x.channels
         guard m > 0 else {
-            throw LayerError.inputTooSmall(layer: name, height: x.shape[2], width: x.shape[3], kernelSize: 1, padding: 0)
+            throw LayerError.inputTooSmall(
+                layer: name, height: x.shape[2], width: x.shape[3], kernelSize: 1, padding: 0)
         }
         outputShape.setDimensions(n, c)
         y.prepare(shape: outputShape, layout: .channelsFirst)

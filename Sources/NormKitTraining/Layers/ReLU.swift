@@ -61,12 +61,15 @@ enum Elementwise {
 
     /// `y[i] = max(a[i] + b[i], 0)`: a residual sum and its ReLU in one pass (`y` may alias `a` or `b`).
     @inline(__always)
-    static func addReLU(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                        _ count: Int) {
+    static func addReLU(
+        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+        _ count: Int
+    ) {
         let zero = Vector(repeating: 0)
         var i = 0
         while i + 16 <= count {
-            let v = UnsafeRawPointer(a + i).loadUnaligned(as: Vector.self)
+            let v =
+                UnsafeRawPointer(a + i).loadUnaligned(as: Vector.self)
                 + UnsafeRawPointer(b + i).loadUnaligned(as: Vector.self)
             UnsafeMutableRawPointer(y + i).storeBytes(of: v.replacing(with: zero, where: v .< zero), as: Vector.self)
             i += 16
@@ -76,8 +79,10 @@ enum Elementwise {
 
     /// `dx[i] = y[i] > 0 ? dy[i] : 0`.
     @inline(__always)
-    static func reluBackward(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
-                             _ count: Int) {
+    static func reluBackward(
+        _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+        _ count: Int
+    ) {
         let zero = Vector(repeating: 0)
         var i = 0
         while i + 16 <= count {

@@ -28,7 +28,9 @@ public final class SoftmaxCrossEntropy {
     ///   nothing is changed when it throws.
     public func forward(logits: Tensor, labels: [Int]) throws -> Float {
         let layer = "SoftmaxCrossEntropy"
-        guard logits.shape.count == 2 else { throw LayerError.wrongRank(layer: layer, expected: 2, shape: logits.shape) }
+        guard logits.shape.count == 2 else {
+            throw LayerError.wrongRank(layer: layer, expected: 2, shape: logits.shape)
+        }
         let n = logits.batch, k = logits.channels
         guard n > 0 else { throw LayerError.emptyBatch(layer: layer) }
         guard labels.count == n else { throw LayerError.labelCountMismatch(batch: n, labels: labels.count) }

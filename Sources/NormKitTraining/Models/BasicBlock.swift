@@ -27,20 +27,27 @@ public final class BasicBlock: Module {
     public var norm2: NormalizationModule { norm2Slot.module }
 
     /// `zeroInitLastScale` sets ``norm2``'s `γ` to 0 (spec §6), so the block starts as its shortcut.
-    init(inChannels: Int, outChannels: Int, stride: Int, normalization: NormalizationSettings,
-         zeroInitLastScale: Bool, generator: inout SeededGenerator) throws {
+    init(
+        inChannels: Int, outChannels: Int, stride: Int, normalization: NormalizationSettings,
+        zeroInitLastScale: Bool, generator: inout SeededGenerator
+    ) throws {
         let centred = normalization.centresConvolutions
-        conv1Slot = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: outChannels, kernelSize: 3,
-                                         stride: stride, padding: 1, bias: false, centred: centred,
-                                         generator: &generator))
+        conv1Slot = LayerSlot(
+            try Conv2d(
+                inChannels: inChannels, outChannels: outChannels, kernelSize: 3,
+                stride: stride, padding: 1, bias: false, centred: centred,
+                generator: &generator))
         norm1Slot = NormalizationReLUSlot(try normalization.makeLayer(channels: outChannels))
-        conv2Slot = LayerSlot(try Conv2d(inChannels: outChannels, outChannels: outChannels, kernelSize: 3, stride: 1,
-                                         padding: 1, bias: false, centred: centred, generator: &generator))
+        conv2Slot = LayerSlot(
+            try Conv2d(
+                inChannels: outChannels, outChannels: outChannels, kernelSize: 3, stride: 1,
+                padding: 1, bias: false, centred: centred, generator: &generator))
         norm2Slot = NormalizationSlot(try normalization.makeLayer(channels: outChannels))
         if zeroInitLastScale { norm2Slot.module.zeroScale() }
         if stride != 1 || inChannels != outChannels {
-            downsample = try ResNetShortcut(inChannels: inChannels, outChannels: outChannels, stride: stride,
-                                            normalization: normalization, generator: &generator)
+            downsample = try ResNetShortcut(
+                inChannels: inChannels, outChannels: outChannels, stride: stride,
+                normalization: normalization, generator: &generator)
         } else {
             downsample = nil
         }
@@ -91,11 +98,15 @@ public final class ResNetShortcut: Module {
     /// The normalization after it (`downsample.1`).
     public var norm: NormalizationModule { normSlot.module }
 
-    init(inChannels: Int, outChannels: Int, stride: Int, normalization: NormalizationSettings,
-         generator: inout SeededGenerator) throws {
-        convSlot = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: outChannels, kernelSize: 1,
-                                        stride: stride, padding: 0, bias: false,
-                                        centred: normalization.centresConvolutions, generator: &generator))
+    init(
+        inChannels: Int, outChannels: Int, stride: Int, normalization: NormalizationSettings,
+        generator: inout SeededGenerator
+    ) throws {
+        convSlot = LayerSlot(
+            try Conv2d(
+                inChannels: inChannels, outChannels: outChannels, kernelSize: 1,
+                stride: stride, padding: 0, bias: false,
+                centred: normalization.centresConvolutions, generator: &generator))
         normSlot = NormalizationSlot(try normalization.makeLayer(channels: outChannels))
     }
 

@@ -42,7 +42,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable, LocalizedErro
         case .unsupported(let what): return what
         case .missingTensor(let name): return "checkpoint has no tensor '\(name)'"
         case .unexpectedTensors(let names):
-            return "checkpoint has tensors the model does not: \(names.prefix(5).joined(separator: ", "))\(names.count > 5 ? ", …" : "")"
+            return
+                "checkpoint has tensors the model does not: \(names.prefix(5).joined(separator: ", "))\(names.count > 5 ? ", …" : "")"
         case .mismatchedTensor(let name, let expected, let found):
             return "checkpoint tensor '\(name)' is \(found), the model expects \(expected)"
         }
@@ -137,7 +138,11 @@ func convert(_ x: Tensor, into buffer: inout Tensor, layout: TensorLayout) {
                 for k in 0..<c {
                     for p in 0..<m {
                         let first = (i * c + k) * m + p, last = (i * m + p) * c + k
-                        if layout == .channelsLast { target[last] = source[first] } else { target[first] = source[last] }
+                        if layout == .channelsLast {
+                            target[last] = source[first]
+                        } else {
+                            target[first] = source[last]
+                        }
                     }
                 }
             }
@@ -230,13 +235,16 @@ func addInPlace(_ a: inout Tensor, _ b: Tensor) {
 }
 
 /// Parses `resnet8`, `resnet20`, … or `vgg`, and builds the model.
-public func makeModel(named name: String, normalization: NormalizationSettings, inChannels: Int = 1,
-                      classes: Int = 10, seed: UInt64) throws -> Model {
+public func makeModel(
+    named name: String, normalization: NormalizationSettings, inChannels: Int = 1,
+    classes: Int = 10, seed: UInt64
+) throws -> Model {
     var generator = SeededGenerator(seed: seed)
     let lower = name.lowercased()
     if lower.hasPrefix("resnet"), let depth = Int(lower.dropFirst("resnet".count)) {
-        return try ResNet(depth: depth, normalization: normalization, inChannels: inChannels, classes: classes,
-                          generator: &generator)
+        return try ResNet(
+            depth: depth, normalization: normalization, inChannels: inChannels, classes: classes,
+            generator: &generator)
     }
     if lower == "vgg" {
         return try VGG(normalization: normalization, inChannels: inChannels, classes: classes, generator: &generator)

@@ -33,8 +33,10 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
     public static let defaultGroups = 16
 
     /// Settings for `kind` with the defaults of spec §8.
-    public init(kind: NormKind, groups: Int? = nil, groupSize: Int? = nil, normBatch: Int? = nil,
-                mabnBufferSize: Int = 1, renormSchedule: BatchRenorm.Schedule = .paper) {
+    public init(
+        kind: NormKind, groups: Int? = nil, groupSize: Int? = nil, normBatch: Int? = nil,
+        mabnBufferSize: Int = 1, renormSchedule: BatchRenorm.Schedule = .paper
+    ) {
         self.kind = kind
         self.groups = groups
         self.groupSize = groupSize
@@ -50,13 +52,15 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
         let schedule: BatchRenorm.Schedule
         if c.brnSchedule == "paper" {
             let paper = BatchRenorm.Schedule.paper
-            schedule = BatchRenorm.Schedule(warmupSteps: paper.warmupSteps, rMax: rMax, dMax: dMax,
-                                            rSteps: paper.rSteps, dSteps: paper.dSteps)
+            schedule = BatchRenorm.Schedule(
+                warmupSteps: paper.warmupSteps, rMax: rMax, dMax: dMax,
+                rSteps: paper.rSteps, dSteps: paper.dSteps)
         } else {
             schedule = try BatchRenorm.Schedule.scaled(totalSteps: max(totalSteps, 1), rMax: rMax, dMax: dMax)
         }
-        self.init(kind: c.norm, groups: c.groups, groupSize: c.groupSize, normBatch: c.normBatch,
-                  mabnBufferSize: c.mabnBufferSize, renormSchedule: schedule)
+        self.init(
+            kind: c.norm, groups: c.groups, groupSize: c.groupSize, normBatch: c.normBatch,
+            mabnBufferSize: c.mabnBufferSize, renormSchedule: schedule)
         batchNormMomentum = Float(c.bnMomentum ?? 0.1)
         renormMomentum = Float(c.brnMomentum ?? 0.01)
         mabnWarmup = c.mabnWarmup ?? 100
@@ -81,17 +85,20 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
             return try BatchNorm(channels: channels, momentum: batchNormMomentum)
         case .gn:
             // Both given is refused by GroupNorm; neither means the default groups.
-            return try GroupNorm(channels: channels, groups: groupSize == nil ? groups ?? Self.defaultGroups : groups,
-                                 groupSize: groupSize)
+            return try GroupNorm(
+                channels: channels, groups: groupSize == nil ? groups ?? Self.defaultGroups : groups,
+                groupSize: groupSize)
         case .ln: return try GroupNorm.layerNorm(channels: channels)
         case .in: return try GroupNorm.instanceNorm(channels: channels)
         case .brn:
-            return try BatchRenorm(channels: channels, momentum: renormMomentum, schedule: renormSchedule,
-                                   normBatch: normBatch)
+            return try BatchRenorm(
+                channels: channels, momentum: renormMomentum, schedule: renormSchedule,
+                normBatch: normBatch)
         case .mabn:
-            return try MovingAverageBatchNorm(channels: channels, bufferSize: mabnBufferSize,
-                                              oldValueWeight: mabnOldValueWeight, warmup: mabnWarmup,
-                                              normBatch: normBatch, parts: mabnParts)
+            return try MovingAverageBatchNorm(
+                channels: channels, bufferSize: mabnBufferSize,
+                oldValueWeight: mabnOldValueWeight, warmup: mabnWarmup,
+                normBatch: normBatch, parts: mabnParts)
         case .frozenBN: return try FrozenBatchNorm(channels: channels)
         case .none: return nil
         }

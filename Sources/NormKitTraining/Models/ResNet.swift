@@ -61,15 +61,19 @@ public final class ResNet: Model {
     ///     No effect on frozen `γ` (BN\*) or without normalization.
     ///   - generator: the random numbers for the He-normal initialisation of the convolutions and `fc`.
     /// - Throws: ``ModelError/invalidDepth(_:)``, or an error of a layer's constructor.
-    public init(depth: Int, normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10,
-                width: Int = 16, zeroInitResidualScale: Bool = true, generator: inout SeededGenerator) throws {
+    public init(
+        depth: Int, normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10,
+        width: Int = 16, zeroInitResidualScale: Bool = true, generator: inout SeededGenerator
+    ) throws {
         guard depth >= 8, (depth - 2) % 6 == 0 else { throw ModelError.invalidDepth(depth) }
         self.depth = depth
         self.normalization = normalization
         self.zeroInitResidualScale = zeroInitResidualScale
         let n = (depth - 2) / 6
-        stem = LayerSlot(try Conv2d(inChannels: inChannels, outChannels: width, kernelSize: 3, stride: 1, padding: 1,
-                                    bias: false, centred: normalization.centresConvolutions, generator: &generator))
+        stem = LayerSlot(
+            try Conv2d(
+                inChannels: inChannels, outChannels: width, kernelSize: 3, stride: 1, padding: 1,
+                bias: false, centred: normalization.centresConvolutions, generator: &generator))
         stem.layer.computesInputGradient = false
         stemNorm = NormalizationReLUSlot(try normalization.makeLayer(channels: width))
         var cin = width
@@ -77,9 +81,11 @@ public final class ResNet: Model {
         for (cout, stride) in [(width, 1), (2 * width, 2), (4 * width, 2)] {
             var blocks: [BasicBlock] = []
             for b in 0..<n {
-                blocks.append(try BasicBlock(inChannels: cin, outChannels: cout, stride: b == 0 ? stride : 1,
-                                             normalization: normalization, zeroInitLastScale: zeroInitResidualScale,
-                                             generator: &generator))
+                blocks.append(
+                    try BasicBlock(
+                        inChannels: cin, outChannels: cout, stride: b == 0 ? stride : 1,
+                        normalization: normalization, zeroInitLastScale: zeroInitResidualScale,
+                        generator: &generator))
                 cin = cout
             }
             stages.append(ResNetStage(blocks: blocks))

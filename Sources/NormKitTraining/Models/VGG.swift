@@ -15,17 +15,20 @@ public final class VGG: Model {
     private let classifier: LayerSlot<Linear>
 
     /// Builds the network.
-    public init(normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10, widths: [Int] = [16, 32, 64],
-                generator: inout SeededGenerator) throws {
+    public init(
+        normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10, widths: [Int] = [16, 32, 64],
+        generator: inout SeededGenerator
+    ) throws {
         self.normalization = normalization
         var layers: [any Layer] = []
         var cin = inChannels
         for (s, width) in widths.enumerated() {
             if s > 0 { layers.append(try MaxPool2d(kernelSize: 2, stride: 2)) }
             for _ in 0..<2 {
-                let conv = try Conv2d(inChannels: cin, outChannels: width, kernelSize: 3, stride: 1, padding: 1,
-                                      bias: normalization.kind == .none, centred: normalization.centresConvolutions,
-                                      generator: &generator)
+                let conv = try Conv2d(
+                    inChannels: cin, outChannels: width, kernelSize: 3, stride: 1, padding: 1,
+                    bias: normalization.kind == .none, centred: normalization.centresConvolutions,
+                    generator: &generator)
                 if layers.isEmpty { conv.computesInputGradient = false }
                 layers += [conv, NormalizationModule(try normalization.makeLayer(channels: width)), ReLU()]
                 cin = width

@@ -61,13 +61,15 @@ extension TrainingConfiguration {
         let valid = MABNPart.allCases.map(\.rawValue).joined(separator: ", ")
         for name in mabnWithout ?? [] {
             guard let part = MABNPart(rawValue: name) else {
-                throw ConfigurationError(flag: "--mabn-without", value: name,
-                                         expected: "must be MABN parts from \(valid), separated by commas",
-                                         source: source)
+                throw ConfigurationError(
+                    flag: "--mabn-without", value: name,
+                    expected: "must be MABN parts from \(valid), separated by commas",
+                    source: source)
             }
             guard parts.insert(part).inserted else {
-                throw ConfigurationError(flag: "--mabn-without", value: name, expected: "lists a part twice",
-                                         source: source)
+                throw ConfigurationError(
+                    flag: "--mabn-without", value: name, expected: "lists a part twice",
+                    source: source)
             }
         }
         return parts
@@ -89,7 +91,10 @@ extension TrainingConfiguration {
         }
         if let depth = resNetDepth {
             guard depth >= 8, depth <= ConfigurationLimits.maxResNetDepth, (depth - 2) % 6 == 0 else {
-                throw fail("--model", model, "ResNet depth must be 6n+2 between 8 and \(ConfigurationLimits.maxResNetDepth) (resnet8, resnet14, resnet20, …)")
+                throw fail(
+                    "--model", model,
+                    "ResNet depth must be 6n+2 between 8 and \(ConfigurationLimits.maxResNetDepth) (resnet8, resnet14, resnet20, …)"
+                )
             }
         } else if model.lowercased() != "vgg" {
             throw fail("--model", model, "must be resnetD (D = 6n+2: resnet8, resnet14, resnet20, …) or vgg")
@@ -136,7 +141,9 @@ extension TrainingConfiguration {
         guard warmupFraction >= 0, warmupFraction < 1 else {
             throw fail("--warmup", warmupFraction, "must be in [0, 1)")
         }
-        guard ["cosine", "step"].contains(schedule) else { throw fail("--schedule", schedule, "must be cosine or step") }
+        guard ["cosine", "step"].contains(schedule) else {
+            throw fail("--schedule", schedule, "must be cosine or step")
+        }
         if let bad = milestones.first(where: { $0 < 0 || $0 > epochs }) {
             throw fail("--milestones", bad, "must be epochs in 0...\(epochs)")
         }
@@ -171,14 +178,18 @@ extension TrainingConfiguration {
             if let nb = normBatch {
                 throw ConfigurationError(
                     flag: "--norm-batch", value: "\(nb)",
-                    expected: "no --norm-batch with --norm syncbn (SyncBN normalizes over the global batch; per-worker BN is --norm bn)")
+                    expected:
+                        "no --norm-batch with --norm syncbn (SyncBN normalizes over the global batch; per-worker BN is --norm bn)"
+                )
             }
             usesBatchStatistics = true
         }
         if let nb = normBatch, !usesBatchStatistics {
             throw ConfigurationError(
                 flag: "--norm-batch", value: "\(nb)",
-                expected: "has no effect with --norm \(norm.rawValue) (only bn, brn and mabn compute statistics across samples)")
+                expected:
+                    "has no effect with --norm \(norm.rawValue) (only bn, brn and mabn compute statistics across samples)"
+            )
         }
         let layerSettings: [(String, Any?, Set<NormKind>)] = [
             ("--bn-momentum", bnMomentum, [.bn]),
@@ -190,18 +201,23 @@ extension TrainingConfiguration {
         ]
         for (flag, value, norms) in layerSettings {
             if let value, !norms.contains(norm) {
-                throw ConfigurationError(flag: flag, value: "\(value)",
-                                         expected: "has no effect with --norm \(norm.rawValue) (only \(norms.map(\.rawValue).sorted().joined(separator: ", ")))")
+                throw ConfigurationError(
+                    flag: flag, value: "\(value)",
+                    expected:
+                        "has no effect with --norm \(norm.rawValue) (only \(norms.map(\.rawValue).sorted().joined(separator: ", ")))"
+                )
             }
         }
         if norm != .gn {
             if let g = groups {
-                throw ConfigurationError(flag: "--groups", value: "\(g)",
-                                         expected: "has no effect with --norm \(norm.rawValue) (only gn has groups)")
+                throw ConfigurationError(
+                    flag: "--groups", value: "\(g)",
+                    expected: "has no effect with --norm \(norm.rawValue) (only gn has groups)")
             }
             if let g = groupSize {
-                throw ConfigurationError(flag: "--group-size", value: "\(g)",
-                                         expected: "has no effect with --norm \(norm.rawValue) (only gn has groups)")
+                throw ConfigurationError(
+                    flag: "--group-size", value: "\(g)",
+                    expected: "has no effect with --norm \(norm.rawValue) (only gn has groups)")
             }
         }
     }
@@ -215,7 +231,8 @@ extension TrainingConfiguration {
             encoder.nonConformingFloatEncodingStrategy = .convertToString(
                 positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
             guard let data = try? encoder.encode(c),
-                  let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return [:] }
+                let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+            else { return [:] }
             return object.mapValues { "\($0)" }
         }
         let a = json(self), b = json(other)
@@ -233,7 +250,9 @@ extension TrainingConfiguration {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let bytes = Array((try? encoder.encode(c)) ?? Data()) + Array(data.utf8)
-        return String(format: "%08x", UInt32(truncatingIfNeeded: FNV1a.hash(bytes) >> 32) ^ UInt32(truncatingIfNeeded: FNV1a.hash(bytes)))
+        return String(
+            format: "%08x",
+            UInt32(truncatingIfNeeded: FNV1a.hash(bytes) >> 32) ^ UInt32(truncatingIfNeeded: FNV1a.hash(bytes)))
     }
 
     /// Decodes a configuration recorded in a file and validates it.
@@ -281,7 +300,9 @@ public enum ErrorText {
 
 func describe(_ error: Error) -> String {
     func path(_ codingPath: [CodingKey]) -> String {
-        codingPath.isEmpty ? "the top level" : "field " + codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        codingPath.isEmpty
+            ? "the top level"
+            : "field " + codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
     }
     switch error {
     case DecodingError.typeMismatch(let type, let context):

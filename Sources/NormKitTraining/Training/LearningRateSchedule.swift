@@ -31,11 +31,13 @@ public struct LearningRateSchedule: Equatable, Sendable {
     /// linear warm-up over the first 15 % of the steps from lr/25, then cosine to 0).
     public init(_ configuration: TrainingConfiguration, stepsPerEpoch: Int) {
         let total = configuration.epochs * stepsPerEpoch
-        let decay: Decay = configuration.schedule == "step"
+        let decay: Decay =
+            configuration.schedule == "step"
             ? .step(milestones: configuration.milestones.map { $0 * stepsPerEpoch }) : .cosine
-        self.init(peak: configuration.peakLearningRate,
-                  warmupSteps: Int((configuration.warmupFraction * Double(total)).rounded()),
-                  totalSteps: total, decay: decay)
+        self.init(
+            peak: configuration.peakLearningRate,
+            warmupSteps: Int((configuration.warmupFraction * Double(total)).rounded()),
+            totalSteps: total, decay: decay)
     }
 
     /// The learning rate for step `step` (0-based).

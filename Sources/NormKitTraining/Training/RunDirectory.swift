@@ -2,9 +2,9 @@ import Foundation
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A run directory's files and the rules that keep a user's run from being lost: what counts as a run, the
@@ -37,11 +37,15 @@ public enum RunDirectory {
         let runFiles = files.filter(isRunFile).sorted()
         if runFiles.isEmpty { return .empty }
         if let data = try? Data(contentsOf: directory.appendingPathComponent("summary.json")),
-           let summary = try? JSONDecoder.normKit.decode(RunSummary.self, from: data), summary.finished {
+            let summary = try? JSONDecoder.normKit.decode(RunSummary.self, from: data), summary.finished
+        {
             return .finished
         }
         if runFiles.contains(TrainingCheckpoint.modelFileName) {
-            let step = (try? TrainingCheckpoint.readModel(at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName)).step) ?? 0
+            let step =
+                (try? TrainingCheckpoint.readModel(
+                    at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
+                ).step) ?? 0
             return .unfinished(step: step)
         }
         return .records(runFiles)
@@ -121,7 +125,8 @@ public final class RunDirectoryLock: Sendable {
             }
             var buffer = [UInt8](repeating: 0, count: 32)
             let n = pread(descriptor, &buffer, buffer.count, 0)
-            let recorded = n > 0
+            let recorded =
+                n > 0
                 ? Int32(String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
                 : nil
             while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
@@ -146,7 +151,8 @@ public final class RunDirectoryLock: Sendable {
                 held[directory] = (entry.descriptor, entry.count - 1)
             } else {
                 held[directory] = nil
-                _ = ftruncate(entry.descriptor, 0)  // an empty file: released cleanly (a PID left behind: its holder died)
+                // An empty file: released cleanly (a PID left behind: its holder died).
+                _ = ftruncate(entry.descriptor, 0)
                 flock(entry.descriptor, LOCK_UN)
                 close(entry.descriptor)
             }

@@ -124,8 +124,10 @@ public struct EpochMetrics: Codable, Equatable, Sendable {
     /// Training throughput over this epoch.
     public var imagesPerSecond: Double
 
-    public init(epoch: Int, step: Int, trainLoss: Double, trainError: Double, testLoss: Double, testError: Double,
-                learningRate: Double, seconds: Double, imagesPerSecond: Double) {
+    public init(
+        epoch: Int, step: Int, trainLoss: Double, trainError: Double, testLoss: Double, testError: Double,
+        learningRate: Double, seconds: Double, imagesPerSecond: Double
+    ) {
         self.epoch = epoch; self.step = step; self.trainLoss = trainLoss; self.trainError = trainError
         self.testLoss = testLoss; self.testError = testError; self.learningRate = learningRate
         self.seconds = seconds; self.imagesPerSecond = imagesPerSecond
@@ -153,10 +155,12 @@ public struct RunSummary: Codable, Equatable, Sendable {
     /// The data-parallel workers (ranks) that trained it; nil for one process (and in older summaries).
     public var workers: Int?
 
-    public init(configuration: TrainingConfiguration, finalTestError: Double, bestTestError: Double,
-                epochs: [EpochMetrics], wallSeconds: Double, imagesPerSecond: Double,
-                perClassAccuracy: [Double], finished: Bool, data: DataRecord? = nil,
-                convolutionEngine: String? = nil, workers: Int? = nil) {
+    public init(
+        configuration: TrainingConfiguration, finalTestError: Double, bestTestError: Double,
+        epochs: [EpochMetrics], wallSeconds: Double, imagesPerSecond: Double,
+        perClassAccuracy: [Double], finished: Bool, data: DataRecord? = nil,
+        convolutionEngine: String? = nil, workers: Int? = nil
+    ) {
         self.data = data
         self.workers = workers
         self.convolutionEngine = convolutionEngine

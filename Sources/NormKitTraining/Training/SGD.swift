@@ -17,8 +17,10 @@ public final class SGD {
     public internal(set) var velocities: [[Float]]
 
     /// An optimizer over `parameters`.
-    public init(parameters: [Parameter], momentum: Float = 0.9, weightDecay: Float = 5e-4,
-                decayAllParameters: Bool = false) {
+    public init(
+        parameters: [Parameter], momentum: Float = 0.9, weightDecay: Float = 5e-4,
+        decayAllParameters: Bool = false
+    ) {
         self.parameters = parameters
         self.momentum = momentum
         self.weightDecay = weightDecay
@@ -48,9 +50,11 @@ public final class SGD {
     /// Restores velocities saved from an optimizer over the same parameters.
     public func loadVelocities(_ saved: [[Float]]) throws {
         guard saved.count == parameters.count,
-              zip(saved, parameters).allSatisfy({ $0.count == $1.value.count }) else {
+            zip(saved, parameters).allSatisfy({ $0.count == $1.value.count })
+        else {
             throw ModelError.unsupported(
-                "optimizer state does not match the model: \(saved.count) velocity tensors for \(parameters.count) parameters")
+                "optimizer state does not match the model: \(saved.count) velocity tensors for \(parameters.count) parameters"
+            )
         }
         velocities = saved
     }

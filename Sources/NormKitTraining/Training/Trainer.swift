@@ -91,14 +91,17 @@ public final class Trainer {
     ///
     /// - Throws: ``TrainingError/invalidConfiguration(_:)`` naming the bad field, or the model's construction
     ///   error (for example GN groups that do not divide a stage's width).
-    public init(configuration: TrainingConfiguration, train: Dataset, test: Dataset, output: URL?,
-                progress: ProgressReporter = ProgressReporter()) throws {
+    public init(
+        configuration: TrainingConfiguration, train: Dataset, test: Dataset, output: URL?,
+        progress: ProgressReporter = ProgressReporter()
+    ) throws {
         let c = configuration.resolved
         do { try c.validate() } catch let error as ConfigurationError {
             throw TrainingError.invalidConfiguration(error.description)
         }
         guard train.count >= c.batch else {
-            throw TrainingError.invalidConfiguration("the training set has \(train.count) images, fewer than one batch of \(c.batch)")
+            throw TrainingError.invalidConfiguration(
+                "the training set has \(train.count) images, fewer than one batch of \(c.batch)")
         }
         guard c.peakLearningRate > 0, c.peakLearningRate.isFinite else {
             throw TrainingError.invalidConfiguration("learning rate must be positive, got \(c.peakLearningRate)")
@@ -112,13 +115,16 @@ public final class Trainer {
         stepsPerEpoch = train.count / c.batch
         let totalSteps = stepsPerEpoch * c.epochs
         normalization = try NormalizationSettings(c, totalSteps: totalSteps)
-        model = try makeModel(named: c.model, normalization: normalization, inChannels: train.channels,
-                              classes: train.classCount, seed: c.seed)
-        optimizer = SGD(parameters: model.parameters, momentum: Float(c.momentum), weightDecay: Float(c.weightDecay),
-                        decayAllParameters: c.decayAllParameters)
+        model = try makeModel(
+            named: c.model, normalization: normalization, inChannels: train.channels,
+            classes: train.classCount, seed: c.seed)
+        optimizer = SGD(
+            parameters: model.parameters, momentum: Float(c.momentum), weightDecay: Float(c.weightDecay),
+            decayAllParameters: c.decayAllParameters)
         schedule = LearningRateSchedule(c, stepsPerEpoch: stepsPerEpoch)
-        batches = try BatchIterator(dataset: train, batchSize: c.batch, shuffle: true, dropLast: true,
-                                    augmentation: c.augment ? .standard(for: train) : nil, seed: c.seed)
+        batches = try BatchIterator(
+            dataset: train, batchSize: c.batch, shuffle: true, dropLast: true,
+            augmentation: c.augment ? .standard(for: train) : nil, seed: c.seed)
     }
 
     /// Restores model, optimizer, data position and history from a checkpoint written by this configuration.
@@ -138,7 +144,8 @@ public final class Trainer {
         saved.threads = configuration.threads
         guard saved == configuration else {
             throw TrainingError.invalidConfiguration(
-                "\(directory.path) was trained with another configuration (\(saved.differences(from: configuration).joined(separator: "; "))); resume it with its own (normkit train --resume)")
+                "\(directory.path) was trained with another configuration (\(saved.differences(from: configuration).joined(separator: "; "))); resume it with its own (normkit train --resume)"
+            )
         }
         if let recorded = file.data?.source, let given = dataRecord.source, recorded.fingerprint != given.fingerprint {
             throw TrainingError.dataMismatch(
@@ -236,12 +243,14 @@ public final class Trainer {
                 let localValue = try loss.forward(logits: logits, labels: labels)
                 // The batch's mean loss, correct count and stop request over all workers: every worker decides
                 // alike whether to stop or to call the run diverged.
-                let totals = try batchTotals(loss: localValue, correct: loss.correctCount, count: n,
-                                             stop: interruptRequested != 0 || step + 1 == stopAfterStep)
+                let totals = try batchTotals(
+                    loss: localValue, correct: loss.correctCount, count: n,
+                    stop: interruptRequested != 0 || step + 1 == stopAfterStep)
                 let value = Float(totals.loss)
                 guard value.isFinite, value <= divergenceLossBound else {
-                    throw TrainingError.diverged(step: step + 1, what: "loss \(value)",
-                                                 lastCheckpointStep: lastCheckpointStep, directory: output?.path)
+                    throw TrainingError.diverged(
+                        step: step + 1, what: "loss \(value)",
+                        lastCheckpointStep: lastCheckpointStep, directory: output?.path)
                 }
                 try loss.backward(into: &logitsGradient)
                 scaleToGlobalBatch(&logitsGradient)
@@ -257,9 +266,10 @@ public final class Trainer {
                 let seconds = Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
                 let speed = Double(epochImages - imagesAtSegmentStart) / max(seconds, 1e-9)
                 let left = Double((c.epochs - epoch) * stepsPerEpoch - batches.batchIndex) * Double(c.batch) / speed
-                progress.step(epoch: epoch, epochs: c.epochs, batch: batches.batchIndex, batches: stepsPerEpoch,
-                              loss: epochLossSum / Double(max(epochImages, 1)), imagesPerSecond: speed,
-                              secondsLeft: left)
+                progress.step(
+                    epoch: epoch, epochs: c.epochs, batch: batches.batchIndex, batches: stepsPerEpoch,
+                    loss: epochLossSum / Double(max(epochImages, 1)), imagesPerSecond: speed,
+                    secondsLeft: left)
                 let stopNow = totals.stop
                 if stopNow || (checkpointEverySteps.map { $0 > 0 && step % $0 == 0 } ?? false) {
                     epochTrainingSeconds += Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
@@ -275,8 +285,9 @@ public final class Trainer {
             epochTrainingSeconds += Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
             let evaluation = try evaluate()
             guard evaluation.loss.isFinite else {
-                throw TrainingError.diverged(step: step, what: "test loss \(evaluation.loss) after epoch \(epoch + 1)",
-                                             lastCheckpointStep: lastCheckpointStep, directory: output?.path)
+                throw TrainingError.diverged(
+                    step: step, what: "test loss \(evaluation.loss) after epoch \(epoch + 1)",
+                    lastCheckpointStep: lastCheckpointStep, directory: output?.path)
             }
             lastEvaluation = evaluation
             let metrics = EpochMetrics(
@@ -302,8 +313,9 @@ public final class Trainer {
             convolutionEngine: convolutionEngine.versionDescription,
             workers: dataParallel.map(\.workerCount).flatMap { $0 > 1 ? $0 : nil })
         if let output, writesRun {
-            try AtomicFile.write(Array(try JSONEncoder.normKit(pretty: true).encode(summary)),
-                                 to: output.appendingPathComponent("summary.json"))
+            try AtomicFile.write(
+                Array(try JSONEncoder.normKit(pretty: true).encode(summary)),
+                to: output.appendingPathComponent("summary.json"))
         }
         return summary
     }
@@ -342,15 +354,17 @@ public final class Trainer {
     private func saveCheckpoint(elapsed: Double) throws {
         guard let output, writesRun else { return }
         if let reason = unsaveableState() {
-            throw TrainingError.diverged(step: step, what: reason, lastCheckpointStep: lastCheckpointStep,
-                                         directory: output.path)
+            throw TrainingError.diverged(
+                step: step, what: reason, lastCheckpointStep: lastCheckpointStep,
+                directory: output.path)
         }
         let state = TrainingCheckpoint.TrainingState(
             step: step, position: batches.position, history: history, epochLossSum: epochLossSum,
             epochCorrect: epochCorrect, epochImages: epochImages, elapsedSeconds: elapsed,
             epochTrainingSeconds: epochTrainingSeconds)
-        try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state, configuration: configuration,
-                                    normalization: normalization, data: dataRecord, to: output)
+        try TrainingCheckpoint.save(
+            model: model, optimizer: optimizer, state: state, configuration: configuration,
+            normalization: normalization, data: dataRecord, to: output)
         lastCheckpointStep = step
     }
 
@@ -402,8 +416,9 @@ struct EvaluationTotals {
     /// Mean loss, error and per-class accuracy.
     var evaluation: Evaluation {
         let images = countPerClass.reduce(0, +), count = max(images, 1)
-        return Evaluation(loss: lossSum / Double(count), error: Double(wrong) / Double(count),
-                          perClassAccuracy: zip(correctPerClass, countPerClass).map { $1 > 0 ? Double($0) / Double($1) : 0 },
-                          count: images)
+        return Evaluation(
+            loss: lossSum / Double(count), error: Double(wrong) / Double(count),
+            perClassAccuracy: zip(correctPerClass, countPerClass).map { $1 > 0 ? Double($0) / Double($1) : 0 },
+            count: images)
     }
 }

@@ -31,8 +31,10 @@ public enum TrainingCheckpoint {
         public var epochTrainingSeconds: Double
 
         /// A training state.
-        public init(step: Int, position: BatchIterator.Position, history: [EpochMetrics], epochLossSum: Double,
-                    epochCorrect: Int, epochImages: Int, elapsedSeconds: Double, epochTrainingSeconds: Double) {
+        public init(
+            step: Int, position: BatchIterator.Position, history: [EpochMetrics], epochLossSum: Double,
+            epochCorrect: Int, epochImages: Int, elapsedSeconds: Double, epochTrainingSeconds: Double
+        ) {
             self.step = step; self.position = position; self.history = history; self.epochLossSum = epochLossSum
             self.epochCorrect = epochCorrect; self.epochImages = epochImages; self.elapsedSeconds = elapsedSeconds
             self.epochTrainingSeconds = epochTrainingSeconds
@@ -41,17 +43,23 @@ public enum TrainingCheckpoint {
 
     /// The `__metadata__` describing a model so it can be rebuilt from the file alone (in NormKit or with
     /// `torch_models.ResNet(depth, norm, groups=…, group_size=…, mabn_buffer=…)`).
-    public static func metadata(configuration: TrainingConfiguration, normalization: NormalizationSettings,
-                                step: Int, data: DataRecord? = nil) throws -> [String: String] {
+    public static func metadata(
+        configuration: TrainingConfiguration, normalization: NormalizationSettings,
+        step: Int, data: DataRecord? = nil
+    ) throws -> [String: String] {
         let encoder = JSONEncoder.normKit()
         // A SyncBN model is a BN model outside training (the same tensors; PyTorch's SyncBatchNorm is BatchNorm2d's
         // state dict too), and the reference models know it as "bn".
-        var torch: [String: String] = ["norm": configuration.norm == .syncbn ? "bn" : configuration.norm.rawValue,
-                                       "mabn_buffer": "\(normalization.mabnBufferSize)"]
+        var torch: [String: String] = [
+            "norm": configuration.norm == .syncbn ? "bn" : configuration.norm.rawValue,
+            "mabn_buffer": "\(normalization.mabnBufferSize)",
+        ]
         if configuration.model.lowercased().hasPrefix("resnet") {
             torch["depth"] = String(configuration.model.dropFirst("resnet".count))
         }
-        if let g = configuration.groupSize { torch["group_size"] = "\(g)" } else {
+        if let g = configuration.groupSize {
+            torch["group_size"] = "\(g)"
+        } else {
             torch["groups"] = "\(configuration.groups ?? NormalizationSettings.defaultGroups)"
         }
         var metadata = [
@@ -65,8 +73,10 @@ public enum TrainingCheckpoint {
     }
 
     /// Writes the pair into `directory` (created if needed).
-    public static func save(model: Model, optimizer: SGD, state: TrainingState, configuration: TrainingConfiguration,
-                            normalization: NormalizationSettings, data: DataRecord? = nil, to directory: URL) throws {
+    public static func save(
+        model: Model, optimizer: SGD, state: TrainingState, configuration: TrainingConfiguration,
+        normalization: NormalizationSettings, data: DataRecord? = nil, to directory: URL
+    ) throws {
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         } catch {
@@ -78,12 +88,15 @@ public enum TrainingCheckpoint {
         }
         let encoder = JSONEncoder.normKit()
         let stateJSON = String(decoding: try encoder.encode(state), as: UTF8.self)
-        try SafeTensors.write(tensors, metadata: ["format": format, "state": stateJSON, "step": "\(state.step)"],
-                              to: directory.appendingPathComponent(stateFileName(step: state.step)))
-        try SafeTensors.write(model.stateDict(),
-                              metadata: try metadata(configuration: configuration, normalization: normalization,
-                                                     step: state.step, data: data),
-                              to: directory.appendingPathComponent(modelFileName))
+        try SafeTensors.write(
+            tensors, metadata: ["format": format, "state": stateJSON, "step": "\(state.step)"],
+            to: directory.appendingPathComponent(stateFileName(step: state.step)))
+        try SafeTensors.write(
+            model.stateDict(),
+            metadata: try metadata(
+                configuration: configuration, normalization: normalization,
+                step: state.step, data: data),
+            to: directory.appendingPathComponent(modelFileName))
         // Older training states of this run are no longer referenced by the model file. Only older ones: the
         // run holds the directory's lock, and a state of a later step is never this save's to delete.
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
@@ -128,13 +141,16 @@ public enum TrainingCheckpoint {
         // Files from before the trainer recorded GN's default groups or MABN's buffer: the PyTorch arguments
         // hold the values used (MABN's buffer was batch / normBatch then, not today's default).
         if let torch = metadata["torch_model_arguments"],
-           let arguments = try? JSONDecoder().decode([String: String].self, from: Data(torch.utf8)) {
+            let arguments = try? JSONDecoder().decode([String: String].self, from: Data(torch.utf8))
+        {
             if configuration.norm == .gn, configuration.groups == nil, configuration.groupSize == nil,
-               let groups = arguments["groups"].flatMap({ Int($0) }) {
+                let groups = arguments["groups"].flatMap({ Int($0) })
+            {
                 configuration.groups = groups
             }
             if configuration.norm == .mabn, configuration.mabnBuffer == nil,
-               let buffer = arguments["mabn_buffer"].flatMap({ Int($0) }) {
+                let buffer = arguments["mabn_buffer"].flatMap({ Int($0) })
+            {
                 configuration.mabnBuffer = buffer
             }
         }
@@ -144,7 +160,8 @@ public enum TrainingCheckpoint {
         try checked.validate(source: url.path)
         guard let stepText = metadata["step"], let step = Int(stepText), step >= 0 else {
             throw CheckpointError.unreadableMetadata(
-                path: url.path, field: "step", reason: "expected a step count ≥ 0, found \(metadata["step"].map { "'\($0)'" } ?? "nothing")")
+                path: url.path, field: "step",
+                reason: "expected a step count ≥ 0, found \(metadata["step"].map { "'\($0)'" } ?? "nothing")")
         }
         var data: DataRecord?
         if let text = metadata["data"] {
@@ -160,19 +177,24 @@ public enum TrainingCheckpoint {
     ///
     /// - Throws: ``CheckpointError`` naming `url` when the configuration cannot build a model (GN groups that do
     ///   not divide a stage, …) or the tensors do not fit it.
-    public static func buildModel(for file: ModelFile, at url: URL, inChannels: Int = 1, classes: Int = 10) throws -> Model {
+    public static func buildModel(
+        for file: ModelFile, at url: URL, inChannels: Int = 1, classes: Int = 10
+    ) throws -> Model {
         let model: Model
         do {
             let normalization = try NormalizationSettings(file.configuration, totalSteps: 1)
-            model = try makeModel(named: file.configuration.model, normalization: normalization,
-                                  inChannels: inChannels, classes: classes, seed: file.configuration.seed)
+            model = try makeModel(
+                named: file.configuration.model, normalization: normalization,
+                inChannels: inChannels, classes: classes, seed: file.configuration.seed)
         } catch {
             throw CheckpointError.unreadableMetadata(
-                path: url.path, field: "configuration", reason: "it does not describe a buildable model: \(describe(error))")
+                path: url.path, field: "configuration",
+                reason: "it does not describe a buildable model: \(describe(error))")
         }
         do { try model.loadStateDict(file.tensors) } catch {
             throw CheckpointError.tensorsDoNotMatch(
-                path: url.path, reason: "\(file.configuration.model) with \(file.configuration.norm.rawValue): \(describe(error))")
+                path: url.path,
+                reason: "\(file.configuration.model) with \(file.configuration.norm.rawValue): \(describe(error))")
         }
         return model
     }
@@ -184,30 +206,39 @@ public enum TrainingCheckpoint {
         guard let depth = configuration.resNetDepth else {
             guard isVGGFile else {
                 throw CheckpointError.tensorsDoNotMatch(
-                    path: path, reason: "the configuration says \(configuration.model), but the file has no VGG 'features.' tensors")
+                    path: path,
+                    reason: "the configuration says \(configuration.model), but the file has no VGG 'features.' tensors"
+                )
             }
             return
         }
         if isVGGFile {
             throw CheckpointError.tensorsDoNotMatch(
-                path: path, reason: "the configuration says \(configuration.model), but the file holds VGG 'features.' tensors")
+                path: path,
+                reason: "the configuration says \(configuration.model), but the file holds VGG 'features.' tensors")
         }
         let perStage = (depth - 2) / 6
         for stage in 1...3 {
             let prefix = "layer\(stage)."
-            let blocks = Set(names.compactMap { name -> Int? in
-                guard name.hasPrefix(prefix) else { return nil }
-                return Int(name.dropFirst(prefix.count).prefix(while: { $0 != "." }))
-            })
+            let blocks = Set(
+                names.compactMap { name -> Int? in
+                    guard name.hasPrefix(prefix) else { return nil }
+                    return Int(name.dropFirst(prefix.count).prefix(while: { $0 != "." }))
+                })
             guard blocks == Set(0..<perStage) else {
                 throw CheckpointError.tensorsDoNotMatch(
-                    path: path, reason: "the configuration says \(configuration.model) (\(perStage) blocks per stage), but stage \(stage) has \(blocks.count) block(s) in the file")
+                    path: path,
+                    reason:
+                        "the configuration says \(configuration.model) (\(perStage) blocks per stage), but stage \(stage) has \(blocks.count) block(s) in the file"
+                )
             }
         }
     }
 
     /// Reads a model file: its tensors and the configuration it was trained with (see ``read(at:)``).
-    public static func readModel(at url: URL) throws
+    public static func readModel(
+        at url: URL
+    ) throws
         -> (tensors: [String: StateTensor], configuration: TrainingConfiguration, step: Int)
     {
         let file = try read(at: url)

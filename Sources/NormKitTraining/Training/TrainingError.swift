@@ -23,11 +23,13 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable, LocalizedE
         switch self {
         case .invalidConfiguration(let why): return "invalid training configuration: \(why)"
         case .interrupted(let step, let dir):
-            return "interrupted: checkpoint of step \(step) saved in \(dir); continue with `normkit train --resume \(dir)`"
+            return
+                "interrupted: checkpoint of step \(step) saved in \(dir); continue with `normkit train --resume \(dir)`"
         case .nothingToResume(let dir):
             return "nothing to resume in \(dir): it has no \(TrainingCheckpoint.modelFileName)"
         case .diverged(let step, let what, let last, let dir):
-            let checkpoint = last.map { "last good checkpoint: step \($0)" + (dir.map { " in \($0)" } ?? "") }
+            let checkpoint =
+                last.map { "last good checkpoint: step \($0)" + (dir.map { " in \($0)" } ?? "") }
                 ?? "no checkpoint was written"
             return "training diverged at step \(step) (\(what)); \(checkpoint). Hint: lower --lr or raise --warmup."
         case .runExists(let path, let state):
@@ -63,11 +65,13 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable, Localize
         case .notACheckpoint(let path):
             return "\(path) has no NormKit configuration in its metadata: not a checkpoint written by normkit train"
         case .unreadableMetadata(let path, let field, let reason):
-            return "\(path): metadata field '\(field)' is unreadable (\(reason)); the file is damaged or was not written by normkit"
+            return
+                "\(path): metadata field '\(field)' is unreadable (\(reason)); the file is damaged or was not written by normkit"
         case .tensorsDoNotMatch(let path, let reason):
             return "\(path): tensors do not match the recorded configuration: \(reason)"
         case .missingTrainingState(let path, let step):
-            return "\(path) (the training state of step \(step)) is missing: the model file can be evaluated but not resumed"
+            return
+                "\(path) (the training state of step \(step)) is missing: the model file can be evaluated but not resumed"
         }
     }
 
