@@ -87,9 +87,15 @@ let package = Package(
         /// The MPI self-test, run under `mpirun` by scripts/mpi_check.sh (collectives against closed forms, large
         /// counts, a rank that dies). No product: it builds into `.build/<config>/normkit-mpi-check`.
         .executableTarget(name: "normkit-mpi-check", dependencies: ["NormKitDistributed"]),
-        .testTarget(name: "NormKitTests", dependencies: ["NormKit"], resources: [.copy("Fixtures")]),
+        /// What the tests share (no product; underscored as swift-numerics' `_TestSupport`): the float64 reference
+        /// of BN/GN/LN/IN, the helpers of the other layers' references (`VariantTestKit`), in-process workers for
+        /// the cross-worker reductions, and tolerance assertions.
+        .target(name: "_NormKitTestSupport", dependencies: ["NormKit"]),
         .testTarget(
-            name: "NormKitTrainingTests", dependencies: ["NormKitTraining"], resources: [.copy("Fixtures")]),
+            name: "NormKitTests", dependencies: ["NormKit", "_NormKitTestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(
+            name: "NormKitTrainingTests", dependencies: ["NormKitTraining", "_NormKitTestSupport"],
+            resources: [.copy("Fixtures")]),
         /// NormKit's Sendable types and the layer-per-actor pattern must build without warnings (in the Swift 6
         /// language mode, as every target).
         .testTarget(name: "NormKitConcurrencyTests", dependencies: ["NormKit"]),

@@ -1,5 +1,6 @@
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// BatchNorm, training (whole batch and ghost batches `normBatch`) and evaluation, with and without affine,
 /// forward, backward and running statistics over several steps, against the float64 reference (spec §1–2) on

@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// The channels-last (NHWC) paths of every normalization layer (BN with and without ghost batches, GN including LN
 /// and IN, BRN, MABN, frozen BN), on the native kernels (`nk_cl_*`, AVX-512 and AVX2) and the portable Swift loops:

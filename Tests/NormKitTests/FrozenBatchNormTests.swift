@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 // Frozen BN (BN*, spec section 2) against a float64 reference written here, finite differences, its
 // construction from a BatchNorm, its state dict and error handling. Helpers: `VariantTestKit`

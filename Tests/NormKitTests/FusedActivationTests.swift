@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// Activations fused into the apply stage of every normalization layer (`layer.activation`, ``FusedActivation``):
 ///

@@ -1,5 +1,6 @@
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// GroupNorm (several G), LayerNorm (`GroupNorm.layerNorm`, G = 1) and InstanceNorm (`GroupNorm.instanceNorm`,
 /// G = C), with and without affine, forward and backward, against the float64 reference (spec §1) on random

@@ -1,5 +1,6 @@
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// Identities that must hold between layers and layouts (spec §0–2):
 /// GN(G=1) == LN, GN(G=C) == IN, BN(normBatch = N) == BN, NHWC == NCHW up to transposition, and a few

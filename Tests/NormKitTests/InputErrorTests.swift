@@ -1,5 +1,6 @@
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// Bad input: each case throws a specific ``NormalizationError`` whose description names the offending numbers,
 /// and changes no state (running statistics, counters, parameters, the pending backward).

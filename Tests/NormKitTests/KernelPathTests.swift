@@ -1,5 +1,6 @@
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// The two implementations of the row primitives side by side: the portable Swift SIMD kernels and the native
 /// AVX2/AVX-512 ones. Both must match the float64 reference, and each other to float rounding.

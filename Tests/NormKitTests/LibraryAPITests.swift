@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// The library-facing contract of issue 13: checked element access, errors that are `LocalizedError` and name
 /// their layer, one grouping argument for GroupNorm, MABN's `oldValueWeight` label (and its deprecated spelling).

@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 // The MABN ablation switches (`MovingAverageBatchNorm.Parts`): every combination against a float64 reference of
 // its exact formulas, the default bit-identical to the layer before the switches existed, finite differences

@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// MABN in a data-parallel job (``MovingAverageBatchNorm/crossWorkerReduction``): every worker's batch is one more
 /// chunk of the same sequence of iterations, so `R` workers with `k` samples each compute exactly what one MABN with

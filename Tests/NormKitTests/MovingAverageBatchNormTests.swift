@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 // Moving Average Batch Normalization (spec section 4) against a float64 reference written here, finite
 // differences during warm-up, the committed numpy trace (scripts/make_trace_fixtures.py), state round trips and

@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// Spec §1 "Numerics": statistics must be accumulated stably. `x = 1e4 + 0.01·randn` (float32) must give the
 /// float64 variance to 1e-4 relative, and sets of 3·10⁷ elements must agree with float64 to 1e-5.

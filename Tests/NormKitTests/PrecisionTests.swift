@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// Precision against PyTorch's own float32 error on hard inputs (issue 9's gate: no worse than PyTorch's float32
 /// anywhere). Each case replays the inputs of `Fixtures/torch_precision.json` (made by

@@ -1,5 +1,6 @@
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// `loadStateDict` is strict by default for every layer kind (as PyTorch): a missing, unexpected or mis-shaped key
 /// throws, naming the layer and the keys, and changes nothing. `strict: false` loads what matches and reports the

@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// NormKit against PyTorch on the fixtures written by `scripts/make_torch_fixtures.py` (torch.nn.BatchNorm1d
 /// on (N, C) and (N, C, L), BatchNorm2d, BatchNorm3d, and torch.nn.GroupNorm with several G incl. G = 1 and

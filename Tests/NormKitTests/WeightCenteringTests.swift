@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 // Weight-centred convolution filters (CenConv, spec section 5): the centring against float64, zero filter means,
 // no division by the standard deviation, and the gradient against finite differences. Helpers: `VariantTestKit`

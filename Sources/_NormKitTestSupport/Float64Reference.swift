@@ -9,13 +9,13 @@ import XCTest
 
 /// A logical `(N, C, M)` array of Doubles (`M` = flattened spatial positions), indexed `(n·C + c)·M + p`
 /// whatever the memory layout of the tensor it came from.
-struct RefTensor {
-    var batch: Int
-    var channels: Int
-    var positions: Int
-    var data: [Double]
+public struct RefTensor {
+    public var batch: Int
+    public var channels: Int
+    public var positions: Int
+    public var data: [Double]
 
-    init(batch: Int, channels: Int, positions: Int, data: [Double]? = nil) {
+    public init(batch: Int, channels: Int, positions: Int, data: [Double]? = nil) {
         self.batch = batch
         self.channels = channels
         self.positions = positions
@@ -23,28 +23,28 @@ struct RefTensor {
     }
 
     /// The exact float32 values of `t`, widened to Double, in logical order.
-    init(_ t: Tensor) {
+    public init(_ t: Tensor) {
         self.init(batch: t.batch, channels: t.channels, positions: t.spatialCount)
         for n in 0..<batch { for c in 0..<channels { for p in 0..<positions { self[n, c, p] = Double(t[n, c, p]) } } }
     }
 
-    subscript(n: Int, c: Int, p: Int) -> Double {
+    public subscript(n: Int, c: Int, p: Int) -> Double {
         get { data[(n * channels + c) * positions + p] }
         set { data[(n * channels + c) * positions + p] = newValue }
     }
 
-    var count: Int { data.count }
+    public var count: Int { data.count }
 }
 
 /// A reference normalization set description: which sets exist, and which (n, c) pairs belong to each.
 /// BN with ghost batches of `k`: set (b, c) holds samples `b·k ..< (b+1)·k` of channel `c`.
 /// GN with `G` groups: set (n, g) holds channels `g·C/G ..< (g+1)·C/G` of sample `n` (contiguous grouping).
-enum RefSets {
+public enum RefSets {
     case batchNorm(normBatch: Int)
     case groupNorm(groups: Int)
 
     /// The (n, c) pairs of every set, listed set by set.
-    func members(batch: Int, channels: Int) -> [[(n: Int, c: Int)]] {
+    public func members(batch: Int, channels: Int) -> [[(n: Int, c: Int)]] {
         var sets: [[(n: Int, c: Int)]] = []
         switch self {
         case .batchNorm(let k):
@@ -72,27 +72,27 @@ enum RefSets {
 }
 
 /// What the reference training forward returns: the output, `x̂`, and per-set biased mean/variance and `rstd`.
-struct RefForward {
-    var y: RefTensor
-    var xhat: RefTensor
-    var mean: [Double]
-    var variance: [Double]
-    var rstd: [Double]
+public struct RefForward {
+    public var y: RefTensor
+    public var xhat: RefTensor
+    public var mean: [Double]
+    public var variance: [Double]
+    public var rstd: [Double]
     /// For BN: `(C,)` averages over the ghost batches of the mean and of the *unbiased* variance.
-    var channelMean: [Double] = []
-    var channelUnbiasedVariance: [Double] = []
+    public var channelMean: [Double] = []
+    public var channelUnbiasedVariance: [Double] = []
 }
 
-struct RefBackward {
-    var dx: RefTensor
-    var dgamma: [Double]
-    var dbeta: [Double]
+public struct RefBackward {
+    public var dx: RefTensor
+    public var dgamma: [Double]
+    public var dbeta: [Double]
 }
 
-enum Float64Reference {
+public enum Float64Reference {
     /// Training forward for any normalization set family (spec §1): `μ`, biased `var`, `x̂ = (x−μ)·rstd`,
     /// `y = γ_c·x̂ + β_c`. `gamma`/`beta` nil means 1 and 0.
-    static func forward(
+    public static func forward(
         _ x: RefTensor, sets kind: RefSets, gamma: [Double]?, beta: [Double]?,
         epsilon: Double = 1e-5
     ) -> RefForward {
@@ -138,7 +138,7 @@ enum Float64Reference {
 
     /// Backward of the training forward (spec §1): per set, with `g = γ_c·dy`,
     /// `dx = rstd·(g − mean_I(g) − x̂·mean_I(g·x̂))`; `dγ_c = Σ dy·x̂`, `dβ_c = Σ dy` over every element of `c`.
-    static func backward(
+    public static func backward(
         _ x: RefTensor, dy: RefTensor, sets kind: RefSets, gamma: [Double]?,
         epsilon: Double = 1e-5
     ) -> RefBackward {
@@ -177,7 +177,7 @@ enum Float64Reference {
     }
 
     /// BN eval (spec §2): `y = γ_c·(x − running_mean_c)/sqrt(running_var_c + ε) + β_c`.
-    static func batchNormEval(
+    public static func batchNormEval(
         _ x: RefTensor, runningMean: [Double], runningVariance: [Double],
         gamma: [Double]?, beta: [Double]?, epsilon: Double = 1e-5
     ) -> RefTensor {
@@ -195,7 +195,7 @@ enum Float64Reference {
 
     /// BN running statistics (spec §2, PyTorch convention): `r ← (1−m)·r + m·batch`, the stored variance
     /// unbiased, updated once per forward with the ghost batches' average (NormKit's documented choice).
-    static func updateRunning(
+    public static func updateRunning(
         mean: inout [Double], variance: inout [Double], with fwd: RefForward,
         momentum: Double
     ) {
@@ -206,7 +206,7 @@ enum Float64Reference {
     }
 
     /// `L = Σ w·y` of the reference forward.
-    static func loss(_ x: RefTensor, w: RefTensor, sets: RefSets, gamma: [Double]?, beta: [Double]?) -> Double {
+    public static func loss(_ x: RefTensor, w: RefTensor, sets: RefSets, gamma: [Double]?, beta: [Double]?) -> Double {
         let y = forward(x, sets: sets, gamma: gamma, beta: beta).y
         var total = 0.0
         for i in 0..<y.count { total += w.data[i] * y.data[i] }
@@ -214,7 +214,7 @@ enum Float64Reference {
     }
 
     /// Central finite differences of `L = Σ w·y` with respect to `x`, `γ` and `β` (γ, β default to 1, 0).
-    static func finiteDifferences(
+    public static func finiteDifferences(
         _ x: RefTensor, w: RefTensor, sets: RefSets, gamma: [Double]?, beta: [Double]?,
         step h: Double = 1e-5
     ) -> RefBackward {
@@ -251,7 +251,7 @@ enum Float64Reference {
 // MARK: - Comparison helpers
 
 /// `max|a − b| / max|reference|` (0 when both are all zero).
-func relativeError<A: Collection, B: Collection>(_ a: A, _ reference: B) -> Double
+public func relativeError<A: Collection, B: Collection>(_ a: A, _ reference: B) -> Double
 where A.Element: BinaryFloatingPoint, B.Element: BinaryFloatingPoint {
     precondition(a.count == reference.count, "relativeError: \(a.count) vs \(reference.count) values")
     var diff = 0.0, scale = 0.0
@@ -266,17 +266,18 @@ where A.Element: BinaryFloatingPoint, B.Element: BinaryFloatingPoint {
 }
 
 /// The relative error of a tensor (any layout) against a logical reference.
-func relativeError(_ t: Tensor, _ reference: RefTensor) -> Double {
+public func relativeError(_ t: Tensor, _ reference: RefTensor) -> Double {
     relativeError(RefTensor(t).data, reference.data)
 }
 
 /// Tracks the worst relative error seen under a label, for the final report lines.
-final class ErrorLog {
-    private(set) var worst: [String: Double] = [:]
-    func record(_ label: String, _ error: Double) {
+public final class ErrorLog {
+    public private(set) var worst: [String: Double] = [:]
+    public init() {}
+    public func record(_ label: String, _ error: Double) {
         worst[label] = max(worst[label] ?? 0, error)
     }
-    func report(_ title: String) {
+    public func report(_ title: String) {
         if worst.isEmpty { return }
         let lines = worst.keys.sorted().map { String(format: "  %-28@ %.3e", $0 as NSString, worst[$0]!) }
         print("\(title):\n" + lines.joined(separator: "\n"))
@@ -286,13 +287,13 @@ final class ErrorLog {
 // MARK: - Random inputs
 
 extension SeededGenerator {
-    mutating func doubles(_ count: Int, in range: ClosedRange<Double>) -> [Double] {
+    public mutating func doubles(_ count: Int, in range: ClosedRange<Double>) -> [Double] {
         (0..<count).map { _ in Double(Float(Double.random(in: range, using: &self))) }
     }
 }
 
 /// A random tensor (standard normal times `scale`, plus `offset`) in `layout`.
-func randomTensor(
+public func randomTensor(
     _ shape: [Int], layout: TensorLayout = .channelsFirst, scale: Float = 1, offset: Float = 0,
     using rng: inout SeededGenerator
 ) -> Tensor {
@@ -302,7 +303,7 @@ func randomTensor(
 /// Sets a layer's `γ`, `β` to random non-trivial values (γ in 0.5…1.5 with random sign, β in −1…1) and returns
 /// them as Doubles (nil, nil for a layer without affine).
 @discardableResult
-func randomizeAffine(_ layer: NormalizationLayer, using rng: inout SeededGenerator) -> ([Double]?, [Double]?) {
+public func randomizeAffine(_ layer: NormalizationLayer, using rng: inout SeededGenerator) -> ([Double]?, [Double]?) {
     guard let w = layer.weight, let b = layer.bias else { return (nil, nil) }
     let gamma = (0..<layer.channels).map { _ -> Double in
         let m = Double(Float(Double.random(in: 0.5...1.5, using: &rng)))
@@ -317,11 +318,11 @@ func randomizeAffine(_ layer: NormalizationLayer, using rng: inout SeededGenerat
 // MARK: - Shared checks
 
 /// The default tolerance of every comparison against the float64 reference (max-abs error over max-abs value).
-let referenceTolerance = 1e-5
+public let referenceTolerance = 1e-5
 
 /// A random spatial shape of `rank` dimensions, biased towards odd sizes so SIMD tails (positions not a
 /// multiple of 16) are always exercised.
-func randomSpatial(rank: Int, using rng: inout SeededGenerator) -> [Int] {
+public func randomSpatial(rank: Int, using rng: inout SeededGenerator) -> [Int] {
     let sizes = [1, 2, 3, 4, 5, 7, 9, 11, 17]
     return (0..<rank).map { _ in sizes.randomElement(using: &rng)! }
 }
@@ -329,7 +330,7 @@ func randomSpatial(rank: Int, using rng: inout SeededGenerator) -> [Int] {
 /// Runs one training forward and backward of `layer` on `x`, `dy` and compares `y`, `dx`, `dγ`, `dβ` with the
 /// float64 reference for `sets`. Returns the reference forward (for running-statistics checks).
 @discardableResult
-func checkTrainingStep(
+public func checkTrainingStep(
     _ layer: NormalizationLayer, sets: RefSets, x: Tensor, dy: Tensor,
     gamma: [Double]?, beta: [Double]?, label: String, log: ErrorLog,
     tolerance: Double = referenceTolerance,
@@ -370,7 +371,7 @@ func checkTrainingStep(
 
 /// Compares the Swift backward of `layer` (with `dy = w`) with central finite differences of `L = Σ w·y` on
 /// the float64 reference forward, and checks the reference's own analytic backward against the same FD.
-func checkFiniteDifferences(
+public func checkFiniteDifferences(
     _ layer: NormalizationLayer, sets: RefSets, x: Tensor, w: Tensor,
     gamma: [Double]?, beta: [Double]?, label: String, log: ErrorLog,
     tolerance: Double = referenceTolerance,
