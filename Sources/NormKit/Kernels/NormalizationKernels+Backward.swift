@@ -1,0 +1,197 @@
+// The backward stages of the normalization pipeline: per-(n, c) gradient sums, the gradient apply
+// `dx = p·dz + q·(x − k) + o`, and the fused set-batch backward of BN-form layers (NormalizationKernels.swift has
+// the geometry and the forward stages).
+
+extension NormalizationKernels {
+    /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (Double); with a fused activation, of `dz = dy·act'(z)`,
+    /// which is also written to `activation.dz` (laid out like `dy`) for the apply stage.
+    static func gradientSums(
+        sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>,
+        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Double>,
+        activation: ActivationBackward? = nil, geometry g: NormalizationGeometry
+    ) {
+        let c = g.channels, m = g.positions
+        switch g.layout {
+        case .channelsFirst:
+            Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
+                for row in rows {
+                    let centering = Centering(center[g.set(n: row / c, c: row % c)])
+                    let (a1, a2) = rowGradientSums(
+                        dy + row * m, x + row * m, m, center: centering.center,
+                        activation: activation,
+                        coefficient: g.coefficient(n: row / c, c: row % c),
+                        element: row * m)
+                    sumDy[row] = a1
+                    sumDyCentered[row] = centering.exactSum(centered: a2, sumDy: a1)
+                }
+            }
+        case .channelsLast:
+            if nativeChannelsLast {
+                return nativeGradientSumsChannelsLast(
+                    sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x,
+                    center: center, activation: activation, geometry: g)
+            }
+            Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
+                for n in samples {
+                    let a1 = sumDy + n * c, a2 = sumDyCentered + n * c
+                    a1.initialize(repeating: 0, count: c)
+                    a2.initialize(repeating: 0, count: c)
+                    for p in 0..<m {
+                        let o = (n * m + p) * c
+                        if let activation {
+                            activation.portableChannels(
+                                dy: dy + o, x: x + o, count: c,
+                                coefficient: g.coefficient(n: n, c: 0), element: o)
+                        }
+                        let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
+                        for ch in 0..<c {
+                            let gy = Double(upstream[o + ch])
+                            a1[ch] += gy
+                            a2[ch] += gy * (Double(x[o + ch]) - center[g.set(n: n, c: ch)])
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dx = scale[b,c]·dy + slope[set]·(x − center[set]) + offset[set]`.
+    static func gradientApply(
+        dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        center: UnsafePointer<Double>, scale: UnsafePointer<Float>,
+        slope: UnsafePointer<Float>, offset: UnsafePointer<Float>,
+        geometry g: NormalizationGeometry
+    ) {
+        let c = g.channels, m = g.positions
+        switch g.layout {
+        case .channelsFirst:
+            Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
+                for row in rows {
+                    let n = row / c, ch = row % c, s = g.set(n: n, c: ch)
+                    let centering = Centering(center[s])
+                    rowGradientApply(
+                        dx + row * m, dy + row * m, x + row * m, m,
+                        p: scale[g.coefficient(n: n, c: ch)], q: slope[s],
+                        r: centering.offset(Double(offset[s]), slope: Double(slope[s])),
+                        center: centering.center)
+                }
+            }
+        case .channelsLast:
+            if nativeChannelsLast {
+                return nativeGradientApplyChannelsLast(
+                    dx: dx, dy: dy, x: x, center: center, scale: scale,
+                    slope: slope, offset: offset, geometry: g)
+            }
+            Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
+                for row in rows {
+                    let n = row / m, o = row * c, base = g.coefficient(n: n, c: 0)
+                    for ch in 0..<c {
+                        let s = g.set(n: n, c: ch)
+                        dx[o + ch] =
+                            scale[base + ch] * dy[o + ch]
+                            + slope[s] * Float(Double(x[o + ch]) - center[s]) + offset[s]
+                    }
+                }
+            }
+        }
+    }
+
+    /// The backward of `x̂ = (x−μ)·rstd` with upstream `g = gammaEffective[b,c]·dy`:
+    /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` per set. Also returns the per-(n, c) sums `Σdy`, `Σdy·(x−μ)`
+    /// from which the layer forms `dγ` and `dβ`. Fused per set in channels-first order.
+    static func normalizeBackward(
+        dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
+        sumDyCentered: UnsafeMutablePointer<Double>,
+        dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
+        gammaEffective: UnsafePointer<Double>, scratch: UnsafeMutablePointer<Float>,
+        scratchDouble: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil,
+        geometry g: NormalizationGeometry
+    ) {
+        let c = g.channels, count = Double(g.elementsPerSet)
+        // With a fused activation the sums stage writes dz = dy·act'(z) into dx and the apply stage reads it there.
+        let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
+        switch g.layout {
+        case .channelsFirst:
+            // scratch: the per-row factor rstd·γ_c at [b·C + c], then per set the slope q, offset r and float
+            // centre μ̃ (each set owns its entries; a batch of consecutive sets finds them consecutive).
+            let p = scratch, q = scratch + g.coefficientCount, r = q + g.setCount, center = r + g.setCount
+            let cps = g.channelsPerSet
+            Parallelism.forEachRange(count: g.setCount, work: 2 * g.elementCount) { sets in
+                g.forEachSetBatch(in: sets) { first, size in
+                    let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
+                    let batch = g.batch(ofSets: first, count: size)
+                    for s in first..<(first + size) { center[s] = Centering(mean[s]).center }
+                    setGradientSums(
+                        sumDy + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
+                        sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
+                        outStride: c, dy + batch.offset, x + batch.offset, batch,
+                        center: center + first,
+                        activation: activation?.moved(coefficient: k0, element: batch.offset))
+                    for s in first..<(first + size) {
+                        let c0 = (s % g.channelBlocks) * cps, firstRow = b * g.samplesPerSet * c + c0
+                        // Rows were centred on the float μ̃ = center[s] (the forward's Centering(μ).center).
+                        let rs = rstd[s], centering = Centering(mean[s])
+                        var meanG = 0.0, meanGX = 0.0
+                        for piece in 0..<g.samplesPerSet {
+                            for j in 0..<cps {
+                                let row = firstRow + piece * c + j
+                                let a1 = sumDy[row], a2 = centering.exactSum(centered: sumDyCentered[row], sumDy: a1)
+                                sumDyCentered[row] = a2
+                                let ge = gammaEffective[b * c + c0 + j]
+                                meanG += ge * a1
+                                meanGX += ge * a2
+                            }
+                        }
+                        meanG /= count
+                        meanGX = meanGX * rs / count
+                        let slope = -rs * rs * meanGX
+                        for j in 0..<cps { p[b * c + c0 + j] = Float(rs * gammaEffective[b * c + c0 + j]) }
+                        q[s] = Float(slope)
+                        r[s] = centering.offset(-rs * meanG, slope: slope)
+                    }
+                    setGradientApply(
+                        dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
+                        q: q + first, r: r + first, center: center + first)
+                }
+            }
+        case .channelsLast:
+            if fusesPerSample(g) {
+                return nativeNormalizeBackwardPerSample(
+                    dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy,
+                    x: x, mean: mean, rstd: rstd, gammaEffective: gammaEffective,
+                    activation: activation, geometry: g)
+            }
+            gradientSums(
+                sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, activation: activation,
+                geometry: g)
+            // scratch holds: scale (coefficientCount), slope (sets), offset (sets).
+            let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
+            do {
+                let meanG = scratchDouble, meanGX = meanG + g.setCount  // 2·setCount ≤ doubleScratchCount
+                meanG.initialize(repeating: 0, count: 2 * g.setCount)
+                for n in 0..<g.batch {
+                    for ch in 0..<c {
+                        let s = g.set(n: n, c: ch), ge = gammaEffective[g.coefficient(n: n, c: ch)]
+                        meanG[s] += ge * sumDy[n * c + ch]
+                        meanGX[s] += ge * sumDyCentered[n * c + ch]
+                    }
+                }
+                for s in 0..<g.setCount {
+                    let r = rstd[s]
+                    slope[s] = Float(-r * r * (meanGX[s] * r / count))
+                    offset[s] = Float(-r * meanG[s] / count)
+                }
+                for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
+                    for ch in 0..<c {
+                        let k = g.coefficient(n: n, c: ch)
+                        scale[k] = Float(rstd[g.set(n: n, c: ch)] * gammaEffective[k])
+                    }
+                }
+                gradientApply(
+                    dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset,
+                    geometry: g)
+            }
+        }
+    }
+}
