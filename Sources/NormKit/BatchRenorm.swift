@@ -277,7 +277,7 @@ public final class BatchRenorm: NormalizationLayer {
     /// The backward of the last training forward with `r`, `d` held constant: BN's backward per (ghost batch,
     /// channel) with `g = γ_c·r·dy`, i.e. `dx = (1/σ_B)·(g − mean(g) − x̂_B·mean(g·x̂_B))` where
     /// `x̂_B = (x − μ_B)/σ_B`; `dγ_c = Σ dy·x̂` with `x̂ = x̂_B·r + d`, `dβ_c = Σ dy`. The fused backward of the
-    /// pipeline, `γ·r` kept in Double; accurate even when `|μ_B| ≫ σ_B` (``Centering``).
+    /// pipeline, `γ·r` kept in Double; accurate even when `|μ_B| ≫ σ_B` (rows centred on the float `μ_B`).
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)
