@@ -65,6 +65,8 @@ public final class BatchNorm: NormalizationLayer {
     /// The reduction of the pending training forward (its backward must use the same one).
     private var savedReduction: CrossWorkerReduction?
     private var workspace = StatisticsWorkspace()
+    /// SyncBN's reductions and their buffer.
+    private var synchronization = SynchronizedStatistics()
     private var evaluation = EvaluationAffine()
     // The next running statistics, built here and swapped in when finite (no allocation per step).
     private var runningFold = RunningStatisticsFold()
@@ -112,11 +114,8 @@ public final class BatchNorm: NormalizationLayer {
                     expected: "nil with crossWorkerReduction (SyncBN normalizes over the global batch)")
             }
             let g = NormalizationGeometry.perChannel(x, channels: channels)
-            try workspace.normalizeAcrossWorkers(
-                x, into: &y, gamma: weight?.value, beta: bias?.value,
-                epsilon: epsilon, activation: activation, reduction: reduction,
-                geometry: g, layer: name)
-            updateRunningStatistics(geometry: g, count: workspace.reducedCount)
+            try synchronizedForward(x, into: &y, over: reduction, geometry: g)
+            updateRunningStatistics(geometry: g, count: synchronization.count)
             savedInput = x
             savedGeometry = g
             savedReduction = reduction
@@ -176,15 +175,52 @@ public final class BatchNorm: NormalizationLayer {
         }
         try InputCheck.validateGradient(dy, like: x, layer: name)
         if let reduction = savedReduction {
-            try workspace.backwardAcrossWorkers(
-                dy, input: x, into: &dx, weight: weight, bias: bias,
-                reduction: reduction, geometry: g, layer: name)
+            try synchronizedBackward(dy, input: x, into: &dx, over: reduction, geometry: g)
         } else {
             workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
         }
         savedReduction = nil
         savedInput = nil
         savedGeometry = nil
+    }
+
+    /// SyncBN's training forward (spec section 9), on the engine's staged pass: this worker's per-channel statistics
+    /// → those of every worker's batch (``SynchronizedStatistics``) → `a = γ·rstd`, `k = μ`, `b = β` → apply.
+    private func synchronizedForward(
+        _ x: Tensor, into y: inout Tensor, over reduction: CrossWorkerReduction, geometry g: NormalizationGeometry
+    ) throws {
+        let gamma = weight?.value, beta = bias?.value, eps = Double(epsilon), localCount = Double(g.elementsPerSet)
+        try workspace.normalizeStaged(x, into: &y, activation: activation, geometry: g) { mean, variance, affines in
+            try synchronization.merge(
+                mean: &mean, variance: &variance, localCount: localCount, over: reduction, layer: self.name)
+            for c in 0..<g.channels {
+                affines.scale[c] = Double(gamma?[c] ?? 1) / (variance[c] + eps).squareRoot()
+                (affines.center[c], affines.shift[c]) = (mean[c], Double(beta?[c] ?? 0))
+            }
+        }
+    }
+
+    /// SyncBN's backward: `Σ dz` and `Σ dz·(x − μ)` summed over every worker give
+    /// `dx = γ·rstd·(dz − Σdz/n − x̂·Σdz·x̂/n)` with `n` the global count; `dγ`, `dβ` are this worker's sums (the
+    /// data-parallel step averages parameter gradients over workers like every other gradient).
+    private func synchronizedBackward(
+        _ dy: Tensor, input x: Tensor, into dx: inout Tensor, over reduction: CrossWorkerReduction,
+        geometry g: NormalizationGeometry
+    ) throws {
+        let gamma = weight?.value, variance = workspace.variance, eps = Double(epsilon)
+        let count = synchronization.count, c = g.channels
+        try workspace.backwardStaged(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g) {
+            sumDy, sumDyCentered, gradients in
+            try synchronization.sumGradients(
+                sumDy, sumDyCentered, batch: g.batch, channels: c, over: reduction, layer: self.name)
+            let totals = synchronization.totals
+            for ch in 0..<c {
+                let r = 1 / (variance[ch] + eps).squareRoot(), ge = Double(gamma?[ch] ?? 1)
+                let meanG = ge * totals[ch] / count, meanGX = ge * totals[c + ch] * r / count
+                (gradients.scale[ch], gradients.slope[ch]) = (r * ge, -r * r * meanGX)
+                (gradients.offset[ch], gradients.gammaScale[ch]) = (-r * meanG, r)
+            }
+        }
     }
 
     /// `weight`, `bias` (when affine), `running_mean`, `running_var`, `num_batches_tracked` (int64 scalar),

@@ -34,3 +34,76 @@ extension CrossWorkerReduction {
         for i in 0..<second.count { second[i] = Float(scratch[a + i] / workers) }
     }
 }
+
+/// SyncBN's reductions (spec section 9), the cross-worker step of BatchNorm's rules on the engine's staged passes,
+/// with their buffer (sized once, so a step allocates nothing).
+struct SynchronizedStatistics {
+    /// Values per channel over all workers in the last forward.
+    private(set) var count = 0.0
+    /// The last backward's `Σ dz` per channel at `[c]` and `Σ dz·(x − μ)` at `[C + c]`, over all workers.
+    private(set) var totals: [Double] = []
+    private var buffer: [Double] = []
+
+    /// Replaces this worker's per-channel `mean` and biased `variance` (over `localCount` values each) by those of
+    /// every worker's batch: each worker's (count, mean, M2) gathered and merged in worker order with Chan's formula
+    /// (exact for unequal batches, as stable as the single-process kernels: no raw `Σx²`). Nothing changes if the
+    /// reduction throws.
+    mutating func merge(
+        mean: inout [Double], variance: inout [Double], localCount: Double, over reduction: CrossWorkerReduction,
+        layer: @autoclosure () -> String
+    ) throws {
+        let c = mean.count, workers = reduction.workerCount
+        if buffer.count < 3 * c * (workers + 1) { buffer = [Double](repeating: 0, count: 3 * c * (workers + 1)) }
+        let merged: Double = try buffer.withUnsafeMutableBufferPointer { buffer in
+            let local = UnsafeMutableBufferPointer(rebasing: buffer[0..<(3 * c)])
+            let all = UnsafeMutableBufferPointer(rebasing: buffer[(3 * c)..<(3 * c * (workers + 1))])
+            for ch in 0..<c {
+                (local[3 * ch], local[3 * ch + 1], local[3 * ch + 2]) = (
+                    localCount, mean[ch], variance[ch] * localCount
+                )
+            }
+            do { try reduction.allGather(UnsafeBufferPointer(local), into: all) } catch {
+                throw NormalizationError.crossWorkerReductionFailed(layer: layer(), reason: "\(error)")
+            }
+            var total = 0.0
+            for ch in 0..<c {
+                var n = 0.0, mu = 0.0, m2 = 0.0
+                for w in 0..<workers {
+                    let e = (w * c + ch) * 3, k = all[e], delta = all[e + 1] - mu
+                    guard k > 0 else { continue }
+                    let merged = n + k
+                    mu += delta * (k / merged)
+                    m2 += all[e + 2] + delta * delta * n * (k / merged)
+                    n = merged
+                }
+                (local[3 * ch + 1], local[3 * ch + 2]) = (mu, max(0, m2 / n))
+                total = n
+            }
+            return total
+        }
+        guard merged > 1 else {
+            throw NormalizationError.tooFewValuesPerChannel(layer: layer(), valuesPerSet: Int(merged))
+        }
+        for ch in 0..<c { (mean[ch], variance[ch]) = (buffer[3 * ch + 1], buffer[3 * ch + 2]) }
+        count = merged
+    }
+
+    /// `Σ_n sumDy[n, c]` and `Σ_n sumDyCentered[n, c]` over this worker's `batch` samples and then over every
+    /// worker, into ``totals``.
+    mutating func sumGradients(
+        _ sumDy: [Double], _ sumDyCentered: [Double], batch: Int, channels c: Int,
+        over reduction: CrossWorkerReduction, layer: @autoclosure () -> String
+    ) throws {
+        if totals.count != 2 * c { totals = [Double](repeating: 0, count: 2 * c) }
+        try totals.withUnsafeMutableBufferPointer { totals in
+            for ch in 0..<c {
+                var t1 = 0.0, t2 = 0.0
+                for n in 0..<batch { (t1, t2) = (t1 + sumDy[n * c + ch], t2 + sumDyCentered[n * c + ch]) }
+                (totals[ch], totals[c + ch]) = (t1, t2)
+            }
+            do { try reduction.allReduceSum(totals) } catch {
+                throw NormalizationError.crossWorkerReductionFailed(layer: layer(), reason: "\(error)")
+            }
+        }
+    }
+}

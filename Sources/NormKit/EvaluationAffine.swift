@@ -1,10 +1,11 @@
 /// The evaluation stage of every layer with running statistics (BN, BRN, MABN): one per-channel affine
 /// `y = act(a_c·(x − center_c) + β_c)` with the layer's scale `a_c` (its `γ_c` over its running spread), applied
-/// centred on the running mean rather than folded into `a·x + b` (accurate when |mean| ≫ the spread of `x`).
-/// The coefficients' buffer is kept between calls, so evaluation allocates nothing after the first.
+/// centred on the running mean rather than folded into `a·x + b` (accurate when |mean| ≫ the spread of `x`): the
+/// engine's apply stage (``SetAffines``) with buffers of its own, so that evaluation leaves a pending training
+/// forward alone and allocates nothing after the first call.
 struct EvaluationAffine {
-    /// Scales at `[c]`, shifts at `[C + c]`.
-    private var coefficients: [Float] = []
+    private var affines = SetAffines()
+    private var scratch: [Float] = []
 
     /// `y = act(scale(c)·(x − center[c]) + beta[c])` over `x`'s channels (`center` nil: 0, `beta` nil: 0).
     @inline(__always)
@@ -12,16 +13,12 @@ struct EvaluationAffine {
         _ x: Tensor, into y: inout Tensor, channels: Int, beta: [Float]?, center: [Float]?,
         activation: FusedActivation, scale: (Int) -> Double
     ) {
-        if coefficients.count < 2 * channels { coefficients = [Float](repeating: 0, count: 2 * channels) }
-        // One exclusive access for the loop (not one per element).
-        coefficients.withUnsafeMutableBufferPointer { coefficients in
-            for c in 0..<channels {
-                coefficients[c] = Float(scale(c))
-                coefficients[channels + c] = beta?[c] ?? 0
-            }
+        affines.resize(channels)
+        for c in 0..<channels {
+            affines.scale[c] = scale(c)
+            (affines.center[c], affines.shift[c]) = (Double(center?[c] ?? 0), Double(beta?[c] ?? 0))
         }
-        applyAffine(
-            x, into: &y, coefficients: coefficients, shiftBase: channels, center: center,
-            activation: activation, geometry: .perChannel(x, channels: channels))
+        affines.apply(
+            x, into: &y, scratch: &scratch, activation: activation, geometry: .perChannel(x, channels: channels))
     }
 }

@@ -35,15 +35,8 @@ public final class FrozenBatchNorm: NormalizationLayer {
     public var name: String { layerName("FrozenBatchNorm", channels: channels) }
 
     private var savedInput: Tensor?
-    /// The training forward's pre-activation, for the backward of a fused activation.
-    private var preActivation = PreActivation()
-    // Per channel, recomputed by each forward and backward from the current statistics and `γ`.
-    private var scale: [Float]
-    private var inverseStd: [Double]
-    private var center: [Double]
-    private let zeroShift: [Float]
-    private var sumDy: [Double] = []
-    private var sumDyCentered: [Double] = []
+    /// The engine's apply stage and staged backward (no statistics stage: the affine is fixed).
+    private var workspace = StatisticsWorkspace()
 
     /// A frozen BN with `running_mean = 0`, `running_var = 1`, `γ = 1`, `β = 0`.
     ///
@@ -66,10 +59,6 @@ public final class FrozenBatchNorm: NormalizationLayer {
         bias = b
         runningMean = [Float](repeating: 0, count: channels)
         runningVariance = [Float](repeating: 1, count: channels)
-        scale = [Float](repeating: 0, count: channels)
-        zeroShift = scale
-        inverseStd = [Double](repeating: 0, count: channels)
-        center = inverseStd
     }
 
     /// Freezes a trained ``BatchNorm``: copies its `ε`, running mean and (unbiased) running variance, and its
@@ -84,43 +73,22 @@ public final class FrozenBatchNorm: NormalizationLayer {
         }
     }
 
-    /// `scale_c = γ_c/sqrt(running_var_c + ε)`, `1/sqrt(running_var_c + ε)` and the centre `running_mean_c`.
-    private func computeCoefficients() {
-        let eps = Double(epsilon), channels = channels
-        let gamma = weight?.value, runningMean = runningMean, runningVariance = runningVariance
-        // One exclusive access per written array for the whole loop (not one per element).
-        scale.withUnsafeMutableBufferPointer { scale in
-            inverseStd.withUnsafeMutableBufferPointer { inverseStd in
-                center.withUnsafeMutableBufferPointer { center in
-                    for c in 0..<channels {
-                        let inv = 1 / (Double(runningVariance[c]) + eps).squareRoot()
-                        inverseStd[c] = inv
-                        center[c] = Double(runningMean[c])
-                        scale[c] = Float(Double(gamma?[c] ?? 1) * inv)
-                    }
-                }
-            }
-        }
-    }
-
-    /// `y = scale·(x − running_mean) + β` in both modes; a training forward also saves `x`.
+    /// `y = scale·(x − running_mean) + β` in both modes, `scale_c = γ_c/sqrt(running_var_c + ε)`; a training
+    /// forward also saves `x`.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try InputCheck.validate(x, channels: channels, layer: name)
-        let g = NormalizationGeometry.perChannel(x, channels: channels)
-        computeCoefficients()
-        let beta = bias?.value ?? zeroShift
-        y.prepare(shape: x.shape, layout: x.layout)
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { yp in
-                NormalizationKernels.applyCentered(
-                    y: yp.baseAddress!, x: xp.baseAddress!, center: runningMean,
-                    scale: scale, shift: beta, activation: activation, geometry: g)
+        let gamma = weight?.value, beta = bias?.value, runningMean = runningMean
+        let runningVariance = runningVariance, eps = Double(epsilon)
+        workspace.normalizeFixed(
+            x, into: &y, activation: activation, training: training,
+            geometry: .perChannel(x, channels: channels)
+        ) { affines in
+            for c in 0..<runningMean.count {
+                affines.scale[c] = Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
+                (affines.center[c], affines.shift[c]) = (Double(runningMean[c]), Double(beta?[c] ?? 0))
             }
         }
-        if training {
-            savedInput = x
-            preActivation.record(activation, count: channels, scale: scale, shift: beta, center: runningMean)
-        }
+        if training { savedInput = x }
     }
 
     /// `dx = scale·dz`; `dγ_c = Σ dz·(x − running_mean_c)/sqrt(running_var_c + ε)`, `dβ_c = Σ dz` (computed even
@@ -128,27 +96,16 @@ public final class FrozenBatchNorm: NormalizationLayer {
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput else { throw NormalizationError.backwardBeforeForward(layer: name) }
         try InputCheck.validateGradient(dy, like: x, layer: name)
-        let g = NormalizationGeometry.perChannel(x, channels: channels)
-        computeCoefficients()
-        computeGradientSums(
-            sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dy, x: x, center: center,
-            preActivation: preActivation, dz: &dx, geometry: g)
-        dx.withUnsafeMutableBufferPointer { dxp in
-            // dx = scale·dz: the affine kernel with a zero shift, in place over the dz the sums left in dx.
-            func scaleBy(_ upstream: UnsafePointer<Float>) {
-                NormalizationKernels.apply(
-                    y: dxp.baseAddress!, x: upstream, scale: scale, shift: zeroShift,
-                    geometry: g)
-            }
-            if preActivation.isActive {
-                scaleBy(dxp.baseAddress!)
-            } else {
-                dy.withUnsafeBufferPointer { scaleBy($0.baseAddress!) }
+        let gamma = weight?.value, runningVariance = runningVariance, eps = Double(epsilon)
+        workspace.backwardStaged(
+            dy, input: x, into: &dx, weight: weight, bias: bias, geometry: .perChannel(x, channels: channels)
+        ) { _, _, gradients in
+            for c in 0..<runningVariance.count {
+                let inverseStd = 1 / (Double(runningVariance[c]) + eps).squareRoot()
+                (gradients.scale[c], gradients.gammaScale[c]) = (Double(gamma?[c] ?? 1) * inverseStd, inverseStd)
+                (gradients.slope[c], gradients.offset[c]) = (0, 0)
             }
         }
-        writeAffineGradients(
-            weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
-            setScale: { [inverseStd] in inverseStd[$0] })
         savedInput = nil
     }
 

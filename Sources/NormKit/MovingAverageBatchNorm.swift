@@ -134,27 +134,14 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
 
     // Saved by the training forward for the backward, per chunk b and set s = b·C + c.
     private var savedInput: Tensor?
-    /// The training forward's pre-activation, for the backward of a fused activation.
-    private var preActivation = PreActivation()
     private var savedGeometry: NormalizationGeometry?
     /// `t` of the forward's first chunk: chunk `b` was iteration `savedFirstIteration + b`.
     private var savedFirstIteration: Int64 = 0
     private var chunkFactors: [ChunkFactors] = []
     /// Every worker's chunks across workers (see ``WorkerChunks``).
     var workerChunks = WorkerChunks()
-    // Scratch reused across steps.
-    private var mean: [Double] = []
-    private var variance: [Double] = []
-    private var zeroCenter: [Double] = []
-    // The BN form's subtracted means per set, for the forward (Float) and the backward (Double).
-    private var forwardCenter: [Float] = []
-    private var backwardCenter: [Double] = []
-    // Kernel coefficients per set: scale, then shift (forward) or offset (backward), then slope (backward).
-    private var coefficients: [Float] = []
-    private var sumDy: [Double] = []
-    private var sumDyX: [Double] = []
-    // Channels-last statistics temporaries.
-    private var statisticsScratch = KernelScratch()
+    /// The engine's staged passes (statistics of every chunk before the iterations run through them in order).
+    private var workspace = StatisticsWorkspace()
     // `Ψ_t` per chunk b and channel at [b·2C + c] (backward); the BN form's `g_B` after it at [b·2C + C + c].
     private var chunkStatistic: [Double] = []
     private var evaluation = EvaluationAffine()
@@ -224,62 +211,33 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             return
         }
         let g = try NormalizationGeometry.ghostBatches(x, channels: channels, normBatch: normBatch, layer: name)
-        prepareScratch(g)
-        x.withUnsafeBufferPointer { xp in
-            mean.withUnsafeMutableBufferPointer { mp in
-                variance.withUnsafeMutableBufferPointer { vp in
-                    statisticsScratch.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
-                        NormalizationKernels.statistics(
-                            mean: mp.baseAddress!, variance: vp.baseAddress!,
-                            x: xp.baseAddress!, scratch: dp, geometry: g)
-                    }
+        if chunkFactors.count != g.setCount {
+            chunkFactors = [ChunkFactors](repeating: ChunkFactors(divisor: 1, r: 1), count: g.setCount)
+            lastR = [Float](repeating: 1, count: g.setCount)
+        }
+        let first = iterations + 1, c = channels, gamma = weight?.value, beta = bias?.value
+        // Statistics of every chunk → the MABN iterations in order → per set y = γ·r·(x − μ̄)/sqrt(v+ε) + β (no
+        // centre in the second-moment form) → apply.
+        try workspace.normalizeStaged(x, into: &y, activation: activation, geometry: g) { mean, variance, affines in
+            if let workers = crossWorkerReduction, workers.workerCount > 1 {
+                let all = try workerChunks.gatherForward(
+                    mean: mean, variance: variance, blocks: g.sampleBlocks, over: workers, layer: self.name)
+                runIterations(blocks: all.blocks, mean: all.mean, variance: all.variance, into: &workerChunks.factors)
+                workerChunks.keepOwn(of: workers, into: &chunkFactors)
+            } else {
+                runIterations(blocks: g.sampleBlocks, mean: mean, variance: variance, into: &chunkFactors)
+            }
+            let factors = chunkFactors
+            lastR.withUnsafeMutableBufferPointer { lastR in
+                for s in 0..<g.setCount {
+                    let f = factors[s]
+                    lastR[s] = Float(f.r)
+                    affines.scale[s] = Double(gamma?[s % c] ?? 1) * f.r / f.divisor
+                    (affines.center[s], affines.shift[s]) = (f.center, Double(beta?[s % c] ?? 0))
                 }
             }
         }
-        savedFirstIteration = iterations + 1
-        if let workers = crossWorkerReduction, workers.workerCount > 1 {
-            let all = try workerChunks.gatherForward(
-                mean: mean, variance: variance, blocks: g.sampleBlocks,
-                over: workers, layer: name)
-            runIterations(blocks: all.blocks, mean: all.mean, variance: all.variance, into: &workerChunks.factors)
-            workerChunks.keepOwn(of: workers, into: &chunkFactors)
-        } else {
-            runIterations(blocks: g.sampleBlocks, mean: mean, variance: variance, into: &chunkFactors)
-        }
-        // Per set: y = γ·r·(x − μ̄)/sqrt(v+ε) + β as scale·(x − center) + shift (no centre in the second-moment
-        // form), and the diagnostic r.
-        let c = channels, shiftBase = g.setCount, factors = chunkFactors, gamma = weight?.value, beta = bias?.value
-        lastR.withUnsafeMutableBufferPointer { lastR in
-            coefficients.withUnsafeMutableBufferPointer { coefficients in
-                for b in 0..<g.sampleBlocks {
-                    for ch in 0..<c {
-                        let s = b * c + ch
-                        lastR[s] = Float(factors[s].r)
-                        coefficients[s] = Float(Double(gamma?[ch] ?? 1) * factors[s].r / factors[s].divisor)
-                        coefficients[shiftBase + s] = beta?[ch] ?? 0
-                    }
-                }
-            }
-        }
-        let activation = activation
-        if parts.secondMomentForm {
-            applyAffine(
-                x, into: &y, coefficients: coefficients, shiftBase: shiftBase, activation: activation,
-                geometry: g
-            ) { scale, shift, center in
-                preActivation.record(activation, count: g.coefficientCount, scale: scale, shift: shift, center: center)
-            }
-        } else {
-            forwardCenter.withUnsafeMutableBufferPointer { center in
-                for s in 0..<g.setCount { center[s] = Float(factors[s].center) }
-            }
-            applyAffine(
-                x, into: &y, coefficients: coefficients, shiftBase: shiftBase, center: forwardCenter,
-                activation: activation, geometry: g
-            ) { scale, shift, center in
-                preActivation.record(activation, count: g.coefficientCount, scale: scale, shift: shift, center: center)
-            }
-        }
+        savedFirstIteration = first
         savedInput = x
         savedGeometry = g
     }
@@ -342,20 +300,6 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         }
     }
 
-    /// Sizes the per-set arrays for `g` (reallocated only when the number of sets changes).
-    private func prepareScratch(_ g: NormalizationGeometry) {
-        if mean.count != g.setCount {
-            mean = [Double](repeating: 0, count: g.setCount)
-            variance = mean
-            zeroCenter = mean
-            backwardCenter = mean
-            forwardCenter = [Float](repeating: 0, count: g.setCount)
-            chunkFactors = [ChunkFactors](repeating: ChunkFactors(divisor: 1, r: 1), count: g.setCount)
-            coefficients = [Float](repeating: 0, count: 3 * g.setCount)
-            lastR = [Float](repeating: 1, count: g.setCount)
-        }
-    }
-
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
         let gamma = weight?.value, running = runningSecondMoment, eps = Double(epsilon)
         // The BN form: y = γ·(x − running_mean)/sqrt(running_var + ε) + β.
@@ -377,45 +321,38 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         }
         try InputCheck.validateGradient(dy, like: x, layer: name)
         let meanForm = !parts.secondMomentForm, backwardSMA = parts.backwardSMA, factors = chunkFactors
-        if meanForm {
-            backwardCenter.withUnsafeMutableBufferPointer { center in
-                for s in 0..<g.setCount { center[s] = factors[s].center }
+        let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet), blocks = g.sampleBlocks, width = 2 * c
+        let gamma = weight?.value, firstIteration = savedFirstIteration
+        try workspace.backwardStaged(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g) {
+            sumDy, sumDyX, gradients in
+            // This worker's chunks: `Ψ_t = mean(g·z) = γ·r·rstd·mean(dy·x)` at [b·2C + c], the BN form's
+            // `g_B = mean(g) = γ·r·mean(dy)` at [b·2C + C + c].
+            if chunkStatistic.count != blocks * width {
+                chunkStatistic = [Double](repeating: 0, count: blocks * width)
             }
-        }
-        let center = meanForm ? backwardCenter : zeroCenter
-        computeGradientSums(
-            sumDy: &sumDy, sumDyCentered: &sumDyX, dy: dy, x: x, center: center,
-            preActivation: preActivation, dz: &dx, geometry: g)
-        let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet), blocks = g.sampleBlocks
-        let offsetBase = g.setCount, slopeBase = 2 * g.setCount, width = 2 * c
-        let sumDy = sumDy, sumDyX = sumDyX, gamma = weight?.value, firstIteration = savedFirstIteration
-        // This worker's chunks: `Ψ_t = mean(g·z) = γ·r·rstd·mean(dy·x)` at [b·2C + c], the BN form's
-        // `g_B = mean(g) = γ·r·mean(dy)` at [b·2C + C + c].
-        if chunkStatistic.count != blocks * width { chunkStatistic = [Double](repeating: 0, count: blocks * width) }
-        chunkStatistic.withUnsafeMutableBufferPointer { psi in
-            for b in 0..<blocks {
-                for ch in 0..<c {
-                    let s = b * c + ch, gammaR = Double(gamma?[ch] ?? 1) * factors[s].r
-                    var total = 0.0, dyTotal = 0.0
-                    for n in (b * k)..<((b + 1) * k) {
-                        total += sumDyX[n * c + ch]
-                        dyTotal += sumDy[n * c + ch]
+            chunkStatistic.withUnsafeMutableBufferPointer { psi in
+                for b in 0..<blocks {
+                    for ch in 0..<c {
+                        let s = b * c + ch, gammaR = Double(gamma?[ch] ?? 1) * factors[s].r
+                        var total = 0.0, dyTotal = 0.0
+                        for n in (b * k)..<((b + 1) * k) {
+                            total += sumDyX[n * c + ch]
+                            dyTotal += sumDy[n * c + ch]
+                        }
+                        psi[b * width + ch] = gammaR * factors[s].rstd * total / count
+                        psi[b * width + c + ch] = meanForm ? gammaR * dyTotal / count : 0
                     }
-                    psi[b * width + ch] = gammaR * factors[s].rstd * total / count
-                    psi[b * width + c + ch] = meanForm ? gammaR * dyTotal / count : 0
                 }
             }
-        }
-        // Every worker's chunks in order (this worker's alone in one process), this worker's at `own`.
-        var all = chunkStatistic, own = 0..<blocks
-        if let workers = crossWorkerReduction, workers.workerCount > 1 {
-            all = try workerChunks.gatherBackward(chunkStatistic, over: workers, layer: name)
-            own = (workers.workerIndex * blocks)..<((workers.workerIndex + 1) * blocks)
-        }
-        // One exclusive access per written array for the whole loop (not one per element).
-        gradientMeanBuffer.withUnsafeMutableBufferPointer { gRing in
-            backwardStatisticBuffer.withUnsafeMutableBufferPointer { ring in
-                coefficients.withUnsafeMutableBufferPointer { coefficients in
+            // Every worker's chunks in order (this worker's alone in one process), this worker's at `own`.
+            var all = chunkStatistic, own = 0..<blocks
+            if let workers = crossWorkerReduction, workers.workerCount > 1 {
+                all = try workerChunks.gatherBackward(chunkStatistic, over: workers, layer: self.name)
+                own = (workers.workerIndex * blocks)..<((workers.workerIndex + 1) * blocks)
+            }
+            // One exclusive access per written array for the whole loop (not one per element).
+            gradientMeanBuffer.withUnsafeMutableBufferPointer { gRing in
+                backwardStatisticBuffer.withUnsafeMutableBufferPointer { ring in
                     for chunk in 0..<(all.count / width) {
                         let t = firstIteration + Int64(chunk), row = slot(t) * c, psi = chunk * width
                         if (0..<c).allSatisfy({ all[psi + $0].isFinite && all[psi + c + $0].isFinite }) {
@@ -427,28 +364,20 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                         guard own.contains(chunk) else { continue }
                         let b = chunk - own.lowerBound, useBatch = !backwardSMA || usesBatch(t)
                         for ch in 0..<c {
-                            let s = b * c + ch
+                            let s = b * c + ch, rs = factors[s].rstd
                             let psiBar = useBatch ? all[psi + ch] : ringMean(UnsafeBufferPointer(ring), ch)
-                            let rs = factors[s].rstd
-                            coefficients[s] = Float(Double(gamma?[ch] ?? 1) * factors[s].r * rs)
-                            coefficients[slopeBase + s] = Float(-psiBar * rs * rs)
+                            gradients.scale[s] = Double(gamma?[ch] ?? 1) * factors[s].r * rs
+                            gradients.slope[s] = -psiBar * rs * rs
                             var offset = 0.0
                             if meanForm {
                                 offset = -(useBatch ? all[psi + c + ch] : ringMean(UnsafeBufferPointer(gRing), ch)) * rs
                             }
-                            coefficients[offsetBase + s] = Float(offset)
+                            (gradients.offset[s], gradients.gammaScale[s]) = (offset, factors[s].r * rs)
                         }
                     }
                 }
             }
         }
-        applyGradient(
-            preActivation.isActive ? nil : dy, input: x, into: &dx, center: center,
-            coefficients: coefficients, slopeBase: slopeBase,
-            offsetBase: offsetBase, geometry: g)
-        writeAffineGradients(
-            weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyX, geometry: g,
-            setScale: { factors[$0].r * factors[$0].rstd })
         savedInput = nil
         savedGeometry = nil
     }
