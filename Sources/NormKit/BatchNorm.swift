@@ -60,8 +60,7 @@ public final class BatchNorm: NormalizationLayer {
         layerName("BatchNorm", channels: channels, [normBatch.map { "normBatch: \($0)" }], affine: affine)
     }
 
-    private var savedInput: Tensor?
-    private var savedGeometry: NormalizationGeometry?
+    private var pending = PendingForward()
     /// The reduction of the pending training forward (its backward must use the same one).
     private var savedReduction: CrossWorkerReduction?
     private var workspace = StatisticsWorkspace()
@@ -116,8 +115,7 @@ public final class BatchNorm: NormalizationLayer {
             let g = NormalizationGeometry.perChannel(x, channels: channels)
             try synchronizedForward(x, into: &y, over: reduction, geometry: g)
             updateRunningStatistics(geometry: g, count: synchronization.count)
-            savedInput = x
-            savedGeometry = g
+            pending.save(x, g)
             savedReduction = reduction
             return
         }
@@ -126,8 +124,7 @@ public final class BatchNorm: NormalizationLayer {
             x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
             activation: activation, geometry: g)
         updateRunningStatistics(geometry: g, count: Double(g.elementsPerSet))
-        savedInput = x
-        savedGeometry = g
+        pending.save(x, g)
         savedReduction = nil
     }
 
@@ -163,25 +160,20 @@ public final class BatchNorm: NormalizationLayer {
         ) { c in
             Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
         }
-        savedInput = nil
-        savedGeometry = nil
+        pending.clear()
     }
 
     /// The backward of the training forward: per (ghost batch, channel)
     /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` with `g = γ_c·dy`; `dγ_c = Σ dy·x̂`, `dβ_c = Σ dy`.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let x = savedInput, let g = savedGeometry else {
-            throw NormalizationError.backwardBeforeForward(layer: name)
-        }
-        try InputCheck.validateGradient(dy, like: x, layer: name)
+        let (x, g) = try pending.forBackward(of: dy, layer: name)
         if let reduction = savedReduction {
             try synchronizedBackward(dy, input: x, into: &dx, over: reduction, geometry: g)
         } else {
             workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
         }
         savedReduction = nil
-        savedInput = nil
-        savedGeometry = nil
+        pending.clear()
     }
 
     /// SyncBN's training forward (spec section 9), on the engine's staged pass: this worker's per-channel statistics

@@ -157,8 +157,7 @@ public final class BatchRenorm: NormalizationLayer {
         layerName("BatchRenorm", channels: channels, [normBatch.map { "normBatch: \($0)" }], affine: affine)
     }
 
-    private var savedInput: Tensor?
-    private var savedGeometry: NormalizationGeometry?
+    private var pending = PendingForward()
     /// The fused training pipeline (statistics → ``Renormalization`` → coefficients → apply, and its backward).
     private var workspace = StatisticsWorkspace()
     private var evaluation = EvaluationAffine()
@@ -220,8 +219,7 @@ public final class BatchRenorm: NormalizationLayer {
             lastD[s] = Float(workspace.offset[s])
         }
         updateRunningStatistics(geometry: g)
-        savedInput = x
-        savedGeometry = g
+        pending.save(x, g)
     }
 
     /// BRN's ``NormalizationRule``: per (ghost batch, channel), `gain = r = clip(σ_B/σ, 1/r_max, r_max)` and
@@ -279,13 +277,9 @@ public final class BatchRenorm: NormalizationLayer {
     /// `x̂_B = (x − μ_B)/σ_B`; `dγ_c = Σ dy·x̂` with `x̂ = x̂_B·r + d`, `dβ_c = Σ dy`. The fused backward of the
     /// pipeline, `γ·r` kept in Double; accurate even when `|μ_B| ≫ σ_B` (rows centred on the float `μ_B`).
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let x = savedInput, let g = savedGeometry else {
-            throw NormalizationError.backwardBeforeForward(layer: name)
-        }
-        try InputCheck.validateGradient(dy, like: x, layer: name)
+        let (x, g) = try pending.forBackward(of: dy, layer: name)
         workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
-        savedInput = nil
-        savedGeometry = nil
+        pending.clear()
     }
 
     /// `weight`, `bias` (when affine), `running_mean`, `running_std`, `num_batches_tracked` (int64 scalar,

@@ -34,7 +34,7 @@ public final class FrozenBatchNorm: NormalizationLayer {
     /// `"FrozenBatchNorm(channels: 64)"`.
     public var name: String { layerName("FrozenBatchNorm", channels: channels) }
 
-    private var savedInput: Tensor?
+    private var pending = PendingForward()
     /// The engine's apply stage and staged backward (no statistics stage: the affine is fixed).
     private var workspace = StatisticsWorkspace()
 
@@ -78,35 +78,31 @@ public final class FrozenBatchNorm: NormalizationLayer {
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try InputCheck.validate(x, channels: channels, layer: name)
         let gamma = weight?.value, beta = bias?.value, runningMean = runningMean
-        let runningVariance = runningVariance, eps = Double(epsilon)
-        workspace.normalizeFixed(
-            x, into: &y, activation: activation, training: training,
-            geometry: .perChannel(x, channels: channels)
-        ) { affines in
+        let runningVariance = runningVariance, eps = Double(epsilon),
+            g = NormalizationGeometry.perChannel(x, channels: channels)
+        workspace.normalizeFixed(x, into: &y, activation: activation, training: training, geometry: g) { affines in
             for c in 0..<runningMean.count {
                 affines.scale[c] = Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
                 (affines.center[c], affines.shift[c]) = (Double(runningMean[c]), Double(beta?[c] ?? 0))
             }
         }
-        if training { savedInput = x }
+        if training { pending.save(x, g) }
     }
 
     /// `dx = scale·dz`; `dγ_c = Σ dz·(x − running_mean_c)/sqrt(running_var_c + ε)`, `dβ_c = Σ dz` (computed even
     /// when the affine is frozen), with `dz = dy`, or `dy·act'(z)` after a forward with a fused activation.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let x = savedInput else { throw NormalizationError.backwardBeforeForward(layer: name) }
-        try InputCheck.validateGradient(dy, like: x, layer: name)
+        let (x, g) = try pending.forBackward(of: dy, layer: name)
         let gamma = weight?.value, runningVariance = runningVariance, eps = Double(epsilon)
-        workspace.backwardStaged(
-            dy, input: x, into: &dx, weight: weight, bias: bias, geometry: .perChannel(x, channels: channels)
-        ) { _, _, gradients in
+        workspace.backwardStaged(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g) {
+            _, _, gradients in
             for c in 0..<runningVariance.count {
                 let inverseStd = 1 / (Double(runningVariance[c]) + eps).squareRoot()
                 (gradients.scale[c], gradients.gammaScale[c]) = (Double(gamma?[c] ?? 1) * inverseStd, inverseStd)
                 (gradients.slope[c], gradients.offset[c]) = (0, 0)
             }
         }
-        savedInput = nil
+        pending.clear()
     }
 
     /// `weight`, `bias`, `running_mean`, `running_var` (no step counter), as the reference `FrozenBatchNorm2d`.

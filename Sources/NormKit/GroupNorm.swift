@@ -49,8 +49,7 @@ public final class GroupNorm: NormalizationLayer {
     public var groupSize: Int { channels / groups }
 
     // Saved by the training forward for the backward, and the buffers reused across steps.
-    private var savedInput: Tensor?
-    private var savedGeometry: NormalizationGeometry?
+    private var pending = PendingForward()
     private var workspace = StatisticsWorkspace()
 
     /// A GroupNorm with `groups` groups.
@@ -126,24 +125,14 @@ public final class GroupNorm: NormalizationLayer {
         workspace.normalize(
             x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
             activation: activation, geometry: g)
-        if training {
-            savedInput = x
-            savedGeometry = g
-        } else {
-            savedInput = nil
-            savedGeometry = nil
-        }
+        if training { pending.save(x, g) } else { pending.clear() }
     }
 
     /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` per group with `g = γ_c·dy`; `dγ_c = Σ dy·x̂`, `dβ_c = Σ dy`.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let x = savedInput, let g = savedGeometry else {
-            throw NormalizationError.backwardBeforeForward(layer: name)
-        }
-        try InputCheck.validateGradient(dy, like: x, layer: name)
+        let (x, g) = try pending.forBackward(of: dy, layer: name)
         workspace.backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
-        savedInput = nil
-        savedGeometry = nil
+        pending.clear()
     }
 
     /// `weight` and `bias` (when affine); GroupNorm has no running statistics.

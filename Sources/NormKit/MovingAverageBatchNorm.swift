@@ -133,8 +133,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     }
 
     // Saved by the training forward for the backward, per chunk b and set s = b·C + c.
-    private var savedInput: Tensor?
-    private var savedGeometry: NormalizationGeometry?
+    private var pending = PendingForward()
     /// `t` of the forward's first chunk: chunk `b` was iteration `savedFirstIteration + b`.
     private var savedFirstIteration: Int64 = 0
     private var chunkFactors: [ChunkFactors] = []
@@ -238,8 +237,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             }
         }
         savedFirstIteration = first
-        savedInput = x
-        savedGeometry = g
+        pending.save(x, g)
     }
 
     /// The forward's MABN iterations, one per chunk (`blocks` of them, statistics at `b·C + c`) in order: advances
@@ -316,10 +314,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// `useBatch(t)` (or without the backward SMA) and the SMA of `bufΨ` afterwards; `dγ_c = Σ dy·r·z`,
     /// `dβ_c = Σ dy`. The BN form (``Parts``) adds `g_B = mean(g)`: `dx = (g − ḡ − x̂·Ψ̄)/sqrt(v+ε)`.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let x = savedInput, let g = savedGeometry else {
-            throw NormalizationError.backwardBeforeForward(layer: name)
-        }
-        try InputCheck.validateGradient(dy, like: x, layer: name)
+        let (x, g) = try pending.forBackward(of: dy, layer: name)
         let meanForm = !parts.secondMomentForm, backwardSMA = parts.backwardSMA, factors = chunkFactors
         let c = channels, k = g.samplesPerSet, count = Double(g.elementsPerSet), blocks = g.sampleBlocks, width = 2 * c
         let gamma = weight?.value, firstIteration = savedFirstIteration
@@ -378,13 +373,11 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                 }
             }
         }
-        savedInput = nil
-        savedGeometry = nil
+        pending.clear()
     }
 
     /// Forgets the pending (un-backpropagated) training forward.
     func dropPendingForward() {
-        savedInput = nil
-        savedGeometry = nil
+        pending.clear()
     }
 }

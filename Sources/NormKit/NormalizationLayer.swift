@@ -152,6 +152,29 @@ enum InputCheck {
     }
 }
 
+/// What a training forward saves for its one backward: the input and the geometry it was normalized with.
+struct PendingForward {
+    private var input: Tensor?
+    private var geometry: NormalizationGeometry?
+
+    /// Saves `x` and `g` (a training forward).
+    mutating func save(_ x: Tensor, _ g: NormalizationGeometry) { (input, geometry) = (x, g) }
+
+    /// Forgets the pending forward (after its backward, or when a layer's evaluation forward ends it).
+    mutating func clear() { (input, geometry) = (nil, nil) }
+
+    /// The saved input and geometry for the backward of `dy`, still pending (``clear()`` after the backward).
+    ///
+    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` without one, and
+    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)`` unless `dy` matches
+    ///   the input (`layer` evaluated only then).
+    func forBackward(of dy: Tensor, layer: @autoclosure () -> String) throws -> (Tensor, NormalizationGeometry) {
+        guard let input, let geometry else { throw NormalizationError.backwardBeforeForward(layer: layer()) }
+        try InputCheck.validateGradient(dy, like: input, layer: layer())
+        return (input, geometry)
+    }
+}
+
 /// Makes a `γ`/`β` pair for `channels` (or nil pair when `affine` is false).
 func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
     guard affine else { return (nil, nil) }

@@ -82,9 +82,11 @@ enum NormalizationKernels {
         }
     }
 
-    /// `y = act(scale[b,c]·x + shift[b,c])` for every element (coefficients per sample block and channel).
+    /// `y = act(scale[b,c]·(x − center[b,c]) + shift[b,c])` for every element (coefficients per sample block and
+    /// channel; `center` nil: 0). The centring is kept out of the fold `a·x + b`, so the output stays accurate when
+    /// |center| dwarfs the spread of `x`.
     static func apply(
-        y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+        y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Float>? = nil,
         scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, activation: FusedActivation = .identity,
         geometry g: NormalizationGeometry
     ) {
@@ -94,11 +96,11 @@ enum NormalizationKernels {
             Parallelism.forEachRange(count: g.batch * c, work: g.elementCount) { rows in
                 for row in rows {
                     let k = g.coefficient(n: row / c, c: row % c)
-                    if activation == .identity {
+                    if center == nil, activation == .identity {
                         rowAffine(y + row * m, x + row * m, m, scale: scale[k], shift: shift[k])
                     } else {
                         rowAffineCentered(
-                            y + row * m, x + row * m, m, center: 0, scale: scale[k], shift: shift[k],
+                            y + row * m, x + row * m, m, center: center?[k] ?? 0, scale: scale[k], shift: shift[k],
                             activation: activation)
                     }
                 }
@@ -106,48 +108,13 @@ enum NormalizationKernels {
         case .channelsLast:
             if nativeChannelsLast {
                 return nativeApplyChannelsLast(
-                    y: y, x: x, center: nil, scale: scale, shift: shift,
-                    activation: activation, geometry: g)
+                    y: y, x: x, center: center, scale: scale, shift: shift, activation: activation, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
                 for row in rows {
                     let base = g.coefficient(n: row / m, c: 0)
                     let yr = y + row * c, xr = x + row * c, a = scale + base, b = shift + base
-                    for ch in 0..<c { yr[ch] = activation.apply(xr[ch] * a[ch] + b[ch]) }
-                }
-            }
-        }
-    }
-
-    /// `y = scale[b,c]·(x − center[b,c]) + shift[b,c]`: ``apply(y:x:scale:shift:geometry:)`` with the centring
-    /// kept out of the fold, so the output stays accurate when |center| dwarfs the spread of `x`.
-    static func applyCentered(
-        y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Float>,
-        scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
-        activation: FusedActivation = .identity, geometry g: NormalizationGeometry
-    ) {
-        let m = g.positions, c = g.channels
-        switch g.layout {
-        case .channelsFirst:
-            Parallelism.forEachRange(count: g.batch * c, work: g.elementCount) { rows in
-                for row in rows {
-                    let k = g.coefficient(n: row / c, c: row % c)
-                    rowAffineCentered(
-                        y + row * m, x + row * m, m, center: center[k], scale: scale[k], shift: shift[k],
-                        activation: activation)
-                }
-            }
-        case .channelsLast:
-            if nativeChannelsLast {
-                return nativeApplyChannelsLast(
-                    y: y, x: x, center: center, scale: scale, shift: shift,
-                    activation: activation, geometry: g)
-            }
-            Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
-                for row in rows {
-                    let base = g.coefficient(n: row / m, c: 0)
-                    let yr = y + row * c, xr = x + row * c, k = center + base, a = scale + base, b = shift + base
-                    for ch in 0..<c { yr[ch] = activation.apply((xr[ch] - k[ch]) * a[ch] + b[ch]) }
+                    for ch in 0..<c { yr[ch] = activation.apply((xr[ch] - (center?[base + ch] ?? 0)) * a[ch] + b[ch]) }
                 }
             }
         }
@@ -226,7 +193,7 @@ enum NormalizationKernels {
                         offset: offset[s])
                 }
             }
-            applyCentered(
+            apply(
                 y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, activation: activation,
                 geometry: g)
         }

@@ -41,7 +41,7 @@ struct SetAffines {
             }
             x.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
-                    NormalizationKernels.applyCentered(
+                    NormalizationKernels.apply(
                         y: yp.baseAddress!, x: xp.baseAddress!, center: centerF, scale: scaleF, shift: shiftF,
                         activation: activation, geometry: g)
                 }
