@@ -42,4 +42,6 @@ NK_INLINE vf vreduce_lanes(const vf *v) {
 }
 
 #include "KernelBody.h"
+#include "KernelBodySets.h"
+#include "KernelBodyChannelsLast.h"
 #endif

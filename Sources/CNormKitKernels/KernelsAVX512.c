@@ -39,4 +39,6 @@ NK_INLINE vf vreduce_lanes(const vf *v) {
 }
 
 #include "KernelBody.h"
+#include "KernelBodySets.h"
+#include "KernelBodyChannelsLast.h"
 #endif

@@ -2,18 +2,6 @@ import Dispatch
 import Foundation
 import Synchronization
 
-/// Test-set results.
-public struct Evaluation: Equatable, Sendable {
-    /// Mean cross-entropy.
-    public var loss: Double
-    /// Fraction misclassified.
-    public var error: Double
-    /// Accuracy per class.
-    public var perClassAccuracy: [Double]
-    /// Number of test images.
-    public var count: Int
-}
-
 /// Set to the signal number by SIGINT or SIGTERM; the trainer checks it after every step.
 /// Kept `nonisolated(unsafe)`: a signal handler may only touch a plain `sig_atomic_t` global (no lock, no lazy init).
 nonisolated(unsafe) private var interruptRequested: sig_atomic_t = 0
@@ -374,51 +362,5 @@ public final class Trainer {
         var text = ""
         for m in history { text += String(decoding: try encoder.encode(m), as: UTF8.self) + "\n" }
         try AtomicFile.write(Array(text.utf8), to: url)
-    }
-
-    /// Evaluates the model on the test set (evaluation mode: running statistics, no state changes).
-    public func evaluate() throws -> Evaluation {
-        guard let shard = testShard else { return try Trainer.evaluate(model: model, on: test) }
-        return try evaluateSharded(shard)
-    }
-
-    /// Evaluates `model` on `dataset` in batches of `batchSize`.
-    public static func evaluate(model: Model, on dataset: Dataset, batchSize: Int = 500) throws -> Evaluation {
-        try EvaluationTotals(model: model, on: dataset, batchSize: batchSize).evaluation
-    }
-}
-
-/// The sums an ``Evaluation`` is made of (they add up over parts of a test set).
-struct EvaluationTotals {
-    /// Σ cross-entropy, misclassified images, and per class the correct predictions and the images.
-    var lossSum = 0.0, wrong = 0
-    var correctPerClass: [Int]
-    var countPerClass: [Int]
-
-    /// The totals of `model` on `dataset`, in batches of `batchSize`.
-    init(model: Model, on dataset: Dataset, batchSize: Int) throws {
-        correctPerClass = [Int](repeating: 0, count: dataset.classCount)
-        countPerClass = correctPerClass
-        let iterator = try BatchIterator(dataset: dataset, batchSize: batchSize, shuffle: false, dropLast: false)
-        let loss = SoftmaxCrossEntropy()
-        var x = Tensor(zeros: [0, 0]), y32: [Int32] = [], y: [Int] = []
-        while let n = iterator.next(into: &x, labels: &y32) {
-            y = y32.map(Int.init)
-            let logits = try model.forward(x, training: false)
-            lossSum += Double(try loss.forward(logits: logits, labels: y)) * Double(n)
-            for i in 0..<n {
-                countPerClass[y[i]] += 1
-                if loss.predictions[i] == y[i] { correctPerClass[y[i]] += 1 } else { wrong += 1 }
-            }
-        }
-    }
-
-    /// Mean loss, error and per-class accuracy.
-    var evaluation: Evaluation {
-        let images = countPerClass.reduce(0, +), count = max(images, 1)
-        return Evaluation(
-            loss: lossSum / Double(count), error: Double(wrong) / Double(count),
-            perClassAccuracy: zip(correctPerClass, countPerClass).map { $1 > 0 ? Double($0) / Double($1) : 0 },
-            count: images)
     }
 }

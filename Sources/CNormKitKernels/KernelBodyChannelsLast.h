@@ -1,0 +1,179 @@
+// The channels-last kernels of the native kernel body and its exported table: part three of three, included last,
+// after KernelBody.h and KernelBodySets.h, by KernelsAVX512.c and KernelsAVX2.c (the scheme: KernelTable.h).
+
+// ---- Channels-last (NHWC): one sample's m positions are m rows of c contiguous floats ------------------------
+// Each row's channels go in vectors, CL_WIDTH channels (4 vectors) at a time with coefficients and accumulators in
+// registers; wider rows are cut into tiles of rows that stay in L1 while every CL_WIDTH-channel slice sweeps them,
+// so memory is read once, in order. Each float lane adds at most CL_ROWS positions before its total goes to double.
+#define CL_VECTORS 4
+#define CL_WIDTH (CL_VECTORS * NK_LANES)
+#define CL_MAX 1024
+#define CL_ROWS 64
+
+// Vector v of a run of nv vectors whose last one has `tail` lanes (0: full), loaded or stored with the tail mask tm.
+#define CL_LOAD(p, v) ((v) == nv - 1 && tail ? vload_part(tm, (p)) : vload(p))
+#define CL_STORE(p, v, value)                                             \
+    do {                                                                  \
+        if ((v) == nv - 1 && tail) vstore_part((p), tm, (value));         \
+        else vstore((p), (value));                                        \
+    } while (0)
+#define CL_RUN(w)                                                         \
+    const int nv = (int)(((w) + NK_LANES - 1) / NK_LANES);                \
+    const long tail = (w) % NK_LANES;                                     \
+    const vmask tm = vmask_first(tail ? tail : 1)
+
+// The per-channel arrays of an nk_activation_backward moved to channel c0, and its dz to element o.
+NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0, long o) {
+    nk_activation_backward moved = *b;
+    moved.scale += c0;
+    moved.shift += c0;
+    moved.center += c0;
+    moved.dz += o;
+    return moved;
+}
+
+// Per channel, with d = x − k[ch] (k NULL: 0): fa[ch] += Σ d, fb[ch] += Σ d² (grad 0), or fa[ch] += Σ g,
+// fb[ch] += Σ g·d (grad 1; g = dy, or dz = dy·act'(z) stored to b->dz with act > 0), over `rows` rows of channels
+// 0 … w − 1 (w ≤ CL_WIDTH: all in registers), rows c apart.
+NK_INLINE void cl_pairs_tile(const int grad, const int act, float *fa, float *fb, const float *dy, const float *x,
+                             long rows, long c, long w, const float *k, const nk_activation_backward *b) {
+    CL_RUN(w);
+    vf kv[CL_VECTORS], a[CL_VECTORS], q[CL_VECTORS];
+    act_affine aff[CL_VECTORS];
+    for (int v = 0; v < nv; v++) {
+        kv[v] = k ? CL_LOAD(k + v * NK_LANES, v) : vzero();
+        a[v] = vload(fa + v * NK_LANES);
+        q[v] = vload(fb + v * NK_LANES);
+        if (act) {
+            aff[v].fa = CL_LOAD(b->scale + v * NK_LANES, v);
+            aff[v].fb = CL_LOAD(b->shift + v * NK_LANES, v);
+            aff[v].fk = CL_LOAD(b->center + v * NK_LANES, v);
+        }
+    }
+    for (long p = 0; p < rows; p++) {
+        for (int v = 0; v < nv; v++) {
+            const long o = p * c + v * NK_LANES;
+            vf xv = CL_LOAD(x + o, v), d = vsub(xv, kv[v]);
+            vf g = grad ? CL_LOAD(dy + o, v) : d;
+            ACT_GRAD(act, g, xv, aff[v], b->dz, CL_STORE(b->dz + o, v, g));
+            a[v] = vadd(a[v], g);
+            q[v] = vfma(g, d, q[v]);
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        vstore(fa + v * NK_LANES, a[v]);
+        vstore(fb + v * NK_LANES, q[v]);
+    }
+}
+
+// s1[ch] += Σ d (or Σ g), s2[ch] += Σ d² (or Σ g·d) for channels 0 … w − 1 (w ≤ CL_MAX) of m rows c apart. The rows
+// go in tiles of at most CL_ROWS rows and about 32 KB; each tile is swept once per CL_WIDTH channels while it sits in
+// L1, so x (and dy) come from memory once, in order. A float lane adds one value per row, so its total goes to double
+// after every tile (≤ CL_ROWS values: the accuracy of the channels-first kernels, whose lanes add ~n/64 values).
+NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s2, const float *dy, const float *x,
+                            long m, long c, long w, const float *k, const nk_activation_backward *b) {
+    float fa[CL_MAX + NK_LANES], fb[CL_MAX + NK_LANES];
+    const long fit = 8192 / c, tile = fit < 1 ? 1 : fit < CL_ROWS ? fit : CL_ROWS;
+    for (long p0 = 0; p0 < m; p0 += tile) {
+        const long rows = p0 + tile < m ? tile : m - p0;
+        for (long j = 0; j < w + NK_LANES; j++) fa[j] = fb[j] = 0;  // the lanes past w are loaded, never used
+        for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
+            const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
+            nk_activation_backward moved = act ? act_at(b, c0, p0 * c + c0) : (nk_activation_backward){0};
+            cl_pairs_tile(grad, act, fa + c0, fb + c0, grad ? dy + p0 * c + c0 : NULL, x + p0 * c + c0, rows, c, cw,
+                          k ? k + c0 : NULL, &moved);
+        }
+        for (long j = 0; j < w; j++) { s1[j] += fa[j]; s2[j] += fb[j]; }
+    }
+}
+
+NK_INLINE void cl_pairs(const int grad, const int act, double *s1, double *s2, const float *dy, const float *x,
+                        long m, long c, const float *k, const nk_activation_backward *b) {
+    for (long c0 = 0; c0 < c; c0 += CL_MAX) {
+        const long w = c - c0 < CL_MAX ? c - c0 : CL_MAX;
+        nk_activation_backward moved = act ? act_at(b, c0, c0) : (nk_activation_backward){0};
+        cl_pairs_run(grad, act, s1 + c0, s2 + c0, grad ? dy + c0 : NULL, x + c0, m, c, w, k ? k + c0 : NULL, &moved);
+    }
+}
+
+NK_FN void cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, const float *k) {
+    cl_pairs(0, 0, s1, s2, NULL, x, m, c, k, NULL);
+}
+
+NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k,
+                            const nk_activation_backward *b) {
+#define CL_GRADIENT_SUMS(A) cl_pairs(1, A, s1, s2, dy, x, m, c, k, b)
+    ACT_DISPATCH(b ? b->kind : NK_IDENTITY, CL_GRADIENT_SUMS)
+#undef CL_GRADIENT_SUMS
+}
+
+// out = act(a[ch]·(x − k[ch]) + b[ch]) (grad 0), or p·dy + q·(x − k) + r (grad 1: a = q, b = r); out may alias x.
+// Channels c0 … c0 + w − 1 (w ≤ CL_WIDTH: coefficients in registers) of rows c apart.
+NK_INLINE void cl_apply_run(const int grad, const int act, float *out, const float *dy, const float *x, long m, long c,
+                            long w, const float *p, const float *a, const float *b, const float *k) {
+    CL_RUN(w);
+    vf kv[CL_VECTORS], av[CL_VECTORS], bv[CL_VECTORS], pv[CL_VECTORS];
+    for (int v = 0; v < nv; v++) {
+        const long o = v * NK_LANES;
+        kv[v] = k ? CL_LOAD(k + o, v) : vzero();
+        av[v] = CL_LOAD(a + o, v);
+        bv[v] = CL_LOAD(b + o, v);
+        pv[v] = grad ? CL_LOAD(p + o, v) : vzero();
+    }
+    for (long i = 0; i < m; i++) {
+        for (int v = 0; v < nv; v++) {
+            const long o = i * c + v * NK_LANES;
+            vf value = vfma(av[v], vsub(CL_LOAD(x + o, v), kv[v]), bv[v]);
+            value = grad ? vfma(pv[v], CL_LOAD(dy + o, v), value) : vact(act, value);
+            CL_STORE(out + o, v, value);
+        }
+    }
+}
+
+NK_INLINE void cl_apply(const int grad, const int act, float *out, const float *dy, const float *x, long m, long c,
+                        const float *p, const float *a, const float *b, const float *k) {
+    if (c <= CL_WIDTH) {
+        cl_apply_run(grad, act, out, dy, x, m, c, c, p, a, b, k);
+        return;
+    }
+    // Wide rows: tiles of about 32 KB of rows, swept once per CL_WIDTH channels while in L1 (coefficients in
+    // registers for each sweep).
+    const long tile = c >= 8192 ? 1 : 8192 / c;
+    for (long p0 = 0; p0 < m; p0 += tile) {
+        const long rows = p0 + tile < m ? tile : m - p0, o = p0 * c;
+        for (long c0 = 0; c0 < c; c0 += CL_WIDTH) {
+            const long w = c - c0 < CL_WIDTH ? c - c0 : CL_WIDTH;
+            cl_apply_run(grad, act, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, rows, c, w,
+                         grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL);
+        }
+    }
+}
+
+NK_FN void cl_affine_centered(float *y, const float *x, long m, long c, const float *k, const float *a,
+                              const float *b, int act) {
+#define CL_AFFINE(A) cl_apply(0, A, y, NULL, x, m, c, NULL, a, b, k)
+    ACT_DISPATCH(act, CL_AFFINE)
+#undef CL_AFFINE
+}
+
+NK_FN void cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, const float *p,
+                             const float *q, const float *r, const float *k) {
+    cl_apply(1, 0, dx, dy, x, m, c, p, q, r, k);
+}
+
+const nk_kernel_table NK_TABLE = {
+    .level = NK_LEVEL,
+    .row_sum = row_sum,
+    .row_centered_sums = row_centered_sums,
+    .row_gradient_sums = row_gradient_sums,
+    .row_affine_centered = row_affine_centered,
+    .row_gradient_apply = row_gradient_apply,
+    .sets_moments = sets_moments,
+    .sets_affine_centered = sets_affine_centered,
+    .sets_gradient_sums = sets_gradient_sums,
+    .sets_gradient_apply = sets_gradient_apply,
+    .cl_centered_sums = cl_centered_sums,
+    .cl_gradient_sums = cl_gradient_sums,
+    .cl_affine_centered = cl_affine_centered,
+    .cl_gradient_apply = cl_gradient_apply,
+};

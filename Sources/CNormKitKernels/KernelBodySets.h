@@ -1,0 +1,151 @@
+// The set kernels of the native kernel body: part two of three, included after KernelBody.h by KernelsAVX512.c and
+// KernelsAVX2.c (the scheme: KernelTable.h; the vector layer and the runs: KernelBody.h).
+
+// ---- Set kernels (layout: include/NormKitRowKernels.h) ------------------------------------------------------
+// Sets short enough to sit in one float block (≤ BLOCK floats, rows ≤ BLOCK) go NK_LANES at a time: each set or
+// row accumulates in its own vector and one transposing reduction (vreduce_lanes) turns NK_LANES vectors into
+// NK_LANES sums, instead of NK_LANES separate horizontal sums each ending a dependency chain.
+
+// Mean and Σ(x − mean)² from the float mean k and the sums d1 = Σ(x − k), d2 = Σ(x − k)² over 1/inverse values:
+// Σ(x − k) is not exactly 0 because k is rounded to float, so correct for it.
+static inline void finish_moments(float k, double d1, double d2, double inverse, double *mean, double *m2) {
+    *mean = (double)k + d1 * inverse;
+    double centred = d2 - d1 * d1 * inverse;
+    *m2 = centred > 0 ? centred : 0;
+}
+
+// One pass over a set of any size, float lanes flushed into double totals every BLOCK elements:
+// t[0] = Σ x without kv; with *kv = k, t[0] = Σ(x − k), t[1] = Σ(x − k)².
+NK_INLINE void set_pass(const float *x, long pieces, long run, long stride, const vf *kv, double t[2]) {
+    long filled = 0;
+    vf s = vzero(), q = vzero();
+    t[0] = t[1] = 0;
+    for (long p = 0; p < pieces; p++)
+        for (long i = 0; i < run;) {
+            long n = run - i < BLOCK - filled ? run - i : BLOCK - filled;
+            if (kv) pairrun(0, 0, &s, &q, NULL, x + p * stride + i, n, *kv, no_act, NULL);
+            else s = addrun(s, x + p * stride + i, n);
+            i += n;
+            filled += n;
+            if (filled == BLOCK) {
+                t[0] += (double)vreduce(s);
+                t[1] += kv ? (double)vreduce(q) : 0;
+                s = q = vzero();
+                filled = 0;
+            }
+        }
+    t[0] += (double)vreduce(s);
+    t[1] += kv ? (double)vreduce(q) : 0;
+}
+
+// One set of any size: the shifted two-pass method.
+NK_FN void set_moments(const float *x, long pieces, long run, long stride, double *mean, double *m2) {
+    double total[2], d[2];
+    set_pass(x, pieces, run, stride, NULL, total);
+    const double inverse = 1 / ((double)pieces * (double)run);
+    const float k = (float)(total[0] * inverse);
+    const vf kv = vset1(k);
+    set_pass(x, pieces, run, stride, &kv, d);
+    finish_moments(k, d[0], d[1], inverse, mean, m2);
+}
+
+NK_FN void sets_moments(const float *x, long sets, long set_stride, long pieces, long run, long piece_stride,
+                        double *mean, double *m2) {
+    long j = 0;
+    if (pieces * run <= BLOCK) {
+        const double inverse = 1 / ((double)pieces * (double)run);
+        for (; j + NK_LANES <= sets; j += NK_LANES) {
+            const float *base = x + j * set_stride;
+            vf acc[NK_LANES], s[NK_LANES], q[NK_LANES];
+            for (int t = 0; t < NK_LANES; t++) {
+                acc[t] = vzero();
+                for (long p = 0; p < pieces; p++) acc[t] = addrun(acc[t], base + t * set_stride + p * piece_stride, run);
+            }
+            float k[NK_LANES], d1[NK_LANES], d2[NK_LANES];
+            vstore(k, vmul(vreduce_lanes(acc), vset1((float)inverse)));
+            for (int t = 0; t < NK_LANES; t++) {
+                s[t] = q[t] = vzero();
+                for (long p = 0; p < pieces; p++)
+                    pairrun(0, 0, &s[t], &q[t], NULL, base + t * set_stride + p * piece_stride, run, vset1(k[t]),
+                            no_act, NULL);
+            }
+            vstore(d1, vreduce_lanes(s));
+            vstore(d2, vreduce_lanes(q));
+            for (int t = 0; t < NK_LANES; t++) finish_moments(k[t], d1[t], d2[t], inverse, mean + j + t, m2 + j + t);
+        }
+    }
+    for (; j < sets; j++) set_moments(x + j * set_stride, pieces, run, piece_stride, mean + j, m2 + j);
+}
+
+NK_INLINE void sets_gradient_sums_body(const int act, double *s1, double *s2, long out_stride, const float *dy,
+                                       const float *x, long sets, long set_stride, long pieces, long rows, long m,
+                                       long piece_stride, const float *k, const nk_activation_backward *b) {
+    const long total = sets * pieces * rows;
+    long i = 0;
+    if (m <= BLOCK) {
+        // Rows in (set, piece, row) order, NK_LANES at a time.
+        long j = 0, p = 0, r = 0;
+        for (; i + NK_LANES <= total; i += NK_LANES) {
+            vf a[NK_LANES], q[NK_LANES];
+            long out[NK_LANES];
+            for (int t = 0; t < NK_LANES; t++) {
+                long o = j * set_stride + p * piece_stride + r * m;
+                out[t] = j * rows + p * out_stride + r;
+                a[t] = q[t] = vzero();
+                pairrun(1, act, &a[t], &q[t], dy + o, x + o, m, vset1(k[j]), act_row(act, b, j * rows + r),
+                        act ? b->dz + o : NULL);
+                if (++r == rows) { r = 0; if (++p == pieces) { p = 0; j++; } }
+            }
+            float f1[NK_LANES], f2[NK_LANES];
+            vstore(f1, vreduce_lanes(a));
+            vstore(f2, vreduce_lanes(q));
+            for (int t = 0; t < NK_LANES; t++) {
+                s1[out[t]] = (double)f1[t];
+                s2[out[t]] = (double)f2[t];
+            }
+        }
+    }
+    for (; i < total; i++) {
+        long j = i / (pieces * rows), p = (i / rows) % pieces, r = i % rows;
+        long o = j * set_stride + p * piece_stride + r * m, out = j * rows + p * out_stride + r;
+        row_pair_sums(1, act, dy + o, x + o, m, k[j], s1 + out, s2 + out, act_row(act, b, j * rows + r),
+                      act ? b->dz + o : NULL);
+    }
+}
+
+NK_FN void sets_gradient_sums(double *s1, double *s2, long out_stride, const float *dy, const float *x, long sets,
+                              long set_stride, long pieces, long rows, long m, long piece_stride, const float *k,
+                              const nk_activation_backward *b) {
+#define SETS_GRADIENT_SUMS(A) \
+    sets_gradient_sums_body(A, s1, s2, out_stride, dy, x, sets, set_stride, pieces, rows, m, piece_stride, k, b)
+    ACT_DISPATCH(b ? b->kind : NK_IDENTITY, SETS_GRADIENT_SUMS)
+#undef SETS_GRADIENT_SUMS
+}
+
+// Row by row, c = j·rows + r: y = act(a[c]·(x − k[j]) + b[c]) (grad = 0, q = a and r = b per row), or
+// dx = p[c]·dy + q[j]·(x − k[j]) + r[j] (grad = 1).
+NK_INLINE void sets_apply(const int grad, const int act, float *out, const float *dy, const float *x, long sets, long set_stride, long pieces,
+                          long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
+                          const float *k) {
+    for (long j = 0; j < sets; j++)
+        for (long i = 0; i < pieces; i++)
+            for (long row = 0; row < rows; row++) {
+                long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
+                if (grad) row_apply(1, 0, out + o, dy + o, x + o, m, p[c], q[j], r[j], k[j]);
+                else row_apply(0, act, out + o, NULL, x + o, m, 0, q[c], r[c], k[j]);
+            }
+}
+
+NK_FN void sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows,
+                                long m, long piece_stride, const float *k, const float *a, const float *b,
+                                int act) {
+#define SETS_AFFINE(A) sets_apply(0, A, y, NULL, x, sets, set_stride, pieces, rows, m, piece_stride, NULL, a, b, k)
+    ACT_DISPATCH(act, SETS_AFFINE)
+#undef SETS_AFFINE
+}
+
+NK_FN void sets_gradient_apply(float *dx, const float *dy, const float *x, long sets, long set_stride, long pieces,
+                               long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
+                               const float *k) {
+    sets_apply(1, 0, dx, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k);
+}
