@@ -92,7 +92,7 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
             return "input has \(got) channels, the layer was built for \(expected)"
         case .shapeMismatch(_, let expected, let expectedLayout, let got, let gotLayout):
             return
-                "gradient does not match the forward's input: expected \(expected) \(expectedLayout), got \(got) \(gotLayout)"
+                "gradient does not match the forward's output: expected \(expected) \(expectedLayout), got \(got) \(gotLayout)"
         case .emptyBatch:
             return "the batch is empty (N = 0)"
         case .tooFewValuesPerChannel(_, let count):

@@ -187,7 +187,7 @@ final class LibraryAPITests: XCTestCase {
             XCTAssertThrowsError(try layer.backward(x.converted(to: .channelsFirst))) {
                 XCTAssertEqual(
                     $0.localizedDescription,
-                    "\(name): gradient does not match the forward's input: "
+                    "\(name): gradient does not match the forward's output: "
                         + "expected [2, 4, 3] channelsLast, got [2, 4, 3] channelsFirst")
             }
             XCTAssertThrowsError(try layer.loadStateDict(["nonsense": .float32(shape: [1], values: [0])])) {

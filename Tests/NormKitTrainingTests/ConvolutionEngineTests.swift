@@ -318,12 +318,14 @@ final class ConvolutionEngineTests: XCTestCase {
             XCTAssertThrowsError(
                 try conv.forward(Tensor(zeros: [2, 5, 8, 8], layout: layout), into: &y, training: true)
             ) {
-                XCTAssertEqual($0 as? LayerError, .channelMismatch(layer: conv.name, expected: 3, got: 5), "\(layout)")
+                XCTAssertEqual(
+                    $0 as? NormalizationError, .channelMismatch(layer: conv.name, expected: 3, got: 5), "\(layout)")
             }
             XCTAssertThrowsError(
                 try conv.forward(Tensor(zeros: [2, 1, 8, 8], layout: layout), into: &y, training: false)
             ) {
-                XCTAssertEqual($0 as? LayerError, .channelMismatch(layer: conv.name, expected: 3, got: 1), "\(layout)")
+                XCTAssertEqual(
+                    $0 as? NormalizationError, .channelMismatch(layer: conv.name, expected: 3, got: 1), "\(layout)")
             }
             XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 3, 8], layout: layout), into: &y, training: true)) {
                 XCTAssertEqual(
@@ -332,7 +334,7 @@ final class ConvolutionEngineTests: XCTestCase {
             XCTAssertThrowsError(
                 try conv.forward(Tensor(zeros: [0, 3, 8, 8], layout: layout), into: &y, training: true)
             ) {
-                XCTAssertEqual($0 as? LayerError, .emptyBatch(layer: conv.name), "\(layout)")
+                XCTAssertEqual($0 as? NormalizationError, .emptyBatch(layer: conv.name), "\(layout)")
             }
             XCTAssertThrowsError(
                 try conv.forward(Tensor(zeros: [1, 3, 2, 8], layout: layout), into: &y, training: true)
@@ -347,16 +349,16 @@ final class ConvolutionEngineTests: XCTestCase {
             let other: TensorLayout = layout == .channelsFirst ? .channelsLast : .channelsFirst
             XCTAssertThrowsError(try conv.backward(Tensor(zeros: [2, 4, 6, 6], layout: other), into: &dx)) {
                 XCTAssertEqual(
-                    $0 as? LayerError,
-                    .gradientMismatch(
+                    $0 as? NormalizationError,
+                    .shapeMismatch(
                         layer: conv.name, expected: [2, 4, 6, 6],
                         expectedLayout: layout, got: [2, 4, 6, 6],
                         gotLayout: other), "\(layout)")
             }
             XCTAssertThrowsError(try conv.backward(Tensor(zeros: [2, 4, 5, 6], layout: layout), into: &dx)) {
                 XCTAssertEqual(
-                    $0 as? LayerError,
-                    .gradientMismatch(
+                    $0 as? NormalizationError,
+                    .shapeMismatch(
                         layer: conv.name, expected: [2, 4, 6, 6],
                         expectedLayout: layout, got: [2, 4, 5, 6],
                         gotLayout: layout), "\(layout)")

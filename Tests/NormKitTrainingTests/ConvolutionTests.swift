@@ -203,7 +203,8 @@ final class ConvolutionTests: XCTestCase {
         try other.loadStateDict(state)
         XCTAssertEqual(other.weight.value, withBias.weight.value)
         XCTAssertThrowsError(try other.loadStateDict(["weight": state["weight"]!])) { error in
-            XCTAssertEqual(error as? LayerError, .invalidState(layer: other.name, name: "bias", reason: "missing"))
+            XCTAssertEqual(
+                error as? NormalizationError, .invalidState(layer: other.name, name: "bias", reason: "missing"))
         }
         XCTAssertThrowsError(
             try other.loadStateDict([
@@ -221,10 +222,10 @@ final class ConvolutionTests: XCTestCase {
         var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
 
         XCTAssertThrowsError(try conv.backward(Tensor(zeros: [1, 4, 1, 1]), into: &dx)) {
-            XCTAssertEqual($0 as? LayerError, .backwardBeforeForward(layer: conv.name))
+            XCTAssertEqual($0 as? NormalizationError, .backwardBeforeForward(layer: conv.name))
         }
         XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 5, 8, 8]), into: &y, training: true)) {
-            XCTAssertEqual($0 as? LayerError, .channelMismatch(layer: conv.name, expected: 3, got: 5))
+            XCTAssertEqual($0 as? NormalizationError, .channelMismatch(layer: conv.name, expected: 3, got: 5))
             XCTAssertTrue("\($0)".contains("5 channels"), "\($0)")
         }
         XCTAssertThrowsError(try conv.forward(Tensor(zeros: [2, 3, 8]), into: &y, training: true)) {
@@ -241,7 +242,7 @@ final class ConvolutionTests: XCTestCase {
         }
         conv.engine = .preferred
         XCTAssertThrowsError(try conv.forward(Tensor(zeros: [0, 3, 8, 8]), into: &y, training: true)) {
-            XCTAssertEqual($0 as? LayerError, .emptyBatch(layer: conv.name))
+            XCTAssertEqual($0 as? NormalizationError, .emptyBatch(layer: conv.name))
         }
         XCTAssertThrowsError(try conv.forward(Tensor(zeros: [1, 3, 2, 8]), into: &y, training: true)) {
             XCTAssertEqual(
@@ -251,16 +252,16 @@ final class ConvolutionTests: XCTestCase {
         try conv.forward(Tensor(zeros: [2, 3, 8, 8]), into: &y, training: true)
         XCTAssertThrowsError(try conv.backward(Tensor(zeros: [2, 4, 5, 6]), into: &dx)) {
             XCTAssertEqual(
-                $0 as? LayerError,
-                .gradientMismatch(
+                $0 as? NormalizationError,
+                .shapeMismatch(
                     layer: conv.name, expected: [2, 4, 6, 6],
                     expectedLayout: .channelsFirst, got: [2, 4, 5, 6],
                     gotLayout: .channelsFirst))
         }
         XCTAssertThrowsError(try Conv2d(inChannels: 0, outChannels: 4, kernelSize: 3, generator: &rng)) {
             XCTAssertEqual(
-                $0 as? LayerError,
-                .invalidArgument(layer: "Conv2d", name: "inChannels", value: 0, expected: "at least 1"))
+                $0 as? NormalizationError,
+                .invalidArgument(layer: "Conv2d", name: "inChannels", value: "0", expected: "at least 1"))
         }
         XCTAssertThrowsError(try Conv2d(inChannels: 1, outChannels: 4, kernelSize: 3, stride: 0, generator: &rng))
         XCTAssertThrowsError(try Conv2d(inChannels: 1, outChannels: 4, kernelSize: 3, padding: -1, generator: &rng))

@@ -118,13 +118,13 @@ final class ModuleLoadingTests: XCTestCase {
         extra["running_mean"] = zeros([3])
         XCTAssertThrowsError(try conv.loadStateDict(extra)) {
             XCTAssertEqual(
-                $0 as? LayerError,
+                $0 as? NormalizationError,
                 .invalidState(
                     layer: conv.name, name: "running_mean",
                     reason: "unexpected: the layer has no such tensor"))
         }
         XCTAssertThrowsError(try conv.loadStateDict(["weight": good["weight"]!], strict: true)) {
-            XCTAssertEqual($0 as? LayerError, .invalidState(layer: conv.name, name: "bias", reason: "missing"))
+            XCTAssertEqual($0 as? NormalizationError, .invalidState(layer: conv.name, name: "bias", reason: "missing"))
         }
         XCTAssertEqual(conv.stateDict(), before)
         let result = try conv.loadStateDict(["weight": good["weight"]!, "running_mean": zeros([3])], strict: false)
@@ -133,7 +133,7 @@ final class ModuleLoadingTests: XCTestCase {
         XCTAssertEqual(conv.bias?.value, [0, 0, 0], "a missing tensor keeps its value")
         XCTAssertThrowsError(try conv.loadStateDict(["weight": zeros([3, 2])], strict: false)) {
             XCTAssertEqual(
-                $0 as? LayerError,
+                $0 as? NormalizationError,
                 .invalidState(
                     layer: conv.name, name: "weight",
                     reason: "expected float32 [3, 2, 1, 1], got float32 [3, 2]"))
@@ -145,7 +145,7 @@ final class ModuleLoadingTests: XCTestCase {
         XCTAssertNoThrow(try relu.loadStateDict([:]))
         XCTAssertThrowsError(try relu.loadStateDict(["weight": zeros([1])])) {
             XCTAssertEqual(
-                $0 as? LayerError,
+                $0 as? NormalizationError,
                 .invalidState(
                     layer: "ReLU", name: "weight",
                     reason: "unexpected: the layer has no such tensor"))
@@ -164,7 +164,7 @@ final class ModuleLoadingTests: XCTestCase {
         state.removeValue(forKey: "running_var")
         XCTAssertThrowsError(try bn.loadStateDict(state)) {
             XCTAssertEqual(
-                $0 as? LayerError,
+                $0 as? NormalizationError,
                 .invalidState(
                     layer: "BatchNorm(channels: 4)", name: "running_var",
                     reason: "missing"))
@@ -196,20 +196,23 @@ final class ModuleLoadingTests: XCTestCase {
     // MARK: - messages
 
     func testEveryErrorHasItsMessageAsLocalizedDescription() throws {
-        let layerErrors: [LayerError] = [
-            .invalidArgument(layer: "Conv2d", name: "stride", value: 0, expected: "at least 1"),
-            .wrongRank(layer: "Linear(64→10)", expected: 2, shape: [3, 4, 1]),
-            .unsupportedLayout(layer: "MaxPool2d(2×2, stride 2)", layout: .channelsLast),
-            .channelMismatch(layer: "Conv2d(16→32, 3×3, stride 2, padding 1)", expected: 16, got: 3),
-            .emptyBatch(layer: "GlobalAveragePool"),
-            .inputTooSmall(layer: "MaxPool2d(2×2, stride 2)", height: 1, width: 4, kernelSize: 2, padding: 0),
-            .gradientMismatch(
+        // The training layers' own errors and the ones they share with NormKit's layers.
+        let layerErrors: [any LocalizedError & CustomStringConvertible] = [
+            NormalizationError.invalidArgument(layer: "Conv2d", name: "stride", value: "0", expected: "at least 1"),
+            LayerError.wrongRank(layer: "Linear(64→10)", expected: 2, shape: [3, 4, 1]),
+            LayerError.unsupportedLayout(layer: "MaxPool2d(2×2, stride 2)", layout: .channelsLast),
+            NormalizationError.channelMismatch(layer: "Conv2d(16→32, 3×3, stride 2, padding 1)", expected: 16, got: 3),
+            NormalizationError.emptyBatch(layer: "GlobalAveragePool"),
+            LayerError.inputTooSmall(
+                layer: "MaxPool2d(2×2, stride 2)", height: 1, width: 4, kernelSize: 2, padding: 0),
+            NormalizationError.shapeMismatch(
                 layer: "ReLU", expected: [2, 3], expectedLayout: .channelsFirst, got: [3, 2],
                 gotLayout: .channelsFirst),
-            .backwardBeforeForward(layer: "Linear(64→10)"),
-            .labelCountMismatch(batch: 3, labels: 2),
-            .labelOutOfRange(index: 1, label: 4, classes: 4),
-            .invalidState(layer: "Conv2d(2→3, 1×1, stride 1, padding 0, bias)", name: "bias", reason: "missing"),
+            NormalizationError.backwardBeforeForward(layer: "Linear(64→10)"),
+            LayerError.labelCountMismatch(batch: 3, labels: 2),
+            LayerError.labelOutOfRange(index: 1, label: 4, classes: 4),
+            NormalizationError.invalidState(
+                layer: "Conv2d(2→3, 1×1, stride 1, padding 0, bias)", name: "bias", reason: "missing"),
         ]
         for error in layerErrors {
             XCTAssertEqual((error as Error).localizedDescription, error.description)

@@ -102,8 +102,8 @@ final class PoolingLayoutTests: XCTestCase {
             try pool.forward(Tensor(zeros: [2, 3, 4, 4], layout: layout), into: &y, training: true)
             XCTAssertThrowsError(try pool.backward(Tensor(zeros: [2, 4]), into: &dx)) {
                 XCTAssertEqual(
-                    $0 as? LayerError,
-                    .gradientMismatch(
+                    $0 as? NormalizationError,
+                    .shapeMismatch(
                         layer: pool.name, expected: [2, 3],
                         expectedLayout: .channelsFirst, got: [2, 4],
                         gotLayout: .channelsFirst), "\(layout)")

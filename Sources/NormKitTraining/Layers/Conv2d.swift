@@ -85,7 +85,7 @@ public final class Conv2d: Layer {
 
     /// A convolution with He-normal (`fan_out`) weights drawn from `generator`.
     ///
-    /// - Throws: ``LayerError/invalidArgument(layer:name:value:expected:)`` for a channel count, kernel size or
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for a channel count, kernel size or
     ///   stride below 1, or a negative padding.
     public init(
         inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
@@ -95,10 +95,12 @@ public final class Conv2d: Layer {
             ("inChannels", inChannels), ("outChannels", outChannels),
             ("kernelSize", kernelSize), ("stride", stride),
         ] where value < 1 {
-            throw LayerError.invalidArgument(layer: "Conv2d", name: argument, value: value, expected: "at least 1")
+            throw NormalizationError.invalidArgument(
+                layer: "Conv2d", name: argument, value: "\(value)", expected: "at least 1")
         }
         guard padding >= 0 else {
-            throw LayerError.invalidArgument(layer: "Conv2d", name: "padding", value: padding, expected: "at least 0")
+            throw NormalizationError.invalidArgument(
+                layer: "Conv2d", name: "padding", value: "\(padding)", expected: "at least 0")
         }
         self.inChannels = inChannels
         self.outChannels = outChannels
@@ -132,8 +134,8 @@ public final class Conv2d: Layer {
     /// can. A training forward keeps a reference to `x` and the weights it used for the backward.
     ///
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)`` (channels-last with the im2col engine),
-    ///   ``LayerError/wrongRank(layer:expected:shape:)``, ``LayerError/channelMismatch(layer:expected:got:)``,
-    ///   ``LayerError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``, or
+    ///   ``LayerError/wrongRank(layer:expected:shape:)``, ``NormalizationError/channelMismatch(layer:expected:got:)``,
+    ///   ``NormalizationError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``, or
     ///   ``LayerError/engineFailure(layer:engine:message:)`` when oneDNN is not built in or refuses the shape.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         let g = try geometry(of: x)
@@ -178,10 +180,12 @@ public final class Conv2d: Layer {
     /// Backpropagates `dy` through the last training forward: sets ``weight``'s (and ``bias``'s) gradient and,
     /// when ``computesInputGradient``, writes `dx` (shape of the forward's input).
     ///
-    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
-    ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let x = savedInput, let g = savedGeometry else { throw LayerError.backwardBeforeForward(layer: name) }
+        guard let x = savedInput, let g = savedGeometry else {
+            throw NormalizationError.backwardBeforeForward(layer: name)
+        }
         try LayerCheck.gradient(dy, shape: savedOutputShape, layout: x.layout, layer: name)
         let threads: Int
         if savedEngine == .oneDNN {

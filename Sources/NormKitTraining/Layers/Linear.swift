@@ -34,10 +34,11 @@ public final class Linear: Layer {
     /// A linear layer with PyTorch's default uniform initialisation drawn from `generator` (weight first,
     /// then bias).
     ///
-    /// - Throws: ``LayerError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1.
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1.
     public init(inFeatures: Int, outFeatures: Int, generator: inout SeededGenerator) throws {
         for (argument, value) in [("inFeatures", inFeatures), ("outFeatures", outFeatures)] where value < 1 {
-            throw LayerError.invalidArgument(layer: "Linear", name: argument, value: value, expected: "at least 1")
+            throw NormalizationError.invalidArgument(
+                layer: "Linear", name: argument, value: "\(value)", expected: "at least 1")
         }
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
@@ -51,14 +52,14 @@ public final class Linear: Layer {
 
     /// `y = x·Wᵀ + b` for `x` of shape `(N, in)`; a training forward keeps a reference to `x`.
     ///
-    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``LayerError/channelMismatch(layer:expected:got:)``
-    ///   or ``LayerError/emptyBatch(layer:)``.
+    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``NormalizationError/channelMismatch(layer:expected:got:)``
+    ///   or ``NormalizationError/emptyBatch(layer:)``.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         guard x.shape.count == 2 else { throw LayerError.wrongRank(layer: name, expected: 2, shape: x.shape) }
         guard x.channels == inFeatures else {
-            throw LayerError.channelMismatch(layer: name, expected: inFeatures, got: x.channels)
+            throw NormalizationError.channelMismatch(layer: name, expected: inFeatures, got: x.channels)
         }
-        guard x.batch > 0 else { throw LayerError.emptyBatch(layer: name) }
+        guard x.batch > 0 else { throw NormalizationError.emptyBatch(layer: name) }
         let n = x.batch, i = inFeatures, o = outFeatures
         outputShape.setDimensions(n, o)
         y.prepare(shape: outputShape, layout: .channelsFirst)
@@ -83,10 +84,10 @@ public final class Linear: Layer {
 
     /// Sets `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ_rows dy` and writes `dx = dy·W`.
     ///
-    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
-    ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let x = savedInput else { throw LayerError.backwardBeforeForward(layer: name) }
+        guard let x = savedInput else { throw NormalizationError.backwardBeforeForward(layer: name) }
         let n = x.batch, i = inFeatures, o = outFeatures
         try LayerCheck.gradient(dy, shape: savedOutputShape, layout: .channelsFirst, layer: name)
         dx.prepare(shape: x.shape, layout: .channelsFirst)

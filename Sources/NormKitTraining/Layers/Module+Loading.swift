@@ -10,7 +10,7 @@ extension Module {
     ///
     /// - Throws: for a ``Model``, ``ModelError/missingTensor(_:)`` (the first missing key, sorted),
     ///   ``ModelError/unexpectedTensors(_:)`` or ``ModelError/mismatchedTensor(name:expected:found:)``; for a
-    ///   layer, ``LayerError/invalidState(layer:name:reason:)`` naming the layer and the key; or the error of
+    ///   layer, ``NormalizationError/invalidState(layer:name:reason:)`` naming the layer and the key; or the error of
     ///   the module that refused a value.
     /// - Returns: the keys the tree has and `state` lacks, and those `state` has and the tree does not (both
     ///   sorted; empty after a strict load).
@@ -60,7 +60,7 @@ private func load(_ state: [String: StateTensor], into modules: [(name: String, 
     }
 }
 
-/// The error a refused load throws: ``ModelError`` at a model's root, ``LayerError`` at a layer's.
+/// The error a refused load throws: ``ModelError`` at a model's root, ``LayerError`` or `NormalizationError` at a layer's.
 private struct StateRefusal {
     let root: any Module
     let modules: [(name: String, module: any Module)]
@@ -73,7 +73,7 @@ private struct StateRefusal {
 
     func missing(_ key: String) -> Error {
         if root is Model { return ModelError.missingTensor(key) }
-        return LayerError.invalidState(layer: owner(of: key).name, name: key, reason: "missing")
+        return NormalizationError.invalidState(layer: owner(of: key).name, name: key, reason: "missing")
     }
 
     func unexpected(_ keys: [String]) -> Error {
@@ -81,7 +81,7 @@ private struct StateRefusal {
         let others =
             keys.count > 1
             ? " (and \(keys.dropFirst().prefix(4).joined(separator: ", "))\(keys.count > 5 ? ", …" : ""))" : ""
-        return LayerError.invalidState(
+        return NormalizationError.invalidState(
             layer: root.name, name: keys[0],
             reason: "unexpected: the layer has no such tensor\(others)")
     }
@@ -93,7 +93,8 @@ private struct StateRefusal {
             + (found.valueCount == found.shape.reduce(1, *)
                 ? "" : " with \(found.valueCount) values")
         if root is Model { return ModelError.mismatchedTensor(name: key, expected: want, found: have) }
-        return LayerError.invalidState(layer: owner(of: key).name, name: key, reason: "expected \(want), got \(have)")
+        return NormalizationError.invalidState(
+            layer: owner(of: key).name, name: key, reason: "expected \(want), got \(have)")
     }
 }
 

@@ -26,11 +26,12 @@ public final class MaxPool2d: Layer {
 
     /// A max pool with a `kernelSize × kernelSize` window moved `stride` (default `kernelSize`) at a time.
     ///
-    /// - Throws: ``LayerError/invalidArgument(layer:name:value:expected:)`` for a size or stride below 1.
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for a size or stride below 1.
     public init(kernelSize: Int, stride: Int? = nil) throws {
         let stride = stride ?? kernelSize
         for (argument, value) in [("kernelSize", kernelSize), ("stride", stride)] where value < 1 {
-            throw LayerError.invalidArgument(layer: "MaxPool2d", name: argument, value: value, expected: "at least 1")
+            throw NormalizationError.invalidArgument(
+                layer: "MaxPool2d", name: argument, value: "\(value)", expected: "at least 1")
         }
         self.kernelSize = kernelSize
         self.stride = stride
@@ -39,7 +40,7 @@ public final class MaxPool2d: Layer {
     /// Pools `x` into `y`.
     ///
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
-    ///   ``LayerError/emptyBatch(layer:)`` or ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
+    ///   ``NormalizationError/emptyBatch(layer:)`` or ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try LayerCheck.spatial(x, channels: nil, layer: name)
         let h = x.shape[2], w = x.shape[3], k = kernelSize, s = stride
@@ -91,10 +92,10 @@ public final class MaxPool2d: Layer {
 
     /// Routes each `dy` to its window's maximum; every other `dx` is zero.
     ///
-    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
-    ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let shape = savedInputShape else { throw LayerError.backwardBeforeForward(layer: name) }
+        guard let shape = savedInputShape else { throw NormalizationError.backwardBeforeForward(layer: name) }
         let h = shape[2], w = shape[3], k = kernelSize, s = stride
         let ho = (h - k) / s + 1, wo = (w - k) / s + 1, planes = shape[0] * shape[1]
         try LayerCheck.gradient(dy, shape: savedOutputShape, layout: .channelsFirst, layer: name)
@@ -140,7 +141,7 @@ public final class GlobalAveragePool: Layer {
     /// `y[n, c] = mean over (h, w) of x[n, c, h, w]` (summed in Double).
     ///
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
-    ///   ``LayerError/emptyBatch(layer:)`` or, for an empty plane, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
+    ///   ``NormalizationError/emptyBatch(layer:)`` or, for an empty plane, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try LayerCheck.spatial(x, channels: nil, layer: name, channelsLastToo: true)
         let m = x.spatialCount, n = x.batch, c = x.channels
@@ -174,10 +175,10 @@ public final class GlobalAveragePool: Layer {
 
     /// `dx[n, c, h, w] = dy[n, c] / (H·W)`, in the forward input's layout.
     ///
-    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
-    ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let shape = savedInputShape else { throw LayerError.backwardBeforeForward(layer: name) }
+        guard let shape = savedInputShape else { throw NormalizationError.backwardBeforeForward(layer: name) }
         let n = shape[0], c = shape[1], m = shape[2] * shape[3]
         try LayerCheck.gradient(dy, shape: savedOutputShape, layout: .channelsFirst, layer: name)
         dx.prepare(shape: shape, layout: savedInputLayout)

@@ -32,10 +32,10 @@ public final class ReLU: Layer {
 
     /// `dx = dy · [y > 0]`.
     ///
-    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` or
-    ///   ``LayerError/gradientMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
-        guard let y = savedOutput else { throw LayerError.backwardBeforeForward(layer: name) }
+        guard let y = savedOutput else { throw NormalizationError.backwardBeforeForward(layer: name) }
         try LayerCheck.gradient(dy, shape: y.shape, layout: y.layout, layer: name)
         reluBackward(output: y, dy, into: &dx)
         savedOutput = nil

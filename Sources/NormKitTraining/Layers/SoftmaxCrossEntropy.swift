@@ -23,7 +23,7 @@ public final class SoftmaxCrossEntropy {
 
     /// The mean cross-entropy of `logits` `(N, K)` against `labels` (`N` values in `0..<K`).
     ///
-    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``LayerError/emptyBatch(layer:)``,
+    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``NormalizationError/emptyBatch(layer:)``,
     ///   ``LayerError/labelCountMismatch(batch:labels:)`` or ``LayerError/labelOutOfRange(index:label:classes:)``;
     ///   nothing is changed when it throws.
     public func forward(logits: Tensor, labels: [Int]) throws -> Float {
@@ -32,7 +32,7 @@ public final class SoftmaxCrossEntropy {
             throw LayerError.wrongRank(layer: layer, expected: 2, shape: logits.shape)
         }
         let n = logits.batch, k = logits.channels
-        guard n > 0 else { throw LayerError.emptyBatch(layer: layer) }
+        guard n > 0 else { throw NormalizationError.emptyBatch(layer: layer) }
         guard labels.count == n else { throw LayerError.labelCountMismatch(batch: n, labels: labels.count) }
         for (i, label) in labels.enumerated() where !(0..<k).contains(label) {
             throw LayerError.labelOutOfRange(index: i, label: label, classes: k)
@@ -67,9 +67,11 @@ public final class SoftmaxCrossEntropy {
     /// Writes `∂(mean loss)/∂logits = (softmax − onehot(label)) / N` of the last forward into `dlogits`
     /// (shape `(N, K)`, channels-first; its memory is reused when it can be). May be called more than once.
     ///
-    /// - Throws: ``LayerError/backwardBeforeForward(layer:)`` before any forward.
+    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` before any forward.
     public func backward(into dlogits: inout Tensor) throws {
-        guard let shape = savedShape else { throw LayerError.backwardBeforeForward(layer: "SoftmaxCrossEntropy") }
+        guard let shape = savedShape else {
+            throw NormalizationError.backwardBeforeForward(layer: "SoftmaxCrossEntropy")
+        }
         let n = shape[0], k = shape[1], scale = 1 / Float(n)
         dlogits.prepare(shape: shape, layout: .channelsFirst)
         probabilities.withUnsafeBufferPointer { pb in

@@ -167,7 +167,7 @@ final class ResidualReLU {
 
     /// `∂L/∂(h + shortcut)` from `∂L/∂output`.
     func backward(_ dy: Tensor, layer: String) throws -> Tensor {
-        guard let saved = savedOutput else { throw LayerError.backwardBeforeForward(layer: layer) }
+        guard let saved = savedOutput else { throw NormalizationError.backwardBeforeForward(layer: layer) }
         try LayerCheck.gradient(dy, shape: saved.shape, layout: saved.layout, layer: layer)
         reluBackward(output: saved, dy, into: &outputGradient)
         savedOutput = nil
