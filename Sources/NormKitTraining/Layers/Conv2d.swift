@@ -85,7 +85,7 @@ public final class Conv2d: Layer {
 
     /// A convolution with He-normal (`fan_out`) weights drawn from `generator`.
     ///
-    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for a channel count, kernel size or
+    /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a channel count, kernel size or
     ///   stride below 1, or a negative padding.
     public init(
         inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
@@ -134,8 +134,8 @@ public final class Conv2d: Layer {
     /// can. A training forward keeps a reference to `x` and the weights it used for the backward.
     ///
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)`` (channels-last with the im2col engine),
-    ///   ``LayerError/wrongRank(layer:expected:shape:)``, ``NormalizationError/channelMismatch(layer:expected:got:)``,
-    ///   ``NormalizationError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``, or
+    ///   ``LayerError/wrongRank(layer:expected:shape:)``, ``/NormKit/NormalizationError/channelMismatch(layer:expected:got:)``,
+    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``, or
     ///   ``LayerError/engineFailure(layer:engine:message:)`` when oneDNN is not built in or refuses the shape.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         let g = try geometry(of: x)
@@ -180,8 +180,8 @@ public final class Conv2d: Layer {
     /// Backpropagates `dy` through the last training forward: sets ``weight``'s (and ``bias``'s) gradient and,
     /// when ``computesInputGradient``, writes `dx` (shape of the forward's input).
     ///
-    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
-    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``/NormKit/NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``/NormKit/NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput, let g = savedGeometry else {
             throw NormalizationError.backwardBeforeForward(layer: name)

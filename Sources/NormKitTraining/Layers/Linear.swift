@@ -34,7 +34,7 @@ public final class Linear: Layer {
     /// A linear layer with PyTorch's default uniform initialisation drawn from `generator` (weight first,
     /// then bias).
     ///
-    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1.
+    /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1.
     public init(inFeatures: Int, outFeatures: Int, generator: inout SeededGenerator) throws {
         for (argument, value) in [("inFeatures", inFeatures), ("outFeatures", outFeatures)] where value < 1 {
             throw NormalizationError.invalidArgument(
@@ -52,8 +52,8 @@ public final class Linear: Layer {
 
     /// `y = x·Wᵀ + b` for `x` of shape `(N, in)`; a training forward keeps a reference to `x`.
     ///
-    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``NormalizationError/channelMismatch(layer:expected:got:)``
-    ///   or ``NormalizationError/emptyBatch(layer:)``.
+    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``/NormKit/NormalizationError/channelMismatch(layer:expected:got:)``
+    ///   or ``/NormKit/NormalizationError/emptyBatch(layer:)``.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         guard x.shape.count == 2 else { throw LayerError.wrongRank(layer: name, expected: 2, shape: x.shape) }
         guard x.channels == inFeatures else {
@@ -84,8 +84,8 @@ public final class Linear: Layer {
 
     /// Sets `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ_rows dy` and writes `dx = dy·W`.
     ///
-    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
-    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``/NormKit/NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``/NormKit/NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let x = savedInput else { throw NormalizationError.backwardBeforeForward(layer: name) }
         let n = x.batch, i = inFeatures, o = outFeatures

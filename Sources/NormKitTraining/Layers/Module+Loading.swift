@@ -10,7 +10,7 @@ extension Module {
     ///
     /// - Throws: for a ``Model``, ``ModelError/missingTensor(_:)`` (the first missing key, sorted),
     ///   ``ModelError/unexpectedTensors(_:)`` or ``ModelError/mismatchedTensor(name:expected:found:)``; for a
-    ///   layer, ``NormalizationError/invalidState(layer:name:reason:)`` naming the layer and the key; or the error of
+    ///   layer, ``/NormKit/NormalizationError/invalidState(layer:name:reason:)`` naming the layer and the key; or the error of
     ///   the module that refused a value.
     /// - Returns: the keys the tree has and `state` lacks, and those `state` has and the tree does not (both
     ///   sorted; empty after a strict load).

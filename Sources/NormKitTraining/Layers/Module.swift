@@ -57,7 +57,7 @@ extension Module {
     /// Restores ``ownParameters`` (a module without buffers needs nothing else): reads every value first, then
     /// assigns them all.
     ///
-    /// - Throws: ``NormalizationError/invalidState(layer:name:reason:)`` for a missing or mis-shaped entry.
+    /// - Throws: ``/NormKit/NormalizationError/invalidState(layer:name:reason:)`` for a missing or mis-shaped entry.
     public func loadOwnState(_ state: [String: StateTensor]) throws {
         let parameters = ownParameters
         let values = try parameters.map { try LayerCheck.floats(state, $0.name, shape: $0.shape, layer: name) }

@@ -26,7 +26,7 @@ public final class MaxPool2d: Layer {
 
     /// A max pool with a `kernelSize × kernelSize` window moved `stride` (default `kernelSize`) at a time.
     ///
-    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for a size or stride below 1.
+    /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a size or stride below 1.
     public init(kernelSize: Int, stride: Int? = nil) throws {
         let stride = stride ?? kernelSize
         for (argument, value) in [("kernelSize", kernelSize), ("stride", stride)] where value < 1 {
@@ -40,7 +40,7 @@ public final class MaxPool2d: Layer {
     /// Pools `x` into `y`.
     ///
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
-    ///   ``NormalizationError/emptyBatch(layer:)`` or ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
+    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)`` or ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try LayerCheck.spatial(x, channels: nil, layer: name)
         let h = x.shape[2], w = x.shape[3], k = kernelSize, s = stride
@@ -92,8 +92,8 @@ public final class MaxPool2d: Layer {
 
     /// Routes each `dy` to its window's maximum; every other `dx` is zero.
     ///
-    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
-    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``/NormKit/NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``/NormKit/NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let shape = savedInputShape else { throw NormalizationError.backwardBeforeForward(layer: name) }
         let h = shape[2], w = shape[3], k = kernelSize, s = stride
@@ -141,7 +141,7 @@ public final class GlobalAveragePool: Layer {
     /// `y[n, c] = mean over (h, w) of x[n, c, h, w]` (summed in Double).
     ///
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
-    ///   ``NormalizationError/emptyBatch(layer:)`` or, for an empty plane, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
+    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)`` or, for an empty plane, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try LayerCheck.spatial(x, channels: nil, layer: name, channelsLastToo: true)
         let m = x.spatialCount, n = x.batch, c = x.channels
@@ -175,8 +175,8 @@ public final class GlobalAveragePool: Layer {
 
     /// `dx[n, c, h, w] = dy[n, c] / (H·W)`, in the forward input's layout.
     ///
-    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
-    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``/NormKit/NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``/NormKit/NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let shape = savedInputShape else { throw NormalizationError.backwardBeforeForward(layer: name) }
         let n = shape[0], c = shape[1], m = shape[2] * shape[3]

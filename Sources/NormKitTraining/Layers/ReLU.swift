@@ -32,8 +32,8 @@ public final class ReLU: Layer {
 
     /// `dx = dy · [y > 0]`.
     ///
-    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` or
-    ///   ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
+    /// - Throws: ``/NormKit/NormalizationError/backwardBeforeForward(layer:)`` or
+    ///   ``/NormKit/NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         guard let y = savedOutput else { throw NormalizationError.backwardBeforeForward(layer: name) }
         try LayerCheck.gradient(dy, shape: y.shape, layout: y.layout, layer: name)

@@ -23,7 +23,7 @@ public final class SoftmaxCrossEntropy {
 
     /// The mean cross-entropy of `logits` `(N, K)` against `labels` (`N` values in `0..<K`).
     ///
-    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``NormalizationError/emptyBatch(layer:)``,
+    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``/NormKit/NormalizationError/emptyBatch(layer:)``,
     ///   ``LayerError/labelCountMismatch(batch:labels:)`` or ``LayerError/labelOutOfRange(index:label:classes:)``;
     ///   nothing is changed when it throws.
     public func forward(logits: Tensor, labels: [Int]) throws -> Float {
@@ -67,7 +67,7 @@ public final class SoftmaxCrossEntropy {
     /// Writes `∂(mean loss)/∂logits = (softmax − onehot(label)) / N` of the last forward into `dlogits`
     /// (shape `(N, K)`, channels-first; its memory is reused when it can be). May be called more than once.
     ///
-    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` before any forward.
+    /// - Throws: ``/NormKit/NormalizationError/backwardBeforeForward(layer:)`` before any forward.
     public func backward(into dlogits: inout Tensor) throws {
         guard let shape = savedShape else {
             throw NormalizationError.backwardBeforeForward(layer: "SoftmaxCrossEntropy")
