@@ -99,18 +99,6 @@ struct PreActivation {
         }
     }
 
-    /// Records the affine of an apply call: `scale` and `shift` per coefficient, `center` per coefficient or nil (0).
-    mutating func record(
-        _ activation: FusedActivation, count: Int, scale: UnsafePointer<Float>,
-        shift: UnsafePointer<Float>, center: UnsafePointer<Float>?
-    ) {
-        record(activation, count: count) { a, b, k in
-            a.update(from: scale, count: count)
-            b.update(from: shift, count: count)
-            if let center { k.update(from: center, count: count) } else { k.update(repeating: 0, count: count) }
-        }
-    }
-
     /// Calls `body` with the backward's view of the record, writing `dz` to `dz` (nil when there is no activation).
     func withBackward<R>(dz: UnsafeMutablePointer<Float>, _ body: (ActivationBackward?) -> R) -> R {
         guard isActive else { return body(nil) }

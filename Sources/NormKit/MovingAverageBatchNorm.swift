@@ -195,7 +195,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     @inline(__always) private func slot(_ t: Int64) -> Int { Int(t % Int64(bufferSize)) }
 
     /// The mean over the ring buffer `buffer` (`S_buf × C`) of channel `c`.
-    @inline(__always) private func ringMean(_ buffer: UnsafeBufferPointer<Float>, _ c: Int) -> Double {
+    @inline(__always) private func ringMean(_ buffer: [Float], _ c: Int) -> Double {
         var total = 0.0
         for i in 0..<bufferSize { total += Double(buffer[i * channels + c]) }
         return total / Double(bufferSize)
@@ -226,16 +226,13 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             } else {
                 runIterations(blocks: g.sampleBlocks, mean: mean, variance: variance, into: &chunkFactors)
             }
-            let factors = chunkFactors
-            lastR.withUnsafeMutableBufferPointer { lastR in
-                for s in 0..<g.setCount {
-                    let f = factors[s]
-                    lastR[s] = Float(f.r)
-                    affines.scale[s] = Double(gamma?[s % c] ?? 1) * f.r / f.divisor
-                    (affines.center[s], affines.shift[s]) = (f.center, Double(beta?[s % c] ?? 0))
-                }
+            for (s, f) in chunkFactors.enumerated() {
+                affines.scale[s] = Double(gamma?[s % c] ?? 1) * f.r / f.divisor
+                (affines.center[s], affines.shift[s]) = (f.center, Double(beta?[s % c] ?? 0))
             }
         }
+        let factors = chunkFactors
+        updating(&lastR) { lastR in for (s, f) in factors.enumerated() { lastR[s] = Float(f.r) } }
         savedFirstIteration = first
         pending.save(x, g)
     }
@@ -251,51 +248,47 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
         /// The forward statistic of set `s`: `χ² = mean(x²) = var + mean²`, or the BN form's variance.
         func statistic(_ s: Int) -> Double { meanForm ? variance[s] : variance[s] + mean[s] * mean[s] }
         func isFinite(_ s: Int) -> Bool { statistic(s).isFinite && (!meanForm || mean[s].isFinite) }
-        // One exclusive access per written array for the whole loop (not one per element).
-        secondMomentBuffer.withUnsafeMutableBufferPointer { ring in
-            meanBuffer.withUnsafeMutableBufferPointer { meanRing in
-                runningSecondMoment.withUnsafeMutableBufferPointer { running in
-                    runningMean.withUnsafeMutableBufferPointer { runningMean in
-                        factors.withUnsafeMutableBufferPointer { factors in
-                            for b in 0..<blocks {
-                                iterations += 1
-                                let t = iterations, row = slot(t) * c
-                                let finite = (0..<c).allSatisfy { isFinite(b * c + $0) }
-                                if finite {
-                                    for ch in 0..<c { ring[row + ch] = Float(statistic(b * c + ch)) }
-                                    if meanForm { for ch in 0..<c { meanRing[row + ch] = Float(mean[b * c + ch]) } }
-                                } else {
-                                    skippedUpdates += 1
-                                }
-                                let useBatch = !forwardSMA || usesBatch(t)
-                                for ch in 0..<c {
-                                    let s = b * c + ch
-                                    let v = useBatch ? statistic(s) : ringMean(UnsafeBufferPointer(ring), ch)
-                                    let root = (v + eps).squareRoot()
-                                    var r = 1.0
-                                    if t > rThreshold {
-                                        let ratio = root / (Double(running[ch]) + eps).squareRoot()
-                                        r = ratio.isNaN ? ratio : min(max(ratio, 0.2), 5)
-                                    }
-                                    var center = 0.0
-                                    if meanForm {
-                                        center = useBatch ? mean[s] : ringMean(UnsafeBufferPointer(meanRing), ch)
-                                        if finite {
-                                            runningMean[ch] = Float(
-                                                keep * Double(runningMean[ch]) + (1 - keep) * center)
-                                        }
-                                    }
-                                    if finite {
-                                        running[ch] = Float(keep * Double(running[ch]) + (1 - keep) * v)
-                                    }
-                                    factors[s] = ChunkFactors(divisor: root, r: r, center: center)
-                                }
-                            }
+        // inout parameters: one exclusive access per written array for the whole walk, none per element.
+        func iterate(
+            _ ring: inout [Float], _ meanRing: inout [Float], _ running: inout [Float], _ runningMean: inout [Float],
+            _ factors: inout [ChunkFactors]
+        ) {
+            for b in 0..<blocks {
+                iterations += 1
+                let t = iterations, row = slot(t) * c
+                let finite = (0..<c).allSatisfy { isFinite(b * c + $0) }
+                if finite {
+                    for ch in 0..<c { ring[row + ch] = Float(statistic(b * c + ch)) }
+                    if meanForm { for ch in 0..<c { meanRing[row + ch] = Float(mean[b * c + ch]) } }
+                } else {
+                    skippedUpdates += 1
+                }
+                let useBatch = !forwardSMA || usesBatch(t)
+                for ch in 0..<c {
+                    let s = b * c + ch
+                    let v = useBatch ? statistic(s) : ringMean(ring, ch)
+                    let root = (v + eps).squareRoot()
+                    var r = 1.0
+                    if t > rThreshold {
+                        let ratio = root / (Double(running[ch]) + eps).squareRoot()
+                        r = ratio.isNaN ? ratio : min(max(ratio, 0.2), 5)
+                    }
+                    var center = 0.0
+                    if meanForm {
+                        center = useBatch ? mean[s] : ringMean(meanRing, ch)
+                        if finite {
+                            runningMean[ch] = Float(
+                                keep * Double(runningMean[ch]) + (1 - keep) * center)
                         }
                     }
+                    if finite {
+                        running[ch] = Float(keep * Double(running[ch]) + (1 - keep) * v)
+                    }
+                    factors[s] = ChunkFactors(divisor: root, r: r, center: center)
                 }
             }
         }
+        iterate(&secondMomentBuffer, &meanBuffer, &runningSecondMoment, &runningMean, &factors)
     }
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
@@ -325,7 +318,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             if chunkStatistic.count != blocks * width {
                 chunkStatistic = [Double](repeating: 0, count: blocks * width)
             }
-            chunkStatistic.withUnsafeMutableBufferPointer { psi in
+            updating(&chunkStatistic) { psi in
                 for b in 0..<blocks {
                     for ch in 0..<c {
                         let s = b * c + ch, gammaR = Double(gamma?[ch] ?? 1) * factors[s].r
@@ -345,9 +338,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                 all = try workerChunks.gatherBackward(chunkStatistic, over: workers, layer: self.name)
                 own = (workers.workerIndex * blocks)..<((workers.workerIndex + 1) * blocks)
             }
-            // One exclusive access per written array for the whole loop (not one per element).
-            gradientMeanBuffer.withUnsafeMutableBufferPointer { gRing in
-                backwardStatisticBuffer.withUnsafeMutableBufferPointer { ring in
+            updating(&gradientMeanBuffer) { gRing in
+                updating(&backwardStatisticBuffer) { ring in
                     for chunk in 0..<(all.count / width) {
                         let t = firstIteration + Int64(chunk), row = slot(t) * c, psi = chunk * width
                         if (0..<c).allSatisfy({ all[psi + $0].isFinite && all[psi + c + $0].isFinite }) {
@@ -360,12 +352,12 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                         let b = chunk - own.lowerBound, useBatch = !backwardSMA || usesBatch(t)
                         for ch in 0..<c {
                             let s = b * c + ch, rs = factors[s].rstd
-                            let psiBar = useBatch ? all[psi + ch] : ringMean(UnsafeBufferPointer(ring), ch)
+                            let psiBar = useBatch ? all[psi + ch] : ringMean(ring, ch)
                             gradients.scale[s] = Double(gamma?[ch] ?? 1) * factors[s].r * rs
                             gradients.slope[s] = -psiBar * rs * rs
                             var offset = 0.0
                             if meanForm {
-                                offset = -(useBatch ? all[psi + c + ch] : ringMean(UnsafeBufferPointer(gRing), ch)) * rs
+                                offset = -(useBatch ? all[psi + c + ch] : ringMean(gRing, ch)) * rs
                             }
                             (gradients.offset[s], gradients.gammaScale[s]) = (offset, factors[s].r * rs)
                         }

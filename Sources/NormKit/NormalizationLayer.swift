@@ -175,6 +175,13 @@ struct PendingForward {
     }
 }
 
+/// Calls `body` with `value` under one exclusive access for the whole call: for an array property of a class, the
+/// writes inside pay no exclusivity check per element (no pointer code needed to avoid them).
+@inline(__always)
+func updating<Value, Result>(_ value: inout Value, _ body: (inout Value) throws -> Result) rethrows -> Result {
+    try body(&value)
+}
+
 /// Makes a `γ`/`β` pair for `channels` (or nil pair when `affine` is false).
 func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
     guard affine else { return (nil, nil) }
@@ -201,25 +208,20 @@ func writeAffineGradients(
 ) {
     guard let weight, let bias else { return }
     let c = g.channels, k = g.samplesPerSet, cps = g.channelsPerSet
-    sumDy.withUnsafeBufferPointer { s1 in
-        sumDyCentered.withUnsafeBufferPointer { s2 in
-            // One exclusive access per gradient for the whole loop (not one per element).
-            weight.gradient.withUnsafeMutableBufferPointer { dGamma in
-                bias.gradient.withUnsafeMutableBufferPointer { dBeta in
-                    for ch in 0..<c {
-                        var dg = 0.0, db = 0.0
-                        for block in 0..<g.sampleBlocks {
-                            let s = block * g.channelBlocks + ch / cps
-                            let scale = setScale(s), offset = setOffset(s)
-                            for n in (block * k)..<((block + 1) * k) {
-                                dg += scale * s2[n * c + ch] + offset * s1[n * c + ch]
-                                db += s1[n * c + ch]
-                            }
-                        }
-                        dGamma[ch] = Float(dg)
-                        dBeta[ch] = Float(db)
+    // One exclusive access per gradient for the whole walk, none per element.
+    updating(&weight.gradient) { dGamma in
+        updating(&bias.gradient) { dBeta in
+            for ch in 0..<c {
+                var dg = 0.0, db = 0.0
+                for block in 0..<g.sampleBlocks {
+                    let s = block * g.channelBlocks + ch / cps
+                    let scale = setScale(s), offset = setOffset(s)
+                    for n in (block * k)..<((block + 1) * k) {
+                        dg += scale * sumDyCentered[n * c + ch] + offset * sumDy[n * c + ch]
+                        db += sumDy[n * c + ch]
                     }
                 }
+                (dGamma[ch], dBeta[ch]) = (Float(dg), Float(db))
             }
         }
     }

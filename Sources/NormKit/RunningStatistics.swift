@@ -25,27 +25,17 @@ struct RunningStatisticsFold {
             pendingSpread = pendingMean
         }
         var finite = true
-        // One exclusive access per array for the whole loop (not one per element).
-        mean.withUnsafeBufferPointer { oldMean in
-            spread.withUnsafeBufferPointer { oldSpread in
-                pendingMean.withUnsafeMutableBufferPointer { newMean in
-                    pendingSpread.withUnsafeMutableBufferPointer { newSpread in
-                        for c in 0..<channels {
-                            var mu = 0.0, sigma = 0.0
-                            for b in 0..<blocks {
-                                mu += batchMean[b * channels + c]
-                                sigma += batchSpread(b * channels + c)
-                            }
-                            let rm = Double(oldMean[c]), rs = Double(oldSpread[c])
-                            newMean[c] = Float(rm + alpha * (mu * perBlock - rm))
-                            newSpread[c] = Float(rs + alpha * (sigma * perBlock - rs))
-                            finite =
-                                finite && mu.isFinite && sigma.isFinite && newMean[c].isFinite
-                                && newSpread[c].isFinite
-                        }
-                    }
-                }
+        // Struct state and inout parameters: statically exclusive, no check per element.
+        for c in 0..<channels {
+            var mu = 0.0, sigma = 0.0
+            for b in 0..<blocks {
+                mu += batchMean[b * channels + c]
+                sigma += batchSpread(b * channels + c)
             }
+            let rm = Double(mean[c]), rs = Double(spread[c])
+            pendingMean[c] = Float(rm + alpha * (mu * perBlock - rm))
+            pendingSpread[c] = Float(rs + alpha * (sigma * perBlock - rs))
+            finite = finite && mu.isFinite && sigma.isFinite && pendingMean[c].isFinite && pendingSpread[c].isFinite
         }
         guard finite else { return false }
         swap(&mean, &pendingMean)

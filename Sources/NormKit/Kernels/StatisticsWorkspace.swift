@@ -162,3 +162,12 @@ struct KernelScratch {
         return storage.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
     }
 }
+
+/// Calls `body` with pointers to two optional arrays (nil pointers for nil arrays).
+func withOptionalPointers<R>(
+    _ a: [Float]?, _ b: [Float]?,
+    _ body: (UnsafePointer<Float>?, UnsafePointer<Float>?) -> R
+) -> R {
+    guard let a, let b else { return body(nil, nil) }
+    return a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in body(ap.baseAddress, bp.baseAddress) } }
+}
