@@ -219,31 +219,15 @@ public enum Float64Reference {
         step h: Double = 1e-5
     ) -> RefBackward {
         var dx = RefTensor(batch: x.batch, channels: x.channels, positions: x.positions)
-        for i in 0..<x.count {
-            var plus = x, minus = x
-            plus.data[i] += h
-            minus.data[i] -= h
-            dx.data[i] =
-                (loss(plus, w: w, sets: sets, gamma: gamma, beta: beta)
-                    - loss(minus, w: w, sets: sets, gamma: gamma, beta: beta)) / (2 * h)
+        dx.data = centralDifferences(at: x.data, h: h) { data in
+            var moved = x
+            moved.data = data
+            return loss(moved, w: w, sets: sets, gamma: gamma, beta: beta)
         }
         let g0 = gamma ?? [Double](repeating: 1, count: x.channels)
         let b0 = beta ?? [Double](repeating: 0, count: x.channels)
-        var dgamma = [Double](repeating: 0, count: x.channels), dbeta = dgamma
-        for c in 0..<x.channels {
-            var gp = g0, gm = g0
-            gp[c] += h
-            gm[c] -= h
-            dgamma[c] =
-                (loss(x, w: w, sets: sets, gamma: gp, beta: b0)
-                    - loss(x, w: w, sets: sets, gamma: gm, beta: b0)) / (2 * h)
-            var bp = b0, bm = b0
-            bp[c] += h
-            bm[c] -= h
-            dbeta[c] =
-                (loss(x, w: w, sets: sets, gamma: g0, beta: bp)
-                    - loss(x, w: w, sets: sets, gamma: g0, beta: bm)) / (2 * h)
-        }
+        let dgamma = centralDifferences(at: g0, h: h) { loss(x, w: w, sets: sets, gamma: $0, beta: b0) }
+        let dbeta = centralDifferences(at: b0, h: h) { loss(x, w: w, sets: sets, gamma: g0, beta: $0) }
         return RefBackward(dx: dx, dgamma: dgamma, dbeta: dbeta)
     }
 }

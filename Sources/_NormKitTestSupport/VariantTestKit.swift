@@ -89,6 +89,34 @@ public enum VariantTestKit {
         worst[key] = max(worst[key] ?? 0, value.isNaN ? .infinity : value)
     }
 
+    /// A float64 reference backward: dx, dγ, dβ and the magnitudes of the dγ and dβ sums.
+    public typealias ReferenceGradients = (
+        dx: [Double], dgamma: [Double], dbeta: [Double], dgammaScale: Double, dbetaScale: Double
+    )
+
+    /// Records dγ and dβ against the reference's (relative to the magnitudes of their sums, which can cancel).
+    public static func recordAffineGradients(
+        _ worst: inout [String: Double], _ grads: NormalizationGradients, _ reference: ReferenceGradients,
+        _ context: String
+    ) {
+        record(
+            &worst, "dgamma",
+            relErr(grads.weight!.map(Double.init), reference.dgamma, scale: reference.dgammaScale), context)
+        record(
+            &worst, "dbeta", relErr(grads.bias!.map(Double.init), reference.dbeta, scale: reference.dbetaScale),
+            context)
+    }
+
+    /// Records y, dx, dγ and dβ of one training step against the reference's output and backward.
+    public static func recordStep(
+        _ worst: inout [String: Double], y: Tensor, _ grads: NormalizationGradients, reference yr: [Double],
+        _ gr: ReferenceGradients, _ context: String
+    ) {
+        record(&worst, "y", relErr(logical(y), yr), context)
+        record(&worst, "dx", relErr(logical(grads.input), gr.dx), context)
+        recordAffineGradients(&worst, grads, gr, context)
+    }
+
     public static func describe(_ worst: [String: Double]) -> String {
         worst.keys.sorted().map { "\($0) \(String(format: "%.2e", worst[$0]!))" }.joined(separator: ", ")
     }
@@ -100,6 +128,18 @@ public enum VariantTestKit {
             return XCTFail("expected invalidState, got \(error)", file: file, line: line)
         }
         XCTAssertEqual(n, name, file: file, line: line)
+    }
+
+    /// Asserts a strict load of `state` with `changes` applied (nil removes a key) throws invalidState naming `name`.
+    public static func assertLoadThrowsInvalidState(
+        _ layer: some NormalizationLayer, _ state: [String: StateTensor], _ changes: [String: StateTensor?],
+        _ name: String, file: StaticString = #filePath, line: UInt = #line
+    ) {
+        var bad = state
+        for (key, value) in changes { bad[key] = value }
+        XCTAssertThrowsError(try layer.loadStateDict(bad), file: file, line: line) {
+            assertInvalidState($0, name, file: file, line: line)
+        }
     }
 
     /// Asserts `error` is a strict load's key mismatch listing exactly `missing` and `unexpected`.

@@ -91,12 +91,9 @@ final class BatchNormTests: XCTestCase {
     /// of 16; run with 2 and 3 threads (uneven splits).
     func testLargeShapesUseMultipleThreads() throws {
         var rng = SeededGenerator(seed: 0xB402)
-        let saved = Parallelism.threadCount
-        defer { Parallelism.threadCount = saved }
-        for (i, (shape, k))
-            in ([([2, 64, 28, 28], nil), ([8, 32, 17, 17], 2), ([4, 16, 9, 11, 13], 2)] as [([Int], Int?)]).enumerated()
-        {
-            Parallelism.threadCount = 2 + i % 2
+        try withTwoOrThreeThreads(
+            over: [([2, 64, 28, 28], nil), ([8, 32, 17, 17], 2), ([4, 16, 9, 11, 13], 2)] as [([Int], Int?)]
+        ) { shape, k in
             for layout in TensorLayout.allCases {
                 let bn = try BatchNorm(channels: shape[1], normBatch: k)
                 try runSteps(

@@ -248,16 +248,7 @@ final class BatchRenormTests: XCTestCase {
                         Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), context)
                         if affine {
                             // dγ, dβ are sums that can cancel: errors are relative to max(max|ref|, Σ|terms|).
-                            Kit.record(
-                                &worst, "dgamma",
-                                Kit.relErr(
-                                    grads.weight!.map(Double.init), gr.dgamma,
-                                    scale: gr.dgammaScale), context)
-                            Kit.record(
-                                &worst, "dbeta",
-                                Kit.relErr(
-                                    grads.bias!.map(Double.init), gr.dbeta,
-                                    scale: gr.dbetaScale), context)
+                            Kit.recordAffineGradients(&worst, grads, gr, context)
                         } else {
                             XCTAssertNil(grads.weight)
                             XCTAssertNil(grads.bias)
@@ -309,13 +300,7 @@ final class BatchRenormTests: XCTestCase {
             let y = try layer.forward(Kit.tensor(shape, layout, xl), training: true)
             let grads = try layer.backward(Kit.tensor(shape, layout, dyl))
             let yr = ref.forward(xl, batch: 4, positions: positions), gr = ref.backward(dyl)
-            Kit.record(&worst, "y", Kit.relErr(Kit.logical(y), yr), "\(layout)")
-            Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), "\(layout)")
-            Kit.record(
-                &worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale),
-                "\(layout)")
-            Kit.record(
-                &worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale), "\(layout)")
+            Kit.recordStep(&worst, y: y, grads, reference: yr, gr, "\(layout)")
         }
         print("BatchRenorm on [4, 8, 48, 48], max relative errors:", Kit.describe(worst))
         for (key, value) in worst { XCTAssertLessThanOrEqual(value, 1e-5, key) }
@@ -406,19 +391,9 @@ final class BatchRenormTests: XCTestCase {
                 return zip(y, wl).reduce(0) { $0 + $1.0 * $1.1 }
             }
             let h = 1e-5
-            var fdx = xl, fdg = ref.gamma, fdb = ref.beta
-            for i in 0..<xl.count {
-                var xp = xl, xm = xl
-                xp[i] += h
-                xm[i] -= h
-                fdx[i] = (loss(xp, ref.gamma, ref.beta) - loss(xm, ref.gamma, ref.beta)) / (2 * h)
-            }
-            for c in 0..<channels {
-                var gp = ref.gamma, gm = ref.gamma, bp = ref.beta, bm = ref.beta
-                gp[c] += h; gm[c] -= h; bp[c] += h; bm[c] -= h
-                fdg[c] = (loss(xl, gp, ref.beta) - loss(xl, gm, ref.beta)) / (2 * h)
-                fdb[c] = (loss(xl, ref.gamma, bp) - loss(xl, ref.gamma, bm)) / (2 * h)
-            }
+            let fdx = centralDifferences(at: xl, h: h) { loss($0, ref.gamma, ref.beta) }
+            let fdg = centralDifferences(at: ref.gamma, h: h) { loss(xl, $0, ref.beta) }
+            let fdb = centralDifferences(at: ref.beta, h: h) { loss(xl, ref.gamma, $0) }
             let context = "\(shape) normBatch \(String(describing: normBatch))"
             Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), fdx), context)
             Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), fdg), context)
@@ -537,20 +512,19 @@ final class BatchRenormTests: XCTestCase {
 
         // Invalid entries: nothing changes.
         let before = b.stateDict()
+        Kit.assertLoadThrowsInvalidState(
+            b, before, ["running_std": .float32(shape: [4], values: [1, 1, 1, 1])], "running_std")
+        Kit.assertLoadThrowsInvalidState(
+            b, before,
+            [
+                "running_mean": .float32(shape: [3, 1], values: [0, 0, 0]),
+                "running_std": .float32(shape: [3], values: [9, 9, 9]),
+            ], "running_mean")
+        Kit.assertLoadThrowsInvalidState(
+            b, before, ["running_std": .float32(shape: [3], values: [1, 0, 1])], "running_std")
+        Kit.assertLoadThrowsInvalidState(
+            b, before, ["num_batches_tracked": .float32(shape: [], values: [3])], "num_batches_tracked")
         var bad = before
-        bad["running_std"] = .float32(shape: [4], values: [1, 1, 1, 1])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "running_std") }
-        bad = before
-        bad["running_mean"] = .float32(shape: [3, 1], values: [0, 0, 0])
-        bad["running_std"] = .float32(shape: [3], values: [9, 9, 9])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "running_mean") }
-        bad = before
-        bad["running_std"] = .float32(shape: [3], values: [1, 0, 1])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "running_std") }
-        bad = before
-        bad["num_batches_tracked"] = .float32(shape: [], values: [3])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "num_batches_tracked") }
-        bad = before
         bad["weight"] = nil
         XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertIncompatibleKeys($0, missing: ["weight"]) }
         XCTAssertEqual(b.stateDict(), before)

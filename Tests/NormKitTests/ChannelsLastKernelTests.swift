@@ -162,10 +162,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             ref.step = Int(step)
             let y = ref.forward(x, batch: shape[0], positions: positions)
             let back = ref.backward(dy)
-            return ReferenceOutputs(
-                y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta,
-                yEval: ref.evaluate(x, batch: shape[0], positions: positions),
-                dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
+            return ReferenceOutputs(y: y, back, yEval: ref.evaluate(x, batch: shape[0], positions: positions))
         }
         return LayerCase(
             label: "BRN normBatch \(normBatch.map(String.init) ?? "all")", make: make, reference: reference)
@@ -203,10 +200,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             ref.bufGz = doubles(gz)
             let y = ref.forward(x, batch: shape[0], positions: positions)
             let back = ref.backward(dy)
-            return ReferenceOutputs(
-                y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta,
-                yEval: ref.evaluate(x, batch: shape[0], positions: positions),
-                dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
+            return ReferenceOutputs(y: y, back, yEval: ref.evaluate(x, batch: shape[0], positions: positions))
         }
         return LayerCase(
             label: "MABN iters \(iters) normBatch \(normBatch.map(String.init) ?? "all")", make: make,
@@ -253,9 +247,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
                 variance: doubles(variance), epsilon: Double(Float(1e-5)))
             let y = ref.forward(x, channels: c, positions: positions)
             let back = ref.backward(x, dy, channels: c, positions: positions)
-            return ReferenceOutputs(
-                y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta, yEval: y,
-                dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
+            return ReferenceOutputs(y: y, back, yEval: y)
         }
         return LayerCase(label: "frozen BN", make: make, reference: reference)
     }
@@ -386,6 +378,20 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         }
     }
 
+    /// Checks the case `make` builds on every shape with the whole batch, then with ghost batches where they keep
+    /// ≥ 3 values per set.
+    func checkWholeAndGhostBatches(
+        worst: Worst, rng: inout SeededGenerator, file: StaticString = #filePath, line: UInt = #line,
+        _ make: (_ shape: [Int], _ normBatch: Int?, _ rng: inout SeededGenerator) -> LayerCase
+    ) throws {
+        for shape in Self.shapes {
+            try check(make(shape, nil, &rng), shape: shape, worst: worst, rng: &rng, file: file, line: line)
+            if let k = Self.ghost(shape[0]), k * shape.dropFirst(2).reduce(1, *) >= 3 {
+                try check(make(shape, k, &rng), shape: shape, worst: worst, rng: &rng, file: file, line: line)
+            }
+        }
+    }
+
     /// Tolerance of every comparison (float rounding, as the other float64-reference tests).
     let tolerance = 1e-5
 
@@ -394,12 +400,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
     func testBatchNormChannelsLast() throws {
         var rng = SeededGenerator(seed: 0xC1_01)
         let worst = Worst()
-        for shape in Self.shapes {
-            try check(Self.batchNormCase(shape, normBatch: nil, &rng), shape: shape, worst: worst, rng: &rng)
-            if let k = Self.ghost(shape[0]), k * shape.dropFirst(2).reduce(1, *) >= 3 {
-                try check(Self.batchNormCase(shape, normBatch: k, &rng), shape: shape, worst: worst, rng: &rng)
-            }
-        }
+        try checkWholeAndGhostBatches(worst: worst, rng: &rng) { Self.batchNormCase($0, normBatch: $1, &$2) }
         // Without affine parameters once.
         let shape = [4, 17, 7, 7]
         try check(Self.batchNormCase(shape, normBatch: 2, affine: false, &rng), shape: shape, worst: worst, rng: &rng)
@@ -423,12 +424,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
     func testBatchRenormChannelsLast() throws {
         var rng = SeededGenerator(seed: 0xC1_03)
         let worst = Worst()
-        for shape in Self.shapes {
-            try check(Self.batchRenormCase(shape, normBatch: nil, &rng), shape: shape, worst: worst, rng: &rng)
-            if let k = Self.ghost(shape[0]), k * shape.dropFirst(2).reduce(1, *) >= 3 {
-                try check(Self.batchRenormCase(shape, normBatch: k, &rng), shape: shape, worst: worst, rng: &rng)
-            }
-        }
+        try checkWholeAndGhostBatches(worst: worst, rng: &rng) { Self.batchRenormCase($0, normBatch: $1, &$2) }
         worst.assertBelow(tolerance, "ChannelsLastKernelTests BRN")
     }
 
@@ -611,5 +607,14 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             }
         }
         select(.native)
+    }
+}
+
+extension ChannelsLastKernelTests.ReferenceOutputs {
+    /// The outputs of a reference forward `y`, its backward and its evaluation output `yEval`.
+    init(y: [Double], _ back: VariantTestKit.ReferenceGradients, yEval: [Double]) {
+        self.init(
+            y: y, dx: back.dx, dgamma: back.dgamma, dbeta: back.dbeta, yEval: yEval,
+            dgammaScale: back.dgammaScale, dbetaScale: back.dbetaScale)
     }
 }

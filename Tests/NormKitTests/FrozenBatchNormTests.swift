@@ -83,15 +83,8 @@ final class FrozenBatchNormTests: XCTestCase {
                     let grads = try layer.backward(Kit.tensor(shape, layout, dyl))
                     let gr = ref.backward(xl, dyl, channels: channels, positions: positions)
                     let context = "\(shape) \(layout)"
-                    Kit.record(
-                        &worst, "y",
-                        Kit.relErr(Kit.logical(y), ref.forward(xl, channels: channels, positions: positions)), context)
-                    Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), context)
-                    Kit.record(
-                        &worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale),
-                        context)
-                    Kit.record(
-                        &worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale),
+                    Kit.recordStep(
+                        &worst, y: y, grads, reference: ref.forward(xl, channels: channels, positions: positions), gr,
                         context)
                     XCTAssertEqual(layer.stateDict(), state, "a forward changed the frozen statistics")
                 }
@@ -141,20 +134,16 @@ final class FrozenBatchNormTests: XCTestCase {
                 zip(r.forward(x, channels: channels, positions: positions), wl).reduce(0) { $0 + $1.0 * $1.1 }
             }
             let h = 1e-5
-            var fdx = xl, fdg = ref.gamma, fdb = ref.beta
-            for i in 0..<xl.count {
-                var xp = xl, xm = xl
-                xp[i] += h
-                xm[i] -= h
-                fdx[i] = (loss(xp, ref) - loss(xm, ref)) / (2 * h)
+            let fdx = centralDifferences(at: xl, h: h) { loss($0, ref) }
+            let fdg = centralDifferences(at: ref.gamma, h: h) { gamma in
+                var moved = ref
+                moved.gamma = gamma
+                return loss(xl, moved)
             }
-            for c in 0..<channels {
-                var rp = ref, rm = ref
-                rp.gamma[c] += h; rm.gamma[c] -= h
-                fdg[c] = (loss(xl, rp) - loss(xl, rm)) / (2 * h)
-                rp = ref; rm = ref
-                rp.beta[c] += h; rm.beta[c] -= h
-                fdb[c] = (loss(xl, rp) - loss(xl, rm)) / (2 * h)
+            let fdb = centralDifferences(at: ref.beta, h: h) { beta in
+                var moved = ref
+                moved.beta = beta
+                return loss(xl, moved)
             }
             Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), fdx), "\(shape)")
             Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), fdg), "\(shape)")
@@ -227,16 +216,13 @@ final class FrozenBatchNormTests: XCTestCase {
         let x = Kit.randomTensor([2, 3, 4], .channelsLast, mean: 0, std: 1, &rng)
         XCTAssertEqual(try a.forward(x, training: false).values, try b.forward(x, training: false).values)
 
+        Kit.assertLoadThrowsInvalidState(
+            b, state, ["running_var": .float32(shape: [4], values: [1, 1, 1, 1])], "running_var")
+        Kit.assertLoadThrowsInvalidState(
+            b, state, ["running_var": .float32(shape: [3], values: [1, -1, 1])], "running_var")
+        Kit.assertLoadThrowsInvalidState(
+            b, state, ["running_mean": .int64(shape: [3], values: [0, 0, 0])], "running_mean")
         var bad = state
-        bad["running_var"] = .float32(shape: [4], values: [1, 1, 1, 1])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "running_var") }
-        bad = state
-        bad["running_var"] = .float32(shape: [3], values: [1, -1, 1])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "running_var") }
-        bad = state
-        bad["running_mean"] = .int64(shape: [3], values: [0, 0, 0])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "running_mean") }
-        bad = state
         bad["weight"] = nil
         XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertIncompatibleKeys($0, missing: ["weight"]) }
         XCTAssertEqual(b.stateDict(), state)

@@ -76,10 +76,7 @@ final class GroupNormTests: XCTestCase {
     /// positions not a multiple of 16; run with 2 and 3 threads (uneven splits).
     func testLargeShapesUseMultipleThreads() throws {
         var rng = SeededGenerator(seed: 0x6E02)
-        let saved = Parallelism.threadCount
-        defer { Parallelism.threadCount = saved }
-        for (i, shape) in [[2, 64, 28, 28], [3, 48, 23, 21], [2, 32, 9, 11, 13]].enumerated() {
-            Parallelism.threadCount = 2 + i % 2
+        try withTwoOrThreeThreads(over: [[2, 64, 28, 28], [3, 48, 23, 21], [2, 32, 9, 11, 13]]) { shape in
             let x = randomTensor(shape, scale: 3, offset: -1, using: &rng)
             let dy = randomTensor(shape, using: &rng)
             for layout in TensorLayout.allCases {

@@ -262,16 +262,7 @@ final class MovingAverageBatchNormTests: XCTestCase {
                             let gr = ref.backward(dyl)
                             Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), context)
                             if affine {
-                                Kit.record(
-                                    &worst, "dgamma",
-                                    Kit.relErr(
-                                        grads.weight!.map(Double.init), gr.dgamma,
-                                        scale: gr.dgammaScale), context)
-                                Kit.record(
-                                    &worst, "dbeta",
-                                    Kit.relErr(
-                                        grads.bias!.map(Double.init), gr.dbeta,
-                                        scale: gr.dbetaScale), context)
+                                Kit.recordAffineGradients(&worst, grads, gr, context)
                             } else {
                                 XCTAssertNil(grads.weight)
                             }
@@ -319,13 +310,7 @@ final class MovingAverageBatchNormTests: XCTestCase {
             let y = try layer.forward(Kit.tensor(shape, layout, xl), training: true)
             let grads = try layer.backward(Kit.tensor(shape, layout, dyl))
             let yr = ref.forward(xl, batch: 4, positions: positions), gr = ref.backward(dyl)
-            Kit.record(&worst, "y", Kit.relErr(Kit.logical(y), yr), "\(layout)")
-            Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), gr.dx), "\(layout)")
-            Kit.record(
-                &worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), gr.dgamma, scale: gr.dgammaScale),
-                "\(layout)")
-            Kit.record(
-                &worst, "dbeta", Kit.relErr(grads.bias!.map(Double.init), gr.dbeta, scale: gr.dbetaScale), "\(layout)")
+            Kit.recordStep(&worst, y: y, grads, reference: yr, gr, "\(layout)")
             Kit.record(
                 &worst, "state",
                 max(
@@ -364,19 +349,9 @@ final class MovingAverageBatchNormTests: XCTestCase {
                 return zip(y, wl).reduce(0) { $0 + $1.0 * $1.1 }
             }
             let h = 1e-5
-            var fdx = xl, fdg = gamma, fdb = beta
-            for i in 0..<xl.count {
-                var xp = xl, xm = xl
-                xp[i] += h
-                xm[i] -= h
-                fdx[i] = (loss(xp, gamma, beta) - loss(xm, gamma, beta)) / (2 * h)
-            }
-            for c in 0..<channels {
-                var gp = gamma, gm = gamma, bp = beta, bm = beta
-                gp[c] += h; gm[c] -= h; bp[c] += h; bm[c] -= h
-                fdg[c] = (loss(xl, gp, beta) - loss(xl, gm, beta)) / (2 * h)
-                fdb[c] = (loss(xl, gamma, bp) - loss(xl, gamma, bm)) / (2 * h)
-            }
+            let fdx = centralDifferences(at: xl, h: h) { loss($0, gamma, beta) }
+            let fdg = centralDifferences(at: gamma, h: h) { loss(xl, $0, beta) }
+            let fdb = centralDifferences(at: beta, h: h) { loss(xl, gamma, $0) }
             let context = "\(shape) normBatch \(String(describing: normBatch))"
             Kit.record(&worst, "dx", Kit.relErr(Kit.logical(grads.input), fdx), context)
             Kit.record(&worst, "dgamma", Kit.relErr(grads.weight!.map(Double.init), fdg), context)
@@ -458,25 +433,19 @@ final class MovingAverageBatchNormTests: XCTestCase {
         XCTAssertEqual(a.stateDict(), b.stateDict())
 
         let before = b.stateDict()
-        var bad = before
-        bad["buffer_x2"] = .float32(shape: [5, 3], values: [Float](repeating: 1, count: 15))
-        bad["running_var"] = .float32(shape: [3], values: [7, 7, 7])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "buffer_x2") }
-        bad = before
-        bad["buffer_gz"] = .float32(shape: [3, 4], values: [Float](repeating: 1, count: 12))
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "buffer_gz") }
-        bad = before
-        bad["iters"] = .int64(shape: [], values: [-1])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "iters") }
-        bad = before
-        bad["iters"] = .float32(shape: [], values: [3])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "iters") }
-        bad = before
-        bad["running_var"] = .float32(shape: [3], values: [1, -1, 1])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "running_var") }
-        bad = before
-        bad["bias"] = .float32(shape: [2], values: [1, 1])
-        XCTAssertThrowsError(try b.loadStateDict(bad)) { Kit.assertInvalidState($0, "bias") }
+        Kit.assertLoadThrowsInvalidState(
+            b, before,
+            [
+                "buffer_x2": .float32(shape: [5, 3], values: [Float](repeating: 1, count: 15)),
+                "running_var": .float32(shape: [3], values: [7, 7, 7]),
+            ], "buffer_x2")
+        Kit.assertLoadThrowsInvalidState(
+            b, before, ["buffer_gz": .float32(shape: [3, 4], values: [Float](repeating: 1, count: 12))], "buffer_gz")
+        Kit.assertLoadThrowsInvalidState(b, before, ["iters": .int64(shape: [], values: [-1])], "iters")
+        Kit.assertLoadThrowsInvalidState(b, before, ["iters": .float32(shape: [], values: [3])], "iters")
+        Kit.assertLoadThrowsInvalidState(
+            b, before, ["running_var": .float32(shape: [3], values: [1, -1, 1])], "running_var")
+        Kit.assertLoadThrowsInvalidState(b, before, ["bias": .float32(shape: [2], values: [1, 1])], "bias")
         XCTAssertEqual(b.stateDict(), before)
     }
 

@@ -63,7 +63,7 @@ final class ConvolutionEngineTests: XCTestCase {
         var worst: [String: Double] = [:]
         var kernels: Set<Int> = [], strides: Set<Int> = [], paddings: Set<Int> = []
         for index in 0..<60 {
-            let spec = EngineSpec.random(&rng, kernel: index == 0 ? 5 : nil)
+            let spec = ConvSpec.random(&rng, kernel: index == 0 ? 5 : nil)
             kernels.insert(spec.kernel)
             strides.insert(spec.stride)
             paddings.insert(spec.padding)
@@ -71,10 +71,7 @@ final class ConvolutionEngineTests: XCTestCase {
             Parallelism.threadCount = index % 3 == 0 ? 1 : 2
             let (conv, x, dy) = try makeConvolution(spec, bias: bias, centred: centred, rng: &rng)
             let label = "\(spec) bias \(bias) centred \(centred) threads \(Parallelism.threadCount)"
-            let reference = DoubleConvolution(
-                spec, weights: conv.weight.value, bias: conv.bias?.value,
-                centred: centred)
-            let want = reference.run(x: x.values, dy: dy.values)
+            let want = DoubleConvolution.expected(spec, conv, centred: centred, x: x, dy: dy)
             let im2col = try run(conv, .im2col, .channelsFirst, x: x, dy: dy)
             let nchw = try run(conv, .oneDNN, .channelsFirst, x: x, dy: dy)
             let nhwc = try run(conv, .oneDNN, .channelsLast, x: x, dy: dy)
@@ -102,22 +99,15 @@ final class ConvolutionEngineTests: XCTestCase {
     func testOneDNNEdgeShapesMatchFloat64() throws {
         try skipUnlessOneDNN()
         var rng = SeededGenerator(seed: 902)
-        let specs = [
-            EngineSpec(batch: 1, channels: 1, height: 1, width: 1, filters: 1, kernel: 1, stride: 1, padding: 0),
-            EngineSpec(batch: 2, channels: 3, height: 1, width: 1, filters: 4, kernel: 3, stride: 1, padding: 1),
-            EngineSpec(batch: 3, channels: 5, height: 1, width: 2, filters: 2, kernel: 5, stride: 2, padding: 2),
-            EngineSpec(batch: 1, channels: 16, height: 13, width: 13, filters: 16, kernel: 3, stride: 2, padding: 0),
-            EngineSpec(batch: 4, channels: 17, height: 6, width: 11, filters: 9, kernel: 5, stride: 2, padding: 1),
-            EngineSpec(batch: 5, channels: 8, height: 12, width: 3, filters: 20, kernel: 1, stride: 2, padding: 2),
-            EngineSpec(batch: 2, channels: 20, height: 2, width: 13, filters: 1, kernel: 3, stride: 1, padding: 2),
-        ]
+        // (batch, channels, height, width, filters, kernel, stride, padding)
+        let specs = ConvSpec.table([
+            (1, 1, 1, 1, 1, 1, 1, 0), (2, 3, 1, 1, 4, 3, 1, 1), (3, 5, 1, 2, 2, 5, 2, 2), (1, 16, 13, 13, 16, 3, 2, 0),
+            (4, 17, 6, 11, 9, 5, 2, 1), (5, 8, 12, 3, 20, 1, 2, 2), (2, 20, 2, 13, 1, 3, 1, 2),
+        ])
         for spec in specs {
             for (bias, centred) in [(false, false), (true, true)] {
                 let (conv, x, dy) = try makeConvolution(spec, bias: bias, centred: centred, rng: &rng)
-                let want = DoubleConvolution(
-                    spec, weights: conv.weight.value, bias: conv.bias?.value,
-                    centred: centred
-                ).run(x: x.values, dy: dy.values)
+                let want = DoubleConvolution.expected(spec, conv, centred: centred, x: x, dy: dy)
                 for layout in TensorLayout.allCases {
                     let result = try run(conv, .oneDNN, layout, x: x, dy: dy)
                     result.assertClose(
@@ -134,7 +124,7 @@ final class ConvolutionEngineTests: XCTestCase {
     func testResultsDoNotDependOnThreadsAndRepeatExactly() throws {
         try skipUnlessOneDNN()
         var rng = SeededGenerator(seed: 903)
-        let spec = EngineSpec(
+        let spec = ConvSpec(
             batch: 5, channels: 13, height: 9, width: 10, filters: 11, kernel: 3, stride: 1,
             padding: 1)
         let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: true, rng: &rng)
@@ -164,16 +154,13 @@ final class ConvolutionEngineTests: XCTestCase {
     func testBackwardAfterThreadCountChangedSinceTheForward() throws {
         try skipUnlessOneDNN()
         var rng = SeededGenerator(seed: 904)
-        let spec = EngineSpec(batch: 4, channels: 6, height: 7, width: 7, filters: 5, kernel: 3, stride: 1, padding: 1)
+        let spec = ConvSpec(batch: 4, channels: 6, height: 7, width: 7, filters: 5, kernel: 3, stride: 1, padding: 1)
         let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: false, rng: &rng)
-        let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value, centred: false)
-            .run(x: x.values, dy: dy.values)
+        let want = DoubleConvolution.expected(spec, conv, centred: false, x: x, dy: dy)
         for layout in TensorLayout.allCases {
             for (forwardThreads, backwardThreads) in [(2, 1), (1, 2)] {
                 // A fresh layer each time, so no primitive of an earlier call can be reused.
-                let fresh = try Conv2d(
-                    inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
-                    stride: spec.stride, padding: spec.padding, bias: true, generator: &rng)
+                let fresh = try spec.layer(bias: true, rng: &rng)
                 fresh.weight.value = conv.weight.value
                 fresh.bias!.value = conv.bias!.value
                 fresh.engine = .oneDNN
@@ -182,10 +169,7 @@ final class ConvolutionEngineTests: XCTestCase {
                 try fresh.forward(x.converted(to: layout), into: &y, training: true)
                 Parallelism.threadCount = backwardThreads
                 try fresh.backward(dy.converted(to: layout), into: &dx)
-                let result = EngineResult(
-                    y: y.converted(to: .channelsFirst).values,
-                    dx: dx.converted(to: .channelsFirst).values,
-                    dw: fresh.weight.gradient, db: fresh.bias?.gradient)
+                let result = EngineResult(fresh, y: y, dx: dx)
                 result.assertClose(
                     to: want, tolerance: 1e-4,
                     "oneDNN \(layout): forward on \(forwardThreads) threads, backward on \(backwardThreads)")
@@ -194,9 +178,7 @@ final class ConvolutionEngineTests: XCTestCase {
         // The same after a whole step on one thread with other weights (as after an optimizer step): the backward
         // must use the weights of its own forward, not those of an earlier step.
         for layout in TensorLayout.allCases {
-            let layer = try Conv2d(
-                inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
-                stride: spec.stride, padding: spec.padding, bias: true, generator: &rng)
+            let layer = try spec.layer(bias: true, rng: &rng)
             layer.engine = .oneDNN
             layer.bias!.value = conv.bias!.value
             layer.weight.value = conv.weight.value.map { -2 * $0 }
@@ -209,10 +191,7 @@ final class ConvolutionEngineTests: XCTestCase {
             try layer.forward(x.converted(to: layout), into: &y, training: true)
             Parallelism.threadCount = 1
             try layer.backward(dy.converted(to: layout), into: &dx)
-            let result = EngineResult(
-                y: y.converted(to: .channelsFirst).values,
-                dx: dx.converted(to: .channelsFirst).values,
-                dw: layer.weight.gradient, db: layer.bias?.gradient)
+            let result = EngineResult(layer, y: y, dx: dx)
             result.assertClose(
                 to: want, tolerance: 1e-4,
                 "oneDNN \(layout): a step on 1 thread, new weights, forward on 2 threads, backward on 1")
@@ -228,13 +207,12 @@ final class ConvolutionEngineTests: XCTestCase {
         var rng = SeededGenerator(seed: 905)
         Parallelism.threadCount = 1
         for trainingBatch in [3, 4, 5] {
-            let spec = EngineSpec(
+            let spec = ConvSpec(
                 batch: trainingBatch, channels: 4, height: 8, width: 8, filters: 6, kernel: 3,
                 stride: 2, padding: 1)
             for layout in TensorLayout.allCases {
                 let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: true, rng: &rng)
-                let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value, centred: true)
-                    .run(x: x.values, dy: dy.values)
+                let want = DoubleConvolution.expected(spec, conv, centred: true, x: x, dy: dy)
                 conv.engine = .oneDNN
                 var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1]), other = Tensor(zeros: [1, 1])
                 try conv.forward(x.converted(to: layout), into: &y, training: true)
@@ -263,10 +241,9 @@ final class ConvolutionEngineTests: XCTestCase {
     func testEngineChangedBetweenForwardAndBackward() throws {
         try skipUnlessOneDNN()
         var rng = SeededGenerator(seed: 906)
-        let spec = EngineSpec(batch: 3, channels: 5, height: 6, width: 7, filters: 4, kernel: 3, stride: 1, padding: 1)
+        let spec = ConvSpec(batch: 3, channels: 5, height: 6, width: 7, filters: 4, kernel: 3, stride: 1, padding: 1)
         let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: true, rng: &rng)
-        let want = DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value, centred: true)
-            .run(x: x.values, dy: dy.values)
+        let want = DoubleConvolution.expected(spec, conv, centred: true, x: x, dy: dy)
         for (first, then, layout) in [
             (ConvolutionEngine.oneDNN, ConvolutionEngine.im2col, TensorLayout.channelsLast),
             (.oneDNN, .im2col, .channelsFirst), (.im2col, .oneDNN, .channelsFirst),
@@ -277,10 +254,7 @@ final class ConvolutionEngineTests: XCTestCase {
             conv.engine = then
             try conv.backward(dy.converted(to: layout), into: &dx)
             XCTAssertEqual(dx.layout, layout)
-            let result = EngineResult(
-                y: y.converted(to: .channelsFirst).values,
-                dx: dx.converted(to: .channelsFirst).values,
-                dw: conv.weight.gradient, db: conv.bias?.gradient)
+            let result = EngineResult(conv, y: y, dx: dx)
             result.assertClose(to: want, tolerance: 1e-4, "forward \(first) \(layout), engine then set to \(then)")
         }
     }
@@ -289,7 +263,7 @@ final class ConvolutionEngineTests: XCTestCase {
     func testOneDNNWithoutInputGradient() throws {
         try skipUnlessOneDNN()
         var rng = SeededGenerator(seed: 907)
-        let spec = EngineSpec(batch: 3, channels: 3, height: 8, width: 8, filters: 4, kernel: 3, stride: 1, padding: 1)
+        let spec = ConvSpec(batch: 3, channels: 3, height: 8, width: 8, filters: 4, kernel: 3, stride: 1, padding: 1)
         let (conv, x, dy) = try makeConvolution(spec, bias: true, centred: false, rng: &rng)
         for layout in TensorLayout.allCases {
             let full = try run(conv, .oneDNN, layout, x: x, dy: dy)
@@ -371,13 +345,7 @@ final class ConvolutionEngineTests: XCTestCase {
         }
 
         conv.engine = .im2col
-        XCTAssertThrowsError(
-            try conv.forward(
-                Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast), into: &y,
-                training: true)
-        ) {
-            XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: conv.name, layout: .channelsLast))
-        }
+        assertRejectsChannelsLast(conv, into: &y)
         XCTAssertThrowsError(try conv.outputShape(for: Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast))) {
             XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: conv.name, layout: .channelsLast))
         }
@@ -493,17 +461,11 @@ final class ConvolutionEngineTests: XCTestCase {
     /// A convolution with non-zero filter means (so centring matters) and a random bias, an input and an output
     /// gradient, both channels-first.
     func makeConvolution(
-        _ spec: EngineSpec, bias: Bool, centred: Bool, rng: inout SeededGenerator
+        _ spec: ConvSpec, bias: Bool, centred: Bool, rng: inout SeededGenerator
     ) throws
         -> (Conv2d, Tensor, Tensor)
     {
-        let conv = try Conv2d(
-            inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
-            stride: spec.stride, padding: spec.padding, bias: bias, centred: centred,
-            generator: &rng)
-        conv.weight.value = conv.weight.value.map { $0 + 0.3 }
-        if let b = conv.bias { b.value = (0..<b.value.count).map { _ in Float.random(in: -1...1, using: &rng) } }
-        let x = Tensor.randomNormal(shape: [spec.batch, spec.channels, spec.height, spec.width], using: &rng)
+        let (conv, x) = try makeTestConvolution(spec, bias: bias, centred: centred, rng: &rng)
         let dy = Tensor.randomNormal(shape: spec.outputShape, using: &rng)
         return (conv, x, dy)
     }
@@ -522,42 +484,29 @@ final class ConvolutionEngineTests: XCTestCase {
         try conv.backward(dy.converted(to: layout), into: &dx)
         XCTAssertEqual(dx.layout, layout, "dx is in the input's layout", file: file, line: line)
         XCTAssertEqual(dx.shape, x.shape, file: file, line: line)
-        return EngineResult(
-            y: y.converted(to: .channelsFirst).values, dx: dx.converted(to: .channelsFirst).values,
-            dw: conv.weight.gradient, db: conv.bias?.gradient)
+        return EngineResult(conv, y: y, dx: dx)
     }
 }
 
 // MARK: - Shapes, results and the float64 reference
 
-/// The sizes of one test convolution.
-struct EngineSpec: CustomStringConvertible {
-    var batch, channels, height, width, filters, kernel, stride, padding: Int
-    var outHeight: Int { (height + 2 * padding - kernel) / stride + 1 }
-    var outWidth: Int { (width + 2 * padding - kernel) / stride + 1 }
-    var outputShape: [Int] { [batch, filters, outHeight, outWidth] }
-    var description: String {
-        "(\(batch),\(channels),\(height),\(width))→\(filters) k\(kernel) s\(stride) p\(padding)"
-    }
-
-    /// Batch 1…5, channels 1…20 in and out, planes 1…13 with `H + 2p ≥ k`, kernel 1 or 3 (or `kernel`),
-    /// stride 1 or 2, padding 0…2.
-    static func random(_ rng: inout SeededGenerator, kernel: Int? = nil) -> EngineSpec {
-        let k = kernel ?? [1, 3].randomElement(using: &rng)!
-        let padding = Int.random(in: 0...2, using: &rng)
-        let smallest = max(1, k - 2 * padding)
-        return EngineSpec(
-            batch: Int.random(in: 1...5, using: &rng), channels: Int.random(in: 1...20, using: &rng),
-            height: Int.random(in: smallest...13, using: &rng),
-            width: Int.random(in: smallest...13, using: &rng),
-            filters: Int.random(in: 1...20, using: &rng), kernel: k,
-            stride: Int.random(in: 1...2, using: &rng), padding: padding)
-    }
-}
-
 /// What one forward and backward produced, channels-first.
 struct EngineResult: Equatable {
     var y: [Float], dx: [Float], dw: [Float], db: [Float]?
+
+    init(y: [Float], dx: [Float], dw: [Float], db: [Float]?) {
+        self.y = y
+        self.dx = dx
+        self.dw = dw
+        self.db = db
+    }
+
+    /// `y` and `dx` channels-first and the parameter gradients of `conv`, after its forward and backward.
+    init(_ conv: Conv2d, y: Tensor, dx: Tensor) {
+        self.init(
+            y: y.converted(to: .channelsFirst).values, dx: dx.converted(to: .channelsFirst).values,
+            dw: conv.weight.gradient, db: conv.bias?.gradient)
+    }
 
     /// Checks every part against `want` (max-abs error over max-abs value); returns the worst relative error.
     @discardableResult
@@ -597,12 +546,12 @@ struct ExpectedConvolution {
 /// A direct convolution in Double and its gradients, the filters centred first when `centred` (and the weight
 /// gradient mapped back through the centring).
 struct DoubleConvolution {
-    let s: EngineSpec
+    let s: ConvSpec
     let w: [Double]
     let b: [Double]?
     let centred: Bool
 
-    init(_ spec: EngineSpec, weights: [Float], bias: [Float]?, centred: Bool) {
+    init(_ spec: ConvSpec, weights: [Float], bias: [Float]?, centred: Bool) {
         s = spec
         self.centred = centred
         var w = weights.map(Double.init)
@@ -641,6 +590,14 @@ struct DoubleConvolution {
                 }
             }
         }
+    }
+
+    /// What `conv` (of `spec`) should compute on the channels-first `x` and `dy`.
+    static func expected(
+        _ spec: ConvSpec, _ conv: Conv2d, centred: Bool, x: Tensor, dy: Tensor
+    ) -> ExpectedConvolution {
+        DoubleConvolution(spec, weights: conv.weight.value, bias: conv.bias?.value, centred: centred)
+            .run(x: x.values, dy: dy.values)
     }
 
     func run(x xf: [Float], dy dyf: [Float]) -> ExpectedConvolution {

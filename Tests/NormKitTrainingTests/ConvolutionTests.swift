@@ -26,7 +26,8 @@ final class ConvolutionTests: XCTestCase {
                                 let spec = ConvSpec(
                                     batch: 3, channels: 3, height: 7, width: 6, filters: 4,
                                     kernel: kernel, stride: stride, padding: padding)
-                                let (conv, x) = try makeConv(spec, bias: hasBias, centred: centred, rng: &rng)
+                                let (conv, x) = try makeTestConvolution(
+                                    spec, bias: hasBias, centred: centred, rng: &rng)
                                 var y = Tensor(zeros: [1, 1])
                                 try conv.forward(x, into: &y, training: false)
                                 let expected = direct(
@@ -48,16 +49,14 @@ final class ConvolutionTests: XCTestCase {
     /// unpadded input.
     func testForwardGroupedImagesAndEdgeShapes() throws {
         var rng = SeededGenerator(seed: 12)
-        let specs = [
-            ConvSpec(batch: 7, channels: 5, height: 3, width: 4, filters: 6, kernel: 3, stride: 1, padding: 1),
-            ConvSpec(batch: 5, channels: 2, height: 2, width: 2, filters: 3, kernel: 3, stride: 1, padding: 1),
-            ConvSpec(batch: 9, channels: 4, height: 7, width: 7, filters: 8, kernel: 3, stride: 2, padding: 1),
-            ConvSpec(batch: 1, channels: 2, height: 5, width: 5, filters: 2, kernel: 5, stride: 1, padding: 0),
-            ConvSpec(batch: 4, channels: 8, height: 9, width: 9, filters: 4, kernel: 1, stride: 2, padding: 0),
-        ]
+        // (batch, channels, height, width, filters, kernel, stride, padding)
+        let specs = ConvSpec.table([
+            (7, 5, 3, 4, 6, 3, 1, 1), (5, 2, 2, 2, 3, 3, 1, 1), (9, 4, 7, 7, 8, 3, 2, 1), (1, 2, 5, 5, 2, 5, 1, 0),
+            (4, 8, 9, 9, 4, 1, 2, 0),
+        ])
         for spec in specs {
             for centred in [false, true] {
-                let (conv, x) = try makeConv(spec, bias: true, centred: centred, rng: &rng)
+                let (conv, x) = try makeTestConvolution(spec, bias: true, centred: centred, rng: &rng)
                 var y = Tensor(zeros: [1, 1])
                 try conv.forward(x, into: &y, training: true)
                 let expected = direct(
@@ -72,13 +71,11 @@ final class ConvolutionTests: XCTestCase {
 
     func testBackwardMatchesFiniteDifferences() throws {
         var rng = SeededGenerator(seed: 13)
-        let specs = [
-            ConvSpec(batch: 2, channels: 3, height: 6, width: 5, filters: 4, kernel: 3, stride: 1, padding: 1),
-            ConvSpec(batch: 3, channels: 2, height: 7, width: 7, filters: 3, kernel: 3, stride: 2, padding: 1),
-            ConvSpec(batch: 2, channels: 3, height: 5, width: 6, filters: 2, kernel: 3, stride: 2, padding: 0),
-            ConvSpec(batch: 2, channels: 4, height: 5, width: 5, filters: 3, kernel: 1, stride: 2, padding: 0),
-            ConvSpec(batch: 5, channels: 3, height: 3, width: 3, filters: 4, kernel: 3, stride: 1, padding: 1),
-        ]
+        // (batch, channels, height, width, filters, kernel, stride, padding)
+        let specs = ConvSpec.table([
+            (2, 3, 6, 5, 4, 3, 1, 1), (3, 2, 7, 7, 3, 3, 2, 1), (2, 3, 5, 6, 2, 3, 2, 0), (2, 4, 5, 5, 3, 1, 2, 0),
+            (5, 3, 3, 3, 4, 3, 1, 1),
+        ])
         for blasThreads in [1, 2] {
             BLAS.setThreads(blasThreads)
             for spec in specs {
@@ -93,7 +90,7 @@ final class ConvolutionTests: XCTestCase {
     }
 
     private func checkBackward(_ spec: ConvSpec, centred: Bool, bias: Bool, rng: inout SeededGenerator) throws {
-        let (conv, x) = try makeConv(spec, bias: bias, centred: centred, rng: &rng)
+        let (conv, x) = try makeTestConvolution(spec, bias: bias, centred: centred, rng: &rng)
         let dyTensor = Tensor.randomNormal(shape: spec.outputShape, using: &rng)
         var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
         try conv.forward(x, into: &y, training: true)
@@ -109,12 +106,7 @@ final class ConvolutionTests: XCTestCase {
         let h = 1e-3
         /// Central difference of `loss` in one coordinate, set through `write`.
         func fd(_ value: Double, _ write: (Double) -> Void) -> Double {
-            write(value + h)
-            let plus = loss()
-            write(value - h)
-            let minus = loss()
-            write(value)
-            return (plus - minus) / (2 * h)
+            centralDifference(value, h: h, loss: loss, write)
         }
         let fdX = xs.indices.map { i in fd(xs[i]) { xs[i] = $0 } }
         let fdW = ws.indices.map { i in fd(ws[i]) { ws[i] = $0 } }
@@ -136,7 +128,7 @@ final class ConvolutionTests: XCTestCase {
     func testSkippingInputGradientLeavesDxAndKeepsWeightGradient() throws {
         var rng = SeededGenerator(seed: 14)
         let spec = ConvSpec(batch: 4, channels: 1, height: 8, width: 8, filters: 3, kernel: 3, stride: 1, padding: 1)
-        let (conv, x) = try makeConv(spec, bias: true, centred: false, rng: &rng)
+        let (conv, x) = try makeTestConvolution(spec, bias: true, centred: false, rng: &rng)
         let dy = Tensor.randomNormal(shape: spec.outputShape, using: &rng)
         var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
         try conv.forward(x, into: &y, training: true)
@@ -157,7 +149,7 @@ final class ConvolutionTests: XCTestCase {
     func testThreadingStrategiesAgree() throws {
         var rng = SeededGenerator(seed: 15)
         let spec = ConvSpec(batch: 6, channels: 8, height: 10, width: 10, filters: 8, kernel: 3, stride: 1, padding: 1)
-        let (conv, x) = try makeConv(spec, bias: true, centred: true, rng: &rng)
+        let (conv, x) = try makeTestConvolution(spec, bias: true, centred: true, rng: &rng)
         let dy = Tensor.randomNormal(shape: spec.outputShape, using: &rng)
         var results: [([Float], [Float], [Float])] = []
         for threads in [1, 2] {
@@ -233,13 +225,7 @@ final class ConvolutionTests: XCTestCase {
         }
         // The im2col engine is channels-first only (oneDNN, the default where built in, takes both layouts).
         conv.engine = .im2col
-        XCTAssertThrowsError(
-            try conv.forward(
-                Tensor(zeros: [2, 3, 8, 8], layout: .channelsLast), into: &y,
-                training: true)
-        ) {
-            XCTAssertEqual($0 as? LayerError, .unsupportedLayout(layer: conv.name, layout: .channelsLast))
-        }
+        assertRejectsChannelsLast(conv, into: &y)
         conv.engine = .preferred
         XCTAssertThrowsError(try conv.forward(Tensor(zeros: [0, 3, 8, 8]), into: &y, training: true)) {
             XCTAssertEqual($0 as? NormalizationError, .emptyBatch(layer: conv.name))
@@ -342,34 +328,6 @@ final class ConvolutionTests: XCTestCase {
             BLAS.setThreads(1)
         #endif
     }
-
-    // MARK: - Helpers
-
-    private func makeConv(
-        _ spec: ConvSpec, bias: Bool, centred: Bool, rng: inout SeededGenerator
-    ) throws
-        -> (Conv2d, Tensor)
-    {
-        let conv = try Conv2d(
-            inChannels: spec.channels, outChannels: spec.filters, kernelSize: spec.kernel,
-            stride: spec.stride, padding: spec.padding, bias: bias, centred: centred, generator: &rng)
-        // Non-zero filter means so that centring matters; random bias.
-        conv.weight.value = conv.weight.value.map { $0 + 0.3 }
-        if let b = conv.bias { b.value = (0..<b.value.count).map { _ in Float.random(in: -1...1, using: &rng) } }
-        let x = Tensor.randomNormal(shape: [spec.batch, spec.channels, spec.height, spec.width], using: &rng)
-        return (conv, x)
-    }
-}
-
-/// The sizes of one test convolution.
-private struct ConvSpec: CustomStringConvertible {
-    var batch, channels, height, width, filters, kernel, stride, padding: Int
-    var outHeight: Int { (height + 2 * padding - kernel) / stride + 1 }
-    var outWidth: Int { (width + 2 * padding - kernel) / stride + 1 }
-    var outputShape: [Int] { [batch, filters, outHeight, outWidth] }
-    var description: String {
-        "(\(batch),\(channels),\(height),\(width))→\(filters) k\(kernel) s\(stride) p\(padding)"
-    }
 }
 
 /// Direct convolution in Double (with the filters centred first when `centred`).
@@ -405,25 +363,4 @@ private func direct(_ s: ConvSpec, x: [Double], w: [Double], b: [Double]?, centr
         }
     }
     return y
-}
-
-private func doubles(_ values: [Float]) -> [Double] { values.map(Double.init) }
-
-/// `max |a − b| ≤ relative · max(max |b|, 1e-3)`.
-private func assertClose(
-    _ actual: [Float], _ expected: [Double], relative: Double, _ message: String,
-    file: StaticString = #filePath, line: UInt = #line
-) {
-    XCTAssertEqual(actual.count, expected.count, message, file: file, line: line)
-    guard actual.count == expected.count else { return }
-    let scale = max(expected.map(abs).max() ?? 0, 1e-3)
-    var worst = 0.0, at = 0
-    for i in actual.indices where abs(Double(actual[i]) - expected[i]) > worst {
-        worst = abs(Double(actual[i]) - expected[i])
-        at = i
-    }
-    XCTAssertLessThanOrEqual(
-        worst / scale, relative,
-        "\(message): worst at \(at): \(actual[at]) vs \(expected[at]) (scale \(scale))",
-        file: file, line: line)
 }

@@ -34,12 +34,7 @@ final class LayerTests: XCTestCase {
         func loss() -> Double { zip(reference(), dy).reduce(0) { $0 + $1.0 * $1.1 } }
         let h = 1e-3
         func fd(_ value: Double, _ write: (Double) -> Void) -> Double {
-            write(value + h)
-            let plus = loss()
-            write(value - h)
-            let minus = loss()
-            write(value)
-            return (plus - minus) / (2 * h)
+            centralDifference(value, h: h, loss: loss, write)
         }
         assertClose(dx.values, xs.indices.map { k in fd(xs[k]) { xs[k] = $0 } }, relative: 1e-5, "dx")
         assertClose(linear.weight.gradient, ws.indices.map { k in fd(ws[k]) { ws[k] = $0 } }, relative: 1e-5, "dW")
@@ -207,15 +202,7 @@ final class LayerTests: XCTestCase {
         }
         assertClose(grad.values, analytic, relative: 1e-6, "analytic")
         let h = 1e-5
-        let fdGrad = zs.indices.map { i -> Double in
-            let saved = zs[i]
-            zs[i] = saved + h
-            let plus = reference()
-            zs[i] = saved - h
-            let minus = reference()
-            zs[i] = saved
-            return (plus - minus) / (2 * h)
-        }
+        let fdGrad = zs.indices.map { i in centralDifference(zs[i], h: h, loss: reference) { zs[i] = $0 } }
         assertClose(grad.values, fdGrad, relative: 1e-5, "finite differences")
 
         // Predictions are the row argmax.
@@ -337,25 +324,4 @@ final class LayerTests: XCTestCase {
         try relu.backward(Tensor(zeros: [2, 3]), into: &dx)
         XCTAssertThrowsError(try relu.backward(Tensor(zeros: [2, 3]), into: &dx))
     }
-}
-
-private func doubles(_ values: [Float]) -> [Double] { values.map(Double.init) }
-
-/// `max |a − b| ≤ relative · max(max |b|, 1e-3)`.
-private func assertClose(
-    _ actual: [Float], _ expected: [Double], relative: Double, _ message: String,
-    file: StaticString = #filePath, line: UInt = #line
-) {
-    XCTAssertEqual(actual.count, expected.count, message, file: file, line: line)
-    guard actual.count == expected.count else { return }
-    let scale = max(expected.map(abs).max() ?? 0, 1e-3)
-    var worst = 0.0, at = 0
-    for i in actual.indices where abs(Double(actual[i]) - expected[i]) > worst {
-        worst = abs(Double(actual[i]) - expected[i])
-        at = i
-    }
-    XCTAssertLessThanOrEqual(
-        worst / scale, relative,
-        "\(message): worst at \(at): \(actual[at]) vs \(expected[at]) (scale \(scale))",
-        file: file, line: line)
 }
