@@ -39,59 +39,63 @@ func portableRowSum(_ x: UnsafePointer<Float>, _ count: Int) -> Double {
     return total
 }
 
+/// Two sums over a row, accumulated in Float per block of ``blockLength`` and in Double across blocks: `lanes(i)` gives
+/// the two terms of the 16 elements at `i`, `element(i)` those of one element (the block's tail).
+@inline(__always) @usableFromInline
+func portableBlockedPairSums(
+    _ count: Int, lanes: (Int) -> (Vector, Vector), element: (Int) -> (Float, Float)
+) -> (Double, Double) {
+    var s1 = 0.0, s2 = 0.0, start = 0
+    while start < count {
+        let end = min(start + blockLength, count)
+        var a1 = Vector(repeating: 0), a2 = Vector(repeating: 0), i = start
+        while i + 16 <= end {
+            let (u, v) = lanes(i)
+            (a1, a2) = (a1 + u, a2 + v)
+            i += 16
+        }
+        var t1: Float = 0, t2: Float = 0
+        while i < end {
+            let (u, v) = element(i)
+            (t1, t2) = (t1 + u, t2 + v)
+            i += 1
+        }
+        (s1, s2) = (s1 + Double(a1.sum() + t1), s2 + Double(a2.sum() + t2))
+        start = end
+    }
+    return (s1, s2)
+}
+
 /// `(Σ (x−k), Σ (x−k)²)` over a row: with `k` the set's mean this is the second pass of the corrected
 /// two-pass variance, `var = (Σd² − (Σd)²/m) / m`, which stays accurate when the mean dwarfs the spread.
 @inline(__always) @usableFromInline
 func portableRowCenteredSums(_ x: UnsafePointer<Float>, _ count: Int, center k: Float) -> (Double, Double) {
-    var s1 = 0.0, s2 = 0.0
     let kv = Vector(repeating: k)
-    var start = 0
-    while start < count {
-        let end = min(start + blockLength, count)
-        var a1 = Vector(repeating: 0), a2 = Vector(repeating: 0)
-        var i = start
-        while i + 16 <= end {
+    return portableBlockedPairSums(
+        count,
+        lanes: { i in
             let d = loadVector(x, i) - kv
-            a1 += d
-            a2 += d * d
-            i += 16
-        }
-        var t1: Float = 0, t2: Float = 0
-        while i < end { let d = x[i] - k; t1 += d; t2 += d * d; i += 1 }
-        s1 += Double(a1.sum() + t1)
-        s2 += Double(a2.sum() + t2)
-        start = end
-    }
-    return (s1, s2)
+            return (d, d * d)
+        },
+        element: { i in
+            let d = x[i] - k
+            return (d, d * d)
+        })
 }
 
 /// `(Σ dy, Σ dy·(x−k))` over a row: the two per-channel sums every mean-subtracting backward needs.
 @inline(__always) @usableFromInline
 func portableRowGradientSums(
     _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ count: Int, center k: Float
-)
-    -> (Double, Double)
-{
-    var s1 = 0.0, s2 = 0.0
+) -> (Double, Double) {
     let kv = Vector(repeating: k)
-    var start = 0
-    while start < count {
-        let end = min(start + blockLength, count)
-        var a1 = Vector(repeating: 0), a2 = Vector(repeating: 0)
-        var i = start
-        while i + 16 <= end {
+    return portableBlockedPairSums(
+        count,
+        lanes: { i in
             let g = loadVector(dy, i)
-            a1 += g
-            a2 += g * (loadVector(x, i) - kv)
-            i += 16
-        }
-        var t1: Float = 0, t2: Float = 0
-        while i < end { t1 += dy[i]; t2 += dy[i] * (x[i] - k); i += 1 }
-        s1 += Double(a1.sum() + t1)
-        s2 += Double(a2.sum() + t2)
-        start = end
-    }
-    return (s1, s2)
+            return (g, g * (loadVector(x, i) - kv))
+        },
+        element: { i in (dy[i], dy[i] * (x[i] - k)) })
 }
 
 /// `y = a·x + b` over a row (`y` may alias `x`).

@@ -17,16 +17,7 @@ public final class ReLU: Layer {
 
     /// `y = max(x, 0)`, same shape and layout as `x`.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
-        y.prepare(shape: x.shape, layout: x.layout)
-        let count = x.count
-        x.withUnsafeBufferPointer { xb in
-            y.withUnsafeMutableBufferPointer { yb in
-                let xp = xb.baseAddress!, yp = yb.baseAddress!
-                Parallelism.forEachRange(count: count, work: count, minimumWork: 1 << 17) { range in
-                    Elementwise.relu(xp + range.lowerBound, yp + range.lowerBound, range.count)
-                }
-            }
-        }
+        Elementwise.apply(x, x, into: &y, Elementwise.relu)
         if training { savedOutput = y }
     }
 
@@ -45,52 +36,67 @@ public final class ReLU: Layer {
 /// SIMD element-wise loops of the training layers.
 enum Elementwise {
     typealias Vector = SIMD16<Float>
+    typealias Kernel = (UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void
 
-    /// `y[i] = x[i] < 0 ? 0 : x[i]` (`y` may alias `x`).
+    /// `y = kernel(a, b)` over two tensors of one shape and layout (`y` reused), split over NormKit's pool when large.
+    static func apply(_ a: Tensor, _ b: Tensor, into y: inout Tensor, _ kernel: Kernel) {
+        precondition(a.shape == b.shape && a.layout == b.layout)
+        y.prepare(shape: a.shape, layout: a.layout)
+        let count = a.count
+        a.withUnsafeBufferPointer { ab in
+            b.withUnsafeBufferPointer { bb in
+                y.withUnsafeMutableBufferPointer { yb in
+                    let ap = ab.baseAddress!, bp = bb.baseAddress!, yp = yb.baseAddress!
+                    Parallelism.forEachRange(count: count, work: count, minimumWork: 1 << 17) { r in
+                        kernel(ap + r.lowerBound, bp + r.lowerBound, yp + r.lowerBound, r.count)
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y[i] = f(a[i], b[i])`, 16 lanes at a time and the tail in one zero-padded vector (`y` may alias `a` or `b`).
     @inline(__always)
-    static func relu(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int) {
-        let zero = Vector(repeating: 0)
+    static func map(
+        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int,
+        _ f: (Vector, Vector) -> Vector
+    ) {
         var i = 0
         while i + 16 <= count {
-            let v = UnsafeRawPointer(x + i).loadUnaligned(as: Vector.self)
-            UnsafeMutableRawPointer(y + i).storeBytes(of: v.replacing(with: zero, where: v .< zero), as: Vector.self)
+            let r = f(
+                UnsafeRawPointer(a + i).loadUnaligned(as: Vector.self),
+                UnsafeRawPointer(b + i).loadUnaligned(as: Vector.self))
+            UnsafeMutableRawPointer(y + i).storeBytes(of: r, as: Vector.self)
             i += 16
         }
-        while i < count { y[i] = x[i] < 0 ? 0 : x[i]; i += 1 }
+        guard i < count else { return }
+        var ta = Vector(repeating: 0), tb = ta
+        for j in 0..<(count - i) { (ta[j], tb[j]) = (a[i + j], b[i + j]) }
+        let r = f(ta, tb)
+        for j in 0..<(count - i) { y[i + j] = r[j] }
+    }
+
+    /// `y[i] = x[i] < 0 ? 0 : x[i]` (`y` may alias `x`; `b` is not read).
+    static func relu(
+        _ x: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int
+    ) {
+        map(x, x, y, count) { v, _ in v.replacing(with: 0, where: v .< 0) }
     }
 
     /// `y[i] = max(a[i] + b[i], 0)`: a residual sum and its ReLU in one pass (`y` may alias `a` or `b`).
-    @inline(__always)
     static func addReLU(
-        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-        _ count: Int
+        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int
     ) {
-        let zero = Vector(repeating: 0)
-        var i = 0
-        while i + 16 <= count {
-            let v =
-                UnsafeRawPointer(a + i).loadUnaligned(as: Vector.self)
-                + UnsafeRawPointer(b + i).loadUnaligned(as: Vector.self)
-            UnsafeMutableRawPointer(y + i).storeBytes(of: v.replacing(with: zero, where: v .< zero), as: Vector.self)
-            i += 16
+        map(a, b, y, count) { a, b in
+            let v = a + b
+            return v.replacing(with: 0, where: v .< 0)
         }
-        while i < count { let v = a[i] + b[i]; y[i] = v < 0 ? 0 : v; i += 1 }
     }
 
     /// `dx[i] = y[i] > 0 ? dy[i] : 0`.
-    @inline(__always)
     static func reluBackward(
-        _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
-        _ count: Int
+        _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ count: Int
     ) {
-        let zero = Vector(repeating: 0)
-        var i = 0
-        while i + 16 <= count {
-            let v = UnsafeRawPointer(y + i).loadUnaligned(as: Vector.self)
-            let g = UnsafeRawPointer(dy + i).loadUnaligned(as: Vector.self)
-            UnsafeMutableRawPointer(dx + i).storeBytes(of: zero.replacing(with: g, where: v .> zero), as: Vector.self)
-            i += 16
-        }
-        while i < count { dx[i] = y[i] > 0 ? dy[i] : 0; i += 1 }
+        map(y, dy, dx, count) { v, g in Vector(repeating: 0).replacing(with: g, where: v .> 0) }
     }
 }

@@ -191,37 +191,11 @@ func activations(_ x: Tensor, in layout: TensorLayout, buffer: inout Tensor) -> 
 }
 
 /// `y = max(a + b, 0)` elementwise (same shape and layout; `y` reused): a residual block's sum and ReLU in one pass.
-func addReLU(_ a: Tensor, _ b: Tensor, into y: inout Tensor) {
-    precondition(a.shape == b.shape && a.layout == b.layout)
-    y.prepare(shape: a.shape, layout: a.layout)
-    let count = a.count
-    a.withUnsafeBufferPointer { ab in
-        b.withUnsafeBufferPointer { bb in
-            y.withUnsafeMutableBufferPointer { yb in
-                let ap = ab.baseAddress!, bp = bb.baseAddress!, yp = yb.baseAddress!
-                Parallelism.forEachRange(count: count, work: count, minimumWork: 1 << 17) { r in
-                    Elementwise.addReLU(ap + r.lowerBound, bp + r.lowerBound, yp + r.lowerBound, r.count)
-                }
-            }
-        }
-    }
-}
+func addReLU(_ a: Tensor, _ b: Tensor, into y: inout Tensor) { Elementwise.apply(a, b, into: &y, Elementwise.addReLU) }
 
 /// `dx = dy · [y > 0]` (same shape and layout; `dx` reused): the backward of ``addReLU(_:_:into:)`` for both inputs.
 func reluBackward(output y: Tensor, _ dy: Tensor, into dx: inout Tensor) {
-    precondition(y.shape == dy.shape && y.layout == dy.layout)
-    dx.prepare(shape: y.shape, layout: y.layout)
-    let count = y.count
-    y.withUnsafeBufferPointer { yb in
-        dy.withUnsafeBufferPointer { db in
-            dx.withUnsafeMutableBufferPointer { xb in
-                let yp = yb.baseAddress!, dp = db.baseAddress!, xp = xb.baseAddress!
-                Parallelism.forEachRange(count: count, work: count, minimumWork: 1 << 17) { r in
-                    Elementwise.reluBackward(yp + r.lowerBound, dp + r.lowerBound, xp + r.lowerBound, r.count)
-                }
-            }
-        }
-    }
+    Elementwise.apply(y, dy, into: &dx, Elementwise.reluBackward)
 }
 
 /// `a += b` elementwise (same shape and layout).
