@@ -402,7 +402,9 @@ final class ReportTests: XCTestCase {
 
         let curves = try svgTexts("training_curves.svg")
         XCTAssertTrue(curves.contains("BN: test error"))
-        XCTAssertTrue(curves.contains("MABN: train loss"))
+        XCTAssertTrue(curves.contains("MABN: training error"))
+        XCTAssertTrue(
+            curves.contains { $0.hasPrefix("training error (%)") }, "y-axis label of the training-error panels")
         XCTAssertTrue(curves.contains("epoch"))
 
         let png = try Data(contentsOf: directory.appendingPathComponent("error_vs_batch.png"))

@@ -134,6 +134,7 @@ extension StatisticsWorkspace {
         try rule(sumDy, sumDyCentered, &stagedGradients)
         let gradients = stagedGradients, upstreamIsDz = preActivation.isActive
         let readsInput = gradients.slope.contains { $0 != 0 }
+        if scratch.count < 3 * n { scratch = [Float](repeating: 0, count: 3 * n) }
         scratch.withUnsafeMutableBufferPointer { sp in
             let scale = sp.baseAddress!, slope = scale + n, offset = slope + n
             for s in 0..<n {

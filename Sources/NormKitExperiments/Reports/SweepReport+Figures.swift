@@ -105,7 +105,8 @@ extension SweepReport {
         return canvas
     }
 
-    /// `training_curves`: per normalization, test error and train loss vs epoch, one line per run coloured by
+    /// `training_curves`: per normalization, test error and training error vs epoch (the GN paper's Figure 4; the
+    /// losses are in each run's `metrics.jsonl`), one line per run coloured by
     /// normalization batch (dashed: unfinished).
     func trainingCurvesCanvas() -> PlotCanvas {
         let withEpochs = runs.filter { !$0.epochs.isEmpty }
@@ -118,7 +119,7 @@ extension SweepReport {
             height: headerHeight + Double(blockRows) * (2 * panelHeight + 16))
         canvas.add(
             .text(
-                "Training curves: test error and train loss per epoch", at: PlotPoint(x: 16, y: 26),
+                "Training curves: test error and training error per epoch", at: PlotPoint(x: 16, y: 26),
                 size: 16, color: .black, anchor: .start, bold: true, vertical: false))
         // Colour key: one swatch per normalization batch column, plus reused runs.
         let columns = table.columns
@@ -173,11 +174,11 @@ extension SweepReport {
                 xTicks: ticks, series: series { $0.testError * 100 }, showLegend: false)
             errorPlot.fontSize = 11; errorPlot.titleSize = 13; errorPlot.markerRadius = 3; errorPlot.lineWidth = 1.5
             errorPlot.draw(x: bx, y: by, width: panelWidth, height: panelHeight, on: &canvas)
-            var lossPlot = LinePlot(
-                title: "\(key.label): train loss", xLabel: "epoch", yLabel: "train loss",
-                xTicks: ticks, series: series { $0.trainLoss }, showLegend: false)
-            lossPlot.fontSize = 11; lossPlot.titleSize = 13; lossPlot.markerRadius = 3; lossPlot.lineWidth = 1.5
-            lossPlot.draw(x: bx, y: by + panelHeight, width: panelWidth, height: panelHeight, on: &canvas)
+            var trainPlot = LinePlot(
+                title: "\(key.label): training error", xLabel: "epoch", yLabel: "training error (%)",
+                xTicks: ticks, series: series { $0.trainError * 100 }, showLegend: false)
+            trainPlot.fontSize = 11; trainPlot.titleSize = 13; trainPlot.markerRadius = 3; trainPlot.lineWidth = 1.5
+            trainPlot.draw(x: bx, y: by + panelHeight, width: panelWidth, height: panelHeight, on: &canvas)
         }
         return canvas
     }
