@@ -155,7 +155,8 @@ extension SweepReport {
             let bx = 8 + Double(index % perRow) * panelWidth
             let by = headerHeight + Double(index / perRow) * (2 * panelHeight + 16)
             let keyRuns = withEpochs.filter { $0.seriesKey == key }
-            let maxEpoch = keyRuns.flatMap { $0.epochs.map(\.epoch) }.max() ?? 1
+            // Epochs counted from 1, as the progress lines and tables do (`EpochMetrics.epoch` counts from 0).
+            let maxEpoch = (keyRuns.flatMap { $0.epochs.map(\.epoch) }.max() ?? 0) + 1
             let step = max(1, Int((Double(maxEpoch) / 6).rounded(.up)))
             let ticks = stride(from: step == 1 ? 1 : step, through: maxEpoch, by: step).map { (Double($0), "\($0)") }
             func series(_ value: (EpochMetrics) -> Double) -> [PlotSeries] {
@@ -166,7 +167,7 @@ extension SweepReport {
                         : Self.batchColors[(columns.firstIndex(of: run.columns[0]) ?? 0) % Self.batchColors.count]
                     return PlotSeries(
                         name: run.runName, color: color, marker: .circle, dashed: run.status != .finished,
-                        points: run.epochs.map { (Double($0.epoch), value($0), nil) })
+                        points: run.epochs.map { (Double($0.epoch + 1), value($0), nil) })
                 }
             }
             var errorPlot = LinePlot(
