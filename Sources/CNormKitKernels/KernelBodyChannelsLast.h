@@ -161,19 +161,6 @@ NK_FN void cl_gradient_apply(float *dx, const float *dy, const float *x, long m,
     cl_apply(1, 0, dx, dy, x, m, c, p, q, r, k);
 }
 
-const nk_kernel_table NK_TABLE = {
-    .level = NK_LEVEL,
-    .row_sum = row_sum,
-    .row_centered_sums = row_centered_sums,
-    .row_gradient_sums = row_gradient_sums,
-    .row_affine_centered = row_affine_centered,
-    .row_gradient_apply = row_gradient_apply,
-    .sets_moments = sets_moments,
-    .sets_affine_centered = sets_affine_centered,
-    .sets_gradient_sums = sets_gradient_sums,
-    .sets_gradient_apply = sets_gradient_apply,
-    .cl_centered_sums = cl_centered_sums,
-    .cl_gradient_sums = cl_gradient_sums,
-    .cl_affine_centered = cl_affine_centered,
-    .cl_gradient_apply = cl_gradient_apply,
-};
+#define NK_TABLE_ENTRY(name) .name = name,
+const nk_kernel_table NK_TABLE = {.level = NK_LEVEL, NK_KERNEL_NAMES(NK_TABLE_ENTRY)};
+#undef NK_TABLE_ENTRY

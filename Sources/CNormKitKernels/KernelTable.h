@@ -16,21 +16,17 @@
  */
 #include "NormKitRowKernels.h"
 
+/* The kernels every table holds, named once: X(name) for each nk_<name> of NormKitRowKernels.h
+ * (nk_row_affine is row_affine_centered with k = 0). */
+#define NK_KERNEL_NAMES(X)                                                                                     \
+    X(row_sum) X(row_centered_sums) X(row_gradient_sums) X(row_affine_centered) X(row_gradient_apply)          \
+    X(sets_moments) X(sets_affine_centered) X(sets_gradient_sums) X(sets_gradient_apply)                        \
+    X(cl_centered_sums) X(cl_gradient_sums) X(cl_affine_centered) X(cl_gradient_apply)
+#define NK_TABLE_FIELD(name) __typeof__(nk_##name) *name;
+
 typedef struct nk_kernel_table {
-    int level;  /* the nk_native_level() value this table implements: 2 or 3 */
-    __typeof__(nk_row_sum) *row_sum;
-    __typeof__(nk_row_centered_sums) *row_centered_sums;
-    __typeof__(nk_row_gradient_sums) *row_gradient_sums;
-    __typeof__(nk_row_affine_centered) *row_affine_centered;  /* nk_row_affine is the k = 0 case */
-    __typeof__(nk_row_gradient_apply) *row_gradient_apply;
-    __typeof__(nk_sets_moments) *sets_moments;
-    __typeof__(nk_sets_affine_centered) *sets_affine_centered;
-    __typeof__(nk_sets_gradient_sums) *sets_gradient_sums;
-    __typeof__(nk_sets_gradient_apply) *sets_gradient_apply;
-    __typeof__(nk_cl_centered_sums) *cl_centered_sums;
-    __typeof__(nk_cl_gradient_sums) *cl_gradient_sums;
-    __typeof__(nk_cl_affine_centered) *cl_affine_centered;
-    __typeof__(nk_cl_gradient_apply) *cl_gradient_apply;
+    int level; /* the nk_native_level() value this table implements: 2 or 3 */
+    NK_KERNEL_NAMES(NK_TABLE_FIELD)
 } nk_kernel_table;
 
 #if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))

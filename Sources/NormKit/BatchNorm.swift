@@ -81,8 +81,7 @@ public final class BatchNorm: NormalizationLayer {
     ///     leaves both nil (`y = x̂`).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
     public init(
-        channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.1, normBatch: Int? = nil,
-        affine: Bool = true
+        channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.1, normBatch: Int? = nil, affine: Bool = true
     ) throws {
         try LayerArgument.validate(
             layer: BatchNorm.describe(channels: channels, normBatch: normBatch, affine: affine),
@@ -121,8 +120,7 @@ public final class BatchNorm: NormalizationLayer {
         }
         let g = try NormalizationGeometry.varianceGhostBatches(x, channels: channels, normBatch: normBatch, layer: name)
         workspace.normalize(
-            x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
-            activation: activation, geometry: g)
+            x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, activation: activation, geometry: g)
         updateRunningStatistics(geometry: g, count: Double(g.elementsPerSet))
         pending.save(x, g)
         savedReduction = nil
@@ -135,8 +133,7 @@ public final class BatchNorm: NormalizationLayer {
         let variance = workspace.variance, unbias = m / (m - 1)
         if !runningFold.fold(
             mean: &runningMean, spread: &runningVariance, batchMean: workspace.mean,
-            batchSpread: { unbias * variance[$0] }, sampleBlocks: g.sampleBlocks,
-            momentum: momentum)
+            batchSpread: { unbias * variance[$0] }, sampleBlocks: g.sampleBlocks, momentum: momentum)
         {
             skippedUpdates += 1
         }
@@ -155,8 +152,7 @@ public final class BatchNorm: NormalizationLayer {
     private func evaluate(_ x: Tensor, into y: inout Tensor) throws {
         let gamma = weight?.value, runningVariance = runningVariance, eps = Double(epsilon)
         evaluation.apply(
-            x, into: &y, channels: channels, beta: bias?.value, center: runningMean,
-            activation: activation
+            x, into: &y, channels: channels, beta: bias?.value, center: runningMean, activation: activation
         ) { c in
             Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
         }
@@ -236,7 +232,6 @@ public final class BatchNorm: NormalizationLayer {
     /// The state-dict layout: the variance under `running_var`, any values, a step counter.
     private var checkpoint: RunningStatisticsCheckpoint {
         RunningStatisticsCheckpoint(
-            layer: name, channels: channels, spreadName: "running_var",
-            spreadRequirement: nil, stepCounter: .anyValue)
+            layer: name, channels: channels, spreadName: "running_var", spreadRequirement: nil, stepCounter: .anyValue)
     }
 }

@@ -180,8 +180,7 @@ public final class BatchRenorm: NormalizationLayer {
         let layer = BatchRenorm.describe(channels: channels, normBatch: normBatch, affine: affine)
         try LayerArgument.validate(
             layer: layer, .channels(channels), .epsilon(epsilon),
-            .fraction("momentum", momentum, meaning: "weight of the new value"),
-            .normBatch(normBatch))
+            .fraction("momentum", momentum, meaning: "weight of the new value"), .normBatch(normBatch))
         try schedule.validate(layer: layer)
         self.channels = channels
         self.epsilon = epsilon
@@ -205,8 +204,7 @@ public final class BatchRenorm: NormalizationLayer {
         batchesTracked += 1
         let (rMax, dMax) = schedule.limits(step: Int(batchesTracked))
         let rule = Renormalization(
-            runningMean: runningMean, runningStd: runningStd, rMax: rMax, dMax: dMax,
-            epsilon: Double(epsilon))
+            runningMean: runningMean, runningStd: runningStd, rMax: rMax, dMax: dMax, epsilon: Double(epsilon))
         workspace.normalize(
             x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, rule: rule,
             activation: activation, geometry: g)
@@ -254,8 +252,7 @@ public final class BatchRenorm: NormalizationLayer {
         let eps = Double(epsilon), variance = workspace.variance
         if !runningFold.fold(
             mean: &runningMean, spread: &runningStd, batchMean: workspace.mean,
-            batchSpread: { (variance[$0] + eps).squareRoot() }, sampleBlocks: g.sampleBlocks,
-            momentum: momentum)
+            batchSpread: { (variance[$0] + eps).squareRoot() }, sampleBlocks: g.sampleBlocks, momentum: momentum)
         {
             skippedUpdates += 1
         }
@@ -265,8 +262,7 @@ public final class BatchRenorm: NormalizationLayer {
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
         let gamma = weight?.value, runningStd = runningStd
         evaluation.apply(
-            x, into: &y, channels: channels, beta: bias?.value, center: runningMean,
-            activation: activation
+            x, into: &y, channels: channels, beta: bias?.value, center: runningMean, activation: activation
         ) { c in
             Double(gamma?[c] ?? 1) / Double(runningStd[c])
         }
@@ -300,8 +296,7 @@ public final class BatchRenorm: NormalizationLayer {
             batchesTracked: &batchesTracked, weight: weight, bias: bias)
     }
 
-    /// The state-dict layout: the standard deviation under `running_std` (positive and finite), a step counter
-    /// (≥ 0).
+    /// The state-dict layout: the standard deviation under `running_std` (positive and finite), a step counter (≥ 0).
     private var checkpoint: RunningStatisticsCheckpoint {
         RunningStatisticsCheckpoint(
             layer: name, channels: channels, spreadName: "running_std",

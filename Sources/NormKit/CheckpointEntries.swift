@@ -88,8 +88,7 @@ struct StateDictReader {
             unexpectedKeys: state.keys.filter { !expected.contains($0) })
         if strict, !result.isEmpty {
             throw NormalizationError.incompatibleStateDict(
-                layer: layer, missingKeys: result.missingKeys,
-                unexpectedKeys: result.unexpectedKeys)
+                layer: layer, missingKeys: result.missingKeys, unexpectedKeys: result.unexpectedKeys)
         }
         return result
     }
@@ -146,8 +145,7 @@ struct RunningStatisticsCheckpoint {
 
     /// The entries of a layer's state (`batchesTracked` is written only when the layer keeps a step counter).
     func entries(
-        weight: Parameter?, bias: Parameter?, runningMean: [Float], runningSpread: [Float],
-        batchesTracked: Int64 = 0
+        weight: Parameter?, bias: Parameter?, runningMean: [Float], runningSpread: [Float], batchesTracked: Int64 = 0
     ) -> [String: StateTensor] {
         var state: [String: StateTensor] = [
             "running_mean": .float32(shape: [channels], values: runningMean),
@@ -183,8 +181,7 @@ struct RunningStatisticsCheckpoint {
         return result
     }
 
-    /// ``load(_:strict:runningMean:runningSpread:batchesTracked:weight:bias:)`` for a layer without a step
-    /// counter.
+    /// ``load(_:strict:runningMean:runningSpread:batchesTracked:weight:bias:)`` for a layer without a step counter.
     func load(
         _ state: [String: StateTensor], strict: Bool, runningMean: inout [Float], runningSpread: inout [Float],
         weight: Parameter?, bias: Parameter?

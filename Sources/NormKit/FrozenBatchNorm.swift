@@ -5,9 +5,8 @@
 /// scale = γ / sqrt(running_var + ε)
 /// y     = x·scale + (β − running_mean·scale)     // computed as scale·(x − running_mean) + β
 /// ```
-/// (The centred form keeps float32 accuracy when |running_mean| dwarfs the spread of `x`.)
-/// Conventions: `running_var` is used as stored (PyTorch stores BN's unbiased running variance); `ε` (default
-/// `1e-5`) inside the square root.
+/// (The centred form keeps float32 accuracy when |running_mean| dwarfs the spread of `x`.) Conventions: `running_var`
+/// is used as stored (PyTorch stores BN's unbiased running variance); `ε` (default `1e-5`) inside the square root.
 ///
 /// `γ` and `β` always exist; they are frozen (``Parameter/isTrainable`` `false`) unless built with
 /// `trainableAffine: true`. Their gradients are computed either way: `dγ_c = Σ dy·(x − running_mean)/sqrt(running_var
@@ -48,8 +47,7 @@ public final class FrozenBatchNorm: NormalizationLayer {
     ///   negative or non-finite `epsilon`.
     public init(channels: Int, epsilon: Float = 1e-5, trainableAffine: Bool = false) throws {
         try LayerArgument.validate(
-            layer: layerName("FrozenBatchNorm", channels: channels), .channels(channels),
-            .epsilon(epsilon))
+            layer: layerName("FrozenBatchNorm", channels: channels), .channels(channels), .epsilon(epsilon))
         self.channels = channels
         self.epsilon = epsilon
         let (w, b) = makeAffine(channels: channels, affine: true)

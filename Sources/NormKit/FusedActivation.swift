@@ -130,15 +130,13 @@ struct ActivationBackward {
     @inline(__always)
     func kernel(coefficient k: Int, element o: Int) -> nk_activation_backward {
         nk_activation_backward(
-            kind: activation.kernelCode, scale: scale + k, shift: shift + k, center: center + k,
-            dz: dz + o)
+            kind: activation.kernelCode, scale: scale + k, shift: shift + k, center: center + k, dz: dz + o)
     }
 
     /// The portable path: `dz[o + i] = dy[i]·act'(z)` for `count` elements of coefficient `k`, element `o` on.
     @inline(__always)
     func portableRow(
-        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, count: Int, coefficient k: Int,
-        element o: Int
+        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, count: Int, coefficient k: Int, element o: Int
     ) {
         let a = scale[k], b = shift[k], c = center[k], out = dz + o
         for i in 0..<count { out[i] = activation.gradient(dy[i], at: (x[i] - c) * a + b) }
@@ -148,8 +146,7 @@ struct ActivationBackward {
     /// coefficients start at `coefficient`.
     @inline(__always)
     func portableChannels(
-        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, count: Int, coefficient k: Int,
-        element o: Int
+        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, count: Int, coefficient k: Int, element o: Int
     ) {
         let a = scale + k, b = shift + k, c = center + k, out = dz + o
         for ch in 0..<count { out[ch] = activation.gradient(dy[ch], at: (x[ch] - c[ch]) * a[ch] + b[ch]) }

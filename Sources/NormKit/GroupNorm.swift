@@ -88,8 +88,7 @@ public final class GroupNorm: NormalizationLayer {
     ///   when both or neither are given; otherwise as ``init(channels:groups:epsilon:affine:)`` or
     ///   ``init(channels:groupSize:epsilon:affine:)``.
     public convenience init(
-        channels: Int, groups: Int?, groupSize: Int?, epsilon: Float = 1e-5,
-        affine: Bool = true
+        channels: Int, groups: Int?, groupSize: Int?, epsilon: Float = 1e-5, affine: Bool = true
     ) throws {
         switch (groups, groupSize) {
         case (let groups?, nil):
@@ -123,8 +122,7 @@ public final class GroupNorm: NormalizationLayer {
             layout: x.layout, batch: x.batch, channels: channels,
             positions: x.spatialCount, samplesPerSet: 1, channelsPerSet: groupSize)
         workspace.normalize(
-            x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon,
-            activation: activation, geometry: g)
+            x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, activation: activation, geometry: g)
         if training { pending.save(x, g) } else { pending.clear() }
     }
 

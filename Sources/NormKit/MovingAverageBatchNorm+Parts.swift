@@ -43,8 +43,7 @@ extension MovingAverageBatchNorm {
         public static let paper = Parts()
         /// Every part off: BN with batch statistics in training (and EMAs of them for evaluation).
         public static let batchNorm = Parts(
-            secondMomentForm: false, forwardSMA: false, backwardSMA: false,
-            renormalization: false)
+            secondMomentForm: false, forwardSMA: false, backwardSMA: false, renormalization: false)
 
         /// One part, as the CLI names it.
         public enum Part: String, CaseIterable, Sendable {

@@ -63,8 +63,7 @@ extension MovingAverageBatchNorm {
         }
 
         private func gather(
-            _ local: [Double], into all: inout [Double], over workers: CrossWorkerReduction,
-            layer: String
+            _ local: [Double], into all: inout [Double], over workers: CrossWorkerReduction, layer: String
         ) throws {
             do {
                 try local.withUnsafeBufferPointer { local in

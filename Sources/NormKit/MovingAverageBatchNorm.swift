@@ -18,9 +18,8 @@
 /// Ψ_t = mean(g·z);  bufΨ[t mod S_buf] = Ψ_t;  Ψ̄ = useBatch ? Ψ_t : mean(bufΨ)
 /// dx = (g − z·Ψ̄)/sqrt(v+ε);  dγ = Σ dy·r·z;  dβ = Σ dy
 /// ```
-/// During warm-up this is the exact gradient of `y = γ·x/sqrt(mean(x²)+ε) + β`; afterwards it is the paper's
-/// deliberate approximation. Evaluation: `y = γ·x/sqrt(runningχ² + ε) + β`, touching **no** state (not even a
-/// pending backward).
+/// During warm-up this is the exact gradient of `y = γ·x/sqrt(mean(x²)+ε) + β`; afterwards it is the paper's deliberate
+/// approximation. Evaluation: `y = γ·x/sqrt(runningχ² + ε) + β`, touching **no** state (not even a pending backward).
 ///
 /// Conventions:
 /// - The EMA factor is labelled ``oldValueWeight`` (default `0.98`, the paper's and the reference's `momentum`):
@@ -106,8 +105,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// Parts other than the paper's are listed too (`parts: without renorm`).
     public var name: String {
         MovingAverageBatchNorm.describe(
-            channels: channels, bufferSize: bufferSize, normBatch: normBatch,
-            affine: weight != nil, parts: parts)
+            channels: channels, bufferSize: bufferSize, normBatch: normBatch, affine: weight != nil, parts: parts)
     }
 
     /// The ``name`` of an MABN layer built with these arguments.
@@ -166,8 +164,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     ) throws {
         try LayerArgument.validate(
             layer: MovingAverageBatchNorm.describe(
-                channels: channels, bufferSize: bufferSize, normBatch: normBatch,
-                affine: affine, parts: parts),
+                channels: channels, bufferSize: bufferSize, normBatch: normBatch, affine: affine, parts: parts),
             .channels(channels), .count("bufferSize", bufferSize, atLeast: 1), .epsilon(epsilon),
             .fraction("oldValueWeight", oldValueWeight, meaning: "weight of the OLD value, e.g. 0.98"),
             .count("warmup", warmup, atLeast: 0), .normBatch(normBatch))

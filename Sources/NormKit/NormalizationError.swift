@@ -31,8 +31,7 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
     case channelMismatch(layer: String, expected: Int, got: Int)
     /// Two tensors that must match (the backward's `dy` and the forward's `x`) differ in shape or layout.
     case shapeMismatch(
-        layer: String, expected: [Int], expectedLayout: TensorLayout, got: [Int],
-        gotLayout: TensorLayout)
+        layer: String, expected: [Int], expectedLayout: TensorLayout, got: [Int], gotLayout: TensorLayout)
     /// The batch has no samples.
     case emptyBatch(layer: String)
     /// A training batch with one value per channel in a normalization set: the variance is undefined.

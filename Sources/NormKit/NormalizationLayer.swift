@@ -90,8 +90,7 @@ public protocol NormalizationLayer: TensorLayer {
     /// statistics (as it defines them), updates its running statistics and saves what the backward needs.
     func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws
 
-    /// Backpropagates `dy` through the last training forward into `dx`, and sets ``weight`` and ``bias``
-    /// gradients.
+    /// Backpropagates `dy` through the last training forward into `dx`, and sets ``weight`` and ``bias`` gradients.
     func backward(_ dy: Tensor, into dx: inout Tensor) throws
 
     /// The layer's checkpointable tensors in PyTorch `state_dict` naming (`weight`, `bias`, `running_mean`, …).
@@ -146,8 +145,7 @@ enum InputCheck {
     static func validateGradient(_ dy: Tensor, like x: Tensor, layer: @autoclosure () -> String) throws {
         guard dy.shape == x.shape, dy.layout == x.layout else {
             throw NormalizationError.shapeMismatch(
-                layer: layer(), expected: x.shape, expectedLayout: x.layout,
-                got: dy.shape, gotLayout: dy.layout)
+                layer: layer(), expected: x.shape, expectedLayout: x.layout, got: dy.shape, gotLayout: dy.layout)
         }
     }
 }
@@ -190,8 +188,7 @@ func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
             name: "weight", shape: [channels], role: .normalizationScale,
             value: [Float](repeating: 1, count: channels)),
         Parameter(
-            name: "bias", shape: [channels], role: .normalizationShift,
-            value: [Float](repeating: 0, count: channels))
+            name: "bias", shape: [channels], role: .normalizationShift, value: [Float](repeating: 0, count: channels))
     )
 }
 
@@ -203,8 +200,7 @@ func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
 @inline(__always)
 func writeAffineGradients(
     weight: Parameter?, bias: Parameter?, sumDy: [Double], sumDyCentered: [Double],
-    geometry g: NormalizationGeometry, setScale: (Int) -> Double,
-    setOffset: (Int) -> Double = { _ in 0 }
+    geometry g: NormalizationGeometry, setScale: (Int) -> Double, setOffset: (Int) -> Double = { _ in 0 }
 ) {
     guard let weight, let bias else { return }
     let c = g.channels, k = g.samplesPerSet, cps = g.channelsPerSet

@@ -56,8 +56,7 @@ public enum Parallelism {
     /// waking a parked thread for each (as `DispatchQueue.concurrentPerform` does) cost as much as normalizing a
     /// small tensor. A call made from inside `body`, or while another thread's call runs, runs inline.
     public static func forEachRange(
-        count: Int, work: Int, minimumWork: Int = 1 << 16,
-        _ body: (Range<Int>) -> Void
+        count: Int, work: Int, minimumWork: Int = 1 << 16, _ body: (Range<Int>) -> Void
     ) {
         let threads = min(threadCount, count, max(1, work / max(minimumWork, 1)))
         if threads <= 1 {

@@ -45,15 +45,13 @@ final class TensorStorage: @unchecked Sendable {
 /// channels-last.
 ///
 /// `Tensor` is a value type with copy-on-write storage: copies are cheap (one retain), and a write through
-/// ``withUnsafeMutableBufferPointer(_:)`` copies the elements only when another copy still shares them.
-/// To allocate nothing per training step, keep a tensor per activation and pass it as the `into:` argument of
-/// a layer's forward and backward: when its shape already matches and nothing else holds its storage, the
-/// same memory is reused.
+/// ``withUnsafeMutableBufferPointer(_:)`` copies the elements only when another copy still shares them. To allocate
+/// nothing per training step, keep a tensor per activation and pass it as the `into:` argument of a layer's forward and
+/// backward: when its shape already matches and nothing else holds its storage, the same memory is reused.
 ///
-/// `Tensor` is `Sendable`: copies may be read and written on different tasks (a write copies shared storage
-/// first). Element access through the subscript is bounds-checked in every build (a precondition naming the
-/// index and the shape); only the `withUnsafe…` methods are unchecked. See ``NormalizationError`` for the error
-/// policy.
+/// `Tensor` is `Sendable`: copies may be read and written on different tasks (a write copies shared storage first).
+/// Element access through the subscript is bounds-checked in every build (a precondition naming the index and the
+/// shape); only the `withUnsafe…` methods are unchecked. See ``NormalizationError`` for the error policy.
 public struct Tensor: Sendable {
     /// The logical shape `(N, C, *spatial)`, whatever the ``layout``.
     public private(set) var shape: [Int]
@@ -263,8 +261,7 @@ extension Tensor: CustomStringConvertible {
 /// it in release builds too, so the crash names the index and the shape.
 @inline(__always)
 func checkPrecondition(
-    _ condition: Bool, _ message: @autoclosure () -> String,
-    file: StaticString = #fileID, line: UInt = #line
+    _ condition: Bool, _ message: @autoclosure () -> String, file: StaticString = #fileID, line: UInt = #line
 ) {
     if !condition { fatalError(message(), file: file, line: line) }
 }

@@ -8,8 +8,7 @@ public enum WeightCentering {
     /// Writes the centred filters of `weights` (`filters × fanIn`, row-major) into `centred`.
     /// `centred` may alias `weights`.
     public static func center(
-        _ centred: UnsafeMutablePointer<Float>, _ weights: UnsafePointer<Float>,
-        filters: Int, fanIn: Int
+        _ centred: UnsafeMutablePointer<Float>, _ weights: UnsafePointer<Float>, filters: Int, fanIn: Int
     ) {
         for o in 0..<filters {
             let w = weights + o * fanIn, out = centred + o * fanIn
@@ -24,8 +23,7 @@ public enum WeightCentering {
     /// The backward of ``center(_:_:filters:fanIn:)``: `dW[o] = dW_c[o] − mean(dW_c[o])`, which is the same
     /// centring applied to the gradient (`gradient` may alias `centredGradient`).
     public static func centerGradient(
-        _ gradient: UnsafeMutablePointer<Float>,
-        _ centredGradient: UnsafePointer<Float>, filters: Int, fanIn: Int
+        _ gradient: UnsafeMutablePointer<Float>, _ centredGradient: UnsafePointer<Float>, filters: Int, fanIn: Int
     ) {
         center(gradient, centredGradient, filters: filters, fanIn: fanIn)
     }

@@ -1,10 +1,10 @@
 import CNormKitKernels
 
-// The channels-last (NHWC) paths of NormalizationKernels on the native kernels: one sample's M positions are M rows
-// of C contiguous floats, and the C kernels vectorise across channels (nk_cl_*, KernelBody.h). Reductions split the
-// batch over threads; the applies split the rows (positions) of the batch, so a batch of 1 uses every core too.
-// Per-channel rows of per-set values (k, q, r) are built in stack scratch of C floats per call.
-// The portable loops in NormalizationKernels.swift remain the reference and the path without native kernels.
+// The channels-last (NHWC) paths of NormalizationKernels on the native kernels: one sample's M positions are M rows of
+// C contiguous floats, and the C kernels vectorise across channels (nk_cl_*, KernelBody.h). Reductions split the batch
+// over threads; the applies split the rows (positions) of the batch, so a batch of 1 uses every core too. Per-channel
+// rows of per-set values (k, q, r) are built in stack scratch of C floats per call. The portable loops
+// (NormalizationKernels.swift, `centeredSums` here) remain the reference and the path without native kernels.
 
 extension NormalizationKernels {
     /// Whether the channels-last native kernels run (the same switch as the row kernels).
@@ -13,10 +13,9 @@ extension NormalizationKernels {
     /// Channels-last statistics in one pass over `x`, shifted: per (n, c), `Σ(x−k)` and `Σ(x−k)²` with `k` the
     /// channel's value in the first row of the sample block (a value of the data, so `x − k` is of the order of
     /// the spread even when |μ| ≫ σ); per set, in double, `μ = Σ(k·M + Σ(x−k)) / count` and
-    /// `Σ(x−μ)² = Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²]`.
-    static func nativeStatisticsChannelsLast(
-        mean: UnsafeMutablePointer<Double>,
-        variance: UnsafeMutablePointer<Double>, x: UnsafePointer<Float>,
+    /// `Σ(x−μ)² = Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²]`. `scratch`: ``doubleScratchCount(_:)`` doubles.
+    static func statisticsChannelsLast(
+        mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>, x: UnsafePointer<Float>,
         scratch: UnsafeMutablePointer<Double>, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
@@ -28,7 +27,7 @@ extension NormalizationKernels {
             for n in samples {
                 (s1 + n * c).update(repeating: 0, count: c)
                 (s2 + n * c).update(repeating: 0, count: c)
-                nk_cl_centered_sums(s1 + n * c, s2 + n * c, x + n * m * c, m, c, shift(n))
+                centeredSums(s1 + n * c, s2 + n * c, x + n * m * c, rows: m, channels: c, shift: shift(n))
             }
         }
         let cps = g.channelsPerSet, sps = g.samplesPerSet
@@ -41,13 +40,28 @@ extension NormalizationKernels {
         }
     }
 
+    /// Per channel, `s1 += Σ(x − k)` and `s2 += Σ(x − k)²` over `rows` rows of `channels` floats: the native kernel,
+    /// or the portable loop in Double.
+    @inline(__always)
+    static func centeredSums(
+        _ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Float>, rows: Int,
+        channels c: Int, shift k: UnsafePointer<Float>
+    ) {
+        if nativeChannelsLast { return nk_cl_centered_sums(s1, s2, x, rows, c, k) }
+        for p in 0..<rows {
+            for ch in 0..<c {
+                let d = Double(x[p * c + ch]) - Double(k[ch])
+                (s1[ch], s2[ch]) = (s1[ch] + d, s2[ch] + d * d)
+            }
+        }
+    }
+
     /// A set's mean and biased variance from its entries' shifted sums: entry `i` (one (n, c) of the set, M values)
     /// has shift `k`, `Σ(x−k)` and `Σ(x−k)²`; `μ = Σ(k·M + Σ(x−k)) / count` and
     /// `Σ(x−μ)² = Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²]`, in double.
     @inline(__always)
     static func shiftedMoments(
-        positions m: Int, count: Double, entries: Int,
-        _ entry: (Int) -> (shift: Double, sum: Double, squares: Double)
+        positions m: Int, count: Double, entries: Int, _ entry: (Int) -> (shift: Double, sum: Double, squares: Double)
     )
         -> (mean: Double, variance: Double)
     {
@@ -82,8 +96,7 @@ extension NormalizationKernels {
     static func nativeApplyChannelsLast(
         y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
         center: UnsafePointer<Float>?, scale: UnsafePointer<Float>,
-        shift: UnsafePointer<Float>, activation: FusedActivation,
-        geometry g: NormalizationGeometry
+        shift: UnsafePointer<Float>, activation: FusedActivation, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
         Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
@@ -99,8 +112,7 @@ extension NormalizationKernels {
     /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (moved from the float `k = Float(center)` to the exact centre);
     /// with a fused activation, of `dz = dy·act'(z)`, also written to `activation.dz`.
     static func nativeGradientSumsChannelsLast(
-        sumDy: UnsafeMutablePointer<Double>,
-        sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
+        sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
         x: UnsafePointer<Float>, center: UnsafePointer<Double>,
         activation: ActivationBackward?, geometry g: NormalizationGeometry
     ) {
@@ -188,21 +200,14 @@ extension NormalizationKernels {
                     let (mu, v) = shiftedMoments(positions: m, count: count, entries: cps) { i in
                         (Double(xs[c0 + i]), a1[c0 + i], a2[c0 + i])
                     }
-                    let r = 1 / (v + Double(epsilon)).squareRoot()
-                    let set = rule.setAffine(set: s, channel: c0, mean: mu, variance: v, rstd: r)
-                    (mean[s], variance[s], rstd[s], gain[s], offset[s]) = (mu, v, r, set.gain, set.offset)
-                    let centering = Centering(mu), factor = set.gain * r
-                    for ch in c0..<(c0 + cps) {
-                        let k = n * c + ch
-                        centers[k] = centering.center
-                        (scale[k], shift[k]) = centering.coefficients(
-                            gamma: Double(gamma?[ch] ?? 1), beta: Double(beta?[ch] ?? 0), factor: factor,
-                            offset: set.offset)
-                    }
+                    (mean[s], variance[s]) = (mu, v)
+                    let center = setCoefficients(
+                        scale: scale, shift: shift, rstd: rstd, gain: gain, offset: offset, set: s, mean: mu,
+                        variance: v, gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, geometry: g)
+                    (centers + n * c + c0).update(repeating: center, count: cps)
                 }
                 nk_cl_affine_centered(
-                    y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c,
-                    activation.kernelCode)
+                    y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c, activation.kernelCode)
             }
         }
     }
@@ -219,7 +224,6 @@ extension NormalizationKernels {
         activation: ActivationBackward?, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
-        let count = Double(g.elementsPerSet)
         Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * c) { rows in
                 let k = rows.baseAddress!, p = k + c, q = p + c, r = q + c
@@ -232,19 +236,13 @@ extension NormalizationKernels {
                         nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, k, $0)
                     }
                     for j in 0..<blocks {
-                        let s = n * blocks + j, c0 = j * cps, rs = rstd[s], centering = Centering(mean[s])
-                        var meanG = 0.0, meanGX = 0.0
+                        let s = n * blocks + j, c0 = j * cps
+                        let (slope, offset) = setGradientCoefficients(
+                            sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
+                            gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
                         for ch in c0..<(c0 + cps) {
-                            a2[ch] = centering.exactSum(centered: a2[ch], sumDy: a1[ch])
-                            let ge = gammaEffective[n * c + ch]
-                            meanG += ge * a1[ch]
-                            meanGX += ge * a2[ch]
-                        }
-                        let slope = -rs * rs * (meanGX * rs / count), offset = -rs * meanG / count
-                        for ch in c0..<(c0 + cps) {
-                            p[ch] = Float(rs * gammaEffective[n * c + ch])
-                            q[ch] = Float(slope)
-                            r[ch] = centering.offset(offset, slope: slope)
+                            p[ch] = Float(rstd[s] * gammaEffective[n * c + ch])
+                            (q[ch], r[ch]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
                         }
                     }
                     let upstream = activation.map { UnsafePointer($0.dz) } ?? dy

@@ -17,10 +17,8 @@ extension NormalizationKernels {
                 for row in rows {
                     let centering = Centering(center[g.set(n: row / c, c: row % c)])
                     let (a1, a2) = rowGradientSums(
-                        dy + row * m, x + row * m, m, center: centering.center,
-                        activation: activation,
-                        coefficient: g.coefficient(n: row / c, c: row % c),
-                        element: row * m)
+                        dy + row * m, x + row * m, m, center: centering.center, activation: activation,
+                        coefficient: g.coefficient(n: row / c, c: row % c), element: row * m)
                     sumDy[row] = a1
                     sumDyCentered[row] = centering.exactSum(centered: a2, sumDy: a1)
                 }
@@ -40,8 +38,7 @@ extension NormalizationKernels {
                         let o = (n * m + p) * c
                         if let activation {
                             activation.portableChannels(
-                                dy: dy + o, x: x + o, count: c,
-                                coefficient: g.coefficient(n: n, c: 0), element: o)
+                                dy: dy + o, x: x + o, count: c, coefficient: g.coefficient(n: n, c: 0), element: o)
                         }
                         let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
                         for ch in 0..<c {
@@ -59,8 +56,7 @@ extension NormalizationKernels {
     static func gradientApply(
         dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
         center: UnsafePointer<Double>, scale: UnsafePointer<Float>,
-        slope: UnsafePointer<Float>, offset: UnsafePointer<Float>,
-        geometry g: NormalizationGeometry
+        slope: UnsafePointer<Float>, offset: UnsafePointer<Float>, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
         switch g.layout {
@@ -70,17 +66,14 @@ extension NormalizationKernels {
                     let n = row / c, ch = row % c, s = g.set(n: n, c: ch)
                     let centering = Centering(center[s])
                     rowGradientApply(
-                        dx + row * m, dy + row * m, x + row * m, m,
-                        p: scale[g.coefficient(n: n, c: ch)], q: slope[s],
-                        r: centering.offset(Double(offset[s]), slope: Double(slope[s])),
-                        center: centering.center)
+                        dx + row * m, dy + row * m, x + row * m, m, p: scale[g.coefficient(n: n, c: ch)], q: slope[s],
+                        r: centering.offset(Double(offset[s]), slope: Double(slope[s])), center: centering.center)
                 }
             }
         case .channelsLast:
             if nativeChannelsLast {
                 return nativeGradientApplyChannelsLast(
-                    dx: dx, dy: dy, x: x, center: center, scale: scale,
-                    slope: slope, offset: offset, geometry: g)
+                    dx: dx, dy: dy, x: x, center: center, scale: scale, slope: slope, offset: offset, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
                 for row in rows {
@@ -101,14 +94,12 @@ extension NormalizationKernels {
     /// from which the layer forms `dγ` and `dβ`. Fused per set in channels-first order.
     static func normalizeBackward(
         dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
-        sumDyCentered: UnsafeMutablePointer<Double>,
-        dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
         mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
         gammaEffective: UnsafePointer<Double>, scratch: UnsafeMutablePointer<Float>,
-        scratchDouble: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil,
-        geometry g: NormalizationGeometry
+        activation: ActivationBackward? = nil, geometry g: NormalizationGeometry
     ) {
-        let c = g.channels, count = Double(g.elementsPerSet)
+        let c = g.channels
         // With a fused activation the sums stage writes dz = dy·act'(z) into dx and the apply stage reads it there.
         let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
         switch g.layout {
@@ -125,30 +116,16 @@ extension NormalizationKernels {
                     setGradientSums(
                         sumDy + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
                         sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
-                        outStride: c, dy + batch.offset, x + batch.offset, batch,
-                        center: center + first,
+                        outStride: c, dy + batch.offset, x + batch.offset, batch, center: center + first,
                         activation: activation?.moved(coefficient: k0, element: batch.offset))
                     for s in first..<(first + size) {
-                        let c0 = (s % g.channelBlocks) * cps, firstRow = b * g.samplesPerSet * c + c0
                         // Rows were centred on the float μ̃ = center[s] (the forward's Centering(μ).center).
-                        let rs = rstd[s], centering = Centering(mean[s])
-                        var meanG = 0.0, meanGX = 0.0
-                        for piece in 0..<g.samplesPerSet {
-                            for j in 0..<cps {
-                                let row = firstRow + piece * c + j
-                                let a1 = sumDy[row], a2 = centering.exactSum(centered: sumDyCentered[row], sumDy: a1)
-                                sumDyCentered[row] = a2
-                                let ge = gammaEffective[b * c + c0 + j]
-                                meanG += ge * a1
-                                meanGX += ge * a2
-                            }
-                        }
-                        meanG /= count
-                        meanGX = meanGX * rs / count
-                        let slope = -rs * rs * meanGX
-                        for j in 0..<cps { p[b * c + c0 + j] = Float(rs * gammaEffective[b * c + c0 + j]) }
-                        q[s] = Float(slope)
-                        r[s] = centering.offset(-rs * meanG, slope: slope)
+                        let (slope, offset) = setGradientCoefficients(
+                            sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
+                            gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
+                        let c0 = (s % g.channelBlocks) * cps
+                        for j in 0..<cps { p[b * c + c0 + j] = Float(rstd[s] * gammaEffective[b * c + c0 + j]) }
+                        (q[s], r[s]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
                     }
                     setGradientApply(
                         dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
@@ -159,39 +136,52 @@ extension NormalizationKernels {
             if fusesPerSample(g) {
                 return nativeNormalizeBackwardPerSample(
                     dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy,
-                    x: x, mean: mean, rstd: rstd, gammaEffective: gammaEffective,
-                    activation: activation, geometry: g)
+                    x: x, mean: mean, rstd: rstd, gammaEffective: gammaEffective, activation: activation, geometry: g)
             }
             gradientSums(
                 sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, activation: activation,
                 geometry: g)
             // scratch holds: scale (coefficientCount), slope (sets), offset (sets).
             let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
-            do {
-                let meanG = scratchDouble, meanGX = meanG + g.setCount  // 2·setCount ≤ doubleScratchCount
-                meanG.initialize(repeating: 0, count: 2 * g.setCount)
-                for n in 0..<g.batch {
-                    for ch in 0..<c {
-                        let s = g.set(n: n, c: ch), ge = gammaEffective[g.coefficient(n: n, c: ch)]
-                        meanG[s] += ge * sumDy[n * c + ch]
-                        meanGX[s] += ge * sumDyCentered[n * c + ch]
-                    }
+            for s in 0..<g.setCount {
+                let (q, o) = setGradientCoefficients(
+                    sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
+                    gammaEffective: gammaEffective, set: s, centeredOnFloat: false, geometry: g)
+                (slope[s], offset[s]) = (Float(q), Float(o))
+            }
+            for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
+                for ch in 0..<c {
+                    let k = g.coefficient(n: n, c: ch)
+                    scale[k] = Float(rstd[g.set(n: n, c: ch)] * gammaEffective[k])
                 }
-                for s in 0..<g.setCount {
-                    let r = rstd[s]
-                    slope[s] = Float(-r * r * (meanGX[s] * r / count))
-                    offset[s] = Float(-r * meanG[s] / count)
+            }
+            gradientApply(
+                dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset, geometry: g)
+        }
+    }
+
+    /// The coefficients stage of the BN-form backward for set `s` (upstream `g = γ_eff·dz`, `dx = p·dz +
+    /// slope·(x − μ) + offset` with `p = rstd·γ_eff`): slope and offset from the set's per-(n, c) sums. With
+    /// `centeredOnFloat`, the sums are `Σdz·(x − μ̃)` and are first made exact, in place.
+    @inline(__always)
+    static func setGradientCoefficients(
+        sumDy: UnsafePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>, mean: UnsafePointer<Double>,
+        rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Double>, set s: Int, centeredOnFloat: Bool,
+        geometry g: NormalizationGeometry
+    ) -> (slope: Double, offset: Double) {
+        let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet, centering = Centering(mean[s])
+        var meanG = 0.0, meanGX = 0.0
+        for n in (b * g.samplesPerSet)..<((b + 1) * g.samplesPerSet) {
+            for c in c0..<(c0 + g.channelsPerSet) {
+                let row = n * g.channels + c, ge = gammaEffective[b * g.channels + c]
+                if centeredOnFloat {
+                    sumDyCentered[row] = centering.exactSum(centered: sumDyCentered[row], sumDy: sumDy[row])
                 }
-                for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
-                    for ch in 0..<c {
-                        let k = g.coefficient(n: n, c: ch)
-                        scale[k] = Float(rstd[g.set(n: n, c: ch)] * gammaEffective[k])
-                    }
-                }
-                gradientApply(
-                    dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset,
-                    geometry: g)
+                meanG += ge * sumDy[row]
+                meanGX += ge * sumDyCentered[row]
             }
         }
+        let rs = rstd[s], count = Double(g.elementsPerSet)
+        return (-rs * rs * (meanGX * rs / count), -rs * (meanG / count))
     }
 }

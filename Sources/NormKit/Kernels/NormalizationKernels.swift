@@ -12,33 +12,27 @@
 // Channels-last: per-(n, c) sums are gathered position by position into Double accumulators.
 
 /// Shape and grouping of one normalization call.
-@usableFromInline
 struct NormalizationGeometry: Equatable {
-    @usableFromInline let layout: TensorLayout
-    @usableFromInline let batch: Int
-    @usableFromInline let channels: Int
-    @usableFromInline let positions: Int
-    @usableFromInline let samplesPerSet: Int
-    @usableFromInline let channelsPerSet: Int
+    let layout: TensorLayout
+    let batch: Int
+    let channels: Int
+    let positions: Int
+    let samplesPerSet: Int
+    let channelsPerSet: Int
 
-    @usableFromInline
     init(layout: TensorLayout, batch: Int, channels: Int, positions: Int, samplesPerSet: Int, channelsPerSet: Int) {
         assert(batch % samplesPerSet == 0 && channels % channelsPerSet == 0)
-        self.layout = layout
-        self.batch = batch
-        self.channels = channels
-        self.positions = positions
-        self.samplesPerSet = samplesPerSet
-        self.channelsPerSet = channelsPerSet
+        (self.layout, self.batch, self.channels, self.positions) = (layout, batch, channels, positions)
+        (self.samplesPerSet, self.channelsPerSet) = (samplesPerSet, channelsPerSet)
     }
 
-    @usableFromInline var sampleBlocks: Int { batch / samplesPerSet }
-    @usableFromInline var channelBlocks: Int { channels / channelsPerSet }
-    @usableFromInline var setCount: Int { sampleBlocks * channelBlocks }
-    @usableFromInline var elementsPerSet: Int { samplesPerSet * channelsPerSet * positions }
+    var sampleBlocks: Int { batch / samplesPerSet }
+    var channelBlocks: Int { channels / channelsPerSet }
+    var setCount: Int { sampleBlocks * channelBlocks }
+    var elementsPerSet: Int { samplesPerSet * channelsPerSet * positions }
     /// Size of a per-(sample block, channel) coefficient array.
-    @usableFromInline var coefficientCount: Int { sampleBlocks * channels }
-    @usableFromInline var elementCount: Int { batch * channels * positions }
+    var coefficientCount: Int { sampleBlocks * channels }
+    var elementCount: Int { batch * channels * positions }
 
     @inline(__always) func set(n: Int, c: Int) -> Int {
         (n / samplesPerSet) * channelBlocks + c / channelsPerSet
@@ -56,10 +50,8 @@ enum NormalizationKernels {
 
     // MARK: Forward
 
-    /// Doubles of kernel scratch that ``statistics(mean:variance:x:scratch:geometry:)``,
-    /// ``normalize(y:mean:variance:rstd:x:gamma:beta:epsilon:scratchScale:scratchShift:scratchDouble:geometry:)`` and
-    /// ``normalizeBackward(dx:sumDy:sumDyCentered:dy:x:mean:rstd:gammaEffective:scratch:scratchDouble:geometry:)``
-    /// need (channels-last per-(n, c) sums; channels-first needs none). Callers keep it between steps.
+    /// Doubles of kernel scratch that ``statistics(mean:variance:x:scratch:geometry:)`` and `normalize` need
+    /// (channels-last per-(n, c) sums; channels-first needs none). Callers keep it between steps.
     static func doubleScratchCount(_ g: NormalizationGeometry) -> Int {
         g.layout == .channelsLast ? 2 * g.batch * g.channels : 1
     }
@@ -67,8 +59,7 @@ enum NormalizationKernels {
     /// Per-set mean and biased variance (corrected two-pass, Double results). `scratch`: ``doubleScratchCount(_:)``.
     static func statistics(
         mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
-        x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>,
-        geometry g: NormalizationGeometry
+        x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>, geometry g: NormalizationGeometry
     ) {
         switch g.layout {
         case .channelsFirst:
@@ -122,41 +113,32 @@ enum NormalizationKernels {
 
     /// The training forward: per-set statistics, the rule's `gain` and `offset` per set, then
     /// `y = act(γ_c·(gain·(x−μ)·rstd + offset) + β_c)`, fused per set in channels-first order. `gamma`/`beta` are per
-    /// channel (nil: 1 and 0). Writes mean, biased variance, rstd, gain and offset per set, and leaves the per-coefficient scale and shift in `scratchScale`/`scratchShift` and the float centres after
-    /// the shifts (per set channels-first, per coefficient channels-last: ``forwardCenter(_:geometry:)``).
+    /// channel (nil: 1 and 0). Writes mean, biased variance, rstd, gain and offset per set, and leaves the
+    /// per-coefficient scale and shift in `scratchScale`/`scratchShift` and the float centres after the shifts (per
+    /// set channels-first, per coefficient channels-last).
     static func normalize(
         y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
         variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
-        gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
-        x: UnsafePointer<Float>,
-        gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
-        rule: some NormalizationRule,
+        gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>, x: UnsafePointer<Float>,
+        gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float, rule: some NormalizationRule,
         scratchScale: UnsafeMutablePointer<Float>, scratchShift: UnsafeMutablePointer<Float>,
         scratchDouble: UnsafeMutablePointer<Double>, activation: FusedActivation = .identity,
         geometry g: NormalizationGeometry
     ) {
+        let cps = g.channelsPerSet
         switch g.layout {
         case .channelsFirst:
             // Per-row coefficients go to scale/shift[b·C + c] and centres to center[s]: each set owns its entries,
             // so threads never share one, and a batch of consecutive sets finds its coefficients consecutive.
-            let cps = g.channelsPerSet, center = scratchShift + g.coefficientCount
+            let center = scratchShift + g.coefficientCount
             Parallelism.forEachRange(count: g.setCount, work: g.elementCount) { sets in
                 g.forEachSetBatch(in: sets) { first, size in
                     batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
                     for s in first..<(first + size) {
-                        let mu = mean[s], r = 1 / (variance[s] + Double(epsilon)).squareRoot()
-                        let c0 = (s % g.channelBlocks) * cps, k0 = (s / g.channelBlocks) * g.channels + c0
-                        let set = rule.setAffine(set: s, channel: c0, mean: mu, variance: variance[s], rstd: r)
-                        (rstd[s], gain[s], offset[s]) = (r, set.gain, set.offset)
-                        // y = a·(x − μ̃) + b with μ̃ = Float(μ): not folded into a·x + b', which loses all accuracy
-                        // when |μ| ≫ σ (x = 1e4 + 0.01·randn).
-                        let centering = Centering(mu), factor = set.gain * r
-                        center[s] = centering.center
-                        for j in 0..<cps {
-                            (scratchScale[k0 + j], scratchShift[k0 + j]) = centering.coefficients(
-                                gamma: Double(gamma?[c0 + j] ?? 1), beta: Double(beta?[c0 + j] ?? 0), factor: factor,
-                                offset: set.offset)
-                        }
+                        center[s] = setCoefficients(
+                            scale: scratchScale, shift: scratchShift, rstd: rstd, gain: gain, offset: offset, set: s,
+                            mean: mean[s], variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon,
+                            rule: rule, geometry: g)
                     }
                     let batch = g.batch(ofSets: first, count: size)
                     let k0 = (first / g.channelBlocks) * g.channels + (first % g.channelBlocks) * cps
@@ -169,34 +151,45 @@ enum NormalizationKernels {
             if fusesPerSample(g) {
                 return nativeNormalizePerSample(
                     y: y, mean: mean, variance: variance, rstd: rstd, gain: gain,
-                    offset: offset, x: x, gamma: gamma, beta: beta, epsilon: epsilon,
-                    rule: rule, scale: scratchScale,
+                    offset: offset, x: x, gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, scale: scratchScale,
                     shift: scratchShift, centers: scratchShift + g.coefficientCount,
                     sums: scratchDouble, activation: activation, geometry: g)
             }
             statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
-            for s in 0..<g.setCount {
-                let r = 1 / (variance[s] + Double(epsilon)).squareRoot()
-                let set = rule.setAffine(
-                    set: s, channel: (s % g.channelBlocks) * g.channelsPerSet, mean: mean[s],
-                    variance: variance[s], rstd: r)
-                (rstd[s], gain[s], offset[s]) = (r, set.gain, set.offset)
-            }
             let centers = scratchShift + g.coefficientCount
-            for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
-                for c in 0..<g.channels {
-                    let s = g.set(n: n, c: c), k = g.coefficient(n: n, c: c)
-                    let centering = Centering(mean[s])
-                    centers[k] = centering.center
-                    (scratchScale[k], scratchShift[k]) = centering.coefficients(
-                        gamma: Double(gamma?[c] ?? 1), beta: Double(beta?[c] ?? 0), factor: gain[s] * rstd[s],
-                        offset: offset[s])
-                }
+            for s in 0..<g.setCount {
+                let center = setCoefficients(
+                    scale: scratchScale, shift: scratchShift, rstd: rstd, gain: gain, offset: offset, set: s,
+                    mean: mean[s], variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon, rule: rule,
+                    geometry: g)
+                let k0 = g.coefficient(n: (s / g.channelBlocks) * g.samplesPerSet, c: (s % g.channelBlocks) * cps)
+                (centers + k0).update(repeating: center, count: cps)
             }
             apply(
                 y: y, x: x, center: centers, scale: scratchScale, shift: scratchShift, activation: activation,
                 geometry: g)
         }
+    }
+
+    /// The coefficients stage of set `s`: `rstd = 1/sqrt(var + ε)`, the rule's `gain` and `offset`, and for each of
+    /// its channels the `scale`, `shift` of `y = scale·(x − μ̃) + shift` (at `b·C + c`); returns `μ̃ = Float(μ)`.
+    /// Centred rather than folded into `a·x + b'`, which loses all accuracy when |μ| ≫ σ (x = 1e4 + 0.01·randn).
+    @inline(__always)
+    static func setCoefficients(
+        scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Double>,
+        gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>, set s: Int, mean: Double,
+        variance: Double, gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
+        rule: some NormalizationRule, geometry g: NormalizationGeometry
+    ) -> Float {
+        let r = 1 / (variance + Double(epsilon)).squareRoot(), c0 = (s % g.channelBlocks) * g.channelsPerSet
+        let set = rule.setAffine(set: s, channel: c0, mean: mean, variance: variance, rstd: r)
+        (rstd[s], gain[s], offset[s]) = (r, set.gain, set.offset)
+        let centering = Centering(mean), row = (s / g.channelBlocks) * g.channels
+        for c in c0..<(c0 + g.channelsPerSet) {
+            (scale[row + c], shift[row + c]) = centering.coefficients(
+                gamma: Double(gamma?[c] ?? 1), beta: Double(beta?[c] ?? 0), factor: set.gain * r, offset: set.offset)
+        }
+        return centering.center
     }
 
     /// Mean and biased variance of the consecutive sets `sets` (one sample block): sets that fit in a statistics
@@ -235,8 +228,7 @@ enum NormalizationKernels {
         @inline(__always) func base(_ n: Int) -> UnsafePointer<Float> { x + (n * g.channels + c0) * m }
         /// Calls `body` on each contiguous piece between (n0, o0) and (n1, o1) (sample, offset in its run).
         @inline(__always) func forEachPiece(
-            _ n0: Int, _ o0: Int, _ n1: Int, _ o1: Int,
-            _ body: (UnsafePointer<Float>, Int) -> Void
+            _ n0: Int, _ o0: Int, _ n1: Int, _ o1: Int, _ body: (UnsafePointer<Float>, Int) -> Void
         ) {
             var n = n0, o = o0
             while n < n1 || (n == n1 && o < o1) {
@@ -282,50 +274,5 @@ enum NormalizationKernels {
             count = merged
         }
         return (mean, max(0, m2 / count))
-    }
-
-    /// Channels-last statistics: per-(n, c) sums in Double, then per-set means and centred sums.
-    /// `scratch` holds the per-(n, c) sums: ``doubleScratchCount(_:)`` doubles.
-    static func statisticsChannelsLast(
-        mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
-        x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Double>,
-        geometry g: NormalizationGeometry
-    ) {
-        if nativeChannelsLast {
-            return nativeStatisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratch, geometry: g)
-        }
-        let c = g.channels, m = g.positions, count = Double(g.elementsPerSet)
-        do {
-            let s1 = scratch, s2 = scratch + g.batch * c
-            Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
-                for n in samples {
-                    let acc = s1 + n * c
-                    acc.initialize(repeating: 0, count: c)
-                    for p in 0..<m {
-                        let xr = x + (n * m + p) * c
-                        for ch in 0..<c { acc[ch] += Double(xr[ch]) }
-                    }
-                }
-            }
-            for s in 0..<g.setCount { mean[s] = 0 }
-            for n in 0..<g.batch { for ch in 0..<c { mean[g.set(n: n, c: ch)] += s1[n * c + ch] } }
-            for s in 0..<g.setCount { mean[s] /= count }
-            Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
-                for n in samples {
-                    let acc = s2 + n * c
-                    acc.initialize(repeating: 0, count: c)
-                    for p in 0..<m {
-                        let xr = x + (n * m + p) * c
-                        for ch in 0..<c {
-                            let d = Double(xr[ch]) - mean[g.set(n: n, c: ch)]
-                            acc[ch] += d * d
-                        }
-                    }
-                }
-            }
-            for s in 0..<g.setCount { variance[s] = 0 }
-            for n in 0..<g.batch { for ch in 0..<c { variance[g.set(n: n, c: ch)] += s2[n * c + ch] } }
-            for s in 0..<g.setCount { variance[s] = max(0, variance[s] / count) }
-        }
     }
 }

@@ -58,8 +58,7 @@ extension NormalizationGeometry {
 /// read the set: callers use it on sets that stay in cache (``NormalizationKernels/statisticsChunk``).
 @inline(__always) @usableFromInline
 func setMoments(
-    mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Float>,
-    _ batch: SetBatch
+    mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Float>, _ batch: SetBatch
 ) {
     if nativeKernels {
         nk_sets_moments(x, batch.sets, batch.setStride, batch.pieces, batch.run, batch.pieceStride, mean, m2)
@@ -130,8 +129,7 @@ func setGradientSums(
                 let out = j * batch.rows + p * outStride + r
                 if let activation {
                     activation.portableRow(
-                        dy: dy + o, x: x + o, count: batch.m, coefficient: j * batch.rows + r,
-                        element: o)
+                        dy: dy + o, x: x + o, count: batch.m, coefficient: j * batch.rows + r, element: o)
                     (s1[out], s2[out]) = portableRowGradientSums(activation.dz + o, x + o, batch.m, center: k[j])
                 } else {
                     (s1[out], s2[out]) = portableRowGradientSums(dy + o, x + o, batch.m, center: k[j])
@@ -150,8 +148,7 @@ func setGradientApply(
 ) {
     if nativeKernels {
         nk_sets_gradient_apply(
-            dx, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m,
-            batch.pieceStride, p, q, r, k)
+            dx, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m, batch.pieceStride, p, q, r, k)
         return
     }
     for j in 0..<batch.sets {
@@ -159,8 +156,7 @@ func setGradientApply(
             for row in 0..<batch.rows {
                 let o = j * batch.setStride + piece * batch.pieceStride + row * batch.m
                 portableRowGradientApply(
-                    dx + o, dy + o, x + o, batch.m, p: p[j * batch.rows + row], q: q[j],
-                    r: r[j], center: k[j])
+                    dx + o, dy + o, x + o, batch.m, p: p[j * batch.rows + row], q: q[j], r: r[j], center: k[j])
             }
         }
     }

@@ -40,31 +40,17 @@ struct StatisticsWorkspace {
         let scratchCount = 3 * g.coefficientCount + 3 * g.setCount  // see NormalizationKernels
         if scratch.count < scratchCount { scratch = [Float](repeating: 0, count: scratchCount) }
         y.prepare(shape: x.shape, layout: x.layout)
+        let doubles = NormalizationKernels.doubleScratchCount(g), n = g.coefficientCount
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
-                mean.withUnsafeMutableBufferPointer { mp in
-                    variance.withUnsafeMutableBufferPointer { vp in
-                        rstd.withUnsafeMutableBufferPointer { rp in
-                            gain.withUnsafeMutableBufferPointer { gainp in
-                                offset.withUnsafeMutableBufferPointer { offsetp in
-                                    scratch.withUnsafeMutableBufferPointer { sp in
-                                        scratchDouble.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
-                                            withOptionalPointers(gamma, beta) { gp, bp in
-                                                NormalizationKernels.normalize(
-                                                    y: yp.baseAddress!, mean: mp.baseAddress!,
-                                                    variance: vp.baseAddress!,
-                                                    rstd: rp.baseAddress!, gain: gainp.baseAddress!,
-                                                    offset: offsetp.baseAddress!, x: xp.baseAddress!, gamma: gp,
-                                                    beta: bp,
-                                                    epsilon: epsilon, rule: rule, scratchScale: sp.baseAddress!,
-                                                    scratchShift: sp.baseAddress! + g.coefficientCount,
-                                                    scratchDouble: dp,
-                                                    activation: activation, geometry: g)
-                                            }
-                                        }
-                                    }
-                                }
-                            }
+                scratch.withUnsafeMutableBufferPointer { sp in
+                    scratchDouble.withDoubles(doubles) { dp in
+                        withOptionalPointers(gamma, beta) { gp, bp in
+                            NormalizationKernels.normalize(
+                                y: yp.baseAddress!, mean: &mean, variance: &variance, rstd: &rstd, gain: &gain,
+                                offset: &offset, x: xp.baseAddress!, gamma: gp, beta: bp, epsilon: epsilon, rule: rule,
+                                scratchScale: sp.baseAddress!, scratchShift: sp.baseAddress! + n, scratchDouble: dp,
+                                activation: activation, geometry: g)
                         }
                     }
                 }
@@ -74,8 +60,7 @@ struct StatisticsWorkspace {
     }
 
     /// Keeps the forward's `z = scale·(x − center) + shift` per coefficient (from `scratch`, where
-    /// ``NormalizationKernels/normalize(y:mean:variance:rstd:x:gamma:beta:epsilon:scratchScale:scratchShift:scratchDouble:activation:geometry:)``
-    /// leaves it) for the backward of a fused activation.
+    /// `NormalizationKernels.normalize` leaves it) for the backward of a fused activation.
     mutating func recordPreActivation(_ activation: FusedActivation, geometry g: NormalizationGeometry) {
         let n = g.coefficientCount
         scratch.withUnsafeBufferPointer { sp in
@@ -126,20 +111,13 @@ struct StatisticsWorkspace {
         x.withUnsafeBufferPointer { xp in
             dy.withUnsafeBufferPointer { dyp in
                 dx.withUnsafeMutableBufferPointer { dxp in
-                    sumDy.withUnsafeMutableBufferPointer { s1 in
-                        sumDyCentered.withUnsafeMutableBufferPointer { s2 in
-                            scratch.withUnsafeMutableBufferPointer { sp in
-                                scratchDouble.withDoubles(NormalizationKernels.doubleScratchCount(g)) { dp in
-                                    preActivation.withBackward(dz: dxp.baseAddress!) { activation in
-                                        NormalizationKernels.normalizeBackward(
-                                            dx: dxp.baseAddress!, sumDy: s1.baseAddress!,
-                                            sumDyCentered: s2.baseAddress!, dy: dyp.baseAddress!, x: xp.baseAddress!,
-                                            mean: mean, rstd: rstd, gammaEffective: gammaEffective,
-                                            scratch: sp.baseAddress!, scratchDouble: dp, activation: activation,
-                                            geometry: g)
-                                    }
-                                }
-                            }
+                    scratch.withUnsafeMutableBufferPointer { sp in
+                        preActivation.withBackward(dz: dxp.baseAddress!) { activation in
+                            NormalizationKernels.normalizeBackward(
+                                dx: dxp.baseAddress!, sumDy: &sumDy, sumDyCentered: &sumDyCentered,
+                                dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
+                                gammaEffective: gammaEffective, scratch: sp.baseAddress!, activation: activation,
+                                geometry: g)
                         }
                     }
                 }
@@ -165,8 +143,7 @@ struct KernelScratch {
 
 /// Calls `body` with pointers to two optional arrays (nil pointers for nil arrays).
 func withOptionalPointers<R>(
-    _ a: [Float]?, _ b: [Float]?,
-    _ body: (UnsafePointer<Float>?, UnsafePointer<Float>?) -> R
+    _ a: [Float]?, _ b: [Float]?, _ body: (UnsafePointer<Float>?, UnsafePointer<Float>?) -> R
 ) -> R {
     guard let a, let b else { return body(nil, nil) }
     return a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in body(ap.baseAddress, bp.baseAddress) } }
