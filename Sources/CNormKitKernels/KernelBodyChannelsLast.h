@@ -73,7 +73,7 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, float *fa, float *fb
 NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s2, const float *dy, const float *x,
                             long m, long c, long w, const float *k, const nk_activation_backward *b) {
     float fa[CL_MAX + NK_LANES], fb[CL_MAX + NK_LANES];
-    const long fit = 8192 / c, tile = fit < 1 ? 1 : fit < CL_ROWS ? fit : CL_ROWS;
+    const long fit = 8192 / w, tile = fit < 1 ? 1 : fit < CL_ROWS ? fit : CL_ROWS;
     for (long p0 = 0; p0 < m; p0 += tile) {
         const long rows = p0 + tile < m ? tile : m - p0;
         for (long j = 0; j < w + NK_LANES; j++) fa[j] = fb[j] = 0;  // the lanes past w are loaded, never used
@@ -88,21 +88,21 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s
 }
 
 NK_INLINE void cl_pairs(const int grad, const int act, double *s1, double *s2, const float *dy, const float *x,
-                        long m, long c, const float *k, const nk_activation_backward *b) {
-    for (long c0 = 0; c0 < c; c0 += CL_MAX) {
-        const long w = c - c0 < CL_MAX ? c - c0 : CL_MAX;
+                        long m, long c, long w, const float *k, const nk_activation_backward *b) {
+    for (long c0 = 0; c0 < w; c0 += CL_MAX) {
+        const long cw = w - c0 < CL_MAX ? w - c0 : CL_MAX;
         nk_activation_backward moved = act ? act_at(b, c0, c0) : (nk_activation_backward){0};
-        cl_pairs_run(grad, act, s1 + c0, s2 + c0, grad ? dy + c0 : NULL, x + c0, m, c, w, k ? k + c0 : NULL, &moved);
+        cl_pairs_run(grad, act, s1 + c0, s2 + c0, grad ? dy + c0 : NULL, x + c0, m, c, cw, k ? k + c0 : NULL, &moved);
     }
 }
 
-NK_FN void cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, const float *k) {
-    cl_pairs(0, 0, s1, s2, NULL, x, m, c, k, NULL);
+NK_FN void cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k) {
+    cl_pairs(0, 0, s1, s2, NULL, x, m, c, w, k, NULL);
 }
 
-NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k,
-                            const nk_activation_backward *b) {
-#define CL_GRADIENT_SUMS(A) cl_pairs(1, A, s1, s2, dy, x, m, c, k, b)
+NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, long w,
+                            const float *k, const nk_activation_backward *b) {
+#define CL_GRADIENT_SUMS(A) cl_pairs(1, A, s1, s2, dy, x, m, c, w, k, b)
     ACT_DISPATCH(b ? b->kind : NK_IDENTITY, CL_GRADIENT_SUMS)
 #undef CL_GRADIENT_SUMS
 }
@@ -131,34 +131,34 @@ NK_INLINE void cl_apply_run(const int grad, const int act, float *out, const flo
 }
 
 NK_INLINE void cl_apply(const int grad, const int act, float *out, const float *dy, const float *x, long m, long c,
-                        const float *p, const float *a, const float *b, const float *k) {
-    if (c <= CL_WIDTH) {
-        cl_apply_run(grad, act, out, dy, x, m, c, c, p, a, b, k);
+                        long w, const float *p, const float *a, const float *b, const float *k) {
+    if (w <= CL_WIDTH) {
+        cl_apply_run(grad, act, out, dy, x, m, c, w, p, a, b, k);
         return;
     }
     // Wide rows: tiles of about 32 KB of rows, swept once per CL_WIDTH channels while in L1 (coefficients in
     // registers for each sweep).
-    const long tile = c >= 8192 ? 1 : 8192 / c;
+    const long tile = w >= 8192 ? 1 : 8192 / w;
     for (long p0 = 0; p0 < m; p0 += tile) {
         const long rows = p0 + tile < m ? tile : m - p0, o = p0 * c;
-        for (long c0 = 0; c0 < c; c0 += CL_WIDTH) {
-            const long w = c - c0 < CL_WIDTH ? c - c0 : CL_WIDTH;
-            cl_apply_run(grad, act, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, rows, c, w,
+        for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
+            const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
+            cl_apply_run(grad, act, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, rows, c, cw,
                          grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL);
         }
     }
 }
 
-NK_FN void cl_affine_centered(float *y, const float *x, long m, long c, const float *k, const float *a,
+NK_FN void cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
                               const float *b, int act) {
-#define CL_AFFINE(A) cl_apply(0, A, y, NULL, x, m, c, NULL, a, b, k)
+#define CL_AFFINE(A) cl_apply(0, A, y, NULL, x, m, c, w, NULL, a, b, k)
     ACT_DISPATCH(act, CL_AFFINE)
 #undef CL_AFFINE
 }
 
-NK_FN void cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, const float *p,
+NK_FN void cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
                              const float *q, const float *r, const float *k) {
-    cl_apply(1, 0, dx, dy, x, m, c, p, q, r, k);
+    cl_apply(1, 0, dx, dy, x, m, c, w, p, q, r, k);
 }
 
 #define NK_TABLE_ENTRY(name) .name = name,

@@ -113,21 +113,21 @@ void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long set
     NK_FORWARD(sets_gradient_apply(dx, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k));
 }
 
-void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, const float *k) {
-    NK_FORWARD(cl_centered_sums(s1, s2, x, m, c, k));
+void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k) {
+    NK_FORWARD(cl_centered_sums(s1, s2, x, m, c, w, k));
 }
 
-void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k,
-                         const nk_activation_backward *act) {
-    NK_FORWARD(cl_gradient_sums(s1, s2, dy, x, m, c, k, act));
+void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, long w,
+                         const float *k, const nk_activation_backward *act) {
+    NK_FORWARD(cl_gradient_sums(s1, s2, dy, x, m, c, w, k, act));
 }
 
-void nk_cl_affine_centered(float *y, const float *x, long m, long c, const float *k, const float *a,
+void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
                            const float *b, int act) {
-    NK_FORWARD(cl_affine_centered(y, x, m, c, k, a, b, act));
+    NK_FORWARD(cl_affine_centered(y, x, m, c, w, k, a, b, act));
 }
 
-void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, const float *p,
+void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
                           const float *q, const float *r, const float *k) {
-    NK_FORWARD(cl_gradient_apply(dx, dy, x, m, c, p, q, r, k));
+    NK_FORWARD(cl_gradient_apply(dx, dy, x, m, c, w, p, q, r, k));
 }

@@ -10,7 +10,8 @@ import _NormKitTestSupport
 ///   input equal those of the same layer on the channels-first input, and a float64 reference;
 /// - the native, AVX2 and portable kernels agree with each other;
 /// - channel counts that are not multiples of 8 or 16 (3, 17, 65, 70) and larger than one 4-vector chunk (65, 70,
-///   130), positions 1, 7, 49, 300 and 3000 (more than one 2048-position block);
+///   130), positions 1, 7, 49, 300 and 3000 (more than one 2048-position block); 520 channels, cut into slices of
+///   whole sets on two threads (the tiled path's slices, `NormalizationKernels.tileWidth`);
 /// - the hard input `x = 1e4 + 0.01·randn` is as accurate channels-last as channels-first;
 /// - results do not depend on the thread count and repeat exactly.
 ///
@@ -21,13 +22,13 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
 
     // MARK: - Shapes and cases
 
-    /// `[N, C, spatial…]`: channels 3, 8, 17, 64, 65, 70, 130; positions 1, 7, 49, 300, 3000.
+    /// `[N, C, spatial…]`: channels 3, 8, 17, 64, 65, 70, 130, 520; positions 1, 7, 9, 49, 300, 3000.
     static let shapes: [[Int]] = [
         [6, 3], [6, 17], [6, 130],
         [4, 8, 7], [4, 65, 7], [4, 17, 7],
         [4, 70, 7, 7], [4, 3, 7, 7], [2, 64, 49], [2, 130, 7, 7],
         [1, 70, 3, 10, 10],
-        [2, 3, 3000], [2, 17, 50, 60], [2, 130, 3000],
+        [2, 3, 3000], [2, 17, 50, 60], [2, 130, 3000], [2, 520, 3, 3],
     ]
 
     /// GN group counts per channel count: LN (1), IN (C) and some in between.
@@ -38,6 +39,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         case 65: return [1, 5, 13, 65]
         case 70: return [1, 7, 35, 70]
         case 130: return [1, 13, 65, 130]
+        case 520: return [1, 8, 520]
         default: return [1, c]
         }
     }

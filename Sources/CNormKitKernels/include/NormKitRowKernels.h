@@ -69,20 +69,20 @@ void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long set
                             const float *k);
 
 /*
- * Channels-last (NHWC) kernels over one sample: m positions, each a row of c contiguous floats; per-channel
- * arrays (k, a, b, p, q, r) have c entries. Vectorised across channels; each float lane adds at most 64
- * positions before its total is added in double.
+ * Channels-last (NHWC) kernels: channels 0 … w − 1 (w ≤ c) of m rows (positions) c floats apart, so a call covers a
+ * slice of channels of one or more consecutive samples; per-channel arrays (k, a, b, p, q, r) have w entries.
+ * Vectorised across channels; each float lane adds at most 64 positions before its total is added in double.
  */
 /* s1[ch] += Σ (x − k[ch]), s2[ch] += Σ (x − k[ch])² (k NULL: 0). */
-void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, const float *k);
+void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k);
 /* s1[ch] += Σ dy, s2[ch] += Σ dy·(x − k[ch]) (dy: dz with a fused activation). */
-void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, const float *k,
-                         const nk_activation_backward *act);
+void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, long w,
+                         const float *k, const nk_activation_backward *act);
 /* y = act(a[ch]·(x − k[ch]) + b[ch]) (k NULL: 0; y may alias x). */
-void nk_cl_affine_centered(float *y, const float *x, long m, long c, const float *k, const float *a,
+void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
                            const float *b, int act);
 /* dx = p[ch]·dy + q[ch]·(x − k[ch]) + r[ch]. */
-void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, const float *p,
+void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
                           const float *q, const float *r, const float *k);
 
 #ifdef __cplusplus

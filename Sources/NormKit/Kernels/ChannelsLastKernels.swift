@@ -47,7 +47,7 @@ extension NormalizationKernels {
         _ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Float>, rows: Int,
         channels c: Int, shift k: UnsafePointer<Float>
     ) {
-        if nativeChannelsLast { return nk_cl_centered_sums(s1, s2, x, rows, c, k) }
+        if nativeChannelsLast { return nk_cl_centered_sums(s1, s2, x, rows, c, c, k) }
         for p in 0..<rows {
             for ch in 0..<c {
                 let d = Double(x[p * c + ch]) - Double(k[ch])
@@ -103,7 +103,7 @@ extension NormalizationKernels {
             forEachSampleRun(rows, positions: m) { n, first, count in
                 let k0 = g.coefficient(n: n, c: 0)
                 nk_cl_affine_centered(
-                    y + first * c, x + first * c, count, c, center.map { $0 + k0 }, scale + k0,
+                    y + first * c, x + first * c, count, c, c, center.map { $0 + k0 }, scale + k0,
                     shift + k0, activation.kernelCode)
             }
         }
@@ -125,7 +125,7 @@ extension NormalizationKernels {
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
                     withKernelActivation(activation, coefficient: g.coefficient(n: n, c: 0), element: n * m * c) {
-                        nk_cl_gradient_sums(a1, a2, dy + n * m * c, x + n * m * c, m, c, k.baseAddress!, $0)
+                        nk_cl_gradient_sums(a1, a2, dy + n * m * c, x + n * m * c, m, c, c, k.baseAddress!, $0)
                     }
                     for ch in 0..<c {
                         a2[ch] = Centering(center[g.set(n: n, c: ch)]).exactSum(centered: a2[ch], sumDy: a1[ch])
@@ -155,99 +155,134 @@ extension NormalizationKernels {
                         r[ch] = centering.offset(Double(offset[s]), slope: Double(slope[s]))
                     }
                     let o = first * c
-                    nk_cl_gradient_apply(dx + o, dy + o, x + o, count, c, scale + g.coefficient(n: n, c: 0), q, r, k)
+                    nk_cl_gradient_apply(dx + o, dy + o, x + o, count, c, c, scale + g.coefficient(n: n, c: 0), q, r, k)
                 }
             }
         }
     }
 }
 
-// Sets inside one sample (GN, LN, IN: samplesPerSet = 1): the whole pipeline per sample, so a sample small enough
-// to stay in L2 is read from memory once per pass direction (statistics, coefficients, apply while it is cached).
+// Tiles: one sample block (BN: the batch or a ghost batch; GN, LN, IN: a sample) by a slice of channels holding
+// whole sets, small enough to stay in L2. The whole pipeline runs per tile (statistics, coefficients, apply while
+// the tile is cached; the backward likewise), so x is read from memory once per direction. The rows of a slice are
+// `w` channels of each position, `C` floats apart: narrower than `minimumSlice` they cost more than the second read
+// they save (the prefetchers fetch whole rows; `normkit bench` measured 16–80-channel slices of 256–512-channel
+// rows 1.2–1.4× slower than the unfused path), so such shapes take the unfused path.
 extension NormalizationKernels {
-    /// Samples up to this many floats (4 MB: L2, or the L3 of this project's machines) take the per-sample fused path.
+    /// Floats of `x` per tile (512 KB: with `x`, `dy` and `dx` of the backward it stays in a 2 MB L2).
+    static let tileFloats = 1 << 17
+    /// The narrowest slice of a row that is not the whole row (1 KB).
+    static let minimumSlice = 256
+    /// Samples up to this many floats (4 MB) still take one whole-sample tile when no slice stays in cache (GN of
+    /// wide rows, LN).
     static let fusedSampleFloats = 1 << 20
 
-    /// Whether ``nativeNormalizePerSample(y:mean:variance:rstd:x:gamma:beta:epsilon:scale:shift:centers:sums:geometry:)``
-    /// and ``nativeNormalizeBackwardPerSample(dx:sumDy:sumDyCentered:dy:x:mean:rstd:gammaEffective:geometry:)``
-    /// apply to `g`.
-    static func fusesPerSample(_ g: NormalizationGeometry) -> Bool {
-        nativeChannelsLast && g.samplesPerSet == 1 && g.channels * g.positions <= fusedSampleFloats
+    /// The slice width (channels) of the tiled path for `g`, or nil for the unfused path (statistics of the whole
+    /// tensor, then the apply). Whole rows when a block's rows fit a tile and there is a block per thread; else
+    /// slices of at least ``minimumSlice`` channels holding whole sets, one per thread at least; else, for sets
+    /// inside one sample, the whole sample up to ``fusedSampleFloats``.
+    static func tileWidth(_ g: NormalizationGeometry) -> Int? {
+        guard nativeChannelsLast, g.channels > 0, g.positions > 0 else { return nil }
+        let rows = g.samplesPerSet * g.positions, c = g.channels, fit = tileFloats / rows
+        let threads = Parallelism.threadCount, slicesPerBlock = (threads + g.sampleBlocks - 1) / g.sampleBlocks
+        if c <= fit && g.sampleBlocks >= threads { return c }
+        let cps = g.channelsPerSet, step = cps % 16 == 0 || 16 % cps != 0 ? cps : 16  // whole sets, whole vectors
+        let width = min(fit, (c + slicesPerBlock - 1) / slicesPerBlock) / step * step
+        if width >= minimumSlice { return min(width, c) }
+        return g.samplesPerSet == 1 && rows * c <= fusedSampleFloats ? c : nil
     }
 
-    /// The training forward per sample: one-pass shifted statistics of its sets, their coefficients, then
-    /// `y = act(a·(x − μ̃) + b)` while the sample is in cache. `centers`/`scale`/`shift` get per-(n, c) entries.
-    static func nativeNormalizePerSample(
-        y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>,
-        variance: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>,
-        gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
-        x: UnsafePointer<Float>, gamma: UnsafePointer<Float>?,
-        beta: UnsafePointer<Float>?, epsilon: Float, rule: some NormalizationRule,
-        scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>,
-        centers: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>,
-        activation: FusedActivation, geometry g: NormalizationGeometry
+    /// Calls `body(block, firstChannel, width)` for the tiles `tiles` of slices `width` channels wide.
+    @inline(__always)
+    private static func forEachTile(
+        _ tiles: Range<Int>, width: Int, geometry g: NormalizationGeometry, _ body: (Int, Int, Int) -> Void
     ) {
-        let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
-        let count = Double(g.elementsPerSet)
-        Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
-            for n in samples {
-                let xs = x + n * m * c, a1 = sums + n * c, a2 = sums + (g.batch + n) * c
-                a1.update(repeating: 0, count: c)
-                a2.update(repeating: 0, count: c)
-                nk_cl_centered_sums(a1, a2, xs, m, c, xs)  // shifted by the sample's first row
-                for j in 0..<blocks {
-                    let s = n * blocks + j, c0 = j * cps
-                    let (mu, v) = shiftedMoments(positions: m, count: count, entries: cps) { i in
-                        (Double(xs[c0 + i]), a1[c0 + i], a2[c0 + i])
-                    }
-                    (mean[s], variance[s]) = (mu, v)
-                    let center = setCoefficients(
-                        scale: scale, shift: shift, rstd: rstd, gain: gain, offset: offset, set: s, mean: mu,
-                        variance: v, gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, geometry: g)
-                    (centers + n * c + c0).update(repeating: center, count: cps)
+        let slices = (g.channels + width - 1) / width
+        for tile in tiles {
+            let c0 = (tile % slices) * width
+            body(tile / slices, c0, min(width, g.channels - c0))
+        }
+    }
+
+    /// The training forward per tile: one-pass shifted statistics of the tile's sets (shift: the block's first row),
+    /// their coefficients, then `y = act(a·(x − μ̃) + b)` while the tile is in cache. `centers`/`scale`/`shift`
+    /// get per-(block, channel) entries; `sums` holds the per-(n, c) sums (``doubleScratchCount(_:)``).
+    static func nativeNormalizeTiled(
+        y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
+        rstd: UnsafeMutablePointer<Double>, gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
+        x: UnsafePointer<Float>, gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
+        rule: some NormalizationRule, scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>,
+        centers: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>, activation: FusedActivation,
+        width: Int, geometry g: NormalizationGeometry
+    ) {
+        let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
+        let count = Double(g.elementsPerSet), tiles = g.sampleBlocks * ((c + width - 1) / width)
+        Parallelism.forEachRange(count: tiles, work: g.elementCount) { range in
+            forEachTile(range, width: width, geometry: g) { b, c0, w in
+                let n0 = b * sps, first = x + n0 * m * c + c0
+                for n in n0..<(n0 + sps) {
+                    let a1 = sums + n * c + c0, a2 = sums + (g.batch + n) * c + c0
+                    a1.update(repeating: 0, count: w)
+                    a2.update(repeating: 0, count: w)
+                    nk_cl_centered_sums(a1, a2, x + n * m * c + c0, m, c, w, first)
                 }
+                for s in (b * g.channelBlocks + c0 / cps)..<(b * g.channelBlocks + (c0 + w) / cps) {
+                    let sc0 = (s % g.channelBlocks) * cps
+                    (mean[s], variance[s]) = shiftedMoments(positions: m, count: count, entries: sps * cps) { i in
+                        let ch = sc0 + i % cps, e = (n0 + i / cps) * c + ch
+                        return (Double(first[ch - c0]), sums[e], sums[g.batch * c + e])
+                    }
+                    let center = setCoefficients(
+                        scale: scale, shift: shift, rstd: rstd, gain: gain, offset: offset, set: s, mean: mean[s],
+                        variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, geometry: g)
+                    (centers + b * c + sc0).update(repeating: center, count: cps)
+                }
+                let k = b * c + c0, o = n0 * m * c + c0
                 nk_cl_affine_centered(
-                    y + n * m * c, xs, m, c, centers + n * c, scale + n * c, shift + n * c, activation.kernelCode)
+                    y + o, x + o, sps * m, c, w, centers + k, scale + k, shift + k, activation.kernelCode)
             }
         }
     }
 
-    /// The training backward per sample: gradient sums of its sets, their slopes and offsets, then `dx` while the
-    /// sample's `x` and `dy` are in cache. Writes the per-(n, c) `Σdy`, `Σdy·(x−μ)` as the unfused path does. With
-    /// a fused activation the sums pass turns `dy` into `dz` (written to `activation.dz`, normally `dx`) and the
-    /// apply reads it back while it is cached.
-    static func nativeNormalizeBackwardPerSample(
+    /// The training backward per tile: gradient sums of the tile's sets, their slopes and offsets, then `dx` while
+    /// the tile's `x` and `dy` are in cache. Writes the per-(n, c) `Σdy`, `Σdy·(x−μ)` as the unfused path does.
+    /// With a fused activation the sums pass turns `dy` into `dz` (written to `activation.dz`, normally `dx`) and
+    /// the apply reads it back while it is cached. `scratch`: `4·coefficientCount` floats (a tile's per-channel
+    /// `k`, `p`, `q`, `r` at its own coefficients).
+    static func nativeNormalizeBackwardTiled(
         dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
-        sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
-        x: UnsafePointer<Float>, mean: UnsafePointer<Double>,
-        rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Double>,
-        activation: ActivationBackward?, geometry g: NormalizationGeometry
+        sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Double>,
+        scratch: UnsafeMutablePointer<Float>, activation: ActivationBackward?, width: Int,
+        geometry g: NormalizationGeometry
     ) {
-        let c = g.channels, m = g.positions, cps = g.channelsPerSet, blocks = g.channelBlocks
-        Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * c) { rows in
-                let k = rows.baseAddress!, p = k + c, q = p + c, r = q + c
-                for n in samples {
-                    let o = n * m * c, a1 = sumDy + n * c, a2 = sumDyCentered + n * c
-                    for ch in 0..<c { k[ch] = Centering(mean[n * blocks + ch / cps]).center }
-                    a1.update(repeating: 0, count: c)
-                    a2.update(repeating: 0, count: c)
-                    withKernelActivation(activation, coefficient: n * c, element: o) {
-                        nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, k, $0)
+        let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
+        let tiles = g.sampleBlocks * ((c + width - 1) / width)
+        let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
+        Parallelism.forEachRange(count: tiles, work: 2 * g.elementCount) { range in
+            forEachTile(range, width: width, geometry: g) { b, c0, w in
+                let k = scratch + 4 * (b * c + c0), p = k + w, q = p + w, r = q + w
+                let s0 = b * g.channelBlocks + c0 / cps, n0 = b * sps
+                for j in 0..<w { k[j] = Centering(mean[s0 + j / cps]).center }
+                for n in n0..<(n0 + sps) {
+                    let o = n * m * c + c0, a1 = sumDy + n * c + c0, a2 = sumDyCentered + n * c + c0
+                    a1.update(repeating: 0, count: w)
+                    a2.update(repeating: 0, count: w)
+                    withKernelActivation(activation, coefficient: b * c + c0, element: o) {
+                        nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, w, k, $0)
                     }
-                    for j in 0..<blocks {
-                        let s = n * blocks + j, c0 = j * cps
-                        let (slope, offset) = setGradientCoefficients(
-                            sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
-                            gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
-                        for ch in c0..<(c0 + cps) {
-                            p[ch] = Float(rstd[s] * gammaEffective[n * c + ch])
-                            (q[ch], r[ch]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
-                        }
-                    }
-                    let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
-                    nk_cl_gradient_apply(dx + o, upstream + o, x + o, m, c, p, q, r, k)
                 }
+                for s in s0..<(s0 + w / cps) {
+                    let (slope, offset) = setGradientCoefficients(
+                        sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
+                        gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
+                    for j in ((s - s0) * cps)..<((s - s0 + 1) * cps) {
+                        p[j] = Float(rstd[s] * gammaEffective[b * c + c0 + j])
+                        (q[j], r[j]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
+                    }
+                }
+                let o = n0 * m * c + c0
+                nk_cl_gradient_apply(dx + o, upstream + o, x + o, sps * m, c, w, p, q, r, k)
             }
         }
     }

@@ -133,10 +133,10 @@ extension NormalizationKernels {
                 }
             }
         case .channelsLast:
-            if fusesPerSample(g) {
-                return nativeNormalizeBackwardPerSample(
-                    dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy,
-                    x: x, mean: mean, rstd: rstd, gammaEffective: gammaEffective, activation: activation, geometry: g)
+            if let width = tileWidth(g) {
+                return nativeNormalizeBackwardTiled(
+                    dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, mean: mean, rstd: rstd,
+                    gammaEffective: gammaEffective, scratch: scratch, activation: activation, width: width, geometry: g)
             }
             gradientSums(
                 sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, activation: activation,

@@ -148,12 +148,12 @@ enum NormalizationKernels {
                 }
             }
         case .channelsLast:
-            if fusesPerSample(g) {
-                return nativeNormalizePerSample(
-                    y: y, mean: mean, variance: variance, rstd: rstd, gain: gain,
-                    offset: offset, x: x, gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, scale: scratchScale,
-                    shift: scratchShift, centers: scratchShift + g.coefficientCount,
-                    sums: scratchDouble, activation: activation, geometry: g)
+            if let width = tileWidth(g) {
+                return nativeNormalizeTiled(
+                    y: y, mean: mean, variance: variance, rstd: rstd, gain: gain, offset: offset, x: x, gamma: gamma,
+                    beta: beta, epsilon: epsilon, rule: rule, scale: scratchScale, shift: scratchShift,
+                    centers: scratchShift + g.coefficientCount, sums: scratchDouble, activation: activation,
+                    width: width, geometry: g)
             }
             statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
             let centers = scratchShift + g.coefficientCount

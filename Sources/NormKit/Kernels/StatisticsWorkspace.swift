@@ -37,8 +37,7 @@ struct StatisticsWorkspace {
             gain = mean
             offset = mean
         }
-        let scratchCount = 3 * g.coefficientCount + 3 * g.setCount  // see NormalizationKernels
-        if scratch.count < scratchCount { scratch = [Float](repeating: 0, count: scratchCount) }
+        reserveScratch(g)
         y.prepare(shape: x.shape, layout: x.layout)
         let doubles = NormalizationKernels.doubleScratchCount(g), n = g.coefficientCount
         x.withUnsafeBufferPointer { xp in
@@ -57,6 +56,12 @@ struct StatisticsWorkspace {
             }
         }
         recordPreActivation(activation, geometry: g)
+    }
+
+    /// Grows ``scratch`` to what the forward and backward kernels take for `g` (coefficients, centres, a tile's rows).
+    private mutating func reserveScratch(_ g: NormalizationGeometry) {
+        let count = 4 * g.coefficientCount + 3 * g.setCount
+        if scratch.count < count { scratch = [Float](repeating: 0, count: count) }
     }
 
     /// Keeps the forward's `z = scale·(x − center) + shift` per coefficient (from `scratch`, where
@@ -108,6 +113,7 @@ struct StatisticsWorkspace {
             }
         }
         dx.prepare(shape: x.shape, layout: x.layout)
+        reserveScratch(g)
         x.withUnsafeBufferPointer { xp in
             dy.withUnsafeBufferPointer { dyp in
                 dx.withUnsafeMutableBufferPointer { dxp in
