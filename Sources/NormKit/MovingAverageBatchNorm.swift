@@ -274,8 +274,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                     if meanForm {
                         center = useBatch ? mean[s] : ringMean(meanRing, ch)
                         if finite {
-                            runningMean[ch] = Float(
-                                keep * Double(runningMean[ch]) + (1 - keep) * center)
+                            runningMean[ch] = Float(keep * Double(runningMean[ch]) + (1 - keep) * center)
                         }
                     }
                     if finite {
