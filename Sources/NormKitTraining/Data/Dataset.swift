@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 
 /// The mean and standard deviation of pixels scaled to [0, 1]: the one scalar each that standardises a dataset.
@@ -192,8 +193,22 @@ public struct Dataset: Sendable {
         if let limit, limit < 1 {
             throw DataError.invalidArgument(name: "sample limit", value: "\(limit)", expected: "at least 1")
         }
-        let labelFile = try IDXFile.read(from: labelsFile, expectedMagic: IDXFile.labelsMagic)
-        let imageFile = try IDXFile.read(from: imagesFile, expectedMagic: IDXFile.imagesMagic)
+        let files = try IDXPair.read(images: imagesFile, labels: labelsFile)
+        return try loadIDX(
+            files, images: imagesFile, labels: labelsFile, classCount: classCount, classNames: classNames,
+            imageSize: imageSize, limit: limit, statistics: statistics)
+    }
+
+    /// ``loadIDX(images:labels:classCount:classNames:imageSize:limit:statistics:)`` from files already read.
+    static func loadIDX(
+        _ files: IDXPair, images imagesFile: URL, labels labelsFile: URL, classCount: Int,
+        classNames: [String] = [], imageSize: (height: Int, width: Int)? = nil,
+        limit: Int? = nil, statistics: PixelStatistics? = nil
+    ) throws -> Dataset {
+        if let limit, limit < 1 {
+            throw DataError.invalidArgument(name: "sample limit", value: "\(limit)", expected: "at least 1")
+        }
+        let labelFile = files.labels, imageFile = files.images
         let dims = imageFile.dimensions
         guard dims[1] > 0, dims[2] > 0 else {
             throw DataError.unexpectedShape(
@@ -288,17 +303,38 @@ public enum FashionMNIST {
     ) throws -> (train: Dataset, test: Dataset) {
         let directory = directory ?? defaultDirectory
         let found = try files(in: directory)
-        let source = try DataSource(directory: directory, files: found)
+        // The fingerprint and the test files (hashing and inflating ~30 MB, a third of a second) on a second
+        // thread while this one inflates the training images; the errors are thrown in the order a sequential
+        // load meets them (fingerprint, training files, test files).
+        let background = BackgroundWork {
+            (
+                source: Result { try DataSource(directory: directory, files: found) },
+                test: Result { try IDXPair.read(images: found[2], labels: found[3]) }
+            )
+        }
+        let trainFiles = Result { try IDXPair.read(images: found[0], labels: found[1]) }
+        let (sourceResult, testFiles) = background.wait()
+        let source = try sourceResult.get()
         let size = (height: imageSize, width: imageSize)
+        try Self.check(limit: trainLimit)
         var train = try Dataset.loadIDX(
-            images: found[0], labels: found[1], classCount: classCount, classNames: classNames, imageSize: size,
-            limit: trainLimit, statistics: statistics)
+            trainFiles.get(), images: found[0], labels: found[1], classCount: classCount, classNames: classNames,
+            imageSize: size, limit: trainLimit, statistics: statistics)
+        try Self.check(limit: testLimit)
         var test = try Dataset.loadIDX(
-            images: found[2], labels: found[3], classCount: classCount, classNames: classNames, imageSize: size,
-            limit: testLimit, statistics: train.statistics)
+            testFiles.get(), images: found[2], labels: found[3], classCount: classCount, classNames: classNames,
+            imageSize: size, limit: testLimit, statistics: train.statistics)
         train.source = source
         test.source = source
         return (train, test)
+    }
+
+    /// Throws the error ``Dataset/loadIDX(images:labels:classCount:classNames:imageSize:limit:statistics:)`` gives
+    /// a limit below 1 before it reads anything.
+    private static func check(limit: Int?) throws {
+        if let limit, limit < 1 {
+            throw DataError.invalidArgument(name: "sample limit", value: "\(limit)", expected: "at least 1")
+        }
     }
 
     /// The test split alone, standardised with `statistics` (the training statistics a checkpoint recorded).
@@ -345,5 +381,35 @@ public enum FashionMNIST {
             }
         }
         return nil
+    }
+}
+
+/// An IDX labels file and its images file, read (labels first, as a load reports them).
+struct IDXPair {
+    var labels: IDXFile
+    var images: IDXFile
+
+    static func read(images: URL, labels: URL) throws -> IDXPair {
+        let labelFile = try IDXFile.read(from: labels, expectedMagic: IDXFile.labelsMagic)
+        return IDXPair(labels: labelFile, images: try IDXFile.read(from: images, expectedMagic: IDXFile.imagesMagic))
+    }
+}
+
+/// `body` run on a thread of its own from creation; ``wait()`` returns its result.
+final class BackgroundWork<Value>: @unchecked Sendable {
+    private var value: Value?
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ body: @escaping @Sendable () -> Value) {
+        Thread { [self] in
+            value = body()
+            done.signal()
+        }.start()
+    }
+
+    /// Blocks until `body` returned; call once.
+    func wait() -> Value {
+        done.wait()
+        return value!
     }
 }
