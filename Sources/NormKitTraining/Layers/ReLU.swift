@@ -55,6 +55,30 @@ enum Elementwise {
         }
     }
 
+    typealias Kernel3 = (
+        UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>, Int
+    ) -> Void
+
+    /// `y = kernel(a, b, c)` over three tensors of one shape and layout (`y` reused), split as ``apply(_:_:into:_:)``.
+    static func apply(_ a: Tensor, _ b: Tensor, _ c: Tensor, into y: inout Tensor, _ kernel: Kernel3) {
+        precondition(a.shape == b.shape && a.layout == b.layout && a.shape == c.shape && a.layout == c.layout)
+        y.prepare(shape: a.shape, layout: a.layout)
+        let count = a.count
+        a.withUnsafeBufferPointer { ab in
+            b.withUnsafeBufferPointer { bb in
+                c.withUnsafeBufferPointer { cb in
+                    y.withUnsafeMutableBufferPointer { yb in
+                        let ap = ab.baseAddress!, bp = bb.baseAddress!, cp = cb.baseAddress!, yp = yb.baseAddress!
+                        Parallelism.forEachRange(count: count, work: count, minimumWork: 1 << 17) { r in
+                            let i = r.lowerBound
+                            kernel(ap + i, bp + i, cp + i, yp + i, r.count)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// `y[i] = f(a[i], b[i])`, 16 lanes at a time and the tail in one zero-padded vector (`y` may alias `a` or `b`).
     @inline(__always)
     static func map(
@@ -90,6 +114,35 @@ enum Elementwise {
         map(a, b, y, count) { a, b in
             let v = a + b
             return v.replacing(with: 0, where: v .< 0)
+        }
+    }
+
+    /// `y[i] = a[i] + b[i]` (`y` may alias `a` or `b`).
+    static func add(
+        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int
+    ) {
+        map(a, b, y, count) { a, b in a + b }
+    }
+
+    /// `dx[i] = y[i] > 0 ? a[i] + b[i] : 0`: ``reluBackward(_:_:_:_:)`` of the sum `a + b` (the same bits as
+    /// ``add(_:_:_:_:)`` then the mask), in one pass.
+    static func addReLUBackward(
+        _ y: UnsafePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+        _ dx: UnsafeMutablePointer<Float>, _ count: Int
+    ) {
+        var i = 0
+        while i + 16 <= count {
+            let v = UnsafeRawPointer(y + i).loadUnaligned(as: Vector.self)
+            let g =
+                UnsafeRawPointer(a + i).loadUnaligned(as: Vector.self)
+                + UnsafeRawPointer(b + i).loadUnaligned(as: Vector.self)
+            UnsafeMutableRawPointer(dx + i).storeBytes(
+                of: Vector(repeating: 0).replacing(with: g, where: v .> 0), as: Vector.self)
+            i += 16
+        }
+        while i < count {
+            dx[i] = y[i] > 0 ? a[i] + b[i] : 0
+            i += 1
         }
     }
 

@@ -76,12 +76,30 @@ public final class BasicBlock: Module {
     }
 
     func backward(_ dy: Tensor) throws -> Tensor {
-        let dsum = try residual.backward(dy, layer: "BasicBlock")
+        inputGradient(try backwardToBranches(dy))
+    }
+
+    /// The backward from `∂L/∂output` to the input gradient's two terms (``BlockGradient``), left unsummed.
+    func backwardToBranches(_ dy: Tensor) throws -> BlockGradient {
+        try branches(residual.backward(dy, layer: "BasicBlock"))
+    }
+
+    /// The same from the next block's unsummed input gradient, added inside this block's masked ReLU pass.
+    func backwardToBranches(_ dy: BlockGradient) throws -> BlockGradient {
+        try branches(residual.backward(dy, layer: "BasicBlock"))
+    }
+
+    /// The input gradient from its two terms (one pass, into a buffer of this block's).
+    func inputGradient(_ parts: BlockGradient) -> Tensor {
+        residual.inputGradient(branch: parts.branch, shortcut: parts.shortcut)
+    }
+
+    private func branches(_ dsum: Tensor) throws -> BlockGradient {
         var g = try norm2Slot.backward(dsum)
         g = try conv2Slot.backward(g)
         g = try norm1Slot.backward(g)
         g = try conv1Slot.backward(g)
-        return residual.inputGradient(branch: g, shortcut: try downsample?.backward(dsum) ?? dsum)
+        return BlockGradient(branch: g, shortcut: try downsample?.backward(dsum) ?? dsum)
     }
 }
 

@@ -174,12 +174,29 @@ final class ResidualReLU {
         return outputGradient
     }
 
-    /// The block's input gradient: the residual branch's plus the shortcut's.
+    /// `∂L/∂(h + shortcut)` from `∂L/∂output` given as the next block's two input-gradient branches: their sum
+    /// and this ReLU's mask in one pass (the sum is never written out).
+    func backward(_ dy: BlockGradient, layer: String) throws -> Tensor {
+        guard let saved = savedOutput else { throw NormalizationError.backwardBeforeForward(layer: layer) }
+        try LayerCheck.gradient(dy.branch, shape: saved.shape, layout: saved.layout, layer: layer)
+        try LayerCheck.gradient(dy.shortcut, shape: saved.shape, layout: saved.layout, layer: layer)
+        Elementwise.apply(saved, dy.branch, dy.shortcut, into: &outputGradient, Elementwise.addReLUBackward)
+        savedOutput = nil
+        return outputGradient
+    }
+
+    /// The block's input gradient: the residual branch's plus the shortcut's (one pass, split over the pool).
     func inputGradient(branch: Tensor, shortcut: Tensor) -> Tensor {
-        copy(branch, into: &inputGradient)
-        addInPlace(&inputGradient, shortcut)
+        Elementwise.apply(branch, shortcut, into: &inputGradient, Elementwise.add)
         return inputGradient
     }
+}
+
+/// A residual block's input gradient as its two terms, the residual branch's and the shortcut's: ``ResNet``
+/// hands it to the block before, whose ``ResidualReLU`` adds them in its masked backward pass.
+struct BlockGradient {
+    var branch: Tensor
+    var shortcut: Tensor
 }
 
 /// `x` in `layout`: `x` itself when it is already, else converted into `buffer` (reused between calls). The stems
@@ -196,16 +213,6 @@ func addReLU(_ a: Tensor, _ b: Tensor, into y: inout Tensor) { Elementwise.apply
 /// `dx = dy · [y > 0]` (same shape and layout; `dx` reused): the backward of ``addReLU(_:_:into:)`` for both inputs.
 func reluBackward(output y: Tensor, _ dy: Tensor, into dx: inout Tensor) {
     Elementwise.apply(y, dy, into: &dx, Elementwise.reluBackward)
-}
-
-/// `a += b` elementwise (same shape and layout).
-func addInPlace(_ a: inout Tensor, _ b: Tensor) {
-    precondition(a.shape == b.shape && a.layout == b.layout)
-    b.withUnsafeBufferPointer { bp in
-        a.withUnsafeMutableBufferPointer { ap in
-            for i in 0..<ap.count { ap[i] += bp[i] }
-        }
-    }
 }
 
 /// Parses `resnet8`, `resnet20`, … or `vgg`, and builds the model.

@@ -133,7 +133,18 @@ public final class ResNet: Model {
     public func backward(_ logitsGradient: Tensor) throws {
         var g = try classifier.backward(logitsGradient)
         g = try pool.backward(g)
-        for stage in stages.reversed() { for block in stage.blocks.reversed() { g = try block.backward(g) } }
+        // Each block's input gradient stays two terms until the block before adds them in its masked ReLU pass.
+        var pending: BlockGradient?
+        for stage in stages.reversed() {
+            for block in stage.blocks.reversed() {
+                if let next = pending {
+                    pending = try block.backwardToBranches(next)
+                } else {
+                    pending = try block.backwardToBranches(g)
+                }
+            }
+        }
+        if let first = pending { g = stages[0].blocks[0].inputGradient(first) }
         g = try stemNorm.backward(g)
         _ = try stem.backward(g)
     }
