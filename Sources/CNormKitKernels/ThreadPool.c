@@ -3,6 +3,7 @@
 #include "NormKitThreadPool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
 
@@ -116,6 +117,12 @@ void nk_parallel_for(long pieces, int threads, nk_piece_function fn, void *conte
     if (sleepers > 0) pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&sleep_lock);
     run_pieces();
-    while (atomic_load_explicit(&busy, memory_order_acquire) > 0) NK_PAUSE();
+    // Wait for the workers' last pieces: spin for 20 µs, then yield between checks, so that a worker the scheduler
+    // has put behind this thread (a shared or overcommitted machine) can finish instead of waiting a time slice.
+    const long until = now_ns() + 20000;
+    for (int spins = 1; atomic_load_explicit(&busy, memory_order_acquire) > 0; spins++) {
+        if ((spins & 63) == 0 && now_ns() > until) sched_yield();
+        else NK_PAUSE();
+    }
     pthread_mutex_unlock(&run_lock);
 }
