@@ -12,15 +12,17 @@
  *   NK_TARGET          the `target` attribute string ("avx512f", "avx2,fma")
  *   NK_TABLE           the name of the exported nk_kernel_table; NK_LEVEL its level
  *   NK_LANES, vf       floats per vector, the vector type
- *   NK_PS(op)          the intrinsic _mm…_<op>_ps (setzero, set1, loadu, storeu, add, sub, mul, fmadd)
+ *   NK_PS(op)          the intrinsic _mm…_<op>_ps (setzero, set1, loadu, storeu, add, sub, mul, fmadd, fnmadd,
+ *                      fnmsub)
  *   vmask, vmask_first(n), vload_part(m, p), vstore_part(p, m, v), vkeep(m, v)
  *                      the first n (0 < n < NK_LANES) lanes: loads that read and stores that write no other
  *                      element, and zeroing of the other lanes
  *   vreduce(v)         the float sum of v's lanes
  *   vreduce_lanes(v)   lane t = the sum of the lanes of v[t], for an array of NK_LANES vectors (a transposing
  *                      reduction: one for NK_LANES sums instead of NK_LANES horizontal sums)
- *   vround(v), vpow2(n)   round to nearest integer; 2^n for integral n in [−126, 127] (exponent bits)
- *   vkeep_positive(z, v)  v where z > 0, else 0 (NaN z: 0)
+ *   vround(v), vscale2(p, n)   round to nearest integer; p·2^n for integral n in [−126, 127] (AVX-512: scalef;
+ *                      AVX2: 2^n from exponent bits, then a multiply)
+ *   vkeep_above(z, t, v)  v where z > t, else 0 (NaN z or t: 0)
  *   vrecip_estimate(v)    1/v to 12 (AVX2) or 14 (AVX-512) bits
  */
 #define vzero NK_PS(setzero)
@@ -31,6 +33,8 @@
 #define vsub NK_PS(sub)
 #define vmul NK_PS(mul)
 #define vfma NK_PS(fmadd) /* vfma(a, b, c) = a·b + c */
+#define vfnma NK_PS(fnmadd) /* vfnma(a, b, c) = c − a·b */
+#define vfnms NK_PS(fnmsub) /* vfnms(a, b, c) = −a·b − c */
 #define vmax NK_PS(max)     /* vmax(a, b): b when either is NaN */
 #define vmin NK_PS(min)
 
@@ -38,12 +42,13 @@
 #define STEP (4 * NK_LANES) /* one step of the long loops: four vectors into four accumulators */
 
 // ---- Fused activations (NK_IDENTITY, NK_RELU, NK_SILU; every caller passes a literal) --------------------------
-// exp by Cephes' expf scheme: n = round(x·log2 e), r = x − n·ln 2 in two parts, a degree-6 polynomial, times 2^n.
-// x is clamped to [−87.33, 88] so 2^n stays a normal float.
-NK_INLINE vf vexp(vf x) {
-    x = vmin(vmax(x, vset1(-87.33654f)), vset1(88.0f));
-    const vf n = vround(vmul(x, vset1(1.44269504088896341f)));
-    vf r = vfma(n, vset1(-0.693359375f), x);
+// exp(−z) by Cephes' expf scheme on x = −z: n = round(x·log2 e), r = x − n·ln 2 in two parts, a degree-6
+// polynomial, times 2^n. z is clamped to [−88, 87.33] so 2^n stays a normal float; the negation is folded into
+// the clamp and the first reduction step (−(n·c) − z is x − n·c rounded once, as before).
+NK_INLINE vf vexp_negated(vf z) {
+    z = vmax(vmin(z, vset1(87.33654f)), vset1(-88.0f));
+    const vf n = vround(vmul(z, vset1(-1.44269504088896341f)));
+    vf r = vfnms(n, vset1(0.693359375f), z);
     r = vfma(n, vset1(2.12194440e-4f), r);
     vf p = vset1(1.9875691500e-4f);
     p = vfma(p, r, vset1(1.3981999507e-3f));
@@ -52,22 +57,22 @@ NK_INLINE vf vexp(vf x) {
     p = vfma(p, r, vset1(1.6666665459e-1f));
     p = vfma(p, r, vset1(5.0000001201e-1f));
     p = vfma(p, vmul(r, r), vadd(r, vset1(1.0f)));
-    return vmul(p, vpow2(n));
+    return vscale2(p, n);
 }
 
 // 1/v from the estimate and one Newton step (e ← e·(2 − v·e): 12 → ~23, 14 → 24 bits), for v ≥ 1: three
 // pipelined operations instead of a division (one per ~10–16 cycles), which would bound SiLU's pass.
 NK_INLINE vf vrecip(vf v) {
     const vf e = vrecip_estimate(v);
-    return vmul(e, vfma(vsub(vzero(), v), e, vset1(2.0f)));
+    return vmul(e, vfnma(v, e, vset1(2.0f)));
 }
 
 // σ(z) = 1/(1 + e) with e = exp(−z), also returned in *e; below z = −87 (σ < 2e−38) σ is 0, not the ~6e−39 of the
 // clamped exp, which SiLU would multiply by a huge |z| (σ(−1e33)·(−1e33) is 0, not −6e−6). A NaN z gives σ = 0
 // and SiLU = z·0 = NaN.
 NK_INLINE vf vsigmoid(vf z, vf *e) {
-    *e = vexp(vsub(vzero(), z));
-    return vkeep_positive(vadd(z, vset1(87.0f)), vrecip(vadd(vset1(1.0f), *e)));
+    *e = vexp_negated(z);
+    return vkeep_above(z, vset1(-87.0f), vrecip(vadd(vset1(1.0f), *e)));
 }
 
 // act(z): the forward's apply stage.
@@ -81,12 +86,12 @@ NK_INLINE vf vact(const int act, vf z) {
 // dy·act'(z): the backward. SiLU' = σ + z·σ·(1 − σ) = σ·(1 + z·(e·σ)), with 1 − σ = e·σ (e = exp(−z)) rather than
 // a subtraction: near σ = 1 the subtraction keeps only the reciprocal's error, which z multiplies (1e30 for z = 1e30).
 NK_INLINE vf vact_grad(const int act, vf dy, vf z) {
-    if (act == NK_RELU) return vkeep_positive(z, dy);
+    if (act == NK_RELU) return vkeep_above(z, vzero(), dy);
     vf e;
     const vf s = vsigmoid(z, &e);
     // e·σ = 1 − σ ≤ 1 before z multiplies it (z·e alone overflows), and 0 above z = 87, where the clamped exp is
     // too large (the true z·(1 − σ) < 87·exp(−87) there).
-    const vf tail = vkeep_positive(vsub(vset1(87.0f), z), vmul(e, s));
+    const vf tail = vkeep_above(vset1(87.0f), z, vmul(e, s));
     return vmul(vmul(dy, s), vfma(z, tail, vset1(1.0f)));
 }
 

@@ -19,9 +19,10 @@ typedef __m256i vmask;
 #define vstore_part(p, m, v) _mm256_maskstore_ps(p, m, v)
 #define vkeep(m, v) _mm256_and_ps(v, _mm256_castsi256_ps(m))
 #define vround(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-#define vpow2(n) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23))
+#define vscale2(p, n) \
+    _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)))
 #define vrecip_estimate(v) _mm256_rcp_ps(v)
-#define vkeep_positive(z, v) _mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ), v)
+#define vkeep_above(z, t, v) _mm256_and_ps(_mm256_cmp_ps(z, t, _CMP_GT_OQ), v)
 
 NK_INLINE float vreduce(vf v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -19,9 +19,9 @@ typedef __mmask16 vmask;
 #define vkeep(m, v) _mm512_maskz_mov_ps(m, v)
 #define vreduce(v) _mm512_reduce_add_ps(v)
 #define vround(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-#define vpow2(n) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23))
+#define vscale2(p, n) _mm512_scalef_ps(p, n) /* one instruction where AVX2 needs four */
 #define vrecip_estimate(v) _mm512_rcp14_ps(v)
-#define vkeep_positive(z, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GT_OQ), v)
+#define vkeep_above(z, t, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, t, _CMP_GT_OQ), v)
 
 // A 16×16 transpose folded into 15 shuffle-add steps: within 128-bit lanes (unpack, shuffle), then across them.
 NK_INLINE vf vreduce_lanes(const vf *v) {

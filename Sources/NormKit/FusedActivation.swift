@@ -35,6 +35,12 @@ public enum FusedActivation: String, CaseIterable, Sendable {
         }
     }
 
+    /// The work a pass over `elements` values with this activation counts for the kernels' thread split
+    /// (``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``): SiLU's `exp` and reciprocal make a pass
+    /// arithmetic-bound, about three plain passes (GN on (8, 64, 14, 14), one thread, `normkit bench`), so smaller
+    /// tensors already pay for a second thread.
+    func work(elements: Int) -> Int { self == .silu ? 3 * elements : elements }
+
     /// The kernels' code (`NK_IDENTITY`, `NK_RELU`, `NK_SILU`).
     var kernelCode: Int32 {
         switch self {

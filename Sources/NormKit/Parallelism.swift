@@ -40,7 +40,7 @@ public enum Parallelism {
     /// order as this one).
     private static let workerSpinStorage = Mutex<Int>(50)
 
-    /// Contiguous pieces per thread that ``forEachRange(count:work:minimumWork:_:)`` hands out. More pieces than
+    /// Contiguous pieces per thread that ``forEachRange(count:work:minimumWork:granule:_:)`` hands out. More pieces than
     /// threads let the calling thread, which starts at once, take more of the work while a worker catches up:
     /// 8 measured about 20 % faster than 1 on the smallest `normkit bench` shapes (GN and BN on (2, 2048, 7, 7))
     /// and the same on the large ones.
@@ -48,7 +48,8 @@ public enum Parallelism {
 
     /// Runs `body` over `0..<count` split into contiguous ranges when there is at least `minimumWork` units of work
     /// per extra thread; otherwise runs it inline. The ranges (up to 8 per thread) go to the
-    /// calling thread and NormKit's worker threads as they become free, in order. The default threshold (65,536
+    /// calling thread and NormKit's worker threads as they become free, in order; they start at multiples of
+    /// `granule` (the last may end short of one). The default threshold (65,536
     /// elements) is where a second thread starts to pay on this project's 2-core machines (`normkit bench`).
     ///
     /// The workers are a small persistent pool (`Sources/CNormKitKernels/ThreadPool.c`) that spins for about
@@ -56,25 +57,28 @@ public enum Parallelism {
     /// waking a parked thread for each (as `DispatchQueue.concurrentPerform` does) cost as much as normalizing a
     /// small tensor. A call made from inside `body`, or while another thread's call runs, runs inline.
     public static func forEachRange(
-        count: Int, work: Int, minimumWork: Int = 1 << 16, _ body: (Range<Int>) -> Void
+        count: Int, work: Int, minimumWork: Int = 1 << 16, granule: Int = 1, _ body: (Range<Int>) -> Void
     ) {
-        let threads = min(threadCount, count, max(1, work / max(minimumWork, 1)))
+        let granule = max(granule, 1), granules = (count + granule - 1) / granule
+        let threads = min(threadCount, granules, max(1, work / max(minimumWork, 1)))
         if threads <= 1 {
             if count > 0 { body(0..<count) }
             return
         }
-        let pieces = min(count, threads * piecesPerThread)
+        let pieces = min(granules, threads * piecesPerThread)
         // `body` runs only until nk_parallel_for returns. (The wrapper closure of `withoutActuallyEscaping` is
         // the one heap allocation of a threaded call.)
         withoutActuallyEscaping(body) { body in
-            var job = PieceJob(count: count, pieces: pieces, body: body)
+            var job = PieceJob(count: count, granule: granule, granules: granules, pieces: pieces, body: body)
             withUnsafeMutablePointer(to: &job) { pointer in
                 nk_parallel_for(
                     pieces, Int32(threads),
                     { context, piece in
                         let job = context!.assumingMemoryBound(to: PieceJob.self)
-                        let count = job.pointee.count, pieces = job.pointee.pieces
-                        let lower = count * piece / pieces, upper = count * (piece + 1) / pieces
+                        let count = job.pointee.count, granule = job.pointee.granule
+                        let granules = job.pointee.granules, pieces = job.pointee.pieces
+                        let lower = min(count, granule * (granules * piece / pieces))
+                        let upper = min(count, granule * (granules * (piece + 1) / pieces))
                         if lower < upper { job.pointee.body(lower..<upper) }
                     }, pointer)
             }
@@ -111,11 +115,13 @@ private struct PartJob {
     let body: Body
 }
 
-/// One ``Parallelism/forEachRange(count:work:minimumWork:_:)`` call as the pool's pieces see it (on the caller's
+/// One ``Parallelism/forEachRange(count:work:minimumWork:granule:_:)`` call as the pool's pieces see it (on the caller's
 /// stack for the duration of the call).
 private struct PieceJob {
     typealias Body = (Range<Int>) -> Void
     let count: Int
+    let granule: Int
+    let granules: Int
     let pieces: Int
     let body: Body
 }

@@ -117,4 +117,51 @@ final class ParallelismTests: XCTestCase {
         let sums = results.withLock { $0 }
         XCTAssertEqual(sums, [Int](repeating: count * (count - 1) / 2, count: callers))
     }
+
+    /// Layers give the same outputs, statistics and gradients to the bit on 1, 2 or 3 threads, in both layouts:
+    /// channels-first sets are split over threads in whole 16-set groups (or sample blocks), so the native kernels'
+    /// 16-wide reductions group them the same way on any split (also when a SiLU's cost makes a call use more
+    /// threads than the same layer without it); channels-last work is split by samples and tiles.
+    func testLayersAreBitIdenticalOnAnyThreadCount() throws {
+        let cases: [(String, [Int], () throws -> NormalizationLayer)] = [
+            ("BN", [8, 64, 24, 24], { try BatchNorm(channels: 64) }),
+            ("BN normBatch 1", [8, 64, 24, 24], { try BatchNorm(channels: 64, normBatch: 1) }),
+            ("BN 24 channels", [16, 24, 24, 24], { try BatchNorm(channels: 24) }),
+            ("GN 32 groups", [16, 64, 14, 14], { try GroupNorm(channels: 64, groups: 32) }),
+            ("GN 8 groups", [16, 64, 14, 14], { try GroupNorm(channels: 64, groups: 8) }),
+        ]
+        for (name, shape, make) in cases {
+            for (layout, activation) in [TensorLayout.channelsFirst, .channelsLast].flatMap({ layout in
+                [FusedActivation.identity, .silu].map { (layout, $0) }
+            }) {
+                var generator = SeededGenerator(seed: 0x5E7)
+                let x = Tensor.randomNormal(
+                    shape: shape, layout: layout, mean: 0.3, standardDeviation: 1.2, using: &generator)
+                let dy = Tensor.randomNormal(shape: shape, layout: layout, using: &generator)
+                var outputs: [[(String, [Float])]] = []
+                for threads in [1, 2, 3] {
+                    Parallelism.threadCount = threads
+                    let layer = try make()
+                    layer.activation = activation
+                    let y = try layer.forward(x, training: true)
+                    let g = try layer.backward(dy)
+                    let state = layer.stateDict().sorted { $0.key < $1.key }.compactMap { entry -> (String, [Float])? in
+                        if case .float32(_, let values) = entry.value { return (entry.key, values) }
+                        return nil
+                    }
+                    outputs.append(
+                        [("y", y.values), ("dx", g.input.values), ("dγ", g.weight ?? []), ("dβ", g.bias ?? [])] + state)
+                }
+                for (threads, output) in zip([2, 3], outputs.dropFirst()) {
+                    for ((what, values), (_, reference)) in zip(output, outputs[0]) {
+                        let differing = zip(values, reference).filter { $0 != $1 }.count
+                        XCTAssertEqual(
+                            differing, 0,
+                            "\(name) \(layout) \(activation), \(threads) threads vs 1: \(what) differs in \(differing) of \(values.count)"
+                        )
+                    }
+                }
+            }
+        }
+    }
 }

@@ -99,7 +99,7 @@ extension NormalizationKernels {
         shift: UnsafePointer<Float>, activation: FusedActivation, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
-        Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
+        Parallelism.forEachRange(count: g.batch * m, work: activation.work(elements: g.elementCount)) { rows in
             forEachSampleRun(rows, positions: m) { n, first, count in
                 let k0 = g.coefficient(n: n, c: 0)
                 nk_cl_affine_centered(
@@ -117,7 +117,7 @@ extension NormalizationKernels {
         activation: ActivationBackward?, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
-        Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
+        Parallelism.forEachRange(count: g.batch, work: backwardWork(g, activation)) { samples in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: c) { k in
                 for n in samples {
                     for ch in 0..<c { k[ch] = Float(center[g.set(n: n, c: ch)]) }
@@ -217,7 +217,7 @@ extension NormalizationKernels {
     ) {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
         let count = Double(g.elementsPerSet), tiles = g.sampleBlocks * ((c + width - 1) / width)
-        Parallelism.forEachRange(count: tiles, work: g.elementCount) { range in
+        Parallelism.forEachRange(count: tiles, work: activation.work(elements: g.elementCount)) { range in
             forEachTile(range, width: width, geometry: g) { b, c0, w in
                 let n0 = b * sps, first = x + n0 * m * c + c0
                 for n in n0..<(n0 + sps) {
@@ -259,7 +259,7 @@ extension NormalizationKernels {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
         let tiles = g.sampleBlocks * ((c + width - 1) / width)
         let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
-        Parallelism.forEachRange(count: tiles, work: 2 * g.elementCount) { range in
+        Parallelism.forEachRange(count: tiles, work: backwardWork(g, activation)) { range in
             forEachTile(range, width: width, geometry: g) { b, c0, w in
                 let k = scratch + 4 * (b * c + c0), p = k + w, q = p + w, r = q + w
                 let s0 = b * g.channelBlocks + c0 / cps, n0 = b * sps

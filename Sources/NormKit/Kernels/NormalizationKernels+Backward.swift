@@ -13,7 +13,7 @@ extension NormalizationKernels {
         let c = g.channels, m = g.positions
         switch g.layout {
         case .channelsFirst:
-            Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
+            Parallelism.forEachRange(count: g.batch * c, work: backwardWork(g, activation)) { rows in
                 for row in rows {
                     let centering = Centering(center[g.set(n: row / c, c: row % c)])
                     let (a1, a2) = rowGradientSums(
@@ -29,7 +29,7 @@ extension NormalizationKernels {
                     sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x,
                     center: center, activation: activation, geometry: g)
             }
-            Parallelism.forEachRange(count: g.batch, work: 2 * g.elementCount) { samples in
+            Parallelism.forEachRange(count: g.batch, work: backwardWork(g, activation)) { samples in
                 for n in samples {
                     let a1 = sumDy + n * c, a2 = sumDyCentered + n * c
                     a1.initialize(repeating: 0, count: c)
@@ -108,7 +108,7 @@ extension NormalizationKernels {
             // centre μ̃ (each set owns its entries; a batch of consecutive sets finds them consecutive).
             let p = scratch, q = scratch + g.coefficientCount, r = q + g.setCount, center = r + g.setCount
             let cps = g.channelsPerSet
-            Parallelism.forEachRange(count: g.setCount, work: 2 * g.elementCount) { sets in
+            g.forEachSetRange(work: backwardWork(g, activation)) { sets in
                 g.forEachSetBatch(in: sets) { first, size in
                     let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
                     let batch = g.batch(ofSets: first, count: size)

@@ -56,6 +56,11 @@ enum NormalizationKernels {
         g.layout == .channelsLast ? 2 * g.batch * g.channels : 1
     }
 
+    /// The work of a backward over `g` for the thread split: two passes, the sums pass a fused activation's.
+    static func backwardWork(_ g: NormalizationGeometry, _ activation: ActivationBackward?) -> Int {
+        g.elementCount + (activation?.activation ?? .identity).work(elements: g.elementCount)
+    }
+
     /// Per-set mean and biased variance (corrected two-pass, Double results). `scratch`: ``doubleScratchCount(_:)``.
     static func statistics(
         mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
@@ -63,7 +68,7 @@ enum NormalizationKernels {
     ) {
         switch g.layout {
         case .channelsFirst:
-            Parallelism.forEachRange(count: g.setCount, work: g.elementCount) { sets in
+            g.forEachSetRange(work: g.elementCount) { sets in
                 g.forEachSetBatch(in: sets) { first, size in
                     batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
                 }
@@ -84,7 +89,7 @@ enum NormalizationKernels {
         let m = g.positions, c = g.channels
         switch g.layout {
         case .channelsFirst:
-            Parallelism.forEachRange(count: g.batch * c, work: g.elementCount) { rows in
+            Parallelism.forEachRange(count: g.batch * c, work: activation.work(elements: g.elementCount)) { rows in
                 for row in rows {
                     let k = g.coefficient(n: row / c, c: row % c)
                     if center == nil, activation == .identity {
@@ -101,7 +106,7 @@ enum NormalizationKernels {
                 return nativeApplyChannelsLast(
                     y: y, x: x, center: center, scale: scale, shift: shift, activation: activation, geometry: g)
             }
-            Parallelism.forEachRange(count: g.batch * m, work: g.elementCount) { rows in
+            Parallelism.forEachRange(count: g.batch * m, work: activation.work(elements: g.elementCount)) { rows in
                 for row in rows {
                     let base = g.coefficient(n: row / m, c: 0)
                     let yr = y + row * c, xr = x + row * c, a = scale + base, b = shift + base
@@ -131,7 +136,7 @@ enum NormalizationKernels {
             // Per-row coefficients go to scale/shift[b·C + c] and centres to center[s]: each set owns its entries,
             // so threads never share one, and a batch of consecutive sets finds its coefficients consecutive.
             let center = scratchShift + g.coefficientCount
-            Parallelism.forEachRange(count: g.setCount, work: g.elementCount) { sets in
+            g.forEachSetRange(work: activation.work(elements: g.elementCount)) { sets in
                 g.forEachSetBatch(in: sets) { first, size in
                     batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
                     for s in first..<(first + size) {

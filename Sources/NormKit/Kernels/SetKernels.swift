@@ -25,6 +25,19 @@ struct SetBatch {
 }
 
 extension NormalizationGeometry {
+    /// The unit in which sets are split over threads (``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``):
+    /// 16 sets, or whole sample blocks when a block is not a multiple of 16 sets. With ``forEachSetBatch(in:floats:_:)``
+    /// this makes a layer's outputs, statistics and gradients the same to the bit on any thread count (and whether a
+    /// fused activation's cost makes a call use one thread or two).
+    var setGranule: Int { channelBlocks % 16 == 0 ? 16 : channelBlocks }
+
+    /// Runs `body` over `0..<setCount` split over threads at ``setGranule`` boundaries (`work`: as
+    /// ``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``).
+    @inline(__always)
+    func forEachSetRange(work: Int, _ body: (Range<Int>) -> Void) {
+        Parallelism.forEachRange(count: setCount, work: work, granule: setGranule, body)
+    }
+
     /// Sets `first..<first + count`, which must lie in one sample block (consecutive channel blocks).
     @inline(__always)
     func batch(ofSets first: Int, count: Int) -> SetBatch {
@@ -39,11 +52,13 @@ extension NormalizationGeometry {
     /// Calls `body(first, count)` on consecutive sets of `range`, cut at sample-block boundaries and into batches
     /// of at most `floats` floats (or one set), so a batch read by the statistics pass is still in L1/L2 when the
     /// apply pass reads it again. 16,384 floats (64 KB) measured best on this project's machine (`normkit bench`
-    /// for 8,192 to 65,536); sets of up to 1,024 floats then come 16 or more at a time, the width of the native
-    /// kernels' transposing reductions.
+    /// for 8,192 to 65,536). A batch is a multiple of 16 sets or a power of two below 16, so that on a range cut at
+    /// ``setGranule`` boundaries the batches are the same as on the whole: the kernels, whose 16-wide reductions
+    /// group sets and rows within a batch, then give every set the same bits however the sets are split.
     @inline(__always)
     func forEachSetBatch(in range: Range<Int>, floats: Int = 16384, _ body: (Int, Int) -> Void) {
-        let perBatch = max(1, floats / max(elementsPerSet, 1))
+        let fit = max(1, floats / max(elementsPerSet, 1))
+        let perBatch = fit >= 16 ? fit / 16 * 16 : 1 << (Int.bitWidth - 1 - fit.leadingZeroBitCount)
         var s = range.lowerBound
         while s < range.upperBound {
             let end = Swift.min(range.upperBound, (s / channelBlocks + 1) * channelBlocks, s + perBatch)
