@@ -25,17 +25,24 @@ struct SetBatch {
 }
 
 extension NormalizationGeometry {
-    /// The unit in which sets are split over threads (``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``):
-    /// 16 sets, or whole sample blocks when a block is not a multiple of 16 sets. With ``forEachSetBatch(in:floats:_:)``
-    /// this makes a layer's outputs, statistics and gradients the same to the bit on any thread count (and whether a
-    /// fused activation's cost makes a call use one thread or two).
-    var setGranule: Int { channelBlocks % 16 == 0 ? 16 : channelBlocks }
+    /// Sets per batch of ``forEachSetBatch(in:_:)``: as many as fit in 16,384 floats (64 KB, so a batch read by the
+    /// statistics pass is still in L1/L2 when the apply pass reads it again; measured best on this project's
+    /// machine, `normkit bench` for 8,192 to 65,536), rounded down to a power of two that divides a sample block's
+    /// sets, so that batches tile every block exactly.
+    var setsPerBatch: Int {
+        var batch = 1
+        while batch * 2 * elementsPerSet <= 16384 && channelBlocks % (batch * 2) == 0 { batch *= 2 }
+        return batch
+    }
 
-    /// Runs `body` over `0..<setCount` split over threads at ``setGranule`` boundaries (`work`: as
-    /// ``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``).
+    /// Runs `body` over `0..<setCount` split over threads at batch boundaries (``setsPerBatch``; `work` as in
+    /// ``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``). Each thread's range then holds whole
+    /// batches, the same as the whole range's, and the kernels, whose 16-wide reductions group the sets and rows of
+    /// a batch, give every set the same bits on any thread count (and whether a fused activation's cost makes a
+    /// call use one thread or two).
     @inline(__always)
     func forEachSetRange(work: Int, _ body: (Range<Int>) -> Void) {
-        Parallelism.forEachRange(count: setCount, work: work, granule: setGranule, body)
+        Parallelism.forEachRange(count: setCount, work: work, granule: setsPerBatch, body)
     }
 
     /// Sets `first..<first + count`, which must lie in one sample block (consecutive channel blocks).
@@ -49,16 +56,11 @@ extension NormalizationGeometry {
             m: positions, pieceStride: channels * positions)
     }
 
-    /// Calls `body(first, count)` on consecutive sets of `range`, cut at sample-block boundaries and into batches
-    /// of at most `floats` floats (or one set), so a batch read by the statistics pass is still in L1/L2 when the
-    /// apply pass reads it again. 16,384 floats (64 KB) measured best on this project's machine (`normkit bench`
-    /// for 8,192 to 65,536). A batch is a multiple of 16 sets or a power of two below 16, so that on a range cut at
-    /// ``setGranule`` boundaries the batches are the same as on the whole: the kernels, whose 16-wide reductions
-    /// group sets and rows within a batch, then give every set the same bits however the sets are split.
+    /// Calls `body(first, count)` on the consecutive batches of ``setsPerBatch`` sets in `range` (which starts at
+    /// a batch boundary; the last batch may be short).
     @inline(__always)
-    func forEachSetBatch(in range: Range<Int>, floats: Int = 16384, _ body: (Int, Int) -> Void) {
-        let fit = max(1, floats / max(elementsPerSet, 1))
-        let perBatch = fit >= 16 ? fit / 16 * 16 : 1 << (Int.bitWidth - 1 - fit.leadingZeroBitCount)
+    func forEachSetBatch(in range: Range<Int>, _ body: (Int, Int) -> Void) {
+        let perBatch = setsPerBatch
         var s = range.lowerBound
         while s < range.upperBound {
             let end = Swift.min(range.upperBound, (s / channelBlocks + 1) * channelBlocks, s + perBatch)
