@@ -129,6 +129,11 @@ final class ParallelismTests: XCTestCase {
             ("BN 24 channels", [16, 24, 24, 24], { try BatchNorm(channels: 24) }),
             ("GN 32 groups", [16, 64, 14, 14], { try GroupNorm(channels: 64, groups: 32) }),
             ("GN 8 groups", [16, 64, 14, 14], { try GroupNorm(channels: 64, groups: 8) }),
+            ("LN", [16, 64, 14, 14], { try GroupNorm.layerNorm(channels: 64) }),
+            ("IN", [16, 64, 14, 14], { try GroupNorm.instanceNorm(channels: 64) }),
+            ("BRN normBatch 4", [8, 64, 24, 24], { try BatchRenorm(channels: 64, normBatch: 4) }),
+            ("MABN", [8, 64, 24, 24], { try MovingAverageBatchNorm(channels: 64, bufferSize: 4, warmup: 0) }),
+            ("frozen BN", [8, 64, 24, 24], { try FrozenBatchNorm(channels: 64, trainableAffine: true) }),
         ]
         for (name, shape, make) in cases {
             for (layout, activation) in [TensorLayout.channelsFirst, .channelsLast].flatMap({ layout in
