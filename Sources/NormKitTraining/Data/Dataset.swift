@@ -190,9 +190,7 @@ public struct Dataset: Sendable {
         classNames: [String] = [], imageSize: (height: Int, width: Int)? = nil,
         limit: Int? = nil, statistics: PixelStatistics? = nil
     ) throws -> Dataset {
-        if let limit, limit < 1 {
-            throw DataError.invalidArgument(name: "sample limit", value: "\(limit)", expected: "at least 1")
-        }
+        try checkSampleLimit(limit)
         let files = try IDXPair.read(images: imagesFile, labels: labelsFile)
         return try loadIDX(
             files, images: imagesFile, labels: labelsFile, classCount: classCount, classNames: classNames,
@@ -205,9 +203,7 @@ public struct Dataset: Sendable {
         classNames: [String] = [], imageSize: (height: Int, width: Int)? = nil,
         limit: Int? = nil, statistics: PixelStatistics? = nil
     ) throws -> Dataset {
-        if let limit, limit < 1 {
-            throw DataError.invalidArgument(name: "sample limit", value: "\(limit)", expected: "at least 1")
-        }
+        try checkSampleLimit(limit)
         let labelFile = files.labels, imageFile = files.images
         let dims = imageFile.dimensions
         guard dims[1] > 0, dims[2] > 0 else {
@@ -316,25 +312,17 @@ public enum FashionMNIST {
         let (sourceResult, testFiles) = background.wait()
         let source = try sourceResult.get()
         let size = (height: imageSize, width: imageSize)
-        try Self.check(limit: trainLimit)
+        try Dataset.checkSampleLimit(trainLimit)
         var train = try Dataset.loadIDX(
             trainFiles.get(), images: found[0], labels: found[1], classCount: classCount, classNames: classNames,
             imageSize: size, limit: trainLimit, statistics: statistics)
-        try Self.check(limit: testLimit)
+        try Dataset.checkSampleLimit(testLimit)
         var test = try Dataset.loadIDX(
             testFiles.get(), images: found[2], labels: found[3], classCount: classCount, classNames: classNames,
             imageSize: size, limit: testLimit, statistics: train.statistics)
         train.source = source
         test.source = source
         return (train, test)
-    }
-
-    /// Throws the error ``Dataset/loadIDX(images:labels:classCount:classNames:imageSize:limit:statistics:)`` gives
-    /// a limit below 1 before it reads anything.
-    private static func check(limit: Int?) throws {
-        if let limit, limit < 1 {
-            throw DataError.invalidArgument(name: "sample limit", value: "\(limit)", expected: "at least 1")
-        }
     }
 
     /// The test split alone, standardised with `statistics` (the training statistics a checkpoint recorded).
@@ -411,5 +399,14 @@ final class BackgroundWork<Value>: @unchecked Sendable {
     func wait() -> Value {
         done.wait()
         return value!
+    }
+}
+
+extension Dataset {
+    /// Throws the error every loader gives for a sample limit below 1, before it reads anything.
+    static func checkSampleLimit(_ limit: Int?) throws {
+        if let limit, limit < 1 {
+            throw DataError.invalidArgument(name: "sample limit", value: "\(limit)", expected: "at least 1")
+        }
     }
 }
