@@ -108,29 +108,27 @@ extension NormalizationKernels {
             // centre μ̃ (each set owns its entries; a batch of consecutive sets finds them consecutive).
             let p = scratch, q = scratch + g.coefficientCount, r = q + g.setCount, center = r + g.setCount
             let cps = g.channelsPerSet
-            g.forEachSetRange(work: backwardWork(g, activation)) { sets in
-                g.forEachSetBatch(in: sets) { first, size in
-                    let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
-                    let batch = g.batch(ofSets: first, count: size)
-                    for s in first..<(first + size) { center[s] = Centering(mean[s]).center }
-                    setGradientSums(
-                        sumDy + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
-                        sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
-                        outStride: c, dy + batch.offset, x + batch.offset, batch, center: center + first,
-                        activation: activation?.moved(coefficient: k0, element: batch.offset))
-                    for s in first..<(first + size) {
-                        // Rows were centred on the float μ̃ = center[s] (the forward's Centering(μ).center).
-                        let (slope, offset) = setGradientCoefficients(
-                            sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
-                            gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
-                        let c0 = (s % g.channelBlocks) * cps
-                        for j in 0..<cps { p[b * c + c0 + j] = Float(rstd[s] * gammaEffective[b * c + c0 + j]) }
-                        (q[s], r[s]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
-                    }
-                    setGradientApply(
-                        dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
-                        q: q + first, r: r + first, center: center + first)
+            g.forEachSetBatch(work: backwardWork(g, activation)) { first, size in
+                let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
+                let batch = g.batch(ofSets: first, count: size)
+                for s in first..<(first + size) { center[s] = Centering(mean[s]).center }
+                setGradientSums(
+                    sumDy + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
+                    sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
+                    outStride: c, dy + batch.offset, x + batch.offset, batch, center: center + first,
+                    activation: activation?.moved(coefficient: k0, element: batch.offset))
+                for s in first..<(first + size) {
+                    // Rows were centred on the float μ̃ = center[s] (the forward's Centering(μ).center).
+                    let (slope, offset) = setGradientCoefficients(
+                        sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
+                        gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
+                    let c0 = (s % g.channelBlocks) * cps
+                    for j in 0..<cps { p[b * c + c0 + j] = Float(rstd[s] * gammaEffective[b * c + c0 + j]) }
+                    (q[s], r[s]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
                 }
+                setGradientApply(
+                    dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
+                    q: q + first, r: r + first, center: center + first)
             }
         case .channelsLast:
             if let width = tileWidth(g) {

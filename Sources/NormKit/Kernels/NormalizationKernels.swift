@@ -68,10 +68,8 @@ enum NormalizationKernels {
     ) {
         switch g.layout {
         case .channelsFirst:
-            g.forEachSetRange(work: g.elementCount) { sets in
-                g.forEachSetBatch(in: sets) { first, size in
-                    batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
-                }
+            g.forEachSetBatch(work: g.elementCount) { first, size in
+                batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
             }
         case .channelsLast:
             statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratch, geometry: g)
@@ -136,21 +134,19 @@ enum NormalizationKernels {
             // Per-row coefficients go to scale/shift[b·C + c] and centres to center[s]: each set owns its entries,
             // so threads never share one, and a batch of consecutive sets finds its coefficients consecutive.
             let center = scratchShift + g.coefficientCount
-            g.forEachSetRange(work: activation.work(elements: g.elementCount)) { sets in
-                g.forEachSetBatch(in: sets) { first, size in
-                    batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
-                    for s in first..<(first + size) {
-                        center[s] = setCoefficients(
-                            scale: scratchScale, shift: scratchShift, rstd: rstd, gain: gain, offset: offset, set: s,
-                            mean: mean[s], variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon,
-                            rule: rule, geometry: g)
-                    }
-                    let batch = g.batch(ofSets: first, count: size)
-                    let k0 = (first / g.channelBlocks) * g.channels + (first % g.channelBlocks) * cps
-                    setAffineCentered(
-                        y + batch.offset, x + batch.offset, batch, center: center + first,
-                        scale: scratchScale + k0, shift: scratchShift + k0, activation: activation)
+            g.forEachSetBatch(work: activation.work(elements: g.elementCount)) { first, size in
+                batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
+                for s in first..<(first + size) {
+                    center[s] = setCoefficients(
+                        scale: scratchScale, shift: scratchShift, rstd: rstd, gain: gain, offset: offset, set: s,
+                        mean: mean[s], variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon,
+                        rule: rule, geometry: g)
                 }
+                let batch = g.batch(ofSets: first, count: size)
+                let k0 = (first / g.channelBlocks) * g.channels + (first % g.channelBlocks) * cps
+                setAffineCentered(
+                    y + batch.offset, x + batch.offset, batch, center: center + first,
+                    scale: scratchScale + k0, shift: scratchShift + k0, activation: activation)
             }
         case .channelsLast:
             if let width = tileWidth(g) {

@@ -25,7 +25,7 @@ struct SetBatch {
 }
 
 extension NormalizationGeometry {
-    /// Sets per batch of ``forEachSetBatch(in:_:)``: as many as fit in 16,384 floats (64 KB, so a batch read by the
+    /// Sets per batch of ``forEachSetBatch(work:_:)``: as many as fit in 16,384 floats (64 KB, so a batch read by the
     /// statistics pass is still in L1/L2 when the apply pass reads it again; measured best on this project's
     /// machine, `normkit bench` for 8,192 to 65,536), rounded down to a power of two that divides a sample block's
     /// sets, so that batches tile every block exactly.
@@ -33,16 +33,6 @@ extension NormalizationGeometry {
         var batch = 1
         while batch * 2 * elementsPerSet <= 16384 && channelBlocks % (batch * 2) == 0 { batch *= 2 }
         return batch
-    }
-
-    /// Runs `body` over `0..<setCount` split over threads at batch boundaries (``setsPerBatch``; `work` as in
-    /// ``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``). Each thread's range then holds whole
-    /// batches, the same as the whole range's, and the kernels, whose 16-wide reductions group the sets and rows of
-    /// a batch, give every set the same bits on any thread count (and whether a fused activation's cost makes a
-    /// call use one thread or two).
-    @inline(__always)
-    func forEachSetRange(work: Int, _ body: (Range<Int>) -> Void) {
-        Parallelism.forEachRange(count: setCount, work: work, granule: setsPerBatch, body)
     }
 
     /// Sets `first..<first + count`, which must lie in one sample block (consecutive channel blocks).
@@ -56,16 +46,18 @@ extension NormalizationGeometry {
             m: positions, pieceStride: channels * positions)
     }
 
-    /// Calls `body(first, count)` on the consecutive batches of ``setsPerBatch`` sets in `range` (which starts at
-    /// a batch boundary; the last batch may be short).
+    /// Calls `body(first, count)` on every batch of ``setsPerBatch`` consecutive sets (which never crosses a sample
+    /// block), the batches split over threads (`work` as in
+    /// ``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``) only between batches: each batch is the same
+    /// whatever the split, and the kernels, whose 16-wide reductions group the sets and rows of a batch, give every set
+    /// the same bits on any thread count (and whether a fused activation's cost makes a call use one thread or two).
     @inline(__always)
-    func forEachSetBatch(in range: Range<Int>, _ body: (Int, Int) -> Void) {
+    func forEachSetBatch(work: Int, _ body: (Int, Int) -> Void) {
         let perBatch = setsPerBatch
-        var s = range.lowerBound
-        while s < range.upperBound {
-            let end = Swift.min(range.upperBound, (s / channelBlocks + 1) * channelBlocks, s + perBatch)
-            body(s, end - s)
-            s = end
+        Parallelism.forEachRange(count: setCount, work: work, granule: perBatch) { sets in
+            for first in stride(from: sets.lowerBound, to: sets.upperBound, by: perBatch) {
+                body(first, Swift.min(perBatch, sets.upperBound - first))
+            }
         }
     }
 }
