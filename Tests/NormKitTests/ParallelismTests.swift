@@ -30,6 +30,29 @@ final class ParallelismTests: XCTestCase {
         }
     }
 
+    /// With a granule every range starts at a multiple of it (only the last may end short of one), and every index
+    /// still runs exactly once.
+    func testRangesStartAtMultiplesOfTheGranule() {
+        for threads in [2, 3, 8] {
+            Parallelism.threadCount = threads
+            for (count, granule) in [(100, 16), (17, 4), (1000, 7), (5, 8), (64, 64)] {
+                let starts = Mutex<[Int]>([])
+                var hits = [Int32](repeating: 0, count: count)
+                hits.withUnsafeMutableBufferPointer { h in
+                    let base = h.baseAddress!
+                    Parallelism.forEachRange(count: count, work: count * 1000, minimumWork: 1, granule: granule) {
+                        range in
+                        starts.withLock { $0.append(range.lowerBound) }
+                        for i in range { base[i] += 1 }
+                    }
+                }
+                let context = "threads \(threads), count \(count), granule \(granule)"
+                XCTAssertTrue(hits.allSatisfy { $0 == 1 }, context)
+                XCTAssertTrue(starts.withLock { $0 }.allSatisfy { $0 % granule == 0 }, context)
+            }
+        }
+    }
+
     /// After a call with many threads (which starts many workers), 2-thread calls still cover every index once.
     /// (Only the one worker they need wakes; when all did, spinning on 2 cores doubled the whole suite's time.)
     func testFewerThreadsAfterManyStillCorrect() {
