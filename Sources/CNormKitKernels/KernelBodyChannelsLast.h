@@ -17,10 +17,6 @@
         if ((v) == nv - 1 && tail) vstore_part((p), tm, (value));         \
         else vstore((p), (value));                                        \
     } while (0)
-#define CL_RUN(w)                                                         \
-    const int nv = (int)(((w) + NK_LANES - 1) / NK_LANES);                \
-    const long tail = (w) % NK_LANES;                                     \
-    const vmask tm = vmask_first(tail ? tail : 1)
 
 // The per-channel arrays of an nk_activation_backward moved to channel c0, and its dz to element o.
 NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0, long o) {
@@ -32,12 +28,25 @@ NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0
     return moved;
 }
 
+// The runs below take their vector count nv (1 … CL_VECTORS) as a constant: CL_NV calls body(NV) with NV a literal,
+// so each copy unrolls its vector loops and keeps coefficients and accumulators in registers. (With nv a variable
+// they lived on the stack, and each row's sums waited on the store of the row before: 1.5–2× the time.)
+#define CL_NV(w, body)                                                    \
+    switch ((int)(((w) + NK_LANES - 1) / NK_LANES)) {                     \
+    case 1: body(1); break;                                               \
+    case 2: body(2); break;                                               \
+    case 3: body(3); break;                                               \
+    default: body(4); break;                                              \
+    }
+
 // Per channel, with d = x − k[ch] (k NULL: 0): fa[ch] += Σ d, fb[ch] += Σ d² (grad 0), or fa[ch] += Σ g,
 // fb[ch] += Σ g·d (grad 1; g = dy, or dz = dy·act'(z) stored to b->dz with act > 0), over `rows` rows of channels
-// 0 … w − 1 (w ≤ CL_WIDTH: all in registers), rows c apart.
-NK_INLINE void cl_pairs_tile(const int grad, const int act, float *fa, float *fb, const float *dy, const float *x,
-                             long rows, long c, long w, const float *k, const nk_activation_backward *b) {
-    CL_RUN(w);
+// 0 … w − 1 (nv vectors, w ≤ CL_WIDTH: all in registers), rows c apart.
+NK_INLINE void cl_pairs_tile(const int grad, const int act, const int nv, float *fa, float *fb, const float *dy,
+                             const float *x, long rows, long c, long w, const float *k,
+                             const nk_activation_backward *b) {
+    const long tail = w % NK_LANES;
+    const vmask tm = vmask_first(tail ? tail : 1);
     vf kv[CL_VECTORS], a[CL_VECTORS], q[CL_VECTORS];
     act_affine aff[CL_VECTORS];
     for (int v = 0; v < nv; v++) {
@@ -80,8 +89,11 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s
         for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
             const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
             nk_activation_backward moved = act ? act_at(b, c0, p0 * c + c0) : (nk_activation_backward){0};
-            cl_pairs_tile(grad, act, fa + c0, fb + c0, grad ? dy + p0 * c + c0 : NULL, x + p0 * c + c0, rows, c, cw,
-                          k ? k + c0 : NULL, &moved);
+#define CL_PAIRS_TILE(NV)                                                                                  \
+    cl_pairs_tile(grad, act, NV, fa + c0, fb + c0, grad ? dy + p0 * c + c0 : NULL, x + p0 * c + c0, rows, c, cw, \
+                  k ? k + c0 : NULL, &moved)
+            CL_NV(cw, CL_PAIRS_TILE)
+#undef CL_PAIRS_TILE
         }
         for (long j = 0; j < w; j++) { s1[j] += fa[j]; s2[j] += fb[j]; }
     }
@@ -109,9 +121,10 @@ NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float
 
 // out = act(a[ch]·(x − k[ch]) + b[ch]) (grad 0), or p·dy + q·(x − k) + r (grad 1: a = q, b = r); out may alias x.
 // Channels c0 … c0 + w − 1 (w ≤ CL_WIDTH: coefficients in registers) of rows c apart.
-NK_INLINE void cl_apply_run(const int grad, const int act, float *out, const float *dy, const float *x, long m, long c,
-                            long w, const float *p, const float *a, const float *b, const float *k) {
-    CL_RUN(w);
+NK_INLINE void cl_apply_nv(const int grad, const int act, const int nv, float *out, const float *dy, const float *x,
+                           long m, long c, long w, const float *p, const float *a, const float *b, const float *k) {
+    const long tail = w % NK_LANES;
+    const vmask tm = vmask_first(tail ? tail : 1);
     vf kv[CL_VECTORS], av[CL_VECTORS], bv[CL_VECTORS], pv[CL_VECTORS];
     for (int v = 0; v < nv; v++) {
         const long o = v * NK_LANES;
@@ -128,6 +141,13 @@ NK_INLINE void cl_apply_run(const int grad, const int act, float *out, const flo
             CL_STORE(out + o, v, value);
         }
     }
+}
+
+NK_INLINE void cl_apply_run(const int grad, const int act, float *out, const float *dy, const float *x, long m, long c,
+                            long w, const float *p, const float *a, const float *b, const float *k) {
+#define CL_APPLY_NV(NV) cl_apply_nv(grad, act, NV, out, dy, x, m, c, w, p, a, b, k)
+    CL_NV(w, CL_APPLY_NV)
+#undef CL_APPLY_NV
 }
 
 NK_INLINE void cl_apply(const int grad, const int act, float *out, const float *dy, const float *x, long m, long c,
