@@ -78,14 +78,16 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int nv, float 
 // s1[ch] += Σ d (or Σ g), s2[ch] += Σ d² (or Σ g·d) for channels 0 … w − 1 (w ≤ CL_MAX) of m rows c apart. The rows
 // go in tiles of at most CL_ROWS rows and about 32 KB; each tile is swept once per CL_WIDTH channels while it sits in
 // L1, so x (and dy) come from memory once, in order. A float lane adds one value per row, so its total goes to double
-// after every tile (≤ CL_ROWS values: the accuracy of the channels-first kernels, whose lanes add ~n/64 values).
+// after at most CL_ROWS rows, whole tiles (the accuracy of the channels-first kernels, whose lanes add ~n/64 values);
+// wide rows, whose tiles are a few rows, keep their float totals across tiles until then.
 NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s2, const float *dy, const float *x,
                             long m, long c, long w, const float *k, const nk_activation_backward *b) {
     float fa[CL_MAX + NK_LANES], fb[CL_MAX + NK_LANES];
     const long fit = 8192 / w, tile = fit < 1 ? 1 : fit < CL_ROWS ? fit : CL_ROWS;
+    const long run = CL_ROWS / tile * tile;  // rows per float total: whole tiles, at most CL_ROWS
+    for (long j = 0; j < w + NK_LANES; j++) fa[j] = fb[j] = 0;  // the lanes past w are loaded, never used
     for (long p0 = 0; p0 < m; p0 += tile) {
         const long rows = p0 + tile < m ? tile : m - p0;
-        for (long j = 0; j < w + NK_LANES; j++) fa[j] = fb[j] = 0;  // the lanes past w are loaded, never used
         for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
             const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
             nk_activation_backward moved = act ? act_at(b, c0, p0 * c + c0) : (nk_activation_backward){0};
@@ -95,7 +97,13 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s
             CL_NV(cw, CL_PAIRS_TILE)
 #undef CL_PAIRS_TILE
         }
-        for (long j = 0; j < w; j++) { s1[j] += fa[j]; s2[j] += fb[j]; }
+        if ((p0 + rows) % run == 0 || p0 + rows == m) {
+            for (long j = 0; j < w; j++) {
+                s1[j] += fa[j];
+                s2[j] += fb[j];
+                fa[j] = fb[j] = 0;
+            }
+        }
     }
 }
 

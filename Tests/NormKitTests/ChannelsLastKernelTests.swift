@@ -22,13 +22,14 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
 
     // MARK: - Shapes and cases
 
-    /// `[N, C, spatial…]`: channels 3, 8, 17, 64, 65, 70, 130, 520; positions 1, 7, 9, 49, 300, 3000.
+    /// `[N, C, spatial…]`: channels 3, 8, 17, 64, 65, 70, 130, 300, 520; positions 1, 7, 9, 49, 300, 3000. [2, 300, 150]:
+    /// rows wide enough that a kernel tile is 27 rows and float totals run over two tiles before going to double.
     static let shapes: [[Int]] = [
         [6, 3], [6, 17], [6, 130],
         [4, 8, 7], [4, 65, 7], [4, 17, 7],
         [4, 70, 7, 7], [4, 3, 7, 7], [2, 64, 49], [2, 130, 7, 7],
         [1, 70, 3, 10, 10],
-        [2, 3, 3000], [2, 17, 50, 60], [2, 130, 3000], [2, 520, 3, 3],
+        [2, 3, 3000], [2, 17, 50, 60], [2, 130, 3000], [2, 520, 3, 3], [2, 300, 150],
     ]
 
     /// GN group counts per channel count: LN (1), IN (C) and some in between.
@@ -39,6 +40,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         case 65: return [1, 5, 13, 65]
         case 70: return [1, 7, 35, 70]
         case 130: return [1, 13, 65, 130]
+        case 300: return [1, 30, 300]
         case 520: return [1, 8, 520]
         default: return [1, c]
         }
