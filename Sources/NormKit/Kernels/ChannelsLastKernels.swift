@@ -33,8 +33,8 @@ extension NormalizationKernels {
         let cps = g.channelsPerSet, sps = g.samplesPerSet
         for s in 0..<g.setCount {
             let n0 = (s / g.channelBlocks) * sps, c0 = (s % g.channelBlocks) * cps, k = shift(n0)
-            (mean[s], variance[s]) = shiftedMoments(positions: m, count: count, entries: sps * cps) { i in
-                let ch = c0 + i % cps, e = (n0 + i / cps) * c + ch
+            (mean[s], variance[s]) = shiftedMoments(positions: m, count: count, samples: sps, channels: cps) { j, i in
+                let ch = c0 + i, e = (n0 + j) * c + ch
                 return (Double(k[ch]), s1[e], s2[e])
             }
         }
@@ -56,27 +56,32 @@ extension NormalizationKernels {
         }
     }
 
-    /// A set's mean and biased variance from its entries' shifted sums: entry `i` (one (n, c) of the set, M values)
-    /// has shift `k`, `Σ(x−k)` and `Σ(x−k)²`; `μ = Σ(k·M + Σ(x−k)) / count` and
-    /// `Σ(x−μ)² = Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²]`, in double.
+    /// A set's mean and biased variance from its entries' shifted sums: entry `(j, i)` (sample `j`, channel `i` of the
+    /// set, M values each) has shift `k`, `Σ(x−k)` and `Σ(x−k)²`; `μ = Σ(k·M + Σ(x−k)) / count` and
+    /// `Σ(x−μ)² = Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²]`, in double, entries in (sample, channel) order.
     @inline(__always)
     static func shiftedMoments(
-        positions m: Int, count: Double, entries: Int, _ entry: (Int) -> (shift: Double, sum: Double, squares: Double)
+        positions m: Int, count: Double, samples: Int, channels: Int,
+        _ entry: (_ sample: Int, _ channel: Int) -> (shift: Double, sum: Double, squares: Double)
     )
         -> (mean: Double, variance: Double)
     {
         let mm = Double(m)
         var total = 0.0
-        for i in 0..<entries {
-            let (k, s1, _) = entry(i)
-            total += k * mm + s1
+        for j in 0..<samples {
+            for i in 0..<channels {
+                let (k, s1, _) = entry(j, i)
+                total += k * mm + s1
+            }
         }
         let mu = total / count
         var m2 = 0.0
-        for i in 0..<entries {
-            let (k, s1, s2) = entry(i)
-            let e = mu - k
-            m2 += s2 - 2 * e * s1 + mm * e * e
+        for j in 0..<samples {
+            for i in 0..<channels {
+                let (k, s1, s2) = entry(j, i)
+                let e = mu - k
+                m2 += s2 - 2 * e * s1 + mm * e * e
+            }
         }
         return (mu, max(0, m2 / count))
     }
@@ -228,8 +233,9 @@ extension NormalizationKernels {
                 }
                 for s in (b * g.channelBlocks + c0 / cps)..<(b * g.channelBlocks + (c0 + w) / cps) {
                     let sc0 = (s % g.channelBlocks) * cps
-                    (mean[s], variance[s]) = shiftedMoments(positions: m, count: count, entries: sps * cps) { i in
-                        let ch = sc0 + i % cps, e = (n0 + i / cps) * c + ch
+                    (mean[s], variance[s]) = shiftedMoments(positions: m, count: count, samples: sps, channels: cps) {
+                        j, i in
+                        let ch = sc0 + i, e = (n0 + j) * c + ch
                         return (Double(first[ch - c0]), sums[e], sums[g.batch * c + e])
                     }
                     let center = setCoefficients(
