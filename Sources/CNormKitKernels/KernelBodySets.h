@@ -136,6 +136,19 @@ NK_INLINE void sets_apply(const int grad, const int act, float *out, const float
             }
 }
 
+/* A plain loop the compiler vectorizes for the instruction set; every product and difference is its own
+ * statement and contraction is off, so each value is the Swift reference's (no fused multiply-add). */
+NK_FN void channel_coefficients(float *restrict scale, float *restrict shift, const float *restrict gamma,
+                                const float *restrict beta, long count, double factor, double residual) {
+#pragma clang fp contract(off)
+    for (long c = 0; c < count; c++) {
+        const double a = (double)gamma[c] * factor;
+        const double moved = a * residual;
+        scale[c] = (float)a;
+        shift[c] = (float)((double)beta[c] - moved);
+    }
+}
+
 NK_FN void sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows,
                                 long m, long piece_stride, const float *k, const float *a, const float *b,
                                 int act) {

@@ -113,6 +113,11 @@ void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long set
     NK_FORWARD(sets_gradient_apply(dx, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k));
 }
 
+void nk_channel_coefficients(float *scale, float *shift, const float *gamma, const float *beta, long count,
+                             double factor, double residual) {
+    NK_FORWARD(channel_coefficients(scale, shift, gamma, beta, count, factor, residual));
+}
+
 void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k) {
     NK_FORWARD(cl_centered_sums(s1, s2, x, m, c, w, k));
 }

@@ -194,9 +194,9 @@ func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
 
 /// The one `dγ`/`dβ` walk of every layer: `dγ_c = Σ_n scale[s]·Σdy·(x − k)[n, c] + offset[s]·Σdy[n, c]` and
 /// `dβ_c = Σ_n Σdy[n, c]` with `s` the set of `(n, c)` in `g`, from the per-(n, c) sums of a backward, written into
-/// the parameters' gradients (nothing without them). `setScale` and `setOffset` are called once per set; pass
-/// closures over local copies of the arrays they read, not over `self` (a stored property read pays an exclusivity
-/// check). Inlined so that each caller's closures are specialised into the loop. Sums run over `n` in order.
+/// the parameters' gradients (nothing without them). `setScale` and `setOffset` are called per channel and sample
+/// block; pass closures over local copies of the arrays they read, not over `self` (a stored property read pays an
+/// exclusivity check). Inlined so that each caller's closures are specialised into the loop. Sums run over `n` in order.
 @inline(__always)
 func writeAffineGradients(
     weight: Parameter?, bias: Parameter?, sumDy: [Double], sumDyCentered: [Double],
@@ -204,20 +204,26 @@ func writeAffineGradients(
 ) {
     guard let weight, let bias else { return }
     let c = g.channels, k = g.samplesPerSet, cps = g.channelsPerSet
-    // One exclusive access per gradient for the whole walk, none per element.
-    updating(&weight.gradient) { dGamma in
-        updating(&bias.gradient) { dBeta in
-            for ch in 0..<c {
-                var dg = 0.0, db = 0.0
-                for block in 0..<g.sampleBlocks {
-                    let s = block * g.channelBlocks + ch / cps
-                    let scale = setScale(s), offset = setOffset(s)
-                    for n in (block * k)..<((block + 1) * k) {
-                        dg += scale * sumDyCentered[n * c + ch] + offset * sumDy[n * c + ch]
-                        db += sumDy[n * c + ch]
+    // One exclusive access per gradient for the whole walk, none per element; channels set by set (no division).
+    weight.gradient.withUnsafeMutableBufferPointer { dGamma in
+        bias.gradient.withUnsafeMutableBufferPointer { dBeta in
+            sumDy.withUnsafeBufferPointer { sumDy in
+                sumDyCentered.withUnsafeBufferPointer { sumDyCentered in
+                    for set in 0..<g.channelBlocks {
+                        for ch in (set * cps)..<((set + 1) * cps) {
+                            var dg = 0.0, db = 0.0
+                            for block in 0..<g.sampleBlocks {
+                                let s = block * g.channelBlocks + set
+                                let scale = setScale(s), offset = setOffset(s)
+                                for n in (block * k)..<((block + 1) * k) {
+                                    dg += scale * sumDyCentered[n * c + ch] + offset * sumDy[n * c + ch]
+                                    db += sumDy[n * c + ch]
+                                }
+                            }
+                            (dGamma[ch], dBeta[ch]) = (Float(dg), Float(db))
+                        }
                     }
                 }
-                (dGamma[ch], dBeta[ch]) = (Float(dg), Float(db))
             }
         }
     }

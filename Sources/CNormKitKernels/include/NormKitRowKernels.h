@@ -68,6 +68,11 @@ void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long set
                             long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
                             const float *k);
 
+/* The coefficients stage of a set's channels in double, rounded once to float:
+ * a[c] = γ[c]·factor, scale[c] = (float)a[c], shift[c] = (float)(β[c] − a[c]·residual), for c < count. */
+void nk_channel_coefficients(float *scale, float *shift, const float *gamma, const float *beta, long count,
+                             double factor, double residual);
+
 /*
  * Channels-last (NHWC) kernels: channels 0 … w − 1 (w ≤ c) of m rows (positions) c floats apart, so a call covers a
  * slice of channels of one or more consecutive samples; per-channel arrays (k, a, b, p, q, r) have w entries.

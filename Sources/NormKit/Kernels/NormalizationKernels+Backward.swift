@@ -123,7 +123,8 @@ extension NormalizationKernels {
                         sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
                         gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
                     let c0 = (s % g.channelBlocks) * cps
-                    for j in 0..<cps { p[b * c + c0 + j] = Float(rstd[s] * gammaEffective[b * c + c0 + j]) }
+                    let setRstd = rstd[s], row = p + b * c + c0, ge = gammaEffective + b * c + c0
+                    for j in 0..<cps { row[j] = Float(setRstd * ge[j]) }
                     (q[s], r[s]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
                 }
                 setGradientApply(

@@ -1,3 +1,5 @@
+import CNormKitKernels
+
 // The kernels behind every layer. A normalization set is a block of `samplesPerSet` consecutive samples by
 // `channelsPerSet` consecutive channels, over all spatial positions:
 //
@@ -186,6 +188,14 @@ enum NormalizationKernels {
         let set = rule.setAffine(set: s, channel: c0, mean: mean, variance: variance, rstd: r)
         (rstd[s], gain[s], offset[s]) = (r, set.gain, set.offset)
         let centering = Centering(mean), row = (s / g.channelBlocks) * g.channels
+        if g.channelsPerSet >= 16, let gamma, let beta, set.offset == 0, nativeKernels {
+            // Wide sets of an affine BN/GN layer: the loop below, vectorized (a call costs more than the loop for a
+            // few channels, and BN's sets have one).
+            nk_channel_coefficients(
+                scale + row + c0, shift + row + c0, gamma + c0, beta + c0, g.channelsPerSet, set.gain * r,
+                centering.residual)
+            return centering.center
+        }
         for c in c0..<(c0 + g.channelsPerSet) {
             (scale[row + c], shift[row + c]) = centering.coefficients(
                 gamma: Double(gamma?[c] ?? 1), beta: Double(beta?[c] ?? 0), factor: set.gain * r, offset: set.offset)

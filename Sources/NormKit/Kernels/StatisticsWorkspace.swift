@@ -76,8 +76,9 @@ struct StatisticsWorkspace {
                 switch g.layout {
                 case .channelsFirst:  // centres per set
                     for block in 0..<g.sampleBlocks {
-                        for c in 0..<g.channels {
-                            k[block * g.channels + c] = centers[block * g.channelBlocks + c / g.channelsPerSet]
+                        for set in 0..<g.channelBlocks {
+                            (k + block * g.channels + set * g.channelsPerSet).update(
+                                repeating: centers[block * g.channelBlocks + set], count: g.channelsPerSet)
                         }
                     }
                 case .channelsLast:  // centres per coefficient
@@ -106,9 +107,16 @@ struct StatisticsWorkspace {
         }
         let gain = gain, rstd = rstd, offset = offset
         gammaEffective.withUnsafeMutableBufferPointer { ge in
+            // γ_c·gain of the channel's set, walked set by set (no division per channel).
+            let cps = g.channelsPerSet
             for b in 0..<g.sampleBlocks {
-                for ch in 0..<c {
-                    ge[b * c + ch] = Double(gamma?[ch] ?? 1) * gain[b * g.channelBlocks + ch / g.channelsPerSet]
+                for set in 0..<g.channelBlocks {
+                    let setGain = gain[b * g.channelBlocks + set], first = b * c + set * cps
+                    if let gamma {
+                        for j in 0..<cps { ge[first + j] = Double(gamma[set * cps + j]) * setGain }
+                    } else {
+                        for j in 0..<cps { ge[first + j] = setGain }
+                    }
                 }
             }
         }
