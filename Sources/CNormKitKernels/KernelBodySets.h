@@ -136,8 +136,8 @@ NK_INLINE void sets_apply(const int grad, const int act, float *out, const float
             }
 }
 
-/* A plain loop the compiler vectorizes for the instruction set; every product and difference is its own
- * statement and contraction is off, so each value is the Swift reference's (no fused multiply-add). */
+/* A plain loop the compiler vectorizes for the instruction set, in double like the Swift loop it replaces; every
+ * product and difference is its own statement and contraction is off, so each value is that loop's. */
 NK_FN void channel_coefficients(float *restrict scale, float *restrict shift, const float *restrict gamma,
                                 const float *restrict beta, long count, double factor, double residual) {
 #pragma clang fp contract(off)

@@ -1,3 +1,4 @@
+import CNormKitKernels
 import NormKit
 import XCTest
 import _NormKitTestSupport
@@ -104,5 +105,38 @@ final class KernelPathTests: XCTestCase {
                 XCTAssertLessThan(Double(difference / scale), 1e-6, "\(label) vs portable, \(shape)")
             }
         }
+    }
+
+    /// The coefficients stage of wide sets (`nk_channel_coefficients`) is the layers' double arithmetic bit for bit on
+    /// every instruction set: `a = γ·factor`, `scale = Float(a)`, `shift = Float(β − a·δ)`, each in double and rounded
+    /// to float once (float arithmetic, a wrong lane or a lost tail would differ). Counts cover whole vectors and
+    /// tails.
+    func testChannelCoefficientsKernelIsTheDoubleArithmeticBitForBit() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 2026)
+        let widest = KernelDispatch.instructionSet
+        var mismatches = 0, compared = 0
+        for limit in [KernelDispatch.InstructionSet.avx2, widest] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for count in [1, 3, 8, 15, 16, 17, 31, 64, 100, 512] {
+                let gamma = (0..<count).map { _ in Float.random(in: -3...3, using: &rng) }
+                let beta = (0..<count).map { _ in Float.random(in: -3...3, using: &rng) }
+                let factor = Double.random(in: 0.01...50, using: &rng)
+                let residual = Double.random(in: -1e-3...1e-3, using: &rng)
+                var scale = [Float](repeating: .nan, count: count), shift = scale
+                nk_channel_coefficients(&scale, &shift, gamma, beta, count, factor, residual)
+                for c in 0..<count {
+                    let a = Double(gamma[c]) * factor
+                    compared += 1
+                    if scale[c].bitPattern != Float(a).bitPattern
+                        || shift[c].bitPattern != Float(Double(beta[c]) - a * residual).bitPattern
+                    {
+                        mismatches += 1
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(mismatches, 0, "\(mismatches) of \(compared) coefficients differ from the double arithmetic")
     }
 }
