@@ -1,3 +1,4 @@
+import CNormKitDNNL
 import Foundation
 import NormKitTraining
 import XCTest
@@ -103,6 +104,8 @@ final class ConvolutionEngineTests: XCTestCase {
         let specs = ConvSpec.table([
             (1, 1, 1, 1, 1, 1, 1, 0), (2, 3, 1, 1, 4, 3, 1, 1), (3, 5, 1, 2, 2, 5, 2, 2), (1, 16, 13, 13, 16, 3, 2, 0),
             (4, 17, 6, 11, 9, 5, 2, 1), (5, 8, 12, 3, 20, 1, 2, 2), (2, 20, 2, 13, 1, 3, 1, 2),
+            // one input channel into 16 and 32 filters: the 3×3 stem weight gradient's register path (NHWC)
+            (3, 1, 9, 7, 16, 3, 1, 1), (2, 1, 10, 10, 32, 3, 2, 1),
         ])
         for spec in specs {
             for (bias, centred) in [(false, false), (true, true)] {
@@ -112,6 +115,73 @@ final class ConvolutionEngineTests: XCTestCase {
                     let result = try run(conv, .oneDNN, layout, x: x, dy: dy)
                     result.assertClose(
                         to: want, tolerance: 1e-5, "oneDNN \(layout) \(spec) bias \(bias) centred \(centred)")
+                }
+            }
+        }
+    }
+
+    /// `nk_single_channel_weight_gradient` (the oneDNN engine's one-input-channel weight gradient) against the
+    /// scalar sum over positions in order, bit for bit (the AVX-512 and AVX2 register paths for 3×3 kernels with
+    /// 16·k filters, where the CPU has them, and the scalar path), and against a float64 sum; `db` with and without.
+    func testSingleChannelWeightGradientIsThePositionOrderSumBitForBit() {
+        var rng = SeededGenerator(seed: 911)
+        // (images, height, width, filters, kernel, stride, padding)
+        let cases = [
+            (3, 9, 7, 16, 3, 1, 1), (2, 10, 10, 32, 3, 2, 1), (1, 4, 5, 48, 3, 1, 2), (2, 6, 5, 20, 3, 1, 0),
+            (2, 7, 7, 16, 5, 2, 2), (1, 1, 1, 16, 3, 1, 1),
+        ]
+        for (images, height, width, filters, kernel, stride, padding) in cases {
+            let outHeight = (height + 2 * padding - kernel) / stride + 1
+            let outWidth = (width + 2 * padding - kernel) / stride + 1
+            let x = (0..<images * height * width).map { _ in Float.random(in: -1...1, using: &rng) }
+            let dy = (0..<images * outHeight * outWidth * filters).map { _ in Float.random(in: -1...1, using: &rng) }
+            let taps = kernel * kernel
+            // The reference: per position in order, db += dy and dW[tap] += x[tap]·dy, Float products and sums.
+            var wantW = [Float](repeating: 0, count: taps * filters), wantB = [Float](repeating: 0, count: filters)
+            var doubleW = [Double](repeating: 0, count: taps * filters)
+            for n in 0..<images {
+                for oh in 0..<outHeight {
+                    for ow in 0..<outWidth {
+                        let row = ((n * outHeight + oh) * outWidth + ow) * filters
+                        for f in 0..<filters { wantB[f] += dy[row + f] }
+                        for ki in 0..<kernel {
+                            let ih = oh * stride - padding + ki
+                            guard ih >= 0 && ih < height else { continue }
+                            for kj in 0..<kernel {
+                                let iw = ow * stride - padding + kj
+                                guard iw >= 0 && iw < width else { continue }
+                                let value = x[(n * height + ih) * width + iw]
+                                for f in 0..<filters {
+                                    let product = value * dy[row + f]
+                                    wantW[f * taps + ki * kernel + kj] += product
+                                    doubleW[f * taps + ki * kernel + kj] += Double(value) * Double(dy[row + f])
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let label =
+                "images \(images) \(height)×\(width) filters \(filters) kernel \(kernel) stride \(stride) pad \(padding)"
+            for (level, withBias) in [(2, true), (2, false), (1, true), (0, true)] {
+                var dw = [Float](repeating: .nan, count: taps * filters), db = [Float](repeating: .nan, count: filters)
+                var scratch = [Float](repeating: .nan, count: taps * filters)
+                dw.withUnsafeMutableBufferPointer { dwp in
+                    db.withUnsafeMutableBufferPointer { dbp in
+                        nk_single_channel_weight_gradient(
+                            dwp.baseAddress!, withBias ? dbp.baseAddress! : nil, x, dy, Int32(images), Int32(height),
+                            Int32(width), Int32(filters), Int32(kernel), Int32(stride), Int32(padding),
+                            Int32(outHeight), Int32(outWidth), &scratch, Int32(level))
+                    }
+                }
+                XCTAssertEqual(dw, wantW, "dW \(label) bias \(withBias) level \(level)")
+                if withBias {
+                    XCTAssertEqual(db, wantB, "db \(label) level \(level)")
+                } else {
+                    XCTAssertTrue(db.allSatisfy(\.isNaN))
+                }
+                for i in dw.indices {
+                    XCTAssertEqual(Double(dw[i]), doubleW[i], accuracy: 1e-5 * max(1, abs(doubleW[i])), "\(label) \(i)")
                 }
             }
         }

@@ -57,6 +57,16 @@ int nk_dnnl_convolution_backward_data(nk_dnnl_convolution *convolution, const fl
 int nk_dnnl_convolution_backward_weights(nk_dnnl_convolution *convolution, const float *x, const float *dy,
                                          float *dweights, float *dbias);
 
+/// The weight gradient of a convolution with one input channel over channels-last `dy`, computed by NormKit
+/// (see `Conv2d+OneDNN.swift`; available without oneDNN too): `dweights` (OIHW, `filters × kernel × kernel`) and
+/// `dbias` (may be NULL), both overwritten, from `x` (`images × height × width`) and `dy` (`images × out_height ×
+/// out_width × filters`); `scratch` holds `kernel² × filters` floats. Sums run over positions in order, products
+/// and sums rounded separately: the same bits on every instruction set. `level` caps the instruction set used
+/// (2: AVX-512, 1: AVX2, 0: scalar; the CPU's own limit applies too).
+void nk_single_channel_weight_gradient(float *dweights, float *dbias, const float *x, const float *dy, int images,
+                                       int height, int width, int filters, int kernel, int stride, int padding,
+                                       int out_height, int out_width, float *scratch, int level);
+
 #ifdef __cplusplus
 }
 #endif
