@@ -47,7 +47,7 @@ enum Elementwise {
             b.withUnsafeBufferPointer { bb in
                 y.withUnsafeMutableBufferPointer { yb in
                     let ap = ab.baseAddress!, bp = bb.baseAddress!, yp = yb.baseAddress!
-                    Parallelism.forEachRange(count: count, work: count, minimumWork: 1 << 17) { r in
+                    Parallelism.forEachRange(count: count, work: count) { r in
                         kernel(ap + r.lowerBound, bp + r.lowerBound, yp + r.lowerBound, r.count)
                     }
                 }
@@ -69,7 +69,7 @@ enum Elementwise {
                 c.withUnsafeBufferPointer { cb in
                     y.withUnsafeMutableBufferPointer { yb in
                         let ap = ab.baseAddress!, bp = bb.baseAddress!, cp = cb.baseAddress!, yp = yb.baseAddress!
-                        Parallelism.forEachRange(count: count, work: count, minimumWork: 1 << 17) { r in
+                        Parallelism.forEachRange(count: count, work: count) { r in
                             let i = r.lowerBound
                             kernel(ap + i, bp + i, cp + i, yp + i, r.count)
                         }
