@@ -127,9 +127,10 @@ static dnnl_status_t choose_implementation(dnnl_primitive_desc_t *out, const voi
 
 // The forward of a convolution with at most 16 input channels (ResNet's 1-channel stem and its first stage) runs
 // oneDNN 2.6's direct `jit` kernel instead of its first choice, `brgconv`: in ResNet-20 training on this machine
-// kind (AMD EPYC, AVX-512) 299 vs 423 µs per 16 images at 16 → 16 channels, 55 vs 142 µs for the stem, with the
-// same output bits (the two sum the 16 × 3 × 3 products in the same order; `normkit train` models byte-identical).
-// With 32 or more input channels the two are within noise of each other and oneDNN's choice stays.
+// kind (AMD EPYC, AVX-512) 299 vs 423 µs per 16 images at 16 → 16 channels, 55 vs 142 µs for the stem, and the
+// same output bits in every model tried (`normkit train` models byte-identical for ResNet-8 and ResNet-20 with BN,
+// GN and MABN, batch 32 and 2, 1 and 2 threads). With 32 or more input channels the two are within noise of each
+// other (and round differently), so oneDNN's choice stays.
 static int prefers_direct_forward(int channels) { return channels <= 16; }
 
 static dnnl_status_t finish_step(step *s, const_dnnl_primitive_attr_t attr, const void *operation,
