@@ -10,7 +10,7 @@ struct SweepCommand: ParsableCommand {
         commandName: "sweep",
         abstract: "Run a grid of trainings (normalizations × normalization batch sizes × seeds) and report it.",
         discussion: """
-            Presets: quick (CI smoke test), demo (the README's 10–20-minute main job), paper-table2 (BN vs GN over \
+            Presets: quick (CI smoke test), demo (the README's 5–20-minute main job), paper-table2 (BN vs GN over \
             normalization batches 32..2), paper-table3 (GN groups), mabn (BN, BRN, MABN, GN over 32..2), \
             small-batch (true SGD batches 32..2), mabn-ablation (MABN minus each part), paper-table1 (BN, LN, IN, GN curves), vgg (VGG: none, BN, GN). Each run \
             lands in its own directory; an interrupted sweep started again skips finished runs and resumes the \

@@ -55,9 +55,10 @@ public enum SweepPresets {
     }
 
     /// The README's main experiment, the recipe of `docs/NORMALIZATION.md` §8 as is: BN, GN and MABN at normalization
-    /// batch 32, 16, 8, 4, 2 (11 runs: GN runs once and fills every column), one seed, 2 epochs on the full data. 10–20
-    /// minutes on this project's 2-core machine kind (its AMD EPYC machines: about 10 minutes; its Intel Xeon ones:
-    /// 14 min 23 s and 20 min 6 s measured, at ~1,500 and ~1,100 images/s: the VM's speed drifts); enough to show
+    /// batch 32, 16, 8, 4, 2 (11 runs: GN runs once and fills every column), one seed, 2 epochs on the full data. 5–20
+    /// minutes on this project's 2-core machine kind (its AMD EPYC machines: 4 min 56 s in session 13, 11 min 33 s in
+    /// session 10; its Intel Xeon ones: 14 min 23 s and 20 min 6 s measured with session 8–9's slower code, at ~1,500
+    /// and ~1,100 images/s: the VM's speed drifts); enough to show
     /// BN's error climbing as its batch shrinks while GN and MABN stay flat.
     public static var demo: SweepPreset {
         let plan = SweepPlan(
