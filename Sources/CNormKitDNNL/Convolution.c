@@ -295,6 +295,15 @@ void nk_dnnl_convolution_destroy(nk_dnnl_convolution *c) {
     free(c);
 }
 
+const char *nk_dnnl_convolution_implementation(const nk_dnnl_convolution *c, int pass) {
+    const step *s = pass == 0 ? &c->forward : pass == 1 ? &c->backward_data : pass == 2 ? &c->backward_weights : NULL;
+    const char *name = NULL;
+    if (!s || !s->descriptor ||
+        dnnl_primitive_desc_query(s->descriptor, dnnl_query_impl_info_str, 0, &name) != dnnl_success || !name)
+        return "";
+    return name;
+}
+
 int nk_dnnl_convolution_set_weights(nk_dnnl_convolution *c, const float *weights) {
     use_one_thread();
     CHECK(move_weights(c, &c->forward_weights, weights, 0));
@@ -368,6 +377,11 @@ nk_dnnl_convolution *nk_dnnl_convolution_create(int batch, int channels, int hei
     return NULL;
 }
 void nk_dnnl_convolution_destroy(nk_dnnl_convolution *c) { (void)c; }
+const char *nk_dnnl_convolution_implementation(const nk_dnnl_convolution *c, int pass) {
+    (void)c;
+    (void)pass;
+    return "";
+}
 int nk_dnnl_convolution_set_weights(nk_dnnl_convolution *c, const float *w) { (void)c; (void)w; return unavailable(); }
 int nk_dnnl_convolution_set_backward_weights(nk_dnnl_convolution *c, const float *w) {
     (void)c; (void)w; return unavailable();

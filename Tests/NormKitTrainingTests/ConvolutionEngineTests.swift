@@ -120,6 +120,27 @@ final class ConvolutionEngineTests: XCTestCase {
         }
     }
 
+    /// The forward of a convolution with at most 16 input channels runs oneDNN's direct `jit` kernel, never
+    /// `brgconv` (1.4–2.5× slower there in ResNet training, docs/PERFORMANCE.md session 13); the backward passes and
+    /// wider inputs keep oneDNN's own choice. Every pass names an implementation.
+    func testNarrowInputsRunTheDirectForward() throws {
+        try skipUnlessOneDNN()
+        for (channels, kernel, stride) in [(1, 3, 1), (16, 3, 1), (16, 3, 2), (8, 5, 1), (32, 3, 1), (64, 3, 1)] {
+            guard
+                let convolution = nk_dnnl_convolution_create(
+                    4, Int32(channels), 14, 14, 16, Int32(kernel),
+                    Int32(stride), 1, 0, 1)
+            else { return XCTFail(String(cString: nk_dnnl_last_error())) }
+            defer { nk_dnnl_convolution_destroy(convolution) }
+            let names = (0..<3).map { String(cString: nk_dnnl_convolution_implementation(convolution, Int32($0))) }
+            XCTAssertTrue(names.allSatisfy { !$0.isEmpty }, "\(channels) channels: \(names)")
+            if channels <= 16 {
+                XCTAssertFalse(names[0].hasPrefix("brgconv:"), "\(channels) channels, \(kernel)×\(kernel): \(names[0])")
+            }
+            XCTAssertEqual(String(cString: nk_dnnl_convolution_implementation(convolution, 3)), "")
+        }
+    }
+
     /// `nk_single_channel_weight_gradient` (the oneDNN engine's one-input-channel weight gradient) against the
     /// scalar sum over positions in order, bit for bit (the AVX-512 and AVX2 register paths for 3×3 kernels with
     /// 16·k filters, where the CPU has them, and the scalar path), and against a float64 sum; `db` with and without.
