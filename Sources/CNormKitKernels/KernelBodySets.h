@@ -149,6 +149,52 @@ NK_FN void channel_coefficients(float *restrict scale, float *restrict shift, co
     }
 }
 
+// One-channel sets (BN) of a channels-last tile, standardized (gain 1, offset 0): per channel i < w, from the
+// samples' shifted sums (s1, s2 at j·stride + i, shift k[i]) the mean and biased variance (ChannelsLastKernels'
+// shiftedMoments), rstd = 1/sqrt(var + ε), and the coefficients (NormalizationKernels.setCoefficients): the same
+// double operations in the same order as those Swift loops, so the same bits. Chunks of channels go in vectors.
+NK_FN void cl_standardized_coefficients(double *restrict mean, double *restrict variance, double *restrict rstd,
+                                        double *restrict gain, double *restrict offset, float *restrict scale,
+                                        float *restrict shift, float *restrict centers, const float *restrict k,
+                                        const double *restrict s1, const double *restrict s2, long samples,
+                                        long stride, long w, double positions, double count, float epsilon,
+                                        const float *restrict gamma, const float *restrict beta) {
+#pragma clang fp contract(off)
+    enum { CHUNK = 64 };
+    const double eps = (double)epsilon;
+    for (long c0 = 0; c0 < w; c0 += CHUNK) {
+        const long n = w - c0 < CHUNK ? w - c0 : CHUNK;
+        double total[CHUNK], m2[CHUNK], mu[CHUNK];
+        for (long i = 0; i < n; i++) total[i] = 0;
+        for (long j = 0; j < samples; j++)
+            for (long i = 0; i < n; i++) total[i] += (double)k[c0 + i] * positions + s1[j * stride + c0 + i];
+        for (long i = 0; i < n; i++) {
+            mu[i] = total[i] / count;
+            m2[i] = 0;
+        }
+        for (long j = 0; j < samples; j++)
+            for (long i = 0; i < n; i++) {
+                const double e = mu[i] - (double)k[c0 + i], t = s1[j * stride + c0 + i];
+                m2[i] += s2[j * stride + c0 + i] - 2 * e * t + positions * e * e;
+            }
+        for (long i = 0; i < n; i++) {
+            const double q = m2[i] / count, var = q >= 0 ? q : 0;
+            const double r = 1 / __builtin_sqrt(var + eps);
+            const float center = (float)mu[i];
+            const double residual = mu[i] - (double)center;
+            const double a = (gamma ? (double)gamma[c0 + i] : 1.0) * r;
+            mean[c0 + i] = mu[i];
+            variance[c0 + i] = var;
+            rstd[c0 + i] = r;
+            gain[c0 + i] = 1;
+            offset[c0 + i] = 0;
+            scale[c0 + i] = (float)a;
+            shift[c0 + i] = (float)((beta ? (double)beta[c0 + i] : 0.0) - a * residual);
+            centers[c0 + i] = center;
+        }
+    }
+}
+
 NK_FN void sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows,
                                 long m, long piece_stride, const float *k, const float *a, const float *b,
                                 int act) {

@@ -118,6 +118,14 @@ void nk_channel_coefficients(float *scale, float *shift, const float *gamma, con
     NK_FORWARD(channel_coefficients(scale, shift, gamma, beta, count, factor, residual));
 }
 
+void nk_cl_standardized_coefficients(double *mean, double *variance, double *rstd, double *gain, double *offset,
+                                     float *scale, float *shift, float *centers, const float *k, const double *s1,
+                                     const double *s2, long samples, long stride, long w, double positions,
+                                     double count, float epsilon, const float *gamma, const float *beta) {
+    NK_FORWARD(cl_standardized_coefficients(mean, variance, rstd, gain, offset, scale, shift, centers, k, s1, s2,
+                                            samples, stride, w, positions, count, epsilon, gamma, beta));
+}
+
 void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k) {
     NK_FORWARD(cl_centered_sums(s1, s2, x, m, c, w, k));
 }

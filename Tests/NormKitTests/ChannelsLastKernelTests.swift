@@ -411,6 +411,41 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         worst.assertBelow(tolerance, "ChannelsLastKernelTests BN")
     }
 
+    /// BN's one-channel sets in the channels-last tiles take their moments and coefficients from one C kernel
+    /// (`nk_cl_standardized_coefficients`); BatchRenorm in its warm-up (r = 1, d = 0) takes the same tiles through
+    /// the Swift loops of the rule. The two must give the same output bit for bit (wide rows, cut into slices on
+    /// two threads; with and without affine parameters; native, AVX2 and portable paths).
+    func testBatchNormTileCoefficientsKernelIsTheRuleLoopBitForBit() throws {
+        var rng = SeededGenerator(seed: 0xC1_09)
+        let warmup = BatchRenorm.Schedule(warmupSteps: 100, rMax: 3, dMax: 5, rSteps: 10, dSteps: 10)
+        for path in Path.allCases where select(path) {
+            for threads in [1, 2] {
+                Parallelism.threadCount = threads
+                for (shape, affine) in [
+                    ([2, 2048, 7, 7], true), ([2, 520, 7, 7], true), ([4, 1024, 3, 3], false),
+                    ([3, 70, 9, 9], true),
+                ] {
+                    let bn = try BatchNorm(channels: shape[1], affine: affine)
+                    let brn = try BatchRenorm(channels: shape[1], schedule: warmup, affine: affine)
+                    if affine {
+                        let gamma = (0..<shape[1]).map { _ in Float.random(in: 0.5...2, using: &rng) }
+                        let beta = (0..<shape[1]).map { _ in Float.random(in: -1...1, using: &rng) }
+                        bn.weight!.value = gamma
+                        brn.weight!.value = gamma
+                        bn.bias!.value = beta
+                        brn.bias!.value = beta
+                    }
+                    let x = Tensor.randomNormal(
+                        shape: shape, layout: .channelsLast, mean: 3, standardDeviation: 2, using: &rng)
+                    var y1 = Tensor(zeros: [1, 1]), y2 = Tensor(zeros: [1, 1])
+                    try bn.forward(x, into: &y1, training: true)
+                    try brn.forward(x, into: &y2, training: true)
+                    XCTAssertEqual(y1.values, y2.values, "\(path) threads \(threads) \(shape) affine \(affine)")
+                }
+            }
+        }
+    }
+
     func testGroupNormLayerNormInstanceNormChannelsLast() throws {
         var rng = SeededGenerator(seed: 0xC1_02)
         let worst = Worst()

@@ -73,6 +73,15 @@ void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long set
 void nk_channel_coefficients(float *scale, float *shift, const float *gamma, const float *beta, long count,
                              double factor, double residual);
 
+/* The statistics-to-coefficients stage of w one-channel sets (BN) standardized (gain 1, offset 0), from a
+ * channels-last tile's per-sample shifted sums: for channel i, s1/s2 of sample j at j·stride + i about the shift
+ * k[i] (positions values each, count in all); writes mean, biased variance, rstd, gain = 1, offset = 0 of set i and
+ * scale, shift, centers of channel i (gamma, beta NULL: 1, 0). The double arithmetic of NormKit's Swift loops. */
+void nk_cl_standardized_coefficients(double *mean, double *variance, double *rstd, double *gain, double *offset,
+                                     float *scale, float *shift, float *centers, const float *k, const double *s1,
+                                     const double *s2, long samples, long stride, long w, double positions,
+                                     double count, float epsilon, const float *gamma, const float *beta);
+
 /*
  * Channels-last (NHWC) kernels: channels 0 … w − 1 (w ≤ c) of m rows (positions) c floats apart, so a call covers a
  * slice of channels of one or more consecutive samples; per-channel arrays (k, a, b, p, q, r) have w entries.

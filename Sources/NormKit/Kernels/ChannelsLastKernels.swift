@@ -231,21 +231,35 @@ extension NormalizationKernels {
                     a2.update(repeating: 0, count: w)
                     nk_cl_centered_sums(a1, a2, x + n * m * c + c0, m, c, w, first)
                 }
-                for s in (b * g.channelBlocks + c0 / cps)..<(b * g.channelBlocks + (c0 + w) / cps) {
-                    let sc0 = (s % g.channelBlocks) * cps
-                    (mean[s], variance[s]) = shiftedMoments(positions: m, count: count, samples: sps, channels: cps) {
-                        j, i in
-                        let ch = sc0 + i, e = (n0 + j) * c + ch
-                        return (Double(first[ch - c0]), sums[e], sums[g.batch * c + e])
-                    }
-                    let center = setCoefficients(
-                        scale: scale, shift: shift, rstd: rstd, gain: gain, offset: offset, set: s, mean: mean[s],
-                        variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, geometry: g)
-                    (centers + b * c + sc0).update(repeating: center, count: cps)
+                if cps == 1, rule is Standardization {
+                    // BN's one-channel sets: the loop below for all of the tile's channels in one vectorized call.
+                    let s0 = b * g.channelBlocks + c0, e0 = n0 * c + c0
+                    nk_cl_standardized_coefficients(
+                        mean + s0, variance + s0, rstd + s0, gain + s0, offset + s0, scale + s0, shift + s0,
+                        centers + s0, first, sums + e0, sums + g.batch * c + e0, sps, c, w, Double(m), count, epsilon,
+                        gamma.map { $0 + c0 }, beta.map { $0 + c0 })
+                } else {
+                    standardizeSets(b: b, c0: c0, w: w, n0: n0, first: first)
                 }
                 let k = b * c + c0, o = n0 * m * c + c0
                 nk_cl_affine_centered(
                     y + o, x + o, sps * m, c, w, centers + k, scale + k, shift + k, activation.kernelCode)
+            }
+        }
+
+        /// The sets of one tile: moments from the per-sample sums, then the rule's coefficients.
+        @inline(__always) func standardizeSets(b: Int, c0: Int, w: Int, n0: Int, first: UnsafePointer<Float>) {
+            for s in (b * g.channelBlocks + c0 / cps)..<(b * g.channelBlocks + (c0 + w) / cps) {
+                let sc0 = (s % g.channelBlocks) * cps
+                (mean[s], variance[s]) = shiftedMoments(positions: m, count: count, samples: sps, channels: cps) {
+                    j, i in
+                    let ch = sc0 + i, e = (n0 + j) * c + ch
+                    return (Double(first[ch - c0]), sums[e], sums[g.batch * c + e])
+                }
+                let center = setCoefficients(
+                    scale: scale, shift: shift, rstd: rstd, gain: gain, offset: offset, set: s, mean: mean[s],
+                    variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, geometry: g)
+                (centers + b * c + sc0).update(repeating: center, count: cps)
             }
         }
     }
