@@ -20,7 +20,11 @@ def main():
     args = parser.parse_args()
     total = collections.defaultdict(float)
     calls = collections.Counter()
-    with open(args.log, errors="replace") as log:
+    try:
+        log = open(args.log, errors="replace")
+    except OSError as error:
+        raise SystemExit(f"{args.log}: cannot read the log ({error.strerror})")
+    with log:
         for line in log:
             fields = line.strip().split(",")
             # onednn_verbose,exec,cpu,<primitive>,<implementation>,<direction>,<memory>,<attributes>,<aux>,<problem>,<ms>

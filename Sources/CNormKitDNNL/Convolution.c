@@ -296,6 +296,7 @@ void nk_dnnl_convolution_destroy(nk_dnnl_convolution *c) {
 }
 
 const char *nk_dnnl_convolution_implementation(const nk_dnnl_convolution *c, int pass) {
+    if (!c) return "";
     const step *s = pass == 0 ? &c->forward : pass == 1 ? &c->backward_data : pass == 2 ? &c->backward_weights : NULL;
     const char *name = NULL;
     if (!s || !s->descriptor ||

@@ -138,6 +138,7 @@ final class ConvolutionEngineTests: XCTestCase {
                 XCTAssertFalse(names[0].hasPrefix("brgconv:"), "\(channels) channels, \(kernel)×\(kernel): \(names[0])")
             }
             XCTAssertEqual(String(cString: nk_dnnl_convolution_implementation(convolution, 3)), "")
+            XCTAssertEqual(String(cString: nk_dnnl_convolution_implementation(nil, 0)), "")
         }
     }
 

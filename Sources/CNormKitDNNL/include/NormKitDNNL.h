@@ -42,7 +42,7 @@ void nk_dnnl_convolution_destroy(nk_dnnl_convolution *convolution);
 
 /// The name of the oneDNN implementation a pass runs (0: forward, 1: backward-data, 2: backward-weights), as
 /// `ONEDNN_VERBOSE` prints it ("jit:avx512_core", "brgconv:avx512_core", …); valid while the convolution lives, ""
-/// without oneDNN or for another pass.
+/// without oneDNN, for a NULL convolution or for another pass.
 const char *nk_dnnl_convolution_implementation(const nk_dnnl_convolution *convolution, int pass);
 
 /// Reorders `weights` (OIHW, `filters × channels × kernel × kernel`) into the forward primitive's own layout; call

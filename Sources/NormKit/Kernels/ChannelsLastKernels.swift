@@ -222,30 +222,6 @@ extension NormalizationKernels {
     ) {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
         let count = Double(g.elementsPerSet), tiles = g.sampleBlocks * ((c + width - 1) / width)
-        Parallelism.forEachRange(count: tiles, work: activation.work(elements: g.elementCount)) { range in
-            forEachTile(range, width: width, geometry: g) { b, c0, w in
-                let n0 = b * sps, first = x + n0 * m * c + c0
-                for n in n0..<(n0 + sps) {
-                    let a1 = sums + n * c + c0, a2 = sums + (g.batch + n) * c + c0
-                    a1.update(repeating: 0, count: w)
-                    a2.update(repeating: 0, count: w)
-                    nk_cl_centered_sums(a1, a2, x + n * m * c + c0, m, c, w, first)
-                }
-                if cps == 1, rule is Standardization {
-                    // BN's one-channel sets: the loop below for all of the tile's channels in one vectorized call.
-                    let s0 = b * g.channelBlocks + c0, e0 = n0 * c + c0
-                    nk_cl_standardized_coefficients(
-                        mean + s0, variance + s0, rstd + s0, gain + s0, offset + s0, scale + s0, shift + s0,
-                        centers + s0, first, sums + e0, sums + g.batch * c + e0, sps, c, w, Double(m), count, epsilon,
-                        gamma.map { $0 + c0 }, beta.map { $0 + c0 })
-                } else {
-                    standardizeSets(b: b, c0: c0, w: w, n0: n0, first: first)
-                }
-                let k = b * c + c0, o = n0 * m * c + c0
-                nk_cl_affine_centered(
-                    y + o, x + o, sps * m, c, w, centers + k, scale + k, shift + k, activation.kernelCode)
-            }
-        }
 
         /// The sets of one tile: moments from the per-sample sums, then the rule's coefficients.
         @inline(__always) func standardizeSets(b: Int, c0: Int, w: Int, n0: Int, first: UnsafePointer<Float>) {
@@ -260,6 +236,31 @@ extension NormalizationKernels {
                     scale: scale, shift: shift, rstd: rstd, gain: gain, offset: offset, set: s, mean: mean[s],
                     variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, geometry: g)
                 (centers + b * c + sc0).update(repeating: center, count: cps)
+            }
+        }
+
+        Parallelism.forEachRange(count: tiles, work: activation.work(elements: g.elementCount)) { range in
+            forEachTile(range, width: width, geometry: g) { b, c0, w in
+                let n0 = b * sps, first = x + n0 * m * c + c0
+                for n in n0..<(n0 + sps) {
+                    let a1 = sums + n * c + c0, a2 = sums + (g.batch + n) * c + c0
+                    a1.update(repeating: 0, count: w)
+                    a2.update(repeating: 0, count: w)
+                    nk_cl_centered_sums(a1, a2, x + n * m * c + c0, m, c, w, first)
+                }
+                if cps == 1, rule is Standardization {
+                    // BN's one-channel sets: `standardizeSets` for all of the tile's channels in one vectorized call.
+                    let s0 = b * g.channelBlocks + c0, e0 = n0 * c + c0
+                    nk_cl_standardized_coefficients(
+                        mean + s0, variance + s0, rstd + s0, gain + s0, offset + s0, scale + s0, shift + s0,
+                        centers + s0, first, sums + e0, sums + g.batch * c + e0, sps, c, w, Double(m), count, epsilon,
+                        gamma.map { $0 + c0 }, beta.map { $0 + c0 })
+                } else {
+                    standardizeSets(b: b, c0: c0, w: w, n0: n0, first: first)
+                }
+                let k = b * c + c0, o = n0 * m * c + c0
+                nk_cl_affine_centered(
+                    y + o, x + o, sps * m, c, w, centers + k, scale + k, shift + k, activation.kernelCode)
             }
         }
     }
