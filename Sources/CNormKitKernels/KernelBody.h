@@ -95,6 +95,10 @@ NK_INLINE vf vact_grad(const int act, vf dy, vf z) {
     return vmul(vmul(dy, s), vfma(z, tail, vset1(1.0f)));
 }
 
+// Activations costly enough that the set kernels gather rows' partial last vectors into full ones (SiLU: ~25
+// vector operations per evaluation, where rows of 49 floats fill 49 of the 64 lanes they evaluate).
+#define GATHER_TAILS(act) ((act) == NK_SILU)
+
 // The backward's view of a fused activation for one row or channel vector: the forward's z = fa·(x − fk) + fb.
 typedef struct { vf fa, fb, fk; } act_affine;
 
@@ -176,6 +180,8 @@ NK_INLINE void pairrun(const int grad, const int act, vf *s, vf *q, const float 
         vmask m = vmask_first(n - i);
         vf xv = vload_part(m, x + i), d = vkeep(m, vsub(xv, kv)), g = grad ? vload_part(m, dy + i) : d;
         ACT_GRAD(act, g, xv, aff, dz, vstore_part(dz + i, m, g));
+        // The other lanes' x = 0 gives a z of their own, whose dy·act'(z) = 0·NaN when fa·fk overflows: keep them 0.
+        if (act) g = vkeep(m, g);
         s0 = vadd(s0, g);
         q0 = vfma(g, d, q0);
     }

@@ -83,18 +83,44 @@ NK_INLINE void sets_gradient_sums_body(const int act, double *s1, double *s2, lo
     const long total = sets * pieces * rows;
     long i = 0;
     if (m <= BLOCK) {
-        // Rows in (set, piece, row) order, NK_LANES at a time.
+        // Rows in (set, piece, row) order, NK_LANES at a time. With an activation worth it (GATHER_TAILS) and a
+        // partial last vector, pairrun takes each row's full vectors and the rows' tails go through buffers as in
+        // sets_apply: dy and z in, dz = dy·act'(z) out, then each row's tail is added last, as pairrun would.
+        const int gather = GATHER_TAILS(act) && m % NK_LANES;
+        const long body = gather ? m - m % NK_LANES : m, tail = m - body;
+        const vmask tm = vmask_first(gather ? tail : 1);
+        float zt[NK_LANES * NK_LANES], gt[NK_LANES * NK_LANES];
+        long at[NK_LANES];
+        float kt[NK_LANES];
         long j = 0, p = 0, r = 0;
         for (; i + NK_LANES <= total; i += NK_LANES) {
             vf a[NK_LANES], q[NK_LANES];
             long out[NK_LANES];
             for (int t = 0; t < NK_LANES; t++) {
                 long o = j * set_stride + p * piece_stride + r * m;
+                const act_affine aff = act_row(act, b, j * rows + r);
                 out[t] = j * rows + p * out_stride + r;
                 a[t] = q[t] = vzero();
-                pairrun(1, act, &a[t], &q[t], dy + o, x + o, m, vset1(k[j]), act_row(act, b, j * rows + r),
-                        act ? b->dz + o : NULL);
+                pairrun(1, act, &a[t], &q[t], dy + o, x + o, body, vset1(k[j]), aff, act ? b->dz + o : NULL);
+                if (gather) {
+                    const vf xv = vload_part(tm, x + o + body);
+                    vstore_part(zt + t * tail, tm, vfma(aff.fa, vsub(xv, aff.fk), aff.fb));
+                    vstore_part(gt + t * tail, tm, vload_part(tm, dy + o + body));
+                    at[t] = o + body;
+                    kt[t] = k[j];
+                }
                 if (++r == rows) { r = 0; if (++p == pieces) { p = 0; j++; } }
+            }
+            if (gather) {
+                for (long v = 0; v < tail; v++)
+                    vstore(gt + v * NK_LANES, vact_grad(act, vload(gt + v * NK_LANES), vload(zt + v * NK_LANES)));
+                for (int t = 0; t < NK_LANES; t++) {
+                    const vf g = vload_part(tm, gt + t * tail);
+                    const vf d = vkeep(tm, vsub(vload_part(tm, x + at[t]), vset1(kt[t])));
+                    vstore_part(b->dz + at[t], tm, g);
+                    a[t] = vadd(a[t], g);
+                    q[t] = vfma(g, d, q[t]);
+                }
             }
             float f1[NK_LANES], f2[NK_LANES];
             vstore(f1, vreduce_lanes(a));
@@ -127,13 +153,36 @@ NK_FN void sets_gradient_sums(double *s1, double *s2, long out_stride, const flo
 NK_INLINE void sets_apply(const int grad, const int act, float *out, const float *dy, const float *x, long sets, long set_stride, long pieces,
                           long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
                           const float *k) {
-    for (long j = 0; j < sets; j++)
-        for (long i = 0; i < pieces; i++)
-            for (long row = 0; row < rows; row++) {
-                long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
-                if (grad) row_apply(1, 0, out + o, dy + o, x + o, m, p[c], q[j], r[j], k[j]);
-                else row_apply(0, act, out + o, NULL, x + o, m, 0, q[c], r[c], k[j]);
+    // Rows in (set j, piece i, row) order; c = j·rows + row.
+    long j = 0, i = 0, row = 0, left = sets * pieces * rows;
+#define NEXT_ROW() do { if (++row == rows) { row = 0; if (++i == pieces) { i = 0; j++; } } } while (0)
+    if (!grad && GATHER_TAILS(act) && m % NK_LANES) {
+        // Rows with a partial last vector: their full vectors in place, their tails NK_LANES rows at a time through
+        // one buffer (tail element t of the group's row g at g·tail + t), so that every evaluation fills its lanes.
+        const long body = m - m % NK_LANES, tail = m % NK_LANES;
+        const vmask tm = vmask_first(tail);
+        float zt[NK_LANES * NK_LANES];
+        long at[NK_LANES];
+        for (; left >= NK_LANES; left -= NK_LANES) {
+            for (int g = 0; g < NK_LANES; g++) {
+                const long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
+                row_apply(0, act, out + o, NULL, x + o, body, 0, q[c], r[c], k[j]);
+                vstore_part(zt + g * tail, tm,
+                            vfma(vsub(vload_part(tm, x + o + body), vset1(k[j])), vset1(q[c]), vset1(r[c])));
+                at[g] = o + body;
+                NEXT_ROW();
             }
+            for (long v = 0; v < tail; v++) vstore(zt + v * NK_LANES, vact(act, vload(zt + v * NK_LANES)));
+            for (int g = 0; g < NK_LANES; g++) vstore_part(out + at[g], tm, vload_part(tm, zt + g * tail));
+        }
+    }
+    for (; left > 0; left--) {
+        const long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
+        if (grad) row_apply(1, 0, out + o, dy + o, x + o, m, p[c], q[j], r[j], k[j]);
+        else row_apply(0, act, out + o, NULL, x + o, m, 0, q[c], r[c], k[j]);
+        NEXT_ROW();
+    }
+#undef NEXT_ROW
 }
 
 /* A plain loop the compiler vectorizes for the instruction set, in double like the Swift loop it replaces; every

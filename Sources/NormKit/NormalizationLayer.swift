@@ -194,9 +194,10 @@ func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
 
 /// The one `dγ`/`dβ` walk of every layer: `dγ_c = Σ_n scale[s]·Σdy·(x − k)[n, c] + offset[s]·Σdy[n, c]` and
 /// `dβ_c = Σ_n Σdy[n, c]` with `s` the set of `(n, c)` in `g`, from the per-(n, c) sums of a backward, written into
-/// the parameters' gradients (nothing without them). `setScale` and `setOffset` are called per channel and sample
-/// block; pass closures over local copies of the arrays they read, not over `self` (a stored property read pays an
-/// exclusivity check). Inlined so that each caller's closures are specialised into the loop. Sums run over `n` in order.
+/// the parameters' gradients (nothing without them). `setScale` and `setOffset` are called once per set; pass
+/// closures over local copies of the arrays they read, not over `self` (a stored property read pays an exclusivity
+/// check). Inlined so that each caller's closures are specialised into the loop. Every channel's sums run over `n` in
+/// order; the walk goes row by row (`n`), each row's channels contiguous, so that the loop over them vectorizes.
 @inline(__always)
 func writeAffineGradients(
     weight: Parameter?, bias: Parameter?, sumDy: [Double], sumDyCentered: [Double],
@@ -204,26 +205,31 @@ func writeAffineGradients(
 ) {
     guard let weight, let bias else { return }
     let c = g.channels, k = g.samplesPerSet, cps = g.channelsPerSet
-    // One exclusive access per gradient for the whole walk, none per element; channels set by set (no division).
-    weight.gradient.withUnsafeMutableBufferPointer { dGamma in
-        bias.gradient.withUnsafeMutableBufferPointer { dBeta in
-            sumDy.withUnsafeBufferPointer { sumDy in
-                sumDyCentered.withUnsafeBufferPointer { sumDyCentered in
+    // Four rows of c doubles: dγ and dβ accumulators, then the current sample block's scale and offset per channel.
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: 4 * c) { buffer in
+        let dg = buffer.baseAddress!, db = dg + c, scale = db + c, offset = scale + c
+        dg.initialize(repeating: 0, count: 2 * c)
+        sumDy.withUnsafeBufferPointer { sumDy in
+            sumDyCentered.withUnsafeBufferPointer { sumDyCentered in
+                for block in 0..<g.sampleBlocks {
                     for set in 0..<g.channelBlocks {
-                        for ch in (set * cps)..<((set + 1) * cps) {
-                            var dg = 0.0, db = 0.0
-                            for block in 0..<g.sampleBlocks {
-                                let s = block * g.channelBlocks + set
-                                let scale = setScale(s), offset = setOffset(s)
-                                for n in (block * k)..<((block + 1) * k) {
-                                    dg += scale * sumDyCentered[n * c + ch] + offset * sumDy[n * c + ch]
-                                    db += sumDy[n * c + ch]
-                                }
-                            }
-                            (dGamma[ch], dBeta[ch]) = (Float(dg), Float(db))
+                        let s = block &* g.channelBlocks &+ set
+                        (scale + set &* cps).initialize(repeating: setScale(s), count: cps)
+                        (offset + set &* cps).initialize(repeating: setOffset(s), count: cps)
+                    }
+                    for n in (block &* k)..<((block &+ 1) &* k) {
+                        let centered = sumDyCentered.baseAddress! + n &* c, plain = sumDy.baseAddress! + n &* c
+                        for ch in 0..<c {
+                            dg[ch] += scale[ch] * centered[ch] + offset[ch] * plain[ch]
+                            db[ch] += plain[ch]
                         }
                     }
                 }
+            }
+        }
+        weight.gradient.withUnsafeMutableBufferPointer { dGamma in
+            bias.gradient.withUnsafeMutableBufferPointer { dBeta in
+                for ch in 0..<c { (dGamma[ch], dBeta[ch]) = (Float(dg[ch]), Float(db[ch])) }
             }
         }
     }

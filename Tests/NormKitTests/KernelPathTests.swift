@@ -139,4 +139,93 @@ final class KernelPathTests: XCTestCase {
         }
         XCTAssertEqual(mismatches, 0, "\(mismatches) of \(compared) coefficients differ from the double arithmetic")
     }
+
+    /// SiLU on rows whose last vector is partial: the set kernels evaluate the tails of NK_LANES rows together, in
+    /// full vectors. Every element's value (`y` forward, `dz` backward) must be the one-row call's bit for bit, and the
+    /// per-row sums equal to float rounding (their last addition is the same; the reduction differs), on both
+    /// instruction sets: tails of 1 to 4 floats, rows shorter than a vector, two full groups of rows and a remainder.
+    /// A last row whose unused lanes give an overflowing z (scale·center beyond float) keeps its sums finite.
+    func testGatheredSiLUTailsAreTheRowPathBitForBit() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 4049)
+        let silu = Int32(NK_SILU)
+        var mismatches = 0, compared = 0, worstSum = 0.0
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for m in [3, 7, 17, 49, 196] {
+                let (sets, pieces, rows) = (3, 2, 6), setStride = rows * m, pieceStride = sets * setStride
+                let count = pieces * pieceStride, coefficients = sets * rows
+                var x = VariantTestKit.randomFloats(count, in: -3...4, &rng)
+                let dy = VariantTestKit.randomFloats(count, in: -1...1, &rng)
+                var k = VariantTestKit.randomFloats(sets, in: -0.5...0.5, &rng)
+                var scales = VariantTestKit.randomFloats(coefficients, in: -2...2, &rng)
+                let shifts = VariantTestKit.randomFloats(coefficients, in: -1...1, &rng)
+                // The last set: x = center = 1e36 and its last row's scale 1e3, so z = shift there but
+                // 1e3·(0 − 1e36) = −inf in the lanes past the rows' ends (one row gathered, one not).
+                k[sets - 1] = 1e36
+                scales[coefficients - 1] = 1e3
+                for p in 0..<pieces {
+                    for i in 0..<setStride { x[(sets - 1) * setStride + p * pieceStride + i] = 1e36 }
+                }
+                var yAll = [Float](repeating: .nan, count: count), yRow = yAll, dzAll = yAll, dzRow = yAll
+                var s1All = [Double](repeating: .nan, count: coefficients * pieces), s2All = s1All
+                var s1Row = s1All, s2Row = s1All
+                nk_sets_affine_centered(
+                    &yAll, x, sets, setStride, pieces, rows, m, pieceStride, k, scales, shifts, silu)
+                // The activation's arrays as pointers that outlive the descriptor (row c at a + c, …).
+                let a = UnsafeMutableBufferPointer<Float>.allocate(capacity: coefficients)
+                let b = UnsafeMutableBufferPointer<Float>.allocate(capacity: coefficients)
+                let center = UnsafeMutableBufferPointer<Float>.allocate(capacity: coefficients)
+                defer { [a, b, center].forEach { $0.deallocate() } }
+                _ = a.initialize(from: scales)
+                _ = b.initialize(from: shifts)
+                _ = center.initialize(from: (0..<coefficients).map { k[$0 / rows] })
+                dzAll.withUnsafeMutableBufferPointer { dz in
+                    var act = nk_activation_backward(
+                        kind: silu, scale: a.baseAddress!, shift: b.baseAddress!, center: center.baseAddress!,
+                        dz: dz.baseAddress!)
+                    nk_sets_gradient_sums(
+                        &s1All, &s2All, coefficients, dy, x, sets, setStride, pieces, rows, m, pieceStride, k, &act)
+                }
+                for j in 0..<sets {
+                    for p in 0..<pieces {
+                        for r in 0..<rows {
+                            let o = j * setStride + p * pieceStride + r * m, c = j * rows + r
+                            let out = j * rows + p * coefficients + r
+                            yRow.withUnsafeMutableBufferPointer { y in
+                                nk_sets_affine_centered(
+                                    y.baseAddress! + o, Array(x[o..<(o + m)]), 1, m, 1, 1, m, m, [k[j]], [scales[c]],
+                                    [shifts[c]], silu)
+                            }
+                            dzRow.withUnsafeMutableBufferPointer { dz in
+                                var act = nk_activation_backward(
+                                    kind: silu, scale: a.baseAddress! + c, shift: b.baseAddress! + c,
+                                    center: center.baseAddress! + c, dz: dz.baseAddress! + o)
+                                nk_sets_gradient_sums(
+                                    &s1Row[out], &s2Row[out], 1, Array(dy[o..<(o + m)]), Array(x[o..<(o + m)]), 1, m,
+                                    1, 1, m, m, [k[j]], &act)
+                            }
+                            var magnitude = 1e-30
+                            for i in o..<(o + m) {
+                                let d = abs(Double(x[i]) - Double(k[j]))
+                                magnitude += abs(Double(dzRow[i])) * (1 + d)
+                            }
+                            for (all, one) in [(s1All[out], s1Row[out]), (s2All[out], s2Row[out])] {
+                                XCTAssertTrue(all.isFinite && one.isFinite, "m \(m) row \(out): sums \(all), \(one)")
+                                worstSum = max(worstSum, abs(all - one) / magnitude)
+                            }
+                        }
+                    }
+                }
+                for i in 0..<count {
+                    compared += 2
+                    if yAll[i].bitPattern != yRow[i].bitPattern { mismatches += 1 }
+                    if dzAll[i].bitPattern != dzRow[i].bitPattern { mismatches += 1 }
+                }
+            }
+        }
+        XCTAssertEqual(mismatches, 0, "\(mismatches) of \(compared) SiLU values differ from the one-row kernels'")
+        XCTAssertLessThan(worstSum, 1e-6, "gradient sums vs the one-row kernels', relative to Σ|terms|")
+    }
 }

@@ -107,17 +107,24 @@ struct StatisticsWorkspace {
         }
         let gain = gain, rstd = rstd, offset = offset
         gammaEffective.withUnsafeMutableBufferPointer { ge in
-            // γ_c·gain of the channel's set, walked set by set (no division per channel).
-            let cps = g.channelsPerSet
-            for b in 0..<g.sampleBlocks {
-                for set in 0..<g.channelBlocks {
-                    let setGain = gain[b * g.channelBlocks + set], first = b * c + set * cps
-                    if let gamma {
-                        for j in 0..<cps { ge[first + j] = Double(gamma[set * cps + j]) * setGain }
-                    } else {
-                        for j in 0..<cps { ge[first + j] = setGain }
+            gain.withUnsafeBufferPointer { gain in
+                // γ_c·gain of the channel's set, walked set by set (no division per channel).
+                func fill(_ gamma: UnsafePointer<Float>?) {
+                    let cps = g.channelsPerSet
+                    for b in 0..<g.sampleBlocks {
+                        for set in 0..<g.channelBlocks {
+                            let setGain = gain[b &* g.channelBlocks &+ set]
+                            let row = ge.baseAddress! + (b &* c &+ set &* cps)
+                            if let gamma {
+                                let channels = gamma + set &* cps
+                                for j in 0..<cps { row[j] = Double(channels[j]) * setGain }
+                            } else {
+                                row.update(repeating: setGain, count: cps)
+                            }
+                        }
                     }
                 }
+                if let gamma { gamma.withUnsafeBufferPointer { fill($0.baseAddress!) } } else { fill(nil) }
             }
         }
         dx.prepare(shape: x.shape, layout: x.layout)
