@@ -196,41 +196,40 @@ func makeAffine(channels: Int, affine: Bool) -> (Parameter?, Parameter?) {
 /// `dβ_c = Σ_n Σdy[n, c]` with `s` the set of `(n, c)` in `g`, from the per-(n, c) sums of a backward, written into
 /// the parameters' gradients (nothing without them). `setScale` and `setOffset` are called once per set; pass
 /// closures over local copies of the arrays they read, not over `self` (a stored property read pays an exclusivity
-/// check). Inlined so that each caller's closures are specialised into the loop. Every channel's sums run over `n` in
-/// order; the walk goes row by row (`n`), each row's channels contiguous, so that the loop over them vectorizes.
+/// check). Inlined so that each caller's closures are specialised into the loop. Every channel's sums run over `n`
+/// in order, row by row (`n`), each row's channels contiguous so that the loop over them vectorizes; `scratch`
+/// holds `4·C` doubles (accumulators, then a sample block's scale and offset per channel).
 @inline(__always)
 func writeAffineGradients(
     weight: Parameter?, bias: Parameter?, sumDy: [Double], sumDyCentered: [Double],
-    geometry g: NormalizationGeometry, setScale: (Int) -> Double, setOffset: (Int) -> Double = { _ in 0 }
+    geometry g: NormalizationGeometry, scratch: UnsafeMutablePointer<Double>, setScale: (Int) -> Double,
+    setOffset: (Int) -> Double = { _ in 0 }
 ) {
     guard let weight, let bias else { return }
     let c = g.channels, k = g.samplesPerSet, cps = g.channelsPerSet
-    // Four rows of c doubles: dγ and dβ accumulators, then the current sample block's scale and offset per channel.
-    withUnsafeTemporaryAllocation(of: Double.self, capacity: 4 * c) { buffer in
-        let dg = buffer.baseAddress!, db = dg + c, scale = db + c, offset = scale + c
-        dg.initialize(repeating: 0, count: 2 * c)
-        sumDy.withUnsafeBufferPointer { sumDy in
-            sumDyCentered.withUnsafeBufferPointer { sumDyCentered in
-                for block in 0..<g.sampleBlocks {
-                    for set in 0..<g.channelBlocks {
-                        let s = block &* g.channelBlocks &+ set
-                        (scale + set &* cps).initialize(repeating: setScale(s), count: cps)
-                        (offset + set &* cps).initialize(repeating: setOffset(s), count: cps)
-                    }
-                    for n in (block &* k)..<((block &+ 1) &* k) {
-                        let centered = sumDyCentered.baseAddress! + n &* c, plain = sumDy.baseAddress! + n &* c
-                        for ch in 0..<c {
-                            dg[ch] += scale[ch] * centered[ch] + offset[ch] * plain[ch]
-                            db[ch] += plain[ch]
-                        }
+    let dg = scratch, db = dg + c, scale = db + c, offset = scale + c
+    dg.update(repeating: 0, count: 2 * c)
+    sumDy.withUnsafeBufferPointer { sumDy in
+        sumDyCentered.withUnsafeBufferPointer { sumDyCentered in
+            for block in 0..<g.sampleBlocks {
+                for set in 0..<g.channelBlocks {
+                    let s = block &* g.channelBlocks &+ set, setScale = setScale(s), setOffset = setOffset(s)
+                    for ch in (set &* cps)..<((set &+ 1) &* cps) { (scale[ch], offset[ch]) = (setScale, setOffset) }
+                }
+                for n in (block &* k)..<((block &+ 1) &* k) {
+                    let centered = sumDyCentered.baseAddress! + n &* c, plain = sumDy.baseAddress! + n &* c
+                    for ch in 0..<c {
+                        dg[ch] += scale[ch] * centered[ch] + offset[ch] * plain[ch]
+                        db[ch] += plain[ch]
                     }
                 }
             }
         }
-        weight.gradient.withUnsafeMutableBufferPointer { dGamma in
-            bias.gradient.withUnsafeMutableBufferPointer { dBeta in
-                for ch in 0..<c { (dGamma[ch], dBeta[ch]) = (Float(dg[ch]), Float(db[ch])) }
-            }
+    }
+    // One exclusive access per gradient.
+    weight.gradient.withUnsafeMutableBufferPointer { dGamma in
+        bias.gradient.withUnsafeMutableBufferPointer { dBeta in
+            for ch in 0..<c { (dGamma[ch], dBeta[ch]) = (Float(dg[ch]), Float(db[ch])) }
         }
     }
 }

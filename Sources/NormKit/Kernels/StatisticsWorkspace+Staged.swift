@@ -160,8 +160,11 @@ extension StatisticsWorkspace {
                 }
             }
         }
-        writeAffineGradients(
-            weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
-            setScale: { gradients.gammaScale[$0] })
+        let (plainSums, centeredSums) = (sumDy, sumDyCentered)
+        scratchDouble.withDoubles(4 * g.channels) { scratch in
+            writeAffineGradients(
+                weight: weight, bias: bias, sumDy: plainSums, sumDyCentered: centeredSums, geometry: g,
+                scratch: scratch, setScale: { gradients.gammaScale[$0] })
+        }
     }
 }

@@ -119,7 +119,7 @@ struct StatisticsWorkspace {
                                 let channels = gamma + set &* cps
                                 for j in 0..<cps { row[j] = Double(channels[j]) * setGain }
                             } else {
-                                row.update(repeating: setGain, count: cps)
+                                for j in 0..<cps { row[j] = setGain }
                             }
                         }
                     }
@@ -144,9 +144,12 @@ struct StatisticsWorkspace {
                 }
             }
         }
-        writeAffineGradients(
-            weight: weight, bias: bias, sumDy: sumDy, sumDyCentered: sumDyCentered, geometry: g,
-            setScale: { rstd[$0] * gain[$0] }, setOffset: { offset[$0] })
+        let (plainSums, centeredSums) = (sumDy, sumDyCentered)
+        scratchDouble.withDoubles(4 * c) { scratch in
+            writeAffineGradients(
+                weight: weight, bias: bias, sumDy: plainSums, sumDyCentered: centeredSums, geometry: g,
+                scratch: scratch, setScale: { rstd[$0] * gain[$0] }, setOffset: { offset[$0] })
+        }
     }
 }
 
@@ -156,6 +159,7 @@ struct KernelScratch {
     private var storage: [Double] = []
 
     /// Calls `body` with at least `count` doubles of scratch (contents unspecified).
+    @inline(__always)
     mutating func withDoubles<R>(_ count: Int, _ body: (UnsafeMutablePointer<Double>) -> R) -> R {
         if storage.count < count { storage = [Double](repeating: 0, count: max(count, 1)) }
         return storage.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
