@@ -24,19 +24,32 @@ struct RunningStatisticsFold {
             pendingMean = [Float](repeating: 0, count: channels)
             pendingSpread = pendingMean
         }
-        var finite = true
-        // Struct state and inout parameters: statically exclusive, no check per element.
-        for c in 0..<channels {
-            var mu = 0.0, sigma = 0.0
-            for b in 0..<blocks {
-                mu += batchMean[b * channels + c]
-                sigma += batchSpread(b * channels + c)
+        // 0·v is ±0 for a finite v and NaN for ±inf or NaN: `poison` stays ±0 exactly when every value is finite,
+        // without a branch per channel.
+        var poison = 0.0
+        mean.withUnsafeBufferPointer { mean in
+            spread.withUnsafeBufferPointer { spread in
+                batchMean.withUnsafeBufferPointer { batchMean in
+                    pendingMean.withUnsafeMutableBufferPointer { pendingMean in
+                        pendingSpread.withUnsafeMutableBufferPointer { pendingSpread in
+                            for c in 0..<channels {
+                                var mu = 0.0, sigma = 0.0
+                                for b in 0..<blocks {
+                                    mu += batchMean[b &* channels &+ c]
+                                    sigma += batchSpread(b &* channels &+ c)
+                                }
+                                let rm = Double(mean[c]), rs = Double(spread[c])
+                                let newMean = Float(rm + alpha * (mu * perBlock - rm))
+                                let newSpread = Float(rs + alpha * (sigma * perBlock - rs))
+                                (pendingMean[c], pendingSpread[c]) = (newMean, newSpread)
+                                poison += 0 * mu + 0 * sigma + Double(0 * newMean) + Double(0 * newSpread)
+                            }
+                        }
+                    }
+                }
             }
-            let rm = Double(mean[c]), rs = Double(spread[c])
-            pendingMean[c] = Float(rm + alpha * (mu * perBlock - rm))
-            pendingSpread[c] = Float(rs + alpha * (sigma * perBlock - rs))
-            finite = finite && mu.isFinite && sigma.isFinite && pendingMean[c].isFinite && pendingSpread[c].isFinite
         }
+        let finite = poison == 0
         guard finite else { return false }
         swap(&mean, &pendingMean)
         swap(&spread, &pendingSpread)
