@@ -17,8 +17,15 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Threads for the kernels (default: all cores).")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
-    @Option(help: "Timed repetitions per measurement (the median is reported; default 9, 200 with --inference).")
+    @Option(help: "Timed repetitions per measurement (default 9, 200 with --inference).")
     var repetitions: Int?
+
+    @Option(
+        help: """
+            What to report of the repetitions: median (the typical time) or best (the shortest: the steadier way to \
+            compare two builds alternated on a shared machine). Kernel table only.
+            """)
+    var statistic: KernelBenchmark.Statistic = .median
 
     @Flag(help: "Time inference instead: a GN ResNet vs the folded MABN ResNet of the same depth.")
     var inference = false
@@ -42,6 +49,9 @@ struct BenchCommand: ParsableCommand {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
         if let repetitions, repetitions < 1 {
             throw ValidationError("--repetitions must be at least 1, got \(repetitions)")
+        }
+        if inference, statistic != .median {
+            throw ValidationError("--statistic applies to the kernel table, not to --inference (which reports medians)")
         }
         guard depth >= 8, depth <= ConfigurationLimits.maxResNetDepth, (depth - 2) % 6 == 0 else {
             throw ValidationError("--depth \(depth): must be 6n+2 between 8 and \(ConfigurationLimits.maxResNetDepth)")
@@ -75,10 +85,10 @@ struct BenchCommand: ParsableCommand {
         let copy = KernelBenchmark.copyBandwidth(threads: threads)
         let layouts = layout.map { [$0] } ?? TensorLayout.allCases
         let rows = try KernelBenchmark.run(
-            shapes: try parsedShapes(), layouts: layouts, repetitions: repetitions,
+            shapes: try parsedShapes(), layouts: layouts, repetitions: repetitions, statistic: statistic,
             copyBytesPerSecond: copy)
         print(
-            "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), median of \(repetitions)"
+            "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), \(statistic.rawValue) of \(repetitions)"
         )
         print(KernelBenchmark.markdown(rows, copyBytesPerSecond: copy))
         try writeJSON(rows)
@@ -105,3 +115,4 @@ struct BenchCommand: ParsableCommand {
 }
 
 extension TensorLayout: ExpressibleByArgument {}
+extension KernelBenchmark.Statistic: ExpressibleByArgument {}

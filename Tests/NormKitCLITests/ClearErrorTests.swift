@@ -15,6 +15,19 @@ final class ClearErrorTests: XCTestCase {
         assertRefused(result, code: 64, mentioning: ["--checkpoint-every"], "train --checkpoint-every 0")
     }
 
+    /// `normkit bench --statistic` takes median or best, and only for the kernel table: anything else is a usage
+    /// error naming the flag, before any timing starts.
+    func testBenchStatisticIsAChoiceOfTheKernelTable() throws {
+        let out = try CLIFixture.shared().scratch("bench-statistic")
+        for (arguments, words) in [
+            (["bench", "--statistic", "fastest"], ["--statistic", "median", "best"]),
+            (["bench", "--inference", "--statistic", "best"], ["--statistic", "--inference"]),
+        ] {
+            let result = try CLI.run(arguments, in: out)
+            assertRefused(result, code: 64, mentioning: words, arguments.joined(separator: " "))
+        }
+    }
+
     /// A copy of the base run's model file whose `__metadata__` `configuration` has `edit` applied.
     private func checkpoint(_ name: String, editing edit: (inout [String: Any]) -> Void) throws -> URL {
         let fixture = try CLIFixture.shared()

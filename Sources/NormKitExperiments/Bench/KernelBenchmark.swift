@@ -12,9 +12,9 @@ public enum KernelBenchmark {
         /// The memory order of `x`, `y`, `dy` and `dx`.
         public var layout: TensorLayout
         public var groups: Int?
-        /// Median milliseconds of one training forward.
+        /// Milliseconds of one training forward (the run's ``Statistic``: median unless asked otherwise).
         public var forwardMilliseconds: Double
-        /// Median milliseconds of one training forward plus its backward.
+        /// Milliseconds of one training forward plus its backward (the same statistic).
         public var forwardBackwardMilliseconds: Double
         /// Forward bytes (x read once, y written once) per second over the copy bandwidth.
         public var forwardFractionOfCopy: Double
@@ -49,8 +49,17 @@ public enum KernelBenchmark {
         return 2 * Double(count) / best
     }
 
-    /// Median seconds of `body` over `repetitions` runs after one warm-up run.
-    static func median(repetitions: Int, _ body: () throws -> Void) rethrows -> Double {
+    /// What a row reports of its repetitions' times.
+    public enum Statistic: String, CaseIterable, Sendable {
+        /// The middle time: what a run typically takes (the tables in docs/PERFORMANCE.md).
+        case median
+        /// The shortest time: the least disturbed run. On a shared machine whose speed drifts, the steadier way to
+        /// compare two builds of the same code, alternated.
+        case best
+    }
+
+    /// Seconds of `body` over `repetitions` runs after one warm-up run, their median or their minimum.
+    static func time(repetitions: Int, _ statistic: Statistic, _ body: () throws -> Void) rethrows -> Double {
         try body()
         var times: [Double] = []
         for _ in 0..<repetitions {
@@ -59,7 +68,7 @@ public enum KernelBenchmark {
             times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
         times.sort()
-        return times[times.count / 2]
+        return statistic == .best ? times[0] : times[times.count / 2]
     }
 
     /// Benchmarks GN (`G = min(32, C)`), GN with SiLU fused into its apply stage (the normalization block of
@@ -68,7 +77,7 @@ public enum KernelBenchmark {
     /// the other).
     public static func run(
         shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases,
-        repetitions: Int = 9, copyBytesPerSecond: Double
+        repetitions: Int = 9, statistic: Statistic = .median, copyBytesPerSecond: Double
     ) throws -> [Row] {
         var rows: [Row] = []
         var generator = SeededGenerator(seed: 42)
@@ -88,10 +97,10 @@ public enum KernelBenchmark {
                 for layout in layouts {
                     let x = first.converted(to: layout), dy = firstDy.converted(to: layout)
                     var y = Tensor(zeros: shape, layout: layout), dx = Tensor(zeros: shape, layout: layout)
-                    let forward = try median(repetitions: repetitions) {
+                    let forward = try time(repetitions: repetitions, statistic) {
                         try layer.forward(x, into: &y, training: true)
                     }
-                    let both = try median(repetitions: repetitions) {
+                    let both = try time(repetitions: repetitions, statistic) {
                         try layer.forward(x, into: &y, training: true)
                         try layer.backward(dy, into: &dx)
                     }
