@@ -143,7 +143,8 @@ final class KernelPathTests: XCTestCase {
     /// SiLU on rows whose last vector is partial: the set kernels evaluate the tails of NK_LANES rows together, in
     /// full vectors. Every element's value (`y` forward, `dz` backward) must be the one-row call's bit for bit, and the
     /// per-row sums equal to float rounding (their last addition is the same; the reduction differs), on both
-    /// instruction sets: tails of 1 to 4 floats, rows shorter than a vector, two full groups of rows and a remainder.
+    /// instruction sets: tails of 1 to 4 floats, rows shorter than a vector and longer than a float block (2,100),
+    /// two full groups of rows and a remainder.
     /// A last row whose unused lanes give an overflowing z (scale·center beyond float) keeps its sums finite.
     func testGatheredSiLUTailsAreTheRowPathBitForBit() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
@@ -153,7 +154,7 @@ final class KernelPathTests: XCTestCase {
         for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
             KernelDispatch.useNativeKernels = true
             KernelDispatch.limitNativeInstructionSet(to: limit)
-            for m in [3, 7, 17, 49, 196] {
+            for m in [3, 7, 17, 49, 196, 2100] {
                 let (sets, pieces, rows) = (3, 2, 6), setStride = rows * m, pieceStride = sets * setStride
                 let count = pieces * pieceStride, coefficients = sets * rows
                 var x = VariantTestKit.randomFloats(count, in: -3...4, &rng)
