@@ -77,6 +77,9 @@ NK_FN void sets_moments(const float *x, long sets, long set_stride, long pieces,
     for (; j < sets; j++) set_moments(x + j * set_stride, pieces, run, piece_stride, mean + j, m2 + j);
 }
 
+// The next row in (set j, piece p, row r) order, the order of every set kernel's rows.
+#define NEXT_ROW(j, p, r) do { if (++(r) == rows) { (r) = 0; if (++(p) == pieces) { (p) = 0; (j)++; } } } while (0)
+
 NK_INLINE void sets_gradient_sums_body(const int act, double *s1, double *s2, long out_stride, const float *dy,
                                        const float *x, long sets, long set_stride, long pieces, long rows, long m,
                                        long piece_stride, const float *k, const nk_activation_backward *b) {
@@ -109,7 +112,7 @@ NK_INLINE void sets_gradient_sums_body(const int act, double *s1, double *s2, lo
                     at[t] = o + body;
                     kt[t] = k[j];
                 }
-                if (++r == rows) { r = 0; if (++p == pieces) { p = 0; j++; } }
+                NEXT_ROW(j, p, r);
             }
             if (gather) {
                 for (long v = 0; v < tail; v++)
@@ -155,7 +158,6 @@ NK_INLINE void sets_apply(const int grad, const int act, float *out, const float
                           const float *k) {
     // Rows in (set j, piece i, row) order; c = j·rows + row.
     long j = 0, i = 0, row = 0, left = sets * pieces * rows;
-#define NEXT_ROW() do { if (++row == rows) { row = 0; if (++i == pieces) { i = 0; j++; } } } while (0)
     if (!grad && GATHER_TAILS(act) && m % NK_LANES) {
         // Rows with a partial last vector: their full vectors in place, their tails NK_LANES rows at a time through
         // one buffer (tail element t of the group's row g at g·tail + t), so that every evaluation fills its lanes.
@@ -170,7 +172,7 @@ NK_INLINE void sets_apply(const int grad, const int act, float *out, const float
                 vstore_part(zt + g * tail, tm,
                             vfma(vsub(vload_part(tm, x + o + body), vset1(k[j])), vset1(q[c]), vset1(r[c])));
                 at[g] = o + body;
-                NEXT_ROW();
+                NEXT_ROW(j, i, row);
             }
             for (long v = 0; v < tail; v++) vstore(zt + v * NK_LANES, vact(act, vload(zt + v * NK_LANES)));
             for (int g = 0; g < NK_LANES; g++) vstore_part(out + at[g], tm, vload_part(tm, zt + g * tail));
@@ -180,10 +182,10 @@ NK_INLINE void sets_apply(const int grad, const int act, float *out, const float
         const long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
         if (grad) row_apply(1, 0, out + o, dy + o, x + o, m, p[c], q[j], r[j], k[j]);
         else row_apply(0, act, out + o, NULL, x + o, m, 0, q[c], r[c], k[j]);
-        NEXT_ROW();
+        NEXT_ROW(j, i, row);
     }
-#undef NEXT_ROW
 }
+#undef NEXT_ROW
 
 /* A plain loop the compiler vectorizes for the instruction set, in double like the Swift loop it replaces; every
  * product and difference is its own statement and contraction is off, so each value is that loop's. */
