@@ -23,7 +23,8 @@
  *   vround(v), vscale2(p, n)   round to nearest integer; p·2^n for integral n in [−126, 127] (AVX-512: scalef;
  *                      AVX2: 2^n from exponent bits, then a multiply)
  *   vkeep_above(z, t, v)  v where z > t, else 0 (NaN z or t: 0)
- *   vrecip_estimate(v)    1/v to 12 (AVX2) or 14 (AVX-512) bits
+ *   vdiv_above(z, t, a, b)  a/b where z > t, else a·0 (NaN z or t: a·0); b ≥ 1 in every use (AVX-512: one
+ *                      masked division, correctly rounded; AVX2: the reciprocal estimate and a Newton step, ~23 bits)
  */
 #define vzero NK_PS(setzero)
 #define vset1 NK_PS(set1)
@@ -43,10 +44,12 @@
 
 // ---- Fused activations (NK_IDENTITY, NK_RELU, NK_SILU; every caller passes a literal) --------------------------
 // exp(−z) by Cephes' expf scheme on x = −z: n = round(x·log2 e), r = x − n·ln 2 in two parts, a degree-6
-// polynomial, times 2^n. z is clamped to [−88, 87.33] so 2^n stays a normal float; the negation is folded into
-// the clamp and the first reduction step (−(n·c) − z is x − n·c rounded once, as before).
-NK_INLINE vf vexp_negated(vf z) {
-    z = vmax(vmin(z, vset1(87.33654f)), vset1(-88.0f));
+// polynomial, times 2^n. z is clamped above at 87.33 and, with `below` 1, below at −88, so 2^n stays a normal float;
+// with `below` 0 (a literal) lanes under −88 may come out inf or NaN, for callers that replace them anyway. The
+// negation is folded into the clamp and the first reduction step (−(n·c) − z is x − n·c rounded once, as before).
+NK_INLINE vf vexp_negated(vf z, const int below) {
+    z = vmin(z, vset1(87.33654f));
+    if (below) z = vmax(z, vset1(-88.0f));
     const vf n = vround(vmul(z, vset1(-1.44269504088896341f)));
     vf r = vfnms(n, vset1(0.693359375f), z);
     r = vfma(n, vset1(2.12194440e-4f), r);
@@ -60,26 +63,22 @@ NK_INLINE vf vexp_negated(vf z) {
     return vscale2(p, n);
 }
 
-// 1/v from the estimate and one Newton step (e ← e·(2 − v·e): 12 → ~23, 14 → 24 bits), for v ≥ 1: three
-// pipelined operations instead of a division (one per ~10–16 cycles), which would bound SiLU's pass.
-NK_INLINE vf vrecip(vf v) {
-    const vf e = vrecip_estimate(v);
-    return vmul(e, vfnma(v, e, vset1(2.0f)));
-}
-
 // σ(z) = 1/(1 + e) with e = exp(−z), also returned in *e; below z = −87 (σ < 2e−38) σ is 0, not the ~6e−39 of the
 // clamped exp, which SiLU would multiply by a huge |z| (σ(−1e33)·(−1e33) is 0, not −6e−6). A NaN z gives σ = 0
-// and SiLU = z·0 = NaN.
+// and SiLU' = NaN (see vact_grad).
 NK_INLINE vf vsigmoid(vf z, vf *e) {
-    *e = vexp_negated(z);
-    return vkeep_above(z, vset1(-87.0f), vrecip(vadd(vset1(1.0f), *e)));
+    *e = vexp_negated(z, 1);
+    return vdiv_above(z, vset1(-87.0f), vset1(1.0f), vadd(vset1(1.0f), *e));
 }
+
+// SiLU(z) = z/(1 + e^−z), one division (AVX-512: rounded once); z·0 below z = −87 as above (−0, or NaN for −inf),
+// and NaN for a NaN z. Those lanes are replaced, so the exp needs no lower clamp.
+NK_INLINE vf vsilu(vf z) { return vdiv_above(z, vset1(-87.0f), z, vadd(vset1(1.0f), vexp_negated(z, 0))); }
 
 // act(z): the forward's apply stage.
 NK_INLINE vf vact(const int act, vf z) {
     if (act == NK_RELU) return vmax(vzero(), z);  // max(0, NaN) is NaN: ReLU keeps NaN, as PyTorch's does
-    vf e;
-    if (act == NK_SILU) return vmul(z, vsigmoid(z, &e));
+    if (act == NK_SILU) return vsilu(z);
     return z;
 }
 

@@ -20,8 +20,12 @@ typedef __mmask16 vmask;
 #define vreduce(v) _mm512_reduce_add_ps(v)
 #define vround(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vscale2(p, n) _mm512_scalef_ps(p, n) /* one instruction where AVX2 needs four */
-#define vrecip_estimate(v) _mm512_rcp14_ps(v)
 #define vkeep_above(z, t, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, t, _CMP_GT_OQ), v)
+// One masked division, where the AMD machine kind (Zen 5) divides faster than the 14-bit estimate and its Newton
+// step that it replaced: GN + SiLU's forward 0.81–0.88× the time, forward+backward 0.85–0.94× (PERFORMANCE.md,
+// session 15). The masked-off lanes get a·0.
+#define vdiv_above(z, t, a, b) \
+    _mm512_mask_div_ps(_mm512_mul_ps(a, _mm512_setzero_ps()), _mm512_cmp_ps_mask(z, t, _CMP_GT_OQ), a, b)
 
 // A 16×16 transpose folded into 15 shuffle-add steps: within 128-bit lanes (unpack, shuffle), then across them.
 NK_INLINE vf vreduce_lanes(const vf *v) {

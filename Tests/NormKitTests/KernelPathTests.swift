@@ -229,4 +229,60 @@ final class KernelPathTests: XCTestCase {
         XCTAssertEqual(mismatches, 0, "\(mismatches) of \(compared) SiLU values differ from the one-row kernels'")
         XCTAssertLessThan(worstSum, 1e-6, "gradient sums vs the one-row kernels', relative to Σ|terms|")
     }
+
+    /// The native SiLU against float64, element by element: `silu(z)` (the forward's apply) in ulps of the float64
+    /// value rounded to float, and `silu'(z)` (the backward's `dz` with dy = 1) in float ulps of its terms' scale
+    /// `σ·(1 + |z|·(1 − σ))` (it crosses 0 near z = −1.28), on a dense grid of z over [−87, 88] and at the edges where
+    /// the kernels switch to their limits. An exp or a reciprocal a few bits short (the reciprocal estimate without
+    /// its Newton step) breaks the bounds. Below z = −87 the forward is −0 and the gradient 0; NaN stays NaN.
+    func testNativeSiLUIsWithinULPsOfFloat64() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        let silu = Int32(NK_SILU)
+        var z = stride(from: -87.0, through: 88.0, by: 1.0 / 1024).map { Float($0) }
+        z += [-1e-30, 0, 1e-30, -87.5, -88.5, -100, -1e30, -3e38, 87.5, 100, 1e30, 3e38, .nan]
+        let n = z.count
+        func ulps(_ value: Float, _ reference: Double) -> Int {
+            let r = Float(reference)
+            if value == r { return 0 }
+            guard value.sign == r.sign, value.isFinite, r.isFinite else { return .max }
+            return abs(Int(value.bitPattern) - Int(r.bitPattern))
+        }
+        for (limit, forwardBound, backwardBound) in [
+            // Measured worst: AVX2 4 and 4 ulps, AVX-512 3 and 3; one more allowed.
+            (KernelDispatch.InstructionSet.avx2, 5, 5), (KernelDispatch.instructionSet, 4, 4),
+        ] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            var y = [Float](repeating: .nan, count: n), dz = y
+            var s1 = 0.0, s2 = 0.0
+            nk_sets_affine_centered(&y, z, 1, n, 1, 1, n, n, [0], [1], [0], silu)
+            var one: Float = 1, zero: Float = 0, center: Float = 0
+            dz.withUnsafeMutableBufferPointer { out in
+                var act = nk_activation_backward(
+                    kind: silu, scale: &one, shift: &zero, center: &center, dz: out.baseAddress!)
+                nk_sets_gradient_sums(
+                    &s1, &s2, 1, [Float](repeating: 1, count: n), z, 1, n, 1, 1, n, n, [0], &act)
+            }
+            var worstForward = 0, worstBackward = 0
+            for i in 0..<n {
+                let v = Double(z[i]), label = "\(limit) z = \(z[i])"
+                if v.isNaN {
+                    XCTAssertTrue(y[i].isNaN && dz[i].isNaN, "\(label): \(y[i]), \(dz[i])")
+                } else if v <= -87 {
+                    XCTAssertEqual(y[i].bitPattern, (-0.0 as Float).bitPattern, "\(label): silu \(y[i])")
+                    XCTAssertEqual(dz[i], 0, "\(label): silu' \(dz[i])")
+                } else {
+                    let forward = ulps(y[i], v / (1 + Foundation.exp(-v)))
+                    // silu' = σ·(1 + z·(1 − σ)) crosses 0 near z = −1.28: its error in float ulps of the terms' scale.
+                    let s = 1 / (1 + Foundation.exp(-v)), scale = s * (1 + abs(v) * (1 - s))
+                    let backward = Int((abs(Double(dz[i]) - s * (1 + v * (1 - s))) / (scale * 0x1p-23)).rounded(.up))
+                    XCTAssertLessThanOrEqual(forward, forwardBound, "\(label): silu \(y[i])")
+                    XCTAssertLessThanOrEqual(backward, backwardBound, "\(label): silu' \(dz[i])")
+                    worstForward = max(worstForward, forward)
+                    worstBackward = max(worstBackward, backward)
+                }
+            }
+            print("SiLU \(limit): worst \(worstForward) ulps forward, \(worstBackward) backward over \(n) values")
+        }
+    }
 }
