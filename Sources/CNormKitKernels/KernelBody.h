@@ -44,12 +44,11 @@
 
 // ---- Fused activations (NK_IDENTITY, NK_RELU, NK_SILU; every caller passes a literal) --------------------------
 // exp(−z) by Cephes' expf scheme on x = −z: n = round(x·log2 e), r = x − n·ln 2 in two parts, a degree-6
-// polynomial, times 2^n. z is clamped above at 87.33 and, with `below` 1, below at −88, so 2^n stays a normal float;
-// with `below` 0 (a literal) lanes under −88 may come out inf or NaN, for callers that replace them anyway. The
-// negation is folded into the clamp and the first reduction step (−(n·c) − z is x − n·c rounded once, as before).
-NK_INLINE vf vexp_negated(vf z, const int below) {
+// polynomial, times 2^n. z is clamped above at 87.33, so that 2^n stays a normal float and r small; not below: for
+// z < −88 the result may be inf or NaN, and every caller replaces the lanes below z = −87. The negation is folded
+// into the clamp and the first reduction step (−(n·c) − z is x − n·c rounded once).
+NK_INLINE vf vexp_negated(vf z) {
     z = vmin(z, vset1(87.33654f));
-    if (below) z = vmax(z, vset1(-88.0f));
     const vf n = vround(vmul(z, vset1(-1.44269504088896341f)));
     vf r = vfnms(n, vset1(0.693359375f), z);
     r = vfma(n, vset1(2.12194440e-4f), r);
@@ -63,17 +62,17 @@ NK_INLINE vf vexp_negated(vf z, const int below) {
     return vscale2(p, n);
 }
 
-// σ(z) = 1/(1 + e) with e = exp(−z), also returned in *e; below z = −87 (σ < 2e−38) σ is 0, not the ~6e−39 of the
-// clamped exp, which SiLU would multiply by a huge |z| (σ(−1e33)·(−1e33) is 0, not −6e−6). A NaN z gives σ = 0
-// and SiLU' = NaN (see vact_grad).
+// σ(z) = 1/(1 + e) with e = exp(−z), also returned in *e; below z = −87 (σ < 2e−38) σ is 0, whatever e is there
+// (not a tiny σ that SiLU would multiply by a huge |z|: σ(−1e33)·(−1e33) is 0). A NaN z gives σ = 0 and SiLU' = NaN
+// (see vact_grad).
 NK_INLINE vf vsigmoid(vf z, vf *e) {
-    *e = vexp_negated(z, 1);
+    *e = vexp_negated(z);
     return vdiv_above(z, vset1(-87.0f), vset1(1.0f), vadd(vset1(1.0f), *e));
 }
 
-// SiLU(z) = z/(1 + e^−z), one division (AVX-512: rounded once); z·0 below z = −87 as above (−0, or NaN for −inf),
-// and NaN for a NaN z. Those lanes are replaced, so the exp needs no lower clamp.
-NK_INLINE vf vsilu(vf z) { return vdiv_above(z, vset1(-87.0f), z, vadd(vset1(1.0f), vexp_negated(z, 0))); }
+// SiLU(z) = z/(1 + e^−z), one division (AVX-512: rounded once); below z = −87 z·0 as above (−0, or NaN for −inf),
+// and NaN for a NaN z.
+NK_INLINE vf vsilu(vf z) { return vdiv_above(z, vset1(-87.0f), z, vadd(vset1(1.0f), vexp_negated(z))); }
 
 // act(z): the forward's apply stage.
 NK_INLINE vf vact(const int act, vf z) {
@@ -88,9 +87,9 @@ NK_INLINE vf vact_grad(const int act, vf dy, vf z) {
     if (act == NK_RELU) return vkeep_above(z, vzero(), dy);
     vf e;
     const vf s = vsigmoid(z, &e);
-    // e·σ = 1 − σ ≤ 1 before z multiplies it (z·e alone overflows), and 0 above z = 87, where the clamped exp is
-    // too large (the true z·(1 − σ) < 87·exp(−87) there).
-    const vf tail = vkeep_above(vset1(87.0f), z, vmul(e, s));
+    // e·σ = 1 − σ ≤ 1 before z multiplies it (z·e alone overflows), and 0 outside (−87, 87): above, the clamped exp
+    // is too large (the true z·(1 − σ) < 87·exp(−87) there); below, σ is 0 and e may be inf or NaN.
+    const vf tail = vkeep_above(z, vset1(-87.0f), vkeep_above(vset1(87.0f), z, vmul(e, s)));
     return vmul(vmul(dy, s), vfma(z, tail, vset1(1.0f)));
 }
 
