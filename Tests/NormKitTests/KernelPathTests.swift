@@ -256,10 +256,14 @@ final class KernelPathTests: XCTestCase {
             var y = [Float](repeating: .nan, count: n), dz = y
             var s1 = 0.0, s2 = 0.0
             nk_sets_affine_centered(&y, z, 1, n, 1, 1, n, n, [0], [1], [0], silu)
-            var one: Float = 1, zero: Float = 0, center: Float = 0
+            // The activation's scale 1, shift 0 and centre 0, in memory that outlives the descriptor.
+            let affine = UnsafeMutableBufferPointer<Float>.allocate(capacity: 3)
+            defer { affine.deallocate() }
+            _ = affine.initialize(from: [1, 0, 0])
             dz.withUnsafeMutableBufferPointer { out in
                 var act = nk_activation_backward(
-                    kind: silu, scale: &one, shift: &zero, center: &center, dz: out.baseAddress!)
+                    kind: silu, scale: affine.baseAddress!, shift: affine.baseAddress! + 1,
+                    center: affine.baseAddress! + 2, dz: out.baseAddress!)
                 nk_sets_gradient_sums(
                     &s1, &s2, 1, [Float](repeating: 1, count: n), z, 1, n, 1, 1, n, n, [0], &act)
             }
