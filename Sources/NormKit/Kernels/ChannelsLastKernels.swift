@@ -322,7 +322,9 @@ extension NormalizationKernels {
             forEachTile(range, width: width, geometry: g) { b, c0, w in
                 let k = scratch + 4 * (b * c + c0), p = k + w, q = p + w, r = q + w
                 let s0 = b * g.channelBlocks + c0 / cps, n0 = b * sps
-                for j in 0..<w { k[j] = Centering(mean[s0 + j / cps]).center }
+                for s in s0..<(s0 + w / cps) {
+                    (k + (s - s0) * cps).update(repeating: Centering(mean[s]).center, count: cps)
+                }
                 for n in n0..<(n0 + sps) {
                     let o = n * m * c + c0, a1 = sumDy + n * c + c0, a2 = sumDyCentered + n * c + c0
                     a1.update(repeating: 0, count: w)
@@ -335,9 +337,10 @@ extension NormalizationKernels {
                     let (slope, offset) = setGradientCoefficients(
                         sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
                         gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
+                    let setSlope = Float(slope), setOffset = Centering(mean[s]).offset(offset, slope: slope)
                     for j in ((s - s0) * cps)..<((s - s0 + 1) * cps) {
                         p[j] = Float(rstd[s] * gammaEffective[b * c + c0 + j])
-                        (q[j], r[j]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
+                        (q[j], r[j]) = (setSlope, setOffset)
                     }
                 }
                 let o = n0 * m * c + c0
