@@ -105,11 +105,15 @@ extension NormalizationKernels {
     ) {
         let c = g.channels, cps = g.channelsPerSet, sps = g.samplesPerSet, count = Double(g.elementsPerSet)
         forEachSetQuad(sets) { first, lanes in
-            // Lane t's shifts, Σ(x−k) and Σ(x−k)² from its set's first channel of its block's first sample.
+            let (block, index) = first.quotientAndRemainder(dividingBy: g.channelBlocks)
+            // Lane t's shifts, Σ(x−k) and Σ(x−k)² from its set's first channel of its block's first sample (a set past
+            // the first's block is in the next one: a quad spans at most two blocks when blocks hold fewer than 4).
             @inline(__always) func lane(
                 _ t: Int
             ) -> (UnsafePointer<Float>, UnsafePointer<Double>, UnsafePointer<Double>) {
-                let s = first + min(t, lanes - 1), n0 = (s / g.channelBlocks) * sps, c0 = (s % g.channelBlocks) * cps
+                let i = index + min(t, lanes - 1)
+                let (b, r) = i < g.channelBlocks ? (block, i) : (block + i / g.channelBlocks, i % g.channelBlocks)
+                let n0 = b * sps, c0 = r * cps
                 return (shift(n0) + c0, s1 + n0 * c + c0, s2 + n0 * c + c0)
             }
             let (l0, l1, l2, l3) = (lane(0), lane(1), lane(2), lane(3))
