@@ -106,8 +106,8 @@ extension NormalizationKernels {
         let c = g.channels, cps = g.channelsPerSet, sps = g.samplesPerSet, count = Double(g.elementsPerSet)
         forEachSetQuad(sets) { first, lanes in
             let (block, index) = first.quotientAndRemainder(dividingBy: g.channelBlocks)
-            // Lane t's shifts, Σ(x−k) and Σ(x−k)² from its set's first channel of its block's first sample (a set past
-            // the first's block is in the next one: a quad spans at most two blocks when blocks hold fewer than 4).
+            // Lane t's shifts, Σ(x−k) and Σ(x−k)² from its set's first channel of its block's first sample (the sets
+            // are consecutive: one division for the quad, more only for lanes past the first set's block).
             @inline(__always) func lane(
                 _ t: Int
             ) -> (UnsafePointer<Float>, UnsafePointer<Double>, UnsafePointer<Double>) {
