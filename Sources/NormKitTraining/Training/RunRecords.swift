@@ -112,7 +112,9 @@ public enum MABNPart: String, CaseIterable, Codable, Sendable {
 
 /// One line of `metrics.jsonl`: the state after an epoch.
 public struct EpochMetrics: Codable, Equatable, Sendable {
+    /// The epoch just finished, counted from 0 (the console's `epoch 1/E` line is epoch 0 here).
     public var epoch: Int
+    /// Optimizer steps taken since the run started, this epoch's included.
     public var step: Int
     public var trainLoss: Double
     public var trainError: Double
