@@ -25,6 +25,8 @@
  *   vkeep_above(z, t, v)  v where z > t, else 0 (NaN z or t: 0)
  *   vdiv_above(z, t, a, b)  a/b where z > t, else a·0 (NaN z or t: a·0); b ≥ 1 in every use (AVX-512: one
  *                      masked division, correctly rounded; AVX2: the reciprocal estimate and a Newton step, ~23 bits)
+ *   vstream(p, v)      a non-temporal store of a whole vector to p, aligned to NK_LANES floats; vstream_fence()
+ *                      orders a kernel's non-temporal stores before its return (they are weakly ordered)
  */
 #define vzero NK_PS(setzero)
 #define vset1 NK_PS(set1)
@@ -233,15 +235,36 @@ NK_FN void row_gradient_sums(const float *dy, const float *x, long n, float k, d
 #undef ROW_GRADIENT_SUMS
 }
 
+// Non-temporal ("streaming") stores for the apply stages' outputs (stream = 1): a tensor larger than the caches
+// (NK_STORE_STREAMING, chosen by the caller) is written without first reading each line of it (the read for
+// ownership of an ordinary store) and without evicting the inputs still to be read; the values are the same.
+NK_INLINE void row_store(const int stream, float *p, vf v) {
+    if (stream) vstream(p, v);
+    else vstore(p, v);
+}
+
+// The floats of out before its first vector boundary (0 … NK_LANES − 1), at most n: the part a streaming run stores
+// as one partial vector before its aligned whole vectors.
+NK_INLINE long head_to_boundary(const float *out, long n) {
+    const long misaligned = (long)(((uintptr_t)out / sizeof(float)) % NK_LANES);
+    const long head = misaligned ? NK_LANES - misaligned : 0;
+    return head < n ? head : n;
+}
+
 // out = p·dy + (q·(x − k) + r) (grad = 1), or act(q·(x − k) + r) (grad = 0: the affine a·(x − k) + b and the fused
-// activation).
-NK_INLINE void row_apply(const int grad, const int act, float *out, const float *dy, const float *x, long n, float p,
-                         float q, float r, float k) {
+// activation); whole vectors with non-temporal stores when stream = 1 (the caller fences).
+NK_INLINE void row_apply(const int grad, const int act, const int stream, float *out, const float *dy,
+                         const float *x, long n, float p, float q, float r, float k) {
     const vf pv = vset1(p), qv = vset1(q), rv = vset1(r), kv = vset1(k);
     long i = 0;
+    if (stream && (i = head_to_boundary(out, n)) > 0) {
+        vmask m = vmask_first(i);
+        vf t = vfma(vsub(vload_part(m, x), kv), qv, rv);
+        vstore_part(out, m, grad ? vfma(vload_part(m, dy), pv, t) : vact(act, t));
+    }
     for (; i + NK_LANES <= n; i += NK_LANES) {
         vf t = vfma(vsub(vload(x + i), kv), qv, rv);
-        vstore(out + i, grad ? vfma(vload(dy + i), pv, t) : vact(act, t));
+        row_store(stream, out + i, grad ? vfma(vload(dy + i), pv, t) : vact(act, t));
     }
     if (i < n) {
         vmask m = vmask_first(n - i);
@@ -251,12 +274,12 @@ NK_INLINE void row_apply(const int grad, const int act, float *out, const float 
 }
 
 NK_FN void row_affine_centered(float *y, const float *x, long n, float k, float a, float b, int act) {
-#define ROW_AFFINE(A) row_apply(0, A, y, NULL, x, n, 0, a, b, k)
+#define ROW_AFFINE(A) row_apply(0, A, 0, y, NULL, x, n, 0, a, b, k)
     ACT_DISPATCH(act, ROW_AFFINE)
 #undef ROW_AFFINE
 }
 
 NK_FN void row_gradient_apply(float *dx, const float *dy, const float *x, long n, float p, float q, float r,
                               float k) {
-    row_apply(1, 0, dx, dy, x, n, p, q, r, k);
+    row_apply(1, 0, 0, dx, dy, x, n, p, q, r, k);
 }

@@ -128,9 +128,11 @@ NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float
 }
 
 // out = act(a[ch]·(x − k[ch]) + b[ch]) (grad 0), or p·dy + q·(x − k) + r (grad 1: a = q, b = r); out may alias x.
-// Channels c0 … c0 + w − 1 (w ≤ CL_WIDTH: coefficients in registers) of rows c apart.
-NK_INLINE void cl_apply_nv(const int grad, const int act, const int nv, float *out, const float *dy, const float *x,
-                           long m, long c, long w, const float *p, const float *a, const float *b, const float *k) {
+// Channels c0 … c0 + w − 1 (w ≤ CL_WIDTH: coefficients in registers) of rows c apart; whole vectors streamed when
+// stream = 1 (every row's vectors then start on a vector boundary: cl_apply checks).
+NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, const int nv, float *out, const float *dy,
+                           const float *x, long m, long c, long w, const float *p, const float *a, const float *b,
+                           const float *k) {
     const long tail = w % NK_LANES;
     const vmask tm = vmask_first(tail ? tail : 1);
     vf kv[CL_VECTORS], av[CL_VECTORS], bv[CL_VECTORS], pv[CL_VECTORS];
@@ -146,22 +148,25 @@ NK_INLINE void cl_apply_nv(const int grad, const int act, const int nv, float *o
             const long o = i * c + v * NK_LANES;
             vf value = vfma(av[v], vsub(CL_LOAD(x + o, v), kv[v]), bv[v]);
             value = grad ? vfma(pv[v], CL_LOAD(dy + o, v), value) : vact(act, value);
-            CL_STORE(out + o, v, value);
+            if (v == nv - 1 && tail) vstore_part(out + o, tm, value);
+            else row_store(stream, out + o, value);
         }
     }
 }
 
-NK_INLINE void cl_apply_run(const int grad, const int act, float *out, const float *dy, const float *x, long m, long c,
-                            long w, const float *p, const float *a, const float *b, const float *k) {
-#define CL_APPLY_NV(NV) cl_apply_nv(grad, act, NV, out, dy, x, m, c, w, p, a, b, k)
+NK_INLINE void cl_apply_run(const int grad, const int act, const int stream, float *out, const float *dy,
+                            const float *x, long m, long c, long w, const float *p, const float *a, const float *b,
+                            const float *k) {
+#define CL_APPLY_NV(NV) cl_apply_nv(grad, act, stream, NV, out, dy, x, m, c, w, p, a, b, k)
     CL_NV(w, CL_APPLY_NV)
 #undef CL_APPLY_NV
 }
 
-NK_INLINE void cl_apply(const int grad, const int act, float *out, const float *dy, const float *x, long m, long c,
-                        long w, const float *p, const float *a, const float *b, const float *k) {
+NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, float *out, const float *dy,
+                              const float *x, long m, long c, long w, const float *p, const float *a, const float *b,
+                              const float *k) {
     if (w <= CL_WIDTH) {
-        cl_apply_run(grad, act, out, dy, x, m, c, w, p, a, b, k);
+        cl_apply_run(grad, act, stream, out, dy, x, m, c, w, p, a, b, k);
         return;
     }
     // Wide rows: tiles of about 32 KB of rows, swept once per CL_WIDTH channels while in L1 (coefficients in
@@ -171,22 +176,36 @@ NK_INLINE void cl_apply(const int grad, const int act, float *out, const float *
         const long rows = p0 + tile < m ? tile : m - p0, o = p0 * c;
         for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
             const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
-            cl_apply_run(grad, act, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, rows, c, cw,
+            cl_apply_run(grad, act, stream, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, rows, c, cw,
                          grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL);
         }
     }
 }
 
+// Streams (store NK_STORE_STREAMING) only where every row's vectors start on a vector boundary (out on one and c a
+// whole number of vectors; the slices' first channels are multiples of CL_WIDTH) and out is not an input; else
+// ordinary stores.
+NK_INLINE void cl_apply(const int grad, const int act, int store, float *out, const float *dy, const float *x, long m,
+                        long c, long w, const float *p, const float *a, const float *b, const float *k) {
+    if (store == NK_STORE_STREAMING && out != x && out != dy && head_to_boundary(out, NK_LANES) == 0 &&
+        c % NK_LANES == 0) {
+        cl_apply_tiles(grad, act, 1, out, dy, x, m, c, w, p, a, b, k);
+        vstream_fence();
+    } else {
+        cl_apply_tiles(grad, act, 0, out, dy, x, m, c, w, p, a, b, k);
+    }
+}
+
 NK_FN void cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
-                              const float *b, int act) {
-#define CL_AFFINE(A) cl_apply(0, A, y, NULL, x, m, c, w, NULL, a, b, k)
+                              const float *b, int act, int store) {
+#define CL_AFFINE(A) cl_apply(0, A, store, y, NULL, x, m, c, w, NULL, a, b, k)
     ACT_DISPATCH(act, CL_AFFINE)
 #undef CL_AFFINE
 }
 
 NK_FN void cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
-                             const float *q, const float *r, const float *k) {
-    cl_apply(1, 0, dx, dy, x, m, c, w, p, q, r, k);
+                             const float *q, const float *r, const float *k, int store) {
+    cl_apply(1, 0, store, dx, dy, x, m, c, w, p, q, r, k);
 }
 
 #define NK_TABLE_ENTRY(name) .name = name,

@@ -152,10 +152,10 @@ NK_FN void sets_gradient_sums(double *s1, double *s2, long out_stride, const flo
 }
 
 // Row by row, c = j·rows + r: y = act(a[c]·(x − k[j]) + b[c]) (grad = 0, q = a and r = b per row), or
-// dx = p[c]·dy + q[j]·(x − k[j]) + r[j] (grad = 1).
-NK_INLINE void sets_apply(const int grad, const int act, float *out, const float *dy, const float *x, long sets, long set_stride, long pieces,
-                          long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
-                          const float *k) {
+// dx = p[c]·dy + q[j]·(x − k[j]) + r[j] (grad = 1); the rows' whole vectors streamed when stream = 1.
+NK_INLINE void sets_apply(const int grad, const int act, const int stream, float *out, const float *dy, const float *x,
+                          long sets, long set_stride, long pieces, long rows, long m, long piece_stride, const float *p,
+                          const float *q, const float *r, const float *k) {
     // Rows in (set j, piece i, row) order; c = j·rows + row.
     long j = 0, i = 0, row = 0, left = sets * pieces * rows;
     if (!grad && GATHER_TAILS(act) && m % NK_LANES) {
@@ -168,7 +168,7 @@ NK_INLINE void sets_apply(const int grad, const int act, float *out, const float
         for (; left >= NK_LANES; left -= NK_LANES) {
             for (int g = 0; g < NK_LANES; g++) {
                 const long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
-                row_apply(0, act, out + o, NULL, x + o, body, 0, q[c], r[c], k[j]);
+                row_apply(0, act, stream, out + o, NULL, x + o, body, 0, q[c], r[c], k[j]);
                 vstore_part(zt + g * tail, tm,
                             vfma(vsub(vload_part(tm, x + o + body), vset1(k[j])), vset1(q[c]), vset1(r[c])));
                 at[g] = o + body;
@@ -180,12 +180,34 @@ NK_INLINE void sets_apply(const int grad, const int act, float *out, const float
     }
     for (; left > 0; left--) {
         const long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
-        if (grad) row_apply(1, 0, out + o, dy + o, x + o, m, p[c], q[j], r[j], k[j]);
-        else row_apply(0, act, out + o, NULL, x + o, m, 0, q[c], r[c], k[j]);
+        if (grad) row_apply(1, 0, stream, out + o, dy + o, x + o, m, p[c], q[j], r[j], k[j]);
+        else row_apply(0, act, stream, out + o, NULL, x + o, m, 0, q[c], r[c], k[j]);
         NEXT_ROW(j, i, row);
     }
+    if (stream) vstream_fence();
 }
 #undef NEXT_ROW
+
+NK_FN void sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows,
+                                long m, long piece_stride, const float *k, const float *a, const float *b, int act,
+                                int store) {
+#define SETS_AFFINE(A)                                                                                           \
+    do {                                                                                                         \
+        if (store == NK_STORE_STREAMING && y != x)                                                               \
+            sets_apply(0, A, 1, y, NULL, x, sets, set_stride, pieces, rows, m, piece_stride, NULL, a, b, k);    \
+        else sets_apply(0, A, 0, y, NULL, x, sets, set_stride, pieces, rows, m, piece_stride, NULL, a, b, k);   \
+    } while (0)
+    ACT_DISPATCH(act, SETS_AFFINE)
+#undef SETS_AFFINE
+}
+
+NK_FN void sets_gradient_apply(float *dx, const float *dy, const float *x, long sets, long set_stride, long pieces,
+                               long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
+                               const float *k, int store) {
+    if (store == NK_STORE_STREAMING && dx != dy && dx != x)
+        sets_apply(1, 0, 1, dx, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k);
+    else sets_apply(1, 0, 0, dx, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k);
+}
 
 /* A plain loop the compiler vectorizes for the instruction set, in double like the Swift loop it replaces; every
  * product and difference is its own statement and contraction is off, so each value is that loop's. */
@@ -244,18 +266,4 @@ NK_FN void cl_standardized_coefficients(double *restrict mean, double *restrict 
             centers[c0 + i] = center;
         }
     }
-}
-
-NK_FN void sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows,
-                                long m, long piece_stride, const float *k, const float *a, const float *b,
-                                int act) {
-#define SETS_AFFINE(A) sets_apply(0, A, y, NULL, x, sets, set_stride, pieces, rows, m, piece_stride, NULL, a, b, k)
-    ACT_DISPATCH(act, SETS_AFFINE)
-#undef SETS_AFFINE
-}
-
-NK_FN void sets_gradient_apply(float *dx, const float *dy, const float *x, long sets, long set_stride, long pieces,
-                               long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
-                               const float *k) {
-    sets_apply(1, 0, dx, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k);
 }

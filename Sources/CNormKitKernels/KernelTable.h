@@ -16,6 +16,8 @@
  */
 #include "NormKitRowKernels.h"
 
+#include <stdint.h>
+
 /* The kernels every table holds, named once: X(name) for each nk_<name> of NormKitRowKernels.h
  * (nk_row_affine is row_affine_centered with k = 0). */
 #define NK_KERNEL_NAMES(X)                                                                                     \

@@ -10,6 +10,8 @@
 #define NK_LANES 8
 #define NK_PS(op) _mm256_##op##_ps
 typedef __m256 vf;
+#define vstream(p, v) _mm256_stream_ps(p, v)
+#define vstream_fence() _mm_sfence()
 
 // No mask registers: a lane mask is a vector of all-ones (kept) or zero 32-bit lanes; vmaskmov loads and stores
 // neither read nor write (nor fault on) the other lanes.

@@ -10,6 +10,8 @@
 #define NK_LANES 16
 #define NK_PS(op) _mm512_##op##_ps
 typedef __m512 vf;
+#define vstream(p, v) _mm512_stream_ps(p, v)
+#define vstream_fence() _mm_sfence()
 
 // Lane masks are mask registers: a partial load or store is one instruction and touches only the masked lanes.
 typedef __mmask16 vmask;

@@ -97,8 +97,8 @@ void nk_sets_moments(const float *x, long sets, long set_stride, long pieces, lo
 }
 
 void nk_sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows, long m,
-                             long piece_stride, const float *k, const float *a, const float *b, int act) {
-    NK_FORWARD(sets_affine_centered(y, x, sets, set_stride, pieces, rows, m, piece_stride, k, a, b, act));
+                             long piece_stride, const float *k, const float *a, const float *b, int act, int store) {
+    NK_FORWARD(sets_affine_centered(y, x, sets, set_stride, pieces, rows, m, piece_stride, k, a, b, act, store));
 }
 
 void nk_sets_gradient_sums(double *s1, double *s2, long out_stride, const float *dy, const float *x, long sets,
@@ -109,8 +109,8 @@ void nk_sets_gradient_sums(double *s1, double *s2, long out_stride, const float 
 
 void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long sets, long set_stride, long pieces,
                             long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
-                            const float *k) {
-    NK_FORWARD(sets_gradient_apply(dx, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k));
+                            const float *k, int store) {
+    NK_FORWARD(sets_gradient_apply(dx, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k, store));
 }
 
 void nk_channel_coefficients(float *scale, float *shift, const float *gamma, const float *beta, long count,
@@ -136,11 +136,11 @@ void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x
 }
 
 void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
-                           const float *b, int act) {
-    NK_FORWARD(cl_affine_centered(y, x, m, c, w, k, a, b, act));
+                           const float *b, int act, int store) {
+    NK_FORWARD(cl_affine_centered(y, x, m, c, w, k, a, b, act, store));
 }
 
 void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
-                          const float *q, const float *r, const float *k) {
-    NK_FORWARD(cl_gradient_apply(dx, dy, x, m, c, w, p, q, r, k));
+                          const float *q, const float *r, const float *k, int store) {
+    NK_FORWARD(cl_gradient_apply(dx, dy, x, m, c, w, p, q, r, k, store));
 }

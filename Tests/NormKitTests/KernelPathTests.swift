@@ -173,7 +173,8 @@ final class KernelPathTests: XCTestCase {
                 var s1All = [Double](repeating: .nan, count: coefficients * pieces), s2All = s1All
                 var s1Row = s1All, s2Row = s1All
                 nk_sets_affine_centered(
-                    &yAll, x, sets, setStride, pieces, rows, m, pieceStride, k, scales, shifts, silu)
+                    &yAll, x, sets, setStride, pieces, rows, m, pieceStride, k, scales, shifts, silu,
+                    Int32(NK_STORE_CACHED))
                 // The activation's arrays as pointers that outlive the descriptor (row c at a + c, …).
                 let a = UnsafeMutableBufferPointer<Float>.allocate(capacity: coefficients)
                 let b = UnsafeMutableBufferPointer<Float>.allocate(capacity: coefficients)
@@ -197,7 +198,7 @@ final class KernelPathTests: XCTestCase {
                             yRow.withUnsafeMutableBufferPointer { y in
                                 nk_sets_affine_centered(
                                     y.baseAddress! + o, Array(x[o..<(o + m)]), 1, m, 1, 1, m, m, [k[j]], [scales[c]],
-                                    [shifts[c]], silu)
+                                    [shifts[c]], silu, Int32(NK_STORE_CACHED))
                             }
                             dzRow.withUnsafeMutableBufferPointer { dz in
                                 var act = nk_activation_backward(
@@ -230,6 +231,51 @@ final class KernelPathTests: XCTestCase {
         XCTAssertLessThan(worstSum, 1e-6, "gradient sums vs the one-row kernels', relative to Σ|terms|")
     }
 
+    /// Non-temporal stores (``KernelDispatch/streamingStoreThreshold``) change how the apply stages write, not what:
+    /// every layer's forward output and backward gradients are the same bits streamed (threshold 0) and cached
+    /// (`Int.max`), on both instruction sets and layouts, with the identity, ReLU and SiLU fused. Rows of 49, 99 and
+    /// 130 floats start off vector boundaries (the partial first vector), and 24 channels-last channels are not whole
+    /// vectors (ordinary stores), 32 and 64 are (streamed).
+    func testStreamingStoresGiveTheSameBits() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        let saved = KernelDispatch.streamingStoreThreshold
+        defer { KernelDispatch.streamingStoreThreshold = saved }
+        var rng = SeededGenerator(seed: 16)
+        var compared = 0, mismatches: [String] = []
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for shape in [[3, 24, 7, 7], [2, 32, 9, 11], [4, 64, 28, 28], [2, 32, 130], [5, 64]] {
+                for layout in TensorLayout.allCases {
+                    let x = randomTensor(shape, layout: layout, scale: 2, offset: 1, using: &rng)
+                    let dy = randomTensor(shape, layout: layout, using: &rng)
+                    for activation in [FusedActivation.identity, .relu, .silu] {
+                        var runs: [[Float]] = []
+                        for threshold in [Int.max, 0] {
+                            KernelDispatch.streamingStoreThreshold = threshold
+                            var values: [Float] = []
+                            for layer in try [
+                                GroupNorm(channels: shape[1], groups: 4), BatchNorm(channels: shape[1]),
+                                MovingAverageBatchNorm(channels: shape[1], bufferSize: 2),
+                            ] as [NormalizationLayer] {
+                                layer.activation = activation
+                                let y = try layer.forward(x, training: true), gradients = try layer.backward(dy)
+                                values += y.values + gradients.input.values
+                                values += (gradients.weight ?? []) + (gradients.bias ?? [])
+                            }
+                            runs.append(values)
+                        }
+                        compared += runs[0].count
+                        if runs[0].map(\.bitPattern) != runs[1].map(\.bitPattern) {
+                            mismatches.append("\(limit.name) \(shape) \(layout) \(activation)")
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(mismatches, [], "streamed and cached stores differ (\(compared) values compared)")
+    }
+
     /// The native SiLU against float64, element by element: `silu(z)` (the forward's apply) in ulps of the float64
     /// value rounded to float, and `silu'(z)` (the backward's `dz` with dy = 1) in float ulps of its terms' scale
     /// `σ·(1 + |z|·(1 − σ))` (it crosses 0 near z = −1.28), on a dense grid of z over [−87, 88] and at the edges where
@@ -255,7 +301,7 @@ final class KernelPathTests: XCTestCase {
             KernelDispatch.limitNativeInstructionSet(to: limit)
             var y = [Float](repeating: .nan, count: n), dz = y
             var s1 = 0.0, s2 = 0.0
-            nk_sets_affine_centered(&y, z, 1, n, 1, 1, n, n, [0], [1], [0], silu)
+            nk_sets_affine_centered(&y, z, 1, n, 1, 1, n, n, [0], [1], [0], silu, Int32(NK_STORE_CACHED))
             // The activation's scale 1, shift 0 and centre 0, in memory that outlives the descriptor.
             let affine = UnsafeMutableBufferPointer<Float>.allocate(capacity: 3)
             defer { affine.deallocate() }

@@ -33,6 +33,17 @@ enum { NK_IDENTITY = 0, NK_RELU = 1, NK_SILU = 2 };
  * `dz` (laid out like dy, which it may alias), where the apply stage reads it as its dy: the activation's backward
  * costs no pass of its own. A NULL nk_activation_backward is the identity.
  */
+/*
+ * How the apply kernels (nk_sets_affine_centered, nk_sets_gradient_apply, nk_cl_affine_centered,
+ * nk_cl_gradient_apply) write their output. NK_STORE_STREAMING: whole vectors by non-temporal stores, for an output
+ * larger than the caches: no read of each line before it is written, no eviction of the inputs still to be read;
+ * the same values, fenced before the call returns. An output that is also an input (y = x in place, or dx over the
+ * dz it reads) is stored as NK_STORE_CACHED: its lines are in cache already, and streaming over a modified line
+ * writes it to memory twice. The channels-last kernels also stream only when `out` and the row stride c are whole
+ * vectors.
+ */
+enum { NK_STORE_CACHED = 0, NK_STORE_STREAMING = 1 };
+
 typedef struct nk_activation_backward {
     int kind;
     const float *scale, *shift, *center;
@@ -56,9 +67,9 @@ void nk_row_gradient_apply(float *dx, const float *dy, const float *x, long n, f
  * float lanes over at most NK_BLOCK_LENGTH elements, double totals, corrected for the rounding of k). */
 void nk_sets_moments(const float *x, long sets, long set_stride, long pieces, long run, long piece_stride,
                      double *mean, double *m2);
-/* y = act(a·(x − k) + b) (y may alias x). */
+/* y = act(a·(x − k) + b) (y may alias x); store: NK_STORE_CACHED or NK_STORE_STREAMING. */
 void nk_sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows, long m,
-                             long piece_stride, const float *k, const float *a, const float *b, int act);
+                             long piece_stride, const float *k, const float *a, const float *b, int act, int store);
 /* Per row: s1[j·rows + i·out_stride + r] = Σ dy, s2[…] = Σ dy·(x − k) (dy: dz with a fused activation). */
 void nk_sets_gradient_sums(double *s1, double *s2, long out_stride, const float *dy, const float *x, long sets,
                            long set_stride, long pieces, long rows, long m, long piece_stride, const float *k,
@@ -66,7 +77,7 @@ void nk_sets_gradient_sums(double *s1, double *s2, long out_stride, const float 
 /* dx = p·dy + q·(x − k) + r. */
 void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long sets, long set_stride, long pieces,
                             long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
-                            const float *k);
+                            const float *k, int store);
 
 /* The coefficients stage of a set's channels in double, rounded once to float:
  * a[c] = γ[c]·factor, scale[c] = (float)a[c], shift[c] = (float)(β[c] − a[c]·residual), for c < count. */
@@ -94,10 +105,10 @@ void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x
                          const float *k, const nk_activation_backward *act);
 /* y = act(a[ch]·(x − k[ch]) + b[ch]) (k NULL: 0; y may alias x). */
 void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
-                           const float *b, int act);
+                           const float *b, int act, int store);
 /* dx = p[ch]·dy + q[ch]·(x − k[ch]) + r[ch]. */
 void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
-                          const float *q, const float *r, const float *k);
+                          const float *q, const float *r, const float *k, int store);
 
 #ifdef __cplusplus
 }

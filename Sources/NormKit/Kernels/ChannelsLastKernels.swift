@@ -145,13 +145,13 @@ extension NormalizationKernels {
         center: UnsafePointer<Float>?, scale: UnsafePointer<Float>,
         shift: UnsafePointer<Float>, activation: FusedActivation, geometry g: NormalizationGeometry
     ) {
-        let c = g.channels, m = g.positions
+        let c = g.channels, m = g.positions, store = g.outputStore
         Parallelism.forEachRange(count: g.batch * m, work: activation.work(elements: g.elementCount)) { rows in
             forEachSampleRun(rows, positions: m) { n, first, count in
                 let k0 = g.coefficient(n: n, c: 0)
                 nk_cl_affine_centered(
                     y + first * c, x + first * c, count, c, c, center.map { $0 + k0 }, scale + k0,
-                    shift + k0, activation.kernelCode)
+                    shift + k0, activation.kernelCode, store)
             }
         }
     }
@@ -189,7 +189,7 @@ extension NormalizationKernels {
         scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
         offset: UnsafePointer<Float>, geometry g: NormalizationGeometry
     ) {
-        let c = g.channels, m = g.positions
+        let c = g.channels, m = g.positions, store = g.outputStore
         Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * c) { rowValues in
                 let k = rowValues.baseAddress!, q = k + c, r = q + c
@@ -202,7 +202,8 @@ extension NormalizationKernels {
                         r[ch] = centering.offset(Double(offset[s]), slope: Double(slope[s]))
                     }
                     let o = first * c
-                    nk_cl_gradient_apply(dx + o, dy + o, x + o, count, c, c, scale + g.coefficient(n: n, c: 0), q, r, k)
+                    nk_cl_gradient_apply(
+                        dx + o, dy + o, x + o, count, c, c, scale + g.coefficient(n: n, c: 0), q, r, k, store)
                 }
             }
         }
@@ -264,6 +265,7 @@ extension NormalizationKernels {
     ) {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
         let count = Double(g.elementsPerSet), tiles = g.sampleBlocks * ((c + width - 1) / width)
+        let store = g.outputStore
 
         /// The sets of one tile: moments from the per-sample sums, then the rule's coefficients.
         @inline(__always) func standardizeSets(b: Int, c0: Int, w: Int, first: UnsafePointer<Float>) {
@@ -302,7 +304,7 @@ extension NormalizationKernels {
                 }
                 let k = b * c + c0, o = n0 * m * c + c0
                 nk_cl_affine_centered(
-                    y + o, x + o, sps * m, c, w, centers + k, scale + k, shift + k, activation.kernelCode)
+                    y + o, x + o, sps * m, c, w, centers + k, scale + k, shift + k, activation.kernelCode, store)
             }
         }
     }
@@ -320,7 +322,7 @@ extension NormalizationKernels {
         geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
-        let tiles = g.sampleBlocks * ((c + width - 1) / width)
+        let tiles = g.sampleBlocks * ((c + width - 1) / width), store = g.outputStore
         let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
         Parallelism.forEachRange(count: tiles, work: backwardWork(g, activation)) { range in
             forEachTile(range, width: width, geometry: g) { b, c0, w in
@@ -348,7 +350,7 @@ extension NormalizationKernels {
                     }
                 }
                 let o = n0 * m * c + c0
-                nk_cl_gradient_apply(dx + o, upstream + o, x + o, sps * m, c, w, p, q, r, k)
+                nk_cl_gradient_apply(dx + o, upstream + o, x + o, sps * m, c, w, p, q, r, k, store)
             }
         }
     }

@@ -107,7 +107,7 @@ extension NormalizationKernels {
             // scratch: the per-row factor rstd·γ_c at [b·C + c], then per set the slope q, offset r and float
             // centre μ̃ (each set owns its entries; a batch of consecutive sets finds them consecutive).
             let p = scratch, q = scratch + g.coefficientCount, r = q + g.setCount, center = r + g.setCount
-            let cps = g.channelsPerSet
+            let cps = g.channelsPerSet, store = g.outputStore
             g.forEachSetBatch(work: backwardWork(g, activation)) { first, size in
                 let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
                 let batch = g.batch(ofSets: first, count: size)
@@ -129,7 +129,7 @@ extension NormalizationKernels {
                 }
                 setGradientApply(
                     dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
-                    q: q + first, r: r + first, center: center + first)
+                    q: q + first, r: r + first, center: center + first, store: store)
             }
         case .channelsLast:
             if let width = tileWidth(g) {

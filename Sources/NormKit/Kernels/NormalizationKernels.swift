@@ -35,6 +35,11 @@ struct NormalizationGeometry: Equatable {
     /// Size of a per-(sample block, channel) coefficient array.
     var coefficientCount: Int { sampleBlocks * channels }
     var elementCount: Int { batch * channels * positions }
+    /// How the training apply stages store this tensor's output: streaming from
+    /// ``KernelDispatch/streamingStoreThreshold`` elements on.
+    var outputStore: Int32 {
+        Int32(elementCount >= KernelDispatch.streamingStoreThreshold ? NK_STORE_STREAMING : NK_STORE_CACHED)
+    }
 
     @inline(__always) func set(n: Int, c: Int) -> Int {
         (n / samplesPerSet) * channelBlocks + c / channelsPerSet
@@ -135,7 +140,7 @@ enum NormalizationKernels {
         case .channelsFirst:
             // Per-row coefficients go to scale/shift[b·C + c] and centres to center[s]: each set owns its entries,
             // so threads never share one, and a batch of consecutive sets finds its coefficients consecutive.
-            let center = scratchShift + g.coefficientCount
+            let center = scratchShift + g.coefficientCount, store = g.outputStore
             g.forEachSetBatch(work: activation.work(elements: g.elementCount)) { first, size in
                 batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
                 for s in first..<(first + size) {
@@ -148,7 +153,7 @@ enum NormalizationKernels {
                 let k0 = (first / g.channelBlocks) * g.channels + (first % g.channelBlocks) * cps
                 setAffineCentered(
                     y + batch.offset, x + batch.offset, batch, center: center + first,
-                    scale: scratchScale + k0, shift: scratchShift + k0, activation: activation)
+                    scale: scratchScale + k0, shift: scratchShift + k0, activation: activation, store: store)
             }
         case .channelsLast:
             if let width = tileWidth(g) {

@@ -90,17 +90,18 @@ func setMoments(
     }
 }
 
-/// `y = act(a[j·rows + r]·(x − k[j]) + b[j·rows + r])` over the batch (`y` may alias `x`).
+/// `y = act(a[j·rows + r]·(x − k[j]) + b[j·rows + r])` over the batch (`y` may alias `x`); `store`: how the native
+/// kernel writes `y` (`NK_STORE_CACHED` or `NK_STORE_STREAMING`, ``NormalizationGeometry/outputStore``).
 @inline(__always) @usableFromInline
 func setAffineCentered(
     _ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ batch: SetBatch,
     center k: UnsafePointer<Float>, scale a: UnsafePointer<Float>, shift b: UnsafePointer<Float>,
-    activation: FusedActivation = .identity
+    activation: FusedActivation = .identity, store: Int32 = Int32(NK_STORE_CACHED)
 ) {
     if nativeKernels {
         nk_sets_affine_centered(
             y, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m,
-            batch.pieceStride, k, a, b, activation.kernelCode)
+            batch.pieceStride, k, a, b, activation.kernelCode, store)
         return
     }
     for j in 0..<batch.sets {
@@ -148,16 +149,17 @@ func setGradientSums(
     }
 }
 
-/// `dx = p[j·rows + r]·dy + q[j]·(x − k[j]) + r[j]` over the batch.
+/// `dx = p[j·rows + r]·dy + q[j]·(x − k[j]) + r[j]` over the batch (`store` as in ``setAffineCentered``).
 @inline(__always) @usableFromInline
 func setGradientApply(
     _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
     _ batch: SetBatch, p: UnsafePointer<Float>, q: UnsafePointer<Float>, r: UnsafePointer<Float>,
-    center k: UnsafePointer<Float>
+    center k: UnsafePointer<Float>, store: Int32 = Int32(NK_STORE_CACHED)
 ) {
     if nativeKernels {
         nk_sets_gradient_apply(
-            dx, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m, batch.pieceStride, p, q, r, k)
+            dx, dy, x, batch.sets, batch.setStride, batch.pieces, batch.rows, batch.m, batch.pieceStride, p, q, r, k,
+            store)
         return
     }
     for j in 0..<batch.sets {
