@@ -45,10 +45,23 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Write the rows as JSON to this file too.")
     var json: String?
 
+    @Option(
+        help: """
+            Outputs of at least this many elements are written with non-temporal stores (default: NormKit's, \
+            \(KernelDispatch.streamingStoreThreshold); 0: every output). Kernel table only.
+            """)
+    var streamingThreshold: Int?
+
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
         if let repetitions, repetitions < 1 {
             throw ValidationError("--repetitions must be at least 1, got \(repetitions)")
+        }
+        if let streamingThreshold, streamingThreshold < 0 {
+            throw ValidationError("--streaming-threshold must be 0 or more elements, got \(streamingThreshold)")
+        }
+        if inference, streamingThreshold != nil {
+            throw ValidationError("--streaming-threshold applies to the kernel table, not to --inference")
         }
         if inference, statistic != .median {
             throw ValidationError("--statistic applies to the kernel table, not to --inference (which reports medians)")
@@ -81,6 +94,7 @@ struct BenchCommand: ParsableCommand {
             print("warning: this is a debug build; benchmark a release build (swift build -c release)")
         #endif
         if inference { return try runInference() }
+        if let streamingThreshold { KernelDispatch.streamingStoreThreshold = streamingThreshold }
         let repetitions = repetitions ?? 9
         let copy = KernelBenchmark.copyBandwidth(threads: threads)
         let layouts = layout.map { [$0] } ?? TensorLayout.allCases
@@ -88,7 +102,7 @@ struct BenchCommand: ParsableCommand {
             shapes: try parsedShapes(), layouts: layouts, repetitions: repetitions, statistic: statistic,
             copyBytesPerSecond: copy)
         print(
-            "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), \(statistic.rawValue) of \(repetitions)"
+            "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), \(statistic.rawValue) of \(repetitions), streaming stores from \(KernelDispatch.streamingStoreThreshold) elements"
         )
         print(KernelBenchmark.markdown(rows, copyBytesPerSecond: copy))
         try writeJSON(rows)

@@ -15,13 +15,15 @@ final class ClearErrorTests: XCTestCase {
         assertRefused(result, code: 64, mentioning: ["--checkpoint-every"], "train --checkpoint-every 0")
     }
 
-    /// `normkit bench --statistic` takes median or best, and only for the kernel table: anything else is a usage
-    /// error naming the flag, before any timing starts.
+    /// `normkit bench --statistic` takes median or best, and `--streaming-threshold` a count of 0 or more, both only
+    /// for the kernel table: anything else is a usage error naming the flag, before any timing starts.
     func testBenchStatisticIsAChoiceOfTheKernelTable() throws {
         let out = try CLIFixture.shared().scratch("bench-statistic")
         for (arguments, words) in [
             (["bench", "--statistic", "fastest"], ["--statistic", "median", "best"]),
             (["bench", "--inference", "--statistic", "best"], ["--statistic", "--inference"]),
+            (["bench", "--streaming-threshold=-1"], ["--streaming-threshold", "0 or more"]),
+            (["bench", "--inference", "--streaming-threshold", "0"], ["--streaming-threshold", "--inference"]),
         ] {
             let result = try CLI.run(arguments, in: out)
             assertRefused(result, code: 64, mentioning: words, arguments.joined(separator: " "))
