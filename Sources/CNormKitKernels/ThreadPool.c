@@ -22,11 +22,18 @@ static int sleepers = 0;                                        // guarded by sl
 static int started = 0;                                         // workers started; guarded by run_lock
 // One step per call: (call number << 8) | workers taking part, so a worker decides from the value it saw alone.
 static _Atomic long generation = 0;
-static _Atomic long next_piece = 0;
+// Each participant (0: the calling thread, 1 + i: worker i) owns a contiguous block of the call's pieces and claims
+// them from its own cursor, in order; when its block is done it claims what is left of the others' (cursors on
+// separate cache lines). A piece's data thus lands on the same core from call to call while the load allows.
+typedef struct {
+    _Alignas(64) _Atomic long next;
+    long end;
+} nk_block;
+static nk_block blocks[NK_MAX_WORKERS + 1];
+static long job_participants;
 static _Atomic int busy = 0;                                    // workers not yet done with the current call
 static _Atomic long spin_nanoseconds = 50000;
 // The current call; written before `generation` is stored (release), read after it is seen (acquire).
-static long job_pieces;
 static nk_piece_function job_fn;
 static void *job_context;
 static _Thread_local int is_worker = 0;
@@ -37,11 +44,15 @@ static long now_ns(void) {
     return (long)t.tv_sec * 1000000000L + t.tv_nsec;
 }
 
-static void run_pieces(void) {
-    for (;;) {
-        long p = atomic_fetch_add(&next_piece, 1);
-        if (p >= job_pieces) return;
-        job_fn(job_context, p);
+// Participant `me`'s own block first, then the others' remainders in turn.
+static void run_pieces(long me) {
+    for (long i = 0; i < job_participants; i++) {
+        nk_block *block = &blocks[(me + i) % job_participants];
+        for (;;) {
+            long p = atomic_fetch_add_explicit(&block->next, 1, memory_order_relaxed);
+            if (p >= block->end) break;
+            job_fn(job_context, p);
+        }
     }
 }
 
@@ -77,7 +88,7 @@ static void *worker_main(void *argument) {
         seen = g;
         participated = index < (g & 0xFF);  // only the first threads − 1 workers take part (and count in busy)
         if (participated) {
-            run_pieces();
+            run_pieces(index + 1);
             atomic_fetch_sub_explicit(&busy, 1, memory_order_release);
         }
     }
@@ -106,17 +117,20 @@ void nk_parallel_for(long pieces, int threads, nk_piece_function fn, void *conte
         started++;
     }
     const long workers = threads - 1 < started ? threads - 1 : started;
-    job_pieces = pieces;
     job_fn = fn;
     job_context = context;
-    atomic_store(&next_piece, 0);
+    job_participants = workers + 1;
+    for (long i = 0; i < job_participants; i++) {
+        atomic_store_explicit(&blocks[i].next, pieces * i / job_participants, memory_order_relaxed);
+        blocks[i].end = pieces * (i + 1) / job_participants;
+    }
     atomic_store(&busy, (int)workers);
     const long call = (atomic_load(&generation) >> 8) + 1;
     atomic_store_explicit(&generation, (call << 8) | workers, memory_order_release);
     pthread_mutex_lock(&sleep_lock);
     if (sleepers > 0) pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&sleep_lock);
-    run_pieces();
+    run_pieces(0);
     // Wait for the workers' last pieces: spin for 20 µs, then yield between checks, so that a worker the scheduler
     // has put behind this thread (a shared or overcommitted machine) can finish instead of waiting a time slice.
     const long until = now_ns() + 20000;

@@ -48,8 +48,10 @@ public enum Parallelism {
 
     /// Runs `body` over `0..<count` split into contiguous ranges, one more thread for every `minimumWork` units of
     /// work (a second thread from `minimumWork`, a third from twice that, …); below `minimumWork` it runs inline.
-    /// The ranges (up to 8 per thread) go to the calling thread and NormKit's worker threads as they become free, in
-    /// order; they start at multiples of `granule` (the last may end short of one). The default threshold (65,536
+    /// The ranges (up to 8 per thread) go to the calling thread and NormKit's worker threads in contiguous blocks, one
+    /// per thread and in order within it (the same split every call, so each thread meets the data it touched last
+    /// time in its cache); a thread that finishes its block takes what is left of the others'. They start at
+    /// multiples of `granule` (the last may end short of one). The default threshold (65,536
     /// elements) is where a second thread starts to pay on this project's 2-core machines (`normkit bench`: GN on
     /// ResNet-20's last stage, (32, 64, 7, 7) channels-last, 100,352 elements, forward 0.62× the one-thread time).
     ///
@@ -91,7 +93,8 @@ public enum Parallelism {
 extension Parallelism {
     /// Runs `body(part)` once for every part in `0..<parts` on the calling thread and NormKit's worker threads (at
     /// most ``threadCount`` at once), for work that is already split, for example one slice per thread with a
-    /// scratch buffer per slice. Parts go to threads as they become free; each runs exactly once.
+    /// scratch buffer per slice. Parts go to threads in contiguous blocks, as in
+    /// ``forEachRange(count:work:minimumWork:granule:_:)``; each runs exactly once.
     public static func forEachPart(_ parts: Int, _ body: (Int) -> Void) {
         let threads = threadCount
         guard parts > 1, threads > 1 else {
