@@ -256,8 +256,8 @@ NK_INLINE long head_to_boundary(const float *out, long n) {
 NK_INLINE void row_apply(const int grad, const int act, const int stream, float *out, const float *dy,
                          const float *x, long n, float p, float q, float r, float k) {
     const vf pv = vset1(p), qv = vset1(q), rv = vset1(r), kv = vset1(k);
-    long i = 0;
-    if (stream && (i = head_to_boundary(out, n)) > 0) {
+    long i = stream ? head_to_boundary(out, n) : 0;  // streaming: the floats before the first boundary, ordinarily
+    if (i > 0) {
         vmask m = vmask_first(i);
         vf t = vfma(vsub(vload_part(m, x), kv), qv, rv);
         vstore_part(out, m, grad ? vfma(vload_part(m, dy), pv, t) : vact(act, t));
