@@ -251,26 +251,26 @@ NK_INLINE long head_to_boundary(const float *out, long n) {
     return head < n ? head : n;
 }
 
+// row_apply's value on the lanes of m only (its streaming head and its tail), stored with an ordinary masked store.
+NK_INLINE void row_apply_part(const int grad, const int act, vmask m, float *out, const float *dy, const float *x,
+                              vf pv, vf qv, vf rv, vf kv) {
+    vf t = vfma(vsub(vload_part(m, x), kv), qv, rv);
+    vstore_part(out, m, grad ? vfma(vload_part(m, dy), pv, t) : vact(act, t));
+}
+
 // out = p·dy + (q·(x − k) + r) (grad = 1), or act(q·(x − k) + r) (grad = 0: the affine a·(x − k) + b and the fused
-// activation); whole vectors with non-temporal stores when stream = 1 (the caller fences).
+// activation); whole vectors with non-temporal stores when stream = 1 (the caller fences), the floats before the
+// first vector boundary then as one partial vector.
 NK_INLINE void row_apply(const int grad, const int act, const int stream, float *out, const float *dy,
                          const float *x, long n, float p, float q, float r, float k) {
     const vf pv = vset1(p), qv = vset1(q), rv = vset1(r), kv = vset1(k);
-    long i = stream ? head_to_boundary(out, n) : 0;  // streaming: the floats before the first boundary, ordinarily
-    if (i > 0) {
-        vmask m = vmask_first(i);
-        vf t = vfma(vsub(vload_part(m, x), kv), qv, rv);
-        vstore_part(out, m, grad ? vfma(vload_part(m, dy), pv, t) : vact(act, t));
-    }
+    long i = stream ? head_to_boundary(out, n) : 0;
+    if (i > 0) row_apply_part(grad, act, vmask_first(i), out, dy, x, pv, qv, rv, kv);
     for (; i + NK_LANES <= n; i += NK_LANES) {
         vf t = vfma(vsub(vload(x + i), kv), qv, rv);
         row_store(stream, out + i, grad ? vfma(vload(dy + i), pv, t) : vact(act, t));
     }
-    if (i < n) {
-        vmask m = vmask_first(n - i);
-        vf t = vfma(vsub(vload_part(m, x + i), kv), qv, rv);
-        vstore_part(out + i, m, grad ? vfma(vload_part(m, dy + i), pv, t) : vact(act, t));
-    }
+    if (i < n) row_apply_part(grad, act, vmask_first(n - i), out + i, dy + i, x + i, pv, qv, rv, kv);
 }
 
 NK_FN void row_affine_centered(float *y, const float *x, long n, float k, float a, float b, int act) {
