@@ -152,7 +152,8 @@ NK_FN void sets_gradient_sums(double *s1, double *s2, long out_stride, const flo
 }
 
 // Row by row, c = j·rows + r: y = act(a[c]·(x − k[j]) + b[c]) (grad = 0, q = a and r = b per row), or
-// dx = p[c]·dy + q[j]·(x − k[j]) + r[j] (grad = 1); the rows' whole vectors streamed when stream = 1.
+// dx = p[c]·dy + q[j]·(x − k[j]) + r[j] (grad = 1); the rows' whole vectors streamed when stream = 1. k NULL: 0.
+#define SET_K(j) (k ? k[(j)] : 0.0f)
 NK_INLINE void sets_apply(const int grad, const int act, const int stream, float *out, const float *dy, const float *x,
                           long sets, long set_stride, long pieces, long rows, long m, long piece_stride, const float *p,
                           const float *q, const float *r, const float *k) {
@@ -168,9 +169,9 @@ NK_INLINE void sets_apply(const int grad, const int act, const int stream, float
         for (; left >= NK_LANES; left -= NK_LANES) {
             for (int g = 0; g < NK_LANES; g++) {
                 const long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
-                row_apply(0, act, stream, out + o, NULL, x + o, body, 0, q[c], r[c], k[j]);
+                row_apply(0, act, stream, out + o, NULL, x + o, body, 0, q[c], r[c], SET_K(j));
                 vstore_part(zt + g * tail, tm,
-                            vfma(vsub(vload_part(tm, x + o + body), vset1(k[j])), vset1(q[c]), vset1(r[c])));
+                            vfma(vsub(vload_part(tm, x + o + body), vset1(SET_K(j))), vset1(q[c]), vset1(r[c])));
                 at[g] = o + body;
                 NEXT_ROW(j, i, row);
             }
@@ -180,13 +181,14 @@ NK_INLINE void sets_apply(const int grad, const int act, const int stream, float
     }
     for (; left > 0; left--) {
         const long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
-        if (grad) row_apply(1, 0, stream, out + o, dy + o, x + o, m, p[c], q[j], r[j], k[j]);
-        else row_apply(0, act, stream, out + o, NULL, x + o, m, 0, q[c], r[c], k[j]);
+        if (grad) row_apply(1, 0, stream, out + o, dy + o, x + o, m, p[c], q[j], r[j], SET_K(j));
+        else row_apply(0, act, stream, out + o, NULL, x + o, m, 0, q[c], r[c], SET_K(j));
         NEXT_ROW(j, i, row);
     }
     if (stream) vstream_fence();
 }
 #undef NEXT_ROW
+#undef SET_K
 
 NK_FN void sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows,
                                 long m, long piece_stride, const float *k, const float *a, const float *b, int act,

@@ -10,7 +10,7 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time GN and BN forward and forward+backward against this machine's memory-copy bandwidth.",
         discussion: """
-            With --inference: latency per image at batch 1 and throughput at --batch of a GN ResNet, the same \
+            The kernel table also times BN's evaluation forward (its running statistics' affine). With --inference: latency per image at batch 1 and throughput at --batch of a GN ResNet, the same \
             MABN ResNet in eval mode and folded (normkit export --fold), timed alternately in one run.
             """)
 

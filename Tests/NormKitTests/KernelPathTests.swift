@@ -232,10 +232,10 @@ final class KernelPathTests: XCTestCase {
     }
 
     /// Non-temporal stores (``KernelDispatch/streamingStoreThreshold``) change how the apply stages write, not what:
-    /// every layer's forward output and backward gradients are the same bits streamed (threshold 0) and cached
-    /// (`Int.max`), on both instruction sets and layouts, with the identity, ReLU and SiLU fused. Rows of 49, 99 and
-    /// 130 floats start off vector boundaries (the partial first vector), and 24 channels-last channels are not whole
-    /// vectors (ordinary stores), 32 and 64 are (streamed).
+    /// every layer's forward output and backward gradients (GN, BN, MABN, frozen BN) and the evaluation outputs are the
+    /// same bits streamed (threshold 0) and cached (`Int.max`), on both instruction sets and layouts, with the identity,
+    /// ReLU and SiLU fused. Rows of 49, 99 and 130 floats start off vector boundaries (the partial first vector), and 24
+    /// channels-last channels are not whole vectors (ordinary stores), 32 and 64 are (streamed).
     func testStreamingStoresGiveTheSameBits() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         let saved = KernelDispatch.streamingStoreThreshold
@@ -257,11 +257,14 @@ final class KernelPathTests: XCTestCase {
                             for layer in try [
                                 GroupNorm(channels: shape[1], groups: 4), BatchNorm(channels: shape[1]),
                                 MovingAverageBatchNorm(channels: shape[1], bufferSize: 2),
+                                FrozenBatchNorm(channels: shape[1], trainableAffine: true),
                             ] as [NormalizationLayer] {
                                 layer.activation = activation
                                 let y = try layer.forward(x, training: true), gradients = try layer.backward(dy)
                                 values += y.values + gradients.input.values
                                 values += (gradients.weight ?? []) + (gradients.bias ?? [])
+                                // Evaluation: the running statistics' affine (GN's is its training forward).
+                                if !(layer is GroupNorm) { values += try layer.forward(x, training: false).values }
                             }
                             runs.append(values)
                         }

@@ -67,7 +67,7 @@ void nk_row_gradient_apply(float *dx, const float *dy, const float *x, long n, f
  * float lanes over at most NK_BLOCK_LENGTH elements, double totals, corrected for the rounding of k). */
 void nk_sets_moments(const float *x, long sets, long set_stride, long pieces, long run, long piece_stride,
                      double *mean, double *m2);
-/* y = act(a·(x − k) + b) (y may alias x); store: NK_STORE_CACHED or NK_STORE_STREAMING. */
+/* y = act(a·(x − k) + b) (y may alias x; k NULL: 0); store: NK_STORE_CACHED or NK_STORE_STREAMING. */
 void nk_sets_affine_centered(float *y, const float *x, long sets, long set_stride, long pieces, long rows, long m,
                              long piece_stride, const float *k, const float *a, const float *b, int act, int store);
 /* Per row: s1[j·rows + i·out_stride + r] = Σ dy, s2[…] = Σ dy·(x − k) (dy: dz with a fused activation). */

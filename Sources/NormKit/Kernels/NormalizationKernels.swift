@@ -94,6 +94,10 @@ enum NormalizationKernels {
         let m = g.positions, c = g.channels
         switch g.layout {
         case .channelsFirst:
+            if nativeKernels, g.outputStore == NK_STORE_STREAMING, UnsafePointer(y) != x {
+                return nativeStreamingApply(
+                    y: y, x: x, center: center, scale: scale, shift: shift, activation: activation, geometry: g)
+            }
             Parallelism.forEachRange(count: g.batch * c, work: activation.work(elements: g.elementCount)) { rows in
                 for row in rows {
                     let k = g.coefficient(n: row / c, c: row % c)
@@ -290,5 +294,30 @@ enum NormalizationKernels {
             count = merged
         }
         return (mean, max(0, m2 / count))
+    }
+}
+
+extension NormalizationKernels {
+    /// `apply`'s channels-first path for an output of at least ``KernelDispatch/streamingStoreThreshold`` elements
+    /// (the evaluation forward's `y`, the staged rules' training `y`, frozen BN's `dx`): the rows of each sample's
+    /// channels go to the set kernel as one-row sets, which streams their aligned whole vectors (the row kernels store
+    /// through the cache). The same values as the row kernels'.
+    private static func nativeStreamingApply(
+        y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Float>?,
+        scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, activation: FusedActivation,
+        geometry g: NormalizationGeometry
+    ) {
+        let m = g.positions, c = g.channels
+        Parallelism.forEachRange(count: g.batch * c, work: activation.work(elements: g.elementCount)) { rows in
+            var row = rows.lowerBound
+            while row < rows.upperBound {  // runs of rows (channels) within one sample
+                let (n, first) = row.quotientAndRemainder(dividingBy: c), count = min(rows.upperBound - row, c - first)
+                let k = g.coefficient(n: n, c: first)
+                nk_sets_affine_centered(
+                    y + row * m, x + row * m, count, m, 1, 1, m, m, center.map { $0 + k }, scale + k, shift + k,
+                    activation.kernelCode, Int32(NK_STORE_STREAMING))
+                row += count
+            }
+        }
     }
 }

@@ -227,13 +227,13 @@ public enum KernelDispatch {
     }
 
     /// The size, in elements, from which the native kernels' apply stages write their output (the training
-    /// forward's `y` and backward's `dx`; in evaluation, channels-last `y` only) with non-temporal stores (default
-    /// 4 Mi floats, 16 MB: with its input it fills the 32 MB L3 of this project's machine kinds). An output that
-    /// large leaves the caches anyway; streaming it skips the read of each line before it is written and keeps the
-    /// inputs still to be read in cache (GN and BN on (8, 256, 56, 56), both layouts: 0.71–0.90× the time; on
-    /// L3-resident tensors it is slower: docs/PERFORMANCE.md, session 16). An output that is also the call's input is
-    /// never streamed. The values are the same either way. `0` streams every output (values below 0 are stored as 0),
-    /// `Int.max` none. Process-wide and atomic; a kernel call reads it once, when it starts.
+    /// forward's `y` and backward's `dx`, the evaluation forward's `y`) with non-temporal stores (default 4 Mi floats,
+    /// 16 MB: with its input it fills the 32 MB L3 of this project's machine kinds). An output that large leaves the
+    /// caches anyway; streaming it skips the read of each line before it is written and keeps the inputs still to be
+    /// read in cache (GN and BN on (8, 256, 56, 56), both layouts: 0.71–0.90× the time; on L3-resident tensors it is
+    /// slower: docs/PERFORMANCE.md, session 16). An output that is also the call's input is never streamed. The values
+    /// are the same either way. `0` streams every output (values below 0 are stored as 0), `Int.max` none.
+    /// Process-wide and atomic; a kernel call reads it once, when it starts.
     public static var streamingStoreThreshold: Int {
         get { streamingStoreThresholdStorage.load(ordering: .relaxed) }
         set { streamingStoreThresholdStorage.store(max(newValue, 0), ordering: .relaxed) }

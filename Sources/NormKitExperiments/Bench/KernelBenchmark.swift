@@ -16,6 +16,9 @@ public enum KernelBenchmark {
         public var forwardMilliseconds: Double
         /// Milliseconds of one training forward plus its backward (the same statistic).
         public var forwardBackwardMilliseconds: Double
+        /// Milliseconds of one evaluation forward (the running statistics' affine: BN; nil for GN, whose evaluation
+        /// is its training forward).
+        public var evaluationMilliseconds: Double?
         /// Forward bytes (x read once, y written once) per second over the copy bandwidth.
         public var forwardFractionOfCopy: Double
         /// Forward+backward bytes (x → y; x, dy → dx) per second over the copy bandwidth.
@@ -73,7 +76,7 @@ public enum KernelBenchmark {
 
     /// Benchmarks GN (`G = min(32, C)`), GN with SiLU fused into its apply stage (the normalization block of
     /// diffusion U-Nets; same bytes as GN, so its copy fractions compare directly) and BN on each shape in training
-    /// mode, in each of `layouts` (side by side: for every shape and layer, one row per layout, measured one after
+    /// mode (and BN's evaluation forward), in each of `layouts` (side by side: for every shape and layer, one row per layout, measured one after
     /// the other).
     public static func run(
         shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases,
@@ -104,10 +107,17 @@ public enum KernelBenchmark {
                         try layer.forward(x, into: &y, training: true)
                         try layer.backward(dy, into: &dx)
                     }
+                    let evaluation =
+                        layer is GroupNorm
+                        ? nil
+                        : try time(repetitions: repetitions, statistic) {
+                            try layer.forward(x, into: &y, training: false)
+                        }
                     rows.append(
                         Row(
                             layer: name, shape: shape, layout: layout, groups: groups,
                             forwardMilliseconds: forward * 1e3, forwardBackwardMilliseconds: both * 1e3,
+                            evaluationMilliseconds: evaluation.map { $0 * 1e3 },
                             forwardFractionOfCopy: 2 * bytes / forward / copyBytesPerSecond,
                             forwardBackwardFractionOfCopy: 5 * bytes / both / copyBytesPerSecond))
                 }
@@ -120,16 +130,16 @@ public enum KernelBenchmark {
     public static func markdown(_ rows: [Row], copyBytesPerSecond: Double) -> String {
         var out = "Copy bandwidth (same run): \(String(format: "%.1f", copyBytesPerSecond / 1e9)) GB/s\n\n"
         out +=
-            "| layer | shape | layout | fwd ms | fwd+bwd ms | fwd / copy BW | fwd+bwd / copy BW |\n"
-            + "|---|---|---|---:|---:|---:|---:|\n"
+            "| layer | shape | layout | fwd ms | fwd+bwd ms | eval fwd ms | fwd / copy BW | fwd+bwd / copy BW |\n"
+            + "|---|---|---|---:|---:|---:|---:|---:|\n"
         for r in rows {
             let name = r.groups.map { "\(r.layer) G=\($0)" } ?? r.layer
             let layout = r.layout == .channelsFirst ? "NCHW" : "NHWC"
             out +=
                 "| \(name) | (\(r.shape.map(String.init).joined(separator: ","))) | \(layout) | "
-                + String(
-                    format: "%.3f | %.3f | %.2f | %.2f |\n", r.forwardMilliseconds, r.forwardBackwardMilliseconds,
-                    r.forwardFractionOfCopy, r.forwardBackwardFractionOfCopy)
+                + String(format: "%.3f | %.3f | ", r.forwardMilliseconds, r.forwardBackwardMilliseconds)
+                + (r.evaluationMilliseconds.map { String(format: "%.3f", $0) } ?? "–")
+                + String(format: " | %.2f | %.2f |\n", r.forwardFractionOfCopy, r.forwardBackwardFractionOfCopy)
         }
         return out
     }
