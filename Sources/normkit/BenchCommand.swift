@@ -10,8 +10,9 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time GN and BN forward and forward+backward against this machine's memory-copy bandwidth.",
         discussion: """
-            The kernel table also times BN's evaluation forward (its running statistics' affine). With --inference: latency per image at batch 1 and throughput at --batch of a GN ResNet, the same \
-            MABN ResNet in eval mode and folded (normkit export --fold), timed alternately in one run.
+            The kernel table also times BN's evaluation forward (its running statistics' affine). With \
+            --inference: latency per image at batch 1 and throughput at --batch of a GN ResNet, the same MABN \
+            ResNet in eval mode and folded (normkit export --fold), timed alternately in one run.
             """)
 
     @Option(help: "Threads for the kernels (default: all cores).")

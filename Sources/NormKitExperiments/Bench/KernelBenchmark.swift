@@ -76,8 +76,8 @@ public enum KernelBenchmark {
 
     /// Benchmarks GN (`G = min(32, C)`), GN with SiLU fused into its apply stage (the normalization block of
     /// diffusion U-Nets; same bytes as GN, so its copy fractions compare directly) and BN on each shape in training
-    /// mode (and BN's evaluation forward), in each of `layouts` (side by side: for every shape and layer, one row per layout, measured one after
-    /// the other).
+    /// mode (and BN's evaluation forward), in each of `layouts` (side by side: for every shape and layer, one row per
+    /// layout, measured one after the other).
     public static func run(
         shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases,
         repetitions: Int = 9, statistic: Statistic = .median, copyBytesPerSecond: Double
