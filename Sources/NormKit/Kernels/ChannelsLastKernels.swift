@@ -128,9 +128,10 @@ extension NormalizationKernels {
         }
     }
 
-    /// Calls `body(n, firstRow, rows)` for the runs of rows (positions) of `rows` that lie in one sample each.
+    /// Calls `body(n, firstRow, rows)` for the runs of rows of `rows` that lie in one sample each, `m` rows per
+    /// sample (channels-last: its positions; channels-first: its channels).
     @inline(__always)
-    private static func forEachSampleRun(_ rows: Range<Int>, positions m: Int, _ body: (Int, Int, Int) -> Void) {
+    static func forEachSampleRun(_ rows: Range<Int>, rowsPerSample m: Int, _ body: (Int, Int, Int) -> Void) {
         var row = rows.lowerBound
         while row < rows.upperBound {
             let n = row / m, end = min(rows.upperBound, (n + 1) * m)
@@ -147,7 +148,7 @@ extension NormalizationKernels {
     ) {
         let c = g.channels, m = g.positions, store = g.outputStore
         Parallelism.forEachRange(count: g.batch * m, work: activation.work(elements: g.elementCount)) { rows in
-            forEachSampleRun(rows, positions: m) { n, first, count in
+            forEachSampleRun(rows, rowsPerSample: m) { n, first, count in
                 let k0 = g.coefficient(n: n, c: 0)
                 nk_cl_affine_centered(
                     y + first * c, x + first * c, count, c, c, center.map { $0 + k0 }, scale + k0,
@@ -193,7 +194,7 @@ extension NormalizationKernels {
         Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * c) { rowValues in
                 let k = rowValues.baseAddress!, q = k + c, r = q + c
-                forEachSampleRun(rows, positions: m) { n, first, count in
+                forEachSampleRun(rows, rowsPerSample: m) { n, first, count in
                     for ch in 0..<c {
                         let s = g.set(n: n, c: ch)
                         let centering = Centering(center[s])

@@ -35,7 +35,7 @@ struct NormalizationGeometry: Equatable {
     /// Size of a per-(sample block, channel) coefficient array.
     var coefficientCount: Int { sampleBlocks * channels }
     var elementCount: Int { batch * channels * positions }
-    /// How the training apply stages store this tensor's output: streaming from
+    /// How the apply stages (training and evaluation) store this tensor's output: streaming from
     /// ``KernelDispatch/streamingStoreThreshold`` elements on.
     var outputStore: Int32 {
         Int32(elementCount >= KernelDispatch.streamingStoreThreshold ? NK_STORE_STREAMING : NK_STORE_CACHED)
@@ -309,14 +309,11 @@ extension NormalizationKernels {
     ) {
         let m = g.positions, c = g.channels
         Parallelism.forEachRange(count: g.batch * c, work: activation.work(elements: g.elementCount)) { rows in
-            var row = rows.lowerBound
-            while row < rows.upperBound {  // runs of rows (channels) within one sample
-                let (n, first) = row.quotientAndRemainder(dividingBy: c), count = min(rows.upperBound - row, c - first)
-                let k = g.coefficient(n: n, c: first)
+            forEachSampleRun(rows, rowsPerSample: c) { n, row, count in
+                let k = g.coefficient(n: n, c: row - n * c)
                 nk_sets_affine_centered(
                     y + row * m, x + row * m, count, m, 1, 1, m, m, center.map { $0 + k }, scale + k, shift + k,
                     activation.kernelCode, Int32(NK_STORE_STREAMING))
-                row += count
             }
         }
     }
