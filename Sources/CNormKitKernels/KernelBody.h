@@ -20,8 +20,11 @@
  *   vreduce(v)         the float sum of v's lanes
  *   vreduce_lanes(v)   lane t = the sum of the lanes of v[t], for an array of NK_LANES vectors (a transposing
  *                      reduction: one for NK_LANES sums instead of NK_LANES horizontal sums)
- *   vround(v), vscale2(p, n)   round to nearest integer; p·2^n for integral n in [−126, 127] (AVX-512: scalef;
- *                      AVX2: 2^n from exponent bits, then a multiply)
+ *   vround(v)          round to nearest integer
+ *   NK_EXP_BITS, vexp2_fraction(t)   2^(j/2^NK_EXP_BITS) for j = t mod 2^NK_EXP_BITS, integral t, from a table of
+ *                      2^NK_EXP_BITS floats that one lane permute reads (AVX-512: 16 entries, AVX2: 8)
+ *   vscale2_floor(p, n)  p·2^⌊n⌋ for n in [−126, 128) (AVX-512: scalef; AVX2: 2^⌊n⌋ from exponent bits, then a
+ *                      multiply)
  *   vkeep_above(z, t, v)  v where z > t, else 0 (NaN z or t: 0)
  *   vdiv_above(z, t, a, b)  a/b where z > t, else a·0 (NaN z or t: a·0); b ≥ 1 in every use (AVX-512: one
  *                      masked division, correctly rounded; AVX2: the reciprocal estimate and a Newton step, ~23 bits)
@@ -45,23 +48,29 @@
 #define STEP (4 * NK_LANES) /* one step of the long loops: four vectors into four accumulators */
 
 // ---- Fused activations (NK_IDENTITY, NK_RELU, NK_SILU; every caller passes a literal) --------------------------
-// exp(−z) by Cephes' expf scheme on x = −z: n = round(x·log2 e), r = x − n·ln 2 in two parts, a degree-6
-// polynomial, times 2^n. z is clamped above at 87.33, so that 2^n stays a normal float and r small; not below: for
-// z < −88 the result may be inf or NaN, and every caller replaces the lanes below z = −87. The negation is folded
-// into the clamp and the first reduction step (−(n·c) − z is x − n·c rounded once).
+// exp(−z) = exp(x) for x = −z, from a table: t = round(x·2^B·log2 e) (B = NK_EXP_BITS), r = x − t·ln 2/2^B in two
+// parts (|r| ≤ ln 2/2^(B+1); t·0.693359375 has at most 20 bits, so the first product is exact), exp(r) − 1 as
+// r + r²·(1/2 + r/6) (+ r²·r²/24 for B = 3; the next term is below 2^−26 relative), then the table's 2^(j/2^B) for
+// j = t mod 2^B and 2^⌊t/2^B⌋. Cephes' expf, used before session 18, needs a degree-6 polynomial on |r| ≤ ln 2/2:
+// this takes two multiply-adds fewer and its dependent chain three shorter, and the SiLU kernels run 0.85–0.9× the
+// time (PERFORMANCE.md, session 18); within the same ulps of float64 (KernelPathTests). z is clamped above at
+// 87.33654, so that ⌊t/2^B⌋ ≥ −126 and the scale stays a normal float; not below: for z < −88 the result may be inf
+// or NaN, and every caller replaces the lanes below z = −87. The negation is folded into the clamp and the first
+// reduction step.
 NK_INLINE vf vexp_negated(vf z) {
+    const float steps = (float)(1 << NK_EXP_BITS);
     z = vmin(z, vset1(87.33654f));
-    const vf n = vround(vmul(z, vset1(-1.44269504088896341f)));
-    vf r = vfnms(n, vset1(0.693359375f), z);
-    r = vfma(n, vset1(2.12194440e-4f), r);
-    vf p = vset1(1.9875691500e-4f);
-    p = vfma(p, r, vset1(1.3981999507e-3f));
-    p = vfma(p, r, vset1(8.3334519073e-3f));
-    p = vfma(p, r, vset1(4.1665795894e-2f));
-    p = vfma(p, r, vset1(1.6666665459e-1f));
-    p = vfma(p, r, vset1(5.0000001201e-1f));
-    p = vfma(p, vmul(r, r), vadd(r, vset1(1.0f)));
-    return vscale2(p, n);
+    const vf t = vround(vmul(z, vset1(-1.44269504088896341f * steps)));
+    vf r = vfnms(t, vset1(0.693359375f / steps), z);
+    r = vfma(t, vset1(2.12194440e-4f / steps), r);
+#if NK_EXP_BITS >= 4
+    vf q = vfma(r, vset1(1.0f / 6), vset1(0.5f));
+#else
+    vf q = vfma(vfma(r, vset1(1.0f / 24), vset1(1.0f / 6)), r, vset1(0.5f));
+#endif
+    q = vfma(vmul(r, r), q, r);
+    const vf table = vexp2_fraction(t);
+    return vscale2_floor(vfma(table, q, table), vmul(t, vset1(1.0f / steps)));
 }
 
 // σ(z) = 1/(1 + e) with e = exp(−z), also returned in *e; below z = −87 (σ < 2e−38) σ is 0, whatever e is there

@@ -21,8 +21,15 @@ typedef __m256i vmask;
 #define vstore_part(p, m, v) _mm256_maskstore_ps(p, m, v)
 #define vkeep(m, v) _mm256_and_ps(v, _mm256_castsi256_ps(m))
 #define vround(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-#define vscale2(p, n) \
-    _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)))
+#define vscale2_floor(p, n)                                                                                    \
+    _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(                                                  \
+                         _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_floor_ps(n)), _mm256_set1_epi32(127)), 23)))
+// 2^(j/8), j = 0 … 7, rounded to float; the permute reads the low 3 bits of each lane's index.
+#define NK_EXP_BITS 3
+#define vexp2_fraction(t)                                                                                      \
+    _mm256_permutevar8x32_ps(_mm256_setr_ps(0x1p+0f, 0x1.172b84p+0f, 0x1.306fe0p+0f, 0x1.4bfdaep+0f, 0x1.6a09e6p+0f, \
+                                            0x1.8ace54p+0f, 0x1.ae89fap+0f, 0x1.d5818ep+0f),                  \
+                             _mm256_cvtps_epi32(t))
 #define vkeep_above(z, t, v) _mm256_and_ps(_mm256_cmp_ps(z, t, _CMP_GT_OQ), v)
 
 // a/b as a times 1/b from the 12-bit estimate and one Newton step (e ← e·(2 − b·e): ~23 bits for b ≥ 1): three

@@ -21,7 +21,14 @@ typedef __mmask16 vmask;
 #define vkeep(m, v) _mm512_maskz_mov_ps(m, v)
 #define vreduce(v) _mm512_reduce_add_ps(v)
 #define vround(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-#define vscale2(p, n) _mm512_scalef_ps(p, n) /* one instruction where AVX2 needs four */
+#define vscale2_floor(p, n) _mm512_scalef_ps(p, n) /* scalef floors n: one instruction where AVX2 needs five */
+// 2^(j/16), j = 0 … 15, rounded to float; the permute reads the low 4 bits of each lane's index.
+#define NK_EXP_BITS 4
+static const float exp2_sixteenths[16] __attribute__((aligned(64))) = {
+    0x1p+0f, 0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fe0p+0f, 0x1.3dea64p+0f, 0x1.4bfdaep+0f,
+    0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f, 0x1.ae89fap+0f, 0x1.c199bep+0f,
+    0x1.d5818ep+0f, 0x1.ea4afap+0f};
+#define vexp2_fraction(t) _mm512_permutexvar_ps(_mm512_cvtps_epi32(t), _mm512_load_ps(exp2_sixteenths))
 #define vkeep_above(z, t, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, t, _CMP_GT_OQ), v)
 // One masked division, where the AMD machine kind (Zen 5) divides faster than the 14-bit estimate and its Newton
 // step that it replaced: GN + SiLU's forward 0.81–0.88× the time, forward+backward 0.85–0.94× (PERFORMANCE.md,
