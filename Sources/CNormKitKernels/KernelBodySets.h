@@ -77,8 +77,18 @@ NK_FN void sets_moments(const float *x, long sets, long set_stride, long pieces,
     for (; j < sets; j++) set_moments(x + j * set_stride, pieces, run, piece_stride, mean + j, m2 + j);
 }
 
-// The next row in (set j, piece p, row r) order, the order of every set kernel's rows.
-#define NEXT_ROW(j, p, r) do { if (++(r) == rows) { (r) = 0; if (++(p) == pieces) { (p) = 0; (j)++; } } } while (0)
+// The next row in (set j, piece p, row r) order, the order of every set kernel's rows, with the row's offset
+// o = j·set_stride + p·piece_stride + r·m and its coefficients' index c = j·rows + r kept by additions.
+#define NEXT_ROW(j, p, r, o, c)                                                                                \
+    do {                                                                                                       \
+        (o) += m;                                                                                              \
+        if (++(c), ++(r) == rows) {                                                                            \
+            (r) = 0;                                                                                           \
+            if (++(p) == pieces) (p) = 0, (j)++;                                                               \
+            (o) = (j) * set_stride + (p) * piece_stride;                                                       \
+            (c) = (j) * rows;                                                                                  \
+        }                                                                                                      \
+    } while (0)
 
 NK_INLINE void sets_gradient_sums_body(const int act, double *s1, double *s2, long out_stride, const float *dy,
                                        const float *x, long sets, long set_stride, long pieces, long rows, long m,
@@ -95,14 +105,13 @@ NK_INLINE void sets_gradient_sums_body(const int act, double *s1, double *s2, lo
         float zt[NK_LANES * NK_LANES], gt[NK_LANES * NK_LANES];
         long at[NK_LANES];
         float kt[NK_LANES];
-        long j = 0, p = 0, r = 0;
+        long j = 0, p = 0, r = 0, o = 0, c = 0;
         for (; i + NK_LANES <= total; i += NK_LANES) {
             vf a[NK_LANES], q[NK_LANES];
             long out[NK_LANES];
             for (int t = 0; t < NK_LANES; t++) {
-                long o = j * set_stride + p * piece_stride + r * m;
-                const act_affine aff = act_row(act, b, j * rows + r);
-                out[t] = j * rows + p * out_stride + r;
+                const act_affine aff = act_row(act, b, c);
+                out[t] = c + p * out_stride;
                 a[t] = q[t] = vzero();
                 pairrun(1, act, &a[t], &q[t], dy + o, x + o, body, vset1(k[j]), aff, act ? b->dz + o : NULL);
                 if (gather) {
@@ -112,7 +121,7 @@ NK_INLINE void sets_gradient_sums_body(const int act, double *s1, double *s2, lo
                     at[t] = o + body;
                     kt[t] = k[j];
                 }
-                NEXT_ROW(j, p, r);
+                NEXT_ROW(j, p, r, o, c);
             }
             if (gather) {
                 for (long v = 0; v < tail; v++)
@@ -158,7 +167,7 @@ NK_INLINE void sets_apply(const int grad, const int act, const int stream, float
                           long sets, long set_stride, long pieces, long rows, long m, long piece_stride, const float *p,
                           const float *q, const float *r, const float *k) {
     // Rows in (set j, piece i, row) order; c = j·rows + row.
-    long j = 0, i = 0, row = 0, left = sets * pieces * rows;
+    long j = 0, i = 0, row = 0, o = 0, c = 0, left = sets * pieces * rows;
     if (!grad && GATHER_TAILS(act) && m % NK_LANES) {
         // Rows with a partial last vector: their full vectors in place, their tails NK_LANES rows at a time through
         // one buffer (tail element t of the group's row g at g·tail + t), so that every evaluation fills its lanes.
@@ -168,22 +177,20 @@ NK_INLINE void sets_apply(const int grad, const int act, const int stream, float
         long at[NK_LANES];
         for (; left >= NK_LANES; left -= NK_LANES) {
             for (int g = 0; g < NK_LANES; g++) {
-                const long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
                 row_apply(0, act, stream, out + o, NULL, x + o, body, 0, q[c], r[c], SET_K(j));
                 vstore_part(zt + g * tail, tm,
                             vfma(vsub(vload_part(tm, x + o + body), vset1(SET_K(j))), vset1(q[c]), vset1(r[c])));
                 at[g] = o + body;
-                NEXT_ROW(j, i, row);
+                NEXT_ROW(j, i, row, o, c);
             }
             for (long v = 0; v < tail; v++) vstore(zt + v * NK_LANES, vact(act, vload(zt + v * NK_LANES)));
             for (int g = 0; g < NK_LANES; g++) vstore_part(out + at[g], tm, vload_part(tm, zt + g * tail));
         }
     }
     for (; left > 0; left--) {
-        const long o = j * set_stride + i * piece_stride + row * m, c = j * rows + row;
         if (grad) row_apply(1, 0, stream, out + o, dy + o, x + o, m, p[c], q[j], r[j], SET_K(j));
         else row_apply(0, act, stream, out + o, NULL, x + o, m, 0, q[c], r[c], SET_K(j));
-        NEXT_ROW(j, i, row);
+        NEXT_ROW(j, i, row, o, c);
     }
     if (stream) vstream_fence();
 }
