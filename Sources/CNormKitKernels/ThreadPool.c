@@ -31,7 +31,16 @@ typedef struct {
 } nk_block;
 static nk_block blocks[NK_MAX_WORKERS + 1];
 static long job_participants;
-static _Atomic int busy = 0;                                    // workers not yet done with the current call
+// Who works on the current call: (call number << 17) | CLOSED | JOINED × workers that joined it | workers that
+// joined and have not finished. A worker joins only while the call is open, before it touches the call's pieces;
+// when every piece is taken, the caller closes the call (unless every worker asked has joined) and waits only for
+// the workers that joined. A worker the scheduler has not run since the call began (a descheduled virtual CPU, a
+// core shared with another process) thus costs the call nothing: the caller takes its pieces, where waiting for it
+// to check in would take a time slice (milliseconds).
+#define RUNNING 0xFFL
+#define JOINED (1L << 8)
+#define CLOSED (1L << 16)
+static _Atomic long participation = 0;
 static _Atomic long spin_nanoseconds = 50000;
 // The current call; written before `generation` is stored (release), read after it is seen (acquire).
 static nk_piece_function job_fn;
@@ -54,6 +63,16 @@ static void run_pieces(long me) {
             job_fn(job_context, p);
         }
     }
+}
+
+// Joins call `call` if it is still the current call and open.
+static int join(long call) {
+    long state = atomic_load_explicit(&participation, memory_order_relaxed);
+    while ((state >> 17) == call && !(state & CLOSED))
+        if (atomic_compare_exchange_weak_explicit(&participation, &state, state + JOINED + 1, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return 1;
+    return 0;
 }
 
 static long first_generation[NK_MAX_WORKERS];  // the generation current when each worker was created
@@ -86,10 +105,10 @@ static void *worker_main(void *argument) {
             }
         }
         seen = g;
-        participated = index < (g & 0xFF);  // only the first threads − 1 workers take part (and count in busy)
-        if (participated) {
+        participated = index < (g & 0xFF);  // only the first threads − 1 workers are asked (and spin after it)
+        if (participated && join(g >> 8)) {
             run_pieces(index + 1);
-            atomic_fetch_sub_explicit(&busy, 1, memory_order_release);
+            atomic_fetch_sub_explicit(&participation, 1, memory_order_release);
         }
     }
     return 0;
@@ -124,17 +143,20 @@ void nk_parallel_for(long pieces, int threads, nk_piece_function fn, void *conte
         atomic_store_explicit(&blocks[i].next, pieces * i / job_participants, memory_order_relaxed);
         blocks[i].end = pieces * (i + 1) / job_participants;
     }
-    atomic_store(&busy, (int)workers);
     const long call = (atomic_load(&generation) >> 8) + 1;
+    atomic_store_explicit(&participation, call << 17, memory_order_relaxed);
     atomic_store_explicit(&generation, (call << 8) | workers, memory_order_release);
     pthread_mutex_lock(&sleep_lock);
     if (sleepers > 0) pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&sleep_lock);
     run_pieces(0);
-    // Wait for the workers' last pieces: spin for 20 µs, then yield between checks, so that a worker the scheduler
-    // has put behind this thread (a shared or overcommitted machine) can finish instead of waiting a time slice.
+    // Every piece is taken: close the call to workers yet to join, then wait for the last pieces of those that
+    // joined: spin for 20 µs, then yield between checks, so that one the scheduler has put behind this thread can
+    // finish instead of waiting a time slice.
+    if ((atomic_load_explicit(&participation, memory_order_relaxed) & (CLOSED - JOINED)) != workers * JOINED)
+        atomic_fetch_or_explicit(&participation, CLOSED, memory_order_relaxed);
     const long until = now_ns() + 20000;
-    for (int spins = 1; atomic_load_explicit(&busy, memory_order_acquire) > 0; spins++) {
+    for (int spins = 1; atomic_load_explicit(&participation, memory_order_acquire) & RUNNING; spins++) {
         if ((spins & 63) == 0 && now_ns() > until) sched_yield();
         else NK_PAUSE();
     }

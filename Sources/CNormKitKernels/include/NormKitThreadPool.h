@@ -6,7 +6,9 @@
  * block in order (the caller the first block, worker i the (i + 1)-th), then what is left of the others' blocks, so
  * that a piece's data tends to meet the same core's cache from call to call. Between calls a worker spins for a few tens of microseconds before it sleeps, so the back-to-back kernel
  * calls of a training step find it awake (waking a parked thread costs several microseconds, as long as a whole
- * normalization of a small tensor). One call runs at a time: a call from a worker, or while another call runs,
+ * normalization of a small tensor). The caller waits only for the workers that took up the call before every piece
+ * was taken: one the scheduler has not run meanwhile (a busy core, a descheduled virtual CPU) is left out, not waited
+ * for. One call runs at a time: a call from a worker, or while another call runs,
  * runs its pieces inline on the calling thread. There is one pool per process (its state is file-scope statics in
  * ThreadPool.c): every caller in the process shares it.
  */
