@@ -135,19 +135,20 @@ struct SweepCommand: ParsableCommand {
                     testLimit: configuration.testLimit)
             }
             let (train, test) = datasets[key]!
-            let trainer = try Trainer(
+            // GN, LN, IN, … cells as in-process replicas (TrainingThreading.auto), the others as one model.
+            let run = try ThreadedRun(
                 configuration: configuration, train: train, test: test, output: runDirectory,
                 progress: ProgressReporter(style: interactive ? .bar : .silent))
             if FileManager.default.fileExists(
                 atPath: runDirectory.appendingPathComponent(TrainingCheckpoint.modelFileName).path)
             {
-                try trainer.resume(from: runDirectory)
+                try run.resume(from: runDirectory)
             } else {
                 // Records without a checkpoint (a run that died before its first save) are this cell's own: redo it.
-                trainer.replacesExistingRun = true
+                run.forEach { $0.replacesExistingRun = true }
             }
             do {
-                return try trainer.run()
+                return try run.run()
             } catch TrainingError.interrupted(let step, _) {
                 print(
                     "\ninterrupted at step \(step) of \(runDirectory.lastPathComponent); its checkpoint is saved. "

@@ -120,6 +120,13 @@ struct TrainCommand: ParsableCommand {
     var distributed = false
     @Option(help: "Convolution engine: onednn (default when built in; channels-last network) or im2col (OpenBLAS).")
     var convEngine: ConvolutionEngine = .preferred
+    @Option(
+        help: ArgumentHelp(
+            "How --threads are used: auto, replicas (one model replica per thread, the batch split evenly) or layers (every layer split over the threads).",
+            discussion:
+                "auto: replicas for gn, ln, in, frozen-bn, none and syncbn (the same training up to float rounding), layers for bn, brn and mabn, whose statistics would become per replica (--threading replicas: per-worker normalization, as with --distributed)."
+        ))
+    var threading: TrainingThreading = .auto
 
     func validate() throws {
         if let reason = convEngine.unavailableReason { throw ValidationError("--conv-engine \(convEngine): \(reason)") }
@@ -131,6 +138,17 @@ struct TrainCommand: ParsableCommand {
             try configuration.validate()
         } catch let error as ConfigurationError {
             throw ValidationError(error.description)
+        }
+        if distributed && threading == .replicas {
+            throw ValidationError(
+                "--threading replicas trains replicas in this process; under --distributed every MPI rank is a replica already (drop --threading, or use --threading layers)"
+            )
+        }
+        if resume == nil && !distributed {
+            do { _ = try threading.replicas(for: configuration, threads: threads) } catch let error as TrainingError {
+                if case .invalidConfiguration(let why) = error { throw ValidationError(why) }
+                throw error
+            }
         }
         if resume != nil {
             // A resumed run continues with its own configuration: a flag that would change it is refused, not ignored.
@@ -208,34 +226,47 @@ struct TrainCommand: ParsableCommand {
                 testLimit: configuration.testLimit,
                 statistics: file.data?.statistics)
         } else {
-            configuration = try trainingConfiguration().perWorker(workers: communicator?.workerCount ?? 1)
+            let given = try trainingConfiguration()
+            let replicas = communicator == nil ? try threading.replicas(for: given, threads: threads) : 1
+            configuration = given.perWorker(workers: communicator?.workerCount ?? replicas)
             (train, test) = try dataOptions.load(
                 trainLimit: configuration.trainLimit,
                 testLimit: configuration.testLimit)
             directory = URL(fileURLWithPath: out ?? "runs/\(Self.defaultRunName(configuration, data: train.source))")
         }
         let isFirstWorker = (communicator?.workerIndex ?? 0) == 0
-        let trainer: Trainer
+        // In-process replicas (one per thread) or this process's one model (always one under mpirun).
+        let run: ThreadedRun
         do {
-            trainer = try Trainer(
-                configuration: configuration, train: train, test: test, output: directory,
+            run = try ThreadedRun(
+                configuration: configuration, threading: communicator == nil ? threading : .layers, train: train,
+                test: test, output: directory,
                 progress: isFirstWorker ? ProgressReporter() : ProgressReporter(style: .silent))
-            if let communicator { try trainer.distribute(over: communicator) }
+            if let communicator { try run.first.distribute(over: communicator) }
         } catch let error where resume != nil {
             throw CommandFailure(
                 "\(directory.appendingPathComponent(TrainingCheckpoint.modelFileName).path): its configuration does not build a model: \(ErrorText.describe(error))"
             )
         }
-        trainer.checkpointEverySteps = checkpointEvery
-        trainer.replacesExistingRun = overwrite
-        trainer.convolutionEngine = convEngine
-        if resume != nil {
-            try trainer.resume(from: directory)
-            if isFirstWorker { print("resuming \(directory.path) at step \(trainer.step)") }
+        run.forEach { trainer in
+            trainer.checkpointEverySteps = checkpointEvery
+            trainer.replacesExistingRun = overwrite
+            trainer.convolutionEngine = convEngine
         }
+        if resume != nil { try run.resume(from: directory) }
+        let trainer = run.first
+        if resume != nil && isFirstWorker { print("resuming \(directory.path) at step \(trainer.step)") }
+        let normDescription =
+            configuration.norm == .syncbn
+            ? "SyncBN" : configuration.norm == .bn ? "per-worker BN" : configuration.norm.rawValue
         if let communicator, isFirstWorker {
             print(
-                "data-parallel over \(communicator.workerCount) MPI ranks: \(configuration.batch / communicator.workerCount) images per rank per step, \(configuration.norm == .syncbn ? "SyncBN" : configuration.norm == .bn ? "per-worker BN" : configuration.norm.rawValue)"
+                "data-parallel over \(communicator.workerCount) MPI ranks: \(configuration.batch / communicator.workerCount) images per rank per step, \(normDescription)"
+            )
+        }
+        if let replicas = run.group?.workerCount {
+            print(
+                "data-parallel over \(replicas) in-process replicas, one per thread: \(configuration.batch / replicas) images each per step, \(normDescription)"
             )
         }
         if isFirstWorker {
@@ -247,14 +278,15 @@ struct TrainCommand: ParsableCommand {
         }
         let firstStep = trainer.step
         do {
-            let summary = try trainer.run()
+            let summary = try run.run()
             try communicator?.finalize()
             guard isFirstWorker else { return }
             if let (gradients, statistics) = trainer.communication, trainer.step > firstStep {
                 let steps = Double(trainer.step - firstStep)
                 print(
                     String(
-                        format: "communication per step (rank 0): gradient all-reduce %.3f ms (%d floats), "
+                        format:
+                            "communication per step (\(communicator == nil ? "worker" : "rank") 0): gradient all-reduce %.3f ms (%d floats), "
                             + "normalization reductions %.3f ms (%.1f collectives, %.0f values)",
                         1e3 * gradients.seconds / steps, gradients.values / max(gradients.calls, 1),
                         1e3 * statistics.seconds / steps, Double(statistics.calls) / steps,
@@ -391,3 +423,4 @@ struct EvalCommand: ParsableCommand {
 }
 
 extension ConvolutionEngine: ExpressibleByArgument {}
+extension TrainingThreading: ExpressibleByArgument {}

@@ -159,6 +159,36 @@ final class WorkNeverLostTests: XCTestCase {
         XCTAssertTrue(isFinished(out))
     }
 
+    /// `--threads 2` trains GN as two in-process replicas: Ctrl-C stops both with one checkpoint, and the resumed
+    /// run ends with the tensors of an uninterrupted one.
+    func testSIGINTStopsReplicasTogetherAndResumeEndsWhereAnUninterruptedRunDoes() throws {
+        let fixture = try CLIFixture.shared()
+        let cwd = try fixture.scratch("sigint-replicas")
+        let out = cwd.appendingPathComponent("run"), full = cwd.appendingPathComponent("full")
+        func arguments(_ out: URL) -> [String] {
+            var arguments = longRun(fixture, out: out)
+            arguments[arguments.firstIndex(of: "--threads")! + 1] = "2"
+            return arguments
+        }
+        let uninterrupted = try CLI.run(arguments(full), in: cwd)
+        assertExit(uninterrupted, 0, "the uninterrupted replica run")
+        XCTAssertTrue(
+            uninterrupted.stdout.contains("2 in-process replicas"),
+            "GN on 2 threads trains replicas\n\(uninterrupted.summary)")
+        let stopped = try interrupt(arguments(out), out: out, with: SIGINT, in: cwd)
+        assertExit(stopped, 130, "replicas stopped by SIGINT")
+        let checkpoint = try TrainingCheckpoint.read(at: out.appendingPathComponent(TrainingCheckpoint.modelFileName))
+        XCTAssertGreaterThan(checkpoint.step, 0)
+        let resumed = try CLI.run(["train", "--resume", out.path, "--threads", "2"], in: cwd)
+        assertExit(resumed, 0, "train --resume of the replicas")
+        XCTAssertTrue(isFinished(out))
+        let model = TrainingCheckpoint.modelFileName
+        let a = try SafeTensors.read(from: out.appendingPathComponent(model)).tensors
+        let b = try SafeTensors.read(from: full.appendingPathComponent(model)).tensors
+        XCTAssertFalse(a.isEmpty)
+        XCTAssertEqual(a, b, "the resumed replicas' final tensors differ from the uninterrupted run's")
+    }
+
     func testASecondTrainingOfTheSameDirectoryIsRefusedWhileTheFirstRuns() throws {
         let fixture = try CLIFixture.shared()
         let cwd = try fixture.scratch("concurrent")

@@ -1,6 +1,7 @@
 import NormKit
 
-/// Data-parallel training: one ``Trainer`` per worker, all with the same configuration and seed, so every worker
+/// Data-parallel training: one ``Trainer`` per worker (MPI ranks through `NormKitDistributed`, or threads of one
+/// process through ``InProcessWorkerGroup``), all with the same configuration and seed, so every worker
 /// draws the same shuffled, augmented SGD batch and trains on its own equal slice of it (worker `w` of `R` takes
 /// samples `w·B/R ..< (w+1)·B/R`: every image is seen once per epoch). Worker 0's parameters are broadcast before
 /// the first step; each worker divides its loss gradient by `R` and after the backward the gradients are summed
@@ -148,7 +149,7 @@ extension Trainer {
             let count = p.gradient.count
             flatGradients.withUnsafeBufferPointer { f in
                 p.gradient.withUnsafeMutableBufferPointer { g in
-                    for i in 0..<count { g[i] = f[offset + i] }
+                    g.baseAddress!.update(from: f.baseAddress! + offset, count: count)
                 }
             }
             offset += count

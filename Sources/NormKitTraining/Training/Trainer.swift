@@ -197,7 +197,8 @@ public final class Trainer {
     @discardableResult
     public func run() throws -> RunSummary {
         let c = configuration
-        Parallelism.threadCount = c.threads
+        // In-process replicas each run on one thread: the cores are theirs (one owner at a time).
+        Parallelism.threadCount = dataParallel is InProcessWorkerGroup.Worker ? 1 : c.threads
         BLAS.setThreads(1)
         if let output, writesRun {
             try acquireLock(output)

@@ -18,6 +18,8 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable, LocalizedE
     case cannotWrite(path: String, reason: String)
     /// A resumed run was given other data than it was trained on.
     case dataMismatch(directory: String, recorded: String, given: String)
+    /// A data-parallel run stopped because worker `worker` failed (``InProcessWorkerGroup``): `reason` is its error.
+    case workerFailed(worker: Int, reason: String)
 
     public var description: String {
         switch self {
@@ -43,6 +45,8 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable, LocalizedE
         case .dataMismatch(let directory, let recorded, let given):
             return "\(directory) was trained on \(recorded), but the data given is \(given); "
                 + "resume it with the same data (--data), or start a new run"
+        case .workerFailed(let worker, let reason):
+            return "data-parallel worker \(worker) stopped the run: \(reason)"
         }
     }
 

@@ -1,0 +1,223 @@
+import Foundation
+import NormKit
+import NormKitTraining
+import XCTest
+
+/// Data-parallel training inside one process (``InProcessWorkerGroup``, `normkit train --threading`): the
+/// collectives add in worker order and never hang on a failed worker, and replicas train what one model trains
+/// (GN up to float rounding, SyncBN as BN), deterministically, and resume exactly.
+final class InProcessReplicaTests: XCTestCase {
+    private struct Refused: Error, Equatable {}
+
+    // MARK: - Collectives
+
+    func testCollectivesAddInWorkerOrderAndGatherAndBroadcast() throws {
+        let workers = 3, count = 1_001  // slices of 333 and 334 values
+        // Per element: 1e8, 1 and −1e8 in some worker order. ((x₀ + x₁) + x₂) is what the group must give.
+        func value(_ w: Int, _ i: Int) -> Float { [Float(1e8), 1, -1e8][(w + i) % 3] }
+        func expected(_ i: Int) -> Float { (value(0, i) + value(1, i)) + value(2, i) }
+        XCTAssertNotEqual(Set((0..<3).map(expected)).count, 1, "the values must make the order visible")
+        let group = InProcessWorkerGroup(workers: workers)
+        let results = try group.run { w -> ([Float], [Double], [Double], [Float]) in
+            let worker = group.worker(w)
+            var floats = (0..<count).map { value(w, $0) }
+            try floats.withUnsafeMutableBufferPointer { try worker.allReduceSum($0) }
+            var doubles = [Double(w) + 0.25, 1e16 * Double(w == 1 ? 1 : w == 2 ? -1 : 0)]
+            try doubles.withUnsafeMutableBufferPointer { try worker.allReduceSum($0) }
+            let local = [Double(w), Double(w) + 0.5]
+            var all = [Double](repeating: -1, count: 2 * workers)
+            try local.withUnsafeBufferPointer { l in
+                try all.withUnsafeMutableBufferPointer { try worker.allGather(l, into: $0) }
+            }
+            var broadcast: [Float] = [Float(w), Float(10 * w)]
+            try broadcast.withUnsafeMutableBufferPointer { try worker.broadcast($0, from: 2) }
+            try worker.barrier()
+            return (floats, doubles, all, broadcast)
+        }
+        for (w, (floats, doubles, all, broadcast)) in results.enumerated() {
+            XCTAssertEqual(floats, (0..<count).map(expected), "worker \(w): sums in worker order")
+            XCTAssertEqual(doubles, [0.25 + 1.25 + 2.25, 0], "worker \(w)")
+            XCTAssertEqual(all, [0, 0.5, 1, 1.5, 2, 2.5], "worker \(w)")
+            XCTAssertEqual(broadcast, [2, 20], "worker \(w)")
+        }
+    }
+
+    func testMismatchedCollectivesThrowInsteadOfHanging() {
+        let group = InProcessWorkerGroup(workers: 2)
+        XCTAssertThrowsError(
+            try group.run { w in
+                var values = [Float](repeating: 1, count: 3 + w)
+                try values.withUnsafeMutableBufferPointer { try group.worker(w).allReduceSum($0) }
+            }
+        ) { error in
+            guard case TrainingError.workerFailed(_, let reason) = error else {
+                return XCTFail("expected workerFailed, got \(error)")
+            }
+            XCTAssertTrue(reason.contains("all-reduce"), reason)
+        }
+    }
+
+    /// A worker that fails stops the others at their next collective; the error thrown is its own.
+    func testAFailingWorkerStopsTheOthers() {
+        let group = InProcessWorkerGroup(workers: 3)
+        let start = Date()
+        XCTAssertThrowsError(
+            try group.run { w in
+                if w == 1 { throw Refused() }
+                // Far more barriers than worker 1 will ever reach; each waits (and sleeps) until it is abandoned.
+                for _ in 0..<1_000_000 { try group.worker(w).barrier() }
+            }
+        ) { error in XCTAssertEqual(error as? Refused, Refused(), "\(error)") }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 10)
+        // The group stays abandoned: a later collective throws at once, naming the worker.
+        XCTAssertThrowsError(try group.worker(0).barrier()) { error in
+            guard case TrainingError.workerFailed(let worker, _) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(worker, 1)
+        }
+    }
+
+    // MARK: - Threading choice
+
+    func testAutoThreadingUsesReplicasOnlyWhereTheyTrainTheSameModel() throws {
+        var c = TrainingConfiguration()
+        c.batch = 32
+        for norm in NormKind.allCases {
+            c.norm = norm
+            let replicas = try TrainingThreading.auto.replicas(for: c, threads: 2)
+            XCTAssertEqual(replicas, TrainingThreading.replicaInvariantNorms.contains(norm) ? 2 : 1, "\(norm)")
+            XCTAssertEqual(try TrainingThreading.layers.replicas(for: c, threads: 2), 1)
+            XCTAssertEqual(try TrainingThreading.replicas.replicas(for: c, threads: 2), 2)
+        }
+        XCTAssertEqual(Set([.bn, .brn, .mabn]).intersection(TrainingThreading.replicaInvariantNorms), [])
+        c.norm = .gn
+        XCTAssertEqual(try TrainingThreading.auto.replicas(for: c, threads: 1), 1)
+        c.batch = 33
+        XCTAssertEqual(try TrainingThreading.auto.replicas(for: c, threads: 2), 1, "a batch that does not split")
+        XCTAssertThrowsError(try TrainingThreading.replicas.replicas(for: c, threads: 2)) { error in
+            XCTAssertTrue("\(error)".contains("multiple of --threads"), "\(error)")
+        }
+    }
+
+    // MARK: - Training
+
+    private func replicas(
+        _ c: TrainingConfiguration, count: Int = 2, output: URL? = nil
+    ) throws -> (InProcessWorkerGroup, [Trainer]) {
+        let data = try TrainingTests.synthetic()
+        let group = InProcessWorkerGroup(workers: count)
+        let trainers = try (0..<count).map { w in
+            let t = try Trainer(
+                configuration: c.perWorker(workers: count), train: data.train, test: data.test, output: output,
+                progress: ProgressReporter(style: .silent))
+            try t.distribute(over: group.worker(w))
+            return t
+        }
+        return (group, trainers)
+    }
+
+    private func single(_ c: TrainingConfiguration) throws -> Trainer {
+        let data = try TrainingTests.synthetic()
+        return try Trainer(
+            configuration: c, train: data.train, test: data.test, output: nil,
+            progress: ProgressReporter(style: .silent))
+    }
+
+    private static func largestDifference(_ a: [String: StateTensor], _ b: [String: StateTensor]) -> Float {
+        var largest: Float = 0
+        for (name, tensor) in a {
+            guard case .float32(_, let x) = tensor, case .float32(_, let y)? = b[name] else { continue }
+            for i in x.indices { largest = max(largest, abs(x[i] - y[i])) }
+        }
+        return largest
+    }
+
+    /// GN: two replicas on 8 images each train the 16-image model one process trains, up to float rounding
+    /// (the gradient sums are split differently), and every replica holds the same weights; SyncBN replicas train
+    /// BatchNorm's model. Scaling the loss gradient wrongly (a replica's mean, not its share of the batch's) moves
+    /// the losses by far more than the tolerance.
+    func testReplicasTrainTheModelOneProcessTrains() throws {
+        for (norm, reference) in [(NormKind.gn, NormKind.gn), (.syncbn, .bn), (.ln, .ln)] {
+            var c = TrainingTests.smallConfiguration(norm)
+            c.epochs = 1
+            let (group, trainers) = try replicas(c)
+            let summaries = try group.run { try trainers[$0].run() }
+            var r = c
+            r.norm = reference
+            let one = try single(r)
+            let summary = try one.run()
+            let losses = trainers[0].stepLosses
+            XCTAssertEqual(losses.count, 8)
+            XCTAssertEqual(trainers[1].stepLosses, losses, "\(norm): the replicas agree on every step's loss")
+            XCTAssertEqual(
+                trainers[0].model.stateDict(), trainers[1].model.stateDict(), "\(norm): replicas' weights differ")
+            for (a, b) in zip(losses, one.stepLosses) {
+                XCTAssertEqual(
+                    a, b, accuracy: 2e-4 * max(1, abs(b)), "\(norm): replica losses \(losses) vs \(one.stepLosses)")
+            }
+            let difference = Self.largestDifference(trainers[0].model.stateDict(), one.model.stateDict())
+            XCTAssertLessThan(difference, 1e-3, "\(norm): weights after 8 steps")
+            XCTAssertEqual(summaries[0].finalTestError, summary.finalTestError, accuracy: 1.0 / 32, "\(norm)")
+            XCTAssertEqual(summaries[0].workers, 2)
+        }
+    }
+
+    func testReplicaRunsAreDeterministic() throws {
+        var c = TrainingTests.smallConfiguration(.gn)
+        c.epochs = 1
+        let (g1, a) = try replicas(c)
+        _ = try g1.run { try a[$0].run() }
+        let (g2, b) = try replicas(c)
+        _ = try g2.run { try b[$0].run() }
+        XCTAssertEqual(a[0].stepLosses, b[0].stepLosses)
+        XCTAssertEqual(a[0].model.stateDict(), b[0].model.stateDict())
+    }
+
+    /// Stopped after 5 of 16 steps, the replicas save one checkpoint (worker 0's) and stop together; new replicas
+    /// resumed from it finish with the bits of an uninterrupted replica run.
+    func testAnInterruptedReplicaRunResumesExactly() throws {
+        let c = TrainingTests.smallConfiguration(.gn)
+        let fullDirectory = try TrainingTests.temporaryDirectory("replicas-full")
+        let directory = try TrainingTests.temporaryDirectory("replicas-stopped")
+        defer {
+            try? FileManager.default.removeItem(at: fullDirectory)
+            try? FileManager.default.removeItem(at: directory)
+        }
+        let (fullGroup, full) = try replicas(c, output: fullDirectory)
+        _ = try fullGroup.run { try full[$0].run() }
+        XCTAssertEqual(full[0].stepLosses.count, 16)
+
+        let (firstGroup, first) = try replicas(c, output: directory)
+        for t in first { t.stopAfterStep = 5 }
+        XCTAssertThrowsError(try firstGroup.run { try first[$0].run() }) { error in
+            XCTAssertEqual(error as? TrainingError, .interrupted(step: 5, directory: directory.path))
+        }
+        XCTAssertEqual(first.map(\.step), [5, 5])
+        let (secondGroup, second) = try replicas(c, output: directory)
+        for t in second { try t.resume(from: directory) }
+        XCTAssertEqual(second[1].model.stateDict(), first[0].model.stateDict())
+        _ = try secondGroup.run { try second[$0].run() }
+        XCTAssertEqual(second[0].stepLosses, Array(full[0].stepLosses.suffix(from: 5)))
+        XCTAssertEqual(second[0].model.stateDict(), full[0].model.stateDict())
+        let lines = try String(contentsOf: directory.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+            .split(separator: "\n")
+        XCTAssertEqual(lines.count, c.epochs, "worker 0 alone writes the records")
+    }
+
+    /// Worker 0 cannot create its run directory (a file is in the way): it fails, worker 1, waiting for it in the
+    /// first collective, is stopped instead of hanging, and the error thrown is worker 0's.
+    func testAFailureOfWorkerZeroDoesNotHangTheOthers() throws {
+        let scratch = try TrainingTests.temporaryDirectory("replicas-blocked")
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        let blocker = scratch.appendingPathComponent("file")
+        try Data("x".utf8).write(to: blocker)
+        var c = TrainingTests.smallConfiguration(.gn)
+        c.epochs = 1
+        let (group, trainers) = try replicas(c, output: blocker.appendingPathComponent("run"))
+        let start = Date()
+        XCTAssertThrowsError(try group.run { try trainers[$0].run() }) { error in
+            if case TrainingError.workerFailed = error { XCTFail("worker 0's own error expected, got \(error)") }
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 30)
+    }
+}
