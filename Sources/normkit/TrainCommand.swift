@@ -76,7 +76,7 @@ struct TrainCommand: ParsableCommand {
     var noAugment = false
     @Option(help: "Random seed (initialisation, order, augmentation).")
     var seed: UInt64 = 0
-    @Option(help: "Threads (kernels and convolutions).")
+    @Option(help: "Threads (kernels and convolutions; --threading says how a run uses them).")
     var threads = 2
     @Option(help: "Output directory (default runs/<model>-<norm>-b<batch>-nb<normBatch>-s<seed>).")
     var out: String?
