@@ -19,7 +19,7 @@ final class InProcessReplicaTests: XCTestCase {
         XCTAssertNotEqual(Set((0..<3).map(expected)).count, 1, "the values must make the order visible")
         let group = InProcessWorkerGroup(workers: workers)
         let results = try group.run { w -> ([Float], [Double], [Double], [Float]) in
-            let worker = group.worker(w)
+            let worker = try group.worker(w)
             var floats = (0..<count).map { value(w, $0) }
             try floats.withUnsafeMutableBufferPointer { try worker.allReduceSum($0) }
             var doubles = [Double(w) + 0.25, 1e16 * Double(w == 1 ? 1 : w == 2 ? -1 : 0)]
@@ -55,6 +55,31 @@ final class InProcessReplicaTests: XCTestCase {
             }
             XCTAssertTrue(reason.contains("all-reduce"), reason)
         }
+    }
+
+    /// Wrong calls throw (and stop the other workers) instead of trapping: a worker index outside the group, an
+    /// all-gather into a buffer of the wrong size, a broadcast from a worker that does not exist.
+    func testWrongCallsThrowInsteadOfTrapping() {
+        XCTAssertThrowsError(try InProcessWorkerGroup(workers: 2).worker(2)) { error in
+            XCTAssertTrue("\(error)".contains("worker 2 of a group of 2"), "\(error)")
+        }
+        let gather = InProcessWorkerGroup(workers: 2)
+        XCTAssertThrowsError(
+            try gather.run { w in
+                let local = [1.0, 2.0]
+                var all = [Double](repeating: 0, count: w == 0 ? 4 : 3)
+                try local.withUnsafeBufferPointer { l in
+                    try all.withUnsafeMutableBufferPointer { try gather.worker(w).allGather(l, into: $0) }
+                }
+            }
+        ) { error in XCTAssertTrue("\(error)".contains("all-gather into 3 values"), "\(error)") }
+        let broadcast = InProcessWorkerGroup(workers: 2)
+        XCTAssertThrowsError(
+            try broadcast.run { w in
+                var values: [Float] = [1, 2]
+                try values.withUnsafeMutableBufferPointer { try broadcast.worker(w).broadcast($0, from: 2) }
+            }
+        ) { error in XCTAssertTrue("\(error)".contains("broadcast from worker 2"), "\(error)") }
     }
 
     /// A worker that fails stops the others at their next collective; the error thrown is its own.

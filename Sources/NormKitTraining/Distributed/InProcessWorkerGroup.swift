@@ -56,9 +56,21 @@ public final class InProcessWorkerGroup: Sendable {
     deinit { buffers.deallocate() }
 
     /// Worker `index`'s view of the group, for ``Trainer/distribute(over:)``; one thread uses it.
-    public func worker(_ index: Int) -> Worker {
-        precondition((0..<workerCount).contains(index), "worker \(index) of \(workerCount)")
+    ///
+    /// - Throws: ``TrainingError/invalidConfiguration(_:)`` when `index` is not in `0 ..< workerCount`.
+    public func worker(_ index: Int) throws -> Worker {
+        guard (0..<workerCount).contains(index) else {
+            throw TrainingError.invalidConfiguration("worker \(index) of a group of \(workerCount) workers")
+        }
         return Worker(self, index)
+    }
+
+    /// Abandons the group (see ``abandon(by:because:)``) and throws why: a collective called wrongly on `worker`
+    /// would leave the others waiting for it.
+    private func refuse(_ worker: Int, _ reason: String) throws -> Never {
+        let error = TrainingError.workerFailed(worker: worker, reason: reason)
+        abandon(by: worker, because: error)
+        throw error
     }
 
     /// Runs `body(w)` for every worker `w`, worker 0 on the calling thread and each other on a thread of its own,
@@ -171,11 +183,7 @@ public final class InProcessWorkerGroup: Sendable {
         buffers[worker] = (address, count)
         try barrier()
         for w in 0..<workerCount where buffers[w].count != count {
-            let error = TrainingError.workerFailed(
-                worker: w,
-                reason: "\(name) with \(buffers[w].count) values on worker \(w), \(count) on worker \(worker)")
-            abandon(by: w, because: error)
-            throw error
+            try refuse(w, "\(name) with \(buffers[w].count) values on worker \(w), \(count) on worker \(worker)")
         }
     }
 
@@ -208,8 +216,10 @@ public final class InProcessWorkerGroup: Sendable {
     fileprivate func allGather(
         _ worker: Int, _ local: UnsafeBufferPointer<Double>, into all: UnsafeMutableBufferPointer<Double>
     ) throws {
-        precondition(
-            all.count == local.count * workerCount, "allGather: \(all.count) != \(local.count) × \(workerCount)")
+        if all.count != local.count * workerCount {
+            try refuse(
+                worker, "an all-gather into \(all.count) values of \(local.count) from each of \(workerCount) workers")
+        }
         try exchange(
             worker, local.count == 0 ? nil : UnsafeMutableRawPointer(mutating: local.baseAddress),
             count: local.count, "an all-gather")
@@ -221,7 +231,9 @@ public final class InProcessWorkerGroup: Sendable {
     }
 
     fileprivate func broadcast(_ worker: Int, _ values: UnsafeMutableBufferPointer<Float>, from root: Int) throws {
-        precondition((0..<workerCount).contains(root), "broadcast from worker \(root) of \(workerCount)")
+        if !(0..<workerCount).contains(root) {
+            try refuse(worker, "a broadcast from worker \(root) of \(workerCount)")
+        }
         try exchange(
             worker, values.count == 0 ? nil : UnsafeMutableRawPointer(values.baseAddress), count: values.count,
             "a broadcast")
