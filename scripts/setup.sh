@@ -5,7 +5,17 @@
 #   dataset-fashion-mnist (the real dataset, in /usr/share/datasets/fashion-mnist), openmpi-bin and
 #   libopenmpi-dev (Open MPI: data-parallel training, `mpirun … normkit train --distributed`; without them NormKit
 #   builds without NormKitDistributed's transport).
+# Package.swift looks for oneDNN and Open MPI when SwiftPM first reads it, and SwiftPM keeps that reading (in .build
+# and in its cache of manifests), so a build configured before a package was installed keeps building without it.
+# After installing anything, and with --reconfigure, this script clears that reading: the next build sees what is
+# installed (and rebuilds from scratch).
 set -euo pipefail
+reconfigure=0
+case "${1:-}" in
+  --reconfigure) reconfigure=1 ;;
+  "") ;;
+  *) echo "usage: bash scripts/setup.sh [--reconfigure]" >&2; exit 2 ;;
+esac
 packages=(libdnnl-dev libopenblas-dev zlib1g-dev pkg-config dataset-fashion-mnist openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${packages[@]}"; do
@@ -17,5 +27,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  reconfigure=1
+fi
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if [ "$reconfigure" -eq 1 ]; then
+  [ -d "$root/.build" ] && echo "clearing .build: the next build is configured with what is installed now"
+  rm -rf "$root/.build" "${XDG_CACHE_HOME:-$HOME/.cache}/org.swift.swiftpm/manifests"
 fi
 command -v swift >/dev/null || { echo "swift is not on PATH: install Swift 6.x (swift.org) first" >&2; exit 1; }

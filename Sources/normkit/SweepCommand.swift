@@ -108,6 +108,9 @@ struct SweepCommand: ParsableCommand {
         // One sweep per directory at a time (each run also locks its own directory).
         let sweepLock = try RunDirectoryLock.acquire(directory)
         defer { sweepLock.release() }
+        if let warning = ConvolutionEngine.staleConfigurationWarning {
+            FileHandle.standardError.write(Data((warning + "\n").utf8))
+        }
         let speed = try measureThroughput(plan.base)
         let estimate = plan.estimatedSeconds(imagesPerSecond: speed, including: include)
         print("normkit sweep --preset \(preset.name): \(preset.description)")

@@ -269,6 +269,9 @@ struct TrainCommand: ParsableCommand {
                 "data-parallel over \(replicas) in-process replicas, one per thread: \(configuration.batch / replicas) images each per step, \(normDescription)"
             )
         }
+        if isFirstWorker, convEngine == .im2col, let warning = ConvolutionEngine.staleConfigurationWarning {
+            FileHandle.standardError.write(Data((warning + "\n").utf8))
+        }
         if isFirstWorker {
             print(
                 "training \(configuration.model) with \(configuration.norm.rawValue) "

@@ -30,6 +30,28 @@ final class ConvolutionEngineTests: XCTestCase {
 
     // MARK: - Engine properties
 
+    /// A build without oneDNN says what fixes it: install the package; or, when it is installed (the build was
+    /// configured before it was, and SwiftPM kept that reading), reconfigure with the setup script, which must
+    /// offer the option. A build with oneDNN warns of nothing.
+    func testABuildWithoutOneDNNSaysWhatFixesIt() throws {
+        let missing = ConvolutionEngine.oneDNNMissingReason(headerInstalled: false)
+        XCTAssertTrue(missing.contains("install Debian's libdnnl-dev"), missing)
+        XCTAssertFalse(missing.contains("--reconfigure"), missing)
+        let stale = ConvolutionEngine.oneDNNMissingReason(headerInstalled: true)
+        XCTAssertTrue(stale.contains("bash scripts/setup.sh --reconfigure"), stale)
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let setup = try String(contentsOf: root.appendingPathComponent("scripts/setup.sh"), encoding: .utf8)
+        XCTAssertTrue(setup.contains("--reconfigure) reconfigure=1"), "setup.sh offers --reconfigure")
+        if ConvolutionEngine.oneDNN.isAvailable {
+            XCTAssertNil(ConvolutionEngine.staleConfigurationWarning)
+        } else if ConvolutionEngine.oneDNNHeaderInstalled,
+            ProcessInfo.processInfo.environment["NORMKIT_WITHOUT_ONEDNN"] == nil
+        {
+            XCTAssertEqual(ConvolutionEngine.staleConfigurationWarning, "warning: " + stale)
+        }
+    }
+
     func testEngineProperties() throws {
         try skipUnlessOneDNN()
         XCTAssertEqual(ConvolutionEngine.preferred, .oneDNN)

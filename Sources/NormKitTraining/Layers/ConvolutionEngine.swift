@@ -50,7 +50,32 @@ public enum ConvolutionEngine: String, Sendable, Codable, CaseIterable, CustomSt
 
     /// Why the engine cannot be used in this build, nil when it can.
     public var unavailableReason: String? {
-        isAvailable ? nil : "NormKit was built without oneDNN: install Debian's libdnnl-dev and rebuild"
+        isAvailable ? nil : Self.oneDNNMissingReason(headerInstalled: Self.oneDNNHeaderInstalled)
+    }
+
+    /// Whether `libdnnl-dev`'s header, which Package.swift looks for, is on this machine now.
+    package static var oneDNNHeaderInstalled: Bool {
+        FileManager.default.fileExists(atPath: "/usr/include/oneapi/dnnl/dnnl.h")
+    }
+
+    /// Why a build without oneDNN lacks it: the package is missing, or the build was configured before it was
+    /// installed (SwiftPM keeps its first evaluation of Package.swift, in `.build` and in its cache of manifests, so
+    /// a rebuild alone keeps the im2col engine, about 2× slower to train).
+    package static func oneDNNMissingReason(headerInstalled: Bool) -> String {
+        headerInstalled
+            ? "NormKit was built without oneDNN, though libdnnl-dev is installed: the build was configured with "
+                + "NORMKIT_WITHOUT_ONEDNN or before the package was installed (SwiftPM keeps its first reading of "
+                + "Package.swift); run `bash scripts/setup.sh --reconfigure` and rebuild"
+            : "NormKit was built without oneDNN: install Debian's libdnnl-dev (`bash scripts/setup.sh`) and rebuild"
+    }
+
+    /// A warning for a build whose preferred engine is im2col only because it was configured before oneDNN was
+    /// installed (nil otherwise, and when `NORMKIT_WITHOUT_ONEDNN` asked for such a build).
+    public static var staleConfigurationWarning: String? {
+        guard !ConvolutionEngine.oneDNN.isAvailable, oneDNNHeaderInstalled,
+            ProcessInfo.processInfo.environment["NORMKIT_WITHOUT_ONEDNN"] == nil
+        else { return nil }
+        return "warning: " + oneDNNMissingReason(headerInstalled: true)
     }
 }
 
