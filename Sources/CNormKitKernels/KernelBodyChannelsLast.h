@@ -3,12 +3,17 @@
 
 // ---- Channels-last (NHWC): one sample's m positions are m rows of c contiguous floats ------------------------
 // Each row's channels go in vectors, CL_WIDTH channels (4 vectors) at a time with coefficients and accumulators in
-// registers; wider rows are cut into tiles of rows that stay in L1 while every CL_WIDTH-channel slice sweeps them,
-// so memory is read once, in order. Each float lane adds at most CL_ROWS positions before its total goes to double.
+// registers; wider rows are cut into tiles of rows (about 32 KB, and at least CL_TILE_ROWS rows) that every
+// CL_WIDTH-channel slice sweeps in turn, so memory is read once, nearly in order. Each element is read once whatever
+// the tile's height; the height sets how many rows share one load of a slice's coefficients and accumulators: rows
+// of 1,024 channels and more took 8, 4 or fewer rows per sweep before session 21, and 16 made GN's NHWC forward on
+// (2, 2048, 7, 7) and (32, 2048, 7, 7) about 0.9x the time (PERFORMANCE.md, session 21). Each float lane adds at most
+// CL_ROWS positions before its total goes to double.
 #define CL_VECTORS 4
 #define CL_WIDTH (CL_VECTORS * NK_LANES)
 #define CL_MAX 1024
 #define CL_ROWS 64
+#define CL_TILE_ROWS 16
 
 // Vector v of a run of nv vectors whose last one has `tail` lanes (0: full), loaded or stored with the tail mask tm.
 #define CL_LOAD(p, v) ((v) == nv - 1 && tail ? vload_part(tm, (p)) : vload(p))
@@ -76,14 +81,14 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int nv, float 
 }
 
 // s1[ch] += Σ d (or Σ g), s2[ch] += Σ d² (or Σ g·d) for channels 0 … w − 1 (w ≤ CL_MAX) of m rows c apart. The rows
-// go in tiles of at most CL_ROWS rows and about 32 KB; each tile is swept once per CL_WIDTH channels while it sits in
-// L1, so x (and dy) come from memory once, in order. A float lane adds one value per row, so its total goes to double
-// after at most CL_ROWS rows, whole tiles (the accuracy of the channels-first kernels, whose lanes add ~n/64 values);
-// wide rows, whose tiles are a few rows, keep their float totals across tiles until then.
+// go in tiles of CL_TILE_ROWS … CL_ROWS rows, about 32 KB where that is at least CL_TILE_ROWS rows; each tile is swept
+// once per CL_WIDTH channels, so x (and dy) come from memory once, nearly in order. A float lane adds one value per
+// row, so its total goes to double after at most CL_ROWS rows, whole tiles (the accuracy of the channels-first
+// kernels, whose lanes add ~n/64 values); rows whose tiles are shorter keep their float totals across tiles until then.
 NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s2, const float *dy, const float *x,
                             long m, long c, long w, const float *k, const nk_activation_backward *b) {
     float fa[CL_MAX + NK_LANES], fb[CL_MAX + NK_LANES];
-    const long fit = 8192 / w, tile = fit < 1 ? 1 : fit < CL_ROWS ? fit : CL_ROWS;
+    const long fit = 8192 / w, tile = fit < CL_TILE_ROWS ? CL_TILE_ROWS : fit < CL_ROWS ? fit : CL_ROWS;
     const long run = CL_ROWS / tile * tile;  // rows per float total: whole tiles, at most CL_ROWS
     for (long j = 0; j < w + NK_LANES; j++) fa[j] = fb[j] = 0;  // the lanes past w are loaded, never used
     for (long p0 = 0; p0 < m; p0 += tile) {
@@ -169,9 +174,9 @@ NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, f
         cl_apply_run(grad, act, stream, out, dy, x, m, c, w, p, a, b, k);
         return;
     }
-    // Wide rows: tiles of about 32 KB of rows, swept once per CL_WIDTH channels while in L1 (coefficients in
-    // registers for each sweep).
-    const long tile = w >= 8192 ? 1 : 8192 / w;
+    // Wide rows: tiles of about 32 KB of rows (at least CL_TILE_ROWS), swept once per CL_WIDTH channels
+    // (coefficients in registers for each sweep).
+    const long tile = w >= 8192 / CL_TILE_ROWS ? CL_TILE_ROWS : 8192 / w;
     for (long p0 = 0; p0 < m; p0 += tile) {
         const long rows = p0 + tile < m ? tile : m - p0, o = p0 * c;
         for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
