@@ -12,7 +12,9 @@ struct BenchCommand: ParsableCommand {
         discussion: """
             The kernel table also times BN's evaluation forward (its running statistics' affine). With \
             --inference: latency per image at batch 1 and throughput at --batch of a GN ResNet, the same MABN \
-            ResNet in eval mode and folded (normkit export --fold), timed alternately in one run.
+            ResNet in eval mode and folded (normkit export --fold), timed alternately in one run. With \
+            --streaming-check: whether streaming a normalization's output pays once the convolution that reads it \
+            is counted (conv → GroupNorm → conv, forward and forward+backward, output cached and streamed alternated).
             """)
 
     @Option(help: "Threads for the kernels (default: all cores).")
@@ -30,6 +32,13 @@ struct BenchCommand: ParsableCommand {
 
     @Flag(help: "Time inference instead: a GN ResNet vs the folded MABN ResNet of the same depth.")
     var inference = false
+
+    @Flag(
+        help: """
+            Time conv → GroupNorm → conv chains with the normalization's outputs cached and streamed, alternated \
+            (--shapes: 4-D; --repetitions: pairs, default 100).
+            """)
+    var streamingCheck = false
 
     @Option(help: "With --inference: the ResNet depth (6n+2).")
     var depth: Int = 20
@@ -60,6 +69,17 @@ struct BenchCommand: ParsableCommand {
         }
         if let streamingThreshold, streamingThreshold < 0 {
             throw ValidationError("--streaming-threshold must be 0 or more elements, got \(streamingThreshold)")
+        }
+        if inference, streamingCheck {
+            throw ValidationError("--inference and --streaming-check are two different benchmarks: choose one")
+        }
+        if streamingCheck, streamingThreshold != nil || statistic != .median || layout != nil {
+            throw ValidationError(
+                "--streaming-check compares cached and streamed outputs in the convolutions' layout (median of pairs): "
+                    + "--streaming-threshold, --statistic and --layout do not apply")
+        }
+        if streamingCheck, let shapes, try parsedShapes().contains(where: { $0.count != 4 }) {
+            throw ValidationError("--streaming-check: --shapes '\(shapes)' must all be NxCxHxW")
         }
         if inference, streamingThreshold != nil {
             throw ValidationError("--streaming-threshold applies to the kernel table, not to --inference")
@@ -95,6 +115,7 @@ struct BenchCommand: ParsableCommand {
             print("warning: this is a debug build; benchmark a release build (swift build -c release)")
         #endif
         if inference { return try runInference() }
+        if streamingCheck { return try runStreamingCheck() }
         if let streamingThreshold { KernelDispatch.streamingStoreThreshold = streamingThreshold }
         let repetitions = repetitions ?? 9
         let copy = KernelBenchmark.copyBandwidth(threads: threads)
@@ -118,6 +139,19 @@ struct BenchCommand: ParsableCommand {
             "normkit bench --inference: ResNet-\(depth), 1×28×28 images, eval forward, \(threads) thread(s), "
                 + "median of \(repetitions) (batch 1) / \(max(1, repetitions / 4)) (batch \(batch)), models alternated")
         print(InferenceBenchmark.markdown(rows))
+        try writeJSON(rows)
+    }
+
+    /// `--streaming-check`: conv → GN → conv with the normalization's outputs cached vs streamed.
+    func runStreamingCheck() throws {
+        let pairs = repetitions ?? 100
+        let shapes = self.shapes == nil ? StreamingStoreBenchmark.defaultShapes : try parsedShapes()
+        let rows = try StreamingStoreBenchmark.run(shapes: shapes, pairs: pairs)
+        print(
+            "normkit bench --streaming-check: \(threads) thread(s), convolutions \(ConvolutionEngine.preferred.versionDescription) "
+                + "(\(ConvolutionEngine.preferred.activationLayout.rawValue)), median of \(pairs) alternated pairs; "
+                + "the default threshold streams outputs of \(KernelDispatch.streamingStoreThreshold) elements or more")
+        print(StreamingStoreBenchmark.markdown(rows))
         try writeJSON(rows)
     }
 

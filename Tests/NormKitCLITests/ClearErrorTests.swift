@@ -16,7 +16,8 @@ final class ClearErrorTests: XCTestCase {
     }
 
     /// `normkit bench --statistic` takes median or best, and `--streaming-threshold` a count of 0 or more, both only
-    /// for the kernel table: anything else is a usage error naming the flag, before any timing starts.
+    /// for the kernel table; `--streaming-check` takes neither, nor `--inference`, `--layout` or shapes that are not
+    /// 4-D: anything else is a usage error naming the flag, before any timing starts.
     func testBenchStatisticIsAChoiceOfTheKernelTable() throws {
         let out = try CLIFixture.shared().scratch("bench-statistic")
         for (arguments, words) in [
@@ -24,6 +25,13 @@ final class ClearErrorTests: XCTestCase {
             (["bench", "--inference", "--statistic", "best"], ["--statistic", "--inference"]),
             (["bench", "--streaming-threshold=-1"], ["--streaming-threshold", "0 or more"]),
             (["bench", "--inference", "--streaming-threshold", "0"], ["--streaming-threshold", "--inference"]),
+            (["bench", "--streaming-check", "--inference"], ["--streaming-check", "--inference"]),
+            (
+                ["bench", "--streaming-check", "--streaming-threshold", "0"],
+                ["--streaming-check", "--streaming-threshold"]
+            ),
+            (["bench", "--streaming-check", "--layout", "channelsFirst"], ["--streaming-check", "--layout"]),
+            (["bench", "--streaming-check", "--shapes", "2x8x4"], ["--streaming-check", "NxCxHxW"]),
         ] {
             let result = try CLI.run(arguments, in: out)
             assertRefused(result, code: 64, mentioning: words, arguments.joined(separator: " "))

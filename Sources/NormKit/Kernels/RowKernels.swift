@@ -231,7 +231,9 @@ public enum KernelDispatch {
     /// 16 MB: with its input it fills the 32 MB L3 of this project's machine kinds). An output that large leaves the
     /// caches anyway; streaming it skips the read of each line before it is written and keeps the inputs still to be
     /// read in cache (GN and BN on (8, 256, 56, 56), both layouts: 0.71–0.90× the time; on L3-resident tensors it is
-    /// slower: docs/PERFORMANCE.md, session 16). An output that is also the call's input is never streamed. The values
+    /// slower: docs/PERFORMANCE.md, session 16; and a light layer reading a streamed 6.4 MB output from memory made a
+    /// conv → GN → conv chain 1.2–1.3× slower: session 21, `normkit bench --streaming-check`, which times the choice
+    /// on any shapes). An output that is also the call's input is never streamed. The values
     /// are the same either way. `0` streams every output (values below 0 are stored as 0), `Int.max` none.
     /// Process-wide and atomic; a kernel call reads it once, when it starts.
     public static var streamingStoreThreshold: Int {
