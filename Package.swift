@@ -101,7 +101,7 @@ let package = Package(
         .testTarget(name: "NormKitConcurrencyTests", dependencies: ["NormKit"]),
         .testTarget(name: "NormKitExperimentsTests", dependencies: ["NormKitExperiments"]),
         /// End-to-end tests of the `normkit` binary (built because the executable target is a dependency).
-        .testTarget(name: "NormKitCLITests", dependencies: ["normkit", "NormKitTraining"]),
+        .testTarget(name: "NormKitCLITests", dependencies: ["normkit", "NormKitTraining", "NormKitDistributed"]),
     ],
     // Every target compiles in the Swift 6 language mode (complete concurrency checking), without warnings.
     swiftLanguageModes: [.v6]

@@ -19,12 +19,23 @@ public enum DistributedError: Error, Equatable, CustomStringConvertible, Localiz
     /// A broadcast root outside `0 ..< workerCount`.
     case invalidRoot(root: Int, workerCount: Int)
 
+    /// Why a build without Open MPI lacks it: the packages are missing, or the build was configured before they were
+    /// installed (SwiftPM keeps its first reading of Package.swift, in `.build` and in its cache of manifests, so a
+    /// rebuild alone keeps the stubs), or with `NORMKIT_WITHOUT_MPI`.
+    package static func mpiMissingReason(headerInstalled: Bool) -> String {
+        headerInstalled
+            ? "NormKit was built without Open MPI, though libopenmpi-dev is installed: the build was configured with "
+                + "NORMKIT_WITHOUT_MPI or before the package was installed (SwiftPM keeps its first reading of "
+                + "Package.swift); run `bash scripts/setup.sh --reconfigure` and rebuild, with NORMKIT_WITHOUT_MPI unset."
+            : "NormKit was built without Open MPI. Install the Debian packages openmpi-bin and libopenmpi-dev "
+                + "(`bash scripts/setup.sh`, or apt-get install openmpi-bin libopenmpi-dev) and rebuild, with "
+                + "NORMKIT_WITHOUT_MPI unset."
+    }
+
     public var description: String {
         switch self {
         case .mpiUnavailable:
-            return "MPI is unavailable: NormKit was built without Open MPI. Install the Debian packages openmpi-bin "
-                + "and libopenmpi-dev (apt-get install openmpi-bin libopenmpi-dev) and rebuild, with "
-                + "NORMKIT_WITHOUT_MPI unset."
+            return "MPI is unavailable: " + Self.mpiMissingReason(headerInstalled: MPICommunicator.headerInstalled)
         case .notLaunchedUnderMPI:
             return "not launched by mpirun (none of OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK "
                 + "in the environment): start the distributed run with `mpirun -np <workers> "

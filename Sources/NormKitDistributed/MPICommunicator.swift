@@ -48,6 +48,11 @@ public final class MPICommunicator: DataParallelGroup, Sendable {
     /// unset). When false, ``init(reportsTermination:)`` throws ``DistributedError/mpiUnavailable``.
     public static var isAvailable: Bool { nk_mpi_available() != 0 }
 
+    /// Whether `libopenmpi-dev`'s header, which Package.swift looks for, is on this machine now.
+    package static var headerInstalled: Bool {
+        FileManager.default.fileExists(atPath: "/usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h")
+    }
+
     /// This process's rank in `MPI_COMM_WORLD`, `0 ..< workerCount`.
     public let workerIndex: Int
     /// The number of processes in the job (`mpirun -np`).

@@ -319,9 +319,7 @@ struct TrainCommand: ParsableCommand {
     /// This process's MPI communicator for `--distributed`; a clear error without MPI or outside mpirun.
     static func communicator() throws -> MPICommunicator {
         guard MPICommunicator.isAvailable else {
-            throw CommandFailure(
-                "--distributed needs Open MPI: this normkit was built without it (install openmpi-bin and libopenmpi-dev, then rebuild)"
-            )
+            throw CommandFailure("--distributed: " + DistributedError.mpiUnavailable.description)
         }
         guard MPICommunicator.launchedUnderMPI() else {
             throw CommandFailure(
