@@ -52,7 +52,18 @@ final class StreamingStoreBenchmarkTests: XCTestCase {
     }
 
     func testAShapeTheChainCannotTakeIsAnError() {
-        // 40 channels do not split into GN's min(32, 40) = 32 groups: the layer's error, thrown, not a trap.
+        // 40 channels do not split into GN's min(32, 40) = 32 groups: the layer's error, thrown, not a trap; and so
+        // for a shape of the wrong rank or an empty dimension, no pairs, a kernel of size 0.
         XCTAssertThrowsError(try StreamingStoreBenchmark.run(shapes: [[2, 40, 4, 4]], kernelSizes: [1], pairs: 1))
+        for (shapes, kernelSizes, pairs, word) in [
+            ([[2, 8, 4]], [1], 1, "shape"), ([[2, 0, 4, 4]], [1], 1, "shape"), ([[2, 8, 4, 4]], [1], 0, "pairs"),
+            ([[2, 8, 4, 4]], [0], 1, "kernelSize"),
+        ] {
+            XCTAssertThrowsError(
+                try StreamingStoreBenchmark.run(shapes: shapes, kernelSizes: kernelSizes, pairs: pairs)
+            ) { error in
+                XCTAssertTrue("\(error)".contains(word), "\(shapes) \(kernelSizes) \(pairs): \(error)")
+            }
+        }
     }
 }

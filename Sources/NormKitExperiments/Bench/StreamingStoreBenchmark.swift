@@ -35,14 +35,19 @@ public enum StreamingStoreBenchmark {
     /// the default threshold.
     public static let defaultShapes: [[Int]] = [[2, 256, 56, 56], [8, 64, 56, 56]]
 
-    /// Times the chain on each of `shapes` (channels at least 4) for each of `kernelSizes`, `pairs` alternated pairs
-    /// per direction after one warm-up pair, in the layout of `ConvolutionEngine.preferred` (NHWC with oneDNN).
-    /// Restores ``/NormKit/KernelDispatch/streamingStoreThreshold`` afterwards.
+    /// Times the chain on each of `shapes` for each of `kernelSizes`, `pairs` alternated pairs per direction after
+    /// one warm-up pair, in the layout of `ConvolutionEngine.preferred` (NHWC with oneDNN). Restores
+    /// `KernelDispatch.streamingStoreThreshold` afterwards.
     ///
-    /// - Throws: a layer's error (a shape its convolutions refuse).
+    /// - Throws: `NormalizationError.invalidArgument` for `pairs` below 1, a shape that is not `(N, C, H, W)` of
+    ///   positive sizes or a kernel size below 1; a layer's error (channels that GN's groups do not divide).
     public static func run(
         shapes: [[Int]] = defaultShapes, kernelSizes: [Int] = [1, 3], pairs: Int = 100, seed: UInt64 = 0
     ) throws -> [Row] {
+        guard pairs >= 1 else {
+            throw NormalizationError.invalidArgument(
+                layer: "StreamingStoreBenchmark", name: "pairs", value: "\(pairs)", expected: "at least 1")
+        }
         let saved = KernelDispatch.streamingStoreThreshold
         defer { KernelDispatch.streamingStoreThreshold = saved }
         let thresholds = [Int.max, 0]  // cached, streaming
@@ -85,8 +90,14 @@ public enum StreamingStoreBenchmark {
         /// the last ``step(backward:)`` left them.
         public private(set) var y: Tensor, z: Tensor, dx: Tensor
 
-        /// - Throws: a layer's error (channels that GN's groups do not divide, a shape the convolutions refuse).
+        /// - Throws: `NormalizationError.invalidArgument` for a shape that is not `(N, C, H, W)` of positive sizes;
+        ///   a layer's error (a kernel size below 1, channels that GN's groups do not divide).
         public init(shape: [Int], kernelSize: Int, generator: inout SeededGenerator) throws {
+            guard shape.count == 4, shape.allSatisfy({ $0 >= 1 }) else {
+                throw NormalizationError.invalidArgument(
+                    layer: "StreamingStoreBenchmark", name: "shape", value: "\(shape)",
+                    expected: "(N, C, H, W) of positive sizes")
+            }
             let c = shape[1], layout = ConvolutionEngine.preferred.activationLayout
             let reduced = [shape[0], max(1, c / 4)] + shape.dropFirst(2)
             expand = try Conv2d(
