@@ -2,7 +2,7 @@
 `GroupNorm+SiLU` row replaces) and BatchNorm2d (training mode, forward and forward+backward) on the shapes of
 `normkit bench`, with 2 threads, in NCHW or channels-last memory, for the comparison in docs/PERFORMANCE.md.
 
-    .venv-torch/bin/python scripts/bench_torch.py [--layout channelsLast]
+    .venv-torch/bin/python scripts/bench_torch.py [--layout channelsLast] [--shapes 1x256x56x56,1x128x128x128]
 """
 import argparse
 import time
@@ -22,13 +22,21 @@ def median_ms(fn, reps):
     return 1e3 * times[len(times) // 2]
 
 
-def measure(layout="channelsFirst"):
-    """{(layer, shape): (fwd ms, fwd+bwd ms)} over SHAPES, layer "GroupNorm" (G = min(32, C)), "GroupNorm+SiLU" or
+def parse_shapes(text):
+    """`normkit bench --shapes` syntax: comma-separated NxCxHxW."""
+    shapes = [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]
+    if not shapes or any(len(s) != 4 or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"expected NxCxHxW[,NxCxHxW…] with positive sizes, got {text!r}")
+    return shapes
+
+
+def measure(layout="channelsFirst", shapes=SHAPES):
+    """{(layer, shape): (fwd ms, fwd+bwd ms)} over `shapes`, layer "GroupNorm" (G = min(32, C)), "GroupNorm+SiLU" or
     "BatchNorm", training mode; the forward alone runs under no_grad. `layout` "channelsLast" puts x and dy in
     torch.channels_last memory (PyTorch's GN and BN have channels-last kernels)."""
     memory = torch.channels_last if layout == "channelsLast" else torch.contiguous_format
     out = {}
-    for shape in SHAPES:
+    for shape in shapes:
         c = shape[1]
         x = torch.randn(*shape).to(memory_format=memory).requires_grad_(True)
         dy = torch.randn(*shape).to(memory_format=memory)
@@ -57,12 +65,13 @@ def label(name, shape):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layout", choices=["channelsFirst", "channelsLast"], default="channelsFirst")
+    parser.add_argument("--shapes", type=parse_shapes, default=SHAPES, help="NxCxHxW[,…] instead of the defaults")
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.layout}")
     print("| layer | shape | fwd ms | fwd+bwd ms |\n|---|---|---:|---:|")
-    for (name, shape), (fwd, fb) in measure(args.layout).items():
+    for (name, shape), (fwd, fb) in measure(args.layout, args.shapes).items():
         print(f"| {label(name, shape)} | {shape} | {fwd:.3f} | {fb:.3f} |")
 
 

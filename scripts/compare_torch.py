@@ -7,9 +7,10 @@ drift into the ratio, so this script alternates: one `normkit bench` run, one Py
 the same treatment; the ratio column is PyTorch time / NormKit time.
 
     swift build -c release
-    .venv-torch/bin/python scripts/compare_torch.py --rounds 3 [--layout channelsLast]
+    .venv-torch/bin/python scripts/compare_torch.py --rounds 3 [--layout channelsLast] [--shapes 1x256x56x56]
 
-`--layout channelsLast` compares NormKit's NHWC kernels with PyTorch on torch.channels_last tensors.
+`--layout channelsLast` compares NormKit's NHWC kernels with PyTorch on torch.channels_last tensors; `--shapes`
+times other shapes than `normkit bench`'s defaults, on both sides.
 """
 import argparse
 import json
@@ -20,15 +21,16 @@ import time
 
 import torch
 
-from bench_torch import label, measure
+from bench_torch import SHAPES, label, measure, parse_shapes
 
 
-def normkit_round(binary, layout):
+def normkit_round(binary, layout, shapes):
     """The same table from `normkit bench --json`."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.json")
-        subprocess.run([binary, "bench", "--layout", layout, "--repetitions", "101", "--json", path], check=True,
-                       stdout=subprocess.DEVNULL)
+        shape_list = ",".join("x".join(str(v) for v in shape) for shape in shapes)
+        subprocess.run([binary, "bench", "--layout", layout, "--repetitions", "101", "--shapes", shape_list,
+                        "--json", path], check=True, stdout=subprocess.DEVNULL)
         rows = json.load(open(path))
     return {(r["layer"], tuple(r["shape"])): (r["forwardMilliseconds"], r["forwardBackwardMilliseconds"])
             for r in rows}
@@ -39,6 +41,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--normkit", default=".build/release/normkit")
     parser.add_argument("--layout", choices=["channelsFirst", "channelsLast"], default="channelsFirst")
+    parser.add_argument("--shapes", type=parse_shapes, default=SHAPES, help="NxCxHxW[,…] instead of the defaults")
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -47,7 +50,8 @@ def main():
         # PyTorch's OpenMP workers keep spinning for a while after its last kernel and would take a core from the
         # NormKit process started right after; a pause lets them park (NormKit's own workers spin only ~50 µs).
         time.sleep(1)
-        for best, table in ((best_nk, normkit_round(args.normkit, args.layout)), (best_pt, measure(args.layout))):
+        for best, table in ((best_nk, normkit_round(args.normkit, args.layout, args.shapes)),
+                            (best_pt, measure(args.layout, args.shapes))):
             for key, (f, fb) in table.items():
                 old = best.get(key, (float("inf"), float("inf")))
                 best[key] = (min(old[0], f), min(old[1], fb))

@@ -11,7 +11,8 @@ import _NormKitTestSupport
 /// - the native, AVX2 and portable kernels agree with each other;
 /// - channel counts that are not multiples of 8 or 16 (3, 17, 65, 70) and larger than one 4-vector chunk (65, 70,
 ///   130), positions 1, 7, 49, 300 and 3000 (more than one 2048-position block); 520 channels, cut into slices of
-///   whole sets on two threads (the tiled path's slices, `NormalizationKernels.tileWidth`);
+///   whole sets on two threads (the tiled path's slices, `NormalizationKernels.tileWidth`); samples of 1 MB and
+///   more, their rows split over 2 and 3 threads;
 /// - the hard input `x = 1e4 + 0.01·randn` is as accurate channels-last as channels-first;
 /// - results do not depend on the thread count and repeat exactly.
 ///
@@ -458,6 +459,26 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         let shape = [2, 70, 7, 7]
         try check(Self.groupNormCase(shape, groups: 7, affine: false, &rng), shape: shape, worst: worst, rng: &rng)
         worst.assertBelow(tolerance, "ChannelsLastKernelTests GN/LN/IN")
+    }
+
+    /// Samples of 262,144 floats (1 MB) or more, whose sets lie inside them: the native tiled path splits each
+    /// sample's rows over the threads (`NormalizationKernels.splitSampleFloats`), the sums of each part added in
+    /// order, then each thread applies its own rows. Batch 1 and 3, 2 and 3 threads (parts of unequal rows), GN, LN
+    /// and IN, 130 channels (not a multiple of the vector), checked as every other shape: against the float64
+    /// reference, against channels-first and against the portable kernels.
+    func testSamplesSplitOverThreadsChannelsLast() throws {
+        var rng = SeededGenerator(seed: 0xC1_08)
+        let worst = Worst()
+        for threads in [2, 3] {
+            Parallelism.threadCount = threads
+            for (shape, groups) in [
+                ([1, 64, 4201], 16), ([1, 64, 4201], 1), ([1, 64, 4201], 64), ([3, 130, 2017], 13),
+            ] {
+                try check(Self.groupNormCase(shape, groups: groups, &rng), shape: shape, worst: worst, rng: &rng)
+            }
+        }
+        Parallelism.threadCount = Self.defaultThreads
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests samples split over threads")
     }
 
     func testBatchRenormChannelsLast() throws {

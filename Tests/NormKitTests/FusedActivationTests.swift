@@ -20,7 +20,7 @@ import _NormKitTestSupport
 /// - **Extremes.** SiLU at pre-activations near ±90, across the exp clamp (−87…−100) and at ±1e4: finite, close
 ///   to float64, finite gradients; and at |z| up to 3e38, where silu(z) is 0 (z ≪ 0) or z (z ≫ 0) to float
 ///   precision, and so is its gradient.
-/// - **Paths.** Also GN channels-last with a sample beyond the native per-sample path (2^20 floats), threaded.
+/// - **Paths.** Also GN channels-last with a sample of more than 2^20 floats, its rows split over threads.
 /// - **Switching** identity → SiLU → ReLU → identity … on one layer between steps: each backward is right.
 /// - **x = 1e4 + 0.01·randn** with GN + SiLU and BN + ReLU matches float64.
 final class FusedActivationTests: KernelPathTestCase {
@@ -391,10 +391,10 @@ final class FusedActivationTests: KernelPathTestCase {
         }
     }
 
-    /// GN channels-last with a sample larger than the native per-sample fused path (2^20 floats): the native
-    /// kernels then take the unfused channels-last statistics, apply and gradient-sums passes, split over threads
-    /// (also with more threads than cores, for more pieces).
-    func testChannelsLastGroupNormBeyondThePerSamplePath() throws {
+    /// GN channels-last with a sample of more than 2^20 floats (4 MB): the native kernels split each sample's rows
+    /// over the threads for the sums, the apply, the gradient sums (which write `dz`) and the gradient apply (also
+    /// with more threads than cores: 5 parts of a sample on this machine's 2 cores).
+    func testChannelsLastGroupNormLargeSampleSplitOverThreads() throws {
         var rng = SeededGenerator(seed: 0xB16)
         let tally = Tally()
         let shape = [1, 64, 129, 128]  // 1,056,768 floats in its one sample
@@ -402,8 +402,8 @@ final class FusedActivationTests: KernelPathTestCase {
         let dy = (0..<2).map { _ in Self.normal(shape, mean: 0, std: 1, &rng).converted(to: .channelsLast) }
         let spec = Self.specs(.groupNorm, channels: shape[1]).first { $0.label == "GN 16 groups" }!
         let state = Self.randomState(for: try spec.make(shape[1]), &rng)
-        // The portable kernels have no per-sample path: their channels-last GN is always the unfused one, covered by
-        // the composition tests.
+        // The portable kernels have no tiled path: their channels-last GN is always the unfused one, covered by the
+        // composition tests.
         for path in [Path.native, .avx2] where select(path) {
             for (threads, activation) in [(Self.defaultThreads, FusedActivation.silu), (5, .relu)] {
                 Parallelism.threadCount = threads

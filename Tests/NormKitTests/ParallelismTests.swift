@@ -144,7 +144,8 @@ final class ParallelismTests: XCTestCase {
     /// Layers give the same outputs, statistics and gradients to the bit on 1, 2 or 3 threads, in both layouts:
     /// channels-first sets are split over threads in whole 16-set groups (or sample blocks), so the native kernels'
     /// 16-wide reductions group them the same way on any split (also when a SiLU's cost makes a call use more
-    /// threads than the same layer without it); channels-last work is split by samples and tiles.
+    /// threads than the same layer without it); channels-last work is split by samples and tiles, and samples of 1 MB
+    /// or more into parts of rows fixed by the shape.
     func testLayersAreBitIdenticalOnAnyThreadCount() throws {
         let cases: [(String, [Int], () throws -> NormalizationLayer)] = [
             ("BN", [8, 64, 24, 24], { try BatchNorm(channels: 64) }),
@@ -157,6 +158,10 @@ final class ParallelismTests: XCTestCase {
             ("BRN normBatch 4", [8, 64, 24, 24], { try BatchRenorm(channels: 64, normBatch: 4) }),
             ("MABN", [8, 64, 24, 24], { try MovingAverageBatchNorm(channels: 64, bufferSize: 4, warmup: 0) }),
             ("frozen BN", [8, 64, 24, 24], { try FrozenBatchNorm(channels: 64, trainableAffine: true) }),
+            // Samples of 270,336 floats, cut into 16 parts of rows whatever the thread count (channels-last).
+            ("GN 16 groups, 1 MB samples", [2, 64, 64, 66], { try GroupNorm(channels: 64, groups: 16) }),
+            ("LN, one 1 MB sample", [1, 64, 64, 66], { try GroupNorm.layerNorm(channels: 64) }),
+            ("BN normBatch 1, 1 MB samples", [2, 64, 64, 66], { try BatchNorm(channels: 64, normBatch: 1) }),
         ]
         for (name, shape, make) in cases {
             for (layout, activation) in [TensorLayout.channelsFirst, .channelsLast].flatMap({ layout in

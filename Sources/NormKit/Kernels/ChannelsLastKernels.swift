@@ -222,14 +222,22 @@ extension NormalizationKernels {
     static let tileFloats = 1 << 17
     /// The narrowest slice of a row that is not the whole row (1 KB).
     static let minimumSlice = 256
-    /// Samples up to this many floats (4 MB) still take one whole-sample tile when no slice stays in cache (GN of
-    /// wide rows, LN).
-    static let fusedSampleFloats = 1 << 20
+    /// Whole-sample tiles of at least this many floats (1 MB) go one sample at a time to all the threads, cut into
+    /// parts of rows (``sampleParts(_:)``): each thread's parts stay in its own L2 from the sums to the apply, where
+    /// one thread per sample re-read the whole sample from L3, and a batch smaller than the thread count still uses
+    /// every core. (Session 22, `normkit bench --layout channelsLast`, alternated with whole samples per thread: GN
+    /// forward 0.90–0.96× the time for 1.6–3.2 MB samples at batch 2–32, about 0.5× at batch 1; an 800 KB sample at
+    /// batch 8, which stays in L2 whole, 1.11×.)
+    static let splitSampleFloats = 1 << 18
+    /// The parts a split sample is cut into, at most (fixed by the shape, not by the thread count, so that the bits
+    /// do not depend on it: each part's sums are added in part order), and the fewest rows a part has.
+    static let maximumSampleParts = 16
+    static let minimumPartRows = 64
 
     /// The slice width (channels) of the tiled path for `g`, or nil for the unfused path (statistics of the whole
     /// tensor, then the apply). Whole rows when a block's rows fit a tile and there is a block per thread; else
     /// slices of at least ``minimumSlice`` channels holding whole sets, one per thread at least; else, for sets
-    /// inside one sample, the whole sample up to ``fusedSampleFloats``.
+    /// inside one sample, the whole sample (its rows split over the threads from ``splitSampleFloats``).
     static func tileWidth(_ g: NormalizationGeometry) -> Int? {
         guard nativeChannelsLast, g.channels > 0, g.positions > 0 else { return nil }
         let rows = g.samplesPerSet * g.positions, c = g.channels, fit = tileFloats / rows
@@ -238,7 +246,52 @@ extension NormalizationKernels {
         let cps = g.channelsPerSet, step = cps % 16 == 0 || 16 % cps != 0 ? cps : 16  // whole sets, whole vectors
         let width = min(fit, (c + slicesPerBlock - 1) / slicesPerBlock) / step * step
         if width >= minimumSlice { return min(width, c) }
-        return g.samplesPerSet == 1 && rows * c <= fusedSampleFloats ? c : nil
+        return g.samplesPerSet == 1 ? c : nil
+    }
+
+    /// The parts of rows each sample of `g` is cut into when its tiles are whole samples: 1 below
+    /// ``splitSampleFloats`` (or below two parts of ``minimumPartRows``), else up to ``maximumSampleParts``.
+    static func sampleParts(_ g: NormalizationGeometry) -> Int {
+        guard g.samplesPerSet == 1, g.positions * g.channels >= splitSampleFloats else { return 1 }
+        return max(1, min(maximumSampleParts, g.positions / minimumPartRows))
+    }
+
+    /// Doubles of scratch for the partial sums of a split sample (``sampleParts(_:)``): per part, two rows of C.
+    static func sampleSplitScratchCount(_ g: NormalizationGeometry) -> Int {
+        let parts = sampleParts(g)
+        return parts > 1 ? 2 * parts * g.channels : 0
+    }
+
+    /// The rows of parts `t` of `parts` of a sample of `m` rows (contiguous, in order, sizes within one of each other).
+    @inline(__always)
+    static func rows(ofParts t: Range<Int>, _ parts: Int, positions m: Int) -> Range<Int> {
+        (m * t.lowerBound / parts)..<(m * t.upperBound / parts)
+    }
+
+    /// Calls `body(share)` on each thread with its contiguous share of a split sample's `parts`, one piece per
+    /// thread, so that a thread meets in its cache the rows it summed when it applies them (pieces smaller than a
+    /// thread's share would let an early thread take some of another's).
+    @inline(__always)
+    static func forEachShare(of parts: Int, _ body: (Range<Int>) -> Void) {
+        let threads = min(Parallelism.threadCount, parts)
+        Parallelism.forEachPart(threads) { t in body((parts * t / threads)..<(parts * (t + 1) / threads)) }
+    }
+
+    /// `s1[ch] = Σ_t partial[2t·C + ch]`, `s2[ch] = Σ_t partial[(2t + 1)·C + ch]`, parts added in order.
+    @inline(__always)
+    static func addParts(
+        s1: UnsafeMutablePointer<Double>, s2: UnsafeMutablePointer<Double>, partial: UnsafePointer<Double>, parts: Int,
+        channels c: Int
+    ) {
+        s1.update(from: partial, count: c)
+        s2.update(from: partial + c, count: c)
+        for t in 1..<parts {
+            let p1 = partial + 2 * t * c, p2 = p1 + c
+            for ch in 0..<c {
+                s1[ch] += p1[ch]
+                s2[ch] += p2[ch]
+            }
+        }
     }
 
     /// Calls `body(block, firstChannel, width)` for the tiles `tiles` of slices `width` channels wide.
@@ -255,7 +308,9 @@ extension NormalizationKernels {
 
     /// The training forward per tile: one-pass shifted statistics of the tile's sets (shift: the block's first row),
     /// their coefficients, then `y = act(a·(x − μ̃) + b)` while the tile is in cache. `centers`/`scale`/`shift`
-    /// get per-(block, channel) entries; `sums` holds the per-(n, c) sums (``doubleScratchCount(_:)``).
+    /// get per-(block, channel) entries; `sums` holds the per-(n, c) sums and, after them, a split sample's partial
+    /// sums (``doubleScratchCount(_:)``). Whole samples of ``splitSampleFloats`` or more go one at a time to all the
+    /// threads, in parts of rows that a thread takes for the sums and again for the apply.
     static func nativeNormalizeTiled(
         y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
         rstd: UnsafeMutablePointer<Double>, gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
@@ -284,6 +339,45 @@ extension NormalizationKernels {
             }
         }
 
+        /// The coefficients of one tile's sets from the per-(n, c) sums of its samples.
+        @inline(__always) func tileCoefficients(b: Int, c0: Int, w: Int, first: UnsafePointer<Float>) {
+            if cps == 1, rule is Standardization {
+                // BN's one-channel sets: `standardizeSets` for all of the tile's channels in one vectorized call.
+                let s0 = b * g.channelBlocks + c0, e0 = b * sps * c + c0
+                nk_cl_standardized_coefficients(
+                    mean + s0, variance + s0, rstd + s0, gain + s0, offset + s0, scale + s0, shift + s0,
+                    centers + s0, first, sums + e0, sums + g.batch * c + e0, sps, c, w, Double(m), count, epsilon,
+                    gamma.map { $0 + c0 }, beta.map { $0 + c0 })
+            } else {
+                standardizeSets(b: b, c0: c0, w: w, first: first)
+            }
+        }
+
+        let parts = width == c ? sampleParts(g) : 1
+        if parts > 1 {
+            let partial = sums + 2 * g.batch * c
+            for n in 0..<g.batch {
+                let first = x + n * m * c, k = n * c
+                forEachShare(of: parts) { share in
+                    for t in share {
+                        let part = rows(ofParts: t..<(t + 1), parts, positions: m)
+                        let a1 = partial + 2 * t * c, a2 = a1 + c
+                        a1.update(repeating: 0, count: c)
+                        a2.update(repeating: 0, count: c)
+                        nk_cl_centered_sums(a1, a2, first + part.lowerBound * c, part.count, c, c, first)
+                    }
+                }
+                addParts(s1: sums + n * c, s2: sums + (g.batch + n) * c, partial: partial, parts: parts, channels: c)
+                tileCoefficients(b: n, c0: 0, w: c, first: first)
+                forEachShare(of: parts) { share in
+                    let part = rows(ofParts: share, parts, positions: m), o = (n * m + part.lowerBound) * c
+                    nk_cl_affine_centered(
+                        y + o, x + o, part.count, c, c, centers + k, scale + k, shift + k, activation.kernelCode,
+                        store)
+                }
+            }
+            return
+        }
         Parallelism.forEachRange(count: tiles, work: activation.work(elements: g.elementCount)) { range in
             forEachTile(range, width: width, geometry: g) { b, c0, w in
                 let n0 = b * sps, first = x + n0 * m * c + c0
@@ -293,16 +387,7 @@ extension NormalizationKernels {
                     a2.update(repeating: 0, count: w)
                     nk_cl_centered_sums(a1, a2, x + n * m * c + c0, m, c, w, first)
                 }
-                if cps == 1, rule is Standardization {
-                    // BN's one-channel sets: `standardizeSets` for all of the tile's channels in one vectorized call.
-                    let s0 = b * g.channelBlocks + c0, e0 = n0 * c + c0
-                    nk_cl_standardized_coefficients(
-                        mean + s0, variance + s0, rstd + s0, gain + s0, offset + s0, scale + s0, shift + s0,
-                        centers + s0, first, sums + e0, sums + g.batch * c + e0, sps, c, w, Double(m), count, epsilon,
-                        gamma.map { $0 + c0 }, beta.map { $0 + c0 })
-                } else {
-                    standardizeSets(b: b, c0: c0, w: w, first: first)
-                }
+                tileCoefficients(b: b, c0: c0, w: w, first: first)
                 let k = b * c + c0, o = n0 * m * c + c0
                 nk_cl_affine_centered(
                     y + o, x + o, sps * m, c, w, centers + k, scale + k, shift + k, activation.kernelCode, store)
@@ -314,24 +399,71 @@ extension NormalizationKernels {
     /// the tile's `x` and `dy` are in cache. Writes the per-(n, c) `Σdy`, `Σdy·(x−μ)` as the unfused path does.
     /// With a fused activation the sums pass turns `dy` into `dz` (written to `activation.dz`, normally `dx`) and
     /// the apply reads it back while it is cached. `scratch`: `4·coefficientCount` floats (a tile's per-channel
-    /// `k`, `p`, `q`, `r` at its own coefficients).
+    /// `k`, `p`, `q`, `r` at its own coefficients); `partial`: a split sample's partial sums
+    /// (``sampleSplitScratchCount(_:)`` doubles). Whole samples of ``splitSampleFloats`` or more go one at a time to
+    /// all the threads, as in the forward.
     static func nativeNormalizeBackwardTiled(
         dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
         sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
         mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Double>,
-        scratch: UnsafeMutablePointer<Float>, activation: ActivationBackward?, width: Int,
-        geometry g: NormalizationGeometry
+        scratch: UnsafeMutablePointer<Float>, partial: UnsafeMutablePointer<Double>, activation: ActivationBackward?,
+        width: Int, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
         let tiles = g.sampleBlocks * ((c + width - 1) / width), store = g.outputStore
         let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
+
+        /// The tile's row of centres `k` (the sets' float means), from its coefficients' entry in `scratch`.
+        @inline(__always) func tileCenters(b: Int, c0: Int, w: Int) -> UnsafeMutablePointer<Float> {
+            let k = scratch + 4 * (b * c + c0), s0 = b * g.channelBlocks + c0 / cps
+            for s in s0..<(s0 + w / cps) {
+                (k + (s - s0) * cps).update(repeating: Centering(mean[s]).center, count: cps)
+            }
+            return k
+        }
+        /// The tile's `p = rstd·γ` per channel and `q`, `r` of its sets (after `k`), from the per-(n, c) sums.
+        @inline(__always) func tileCoefficients(b: Int, c0: Int, w: Int) {
+            let k = scratch + 4 * (b * c + c0), p = k + w, q = p + w, r = q + w
+            let s0 = b * g.channelBlocks + c0 / cps
+            for s in s0..<(s0 + w / cps) {
+                let (slope, offset) = setGradientCoefficients(
+                    sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
+                    gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
+                let setSlope = Float(slope), setOffset = Centering(mean[s]).offset(offset, slope: slope)
+                for j in ((s - s0) * cps)..<((s - s0 + 1) * cps) {
+                    p[j] = Float(rstd[s] * gammaEffective[b * c + c0 + j])
+                    (q[j], r[j]) = (setSlope, setOffset)
+                }
+            }
+        }
+
+        let parts = width == c ? sampleParts(g) : 1
+        if parts > 1 {
+            for n in 0..<g.batch {
+                let k = tileCenters(b: n, c0: 0, w: c), p = k + c, q = p + c, r = q + c
+                forEachShare(of: parts) { share in
+                    for t in share {
+                        let part = rows(ofParts: t..<(t + 1), parts, positions: m), o = (n * m + part.lowerBound) * c
+                        let a1 = partial + 2 * t * c, a2 = a1 + c
+                        a1.update(repeating: 0, count: c)
+                        a2.update(repeating: 0, count: c)
+                        withKernelActivation(activation, coefficient: n * c, element: o) {
+                            nk_cl_gradient_sums(a1, a2, dy + o, x + o, part.count, c, c, k, $0)
+                        }
+                    }
+                }
+                addParts(s1: sumDy + n * c, s2: sumDyCentered + n * c, partial: partial, parts: parts, channels: c)
+                tileCoefficients(b: n, c0: 0, w: c)
+                forEachShare(of: parts) { share in
+                    let part = rows(ofParts: share, parts, positions: m), o = (n * m + part.lowerBound) * c
+                    nk_cl_gradient_apply(dx + o, upstream + o, x + o, part.count, c, c, p, q, r, k, store)
+                }
+            }
+            return
+        }
         Parallelism.forEachRange(count: tiles, work: backwardWork(g, activation)) { range in
             forEachTile(range, width: width, geometry: g) { b, c0, w in
-                let k = scratch + 4 * (b * c + c0), p = k + w, q = p + w, r = q + w
-                let s0 = b * g.channelBlocks + c0 / cps, n0 = b * sps
-                for s in s0..<(s0 + w / cps) {
-                    (k + (s - s0) * cps).update(repeating: Centering(mean[s]).center, count: cps)
-                }
+                let k = tileCenters(b: b, c0: c0, w: w), p = k + w, q = p + w, r = q + w, n0 = b * sps
                 for n in n0..<(n0 + sps) {
                     let o = n * m * c + c0, a1 = sumDy + n * c + c0, a2 = sumDyCentered + n * c + c0
                     a1.update(repeating: 0, count: w)
@@ -340,16 +472,7 @@ extension NormalizationKernels {
                         nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, w, k, $0)
                     }
                 }
-                for s in s0..<(s0 + w / cps) {
-                    let (slope, offset) = setGradientCoefficients(
-                        sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
-                        gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
-                    let setSlope = Float(slope), setOffset = Centering(mean[s]).offset(offset, slope: slope)
-                    for j in ((s - s0) * cps)..<((s - s0 + 1) * cps) {
-                        p[j] = Float(rstd[s] * gammaEffective[b * c + c0 + j])
-                        (q[j], r[j]) = (setSlope, setOffset)
-                    }
-                }
+                tileCoefficients(b: b, c0: c0, w: w)
                 let o = n0 * m * c + c0
                 nk_cl_gradient_apply(dx + o, upstream + o, x + o, sps * m, c, w, p, q, r, k, store)
             }

@@ -97,7 +97,8 @@ extension NormalizationKernels {
         sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
         mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
         gammaEffective: UnsafePointer<Double>, scratch: UnsafeMutablePointer<Float>,
-        activation: ActivationBackward? = nil, geometry g: NormalizationGeometry
+        scratchDouble: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil,
+        geometry g: NormalizationGeometry
     ) {
         let c = g.channels
         // With a fused activation the sums stage writes dz = dy·act'(z) into dx and the apply stage reads it there.
@@ -135,7 +136,8 @@ extension NormalizationKernels {
             if let width = tileWidth(g) {
                 return nativeNormalizeBackwardTiled(
                     dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, mean: mean, rstd: rstd,
-                    gammaEffective: gammaEffective, scratch: scratch, activation: activation, width: width, geometry: g)
+                    gammaEffective: gammaEffective, scratch: scratch, partial: scratchDouble, activation: activation,
+                    width: width, geometry: g)
             }
             gradientSums(
                 sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, activation: activation,

@@ -58,9 +58,15 @@ enum NormalizationKernels {
     // MARK: Forward
 
     /// Doubles of kernel scratch that ``statistics(mean:variance:x:scratch:geometry:)`` and `normalize` need
-    /// (channels-last per-(n, c) sums; channels-first needs none). Callers keep it between steps.
+    /// (channels-last per-(n, c) sums, then a split sample's partial sums; channels-first needs none). Callers keep
+    /// it between steps.
     static func doubleScratchCount(_ g: NormalizationGeometry) -> Int {
-        g.layout == .channelsLast ? 2 * g.batch * g.channels : 1
+        g.layout == .channelsLast ? 2 * g.batch * g.channels + sampleSplitScratchCount(g) : 1
+    }
+
+    /// Doubles of kernel scratch that `normalizeBackward` needs (a split sample's partial sums; at least 1).
+    static func backwardDoubleScratchCount(_ g: NormalizationGeometry) -> Int {
+        g.layout == .channelsLast ? max(1, sampleSplitScratchCount(g)) : 1
     }
 
     /// The work of a backward over `g` for the thread split: two passes, the sums pass a fused activation's.

@@ -133,12 +133,14 @@ struct StatisticsWorkspace {
             dy.withUnsafeBufferPointer { dyp in
                 dx.withUnsafeMutableBufferPointer { dxp in
                     scratch.withUnsafeMutableBufferPointer { sp in
-                        preActivation.withBackward(dz: dxp.baseAddress!) { activation in
-                            NormalizationKernels.normalizeBackward(
-                                dx: dxp.baseAddress!, sumDy: &sumDy, sumDyCentered: &sumDyCentered,
-                                dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
-                                gammaEffective: gammaEffective, scratch: sp.baseAddress!, activation: activation,
-                                geometry: g)
+                        scratchDouble.withDoubles(NormalizationKernels.backwardDoubleScratchCount(g)) { dp in
+                            preActivation.withBackward(dz: dxp.baseAddress!) { activation in
+                                NormalizationKernels.normalizeBackward(
+                                    dx: dxp.baseAddress!, sumDy: &sumDy, sumDyCentered: &sumDyCentered,
+                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd,
+                                    gammaEffective: gammaEffective, scratch: sp.baseAddress!, scratchDouble: dp,
+                                    activation: activation, geometry: g)
+                            }
                         }
                     }
                 }
