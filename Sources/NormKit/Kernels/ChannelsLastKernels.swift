@@ -225,9 +225,8 @@ extension NormalizationKernels {
     /// Whole-sample tiles of at least this many floats (1 MB) go one sample at a time to all the threads, cut into
     /// parts of rows (``sampleParts(_:)``): each thread's parts stay in its own L2 from the sums to the apply, where
     /// one thread per sample re-read the whole sample from L3, and a batch smaller than the thread count still uses
-    /// every core. (Session 22, `normkit bench --layout channelsLast`, alternated with whole samples per thread: GN
-    /// forward 0.90–0.96× the time for 1.6–3.2 MB samples at batch 2–32, about 0.5× at batch 1; an 800 KB sample at
-    /// batch 8, which stays in L2 whole, 1.11×.)
+    /// every core, where it ran on one. An 800 KB sample at batch 8, which stays in L2 whole, measured 1.11× the time
+    /// split; the larger ones faster (PERFORMANCE.md, session 22).
     static let splitSampleFloats = 1 << 18
     /// The parts a split sample is cut into, at most (fixed by the shape, not by the thread count, so that the bits
     /// do not depend on it: each part's sums are added in part order), and the fewest rows a part has.
@@ -270,7 +269,10 @@ extension NormalizationKernels {
 
     /// Calls `body(share)` on each thread with its contiguous share of a split sample's `parts`, one piece per
     /// thread, so that a thread meets in its cache the rows it summed when it applies them (pieces smaller than a
-    /// thread's share would let an early thread take some of another's).
+    /// thread's share would let an early thread take some of another's). The applies walk a share's parts last to
+    /// first: the rows the sums read last are the likeliest to be still in L2 (a share of `x` and `dy` can be larger
+    /// than L2, and ordinary stores of `y` take L2 lines too); session 22 measured GN (2, 256, 56, 56) NHWC forward
+    /// 0.95× and forward+backward 0.91× the time of walking them first to last.
     @inline(__always)
     static func forEachShare(of parts: Int, _ body: (Range<Int>) -> Void) {
         let threads = min(Parallelism.threadCount, parts)
@@ -370,10 +372,12 @@ extension NormalizationKernels {
                 addParts(s1: sums + n * c, s2: sums + (g.batch + n) * c, partial: partial, parts: parts, channels: c)
                 tileCoefficients(b: n, c0: 0, w: c, first: first)
                 forEachShare(of: parts) { share in
-                    let part = rows(ofParts: share, parts, positions: m), o = (n * m + part.lowerBound) * c
-                    nk_cl_affine_centered(
-                        y + o, x + o, part.count, c, c, centers + k, scale + k, shift + k, activation.kernelCode,
-                        store)
+                    for t in share.reversed() {
+                        let part = rows(ofParts: t..<(t + 1), parts, positions: m), o = (n * m + part.lowerBound) * c
+                        nk_cl_affine_centered(
+                            y + o, x + o, part.count, c, c, centers + k, scale + k, shift + k, activation.kernelCode,
+                            store)
+                    }
                 }
             }
             return
@@ -455,8 +459,10 @@ extension NormalizationKernels {
                 addParts(s1: sumDy + n * c, s2: sumDyCentered + n * c, partial: partial, parts: parts, channels: c)
                 tileCoefficients(b: n, c0: 0, w: c)
                 forEachShare(of: parts) { share in
-                    let part = rows(ofParts: share, parts, positions: m), o = (n * m + part.lowerBound) * c
-                    nk_cl_gradient_apply(dx + o, upstream + o, x + o, part.count, c, c, p, q, r, k, store)
+                    for t in share.reversed() {
+                        let part = rows(ofParts: t..<(t + 1), parts, positions: m), o = (n * m + part.lowerBound) * c
+                        nk_cl_gradient_apply(dx + o, upstream + o, x + o, part.count, c, c, p, q, r, k, store)
+                    }
                 }
             }
             return
