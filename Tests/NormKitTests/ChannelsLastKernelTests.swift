@@ -465,7 +465,8 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
     /// sample's rows over the threads (`NormalizationKernels.splitSampleFloats`), the sums of each part added in
     /// order, then each thread applies its own rows. Batch 1 and 3, 2 and 3 threads (parts of unequal rows), GN, LN
     /// and IN, 130 channels (not a multiple of the vector), checked as every other shape: against the float64
-    /// reference, against channels-first and against the portable kernels.
+    /// reference, against channels-first and against the portable kernels. Also LN on a 4 MB sample of 16 rows, too
+    /// short to split, which takes the unfused path.
     func testSamplesSplitOverThreadsChannelsLast() throws {
         var rng = SeededGenerator(seed: 0xC1_08)
         let worst = Worst()
@@ -473,6 +474,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             Parallelism.threadCount = threads
             for (shape, groups) in [
                 ([1, 64, 4201], 16), ([1, 64, 4201], 1), ([1, 64, 4201], 64), ([3, 130, 2017], 13),
+                ([1, 66_000, 16], 1),
             ] {
                 try check(Self.groupNormCase(shape, groups: groups, &rng), shape: shape, worst: worst, rng: &rng)
             }

@@ -232,11 +232,15 @@ extension NormalizationKernels {
     /// do not depend on it: each part's sums are added in part order), and the fewest rows a part has.
     static let maximumSampleParts = 16
     static let minimumPartRows = 64
+    /// Samples too short to split (fewer than two parts of ``minimumPartRows``) take one whole-sample tile up to this
+    /// many floats (4 MB), and the unfused path beyond it, which splits the apply's rows over the threads.
+    static let fusedSampleFloats = 1 << 20
 
     /// The slice width (channels) of the tiled path for `g`, or nil for the unfused path (statistics of the whole
     /// tensor, then the apply). Whole rows when a block's rows fit a tile and there is a block per thread; else
     /// slices of at least ``minimumSlice`` channels holding whole sets, one per thread at least; else, for sets
-    /// inside one sample, the whole sample (its rows split over the threads from ``splitSampleFloats``).
+    /// inside one sample, the whole sample (its rows split over the threads from ``splitSampleFloats``; a sample too
+    /// short to split only up to ``fusedSampleFloats``).
     static func tileWidth(_ g: NormalizationGeometry) -> Int? {
         guard nativeChannelsLast, g.channels > 0, g.positions > 0 else { return nil }
         let rows = g.samplesPerSet * g.positions, c = g.channels, fit = tileFloats / rows
@@ -245,7 +249,7 @@ extension NormalizationKernels {
         let cps = g.channelsPerSet, step = cps % 16 == 0 || 16 % cps != 0 ? cps : 16  // whole sets, whole vectors
         let width = min(fit, (c + slicesPerBlock - 1) / slicesPerBlock) / step * step
         if width >= minimumSlice { return min(width, c) }
-        return g.samplesPerSet == 1 ? c : nil
+        return g.samplesPerSet == 1 && (rows * c <= fusedSampleFloats || sampleParts(g) > 1) ? c : nil
     }
 
     /// The parts of rows each sample of `g` is cut into when its tiles are whole samples: 1 below
