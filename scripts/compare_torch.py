@@ -7,10 +7,10 @@ drift into the ratio, so this script alternates: one `normkit bench` run, one Py
 the same treatment; the ratio column is PyTorch time / NormKit time.
 
     swift build -c release
-    .venv-torch/bin/python scripts/compare_torch.py --rounds 3 [--layout channelsLast] [--shapes 1x256x56x56]
+    .venv-torch/bin/python scripts/compare_torch.py --rounds 3 [--layout channelsLast] [--shapes 1x256x56x56] [--groups 1]
 
 `--layout channelsLast` compares NormKit's NHWC kernels with PyTorch on torch.channels_last tensors; `--shapes`
-times other shapes than `normkit bench`'s defaults, on both sides.
+times other shapes than `normkit bench`'s defaults, on both sides; `--groups` the GroupNorm rows' G (1: LayerNorm).
 """
 import argparse
 import json
@@ -21,16 +21,16 @@ import time
 
 import torch
 
-from bench_torch import SHAPES, label, measure, parse_shapes
+from bench_torch import SHAPES, add_groups_argument, check_groups, label, measure, parse_shapes
 
 
-def normkit_round(binary, layout, shapes):
+def normkit_round(binary, layout, shapes, groups):
     """The same table from `normkit bench --json`."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.json")
         shape_list = ",".join("x".join(str(v) for v in shape) for shape in shapes)
         subprocess.run([binary, "bench", "--layout", layout, "--repetitions", "101", "--shapes", shape_list,
-                        "--json", path], check=True, stdout=subprocess.DEVNULL)
+                        "--groups", str(groups), "--json", path], check=True, stdout=subprocess.DEVNULL)
         rows = json.load(open(path))
     return {(r["layer"], tuple(r["shape"])): (r["forwardMilliseconds"], r["forwardBackwardMilliseconds"])
             for r in rows}
@@ -42,7 +42,9 @@ def main():
     parser.add_argument("--normkit", default=".build/release/normkit")
     parser.add_argument("--layout", choices=["channelsFirst", "channelsLast"], default="channelsFirst")
     parser.add_argument("--shapes", type=parse_shapes, default=SHAPES, help="NxCxHxW[,…] instead of the defaults")
+    add_groups_argument(parser)
     args = parser.parse_args()
+    check_groups(parser, args)
     torch.set_num_threads(2)
     torch.manual_seed(0)
     best_nk, best_pt = {}, {}
@@ -50,8 +52,8 @@ def main():
         # PyTorch's OpenMP workers keep spinning for a while after its last kernel and would take a core from the
         # NormKit process started right after; a pause lets them park (NormKit's own workers spin only ~50 µs).
         time.sleep(1)
-        for best, table in ((best_nk, normkit_round(args.normkit, args.layout, args.shapes)),
-                            (best_pt, measure(args.layout, args.shapes))):
+        for best, table in ((best_nk, normkit_round(args.normkit, args.layout, args.shapes, args.groups)),
+                            (best_pt, measure(args.layout, args.shapes, args.groups))):
             for key, (f, fb) in table.items():
                 old = best.get(key, (float("inf"), float("inf")))
                 best[key] = (min(old[0], f), min(old[1], fb))
@@ -64,7 +66,7 @@ def main():
         name, shape = key
         nf, nfb = best_nk[key]
         pf, pfb = best_pt[key]
-        print(f"| {label(name, shape)} | {shape} | {nf:.3f} | {pf:.3f} | {pf / nf:.2f} | {nfb:.3f} | {pfb:.3f} | {pfb / nfb:.2f} |")
+        print(f"| {label(name, shape, args.groups)} | {shape} | {nf:.3f} | {pf:.3f} | {pf / nf:.2f} | {nfb:.3f} | {pfb:.3f} | {pfb / nfb:.2f} |")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,13 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Shapes to time instead of the defaults, e.g. '8x64x14x14,2x2048x7x7'.")
     var shapes: String?
 
+    @Option(
+        help: """
+            Groups of the GroupNorm rows, at most C (default 32; 1 times LayerNorm, C InstanceNorm); must divide \
+            every shape's C. Kernel table only.
+            """)
+    var groups: Int?
+
     @Option(help: "Write the rows as JSON to this file too.")
     var json: String?
 
@@ -87,6 +94,20 @@ struct BenchCommand: ParsableCommand {
         if inference, statistic != .median {
             throw ValidationError("--statistic applies to the kernel table, not to --inference (which reports medians)")
         }
+        if let groups {
+            guard groups >= 1 else { throw ValidationError("--groups must be at least 1, got \(groups)") }
+            if inference || streamingCheck {
+                throw ValidationError("--groups applies to the kernel table, not to --inference or --streaming-check")
+            }
+        }
+        let groups = self.groups ?? KernelBenchmark.defaultGroups
+        if !inference, !streamingCheck,
+            let shape = try parsedShapes().first(where: { $0[1] % min(groups, $0[1]) != 0 })
+        {
+            throw ValidationError(
+                "--groups \(groups): \(min(groups, shape[1])) groups do not divide the \(shape[1]) channels of shape "
+                    + shape.map(String.init).joined(separator: "x"))
+        }
         guard depth >= 8, depth <= ConfigurationLimits.maxResNetDepth, (depth - 2) % 6 == 0 else {
             throw ValidationError("--depth \(depth): must be 6n+2 between 8 and \(ConfigurationLimits.maxResNetDepth)")
         }
@@ -121,8 +142,9 @@ struct BenchCommand: ParsableCommand {
         let copy = KernelBenchmark.copyBandwidth(threads: threads)
         let layouts = layout.map { [$0] } ?? TensorLayout.allCases
         let rows = try KernelBenchmark.run(
-            shapes: try parsedShapes(), layouts: layouts, repetitions: repetitions, statistic: statistic,
-            copyBytesPerSecond: copy)
+            shapes: try parsedShapes(), layouts: layouts, groups: groups ?? KernelBenchmark.defaultGroups,
+            repetitions: repetitions,
+            statistic: statistic, copyBytesPerSecond: copy)
         print(
             "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), \(statistic.rawValue) of \(repetitions), streaming stores from \(KernelDispatch.streamingStoreThreshold) elements"
         )

@@ -15,9 +15,10 @@ final class ClearErrorTests: XCTestCase {
         assertRefused(result, code: 64, mentioning: ["--checkpoint-every"], "train --checkpoint-every 0")
     }
 
-    /// `normkit bench --statistic` takes median or best, and `--streaming-threshold` a count of 0 or more, both only
-    /// for the kernel table; `--streaming-check` takes neither, nor `--inference`, `--layout` or shapes that are not
-    /// 4-D: anything else is a usage error naming the flag, before any timing starts.
+    /// `normkit bench --statistic` takes median or best, `--streaming-threshold` a count of 0 or more and `--groups` a
+    /// count of at least 1 that divides every shape's channels, all only for the kernel table; `--streaming-check`
+    /// takes none of them, nor `--inference`, `--layout` or shapes that are not 4-D: anything else is a usage error
+    /// naming the flag, before any timing starts.
     func testBenchStatisticIsAChoiceOfTheKernelTable() throws {
         let out = try CLIFixture.shared().scratch("bench-statistic")
         for (arguments, words) in [
@@ -32,6 +33,9 @@ final class ClearErrorTests: XCTestCase {
             ),
             (["bench", "--streaming-check", "--layout", "channelsFirst"], ["--streaming-check", "--layout"]),
             (["bench", "--streaming-check", "--shapes", "2x8x4"], ["--streaming-check", "NxCxHxW"]),
+            (["bench", "--groups", "0"], ["--groups", "at least 1"]),
+            (["bench", "--groups", "3", "--shapes", "2x64x4x4"], ["--groups 3", "64 channels", "2x64x4x4"]),
+            (["bench", "--groups", "32", "--inference"], ["--groups", "--inference"]),
         ] {
             let result = try CLI.run(arguments, in: out)
             assertRefused(result, code: 64, mentioning: words, arguments.joined(separator: " "))

@@ -417,6 +417,32 @@ final class FusedActivationTests: KernelPathTestCase {
         tally.assertClean("FusedActivationTests GN channels-last, 2^20+ floats per sample")
     }
 
+    /// Channels-first sets of 2^18 floats (1 MB) or more are split over the threads in parts of whole rows: LN on
+    /// one 1 MB sample (16 parts of 4 rows) and BN on channels of four samples (parts of one row each, crossing
+    /// samples), fused against the unfused composition on every path, also with more threads than cores.
+    func testChannelsFirstSetsSplitOverThreads() throws {
+        var rng = SeededGenerator(seed: 0xB17)
+        let tally = Tally()
+        for (shape, family, label) in [
+            ([1, 64, 66, 64], Family.groupNorm, "LN"), ([4, 2, 256, 256], .batchNorm, "BN"),
+        ] {
+            let x = (0..<3).map { _ in Self.normal(shape, mean: 0.5, std: 1.5, &rng) }
+            let dy = (0..<2).map { _ in Self.normal(shape, mean: 0, std: 1, &rng) }
+            let spec = Self.specs(family, channels: shape[1]).first { $0.label == label }!
+            let state = Self.randomState(for: try spec.make(shape[1]), &rng)
+            for path in Path.allCases where select(path) {
+                for (threads, activation) in [(Self.defaultThreads, FusedActivation.silu), (5, .relu)] {
+                    Parallelism.threadCount = threads
+                    try checkComposition(
+                        spec, activation: activation, state: state, x: x, dy: dy,
+                        context: "\(spec.label) \(activation) \(shape) \(path) \(threads) threads", tally: tally)
+                }
+            }
+        }
+        Parallelism.threadCount = Self.defaultThreads
+        tally.assertClean("FusedActivationTests channels-first sets of 2^18+ floats")
+    }
+
     // MARK: - 2. Float64 reference and finite differences
 
     func testScalarActivationsMatchTheirDefinitions() {

@@ -77,6 +77,42 @@ final class KernelPathTests: XCTestCase {
         log.report("KernelPathTests \(label)")
     }
 
+    /// Channels-first sets of 2^18 floats (1 MB) or more go one at a time to all the threads, cut into parts of whole
+    /// rows fixed by the shape (`NormalizationKernels.setParts`): LN on one sample (16 parts of 4 rows; on three
+    /// samples of 20 rows, parts of one or two rows), GN with 2 groups, BN whose channels span six samples (parts
+    /// crossing samples), BRN (its statistics stage), and IN's one-row sets (not split). Each against the float64
+    /// reference on 2 and 3 threads, native and portable kernels.
+    func testSetsSplitOverThreadsMatchTheFloat64Reference() throws {
+        var rng = SeededGenerator(seed: 0x5917)
+        let log = ErrorLog(), defaultThreads = Parallelism.threadCount
+        defer { Parallelism.threadCount = defaultThreads }
+        let cases: [([Int], RefSets, () throws -> NormalizationLayer)] = [
+            ([1, 64, 4201], .groupNorm(groups: 1), { try GroupNorm.layerNorm(channels: 64) }),
+            ([3, 20, 13200], .groupNorm(groups: 1), { try GroupNorm.layerNorm(channels: 20) }),
+            ([1, 64, 96, 96], .groupNorm(groups: 2), { try GroupNorm(channels: 64, groups: 2) }),
+            ([6, 1, 240, 240], .batchNorm(normBatch: 6), { try BatchNorm(channels: 1) }),
+            ([6, 1, 240, 240], .batchNorm(normBatch: 6), { try BatchRenorm(channels: 1) }),
+            ([1, 2, 512, 520], .groupNorm(groups: 2), { try GroupNorm.instanceNorm(channels: 2) }),
+        ]
+        let native = KernelDispatch.nativeInstructionSet == "none" ? [false] : [false, true]
+        for useNative in native {
+            KernelDispatch.useNativeKernels = useNative
+            for threads in [2, 3] {
+                Parallelism.threadCount = threads
+                for (shape, sets, make) in cases {
+                    let layer = try make()
+                    let (gamma, beta) = randomizeAffine(layer, using: &rng)
+                    let x = randomTensor(shape, scale: 2, offset: 3, using: &rng)
+                    let dy = randomTensor(shape, using: &rng)
+                    try checkTrainingStep(
+                        layer, sets: sets, x: x, dy: dy, gamma: gamma, beta: beta,
+                        label: "\(layer.name) \(shape) native \(useNative) \(threads) threads", log: log)
+                }
+            }
+        }
+        log.report("KernelPathTests sets split over threads")
+    }
+
     func testNativeAndPortableAgree() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         var rng = SeededGenerator(seed: 5)

@@ -144,8 +144,9 @@ final class ParallelismTests: XCTestCase {
     /// Layers give the same outputs, statistics and gradients to the bit on 1, 2 or 3 threads, in both layouts:
     /// channels-first sets are split over threads in whole 16-set groups (or sample blocks), so the native kernels'
     /// 16-wide reductions group them the same way on any split (also when a SiLU's cost makes a call use more
-    /// threads than the same layer without it); channels-last work is split by samples and tiles, and samples of 1 MB
-    /// or more into parts of rows fixed by the shape.
+    /// threads than the same layer without it), and sets of 1 MB or more into parts of whole rows fixed by the shape;
+    /// channels-last work is split by samples and tiles, and samples of 1 MB or more into parts of rows fixed by the
+    /// shape.
     func testLayersAreBitIdenticalOnAnyThreadCount() throws {
         let cases: [(String, [Int], () throws -> NormalizationLayer)] = [
             ("BN", [8, 64, 24, 24], { try BatchNorm(channels: 64) }),
@@ -162,6 +163,10 @@ final class ParallelismTests: XCTestCase {
             ("GN 16 groups, 1 MB samples", [2, 64, 64, 66], { try GroupNorm(channels: 64, groups: 16) }),
             ("LN, one 1 MB sample", [1, 64, 64, 66], { try GroupNorm.layerNorm(channels: 64) }),
             ("BN normBatch 1, 1 MB samples", [2, 64, 64, 66], { try BatchNorm(channels: 64, normBatch: 1) }),
+            // Channels-first sets of 1 MB or more, cut into parts of whole rows whatever the thread count.
+            ("GN 2 groups, 1 MB sets", [1, 64, 96, 96], { try GroupNorm(channels: 64, groups: 2) }),
+            ("BN, 1 MB channels", [4, 2, 256, 256], { try BatchNorm(channels: 2) }),
+            ("BRN, 1 MB channels", [4, 2, 256, 256], { try BatchRenorm(channels: 2) }),
         ]
         for (name, shape, make) in cases {
             for (layout, activation) in [TensorLayout.channelsFirst, .channelsLast].flatMap({ layout in

@@ -108,7 +108,13 @@ extension NormalizationKernels {
             // scratch: the per-row factor rstd·γ_c at [b·C + c], then per set the slope q, offset r and float
             // centre μ̃ (each set owns its entries; a batch of consecutive sets finds them consecutive).
             let p = scratch, q = scratch + g.coefficientCount, r = q + g.setCount, center = r + g.setCount
-            let cps = g.channelsPerSet, store = g.outputStore
+            let cps = g.channelsPerSet, store = g.outputStore, parts = setParts(g)
+            if parts > 1 {
+                return normalizeBackwardSplitSets(
+                    dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, mean: mean, rstd: rstd,
+                    gammaEffective: gammaEffective, p: p, q: q, r: r, center: center, activation: activation,
+                    parts: parts, geometry: g)
+            }
             g.forEachSetBatch(work: backwardWork(g, activation)) { first, size in
                 let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
                 let batch = g.batch(ofSets: first, count: size)

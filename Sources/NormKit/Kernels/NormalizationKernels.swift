@@ -58,10 +58,11 @@ enum NormalizationKernels {
     // MARK: Forward
 
     /// Doubles of kernel scratch that ``statistics(mean:variance:x:scratch:geometry:)`` and `normalize` need
-    /// (channels-last per-(n, c) sums, then a split sample's partial sums; channels-first needs none). Callers keep
-    /// it between steps.
+    /// (channels-last per-(n, c) sums, then a split sample's partial sums; channels-first a split set's partial
+    /// moments). Callers keep it between steps.
     static func doubleScratchCount(_ g: NormalizationGeometry) -> Int {
-        g.layout == .channelsLast ? 2 * g.batch * g.channels + sampleSplitScratchCount(g) : 1
+        g.layout == .channelsLast
+            ? 2 * g.batch * g.channels + sampleSplitScratchCount(g) : max(1, setSplitScratchCount(g))
     }
 
     /// Doubles of kernel scratch that `normalizeBackward` needs (a split sample's partial sums; at least 1).
@@ -81,6 +82,13 @@ enum NormalizationKernels {
     ) {
         switch g.layout {
         case .channelsFirst:
+            let parts = setParts(g)
+            if parts > 1 {
+                for s in 0..<g.setCount {
+                    (mean[s], variance[s]) = splitSetMoments(x: x, set: s, parts: parts, partial: scratch, geometry: g)
+                }
+                return
+            }
             g.forEachSetBatch(work: g.elementCount) { first, size in
                 batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
             }
@@ -150,7 +158,13 @@ enum NormalizationKernels {
         case .channelsFirst:
             // Per-row coefficients go to scale/shift[b·C + c] and centres to center[s]: each set owns its entries,
             // so threads never share one, and a batch of consecutive sets finds its coefficients consecutive.
-            let center = scratchShift + g.coefficientCount, store = g.outputStore
+            let center = scratchShift + g.coefficientCount, store = g.outputStore, parts = setParts(g)
+            if parts > 1 {
+                return normalizeSplitSets(
+                    y: y, mean: mean, variance: variance, rstd: rstd, gain: gain, offset: offset, x: x, gamma: gamma,
+                    beta: beta, epsilon: epsilon, rule: rule, scale: scratchScale, shift: scratchShift, centers: center,
+                    partial: scratchDouble, activation: activation, parts: parts, geometry: g)
+            }
             g.forEachSetBatch(work: activation.work(elements: g.elementCount)) { first, size in
                 batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
                 for s in first..<(first + size) {
@@ -236,70 +250,73 @@ enum NormalizationKernels {
         for s in sets { variance[s] *= inverse }
     }
 
-    /// Mean and biased variance of one set. The set's rows (one contiguous run of `channelsPerSet·M` floats per
-    /// sample) are cut into groups of about `statisticsChunk` floats — several short rows form one group, a long
-    /// row is split — and each group gets an exact two-pass mean and centred sum of squares while it sits in L1.
-    /// Groups are merged with Chan's parallel formula in Double: one pass over the set from L2/DRAM,
-    /// float64-level accuracy, and few merges even when rows are short (BN on 7×7 maps).
+    /// Mean and biased variance of one set (``rangeMoments(x:set:elements:geometry:)`` over all of it).
     @inline(__always)
     static func setStatisticsChannelsFirst(
         x: UnsafePointer<Float>, set s: Int, geometry g: NormalizationGeometry
     )
         -> (mean: Double, variance: Double)
     {
+        let (mean, m2) = rangeMoments(x: x, set: s, elements: 0..<g.elementsPerSet, geometry: g)
+        return (mean, m2 / Double(g.elementsPerSet))
+    }
+
+    /// Mean and centred sum of squares of the elements `elements` of set `s`, numbered through the set's rows in
+    /// order (one contiguous run of `channelsPerSet·M` floats per sample). The range is cut into groups of
+    /// `statisticsChunk` floats from its start — several short rows form one group, a long row is split — and each
+    /// group gets an exact two-pass mean and centred sum of squares while it sits in L1. Groups are merged with
+    /// Chan's parallel formula in Double: one pass from L2/DRAM, float64-level accuracy, and few merges even when
+    /// rows are short (BN on 7×7 maps).
+    @inline(__always)
+    static func rangeMoments(
+        x: UnsafePointer<Float>, set s: Int, elements: Range<Int>, geometry g: NormalizationGeometry
+    )
+        -> (mean: Double, m2: Double)
+    {
         let m = g.positions
         let b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * g.channelsPerSet
-        let run = g.channelsPerSet * m
-        let firstSample = b * g.samplesPerSet, endSample = firstSample + g.samplesPerSet
+        let run = g.channelsPerSet * m, firstSample = b * g.samplesPerSet
         @inline(__always) func base(_ n: Int) -> UnsafePointer<Float> { x + (n * g.channels + c0) * m }
-        /// Calls `body` on each contiguous piece between (n0, o0) and (n1, o1) (sample, offset in its run).
-        @inline(__always) func forEachPiece(
-            _ n0: Int, _ o0: Int, _ n1: Int, _ o1: Int, _ body: (UnsafePointer<Float>, Int) -> Void
-        ) {
-            var n = n0, o = o0
-            while n < n1 || (n == n1 && o < o1) {
-                let end = n == n1 ? o1 : run
-                body(base(n) + o, end - o)
-                n += 1
-                o = 0
+        /// Calls `body` on each contiguous piece of the elements `lower..<upper` (one per run they touch).
+        @inline(__always) func forEachPiece(_ lower: Int, _ upper: Int, _ body: (UnsafePointer<Float>, Int) -> Void) {
+            var i = lower
+            while i < upper {
+                let o = i % run, length = min(run - o, upper - i)
+                body(base(firstSample + i / run) + o, length)
+                i += length
             }
         }
         var count = 0.0, mean = 0.0, m2 = 0.0
-        var n = firstSample, offset = 0
-        while n < endSample {
-            // The group: pieces from (n, offset) until about statisticsChunk floats are covered.
-            var endN = n, endOffset = offset, size = 0
-            while endN < endSample && size < statisticsChunk {
-                let take = min(run - endOffset, statisticsChunk - size)
-                size += take
-                endOffset += take
-                if endOffset == run { endN += 1; endOffset = 0 }
-            }
-            let k = Double(size), inverseK = 1 / k  // one division per group: divisions dominate short sets
+        for lower in stride(from: elements.lowerBound, to: elements.upperBound, by: statisticsChunk) {
+            let upper = min(lower + statisticsChunk, elements.upperBound)
+            let k = Double(upper - lower), inverseK = 1 / k  // one division per group: divisions dominate short sets
             var total = 0.0
-            forEachPiece(n, offset, endN, endOffset) { p, length in total += rowSum(p, length) }
+            forEachPiece(lower, upper) { p, length in total += rowSum(p, length) }
             let groupMean = Float(total * inverseK)
             var d1 = 0.0, d2 = 0.0
-            forEachPiece(n, offset, endN, endOffset) { p, length in
+            forEachPiece(lower, upper) { p, length in
                 let (a, q) = rowCenteredSums(p, length, center: groupMean)
                 d1 += a
                 d2 += q
             }
             // Σ(x−μ̃) is not exactly 0 because μ̃ is rounded to float: correct for it.
             let mu = Double(groupMean) + d1 * inverseK, q = max(0, d2 - d1 * d1 * inverseK)
-            n = endN
-            offset = endOffset
             if count == 0 {
-                if n >= endSample { return (mu, q * inverseK) }  // the whole set was one group
                 (count, mean, m2) = (k, mu, q)
                 continue
             }
-            let merged = count + k, delta = mu - mean, weight = k / merged
-            mean += delta * weight
-            m2 += q + delta * delta * count * weight
-            count = merged
+            (count, mean, m2) = mergedMoments(count: count, mean: mean, m2: m2, with: k, mu, q)
         }
-        return (mean, max(0, m2 / count))
+        return (mean, max(0, m2))
+    }
+
+    /// Chan's parallel formula: the count, mean and centred sum of squares of two groups' union.
+    @inline(__always)
+    static func mergedMoments(
+        count: Double, mean: Double, m2: Double, with k: Double, _ mu: Double, _ q: Double
+    ) -> (count: Double, mean: Double, m2: Double) {
+        let merged = count + k, delta = mu - mean, weight = k / merged
+        return (merged, mean + delta * weight, m2 + q + delta * delta * count * weight)
     }
 }
 

@@ -30,6 +30,9 @@ public enum KernelBenchmark {
         [2, 256, 56, 56], [2, 512, 28, 28], [2, 2048, 7, 7], [32, 256, 56, 56], [32, 32, 28, 28], [8, 64, 14, 14],
     ]
 
+    /// The GroupNorm rows' groups unless asked otherwise (`G = min(32, C)`, the GN paper's default).
+    public static let defaultGroups = 32
+
     /// Bytes per second of a multi-threaded `memcpy` of a `megabytes` buffer (read + write counted), the best of
     /// `repetitions`.
     public static func copyBandwidth(megabytes: Int = 256, repetitions: Int = 7, threads: Int) -> Double {
@@ -74,12 +77,12 @@ public enum KernelBenchmark {
         return statistic == .best ? times[0] : times[times.count / 2]
     }
 
-    /// Benchmarks GN (`G = min(32, C)`), GN with SiLU fused into its apply stage (the normalization block of
+    /// Benchmarks GN (`G = min(groups, C)`: 1 is LayerNorm, C InstanceNorm), GN with SiLU fused into its apply stage (the normalization block of
     /// diffusion U-Nets; same bytes as GN, so its copy fractions compare directly) and BN on each shape in training
     /// mode (and BN's evaluation forward), in each of `layouts` (side by side: for every shape and layer, one row per
     /// layout, measured one after the other).
     public static func run(
-        shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases,
+        shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases, groups: Int = defaultGroups,
         repetitions: Int = 9, statistic: Statistic = .median, copyBytesPerSecond: Double
     ) throws -> [Row] {
         var rows: [Row] = []
@@ -88,13 +91,14 @@ public enum KernelBenchmark {
             let first = Tensor.randomNormal(shape: shape, using: &generator)
             let firstDy = Tensor.randomNormal(shape: shape, using: &generator)
             let c = shape[1], bytes = Double(first.count * MemoryLayout<Float>.size)
-            let gn = try GroupNorm(channels: c, groups: min(32, c))
+            let g = min(groups, c)
+            let gn = try GroupNorm(channels: c, groups: g)
             let bn = try BatchNorm(channels: c)
-            let gnSiLU = try GroupNorm(channels: c, groups: min(32, c))
+            let gnSiLU = try GroupNorm(channels: c, groups: g)
             gnSiLU.activation = .silu
             for (name, layer, groups) in [
-                ("GroupNorm", gn as NormalizationLayer, Optional(min(32, c))),
-                ("GroupNorm+SiLU", gnSiLU as NormalizationLayer, Optional(min(32, c))),
+                ("GroupNorm", gn as NormalizationLayer, Optional(g)),
+                ("GroupNorm+SiLU", gnSiLU as NormalizationLayer, Optional(g)),
                 ("BatchNorm", bn as NormalizationLayer, nil),
             ] {
                 for layout in layouts {

@@ -1,0 +1,148 @@
+// Channels-first sets of 1 MB and more (LN's whole samples, GN with few groups on large maps, BN's channels over a
+// large batch) go one at a time to all the threads. A set is cut into parts of whole rows fixed by its shape; each
+// thread takes one contiguous run of parts for the moments, the parts' moments are merged in part order, the set
+// gets its coefficients, and each thread applies the same rows, which are still in its own L2. The backward does the
+// same with `x` and `dy` (its per-row sums need no merge: a row lies in one part). Without it a set went to one
+// thread: a geometry with fewer sets than threads (LN at batch 1) ran on one core, and a set larger than L2 was read
+// a second time from L3 (the channels-last counterpart is `sampleParts` in ChannelsLastKernels.swift).
+
+extension NormalizationKernels {
+    /// The parts of rows each channels-first set of `g` is cut into: 1 (not split) below ``splitSampleFloats``, else
+    /// one per row up to ``maximumSampleParts``. A set of one row (one channel of one sample) is not split.
+    static func setParts(_ g: NormalizationGeometry) -> Int {
+        guard g.layout == .channelsFirst, g.elementsPerSet >= splitSampleFloats else { return 1 }
+        return min(maximumSampleParts, g.samplesPerSet * g.channelsPerSet)
+    }
+
+    /// Doubles of scratch for a split set's partial moments (two per part; none when sets are not split).
+    static func setSplitScratchCount(_ g: NormalizationGeometry) -> Int {
+        let parts = setParts(g)
+        return parts > 1 ? 2 * parts : 0
+    }
+
+    /// The rows of part `t` of a split set of `g` (rows numbered through the set's samples in order).
+    @inline(__always)
+    static func rows(ofPart t: Int, _ parts: Int, geometry g: NormalizationGeometry) -> Range<Int> {
+        rows(ofParts: t..<(t + 1), parts, positions: g.samplesPerSet * g.channelsPerSet)
+    }
+
+    /// Calls `body(element, rows, coefficient)` on each contiguous run of the rows `rows` of set `s` (one per sample
+    /// they touch): the offset of its first element in the tensor, how many rows, the coefficient index of its first
+    /// row (rows of a run have consecutive coefficients; the per-(n, c) sums' index is `element / M`).
+    @inline(__always)
+    static func forEachRun(
+        ofRows rows: Range<Int>, set s: Int, geometry g: NormalizationGeometry, _ body: (Int, Int, Int) -> Void
+    ) {
+        let cps = g.channelsPerSet, b = s / g.channelBlocks, c0 = (s % g.channelBlocks) * cps
+        var r = rows.lowerBound
+        while r < rows.upperBound {
+            let n = b * g.samplesPerSet + r / cps, c = c0 + r % cps, count = min(cps - r % cps, rows.upperBound - r)
+            body((n * g.channels + c) * g.positions, count, b * g.channels + c)
+            r += count
+        }
+    }
+
+    /// A run of `rows` consecutive rows of `m` floats as a one-set batch for the set kernels.
+    @inline(__always)
+    static func runBatch(rows: Int, positions m: Int) -> SetBatch {
+        SetBatch(offset: 0, sets: 1, setStride: 0, pieces: 1, rows: rows, m: m, pieceStride: 0)
+    }
+
+    /// Mean and biased variance of set `s` split into `parts`: each thread takes a contiguous share of the parts
+    /// (``forEachShare(of:_:)``), each part's moments go to `partial` (two doubles per part), and the parts are
+    /// merged in order, so the result does not depend on the thread count.
+    static func splitSetMoments(
+        x: UnsafePointer<Float>, set s: Int, parts: Int, partial: UnsafeMutablePointer<Double>,
+        geometry g: NormalizationGeometry
+    ) -> (mean: Double, variance: Double) {
+        let m = g.positions
+        forEachShare(of: parts) { share in
+            for t in share {
+                let rows = rows(ofPart: t, parts, geometry: g)
+                (partial[2 * t], partial[2 * t + 1]) = rangeMoments(
+                    x: x, set: s, elements: (rows.lowerBound * m)..<(rows.upperBound * m), geometry: g)
+            }
+        }
+        var (count, mean, m2) = (Double(rows(ofPart: 0, parts, geometry: g).count * m), partial[0], partial[1])
+        for t in 1..<parts {
+            let k = Double(rows(ofPart: t, parts, geometry: g).count * m)
+            (count, mean, m2) = mergedMoments(
+                count: count, mean: mean, m2: m2, with: k, partial[2 * t], partial[2 * t + 1])
+        }
+        return (mean, max(0, m2) / count)
+    }
+
+    /// The training forward of `normalize` for split sets (``setParts(_:)`` > 1), one set after the other: its
+    /// moments over the threads, its coefficients (`scale`/`shift` per coefficient, `centers` per set), then each
+    /// thread applies the rows it read, walking its parts last to first (what it read last is the likeliest to be
+    /// still in L2).
+    static func normalizeSplitSets(
+        y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,
+        rstd: UnsafeMutablePointer<Double>, gain: UnsafeMutablePointer<Double>, offset: UnsafeMutablePointer<Double>,
+        x: UnsafePointer<Float>, gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, epsilon: Float,
+        rule: some NormalizationRule, scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>,
+        centers: UnsafeMutablePointer<Float>, partial: UnsafeMutablePointer<Double>, activation: FusedActivation,
+        parts: Int, geometry g: NormalizationGeometry
+    ) {
+        let m = g.positions, store = g.outputStore
+        for s in 0..<g.setCount {
+            (mean[s], variance[s]) = splitSetMoments(x: x, set: s, parts: parts, partial: partial, geometry: g)
+            centers[s] = setCoefficients(
+                scale: scale, shift: shift, rstd: rstd, gain: gain, offset: offset, set: s, mean: mean[s],
+                variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, geometry: g)
+            forEachShare(of: parts) { share in
+                for t in share.reversed() {
+                    forEachRun(ofRows: rows(ofPart: t, parts, geometry: g), set: s, geometry: g) { o, count, k in
+                        setAffineCentered(
+                            y + o, x + o, runBatch(rows: count, positions: m), center: centers + s, scale: scale + k,
+                            shift: shift + k, activation: activation, store: store)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The training backward of `normalizeBackward` for split sets, one set after the other: each thread's rows'
+    /// gradient sums (of `dz` with a fused activation, written to `activation.dz`), the set's slope and offset, then
+    /// `dx` over the same rows, last part first. `p` (per coefficient), `q`, `r` and `center` (per set) as in the
+    /// set-batch path.
+    static func normalizeBackwardSplitSets(
+        dx: UnsafeMutablePointer<Float>, sumDy: UnsafeMutablePointer<Double>,
+        sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>, gammaEffective: UnsafePointer<Double>,
+        p: UnsafeMutablePointer<Float>, q: UnsafeMutablePointer<Float>, r: UnsafeMutablePointer<Float>,
+        center: UnsafeMutablePointer<Float>, activation: ActivationBackward?, parts: Int,
+        geometry g: NormalizationGeometry
+    ) {
+        let m = g.positions, c = g.channels, cps = g.channelsPerSet, store = g.outputStore
+        let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
+        for s in 0..<g.setCount {
+            center[s] = Centering(mean[s]).center
+            forEachShare(of: parts) { share in
+                for t in share {
+                    forEachRun(ofRows: rows(ofPart: t, parts, geometry: g), set: s, geometry: g) { o, count, k in
+                        setGradientSums(
+                            sumDy + o / m, sumDyCentered + o / m, outStride: c, dy + o, x + o,
+                            runBatch(rows: count, positions: m), center: center + s,
+                            activation: activation?.moved(coefficient: k, element: o))
+                    }
+                }
+            }
+            let (slope, offset) = setGradientCoefficients(
+                sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd, gammaEffective: gammaEffective,
+                set: s, centeredOnFloat: true, geometry: g)
+            let k0 = (s / g.channelBlocks) * c + (s % g.channelBlocks) * cps
+            for k in k0..<(k0 + cps) { p[k] = Float(rstd[s] * gammaEffective[k]) }
+            (q[s], r[s]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
+            forEachShare(of: parts) { share in
+                for t in share.reversed() {
+                    forEachRun(ofRows: rows(ofPart: t, parts, geometry: g), set: s, geometry: g) { o, count, k in
+                        setGradientApply(
+                            dx + o, upstream + o, x + o, runBatch(rows: count, positions: m), p: p + k, q: q + s,
+                            r: r + s, center: center + s, store: store)
+                    }
+                }
+            }
+        }
+    }
+}
