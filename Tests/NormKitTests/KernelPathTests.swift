@@ -80,7 +80,8 @@ final class KernelPathTests: XCTestCase {
     /// Channels-first sets of 2^18 floats (1 MB) or more go one at a time to all the threads, cut into parts of whole
     /// rows fixed by the shape (`NormalizationKernels.setParts`): LN on one sample (16 parts of 4 rows; on three
     /// samples of 20 rows, parts of one or two rows), GN with 2 groups, BN whose channels span six samples (parts
-    /// crossing samples), BRN (its statistics stage), and IN's one-row sets (not split). Each against the float64
+    /// crossing samples), BRN (a rule of the fused path), SyncBN on one worker (the staged path's statistics stage),
+    /// and IN's one-row sets (not split). Each against the float64
     /// reference on 2 and 3 threads, native and portable kernels.
     func testSetsSplitOverThreadsMatchTheFloat64Reference() throws {
         var rng = SeededGenerator(seed: 0x5917)
@@ -92,6 +93,12 @@ final class KernelPathTests: XCTestCase {
             ([1, 64, 96, 96], .groupNorm(groups: 2), { try GroupNorm(channels: 64, groups: 2) }),
             ([6, 1, 240, 240], .batchNorm(normBatch: 6), { try BatchNorm(channels: 1) }),
             ([6, 1, 240, 240], .batchNorm(normBatch: 6), { try BatchRenorm(channels: 1) }),
+            ([6, 1, 240, 240], .batchNorm(normBatch: 6), {
+                // SyncBN on one worker: the staged path, whose statistics stage splits the set too.
+                let bn = try BatchNorm(channels: 1)
+                bn.crossWorkerReduction = InProcessWorkers.Handle(InProcessWorkers(count: 1), worker: 0)
+                return bn
+            }),
             ([1, 2, 512, 520], .groupNorm(groups: 2), { try GroupNorm.instanceNorm(channels: 2) }),
         ]
         let native = KernelDispatch.nativeInstructionSet == "none" ? [false] : [false, true]
