@@ -93,12 +93,15 @@ final class KernelPathTests: XCTestCase {
             ([1, 64, 96, 96], .groupNorm(groups: 2), { try GroupNorm(channels: 64, groups: 2) }),
             ([6, 1, 240, 240], .batchNorm(normBatch: 6), { try BatchNorm(channels: 1) }),
             ([6, 1, 240, 240], .batchNorm(normBatch: 6), { try BatchRenorm(channels: 1) }),
-            ([6, 1, 240, 240], .batchNorm(normBatch: 6), {
-                // SyncBN on one worker: the staged path, whose statistics stage splits the set too.
-                let bn = try BatchNorm(channels: 1)
-                bn.crossWorkerReduction = InProcessWorkers.Handle(InProcessWorkers(count: 1), worker: 0)
-                return bn
-            }),
+            (
+                [6, 1, 240, 240], .batchNorm(normBatch: 6),
+                {
+                    // SyncBN on one worker: the staged path, whose statistics stage splits the set too.
+                    let bn = try BatchNorm(channels: 1)
+                    bn.crossWorkerReduction = InProcessWorkers.Handle(InProcessWorkers(count: 1), worker: 0)
+                    return bn
+                }
+            ),
             ([1, 2, 512, 520], .groupNorm(groups: 2), { try GroupNorm.instanceNorm(channels: 2) }),
         ]
         let native = KernelDispatch.nativeInstructionSet == "none" ? [false] : [false, true]
