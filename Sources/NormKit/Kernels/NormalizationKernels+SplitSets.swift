@@ -48,21 +48,35 @@ extension NormalizationKernels {
         SetBatch(offset: 0, sets: 1, setStride: 0, pieces: 1, rows: rows, m: m, pieceStride: 0)
     }
 
-    /// Mean and biased variance of set `s` split into `parts`: each thread takes a contiguous share of the parts
-    /// (``forEachShare(of:_:)``), each part's moments go to `partial` (two doubles per part), and the parts are
-    /// merged in order, so the result does not depend on the thread count.
+    /// Mean and biased variance of set `s` split into `parts` (``statistics(mean:variance:x:scratch:geometry:)``):
+    /// each thread a contiguous share of the parts (``forEachShare(of:_:)``), then the parts merged in order.
     static func splitSetMoments(
         x: UnsafePointer<Float>, set s: Int, parts: Int, partial: UnsafeMutablePointer<Double>,
         geometry g: NormalizationGeometry
     ) -> (mean: Double, variance: Double) {
-        let m = g.positions
         forEachShare(of: parts) { share in
-            for t in share {
-                let rows = rows(ofPart: t, parts, geometry: g)
-                (partial[2 * t], partial[2 * t + 1]) = rangeMoments(
-                    x: x, set: s, elements: (rows.lowerBound * m)..<(rows.upperBound * m), geometry: g)
-            }
+            for t in share { partMoments(partial, x: x, set: s, part: t, parts: parts, geometry: g) }
         }
+        return mergedPartMoments(partial, parts: parts, geometry: g)
+    }
+
+    /// Part `t`'s mean and centred sum of squares of set `s`, to `partial[2t]` and `partial[2t + 1]`.
+    @inline(__always)
+    static func partMoments(
+        _ partial: UnsafeMutablePointer<Double>, x: UnsafePointer<Float>, set s: Int, part t: Int, parts: Int,
+        geometry g: NormalizationGeometry
+    ) {
+        let rows = rows(ofPart: t, parts, geometry: g), m = g.positions
+        (partial[2 * t], partial[2 * t + 1]) = rangeMoments(
+            x: x, set: s, elements: (rows.lowerBound * m)..<(rows.upperBound * m), geometry: g)
+    }
+
+    /// The set's mean and biased variance from its parts' moments, merged in part order (so the result does not
+    /// depend on the thread count).
+    static func mergedPartMoments(
+        _ partial: UnsafePointer<Double>, parts: Int, geometry g: NormalizationGeometry
+    ) -> (mean: Double, variance: Double) {
+        let m = g.positions
         var (count, mean, m2) = (Double(rows(ofPart: 0, parts, geometry: g).count * m), partial[0], partial[1])
         for t in 1..<parts {
             let k = Double(rows(ofPart: t, parts, geometry: g).count * m)
@@ -86,17 +100,18 @@ extension NormalizationKernels {
     ) {
         let m = g.positions, store = g.outputStore
         for s in 0..<g.setCount {
-            (mean[s], variance[s]) = splitSetMoments(x: x, set: s, parts: parts, partial: partial, geometry: g)
-            centers[s] = setCoefficients(
-                scale: scale, shift: shift, rstd: rstd, gain: gain, offset: offset, set: s, mean: mean[s],
-                variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, geometry: g)
-            forEachShare(of: parts) { share in
-                for t in share.reversed() {
-                    forEachRun(ofRows: rows(ofPart: t, parts, geometry: g), set: s, geometry: g) { o, count, k in
-                        setAffineCentered(
-                            y + o, x + o, runBatch(rows: count, positions: m), center: centers + s, scale: scale + k,
-                            shift: shift + k, activation: activation, store: store)
-                    }
+            splitPasses(parts: parts) { t in
+                partMoments(partial, x: x, set: s, part: t, parts: parts, geometry: g)
+            } between: {
+                (mean[s], variance[s]) = mergedPartMoments(partial, parts: parts, geometry: g)
+                centers[s] = setCoefficients(
+                    scale: scale, shift: shift, rstd: rstd, gain: gain, offset: offset, set: s, mean: mean[s],
+                    variance: variance[s], gamma: gamma, beta: beta, epsilon: epsilon, rule: rule, geometry: g)
+            } apply: { t in
+                forEachRun(ofRows: rows(ofPart: t, parts, geometry: g), set: s, geometry: g) { o, count, k in
+                    setAffineCentered(
+                        y + o, x + o, runBatch(rows: count, positions: m), center: centers + s, scale: scale + k,
+                        shift: shift + k, activation: activation, store: store)
                 }
             }
         }
@@ -118,29 +133,25 @@ extension NormalizationKernels {
         let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
         for s in 0..<g.setCount {
             center[s] = Centering(mean[s]).center
-            forEachShare(of: parts) { share in
-                for t in share {
-                    forEachRun(ofRows: rows(ofPart: t, parts, geometry: g), set: s, geometry: g) { o, count, k in
-                        setGradientSums(
-                            sumDy + o / m, sumDyCentered + o / m, outStride: c, dy + o, x + o,
-                            runBatch(rows: count, positions: m), center: center + s,
-                            activation: activation?.moved(coefficient: k, element: o))
-                    }
+            splitPasses(parts: parts) { t in
+                forEachRun(ofRows: rows(ofPart: t, parts, geometry: g), set: s, geometry: g) { o, count, k in
+                    setGradientSums(
+                        sumDy + o / m, sumDyCentered + o / m, outStride: c, dy + o, x + o,
+                        runBatch(rows: count, positions: m), center: center + s,
+                        activation: activation?.moved(coefficient: k, element: o))
                 }
-            }
-            let (slope, offset) = setGradientCoefficients(
-                sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd, gammaEffective: gammaEffective,
-                set: s, centeredOnFloat: true, geometry: g)
-            let k0 = (s / g.channelBlocks) * c + (s % g.channelBlocks) * cps
-            for k in k0..<(k0 + cps) { p[k] = Float(rstd[s] * gammaEffective[k]) }
-            (q[s], r[s]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
-            forEachShare(of: parts) { share in
-                for t in share.reversed() {
-                    forEachRun(ofRows: rows(ofPart: t, parts, geometry: g), set: s, geometry: g) { o, count, k in
-                        setGradientApply(
-                            dx + o, upstream + o, x + o, runBatch(rows: count, positions: m), p: p + k, q: q + s,
-                            r: r + s, center: center + s, store: store)
-                    }
+            } between: {
+                let (slope, offset) = setGradientCoefficients(
+                    sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
+                    gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
+                let k0 = (s / g.channelBlocks) * c + (s % g.channelBlocks) * cps
+                for k in k0..<(k0 + cps) { p[k] = Float(rstd[s] * gammaEffective[k]) }
+                (q[s], r[s]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
+            } apply: { t in
+                forEachRun(ofRows: rows(ofPart: t, parts, geometry: g), set: s, geometry: g) { o, count, k in
+                    setGradientApply(
+                        dx + o, upstream + o, x + o, runBatch(rows: count, positions: m), p: p + k, q: q + s,
+                        r: r + s, center: center + s, store: store)
                 }
             }
         }
