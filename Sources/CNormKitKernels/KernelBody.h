@@ -30,6 +30,8 @@
  *                      masked division, correctly rounded; AVX2: the reciprocal estimate and a Newton step, ~23 bits)
  *   vstream(p, v)      a non-temporal store of a whole vector to p, aligned to NK_LANES floats; vstream_fence()
  *                      orders a kernel's non-temporal stores before its return (they are weakly ordered)
+ *   vprefetch(p, n)    a hint to bring the line of the float n places after p into L1 (computed as an integer
+ *                      address: it may lie past the data, and a prefetch never faults)
  */
 #define vzero NK_PS(setzero)
 #define vset1 NK_PS(set1)

@@ -44,10 +44,21 @@ NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0
     default: body(4); break;                                              \
     }
 
+// Whether the sums pass prefetches: for inputs beyond the caches (read NK_READ_AHEAD), and always with SiLU. A
+// tile's strips (CL_WIDTH channels of each row, rows c apart) are not a stream the hardware prefetcher runs far
+// ahead on, and from memory a pass then holds too few misses in flight; so each line is prefetched one tile
+// (32 KB) ahead. SiLU's ~25 operations per vector fill the core's window, so its passes (the forward's apply too)
+// prefetch wherever the data is. Measured (PERFORMANCE.md, session 24): (32, 256, 56, 56) GN forward 0.85–0.91x
+// the time, GN + SiLU 0.86–0.92x; from L2/L3 without SiLU the prefetches cost more than they save (1.07–1.23x),
+// and so did the apply's beyond the caches (BN's forward 1.07–1.13x), which therefore prefetches under SiLU only.
+#define CL_AHEAD(act, read) ((act) == NK_SILU || (read) == NK_READ_AHEAD)
+
 // Per channel, with d = x − k[ch] (k NULL: 0): fa[ch] += Σ d, fb[ch] += Σ d² (grad 0), or fa[ch] += Σ g,
 // fb[ch] += Σ g·d (grad 1; g = dy, or dz = dy·act'(z) stored to b->dz with act > 0), over `rows` rows of channels
-// 0 … w − 1 (nv vectors, w ≤ CL_WIDTH: all in registers), rows c apart.
-NK_INLINE void cl_pairs_tile(const int grad, const int act, const int nv, float *fa, float *fb, const float *dy,
+// 0 … w − 1 (nv vectors, w ≤ CL_WIDTH: all in registers), rows c apart. With ahead = 1 each line of x (and dy) is
+// prefetched `rows` rows on: the same slice of the next tile (CL_AHEAD).
+NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, const int nv, float *fa, float *fb,
+                             const float *dy,
                              const float *x, long rows, long c, long w, const float *k,
                              const nk_activation_backward *b) {
     const long tail = w % NK_LANES;
@@ -67,6 +78,10 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int nv, float 
     for (long p = 0; p < rows; p++) {
         for (int v = 0; v < nv; v++) {
             const long o = p * c + v * NK_LANES;
+            if (ahead) {
+                vprefetch(x, o + rows * c);
+                if (grad) vprefetch(dy, o + rows * c);
+            }
             vf xv = CL_LOAD(x + o, v), d = vsub(xv, kv[v]);
             vf g = grad ? CL_LOAD(dy + o, v) : d;
             ACT_GRAD(act, g, xv, aff[v], b->dz, CL_STORE(b->dz + o, v, g));
@@ -85,7 +100,7 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int nv, float 
 // once per CL_WIDTH channels, so x (and dy) come from memory once, nearly in order. A float lane adds one value per
 // row, so its total goes to double after at most CL_ROWS rows, whole tiles (the accuracy of the channels-first
 // kernels, whose lanes add ~n/64 values); rows whose tiles are shorter keep their float totals across tiles until then.
-NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s2, const float *dy, const float *x,
+NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, double *s1, double *s2, const float *dy, const float *x,
                             long m, long c, long w, const float *k, const nk_activation_backward *b) {
     float fa[CL_MAX + NK_LANES], fb[CL_MAX + NK_LANES];
     const long fit = 8192 / w, tile = fit < CL_TILE_ROWS ? CL_TILE_ROWS : fit < CL_ROWS ? fit : CL_ROWS;
@@ -97,7 +112,7 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s
             const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
             nk_activation_backward moved = act ? act_at(b, c0, p0 * c + c0) : (nk_activation_backward){0};
 #define CL_PAIRS_TILE(NV)                                                                                  \
-    cl_pairs_tile(grad, act, NV, fa + c0, fb + c0, grad ? dy + p0 * c + c0 : NULL, x + p0 * c + c0, rows, c, cw, \
+    cl_pairs_tile(grad, act, ahead, NV, fa + c0, fb + c0, grad ? dy + p0 * c + c0 : NULL, x + p0 * c + c0, rows, c, cw, \
                   k ? k + c0 : NULL, &moved)
             CL_NV(cw, CL_PAIRS_TILE)
 #undef CL_PAIRS_TILE
@@ -112,32 +127,35 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, double *s1, double *s
     }
 }
 
-NK_INLINE void cl_pairs(const int grad, const int act, double *s1, double *s2, const float *dy, const float *x,
+NK_INLINE void cl_pairs(const int grad, const int act, const int ahead, double *s1, double *s2, const float *dy, const float *x,
                         long m, long c, long w, const float *k, const nk_activation_backward *b) {
     for (long c0 = 0; c0 < w; c0 += CL_MAX) {
         const long cw = w - c0 < CL_MAX ? w - c0 : CL_MAX;
         nk_activation_backward moved = act ? act_at(b, c0, c0) : (nk_activation_backward){0};
-        cl_pairs_run(grad, act, s1 + c0, s2 + c0, grad ? dy + c0 : NULL, x + c0, m, c, cw, k ? k + c0 : NULL, &moved);
+        cl_pairs_run(grad, act, ahead, s1 + c0, s2 + c0, grad ? dy + c0 : NULL, x + c0, m, c, cw, k ? k + c0 : NULL, &moved);
     }
 }
 
-NK_FN void cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k) {
-    cl_pairs(0, 0, s1, s2, NULL, x, m, c, w, k, NULL);
+NK_FN void cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k,
+                            int read) {
+    if (read == NK_READ_AHEAD) cl_pairs(0, 0, 1, s1, s2, NULL, x, m, c, w, k, NULL);
+    else cl_pairs(0, 0, 0, s1, s2, NULL, x, m, c, w, k, NULL);
 }
 
 NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, long w,
-                            const float *k, const nk_activation_backward *b) {
-#define CL_GRADIENT_SUMS(A) cl_pairs(1, A, s1, s2, dy, x, m, c, w, k, b)
+                            const float *k, const nk_activation_backward *b, int read) {
+#define CL_GRADIENT_SUMS(A) cl_pairs(1, A, CL_AHEAD(A, read), s1, s2, dy, x, m, c, w, k, b)
     ACT_DISPATCH(b ? b->kind : NK_IDENTITY, CL_GRADIENT_SUMS)
 #undef CL_GRADIENT_SUMS
 }
 
 // out = act(a[ch]·(x − k[ch]) + b[ch]) (grad 0), or p·dy + q·(x − k) + r (grad 1: a = q, b = r); out may alias x.
 // Channels c0 … c0 + w − 1 (w ≤ CL_WIDTH: coefficients in registers) of rows c apart; whole vectors streamed when
-// stream = 1 (every row's vectors then start on a vector boundary: cl_apply checks).
-NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, const int nv, float *out, const float *dy,
-                           const float *x, long m, long c, long w, const float *p, const float *a, const float *b,
-                           const float *k) {
+// stream = 1 (every row's vectors then start on a vector boundary: cl_apply checks); with ahead = 1 each line of x
+// prefetched `distance` rows on.
+NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, const int ahead, const int nv, float *out,
+                           const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
+                           const float *b, const float *k, long distance) {
     const long tail = w % NK_LANES;
     const vmask tm = vmask_first(tail ? tail : 1);
     vf kv[CL_VECTORS], av[CL_VECTORS], bv[CL_VECTORS], pv[CL_VECTORS];
@@ -151,6 +169,7 @@ NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, cons
     for (long i = 0; i < m; i++) {
         for (int v = 0; v < nv; v++) {
             const long o = i * c + v * NK_LANES;
+            if (ahead) vprefetch(x, o + distance * c);
             vf value = vfma(av[v], vsub(CL_LOAD(x + o, v), kv[v]), bv[v]);
             value = grad ? vfma(pv[v], CL_LOAD(dy + o, v), value) : vact(act, value);
             if (v == nv - 1 && tail) vstore_part(out + o, tm, value);
@@ -159,19 +178,21 @@ NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, cons
     }
 }
 
-NK_INLINE void cl_apply_run(const int grad, const int act, const int stream, float *out, const float *dy,
-                            const float *x, long m, long c, long w, const float *p, const float *a, const float *b,
-                            const float *k) {
-#define CL_APPLY_NV(NV) cl_apply_nv(grad, act, stream, NV, out, dy, x, m, c, w, p, a, b, k)
+NK_INLINE void cl_apply_run(const int grad, const int act, const int stream, const int ahead, float *out,
+                            const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
+                            const float *b, const float *k, long distance) {
+#define CL_APPLY_NV(NV) cl_apply_nv(grad, act, stream, ahead, NV, out, dy, x, m, c, w, p, a, b, k, distance)
     CL_NV(w, CL_APPLY_NV)
 #undef CL_APPLY_NV
 }
 
-NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, float *out, const float *dy,
-                              const float *x, long m, long c, long w, const float *p, const float *a, const float *b,
-                              const float *k) {
+NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, const int ahead, float *out,
+                              const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
+                              const float *b, const float *k) {
     if (w <= CL_WIDTH) {
-        cl_apply_run(grad, act, stream, out, dy, x, m, c, w, p, a, b, k);
+        // One run: prefetch about 32 KB ahead (the rows that a wide row's tile would hold).
+        const long distance = c >= 8192 / CL_TILE_ROWS ? CL_TILE_ROWS : 8192 / c;
+        cl_apply_run(grad, act, stream, ahead, out, dy, x, m, c, w, p, a, b, k, distance);
         return;
     }
     // Wide rows: tiles of about 32 KB of rows (at least CL_TILE_ROWS), swept once per CL_WIDTH channels
@@ -181,8 +202,8 @@ NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, f
         const long rows = p0 + tile < m ? tile : m - p0, o = p0 * c;
         for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
             const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
-            cl_apply_run(grad, act, stream, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, rows, c, cw,
-                         grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL);
+            cl_apply_run(grad, act, stream, ahead, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, rows, c, cw,
+                         grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL, tile);
         }
     }
 }
@@ -194,10 +215,10 @@ NK_INLINE void cl_apply(const int grad, const int act, int store, float *out, co
                         long c, long w, const float *p, const float *a, const float *b, const float *k) {
     if (store == NK_STORE_STREAMING && out != x && out != dy && head_to_boundary(out, NK_LANES) == 0 &&
         c % NK_LANES == 0) {
-        cl_apply_tiles(grad, act, 1, out, dy, x, m, c, w, p, a, b, k);
+        cl_apply_tiles(grad, act, 1, act == NK_SILU, out, dy, x, m, c, w, p, a, b, k);
         vstream_fence();
     } else {
-        cl_apply_tiles(grad, act, 0, out, dy, x, m, c, w, p, a, b, k);
+        cl_apply_tiles(grad, act, 0, act == NK_SILU, out, dy, x, m, c, w, p, a, b, k);
     }
 }
 

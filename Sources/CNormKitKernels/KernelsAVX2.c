@@ -12,6 +12,7 @@
 typedef __m256 vf;
 #define vstream(p, v) _mm256_stream_ps(p, v)
 #define vstream_fence() _mm_sfence()
+#define vprefetch(p, n) _mm_prefetch((const char *)((uintptr_t)(p) + (uintptr_t)(n) * sizeof(float)), _MM_HINT_T0)
 
 // No mask registers: a lane mask is a vector of all-ones (kept) or zero 32-bit lanes; vmaskmov loads and stores
 // neither read nor write (nor fault on) the other lanes.

@@ -12,6 +12,7 @@
 typedef __m512 vf;
 #define vstream(p, v) _mm512_stream_ps(p, v)
 #define vstream_fence() _mm_sfence()
+#define vprefetch(p, n) _mm_prefetch((const char *)((uintptr_t)(p) + (uintptr_t)(n) * sizeof(float)), _MM_HINT_T0)
 
 // Lane masks are mask registers: a partial load or store is one instruction and touches only the masked lanes.
 typedef __mmask16 vmask;

@@ -126,13 +126,13 @@ void nk_cl_standardized_coefficients(double *mean, double *variance, double *rst
                                             samples, stride, w, positions, count, epsilon, gamma, beta));
 }
 
-void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k) {
-    NK_FORWARD(cl_centered_sums(s1, s2, x, m, c, w, k));
+void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k, int read) {
+    NK_FORWARD(cl_centered_sums(s1, s2, x, m, c, w, k, read));
 }
 
 void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, long w,
-                         const float *k, const nk_activation_backward *act) {
-    NK_FORWARD(cl_gradient_sums(s1, s2, dy, x, m, c, w, k, act));
+                         const float *k, const nk_activation_backward *act, int read) {
+    NK_FORWARD(cl_gradient_sums(s1, s2, dy, x, m, c, w, k, act, read));
 }
 
 void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,

@@ -277,11 +277,13 @@ final class KernelPathTests: XCTestCase {
         XCTAssertLessThan(worstSum, 1e-6, "gradient sums vs the one-row kernels', relative to Σ|terms|")
     }
 
-    /// Non-temporal stores (``KernelDispatch/streamingStoreThreshold``) change how the apply stages write, not what:
-    /// every layer's forward output and backward gradients (GN, BN, MABN, frozen BN) and the evaluation outputs are the
-    /// same bits streamed (threshold 0) and cached (`Int.max`), on both instruction sets and layouts, with the identity,
-    /// ReLU and SiLU fused. Rows of 49, 99 and 130 floats start off vector boundaries (the partial first vector), and 24
-    /// channels-last channels are not whole vectors (ordinary stores), 32 and 64 are (streamed).
+    /// Non-temporal stores and the channels-last read-ahead (both from ``KernelDispatch/streamingStoreThreshold`` on)
+    /// change how the stages write and read, not what: every layer's forward output and backward gradients (GN, BN,
+    /// MABN, frozen BN) and the evaluation outputs are the same bits streamed and prefetched (threshold 0) and cached
+    /// (`Int.max`), on both instruction sets and layouts, with the identity, ReLU and SiLU fused. Rows of 49, 99 and
+    /// 130 floats start off vector boundaries (the partial first vector), and 24 channels-last channels are not whole
+    /// vectors (ordinary stores), 32 and 64 are (streamed); (1, 64, 64, 64) is one sample of 2^18 floats, which the
+    /// channels-last kernels split over the threads.
     func testStreamingStoresGiveTheSameBits() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         let saved = KernelDispatch.streamingStoreThreshold
@@ -291,7 +293,7 @@ final class KernelPathTests: XCTestCase {
         for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
             KernelDispatch.useNativeKernels = true
             KernelDispatch.limitNativeInstructionSet(to: limit)
-            for shape in [[3, 24, 7, 7], [2, 32, 9, 11], [4, 64, 28, 28], [2, 32, 130], [5, 64]] {
+            for shape in [[3, 24, 7, 7], [2, 32, 9, 11], [4, 64, 28, 28], [2, 32, 130], [5, 64], [1, 64, 64, 64]] {
                 for layout in TensorLayout.allCases {
                     let x = randomTensor(shape, layout: layout, scale: 2, offset: 1, using: &rng)
                     let dy = randomTensor(shape, layout: layout, using: &rng)

@@ -44,6 +44,13 @@ enum { NK_IDENTITY = 0, NK_RELU = 1, NK_SILU = 2 };
  * vectors.
  */
 enum { NK_STORE_CACHED = 0, NK_STORE_STREAMING = 1 };
+/*
+ * How the channels-last sums kernels (nk_cl_centered_sums, nk_cl_gradient_sums) read their inputs. NK_READ_AHEAD, for
+ * inputs larger than the caches: each line is prefetched one tile (about 32 KB) ahead; the same values.
+ * NK_READ_CACHED: no prefetches (on inputs in L2 or L3 they cost more than they save), except under SiLU, whose
+ * passes always prefetch.
+ */
+enum { NK_READ_CACHED = 0, NK_READ_AHEAD = 1 };
 
 typedef struct nk_activation_backward {
     int kind;
@@ -100,10 +107,10 @@ void nk_cl_standardized_coefficients(double *mean, double *variance, double *rst
  * Vectorised across channels; each float lane adds at most 64 positions before its total is added in double.
  */
 /* s1[ch] += Σ (x − k[ch]), s2[ch] += Σ (x − k[ch])² (k NULL: 0). */
-void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k);
+void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k, int read);
 /* s1[ch] += Σ dy, s2[ch] += Σ dy·(x − k[ch]) (dy: dz with a fused activation). */
 void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, long w,
-                         const float *k, const nk_activation_backward *act);
+                         const float *k, const nk_activation_backward *act, int read);
 /* y = act(a[ch]·(x − k[ch]) + b[ch]) (k NULL: 0; y may alias x). */
 void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
                            const float *b, int act, int store);

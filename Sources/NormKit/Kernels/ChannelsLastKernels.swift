@@ -41,7 +41,7 @@ extension NormalizationKernels {
         _ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Float>, rows: Int,
         channels c: Int, shift k: UnsafePointer<Float>
     ) {
-        if nativeChannelsLast { return nk_cl_centered_sums(s1, s2, x, rows, c, c, k) }
+        if nativeChannelsLast { return nk_cl_centered_sums(s1, s2, x, rows, c, c, k, Int32(NK_READ_CACHED)) }
         for p in 0..<rows {
             for ch in 0..<c {
                 let d = Double(x[p * c + ch]) - Double(k[ch])
@@ -173,7 +173,8 @@ extension NormalizationKernels {
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
                     withKernelActivation(activation, coefficient: g.coefficient(n: n, c: 0), element: n * m * c) {
-                        nk_cl_gradient_sums(a1, a2, dy + n * m * c, x + n * m * c, m, c, c, k.baseAddress!, $0)
+                        nk_cl_gradient_sums(
+                            a1, a2, dy + n * m * c, x + n * m * c, m, c, c, k.baseAddress!, $0, g.inputRead)
                     }
                     for ch in 0..<c {
                         a2[ch] = Centering(center[g.set(n: n, c: ch)]).exactSum(centered: a2[ch], sumDy: a1[ch])
@@ -337,7 +338,7 @@ extension NormalizationKernels {
     ) {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
         let count = Double(g.elementsPerSet), tiles = g.sampleBlocks * ((c + width - 1) / width)
-        let store = g.outputStore
+        let store = g.outputStore, read = g.inputRead
 
         /// The sets of one tile: moments from the per-sample sums, then the rule's coefficients.
         @inline(__always) func standardizeSets(b: Int, c0: Int, w: Int, first: UnsafePointer<Float>) {
@@ -379,7 +380,7 @@ extension NormalizationKernels {
                     let a1 = partial + 2 * t * c, a2 = a1 + c
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
-                    nk_cl_centered_sums(a1, a2, first + part.lowerBound * c, part.count, c, c, first)
+                    nk_cl_centered_sums(a1, a2, first + part.lowerBound * c, part.count, c, c, first, read)
                 } between: {
                     addParts(
                         s1: sums + n * c, s2: sums + (g.batch + n) * c, partial: partial, parts: parts, channels: c)
@@ -400,7 +401,7 @@ extension NormalizationKernels {
                     let a1 = sums + n * c + c0, a2 = sums + (g.batch + n) * c + c0
                     a1.update(repeating: 0, count: w)
                     a2.update(repeating: 0, count: w)
-                    nk_cl_centered_sums(a1, a2, x + n * m * c + c0, m, c, w, first)
+                    nk_cl_centered_sums(a1, a2, x + n * m * c + c0, m, c, w, first, read)
                 }
                 tileCoefficients(b: b, c0: c0, w: w, first: first)
                 let k = b * c + c0, o = n0 * m * c + c0
@@ -425,7 +426,7 @@ extension NormalizationKernels {
         width: Int, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
-        let tiles = g.sampleBlocks * ((c + width - 1) / width), store = g.outputStore
+        let tiles = g.sampleBlocks * ((c + width - 1) / width), store = g.outputStore, read = g.inputRead
         let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
 
         /// The tile's row of centres `k` (the sets' float means), from its coefficients' entry in `scratch`.
@@ -465,7 +466,7 @@ extension NormalizationKernels {
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
                     withKernelActivation(activation, coefficient: n * c, element: o) {
-                        nk_cl_gradient_sums(a1, a2, dy + o, x + o, count, c, c, k, $0)
+                        nk_cl_gradient_sums(a1, a2, dy + o, x + o, count, c, c, k, $0, read)
                     }
                 } between: {
                     addParts(s1: sumDy + n * c, s2: sumDyCentered + n * c, partial: partial, parts: parts, channels: c)
@@ -485,7 +486,7 @@ extension NormalizationKernels {
                     a1.update(repeating: 0, count: w)
                     a2.update(repeating: 0, count: w)
                     withKernelActivation(activation, coefficient: b * c + c0, element: o) {
-                        nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, w, k, $0)
+                        nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, w, k, $0, read)
                     }
                 }
                 tileCoefficients(b: b, c0: c0, w: w)

@@ -40,6 +40,11 @@ struct NormalizationGeometry: Equatable {
     var outputStore: Int32 {
         Int32(elementCount >= KernelDispatch.streamingStoreThreshold ? NK_STORE_STREAMING : NK_STORE_CACHED)
     }
+    /// How the channels-last sums kernels read the inputs (`NK_READ_AHEAD`: prefetched, for tensors beyond the caches,
+    /// the size from which the outputs are streamed).
+    var inputRead: Int32 {
+        Int32(elementCount >= KernelDispatch.streamingStoreThreshold ? NK_READ_AHEAD : NK_READ_CACHED)
+    }
 
     @inline(__always) func set(n: Int, c: Int) -> Int {
         (n / samplesPerSet) * channelBlocks + c / channelsPerSet
