@@ -419,12 +419,14 @@ final class FusedActivationTests: KernelPathTestCase {
 
     /// Channels-first sets of 2^18 floats (1 MB) or more are split over the threads in parts of whole rows: LN on
     /// one 1 MB sample (16 parts of 4 rows) and BN on channels of four samples (parts of one row each, crossing
-    /// samples), fused against the unfused composition on every path, also with more threads than cores.
+    /// samples); IN's one-row sets in 16 pieces of their row. Fused against the unfused composition on every path,
+    /// also with more threads than cores.
     func testChannelsFirstSetsSplitOverThreads() throws {
         var rng = SeededGenerator(seed: 0xB17)
         let tally = Tally()
         for (shape, family, label) in [
             ([1, 64, 66, 64], Family.groupNorm, "LN"), ([4, 2, 256, 256], .batchNorm, "BN"),
+            ([1, 2, 512, 520], .groupNorm, "IN"),
         ] {
             let x = (0..<3).map { _ in Self.normal(shape, mean: 0.5, std: 1.5, &rng) }
             let dy = (0..<2).map { _ in Self.normal(shape, mean: 0, std: 1, &rng) }

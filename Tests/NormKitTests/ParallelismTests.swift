@@ -144,8 +144,8 @@ final class ParallelismTests: XCTestCase {
     /// Layers give the same outputs, statistics and gradients to the bit on 1, 2 or 3 threads, in both layouts:
     /// channels-first sets are split over threads in whole 16-set groups (or sample blocks), so the native kernels'
     /// 16-wide reductions group them the same way on any split (also when a SiLU's cost makes a call use more
-    /// threads than the same layer without it), and sets of 1 MB or more into parts of whole rows fixed by the shape;
-    /// channels-last work is split by samples and tiles, and samples of 1 MB or more into parts of rows fixed by the
+    /// threads than the same layer without it), and sets of 1 MB or more into parts of whole rows fixed by the shape
+    /// (a one-row set into pieces of its row, whose sums add in part order); channels-last work is split by samples and tiles, and samples of 1 MB or more into parts of rows fixed by the
     /// shape.
     func testLayersAreBitIdenticalOnAnyThreadCount() throws {
         let cases: [(String, [Int], () throws -> NormalizationLayer)] = [
@@ -167,6 +167,9 @@ final class ParallelismTests: XCTestCase {
             ("GN 2 groups, 1 MB sets", [1, 64, 96, 96], { try GroupNorm(channels: 64, groups: 2) }),
             ("BN, 1 MB channels", [4, 2, 256, 256], { try BatchNorm(channels: 2) }),
             ("BRN, 1 MB channels", [4, 2, 256, 256], { try BatchRenorm(channels: 2) }),
+            // One-row sets of 1 MB or more (IN's maps, BN's channels at batch 1), cut into pieces of the row.
+            ("IN, 1 MB maps", [1, 3, 512, 520], { try GroupNorm.instanceNorm(channels: 3) }),
+            ("BN at batch 1, 1 MB channels", [1, 2, 512, 512], { try BatchNorm(channels: 2) }),
         ]
         for (name, shape, make) in cases {
             for (layout, activation) in [TensorLayout.channelsFirst, .channelsLast].flatMap({ layout in

@@ -112,8 +112,8 @@ extension NormalizationKernels {
             if parts > 1 {
                 return normalizeBackwardSplitSets(
                     dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, mean: mean, rstd: rstd,
-                    gammaEffective: gammaEffective, p: p, q: q, r: r, center: center, activation: activation,
-                    parts: parts, geometry: g)
+                    gammaEffective: gammaEffective, p: p, q: q, r: r, center: center, partial: scratchDouble,
+                    activation: activation, parts: parts, geometry: g)
             }
             g.forEachSetBatch(work: backwardWork(g, activation)) { first, size in
                 let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps

@@ -70,9 +70,10 @@ enum NormalizationKernels {
             ? 2 * g.batch * g.channels + sampleSplitScratchCount(g) : max(1, setSplitScratchCount(g))
     }
 
-    /// Doubles of kernel scratch that `normalizeBackward` needs (a split sample's partial sums; at least 1).
+    /// Doubles of kernel scratch that `normalizeBackward` needs (a split sample's or split set's partial sums; at
+    /// least 1).
     static func backwardDoubleScratchCount(_ g: NormalizationGeometry) -> Int {
-        g.layout == .channelsLast ? max(1, sampleSplitScratchCount(g)) : 1
+        max(1, g.layout == .channelsLast ? sampleSplitScratchCount(g) : setSplitScratchCount(g))
     }
 
     /// The work of a backward over `g` for the thread split: two passes, the sums pass a fused activation's.
