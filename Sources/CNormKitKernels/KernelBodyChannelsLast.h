@@ -58,8 +58,7 @@ NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0
 // 0 … w − 1 (nv vectors, w ≤ CL_WIDTH: all in registers), rows c apart. With ahead = 1 each line of x (and dy) is
 // prefetched `rows` rows on: the same slice of the next tile (CL_AHEAD).
 NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, const int nv, float *fa, float *fb,
-                             const float *dy,
-                             const float *x, long rows, long c, long w, const float *k,
+                             const float *dy, const float *x, long rows, long c, long w, const float *k,
                              const nk_activation_backward *b) {
     const long tail = w % NK_LANES;
     const vmask tm = vmask_first(tail ? tail : 1);
@@ -100,8 +99,8 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, con
 // once per CL_WIDTH channels, so x (and dy) come from memory once, nearly in order. A float lane adds one value per
 // row, so its total goes to double after at most CL_ROWS rows, whole tiles (the accuracy of the channels-first
 // kernels, whose lanes add ~n/64 values); rows whose tiles are shorter keep their float totals across tiles until then.
-NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, double *s1, double *s2, const float *dy, const float *x,
-                            long m, long c, long w, const float *k, const nk_activation_backward *b) {
+NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, double *s1, double *s2, const float *dy,
+                            const float *x, long m, long c, long w, const float *k, const nk_activation_backward *b) {
     float fa[CL_MAX + NK_LANES], fb[CL_MAX + NK_LANES];
     const long fit = 8192 / w, tile = fit < CL_TILE_ROWS ? CL_TILE_ROWS : fit < CL_ROWS ? fit : CL_ROWS;
     const long run = CL_ROWS / tile * tile;  // rows per float total: whole tiles, at most CL_ROWS
@@ -112,8 +111,8 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, doub
             const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
             nk_activation_backward moved = act ? act_at(b, c0, p0 * c + c0) : (nk_activation_backward){0};
 #define CL_PAIRS_TILE(NV)                                                                                  \
-    cl_pairs_tile(grad, act, ahead, NV, fa + c0, fb + c0, grad ? dy + p0 * c + c0 : NULL, x + p0 * c + c0, rows, c, cw, \
-                  k ? k + c0 : NULL, &moved)
+    cl_pairs_tile(grad, act, ahead, NV, fa + c0, fb + c0, grad ? dy + p0 * c + c0 : NULL, x + p0 * c + c0, rows, c, \
+                  cw, k ? k + c0 : NULL, &moved)
             CL_NV(cw, CL_PAIRS_TILE)
 #undef CL_PAIRS_TILE
         }
@@ -127,12 +126,13 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, doub
     }
 }
 
-NK_INLINE void cl_pairs(const int grad, const int act, const int ahead, double *s1, double *s2, const float *dy, const float *x,
-                        long m, long c, long w, const float *k, const nk_activation_backward *b) {
+NK_INLINE void cl_pairs(const int grad, const int act, const int ahead, double *s1, double *s2, const float *dy,
+                        const float *x, long m, long c, long w, const float *k, const nk_activation_backward *b) {
     for (long c0 = 0; c0 < w; c0 += CL_MAX) {
         const long cw = w - c0 < CL_MAX ? w - c0 : CL_MAX;
         nk_activation_backward moved = act ? act_at(b, c0, c0) : (nk_activation_backward){0};
-        cl_pairs_run(grad, act, ahead, s1 + c0, s2 + c0, grad ? dy + c0 : NULL, x + c0, m, c, cw, k ? k + c0 : NULL, &moved);
+        cl_pairs_run(grad, act, ahead, s1 + c0, s2 + c0, grad ? dy + c0 : NULL, x + c0, m, c, cw, k ? k + c0 : NULL,
+                     &moved);
     }
 }
 
