@@ -299,7 +299,8 @@ final class KernelPathTests: XCTestCase {
     /// (`Int.max`), on both instruction sets and layouts, with the identity, ReLU and SiLU fused. Rows of 49, 99 and
     /// 130 floats start off vector boundaries (the partial first vector), and 24 channels-last channels are not whole
     /// vectors (ordinary stores), 32 and 64 are (streamed); (1, 64, 64, 64) is one sample of 2^18 floats, which the
-    /// channels-last kernels split over the threads.
+    /// channels-last kernels split over the threads, and (1, 4, 520, 521) has one-row sets of 270,920 floats (GN with
+    /// 4 groups is IN there; BN at batch 1), split channels-first into pieces that start off vector boundaries.
     func testStreamingStoresGiveTheSameBits() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         let saved = KernelDispatch.streamingStoreThreshold
@@ -309,7 +310,10 @@ final class KernelPathTests: XCTestCase {
         for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
             KernelDispatch.useNativeKernels = true
             KernelDispatch.limitNativeInstructionSet(to: limit)
-            for shape in [[3, 24, 7, 7], [2, 32, 9, 11], [4, 64, 28, 28], [2, 32, 130], [5, 64], [1, 64, 64, 64]] {
+            for shape in [
+                [3, 24, 7, 7], [2, 32, 9, 11], [4, 64, 28, 28], [2, 32, 130], [5, 64], [1, 64, 64, 64],
+                [1, 4, 520, 521],
+            ] {
                 for layout in TensorLayout.allCases {
                     let x = randomTensor(shape, layout: layout, scale: 2, offset: 1, using: &rng)
                     let dy = randomTensor(shape, layout: layout, using: &rng)
