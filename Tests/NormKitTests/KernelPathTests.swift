@@ -105,9 +105,9 @@ final class KernelPathTests: XCTestCase {
             ),
             ([1, 2, 512, 520], .groupNorm(groups: 2), { try GroupNorm.instanceNorm(channels: 2) }),
         ]
-        // BN at batch 1 draws from a generator of its own, so that the cases above keep their data: a γ gradient
-        // summed over 2^18 floats of uncorrelated dy is a cancelling sum (about √n against Σ|terms| about n) whose
-        // relative error in float kernels is near the tolerance on some draws, on every path, split or not.
+        // BN at batch 1 draws from a generator of its own, so that the cases above keep their data (a γ gradient
+        // summed over 2^18 floats of uncorrelated dy is a cancelling sum, about √n against Σ|terms| about n, which
+        // `checkTrainingStep` judges against the magnitude of its terms: `sumError`).
         var batchOneRng = SeededGenerator(seed: 0x5918)
         let batchOne: ([Int], RefSets, () throws -> NormalizationLayer) = (
             [1, 4, 520, 521], .batchNorm(normBatch: 1), { try BatchNorm(channels: 4) }
@@ -137,6 +137,19 @@ final class KernelPathTests: XCTestCase {
             let x = randomTensor(shape, scale: 2, offset: 3, using: &rng)
             return (gamma, beta, x, randomTensor(shape, using: &rng))
         }
+    }
+
+    /// `sumError`, the measure of dγ and dβ where their terms cancel: the largest error over the largest
+    /// magnitude of a channel's terms; a lost term or a NaN is far above `checkTrainingStep`'s 1e-6, float rounding
+    /// of the terms far below.
+    func testSumErrorIsTheErrorOverTheTermsMagnitude() {
+        // Two channels whose sums cancel to 0.5 and 2 from terms of magnitude 1,000 and 4,000.
+        let reference = [0.5, 2.0], terms = [1000.0, 4000.0]
+        XCTAssertEqual(sumError([0.5, 2], reference, terms: terms), 0)
+        XCTAssertEqual(sumError([0.5, 2.002], reference, terms: terms), 0.002 / 4000, accuracy: 1e-10)
+        XCTAssertGreaterThan(relativeError([Float(0.5), 2.002], reference), 1e-5)  // meaningless on such sums
+        XCTAssertGreaterThan(sumError([0.5, 2 + 0.3], reference, terms: terms), 1e-6)  // a lost term of 0.3
+        XCTAssertEqual(sumError([.nan, 2], reference, terms: terms), .infinity)
     }
 
     func testNativeAndPortableAgree() throws {
