@@ -11,6 +11,11 @@ the same treatment; the ratio column is PyTorch time / NormKit time.
 
 `--layout channelsLast` compares NormKit's NHWC kernels with PyTorch on torch.channels_last tensors; `--shapes`
 times other shapes than `normkit bench`'s defaults, on both sides; `--groups` the GroupNorm rows' G (1: LayerNorm).
+
+The last columns give the floor of each cache-resident cell: `copy ms` is `normkit bench`'s same-size copy (a
+`memcpy` of x on NormKit's threads, best of the rounds; none beyond the caches, where the outputs are streamed), and
+`copy / … fwd` the fraction of that copy's speed each forward reaches. No forward that reads x and writes y beats it,
+so a cell where PyTorch already runs at more than 1/1.5 of it cannot show 1.5x.
 """
 import argparse
 import json
@@ -32,7 +37,8 @@ def normkit_round(binary, layout, shapes, groups):
         subprocess.run([binary, "bench", "--layout", layout, "--repetitions", "101", "--shapes", shape_list,
                         "--groups", str(groups), "--json", path], check=True, stdout=subprocess.DEVNULL)
         rows = json.load(open(path))
-    return {(r["layer"], tuple(r["shape"])): (r["forwardMilliseconds"], r["forwardBackwardMilliseconds"])
+    return {(r["layer"], tuple(r["shape"])): (r["forwardMilliseconds"], r["forwardBackwardMilliseconds"],
+                                               r.get("sameSizeCopyMilliseconds", float("inf")))
             for r in rows}
 
 
@@ -54,19 +60,22 @@ def main():
         time.sleep(1)
         for best, table in ((best_nk, normkit_round(args.normkit, args.layout, args.shapes, args.groups)),
                             (best_pt, measure(args.layout, args.shapes, args.groups))):
-            for key, (f, fb) in table.items():
-                old = best.get(key, (float("inf"), float("inf")))
-                best[key] = (min(old[0], f), min(old[1], fb))
+            for key, times in table.items():
+                old = best.get(key, (float("inf"),) * len(times))
+                best[key] = tuple(min(o, t) for o, t in zip(old, times))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     print(f"\ntorch {torch.__version__}, 2 threads, {args.layout}; best of {args.rounds} alternating rounds "
           "(each a median)\n")
-    print("| layer | shape | NormKit fwd ms | PyTorch fwd ms | × | NormKit fwd+bwd ms | PyTorch fwd+bwd ms | × |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| layer | shape | NormKit fwd ms | PyTorch fwd ms | × | NormKit fwd+bwd ms | PyTorch fwd+bwd ms | × "
+          "| copy ms | copy / NormKit fwd | copy / PyTorch fwd |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key in best_pt:
         name, shape = key
-        nf, nfb = best_nk[key]
+        nf, nfb, copy = best_nk[key]
         pf, pfb = best_pt[key]
-        print(f"| {label(name, shape, args.groups)} | {shape} | {nf:.3f} | {pf:.3f} | {pf / nf:.2f} | {nfb:.3f} | {pfb:.3f} | {pfb / nfb:.2f} |")
+        floor = (f"{copy:.3f} | {copy / nf:.2f} | {copy / pf:.2f}" if copy != float("inf") else "– | – | –")
+        print(f"| {label(name, shape, args.groups)} | {shape} | {nf:.3f} | {pf:.3f} | {pf / nf:.2f} | {nfb:.3f} "
+              f"| {pfb:.3f} | {pfb / nfb:.2f} | {floor} |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time GN and BN forward and forward+backward against this machine's memory-copy bandwidth.",
         discussion: """
-            The kernel table also times BN's evaluation forward (its running statistics' affine). With \
+            The kernel table also times BN's evaluation forward (its running statistics' affine) and, for tensors \
+            below the streaming-store threshold, a memcpy of the same tensor on the same threads: the floor of any \
+            forward at that size and cache level ("copy / fwd": the fraction of it a forward reaches). With \
             --inference: latency per image at batch 1 and throughput at --batch of a GN ResNet, the same MABN \
             ResNet in eval mode and folded (normkit export --fold), timed alternately in one run. With \
             --streaming-check: whether streaming a normalization's output pays once the convolution that reads it \

@@ -23,6 +23,12 @@ public enum KernelBenchmark {
         public var forwardFractionOfCopy: Double
         /// Forward+backward bytes (x → y; x, dy → dx) per second over the copy bandwidth.
         public var forwardBackwardFractionOfCopy: Double
+        /// Milliseconds of a `memcpy` of `x` on the kernels' threads, measured beside the row's shape (the same
+        /// statistic): the floor of any forward that reads `x` and writes `y` through the caches, at this size and in
+        /// the cache level it fits. Nil from ``KernelDispatch/streamingStoreThreshold`` elements on, where the
+        /// kernels stream their outputs past the caches and ``forwardFractionOfCopy`` (a copy far beyond the caches)
+        /// is the measure.
+        public var sameSizeCopyMilliseconds: Double?
     }
 
     /// The shapes of the issue: ResNet-50 stages at small and large batch plus a few small tensors.
@@ -53,6 +59,21 @@ public enum KernelBenchmark {
             best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
         return 2 * Double(count) / best
+    }
+
+    /// Copies `source` into `target` (the same element count) split over NormKit's kernel threads
+    /// (``Parallelism``) in whole cache lines, as a forward of the same size would share them: the same-size copy.
+    public static func copy(_ target: inout Tensor, _ source: Tensor) {
+        precondition(target.count == source.count, "copy: \(source.count) elements into \(target.count)")
+        source.withUnsafeBufferPointer { from in
+            target.withUnsafeMutableBufferPointer { to in
+                let lines = (from.count + 15) / 16
+                Parallelism.forEachRange(count: lines, work: from.count) { range in
+                    let lower = range.lowerBound * 16, upper = min(from.count, range.upperBound * 16)
+                    memcpy(to.baseAddress! + lower, from.baseAddress! + lower, (upper - lower) * 4)
+                }
+            }
+        }
     }
 
     /// What a row reports of its repetitions' times.
@@ -96,6 +117,10 @@ public enum KernelBenchmark {
             let bn = try BatchNorm(channels: c)
             let gnSiLU = try GroupNorm(channels: c, groups: g)
             gnSiLU.activation = .silu
+            var target = Tensor(zeros: shape)
+            let copy =
+                first.count < KernelDispatch.streamingStoreThreshold
+                ? time(repetitions: repetitions, statistic) { Self.copy(&target, first) } : nil
             for (name, layer, groups) in [
                 ("GroupNorm", gn as NormalizationLayer, Optional(g)),
                 ("GroupNorm+SiLU", gnSiLU as NormalizationLayer, Optional(g)),
@@ -123,7 +148,8 @@ public enum KernelBenchmark {
                             forwardMilliseconds: forward * 1e3, forwardBackwardMilliseconds: both * 1e3,
                             evaluationMilliseconds: evaluation.map { $0 * 1e3 },
                             forwardFractionOfCopy: 2 * bytes / forward / copyBytesPerSecond,
-                            forwardBackwardFractionOfCopy: 5 * bytes / both / copyBytesPerSecond))
+                            forwardBackwardFractionOfCopy: 5 * bytes / both / copyBytesPerSecond,
+                            sameSizeCopyMilliseconds: copy.map { $0 * 1e3 }))
                 }
             }
         }
@@ -134,8 +160,8 @@ public enum KernelBenchmark {
     public static func markdown(_ rows: [Row], copyBytesPerSecond: Double) -> String {
         var out = "Copy bandwidth (same run): \(String(format: "%.1f", copyBytesPerSecond / 1e9)) GB/s\n\n"
         out +=
-            "| layer | shape | layout | fwd ms | fwd+bwd ms | eval fwd ms | fwd / copy BW | fwd+bwd / copy BW |\n"
-            + "|---|---|---|---:|---:|---:|---:|---:|\n"
+            "| layer | shape | layout | fwd ms | fwd+bwd ms | eval fwd ms | fwd / copy BW | fwd+bwd / copy BW "
+            + "| same-size copy ms | copy / fwd |\n" + "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
         for r in rows {
             let name = r.groups.map { "\(r.layer) G=\($0)" } ?? r.layer
             let layout = r.layout == .channelsFirst ? "NCHW" : "NHWC"
@@ -143,7 +169,10 @@ public enum KernelBenchmark {
                 "| \(name) | (\(r.shape.map(String.init).joined(separator: ","))) | \(layout) | "
                 + String(format: "%.3f | %.3f | ", r.forwardMilliseconds, r.forwardBackwardMilliseconds)
                 + (r.evaluationMilliseconds.map { String(format: "%.3f", $0) } ?? "–")
-                + String(format: " | %.2f | %.2f |\n", r.forwardFractionOfCopy, r.forwardBackwardFractionOfCopy)
+                + String(format: " | %.2f | %.2f", r.forwardFractionOfCopy, r.forwardBackwardFractionOfCopy)
+                + (r.sameSizeCopyMilliseconds.map {
+                    String(format: " | %.3f | %.2f |\n", $0, $0 / r.forwardMilliseconds)
+                } ?? " | – | – |\n")
         }
         return out
     }
