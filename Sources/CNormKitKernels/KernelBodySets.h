@@ -231,6 +231,26 @@ NK_FN void channel_coefficients(float *restrict scale, float *restrict shift, co
     }
 }
 
+// One-channel set i standardized (gain 1, offset 0) from its mean mu and biased variance var: rstd = 1/sqrt(var + ε)
+// and channel i's scale, shift and centre (NormalizationKernels.setCoefficients): the same double operations in the
+// same order as that Swift code, so the same bits.
+NK_INLINE void standardized_set(long i, double mu, double var, double eps, double *restrict rstd,
+                                double *restrict gain, double *restrict offset, float *restrict scale,
+                                float *restrict shift, float *restrict centers, const float *restrict gamma,
+                                const float *restrict beta) {
+#pragma clang fp contract(off)
+    const double r = 1 / __builtin_elementwise_sqrt(var + eps);  // no errno: a loop of these vectorizes
+    const float center = (float)mu;
+    const double residual = mu - (double)center;
+    const double a = (gamma ? (double)gamma[i] : 1.0) * r;
+    rstd[i] = r;
+    gain[i] = 1;
+    offset[i] = 0;
+    scale[i] = (float)a;
+    shift[i] = (float)((beta ? (double)beta[i] : 0.0) - a * residual);
+    centers[i] = center;
+}
+
 // One-channel sets (BN) of a channels-last tile, standardized (gain 1, offset 0): per channel i < w, from the
 // samples' shifted sums (s1, s2 at j·stride + i, shift k[i]) the mean and biased variance (ChannelsLastKernels'
 // shiftedMoments), rstd = 1/sqrt(var + ε), and the coefficients (NormalizationKernels.setCoefficients): the same
@@ -261,18 +281,27 @@ NK_FN void cl_standardized_coefficients(double *restrict mean, double *restrict 
             }
         for (long i = 0; i < n; i++) {
             const double q = m2[i] / count, var = q >= 0 ? q : 0;
-            const double r = 1 / __builtin_sqrt(var + eps);
-            const float center = (float)mu[i];
-            const double residual = mu[i] - (double)center;
-            const double a = (gamma ? (double)gamma[c0 + i] : 1.0) * r;
             mean[c0 + i] = mu[i];
             variance[c0 + i] = var;
-            rstd[c0 + i] = r;
-            gain[c0 + i] = 1;
-            offset[c0 + i] = 0;
-            scale[c0 + i] = (float)a;
-            shift[c0 + i] = (float)((beta ? (double)beta[c0 + i] : 0.0) - a * residual);
-            centers[c0 + i] = center;
+            standardized_set(c0 + i, mu[i], var, eps, rstd, gain, offset, scale, shift, centers, gamma, beta);
         }
     }
+}
+
+// The coefficients stage of `count` one-channel sets (BN's channels c0 … c0 + count − 1 of one sample block, set i
+// at index i of every array, gamma and beta moved to c0), standardized, from their mean and biased variance.
+NK_FN void standardized_coefficients(double *restrict rstd, double *restrict gain, double *restrict offset,
+                                     float *restrict scale, float *restrict shift, float *restrict centers,
+                                     const double *restrict mean, const double *restrict variance, long count,
+                                     float epsilon, const float *restrict gamma, const float *restrict beta) {
+    const double eps = (double)epsilon;
+    // One loop per case of the affine parameters, so that each vectorizes (a square root and a division per set).
+#define STANDARDIZED_LOOP(G, B)                                                                                \
+    _Pragma("clang loop vectorize(enable) vectorize_width(8)") for (long i = 0; i < count; i++)              \
+        standardized_set(i, mean[i], variance[i], eps, rstd, gain, offset, scale, shift, centers, G, B)
+    if (gamma && beta) STANDARDIZED_LOOP(gamma, beta);
+    else if (gamma) STANDARDIZED_LOOP(gamma, NULL);
+    else if (beta) STANDARDIZED_LOOP(NULL, beta);
+    else STANDARDIZED_LOOP(NULL, NULL);
+#undef STANDARDIZED_LOOP
 }

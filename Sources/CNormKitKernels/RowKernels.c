@@ -118,6 +118,13 @@ void nk_channel_coefficients(float *scale, float *shift, const float *gamma, con
     NK_FORWARD(channel_coefficients(scale, shift, gamma, beta, count, factor, residual));
 }
 
+void nk_standardized_coefficients(double *rstd, double *gain, double *offset, float *scale, float *shift,
+                                  float *centers, const double *mean, const double *variance, long count,
+                                  float epsilon, const float *gamma, const float *beta) {
+    NK_FORWARD(standardized_coefficients(rstd, gain, offset, scale, shift, centers, mean, variance, count, epsilon,
+                                         gamma, beta));
+}
+
 void nk_cl_standardized_coefficients(double *mean, double *variance, double *rstd, double *gain, double *offset,
                                      float *scale, float *shift, float *centers, const float *k, const double *s1,
                                      const double *s2, long samples, long stride, long w, double positions,

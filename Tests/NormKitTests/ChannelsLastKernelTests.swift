@@ -412,15 +412,17 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         worst.assertBelow(tolerance, "ChannelsLastKernelTests BN")
     }
 
-    /// BN's one-channel sets in the channels-last tiles take their moments and coefficients from one C kernel
-    /// (`nk_cl_standardized_coefficients`); BatchRenorm in its warm-up (r = 1, d = 0) takes the same tiles through
-    /// the Swift loops of the rule. The two must give the same output bit for bit (wide rows, cut into slices on
-    /// two threads; with and without affine parameters; native, AVX2 and portable paths).
-    func testBatchNormTileCoefficientsKernelIsTheRuleLoopBitForBit() throws {
+    /// BN's one-channel sets take their coefficients from one C kernel: in the channels-last tiles with their moments
+    /// (`nk_cl_standardized_coefficients`), channels-first per batch of sets (`nk_standardized_coefficients`);
+    /// BatchRenorm in its warm-up (r = 1, d = 0) takes the same paths through the Swift loops of the rule. The two
+    /// must give the same output and input gradient bit for bit (wide rows, cut into slices on two threads; batches
+    /// of sets not a whole number of vectors; with and without affine parameters; native, AVX2 and portable paths;
+    /// both layouts).
+    func testBatchNormCoefficientsKernelsAreTheRuleLoopBitForBit() throws {
         var rng = SeededGenerator(seed: 0xC1_09)
         let warmup = BatchRenorm.Schedule(warmupSteps: 100, rMax: 3, dMax: 5, rSteps: 10, dSteps: 10)
         for path in Path.allCases where select(path) {
-            for threads in [1, 2] {
+            for (threads, layout) in [1, 2].flatMap({ t in TensorLayout.allCases.map { (t, $0) } }) {
                 Parallelism.threadCount = threads
                 for (shape, affine) in [
                     ([2, 2048, 7, 7], true), ([2, 520, 7, 7], true), ([4, 1024, 3, 3], false),
@@ -437,11 +439,17 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
                         brn.bias!.value = beta
                     }
                     let x = Tensor.randomNormal(
-                        shape: shape, layout: .channelsLast, mean: 3, standardDeviation: 2, using: &rng)
+                        shape: shape, layout: layout, mean: 3, standardDeviation: 2, using: &rng)
+                    let dy = Tensor.randomNormal(shape: shape, layout: layout, using: &rng)
                     var y1 = Tensor(zeros: [1, 1]), y2 = Tensor(zeros: [1, 1])
+                    var dx1 = Tensor(zeros: [1, 1]), dx2 = Tensor(zeros: [1, 1])
                     try bn.forward(x, into: &y1, training: true)
                     try brn.forward(x, into: &y2, training: true)
-                    XCTAssertEqual(y1.values, y2.values, "\(path) threads \(threads) \(shape) affine \(affine)")
+                    try bn.backward(dy, into: &dx1)
+                    try brn.backward(dy, into: &dx2)
+                    let place = "\(path) threads \(threads) \(layout) \(shape) affine \(affine)"
+                    XCTAssertEqual(y1.values, y2.values, place)
+                    XCTAssertEqual(dx1.values, dx2.values, place)
                 }
             }
         }

@@ -92,6 +92,14 @@ void nk_sets_gradient_apply(float *dx, const float *dy, const float *x, long set
 void nk_channel_coefficients(float *scale, float *shift, const float *gamma, const float *beta, long count,
                              double factor, double residual);
 
+/* The coefficients stage of count one-channel sets (BN's consecutive channels of one sample block; set i at index i
+ * of every array, gamma and beta moved to the first channel; NULL: 1, 0) standardized: from mean and biased variance,
+ * rstd = 1/sqrt(var + ε), gain = 1, offset = 0, and scale, shift, centers. The double arithmetic of NormKit's Swift
+ * loop. */
+void nk_standardized_coefficients(double *rstd, double *gain, double *offset, float *scale, float *shift,
+                                  float *centers, const double *mean, const double *variance, long count,
+                                  float epsilon, const float *gamma, const float *beta);
+
 /* The statistics-to-coefficients stage of w one-channel sets (BN) standardized (gain 1, offset 0), from a
  * channels-last tile's per-sample shifted sums: for channel i, s1/s2 of sample j at j·stride + i about the shift
  * k[i] (positions values each, count in all); writes mean, biased variance, rstd, gain = 1, offset = 0 of set i and
