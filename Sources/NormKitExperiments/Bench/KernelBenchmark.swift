@@ -25,7 +25,7 @@ public enum KernelBenchmark {
         public var forwardBackwardFractionOfCopy: Double
         /// Milliseconds of a `memcpy` of `x` on the kernels' threads, measured beside the row's shape (the same
         /// statistic): the floor of any forward that reads `x` and writes `y` through the caches, at this size and in
-        /// the cache level it fits. Nil from ``KernelDispatch/streamingStoreThreshold`` elements on, where the
+        /// the cache level it fits. Nil from `KernelDispatch.streamingStoreThreshold` elements on, where the
         /// kernels stream their outputs past the caches and ``forwardFractionOfCopy`` (a copy far beyond the caches)
         /// is the measure.
         public var sameSizeCopyMilliseconds: Double?
@@ -62,7 +62,7 @@ public enum KernelBenchmark {
     }
 
     /// Copies `source` into `target` (the same element count) split over NormKit's kernel threads
-    /// (``Parallelism``) in whole cache lines, as a forward of the same size would share them: the same-size copy.
+    /// (`Parallelism`) in whole cache lines, as a forward of the same size would share them: the same-size copy.
     public static func copy(_ target: inout Tensor, _ source: Tensor) {
         precondition(target.count == source.count, "copy: \(source.count) elements into \(target.count)")
         source.withUnsafeBufferPointer { from in
