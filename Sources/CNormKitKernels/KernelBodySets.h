@@ -295,13 +295,7 @@ NK_FN void standardized_coefficients(double *restrict rstd, double *restrict gai
                                      const double *restrict mean, const double *restrict variance, long count,
                                      float epsilon, const float *restrict gamma, const float *restrict beta) {
     const double eps = (double)epsilon;
-    // One loop per case of the affine parameters, so that each vectorizes (a square root and a division per set).
-#define STANDARDIZED_LOOP(G, B)                                                                                \
-    _Pragma("clang loop vectorize(enable) vectorize_width(8)") for (long i = 0; i < count; i++)              \
-        standardized_set(i, mean[i], variance[i], eps, rstd, gain, offset, scale, shift, centers, G, B)
-    if (gamma && beta) STANDARDIZED_LOOP(gamma, beta);
-    else if (gamma) STANDARDIZED_LOOP(gamma, NULL);
-    else if (beta) STANDARDIZED_LOOP(NULL, beta);
-    else STANDARDIZED_LOOP(NULL, NULL);
-#undef STANDARDIZED_LOOP
+#pragma clang loop vectorize(enable) vectorize_width(8)  // a square root and a division per set, 8 at a time
+    for (long i = 0; i < count; i++)
+        standardized_set(i, mean[i], variance[i], eps, rstd, gain, offset, scale, shift, centers, gamma, beta);
 }

@@ -258,21 +258,13 @@ where A.Element: BinaryFloatingPoint, B.Element: BinaryFloatingPoint {
 }
 
 /// The error of the sums `values` (dγ, dβ) against the reference's, over the magnitude of their terms:
-/// `max|a − r| / max Σ|terms|` (0 when both are all zero). A sum whose terms cancel (a γ gradient over 2^18
-/// floats of uncorrelated `dy`: about √n against Σ|terms| about n) keeps an error of float rounding relative to its
-/// terms, not to its small value, so ``relativeError(_:_:)`` of it means nothing; this measures what float
-/// arithmetic can bound.
+/// `max|a − r| / max Σ|terms|` (``VariantTestKit/relErr(_:_:scale:)`` with that scale). A sum whose terms cancel (a γ
+/// gradient over 2^18 floats of uncorrelated `dy`: about √n against Σ|terms| about n) keeps an error of float rounding
+/// relative to its terms, not to its small value, so ``relativeError(_:_:)`` of it means nothing; this measures what
+/// float arithmetic can bound.
 public func sumError(_ values: [Float], _ reference: [Double], terms: [Double]) -> Double {
-    precondition(values.count == reference.count && terms.count == reference.count, "sumError: counts differ")
-    var diff = 0.0, scale = 0.0
-    for (value, (r, t)) in zip(values, zip(reference, terms)) {
-        let d = (Double(value) - r).magnitude
-        if !d.isFinite { return .infinity }
-        diff = max(diff, d)
-        scale = max(scale, t)
-    }
-    if diff == 0 { return 0 }
-    return diff / scale
+    precondition(terms.count == reference.count, "sumError: \(terms.count) terms for \(reference.count) sums")
+    return VariantTestKit.relErr(values.map(Double.init), reference, scale: terms.max() ?? 0)
 }
 
 /// The relative error of a tensor (any layout) against a logical reference.
