@@ -7,7 +7,7 @@ import XCTest
 /// `normkit bench`'s same-size copy: it copies every element on any thread count, and the table reports it for the
 /// tensors the kernels write through the caches, not for those they stream past them.
 final class KernelBenchmarkTests: XCTestCase {
-    func testTheSameSizeCopyCopiesEveryElementOnAnyThreadCount() {
+    func testTheSameSizeCopyCopiesEveryElementOnAnyThreadCount() throws {
         let defaultThreads = Parallelism.threadCount
         defer { Parallelism.threadCount = defaultThreads }
         var generator = SeededGenerator(seed: 9)
@@ -16,8 +16,15 @@ final class KernelBenchmarkTests: XCTestCase {
         for threads in [1, 2, 3] {
             Parallelism.threadCount = threads
             var target = Tensor(zeros: [1, 1, 131_077])
-            KernelBenchmark.copy(&target, source)
+            try KernelBenchmark.copy(&target, source)
             XCTAssertEqual(target.values, source.values, "\(threads) threads")
+        }
+        // A target of another size is a specific error, not a trap.
+        var short = Tensor(zeros: [1, 1, 100])
+        XCTAssertThrowsError(try KernelBenchmark.copy(&short, source)) { error in
+            XCTAssertEqual(
+                error as? NormalizationError,
+                .elementCountMismatch(layer: "KernelBenchmark.copy", expected: 131_077, got: 100))
         }
     }
 

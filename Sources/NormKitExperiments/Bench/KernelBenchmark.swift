@@ -61,10 +61,14 @@ public enum KernelBenchmark {
         return 2 * Double(count) / best
     }
 
-    /// Copies `source` into `target` (the same element count) split over NormKit's kernel threads
-    /// (`Parallelism`) in whole cache lines, as a forward of the same size would share them: the same-size copy.
-    public static func copy(_ target: inout Tensor, _ source: Tensor) {
-        precondition(target.count == source.count, "copy: \(source.count) elements into \(target.count)")
+    /// Copies `source` into `target` (the same element count, else `NormalizationError.elementCountMismatch`) split
+    /// over NormKit's kernel threads (`Parallelism`) in whole cache lines, as a forward of the same size would share
+    /// them: the same-size copy.
+    public static func copy(_ target: inout Tensor, _ source: Tensor) throws {
+        guard target.count == source.count else {
+            throw NormalizationError.elementCountMismatch(
+                layer: "KernelBenchmark.copy", expected: source.count, got: target.count)
+        }
         source.withUnsafeBufferPointer { from in
             target.withUnsafeMutableBufferPointer { to in
                 let lines = (from.count + 15) / 16
@@ -120,7 +124,7 @@ public enum KernelBenchmark {
             var target = Tensor(zeros: shape)
             let copy =
                 first.count < KernelDispatch.streamingStoreThreshold
-                ? time(repetitions: repetitions, statistic) { Self.copy(&target, first) } : nil
+                ? try time(repetitions: repetitions, statistic) { try Self.copy(&target, first) } : nil
             for (name, layer, groups) in [
                 ("GroupNorm", gn as NormalizationLayer, Optional(g)),
                 ("GroupNorm+SiLU", gnSiLU as NormalizationLayer, Optional(g)),
