@@ -288,6 +288,62 @@ NK_FN void cl_standardized_coefficients(double *restrict mean, double *restrict 
     }
 }
 
+// Sets of w ≥ 8 channels of a channels-last tile (GN, LN): per set t < sets (channels t·w … t·w + w − 1), from the
+// samples' shifted sums (s1, s2 of sample j < samples at j·stride + channel, shift k[channel]), the mean and biased
+// variance as ChannelsLastKernels' shiftedMoments defines them, μ = Σ(k·M + Σ(x−k)) / count and Σ(x−μ)² =
+// Σ [Σ(x−k)² − 2(μ−k)·Σ(x−k) + M·(μ−k)²], in double. Channel i adds into lane i mod 8 (8 doubles: one AVX-512
+// vector, two AVX2), the lanes then in a fixed tree: the same bits on every thread count, within a few ulps of the
+// Swift loop's one chain per set (the path without native kernels and for narrower sets), which waits on each
+// addition in turn (about 10 % of GN (2, 2048, 7, 7)'s NHWC forward).
+typedef double nk_double8 __attribute__((ext_vector_type(8)));
+
+// The sum of the 8 lanes of *a, in a fixed tree. (Vectors of 8 doubles pass by pointer: by value they would
+// change the ABI of the AVX2 build, which has no 512-bit registers; every helper is inlined anyway.)
+NK_INLINE double lanes8_total(const nk_double8 *a) {
+    const nk_double8 v = *a;
+    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
+// *v = channels i … i + 7 of a row of w (doubles, or floats widened), the lanes past w 0.
+#define NK_LOAD8(v, a, i, w)                                                                                   \
+    do {                                                                                                       \
+        if ((i) + 8 <= (w)) {                                                                                  \
+            for (int l_ = 0; l_ < 8; l_++) (v)[l_] = (a)[(i) + l_];                                            \
+        } else {                                                                                               \
+            (v) = 0;                                                                                           \
+            for (long l_ = 0; (i) + l_ < (w); l_++) (v)[l_] = (a)[(i) + l_];                                   \
+        }                                                                                                      \
+    } while (0)
+
+NK_FN void cl_set_moments(double *restrict mean, double *restrict variance, const float *restrict k,
+                          const double *restrict s1, const double *restrict s2, long sets, long w, long samples,
+                          long stride, double positions, double count) {
+#pragma clang fp contract(off)
+    for (long t = 0; t < sets; t++) {
+        const float *kt = k + t * w;
+        nk_double8 total = 0, m2 = 0, kv, a, q;
+        for (long j = 0; j < samples; j++)
+            for (long i = 0; i < w; i += 8) {
+                NK_LOAD8(kv, kt, i, w);
+                NK_LOAD8(a, s1 + j * stride + t * w, i, w);
+                total += kv * positions + a;  // lanes past w add 0
+            }
+        const double mu = lanes8_total(&total) / count;
+        for (long j = 0; j < samples; j++)
+            for (long i = 0; i < w; i += 8) {
+                NK_LOAD8(kv, kt, i, w);
+                NK_LOAD8(a, s1 + j * stride + t * w, i, w);
+                NK_LOAD8(q, s2 + j * stride + t * w, i, w);
+                nk_double8 e = mu - kv;
+                for (long l = w - i; l < 8; l++) e[l] = 0;  // lanes past w: e = 0, so they add 0
+                m2 += q - 2 * e * a + positions * e * e;
+            }
+        const double v = lanes8_total(&m2) / count;
+        mean[t] = mu;
+        variance[t] = v >= 0 ? v : 0;  // max(0, v), NaN to 0 as the Swift loop
+    }
+}
+
 // The coefficients stage of `count` one-channel sets (BN's channels c0 … c0 + count − 1 of one sample block, set i
 // at index i of every array, gamma and beta moved to c0), standardized, from their mean and biased variance.
 NK_FN void standardized_coefficients(double *restrict rstd, double *restrict gain, double *restrict offset,

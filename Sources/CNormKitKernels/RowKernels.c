@@ -133,6 +133,11 @@ void nk_cl_standardized_coefficients(double *mean, double *variance, double *rst
                                             samples, stride, w, positions, count, epsilon, gamma, beta));
 }
 
+void nk_cl_set_moments(double *mean, double *variance, const float *k, const double *s1, const double *s2, long sets,
+                       long w, long samples, long stride, double positions, double count) {
+    NK_FORWARD(cl_set_moments(mean, variance, k, s1, s2, sets, w, samples, stride, positions, count));
+}
+
 void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k, int read) {
     NK_FORWARD(cl_centered_sums(s1, s2, x, m, c, w, k, read));
 }

@@ -215,6 +215,52 @@ final class KernelPathTests: XCTestCase {
         XCTAssertEqual(mismatches, 0, "\(mismatches) of \(compared) coefficients differ from the double arithmetic")
     }
 
+    /// The moments of channels-last multi-channel sets (`nk_cl_set_moments`, GN's and LN's statistics stage) from the
+    /// per-sample shifted sums of real data: the mean and biased variance of the data in float64 within 1e-14 of
+    /// |μ| + σ (double rounding of terms of size |μ|), on both instruction sets; set widths with whole vectors of 8 and tails, 1 and 3 samples per set,
+    /// the shifts far from the mean (|μ| ≫ σ: the correction terms must be right). Entries past each sample's sets
+    /// hold NaN: a kernel that read past a set's last channel would return NaN.
+    func testSetMomentsKernelMatchesTheDataMoments() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 0x5E7)
+        let widest = KernelDispatch.instructionSet
+        var worst = 0.0
+        for limit in [KernelDispatch.InstructionSet.avx2, widest] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for (w, samples, sets, positions) in [
+                (8, 1, 3, 5), (9, 1, 2, 7), (15, 3, 2, 4), (16, 1, 4, 49), (17, 3, 3, 6), (64, 1, 2, 49),
+                (100, 3, 1, 9),
+            ] {
+                let stride = sets * w + 5, mu = Double.random(in: -1e3...1e3, using: &rng)
+                var s1 = [Double](repeating: .nan, count: samples * stride), s2 = s1
+                var data = [[Double]](repeating: [], count: sets)
+                let k = (0..<(sets * w)).map { _ in Float(mu + Double.random(in: -3...3, using: &rng)) }
+                for j in 0..<samples {
+                    for ch in 0..<(sets * w) {
+                        let values = (0..<positions).map { _ in mu + Double.random(in: -2...2, using: &rng) }
+                        data[ch / w] += values
+                        s1[j * stride + ch] = values.reduce(0) { $0 + ($1 - Double(k[ch])) }
+                        s2[j * stride + ch] = values.reduce(0) { $0 + ($1 - Double(k[ch])) * ($1 - Double(k[ch])) }
+                    }
+                }
+                var mean = [Double](repeating: .nan, count: sets), variance = mean
+                nk_cl_set_moments(
+                    &mean, &variance, k, s1, s2, sets, w, samples, stride, Double(positions),
+                    Double(samples * w * positions))
+                for t in 0..<sets {
+                    let values = data[t], n = Double(values.count)
+                    let m = values.reduce(0, +) / n
+                    let v = values.reduce(0) { $0 + ($1 - m) * ($1 - m) } / n
+                    let error = max(abs(mean[t] - m), abs(variance[t] - v)) / (abs(m) + v.squareRoot())
+                    worst = max(worst, error.isNaN ? .infinity : error)
+                    XCTAssertLessThan(error, 1e-14, "\(limit) w \(w) samples \(samples) set \(t)")
+                }
+            }
+        }
+        XCTAssertLessThan(worst, 1e-14)
+    }
+
     /// SiLU on rows whose last vector is partial: the set kernels evaluate the tails of NK_LANES rows together, in
     /// full vectors. Every element's value (`y` forward, `dz` backward) must be the one-row call's bit for bit, and the
     /// per-row sums equal to float rounding (their last addition is the same; the reduction differs), on both

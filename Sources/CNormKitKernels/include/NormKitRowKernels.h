@@ -109,6 +109,13 @@ void nk_cl_standardized_coefficients(double *mean, double *variance, double *rst
                                      const double *s2, long samples, long stride, long w, double positions,
                                      double count, float epsilon, const float *gamma, const float *beta);
 
+/* The mean and biased variance of sets of w >= 8 consecutive channels (GN, LN) of a channels-last tile, from the
+ * per-sample shifted sums: set t's channels t·w … t·w + w − 1, s1/s2 of sample j < samples at j·stride + channel
+ * about the shift k[channel] (positions values each, count in all). In double; channel i adds into lane i mod 8,
+ * the lanes then in a fixed order, so the bits do not depend on the caller's threads. */
+void nk_cl_set_moments(double *mean, double *variance, const float *k, const double *s1, const double *s2, long sets,
+                       long w, long samples, long stride, double positions, double count);
+
 /*
  * Channels-last (NHWC) kernels: channels 0 … w − 1 (w ≤ c) of m rows (positions) c floats apart, so a call covers a
  * slice of channels of one or more consecutive samples; per-channel arrays (k, a, b, p, q, r) have w entries.

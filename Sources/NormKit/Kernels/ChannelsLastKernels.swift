@@ -104,6 +104,20 @@ extension NormalizationKernels {
         geometry g: NormalizationGeometry
     ) {
         let c = g.channels, cps = g.channelsPerSet, sps = g.samplesPerSet, count = Double(g.elementsPerSet)
+        if nativeChannelsLast && cps >= 8 {
+            // Sets of a vector of channels or more: each set's channels in vector lanes (nk_cl_set_moments), where the
+            // loop below runs one chain of scalar additions per set. The sets of each block in one call.
+            var s = sets.lowerBound
+            while s < sets.upperBound {
+                let (block, index) = s.quotientAndRemainder(dividingBy: g.channelBlocks)
+                let inBlock = min(sets.upperBound - s, g.channelBlocks - index), n0 = block * sps, c0 = index * cps
+                nk_cl_set_moments(
+                    mean + s, variance + s, shift(n0) + c0, s1 + n0 * c + c0, s2 + n0 * c + c0, inBlock, cps, sps, c,
+                    Double(g.positions), count)
+                s += inBlock
+            }
+            return
+        }
         forEachSetQuad(sets) { first, lanes in
             let (block, index) = first.quotientAndRemainder(dividingBy: g.channelBlocks)
             // Lane t's shifts, Σ(x−k) and Σ(x−k)² from its set's first channel of its block's first sample (the sets
