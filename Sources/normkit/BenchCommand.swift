@@ -141,16 +141,16 @@ struct BenchCommand: ParsableCommand {
         if streamingCheck { return try runStreamingCheck() }
         if let streamingThreshold { KernelDispatch.streamingStoreThreshold = streamingThreshold }
         let repetitions = repetitions ?? 9
-        let copy = KernelBenchmark.copyBandwidth(threads: threads)
+        let meter = KernelBenchmark.CopyBandwidthMeter(threads: threads)
         let layouts = layout.map { [$0] } ?? TensorLayout.allCases
         let rows = try KernelBenchmark.run(
             shapes: try parsedShapes(), layouts: layouts, groups: groups ?? KernelBenchmark.defaultGroups,
-            repetitions: repetitions,
-            statistic: statistic, copyBytesPerSecond: copy)
+            repetitions: repetitions, statistic: statistic
+        ) { meter.measure(statistic) }
         print(
             "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), \(statistic.rawValue) of \(repetitions), streaming stores from \(KernelDispatch.streamingStoreThreshold) elements"
         )
-        print(KernelBenchmark.markdown(rows, copyBytesPerSecond: copy))
+        print(KernelBenchmark.markdown(rows))
         try writeJSON(rows)
     }
 

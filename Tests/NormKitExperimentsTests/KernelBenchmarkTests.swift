@@ -5,7 +5,8 @@ import NormKitTraining
 import XCTest
 
 /// `normkit bench`'s same-size copy: it copies every element on any thread count, and the table reports it for the
-/// tensors the kernels write through the caches, not for those they stream past them.
+/// tensors the kernels write through the caches, not for those they stream past them. Its copy bandwidth: measured
+/// around every row, each row's fractions over the mean of the two measurements beside it.
 final class KernelBenchmarkTests: XCTestCase {
     func testTheSameSizeCopyCopiesEveryElementOnAnyThreadCount() throws {
         let defaultThreads = Parallelism.threadCount
@@ -33,8 +34,8 @@ final class KernelBenchmarkTests: XCTestCase {
         defer { KernelDispatch.streamingStoreThreshold = saved }
         KernelDispatch.streamingStoreThreshold = 1_000  // (2, 8, 5, 5) below it, (1, 16, 9, 9) at 1,296 beyond it
         let rows = try KernelBenchmark.run(
-            shapes: [[2, 8, 5, 5], [1, 16, 9, 9]], layouts: [.channelsFirst], groups: 4, repetitions: 1,
-            copyBytesPerSecond: 1e10)
+            shapes: [[2, 8, 5, 5], [1, 16, 9, 9]], layouts: [.channelsFirst], groups: 4, repetitions: 1
+        ) { 1e10 }
         XCTAssertEqual(rows.count, 6)
         for row in rows {
             if row.shape == [2, 8, 5, 5] {
@@ -43,9 +44,46 @@ final class KernelBenchmarkTests: XCTestCase {
                 XCTAssertNil(row.sameSizeCopyMilliseconds, "\(row.layer) \(row.shape)")
             }
         }
-        let table = KernelBenchmark.markdown(rows, copyBytesPerSecond: 1e10).split(separator: "\n")
+        let table = KernelBenchmark.markdown(rows).split(separator: "\n")
         XCTAssertTrue(table.contains { $0.hasSuffix("| same-size copy ms | copy / fwd |") })
         XCTAssertEqual(table.filter { $0.contains("(1,16,9,9)") && $0.hasSuffix("| – | – |") }.count, 3)
         XCTAssertEqual(table.filter { $0.contains("(2,8,5,5)") && !$0.hasSuffix("| – | – |") }.count, 3)
+    }
+
+    func testEachRowsFractionsUseTheCopyBandwidthMeasuredAroundIt() throws {
+        // The meter reports 1, 2, 3, … × 10 GB/s, so row i (0-based) lies between (i + 1) and (i + 2) × 10 GB/s.
+        var measurements = 0
+        let rows = try KernelBenchmark.run(
+            shapes: [[2, 8, 5, 5]], layouts: TensorLayout.allCases, groups: 4, repetitions: 1
+        ) {
+            measurements += 1
+            return Double(measurements) * 1e10
+        }
+        XCTAssertEqual(rows.count, 6)
+        XCTAssertEqual(measurements, rows.count + 1, "one measurement before the first row and one after each")
+        let bytes = Double(2 * 8 * 5 * 5 * 4)
+        for (i, row) in rows.enumerated() {
+            let expected = (Double(i + 1) + Double(i + 2)) / 2 * 1e10
+            XCTAssertEqual(row.copyBytesPerSecond, expected, "row \(i)")
+            XCTAssertEqual(
+                row.forwardFractionOfCopy, 2 * bytes / (row.forwardMilliseconds / 1e3) / expected, accuracy: 1e-9,
+                "row \(i)")
+            XCTAssertEqual(
+                row.forwardBackwardFractionOfCopy, 5 * bytes / (row.forwardBackwardMilliseconds / 1e3) / expected,
+                accuracy: 1e-9, "row \(i)")
+        }
+        let table = KernelBenchmark.markdown(rows)
+        XCTAssertTrue(table.hasPrefix("Copy bandwidth (same run, measured before and after every row"))
+        XCTAssertTrue(table.contains("15.0–65.0 GB/s"), table)
+        XCTAssertTrue(table.contains("| copy GB/s |"))
+    }
+
+    func testTheCopyBandwidthMeterMeasuresAPositiveBandwidth() {
+        let meter = KernelBenchmark.CopyBandwidthMeter(megabytes: 4, threads: 2)
+        for statistic in KernelBenchmark.Statistic.allCases {
+            let bandwidth = meter.measure(repetitions: 3, statistic)
+            XCTAssertGreaterThan(bandwidth, 1e8, "\(statistic)")
+            XCTAssertTrue(bandwidth.isFinite)
+        }
     }
 }

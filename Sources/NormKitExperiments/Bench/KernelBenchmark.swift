@@ -19,10 +19,14 @@ public enum KernelBenchmark {
         /// Milliseconds of one evaluation forward (the running statistics' affine: BN; nil for GN, whose evaluation
         /// is its training forward).
         public var evaluationMilliseconds: Double?
-        /// Forward bytes (x read once, y written once) per second over the copy bandwidth.
+        /// Forward bytes (x read once, y written once) per second over ``copyBytesPerSecond``.
         public var forwardFractionOfCopy: Double
-        /// Forward+backward bytes (x → y; x, dy → dx) per second over the copy bandwidth.
+        /// Forward+backward bytes (x → y; x, dy → dx) per second over ``copyBytesPerSecond``.
         public var forwardBackwardFractionOfCopy: Double
+        /// The machine's copy bandwidth beside this row (bytes read + written per second, the run's statistic): the
+        /// mean of the measurements just before and just after the row's timings, so that the fractions compare the
+        /// row with the machine as it was while the row ran (a shared machine's speed drifts over a run).
+        public var copyBytesPerSecond: Double
         /// Milliseconds of a `memcpy` of `x` on the kernels' threads, measured beside the row's shape (the same
         /// statistic): the floor of any forward that reads `x` and writes `y` through the caches, at this size and in
         /// the cache level it fits. Nil from `KernelDispatch.streamingStoreThreshold` elements on, where the
@@ -39,26 +43,46 @@ public enum KernelBenchmark {
     /// The GroupNorm rows' groups unless asked otherwise (`G = min(32, C)`, the GN paper's default).
     public static let defaultGroups = 32
 
-    /// Bytes per second of a multi-threaded `memcpy` of a `megabytes` buffer (read + write counted), the best of
-    /// `repetitions`.
-    public static func copyBandwidth(megabytes: Int = 256, repetitions: Int = 7, threads: Int) -> Double {
-        let count = megabytes << 20
-        // Unchecked: raw pointers are not Sendable; the threads below copy disjoint ranges within concurrentPerform.
-        nonisolated(unsafe) let source = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
-        nonisolated(unsafe) let target = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
-        defer { source.deallocate(); target.deallocate() }
-        memset(source, 1, count)
-        memset(target, 0, count)
-        var best = Double.infinity
-        for _ in 0..<repetitions {
-            let start = DispatchTime.now().uptimeNanoseconds
-            DispatchQueue.concurrentPerform(iterations: threads) { t in
-                let lo = count * t / threads, hi = count * (t + 1) / threads
-                memcpy(target + lo, source + lo, hi - lo)
-            }
-            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+    /// A multi-threaded `memcpy` of a buffer far beyond the caches, timed on demand: the machine's copy bandwidth
+    /// at that moment. The buffers are allocated and touched once, so a measurement costs its copies only
+    /// (`normkit bench` measures beside every row).
+    public final class CopyBandwidthMeter {
+        private let source: UnsafeMutableRawPointer
+        private let target: UnsafeMutableRawPointer
+        private let count: Int
+        private let threads: Int
+
+        public init(megabytes: Int = 256, threads: Int) {
+            count = max(megabytes, 1) << 20
+            self.threads = max(threads, 1)
+            source = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
+            target = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
+            memset(source, 1, count)
+            memset(target, 0, count)
         }
-        return 2 * Double(count) / best
+
+        deinit {
+            source.deallocate()
+            target.deallocate()
+        }
+
+        /// Bytes read + written per second over `repetitions` copies, their median or their best.
+        public func measure(repetitions: Int = 7, _ statistic: Statistic) -> Double {
+            // Unchecked: raw pointers are not Sendable; the threads copy disjoint ranges within concurrentPerform.
+            nonisolated(unsafe) let source = source, target = target
+            let count = count, threads = threads
+            var times: [Double] = []
+            for _ in 0..<max(repetitions, 1) {
+                let start = DispatchTime.now().uptimeNanoseconds
+                DispatchQueue.concurrentPerform(iterations: threads) { t in
+                    let lo = count * t / threads, hi = count * (t + 1) / threads
+                    memcpy(target + lo, source + lo, hi - lo)
+                }
+                times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            }
+            times.sort()
+            return 2 * Double(count) / (statistic == .best ? times[0] : times[times.count / 2])
+        }
     }
 
     /// Copies `source` into `target` (the same element count, else `NormalizationError.elementCountMismatch`) split
@@ -105,12 +129,14 @@ public enum KernelBenchmark {
     /// Benchmarks GN (`G = min(groups, C)`: 1 is LayerNorm, C InstanceNorm), GN with SiLU fused into its apply stage (the normalization block of
     /// diffusion U-Nets; same bytes as GN, so its copy fractions compare directly) and BN on each shape in training
     /// mode (and BN's evaluation forward), in each of `layouts` (side by side: for every shape and layer, one row per
-    /// layout, measured one after the other).
+    /// layout, measured one after the other). `copyBandwidth` measures the machine's copy bandwidth: once before the
+    /// first row and again after every row (``Row/copyBytesPerSecond``).
     public static func run(
         shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases, groups: Int = defaultGroups,
-        repetitions: Int = 9, statistic: Statistic = .median, copyBytesPerSecond: Double
+        repetitions: Int = 9, statistic: Statistic = .median, copyBandwidth: () -> Double
     ) throws -> [Row] {
         var rows: [Row] = []
+        var copyBefore = copyBandwidth()
         var generator = SeededGenerator(seed: 42)
         for shape in shapes {
             let first = Tensor.randomNormal(shape: shape, using: &generator)
@@ -146,6 +172,8 @@ public enum KernelBenchmark {
                         : try time(repetitions: repetitions, statistic) {
                             try layer.forward(x, into: &y, training: false)
                         }
+                    let copyAfter = copyBandwidth(), copyBytesPerSecond = (copyBefore + copyAfter) / 2
+                    copyBefore = copyAfter
                     rows.append(
                         Row(
                             layer: name, shape: shape, layout: layout, groups: groups,
@@ -153,7 +181,7 @@ public enum KernelBenchmark {
                             evaluationMilliseconds: evaluation.map { $0 * 1e3 },
                             forwardFractionOfCopy: 2 * bytes / forward / copyBytesPerSecond,
                             forwardBackwardFractionOfCopy: 5 * bytes / both / copyBytesPerSecond,
-                            sameSizeCopyMilliseconds: copy.map { $0 * 1e3 }))
+                            copyBytesPerSecond: copyBytesPerSecond, sameSizeCopyMilliseconds: copy.map { $0 * 1e3 }))
                 }
             }
         }
@@ -161,11 +189,14 @@ public enum KernelBenchmark {
     }
 
     /// A Markdown table of `rows`.
-    public static func markdown(_ rows: [Row], copyBytesPerSecond: Double) -> String {
-        var out = "Copy bandwidth (same run): \(String(format: "%.1f", copyBytesPerSecond / 1e9)) GB/s\n\n"
+    public static func markdown(_ rows: [Row]) -> String {
+        let bandwidths = rows.map { $0.copyBytesPerSecond / 1e9 }
+        var out =
+            "Copy bandwidth (same run, measured before and after every row; each row's fractions use the mean of "
+            + "its two): \(String(format: "%.1f", bandwidths.min() ?? 0))–\(String(format: "%.1f", bandwidths.max() ?? 0)) GB/s\n\n"
         out +=
-            "| layer | shape | layout | fwd ms | fwd+bwd ms | eval fwd ms | fwd / copy BW | fwd+bwd / copy BW "
-            + "| same-size copy ms | copy / fwd |\n" + "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+            "| layer | shape | layout | fwd ms | fwd+bwd ms | eval fwd ms | copy GB/s | fwd / copy BW | fwd+bwd / copy BW "
+            + "| same-size copy ms | copy / fwd |\n" + "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         for r in rows {
             let name = r.groups.map { "\(r.layer) G=\($0)" } ?? r.layer
             let layout = r.layout == .channelsFirst ? "NCHW" : "NHWC"
@@ -173,7 +204,9 @@ public enum KernelBenchmark {
                 "| \(name) | (\(r.shape.map(String.init).joined(separator: ","))) | \(layout) | "
                 + String(format: "%.3f | %.3f | ", r.forwardMilliseconds, r.forwardBackwardMilliseconds)
                 + (r.evaluationMilliseconds.map { String(format: "%.3f", $0) } ?? "–")
-                + String(format: " | %.2f | %.2f", r.forwardFractionOfCopy, r.forwardBackwardFractionOfCopy)
+                + String(
+                    format: " | %.1f | %.2f | %.2f", r.copyBytesPerSecond / 1e9, r.forwardFractionOfCopy,
+                    r.forwardBackwardFractionOfCopy)
                 + (r.sameSizeCopyMilliseconds.map {
                     String(format: " | %.3f | %.2f |\n", $0, $0 / r.forwardMilliseconds)
                 } ?? " | – | – |\n")
