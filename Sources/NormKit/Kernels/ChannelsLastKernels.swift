@@ -253,7 +253,8 @@ extension NormalizationKernels {
 
     /// The slice width (channels) of the tiled path for `g`, or nil for the unfused path (statistics of the whole
     /// tensor, then the apply). Whole rows when a block's rows fit a tile and there is a block per thread; else
-    /// slices of at least ``minimumSlice`` channels holding whole sets, one per thread at least; else, for sets
+    /// slices of at least ``minimumSlice`` channels holding whole sets, one per thread at least, of equal widths
+    /// where those are wide enough (else of `fit` channels and a remainder); else, for sets
     /// inside one sample, the whole sample (its rows split over the threads from ``splitSampleFloats``; a sample too
     /// short to split only up to ``fusedSampleFloats``).
     static func tileWidth(_ g: NormalizationGeometry) -> Int? {
@@ -262,6 +263,13 @@ extension NormalizationKernels {
         let threads = Parallelism.threadCount, slicesPerBlock = (threads + g.sampleBlocks - 1) / g.sampleBlocks
         if c <= fit && g.sampleBlocks >= threads { return c }
         let cps = g.channelsPerSet, step = cps % 16 == 0 || 16 % cps != 0 ? cps : 16  // whole sets, whole vectors
+        // As many slices per block as the tile size needs, rounded up to a multiple of the slices a block needs for
+        // the threads, and slices of equal width: the tiles split evenly over the threads. (Slices of `fit` channels
+        // and a narrow remainder gave BN (2, 1024, 14, 14) NHWC tiles of 320, 320, 320 and 64 channels, two per
+        // thread: one thread had 640 channels, 2 MB of `x` and `y`, and spilled its L2.)
+        let slices = ((max(slicesPerBlock, (c + fit - 1) / fit) + slicesPerBlock - 1) / slicesPerBlock) * slicesPerBlock
+        let even = ((c + slices - 1) / slices + step - 1) / step * step
+        if even >= minimumSlice { return min(even, c) }
         let width = min(fit, (c + slicesPerBlock - 1) / slicesPerBlock) / step * step
         if width >= minimumSlice { return min(width, c) }
         return g.samplesPerSet == 1 && (rows * c <= fusedSampleFloats || sampleParts(g) > 1) ? c : nil
