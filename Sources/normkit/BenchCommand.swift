@@ -10,7 +10,10 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time GN and BN forward and forward+backward against this machine's memory-copy bandwidth.",
         discussion: """
-            The kernel table also times BN's evaluation forward (its running statistics' affine) and, for tensors \
+            The copy bandwidth (a 256 MB memcpy, the same statistic as the rows) is measured before the first row \
+            and after every row; each row's fractions use the mean of the two around it, so a machine whose speed \
+            drifts over the run is compared with itself. The kernel table also times BN's evaluation forward (its \
+            running statistics' affine) and, for tensors \
             below the streaming-store threshold, a memcpy of the same tensor on the same threads: the floor of any \
             forward at that size and cache level ("copy / fwd": the fraction of it a forward reaches). With \
             --inference: latency per image at batch 1 and throughput at --batch of a GN ResNet, the same MABN \

@@ -267,9 +267,12 @@ extension NormalizationKernels {
         // the threads, and slices of equal width: the tiles split evenly over the threads. (Slices of `fit` channels
         // and a narrow remainder gave BN (2, 1024, 14, 14) NHWC tiles of 320, 320, 320 and 64 channels, two per
         // thread: one thread had 640 channels, 2 MB of `x` and `y`, and spilled its L2.)
-        let slices = ((max(slicesPerBlock, (c + fit - 1) / fit) + slicesPerBlock - 1) / slicesPerBlock) * slicesPerBlock
-        let even = ((c + slices - 1) / slices + step - 1) / step * step
-        if even >= minimumSlice { return min(even, c) }
+        if fit > 0 {  // (0: a block's rows alone exceed a tile)
+            let needed = max(slicesPerBlock, (c + fit - 1) / fit)
+            let slices = (needed + slicesPerBlock - 1) / slicesPerBlock * slicesPerBlock
+            let even = ((c + slices - 1) / slices + step - 1) / step * step
+            if even >= minimumSlice { return min(even, c) }
+        }
         let width = min(fit, (c + slicesPerBlock - 1) / slicesPerBlock) / step * step
         if width >= minimumSlice { return min(width, c) }
         return g.samplesPerSet == 1 && (rows * c <= fusedSampleFloats || sampleParts(g) > 1) ? c : nil
