@@ -66,22 +66,19 @@ public enum KernelBenchmark {
             target.deallocate()
         }
 
-        /// Bytes read + written per second over `repetitions` copies, their median or their best.
+        /// Bytes read + written per second over `repetitions` copies (after one warm-up), their median or their
+        /// best.
         public func measure(repetitions: Int = 7, _ statistic: Statistic) -> Double {
             // Unchecked: raw pointers are not Sendable; the threads copy disjoint ranges within concurrentPerform.
             nonisolated(unsafe) let source = source, target = target
             let count = count, threads = threads
-            var times: [Double] = []
-            for _ in 0..<max(repetitions, 1) {
-                let start = DispatchTime.now().uptimeNanoseconds
+            let seconds = KernelBenchmark.time(repetitions: max(repetitions, 1), statistic) {
                 DispatchQueue.concurrentPerform(iterations: threads) { t in
                     let lo = count * t / threads, hi = count * (t + 1) / threads
                     memcpy(target + lo, source + lo, hi - lo)
                 }
-                times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
             }
-            times.sort()
-            return 2 * Double(count) / (statistic == .best ? times[0] : times[times.count / 2])
+            return 2 * Double(count) / seconds
         }
     }
 
