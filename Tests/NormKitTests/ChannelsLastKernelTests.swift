@@ -12,7 +12,7 @@ import _NormKitTestSupport
 /// - channel counts that are not multiples of 8 or 16 (3, 17, 65, 70) and larger than one 4-vector chunk (65, 70,
 ///   130), positions 1, 7, 49, 300 and 3000 (more than one 2048-position block); 520 channels, cut into slices of
 ///   whole sets on two threads (the tiled path's slices, `NormalizationKernels.tileWidth`); samples of 1 MB and
-///   more, their rows split over 2 and 3 threads;
+///   more, their rows split over 2 and 3 threads; BN's blocks of 512 KB to 4 MB cut at their samples;
 /// - the hard input `x = 1e4 + 0.01·randn` is as accurate channels-last as channels-first;
 /// - results do not depend on the thread count and repeat exactly.
 ///
@@ -415,9 +415,9 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
     /// BN's one-channel sets take their coefficients from one C kernel: in the channels-last tiles with their moments
     /// (`nk_cl_standardized_coefficients`), channels-first per batch of sets (`nk_standardized_coefficients`);
     /// BatchRenorm in its warm-up (r = 1, d = 0) takes the same paths through the Swift loops of the rule. The two
-    /// must give the same output and input gradient bit for bit (wide rows, cut into slices on two threads; batches
-    /// of sets not a whole number of vectors; with and without affine parameters; native, AVX2 and portable paths;
-    /// both layouts).
+    /// must give the same output and input gradient bit for bit (wide rows, cut into slices on two threads or, for
+    /// [2, 512, 8, 16], at the samples; batches of sets not a whole number of vectors; with and without affine
+    /// parameters; native, AVX2 and portable paths; both layouts).
     func testBatchNormCoefficientsKernelsAreTheRuleLoopBitForBit() throws {
         var rng = SeededGenerator(seed: 0xC1_09)
         let warmup = BatchRenorm.Schedule(warmupSteps: 100, rMax: 3, dMax: 5, rSteps: 10, dSteps: 10)
@@ -426,7 +426,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
                 Parallelism.threadCount = threads
                 for (shape, affine) in [
                     ([2, 2048, 7, 7], true), ([2, 520, 7, 7], true), ([4, 1024, 3, 3], false),
-                    ([3, 70, 9, 9], true),
+                    ([3, 70, 9, 9], true), ([2, 512, 8, 16], true),
                 ] {
                     let bn = try BatchNorm(channels: shape[1], affine: affine)
                     let brn = try BatchRenorm(channels: shape[1], schedule: warmup, affine: affine)
@@ -489,6 +489,30 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         }
         Parallelism.threadCount = Self.defaultThreads
         worst.assertBelow(tolerance, "ChannelsLastKernelTests samples split over threads")
+    }
+
+    /// Blocks of several samples (BN's batch or ghost batch) of 512 KB to 4 MB whose samples have 64 rows or more:
+    /// the native tiled path cuts the block's rows at its samples, and a sample of 1 MB or more into parts
+    /// (`NormalizationKernels.blockParts`), each sample's sums added in part order, then each thread applies its own
+    /// rows. BN and BRN, whole and ghost batches, 2 and 3 threads (shares of unequal parts), 130 and 70 channels,
+    /// checked as every other shape; [2, 512, 128] is a block of exactly 512 KB.
+    func testBlocksSplitOverThreadsChannelsLast() throws {
+        var rng = SeededGenerator(seed: 0xC1_0A)
+        let worst = Worst()
+        let cases: [(shape: [Int], normBatch: Int?)] = [
+            ([4, 70, 600], nil), ([3, 130, 1000], nil), ([6, 130, 700], 3), ([2, 130, 2100], nil),
+            ([2, 512, 128], nil),
+        ]
+        for threads in [2, 3] {
+            Parallelism.threadCount = threads
+            for (shape, normBatch) in cases {
+                try check(Self.batchNormCase(shape, normBatch: normBatch, &rng), shape: shape, worst: worst, rng: &rng)
+                try check(
+                    Self.batchRenormCase(shape, normBatch: normBatch, &rng), shape: shape, worst: worst, rng: &rng)
+            }
+        }
+        Parallelism.threadCount = Self.defaultThreads
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests blocks split over threads")
     }
 
     func testBatchRenormChannelsLast() throws {

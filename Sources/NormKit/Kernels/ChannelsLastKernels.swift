@@ -238,7 +238,7 @@ extension NormalizationKernels {
     /// The narrowest slice of a row that is not the whole row (1 KB).
     static let minimumSlice = 256
     /// Whole-sample tiles of at least this many floats (1 MB) go one sample at a time to all the threads, cut into
-    /// parts of rows (``sampleParts(_:)``): each thread's parts stay in its own L2 from the sums to the apply, where
+    /// parts of rows (``blockParts(_:)``): each thread's parts stay in its own L2 from the sums to the apply, where
     /// one thread per sample re-read the whole sample from L3, and a batch smaller than the thread count still uses
     /// every core, where it ran on one. An 800 KB sample at batch 8, which stays in L2 whole, measured 1.11× the time
     /// split; the larger ones faster (PERFORMANCE.md, session 22).
@@ -252,16 +252,17 @@ extension NormalizationKernels {
     static let fusedSampleFloats = 1 << 20
 
     /// The slice width (channels) of the tiled path for `g`, or nil for the unfused path (statistics of the whole
-    /// tensor, then the apply). Whole rows when a block's rows fit a tile and there is a block per thread; else
-    /// slices of at least ``minimumSlice`` channels holding whole sets, one per thread at least, of equal widths
-    /// where those are wide enough (else of `fit` channels and a remainder); else, for sets
-    /// inside one sample, the whole sample (its rows split over the threads from ``splitSampleFloats``; a sample too
-    /// short to split only up to ``fusedSampleFloats``).
+    /// tensor, then the apply). Whole rows when a block's rows fit a tile and there is a block per thread; whole rows
+    /// of a block of several samples cut into parts (``blockParts(_:)``); else slices of at least ``minimumSlice``
+    /// channels holding whole sets, one per thread at least, of equal widths where those are wide enough (else of
+    /// `fit` channels and a remainder); else, for sets inside one sample, the whole sample (its rows split over the
+    /// threads from ``splitSampleFloats``; a sample too short to split only up to ``fusedSampleFloats``).
     static func tileWidth(_ g: NormalizationGeometry) -> Int? {
         guard nativeChannelsLast, g.channels > 0, g.positions > 0 else { return nil }
         let rows = g.samplesPerSet * g.positions, c = g.channels, fit = tileFloats / rows
         let threads = Parallelism.threadCount, slicesPerBlock = (threads + g.sampleBlocks - 1) / g.sampleBlocks
         if c <= fit && g.sampleBlocks >= threads { return c }
+        if g.samplesPerSet > 1 && blockParts(g).total > 1 { return c }
         let cps = g.channelsPerSet, step = cps % 16 == 0 || 16 % cps != 0 ? cps : 16  // whole sets, whole vectors
         // As many slices per block as the tile size needs, rounded up to a multiple of the slices a block needs for
         // the threads, and slices of equal width: the tiles split evenly over the threads. (Slices of `fit` channels
@@ -275,19 +276,29 @@ extension NormalizationKernels {
         }
         let width = min(fit, (c + slicesPerBlock - 1) / slicesPerBlock) / step * step
         if width >= minimumSlice { return min(width, c) }
-        return g.samplesPerSet == 1 && (rows * c <= fusedSampleFloats || sampleParts(g) > 1) ? c : nil
+        return g.samplesPerSet == 1 && (rows * c <= fusedSampleFloats || blockParts(g).total > 1) ? c : nil
     }
 
-    /// The parts of rows each sample of `g` is cut into when its tiles are whole samples: 1 below
-    /// ``splitSampleFloats`` (or below two parts of ``minimumPartRows``), else up to ``maximumSampleParts``.
-    static func sampleParts(_ g: NormalizationGeometry) -> Int {
-        guard g.samplesPerSet == 1, g.positions * g.channels >= splitSampleFloats else { return 1 }
-        return max(1, min(maximumSampleParts, g.positions / minimumPartRows))
+    /// The parts of rows each sample block of `g` is cut into when its tiles are whole blocks, each part inside one
+    /// sample: `perSample` parts of each of its samples' rows, `total` in all (1: not cut). A sample of
+    /// ``splitSampleFloats`` or more is cut into up to ``maximumSampleParts`` parts of at least ``minimumPartRows``
+    /// rows. A block of several samples (BN's batch or ghost batch) of ``splitSampleFloats`` to ``fusedSampleFloats``
+    /// whose samples have ``minimumPartRows`` rows is cut at least at its samples: there a slice of channels does not
+    /// shrink what a tile takes of the caches when a row is a multiple of 4 KB (every power-of-two channel count from
+    /// 1,024; 512 and 256 take 2 and 4 rows a page), since the slice's lines of every row then fall in the same
+    /// cache sets, a fraction `slice / row` of them. BN (2, 1024, 14, 14) in 256-channel slices of its 392 rows:
+    /// 1.6 MB of `x` and `y` per slice, in a quarter of L2's sets.
+    static func blockParts(_ g: NormalizationGeometry) -> (perSample: Int, total: Int) {
+        let m = g.positions, sample = m * g.channels, block = g.samplesPerSet * sample
+        let perSample = sample >= splitSampleFloats ? max(1, min(maximumSampleParts, m / minimumPartRows)) : 1
+        if g.samplesPerSet == 1 { return (perSample, perSample) }
+        guard m >= minimumPartRows, block >= tileFloats, block <= fusedSampleFloats else { return (1, 1) }
+        return (perSample, g.samplesPerSet * perSample)
     }
 
-    /// Doubles of scratch for the partial sums of a split sample (``sampleParts(_:)``): per part, two rows of C.
+    /// Doubles of scratch for the partial sums of a split block (``blockParts(_:)``): per part, two rows of C.
     static func sampleSplitScratchCount(_ g: NormalizationGeometry) -> Int {
-        let parts = sampleParts(g)
+        let parts = blockParts(g).total
         return parts > 1 ? 2 * parts * g.channels : 0
     }
 
@@ -295,6 +306,17 @@ extension NormalizationKernels {
     @inline(__always)
     static func rows(ofParts t: Range<Int>, _ parts: Int, positions m: Int) -> Range<Int> {
         (m * t.lowerBound / parts)..<(m * t.upperBound / parts)
+    }
+
+    /// The rows of part `t` of block `block`'s ``blockParts(_:)`` and the element its first row starts at: the
+    /// block's sample `t / perSample`, its rows of part `t % perSample`.
+    @inline(__always)
+    static func blockPart(
+        _ t: Int, of parts: (perSample: Int, total: Int), block: Int, geometry g: NormalizationGeometry
+    ) -> (rows: Int, element: Int) {
+        let n = block * g.samplesPerSet + t / parts.perSample, j = t % parts.perSample
+        let part = rows(ofParts: j..<(j + 1), parts.perSample, positions: g.positions)
+        return (part.count, (n * g.positions + part.lowerBound) * g.channels)
     }
 
     /// Calls `body(share)` on each thread with its contiguous share of a split sample's or set's `parts`, one piece
@@ -395,26 +417,29 @@ extension NormalizationKernels {
             }
         }
 
-        let parts = width == c ? sampleParts(g) : 1
-        if parts > 1 {
+        let parts = width == c ? blockParts(g) : (perSample: 1, total: 1)
+        if parts.total > 1 {
             let partial = sums + 2 * g.batch * c
-            for n in 0..<g.batch {
-                let first = x + n * m * c, k = n * c
-                splitPasses(parts: parts) { t in
-                    let part = rows(ofParts: t..<(t + 1), parts, positions: m)
+            for b in 0..<g.sampleBlocks {
+                let first = x + b * sps * m * c, k = b * c
+                splitPasses(parts: parts.total) { t in
+                    let (rows, o) = blockPart(t, of: parts, block: b, geometry: g)
                     let a1 = partial + 2 * t * c, a2 = a1 + c
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
-                    nk_cl_centered_sums(a1, a2, first + part.lowerBound * c, part.count, c, c, first, read)
+                    nk_cl_centered_sums(a1, a2, x + o, rows, c, c, first, read)
                 } between: {
-                    addParts(
-                        s1: sums + n * c, s2: sums + (g.batch + n) * c, partial: partial, parts: parts, channels: c)
-                    tileCoefficients(b: n, c0: 0, w: c, first: first)
+                    for n in (b * sps)..<((b + 1) * sps) {
+                        addParts(
+                            s1: sums + n * c, s2: sums + (g.batch + n) * c,
+                            partial: partial + 2 * (n - b * sps) * parts.perSample * c, parts: parts.perSample,
+                            channels: c)
+                    }
+                    tileCoefficients(b: b, c0: 0, w: c, first: first)
                 } apply: { t in
-                    let part = rows(ofParts: t..<(t + 1), parts, positions: m), o = (n * m + part.lowerBound) * c
+                    let (rows, o) = blockPart(t, of: parts, block: b, geometry: g)
                     nk_cl_affine_centered(
-                        y + o, x + o, part.count, c, c, centers + k, scale + k, shift + k, activation.kernelCode,
-                        store)
+                        y + o, x + o, rows, c, c, centers + k, scale + k, shift + k, activation.kernelCode, store)
                 }
             }
             return
@@ -478,26 +503,28 @@ extension NormalizationKernels {
             }
         }
 
-        let parts = width == c ? sampleParts(g) : 1
-        if parts > 1 {
-            for n in 0..<g.batch {
-                let k = tileCenters(b: n, c0: 0, w: c), p = k + c, q = p + c, r = q + c
-                @inline(__always) func offset(_ t: Int) -> (rows: Int, element: Int) {
-                    let part = rows(ofParts: t..<(t + 1), parts, positions: m)
-                    return (part.count, (n * m + part.lowerBound) * c)
-                }
-                splitPasses(parts: parts) { t in
-                    let (count, o) = offset(t), a1 = partial + 2 * t * c, a2 = a1 + c
+        let parts = width == c ? blockParts(g) : (perSample: 1, total: 1)
+        if parts.total > 1 {
+            for b in 0..<g.sampleBlocks {
+                let k = tileCenters(b: b, c0: 0, w: c), p = k + c, q = p + c, r = q + c
+                splitPasses(parts: parts.total) { t in
+                    let (count, o) = blockPart(t, of: parts, block: b, geometry: g)
+                    let a1 = partial + 2 * t * c, a2 = a1 + c
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
-                    withKernelActivation(activation, coefficient: n * c, element: o) {
+                    withKernelActivation(activation, coefficient: b * c, element: o) {
                         nk_cl_gradient_sums(a1, a2, dy + o, x + o, count, c, c, k, $0, read)
                     }
                 } between: {
-                    addParts(s1: sumDy + n * c, s2: sumDyCentered + n * c, partial: partial, parts: parts, channels: c)
-                    tileCoefficients(b: n, c0: 0, w: c)
+                    for n in (b * sps)..<((b + 1) * sps) {
+                        addParts(
+                            s1: sumDy + n * c, s2: sumDyCentered + n * c,
+                            partial: partial + 2 * (n - b * sps) * parts.perSample * c, parts: parts.perSample,
+                            channels: c)
+                    }
+                    tileCoefficients(b: b, c0: 0, w: c)
                 } apply: { t in
-                    let (count, o) = offset(t)
+                    let (count, o) = blockPart(t, of: parts, block: b, geometry: g)
                     nk_cl_gradient_apply(dx + o, upstream + o, x + o, count, c, c, p, q, r, k, store)
                 }
             }

@@ -6,7 +6,7 @@
 // with `x` and `dy` (per-row sums need no merge where a row lies in one part; a one-row set's parts add theirs in part
 // order). Without it a set went to one thread: a geometry with fewer sets than threads (LN at batch 1, IN on three
 // channels) ran on fewer cores, and a set larger than L2 was read a second time from L3 (the channels-last
-// counterpart is `sampleParts` in ChannelsLastKernels.swift).
+// counterpart is `blockParts` in ChannelsLastKernels.swift).
 
 extension NormalizationKernels {
     /// The parts each channels-first set of `g` is cut into: 1 (not split) below ``splitSampleFloats``, else one per
