@@ -474,7 +474,8 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
     /// order, then each thread applies its own rows. Batch 1 and 3, 2 and 3 threads (parts of unequal rows), GN, LN
     /// and IN, 130 channels (not a multiple of the vector), checked as every other shape: against the float64
     /// reference, against channels-first and against the portable kernels. Also LN on a 4 MB sample of 16 rows, too
-    /// short to split, which takes the unfused path.
+    /// short to split, which takes the unfused path, and a lone sample of 624 KB ([1, 520, 300]) cut in two: LN's
+    /// forward and backward, GN's backward.
     func testSamplesSplitOverThreadsChannelsLast() throws {
         var rng = SeededGenerator(seed: 0xC1_08)
         let worst = Worst()
@@ -482,7 +483,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
             Parallelism.threadCount = threads
             for (shape, groups) in [
                 ([1, 64, 4201], 16), ([1, 64, 4201], 1), ([1, 64, 4201], 64), ([3, 130, 2017], 13),
-                ([1, 66_000, 16], 1),
+                ([1, 66_000, 16], 1), ([1, 520, 300], 1), ([1, 520, 300], 13),
             ] {
                 try check(Self.groupNormCase(shape, groups: groups, &rng), shape: shape, worst: worst, rng: &rng)
             }
@@ -495,13 +496,14 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
     /// the native tiled path cuts the block's rows at its samples, and a sample of 1 MB or more into parts
     /// (`NormalizationKernels.blockParts`), each sample's sums added in part order, then each thread applies its own
     /// rows. BN and BRN, whole and ghost batches, 2 and 3 threads (shares of unequal parts), 130 and 70 channels,
-    /// checked as every other shape; [2, 512, 128] is a block of exactly 512 KB.
+    /// checked as every other shape; [2, 512, 128] is a block of exactly 512 KB; [1, 520, 300] a lone sample whose
+    /// backward is cut in two.
     func testBlocksSplitOverThreadsChannelsLast() throws {
         var rng = SeededGenerator(seed: 0xC1_0A)
         let worst = Worst()
         let cases: [(shape: [Int], normBatch: Int?)] = [
             ([4, 70, 600], nil), ([3, 130, 1000], nil), ([6, 130, 700], 3), ([2, 130, 2100], nil),
-            ([2, 512, 128], nil),
+            ([2, 512, 128], nil), ([1, 520, 300], nil),
         ]
         for threads in [2, 3] {
             Parallelism.threadCount = threads

@@ -238,7 +238,7 @@ extension NormalizationKernels {
     /// The narrowest slice of a row that is not the whole row (1 KB).
     static let minimumSlice = 256
     /// Whole-sample tiles of at least this many floats (1 MB) go one sample at a time to all the threads, cut into
-    /// parts of rows (``blockParts(_:)``): each thread's parts stay in its own L2 from the sums to the apply, where
+    /// parts of rows (``blockParts(_:backward:)``): each thread's parts stay in its own L2 from the sums to the apply, where
     /// one thread per sample re-read the whole sample from L3, and a batch smaller than the thread count still uses
     /// every core, where it ran on one. An 800 KB sample at batch 8, which stays in L2 whole, measured 1.11× the time
     /// split; the larger ones faster (PERFORMANCE.md, session 22).
@@ -251,18 +251,23 @@ extension NormalizationKernels {
     /// many floats (4 MB), and the unfused path beyond it, which splits the apply's rows over the threads.
     static let fusedSampleFloats = 1 << 20
 
-    /// The slice width (channels) of the tiled path for `g`, or nil for the unfused path (statistics of the whole
-    /// tensor, then the apply). Whole rows when a block's rows fit a tile and there is a block per thread; whole rows
-    /// of a block of several samples cut into parts (``blockParts(_:)``); else slices of at least ``minimumSlice``
-    /// channels holding whole sets, one per thread at least, of equal widths where those are wide enough (else of
-    /// `fit` channels and a remainder); else, for sets inside one sample, the whole sample (its rows split over the
-    /// threads from ``splitSampleFloats``; a sample too short to split only up to ``fusedSampleFloats``).
-    static func tileWidth(_ g: NormalizationGeometry) -> Int? {
+    /// The slice width (channels) of the tiled path for `g` (the forward's or the backward's), or nil for the unfused
+    /// path (statistics of the whole tensor, then the apply). Whole rows when a block's rows fit a tile and there is a
+    /// block per thread; whole rows cut into parts (``blockParts(_:backward:)``) for a block of several samples or a
+    /// lone sample below ``splitSampleFloats``; else slices of at least ``minimumSlice`` channels holding whole sets,
+    /// one per thread at least, of equal widths where those are wide enough (else of `fit` channels and a remainder);
+    /// else, for sets inside one sample, the whole sample (its rows split over the threads from
+    /// ``splitSampleFloats``; a sample too short to split only up to ``fusedSampleFloats``). Samples of
+    /// ``splitSampleFloats`` or more take slices before parts where the slices are wide enough: GN (2, 2048, 16, 16)
+    /// NHWC in parts measured 1.07x the forward's time and 1.05x the forward+backward's (PERFORMANCE.md, session 27).
+    static func tileWidth(_ g: NormalizationGeometry, backward: Bool) -> Int? {
         guard nativeChannelsLast, g.channels > 0, g.positions > 0 else { return nil }
         let rows = g.samplesPerSet * g.positions, c = g.channels, fit = tileFloats / rows
         let threads = Parallelism.threadCount, slicesPerBlock = (threads + g.sampleBlocks - 1) / g.sampleBlocks
         if c <= fit && g.sampleBlocks >= threads { return c }
-        if g.samplesPerSet > 1 && blockParts(g).total > 1 { return c }
+        if g.samplesPerSet > 1 || g.positions * c < splitSampleFloats, blockParts(g, backward: backward).total > 1 {
+            return c
+        }
         let cps = g.channelsPerSet, step = cps % 16 == 0 || 16 % cps != 0 ? cps : 16  // whole sets, whole vectors
         // As many slices per block as the tile size needs, rounded up to a multiple of the slices a block needs for
         // the threads, and slices of equal width: the tiles split evenly over the threads. (Slices of `fit` channels
@@ -276,29 +281,41 @@ extension NormalizationKernels {
         }
         let width = min(fit, (c + slicesPerBlock - 1) / slicesPerBlock) / step * step
         if width >= minimumSlice { return min(width, c) }
-        return g.samplesPerSet == 1 && (rows * c <= fusedSampleFloats || blockParts(g).total > 1) ? c : nil
+        return g.samplesPerSet == 1 && (rows * c <= fusedSampleFloats || blockParts(g, backward: backward).total > 1)
+            ? c : nil
     }
 
     /// The parts of rows each sample block of `g` is cut into when its tiles are whole blocks, each part inside one
-    /// sample: `perSample` parts of each of its samples' rows, `total` in all (1: not cut). A sample of
-    /// ``splitSampleFloats`` or more is cut into up to ``maximumSampleParts`` parts of at least ``minimumPartRows``
-    /// rows. A block of several samples (BN's batch or ghost batch) of ``splitSampleFloats`` to ``fusedSampleFloats``
-    /// whose samples have ``minimumPartRows`` rows is cut at least at its samples: there a slice of channels does not
-    /// shrink what a tile takes of the caches when a row is a multiple of 4 KB (every power-of-two channel count from
-    /// 1,024; 512 and 256 take 2 and 4 rows a page), since the slice's lines of every row then fall in the same
-    /// cache sets, a fraction `slice / row` of them. BN (2, 1024, 14, 14) in 256-channel slices of its 392 rows:
-    /// 1.6 MB of `x` and `y` per slice, in a quarter of L2's sets.
-    static func blockParts(_ g: NormalizationGeometry) -> (perSample: Int, total: Int) {
+    /// sample: `perSample` parts of each of its samples' rows, `total` in all (1: not cut). Each part's sums are added
+    /// in part order, and the parts are fixed by the shape and the direction, never by the thread count.
+    ///
+    /// - A sample of ``splitSampleFloats`` or more: up to ``maximumSampleParts`` parts of at least
+    ///   ``minimumPartRows`` rows.
+    /// - A lone sample (batch 1) of ``tileFloats`` or more: two parts where its tile would be one thread's (LN: a set
+    ///   as wide as the row leaves no slices), and in the backward, whose `x`, `dy` and `dx` would not stay in L2 in
+    ///   slices (below).
+    /// - A block of several samples (BN's batch or ghost batch) of ``tileFloats`` to ``fusedSampleFloats`` whose
+    ///   samples have ``minimumPartRows`` rows: at least at its samples.
+    ///
+    /// Slices of channels do not shrink what a tile takes of the caches when a row is a multiple of 4 KB (every
+    /// power-of-two channel count from 1,024; from 256 a page holds whole rows at the same offsets too): the slice's
+    /// lines of every row fall in the same cache sets, a fraction `slice / row` of them. BN (2, 1024, 14, 14) NHWC in
+    /// 256-channel slices of its 392 rows put 1.6 MB of `x` and `y` per slice in a quarter of L2's sets.
+    static func blockParts(_ g: NormalizationGeometry, backward: Bool) -> (perSample: Int, total: Int) {
         let m = g.positions, sample = m * g.channels, block = g.samplesPerSet * sample
         let perSample = sample >= splitSampleFloats ? max(1, min(maximumSampleParts, m / minimumPartRows)) : 1
-        if g.samplesPerSet == 1 { return (perSample, perSample) }
+        if g.samplesPerSet == 1 {
+            let lone = g.sampleBlocks == 1 && sample >= tileFloats && m >= 2 * minimumPartRows
+            let split = lone && (backward || g.channelsPerSet == g.channels)
+            return perSample == 1 && split ? (2, 2) : (perSample, perSample)
+        }
         guard m >= minimumPartRows, block >= tileFloats, block <= fusedSampleFloats else { return (1, 1) }
         return (perSample, g.samplesPerSet * perSample)
     }
 
-    /// Doubles of scratch for the partial sums of a split block (``blockParts(_:)``): per part, two rows of C.
+    /// Doubles of scratch for the partial sums of a split block (``blockParts(_:backward:)``): per part, two rows of C.
     static func sampleSplitScratchCount(_ g: NormalizationGeometry) -> Int {
-        let parts = blockParts(g).total
+        let parts = blockParts(g, backward: true).total  // (at least the forward's)
         return parts > 1 ? 2 * parts * g.channels : 0
     }
 
@@ -308,7 +325,7 @@ extension NormalizationKernels {
         (m * t.lowerBound / parts)..<(m * t.upperBound / parts)
     }
 
-    /// The rows of part `t` of block `block`'s ``blockParts(_:)`` and the element its first row starts at: the
+    /// The rows of part `t` of block `block`'s ``blockParts(_:backward:)`` and the element its first row starts at: the
     /// block's sample `t / perSample`, its rows of part `t % perSample`.
     @inline(__always)
     static func blockPart(
@@ -417,7 +434,7 @@ extension NormalizationKernels {
             }
         }
 
-        let parts = width == c ? blockParts(g) : (perSample: 1, total: 1)
+        let parts = width == c ? blockParts(g, backward: false) : (perSample: 1, total: 1)
         if parts.total > 1 {
             let partial = sums + 2 * g.batch * c
             for b in 0..<g.sampleBlocks {
@@ -503,7 +520,7 @@ extension NormalizationKernels {
             }
         }
 
-        let parts = width == c ? blockParts(g) : (perSample: 1, total: 1)
+        let parts = width == c ? blockParts(g, backward: true) : (perSample: 1, total: 1)
         if parts.total > 1 {
             for b in 0..<g.sampleBlocks {
                 let k = tileCenters(b: b, c0: 0, w: c), p = k + c, q = p + c, r = q + c

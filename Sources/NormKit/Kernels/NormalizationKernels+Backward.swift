@@ -139,7 +139,7 @@ extension NormalizationKernels {
                     q: q + first, r: r + first, center: center + first, store: store)
             }
         case .channelsLast:
-            if let width = tileWidth(g) {
+            if let width = tileWidth(g, backward: true) {
                 return nativeNormalizeBackwardTiled(
                     dx: dx, sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, mean: mean, rstd: rstd,
                     gammaEffective: gammaEffective, scratch: scratch, partial: scratchDouble, activation: activation,

@@ -196,7 +196,7 @@ enum NormalizationKernels {
                     scale: scratchScale + k0, shift: scratchShift + k0, activation: activation, store: store)
             }
         case .channelsLast:
-            if let width = tileWidth(g) {
+            if let width = tileWidth(g, backward: false) {
                 return nativeNormalizeTiled(
                     y: y, mean: mean, variance: variance, rstd: rstd, gain: gain, offset: offset, x: x, gamma: gamma,
                     beta: beta, epsilon: epsilon, rule: rule, scale: scratchScale, shift: scratchShift,
