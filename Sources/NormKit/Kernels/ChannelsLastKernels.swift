@@ -238,10 +238,10 @@ extension NormalizationKernels {
     /// The narrowest slice of a row that is not the whole row (1 KB).
     static let minimumSlice = 256
     /// Whole-sample tiles of at least this many floats (1 MB) go one sample at a time to all the threads, cut into
-    /// parts of rows (``blockParts(_:backward:)``): each thread's parts stay in its own L2 from the sums to the apply, where
-    /// one thread per sample re-read the whole sample from L3, and a batch smaller than the thread count still uses
-    /// every core, where it ran on one. An 800 KB sample at batch 8, which stays in L2 whole, measured 1.11× the time
-    /// split; the larger ones faster (PERFORMANCE.md, session 22).
+    /// parts of rows (``blockParts(_:backward:)``): each thread's parts stay in its own L2 from the sums to the apply,
+    /// where one thread per sample re-read the whole sample from L3, and a batch smaller than the thread count still
+    /// uses every core, where it ran on one. An 800 KB sample at batch 8, which stays in L2 whole, measured 1.11× the
+    /// time split; the larger ones faster (PERFORMANCE.md, session 22).
     static let splitSampleFloats = 1 << 18
     /// The parts a split sample is cut into, at most (fixed by the shape, not by the thread count, so that the bits
     /// do not depend on it: each part's sums are added in part order), and the fewest rows a part has.
@@ -259,7 +259,7 @@ extension NormalizationKernels {
     /// else, for sets inside one sample, the whole sample (its rows split over the threads from
     /// ``splitSampleFloats``; a sample too short to split only up to ``fusedSampleFloats``). Samples of
     /// ``splitSampleFloats`` or more take slices before parts where the slices are wide enough: GN (2, 2048, 16, 16)
-    /// NHWC in parts measured 1.07x the forward's time and 1.05x the forward+backward's (PERFORMANCE.md, session 27).
+    /// NHWC in parts measured 1.07× the forward's time and 1.05× the forward+backward's (PERFORMANCE.md, session 27).
     static func tileWidth(_ g: NormalizationGeometry, backward: Bool) -> Int? {
         guard nativeChannelsLast, g.channels > 0, g.positions > 0 else { return nil }
         let rows = g.samplesPerSet * g.positions, c = g.channels, fit = tileFloats / rows
@@ -313,7 +313,8 @@ extension NormalizationKernels {
         return (perSample, g.samplesPerSet * perSample)
     }
 
-    /// Doubles of scratch for the partial sums of a split block (``blockParts(_:backward:)``): per part, two rows of C.
+    /// Doubles of scratch for the partial sums of a split block (``blockParts(_:backward:)``): per part, two rows of
+    /// C.
     static func sampleSplitScratchCount(_ g: NormalizationGeometry) -> Int {
         let parts = blockParts(g, backward: true).total  // (at least the forward's)
         return parts > 1 ? 2 * parts * g.channels : 0
@@ -325,8 +326,8 @@ extension NormalizationKernels {
         (m * t.lowerBound / parts)..<(m * t.upperBound / parts)
     }
 
-    /// The rows of part `t` of block `block`'s ``blockParts(_:backward:)`` and the element its first row starts at: the
-    /// block's sample `t / perSample`, its rows of part `t % perSample`.
+    /// The rows of part `t` of block `block`'s ``blockParts(_:backward:)`` and the element its first row starts at:
+    /// the block's sample `t / perSample`, its rows of part `t % perSample`.
     @inline(__always)
     static func blockPart(
         _ t: Int, of parts: (perSample: Int, total: Int), block: Int, geometry g: NormalizationGeometry
@@ -372,6 +373,22 @@ extension NormalizationKernels {
                 s1[ch] += p1[ch]
                 s2[ch] += p2[ch]
             }
+        }
+    }
+
+    /// ``addParts(s1:s2:partial:parts:channels:)`` for each sample `n` of block `block` of a split block
+    /// (``blockParts(_:backward:)``): its per-channel sums at `s1 + n·C`, `s2 + n·C` from its parts' in `partial`.
+    @inline(__always)
+    static func addParts(
+        s1: UnsafeMutablePointer<Double>, s2: UnsafeMutablePointer<Double>, partial: UnsafePointer<Double>,
+        of parts: (perSample: Int, total: Int), block: Int, geometry g: NormalizationGeometry
+    ) {
+        let c = g.channels
+        for j in 0..<g.samplesPerSet {
+            let n = block * g.samplesPerSet + j
+            addParts(
+                s1: s1 + n * c, s2: s2 + n * c, partial: partial + 2 * j * parts.perSample * c, parts: parts.perSample,
+                channels: c)
         }
     }
 
@@ -446,12 +463,7 @@ extension NormalizationKernels {
                     a2.update(repeating: 0, count: c)
                     nk_cl_centered_sums(a1, a2, x + o, rows, c, c, first, read)
                 } between: {
-                    for n in (b * sps)..<((b + 1) * sps) {
-                        addParts(
-                            s1: sums + n * c, s2: sums + (g.batch + n) * c,
-                            partial: partial + 2 * (n - b * sps) * parts.perSample * c, parts: parts.perSample,
-                            channels: c)
-                    }
+                    addParts(s1: sums, s2: sums + g.batch * c, partial: partial, of: parts, block: b, geometry: g)
                     tileCoefficients(b: b, c0: 0, w: c, first: first)
                 } apply: { t in
                     let (rows, o) = blockPart(t, of: parts, block: b, geometry: g)
@@ -533,12 +545,7 @@ extension NormalizationKernels {
                         nk_cl_gradient_sums(a1, a2, dy + o, x + o, count, c, c, k, $0, read)
                     }
                 } between: {
-                    for n in (b * sps)..<((b + 1) * sps) {
-                        addParts(
-                            s1: sumDy + n * c, s2: sumDyCentered + n * c,
-                            partial: partial + 2 * (n - b * sps) * parts.perSample * c, parts: parts.perSample,
-                            channels: c)
-                    }
+                    addParts(s1: sumDy, s2: sumDyCentered, partial: partial, of: parts, block: b, geometry: g)
                     tileCoefficients(b: b, c0: 0, w: c)
                 } apply: { t in
                     let (count, o) = blockPart(t, of: parts, block: b, geometry: g)
