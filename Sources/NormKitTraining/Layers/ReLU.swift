@@ -79,15 +79,17 @@ enum Elementwise {
         }
     }
 
-    /// `y[i] = f(a[i], b[i])`, 16 lanes at a time and the tail in one zero-padded vector (`y` may alias `a` or `b`).
+    /// `y[i] = Op.value(a[i], b[i])`, 16 lanes at a time and the tail in one zero-padded vector (`y` may alias `a` or
+    /// `b`). The operation is a type, so that the loop is specialized for it and inlines it: as a closure it was
+    /// called out of line once per vector (session 27).
     @inline(__always)
-    static func map(
+    static func map<Op: VectorOperation>(
         _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int,
-        _ f: (Vector, Vector) -> Vector
+        _: Op.Type
     ) {
         var i = 0
         while i + 16 <= count {
-            let r = f(
+            let r = Op.value(
                 UnsafeRawPointer(a + i).loadUnaligned(as: Vector.self),
                 UnsafeRawPointer(b + i).loadUnaligned(as: Vector.self))
             UnsafeMutableRawPointer(y + i).storeBytes(of: r, as: Vector.self)
@@ -96,32 +98,54 @@ enum Elementwise {
         guard i < count else { return }
         var ta = Vector(repeating: 0), tb = ta
         for j in 0..<(count - i) { (ta[j], tb[j]) = (a[i + j], b[i + j]) }
-        let r = f(ta, tb)
+        let r = Op.value(ta, tb)
         for j in 0..<(count - i) { y[i + j] = r[j] }
+    }
+
+    /// `max(a, 0)` (NaN passes through; `b` unused).
+    enum ReLUOperation: VectorOperation {
+        @inline(__always) static func value(_ a: Vector, _ b: Vector) -> Vector { a.replacing(with: 0, where: a .< 0) }
+    }
+
+    /// `max(a + b, 0)`.
+    enum AddReLUOperation: VectorOperation {
+        @inline(__always) static func value(_ a: Vector, _ b: Vector) -> Vector {
+            let v = a + b
+            return v.replacing(with: 0, where: v .< 0)
+        }
+    }
+
+    /// `a + b`.
+    enum AddOperation: VectorOperation {
+        @inline(__always) static func value(_ a: Vector, _ b: Vector) -> Vector { a + b }
+    }
+
+    /// `a > 0 ? b : 0` (a: the ReLU's output, b: the gradient).
+    enum ReLUBackwardOperation: VectorOperation {
+        @inline(__always) static func value(_ a: Vector, _ b: Vector) -> Vector {
+            Vector(repeating: 0).replacing(with: b, where: a .> 0)
+        }
     }
 
     /// `y[i] = x[i] < 0 ? 0 : x[i]` (`y` may alias `x`; `b` is not read).
     static func relu(
         _ x: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int
     ) {
-        map(x, x, y, count) { v, _ in v.replacing(with: 0, where: v .< 0) }
+        map(x, x, y, count, ReLUOperation.self)
     }
 
     /// `y[i] = max(a[i] + b[i], 0)`: a residual sum and its ReLU in one pass (`y` may alias `a` or `b`).
     static func addReLU(
         _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int
     ) {
-        map(a, b, y, count) { a, b in
-            let v = a + b
-            return v.replacing(with: 0, where: v .< 0)
-        }
+        map(a, b, y, count, AddReLUOperation.self)
     }
 
     /// `y[i] = a[i] + b[i]` (`y` may alias `a` or `b`).
     static func add(
         _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int
     ) {
-        map(a, b, y, count) { a, b in a + b }
+        map(a, b, y, count, AddOperation.self)
     }
 
     /// `dx[i] = y[i] > 0 ? a[i] + b[i] : 0`: ``reluBackward(_:_:_:_:)`` of the sum `a + b` (the same bits as
@@ -150,6 +174,11 @@ enum Elementwise {
     static func reluBackward(
         _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ count: Int
     ) {
-        map(y, dy, dx, count) { v, g in Vector(repeating: 0).replacing(with: g, where: v .> 0) }
+        map(y, dy, dx, count, ReLUBackwardOperation.self)
     }
+}
+
+/// An element-wise operation of two 16-lane vectors for ``Elementwise/map(_:_:_:_:_:)``.
+protocol VectorOperation {
+    static func value(_ a: Elementwise.Vector, _ b: Elementwise.Vector) -> Elementwise.Vector
 }
