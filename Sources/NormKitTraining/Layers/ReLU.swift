@@ -107,12 +107,9 @@ enum Elementwise {
         @inline(__always) static func value(_ a: Vector, _ b: Vector) -> Vector { a.replacing(with: 0, where: a .< 0) }
     }
 
-    /// `max(a + b, 0)`.
+    /// `max(a + b, 0)`: ``ReLUOperation`` of the sum.
     enum AddReLUOperation: VectorOperation {
-        @inline(__always) static func value(_ a: Vector, _ b: Vector) -> Vector {
-            let v = a + b
-            return v.replacing(with: 0, where: v .< 0)
-        }
+        @inline(__always) static func value(_ a: Vector, _ b: Vector) -> Vector { ReLUOperation.value(a + b, b) }
     }
 
     /// `a + b`.
