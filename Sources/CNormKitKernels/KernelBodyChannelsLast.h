@@ -95,15 +95,18 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, con
 }
 
 // s1[ch] += Σ d (or Σ g), s2[ch] += Σ d² (or Σ g·d) for channels 0 … w − 1 (w ≤ CL_MAX) of m rows c apart. The rows
-// go in tiles of CL_TILE_ROWS … CL_ROWS rows, about 32 KB where that is at least CL_TILE_ROWS rows; each tile is swept
-// once per CL_WIDTH channels, so x (and dy) come from memory once, nearly in order. A float lane adds one value per
-// row, so its total goes to double after at most CL_ROWS rows, whole tiles (the accuracy of the channels-first
-// kernels, whose lanes add ~n/64 values); rows whose tiles are shorter keep their float totals across tiles until then.
+// go in tiles of 16, 32 or 64 rows (CL_TILE_ROWS … CL_ROWS), the tallest within about 32 KB; each tile is swept once
+// per CL_WIDTH channels, so x (and dy) come from memory once, nearly in order. A float lane adds one value per row,
+// so its total goes to double every CL_ROWS rows (the accuracy of the channels-first kernels, whose lanes add ~n/64
+// values) and at the last row: at the same rows for every w, so that a channel's sums are the same bits whether its
+// slice of the row is narrow or the whole row (the slice width follows the thread count; session 28).
 NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, double *s1, double *s2, const float *dy,
                             const float *x, long m, long c, long w, const float *k, const nk_activation_backward *b) {
     float fa[CL_MAX + NK_LANES], fb[CL_MAX + NK_LANES];
-    const long fit = 8192 / w, tile = fit < CL_TILE_ROWS ? CL_TILE_ROWS : fit < CL_ROWS ? fit : CL_ROWS;
-    const long run = CL_ROWS / tile * tile;  // rows per float total: whole tiles, at most CL_ROWS
+    // Tiles of 16, 32 or 64 rows, all dividing CL_ROWS: every lane's float total goes to double at the same rows
+    // (multiples of CL_ROWS, and m) whatever w, so a channel's sums do not depend on the slice it is summed in.
+    long tile = CL_TILE_ROWS;
+    while (tile < CL_ROWS && 2 * tile * w <= 8192) tile *= 2;
     for (long j = 0; j < w + NK_LANES; j++) fa[j] = fb[j] = 0;  // the lanes past w are loaded, never used
     for (long p0 = 0; p0 < m; p0 += tile) {
         const long rows = p0 + tile < m ? tile : m - p0;
@@ -116,7 +119,7 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, doub
             CL_NV(cw, CL_PAIRS_TILE)
 #undef CL_PAIRS_TILE
         }
-        if ((p0 + rows) % run == 0 || p0 + rows == m) {
+        if ((p0 + rows) % CL_ROWS == 0 || p0 + rows == m) {
             for (long j = 0; j < w; j++) {
                 s1[j] += fa[j];
                 s2[j] += fb[j];

@@ -170,6 +170,14 @@ final class ParallelismTests: XCTestCase {
             // One-row sets of 1 MB or more (IN's maps, BN's channels at batch 1), cut into pieces of the row.
             ("IN, 1 MB maps", [1, 3, 512, 520], { try GroupNorm.instanceNorm(channels: 3) }),
             ("BN at batch 1, 1 MB channels", [1, 2, 512, 512], { try BatchNorm(channels: 2) }),
+            // Channels-last shapes whose path follows the thread count: BN's one block of 507 rows is a whole tile on 1
+            // thread and takes the unfused passes on 2 (whose gradient offset once lost bits to float); IN's
+            // 640-channel rows are whole on 1 thread and slices of 320 on 2 (the sums' float totals once went to
+            // double every 64 or every 50 rows by slice width); a 1 MB sample of 410 rows takes slices of 304
+            // channels on 1 and 2 threads and 6 parts of rows on 3 (a slice now sums the same parts).
+            ("BN, one block, tiled or unfused", [3, 48, 13, 13], { try BatchNorm(channels: 48) }),
+            ("IN, whole rows or slices", [1, 640, 14, 14], { try GroupNorm.instanceNorm(channels: 640) }),
+            ("GN, a 1 MB sample in slices or parts", [1, 640, 41, 10], { try GroupNorm(channels: 640, groups: 80) }),
         ]
         for (name, shape, make) in cases {
             for (layout, activation) in [TensorLayout.channelsFirst, .channelsLast].flatMap({ layout in
@@ -204,5 +212,68 @@ final class ParallelismTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// The same on random shapes of every size regime (a sample of 8 KB to 8 MB, 16 to 2,048 channels, batch 1 to 8)
+    /// and every layer kind, on 1 to 4 threads: a shape's channels-last path (whole rows, slices of a width that
+    /// follows the thread count, parts of rows, or the unfused passes) must never change its bits. (Session 28's audit
+    /// of 500 such shapes found three ways it did, each now a case above.)
+    func testRandomShapesAreBitIdenticalOnAnyThreadCount() throws {
+        var generator = SeededGenerator(seed: 0xA0D1)
+        let channelCounts = [16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 512, 640, 1024, 2048]
+        var failures: [String] = []
+        var tested = 0
+        while tested < 14 {
+            let c = channelCounts.randomElement(using: &generator)!
+            let batch = [1, 1, 2, 2, 3, 4, 8].randomElement(using: &generator)!
+            let m = max(1, (1 << Int.random(in: 11...21, using: &generator)) / c)
+            let h = max(1, Int(Double(m).squareRoot())), shape = [batch, c, h, max(1, m / h)]
+            let kind = Int.random(in: 0..<9, using: &generator)
+            let name = ["GN", "GN (8-channel groups)", "LN", "IN", "BN", "BN normBatch 1", "BRN", "MABN", "frozen BN"][
+                kind]
+            guard shape.reduce(1, *) <= 1 << 21 else { continue }
+            tested += 1
+            let make: () throws -> NormalizationLayer = {
+                switch kind {
+                case 0: return try GroupNorm(channels: c, groups: c % 32 == 0 ? 32 : c / 8)
+                case 1: return try GroupNorm(channels: c, groups: c / 8)
+                case 2: return try GroupNorm.layerNorm(channels: c)
+                case 3: return try GroupNorm.instanceNorm(channels: c)
+                case 4: return try BatchNorm(channels: c)
+                case 5: return try BatchNorm(channels: c, normBatch: 1)
+                case 6: return try BatchRenorm(channels: c)
+                case 7: return try MovingAverageBatchNorm(channels: c, bufferSize: 4, warmup: 0)
+                default: return try FrozenBatchNorm(channels: c, trainableAffine: true)
+                }
+            }
+            for layout in [TensorLayout.channelsLast, .channelsFirst] {
+                for activation in [FusedActivation.identity, .relu] {
+                    var values = SeededGenerator(seed: 7)
+                    let x = Tensor.randomNormal(
+                        shape: shape, layout: layout, mean: 0.3, standardDeviation: 1.2, using: &values)
+                    let dy = Tensor.randomNormal(shape: shape, layout: layout, using: &values)
+                    var reference: [[Float]] = []
+                    for threads in [1, 2, 3, 4] {
+                        Parallelism.threadCount = threads
+                        let layer = try make()
+                        layer.activation = activation
+                        let y = try layer.forward(x, training: true)
+                        let g = try layer.backward(dy)
+                        let outputs = [y.values, g.input.values, g.weight ?? [], g.bias ?? []]
+                        guard !reference.isEmpty else {
+                            reference = outputs
+                            continue
+                        }
+                        for (what, (a, b)) in zip(["y", "dx", "dγ", "dβ"], zip(outputs, reference)) where a != b {
+                            let differing = zip(a, b).filter { $0 != $1 }.count
+                            failures.append(
+                                "\(name) \(shape) \(layout) \(activation), \(threads) threads vs 1: \(what) differs in "
+                                    + "\(differing) of \(a.count)")
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(failures, [])
     }
 }

@@ -198,25 +198,19 @@ extension NormalizationKernels {
         }
     }
 
-    /// `dx = scale[b,c]·dy + slope[set]·(x − center[set]) + offset[set]`, rows of the batch split over threads.
+    /// `dx = scale[b,c]·dy + q·(x − k) + r` with `(k, q, r) = setCoefficients(set)` (the set's float centre, slope and
+    /// offset at that centre), rows of the batch split over threads.
     static func nativeGradientApplyChannelsLast(
-        dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
-        x: UnsafePointer<Float>, center: UnsafePointer<Double>,
-        scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
-        offset: UnsafePointer<Float>, geometry g: NormalizationGeometry
+        dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        scale: UnsafePointer<Float>, geometry g: NormalizationGeometry,
+        setCoefficients: (_ set: Int) -> (center: Float, slope: Float, offset: Float)
     ) {
         let c = g.channels, m = g.positions, store = g.outputStore
         Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * c) { rowValues in
                 let k = rowValues.baseAddress!, q = k + c, r = q + c
                 forEachSampleRun(rows, rowsPerSample: m) { n, first, count in
-                    for ch in 0..<c {
-                        let s = g.set(n: n, c: ch)
-                        let centering = Centering(center[s])
-                        k[ch] = centering.center
-                        q[ch] = slope[s]
-                        r[ch] = centering.offset(Double(offset[s]), slope: Double(slope[s]))
-                    }
+                    for ch in 0..<c { (k[ch], q[ch], r[ch]) = setCoefficients(g.set(n: n, c: ch)) }
                     let o = first * c
                     nk_cl_gradient_apply(
                         dx + o, dy + o, x + o, count, c, c, scale + g.coefficient(n: n, c: 0), q, r, k, store)
@@ -392,6 +386,37 @@ extension NormalizationKernels {
         }
     }
 
+    /// A slice's per-channel sums of one sample, `s1`, `s2` (`w` channels, zeroed here) from `sums(s1, s2, firstRow,
+    /// rows)` over the sample's `parts` parts of rows (``blockParts(_:backward:)``'s `perSample`), added in part order
+    /// as the split passes add them: a sample that takes slices on one thread count and parts on another gets the same
+    /// bits. (The kernel's float totals go to double at the same rows for any slice width, `cl_pairs_run`.)
+    @inline(__always)
+    static func sliceSums(
+        _ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, width w: Int, parts: Int,
+        positions m: Int,
+        _ sums: (_ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, _ row: Int, _ rows: Int) ->
+            Void
+    ) {
+        s1.update(repeating: 0, count: w)
+        s2.update(repeating: 0, count: w)
+        let first = rows(ofParts: 0..<1, parts, positions: m)
+        sums(s1, s2, first.lowerBound, first.count)
+        guard parts > 1 else { return }
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * w) { buffer in
+            let p1 = buffer.baseAddress!, p2 = p1 + w
+            for t in 1..<parts {
+                let part = rows(ofParts: t..<(t + 1), parts, positions: m)
+                p1.update(repeating: 0, count: w)
+                p2.update(repeating: 0, count: w)
+                sums(p1, p2, part.lowerBound, part.count)
+                for ch in 0..<w {
+                    s1[ch] += p1[ch]
+                    s2[ch] += p2[ch]
+                }
+            }
+        }
+    }
+
     /// Calls `body(block, firstChannel, width)` for the tiles `tiles` of slices `width` channels wide.
     @inline(__always)
     private static func forEachTile(
@@ -473,14 +498,17 @@ extension NormalizationKernels {
             }
             return
         }
+        // A slice of a sample that the split passes would cut (on another thread count) sums it in the same parts.
+        let sliceParts = sps == 1 ? blockParts(g, backward: false).perSample : 1
         Parallelism.forEachRange(count: tiles, work: activation.work(elements: g.elementCount)) { range in
             forEachTile(range, width: width, geometry: g) { b, c0, w in
                 let n0 = b * sps, first = x + n0 * m * c + c0
                 for n in n0..<(n0 + sps) {
-                    let a1 = sums + n * c + c0, a2 = sums + (g.batch + n) * c + c0
-                    a1.update(repeating: 0, count: w)
-                    a2.update(repeating: 0, count: w)
-                    nk_cl_centered_sums(a1, a2, x + n * m * c + c0, m, c, w, first, read)
+                    sliceSums(
+                        sums + n * c + c0, sums + (g.batch + n) * c + c0, width: w, parts: sliceParts, positions: m
+                    ) { a1, a2, row, rows in
+                        nk_cl_centered_sums(a1, a2, x + (n * m + row) * c + c0, rows, c, w, first, read)
+                    }
                 }
                 tileCoefficients(b: b, c0: c0, w: w, first: first)
                 let k = b * c + c0, o = n0 * m * c + c0
@@ -554,15 +582,18 @@ extension NormalizationKernels {
             }
             return
         }
+        let sliceParts = sps == 1 ? blockParts(g, backward: true).perSample : 1  // (as in the forward)
         Parallelism.forEachRange(count: tiles, work: backwardWork(g, activation)) { range in
             forEachTile(range, width: width, geometry: g) { b, c0, w in
                 let k = tileCenters(b: b, c0: c0, w: w), p = k + w, q = p + w, r = q + w, n0 = b * sps
                 for n in n0..<(n0 + sps) {
-                    let o = n * m * c + c0, a1 = sumDy + n * c + c0, a2 = sumDyCentered + n * c + c0
-                    a1.update(repeating: 0, count: w)
-                    a2.update(repeating: 0, count: w)
-                    withKernelActivation(activation, coefficient: b * c + c0, element: o) {
-                        nk_cl_gradient_sums(a1, a2, dy + o, x + o, m, c, w, k, $0, read)
+                    sliceSums(
+                        sumDy + n * c + c0, sumDyCentered + n * c + c0, width: w, parts: sliceParts, positions: m
+                    ) { a1, a2, row, rows in
+                        let o = (n * m + row) * c + c0
+                        withKernelActivation(activation, coefficient: b * c + c0, element: o) {
+                            nk_cl_gradient_sums(a1, a2, dy + o, x + o, rows, c, w, k, $0, read)
+                        }
                     }
                 }
                 tileCoefficients(b: b, c0: c0, w: w)

@@ -72,8 +72,12 @@ extension NormalizationKernels {
             }
         case .channelsLast:
             if nativeChannelsLast {
-                return nativeGradientApplyChannelsLast(
-                    dx: dx, dy: dy, x: x, center: center, scale: scale, slope: slope, offset: offset, geometry: g)
+                return nativeGradientApplyChannelsLast(dx: dx, dy: dy, x: x, scale: scale, geometry: g) { s in
+                    let centering = Centering(center[s])
+                    return (
+                        centering.center, slope[s], centering.offset(Double(offset[s]), slope: Double(slope[s]))
+                    )
+                }
             }
             Parallelism.forEachRange(count: g.batch * m, work: 2 * g.elementCount) { rows in
                 for row in rows {
@@ -148,13 +152,17 @@ extension NormalizationKernels {
             gradientSums(
                 sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, activation: activation,
                 geometry: g)
-            // scratch holds: scale (coefficientCount), slope (sets), offset (sets).
+            // scratch holds: scale (coefficientCount), slope (sets), offset (sets; native: at the float centre).
             let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
             for s in 0..<g.setCount {
                 let (q, o) = setGradientCoefficients(
                     sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
                     gammaEffective: gammaEffective, set: s, centeredOnFloat: false, geometry: g)
-                (slope[s], offset[s]) = (Float(q), Float(o))
+                // The native offset moves to the float centre from the Double slope and offset, as the tiled path's
+                // does: a shape takes one path or the other by the thread count, and both give the same bits.
+                (slope[s], offset[s]) = (
+                    Float(q), nativeChannelsLast ? Centering(mean[s]).offset(o, slope: q) : Float(o)
+                )
             }
             for n in stride(from: 0, to: g.batch, by: g.samplesPerSet) {
                 for ch in 0..<c {
@@ -162,8 +170,13 @@ extension NormalizationKernels {
                     scale[k] = Float(rstd[g.set(n: n, c: ch)] * gammaEffective[k])
                 }
             }
-            gradientApply(
-                dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset, geometry: g)
+            guard nativeChannelsLast else {
+                return gradientApply(
+                    dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset, geometry: g)
+            }
+            nativeGradientApplyChannelsLast(dx: dx, dy: upstream, x: x, scale: scale, geometry: g) { s in
+                (Centering(mean[s]).center, slope[s], offset[s])
+            }
         }
     }
 
