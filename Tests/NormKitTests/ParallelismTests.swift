@@ -216,8 +216,8 @@ final class ParallelismTests: XCTestCase {
 
     /// The same on random shapes of every size regime (a sample of 8 KB to 8 MB, 16 to 2,048 channels, batch 1 to 8)
     /// and every layer kind, on 1 to 4 threads: a shape's channels-last path (whole rows, slices of a width that
-    /// follows the thread count, parts of rows, or the unfused passes) must never change its bits. (Session 28's audit
-    /// of 500 such shapes found three ways it did, each now a case above.)
+    /// follows the thread count, parts of rows, or the unfused passes) must never change its bits. (Session 28's audit,
+    /// 500 draws of such shapes, found three ways it did, each now a case above.)
     func testRandomShapesAreBitIdenticalOnAnyThreadCount() throws {
         var generator = SeededGenerator(seed: 0xA0D1)
         let channelCounts = [16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 512, 640, 1024, 2048]
