@@ -216,8 +216,10 @@ final class ParallelismTests: XCTestCase {
 
     /// The same on random shapes of every size regime (a sample of 8 KB to 8 MB, 16 to 2,048 channels, batch 1 to 8)
     /// and every layer kind, on 1 to 4 threads: a shape's channels-last path (whole rows, slices of a width that
-    /// follows the thread count, parts of rows, or the unfused passes) must never change its bits. (Session 28's audit,
-    /// 500 draws of such shapes, found three ways it did, each now a case above.)
+    /// follows the thread count, parts of rows, or the unfused passes) must never change its bits, in two training
+    /// steps, an evaluation forward after them and the state they leave. (Session 28's audit, 500 draws of such
+    /// shapes, found three ways it did, each now a case above; session 29's, 340 draws with the evaluation forward
+    /// and the state, none.)
     func testRandomShapesAreBitIdenticalOnAnyThreadCount() throws {
         var generator = SeededGenerator(seed: 0xA0D1)
         let channelCounts = [16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 512, 640, 1024, 2048]
@@ -249,22 +251,40 @@ final class ParallelismTests: XCTestCase {
             for layout in [TensorLayout.channelsLast, .channelsFirst] {
                 for activation in [FusedActivation.identity, .relu] {
                     var values = SeededGenerator(seed: 7)
-                    let x = Tensor.randomNormal(
-                        shape: shape, layout: layout, mean: 0.3, standardDeviation: 1.2, using: &values)
+                    // Two training steps on inputs of different statistics (running statistics, MABN's buffers and
+                    // BRN's r and d move between them), then an evaluation forward on a third.
+                    let xs = (0..<3).map { i in
+                        Tensor.randomNormal(
+                            shape: shape, layout: layout, mean: 0.3 + Float(i), standardDeviation: 1.2 + Float(i),
+                            using: &values)
+                    }
                     let dy = Tensor.randomNormal(shape: shape, layout: layout, using: &values)
-                    var reference: [[Float]] = []
+                    var reference: [(String, [Float])] = []
                     for threads in [1, 2, 3, 4] {
                         Parallelism.threadCount = threads
                         let layer = try make()
                         layer.activation = activation
-                        let y = try layer.forward(x, training: true)
-                        let g = try layer.backward(dy)
-                        let outputs = [y.values, g.input.values, g.weight ?? [], g.bias ?? []]
+                        var outputs: [(String, [Float])] = []
+                        for step in 0..<2 {
+                            let y = try layer.forward(xs[step], training: true)
+                            let g = try layer.backward(dy)
+                            outputs += [
+                                ("y\(step)", y.values), ("dx\(step)", g.input.values), ("dγ\(step)", g.weight ?? []),
+                                ("dβ\(step)", g.bias ?? []),
+                            ]
+                        }
+                        outputs.append(("evaluation y", try layer.forward(xs[2], training: false).values))
+                        for (key, value) in layer.stateDict().sorted(by: { $0.key < $1.key }) {
+                            switch value {
+                            case .float32(_, let v): outputs.append((key, v))
+                            case .int64(_, let v): outputs.append((key, v.map(Float.init)))
+                            }
+                        }
                         guard !reference.isEmpty else {
                             reference = outputs
                             continue
                         }
-                        for (what, (a, b)) in zip(["y", "dx", "dγ", "dβ"], zip(outputs, reference)) where a != b {
+                        for ((what, a), (_, b)) in zip(outputs, reference) where a != b {
                             let differing = zip(a, b).filter { $0 != $1 }.count
                             failures.append(
                                 "\(name) \(shape) \(layout) \(activation), \(threads) threads vs 1: \(what) differs in "
