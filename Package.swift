@@ -11,10 +11,15 @@ let hasOneDNN = FileManager.default.fileExists(atPath: "/usr/include/oneapi/dnnl
 /// Open MPI (Debian's `libopenmpi-dev`, with `openmpi-bin` for `mpirun`) is optional too: it is the transport of
 /// `NormKitDistributed` only. Found by its pkg-config file or, failing that, its header; without either the bridge
 /// compiles stubs that throw a message naming the packages to install (`MPICommunicator.isAvailable` is false).
-/// `NORMKIT_WITHOUT_MPI=1` builds that configuration on a machine that has it.
-let hasOpenMPI = (FileManager.default.fileExists(atPath: "/usr/lib/x86_64-linux-gnu/pkgconfig/ompi-c.pc")
-    || FileManager.default.fileExists(atPath: "/usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h"))
-    && ProcessInfo.processInfo.environment["NORMKIT_WITHOUT_MPI"] == nil
+/// `NORMKIT_WITHOUT_MPI=1` builds that configuration on a machine that has it. Debian installs both under the
+/// machine's multiarch directory (`/usr/lib/x86_64-linux-gnu`, `/usr/lib/aarch64-linux-gnu`, …).
+let multiarchDirectories = ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib")) ?? [])
+    .filter { $0.contains("-linux-gnu") }.sorted().map { "/usr/lib/" + $0 }
+let openMPIFound = (["/usr/lib"] + multiarchDirectories).contains { directory in
+    FileManager.default.fileExists(atPath: directory + "/pkgconfig/ompi-c.pc")
+        || FileManager.default.fileExists(atPath: directory + "/openmpi/include/mpi.h")
+}
+let hasOpenMPI = openMPIFound && ProcessInfo.processInfo.environment["NORMKIT_WITHOUT_MPI"] == nil
 
 let package = Package(
     name: "NormKit",
