@@ -171,7 +171,7 @@ NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, cons
     }
     // Rows walked by pointers up to an end pointer: with an index into x, dy and out, clang kept the row count and
     // `out` on the stack (the function holds every variant), and each row waited on a decrement through memory (GN's
-    // 16-channel NHWC forward 1.7x the time); a count down ran 1.07–1.7x (PERFORMANCE.md, session 30).
+    // 16-channel NHWC forward 1.7x the time); a count down ran 1.03–1.7x (PERFORMANCE.md, session 30).
     const float *xr = x, *dyr = dy;
     float *outr = out;
     for (const float *end = x + m * c; xr != end; xr += c, outr += c) {
