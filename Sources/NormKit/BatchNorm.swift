@@ -20,7 +20,10 @@
 /// **SyncBN.** With ``crossWorkerReduction`` set (a data-parallel job's communicator), training statistics are
 /// those of the global batch over every worker (spec section 9): each worker's per-channel (count, mean, M2) are
 /// gathered and merged between the statistics and coefficients stages, and the backward sums `Σdy`, `Σdy·x̂` over
-/// workers; exact for unequal per-worker batches. Without it, BN on a worker is per-worker BN.
+/// workers for `dx`; exact for unequal per-worker batches. `dγ` and `dβ` stay **this worker's sums**, as in
+/// PyTorch's `SyncBatchNorm`: the spec's global `dγ = Σdy·x̂`, `dβ = Σdy` are their sum over the workers, which the
+/// data-parallel step's reduction of parameter gradients forms (NormKitTraining's trainer sums every parameter's
+/// gradient over the workers). Without it, BN on a worker is per-worker BN.
 ///
 /// **Non-finite batches.** If any batch statistic, or a new running value (a variance finite in Double can
 /// overflow Float), is NaN or infinite the running statistics are left unchanged and ``skippedUpdates`` is
@@ -98,7 +101,8 @@ public final class BatchNorm: NormalizationLayer {
     }
 
     /// Training: batch (or ghost-batch) statistics, running-statistics update, saves for backward.
-    /// Evaluation: `y = γ·(x − running_mean)/sqrt(running_var + ε) + β`.
+    /// Evaluation: `y = γ·(x − running_mean)/sqrt(running_var + ε) + β`, touching no state (a pending training
+    /// forward can still be backpropagated after it).
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try InputCheck.validate(x, channels: channels, layer: name)
         guard training else {
@@ -156,7 +160,6 @@ public final class BatchNorm: NormalizationLayer {
         ) { c in
             Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
         }
-        pending.clear()
     }
 
     /// The backward of the training forward: per (ghost batch, channel)
@@ -190,7 +193,8 @@ public final class BatchNorm: NormalizationLayer {
 
     /// SyncBN's backward: `Σ dz` and `Σ dz·(x − μ)` summed over every worker give
     /// `dx = γ·rstd·(dz − Σdz/n − x̂·Σdz·x̂/n)` with `n` the global count; `dγ`, `dβ` are this worker's sums (the
-    /// data-parallel step averages parameter gradients over workers like every other gradient).
+    /// data-parallel step sums parameter gradients over workers like every other gradient, which makes them the
+    /// spec's global sums).
     private func synchronizedBackward(
         _ dy: Tensor, input x: Tensor, into dx: inout Tensor, over reduction: CrossWorkerReduction,
         geometry g: NormalizationGeometry

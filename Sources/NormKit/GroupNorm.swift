@@ -51,6 +51,8 @@ public final class GroupNorm: NormalizationLayer {
     // Saved by the training forward for the backward, and the buffers reused across steps.
     private var pending = PendingForward()
     private var workspace = StatisticsWorkspace()
+    /// The evaluation forward's own buffers, so that it leaves a pending training forward's statistics alone.
+    private var evaluationWorkspace = StatisticsWorkspace()
 
     /// A GroupNorm with `groups` groups.
     ///
@@ -115,15 +117,23 @@ public final class GroupNorm: NormalizationLayer {
     }
 
     /// Normalizes each (sample, group); identical in training and evaluation. In training it saves `x` and the
-    /// group statistics for ``backward(_:into:)``.
+    /// group statistics for ``backward(_:into:)``; an evaluation forward touches no state (a pending training
+    /// forward can still be backpropagated after it).
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try InputCheck.validate(x, channels: channels, layer: name)
         let g = NormalizationGeometry(
             layout: x.layout, batch: x.batch, channels: channels,
             positions: x.spatialCount, samplesPerSet: 1, channelsPerSet: groupSize)
-        workspace.normalize(
-            x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, activation: activation, geometry: g)
-        if training { pending.save(x, g) } else { pending.clear() }
+        if training {
+            workspace.normalize(
+                x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, activation: activation,
+                geometry: g)
+            pending.save(x, g)
+        } else {
+            evaluationWorkspace.normalize(
+                x, into: &y, gamma: weight?.value, beta: bias?.value, epsilon: epsilon, activation: activation,
+                geometry: g)
+        }
     }
 
     /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` per group with `g = γ_c·dy`; `dγ_c = Σ dy·x̂`, `dβ_c = Σ dy`.

@@ -46,7 +46,8 @@ extension TensorLayer {
 ///   forward saved for the backward.
 /// - `training` is an explicit argument: there is no global mode.
 /// - Each training forward pairs with at most one backward; a backward without one throws
-///   ``NormalizationError/backwardBeforeForward(layer:)``. The backward overwrites the parameters' gradients.
+///   ``NormalizationError/backwardBeforeForward(layer:)``. An evaluation forward touches no state: a pending
+///   training forward can still be backpropagated after it. The backward overwrites the parameters' gradients.
 /// - Input is `(N, C, *spatial)` with spatial rank 0 to 3 in either ``TensorLayout``.
 /// - Bad input throws a ``NormalizationError`` naming the layer and changes nothing (see its error policy).
 /// - ``loadStateDict(_:strict:)`` is strict by default, as PyTorch's `load_state_dict`.
@@ -158,7 +159,7 @@ struct PendingForward {
     /// Saves `x` and `g` (a training forward).
     mutating func save(_ x: Tensor, _ g: NormalizationGeometry) { (input, geometry) = (x, g) }
 
-    /// Forgets the pending forward (after its backward, or when a layer's evaluation forward ends it).
+    /// Forgets the pending forward (after its backward).
     mutating func clear() { (input, geometry) = (nil, nil) }
 
     /// The saved input and geometry for the backward of `dy`, still pending (``clear()`` after the backward).

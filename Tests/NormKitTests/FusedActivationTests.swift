@@ -127,9 +127,6 @@ final class FusedActivationTests: KernelPathTestCase {
         let subtractsMean: Bool
         /// The ghost batch it needs to divide the batch (and be smaller than it), if any.
         let ghost: Int?
-        /// Whether an evaluation forward may come between a training forward and its backward (documented for
-        /// BRN, MABN; frozen BN keeps its saved input too).
-        let evaluationBetween: Bool
         /// Whether the running state depends on the backward (MABN's `buffer_gz`, `buffer_g`).
         let backwardState: Bool
 
@@ -149,13 +146,13 @@ final class FusedActivationTests: KernelPathTestCase {
 
     static func specs(_ family: Family, channels c: Int) -> [LayerSpec] {
         func spec(
-            _ label: String, ghost: Int? = nil, subtractsMean: Bool = true, evaluationBetween: Bool = false,
+            _ label: String, ghost: Int? = nil, subtractsMean: Bool = true,
             backwardState: Bool = false, values: @escaping ([Int]) -> Int,
             _ make: @escaping (Int) throws -> NormalizationLayer
         ) -> LayerSpec {
             LayerSpec(
                 label: label, make: make, valuesPerSet: values, subtractsMean: subtractsMean, ghost: ghost,
-                evaluationBetween: evaluationBetween, backwardState: backwardState)
+                backwardState: backwardState)
         }
         let brnSchedule = BatchRenorm.Schedule(warmupSteps: 0, rMax: 1.2, dMax: 0.1, rSteps: 1, dSteps: 1)
         switch family {
@@ -189,37 +186,37 @@ final class FusedActivationTests: KernelPathTestCase {
             return specs
         case .batchRenorm:
             return [
-                spec("BRN", evaluationBetween: true, values: { $0[0] * positions($0) }) {
+                spec("BRN", values: { $0[0] * positions($0) }) {
                     try BatchRenorm(channels: $0, momentum: 0.1, schedule: brnSchedule)
                 },
-                spec("BRN normBatch 2", ghost: 2, evaluationBetween: true, values: { 2 * positions($0) }) {
+                spec("BRN normBatch 2", ghost: 2, values: { 2 * positions($0) }) {
                     try BatchRenorm(channels: $0, momentum: 0.1, schedule: brnSchedule, normBatch: 2)
                 },
-                spec("BRN affine false", evaluationBetween: true, values: { $0[0] * positions($0) }) {
+                spec("BRN affine false", values: { $0[0] * positions($0) }) {
                     try BatchRenorm(channels: $0, momentum: 0.1, schedule: brnSchedule, affine: false)
                 },
             ]
         case .movingAverage:
             return [
                 spec(
-                    "MABN", subtractsMean: false, evaluationBetween: true, backwardState: true,
+                    "MABN", subtractsMean: false, backwardState: true,
                     values: { $0[0] * positions($0) }
                 ) {
                     try MovingAverageBatchNorm(channels: $0, bufferSize: 2, warmup: 0)
                 },
                 spec(
-                    "MABN normBatch 2", ghost: 2, subtractsMean: false, evaluationBetween: true, backwardState: true,
+                    "MABN normBatch 2", ghost: 2, subtractsMean: false, backwardState: true,
                     values: { 2 * positions($0) }
                 ) {
                     try MovingAverageBatchNorm(channels: $0, bufferSize: 3, warmup: 0, normBatch: 2)
                 },
-                spec("MABN BN form", evaluationBetween: true, backwardState: true, values: { $0[0] * positions($0) }) {
+                spec("MABN BN form", backwardState: true, values: { $0[0] * positions($0) }) {
                     try MovingAverageBatchNorm(
                         channels: $0, bufferSize: 2, warmup: 0,
                         parts: MovingAverageBatchNorm.Parts(secondMomentForm: false))
                 },
                 spec(
-                    "MABN affine false", subtractsMean: false, evaluationBetween: true, backwardState: true,
+                    "MABN affine false", subtractsMean: false, backwardState: true,
                     values: { $0[0] * positions($0) }
                 ) {
                     try MovingAverageBatchNorm(channels: $0, bufferSize: 2, warmup: 0, affine: false)
@@ -227,7 +224,7 @@ final class FusedActivationTests: KernelPathTestCase {
             ]
         case .frozen:
             return [
-                spec("frozen BN", subtractsMean: false, evaluationBetween: true, values: { _ in Int.max }) {
+                spec("frozen BN", subtractsMean: false, values: { _ in Int.max }) {
                     try FrozenBatchNorm(channels: $0, trainableAffine: true)
                 }
             ]
@@ -339,14 +336,11 @@ final class FusedActivationTests: KernelPathTestCase {
             try fused.forward(x[step], into: &y, training: true)
             let z = try plain.forward(x[step], training: true)
             tally.check("training y vs act(twin)", Self.forwardRatio(y, z, activation), limit: 1, at)
-            if spec.evaluationBetween {
-                // An evaluation forward between a training forward and its backward changes nothing.
-                try fused.forward(x[2], into: &ye, training: false)
-                let ze = try plain.forward(x[2], training: false)
-                tally.check(
-                    "evaluation y (backward pending) vs act(twin)", Self.forwardRatio(ye, ze, activation),
-                    limit: 1, at)
-            }
+            // An evaluation forward between a training forward and its backward changes nothing (every layer).
+            try fused.forward(x[2], into: &ye, training: false)
+            let ze = try plain.forward(x[2], training: false)
+            tally.check(
+                "evaluation y (backward pending) vs act(twin)", Self.forwardRatio(ye, ze, activation), limit: 1, at)
             try fused.backward(dy[step], into: &dx)
             let gp = try plain.backward(Self.chain(dy[step], through: z, activation))
             tally.expect("dx shape and layout", dx.shape == x[step].shape && dx.layout == x[step].layout, at)

@@ -244,6 +244,15 @@ final class InputErrorTests: XCTestCase {
             // An eval forward does not arm a backward.
             _ = try layer.forward(x, training: false)
             assertThrows(.backwardBeforeForward(layer: layer.name), mentioning: [layer.name]) { try layer.backward(dy) }
+            // Nor does it end a pending one: an eval forward of another batch (another shape) between a training
+            // forward and its backward leaves the backward's result bit for bit as it was.
+            let other = randomTensor([3, 6, 7], using: &rng)
+            _ = try layer.forward(x, training: true)
+            _ = try layer.forward(other, training: false)
+            let afterEvaluation = try layer.backward(dy)
+            XCTAssertEqual(afterEvaluation.input.values, first.input.values, layer.name)
+            XCTAssertEqual(afterEvaluation.weight, first.weight, layer.name)
+            XCTAssertEqual(afterEvaluation.bias, first.bias, layer.name)
         }
     }
 
