@@ -133,7 +133,7 @@ public final class BatchNorm: NormalizationLayer {
     /// Folds the last forward's statistics (`count` values per set) into the running statistics (the variance
     /// unbiased by `m/(m − 1)`), or counts a skipped update when a value is not finite.
     private func updateRunningStatistics(geometry g: NormalizationGeometry, count m: Double) {
-        batchesTracked += 1
+        batchesTracked &+= 1  // any loaded value (PyTorch's int64 counter, which BN never reads): wraps as PyTorch's
         let variance = workspace.variance, unbias = m / (m - 1)
         if !runningFold.fold(
             mean: &runningMean, spread: &runningVariance, batchMean: workspace.mean,

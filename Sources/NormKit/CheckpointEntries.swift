@@ -64,11 +64,18 @@ struct StateDictReader {
         guard case .int64(let s, let values) = entry, s.reduce(1, *) == 1, values.count == 1 else {
             throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected an int64 scalar")
         }
-        guard !nonNegative || values[0] >= 0 else {
-            throw NormalizationError.invalidState(layer: layer, name: name, reason: "must be ≥ 0")
+        guard !nonNegative || (0...Self.largestStepCount).contains(values[0]) else {
+            throw NormalizationError.invalidState(
+                layer: layer, name: name,
+                reason: "must be in 0...\(Self.largestStepCount) (2^53: more steps than any run takes; the layer "
+                    + "counts on from it)")
         }
         return values[0]
     }
+
+    /// The largest step counter a layer that computes with it (BRN's schedule, MABN's iterations) loads: 2^53, exact
+    /// in Double and far from overflowing as the layer adds its steps.
+    static let largestStepCount: Int64 = 1 << 53
 
     /// `weight` and `bias`, float32 `(C,)`, of the parameters that exist (a layer without them does not declare
     /// the keys, so given ones are unexpected).

@@ -109,7 +109,10 @@ struct TrainCommand: ParsableCommand {
     var brnDMax: Double?
     @Option(help: "BRN's relaxation schedule: scaled (to this run's steps, default) or paper (5k/40k/25k steps).")
     var brnSchedule: String?
-    @Flag(help: "Replace the run already in --out (its checkpoint and records are deleted first).")
+    @Flag(
+        help:
+            "Replace the run already in --out (its checkpoint and records are set aside, deleted at the new run's first checkpoint, put back if it stops before)."
+    )
     var overwrite = false
     @Flag(
         help: ArgumentHelp(

@@ -187,6 +187,42 @@ final class StateDictStrictnessTests: XCTestCase {
         XCTAssertEqual(brn.stateDict(), before)
     }
 
+    /// Step counters from a file: BRN's and MABN's (which their schedules compute with) load up to 2^53 and are
+    /// refused above, so counting on never overflows; BN's, which it never reads, loads any int64 as PyTorch's and
+    /// counts on past the largest one by wrapping (as PyTorch's int64 addition), instead of trapping.
+    func testStepCountersFromAFileNeverOverflow() throws {
+        var rng = SeededGenerator(seed: 0x5EC)
+        let x = Kit.randomTensor([4, 3, 2], .channelsFirst, mean: 0, std: 1, &rng)
+        let largest = Int64(1) << 53
+        for (label, key, make) in [
+            ("BRN", "num_batches_tracked", { try BatchRenorm(channels: 3) as NormalizationLayer }),
+            ("MABN", "iters", { try MovingAverageBatchNorm(channels: 3, bufferSize: 2) as NormalizationLayer }),
+        ] {
+            let layer = try make()
+            let before = layer.stateDict()
+            for value in [largest + 1, .max] {
+                var state = before
+                state[key] = .int64(shape: [], values: [value])
+                XCTAssertThrowsError(try layer.loadStateDict(state), "\(label) \(value)") {
+                    Kit.assertInvalidState($0, key)
+                }
+                XCTAssertEqual(layer.stateDict(), before, label)
+            }
+            var state = before
+            state[key] = .int64(shape: [], values: [largest])
+            try layer.loadStateDict(state)
+            _ = try layer.forward(x, training: true)
+            guard case .int64(_, let counted)? = layer.stateDict()[key] else { return XCTFail(label) }
+            XCTAssertGreaterThan(counted[0], largest, label)
+        }
+        let bn = try BatchNorm(channels: 3)
+        var state = bn.stateDict()
+        state["num_batches_tracked"] = .int64(shape: [], values: [.max])
+        try bn.loadStateDict(state)
+        _ = try bn.forward(x, training: true)
+        XCTAssertEqual(bn.stateDict()["num_batches_tracked"], .int64(shape: [], values: [.min]))
+    }
+
     func testLoadResultValue() {
         let result = StateDictLoadResult(missingKeys: ["b", "a"], unexpectedKeys: ["z", "c"])
         XCTAssertEqual(result.missingKeys, ["a", "b"])

@@ -162,4 +162,29 @@ final class FoldedExportTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("conv1.bias"), "\(error)")
         }
     }
+
+    /// A file whose `conv1` claims more filters than its values can hold (a hostile width) is refused before the
+    /// model it describes is built (which would ask for 150 GB), for a training checkpoint and a folded export.
+    func testAWidthTheFileCannotHoldIsRefusedBeforeTheModelIsBuilt() throws {
+        let (checkpoint, _, _) = try writeCheckpoint(.bn)
+        var (tensors, metadata) = try SafeTensors.read(from: checkpoint)
+        tensors["conv1.weight"] = .float32(shape: [65_536, 1, 1, 1], values: [Float](repeating: 0, count: 65_536))
+        let hostile = directory.appendingPathComponent("wide.safetensors")
+        try SafeTensors.write(tensors, metadata: metadata, to: hostile)
+        let out = directory.appendingPathComponent("wide-folded.safetensors")
+        XCTAssertThrowsError(try FoldedExport.export(checkpoint: hostile, to: out, overwrite: false)) { error in
+            guard case .tensorsDoNotMatch(_, let reason)? = error as? CheckpointError else {
+                return XCTFail("\(error)")
+            }
+            XCTAssertTrue(reason.contains("65536 filters"), reason)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out.path))
+        try FoldedExport.export(checkpoint: checkpoint, to: out, overwrite: false)
+        (tensors, metadata) = try SafeTensors.read(from: out)
+        tensors["conv1.weight"] = .float32(shape: [65_536, 1, 1, 1], values: [Float](repeating: 0, count: 65_536))
+        try SafeTensors.write(tensors, metadata: metadata, to: out)
+        XCTAssertThrowsError(try FoldedExport.read(at: out)) { error in
+            XCTAssertTrue("\(error)".contains("65536 filters"), "\(error)")
+        }
+    }
 }

@@ -169,6 +169,75 @@ final class ReliabilityTests: XCTestCase {
         replacing.replacesExistingRun = true
         let summary = try replacing.run()
         XCTAssertEqual(summary.configuration.learningRate, 0.05)
+        XCTAssertFalse(
+            FileManager.default.fileExists(
+                atPath: directory.appendingPathComponent(RunDirectory.replacedRunFolderName).path),
+            "the replaced run is deleted once the new one has a checkpoint")
+    }
+
+    /// A replacing run that stops before its first checkpoint (here it diverges at once) puts the run it was to
+    /// replace back, byte for byte; one that gets past its first checkpoint replaces it.
+    func testAReplacingRunThatDivergesBeforeItsFirstCheckpointLeavesTheOldRun() throws {
+        let directory = try Self.finishedRun("replace-diverges")
+        let before = try Self.snapshot(directory)
+        var diverging = Self.configuration()
+        diverging.learningRate = 1e6
+        diverging.warmupFraction = 0
+        let trainer = try Self.trainer(diverging, output: directory)
+        trainer.replacesExistingRun = true
+        XCTAssertThrowsError(try trainer.run()) { error in
+            guard case .diverged(_, _, nil, _)? = error as? TrainingError else { return XCTFail("\(error)") }
+        }
+        XCTAssertEqual(try Self.snapshot(directory), before, "the old run must be back as it was")
+        XCTAssertEqual(RunDirectory.contents(of: directory), .finished)
+    }
+
+    /// A training state that no run of its configuration can have written (a hostile or edited file: a step that
+    /// is not its position's, counts beyond an epoch's images) is refused on resume, naming the file, instead of
+    /// resuming into counters that overflow.
+    func testAResumeRefusesATrainingStateItsRunCannotHaveWritten() throws {
+        let directory = try TrainingTests.temporaryDirectory("hostile-state")
+        let first = try Self.trainer(Self.configuration(), output: directory)
+        first.stopAfterStep = 2
+        XCTAssertThrowsError(try first.run())
+        let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
+        let stateURL = directory.appendingPathComponent("training-state-2.safetensors")
+        let (modelTensors, modelMetadata) = try SafeTensors.read(from: modelURL)
+        let (stateTensors, stateMetadata) = try SafeTensors.read(from: stateURL)
+        let original = try JSONDecoder().decode(
+            TrainingCheckpoint.TrainingState.self, from: Data(stateMetadata["state"]!.utf8))
+        let big = Int.max
+        let edits: [(String, (inout TrainingCheckpoint.TrainingState) -> Void)] = [
+            ("step", { $0.step = big }),
+            ("step", { $0.step = 3 }),
+            ("step", { $0.position = .init(epoch: big / 2, batchIndex: 0) }),
+            ("images", { $0.epochImages = big }),
+            ("images", { $0.epochCorrect = $0.epochImages + 1 }),
+            ("images", { $0.epochImages = -1 }),
+        ]
+        for (what, edit) in edits {
+            var state = original
+            edit(&state)
+            var model = modelMetadata, saved = stateMetadata
+            model["step"] = "\(state.step)"
+            saved["step"] = "\(state.step)"
+            saved["state"] = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
+            let editedState = directory.appendingPathComponent("training-state-\(state.step).safetensors")
+            try SafeTensors.write(modelTensors, metadata: model, to: modelURL)
+            try SafeTensors.write(stateTensors, metadata: saved, to: editedState)
+            let resuming = try Self.trainer(Self.configuration(), output: directory)
+            XCTAssertThrowsError(try resuming.resume(from: directory), what) { error in
+                guard case .unreadableMetadata(let path, "state", _)? = error as? CheckpointError else {
+                    return XCTFail("\(what): \(error)")
+                }
+                XCTAssertEqual(path, editedState.path, what)
+                XCTAssertTrue("\(error)".contains(what == "step" ? "step" : "images"), "\(error)")
+            }
+            if editedState != stateURL { try FileManager.default.removeItem(at: editedState) }
+        }
+        try SafeTensors.write(modelTensors, metadata: modelMetadata, to: modelURL)
+        try SafeTensors.write(stateTensors, metadata: stateMetadata, to: stateURL)
+        XCTAssertNoThrow(try Self.trainer(Self.configuration(), output: directory).resume(from: directory))
     }
 
     func testAnotherProcessHoldingTheLockStopsTheRun() throws {

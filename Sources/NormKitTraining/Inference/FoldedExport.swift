@@ -63,6 +63,8 @@ public enum FoldedExport {
         }
         let conv1 = try shape(of: "conv1.weight", rank: 4, in: file.tensors, path: checkpoint.path)
         let fc = try shape(of: "fc.weight", rank: 2, in: file.tensors, path: checkpoint.path)
+        try checkHoldsWeights(
+            of: depth, width: conv1[0], inChannels: conv1[1], classes: fc[0], in: file.tensors, path: checkpoint.path)
         var generator = SeededGenerator(seed: configuration.seed)
         let model = try ResNet(
             depth: depth, normalization: try NormalizationSettings(configuration, totalSteps: 1),
@@ -144,6 +146,8 @@ public enum FoldedExport {
         }
         let conv1 = try shape(of: "conv1.weight", rank: 4, in: tensors, path: url.path)
         let fc = try shape(of: "fc.weight", rank: 2, in: tensors, path: url.path)
+        try checkHoldsWeights(
+            of: depth, width: conv1[0], inChannels: conv1[1], classes: fc[0], in: tensors, path: url.path)
         var generator = SeededGenerator(seed: 0)
         let model = try FoldedResNet(
             depth: depth, inChannels: conv1[1], classes: fc[0], width: conv1[0],
@@ -167,6 +171,50 @@ public enum FoldedExport {
                     "'\(name)' has shape \(shape), expected \(rank) dimensions in 1...\(ConfigurationLimits.maxGroups)")
         }
         return shape
+    }
+
+    /// Refuses a file with fewer values than the convolution and classifier weights of the ResNet its `conv1` and
+    /// `fc` describe, before that model is built: a file's shapes then cannot make NormKit allocate more than about
+    /// the file's own size (a hostile `conv1` of 65,536 filters asks for a 150 GB model).
+    private static func checkHoldsWeights(
+        of depth: Int, width: Int, inChannels: Int, classes: Int, in tensors: [String: StateTensor], path: String
+    ) throws {
+        let held = tensors.values.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let needed = weightCount(depth: depth, width: width, inChannels: inChannels, classes: classes)
+        guard let needed, needed <= held else {
+            throw CheckpointError.tensorsDoNotMatch(
+                path: path,
+                reason:
+                    "its conv1 (\(width) filters of \(inChannels) channels) and fc (\(classes) classes) describe a "
+                    + "ResNet-\(depth) of \(needed.map { "\($0)" } ?? "more than Int.max") convolution and classifier "
+                    + "weights; the file holds \(held) values")
+        }
+    }
+
+    /// The convolution and classifier weights of a ResNet of `depth` (`6n+2`) at `width` (stages `w`, `2w`, `4w`),
+    /// nil past `Int.max`: the stem's `9·in·w`, each block's two 3×3 convolutions, the two 1×1 downsamples, `fc`.
+    static func weightCount(depth: Int, width w: Int, inChannels: Int, classes: Int) -> Int? {
+        let n = (depth - 2) / 6
+        var (total, cin, overflow) = (0, w, false)
+        func add(_ terms: Int...) {
+            var product = 1
+            for t in terms {
+                let (p, o) = product.multipliedReportingOverflow(by: t)
+                product = p
+                overflow = overflow || o
+            }
+            let (sum, o) = total.addingReportingOverflow(product)
+            (total, overflow) = (sum, overflow || o)
+        }
+        add(9, inChannels, w)
+        for (stage, cout) in [w, 2 * w, 4 * w].enumerated() {
+            add(9, cin, cout)  // the first block's conv1
+            if stage > 0 { add(cin, cout) }  // its 1×1 downsample
+            add(2 * n - 1, 9, cout, cout)  // its conv2 and the other blocks' two
+            cin = cout
+        }
+        add(classes, cin)
+        return overflow ? nil : total
     }
 
     /// The relative difference of the two models' eval logits on 2 random 16×16 images.

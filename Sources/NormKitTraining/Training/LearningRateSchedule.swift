@@ -4,7 +4,8 @@ import Foundation
 public struct LearningRateSchedule: Equatable, Sendable {
     /// The shape after warm-up.
     public enum Decay: Equatable, Sendable {
-        /// Cosine from the peak to 0 at the last step.
+        /// Cosine from the peak to 0 at step `totalSteps`, one past the last (PyTorch's convention: the last step runs
+        /// at a small positive rate).
         case cosine
         /// Divide by 10 at each of these steps.
         case step(milestones: [Int])

@@ -62,6 +62,50 @@ public enum RunDirectory {
         }
     }
 
+    /// The folder of a run directory where a replacing run keeps the run it replaces until it has a checkpoint of
+    /// its own (``setRunAside(in:)``).
+    public static let replacedRunFolderName = ".normkit-replaced-run"
+
+    /// Moves the run files of `directory` into ``replacedRunFolderName`` (renames: nothing is copied or lost),
+    /// replacing what an earlier replacement left there. A run that replaces another calls this first, then
+    /// ``discardRunSetAside(in:)`` once it has written its first checkpoint, or ``restoreRunSetAside(in:)`` if it
+    /// stops before: a replacing run that fails or diverges early leaves the old run as it was.
+    public static func setRunAside(in directory: URL) throws {
+        let aside = directory.appendingPathComponent(replacedRunFolderName)
+        do {
+            if FileManager.default.fileExists(atPath: aside.path) { try FileManager.default.removeItem(at: aside) }
+            try FileManager.default.createDirectory(at: aside, withIntermediateDirectories: false)
+        } catch {
+            throw TrainingError.cannotWrite(path: aside.path, reason: describe(error))
+        }
+        try move(runFilesOf: directory, to: aside)
+    }
+
+    /// Puts the run set aside by ``setRunAside(in:)`` back, after removing the run files written since.
+    public static func restoreRunSetAside(in directory: URL) throws {
+        let aside = directory.appendingPathComponent(replacedRunFolderName)
+        guard FileManager.default.fileExists(atPath: aside.path) else { return }
+        try removeRun(in: directory)
+        try move(runFilesOf: aside, to: directory)
+        try? FileManager.default.removeItem(at: aside)
+    }
+
+    /// Deletes the run set aside by ``setRunAside(in:)`` (its replacement has a checkpoint now).
+    public static func discardRunSetAside(in directory: URL) {
+        try? FileManager.default.removeItem(at: directory.appendingPathComponent(replacedRunFolderName))
+    }
+
+    private static func move(runFilesOf source: URL, to destination: URL) throws {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: source.path)) ?? []
+        for name in files where isRunFile(name) {
+            let from = source.appendingPathComponent(name), to = destination.appendingPathComponent(name)
+            guard rename(from.path, to.path) == 0 else {
+                throw TrainingError.cannotWrite(
+                    path: to.path, reason: "moving \(from.path): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
     /// Removes temporary files of ``AtomicFile`` writes (`.NAME.PID.HEX.tmp`) whose writer process is gone.
     ///
     /// - Returns: the names removed.

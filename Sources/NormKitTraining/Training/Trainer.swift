@@ -29,8 +29,9 @@ public final class Trainer {
     public var stopAfterStep: Int?
     /// Save a checkpoint every this many steps as well as at every epoch's end (nil or 0: only at epoch ends).
     public var checkpointEverySteps: Int?
-    /// Let a new (not resumed) run replace a run already in ``output`` (its checkpoint, states and records are
-    /// removed first). Off by default: ``run()`` then refuses with ``TrainingError/runExists(path:state:)``.
+    /// Let a new (not resumed) run replace a run already in ``output``: its checkpoint, states and records are set
+    /// aside, deleted once the new run has written its first checkpoint, and put back if it stops before (an error,
+    /// a divergence). Off by default: ``run()`` then refuses with ``TrainingError/runExists(path:state:)``.
     public var replacesExistingRun = false
     /// A training loss above this (or not finite) stops the run as diverged. Cross-entropy starts near
     /// `ln(classes)` (2.3 for 10 classes); a mean above 1,000 is far past any recovering run.
@@ -141,6 +142,7 @@ public final class Trainer {
                 given: "\(given.directory) (fingerprint \(given.fingerprint))")
         }
         let state = try TrainingCheckpoint.load(into: model, optimizer: optimizer, from: directory)
+        try checkReachable(state, in: directory)
         try batches.seek(to: state.position)
         step = state.step
         history = state.history
@@ -154,6 +156,34 @@ public final class Trainer {
     }
 
     private var resumed = false
+
+    /// Refuses a training state this configuration cannot have written (an edited or hostile file): its step must be
+    /// its position's (epoch · steps per epoch + batch, within the run's epochs) and its epoch's counts at most one
+    /// epoch's images. The counters then stay far from overflowing as the run counts on.
+    private func checkReachable(_ state: TrainingCheckpoint.TrainingState, in directory: URL) throws {
+        let (p, c) = (state.position, configuration)
+        let (stepsBefore, overflow) = p.epoch.multipliedReportingOverflow(by: stepsPerEpoch)
+        var problem: String?
+        if !(0...c.epochs).contains(p.epoch) || !(0...stepsPerEpoch).contains(p.batchIndex) || overflow
+            || state.step != stepsBefore + p.batchIndex
+        {
+            problem =
+                "step \(state.step) at epoch \(p.epoch), batch \(p.batchIndex): a run of \(c.epochs) epochs of "
+                + "\(stepsPerEpoch) steps is at step epoch · \(stepsPerEpoch) + batch"
+        } else if !(0...train.count).contains(state.epochImages)
+            || !(0...state.epochImages).contains(state.epochCorrect)
+        {
+            problem =
+                "\(state.epochCorrect) correct of \(state.epochImages) images this epoch, for an epoch of "
+                + "\(train.count) images"
+        }
+        if let problem {
+            throw CheckpointError.unreadableMetadata(
+                path: directory.appendingPathComponent(
+                    TrainingCheckpoint.stateFileName(step: state.step)
+                ).path, field: "state", reason: problem)
+        }
+    }
 
     /// Locks `directory` for this trainer (once) and removes temporary files of writers that died.
     private func acquireLock(_ directory: URL) throws {
@@ -208,11 +238,37 @@ public final class Trainer {
                     guard replacesExistingRun else {
                         throw TrainingError.runExists(path: output.path, state: Self.describe(contents))
                     }
-                    try RunDirectory.removeRun(in: output)
+                    try RunDirectory.setRunAside(in: output)
+                    replacedRunIsAside = true
                 }
             }
         }
         defer { lock?.release(); lock = nil }
+        do {
+            return try trainAndEvaluate()
+        } catch {
+            if replacedRunIsAside, let output {
+                replacedRunIsAside = false
+                do {
+                    try RunDirectory.restoreRunSetAside(in: output)
+                    progress.message("put back the run this one was to replace in \(output.path) (no new checkpoint)")
+                } catch let restoring {
+                    progress.message(
+                        "could not put back the replaced run: \(restoring); it is in "
+                            + "\(output.appendingPathComponent(RunDirectory.replacedRunFolderName).path)")
+                }
+            }
+            throw error
+        }
+    }
+
+    /// Whether the run this one replaces is set aside in ``output`` (``RunDirectory/setRunAside(in:)``) until the
+    /// first checkpoint.
+    private var replacedRunIsAside = false
+
+    /// The loop of ``run()`` once the run directory is locked.
+    private func trainAndEvaluate() throws -> RunSummary {
+        let c = configuration
         try broadcastInitialParameters()
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { elapsedBefore + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
@@ -355,6 +411,10 @@ public final class Trainer {
             model: model, optimizer: optimizer, state: state, configuration: configuration,
             normalization: normalization, data: dataRecord, to: output)
         lastCheckpointStep = step
+        if replacedRunIsAside {
+            RunDirectory.discardRunSetAside(in: output)
+            replacedRunIsAside = false
+        }
     }
 
     /// Writes `metrics.jsonl` from the history (whole file, atomically: a resumed run never duplicates lines).
