@@ -192,6 +192,36 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertEqual(RunDirectory.contents(of: directory), .finished)
     }
 
+    /// A key twice in a checkpoint's configuration, data record or training state (NormKit's decoder would keep the
+    /// first, Python's `json` the last) is refused, naming the field and the key.
+    func testMetadataWithAKeyTwiceIsRefused() throws {
+        let directory = try TrainingTests.temporaryDirectory("duplicate-key")
+        let first = try Self.trainer(Self.configuration(), output: directory)
+        first.stopAfterStep = 1
+        XCTAssertThrowsError(try first.run())
+        let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
+        let (tensors, metadata) = try SafeTensors.read(from: modelURL)
+        for field in ["configuration", "data"] {
+            var edited = metadata
+            let text = try XCTUnwrap(metadata[field], field)
+            let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], field)
+            let key = try XCTUnwrap(object.keys.sorted().first, field)
+            let value = try JSONSerialization.data(withJSONObject: object[key]!, options: .fragmentsAllowed)
+            XCTAssertTrue(text.hasSuffix("}"), field)
+            edited[field] = text.dropLast() + ",\"\(key)\":" + String(decoding: value, as: UTF8.self) + "}"
+            try SafeTensors.write(tensors, metadata: edited, to: modelURL)
+            XCTAssertThrowsError(try TrainingCheckpoint.read(at: modelURL), field) { error in
+                guard case .unreadableMetadata(_, let named, let reason)? = error as? CheckpointError else {
+                    return XCTFail("\(field): \(error)")
+                }
+                XCTAssertEqual(named, field)
+                XCTAssertTrue(reason.contains("duplicate key \"\(key)\""), reason)
+            }
+        }
+        try SafeTensors.write(tensors, metadata: metadata, to: modelURL)
+        XCTAssertNoThrow(try TrainingCheckpoint.read(at: modelURL))
+    }
+
     /// A training state that no run of its configuration can have written (a hostile or edited file: a step that
     /// is not its position's, counts beyond an epoch's images) is refused on resume, naming the file, instead of
     /// resuming into counters that overflow.

@@ -42,16 +42,22 @@ enum HeaderJSON {
 /// control characters in strings, lone surrogates, and nesting deeper than 64 levels.
 struct HeaderJSONParser {
     /// Where and why parsing failed.
-    struct Failure: Error { let message: String }
+    struct Failure: Error, CustomStringConvertible {
+        let message: String
+        var description: String { message }
+    }
 
     private let bytes: ArraySlice<UInt8>
     private var index: Int
     private let start: Int
+    /// What a byte offset counts in messages ("header byte 12").
+    private let place: String
 
-    init(bytes: ArraySlice<UInt8>) {
+    init(bytes: ArraySlice<UInt8>, place: String = "header byte") {
         self.bytes = bytes
         self.index = bytes.startIndex
         self.start = bytes.startIndex
+        self.place = place
     }
 
     /// One value surrounded by optional whitespace (the safetensors padding is spaces).
@@ -64,7 +70,7 @@ struct HeaderJSONParser {
     }
 
     private func fail(_ message: String) -> Failure {
-        Failure(message: "\(message) at header byte \(index - start)")
+        Failure(message: "\(message) at \(place) \(index - start)")
     }
 
     private mutating func skipWhitespace() {

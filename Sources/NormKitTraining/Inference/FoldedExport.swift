@@ -185,7 +185,7 @@ public enum FoldedExport {
             throw CheckpointError.tensorsDoNotMatch(
                 path: path,
                 reason:
-                    "its conv1 (\(width) filters of \(inChannels) channels) and fc (\(classes) classes) describe a "
+                    "its conv1 (\(width) filters, \(inChannels) input channel\(inChannels == 1 ? "" : "s")) and fc (\(classes) classes) describe a "
                     + "ResNet-\(depth) of \(needed.map { "\($0)" } ?? "more than Int.max") convolution and classifier "
                     + "weights; the file holds \(held) values")
         }

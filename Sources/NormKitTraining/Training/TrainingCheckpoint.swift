@@ -134,7 +134,7 @@ public enum TrainingCheckpoint {
         guard let json = metadata["configuration"] else { throw CheckpointError.notACheckpoint(path: url.path) }
         var configuration: TrainingConfiguration
         do {
-            configuration = try JSONDecoder.normKit.decode(TrainingConfiguration.self, from: Data(json.utf8))
+            configuration = try decodeMetadata(TrainingConfiguration.self, from: json)
         } catch {
             throw CheckpointError.unreadableMetadata(path: url.path, field: "configuration", reason: describe(error))
         }
@@ -165,7 +165,7 @@ public enum TrainingCheckpoint {
         }
         var data: DataRecord?
         if let text = metadata["data"] {
-            do { data = try JSONDecoder.normKit.decode(DataRecord.self, from: Data(text.utf8)) } catch {
+            do { data = try decodeMetadata(DataRecord.self, from: text) } catch {
                 throw CheckpointError.unreadableMetadata(path: url.path, field: "data", reason: describe(error))
             }
         }
@@ -245,6 +245,15 @@ public enum TrainingCheckpoint {
         return (file.tensors, file.configuration, file.step)
     }
 
+    /// `text` (a JSON value of a file's metadata) decoded as `T`, after the strict parse of safetensors headers: no
+    /// key twice in an object (Swift's decoder keeps the first of two, Python's `json` the last, so such a file
+    /// would be one run to NormKit and another to PyTorch's tools), nesting at most 64 deep.
+    static func decodeMetadata<T: Decodable>(_ type: T.Type, from text: String) throws -> T {
+        var parser = HeaderJSONParser(bytes: ArraySlice(Array(text.utf8)), place: "byte")
+        _ = try parser.parseDocument()
+        return try JSONDecoder.normKit.decode(type, from: Data(text.utf8))
+    }
+
     /// Restores `model` and `optimizer` from `directory` and returns the training state.
     public static func load(into model: Model, optimizer: SGD, from directory: URL) throws -> TrainingState {
         let (tensors, _, step) = try readModel(at: directory.appendingPathComponent(modelFileName))
@@ -255,7 +264,7 @@ public enum TrainingCheckpoint {
         let (velocityTensors, metadata) = try SafeTensors.read(from: stateURL)
         let state: TrainingState
         do {
-            state = try JSONDecoder.normKit.decode(TrainingState.self, from: Data((metadata["state"] ?? "").utf8))
+            state = try decodeMetadata(TrainingState.self, from: metadata["state"] ?? "")
         } catch {
             throw CheckpointError.unreadableMetadata(path: stateURL.path, field: "state", reason: describe(error))
         }
