@@ -64,8 +64,15 @@ struct BenchCommand: ParsableCommand {
             """)
     var groups: Int?
 
-    @Option(help: "Write the rows as JSON to this file too.")
+    @Option(
+        help: """
+            Write the rows as JSON to this file too (checked before any timing: its directory must exist; an \
+            existing file is refused unless --overwrite is given).
+            """)
     var json: String?
+
+    @Flag(help: "Replace the --json file if it exists (only a regular file, or the file a symbolic link points to).")
+    var overwrite = false
 
     @Option(
         help: """
@@ -76,6 +83,9 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        if overwrite, json == nil {
+            throw ValidationError("--overwrite replaces the --json file: pass --json FILE, or leave --overwrite out")
+        }
         if let repetitions, repetitions < 1 {
             throw ValidationError("--repetitions must be at least 1, got \(repetitions)")
         }
@@ -136,6 +146,7 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        try checkJSONDestination()
         Parallelism.threadCount = threads
         #if DEBUG
             print("warning: this is a debug build; benchmark a release build (swift build -c release)")
@@ -182,11 +193,37 @@ struct BenchCommand: ParsableCommand {
         try writeJSON(rows)
     }
 
+    /// Refuses a `--json` destination that the write at the end would fail on or that holds a file not to be
+    /// replaced, before any timing: a missing directory, a directory, a pipe or device, an existing file without
+    /// `--overwrite`.
+    func checkJSONDestination() throws {
+        guard let json else { return }
+        guard !json.isEmpty else { throw CommandFailure("--json: the file name is empty") }
+        let given = URL(fileURLWithPath: json)
+        // A pipe, a device or a directory (itself or as a link's target) is refused here.
+        let target = try AtomicFile.resolvedDestination(of: given)
+        let directory = target.deletingLastPathComponent().path
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) else {
+            throw CommandFailure("--json \(json): the directory \(directory) does not exist; create it first")
+        }
+        guard isDirectory.boolValue else {
+            throw CommandFailure("--json \(json): \(directory) is not a directory")
+        }
+        guard FileManager.default.isWritableFile(atPath: directory) else {
+            throw CommandFailure("--json \(json): the directory \(directory) is not writable")
+        }
+        if !overwrite, FileManager.default.fileExists(atPath: target.path) {
+            throw CommandFailure(
+                "--json \(json): \(given.path) already exists; pass --overwrite to replace it, or choose another file")
+        }
+    }
+
     func writeJSON<T: Encodable>(_ rows: T) throws {
         guard let json else { return }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try encoder.encode(rows).write(to: URL(fileURLWithPath: json), options: .atomic)
+        try AtomicFile.write(Array(try encoder.encode(rows)), to: URL(fileURLWithPath: json))
     }
 }
 

@@ -26,7 +26,11 @@ struct ExportCommand: ParsableCommand {
     @Option(help: "The safetensors file to write.")
     var out: String
 
-    @Flag(help: "Replace --out if it exists (never the checkpoint itself).")
+    @Flag(
+        help: """
+            Replace --out if it exists (never the checkpoint itself; only a regular file, or the file a symbolic \
+            link points to).
+            """)
     var overwrite = false
 
     func validate() throws {

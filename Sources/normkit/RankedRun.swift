@@ -68,7 +68,7 @@ struct RankedRun {
         }
         let url = directory.appendingPathComponent(SweepReport.summaryFileName)
         do {
-            return try JSONDecoder().decode(RunSummary.self, from: Data(contentsOf: url))
+            return try JSONDecoder().decode(RunSummary.self, from: Data(readFileBytes(path: url.path)))
         } catch {
             throw CommandFailure("\(url.path): the ranked run finished without a readable summary: \(error)")
         }

@@ -42,6 +42,75 @@ final class ClearErrorTests: XCTestCase {
         }
     }
 
+    /// A checkpoint that is a named pipe blocked `eval`, `export` and `train --resume` forever (opening it waited
+    /// for a writer): each refuses it at once, naming the path and what it is.
+    func testACheckpointThatIsANamedPipeIsRefusedAtOnce() throws {
+        let fixture = try CLIFixture.shared()
+        let scratch = try fixture.scratch("fifo-checkpoint")
+        let pipe = scratch.appendingPathComponent("ff.safetensors")
+        try makeNamedPipe(at: pipe)
+        let run = scratch.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: run, withIntermediateDirectories: false)
+        let runPipe = run.appendingPathComponent(TrainingCheckpoint.modelFileName)
+        try makeNamedPipe(at: runPipe)
+        let folded = scratch.appendingPathComponent("folded.safetensors")
+        for (arguments, path) in [
+            (["eval", "--checkpoint", pipe.path, "--data", fixture.data.path, "--threads", "1"], pipe),
+            (["export", "--fold", "--checkpoint", pipe.path, "--out", folded.path], pipe),
+            (["train", "--resume", run.path, "--threads", "1"], runPipe),
+        ] {
+            let what = "normkit " + arguments.joined(separator: " ")
+            let result = try CLI.run(arguments, in: scratch, timeout: 30)
+            assertRefused(result, mentioning: [path.path, "is a named pipe"], what)
+            XCTAssertLessThan(result.seconds, 10, "\(what) should fail at once\n\(result.summary)")
+        }
+        XCTAssertNil(fileType(at: folded), "nothing was exported")
+        XCTAssertEqual(fileType(at: pipe), "fifo")
+        XCTAssertEqual(fileType(at: runPipe), "fifo")
+    }
+
+    /// A dataset file that is a named pipe blocked `train` and `eval` forever (the data fingerprint and the IDX
+    /// reader both opened it): refused at once, naming the file and what it is.
+    func testADatasetFileThatIsANamedPipeIsRefusedAtOnce() throws {
+        let fixture = try CLIFixture.shared()
+        let scratch = try fixture.scratch("fifo-data")
+        let data = try copyDirectory(fixture.data, to: scratch, name: "data")
+        let pipe = data.appendingPathComponent("t10k-labels-idx1-ubyte")
+        try FileManager.default.removeItem(at: pipe)
+        try makeNamedPipe(at: pipe)
+        for arguments in [
+            CLIFixture.quickTraining(data: data) + ["--out", scratch.appendingPathComponent("run").path],
+            ["eval", "--checkpoint", fixture.baseRun.path, "--data", data.path, "--threads", "1"],
+        ] {
+            let what = "normkit " + arguments.joined(separator: " ")
+            let result = try CLI.run(arguments, in: scratch, timeout: 30)
+            assertRefused(result, mentioning: [pipe.path, "is a named pipe"], what)
+            XCTAssertLessThan(result.seconds, 10, "\(what) should fail at once\n\(result.summary)")
+        }
+        XCTAssertNil(fileType(at: scratch.appendingPathComponent("run")), "the refused train made no run directory")
+    }
+
+    /// A training-labels file of 10 KB whose gzip data inflates to 10 MB of zeros behind a valid header for 32
+    /// labels (a decompression bomb; the audit's 1 MB one reached 1.1 GB of memory) is refused as soon as the
+    /// output passes the 40 bytes the header declares, saying so.
+    func testAGzipBombDatasetFileIsRefusedAtTheSizeItsHeaderDeclares() throws {
+        let fixture = try CLIFixture.shared()
+        let scratch = try fixture.scratch("gzip-bomb")
+        let data = try copyDirectory(fixture.data, to: scratch, name: "data")
+        let plain = data.appendingPathComponent("train-labels-idx1-ubyte")
+        let labels = try Data(contentsOf: plain)
+        XCTAssertEqual(labels.count, 40, "the fixture's 32 labels and their 8-byte header")
+        try FileManager.default.removeItem(at: plain)
+        let bomb = data.appendingPathComponent("train-labels-idx1-ubyte.gz")
+        try Data(try Gzip.compress(Array(labels) + [UInt8](repeating: 0, count: 10_000_000), level: 9)).write(to: bomb)
+        let result = try CLI.run(
+            CLIFixture.quickTraining(data: data) + ["--out", scratch.appendingPathComponent("run").path], in: scratch,
+            timeout: 60)
+        assertRefused(
+            result, mentioning: [bomb.path, "decompresses to more than the 40 bytes its IDX header declares"],
+            "train on a gzip bomb")
+    }
+
     /// A copy of the base run's model file whose `__metadata__` `configuration` has `edit` applied.
     private func checkpoint(_ name: String, editing edit: (inout [String: Any]) -> Void) throws -> URL {
         let fixture = try CLIFixture.shared()

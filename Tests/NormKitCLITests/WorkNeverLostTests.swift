@@ -223,6 +223,155 @@ final class WorkNeverLostTests: XCTestCase {
         XCTAssertTrue(isFinished(out))
     }
 
+    /// `export --fold --overwrite` never replaces a named pipe or a directory, itself or behind a symbolic link
+    /// (the audit's `--out /dev/null` replaced a device node with a regular file): refused before the
+    /// checkpoint is read, the pipe still a pipe. Onto a symbolic link it writes the file the link points to
+    /// (which `--overwrite` must allow if it exists), and the link stays a link.
+    func testExportNeverReplacesANamedPipeAndWritesThroughASymbolicLink() throws {
+        let fixture = try CLIFixture.shared()
+        let scratch = try fixture.scratch("export-destinations")
+        let bnRun = scratch.appendingPathComponent("bn-run")
+        assertExit(
+            try CLI.run(
+                CLIFixture.quickTraining(data: fixture.data) + ["--norm", "bn", "--out", bnRun.path], in: scratch),
+            0, "train a BN run to export")
+        func export(_ out: URL, overwrite: Bool = true) throws -> CLIResult {
+            try CLI.run(
+                ["export", "--fold", "--checkpoint", bnRun.path, "--out", out.path]
+                    + (overwrite ? ["--overwrite"] : []),
+                in: scratch, timeout: 60)
+        }
+
+        let pipe = scratch.appendingPathComponent("pipe.safetensors")
+        try makeNamedPipe(at: pipe)
+        let linkToPipe = scratch.appendingPathComponent("to-pipe.safetensors")
+        try FileManager.default.createSymbolicLink(atPath: linkToPipe.path, withDestinationPath: "pipe.safetensors")
+        let directory = scratch.appendingPathComponent("a-directory.safetensors")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false)
+        for (out, words) in [
+            (pipe, ["is a named pipe", "nothing was written"]),
+            (linkToPipe, ["symbolic link to \(pipe.path)", "is a named pipe"]),
+            (directory, ["is a directory"]),
+        ] {
+            let result = try export(out)
+            assertRefused(result, mentioning: [out.path] + words, "export --overwrite --out \(out.lastPathComponent)")
+            XCTAssertFalse(result.stdout.contains("wrote"), result.summary)
+        }
+        XCTAssertEqual(fileType(at: pipe), "fifo", "the pipe must stay a pipe")
+        XCTAssertEqual(fileType(at: linkToPipe), "link")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory.path), [])
+        XCTAssertEqual(temporaryFiles(in: scratch), [])
+
+        // A link to a file in another directory: refused without --overwrite (the file exists), written
+        // through with it.
+        let elsewhere = scratch.appendingPathComponent("elsewhere")
+        try FileManager.default.createDirectory(at: elsewhere, withIntermediateDirectories: false)
+        let target = elsewhere.appendingPathComponent("folded.safetensors")
+        let old = Data("an older export".utf8)
+        try old.write(to: target)
+        let link = scratch.appendingPathComponent("folded.safetensors")
+        try FileManager.default.createSymbolicLink(
+            atPath: link.path, withDestinationPath: "elsewhere/folded.safetensors")
+        assertRefused(
+            try export(link, overwrite: false), mentioning: [link.path, "--overwrite"],
+            "export onto a link, no --overwrite")
+        XCTAssertEqual(try Data(contentsOf: target), old)
+        assertExit(try export(link), 0, "export --overwrite onto a symbolic link")
+        XCTAssertEqual(fileType(at: link), "link", "the link must stay a link")
+        XCTAssertEqual(
+            try FileManager.default.destinationOfSymbolicLink(atPath: link.path), "elsewhere/folded.safetensors")
+        XCTAssertEqual(fileType(at: target), "file")
+        XCTAssertEqual(try FoldedExport.read(at: target).metadata["format"], FoldedExport.format)
+        XCTAssertEqual(temporaryFiles(in: scratch), [])
+        XCTAssertEqual(temporaryFiles(in: elsewhere), [])
+    }
+
+    /// `train --resume` of a run whose model and metrics files are symbolic links to files kept elsewhere writes
+    /// through the links and leaves them links (it used to replace each link with a regular file); a run file
+    /// that is a named pipe is refused before any step, naming it, with the pipe and the checkpoint untouched
+    /// (it used to be replaced at the end of the first epoch).
+    func testResumeWritesThroughSymbolicLinksAndRefusesANamedPipe() throws {
+        let fixture = try CLIFixture.shared()
+        let cwd = try fixture.scratch("resume-destinations")
+        let out = cwd.appendingPathComponent("run")
+        let metrics = out.appendingPathComponent("metrics.jsonl")
+        let model = out.appendingPathComponent(TrainingCheckpoint.modelFileName)
+        // Interrupted after its first epoch (4 of 24 steps), so that it has a metrics file.
+        let process = try CLI.Running(longRun(fixture, out: out), in: cwd)
+        XCTAssertTrue(
+            CLI.waitUntil(timeout: 60) {
+                FileManager.default.fileExists(atPath: metrics.path) || !process.process.isRunning
+            })
+        XCTAssertTrue(process.process.isRunning, "the run should still be training\n\(process.stdoutSoFar)")
+        if process.process.isRunning { process.send(SIGTERM) }
+        assertExit(process.wait(), 143, "the run stopped by SIGTERM")
+        let piped = try copyDirectory(out, to: cwd, name: "piped")
+
+        let elsewhere = cwd.appendingPathComponent("elsewhere")
+        try FileManager.default.createDirectory(at: elsewhere, withIntermediateDirectories: false)
+        for (file, name) in [(model, "model.safetensors"), (metrics, "metrics.jsonl")] {
+            try FileManager.default.moveItem(at: file, to: elsewhere.appendingPathComponent(name))
+            try FileManager.default.createSymbolicLink(atPath: file.path, withDestinationPath: "../elsewhere/\(name)")
+        }
+        let resumed = try CLI.run(["train", "--resume", out.path, "--threads", "1"], in: cwd)
+        assertExit(resumed, 0, "train --resume of a run whose files are symbolic links")
+        XCTAssertTrue(isFinished(out))
+        XCTAssertEqual(fileType(at: model), "link", "the model file's link must stay a link")
+        XCTAssertEqual(fileType(at: metrics), "link", "the metrics file's link must stay a link")
+        XCTAssertEqual(
+            try TrainingCheckpoint.read(at: elsewhere.appendingPathComponent("model.safetensors")).step, 24,
+            "the final checkpoint went to the link's target")
+        let lines = try String(contentsOf: elsewhere.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+        XCTAssertEqual(lines.split(separator: "\n").count, 6, "one line per epoch in the link's target")
+        XCTAssertEqual(temporaryFiles(in: out), [])
+        XCTAssertEqual(temporaryFiles(in: elsewhere), [])
+
+        let pipe = piped.appendingPathComponent("metrics.jsonl")
+        try FileManager.default.removeItem(at: pipe)
+        try makeNamedPipe(at: pipe)
+        let pipedModel = piped.appendingPathComponent(TrainingCheckpoint.modelFileName)
+        let before = try Data(contentsOf: pipedModel)
+        let refused = try CLI.run(["train", "--resume", piped.path, "--threads", "1"], in: cwd, timeout: 60)
+        assertRefused(refused, mentioning: [pipe.path, "is a named pipe"], "train --resume of a run with a pipe")
+        XCTAssertFalse(refused.stdout.contains("epoch "), "refused before any step\n\(refused.summary)")
+        XCTAssertEqual(fileType(at: pipe), "fifo", "the pipe must stay a pipe")
+        XCTAssertEqual(try Data(contentsOf: pipedModel), before, "the checkpoint must be untouched")
+    }
+
+    /// `bench --json FILE` refuses an existing FILE unless `--overwrite` is given, and a path it cannot write,
+    /// before any timing: it used to replace the file silently, and to fail on a bad path only after the whole
+    /// benchmark.
+    func testBenchJSONRefusesAnExistingFileWithoutOverwriteAndABadPathBeforeTiming() throws {
+        let scratch = try CLIFixture.shared().scratch("bench-json")
+        let quick = [
+            "bench", "--threads", "1", "--shapes", "2x8x4x4", "--layout", "channelsFirst", "--repetitions", "1",
+        ]
+        let existing = scratch.appendingPathComponent("results.json")
+        let notes = Data("my own results, not to be lost\n".utf8)
+        try notes.write(to: existing)
+        for (path, words) in [
+            (existing, ["already exists", "--overwrite"]),
+            (scratch.appendingPathComponent("missing/rows.json"), ["does not exist"]),
+            (scratch, ["is a directory"]),
+        ] {
+            let result = try CLI.run(quick + ["--json", path.path], in: scratch)
+            assertRefused(result, mentioning: [path.path] + words, "bench --json \(path.path)")
+            XCTAssertFalse(result.stdout.contains("normkit bench:"), "refused before any timing\n\(result.summary)")
+        }
+        XCTAssertEqual(try Data(contentsOf: existing), notes, "the refused bench must leave the file as it was")
+        assertRefused(
+            try CLI.run(["bench", "--overwrite"], in: scratch), code: 64, mentioning: ["--overwrite", "--json"],
+            "bench --overwrite without --json")
+
+        assertExit(try CLI.run(quick + ["--json", existing.path, "--overwrite"], in: scratch), 0, "bench --overwrite")
+        let rows = try JSONSerialization.jsonObject(with: Data(contentsOf: existing)) as? [[String: Any]]
+        XCTAssertFalse(rows?.isEmpty ?? true, "--overwrite replaced the file with the rows")
+        let fresh = scratch.appendingPathComponent("fresh.json")
+        assertExit(try CLI.run(quick + ["--json", fresh.path], in: scratch), 0, "bench --json of a new file")
+        XCTAssertEqual(fileType(at: fresh), "file")
+        XCTAssertEqual(temporaryFiles(in: scratch), [])
+    }
+
     func testReportRefusesADirectoryThatIsNotASweep() throws {
         let fixture = try CLIFixture.shared()
         let scratch = try fixture.scratch("report")

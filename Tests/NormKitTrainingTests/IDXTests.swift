@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// The gzip and IDX readers and `FashionMNIST.load` on small synthetic files written into a temporary
 /// directory: good files, and every kind of damage, each refused with its specific error.
@@ -209,6 +210,86 @@ final class IDXTests: XCTestCase {
         }
         assertThrows(try Gzip.readFile(at: directory)) { error in
             guard case .readFailed = error else { return XCTFail("\(error)") }
+        }
+    }
+
+    /// A labels file whose header declares 10 labels but whose gzip data inflates to 10 MB of zeros (a
+    /// decompression bomb, 10 KB on disk) is refused as soon as its output passes the 18 bytes the header
+    /// declares, without allocating the 10 MB (the reader used to inflate all of it, then compare lengths).
+    func testAGzipBombIsRefusedAtTheSizeItsHeaderDeclaresWithoutAllocatingIt() throws {
+        let declared = try labels(count: 10).encoded()
+        XCTAssertEqual(declared.count, 18)
+        let bomb = try Gzip.compress(declared + [UInt8](repeating: 0, count: 10_000_000), level: 9)
+        XCTAssertLessThan(bomb.count, 20_000, "the bomb is small on disk")
+        let bombURL = try writeBytes(bomb, "train-labels-idx1-ubyte.gz")
+
+        let measured = resetPeakResidentBytes()
+        let before = peakResidentBytes()
+        assertThrows(try IDXFile.read(from: bombURL, expectedMagic: IDXFile.labelsMagic)) { error in
+            XCTAssertEqual(error, .decompressedTooLarge(path: bombURL.path, limit: 18, dimensions: [10]))
+            XCTAssertTrue(
+                error.description.contains("decompresses to more than the 18 bytes its IDX header declares"),
+                error.description)
+        }
+        if measured, let before, let after = peakResidentBytes() {
+            XCTAssertLessThan(
+                after - before, 4_000_000, "refusing the bomb should not allocate its 10 MB of output")
+        }
+
+        // The cap itself: output up to the limit inflates, one byte more is refused; a prefix stops early.
+        let compressed = try Gzip.compress(declared)
+        XCTAssertEqual(try Gzip.decompress(compressed, maximumOutput: 18), declared)
+        assertThrows(try Gzip.decompress(compressed, source: "labels.gz", maximumOutput: 17)) { error in
+            XCTAssertEqual(error, .decompressedTooLarge(path: "labels.gz", limit: 17, dimensions: nil))
+        }
+        assertThrows(try Gzip.decompress(bomb, source: "bomb.gz", maximumOutput: 1_000)) { error in
+            XCTAssertEqual(error, .decompressedTooLarge(path: "bomb.gz", limit: 1_000, dimensions: nil))
+        }
+        XCTAssertEqual(try Gzip.decompressPrefix(bomb, count: 8), Array(declared.prefix(8)))
+        XCTAssertEqual(try Gzip.decompressPrefix(compressed, count: 1_000), declared, "a shorter stream: all of it")
+        // A dataset whose labels file is the bomb: the same error from FashionMNIST.load.
+        try writeDataset()
+        try FileManager.default.removeItem(at: url("train-labels-idx1-ubyte"))
+        let bombLabels = try writeBytes(
+            Gzip.compress(labels(count: 12).encoded() + [UInt8](repeating: 0, count: 10_000_000), level: 9),
+            "train-labels-idx1-ubyte.gz")
+        assertThrows(try FashionMNIST.load(directory: directory)) { error in
+            XCTAssertEqual(error, .decompressedTooLarge(path: bombLabels.path, limit: 20, dimensions: [12]))
+        }
+    }
+
+    /// A dataset file that is a named pipe is refused at once, naming the path and what it is: opening it for
+    /// reading used to wait forever for a writer (in the fingerprint and in the IDX reader). A directory under
+    /// the only spelling of a file is named as one too, rather than reported as missing.
+    func testADatasetFileThatIsANamedPipeOrADirectoryIsRefusedByName() throws {
+        try writeDataset()
+        let pipe = url("train-labels-idx1-ubyte")
+        try FileManager.default.removeItem(at: pipe)
+        try makeNamedPipe(at: pipe)
+        let directory = self.directory!
+        let refusal = DataError.readFailed(path: pipe.path, reason: "it is a named pipe (FIFO), not a regular file")
+        let readers: [(String, @Sendable () throws -> Void)] = [
+            ("FashionMNIST.load", { _ = try FashionMNIST.load(directory: directory) }),
+            ("FashionMNIST.source", { _ = try FashionMNIST.source(in: directory) }),
+            ("IDXFile.read", { _ = try IDXFile.read(from: pipe) }),
+            ("Gzip.readFile", { _ = try Gzip.readFile(at: pipe) }),
+        ]
+        for (name, read) in readers {
+            guard let result = resultWithin(seconds: 10, unblocking: [pipe], read) else {
+                XCTFail("\(name) blocked on the named pipe \(pipe.path)")
+                continue
+            }
+            assertThrows(try result.get()) { error in
+                XCTAssertEqual(error, refusal, name)
+                XCTAssertTrue(error.description.contains("is a named pipe"), error.description)
+            }
+        }
+        XCTAssertEqual(fileType(at: pipe), "fifo")
+
+        try FileManager.default.removeItem(at: pipe)
+        try FileManager.default.createDirectory(at: pipe, withIntermediateDirectories: false)
+        assertThrows(try FashionMNIST.load(directory: directory)) { error in
+            XCTAssertEqual(error, .readFailed(path: pipe.path, reason: "it is a directory, not a regular file"))
         }
     }
 

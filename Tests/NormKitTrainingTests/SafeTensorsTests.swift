@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// The safetensors reader and writer: round trips, interoperability with the Python package (a fixture it
 /// wrote), refusal of damaged files, and atomic replacement.
@@ -302,13 +303,15 @@ final class SafeTensorsTests: XCTestCase {
             try SafeTensors.write(["bad": .float32(shape: [3], values: [])], metadata: [:], to: target))
         XCTAssertEqual(try Data(contentsOf: target), before)
 
-        // The target is a directory: the rename fails, the directory and the checkpoint stay.
+        // The target is a directory: refused before anything is written, the directory and the checkpoint stay.
         let blocked = url("blocked.safetensors")
         try FileManager.default.createDirectory(at: blocked, withIntermediateDirectories: false)
         XCTAssertThrowsError(try SafeTensors.write(sample, metadata: [:], to: blocked)) { error in
-            guard case .renameFailed(let path, _, _)? = error as? AtomicFileError else { return XCTFail("\(error)") }
-            XCTAssertEqual(path, blocked.path)
+            XCTAssertEqual(
+                error as? AtomicFileError,
+                .notARegularFile(path: blocked.path, resolvedPath: nil, kind: "a directory"))
         }
+        XCTAssertEqual(fileType(at: blocked), "directory")
         XCTAssertEqual(try temporaryFiles(), [])
 
         // The directory does not exist.
@@ -324,6 +327,75 @@ final class SafeTensorsTests: XCTestCase {
         let permissions = try FileManager.default.attributesOfItem(atPath: target.path)[.posixPermissions] as? Int
         XCTAssertEqual(permissions, 0o600)
         XCTAssertEqual(try temporaryFiles(), [])
+    }
+
+    /// A write to a symbolic link replaces the file the link points to (atomically, through a temporary file
+    /// beside it) and leaves the link a link; it used to replace the link itself with a regular file. A
+    /// destination that is a named pipe, itself or behind a link, is refused before anything is written (a rename
+    /// used to replace it, device nodes included), and a link loop is refused too.
+    func testAWriteFollowsASymbolicLinkAndNeverReplacesANamedPipe() throws {
+        let elsewhere = url("elsewhere")
+        try FileManager.default.createDirectory(at: elsewhere, withIntermediateDirectories: false)
+        let target = elsewhere.appendingPathComponent("model.safetensors")
+        try SafeTensors.write(sample, metadata: ["step": "1"], to: target)
+        let link = url("link.safetensors")
+        try FileManager.default.createSymbolicLink(
+            atPath: link.path, withDestinationPath: "elsewhere/model.safetensors")
+        try SafeTensors.write(sample, metadata: ["step": "2"], to: link)
+        XCTAssertEqual(fileType(at: link), "link")
+        XCTAssertEqual(
+            try FileManager.default.destinationOfSymbolicLink(atPath: link.path), "elsewhere/model.safetensors")
+        XCTAssertEqual(try SafeTensors.read(from: target).metadata, ["step": "2"], "the link's target was replaced")
+        XCTAssertEqual(
+            try AtomicFile.resolvedDestination(of: link).path, directory.path + "/elsewhere/model.safetensors")
+
+        // A link to a file that does not exist yet: the file is created where the link points.
+        let dangling = url("dangling.safetensors")
+        try FileManager.default.createSymbolicLink(
+            atPath: dangling.path, withDestinationPath: "elsewhere/new.safetensors")
+        try SafeTensors.write(sample, metadata: ["step": "3"], to: dangling)
+        XCTAssertEqual(fileType(at: dangling), "link")
+        XCTAssertEqual(
+            try SafeTensors.read(from: elsewhere.appendingPathComponent("new.safetensors")).metadata, ["step": "3"])
+
+        let pipe = url("pipe.safetensors")
+        try makeNamedPipe(at: pipe)
+        XCTAssertThrowsError(try SafeTensors.write(sample, metadata: [:], to: pipe)) { error in
+            XCTAssertEqual(
+                error as? AtomicFileError,
+                .notARegularFile(path: pipe.path, resolvedPath: nil, kind: "a named pipe (FIFO)"))
+            XCTAssertTrue(
+                "\(error)".contains("is a named pipe") && "\(error)".contains("nothing was written"), "\(error)")
+        }
+        let linkToPipe = url("to-pipe.safetensors")
+        try FileManager.default.createSymbolicLink(atPath: linkToPipe.path, withDestinationPath: "pipe.safetensors")
+        XCTAssertThrowsError(try SafeTensors.write(sample, metadata: [:], to: linkToPipe)) { error in
+            XCTAssertEqual(
+                error as? AtomicFileError,
+                .notARegularFile(path: linkToPipe.path, resolvedPath: pipe.path, kind: "a named pipe (FIFO)"))
+        }
+        XCTAssertEqual(fileType(at: pipe), "fifo")
+        XCTAssertEqual(fileType(at: linkToPipe), "link")
+
+        let loop = url("loop.safetensors")
+        try FileManager.default.createSymbolicLink(atPath: loop.path, withDestinationPath: "loop.safetensors")
+        XCTAssertThrowsError(try SafeTensors.write(sample, metadata: [:], to: loop)) { error in
+            guard case .unresolvableLink(let path, _)? = error as? AtomicFileError else { return XCTFail("\(error)") }
+            XCTAssertEqual(path, loop.path)
+        }
+        XCTAssertEqual(try temporaryFiles(), [])
+        XCTAssertEqual(
+            try FileManager.default.contentsOfDirectory(atPath: elsewhere.path).filter { $0.hasSuffix(".tmp") }, [])
+
+        // Reading the pipe is refused at once as well (opening it used to wait for a writer).
+        guard let read = resultWithin(seconds: 10, unblocking: [pipe], { try SafeTensors.read(from: pipe) }) else {
+            return XCTFail("SafeTensors.read blocked on the named pipe")
+        }
+        XCTAssertThrowsError(try read.get()) { error in
+            XCTAssertEqual(
+                error as? SafeTensorsError,
+                .readFailed(path: pipe.path, reason: "it is a named pipe (FIFO), not a regular file"))
+        }
     }
 
     func testWriteIntoAReadOnlyDirectoryFailsCleanly() throws {

@@ -236,16 +236,18 @@ public struct SweepReport {
         var problems: [String] = []
         if fm.fileExists(atPath: summaryURL.path) {
             do {
-                summary = try JSONDecoder().decode(RunSummary.self, from: Data(contentsOf: summaryURL))
+                summary = try JSONDecoder().decode(RunSummary.self, from: Data(readFileBytes(path: summaryURL.path)))
             } catch {
                 problems.append("unreadable \(summaryFileName): \(error)")
             }
         }
-        var errorText = (try? String(contentsOf: errorURL, encoding: .utf8))?
+        var errorText = (try? readFileBytes(path: errorURL.path)).map { String(decoding: $0, as: UTF8.self) }?
             .trimmingCharacters(in: .whitespacesAndNewlines)
         guard let configuration = summary?.configuration ?? cell?.configuration else { return nil }
         var epochs = summary?.epochs ?? []
-        if summary?.finished != true, let lines = try? String(contentsOf: metricsURL, encoding: .utf8) {
+        if summary?.finished != true,
+            let lines = (try? readFileBytes(path: metricsURL.path)).map({ String(decoding: $0, as: UTF8.self) })
+        {
             // A line being written when the sweep stopped may be truncated: keep the ones that decode.
             let fromFile = lines.split(separator: "\n").compactMap {
                 try? JSONDecoder().decode(EpochMetrics.self, from: Data($0.utf8))

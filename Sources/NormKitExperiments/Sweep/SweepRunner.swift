@@ -175,7 +175,7 @@ public final class SweepRunner {
     private func finishedSummary(for cell: SweepCell) throws -> RunSummary? {
         let url = runDirectory(for: cell).appendingPathComponent(SweepReport.summaryFileName)
         guard FileManager.default.fileExists(atPath: url.path),
-            let data = try? Data(contentsOf: url),
+            let data = try? Data(readFileBytes(path: url.path)),
             let summary = try? JSONDecoder().decode(RunSummary.self, from: data),
             summary.finished
         else { return nil }

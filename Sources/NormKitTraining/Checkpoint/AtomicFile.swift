@@ -8,6 +8,11 @@ import Foundation
 
 /// Why an atomic write failed. The target file, if it existed, is unchanged in every case.
 public enum AtomicFileError: Error, Equatable, CustomStringConvertible, LocalizedError {
+    /// The destination exists and is not a regular file (`kind`: "a named pipe (FIFO)", "a device (…)", "a
+    /// directory", …), itself or as the file its symbolic link resolves to (`resolvedPath`): it is never replaced.
+    case notARegularFile(path: String, resolvedPath: String?, kind: String)
+    /// The destination is a symbolic link that does not resolve to a file path (a loop, an unreadable link).
+    case unresolvableLink(path: String, reason: String)
     /// The temporary file next to the target could not be created (missing directory, no permission, …).
     case createFailed(path: String, temporaryPath: String, reason: String)
     /// Writing the temporary file failed (disk full, I/O error, …).
@@ -20,6 +25,13 @@ public enum AtomicFileError: Error, Equatable, CustomStringConvertible, Localize
     /// The message: the target, the temporary file, the system's reason and a hint.
     public var description: String {
         switch self {
+        case .notARegularFile(let path, let resolved, let kind):
+            let what = resolved.map { "is a symbolic link to \($0), which is \(kind)" } ?? "is \(kind)"
+            return
+                "\(path) \(what), not a regular file: refusing to replace it; nothing was written. Hint: give the path of a regular file (new or existing) to write to."
+        case .unresolvableLink(let path, let reason):
+            return
+                "\(path): cannot resolve the symbolic link to the file it names (\(reason)); nothing was written. Hint: fix or remove the link, or write to another path."
         case .createFailed(let path, let temporary, let reason):
             return
                 "\(path): cannot create the temporary file \(temporary) (\(reason)). Hint: the directory must exist and be writable; the previous file, if any, is unchanged."
@@ -46,6 +58,12 @@ public enum AtomicFileError: Error, Equatable, CustomStringConvertible, Localize
 /// sees either the complete previous file or the complete new one, never a mix, and a write that fails or
 /// throws half-way leaves the previous file untouched (the temporary file is removed). The new file keeps the
 /// previous file's permission bits; a new file gets `0666` minus the umask.
+///
+/// Only regular files are replaced. A destination that is a symbolic link is followed: the file it resolves to
+/// is replaced (atomically, through a temporary file beside it) and the link stays a link. A destination that
+/// exists as anything but a regular file — a named pipe, a device, a directory, or a link to one — is refused
+/// with ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)`` before anything is written
+/// (``resolvedDestination(of:)`` checks a destination up front, before the work that produces its content).
 public enum AtomicFile {
     /// Appends bytes to the temporary file of an ``AtomicFile/write(to:_:)`` in progress.
     public struct Writer {
@@ -95,11 +113,15 @@ public enum AtomicFile {
     ///
     /// - Throws: ``AtomicFileError`` or whatever `body` throws.
     public static func write(to url: URL, _ body: (inout Writer) throws -> Void) throws {
-        let path = url.path
-        let directory = url.deletingLastPathComponent().path
-        let name = url.lastPathComponent
+        // A link's target is written beside the target. Split as a string: `..` in a link's target must stay
+        // for the kernel to resolve (a lexical clean-up would be wrong after a directory that is a link).
+        let path = try resolvedDestinationPath(url.path)
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? ""
+        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
         let suffix = String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        let temporaryPath = (directory as NSString).appendingPathComponent(".\(name).\(getpid()).\(suffix).tmp")
+        let prefix = directory.isEmpty ? "" : directory.hasSuffix("/") ? directory : directory + "/"
+        let temporaryPath = prefix + ".\(name).\(getpid()).\(suffix).tmp"
 
         let descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
         guard descriptor >= 0 else {
@@ -144,6 +166,59 @@ public enum AtomicFile {
             _ = fsync(directoryDescriptor)
             close(directoryDescriptor)
         }
+    }
+}
+
+extension AtomicFile {
+    /// The most symbolic links followed from one destination (as the kernel's `MAXSYMLINKS`).
+    static let maximumLinks = 40
+
+    /// The file a write to `url` replaces or creates: `url` itself, or, when it is a symbolic link (or a chain of
+    /// them), the path the link resolves to (a relative link is taken from the link's directory; the target
+    /// need not exist yet). Checks what a write would check before it writes, so a command can refuse a bad
+    /// destination before it does the work that produces the file.
+    ///
+    /// - Throws: ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)`` when the destination exists and is
+    ///   not a regular file; ``AtomicFileError/unresolvableLink(path:reason:)`` for a link loop or an unreadable
+    ///   link.
+    public static func resolvedDestination(of url: URL) throws -> URL {
+        URL(fileURLWithPath: try resolvedDestinationPath(url.path))
+    }
+
+    /// ``resolvedDestination(of:)`` of a path, as a path (kept as the kernel will read it).
+    static func resolvedDestinationPath(_ original: String) throws -> String {
+        var path = original
+        for _ in 0...maximumLinks {
+            var info = stat()
+            // Missing (or not reachable): a new file; creating it reports any problem with the directory.
+            guard lstat(path, &info) == 0 else { return path }
+            if (info.st_mode & S_IFMT) == S_IFLNK {
+                path = try linkTarget(path, original: original)
+                continue
+            }
+            if let kind = nonRegularFileKind(info.st_mode) {
+                throw AtomicFileError.notARegularFile(
+                    path: original, resolvedPath: path == original ? nil : path, kind: kind)
+            }
+            return path
+        }
+        throw AtomicFileError.unresolvableLink(
+            path: original, reason: "more than \(maximumLinks) symbolic links in a row: a loop?")
+    }
+
+    /// Where the symbolic link at `path` points, relative targets taken from the link's directory (not
+    /// simplified: `..` after a directory that is itself a link must stay for the kernel to resolve).
+    private static func linkTarget(_ path: String, original: String) throws -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink(path, &buffer, buffer.count - 1)
+        guard count >= 0 else {
+            throw AtomicFileError.unresolvableLink(
+                path: original, reason: "readlink \(path): \(String(cString: strerror(errno)))")
+        }
+        let target = String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if target.hasPrefix("/") { return target }
+        guard let slash = path.lastIndex(of: "/") else { return target }
+        return String(path[...slash]) + target
     }
 }
 

@@ -6,7 +6,8 @@ import Foundation
 /// and a hint on what to do about it. Nothing in the data pipeline traps on a malformed file: it throws one
 /// of these instead.
 public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError {
-    /// The file could not be opened or read (missing, a directory, no permission, I/O error).
+    /// The file could not be opened or read (missing, no permission, I/O error), or is not a regular file (a
+    /// directory, a named pipe, a device: the reason says which).
     case readFailed(path: String, reason: String)
     /// zlib refused the compressed stream (bad header, bad block, CRC or length check failed).
     case corruptGzip(path: String, reason: String)
@@ -14,6 +15,10 @@ public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError
     case truncatedGzip(path: String, compressedBytes: Int, decompressedBytes: Int)
     /// Bytes follow the end of the last gzip member that are not another gzip member.
     case trailingGzipData(path: String, offset: Int, count: Int)
+    /// The gzip data inflates to more than `limit` bytes: for an IDX file (`dimensions` given), more than its
+    /// header declares (header and data). A damaged file, or a decompression bomb; refused before more than
+    /// `limit + 1` bytes are inflated.
+    case decompressedTooLarge(path: String, limit: Int, dimensions: [Int]?)
     /// The file is shorter than its IDX header.
     case idxHeaderTooShort(path: String, expected: Int, found: Int)
     /// The first four bytes are not the expected IDX magic number.
@@ -50,6 +55,13 @@ public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError
         case .trailingGzipData(let path, let offset, let count):
             return
                 "\(path): \(count) unexpected bytes after the end of the gzip stream at offset \(offset) (expected end of file or another gzip member). Hint: the file is damaged or two files were concatenated."
+        case .decompressedTooLarge(let path, let limit, let dimensions):
+            guard let dimensions else {
+                return
+                    "\(path): the gzip data decompresses to more than \(limit) bytes, the most expected of it. Hint: the file is damaged or is not the file expected (a small file that inflates to far more is a decompression bomb)."
+            }
+            return
+                "\(path): decompresses to more than the \(limit) bytes its IDX header declares (header and data for dimensions \(dimensions)); stopped there. Hint: the file is damaged or is a decompression bomb; re-download it."
         case .idxHeaderTooShort(let path, let expected, let found):
             return
                 "\(path): not an IDX file: expected a header of at least \(expected) bytes, found \(found) bytes. Hint: the file is empty or truncated."

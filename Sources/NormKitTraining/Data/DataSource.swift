@@ -16,14 +16,11 @@ public struct DataSource: Codable, Equatable, Sendable {
 
     /// The source of `files` in `directory` (reads every file once).
     ///
-    /// - Throws: ``DataError/readFailed(path:reason:)``.
+    /// - Throws: ``DataError/readFailed(path:reason:)`` for a file that cannot be read or is not a regular file.
     public init(directory: URL, files: [URL]) throws {
         var hash = FNV1a.offsetBasis
         for file in files {
-            let bytes: Data
-            do { bytes = try Data(contentsOf: file, options: .mappedIfSafe) } catch {
-                throw DataError.readFailed(path: file.path, reason: describe(error))
-            }
+            let bytes = try readFileBytes(path: file.path)
             hash = FNV1a.hash(Array("\(file.lastPathComponent):\(bytes.count):".utf8), state: hash)
             hash = bytes.withUnsafeBytes { FNV1a.hash($0, state: hash) }
         }

@@ -1,6 +1,12 @@
 import Dispatch
 import Foundation
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// The mean and standard deviation of pixels scaled to [0, 1]: the one scalar each that standardises a dataset.
 ///
 /// Computed in `Double` from a histogram of the 256 byte values, so the result does not depend on the order
@@ -358,17 +364,20 @@ public enum FashionMNIST {
         return found
     }
 
-    /// The first existing regular file among the spellings of `name`.
+    /// The first regular file among the spellings of `name`; when none is one, the first spelling that exists
+    /// as anything else (a named pipe, a device, a directory, a dangling or looping symbolic link), so that
+    /// reading it fails with an error naming the path and what it is instead of "not found"; nil when no
+    /// spelling exists at all.
     private static func locate(_ name: String, in directory: URL) -> URL? {
         let dotted = name.replacingOccurrences(of: "-idx", with: ".idx")
+        var other: URL?
         for candidate in [name + ".gz", name, dotted + ".gz", dotted] {
             let url = directory.appendingPathComponent(candidate)
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue {
-                return url
-            }
+            var info = stat()
+            if stat(url.path, &info) == 0, nonRegularFileKind(info.st_mode) == nil { return url }
+            if other == nil, lstat(url.path, &info) == 0 { other = url }
         }
-        return nil
+        return other
     }
 }
 

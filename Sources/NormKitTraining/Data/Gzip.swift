@@ -20,13 +20,18 @@ public enum Gzip {
     /// The whole file at `url`, decompressed when it is gzip data (it starts with `1f 8b` or its name ends in
     /// `.gz`), as is otherwise.
     ///
-    /// - Throws: ``DataError/readFailed(path:reason:)`` when the file cannot be read;
+    /// - Parameters:
+    ///   - url: the file (read with NormKit's regular-file reader: a pipe, device or directory is refused).
+    ///   - maximumOutput: when given, the most bytes the gzip data may inflate to (see
+    ///     ``decompress(_:source:maximumOutput:)``).
+    /// - Throws: ``DataError/readFailed(path:reason:)`` when the file cannot be read or is not a regular file;
     ///   ``DataError/corruptGzip(path:reason:)``, ``DataError/truncatedGzip(path:compressedBytes:decompressedBytes:)``
-    ///   or ``DataError/trailingGzipData(path:offset:count:)`` when its compressed data is damaged.
-    public static func readFile(at url: URL) throws -> [UInt8] {
+    ///   or ``DataError/trailingGzipData(path:offset:count:)`` when its compressed data is damaged;
+    ///   ``DataError/decompressedTooLarge(path:limit:dimensions:)`` past `maximumOutput`.
+    public static func readFile(at url: URL, maximumOutput: Int? = nil) throws -> [UInt8] {
         let bytes = try readFileBytes(path: url.path)
         if isGzip(bytes) || url.pathExtension.lowercased() == "gz" {
-            return try decompress(bytes, source: url.path)
+            return try decompress(bytes, source: url.path, maximumOutput: maximumOutput)
         }
         return bytes
     }
@@ -35,15 +40,63 @@ public enum Gzip {
     /// 15 + 32) and checks the CRC-32 and length trailer. Concatenated gzip members are inflated one after
     /// the other, as `gunzip` does.
     ///
+    /// A few kilobytes of gzip data can inflate to gigabytes (a "decompression bomb"); a caller that knows how
+    /// much output to expect passes it as `maximumOutput`, and the stream is refused as soon as it inflates to
+    /// more, with the output buffer never larger than `maximumOutput + 1` bytes.
+    ///
     /// - Parameters:
     ///   - compressed: the compressed bytes.
     ///   - source: the file name to put in error messages.
+    ///   - maximumOutput: when given (0 or more), the most bytes the stream may inflate to.
     /// - Throws: ``DataError/corruptGzip(path:reason:)`` for data zlib refuses,
     ///   ``DataError/truncatedGzip(path:compressedBytes:decompressedBytes:)`` when the stream stops early,
-    ///   ``DataError/trailingGzipData(path:offset:count:)`` for bytes after the last member.
-    public static func decompress(_ compressed: [UInt8], source: String = "<memory>") throws -> [UInt8] {
+    ///   ``DataError/trailingGzipData(path:offset:count:)`` for bytes after the last member,
+    ///   ``DataError/decompressedTooLarge(path:limit:dimensions:)`` (with no dimensions) past `maximumOutput`.
+    public static func decompress(
+        _ compressed: [UInt8], source: String = "<memory>", maximumOutput: Int? = nil
+    ) throws -> [UInt8] {
+        if let maximumOutput, maximumOutput < 0 {
+            throw DataError.invalidArgument(
+                name: "maximum gzip output", value: "\(maximumOutput)", expected: "0 or more bytes")
+        }
+        return try inflate(compressed, source: source, limit: maximumOutput.map { .refuseBeyond($0) })
+    }
+
+    /// The first `count` bytes a gzip (or zlib) stream inflates to, or all of them when it inflates to fewer,
+    /// without inflating the rest: a header read before deciding how much output to allow.
+    ///
+    /// - Throws: ``DataError/corruptGzip(path:reason:)`` for data zlib refuses before `count` bytes,
+    ///   ``DataError/truncatedGzip(path:compressedBytes:decompressedBytes:)`` when the stream stops before
+    ///   them, ``DataError/trailingGzipData(path:offset:count:)`` when it is shorter and followed by junk.
+    public static func decompressPrefix(
+        _ compressed: [UInt8], count: Int, source: String = "<memory>"
+    ) throws
+        -> [UInt8]
+    {
+        guard count > 0 else {
+            throw DataError.invalidArgument(name: "gzip prefix length", value: "\(count)", expected: "at least 1 byte")
+        }
+        return try inflate(compressed, source: source, limit: .stopAt(count))
+    }
+
+    /// How much output ``inflate(_:source:limit:)`` allows.
+    private enum OutputLimit {
+        /// Throw ``DataError/decompressedTooLarge(path:limit:dimensions:)`` as soon as the output exceeds this.
+        case refuseBeyond(Int)
+        /// Return the first this many bytes.
+        case stopAt(Int)
+    }
+
+    private static func inflate(_ compressed: [UInt8], source: String, limit: OutputLimit?) throws -> [UInt8] {
         guard !compressed.isEmpty else {
             throw DataError.truncatedGzip(path: source, compressedBytes: 0, decompressedBytes: 0)
+        }
+        // The largest buffer: one byte past a refusal limit (to see that the stream goes beyond it), the prefix.
+        let bufferLimit: Int
+        switch limit {
+        case .refuseBeyond(let maximum): bufferLimit = maximum == .max ? .max : maximum + 1
+        case .stopAt(let count): bufferLimit = count
+        case nil: bufferLimit = .max
         }
         // The gzip trailer's ISIZE (length mod 2^32) is a good first guess for the output size.
         var capacity = max(compressed.count * 2, 1 << 16)
@@ -54,7 +107,7 @@ public enum Gzip {
                 | Int(compressed[n - 1]) << 24
             if isize > 0, isize <= compressed.count &* 1100 { capacity = isize + 1 }
         }
-        var output = [UInt8](repeating: 0, count: capacity)
+        var output = [UInt8](repeating: 0, count: min(capacity, bufferLimit))
         var produced = 0
 
         var stream = z_stream()
@@ -69,7 +122,12 @@ public enum Gzip {
             let base = UnsafeMutablePointer(mutating: input.baseAddress!)
             while true {
                 if produced == output.count {
-                    output.append(contentsOf: repeatElement(0, count: output.count))
+                    // Only a prefix's buffer fills up to its limit (past a refusal limit the loop has thrown).
+                    if produced == bufferLimit { return }
+                    // Double the buffer, never past the limit (reserved exactly, so nothing more is allocated).
+                    let grown = min(output.count * 2, bufferLimit)
+                    output.reserveCapacity(grown)
+                    output.append(contentsOf: repeatElement(0, count: grown - output.count))
                 }
                 let chunkIn = min(input.count - consumed, 1 << 30)
                 let chunkOut = min(output.count - produced, 1 << 30)
@@ -78,10 +136,13 @@ public enum Gzip {
                 status = output.withUnsafeMutableBufferPointer { out -> Int32 in
                     stream.next_out = out.baseAddress! + produced
                     stream.avail_out = uInt(chunkOut)
-                    return inflate(&stream, Z_NO_FLUSH)
+                    return zlibInflate(&stream, Z_NO_FLUSH)
                 }
                 consumed += chunkIn - Int(stream.avail_in)
                 produced += chunkOut - Int(stream.avail_out)
+                if case .refuseBeyond(let maximum) = limit, produced > maximum {
+                    throw DataError.decompressedTooLarge(path: source, limit: maximum, dimensions: nil)
+                }
                 switch status {
                 case Z_OK:
                     continue
@@ -160,44 +221,7 @@ public enum Gzip {
     }
 }
 
-/// The whole content of the file at `path`, read with POSIX calls so the error names the real cause.
-///
-/// - Throws: ``DataError/readFailed(path:reason:)``.
-package func readFileBytes(path: String) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw DataError.readFailed(path: path, reason: String(cString: strerror(errno))) }
-    defer { close(fd) }
-    var info = stat()
-    guard fstat(fd, &info) == 0 else {
-        throw DataError.readFailed(path: path, reason: String(cString: strerror(errno)))
-    }
-    guard (info.st_mode & S_IFMT) == S_IFREG else {
-        throw DataError.readFailed(path: path, reason: "not a regular file")
-    }
-    var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
-    var filled = 0
-    try bytes.withUnsafeMutableBytes { buffer in
-        while filled < buffer.count {
-            let n = read(fd, buffer.baseAddress! + filled, buffer.count - filled)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw DataError.readFailed(path: path, reason: String(cString: strerror(errno)))
-            }
-            if n == 0 { break }  // the file shrank while we read it
-            filled += n
-        }
-    }
-    if filled < bytes.count { bytes.removeSubrange(filled...) }
-    // A file that grew while we read it: read the rest too.
-    var chunk = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw DataError.readFailed(path: path, reason: String(cString: strerror(errno)))
-        }
-        if n == 0 { break }
-        bytes.append(contentsOf: chunk[0..<n])
-    }
-    return bytes
+/// zlib's `inflate`, under a name ``Gzip``'s own `inflate` does not shadow.
+private func zlibInflate(_ stream: UnsafeMutablePointer<z_stream>, _ flush: Int32) -> Int32 {
+    inflate(stream, flush)
 }

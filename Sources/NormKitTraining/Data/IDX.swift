@@ -50,14 +50,32 @@ public struct IDXFile: Equatable, Sendable {
 
     /// Reads the IDX file at `url`, gzip-compressed or not.
     ///
+    /// A compressed file is inflated in two steps: its header first (at most 1,024 bytes), then the whole stream
+    /// with the size the header declares as the limit, so a small file that inflates to gigabytes (a
+    /// decompression bomb) is refused once it passes that size, never allocated.
+    ///
     /// - Parameters:
     ///   - url: the file; a name ending in `.gz` or a gzip magic number means gzip-compressed.
     ///   - expectedMagic: when given (``labelsMagic``, ``imagesMagic``), the file's magic number must be this
     ///     one.
-    /// - Throws: ``DataError`` naming the file: unreadable or corrupt gzip, short header, wrong magic,
-    ///   unsupported element type, or a length that does not match the header.
+    /// - Throws: ``DataError`` naming the file: unreadable or not a regular file, corrupt gzip, data that inflates
+    ///   past the size its header declares, short header, wrong magic, unsupported element type, or a length that
+    ///   does not match the header.
     public static func read(from url: URL, expectedMagic: UInt32? = nil) throws -> IDXFile {
-        try parse(Gzip.readFile(at: url), source: url.path, expectedMagic: expectedMagic)
+        let path = url.path
+        let bytes = try readFileBytes(path: path)
+        guard Gzip.isGzip(bytes) || url.pathExtension.lowercased() == "gz" else {
+            return try parse(bytes, source: path, expectedMagic: expectedMagic)
+        }
+        let prefix = try Gzip.decompressPrefix(bytes, count: maximumHeaderSize, source: path)
+        let header = try Header(prefix, source: path, expectedMagic: expectedMagic)
+        let data: [UInt8]
+        do {
+            data = try Gzip.decompress(bytes, source: path, maximumOutput: header.fileSize)
+        } catch DataError.decompressedTooLarge(_, let limit, nil) {
+            throw DataError.decompressedTooLarge(path: path, limit: limit, dimensions: header.dimensions)
+        }
+        return try parse(data, header: header, source: path)
     }
 
     /// Parses the (uncompressed) content of an IDX file.
@@ -72,40 +90,65 @@ public struct IDXFile: Equatable, Sendable {
     ) throws
         -> IDXFile
     {
-        guard data.count >= 4 else {
-            throw DataError.idxHeaderTooShort(path: source, expected: 4, found: data.count)
-        }
-        let magic = bigEndianUInt32(data, at: 0)
-        if let expectedMagic, magic != expectedMagic {
-            throw DataError.idxBadMagic(path: source, expected: expectedMagic, found: magic)
-        }
-        guard data[0] == 0, data[1] == 0 else {
-            throw DataError.idxBadMagic(
-                path: source, expected: UInt32(unsignedByteType) << 8 | UInt32(data[3]), found: magic)
-        }
-        guard data[2] == unsignedByteType else {
-            throw DataError.idxUnsupportedElementType(path: source, found: data[2])
-        }
-        let rank = Int(data[3])
-        let headerSize = 4 + 4 * rank
-        guard data.count >= headerSize else {
-            throw DataError.idxHeaderTooShort(path: source, expected: headerSize, found: data.count)
-        }
-        let dimensions = (0..<rank).map { Int(bigEndianUInt32(data, at: 4 + 4 * $0)) }
-        var total = headerSize
-        var count = 1
-        for d in dimensions {
-            let (product, overflow) = count.multipliedReportingOverflow(by: d)
+        try parse(data, header: Header(data, source: source, expectedMagic: expectedMagic), source: source)
+    }
+
+    /// The largest IDX header: magic and 255 dimensions.
+    static let maximumHeaderSize = 4 + 4 * 255
+
+    /// An IDX header, validated: its dimensions and the file size they declare.
+    struct Header {
+        var dimensions: [Int]
+        /// Bytes of the header.
+        var size: Int
+        /// Bytes of the whole file the header describes: header and data.
+        var fileSize: Int
+
+        /// The header at the start of `data` (which may hold only the header, or more).
+        ///
+        /// - Throws: ``DataError/idxHeaderTooShort(path:expected:found:)``, ``DataError/idxBadMagic(path:expected:found:)``,
+        ///   ``DataError/idxUnsupportedElementType(path:found:)``, ``DataError/idxDimensionsOverflow(path:dimensions:)``.
+        init(_ data: [UInt8], source: String, expectedMagic: UInt32?) throws {
+            guard data.count >= 4 else {
+                throw DataError.idxHeaderTooShort(path: source, expected: 4, found: data.count)
+            }
+            let magic = bigEndianUInt32(data, at: 0)
+            if let expectedMagic, magic != expectedMagic {
+                throw DataError.idxBadMagic(path: source, expected: expectedMagic, found: magic)
+            }
+            guard data[0] == 0, data[1] == 0 else {
+                throw DataError.idxBadMagic(
+                    path: source, expected: UInt32(unsignedByteType) << 8 | UInt32(data[3]), found: magic)
+            }
+            guard data[2] == unsignedByteType else {
+                throw DataError.idxUnsupportedElementType(path: source, found: data[2])
+            }
+            let rank = Int(data[3])
+            size = 4 + 4 * rank
+            guard data.count >= size else {
+                throw DataError.idxHeaderTooShort(path: source, expected: size, found: data.count)
+            }
+            let dimensions = (0..<rank).map { Int(bigEndianUInt32(data, at: 4 + 4 * $0)) }
+            self.dimensions = dimensions
+            var count = 1
+            for d in dimensions {
+                let (product, overflow) = count.multipliedReportingOverflow(by: d)
+                guard !overflow else { throw DataError.idxDimensionsOverflow(path: source, dimensions: dimensions) }
+                count = product
+            }
+            let (sum, overflow) = size.addingReportingOverflow(count)
             guard !overflow else { throw DataError.idxDimensionsOverflow(path: source, dimensions: dimensions) }
-            count = product
+            fileSize = sum
         }
-        let (sum, overflow) = total.addingReportingOverflow(count)
-        guard !overflow else { throw DataError.idxDimensionsOverflow(path: source, dimensions: dimensions) }
-        total = sum
-        guard data.count == total else {
-            throw DataError.idxLengthMismatch(path: source, dimensions: dimensions, expected: total, found: data.count)
+    }
+
+    /// The file `data`, whose `header` has been read.
+    private static func parse(_ data: [UInt8], header: Header, source: String) throws -> IDXFile {
+        guard data.count == header.fileSize else {
+            throw DataError.idxLengthMismatch(
+                path: source, dimensions: header.dimensions, expected: header.fileSize, found: data.count)
         }
-        return IDXFile(validatedDimensions: dimensions, bytes: Array(data[headerSize...]))
+        return IDXFile(validatedDimensions: header.dimensions, bytes: Array(data[header.size...]))
     }
 
     /// The file's content in IDX format (header and data, uncompressed).

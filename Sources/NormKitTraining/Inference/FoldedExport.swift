@@ -33,8 +33,10 @@ public enum FoldedExport {
     /// - Parameters:
     ///   - checkpoint: the `model.safetensors` of a run trained with BN, BRN, MABN, frozen BN or no normalization.
     ///   - output: the folded model's safetensors file.
-    ///   - overwrite: replace an existing `output` (never the checkpoint itself).
-    /// - Throws: ``FoldingError/outputExists(path:)`` (before reading anything), ``FoldingError/notFoldable(path:layer:reason:)``
+    ///   - overwrite: replace an existing `output` (never the checkpoint itself, and only a regular file; when
+    ///     `output` is a symbolic link, the file it points to is replaced and the link stays).
+    /// - Throws: ``FoldingError/outputExists(path:)`` and ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)``
+    ///   for an `output` that is a pipe, a device or a directory (before reading anything), ``FoldingError/notFoldable(path:layer:reason:)``
     ///   for a GN/LN/IN checkpoint, ``FoldingError/unsupported(_:)`` for a VGG checkpoint or `output` equal to the
     ///   checkpoint, the checkpoint's read errors, or the write's ``AtomicFileError``. Nothing is written when it
     ///   throws.
@@ -46,6 +48,8 @@ public enum FoldedExport {
             throw FoldingError.unsupported(
                 "--out \(output.path) is the checkpoint itself; write the folded model to another file")
         }
+        // A pipe, a device or a directory is never replaced, even with `overwrite` (a link: its target is written).
+        _ = try AtomicFile.resolvedDestination(of: output)
         if FileManager.default.fileExists(atPath: output.path), !overwrite {
             throw FoldingError.outputExists(path: output.path)
         }

@@ -36,7 +36,7 @@ public enum RunDirectory {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
         let runFiles = files.filter(isRunFile).sorted()
         if runFiles.isEmpty { return .empty }
-        if let data = try? Data(contentsOf: directory.appendingPathComponent("summary.json")),
+        if let data = try? Data(readFileBytes(path: directory.appendingPathComponent("summary.json").path)),
             let summary = try? JSONDecoder.normKit.decode(RunSummary.self, from: data), summary.finished
         {
             return .finished

@@ -242,6 +242,11 @@ public final class Trainer {
                     replacedRunIsAside = true
                 }
             }
+            // Before any step: the run's files must be ones a save may replace (a regular file or a link to one,
+            // never a pipe or a device left under the name), or the first save would fail after an epoch's work.
+            for name in [TrainingCheckpoint.modelFileName, "metrics.jsonl", "summary.json"] {
+                _ = try AtomicFile.resolvedDestination(of: output.appendingPathComponent(name))
+            }
         }
         defer { lock?.release(); lock = nil }
         do {
