@@ -45,22 +45,27 @@ struct BenchCommand: ParsableCommand {
             """)
     var streamingCheck = false
 
-    @Option(help: "With --inference: the ResNet depth (6n+2).")
-    var depth: Int = 20
+    @Option(help: "With --inference: the ResNet depth (6n+2; default 20).")
+    var depth: Int?
 
-    @Option(help: "With --inference: the batch of the throughput measurement.")
-    var batch: Int = 32
+    @Option(help: "With --inference: the batch of the throughput measurement (default 32).")
+    var batch: Int?
 
     @Option(help: "Memory order: channelsFirst (NCHW) or channelsLast (NHWC); default both, side by side.")
     var layout: TensorLayout?
 
-    @Option(help: "Shapes to time instead of the defaults, e.g. '8x64x14x14,2x2048x7x7'.")
+    @Option(
+        help: """
+            Shapes to time instead of the defaults, e.g. '8x64x14x14,2x2048x7x7' (each small enough that the \
+            benchmark's tensors of it fit in half this machine's memory).
+            """)
     var shapes: String?
 
     @Option(
         help: """
-            Groups of the GroupNorm rows, at most C (default 32; 1 times LayerNorm, C InstanceNorm); must divide \
-            every shape's C. Kernel table only.
+            Groups of the GroupNorm rows (default 32; 1 times LayerNorm). A shape with fewer channels C than that \
+            gets G = C (InstanceNorm), as the GN paper's default does, and a note says so; the rows are labelled \
+            with the G used. G must divide every shape's C. Kernel table only.
             """)
     var groups: Int?
 
@@ -82,7 +87,7 @@ struct BenchCommand: ParsableCommand {
     var streamingThreshold: Int?
 
     func validate() throws {
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        try validateThreads(threads)
         if overwrite, json == nil {
             throw ValidationError("--overwrite replaces the --json file: pass --json FILE, or leave --overwrite out")
         }
@@ -123,25 +128,75 @@ struct BenchCommand: ParsableCommand {
                 "--groups \(groups): \(min(groups, shape[1])) groups do not divide the \(shape[1]) channels of shape "
                     + shape.map(String.init).joined(separator: "x"))
         }
-        guard depth >= 8, depth <= ConfigurationLimits.maxResNetDepth, (depth - 2) % 6 == 0 else {
-            throw ValidationError("--depth \(depth): must be 6n+2 between 8 and \(ConfigurationLimits.maxResNetDepth)")
+        if !inference, depth != nil || batch != nil {
+            throw ValidationError("--depth and --batch apply to --inference (the kernel table times the given shapes)")
         }
-        guard (1...ConfigurationLimits.maxBatch).contains(batch) else {
-            throw ValidationError("--batch \(batch): must be in 1...\(ConfigurationLimits.maxBatch)")
+        if inference, shapes != nil || layout != nil {
+            throw ValidationError(
+                "--shapes and --layout apply to the kernel table and --streaming-check, not to --inference "
+                    + "(which times ResNets on 1×28×28 images; --depth and --batch set them)")
         }
-        _ = try parsedShapes()
+        if let depth {
+            guard depth >= 8, depth <= ConfigurationLimits.maxResNetDepth, (depth - 2) % 6 == 0 else {
+                throw ValidationError(
+                    "--depth \(depth): must be 6n+2 between 8 and \(ConfigurationLimits.maxResNetDepth)")
+            }
+        }
+        if let batch {
+            guard (1...ConfigurationLimits.maxBatch).contains(batch) else {
+                throw ValidationError("--batch \(batch): must be in 1...\(ConfigurationLimits.maxBatch)")
+            }
+        }
+        if !inference, shapes != nil {
+            let memory = ProcessInfo.processInfo.physicalMemory / 2
+            for shape in try parsedShapes() {
+                let name = shape.map(String.init).joined(separator: "x")
+                let (bytes, what) =
+                    streamingCheck
+                    ? (StreamingStoreBenchmark.bytesNeeded(for: shape), "the conv → GroupNorm → conv chain")
+                    : (KernelBenchmark.bytesNeeded(for: shape), "\(KernelBenchmark.tensorsPerShape) tensors of it")
+                guard let bytes, UInt64(bytes) <= memory else {
+                    throw ValidationError(
+                        "--shapes: \(name) needs "
+                            + (bytes.map { "\(Self.byteText($0)) (\($0) bytes) for \(what)" }
+                                ?? "more bytes than a 64-bit count holds for \(what)")
+                            + ", more than half this machine's memory (\(Self.byteText(memory))): give smaller shapes")
+                }
+            }
+        }
+    }
+
+    /// `12.3 GB` (decimal units).
+    static func byteText<T: BinaryInteger>(_ bytes: T) -> String {
+        let value = Double(bytes)
+        for (unit, scale) in [("EB", 1e18), ("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)]
+        where value >= scale {
+            return String(format: "%.1f %@", value / scale, unit)
+        }
+        return "\(bytes) bytes"
     }
 
     func parsedShapes() throws -> [[Int]] {
         guard let shapes else { return KernelBenchmark.defaultShapes }
-        return try shapes.split(separator: ",").map { item in
-            let dims = item.split(separator: "x").compactMap { Int($0) }
-            guard dims.count == item.split(separator: "x").count, (2...5).contains(dims.count),
-                dims.allSatisfy({ $0 >= 1 })
-            else {
-                throw ValidationError("--shapes: '\(item)' is not NxCx… with 2 to 5 positive dimensions")
+        let items = shapes.split(separator: ",", omittingEmptySubsequences: false)
+        guard items.contains(where: { !$0.trimmingCharacters(in: .whitespaces).isEmpty }) else {
+            throw ValidationError("--shapes '\(shapes)': give at least one shape, e.g. '8x64x14x14,2x2048x7x7'")
+        }
+        return try items.map { item in
+            let dims = item.split(separator: "x", omittingEmptySubsequences: false).map {
+                Int($0.trimmingCharacters(in: .whitespaces))
             }
-            return dims
+            guard (2...5).contains(dims.count), dims.allSatisfy({ ($0 ?? 0) >= 1 }) else {
+                throw ValidationError(
+                    "--shapes: '\(item)' is not NxCx… with 2 to 5 positive dimensions "
+                        + "(shapes are separated by commas)")
+            }
+            let shape = dims.map { $0! }
+            guard KernelBenchmark.elementCount(shape) != nil else {
+                throw ValidationError(
+                    "--shapes: '\(item)' has more elements than a 64-bit count holds (\(Int.max)): give smaller shapes")
+            }
+            return shape
         }
     }
 
@@ -155,10 +210,17 @@ struct BenchCommand: ParsableCommand {
         if streamingCheck { return try runStreamingCheck() }
         if let streamingThreshold { KernelDispatch.streamingStoreThreshold = streamingThreshold }
         let repetitions = repetitions ?? 9
+        let groups = self.groups ?? KernelBenchmark.defaultGroups
+        for shape in try parsedShapes() where shape[1] < groups {
+            print(
+                "note: the GroupNorm rows of \(shape.map(String.init).joined(separator: "x")) use G = \(shape[1]) "
+                    + "(InstanceNorm): \(self.groups == nil ? "the default " : "")--groups \(groups) is more than "
+                    + "its \(shape[1]) channels")
+        }
         let meter = KernelBenchmark.CopyBandwidthMeter(threads: threads)
         let layouts = layout.map { [$0] } ?? TensorLayout.allCases
         let rows = try KernelBenchmark.run(
-            shapes: try parsedShapes(), layouts: layouts, groups: groups ?? KernelBenchmark.defaultGroups,
+            shapes: try parsedShapes(), layouts: layouts, groups: groups,
             repetitions: repetitions, statistic: statistic
         ) { meter.measure(statistic) }
         print(
@@ -171,6 +233,7 @@ struct BenchCommand: ParsableCommand {
     /// `--inference`: GN vs folded MABN ResNet eval forwards.
     func runInference() throws {
         let repetitions = repetitions ?? 200
+        let depth = self.depth ?? 20, batch = self.batch ?? 32
         BLAS.setThreads(1)
         let rows = try InferenceBenchmark.run(depth: depth, batch: batch, repetitions: repetitions)
         print(

@@ -37,6 +37,7 @@ struct ExportCommand: ParsableCommand {
         guard fold else {
             throw ValidationError("pass --fold: the folded inference model is the only export format")
         }
+        try validateNotEmpty(out, "--out", "the safetensors file to write")
     }
 
     func run() throws {

@@ -38,7 +38,9 @@ struct NormKitCommand: ParsableCommand {
     /// Foundation's and Codable's errors in NormKit's words ("path: reason"), never `NSCocoaErrorDomain` text;
     /// NormKit's and the argument parser's own errors unchanged.
     static func userFacing(_ error: Error) -> Error {
-        if error is DecodingError || error is EncodingError || type(of: error) == NSError.self || error is CocoaError {
+        if error is DecodingError || error is EncodingError || type(of: error) == NSError.self || error is CocoaError
+            || error is POSIXError
+        {
             return CommandFailure(ErrorText.describe(error))
         }
         return error
@@ -50,6 +52,21 @@ struct CommandFailure: Error, CustomStringConvertible, LocalizedError {
     let description: String
     init(_ description: String) { self.description = description }
     var errorDescription: String? { description }
+}
+
+/// The check of every command's `--threads`: 1 to ``ConfigurationLimits/maxThreads``, with the words `train`'s
+/// configuration check uses ("--threads 0: must be in 1...1024").
+func validateThreads(_ threads: Int) throws {
+    guard (1...ConfigurationLimits.maxThreads).contains(threads) else {
+        throw ValidationError("--threads \(threads): must be in 1...\(ConfigurationLimits.maxThreads)")
+    }
+}
+
+/// Refuses an empty path for `flag` (`--out ""` would otherwise mean the current directory).
+func validateNotEmpty(_ path: String?, _ flag: String, _ what: String) throws {
+    if let path, path.trimmingCharacters(in: .whitespaces).isEmpty {
+        throw ValidationError("\(flag) '\(path)': give \(what) (an empty path would mean the current directory)")
+    }
 }
 
 /// The model file a `--checkpoint` names: the file itself, or `model.safetensors` inside a run directory.

@@ -70,7 +70,8 @@ struct RankedRun {
         do {
             return try JSONDecoder().decode(RunSummary.self, from: Data(readFileBytes(path: url.path)))
         } catch {
-            throw CommandFailure("\(url.path): the ranked run finished without a readable summary: \(error)")
+            throw CommandFailure(
+                "\(url.path): the ranked run finished without a readable summary: \(ErrorText.describe(error))")
         }
     }
 }

@@ -13,8 +13,9 @@ struct StatsCommand: ParsableCommand {
             For every BN layer of the checkpoint's model, over --batches random training batches of each size, the \
             relative deviation E|stat_B − stat| / (|stat| + scale) of each statistic from its value over the first \
             --population training images (scale: the spread of the per-sample statistic), averaged over channels, \
-            and the same after a moving average over 32 / B batches (MABN's buffer). Writes stats.md, stats.json and \
-            stats.svg into --out.
+            and the same after a moving average over 32 / B batches (MABN's buffer; "–" where --batches is below \
+            that window). Writes stats.md, stats.json and stats.svg into --out. The batches are drawn from the \
+            first --population training images; the test images are not used.
             """)
 
     @Option(help: "A model.safetensors of a BN run (or its run directory).")
@@ -23,27 +24,34 @@ struct StatsCommand: ParsableCommand {
     var sizes = "1,2,4,8,16,32"
     @Option(help: "Random batches per size.")
     var batches = 200
-    @Option(help: "Training images that define the population values.")
-    var population = 10_000
+    @Option(
+        help: """
+            Training images that define the population values, in 250...1000000 and at most the training set's \
+            size (default: 10000, or all of them when there are fewer).
+            """)
+    var population: Int?
     @Option(help: "Seed of the batch draws.")
     var seed: UInt64 = 0
     @Option(help: "Output directory (default: <run directory>/stats).")
     var out: String?
     @Option(help: "Threads.")
     var threads = 2
-    @OptionGroup var dataOptions: DataOptions
+    @Option(help: DataOptions.dataHelp)
+    var data: String?
+
+    /// `--population` unless given.
+    static let defaultPopulation = 10_000
 
     func validate() throws {
         _ = try parsedSizes()
         guard (1...100_000).contains(batches) else {
             throw ValidationError("--batches \(batches): must be in 1...100000")
         }
-        guard (250...1_000_000).contains(population) else {
+        if let population, !(250...1_000_000).contains(population) {
             throw ValidationError("--population \(population): must be in 250...1000000")
         }
-        guard (1...ConfigurationLimits.maxThreads).contains(threads) else {
-            throw ValidationError("--threads \(threads): must be in 1...\(ConfigurationLimits.maxThreads)")
-        }
+        try validateNotEmpty(out, "--out", "a directory for stats.md, stats.json and stats.svg")
+        try validateThreads(threads)
     }
 
     func parsedSizes() throws -> [Int] {
@@ -68,17 +76,24 @@ struct StatsCommand: ParsableCommand {
             )
         }
         let directory =
-            try dataOptions.data.map { URL(fileURLWithPath: $0) }
+            try data.map { URL(fileURLWithPath: $0) }
             ?? file.data?.source.map { try TrainCommand.recordedDirectory($0, of: url) }
+        let population = self.population ?? Self.defaultPopulation
         let (train, _) = try FashionMNIST.load(
             directory: directory, trainLimit: population, testLimit: 1,
             statistics: file.data?.statistics)
+        // An explicit --population is used as given or refused, never cut to the training set's size.
+        if let asked = self.population, train.count < asked {
+            throw CommandFailure(
+                "--population \(asked): the training set in \((directory ?? FashionMNIST.defaultDirectory).path) has "
+                    + "only \(train.count) images; give at most \(train.count) (or leave --population out)")
+        }
         let model = try TrainingCheckpoint.buildModel(
             for: file, at: url, inChannels: train.channels,
             classes: train.classCount)
         let report = try BatchStatisticsAnalysis.run(
             model: model, data: train, batchSizes: try parsedSizes(),
-            batches: batches, populationImages: population, seed: seed,
+            batches: batches, populationImages: train.count, seed: seed,
             checkpoint: url.path)
         let output = URL(fileURLWithPath: out ?? url.deletingLastPathComponent().appendingPathComponent("stats").path)
         try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)

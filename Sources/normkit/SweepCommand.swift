@@ -40,7 +40,8 @@ struct SweepCommand: ParsableCommand {
 
     func validate() throws {
         _ = try SweepPresets.named(preset)
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        try validateThreads(threads)
+        try validateNotEmpty(out, "--out", "a sweep directory")
         if let ranks, ranks < 1 { throw ValidationError("--ranks must be at least 1, got \(ranks)") }
         _ = try parsedSeeds()
         _ = try parsedFilter()

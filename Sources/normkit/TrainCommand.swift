@@ -5,12 +5,14 @@ import NormKitTraining
 
 extension NormKind: ExpressibleByArgument {}
 
-/// Where the data comes from (shared by train, eval and sweep).
+/// Where the data comes from and how much of it (shared by train and sweep).
 struct DataOptions: ParsableArguments {
-    @Option(
-        help: ArgumentHelp(
-            "Directory with Fashion-MNIST-style IDX files (.gz or raw).",
-            discussion: "Default: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist)."))
+    /// The help of every command's `--data`.
+    static let dataHelp = ArgumentHelp(
+        "Directory with Fashion-MNIST-style IDX files (.gz or raw).",
+        discussion: "Default: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).")
+
+    @Option(help: dataHelp)
     var data: String?
 
     @Option(help: "Use only the first N training images.")
@@ -30,6 +32,20 @@ struct DataOptions: ParsableArguments {
         try FashionMNIST.load(
             directory: data.map { URL(fileURLWithPath: $0) },
             trainLimit: trainLimit ?? self.trainLimit, testLimit: testLimit ?? self.testLimit)
+    }
+}
+
+/// `--data` and `--test-limit`: the options of a command that reads only test images (`eval`; the training
+/// images a checkpoint was trained on are its own record, so `--train-limit` is not offered).
+struct TestDataOptions: ParsableArguments {
+    @Option(help: DataOptions.dataHelp)
+    var data: String?
+
+    @Option(help: "Use only the first N test images.")
+    var testLimit: Int?
+
+    func validate() throws {
+        if let testLimit, testLimit < 1 { throw ValidationError("--test-limit must be at least 1, got \(testLimit)") }
     }
 }
 
@@ -68,7 +84,7 @@ struct TrainCommand: ParsableCommand {
     var decayAll = false
     @Option(help: "Learning-rate schedule after warm-up: cosine or step.")
     var schedule = "cosine"
-    @Option(help: "Comma-separated epochs at which the step schedule divides the rate by 10.")
+    @Option(help: "Comma-separated epochs at which the step schedule divides the rate by 10 (--schedule step only).")
     var milestones = ""
     @Option(help: "Fraction of steps in linear warm-up from lr/25.")
     var warmup = 0.15
@@ -136,6 +152,8 @@ struct TrainCommand: ParsableCommand {
         if let every = checkpointEvery, every < 1 {
             throw ValidationError("--checkpoint-every \(every): must be at least 1 (steps between checkpoints)")
         }
+        try validateNotEmpty(out, "--out", "a run directory")
+        try validateNotEmpty(resume, "--resume", "the run directory to continue")
         let configuration = try trainingConfiguration()
         do {
             try configuration.validate()
@@ -161,10 +179,14 @@ struct TrainCommand: ParsableCommand {
             defaults.dataOptions.data = dataOptions.data
             let given = try defaults.trainingConfiguration().differences(from: configuration)
             guard given.isEmpty else {
+                // `differences` names the recorded fields ("learningRate …"): say the flags, and the field each sets.
+                let flags = given.map { difference -> String in
+                    let field = String(difference.split(separator: " ").first ?? "")
+                    return TrainingConfiguration.flagNames[field].map { "\($0) (\(field))" } ?? field
+                }
                 throw ValidationError(
                     "--resume continues a run with the configuration recorded in its checkpoint; "
-                        + "drop the configuration flags given with it (\(given.map { String($0.split(separator: " ").first ?? "") }.joined(separator: ", ")))"
-                )
+                        + "drop the configuration flags given with it: \(flags.joined(separator: ", "))")
             }
             if out != nil { throw ValidationError("--resume DIR writes into DIR; drop --out") }
             if overwrite { throw ValidationError("--overwrite replaces a run; it cannot be combined with --resume") }
@@ -361,12 +383,10 @@ struct EvalCommand: ParsableCommand {
     var checkpoint: String
     @Option(help: "Threads.")
     var threads = 2
-    @OptionGroup var dataOptions: DataOptions
+    @OptionGroup var dataOptions: TestDataOptions
 
     func validate() throws {
-        guard (1...ConfigurationLimits.maxThreads).contains(threads) else {
-            throw ValidationError("--threads \(threads): must be in 1...\(ConfigurationLimits.maxThreads)")
-        }
+        try validateThreads(threads)
     }
 
     func run() throws {
@@ -392,9 +412,18 @@ struct EvalCommand: ParsableCommand {
                 format: "test error %.2f%% on %d images (loss %.4f)", 100 * evaluation.error, evaluation.count,
                 evaluation.loss))
         print("\n| class | accuracy |\n|---|---:|")
+        // A class with no test image has no accuracy: "–", not 0 %.
+        var images = [Int](repeating: 0, count: evaluation.perClassAccuracy.count)
+        for label in test.labels where images.indices.contains(Int(label)) { images[Int(label)] += 1 }
         for (i, accuracy) in evaluation.perClassAccuracy.enumerated() {
             let name = i < test.classNames.count ? test.classNames[i] : "\(i)"
-            print(String(format: "| %@ | %.2f%% |", name, 100 * accuracy))
+            print(images[i] > 0 ? String(format: "| %@ | %.2f%% |", name, 100 * accuracy) : "| \(name) | – |")
+        }
+        let missing = images.filter { $0 == 0 }.count
+        if missing > 0 {
+            print(
+                "\n–: no test image of \(missing == 1 ? "this class" : "these \(missing) classes") among the "
+                    + "\(evaluation.count) evaluated\(dataOptions.testLimit.map { " (--test-limit \($0))" } ?? "")")
         }
     }
 

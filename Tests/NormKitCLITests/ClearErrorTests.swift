@@ -111,6 +111,166 @@ final class ClearErrorTests: XCTestCase {
             "train on a gzip bomb")
     }
 
+    /// `normkit bench --shapes` is bounded before anything is allocated: an empty list, a shape whose element count
+    /// overflows `Int` (it trapped in `Tensor(zeros:)`) and a shape whose tensors do not fit in half the memory (it
+    /// aborted on allocation) are usage errors naming the shape; `--threads` has the cap of every other command; and
+    /// the flags of one benchmark are refused with another (they were ignored).
+    func testBenchRefusesShapesItCannotHoldAndFlagsOfAnotherBenchmark() throws {
+        let out = try CLIFixture.shared().scratch("bench-bounds")
+        for (arguments, words) in [
+            (["bench", "--shapes", ""], ["--shapes", "at least one shape"]),
+            (["bench", "--shapes", ","], ["--shapes", "at least one shape"]),
+            (["bench", "--shapes", "2x8x4x4,"], ["--shapes", "'' is not NxCx"]),
+            (
+                ["bench", "--shapes", "4294967296x4294967296", "--groups", "1"],
+                ["4294967296x4294967296", "more elements than a 64-bit count holds"]
+            ),
+            (
+                ["bench", "--shapes", "65536x65536x65536"],
+                ["65536x65536x65536", "7881299347898368 bytes", "half this machine's memory"]
+            ),
+            (
+                ["bench", "--streaming-check", "--shapes", "64x65536x64x64"],
+                ["64x65536x64x64", "bytes", "half this machine's memory"]
+            ),
+            (["bench", "--threads", "100000"], ["--threads 100000: must be in 1...1024"]),
+            (["bench", "--threads", "0"], ["--threads 0: must be in 1...1024"]),
+            (["bench", "--inference", "--shapes", "2x8x4x4"], ["--shapes", "--inference"]),
+            (["bench", "--depth", "56"], ["--depth", "--inference"]),
+            (["bench", "--batch", "8"], ["--batch", "--inference"]),
+        ] {
+            let result = try CLI.run(arguments, in: out, timeout: 30)
+            assertRefused(result, code: 64, mentioning: words, arguments.joined(separator: " "))
+            XCTAssertLessThan(result.seconds, 10, "\(arguments.joined(separator: " ")): refused before any timing")
+        }
+    }
+
+    /// `bench --groups` above a shape's channels gives that shape's GroupNorm rows G = C (InstanceNorm, as the GN
+    /// paper's default G = min(32, C) does): the output says so, and the rows are labelled with the G used.
+    func testBenchSaysWhenGroupsAreMoreThanAShapesChannels() throws {
+        let out = try CLIFixture.shared().scratch("bench-groups-note")
+        let result = try CLI.run(
+            [
+                "bench", "--shapes", "2x8x2x2", "--groups", "64", "--repetitions", "1", "--layout", "channelsFirst",
+                "--threads", "1",
+            ], in: out)
+        assertExit(result, 0, "bench --groups 64 on 8 channels")
+        XCTAssertTrue(
+            result.stdout.contains("note: the GroupNorm rows of 2x8x2x2 use G = 8 (InstanceNorm): --groups 64"),
+            result.summary)
+        XCTAssertTrue(result.stdout.contains("| GroupNorm G=8 | (2,8,2,2) |"), result.summary)
+    }
+
+    /// Every command caps `--threads` at ConfigurationLimits.maxThreads with the same words.
+    func testEveryCommandCapsThreadsAlike() throws {
+        let fixture = try CLIFixture.shared()
+        let out = try fixture.scratch("threads-cap")
+        let checkpoint = fixture.baseRun.path
+        for arguments in [
+            ["bench"], ["sweep", "--preset", "quick"], ["eval", "--checkpoint", checkpoint],
+            ["stats", "--checkpoint", checkpoint], CLIFixture.quickTraining(data: fixture.data),
+        ] {
+            let result = try CLI.run(arguments + ["--threads", "100000"], in: out, timeout: 30)
+            assertRefused(
+                result, code: 64, mentioning: ["--threads 100000: must be in 1...1024"],
+                (arguments + ["--threads", "100000"]).joined(separator: " "))
+        }
+    }
+
+    /// A file-system error is "path: reason" in the C library's words, never Foundation's domain and code:
+    /// `train --out FILE/sub` said "(NSCocoaErrorDomain error 512.)".
+    func testAFileInTheWayOfTheRunDirectoryIsNamed() throws {
+        let fixture = try CLIFixture.shared()
+        let out = try fixture.scratch("out-under-a-file")
+        let file = out.appendingPathComponent("a-file")
+        try Data("x".utf8).write(to: file)
+        let result = try CLI.run(
+            CLIFixture.quickTraining(data: fixture.data) + ["--out", file.appendingPathComponent("sub").path], in: out)
+        assertRefused(
+            result, mentioning: [file.appendingPathComponent("sub").path, "Not a directory", "\(file.path) is a file"],
+            "train --out FILE/sub")
+        XCTAssertFalse(result.stderr.contains("NSCocoaErrorDomain"), result.summary)
+        XCTAssertFalse(result.stderr.contains("Error Domain"), result.summary)
+    }
+
+    /// `--out ""` is refused by every command that writes into it (train trained into the working directory).
+    func testAnEmptyOutIsRefused() throws {
+        let fixture = try CLIFixture.shared()
+        let out = try fixture.scratch("empty-out")
+        for arguments in [
+            CLIFixture.quickTraining(data: fixture.data) + ["--out", ""],
+            ["train", "--resume", ""],
+            ["sweep", "--preset", "quick", "--out", ""],
+            ["stats", "--checkpoint", fixture.baseRun.path, "--out", ""],
+            ["export", "--fold", "--checkpoint", fixture.baseRun.path, "--out", ""],
+        ] {
+            let flag = arguments.contains("--resume") ? "--resume" : "--out"
+            let result = try CLI.run(arguments, in: out, timeout: 30)
+            assertRefused(result, code: 64, mentioning: [flag, "empty path"], arguments.joined(separator: " "))
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.path), [], "nothing written")
+    }
+
+    /// A checkpoint's configuration that is valid JSON with a number its field cannot hold was reported as "the
+    /// top level: The given data was not valid JSON": the field and the problem are named.
+    func testANumberACheckpointFieldCannotHoldIsNamed() throws {
+        let fixture = try CLIFixture.shared()
+        let cases: [(name: String, edit: (inout [String: Any]) -> Void, words: [String])] = [
+            ("negative", { $0["seed"] = -1 }, ["field seed: -1 is not a valid UInt64"]),
+            (
+                "past-uint64", { $0["seed"] = NSDecimalNumber(string: "18446744073709551621") },
+                ["field seed: 18446744073709551621 is not a valid UInt64"]
+            ),
+            ("fraction", { $0["batch"] = 8.5 }, ["field batch: 8.5 is not an integer"]),
+        ]
+        for (name, edit, words) in cases {
+            let url = try checkpoint(name, editing: edit)
+            let result = try CLI.run(
+                ["eval", "--checkpoint", url.path, "--data", fixture.data.path, "--threads", "1"],
+                in: url.deletingLastPathComponent(), timeout: 30)
+            assertRefused(result, mentioning: [url.path] + words, "eval of a checkpoint with \(name) number")
+            XCTAssertFalse(result.stderr.contains("not valid JSON"), result.summary)
+        }
+    }
+
+    /// A damaged `model.safetensors` in `--out` was "a run interrupted at step 0. Continue it with --resume", and
+    /// the resume then failed: the message says the checkpoint cannot be read, and why (for a finished run too).
+    func testADamagedCheckpointInOutIsNotCalledAnInterruptedRun() throws {
+        let fixture = try CLIFixture.shared()
+        let scratch = try fixture.scratch("damaged-out")
+        for finished in [false, true] {
+            let run = try copyDirectory(fixture.baseRun, to: scratch, name: "run-\(finished ? "finished" : "stopped")")
+            if !finished { try FileManager.default.removeItem(at: run.appendingPathComponent("summary.json")) }
+            let model = run.appendingPathComponent(TrainingCheckpoint.modelFileName)
+            try Data(try Data(contentsOf: model).prefix(100)).write(to: model)
+            let before = snapshot(of: run)
+            let result = try CLI.run(CLIFixture.quickTraining(data: fixture.data) + ["--out", run.path], in: scratch)
+            assertRefused(
+                result,
+                mentioning: [run.path, "checkpoint cannot be read", "cannot be resumed", "truncated", "--overwrite"],
+                "train --out DIR with a damaged model.safetensors (finished: \(finished))")
+            XCTAssertFalse(result.stderr.contains("interrupted at step"), result.summary)
+            XCTAssertFalse(result.stderr.contains("--resume"), result.summary)
+            XCTAssertEqual(snapshot(of: run), before)
+        }
+    }
+
+    /// `export --out DIR` suggested --overwrite, which then failed with "Is a directory": it says DIR is a directory.
+    func testExportToADirectorySaysItIsADirectory() throws {
+        let fixture = try CLIFixture.shared()
+        let out = try fixture.scratch("export-dir")
+        let target = out.appendingPathComponent("folded")
+        try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+        for extra in [[], ["--overwrite"]] {
+            let result = try CLI.run(
+                ["export", "--fold", "--checkpoint", fixture.baseRun.path, "--out", target.path] + extra, in: out)
+            assertRefused(
+                result, mentioning: ["\(target.path) is a directory", "safetensors file"],
+                "export --out DIR \(extra.joined())")
+            XCTAssertFalse(result.stderr.contains("pass --overwrite"), result.summary)
+        }
+    }
+
     /// A copy of the base run's model file whose `__metadata__` `configuration` has `edit` applied.
     private func checkpoint(_ name: String, editing edit: (inout [String: Any]) -> Void) throws -> URL {
         let fixture = try CLIFixture.shared()

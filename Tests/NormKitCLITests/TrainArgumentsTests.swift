@@ -39,4 +39,24 @@ final class TrainArgumentsTests: XCTestCase {
             XCTAssertNil(summary.workers, "one process")
         }
     }
+
+    /// ``TrainingConfiguration/flagNames`` (how `train --resume` names the flags to drop) has the flag of every
+    /// field a configuration records, and it is the flag ``TrainingConfiguration/trainArguments`` sets it with.
+    func testEveryRecordedFieldHasItsFlag() throws {
+        var c = TrainingConfiguration()
+        c.norm = .mabn; c.groups = 4; c.groupSize = 2; c.normBatch = 4; c.learningRate = 0.1
+        c.decayAllParameters = true; c.schedule = "step"; c.milestones = [1]; c.trainLimit = 32; c.testLimit = 16
+        c.augment = false; c.mabnBuffer = 3; c.mabnWarmup = 2; c.mabnOldValueWeight = 0.9; c.mabnWithout = ["form"]
+        c.bnMomentum = 0.2; c.brnMomentum = 0.05; c.brnRMax = 2.5; c.brnDMax = 4; c.brnSchedule = "paper"
+        let fields = try XCTUnwrap(
+            JSONSerialization.jsonObject(with: JSONEncoder().encode(c)) as? [String: Any]
+        ).keys
+        XCTAssertEqual(Set(fields), Set(TrainingConfiguration.flagNames.keys), "a field without a flag, or the reverse")
+        let arguments = Set(c.trainArguments)
+        for field in fields {
+            let flag = try XCTUnwrap(TrainingConfiguration.flagNames[field], field)
+            XCTAssertTrue(arguments.contains(flag), "\(field): trainArguments sets it with \(flag)")
+        }
+        XCTAssertEqual(TrainingConfiguration.flagNames["learningRate"], "--lr")
+    }
 }

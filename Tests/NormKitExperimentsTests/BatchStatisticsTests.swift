@@ -67,7 +67,8 @@ final class BatchStatisticsTests: XCTestCase {
         XCTAssertEqual(averaged.map(\.window), [32, 8, 1])
         for j in 0..<4 {
             XCTAssertGreaterThan(averaged[0].single[j], averaged[2].single[j], "statistic \(j): batch 1 vs 32")
-            XCTAssertLessThan(averaged[0].movingAverage[j], averaged[0].single[j], "statistic \(j): SMA at batch 1")
+            XCTAssertLessThan(
+                try XCTUnwrap(averaged[0].movingAverage)[j], averaged[0].single[j], "statistic \(j): SMA at batch 1")
         }
         XCTAssertTrue(report.markdown().contains("| 32 |"))
         XCTAssertTrue(report.svg().hasPrefix("<svg") || report.svg().hasPrefix("<?xml"))
@@ -79,6 +80,36 @@ final class BatchStatisticsTests: XCTestCase {
             try BatchStatisticsAnalysis.run(
                 model: gn, data: data, batchSizes: [2], batches: 1,
                 populationImages: 10, seed: 0))
+    }
+}
+
+extension BatchStatisticsTests {
+    /// With fewer batches than a size's moving-average window, no moving average is computed: the report says "–"
+    /// and why (it printed 0.0000), and the row has no moving average (JSON: no `movingAverage`).
+    func testAMovingAverageThatWasNotComputedIsNotShownAsZero() throws {
+        var generator = SeededGenerator(seed: 13)
+        let model = Sequential(
+            try Conv2d(inChannels: 1, outChannels: 4, kernelSize: 3, padding: 1, generator: &generator),
+            NormalizationModule(try BatchNorm(channels: 4)),
+            ReLU(),
+            GlobalAveragePool(),
+            try Linear(inFeatures: 4, outFeatures: 10, generator: &generator))
+        let (data, _) = try TorchModelParityTestsData.synthetic(count: 300)
+        let report = try BatchStatisticsAnalysis.run(
+            model: model, data: data, batchSizes: [1, 16], batches: 3, populationImages: 300, seed: 1)
+        let lines = report.markdown().split(separator: "\n")
+        let b1 = try XCTUnwrap(lines.first { $0.hasPrefix("| 1 |") })
+        XCTAssertTrue(b1.hasSuffix("| 32 | – | – | – | – |"), String(b1))
+        let b16 = try XCTUnwrap(lines.first { $0.hasPrefix("| 16 |") })
+        XCTAssertFalse(b16.contains("–"), "window 2 ≤ 3 batches: computed\n\(b16)")
+        XCTAssertTrue(report.markdown().contains("–: not computed"), report.markdown())
+        XCTAssertTrue(report.markdown().contains("3 were drawn per size: B = 1 (window 32)"), report.markdown())
+        let json = try XCTUnwrap(
+            JSONSerialization.jsonObject(with: JSONEncoder().encode(report)) as? [String: Any])
+        for row in try XCTUnwrap(json["rows"] as? [[String: Any]]) {
+            XCTAssertEqual(row["movingAverage"] == nil, (row["batch"] as? Int) == 1, "\(row)")
+        }
+        XCTAssertTrue(report.svg().contains("<svg"))
     }
 }
 

@@ -424,6 +424,76 @@ final class ReportTests: XCTestCase {
         }
     }
 
+    // MARK: - Damaged records
+
+    /// Records no run can produce (a test error of ±1e308, in a summary and in an epoch; an epoch of Int.max) made
+    /// the PNG rasterizer trap ("Double value cannot be converted to Int"), which ended `normkit report`, and a
+    /// sweep, which rebuilds the report after every cell. The report is written; the impossible points are left out
+    /// of the plots and a note in the axes counts them; every coordinate in the SVGs is a finite number.
+    func testExtremeValuesInRunRecordsAreLeftOutOfThePlots() throws {
+        let plan = smallPlan(seeds: [0, 1])
+        let cells = try plan.cells()
+        try SweepPlanRecord(plan: plan, cells: cells).write(to: directory)
+        for (index, cell) in cells.enumerated() {
+            var result = summary(cell.configuration, error: 0.2)
+            switch index % 4 {
+            case 0: result.finalTestError = 1e308
+            case 1:
+                result.finalTestError = -1e308
+                result.epochs[0].testError = 1e308
+                result.epochs[1].trainError = -1e308
+            case 2:
+                result.epochs[1].epoch = Int.max
+                result.epochs[0].testError = .greatestFiniteMagnitude
+            default: result.bestTestError = -1e308
+            }
+            try writeRecords(result, to: directory.appendingPathComponent(cell.runName))
+        }
+        let report = try SweepReport.rebuild(in: directory)
+        XCTAssertEqual(report.runs.count, cells.count)
+        for name in SweepReport.reportFileNames {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: directory.appendingPathComponent(name).path), name)
+        }
+        XCTAssertTrue(try svgTexts("error_vs_batch.svg").contains { $0.contains("outside 0–100: not drawn") })
+        XCTAssertTrue(try svgTexts("training_curves.svg").contains { $0.contains("outside 0–100: not drawn") })
+        for name in ["error_vs_batch.svg", "training_curves.svg"] {
+            let svg = try String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8)
+            for bad in ["=\"nan", "=\"inf", "=\"-inf", "nan,", "inf,", ",nan", ",inf", "e+"] {
+                XCTAssertFalse(svg.contains(bad), "\(name) has a coordinate '\(bad)'")
+            }
+        }
+    }
+
+    /// A report file that cannot be written (results.md is a directory) is named with the reason in words, not
+    /// Foundation's `Error Domain=NSCocoaErrorDomain Code=512 "(null)" UserInfo=…`.
+    func testAReportFileThatCannotBeWrittenIsNamedWithTheReason() throws {
+        try SweepPlanRecord(plan: smallPlan(), cells: try smallPlan().cells()).write(to: directory)
+        let results = directory.appendingPathComponent("results.md")
+        try FileManager.default.createDirectory(at: results, withIntermediateDirectories: true)
+        XCTAssertThrowsError(try SweepReport.rebuild(in: directory)) { error in
+            XCTAssertEqual("\(error)", "cannot write \(results.path): Is a directory")
+            XCTAssertEqual(error.localizedDescription, "cannot write \(results.path): Is a directory")
+        }
+    }
+
+    /// A summary.json whose number does not fit its field names the field (Foundation says "not valid JSON").
+    func testAnUnreadableSummaryNamesTheField() throws {
+        let plan = smallPlan()
+        let cells = try plan.cells()
+        try SweepPlanRecord(plan: plan, cells: cells).write(to: directory)
+        let run = directory.appendingPathComponent(cells[0].runName)
+        try writeRecords(summary(cells[0].configuration, error: 0.2), to: run)
+        let url = run.appendingPathComponent("summary.json")
+        var json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        var configuration = try XCTUnwrap(json["configuration"] as? [String: Any])
+        configuration["epochs"] = 2.5
+        json["configuration"] = configuration
+        try JSONSerialization.data(withJSONObject: json).write(to: url)
+        let report = try SweepReport.build(from: directory)
+        let error = try XCTUnwrap(report.runs.first { $0.runName == cells[0].runName }?.error)
+        XCTAssertTrue(error.contains("field configuration.epochs: 2.5 is not an integer"), error)
+    }
+
     // MARK: - Helpers
 
     /// The text content of every `<text>` element; fails if the file is not well-formed XML.

@@ -479,6 +479,7 @@ final class TrainingErrorTextTests: XCTestCase {
             TrainingError.nothingToResume("/r"),
             TrainingError.diverged(step: 4, what: "loss nan", lastCheckpointStep: 2, directory: "/r"),
             TrainingError.runExists(path: "/r", state: "a finished run"),
+            TrainingError.unreadableRun(path: "/r", reason: "/r/model.safetensors: truncated"),
             TrainingError.runDirectoryLocked(path: "/r", pid: 7),
             TrainingError.cannotWrite(path: "/r", reason: "EACCES"),
             TrainingError.dataMismatch(directory: "/r", recorded: "/a", given: "/b"),

@@ -95,8 +95,9 @@ public struct StatisticsDeviation: Codable, Equatable, Sendable {
     public var window: Int
     /// μ_B, σ²_B, g_B, Ψ_B.
     public var single: [Double]
-    /// The same after the moving average over ``window`` batches.
-    public var movingAverage: [Double]
+    /// The same after the moving average over ``window`` batches; nil when fewer than ``window`` batches were
+    /// drawn (``batches`` below ``window``), so that no moving average was computed.
+    public var movingAverage: [Double]?
 }
 
 /// `normkit stats`: how far BN's batch statistics stray from their population values at each batch size.
@@ -114,12 +115,24 @@ public struct BatchStatisticsReport: Codable, Sendable {
             "| batch | μ_B | σ²_B | g_B | Ψ_B | backward / forward | SMA window | SMA μ | SMA σ² | SMA g | SMA Ψ |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        var notComputed: [(batch: Int, window: Int)] = []
         for (batch, single, sma, window) in averagedOverLayers() {
             let ratio = (single[2] + single[3]) / max(single[0] + single[1], 1e-300)
+            if sma == nil { notComputed.append((batch, window)) }
             let cells =
                 single.map { String(format: "%.4f", $0) } + [String(format: "%.2f×", ratio), "\(window)"]
-                + sma.map { String(format: "%.4f", $0) }
+                + (sma?.map { String(format: "%.4f", $0) } ?? Array(repeating: "–", count: 4))
             lines.append("| \(batch) | " + cells.joined(separator: " | ") + " |")
+        }
+        if !notComputed.isEmpty {
+            let drawn = rows.first.map { "\($0.batches)" } ?? "too few"
+            let sizes = notComputed.map { "B = \($0.batch) (window \($0.window))" }.joined(separator: ", ")
+            lines += [
+                "",
+                "–: not computed. A moving average over the window needs at least that many batches, and \(drawn) "
+                    + "were drawn per size: \(sizes). Draw at least \(notComputed.map(\.window).max()!) "
+                    + "(normkit stats --batches) for every column.",
+            ]
         }
         lines += [
             "", "Per layer, single batches (μ_B / σ²_B / g_B / Ψ_B):", "",
@@ -138,7 +151,8 @@ public struct BatchStatisticsReport: Codable, Sendable {
 
     /// Per batch size: the four deviations' median over layers (single batch, moving average) and the window. The
     /// median, because one layer can dominate a mean (the stem's backward statistics stray far more than any other).
-    public func averagedOverLayers() -> [(batch: Int, single: [Double], movingAverage: [Double], window: Int)] {
+    /// `movingAverage` is nil for a batch size whose rows have none (fewer batches than the window).
+    public func averagedOverLayers() -> [(batch: Int, single: [Double], movingAverage: [Double]?, window: Int)] {
         Dictionary(grouping: rows, by: \.batch).keys.sorted().map { batch in
             let group = rows.filter { $0.batch == batch }
             func average(_ pick: (StatisticsDeviation) -> [Double]) -> [Double] {
@@ -148,7 +162,9 @@ public struct BatchStatisticsReport: Codable, Sendable {
                     return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2
                 }
             }
-            return (batch, average(\.single), average(\.movingAverage), group[0].window)
+            let movingAverage =
+                group.allSatisfy { $0.movingAverage != nil } ? average { $0.movingAverage ?? [] } : nil
+            return (batch, average(\.single), movingAverage, group[0].window)
         }
     }
 }
@@ -157,7 +173,8 @@ public struct BatchStatisticsReport: Codable, Sendable {
 public enum BatchStatisticsAnalysis {
     /// Measures, for every BN layer of `model`, the relative deviation of `μ_B`, `σ²_B`, `g_B`, `Ψ_B` from their
     /// values over the first `populationImages` images of `data` (computed in chunks of 250 in training mode), over
-    /// `batches` random batches of each size (seeded), and after a moving average over `max(1, 32 / B)` batches.
+    /// `batches` random batches of each size (seeded), and after a moving average over `max(1, 32 / B)` batches
+    /// (none when `batches` is below that window: ``StatisticsDeviation/movingAverage`` is then nil).
     /// The weights never change; `dy` comes from the mean cross-entropy and is scaled by the batch size.
     public static func run(
         model: Model & Module, data: Dataset, batchSizes: [Int], batches: Int,
@@ -288,7 +305,8 @@ public enum BatchStatisticsAnalysis {
                 rows.append(
                     StatisticsDeviation(
                         layer: name, batch: batch, batches: batches, window: window,
-                        single: single[l], movingAverage: moving[l].map { $0 / Double(max(averaged, 1)) }))
+                        single: single[l],
+                        movingAverage: averaged > 0 ? moving[l].map { $0 / Double(averaged) } : nil))
             }
         }
         return BatchStatisticsReport(checkpoint: checkpoint, populationImages: pool, rows: rows)
@@ -314,7 +332,7 @@ extension BatchStatisticsReport {
         var canvas = PlotCanvas(width: 1100, height: 460)
         let averaged = averagedOverLayers()
         let names = ["μ_B (forward)", "σ²_B (forward)", "g_B (backward)", "Ψ_B (backward)"]
-        let panels: [(title: String, values: [[Double]])] = [
+        let panels: [(title: String, values: [[Double]?])] = [
             ("BN batch statistics (median over layers): single batches", averaged.map(\.single)),
             ("after a moving average over 32 / B batches", averaged.map(\.movingAverage)),
         ]
@@ -323,6 +341,7 @@ extension BatchStatisticsReport {
             for j in 0..<4 {
                 var points: [(x: Double, y: Double, error: Double?)] = []
                 for (row, values) in zip(averaged, panel.values) {
+                    guard let values else { continue }  // no moving average at this size
                     points.append((x: log2(Double(row.batch)), y: log10(max(values[j], 1e-6)), error: nil))
                 }
                 series.append(

@@ -43,6 +43,30 @@ public enum KernelBenchmark {
     /// The GroupNorm rows' groups unless asked otherwise (`G = min(32, C)`, the GN paper's default).
     public static let defaultGroups = 32
 
+    /// Tensors of one shape the kernel table holds at once: `x`, `dy` and the same-size copy's target, then per
+    /// layout `x` and `dy` in that layout, `y` and `dx`.
+    public static let tensorsPerShape = 7
+
+    /// The elements of `shape` (its product), nil when a dimension is below 1 or the product overflows `Int`.
+    public static func elementCount(_ shape: [Int]) -> Int? {
+        var count = 1
+        for dimension in shape {
+            guard dimension >= 1 else { return nil }
+            let (product, overflow) = count.multipliedReportingOverflow(by: dimension)
+            if overflow { return nil }
+            count = product
+        }
+        return count
+    }
+
+    /// Bytes of the Float tensors the kernel table holds for `shape` (``tensorsPerShape`` of its size), nil when
+    /// that overflows `Int`.
+    public static func bytesNeeded(for shape: [Int]) -> Int? {
+        guard let elements = elementCount(shape) else { return nil }
+        let (bytes, overflow) = elements.multipliedReportingOverflow(by: tensorsPerShape * MemoryLayout<Float>.size)
+        return overflow ? nil : bytes
+    }
+
     /// A multi-threaded `memcpy` of a buffer far beyond the caches, timed on demand: the machine's copy bandwidth
     /// at that moment. The buffers are allocated and touched once, so a measurement costs its copies only
     /// (`normkit bench` measures beside every row).

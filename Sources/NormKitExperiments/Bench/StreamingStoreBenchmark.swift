@@ -35,6 +35,27 @@ public enum StreamingStoreBenchmark {
     /// the default threshold.
     public static let defaultShapes: [[Int]] = [[2, 256, 56, 56], [8, 64, 56, 56]]
 
+    /// Bytes the chain allocates for `shape` `(N, C, H, W)` with 3×3 convolutions (the larger kernel size), nil when
+    /// that overflows `Int` or the shape is not 4-D of positive sizes: six Float tensors of the shape (`x`, `a`,
+    /// `y`, `dy`, `da`, `dx`), two of a quarter of its channels (`z`, `dz`), the two convolutions' weights and
+    /// their gradients, and an im2col buffer of nine times the shape.
+    public static func bytesNeeded(for shape: [Int]) -> Int? {
+        guard shape.count == 4, let elements = KernelBenchmark.elementCount(shape) else { return nil }
+        let c = shape[1], quarter = max(1, c / 4)
+        let (outputs, wide) = c.addingReportingOverflow(quarter)
+        guard !wide, let quarterElements = KernelBenchmark.elementCount([shape[0], quarter, shape[2], shape[3]]),
+            let weights = KernelBenchmark.elementCount([2 * 9, c, outputs])
+        else { return nil }
+        var total = 0
+        for (count, times) in [(elements, 6 + 9), (quarterElements, 2), (weights, 1)] {
+            let (part, overflow) = count.multipliedReportingOverflow(by: times * MemoryLayout<Float>.size)
+            let (sum, overflowSum) = total.addingReportingOverflow(part)
+            if overflow || overflowSum { return nil }
+            total = sum
+        }
+        return total
+    }
+
     /// Times the chain on each of `shapes` for each of `kernelSizes`, `pairs` alternated pairs per direction after
     /// one warm-up pair, in the layout of `ConvolutionEngine.preferred` (NHWC with oneDNN). Restores
     /// `KernelDispatch.streamingStoreThreshold` afterwards.

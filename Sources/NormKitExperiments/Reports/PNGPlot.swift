@@ -10,11 +10,14 @@ enum PNGPlot {
     /// Supersampling factor per axis.
     static let supersample = 2
 
-    /// The PNG bytes of the canvas at its own size in pixels.
+    /// Largest side of a rendered PNG in pixels.
+    static let maxSide = 16_384
+
+    /// The PNG bytes of the canvas at its own size in pixels (at most ``maxSide`` a side).
     static func render(_ canvas: PlotCanvas) -> Data {
         var raster = Raster(
-            width: Int(canvas.width.rounded(.up)) * supersample,
-            height: Int(canvas.height.rounded(.up)) * supersample)
+            width: clampedInt(canvas.width.rounded(.up), 1, maxSide) * supersample,
+            height: clampedInt(canvas.height.rounded(.up), 1, maxSide) * supersample)
         let s = Double(supersample)
         for shape in canvas.shapes { raster.draw(shape, scale: s) }
         return encode(raster.downsampled(by: supersample))
@@ -60,7 +63,18 @@ enum PNGPlot {
     }
 }
 
-/// An RGB pixel buffer (white at creation) with the few fill operations the plots need.
+/// `Int(v)` clamped to `lo...hi` (NaN: `lo`), for pixel coordinates: never traps on a value that is not finite
+/// or too large for `Int`.
+func clampedInt(_ v: Double, _ lo: Int, _ hi: Int) -> Int {
+    guard !v.isNaN else { return lo }
+    if v <= Double(lo) { return lo }
+    if v >= Double(hi) { return hi }
+    return Int(v)
+}
+
+/// An RGB pixel buffer (white at creation) with the few fill operations the plots need. Shapes with coordinates
+/// that are not finite are skipped, and every coordinate is clamped before it becomes a pixel index, so no scene
+/// can make the rasterizer trap.
 struct Raster {
     let width: Int
     let height: Int
@@ -111,8 +125,9 @@ struct Raster {
 
     /// Fills a polygon (even-odd rule) sampling pixel centres.
     mutating func fillPolygon(_ points: [PlotPoint], _ color: PlotColor) {
-        guard points.count >= 3 else { return }
-        let minY = max(0, Int(floor(points.map(\.y).min()!))), maxY = min(height - 1, Int(ceil(points.map(\.y).max()!)))
+        guard points.count >= 3, points.allSatisfy({ $0.x.isFinite && $0.y.isFinite }) else { return }
+        let minY = clampedInt(floor(points.map(\.y).min()!), 0, height)
+        let maxY = clampedInt(ceil(points.map(\.y).max()!), -1, height - 1)
         guard minY <= maxY else { return }
         for y in minY...maxY {
             let yc = Double(y) + 0.5
@@ -124,7 +139,7 @@ struct Raster {
             xs.sort()
             var k = 0
             while k + 1 < xs.count {
-                let x0 = max(0, Int(ceil(xs[k] - 0.5))), x1 = min(width - 1, Int(floor(xs[k + 1] - 0.5)))
+                let x0 = clampedInt(ceil(xs[k] - 0.5), 0, width), x1 = clampedInt(floor(xs[k + 1] - 0.5), -1, width - 1)
                 if x0 <= x1 { for x in x0...x1 { set(x, y, color) } }
                 k += 2
             }
@@ -133,8 +148,9 @@ struct Raster {
 
     /// Fills the pixels whose centres lie between two radii (inner < 0: a disc).
     mutating func fillRing(_ c: PlotPoint, inner: Double, outer: Double, _ color: PlotColor) {
-        let x0 = max(0, Int(floor(c.x - outer))), x1 = min(width - 1, Int(ceil(c.x + outer)))
-        let y0 = max(0, Int(floor(c.y - outer))), y1 = min(height - 1, Int(ceil(c.y + outer)))
+        guard c.x.isFinite, c.y.isFinite, outer.isFinite, !inner.isNaN else { return }
+        let x0 = clampedInt(floor(c.x - outer), 0, width), x1 = clampedInt(ceil(c.x + outer), -1, width - 1)
+        let y0 = clampedInt(floor(c.y - outer), 0, height), y1 = clampedInt(ceil(c.y + outer), -1, height - 1)
         guard x0 <= x1, y0 <= y1 else { return }
         let inner2 = inner < 0 ? -1 : inner * inner, outer2 = outer * outer
         for y in y0...y1 {
@@ -153,8 +169,9 @@ struct Raster {
         for i in 0..<max(points.count - 1, 0) {
             let a = points[i], b = points[i + 1]
             let length = hypot(b.x - a.x, b.y - a.y)
-            guard length > 0 else { continue }
-            if dash.isEmpty {
+            guard length > 0, length.isFinite else { continue }
+            // A dash pattern over a segment far longer than the raster: drawn solid (bounded work).
+            if dash.isEmpty || length > Double(4 * (width + height)) {
                 segment(a, b, half: half, stroke.color)
                 if i > 0 { fillRing(a, inner: -1, outer: half, stroke.color) }
                 continue
@@ -202,7 +219,9 @@ struct Raster {
         case .middle: start = -width / 2
         case .end: start = -width
         }
-        let ax = Int(at.x.rounded()), ay = Int(at.y.rounded()), k = Int(s)
+        let limit = 4 * (width + height)
+        let ax = clampedInt(at.x.rounded(), -limit, limit), ay = clampedInt(at.y.rounded(), -limit, limit)
+        let k = clampedInt(s, 1, 16)
         for (index, scalar) in scalars.enumerated() {
             let rows = font.rows(scalar)
             for row in 0..<(font.ascent + font.descent) {

@@ -41,7 +41,7 @@ public enum ResultsCSV {
         do {
             return try encoder.encode(runs)
         } catch {
-            throw SweepError.cannotWrite(URL(fileURLWithPath: "runs.json"), reason: "\(error)")
+            throw SweepError.cannotWrite(URL(fileURLWithPath: "runs.json"), reason: ErrorText.describe(error))
         }
     }
 

@@ -115,13 +115,42 @@ struct LinePlot {
     var dodge: Double = 0
     /// Message drawn in the axes when no series has a point.
     var emptyMessage = "no results yet"
+    /// The y values that can be real (test error in %: 0...100); points outside it, like points that are not
+    /// finite, are left out of the plot and counted in a note drawn in the axes. Nil: any finite value.
+    var yDomain: ClosedRange<Double>?
     var fontSize: Double = 12
     var titleSize: Double = 16
     var markerRadius: Double = 4.5
     var lineWidth: Double = 2
 
-    /// Lays the plot out inside a frame of the canvas.
+    /// The series with only the points that can be drawn (finite x and y, y in ``yDomain``; an error bar only
+    /// when finite, positive and in range at both ends), and how many points were left out.
+    func drawableSeries() -> (series: [PlotSeries], omitted: Int) {
+        var omitted = 0
+        func inDomain(_ y: Double) -> Bool { y.isFinite && (yDomain?.contains(y) ?? (abs(y) <= Self.largestValue)) }
+        let kept = series.map { s -> PlotSeries in
+            var s = s
+            s.points = s.points.compactMap { p in
+                guard p.x.isFinite, abs(p.x) <= Self.largestValue, inDomain(p.y) else {
+                    omitted += 1
+                    return nil
+                }
+                let error = p.error.flatMap { e in e > 0 && inDomain(p.y - e) && inDomain(p.y + e) ? e : nil }
+                return (p.x, p.y, error)
+            }
+            return s
+        }
+        return (kept, omitted)
+    }
+
+    /// Largest magnitude of a coordinate the plot lays out (far beyond any real value: the axis arithmetic stays
+    /// finite).
+    static let largestValue = 1e300
+
+    /// Lays the plot out inside a frame of the canvas. Points that are not finite or outside ``yDomain`` are left
+    /// out (``drawableSeries()``), with a note in the axes saying how many.
     func draw(x frameX: Double, y frameY: Double, width: Double, height: Double, on canvas: inout PlotCanvas) {
+        let (series, omitted) = drawableSeries()
         let legendEntries = showLegend ? series.filter { !$0.points.isEmpty } : []
         let legendWidth =
             legendEntries.isEmpty
@@ -133,7 +162,9 @@ struct LinePlot {
         let plotWidth = max(right - left, 10), plotHeight = max(bottom - top, 10)
 
         // Ranges.
-        let xs = xTicks.map(\.value) + series.flatMap { $0.points.map(\.x) }
+        let xs = (xTicks.map(\.value) + series.flatMap { $0.points.map(\.x) }).filter {
+            $0.isFinite && abs($0) <= Self.largestValue
+        }
         var xMin = xs.min() ?? 0, xMax = xs.max() ?? 1
         if xMax - xMin < 1e-9 { xMin -= 1; xMax += 1 }
         let xPad = (xMax - xMin) * 0.07
@@ -141,11 +172,14 @@ struct LinePlot {
         let ys = series.flatMap { $0.points.flatMap { [$0.y - ($0.error ?? 0), $0.y + ($0.error ?? 0)] } }
         let yTicks = ys.isEmpty ? [0, 0.25, 0.5, 0.75, 1] : Self.niceTicks(min: ys.min()!, max: ys.max()!)
         let yMin = yTicks.first!, yMax = yTicks.last!
+        // Positions are clamped to the axes box: every drawn value is inside the ranges, so this only guards the
+        // arithmetic (a coordinate far outside the canvas would cost the rasterizer time, or an Int conversion).
+        func clamp(_ v: Double, _ lo: Double, _ hi: Double) -> Double { v.isNaN ? lo : Swift.min(Swift.max(v, lo), hi) }
         func px(_ x: Double) -> Double {
             let t = (x - xMin) / (xMax - xMin)
-            return left + (xReversed ? 1 - t : t) * plotWidth
+            return clamp(left + (xReversed ? 1 - t : t) * plotWidth, left, left + plotWidth)
         }
-        func py(_ y: Double) -> Double { bottom - (y - yMin) / (yMax - yMin) * plotHeight }
+        func py(_ y: Double) -> Double { clamp(bottom - (y - yMin) / (yMax - yMin) * plotHeight, top, bottom) }
 
         // Grid, axes box, ticks and labels.
         canvas.add(.rect(x: left, y: top, width: plotWidth, height: plotHeight, fill: .white, stroke: nil))
@@ -195,6 +229,14 @@ struct LinePlot {
                     emptyMessage, at: PlotPoint(x: left + plotWidth / 2, y: top + plotHeight / 2),
                     size: fontSize, color: .muted, anchor: .middle, bold: false, vertical: false))
         }
+        if omitted > 0 {
+            let range = yDomain.map { "outside \(Self.numberText($0.lowerBound))–\(Self.numberText($0.upperBound))" }
+            canvas.add(
+                .text(
+                    "\(omitted) point\(omitted == 1 ? "" : "s") not finite or \(range ?? "too large"): not drawn",
+                    at: PlotPoint(x: left + 6, y: top + fontSize * 1.3), size: fontSize * 0.9, color: .muted,
+                    anchor: .start, bold: false, vertical: false))
+        }
         for (index, s) in drawn.enumerated() {
             let offset = (Double(index) - Double(drawn.count - 1) / 2) * dodge
             let points = s.points.map { PlotPoint(x: px($0.x) + offset, y: py($0.y)) }
@@ -241,10 +283,17 @@ struct LinePlot {
         }
     }
 
-    /// Round tick values (steps of 1, 2 or 5 × 10^k) covering `min…max` with about five intervals.
+    /// `100`, `0.5`: a range bound for a note.
+    static func numberText(_ v: Double) -> String {
+        v == v.rounded() && abs(v) < 1e15 ? String(Int64(v)) : "\(v)"
+    }
+
+    /// Round tick values (steps of 1, 2 or 5 × 10^k) covering `min…max` with about five intervals (bounds that are
+    /// not finite give 0…1; magnitudes are capped at ``largestValue``, so the ticks are always a few finite values).
     static func niceTicks(min lo: Double, max hi: Double, target: Int = 5) -> [Double] {
         var lo = lo, hi = hi
-        if !lo.isFinite || !hi.isFinite { lo = 0; hi = 1 }
+        if !lo.isFinite || !hi.isFinite || lo > hi { lo = 0; hi = 1 }
+        lo = Swift.max(lo, -largestValue); hi = Swift.min(hi, largestValue)
         if hi - lo < 1e-9 { let pad = Swift.max(abs(lo) * 0.05, 0.5); lo -= pad; hi += pad }
         let pad = (hi - lo) * 0.06
         lo -= pad; hi += pad
@@ -252,7 +301,9 @@ struct LinePlot {
         let magnitude = pow(10, floor(log10(raw)))
         let step = [1.0, 2, 2.5, 5, 10].map { $0 * magnitude }.first { $0 >= raw } ?? 10 * magnitude
         let first = floor(lo / step) * step, last = ceil(hi / step) * step
-        return stride(from: first, through: last + step * 0.5, by: step).map { abs($0) < step * 1e-9 ? 0 : $0 }
+        return stride(from: first, through: last + step * 0.5, by: step).prefix(64).map {
+            abs($0) < step * 1e-9 ? 0 : $0
+        }
     }
 
     /// Decimals needed to print ticks spaced `step` apart.

@@ -24,6 +24,9 @@ extension SweepReport {
         }
     }
 
+    /// The values an error in percent can take: points outside it (a damaged record) are left out of the plots.
+    static let errorPercentDomain = 0.0...100.0
+
     /// Colours of normalization batch columns (largest first) in the training curves.
     static let batchColors = ["#08519c", "#4292c6", "#41ab5d", "#fd8d3c", "#d7301f", "#7a0177", "#525252"]
         .map(PlotColor.init(hex:))
@@ -49,12 +52,13 @@ extension SweepReport {
             perGPU
             ? "images per GPU = normalization batch (SGD batch = \(plan?.plan.gpus ?? 8) × this; log scale)"
             : "normalization batch size (images per statistics batch, log scale)"
-        let plot = LinePlot(
+        var plot = LinePlot(
             title: "\(model): test error vs normalization batch size",
             xLabel: xLabel, yLabel: "test error (%), mean ± std over seeds",
             xTicks: table.columns.map { (log2(Double($0)), "\($0)") }, xReversed: true,
             series: series, dodge: 5,
             emptyMessage: table.groupRows.isEmpty ? "no results yet" : "GN groups axis only: see error_vs_groups.svg")
+        plot.yDomain = Self.errorPercentDomain
         plot.draw(x: 0, y: 0, width: canvas.width, height: canvas.height, on: &canvas)
         return canvas
     }
@@ -100,6 +104,7 @@ extension SweepReport {
                 series: series, showLegend: shown.count > 1, dodge: 4,
                 emptyMessage: "no \(panel.0) values in this sweep")
             plot.titleSize = 15
+            plot.yDomain = Self.errorPercentDomain
             plot.draw(x: Double(index) * 500, y: 0, width: 500, height: canvas.height, on: &canvas)
         }
         return canvas
@@ -155,8 +160,9 @@ extension SweepReport {
             let bx = 8 + Double(index % perRow) * panelWidth
             let by = headerHeight + Double(index / perRow) * (2 * panelHeight + 16)
             let keyRuns = withEpochs.filter { $0.seriesKey == key }
-            // Epochs counted from 1, as the progress lines and tables do (`EpochMetrics.epoch` counts from 0).
-            let maxEpoch = (keyRuns.flatMap { $0.epochs.map(\.epoch) }.max() ?? 0) + 1
+            // Epochs counted from 1, as the progress lines and tables do (`EpochMetrics.epoch` counts from 0); a
+            // damaged record's epoch of Int.max does not overflow.
+            let maxEpoch = min(keyRuns.flatMap { $0.epochs.map(\.epoch) }.max() ?? 0, Int.max - 1) + 1
             let step = max(1, Int((Double(maxEpoch) / 6).rounded(.up)))
             let ticks = stride(from: step == 1 ? 1 : step, through: maxEpoch, by: step).map { (Double($0), "\($0)") }
             func series(_ value: (EpochMetrics) -> Double) -> [PlotSeries] {
@@ -167,17 +173,19 @@ extension SweepReport {
                         : Self.batchColors[(columns.firstIndex(of: run.columns[0]) ?? 0) % Self.batchColors.count]
                     return PlotSeries(
                         name: run.runName, color: color, marker: .circle, dashed: run.status != .finished,
-                        points: run.epochs.map { (Double($0.epoch + 1), value($0), nil) })
+                        points: run.epochs.map { (Double($0.epoch) + 1, value($0), nil) })
                 }
             }
             var errorPlot = LinePlot(
                 title: "\(key.label): test error", xLabel: "epoch", yLabel: "test error (%)",
                 xTicks: ticks, series: series { $0.testError * 100 }, showLegend: false)
+            errorPlot.yDomain = Self.errorPercentDomain
             errorPlot.fontSize = 11; errorPlot.titleSize = 13; errorPlot.markerRadius = 3; errorPlot.lineWidth = 1.5
             errorPlot.draw(x: bx, y: by, width: panelWidth, height: panelHeight, on: &canvas)
             var trainPlot = LinePlot(
                 title: "\(key.label): training error", xLabel: "epoch", yLabel: "training error (%)",
                 xTicks: ticks, series: series { $0.trainError * 100 }, showLegend: false)
+            trainPlot.yDomain = Self.errorPercentDomain
             trainPlot.fontSize = 11; trainPlot.titleSize = 13; trainPlot.markerRadius = 3; trainPlot.lineWidth = 1.5
             trainPlot.draw(x: bx, y: by + panelHeight, width: panelWidth, height: panelHeight, on: &canvas)
         }

@@ -222,7 +222,7 @@ public struct SweepReport {
         do {
             try data.write(to: url, options: .atomic)
         } catch {
-            throw SweepError.cannotWrite(url, reason: "\(error)")
+            throw SweepError.cannotWrite(url, reason: ErrorText.describe(error, about: url.path))
         }
     }
 
@@ -236,9 +236,16 @@ public struct SweepReport {
         var problems: [String] = []
         if fm.fileExists(atPath: summaryURL.path) {
             do {
-                summary = try JSONDecoder().decode(RunSummary.self, from: Data(readFileBytes(path: summaryURL.path)))
+                let data = try Data(readFileBytes(path: summaryURL.path))
+                do {
+                    summary = try JSONDecoder().decode(RunSummary.self, from: data)
+                } catch {
+                    problems.append(
+                        "unreadable \(summaryFileName): "
+                            + ErrorText.describeDecoding(error, of: RunSummary.self, from: data))
+                }
             } catch {
-                problems.append("unreadable \(summaryFileName): \(error)")
+                problems.append("unreadable \(summaryFileName): \(ErrorText.describe(error, about: summaryURL.path))")
             }
         }
         var errorText = (try? readFileBytes(path: errorURL.path)).map { String(decoding: $0, as: UTF8.self) }?

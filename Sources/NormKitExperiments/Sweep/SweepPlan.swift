@@ -328,9 +328,17 @@ public struct SweepPlanRecord: Codable, Equatable, Sendable {
         let url = directory.appendingPathComponent(fileName)
         guard FileManager.default.fileExists(atPath: url.path) else { return nil }
         do {
-            return try JSONDecoder().decode(SweepPlanRecord.self, from: Data(readFileBytes(path: url.path)))
+            let data = Data(try readFileBytes(path: url.path))
+            do {
+                return try JSONDecoder().decode(SweepPlanRecord.self, from: data)
+            } catch {
+                throw SweepError.unreadableRecord(
+                    url, reason: ErrorText.describeDecoding(error, of: SweepPlanRecord.self, from: data))
+            }
+        } catch let error as SweepError {
+            throw error
         } catch {
-            throw SweepError.unreadableRecord(url, reason: ErrorText.describe(error))
+            throw SweepError.unreadableRecord(url, reason: ErrorText.describe(error, about: url.path))
         }
     }
 
@@ -343,7 +351,7 @@ public struct SweepPlanRecord: Codable, Equatable, Sendable {
         do {
             try encoder.encode(self).write(to: url, options: .atomic)
         } catch {
-            throw SweepError.cannotWrite(url, reason: "\(error)")
+            throw SweepError.cannotWrite(url, reason: ErrorText.describe(error, about: url.path))
         }
     }
 }

@@ -126,7 +126,7 @@ public final class SweepRunner {
                 do {
                     try SweepReport.build(from: directory).write(to: directory)
                 } catch {
-                    log("report not rebuilt: \(error)")
+                    log("report not rebuilt: \(ErrorText.describe(error))")
                 }
             }
         }
@@ -159,12 +159,12 @@ public final class SweepRunner {
             log("\(position): \(summary.finished ? "finished" : "unfinished"), test error \(error) %")
             return (summary.finished ? .finished : .unfinished, nil)
         } catch {
-            let text = "\(error)"
+            let text = ErrorText.describe(error)
             do {
                 try createDirectory(runDir)
                 try (text + "\n").write(to: errorURL, atomically: true, encoding: .utf8)
             } catch {
-                log("\(position): cannot write \(errorURL.path): \(error)")
+                log("\(position): cannot write \(errorURL.path): \(ErrorText.describe(error, about: errorURL.path))")
             }
             log("\(position): FAILED: \(text)")
             return (.failed, text)
@@ -186,7 +186,7 @@ public final class SweepRunner {
         do {
             try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         } catch {
-            throw SweepError.cannotWrite(url, reason: "\(error)")
+            throw SweepError.cannotWrite(url, reason: ErrorText.describe(error, about: url.path))
         }
     }
 

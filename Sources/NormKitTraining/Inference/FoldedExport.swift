@@ -35,8 +35,9 @@ public enum FoldedExport {
     ///   - output: the folded model's safetensors file.
     ///   - overwrite: replace an existing `output` (never the checkpoint itself, and only a regular file; when
     ///     `output` is a symbolic link, the file it points to is replaced and the link stays).
-    /// - Throws: ``FoldingError/outputExists(path:)`` and ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)``
-    ///   for an `output` that is a pipe, a device or a directory (before reading anything), ``FoldingError/notFoldable(path:layer:reason:)``
+    /// - Throws: ``FoldingError/outputIsDirectory(path:)``, ``FoldingError/outputExists(path:)`` and
+    ///   ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)`` for an `output` that is a pipe or a device
+    ///   (before reading anything), ``FoldingError/notFoldable(path:layer:reason:)``
     ///   for a GN/LN/IN checkpoint, ``FoldingError/unsupported(_:)`` for a VGG checkpoint or `output` equal to the
     ///   checkpoint, the checkpoint's read errors, or the write's ``AtomicFileError``. Nothing is written when it
     ///   throws.
@@ -47,6 +48,10 @@ public enum FoldedExport {
         {
             throw FoldingError.unsupported(
                 "--out \(output.path) is the checkpoint itself; write the folded model to another file")
+        }
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: output.path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw FoldingError.outputIsDirectory(path: output.path)
         }
         // A pipe, a device or a directory is never replaced, even with `overwrite` (a link: its target is written).
         _ = try AtomicFile.resolvedDestination(of: output)

@@ -12,6 +12,8 @@ public enum FoldingError: Error, Equatable, CustomStringConvertible, LocalizedEr
     case unsupported(String)
     /// `--out` names an existing file and `--overwrite` was not given.
     case outputExists(path: String)
+    /// `--out` names an existing directory (never replaced, with or without `--overwrite`).
+    case outputIsDirectory(path: String)
 
     public var description: String {
         switch self {
@@ -23,6 +25,10 @@ public enum FoldingError: Error, Equatable, CustomStringConvertible, LocalizedEr
         case .outputExists(let path):
             return
                 "\(path) already exists; pass --overwrite to replace it (the export never replaces a file by default)"
+        case .outputIsDirectory(let path):
+            return "\(path) is a directory; --out names the safetensors file to write "
+                + "(for example \((path as NSString).appendingPathComponent("folded.safetensors"))), "
+                + "and --overwrite replaces only a file"
         }
     }
 

@@ -165,11 +165,17 @@ extension TrainingConfiguration {
 
     /// Refuses settings that would be recorded but do nothing for ``norm``: a normalization batch for a
     /// normalization that computes nothing across samples (GN, LN, IN, frozen BN, none), and GN's grouping for
-    /// any other normalization. A new run checks this; checkpoints written before the check may hold such a
-    /// setting, which is then harmless and not refused.
+    /// any other normalization; and milestones for a schedule other than `step`. A new run checks this;
+    /// checkpoints written before the check may hold such a setting, which is then harmless and not refused.
     ///
     /// - Throws: ``ConfigurationError``.
     public func validateApplicability() throws {
+        if schedule != "step", !milestones.isEmpty {
+            throw ConfigurationError(
+                flag: "--milestones", value: milestones.map(String.init).joined(separator: ","),
+                expected: "has no effect with --schedule \(schedule) "
+                    + "(milestones are where the step schedule divides the rate by 10: --schedule step)")
+        }
         let usesBatchStatistics: Bool
         switch norm {
         case .bn, .brn, .mabn: usesBatchStatistics = true
@@ -264,7 +270,9 @@ extension TrainingConfiguration {
         do {
             configuration = try JSONDecoder().decode(TrainingConfiguration.self, from: Data(json.utf8))
         } catch {
-            throw CheckpointError.unreadableMetadata(path: source, field: "configuration", reason: describe(error))
+            throw CheckpointError.unreadableMetadata(
+                path: source, field: "configuration",
+                reason: ErrorText.describeDecoding(error, of: TrainingConfiguration.self, from: Data(json.utf8)))
         }
         try configuration.validate(source: source)
         return configuration
@@ -288,37 +296,5 @@ enum FNV1a {
         var h = state
         for b in buffer { h = (h ^ UInt64(b)) &* prime }
         return h
-    }
-}
-
-/// Error texts for the user: decoding and file-system errors in words, never Foundation's domain codes.
-public enum ErrorText {
-    /// A decoding error in words ("field momentum: expected Double"), a file-system error as "path: reason",
-    /// and any other error's own description.
-    public static func describe(_ error: Error) -> String { NormKitTraining.describe(error) }
-}
-
-func describe(_ error: Error) -> String {
-    func path(_ codingPath: [CodingKey]) -> String {
-        codingPath.isEmpty
-            ? "the top level"
-            : "field " + codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
-    }
-    switch error {
-    case DecodingError.typeMismatch(let type, let context):
-        return "\(path(context.codingPath)): expected \(type)"
-    case DecodingError.valueNotFound(let type, let context):
-        return "\(path(context.codingPath)): a \(type) is missing"
-    case DecodingError.keyNotFound(let key, let context):
-        return "\(path(context.codingPath)): field '\(key.stringValue)' is missing"
-    case DecodingError.dataCorrupted(let context):
-        return "\(path(context.codingPath)): \(context.debugDescription)"
-    case let error as CustomStringConvertible where !(error is NSError):
-        return error.description
-    case let error as CocoaError:
-        let reason = (error.userInfo[NSUnderlyingErrorKey] as? NSError)?.localizedDescription
-        return [error.filePath, reason ?? error.localizedDescription].compactMap { $0 }.joined(separator: ": ")
-    default:
-        return error.localizedDescription
     }
 }

@@ -21,6 +21,9 @@ public enum RunDirectory {
         case finished
         /// A run with a checkpoint (`model.safetensors`) at `step` that did not finish.
         case unfinished(step: Int)
+        /// A run whose `model.safetensors` cannot be read (damaged, truncated, not written by normkit): it cannot
+        /// be resumed; `reason` says why.
+        case unreadableCheckpoint(reason: String)
         /// Records of a run (metrics, training states, an error) but no usable checkpoint.
         case records([String])
     }
@@ -31,24 +34,28 @@ public enum RunDirectory {
             || (name.hasPrefix("training-state-") && name.hasSuffix(".safetensors"))
     }
 
-    /// What `directory` holds.
+    /// What `directory` holds. A `model.safetensors` that cannot be read makes it
+    /// ``Contents/unreadableCheckpoint(reason:)``, finished or not: the run cannot be resumed.
     public static func contents(of directory: URL) -> Contents {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
         let runFiles = files.filter(isRunFile).sorted()
         if runFiles.isEmpty { return .empty }
+        var step: Int?
+        if runFiles.contains(TrainingCheckpoint.modelFileName) {
+            do {
+                step = try TrainingCheckpoint.readModel(
+                    at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
+                ).step
+            } catch {
+                return .unreadableCheckpoint(reason: ErrorText.describe(error))
+            }
+        }
         if let data = try? Data(readFileBytes(path: directory.appendingPathComponent("summary.json").path)),
             let summary = try? JSONDecoder.normKit.decode(RunSummary.self, from: data), summary.finished
         {
             return .finished
         }
-        if runFiles.contains(TrainingCheckpoint.modelFileName) {
-            let step =
-                (try? TrainingCheckpoint.readModel(
-                    at: directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
-                ).step) ?? 0
-            return .unfinished(step: step)
-        }
-        return .records(runFiles)
+        return step.map { .unfinished(step: $0) } ?? .records(runFiles)
     }
 
     /// Removes the run files of `directory` (checkpoint, training states, records), nothing else.
@@ -57,7 +64,7 @@ public enum RunDirectory {
         for name in files where isRunFile(name) {
             let url = directory.appendingPathComponent(name)
             do { try FileManager.default.removeItem(at: url) } catch {
-                throw TrainingError.cannotWrite(path: url.path, reason: describe(error))
+                throw TrainingError.cannotWrite(path: url.path, reason: ErrorText.describe(error, about: url.path))
             }
         }
     }
@@ -160,7 +167,7 @@ public final class RunDirectoryLock: Sendable {
             do {
                 try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             } catch {
-                throw TrainingError.cannotWrite(path: path, reason: describe(error))
+                throw TrainingError.cannotWrite(path: path, reason: ErrorText.describe(error, about: path))
             }
             let lockPath = (path as NSString).appendingPathComponent(RunDirectory.lockFileName)
             let descriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)

@@ -236,6 +236,9 @@ public final class Trainer {
                 let contents = RunDirectory.contents(of: output)
                 if contents != .empty {
                     guard replacesExistingRun else {
+                        if case .unreadableCheckpoint(let reason) = contents {
+                            throw TrainingError.unreadableRun(path: output.path, reason: reason)
+                        }
                         throw TrainingError.runExists(path: output.path, state: Self.describe(contents))
                     }
                     try RunDirectory.setRunAside(in: output)
@@ -376,6 +379,7 @@ public final class Trainer {
         case .empty: return "empty"
         case .finished: return "a finished run"
         case .unfinished(let step): return "a run interrupted at step \(step)"
+        case .unreadableCheckpoint(let reason): return "a run whose checkpoint cannot be read: \(reason)"
         case .records(let files): return "records of a run: \(files.joined(separator: ", "))"
         }
     }

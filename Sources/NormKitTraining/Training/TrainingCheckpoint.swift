@@ -80,7 +80,8 @@ public enum TrainingCheckpoint {
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         } catch {
-            throw TrainingError.cannotWrite(path: directory.path, reason: describe(error))
+            throw TrainingError.cannotWrite(
+                path: directory.path, reason: ErrorText.describe(error, about: directory.path))
         }
         var tensors: [String: StateTensor] = [:]
         for (i, v) in optimizer.velocities.enumerated() {
@@ -136,7 +137,10 @@ public enum TrainingCheckpoint {
         do {
             configuration = try decodeMetadata(TrainingConfiguration.self, from: json)
         } catch {
-            throw CheckpointError.unreadableMetadata(path: url.path, field: "configuration", reason: describe(error))
+            throw CheckpointError.unreadableMetadata(
+                path: url.path, field: "configuration",
+                reason: ErrorText.describeDecoding(
+                    error, of: TrainingConfiguration.self, from: Data(json.utf8), decoder: .normKit))
         }
         // Files from before the trainer recorded GN's default groups or MABN's buffer: the PyTorch arguments
         // hold the values used (MABN's buffer was batch / normBatch then, not today's default).
@@ -166,7 +170,10 @@ public enum TrainingCheckpoint {
         var data: DataRecord?
         if let text = metadata["data"] {
             do { data = try decodeMetadata(DataRecord.self, from: text) } catch {
-                throw CheckpointError.unreadableMetadata(path: url.path, field: "data", reason: describe(error))
+                throw CheckpointError.unreadableMetadata(
+                    path: url.path, field: "data",
+                    reason: ErrorText.describeDecoding(
+                        error, of: DataRecord.self, from: Data(text.utf8), decoder: .normKit))
             }
         }
         try checkTensorNames(Array(tensors.keys), against: configuration, path: url.path)
@@ -266,7 +273,10 @@ public enum TrainingCheckpoint {
         do {
             state = try decodeMetadata(TrainingState.self, from: metadata["state"] ?? "")
         } catch {
-            throw CheckpointError.unreadableMetadata(path: stateURL.path, field: "state", reason: describe(error))
+            throw CheckpointError.unreadableMetadata(
+                path: stateURL.path, field: "state",
+                reason: ErrorText.describeDecoding(
+                    error, of: TrainingState.self, from: Data((metadata["state"] ?? "").utf8), decoder: .normKit))
         }
         guard state.step == step else {
             throw CheckpointError.unreadableMetadata(

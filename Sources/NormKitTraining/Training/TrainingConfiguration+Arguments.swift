@@ -37,3 +37,19 @@ extension TrainingConfiguration {
         return flags
     }
 }
+
+extension TrainingConfiguration {
+    /// The `normkit train` flag that sets each field (by its name in the recorded JSON), for messages that name a
+    /// field by what a user types: `learningRate` → `--lr`, `augment` → `--no-augment`.
+    public static let flagNames: [String: String] = [
+        "model": "--model", "norm": "--norm", "groups": "--groups", "groupSize": "--group-size",
+        "batch": "--batch", "normBatch": "--norm-batch", "epochs": "--epochs", "learningRate": "--lr",
+        "momentum": "--momentum", "weightDecay": "--weight-decay", "decayAllParameters": "--decay-all",
+        "schedule": "--schedule", "milestones": "--milestones", "warmupFraction": "--warmup", "seed": "--seed",
+        "trainLimit": "--train-limit", "testLimit": "--test-limit", "augment": "--no-augment",
+        "threads": "--threads", "mabnBuffer": "--mabn-buffer", "mabnWarmup": "--mabn-warmup",
+        "mabnOldValueWeight": "--mabn-old-weight", "mabnWithout": "--mabn-without", "bnMomentum": "--bn-momentum",
+        "brnMomentum": "--brn-momentum", "brnRMax": "--brn-r-max", "brnDMax": "--brn-d-max",
+        "brnSchedule": "--brn-schedule",
+    ]
+}

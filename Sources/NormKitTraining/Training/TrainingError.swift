@@ -12,6 +12,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable, LocalizedE
     case diverged(step: Int, what: String, lastCheckpointStep: Int?, directory: String?)
     /// A new run was pointed at a directory that holds a run; `state` says which (finished, interrupted at …).
     case runExists(path: String, state: String)
+    /// A new run was pointed at a directory whose checkpoint (`model.safetensors`) cannot be read, so the run in it
+    /// can be neither resumed nor kept; `reason` says why.
+    case unreadableRun(path: String, reason: String)
     /// Another process (its PID when known) holds the directory's lock.
     case runDirectoryLocked(path: String, pid: Int32?)
     /// A file or directory could not be created or written.
@@ -37,6 +40,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable, LocalizedE
         case .runExists(let path, let state):
             return "\(path) already holds a run (\(state)). Continue it with `normkit train --resume \(path)`, "
                 + "choose another --out, or pass --overwrite to replace it."
+        case .unreadableRun(let path, let reason):
+            return "\(path) holds a run whose checkpoint cannot be read, so it cannot be resumed (\(reason)). "
+                + "Choose another --out, or pass --overwrite to replace that run."
         case .runDirectoryLocked(let path, let pid):
             return "\(path) is in use by another normkit process\(pid.map { " (pid \($0))" } ?? ""); "
                 + "wait for it to finish or stop it first"
