@@ -9,7 +9,7 @@ import Foundation
 
 /// Reading (and, for tests and tools, writing) gzip data through zlib.
 ///
-/// ``readFile(at:)`` returns a file's bytes, inflating them first when the file is gzip-compressed, so callers
+/// ``readFile(at:maximumOutput:)`` returns a file's bytes, inflating them first when the file is gzip-compressed, so callers
 /// such as the IDX reader accept `train-images-idx3-ubyte.gz` and `train-images-idx3-ubyte` alike.
 public enum Gzip {
     /// Whether `bytes` start with the gzip magic number `1f 8b`.
