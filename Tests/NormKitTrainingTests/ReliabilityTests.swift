@@ -370,6 +370,16 @@ final class ReliabilityTests: XCTestCase {
         ) { error in
             XCTAssertTrue("\(error)".contains("all one value") || "\(error)".contains("every pixel is 77"), "\(error)")
         }
+        // Finite statistics (a hostile data record) that standardise pixels past Float's range are refused too.
+        for (mean, std) in [(1e300, 1e-300), (0.5, 1e-40), (1e39, 1.0)] {
+            XCTAssertThrowsError(
+                try Dataset(
+                    pixels: [0, 255, 3, 4], labels: [0], height: 2, width: 2, classCount: 10,
+                    statistics: PixelStatistics(mean: mean, std: std)), "mean \(mean), std \(std)"
+            ) { error in
+                XCTAssertTrue("\(error)".contains("to finite floats"), "\(error)")
+            }
+        }
     }
 
     func testCheckpointAndSummaryRecordTheDataAndResumeRefusesOtherData() throws {

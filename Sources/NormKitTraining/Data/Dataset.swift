@@ -255,6 +255,13 @@ public struct Dataset: Sendable {
                 name: "pixel statistics of \(source)", value: "mean \(statistics.mean), std \(statistics.std)",
                 expected: "a finite mean and a positive std (training images that are not all one value)")
         }
+        // Statistics from a file (a checkpoint's data record) can be finite and still standardise a pixel past
+        // Float's range (mean 1e300, std 1e-300): the model would then see infinities and look diverged.
+        guard statistics.standardized(0).isFinite, statistics.standardized(255).isFinite else {
+            throw DataError.invalidArgument(
+                name: "pixel statistics of \(source)", value: "mean \(statistics.mean), std \(statistics.std)",
+                expected: "statistics that standardise pixels, (p − mean) / std, to finite floats")
+        }
     }
 
     /// `pixels` standardised through a 256-entry table (exactly `statistics.standardized` per byte).
