@@ -190,6 +190,15 @@ final class ReliabilityTests: XCTestCase {
         }
         XCTAssertEqual(try Self.snapshot(directory), before, "the old run must be back as it was")
         XCTAssertEqual(RunDirectory.contents(of: directory), .finished)
+
+        // A replacing process killed before its first checkpoint leaves the old run set aside: the next trainer
+        // on the directory puts it back (and, not replacing, then refuses to overwrite it).
+        try RunDirectory.setRunAside(in: directory)
+        XCTAssertEqual(RunDirectory.contents(of: directory), .empty)
+        XCTAssertThrowsError(try Self.trainer(Self.configuration(), output: directory).run()) { error in
+            guard case .runExists? = error as? TrainingError else { return XCTFail("\(error)") }
+        }
+        XCTAssertEqual(try Self.snapshot(directory), before, "the set-aside run is back as it was")
     }
 
     /// A key twice in a checkpoint's configuration, data record or training state (NormKit's decoder would keep the

@@ -196,6 +196,21 @@ public final class Trainer {
         for name in RunDirectory.removeStaleTemporaryFiles(in: directory) {
             progress.message("removed \(name), a temporary file of a writer that died")
         }
+        // A replacing run that died (kill -9) before its first checkpoint left the run it replaced set aside: put
+        // it back; one that died after it left the set-aside copy only.
+        let aside = directory.appendingPathComponent(RunDirectory.replacedRunFolderName)
+        if FileManager.default.fileExists(atPath: aside.path) {
+            if FileManager.default.fileExists(
+                atPath: directory.appendingPathComponent(TrainingCheckpoint.modelFileName).path)
+            {
+                RunDirectory.discardRunSetAside(in: directory)
+            } else {
+                try RunDirectory.restoreRunSetAside(in: directory)
+                progress.message(
+                    "put back the run in \(directory.path) that a replacing run, stopped before its first "
+                        + "checkpoint, had set aside")
+            }
+        }
     }
 
     /// Installs SIGINT and SIGTERM handlers that make running trainers save a checkpoint and stop after the
