@@ -245,6 +245,7 @@ public final class Trainer {
         // In-process replicas each run on one thread: the cores are theirs (one owner at a time).
         Parallelism.threadCount = dataParallel is InProcessWorkerGroup.Worker ? 1 : c.threads
         BLAS.setThreads(1)
+        defer { lock?.release(); lock = nil }
         if let output, writesRun {
             try acquireLock(output)
             if !resumed {
@@ -260,14 +261,15 @@ public final class Trainer {
                     replacedRunIsAside = true
                 }
             }
-            // Before any step: the run's files must be ones a save may replace (a regular file or a link to one,
-            // never a pipe or a device left under the name), or the first save would fail after an epoch's work.
-            for name in [TrainingCheckpoint.modelFileName, "metrics.jsonl", "summary.json"] {
-                _ = try AtomicFile.resolvedDestination(of: output.appendingPathComponent(name))
-            }
         }
-        defer { lock?.release(); lock = nil }
         do {
+            if let output, writesRun {
+                // Before any step: the run's files must be ones a save may replace (a regular file or a link to
+                // one, never a pipe or a device left under the name), or the first save would fail after an epoch.
+                for name in [TrainingCheckpoint.modelFileName, "metrics.jsonl", "summary.json"] {
+                    _ = try AtomicFile.resolvedDestination(of: output.appendingPathComponent(name))
+                }
+            }
             return try trainAndEvaluate()
         } catch {
             if replacedRunIsAside, let output {
