@@ -106,7 +106,9 @@ let package = Package(
         .testTarget(name: "NormKitConcurrencyTests", dependencies: ["NormKit"]),
         .testTarget(name: "NormKitExperimentsTests", dependencies: ["NormKitExperiments"]),
         /// End-to-end tests of the `normkit` binary (built because the executable target is a dependency).
-        .testTarget(name: "NormKitCLITests", dependencies: ["normkit", "NormKitTraining", "NormKitDistributed"]),
+        .testTarget(
+            name: "NormKitCLITests",
+            dependencies: ["normkit", "NormKitTraining", "NormKitDistributed", "_NormKitTestSupport"]),
     ],
     // Every target compiles in the Swift 6 language mode (complete concurrency checking), without warnings.
     swiftLanguageModes: [.v6]

@@ -175,28 +175,6 @@ func copyDirectory(_ source: URL, to parent: URL, name: String) throws -> URL {
     return target
 }
 
-/// Makes a named pipe (FIFO) at `url`.
-func makeNamedPipe(at url: URL) throws {
-    guard mkfifo(url.path, 0o644) == 0 else {
-        throw NSError(
-            domain: "makeNamedPipe", code: Int(errno),
-            userInfo: [NSLocalizedDescriptionKey: "mkfifo \(url.path): \(String(cString: strerror(errno)))"])
-    }
-}
-
-/// What `lstat` says `url` is: "fifo", "link", "file", "directory", "other", or nil when nothing is there.
-func fileType(at url: URL) -> String? {
-    var info = stat()
-    guard lstat(url.path, &info) == 0 else { return nil }
-    switch info.st_mode & S_IFMT {
-    case S_IFIFO: return "fifo"
-    case S_IFLNK: return "link"
-    case S_IFREG: return "file"
-    case S_IFDIR: return "directory"
-    default: return "other"
-    }
-}
-
 /// The names of the temporary files of atomic writes (`.NAME.PID.HEX.tmp`) left in `directory`.
 func temporaryFiles(in directory: URL) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []).filter { $0.hasSuffix(".tmp") }

@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// Inputs that used to crash `normkit` (a trap, a hang, a huge allocation) end in a clear error instead: a
 /// non-zero exit code, a message on standard error naming the flag or the file and the field, no crash report.
