@@ -204,10 +204,7 @@ final class ReliabilityTests: XCTestCase {
     /// A key twice in a checkpoint's configuration, data record or training state (NormKit's decoder would keep the
     /// first, Python's `json` the last) is refused, naming the field and the key.
     func testMetadataWithAKeyTwiceIsRefused() throws {
-        let directory = try TrainingTests.temporaryDirectory("duplicate-key")
-        let first = try Self.trainer(Self.configuration(), output: directory)
-        first.stopAfterStep = 1
-        XCTAssertThrowsError(try first.run())
+        let directory = try Self.interruptedRun("duplicate-key", atStep: 1)
         let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
         let (tensors, metadata) = try SafeTensors.read(from: modelURL)
         for field in ["configuration", "data"] {
@@ -235,10 +232,7 @@ final class ReliabilityTests: XCTestCase {
     /// is not its position's, counts beyond an epoch's images) is refused on resume, naming the file, instead of
     /// resuming into counters that overflow.
     func testAResumeRefusesATrainingStateItsRunCannotHaveWritten() throws {
-        let directory = try TrainingTests.temporaryDirectory("hostile-state")
-        let first = try Self.trainer(Self.configuration(), output: directory)
-        first.stopAfterStep = 2
-        XCTAssertThrowsError(try first.run())
+        let directory = try Self.interruptedRun("hostile-state", atStep: 2)
         let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
         let stateURL = directory.appendingPathComponent("training-state-2.safetensors")
         let (modelTensors, modelMetadata) = try SafeTensors.read(from: modelURL)
@@ -470,6 +464,15 @@ final class ReliabilityTests: XCTestCase {
         return try Trainer(
             configuration: c, train: data.train, test: data.test, output: output,
             progress: ProgressReporter(style: .silent))
+    }
+
+    /// A run of ``configuration()`` stopped (with its checkpoint) at `step`.
+    static func interruptedRun(_ name: String, atStep step: Int) throws -> URL {
+        let directory = try TrainingTests.temporaryDirectory(name)
+        let trainer = try trainer(configuration(), output: directory)
+        trainer.stopAfterStep = step
+        XCTAssertThrowsError(try trainer.run())
+        return directory
     }
 
     static func finishedRun(_ name: String) throws -> URL {
