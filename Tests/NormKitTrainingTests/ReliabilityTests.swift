@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// Issue 8 at the library level: configurations are validated (with caps) before anything is built, a run
 /// directory is never overwritten by accident and has one writer, a diverging run stops without saving bad
@@ -294,6 +295,50 @@ final class ReliabilityTests: XCTestCase {
         }
         holder.waitUntilExit()  // the holder exits: the kernel drops its lock
         XCTAssertNoThrow(try Self.trainer(Self.configuration(), output: directory).run())
+    }
+
+    /// A lock file (`.normkit.lock`) that is a named pipe, a device (a link to `/dev/null`) or a directory is refused
+    /// at once, naming the path and what it is, and left as it was: the lock used to open whatever was there for
+    /// writing (a pipe or a device was taken as the lock and the run went ahead; a directory was "Is a directory").
+    func testALockFileThatIsNotARegularFileIsRefusedByName() throws {
+        let directory = try TrainingTests.temporaryDirectory("lock-file-kinds")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let lock = directory.standardizedFileURL.appendingPathComponent(RunDirectory.lockFileName)
+        let kinds: [(kind: String, type: String, make: () throws -> Void)] = [
+            ("a named pipe (FIFO)", "fifo", { try makeNamedPipe(at: lock) }),
+            (
+                "a device (character special file)", "link",
+                { try FileManager.default.createSymbolicLink(atPath: lock.path, withDestinationPath: "/dev/null") }
+            ),
+            (
+                "a directory", "directory",
+                { try FileManager.default.createDirectory(at: lock, withIntermediateDirectories: false) }
+            ),
+        ]
+        for (kind, type, make) in kinds {
+            try make()
+            guard
+                let result = resultWithin(seconds: 10, unblocking: [lock], { try RunDirectoryLock.acquire(directory) })
+            else {
+                XCTFail("locking a directory whose lock file is \(kind) blocked")
+                continue
+            }
+            XCTAssertThrowsError(try result.get(), kind) { error in
+                XCTAssertEqual(
+                    error as? TrainingError,
+                    .cannotWrite(
+                        path: lock.path,
+                        reason: "it is \(kind), not a regular file; remove it, and normkit creates its lock file anew"))
+            }
+            XCTAssertThrowsError(try Self.trainer(Self.configuration(), output: directory).run(), kind) { error in
+                XCTAssertTrue("\(error)".contains("cannot write \(lock.path): it is \(kind)"), "\(error)")
+            }
+            XCTAssertEqual(fileType(at: lock), type, "the \(kind) is left as it was")
+            try FileManager.default.removeItem(at: lock)
+        }
+        try RunDirectoryLock.acquire(directory).release()
+        XCTAssertEqual(fileType(at: lock), "file")
     }
 
     func testStaleTemporaryFilesOfDeadWritersAreRemovedAndLaterStatesKept() throws {

@@ -155,8 +155,12 @@ public final class RunDirectoryLock: Sendable {
 
     /// Locks `directory` (created if needed) for this process.
     ///
+    /// The lock file is opened as ``openRegularFile(_:flags:)`` opens a file: one that is a named pipe, a device or
+    /// a directory is refused (never opened for writing, never waited on), naming the path and what it is.
+    ///
     /// - Throws: ``TrainingError/runDirectoryLocked(path:pid:)`` when another process holds it;
-    ///   ``TrainingError/cannotWrite(path:reason:)`` when the directory or the lock file cannot be created.
+    ///   ``TrainingError/cannotWrite(path:reason:)`` when the directory or the lock file cannot be created, or the
+    ///   lock file is not a regular file.
     public static func acquire(_ directory: URL) throws -> RunDirectoryLock {
         let path = directory.standardizedFileURL.path
         return try held.withLock { held in
@@ -170,9 +174,13 @@ public final class RunDirectoryLock: Sendable {
                 throw TrainingError.cannotWrite(path: path, reason: ErrorText.describe(error, about: path))
             }
             let lockPath = (path as NSString).appendingPathComponent(RunDirectory.lockFileName)
-            let descriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-            guard descriptor >= 0 else {
-                throw TrainingError.cannotWrite(path: lockPath, reason: String(cString: strerror(errno)))
+            let descriptor: Int32
+            do throws(RegularFileRefusal) {
+                descriptor = try openRegularFile(lockPath, flags: O_RDWR | O_CREAT).descriptor
+            } catch {
+                let remedy =
+                    if case .notRegular = error { "; remove it, and normkit creates its lock file anew" } else { "" }
+                throw TrainingError.cannotWrite(path: lockPath, reason: error.reason + remedy)
             }
             var buffer = [UInt8](repeating: 0, count: 32)
             let n = pread(descriptor, &buffer, buffer.count, 0)
