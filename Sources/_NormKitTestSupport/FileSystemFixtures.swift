@@ -16,6 +16,23 @@ public func makeNamedPipe(at url: URL) throws {
     }
 }
 
+/// Makes (or replaces) a regular file at `url` whose length is `size` bytes but which holds no data (`ftruncate`: a
+/// sparse file), so even a terabyte costs no disk.
+public func makeSparseFile(at url: URL, size: Int) throws {
+    let descriptor = open(url.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard descriptor >= 0, ftruncate(descriptor, off_t(size)) == 0 else {
+        let reason = String(cString: strerror(errno))
+        if descriptor >= 0 { close(descriptor) }
+        throw NSError(
+            domain: "makeSparseFile", code: Int(errno),
+            userInfo: [NSLocalizedDescriptionKey: "sparse file \(url.path) of \(size) bytes: \(reason)"])
+    }
+    close(descriptor)
+}
+
+/// The size of a sparse file no reader can hold: 1 TB, or this machine's memory and one byte when that is more.
+public var sparseFileSizeBeyondMemory: Int { max(1 << 40, Int(clamping: ProcessInfo.processInfo.physicalMemory) + 1) }
+
 /// What `lstat` says `url` is: "fifo", "link", "file", "directory", "other", or nil when nothing is there.
 public func fileType(at url: URL) -> String? {
     var info = stat()

@@ -293,6 +293,34 @@ final class IDXTests: XCTestCase {
         }
     }
 
+    /// A dataset file that is a sparse file of 1 TB (no disk used) is refused before anything is allocated for it,
+    /// naming the file, its size and the limit (this machine's memory): the reader used to allocate the file's whole
+    /// size first, which stops the process when it cannot.
+    func testADatasetFileLargerThanMemoryIsRefusedBeforeItIsRead() throws {
+        try writeDataset()
+        let sparse = url("train-labels-idx1-ubyte")
+        let size = sparseFileSizeBeyondMemory
+        try makeSparseFile(at: sparse, size: size)
+        let refusal = DataError.fileTooLarge(
+            path: sparse.path, size: size, limit: Int(clamping: ProcessInfo.processInfo.physicalMemory))
+        let directory = self.directory!
+        let readers: [(String, () throws -> Void)] = [
+            ("FashionMNIST.load", { _ = try FashionMNIST.load(directory: directory) }),
+            ("FashionMNIST.source", { _ = try FashionMNIST.source(in: directory) }),
+            ("IDXFile.read", { _ = try IDXFile.read(from: sparse) }),
+            ("Gzip.readFile", { _ = try Gzip.readFile(at: sparse) }),
+        ]
+        for (name, read) in readers {
+            assertThrows(try read()) { error in
+                XCTAssertEqual(error, refusal, name)
+                XCTAssertTrue(
+                    error.description.contains(
+                        "\(sparse.path): the file is \(size) bytes, more than this machine's memory"),
+                    error.description)
+            }
+        }
+    }
+
     // MARK: Datasets from IDX files
 
     func testLoadsSyntheticDatasetWithTrainingStatistics() throws {

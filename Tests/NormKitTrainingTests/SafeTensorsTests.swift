@@ -281,6 +281,20 @@ final class SafeTensorsTests: XCTestCase {
 
     // MARK: Atomic writes
 
+    /// A checkpoint that is a sparse file of 1 TB (no disk used) is refused before anything is allocated for it,
+    /// naming the file, its size and the limit (this machine's memory): the reader used to allocate the file's whole
+    /// size first, which stops the process when it cannot.
+    func testACheckpointLargerThanMemoryIsRefusedBeforeItIsRead() throws {
+        let sparse = url("model.safetensors")
+        let size = sparseFileSizeBeyondMemory
+        try makeSparseFile(at: sparse, size: size)
+        let refusal = DataError.fileTooLarge(
+            path: sparse.path, size: size, limit: Int(clamping: ProcessInfo.processInfo.physicalMemory))
+        XCTAssertThrowsError(try SafeTensors.read(from: sparse)) { XCTAssertEqual($0 as? DataError, refusal) }
+        XCTAssertThrowsError(try TrainingCheckpoint.read(at: sparse)) { XCTAssertEqual($0 as? DataError, refusal) }
+        XCTAssertTrue(refusal.localizedDescription.contains("\(size) bytes"), refusal.localizedDescription)
+    }
+
     func testAFailedWriteLeavesThePreviousFileIntact() throws {
         let target = url("checkpoint.safetensors")
         try SafeTensors.write(sample, metadata: ["step": "1"], to: target)

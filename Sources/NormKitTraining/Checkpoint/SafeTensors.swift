@@ -106,7 +106,8 @@ public enum SafeTensors {
 
     /// Reads a safetensors file.
     ///
-    /// - Throws: ``SafeTensorsError`` naming the file and what is wrong with it.
+    /// - Throws: ``SafeTensorsError`` naming the file and what is wrong with it;
+    ///   ``DataError/fileTooLarge(path:size:limit:)`` for a file larger than this machine's memory.
     public static func read(from url: URL) throws -> (tensors: [String: StateTensor], metadata: [String: String]) {
         let bytes: [UInt8]
         do {

@@ -9,6 +9,9 @@ public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError
     /// The file could not be opened or read (missing, no permission, I/O error), or is not a regular file (a
     /// directory, a named pipe, a device: the reason says which).
     case readFailed(path: String, reason: String)
+    /// The file holds `size` bytes, more than `limit`, this machine's memory (``largestFileInMemory``): refused
+    /// before anything was allocated for it (a damaged or sparse file, or not the file meant).
+    case fileTooLarge(path: String, size: Int, limit: Int)
     /// zlib refused the compressed stream (bad header, bad block, CRC or length check failed).
     case corruptGzip(path: String, reason: String)
     /// The compressed stream ended before its end marker: the file was cut short.
@@ -46,6 +49,9 @@ public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError
         case .readFailed(let path, let reason):
             return
                 "\(path): cannot read the file (\(reason)). Hint: check that the path exists, is a regular file and is readable."
+        case .fileTooLarge(let path, let size, let limit):
+            return
+                "\(path): the file is \(size) bytes, more than this machine's memory (\(limit) bytes) can hold; nothing was read. Hint: the file is damaged (a sparse or wrongly extended file) or is not the file meant; pass the right file."
         case .corruptGzip(let path, let reason):
             return
                 "\(path): corrupt gzip data (zlib: \(reason)). Hint: the download is damaged; reinstall or re-download the file, or pass the uncompressed file instead."

@@ -128,8 +128,9 @@ public enum TrainingCheckpoint {
     /// its caps on depth, batch and MABN's buffer) and the tensor names agree with the configuration's model
     /// before anything is built.
     ///
-    /// - Throws: ``SafeTensorsError`` for a damaged file, ``CheckpointError`` for missing or undecodable
-    ///   metadata or tensors of another model, ``ConfigurationError`` for a value out of range.
+    /// - Throws: ``SafeTensorsError`` for a damaged file (``DataError/fileTooLarge(path:size:limit:)`` for one
+    ///   larger than this machine's memory), ``CheckpointError`` for missing or undecodable metadata or tensors of
+    ///   another model, ``ConfigurationError`` for a value out of range.
     public static func read(at url: URL) throws -> ModelFile {
         let (tensors, metadata) = try SafeTensors.read(from: url)
         guard let json = metadata["configuration"] else { throw CheckpointError.notACheckpoint(path: url.path) }
