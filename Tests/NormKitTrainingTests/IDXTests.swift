@@ -258,6 +258,40 @@ final class IDXTests: XCTestCase {
         }
     }
 
+    /// A gzip-compressed images file whose header declares 4,294,967,295 × 65,535 × 1 bytes (281 TB: no overflow,
+    /// far beyond this machine's memory) is refused from its header, naming the dimensions, the declared size and
+    /// the limit, before anything more is inflated: the reader used to inflate the stream (here 10 MB of zeros, 10
+    /// KB on disk) with the declared size as its only cap. Dimensions whose product overflows are refused as such.
+    func testAnIDXHeaderDeclaringMoreThanMemoryIsRefusedBeforeInflating() throws {
+        let header: [UInt8] = [0, 0, 8, 3, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0, 0, 0, 1]
+        let dimensions = [0xFFFF_FFFF, 0xFFFF, 1], declared = 16 + 0xFFFF_FFFF * 0xFFFF
+        let limit = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        XCTAssertGreaterThan(declared, limit)
+        let bombURL = try writeBytes(
+            Gzip.compress(header + [UInt8](repeating: 0, count: 10_000_000), level: 9), "train-images-idx3-ubyte.gz")
+
+        let measured = resetPeakResidentBytes()
+        let before = peakResidentBytes()
+        assertThrows(try IDXFile.read(from: bombURL, expectedMagic: IDXFile.imagesMagic)) { error in
+            XCTAssertEqual(
+                error,
+                .idxDeclaredSizeTooLarge(path: bombURL.path, dimensions: dimensions, size: declared, limit: limit))
+            XCTAssertTrue(
+                error.description.contains("declares dimensions \(dimensions), \(declared) bytes"), error.description)
+        }
+        if measured, let before, let after = peakResidentBytes() {
+            XCTAssertLessThan(after - before, 4_000_000, "refusing the header should not inflate the 10 MB behind it")
+        }
+
+        let overflowing = try writeBytes(
+            Gzip.compress([0, 0, 8, 3] + [UInt8](repeating: 0xFF, count: 12)), "overflow-idx3-ubyte.gz")
+        assertThrows(try IDXFile.read(from: overflowing)) { error in
+            XCTAssertEqual(
+                error,
+                .idxDimensionsOverflow(path: overflowing.path, dimensions: [0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF]))
+        }
+    }
+
     /// A dataset file that is a named pipe is refused at once, naming the path and what it is: opening it for
     /// reading used to wait forever for a writer (in the fingerprint and in the IDX reader). A directory under
     /// the only spelling of a file is named as one too, rather than reported as missing.

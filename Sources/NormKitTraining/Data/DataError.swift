@@ -22,6 +22,9 @@ public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError
     /// header declares (header and data). A damaged file, or a decompression bomb; refused before more than
     /// `limit + 1` bytes are inflated.
     case decompressedTooLarge(path: String, limit: Int, dimensions: [Int]?)
+    /// A gzip-compressed IDX file whose header declares `size` bytes (header and data for `dimensions`), more than
+    /// `limit`, this machine's memory (``largestFileInMemory``): refused before anything is inflated.
+    case idxDeclaredSizeTooLarge(path: String, dimensions: [Int], size: Int, limit: Int)
     /// The file is shorter than its IDX header.
     case idxHeaderTooShort(path: String, expected: Int, found: Int)
     /// The first four bytes are not the expected IDX magic number.
@@ -68,6 +71,9 @@ public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError
             }
             return
                 "\(path): decompresses to more than the \(limit) bytes its IDX header declares (header and data for dimensions \(dimensions)); stopped there. Hint: the file is damaged or is a decompression bomb; re-download it."
+        case .idxDeclaredSizeTooLarge(let path, let dimensions, let size, let limit):
+            return
+                "\(path): the IDX header declares dimensions \(dimensions), \(size) bytes (header and data), more than this machine's memory (\(limit) bytes) can hold; nothing was decompressed. Hint: the header is corrupt or the file is a decompression bomb; re-download it."
         case .idxHeaderTooShort(let path, let expected, let found):
             return
                 "\(path): not an IDX file: expected a header of at least \(expected) bytes, found \(found) bytes. Hint: the file is empty or truncated."

@@ -52,15 +52,16 @@ public struct IDXFile: Equatable, Sendable {
     ///
     /// A compressed file is inflated in two steps: its header first (at most 1,024 bytes), then the whole stream
     /// with the size the header declares as the limit, so a small file that inflates to gigabytes (a
-    /// decompression bomb) is refused once it passes that size, never allocated.
+    /// decompression bomb) is refused once it passes that size, never allocated. A header that declares more than
+    /// this machine's memory (``largestFileInMemory``) is refused before anything more is inflated.
     ///
     /// - Parameters:
     ///   - url: the file; a name ending in `.gz` or a gzip magic number means gzip-compressed.
     ///   - expectedMagic: when given (``labelsMagic``, ``imagesMagic``), the file's magic number must be this
     ///     one.
-    /// - Throws: ``DataError`` naming the file: unreadable or not a regular file, corrupt gzip, data that inflates
-    ///   past the size its header declares, short header, wrong magic, unsupported element type, or a length that
-    ///   does not match the header.
+    /// - Throws: ``DataError`` naming the file: unreadable or not a regular file, corrupt gzip, a declared size
+    ///   beyond memory, data that inflates past the size its header declares, short header, wrong magic,
+    ///   unsupported element type, or a length that does not match the header.
     public static func read(from url: URL, expectedMagic: UInt32? = nil) throws -> IDXFile {
         let path = url.path
         let bytes = try readFileBytes(path: path)
@@ -69,6 +70,10 @@ public struct IDXFile: Equatable, Sendable {
         }
         let prefix = try Gzip.decompressPrefix(bytes, count: maximumHeaderSize, source: path)
         let header = try Header(prefix, source: path, expectedMagic: expectedMagic)
+        guard header.fileSize <= largestFileInMemory else {
+            throw DataError.idxDeclaredSizeTooLarge(
+                path: path, dimensions: header.dimensions, size: header.fileSize, limit: largestFileInMemory)
+        }
         let data: [UInt8]
         do {
             data = try Gzip.decompress(bytes, source: path, maximumOutput: header.fileSize)
