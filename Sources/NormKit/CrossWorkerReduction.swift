@@ -36,19 +36,23 @@ extension CrossWorkerReduction {
 }
 
 /// SyncBN's reductions (spec section 9), the cross-worker step of BatchNorm's rules on the engine's staged passes,
-/// with their buffer (sized once, so a step allocates nothing).
-struct SynchronizedStatistics {
+/// with their buffer (sized once, so a step allocates nothing). Package-visible for the tests of the merge.
+package struct SynchronizedStatistics {
     /// Values per channel over all workers in the last forward.
-    private(set) var count = 0.0
+    package private(set) var count = 0.0
     /// The last backward's `Σ dz` per channel at `[c]` and `Σ dz·(x − μ)` at `[C + c]`, over all workers.
     private(set) var totals: [Double] = []
     private var buffer: [Double] = []
 
+    /// Empty statistics, before the first merge.
+    package init() {}
+
     /// Replaces this worker's per-channel `mean` and biased `variance` (over `localCount` values each) by those of
     /// every worker's batch: each worker's (count, mean, M2) gathered and merged in worker order with Chan's formula
-    /// (exact for unequal batches, as stable as the single-process kernels: no raw `Σx²`). Nothing changes if the
-    /// reduction throws.
-    mutating func merge(
+    /// (exact for unequal batches, as stable as the single-process kernels: no raw `Σx²`). A NaN stays NaN: a worker
+    /// whose batch held one makes the merged variance NaN (not `max(0, NaN)`, 0), so the layer sees non-finite
+    /// statistics and skips its running-statistics update. Nothing changes if the reduction throws.
+    package mutating func merge(
         mean: inout [Double], variance: inout [Double], localCount: Double, over reduction: CrossWorkerReduction,
         layer: @autoclosure () -> String
     ) throws {
@@ -76,7 +80,8 @@ struct SynchronizedStatistics {
                     m2 += all[e + 2] + delta * delta * n * (k / merged)
                     n = merged
                 }
-                (local[3 * ch + 1], local[3 * ch + 2]) = (mu, max(0, m2 / n))
+                let variance = m2 / n
+                (local[3 * ch + 1], local[3 * ch + 2]) = (mu, variance.isNaN ? variance : max(0, variance))
                 total = n
             }
             return total

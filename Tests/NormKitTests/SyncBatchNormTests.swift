@@ -167,6 +167,44 @@ final class SyncBatchNormTests: XCTestCase {
         try check(sizes: [12], shape: [12, 5, 4, 4], layout: .channelsFirst, tolerance: 1e-6)
     }
 
+    /// Chan's merge keeps a NaN (spec section 2): a worker whose batch holds a NaN has a NaN mean and variance for that
+    /// channel, and every worker's merged variance is then NaN, not `max(0, NaN)` = 0 (the merge used to turn it
+    /// into 0, which is finite); a NaN variance with a finite mean stays NaN too. The other channel merges as usual.
+    /// The layer then skips its running-statistics update on every worker
+    /// (`SpecWorkerRuleTests.testSyncBatchNormNonFiniteBatchOnOneWorkerSkipsTheUpdateOnEveryWorker`).
+    func testANaNInOneWorkersStatisticsMakesTheMergedVarianceNaN() throws {
+        for badMean in [Double.nan, 2] {
+            for badWorker in 0..<2 {
+                let group = InProcessWorkers(count: 2)
+                let lock = NSLock()
+                var merged = [(mean: [Double], variance: [Double])?](repeating: nil, count: 2)
+                var failures = [Error?](repeating: nil, count: 2)
+                runConcurrently(2) { w in
+                    var statistics = SynchronizedStatistics()
+                    var mean = [1.0, 2.0], variance = [0.5, 0.25]
+                    if w == badWorker { (mean[1], variance[1]) = (badMean, .nan) }
+                    do {
+                        try statistics.merge(
+                            mean: &mean, variance: &variance, localCount: 4,
+                            over: InProcessWorkers.Handle(group, worker: w), layer: "BatchNorm(channels: 2)")
+                        lock.lock(); merged[w] = (mean, variance); lock.unlock()
+                    } catch {
+                        lock.lock(); failures[w] = error; lock.unlock()
+                    }
+                }
+                if let failure = failures.compactMap({ $0 }).first { throw failure }
+                let label = "mean \(badMean) and variance nan on worker \(badWorker)"
+                for w in 0..<2 {
+                    let (mean, variance) = try XCTUnwrap(merged[w])
+                    XCTAssertEqual(mean[0], 1, "\(label): worker \(w), the good channel's mean")
+                    XCTAssertEqual(variance[0], 0.5, "\(label): worker \(w), the good channel's variance")
+                    XCTAssertTrue(variance[1].isNaN, "\(label): worker \(w)'s merged variance is \(variance[1])")
+                    XCTAssertEqual(mean[1].isNaN, badMean.isNaN, "\(label): worker \(w)'s merged mean is \(mean[1])")
+                }
+            }
+        }
+    }
+
     /// A failed reduction throws a specific error and changes no state; ghost batches are refused.
     func testFailuresAreErrors() throws {
         let bn = try BatchNorm(channels: 3)
