@@ -22,10 +22,10 @@ struct BenchCommand: ParsableCommand {
             is counted (conv → GroupNorm → conv, forward and forward+backward, output cached and streamed alternated).
             """)
 
-    @Option(help: "Threads for the kernels (default: all cores).")
+    @Option(parsing: .number, help: "Threads for the kernels (default: all cores).")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
-    @Option(help: "Timed repetitions per measurement (default 9, 200 with --inference).")
+    @Option(parsing: .number, help: "Timed repetitions per measurement (default 9, 200 with --inference).")
     var repetitions: Int?
 
     @Option(
@@ -45,10 +45,10 @@ struct BenchCommand: ParsableCommand {
             """)
     var streamingCheck = false
 
-    @Option(help: "With --inference: the ResNet depth (6n+2; default 20).")
+    @Option(parsing: .number, help: "With --inference: the ResNet depth (6n+2; default 20).")
     var depth: Int?
 
-    @Option(help: "With --inference: the batch of the throughput measurement (default 32).")
+    @Option(parsing: .number, help: "With --inference: the batch of the throughput measurement (default 32).")
     var batch: Int?
 
     @Option(help: "Memory order: channelsFirst (NCHW) or channelsLast (NHWC); default both, side by side.")
@@ -62,6 +62,7 @@ struct BenchCommand: ParsableCommand {
     var shapes: String?
 
     @Option(
+        parsing: .number,
         help: """
             Groups of the GroupNorm rows (default 32; 1 times LayerNorm). A shape with fewer channels C than that \
             gets G = C (InstanceNorm), as the GN paper's default does, and a note says so; the rows are labelled \
@@ -80,6 +81,7 @@ struct BenchCommand: ParsableCommand {
     var overwrite = false
 
     @Option(
+        parsing: .number,
         help: """
             Outputs of at least this many elements are written with non-temporal stores (default: NormKit's, \
             \(KernelDispatch.streamingStoreThreshold); 0: every output). Kernel table only.

@@ -54,6 +54,15 @@ struct CommandFailure: Error, CustomStringConvertible, LocalizedError {
     var errorDescription: String? { description }
 }
 
+extension SingleValueParsingStrategy {
+    /// The parsing of every numeric option (integer or floating-point): the next argument is its value even when it
+    /// starts with `-`, so `--batch -1` reaches the command's own range check, as `--batch=-1` does, instead of
+    /// ArgumentParser's "Missing value for '--batch <batch>'" (it takes `-1` for a short flag). A flag in the
+    /// value's place is refused by name: `--batch --epochs 3` is "The value '--epochs' is invalid for
+    /// '--batch <batch>'".
+    static var number: SingleValueParsingStrategy { .unconditional }
+}
+
 /// The check of every command's `--threads`: 1 to ``ConfigurationLimits/maxThreads``, with the words `train`'s
 /// configuration check uses ("--threads 0: must be in 1...1024").
 func validateThreads(_ threads: Int) throws {

@@ -22,19 +22,20 @@ struct StatsCommand: ParsableCommand {
     var checkpoint: String
     @Option(help: "Comma-separated batch sizes.")
     var sizes = "1,2,4,8,16,32"
-    @Option(help: "Random batches per size.")
+    @Option(parsing: .number, help: "Random batches per size.")
     var batches = 200
     @Option(
+        parsing: .number,
         help: """
             Training images that define the population values, in 250...1000000 and at most the training set's \
             size (default: 10000, or all of them when there are fewer).
             """)
     var population: Int?
-    @Option(help: "Seed of the batch draws.")
+    @Option(parsing: .number, help: "Seed of the batch draws.")
     var seed: UInt64 = 0
     @Option(help: "Output directory (default: <run directory>/stats).")
     var out: String?
-    @Option(help: "Threads.")
+    @Option(parsing: .number, help: "Threads.")
     var threads = 2
     @Option(help: DataOptions.dataHelp)
     var data: String?

@@ -23,9 +23,10 @@ struct SweepCommand: ParsableCommand {
     var out: String?
     @Option(help: "Comma-separated seeds, overriding the preset's.")
     var seeds: String?
-    @Option(help: "Threads (per run; divided among the ranks of a --ranks cell).")
+    @Option(parsing: .number, help: "Threads (per run; divided among the ranks of a --ranks cell).")
     var threads = 2
     @Option(
+        parsing: .number,
         help: ArgumentHelp(
             "Real ranks instead of ghost batches: BN, BRN and MABN cells below the SGD batch run under mpirun.",
             discussion: "A cell with normalization batch k in SGD batch B runs on gcd(R, B/k) ranks (mpirun -np, "

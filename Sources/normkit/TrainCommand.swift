@@ -15,10 +15,10 @@ struct DataOptions: ParsableArguments {
     @Option(help: dataHelp)
     var data: String?
 
-    @Option(help: "Use only the first N training images.")
+    @Option(parsing: .number, help: "Use only the first N training images.")
     var trainLimit: Int?
 
-    @Option(help: "Use only the first N test images.")
+    @Option(parsing: .number, help: "Use only the first N test images.")
     var testLimit: Int?
 
     func validate() throws {
@@ -41,7 +41,7 @@ struct TestDataOptions: ParsableArguments {
     @Option(help: DataOptions.dataHelp)
     var data: String?
 
-    @Option(help: "Use only the first N test images.")
+    @Option(parsing: .number, help: "Use only the first N test images.")
     var testLimit: Int?
 
     func validate() throws {
@@ -64,21 +64,23 @@ struct TrainCommand: ParsableCommand {
     var model = "resnet8"
     @Option(help: "Normalization: \(NormKind.allCases.map(\.rawValue).joined(separator: ", ")).")
     var norm: NormKind = .gn
-    @Option(help: "GN groups (default 16: 1/2/4 channels per group in ResNet's three stages).")
+    @Option(parsing: .number, help: "GN groups (default 16: 1/2/4 channels per group in ResNet's three stages).")
     var groups: Int?
-    @Option(help: "GN channels per group (instead of --groups).")
+    @Option(parsing: .number, help: "GN channels per group (instead of --groups).")
     var groupSize: Int?
-    @Option(help: "SGD batch size.")
+    @Option(parsing: .number, help: "SGD batch size.")
     var batch = 32
-    @Option(help: "Samples per normalization batch (BN/BRN ghost batch, MABN iteration); must divide --batch.")
+    @Option(
+        parsing: .number,
+        help: "Samples per normalization batch (BN/BRN ghost batch, MABN iteration); must divide --batch.")
     var normBatch: Int?
-    @Option(help: "Epochs.")
+    @Option(parsing: .number, help: "Epochs.")
     var epochs = 2
-    @Option(help: "Peak learning rate (default 0.1 × batch / 32, the linear scaling rule).")
+    @Option(parsing: .number, help: "Peak learning rate (default 0.1 × batch / 32, the linear scaling rule).")
     var lr: Double?
-    @Option(help: "SGD momentum.")
+    @Option(parsing: .number, help: "SGD momentum.")
     var momentum = 0.9
-    @Option(help: "Weight decay (conv and linear weights only unless --decay-all).")
+    @Option(parsing: .number, help: "Weight decay (conv and linear weights only unless --decay-all).")
     var weightDecay = 5e-4
     @Flag(help: "Apply weight decay to γ, β and biases too.")
     var decayAll = false
@@ -86,27 +88,29 @@ struct TrainCommand: ParsableCommand {
     var schedule = "cosine"
     @Option(help: "Comma-separated epochs at which the step schedule divides the rate by 10 (--schedule step only).")
     var milestones = ""
-    @Option(help: "Fraction of steps in linear warm-up from lr/25.")
+    @Option(parsing: .number, help: "Fraction of steps in linear warm-up from lr/25.")
     var warmup = 0.15
     @Flag(help: "Disable random crop and flip.")
     var noAugment = false
-    @Option(help: "Random seed (initialisation, order, augmentation).")
+    @Option(parsing: .number, help: "Random seed (initialisation, order, augmentation).")
     var seed: UInt64 = 0
-    @Option(help: "Threads (kernels and convolutions; --threading says how a run uses them).")
+    @Option(parsing: .number, help: "Threads (kernels and convolutions; --threading says how a run uses them).")
     var threads = 2
     @Option(help: "Output directory (default runs/<model>-<norm>-b<batch>-nb<normBatch>-s<seed>).")
     var out: String?
     @Option(help: "Continue the run saved in this directory (its configuration is used).")
     var resume: String?
-    @Option(help: "Also save a checkpoint every N steps.")
+    @Option(parsing: .number, help: "Also save a checkpoint every N steps.")
     var checkpointEvery: Int?
     @OptionGroup var dataOptions: DataOptions
 
-    @Option(help: "MABN's buffer S_buf in iterations (default: max(1, 32 / norm batch), about 32 images).")
+    @Option(
+        parsing: .number, help: "MABN's buffer S_buf in iterations (default: max(1, 32 / norm batch), about 32 images)."
+    )
     var mabnBuffer: Int?
-    @Option(help: "MABN iterations that use batch statistics (default 100).")
+    @Option(parsing: .number, help: "MABN iterations that use batch statistics (default 100).")
     var mabnWarmup: Int?
-    @Option(help: "MABN's EMA factor: the weight of the OLD value (default 0.98, the authors').")
+    @Option(parsing: .number, help: "MABN's EMA factor: the weight of the OLD value (default 0.98, the authors').")
     var mabnOldWeight: Double?
     @Option(
         help: ArgumentHelp(
@@ -115,13 +119,13 @@ struct TrainCommand: ParsableCommand {
                 + "current batch's forward / backward statistics instead of their moving averages; renorm: r = 1; "
                 + "cenconv: ordinary instead of weight-centred convolutions. Default: none (the paper's MABN)."))
     var mabnWithout: String?
-    @Option(help: "BN's momentum, PyTorch's convention: the weight of the NEW value (default 0.1).")
+    @Option(parsing: .number, help: "BN's momentum, PyTorch's convention: the weight of the NEW value (default 0.1).")
     var bnMomentum: Double?
-    @Option(help: "BRN's momentum: the weight of the NEW value (default 0.01).")
+    @Option(parsing: .number, help: "BRN's momentum: the weight of the NEW value (default 0.01).")
     var brnMomentum: Double?
-    @Option(help: "BRN's fully relaxed r_max (default 3).")
+    @Option(parsing: .number, help: "BRN's fully relaxed r_max (default 3).")
     var brnRMax: Double?
-    @Option(help: "BRN's fully relaxed d_max (default 5).")
+    @Option(parsing: .number, help: "BRN's fully relaxed d_max (default 5).")
     var brnDMax: Double?
     @Option(help: "BRN's relaxation schedule: scaled (to this run's steps, default) or paper (5k/40k/25k steps).")
     var brnSchedule: String?
@@ -381,7 +385,7 @@ struct EvalCommand: ParsableCommand {
 
     @Option(help: "A model.safetensors written by normkit train (or its run directory).")
     var checkpoint: String
-    @Option(help: "Threads.")
+    @Option(parsing: .number, help: "Threads.")
     var threads = 2
     @OptionGroup var dataOptions: TestDataOptions
 

@@ -43,6 +43,49 @@ final class ClearErrorTests: XCTestCase {
         }
     }
 
+    /// A negative number after a numeric option (`--batch -1`) reaches the command's own range check, which names the
+    /// flag and the value, as `--batch=-1` does, for every integer and floating-point option of every command:
+    /// ArgumentParser took `-1` for a short flag and said "Missing value for '--batch <batch>'". A flag in a value's
+    /// place is still refused by name, and a value that is missing still is.
+    func testANegativeNumberAfterANumericOptionReachesItsRangeCheck() throws {
+        let out = try CLIFixture.shared().scratch("negative-numbers")
+        let commands: [(command: [String], flags: [String])] = [
+            (
+                ["train"],
+                [
+                    "--batch", "--epochs", "--groups", "--group-size", "--norm-batch", "--lr", "--momentum",
+                    "--weight-decay", "--warmup", "--seed", "--threads", "--checkpoint-every", "--mabn-buffer",
+                    "--mabn-warmup", "--mabn-old-weight", "--bn-momentum", "--brn-momentum", "--brn-r-max",
+                    "--brn-d-max", "--train-limit", "--test-limit",
+                ]
+            ),
+            (["eval", "--checkpoint", "none"], ["--threads", "--test-limit"]),
+            (["bench"], ["--threads", "--repetitions", "--groups", "--streaming-threshold"]),
+            (["bench", "--inference"], ["--depth", "--batch"]),
+            (["stats", "--checkpoint", "none"], ["--batches", "--population", "--seed", "--threads"]),
+            (
+                ["sweep", "--out", out.appendingPathComponent("sweep").path],
+                ["--threads", "--ranks", "--train-limit", "--test-limit"]
+            ),
+        ]
+        for (command, flags) in commands {
+            for flag in flags {
+                let arguments = command + [flag, "-1"]
+                let result = try CLI.run(arguments, in: out)
+                let what = arguments.joined(separator: " ")
+                assertRefused(result, code: 64, mentioning: [flag, "-1"], what)
+                XCTAssertFalse(result.stderr.contains("Missing value"), "\(what)\n\(result.summary)")
+            }
+        }
+        assertRefused(
+            try CLI.run(["train", "--batch", "--epochs", "3"], in: out), code: 64,
+            mentioning: ["The value '--epochs' is invalid for '--batch <batch>'"], "train --batch --epochs 3")
+        assertRefused(
+            try CLI.run(["train", "--epochs", "3", "--batch"], in: out), code: 64,
+            mentioning: ["Missing value for '--batch <batch>'"], "train --epochs 3 --batch")
+        XCTAssertNil(fileType(at: out.appendingPathComponent("sweep")), "nothing was created")
+    }
+
     /// A checkpoint that is a named pipe blocked `eval`, `export` and `train --resume` forever (opening it waited
     /// for a writer): each refuses it at once, naming the path and what it is.
     func testACheckpointThatIsANamedPipeIsRefusedAtOnce() throws {
