@@ -17,7 +17,8 @@ import Foundation
 ///
 /// `localizedDescription` (``errorDescription``) is the same message as ``description``. See `docs/ERRORS.md`.
 public enum NormalizationError: Error, Equatable, Sendable, CustomStringConvertible, LocalizedError {
-    /// A shape that is not `(N, C, *spatial)` with spatial rank 0 to 3.
+    /// A shape that is not `(N, C, *spatial)` with spatial rank 0 to 3, or whose size overflows
+    /// (``Tensor/isValid(shape:)``).
     case invalidShape(layer: String, shape: [Int])
     /// A value array whose length does not match the shape.
     case elementCountMismatch(layer: String, expected: Int, got: Int)
@@ -76,7 +77,8 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
         switch self {
         case .invalidShape(_, let shape):
             return
-                "invalid tensor shape \(shape): expected (N, C, *spatial) with spatial rank 0 to 3 and no negative dimension"
+                "invalid tensor shape \(shape): expected (N, C, *spatial) with spatial rank 0 to 3, no negative dimension "
+                + "and fewer than 2^61 elements (the product of the non-zero dimensions)"
         case .elementCountMismatch(_, let expected, let got):
             return "expected \(expected) values for this shape, got \(got)"
         case .invalidGroups(let channels, let groups):

@@ -60,13 +60,14 @@ public struct Tensor: Sendable {
 
     /// A tensor of zeros, for a shape written in code.
     ///
-    /// - Precondition: `shape` has 2 to 5 non-negative dimensions (checked in every build). For a shape that
-    ///   comes from data, a file or a user, use the throwing ``init(shape:layout:)``.
+    /// - Precondition: `shape` has 2 to 5 non-negative dimensions and a size that fits (``isValid(shape:)``, checked
+    ///   in every build). For a shape that comes from data, a file or a user, use the throwing
+    ///   ``init(shape:layout:)``.
     public init(zeros shape: [Int], layout: TensorLayout = .channelsFirst) {
         checkPrecondition(
             Tensor.isValid(shape: shape),
-            "Tensor(zeros:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and no negative "
-                + "dimension, got \(shape)")
+            "Tensor(zeros:): shape must be (N, C, *spatial) with spatial rank 0 to 3, no negative "
+                + "dimension and fewer than 2^61 elements, got \(shape)")
         self.shape = shape
         self.layout = layout
         self.storage = TensorStorage(count: shape.reduce(1, *))
@@ -75,7 +76,7 @@ public struct Tensor: Sendable {
     /// A tensor of zeros, for a shape that comes from input (data, files, users).
     ///
     /// - Throws: ``NormalizationError/invalidShape(layer:shape:)`` unless `shape` is `(N, C, *spatial)` with
-    ///   spatial rank 0 to 3 and no negative dimension.
+    ///   spatial rank 0 to 3, no negative dimension and a size that fits (``isValid(shape:)``).
     public init(shape: [Int], layout: TensorLayout = .channelsFirst) throws {
         try Tensor.validate(shape: shape)
         self.init(zeros: shape, layout: layout)
@@ -95,12 +96,24 @@ public struct Tensor: Sendable {
         values.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: count) }
     }
 
-    /// Whether `shape` is `(N, C, *spatial)` with spatial rank 0 to 3 and no negative dimension.
+    /// Whether `shape` is `(N, C, *spatial)` with spatial rank 0 to 3, no negative dimension, and fewer than 2^61
+    /// elements in the product of its non-zero dimensions: its floats' byte count fits in `Int`, so no count formed
+    /// from it (`N·C` of an empty tensor included) overflows.
     public static func isValid(shape: [Int]) -> Bool {
-        (2...5).contains(shape.count) && shape.allSatisfy { $0 >= 0 }
+        guard (2...5).contains(shape.count) else { return false }
+        var bytes = MemoryLayout<Float>.stride
+        for dimension in shape {
+            guard dimension >= 0 else { return false }
+            guard dimension > 0 else { continue }
+            let (product, overflow) = bytes.multipliedReportingOverflow(by: dimension)
+            guard !overflow else { return false }
+            bytes = product
+        }
+        return true
     }
 
-    /// Checks that `shape` is `(N, C, *spatial)` with spatial rank 0 to 3 and no negative dimension.
+    /// Checks that `shape` is `(N, C, *spatial)` with spatial rank 0 to 3, no negative dimension, and a size that
+    /// fits (``isValid(shape:)``).
     ///
     /// - Parameters:
     ///   - shape: the dimensions to check.
@@ -148,8 +161,8 @@ public struct Tensor: Sendable {
     public mutating func prepare(shape newShape: [Int], layout newLayout: TensorLayout) {
         checkPrecondition(
             Tensor.isValid(shape: newShape),
-            "Tensor.prepare(shape:layout:): shape must be (N, C, *spatial) with spatial rank 0 to 3 and "
-                + "no negative dimension, got \(newShape)")
+            "Tensor.prepare(shape:layout:): shape must be (N, C, *spatial) with spatial rank 0 to 3, "
+                + "no negative dimension and fewer than 2^61 elements, got \(newShape)")
         if newShape.reduce(1, *) != storage.count || !isKnownUniquelyReferenced(&storage) {
             storage = TensorStorage(count: newShape.reduce(1, *))
         }
