@@ -77,7 +77,7 @@ public final class BatchNorm: NormalizationLayer {
     ///
     /// - Parameters:
     ///   - channels: `C`, the size of dimension 1 of every input (`≥ 1`).
-    ///   - epsilon: `ε ≥ 0` inside the square root, `1 / sqrt(var + ε)`.
+    ///   - epsilon: `ε > 0` inside the square root, `1 / sqrt(var + ε)`.
     ///   - momentum: PyTorch convention, in `0...1`, the weight of the new statistic.
     ///   - normBatch: samples per ghost batch (must divide every training batch); nil for the whole batch.
     ///   - affine: whether the layer has a learnable per-channel `γ` (``weight``) and `β` (``bias``); `false`

@@ -166,7 +166,7 @@ public final class BatchRenorm: NormalizationLayer {
     ///
     /// - Parameters:
     ///   - channels: `C`, the size of dimension 1 of every input (`≥ 1`).
-    ///   - epsilon: `ε` inside `σ_B = sqrt(var_B + ε)`.
+    ///   - epsilon: `ε > 0` inside `σ_B = sqrt(var_B + ε)`.
     ///   - momentum: `α` in `0...1`, the weight of the **new** value (the reference's convention).
     ///   - schedule: the `r_max`/`d_max` relaxation; ``Schedule/paper`` is for ~500k-step runs.
     ///   - normBatch: samples per ghost batch (must divide every training batch); nil for the whole batch.

@@ -41,7 +41,7 @@ public final class FrozenBatchNorm: NormalizationLayer {
     ///
     /// - Parameters:
     ///   - channels: `C`, the size of dimension 1 of every input (`≥ 1`).
-    ///   - epsilon: `ε ≥ 0` inside the square root, `1 / sqrt(running_var + ε)`.
+    ///   - epsilon: `ε > 0` inside the square root, `1 / sqrt(running_var + ε)`.
     ///   - trainableAffine: whether an optimizer may update `γ`, `β` (their ``Parameter/isTrainable``).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for `channels < 1` or a
     ///   negative or non-finite `epsilon`.

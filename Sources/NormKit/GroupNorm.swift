@@ -58,7 +58,7 @@ public final class GroupNorm: NormalizationLayer {
     ///
     /// - Throws: ``NormalizationError/invalidGroups(channels:groups:)`` unless `1 ≤ groups ≤ channels` and
     ///   `groups` divides `channels`; ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for
-    ///   `channels < 1` or `epsilon < 0`.
+    ///   `channels < 1` or `epsilon ≤ 0` (or not finite).
     public init(channels: Int, groups: Int, epsilon: Float = 1e-5, affine: Bool = true) throws {
         let layer = GroupNorm.describe(channels: channels, grouping: "groups: \(groups)", affine: affine)
         try LayerArgument.validate(layer: layer, .channels(channels))

@@ -148,7 +148,7 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     /// - Parameters:
     ///   - channels: `C`, the size of dimension 1 of every input (`≥ 1`).
     ///   - bufferSize: `S_buf ≥ 1` (`realBatch / normBatch` in the paper).
-    ///   - epsilon: `ε ≥ 0`, added to the statistic inside the square root (default `1e-5`).
+    ///   - epsilon: `ε > 0`, added to the statistic inside the square root (default `1e-5`).
     ///   - oldValueWeight: in `0...1`, the weight of the **old** running value in the EMA,
     ///     `runningχ² ← oldValueWeight·runningχ² + (1 − oldValueWeight)·v` (the paper's `momentum = 0.98`).
     ///     PyTorch-convention `momentum` `m` (weight of the new value, as ``BatchNorm``) is `1 − m` here.

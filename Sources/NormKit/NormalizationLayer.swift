@@ -239,7 +239,7 @@ func writeAffineGradients(
 enum LayerArgument {
     /// An integer argument (`channels`, `bufferSize`, `warmup`) that must be at least `minimum`.
     case count(String, Int, atLeast: Int)
-    /// `ε`: finite and ≥ 0.
+    /// `ε`: finite and > 0 (`ε = 0` makes a constant set `0·(1/0)`, NaN; PyTorch's BN refuses it in training too).
     case epsilon(Float)
     /// A weight in `0...1` (`momentum`, `oldValueWeight`); `meaning` says which value it weights, in the error's
     /// expected text (`"0...1 (meaning)"`), since the layers differ.
@@ -267,9 +267,9 @@ enum LayerArgument {
                     layer: layer, name: name, value: "\(value)", expected: "at least \(minimum)")
             }
         case .epsilon(let epsilon):
-            guard epsilon >= 0, epsilon.isFinite else {
+            guard epsilon > 0, epsilon.isFinite else {
                 throw NormalizationError.invalidArgument(
-                    layer: layer, name: "epsilon", value: "\(epsilon)", expected: "a finite value ≥ 0")
+                    layer: layer, name: "epsilon", value: "\(epsilon)", expected: "a finite value > 0")
             }
         case .fraction(let name, let value, let meaning):
             guard (0...1).contains(value) else {

@@ -6,9 +6,47 @@ import _NormKitTestSupport
 /// Degenerate shapes and extreme values through the public API, on every kernel path this CPU has and in both
 /// layouts:
 ///
+/// - **ε must be positive**: `ε = 0` made a constant set `0/0` (NaN through the whole network); every layer refuses it
+///   at construction, and the smallest positive float is enough to keep a constant set finite.
 /// - **A shape whose size overflows** `Int` is refused by `Tensor(shape:)` instead of trapping.
 final class DegenerateInputTests: KernelPathTestCase {
     typealias Kit = VariantTestKit
+
+    // MARK: - ε
+
+    /// `ε = 0` let a constant set (an all-zero channel after a dead ReLU, zero padding) compute `0·(1/0)`: NaN
+    /// outputs and gradients in BN, GN and BRN training and GN evaluation, and in MABN and frozen BN on an all-zero
+    /// statistic. PyTorch's BN refuses `eps = 0` in training ("eps must be positive"); every NormKit layer now refuses
+    /// it at construction, with NaN, infinite and negative values. The smallest positive float keeps a constant set
+    /// finite: `y = β`.
+    func testEpsilonMustBePositiveAndTheSmallestPositiveOneKeepsConstantSetsFinite() throws {
+        var rng = SeededGenerator(seed: 0xDE63)
+        let makers: [(String, (Float) throws -> NormalizationLayer)] = [
+            ("BatchNorm", { try BatchNorm(channels: 2, epsilon: $0) }),
+            ("GroupNorm", { try GroupNorm(channels: 2, groups: 1, epsilon: $0) }),
+            ("BatchRenorm", { try BatchRenorm(channels: 2, epsilon: $0) }),
+            ("MovingAverageBatchNorm", { try MovingAverageBatchNorm(channels: 2, bufferSize: 2, epsilon: $0) }),
+            ("FrozenBatchNorm", { try FrozenBatchNorm(channels: 2, epsilon: $0) }),
+        ]
+        for (kind, make) in makers {
+            for epsilon in [0, -0.0, -1e-5, .nan, .infinity, -.infinity] as [Float] {
+                XCTAssertThrowsError(try make(epsilon), "\(kind) epsilon \(epsilon)") { error in
+                    guard case .invalidArgument(let layer, let name, _, let expected)? = error as? NormalizationError
+                    else { return XCTFail("\(kind) epsilon \(epsilon): \(error)") }
+                    XCTAssertTrue(layer.hasPrefix(kind), "\(error)")
+                    XCTAssertEqual(name, "epsilon")
+                    XCTAssertEqual(expected, "a finite value > 0")
+                }
+            }
+            let layer = try make(.leastNonzeroMagnitude)
+            let zeros = Tensor(zeros: [3, 2, 4])
+            let y = try layer.forward(zeros, training: true)
+            let grads = try layer.backward(Tensor.randomNormal(shape: [3, 2, 4], using: &rng))
+            XCTAssertTrue(y.values.allSatisfy { $0 == 0 }, "\(kind): y = β = 0, got \(y.values)")
+            XCTAssertTrue(grads.input.values.allSatisfy(\.isFinite), "\(kind): dx \(grads.input.values)")
+            XCTAssertTrue(try layer.forward(zeros, training: false).values.allSatisfy(\.isFinite), kind)
+        }
+    }
 
     // MARK: - Shapes
 
