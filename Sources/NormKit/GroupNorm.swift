@@ -119,8 +119,12 @@ public final class GroupNorm: NormalizationLayer {
     /// Normalizes each (sample, group); identical in training and evaluation. In training it saves `x` and the
     /// group statistics for ``backward(_:into:)``; an evaluation forward touches no state (a pending training
     /// forward can still be backpropagated after it).
+    ///
+    /// - Throws: also ``NormalizationError/tooFewValuesPerChannel(layer:valuesPerSet:)`` in both modes when a spatial
+    ///   dimension is 0: a group of no values has no statistics (PyTorch's GroupNorm refuses it too).
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try InputCheck.validate(x, channels: channels, layer: name)
+        guard x.spatialCount > 0 else { throw NormalizationError.tooFewValuesPerChannel(layer: name, valuesPerSet: 0) }
         let g = NormalizationGeometry(
             layout: x.layout, batch: x.batch, channels: channels,
             positions: x.spatialCount, samplesPerSet: 1, channelsPerSet: groupSize)

@@ -35,7 +35,9 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
         layer: String, expected: [Int], expectedLayout: TensorLayout, got: [Int], gotLayout: TensorLayout)
     /// The batch has no samples.
     case emptyBatch(layer: String)
-    /// A training batch with one value per channel in a normalization set: the variance is undefined.
+    /// Too few values in a normalization set for the statistics a forward takes from its input: one value per channel
+    /// in a training batch of BN or BRN (the variance is undefined, as in PyTorch), or none at all (`valuesPerSet: 0`:
+    /// a spatial dimension of 0) in any such forward (BN, BRN and MABN training, GroupNorm in both modes).
     case tooFewValuesPerChannel(layer: String, valuesPerSet: Int)
     /// `normBatch` must divide the batch size.
     case normBatchDoesNotDivide(layer: String, batch: Int, normBatch: Int)
@@ -97,6 +99,9 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
         case .emptyBatch:
             return "the batch is empty (N = 0)"
         case .tooFewValuesPerChannel(_, let count):
+            if count == 0 {
+                return "a spatial dimension is 0: no values to take the statistics of a normalization set from"
+            }
             return
                 "expected more than 1 value per channel when training, got \(count) (batch statistics need at least 2 values)"
         case .normBatchDoesNotDivide(_, let batch, let normBatch):

@@ -304,7 +304,9 @@ extension NormalizationGeometry {
     /// batch when nil) by one channel.
     ///
     /// - Throws: ``NormalizationError/normBatchDoesNotDivide(layer:batch:normBatch:)`` naming `layer` (evaluated
-    ///   only then) unless `normBatch` divides the batch.
+    ///   only then) unless `normBatch` divides the batch, and
+    ///   ``NormalizationError/tooFewValuesPerChannel(layer:valuesPerSet:)`` when a spatial dimension is 0 (no values
+    ///   to take statistics from).
     static func ghostBatches(
         _ x: Tensor, channels: Int, normBatch: Int?, layer: @autoclosure () -> String
     )
@@ -313,6 +315,9 @@ extension NormalizationGeometry {
         let k = normBatch ?? x.batch
         guard x.batch % k == 0 else {
             throw NormalizationError.normBatchDoesNotDivide(layer: layer(), batch: x.batch, normBatch: k)
+        }
+        guard x.spatialCount > 0 else {
+            throw NormalizationError.tooFewValuesPerChannel(layer: layer(), valuesPerSet: 0)
         }
         return NormalizationGeometry(
             layout: x.layout, batch: x.batch, channels: channels, positions: x.spatialCount,

@@ -8,6 +8,9 @@ import _NormKitTestSupport
 ///
 /// - **ε must be positive**: `ε = 0` made a constant set `0/0` (NaN through the whole network); every layer refuses it
 ///   at construction, and the smallest positive float is enough to keep a constant set finite.
+/// - **No values**: a spatial dimension of 0 is refused by every forward that takes statistics from its input (GN in
+///   both modes, MABN's training forward), as BN's and BRN's training forwards already did; evaluation with running
+///   statistics returns an empty tensor.
 /// - **A shape whose size overflows** `Int` is refused by `Tensor(shape:)` instead of trapping.
 final class DegenerateInputTests: KernelPathTestCase {
     typealias Kit = VariantTestKit
@@ -45,6 +48,60 @@ final class DegenerateInputTests: KernelPathTestCase {
             XCTAssertTrue(y.values.allSatisfy { $0 == 0 }, "\(kind): y = β = 0, got \(y.values)")
             XCTAssertTrue(grads.input.values.allSatisfy(\.isFinite), "\(kind): dx \(grads.input.values)")
             XCTAssertTrue(try layer.forward(zeros, training: false).values.allSatisfy(\.isFinite), kind)
+        }
+    }
+
+    // MARK: - No values
+
+    /// An input with a spatial dimension of 0 has no values to take statistics from. BN and BRN refused it in
+    /// training (as one value per channel); GN trained on it and returned `dγ = NaN` (0·(1/sqrt(NaN))), and MABN
+    /// advanced its iteration counter and counted a skipped update for an empty chunk, then returned `dγ = NaN`. Now
+    /// every forward that takes statistics from its input refuses it — BN, BRN and MABN training, GN/LN/IN in both
+    /// modes (as PyTorch's GroupNorm: "Expected HxW to be greater than 0") — with a message that says why, and nothing
+    /// changes; evaluation with running statistics, and frozen BN, return an empty tensor (zero gradients).
+    func testAZeroSpatialDimensionIsRefusedWhereStatisticsComeFromTheInput() throws {
+        for shape in [[2, 4, 0], [2, 4, 3, 0], [1, 4, 0, 0], [2, 4, 0, 2, 2]] {
+            for layout in TensorLayout.allCases {
+                let x = try Tensor(shape: shape, layout: layout)
+                let statistics: [(NormalizationLayer, evaluationToo: Bool)] = [
+                    (try BatchNorm(channels: 4), false), (try BatchNorm(channels: 4, normBatch: 1), false),
+                    (try BatchRenorm(channels: 4), false),
+                    (try MovingAverageBatchNorm(channels: 4, bufferSize: 2), false),
+                    (try GroupNorm(channels: 4, groups: 2), true), (try GroupNorm.layerNorm(channels: 4), true),
+                    (try GroupNorm.instanceNorm(channels: 4), true),
+                ]
+                for (layer, evaluationToo) in statistics {
+                    let at = "\(layer.name) \(shape) \(layout)"
+                    let before = layer.stateDict()
+                    for training in evaluationToo ? [true, false] : [true] {
+                        XCTAssertThrowsError(try layer.forward(x, training: training), at) { error in
+                            XCTAssertEqual(
+                                error as? NormalizationError,
+                                .tooFewValuesPerChannel(layer: layer.name, valuesPerSet: 0),
+                                at)
+                            XCTAssertTrue("\(error)".contains("a spatial dimension is 0"), "\(error)")
+                        }
+                    }
+                    XCTAssertEqual(layer.stateDict(), before, at)
+                    XCTAssertThrowsError(try layer.backward(x), "no forward to pair with: \(at)")
+                    if let mabn = layer as? MovingAverageBatchNorm {
+                        XCTAssertEqual(mabn.iterations, 0, at)
+                        XCTAssertEqual(mabn.skippedUpdates, 0, at)
+                    }
+                    if !evaluationToo {
+                        let y = try layer.forward(x, training: false)
+                        XCTAssertEqual(y.shape, shape, at)
+                        XCTAssertEqual(y.layout, layout, at)
+                    }
+                }
+                let frozen = try FrozenBatchNorm(channels: 4, trainableAffine: true)
+                let y = try frozen.forward(x, training: true)
+                XCTAssertEqual(y.shape, shape)
+                let grads = try frozen.backward(x)
+                XCTAssertEqual(grads.input.shape, shape)
+                XCTAssertEqual(grads.weight, [0, 0, 0, 0])
+                XCTAssertEqual(grads.bias, [0, 0, 0, 0])
+            }
         }
     }
 
