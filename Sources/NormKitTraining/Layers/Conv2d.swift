@@ -86,29 +86,29 @@ public final class Conv2d: Layer {
     /// A convolution with He-normal (`fan_out`) weights drawn from `generator`.
     ///
     /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a channel count, kernel size or
-    ///   stride below 1, or a negative padding.
+    ///   stride below 1, a negative padding, or any of them above `Int32.max` (oneDNN's sizes are 32-bit);
+    ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` when the weight `(out, in, k, k)` has too many values
+    ///   to count (``/NormKit/Tensor/isValid(shape:)``).
     public init(
         inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
         bias: Bool = false, centred: Bool = false, generator: inout SeededGenerator
     ) throws {
-        for (argument, value) in [
-            ("inChannels", inChannels), ("outChannels", outChannels),
-            ("kernelSize", kernelSize), ("stride", stride),
-        ] where value < 1 {
+        for (argument, value, least) in [
+            ("inChannels", inChannels, 1), ("outChannels", outChannels, 1),
+            ("kernelSize", kernelSize, 1), ("stride", stride, 1), ("padding", padding, 0),
+        ] where !(least...Int(Int32.max)).contains(value) {
             throw NormalizationError.invalidArgument(
-                layer: "Conv2d", name: argument, value: "\(value)", expected: "at least 1")
+                layer: "Conv2d", name: argument, value: "\(value)",
+                expected: value < least ? "at least \(least)" : "at most \(Int32.max)")
         }
-        guard padding >= 0 else {
-            throw NormalizationError.invalidArgument(
-                layer: "Conv2d", name: "padding", value: "\(padding)", expected: "at least 0")
-        }
+        let shape = [outChannels, inChannels, kernelSize, kernelSize]
+        guard Tensor.isValid(shape: shape) else { throw NormalizationError.invalidShape(layer: "Conv2d", shape: shape) }
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.kernelSize = kernelSize
         self.stride = stride
         self.padding = padding
         self.centred = centred
-        let shape = [outChannels, inChannels, kernelSize, kernelSize]
         let std = (2 / Float(outChannels * kernelSize * kernelSize)).squareRoot()
         let initial = Tensor.randomNormal(shape: shape, standardDeviation: std, using: &generator).values
         weight = Parameter(name: "weight", shape: shape, role: .weight, value: initial)
@@ -135,8 +135,10 @@ public final class Conv2d: Layer {
     ///
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)`` (channels-last with the im2col engine),
     ///   ``LayerError/wrongRank(layer:expected:shape:)``, ``/NormKit/NormalizationError/channelMismatch(layer:expected:got:)``,
-    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``, or
-    ///   ``LayerError/engineFailure(layer:engine:message:)`` when oneDNN is not built in or refuses the shape.
+    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``,
+    ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` for an output too large to count, or
+    ///   ``LayerError/engineFailure(layer:engine:message:)`` when oneDNN is not built in or refuses the shape (one
+    ///   whose batch or padded planes exceed its 32-bit sizes included).
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         let g = try geometry(of: x)
         if let reason = engine.unavailableReason {
@@ -259,9 +261,13 @@ public final class Conv2d: Layer {
         guard h + 2 * padding >= kernelSize, w + 2 * padding >= kernelSize else {
             throw LayerError.inputTooSmall(layer: name, height: h, width: w, kernelSize: kernelSize, padding: padding)
         }
-        return ConvolutionGeometry(
+        let g = ConvolutionGeometry(
             batch: x.batch, channels: inChannels, height: h, width: w, filters: outChannels,
             kernel: kernelSize, stride: stride, padding: padding)
+        // A padding far larger than the input can ask for more outputs than can be counted.
+        let output = [g.batch, outChannels, g.outHeight, g.outWidth]
+        guard Tensor.isValid(shape: output) else { throw NormalizationError.invalidShape(layer: name, shape: output) }
+        return g
     }
 
     /// Copies (or centres) the weights into ``usedWeight``.

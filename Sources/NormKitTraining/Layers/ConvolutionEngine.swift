@@ -125,6 +125,14 @@ final class OneDNNConvolutions {
         -> OpaquePointer
     {
         if let existing = perThread[t][key] { return existing }
+        // The constructor keeps channels, kernel, stride and padding within Int32; the input's sizes are checked here.
+        let sizes = [key.batch, key.height + 2 * g.padding, key.width + 2 * g.padding]
+        guard sizes.allSatisfy({ $0 <= Int32.max }) else {
+            throw LayerError.engineFailure(
+                layer: layer, engine: "oneDNN",
+                message: "\(key.batch) images of \(key.height)×\(key.width) with padding \(g.padding) exceed its "
+                    + "32-bit sizes (at most \(Int32.max) images and padded rows or columns); use the im2col engine")
+        }
         if perThread[t].count >= Self.shapesKept, let victim = perThread[t].first {
             nk_dnnl_convolution_destroy(victim.value)
             perThread[t].removeValue(forKey: victim.key)

@@ -34,18 +34,22 @@ public final class Linear: Layer {
     /// A linear layer with PyTorch's default uniform initialisation drawn from `generator` (weight first,
     /// then bias).
     ///
-    /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1.
+    /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1;
+    ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` when the weight `(out, in)` has too many values to
+    ///   count (``/NormKit/Tensor/isValid(shape:)``).
     public init(inFeatures: Int, outFeatures: Int, generator: inout SeededGenerator) throws {
         for (argument, value) in [("inFeatures", inFeatures), ("outFeatures", outFeatures)] where value < 1 {
             throw NormalizationError.invalidArgument(
                 layer: "Linear", name: argument, value: "\(value)", expected: "at least 1")
         }
+        let shape = [outFeatures, inFeatures]
+        guard Tensor.isValid(shape: shape) else { throw NormalizationError.invalidShape(layer: "Linear", shape: shape) }
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
         let bound = 1 / Float(inFeatures).squareRoot()
         let w = (0..<(outFeatures * inFeatures)).map { _ in Float.random(in: -bound...bound, using: &generator) }
         let b = (0..<outFeatures).map { _ in Float.random(in: -bound...bound, using: &generator) }
-        weight = Parameter(name: "weight", shape: [outFeatures, inFeatures], role: .weight, value: w)
+        weight = Parameter(name: "weight", shape: shape, role: .weight, value: w)
         bias = Parameter(name: "bias", shape: [outFeatures], role: .bias, value: b)
         BLAS.configureDefaultIfNeeded()
     }

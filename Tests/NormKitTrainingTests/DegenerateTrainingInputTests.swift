@@ -1,0 +1,135 @@
+import Foundation
+import NormKitTraining
+import XCTest
+import _NormKitTestSupport
+
+/// Degenerate shapes, arguments and extreme values through the training layers' public API (what the normalization
+/// layers' `DegenerateInputTests` does for NormKit). Degenerate convolution geometries on both engines are in
+/// `ConvolutionEngineTests.testDegenerateGeometriesAgreeOnBothEnginesAndFloat64`.
+///
+/// - **Sizes that overflow** are refused, not trapped on: a `Conv2d` or `Linear` weight with too many values to count,
+///   a convolution argument beyond oneDNN's 32-bit sizes, an output that a huge padding makes too large to count, a
+///   padded input beyond oneDNN's sizes (im2col computes it).
+/// - **The loss** stays finite for finite logits whose loss fits in a float (±1e30), is NaN for a non-finite logit of
+///   the label's row (so the trainer's divergence check sees it), and is 0 with a zero gradient for a single class.
+/// - **SGD** refuses a learning rate, momentum or weight decay out of range (NaN included) before changing anything.
+/// - **The schedule** at its boundaries: 0 warm-up steps, 1 total step, warm-up as long as the run, past the end.
+/// - **Models** on 1×1 and 2×2 images: both engines agree; ResNet and VGG arguments out of range are errors.
+final class DegenerateTrainingInputTests: XCTestCase {
+    override func setUp() {
+        super.setUp()
+        BLAS.setThreads(1)
+    }
+
+    // MARK: - Sizes
+
+    /// A weight whose value count overflows `Int` trapped in the constructor (`Conv2d(2^31−1, 2^31−1, k: 2^31−1)`,
+    /// `Linear(2^40, 2^40)`); a stride of 2^32 trapped in the oneDNN forward (its sizes are `Int32`) and a padding of
+    /// 2^62 in every forward (`2·padding`). The constructors now refuse them.
+    func testConstructorSizesThatOverflowAreRefusedNotATrap() {
+        var rng = SeededGenerator(seed: 1)
+        let big = Int(Int32.max)
+        XCTAssertThrowsError(try Conv2d(inChannels: big, outChannels: big, kernelSize: big, generator: &rng)) {
+            XCTAssertEqual($0 as? NormalizationError, .invalidShape(layer: "Conv2d", shape: [big, big, big, big]))
+        }
+        // (argument, value, outChannels, kernelSize, stride, padding)
+        for (name, value, filters, kernel, stride, padding) in [
+            ("stride", 1 << 32, 1, 1, 1 << 32, 0), ("padding", 1 << 62, 1, 1, 1, 1 << 62),
+            ("kernelSize", big + 1, 1, big + 1, 1, 0), ("outChannels", 1 << 40, 1 << 40, 1, 1, 0),
+        ] {
+            XCTAssertThrowsError(
+                try Conv2d(
+                    inChannels: 1, outChannels: filters, kernelSize: kernel, stride: stride, padding: padding,
+                    generator: &rng), name
+            ) {
+                XCTAssertEqual(
+                    $0 as? NormalizationError,
+                    .invalidArgument(layer: "Conv2d", name: name, value: "\(value)", expected: "at most \(big)"))
+            }
+        }
+        XCTAssertThrowsError(try Linear(inFeatures: 1 << 40, outFeatures: 1 << 40, generator: &rng)) {
+            XCTAssertEqual($0 as? NormalizationError, .invalidShape(layer: "Linear", shape: [1 << 40, 1 << 40]))
+        }
+    }
+
+    /// A padding of 2^30 around a 3×3 input asks for a (2^31 + 3)² output, more floats than bytes can count: it trapped
+    /// in `Tensor.prepare`; it is `invalidShape` naming the output, from the forward and `outputShape(for:)`, on both
+    /// engines. A padding of `Int32.max` with an equal stride gives a 3×3 output (only its centre sees the input): im2col
+    /// computes it, oneDNN (whose padded rows are `Int32`) refuses it with an engine failure.
+    func testPaddingFarLargerThanTheInput() throws {
+        var rng = SeededGenerator(seed: 2)
+        let huge = try Conv2d(inChannels: 1, outChannels: 1, kernelSize: 1, padding: 1 << 30, generator: &rng)
+        let side = (1 << 31) + 3
+        var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
+        for engine in ConvolutionEngine.allCases where engine.isAvailable {
+            huge.engine = engine
+            let calls: [() throws -> Void] = [
+                { _ = try huge.outputShape(for: Tensor(zeros: [1, 1, 3, 3])) },
+                { try huge.forward(Tensor(zeros: [1, 1, 3, 3]), into: &y, training: true) },
+            ]
+            for call in calls {
+                XCTAssertThrowsError(try call(), "\(engine)") {
+                    XCTAssertEqual(
+                        $0 as? NormalizationError, .invalidShape(layer: huge.name, shape: [1, 1, side, side]))
+                }
+            }
+        }
+
+        let far = Int(Int32.max)
+        let conv = try Conv2d(
+            inChannels: 1, outChannels: 2, kernelSize: 1, stride: far, padding: far, bias: true, generator: &rng)
+        conv.bias!.value = [0.5, -1]
+        let x = try Tensor(shape: [1, 1, 1, 1], values: [3])
+        conv.engine = .im2col
+        try conv.forward(x, into: &y, training: true)
+        XCTAssertEqual(y.shape, [1, 2, 3, 3])
+        let w = conv.weight.value
+        XCTAssertEqual(
+            y.values,
+            [0.5, 0.5, 0.5, 0.5, 0.5 + 3 * w[0], 0.5, 0.5, 0.5, 0.5, -1, -1, -1, -1, -1 + 3 * w[1], -1, -1, -1, -1])
+        try conv.backward(try Tensor(shape: [1, 2, 3, 3], values: (0..<18).map(Float.init)), into: &dx)
+        XCTAssertEqual(dx.values[0], 4 * w[0] + 13 * w[1], accuracy: 1e-6)
+        XCTAssertEqual(conv.weight.gradient, [12, 39])
+        XCTAssertEqual(conv.bias!.gradient, [36, 117])
+        if ConvolutionEngine.oneDNN.isAvailable {
+            conv.engine = .oneDNN
+            XCTAssertThrowsError(try conv.forward(x, into: &y, training: true)) {
+                guard case .engineFailure(let layer, "oneDNN", let message)? = $0 as? LayerError else {
+                    return XCTFail("\($0)")
+                }
+                XCTAssertEqual(layer, conv.name)
+                XCTAssertTrue(message.contains("32-bit") && message.contains("im2col"), message)
+            }
+        }
+    }
+
+    // MARK: - Loss
+
+    /// Log-sum-exp around the row maximum keeps the loss finite (and exact) for logits of ±1e30; a +∞ logit, a NaN, or
+    /// a row of −∞ gives a NaN loss (non-finite: the trainer stops, docs/RELIABILITY.md §3), a −∞ logit of another
+    /// class costs nothing. One class: loss 0, gradient 0. No rows, no classes: errors.
+    func testLossOnExtremeLogitsOneClassAndNoRows() throws {
+        let loss = SoftmaxCrossEntropy()
+        var gradient = Tensor(zeros: [1, 1])
+        for (logits, expected, expectedGradient) in [
+            ([1e30, -1e30], 2e30, [1, -1]), ([-1e30, 1e30], 0, [0, 0]), ([-Float.infinity, 0], 0, [0, 0]),
+        ] as [([Float], Float, [Float])] {
+            XCTAssertEqual(try loss.forward(logits: Tensor(shape: [1, 2], values: logits), labels: [1]), expected)
+            try loss.backward(into: &gradient)
+            XCTAssertEqual(gradient.values, expectedGradient, "\(logits)")
+        }
+        for logits: [Float] in [[.infinity, 0], [.nan, 0], [0, .nan], [-.infinity, -.infinity]] {
+            let value = try loss.forward(logits: Tensor(shape: [1, 2], values: logits), labels: [1])
+            XCTAssertTrue(value.isNaN, "\(logits): \(value)")
+        }
+        XCTAssertEqual(try loss.forward(logits: Tensor(shape: [2, 1], values: [5, -1e30]), labels: [0, 0]), 0)
+        try loss.backward(into: &gradient)
+        XCTAssertEqual(gradient.values, [0, 0])
+        XCTAssertThrowsError(try loss.forward(logits: Tensor(zeros: [0, 3]), labels: [])) {
+            XCTAssertEqual($0 as? NormalizationError, .emptyBatch(layer: "SoftmaxCrossEntropy"))
+        }
+        XCTAssertThrowsError(try loss.forward(logits: Tensor(zeros: [2, 0]), labels: [0, 0])) {
+            XCTAssertEqual($0 as? LayerError, .labelOutOfRange(index: 0, label: 0, classes: 0))
+        }
+    }
+}
