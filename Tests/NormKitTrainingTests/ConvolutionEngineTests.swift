@@ -142,6 +142,47 @@ final class ConvolutionEngineTests: XCTestCase {
         }
     }
 
+    /// Degenerate geometries on both engines (oneDNN in both layouts, im2col), each against the direct convolution in
+    /// Double and oneDNN against im2col: a stride larger than the kernel and than the input, a padding larger than the
+    /// kernel (outputs that see only padding: the bias), 1×n and n×1 planes, batch 1, a plane of height 0 that the
+    /// padding makes convolvable (every output is the bias; `dW = 0`), and CenConv of one input channel with a 1×1
+    /// kernel, whose centred filters are exactly 0 (spec §5: `W − mean(W)` of one value), so `y = b`, `dx = 0` and
+    /// `dW = 0` exactly.
+    func testDegenerateGeometriesAgreeOnBothEnginesAndFloat64() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 910)
+        // (batch, channels, height, width, filters, kernel, stride, padding)
+        let specs = ConvSpec.table([
+            (2, 3, 7, 7, 4, 1, 3, 0), (1, 2, 9, 6, 3, 2, 5, 0), (2, 3, 8, 8, 2, 3, 4, 1), (1, 2, 3, 3, 3, 3, 10, 1),
+            (2, 2, 5, 4, 3, 1, 1, 3), (1, 3, 4, 5, 2, 3, 1, 4), (2, 2, 3, 3, 2, 2, 3, 3), (1, 4, 1, 7, 5, 3, 1, 1),
+            (3, 4, 7, 1, 5, 3, 2, 1), (1, 1, 1, 1, 1, 1, 1, 0), (2, 2, 0, 5, 3, 3, 1, 2),
+        ])
+        for spec in specs {
+            for (bias, centred) in [(false, false), (true, false), (true, true)] {
+                let (conv, x, dy) = try makeConvolution(spec, bias: bias, centred: centred, rng: &rng)
+                let label = "\(spec) bias \(bias) centred \(centred)"
+                let want = DoubleConvolution.expected(spec, conv, centred: centred, x: x, dy: dy)
+                let im2col = try run(conv, .im2col, .channelsFirst, x: x, dy: dy)
+                im2col.assertClose(to: want, tolerance: 1e-5, "im2col \(label)")
+                for layout in TensorLayout.allCases {
+                    let result = try run(conv, .oneDNN, layout, x: x, dy: dy)
+                    result.assertClose(to: want, tolerance: 1e-5, "oneDNN \(layout) \(label)")
+                    result.assertClose(to: ExpectedConvolution(im2col), tolerance: 1e-5, "oneDNN \(layout) vs im2col")
+                }
+            }
+        }
+        // CenConv of a single value: exactly zero filters, whatever the weight.
+        let single = ConvSpec.table([(3, 1, 4, 5, 2, 1, 1, 0)])[0]
+        let (conv, x, dy) = try makeConvolution(single, bias: true, centred: true, rng: &rng)
+        for (engine, layout) in [(ConvolutionEngine.im2col, TensorLayout.channelsFirst), (.oneDNN, .channelsLast)] {
+            let result = try run(conv, engine, layout, x: x, dy: dy)
+            let bias = conv.bias!.value, positions = single.outHeight * single.outWidth
+            XCTAssertEqual(result.y, result.y.indices.map { bias[($0 / positions) % 2] }, "\(engine): y = b")
+            XCTAssertTrue(result.dx.allSatisfy { $0 == 0 }, "\(engine): dx = 0")
+            XCTAssertEqual(result.dw, [0, 0], "\(engine): dW = 0")
+        }
+    }
+
     /// The forward of a convolution with at most 16 input channels runs oneDNN's direct `jit` kernel, never
     /// `brgconv` (1.4–2.5× slower there in ResNet training, docs/PERFORMANCE.md session 13); the backward passes and
     /// wider inputs keep oneDNN's own choice. Every pass names an implementation.
