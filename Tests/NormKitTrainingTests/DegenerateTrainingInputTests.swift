@@ -132,4 +132,33 @@ final class DegenerateTrainingInputTests: XCTestCase {
             XCTAssertEqual($0 as? LayerError, .labelOutOfRange(index: 0, label: 0, classes: 0))
         }
     }
+
+    // MARK: - Learning-rate schedule
+
+    /// Spec §8's schedule at its boundaries, against the formula written here (linear warm-up from `lr/25` over `W`
+    /// steps, then `lr·cos²(π/2·(s − W)/(T − W))`, 0 from step `T` on): no warm-up, a run of one step, a warm-up as long
+    /// as the run (with `W = T`, step `T` was `lr` instead of 0: the cosine had no span and restarted at its peak), and
+    /// steps past the end. Out-of-range arguments are clamped as documented (`T ≥ 1`, `0 ≤ W ≤ T`).
+    func testScheduleBoundaries() {
+        let peak = 0.4
+        for (warmup, total) in [(0, 1), (1, 1), (0, 5), (5, 5), (4, 5), (3, 10), (10, 10)] {
+            let schedule = LearningRateSchedule(peak: peak, warmupSteps: warmup, totalSteps: total, decay: .cosine)
+            func expected(_ step: Int) -> Double {
+                if step < warmup { return peak / 25 + (peak - peak / 25) * Double(step) / Double(warmup) }
+                if step >= total { return 0 }
+                let angle = Double.pi / 2 * Double(step - warmup) / Double(total - warmup)
+                return peak * cos(angle) * cos(angle)
+            }
+            for step in [0, warmup, total - 1, total, total + 1, total + 100] {
+                XCTAssertEqual(
+                    schedule.rate(at: step), expected(step), accuracy: 1e-15, "W \(warmup) T \(total) step \(step)")
+            }
+        }
+        XCTAssertEqual(LearningRateSchedule(peak: 1, warmupSteps: 7, totalSteps: 5, decay: .cosine).warmupSteps, 5)
+        XCTAssertEqual(LearningRateSchedule(peak: 1, warmupSteps: -3, totalSteps: 5, decay: .cosine).warmupSteps, 0)
+        XCTAssertEqual(LearningRateSchedule(peak: 1, warmupSteps: 0, totalSteps: 0, decay: .cosine).totalSteps, 1)
+        // Step decay: a milestone at step 0 divides from the start; past the last step the rate stays.
+        let steps = LearningRateSchedule(peak: 1, warmupSteps: 0, totalSteps: 4, decay: .step(milestones: [0, 2]))
+        XCTAssertEqual((0...6).map { steps.rate(at: $0) }, [1, 1, 2, 2, 2, 2, 2].map { pow(0.1, Double($0)) })
+    }
 }

@@ -41,7 +41,7 @@ public struct LearningRateSchedule: Equatable, Sendable {
             totalSteps: total, decay: decay)
     }
 
-    /// The learning rate for step `step` (0-based).
+    /// The learning rate for step `step` (0-based); with ``Decay/cosine``, 0 from `totalSteps` on.
     public func rate(at step: Int) -> Double {
         if step < warmupSteps {
             let start = peak / 25
@@ -49,8 +49,9 @@ public struct LearningRateSchedule: Equatable, Sendable {
         }
         switch decay {
         case .cosine:
+            // From `totalSteps` on the rate is 0, also when warm-up fills the run and the cosine has no span.
             let span = max(1, totalSteps - warmupSteps)
-            let progress = min(1, Double(step - warmupSteps) / Double(span))
+            let progress = step >= totalSteps ? 1 : min(1, Double(step - warmupSteps) / Double(span))
             return peak * 0.5 * (1 + cos(.pi * progress))
         case .step(let milestones):
             return peak * pow(0.1, Double(milestones.filter { step >= $0 }.count))
