@@ -12,7 +12,8 @@ import _NormKitTestSupport
 ///   padded input beyond oneDNN's sizes (im2col computes it).
 /// - **The loss** stays finite for finite logits whose loss fits in a float (±1e30), is NaN for a non-finite logit of
 ///   the label's row (so the trainer's divergence check sees it), and is 0 with a zero gradient for a single class.
-/// - **SGD** refuses a learning rate, momentum or weight decay out of range (NaN included) before changing anything.
+/// - **SGD** refuses a learning rate, momentum or weight decay out of range (NaN included) before changing anything; a
+///   NaN gradient reaches its weight, for the trainer's divergence check.
 /// - **The schedule** at its boundaries: 0 warm-up steps, 1 total step, warm-up as long as the run, past the end.
 /// - **Models** on 1×1 and 2×2 images: both engines agree; ResNet and VGG arguments out of range are errors.
 final class DegenerateTrainingInputTests: XCTestCase {
@@ -160,5 +161,57 @@ final class DegenerateTrainingInputTests: XCTestCase {
         // Step decay: a milestone at step 0 divides from the start; past the last step the rate stays.
         let steps = LearningRateSchedule(peak: 1, warmupSteps: 0, totalSteps: 4, decay: .step(milestones: [0, 2]))
         XCTAssertEqual((0...6).map { steps.rate(at: $0) }, [1, 1, 2, 2, 2, 2, 2].map { pow(0.1, Double($0)) })
+    }
+
+    // MARK: - SGD
+
+    /// A learning rate or weight decay that is negative, infinite or NaN, and a momentum outside `[0, 1)` or NaN, were
+    /// applied (a NaN learning rate made every weight NaN, a negative one climbed the loss); `step` now refuses them
+    /// before changing any weight or velocity. A learning rate of 0 is valid: the weights stay, the velocity moves.
+    /// A NaN gradient is not refused: it reaches its own weight and velocity only, for the trainer's divergence check.
+    func testSGDRefusesSettingsOutOfRangeAndLeavesEverythingUnchanged() throws {
+        let parameter = Parameter(name: "weight", shape: [2], role: .weight, value: [1, -2])
+        let sgd = SGD(parameters: [parameter], momentum: 0.9, weightDecay: 0.1)
+        parameter.gradient = [0.5, 0.25]
+        try sgd.step(learningRate: 0.1)
+        let weights = parameter.value, velocities = sgd.velocities
+        for rate: Float in [.nan, -0.1, .infinity, -.infinity] {
+            XCTAssertThrowsError(try sgd.step(learningRate: rate)) {
+                XCTAssertEqual(
+                    $0 as? NormalizationError,
+                    .invalidArgument(
+                        layer: "SGD", name: "learningRate", value: "\(rate)", expected: "a finite number ≥ 0"))
+            }
+        }
+        for momentum: Float in [.nan, -0.1, 1, 1.5] {
+            sgd.momentum = momentum
+            XCTAssertThrowsError(try sgd.step(learningRate: 0.1)) {
+                XCTAssertEqual(
+                    $0 as? NormalizationError,
+                    .invalidArgument(layer: "SGD", name: "momentum", value: "\(momentum)", expected: "in [0, 1)"))
+            }
+        }
+        sgd.momentum = 0.9
+        for decay: Float in [.nan, -1e-4, .infinity] {
+            sgd.weightDecay = decay
+            XCTAssertThrowsError(try sgd.step(learningRate: 0.1)) {
+                XCTAssertEqual(
+                    $0 as? NormalizationError,
+                    .invalidArgument(
+                        layer: "SGD", name: "weightDecay", value: "\(decay)", expected: "a finite number ≥ 0"))
+            }
+        }
+        XCTAssertEqual(parameter.value, weights, "a refused step changes no weight")
+        XCTAssertEqual(sgd.velocities, velocities, "a refused step changes no velocity")
+
+        sgd.weightDecay = 0.1
+        try sgd.step(learningRate: 0)
+        XCTAssertEqual(parameter.value, weights, "learning rate 0")
+        XCTAssertNotEqual(sgd.velocities, velocities, "learning rate 0 still accumulates the velocity")
+
+        parameter.gradient = [.nan, 0.25]
+        try sgd.step(learningRate: 0.1)
+        XCTAssertTrue(parameter.value[0].isNaN && sgd.velocities[0][0].isNaN)
+        XCTAssertTrue(parameter.value[1].isFinite && sgd.velocities[0][1].isFinite)
     }
 }

@@ -61,7 +61,7 @@ final class GettingStartedTests: XCTestCase {
             let value = try loss.forward(logits: logits, labels: labels.map(Int.init))
             try loss.backward(into: &logitsGradient)
             try model.backward(logitsGradient)
-            optimizer.step(learningRate: 0.05)
+            try optimizer.step(learningRate: 0.05)
             losses.append(value)
         }
         XCTAssertEqual(losses.count, 30)

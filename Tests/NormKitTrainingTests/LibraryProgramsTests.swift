@@ -30,7 +30,7 @@ final class LibraryProgramsTests: XCTestCase {
             losses.append(try loss.forward(logits: try model(images), labels: labels))
             try loss.backward(into: &dlogits)
             try model.backward(dlogits)
-            optimizer.step(learningRate: 0.05)
+            try optimizer.step(learningRate: 0.05)
         }
         XCTAssertLessThan(losses.last!, losses.first! * 0.85, "\(losses)")
         let printed = "\(model)"

@@ -35,7 +35,7 @@ final class ReadmeModelExampleTests: XCTestCase {
             let value = try loss.forward(logits: try model(images), labels: labels)
             try loss.backward(into: &dlogits)
             try model.backward(dlogits)  // fills every parameter's gradient
-            optimizer.step(learningRate: 0.1)
+            try optimizer.step(learningRate: 0.1)
             print("step \(step): loss \(value)")
         }
 

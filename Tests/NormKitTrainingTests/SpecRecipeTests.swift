@@ -115,7 +115,7 @@ final class SpecRecipeTests: XCTestCase {
             var velocities = initial.map { [Double](repeating: 0, count: $0.count) }
             let (mu, lambda) = (0.9, Double(Float(5e-4)))
             for (stepIndex, lr) in [Float(0.1), 0.05].enumerated() {
-                sgd.step(learningRate: lr)
+                try sgd.step(learningRate: lr)
                 for (index, (name, p)) in named.enumerated() {
                     let decayed = decayAll || p.role == .weight
                     let label = "\(name) (\(p.role)), step \(stepIndex + 1), decayAll \(decayAll)"

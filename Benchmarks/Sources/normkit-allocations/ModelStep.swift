@@ -44,7 +44,7 @@ struct ModelTrainingStep {
             try loss.backward(into: &logitsGradient)
         }
         counts.backward = try AllocationCounter.mallocs { try model.backward(logitsGradient) }
-        counts.optimizer = AllocationCounter.mallocs { optimizer.step(learningRate: 0.01) }
+        counts.optimizer = try AllocationCounter.mallocs { try optimizer.step(learningRate: 0.01) }
         return counts
     }
 

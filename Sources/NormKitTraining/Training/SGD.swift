@@ -29,7 +29,18 @@ public final class SGD {
     }
 
     /// One update with learning rate `learningRate`.
-    public func step(learningRate: Float) {
+    ///
+    /// A non-finite gradient is not checked here (that would read every gradient twice): it makes its weight and
+    /// velocity non-finite, and the trainer's divergence check stops the run on the next loss or before the next
+    /// checkpoint (`docs/RELIABILITY.md` §3).
+    ///
+    /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` (layer `"SGD"`) for a
+    ///   learning rate or ``weightDecay`` that is negative or not finite, or a ``momentum`` outside `[0, 1)` (NaN
+    ///   included), before changing anything.
+    public func step(learningRate: Float) throws {
+        try Self.check("learningRate", learningRate, learningRate >= 0 && learningRate.isFinite, "a finite number ≥ 0")
+        try Self.check("momentum", momentum, momentum >= 0 && momentum < 1, "in [0, 1)")
+        try Self.check("weightDecay", weightDecay, weightDecay >= 0 && weightDecay.isFinite, "a finite number ≥ 0")
         for (index, parameter) in parameters.enumerated() where parameter.isTrainable {
             let decay = (decayAllParameters || parameter.role == .weight) ? weightDecay : 0
             let mu = momentum
@@ -44,6 +55,12 @@ public final class SGD {
                     }
                 }
             }
+        }
+    }
+
+    private static func check(_ name: String, _ value: Float, _ valid: Bool, _ expected: String) throws {
+        guard valid else {
+            throw NormalizationError.invalidArgument(layer: "SGD", name: name, value: "\(value)", expected: expected)
         }
     }
 

@@ -326,7 +326,7 @@ public final class Trainer {
                 scaleToGlobalBatch(&logitsGradient)
                 try model.backward(logitsGradient)
                 try sumGradientsOverWorkers()
-                optimizer.step(learningRate: Float(rate))
+                try optimizer.step(learningRate: Float(rate))
                 try synchronizeRunningStatistics()
                 step += 1
                 stepLosses.append(value)
