@@ -10,6 +10,7 @@ import _NormKitTestSupport
 /// - **Sizes that overflow** are refused, not trapped on: a `Conv2d` or `Linear` weight with too many values to count,
 ///   a convolution argument beyond oneDNN's 32-bit sizes, an output that a huge padding makes too large to count, a
 ///   padded input beyond oneDNN's sizes (im2col computes it).
+/// - **Pools** on 1×1 maps are exact identities; a stride larger than the window and a NaN in a window are handled.
 /// - **The loss** stays finite for finite logits whose loss fits in a float (±1e30), is NaN for a non-finite logit of
 ///   the label's row (so the trainer's divergence check sees it), and is 0 with a zero gradient for a single class.
 /// - **SGD** refuses a learning rate, momentum or weight decay out of range (NaN included) before changing anything; a
@@ -102,6 +103,39 @@ final class DegenerateTrainingInputTests: XCTestCase {
                 XCTAssertTrue(message.contains("32-bit") && message.contains("im2col"), message)
             }
         }
+    }
+
+    // MARK: - Pools
+
+    /// 1×1 maps: the global average is the value itself and its gradient `dy`, exactly; a 1×1 max pool is the
+    /// identity. A stride larger than the window skips positions (they get no gradient); a NaN wins its window (as in
+    /// PyTorch) and takes its gradient.
+    func testPoolsOnOneByOneMapsSkippingStridesAndNaN() throws {
+        var y = Tensor(zeros: [1, 1]), dx = Tensor(zeros: [1, 1])
+        let x = try Tensor(shape: [2, 3, 1, 1], values: [1, -2, 3e38, 0, 5, .nan])
+        let dy = try Tensor(shape: [2, 3], values: [6, 5, 4, 3, 2, 1])
+        let gap = GlobalAveragePool()
+        try gap.forward(x, into: &y, training: true)
+        XCTAssertEqual(y.shape, [2, 3])
+        XCTAssertEqual(y.values.map(\.bitPattern), x.values.map(\.bitPattern))
+        try gap.backward(dy, into: &dx)
+        XCTAssertEqual(dx.values, dy.values)
+        let identity = try MaxPool2d(kernelSize: 1)
+        try identity.forward(x, into: &y, training: false)
+        XCTAssertEqual(y.values.map(\.bitPattern), x.values.map(\.bitPattern))
+
+        let skipping = try MaxPool2d(kernelSize: 1, stride: 3)
+        let plane = try Tensor(shape: [1, 1, 4, 4], values: (0..<16).map(Float.init))
+        try skipping.forward(plane, into: &y, training: true)
+        XCTAssertEqual(y.values, [0, 3, 12, 15])
+        try skipping.backward(try Tensor(shape: [1, 1, 2, 2], values: [1, 2, 3, 4]), into: &dx)
+        XCTAssertEqual(dx.values, [1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 4])
+
+        let pool = try MaxPool2d(kernelSize: 2)
+        try pool.forward(try Tensor(shape: [1, 1, 2, 2], values: [1, .nan, 7, 2]), into: &y, training: true)
+        XCTAssertTrue(y.values[0].isNaN)
+        try pool.backward(try Tensor(shape: [1, 1, 1, 1], values: [5]), into: &dx)
+        XCTAssertEqual(dx.values, [0, 5, 0, 0])
     }
 
     // MARK: - Loss
@@ -213,5 +247,65 @@ final class DegenerateTrainingInputTests: XCTestCase {
         try sgd.step(learningRate: 0.1)
         XCTAssertTrue(parameter.value[0].isNaN && sgd.velocities[0][0].isNaN)
         XCTAssertTrue(parameter.value[1].isFinite && sgd.velocities[0][1].isFinite)
+    }
+
+    // MARK: - Models
+
+    /// ResNet-8 (GN, one class) on 1×1, 2×2 and 3×5 images (its stem does not downsample; the stride-2 stages take a
+    /// 1×1 map to 1×1): finite logits, and the same logits and parameter gradients on both engines. VGG's pools refuse
+    /// images smaller than 4×4 (`inputTooSmall`). Arguments out of range are errors: depths not `6n+2` (9, 2, −4),
+    /// width 0, classes 0.
+    func testModelsOnTinyImagesAndArgumentsOutOfRange() throws {
+        var settings = NormalizationSettings(kind: .gn)
+        settings.groups = 4
+        func build(_ engine: ConvolutionEngine) throws -> ResNet {
+            var generator = SeededGenerator(seed: 5)
+            let model = try ResNet(depth: 8, normalization: settings, classes: 1, width: 8, generator: &generator)
+            model.engine = engine
+            return model
+        }
+        var rng = SeededGenerator(seed: 6)
+        let engines = ConvolutionEngine.allCases.filter(\.isAvailable)
+        let models = try engines.map(build)
+        for (height, width) in [(1, 1), (2, 2), (3, 5)] {
+            let x = Tensor.randomNormal(shape: [3, 1, height, width], using: &rng)
+            var outcomes: [(logits: [Float], gradients: [Float])] = []
+            for model in models {
+                let logits = try model.forward(x, training: true)
+                XCTAssertEqual(logits.shape, [3, 1])
+                XCTAssertTrue(logits.values.allSatisfy(\.isFinite), "\(height)×\(width) \(model.engine)")
+                let loss = SoftmaxCrossEntropy()
+                XCTAssertEqual(try loss.forward(logits: logits, labels: [0, 0, 0]), 0, "one class")
+                var dlogits = Tensor(zeros: [0, 0])
+                try loss.backward(into: &dlogits)
+                XCTAssertEqual(dlogits.values, [0, 0, 0], "one class: no gradient")
+                try model.backward(logits)  // a non-zero logits gradient, so the parameter gradients are compared
+                outcomes.append((logits.values, model.parameters.flatMap(\.gradient)))
+            }
+            for other in outcomes.dropFirst() {
+                assertNear(other.logits, outcomes[0].logits, 1e-5, "\(height)×\(width) logits")
+                assertNear(other.gradients, outcomes[0].gradients, 1e-4, "\(height)×\(width) gradients")
+            }
+        }
+        var generator = SeededGenerator(seed: 7)
+        let vgg = try VGG(normalization: settings, generator: &generator)
+        XCTAssertThrowsError(try vgg.forward(Tensor(zeros: [1, 1, 3, 3]), training: true)) {
+            guard case .inputTooSmall? = $0 as? LayerError else { return XCTFail("\($0)") }
+        }
+        for depth in [9, 2, -4] {
+            XCTAssertThrowsError(try ResNet(depth: depth, normalization: settings, generator: &generator)) {
+                XCTAssertEqual($0 as? ModelError, .invalidDepth(depth))
+            }
+        }
+        XCTAssertThrowsError(try ResNet(depth: 8, normalization: settings, width: 0, generator: &generator)) {
+            XCTAssertEqual(
+                $0 as? NormalizationError,
+                .invalidArgument(layer: "Conv2d", name: "outChannels", value: "0", expected: "at least 1"))
+        }
+        XCTAssertThrowsError(try ResNet(depth: 8, normalization: settings, classes: 0, generator: &generator)) {
+            XCTAssertEqual(
+                $0 as? NormalizationError,
+                .invalidArgument(layer: "Linear", name: "outFeatures", value: "0", expected: "at least 1"))
+        }
     }
 }
