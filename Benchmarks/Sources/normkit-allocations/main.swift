@@ -8,7 +8,8 @@
 // 1. every normalization layer in both memory orders on a small input (single-threaded kernels): enforced,
 //    the tool exits 1 if any row is above 0;
 // 2. the same on an input large enough for the kernels to use 2 threads: reported only;
-// 3. whole ResNet-8 training steps (GN, BN), split into forward, loss, backward and SGD: reported only.
+// 3. whole ResNet-8 training steps (GN, BN), split into forward, loss, backward and SGD: reported only;
+// 4. the same steps on one thread with the im2col engine: enforced, the tool exits 1 if any is above 0.
 //
 // Run it with the interposer preloaded (see README.md):
 //     LD_PRELOAD=.build/release/libMallocInterposerSwift.so .build/release/normkit-allocations
@@ -109,6 +110,34 @@ for engine in ConvolutionEngine.allCases where engine.isAvailable {
         let parts = [counts.forward, counts.loss, counts.backward, counts.optimizer, counts.total]
         print("| \(label) | \(engine) | " + parts.map { perStep($0, measuredSteps) }.joined(separator: " | ") + " |")
     }
+}
+
+print(
+    """
+
+    Whole training steps on one thread (Parallelism.threadCount = 1), im2col engine (enforced: must be 0; the \
+    oneDNN engine's steps allocate inside `dnnl_primitive_execute`, see README.md):
+
+    | model | mallocs per step |
+    |---|---|
+    """)
+var allocatingSteps: [String] = []
+Parallelism.threadCount = 1
+for (label, kind) in [("ResNet-8 + GN", NormKind.gn), ("ResNet-8 + BN", NormKind.bn)] {
+    var step = try ModelTrainingStep(
+        modelName: "resnet8", normalization: NormalizationSettings(kind: kind),
+        batch: modelBatch, seed: 1, engine: .im2col)
+    let counts = try step.mallocs(afterWarmUp: warmUpSteps, measured: measuredSteps)
+    print("| \(label) | \(perStep(counts.total, measuredSteps)) |")
+    if counts.total > 0 { allocatingSteps.append("\(label) (im2col, one thread)") }
+}
+Parallelism.threadCount = 2
+
+if !allocatingSteps.isEmpty {
+    print(
+        "\nFAIL: \(allocatingSteps.count) whole training step(s) allocate on one thread: "
+            + allocatingSteps.joined(separator: ", ") + ".")
+    exit(1)
 }
 
 if allocatingLayers.isEmpty {

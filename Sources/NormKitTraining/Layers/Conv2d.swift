@@ -264,10 +264,28 @@ public final class Conv2d: Layer {
         let g = ConvolutionGeometry(
             batch: x.batch, channels: inChannels, height: h, width: w, filters: outChannels,
             kernel: kernelSize, stride: stride, padding: padding)
-        // A padding far larger than the input can ask for more outputs than can be counted.
-        let output = [g.batch, outChannels, g.outHeight, g.outWidth]
-        guard Tensor.isValid(shape: output) else { throw NormalizationError.invalidShape(layer: name, shape: output) }
+        // A padding far larger than the input can ask for more outputs than can be counted. (Checked without an
+        // array: this runs on every forward and backward, which allocate nothing.)
+        guard Self.floatBytesFit(g.batch, outChannels, g.outHeight, g.outWidth) else {
+            throw NormalizationError.invalidShape(layer: name, shape: [g.batch, outChannels, g.outHeight, g.outWidth])
+        }
         return g
+    }
+
+    /// Whether a tensor of these four non-negative dimensions has a float byte count that fits in `Int`, as
+    /// ``/NormKit/Tensor/isValid(shape:)`` asks (a dimension of 0 is skipped there too).
+    private static func floatBytesFit(_ a: Int, _ b: Int, _ c: Int, _ d: Int) -> Bool {
+        var bytes = MemoryLayout<Float>.stride, fits = true
+        func multiply(by dimension: Int) {
+            guard fits, dimension > 0 else { return }
+            let (product, overflow) = bytes.multipliedReportingOverflow(by: dimension)
+            (bytes, fits) = (product, !overflow)
+        }
+        multiply(by: a)
+        multiply(by: b)
+        multiply(by: c)
+        multiply(by: d)
+        return fits
     }
 
     /// Copies (or centres) the weights into ``usedWeight``.
