@@ -21,7 +21,7 @@ package func nonRegularFileKind(_ mode: mode_t) -> String? {
     }
 }
 
-/// Why ``openRegularFile(_:flags:)`` refused a path.
+/// Why `openRegularFile(_:flags:)` refused a path.
 package enum RegularFileRefusal: Error {
     /// The path (after following symbolic links) is not a regular file: `kind` says what it is ("a named pipe
     /// (FIFO)", "a directory", …, from ``nonRegularFileKind(_:)``).
@@ -83,8 +83,8 @@ package var largestFileInMemory: Int { Int(clamping: ProcessInfo.processInfo.phy
 /// and run record NormKit reads from a path it was given.
 ///
 /// Anything but a regular file (after following symbolic links) is refused with a reason naming what it is,
-/// never opened for reading (``openRegularFile(_:flags:)``): a named pipe would block the reader until some writer
-/// appears, and a device may never end. A file larger than ``largestFileInMemory`` (a sparse 1 TB file costs no
+/// never opened for reading (`openRegularFile(_:flags:)`): a named pipe would block the reader until some writer
+/// appears, and a device may never end. A file larger than `largestFileInMemory` (a sparse 1 TB file costs no
 /// disk) is refused before its bytes are allocated. Read with POSIX calls so the error names the real cause.
 ///
 /// - Throws: ``DataError/readFailed(path:reason:)``: missing, not readable, "it is a named pipe (FIFO), not a

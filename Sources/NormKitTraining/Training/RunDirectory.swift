@@ -155,7 +155,7 @@ public final class RunDirectoryLock: Sendable {
 
     /// Locks `directory` (created if needed) for this process.
     ///
-    /// The lock file is opened as ``openRegularFile(_:flags:)`` opens a file: one that is a named pipe, a device or
+    /// The lock file is opened as `openRegularFile(_:flags:)` opens a file: one that is a named pipe, a device or
     /// a directory is refused (never opened for writing, never waited on), naming the path and what it is.
     ///
     /// - Throws: ``TrainingError/runDirectoryLocked(path:pid:)`` when another process holds it;
