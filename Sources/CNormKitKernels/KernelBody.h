@@ -26,6 +26,7 @@
  *   vscale2_floor(p, n)  p·2^⌊n⌋ for n in [−126, 128) (AVX-512: scalef; AVX2: 2^⌊n⌋ from exponent bits, then a
  *                      multiply)
  *   vkeep_above(z, t, v)  v where z > t, else 0 (NaN z or t: 0)
+ *   vdrop_at_most(z, t, v)  0 where z ≤ t, else v (NaN z or t: v)
  *   vdiv_above(z, t, a, b)  a/b where z > t, else a·0 (NaN z or t: a·0); b ≥ 1 in every use (AVX-512: one
  *                      masked division, correctly rounded; AVX2: the reciprocal estimate and a Newton step, ~23 bits)
  *   vstream(p, v)      a non-temporal store of a whole vector to p, aligned to NK_LANES floats; vstream_fence()
@@ -97,7 +98,7 @@ NK_INLINE vf vact(const int act, vf z) {
 // dy·act'(z): the backward. SiLU' = σ + z·σ·(1 − σ) = σ·(1 + z·(e·σ)), with 1 − σ = e·σ (e = exp(−z)) rather than
 // a subtraction: near σ = 1 the subtraction keeps only the reciprocal's error, which z multiplies (1e30 for z = 1e30).
 NK_INLINE vf vact_grad(const int act, vf dy, vf z) {
-    if (act == NK_RELU) return vkeep_above(z, vzero(), dy);
+    if (act == NK_RELU) return vdrop_at_most(z, vzero(), dy);  // dy at a NaN z, as PyTorch's threshold_backward
     vf e;
     const vf s = vsigmoid(z, &e);
     // e·σ = 1 − σ ≤ 1 before z multiplies it (z·e alone overflows), and 0 outside (−87, 87): above, the clamped exp

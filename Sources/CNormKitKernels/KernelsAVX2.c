@@ -32,6 +32,7 @@ typedef __m256i vmask;
                                             0x1.8ace54p+0f, 0x1.ae89fap+0f, 0x1.d5818ep+0f),                  \
                              _mm256_cvtps_epi32(t))
 #define vkeep_above(z, t, v) _mm256_and_ps(_mm256_cmp_ps(z, t, _CMP_GT_OQ), v)
+#define vdrop_at_most(z, t, v) _mm256_and_ps(_mm256_cmp_ps(z, t, _CMP_NLE_UQ), v)
 
 // a/b as a times 1/b from the 12-bit estimate and one Newton step (e ← e·(2 − b·e): ~23 bits for b ≥ 1): three
 // pipelined operations, where the dividers of AVX2-only CPUs take ~5 cycles or more per vector (not measured here).

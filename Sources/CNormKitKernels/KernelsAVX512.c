@@ -31,6 +31,7 @@ static const float exp2_sixteenths[16] __attribute__((aligned(64))) = {
     0x1.d5818ep+0f, 0x1.ea4afap+0f};
 #define vexp2_fraction(t) _mm512_permutexvar_ps(_mm512_cvtps_epi32(t), _mm512_load_ps(exp2_sixteenths))
 #define vkeep_above(z, t, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, t, _CMP_GT_OQ), v)
+#define vdrop_at_most(z, t, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, t, _CMP_NLE_UQ), v)
 // One masked division, where the AMD machine kind (Zen 5) divides faster than the 14-bit estimate and its Newton
 // step that it replaced: GN + SiLU's forward 0.81–0.88× the time, forward+backward 0.85–0.94× (PERFORMANCE.md,
 // session 15). The masked-off lanes get a·0.

@@ -7,7 +7,8 @@ import Foundation
 /// (``NormalizationLayer/activation``), in training and evaluation, in both layouts.
 ///
 /// - `identity`: the plain normalization.
-/// - `relu`: `max(0, z)` (a NaN stays NaN, as in PyTorch); its gradient is `dy` where `z > 0`, else 0.
+/// - `relu`: `max(0, z)` (a NaN stays NaN, as in PyTorch); its gradient is 0 where `z ≤ 0`, else `dy` (a
+///   NaN `z` passes `dy`, as PyTorch's `threshold_backward` does).
 /// - `silu`: `z·σ(z)` (SiLU, or Swish, the activation after GroupNorm in diffusion U-Nets); its gradient is
 ///   `dy·(σ + z·σ·(1 − σ))`. The native kernels compute `exp` with a polynomial accurate to about 2 float ulps.
 public enum FusedActivation: String, CaseIterable, Sendable {
@@ -24,11 +25,11 @@ public enum FusedActivation: String, CaseIterable, Sendable {
         }
     }
 
-    /// `act'(z)` in float64 (ReLU: 1 for `z > 0`, else 0).
+    /// `act'(z)` in float64 (ReLU: 0 for `z ≤ 0`, else 1, NaN included).
     public func derivative(_ z: Double) -> Double {
         switch self {
         case .identity: return 1
-        case .relu: return z > 0 ? 1 : 0
+        case .relu: return z <= 0 ? 0 : 1
         case .silu:
             let s = 1 / (1 + Foundation.exp(-z))
             return s + z * s * (1 - s)
@@ -65,7 +66,7 @@ public enum FusedActivation: String, CaseIterable, Sendable {
     func gradient(_ dy: Float, at z: Float) -> Float {
         switch self {
         case .identity: return dy
-        case .relu: return z > 0 ? dy : 0
+        case .relu: return z <= 0 ? 0 : dy
         case .silu:
             let s = 1 / (1 + Foundation.exp(-z))
             return dy * (s + z * s * (1 - s))

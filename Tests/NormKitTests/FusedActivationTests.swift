@@ -14,7 +14,7 @@ import _NormKitTestSupport
 ///   than one 2048-float block, more than 1024 channels, and (2, 64, 24, 24).
 /// - **Float64 reference.** GN + SiLU and BN + ReLU against a float64 re-implementation (forward) and central finite
 ///   differences of `Σ w ⊙ act(norm(x))` (backward); BN evaluation + ReLU against float64.
-/// - **ReLU and NaN.** `relu(NaN)` is NaN (as PyTorch), its gradient 0; NaN stays in its element (frozen BN, BN
+/// - **ReLU and NaN.** `relu(NaN)` is NaN and its gradient passes `dy` (as PyTorch's); NaN stays in its element (frozen BN, BN
 ///   evaluation) or its set (GN).
 /// - **Identity.** `activation = .identity` is bit for bit the layer whose activation was never set.
 /// - **Extremes.** SiLU at pre-activations near ±90, across the exp clamp (−87…−100) and at ±1e4: finite, close
@@ -39,7 +39,7 @@ final class FusedActivationTests: KernelPathTestCase {
     static func derivative64(_ activation: FusedActivation, _ z: Double) -> Double {
         switch activation {
         case .identity: return 1
-        case .relu: return z > 0 ? 1 : 0
+        case .relu: return z <= 0 ? 0 : 1  // PyTorch's threshold_backward: a NaN passes dy
         case .silu:
             let s = 1 / (1 + Foundation.exp(-z))
             return s * (1 + z * (1 - s))
@@ -459,7 +459,7 @@ final class FusedActivationTests: KernelPathTestCase {
             XCTAssertEqual(silu.derivative(z), Self.derivative64(.silu, z), accuracy: 1e-14)
         }
         XCTAssertTrue(relu(.nan).isNaN, "relu keeps NaN")
-        XCTAssertEqual(relu.derivative(.nan), 0)
+        XCTAssertEqual(relu.derivative(.nan), 1, "relu passes dy at NaN, as PyTorch's threshold_backward")
         XCTAssertTrue(silu(.nan).isNaN)
         XCTAssertEqual(silu(-1.2784645), -0.2784645, accuracy: 1e-7, "SiLU's minimum")
         XCTAssertEqual(FusedActivation.allCases, [.identity, .relu, .silu])
@@ -612,9 +612,10 @@ final class FusedActivationTests: KernelPathTestCase {
 
     // MARK: - 3. NaN and identity
 
-    /// ReLU keeps NaN (PyTorch's semantics) and its gradient there is 0. Frozen BN (elementwise, training and
+    /// ReLU keeps NaN and its gradient there is `dy` (PyTorch's semantics: `threshold_backward` zeroes only where
+    /// `y ≤ 0`). Frozen BN (elementwise, training and
     /// evaluation) and BN evaluation keep NaN in its element; GN keeps it in its set. SiLU propagates NaN too.
-    func testReLUKeepsNaNAndGivesItZeroGradient() throws {
+    func testReLUKeepsNaNAndPassesItsGradientAsPyTorch() throws {
         var rng = SeededGenerator(seed: 0x4A4)
         let tally = Tally()
         let shape = [2, 5, 4, 3], c = shape[1], m = Self.positions(shape), count = shape.reduce(1, *)
@@ -675,18 +676,19 @@ final class FusedActivationTests: KernelPathTestCase {
                     }
                     guard activation == .relu else { continue }
                     for i in nanAt {
-                        tally.expect(
-                            "frozen BN + ReLU: dx is 0 at NaN (gradient of relu at NaN is 0)", dx[i] == 0,
-                            "\(at) element \(i): \(dx[i])")
+                        let want = scale[(i / m) % c] * dy[i]
+                        tally.check(
+                            "frozen BN + ReLU: dx is scale·dy at NaN (relu passes dy at NaN, as PyTorch)",
+                            abs(dx[i] - want) / (1e-5 * abs(want) + 4e-6), limit: 1, "\(at) element \(i)")
                     }
-                    // dβ = Σ dz with dz = 0 at NaN: finite for every channel; dγ for the channels without NaN.
+                    // dβ = Σ dz with dz = dy at NaN: finite for every channel; dγ for the channels without NaN.
                     let nanChannels = Set(nanAt.map { ($0 / m) % c })
                     for ch in 0..<c {
                         var db = 0.0, dg = 0.0, terms = 0.0, termsG = 0.0
                         for n in 0..<shape[0] {
                             for p in 0..<m {
                                 let i = (n * c + ch) * m + p
-                                guard !nanAt.contains(i), zx[i] > 0 else { continue }
+                                guard !(zx[i] <= 0) else { continue }  // NaN z: dz = dy
                                 let xhat = (x[i] - Double(mean[ch])) / (Double(variance[ch]) + epsilon).squareRoot()
                                 db += dy[i]
                                 dg += dy[i] * xhat
@@ -760,7 +762,7 @@ final class FusedActivationTests: KernelPathTestCase {
                     "GN + ReLU: dx of other sets vs float64",
                     Kit.relErr(clean.map { dx[$0] }, clean.map { gRef.dx.data[$0] }), limit: 1e-5, at)
                 tally.check(
-                    "GN + ReLU: dβ (finite: dz = 0 at NaN) vs float64",
+                    "GN + ReLU: dβ (finite: dz = dy where z is NaN) vs float64",
                     Kit.relErr(grads.bias!.map(Double.init), gRef.dbeta), limit: 1e-5, at)
                 let cleanChannels = [0, 1, 4, 5]
                 tally.check(

@@ -1,6 +1,7 @@
 /// The rectifier `y = max(x, 0)` (NaN passes through, as in PyTorch), on any shape and layout.
 ///
-/// A training forward keeps a reference to its output `y` (no copy); the backward passes `dy` where `y > 0`.
+/// A training forward keeps a reference to its output `y` (no copy); the backward passes `dy` except where `y ≤ 0`
+/// (a NaN `y` passes it, as PyTorch's `threshold_backward` does).
 /// No parameters.
 public final class ReLU: Layer {
     /// `"ReLU"`.
@@ -21,7 +22,7 @@ public final class ReLU: Layer {
         if training { savedOutput = y }
     }
 
-    /// `dx = dy · [y > 0]`.
+    /// `dx = y ≤ 0 ? 0 : dy`.
     ///
     /// - Throws: ``/NormKit/NormalizationError/backwardBeforeForward(layer:)`` or
     ///   ``/NormKit/NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``.
@@ -117,10 +118,10 @@ enum Elementwise {
         @inline(__always) static func value(_ a: Vector, _ b: Vector) -> Vector { a + b }
     }
 
-    /// `a > 0 ? b : 0` (a: the ReLU's output, b: the gradient).
+    /// `a <= 0 ? 0 : b` (a: the ReLU's output, b: the gradient; a NaN output passes the gradient, as in PyTorch).
     enum ReLUBackwardOperation: VectorOperation {
         @inline(__always) static func value(_ a: Vector, _ b: Vector) -> Vector {
-            Vector(repeating: 0).replacing(with: b, where: a .> 0)
+            b.replacing(with: 0, where: a .<= 0)
         }
     }
 
@@ -145,7 +146,7 @@ enum Elementwise {
         map(a, b, y, count, AddOperation.self)
     }
 
-    /// `dx[i] = y[i] > 0 ? a[i] + b[i] : 0`: ``reluBackward(_:_:_:_:)`` of the sum `a + b` (the same bits as
+    /// `dx[i] = y[i] <= 0 ? 0 : a[i] + b[i]`: ``reluBackward(_:_:_:_:)`` of the sum `a + b` (the same bits as
     /// ``add(_:_:_:_:)`` then the mask), in one pass.
     static func addReLUBackward(
         _ y: UnsafePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
@@ -158,16 +159,16 @@ enum Elementwise {
                 UnsafeRawPointer(a + i).loadUnaligned(as: Vector.self)
                 + UnsafeRawPointer(b + i).loadUnaligned(as: Vector.self)
             UnsafeMutableRawPointer(dx + i).storeBytes(
-                of: Vector(repeating: 0).replacing(with: g, where: v .> 0), as: Vector.self)
+                of: g.replacing(with: 0, where: v .<= 0), as: Vector.self)
             i += 16
         }
         while i < count {
-            dx[i] = y[i] > 0 ? a[i] + b[i] : 0
+            dx[i] = y[i] <= 0 ? 0 : a[i] + b[i]
             i += 1
         }
     }
 
-    /// `dx[i] = y[i] > 0 ? dy[i] : 0`.
+    /// `dx[i] = y[i] <= 0 ? 0 : dy[i]`.
     static func reluBackward(
         _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ count: Int
     ) {

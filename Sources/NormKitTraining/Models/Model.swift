@@ -210,7 +210,8 @@ func activations(_ x: Tensor, in layout: TensorLayout, buffer: inout Tensor) -> 
 /// `y = max(a + b, 0)` elementwise (same shape and layout; `y` reused): a residual block's sum and ReLU in one pass.
 func addReLU(_ a: Tensor, _ b: Tensor, into y: inout Tensor) { Elementwise.apply(a, b, into: &y, Elementwise.addReLU) }
 
-/// `dx = dy · [y > 0]` (same shape and layout; `dx` reused): the backward of ``addReLU(_:_:into:)`` for both inputs.
+/// `dx = y ≤ 0 ? 0 : dy` (same shape and layout; `dx` reused; a NaN `y` passes `dy`, as in PyTorch): the backward
+/// of ``addReLU(_:_:into:)`` for both inputs.
 func reluBackward(output y: Tensor, _ dy: Tensor, into dx: inout Tensor) {
     Elementwise.apply(y, dy, into: &dx, Elementwise.reluBackward)
 }
