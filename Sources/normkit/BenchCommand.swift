@@ -55,6 +55,7 @@ struct BenchCommand: ParsableCommand {
     var layout: TensorLayout?
 
     @Option(
+        parsing: .list,
         help: """
             Shapes to time instead of the defaults, e.g. '8x64x14x14,2x2048x7x7' (each small enough that the \
             benchmark's tensors of it fit in half this machine's memory).

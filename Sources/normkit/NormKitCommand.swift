@@ -61,6 +61,14 @@ extension SingleValueParsingStrategy {
     /// value's place is refused by name: `--batch --epochs 3` is "The value '--epochs' is invalid for
     /// '--batch <batch>'".
     static var number: SingleValueParsingStrategy { .unconditional }
+
+    /// The parsing of every comma-separated list option (`--seeds`, `--norms`, `--norm-batches`, `--sizes`,
+    /// `--milestones`, `--mabn-without`, `--shapes`), as ``number``: the next argument is the list even when it
+    /// starts with `-`, so `--seeds -1` and `--milestones -3,5` reach the command's own check of the list, which
+    /// names the flag, the value and what it must be, instead of "Missing value for '--seeds <seeds>'". A flag in
+    /// the list's place is named by the same check ("--seeds must be comma-separated non-negative integers, got
+    /// '--threads'").
+    static var list: SingleValueParsingStrategy { .unconditional }
 }
 
 /// The check of every command's `--threads`: 1 to ``ConfigurationLimits/maxThreads``, with the words `train`'s

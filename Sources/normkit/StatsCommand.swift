@@ -20,7 +20,7 @@ struct StatsCommand: ParsableCommand {
 
     @Option(help: "A model.safetensors of a BN run (or its run directory).")
     var checkpoint: String
-    @Option(help: "Comma-separated batch sizes.")
+    @Option(parsing: .list, help: "Comma-separated batch sizes.")
     var sizes = "1,2,4,8,16,32"
     @Option(parsing: .number, help: "Random batches per size.")
     var batches = 200

@@ -21,7 +21,7 @@ struct SweepCommand: ParsableCommand {
     var preset: String = "demo"
     @Option(help: "Sweep directory (default runs/sweep-<preset>).")
     var out: String?
-    @Option(help: "Comma-separated seeds, overriding the preset's.")
+    @Option(parsing: .list, help: "Comma-separated seeds, overriding the preset's.")
     var seeds: String?
     @Option(parsing: .number, help: "Threads (per run; divided among the ranks of a --ranks cell).")
     var threads = 2
@@ -33,9 +33,9 @@ struct SweepCommand: ParsableCommand {
                 + "each rank's B/R images in ghost batches of k); other cells run in this process. Default sweep "
                 + "directory: runs/sweep-<preset>-r<R>. Needs openmpi-bin and libopenmpi-dev."))
     var ranks: Int?
-    @Option(help: "Only these normalizations of the preset, comma-separated (e.g. bn,gn).")
+    @Option(parsing: .list, help: "Only these normalizations of the preset, comma-separated (e.g. bn,gn).")
     var norms: String?
-    @Option(help: "Only these normalization batches of the preset, comma-separated (e.g. 16,8).")
+    @Option(parsing: .list, help: "Only these normalization batches of the preset, comma-separated (e.g. 16,8).")
     var normBatches: String?
     @OptionGroup var dataOptions: DataOptions
 

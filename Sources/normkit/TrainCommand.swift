@@ -86,7 +86,9 @@ struct TrainCommand: ParsableCommand {
     var decayAll = false
     @Option(help: "Learning-rate schedule after warm-up: cosine or step.")
     var schedule = "cosine"
-    @Option(help: "Comma-separated epochs at which the step schedule divides the rate by 10 (--schedule step only).")
+    @Option(
+        parsing: .list,
+        help: "Comma-separated epochs at which the step schedule divides the rate by 10 (--schedule step only).")
     var milestones = ""
     @Option(parsing: .number, help: "Fraction of steps in linear warm-up from lr/25.")
     var warmup = 0.15
@@ -113,6 +115,7 @@ struct TrainCommand: ParsableCommand {
     @Option(parsing: .number, help: "MABN's EMA factor: the weight of the OLD value (default 0.98, the authors').")
     var mabnOldWeight: Double?
     @Option(
+        parsing: .list,
         help: ArgumentHelp(
             "MABN ablation: parts to switch off, comma-separated, from form, fwd-sma, bwd-sma, renorm, cenconv.",
             discussion: "form: mean and variance (BN form) instead of the second moment; fwd-sma / bwd-sma: the "
@@ -202,9 +205,10 @@ struct TrainCommand: ParsableCommand {
         _ = try parsedMilestones()
     }
 
+    /// The epochs of `--milestones`; their range (0 to `--epochs`) is the configuration check's.
     func parsedMilestones() throws -> [Int] {
         try milestones.split(separator: ",").map {
-            guard let v = Int($0.trimmingCharacters(in: .whitespaces)), v >= 0 else {
+            guard let v = Int($0.trimmingCharacters(in: .whitespaces)) else {
                 throw ValidationError("--milestones must be comma-separated epochs, got '\(milestones)'")
             }
             return v

@@ -86,6 +86,38 @@ final class ClearErrorTests: XCTestCase {
         XCTAssertNil(fileType(at: out.appendingPathComponent("sweep")), "nothing was created")
     }
 
+    /// A comma-separated list that starts with `-` (`--seeds -1`, `--milestones -3,5`) reaches the command's own check
+    /// of the list, which names the flag, the value and what it must be, as `--seeds=-1` does, for every list option
+    /// of every command: ArgumentParser took `-1` for a short flag and said "Missing value for '--seeds <seeds>'". A
+    /// flag in the list's place is named by the same check; a list that is missing still is.
+    func testAListStartingWithAMinusReachesItsCheck() throws {
+        let out = try CLIFixture.shared().scratch("negative-lists")
+        let sweep = ["sweep", "--out", out.appendingPathComponent("sweep").path]
+        let cases: [(arguments: [String], words: [String])] = [
+            (sweep + ["--seeds", "-1"], ["--seeds must be comma-separated non-negative integers, got '-1'"]),
+            (sweep + ["--seeds", "-1,2"], ["--seeds", "'-1,2'"]),
+            (sweep + ["--norm-batches", "-2"], ["--norm-batches must be comma-separated positive integers, got '-2'"]),
+            (sweep + ["--norms", "-bn"], ["--norms: '-bn' is not one of bn, gn"]),
+            (sweep + ["--seeds", "--threads", "2"], ["--seeds", "got '--threads'"]),
+            (["stats", "--checkpoint", "none", "--sizes", "-1"], ["--sizes '-1': must be", "in 1...4096"]),
+            (["train", "--schedule", "step", "--milestones", "-3,5"], ["--milestones -3: must be epochs in 0...2"]),
+            (["train", "--schedule", "step", "--milestones", "1,-3"], ["--milestones -3: must be epochs in 0...2"]),
+            (["train", "--milestones", "--schedule", "step"], ["--milestones", "got '--schedule'"]),
+            (["train", "--norm", "mabn", "--mabn-without", "-renorm"], ["--mabn-without -renorm: must be MABN parts"]),
+            (["bench", "--shapes", "-1x2"], ["--shapes: '-1x2' is not NxCx… with 2 to 5 positive dimensions"]),
+        ]
+        for (arguments, words) in cases {
+            let result = try CLI.run(arguments, in: out)
+            let what = arguments.joined(separator: " ")
+            assertRefused(result, code: 64, mentioning: words, what)
+            XCTAssertFalse(result.stderr.contains("Missing value"), "\(what)\n\(result.summary)")
+        }
+        assertRefused(
+            try CLI.run(["train", "--epochs", "3", "--milestones"], in: out), code: 64,
+            mentioning: ["Missing value for '--milestones <milestones>'"], "train --epochs 3 --milestones")
+        XCTAssertNil(fileType(at: out.appendingPathComponent("sweep")), "nothing was created")
+    }
+
     /// A checkpoint that is a named pipe blocked `eval`, `export` and `train --resume` forever (opening it waited
     /// for a writer): each refuses it at once, naming the path and what it is.
     func testACheckpointThatIsANamedPipeIsRefusedAtOnce() throws {
