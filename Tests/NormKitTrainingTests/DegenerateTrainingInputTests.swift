@@ -197,6 +197,30 @@ final class DegenerateTrainingInputTests: XCTestCase {
         XCTAssertEqual((0...6).map { steps.rate(at: $0) }, [1, 1, 2, 2, 2, 2, 2].map { pow(0.1, Double($0)) })
     }
 
+    /// A negative step is treated as step 0, for every kind of schedule: it fell into the warm-up branch (a negative
+    /// step is below any warm-up length, 0 included), whose line from `lr/25` goes on below 0 (step −1 of a run
+    /// without warm-up gave `−0.92·lr`). `Int.min` is a step like any other.
+    func testANegativeStepGetsStepZerosRate() {
+        let schedules: [(String, LearningRateSchedule)] = [
+            ("cosine with warm-up", .init(peak: 0.4, warmupSteps: 10, totalSteps: 100, decay: .cosine)),
+            ("cosine without warm-up", .init(peak: 0.4, warmupSteps: 0, totalSteps: 100, decay: .cosine)),
+            ("warm-up filling the run", .init(peak: 0.4, warmupSteps: 5, totalSteps: 5, decay: .cosine)),
+            ("step with warm-up", .init(peak: 0.4, warmupSteps: 10, totalSteps: 100, decay: .step(milestones: [50]))),
+            ("step without warm-up", .init(peak: 0.4, warmupSteps: 0, totalSteps: 100, decay: .step(milestones: [50]))),
+            ("step, milestone at 0", .init(peak: 0.4, warmupSteps: 0, totalSteps: 100, decay: .step(milestones: [0]))),
+        ]
+        for (name, schedule) in schedules {
+            let first = schedule.rate(at: 0)
+            XCTAssertGreaterThan(first, 0, name)
+            for step in [-1, -7, -100, -1_000_000, Int.min + 1, Int.min] {
+                let rate = schedule.rate(at: step)
+                XCTAssertFalse(rate.isNaN, "\(name) step \(step)")
+                XCTAssertGreaterThanOrEqual(rate, 0, "\(name) step \(step)")
+                XCTAssertEqual(rate, first, "\(name) step \(step): step 0's rate")
+            }
+        }
+    }
+
     // MARK: - SGD
 
     /// A learning rate or weight decay that is negative, infinite or NaN, and a momentum outside `[0, 1)` or NaN, were

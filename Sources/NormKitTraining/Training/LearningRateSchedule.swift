@@ -41,8 +41,11 @@ public struct LearningRateSchedule: Equatable, Sendable {
             totalSteps: total, decay: decay)
     }
 
-    /// The learning rate for step `step` (0-based); with ``Decay/cosine``, 0 from `totalSteps` on.
+    /// The learning rate for step `step` (0-based); with ``Decay/cosine``, 0 from `totalSteps` on. A negative step
+    /// is before the run and gets step 0's rate, so the rate is never negative for a `peak` of 0 or more (the
+    /// warm-up line would go below 0 before step 0).
     public func rate(at step: Int) -> Double {
+        let step = max(0, step)
         if step < warmupSteps {
             let start = peak / 25
             return start + (peak - start) * Double(step) / Double(max(1, warmupSteps))
