@@ -248,6 +248,7 @@ final class ReliabilityTests: XCTestCase {
             ("images", { $0.epochImages = big }),
             ("images", { $0.epochCorrect = $0.epochImages + 1 }),
             ("images", { $0.epochImages = -1 }),
+            ("skipped", { $0.epochSkippedUpdates = -1 }),
         ]
         for (what, edit) in edits {
             var state = original
@@ -265,7 +266,7 @@ final class ReliabilityTests: XCTestCase {
                     return XCTFail("\(what): \(error)")
                 }
                 XCTAssertEqual(path, editedState.path, what)
-                XCTAssertTrue("\(error)".contains(what == "step" ? "step" : "images"), "\(error)")
+                XCTAssertTrue("\(error)".contains(what), "\(error)")
             }
             if editedState != stateURL { try FileManager.default.removeItem(at: editedState) }
         }
@@ -404,6 +405,72 @@ final class ReliabilityTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// BN, BRN and MABN count the running-statistic updates they skip (a batch whose statistics are not finite) in
+    /// `skippedUpdates`, but the trainer never reported them: a run whose first BN saw, once per epoch, a batch with
+    /// a variance past float's range (one training image scaled by 10²¹) trained on with no sign of it. Each epoch's
+    /// count is now in its `metrics.jsonl` record, with a warning line after the epoch's line, and `summary.json`
+    /// holds the run's total; a run without such batches records 0 and prints no warning.
+    func testSkippedRunningStatisticUpdatesAreReported() throws {
+        let (train, test) = try TrainingTests.synthetic()
+        var images = train.images
+        for i in 0..<train.sampleSize { images[i] *= 1e21 }
+        let hostile = try Dataset(
+            images: images, labels: train.labels, channels: train.channels, height: train.height,
+            width: train.width, classCount: train.classCount, statistics: train.statistics)
+        var c = Self.configuration()
+        c.epochs = 2
+        for (name, data, expected) in [("skipping", hostile, 1), ("clean", train, 0)] {
+            let directory = try TrainingTests.temporaryDirectory("skipped-updates-\(name)")
+            let trainer = try Trainer(
+                configuration: c, train: data, test: test, output: directory,
+                progress: ProgressReporter(style: .lines(every: 1_000)))
+            var summary: RunSummary?
+            let printed = try capturingStandardOutput { summary = try trainer.run() }
+            XCTAssertEqual(trainer.history.map(\.skippedUpdates), [expected, expected], name)
+            XCTAssertEqual(summary?.skippedUpdates, 2 * expected, name)
+            let onDisk = try JSONDecoder().decode(
+                RunSummary.self, from: Data(contentsOf: directory.appendingPathComponent("summary.json")))
+            XCTAssertEqual(onDisk.skippedUpdates, 2 * expected, name)
+            let records = try String(contentsOf: directory.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+                .split(separator: "\n").map { try JSONDecoder().decode(EpochMetrics.self, from: Data($0.utf8)) }
+            XCTAssertEqual(records.map(\.skippedUpdates), [expected, expected], name)
+            let warnings = printed.split(separator: "\n").filter { $0.hasPrefix("warning:") }
+            XCTAssertEqual(
+                warnings,
+                expected == 0
+                    ? []
+                    : (1...2).map {
+                        "warning: epoch \($0)/2: 1 running-statistic update(s) skipped (batch statistics not finite); "
+                            + "the running statistics keep their last finite values"
+                    }, "\(name)\n\(printed)")
+        }
+        // Records written before NormKit counted skipped updates still read (the field is absent: nil).
+        let old =
+            #"{"epoch":0,"step":8,"trainLoss":1,"trainError":0.5,"testLoss":1,"testError":0.5,"#
+            + #""learningRate":0.1,"seconds":1,"imagesPerSecond":100}"#
+        XCTAssertNil(try JSONDecoder().decode(EpochMetrics.self, from: Data(old.utf8)).skippedUpdates)
+    }
+
+    /// What `body` writes to standard output (file descriptor 1) while it runs.
+    private func capturingStandardOutput(_ body: () throws -> Void) throws -> String {
+        let url = try TrainingTests.temporaryDirectory("stdout.txt")
+        XCTAssertTrue(FileManager.default.createFile(atPath: url.path, contents: nil))
+        StandardOutput.flush()
+        let saved = dup(STDOUT_FILENO), file = open(url.path, O_WRONLY)
+        XCTAssertTrue(saved >= 0 && file >= 0)
+        dup2(file, STDOUT_FILENO)
+        close(file)
+        do {
+            defer {
+                StandardOutput.flush()
+                dup2(saved, STDOUT_FILENO)
+                close(saved)
+            }
+            try body()
+        }
+        return try String(contentsOf: url, encoding: .utf8)
     }
 
     // MARK: - The data a model was trained on travels with it

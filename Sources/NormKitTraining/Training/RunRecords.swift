@@ -125,14 +125,18 @@ public struct EpochMetrics: Codable, Equatable, Sendable {
     public var seconds: Double
     /// Training throughput over this epoch.
     public var imagesPerSecond: Double
+    /// Running-statistic updates the BN, BRN and MABN layers skipped in this epoch because a batch's statistics
+    /// were not finite (their `skippedUpdates`), summed over the layers and the workers; nil in records written
+    /// before NormKit counted them.
+    public var skippedUpdates: Int?
 
     public init(
         epoch: Int, step: Int, trainLoss: Double, trainError: Double, testLoss: Double, testError: Double,
-        learningRate: Double, seconds: Double, imagesPerSecond: Double
+        learningRate: Double, seconds: Double, imagesPerSecond: Double, skippedUpdates: Int? = nil
     ) {
         self.epoch = epoch; self.step = step; self.trainLoss = trainLoss; self.trainError = trainError
         self.testLoss = testLoss; self.testError = testError; self.learningRate = learningRate
-        self.seconds = seconds; self.imagesPerSecond = imagesPerSecond
+        self.seconds = seconds; self.imagesPerSecond = imagesPerSecond; self.skippedUpdates = skippedUpdates
     }
 }
 
@@ -156,15 +160,19 @@ public struct RunSummary: Codable, Equatable, Sendable {
     public var convolutionEngine: String?
     /// The data-parallel workers (ranks) that trained it; nil for one process (and in older summaries).
     public var workers: Int?
+    /// Running-statistic updates the normalization layers skipped over the whole run (the sum of the epochs'
+    /// ``EpochMetrics/skippedUpdates``); nil in older summaries.
+    public var skippedUpdates: Int?
 
     public init(
         configuration: TrainingConfiguration, finalTestError: Double, bestTestError: Double,
         epochs: [EpochMetrics], wallSeconds: Double, imagesPerSecond: Double,
         perClassAccuracy: [Double], finished: Bool, data: DataRecord? = nil,
-        convolutionEngine: String? = nil, workers: Int? = nil
+        convolutionEngine: String? = nil, workers: Int? = nil, skippedUpdates: Int? = nil
     ) {
         self.data = data
         self.workers = workers
+        self.skippedUpdates = skippedUpdates
         self.convolutionEngine = convolutionEngine
         self.configuration = configuration; self.finalTestError = finalTestError
         self.bestTestError = bestTestError; self.epochs = epochs; self.wallSeconds = wallSeconds

@@ -62,6 +62,9 @@ public final class Trainer {
     private var labels: [Int] = []
     private var logitsGradient = Tensor(zeros: [0, 0])
     private var epochLossSum = 0.0, epochCorrect = 0, epochImages = 0
+    /// Running-statistic updates the normalization layers skipped in the unfinished epoch, over all workers
+    /// (``countSkippedUpdates()``), and the model's layers' own count when last added to it.
+    private var epochSkippedUpdates = 0, layerSkipsCounted = 0
     private var elapsedBefore = 0.0, epochTrainingSeconds = 0.0
     /// Data-parallel training (``distribute(over:)``): the workers, and this worker's slice of each batch.
     var dataParallel: DataParallelGroup?
@@ -149,6 +152,7 @@ public final class Trainer {
         epochLossSum = state.epochLossSum
         epochCorrect = state.epochCorrect
         epochImages = state.epochImages
+        epochSkippedUpdates = state.epochSkippedUpdates ?? 0
         elapsedBefore = state.elapsedSeconds
         epochTrainingSeconds = state.epochTrainingSeconds
         lastCheckpointStep = state.step
@@ -176,6 +180,8 @@ public final class Trainer {
             problem =
                 "\(state.epochCorrect) correct of \(state.epochImages) images this epoch, for an epoch of "
                 + "\(train.count) images"
+        } else if let skipped = state.epochSkippedUpdates, skipped < 0 {
+            problem = "\(skipped) skipped running-statistic updates this epoch: a count is 0 or more"
         }
         if let problem {
             throw CheckpointError.unreadableMetadata(
@@ -295,6 +301,7 @@ public final class Trainer {
     private func trainAndEvaluate() throws -> RunSummary {
         let c = configuration
         try broadcastInitialParameters()
+        layerSkipsCounted = layerSkippedUpdates
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { elapsedBefore + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var lastEvaluation: Evaluation?
@@ -342,6 +349,7 @@ public final class Trainer {
                     secondsLeft: left)
                 let stopNow = totals.stop
                 if stopNow || (checkpointEverySteps.map { $0 > 0 && step % $0 == 0 } ?? false) {
+                    try countSkippedUpdates()
                     epochTrainingSeconds += Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
                     segmentStart = DispatchTime.now().uptimeNanoseconds
                     try saveCheckpoint(elapsed: now())
@@ -353,6 +361,7 @@ public final class Trainer {
                 }
             }
             epochTrainingSeconds += Double(DispatchTime.now().uptimeNanoseconds - segmentStart) / 1e9
+            try countSkippedUpdates()
             let evaluation = try evaluate()
             guard evaluation.loss.isFinite else {
                 throw TrainingError.diverged(
@@ -364,10 +373,16 @@ public final class Trainer {
                 epoch: epoch, step: step, trainLoss: epochLossSum / Double(max(epochImages, 1)),
                 trainError: 1 - Double(epochCorrect) / Double(max(epochImages, 1)), testLoss: evaluation.loss,
                 testError: evaluation.error, learningRate: schedule.rate(at: max(step - 1, 0)), seconds: now(),
-                imagesPerSecond: Double(epochImages) / max(epochTrainingSeconds, 1e-9))
+                imagesPerSecond: Double(epochImages) / max(epochTrainingSeconds, 1e-9),
+                skippedUpdates: epochSkippedUpdates)
             history.append(metrics)
             progress.epoch(metrics, epochs: c.epochs)
-            epochLossSum = 0; epochCorrect = 0; epochImages = 0; epochTrainingSeconds = 0
+            if epochSkippedUpdates > 0 {
+                progress.message(
+                    "warning: epoch \(epoch + 1)/\(c.epochs): \(epochSkippedUpdates) running-statistic update(s) "
+                        + "skipped (batch statistics not finite); the running statistics keep their last finite values")
+            }
+            epochLossSum = 0; epochCorrect = 0; epochImages = 0; epochTrainingSeconds = 0; epochSkippedUpdates = 0
             try batches.seek(epoch: epoch + 1)
             if let output, writesRun {
                 try writeMetrics(to: output.appendingPathComponent("metrics.jsonl"))
@@ -381,7 +396,8 @@ public final class Trainer {
             imagesPerSecond: history.isEmpty ? 0 : history.map(\.imagesPerSecond).reduce(0, +) / Double(history.count),
             perClassAccuracy: evaluation.perClassAccuracy, finished: true, data: dataRecord,
             convolutionEngine: convolutionEngine.versionDescription,
-            workers: dataParallel.map(\.workerCount).flatMap { $0 > 1 ? $0 : nil })
+            workers: dataParallel.map(\.workerCount).flatMap { $0 > 1 ? $0 : nil },
+            skippedUpdates: history.reduce(0) { $0.saturatingSum($1.skippedUpdates ?? 0) })
         if let output, writesRun {
             try AtomicFile.write(
                 Array(try JSONEncoder.normKit(pretty: true).encode(summary)),
@@ -432,7 +448,7 @@ public final class Trainer {
         let state = TrainingCheckpoint.TrainingState(
             step: step, position: batches.position, history: history, epochLossSum: epochLossSum,
             epochCorrect: epochCorrect, epochImages: epochImages, elapsedSeconds: elapsed,
-            epochTrainingSeconds: epochTrainingSeconds)
+            epochTrainingSeconds: epochTrainingSeconds, epochSkippedUpdates: epochSkippedUpdates)
         try TrainingCheckpoint.save(
             model: model, optimizer: optimizer, state: state, configuration: configuration,
             normalization: normalization, data: dataRecord, to: output)
@@ -443,11 +459,45 @@ public final class Trainer {
         }
     }
 
+    /// The running-statistic updates the model's BN, BRN and MABN layers have skipped since they were built (their
+    /// `skippedUpdates`: batches whose statistics were not finite).
+    private var layerSkippedUpdates: Int {
+        normalizationLayers.reduce(0) { total, layer in
+            switch layer {
+            case let bn as BatchNorm: return total + bn.skippedUpdates
+            case let brn as BatchRenorm: return total + brn.skippedUpdates
+            case let mabn as MovingAverageBatchNorm: return total + mabn.skippedUpdates
+            default: return total
+            }
+        }
+    }
+
+    /// Adds the updates the layers skipped since the last count, summed over the workers, to the epoch's count.
+    /// Every worker calls it at the same points (an epoch's end, before a checkpoint): it is a collective.
+    private func countSkippedUpdates() throws {
+        let layers = layerSkippedUpdates
+        var skipped = [Double(layers - layerSkipsCounted)]
+        layerSkipsCounted = layers
+        if let group = dataParallel, group.workerCount > 1 {
+            try skipped.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
+        }
+        epochSkippedUpdates = epochSkippedUpdates.saturatingSum(Int(skipped[0]))
+    }
+
     /// Writes `metrics.jsonl` from the history (whole file, atomically: a resumed run never duplicates lines).
     private func writeMetrics(to url: URL) throws {
         let encoder = JSONEncoder.normKit()
         var text = ""
         for m in history { text += String(decoding: try encoder.encode(m), as: UTF8.self) + "\n" }
         try AtomicFile.write(Array(text.utf8), to: url)
+    }
+}
+
+extension Int {
+    /// `self + other` for counts of 0 or more, `Int.max` where it would overflow (a negative `other`, which no run
+    /// records, counts as 0): a count read from a file cannot make a sum trap.
+    fileprivate func saturatingSum(_ other: Int) -> Int {
+        let (sum, overflow) = addingReportingOverflow(Swift.max(0, other))
+        return overflow ? .max : sum
     }
 }

@@ -29,15 +29,19 @@ public enum TrainingCheckpoint {
         public var elapsedSeconds: Double
         /// Wall seconds spent training (not evaluating) in the unfinished epoch.
         public var epochTrainingSeconds: Double
+        /// Running-statistic updates the normalization layers skipped in the unfinished epoch (nil in states
+        /// written before NormKit counted them).
+        public var epochSkippedUpdates: Int?
 
         /// A training state.
         public init(
             step: Int, position: BatchIterator.Position, history: [EpochMetrics], epochLossSum: Double,
-            epochCorrect: Int, epochImages: Int, elapsedSeconds: Double, epochTrainingSeconds: Double
+            epochCorrect: Int, epochImages: Int, elapsedSeconds: Double, epochTrainingSeconds: Double,
+            epochSkippedUpdates: Int? = nil
         ) {
             self.step = step; self.position = position; self.history = history; self.epochLossSum = epochLossSum
             self.epochCorrect = epochCorrect; self.epochImages = epochImages; self.elapsedSeconds = elapsedSeconds
-            self.epochTrainingSeconds = epochTrainingSeconds
+            self.epochTrainingSeconds = epochTrainingSeconds; self.epochSkippedUpdates = epochSkippedUpdates
         }
     }
 
