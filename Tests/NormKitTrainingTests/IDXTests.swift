@@ -327,6 +327,30 @@ final class IDXTests: XCTestCase {
         }
     }
 
+    /// `Gzip.decompress` and `Gzip.readFile` without `maximumOutput` inflated without a limit, so a bomb that inflates
+    /// past this machine's memory stopped the process when an allocation failed. Their limit is now the machine's
+    /// memory (`largestFileInMemory`), checked here through the package entry points with a small `memory`: a
+    /// stream that inflates to more is refused with `decompressedTooLarge` naming the limit; one that fits, or an
+    /// explicit `maximumOutput`, inflates as before.
+    func testWithoutAMaximumAGzipStreamIsLimitedToMemory() throws {
+        let zeros = [UInt8](repeating: 0, count: 1_000_000)
+        let bomb = try Gzip.compress(zeros, level: 9)
+        let bombURL = try writeBytes(bomb, "bomb.gz")
+        assertThrows(try Gzip.decompress(bomb, source: "bomb.gz", maximumOutput: nil, memory: 10_000)) { error in
+            XCTAssertEqual(error, .decompressedTooLarge(path: "bomb.gz", limit: 10_000, dimensions: nil))
+            XCTAssertTrue(error.description.contains("more than 10000 bytes"), error.description)
+        }
+        assertThrows(try Gzip.readFile(at: bombURL, maximumOutput: nil, memory: 10_000)) { error in
+            XCTAssertEqual(error, .decompressedTooLarge(path: bombURL.path, limit: 10_000, dimensions: nil))
+        }
+        XCTAssertEqual(try Gzip.decompress(bomb, source: "bomb.gz", maximumOutput: nil, memory: zeros.count), zeros)
+        XCTAssertEqual(try Gzip.readFile(at: bombURL, maximumOutput: nil, memory: zeros.count), zeros)
+        XCTAssertEqual(try Gzip.decompress(bomb, source: "bomb.gz", maximumOutput: zeros.count, memory: 10), zeros)
+        // The public entry points: this machine's memory, far more than the stream.
+        XCTAssertEqual(try Gzip.decompress(bomb), zeros)
+        XCTAssertEqual(try Gzip.readFile(at: bombURL), zeros)
+    }
+
     /// A dataset file that is a sparse file of 1 TB (no disk used) is refused before anything is allocated for it,
     /// naming the file, its size and the limit (this machine's memory): the reader used to allocate the file's whole
     /// size first, which stops the process when it cannot.

@@ -22,16 +22,21 @@ public enum Gzip {
     ///
     /// - Parameters:
     ///   - url: the file (read with NormKit's regular-file reader: a pipe, device or directory is refused).
-    ///   - maximumOutput: when given, the most bytes the gzip data may inflate to (see
+    ///   - maximumOutput: the most bytes the gzip data may inflate to; nil: this machine's physical memory (see
     ///     ``decompress(_:source:maximumOutput:)``).
     /// - Throws: ``DataError/readFailed(path:reason:)`` when the file cannot be read or is not a regular file;
     ///   ``DataError/corruptGzip(path:reason:)``, ``DataError/truncatedGzip(path:compressedBytes:decompressedBytes:)``
     ///   or ``DataError/trailingGzipData(path:offset:count:)`` when its compressed data is damaged;
-    ///   ``DataError/decompressedTooLarge(path:limit:dimensions:)`` past `maximumOutput`.
+    ///   ``DataError/decompressedTooLarge(path:limit:dimensions:)`` past `maximumOutput` (or memory).
     public static func readFile(at url: URL, maximumOutput: Int? = nil) throws -> [UInt8] {
+        try readFile(at: url, maximumOutput: maximumOutput, memory: largestFileInMemory)
+    }
+
+    /// ``readFile(at:maximumOutput:)`` with `memory` as the limit when `maximumOutput` is nil (tests give a small one).
+    package static func readFile(at url: URL, maximumOutput: Int?, memory: Int) throws -> [UInt8] {
         let bytes = try readFileBytes(path: url.path)
         if isGzip(bytes) || url.pathExtension.lowercased() == "gz" {
-            return try decompress(bytes, source: url.path, maximumOutput: maximumOutput)
+            return try decompress(bytes, source: url.path, maximumOutput: maximumOutput, memory: memory)
         }
         return bytes
     }
@@ -42,24 +47,36 @@ public enum Gzip {
     ///
     /// A few kilobytes of gzip data can inflate to gigabytes (a "decompression bomb"); a caller that knows how
     /// much output to expect passes it as `maximumOutput`, and the stream is refused as soon as it inflates to
-    /// more, with the output buffer never larger than `maximumOutput + 1` bytes.
+    /// more, with the output buffer never larger than `maximumOutput + 1` bytes. Without `maximumOutput` the limit
+    /// is this machine's physical memory: a stream that inflates to more than it can hold is refused, not
+    /// inflated until the allocation fails.
     ///
     /// - Parameters:
     ///   - compressed: the compressed bytes.
     ///   - source: the file name to put in error messages.
-    ///   - maximumOutput: when given (0 or more), the most bytes the stream may inflate to.
+    ///   - maximumOutput: the most bytes (0 or more) the stream may inflate to; nil: this machine's physical
+    ///     memory.
     /// - Throws: ``DataError/corruptGzip(path:reason:)`` for data zlib refuses,
     ///   ``DataError/truncatedGzip(path:compressedBytes:decompressedBytes:)`` when the stream stops early,
     ///   ``DataError/trailingGzipData(path:offset:count:)`` for bytes after the last member,
-    ///   ``DataError/decompressedTooLarge(path:limit:dimensions:)`` (with no dimensions) past `maximumOutput`.
+    ///   ``DataError/decompressedTooLarge(path:limit:dimensions:)`` (with no dimensions) past `maximumOutput` (or
+    ///   memory).
     public static func decompress(
         _ compressed: [UInt8], source: String = "<memory>", maximumOutput: Int? = nil
+    ) throws -> [UInt8] {
+        try decompress(compressed, source: source, maximumOutput: maximumOutput, memory: largestFileInMemory)
+    }
+
+    /// ``decompress(_:source:maximumOutput:)`` with `memory` as the limit when `maximumOutput` is nil (tests give a
+    /// small one).
+    package static func decompress(
+        _ compressed: [UInt8], source: String, maximumOutput: Int?, memory: Int
     ) throws -> [UInt8] {
         if let maximumOutput, maximumOutput < 0 {
             throw DataError.invalidArgument(
                 name: "maximum gzip output", value: "\(maximumOutput)", expected: "0 or more bytes")
         }
-        return try inflate(compressed, source: source, limit: maximumOutput.map { .refuseBeyond($0) })
+        return try inflate(compressed, source: source, limit: .refuseBeyond(maximumOutput ?? memory))
     }
 
     /// The first `count` bytes a gzip (or zlib) stream inflates to, or all of them when it inflates to fewer,
@@ -87,7 +104,7 @@ public enum Gzip {
         case stopAt(Int)
     }
 
-    private static func inflate(_ compressed: [UInt8], source: String, limit: OutputLimit?) throws -> [UInt8] {
+    private static func inflate(_ compressed: [UInt8], source: String, limit: OutputLimit) throws -> [UInt8] {
         guard !compressed.isEmpty else {
             throw DataError.truncatedGzip(path: source, compressedBytes: 0, decompressedBytes: 0)
         }
@@ -96,7 +113,6 @@ public enum Gzip {
         switch limit {
         case .refuseBeyond(let maximum): bufferLimit = maximum == .max ? .max : maximum + 1
         case .stopAt(let count): bufferLimit = count
-        case nil: bufferLimit = .max
         }
         // The gzip trailer's ISIZE (length mod 2^32) is a good first guess for the output size.
         var capacity = max(compressed.count * 2, 1 << 16)
