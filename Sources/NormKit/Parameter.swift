@@ -47,6 +47,14 @@ public final class Parameter {
     }
 }
 
+extension Parameter: CustomStringConvertible {
+    /// `"Parameter(weight, shape=[16, 1, 3, 3], requires_grad=True)"`: the name within its layer, the shape and
+    /// whether it is trainable (an optimizer updates it from its gradient); `requires_grad=False` for a frozen one.
+    public var description: String {
+        "Parameter(\(name), shape=\(shape), requires_grad=\(isTrainable ? "True" : "False"))"
+    }
+}
+
 /// One named tensor of a layer's checkpointable state, in PyTorch's `state_dict` naming and dtype.
 public enum StateTensor: Equatable, Sendable {
     /// A float32 tensor (parameters and running statistics).
