@@ -16,7 +16,7 @@ public final class NormalizationModule: Layer {
     /// Wraps `layer` (nil: the identity).
     public init(_ layer: NormalizationLayer?) { self.layer = layer }
 
-    /// The layer's name (`"GroupNorm(C=32, G=16)"`), or `"Identity"`.
+    /// The layer's name (`"GroupNorm(channels: 32, groups: 16)"`), or `"Identity"`.
     public var name: String { layer?.name ?? "Identity" }
 
     /// PyTorch's `repr` of the counterpart module: `GroupNorm(16, 32)` (groups, channels), `BatchNorm2d(32,
