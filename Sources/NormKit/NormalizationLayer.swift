@@ -1,5 +1,6 @@
-/// The gradients a normalization backward produces.
-public struct NormalizationGradients: Sendable {
+/// The gradients a normalization backward produces. Equal when every part is (a ``Tensor`` compares its shape,
+/// layout and elements).
+public struct NormalizationGradients: Sendable, Equatable {
     /// `∂loss/∂x`, same shape and layout as the forward's input.
     public var input: Tensor
     /// `∂loss/∂γ` per channel (nil without affine parameters).
