@@ -1,3 +1,4 @@
+import Foundation
 import NormKit
 import XCTest
 
@@ -23,5 +24,12 @@ final class ReadmeExampleTests: XCTestCase {
         let mabn = try MovingAverageBatchNorm(channels: 64, bufferSize: 16)  // S_buf = 32 / 2
         let state = mabn.stateDict()
         XCTAssertEqual(Set(state.keys), ["weight", "bias", "running_var", "iters", "buffer_x2", "buffer_gz"])
+
+        gn.activation = .silu  // silu(gn(x)) in one pass, the U-Net block
+        let z = try gn.forward(x, training: true)  // backward takes ∂loss/∂z
+        XCTAssertEqual(z.shape, x.shape)
+        for (zi, yi) in zip(z.values, y.values) { XCTAssertEqual(zi, yi / (1 + exp(-yi)), accuracy: 1e-5) }
+        let dz = Tensor.randomNormal(shape: x.shape, using: &rng)
+        XCTAssertEqual(try gn.backward(dz).input.shape, x.shape)
     }
 }
