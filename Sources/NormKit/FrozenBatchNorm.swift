@@ -61,6 +61,9 @@ public final class FrozenBatchNorm: NormalizationLayer {
 
     /// Freezes a trained ``BatchNorm``: copies its `ε`, running mean and (unbiased) running variance, and its
     /// `γ`, `β` (1 and 0 if it has no affine parameters).
+    ///
+    /// - Throws: nothing for a `bn` that was built (its arguments were checked then); the signature is
+    ///   ``init(channels:epsilon:trainableAffine:)``'s.
     public convenience init(_ bn: BatchNorm, trainableAffine: Bool = false) throws {
         try self.init(channels: bn.channels, epsilon: bn.epsilon, trainableAffine: trainableAffine)
         runningMean = bn.runningMean

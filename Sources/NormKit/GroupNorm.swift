@@ -107,11 +107,17 @@ public final class GroupNorm: NormalizationLayer {
 
     /// Layer Normalization for conv nets: one statistic per sample over all channels and positions (`G = 1`),
     /// per-channel `γ`, `β`.
+    ///
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for `channels < 1` or an `ε`
+    ///   that is not finite and positive.
     public static func layerNorm(channels: Int, epsilon: Float = 1e-5, affine: Bool = true) throws -> GroupNorm {
         try GroupNorm(channels: channels, groups: 1, epsilon: epsilon, affine: affine)
     }
 
     /// Instance Normalization: one statistic per sample and channel (`G = C`), per-channel `γ`, `β`.
+    ///
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for `channels < 1` or an `ε`
+    ///   that is not finite and positive.
     public static func instanceNorm(channels: Int, epsilon: Float = 1e-5, affine: Bool = true) throws -> GroupNorm {
         try GroupNorm(channels: channels, groups: channels, epsilon: epsilon, affine: affine)
     }

@@ -33,6 +33,8 @@ public protocol TensorLayer: AnyObject {
 
 extension TensorLayer {
     /// The output for `x` in a new tensor.
+    ///
+    /// - Throws: as ``forward(_:into:training:)``.
     public func forward(_ x: Tensor, training: Bool) throws -> Tensor {
         var y = Tensor(zeros: [0, 0])
         try forward(x, into: &y, training: training)
@@ -90,9 +92,23 @@ public protocol NormalizationLayer: TensorLayer {
 
     /// Normalizes `x` into `y` (reusing `y`'s memory when it can). In training mode the layer uses batch
     /// statistics (as it defines them), updates its running statistics and saves what the backward needs.
+    ///
+    /// - Throws: a ``NormalizationError`` naming the layer, before any state changes:
+    ///   ``NormalizationError/invalidShape(layer:shape:)``, ``NormalizationError/channelMismatch(layer:expected:got:)``
+    ///   or ``NormalizationError/emptyBatch(layer:)`` for any input; in a forward that takes statistics from its
+    ///   batch, ``NormalizationError/normBatchDoesNotDivide(layer:batch:normBatch:)`` and
+    ///   ``NormalizationError/tooFewValuesPerChannel(layer:valuesPerSet:)``; with a ``CrossWorkerReduction``,
+    ///   ``NormalizationError/crossWorkerReductionFailed(layer:reason:)`` (and
+    ///   ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for one with a `normBatch`).
     func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws
 
     /// Backpropagates `dy` through the last training forward into `dx`, and sets ``weight`` and ``bias`` gradients.
+    ///
+    /// - Throws: ``NormalizationError/backwardBeforeForward(layer:)`` without a training forward to pair with (or a
+    ///   second time for one), ``NormalizationError/shapeMismatch(layer:expected:expectedLayout:got:gotLayout:)``
+    ///   unless `dy` has the forward input's shape and layout (both before anything changes: a pending forward can
+    ///   still be backpropagated); with a ``CrossWorkerReduction``,
+    ///   ``NormalizationError/crossWorkerReductionFailed(layer:reason:)``.
     func backward(_ dy: Tensor, into dx: inout Tensor) throws
 
     /// The layer's checkpointable tensors in PyTorch `state_dict` naming (`weight`, `bias`, `running_mean`, …).
@@ -118,12 +134,16 @@ extension NormalizationLayer {
     public var parameters: [Parameter] { [weight, bias].compactMap { $0 } }
 
     /// ``loadStateDict(_:strict:)`` with `strict: true` (PyTorch's default): every key of the layer, and no other.
+    ///
+    /// - Throws: as ``loadStateDict(_:strict:)``.
     @discardableResult
     public func loadStateDict(_ state: [String: StateTensor]) throws -> StateDictLoadResult {
         try loadStateDict(state, strict: true)
     }
 
     /// Backpropagates `dy` and returns `dx`, `dγ` and `dβ`.
+    ///
+    /// - Throws: as ``backward(_:into:)``.
     public func backward(_ dy: Tensor) throws -> NormalizationGradients {
         var dx = Tensor(zeros: [0, 0])
         try backward(dy, into: &dx)

@@ -44,6 +44,8 @@ extension Module {
     }
 
     /// A strict ``loadStateDict(_:strict:)``: `state` must hold exactly the tree's tensors.
+    ///
+    /// - Throws: as ``loadStateDict(_:strict:)``.
     public func loadStateDict(_ state: [String: StateTensor]) throws {
         try loadStateDict(state, strict: true)
     }

@@ -217,6 +217,9 @@ func reluBackward(output y: Tensor, _ dy: Tensor, into dx: inout Tensor) {
 }
 
 /// Parses `resnet8`, `resnet20`, … or `vgg`, and builds the model.
+///
+/// - Throws: ``ModelError/unknownModel(_:)`` for another name, ``ModelError/invalidDepth(_:)`` for a depth that
+///   is not `6n+2`, or a layer's constructor error (see ``NormalizationSettings/makeLayer(channels:)``).
 public func makeModel(
     named name: String, normalization: NormalizationSettings, inChannels: Int = 1,
     classes: Int = 10, seed: UInt64

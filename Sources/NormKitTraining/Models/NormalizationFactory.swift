@@ -77,6 +77,9 @@ public struct NormalizationSettings: Codable, Equatable, Sendable {
     public var centresConvolutions: Bool { kind == .mabn && mabnCentresConvolutions }
 
     /// A new normalization layer over `channels` channels, or nil for `.none`.
+    ///
+    /// - Throws: the layer's constructor error (``/NormKit/NormalizationError``): groups that do not divide
+    ///   `channels`, both ``groups`` and ``groupSize``, an out-of-range momentum, buffer size or `normBatch`.
     public func makeLayer(channels: Int) throws -> NormalizationLayer? {
         switch kind {
         case .bn: return try BatchNorm(channels: channels, momentum: batchNormMomentum, normBatch: normBatch)

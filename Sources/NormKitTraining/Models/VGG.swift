@@ -15,6 +15,9 @@ public final class VGG: Model {
     private let classifier: LayerSlot<Linear>
 
     /// Builds the network.
+    ///
+    /// - Throws: a layer's constructor error: ``/NormKit/NormalizationError`` for a width, `inChannels` or `classes`
+    ///   below 1, or for settings the normalization refuses (see ``NormalizationSettings/makeLayer(channels:)``).
     public init(
         normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10, widths: [Int] = [16, 32, 64],
         generator: inout SeededGenerator

@@ -65,6 +65,9 @@ public final class SGD {
     }
 
     /// Restores velocities saved from an optimizer over the same parameters.
+    ///
+    /// - Throws: ``ModelError/unsupported(_:)`` unless `saved` has one array per parameter with its element count;
+    ///   nothing changes then.
     public func loadVelocities(_ saved: [[Float]]) throws {
         guard saved.count == parameters.count,
             zip(saved, parameters).allSatisfy({ $0.count == $1.value.count })

@@ -19,7 +19,12 @@ extension Trainer {
         return try evaluateSharded(shard)
     }
 
-    /// Evaluates `model` on `dataset` in batches of `batchSize`.
+    /// Evaluates `model` on `dataset` in batches of `batchSize`, in evaluation mode whatever the model's
+    /// ``Module/training`` (which it leaves as it was).
+    ///
+    /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` for a `batchSize` below 1, or the model's own
+    ///   error for images it cannot take (``LayerError``, ``/NormKit/NormalizationError``: the wrong channel count,
+    ///   an image smaller than a window, …).
     public static func evaluate(model: Model, on dataset: Dataset, batchSize: Int = 500) throws -> Evaluation {
         try EvaluationTotals(model: model, on: dataset, batchSize: batchSize).evaluation
     }
