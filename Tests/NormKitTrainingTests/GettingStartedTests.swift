@@ -58,7 +58,7 @@ final class GettingStartedTests: XCTestCase {
             guard batches.next(into: &images, labels: &labels) != nil else { break }
             let logits = try model(images)
             XCTAssertEqual(logits.shape, [32, 10])
-            let value = try loss.forward(logits: logits, labels: labels.map(Int.init))
+            let value = try loss.forward(logits: logits, labels: labels)
             try loss.backward(into: &logitsGradient)
             try model.backward(logitsGradient)
             try optimizer.step(learningRate: 0.05)

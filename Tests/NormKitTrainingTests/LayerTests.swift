@@ -213,6 +213,38 @@ final class LayerTests: XCTestCase {
         XCTAssertEqual(loss.correctCount, zip(argmax, labels).filter { $0 == $1 }.count)
     }
 
+    /// The labels of a ``BatchIterator`` (`Int32`, an array or a slice) go to the loss as they are: the same loss,
+    /// predictions, gradient and errors as the same labels as `Int`.
+    func testSoftmaxCrossEntropyTakesInt32Labels() throws {
+        var rng = SeededGenerator(seed: 28)
+        let logits = Tensor.randomNormal(shape: [6, 5], standardDeviation: 3, using: &rng)
+        let labels: [Int32] = [0, 4, 2, 2, 1, 3]
+        let wide = SoftmaxCrossEntropy(), narrow = SoftmaxCrossEntropy()
+        XCTAssertEqual(
+            try narrow.forward(logits: logits, labels: labels),
+            try wide.forward(logits: logits, labels: labels.map(Int.init)))
+        XCTAssertEqual(narrow.predictions, wide.predictions)
+        XCTAssertEqual(narrow.correctCount, wide.correctCount)
+        var narrowGradient = Tensor(zeros: [0, 0]), wideGradient = Tensor(zeros: [0, 0])
+        try narrow.backward(into: &narrowGradient)
+        try wide.backward(into: &wideGradient)
+        XCTAssertEqual(narrowGradient.values, wideGradient.values)
+        XCTAssertThrowsError(try narrow.forward(logits: logits, labels: [0, 1, 2, 3, 4, -1] as [Int32])) {
+            XCTAssertEqual($0 as? LayerError, .labelOutOfRange(index: 5, label: -1, classes: 5))
+        }
+        XCTAssertThrowsError(try narrow.forward(logits: logits, labels: [0, 5] as [Int32])) {
+            XCTAssertEqual($0 as? LayerError, .labelCountMismatch(batch: 6, labels: 2))
+        }
+        try narrow.backward(into: &narrowGradient)
+        XCTAssertEqual(narrowGradient.values, wideGradient.values, "a refused forward changes nothing")
+        // A slice (a worker's share of a batch) indexes from its own start.
+        let batch: [Int32] = [9, 9] + labels
+        XCTAssertEqual(
+            try narrow.forward(logits: logits, labels: batch[2...]),
+            try wide.forward(logits: logits, labels: labels.map(Int.init)))
+        XCTAssertEqual(narrow.correctCount, wide.correctCount)
+    }
+
     func testSoftmaxCrossEntropyIsStableForLargeLogits() throws {
         let logits = try Tensor(shape: [2, 3], values: [1000, 0, -1000, 5000, 5000, -5000])
         let loss = SoftmaxCrossEntropy()

@@ -27,6 +27,21 @@ public final class SoftmaxCrossEntropy {
     ///   ``LayerError/labelCountMismatch(batch:labels:)`` or ``LayerError/labelOutOfRange(index:label:classes:)``;
     ///   nothing is changed when it throws.
     public func forward(logits: Tensor, labels: [Int]) throws -> Float {
+        try crossEntropy(logits: logits, labels: labels)
+    }
+
+    /// ``forward(logits:labels:)`` for labels as ``BatchIterator`` and ``Dataset`` hold them (`Int32`): an array
+    /// or a slice of one (a worker's share of a batch), with no conversion array of the caller's.
+    ///
+    /// - Throws: as ``forward(logits:labels:)``.
+    public func forward<Labels: RandomAccessCollection>(logits: Tensor, labels: Labels) throws -> Float
+    where Labels.Element == Int32, Labels.Index == Int {
+        try crossEntropy(logits: logits, labels: labels)
+    }
+
+    /// The forward of both label types (`Int`, `Int32`: every label converts to `Int` exactly).
+    private func crossEntropy<Labels: RandomAccessCollection>(logits: Tensor, labels: Labels) throws -> Float
+    where Labels.Element: BinaryInteger, Labels.Index == Int {
         let layer = "SoftmaxCrossEntropy"
         guard logits.shape.count == 2 else {
             throw LayerError.wrongRank(layer: layer, expected: 2, shape: logits.shape)
@@ -34,8 +49,8 @@ public final class SoftmaxCrossEntropy {
         let n = logits.batch, k = logits.channels
         guard n > 0 else { throw NormalizationError.emptyBatch(layer: layer) }
         guard labels.count == n else { throw LayerError.labelCountMismatch(batch: n, labels: labels.count) }
-        for (i, label) in labels.enumerated() where !(0..<k).contains(label) {
-            throw LayerError.labelOutOfRange(index: i, label: label, classes: k)
+        for (i, label) in labels.enumerated() where !(0..<k).contains(Int(label)) {
+            throw LayerError.labelOutOfRange(index: i, label: Int(label), classes: k)
         }
         if probabilities.count != n * k { probabilities = [Float](repeating: 0, count: n * k) }
         if predictions.count != n { predictions = [Int](repeating: 0, count: n) }
@@ -51,13 +66,15 @@ public final class SoftmaxCrossEntropy {
                     for j in 0..<k { sum += Foundation.exp(Double(row[j]) - top) }
                     let logSum = top + Foundation.log(sum)
                     for j in 0..<k { prob[j] = Float(Foundation.exp(Double(row[j]) - logSum)) }
-                    total += logSum - Double(row[labels[r]])
+                    let label = Int(labels[labels.startIndex + r])
+                    total += logSum - Double(row[label])
                     predictions[r] = best
-                    if best == labels[r] { correct += 1 }
+                    if best == label { correct += 1 }
                 }
             }
         }
-        savedLabels = labels
+        if savedLabels.count != n { savedLabels = [Int](repeating: 0, count: n) }
+        for r in 0..<n { savedLabels[r] = Int(labels[labels.startIndex + r]) }
         logitsShape.setDimensions(n, k)
         savedShape = logitsShape
         correctCount = correct
