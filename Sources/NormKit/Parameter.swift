@@ -68,4 +68,18 @@ public enum StateTensor: Equatable, Sendable {
         case .float32(let shape, _), .int64(let shape, _): return shape
         }
     }
+
+    /// The values of a ``float32(shape:values:)`` tensor (row-major in ``shape``), nil for an int64 one:
+    /// `layer.stateDict()["running_mean"]?.float32Values`.
+    public var float32Values: [Float]? {
+        guard case .float32(_, let values) = self else { return nil }
+        return values
+    }
+
+    /// The values of an ``int64(shape:values:)`` tensor (a step counter such as `num_batches_tracked`), nil for a
+    /// float32 one.
+    public var int64Values: [Int64]? {
+        guard case .int64(_, let values) = self else { return nil }
+        return values
+    }
 }
