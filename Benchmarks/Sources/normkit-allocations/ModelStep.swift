@@ -16,7 +16,8 @@ struct ModelTrainingStep {
     let loss = SoftmaxCrossEntropy()
     let optimizer: SGD
     let images: Tensor
-    let labels: [Int]
+    /// Labels as the trainer holds them (`Int32`, from `BatchIterator`), passed as the slice it passes.
+    let labels: [Int32]
     /// `∂loss/∂logits`, reused by every step.
     var logitsGradient = Tensor(zeros: [0, 0])
 
@@ -31,7 +32,7 @@ struct ModelTrainingStep {
         optimizer = SGD(parameters: model.parameters)
         var generator = SeededGenerator(seed: seed)
         images = Tensor.randomNormal(shape: [batch, 1, 28, 28], using: &generator)
-        labels = (0..<batch).map { _ in Int.random(in: 0..<10, using: &generator) }
+        labels = (0..<batch).map { _ in Int32.random(in: 0..<10, using: &generator) }
     }
 
     /// One training step: forward, loss, backward, SGD update. Returns each part's allocations.
@@ -40,7 +41,7 @@ struct ModelTrainingStep {
         var counts = ModelStepAllocations()
         counts.forward = try AllocationCounter.mallocs { logits = try model.forward(images, training: true) }
         counts.loss = try AllocationCounter.mallocs {
-            _ = try loss.forward(logits: logits!, labels: labels)
+            _ = try loss.forward(logits: logits!, labels: labels[0..<labels.count])
             try loss.backward(into: &logitsGradient)
         }
         counts.backward = try AllocationCounter.mallocs { try model.backward(logitsGradient) }

@@ -43,14 +43,14 @@ struct EvaluationTotals {
         countPerClass = correctPerClass
         let iterator = try BatchIterator(dataset: dataset, batchSize: batchSize, shuffle: false, dropLast: false)
         let loss = SoftmaxCrossEntropy()
-        var x = Tensor(zeros: [0, 0]), y32: [Int32] = [], y: [Int] = []
-        while let n = iterator.next(into: &x, labels: &y32) {
-            y = y32.map(Int.init)
+        var x = Tensor(zeros: [0, 0]), labels: [Int32] = []
+        while let n = iterator.next(into: &x, labels: &labels) {
             let logits = try model.forward(x, training: false)
-            lossSum += Double(try loss.forward(logits: logits, labels: y)) * Double(n)
+            lossSum += Double(try loss.forward(logits: logits, labels: labels)) * Double(n)
             for i in 0..<n {
-                countPerClass[y[i]] += 1
-                if loss.predictions[i] == y[i] { correctPerClass[y[i]] += 1 } else { wrong += 1 }
+                let label = Int(labels[i])
+                countPerClass[label] += 1
+                if loss.predictions[i] == label { correctPerClass[label] += 1 } else { wrong += 1 }
             }
         }
     }

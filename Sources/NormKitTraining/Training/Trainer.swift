@@ -59,7 +59,6 @@ public final class Trainer {
     private let loss = SoftmaxCrossEntropy()
     private var images = Tensor(zeros: [0, 0])
     private var labels32: [Int32] = []
-    private var labels: [Int] = []
     private var logitsGradient = Tensor(zeros: [0, 0])
     private var epochLossSum = 0.0, epochCorrect = 0, epochImages = 0
     /// Running-statistic updates the normalization layers skipped in the unfinished epoch, over all workers
@@ -313,11 +312,9 @@ public final class Trainer {
                 let rate = schedule.rate(at: step)
                 // This worker's samples of the batch (all of it without data parallelism).
                 let (input, n) = workerBatch(images, batchSize)
-                if labels.count != n { labels = [Int](repeating: 0, count: n) }
                 let firstLabel = dataParallel == nil ? 0 : workerSampleRange(batchSize).lowerBound
-                for i in 0..<n { labels[i] = Int(labels32[firstLabel + i]) }
                 let logits = try model.forward(input, training: true)
-                let localValue = try loss.forward(logits: logits, labels: labels)
+                let localValue = try loss.forward(logits: logits, labels: labels32[firstLabel..<firstLabel + n])
                 // The batch's mean loss, correct count and stop request over all workers: every worker decides
                 // alike whether to stop or to call the run diverged.
                 let totals = try batchTotals(
