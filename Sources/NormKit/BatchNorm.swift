@@ -82,7 +82,9 @@ public final class BatchNorm: NormalizationLayer {
     ///   - normBatch: samples per ghost batch (must divide every training batch); nil for the whole batch.
     ///   - affine: whether the layer has a learnable per-channel `γ` (``weight``) and `β` (``bias``); `false`
     ///     leaves both nil (`y = x̂`).
-    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments;
+    ///   ``NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when a per-channel vector needs more bytes than this
+    ///   machine's physical memory.
     public init(
         channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.1, normBatch: Int? = nil, affine: Bool = true
     ) throws {
@@ -90,7 +92,7 @@ public final class BatchNorm: NormalizationLayer {
             layer: BatchNorm.describe(channels: channels, normBatch: normBatch, affine: affine),
             .channels(channels), .epsilon(epsilon),
             .fraction("momentum", momentum, meaning: "PyTorch convention: weight of the new value"),
-            .normBatch(normBatch))
+            .normBatch(normBatch), .perChannel(channels))
         self.channels = channels
         self.epsilon = epsilon
         self.momentum = momentum

@@ -172,7 +172,9 @@ public final class BatchRenorm: NormalizationLayer {
     ///   - normBatch: samples per ghost batch (must divide every training batch); nil for the whole batch.
     ///   - affine: whether the layer has a learnable per-channel `γ` (``weight``) and `β` (``bias``); `false`
     ///     leaves both nil (`y = x̂`).
-    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments;
+    ///   ``NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when a per-channel vector needs more bytes than this
+    ///   machine's physical memory.
     public init(
         channels: Int, epsilon: Float = 1e-5, momentum: Float = 0.01, schedule: Schedule = .paper,
         normBatch: Int? = nil, affine: Bool = true
@@ -180,7 +182,8 @@ public final class BatchRenorm: NormalizationLayer {
         let layer = BatchRenorm.describe(channels: channels, normBatch: normBatch, affine: affine)
         try LayerArgument.validate(
             layer: layer, .channels(channels), .epsilon(epsilon),
-            .fraction("momentum", momentum, meaning: "weight of the new value"), .normBatch(normBatch))
+            .fraction("momentum", momentum, meaning: "weight of the new value"), .normBatch(normBatch),
+            .perChannel(channels))
         try schedule.validate(layer: layer)
         self.channels = channels
         self.epsilon = epsilon

@@ -44,10 +44,12 @@ public final class FrozenBatchNorm: NormalizationLayer {
     ///   - epsilon: `ε > 0` inside the square root, `1 / sqrt(running_var + ε)`.
     ///   - trainableAffine: whether an optimizer may update `γ`, `β` (their ``Parameter/isTrainable``).
     /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for `channels < 1` or a
-    ///   negative or non-finite `epsilon`.
+    ///   negative or non-finite `epsilon`; ``NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when a
+    ///   per-channel vector needs more bytes than this machine's physical memory.
     public init(channels: Int, epsilon: Float = 1e-5, trainableAffine: Bool = false) throws {
         try LayerArgument.validate(
-            layer: layerName("FrozenBatchNorm", channels: channels), .channels(channels), .epsilon(epsilon))
+            layer: layerName("FrozenBatchNorm", channels: channels), .channels(channels), .epsilon(epsilon),
+            .perChannel(channels))
         self.channels = channels
         self.epsilon = epsilon
         let (w, b) = makeAffine(channels: channels, affine: true)

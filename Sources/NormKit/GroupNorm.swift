@@ -58,14 +58,16 @@ public final class GroupNorm: NormalizationLayer {
     ///
     /// - Throws: ``NormalizationError/invalidGroups(channels:groups:)`` unless `1 ≤ groups ≤ channels` and
     ///   `groups` divides `channels`; ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for
-    ///   `channels < 1` or `epsilon ≤ 0` (or not finite).
+    ///   `channels < 1` or `epsilon ≤ 0` (or not finite);
+    ///   ``NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when a per-channel vector needs more bytes
+    ///   than this machine's physical memory.
     public init(channels: Int, groups: Int, epsilon: Float = 1e-5, affine: Bool = true) throws {
         let layer = GroupNorm.describe(channels: channels, grouping: "groups: \(groups)", affine: affine)
         try LayerArgument.validate(layer: layer, .channels(channels))
         guard groups >= 1, groups <= channels, channels % groups == 0 else {
             throw NormalizationError.invalidGroups(channels: channels, groups: groups)
         }
-        try LayerArgument.validate(layer: layer, .epsilon(epsilon))
+        try LayerArgument.validate(layer: layer, .epsilon(epsilon), .perChannel(channels))
         self.channels = channels
         self.groups = groups
         self.epsilon = epsilon

@@ -157,7 +157,9 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     ///   - affine: whether the layer has a learnable per-channel `γ` (``weight``) and `β` (``bias``); `false`
     ///     leaves both nil (`y = x̂`).
     ///   - parts: which of MABN's parts to use (an ablation; default ``Parts/paper``, all of them).
-    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments.
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` for out-of-range arguments;
+    ///   ``NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when a per-channel vector or a ring buffer (`bufferSize × channels`) needs more bytes than this
+    ///   machine's physical memory.
     public init(
         channels: Int, bufferSize: Int, epsilon: Float = 1e-5, oldValueWeight: Float = 0.98,
         warmup: Int = 100, normBatch: Int? = nil, affine: Bool = true, parts: Parts = .paper
@@ -167,7 +169,8 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                 channels: channels, bufferSize: bufferSize, normBatch: normBatch, affine: affine, parts: parts),
             .channels(channels), .count("bufferSize", bufferSize, atLeast: 1), .epsilon(epsilon),
             .fraction("oldValueWeight", oldValueWeight, meaning: "weight of the OLD value, e.g. 0.98"),
-            .count("warmup", warmup, atLeast: 0), .normBatch(normBatch))
+            .count("warmup", warmup, atLeast: 0), .normBatch(normBatch), .perChannel(channels),
+            .floats("a ring buffer (bufferSize × channels)", rows: bufferSize, columns: channels))
         self.channels = channels
         self.bufferSize = bufferSize
         self.epsilon = epsilon

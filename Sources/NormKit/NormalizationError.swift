@@ -6,9 +6,10 @@ import Foundation
 /// **Error policy.** NormKit separates two kinds of mistakes:
 /// - *Input errors* are thrown as a `NormalizationError`: anything whose value can come from data, files,
 ///   configuration or users — a layer's input and gradient tensors, its constructor arguments, a state dict, a
-///   shape built from data (``Tensor/init(shape:layout:)``, ``Tensor/init(shape:layout:values:)``). Layers check
-///   their inputs before touching any state, so a thrown error leaves parameters, running statistics and saved
-///   activations exactly as they were.
+///   shape built from data (``Tensor/init(shape:layout:)``, ``Tensor/init(shape:layout:values:)``), a size larger
+///   than this machine's memory (``tooLargeForMemory(layer:what:bytes:limit:)``). Layers check their inputs before
+///   touching any state, so a thrown error leaves parameters, running statistics and saved activations exactly as
+///   they were.
 /// - *Programmer errors* are preconditions, checked in debug **and** release builds, that stop the process with a
 ///   message naming the values: an element index outside a tensor (``Tensor/subscript(_:_:_:)``; test it first
 ///   with ``Tensor/isValidIndex(n:c:position:)``), an impossible shape passed to a non-throwing initializer
@@ -20,6 +21,10 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
     /// A shape that is not `(N, C, *spatial)` with spatial rank 0 to 3, or whose size overflows
     /// (``Tensor/isValid(shape:)``).
     case invalidShape(layer: String, shape: [Int])
+    /// A block of memory larger than this machine's physical memory (`limit` bytes), refused before anything is
+    /// allocated: a tensor (``Tensor/init(shape:layout:)``), a layer's weights, buffers, output or workspace. `what`
+    /// names the block and its size; `bytes` is what it needs, `Int.max` when that is more than `Int` counts.
+    case tooLargeForMemory(layer: String, what: String, bytes: Int, limit: Int)
     /// A value array whose length does not match the shape.
     case elementCountMismatch(layer: String, expected: Int, got: Int)
     /// `channels` is not divisible by `groups`, or `groups` is not in `1...channels` (``GroupNorm``).
@@ -55,7 +60,9 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
     /// `"BatchRenorm.Schedule"`, `"WeightCentering"`.
     public var layer: String {
         switch self {
-        case .invalidShape(let layer, _), .elementCountMismatch(let layer, _, _), .invalidArgument(let layer, _, _, _),
+        case .invalidShape(let layer, _), .tooLargeForMemory(let layer, _, _, _),
+            .elementCountMismatch(let layer, _, _),
+            .invalidArgument(let layer, _, _, _),
             .channelMismatch(let layer, _, _), .shapeMismatch(let layer, _, _, _, _), .emptyBatch(let layer),
             .tooFewValuesPerChannel(let layer, _), .normBatchDoesNotDivide(let layer, _, _),
             .backwardBeforeForward(let layer), .invalidState(let layer, _, _),
@@ -81,6 +88,9 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
             return
                 "invalid tensor shape \(shape): expected (N, C, *spatial) with spatial rank 0 to 3, no negative dimension "
                 + "and fewer than 2^61 elements (the product of the non-zero dimensions)"
+        case .tooLargeForMemory(_, let what, let bytes, let limit):
+            let size = bytes == Int.max ? "more than \(Int.max) bytes" : "\(bytes) bytes"
+            return "\(what) needs \(size), more than this machine's memory (\(limit) bytes) can hold"
         case .elementCountMismatch(_, let expected, let got):
             return "expected \(expected) values for this shape, got \(got)"
         case .invalidGroups(let channels, let groups):

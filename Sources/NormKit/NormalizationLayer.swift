@@ -267,9 +267,17 @@ enum LayerArgument {
     case fraction(String, Float, meaning: String)
     /// `normBatch`: nil (the whole batch) or at least 1.
     case normBatch(Int?)
+    /// A block of `rows × columns` floats the constructor allocates (named by `what`), which must fit in this
+    /// machine's memory (`MemoryLimit`); the counts are at least 1 (checked before).
+    case floats(String, rows: Int, columns: Int)
 
     /// `channels`: at least 1.
     static func channels(_ channels: Int) -> LayerArgument { .count("channels", channels, atLeast: 1) }
+
+    /// The per-channel vectors (`γ`, `β`, running statistics) of `channels` floats each.
+    static func perChannel(_ channels: Int) -> LayerArgument {
+        .floats("a per-channel vector", rows: 1, columns: channels)
+    }
 
     /// Checks `arguments` in order.
     ///
@@ -302,6 +310,10 @@ enum LayerArgument {
                 throw NormalizationError.invalidArgument(
                     layer: layer, name: "normBatch", value: "\(normBatch)", expected: "at least 1")
             }
+        case .floats(let what, let rows, let columns):
+            try MemoryLimit.check(
+                MemoryLimit.floatBytes(rows, columns), layer: layer,
+                what: rows == 1 ? "\(what) of \(columns) floats" : "\(what) of \(rows) × \(columns) floats")
         }
     }
 }

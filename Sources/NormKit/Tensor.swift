@@ -60,23 +60,23 @@ public struct Tensor: Sendable {
 
     /// A tensor of zeros, for a shape written in code.
     ///
-    /// - Precondition: `shape` has 2 to 5 non-negative dimensions and a size that fits (``isValid(shape:)``, checked
-    ///   in every build). For a shape that comes from data, a file or a user, use the throwing
+    /// - Precondition: `shape` has 2 to 5 non-negative dimensions and a size that fits (``isValid(shape:)``), and its
+    ///   floats fit in this machine's physical memory (checked in every build: the message names the shape, or the
+    ///   bytes and the limit). For a shape that comes from data, a file or a user, use the throwing
     ///   ``init(shape:layout:)``.
     public init(zeros shape: [Int], layout: TensorLayout = .channelsFirst) {
-        checkPrecondition(
-            Tensor.isValid(shape: shape),
-            "Tensor(zeros:): shape must be (N, C, *spatial) with spatial rank 0 to 3, no negative "
-                + "dimension and fewer than 2^61 elements, got \(shape)")
+        let bytes = Tensor.checkedByteCount(of: shape, "Tensor(zeros:)")
         self.shape = shape
         self.layout = layout
-        self.storage = TensorStorage(count: shape.reduce(1, *))
+        self.storage = TensorStorage(count: bytes / MemoryLayout<Float>.stride)
     }
 
     /// A tensor of zeros, for a shape that comes from input (data, files, users).
     ///
     /// - Throws: ``NormalizationError/invalidShape(layer:shape:)`` unless `shape` is `(N, C, *spatial)` with
-    ///   spatial rank 0 to 3, no negative dimension and a size that fits (``isValid(shape:)``).
+    ///   spatial rank 0 to 3, no negative dimension and a size that fits (``isValid(shape:)``);
+    ///   ``NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when its floats need more bytes than this
+    ///   machine's physical memory (checked before anything is allocated).
     public init(shape: [Int], layout: TensorLayout = .channelsFirst) throws {
         try Tensor.validate(shape: shape)
         self.init(zeros: shape, layout: layout)
@@ -84,7 +84,8 @@ public struct Tensor: Sendable {
 
     /// A tensor holding `values` in memory order (see ``layout``).
     ///
-    /// - Throws: ``NormalizationError/invalidShape(layer:shape:)`` or
+    /// - Throws: ``NormalizationError/invalidShape(layer:shape:)``,
+    ///   ``NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` or
     ///   ``NormalizationError/elementCountMismatch(layer:expected:got:)``.
     public init(shape: [Int], layout: TensorLayout = .channelsFirst, values: [Float]) throws {
         try Tensor.validate(shape: shape)
@@ -99,28 +100,58 @@ public struct Tensor: Sendable {
     /// Whether `shape` is `(N, C, *spatial)` with spatial rank 0 to 3, no negative dimension, and fewer than 2^61
     /// elements in the product of its non-zero dimensions: its floats' byte count fits in `Int`, so no count formed
     /// from it (`N·C` of an empty tensor included) overflows.
-    public static func isValid(shape: [Int]) -> Bool {
-        guard (2...5).contains(shape.count) else { return false }
-        var bytes = MemoryLayout<Float>.stride
+    ///
+    /// Whether the tensor fits in this machine's memory is a separate question, which ``validate(shape:for:)`` and
+    /// the initializers also check.
+    public static func isValid(shape: [Int]) -> Bool { byteCount(of: shape) != nil }
+
+    /// The bytes of the floats of a tensor of `shape` (0 when a dimension is 0), or nil unless ``isValid(shape:)``.
+    static func byteCount(of shape: [Int]) -> Int? {
+        guard (2...5).contains(shape.count) else { return nil }
+        var bytes = MemoryLayout<Float>.stride, empty = false
         for dimension in shape {
-            guard dimension >= 0 else { return false }
-            guard dimension > 0 else { continue }
+            guard dimension >= 0 else { return nil }
+            guard dimension > 0 else {
+                empty = true
+                continue
+            }
             let (product, overflow) = bytes.multipliedReportingOverflow(by: dimension)
-            guard !overflow else { return false }
+            guard !overflow else { return nil }
             bytes = product
         }
-        return true
+        return empty ? 0 : bytes
+    }
+
+    /// The bytes of `shape`'s floats for the non-throwing `function`: stops the process (a programmer error) with a
+    /// message naming the shape when it is not valid, or its bytes and the limit when they exceed this machine's
+    /// memory.
+    private static func checkedByteCount(of shape: [Int], _ function: StaticString) -> Int {
+        guard let bytes = byteCount(of: shape) else {
+            fatalError(
+                "\(function): shape must be (N, C, *spatial) with spatial rank 0 to 3, no negative dimension and "
+                    + "fewer than 2^61 elements, got \(shape)")
+        }
+        guard bytes <= MemoryLimit.bytes else {
+            fatalError(
+                "\(function): shape \(shape) needs \(bytes) bytes, more than this machine's memory "
+                    + "(\(MemoryLimit.bytes) bytes) can hold")
+        }
+        return bytes
     }
 
     /// Checks that `shape` is `(N, C, *spatial)` with spatial rank 0 to 3, no negative dimension, and a size that
-    /// fits (``isValid(shape:)``).
+    /// fits (``isValid(shape:)``), and that its floats fit in this machine's physical memory.
     ///
     /// - Parameters:
     ///   - shape: the dimensions to check.
     ///   - source: what the shape is for, named by the error (a layer's name; `"Tensor"` by default).
-    /// - Throws: ``NormalizationError/invalidShape(layer:shape:)``.
+    /// - Throws: ``NormalizationError/invalidShape(layer:shape:)`` or
+    ///   ``NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)``.
     public static func validate(shape: [Int], for source: @autoclosure () -> String = "Tensor") throws {
-        guard isValid(shape: shape) else { throw NormalizationError.invalidShape(layer: source(), shape: shape) }
+        guard let bytes = byteCount(of: shape) else {
+            throw NormalizationError.invalidShape(layer: source(), shape: shape)
+        }
+        try MemoryLimit.check(bytes, layer: source(), what: "a tensor of shape \(shape)")
     }
 
     /// Number of elements.
@@ -157,14 +188,12 @@ public struct Tensor: Sendable {
     /// Makes this tensor have `shape` and `layout`, reusing its memory when the element count is unchanged and
     /// no other tensor shares it. The contents are unspecified afterwards (callers overwrite them).
     ///
-    /// - Precondition: `newShape` is a valid shape (``isValid(shape:)``); layers pass their validated input's.
+    /// - Precondition: `newShape` is a valid shape (``isValid(shape:)``) whose floats fit in this machine's physical
+    ///   memory, as for ``init(zeros:layout:)``; layers pass their validated input's, or an output shape they checked.
     public mutating func prepare(shape newShape: [Int], layout newLayout: TensorLayout) {
-        checkPrecondition(
-            Tensor.isValid(shape: newShape),
-            "Tensor.prepare(shape:layout:): shape must be (N, C, *spatial) with spatial rank 0 to 3, "
-                + "no negative dimension and fewer than 2^61 elements, got \(newShape)")
-        if newShape.reduce(1, *) != storage.count || !isKnownUniquelyReferenced(&storage) {
-            storage = TensorStorage(count: newShape.reduce(1, *))
+        let count = Tensor.checkedByteCount(of: newShape, "Tensor.prepare(shape:layout:)") / MemoryLayout<Float>.stride
+        if count != storage.count || !isKnownUniquelyReferenced(&storage) {
+            storage = TensorStorage(count: count)
         }
         shape = newShape
         layout = newLayout

@@ -16,7 +16,8 @@ import _NormKitTestSupport
 /// - **No values**: a spatial dimension of 0 is refused by every forward that takes statistics from its input (GN in
 ///   both modes, MABN's training forward), as BN's and BRN's training forwards already did; evaluation with running
 ///   statistics returns an empty tensor.
-/// - **A shape whose size overflows** `Int` is refused by `Tensor(shape:)` instead of trapping.
+/// - **A shape whose size overflows** `Int` is refused by `Tensor(shape:)` instead of trapping, and **a size larger
+///   than memory** (a tensor, a layer's per-channel vectors, MABN's ring buffer) before anything is allocated.
 /// - **Magnitudes**: float64 accuracy while a set's spread stays below about 1e17 and its mean below about 1e20;
 ///   beyond (a spread of 1e20) the squared deviations overflow float: outputs stay finite, no running statistic
 ///   becomes infinite, and a skipped update is counted.
@@ -344,6 +345,66 @@ final class DegenerateInputTests: KernelPathTestCase {
         // Large but representable empty shapes stay valid.
         XCTAssertTrue(Tensor.isValid(shape: [1 << 20, 1 << 20, 0]))
         XCTAssertTrue(Tensor.isValid(shape: [0, 1 << 60]))
+    }
+
+    /// A size that fits in `Int` but not in memory crashed in the allocator (or, with overcommit, got the process
+    /// killed when the pages were touched): `Tensor(shape: [2^30, 2^20])`, a layer over 2^40 channels (its `γ`, `β` and
+    /// running statistics), MABN's `bufferSize × channels` ring buffer; a ring of 2^62 × 4 floats trapped on the
+    /// multiplication. Each is now `tooLargeForMemory`, naming the block, its bytes and this machine's memory, before
+    /// anything is allocated (the test allocates nothing large).
+    func testSizesLargerThanMemoryAreRefusedBeforeAnythingIsAllocated() {
+        let limit = MemoryLimit.bytes
+        func assertTooLarge(
+            _ make: @autoclosure () throws -> Any, layer: String, what: String, bytes: Int, line: UInt = #line
+        ) {
+            XCTAssertThrowsError(try make(), line: line) { error in
+                XCTAssertEqual(
+                    error as? NormalizationError,
+                    .tooLargeForMemory(layer: layer, what: what, bytes: bytes, limit: limit), line: line)
+                let size = bytes == Int.max ? "more than \(Int.max) bytes" : "\(bytes) bytes"
+                XCTAssertEqual(
+                    "\(error)",
+                    "\(layer): \(what) needs \(size), more than this machine's memory (\(limit) bytes) can hold",
+                    line: line)
+            }
+        }
+        let shape = [1 << 30, 1 << 20]
+        XCTAssertTrue(Tensor.isValid(shape: shape), "countable: only memory refuses it")
+        assertTooLarge(try Tensor(shape: shape), layer: "Tensor", what: "a tensor of shape \(shape)", bytes: 1 << 52)
+        assertTooLarge(
+            try Tensor(shape: shape, values: []), layer: "Tensor", what: "a tensor of shape \(shape)", bytes: 1 << 52)
+        assertTooLarge(
+            try Tensor.validate(shape: shape, for: "Source"), layer: "Source", what: "a tensor of shape \(shape)",
+            bytes: 1 << 52)
+
+        let channels = 1 << 40, perChannel = "a per-channel vector of \(channels) floats"
+        assertTooLarge(
+            try BatchNorm(channels: channels), layer: "BatchNorm(channels: \(channels))", what: perChannel,
+            bytes: 1 << 42)
+        assertTooLarge(
+            try BatchRenorm(channels: channels), layer: "BatchRenorm(channels: \(channels))", what: perChannel,
+            bytes: 1 << 42)
+        assertTooLarge(
+            try FrozenBatchNorm(channels: channels), layer: "FrozenBatchNorm(channels: \(channels))", what: perChannel,
+            bytes: 1 << 42)
+        assertTooLarge(
+            try GroupNorm(channels: channels, groups: 1), layer: "GroupNorm(channels: \(channels), groups: 1)",
+            what: perChannel, bytes: 1 << 42)
+        assertTooLarge(
+            try GroupNorm(channels: Int.max, groups: 1), layer: "GroupNorm(channels: \(Int.max), groups: 1)",
+            what: "a per-channel vector of \(Int.max) floats", bytes: Int.max)
+        let mabn = { (channels: Int, buffer: Int) in try MovingAverageBatchNorm(channels: channels, bufferSize: buffer)
+        }
+        func mabnName(_ channels: Int, _ buffer: Int) -> String {
+            "MovingAverageBatchNorm(channels: \(channels), bufferSize: \(buffer))"
+        }
+        assertTooLarge(try mabn(channels, 1), layer: mabnName(channels, 1), what: perChannel, bytes: 1 << 42)
+        let ring = "a ring buffer (bufferSize × channels)"
+        assertTooLarge(
+            try mabn(1 << 20, 1 << 30), layer: mabnName(1 << 20, 1 << 30),
+            what: "\(ring) of \(1 << 30) × \(1 << 20) floats", bytes: 1 << 52)
+        assertTooLarge(
+            try mabn(4, 1 << 62), layer: mabnName(4, 1 << 62), what: "\(ring) of \(1 << 62) × 4 floats", bytes: Int.max)
     }
 
     // MARK: - Magnitudes
