@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import NormKit
 
 #if canImport(Glibc)
     import Glibc
@@ -31,7 +32,7 @@ public func makeSparseFile(at url: URL, size: Int) throws {
 }
 
 /// The size of a sparse file no reader can hold: 1 TB, or this machine's memory and one byte when that is more.
-public var sparseFileSizeBeyondMemory: Int { max(1 << 40, Int(clamping: ProcessInfo.processInfo.physicalMemory) + 1) }
+public var sparseFileSizeBeyondMemory: Int { max(1 << 40, MemoryLimit.bytes + 1) }
 
 /// What `lstat` says `url` is: "fifo", "link", "file", "directory", "other", or nil when nothing is there.
 public func fileType(at url: URL) -> String? {

@@ -151,14 +151,14 @@ struct BenchCommand: ParsableCommand {
             }
         }
         if !inference, shapes != nil {
-            let memory = ProcessInfo.processInfo.physicalMemory / 2
+            let memory = MemoryLimit.bytes / 2
             for shape in try parsedShapes() {
                 let name = shape.map(String.init).joined(separator: "x")
                 let (bytes, what) =
                     streamingCheck
                     ? (StreamingStoreBenchmark.bytesNeeded(for: shape), "the conv → GroupNorm → conv chain")
                     : (KernelBenchmark.bytesNeeded(for: shape), "\(KernelBenchmark.tensorsPerShape) tensors of it")
-                guard let bytes, UInt64(bytes) <= memory else {
+                guard let bytes, bytes <= memory else {
                     throw ValidationError(
                         "--shapes: \(name) needs "
                             + (bytes.map { "\(Self.byteText($0)) (\($0) bytes) for \(what)" }

@@ -74,17 +74,12 @@ package func openRegularFile(
     return (descriptor, info)
 }
 
-/// The most bytes NormKit reads, or inflates, into memory for one file: this machine's physical memory. A file
-/// larger than that (a sparse file, a damaged header's declared size) cannot be held, so it is refused before
-/// anything is allocated for it.
-package var largestFileInMemory: Int { Int(clamping: ProcessInfo.processInfo.physicalMemory) }
-
 /// The whole content of the regular file at `path`: the one reader of every checkpoint, training state, dataset
 /// and run record NormKit reads from a path it was given.
 ///
 /// Anything but a regular file (after following symbolic links) is refused with a reason naming what it is,
 /// never opened for reading (`openRegularFile(_:flags:)`): a named pipe would block the reader until some writer
-/// appears, and a device may never end. A file larger than `largestFileInMemory` (a sparse 1 TB file costs no
+/// appears, and a device may never end. A file larger than `MemoryLimit.bytes` (a sparse 1 TB file costs no
 /// disk) is refused before its bytes are allocated. Read with POSIX calls so the error names the real cause.
 ///
 /// - Throws: ``DataError/readFailed(path:reason:)``: missing, not readable, "it is a named pipe (FIFO), not a
@@ -92,7 +87,7 @@ package var largestFileInMemory: Int { Int(clamping: ProcessInfo.processInfo.phy
 ///   error; ``DataError/fileTooLarge(path:size:limit:)`` for a file larger than this machine's memory.
 package func readFileBytes(path: String) throws -> [UInt8] {
     func systemFailure() -> DataError { DataError.readFailed(path: path, reason: String(cString: strerror(errno))) }
-    let limit = largestFileInMemory
+    let limit = MemoryLimit.bytes
     let (fd, info): (Int32, stat)
     do throws(RegularFileRefusal) {
         (fd, info) = try openRegularFile(path, flags: O_RDONLY)

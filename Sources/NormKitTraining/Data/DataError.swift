@@ -9,7 +9,7 @@ public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError
     /// The file could not be opened or read (missing, no permission, I/O error), or is not a regular file (a
     /// directory, a named pipe, a device: the reason says which).
     case readFailed(path: String, reason: String)
-    /// The file holds `size` bytes, more than `limit`, this machine's memory (`largestFileInMemory`): refused
+    /// The file holds `size` bytes, more than `limit`, this machine's memory (`MemoryLimit.bytes`): refused
     /// before anything was allocated for it (a damaged or sparse file, or not the file meant).
     case fileTooLarge(path: String, size: Int, limit: Int)
     /// zlib refused the compressed stream (bad header, bad block, CRC or length check failed).
@@ -23,7 +23,7 @@ public enum DataError: Error, Equatable, CustomStringConvertible, LocalizedError
     /// `limit + 1` bytes are inflated.
     case decompressedTooLarge(path: String, limit: Int, dimensions: [Int]?)
     /// A gzip-compressed IDX file whose header declares `size` bytes (header and data for `dimensions`), more than
-    /// `limit`, this machine's memory (`largestFileInMemory`): refused before anything is inflated.
+    /// `limit`, this machine's memory (`MemoryLimit.bytes`): refused before anything is inflated.
     case idxDeclaredSizeTooLarge(path: String, dimensions: [Int], size: Int, limit: Int)
     /// The file is shorter than its IDX header.
     case idxHeaderTooShort(path: String, expected: Int, found: Int)

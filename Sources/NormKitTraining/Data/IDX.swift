@@ -53,7 +53,7 @@ public struct IDXFile: Equatable, Sendable {
     /// A compressed file is inflated in two steps: its header first (at most 1,024 bytes), then the whole stream
     /// with the size the header declares as the limit, so a small file that inflates to gigabytes (a
     /// decompression bomb) is refused once it passes that size, never allocated. A header that declares more than
-    /// this machine's memory (`largestFileInMemory`) is refused before anything more is inflated.
+    /// this machine's memory (`MemoryLimit.bytes`) is refused before anything more is inflated.
     ///
     /// - Parameters:
     ///   - url: the file; a name ending in `.gz` or a gzip magic number means gzip-compressed.
@@ -70,9 +70,9 @@ public struct IDXFile: Equatable, Sendable {
         }
         let prefix = try Gzip.decompressPrefix(bytes, count: maximumHeaderSize, source: path)
         let header = try Header(prefix, source: path, expectedMagic: expectedMagic)
-        guard header.fileSize <= largestFileInMemory else {
+        guard header.fileSize <= MemoryLimit.bytes else {
             throw DataError.idxDeclaredSizeTooLarge(
-                path: path, dimensions: header.dimensions, size: header.fileSize, limit: largestFileInMemory)
+                path: path, dimensions: header.dimensions, size: header.fileSize, limit: MemoryLimit.bytes)
         }
         let data: [UInt8]
         do {
