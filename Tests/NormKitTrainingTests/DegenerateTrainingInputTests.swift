@@ -10,6 +10,8 @@ import _NormKitTestSupport
 /// - **Sizes that overflow** are refused, not trapped on: a `Conv2d` or `Linear` weight with too many values to count,
 ///   a convolution argument beyond oneDNN's 32-bit sizes, an output that a huge padding makes too large to count, a
 ///   padded input beyond oneDNN's sizes (im2col computes it).
+/// - **Sizes larger than memory** are refused before anything is allocated: weights, outputs, the im2col patch
+///   matrix, whole models (whose weight budgets count exactly what they build).
 /// - **Pools** on 1×1 maps are exact identities; a stride larger than the window and a NaN in a window are handled.
 /// - **The loss** stays finite for finite logits whose loss fits in a float (±1e30), is NaN for a non-finite logit of
 ///   the label's row (so the trainer's divergence check sees it), and is 0 with a zero gradient for a single class.
@@ -52,6 +54,113 @@ final class DegenerateTrainingInputTests: XCTestCase {
         XCTAssertThrowsError(try Linear(inFeatures: 1 << 40, outFeatures: 1 << 40, generator: &rng)) {
             XCTAssertEqual($0 as? NormalizationError, .invalidShape(layer: "Linear", shape: [1 << 40, 1 << 40]))
         }
+    }
+
+    /// A size that fits in `Int` but not in memory crashed in the allocator (or got the process killed when its pages
+    /// were touched): a `Conv2d` or `Linear` weight of 2^39 or 2^40 floats, a `Linear` output of 2^20 × 2^20 floats,
+    /// a convolution output of 2^50 floats (a padding of 2^14 around 1×1 images, 2^10 filters), the im2col engine's
+    /// patch matrix of 2^18 channels × 4097² positions (whose output is only 64 MB), a ResNet, folded ResNet or VGG of
+    /// width 2^16 (a 3×3 convolution of 2^16 → 2^16 channels is 155 GB). Each is now `tooLargeForMemory` naming the
+    /// block, its bytes and this machine's memory, before anything is allocated: no tensor of the test is above 4 MB.
+    func testWeightsOutputsWorkspacesAndModelsLargerThanMemoryAreRefusedBeforeAllocating() throws {
+        let limit = MemoryLimit.bytes
+        func assertTooLarge(
+            _ call: @autoclosure () throws -> Any, layer: String, what: String, bytes: Int, line: UInt = #line
+        ) {
+            XCTAssertThrowsError(try call(), line: line) {
+                XCTAssertEqual(
+                    $0 as? NormalizationError, .tooLargeForMemory(layer: layer, what: what, bytes: bytes, limit: limit),
+                    line: line)
+            }
+        }
+        var rng = SeededGenerator(seed: 11)
+        assertTooLarge(
+            try Conv2d(inChannels: 1 << 15, outChannels: 1 << 20, kernelSize: 4, generator: &rng), layer: "Conv2d",
+            what: "the weight \([1 << 20, 1 << 15, 4, 4])", bytes: 1 << 41)
+        assertTooLarge(
+            try Linear(inFeatures: 1 << 20, outFeatures: 1 << 20, generator: &rng), layer: "Linear",
+            what: "the weight \([1 << 20, 1 << 20])", bytes: 1 << 42)
+
+        var y = Tensor(zeros: [1, 1])
+        let linear = try Linear(inFeatures: 1, outFeatures: 1 << 20, generator: &rng)
+        assertTooLarge(
+            try linear.forward(Tensor(zeros: [1 << 20, 1]), into: &y, training: true), layer: linear.name,
+            what: "the output \([1 << 20, 1 << 20])", bytes: 1 << 42)
+
+        let wide = try Conv2d(inChannels: 1, outChannels: 1 << 10, kernelSize: 1, padding: 1 << 14, generator: &rng)
+        let images = Tensor(zeros: [1 << 10, 1, 1, 1])
+        for engine in ConvolutionEngine.allCases where engine.isAvailable {
+            wide.engine = engine
+            for call in [
+                { _ = try wide.outputShape(for: images) }, { try wide.forward(images, into: &y, training: true) },
+            ] as [() throws -> Void] {
+                assertTooLarge(
+                    try call(), layer: wide.name, what: "the output \([1 << 10, 1 << 10, 32769, 32769])",
+                    bytes: 4 << 20 * 32769 * 32769)
+            }
+        }
+        let deep = try Conv2d(inChannels: 1 << 18, outChannels: 1, kernelSize: 1, padding: 1 << 11, generator: &rng)
+        deep.engine = .im2col
+        assertTooLarge(
+            try deep.forward(Tensor(zeros: [1, 1 << 18, 1, 1]), into: &y, training: true), layer: deep.name,
+            what: "the im2col patch matrix (\(1 << 18) × \(4097 * 4097) floats)", bytes: 4 << 18 * 4097 * 4097)
+        XCTAssertEqual(y.shape, [1, 1], "nothing was allocated for the refused outputs")
+
+        let settings = NormalizationSettings(kind: .gn)
+        let width = 1 << 16
+        // The weights with their gradients: the stem, 9w² + 9w² (stage 1), 18w² + 36w² + 2w² (stage 2, with its 1×1
+        // shortcut), 72w² + 144w² + 8w² (stage 3), the classifier's 10·4w.
+        let resNetBytes = 2 * 4 * (9 * width + 298 * width * width + 40 * width)
+        assertTooLarge(
+            try ResNet(depth: 8, normalization: settings, width: width, generator: &rng),
+            layer: "ResNet(depth: 8, inChannels: 1, classes: 10, width: \(width))",
+            what: "its \(resNetBytes / 8) convolution and linear weights with their gradients", bytes: resNetBytes)
+        assertTooLarge(
+            try FoldedResNet(depth: 8, width: width, generator: &rng),
+            layer: "FoldedResNet(depth: 8, inChannels: 1, classes: 10, width: \(width))",
+            what: "its \(resNetBytes / 8) convolution and linear weights with their gradients", bytes: resNetBytes)
+        let vggBytes = 2 * 4 * (9 * width + 9 * width * width + 10 * width)
+        assertTooLarge(
+            try VGG(normalization: settings, widths: [width], generator: &rng),
+            layer: "VGG(inChannels: 1, classes: 10, widths: [\(width)])",
+            what: "its \(vggBytes / 8) convolution and linear weights with their gradients", bytes: vggBytes)
+        // 2^40 blocks per stage of width 16: built one by one until memory ran out, hours later.
+        let depth = 6 * (1 << 40) + 2
+        XCTAssertThrowsError(try ResNet(depth: depth, normalization: settings, generator: &rng)) {
+            guard case .tooLargeForMemory(let layer, _, _, limit)? = $0 as? NormalizationError else {
+                return XCTFail("\($0)")
+            }
+            XCTAssertEqual(layer, "ResNet(depth: \(depth), inChannels: 1, classes: 10, width: 16)")
+        }
+    }
+
+    /// The models' weight budgets (what they check against memory before building a layer) count exactly the
+    /// convolution and linear weights the constructors build, for ResNets with and without shortcuts, folded ones and
+    /// VGG of odd sizes.
+    func testTheModelsWeightBudgetsCountTheWeightsTheyBuild() throws {
+        var rng = SeededGenerator(seed: 13)
+        func weightBytes(_ model: any Module) -> Int {
+            4 * model.parameters.filter { $0.role == .weight }.reduce(0) { $0 + $1.value.count }
+        }
+        for (depth, inChannels, classes, width) in [(8, 1, 10, 16), (14, 3, 5, 3), (20, 2, 1, 1)] {
+            let budget = WeightBudget.resNet(depth: depth, inChannels: inChannels, classes: classes, width: width)
+            let model = try ResNet(
+                depth: depth, normalization: NormalizationSettings(kind: .bn), inChannels: inChannels,
+                classes: classes, width: width, generator: &rng)
+            XCTAssertEqual(budget.bytes, weightBytes(model), "ResNet \(depth) \(width)")
+            let folded = try FoldedResNet(
+                depth: depth, inChannels: inChannels, classes: classes, width: width, generator: &rng)
+            XCTAssertEqual(budget.bytes, weightBytes(folded), "FoldedResNet \(depth) \(width)")
+        }
+        for (inChannels, classes, widths) in [(1, 10, [16, 32, 64]), (3, 2, [5]), (2, 7, [4, 1, 9, 2])] {
+            let model = try VGG(
+                normalization: NormalizationSettings(kind: .none), inChannels: inChannels, classes: classes,
+                widths: widths, generator: &rng)
+            XCTAssertEqual(
+                WeightBudget.vgg(inChannels: inChannels, classes: classes, widths: widths).bytes, weightBytes(model),
+                "VGG \(widths)")
+        }
+        XCTAssertNil(WeightBudget.resNet(depth: 8, inChannels: 1, classes: 1, width: Int.max / 3).bytes, "overflow")
     }
 
     /// A padding of 2^30 around a 3×3 input asks for a (2^31 + 3)² output, more floats than bytes can count: it trapped

@@ -40,13 +40,20 @@ public final class FoldedResNet: Model {
     /// A folded ResNet of `depth` layers (`6n+2`) and stage widths `width`, `2·width`, `4·width`, with He-normal
     /// weights from `generator` and zero biases.
     ///
-    /// - Throws: ``ModelError/invalidDepth(_:)``, or an error of a layer's constructor (a width, channel or
-    ///   class count below 1).
+    /// - Throws: ``ModelError/invalidDepth(_:)``;
+    ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` before any layer is built when the
+    ///   weights with their gradients need more bytes than this machine's physical memory; or an error of a layer's
+    ///   constructor (a width, channel or class count below 1).
     public init(
         depth: Int, inChannels: Int = 1, classes: Int = 10, width: Int = 16,
         generator: inout SeededGenerator
     ) throws {
         guard depth >= 8, (depth - 2) % 6 == 0 else { throw ModelError.invalidDepth(depth) }
+        if inChannels >= 1, classes >= 1, width >= 1 {  // (below 1: the layer's constructor names the argument)
+            try WeightBudget.resNet(depth: depth, inChannels: inChannels, classes: classes, width: width).check(
+                model:
+                    "FoldedResNet(depth: \(depth), inChannels: \(inChannels), classes: \(classes), width: \(width))")
+        }
         self.depth = depth
         self.width = width
         let n = (depth - 2) / 6

@@ -93,7 +93,8 @@ public enum BLAS {
 }
 
 /// A 64-byte-aligned block of `Float` scratch memory owned by one layer. It only grows, so steady-state
-/// training steps allocate nothing; its contents are unspecified after ``reserve(_:)``.
+/// training steps allocate nothing; its contents are unspecified after ``reserve(_:)``. Its owner checks a size
+/// that input can make large against `MemoryLimit` before reserving it.
 final class LayerScratch {
     /// The first element.
     private(set) var pointer: UnsafeMutablePointer<Float>

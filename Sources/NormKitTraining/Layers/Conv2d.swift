@@ -88,7 +88,9 @@ public final class Conv2d: Layer {
     /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a channel count, kernel size or
     ///   stride below 1, a negative padding, or any of them above `Int32.max` (oneDNN's sizes are 32-bit);
     ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` when the weight `(out, in, k, k)` has too many values
-    ///   to count (``/NormKit/Tensor/isValid(shape:)``).
+    ///   to count (``/NormKit/Tensor/isValid(shape:)``);
+    ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when the weight needs more bytes than
+    ///   this machine's physical memory. All before anything is allocated.
     public init(
         inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
         bias: Bool = false, centred: Bool = false, generator: inout SeededGenerator
@@ -103,6 +105,9 @@ public final class Conv2d: Layer {
         }
         let shape = [outChannels, inChannels, kernelSize, kernelSize]
         guard Tensor.isValid(shape: shape) else { throw NormalizationError.invalidShape(layer: "Conv2d", shape: shape) }
+        try MemoryLimit.check(
+            MemoryLimit.floatBytes(outChannels, inChannels, kernelSize, kernelSize), layer: "Conv2d",
+            what: "the weight \(shape)")
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.kernelSize = kernelSize
@@ -136,22 +141,24 @@ public final class Conv2d: Layer {
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)`` (channels-last with the im2col engine),
     ///   ``LayerError/wrongRank(layer:expected:shape:)``, ``/NormKit/NormalizationError/channelMismatch(layer:expected:got:)``,
     ///   ``/NormKit/NormalizationError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``,
-    ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` for an output too large to count, or
-    ///   ``LayerError/engineFailure(layer:engine:message:)`` when oneDNN is not built in or refuses the shape (one
-    ///   whose batch or padded planes exceed its 32-bit sizes included).
+    ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` for an output too large to count,
+    ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` for an output (or the im2col
+    ///   engine's patch matrix) larger than this machine's memory — both before anything is allocated — or ``LayerError/engineFailure(layer:engine:message:)`` when oneDNN is not built in or refuses the
+    ///   shape (one whose batch or padded planes exceed its 32-bit sizes included).
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         let g = try geometry(of: x)
         if let reason = engine.unavailableReason {
             throw LayerError.engineFailure(layer: name, engine: "oneDNN", message: reason)
         }
+        let plan = engine == .im2col ? try prepareWorkspaces(for: g) : nil
         prepareWeights()
         outputShape.setDimensions(g.batch, outChannels, g.outHeight, g.outWidth)
         y.prepare(shape: outputShape, layout: x.layout)
         var threads = 1
-        if engine == .oneDNN {
-            threads = try forwardOneDNN(x, into: &y, g)
+        if let plan {
+            forwardIm2col(x, into: &y, g, plan)
         } else {
-            forwardIm2col(x, into: &y, g)
+            threads = try forwardOneDNN(x, into: &y, g)
         }
         if training {
             savedThreads = threads
@@ -162,8 +169,7 @@ public final class Conv2d: Layer {
         }
     }
 
-    private func forwardIm2col(_ x: Tensor, into y: inout Tensor, _ g: ConvolutionGeometry) {
-        let plan = prepareWorkspaces(for: g)
+    private func forwardIm2col(_ x: Tensor, into y: inout Tensor, _ g: ConvolutionGeometry, _ plan: Plan) {
         let w = UnsafePointer(usedWeight.pointer)
         let workspaces = self.workspaces
         let biasValues = bias?.value
@@ -193,7 +199,7 @@ public final class Conv2d: Layer {
         if savedEngine == .oneDNN {
             threads = try backwardOneDNN(x, dy, into: &dx, g, threads: savedThreads)
         } else {
-            threads = backwardIm2col(x, dy, into: &dx, g)
+            threads = try backwardIm2col(x, dy, into: &dx, g)
         }
         sumGradients(threads: threads)
         savedInput = nil
@@ -201,8 +207,10 @@ public final class Conv2d: Layer {
     }
 
     /// The im2col backward into each thread's partial gradients (and `dx`); returns the thread count.
-    private func backwardIm2col(_ x: Tensor, _ dy: Tensor, into dx: inout Tensor, _ g: ConvolutionGeometry) -> Int {
-        let plan = prepareWorkspaces(for: g)
+    private func backwardIm2col(
+        _ x: Tensor, _ dy: Tensor, into dx: inout Tensor, _ g: ConvolutionGeometry
+    ) throws -> Int {
+        let plan = try prepareWorkspaces(for: g)
         let w = UnsafePointer(usedWeight.pointer)
         let workspaces = self.workspaces
         let wantsInput = computesInputGradient
@@ -264,28 +272,14 @@ public final class Conv2d: Layer {
         let g = ConvolutionGeometry(
             batch: x.batch, channels: inChannels, height: h, width: w, filters: outChannels,
             kernel: kernelSize, stride: stride, padding: padding)
-        // A padding far larger than the input can ask for more outputs than can be counted. (Checked without an
-        // array: this runs on every forward and backward, which allocate nothing.)
-        guard Self.floatBytesFit(g.batch, outChannels, g.outHeight, g.outWidth) else {
+        // A padding far larger than the input can ask for more outputs than can be counted, or held. (Checked
+        // without an array: this runs on every forward and backward, which allocate nothing.)
+        guard let outputBytes = MemoryLimit.floatBytes(g.batch, outChannels, g.outHeight, g.outWidth) else {
             throw NormalizationError.invalidShape(layer: name, shape: [g.batch, outChannels, g.outHeight, g.outWidth])
         }
+        try MemoryLimit.check(
+            outputBytes, layer: name, what: "the output [\(g.batch), \(outChannels), \(g.outHeight), \(g.outWidth)]")
         return g
-    }
-
-    /// Whether a tensor of these four non-negative dimensions has a float byte count that fits in `Int`, as
-    /// ``/NormKit/Tensor/isValid(shape:)`` asks (a dimension of 0 is skipped there too).
-    private static func floatBytesFit(_ a: Int, _ b: Int, _ c: Int, _ d: Int) -> Bool {
-        var bytes = MemoryLayout<Float>.stride, fits = true
-        func multiply(by dimension: Int) {
-            guard fits, dimension > 0 else { return }
-            let (product, overflow) = bytes.multipliedReportingOverflow(by: dimension)
-            (bytes, fits) = (product, !overflow)
-        }
-        multiply(by: a)
-        multiply(by: b)
-        multiply(by: c)
-        multiply(by: d)
-        return fits
     }
 
     /// Copies (or centres) the weights into ``usedWeight``.
@@ -307,12 +301,19 @@ public final class Conv2d: Layer {
     static let targetColumns = 512
 
     /// Chooses the plan for `g` and sizes the per-thread scratch (growing only).
-    private func prepareWorkspaces(for g: ConvolutionGeometry) -> Plan {
+    ///
+    /// - Throws: ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)``, before anything is
+    ///   allocated, when a thread's patch matrix (`C·k·k` rows, as many columns as its group's output positions) is
+    ///   larger than this machine's memory. (The other scratch is no larger than the weight or the output.)
+    private func prepareWorkspaces(for g: ConvolutionGeometry) throws -> Plan {
         let threads = BLAS.threads == 1 ? max(1, min(Parallelism.threadCount, g.batch)) : 1
         let perThread = (g.batch + threads - 1) / threads
         let group = max(1, min(perThread, Conv2d.targetColumns / g.positions))
-        while workspaces.count < threads { workspaces.append(ConvolutionWorkspace()) }
         let columns = group * g.positions
+        try MemoryLimit.check(
+            MemoryLimit.floatBytes(g.fanIn, columns), layer: name,
+            what: "the im2col patch matrix (\(g.fanIn) × \(columns) floats)")
+        while workspaces.count < threads { workspaces.append(ConvolutionWorkspace()) }
         for t in 0..<threads {
             let ws = workspaces[t]
             ws.patches.reserve(g.fanIn * columns)

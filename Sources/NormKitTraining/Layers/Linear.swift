@@ -35,8 +35,9 @@ public final class Linear: Layer {
     /// then bias).
     ///
     /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1;
-    ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` when the weight `(out, in)` has too many values to
-    ///   count (``/NormKit/Tensor/isValid(shape:)``).
+    ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` when the weight `(out, in)` has too many values to count (``/NormKit/Tensor/isValid(shape:)``);
+    ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when it needs more bytes than this
+    ///   machine's physical memory. All before anything is allocated.
     public init(inFeatures: Int, outFeatures: Int, generator: inout SeededGenerator) throws {
         for (argument, value) in [("inFeatures", inFeatures), ("outFeatures", outFeatures)] where value < 1 {
             throw NormalizationError.invalidArgument(
@@ -44,6 +45,8 @@ public final class Linear: Layer {
         }
         let shape = [outFeatures, inFeatures]
         guard Tensor.isValid(shape: shape) else { throw NormalizationError.invalidShape(layer: "Linear", shape: shape) }
+        try MemoryLimit.check(
+            MemoryLimit.floatBytes(outFeatures, inFeatures), layer: "Linear", what: "the weight \(shape)")
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
         let bound = 1 / Float(inFeatures).squareRoot()
@@ -56,8 +59,10 @@ public final class Linear: Layer {
 
     /// `y = x·Wᵀ + b` for `x` of shape `(N, in)`; a training forward keeps a reference to `x`.
     ///
-    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``/NormKit/NormalizationError/channelMismatch(layer:expected:got:)``
-    ///   or ``/NormKit/NormalizationError/emptyBatch(layer:)``.
+    /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``/NormKit/NormalizationError/channelMismatch(layer:expected:got:)``,
+    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)`` or
+    ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` for an output `(N, out)` larger
+    ///   than this machine's memory (before anything is allocated).
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         guard x.shape.count == 2 else { throw LayerError.wrongRank(layer: name, expected: 2, shape: x.shape) }
         guard x.channels == inFeatures else {
@@ -65,6 +70,7 @@ public final class Linear: Layer {
         }
         guard x.batch > 0 else { throw NormalizationError.emptyBatch(layer: name) }
         let n = x.batch, i = inFeatures, o = outFeatures
+        try Self.checkOutput(batch: n, features: o, layer: name)
         outputShape.setDimensions(n, o)
         y.prepare(shape: outputShape, layout: .channelsFirst)
         x.withUnsafeBufferPointer { xb in
@@ -84,6 +90,12 @@ public final class Linear: Layer {
             savedInput = x
             savedOutputShape = outputShape
         }
+    }
+
+    /// Throws unless the output of a batch of `batch` rows, `batch × features` floats, fits in memory.
+    package static func checkOutput(batch: Int, features: Int, layer: @autoclosure () -> String) throws {
+        try MemoryLimit.check(
+            MemoryLimit.floatBytes(batch, features), layer: layer(), what: "the output [\(batch), \(features)]")
     }
 
     /// Sets `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ_rows dy` and writes `dx = dy·W`.

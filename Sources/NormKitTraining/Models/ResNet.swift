@@ -60,12 +60,19 @@ public final class ResNet: Model {
     ///     §6, the reference's and the default), so every block starts as its shortcut; `false` keeps `γ = 1`.
     ///     No effect on frozen `γ` (BN\*) or without normalization.
     ///   - generator: the random numbers for the He-normal initialisation of the convolutions and `fc`.
-    /// - Throws: ``ModelError/invalidDepth(_:)``, or an error of a layer's constructor.
+    /// - Throws: ``ModelError/invalidDepth(_:)``;
+    ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` before any layer is built when the
+    ///   convolution and linear weights with their gradients need more bytes than this machine's physical memory (a
+    ///   huge `width` or `depth`); or an error of a layer's constructor.
     public init(
         depth: Int, normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10,
         width: Int = 16, zeroInitResidualScale: Bool = true, generator: inout SeededGenerator
     ) throws {
         guard depth >= 8, (depth - 2) % 6 == 0 else { throw ModelError.invalidDepth(depth) }
+        if inChannels >= 1, classes >= 1, width >= 1 {  // (below 1: the layer's constructor names the argument)
+            try WeightBudget.resNet(depth: depth, inChannels: inChannels, classes: classes, width: width).check(
+                model: "ResNet(depth: \(depth), inChannels: \(inChannels), classes: \(classes), width: \(width))")
+        }
         self.depth = depth
         self.normalization = normalization
         self.zeroInitResidualScale = zeroInitResidualScale

@@ -16,12 +16,18 @@ public final class VGG: Model {
 
     /// Builds the network.
     ///
-    /// - Throws: a layer's constructor error: ``/NormKit/NormalizationError`` for a width, `inChannels` or `classes`
-    ///   below 1, or for settings the normalization refuses (see ``NormalizationSettings/makeLayer(channels:)``).
+    /// - Throws: ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` before any layer is built
+    ///   when the convolution and linear weights with their gradients need more bytes than this machine's physical
+    ///   memory; otherwise a layer's constructor error: ``/NormKit/NormalizationError`` for a width, `inChannels` or
+    ///   `classes` below 1, or for settings the normalization refuses (see ``NormalizationSettings/makeLayer(channels:)``).
     public init(
         normalization: NormalizationSettings, inChannels: Int = 1, classes: Int = 10, widths: [Int] = [16, 32, 64],
         generator: inout SeededGenerator
     ) throws {
+        if inChannels >= 1, classes >= 1, widths.allSatisfy({ $0 >= 1 }) {  // (below 1: the layer's constructor says)
+            try WeightBudget.vgg(inChannels: inChannels, classes: classes, widths: widths).check(
+                model: "VGG(inChannels: \(inChannels), classes: \(classes), widths: \(widths))")
+        }
         self.normalization = normalization
         var layers: [any Layer] = []
         var cin = inChannels
