@@ -9,7 +9,8 @@ import _NormKitTestSupport
 ///
 /// - **Sizes that overflow** are refused, not trapped on: a `Conv2d` or `Linear` weight with too many values to count,
 ///   a convolution argument beyond oneDNN's 32-bit sizes, an output that a huge padding makes too large to count, a
-///   padded input beyond oneDNN's sizes (im2col computes it).
+///   padded input beyond oneDNN's sizes (im2col computes it); sizes beyond OpenBLAS's 32-bit integers and the max
+///   pool's indices.
 /// - **Sizes larger than memory** are refused before anything is allocated: weights, outputs, the im2col patch
 ///   matrix, whole models (whose weight budgets count exactly what they build).
 /// - **Pools** on 1×1 maps are exact identities; a stride larger than the window and a NaN in a window are handled.
@@ -51,8 +52,14 @@ final class DegenerateTrainingInputTests: XCTestCase {
                     .invalidArgument(layer: "Conv2d", name: name, value: "\(value)", expected: "at most \(big)"))
             }
         }
+        XCTAssertThrowsError(try Linear(inFeatures: big, outFeatures: big, generator: &rng)) {
+            XCTAssertEqual($0 as? NormalizationError, .invalidShape(layer: "Linear", shape: [big, big]))
+        }
+        // (2^40 features trapped in the same way; OpenBLAS's 32-bit sizes now refuse them first, as below.)
         XCTAssertThrowsError(try Linear(inFeatures: 1 << 40, outFeatures: 1 << 40, generator: &rng)) {
-            XCTAssertEqual($0 as? NormalizationError, .invalidShape(layer: "Linear", shape: [1 << 40, 1 << 40]))
+            XCTAssertEqual(
+                $0 as? NormalizationError,
+                .invalidArgument(layer: "Linear", name: "inFeatures", value: "\(1 << 40)", expected: "at most \(big)"))
         }
     }
 
@@ -131,6 +138,68 @@ final class DegenerateTrainingInputTests: XCTestCase {
                 return XCTFail("\($0)")
             }
             XCTAssertEqual(layer, "ResNet(depth: \(depth), inChannels: 1, classes: 10, width: 16)")
+        }
+    }
+
+    /// The sizes OpenBLAS and `MaxPool2d` take as 32-bit integers. A filter of `in·k·k` = 2^32 values was a 16 GB weight
+    /// whose forward trapped converting `k` to `Int32` (if the weight could be allocated); a `Linear` of 2^31 features
+    /// the same; a padding of 2^15 around a 1×1 image on the im2col engine, 65537² output positions, allocated a 17 GB
+    /// output and trapped converting the GEMM's `n`. They are refused before anything is allocated. A `Linear` batch or
+    /// a pooled plane beyond 2^31 − 1 (which trapped in `Int32(m)` and `Int32(best)`) needs an 8 GB input, so their
+    /// checks, the ones the forwards call first, are tested directly.
+    func testSizesBeyond32BitsAreRefusedBeforeOpenBLASAndThePoolsIndices() throws {
+        var rng = SeededGenerator(seed: 12)
+        let big = Int(Int32.max)
+        XCTAssertThrowsError(try Conv2d(inChannels: 1 << 16, outChannels: 1, kernelSize: 1 << 8, generator: &rng)) {
+            XCTAssertEqual(
+                $0 as? NormalizationError,
+                .invalidArgument(
+                    layer: "Conv2d", name: "inChannels·kernelSize²", value: "65536·256² = \(1 << 32)",
+                    expected: "at most \(big) (one filter's values, a 32-bit size of OpenBLAS)"))
+        }
+        for (inFeatures, outFeatures, name) in [(big + 1, 1, "inFeatures"), (1, big + 1, "outFeatures")] {
+            XCTAssertThrowsError(try Linear(inFeatures: inFeatures, outFeatures: outFeatures, generator: &rng)) {
+                XCTAssertEqual(
+                    $0 as? NormalizationError,
+                    .invalidArgument(layer: "Linear", name: name, value: "\(big + 1)", expected: "at most \(big)"))
+            }
+        }
+
+        let padded = try Conv2d(inChannels: 1, outChannels: 1, kernelSize: 1, padding: 1 << 15, generator: &rng)
+        padded.engine = .im2col
+        var y = Tensor(zeros: [1, 1])
+        let pixel = Tensor(zeros: [1, 1, 1, 1])
+        for call in [
+            { _ = try padded.outputShape(for: pixel) }, { try padded.forward(pixel, into: &y, training: true) },
+        ] as [() throws -> Void] {
+            XCTAssertThrowsError(try call()) {
+                XCTAssertEqual(
+                    $0 as? LayerError,
+                    .sizeBeyond32Bits(
+                        layer: padded.name, size: "output positions per image (H'·W')", value: 65537 * 65537,
+                        limit: "OpenBLAS's 32-bit sizes"))
+                XCTAssertEqual(
+                    "\($0)",
+                    "\(padded.name): output positions per image (H'·W') \(65537 * 65537) exceeds OpenBLAS's 32-bit sizes "
+                        + "(at most \(big))")
+            }
+        }
+        XCTAssertEqual(y.shape, [1, 1], "nothing was allocated for the refused output")
+
+        XCTAssertNoThrow(try Linear.checkOutput(batch: 1 << 20, features: 1, layer: "Linear(1→1)"))
+        XCTAssertThrowsError(try Linear.checkOutput(batch: big + 1, features: 1, layer: "Linear(1→1)")) {
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .sizeBeyond32Bits(
+                    layer: "Linear(1→1)", size: "batch", value: big + 1, limit: "OpenBLAS's 32-bit sizes"))
+        }
+        XCTAssertNoThrow(try MaxPool2d.checkPlane(positions: big, layer: "MaxPool2d"))
+        XCTAssertThrowsError(try MaxPool2d.checkPlane(positions: big + 1, layer: "MaxPool2d")) {
+            XCTAssertEqual(
+                $0 as? LayerError,
+                .sizeBeyond32Bits(
+                    layer: "MaxPool2d", size: "positions per plane (H·W)", value: big + 1,
+                    limit: "the 32-bit indices of the windows' maxima"))
         }
     }
 

@@ -78,7 +78,9 @@ public enum BLAS {
     ///   - beta: `β`, the scale of `C`'s old contents (0: `C` is overwritten, its old values are never read).
     ///   - c: `C`, row-major, read (unless `β = 0`) and written.
     ///   - ldc: the row stride (in elements) of `C`.
-    /// - Precondition: the pointers cover the stated extents (callers size their buffers from the same numbers).
+    /// - Precondition: the pointers cover the stated extents (callers size their buffers from the same numbers),
+    ///   and every size fits OpenBLAS's 32-bit integers (at most `Int32.max`; checked in every build, the message
+    ///   names the sizes). The layers refuse larger inputs with a thrown error before they call it.
     @inline(__always)
     public static func sgemm(
         transposeA: Bool = false, transposeB: Bool = false, m: Int, n: Int, k: Int,
@@ -86,9 +88,27 @@ public enum BLAS {
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         guard m > 0, n > 0 else { return }
+        guard let m32 = Int32(exactly: m), let n32 = Int32(exactly: n), let k32 = Int32(exactly: k),
+            let lda32 = Int32(exactly: lda), let ldb32 = Int32(exactly: ldb), let ldc32 = Int32(exactly: ldc)
+        else {
+            fatalError(
+                "BLAS.sgemm: m \(m), n \(n), k \(k), lda \(lda), ldb \(ldb), ldc \(ldc) exceed OpenBLAS's 32-bit sizes "
+                    + "(at most \(Int32.max))")
+        }
         cblas_sgemm(
             CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-            Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+            m32, n32, k32, alpha, a, lda32, b, ldb32, beta, c, ldc32)
+    }
+
+    /// Throws unless `value`, a size an OpenBLAS call will take, fits its 32-bit integers. `size` (what the value
+    /// is) and `layer` are evaluated only to build the error.
+    ///
+    /// - Throws: ``LayerError/sizeBeyond32Bits(layer:size:value:limit:)``.
+    package static func check(
+        _ value: Int, _ size: @autoclosure () -> String, layer: @autoclosure () -> String
+    ) throws {
+        guard value > Int32.max else { return }
+        throw LayerError.sizeBeyond32Bits(layer: layer(), size: size(), value: value, limit: "OpenBLAS's 32-bit sizes")
     }
 }
 

@@ -88,7 +88,8 @@ public final class Conv2d: Layer {
     /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a channel count, kernel size or
     ///   stride below 1, a negative padding, or any of them above `Int32.max` (oneDNN's sizes are 32-bit);
     ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` when the weight `(out, in, k, k)` has too many values
-    ///   to count (``/NormKit/Tensor/isValid(shape:)``);
+    ///   to count (``/NormKit/Tensor/isValid(shape:)``); `invalidArgument` when one filter, `in·k·k` values, is longer
+    ///   than `Int32.max` (a size of the im2col engine's OpenBLAS calls);
     ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when the weight needs more bytes than
     ///   this machine's physical memory. All before anything is allocated.
     public init(
@@ -105,6 +106,15 @@ public final class Conv2d: Layer {
         }
         let shape = [outChannels, inChannels, kernelSize, kernelSize]
         guard Tensor.isValid(shape: shape) else { throw NormalizationError.invalidShape(layer: "Conv2d", shape: shape) }
+        // One filter is the K (and a leading dimension) of the im2col engine's GEMMs. (Its count fits `Int`: the
+        // weight's does.)
+        let filterLength = inChannels * kernelSize * kernelSize
+        guard filterLength <= Int32.max else {
+            throw NormalizationError.invalidArgument(
+                layer: "Conv2d", name: "inChannels·kernelSize²",
+                value: "\(inChannels)·\(kernelSize)² = \(filterLength)",
+                expected: "at most \(Int32.max) (one filter's values, a 32-bit size of OpenBLAS)")
+        }
         try MemoryLimit.check(
             MemoryLimit.floatBytes(outChannels, inChannels, kernelSize, kernelSize), layer: "Conv2d",
             what: "the weight \(shape)")
@@ -142,8 +152,10 @@ public final class Conv2d: Layer {
     ///   ``LayerError/wrongRank(layer:expected:shape:)``, ``/NormKit/NormalizationError/channelMismatch(layer:expected:got:)``,
     ///   ``/NormKit/NormalizationError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``,
     ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` for an output too large to count,
-    ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` for an output (or the im2col
-    ///   engine's patch matrix) larger than this machine's memory — both before anything is allocated — or ``LayerError/engineFailure(layer:engine:message:)`` when oneDNN is not built in or refuses the
+    ///   ``LayerError/sizeBeyond32Bits(layer:size:value:limit:)`` for more output positions per image than the im2col
+    ///   engine's OpenBLAS calls take, ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` for
+    ///   an output (or the im2col engine's patch matrix) larger than this machine's memory — all before anything is
+    ///   allocated — or ``LayerError/engineFailure(layer:engine:message:)`` when oneDNN is not built in or refuses the
     ///   shape (one whose batch or padded planes exceed its 32-bit sizes included).
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         let g = try geometry(of: x)
@@ -277,6 +289,8 @@ public final class Conv2d: Layer {
         guard let outputBytes = MemoryLimit.floatBytes(g.batch, outChannels, g.outHeight, g.outWidth) else {
             throw NormalizationError.invalidShape(layer: name, shape: [g.batch, outChannels, g.outHeight, g.outWidth])
         }
+        // The positions of one image are the N (and a leading dimension) of the im2col engine's GEMMs.
+        if engine == .im2col { try BLAS.check(g.positions, "output positions per image (H'·W')", layer: name) }
         try MemoryLimit.check(
             outputBytes, layer: name, what: "the output [\(g.batch), \(outChannels), \(g.outHeight), \(g.outWidth)]")
         return g

@@ -2,9 +2,10 @@ import Foundation
 
 /// What only the training stack's layers (``Conv2d``, ``Linear``, ``ReLU``, ``MaxPool2d``, ``GlobalAveragePool``,
 /// ``SoftmaxCrossEntropy``) refuse, with a message that names the offending numbers: a rank or layout, a window
-/// larger than the input, labels, a compute engine. What every layer of the family (`NormKit.TensorLayer`) can
-/// refuse — a constructor argument, the channel count, an empty batch, a gradient of the wrong shape, a backward
-/// without its forward, a state entry — is NormKit's `NormalizationError`, one vocabulary for both modules.
+/// larger than the input, labels, a compute engine, a size beyond 32 bits. What every layer of the family
+/// (`NormKit.TensorLayer`) can refuse — a constructor argument, the channel count, an empty batch, a gradient of the
+/// wrong shape, a backward without its forward, a state entry, a size larger than memory — is NormKit's
+/// `NormalizationError`, one vocabulary for both modules.
 ///
 /// Layers check their inputs before touching any state, so a thrown error leaves parameters and saved
 /// activations exactly as they were.
@@ -21,6 +22,10 @@ public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedErro
     case labelOutOfRange(index: Int, label: Int, classes: Int)
     /// A compute engine (oneDNN) refused or failed a call; `message` is its own explanation.
     case engineFailure(layer: String, engine: String, message: String)
+    /// A size of this input beyond the 32-bit integers that `limit` takes (at most `Int32.max`): OpenBLAS's GEMM
+    /// sizes (``Linear``'s batch, the output positions per image of ``Conv2d``'s im2col engine), ``MaxPool2d``'s
+    /// indices of each window's maximum within a plane. Refused before anything is allocated or computed.
+    case sizeBeyond32Bits(layer: String, size: String, value: Int, limit: String)
 
     /// A sentence naming the layer and the numbers involved.
     public var description: String {
@@ -39,6 +44,8 @@ public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedErro
             return "SoftmaxCrossEntropy: label \(label) at sample \(index) is outside 0..<\(classes)"
         case .engineFailure(let layer, let engine, let message):
             return "\(layer): the \(engine) engine failed: \(message)"
+        case .sizeBeyond32Bits(let layer, let size, let value, let limit):
+            return "\(layer): \(size) \(value) exceeds \(limit) (at most \(Int32.max))"
         }
     }
 

@@ -34,14 +34,17 @@ public final class Linear: Layer {
     /// A linear layer with PyTorch's default uniform initialisation drawn from `generator` (weight first,
     /// then bias).
     ///
-    /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1;
-    ///   ``/NormKit/NormalizationError/invalidShape(layer:shape:)`` when the weight `(out, in)` has too many values to count (``/NormKit/Tensor/isValid(shape:)``);
+    /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a feature count below 1
+    ///   or above `Int32.max` (OpenBLAS's sizes are 32-bit); ``/NormKit/NormalizationError/invalidShape(layer:shape:)``
+    ///   when the weight `(out, in)` has too many values to count (``/NormKit/Tensor/isValid(shape:)``);
     ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` when it needs more bytes than this
     ///   machine's physical memory. All before anything is allocated.
     public init(inFeatures: Int, outFeatures: Int, generator: inout SeededGenerator) throws {
-        for (argument, value) in [("inFeatures", inFeatures), ("outFeatures", outFeatures)] where value < 1 {
+        for (argument, value) in [("inFeatures", inFeatures), ("outFeatures", outFeatures)]
+        where !(1...Int(Int32.max)).contains(value) {
             throw NormalizationError.invalidArgument(
-                layer: "Linear", name: argument, value: "\(value)", expected: "at least 1")
+                layer: "Linear", name: argument, value: "\(value)",
+                expected: value < 1 ? "at least 1" : "at most \(Int32.max)")
         }
         let shape = [outFeatures, inFeatures]
         guard Tensor.isValid(shape: shape) else { throw NormalizationError.invalidShape(layer: "Linear", shape: shape) }
@@ -60,9 +63,10 @@ public final class Linear: Layer {
     /// `y = x·Wᵀ + b` for `x` of shape `(N, in)`; a training forward keeps a reference to `x`.
     ///
     /// - Throws: ``LayerError/wrongRank(layer:expected:shape:)``, ``/NormKit/NormalizationError/channelMismatch(layer:expected:got:)``,
-    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)`` or
+    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)``, ``LayerError/sizeBeyond32Bits(layer:size:value:limit:)``
+    ///   for a batch beyond OpenBLAS's 32-bit sizes, or
     ///   ``/NormKit/NormalizationError/tooLargeForMemory(layer:what:bytes:limit:)`` for an output `(N, out)` larger
-    ///   than this machine's memory (before anything is allocated).
+    ///   than this machine's memory (both before anything is allocated).
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         guard x.shape.count == 2 else { throw LayerError.wrongRank(layer: name, expected: 2, shape: x.shape) }
         guard x.channels == inFeatures else {
@@ -92,8 +96,10 @@ public final class Linear: Layer {
         }
     }
 
-    /// Throws unless the output of a batch of `batch` rows, `batch × features` floats, fits in memory.
+    /// Throws unless a batch of `batch` rows fits OpenBLAS's 32-bit sizes (the batch is the M of the forward's GEMM
+    /// and the K of the weight gradient's) and its output of `batch × features` floats fits in memory.
     package static func checkOutput(batch: Int, features: Int, layer: @autoclosure () -> String) throws {
+        try BLAS.check(batch, "batch", layer: layer())
         try MemoryLimit.check(
             MemoryLimit.floatBytes(batch, features), layer: layer(), what: "the output [\(batch), \(features)]")
     }

@@ -40,13 +40,16 @@ public final class MaxPool2d: Layer {
     /// Pools `x` into `y`.
     ///
     /// - Throws: ``LayerError/unsupportedLayout(layer:layout:)``, ``LayerError/wrongRank(layer:expected:shape:)``,
-    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)`` or ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``.
+    ///   ``/NormKit/NormalizationError/emptyBatch(layer:)``, ``LayerError/inputTooSmall(layer:height:width:kernelSize:padding:)``
+    ///   or, in training, ``LayerError/sizeBeyond32Bits(layer:size:value:limit:)`` for planes of more positions than
+    ///   the 32-bit indices of the windows' maxima reach.
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try LayerCheck.spatial(x, channels: nil, layer: name)
         let h = x.shape[2], w = x.shape[3], k = kernelSize, s = stride
         guard h >= k, w >= k else {
             throw LayerError.inputTooSmall(layer: name, height: h, width: w, kernelSize: k, padding: 0)
         }
+        if training { try Self.checkPlane(positions: h * w, layer: name) }
         let ho = (h - k) / s + 1, wo = (w - k) / s + 1, planes = x.batch * x.channels
         outputShape.setDimensions(x.batch, x.channels, ho, wo)
         y.prepare(shape: outputShape, layout: .channelsFirst)
@@ -88,6 +91,15 @@ public final class MaxPool2d: Layer {
         } else {
             pool(nil)
         }
+    }
+
+    /// Throws unless a plane of `positions` (`H·W`) can be indexed by `winners`' `Int32`s (a training forward
+    /// records the position of each window's maximum within its plane).
+    package static func checkPlane(positions: Int, layer: @autoclosure () -> String) throws {
+        guard positions > Int32.max else { return }
+        throw LayerError.sizeBeyond32Bits(
+            layer: layer(), size: "positions per plane (H·W)", value: positions,
+            limit: "the 32-bit indices of the windows' maxima")
     }
 
     /// Routes each `dy` to its window's maximum; every other `dx` is zero.
