@@ -329,7 +329,7 @@ final class IDXTests: XCTestCase {
 
     /// `Gzip.decompress` and `Gzip.readFile` without `maximumOutput` inflated without a limit, so a bomb that inflates
     /// past this machine's memory stopped the process when an allocation failed. Their limit is now the machine's
-    /// memory (`largestFileInMemory`), checked here through the package entry points with a small `memory`: a
+    /// memory (`MemoryLimit.bytes`), checked here through the package entry points with a small `memory`: a
     /// stream that inflates to more is refused with `decompressedTooLarge` naming the limit; one that fits, or an
     /// explicit `maximumOutput`, inflates as before.
     func testWithoutAMaximumAGzipStreamIsLimitedToMemory() throws {

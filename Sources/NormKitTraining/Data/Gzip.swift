@@ -29,7 +29,7 @@ public enum Gzip {
     ///   or ``DataError/trailingGzipData(path:offset:count:)`` when its compressed data is damaged;
     ///   ``DataError/decompressedTooLarge(path:limit:dimensions:)`` past `maximumOutput` (or memory).
     public static func readFile(at url: URL, maximumOutput: Int? = nil) throws -> [UInt8] {
-        try readFile(at: url, maximumOutput: maximumOutput, memory: largestFileInMemory)
+        try readFile(at: url, maximumOutput: maximumOutput, memory: MemoryLimit.bytes)
     }
 
     /// ``readFile(at:maximumOutput:)`` with `memory` as the limit when `maximumOutput` is nil (tests give a small one).
@@ -64,7 +64,7 @@ public enum Gzip {
     public static func decompress(
         _ compressed: [UInt8], source: String = "<memory>", maximumOutput: Int? = nil
     ) throws -> [UInt8] {
-        try decompress(compressed, source: source, maximumOutput: maximumOutput, memory: largestFileInMemory)
+        try decompress(compressed, source: source, maximumOutput: maximumOutput, memory: MemoryLimit.bytes)
     }
 
     /// ``decompress(_:source:maximumOutput:)`` with `memory` as the limit when `maximumOutput` is nil (tests give a
