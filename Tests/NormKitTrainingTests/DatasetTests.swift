@@ -4,6 +4,14 @@ import XCTest
 
 /// The real Fashion-MNIST (skipped when it is not installed), the augmentation and the batch iterator.
 final class DatasetTests: XCTestCase {
+    /// A negative count is an empty order (it trapped in `0..<negative`); 0 and 1 are the trivial orders.
+    func testShuffledOrderOfANegativeOrTinyCountIsEmptyOrTrivial() {
+        XCTAssertEqual(BatchIterator.shuffledOrder(count: -1, seed: 1, epoch: 0), [])
+        XCTAssertEqual(BatchIterator.shuffledOrder(count: Int.min, seed: 1, epoch: 0), [])
+        XCTAssertEqual(BatchIterator.shuffledOrder(count: 0, seed: 1, epoch: 0), [])
+        XCTAssertEqual(BatchIterator.shuffledOrder(count: 1, seed: 1, epoch: 3), [0])
+    }
+
     // MARK: Helpers
 
     /// `count` images of `size × size` whose first value is the sample's index (so a batch tells which

@@ -17,7 +17,7 @@ final class InProcessReplicaTests: XCTestCase {
         func value(_ w: Int, _ i: Int) -> Float { [Float(1e8), 1, -1e8][(w + i) % 3] }
         func expected(_ i: Int) -> Float { (value(0, i) + value(1, i)) + value(2, i) }
         XCTAssertNotEqual(Set((0..<3).map(expected)).count, 1, "the values must make the order visible")
-        let group = InProcessWorkerGroup(workers: workers)
+        let group = try InProcessWorkerGroup(workers: workers)
         let results = try group.run { w -> ([Float], [Double], [Double], [Float]) in
             let worker = try group.worker(w)
             var floats = (0..<count).map { value(w, $0) }
@@ -42,8 +42,8 @@ final class InProcessReplicaTests: XCTestCase {
         }
     }
 
-    func testMismatchedCollectivesThrowInsteadOfHanging() {
-        let group = InProcessWorkerGroup(workers: 2)
+    func testMismatchedCollectivesThrowInsteadOfHanging() throws {
+        let group = try InProcessWorkerGroup(workers: 2)
         XCTAssertThrowsError(
             try group.run { w in
                 var values = [Float](repeating: 1, count: 3 + w)
@@ -59,11 +59,18 @@ final class InProcessReplicaTests: XCTestCase {
 
     /// Wrong calls throw (and stop the other workers) instead of trapping: a worker index outside the group, an
     /// all-gather into a buffer of the wrong size, a broadcast from a worker that does not exist.
-    func testWrongCallsThrowInsteadOfTrapping() {
+    func testWrongCallsThrowInsteadOfTrapping() throws {
         XCTAssertThrowsError(try InProcessWorkerGroup(workers: 2).worker(2)) { error in
             XCTAssertTrue("\(error)".contains("worker 2 of a group of 2"), "\(error)")
         }
-        let gather = InProcessWorkerGroup(workers: 2)
+        // A worker count outside 1...maxThreads: 0 used to become 1 silently, 2^62 a buffer too large to allocate.
+        for workers in [0, -3, ConfigurationLimits.maxThreads + 1, 1 << 62] {
+            XCTAssertThrowsError(try InProcessWorkerGroup(workers: workers)) { error in
+                XCTAssertTrue("\(error)".contains("a group of \(workers) in-process workers"), "\(error)")
+            }
+        }
+        XCTAssertEqual(try InProcessWorkerGroup(workers: 1).workerCount, 1)
+        let gather = try InProcessWorkerGroup(workers: 2)
         XCTAssertThrowsError(
             try gather.run { w in
                 let local = [1.0, 2.0]
@@ -73,7 +80,7 @@ final class InProcessReplicaTests: XCTestCase {
                 }
             }
         ) { error in XCTAssertTrue("\(error)".contains("all-gather into 3 values"), "\(error)") }
-        let broadcast = InProcessWorkerGroup(workers: 2)
+        let broadcast = try InProcessWorkerGroup(workers: 2)
         XCTAssertThrowsError(
             try broadcast.run { w in
                 var values: [Float] = [1, 2]
@@ -83,8 +90,8 @@ final class InProcessReplicaTests: XCTestCase {
     }
 
     /// A worker that fails stops the others at their next collective; the error thrown is its own.
-    func testAFailingWorkerStopsTheOthers() {
-        let group = InProcessWorkerGroup(workers: 3)
+    func testAFailingWorkerStopsTheOthers() throws {
+        let group = try InProcessWorkerGroup(workers: 3)
         let start = Date()
         XCTAssertThrowsError(
             try group.run { w in
@@ -129,7 +136,7 @@ final class InProcessReplicaTests: XCTestCase {
         _ c: TrainingConfiguration, count: Int = 2, output: URL? = nil
     ) throws -> (InProcessWorkerGroup, [Trainer]) {
         let data = try TrainingTests.synthetic()
-        let group = InProcessWorkerGroup(workers: count)
+        let group = try InProcessWorkerGroup(workers: count)
         let trainers = try (0..<count).map { w in
             let t = try Trainer(
                 configuration: c.perWorker(workers: count), train: data.train, test: data.test, output: output,

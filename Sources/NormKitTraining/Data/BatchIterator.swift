@@ -201,8 +201,11 @@ public final class BatchIterator {
     }
 
     /// The visiting order of epoch `epoch` for `count` samples with `seed`: what a shuffling iterator uses.
+    ///
+    /// `count` is taken in `0...Int32.max` (sample indices are `Int32`, as a ``Dataset``'s labels): a negative count
+    /// gives an empty order, not a trap, and a larger one is cut to `Int32.max` samples.
     public static func shuffledOrder(count: Int, seed: UInt64, epoch: Int) -> [Int32] {
-        var order = (0..<Int32(clamping: count)).map { $0 }
+        var order = (0..<Int32(clamping: max(0, count))).map { $0 }
         var generator = SeededGenerator(seed: derivedSeed(seed: seed, epoch: epoch, stream: 0))
         fisherYates(&order, using: &generator)
         return order

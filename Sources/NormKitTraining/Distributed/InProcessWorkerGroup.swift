@@ -12,7 +12,7 @@ import Synchronization
 /// one process up to float rounding, as with MPI ranks (``Trainer/distribute(over:)``).
 ///
 /// ```swift
-/// let group = InProcessWorkerGroup(workers: 2)
+/// let group = try InProcessWorkerGroup(workers: 2)
 /// let trainers = try (0..<2).map { w in
 ///     let t = try Trainer(configuration: c, train: train, test: test, output: w == 0 ? out : nil)
 ///     try t.distribute(over: group.worker(w))
@@ -46,9 +46,17 @@ public final class InProcessWorkerGroup: Sendable {
     /// worker checkpointing, an oversubscribed machine) sleeps.
     private static let spinNanoseconds: UInt64 = 200_000
 
-    /// A group of `workers` (at least 1).
-    public init(workers: Int) {
-        workerCount = max(1, workers)
+    /// A group of `workers` workers, each a thread of its own in ``run(_:)``.
+    ///
+    /// - Throws: ``TrainingError/invalidConfiguration(_:)`` when `workers` is not in
+    ///   `1 ... ConfigurationLimits.maxThreads` (a count from input must not become thousands of threads, or a
+    ///   buffer too large to allocate).
+    public init(workers: Int) throws {
+        guard (1...ConfigurationLimits.maxThreads).contains(workers) else {
+            throw TrainingError.invalidConfiguration(
+                "a group of \(workers) in-process workers: must be in 1...\(ConfigurationLimits.maxThreads)")
+        }
+        workerCount = workers
         buffers = .allocate(capacity: workerCount)
         buffers.initialize(repeating: (nil, 0), count: workerCount)
     }

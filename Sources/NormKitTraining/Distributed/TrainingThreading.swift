@@ -66,7 +66,7 @@ public struct ThreadedRun {
     ) throws {
         let replicas = try threading.replicas(for: configuration, threads: configuration.threads)
         let c = configuration.perWorker(workers: replicas)
-        group = replicas > 1 ? InProcessWorkerGroup(workers: replicas) : nil
+        group = replicas > 1 ? try InProcessWorkerGroup(workers: replicas) : nil
         trainers = try (0..<replicas).map { [group] w in
             let trainer = try Trainer(
                 configuration: c, train: train, test: test, output: output,
