@@ -196,7 +196,8 @@ final class ConvolutionTests: XCTestCase {
         XCTAssertEqual(other.weight.value, withBias.weight.value)
         XCTAssertThrowsError(try other.loadStateDict(["weight": state["weight"]!])) { error in
             XCTAssertEqual(
-                error as? NormalizationError, .invalidState(layer: other.name, name: "bias", reason: "missing"))
+                error as? NormalizationError,
+                .incompatibleStateDict(layer: other.name, missingKeys: ["bias"], unexpectedKeys: []))
         }
         XCTAssertThrowsError(
             try other.loadStateDict([

@@ -25,14 +25,32 @@ final class ModuleLoadingTests: XCTestCase {
         var unexpected = good
         unexpected["layer4.0.conv1.weight"] = zeros([1])
         unexpected["head.bias"] = zeros([10])
+        var both = missing
+        both["head.bias"] = zeros([10])
         for load in [{ try model.loadStateDict($0) }, { try model.loadStateDict($0, strict: true) }]
             as [([String: StateTensor]) throws -> Void]
         {
+            // Every missing and every unexpected key, sorted, in one error (as a layer's incompatibleStateDict).
             XCTAssertThrowsError(try load(missing)) {
-                XCTAssertEqual($0 as? ModelError, .missingTensor("fc.bias"), "the first missing key, sorted")
+                XCTAssertEqual(
+                    $0 as? ModelError,
+                    .incompatibleStateDict(
+                        missingKeys: ["fc.bias", "layer2.0.norm1.running_var"], unexpectedKeys: []))
             }
             XCTAssertThrowsError(try load(unexpected)) {
-                XCTAssertEqual($0 as? ModelError, .unexpectedTensors(["head.bias", "layer4.0.conv1.weight"]))
+                XCTAssertEqual(
+                    $0 as? ModelError,
+                    .incompatibleStateDict(missingKeys: [], unexpectedKeys: ["head.bias", "layer4.0.conv1.weight"]))
+            }
+            XCTAssertThrowsError(try load(both)) {
+                XCTAssertEqual(
+                    $0 as? ModelError,
+                    .incompatibleStateDict(
+                        missingKeys: ["fc.bias", "layer2.0.norm1.running_var"], unexpectedKeys: ["head.bias"]))
+                let message = $0.localizedDescription
+                for key in ["fc.bias", "layer2.0.norm1.running_var", "head.bias"] {
+                    XCTAssertTrue(message.contains(key), message)
+                }
             }
             XCTAssertEqual(model.stateDict(), before, "a refused load changed the model")
         }
@@ -119,12 +137,18 @@ final class ModuleLoadingTests: XCTestCase {
         XCTAssertThrowsError(try conv.loadStateDict(extra)) {
             XCTAssertEqual(
                 $0 as? NormalizationError,
-                .invalidState(
-                    layer: conv.name, name: "running_mean",
-                    reason: "unexpected: the layer has no such tensor"))
+                .incompatibleStateDict(layer: conv.name, missingKeys: [], unexpectedKeys: ["running_mean"]))
         }
         XCTAssertThrowsError(try conv.loadStateDict(["weight": good["weight"]!], strict: true)) {
-            XCTAssertEqual($0 as? NormalizationError, .invalidState(layer: conv.name, name: "bias", reason: "missing"))
+            XCTAssertEqual(
+                $0 as? NormalizationError,
+                .incompatibleStateDict(layer: conv.name, missingKeys: ["bias"], unexpectedKeys: []))
+        }
+        XCTAssertThrowsError(try conv.loadStateDict(["running_mean": zeros([3])])) {
+            XCTAssertEqual(
+                $0 as? NormalizationError,
+                .incompatibleStateDict(
+                    layer: conv.name, missingKeys: ["bias", "weight"], unexpectedKeys: ["running_mean"]))
         }
         XCTAssertEqual(conv.stateDict(), before)
         let result = try conv.loadStateDict(["weight": good["weight"]!, "running_mean": zeros([3])], strict: false)
@@ -146,9 +170,7 @@ final class ModuleLoadingTests: XCTestCase {
         XCTAssertThrowsError(try relu.loadStateDict(["weight": zeros([1])])) {
             XCTAssertEqual(
                 $0 as? NormalizationError,
-                .invalidState(
-                    layer: "ReLU", name: "weight",
-                    reason: "unexpected: the layer has no such tensor"))
+                .incompatibleStateDict(layer: "ReLU", missingKeys: [], unexpectedKeys: ["weight"]))
         }
         XCTAssertEqual(try relu.loadStateDict(["weight": zeros([1])], strict: false).unexpectedKeys, ["weight"])
 
@@ -165,9 +187,8 @@ final class ModuleLoadingTests: XCTestCase {
         XCTAssertThrowsError(try bn.loadStateDict(state)) {
             XCTAssertEqual(
                 $0 as? NormalizationError,
-                .invalidState(
-                    layer: "BatchNorm(channels: 4)", name: "running_var",
-                    reason: "missing"))
+                .incompatibleStateDict(
+                    layer: "BatchNorm(channels: 4)", missingKeys: ["running_var"], unexpectedKeys: []))
         }
         state["weight"] = .float32(shape: [4], values: [1, 2, 3, 4])
         XCTAssertEqual(try bn.loadStateDict(state, strict: false).missingKeys, ["running_var"])
@@ -188,7 +209,8 @@ final class ModuleLoadingTests: XCTestCase {
         var state = net.stateDict()
         state.removeValue(forKey: "1.running_mean")
         XCTAssertThrowsError(try net.loadStateDict(state)) {
-            XCTAssertEqual($0 as? ModelError, .missingTensor("1.running_mean"))
+            XCTAssertEqual(
+                $0 as? ModelError, .incompatibleStateDict(missingKeys: ["1.running_mean"], unexpectedKeys: []))
         }
         XCTAssertEqual(try net.loadStateDict(state, strict: false).missingKeys, ["1.running_mean"])
     }
@@ -226,6 +248,8 @@ final class ModuleLoadingTests: XCTestCase {
             (.unsupported("optimizer state does not match the model"), "optimizer state"),
             (.missingTensor("layer1.0.norm1.running_var"), "layer1.0.norm1.running_var"),
             (.unexpectedTensors(["head.bias"]), "head.bias"),
+            (.incompatibleStateDict(missingKeys: ["fc.bias"], unexpectedKeys: []), "fc.bias"),
+            (.incompatibleStateDict(missingKeys: [], unexpectedKeys: ["head.bias"]), "head.bias"),
             (
                 .mismatchedTensor(name: "fc.weight", expected: "float32 [10, 64]", found: "float32 [10, 32]"),
                 "fc.weight"

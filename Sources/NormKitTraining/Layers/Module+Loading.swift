@@ -8,10 +8,13 @@ extension Module {
     ///   module refuses (a negative running variance, …).
     /// - A load that throws changes nothing.
     ///
-    /// - Throws: for a ``Model``, ``ModelError/missingTensor(_:)`` (the first missing key, sorted),
-    ///   ``ModelError/unexpectedTensors(_:)`` or ``ModelError/mismatchedTensor(name:expected:found:)``; for a
-    ///   layer, ``/NormKit/NormalizationError/invalidState(layer:name:reason:)`` naming the layer and the key; or the error of
-    ///   the module that refused a value.
+    /// - Throws: when a strict load's keys are not exactly the tree's, an error listing every missing and every
+    ///   unexpected key (sorted): ``ModelError/incompatibleStateDict(missingKeys:unexpectedKeys:)`` for a ``Model``,
+    ///   ``/NormKit/NormalizationError/incompatibleStateDict(layer:missingKeys:unexpectedKeys:)`` for a layer (as
+    ///   NormKit's layers throw). For a tensor of the wrong dtype or shape,
+    ///   ``ModelError/mismatchedTensor(name:expected:found:)`` for a model,
+    ///   ``/NormKit/NormalizationError/invalidState(layer:name:reason:)`` naming the layer and the key for a layer;
+    ///   or the error of the module that refused a value.
     /// - Returns: the keys the tree has and `state` lacks, and those `state` has and the tree does not (both
     ///   sorted; empty after a strict load).
     @discardableResult
@@ -21,8 +24,9 @@ extension Module {
         let missing = current.keys.filter { state[$0] == nil }.sorted()
         let unexpected = state.keys.filter { current[$0] == nil }.sorted()
         let refusal = StateRefusal(root: self, modules: modules)
-        if strict, let first = missing.first { throw refusal.missing(first) }
-        if strict, !unexpected.isEmpty { throw refusal.unexpected(unexpected) }
+        if strict, !missing.isEmpty || !unexpected.isEmpty {
+            throw refusal.incompatible(missing: missing, unexpected: unexpected)
+        }
         var merged = current
         for name in current.keys.sorted() {
             guard let have = state[name] else { continue }
@@ -62,7 +66,7 @@ private func load(_ state: [String: StateTensor], into modules: [(name: String, 
     }
 }
 
-/// The error a refused load throws: ``ModelError`` at a model's root, ``LayerError`` or `NormalizationError` at a layer's.
+/// The error a refused load throws: ``ModelError`` at a model's root, `NormalizationError` at a layer's.
 private struct StateRefusal {
     let root: any Module
     let modules: [(name: String, module: any Module)]
@@ -73,19 +77,10 @@ private struct StateRefusal {
         return modules.first { $0.name == path }?.module ?? root
     }
 
-    func missing(_ key: String) -> Error {
-        if root is Model { return ModelError.missingTensor(key) }
-        return NormalizationError.invalidState(layer: owner(of: key).name, name: key, reason: "missing")
-    }
-
-    func unexpected(_ keys: [String]) -> Error {
-        if root is Model { return ModelError.unexpectedTensors(keys) }
-        let others =
-            keys.count > 1
-            ? " (and \(keys.dropFirst().prefix(4).joined(separator: ", "))\(keys.count > 5 ? ", …" : ""))" : ""
-        return NormalizationError.invalidState(
-            layer: root.name, name: keys[0],
-            reason: "unexpected: the layer has no such tensor\(others)")
+    func incompatible(missing: [String], unexpected: [String]) -> Error {
+        if root is Model { return ModelError.incompatibleStateDict(missingKeys: missing, unexpectedKeys: unexpected) }
+        return NormalizationError.incompatibleStateDict(
+            layer: root.name, missingKeys: missing, unexpectedKeys: unexpected)
     }
 
     func mismatched(_ key: String, expected: StateTensor, found: StateTensor) -> Error {

@@ -27,10 +27,15 @@ public enum ModelError: Error, CustomStringConvertible, Equatable, LocalizedErro
     case invalidDepth(Int)
     /// Something the model or its checkpoint cannot do; the text says what.
     case unsupported(String)
-    /// A strict load's state dict lacks this key.
+    /// A checkpoint lacks this tensor (the optimizer state of a training checkpoint: `velocity.0003`).
     case missingTensor(String)
-    /// A strict load's state dict has these keys the model does not.
+    /// A checkpoint has these tensors the model does not. (``Module/loadStateDict(_:strict:)`` throws
+    /// ``incompatibleStateDict(missingKeys:unexpectedKeys:)`` instead.)
     case unexpectedTensors([String])
+    /// A strict ``Module/loadStateDict(_:strict:)`` whose keys are not exactly the model's (PyTorch's "Missing
+    /// key(s)" / "Unexpected key(s)"): every one of them, each list sorted (the message shows the first ten of
+    /// each); as a layer's ``/NormKit/NormalizationError/incompatibleStateDict(layer:missingKeys:unexpectedKeys:)``.
+    case incompatibleStateDict(missingKeys: [String], unexpectedKeys: [String])
     /// A tensor of the right name but the wrong shape or dtype.
     case mismatchedTensor(name: String, expected: String, found: String)
 
@@ -44,6 +49,17 @@ public enum ModelError: Error, CustomStringConvertible, Equatable, LocalizedErro
         case .unexpectedTensors(let names):
             return
                 "checkpoint has tensors the model does not: \(names.prefix(5).joined(separator: ", "))\(names.count > 5 ? ", …" : "")"
+        case .incompatibleStateDict(let missing, let unexpected):
+            // A model has many keys (56 in a ResNet-8): the first ten of each list, and how many more.
+            func list(_ keys: [String]) -> String {
+                keys.prefix(10).joined(separator: ", ") + (keys.count > 10 ? ", and \(keys.count - 10) more" : "")
+            }
+            var parts: [String] = []
+            if !missing.isEmpty { parts.append("missing key(s) \(list(missing))") }
+            if !unexpected.isEmpty { parts.append("unexpected key(s) \(list(unexpected))") }
+            return "state dict does not match the model: \(parts.joined(separator: "; ")) (a strict load needs "
+                + "exactly the model's keys; loadStateDict(_:strict: false) loads the matching entries and reports "
+                + "the rest)"
         case .mismatchedTensor(let name, let expected, let found):
             return "checkpoint tensor '\(name)' is \(found), the model expects \(expected)"
         }
