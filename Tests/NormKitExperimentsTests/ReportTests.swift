@@ -292,6 +292,52 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(markdown.contains("*: includes unfinished runs"))
     }
 
+    /// A run whose BN layers skipped running-statistic updates is named in results.md with its count, in runs.json,
+    /// and in the runner's progress line (a non-interactive sweep shows no trainer warning); the count comes from
+    /// the summary of a finished run and from the epoch records of an unfinished one.
+    func testRunsThatSkippedRunningStatisticUpdatesAreNamed() throws {
+        let plan = smallPlan()
+        let cells = try plan.cells()
+        var lines: [String] = []
+        let runner = SweepRunner(plan: plan, directory: directory) { config, runDir in
+            var result = self.summary(config, error: self.fakeError(config))
+            if runDir.lastPathComponent == "bn-nb2-s0" {
+                result.skippedUpdates = 3
+                result.epochs[0].skippedUpdates = 1
+                result.epochs[1].skippedUpdates = 2
+            }
+            try self.writeRecords(result, to: runDir)
+            return result
+        }
+        runner.log = { lines.append($0) }
+        _ = try runner.run()
+        let progress = try XCTUnwrap(lines.first { $0.contains("finished") && $0.contains("nb2") })
+        XCTAssertTrue(progress.hasSuffix("3 running-statistic updates skipped (non-finite batch statistics)"), progress)
+        XCTAssertFalse(lines.contains { $0.contains("nb32") && $0.contains("skipped (") }, "\(lines)")
+
+        var report = try SweepReport.build(from: directory)
+        XCTAssertEqual(report.runs.map(\.skippedUpdates), [nil, 3, nil])
+        var markdown = report.markdown()
+        XCTAssertTrue(markdown.contains("## Runs whose running statistics skipped batches"), markdown)
+        XCTAssertTrue(markdown.contains("- `bn-nb2-s0`: 3 skipped updates"), markdown)
+        XCTAssertFalse(markdown.contains("`bn-nb32-s0`: "), markdown)
+        let json = try XCTUnwrap(String(data: try ResultsCSV.json(report.runs), encoding: .utf8))
+        XCTAssertTrue(json.contains("\"skippedUpdates\" : 3"), json)
+
+        // Unfinished: no summary, only metrics.jsonl; the epochs' counts add up.
+        let runDir = directory.appendingPathComponent(cells[1].runName)
+        try FileManager.default.removeItem(at: runDir.appendingPathComponent("summary.json"))
+        report = try SweepReport.build(from: directory)
+        XCTAssertEqual(report.runs.first { $0.runName == "bn-nb2-s0" }?.status, .partial)
+        XCTAssertEqual(report.runs.first { $0.runName == "bn-nb2-s0" }?.skippedUpdates, 3)
+        markdown = report.markdown()
+        XCTAssertTrue(markdown.contains("- `bn-nb2-s0`: 3 skipped updates"), markdown)
+
+        // No run skipped anything: no section.
+        try FileManager.default.removeItem(at: runDir)
+        XCTAssertFalse(try SweepReport.build(from: directory).markdown().contains("running statistics skipped"))
+    }
+
     func testReportWithoutPlanInfersReusedColumns() throws {
         var config = TrainingConfiguration()
         config.epochs = 1

@@ -35,6 +35,10 @@ public struct SweepRunRecord: Codable, Equatable, Sendable {
     public var imagesPerSecond: Double?
     /// The error text of a failed run.
     public var error: String?
+    /// Running-statistic updates the run's BN, BRN or MABN layers skipped because a batch's statistics were not
+    /// finite (the summary's count, else the sum over the epochs' records); nil when the records predate the count.
+    /// A non-zero count means the layers' running statistics, used at test time, missed those batches.
+    public var skippedUpdates: Int?
     /// Per-epoch metrics (for the training curves).
     public var epochs: [EpochMetrics]
 
@@ -162,6 +166,18 @@ public struct SweepReport {
         if !table.groupRows.isEmpty { out += "![GN: test error vs groups](error_vs_groups.svg)\n\n" }
         out += "![Training curves](training_curves.svg)\n\n"
         out += "Each figure also comes as a PNG. Per-run rows: `runs.csv`, `runs.json`.\n"
+        let skipping = runs.filter { ($0.skippedUpdates ?? 0) > 0 }
+        if !skipping.isEmpty {
+            out +=
+                "\n## Runs whose running statistics skipped batches\n\n"
+                + "These runs' BN, BRN or MABN layers met batches whose statistics were not finite and left their "
+                + "running statistics (used at test time) unchanged for them; their test errors above include "
+                + "that.\n\n"
+            for run in skipping {
+                let count = run.skippedUpdates ?? 0
+                out += "- `\(run.runName)`: \(count) skipped update\(count == 1 ? "" : "s")\n"
+            }
+        }
         let failed = runs.filter { $0.status == .failed }
         if !failed.isEmpty {
             out += "\n## Failed runs\n\n"
@@ -283,7 +299,18 @@ public struct SweepReport {
             bestTestError: summary?.bestTestError ?? epochs.map(\.testError).min(),
             wallSeconds: summary?.wallSeconds ?? last?.seconds,
             imagesPerSecond: summary?.imagesPerSecond ?? throughput,
-            error: status == .failed ? errorText : nil, epochs: epochs)
+            error: status == .failed ? errorText : nil,
+            skippedUpdates: summary?.skippedUpdates ?? skippedUpdates(in: epochs), epochs: epochs)
+    }
+
+    /// The epochs' skipped updates summed (saturating); nil when no epoch record has the count.
+    private static func skippedUpdates(in epochs: [EpochMetrics]) -> Int? {
+        let counts = epochs.compactMap(\.skippedUpdates)
+        guard !counts.isEmpty else { return nil }
+        return counts.reduce(0) { total, count in
+            let (sum, overflow) = total.addingReportingOverflow(max(0, count))
+            return overflow ? .max : sum
+        }
     }
 
     /// Without `plan.json`: a batch-independent run at the SGD batch (normBatch nil) fills every column when all

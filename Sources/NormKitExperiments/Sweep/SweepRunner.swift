@@ -156,7 +156,13 @@ public final class SweepRunner {
                 try encoder.encode(summary).write(to: summaryURL, options: .atomic)
             }
             let error = String(format: "%.2f", summary.finalTestError * 100)
-            log("\(position): \(summary.finished ? "finished" : "unfinished"), test error \(error) %")
+            let skipped = summary.skippedUpdates ?? 0
+            let skippedNote =
+                skipped > 0
+                ? "; \(skipped) running-statistic update\(skipped == 1 ? "" : "s") skipped (non-finite batch "
+                    + "statistics)" : ""
+            log(
+                "\(position): \(summary.finished ? "finished" : "unfinished"), test error \(error) %\(skippedNote)")
             return (summary.finished ? .finished : .unfinished, nil)
         } catch {
             let text = ErrorText.describe(error)
