@@ -289,7 +289,7 @@ struct BenchCommand: ParsableCommand {
         guard let json else { return }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(Array(try encoder.encode(rows)), to: URL(fileURLWithPath: json))
+        try AtomicFile.write(Array(try encoder.encode(rows)), to: URL(fileURLWithPath: json), replacing: overwrite)
     }
 }
 

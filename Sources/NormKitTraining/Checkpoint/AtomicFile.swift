@@ -21,6 +21,9 @@ public enum AtomicFileError: Error, Equatable, CustomStringConvertible, Localize
     case syncFailed(path: String, temporaryPath: String, reason: String)
     /// Renaming the temporary file over the target failed.
     case renameFailed(path: String, temporaryPath: String, reason: String)
+    /// A write that must not replace a file (`replacing: false`) found one at `path`: there before the write, or
+    /// created by someone else while it wrote. That file is unchanged and nothing was written.
+    case destinationExists(path: String)
 
     /// The message: the target, the temporary file, the system's reason and a hint.
     public var description: String {
@@ -44,6 +47,9 @@ public enum AtomicFileError: Error, Equatable, CustomStringConvertible, Localize
         case .renameFailed(let path, let temporary, let reason):
             return
                 "\(path): renaming \(temporary) over the target failed (\(reason)). Hint: the target must not be a directory and must be on the same file system; the previous file, if any, is unchanged."
+        case .destinationExists(let path):
+            return
+                "\(path) already exists (it may have been created while this file was being written): refusing to replace it; nothing was written. Hint: choose another file, or remove that one first."
         }
     }
 
@@ -99,11 +105,12 @@ public enum AtomicFile {
         }
     }
 
-    /// Replaces the file at `url` with `bytes`, atomically.
+    /// Replaces the file at `url` with `bytes`, atomically; with `replacing: false`, creates it and refuses an
+    /// existing file (see ``write(to:replacing:_:)``).
     ///
     /// - Throws: ``AtomicFileError``; the previous file is then unchanged.
-    public static func write(_ bytes: [UInt8], to url: URL) throws {
-        try write(to: url) { writer in try writer.write(bytes) }
+    public static func write(_ bytes: [UInt8], to url: URL, replacing: Bool = true) throws {
+        try write(to: url, replacing: replacing) { writer in try writer.write(bytes) }
     }
 
     /// Replaces the file at `url` with what `body` writes, atomically.
@@ -111,8 +118,15 @@ public enum AtomicFile {
     /// If `body` throws, the temporary file is removed, the error is rethrown unchanged and the previous file
     /// is untouched.
     ///
-    /// - Throws: ``AtomicFileError`` or whatever `body` throws.
-    public static func write(to url: URL, _ body: (inout Writer) throws -> Void) throws {
+    /// With `replacing: false` the write only creates: an existing file at `url` (or at the path its link resolves
+    /// to) is refused before `body` runs, and the complete file is put in place with `link(2)`, which fails rather
+    /// than replace a file that another process created in the meantime — a check followed by a `rename` would
+    /// silently replace it. (On a file system without hard links the check is made again just before a `rename`:
+    /// the window shrinks to that instant.)
+    ///
+    /// - Throws: ``AtomicFileError`` (``AtomicFileError/destinationExists(path:)`` for an existing file when not
+    ///   `replacing`) or whatever `body` throws.
+    public static func write(to url: URL, replacing: Bool = true, _ body: (inout Writer) throws -> Void) throws {
         // A link's target is written beside the target. Split as a string: `..` in a link's target must stay
         // for the kernel to resolve (a lexical clean-up would be wrong after a directory that is a link).
         let path = try resolvedDestinationPath(url.path)
@@ -122,6 +136,7 @@ public enum AtomicFile {
         let suffix = String(UInt64.random(in: 0...UInt64.max), radix: 16)
         let prefix = directory.isEmpty ? "" : directory.hasSuffix("/") ? directory : directory + "/"
         let temporaryPath = prefix + ".\(name).\(getpid()).\(suffix).tmp"
+        if !replacing, exists(path) { throw AtomicFileError.destinationExists(path: path) }
 
         let descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
         guard descriptor >= 0 else {
@@ -153,11 +168,16 @@ public enum AtomicFile {
             throw AtomicFileError.syncFailed(
                 path: path, temporaryPath: temporaryPath, reason: "close: \(String(cString: strerror(errno)))")
         }
-        guard rename(temporaryPath, path) == 0 else {
-            throw AtomicFileError.renameFailed(
-                path: path, temporaryPath: temporaryPath, reason: String(cString: strerror(errno)))
+        if replacing {
+            guard rename(temporaryPath, path) == 0 else {
+                throw AtomicFileError.renameFailed(
+                    path: path, temporaryPath: temporaryPath, reason: String(cString: strerror(errno)))
+            }
+            renamed = true
+        } else {
+            try placeWithoutReplacing(temporaryPath, at: path)
+            renamed = true
         }
-        renamed = true
 
         // Make the rename itself durable. Some file systems refuse fsync on a directory; the data is safe
         // either way, so that is not an error.
@@ -170,6 +190,33 @@ public enum AtomicFile {
 }
 
 extension AtomicFile {
+    /// Whether anything (a file, a directory, a dangling link, …) is at `path`.
+    private static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0
+    }
+
+    /// Puts the complete temporary file at `path` unless something is there: a hard link, which fails with
+    /// `EEXIST` instead of replacing, then the temporary name removed. A file system without hard links gets a
+    /// last check and a `rename`.
+    private static func placeWithoutReplacing(_ temporaryPath: String, at path: String) throws {
+        if link(temporaryPath, path) == 0 {
+            unlink(temporaryPath)
+            return
+        }
+        let error = errno
+        if error == EEXIST { throw AtomicFileError.destinationExists(path: path) }
+        guard error == EPERM || error == EOPNOTSUPP || error == ENOSYS || error == EMLINK else {
+            throw AtomicFileError.renameFailed(
+                path: path, temporaryPath: temporaryPath, reason: "link: \(String(cString: strerror(error)))")
+        }
+        if exists(path) { throw AtomicFileError.destinationExists(path: path) }
+        guard rename(temporaryPath, path) == 0 else {
+            throw AtomicFileError.renameFailed(
+                path: path, temporaryPath: temporaryPath, reason: String(cString: strerror(errno)))
+        }
+    }
+
     /// The most symbolic links followed from one destination (as the kernel's `MAXSYMLINKS`).
     static let maximumLinks = 40
 

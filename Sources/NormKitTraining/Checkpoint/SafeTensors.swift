@@ -96,12 +96,16 @@ public enum SafeTensors {
     public static let maximumHeaderLength = 100_000_000
 
     /// Writes `tensors` and `metadata` to `url` atomically: a failed or interrupted write leaves any previous
-    /// file at `url` intact.
+    /// file at `url` intact. With `replacing: false` an existing file is never replaced, not even one created while
+    /// the file was being written (``AtomicFile/write(to:replacing:_:)``).
     ///
     /// - Throws: ``SafeTensorsError/invalidTensor(name:reason:)`` for a tensor whose values do not match its
-    ///   shape or a tensor named `__metadata__`; ``AtomicFileError`` when the file cannot be written.
-    public static func write(_ tensors: [String: StateTensor], metadata: [String: String] = [:], to url: URL) throws {
-        try AtomicFile.write(encode(tensors, metadata: metadata), to: url)
+    ///   shape or a tensor named `__metadata__`; ``AtomicFileError`` when the file cannot be written
+    ///   (``AtomicFileError/destinationExists(path:)`` for an existing file when not `replacing`).
+    public static func write(
+        _ tensors: [String: StateTensor], metadata: [String: String] = [:], to url: URL, replacing: Bool = true
+    ) throws {
+        try AtomicFile.write(encode(tensors, metadata: metadata), to: url, replacing: replacing)
     }
 
     /// Reads a safetensors file.

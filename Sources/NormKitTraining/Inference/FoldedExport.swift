@@ -39,8 +39,9 @@ public enum FoldedExport {
     ///   ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)`` for an `output` that is a pipe or a device
     ///   (before reading anything), ``FoldingError/notFoldable(path:layer:reason:)``
     ///   for a GN/LN/IN checkpoint, ``FoldingError/unsupported(_:)`` for a VGG checkpoint or `output` equal to the
-    ///   checkpoint, the checkpoint's read errors, or the write's ``AtomicFileError``. Nothing is written when it
-    ///   throws.
+    ///   checkpoint, the checkpoint's read errors, or the write's ``AtomicFileError`` (without `overwrite`,
+    ///   ``AtomicFileError/destinationExists(path:)`` for a file created at `output` while the export ran: it is
+    ///   kept). Nothing is written when it throws.
     @discardableResult
     public static func export(checkpoint: URL, to output: URL, overwrite: Bool) throws -> Result {
         if checkpoint.standardizedFileURL.resolvingSymlinksInPath()
@@ -94,7 +95,7 @@ public enum FoldedExport {
         }
         try SafeTensors.write(
             folded.stateDict(), metadata: try metadata(folded, source: file, checkpoint: checkpoint),
-            to: output)
+            to: output, replacing: overwrite)
         return Result(model: folded, source: file, probeRelativeDifference: difference)
     }
 
