@@ -1,3 +1,4 @@
+import CNormKitKernels
 import Foundation
 
 /// The most memory NormKit takes in one block — a tensor, a parameter, a layer's buffer or scratch, a file read or
@@ -25,6 +26,26 @@ package enum MemoryLimit {
         multiply(by: c)
         multiply(by: d)
         return overflow ? nil : bytes
+    }
+
+    /// The memory the kernel says can still be given to processes without swapping (`MemAvailable` in
+    /// `/proc/meminfo`), read now; ``bytes`` where that cannot be read.
+    package static func availableBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return bytes }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kilobytes = Int(fields[1]) {
+                return kilobytes.multipliedReportingOverflow(by: 1024).overflow ? bytes : kilobytes * 1024
+            }
+        }
+        return bytes
+    }
+
+    /// The bytes the process's heap holds now (every block `malloc` handed out and did not get back, large mapped
+    /// ones included); nil where the C library cannot say (not glibc ≥ 2.33).
+    package static func heapBytesInUse() -> Int? {
+        let bytes = nk_heap_bytes_in_use()
+        return bytes < 0 ? nil : Int(bytes)
     }
 
     /// Throws unless `bytes` (nil: more than `Int` counts) fit in ``bytes``. `layer` and `what` (what needs the

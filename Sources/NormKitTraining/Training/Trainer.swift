@@ -97,6 +97,7 @@ public final class Trainer {
         guard c.peakLearningRate > 0, c.peakLearningRate.isFinite else {
             throw TrainingError.invalidConfiguration("learning rate must be positive, got \(c.peakLearningRate)")
         }
+        try Self.checkStepMemory(c, train: train, test: test, available: MemoryLimit.availableBytes())
         self.configuration = c
         self.dataRecord = DataRecord(train: train, test: test)
         self.train = train
@@ -116,6 +117,26 @@ public final class Trainer {
         batches = try BatchIterator(
             dataset: train, batchSize: c.batch, shuffle: true, dropLast: true,
             augmentation: c.augment ? .standard(for: train) : nil, seed: c.seed)
+    }
+
+    /// Refuses a configuration whose training step (or evaluation batch) needs more memory than `available`, measured
+    /// on probe steps of its model (``StepMemory``): every block of such a run fits in memory, their sum does not,
+    /// and the kernel would kill the process at its first step.
+    ///
+    /// - Throws: ``TrainingError/notEnoughMemory(model:batch:bytes:available:largestBatch:)``.
+    package static func checkStepMemory(
+        _ c: TrainingConfiguration, train: Dataset, test: Dataset, available: Int
+    ) throws {
+        let evaluationBatch = min(500, test.count)
+        guard
+            let memory = StepMemory.measure(
+                c, channels: train.channels, height: train.height, width: train.width, classes: train.classCount)
+        else { return }
+        let bytes = memory.bytes(batch: max(c.batch, evaluationBatch))
+        guard bytes > available else { return }
+        throw TrainingError.notEnoughMemory(
+            model: "\(c.model) with \(c.norm.rawValue)", batch: c.batch, bytes: bytes, available: available,
+            largestBatch: memory.largestBatch(fitting: available))
     }
 
     /// Restores model, optimizer, data position and history from a checkpoint written by this configuration.

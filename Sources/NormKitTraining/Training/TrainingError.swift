@@ -23,6 +23,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable, LocalizedE
     case dataMismatch(directory: String, recorded: String, given: String)
     /// A data-parallel run stopped because worker `worker` failed (``InProcessWorkerGroup``): `reason` is its error.
     case workerFailed(worker: Int, reason: String)
+    /// A training step of `model` at `batch` images needs about `bytes` (measured per image on probe steps), more
+    /// than the `available` bytes of memory the machine has free; `largestBatch` is the largest batch that fits.
+    case notEnoughMemory(model: String, batch: Int, bytes: Int, available: Int, largestBatch: Int)
 
     public var description: String {
         switch self {
@@ -53,10 +56,20 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable, LocalizedE
                 + "resume it with the same data (--data), or start a new run"
         case .workerFailed(let worker, let reason):
             return "data-parallel worker \(worker) stopped the run: \(reason)"
+        case .notEnoughMemory(let model, let batch, let bytes, let available, let largest):
+            let fits = largest > 0 ? "a batch of at most \(largest) fits" : "no batch fits"
+            return "\(model) at batch \(batch) needs about \(Self.gigabytes(bytes)) for a training step, more than "
+                + "the \(Self.gigabytes(available)) of memory free on this machine; \(fits). Hint: lower --batch "
+                + "(or free memory); the run would otherwise be killed by the kernel at its first step."
         }
     }
 
     public var errorDescription: String? { description }
+
+    /// `25.4 GB` (powers of 1024, as `free -h`).
+    private static func gigabytes(_ bytes: Int) -> String {
+        String(format: "%.1f GB", Double(bytes) / Double(1 << 30))
+    }
 }
 
 /// A model or training-state file that is readable safetensors but not a usable NormKit checkpoint.
