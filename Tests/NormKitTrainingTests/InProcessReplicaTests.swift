@@ -14,12 +14,12 @@ final class InProcessReplicaTests: XCTestCase {
     func testCollectivesAddInWorkerOrderAndGatherAndBroadcast() throws {
         let workers = 3, count = 1_001  // slices of 333 and 334 values
         // Per element: 1e8, 1 and −1e8 in some worker order. ((x₀ + x₁) + x₂) is what the group must give.
-        func value(_ w: Int, _ i: Int) -> Float { [Float(1e8), 1, -1e8][(w + i) % 3] }
-        func expected(_ i: Int) -> Float { (value(0, i) + value(1, i)) + value(2, i) }
+        @Sendable func value(_ w: Int, _ i: Int) -> Float { [Float(1e8), 1, -1e8][(w + i) % 3] }
+        @Sendable func expected(_ i: Int) -> Float { (value(0, i) + value(1, i)) + value(2, i) }
         XCTAssertNotEqual(Set((0..<3).map(expected)).count, 1, "the values must make the order visible")
         let group = try InProcessWorkerGroup(workers: workers)
-        let results = try group.run { w -> ([Float], [Double], [Double], [Float]) in
-            let worker = try group.worker(w)
+        let results = try group.run { worker -> ([Float], [Double], [Double], [Float]) in
+            let w = worker.workerIndex
             var floats = (0..<count).map { value(w, $0) }
             try floats.withUnsafeMutableBufferPointer { try worker.allReduceSum($0) }
             var doubles = [Double(w) + 0.25, 1e16 * Double(w == 1 ? 1 : w == 2 ? -1 : 0)]
@@ -45,9 +45,9 @@ final class InProcessReplicaTests: XCTestCase {
     func testMismatchedCollectivesThrowInsteadOfHanging() throws {
         let group = try InProcessWorkerGroup(workers: 2)
         XCTAssertThrowsError(
-            try group.run { w in
-                var values = [Float](repeating: 1, count: 3 + w)
-                try values.withUnsafeMutableBufferPointer { try group.worker(w).allReduceSum($0) }
+            try group.run { worker in
+                var values = [Float](repeating: 1, count: 3 + worker.workerIndex)
+                try values.withUnsafeMutableBufferPointer { try worker.allReduceSum($0) }
             }
         ) { error in
             guard case TrainingError.workerFailed(_, let reason) = error else {
@@ -57,12 +57,10 @@ final class InProcessReplicaTests: XCTestCase {
         }
     }
 
-    /// Wrong calls throw (and stop the other workers) instead of trapping: a worker index outside the group, an
-    /// all-gather into a buffer of the wrong size, a broadcast from a worker that does not exist.
+    /// Wrong calls throw (and stop the other workers) instead of trapping: an all-gather into a buffer of the wrong
+    /// size, a broadcast from a worker that does not exist. (A worker index outside the group can no longer be
+    /// asked for: ``InProcessWorkerGroup/run(_:)`` hands each worker its own view.)
     func testWrongCallsThrowInsteadOfTrapping() throws {
-        XCTAssertThrowsError(try InProcessWorkerGroup(workers: 2).worker(2)) { error in
-            XCTAssertTrue("\(error)".contains("worker 2 of a group of 2"), "\(error)")
-        }
         // A worker count outside 1...maxThreads: 0 used to become 1 silently, 2^62 a buffer too large to allocate.
         for workers in [0, -3, ConfigurationLimits.maxThreads + 1, 1 << 62] {
             XCTAssertThrowsError(try InProcessWorkerGroup(workers: workers)) { error in
@@ -72,19 +70,19 @@ final class InProcessReplicaTests: XCTestCase {
         XCTAssertEqual(try InProcessWorkerGroup(workers: 1).workerCount, 1)
         let gather = try InProcessWorkerGroup(workers: 2)
         XCTAssertThrowsError(
-            try gather.run { w in
+            try gather.run { worker in
                 let local = [1.0, 2.0]
-                var all = [Double](repeating: 0, count: w == 0 ? 4 : 3)
+                var all = [Double](repeating: 0, count: worker.workerIndex == 0 ? 4 : 3)
                 try local.withUnsafeBufferPointer { l in
-                    try all.withUnsafeMutableBufferPointer { try gather.worker(w).allGather(l, into: $0) }
+                    try all.withUnsafeMutableBufferPointer { try worker.allGather(l, into: $0) }
                 }
             }
         ) { error in XCTAssertTrue("\(error)".contains("all-gather into 3 values"), "\(error)") }
         let broadcast = try InProcessWorkerGroup(workers: 2)
         XCTAssertThrowsError(
-            try broadcast.run { w in
+            try broadcast.run { worker in
                 var values: [Float] = [1, 2]
-                try values.withUnsafeMutableBufferPointer { try broadcast.worker(w).broadcast($0, from: 2) }
+                try values.withUnsafeMutableBufferPointer { try worker.broadcast($0, from: 2) }
             }
         ) { error in XCTAssertTrue("\(error)".contains("broadcast from worker 2"), "\(error)") }
     }
@@ -94,15 +92,15 @@ final class InProcessReplicaTests: XCTestCase {
         let group = try InProcessWorkerGroup(workers: 3)
         let start = Date()
         XCTAssertThrowsError(
-            try group.run { w in
-                if w == 1 { throw Refused() }
+            try group.run { worker in
+                if worker.workerIndex == 1 { throw Refused() }
                 // Far more barriers than worker 1 will ever reach; each waits (and sleeps) until it is abandoned.
-                for _ in 0..<1_000_000 { try group.worker(w).barrier() }
+                for _ in 0..<1_000_000 { try worker.barrier() }
             }
         ) { error in XCTAssertEqual(error as? Refused, Refused(), "\(error)") }
         XCTAssertLessThan(Date().timeIntervalSince(start), 10)
         // The group stays abandoned: a later collective throws at once, naming the worker.
-        XCTAssertThrowsError(try group.worker(0).barrier()) { error in
+        XCTAssertThrowsError(try group.run { try $0.barrier() }) { error in
             guard case TrainingError.workerFailed(let worker, _) = error else { return XCTFail("\(error)") }
             XCTAssertEqual(worker, 1)
         }
@@ -132,19 +130,45 @@ final class InProcessReplicaTests: XCTestCase {
 
     // MARK: - Training
 
-    private func replicas(
-        _ c: TrainingConfiguration, count: Int = 2, output: URL? = nil
-    ) throws -> (InProcessWorkerGroup, [Trainer]) {
-        let data = try TrainingTests.synthetic()
+    /// What a replica's body returns: its trainer's state after `prepare` (before training) and after the run, and
+    /// the run's summary or error.
+    struct ReplicaOutcome: Sendable {
+        let prepared: [String: StateTensor]
+        let stateDict: [String: StateTensor]
+        let stepLosses: [Float]
+        let step: Int
+        let history: [EpochMetrics]
+        let summary: RunSummary?
+        let error: TrainingError?
+    }
+
+    /// `count` replicas of `c` on the synthetic data, each built by its own worker's thread, set up by `prepare`
+    /// and trained. With `keepingErrors` a replica's `TrainingError` is its outcome's `error`; otherwise it is
+    /// thrown (the group's error).
+    static func runReplicas(
+        _ c: TrainingConfiguration, count: Int = 2, output: URL? = nil, data: (train: Dataset, test: Dataset)? = nil,
+        keepingErrors: Bool = false, prepare: @escaping @Sendable (Trainer) throws -> Void = { _ in }
+    ) throws -> [ReplicaOutcome] {
+        let data = try data ?? TrainingTests.synthetic()
         let group = try InProcessWorkerGroup(workers: count)
-        let trainers = try (0..<count).map { w in
+        let c = c.perWorker(workers: count)
+        return try group.run { worker in
             let t = try Trainer(
-                configuration: c.perWorker(workers: count), train: data.train, test: data.test, output: output,
+                configuration: c, train: data.train, test: data.test, output: output,
                 progress: ProgressReporter(style: .silent))
-            try t.distribute(over: group.worker(w))
-            return t
+            try t.distribute(over: worker)
+            try prepare(t)
+            let prepared = t.model.stateDict()
+            var summary: RunSummary?, error: TrainingError?
+            do {
+                summary = try t.run()
+            } catch let e as TrainingError where keepingErrors {
+                error = e
+            }
+            return ReplicaOutcome(
+                prepared: prepared, stateDict: t.model.stateDict(), stepLosses: t.stepLosses, step: t.step,
+                history: t.history, summary: summary, error: error)
         }
-        return (group, trainers)
     }
 
     private func single(_ c: TrainingConfiguration) throws -> Trainer {
@@ -171,37 +195,34 @@ final class InProcessReplicaTests: XCTestCase {
         for (norm, reference) in [(NormKind.gn, NormKind.gn), (.syncbn, .bn), (.ln, .ln)] {
             var c = TrainingTests.smallConfiguration(norm)
             c.epochs = 1
-            let (group, trainers) = try replicas(c)
-            let summaries = try group.run { try trainers[$0].run() }
+            let replicas = try Self.runReplicas(c)
             var r = c
             r.norm = reference
             let one = try single(r)
             let summary = try one.run()
-            let losses = trainers[0].stepLosses
+            let losses = replicas[0].stepLosses
             XCTAssertEqual(losses.count, 8)
-            XCTAssertEqual(trainers[1].stepLosses, losses, "\(norm): the replicas agree on every step's loss")
-            XCTAssertEqual(
-                trainers[0].model.stateDict(), trainers[1].model.stateDict(), "\(norm): replicas' weights differ")
+            XCTAssertEqual(replicas[1].stepLosses, losses, "\(norm): the replicas agree on every step's loss")
+            XCTAssertEqual(replicas[0].stateDict, replicas[1].stateDict, "\(norm): replicas' weights differ")
             for (a, b) in zip(losses, one.stepLosses) {
                 XCTAssertEqual(
                     a, b, accuracy: 2e-4 * max(1, abs(b)), "\(norm): replica losses \(losses) vs \(one.stepLosses)")
             }
-            let difference = Self.largestDifference(trainers[0].model.stateDict(), one.model.stateDict())
+            let difference = Self.largestDifference(replicas[0].stateDict, one.model.stateDict())
             XCTAssertLessThan(difference, 1e-3, "\(norm): weights after 8 steps")
-            XCTAssertEqual(summaries[0].finalTestError, summary.finalTestError, accuracy: 1.0 / 32, "\(norm)")
-            XCTAssertEqual(summaries[0].workers, 2)
+            XCTAssertEqual(
+                replicas[0].summary?.finalTestError ?? -1, summary.finalTestError, accuracy: 1.0 / 32, "\(norm)")
+            XCTAssertEqual(replicas[0].summary?.workers, 2)
         }
     }
 
     func testReplicaRunsAreDeterministic() throws {
         var c = TrainingTests.smallConfiguration(.gn)
         c.epochs = 1
-        let (g1, a) = try replicas(c)
-        _ = try g1.run { try a[$0].run() }
-        let (g2, b) = try replicas(c)
-        _ = try g2.run { try b[$0].run() }
+        let a = try Self.runReplicas(c)
+        let b = try Self.runReplicas(c)
         XCTAssertEqual(a[0].stepLosses, b[0].stepLosses)
-        XCTAssertEqual(a[0].model.stateDict(), b[0].model.stateDict())
+        XCTAssertEqual(a[0].stateDict, b[0].stateDict)
     }
 
     /// Stopped after 5 of 16 steps, the replicas save one checkpoint (worker 0's) and stop together; new replicas
@@ -214,22 +235,18 @@ final class InProcessReplicaTests: XCTestCase {
             try? FileManager.default.removeItem(at: fullDirectory)
             try? FileManager.default.removeItem(at: directory)
         }
-        let (fullGroup, full) = try replicas(c, output: fullDirectory)
-        _ = try fullGroup.run { try full[$0].run() }
+        let full = try Self.runReplicas(c, output: fullDirectory)
         XCTAssertEqual(full[0].stepLosses.count, 16)
 
-        let (firstGroup, first) = try replicas(c, output: directory)
-        for t in first { t.stopAfterStep = 5 }
-        XCTAssertThrowsError(try firstGroup.run { try first[$0].run() }) { error in
-            XCTAssertEqual(error as? TrainingError, .interrupted(step: 5, directory: directory.path))
+        let first = try Self.runReplicas(c, output: directory, keepingErrors: true) { $0.stopAfterStep = 5 }
+        for replica in first {
+            XCTAssertEqual(replica.error, .interrupted(step: 5, directory: directory.path))
         }
         XCTAssertEqual(first.map(\.step), [5, 5])
-        let (secondGroup, second) = try replicas(c, output: directory)
-        for t in second { try t.resume(from: directory) }
-        XCTAssertEqual(second[1].model.stateDict(), first[0].model.stateDict())
-        _ = try secondGroup.run { try second[$0].run() }
+        let second = try Self.runReplicas(c, output: directory) { try $0.resume(from: directory) }
+        XCTAssertEqual(second[1].prepared, first[0].stateDict)
         XCTAssertEqual(second[0].stepLosses, Array(full[0].stepLosses.suffix(from: 5)))
-        XCTAssertEqual(second[0].model.stateDict(), full[0].model.stateDict())
+        XCTAssertEqual(second[0].stateDict, full[0].stateDict)
         let lines = try String(contentsOf: directory.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
             .split(separator: "\n")
         XCTAssertEqual(lines.count, c.epochs, "worker 0 alone writes the records")
@@ -245,9 +262,8 @@ final class InProcessReplicaTests: XCTestCase {
         try Data("x".utf8).write(to: blocker)
         var c = TrainingTests.smallConfiguration(.gn)
         c.epochs = 1
-        let (group, trainers) = try replicas(c, output: blocker.appendingPathComponent("run"))
         let start = Date()
-        XCTAssertThrowsError(try group.run { try trainers[$0].run() }) { error in
+        XCTAssertThrowsError(try Self.runReplicas(c, output: blocker.appendingPathComponent("run"))) { error in
             if case TrainingError.workerFailed = error { XCTFail("worker 0's own error expected, got \(error)") }
         }
         XCTAssertLessThan(Date().timeIntervalSince(start), 30)

@@ -13,13 +13,15 @@ import Synchronization
 ///
 /// ```swift
 /// let group = try InProcessWorkerGroup(workers: 2)
-/// let trainers = try (0..<2).map { w in
-///     let t = try Trainer(configuration: c, train: train, test: test, output: w == 0 ? out : nil)
-///     try t.distribute(over: group.worker(w))
-///     return t
+/// let summaries = try group.run { worker in   // each worker on a thread of its own, worker 0 on this one
+///     let t = try Trainer(configuration: c, train: train, test: test, output: worker.workerIndex == 0 ? out : nil)
+///     try t.distribute(over: worker)
+///     return try t.run()
 /// }
-/// let summaries = try group.run { w in try trainers[w].run() }   // worker w on a thread of its own
 /// ```
+///
+/// The body is `@Sendable`: each worker builds its own trainer and model, and the compiler refuses a body that
+/// captures another worker's (non-Sendable) objects.
 ///
 /// Collectives add in worker order (`((x₀ + x₁) + x₂) …`), so a job's sums do not depend on which thread arrives
 /// first. Each worker calls the same collectives with the same counts in the same order, as with MPI; a worker whose
@@ -35,10 +37,14 @@ public final class InProcessWorkerGroup: Sendable {
     /// Why the group was abandoned (nil: it was not).
     private let failure = Mutex<(worker: Int, reason: String)?>(nil)
     private let abandoned = Atomic<Bool>(false)
+    /// Whether ``run(_:)`` runs: a second run at the same time (from another thread, or from inside a body) would
+    /// give two threads the same worker's buffer.
+    private let running = Atomic<Bool>(false)
     /// Where a waiter that spun too long sleeps.
     private let sleepers = NSCondition()
     /// Each worker's buffer in the current collective (address and count), written by that worker before a barrier
-    /// and read by the others after it (unchecked: the barriers order every access).
+    /// and read by the others after it (unchecked: the barriers order every access, and only ``run(_:)`` makes
+    /// workers, one per thread and index, one run at a time).
     nonisolated(unsafe) private let buffers: UnsafeMutablePointer<(address: UnsafeMutableRawPointer?, count: Int)>
 
     /// Nanoseconds a waiting worker spins before it sleeps: a step's two collectives meet within a few hundred
@@ -63,16 +69,6 @@ public final class InProcessWorkerGroup: Sendable {
 
     deinit { buffers.deallocate() }
 
-    /// Worker `index`'s view of the group, for ``Trainer/distribute(over:)``; one thread uses it.
-    ///
-    /// - Throws: ``TrainingError/invalidConfiguration(_:)`` when `index` is not in `0 ..< workerCount`.
-    public func worker(_ index: Int) throws -> Worker {
-        guard (0..<workerCount).contains(index) else {
-            throw TrainingError.invalidConfiguration("worker \(index) of a group of \(workerCount) workers")
-        }
-        return Worker(self, index)
-    }
-
     /// Abandons the group (see ``abandon(by:because:)``) and throws why: a collective called wrongly on `worker`
     /// would leave the others waiting for it.
     private func refuse(_ worker: Int, _ reason: String) throws -> Never {
@@ -81,60 +77,92 @@ public final class InProcessWorkerGroup: Sendable {
         throw error
     }
 
-    /// Runs `body(w)` for every worker `w`, worker 0 on the calling thread and each other on a thread of its own,
-    /// and returns their results in worker order once all have finished. `body(w)` must touch only worker `w`'s
-    /// objects (its trainer and model) and the group.
+    /// Runs `body` once for every worker, each with its own ``Worker`` (its index and its collectives), worker 0 on
+    /// the calling thread and each other on a thread of its own, and returns their results in worker order once all
+    /// have finished.
     ///
-    /// A body that throws abandons the group, so the others stop at their next collective; the error thrown is the
-    /// lowest-numbered worker's own failure (``TrainingError/workerFailed(worker:reason:)`` of the workers that
-    /// were stopped that way comes only when no worker failed by itself).
-    public func run<T>(_ body: @escaping (Int) throws -> T) throws -> [T] {
-        let results = Results<T>(workerCount)
-        // Unchecked: every call of `body` ends before `run` returns (the threads are joined below), and each
-        // touches its own worker's objects.
-        nonisolated(unsafe) let body = body
+    /// `body` is `@Sendable` and its results are `Sendable`, so the compiler checks that the workers share nothing
+    /// but what is safe to share (the datasets, the configuration, an output URL): each worker builds its own
+    /// non-Sendable objects (its ``Trainer`` and model) inside `body`, and the ``Worker`` it is given cannot leave
+    /// its thread.
+    ///
+    /// ```swift
+    /// let summaries = try group.run { worker in
+    ///     let t = try Trainer(configuration: c, train: train, test: test, output: worker.workerIndex == 0 ? out : nil)
+    ///     try t.distribute(over: worker)
+    ///     return try t.run()
+    /// }
+    /// ```
+    ///
+    /// A body that throws (while it builds its trainer, or in a collective) abandons the group, so the others stop
+    /// at their next collective; the error thrown is the lowest-numbered worker's own failure
+    /// (``TrainingError/workerFailed(worker:reason:)`` of the workers that were stopped that way comes only when no
+    /// worker failed by itself).
+    ///
+    /// - Throws: The lowest-numbered worker's own error, as above; ``TrainingError/invalidConfiguration(_:)``,
+    ///   running no body, when the group is running already (called from a body, or from another thread while it
+    ///   runs).
+    public func run<Value: Sendable>(_ body: @escaping @Sendable (Worker) throws -> Value) throws -> [Value] {
+        let (first, others) = try run(first: body, others: body)
+        return [first] + others
+    }
+
+    /// ``run(_:)`` with worker 0's body apart: `first` runs on the calling thread, so it need not be `@Sendable` and
+    /// may use objects the caller built and keeps (worker 0's trainer, whose progress and records the caller
+    /// reads afterwards); `others` runs for workers 1, 2, … on threads of their own and builds their objects itself.
+    /// Returns worker 0's result and the others' in worker order.
+    ///
+    /// - Throws: What ``run(_:)`` throws.
+    public func run<First, Other: Sendable>(
+        first: (Worker) throws -> First, others: @escaping @Sendable (Worker) throws -> Other
+    ) throws -> (first: First, others: [Other]) {
+        guard running.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+        else {
+            throw TrainingError.invalidConfiguration(
+                "an in-process worker group runs one set of \(workerCount) workers at a time; it is running already")
+        }
+        defer { running.store(false, ordering: .releasing) }
+        let results = Results<Other>(workerCount)
         let done = DispatchGroup()
         for w in 1..<workerCount {
             done.enter()
-            let thread = Thread {
-                self.work(w, body, into: results)
+            let thread = Thread { [self] in
+                results.set(w, work(w, others))
                 done.leave()
             }
             thread.stackSize = 8 << 20
             thread.start()
         }
-        work(0, body, into: results)
+        let firstResult = work(0, first)
         done.wait()
-        return try results.collect()
+        return try results.collect(first: firstResult)
     }
 
-    /// Worker `w`'s body, its result kept; a failure abandons the group.
-    private func work<T>(_ w: Int, _ body: (Int) throws -> T, into results: Results<T>) {
-        let result = Result { try body(w) }
+    /// Worker `w`'s body on its own ``Worker`` (made on the thread that uses it); a failure abandons the group.
+    private func work<Value>(_ w: Int, _ body: (Worker) throws -> Value) -> Result<Value, any Error> {
+        let result = Result { try body(Worker(self, w)) }
         if case .failure(let error) = result { abandon(by: w, because: error) }
-        results.set(w, result)
+        return result
     }
 
-    /// The workers' results (each written once by its own thread; read after they were joined).
-    private final class Results<T>: @unchecked Sendable {
-        private var values: [Result<T, any Error>?]
-        private let lock = NSLock()
-        init(_ count: Int) { values = Array(repeating: nil, count: count) }
-        func set(_ w: Int, _ result: Result<T, any Error>) { lock.withLock { values[w] = result } }
+    /// The results of workers 1, 2, … (each written once by its own thread; read after they were joined).
+    private final class Results<Value: Sendable>: Sendable {
+        private let values: Mutex<[Result<Value, any Error>?]>
+        init(_ count: Int) { values = Mutex(Array(repeating: nil, count: count)) }
+        func set(_ w: Int, _ result: Result<Value, any Error>) { values.withLock { $0[w] = result } }
 
-        /// The results in worker order, or the error ``InProcessWorkerGroup/run(_:)`` throws.
-        func collect() throws -> [T] {
-            let all = lock.withLock { values.map { $0! } }
-            let failures = all.enumerated().compactMap { w, result -> (Int, any Error)? in
-                guard case .failure(let error) = result else { return nil }
-                return (w, error)
-            }
-            let own = failures.first { failure in
-                if case TrainingError.workerFailed = failure.1 { return false }
+        /// Worker 0's result and the others' in worker order, or the error ``InProcessWorkerGroup/run(_:)`` throws.
+        func collect<First>(first: Result<First, any Error>) throws -> (first: First, others: [Value]) {
+            let others = values.withLock { $0.dropFirst().map { $0! } }
+            var failures: [any Error] = []
+            if case .failure(let error) = first { failures.append(error) }
+            for case .failure(let error) in others { failures.append(error) }
+            let own = failures.first { error in
+                if case TrainingError.workerFailed = error { return false }
                 return true
             }
-            if let (_, error) = own ?? failures.first { throw error }
-            return try all.map { try $0.get() }
+            if let error = own ?? failures.first { throw error }
+            return (try first.get(), try others.map { try $0.get() })
         }
     }
 
@@ -252,7 +280,9 @@ public final class InProcessWorkerGroup: Sendable {
         try barrier()
     }
 
-    /// One worker's view of an ``InProcessWorkerGroup``.
+    /// One worker's view of an ``InProcessWorkerGroup``, given to that worker's body by ``run(_:)``: its index
+    /// and its collectives. It is not `Sendable`: it stays on the thread of its worker, the only one allowed to call
+    /// its collectives.
     public final class Worker: DataParallelGroup {
         public let group: InProcessWorkerGroup
         public let workerIndex: Int

@@ -44,22 +44,33 @@ public enum TrainingThreading: String, Codable, CaseIterable, Sendable {
 
 /// One training run on this process's threads: a single ``Trainer`` (``TrainingThreading/layers``), or one replica per
 /// thread over an ``InProcessWorkerGroup`` (worker 0 reports progress and writes the run; the others are silent).
-/// Set the trainers' properties (``Trainer/checkpointEverySteps``, ``Trainer/convolutionEngine``, …) through
-/// ``forEach(_:)`` and resume them all with ``resume(from:)``, then ``run()``.
-public struct ThreadedRun {
-    /// Worker 0's trainer first; one per replica.
-    public let trainers: [Trainer]
+/// Worker 0's trainer (``first``) is built here, on the calling thread; the other replicas' trainers are built by
+/// their own threads in ``run()``. Set the trainers' properties (``Trainer/checkpointEverySteps``,
+/// ``Trainer/convolutionEngine``, …) through ``forEach(_:)`` and resume them all with ``resume(from:)``, then
+/// ``run()``.
+public final class ThreadedRun {
+    /// Worker 0's trainer: the one that reports and writes the run.
+    public let first: Trainer
     /// The replicas' group (nil: one trainer).
     public let group: InProcessWorkerGroup?
-    /// The trainer that reports and writes the run.
-    public var first: Trainer { trainers[0] }
+    /// What every other replica's trainer is built from, on its own thread.
+    private let replica: Replica
+    /// What ``forEach(_:)`` did to ``first``, done to every other replica's trainer once it is built.
+    private var setups: [@Sendable (Trainer) throws -> Void] = []
 
-    /// The trainers of `configuration` (its ``TrainingConfiguration/threads`` threads, used as `threading` says) on
+    /// The parts of a replica's trainer that its thread receives (all `Sendable`).
+    private struct Replica: Sendable {
+        let configuration: TrainingConfiguration
+        let train: Dataset
+        let test: Dataset
+        let output: URL?
+    }
+
+    /// The run of `configuration` (its ``TrainingConfiguration/threads`` threads, used as `threading` says) on
     /// `train` and `test`. With replicas the configuration is ``TrainingConfiguration/perWorker(workers:)``'s.
     ///
     /// - Throws: ``TrainingError/invalidConfiguration(_:)`` (a batch ``TrainingThreading/replicas`` cannot split),
-    ///   or what ``Trainer/init(configuration:train:test:output:progress:)`` and
-    ///   ``Trainer/distribute(over:)`` throw.
+    ///   or what ``Trainer/init(configuration:train:test:output:progress:)`` throws for worker 0's trainer.
     public init(
         configuration: TrainingConfiguration, threading: TrainingThreading = .auto, train: Dataset, test: Dataset,
         output: URL?, progress: ProgressReporter = ProgressReporter()
@@ -67,27 +78,47 @@ public struct ThreadedRun {
         let replicas = try threading.replicas(for: configuration, threads: configuration.threads)
         let c = configuration.perWorker(workers: replicas)
         group = replicas > 1 ? try InProcessWorkerGroup(workers: replicas) : nil
-        trainers = try (0..<replicas).map { [group] w in
-            let trainer = try Trainer(
-                configuration: c, train: train, test: test, output: output,
-                progress: w == 0 ? progress : ProgressReporter(style: .silent))
-            if let group { try trainer.distribute(over: group.worker(w)) }
-            return trainer
-        }
+        replica = Replica(configuration: c, train: train, test: test, output: output)
+        first = try Trainer(configuration: c, train: train, test: test, output: output, progress: progress)
     }
 
-    /// `body` on every trainer, worker 0's first.
-    public func forEach(_ body: (Trainer) throws -> Void) rethrows { for t in trainers { try body(t) } }
+    /// `body` on worker 0's trainer now, and on every other replica's trainer in ``run()`` once its thread has
+    /// built it (before it trains). `body` is `@Sendable`: it runs on the replicas' threads.
+    ///
+    /// - Throws: What `body` throws on worker 0's trainer (the other replicas' errors are ``run()``'s).
+    public func forEach(_ body: @escaping @Sendable (Trainer) throws -> Void) rethrows {
+        try body(first)
+        setups.append(body)
+    }
 
-    /// Every trainer resumed from `directory` (``Trainer/resume(from:)``).
+    /// Every trainer resumed from `directory` (``Trainer/resume(from:)``): worker 0's now, the others' in ``run()``.
+    ///
+    /// - Throws: What ``Trainer/resume(from:)`` throws for worker 0's trainer.
     public func resume(from directory: URL) throws { try forEach { try $0.resume(from: directory) } }
 
-    /// Trains (each replica on a thread of its own) and returns worker 0's summary; the errors are
-    /// ``Trainer/run()``'s (a replica's own failure before the others').
+    /// Trains (each replica on a thread of its own, worker 0 on the calling thread) and returns worker 0's summary.
+    ///
+    /// - Throws: ``Trainer/run()``'s errors, what building, setting up (``forEach(_:)``, ``resume(from:)``) and
+    ///   distributing a replica's trainer throws (``Trainer/distribute(over:)``): the lowest-numbered replica's own
+    ///   failure before the others' (``InProcessWorkerGroup/run(_:)``).
     @discardableResult
     public func run() throws -> RunSummary {
         guard let group else { return try first.run() }
-        let trainers = self.trainers
-        return try group.run { try trainers[$0].run() }[0]
+        let (first, replica, setups) = (self.first, self.replica, self.setups)
+        return try group.run(
+            first: { worker in
+                // After resume(from:): worker 0 writes the run either way, the one thing resuming asks of it.
+                try first.distribute(over: worker)
+                return try first.run()
+            },
+            others: { worker in
+                let trainer = try Trainer(
+                    configuration: replica.configuration, train: replica.train, test: replica.test,
+                    output: replica.output, progress: ProgressReporter(style: .silent))
+                try trainer.distribute(over: worker)
+                for setup in setups { try setup(trainer) }
+                _ = try trainer.run()
+            }
+        ).first
     }
 }
