@@ -252,6 +252,30 @@ final class InProcessReplicaTests: XCTestCase {
         XCTAssertEqual(lines.count, c.epochs, "worker 0 alone writes the records")
     }
 
+    /// SyncBN's and MABN's statistics are shared by the workers: a global batch whose statistics are not finite
+    /// (one training image scaled by 10²¹) skips the running-statistic update on every worker alike. The run counts
+    /// it once, as one process does, not once per worker (the count was the sum over workers: twice one process's).
+    func testSkippedUpdatesOfSharedStatisticsCountOncePerStep() throws {
+        let (train, test) = try TrainingTests.synthetic()
+        let hostile = try ReliabilityTests.withFirstImageBeyondFloat(train)
+        for (norm, reference) in [(NormKind.syncbn, NormKind.bn), (.mabn, .mabn)] {
+            var c = TrainingTests.smallConfiguration(norm)
+            c.epochs = 2
+            let replicas = try Self.runReplicas(c, data: (hostile, test))
+            var r = c.perWorker(workers: 2)
+            r.norm = reference
+            let one = try Trainer(
+                configuration: r, train: hostile, test: test, output: nil, progress: ProgressReporter(style: .silent))
+            let summary = try one.run()
+            let expected = one.history.map(\.skippedUpdates)
+            XCTAssertGreaterThan(summary.skippedUpdates ?? 0, 0, "\(norm): the hostile image must make a skip")
+            for (w, replica) in replicas.enumerated() {
+                XCTAssertEqual(replica.history.map(\.skippedUpdates), expected, "\(norm), worker \(w)")
+                XCTAssertEqual(replica.summary?.skippedUpdates, summary.skippedUpdates, "\(norm), worker \(w)")
+            }
+        }
+    }
+
     /// Worker 0 cannot create its run directory (a file is in the way): it fails, worker 1, waiting for it in the
     /// first collective, is stopped instead of hanging, and the error thrown is worker 0's.
     func testAFailureOfWorkerZeroDoesNotHangTheOthers() throws {

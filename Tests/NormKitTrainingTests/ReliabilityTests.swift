@@ -414,11 +414,7 @@ final class ReliabilityTests: XCTestCase {
     /// holds the run's total; a run without such batches records 0 and prints no warning.
     func testSkippedRunningStatisticUpdatesAreReported() throws {
         let (train, test) = try TrainingTests.synthetic()
-        var images = train.images
-        for i in 0..<train.sampleSize { images[i] *= 1e21 }
-        let hostile = try Dataset(
-            images: images, labels: train.labels, channels: train.channels, height: train.height,
-            width: train.width, classCount: train.classCount, statistics: train.statistics)
+        let hostile = try Self.withFirstImageBeyondFloat(train)
         var c = Self.configuration()
         c.epochs = 2
         for (name, data, expected) in [("skipping", hostile, 1), ("clean", train, 0)] {
@@ -563,6 +559,16 @@ final class ReliabilityTests: XCTestCase {
     }
 
     // MARK: - Helpers
+
+    /// `data` with its first image scaled by 10²¹: a batch that holds it has a variance past float's range, so a
+    /// BN, BRN or MABN layer skips its running-statistic update on it.
+    static func withFirstImageBeyondFloat(_ data: Dataset) throws -> Dataset {
+        var images = data.images
+        for i in 0..<data.sampleSize { images[i] *= 1e21 }
+        return try Dataset(
+            images: images, labels: data.labels, channels: data.channels, height: data.height, width: data.width,
+            classCount: data.classCount, statistics: data.statistics)
+    }
 
     static func configuration() -> TrainingConfiguration {
         var c = TrainingTests.smallConfiguration(.bn)

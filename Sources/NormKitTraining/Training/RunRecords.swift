@@ -126,8 +126,9 @@ public struct EpochMetrics: Codable, Equatable, Sendable {
     /// Training throughput over this epoch.
     public var imagesPerSecond: Double
     /// Running-statistic updates the BN, BRN and MABN layers skipped in this epoch because a batch's statistics
-    /// were not finite (their `skippedUpdates`), summed over the layers and the workers; nil in records written
-    /// before NormKit counted them.
+    /// were not finite (their `skippedUpdates`), summed over the layers and the workers, a layer whose statistics
+    /// the workers share (SyncBN, MABN) counted once (worker 0's count: docs/DISTRIBUTED.md); nil in records
+    /// written before NormKit counted them.
     public var skippedUpdates: Int?
 
     public init(

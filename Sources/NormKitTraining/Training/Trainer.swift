@@ -478,20 +478,28 @@ public final class Trainer {
     }
 
     /// The running-statistic updates the model's BN, BRN and MABN layers have skipped since they were built (their
-    /// `skippedUpdates`: batches whose statistics were not finite).
+    /// `skippedUpdates`: batches whose statistics were not finite) on this worker: for layers whose statistics the
+    /// workers share (SyncBN, MABN across workers: ``/NormKit/BatchNorm/crossWorkerReduction``) worker 0's alone,
+    /// since every worker sees the same statistics and skips the same updates; for the per-worker layers (BN, BRN),
+    /// whose statistics are each worker's own, every worker's. Summed over the workers, a synchronized layer's
+    /// skipped step counts once whatever the number of workers, as in one process.
     private var layerSkippedUpdates: Int {
-        normalizationLayers.reduce(0) { total, layer in
+        let countsSynchronized = (dataParallel?.workerIndex ?? 0) == 0
+        return normalizationLayers.reduce(0) { total, layer in
             switch layer {
-            case let bn as BatchNorm: return total + bn.skippedUpdates
+            case let bn as BatchNorm:
+                return bn.crossWorkerReduction != nil && !countsSynchronized ? total : total + bn.skippedUpdates
             case let brn as BatchRenorm: return total + brn.skippedUpdates
-            case let mabn as MovingAverageBatchNorm: return total + mabn.skippedUpdates
+            case let mabn as MovingAverageBatchNorm:
+                return mabn.crossWorkerReduction != nil && !countsSynchronized ? total : total + mabn.skippedUpdates
             default: return total
             }
         }
     }
 
-    /// Adds the updates the layers skipped since the last count, summed over the workers, to the epoch's count.
-    /// Every worker calls it at the same points (an epoch's end, before a checkpoint): it is a collective.
+    /// Adds the updates the layers skipped since the last count, summed over the workers (``layerSkippedUpdates``:
+    /// a synchronized layer's on worker 0 alone), to the epoch's count. Every worker calls it at the same points (an
+    /// epoch's end, before a checkpoint): it is a collective.
     private func countSkippedUpdates() throws {
         let layers = layerSkippedUpdates
         var skipped = [Double(layers - layerSkipsCounted)]
