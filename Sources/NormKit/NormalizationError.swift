@@ -38,6 +38,12 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
     /// Two tensors that must match (the backward's `dy` and the forward's `x`) differ in shape or layout.
     case shapeMismatch(
         layer: String, expected: [Int], expectedLayout: TensorLayout, got: [Int], gotLayout: TensorLayout)
+    /// The two operands of an element-wise operation (`operation`: `"add"`, …) differ in shape or layout:
+    /// ``Tensor/add(_:)`` and the other element-wise ``Tensor`` operations need one shape and one layout (convert one
+    /// with ``Tensor/converted(to:)`` first).
+    case operandMismatch(
+        layer: String, operation: String, left: [Int], leftLayout: TensorLayout, right: [Int],
+        rightLayout: TensorLayout)
     /// The batch has no samples.
     case emptyBatch(layer: String)
     /// Too few values in a normalization set for the statistics a forward takes from its input: one value per channel
@@ -63,7 +69,8 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
         case .invalidShape(let layer, _), .tooLargeForMemory(let layer, _, _, _),
             .elementCountMismatch(let layer, _, _),
             .invalidArgument(let layer, _, _, _),
-            .channelMismatch(let layer, _, _), .shapeMismatch(let layer, _, _, _, _), .emptyBatch(let layer),
+            .channelMismatch(let layer, _, _), .shapeMismatch(let layer, _, _, _, _),
+            .operandMismatch(let layer, _, _, _, _, _), .emptyBatch(let layer),
             .tooFewValuesPerChannel(let layer, _), .normBatchDoesNotDivide(let layer, _, _),
             .backwardBeforeForward(let layer), .invalidState(let layer, _, _),
             .incompatibleStateDict(let layer, _, _), .crossWorkerReductionFailed(let layer, _):
@@ -106,6 +113,13 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
         case .shapeMismatch(_, let expected, let expectedLayout, let got, let gotLayout):
             return
                 "gradient does not match the forward's output: expected \(expected) \(expectedLayout), got \(got) \(gotLayout)"
+        case .operandMismatch(_, let operation, let left, let leftLayout, let right, let rightLayout):
+            let fix =
+                left == right
+                ? "convert one with converted(to:)" : "there is no broadcasting"
+            return
+                "\(operation) needs two tensors of one shape and layout, got \(left) \(leftLayout) and \(right) "
+                + "\(rightLayout) (\(fix))"
         case .emptyBatch:
             return "the batch is empty (N = 0)"
         case .tooFewValuesPerChannel(_, let count):

@@ -82,6 +82,13 @@ public struct Tensor: Sendable {
         self.init(zeros: shape, layout: layout)
     }
 
+    /// A tensor of `shape` and `layout` over `storage` (shared, copy-on-write; its count is the shape's).
+    init(sharing storage: TensorStorage, shape: [Int], layout: TensorLayout) {
+        self.storage = storage
+        self.shape = shape
+        self.layout = layout
+    }
+
     /// A tensor holding `values` in memory order (see ``layout``).
     ///
     /// - Throws: ``NormalizationError/invalidShape(layer:shape:)``,

@@ -1,0 +1,119 @@
+/// Reshaping and element-wise arithmetic: what a custom forward needs between layers (a residual sum around a
+/// normalization, a flatten before a linear layer) without copying through ``Tensor/withUnsafeMutableBufferPointer(_:)``.
+///
+/// The element-wise operations take two tensors of one shape **and** one layout (no broadcasting, no implicit
+/// conversion) and throw ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)``
+/// otherwise. The in-place forms (``add(_:)``, ``scale(by:)``) write into the tensor's own memory when nothing else
+/// shares it, so they allocate nothing in a training loop.
+extension Tensor {
+    /// The same elements under another shape of the same element count: PyTorch's `reshape`, over the **logical**
+    /// order of `(N, C, *spatial)` (row-major: the last dimension fastest), whatever the ``layout``.
+    ///
+    /// - A channels-first tensor is reshaped without copying: the result shares its memory (copy-on-write), in
+    ///   channels-first.
+    /// - A channels-last tensor keeps its memory and layout when `newShape` keeps `N` and `C` and only regroups the
+    ///   spatial dimensions (`(N, C, H, W)` → `(N, C, H·W)`: each position's channels stay together). Any other
+    ///   reshape of it (a flatten `(N, C, H, W)` → `(N, C·H·W)`, as before a linear layer) takes the elements in
+    ///   the logical order, channel-major as PyTorch's `x.reshape(N, -1)` on an NCHW tensor: the result is a
+    ///   channels-first copy (no copy when `C = 1` or there is one position, where both orders are the same).
+    ///
+    /// So `x.reshaped(to: s)` has the same logical elements, in the same logical order, for `x` in either layout.
+    ///
+    /// - Parameter newShape: `(N', C', *spatial')` with spatial rank 0 to 3 and as many elements as this tensor.
+    /// - Returns: the reshaped tensor (see above for its layout).
+    /// - Throws: ``NormalizationError/invalidShape(layer:shape:)`` when `newShape` is not a tensor shape
+    ///   (``isValid(shape:)``); ``NormalizationError/elementCountMismatch(layer:expected:got:)`` (`expected` is
+    ///   `newShape`'s element count, `got` this tensor's) when the counts differ.
+    public func reshaped(to newShape: [Int]) throws -> Tensor {
+        let source = "Tensor.reshaped(to:)"
+        guard Tensor.isValid(shape: newShape) else {
+            throw NormalizationError.invalidShape(layer: source, shape: newShape)
+        }
+        let newCount = newShape.reduce(1, *)
+        guard newCount == count else {
+            throw NormalizationError.elementCountMismatch(layer: source, expected: newCount, got: count)
+        }
+        switch layout {
+        case .channelsFirst:
+            return Tensor(sharing: storage, shape: newShape, layout: .channelsFirst)
+        case .channelsLast:
+            if newShape[0] == shape[0] && newShape[1] == shape[1] {
+                return Tensor(sharing: storage, shape: newShape, layout: .channelsLast)
+            }
+            // Both memory orders are the logical one when there is one channel or one position.
+            let inLogicalOrder = channels == 1 || spatialCount == 1 ? self : converted(to: .channelsFirst)
+            return Tensor(sharing: inLogicalOrder.storage, shape: newShape, layout: .channelsFirst)
+        }
+    }
+
+    /// Adds `other` element by element, in place: `self[i] += other[i]` (float32, one rounding per element).
+    ///
+    /// Writes into this tensor's memory when nothing else shares it (no allocation: the form for a hot loop), else
+    /// into a private copy first (copy-on-write). Large tensors are split over NormKit's pool
+    /// (``Parallelism/threadCount``); each element's sum is the same on any thread count.
+    ///
+    /// - Throws: ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)``
+    ///   (`layer` `"Tensor"`, `operation` `"add"`) unless `other` has this tensor's shape and layout; nothing is
+    ///   changed then.
+    public mutating func add(_ other: Tensor) throws {
+        try checkOperand(other, operation: "add")
+        let count = self.count
+        other.withUnsafeBufferPointer { source in
+            withUnsafeMutableBufferPointer { target in
+                guard let s = source.baseAddress, let t = target.baseAddress else { return }
+                Parallelism.forEachRange(count: count, work: count) { range in
+                    for i in range { t[i] += s[i] }
+                }
+            }
+        }
+    }
+
+    /// The element-wise sum of this tensor and `other`, a new tensor (see ``add(_:)`` for the in-place form).
+    ///
+    /// - Throws: ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)`` unless
+    ///   both have one shape and layout.
+    public func adding(_ other: Tensor) throws -> Tensor {
+        var sum = self
+        try sum.add(other)
+        return sum
+    }
+
+    /// Multiplies every element by `factor`, in place (no allocation when nothing else shares the memory).
+    public mutating func scale(by factor: Float) {
+        let count = self.count
+        withUnsafeMutableBufferPointer { target in
+            guard let t = target.baseAddress else { return }
+            Parallelism.forEachRange(count: count, work: count) { range in
+                for i in range { t[i] *= factor }
+            }
+        }
+    }
+
+    /// Every element multiplied by `factor`, a new tensor (see ``scale(by:)`` for the in-place form).
+    public func scaled(by factor: Float) -> Tensor {
+        var result = self
+        result.scale(by: factor)
+        return result
+    }
+
+    /// `lhs.adding(rhs)`.
+    ///
+    /// - Throws: ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)`` unless
+    ///   both have one shape and layout.
+    public static func + (lhs: Tensor, rhs: Tensor) throws -> Tensor { try lhs.adding(rhs) }
+
+    /// `lhs.add(rhs)`, in place.
+    ///
+    /// - Throws: ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)`` unless
+    ///   both have one shape and layout; `lhs` is unchanged then.
+    public static func += (lhs: inout Tensor, rhs: Tensor) throws { try lhs.add(rhs) }
+
+    /// Throws unless `other` has this tensor's shape and layout.
+    private func checkOperand(_ other: Tensor, operation: String) throws {
+        guard other.shape == shape, other.layout == layout else {
+            throw NormalizationError.operandMismatch(
+                layer: "Tensor", operation: operation, left: shape, leftLayout: layout, right: other.shape,
+                rightLayout: other.layout)
+        }
+    }
+}
