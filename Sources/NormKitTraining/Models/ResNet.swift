@@ -95,7 +95,7 @@ public final class ResNet: Model {
                         generator: &generator))
                 cin = cout
             }
-            stages.append(ResNetStage(blocks: blocks))
+            stages.append(ResNetStage(checked: blocks))
         }
         self.stages = stages
         classifier = LayerSlot(try Linear(inFeatures: cin, outFeatures: classes, generator: &generator))
