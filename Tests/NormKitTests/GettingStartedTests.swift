@@ -71,6 +71,20 @@ final class GettingStartedTests: XCTestCase {
                 .backwardBeforeForward(layer: "GroupNorm(channels: 32, groups: 8)"))
         }
 
+        var residual = try block.forward(x, training: false)  // relu(gn(x)), (4, 32, 8, 8)
+        try residual += x  // + x: one shape and layout, or it throws
+        let features = try residual.reshaped(to: [4, 32 * 8 * 8])  // (4, 2048), the NCHW order
+        XCTAssertEqual(features.shape, [4, 2048])
+        let relu = try block.forward(x, training: false)
+        XCTAssertEqual(features.values, zip(relu.values, x.values).map { $0 + $1 })
+        XCTAssertThrowsError(try residual += x.converted(to: .channelsLast)) { error in
+            XCTAssertEqual(
+                error as? NormalizationError,
+                .operandMismatch(
+                    layer: "Tensor", operation: "add", left: x.shape, leftLayout: .channelsFirst, right: x.shape,
+                    rightLayout: .channelsLast))
+        }
+
         let state = block.norm.stateDict()
         let copy = try NormReLU(channels: 32, groups: 8)
         try copy.norm.loadStateDict(state)

@@ -31,5 +31,11 @@ final class ReadmeExampleTests: XCTestCase {
         for (zi, yi) in zip(z.values, y.values) { XCTAssertEqual(zi, yi / (1 + exp(-yi)), accuracy: 1e-5) }
         let dz = Tensor.randomNormal(shape: x.shape, using: &rng)
         XCTAssertEqual(try gn.backward(dz).input.shape, x.shape)
+
+        var h = try gn.forward(x, training: false)  // a residual connection around the norm:
+        try h += x  // h = silu(gn(x)) + x, in place
+        let flat = try h.reshaped(to: [2, 64 * 28 * 28])  // flattened for a linear layer (NCHW order)
+        XCTAssertEqual(flat.shape, [2, 64 * 28 * 28])
+        for ((hi, zi), xi) in zip(zip(flat.values, z.values), x.values) { XCTAssertEqual(hi, zi + xi, accuracy: 1e-5) }
     }
 }

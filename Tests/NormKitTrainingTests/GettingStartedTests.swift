@@ -44,6 +44,20 @@ final class GettingStartedTests: XCTestCase {
         XCTAssertEqual(firstParameters.map(\.parameter.shape), [[16, 1, 3, 3], [16], [16]])
         XCTAssertTrue(model.parameter("layer2.0.conv1.weight") === model.stages[1].blocks[0].conv1.weight)
 
+        let stage = try ResNetStage(blocks: [
+            try BasicBlock(inChannels: 16, outChannels: 16, normalization: settings, generator: &rng),
+            try BasicBlock(inChannels: 16, outChannels: 32, stride: 2, normalization: settings, generator: &rng),
+        ])  // the second has a projection shortcut
+        try stage.blocks[0].loadStateDict(model.stateDict().scoped(to: "layer1.0"))
+        let custom = Sequential(
+            try Conv2d(inChannels: 1, outChannels: 16, kernelSize: 3, padding: 1, generator: &rng),
+            NormalizationModule(try settings.makeLayer(channels: 16)), ReLU(), stage,
+            GlobalAveragePool(), try Linear(inFeatures: 32, outFeatures: 10, generator: &rng))
+        XCTAssertEqual(stage.blocks[0].stateDict(), model.stateDict().scoped(to: "layer1.0"))
+        XCTAssertNotNil(stage.blocks[1].downsample)
+        XCTAssertEqual(try custom(Tensor(zeros: [2, 1, 28, 28])).shape, [2, 10])
+        XCTAssertTrue(custom.parameter("3.1.downsample.0.weight") === stage.blocks[1].downsample!.conv.weight)
+
         let optimizer = SGD(parameters: model.parameters, momentum: 0.9, weightDecay: 5e-4)
         let loss = SoftmaxCrossEntropy()
         let batches = try BatchIterator(dataset: train, batchSize: 32, shuffle: true, dropLast: true, seed: 0)

@@ -1,7 +1,7 @@
 import NormKitTraining
 import XCTest
 
-/// The README's "building a model in code" example, verbatim between the markers, so it is known to compile and
+/// The README's "building a model in code" examples, verbatim between the markers, so it is known to compile and
 /// run; then checks on what it did.
 final class ReadmeModelExampleTests: XCTestCase {
     func testBuildTrainSaveAndInspectANetworkInCode() throws {
@@ -60,6 +60,19 @@ final class ReadmeModelExampleTests: XCTestCase {
         print(result)  // missing keys: [layer1.1.conv1.weight, …]; unexpected keys: []
         // README ResNet end
 
+        // README residual begin
+        let residual = Sequential(
+            try Conv2d(inChannels: 1, outChannels: 16, kernelSize: 3, padding: 1, generator: &generator),
+            NormalizationModule(try gn.makeLayer(channels: 16)),
+            ReLU(),
+            try BasicBlock(inChannels: 16, outChannels: 16, normalization: gn, generator: &generator),
+            try BasicBlock(inChannels: 16, outChannels: 32, stride: 2, normalization: gn, generator: &generator),
+            GlobalAveragePool(),
+            try Linear(inFeatures: 32, outFeatures: 10, generator: &generator))
+        try residual.layers[3].loadStateDict(resnet8.stateDict().scoped(to: "layer1.0"))  // ResNet-8's first block
+        let residualLogits = try residual(images)  // (8, 10); trains as `model` above
+        // README residual end
+
         XCTAssertEqual(printed.first?.split(separator: "\n").first, "Sequential(")
         XCTAssertTrue(printed[0].contains("  (1): GroupNorm(4, 16)"), printed[0])
         let losses = printed.filter { $0.hasPrefix("step ") }.compactMap { Float($0.split(separator: " ").last!) }
@@ -83,5 +96,22 @@ final class ReadmeModelExampleTests: XCTestCase {
             resnet8.parameter("layer3.0.conv1.weight")!.value)
         XCTAssertTrue(printed.last!.hasPrefix("missing keys: [layer1.1.conv1.weight, "), printed.last!)
         XCTAssertTrue(printed.last!.hasSuffix("; unexpected keys: []"), printed.last!)
+
+        // The hand-built residual network: ResNet-8's block loaded by name, a projection shortcut where the
+        // shape changes, and a training step through it.
+        XCTAssertEqual(residualLogits.shape, [8, 10])
+        let block = try XCTUnwrap(residual.layers[3] as? BasicBlock)
+        XCTAssertEqual(block.conv1.weight.value, resnet8.layer1.blocks[0].conv1.weight.value)
+        XCTAssertEqual(block.norm2.layer!.weight!.value, resnet8.layer1.blocks[0].norm2.layer!.weight!.value)
+        XCTAssertNil(block.downsample)
+        XCTAssertNotNil((residual.layers[4] as? BasicBlock)?.downsample)
+        XCTAssertTrue(residual.parameter("4.downsample.0.weight") != nil)
+        let residualLoss = SoftmaxCrossEntropy()
+        let before = try residualLoss.forward(logits: try residual.forward(images, training: true), labels: labels)
+        try residualLoss.backward(into: &dlogits)
+        try residual.backward(dlogits)
+        try SGD(parameters: residual.parameters, momentum: 0, weightDecay: 0).step(learningRate: 0.1)
+        let after = try residualLoss.forward(logits: try residual.forward(images, training: true), labels: labels)
+        XCTAssertLessThan(after, before, "an SGD step on the batch lowers its loss")
     }
 }
