@@ -276,9 +276,14 @@ public final class ResNetShortcut: Layer {
     /// `generator`) followed by `normalization`'s layer over `outChannels` channels.
     ///
     /// - Parameters:
+    ///   - inChannels: the input's channels (at least 1).
+    ///   - outChannels: the output's channels (at least 1).
+    ///   - stride: the convolution's stride (at least 1).
+    ///   - normalization: the normalization after the convolution (kind `.none` for none).
     ///   - centresConvolutions: whether the convolution is weight-centred (MABN's CenConv); nil, the default,
     ///     takes `normalization`'s ``NormalizationSettings/centresConvolutions``.
     ///   - engine: how the convolution computes (``Conv2d/engine``).
+    ///   - generator: the random numbers for the convolution's initialisation.
     /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` (layer
     ///   `"ResNetShortcut"`) for `inChannels`, `outChannels` or `stride` below 1, before anything is built; or a
     ///   layer constructor's error.
