@@ -54,6 +54,9 @@ do {
     let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../../../Tests/NormKitTrainingTests/Fixtures/safetensors_python.safetensors")
     if let python = try? Data(contentsOf: fixture) { seed(t, "valid-python-fixture.safetensors", Array(python)) }
+    // F16, BF16, F64, I32 with special values, written by scripts/make_dtype_fixtures.py.
+    let dtypes = fixture.deletingLastPathComponent().appendingPathComponent("safetensors_dtypes.safetensors")
+    if let file = try? Data(contentsOf: dtypes) { seed(t, "valid-dtypes-fixture.safetensors", Array(file)) }
 
     let f32 = { (name: String, shape: String, begin: Int, end: Int) in
         "\"\(name)\":{\"dtype\":\"F32\",\"shape\":\(shape),\"data_offsets\":[\(begin),\(end)]}"
@@ -82,7 +85,16 @@ do {
     seed(
         t, "bad-dtype.safetensors",
         rawSafeTensors(
-            "{\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,2]}}", [0, 0]))
+            "{\"a\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", [0, 0]))
+    seed(
+        t, "bad-f16-size.safetensors",
+        rawSafeTensors(
+            "{\"a\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[0,4]}}", [0, 0, 0, 0]))
+    seed(
+        t, "bad-f64-beyond-float32.safetensors",
+        rawSafeTensors(
+            "{\"a\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}",
+            (0..<8).map { UInt8(truncatingIfNeeded: (1e39 as Double).bitPattern >> (8 * UInt64($0))) }))
     seed(
         t, "bad-i64-size.safetensors",
         rawSafeTensors(

@@ -14,8 +14,12 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible, Localiz
     case headerTooLarge(path: String, declared: UInt64, limit: Int)
     /// The header is not valid UTF-8 JSON of the expected structure; `reason` says where and why.
     case invalidHeader(path: String, reason: String)
-    /// A tensor's dtype is not `F32` or `I64`, the two NormKit stores.
+    /// A tensor's dtype is not one NormKit reads: `F32`, `F16`, `BF16`, `F64` (read as float32) or `I64`, `I32`
+    /// (read as int64).
     case unsupportedDtype(path: String, tensor: String, dtype: String)
+    /// A finite `F64` value is beyond float32's range (its magnitude rounds past `Float.greatestFiniteMagnitude`);
+    /// `index` is its position in the tensor's flattened values. (PyTorch's `.float()` makes it an infinity.)
+    case valueOutOfFloat32Range(path: String, tensor: String, index: Int, value: Double)
     /// A tensor's shape is not a list of non-negative integers, or its size overflows.
     case invalidShape(path: String, tensor: String, reason: String)
     /// A tensor's `data_offsets` are not `[begin, end]` with `begin ≤ end ≤` the data length.
@@ -51,7 +55,10 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible, Localiz
             return "\(path): invalid safetensors header: \(reason). \(damaged)"
         case .unsupportedDtype(let path, let tensor, let dtype):
             return
-                "\(path): tensor \"\(tensor)\" has dtype \"\(dtype)\": expected \"F32\" or \"I64\". Hint: NormKit stores float32 tensors and int64 counters; convert the checkpoint in PyTorch (`{k: v.float() if v.is_floating_point() else v.long()}`) before saving it."
+                "\(path): tensor \"\(tensor)\" has dtype \"\(dtype)\": expected one of \"F32\", \"F16\", \"BF16\", \"F64\", \"I64\", \"I32\". Hint: NormKit stores float32 tensors and int64 counters; convert the checkpoint in PyTorch (`{k: v.float() if v.is_floating_point() else v.long()}`) before saving it."
+        case .valueOutOfFloat32Range(let path, let tensor, let index, let value):
+            return
+                "\(path): tensor \"\(tensor)\" (F64) holds \(value) at flat index \(index), beyond float32's range (±\(Float.greatestFiniteMagnitude)); NormKit reads F64 as float32 and does not turn a finite value into an infinity. Hint: clamp or rescale the tensor in PyTorch (`v.clamp(-3.4e38, 3.4e38).float()`) before saving it."
         case .invalidShape(let path, let tensor, let reason):
             return "\(path): tensor \"\(tensor)\": invalid shape (\(reason)). \(damaged)"
         case .offsetsOutOfRange(let path, let tensor, let begin, let end, let length):
@@ -78,7 +85,8 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible, Localiz
     public var errorDescription: String? { description }
 }
 
-/// The safetensors checkpoint format (Hugging Face), for float32 and int64 tensors.
+/// The safetensors checkpoint format (Hugging Face): reads float32, float16, bfloat16, float64, int64 and int32
+/// tensors into NormKit's float32 and int64 ``StateTensor``s; writes float32 and int64.
 ///
 /// A file is: an 8-byte little-endian header length `n`; `n` bytes of UTF-8 JSON mapping each tensor name to
 /// `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets into the data section), plus an optional
@@ -91,6 +99,12 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible, Localiz
 ///
 /// ``read(from:)`` validates everything: header length against the file size, UTF-8 JSON, duplicate keys,
 /// dtypes, shapes, and that the tensors tile the data section exactly — no overlap, no gap, no trailing byte.
+///
+/// Reading converts as PyTorch's `.float()` and `.long()` do: `F16` and `BF16` become float32 exactly (subnormals,
+/// ±0, infinities and NaN included), `F64` rounds to the nearest float32 (NaN and infinities stay; a finite value
+/// beyond float32's range is refused with ``SafeTensorsError/valueOutOfFloat32Range(path:tensor:index:value:)``
+/// instead of becoming an infinity), and `I32` widens to int64. So a state dict saved from `model.half()`,
+/// `model.bfloat16()` or `model.double()` loads into a NormKit model; ``write(_:metadata:to:)`` writes float32.
 public enum SafeTensors {
     /// The largest header accepted, as in the reference implementation.
     public static let maximumHeaderLength = 100_000_000
@@ -108,9 +122,12 @@ public enum SafeTensors {
         try AtomicFile.write(encode(tensors, metadata: metadata), to: url, replacing: replacing)
     }
 
-    /// Reads a safetensors file.
+    /// Reads a safetensors file; `F16`, `BF16` and `F64` tensors come back as float32, `I32` as int64 (see
+    /// ``SafeTensors``).
     ///
-    /// - Throws: ``SafeTensorsError`` naming the file and what is wrong with it;
+    /// - Throws: ``SafeTensorsError`` naming the file and what is wrong with it (among them
+    ///   ``SafeTensorsError/valueOutOfFloat32Range(path:tensor:index:value:)`` for an `F64` value float32 cannot
+    ///   hold);
     ///   ``DataError/fileTooLarge(path:size:limit:)`` for a file larger than this machine's memory.
     public static func read(from url: URL) throws -> (tensors: [String: StateTensor], metadata: [String: String]) {
         let bytes: [UInt8]
@@ -199,7 +216,8 @@ public enum SafeTensors {
         return out
     }
 
-    /// Parses and validates the content of a safetensors file.
+    /// Parses and validates the content of a safetensors file, converting `F16`, `BF16` and `F64` to float32 and
+    /// `I32` to int64 (see ``SafeTensors``).
     ///
     /// - Parameters:
     ///   - bytes: the whole file: the 8-byte header length, the JSON header, then the tensor data.
@@ -233,7 +251,7 @@ public enum SafeTensors {
             throw SafeTensorsError.invalidHeader(path: source, reason: "expected a JSON object, found \(root.kind)")
         }
 
-        struct Entry { let name: String; let dtype: String; let shape: [Int]; let begin: Int; let end: Int }
+        struct Entry { let name: String; let dtype: StoredDtype; let shape: [Int]; let begin: Int; let end: Int }
         var metadata: [String: String] = [:]
         var list: [Entry] = []
         for (name, value) in entries {
@@ -268,7 +286,7 @@ public enum SafeTensors {
             guard case .string(let dtype) = try field("dtype") else {
                 throw SafeTensorsError.invalidHeader(path: source, reason: "tensor \"\(name)\": dtype must be a string")
             }
-            guard dtype == "F32" || dtype == "I64" else {
+            guard let elementSize = StoredDtype(rawValue: dtype)?.elementSize else {
                 throw SafeTensorsError.unsupportedDtype(path: source, tensor: name, dtype: dtype)
             }
             guard case .array(let shapeItems) = try field("shape") else {
@@ -293,7 +311,7 @@ public enum SafeTensors {
                     path: source, tensor: name, begin: begin, end: end, dataLength: dataLength)
             }
             let (count, overflow) = elementCount(shape)
-            let (needed, overflow2) = count.multipliedReportingOverflow(by: dtype == "F32" ? 4 : 8)
+            let (needed, overflow2) = count.multipliedReportingOverflow(by: elementSize)
             guard !overflow, !overflow2 else {
                 throw SafeTensorsError.invalidShape(path: source, tensor: name, reason: "\(shape) overflows")
             }
@@ -302,7 +320,7 @@ public enum SafeTensors {
                     path: source, tensor: name, shape: shape, dtype: dtype, expectedBytes: needed,
                     foundBytes: end - begin)
             }
-            list.append(Entry(name: name, dtype: dtype, shape: shape, begin: begin, end: end))
+            list.append(Entry(name: name, dtype: StoredDtype(rawValue: dtype)!, shape: shape, begin: begin, end: end))
         }
 
         // The tensors must tile the data section: sorted by offsets, each starts where the previous ended.
@@ -326,21 +344,40 @@ public enum SafeTensors {
         }
 
         var tensors: [String: StateTensor] = [:]
-        bytes.withUnsafeBytes { raw in
+        try bytes.withUnsafeBytes { raw in
             for entry in list {
                 let base = dataStart + entry.begin
-                let count = (entry.end - entry.begin) / (entry.dtype == "F32" ? 4 : 8)
-                if entry.dtype == "F32" {
-                    let values = (0..<count).map {
-                        Float(
-                            bitPattern: UInt32(
-                                littleEndian: raw.loadUnaligned(fromByteOffset: base + 4 * $0, as: UInt32.self)))
+                let count = (entry.end - entry.begin) / entry.dtype.elementSize
+                func load<T: FixedWidthInteger>(_: T.Type, _ i: Int) -> T {
+                    T(littleEndian: raw.loadUnaligned(fromByteOffset: base + MemoryLayout<T>.size * i, as: T.self))
+                }
+                switch entry.dtype {
+                case .f32:
+                    let values = (0..<count).map { Float(bitPattern: load(UInt32.self, $0)) }
+                    tensors[entry.name] = .float32(shape: entry.shape, values: values)
+                case .f16:
+                    let values = (0..<count).map { floatFromHalfBits(load(UInt16.self, $0)) }
+                    tensors[entry.name] = .float32(shape: entry.shape, values: values)
+                case .bf16:
+                    let values = (0..<count).map { Float(bitPattern: UInt32(load(UInt16.self, $0)) << 16) }
+                    tensors[entry.name] = .float32(shape: entry.shape, values: values)
+                case .f64:
+                    var values = [Float](repeating: 0, count: count)
+                    for i in 0..<count {
+                        let value = Double(bitPattern: load(UInt64.self, i))
+                        let rounded = Float(value)
+                        guard rounded.isFinite || !value.isFinite else {
+                            throw SafeTensorsError.valueOutOfFloat32Range(
+                                path: source, tensor: entry.name, index: i, value: value)
+                        }
+                        values[i] = rounded
                     }
                     tensors[entry.name] = .float32(shape: entry.shape, values: values)
-                } else {
-                    let values = (0..<count).map {
-                        Int64(littleEndian: raw.loadUnaligned(fromByteOffset: base + 8 * $0, as: Int64.self))
-                    }
+                case .i64:
+                    let values = (0..<count).map { load(Int64.self, $0) }
+                    tensors[entry.name] = .int64(shape: entry.shape, values: values)
+                case .i32:
+                    let values = (0..<count).map { Int64(load(Int32.self, $0)) }
                     tensors[entry.name] = .int64(shape: entry.shape, values: values)
                 }
             }
@@ -349,6 +386,39 @@ public enum SafeTensors {
     }
 
     // MARK: Helpers
+
+    /// The dtypes ``decode(_:source:)`` reads, by their header names.
+    private enum StoredDtype: String {
+        case f32 = "F32", f16 = "F16", bf16 = "BF16", f64 = "F64", i64 = "I64", i32 = "I32"
+
+        var elementSize: Int {
+            switch self {
+            case .f16, .bf16: return 2
+            case .f32, .i32: return 4
+            case .f64, .i64: return 8
+            }
+        }
+    }
+
+    /// The float32 equal to the IEEE-754 binary16 value with bit pattern `bits` (exact: every half is a float).
+    /// Subnormal halves become normal floats; a NaN keeps its sign and payload and is made quiet, as x86's
+    /// `vcvtph2ps` (PyTorch's `.float()`) does.
+    static func floatFromHalfBits(_ bits: UInt16) -> Float {
+        let sign = UInt32(bits & 0x8000) << 16
+        let exponent = UInt32(bits >> 10) & 0x1F
+        let mantissa = UInt32(bits & 0x3FF)
+        switch exponent {
+        case 0x1F:  // infinity, NaN
+            return Float(bitPattern: sign | 0x7F80_0000 | (mantissa << 13) | (mantissa == 0 ? 0 : 0x0040_0000))
+        case 0:
+            guard mantissa != 0 else { return Float(bitPattern: sign) }  // ±0
+            // Subnormal: mantissa · 2^-24, exact in float32.
+            let magnitude = Float(mantissa) * 0x1p-24
+            return sign == 0 ? magnitude : -magnitude
+        default:
+            return Float(bitPattern: sign | ((exponent + 112) << 23) | (mantissa << 13))
+        }
+    }
 
     private static func elementCount(_ shape: [Int]) -> (count: Int, overflow: Bool) {
         var count = 1
