@@ -187,4 +187,105 @@ final class FoldedExportTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("65536 filters"), "\(error)")
         }
     }
+
+    // MARK: - A model trained in code
+
+    /// A ResNet-8 with `norm` after `steps` SGD steps (forward, backward, update) on random images, and its
+    /// configuration (for a checkpoint of it).
+    func trainedInCode(_ norm: NormKind, steps: Int = 3) throws -> (model: ResNet, configuration: TrainingConfiguration)
+    {
+        var configuration = TrainingConfiguration()
+        configuration.model = "resnet8"
+        configuration.norm = norm
+        configuration.batch = 4
+        configuration.normBatch = norm == .bn || norm == .brn || norm == .mabn ? 2 : nil
+        configuration.seed = 11
+        configuration = configuration.resolved
+        var generator = SeededGenerator(seed: 11)
+        let model = try ResNet(
+            depth: 8, normalization: try NormalizationSettings(configuration, totalSteps: steps),
+            generator: &generator)
+        let optimizer = SGD(parameters: model.parameters, momentum: 0.9, weightDecay: 5e-4)
+        let loss = SoftmaxCrossEntropy()
+        var dlogits = Tensor(zeros: [0, 0])
+        model.train()
+        for _ in 0..<steps {
+            let images = Tensor.randomNormal(
+                shape: [4, 1, 12, 12], mean: 0.3, standardDeviation: 1.5, using: &generator)
+            _ = try loss.forward(logits: try model(images), labels: [1, 4, 7, 2])
+            try loss.backward(into: &dlogits)
+            try model.backward(dlogits)
+            try optimizer.step(learningRate: 0.05)
+        }
+        return (model, configuration)
+    }
+
+    /// ``FoldedExport/write(_:to:overwrite:)`` of a model trained in code writes the tensors the export of that
+    /// model's checkpoint writes (value for value), with the same model metadata, and leaves the model as it was.
+    func testAModelTrainedInCodeWritesWhatItsCheckpointExports() throws {
+        for norm in [NormKind.bn, .brn, .mabn, .frozenBN, .none] {
+            let (model, configuration) = try trainedInCode(norm)
+            let checkpoint = directory.appendingPathComponent("\(norm.rawValue)-model.safetensors")
+            try SafeTensors.write(
+                model.stateDict(),
+                metadata: try TrainingCheckpoint.metadata(
+                    configuration: configuration, normalization: model.normalization, step: 3),
+                to: checkpoint)
+            let before = model.stateDict()
+
+            let direct = directory.appendingPathComponent("\(norm.rawValue)-direct.safetensors")
+            let folded = try FoldedExport.write(model, to: direct)
+            XCTAssertEqual(model.stateDict(), before, "\(norm): the model is not changed")
+            XCTAssertTrue(model.training, "\(norm): the model keeps its mode")
+            let viaCheckpoint = directory.appendingPathComponent("\(norm.rawValue)-checkpoint.safetensors")
+            try FoldedExport.export(checkpoint: checkpoint, to: viaCheckpoint, overwrite: false)
+
+            let (directTensors, directMetadata) = try SafeTensors.read(from: direct)
+            let (checkpointTensors, checkpointMetadata) = try SafeTensors.read(from: viaCheckpoint)
+            XCTAssertEqual(directTensors, checkpointTensors, "\(norm): the same folded tensors both ways")
+            XCTAssertEqual(directTensors, folded.stateDict(), "\(norm): the returned model is the one written")
+            XCTAssertEqual(directTensors, try fold(model).stateDict(), "\(norm)")
+            for key in ["format", "norm", "depth", "torch_model_arguments", "source_norm"] {
+                XCTAssertEqual(directMetadata[key], checkpointMetadata[key], "\(norm): metadata \(key)")
+            }
+            XCTAssertEqual(directMetadata["source_norm"], norm.rawValue)
+            XCTAssertEqual(
+                Set(directMetadata.keys), ["format", "norm", "depth", "torch_model_arguments", "source_norm"],
+                "\(norm): no checkpoint, step, configuration or data record for a model from code")
+
+            // It reads back as a folded export with the model's eval logits.
+            let (readBack, _) = try FoldedExport.read(at: direct)
+            var generator = SeededGenerator(seed: 12)
+            let x = Tensor.randomNormal(shape: [3, 1, 12, 12], using: &generator)
+            let d = TorchModelParityTests.relativeDifference(
+                try readBack.forward(x, training: false).values, try model.forward(x, training: false).values)
+            XCTAssertLessThan(d, 1e-5, "\(norm): the written model vs the trained one in eval mode")
+        }
+    }
+
+    /// The direct write keeps the export's promises: no silent overwrite, a directory or a per-sample
+    /// normalization refused with nothing written.
+    func testWritingAModelFromCodeNeverOverwritesSilently() throws {
+        let (model, _) = try trainedInCode(.bn, steps: 1)
+        let out = directory.appendingPathComponent("folded.safetensors")
+        try Data("keep me".utf8).write(to: out)
+        XCTAssertThrowsError(try FoldedExport.write(model, to: out)) { error in
+            XCTAssertEqual(error as? FoldingError, .outputExists(path: out.path))
+        }
+        XCTAssertEqual(try Data(contentsOf: out), Data("keep me".utf8))
+        try FoldedExport.write(model, to: out, overwrite: true)
+        XCTAssertEqual(try FoldedExport.read(at: out).metadata["source_norm"], "bn")
+
+        XCTAssertThrowsError(try FoldedExport.write(model, to: directory, overwrite: true)) { error in
+            XCTAssertEqual(error as? FoldingError, .outputIsDirectory(path: directory.path))
+        }
+
+        let (gn, _) = try trainedInCode(.gn, steps: 1)
+        let refused = directory.appendingPathComponent("gn.safetensors")
+        XCTAssertThrowsError(try FoldedExport.write(gn, to: refused)) { error in
+            guard case FoldingError.notFoldable(_, _, let reason) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(reason.contains("own statistics"), reason)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: refused.path))
+    }
 }

@@ -1,15 +1,20 @@
 import Foundation
 
-/// `normkit export --fold`: a training checkpoint's ResNet with every normalization folded into the convolution
-/// before it (``fold(_:)``), written as a safetensors file that loads with `strict=True` into
+/// `normkit export --fold`: a ResNet with every normalization folded into the convolution before it
+/// (``fold(_:)``), written as a safetensors file that loads with `strict=True` into
 /// `torch_models.ResNet(depth, "folded", in_channels=…, num_classes=…, width=…)` (the arguments are in the
 /// header's `torch_model_arguments`) and into NormKit's ``FoldedResNet`` (``read(at:)``).
 ///
+/// The ResNet comes from a training checkpoint on disk (``export(checkpoint:to:overwrite:)``, what the CLI runs)
+/// or from a model trained in code (``write(_:to:overwrite:)``); both write the same tensors for the same weights.
+///
 /// The header's `__metadata__`: `format` (`normkit-folded-1`), `norm` (`folded`), `depth`,
-/// `torch_model_arguments` (JSON of strings), `source_checkpoint` (the path given), `source_norm`,
-/// `source_step`, `source_configuration` (the checkpoint's training configuration, JSON) and, when the checkpoint
-/// has it, `data` (the data record with the pixel statistics inputs must be standardised with). It has no
-/// `configuration` key, so ``TrainingCheckpoint/read(at:)`` does not mistake it for a training checkpoint.
+/// `torch_model_arguments` (JSON of strings), and for an export of a checkpoint also `source_checkpoint` (the
+/// path given), `source_norm`, `source_step`, `source_configuration` (the checkpoint's training configuration,
+/// JSON) and, when the checkpoint has it, `data` (the data record with the pixel statistics inputs must be
+/// standardised with); a model written from code has `source_norm` only (it has no step, configuration or data
+/// record). It has no `configuration` key, so ``TrainingCheckpoint/read(at:)`` does not mistake it for a training
+/// checkpoint.
 public enum FoldedExport {
     /// The `format` metadata value of a folded export.
     public static let format = "normkit-folded-1"
@@ -50,15 +55,7 @@ public enum FoldedExport {
             throw FoldingError.unsupported(
                 "--out \(output.path) is the checkpoint itself; write the folded model to another file")
         }
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: output.path, isDirectory: &isDirectory), isDirectory.boolValue {
-            throw FoldingError.outputIsDirectory(path: output.path)
-        }
-        // A pipe, a device or a directory is never replaced, even with `overwrite` (a link: its target is written).
-        _ = try AtomicFile.resolvedDestination(of: output)
-        if FileManager.default.fileExists(atPath: output.path), !overwrite {
-            throw FoldingError.outputExists(path: output.path)
-        }
+        try checkOutput(output, overwrite: overwrite)
         let file = try TrainingCheckpoint.read(at: checkpoint)
         let configuration = file.configuration
         if let reason = configuration.norm.foldingRefusal {
@@ -80,23 +77,87 @@ public enum FoldedExport {
             depth: depth, normalization: try NormalizationSettings(configuration, totalSteps: 1),
             inChannels: conv1[1], classes: fc[0], width: conv1[0], generator: &generator)
         try model.loadStateDict(file.tensors)
+        let (folded, difference) = try foldVerified(model, source: checkpoint.path)
+        try SafeTensors.write(
+            folded.stateDict(), metadata: try metadata(folded, source: file, checkpoint: checkpoint),
+            to: output, replacing: overwrite)
+        return Result(model: folded, source: file, probeRelativeDifference: difference)
+    }
+
+    /// Folds a ResNet trained in code, checks the folded model against it in eval mode on a probe batch, and
+    /// writes it to `output` atomically: the tensors ``export(checkpoint:to:overwrite:)`` writes for a checkpoint
+    /// of the same weights, with the metadata keys a model has (`format`, `norm`, `depth`,
+    /// `torch_model_arguments`, `source_norm`; see ``FoldedExport``). ``read(at:)`` reads it back.
+    ///
+    /// `model` is not changed, whatever its mode: it is folded from its state (running statistics, not the batch's)
+    /// and the probe runs on a copy, so a pending backward of `model` is kept.
+    ///
+    /// ```swift
+    /// // model: a ResNet with BN, BRN, MABN, frozen BN or no normalization, after training
+    /// try FoldedExport.write(model, to: directory.appendingPathComponent("folded.safetensors"))
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - model: a ResNet with BN, BRN, MABN, frozen BN or no normalization.
+    ///   - output: the folded model's safetensors file.
+    ///   - overwrite: replace an existing `output` (only a regular file; when `output` is a symbolic link, the
+    ///     file it points to is replaced and the link stays). By default an existing file is kept and the call
+    ///     throws.
+    /// - Returns: the folded model that was written.
+    /// - Throws: ``FoldingError/outputIsDirectory(path:)``, ``FoldingError/outputExists(path:)`` and
+    ///   ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)`` for an `output` that is a pipe or a device
+    ///   (before folding anything); ``FoldingError/notFoldable(path:layer:reason:)`` for GN, LN or IN layers;
+    ///   ``FoldingError/nonFiniteResult(path:channel:reason:)`` for running statistics that fold to a non-finite
+    ///   value; ``FoldingError/unsupported(_:)`` when the model's eval logits are not finite or the folded model's
+    ///   differ from them by more than ``verificationTolerance``; the write's ``AtomicFileError`` (without
+    ///   `overwrite`, ``AtomicFileError/destinationExists(path:)`` for a file created at `output` meanwhile: it is
+    ///   kept). Nothing is written when it throws.
+    @discardableResult
+    public static func write(_ model: ResNet, to output: URL, overwrite: Bool = false) throws -> FoldedResNet {
+        try checkOutput(output, overwrite: overwrite)
+        // A copy built as the checkpoint export builds its model, so both probe (and fold) the same thing.
+        var generator = SeededGenerator(seed: 0)
+        let copy = try ResNet(
+            depth: model.depth, normalization: model.normalization, inChannels: model.conv1.inChannels,
+            classes: model.fc.outFeatures, width: model.conv1.outChannels, generator: &generator)
+        try copy.loadStateDict(model.stateDict())
+        let (folded, _) = try foldVerified(copy, source: model.name)
+        var metadata = try metadata(folded)
+        metadata["source_norm"] = model.normalization.kind.rawValue
+        try SafeTensors.write(folded.stateDict(), metadata: metadata, to: output, replacing: overwrite)
+        return folded
+    }
+
+    /// Refuses an `output` that is a directory, a pipe or a device, or an existing file without `overwrite`.
+    private static func checkOutput(_ output: URL, overwrite: Bool) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: output.path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw FoldingError.outputIsDirectory(path: output.path)
+        }
+        // A pipe, a device or a directory is never replaced, even with `overwrite` (a link: its target is written).
+        _ = try AtomicFile.resolvedDestination(of: output)
+        if FileManager.default.fileExists(atPath: output.path), !overwrite {
+            throw FoldingError.outputExists(path: output.path)
+        }
+    }
+
+    /// Folds `model` (switched to eval mode) and checks the folded model's eval logits against its own on the probe
+    /// batch; `source` names the model in errors. Returns the folded model and the probe's relative difference.
+    private static func foldVerified(_ model: ResNet, source: String) throws -> (FoldedResNet, Double) {
         model.eval()
         let folded = try fold(model)
         let difference = try probeDifference(model, folded)
         guard difference.isFinite else {
             throw FoldingError.unsupported(
-                "\(checkpoint.path): the model's eval logits are not finite (its weights or "
+                "\(source): the model's eval logits are not finite (its weights or "
                     + "running statistics are not: a diverged run?); nothing was written")
         }
         guard difference <= verificationTolerance else {
             throw FoldingError.unsupported(
-                "\(checkpoint.path): the folded model's logits differ from the checkpoint's by "
+                "\(source): the folded model's logits differ from the unfolded model's by "
                     + "\(difference) (relative) on a probe batch, above \(verificationTolerance); nothing was written")
         }
-        try SafeTensors.write(
-            folded.stateDict(), metadata: try metadata(folded, source: file, checkpoint: checkpoint),
-            to: output, replacing: overwrite)
-        return Result(model: folded, source: file, probeRelativeDifference: difference)
+        return (folded, difference)
     }
 
     /// The `__metadata__` of a folded export (see ``FoldedExport``).
@@ -104,25 +165,30 @@ public enum FoldedExport {
         _ folded: FoldedResNet, source: TrainingCheckpoint.ModelFile,
         checkpoint: URL
     ) throws -> [String: String] {
+        var metadata = try metadata(folded)
         let encoder = JSONEncoder.normKit()
-        let torch = [
-            "depth": "\(folded.depth)", "norm": "folded", "in_channels": "\(folded.conv1.inChannels)",
-            "num_classes": "\(folded.fc.outFeatures)", "width": "\(folded.width)",
-        ]
-        var metadata = [
-            "format": format,
-            "norm": "folded",
-            "depth": "\(folded.depth)",
-            "torch_model_arguments": String(decoding: try encoder.encode(torch), as: UTF8.self),
-            "source_checkpoint": checkpoint.path,
-            "source_norm": source.configuration.norm.rawValue,
-            "source_step": "\(source.step)",
-            "source_configuration": String(decoding: try encoder.encode(source.configuration), as: UTF8.self),
-        ]
+        metadata["source_checkpoint"] = checkpoint.path
+        metadata["source_norm"] = source.configuration.norm.rawValue
+        metadata["source_step"] = "\(source.step)"
+        metadata["source_configuration"] = String(decoding: try encoder.encode(source.configuration), as: UTF8.self)
         if let data = source.data {
             metadata["data"] = String(decoding: try encoder.encode(data), as: UTF8.self)
         }
         return metadata
+    }
+
+    /// The metadata every folded export has: `format`, `norm`, `depth`, `torch_model_arguments`.
+    private static func metadata(_ folded: FoldedResNet) throws -> [String: String] {
+        let torch = [
+            "depth": "\(folded.depth)", "norm": "folded", "in_channels": "\(folded.conv1.inChannels)",
+            "num_classes": "\(folded.fc.outFeatures)", "width": "\(folded.width)",
+        ]
+        return [
+            "format": format,
+            "norm": "folded",
+            "depth": "\(folded.depth)",
+            "torch_model_arguments": String(decoding: try JSONEncoder.normKit().encode(torch), as: UTF8.self),
+        ]
     }
 
     /// Reads a folded export into a ``FoldedResNet`` (strict load) and its metadata.
