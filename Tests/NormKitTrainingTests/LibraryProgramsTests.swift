@@ -82,4 +82,31 @@ final class LibraryProgramsTests: XCTestCase {
         XCTAssertEqual(Set(named.map(\.0)).isSubset(of: Set(resnet.stateDict().keys)), true)
         XCTAssertEqual(named.count, resnet.parameters.count)
     }
+
+    /// A library user's own code that takes an ``Evaluation`` (here: a one-line report) is testable without
+    /// evaluating a model: `Evaluation` has a public initializer, and equals what `Trainer.evaluate` returns for the
+    /// same numbers.
+    func testAnEvaluationCanBeMadeForTestsOfOwnCode() throws {
+        func report(_ e: Evaluation) -> String {
+            let worst = e.perClassAccuracy.enumerated().min { $0.element < $1.element }!
+            return "error \(e.error * 100)% on \(e.count) images, worst class \(worst.offset)"
+        }
+        let made = Evaluation(loss: 0.5, error: 0.25, perClassAccuracy: [1, 0.5, 0.75], count: 8)
+        XCTAssertEqual(report(made), "error 25.0% on 8 images, worst class 1")
+        XCTAssertEqual(made.loss, 0.5)
+
+        var generator = SeededGenerator(seed: 5)
+        let model = Sequential(GlobalAveragePool(), try Linear(inFeatures: 1, outFeatures: 2, generator: &generator))
+        let images = [Float](repeating: 0, count: 4 * 4 * 4)
+        let dataset = try Dataset(
+            images: images, labels: [0, 1, 0, 1], height: 4, width: 4, classCount: 2,
+            statistics: PixelStatistics(mean: 0, std: 1))
+        let computed = try Trainer.evaluate(model: model, on: dataset, batchSize: 2)
+        let same = Evaluation(
+            loss: computed.loss, error: computed.error, perClassAccuracy: computed.perClassAccuracy,
+            count: computed.count)
+        XCTAssertEqual(same, computed)
+        XCTAssertEqual(computed.count, 4)
+        XCTAssertEqual(computed.error, 0.5, "a constant prediction gets one of the two balanced classes wrong")
+    }
 }

@@ -10,6 +10,21 @@ public struct Evaluation: Equatable, Sendable {
     public var perClassAccuracy: [Double]
     /// Number of test images.
     public var count: Int
+
+    /// An evaluation with these values, for code that takes one (a report, an early-stopping rule) and its tests;
+    /// ``Trainer/evaluate(model:on:batchSize:)`` computes real ones. The values are stored as given.
+    ///
+    /// - Parameters:
+    ///   - loss: the mean cross-entropy.
+    ///   - error: the fraction misclassified.
+    ///   - perClassAccuracy: the accuracy of each class, indexed by label.
+    ///   - count: the number of images evaluated.
+    public init(loss: Double, error: Double, perClassAccuracy: [Double], count: Int) {
+        self.loss = loss
+        self.error = error
+        self.perClassAccuracy = perClassAccuracy
+        self.count = count
+    }
 }
 
 extension Trainer {
