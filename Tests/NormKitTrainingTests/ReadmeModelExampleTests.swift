@@ -73,6 +73,14 @@ final class ReadmeModelExampleTests: XCTestCase {
         let residualLogits = try residual(images)  // (8, 10); trains as `model` above
         // README residual end
 
+        // README fold begin
+        let bnResNet = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .bn), generator: &generator)
+        // … train it as above …
+        let foldedFile = directory.appendingPathComponent("resnet8-folded.safetensors")
+        try FoldedExport.write(bnResNet, to: foldedFile)  // BN, BRN, MABN, frozen BN or none; overwrite: true replaces
+        let (folded, metadata) = try FoldedExport.read(at: foldedFile)  // loads into torch_models.ResNet(8, "folded")
+        // README fold end
+
         XCTAssertEqual(printed.first?.split(separator: "\n").first, "Sequential(")
         XCTAssertTrue(printed[0].contains("  (1): GroupNorm(4, 16)"), printed[0])
         let losses = printed.filter { $0.hasPrefix("step ") }.compactMap { Float($0.split(separator: " ").last!) }
@@ -113,5 +121,15 @@ final class ReadmeModelExampleTests: XCTestCase {
         try SGD(parameters: residual.parameters, momentum: 0, weightDecay: 0).step(learningRate: 0.1)
         let after = try residualLoss.forward(logits: try residual.forward(images, training: true), labels: labels)
         XCTAssertLessThan(after, before, "an SGD step on the batch lowers its loss")
+
+        // The fold snippet: the written model computes the BN ResNet's eval logits.
+        XCTAssertEqual(metadata["source_norm"], "bn")
+        XCTAssertEqual(
+            metadata["torch_model_arguments"],
+            #"{"depth":"8","in_channels":"1","norm":"folded","num_classes":"10","width":"16"}"#)
+        let probe = Tensor.randomNormal(shape: [2, 1, 16, 16], using: &generator)
+        let d = TorchModelParityTests.relativeDifference(
+            try folded.forward(probe, training: false).values, try bnResNet.forward(probe, training: false).values)
+        XCTAssertLessThan(d, 1e-5)
     }
 }

@@ -86,7 +86,7 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible, Localiz
 }
 
 /// The safetensors checkpoint format (Hugging Face): reads float32, float16, bfloat16, float64, int64 and int32
-/// tensors into NormKit's float32 and int64 ``StateTensor``s; writes float32 and int64.
+/// tensors into NormKit's float32 and int64 ``/NormKit/StateTensor`` values; writes float32 and int64.
 ///
 /// A file is: an 8-byte little-endian header length `n`; `n` bytes of UTF-8 JSON mapping each tensor name to
 /// `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets into the data section), plus an optional
