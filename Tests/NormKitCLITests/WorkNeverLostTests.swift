@@ -194,7 +194,9 @@ final class WorkNeverLostTests: XCTestCase {
         let fixture = try CLIFixture.shared()
         let cwd = try fixture.scratch("concurrent")
         let out = cwd.appendingPathComponent("run")
-        let arguments = longRun(fixture, out: out)
+        // Long enough to outlast the two refused commands below on a loaded machine (6 epochs did not always).
+        var arguments = longRun(fixture, out: out)
+        arguments[arguments.firstIndex(of: "--epochs")! + 1] = "40"
         let first = try CLI.Running(arguments, in: cwd)
         let model = out.appendingPathComponent(TrainingCheckpoint.modelFileName)
         XCTAssertTrue(
