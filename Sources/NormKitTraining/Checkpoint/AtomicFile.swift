@@ -71,7 +71,7 @@ public enum AtomicFileError: Error, Equatable, CustomStringConvertible, Localize
 /// with ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)`` before anything is written
 /// (``resolvedDestination(of:)`` checks a destination up front, before the work that produces its content).
 public enum AtomicFile {
-    /// Appends bytes to the temporary file of an ``AtomicFile/write(to:_:)`` in progress.
+    /// Appends bytes to the temporary file of an ``AtomicFile/write(to:replacing:_:)`` in progress.
     public struct Writer {
         fileprivate let descriptor: Int32
         fileprivate let path: String

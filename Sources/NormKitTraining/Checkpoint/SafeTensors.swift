@@ -92,7 +92,7 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible, Localiz
 /// `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets into the data section), plus an optional
 /// `"__metadata__"` map of strings to strings; then the data section, little-endian, tensors back to back.
 ///
-/// ``write(_:metadata:to:)`` produces the bytes the Python `safetensors` package (0.4 – 0.8) writes for the
+/// ``write(_:metadata:to:replacing:)`` produces the bytes the Python `safetensors` package (0.4 – 0.8) writes for the
 /// same tensors: compact JSON with the metadata first, tensors ordered by dtype (`I64` before `F32`) and then
 /// by name, data in that order, and the header padded with spaces to a multiple of 8 bytes. (Python's
 /// metadata order is a hash map's; NormKit sorts the metadata keys.) Writes are atomic (``AtomicFile``).
@@ -104,7 +104,7 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible, Localiz
 /// ±0, infinities and NaN included), `F64` rounds to the nearest float32 (NaN and infinities stay; a finite value
 /// beyond float32's range is refused with ``SafeTensorsError/valueOutOfFloat32Range(path:tensor:index:value:)``
 /// instead of becoming an infinity), and `I32` widens to int64. So a state dict saved from `model.half()`,
-/// `model.bfloat16()` or `model.double()` loads into a NormKit model; ``write(_:metadata:to:)`` writes float32.
+/// `model.bfloat16()` or `model.double()` loads into a NormKit model; ``write(_:metadata:to:replacing:)`` writes float32.
 public enum SafeTensors {
     /// The largest header accepted, as in the reference implementation.
     public static let maximumHeaderLength = 100_000_000
@@ -139,7 +139,7 @@ public enum SafeTensors {
         return try decode(bytes, source: url.path)
     }
 
-    /// The file content ``write(_:metadata:to:)`` writes.
+    /// The file content ``write(_:metadata:to:replacing:)`` writes.
     ///
     /// - Throws: ``SafeTensorsError/invalidTensor(name:reason:)``.
     public static func encode(_ tensors: [String: StateTensor], metadata: [String: String] = [:]) throws -> [UInt8] {
