@@ -24,7 +24,9 @@ import NormKit
 /// ``TrainingConfiguration/perWorker(workers:)`` makes the default (the whole per-worker batch) explicit, so that
 /// the checkpoint says what was trained and a resume in one process uses ghost batches of the same size.
 extension Trainer {
-    /// Makes this trainer one worker of `group`. Call it before ``resume(from:)`` and ``run()``.
+    /// Makes this trainer one worker of `group`. Call it before ``run()``, and before ``resume(from:)`` on every
+    /// worker but worker 0 (whose resume is the same either way: it locks and writes the run, as a single process's
+    /// does; ``ThreadedRun`` resumes it first).
     ///
     /// - Throws: ``TrainingError/invalidConfiguration(_:)`` when the SGD batch does not split into equal
     ///   per-worker batches.
