@@ -109,6 +109,8 @@ public final class ThreadedRun {
             first: { worker in
                 // After resume(from:): worker 0 writes the run either way, the one thing resuming asks of it.
                 try first.distribute(over: worker)
+                // Training starts together: worker 0's clock does not run while the others build their trainers.
+                try worker.barrier()
                 return try first.run()
             },
             others: { worker in
@@ -117,6 +119,7 @@ public final class ThreadedRun {
                     output: replica.output, progress: ProgressReporter(style: .silent))
                 try trainer.distribute(over: worker)
                 for setup in setups { try setup(trainer) }
+                try worker.barrier()
                 _ = try trainer.run()
             }
         ).first
