@@ -16,6 +16,15 @@ final class ErrorTextTests: XCTestCase {
         try? FileManager.default.removeItem(at: directory)
     }
 
+    /// A plain Swift error of the caller's (an enum with no message) is described by its case, not by Foundation's
+    /// "The operation could not be completed" (a worker group reported a user's failing body that way).
+    func testAPlainSwiftErrorIsDescribedByItsCase() {
+        enum Boom: Error { case failedAt(step: Int) }
+        XCTAssertEqual(ErrorText.describe(Boom.failedAt(step: 3)), "failedAt(step: 3)")
+        // Foundation's own errors keep their words.
+        XCTAssertEqual(ErrorText.describe(CocoaError(.fileNoSuchFile)), "No such file or directory")
+    }
+
     func testFileErrorsArePathAndReasonInWords() throws {
         let file = directory.appendingPathComponent("a-file")
         try Data("x".utf8).write(to: file)

@@ -14,7 +14,10 @@ import Synchronization
 /// ```swift
 /// let group = try InProcessWorkerGroup(workers: 2)
 /// let summaries = try group.run { worker in   // each worker on a thread of its own, worker 0 on this one
-///     let t = try Trainer(configuration: c, train: train, test: test, output: worker.workerIndex == 0 ? out : nil)
+///     let first = worker.workerIndex == 0  // worker 0 reports and writes the run; the others are silent
+///     let t = try Trainer(
+///         configuration: c, train: train, test: test, output: first ? out : nil,
+///         progress: first ? ProgressReporter() : ProgressReporter(style: .silent))
 ///     try t.distribute(over: worker)
 ///     return try t.run()
 /// }
@@ -88,7 +91,10 @@ public final class InProcessWorkerGroup: Sendable {
     ///
     /// ```swift
     /// let summaries = try group.run { worker in
-    ///     let t = try Trainer(configuration: c, train: train, test: test, output: worker.workerIndex == 0 ? out : nil)
+    ///     let first = worker.workerIndex == 0  // worker 0 reports and writes the run; the others are silent
+    ///     let t = try Trainer(
+    ///         configuration: c, train: train, test: test, output: first ? out : nil,
+    ///         progress: first ? ProgressReporter() : ProgressReporter(style: .silent))
     ///     try t.distribute(over: worker)
     ///     return try t.run()
     /// }
@@ -101,7 +107,7 @@ public final class InProcessWorkerGroup: Sendable {
     ///
     /// - Throws: The lowest-numbered worker's own error, as above; ``TrainingError/invalidConfiguration(_:)``,
     ///   running no body, when the group is running already (called from a body, or from another thread while it
-    ///   runs).
+    ///   runs) or an earlier run of it failed (a failed run abandons the group for good: make a new one).
     public func run<Value: Sendable>(_ body: @escaping @Sendable (Worker) throws -> Value) throws -> [Value] {
         let (first, others) = try run(first: body, others: body)
         return [first] + others
@@ -122,6 +128,12 @@ public final class InProcessWorkerGroup: Sendable {
                 "an in-process worker group runs one set of \(workerCount) workers at a time; it is running already")
         }
         defer { running.store(false, ordering: .releasing) }
+        if abandoned.load(ordering: .acquiring) {
+            let (worker, reason) = failure.withLock { $0 } ?? (0, "unknown")
+            throw TrainingError.invalidConfiguration(
+                "this in-process worker group was abandoned by an earlier run (worker \(worker): \(reason)); a group "
+                    + "runs again only if its runs succeed: make a new InProcessWorkerGroup")
+        }
         let results = Results<Other>(workerCount)
         let done = DispatchGroup()
         for w in 1..<workerCount {

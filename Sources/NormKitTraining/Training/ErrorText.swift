@@ -70,6 +70,13 @@ func describe(_ error: Error) -> String {
     default:
         break
     }
+    // A plain Swift error (an enum of the caller's, say) has no message of its own: Foundation's would be "The
+    // operation could not be completed"; its case says more.
+    if !(error is LocalizedError), !(type(of: error) is NSError.Type), !(error is CocoaError), !(error is POSIXError),
+        !(error is URLError)
+    {
+        return String(describing: error)
+    }
     let ns = error as NSError
     if let debug = ns.userInfo[NSDebugDescriptionErrorKey] as? String, !debug.isEmpty { return debug }
     return error.localizedDescription
