@@ -57,16 +57,56 @@ extension Tensor {
     ///   changed then.
     public mutating func add(_ other: Tensor) throws {
         try checkOperand(other, operation: "add")
+        combine(with: other, sign: 1)
+    }
+
+    /// Subtracts `other` element by element, in place: `self[i] -= other[i]`, as ``add(_:)`` in every other respect.
+    ///
+    /// - Throws: ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)``
+    ///   (`operation` `"subtract"`) unless `other` has this tensor's shape and layout; nothing is changed then.
+    public mutating func subtract(_ other: Tensor) throws {
+        try checkOperand(other, operation: "subtract")
+        combine(with: other, sign: -1)
+    }
+
+    /// `self[i] += sign · other[i]` (`sign` ±1, so each element is one exact sum or difference), on the pool.
+    private mutating func combine(with other: Tensor, sign: Float) {
         let count = self.count
         other.withUnsafeBufferPointer { source in
             withUnsafeMutableBufferPointer { target in
                 guard let s = source.baseAddress, let t = target.baseAddress else { return }
                 Parallelism.forEachRange(count: count, work: count) { range in
-                    for i in range { t[i] += s[i] }
+                    if sign > 0 {
+                        for i in range { t[i] += s[i] }
+                    } else {
+                        for i in range { t[i] -= s[i] }
+                    }
                 }
             }
         }
     }
+
+    /// The element-wise difference `self − other`, a new tensor (see ``subtract(_:)`` for the in-place form).
+    ///
+    /// - Throws: ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)`` unless
+    ///   both have one shape and layout.
+    public func subtracting(_ other: Tensor) throws -> Tensor {
+        var difference = self
+        try difference.subtract(other)
+        return difference
+    }
+
+    /// `lhs.subtracting(rhs)`.
+    ///
+    /// - Throws: ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)`` unless
+    ///   both have one shape and layout.
+    public static func - (lhs: Tensor, rhs: Tensor) throws -> Tensor { try lhs.subtracting(rhs) }
+
+    /// `lhs.subtract(rhs)`, in place.
+    ///
+    /// - Throws: ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)`` unless
+    ///   both have one shape and layout; `lhs` is unchanged then.
+    public static func -= (lhs: inout Tensor, rhs: Tensor) throws { try lhs.subtract(rhs) }
 
     /// The element-wise sum of this tensor and `other`, a new tensor (see ``add(_:)`` for the in-place form).
     ///

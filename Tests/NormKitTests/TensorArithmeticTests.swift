@@ -120,6 +120,31 @@ final class TensorArithmeticTests: XCTestCase {
         XCTAssertEqual(try a.adding(b).values, zip(a.values, b.values).map { Float(Double($0) + Double($1)) })
     }
 
+    func testSubtractMatchesAFloat64ReferenceAndRefusesAMismatch() throws {
+        for layout in TensorLayout.allCases {
+            let a = random([3, 4, 5, 6], layout, seed: 18), b = random([3, 4, 5, 6], layout, seed: 19)
+            let expected = zip(a.values, b.values).map { Float(Double($0) - Double($1)) }
+            XCTAssertEqual(try a.subtracting(b).values, expected, "\(layout)")
+            XCTAssertEqual(try (a - b).values, expected, "\(layout)")
+            var c = a
+            try c -= b
+            XCTAssertEqual(c.values, expected, "\(layout)")
+            XCTAssertEqual(try (a - a).values, Array(repeating: 0, count: a.count))
+        }
+        let a = random([4, 64, 32, 32], seed: 20), b = random([4, 64, 32, 32], seed: 21)
+        XCTAssertEqual(try a.subtracting(b).values, zip(a.values, b.values).map { Float(Double($0) - Double($1)) })
+        var d = random([2, 3, 4, 4], seed: 22)
+        let original = d.values
+        XCTAssertThrowsError(try d.subtract(random([2, 3, 4, 4], .channelsLast, seed: 23))) { error in
+            XCTAssertEqual(
+                error as? NormalizationError,
+                .operandMismatch(
+                    layer: "Tensor", operation: "subtract", left: [2, 3, 4, 4], leftLayout: .channelsFirst,
+                    right: [2, 3, 4, 4], rightLayout: .channelsLast))
+        }
+        XCTAssertEqual(d.values, original)
+    }
+
     func testInPlaceAddWritesTheTensorsOwnMemoryAndLeavesCopiesAlone() throws {
         var a = random([2, 8, 4, 4], seed: 12)
         let b = random([2, 8, 4, 4], seed: 13)
