@@ -132,7 +132,9 @@ public enum NormalizationError: Error, Equatable, Sendable, CustomStringConverti
             return
                 "normBatch \(normBatch) does not divide the batch size \(batch): every ghost batch must have exactly normBatch samples"
         case .backwardBeforeForward:
-            return "backward called without a preceding training forward (each forward pairs with one backward)"
+            return
+                "backward called without a preceding training forward (each forward pairs with one backward; a layer "
+                + "instance used twice in one network keeps only one forward: give each use its own instance)"
         case .invalidState(_, let name, let reason):
             return "state '\(name)': \(reason)"
         case .incompatibleStateDict(_, let missing, let unexpected):

@@ -69,6 +69,21 @@ final class InputErrorTests: XCTestCase {
 
     // MARK: Construction
 
+    /// One layer instance used twice in a network (two forwards, then two backwards) keeps only one forward: the
+    /// second backward is refused, and the message says why a user who did call forward gets it.
+    func testALayerUsedTwiceInOneNetworkIsExplainedOnItsSecondBackward() throws {
+        let gn = try GroupNorm(channels: 4, groups: 2)
+        var rng = SeededGenerator(seed: 4)
+        let x = Tensor.randomNormal(shape: [2, 4, 3, 3], using: &rng)
+        _ = try gn.forward(x, training: true)
+        _ = try gn.forward(x, training: true)
+        _ = try gn.backward(x)
+        assertThrows(
+            .backwardBeforeForward(layer: gn.name),
+            mentioning: ["used twice in one network keeps only one forward", "its own instance"]
+        ) { try gn.backward(x) }
+    }
+
     func testGroupNormConstructionErrors() {
         assertThrows(.invalidGroups(channels: 6, groups: 4), mentioning: ["6", "4"]) {
             try GroupNorm(channels: 6, groups: 4)

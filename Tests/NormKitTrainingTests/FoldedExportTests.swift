@@ -271,6 +271,8 @@ final class FoldedExportTests: XCTestCase {
         try Data("keep me".utf8).write(to: out)
         XCTAssertThrowsError(try FoldedExport.write(model, to: out)) { error in
             XCTAssertEqual(error as? FoldingError, .outputExists(path: out.path))
+            // Called from code, the message names the parameter as well as the CLI flag.
+            XCTAssertTrue("\(error)".contains("`overwrite: true` from code"), "\(error)")
         }
         XCTAssertEqual(try Data(contentsOf: out), Data("keep me".utf8))
         try FoldedExport.write(model, to: out, overwrite: true)
@@ -278,6 +280,7 @@ final class FoldedExportTests: XCTestCase {
 
         XCTAssertThrowsError(try FoldedExport.write(model, to: directory, overwrite: true)) { error in
             XCTAssertEqual(error as? FoldingError, .outputIsDirectory(path: directory.path))
+            XCTAssertTrue("\(error)".contains("`to:` from code"), "\(error)")
         }
 
         let (gn, _) = try trainedInCode(.gn, steps: 1)

@@ -24,11 +24,12 @@ public enum FoldingError: Error, Equatable, CustomStringConvertible, LocalizedEr
         case .unsupported(let what): return what
         case .outputExists(let path):
             return
-                "\(path) already exists; pass --overwrite to replace it (the export never replaces a file by default)"
+                "\(path) already exists; pass --overwrite (`overwrite: true` from code) to replace it (the export "
+                + "never replaces a file by default)"
         case .outputIsDirectory(let path):
-            return "\(path) is a directory; --out names the safetensors file to write "
-                + "(for example \((path as NSString).appendingPathComponent("folded.safetensors"))), "
-                + "and --overwrite replaces only a file"
+            return "\(path) is a directory; the output (--out, or `to:` from code) names the safetensors file to "
+                + "write (for example \((path as NSString).appendingPathComponent("folded.safetensors"))), "
+                + "and overwriting replaces only a file"
         }
     }
 
