@@ -300,17 +300,7 @@ public struct SweepReport {
             wallSeconds: summary?.wallSeconds ?? last?.seconds,
             imagesPerSecond: summary?.imagesPerSecond ?? throughput,
             error: status == .failed ? errorText : nil,
-            skippedUpdates: summary?.skippedUpdates ?? skippedUpdates(in: epochs), epochs: epochs)
-    }
-
-    /// The epochs' skipped updates summed (saturating); nil when no epoch record has the count.
-    private static func skippedUpdates(in epochs: [EpochMetrics]) -> Int? {
-        let counts = epochs.compactMap(\.skippedUpdates)
-        guard !counts.isEmpty else { return nil }
-        return counts.reduce(0) { total, count in
-            let (sum, overflow) = total.addingReportingOverflow(max(0, count))
-            return overflow ? .max : sum
-        }
+            skippedUpdates: summary?.skippedUpdates ?? EpochMetrics.totalSkippedUpdates(epochs), epochs: epochs)
     }
 
     /// Without `plan.json`: a batch-independent run at the SGD batch (normBatch nil) fills every column when all

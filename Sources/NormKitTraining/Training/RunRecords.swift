@@ -180,3 +180,21 @@ public struct RunSummary: Codable, Equatable, Sendable {
         self.imagesPerSecond = imagesPerSecond; self.perClassAccuracy = perClassAccuracy; self.finished = finished
     }
 }
+
+extension EpochMetrics {
+    /// The skipped running-statistic updates of `epochs` summed (saturating, `saturatingSum`); nil when no record has
+    /// the count (records older than it). The run's total in `summary.json`, and a sweep's for an unfinished run.
+    package static func totalSkippedUpdates(_ epochs: [EpochMetrics]) -> Int? {
+        let counts = epochs.compactMap(\.skippedUpdates)
+        return counts.isEmpty ? nil : counts.reduce(0) { $0.saturatingSum($1) }
+    }
+}
+
+extension Int {
+    /// `self + other` for counts of 0 or more, `Int.max` where it would overflow (a negative `other`, which no run
+    /// records, counts as 0): a count read from a file cannot make a sum trap.
+    package func saturatingSum(_ other: Int) -> Int {
+        let (sum, overflow) = addingReportingOverflow(Swift.max(0, other))
+        return overflow ? .max : sum
+    }
+}

@@ -415,7 +415,7 @@ public final class Trainer {
             perClassAccuracy: evaluation.perClassAccuracy, finished: true, data: dataRecord,
             convolutionEngine: convolutionEngine.versionDescription,
             workers: dataParallel.map(\.workerCount).flatMap { $0 > 1 ? $0 : nil },
-            skippedUpdates: history.reduce(0) { $0.saturatingSum($1.skippedUpdates ?? 0) })
+            skippedUpdates: EpochMetrics.totalSkippedUpdates(history) ?? 0)
         if let output, writesRun {
             try AtomicFile.write(
                 Array(try JSONEncoder.normKit(pretty: true).encode(summary)),
@@ -516,14 +516,5 @@ public final class Trainer {
         var text = ""
         for m in history { text += String(decoding: try encoder.encode(m), as: UTF8.self) + "\n" }
         try AtomicFile.write(Array(text.utf8), to: url)
-    }
-}
-
-extension Int {
-    /// `self + other` for counts of 0 or more, `Int.max` where it would overflow (a negative `other`, which no run
-    /// records, counts as 0): a count read from a file cannot make a sum trap.
-    fileprivate func saturatingSum(_ other: Int) -> Int {
-        let (sum, overflow) = addingReportingOverflow(Swift.max(0, other))
-        return overflow ? .max : sum
     }
 }
