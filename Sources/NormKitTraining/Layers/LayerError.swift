@@ -55,6 +55,16 @@ public enum LayerError: Error, Equatable, CustomStringConvertible, LocalizedErro
 
 /// Shared input checks and state-dict helpers of the training layers.
 enum LayerCheck {
+    /// Throws for the first of `arguments` (name, value) below 1, a constructor's sizes, counts and strides.
+    ///
+    /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)``.
+    static func atLeastOne(_ arguments: KeyValuePairs<String, Int>, layer: String) throws {
+        for (name, value) in arguments where value < 1 {
+            throw NormalizationError.invalidArgument(
+                layer: layer, name: name, value: "\(value)", expected: "at least 1")
+        }
+    }
+
     /// Throws unless `x` is a non-empty channels-first `(N, C, H, W)` tensor with `channels` channels (any when nil).
     /// `layer` is evaluated only to build an error (a layer's name is an interpolated string).
     static func spatial(

@@ -29,10 +29,7 @@ public final class MaxPool2d: Layer {
     /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` for a size or stride below 1.
     public init(kernelSize: Int, stride: Int? = nil) throws {
         let stride = stride ?? kernelSize
-        for (argument, value) in [("kernelSize", kernelSize), ("stride", stride)] where value < 1 {
-            throw NormalizationError.invalidArgument(
-                layer: "MaxPool2d", name: argument, value: "\(value)", expected: "at least 1")
-        }
+        try LayerCheck.atLeastOne(["kernelSize": kernelSize, "stride": stride], layer: "MaxPool2d")
         self.kernelSize = kernelSize
         self.stride = stride
     }

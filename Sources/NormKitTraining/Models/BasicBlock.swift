@@ -137,11 +137,8 @@ public final class BasicBlock: Layer {
 
     /// Throws unless the channels and the stride are at least 1.
     private static func validate(inChannels: Int, outChannels: Int, stride: Int) throws {
-        for (name, value) in [("inChannels", inChannels), ("outChannels", outChannels), ("stride", stride)]
-        where value < 1 {
-            throw NormalizationError.invalidArgument(
-                layer: "BasicBlock", name: name, value: "\(value)", expected: "at least 1")
-        }
+        try LayerCheck.atLeastOne(
+            ["inChannels": inChannels, "outChannels": outChannels, "stride": stride], layer: "BasicBlock")
     }
 
     private init(
@@ -291,11 +288,8 @@ public final class ResNetShortcut: Layer {
         inChannels: Int, outChannels: Int, stride: Int, normalization: NormalizationSettings,
         centresConvolutions: Bool? = nil, engine: ConvolutionEngine = .preferred, generator: inout SeededGenerator
     ) throws {
-        for (name, value) in [("inChannels", inChannels), ("outChannels", outChannels), ("stride", stride)]
-        where value < 1 {
-            throw NormalizationError.invalidArgument(
-                layer: "ResNetShortcut", name: name, value: "\(value)", expected: "at least 1")
-        }
+        try LayerCheck.atLeastOne(
+            ["inChannels": inChannels, "outChannels": outChannels, "stride": stride], layer: "ResNetShortcut")
         convSlot = LayerSlot(
             try Conv2d(
                 inChannels: inChannels, outChannels: outChannels, kernelSize: 1,
@@ -384,10 +378,7 @@ public final class ResNetStage: Layer {
         zeroInitLastScale: Bool = true, centresConvolutions: Bool? = nil, engine: ConvolutionEngine = .preferred,
         generator: inout SeededGenerator
     ) throws {
-        guard count >= 1 else {
-            throw NormalizationError.invalidArgument(
-                layer: "ResNetStage", name: "count", value: "\(count)", expected: "at least 1")
-        }
+        try LayerCheck.atLeastOne(["count": count], layer: "ResNetStage")
         var blocks: [BasicBlock] = []
         for b in 0..<count {
             blocks.append(
