@@ -3,8 +3,8 @@
 ///
 /// The element-wise operations take two tensors of one shape **and** one layout (no broadcasting, no implicit
 /// conversion) and throw ``NormalizationError/operandMismatch(layer:operation:left:leftLayout:right:rightLayout:)``
-/// otherwise. The in-place forms (``add(_:)``, ``scale(by:)``) write into the tensor's own memory when nothing else
-/// shares it, so they allocate nothing in a training loop.
+/// otherwise. The in-place forms (``add(_:)``, ``subtract(_:)``, ``scale(by:)``) write into the tensor's own memory
+/// when nothing else shares it, so they allocate nothing in a training loop.
 extension Tensor {
     /// The same elements under another shape of the same element count: PyTorch's `reshape`, over the **logical**
     /// order of `(N, C, *spatial)` (row-major: the last dimension fastest), whatever the ``layout``.
