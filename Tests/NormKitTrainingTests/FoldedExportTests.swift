@@ -220,7 +220,7 @@ final class FoldedExportTests: XCTestCase {
         return (model, configuration)
     }
 
-    /// ``FoldedExport/write(_:to:overwrite:)`` of a model trained in code writes the tensors the export of that
+    /// ``FoldedExport/write(_:data:to:overwrite:)`` of a model trained in code writes the tensors the export of that
     /// model's checkpoint writes (value for value), with the same model metadata, and leaves the model as it was.
     func testAModelTrainedInCodeWritesWhatItsCheckpointExports() throws {
         for norm in [NormKind.bn, .brn, .mabn, .frozenBN, .none] {
@@ -290,5 +290,36 @@ final class FoldedExportTests: XCTestCase {
             XCTAssertTrue(reason.contains("own statistics"), reason)
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: refused.path))
+    }
+    /// A model written from code with its data record carries it as the `data` metadata, the same JSON the export
+    /// of a checkpoint holding that record writes, so a reader gets the pixel statistics to standardise inputs with.
+    func testAModelFromCodeCarriesTheDataRecordItIsGiven() throws {
+        let (model, configuration) = try trainedInCode(.bn, steps: 1)
+        let statistics = PixelStatistics(mean: 0.286, std: 0.353)
+        let train = try Dataset(
+            pixels: [UInt8](repeating: 7, count: 3 * 144), labels: [0, 1, 2], height: 12, width: 12, classCount: 10,
+            statistics: statistics)
+        let test = try train.samples(0..<2)
+        let record = DataRecord(train: train, test: test)
+
+        let direct = directory.appendingPathComponent("with-data.safetensors")
+        try FoldedExport.write(model, data: record, to: direct)
+        let checkpoint = directory.appendingPathComponent("with-data-model.safetensors")
+        try SafeTensors.write(
+            model.stateDict(),
+            metadata: try TrainingCheckpoint.metadata(
+                configuration: configuration, normalization: model.normalization, step: 1, data: record),
+            to: checkpoint)
+        let viaCheckpoint = directory.appendingPathComponent("with-data-export.safetensors")
+        try FoldedExport.export(checkpoint: checkpoint, to: viaCheckpoint, overwrite: false)
+
+        let written = try FoldedExport.read(at: direct).metadata
+        let exported = try FoldedExport.read(at: viaCheckpoint).metadata
+        XCTAssertEqual(written["data"], exported["data"], "the same record both ways")
+        let decoded = try JSONDecoder().decode(DataRecord.self, from: Data(try XCTUnwrap(written["data"]).utf8))
+        XCTAssertEqual(decoded, record)
+        XCTAssertEqual(decoded.statistics, statistics)
+        XCTAssertEqual(decoded.trainCount, 3)
+        XCTAssertEqual(decoded.testCount, 2)
     }
 }

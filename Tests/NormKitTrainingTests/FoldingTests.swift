@@ -164,6 +164,39 @@ final class FoldingTests: XCTestCase {
         }
     }
 
+    /// A weight or bias of the model itself that is not finite is named by its state-dict key and channel, not
+    /// reported as a fold of the normalization after it (nor as non-finite logits).
+    func testNonFiniteWeightsAreNamedWhereTheyAre() throws {
+        let cases: [(key: String, index: Int, channel: Int, value: Float)] = [
+            ("conv1.weight", 0, 0, .nan),
+            ("layer2.0.conv1.weight", 5 * 16 * 9 + 4, 5, .nan),
+            ("layer2.0.conv2.weight", 31 * 32 * 9, 31, .infinity),
+            ("layer2.0.downsample.0.weight", 7 * 16 + 3, 7, -.infinity),
+            ("fc.weight", 2 * 64 + 1, 2, .nan),
+            ("fc.bias", 9, 9, .infinity),
+        ]
+        for kind in [NormKind.bn, .mabn, .none] {
+            for item in cases {
+                var generator = SeededGenerator(seed: 3)
+                let model = try ResNet(
+                    depth: 8, normalization: NormalizationSettings(kind: kind), generator: &generator)
+                var state = model.stateDict()
+                guard case .float32(let shape, var values) = state[item.key] else {
+                    return XCTFail("\(kind): no \(item.key) in \(state.keys.sorted())")
+                }
+                values[item.index] = item.value
+                state[item.key] = .float32(shape: shape, values: values)
+                try model.loadStateDict(state)
+                XCTAssertThrowsError(try fold(model), "\(kind) \(item.key)") { error in
+                    XCTAssertEqual(
+                        error as? FoldingError, .nonFiniteWeight(path: item.key, channel: item.channel),
+                        "\(kind): \(error)")
+                    XCTAssertTrue("\(error)".contains("'\(item.key)'"), "\(error)")
+                }
+            }
+        }
+    }
+
     // MARK: - Helpers
 
     /// The entries of `state` whose names start with `prefix`, without it.

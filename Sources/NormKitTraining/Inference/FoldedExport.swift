@@ -6,7 +6,7 @@ import Foundation
 /// header's `torch_model_arguments`) and into NormKit's ``FoldedResNet`` (``read(at:)``).
 ///
 /// The ResNet comes from a training checkpoint on disk (``export(checkpoint:to:overwrite:)``, what the CLI runs)
-/// or from a model trained in code (``write(_:to:overwrite:)``); both write the same tensors for the same weights.
+/// or from a model trained in code (``write(_:data:to:overwrite:)``); both write the same tensors for the same weights.
 ///
 /// The header's `__metadata__`: `format` (`normkit-folded-1`), `norm` (`folded`), `depth`,
 /// `torch_model_arguments` (JSON of strings), and for an export of a checkpoint also `source_checkpoint` (the
@@ -44,7 +44,9 @@ public enum FoldedExport {
     ///   ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)`` for an `output` that is a pipe or a device
     ///   (before reading anything), ``FoldingError/notFoldable(path:layer:reason:)``
     ///   for a GN/LN/IN checkpoint, ``FoldingError/unsupported(_:)`` for a VGG checkpoint or `output` equal to the
-    ///   checkpoint, the checkpoint's read errors, or the write's ``AtomicFileError`` (without `overwrite`,
+    ///   checkpoint, ``FoldingError/nonFiniteWeight(path:channel:)`` or
+    ///   ``FoldingError/nonFiniteResult(path:channel:reason:)`` for a diverged model, the checkpoint's read errors,
+    ///   or the write's ``AtomicFileError`` (without `overwrite`,
     ///   ``AtomicFileError/destinationExists(path:)`` for a file created at `output` while the export ran: it is
     ///   kept). Nothing is written when it throws.
     @discardableResult
@@ -87,18 +89,24 @@ public enum FoldedExport {
     /// Folds a ResNet trained in code, checks the folded model against it in eval mode on a probe batch, and
     /// writes it to `output` atomically: the tensors ``export(checkpoint:to:overwrite:)`` writes for a checkpoint
     /// of the same weights, with the metadata keys a model has (`format`, `norm`, `depth`,
-    /// `torch_model_arguments`, `source_norm`; see ``FoldedExport``). ``read(at:)`` reads it back.
+    /// `torch_model_arguments`, `source_norm`; see ``FoldedExport``) and, when given, `data`: the record of the
+    /// data it was trained on, whose pixel statistics inputs must be standardised with (a ``Trainer``'s
+    /// ``Trainer/dataRecord``, or ``DataRecord/init(train:test:)``). ``read(at:)`` reads it back.
     ///
     /// `model` is not changed, whatever its mode: it is folded from its state (running statistics, not the batch's)
     /// and the probe runs on a copy, so a pending backward of `model` is kept.
     ///
     /// ```swift
     /// // model: a ResNet with BN, BRN, MABN, frozen BN or no normalization, after training
-    /// try FoldedExport.write(model, to: directory.appendingPathComponent("folded.safetensors"))
+    /// try FoldedExport.write(
+    ///     model, data: DataRecord(train: train, test: test),
+    ///     to: directory.appendingPathComponent("folded.safetensors"))
     /// ```
     ///
     /// - Parameters:
     ///   - model: a ResNet with BN, BRN, MABN, frozen BN or no normalization.
+    ///   - data: what `model` was trained on, written as the `data` metadata (as a checkpoint's export writes its
+    ///     record); nil writes none, and a reader then has no pixel statistics to standardise inputs with.
     ///   - output: the folded model's safetensors file.
     ///   - overwrite: replace an existing `output` (only a regular file; when `output` is a symbolic link, the
     ///     file it points to is replaced and the link stays). By default an existing file is kept and the call
@@ -107,13 +115,16 @@ public enum FoldedExport {
     /// - Throws: ``FoldingError/outputIsDirectory(path:)``, ``FoldingError/outputExists(path:)`` and
     ///   ``AtomicFileError/notARegularFile(path:resolvedPath:kind:)`` for an `output` that is a pipe or a device
     ///   (before folding anything); ``FoldingError/notFoldable(path:layer:reason:)`` for GN, LN or IN layers;
+    ///   ``FoldingError/nonFiniteWeight(path:channel:)`` for a weight or bias of the model that is not finite;
     ///   ``FoldingError/nonFiniteResult(path:channel:reason:)`` for running statistics that fold to a non-finite
     ///   value; ``FoldingError/unsupported(_:)`` when the model's eval logits are not finite or the folded model's
     ///   differ from them by more than ``verificationTolerance``; the write's ``AtomicFileError`` (without
     ///   `overwrite`, ``AtomicFileError/destinationExists(path:)`` for a file created at `output` meanwhile: it is
     ///   kept). Nothing is written when it throws.
     @discardableResult
-    public static func write(_ model: ResNet, to output: URL, overwrite: Bool = false) throws -> FoldedResNet {
+    public static func write(
+        _ model: ResNet, data: DataRecord? = nil, to output: URL, overwrite: Bool = false
+    ) throws -> FoldedResNet {
         try checkOutput(output, overwrite: overwrite)
         // A copy built as the checkpoint export builds its model, so both probe (and fold) the same thing.
         var generator = SeededGenerator(seed: 0)
@@ -124,6 +135,7 @@ public enum FoldedExport {
         let (folded, _) = try foldVerified(copy, source: model.name)
         var metadata = try metadata(folded)
         metadata["source_norm"] = model.normalization.kind.rawValue
+        if let data { metadata["data"] = try dataMetadata(data) }
         try SafeTensors.write(folded.stateDict(), metadata: metadata, to: output, replacing: overwrite)
         return folded
     }
@@ -171,10 +183,13 @@ public enum FoldedExport {
         metadata["source_norm"] = source.configuration.norm.rawValue
         metadata["source_step"] = "\(source.step)"
         metadata["source_configuration"] = String(decoding: try encoder.encode(source.configuration), as: UTF8.self)
-        if let data = source.data {
-            metadata["data"] = String(decoding: try encoder.encode(data), as: UTF8.self)
-        }
+        if let data = source.data { metadata["data"] = try dataMetadata(data) }
         return metadata
+    }
+
+    /// The `data` metadata value: the record as JSON.
+    private static func dataMetadata(_ data: DataRecord) throws -> String {
+        String(decoding: try JSONEncoder.normKit().encode(data), as: UTF8.self)
     }
 
     /// The metadata every folded export has: `format`, `norm`, `depth`, `torch_model_arguments`.

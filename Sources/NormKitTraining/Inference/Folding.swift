@@ -8,6 +8,9 @@ public enum FoldingError: Error, Equatable, CustomStringConvertible, LocalizedEr
     case notFoldable(path: String, layer: String, reason: String)
     /// Folding gave a value that is not finite (a running variance of −ε, a running std of 0, a diverged run).
     case nonFiniteResult(path: String, channel: Int, reason: String)
+    /// A weight or bias of the model itself is not finite (a diverged run): `path` is its state-dict key
+    /// (`layer2.0.conv1.weight`, `fc.bias`, …), `channel` the output channel (or class) it belongs to.
+    case nonFiniteWeight(path: String, channel: Int)
     /// A model or file that has no folded form (a VGG checkpoint, a file that is not a folded export, …).
     case unsupported(String)
     /// `--out` names an existing file and `--overwrite` was not given.
@@ -21,6 +24,9 @@ public enum FoldingError: Error, Equatable, CustomStringConvertible, LocalizedEr
             return "\(path): cannot fold \(layer) into the preceding convolution: \(reason)"
         case .nonFiniteResult(let path, let channel, let reason):
             return "folding '\(path)' gives a non-finite value in channel \(channel): \(reason)"
+        case .nonFiniteWeight(let path, let channel):
+            return "'\(path)' holds a non-finite value in output channel \(channel): the model's own weights are "
+                + "not finite (a diverged run?), so it has no folded form"
         case .unsupported(let what): return what
         case .outputExists(let path):
             return
@@ -120,8 +126,10 @@ public func inferenceAffine(of layer: NormalizationLayer?, path: String) throws 
 /// `model` is not changed.
 ///
 /// - Throws: ``FoldingError/notFoldable(path:layer:reason:)`` for GN, LN, IN (per-sample statistics) or an
-///   unknown normalization, naming the first such layer; ``FoldingError/nonFiniteResult(path:channel:reason:)``
-///   when a running statistic makes a folded value infinite or NaN.
+///   unknown normalization, naming the first such layer; ``FoldingError/nonFiniteWeight(path:channel:)`` for a
+///   convolution's or the classifier's weight or bias that is infinite or NaN, naming the first;
+///   ``FoldingError/nonFiniteResult(path:channel:reason:)`` when a running statistic makes a folded value infinite
+///   or NaN.
 public func fold(_ model: ResNet) throws -> FoldedResNet {
     if let reason = model.normalization.kind.foldingRefusal {
         throw FoldingError.notFoldable(path: "norm1", layer: model.norm1.name, reason: reason)
@@ -131,31 +139,44 @@ public func fold(_ model: ResNet) throws -> FoldedResNet {
         depth: model.depth, inChannels: model.conv1.inChannels,
         classes: model.fc.outFeatures, width: model.conv1.outChannels,
         generator: &generator)
-    try foldConvolution(model.conv1, model.norm1, path: "norm1", into: folded.conv1)
+    try foldConvolution(model.conv1, "conv1", model.norm1, path: "norm1", into: folded.conv1)
     for (s, (stage, target)) in zip(model.stages, folded.stages).enumerated() {
         for (b, (block, into)) in zip(stage.blocks, target.blocks).enumerated() {
             let prefix = "layer\(s + 1).\(b)."
-            try foldConvolution(block.conv1, block.norm1, path: prefix + "norm1", into: into.conv1)
-            try foldConvolution(block.conv2, block.norm2, path: prefix + "norm2", into: into.conv2)
+            try foldConvolution(block.conv1, prefix + "conv1", block.norm1, path: prefix + "norm1", into: into.conv1)
+            try foldConvolution(block.conv2, prefix + "conv2", block.norm2, path: prefix + "norm2", into: into.conv2)
             if let shortcut = block.downsample, let targetShortcut = into.downsample {
                 try foldConvolution(
-                    shortcut.conv, shortcut.norm, path: prefix + "downsample.1",
+                    shortcut.conv, prefix + "downsample.0", shortcut.norm, path: prefix + "downsample.1",
                     into: targetShortcut.conv)
             }
         }
     }
+    try checkFinite(model.fc.weight.value, path: "fc.weight", channels: model.fc.outFeatures)
+    try checkFinite(model.fc.bias.value, path: "fc.bias", channels: model.fc.outFeatures)
     folded.fc.weight.value = model.fc.weight.value
     folded.fc.bias.value = model.fc.bias.value
     folded.eval()
     return folded
 }
 
-/// Writes `conv` followed by `norm` (at state-dict path `path`) into `target`'s weight and bias.
-private func foldConvolution(_ conv: Conv2d, _ norm: NormalizationModule, path: String, into target: Conv2d) throws {
+/// Throws ``FoldingError/nonFiniteWeight(path:channel:)`` for the first value of `values` (`channels` equal rows)
+/// that is infinite or NaN.
+private func checkFinite(_ values: [Float], path: String, channels: Int) throws {
+    guard let index = values.firstIndex(where: { !$0.isFinite }) else { return }
+    throw FoldingError.nonFiniteWeight(path: path, channel: index / max(1, values.count / channels))
+}
+
+/// Writes `conv` (at state-dict path `convPath`) followed by `norm` (at `path`) into `target`'s weight and bias.
+private func foldConvolution(
+    _ conv: Conv2d, _ convPath: String, _ norm: NormalizationModule, path: String, into target: Conv2d
+) throws {
     precondition(
         target.weight.shape == conv.weight.shape && target.bias != nil,
         "the folded model's convolution at \(path) does not match the source's")
     let filters = conv.outChannels
+    try checkFinite(conv.weight.value, path: convPath + ".weight", channels: filters)
+    if let bias = conv.bias { try checkFinite(bias.value, path: convPath + ".bias", channels: filters) }
     let weights =
         conv.centred
         ? try WeightCentering.centered(conv.weight.value, filters: filters)
