@@ -104,7 +104,7 @@ let package = Package(
         /// NormKit's Sendable types and the layer-per-actor pattern must build without warnings (in the Swift 6
         /// language mode, as every target).
         .testTarget(name: "NormKitConcurrencyTests", dependencies: ["NormKit"]),
-        .testTarget(name: "NormKitExperimentsTests", dependencies: ["NormKitExperiments"]),
+        .testTarget(name: "NormKitExperimentsTests", dependencies: ["NormKitExperiments", "_NormKitTestSupport"]),
         /// End-to-end tests of the `normkit` binary (built because the executable target is a dependency).
         .testTarget(
             name: "NormKitCLITests",

@@ -2,6 +2,7 @@ import Foundation
 import NormKitTraining
 import Synchronization
 import XCTest
+import _NormKitTestSupport
 
 /// Tiny synthetic datasets in the Fashion-MNIST file layout (four raw IDX files).
 enum SyntheticData {
@@ -57,7 +58,9 @@ enum SyntheticData {
 /// Datasets and one finished training run, made once and shared by every CLI test (they only read them or copy
 /// them).
 final class CLIFixture {
-    /// The root of everything the tests write.
+    /// The directory of everything the tests write, removed when the test bundle finishes.
+    private let directory: TemporaryDirectory
+    /// The root of everything the tests write (``directory``'s URL).
     let root: URL
     /// The main dataset (32 training, 16 test images: each step of a debug build costs a fraction of a second).
     let data: URL
@@ -87,7 +90,8 @@ final class CLIFixture {
                         "no normkit executable at \(CLI.binary.path) (build it with `swift build`, or set NORMKIT_BINARY)"
                 ])
         }
-        root = FileManager.default.temporaryDirectory.appendingPathComponent("normkit-cli-tests-\(UUID().uuidString)")
+        directory = try TemporaryDirectory(prefix: "normkit-cli-tests")
+        root = directory.url
         data = root.appendingPathComponent("fmnist-main")
         otherData = root.appendingPathComponent("fmnist-other")
         constantData = root.appendingPathComponent("fmnist-constant")
@@ -112,7 +116,7 @@ final class CLIFixture {
             if made == nil {
                 made = Result { try CLIFixture() }
                 if case .success(let fixture) = made! {
-                    XCTestObservationCenter.shared.addTestObserver(RemoveWhenDone(fixture.root))
+                    XCTestObservationCenter.shared.addTestObserver(RemoveWhenDone(fixture.directory))
                 }
             }
             return try made!.get()
@@ -129,9 +133,9 @@ final class CLIFixture {
 
 /// Removes the fixture's directory when the test bundle finishes.
 private final class RemoveWhenDone: NSObject, XCTestObservation {
-    let directory: URL
-    init(_ directory: URL) { self.directory = directory }
-    func testBundleDidFinish(_ testBundle: Bundle) { try? FileManager.default.removeItem(at: directory) }
+    let directory: TemporaryDirectory
+    init(_ directory: TemporaryDirectory) { self.directory = directory }
+    func testBundleDidFinish(_ testBundle: Bundle) { directory.remove() }
 }
 
 /// Reads a run's `summary.json` as a dictionary (nil when absent).

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import _NormKitTestSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -56,13 +57,13 @@ enum CLI {
         let stdoutURL: URL
         let stderrURL: URL
         let started = Date()
+        /// The directory of the two output files, removed by ``wait(timeout:)``.
+        private let logs: TemporaryDirectory
 
         init(_ arguments: [String], in directory: URL) throws {
-            let logs = FileManager.default.temporaryDirectory
-                .appendingPathComponent("normkit-cli-logs-\(UUID().uuidString)")
-            try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
-            stdoutURL = logs.appendingPathComponent("stdout")
-            stderrURL = logs.appendingPathComponent("stderr")
+            logs = try TemporaryDirectory(prefix: "normkit-cli-logs")
+            stdoutURL = logs.url.appendingPathComponent("stdout")
+            stderrURL = logs.url.appendingPathComponent("stderr")
             _ = FileManager.default.createFile(atPath: stdoutURL.path, contents: nil)
             _ = FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
             process.executableURL = CLI.binary
@@ -99,7 +100,7 @@ enum CLI {
             let seconds = Date().timeIntervalSince(started)
             let out = (try? String(contentsOf: stdoutURL, encoding: .utf8)) ?? ""
             let err = (try? String(contentsOf: stderrURL, encoding: .utf8)) ?? ""
-            try? FileManager.default.removeItem(at: stdoutURL.deletingLastPathComponent())
+            logs.remove()
             return CLIResult(
                 status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
                 stdout: out, stderr: err, seconds: seconds, timedOut: timedOut)

@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// `mpirun -np R normkit train --distributed` against the single-process training it must equal (issue 11's
 /// equivalence tests): after several SGD steps every tensor of the two checkpoints agrees within float rounding.
@@ -22,13 +23,9 @@ final class DistributedTrainingTests: XCTestCase {
 
     override func setUpWithError() throws {
         guard Self.mpirun != nil else { throw XCTSkip("mpirun not installed (apt-get install openmpi-bin)") }
-        root = FileManager.default.temporaryDirectory.appendingPathComponent("normkit-mpi-\(UUID().uuidString)")
+        root = try makeTemporaryDirectory("normkit-mpi")
         data = root.appendingPathComponent("data")
         try SyntheticData.write(to: data, trainCount: 96, testCount: 24, seed: 5)
-    }
-
-    override func tearDownWithError() throws {
-        if let root { try? FileManager.default.removeItem(at: root) }
     }
 
     /// Runs `normkit` under `mpirun -np ranks` (or directly with `ranks` nil) and returns the run's checkpoint.

@@ -1,15 +1,14 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// ``TrainingConfiguration/trainArguments`` (how a sweep starts a cell in another process, under `mpirun`): the
 /// flags make `normkit train` record exactly the configuration they came from, for every field.
 final class TrainArgumentsTests: XCTestCase {
     func testFlagsRecordTheConfigurationTheyCameFrom() throws {
         let fixture = try CLIFixture.shared()
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("normkit-args-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: root) }
+        let root = try makeTemporaryDirectory("normkit-args")
 
         var common = TrainingConfiguration()
         common.epochs = 2; common.batch = 8; common.learningRate = 0.03; common.momentum = 0.8

@@ -2,18 +2,11 @@ import Foundation
 import NormKitExperiments
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// Regression tests for what the libFuzzer targets in `Fuzz/` found (docs/FUZZING.md, "Findings"). Each test
 /// feeds the input shape the fuzzer produced through the same public entry point the harness uses.
 final class FuzzRegressionTests: XCTestCase {
-    private func temporaryDirectory() throws -> URL {
-        let url = FileManager.default.temporaryDirectory
-            .appendingPathComponent("normkit-fuzz-regression-\(UUID().uuidString)", isDirectory: true)
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
-
     /// A small per-GPU plan with `gpus` simulated GPUs and normalization batches 8 and 2.
     private func perGPUPlan(gpus: Int) -> SweepPlan {
         var base = TrainingConfiguration()
@@ -26,7 +19,7 @@ final class FuzzRegressionTests: XCTestCase {
     /// fuzz-sweep-plan, crash: a `plan.json` with `"setting": "per-gpu"` and `"gpus": 4611686018427387904`
     /// validated, and `cells()` then trapped on the arithmetic overflow of `gpus × normBatch` (the SGD batch).
     func testPerGPUPlanWhoseSGDBatchOverflowsIsRefusedNotTrapped() throws {
-        let directory = try temporaryDirectory()
+        let directory = try makeTemporaryDirectory("normkit-fuzz-regression")
         let valid = perGPUPlan(gpus: 4)
         try SweepPlanRecord(plan: valid, cells: try valid.cells()).write(to: directory)
         let url = directory.appendingPathComponent(SweepPlanRecord.fileName)
@@ -64,7 +57,7 @@ final class FuzzRegressionTests: XCTestCase {
     /// (LeakSanitizer). The file is now read with NormKit's POSIX reader; an empty or truncated plan is still a
     /// clear `unreadableRecord` naming the file, and a valid one reads back unchanged.
     func testEmptyAndTruncatedPlanFilesAreUnreadableRecords() throws {
-        let directory = try temporaryDirectory()
+        let directory = try makeTemporaryDirectory("normkit-fuzz-regression")
         let url = directory.appendingPathComponent(SweepPlanRecord.fileName)
         let plan = perGPUPlan(gpus: 2)
         let record = SweepPlanRecord(plan: plan, cells: try plan.cells())
@@ -91,7 +84,7 @@ final class FuzzRegressionTests: XCTestCase {
 
     /// A `plan.json` that is a directory (not a regular file) is an unreadable record, not a crash.
     func testPlanFileThatIsADirectoryIsAnUnreadableRecord() throws {
-        let directory = try temporaryDirectory()
+        let directory = try makeTemporaryDirectory("normkit-fuzz-regression")
         try FileManager.default.createDirectory(
             at: directory.appendingPathComponent(SweepPlanRecord.fileName), withIntermediateDirectories: false)
         XCTAssertThrowsError(try SweepPlanRecord.read(from: directory)) { error in

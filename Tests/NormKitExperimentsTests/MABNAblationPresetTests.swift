@@ -3,6 +3,7 @@ import NormKit
 import NormKitExperiments
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// Issue 12's MABN ablation: the `mabn-ablation` preset's cells, the plan's variants axis, the configuration's
 /// `mabnWithout` (validation and what it builds) and the report's rows per variant.
@@ -136,9 +137,7 @@ final class MABNAblationPresetTests: XCTestCase {
 
     /// The report gives each variant its own row, labelled by the parts switched off.
     func testReportHasOneRowPerVariant() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ablation-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
+        let directory = try makeTemporaryDirectory("ablation")
         var base = TrainingConfiguration()
         base.epochs = 1
         let variants = [

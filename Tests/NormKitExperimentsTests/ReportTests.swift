@@ -2,6 +2,7 @@ import Foundation
 import NormKitExperiments
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 #if canImport(FoundationXML)
     import FoundationXML
@@ -12,12 +13,7 @@ final class ReportTests: XCTestCase {
     private var directory: URL!
 
     override func setUpWithError() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("sweep-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: directory)
+        directory = try makeTemporaryDirectory("sweep")
     }
 
     // MARK: - Fakes

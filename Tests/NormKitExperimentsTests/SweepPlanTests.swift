@@ -2,6 +2,7 @@ import Foundation
 import NormKitExperiments
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 final class SweepPlanTests: XCTestCase {
     private func base(groups: Int? = 8) -> TrainingConfiguration {
@@ -153,9 +154,7 @@ final class SweepPlanTests: XCTestCase {
         XCTAssertNil(GroupSpec(tag: "x2"))
         let plan = SweepPresets.paperTable3.plan
         let record = SweepPlanRecord(plan: plan, cells: try plan.cells())
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("plan-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let dir = try makeTemporaryDirectory("plan")
         try record.write(to: dir)
         XCTAssertEqual(try SweepPlanRecord.read(from: dir), record)
         let text = try String(contentsOf: dir.appendingPathComponent("plan.json"), encoding: .utf8)

@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// `AtomicFile.write(to:replacing: false)`: a write that must not replace a file (an export or a bench result
 /// without `--overwrite`) refuses an existing file before it writes, and one that appears while it writes: the
@@ -10,12 +11,7 @@ final class AtomicFileNoReplaceTests: XCTestCase {
     private var directory: URL!
 
     override func setUpWithError() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("noreplace-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: directory)
+        directory = try makeTemporaryDirectory("noreplace")
     }
 
     private func leftovers() throws -> [String] {

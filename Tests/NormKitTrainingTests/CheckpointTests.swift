@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -8,22 +9,6 @@ import XCTest
 
 /// Checkpoints refuse what they cannot use, say why, change nothing when they refuse, and survive failed saves.
 final class CheckpointTests: XCTestCase {
-    var directories: [URL] = []
-
-    override func tearDown() {
-        for d in directories { try? FileManager.default.removeItem(at: d) }
-        directories = []
-        super.tearDown()
-    }
-
-    func temporaryDirectory(_ name: String) -> URL {
-        let url = FileManager.default.temporaryDirectory
-            .appendingPathComponent("normkit-checkpoint-tests-\(getpid())-\(name)")
-        try? FileManager.default.removeItem(at: url)
-        directories.append(url)
-        return url
-    }
-
     func configuration(_ norm: NormKind) -> TrainingConfiguration {
         var c = TrainingConfiguration()
         c.model = "resnet8"
@@ -45,7 +30,7 @@ final class CheckpointTests: XCTestCase {
 
     /// A run directory holding the checkpoint of step `steps`.
     func runDirectory(_ name: String, norm: NormKind = .bn, steps: Int = 2) throws -> (URL, Trainer) {
-        let directory = temporaryDirectory(name)
+        let directory = try makeTemporaryDirectory().appendingPathComponent(name)
         let t = try trainer(configuration(norm), output: directory)
         t.stopAfterStep = steps
         XCTAssertThrowsError(try t.run())
@@ -111,8 +96,7 @@ final class CheckpointTests: XCTestCase {
         XCTAssertTrue(missing?.contains(state.path) ?? false, missing ?? "accepted")
 
         // Nothing to resume in an empty directory.
-        let empty = temporaryDirectory("empty")
-        try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
+        let empty = try makeTemporaryDirectory("empty")
         XCTAssertThrowsError(try fresh.resume(from: empty)) { error in
             XCTAssertEqual(error as? TrainingError, .nothingToResume(empty.path))
         }
@@ -213,7 +197,7 @@ final class CheckpointTests: XCTestCase {
         // The same through Trainer.resume: a run directory of another configuration is refused before any tensor
         // is read, and the trainer's model is unchanged.
         let data = try TorchModelParityTests.syntheticData(count: 32, testCount: 8, size: 16, seed: 9)
-        let directory = temporaryDirectory("other-norm")
+        let directory = try makeTemporaryDirectory().appendingPathComponent("other-norm")
         let gnRun = try Trainer(
             configuration: configuration(.gn), train: data.0, test: data.1, output: directory,
             progress: ProgressReporter(style: .silent))

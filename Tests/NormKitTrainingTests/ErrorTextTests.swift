@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// ``ErrorText``: file-system errors as "path: reason" in the C library's words, and a checkpoint's valid JSON with
 /// a number its field cannot hold named by field (Foundation says "The given data was not valid JSON").
@@ -8,12 +9,7 @@ final class ErrorTextTests: XCTestCase {
     private var directory: URL!
 
     override func setUpWithError() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("error-text-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: directory)
+        directory = try makeTemporaryDirectory("error-text")
     }
 
     /// A plain Swift error of the caller's (an enum with no message) is described by its case, not by Foundation's

@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// `normkit export --fold` (``FoldedExport``): a training checkpoint in, a folded safetensors file out that
 /// reads back into ``FoldedResNet`` with the unfolded model's eval logits; refusals leave nothing behind.
@@ -8,13 +9,7 @@ final class FoldedExportTests: XCTestCase {
     var directory: URL!
 
     override func setUpWithError() throws {
-        directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("normkit-fold-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: directory)
+        directory = try makeTemporaryDirectory("normkit-fold")
     }
 
     /// A `model.safetensors` as the trainer writes it (tensors plus ``TrainingCheckpoint/metadata``) for a

@@ -1,6 +1,7 @@
 import Foundation
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// The code of `Sources/NormKitTraining/NormKitTraining.docc/GettingStarted.md`, kept compiling and checked.
 /// The article loads Fashion-MNIST; this test uses a small synthetic dataset of the same shape instead (the
@@ -85,10 +86,7 @@ final class GettingStartedTests: XCTestCase {
         let evaluation = try Trainer.evaluate(model: model, on: test)
         XCTAssertLessThan(evaluation.loss, before.loss, "30 steps on an easy task lower the test loss")
 
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("getting-started-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
+        let directory = try makeTemporaryDirectory("getting-started")
         let url = directory.appendingPathComponent("resnet8-gn.safetensors")
         try SafeTensors.write(model.stateDict(), metadata: ["norm": "gn", "groups": "16"], to: url)
 

@@ -2,6 +2,7 @@ import Foundation
 import NormKit
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// Data-parallel training inside one process (``InProcessWorkerGroup``, `normkit train --threading`): the
 /// collectives add in worker order and never hang on a failed worker, and replicas train what one model trains
@@ -229,12 +230,8 @@ final class InProcessReplicaTests: XCTestCase {
     /// resumed from it finish with the bits of an uninterrupted replica run.
     func testAnInterruptedReplicaRunResumesExactly() throws {
         let c = TrainingTests.smallConfiguration(.gn)
-        let fullDirectory = try TrainingTests.temporaryDirectory("replicas-full")
-        let directory = try TrainingTests.temporaryDirectory("replicas-stopped")
-        defer {
-            try? FileManager.default.removeItem(at: fullDirectory)
-            try? FileManager.default.removeItem(at: directory)
-        }
+        let fullDirectory = try makeTemporaryDirectory().appendingPathComponent("replicas-full")
+        let directory = try makeTemporaryDirectory().appendingPathComponent("replicas-stopped")
         let full = try Self.runReplicas(c, output: fullDirectory)
         XCTAssertEqual(full[0].stepLosses.count, 16)
 
@@ -279,9 +276,7 @@ final class InProcessReplicaTests: XCTestCase {
     /// Worker 0 cannot create its run directory (a file is in the way): it fails, worker 1, waiting for it in the
     /// first collective, is stopped instead of hanging, and the error thrown is worker 0's.
     func testAFailureOfWorkerZeroDoesNotHangTheOthers() throws {
-        let scratch = try TrainingTests.temporaryDirectory("replicas-blocked")
-        defer { try? FileManager.default.removeItem(at: scratch) }
-        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        let scratch = try makeTemporaryDirectory("replicas-blocked")
         let blocker = scratch.appendingPathComponent("file")
         try Data("x".utf8).write(to: blocker)
         var c = TrainingTests.smallConfiguration(.gn)

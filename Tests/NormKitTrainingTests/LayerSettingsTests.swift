@@ -2,6 +2,7 @@ import Foundation
 import NormKit
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// Issue 12, item 1: the layers' hyper-parameters are settings of a run (flags, sweep plans), reach the layers,
 /// are validated, and are recorded in checkpoints; MABN's default buffer covers about 32 images.
@@ -102,8 +103,7 @@ final class LayerSettingsTests: XCTestCase {
     /// The trainer records MABN's buffer in the checkpoint; files written before (buffer = batch / normBatch,
     /// recorded only in the PyTorch arguments) load with the buffer they were trained with.
     func testCheckpointsRecordTheBufferAndLegacyFilesKeepTheirs() throws {
-        let directory = try TrainingTests.temporaryDirectory("mabn-buffer")
-        defer { try? FileManager.default.removeItem(at: directory) }
+        let directory = try makeTemporaryDirectory().appendingPathComponent("mabn-buffer")
         var c = TrainingTests.smallConfiguration(.mabn)
         c.epochs = 1
         c.threads = 1

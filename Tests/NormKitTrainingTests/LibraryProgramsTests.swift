@@ -2,6 +2,7 @@ import Foundation
 import NormKit
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// The three programs of issue 13's "done when", written only against public API (no `@testable`): a network of
 /// one's own with GN and MABN, BN with ghost batches in channels-last saved and reloaded, and a ResNet built in
@@ -52,9 +53,7 @@ final class LibraryProgramsTests: XCTestCase {
             try bn.forward(x, into: &y, training: true)
             XCTAssertEqual(y.layout, .channelsLast)
         }
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent(
-            "normkit-ghost-bn-\(getpid()).safetensors")
-        defer { try? FileManager.default.removeItem(at: file) }
+        let file = try makeTemporaryDirectory("normkit-ghost-bn").appendingPathComponent("bn.safetensors")
         try SafeTensors.write(bn.stateDict(), to: file)
         let reloaded = try BatchNorm(channels: 6, normBatch: 2)
         let result = try reloaded.loadStateDict(try SafeTensors.read(from: file).tensors)

@@ -1,14 +1,12 @@
 import NormKitTraining
 import XCTest
+import _NormKitTestSupport
 
 /// The README's "building a model in code" examples, verbatim between the markers, so it is known to compile and
 /// run; then checks on what it did.
 final class ReadmeModelExampleTests: XCTestCase {
     func testBuildTrainSaveAndInspectANetworkInCode() throws {
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("normkit-readme-model-\(ProcessInfo.processInfo.processIdentifier)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
+        let directory = try makeTemporaryDirectory("normkit-readme-model")
         var printed: [String] = []
         func print(_ items: Any...) { printed.append(items.map { "\($0)" }.joined(separator: " ")) }
 

@@ -97,7 +97,7 @@ final class ReliabilityTests: XCTestCase {
     /// A checkpoint's configuration goes through the same checks, before any model is built: a hostile file
     /// is refused at once instead of dividing by zero, allocating 70 TB or building for minutes.
     func testHostileCheckpointConfigurationsAreRefusedBeforeBuilding() throws {
-        let directory = try Self.finishedRun("hostile")
+        let directory = try finishedRun("hostile")
         let file = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
         let (tensors, metadata) = try SafeTensors.read(from: file)
         func rewritten(_ edit: (inout [String: Any]) -> Void) throws -> URL {
@@ -155,7 +155,7 @@ final class ReliabilityTests: XCTestCase {
     // MARK: - A run directory is never overwritten by accident
 
     func testANewRunRefusesADirectoryThatHoldsARunAndReplacesItOnlyWhenAsked() throws {
-        let directory = try Self.finishedRun("exists")
+        let directory = try finishedRun("exists")
         let before = try Self.snapshot(directory)
         var other = Self.configuration()
         other.learningRate = 0.05
@@ -179,7 +179,7 @@ final class ReliabilityTests: XCTestCase {
     /// A replacing run that stops before its first checkpoint (here it diverges at once) puts the run it was to
     /// replace back, byte for byte; one that gets past its first checkpoint replaces it.
     func testAReplacingRunThatDivergesBeforeItsFirstCheckpointLeavesTheOldRun() throws {
-        let directory = try Self.finishedRun("replace-diverges")
+        let directory = try finishedRun("replace-diverges")
         let before = try Self.snapshot(directory)
         var diverging = Self.configuration()
         diverging.learningRate = 1e6
@@ -205,7 +205,7 @@ final class ReliabilityTests: XCTestCase {
     /// A key twice in a checkpoint's configuration, data record or training state (NormKit's decoder would keep the
     /// first, Python's `json` the last) is refused, naming the field and the key.
     func testMetadataWithAKeyTwiceIsRefused() throws {
-        let directory = try Self.interruptedRun("duplicate-key", atStep: 1)
+        let directory = try interruptedRun("duplicate-key", atStep: 1)
         let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
         let (tensors, metadata) = try SafeTensors.read(from: modelURL)
         for field in ["configuration", "data"] {
@@ -233,7 +233,7 @@ final class ReliabilityTests: XCTestCase {
     /// is not its position's, counts beyond an epoch's images) is refused on resume, naming the file, instead of
     /// resuming into counters that overflow.
     func testAResumeRefusesATrainingStateItsRunCannotHaveWritten() throws {
-        let directory = try Self.interruptedRun("hostile-state", atStep: 2)
+        let directory = try interruptedRun("hostile-state", atStep: 2)
         let modelURL = directory.appendingPathComponent(TrainingCheckpoint.modelFileName)
         let stateURL = directory.appendingPathComponent("training-state-2.safetensors")
         let (modelTensors, modelMetadata) = try SafeTensors.read(from: modelURL)
@@ -276,8 +276,7 @@ final class ReliabilityTests: XCTestCase {
     }
 
     func testAnotherProcessHoldingTheLockStopsTheRun() throws {
-        let directory = try TrainingTests.temporaryDirectory("locked")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let directory = try makeTemporaryDirectory("locked")
         let holder = Process()
         holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
         holder.arguments = [directory.appendingPathComponent(RunDirectory.lockFileName).path, "sleep", "3"]
@@ -302,9 +301,7 @@ final class ReliabilityTests: XCTestCase {
     /// at once, naming the path and what it is, and left as it was: the lock used to open whatever was there for
     /// writing (a pipe or a device was taken as the lock and the run went ahead; a directory was "Is a directory").
     func testALockFileThatIsNotARegularFileIsRefusedByName() throws {
-        let directory = try TrainingTests.temporaryDirectory("lock-file-kinds")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
+        let directory = try makeTemporaryDirectory("lock-file-kinds")
         let lock = directory.standardizedFileURL.appendingPathComponent(RunDirectory.lockFileName)
         let kinds: [(kind: String, type: String, make: () throws -> Void)] = [
             ("a named pipe (FIFO)", "fifo", { try makeNamedPipe(at: lock) }),
@@ -343,8 +340,7 @@ final class ReliabilityTests: XCTestCase {
     }
 
     func testStaleTemporaryFilesOfDeadWritersAreRemovedAndLaterStatesKept() throws {
-        let directory = try TrainingTests.temporaryDirectory("stale")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let directory = try makeTemporaryDirectory("stale")
         let dead = Process()
         dead.executableURL = URL(fileURLWithPath: "/bin/true")
         try dead.run()
@@ -380,7 +376,7 @@ final class ReliabilityTests: XCTestCase {
 
     func testADivergingRunStopsAndNeverSavesNonFiniteOrExplodedWeights() throws {
         for (rate, every) in [(1000.0, nil as Int?), (1e6, 1)] {
-            let directory = try TrainingTests.temporaryDirectory("diverge-\(Int(rate))")
+            let directory = try makeTemporaryDirectory().appendingPathComponent("diverge-\(Int(rate))")
             var c = Self.configuration()
             c.learningRate = rate
             c.warmupFraction = 0
@@ -418,7 +414,7 @@ final class ReliabilityTests: XCTestCase {
         var c = Self.configuration()
         c.epochs = 2
         for (name, data, expected) in [("skipping", hostile, 1), ("clean", train, 0)] {
-            let directory = try TrainingTests.temporaryDirectory("skipped-updates-\(name)")
+            let directory = try makeTemporaryDirectory().appendingPathComponent("skipped-updates-\(name)")
             let trainer = try Trainer(
                 configuration: c, train: data, test: test, output: directory,
                 progress: ProgressReporter(style: .lines(every: 1_000)))
@@ -451,7 +447,7 @@ final class ReliabilityTests: XCTestCase {
 
     /// What `body` writes to standard output (file descriptor 1) while it runs.
     private func capturingStandardOutput(_ body: () throws -> Void) throws -> String {
-        let url = try TrainingTests.temporaryDirectory("stdout.txt")
+        let url = try makeTemporaryDirectory().appendingPathComponent("stdout.txt")
         XCTAssertTrue(FileManager.default.createFile(atPath: url.path, contents: nil))
         StandardOutput.flush()
         let saved = dup(STDOUT_FILENO), file = open(url.path, O_WRONLY)
@@ -497,7 +493,7 @@ final class ReliabilityTests: XCTestCase {
         var (train, test) = try TrainingTests.synthetic()
         train.source = DataSource(directory: "/data/a", fingerprint: "00000000000000aa")
         test.source = train.source
-        let directory = try TrainingTests.temporaryDirectory("provenance")
+        let directory = try makeTemporaryDirectory().appendingPathComponent("provenance")
         let first = try Trainer(
             configuration: Self.configuration(), train: train, test: test, output: directory,
             progress: ProgressReporter(style: .silent))
@@ -529,7 +525,7 @@ final class ReliabilityTests: XCTestCase {
     }
 
     func testTheFingerprintFollowsTheFilesContent() throws {
-        let directory = try TrainingTests.temporaryDirectory("fingerprint")
+        let directory = try makeTemporaryDirectory().appendingPathComponent("fingerprint")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let url = directory.appendingPathComponent("file")
         try Data([1, 2, 3]).write(to: url)
@@ -585,17 +581,17 @@ final class ReliabilityTests: XCTestCase {
     }
 
     /// A run of ``configuration()`` stopped (with its checkpoint) at `step`.
-    static func interruptedRun(_ name: String, atStep step: Int) throws -> URL {
-        let directory = try TrainingTests.temporaryDirectory(name)
-        let trainer = try trainer(configuration(), output: directory)
+    func interruptedRun(_ name: String, atStep step: Int) throws -> URL {
+        let directory = try makeTemporaryDirectory().appendingPathComponent(name)
+        let trainer = try Self.trainer(Self.configuration(), output: directory)
         trainer.stopAfterStep = step
         XCTAssertThrowsError(try trainer.run())
         return directory
     }
 
-    static func finishedRun(_ name: String) throws -> URL {
-        let directory = try TrainingTests.temporaryDirectory(name)
-        try trainer(configuration(), output: directory).run()
+    func finishedRun(_ name: String) throws -> URL {
+        let directory = try makeTemporaryDirectory().appendingPathComponent(name)
+        try Self.trainer(Self.configuration(), output: directory).run()
         return directory
     }
 

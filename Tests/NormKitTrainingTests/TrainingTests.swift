@@ -2,6 +2,7 @@ import Foundation
 import NormKitTraining
 import Synchronization
 import XCTest
+import _NormKitTestSupport
 
 /// The training loop end to end: loss falls on real data, runs are deterministic, an interrupted run resumes
 /// exactly, and the run directory holds the records it documents.
@@ -31,13 +32,6 @@ final class TrainingTests: XCTestCase {
         let data = try TorchModelParityTests.syntheticData(count: 128, testCount: 32, size: 16, seed: 21)
         cachedSynthetic.withLock { $0 = data }
         return data
-    }
-
-    static func temporaryDirectory(_ name: String) throws -> URL {
-        let url = FileManager.default.temporaryDirectory
-            .appendingPathComponent("normkit-training-tests-\(getpid())-\(name)")
-        try? FileManager.default.removeItem(at: url)
-        return url
     }
 
     /// Batch 16 over 128 images: 8 steps per epoch; 2 epochs.
@@ -130,16 +124,14 @@ final class TrainingTests: XCTestCase {
         line: UInt = #line
     ) throws {
         let data = try Self.synthetic()
-        let fullDirectory = try Self.temporaryDirectory("full-\(c.norm.rawValue)")
-        defer { try? FileManager.default.removeItem(at: fullDirectory) }
+        let fullDirectory = try makeTemporaryDirectory().appendingPathComponent("full-\(c.norm.rawValue)")
         let full = try makeTrainer(c, data, output: fullDirectory)
         let fullSummary = try full.run()
         let total = full.stepLosses.count
         XCTAssertEqual(total, 16, file: file, line: line)
 
         for stop in stops {
-            let directory = try Self.temporaryDirectory("resume-\(c.norm.rawValue)-\(stop)")
-            defer { try? FileManager.default.removeItem(at: directory) }
+            let directory = try makeTemporaryDirectory().appendingPathComponent("resume-\(c.norm.rawValue)-\(stop)")
             let first = try makeTrainer(c, data, output: directory)
             first.stopAfterStep = stop
             XCTAssertThrowsError(try first.run(), file: file, line: line) { error in
@@ -206,8 +198,7 @@ final class TrainingTests: XCTestCase {
 
     func testRunDirectoryRecords() throws {
         let data = try Self.synthetic()
-        let directory = try Self.temporaryDirectory("records")
-        defer { try? FileManager.default.removeItem(at: directory) }
+        let directory = try makeTemporaryDirectory().appendingPathComponent("records")
         var c = Self.smallConfiguration(.gn)
         c.epochs = 3
         let trainer = try makeTrainer(c, data, output: directory)
@@ -256,9 +247,7 @@ final class TrainingTests: XCTestCase {
     /// A model file from before the trainer recorded GN's default (configuration without groups) is read with the
     /// groups its PyTorch arguments name, not with today's default.
     func testLegacyCheckpointKeepsTheGroupsItWasTrainedWith() throws {
-        let directory = try Self.temporaryDirectory("legacy")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
+        let directory = try makeTemporaryDirectory("legacy")
         let legacy = Self.smallConfiguration(.gn)
         XCTAssertNil(legacy.groups)
         var metadata = try TrainingCheckpoint.metadata(
