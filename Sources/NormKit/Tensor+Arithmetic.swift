@@ -19,31 +19,67 @@ extension Tensor {
     ///
     /// So `x.reshaped(to: s)` has the same logical elements, in the same logical order, for `x` in either layout.
     ///
-    /// - Parameter newShape: `(N', C', *spatial')` with spatial rank 0 to 3 and as many elements as this tensor.
-    /// - Returns: the reshaped tensor (see above for its layout).
-    /// - Throws: ``NormalizationError/invalidShape(layer:shape:)`` when `newShape` is not a tensor shape
-    ///   (``isValid(shape:)``); ``NormalizationError/elementCountMismatch(layer:expected:got:)`` (`expected` is
-    ///   `newShape`'s element count, `got` this tensor's) when the counts differ.
+    /// As in PyTorch's `reshape`, one dimension of `newShape` may be `-1`: it is inferred from this tensor's element
+    /// count and the other dimensions (`x.reshaped(to: [N, -1])` flattens each sample). Unlike PyTorch's, the
+    /// result is always a `Tensor`, of rank 2 to 5 (`(N, C, *spatial)` with spatial rank 0 to 3): a shape of
+    /// another rank is refused, `-1` or not.
+    ///
+    /// - Parameter newShape: `(N', C', *spatial')` with spatial rank 0 to 3 and as many elements as this tensor, of
+    ///   which at most one dimension is `-1` (inferred).
+    /// - Returns: the reshaped tensor (see above for its layout), whose ``shape`` has the inferred dimension.
+    /// - Throws: ``NormalizationError/invalidArgument(layer:name:value:expected:)`` (layer
+    ///   `"Tensor.reshaped(to:)"`, name `"newShape"`) for more than one `-1`, or a `-1` the other dimensions do
+    ///   not determine: their product does not divide this tensor's element count, or is 0 (any size would do);
+    ///   ``NormalizationError/invalidShape(layer:shape:)`` (with `newShape` as given) when `newShape` is not a
+    ///   tensor shape (``isValid(shape:)``: another rank, a negative dimension other than one `-1`);
+    ///   ``NormalizationError/elementCountMismatch(layer:expected:got:)`` (`expected` is `newShape`'s element
+    ///   count, `got` this tensor's) when the counts differ.
     public func reshaped(to newShape: [Int]) throws -> Tensor {
         let source = "Tensor.reshaped(to:)"
-        guard Tensor.isValid(shape: newShape) else {
+        let resolved = try inferringDimension(of: newShape, source: source)
+        guard Tensor.isValid(shape: resolved) else {
             throw NormalizationError.invalidShape(layer: source, shape: newShape)
         }
-        let newCount = newShape.reduce(1, *)
+        let newCount = resolved.reduce(1, *)
         guard newCount == count else {
             throw NormalizationError.elementCountMismatch(layer: source, expected: newCount, got: count)
         }
         switch layout {
         case .channelsFirst:
-            return Tensor(sharing: storage, shape: newShape, layout: .channelsFirst)
+            return Tensor(sharing: storage, shape: resolved, layout: .channelsFirst)
         case .channelsLast:
-            if newShape[0] == shape[0] && newShape[1] == shape[1] {
-                return Tensor(sharing: storage, shape: newShape, layout: .channelsLast)
+            if resolved[0] == shape[0] && resolved[1] == shape[1] {
+                return Tensor(sharing: storage, shape: resolved, layout: .channelsLast)
             }
             // Both memory orders are the logical one when there is one channel or one position.
             let inLogicalOrder = channels == 1 || spatialCount == 1 ? self : converted(to: .channelsFirst)
-            return Tensor(sharing: inLogicalOrder.storage, shape: newShape, layout: .channelsFirst)
+            return Tensor(sharing: inLogicalOrder.storage, shape: resolved, layout: .channelsFirst)
         }
+    }
+
+    /// `shape` with its one `-1` replaced by the size that gives this tensor's element count; `shape` itself when
+    /// it has no `-1` (or another negative dimension, which the caller refuses as an invalid shape).
+    private func inferringDimension(of shape: [Int], source: String) throws -> [Int] {
+        let inferred = shape.indices.filter { shape[$0] == -1 }
+        guard let index = inferred.first, !shape.contains(where: { $0 < -1 }) else { return shape }
+        func refuse(_ expected: String) -> NormalizationError {
+            .invalidArgument(layer: source, name: "newShape", value: "\(shape)", expected: expected)
+        }
+        let divisor = "dimensions besides the -1 whose product divides the tensor's \(count) elements"
+        guard inferred.count == 1 else {
+            throw refuse("at most one -1 (the one dimension inferred from the element count), got \(inferred.count)")
+        }
+        var known = 1
+        for (i, dimension) in shape.enumerated() where i != index {
+            let (product, overflow) = known.multipliedReportingOverflow(by: dimension)
+            guard !overflow else { throw refuse("\(divisor), got a product beyond Int") }
+            known = product
+        }
+        guard known != 0 else { throw refuse("no 0 beside a -1 (0 elements for any size: the -1 cannot be inferred)") }
+        guard count % known == 0 else { throw refuse("\(divisor), got \(known)") }
+        var resolved = shape
+        resolved[index] = count / known
+        return resolved
     }
 
     /// Adds `other` element by element, in place: `self[i] += other[i]` (float32, one rounding per element).

@@ -99,6 +99,59 @@ final class TensorArithmeticTests: XCTestCase {
         XCTAssertEqual(try Tensor(zeros: [0, 4]).reshaped(to: [2, 0, 3]).shape, [2, 0, 3])
     }
 
+    /// One `-1` is inferred from the element count, as PyTorch's `reshape` (`x.reshape(2, -1)` of a `(2, 3, 4, 5)`
+    /// tensor is `(2, 60)`): in either layout the result is the reshape to the shape written out (shape, layout and
+    /// elements), wherever the `-1` stands and whatever the rank from 2 to 5.
+    func testOneMinusOneIsInferredFromTheElementCount() throws {
+        let first = random([2, 3, 4, 5], seed: 30)
+        let cases: [(shape: [Int], expected: [Int])] = [
+            ([2, -1], [2, 60]), ([-1, 60], [2, 60]), ([2, 3, -1], [2, 3, 20]), ([6, 2, -1, 5], [6, 2, 2, 5]),
+            ([2, 3, 2, 2, -1], [2, 3, 2, 2, 5]), ([-1, 1, 1, 1, 1], [120, 1, 1, 1, 1]),
+        ]
+        for x in [first, first.converted(to: .channelsLast)] {
+            for (shape, expected) in cases {
+                let inferred = try x.reshaped(to: shape), written = try x.reshaped(to: expected)
+                XCTAssertEqual(inferred.shape, expected, "\(shape) \(x.layout)")
+                XCTAssertEqual(inferred.layout, written.layout, "\(shape) \(x.layout)")
+                XCTAssertEqual(inferred.values, written.values, "\(shape) \(x.layout)")
+                XCTAssertEqual(logical(inferred), logical(x), "\(shape) \(x.layout)")
+            }
+        }
+        // No elements: the -1 is 0 when the other dimensions are not (PyTorch: torch.zeros(0, 4).reshape(2, -1)).
+        XCTAssertEqual(try Tensor(zeros: [0, 4]).reshaped(to: [2, -1]).shape, [2, 0])
+    }
+
+    /// A `-1` that cannot be inferred is refused with ``NormalizationError/invalidArgument(layer:name:value:expected:)``
+    /// naming the shape and why: two of them, other dimensions whose product does not divide the element count (or
+    /// overflows, or is 0, where any size would do); a negative dimension other than one `-1`, or a rank a `Tensor`
+    /// does not have, stays an invalid shape (named as given).
+    func testReshapeRefusesAMinusOneItCannotInfer() {
+        let x = random([2, 3, 4], seed: 31)
+        let refusals: [(Tensor, [Int], String)] = [
+            (x, [-1, -1], "at most one -1 (the one dimension inferred from the element count), got 2"),
+            (x, [-1, 2, -1, 3], "at most one -1"),
+            (x, [5, -1], "whose product divides the tensor's 24 elements, got 5"),
+            (x, [2, -1, 5], "whose product divides the tensor's 24 elements, got 10"),
+            (x, [Int.max, 2, -1], "got a product beyond Int"),
+            (x, [0, -1], "no 0 beside a -1"),
+            (Tensor(zeros: [0, 4]), [0, -1], "no 0 beside a -1"),
+        ]
+        for (tensor, shape, fragment) in refusals {
+            XCTAssertThrowsError(try tensor.reshaped(to: shape), "\(shape)") { error in
+                guard
+                    case .invalidArgument(let layer, let name, let value, let expected)? = error as? NormalizationError
+                else { return XCTFail("\(shape): \(error)") }
+                XCTAssertEqual([layer, name, value], ["Tensor.reshaped(to:)", "newShape", "\(shape)"])
+                XCTAssertTrue(expected.contains(fragment), "\(shape): \(expected)")
+            }
+        }
+        for shape in [[-1, -2], [-2, 3, -1], [-1], [1, 1, 1, 1, 1, -1]] {
+            XCTAssertThrowsError(try x.reshaped(to: shape), "\(shape)") { error in
+                XCTAssertEqual(error as? NormalizationError, .invalidShape(layer: "Tensor.reshaped(to:)", shape: shape))
+            }
+        }
+    }
+
     // MARK: add / adding / + / +=
 
     func testAddMatchesAFloat64ReferenceInBothLayouts() throws {
