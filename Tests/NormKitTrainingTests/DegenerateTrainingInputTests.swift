@@ -351,11 +351,12 @@ final class DegenerateTrainingInputTests: XCTestCase {
     /// Spec §8's schedule at its boundaries, against the formula written here (linear warm-up from `lr/25` over `W`
     /// steps, then `lr·cos²(π/2·(s − W)/(T − W))`, 0 from step `T` on): no warm-up, a run of one step, a warm-up as long
     /// as the run (with `W = T`, step `T` was `lr` instead of 0: the cosine had no span and restarted at its peak), and
-    /// steps past the end. Out-of-range arguments are clamped as documented (`T ≥ 1`, `0 ≤ W ≤ T`).
-    func testScheduleBoundaries() {
+    /// steps past the end. A warm-up longer than the run is clamped to it as documented (`W ≤ T`); arguments out of
+    /// range are refused (``testScheduleRefusesArgumentsOutOfRange()``).
+    func testScheduleBoundaries() throws {
         let peak = 0.4
         for (warmup, total) in [(0, 1), (1, 1), (0, 5), (5, 5), (4, 5), (3, 10), (10, 10)] {
-            let schedule = LearningRateSchedule(peak: peak, warmupSteps: warmup, totalSteps: total, decay: .cosine)
+            let schedule = try LearningRateSchedule(peak: peak, warmupSteps: warmup, totalSteps: total, decay: .cosine)
             func expected(_ step: Int) -> Double {
                 if step < warmup { return peak / 25 + (peak - peak / 25) * Double(step) / Double(warmup) }
                 if step >= total { return 0 }
@@ -367,25 +368,32 @@ final class DegenerateTrainingInputTests: XCTestCase {
                     schedule.rate(at: step), expected(step), accuracy: 1e-15, "W \(warmup) T \(total) step \(step)")
             }
         }
-        XCTAssertEqual(LearningRateSchedule(peak: 1, warmupSteps: 7, totalSteps: 5, decay: .cosine).warmupSteps, 5)
-        XCTAssertEqual(LearningRateSchedule(peak: 1, warmupSteps: -3, totalSteps: 5, decay: .cosine).warmupSteps, 0)
-        XCTAssertEqual(LearningRateSchedule(peak: 1, warmupSteps: 0, totalSteps: 0, decay: .cosine).totalSteps, 1)
+        XCTAssertEqual(try LearningRateSchedule(peak: 1, warmupSteps: 7, totalSteps: 5, decay: .cosine).warmupSteps, 5)
         // Step decay: a milestone at step 0 divides from the start; past the last step the rate stays.
-        let steps = LearningRateSchedule(peak: 1, warmupSteps: 0, totalSteps: 4, decay: .step(milestones: [0, 2]))
+        let steps = try LearningRateSchedule(peak: 1, warmupSteps: 0, totalSteps: 4, decay: .step(milestones: [0, 2]))
         XCTAssertEqual((0...6).map { steps.rate(at: $0) }, [1, 1, 2, 2, 2, 2, 2].map { pow(0.1, Double($0)) })
     }
 
     /// A negative step is treated as step 0, for every kind of schedule: it fell into the warm-up branch (a negative
     /// step is below any warm-up length, 0 included), whose line from `lr/25` goes on below 0 (step −1 of a run
     /// without warm-up gave `−0.92·lr`). `Int.min` is a step like any other.
-    func testANegativeStepGetsStepZerosRate() {
+    func testANegativeStepGetsStepZerosRate() throws {
         let schedules: [(String, LearningRateSchedule)] = [
-            ("cosine with warm-up", .init(peak: 0.4, warmupSteps: 10, totalSteps: 100, decay: .cosine)),
-            ("cosine without warm-up", .init(peak: 0.4, warmupSteps: 0, totalSteps: 100, decay: .cosine)),
-            ("warm-up filling the run", .init(peak: 0.4, warmupSteps: 5, totalSteps: 5, decay: .cosine)),
-            ("step with warm-up", .init(peak: 0.4, warmupSteps: 10, totalSteps: 100, decay: .step(milestones: [50]))),
-            ("step without warm-up", .init(peak: 0.4, warmupSteps: 0, totalSteps: 100, decay: .step(milestones: [50]))),
-            ("step, milestone at 0", .init(peak: 0.4, warmupSteps: 0, totalSteps: 100, decay: .step(milestones: [0]))),
+            ("cosine with warm-up", try .init(peak: 0.4, warmupSteps: 10, totalSteps: 100, decay: .cosine)),
+            ("cosine without warm-up", try .init(peak: 0.4, warmupSteps: 0, totalSteps: 100, decay: .cosine)),
+            ("warm-up filling the run", try .init(peak: 0.4, warmupSteps: 5, totalSteps: 5, decay: .cosine)),
+            (
+                "step with warm-up",
+                try .init(peak: 0.4, warmupSteps: 10, totalSteps: 100, decay: .step(milestones: [50]))
+            ),
+            (
+                "step without warm-up",
+                try .init(peak: 0.4, warmupSteps: 0, totalSteps: 100, decay: .step(milestones: [50]))
+            ),
+            (
+                "step, milestone at 0",
+                try .init(peak: 0.4, warmupSteps: 0, totalSteps: 100, decay: .step(milestones: [0]))
+            ),
         ]
         for (name, schedule) in schedules {
             let first = schedule.rate(at: 0)
@@ -397,6 +405,75 @@ final class DegenerateTrainingInputTests: XCTestCase {
                 XCTAssertEqual(rate, first, "\(name) step \(step): step 0's rate")
             }
         }
+    }
+
+    /// A schedule made directly (not by the trainer, whose configuration is validated first) refuses each argument
+    /// out of range with the argument's name, value and range: a peak that is 0, negative, infinite or NaN was
+    /// taken (a NaN peak made every rate NaN, a negative one every rate negative), a negative warm-up and a run of
+    /// no steps were silently clamped, a negative milestone acted as milestone 0. From a configuration, steps per
+    /// epoch below 1, a warm-up fraction outside `[0, 1]` (NaN trapped converting the warm-up steps to `Int`) and
+    /// epochs or milestones whose steps overflow `Int` (trapped multiplying) are refused the same way.
+    func testScheduleRefusesArgumentsOutOfRange() throws {
+        func refusal(_ body: @autoclosure () throws -> LearningRateSchedule) -> (name: String, value: String)? {
+            do {
+                _ = try body()
+                return nil
+            } catch {
+                guard case .invalidArgument(let layer, let name, let value, _)? = error as? NormalizationError,
+                    layer == "LearningRateSchedule"
+                else { return ("unexpected error", "\(error)") }
+                return (name, value)
+            }
+        }
+        func schedule(
+            peak: Double = 0.1, warmupSteps: Int = 2, totalSteps: Int = 10, decay: LearningRateSchedule.Decay = .cosine
+        ) throws -> LearningRateSchedule {
+            try LearningRateSchedule(peak: peak, warmupSteps: warmupSteps, totalSteps: totalSteps, decay: decay)
+        }
+        for peak in [0, -0.1, .infinity, -.infinity, .nan, -.nan] {
+            let got = refusal(try schedule(peak: peak))
+            XCTAssertEqual(got?.name, "peak", "peak \(peak)")
+            XCTAssertEqual(got?.value, "\(peak)", "peak \(peak)")
+        }
+        for warmup in [-1, -3, Int.min] {
+            XCTAssertEqual(refusal(try schedule(warmupSteps: warmup))?.name, "warmupSteps", "\(warmup)")
+        }
+        for total in [0, -1, Int.min] {
+            XCTAssertEqual(refusal(try schedule(totalSteps: total))?.name, "totalSteps", "\(total)")
+        }
+        let negativeMilestone = refusal(try schedule(decay: .step(milestones: [4, -1])))
+        XCTAssertEqual(negativeMilestone?.name, "milestones")
+        XCTAssertEqual(negativeMilestone?.value, "-1")
+        // The message names the argument, its value and what is allowed.
+        XCTAssertThrowsError(try schedule(peak: .nan)) { error in
+            XCTAssertEqual(
+                "\(error)",
+                "LearningRateSchedule: invalid peak = nan: expected a positive finite number (the learning rate after "
+                    + "warm-up)")
+        }
+        // In range: the smallest values are taken, a milestone past the run too.
+        XCTAssertEqual(try schedule(peak: .leastNonzeroMagnitude, warmupSteps: 0, totalSteps: 1).totalSteps, 1)
+        XCTAssertEqual(try schedule(decay: .step(milestones: [0, 10, 1_000])).rate(at: 5), 0.01, accuracy: 1e-15)
+
+        var configuration = TrainingConfiguration()
+        XCTAssertEqual(refusal(try LearningRateSchedule(configuration, stepsPerEpoch: 0))?.name, "stepsPerEpoch")
+        XCTAssertEqual(refusal(try LearningRateSchedule(configuration, stepsPerEpoch: -5))?.name, "stepsPerEpoch")
+        for fraction in [-0.1, 1.5, .nan, .infinity] {
+            configuration.warmupFraction = fraction
+            XCTAssertEqual(
+                refusal(try LearningRateSchedule(configuration, stepsPerEpoch: 10))?.name, "warmupFraction",
+                "\(fraction)")
+        }
+        configuration.warmupFraction = 1
+        XCTAssertEqual(try LearningRateSchedule(configuration, stepsPerEpoch: 10).warmupSteps, 20, "the whole run")
+        XCTAssertEqual(refusal(try LearningRateSchedule(configuration, stepsPerEpoch: Int.max))?.name, "epochs")
+        configuration.epochs = 1
+        configuration.schedule = "step"
+        configuration.milestones = [1, Int.max / 2]
+        XCTAssertEqual(refusal(try LearningRateSchedule(configuration, stepsPerEpoch: 4))?.name, "milestones")
+        configuration.milestones = [1]
+        configuration.learningRate = -1
+        XCTAssertEqual(refusal(try LearningRateSchedule(configuration, stepsPerEpoch: 4))?.name, "peak")
     }
 
     // MARK: - SGD

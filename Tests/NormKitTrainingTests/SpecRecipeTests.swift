@@ -14,13 +14,13 @@ final class SpecRecipeTests: XCTestCase {
     /// `lr/25·(1 − s/W) + lr·s/W` during warm-up and `lr·cos²(π/2 · (s − W)/(T − W))` after it (the same curve as
     /// `lr/2·(1 + cos(π·…))`), which reaches 0 at `s = T`, the end of the run. The key points are also checked as
     /// literals: step 0, mid-warm-up, the end of warm-up, mid-cosine and the last step.
-    func testScheduleIsLinearWarmUpFromOneTwentyFifthThenCosineToZero() {
+    func testScheduleIsLinearWarmUpFromOneTwentyFifthThenCosineToZero() throws {
         var configuration = TrainingConfiguration()
         XCTAssertEqual(configuration.schedule, "cosine", "spec §8 default")
         XCTAssertEqual(configuration.warmupFraction, 0.15, "spec §8 default: warm-up over 15 % of the steps")
         configuration.batch = 64
         configuration.epochs = 2
-        let schedule = LearningRateSchedule(configuration, stepsPerEpoch: 100)
+        let schedule = try LearningRateSchedule(configuration, stepsPerEpoch: 100)
         let lr = 0.2, total = 200, warmup = 30
         XCTAssertEqual(schedule.peak, lr, accuracy: 1e-15, "lr = 0.1 × batch / 32")
         XCTAssertEqual(schedule.totalSteps, total)
@@ -57,9 +57,9 @@ final class SpecRecipeTests: XCTestCase {
 
     /// The default configuration (batch 32, 2 epochs of Fashion-MNIST's 60,000 images: 3,750 steps): the warm-up
     /// is 15 % of the steps (562.5, so 562 or 563), from `0.1/25` to `0.1`, and the last step is near 0.
-    func testDefaultRunScheduleWarmsUpOverFifteenPercentOfTheSteps() {
+    func testDefaultRunScheduleWarmsUpOverFifteenPercentOfTheSteps() throws {
         let configuration = TrainingConfiguration()
-        let schedule = LearningRateSchedule(configuration, stepsPerEpoch: 60_000 / 32)
+        let schedule = try LearningRateSchedule(configuration, stepsPerEpoch: 60_000 / 32)
         XCTAssertEqual(schedule.totalSteps, 3750)
         XCTAssertLessThanOrEqual(abs(Double(schedule.warmupSteps) - 562.5), 0.5, "\(schedule.warmupSteps)")
         XCTAssertEqual(schedule.rate(at: 0), 0.1 / 25, accuracy: 1e-15)

@@ -94,8 +94,12 @@ public final class Trainer {
             throw TrainingError.invalidConfiguration(
                 "the training set has \(train.count) images, fewer than one batch of \(c.batch)")
         }
-        guard c.peakLearningRate > 0, c.peakLearningRate.isFinite else {
-            throw TrainingError.invalidConfiguration("learning rate must be positive, got \(c.peakLearningRate)")
+        stepsPerEpoch = train.count / c.batch
+        // The schedule checks the learning rate (and its other arguments) for the trainer.
+        do {
+            schedule = try LearningRateSchedule(c, stepsPerEpoch: stepsPerEpoch)
+        } catch let error as NormalizationError {
+            throw TrainingError.invalidConfiguration(error.description)
         }
         try Self.checkStepMemory(c, train: train, test: test, available: MemoryLimit.availableBytes())
         self.configuration = c
@@ -104,7 +108,6 @@ public final class Trainer {
         self.test = test
         self.output = output
         self.progress = progress
-        stepsPerEpoch = train.count / c.batch
         let totalSteps = stepsPerEpoch * c.epochs
         normalization = try NormalizationSettings(c, totalSteps: totalSteps)
         model = try makeModel(
@@ -113,7 +116,6 @@ public final class Trainer {
         optimizer = SGD(
             parameters: model.parameters, momentum: Float(c.momentum), weightDecay: Float(c.weightDecay),
             decayAllParameters: c.decayAllParameters)
-        schedule = LearningRateSchedule(c, stepsPerEpoch: stepsPerEpoch)
         batches = try BatchIterator(
             dataset: train, batchSize: c.batch, shuffle: true, dropLast: true,
             augmentation: c.augment ? .standard(for: train) : nil, seed: c.seed)
