@@ -225,6 +225,35 @@ final class CustomResidualNetworkTests: XCTestCase {
         }
     }
 
+    /// Stride 1 is the default of all three initializers, as in torchvision (`BasicBlock(inplanes, planes, stride=1)`,
+    /// `conv1x1(in_planes, out_planes, stride=1)`) and NormKit's `Conv2d`: a shortcut made without a stride (the
+    /// one a block that changes only the channels needs) is the shortcut of stride 1, and fits a block made without
+    /// one. `ResNetShortcut` used to require the stride.
+    func testStrideIsOneByDefaultAsInTorchvision() throws {
+        let gn = NormalizationSettings(kind: .gn, groups: 2)
+        var implicitGenerator = SeededGenerator(seed: 6), explicitGenerator = SeededGenerator(seed: 6)
+        let implicit = try ResNetShortcut(
+            inChannels: 4, outChannels: 8, normalization: gn, generator: &implicitGenerator)
+        let explicit = try ResNetShortcut(
+            inChannels: 4, outChannels: 8, stride: 1, normalization: gn, generator: &explicitGenerator)
+        XCTAssertEqual(implicit.stride, 1)
+        var rng = SeededGenerator(seed: 7)
+        let x = Tensor.randomNormal(shape: [2, 4, 5, 5], using: &rng)
+        let y = try implicit.forward(x, training: true)
+        XCTAssertEqual(y.shape, [2, 8, 5, 5], "stride 1 keeps the spatial size")
+        XCTAssertEqual(y.values, try explicit.forward(x, training: true).values)
+
+        let block = try BasicBlock(
+            inChannels: 4, outChannels: 8, normalization: gn, downsample: implicit, generator: &implicitGenerator)
+        XCTAssertEqual(block.stride, 1)
+        XCTAssertTrue(block.downsample === implicit)
+        XCTAssertEqual(try block.forward(x, training: true).shape, [2, 8, 5, 5])
+        let stage = try ResNetStage(
+            inChannels: 4, outChannels: 8, count: 2, normalization: gn, generator: &implicitGenerator)
+        XCTAssertEqual(stage.blocks.map(\.stride), [1, 1])
+        XCTAssertEqual(stage.blocks[0].downsample?.stride, 1)
+    }
+
     private func assertRefused<T>(
         _ expression: @autoclosure () throws -> T, _ expected: NormalizationError,
         file: StaticString = #filePath, line: UInt = #line

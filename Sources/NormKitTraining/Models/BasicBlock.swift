@@ -275,7 +275,8 @@ public final class ResNetShortcut: Layer {
     /// - Parameters:
     ///   - inChannels: the input's channels (at least 1).
     ///   - outChannels: the output's channels (at least 1).
-    ///   - stride: the convolution's stride (at least 1).
+    ///   - stride: the convolution's stride (at least 1); 1 by default, as ``BasicBlock``'s, ``ResNetStage``'s and
+    ///     ``Conv2d``'s (torchvision's `conv1x1`): a shortcut of stride 1 changes only the channels.
     ///   - normalization: the normalization after the convolution (kind `.none` for none).
     ///   - centresConvolutions: whether the convolution is weight-centred (MABN's CenConv); nil, the default,
     ///     takes `normalization`'s ``NormalizationSettings/centresConvolutions``.
@@ -285,7 +286,7 @@ public final class ResNetShortcut: Layer {
     ///   `"ResNetShortcut"`) for `inChannels`, `outChannels` or `stride` below 1, before anything is built; or a
     ///   layer constructor's error.
     public init(
-        inChannels: Int, outChannels: Int, stride: Int, normalization: NormalizationSettings,
+        inChannels: Int, outChannels: Int, stride: Int = 1, normalization: NormalizationSettings,
         centresConvolutions: Bool? = nil, engine: ConvolutionEngine = .preferred, generator: inout SeededGenerator
     ) throws {
         try LayerCheck.atLeastOne(
