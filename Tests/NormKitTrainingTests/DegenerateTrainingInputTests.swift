@@ -474,6 +474,14 @@ final class DegenerateTrainingInputTests: XCTestCase {
         configuration.milestones = [1]
         configuration.learningRate = -1
         XCTAssertEqual(refusal(try LearningRateSchedule(configuration, stepsPerEpoch: 4))?.name, "peak")
+        // An unknown decay is refused, not run as cosine.
+        configuration.learningRate = nil
+        configuration.schedule = "Step"
+        let unknown = refusal(try LearningRateSchedule(configuration, stepsPerEpoch: 4))
+        XCTAssertEqual(unknown?.name, "schedule")
+        XCTAssertEqual(unknown?.value, "Step")
+        configuration.schedule = "cosine"
+        XCTAssertEqual(try LearningRateSchedule(configuration, stepsPerEpoch: 4).decay, .cosine)
     }
 
     // MARK: - SGD

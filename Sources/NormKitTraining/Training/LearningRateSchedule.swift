@@ -55,7 +55,8 @@ public struct LearningRateSchedule: Equatable, Sendable {
     /// linear warm-up over the first 15 % of the steps from lr/25, then cosine to 0).
     ///
     /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` (layer
-    ///   `"LearningRateSchedule"`) for `stepsPerEpoch` below 1, a `warmupFraction` outside `[0, 1]`, steps or
+    ///   `"LearningRateSchedule"`) for `stepsPerEpoch` below 1, a `schedule` other than `cosine` and `step`, a
+    ///   `warmupFraction` outside `[0, 1]`, steps or
     ///   milestone steps beyond `Int`, or the error of ``init(peak:warmupSteps:totalSteps:decay:)`` for the peak
     ///   learning rate (``TrainingConfiguration/peakLearningRate``), the steps or the milestones.
     ///   ``TrainingConfiguration/validate(source:)`` refuses all of these in a configuration first, naming its flag.
@@ -71,9 +72,12 @@ public struct LearningRateSchedule: Equatable, Sendable {
             return product
         }
         let total = try steps("epochs", epochs: configuration.epochs)
-        let decay: Decay =
-            configuration.schedule == "step"
-            ? .step(milestones: try configuration.milestones.map { try steps("milestones", epochs: $0) }) : .cosine
+        let decay: Decay
+        switch configuration.schedule {
+        case "cosine": decay = .cosine
+        case "step": decay = .step(milestones: try configuration.milestones.map { try steps("milestones", epochs: $0) })
+        default: throw Self.refuse("schedule", configuration.schedule, "cosine or step")
+        }
         try self.init(
             peak: configuration.peakLearningRate, warmupSteps: Int((fraction * Double(total)).rounded()),
             totalSteps: total, decay: decay)
