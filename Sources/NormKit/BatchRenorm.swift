@@ -78,11 +78,14 @@ public final class BatchRenorm: NormalizationLayer {
 
         /// `(r_max, d_max)` at `step` (1-based: the value of the step counter after the current forward's
         /// increment), exactly as the reference's `limits()`.
+        ///
+        /// The differences of steps are taken in `Double`, so any numbers (a schedule is checked only when a layer is
+        /// built with it) give limits in `[1, rMax]` and `[0, dMax]` rather than an overflow.
         public func limits(step: Int) -> (rMax: Double, dMax: Double) {
             if step <= warmupSteps { return (1, 0) }
-            let elapsed = Double(step - warmupSteps)
-            let fr = min(1, elapsed / Double(max(1, rSteps - warmupSteps)))
-            let fd = min(1, elapsed / Double(max(1, dSteps - warmupSteps)))
+            let warmup = Double(warmupSteps), elapsed = Double(step) - warmup
+            let fr = min(1, elapsed / max(1, Double(rSteps) - warmup))
+            let fd = min(1, elapsed / max(1, Double(dSteps) - warmup))
             return (1 + (rMax - 1) * fr, dMax * fd)
         }
 

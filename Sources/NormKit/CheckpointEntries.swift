@@ -61,7 +61,7 @@ struct StateDictReader {
     mutating func stepCounter(_ name: String, nonNegative: Bool) throws -> Int64? {
         expected.insert(name)
         guard let entry = state[name] else { return nil }
-        guard case .int64(let s, let values) = entry, s.reduce(1, *) == 1, values.count == 1 else {
+        guard case .int64(let s, let values) = entry, s.allSatisfy({ $0 == 1 }), values.count == 1 else {
             throw NormalizationError.invalidState(layer: layer, name: name, reason: "expected an int64 scalar")
         }
         guard !nonNegative || (0...Self.largestStepCount).contains(values[0]) else {

@@ -421,13 +421,7 @@ public enum SafeTensors {
     }
 
     private static func elementCount(_ shape: [Int]) -> (count: Int, overflow: Bool) {
-        var count = 1
-        for d in shape {
-            let (p, o) = count.multipliedReportingOverflow(by: d)
-            if o { return (0, true) }
-            count = p
-        }
-        return (count, false)
+        shape.checkedProduct.map { ($0, false) } ?? (0, true)
     }
 
     private static func rank(_ tensor: StateTensor) -> Int {

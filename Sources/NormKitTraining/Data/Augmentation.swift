@@ -95,7 +95,7 @@ public struct Augmentation: Equatable, Sendable {
         -> [Float]
     {
         try check(transform)
-        guard channels > 0, height > 0, width > 0, image.count == channels * height * width else {
+        guard channels > 0, height > 0, width > 0, image.count == [channels, height, width].checkedProduct else {
             throw DataError.invalidArgument(
                 name: "image", value: "\(image.count) values",
                 expected: "channels × height × width = \(channels) × \(height) × \(width) with positive sizes")

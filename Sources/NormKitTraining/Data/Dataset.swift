@@ -108,7 +108,7 @@ public struct Dataset: Sendable {
     /// A dataset from already standardised images.
     ///
     /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` when the sizes disagree, a dimension is not
-    ///   positive, `classNames` does not have `classCount` names or `statistics` has a std that is not positive
+    ///   positive or the sizes' product exceeds `Int.max`, `classNames` does not have `classCount` names or `statistics` has a std that is not positive
     ///   and finite; ``DataError/labelOutOfRange(path:index:label:classCount:)`` for a label outside `0..<classCount`.
     public init(
         images: [Float], labels: [Int32], channels: Int = 1, height: Int, width: Int, classCount: Int,
@@ -123,11 +123,16 @@ public struct Dataset: Sendable {
                 name: "class names", value: "\(classNames.count) names for \(classCount) classes",
                 expected: "a positive class count and no names or one name per class")
         }
-        let size = channels * height * width
-        guard images.count == labels.count * size else {
+        guard let size = [channels, height, width].checkedProduct, let total = [labels.count, size].checkedProduct
+        else {
+            throw DataError.invalidArgument(
+                name: "image shape", value: "\(labels.count) × \([channels, height, width])",
+                expected: "labels × channels × height × width of at most Int.max (\(Int.max)) values")
+        }
+        guard images.count == total else {
             throw DataError.invalidArgument(
                 name: "image buffer", value: "\(images.count) values",
-                expected: "\(labels.count) labels × \(size) values per image = \(labels.count * size)")
+                expected: "\(labels.count) labels × \(size) values per image = \(total)")
         }
         if let index = labels.firstIndex(where: { $0 < 0 || Int($0) >= classCount }) {
             throw DataError.labelOutOfRange(

@@ -23,14 +23,18 @@ public struct IDXFile: Equatable, Sendable {
     /// A file holding `bytes` with `dimensions`.
     ///
     /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` when the dimensions are negative, more
-    ///   than 255 or too large for the format, or the byte count does not match them.
+    ///   than 255, too large for the format or of a product beyond `Int.max`, or the byte count does not match
+    ///   them.
     public init(dimensions: [Int], bytes: [UInt8]) throws {
         guard dimensions.count <= 255, dimensions.allSatisfy({ (0...Int(UInt32.max)).contains($0) }) else {
             throw DataError.invalidArgument(
                 name: "IDX dimensions", value: "\(dimensions)",
                 expected: "at most 255 dimensions, each in 0...\(UInt32.max)")
         }
-        let count = dimensions.reduce(1, *)
+        guard let count = dimensions.checkedProduct else {
+            throw DataError.invalidArgument(
+                name: "IDX dimensions", value: "\(dimensions)", expected: "a product of at most \(Int.max) bytes")
+        }
         guard bytes.count == count else {
             throw DataError.invalidArgument(
                 name: "IDX data length", value: "\(bytes.count) bytes",
@@ -135,11 +139,8 @@ public struct IDXFile: Equatable, Sendable {
             }
             let dimensions = (0..<rank).map { Int(bigEndianUInt32(data, at: 4 + 4 * $0)) }
             self.dimensions = dimensions
-            var count = 1
-            for d in dimensions {
-                let (product, overflow) = count.multipliedReportingOverflow(by: d)
-                guard !overflow else { throw DataError.idxDimensionsOverflow(path: source, dimensions: dimensions) }
-                count = product
+            guard let count = dimensions.checkedProduct else {
+                throw DataError.idxDimensionsOverflow(path: source, dimensions: dimensions)
             }
             let (sum, overflow) = size.addingReportingOverflow(count)
             guard !overflow else { throw DataError.idxDimensionsOverflow(path: source, dimensions: dimensions) }

@@ -31,9 +31,7 @@ extension Module {
         for name in current.keys.sorted() {
             guard let have = state[name] else { continue }
             let want = current[name]!
-            guard want.shape == have.shape, want.dtypeName == have.dtypeName,
-                have.valueCount == have.shape.reduce(1, *)
-            else {
+            guard want.shape == have.shape, want.dtypeName == have.dtypeName, have.holdsItsShape else {
                 throw refusal.mismatched(name, expected: want, found: have)
             }
             merged[name] = have
@@ -87,8 +85,7 @@ private struct StateRefusal {
         let want = "\(expected.dtypeName) \(expected.shape)"
         let have =
             "\(found.dtypeName) \(found.shape)"
-            + (found.valueCount == found.shape.reduce(1, *)
-                ? "" : " with \(found.valueCount) values")
+            + (found.holdsItsShape ? "" : " with \(found.valueCount) values")
         if root is Model { return ModelError.mismatchedTensor(name: key, expected: want, found: have) }
         return NormalizationError.invalidState(
             layer: owner(of: key).name, name: key, reason: "expected \(want), got \(have)")
@@ -109,4 +106,8 @@ extension StateTensor {
         case .int64(_, let values): return values.count
         }
     }
+
+    /// Whether the tensor carries exactly its shape's element count (false for a shape whose product overflows:
+    /// a hand-built entry's shape is input, never multiplied unchecked).
+    var holdsItsShape: Bool { shape.checkedProduct == valueCount }
 }
