@@ -25,10 +25,19 @@ public final class Parameter {
     public let shape: [Int]
     /// What the tensor is.
     public let role: ParameterRole
-    /// The values, row-major in ``shape``.
-    public var value: [Float]
+    /// The values, row-major in ``shape``: change them in place (`value[i] -= …`) or assign an array of the same
+    /// count.
+    ///
+    /// - Precondition: an assigned array has the shape's element count. Layers and optimizers read the values with
+    ///   unchecked pointers, so another count is a programmer error that stops the process with a message naming
+    ///   the parameter (in debug and release), rather than a read past the array's end.
+    public var value: [Float] { didSet { checkCount(value.count, "values") } }
     /// `∂loss/∂value` from the last backward.
-    public var gradient: [Float]
+    ///
+    /// - Precondition: as ``value``, an assigned array has the shape's element count.
+    public var gradient: [Float] { didSet { checkCount(gradient.count, "gradient values") } }
+    /// The element count of ``shape``.
+    private let count: Int
     /// `false` freezes the parameter (its gradient is still computed; optimizers skip it).
     public var isTrainable: Bool
 
@@ -43,7 +52,14 @@ public final class Parameter {
         self.role = role
         self.value = value
         self.gradient = [Float](repeating: 0, count: value.count)
+        self.count = value.count
         self.isTrainable = isTrainable
+    }
+
+    /// Stops the process unless `assigned` is the shape's element count.
+    private func checkCount(_ assigned: Int, _ what: String) {
+        checkPrecondition(
+            assigned == count, "Parameter \(name): \(assigned) \(what) assigned to shape \(shape) (\(count) values)")
     }
 }
 

@@ -60,5 +60,96 @@ final class PublicAPIAuditTests: XCTestCase {
         XCTAssertEqual(paper.limits(step: 22500).rMax, 1 + 2 * 17500 / 35000.0, accuracy: 1e-12)
     }
 
+    // MARK: SeededGenerator
+
+    /// `SeededGenerator` is `Codable` so that its state can be saved and restored; a decoded state that is not
+    /// xoshiro256**'s four words (or is all zero, the one state it never leaves) throws instead of trapping with
+    /// an index out of range at the first `next()`.
+    func testSeededGeneratorDecodingChecksTheState() throws {
+        var original = SeededGenerator(seed: 42)
+        _ = original.next()
+        let data = try JSONEncoder().encode(original)
+        XCTAssertEqual(String(decoding: data, as: UTF8.self), "{\"state\":\(original.stateDescriptionForTest)}")
+        var restored = try JSONDecoder().decode(SeededGenerator.self, from: data)
+        XCTAssertEqual(restored, original)
+        XCTAssertEqual(restored.next(), original.next(), "the sequence resumes exactly")
+        for json in ["{\"state\":[1,2]}", "{\"state\":[]}", "{\"state\":[1,2,3,4,5]}", "{\"state\":[0,0,0,0]}"] {
+            XCTAssertThrowsError(try JSONDecoder().decode(SeededGenerator.self, from: Data(json.utf8)), json) {
+                guard case .dataCorrupted(let context) = $0 as? DecodingError else {
+                    return XCTFail("\(json): expected dataCorrupted, got \($0)")
+                }
+                XCTAssertTrue(context.debugDescription.contains("four"), context.debugDescription)
+            }
+        }
+    }
+
+    /// Setting `state` to four words resumes from them (the documented way to restore a saved generator).
+    func testSeededGeneratorStateCanBeRestored() {
+        var a = SeededGenerator(seed: 7)
+        let saved = a.state
+        let first = a.next()
+        var b = SeededGenerator(seed: 0)
+        b.state = saved
+        XCTAssertEqual(b.next(), first)
+        XCTAssertEqual(b, a)
+    }
+
+    // MARK: Parameter
+
+    /// A parameter's values and gradient keep the shape's element count: the layers and optimizers read them
+    /// with unchecked pointers (`C` values of `γ`, a convolution's whole filter bank), so a resized array would
+    /// be read or written past its end. Assigning one is a programmer error that stops the process with a message
+    /// naming the parameter; this child process must die instead of running a forward on a 1-value `γ`.
+    func testResizingAParameterStopsTheProcess() throws {
+        let executable = URL(fileURLWithPath: CommandLine.arguments[0])
+        guard executable.path.hasSuffix(".xctest") else {
+            throw XCTSkip("not running from an .xctest bundle (\(executable.path)); cannot start a child test")
+        }
+        let child = Process()
+        child.executableURL = executable
+        child.arguments = ["NormKitTests.PublicAPIAuditTests/testResizingAParameterTrapProbe"]
+        child.environment = ProcessInfo.processInfo.environment.merging([Self.probeVariable: "1"]) { $1 }
+        let output = Pipe()
+        child.standardOutput = output
+        child.standardError = output
+        try child.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        child.waitUntilExit()
+        XCTAssertFalse(text.contains(Self.survivedMarker), "the resized γ was used:\n\(text)")
+        XCTAssertEqual(child.terminationReason, .uncaughtSignal, "expected a trap, got:\n\(text)")
+        XCTAssertTrue(text.contains("Parameter weight: 1 values assigned to shape [64] (64 values)"), text)
+    }
+
+    private static let probeVariable = "NORMKIT_PARAMETER_RESIZE_PROBE"
+    private static let survivedMarker = "PROBE-SURVIVED"
+
+    /// Runs only in the child process of ``testResizingAParameterStopsTheProcess`` (skipped otherwise).
+    func testResizingAParameterTrapProbe() throws {
+        guard ProcessInfo.processInfo.environment[Self.probeVariable] == "1" else {
+            throw XCTSkip("runs only as the child process of testResizingAParameterStopsTheProcess")
+        }
+        var generator = SeededGenerator(seed: 0)
+        let norm = try GroupNorm(channels: 64, groups: 4)
+        norm.weight!.value = [1]
+        let y = try norm.forward(Tensor.randomNormal(shape: [2, 64, 4, 4], using: &generator), training: true)
+        print("\(Self.survivedMarker) \(y.values.suffix(2))")
+    }
+
+    /// Element-wise updates (the getting-started article's optimizer loop) and same-size assignments still work.
+    func testParameterElementUpdatesAndSameSizeAssignments() throws {
+        let norm = try GroupNorm(channels: 4, groups: 2)
+        let weight = try XCTUnwrap(norm.weight)
+        for i in weight.value.indices { weight.value[i] -= 0.5 }
+        XCTAssertEqual(weight.value, [0.5, 0.5, 0.5, 0.5])
+        weight.gradient = [1, 2, 3, 4]
+        weight.value = [4, 3, 2, 1]
+        XCTAssertEqual(norm.stateDict()["weight"], .float32(shape: [4], values: [4, 3, 2, 1]))
+        XCTAssertEqual(weight.gradient, [1, 2, 3, 4])
+    }
+
 }
 
+extension SeededGenerator {
+    /// `state` as JSON writes it (`[1,2,3,4]`).
+    fileprivate var stateDescriptionForTest: String { "[" + state.map(String.init).joined(separator: ",") + "]" }
+}
