@@ -11,7 +11,7 @@ import Foundation
 ///   NaN `z` passes `dy`, as PyTorch's `threshold_backward` does).
 /// - `silu`: `z·σ(z)` (SiLU, or Swish, the activation after GroupNorm in diffusion U-Nets); its gradient is
 ///   `dy·(σ + z·σ·(1 − σ))`. The native kernels compute `exp` with a polynomial accurate to about 2 float ulps.
-public enum FusedActivation: String, CaseIterable, Sendable {
+public enum FusedActivation: String, CaseIterable, Sendable, Codable {
     case identity
     case relu
     case silu

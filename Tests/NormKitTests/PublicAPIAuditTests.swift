@@ -147,6 +147,22 @@ final class PublicAPIAuditTests: XCTestCase {
         XCTAssertEqual(weight.gradient, [1, 2, 3, 4])
     }
 
+    // MARK: Conformances
+
+    /// `FusedActivation` is `Codable`, as the other setting enums (`TensorLayout`, `MovingAverageBatchNorm.Parts`):
+    /// a user's configuration struct that holds one can synthesize its own `Codable`.
+    func testFusedActivationIsCodable() throws {
+        struct Settings: Codable, Equatable {
+            var activation: FusedActivation
+            var layout: TensorLayout
+        }
+        for activation in FusedActivation.allCases {
+            let settings = Settings(activation: activation, layout: .channelsLast)
+            let data = try JSONEncoder().encode(settings)
+            XCTAssertTrue(String(decoding: data, as: UTF8.self).contains("\"\(activation.rawValue)\""))
+            XCTAssertEqual(try JSONDecoder().decode(Settings.self, from: data), settings)
+        }
+    }
 }
 
 extension SeededGenerator {

@@ -92,4 +92,28 @@ final class PublicAPIAuditTrainingTests: XCTestCase {
         }
     }
 
+    // MARK: Conformances
+
+    /// What `TrainingCheckpoint.read(at:)` returns, and a resumable training state, are plain values of `Sendable`
+    /// parts: Swift 6 code reads a checkpoint in a task and hands it to another (this test did not compile when
+    /// they were not `Sendable`).
+    func testCheckpointValuesCrossTasks() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "PublicAPIAuditTrainingTests-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let url = directory.appendingPathComponent("missing.safetensors")
+        let read = Task.detached { () throws -> TrainingCheckpoint.ModelFile in try TrainingCheckpoint.read(at: url) }
+        do {
+            _ = try await read.value
+            XCTFail("read a file that does not exist")
+        } catch {
+            XCTAssertFalse(error.localizedDescription.isEmpty)
+        }
+        let state = TrainingCheckpoint.TrainingState(
+            step: 3, position: BatchIterator.Position(epoch: 0, batchIndex: 3), history: [], epochLossSum: 1,
+            epochCorrect: 2, epochImages: 3, elapsedSeconds: 4, epochTrainingSeconds: 5)
+        let copy = await Task.detached { state }.value
+        XCTAssertEqual(copy, state)
+    }
 }

@@ -14,7 +14,7 @@ public enum TrainingCheckpoint {
     public static let format = "normkit-checkpoint-1"
 
     /// What besides the model a resumed run needs.
-    public struct TrainingState: Codable, Equatable {
+    public struct TrainingState: Codable, Equatable, Sendable {
         /// SGD steps done.
         public var step: Int
         /// Where the batch iterator stands.
@@ -120,7 +120,9 @@ public enum TrainingCheckpoint {
     }
 
     /// Everything a model file holds: tensors, the configuration (validated), the step and the data record.
-    public struct ModelFile {
+    ///
+    /// A value of `Sendable` parts: a task may read a checkpoint and hand it to another.
+    public struct ModelFile: Equatable, Sendable {
         public var tensors: [String: StateTensor]
         public var configuration: TrainingConfiguration
         public var step: Int
