@@ -47,22 +47,13 @@ final class LibraryAPITests: XCTestCase {
     /// The precondition itself, observed honestly: a child process runs ``testOutOfBoundsSubscriptTrapProbe``,
     /// which reads `Tensor(zeros: [1, 2])[0, 5, 0]`; it must die (in debug and release) instead of returning.
     func testOutOfBoundsSubscriptStopsTheProcess() throws {
-        let executable = URL(fileURLWithPath: CommandLine.arguments[0])
-        guard executable.path.hasSuffix(".xctest") else {
-            throw XCTSkip("not running from an .xctest bundle (\(executable.path)); cannot start a child test")
-        }
-        let child = Process()
-        child.executableURL = executable
-        child.arguments = ["NormKitTests.LibraryAPITests/testOutOfBoundsSubscriptTrapProbe"]
-        child.environment = ProcessInfo.processInfo.environment.merging([Self.probeVariable: "1"]) { $1 }
-        let output = Pipe()
-        child.standardOutput = output
-        child.standardError = output
-        try child.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        child.waitUntilExit()
+        guard
+            let run = try runTrapProbe(
+                "NormKitTests.LibraryAPITests/testOutOfBoundsSubscriptTrapProbe", variable: Self.probeVariable)
+        else { throw XCTSkip("not running from an .xctest bundle; cannot start a child test") }
+        let text = run.output
         XCTAssertFalse(text.contains(Self.survivedMarker), "the out-of-bounds read returned a value:\n\(text)")
-        XCTAssertEqual(child.terminationReason, .uncaughtSignal, "expected a trap, got:\n\(text)")
+        XCTAssertEqual(run.reason, .uncaughtSignal, "expected a trap, got:\n\(text)")
         // The message names the index and the shape, in debug and release builds.
         XCTAssertTrue(text.contains("Tensor index (n: 0, c: 5, position: 0) is out of bounds for shape [1, 2]"), text)
     }

@@ -1,6 +1,7 @@
 import Foundation
 import NormKit
 import XCTest
+import _NormKitTestSupport
 
 /// A user's audit of `NormKit`'s public API (imported without `@testable`, as a consumer package sees it): traps
 /// reachable from public calls with values a user or a file can supply, and conformances a Swift user expects.
@@ -101,22 +102,13 @@ final class PublicAPIAuditTests: XCTestCase {
     /// be read or written past its end. Assigning one is a programmer error that stops the process with a message
     /// naming the parameter; this child process must die instead of running a forward on a 1-value `γ`.
     func testResizingAParameterStopsTheProcess() throws {
-        let executable = URL(fileURLWithPath: CommandLine.arguments[0])
-        guard executable.path.hasSuffix(".xctest") else {
-            throw XCTSkip("not running from an .xctest bundle (\(executable.path)); cannot start a child test")
-        }
-        let child = Process()
-        child.executableURL = executable
-        child.arguments = ["NormKitTests.PublicAPIAuditTests/testResizingAParameterTrapProbe"]
-        child.environment = ProcessInfo.processInfo.environment.merging([Self.probeVariable: "1"]) { $1 }
-        let output = Pipe()
-        child.standardOutput = output
-        child.standardError = output
-        try child.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        child.waitUntilExit()
+        guard
+            let run = try runTrapProbe(
+                "NormKitTests.PublicAPIAuditTests/testResizingAParameterTrapProbe", variable: Self.probeVariable)
+        else { throw XCTSkip("not running from an .xctest bundle; cannot start a child test") }
+        let text = run.output
         XCTAssertFalse(text.contains(Self.survivedMarker), "the resized γ was used:\n\(text)")
-        XCTAssertEqual(child.terminationReason, .uncaughtSignal, "expected a trap, got:\n\(text)")
+        XCTAssertEqual(run.reason, .uncaughtSignal, "expected a trap, got:\n\(text)")
         XCTAssertTrue(text.contains("Parameter weight: 1 values assigned to shape [64] (64 values)"), text)
     }
 
