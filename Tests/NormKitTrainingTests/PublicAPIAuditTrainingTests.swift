@@ -116,4 +116,23 @@ final class PublicAPIAuditTrainingTests: XCTestCase {
         let copy = await Task.detached { state }.value
         XCTAssertEqual(copy, state)
     }
+
+    /// Evaluating on a dataset with no images gave error 0 and loss 0, a perfect score for nothing; it is refused.
+    func testEvaluatingAnEmptyDatasetIsRefused() throws {
+        var generator = SeededGenerator(seed: 0)
+        let model = try ResNet(depth: 8, normalization: NormalizationSettings(kind: .bn), generator: &generator)
+        let statistics = PixelStatistics(mean: 0.5, std: 0.25)
+        let empty = try Dataset(images: [], labels: [], height: 8, width: 8, classCount: 10, statistics: statistics)
+        XCTAssertThrowsError(try Trainer.evaluate(model: model, on: empty)) { error in
+            guard case DataError.invalidArgument(let name, let value, _)? = error as? DataError else {
+                return XCTFail("\(error)")
+            }
+            XCTAssertEqual(name, "evaluation dataset")
+            XCTAssertEqual(value, "0 images")
+        }
+        let one = try Dataset(
+            images: [Float](repeating: 0, count: 64), labels: [3], height: 8, width: 8, classCount: 10,
+            statistics: statistics)
+        XCTAssertEqual(try Trainer.evaluate(model: model, on: one).count, 1)
+    }
 }

@@ -37,11 +37,15 @@ extension Trainer {
     /// Evaluates `model` on `dataset` in batches of `batchSize`, in evaluation mode whatever the model's
     /// ``Module/training`` (which it leaves as it was).
     ///
-    /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` for a `batchSize` below 1, or the model's own
-    ///   error for images it cannot take (``LayerError``, ``/NormKit/NormalizationError``: the wrong channel count,
-    ///   an image smaller than a window, …).
+    /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` for a `batchSize` below 1 or a dataset with no
+    ///   images (whose error would be a meaningless 0), or the model's own error for images it cannot take
+    ///   (``LayerError``, ``/NormKit/NormalizationError``: the wrong channel count, an image smaller than a window, …).
     public static func evaluate(model: Model, on dataset: Dataset, batchSize: Int = 500) throws -> Evaluation {
-        try EvaluationTotals(model: model, on: dataset, batchSize: batchSize).evaluation
+        guard dataset.count > 0 else {
+            throw DataError.invalidArgument(
+                name: "evaluation dataset", value: "0 images", expected: "at least one image to evaluate")
+        }
+        return try EvaluationTotals(model: model, on: dataset, batchSize: batchSize).evaluation
     }
 }
 
