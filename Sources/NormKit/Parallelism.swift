@@ -62,7 +62,8 @@ public enum Parallelism {
     public static func forEachRange(
         count: Int, work: Int, minimumWork: Int = 1 << 16, granule: Int = 1, _ body: (Range<Int>) -> Void
     ) {
-        let granule = max(granule, 1), granules = (count + granule - 1) / granule
+        // Counts up to Int.max: no `count + granule - 1`.
+        let granule = max(granule, 1), granules = count / granule + (count % granule > 0 ? 1 : 0)
         let extraThreads = work / max(minimumWork, 1)
         let threads = min(threadCount, granules, extraThreads < threadCount ? extraThreads + 1 : threadCount)
         if threads <= 1 {
@@ -81,8 +82,8 @@ public enum Parallelism {
                         let job = context!.assumingMemoryBound(to: PieceJob.self)
                         let count = job.pointee.count, granule = job.pointee.granule
                         let granules = job.pointee.granules, pieces = job.pointee.pieces
-                        let lower = min(count, granule * (granules * piece / pieces))
-                        let upper = min(count, granule * (granules * (piece + 1) / pieces))
+                        let lower = PieceJob.start(ofPiece: piece, count, granule, granules, pieces)
+                        let upper = PieceJob.start(ofPiece: piece + 1, count, granule, granules, pieces)
                         if lower < upper { job.pointee.body(lower..<upper) }
                     }, pointer)
             }
@@ -129,4 +130,16 @@ private struct PieceJob {
     let granules: Int
     let pieces: Int
     let body: Body
+
+    /// Where piece `piece` (at most `pieces`) of `pieces` starts: `granule · ⌊granules · piece / pieces⌋`, capped at
+    /// `count`; in double width where the product would overflow, so that counts up to `Int.max` split too.
+    @inline(__always)
+    static func start(ofPiece piece: Int, _ count: Int, _ granule: Int, _ granules: Int, _ pieces: Int) -> Int {
+        let granuleIndex =
+            granules <= Int.max / pieces
+            ? granules * piece / pieces  // every count a kernel meets
+            : pieces.dividingFullWidth(granules.multipliedFullWidth(by: piece)).quotient
+        let (start, overflow) = granule.multipliedReportingOverflow(by: granuleIndex)
+        return overflow ? count : min(count, start)
+    }
 }

@@ -53,6 +53,27 @@ final class ParallelismTests: XCTestCase {
         }
     }
 
+    /// Counts up to `Int.max` split without overflow (`count + granule − 1` and `granules · piece` trapped): the
+    /// ranges tile `0..<count` exactly, each starting at a multiple of the granule.
+    func testCountsUpToIntMaxSplitWithoutOverflow() {
+        for threads in [2, 8] {
+            Parallelism.threadCount = threads
+            for (count, granule) in [(Int.max, 1), (Int.max, 1 << 20), (Int.max - 1, 3), (Int.max / 2 + 7, 1 << 40)] {
+                let ranges = Mutex<[Range<Int>]>([])
+                Parallelism.forEachRange(count: count, work: .max, minimumWork: 1, granule: granule) { range in
+                    ranges.withLock { $0.append(range) }
+                }
+                let sorted = ranges.withLock { $0 }.sorted { $0.lowerBound < $1.lowerBound }
+                let context = "threads \(threads), count \(count), granule \(granule)"
+                XCTAssertGreaterThan(sorted.count, 1, context)
+                XCTAssertEqual(sorted.first?.lowerBound, 0, context)
+                XCTAssertEqual(sorted.last?.upperBound, count, context)
+                XCTAssertTrue(zip(sorted, sorted.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound }, context)
+                XCTAssertTrue(sorted.allSatisfy { $0.lowerBound % granule == 0 }, context)
+            }
+        }
+    }
+
     /// After a call with many threads (which starts many workers), 2-thread calls still cover every index once.
     /// (Only the one worker they need wakes; when all did, spinning on 2 cores doubled the whole suite's time.)
     func testFewerThreadsAfterManyStillCorrect() {
