@@ -22,7 +22,7 @@ struct BenchCommand: ParsableCommand {
             is counted (conv → GroupNorm → conv, forward and forward+backward, output cached and streamed alternated).
             """)
 
-    @Option(parsing: .number, help: "Threads for the kernels (default: all cores).")
+    @Option(parsing: .number, help: "Threads for the kernels (the default is this machine's core count).")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
     @Option(parsing: .number, help: "Timed repetitions per measurement (default 9, 200 with --inference).")

@@ -98,7 +98,11 @@ struct TrainCommand: ParsableCommand {
     var seed: UInt64 = 0
     @Option(parsing: .number, help: "Threads (kernels and convolutions; --threading says how a run uses them).")
     var threads = 2
-    @Option(help: "Output directory (default runs/<model>-<norm>-b<batch>-nb<normBatch>-s<seed>).")
+    @Option(
+        help: """
+            Output directory (default runs/<model>-<norm>-b<batch>-nb<normBatch>-s<seed>-<hash>, the hash covering \
+            every setting but --threads, and the data).
+            """)
     var out: String?
     @Option(help: "Continue the run saved in this directory (its configuration is used).")
     var resume: String?
