@@ -37,7 +37,7 @@ struct StatsCommand: ParsableCommand {
     var out: String?
     @Option(parsing: .number, help: "Threads.")
     var threads = 2
-    @Option(help: DataOptions.dataHelp)
+    @Option(help: DataOptions.checkpointDataHelp)
     var data: String?
 
     /// `--population` unless given.

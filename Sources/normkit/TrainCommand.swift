@@ -7,10 +7,22 @@ extension NormKind: ExpressibleByArgument {}
 
 /// Where the data comes from and how much of it (shared by train and sweep).
 struct DataOptions: ParsableArguments {
-    /// The help of every command's `--data`.
+    /// The help of `--data` for `train` and `sweep`.
     static let dataHelp = ArgumentHelp(
         "Directory with Fashion-MNIST-style IDX files (.gz or raw).",
-        discussion: "Default: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).")
+        discussion: """
+            Default: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist); `train --resume` \
+            reads the directory its run records.
+            """)
+
+    /// The help of `--data` for the commands that read a checkpoint (`eval`, `stats`): they default to the data
+    /// the model was trained on.
+    static let checkpointDataHelp = ArgumentHelp(
+        "Directory with Fashion-MNIST-style IDX files (.gz or raw).",
+        discussion: """
+            Default: the directory the checkpoint records (the data the model was trained on), else \
+            /usr/share/datasets/fashion-mnist.
+            """)
 
     @Option(help: dataHelp)
     var data: String?
@@ -38,7 +50,7 @@ struct DataOptions: ParsableArguments {
 /// `--data` and `--test-limit`: the options of a command that reads only test images (`eval`; the training
 /// images a checkpoint was trained on are its own record, so `--train-limit` is not offered).
 struct TestDataOptions: ParsableArguments {
-    @Option(help: DataOptions.dataHelp)
+    @Option(help: DataOptions.checkpointDataHelp)
     var data: String?
 
     @Option(parsing: .number, help: "Use only the first N test images.")

@@ -78,6 +78,23 @@ final class DocumentedCommandTests: XCTestCase {
         XCTAssertEqual(found, ["bench --json", "train --resume", "train --distributed", "train --threads"])
     }
 
+    /// `eval` and `stats` read the directory their checkpoint records when `--data` is not given
+    /// (`WorkNeverLostTests.testDefaultRunDirectoriesDifferForRunsThatDiffer` evaluates so), and their help
+    /// says so instead of naming the system's Fashion-MNIST as the default.
+    func testCheckpointReadersSayTheirDataDefaultsToTheRecordedDirectory() throws {
+        let fixture = try CLIFixture.shared()
+        for subcommand in ["eval", "stats"] {
+            let help = try CLI.run(["help", subcommand], in: fixture.root)
+            assertExit(help, 0, "normkit help \(subcommand)")
+            let flat = help.stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+            let data = try XCTUnwrap(flat.range(of: "--data <data> Directory").map { String(flat[$0.lowerBound...]) })
+            XCTAssertTrue(
+                data.hasPrefix(
+                    "--data <data> Directory with Fashion-MNIST-style IDX files (.gz or raw). Default: the directory the checkpoint records"
+                ), "normkit help \(subcommand): \(data)")
+        }
+    }
+
     func testTrainHelpDescribesTheDefaultRunDirectory() throws {
         let fixture = try CLIFixture.shared()
         let help = try CLI.run(["help", "train"], in: fixture.root)
