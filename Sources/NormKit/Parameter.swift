@@ -31,11 +31,29 @@ public final class Parameter {
     /// - Precondition: an assigned array has the shape's element count. Layers and optimizers read the values with
     ///   unchecked pointers, so another count is a programmer error that stops the process with a message naming
     ///   the parameter (in debug and release), rather than a read past the array's end.
-    public var value: [Float] { didSet { checkCount(value.count, "values") } }
+    public var value: [Float] {
+        get { storedValue }
+        set { storedValue = newValue; checkCount(storedValue.count, "values") }
+        // In place, so that an optimizer's step copies nothing (a `didSet` observer made every in-place change of
+        // a parameter copy its array: one allocation per parameter per step).
+        _modify {
+            yield &storedValue
+            checkCount(storedValue.count, "values")
+        }
+    }
     /// `∂loss/∂value` from the last backward.
     ///
     /// - Precondition: as ``value``, an assigned array has the shape's element count.
-    public var gradient: [Float] { didSet { checkCount(gradient.count, "gradient values") } }
+    public var gradient: [Float] {
+        get { storedGradient }
+        set { storedGradient = newValue; checkCount(storedGradient.count, "gradient values") }
+        _modify {
+            yield &storedGradient
+            checkCount(storedGradient.count, "gradient values")
+        }
+    }
+    private var storedValue: [Float]
+    private var storedGradient: [Float]
     /// The element count of ``shape``.
     private let count: Int
     /// `false` freezes the parameter (its gradient is still computed; optimizers skip it).
@@ -50,8 +68,8 @@ public final class Parameter {
         self.name = name
         self.shape = shape
         self.role = role
-        self.value = value
-        self.gradient = [Float](repeating: 0, count: value.count)
+        self.storedValue = value
+        self.storedGradient = [Float](repeating: 0, count: value.count)
         self.count = value.count
         self.isTrainable = isTrainable
     }
