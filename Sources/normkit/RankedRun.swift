@@ -68,7 +68,7 @@ struct RankedRun {
         }
         let url = directory.appendingPathComponent(SweepReport.summaryFileName)
         do {
-            return try JSONDecoder().decode(RunSummary.self, from: Data(readFileBytes(path: url.path)))
+            return try JSONDecoder.normKit.decode(RunSummary.self, from: Data(readFileBytes(path: url.path)))
         } catch {
             throw CommandFailure(
                 "\(url.path): the ranked run finished without a readable summary: \(ErrorText.describe(error))")

@@ -248,17 +248,19 @@ public struct SweepReport {
         let summaryURL = runDir.appendingPathComponent(summaryFileName)
         let metricsURL = runDir.appendingPathComponent(metricsFileName)
         let errorURL = runDir.appendingPathComponent(errorFileName)
+        // NormKit's decoder: the trainer's encoder writes non-finite numbers as "nan", "inf" and "-inf".
+        let decoder = JSONDecoder.normKit
         var summary: RunSummary?
         var problems: [String] = []
         if fm.fileExists(atPath: summaryURL.path) {
             do {
                 let data = try Data(readFileBytes(path: summaryURL.path))
                 do {
-                    summary = try JSONDecoder().decode(RunSummary.self, from: data)
+                    summary = try decoder.decode(RunSummary.self, from: data)
                 } catch {
                     problems.append(
                         "unreadable \(summaryFileName): "
-                            + ErrorText.describeDecoding(error, of: RunSummary.self, from: data))
+                            + ErrorText.describeDecoding(error, of: RunSummary.self, from: data, decoder: decoder))
                 }
             } catch {
                 problems.append("unreadable \(summaryFileName): \(ErrorText.describe(error, about: summaryURL.path))")
@@ -273,7 +275,7 @@ public struct SweepReport {
         {
             // A line being written when the sweep stopped may be truncated: keep the ones that decode.
             let fromFile = lines.split(separator: "\n").compactMap {
-                try? JSONDecoder().decode(EpochMetrics.self, from: Data($0.utf8))
+                try? decoder.decode(EpochMetrics.self, from: Data($0.utf8))
             }
             if fromFile.count > epochs.count { epochs = fromFile }
         }

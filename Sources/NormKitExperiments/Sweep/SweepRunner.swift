@@ -182,7 +182,7 @@ public final class SweepRunner {
         let url = runDirectory(for: cell).appendingPathComponent(SweepReport.summaryFileName)
         guard FileManager.default.fileExists(atPath: url.path),
             let data = try? Data(readFileBytes(path: url.path)),
-            let summary = try? JSONDecoder().decode(RunSummary.self, from: data),
+            let summary = try? JSONDecoder.normKit.decode(RunSummary.self, from: data),
             summary.finished
         else { return nil }
         return summary

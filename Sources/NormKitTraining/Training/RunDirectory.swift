@@ -223,7 +223,7 @@ public final class RunDirectoryLock: Sendable {
 
 extension JSONDecoder {
     /// A decoder that reads the `"inf"`, `"-inf"` and `"nan"` strings NormKit writes for non-finite numbers.
-    static var normKit: JSONDecoder {
+    package static var normKit: JSONDecoder {
         let decoder = JSONDecoder()
         decoder.nonConformingFloatDecodingStrategy = .convertFromString(
             positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
