@@ -184,8 +184,10 @@ public final class Trainer {
     private var resumed = false
 
     /// Refuses a training state this configuration cannot have written (an edited or hostile file): its step must be
-    /// its position's (epoch · steps per epoch + batch, within the run's epochs) and its epoch's counts at most one
-    /// epoch's images. The counters then stay far from overflowing as the run counts on.
+    /// its position's (epoch · steps per epoch + batch, within the run's epochs), its epoch's counts at most one
+    /// epoch's images, its sums of loss and seconds finite and 0 or more, and its history the records of the epochs
+    /// before its position. The counters then stay far
+    /// from overflowing as the run counts on, and the run's records stay one per epoch.
     private func checkReachable(_ state: TrainingCheckpoint.TrainingState, in directory: URL) throws {
         let (p, c) = (state.position, configuration)
         let (stepsBefore, overflow) = p.epoch.multipliedReportingOverflow(by: stepsPerEpoch)
@@ -204,6 +206,22 @@ public final class Trainer {
                 + "\(train.count) images"
         } else if let skipped = state.epochSkippedUpdates, skipped < 0 {
             problem = "\(skipped) skipped running-statistic updates this epoch: a count is 0 or more"
+        } else if ![state.epochLossSum, state.elapsedSeconds, state.epochTrainingSeconds].allSatisfy({
+            $0.isFinite && $0 >= 0
+        }) {
+            // A run stops as diverged before a loss is not finite; a sum of losses or of seconds is 0 or more.
+            problem =
+                "loss sum \(state.epochLossSum), \(state.elapsedSeconds) s elapsed, \(state.epochTrainingSeconds) s "
+                + "training this epoch: each is a finite number, 0 or more"
+        } else if state.history.map(\.epoch) != Array(0..<p.epoch)
+            || state.history.contains(where: { $0.step != ($0.epoch + 1) * stepsPerEpoch })
+        {
+            // The records of the epochs before the position, as the run appended them: anything else would be
+            // carried into metrics.jsonl and summary.json as the run's own.
+            problem =
+                "\(state.history.count) epoch record(s) (epochs \(state.history.map(\.epoch)), steps "
+                + "\(state.history.map(\.step))) at epoch \(p.epoch): a run has one per epoch before it, epoch e "
+                + "ending at step (e + 1) · \(stepsPerEpoch)"
         }
         if let problem {
             throw CheckpointError.unreadableMetadata(
