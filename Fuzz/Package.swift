@@ -31,6 +31,8 @@ let package = Package(
         fuzzerTarget("fuzz-gzip"),
         fuzzerTarget("fuzz-checkpoint-config"),
         fuzzerTarget("fuzz-sweep-plan"),
+        fuzzerTarget("fuzz-run-records"),
+        fuzzerTarget("fuzz-training-state"),
         .executableTarget(
             name: "fuzz-make-corpus",
             dependencies: [

@@ -21,7 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-targets_all=(fuzz-safetensors fuzz-idx fuzz-gzip fuzz-checkpoint-config fuzz-sweep-plan)
+targets_all=(fuzz-safetensors fuzz-idx fuzz-gzip fuzz-checkpoint-config fuzz-sweep-plan fuzz-run-records
+  fuzz-training-state)
 mode=(-max_total_time=30)
 rss=2048
 timeout=10

@@ -273,4 +273,116 @@ do {
     seed(t, "bad-truncated.json", Array(text.utf8.prefix(text.utf8.count / 2)))
 }
 
+// MARK: run records and training state
+
+/// The encoder NormKit writes its records with (`summary.json`, `metrics.jsonl`, a checkpoint's training state):
+/// sorted keys, non-finite numbers as `"inf"`, `"-inf"`, `"nan"`.
+func recordJSON<T: Encodable>(_ value: T, pretty: Bool = false) -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+    encoder.nonConformingFloatEncodingStrategy = .convertToString(
+        positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+    return String(decoding: try! encoder.encode(value), as: UTF8.self)
+}
+
+func epochMetrics(_ epoch: Int, testLoss: Double = 1.25, skipped: Int? = 0) -> EpochMetrics {
+    EpochMetrics(
+        epoch: epoch, step: 2 * (epoch + 1), trainLoss: 2.0 - 0.25 * Double(epoch), trainError: 0.5, testLoss: testLoss,
+        testError: 0.4 - 0.05 * Double(epoch), learningRate: 0.05, seconds: 1.5 * Double(epoch + 1),
+        imagesPerSecond: 900, skippedUpdates: skipped)
+}
+
+do {
+    let t = "fuzz-run-records"
+    var c = TrainingConfiguration()
+    c.norm = .bn
+    c.batch = 8
+    c.normBatch = 2
+    c.epochs = 2
+    let epochs = [epochMetrics(0), epochMetrics(1)]
+    func summary(
+        _ epochs: [EpochMetrics], finished: Bool = true, configuration: TrainingConfiguration? = nil
+    )
+        -> RunSummary
+    {
+        RunSummary(
+            configuration: (configuration ?? c).resolved, finalTestError: epochs.last?.testError ?? 0,
+            bestTestError: epochs.map(\.testError).min() ?? 0, epochs: epochs, wallSeconds: 3,
+            imagesPerSecond: 900, perClassAccuracy: (0..<10).map { 0.5 + Double($0) / 40 }, finished: finished,
+            convolutionEngine: "im2col", workers: nil, skippedUpdates: 0)
+    }
+    let lines = epochs.map { recordJSON($0) + "\n" }.joined()
+    let finished = recordJSON(summary(epochs), pretty: true)
+    seed(t, "valid-finished.json", finished)
+    seed(t, "valid-finished-with-metrics.bin", finished + "\u{0}" + lines)
+    var gn = c
+    gn.norm = .gn
+    gn.normBatch = nil
+    gn.groupSize = 4
+    seed(t, "valid-finished-gn.json", recordJSON(summary(epochs, configuration: gn), pretty: true))
+    // Non-finite numbers, which NormKit's record encoder writes as "nan", "inf", "-inf".
+    let nonFinite = [epochMetrics(0, testLoss: .nan), epochMetrics(1, testLoss: .infinity)]
+    seed(t, "valid-finished-nan.json", recordJSON(summary(nonFinite), pretty: true))
+    seed(t, "valid-unfinished.bin", recordJSON(summary([epochs[0]], finished: false), pretty: true) + "\u{0}" + lines)
+    seed(t, "valid-metrics-only.bin", "\u{0}" + lines)
+    seed(t, "valid-metrics-nan.bin", "\u{0}" + nonFinite.map { recordJSON($0) + "\n" }.joined())
+    seed(t, "valid-metrics-old.bin", "\u{0}" + recordJSON(epochMetrics(0, skipped: nil)) + "\n")
+    seed(t, "bad-empty-summary.json", "")
+    seed(t, "bad-truncated-summary.json", String(finished.prefix(finished.count / 2)))
+    seed(t, "bad-truncated-metrics-line.bin", "\u{0}" + String(lines.prefix(lines.count * 3 / 4)))
+    seed(t, "bad-metrics-garbage.bin", "\u{0}" + "{\n}\n[1,2]\nnull\n\u{FF}\n" + lines)
+    func replacing(_ a: String, _ b: String, in text: String = finished) -> String {
+        text.replacingOccurrences(of: a, with: b)
+    }
+    seed(t, "bad-norm-batch-zero.json", replacing("\"normBatch\" : 2", "\"normBatch\" : 0"))
+    seed(t, "bad-batch-negative.json", replacing("\"batch\" : 8", "\"batch\" : -9223372036854775808"))
+    seed(t, "bad-epochs-huge.json", replacing("\"epochs\" : 2,", "\"epochs\" : 9223372036854775807,"))
+    seed(t, "bad-huge-numbers.json", replacing("\"imagesPerSecond\" : 900", "\"imagesPerSecond\" : 1e308"))
+    seed(t, "bad-errors-out-of-range.json", replacing("\"testError\" : 0.4", "\"testError\" : -1e300"))
+    seed(
+        t, "bad-skipped-huge.bin",
+        "\u{0}" + replacing("\"skippedUpdates\":0", "\"skippedUpdates\":9223372036854775807", in: lines))
+    seed(t, "bad-epoch-negative.bin", "\u{0}" + replacing("\"epoch\":1", "\"epoch\":-9223372036854775808", in: lines))
+    seed(t, "bad-wrong-type.json", replacing("\"finished\" : true", "\"finished\" : \"yes\""))
+    seed(t, "bad-unknown-norm.json", replacing("\"norm\" : \"bn\"", "\"norm\" : \"xn\""))
+}
+
+do {
+    // The run fuzz-training-state resumes: 2 epochs of 2 steps, stopped after step 3 (epoch 1, batch 1).
+    let t = "fuzz-training-state"
+    let state = TrainingCheckpoint.TrainingState(
+        step: 3, position: BatchIterator.Position(epoch: 1, batchIndex: 1), history: [epochMetrics(0)],
+        epochLossSum: 9.25, epochCorrect: 1, epochImages: 4, elapsedSeconds: 2.5, epochTrainingSeconds: 0.75,
+        epochSkippedUpdates: 0)
+    let text = recordJSON(state)
+    seed(t, "valid-step3.json", text)
+    var nan = state
+    nan.history = [epochMetrics(0, testLoss: .nan)]
+    seed(t, "valid-nan-history.json", recordJSON(nan))
+    nan.epochLossSum = .nan
+    seed(t, "bad-loss-sum-nan.json", recordJSON(nan))
+    var old = state
+    old.epochSkippedUpdates = nil
+    old.history = [epochMetrics(0, skipped: nil)]
+    seed(t, "valid-old.json", recordJSON(old))
+    func replacing(_ a: String, _ b: String) -> String { text.replacingOccurrences(of: a, with: b) }
+    seed(t, "bad-step-mismatch.json", replacing("\"step\":3", "\"step\":2"))
+    seed(t, "bad-epoch-huge.json", replacing("\"epoch\":1}", "\"epoch\":9223372036854775807}"))
+    seed(t, "bad-batch-index-negative.json", replacing("\"batchIndex\":1", "\"batchIndex\":-1"))
+    var long = state
+    long.history = (0..<5).map { epochMetrics($0) }
+    seed(t, "bad-history-long.json", recordJSON(long))
+    var none = state
+    none.history = []
+    seed(t, "bad-history-empty.json", recordJSON(none))
+    seed(t, "bad-epoch-images-huge.json", replacing("\"epochImages\":4", "\"epochImages\":9223372036854775807"))
+    seed(t, "bad-correct-above-images.json", replacing("\"epochCorrect\":1", "\"epochCorrect\":5"))
+    seed(t, "bad-skipped-negative.json", replacing("\"epochSkippedUpdates\":0", "\"epochSkippedUpdates\":-1"))
+    seed(t, "bad-elapsed-inf.json", replacing("\"elapsedSeconds\":2.5", "\"elapsedSeconds\":\"inf\""))
+    seed(t, "bad-truncated.json", String(text.prefix(text.count / 2)))
+    seed(t, "bad-empty.json", "")
+    seed(t, "bad-velocities-dropped.bin", Array(text.utf8) + [0, 1, 0])
+    seed(t, "bad-velocity-short.bin", Array(text.utf8) + [0, 0, 3])
+}
+
 print("wrote \(written) seed files under \(corpus.path)")
