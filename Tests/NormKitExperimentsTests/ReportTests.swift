@@ -536,6 +536,33 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(error.contains("field configuration.epochs: 2.5 is not an integer"), error)
     }
 
+    /// Without `plan.json`, a run directory whose summary cannot be read, or that holds only the run's error, has no
+    /// configuration to tabulate: it was dropped from the report without a word. It is now listed with the reason.
+    func testRunDirectoriesThatCannotBeReadAreListedWithTheReasonWithoutAPlan() throws {
+        var config = TrainingConfiguration()
+        config.epochs = 1
+        try writeRecords(summary(config, error: 0.1), to: directory.appendingPathComponent("good"))
+        let damaged = directory.appendingPathComponent("damaged")
+        try FileManager.default.createDirectory(at: damaged, withIntermediateDirectories: true)
+        try Data("{\"configuration\": {\"epochs\": ".utf8).write(to: damaged.appendingPathComponent("summary.json"))
+        let failed = directory.appendingPathComponent("failed")
+        try FileManager.default.createDirectory(at: failed, withIntermediateDirectories: true)
+        try Data("out of memory at step 3\nmore detail".utf8).write(to: failed.appendingPathComponent("error.txt"))
+        try FileManager.default.createDirectory(
+            at: directory.appendingPathComponent("empty"), withIntermediateDirectories: true)
+
+        let report = try SweepReport.build(from: directory)
+        XCTAssertEqual(report.runs.map(\.runName), ["good"])
+        XCTAssertEqual(report.unreadableRuns.map(\.runName), ["damaged", "failed"], "an empty directory is no run")
+        let reason = try XCTUnwrap(report.unreadableRuns.first?.reason)
+        XCTAssertTrue(reason.hasPrefix("unreadable summary.json"), reason)
+        XCTAssertEqual(report.unreadableRuns.last?.reason, "out of memory at step 3\nmore detail")
+        let markdown = report.markdown()
+        XCTAssertTrue(markdown.contains("## Run directories that could not be read (ignored above)"), markdown)
+        XCTAssertTrue(markdown.contains("- `failed`: out of memory at step 3\n"), markdown)
+        XCTAssertTrue(markdown.contains("- `damaged`: unreadable summary.json"), markdown)
+    }
+
     // MARK: - Helpers
 
     /// The text content of every `<text>` element; fails if the file is not well-formed XML.

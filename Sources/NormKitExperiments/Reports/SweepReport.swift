@@ -46,6 +46,14 @@ public struct SweepRunRecord: Codable, Equatable, Sendable {
     public var seriesKey: SeriesKey { SeriesKey(configuration: configuration, groupSpec: groupSpec) }
 }
 
+/// A run directory whose records the report could not use, and why.
+public struct UnreadableRun: Codable, Equatable, Sendable {
+    /// The run directory's name.
+    public var runName: String
+    /// What was wrong: the unreadable file and the decoder's or reader's explanation, or the run's own error.
+    public var reason: String
+}
+
 /// Everything a sweep directory says, and the report files made from it.
 ///
 /// ``build(from:)`` reads only the directory: `plan.json` if present (columns, row order, requested seed counts,
@@ -62,6 +70,10 @@ public struct SweepReport {
     public var otherRuns: [SweepRunRecord]
     /// Cells of the plan with no run directory records yet.
     public var pendingRuns: [String]
+    /// Run directories that hold records the report cannot use and that `plan.json` does not describe (a damaged
+    /// `summary.json`, or only an `error.txt`, with no plan to give their configuration): listed in `results.md`
+    /// with the reason, kept out of the tables, plots and `runs.csv`.
+    public var unreadableRuns: [UnreadableRun] = []
     /// The results table.
     public var table: ResultsTable
 
@@ -98,9 +110,12 @@ public struct SweepReport {
         let planned = (plan?.cells ?? []).map(\.runName)
         let names = planned.filter(dirNames.contains) + dirNames.subtracting(planned).sorted()
 
-        var runs: [SweepRunRecord] = [], others: [SweepRunRecord] = []
+        var runs: [SweepRunRecord] = [], others: [SweepRunRecord] = [], unreadable: [UnreadableRun] = []
         for name in names {
-            guard let run = readRun(directory.appendingPathComponent(name, isDirectory: true), cell: cellsByName[name])
+            guard
+                let run = readRun(
+                    directory.appendingPathComponent(name, isDirectory: true), cell: cellsByName[name],
+                    unreadable: &unreadable)
             else { continue }
             if plan == nil || cellsByName[name] != nil { runs.append(run) } else { others.append(run) }
         }
@@ -108,7 +123,7 @@ public struct SweepReport {
         let present = Set(runs.map(\.runName))
         let pending = planned.filter { !present.contains($0) }
         return SweepReport(
-            plan: plan, runs: runs, otherRuns: others, pendingRuns: pending,
+            plan: plan, runs: runs, otherRuns: others, pendingRuns: pending, unreadableRuns: unreadable,
             table: ResultsTable(runs: runs, plan: plan))
     }
 
@@ -186,6 +201,13 @@ public struct SweepReport {
                 out += "- `\(run.runName)`: \(first)\n"
             }
         }
+        if !unreadableRuns.isEmpty {
+            out += "\n## Run directories that could not be read (ignored above)\n\n"
+            for run in unreadableRuns {
+                let first = run.reason.split(separator: "\n").first.map(String.init) ?? ""
+                out += "- `\(run.runName)`: \(first)\n"
+            }
+        }
         if !otherRuns.isEmpty {
             out +=
                 "\n## Runs not in plan.json (ignored above)\n\n"
@@ -242,8 +264,9 @@ public struct SweepReport {
         }
     }
 
-    /// Reads one run directory; nil when it holds no records and the plan does not know it.
-    private static func readRun(_ runDir: URL, cell: SweepCell?) -> SweepRunRecord? {
+    /// Reads one run directory; nil when it holds no records and the plan does not know it, or when it holds only
+    /// records the report cannot use and no plan gives its configuration (then it is added to `unreadable`).
+    private static func readRun(_ runDir: URL, cell: SweepCell?, unreadable: inout [UnreadableRun]) -> SweepRunRecord? {
         let fm = FileManager.default
         let summaryURL = runDir.appendingPathComponent(summaryFileName)
         let metricsURL = runDir.appendingPathComponent(metricsFileName)
@@ -268,7 +291,12 @@ public struct SweepReport {
         }
         var errorText = (try? readFileBytes(path: errorURL.path)).map { String(decoding: $0, as: UTF8.self) }?
             .trimmingCharacters(in: .whitespacesAndNewlines)
-        guard let configuration = summary?.configuration ?? cell?.configuration else { return nil }
+        guard let configuration = summary?.configuration ?? cell?.configuration else {
+            if let reason = ([errorText].compactMap { $0 } + problems).first {
+                unreadable.append(UnreadableRun(runName: runDir.lastPathComponent, reason: reason))
+            }
+            return nil
+        }
         var epochs = summary?.epochs ?? []
         if summary?.finished != true,
             let lines = (try? readFileBytes(path: metricsURL.path)).map({ String(decoding: $0, as: UTF8.self) })
