@@ -69,11 +69,8 @@ extension Tensor {
         guard inferred.count == 1 else {
             throw refuse("at most one -1 (the one dimension inferred from the element count), got \(inferred.count)")
         }
-        var known = 1
-        for (i, dimension) in shape.enumerated() where i != index {
-            let (product, overflow) = known.multipliedReportingOverflow(by: dimension)
-            guard !overflow else { throw refuse("\(divisor), got a product beyond Int") }
-            known = product
+        guard let known = shape.enumerated().lazy.filter({ $0.offset != index }).map(\.element).checkedProduct else {
+            throw refuse("\(divisor), got a product beyond Int")
         }
         guard known != 0 else { throw refuse("no 0 beside a -1 (0 elements for any size: the -1 cannot be inferred)") }
         guard count % known == 0 else { throw refuse("\(divisor), got \(known)") }

@@ -56,9 +56,9 @@ public struct LearningRateSchedule: Equatable, Sendable {
     ///
     /// - Throws: ``/NormKit/NormalizationError/invalidArgument(layer:name:value:expected:)`` (layer
     ///   `"LearningRateSchedule"`) for `stepsPerEpoch` below 1, a `schedule` other than `cosine` and `step`, a
-    ///   `warmupFraction` outside `[0, 1]`, steps or
-    ///   milestone steps beyond `Int`, or the error of ``init(peak:warmupSteps:totalSteps:decay:)`` for the peak
-    ///   learning rate (``TrainingConfiguration/peakLearningRate``), the steps or the milestones.
+    ///   `warmupFraction` outside `[0, 1]`, steps or milestone steps beyond `Int`, or the error of
+    ///   ``init(peak:warmupSteps:totalSteps:decay:)`` for the peak learning rate
+    ///   (``TrainingConfiguration/peakLearningRate``), the steps or the milestones.
     ///   ``TrainingConfiguration/validate(source:)`` refuses all of these in a configuration first, naming its flag.
     public init(_ configuration: TrainingConfiguration, stepsPerEpoch: Int) throws {
         guard stepsPerEpoch >= 1 else { throw Self.refuse("stepsPerEpoch", stepsPerEpoch, "at least 1") }
