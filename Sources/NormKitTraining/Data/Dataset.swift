@@ -108,8 +108,9 @@ public struct Dataset: Sendable {
     /// A dataset from already standardised images.
     ///
     /// - Throws: ``DataError/invalidArgument(name:value:expected:)`` when the sizes disagree, a dimension is not
-    ///   positive or the sizes' product exceeds `Int.max`, `classNames` does not have `classCount` names or `statistics` has a std that is not positive
-    ///   and finite; ``DataError/labelOutOfRange(path:index:label:classCount:)`` for a label outside `0..<classCount`.
+    ///   positive or the sizes' product exceeds `Int.max`, `classNames` does not have `classCount` names or
+    ///   `statistics` has a std that is not positive and finite; ``DataError/labelOutOfRange(path:index:label:classCount:)``
+    ///   for a label outside `0..<classCount`.
     public init(
         images: [Float], labels: [Int32], channels: Int = 1, height: Int, width: Int, classCount: Int,
         classNames: [String] = [], statistics: PixelStatistics
