@@ -1,4 +1,5 @@
 import Foundation
+import XCTest
 
 /// How a child run of one test ended and what it printed (standard output and error together).
 public struct TrapProbeRun {
@@ -25,4 +26,22 @@ public func runTrapProbe(_ test: String, variable: String) throws -> TrapProbeRu
     let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     child.waitUntilExit()
     return TrapProbeRun(reason: child.terminationReason, output: text)
+}
+
+/// Runs `test` in a child process (``runTrapProbe(_:variable:)``) and asserts that it stopped on a trap before it
+/// printed `survivedMarker`, with `message` (the precondition's text) in its output. `survived` says in a failure
+/// what the child did wrong when it printed the marker.
+///
+/// - Throws: `XCTSkip` when the tests do not run from an `.xctest` bundle; the child's launch error.
+public func assertTrapProbeTraps(
+    _ test: String, variable: String, survivedMarker: String, survived: String, message: String,
+    file: StaticString = #filePath, line: UInt = #line
+) throws {
+    guard let run = try runTrapProbe(test, variable: variable) else {
+        throw XCTSkip("not running from an .xctest bundle; cannot start a child test")
+    }
+    let text = run.output
+    XCTAssertFalse(text.contains(survivedMarker), "\(survived):\n\(text)", file: file, line: line)
+    XCTAssertEqual(run.reason, .uncaughtSignal, "expected a trap, got:\n\(text)", file: file, line: line)
+    XCTAssertTrue(text.contains(message), text, file: file, line: line)
 }

@@ -102,14 +102,10 @@ final class PublicAPIAuditTests: XCTestCase {
     /// be read or written past its end. Assigning one is a programmer error that stops the process with a message
     /// naming the parameter; this child process must die instead of running a forward on a 1-value `γ`.
     func testResizingAParameterStopsTheProcess() throws {
-        guard
-            let run = try runTrapProbe(
-                "NormKitTests.PublicAPIAuditTests/testResizingAParameterTrapProbe", variable: Self.probeVariable)
-        else { throw XCTSkip("not running from an .xctest bundle; cannot start a child test") }
-        let text = run.output
-        XCTAssertFalse(text.contains(Self.survivedMarker), "the resized γ was used:\n\(text)")
-        XCTAssertEqual(run.reason, .uncaughtSignal, "expected a trap, got:\n\(text)")
-        XCTAssertTrue(text.contains("Parameter weight: 1 values assigned to shape [64] (64 values)"), text)
+        try assertTrapProbeTraps(
+            "NormKitTests.PublicAPIAuditTests/testResizingAParameterTrapProbe", variable: Self.probeVariable,
+            survivedMarker: Self.survivedMarker, survived: "the resized γ was used",
+            message: "Parameter weight: 1 values assigned to shape [64] (64 values)")
     }
 
     private static let probeVariable = "NORMKIT_PARAMETER_RESIZE_PROBE"
