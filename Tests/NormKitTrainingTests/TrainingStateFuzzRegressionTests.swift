@@ -30,7 +30,8 @@ final class TrainingStateFuzzRegressionTests: XCTestCase {
     /// three, was resumed, and the run "finished" with 1 or 4 records for its 2 epochs, written to `metrics.jsonl`
     /// and `summary.json` as if true. A state's history must be the records of the epochs before its position.
     /// Likewise its loss sum and seconds, which a run writes finite and non-negative: a NaN loss sum was resumed
-    /// and became the epoch's training loss in the records.
+    /// and became the epoch's training loss in the records. And the numbers inside a history record, which a run writes
+    /// finite (it stops as diverged first): a NaN test error was carried into `metrics.jsonl` and `summary.json`.
     func testResumeRefusesAHistoryOrSumsTheRunCannotHaveWritten() throws {
         let directory = try makeTemporaryDirectory("history").appendingPathComponent("run")
         let first = try trainer(output: directory)
@@ -52,6 +53,11 @@ final class TrainingStateFuzzRegressionTests: XCTestCase {
         renumbered.epoch = 1
         var wrongStep = record
         wrongStep.step = 3
+        func recorded(_ change: (inout EpochMetrics) -> Void) -> [EpochMetrics] {
+            var edited = record
+            change(&edited)
+            return [edited]
+        }
         typealias State = TrainingCheckpoint.TrainingState
         let edits: [(String, String, (inout State) -> Void)] = [
             ("no records", "epoch record", { $0.history = [] }),
@@ -62,6 +68,14 @@ final class TrainingStateFuzzRegressionTests: XCTestCase {
             ("negative loss sum", "finite", { $0.epochLossSum = -1 }),
             ("infinite seconds", "finite", { $0.elapsedSeconds = .infinity }),
             ("negative epoch seconds", "finite", { $0.epochTrainingSeconds = -0.5 }),
+            ("NaN train loss in a record", "epoch 0's record", { $0.history = recorded { $0.trainLoss = .nan } }),
+            ("infinite test loss", "epoch 0's record", { $0.history = recorded { $0.testLoss = .infinity } }),
+            ("NaN test error in a record", "epoch 0's record", { $0.history = recorded { $0.testError = .nan } }),
+            ("train error above 1", "epoch 0's record", { $0.history = recorded { $0.trainError = 1.5 } }),
+            ("NaN learning rate", "epoch 0's record", { $0.history = recorded { $0.learningRate = .nan } }),
+            ("negative seconds in a record", "epoch 0's record", { $0.history = recorded { $0.seconds = -1 } }),
+            ("NaN images/s", "epoch 0's record", { $0.history = recorded { $0.imagesPerSecond = .nan } }),
+            ("negative skipped updates", "epoch 0's record", { $0.history = recorded { $0.skippedUpdates = -2 } }),
         ]
         for (what, expected, change) in edits {
             var state = saved

@@ -15,7 +15,7 @@ import NormKitTraining
 ///
 /// Properties: a refused state throws a checkpoint, model, data or training error (never a trap); an accepted one
 /// sets the trainer's step and history to the state's, and the run continues to its last step and finishes with
-/// one metrics record per epoch.
+/// one metrics record per epoch, every number in them finite.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTrainingState(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let input = Fuzz.bytes(data, size)
@@ -83,6 +83,16 @@ public func fuzzTrainingState(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CIn
         Fuzz.check(
             summary.epochs.map(\.epoch) == Array(0..<Resume.configuration.epochs),
             "epoch records numbered \(summary.epochs.map(\.epoch))")
+        // A run stops as diverged before it records a number that is not finite: no accepted state carries one in.
+        Fuzz.check(
+            summary.epochs.allSatisfy {
+                [
+                    $0.trainLoss, $0.trainError, $0.testLoss, $0.testError, $0.learningRate, $0.seconds,
+                    $0.imagesPerSecond,
+                ]
+                .allSatisfy(\.isFinite)
+            } && summary.bestTestError.isFinite,
+            "a resumed run finished with a record that is not finite")
     } catch {
         Fuzz.check(false, "a resumed run failed: \(error)")
     }

@@ -186,8 +186,8 @@ public final class Trainer {
     /// Refuses a training state this configuration cannot have written (an edited or hostile file): its step must be
     /// its position's (epoch · steps per epoch + batch, within the run's epochs), its epoch's counts at most one
     /// epoch's images, its sums of loss and seconds finite and 0 or more, and its history the records of the epochs
-    /// before its position. The counters then stay far
-    /// from overflowing as the run counts on, and the run's records stay one per epoch.
+    /// before its position, each with numbers a run writes (finite, errors in 0…1). The counters then stay far from
+    /// overflowing as the run counts on, and the run's records stay one per epoch.
     private func checkReachable(_ state: TrainingCheckpoint.TrainingState, in directory: URL) throws {
         let (p, c) = (state.position, configuration)
         let (stepsBefore, overflow) = p.epoch.multipliedReportingOverflow(by: stepsPerEpoch)
@@ -222,6 +222,15 @@ public final class Trainer {
                 "\(state.history.count) epoch record(s) (epochs \(state.history.map(\.epoch)), steps "
                 + "\(state.history.map(\.step))) at epoch \(p.epoch): a run has one per epoch before it, epoch e "
                 + "ending at step (e + 1) · \(stepsPerEpoch)"
+        } else if let record = state.history.first(where: { !Self.isRecordable($0) }) {
+            // A run stops as diverged before it records a loss that is not finite; anything else would be carried
+            // into metrics.jsonl, summary.json and the reports as the run's own numbers.
+            problem =
+                "epoch \(record.epoch)'s record (train loss \(record.trainLoss), error \(record.trainError); test "
+                + "loss \(record.testLoss), error \(record.testError); learning rate \(record.learningRate); "
+                + "\(record.seconds) s; \(record.imagesPerSecond) images/s; skipped updates "
+                + "\(record.skippedUpdates.map(String.init) ?? "none")): losses, seconds, images/s and counts are "
+                + "finite and 0 or more, errors between 0 and 1"
         }
         if let problem {
             throw CheckpointError.unreadableMetadata(
@@ -229,6 +238,13 @@ public final class Trainer {
                     TrainingCheckpoint.stateFileName(step: state.step)
                 ).path, field: "state", reason: problem)
         }
+    }
+
+    /// Whether `record` holds numbers a run can have written: the run stops as diverged before a loss is not finite.
+    private static func isRecordable(_ record: EpochMetrics) -> Bool {
+        let nonNegative = [record.trainLoss, record.testLoss, record.seconds, record.imagesPerSecond]
+        return nonNegative.allSatisfy { $0.isFinite && $0 >= 0 } && (0...1).contains(record.trainError)
+            && (0...1).contains(record.testError) && record.learningRate.isFinite && (record.skippedUpdates ?? 0) >= 0
     }
 
     /// Locks `directory` for this trainer (once) and removes temporary files of writers that died.
