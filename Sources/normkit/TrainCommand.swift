@@ -11,8 +11,7 @@ struct DataOptions: ParsableArguments {
     static let dataHelp = ArgumentHelp(
         "Directory with Fashion-MNIST-style IDX files (.gz or raw).",
         discussion: """
-            Default: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist); `train --resume` \
-            reads the directory its run records.
+            Default: /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
             """)
 
     /// The help of `--data` for the commands that read a checkpoint (`eval`, `stats`): they default to the data
@@ -116,7 +115,11 @@ struct TrainCommand: ParsableCommand {
             every setting but --threads, and the data).
             """)
     var out: String?
-    @Option(help: "Continue the run saved in this directory (its configuration is used).")
+    @Option(
+        help: """
+            Continue the run saved in this directory (its configuration is used, and its data directory unless \
+            --data is given).
+            """)
     var resume: String?
     @Option(parsing: .number, help: "Also save a checkpoint every N steps.")
     var checkpointEvery: Int?
