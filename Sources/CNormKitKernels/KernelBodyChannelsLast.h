@@ -195,6 +195,51 @@ NK_INLINE void cl_apply_run(const int grad, const int act, const int stream, con
 #undef CL_APPLY_NV
 }
 
+// Whether a tile's sweep would load row r + 1 of `in` at the low 12 address bits of the stores to row r of `out` it has
+// just made (within a slice's CL_WIDTH channels either way): the core then takes each load for one that may depend on
+// those stores (4K aliasing). Rows a multiple of 4 KB apart with x and y at the same page offset do that at every
+// vector: GN's NHWC forward on (1, 2048, 7, 7) took 1.8x the time of (1, 2064, 7, 7) on Zen 4 (PERFORMANCE.md,
+// session 36).
+NK_INLINE int cl_next_row_aliases(const float *out, const float *in, long c) {
+    if (!in) return 0;
+    const unsigned long span = CL_WIDTH * sizeof(float);
+    const unsigned long offset = ((uintptr_t)in + (uintptr_t)c * sizeof(float) - (uintptr_t)out) % 4096;
+    return offset < span || offset > 4096 - span;
+}
+
+// cl_apply_nv's operations row by row, CL_MAX channels at a time, each vector's coefficients loaded from memory (a
+// chunk's 12–16 KB stay in L1): for rows whose tile sweep would alias (cl_next_row_aliases), the loads of a row then
+// follow the stores of the row before by a whole row; and for rows a multiple of 4 KB apart, whose tile puts every
+// row's slice in the same few cache sets (1.4x the time even where x and out are at other page offsets; a C model of
+// both walks, PERFORMANCE.md, session 36). The same operations on each element, so the same bits. Not
+// under SiLU, whose ~25 operations per vector hide the aliasing and which ran 1.0–1.3x the time this way.
+NK_INLINE void cl_apply_rows(const int grad, const int act, const int stream, const int ahead, float *out,
+                             const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
+                             const float *b, const float *k) {
+    const long full = w - w % NK_LANES, tail = w % NK_LANES;
+    const vmask tm = vmask_first(tail ? tail : 1);
+    for (long c1 = 0; c1 < w; c1 += CL_MAX) {
+        const long end = c1 + CL_MAX < full ? c1 + CL_MAX : full;
+        for (long r = 0; r < m; r++) {
+            const float *xr = x + r * c, *dyr = grad ? dy + r * c : NULL;
+            float *outr = out + r * c;
+            for (long j = c1; j < end; j += NK_LANES) {
+                if (ahead) vprefetch(xr, j + CL_TILE_ROWS * c);
+                vf value = vfma(vload(a + j), vsub(vload(xr + j), k ? vload(k + j) : vzero()), vload(b + j));
+                value = grad ? vfma(vload(p + j), vload(dyr + j), value) : vact(act, value);
+                row_store(stream, outr + j, value);
+            }
+            if (tail && c1 + CL_MAX >= w) {  // the last chunk's partial vector
+                vf value = vfma(vload_part(tm, a + full),
+                                vsub(vload_part(tm, xr + full), k ? vload_part(tm, k + full) : vzero()),
+                                vload_part(tm, b + full));
+                value = grad ? vfma(vload_part(tm, p + full), vload_part(tm, dyr + full), value) : vact(act, value);
+                vstore_part(outr + full, tm, value);
+            }
+        }
+    }
+}
+
 NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, const int ahead, float *out,
                               const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
                               const float *b, const float *k) {
@@ -202,6 +247,11 @@ NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, c
         // One run: prefetch about 32 KB ahead (the rows that a wide row's tile would hold).
         const long distance = c >= 8192 / CL_TILE_ROWS ? CL_TILE_ROWS : 8192 / c;
         cl_apply_run(grad, act, stream, ahead, out, dy, x, m, c, w, p, a, b, k, distance);
+        return;
+    }
+    if (act != NK_SILU && ((c * (long)sizeof(float)) % 4096 == 0 || cl_next_row_aliases(out, x, c) ||
+                           cl_next_row_aliases(out, dy, c))) {
+        cl_apply_rows(grad, act, stream, ahead, out, dy, x, m, c, w, p, a, b, k);
         return;
     }
     // Wide rows: tiles of about 32 KB of rows (at least CL_TILE_ROWS), swept once per CL_WIDTH channels

@@ -406,6 +406,88 @@ final class KernelPathTests: XCTestCase {
         XCTAssertEqual(mismatches, [], "streamed and cached stores differ (\(compared) values compared)")
     }
 
+    /// The channels-last apply (`nk_cl_affine_centered`, `nk_cl_gradient_apply`) on rows wider than a slice walks
+    /// them row by row when its tile sweep would load a row of `x` at the page offset of the row of `out` it has just
+    /// stored (4K aliasing: rows a multiple of 4 KB apart, `x` and `out` at the same page offset), and in tiles of
+    /// rows otherwise. Both walks give the same bits, and each element is `fma(a, x − k, b)` (then `fma(p, dy, ·)`) as
+    /// a scalar fused multiply-add gives it, for rows of 1,024 channels (the aliasing case with `out` at `x`'s page
+    /// offset; not with `out` 1 KB further) and 1,029 (a partial last vector; aliasing with `out` 20 bytes on), every
+    /// activation, a slice narrower than the row, with and without centres, cached and streamed stores.
+    func testChannelsLastApplyGivesTheSameBitsRowByRowAndInTiles() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 36)
+        let m = 21
+        var cases = 0
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for (c, aliasing, apart) in [(1024, 0, 1024), (1029, 20, 1044)] {
+                // x, dy and out each on pages of their own (out then moved `offset` bytes on): dy at x's page offset.
+                let count = m * c, span = (4 * count / 4096 + 2) * 4096
+                let raw = UnsafeMutableRawPointer.allocate(byteCount: 3 * span, alignment: 4096)
+                defer { raw.deallocate() }
+                let x = raw.bindMemory(to: Float.self, capacity: count)
+                let dy = (raw + span).bindMemory(to: Float.self, capacity: count)
+                let outBase = raw + 2 * span
+                for i in 0..<count {
+                    x[i] = Float.random(in: -3...3, using: &rng)
+                    dy[i] = Float.random(in: -1...1, using: &rng)
+                }
+                let (k, a, b, q) = (
+                    (0..<c).map { _ in Float.random(in: -1...1, using: &rng) },
+                    (0..<c).map { _ in Float.random(in: 0.5...2, using: &rng) },
+                    (0..<c).map { _ in Float.random(in: -1...1, using: &rng) },
+                    (0..<c).map { _ in Float.random(in: -1...1, using: &rng) }
+                )
+                for w in [c, c - 40] {
+                    for centred in [true, false] {
+                        for store in [NK_STORE_CACHED, NK_STORE_STREAMING] {
+                            for kind in [NK_IDENTITY, NK_RELU, NK_SILU, -1] {  // -1: the gradient apply
+                                var results: [[UInt32]] = []
+                                for offset in [aliasing, apart] {
+                                    let out = (outBase + offset).bindMemory(to: Float.self, capacity: count)
+                                    out.update(repeating: .nan, count: count)
+                                    k.withUnsafeBufferPointer { kp in
+                                        let centre = centred ? kp.baseAddress : nil
+                                        if kind < 0 {
+                                            nk_cl_gradient_apply(
+                                                out, dy, x, m, c, w, q, a, b, centre ?? kp.baseAddress!,
+                                                Int32(store))
+                                        } else {
+                                            nk_cl_affine_centered(
+                                                out, x, m, c, w, centre, a, b, Int32(kind), Int32(store))
+                                        }
+                                    }
+                                    results.append((0..<count).map { out[$0].bitPattern })
+                                    if kind == NK_IDENTITY || kind < 0 {
+                                        for row in 0..<m {
+                                            for ch in 0..<w {
+                                                let i = row * c + ch
+                                                let d = x[i] - (centred || kind < 0 ? k[ch] : 0)
+                                                var expected = b[ch].addingProduct(a[ch], d)
+                                                if kind < 0 { expected = expected.addingProduct(q[ch], dy[i]) }
+                                                if out[i].bitPattern != expected.bitPattern {
+                                                    return XCTFail(
+                                                        "\(limit.name) c \(c) w \(w) kind \(kind) offset \(offset): "
+                                                            + "element \(i) is \(out[i]), fma gives \(expected)")
+                                                }
+                                            }
+                                        }
+                                    }
+                                    cases += 1
+                                }
+                                XCTAssertEqual(
+                                    results[0], results[1],
+                                    "\(limit.name) c \(c) w \(w) centred \(centred) store \(store) kind \(kind)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(cases, 2 * 2 * 2 * 2 * 2 * 4 * 2)
+    }
+
     /// The native SiLU against float64, element by element: `silu(z)` (the forward's apply) in ulps of the float64
     /// value rounded to float, and `silu'(z)` (the backward's `dz` with dy = 1) in float ulps of its terms' scale
     /// `σ·(1 + |z|·(1 − σ))` (it crosses 0 near z = −1.28), on a dense grid of z over [−87, 88] and at the edges where
