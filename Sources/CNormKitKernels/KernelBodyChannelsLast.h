@@ -207,34 +207,24 @@ NK_INLINE int cl_next_row_aliases(const float *out, const float *in, long c) {
     return offset < span || offset > 4096 - span;
 }
 
-// cl_apply_nv's operations row by row, CL_MAX channels at a time, each vector's coefficients loaded from memory (a
-// chunk's 12–16 KB stay in L1): for rows whose tile sweep would alias (cl_next_row_aliases), the loads of a row then
-// follow the stores of the row before by a whole row; and for rows a multiple of 4 KB apart, whose tile puts every
-// row's slice in the same few cache sets (1.4x the time even where x and out are at other page offsets; a C model of
-// both walks, PERFORMANCE.md, session 36). The same operations on each element, so the same bits. Not
+// cl_apply_nv row by row, one call per row and CL_WIDTH channels, CL_MAX channels at a time (a chunk's coefficients,
+// 12–16 KB, stay in L1 and are loaded again for each row): for rows whose tile sweep would alias
+// (cl_next_row_aliases), the loads of a row then follow the stores of the row before by a whole row; and for rows a
+// multiple of 4 KB apart, whose tile puts every row's slice in the same few cache sets (1.4x the time even where x
+// and out are at other page offsets; a C model of both walks, PERFORMANCE.md, session 36). The same operations on each
+// element, so the same bits. (A loop of its own with the coefficients loaded per vector measured the same.) Not
 // under SiLU, whose ~25 operations per vector hide the aliasing and which ran 1.0–1.3x the time this way.
 NK_INLINE void cl_apply_rows(const int grad, const int act, const int stream, const int ahead, float *out,
                              const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
                              const float *b, const float *k) {
-    const long full = w - w % NK_LANES, tail = w % NK_LANES;
-    const vmask tm = vmask_first(tail ? tail : 1);
     for (long c1 = 0; c1 < w; c1 += CL_MAX) {
-        const long end = c1 + CL_MAX < full ? c1 + CL_MAX : full;
+        const long end = c1 + CL_MAX < w ? c1 + CL_MAX : w;
         for (long r = 0; r < m; r++) {
-            const float *xr = x + r * c, *dyr = grad ? dy + r * c : NULL;
-            float *outr = out + r * c;
-            for (long j = c1; j < end; j += NK_LANES) {
-                if (ahead) vprefetch(xr, j + CL_TILE_ROWS * c);
-                vf value = vfma(vload(a + j), vsub(vload(xr + j), k ? vload(k + j) : vzero()), vload(b + j));
-                value = grad ? vfma(vload(p + j), vload(dyr + j), value) : vact(act, value);
-                row_store(stream, outr + j, value);
-            }
-            if (tail && c1 + CL_MAX >= w) {  // the last chunk's partial vector
-                vf value = vfma(vload_part(tm, a + full),
-                                vsub(vload_part(tm, xr + full), k ? vload_part(tm, k + full) : vzero()),
-                                vload_part(tm, b + full));
-                value = grad ? vfma(vload_part(tm, p + full), vload_part(tm, dyr + full), value) : vact(act, value);
-                vstore_part(outr + full, tm, value);
+            const long o = r * c;
+            for (long c0 = c1; c0 < end; c0 += CL_WIDTH) {
+                const long cw = end - c0 < CL_WIDTH ? end - c0 : CL_WIDTH;
+                cl_apply_run(grad, act, stream, ahead, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, 1, c, cw,
+                             grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL, CL_TILE_ROWS);
             }
         }
     }
