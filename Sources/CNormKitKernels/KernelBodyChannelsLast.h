@@ -7,8 +7,9 @@
 // CL_WIDTH-channel slice sweeps in turn, so memory is read once, nearly in order. Each element is read once whatever
 // the tile's height; the height sets how many rows share one load of a slice's coefficients and accumulators: rows
 // of 1,024 channels and more took 8, 4 or fewer rows per sweep before session 21, and 16 made GN's NHWC forward on
-// (2, 2048, 7, 7) and (32, 2048, 7, 7) about 0.9x the time (PERFORMANCE.md, session 21). Each float lane adds at most
-// CL_ROWS positions before its total goes to double.
+// (2, 2048, 7, 7) and (32, 2048, 7, 7) about 0.9x the time (PERFORMANCE.md, session 21). The apply walks rows whose
+// tile sweep would alias row by row instead (cl_apply_rows, session 36). Each float lane adds at most CL_ROWS
+// positions before its total goes to double.
 #define CL_VECTORS 4
 #define CL_WIDTH (CL_VECTORS * NK_LANES)
 #define CL_MAX 1024
