@@ -344,6 +344,42 @@ NK_FN void cl_set_moments(double *restrict mean, double *restrict variance, cons
     }
 }
 
+// The evaluation stage's coefficients of `count` channels (BN, BRN, MABN: EvaluationAffine in NormKit): a = γ/σ with
+// σ = sqrt(spread + ε) (root = 1: a running variance or second moment) or the spread itself (root = 0: BRN's running
+// standard deviation), the centre k = (float)μ of the running mean μ (center NULL: 0), scale = (float)a and
+// shift = (float)(β − a·(μ − k)); gamma, beta NULL: 1, 0. The double operations of EvaluationAffine's Swift loop in
+// its order, so the same bits, 8 channels at a time (that stage took about 10 ns a channel before session 37, as
+// much as the apply on BN (2, 2048, 7, 7); a scalar loop over pointers still 3–4: PERFORMANCE.md, session 37).
+NK_INLINE void evaluation_channel(const int root, long i, float *restrict scale, float *restrict shift,
+                                  float *restrict centers, const float *restrict center, const float *restrict spread,
+                                  const float *restrict gamma, const float *restrict beta, double eps) {
+#pragma clang fp contract(off)
+    const double s = (double)spread[i];
+    const double sigma = root ? __builtin_elementwise_sqrt(s + eps) : s;
+    const double a = (gamma ? (double)gamma[i] : 1.0) / sigma;
+    const double mu = center ? (double)center[i] : 0.0;
+    const float k = (float)mu;
+    const double residual = mu - (double)k;
+    scale[i] = (float)a;
+    shift[i] = (float)((beta ? (double)beta[i] : 0.0) - a * residual);
+    centers[i] = k;
+}
+
+NK_FN void evaluation_coefficients(float *restrict scale, float *restrict shift, float *restrict centers,
+                                   const float *restrict center, const float *restrict spread,
+                                   const float *restrict gamma, const float *restrict beta, long count, double eps,
+                                   int root) {
+    if (root) {
+#pragma clang loop vectorize(enable) vectorize_width(8)
+        for (long i = 0; i < count; i++)
+            evaluation_channel(1, i, scale, shift, centers, center, spread, gamma, beta, eps);
+    } else {
+#pragma clang loop vectorize(enable) vectorize_width(8)
+        for (long i = 0; i < count; i++)
+            evaluation_channel(0, i, scale, shift, centers, center, spread, gamma, beta, eps);
+    }
+}
+
 // The coefficients stage of `count` one-channel sets (BN's channels c0 … c0 + count − 1 of one sample block, set i
 // at index i of every array, gamma and beta moved to c0), standardized, from their mean and biased variance.
 NK_FN void standardized_coefficients(double *restrict rstd, double *restrict gain, double *restrict offset,

@@ -125,6 +125,11 @@ void nk_standardized_coefficients(double *rstd, double *gain, double *offset, fl
                                          gamma, beta));
 }
 
+void nk_evaluation_coefficients(float *scale, float *shift, float *centers, const float *center, const float *spread,
+                                const float *gamma, const float *beta, long count, double epsilon, int root) {
+    NK_FORWARD(evaluation_coefficients(scale, shift, centers, center, spread, gamma, beta, count, epsilon, root));
+}
+
 void nk_cl_standardized_coefficients(double *mean, double *variance, double *rstd, double *gain, double *offset,
                                      float *scale, float *shift, float *centers, const float *k, const double *s1,
                                      const double *s2, long samples, long stride, long w, double positions,

@@ -156,12 +156,9 @@ public final class BatchNorm: NormalizationLayer {
     private var synchronizationBuffer: [Double] = []
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) throws {
-        let gamma = weight?.value, runningVariance = runningVariance, eps = Double(epsilon)
         evaluation.apply(
-            x, into: &y, channels: channels, beta: bias?.value, center: runningMean, activation: activation
-        ) { c in
-            Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
-        }
+            x, into: &y, gamma: weight?.value, beta: bias?.value, center: runningMean, spread: runningVariance,
+            form: .variance(epsilon: epsilon), activation: activation)
     }
 
     /// The backward of the training forward: per (ghost batch, channel)

@@ -266,12 +266,9 @@ public final class BatchRenorm: NormalizationLayer {
 
     /// `y = γ·(x − μ)/σ + β` with the running `μ` and `σ`.
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
-        let gamma = weight?.value, runningStd = runningStd
         evaluation.apply(
-            x, into: &y, channels: channels, beta: bias?.value, center: runningMean, activation: activation
-        ) { c in
-            Double(gamma?[c] ?? 1) / Double(runningStd[c])
-        }
+            x, into: &y, gamma: weight?.value, beta: bias?.value, center: runningMean, spread: runningStd,
+            form: .standardDeviation, activation: activation)
     }
 
     /// The backward of the last training forward with `r`, `d` held constant: BN's backward per (ghost batch,

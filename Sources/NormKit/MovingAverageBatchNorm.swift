@@ -291,14 +291,10 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
     }
 
     private func evaluate(_ x: Tensor, into y: inout Tensor) {
-        let gamma = weight?.value, running = runningSecondMoment, eps = Double(epsilon)
         // The BN form: y = γ·(x − running_mean)/sqrt(running_var + ε) + β.
         evaluation.apply(
-            x, into: &y, channels: channels, beta: bias?.value,
-            center: parts.secondMomentForm ? nil : runningMean, activation: activation
-        ) { c in
-            Double(gamma?[c] ?? 1) / (Double(running[c]) + eps).squareRoot()
-        }
+            x, into: &y, gamma: weight?.value, beta: bias?.value, center: parts.secondMomentForm ? nil : runningMean,
+            spread: runningSecondMoment, form: .variance(epsilon: epsilon), activation: activation)
     }
 
     /// The MABN backward of the last training forward, chunk by chunk in forward order: pushes `Ψ_t` into

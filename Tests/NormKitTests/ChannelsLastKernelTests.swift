@@ -412,6 +412,82 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         worst.assertBelow(tolerance, "ChannelsLastKernelTests BN")
     }
 
+    /// Inputs with one position per sample (`(N, C)`, or 1 × 1 maps) are one `N × C` matrix in either layout, which
+    /// the kernels walk channels-last with each sample block's samples as the positions of one sample
+    /// (`NormalizationGeometry.kernelForm`). Checked: against the float64 reference on shapes whose matrix the kernels
+    /// split over threads, in parts of rows or in slices of channels ([256, 1024], [512, 520]); and bit for bit, BN
+    /// (whole batch and ghost batches) and GN give the same `y`, `dx`, `dγ`, `dβ`, evaluation `y` and running
+    /// statistics on `(N, C)` and `(N, C, 1, 1)` in both layouts and, for BN, on the same memory read as
+    /// `(N/k, C, k)` channels-last with ghost batches of one sample (the sets of ghost batches of `k`), on one and two
+    /// threads.
+    func testOnePositionPerSampleIsOneMatrix() throws {
+        var rng = SeededGenerator(seed: 0xC1_37)
+        let worst = Worst()
+        for (shape, ghost) in [([256, 1024], 32), ([512, 520], nil), ([96, 70], 8)] as [([Int], Int?)] {
+            try check(Self.batchNormCase(shape, normBatch: nil, &rng), shape: shape, worst: worst, rng: &rng)
+            if let ghost {
+                try check(Self.batchNormCase(shape, normBatch: ghost, &rng), shape: shape, worst: worst, rng: &rng)
+            }
+        }
+        try check(Self.groupNormCase([256, 1024], groups: 32, &rng), shape: [256, 1024], worst: worst, rng: &rng)
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests one position per sample")
+
+        /// y, dx, dγ, dβ, evaluation y and the state of a new layer on `x` (memory order) with `dy`, in memory order.
+        func bits(
+            _ layer: NormalizationLayer, _ shape: [Int], _ layout: TensorLayout, _ x: [Float], _ dy: [Float]
+        )
+            throws -> [String: [UInt32]]
+        {
+            let xt = try Tensor(shape: shape, layout: layout, values: x)
+            let y = try layer.forward(xt, training: true)
+            let grads = try layer.backward(try Tensor(shape: shape, layout: layout, values: dy))
+            var out = [
+                "y": y.values, "dx": grads.input.values, "dγ": grads.weight ?? [], "dβ": grads.bias ?? [],
+                "eval": try layer.forward(xt, training: false).values,
+            ]
+            for (key, value) in layer.stateDict() {
+                if case .float32(_, let v) = value { out[key] = v }
+            }
+            return out.mapValues { $0.map(\.bitPattern) }
+        }
+        for threads in [1, 2] {
+            Parallelism.threadCount = threads
+            for (n, c, ghost) in [(256, 1024, 32), (96, 70, 8), (6, 17, 3), (2, 4096, 2)] {
+                let x = (0..<(n * c)).map { _ in Float.random(in: -2...4, using: &rng) }
+                let dy = (0..<(n * c)).map { _ in Float.random(in: -1...1, using: &rng) }
+                let gamma = Self.floats(c, in: 0.5...1.5, signed: true, &rng), beta = Self.floats(c, in: -1...1, &rng)
+                func affine(_ layer: NormalizationLayer) -> NormalizationLayer {
+                    layer.weight?.value = gamma
+                    layer.bias?.value = beta
+                    return layer
+                }
+                // With the shape of the same memory read channels-last as one sample per ghost batch.
+                let layers: [(String, () throws -> NormalizationLayer, [Int]?)] = [
+                    ("BN", { affine(try BatchNorm(channels: c, momentum: 0.3)) }, [1, c, n]),
+                    (
+                        "BN ghost \(ghost)", { affine(try BatchNorm(channels: c, momentum: 0.3, normBatch: ghost)) },
+                        [n / ghost, c, ghost]
+                    ),
+                    ("GN", { affine(try GroupNorm(channels: c, groups: c % 32 == 0 ? 32 : 1)) }, nil),
+                ]
+                for (label, make, reshaped) in layers {
+                    let want = try bits(make(), [n, c], .channelsFirst, x, dy)
+                    let place = "\(label) (\(n), \(c)) threads \(threads)"
+                    for (shape, layout) in [
+                        ([n, c], TensorLayout.channelsLast), ([n, c, 1, 1], .channelsFirst),
+                        ([n, c, 1, 1], .channelsLast),
+                    ] {
+                        XCTAssertEqual(try bits(make(), shape, layout, x, dy), want, "\(place) \(shape) \(layout)")
+                    }
+                    if let reshaped {
+                        let layer = affine(try BatchNorm(channels: c, momentum: 0.3, normBatch: 1))
+                        XCTAssertEqual(try bits(layer, reshaped, .channelsLast, x, dy), want, "\(place) as \(reshaped)")
+                    }
+                }
+            }
+        }
+    }
+
     /// BN's one-channel sets take their coefficients from one C kernel: in the channels-last tiles with their moments
     /// (`nk_cl_standardized_coefficients`), channels-first per batch of sets (`nk_standardized_coefficients`);
     /// BatchRenorm in its warm-up (r = 1, d = 0) takes the same paths through the Swift loops of the rule. The two

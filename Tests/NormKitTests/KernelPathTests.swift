@@ -488,6 +488,62 @@ final class KernelPathTests: XCTestCase {
         XCTAssertEqual(cases, 2 * 2 * 2 * 2 * 2 * 4 * 2)
     }
 
+    /// The evaluation coefficients of BN, BRN and MABN (`nk_evaluation_coefficients`, 8 channels at a time) are the
+    /// Swift loop they replace bit for bit: `a = γ/sqrt(spread + ε)` or `γ/spread` in double, `k = Float(μ)`,
+    /// `scale = Float(a)`, `shift = Float(β − a·(μ − k))`. Channel counts around the vector width and its remainder,
+    /// with and without γ, β and centres, on both instruction sets, over values that reach the edges: means up to 1e30,
+    /// subnormal, zero and negative spreads, infinite and NaN entries (an infinite mean's residual is NaN). (A running
+    /// mean is a float, so its residual is 0 otherwise: the shift is β unless `a` is not finite.)
+    func testEvaluationCoefficientsKernelIsTheSwiftLoopBitForBit() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 37)
+        let special: [Float] = [0, -0.0, 1e-40, -1e-40, 1e38, -1e38, .infinity, -.infinity, .nan, -1]
+        func values(_ n: Int, _ range: ClosedRange<Float>) -> [Float] {
+            (0..<n).map { i in
+                i % 5 == 4 ? special[(i / 5) % special.count] : Float.random(in: range, using: &rng)
+            }
+        }
+        var checked = 0
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for n in [1, 7, 8, 9, 17, 63, 1000] {
+                let spread = values(n, 1e-6...1e3), gamma = values(n, -2...2), beta = values(n, -1...1)
+                let center = values(n, -1e4...1e4).enumerated().map { $0 % 3 == 1 ? $1 * 1e26 : $1 }
+                for (root, epsilon) in [(true, 1e-5), (true, 0.5), (false, 0)] as [(Bool, Double)] {
+                    for (affine, centred) in [(true, true), (false, true), (true, false), (false, false)] {
+                        var scale = [Float](repeating: .nan, count: n), shift = scale, centre = scale
+                        gamma.withUnsafeBufferPointer { gp in
+                            beta.withUnsafeBufferPointer { bp in
+                                center.withUnsafeBufferPointer { mp in
+                                    nk_evaluation_coefficients(
+                                        &scale, &shift, &centre, centred ? mp.baseAddress : nil, spread,
+                                        affine ? gp.baseAddress : nil, affine ? bp.baseAddress : nil, n, epsilon,
+                                        root ? 1 : 0)
+                                }
+                            }
+                        }
+                        let got = [scale, shift, centre]
+                        for i in 0..<n {
+                            let s = Double(spread[i]), sigma = root ? (s + epsilon).squareRoot() : s
+                            let a = Double(affine ? gamma[i] : 1) / sigma
+                            let mu = Double(centred ? center[i] : 0), k = Float(mu)
+                            let want = [Float(a), Float(Double(affine ? beta[i] : 0) - a * (mu - Double(k))), k]
+                            for (j, name) in ["scale", "shift", "centre"].enumerated()
+                            where got[j][i].bitPattern != want[j].bitPattern {
+                                return XCTFail(
+                                    "\(limit.name) n \(n) root \(root) affine \(affine) centred \(centred): \(name) "
+                                        + "of channel \(i) is \(got[j][i]), the Swift loop gives \(want[j])")
+                            }
+                        }
+                        checked += 1
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(checked, 2 * 7 * 3 * 4)
+    }
+
     /// The native SiLU against float64, element by element: `silu(z)` (the forward's apply) in ulps of the float64
     /// value rounded to float, and `silu'(z)` (the backward's `dz` with dy = 1) in float ulps of its terms' scale
     /// `σ·(1 + |z|·(1 − σ))` (it crosses 0 near z = −1.28), on a dense grid of z over [−87, 88] and at the edges where

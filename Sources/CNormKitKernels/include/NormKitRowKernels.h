@@ -100,6 +100,13 @@ void nk_standardized_coefficients(double *rstd, double *gain, double *offset, fl
                                   float *centers, const double *mean, const double *variance, long count,
                                   float epsilon, const float *gamma, const float *beta);
 
+/* The evaluation stage's coefficients of count channels (BN, BRN, MABN), in double, rounded once to float: per channel
+ * a = γ/sqrt(spread + ε) (root != 0) or γ/spread (root = 0), centers = (float)center (center NULL: 0), scale = (float)a
+ * and shift = (float)(β − a·(center − centers)); gamma, beta NULL: 1, 0. The double arithmetic of NormKit's Swift
+ * loop. */
+void nk_evaluation_coefficients(float *scale, float *shift, float *centers, const float *center, const float *spread,
+                                const float *gamma, const float *beta, long count, double epsilon, int root);
+
 /* The statistics-to-coefficients stage of w one-channel sets (BN) standardized (gain 1, offset 0), from a
  * channels-last tile's per-sample shifted sums: for channel i, s1/s2 of sample j at j·stride + i about the shift
  * k[i] (positions values each, count in all); writes mean, biased variance, rstd, gain = 1, offset = 0 of set i and

@@ -46,6 +46,20 @@ struct NormalizationGeometry: Equatable {
         Int32(elementCount >= KernelDispatch.streamingStoreThreshold ? NK_READ_AHEAD : NK_READ_CACHED)
     }
 
+    /// The same sets over the same memory in the form the kernels walk fastest. With one position per sample (inputs
+    /// `(N, C)`, or 1 × 1 maps) both layouts are one `N × C` matrix: it is walked channels-last (vectorized across
+    /// channels, where channels-first walks `N·C` rows of one float), and a sample block's samples become the
+    /// positions of one sample, so that BN's per-(sample, channel) sums, one per element there, are per (block,
+    /// channel). Set and coefficient numbers are unchanged. BN on (256, 1024, 1, 1) took 1.46 ms forward and 6.1 ms
+    /// forward+backward channels-first, 0.22 and 2.2 channels-last; now 0.04 and 0.11 in both (PERFORMANCE.md,
+    /// session 37).
+    var kernelForm: NormalizationGeometry {
+        guard positions == 1 else { return self }
+        return NormalizationGeometry(
+            layout: .channelsLast, batch: sampleBlocks, channels: channels, positions: samplesPerSet,
+            samplesPerSet: 1, channelsPerSet: channelsPerSet)
+    }
+
     @inline(__always) func set(n: Int, c: Int) -> Int {
         (n / samplesPerSet) * channelBlocks + c / channelsPerSet
     }
@@ -114,8 +128,8 @@ enum NormalizationKernels {
         let m = g.positions, c = g.channels
         switch g.layout {
         case .channelsFirst:
-            if nativeKernels, g.outputStore == NK_STORE_STREAMING, UnsafePointer(y) != x {
-                return nativeStreamingApply(
+            if nativeKernels {
+                return nativeApplyChannelsFirst(
                     y: y, x: x, center: center, scale: scale, shift: shift, activation: activation, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch * c, work: activation.work(elements: g.elementCount)) { rows in
@@ -337,11 +351,14 @@ enum NormalizationKernels {
 }
 
 extension NormalizationKernels {
-    /// `apply`'s channels-first path for an output of at least ``KernelDispatch/streamingStoreThreshold`` elements
-    /// (the evaluation forward's `y`, the staged rules' training `y`, frozen BN's `dx`): the rows of each sample's
-    /// channels go to the set kernel as one-row sets, which streams their aligned whole vectors (the row kernels store
-    /// through the cache). The same values as the row kernels'.
-    private static func nativeStreamingApply(
+    /// `apply`'s channels-first path on the native kernels (the evaluation forward's `y`, the staged rules' training
+    /// `y`, frozen BN's `dx`): the rows of each sample's channels go to the set kernel as one-row sets, one call per
+    /// sample run of a thread's rows, which streams their aligned whole vectors from
+    /// ``KernelDispatch/streamingStoreThreshold`` elements (the row kernels store through the cache). The same values
+    /// as the row kernels' (`row_apply` on each row). Below that size it called the row kernel once per row before
+    /// session 37, about 5 ns a row: BN's evaluation forward on (2, 4096, 1, 1) took 0.042 ms, 0.025 in set-kernel
+    /// calls, one thread (PERFORMANCE.md, session 37; such shapes now take `kernelForm`'s channels-last walk).
+    private static func nativeApplyChannelsFirst(
         y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Float>?,
         scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, activation: FusedActivation,
         geometry g: NormalizationGeometry
@@ -352,7 +369,7 @@ extension NormalizationKernels {
                 let k = g.coefficient(n: n, c: row - n * c)
                 nk_sets_affine_centered(
                     y + row * m, x + row * m, count, m, 1, 1, m, m, center.map { $0 + k }, scale + k, shift + k,
-                    activation.kernelCode, Int32(NK_STORE_STREAMING))
+                    activation.kernelCode, g.outputStore)
             }
         }
     }

@@ -28,8 +28,9 @@ struct StatisticsWorkspace {
     mutating func normalize(
         _ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?, epsilon: Float,
         rule: some NormalizationRule = Standardization(), activation: FusedActivation = .identity,
-        geometry g: NormalizationGeometry
+        geometry layerGeometry: NormalizationGeometry
     ) {
+        let g = layerGeometry.kernelForm
         if mean.count != g.setCount || gain.count != g.setCount {
             mean = [Double](repeating: 0, count: g.setCount)
             variance = mean
@@ -94,9 +95,9 @@ struct StatisticsWorkspace {
     /// or 1; `dz` is `dy` through the activation).
     mutating func backward(
         _ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?,
-        bias: Parameter?, geometry g: NormalizationGeometry
+        bias: Parameter?, geometry layerGeometry: NormalizationGeometry
     ) {
-        let gamma = weight?.value
+        let g = layerGeometry.kernelForm, gamma = weight?.value
         let c = g.channels
         if sumDy.count != g.batch * c {
             sumDy = [Double](repeating: 0, count: g.batch * c)
