@@ -35,7 +35,8 @@ struct LayerCase: Sendable {
     ]
 }
 
-/// A layer with the input, output gradient and reused output buffers of one training step.
+/// A layer with the input, output gradient and reused output buffers of one training step and one evaluation
+/// forward.
 struct LayerTrainingStep {
     let layer: NormalizationLayer
     let x: Tensor
@@ -44,8 +45,10 @@ struct LayerTrainingStep {
     var y = Tensor(zeros: [0, 0])
     /// The backward's input gradient, reused by every step.
     var dx = Tensor(zeros: [0, 0])
+    /// The evaluation forward's output, reused by every step.
+    var yEvaluation = Tensor(zeros: [0, 0])
 
-    /// `layerCase`'s layer on random `x` and `dy` of `shape` (`(N, C, H, W)`) stored in `layout`.
+    /// `layerCase`'s layer on random `x` and `dy` of `shape` (`(N, C, *spatial)`) stored in `layout`.
     init(_ layerCase: LayerCase, shape: [Int], layout: TensorLayout, seed: UInt64) throws {
         var generator = SeededGenerator(seed: seed)
         layer = try layerCase.make(shape[1])
@@ -53,10 +56,12 @@ struct LayerTrainingStep {
         dy = Tensor.randomNormal(shape: shape, layout: layout, using: &generator)
     }
 
-    /// One training step of the layer: forward into ``y``, backward into ``dx``.
+    /// One training step of the layer, forward into ``y`` and backward into ``dx``, then an evaluation forward into
+    /// ``yEvaluation`` (the running statistics' affine of BN, BRN and MABN).
     mutating func run() throws {
         try layer.forward(x, into: &y, training: true)
         try layer.backward(dy, into: &dx)
+        try layer.forward(x, into: &yEvaluation, training: false)
     }
 
     /// Runs `warmUp` steps (which size the buffers), then returns the allocations of `measured` more steps.

@@ -5,8 +5,9 @@
 // each normalization layer, and whole ResNet-8 training steps, a few times to size every buffer, then counts
 // the allocation calls of the following steps with malloc-interposer, and prints Markdown tables:
 //
-// 1. every normalization layer in both memory orders on a small input (single-threaded kernels): enforced,
-//    the tool exits 1 if any row is above 0;
+// 1. every normalization layer in both memory orders on a small input (single-threaded kernels), a training step
+//    and an evaluation forward, on (N, C, H, W) and on (N, C) (one position per sample, which the kernels walk as a
+//    matrix): enforced, the tool exits 1 if any row is above 0;
 // 2. the same on an input large enough for the kernels to use 2 threads: reported only;
 // 3. whole ResNet-8 training steps (GN, BN), split into forward, loss, backward and SGD: reported only;
 // 4. the same steps on one thread with the im2col engine: enforced, the tool exits 1 if any is above 0.
@@ -24,6 +25,9 @@ let warmUpSteps = 3
 let measuredSteps = 20
 /// The enforced layers' input `(N, C, H, W)`: small enough that every kernel runs on the calling thread.
 let layerShape = [8, 16, 6, 6]
+/// The enforced layers' input with one position per sample (`NormalizationGeometry.kernelForm`: BN's ghost batches
+/// become the positions of one sample).
+let flatLayerShape = [8, 16]
 /// A larger input, 131,072 elements: twice `Parallelism.forEachRange`'s default minimum work, so with 2 threads
 /// the kernels split their work through `DispatchQueue.concurrentPerform`.
 let threadedLayerShape = [8, 16, 32, 32]
@@ -40,7 +44,7 @@ func shapeText(_ shape: [Int]) -> String { shape.map(String.init).joined(separat
 
 /// Prints a table of every layer case in both layouts on input `shape`, and returns the rows that allocate.
 func measureLayers(shape: [Int]) throws -> [String] {
-    print("| layer | layout | mallocs per step (forward+backward) |\n|---|---|---|")
+    print("| layer | layout | mallocs per step (forward+backward, evaluation forward) |\n|---|---|---|")
     var allocating: [String] = []
     for layerCase in LayerCase.all {
         for layout in [TensorLayout.channelsFirst, .channelsLast] {
@@ -96,7 +100,15 @@ print(
     Normalization layers, input \(shapeText(layerShape)), single-threaded kernels (enforced: must be 0):
 
     """)
-let allocatingLayers = try measureLayers(shape: layerShape)
+var allocatingLayers = try measureLayers(shape: layerShape)
+
+print(
+    """
+
+    Normalization layers, input \(shapeText(flatLayerShape)), single-threaded kernels (enforced: must be 0):
+
+    """)
+allocatingLayers += try measureLayers(shape: flatLayerShape).map { "\($0) on \(shapeText(flatLayerShape))" }
 
 print(
     """
@@ -156,7 +168,8 @@ if !allocatingSteps.isEmpty {
 }
 
 if allocatingLayers.isEmpty {
-    print("\nOK: no normalization layer allocates per step on \(shapeText(layerShape)).")
+    print(
+        "\nOK: no normalization layer allocates per step on \(shapeText(layerShape)) or \(shapeText(flatLayerShape)).")
 } else {
     print(
         "\nFAIL: \(allocatingLayers.count) layer row(s) allocate per step: "
