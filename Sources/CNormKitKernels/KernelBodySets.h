@@ -233,8 +233,11 @@ NK_FN void channel_coefficients(float *restrict scale, float *restrict shift, co
 
 // One-channel set i standardized (gain 1, offset 0) from its mean mu and biased variance var: rstd = 1/sqrt(var + ε)
 // and channel i's scale, shift and centre (NormalizationKernels.setCoefficients): the same double operations in the
-// same order as that Swift code, so the same bits.
-NK_INLINE void standardized_set(long i, double mu, double var, double eps, double *restrict rstd,
+// same order as that Swift code, so the same bits. `affine` (γ and β given, else 1 and 0) is a literal in every
+// call, so that a loop of these never loads through a NULL γ: vectorized with the test inside, the loads became
+// masked loads of NULL + i with an empty mask, which AMD's Zen 4 serves slowly (a non-affine BN's forward on
+// (2, 4096, 1, 1) took 3x the affine one's; PERFORMANCE.md, session 37).
+NK_INLINE void standardized_set(const int affine, long i, double mu, double var, double eps, double *restrict rstd,
                                 double *restrict gain, double *restrict offset, float *restrict scale,
                                 float *restrict shift, float *restrict centers, const float *restrict gamma,
                                 const float *restrict beta) {
@@ -242,12 +245,12 @@ NK_INLINE void standardized_set(long i, double mu, double var, double eps, doubl
     const double r = 1 / __builtin_elementwise_sqrt(var + eps);  // no errno: a loop of these vectorizes
     const float center = (float)mu;
     const double residual = mu - (double)center;
-    const double a = (gamma ? (double)gamma[i] : 1.0) * r;
+    const double a = (affine ? (double)gamma[i] : 1.0) * r;
     rstd[i] = r;
     gain[i] = 1;
     offset[i] = 0;
     scale[i] = (float)a;
-    shift[i] = (float)((beta ? (double)beta[i] : 0.0) - a * residual);
+    shift[i] = (float)((affine ? (double)beta[i] : 0.0) - a * residual);
     centers[i] = center;
 }
 
@@ -279,12 +282,15 @@ NK_FN void cl_standardized_coefficients(double *restrict mean, double *restrict 
                 const double e = mu[i] - (double)k[c0 + i], t = s1[j * stride + c0 + i];
                 m2[i] += s2[j * stride + c0 + i] - 2 * e * t + positions * e * e;
             }
-        for (long i = 0; i < n; i++) {
-            const double q = m2[i] / count, var = q >= 0 ? q : 0;
-            mean[c0 + i] = mu[i];
-            variance[c0 + i] = var;
-            standardized_set(c0 + i, mu[i], var, eps, rstd, gain, offset, scale, shift, centers, gamma, beta);
-        }
+#define CL_STANDARDIZED(AFFINE)                                                                                \
+    for (long i = 0; i < n; i++) {                                                                             \
+        const double q = m2[i] / count, var = q >= 0 ? q : 0;                                                  \
+        mean[c0 + i] = mu[i];                                                                                  \
+        variance[c0 + i] = var;                                                                                \
+        standardized_set(AFFINE, c0 + i, mu[i], var, eps, rstd, gain, offset, scale, shift, centers, gamma, beta); \
+    }
+        if (gamma) CL_STANDARDIZED(1) else CL_STANDARDIZED(0)
+#undef CL_STANDARDIZED
     }
 }
 
@@ -347,36 +353,90 @@ NK_FN void cl_set_moments(double *restrict mean, double *restrict variance, cons
 // The evaluation stage's coefficients of `count` channels (BN, BRN, MABN: EvaluationAffine in NormKit): a = γ/σ with
 // σ = sqrt(spread + ε) (root = 1: a running variance or second moment) or the spread itself (root = 0: BRN's running
 // standard deviation), the centre k = (float)μ of the running mean μ (center NULL: 0), scale = (float)a and
-// shift = (float)(β − a·(μ − k)); gamma, beta NULL: 1, 0. The double operations of EvaluationAffine's Swift loop in
+// shift = (float)(β − a·(μ − k)); gamma, beta NULL (both or neither): 1, 0. The double operations of EvaluationAffine's Swift loop in
 // its order, so the same bits, 8 channels at a time (that stage took about 10 ns a channel before session 37, as
 // much as the apply on BN (2, 2048, 7, 7); a scalar loop over pointers still 3–4: PERFORMANCE.md, session 37).
-NK_INLINE void evaluation_channel(const int root, long i, float *restrict scale, float *restrict shift,
-                                  float *restrict centers, const float *restrict center, const float *restrict spread,
-                                  const float *restrict gamma, const float *restrict beta, double eps) {
+NK_INLINE void evaluation_channel(const int root, const int affine, const int centred, long i, float *restrict scale,
+                                  float *restrict shift, float *restrict centers, const float *restrict center,
+                                  const float *restrict spread, const float *restrict gamma,
+                                  const float *restrict beta, double eps) {
 #pragma clang fp contract(off)
     const double s = (double)spread[i];
     const double sigma = root ? __builtin_elementwise_sqrt(s + eps) : s;
-    const double a = (gamma ? (double)gamma[i] : 1.0) / sigma;
-    const double mu = center ? (double)center[i] : 0.0;
+    const double a = (affine ? (double)gamma[i] : 1.0) / sigma;
+    const double mu = centred ? (double)center[i] : 0.0;
     const float k = (float)mu;
     const double residual = mu - (double)k;
     scale[i] = (float)a;
-    shift[i] = (float)((beta ? (double)beta[i] : 0.0) - a * residual);
+    shift[i] = (float)((affine ? (double)beta[i] : 0.0) - a * residual);
     centers[i] = k;
 }
+
+// One loop per combination of the flags, each a literal (standardized_set: no loads through NULL).
+#define EVALUATION_LOOP(ROOT, AFFINE, CENTRED)                                                                    \
+    do {                                                                                                          \
+        _Pragma("clang loop vectorize(enable) vectorize_width(8)") for (long i = 0; i < count; i++)               \
+            evaluation_channel(ROOT, AFFINE, CENTRED, i, scale, shift, centers, center, spread, gamma, beta, eps); \
+    } while (0)
+#define EVALUATION_CENTRED(ROOT, AFFINE)                           \
+    do {                                                           \
+        if (center) EVALUATION_LOOP(ROOT, AFFINE, 1);              \
+        else EVALUATION_LOOP(ROOT, AFFINE, 0);                     \
+    } while (0)
+#define EVALUATION_AFFINE(ROOT)                                    \
+    do {                                                           \
+        if (gamma) EVALUATION_CENTRED(ROOT, 1);                    \
+        else EVALUATION_CENTRED(ROOT, 0);                          \
+    } while (0)
 
 NK_FN void evaluation_coefficients(float *restrict scale, float *restrict shift, float *restrict centers,
                                    const float *restrict center, const float *restrict spread,
                                    const float *restrict gamma, const float *restrict beta, long count, double eps,
                                    int root) {
-    if (root) {
-#pragma clang loop vectorize(enable) vectorize_width(8)
-        for (long i = 0; i < count; i++)
-            evaluation_channel(1, i, scale, shift, centers, center, spread, gamma, beta, eps);
-    } else {
-#pragma clang loop vectorize(enable) vectorize_width(8)
-        for (long i = 0; i < count; i++)
-            evaluation_channel(0, i, scale, shift, centers, center, spread, gamma, beta, eps);
+    if (root) EVALUATION_AFFINE(1);
+    else EVALUATION_AFFINE(0);
+}
+#undef EVALUATION_AFFINE
+#undef EVALUATION_CENTRED
+#undef EVALUATION_LOOP
+
+// The backward's coefficients stage of `w` one-channel sets (BN's channels of one sample block; set i's mean and rstd
+// at index i, its channel's γ·gain at ge[i]; the per-sample sums s1 = Σdz and s2 = Σdz·(x − k) of sample j at
+// j·stride + i, about k = (float)mean): s2 made exact in place (s2 − residual·s1, residual = mean − k), then
+// meanG = Σ_j ge·s1, meanGX = Σ_j ge·s2, slope = −rstd·rstd·(meanGX·rstd/count), offset = −rstd·(meanG/count), and
+// p = (float)(rstd·ge), q = (float)slope, r = (float)(offset − slope·residual) (the centre k is the caller's).
+// The double operations of NormalizationKernels.setGradientCoefficients and its callers' conversions, in their
+// order, so the same bits, 8 channels at a time (that loop, a set at a time, was most of BN's per-channel backward
+// cost: PERFORMANCE.md, session 37).
+NK_FN void gradient_coefficients(float *restrict p, float *restrict q, float *restrict r, double *restrict s2,
+                                 const double *restrict s1, const double *restrict mean, const double *restrict rstd,
+                                 const double *restrict ge, long samples, long stride, long w, double count) {
+#pragma clang fp contract(off)
+    enum { CHUNK = 64 };
+    for (long c0 = 0; c0 < w; c0 += CHUNK) {
+        const long n = w - c0 < CHUNK ? w - c0 : CHUNK;
+        double residual[CHUNK], meanG[CHUNK], meanGX[CHUNK];
+        for (long i = 0; i < n; i++) {
+            const double mu = mean[c0 + i];
+            residual[i] = mu - (double)(float)mu;
+            meanG[i] = 0;
+            meanGX[i] = 0;
+        }
+        for (long j = 0; j < samples; j++)
+            for (long i = 0; i < n; i++) {
+                const long row = j * stride + c0 + i;
+                const double exact = s2[row] - residual[i] * s1[row];
+                s2[row] = exact;
+                meanG[i] += ge[c0 + i] * s1[row];
+                meanGX[i] += ge[c0 + i] * exact;
+            }
+        for (long i = 0; i < n; i++) {
+            const double rs = rstd[c0 + i];
+            const double slope = -rs * rs * (meanGX[i] * rs / count), offset = -rs * (meanG[i] / count);
+            p[c0 + i] = (float)(rs * ge[c0 + i]);
+            q[c0 + i] = (float)slope;
+            r[c0 + i] = (float)(offset - slope * residual[i]);
+        }
     }
 }
 
@@ -387,7 +447,13 @@ NK_FN void standardized_coefficients(double *restrict rstd, double *restrict gai
                                      const double *restrict mean, const double *restrict variance, long count,
                                      float epsilon, const float *restrict gamma, const float *restrict beta) {
     const double eps = (double)epsilon;
+    if (gamma) {
 #pragma clang loop vectorize(enable) vectorize_width(8)  // a square root and a division per set, 8 at a time
-    for (long i = 0; i < count; i++)
-        standardized_set(i, mean[i], variance[i], eps, rstd, gain, offset, scale, shift, centers, gamma, beta);
+        for (long i = 0; i < count; i++)
+            standardized_set(1, i, mean[i], variance[i], eps, rstd, gain, offset, scale, shift, centers, gamma, beta);
+    } else {
+#pragma clang loop vectorize(enable) vectorize_width(8)
+        for (long i = 0; i < count; i++)
+            standardized_set(0, i, mean[i], variance[i], eps, rstd, gain, offset, scale, shift, centers, gamma, beta);
+    }
 }

@@ -130,6 +130,11 @@ void nk_evaluation_coefficients(float *scale, float *shift, float *centers, cons
     NK_FORWARD(evaluation_coefficients(scale, shift, centers, center, spread, gamma, beta, count, epsilon, root));
 }
 
+void nk_gradient_coefficients(float *p, float *q, float *r, double *s2, const double *s1, const double *mean,
+                              const double *rstd, const double *ge, long samples, long stride, long w, double count) {
+    NK_FORWARD(gradient_coefficients(p, q, r, s2, s1, mean, rstd, ge, samples, stride, w, count));
+}
+
 void nk_cl_standardized_coefficients(double *mean, double *variance, double *rstd, double *gain, double *offset,
                                      float *scale, float *shift, float *centers, const float *k, const double *s1,
                                      const double *s2, long samples, long stride, long w, double positions,

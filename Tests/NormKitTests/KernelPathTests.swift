@@ -497,7 +497,10 @@ final class KernelPathTests: XCTestCase {
     func testEvaluationCoefficientsKernelIsTheSwiftLoopBitForBit() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         var rng = SeededGenerator(seed: 37)
-        let special: [Float] = [0, -0.0, 1e-40, -1e-40, 1e38, -1e38, .infinity, -.infinity, .nan, -1]
+        let special: [Float] = [
+            0, -0.0, .leastNormalMagnitude / 4, -.leastNormalMagnitude / 4, 1e38, -1e38, .infinity, -.infinity, .nan,
+            -1,
+        ]
         func values(_ n: Int, _ range: ClosedRange<Float>) -> [Float] {
             (0..<n).map { i in
                 i % 5 == 4 ? special[(i / 5) % special.count] : Float.random(in: range, using: &rng)
@@ -542,6 +545,68 @@ final class KernelPathTests: XCTestCase {
             }
         }
         XCTAssertEqual(checked, 2 * 7 * 3 * 4)
+    }
+
+    /// The backward's coefficients of BN's one-channel sets (`nk_gradient_coefficients`, 8 channels at a time, in the
+    /// channels-last tiles and the channels-first set batches) are the Swift loop they replace bit for bit
+    /// (`NormalizationKernels.setGradientCoefficients` and its callers' conversions): the sums made exact in place
+    /// and `p`, `q`, `r` of `dx = p·dz + q·(x − k) + r`, for 1 to 5 samples (a ghost batch's), channel counts around
+    /// the vector width, means far from their float (a residual), and infinite and NaN entries, on both instruction
+    /// sets. (A NaN is compared as a NaN: the vectorized code may negate before or after a product, which flips a
+    /// NaN's sign bit and nothing else.)
+    func testGradientCoefficientsKernelIsTheSwiftLoopBitForBit() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 0x37_02)
+        let special: [Double] = [0, -0.0, .leastNormalMagnitude / 4, 1e300, .infinity, -.infinity, .nan]
+        func values(_ n: Int, _ range: ClosedRange<Double>) -> [Double] {
+            (0..<n).map { i in i % 7 == 6 ? special[(i / 7) % special.count] : Double.random(in: range, using: &rng) }
+        }
+        var checked = 0
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for samples in [1, 2, 5] {
+                for w in [1, 7, 8, 9, 63, 65, 130] {
+                    let stride = w + 3, count = Double(samples * 49)
+                    // Means of doubles, so that k = Float(mean) leaves a residual.
+                    let mean = values(w, -3...3).map { $0 + 1e-9 }, rstd = values(w, 0.1...10)
+                    let ge = values(w, -2...2), s1 = values(samples * stride, -50...50)
+                    let s2 = values(samples * stride, -50...50)
+                    var got = s2, p = [Float](repeating: .nan, count: w), q = p, r = p
+                    nk_gradient_coefficients(
+                        &p, &q, &r, &got, s1, mean, rstd, ge, samples, stride, w, count)
+                    var want = s2
+                    for i in 0..<w {
+                        let k = Float(mean[i]), residual = mean[i] - Double(k)
+                        var meanG = 0.0, meanGX = 0.0
+                        for j in 0..<samples {
+                            let row = j * stride + i
+                            want[row] = want[row] - residual * s1[row]
+                            meanG += ge[i] * s1[row]
+                            meanGX += ge[i] * want[row]
+                        }
+                        let rs = rstd[i]
+                        let slope = -rs * rs * (meanGX * rs / count), offset = -rs * (meanG / count)
+                        let expected = [Float(rs * ge[i]), Float(slope), Float(offset - slope * residual)]
+                        for (value, (name, wanted)) in zip([p[i], q[i], r[i]], zip(["p", "q", "r"], expected))
+                        where value.bitPattern != wanted.bitPattern && !(value.isNaN && wanted.isNaN) {
+                            return XCTFail(
+                                "\(limit.name) samples \(samples) w \(w): \(name) of channel \(i) is \(value), "
+                                    + "the Swift loop gives \(wanted)")
+                        }
+                    }
+                    for row in 0..<(samples * stride)
+                    where got[row].bitPattern != want[row].bitPattern && !(got[row].isNaN && want[row].isNaN) {
+                        let untouched = row % stride >= w && got[row].bitPattern == s2[row].bitPattern
+                        if !untouched {
+                            return XCTFail("\(limit.name) samples \(samples) w \(w): sum \(row) is \(got[row])")
+                        }
+                    }
+                    checked += 1
+                }
+            }
+        }
+        XCTAssertEqual(checked, 2 * 3 * 7)
     }
 
     /// The native SiLU against float64, element by element: `silu(z)` (the forward's apply) in ulps of the float64

@@ -107,6 +107,13 @@ void nk_standardized_coefficients(double *rstd, double *gain, double *offset, fl
 void nk_evaluation_coefficients(float *scale, float *shift, float *centers, const float *center, const float *spread,
                                 const float *gamma, const float *beta, long count, double epsilon, int root);
 
+/* The backward's coefficients stage of w one-channel sets (BN's channels of one sample block; set i's mean and rstd
+ * at index i, its channel's γ·gain at ge[i]; sample j's Σdz at s1[j·stride + i] and Σdz·(x − k) about k = (float)mean
+ * at s2[j·stride + i], made exact in place): p = rstd·ge, and the slope q and offset r (at k) of
+ * dx = p·dz + q·(x − k) + r. The double arithmetic of NormKit's Swift loop. */
+void nk_gradient_coefficients(float *p, float *q, float *r, double *s2, const double *s1, const double *mean,
+                              const double *rstd, const double *ge, long samples, long stride, long w, double count);
+
 /* The statistics-to-coefficients stage of w one-channel sets (BN) standardized (gain 1, offset 0), from a
  * channels-last tile's per-sample shifted sums: for channel i, s1/s2 of sample j at j·stride + i about the shift
  * k[i] (positions values each, count in all); writes mean, biased variance, rstd, gain = 1, offset = 0 of set i and

@@ -548,6 +548,13 @@ extension NormalizationKernels {
         @inline(__always) func tileCoefficients(b: Int, c0: Int, w: Int) {
             let k = scratch + 4 * (b * c + c0), p = k + w, q = p + w, r = q + w
             let s0 = b * g.channelBlocks + c0 / cps
+            if cps == 1 {
+                // BN's one-channel sets: the loop below for all of the tile's channels in one vectorized call.
+                let e0 = b * sps * c + c0
+                return nk_gradient_coefficients(
+                    p, q, r, sumDyCentered + e0, sumDy + e0, mean + s0, rstd + s0, gammaEffective + b * c + c0,
+                    sps, c, w, Double(g.elementsPerSet))
+            }
             for s in s0..<(s0 + w / cps) {
                 let (slope, offset) = setGradientCoefficients(
                     sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,

@@ -1,3 +1,5 @@
+import CNormKitKernels
+
 // The backward stages of the normalization pipeline: per-(n, c) gradient sums, the gradient apply
 // `dx = p·dz + q·(x − k) + o`, and the fused set-batch backward of BN-form layers (NormalizationKernels.swift has
 // the geometry and the forward stages).
@@ -128,15 +130,23 @@ extension NormalizationKernels {
                     sumDyCentered + b * g.samplesPerSet * c + (first % g.channelBlocks) * cps,
                     outStride: c, dy + batch.offset, x + batch.offset, batch, center: center + first,
                     activation: activation?.moved(coefficient: k0, element: batch.offset))
-                for s in first..<(first + size) {
-                    // Rows were centred on the float μ̃ = center[s] (the forward's Centering(μ).center).
-                    let (slope, offset) = setGradientCoefficients(
-                        sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
-                        gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
-                    let c0 = (s % g.channelBlocks) * cps
-                    let setRstd = rstd[s], row = p + b * c + c0, ge = gammaEffective + b * c + c0
-                    for j in 0..<cps { row[j] = Float(setRstd * ge[j]) }
-                    (q[s], r[s]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
+                if cps == 1, nativeKernels {
+                    // BN's one-channel sets: the loop below for the batch's channels in one vectorized call.
+                    let e0 = b * g.samplesPerSet * c + (first % g.channelBlocks)
+                    nk_gradient_coefficients(
+                        p + k0, q + first, r + first, sumDyCentered + e0, sumDy + e0, mean + first, rstd + first,
+                        gammaEffective + k0, g.samplesPerSet, c, size, Double(g.elementsPerSet))
+                } else {
+                    for s in first..<(first + size) {
+                        // Rows were centred on the float μ̃ = center[s] (the forward's Centering(μ).center).
+                        let (slope, offset) = setGradientCoefficients(
+                            sumDy: sumDy, sumDyCentered: sumDyCentered, mean: mean, rstd: rstd,
+                            gammaEffective: gammaEffective, set: s, centeredOnFloat: true, geometry: g)
+                        let c0 = (s % g.channelBlocks) * cps
+                        let setRstd = rstd[s], row = p + b * c + c0, ge = gammaEffective + b * c + c0
+                        for j in 0..<cps { row[j] = Float(setRstd * ge[j]) }
+                        (q[s], r[s]) = (Float(slope), Centering(mean[s]).offset(offset, slope: slope))
+                    }
                 }
                 setGradientApply(
                     dx + batch.offset, upstream + batch.offset, x + batch.offset, batch, p: p + k0,
