@@ -71,6 +71,9 @@ struct BenchCommand: ParsableCommand {
             """)
     var groups: Int?
 
+    @Flag(help: "Time the layers without γ and β (affine: false); the rows say so. Kernel table only.")
+    var withoutAffine = false
+
     @Option(
         help: """
             Write the rows as JSON to this file too (checked before any timing: its directory must exist; an \
@@ -122,6 +125,10 @@ struct BenchCommand: ParsableCommand {
             if inference || streamingCheck {
                 throw ValidationError("--groups applies to the kernel table, not to --inference or --streaming-check")
             }
+        }
+        if withoutAffine, inference || streamingCheck {
+            throw ValidationError(
+                "--without-affine applies to the kernel table, not to --inference or --streaming-check")
         }
         let groups = self.groups ?? KernelBenchmark.defaultGroups
         if !inference, !streamingCheck,
@@ -224,7 +231,7 @@ struct BenchCommand: ParsableCommand {
         let layouts = layout.map { [$0] } ?? TensorLayout.allCases
         let rows = try KernelBenchmark.run(
             shapes: try parsedShapes(), layouts: layouts, groups: groups,
-            repetitions: repetitions, statistic: statistic
+            repetitions: repetitions, statistic: statistic, affine: !withoutAffine
         ) { meter.measure(statistic) }
         print(
             "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), \(statistic.rawValue) of \(repetitions), streaming stores from \(KernelDispatch.streamingStoreThreshold) elements"

@@ -37,6 +37,7 @@ final class ClearErrorTests: XCTestCase {
             (["bench", "--groups", "0"], ["--groups", "at least 1"]),
             (["bench", "--groups", "3", "--shapes", "2x64x4x4"], ["--groups 3", "64 channels", "2x64x4x4"]),
             (["bench", "--groups", "32", "--inference"], ["--groups", "--inference"]),
+            (["bench", "--without-affine", "--streaming-check"], ["--without-affine", "--streaming-check"]),
         ] {
             let result = try CLI.run(arguments, in: out)
             assertRefused(result, code: 64, mentioning: words, arguments.joined(separator: " "))

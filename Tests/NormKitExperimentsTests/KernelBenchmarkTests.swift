@@ -50,6 +50,16 @@ final class KernelBenchmarkTests: XCTestCase {
         XCTAssertEqual(table.filter { $0.contains("(2,8,5,5)") && !$0.hasSuffix("| – | – |") }.count, 3)
     }
 
+    func testLayersWithoutAffineParametersAreTimedAndLabelled() throws {
+        let rows = try KernelBenchmark.run(
+            shapes: [[2, 8, 5, 5]], layouts: [.channelsLast], groups: 4, repetitions: 1, affine: false
+        ) { 1e10 }
+        XCTAssertEqual(
+            rows.map(\.layer), ["GroupNorm (no affine)", "GroupNorm+SiLU (no affine)", "BatchNorm (no affine)"])
+        XCTAssertNotNil(rows.last?.evaluationMilliseconds)
+        XCTAssertTrue(KernelBenchmark.markdown(rows).contains("| BatchNorm (no affine) | (2,8,5,5) | NHWC |"))
+    }
+
     func testEachRowsFractionsUseTheCopyBandwidthMeasuredAroundIt() throws {
         // The meter reports 1, 2, 3, … × 10 GB/s, so row i (0-based) lies between (i + 1) and (i + 2) × 10 GB/s.
         var measurements = 0

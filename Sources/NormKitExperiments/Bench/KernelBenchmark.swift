@@ -151,10 +151,11 @@ public enum KernelBenchmark {
     /// diffusion U-Nets; same bytes as GN, so its copy fractions compare directly) and BN on each shape in training
     /// mode (and BN's evaluation forward), in each of `layouts` (side by side: for every shape and layer, one row per
     /// layout, measured one after the other). `copyBandwidth` measures the machine's copy bandwidth: once before the
-    /// first row and again after every row (``Row/copyBytesPerSecond``).
+    /// first row and again after every row (``Row/copyBytesPerSecond``). With `affine` false the layers have no `γ`,
+    /// `β` (`affine: false`) and their rows' names say so.
     public static func run(
         shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases, groups: Int = defaultGroups,
-        repetitions: Int = 9, statistic: Statistic = .median, copyBandwidth: () -> Double
+        repetitions: Int = 9, statistic: Statistic = .median, affine: Bool = true, copyBandwidth: () -> Double
     ) throws -> [Row] {
         var rows: [Row] = []
         var copyBefore = copyBandwidth()
@@ -164,18 +165,19 @@ public enum KernelBenchmark {
             let firstDy = Tensor.randomNormal(shape: shape, using: &generator)
             let c = shape[1], bytes = Double(first.count * MemoryLayout<Float>.size)
             let g = min(groups, c)
-            let gn = try GroupNorm(channels: c, groups: g)
-            let bn = try BatchNorm(channels: c)
-            let gnSiLU = try GroupNorm(channels: c, groups: g)
+            let gn = try GroupNorm(channels: c, groups: g, affine: affine)
+            let bn = try BatchNorm(channels: c, affine: affine)
+            let gnSiLU = try GroupNorm(channels: c, groups: g, affine: affine)
             gnSiLU.activation = .silu
             var target = Tensor(zeros: shape)
             let copy =
                 first.count < KernelDispatch.streamingStoreThreshold
                 ? try time(repetitions: repetitions, statistic) { try Self.copy(&target, first) } : nil
+            let suffix = affine ? "" : " (no affine)"
             for (name, layer, groups) in [
-                ("GroupNorm", gn as NormalizationLayer, Optional(g)),
-                ("GroupNorm+SiLU", gnSiLU as NormalizationLayer, Optional(g)),
-                ("BatchNorm", bn as NormalizationLayer, nil),
+                ("GroupNorm" + suffix, gn as NormalizationLayer, Optional(g)),
+                ("GroupNorm+SiLU" + suffix, gnSiLU as NormalizationLayer, Optional(g)),
+                ("BatchNorm" + suffix, bn as NormalizationLayer, nil),
             ] {
                 for layout in layouts {
                     let x = first.converted(to: layout), dy = firstDy.converted(to: layout)
