@@ -60,6 +60,15 @@ struct NormalizationGeometry: Equatable {
             samplesPerSet: 1, channelsPerSet: channelsPerSet)
     }
 
+    /// The same memory and sets seen channels-first, for one position per sample (`positions == 1`), where both
+    /// layouts are one `N × C` matrix: a set is then `samplesPerSet` runs of `channelsPerSet` contiguous floats.
+    var channelsFirstView: NormalizationGeometry {
+        precondition(positions == 1, "only a matrix reads the same in both layouts")
+        return NormalizationGeometry(
+            layout: .channelsFirst, batch: batch, channels: channels, positions: 1, samplesPerSet: samplesPerSet,
+            channelsPerSet: channelsPerSet)
+    }
+
     @inline(__always) func set(n: Int, c: Int) -> Int {
         (n / samplesPerSet) * channelBlocks + c / channelsPerSet
     }
@@ -210,14 +219,20 @@ enum NormalizationKernels {
                     scale: scratchScale + k0, shift: scratchShift + k0, activation: activation, store: store)
             }
         case .channelsLast:
-            if let width = tileWidth(g, backward: false) {
+            if g.positions == 1, g.samplesPerSet == 1, nativeKernels {
+                // One position per sample and sets inside a sample (GN, LN, IN on `(N, C)`): each set is `C/G`
+                // contiguous floats, whose statistics the set kernels take in L1, where the tiles' per-(n, c) sums
+                // in double are 4x the data (`kernelForm`'s matrix; PERFORMANCE.md, session 37).
+                statistics(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g.channelsFirstView)
+            } else if let width = tileWidth(g, backward: false) {
                 return nativeNormalizeTiled(
                     y: y, mean: mean, variance: variance, rstd: rstd, gain: gain, offset: offset, x: x, gamma: gamma,
                     beta: beta, epsilon: epsilon, rule: rule, scale: scratchScale, shift: scratchShift,
                     centers: scratchShift + g.coefficientCount, sums: scratchDouble, activation: activation,
                     width: width, geometry: g)
+            } else {
+                statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
             }
-            statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
             let centers = scratchShift + g.coefficientCount
             for s in 0..<g.setCount {
                 let center = setCoefficients(
