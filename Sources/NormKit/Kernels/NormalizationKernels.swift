@@ -219,21 +219,37 @@ enum NormalizationKernels {
                     scale: scratchScale + k0, shift: scratchShift + k0, activation: activation, store: store)
             }
         case .channelsLast:
+            let centers = scratchShift + g.coefficientCount
             if g.positions == 1, g.samplesPerSet == 1, nativeKernels {
                 // One position per sample and sets inside a sample (GN, LN, IN on `(N, C)`): each set is `C/G`
                 // contiguous floats, whose statistics the set kernels take in L1, where the tiles' per-(n, c) sums
-                // in double are 4x the data (`kernelForm`'s matrix; PERFORMANCE.md, session 37).
+                // in double are 4x the data; then each sample's coefficients and its row while they are in L1, the
+                // samples split over the threads (`kernelForm`'s matrix; PERFORMANCE.md, session 37).
                 statistics(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g.channelsFirstView)
-            } else if let width = tileWidth(g, backward: false) {
+                let c = g.channels, store = g.outputStore
+                Parallelism.forEachRange(count: g.batch, work: activation.work(elements: g.elementCount)) { samples in
+                    for n in samples {
+                        for s in (n * g.channelBlocks)..<((n + 1) * g.channelBlocks) {
+                            let center = setCoefficients(
+                                scale: scratchScale, shift: scratchShift, rstd: rstd, gain: gain, offset: offset,
+                                set: s, mean: mean[s], variance: variance[s], gamma: gamma, beta: beta,
+                                epsilon: epsilon, rule: rule, geometry: g)
+                            (centers + n * c + (s % g.channelBlocks) * cps).update(repeating: center, count: cps)
+                        }
+                        nk_cl_affine_centered(
+                            y + n * c, x + n * c, 1, c, c, centers + n * c, scratchScale + n * c,
+                            scratchShift + n * c, activation.kernelCode, store)
+                    }
+                }
+                return
+            }
+            if let width = tileWidth(g, backward: false) {
                 return nativeNormalizeTiled(
                     y: y, mean: mean, variance: variance, rstd: rstd, gain: gain, offset: offset, x: x, gamma: gamma,
                     beta: beta, epsilon: epsilon, rule: rule, scale: scratchScale, shift: scratchShift,
-                    centers: scratchShift + g.coefficientCount, sums: scratchDouble, activation: activation,
-                    width: width, geometry: g)
-            } else {
-                statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
+                    centers: centers, sums: scratchDouble, activation: activation, width: width, geometry: g)
             }
-            let centers = scratchShift + g.coefficientCount
+            statisticsChannelsLast(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g)
             for s in 0..<g.setCount {
                 let center = setCoefficients(
                     scale: scratchScale, shift: scratchShift, rstd: rstd, gain: gain, offset: offset, set: s,
