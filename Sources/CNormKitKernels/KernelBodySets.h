@@ -353,9 +353,10 @@ NK_FN void cl_set_moments(double *restrict mean, double *restrict variance, cons
 // The evaluation stage's coefficients of `count` channels (BN, BRN, MABN: EvaluationAffine in NormKit): a = γ/σ with
 // σ = sqrt(spread + ε) (root = 1: a running variance or second moment) or the spread itself (root = 0: BRN's running
 // standard deviation), the centre k = (float)μ of the running mean μ (center NULL: 0), scale = (float)a and
-// shift = (float)(β − a·(μ − k)); gamma, beta NULL (both or neither): 1, 0. The double operations of EvaluationAffine's Swift loop in
-// its order, so the same bits, 8 channels at a time (that stage took about 10 ns a channel before session 37, as
-// much as the apply on BN (2, 2048, 7, 7); a scalar loop over pointers still 3–4: PERFORMANCE.md, session 37).
+// shift = (float)(β − a·(μ − k)); gamma, beta NULL (both or neither): 1, 0. The double operations of
+// EvaluationAffine's Swift loop in its order, so the same bits, 8 channels at a time (that stage took about 10 ns a
+// channel before session 37, as much as the apply on BN (2, 2048, 7, 7); a scalar loop over pointers still 3–4:
+// PERFORMANCE.md, session 37).
 NK_INLINE void evaluation_channel(const int root, const int affine, const int centred, long i, float *restrict scale,
                                   float *restrict shift, float *restrict centers, const float *restrict center,
                                   const float *restrict spread, const float *restrict gamma,
@@ -406,8 +407,8 @@ NK_FN void evaluation_coefficients(float *restrict scale, float *restrict shift,
 // meanG = Σ_j ge·s1, meanGX = Σ_j ge·s2, slope = −rstd·rstd·(meanGX·rstd/count), offset = −rstd·(meanG/count), and
 // p = (float)(rstd·ge), q = (float)slope, r = (float)(offset − slope·residual) (the centre k is the caller's).
 // The double operations of NormalizationKernels.setGradientCoefficients and its callers' conversions, in their
-// order, so the same bits, 8 channels at a time (that loop, a set at a time, was most of BN's per-channel backward
-// cost: PERFORMANCE.md, session 37).
+// order, so the same bits, 8 channels at a time (that loop, a set at a time, was about half of BN's backward on
+// (2, 4096, 1, 1): PERFORMANCE.md, session 37).
 NK_FN void gradient_coefficients(float *restrict p, float *restrict q, float *restrict r, double *restrict s2,
                                  const double *restrict s1, const double *restrict mean, const double *restrict rstd,
                                  const double *restrict ge, long samples, long stride, long w, double count) {
