@@ -458,3 +458,139 @@ NK_FN void standardized_coefficients(double *restrict rstd, double *restrict gai
             standardized_set(0, i, mean[i], variance[i], eps, rstd, gain, offset, scale, shift, centers, gamma, beta);
     }
 }
+
+// ---- GN, LN, IN on one row of an N × C matrix (one position per sample) ---------------------------------------
+// A sample's sets are runs of w contiguous channels there, a few KB in L1: its moments, its apply, and in the
+// backward both passes of each set and its terms of dγ, dβ go in one call per sample. The forward's per-(n, c) scale
+// and shift in double were as many as the data, and the tiles' per-(n, c) gradient sums 4x the data
+// (PERFORMANCE.md, session 38). With x̂ = (x − k)·rstd + c (k = (float)μ, c = (float)(−(μ − k)·rstd) moving the
+// centre to μ), the output is z = γ·x̂ + β in float, and act(z).
+
+// Whole vectors (part = 0) or the lanes of m (part = 1; the others load as 0 and are not stored).
+NK_INLINE vf vload_lanes(const int part, vmask m, const float *p) { return part ? vload_part(m, p) : vload(p); }
+NK_INLINE void vstore_lanes(const int part, vmask m, float *p, vf v) {
+    if (part) vstore_part(p, m, v);
+    else vstore(p, v);
+}
+
+// z = γ·x̂ + β at channel i (x̂ alone without an affine).
+NK_INLINE vf matrix_z(const int affine, const int part, vmask m, long i, vf xhat, const float *gamma,
+                      const float *beta) {
+    return affine ? vfma(vload_lanes(part, m, gamma + i), xhat, vload_lanes(part, m, beta + i)) : xhat;
+}
+
+// The set's centre k, x̂'s rstd and c as vectors, from its double mean and rstd.
+typedef struct { vf k, r, c; } matrix_centring;
+NK_INLINE matrix_centring matrix_centre(double mu, double rs) {
+    const float k = (float)mu;
+    matrix_centring t = {vset1(k), vset1((float)rs), vset1((float)(-(mu - (double)k) * rs))};
+    return t;
+}
+
+NK_INLINE void matrix_row_forward_body(const int act, const int affine, float *y, double *mean, double *variance,
+                                       double *rstd, const float *x, long sets, long w, float epsilon,
+                                       const float *gamma, const float *beta) {
+#pragma clang fp contract(off)
+    sets_moments(x, sets, w, 1, w, w, mean, variance);
+    const double inverse = 1 / (double)w, eps = (double)epsilon;
+    for (long t = 0; t < sets; t++) {  // all the sets' square roots and divisions first: they vectorize
+        variance[t] *= inverse;        // NormalizationKernels.batchStatistics, then setCoefficients' rstd
+        rstd[t] = 1 / __builtin_elementwise_sqrt(variance[t] + eps);
+    }
+    for (long t = 0; t < sets; t++) {
+        const matrix_centring e = matrix_centre(mean[t], rstd[t]);
+        const long o = t * w;
+        long i = 0;
+        for (; i + NK_LANES <= w; i += NK_LANES) {
+            const vf xhat = vfma(vsub(vload(x + o + i), e.k), e.r, e.c);
+            vstore(y + o + i, vact(act, matrix_z(affine, 0, vmask_first(NK_LANES), o + i, xhat, gamma, beta)));
+        }
+        if (i < w) {
+            const vmask m = vmask_first(w - i);
+            const vf xhat = vfma(vsub(vload_part(m, x + o + i), e.k), e.r, e.c);
+            vstore_part(y + o + i, m, vact(act, matrix_z(affine, 1, m, o + i, xhat, gamma, beta)));
+        }
+    }
+}
+
+NK_FN void matrix_row_forward(float *y, double *mean, double *variance, double *rstd, const float *x, long sets,
+                              long w, float epsilon, const float *gamma, const float *beta, int act) {
+#define MATRIX_FORWARD(A)                                                                                       \
+    if (gamma) matrix_row_forward_body(A, 1, y, mean, variance, rstd, x, sets, w, epsilon, gamma, beta);       \
+    else matrix_row_forward_body(A, 0, y, mean, variance, rstd, x, sets, w, epsilon, gamma, beta);
+    ACT_DISPATCH(act, MATRIX_FORWARD)
+#undef MATRIX_FORWARD
+}
+
+// Pass 1 on one vector of a set, at channel i: dz (dy, or dy·act'(z) stored to dx), the set's float sums
+// s += Σ γ·dz, q += Σ γ·dz·(x − k), and the channels' float accumulators dγ += dz·x̂, dβ += dz (affine layers).
+NK_INLINE void matrix_sums_step(const int act, const int affine, const int part, vmask m, long i, float *dx,
+                                float *dgamma, float *dbeta, const float *dy, const float *x, const float *gamma,
+                                const float *beta, matrix_centring e, vf *s, vf *q) {
+    vf d = vsub(vload_lanes(part, m, x + i), e.k), g = vload_lanes(part, m, dy + i);
+    if (part) d = vkeep(m, d);
+    const vf xhat = vfma(d, e.r, e.c);
+    if (act) {
+        g = vact_grad(act, g, matrix_z(affine, part, m, i, xhat, gamma, beta));
+        if (part) g = vkeep(m, g);  // lanes past the row: their z may give a dy·act'(z) of 0·NaN
+        vstore_lanes(part, m, dx + i, g);
+    }
+    const vf weighted = affine ? vmul(g, vload_lanes(part, m, gamma + i)) : g;
+    *s = vadd(*s, weighted);
+    *q = vfma(weighted, d, *q);
+    if (!affine) return;
+    vstore_lanes(part, m, dgamma + i, vfma(g, xhat, vload_lanes(part, m, dgamma + i)));
+    vstore_lanes(part, m, dbeta + i, vadd(vload_lanes(part, m, dbeta + i), g));
+}
+
+// Pass 2 on one vector: dx = (rstd·γ)·dz + q·(x − k) + o.
+NK_INLINE void matrix_apply_step(const int act, const int affine, const int part, vmask m, long i, float *dx,
+                                 const float *dy, const float *x, const float *gamma, vf kv, vf rv, vf qv, vf ov) {
+    const vf dz = vload_lanes(part, m, act ? dx + i : dy + i);
+    const vf p = affine ? vmul(vload_lanes(part, m, gamma + i), rv) : rv;
+    vstore_lanes(part, m, dx + i, vfma(dz, p, vfma(vsub(vload_lanes(part, m, x + i), kv), qv, ov)));
+}
+
+NK_INLINE void matrix_row_backward_body(const int act, const int affine, float *dx, float *dgamma, float *dbeta,
+                                        const float *dy, const float *x, long sets, long w, const double *mean,
+                                        const double *rstd, const float *gamma, const float *beta) {
+#pragma clang fp contract(off)
+    for (long t = 0; t < sets; t++) {
+        const long o = t * w;
+        const double mu = mean[t], rs = rstd[t], residual = mu - (double)(float)mu;
+        const matrix_centring e = matrix_centre(mu, rs);
+        double sumG = 0, sumGD = 0;  // Σ γ·dz, Σ γ·dz·(x − k): float lanes, a double total every BLOCK channels
+        for (long start = 0; start < w; start += BLOCK) {
+            const long end = w - start < BLOCK ? w : start + BLOCK;
+            vf s = vzero(), q = vzero();
+            long i = start;
+            for (; i + NK_LANES <= end; i += NK_LANES)
+                matrix_sums_step(act, affine, 0, vmask_first(NK_LANES), o + i, dx, dgamma, dbeta, dy, x, gamma, beta,
+                                 e, &s, &q);
+            if (i < end)
+                matrix_sums_step(act, affine, 1, vmask_first(end - i), o + i, dx, dgamma, dbeta, dy, x, gamma, beta,
+                                 e, &s, &q);
+            sumG += (double)vreduce(s);
+            sumGD += (double)vreduce(q);
+        }
+        // NormalizationKernels.setGradientCoefficients for one sample's set (gain 1, offset 0), then its centring.
+        const double exact = sumGD - residual * sumG, count = (double)w;
+        const double slope = -rs * rs * (exact * rs / count), offset = -rs * (sumG / count);
+        const vf qv = vset1((float)slope), ov = vset1((float)(offset - slope * residual));
+        long i = 0;
+        for (; i + NK_LANES <= w; i += NK_LANES)
+            matrix_apply_step(act, affine, 0, vmask_first(NK_LANES), o + i, dx, dy, x, gamma, e.k, e.r, qv, ov);
+        if (i < w)
+            matrix_apply_step(act, affine, 1, vmask_first(w - i), o + i, dx, dy, x, gamma, e.k, e.r, qv, ov);
+    }
+}
+
+NK_FN void matrix_row_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, long sets,
+                               long w, const double *mean, const double *rstd, const float *gamma, const float *beta,
+                               int act) {
+#define MATRIX_BACKWARD(A)                                                                                      \
+    if (gamma) matrix_row_backward_body(A, 1, dx, dgamma, dbeta, dy, x, sets, w, mean, rstd, gamma, beta);     \
+    else matrix_row_backward_body(A, 0, dx, dgamma, dbeta, dy, x, sets, w, mean, rstd, gamma, beta);
+    ACT_DISPATCH(act, MATRIX_BACKWARD)
+#undef MATRIX_BACKWARD
+}

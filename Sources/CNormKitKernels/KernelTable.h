@@ -25,7 +25,8 @@
     X(sets_moments) X(sets_affine_centered) X(sets_gradient_sums) X(sets_gradient_apply)                        \
     X(cl_centered_sums) X(cl_gradient_sums) X(cl_affine_centered) X(cl_gradient_apply)                         \
     X(channel_coefficients) X(standardized_coefficients) X(cl_standardized_coefficients)                   \
-    X(evaluation_coefficients) X(gradient_coefficients) X(cl_set_moments)
+    X(evaluation_coefficients) X(gradient_coefficients) X(cl_set_moments) X(matrix_row_forward)     \
+    X(matrix_row_backward)
 #define NK_TABLE_FIELD(name) __typeof__(nk_##name) *name;
 
 typedef struct nk_kernel_table {

@@ -130,6 +130,16 @@ void nk_evaluation_coefficients(float *scale, float *shift, float *centers, cons
     NK_FORWARD(evaluation_coefficients(scale, shift, centers, center, spread, gamma, beta, count, epsilon, root));
 }
 
+void nk_matrix_row_forward(float *y, double *mean, double *variance, double *rstd, const float *x, long sets, long w,
+                           float epsilon, const float *gamma, const float *beta, int act) {
+    NK_FORWARD(matrix_row_forward(y, mean, variance, rstd, x, sets, w, epsilon, gamma, beta, act));
+}
+
+void nk_matrix_row_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, long sets, long w,
+                            const double *mean, const double *rstd, const float *gamma, const float *beta, int act) {
+    NK_FORWARD(matrix_row_backward(dx, dgamma, dbeta, dy, x, sets, w, mean, rstd, gamma, beta, act));
+}
+
 void nk_gradient_coefficients(float *p, float *q, float *r, double *s2, const double *s1, const double *mean,
                               const double *rstd, const double *ge, long samples, long stride, long w, double count) {
     NK_FORWARD(gradient_coefficients(p, q, r, s2, s1, mean, rstd, ge, samples, stride, w, count));

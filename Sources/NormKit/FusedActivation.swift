@@ -106,6 +106,12 @@ struct PreActivation {
         }
     }
 
+    /// Records `activation` alone, for a backward that recomputes its pre-activation (the matrix backward).
+    mutating func record(_ activation: FusedActivation) {
+        self.activation = activation
+        count = 0
+    }
+
     /// Calls `body` with the backward's view of the record, writing `dz` to `dz` (nil when there is no activation).
     func withBackward<R>(dz: UnsafeMutablePointer<Float>, _ body: (ActivationBackward?) -> R) -> R {
         guard isActive else { return body(nil) }

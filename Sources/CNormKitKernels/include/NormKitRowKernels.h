@@ -114,6 +114,21 @@ void nk_evaluation_coefficients(float *scale, float *shift, float *centers, cons
 void nk_gradient_coefficients(float *p, float *q, float *r, double *s2, const double *s1, const double *mean,
                               const double *rstd, const double *ge, long samples, long stride, long w, double count);
 
+/* GN, LN or IN (standardized) on one sample of an N × C matrix (one position per sample): its `sets` sets of w
+ * contiguous channels (c = sets·w), set t of mean[t] and rstd[t], normalized as x̂ = (x − k)·(float)rstd + c with
+ * k = (float)mean and c = (float)(−(mean − k)·rstd), in float, and z = γ·x̂ + β (x̂ without an affine: gamma and
+ * beta NULL). The forward: the sets' mean, biased variance (nk_sets_moments, then ·1/w) and rstd = 1/sqrt(var + ε)
+ * in double, and y = act(z). */
+void nk_matrix_row_forward(float *y, double *mean, double *variance, double *rstd, const float *x, long sets, long w,
+                           float epsilon, const float *gamma, const float *beta, int act);
+/* The backward, with dz = dy, or dy·act'(z) for the forward's fused activation act (z recomputed; dz stored to dx
+ * first): per set A = Σ γ·dz and B = Σ γ·dz·(x − μ) (float lanes, double totals every NK_BLOCK_LENGTH channels,
+ * made exact about μ), slope = −rstd³·B/w, offset = −rstd·A/w, and dx = rstd·γ·dz + slope·(x − μ) + offset; per
+ * channel dgamma[c] += dz·x̂ and dbeta[c] += dz (float accumulators: the caller adds them in double every few
+ * samples; not touched without an affine, and may be NULL then). */
+void nk_matrix_row_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, long sets, long w,
+                            const double *mean, const double *rstd, const float *gamma, const float *beta, int act);
+
 /* The statistics-to-coefficients stage of w one-channel sets (BN) standardized (gain 1, offset 0), from a
  * channels-last tile's per-sample shifted sums: for channel i, s1/s2 of sample j at j·stride + i about the shift
  * k[i] (positions values each, count in all); writes mean, biased variance, rstd, gain = 1, offset = 0 of set i and

@@ -220,29 +220,6 @@ enum NormalizationKernels {
             }
         case .channelsLast:
             let centers = scratchShift + g.coefficientCount
-            if g.positions == 1, g.samplesPerSet == 1, nativeKernels {
-                // One position per sample and sets inside a sample (GN, LN, IN on `(N, C)`): each set is `C/G`
-                // contiguous floats, whose statistics the set kernels take in L1, where the tiles' per-(n, c) sums
-                // in double are 4x the data; then each sample's coefficients and its row while they are in L1, the
-                // samples split over the threads (`kernelForm`'s matrix; PERFORMANCE.md, session 37).
-                statistics(mean: mean, variance: variance, x: x, scratch: scratchDouble, geometry: g.channelsFirstView)
-                let c = g.channels, store = g.outputStore
-                Parallelism.forEachRange(count: g.batch, work: activation.work(elements: g.elementCount)) { samples in
-                    for n in samples {
-                        for s in (n * g.channelBlocks)..<((n + 1) * g.channelBlocks) {
-                            let center = setCoefficients(
-                                scale: scratchScale, shift: scratchShift, rstd: rstd, gain: gain, offset: offset,
-                                set: s, mean: mean[s], variance: variance[s], gamma: gamma, beta: beta,
-                                epsilon: epsilon, rule: rule, geometry: g)
-                            (centers + n * c + (s % g.channelBlocks) * cps).update(repeating: center, count: cps)
-                        }
-                        nk_cl_affine_centered(
-                            y + n * c, x + n * c, 1, c, c, centers + n * c, scratchScale + n * c,
-                            scratchShift + n * c, activation.kernelCode, store)
-                    }
-                }
-                return
-            }
             if let width = tileWidth(g, backward: false) {
                 return nativeNormalizeTiled(
                     y: y, mean: mean, variance: variance, rstd: rstd, gain: gain, offset: offset, x: x, gamma: gamma,
@@ -277,18 +254,34 @@ enum NormalizationKernels {
         let r = 1 / (variance + Double(epsilon)).squareRoot(), c0 = (s % g.channelBlocks) * g.channelsPerSet
         let set = rule.setAffine(set: s, channel: c0, mean: mean, variance: variance, rstd: r)
         (rstd[s], gain[s], offset[s]) = (r, set.gain, set.offset)
-        let centering = Centering(mean), row = (s / g.channelBlocks) * g.channels
-        if g.channelsPerSet >= 16, let gamma, let beta, set.offset == 0, nativeKernels {
+        let row = (s / g.channelBlocks) * g.channels
+        return channelCoefficients(
+            scale: scale + row, shift: shift + row, set: s, factor: set.gain * r, offset: set.offset, mean: mean,
+            gamma: gamma, beta: beta, geometry: g)
+    }
+
+    /// The channels' part of ``setCoefficients(scale:shift:rstd:gain:offset:set:mean:variance:gamma:beta:epsilon:rule:geometry:)``:
+    /// for each channel `c` of set `s`, `scale[c]`, `shift[c]` of `y = scale·(x − μ̃) + shift` for a set normalized
+    /// by `factor = gain·rstd` and `offset` (`scale`, `shift` point at the set's sample block's channel 0); returns
+    /// `μ̃`. The matrix backward calls it again with the stored `gain·rstd` to recompute a fused activation's `z`
+    /// with the forward's bits.
+    @inline(__always)
+    static func channelCoefficients(
+        scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>, set s: Int, factor: Double,
+        offset: Double, mean: Double, gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?,
+        geometry g: NormalizationGeometry
+    ) -> Float {
+        let c0 = (s % g.channelBlocks) * g.channelsPerSet, centering = Centering(mean)
+        if g.channelsPerSet >= 16, let gamma, let beta, offset == 0, nativeKernels {
             // Wide sets of an affine BN/GN layer: the loop below, vectorized (a call costs more than the loop for a
             // few channels, and BN's sets have one).
             nk_channel_coefficients(
-                scale + row + c0, shift + row + c0, gamma + c0, beta + c0, g.channelsPerSet, set.gain * r,
-                centering.residual)
+                scale + c0, shift + c0, gamma + c0, beta + c0, g.channelsPerSet, factor, centering.residual)
             return centering.center
         }
         for c in c0..<(c0 + g.channelsPerSet) {
-            (scale[row + c], shift[row + c]) = centering.coefficients(
-                gamma: Double(gamma?[c] ?? 1), beta: Double(beta?[c] ?? 0), factor: set.gain * r, offset: set.offset)
+            (scale[c], shift[c]) = centering.coefficients(
+                gamma: Double(gamma?[c] ?? 1), beta: Double(beta?[c] ?? 0), factor: factor, offset: offset)
         }
         return centering.center
     }

@@ -19,6 +19,10 @@ struct StatisticsWorkspace {
     private var gammaEffective: [Double] = []
     /// The last forward's pre-activation, when it had a fused activation.
     var preActivation = PreActivation()
+    /// Whether the last forward was a standardized matrix (``NormalizationKernels/isMatrix(_:)``): its backward is
+    /// ``NormalizationKernels/matrixBackward(dx:dgamma:dbeta:dy:x:mean:rstd:gamma:beta:activation:scratch:scratchDouble:geometry:)``,
+    /// which recomputes a fused activation's `z`, so ``preActivation`` keeps only the activation.
+    private var matrixForward = false
     /// The staged passes' per-set affines (StatisticsWorkspace+Staged.swift).
     var stagedAffines = SetAffines()
     var stagedGradients = SetGradientAffines()
@@ -38,8 +42,14 @@ struct StatisticsWorkspace {
             gain = mean
             offset = mean
         }
-        reserveScratch(g)
         y.prepare(shape: x.shape, layout: x.layout)
+        matrixForward = NormalizationKernels.isMatrix(g) && rule is Standardization
+        if matrixForward {
+            return normalizeMatrix(
+                x, into: &y, gamma: gamma, beta: beta, epsilon: epsilon, activation: activation,
+                geometry: g)
+        }
+        reserveScratch(g)
         let doubles = NormalizationKernels.doubleScratchCount(g), n = g.coefficientCount
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in
@@ -98,6 +108,9 @@ struct StatisticsWorkspace {
         bias: Parameter?, geometry layerGeometry: NormalizationGeometry
     ) {
         let g = layerGeometry.kernelForm, gamma = weight?.value
+        if matrixForward {
+            return matrixBackward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
+        }
         let c = g.channels
         if sumDy.count != g.batch * c {
             sumDy = [Double](repeating: 0, count: g.batch * c)
@@ -152,6 +165,91 @@ struct StatisticsWorkspace {
             writeAffineGradients(
                 weight: weight, bias: bias, sumDy: plainSums, sumDyCentered: centeredSums, geometry: g,
                 scratch: scratch, setScale: { rstd[$0] * gain[$0] }, setOffset: { offset[$0] })
+        }
+    }
+}
+
+extension StatisticsWorkspace {
+    /// ``normalize(_:into:gamma:beta:epsilon:rule:activation:geometry:)`` of a standardized matrix (`g` its kernel
+    /// form, ``NormalizationKernels/isMatrix(_:)``): no per-coefficient scratch, and of the activation only its kind.
+    private mutating func normalizeMatrix(
+        _ x: Tensor, into y: inout Tensor, gamma: [Float]?, beta: [Float]?, epsilon: Float,
+        activation: FusedActivation, geometry g: NormalizationGeometry
+    ) {
+        gain.withUnsafeMutableBufferPointer { $0.update(repeating: 1) }
+        offset.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                withOptionalPointers(gamma, beta) { gp, bp in
+                    NormalizationKernels.normalizeMatrix(
+                        y: yp.baseAddress!, mean: &mean, variance: &variance, rstd: &rstd, x: xp.baseAddress!,
+                        gamma: gp, beta: bp, epsilon: epsilon, activation: activation, geometry: g)
+                }
+            }
+        }
+        preActivation.record(activation)
+    }
+
+    /// ``backward(_:input:into:weight:bias:geometry:)`` after a standardized matrix forward (`g` its kernel form).
+    private mutating func matrixBackward(
+        _ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?, bias: Parameter?,
+        geometry g: NormalizationGeometry
+    ) {
+        guard NormalizationKernels.isMatrix(g) else {
+            // The native kernels were switched off since the forward: the general backward, with the fused
+            // activation's record the matrix forward did not keep.
+            matrixForward = false
+            recordMatrixPreActivation(gamma: weight?.value, beta: bias?.value, geometry: g)
+            return backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
+        }
+        let (floats, doubles) = NormalizationKernels.matrixBackwardScratch(g), c = g.channels
+        if scratch.count < floats { scratch = [Float](repeating: 0, count: floats) }
+        dx.prepare(shape: x.shape, layout: x.layout)
+        let (mean, rstd) = (mean, rstd)
+        let affine = weight != nil && bias != nil, activation = preActivation.activation
+        scratchDouble.withDoubles(doubles) { dp in
+            let dgamma = dp + doubles - 2 * c, dbeta = dgamma + c
+            x.withUnsafeBufferPointer { xp in
+                dy.withUnsafeBufferPointer { dyp in
+                    dx.withUnsafeMutableBufferPointer { dxp in
+                        scratch.withUnsafeMutableBufferPointer { sp in
+                            withOptionalPointers(weight?.value, bias?.value) { gp, bp in
+                                NormalizationKernels.matrixBackward(
+                                    dx: dxp.baseAddress!, dgamma: affine ? dgamma : nil, dbeta: affine ? dbeta : nil,
+                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd, gamma: gp,
+                                    beta: bp, activation: activation,
+                                    scratch: sp.baseAddress!, scratchDouble: dp, geometry: g)
+                            }
+                        }
+                    }
+                }
+            }
+            guard let weight, let bias else { return }
+            // One exclusive access per gradient.
+            weight.gradient.withUnsafeMutableBufferPointer { dGamma in
+                bias.gradient.withUnsafeMutableBufferPointer { dBeta in
+                    for ch in 0..<c { (dGamma[ch], dBeta[ch]) = (Float(dgamma[ch]), Float(dbeta[ch])) }
+                }
+            }
+        }
+    }
+
+    /// The pre-activation record of the last matrix forward (`g`), which it did not keep: every sample's coefficients
+    /// recomputed from the stored statistics (its `z` within a float rounding of the matrix kernel's).
+    private mutating func recordMatrixPreActivation(
+        gamma: [Float]?, beta: [Float]?, geometry g: NormalizationGeometry
+    ) {
+        let activation = preActivation.activation, (mean, rstd, gain, offset) = (mean, rstd, gain, offset)
+        withOptionalPointers(gamma, beta) { gp, bp in
+            preActivation.record(activation, count: g.coefficientCount) { scale, shift, centers in
+                for s in 0..<g.setCount {
+                    let row = (s / g.channelBlocks) * g.channels, c0 = (s % g.channelBlocks) * g.channelsPerSet
+                    let center = NormalizationKernels.channelCoefficients(
+                        scale: scale + row, shift: shift + row, set: s, factor: gain[s] * rstd[s], offset: offset[s],
+                        mean: mean[s], gamma: gp, beta: bp, geometry: g)
+                    (centers + row + c0).update(repeating: center, count: g.channelsPerSet)
+                }
+            }
         }
     }
 }
