@@ -82,7 +82,7 @@ public final class FrozenBatchNorm: NormalizationLayer {
         try InputCheck.validate(x, channels: channels, layer: name)
         let gamma = weight?.value, beta = bias?.value, runningMean = runningMean
         let runningVariance = runningVariance, eps = Double(epsilon),
-            g = NormalizationGeometry.perChannel(x, channels: channels)
+            g = NormalizationGeometry.perChannel(x, channels: channels).kernelForm  // (an `(N, C)` input: one matrix)
         workspace.normalizeFixed(x, into: &y, activation: activation, training: training, geometry: g) { affines in
             for c in 0..<runningMean.count {
                 affines.scale[c] = Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()

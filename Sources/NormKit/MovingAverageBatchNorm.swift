@@ -209,7 +209,9 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             evaluate(x, into: &y)
             return
         }
+        // The kernels' form: an `(N, C)` input is one matrix in either layout (``NormalizationGeometry/kernelForm``).
         let g = try NormalizationGeometry.ghostBatches(x, channels: channels, normBatch: normBatch, layer: name)
+            .kernelForm
         if chunkFactors.count != g.setCount {
             chunkFactors = [ChunkFactors](repeating: ChunkFactors(divisor: 1, r: 1), count: g.setCount)
             lastR = [Float](repeating: 1, count: g.setCount)

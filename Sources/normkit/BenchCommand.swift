@@ -76,6 +76,26 @@ struct BenchCommand: ParsableCommand {
 
     @Option(
         help: """
+            The layers of the kernel table, comma-separated, from gn, gn-silu, bn, brn, mabn, frozen-bn (default \
+            gn,gn-silu,bn; frozen-bn keeps its frozen γ, β with --without-affine). Kernel table only.
+            """)
+    var layers: String?
+
+    /// ``layers`` parsed (the defaults without it).
+    func parsedLayers() throws -> [KernelBenchmark.Layer] {
+        guard let layers else { return KernelBenchmark.Layer.defaults }
+        let names = layers.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let valid = KernelBenchmark.Layer.allCases.map(\.rawValue).joined(separator: ", ")
+        return try names.map { name in
+            guard let layer = KernelBenchmark.Layer(rawValue: name) else {
+                throw ValidationError("--layers '\(layers)': '\(name)' is not one of \(valid)")
+            }
+            return layer
+        }
+    }
+
+    @Option(
+        help: """
             Write the rows as JSON to this file too (checked before any timing: its directory must exist; an \
             existing file is refused unless --overwrite is given).
             """)
@@ -129,6 +149,13 @@ struct BenchCommand: ParsableCommand {
         if withoutAffine, inference || streamingCheck {
             throw ValidationError(
                 "--without-affine applies to the kernel table, not to --inference or --streaming-check")
+        }
+        if layers != nil, inference || streamingCheck {
+            throw ValidationError("--layers applies to the kernel table, not to --inference or --streaming-check")
+        }
+        let chosen = try parsedLayers()
+        if Set(chosen).count != chosen.count {
+            throw ValidationError("--layers '\(layers ?? "")' names a layer twice")
         }
         let groups = self.groups ?? KernelBenchmark.defaultGroups
         if !inference, !streamingCheck,
@@ -230,7 +257,7 @@ struct BenchCommand: ParsableCommand {
         let meter = KernelBenchmark.CopyBandwidthMeter(threads: threads)
         let layouts = layout.map { [$0] } ?? TensorLayout.allCases
         let rows = try KernelBenchmark.run(
-            shapes: try parsedShapes(), layouts: layouts, groups: groups,
+            shapes: try parsedShapes(), layouts: layouts, groups: groups, layers: try parsedLayers(),
             repetitions: repetitions, statistic: statistic, affine: !withoutAffine
         ) { meter.measure(statistic) }
         print(

@@ -16,8 +16,9 @@ final class ClearErrorTests: XCTestCase {
         assertRefused(result, code: 64, mentioning: ["--checkpoint-every"], "train --checkpoint-every 0")
     }
 
-    /// `normkit bench --statistic` takes median or best, `--streaming-threshold` a count of 0 or more and `--groups` a
-    /// count of at least 1 that divides every shape's channels, all only for the kernel table; `--streaming-check`
+    /// `normkit bench --statistic` takes median or best, `--streaming-threshold` a count of 0 or more, `--groups` a
+    /// count of at least 1 that divides every shape's channels and `--layers` known layers each once, all only for the
+    /// kernel table; `--streaming-check`
     /// takes none of them, nor `--inference`, `--layout` or shapes that are not 4-D: anything else is a usage error
     /// naming the flag, before any timing starts.
     func testBenchStatisticIsAChoiceOfTheKernelTable() throws {
@@ -38,6 +39,10 @@ final class ClearErrorTests: XCTestCase {
             (["bench", "--groups", "3", "--shapes", "2x64x4x4"], ["--groups 3", "64 channels", "2x64x4x4"]),
             (["bench", "--groups", "32", "--inference"], ["--groups", "--inference"]),
             (["bench", "--without-affine", "--streaming-check"], ["--without-affine", "--streaming-check"]),
+            (["bench", "--layers", "gn,ln"], ["--layers", "'ln'", "gn-silu", "frozen-bn"]),
+            (["bench", "--layers", "bn,"], ["--layers", "''"]),
+            (["bench", "--layers", "mabn,mabn"], ["--layers", "twice"]),
+            (["bench", "--layers", "mabn", "--inference"], ["--layers", "--inference"]),
         ] {
             let result = try CLI.run(arguments, in: out)
             assertRefused(result, code: 64, mentioning: words, arguments.joined(separator: " "))

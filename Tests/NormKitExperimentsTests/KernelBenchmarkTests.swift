@@ -60,6 +60,26 @@ final class KernelBenchmarkTests: XCTestCase {
         XCTAssertTrue(KernelBenchmark.markdown(rows).contains("| BatchNorm (no affine) | (2,8,5,5) | NHWC |"))
     }
 
+    /// `layers` chooses the rows, in its order: the staged layers (MABN, frozen BN) and BRN time their training and
+    /// evaluation forwards too; GroupNorm rows alone carry `groups`.
+    func testTheLayersChosenAreTimedInTheirOrder() throws {
+        let rows = try KernelBenchmark.run(
+            shapes: [[4, 8]], layouts: TensorLayout.allCases, groups: 4, layers: [.mabn, .frozenBN, .brn, .gn],
+            repetitions: 1
+        ) { 1e10 }
+        XCTAssertEqual(
+            rows.map(\.layer),
+            [
+                "MovingAverageBatchNorm", "MovingAverageBatchNorm", "FrozenBatchNorm", "FrozenBatchNorm", "BatchRenorm",
+                "BatchRenorm", "GroupNorm", "GroupNorm",
+            ])
+        for row in rows {
+            XCTAssertGreaterThan(row.forwardBackwardMilliseconds, 0, row.layer)
+            XCTAssertEqual(row.evaluationMilliseconds == nil, row.layer == "GroupNorm", row.layer)
+            XCTAssertEqual(row.groups, row.layer == "GroupNorm" ? 4 : nil, row.layer)
+        }
+    }
+
     func testEachRowsFractionsUseTheCopyBandwidthMeasuredAroundIt() throws {
         // The meter reports 1, 2, 3, … × 10 GB/s, so row i (0-based) lies between (i + 1) and (i + 2) × 10 GB/s.
         var measurements = 0

@@ -52,7 +52,8 @@ struct NormalizationGeometry: Equatable {
     /// positions of one sample, so that BN's per-(sample, channel) sums, one per element there, are per (block,
     /// channel). Set and coefficient numbers are unchanged. BN on (256, 1024, 1, 1) took 1.46 ms forward and 6.1 ms
     /// forward+backward channels-first, 0.22 and 2.2 channels-last; now 0.04 and 0.11 in both (PERFORMANCE.md,
-    /// session 37).
+    /// session 37). The fused workspace takes it itself; the staged layers (MABN, SyncBN, frozen BN) build their
+    /// geometry in this form, so that their rules see its per-(block, channel) sums (session 38).
     var kernelForm: NormalizationGeometry {
         guard positions == 1 else { return self }
         return NormalizationGeometry(

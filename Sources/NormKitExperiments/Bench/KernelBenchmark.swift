@@ -43,6 +43,39 @@ public enum KernelBenchmark {
     /// The GroupNorm rows' groups unless asked otherwise (`G = min(32, C)`, the GN paper's default).
     public static let defaultGroups = 32
 
+    /// A layer the kernel table times. The default rows are GN, GN + SiLU and BN; the others are there to time the
+    /// layers whose training runs the staged passes (MABN, frozen BN) or a renormalization rule (BRN).
+    public enum Layer: String, CaseIterable, Codable, Sendable {
+        case gn
+        case gnSiLU = "gn-silu"
+        case bn, brn, mabn
+        case frozenBN = "frozen-bn"
+
+        public static let defaults: [Layer] = [.gn, .gnSiLU, .bn]
+
+        /// The row's name (with `suffix`, the affine note) and the layer on `channels` (GN: `groups` groups; MABN
+        /// with the training stack's default buffer; frozen BN keeps its frozen `γ`, `β` whatever `affine` says).
+        func make(channels c: Int, groups: Int, affine: Bool) throws -> (String, NormalizationLayer) {
+            let suffix = affine ? "" : " (no affine)"
+            switch self {
+            case .gn: return ("GroupNorm" + suffix, try GroupNorm(channels: c, groups: groups, affine: affine))
+            case .gnSiLU:
+                let layer = try GroupNorm(channels: c, groups: groups, affine: affine)
+                layer.activation = .silu
+                return ("GroupNorm+SiLU" + suffix, layer)
+            case .bn: return ("BatchNorm" + suffix, try BatchNorm(channels: c, affine: affine))
+            case .brn: return ("BatchRenorm" + suffix, try BatchRenorm(channels: c, affine: affine))
+            case .mabn:
+                let buffer = TrainingConfiguration().mabnBufferSize
+                return (
+                    "MovingAverageBatchNorm" + suffix,
+                    try MovingAverageBatchNorm(channels: c, bufferSize: buffer, affine: affine)
+                )
+            case .frozenBN: return ("FrozenBatchNorm", try FrozenBatchNorm(channels: c))
+            }
+        }
+    }
+
     /// Tensors of one shape the kernel table holds at once: `x`, `dy` and the same-size copy's target, then per
     /// layout `x` and `dy` in that layout, `y` and `dx`.
     public static let tensorsPerShape = 7
@@ -147,15 +180,17 @@ public enum KernelBenchmark {
         return statistic == .best ? times[0] : times[times.count / 2]
     }
 
-    /// Benchmarks GN (`G = min(groups, C)`: 1 is LayerNorm, C InstanceNorm), GN with SiLU fused into its apply stage (the normalization block of
-    /// diffusion U-Nets; same bytes as GN, so its copy fractions compare directly) and BN on each shape in training
-    /// mode (and BN's evaluation forward), in each of `layouts` (side by side: for every shape and layer, one row per
+    /// Benchmarks `layers` (by default GN (`G = min(groups, C)`: 1 is LayerNorm, C InstanceNorm), GN with SiLU fused
+    /// into its apply stage (the normalization block of diffusion U-Nets; same bytes as GN, so its copy fractions
+    /// compare directly) and BN) on each shape in training mode (and the evaluation forward of every layer but GN's,
+    /// which is its training forward), in each of `layouts` (side by side: for every shape and layer, one row per
     /// layout, measured one after the other). `copyBandwidth` measures the machine's copy bandwidth: once before the
     /// first row and again after every row (``Row/copyBytesPerSecond``). With `affine` false the layers have no `γ`,
     /// `β` (`affine: false`) and their rows' names say so.
     public static func run(
         shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases, groups: Int = defaultGroups,
-        repetitions: Int = 9, statistic: Statistic = .median, affine: Bool = true, copyBandwidth: () -> Double
+        layers: [Layer] = Layer.defaults, repetitions: Int = 9, statistic: Statistic = .median, affine: Bool = true,
+        copyBandwidth: () -> Double
     ) throws -> [Row] {
         var rows: [Row] = []
         var copyBefore = copyBandwidth()
@@ -165,20 +200,13 @@ public enum KernelBenchmark {
             let firstDy = Tensor.randomNormal(shape: shape, using: &generator)
             let c = shape[1], bytes = Double(first.count * MemoryLayout<Float>.size)
             let g = min(groups, c)
-            let gn = try GroupNorm(channels: c, groups: g, affine: affine)
-            let bn = try BatchNorm(channels: c, affine: affine)
-            let gnSiLU = try GroupNorm(channels: c, groups: g, affine: affine)
-            gnSiLU.activation = .silu
             var target = Tensor(zeros: shape)
             let copy =
                 first.count < KernelDispatch.streamingStoreThreshold
                 ? try time(repetitions: repetitions, statistic) { try Self.copy(&target, first) } : nil
-            let suffix = affine ? "" : " (no affine)"
-            for (name, layer, groups) in [
-                ("GroupNorm" + suffix, gn as NormalizationLayer, Optional(g)),
-                ("GroupNorm+SiLU" + suffix, gnSiLU as NormalizationLayer, Optional(g)),
-                ("BatchNorm" + suffix, bn as NormalizationLayer, nil),
-            ] {
+            for kind in layers {
+                let (name, layer) = try kind.make(channels: c, groups: g, affine: affine)
+                let groups = layer is GroupNorm ? Optional(g) : nil
                 for layout in layouts {
                     let x = first.converted(to: layout), dy = firstDy.converted(to: layout)
                     var y = Tensor(zeros: shape, layout: layout), dx = Tensor(zeros: shape, layout: layout)
