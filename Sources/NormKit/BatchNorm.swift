@@ -117,7 +117,8 @@ public final class BatchNorm: NormalizationLayer {
                     layer: name, name: "normBatch", value: "\(normBatch!)",
                     expected: "nil with crossWorkerReduction (SyncBN normalizes over the global batch)")
             }
-            let g = NormalizationGeometry.perChannel(x, channels: channels).kernelForm  // (an `(N, C)` input: one matrix)
+            // The kernels' form (an `(N, C)` input: one matrix in either layout).
+            let g = NormalizationGeometry.perChannel(x, channels: channels).kernelForm
             try synchronizedForward(x, into: &y, over: reduction, geometry: g)
             updateRunningStatistics(geometry: g, count: synchronization.count)
             pending.save(x, g)

@@ -81,8 +81,9 @@ public final class FrozenBatchNorm: NormalizationLayer {
     public func forward(_ x: Tensor, into y: inout Tensor, training: Bool) throws {
         try InputCheck.validate(x, channels: channels, layer: name)
         let gamma = weight?.value, beta = bias?.value, runningMean = runningMean
+        // The kernels' form (an `(N, C)` input: one matrix in either layout).
         let runningVariance = runningVariance, eps = Double(epsilon),
-            g = NormalizationGeometry.perChannel(x, channels: channels).kernelForm  // (an `(N, C)` input: one matrix)
+            g = NormalizationGeometry.perChannel(x, channels: channels).kernelForm
         workspace.normalizeFixed(x, into: &y, activation: activation, training: training, geometry: g) { affines in
             for c in 0..<runningMean.count {
                 affines.scale[c] = Double(gamma?[c] ?? 1) / (Double(runningVariance[c]) + eps).squareRoot()
