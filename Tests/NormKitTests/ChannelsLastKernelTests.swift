@@ -734,6 +734,44 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
 
     // MARK: - Threads
 
+    /// The staged layers' reductions (MABN's statistics, frozen BN's and MABN's gradient sums) cut a sample of 2^18
+    /// floats or more into parts of rows fixed by the shape, so that a batch of one sample, which every `(N, C)`
+    /// matrix is in the kernels' form, uses every core: the float64 reference holds and the bits are the same on 1, 2
+    /// and 3 threads (y, dx, dγ, dβ, evaluation), for a matrix of 16 parts and a 4-D sample of 1 × 64 × 70 × 70.
+    func testStagedReductionsCutIntoPartsAreTheSameOnAnyThreadCount() throws {
+        guard select(.native) else { throw XCTSkip("no native kernels on this CPU") }
+        var rng = SeededGenerator(seed: 0xC1_38)
+        let worst = Worst()
+        for shape in [[1024, 300], [1, 64, 70, 70]] {
+            let count = shape.reduce(1, *)
+            let x = Kit.randomLogical(count, mean: 0.4, std: 1.7, &rng)
+            let dy = Kit.randomLogical(count, mean: 0.1, std: 1, &rng)
+            var cases = [Self.frozenCase(shape, &rng)]
+            if shape[0] > 1 {
+                cases += [
+                    Self.movingAverageCase(shape, normBatch: nil, iters: 0, &rng),
+                    Self.movingAverageCase(shape, normBatch: 256, iters: 1500, &rng),
+                ]
+            }
+            for c in cases {
+                try check(c, shape: shape, worst: worst, rng: &rng)
+                select(.native)
+                var bits: [Int: [[UInt64]]] = [:]
+                for threads in [1, 2, 3] {
+                    Parallelism.threadCount = threads
+                    let out = try run(c, shape: shape, x: x, dy: dy, layout: .channelsLast)
+                    bits[threads] = [out.y, out.dx, out.dgamma ?? [], out.dbeta ?? [], out.yEval].map {
+                        $0.map(\.bitPattern)
+                    }
+                }
+                Parallelism.threadCount = Self.defaultThreads
+                XCTAssertEqual(bits[2], bits[1], "\(c.label) \(shape): 2 threads vs 1")
+                XCTAssertEqual(bits[3], bits[1], "\(c.label) \(shape): 3 threads vs 1")
+            }
+        }
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests staged reductions cut into parts")
+    }
+
     /// On a tensor large enough for the threaded paths (780,000 elements; batch 2 and batch 1), one and two threads
     /// give the same outputs up to rounding, and the same thread count gives identical outputs run after run, on
     /// the native and the portable channels-last kernels.

@@ -23,15 +23,65 @@ extension NormalizationKernels {
         @inline(__always) func shift(_ n: Int) -> UnsafePointer<Float> {
             x + (n / g.samplesPerSet) * g.samplesPerSet * m * c
         }
-        Parallelism.forEachRange(count: g.batch, work: g.elementCount) { samples in
-            for n in samples {
-                (s1 + n * c).update(repeating: 0, count: c)
-                (s2 + n * c).update(repeating: 0, count: c)
-                centeredSums(s1 + n * c, s2 + n * c, x + n * m * c, rows: m, channels: c, shift: shift(n))
-            }
+        let partial = scratch + 2 * g.batch * c
+        forEachSamplePart(g, backward: false, work: g.elementCount, sums: (s1, s2), partial: partial) {
+            n, rows, a1, a2 in
+            centeredSums(a1, a2, x + (n * m + rows.lowerBound) * c, rows: rows.count, channels: c, shift: shift(n))
         }
         shiftedSetMoments(
             mean: mean, variance: variance, sets: 0..<g.setCount, s1: s1, s2: s2, shift: { shift($0) }, geometry: g)
+    }
+
+    /// The parts of rows each sample's channels-last reduction (``statisticsChannelsLast``, the gradient sums) is cut
+    /// into: ``blockParts(_:backward:)``'s `perSample`, fixed by the shape, so that a batch of one sample (a matrix in
+    /// ``NormalizationGeometry/kernelForm``, whose one sample is the whole batch) uses every core, with the same bits
+    /// on any thread count.
+    static func reductionParts(_ g: NormalizationGeometry, backward: Bool) -> Int {
+        blockParts(g, backward: backward).perSample
+    }
+
+    /// Doubles of partial sums ``forEachSamplePart(_:backward:work:sums:partial:_:)`` takes for `g` (0: not cut).
+    static func reductionPartsScratchCount(_ g: NormalizationGeometry, backward: Bool) -> Int {
+        let parts = reductionParts(g, backward: backward)
+        return parts > 1 ? 2 * g.batch * parts * g.channels : 0
+    }
+
+    /// Per-(n, c) sums `sums.0 + n·C`, `sums.1 + n·C` (zeroed here) from `body(n, rows, a1, a2)`, which adds the sums of
+    /// sample `n`'s `rows` into `a1`, `a2` (C each, zeroed): the samples over the threads (`work`: the thread split's
+    /// units, ``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``), each cut into
+    /// ``reductionParts(_:backward:)`` parts of rows whose sums (in `partial`,
+    /// ``reductionPartsScratchCount(_:backward:)`` doubles) are added in part order.
+    @inline(__always)
+    static func forEachSamplePart(
+        _ g: NormalizationGeometry, backward: Bool, work: Int,
+        sums: (UnsafeMutablePointer<Double>, UnsafeMutablePointer<Double>), partial: UnsafeMutablePointer<Double>,
+        _ body: (
+            _ n: Int, _ rows: Range<Int>, _ a1: UnsafeMutablePointer<Double>, _ a2: UnsafeMutablePointer<Double>
+        ) -> Void
+    ) {
+        let c = g.channels, m = g.positions, parts = reductionParts(g, backward: backward)
+        guard parts > 1 else {
+            Parallelism.forEachRange(count: g.batch, work: work) { samples in
+                for n in samples {
+                    let a1 = sums.0 + n * c, a2 = sums.1 + n * c
+                    a1.update(repeating: 0, count: c)
+                    a2.update(repeating: 0, count: c)
+                    body(n, 0..<m, a1, a2)
+                }
+            }
+            return
+        }
+        Parallelism.forEachRange(count: g.batch * parts, work: work) { items in
+            for item in items {
+                let a1 = partial + 2 * item * c, a2 = a1 + c
+                a1.update(repeating: 0, count: 2 * c)
+                body(item / parts, rows(ofParts: (item % parts)..<(item % parts + 1), parts, positions: m), a1, a2)
+            }
+        }
+        for n in 0..<g.batch {
+            addParts(
+                s1: sums.0 + n * c, s2: sums.1 + n * c, partial: partial + 2 * n * parts * c, parts: parts, channels: c)
+        }
     }
 
     /// Per channel, `s1 += Σ(x − k)` and `s2 += Σ(x − k)²` over `rows` rows of `channels` floats: the native kernel,
@@ -172,28 +222,29 @@ extension NormalizationKernels {
     }
 
     /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (moved from the float `k = Float(center)` to the exact centre);
-    /// with a fused activation, of `dz = dy·act'(z)`, also written to `activation.dz`.
+    /// with a fused activation, of `dz = dy·act'(z)`, also written to `activation.dz`. `partial`:
+    /// ``reductionPartsScratchCount(_:backward:)`` doubles (backward).
     static func nativeGradientSumsChannelsLast(
         sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
-        x: UnsafePointer<Float>, center: UnsafePointer<Double>,
+        x: UnsafePointer<Float>, center: UnsafePointer<Double>, partial: UnsafeMutablePointer<Double>,
         activation: ActivationBackward?, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
-        Parallelism.forEachRange(count: g.batch, work: backwardWork(g, activation)) { samples in
+        let work = backwardWork(g, activation)
+        forEachSamplePart(g, backward: true, work: work, sums: (sumDy, sumDyCentered), partial: partial) {
+            n, rows, a1, a2 in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: c) { k in
-                for n in samples {
-                    for ch in 0..<c { k[ch] = Float(center[g.set(n: n, c: ch)]) }
-                    let a1 = sumDy + n * c, a2 = sumDyCentered + n * c
-                    a1.update(repeating: 0, count: c)
-                    a2.update(repeating: 0, count: c)
-                    withKernelActivation(activation, coefficient: g.coefficient(n: n, c: 0), element: n * m * c) {
-                        nk_cl_gradient_sums(
-                            a1, a2, dy + n * m * c, x + n * m * c, m, c, c, k.baseAddress!, $0, g.inputRead)
-                    }
-                    for ch in 0..<c {
-                        a2[ch] = Centering(center[g.set(n: n, c: ch)]).exactSum(centered: a2[ch], sumDy: a1[ch])
-                    }
+                for ch in 0..<c { k[ch] = Float(center[g.set(n: n, c: ch)]) }
+                let o = (n * m + rows.lowerBound) * c
+                withKernelActivation(activation, coefficient: g.coefficient(n: n, c: 0), element: o) {
+                    nk_cl_gradient_sums(a1, a2, dy + o, x + o, rows.count, c, c, k.baseAddress!, $0, g.inputRead)
                 }
+            }
+        }
+        for n in 0..<g.batch {
+            let a1 = sumDy + n * c, a2 = sumDyCentered + n * c
+            for ch in 0..<c {
+                a2[ch] = Centering(center[g.set(n: n, c: ch)]).exactSum(centered: a2[ch], sumDy: a1[ch])
             }
         }
     }

@@ -6,11 +6,12 @@ import CNormKitKernels
 
 extension NormalizationKernels {
     /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (Double); with a fused activation, of `dz = dy·act'(z)`,
-    /// which is also written to `activation.dz` (laid out like `dy`) for the apply stage.
+    /// which is also written to `activation.dz` (laid out like `dy`) for the apply stage. `partial`: channels-last,
+    /// ``reductionPartsScratchCount(_:backward:)`` doubles (`backward: true`).
     static func gradientSums(
         sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>,
         dy: UnsafePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Double>,
-        activation: ActivationBackward? = nil, geometry g: NormalizationGeometry
+        partial: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
         switch g.layout {
@@ -28,8 +29,8 @@ extension NormalizationKernels {
         case .channelsLast:
             if nativeChannelsLast {
                 return nativeGradientSumsChannelsLast(
-                    sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x,
-                    center: center, activation: activation, geometry: g)
+                    sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: center, partial: partial,
+                    activation: activation, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch, work: backwardWork(g, activation)) { samples in
                 for n in samples {
@@ -160,8 +161,8 @@ extension NormalizationKernels {
                     width: width, geometry: g)
             }
             gradientSums(
-                sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, activation: activation,
-                geometry: g)
+                sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, partial: scratchDouble,
+                activation: activation, geometry: g)
             // scratch holds: scale (coefficientCount), slope (sets), offset (sets; native: at the float centre).
             let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
             for s in 0..<g.setCount {

@@ -87,17 +87,23 @@ enum NormalizationKernels {
     // MARK: Forward
 
     /// Doubles of kernel scratch that ``statistics(mean:variance:x:scratch:geometry:)`` and `normalize` need
-    /// (channels-last per-(n, c) sums, then a split sample's partial sums; channels-first a split set's partial
-    /// moments). Callers keep it between steps.
+    /// (channels-last per-(n, c) sums, then a split sample's or a cut reduction's partial sums; channels-first a split
+    /// set's partial moments). Callers keep it between steps.
     static func doubleScratchCount(_ g: NormalizationGeometry) -> Int {
         g.layout == .channelsLast
-            ? 2 * g.batch * g.channels + sampleSplitScratchCount(g) : max(1, setSplitScratchCount(g))
+            ? 2 * g.batch * g.channels
+                + max(sampleSplitScratchCount(g), reductionPartsScratchCount(g, backward: false))
+            : max(1, setSplitScratchCount(g))
     }
 
-    /// Doubles of kernel scratch that `normalizeBackward` needs (a split sample's or split set's partial sums; at
-    /// least 1).
+    /// Doubles of kernel scratch that `normalizeBackward` and the gradient sums need (a split sample's or split set's
+    /// partial sums; at least 1).
     static func backwardDoubleScratchCount(_ g: NormalizationGeometry) -> Int {
-        max(1, g.layout == .channelsLast ? sampleSplitScratchCount(g) : setSplitScratchCount(g))
+        max(
+            1,
+            g.layout == .channelsLast
+                ? max(sampleSplitScratchCount(g), reductionPartsScratchCount(g, backward: true))
+                : setSplitScratchCount(g))
     }
 
     /// The work of a backward over `g` for the thread split: two passes, the sums pass a fused activation's.

@@ -122,10 +122,13 @@ extension StatisticsWorkspace {
         x.withUnsafeBufferPointer { xp in
             dy.withUnsafeBufferPointer { dyp in
                 dx.withUnsafeMutableBufferPointer { dxp in
-                    preActivation.withBackward(dz: dxp.baseAddress!) { activation in
-                        NormalizationKernels.gradientSums(
-                            sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dyp.baseAddress!,
-                            x: xp.baseAddress!, center: center, activation: activation, geometry: g)
+                    scratchDouble.withDoubles(NormalizationKernels.backwardDoubleScratchCount(g)) { partial in
+                        preActivation.withBackward(dz: dxp.baseAddress!) { activation in
+                            NormalizationKernels.gradientSums(
+                                sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dyp.baseAddress!,
+                                x: xp.baseAddress!, center: center, partial: partial, activation: activation,
+                                geometry: g)
+                        }
                     }
                 }
             }
