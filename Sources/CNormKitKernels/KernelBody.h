@@ -4,7 +4,8 @@
  * anywhere else:
  *
  *   KernelBody.h              this file: the vector layer's contract, fused activations, runs, the row kernels
- *   KernelBodySets.h          the set kernels (moments, gradient sums, affine and gradient apply over sets)
+ *   KernelBodySets.h          the set kernels (moments, gradient sums, affine and gradient apply over sets), the
+ *                             coefficient stages, and GN/LN/IN on one row of an N × C matrix (forward, backward)
  *   KernelBodyChannelsLast.h  the channels-last (NHWC) kernels, then the exported table of all of them
  *
  * The vector layer:
