@@ -248,10 +248,18 @@ func writeAffineGradients(
             }
         }
     }
-    // One exclusive access per gradient.
+    storeAffineGradients(weight: weight, bias: bias, dgamma: dg, dbeta: db)
+}
+
+/// `weight.gradient = Float(dgamma)`, `bias.gradient = Float(dbeta)` (the layer's channel count each): one exclusive
+/// access per gradient.
+@inline(__always)
+func storeAffineGradients(
+    weight: Parameter, bias: Parameter, dgamma: UnsafePointer<Double>, dbeta: UnsafePointer<Double>
+) {
     weight.gradient.withUnsafeMutableBufferPointer { dGamma in
         bias.gradient.withUnsafeMutableBufferPointer { dBeta in
-            for ch in 0..<c { (dGamma[ch], dBeta[ch]) = (Float(dg[ch]), Float(db[ch])) }
+            for ch in 0..<dGamma.count { (dGamma[ch], dBeta[ch]) = (Float(dgamma[ch]), Float(dbeta[ch])) }
         }
     }
 }

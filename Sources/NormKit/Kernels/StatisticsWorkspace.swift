@@ -225,12 +225,7 @@ extension StatisticsWorkspace {
                 }
             }
             guard let weight, let bias else { return }
-            // One exclusive access per gradient.
-            weight.gradient.withUnsafeMutableBufferPointer { dGamma in
-                bias.gradient.withUnsafeMutableBufferPointer { dBeta in
-                    for ch in 0..<c { (dGamma[ch], dBeta[ch]) = (Float(dgamma[ch]), Float(dbeta[ch])) }
-                }
-            }
+            storeAffineGradients(weight: weight, bias: bias, dgamma: dgamma, dbeta: dbeta)
         }
     }
 
