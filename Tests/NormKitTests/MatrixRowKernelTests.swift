@@ -8,15 +8,19 @@ import _NormKitTestSupport
 ///
 /// - against float64, with and without an affine, with each fused activation (the backward of `act(norm(x))`
 ///   is the reference backward of `dy ⊙ act'(z)`), on sets of 1 float (IN), of 3, 70 and 700 floats, and of 2,100
-///   (more than one 2,048-float block); 130 samples, two whole blocks of 64 and a short one for dγ, dβ; on the
-///   native AVX-512 and the AVX2 bodies;
-/// - the same bits on 1 and 2 threads and for `(N, C)` channels-last, `(N, C, 1, 1)` channels-first and channels-last;
+///   (more than one 2,048-float block); 130 samples, four whole blocks of 32 and a short one for dγ, dβ; rows of
+///   33,000 floats that the threads take in two pieces; on the native AVX-512 and the AVX2 bodies;
+/// - the same bits on 1, 2 and 3 threads and for `(N, C)` channels-last, `(N, C, 1, 1)` channels-first and
+///   channels-last;
 /// - the hard input `x = 1e4 + 0.01·randn` as accurate as any other;
 /// - a backward after the native kernels were switched off since the forward (the general backward, with the
 ///   fused activation's record rebuilt) agrees with the native one.
 final class MatrixRowKernelTests: KernelPathTestCase {
-    /// `(N, C, groups)`: sets of 70 (LN), 7 and 1 (IN) floats; of 2,100 and 700; of 3.
-    static let cases: [(Int, Int, [Int])] = [(130, 70, [1, 10, 70]), (3, 2100, [1, 3]), (65, 48, [16])]
+    /// `(N, C, groups)`: sets of 70 (LN), 7 and 1 (IN) floats; of 2,100 and 700; of 3; of 4,125 in rows that go to
+    /// the threads in two pieces (`matrixPieceFloats`). Blocks of dγ, dβ terms of 32, 1, 16 and 1 samples.
+    static let cases: [(Int, Int, [Int])] = [
+        (130, 70, [1, 10, 70]), (3, 2100, [1, 3]), (65, 48, [16]), (5, 33000, [8]),
+    ]
 
     /// What a layer gave: `y`, `dx`, `dγ`, `dβ` (empty without an affine), in memory order.
     struct Result: Equatable {
@@ -101,6 +105,11 @@ final class MatrixRowKernelTests: KernelPathTestCase {
                                 let got = Self.bits(try Self.run(make(), shape, layout, x, dy))
                                 XCTAssertEqual(got, want, "\(place): 2 threads, \(shape) \(layout)")
                             }
+                            Parallelism.threadCount = 3
+                            XCTAssertEqual(
+                                Self.bits(try Self.run(make(), [n, c], .channelsLast, x, dy)), want,
+                                "\(place): 3 threads")
+                            Parallelism.threadCount = 2
                             let r = Self.reference(
                                 n: n, c: c, groups: groups, x: x, dy: dy, gamma: affine ? gamma : nil,
                                 beta: affine ? beta : nil, activation)

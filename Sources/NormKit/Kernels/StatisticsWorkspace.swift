@@ -20,7 +20,7 @@ struct StatisticsWorkspace {
     /// The last forward's pre-activation, when it had a fused activation.
     var preActivation = PreActivation()
     /// Whether the last forward was a standardized matrix (``NormalizationKernels/isMatrix(_:)``): its backward is
-    /// ``NormalizationKernels/matrixBackward(dx:dgamma:dbeta:dy:x:mean:rstd:gamma:beta:activation:scratch:scratchDouble:geometry:)``,
+    /// ``NormalizationKernels/matrixBackward(dx:dgamma:dbeta:dy:x:mean:rstd:gamma:beta:activation:scratch:geometry:)``,
     /// which recomputes a fused activation's `z`, so ``preActivation`` keeps only the activation.
     private var matrixForward = false
     /// The staged passes' per-set affines (StatisticsWorkspace+Staged.swift).
@@ -202,30 +202,26 @@ extension StatisticsWorkspace {
             recordMatrixPreActivation(gamma: weight?.value, beta: bias?.value, geometry: g)
             return backward(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g)
         }
-        let (floats, doubles) = NormalizationKernels.matrixBackwardScratch(g), c = g.channels
+        let floats = NormalizationKernels.matrixBackwardScratch(g)
         if scratch.count < floats { scratch = [Float](repeating: 0, count: floats) }
         dx.prepare(shape: x.shape, layout: x.layout)
         let (mean, rstd) = (mean, rstd)
-        let affine = weight != nil && bias != nil, activation = preActivation.activation
-        scratchDouble.withDoubles(doubles) { dp in
-            let dgamma = dp + doubles - 2 * c, dbeta = dgamma + c
-            x.withUnsafeBufferPointer { xp in
-                dy.withUnsafeBufferPointer { dyp in
-                    dx.withUnsafeMutableBufferPointer { dxp in
-                        scratch.withUnsafeMutableBufferPointer { sp in
-                            withOptionalPointers(weight?.value, bias?.value) { gp, bp in
+        let activation = preActivation.activation
+        x.withUnsafeBufferPointer { xp in
+            dy.withUnsafeBufferPointer { dyp in
+                dx.withUnsafeMutableBufferPointer { dxp in
+                    scratch.withUnsafeMutableBufferPointer { sp in
+                        withOptionalPointers(weight?.value, bias?.value) { gp, bp in
+                            withAffineGradients(weight, bias) { dgamma, dbeta in
                                 NormalizationKernels.matrixBackward(
-                                    dx: dxp.baseAddress!, dgamma: affine ? dgamma : nil, dbeta: affine ? dbeta : nil,
-                                    dy: dyp.baseAddress!, x: xp.baseAddress!, mean: mean, rstd: rstd, gamma: gp,
-                                    beta: bp, activation: activation,
-                                    scratch: sp.baseAddress!, scratchDouble: dp, geometry: g)
+                                    dx: dxp.baseAddress!, dgamma: dgamma, dbeta: dbeta, dy: dyp.baseAddress!,
+                                    x: xp.baseAddress!, mean: mean, rstd: rstd, gamma: gp, beta: bp,
+                                    activation: activation, scratch: sp.baseAddress!, geometry: g)
                             }
                         }
                     }
                 }
             }
-            guard let weight, let bias else { return }
-            storeAffineGradients(weight: weight, bias: bias, dgamma: dgamma, dbeta: dbeta)
         }
     }
 
@@ -259,6 +255,18 @@ struct KernelScratch {
     mutating func withDoubles<R>(_ count: Int, _ body: (UnsafeMutablePointer<Double>) -> R) -> R {
         if storage.count < count { storage = [Double](repeating: 0, count: max(count, 1)) }
         return storage.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
+    }
+}
+
+/// Calls `body` with pointers to the gradients of an affine layer's `weight` and `bias` (nil pointers when it has
+/// none).
+func withAffineGradients<R>(
+    _ weight: Parameter?, _ bias: Parameter?,
+    _ body: (UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> R
+) -> R {
+    guard let weight, let bias else { return body(nil, nil) }
+    return weight.gradient.withUnsafeMutableBufferPointer { w in
+        bias.gradient.withUnsafeMutableBufferPointer { b in body(w.baseAddress, b.baseAddress) }
     }
 }
 
