@@ -261,7 +261,7 @@ struct BenchCommand: ParsableCommand {
             repetitions: repetitions, statistic: statistic, affine: !withoutAffine
         ) { meter.measure(statistic) }
         print(
-            "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), \(statistic.rawValue) of \(repetitions), streaming stores from \(KernelDispatch.streamingStoreThreshold) elements"
+            "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), \(statistic.rawValue) of \(repetitions), streaming stores from \(KernelDispatch.streamingStoreThreshold) elements, L2 \(KernelDispatch.levelTwoCacheBytes >> 10) KB"
         )
         print(KernelBenchmark.markdown(rows))
         try writeJSON(rows)

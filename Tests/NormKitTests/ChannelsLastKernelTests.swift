@@ -772,6 +772,48 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         worst.assertBelow(tolerance, "ChannelsLastKernelTests staged reductions cut into parts")
     }
 
+    /// GN on an input beyond the caches (`KernelDispatch.streamingStoreThreshold` 0) of a core with less than 2 MB
+    /// of L2 (`KernelDispatch.levelTwoCacheBytes` 1 MB) takes slices of 128 channels of its 256- and 512-channel rows
+    /// (`NormalizationKernels.narrowestSlice`), where a 2 MB L2 or a cached input keeps whole samples: the same bits
+    /// every way, on 1, 2 and 3 threads, against the float64 reference too; G = 32 (8 channels per set) and G = 8
+    /// (32 channels per set: a slice that cut a set would fail).
+    func testNarrowSlicesFromMemoryGiveTheSameBits() throws {
+        guard select(.native) else { throw XCTSkip("no native kernels on this CPU") }
+        let savedThreshold = KernelDispatch.streamingStoreThreshold, savedL2 = KernelDispatch.levelTwoCacheBytes
+        defer {
+            KernelDispatch.streamingStoreThreshold = savedThreshold
+            KernelDispatch.levelTwoCacheBytes = savedL2
+            Parallelism.threadCount = Self.defaultThreads
+        }
+        var rng = SeededGenerator(seed: 0xC1_39)
+        let worst = Worst()
+        for shape in [[4, 256, 28, 28], [2, 512, 196]] {
+            let count = shape.reduce(1, *)
+            let x = Kit.randomLogical(count, mean: 0.4, std: 1.7, &rng)
+            let dy = Kit.randomLogical(count, mean: 0.1, std: 1, &rng)
+            for groups in [32, 8] {
+                let c = Self.groupNormCase(shape, groups: groups, &rng)
+                var bits: [String: [[UInt64]]] = [:]
+                for (threads, threshold, l2) in [
+                    (2, Int.max, 1 << 20), (2, 0, 2 << 20), (2, 0, 1 << 20), (1, 0, 1 << 20), (3, 0, 1 << 20),
+                ] {
+                    Parallelism.threadCount = threads
+                    KernelDispatch.streamingStoreThreshold = threshold
+                    KernelDispatch.levelTwoCacheBytes = l2
+                    select(.native)
+                    let out = try run(c, shape: shape, x: x, dy: dy, layout: .channelsLast)
+                    bits["\(threads) threads, threshold \(threshold), L2 \(l2)"] = [
+                        out.y, out.dx, out.dgamma ?? [], out.dbeta ?? [],
+                    ].map { $0.map(\.bitPattern) }
+                }
+                let want = bits["2 threads, threshold \(Int.max), L2 \(1 << 20)"]
+                for (setting, got) in bits { XCTAssertEqual(got, want, "\(c.label) \(shape): \(setting)") }
+                try check(c, shape: shape, worst: worst, rng: &rng)
+            }
+        }
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests narrow slices from memory")
+    }
+
     /// On a tensor large enough for the threaded paths (780,000 elements; batch 2 and batch 1), one and two threads
     /// give the same outputs up to rounding, and the same thread count gives identical outputs run after run, on
     /// the native and the portable channels-last kernels.

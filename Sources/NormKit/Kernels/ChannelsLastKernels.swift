@@ -276,12 +276,29 @@ extension NormalizationKernels {
 // the tile is cached; the backward likewise), so x is read from memory once per direction. The rows of a slice are
 // `w` channels of each position, `C` floats apart: narrower than `minimumSlice` they cost more than the second read
 // they save (the prefetchers fetch whole rows; `normkit bench` measured 16–80-channel slices of 256–512-channel
-// rows 1.2–1.4× slower than the unfused path), so such shapes take the unfused path.
+// rows 1.2–1.4× slower than the unfused path), so such shapes take the unfused path; except a sample's sets read
+// from memory on a core with less than 2 MB of L2 (`narrowestSlice`).
 extension NormalizationKernels {
     /// Floats of `x` per tile (512 KB: with `x`, `dy` and `dx` of the backward it stays in a 2 MB L2).
     static let tileFloats = 1 << 17
     /// The narrowest slice of a row that is not the whole row (1 KB).
     static let minimumSlice = 256
+    /// The narrowest slice of a sample's sets (GN, LN, IN) read from memory on a core with less than 2 MB of L2
+    /// (192 bytes of each row): there the split sample's share of a thread (1.6 MB of `x`, and as much of `dy`, on
+    /// (32, 256, 56, 56)) is read again from L3, where a slice's tile is read again from L2. On the AMD Zen 4 kind
+    /// (1 MB of L2) GN's NHWC forward+backward on (32, 256, 56, 56) took 0.85–0.88x the time in slices of 48
+    /// channels, on (32, 512, 28, 28) 0.77–0.91x in slices of 128; slices of 32 channels on (32, 128, 56, 56) did
+    /// not measure apart from the noise (±20 % between runs of one build there), so 48 is the narrowest. On the Intel
+    /// kind (2 MB) slices of 32–128 channels were 1.20–1.32x slower (PERFORMANCE.md, sessions 22 and 39).
+    static let narrowSliceFromMemory = 48
+
+    /// The narrowest slice `tileWidth` takes for `g`: ``narrowSliceFromMemory`` for sets inside a sample of an input
+    /// beyond the caches (``KernelDispatch/streamingStoreThreshold``) on a core with less than 2 MB of L2, else
+    /// ``minimumSlice``. Not for BN: a slice of its sets spans the whole batch, rows `C` floats apart.
+    static func narrowestSlice(_ g: NormalizationGeometry) -> Int {
+        let fromMemory = g.samplesPerSet == 1 && g.elementCount >= KernelDispatch.streamingStoreThreshold
+        return fromMemory && KernelDispatch.levelTwoCacheBytes < 2 << 20 ? narrowSliceFromMemory : minimumSlice
+    }
     /// Whole-sample tiles of at least this many floats (1 MB) go one sample at a time to all the threads, cut into
     /// parts of rows (``blockParts(_:backward:)``): each thread's parts stay in its own L2 from the sums to the apply,
     /// where one thread per sample re-read the whole sample from L3, and a batch smaller than the thread count still
@@ -299,8 +316,9 @@ extension NormalizationKernels {
     /// The slice width (channels) of the tiled path for `g` (the forward's or the backward's), or nil for the unfused
     /// path (statistics of the whole tensor, then the apply). Whole rows when a block's rows fit a tile and there is a
     /// block per thread; whole rows cut into parts (``blockParts(_:backward:)``) for a block of several samples or a
-    /// lone sample below ``splitSampleFloats``; else slices of at least ``minimumSlice`` channels holding whole sets,
-    /// one per thread at least, of equal widths where those are wide enough (else of `fit` channels and a remainder);
+    /// lone sample below ``splitSampleFloats``; else slices of at least ``narrowestSlice(_:)`` channels holding whole
+    /// sets, one per thread at least, of equal widths where those are wide enough (else of `fit` channels and a
+    /// remainder);
     /// else, for sets inside one sample, the whole sample (its rows split over the threads from
     /// ``splitSampleFloats``; a sample too short to split only up to ``fusedSampleFloats``). Samples of
     /// ``splitSampleFloats`` or more take slices before parts where the slices are wide enough: GN (2, 2048, 16, 16)
@@ -309,6 +327,7 @@ extension NormalizationKernels {
         guard nativeChannelsLast, g.channels > 0, g.positions > 0 else { return nil }
         let rows = g.samplesPerSet * g.positions, c = g.channels, fit = tileFloats / rows
         let threads = Parallelism.threadCount, slicesPerBlock = (threads + g.sampleBlocks - 1) / g.sampleBlocks
+        let narrowest = narrowestSlice(g)
         if c <= fit && g.sampleBlocks >= threads { return c }
         if g.samplesPerSet > 1 || g.positions * c < splitSampleFloats, blockParts(g, backward: backward).total > 1 {
             return c
@@ -322,10 +341,10 @@ extension NormalizationKernels {
             let needed = max(slicesPerBlock, (c + fit - 1) / fit)
             let slices = (needed + slicesPerBlock - 1) / slicesPerBlock * slicesPerBlock
             let even = ((c + slices - 1) / slices + step - 1) / step * step
-            if even >= minimumSlice { return min(even, c) }
+            if even >= narrowest { return min(even, c) }
         }
         let width = min(fit, (c + slicesPerBlock - 1) / slicesPerBlock) / step * step
-        if width >= minimumSlice { return min(width, c) }
+        if width >= narrowest { return min(width, c) }
         return g.samplesPerSet == 1 && (rows * c <= fusedSampleFloats || blockParts(g, backward: backward).total > 1)
             ? c : nil
     }

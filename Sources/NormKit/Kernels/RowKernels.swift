@@ -159,6 +159,12 @@ func portableRowGradientApply(
 /// The value behind ``KernelDispatch/streamingStoreThreshold``.
 let streamingStoreThresholdStorage = Atomic<Int>(1 << 22)
 
+/// The value behind ``KernelDispatch/levelTwoCacheBytes``: the C library's figure for this CPU, or 2 MB.
+let levelTwoCacheBytesStorage: Atomic<Int> = {
+    let reported = sysconf(Int32(_SC_LEVEL2_CACHE_SIZE))
+    return Atomic(reported > 0 ? reported : 2 << 20)
+}()
+
 /// Whether the native row and set kernels run: ``KernelDispatch/useNativeKernels``, as the kernels read it.
 @inline(__always) @usableFromInline
 var nativeKernels: Bool { nativeKernelsFlag.load(ordering: .relaxed) }
@@ -239,6 +245,15 @@ public enum KernelDispatch {
     public static var streamingStoreThreshold: Int {
         get { streamingStoreThresholdStorage.load(ordering: .relaxed) }
         set { streamingStoreThresholdStorage.store(max(newValue, 0), ordering: .relaxed) }
+    }
+
+    /// The bytes of one core's L2 cache the channels-last kernels assume (default: what the C library reports, 2 MB
+    /// when it reports none). Below 2 MB, GN, LN and IN on inputs beyond the caches take narrower tiles (slices of
+    /// 48 channels and more) so that a tile's second pass reads L2, not L3 (docs/PERFORMANCE.md, session 39). It
+    /// changes which tiles the kernels take, never a value. Process-wide and atomic; set it while no kernel runs.
+    public static var levelTwoCacheBytes: Int {
+        get { levelTwoCacheBytesStorage.load(ordering: .relaxed) }
+        set { levelTwoCacheBytesStorage.store(max(newValue, 0), ordering: .relaxed) }
     }
 
     /// `"native (avx512)"`, `"portable (Swift SIMD16)"`, … for logs and benchmarks.
