@@ -30,10 +30,10 @@ extension NormalizationKernels {
             units in
             for unit in units {
                 let (n, piece) = unit.quotientAndRemainder(dividingBy: pieces)
-                let s0 = sets * piece / pieces, s1 = sets * (piece + 1) / pieces, row = n * c + s0 * cps
-                let s = n * sets + s0
+                let pieceSets = rows(ofParts: piece..<(piece + 1), pieces, positions: sets)
+                let s0 = pieceSets.lowerBound, row = n * c + s0 * cps, s = n * sets + s0
                 nk_matrix_row_forward(
-                    y + row, mean + s, variance + s, rstd + s, x + row, s1 - s0, cps, epsilon,
+                    y + row, mean + s, variance + s, rstd + s, x + row, pieceSets.count, cps, epsilon,
                     gamma.map { $0 + s0 * cps }, beta.map { $0 + s0 * cps }, activation.kernelCode)
             }
         }
@@ -94,17 +94,18 @@ extension NormalizationKernels {
         Parallelism.forEachRange(count: blocks * pieces, work: work) { units in
             for unit in units {
                 let (b, piece) = unit.quotientAndRemainder(dividingBy: pieces)
-                let s0 = sets * piece / pieces, s1 = sets * (piece + 1) / pieces, ch0 = s0 * cps
+                let pieceSets = rows(ofParts: piece..<(piece + 1), pieces, positions: sets)
+                let s0 = pieceSets.lowerBound, ch0 = s0 * cps
                 let dgammaTerms = scratch + 2 * c * b + ch0, dbetaTerms = dgammaTerms + c
                 if affine {
-                    dgammaTerms.update(repeating: 0, count: (s1 - s0) * cps)
-                    dbetaTerms.update(repeating: 0, count: (s1 - s0) * cps)
+                    dgammaTerms.update(repeating: 0, count: pieceSets.count * cps)
+                    dbetaTerms.update(repeating: 0, count: pieceSets.count * cps)
                 }
                 for n in (b * block)..<min((b + 1) * block, g.batch) {
                     let row = n * c + ch0
                     nk_matrix_row_backward(
-                        dx + row, affine ? dgammaTerms : nil, affine ? dbetaTerms : nil, dy + row, x + row, s1 - s0,
-                        cps, mean + n * sets + s0, rstd + n * sets + s0, gamma.map { $0 + ch0 },
+                        dx + row, affine ? dgammaTerms : nil, affine ? dbetaTerms : nil, dy + row, x + row,
+                        pieceSets.count, cps, mean + n * sets + s0, rstd + n * sets + s0, gamma.map { $0 + ch0 },
                         beta.map { $0 + ch0 }, activation.kernelCode)
                 }
             }
