@@ -30,7 +30,7 @@ NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0
     moved.scale += c0;
     moved.shift += c0;
     moved.center += c0;
-    moved.dz += o;
+    if (moved.dz) moved.dz += o;
     return moved;
 }
 
@@ -55,7 +55,7 @@ NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0
 #define CL_AHEAD(act, read) ((act) == NK_SILU || (read) == NK_READ_AHEAD)
 
 // Per channel, with d = x − k[ch] (k NULL: 0): fa[ch] += Σ d, fb[ch] += Σ d² (grad 0), or fa[ch] += Σ g,
-// fb[ch] += Σ g·d (grad 1; g = dy, or dz = dy·act'(z) stored to b->dz with act > 0), over `rows` rows of channels
+// fb[ch] += Σ g·d (grad 1; g = dy, or dz = dy·act'(z) with act > 0, stored to b->dz unless NULL), over `rows` rows of channels
 // 0 … w − 1 (nv vectors, w ≤ CL_WIDTH: all in registers), rows c apart. With ahead = 1 each line of x (and dy) is
 // prefetched `rows` rows on: the same slice of the next tile (CL_AHEAD).
 NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, const int nv, float *fa, float *fb,
@@ -65,6 +65,7 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, con
     const vmask tm = vmask_first(tail ? tail : 1);
     vf kv[CL_VECTORS], a[CL_VECTORS], q[CL_VECTORS];
     act_affine aff[CL_VECTORS];
+    float *const dz = act ? b->dz : NULL;
     for (int v = 0; v < nv; v++) {
         kv[v] = k ? CL_LOAD(k + v * NK_LANES, v) : vzero();
         a[v] = vload(fa + v * NK_LANES);
@@ -84,7 +85,7 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, con
             }
             vf xv = CL_LOAD(x + o, v), d = vsub(xv, kv[v]);
             vf g = grad ? CL_LOAD(dy + o, v) : d;
-            ACT_GRAD(act, g, xv, aff[v], b->dz, CL_STORE(b->dz + o, v, g));
+            ACT_GRAD(act, g, xv, aff[v], dz, if (dz) CL_STORE(dz + o, v, g));
             a[v] = vadd(a[v], g);
             q[v] = vfma(g, d, q[v]);
         }
@@ -159,16 +160,22 @@ NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float
 // prefetched `distance` rows on.
 NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, const int ahead, const int nv, float *out,
                            const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
-                           const float *b, const float *k, long distance) {
+                           const float *b, const float *k, const nk_activation_backward *ab, long distance) {
     const long tail = w % NK_LANES;
     const vmask tm = vmask_first(tail ? tail : 1);
     vf kv[CL_VECTORS], av[CL_VECTORS], bv[CL_VECTORS], pv[CL_VECTORS];
+    act_affine aff[CL_VECTORS];
     for (int v = 0; v < nv; v++) {
         const long o = v * NK_LANES;
         kv[v] = k ? CL_LOAD(k + o, v) : vzero();
         av[v] = CL_LOAD(a + o, v);
         bv[v] = CL_LOAD(b + o, v);
         pv[v] = grad ? CL_LOAD(p + o, v) : vzero();
+        if (grad && act) {
+            aff[v].fa = CL_LOAD(ab->scale + o, v);
+            aff[v].fb = CL_LOAD(ab->shift + o, v);
+            aff[v].fk = CL_LOAD(ab->center + o, v);
+        }
     }
     // Rows walked by pointers up to an end pointer: with an index into x, dy and out, clang kept the row count and
     // `out` on the stack (the function holds every variant), and each row waited on a decrement through memory (GN's
@@ -179,8 +186,16 @@ NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, cons
         for (int v = 0; v < nv; v++) {
             const long o = v * NK_LANES;
             if (ahead) vprefetch(xr, o + distance * c);
-            vf value = vfma(av[v], vsub(CL_LOAD(xr + o, v), kv[v]), bv[v]);
-            value = grad ? vfma(pv[v], CL_LOAD(dyr + o, v), value) : vact(act, value);
+            const vf xv = CL_LOAD(xr + o, v);
+            vf value = vfma(av[v], vsub(xv, kv[v]), bv[v]);
+            if (grad) {
+                // dz = dy·act'(z) as the sums pass computed it (ACT_GRAD: the same operations, the same bits).
+                vf g = CL_LOAD(dyr + o, v);
+                ACT_GRAD(act, g, xv, aff[v], NULL, (void)0);
+                value = vfma(pv[v], g, value);
+            } else {
+                value = vact(act, value);
+            }
             if (v == nv - 1 && tail) vstore_part(outr + o, tm, value);
             else row_store(stream, outr + o, value);
         }
@@ -190,8 +205,8 @@ NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, cons
 
 NK_INLINE void cl_apply_run(const int grad, const int act, const int stream, const int ahead, float *out,
                             const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
-                            const float *b, const float *k, long distance) {
-#define CL_APPLY_NV(NV) cl_apply_nv(grad, act, stream, ahead, NV, out, dy, x, m, c, w, p, a, b, k, distance)
+                            const float *b, const float *k, const nk_activation_backward *ab, long distance) {
+#define CL_APPLY_NV(NV) cl_apply_nv(grad, act, stream, ahead, NV, out, dy, x, m, c, w, p, a, b, k, ab, distance)
     CL_NV(w, CL_APPLY_NV)
 #undef CL_APPLY_NV
 }
@@ -217,15 +232,16 @@ NK_INLINE int cl_next_row_aliases(const float *out, const float *in, long c) {
 // under SiLU, whose ~25 operations per vector hide the aliasing and which ran 1.0–1.3x the time this way.
 NK_INLINE void cl_apply_rows(const int grad, const int act, const int stream, const int ahead, float *out,
                              const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
-                             const float *b, const float *k) {
+                             const float *b, const float *k, const nk_activation_backward *ab) {
     for (long c1 = 0; c1 < w; c1 += CL_MAX) {
         const long end = c1 + CL_MAX < w ? c1 + CL_MAX : w;
         for (long r = 0; r < m; r++) {
             const long o = r * c;
             for (long c0 = c1; c0 < end; c0 += CL_WIDTH) {
                 const long cw = end - c0 < CL_WIDTH ? end - c0 : CL_WIDTH;
+                const nk_activation_backward moved = grad && act ? act_at(ab, c0, 0) : (nk_activation_backward){0};
                 cl_apply_run(grad, act, stream, ahead, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, 1, c, cw,
-                             grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL, CL_TILE_ROWS);
+                             grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL, &moved, CL_TILE_ROWS);
             }
         }
     }
@@ -233,16 +249,16 @@ NK_INLINE void cl_apply_rows(const int grad, const int act, const int stream, co
 
 NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, const int ahead, float *out,
                               const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
-                              const float *b, const float *k) {
+                              const float *b, const float *k, const nk_activation_backward *ab) {
     if (w <= CL_WIDTH) {
         // One run: prefetch about 32 KB ahead (the rows that a wide row's tile would hold).
         const long distance = c >= 8192 / CL_TILE_ROWS ? CL_TILE_ROWS : 8192 / c;
-        cl_apply_run(grad, act, stream, ahead, out, dy, x, m, c, w, p, a, b, k, distance);
+        cl_apply_run(grad, act, stream, ahead, out, dy, x, m, c, w, p, a, b, k, ab, distance);
         return;
     }
     if (act != NK_SILU && ((c * (long)sizeof(float)) % 4096 == 0 || cl_next_row_aliases(out, x, c) ||
                            cl_next_row_aliases(out, dy, c))) {
-        cl_apply_rows(grad, act, stream, ahead, out, dy, x, m, c, w, p, a, b, k);
+        cl_apply_rows(grad, act, stream, ahead, out, dy, x, m, c, w, p, a, b, k, ab);
         return;
     }
     // Wide rows: tiles of about 32 KB of rows (at least CL_TILE_ROWS), swept once per CL_WIDTH channels
@@ -252,8 +268,9 @@ NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, c
         const long rows = p0 + tile < m ? tile : m - p0, o = p0 * c;
         for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
             const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
+            const nk_activation_backward moved = grad && act ? act_at(ab, c0, 0) : (nk_activation_backward){0};
             cl_apply_run(grad, act, stream, ahead, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, rows, c, cw,
-                         grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL, tile);
+                         grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL, &moved, tile);
         }
     }
 }
@@ -262,26 +279,32 @@ NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, c
 // whole number of vectors; the slices' first channels are multiples of CL_WIDTH) and out is not an input; else
 // ordinary stores.
 NK_INLINE void cl_apply(const int grad, const int act, int store, float *out, const float *dy, const float *x, long m,
-                        long c, long w, const float *p, const float *a, const float *b, const float *k) {
+                        long c, long w, const float *p, const float *a, const float *b, const float *k,
+                        const nk_activation_backward *ab) {
     if (store == NK_STORE_STREAMING && out != x && out != dy && head_to_boundary(out, NK_LANES) == 0 &&
         c % NK_LANES == 0) {
-        cl_apply_tiles(grad, act, 1, act == NK_SILU, out, dy, x, m, c, w, p, a, b, k);
+        cl_apply_tiles(grad, act, 1, act == NK_SILU, out, dy, x, m, c, w, p, a, b, k, ab);
         vstream_fence();
     } else {
-        cl_apply_tiles(grad, act, 0, act == NK_SILU, out, dy, x, m, c, w, p, a, b, k);
+        cl_apply_tiles(grad, act, 0, act == NK_SILU, out, dy, x, m, c, w, p, a, b, k, ab);
     }
 }
 
 NK_FN void cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
                               const float *b, int act, int store) {
-#define CL_AFFINE(A) cl_apply(0, A, store, y, NULL, x, m, c, w, NULL, a, b, k)
+#define CL_AFFINE(A) cl_apply(0, A, store, y, NULL, x, m, c, w, NULL, a, b, k, NULL)
     ACT_DISPATCH(act, CL_AFFINE)
 #undef CL_AFFINE
 }
 
+// dx = p·g + q·(x − k) + r with g = dy, or (act non-NULL) g = dz = dy·act'(z) recomputed from x as the sums pass
+// computes it (act->dz unused).
 NK_FN void cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
-                             const float *q, const float *r, const float *k, int store) {
-    cl_apply(1, 0, store, dx, dy, x, m, c, w, p, q, r, k);
+                             const float *q, const float *r, const float *k, const nk_activation_backward *act,
+                             int store) {
+#define CL_GRADIENT_APPLY(A) cl_apply(1, A, store, dx, dy, x, m, c, w, p, q, r, k, act)
+    ACT_DISPATCH(act ? act->kind : NK_IDENTITY, CL_GRADIENT_APPLY)
+#undef CL_GRADIENT_APPLY
 }
 
 #define NK_TABLE_ENTRY(name) .name = name,

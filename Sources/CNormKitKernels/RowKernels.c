@@ -173,6 +173,7 @@ void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, con
 }
 
 void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
-                          const float *q, const float *r, const float *k, int store) {
-    NK_FORWARD(cl_gradient_apply(dx, dy, x, m, c, w, p, q, r, k, store));
+                          const float *q, const float *r, const float *k, const nk_activation_backward *act,
+                          int store) {
+    NK_FORWARD(cl_gradient_apply(dx, dy, x, m, c, w, p, q, r, k, act, store));
 }

@@ -166,13 +166,16 @@ struct ActivationBackward {
     }
 }
 
-/// Calls `body` with a pointer to the kernel descriptor of `backward` at (coefficient, element), or nil.
+/// Calls `body` with a pointer to the kernel descriptor of `backward` at (coefficient, element), or nil. With
+/// `storingDz` false its `dz` is NULL: a sums kernel then keeps `dz` to itself (the apply recomputes it), and an apply
+/// kernel given the descriptor recomputes `dz` from `x` and `dy`.
 @inline(__always)
 func withKernelActivation<R>(
-    _ backward: ActivationBackward?, coefficient: Int, element: Int,
+    _ backward: ActivationBackward?, coefficient: Int, element: Int, storingDz: Bool = true,
     _ body: (UnsafePointer<nk_activation_backward>?) -> R
 ) -> R {
     guard let backward else { return body(nil) }
     var descriptor = backward.kernel(coefficient: coefficient, element: element)
+    if !storingDz { descriptor.dz = nil }
     return withUnsafePointer(to: &descriptor) { body($0) }
 }

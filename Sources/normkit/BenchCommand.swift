@@ -76,7 +76,7 @@ struct BenchCommand: ParsableCommand {
 
     @Option(
         help: """
-            The layers of the kernel table, comma-separated, from gn, gn-silu, bn, brn, mabn, frozen-bn (default \
+            The layers of the kernel table, comma-separated, from gn, gn-silu, bn, bn-relu, brn, mabn, frozen-bn (default \
             gn,gn-silu,bn; frozen-bn keeps its frozen γ, β with --without-affine). Kernel table only.
             """)
     var layers: String?

@@ -406,6 +406,64 @@ final class KernelPathTests: XCTestCase {
         XCTAssertEqual(mismatches, [], "streamed and cached stores differ (\(compared) values compared)")
     }
 
+    /// From memory (inputs of ``KernelDispatch/streamingStoreThreshold`` elements and more) the channels-last
+    /// backward with a fused activation recomputes `dz = dy·act'(z)` from `x` and `dy` in its apply stage, where in
+    /// the caches its sums pass stores `dz` over `dx` and the apply reads it back (`NormalizationKernels.recomputesDz`):
+    /// `dx`, `dγ` and `dβ` are the same bits either way, with ReLU and SiLU, on 1 and 2 threads, AVX2 and AVX-512, on
+    /// each channels-last path of the backward: GN's slices of 48 channels (2, 256, 28, 28) on a 1 MB L2, GN's samples
+    /// split in parts (1, 64, 64, 64), BN's batch split in parts (4, 64, 28, 28), and BN's unfused stages (5, 64, 60,
+    /// 60): 18,000 rows per channel, too many for a tile).
+    func testRecomputedDzGivesTheSameBits() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        let savedThreshold = KernelDispatch.streamingStoreThreshold, savedL2 = KernelDispatch.levelTwoCacheBytes
+        let savedThreads = Parallelism.threadCount
+        defer {
+            KernelDispatch.streamingStoreThreshold = savedThreshold
+            KernelDispatch.levelTwoCacheBytes = savedL2
+            Parallelism.threadCount = savedThreads
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: KernelDispatch.instructionSet)
+        }
+        KernelDispatch.levelTwoCacheBytes = 1 << 20
+        var rng = SeededGenerator(seed: 40)
+        var compared = 0, mismatches: [String] = []
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for (shape, isBatchNorm) in [
+                ([2, 256, 28, 28], false), ([1, 64, 64, 64], false), ([4, 64, 28, 28], true), ([5, 64, 60, 60], true),
+            ] {
+                let x = randomTensor(shape, layout: .channelsLast, scale: 2, offset: 1, using: &rng)
+                let dy = randomTensor(shape, layout: .channelsLast, using: &rng)
+                let gamma = (0..<shape[1]).map { _ in Float.random(in: 0.5...1.5, using: &rng) }
+                let beta = (0..<shape[1]).map { _ in Float.random(in: -0.5...0.5, using: &rng) }
+                for activation in [FusedActivation.relu, .silu] {
+                    for threads in [1, 2] {
+                        Parallelism.threadCount = threads
+                        var runs: [[UInt32]] = []
+                        for threshold in [Int.max, 0] {
+                            KernelDispatch.streamingStoreThreshold = threshold
+                            let layer: NormalizationLayer =
+                                isBatchNorm
+                                ? try BatchNorm(channels: shape[1]) : try GroupNorm(channels: shape[1], groups: 32)
+                            layer.weight?.value = gamma
+                            layer.bias?.value = beta
+                            layer.activation = activation
+                            _ = try layer.forward(x, training: true)
+                            let gradients = try layer.backward(dy)
+                            runs.append(
+                                (gradients.input.values + (gradients.weight ?? []) + (gradients.bias ?? [])).map(
+                                    \.bitPattern))
+                        }
+                        compared += runs[0].count
+                        if runs[0] != runs[1] { mismatches.append("\(limit.name) \(shape) \(activation) \(threads)") }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(mismatches, [], "recomputed and stored dz differ (\(compared) values compared)")
+    }
+
     /// The channels-last apply (`nk_cl_affine_centered`, `nk_cl_gradient_apply`) on rows wider than a slice walks
     /// them row by row when its tile sweep would load a row of `x` at the page offset of the row of `out` it has just
     /// stored (4K aliasing: rows a multiple of 4 KB apart, `x` and `out` at the same page offset), and in tiles of
@@ -451,7 +509,7 @@ final class KernelPathTests: XCTestCase {
                                         let centre = centred ? kp.baseAddress : nil
                                         if kind < 0 {
                                             nk_cl_gradient_apply(
-                                                out, dy, x, m, c, w, q, a, b, centre ?? kp.baseAddress!,
+                                                out, dy, x, m, c, w, q, a, b, centre ?? kp.baseAddress!, nil,
                                                 Int32(store))
                                         } else {
                                             nk_cl_affine_centered(

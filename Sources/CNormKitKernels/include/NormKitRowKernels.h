@@ -152,15 +152,18 @@ void nk_cl_set_moments(double *mean, double *variance, const float *k, const dou
  */
 /* s1[ch] += Σ (x − k[ch]), s2[ch] += Σ (x − k[ch])² (k NULL: 0). */
 void nk_cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k, int read);
-/* s1[ch] += Σ dy, s2[ch] += Σ dy·(x − k[ch]) (dy: dz with a fused activation). */
+/* s1[ch] += Σ dy, s2[ch] += Σ dy·(x − k[ch]) (dy: dz = dy·act'(z) with a fused activation, stored to act->dz
+ * unless it is NULL). */
 void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, long w,
                          const float *k, const nk_activation_backward *act, int read);
 /* y = act(a[ch]·(x − k[ch]) + b[ch]) (k NULL: 0; y may alias x). */
 void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
                            const float *b, int act, int store);
-/* dx = p[ch]·dy + q[ch]·(x − k[ch]) + r[ch]. */
+/* dx = p[ch]·g + q[ch]·(x − k[ch]) + r[ch], g = dy; with act (non-NULL), g = dz = dy·act'(z) recomputed from x
+ * with the same operations as nk_cl_gradient_sums (the same bits; act->dz is not used). */
 void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
-                          const float *q, const float *r, const float *k, int store);
+                          const float *q, const float *r, const float *k, const nk_activation_backward *act,
+                          int store);
 
 #ifdef __cplusplus
 }

@@ -227,7 +227,7 @@ extension NormalizationKernels {
     static func nativeGradientSumsChannelsLast(
         sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>, dy: UnsafePointer<Float>,
         x: UnsafePointer<Float>, center: UnsafePointer<Double>, partial: UnsafeMutablePointer<Double>,
-        activation: ActivationBackward?, geometry g: NormalizationGeometry
+        activation: ActivationBackward?, storingDz: Bool, geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
         let work = backwardWork(g, activation)
@@ -236,7 +236,9 @@ extension NormalizationKernels {
             withUnsafeTemporaryAllocation(of: Float.self, capacity: c) { k in
                 for ch in 0..<c { k[ch] = Float(center[g.set(n: n, c: ch)]) }
                 let o = (n * m + rows.lowerBound) * c
-                withKernelActivation(activation, coefficient: g.coefficient(n: n, c: 0), element: o) {
+                withKernelActivation(
+                    activation, coefficient: g.coefficient(n: n, c: 0), element: o, storingDz: storingDz
+                ) {
                     nk_cl_gradient_sums(a1, a2, dy + o, x + o, rows.count, c, c, k.baseAddress!, $0, g.inputRead)
                 }
             }
@@ -250,10 +252,11 @@ extension NormalizationKernels {
     }
 
     /// `dx = scale[b,c]·dy + q·(x − k) + r` with `(k, q, r) = setCoefficients(set)` (the set's float centre, slope and
-    /// offset at that centre), rows of the batch split over threads.
+    /// offset at that centre), rows of the batch split over threads; with `activation`, of `dz = dy·act'(z)`
+    /// recomputed from `x` (``recomputesDz(_:_:)``) in place of `dy`.
     static func nativeGradientApplyChannelsLast(
         dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-        scale: UnsafePointer<Float>, geometry g: NormalizationGeometry,
+        scale: UnsafePointer<Float>, activation: ActivationBackward?, geometry g: NormalizationGeometry,
         setCoefficients: (_ set: Int) -> (center: Float, slope: Float, offset: Float)
     ) {
         let c = g.channels, m = g.positions, store = g.outputStore
@@ -262,9 +265,10 @@ extension NormalizationKernels {
                 let k = rowValues.baseAddress!, q = k + c, r = q + c
                 forEachSampleRun(rows, rowsPerSample: m) { n, first, count in
                     for ch in 0..<c { (k[ch], q[ch], r[ch]) = setCoefficients(g.set(n: n, c: ch)) }
-                    let o = first * c
-                    nk_cl_gradient_apply(
-                        dx + o, dy + o, x + o, count, c, c, scale + g.coefficient(n: n, c: 0), q, r, k, store)
+                    let o = first * c, k0 = g.coefficient(n: n, c: 0)
+                    withKernelActivation(activation, coefficient: k0, element: 0, storingDz: false) {
+                        nk_cl_gradient_apply(dx + o, dy + o, x + o, count, c, c, scale + k0, q, r, k, $0, store)
+                    }
                 }
             }
         }
@@ -604,7 +608,10 @@ extension NormalizationKernels {
     ) {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
         let tiles = g.sampleBlocks * ((c + width - 1) / width), store = g.outputStore, read = g.inputRead
-        let upstream = activation.map { UnsafePointer($0.dz) } ?? dy
+        // From memory the apply recomputes `dz` from `x` and `dy` (``recomputesDz(_:_:)``).
+        let recompute = recomputesDz(g, activation)
+        let upstream = recompute ? dy : activation.map { UnsafePointer($0.dz) } ?? dy
+        let applied = recompute ? activation : nil
 
         /// The tile's row of centres `k` (the sets' float means), from its coefficients' entry in `scratch`.
         @inline(__always) func tileCenters(b: Int, c0: Int, w: Int) -> UnsafeMutablePointer<Float> {
@@ -646,7 +653,7 @@ extension NormalizationKernels {
                     let a1 = partial + 2 * t * c, a2 = a1 + c
                     a1.update(repeating: 0, count: c)
                     a2.update(repeating: 0, count: c)
-                    withKernelActivation(activation, coefficient: b * c, element: o) {
+                    withKernelActivation(activation, coefficient: b * c, element: o, storingDz: !recompute) {
                         nk_cl_gradient_sums(a1, a2, dy + o, x + o, count, c, c, k, $0, read)
                     }
                 } between: {
@@ -654,7 +661,9 @@ extension NormalizationKernels {
                     tileCoefficients(b: b, c0: 0, w: c)
                 } apply: { t in
                     let (count, o) = blockPart(t, of: parts, block: b, geometry: g)
-                    nk_cl_gradient_apply(dx + o, upstream + o, x + o, count, c, c, p, q, r, k, store)
+                    withKernelActivation(applied, coefficient: b * c, element: 0, storingDz: false) {
+                        nk_cl_gradient_apply(dx + o, upstream + o, x + o, count, c, c, p, q, r, k, $0, store)
+                    }
                 }
             }
             return
@@ -668,14 +677,18 @@ extension NormalizationKernels {
                         sumDy + n * c + c0, sumDyCentered + n * c + c0, width: w, parts: sliceParts, positions: m
                     ) { a1, a2, row, rows in
                         let o = (n * m + row) * c + c0
-                        withKernelActivation(activation, coefficient: b * c + c0, element: o) {
+                        withKernelActivation(
+                            activation, coefficient: b * c + c0, element: o, storingDz: !recompute
+                        ) {
                             nk_cl_gradient_sums(a1, a2, dy + o, x + o, rows, c, w, k, $0, read)
                         }
                     }
                 }
                 tileCoefficients(b: b, c0: c0, w: w)
                 let o = n0 * m * c + c0
-                nk_cl_gradient_apply(dx + o, upstream + o, x + o, sps * m, c, w, p, q, r, k, store)
+                withKernelActivation(applied, coefficient: b * c + c0, element: 0, storingDz: false) {
+                    nk_cl_gradient_apply(dx + o, upstream + o, x + o, sps * m, c, w, p, q, r, k, $0, store)
+                }
             }
         }
     }

@@ -6,12 +6,14 @@ import CNormKitKernels
 
 extension NormalizationKernels {
     /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (Double); with a fused activation, of `dz = dy·act'(z)`,
-    /// which is also written to `activation.dz` (laid out like `dy`) for the apply stage. `partial`: channels-last,
+    /// which is also written to `activation.dz` (laid out like `dy`) for the apply stage, unless `storingDz` is false
+    /// (channels-last native only: ``recomputesDz(_:_:)``). `partial`: channels-last,
     /// ``reductionPartsScratchCount(_:backward:)`` doubles (`backward: true`).
     static func gradientSums(
         sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>,
         dy: UnsafePointer<Float>, x: UnsafePointer<Float>, center: UnsafePointer<Double>,
-        partial: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil, geometry g: NormalizationGeometry
+        partial: UnsafeMutablePointer<Double>, activation: ActivationBackward? = nil, storingDz: Bool = true,
+        geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
         switch g.layout {
@@ -30,7 +32,7 @@ extension NormalizationKernels {
             if nativeChannelsLast {
                 return nativeGradientSumsChannelsLast(
                     sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: center, partial: partial,
-                    activation: activation, geometry: g)
+                    activation: activation, storingDz: storingDz, geometry: g)
             }
             Parallelism.forEachRange(count: g.batch, work: backwardWork(g, activation)) { samples in
                 for n in samples {
@@ -75,7 +77,9 @@ extension NormalizationKernels {
             }
         case .channelsLast:
             if nativeChannelsLast {
-                return nativeGradientApplyChannelsLast(dx: dx, dy: dy, x: x, scale: scale, geometry: g) { s in
+                return nativeGradientApplyChannelsLast(
+                    dx: dx, dy: dy, x: x, scale: scale, activation: nil, geometry: g
+                ) { s in
                     let centering = Centering(center[s])
                     return (
                         centering.center, slope[s], centering.offset(Double(offset[s]), slope: Double(slope[s]))
@@ -160,9 +164,10 @@ extension NormalizationKernels {
                     gammaEffective: gammaEffective, scratch: scratch, partial: scratchDouble, activation: activation,
                     width: width, geometry: g)
             }
+            let recompute = recomputesDz(g, activation)
             gradientSums(
                 sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, partial: scratchDouble,
-                activation: activation, geometry: g)
+                activation: activation, storingDz: !recompute, geometry: g)
             // scratch holds: scale (coefficientCount), slope (sets), offset (sets; native: at the float centre).
             let scale = scratch, slope = scratch + g.coefficientCount, offset = slope + g.setCount
             for s in 0..<g.setCount {
@@ -185,7 +190,10 @@ extension NormalizationKernels {
                 return gradientApply(
                     dx: dx, dy: upstream, x: x, center: mean, scale: scale, slope: slope, offset: offset, geometry: g)
             }
-            nativeGradientApplyChannelsLast(dx: dx, dy: upstream, x: x, scale: scale, geometry: g) { s in
+            nativeGradientApplyChannelsLast(
+                dx: dx, dy: recompute ? dy : upstream, x: x, scale: scale, activation: recompute ? activation : nil,
+                geometry: g
+            ) { s in
                 (Centering(mean[s]).center, slope[s], offset[s])
             }
         }

@@ -111,6 +111,17 @@ enum NormalizationKernels {
         g.elementCount + (activation?.activation ?? .identity).work(elements: g.elementCount)
     }
 
+    /// Whether the channels-last native backward recomputes `dz = dy·act'(z)` in its apply stage from `x` and `dy`
+    /// (the sums kernel's operations, so the same bits) instead of storing it over `dx` in the sums pass and reading
+    /// it back: for inputs read from memory (``NormalizationGeometry/inputRead``), where those stores fetch every
+    /// line of `dx` from memory before writing it, and the apply's stores of `dx` over the `dz` it reads cannot
+    /// stream. GN + SiLU (32, 256, 56, 56) and (32, 512, 28, 28) NHWC forward+backward took 0.91–0.93x the time
+    /// (PERFORMANCE.md, session 40). In L2 or L3 the stored `dz` stays cached, and SiLU's ~25 operations per vector
+    /// would run twice.
+    static func recomputesDz(_ g: NormalizationGeometry, _ activation: ActivationBackward?) -> Bool {
+        activation != nil && nativeChannelsLast && g.inputRead == Int32(NK_READ_AHEAD)
+    }
+
     /// Per-set mean and biased variance (corrected two-pass, Double results). `scratch`: ``doubleScratchCount(_:)``.
     static func statistics(
         mean: UnsafeMutablePointer<Double>, variance: UnsafeMutablePointer<Double>,

@@ -48,7 +48,10 @@ public enum KernelBenchmark {
     public enum Layer: String, CaseIterable, Codable, Sendable {
         case gn
         case gnSiLU = "gn-silu"
-        case bn, brn, mabn
+        case bn
+        /// BN with ReLU fused (the ResNets' normalization block).
+        case bnReLU = "bn-relu"
+        case brn, mabn
         case frozenBN = "frozen-bn"
 
         public static let defaults: [Layer] = [.gn, .gnSiLU, .bn]
@@ -64,6 +67,10 @@ public enum KernelBenchmark {
                 layer.activation = .silu
                 return ("GroupNorm+SiLU" + suffix, layer)
             case .bn: return ("BatchNorm" + suffix, try BatchNorm(channels: c, affine: affine))
+            case .bnReLU:
+                let layer = try BatchNorm(channels: c, affine: affine)
+                layer.activation = .relu
+                return ("BatchNorm+ReLU" + suffix, layer)
             case .brn: return ("BatchRenorm" + suffix, try BatchRenorm(channels: c, affine: affine))
             case .mabn:
                 let buffer = TrainingConfiguration().mabnBufferSize
