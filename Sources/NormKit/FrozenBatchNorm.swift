@@ -98,7 +98,9 @@ public final class FrozenBatchNorm: NormalizationLayer {
     public func backward(_ dy: Tensor, into dx: inout Tensor) throws {
         let (x, g) = try pending.forBackward(of: dy, layer: name)
         let gamma = weight?.value, runningVariance = runningVariance, eps = Double(epsilon)
-        workspace.backwardStaged(dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g) {
+        workspace.backwardStaged(
+            dy, input: x, into: &dx, weight: weight, bias: bias, geometry: g, readsInput: false
+        ) {
             _, _, gradients in
             for c in 0..<runningVariance.count {
                 let inverseStd = 1 / (Double(runningVariance[c]) + eps).squareRoot()

@@ -76,7 +76,7 @@ struct BenchCommand: ParsableCommand {
 
     @Option(
         help: """
-            The layers of the kernel table, comma-separated, from gn, gn-silu, bn, bn-relu, brn, mabn, frozen-bn (default \
+            The layers of the kernel table, comma-separated, from gn, gn-silu, bn, brn, mabn, frozen-bn (default \
             gn,gn-silu,bn; frozen-bn keeps its frozen γ, β with --without-affine). Kernel table only.
             """)
     var layers: String?
@@ -93,6 +93,13 @@ struct BenchCommand: ParsableCommand {
             return layer
         }
     }
+
+    @Option(
+        help: """
+            Fuse this activation (relu or silu) into every layer of the kernel table but gn-silu, which keeps \
+            SiLU; the rows' names say which (BatchNorm+ReLU: the ResNets' block). Kernel table only.
+            """)
+    var activation: FusedActivation = .identity
 
     @Option(
         help: """
@@ -133,6 +140,9 @@ struct BenchCommand: ParsableCommand {
         }
         if streamingCheck, let shapes, try parsedShapes().contains(where: { $0.count != 4 }) {
             throw ValidationError("--streaming-check: --shapes '\(shapes)' must all be NxCxHxW")
+        }
+        if inference || streamingCheck, activation != .identity {
+            throw ValidationError("--activation applies to the kernel table, not to --inference or --streaming-check")
         }
         if inference, streamingThreshold != nil {
             throw ValidationError("--streaming-threshold applies to the kernel table, not to --inference")
@@ -258,7 +268,7 @@ struct BenchCommand: ParsableCommand {
         let layouts = layout.map { [$0] } ?? TensorLayout.allCases
         let rows = try KernelBenchmark.run(
             shapes: try parsedShapes(), layouts: layouts, groups: groups, layers: try parsedLayers(),
-            repetitions: repetitions, statistic: statistic, affine: !withoutAffine
+            repetitions: repetitions, statistic: statistic, affine: !withoutAffine, activation: activation
         ) { meter.measure(statistic) }
         print(
             "normkit bench: \(threads) thread(s), layouts \(layouts.map(\.rawValue).joined(separator: " and ")), kernels \(KernelDispatch.description), \(statistic.rawValue) of \(repetitions), streaming stores from \(KernelDispatch.streamingStoreThreshold) elements, L2 \(KernelDispatch.levelTwoCacheBytes >> 10) KB"
@@ -329,3 +339,4 @@ struct BenchCommand: ParsableCommand {
 
 extension TensorLayout: ExpressibleByArgument {}
 extension KernelBenchmark.Statistic: ExpressibleByArgument {}
+extension FusedActivation: ExpressibleByArgument {}

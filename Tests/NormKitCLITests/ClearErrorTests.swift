@@ -43,6 +43,8 @@ final class ClearErrorTests: XCTestCase {
             (["bench", "--layers", "bn,"], ["--layers", "''"]),
             (["bench", "--layers", "mabn,mabn"], ["--layers", "twice"]),
             (["bench", "--layers", "mabn", "--inference"], ["--layers", "--inference"]),
+            (["bench", "--activation", "relu", "--inference"], ["--activation", "--inference"]),
+            (["bench", "--activation", "gelu"], ["--activation", "gelu"]),
         ] {
             let result = try CLI.run(arguments, in: out)
             assertRefused(result, code: 64, mentioning: words, arguments.joined(separator: " "))

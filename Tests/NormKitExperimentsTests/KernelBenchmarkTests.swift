@@ -80,6 +80,23 @@ final class KernelBenchmarkTests: XCTestCase {
         }
     }
 
+    /// `activation` is fused into every layer but GN + SiLU's, whose SiLU stays, and the rows' names say which; with
+    /// `affine` false the affine note stays last.
+    func testTheActivationIsFusedIntoEveryLayerButGroupNormSiLU() throws {
+        let rows = try KernelBenchmark.run(
+            shapes: [[4, 8]], layouts: [.channelsLast], groups: 4, layers: [.bn, .gnSiLU, .mabn, .frozenBN],
+            repetitions: 1, activation: .relu
+        ) { 1e10 }
+        XCTAssertEqual(
+            rows.map(\.layer),
+            ["BatchNorm+ReLU", "GroupNorm+SiLU", "MovingAverageBatchNorm+ReLU", "FrozenBatchNorm+ReLU"])
+        let plain = try KernelBenchmark.run(
+            shapes: [[4, 8]], layouts: [.channelsLast], groups: 4, layers: [.bn], repetitions: 1, affine: false,
+            activation: .silu
+        ) { 1e10 }
+        XCTAssertEqual(plain.map(\.layer), ["BatchNorm+SiLU (no affine)"])
+    }
+
     func testEachRowsFractionsUseTheCopyBandwidthMeasuredAroundIt() throws {
         // The meter reports 1, 2, 3, … × 10 GB/s, so row i (0-based) lies between (i + 1) and (i + 2) × 10 GB/s.
         var measurements = 0

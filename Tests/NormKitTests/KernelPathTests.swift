@@ -411,8 +411,9 @@ final class KernelPathTests: XCTestCase {
     /// the caches its sums pass stores `dz` over `dx` and the apply reads it back (`NormalizationKernels.recomputesDz`):
     /// `dx`, `dγ` and `dβ` are the same bits either way, with ReLU and SiLU, on 1 and 2 threads, AVX2 and AVX-512, on
     /// each channels-last path of the backward: GN's slices of 48 channels (2, 256, 28, 28) on a 1 MB L2, GN's samples
-    /// split in parts (1, 64, 64, 64), BN's batch split in parts (4, 64, 28, 28), and BN's unfused stages (5, 64, 60,
-    /// 60): 18,000 rows per channel, too many for a tile).
+    /// split in parts (1, 64, 64, 64), BN's batch split in parts (4, 64, 28, 28), BN's unfused stages (5, 64, 60,
+    /// 60): 18,000 rows per channel, too many for a tile), and the staged layers' (MABN, BRN; frozen BN, whose apply
+    /// reads `dz` alone, keeps storing it: an infinite `x` leaves its `dx` finite).
     func testRecomputedDzGivesTheSameBits() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         let savedThreshold = KernelDispatch.streamingStoreThreshold, savedL2 = KernelDispatch.levelTwoCacheBytes
@@ -443,17 +444,25 @@ final class KernelPathTests: XCTestCase {
                         var runs: [[UInt32]] = []
                         for threshold in [Int.max, 0] {
                             KernelDispatch.streamingStoreThreshold = threshold
-                            let layer: NormalizationLayer =
+                            let c = shape[1]
+                            let layers: [NormalizationLayer] =
                                 isBatchNorm
-                                ? try BatchNorm(channels: shape[1]) : try GroupNorm(channels: shape[1], groups: 32)
-                            layer.weight?.value = gamma
-                            layer.bias?.value = beta
-                            layer.activation = activation
-                            _ = try layer.forward(x, training: true)
-                            let gradients = try layer.backward(dy)
-                            runs.append(
-                                (gradients.input.values + (gradients.weight ?? []) + (gradients.bias ?? [])).map(
-                                    \.bitPattern))
+                                ? [
+                                    try BatchNorm(channels: c), try MovingAverageBatchNorm(channels: c, bufferSize: 2),
+                                    try BatchRenorm(channels: c),
+                                    try FrozenBatchNorm(channels: c, trainableAffine: true),
+                                ] : [try GroupNorm(channels: c, groups: 32)]
+                            var values: [UInt32] = []
+                            for layer in layers {
+                                layer.weight?.value = gamma
+                                layer.bias?.value = beta
+                                layer.activation = activation
+                                _ = try layer.forward(x, training: true)
+                                let gradients = try layer.backward(dy)
+                                values += (gradients.input.values + (gradients.weight ?? []) + (gradients.bias ?? []))
+                                    .map(\.bitPattern)
+                            }
+                            runs.append(values)
                         }
                         compared += runs[0].count
                         if runs[0] != runs[1] { mismatches.append("\(limit.name) \(shape) \(activation) \(threads)") }
@@ -462,6 +471,15 @@ final class KernelPathTests: XCTestCase {
             }
         }
         XCTAssertEqual(mismatches, [], "recomputed and stored dz differ (\(compared) values compared)")
+        // Frozen BN from memory with an infinite input: its dx = scale·dz + offset stays finite.
+        KernelDispatch.streamingStoreThreshold = 0
+        var x = randomTensor([5, 64, 60, 60], layout: .channelsLast, using: &rng)
+        x.withUnsafeMutableBufferPointer { $0[7] = .infinity }
+        let frozen = try FrozenBatchNorm(channels: 64, trainableAffine: true)
+        frozen.activation = .relu
+        _ = try frozen.forward(x, training: true)
+        let dx = try frozen.backward(randomTensor([5, 64, 60, 60], layout: .channelsLast, using: &rng)).input
+        XCTAssertTrue(dx.values.allSatisfy(\.isFinite), "frozen BN + ReLU from memory: dx not finite at an infinite x")
     }
 
     /// The channels-last apply (`nk_cl_affine_centered`, `nk_cl_gradient_apply`) on rows wider than a slice walks

@@ -57,13 +57,16 @@ extension NormalizationKernels {
         }
     }
 
-    /// `dx = scale[b,c]·dy + slope[set]·(x − center[set]) + offset[set]`.
+    /// `dx = scale[b,c]·dy + slope[set]·(x − center[set]) + offset[set]`; with `recomputing` (channels-last native,
+    /// ``recomputesDz(_:_:)``), of `dz = dy·act'(z)` recomputed from `x` in place of `dy`.
     static func gradientApply(
         dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
         center: UnsafePointer<Double>, scale: UnsafePointer<Float>,
-        slope: UnsafePointer<Float>, offset: UnsafePointer<Float>, geometry g: NormalizationGeometry
+        slope: UnsafePointer<Float>, offset: UnsafePointer<Float>, recomputing activation: ActivationBackward? = nil,
+        geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
+        assert(activation == nil || recomputesDz(g, activation) && g.layout == .channelsLast)
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
@@ -78,7 +81,7 @@ extension NormalizationKernels {
         case .channelsLast:
             if nativeChannelsLast {
                 return nativeGradientApplyChannelsLast(
-                    dx: dx, dy: dy, x: x, scale: scale, activation: nil, geometry: g
+                    dx: dx, dy: dy, x: x, scale: scale, activation: activation, geometry: g
                 ) { s in
                     let centering = Centering(center[s])
                     return (

@@ -106,10 +106,12 @@ extension StatisticsWorkspace {
     /// The staged backward of the last ``normalizeStaged(_:into:activation:geometry:rule:)``: per-(n, c) `Σ dz` and
     /// `Σ dz·(x − center)` (`dz` is `dy` through the fused activation); then `rule`, over all sets, which may reduce
     /// the sums across workers and must write every set's gradient affine; then `dx` and, when the layer is affine,
-    /// `dγ`, `dβ` into `weight` and `bias`.
+    /// `dγ`, `dβ` into `weight` and `bias`. `readsInput` false: every slope is 0 (frozen BN), and the apply reads
+    /// `dz` alone, never `x` (so `dz` is stored even from memory: recomputed, it would read `x`, and an infinite `x`
+    /// would turn `dx` into NaN through `0·(x − k)`).
     mutating func backwardStaged(
         _ dy: Tensor, input x: Tensor, into dx: inout Tensor, weight: Parameter?, bias: Parameter?,
-        geometry g: NormalizationGeometry,
+        geometry g: NormalizationGeometry, readsInput: Bool = true,
         rule: (_ sumDy: [Double], _ sumDyCentered: [Double], _ gradients: inout SetGradientAffines) throws -> Void
     ) rethrows {
         let n = g.setCount
@@ -119,15 +121,20 @@ extension StatisticsWorkspace {
         }
         dx.prepare(shape: x.shape, layout: x.layout)
         let center = stagedAffines.center
+        // From memory the apply recomputes dz from x and dy (NormalizationKernels.recomputesDz).
+        var recompute = false
         x.withUnsafeBufferPointer { xp in
             dy.withUnsafeBufferPointer { dyp in
                 dx.withUnsafeMutableBufferPointer { dxp in
                     scratchDouble.withDoubles(NormalizationKernels.backwardDoubleScratchCount(g)) { partial in
                         preActivation.withBackward(dz: dxp.baseAddress!) { activation in
+                            recompute =
+                                readsInput && g.layout == .channelsLast
+                                && NormalizationKernels.recomputesDz(g, activation)
                             NormalizationKernels.gradientSums(
                                 sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dyp.baseAddress!,
                                 x: xp.baseAddress!, center: center, partial: partial, activation: activation,
-                                geometry: g)
+                                storingDz: !recompute, geometry: g)
                         }
                     }
                 }
@@ -135,8 +142,9 @@ extension StatisticsWorkspace {
         }
         stagedGradients.resize(n)
         try rule(sumDy, sumDyCentered, &stagedGradients)
-        let gradients = stagedGradients, upstreamIsDz = preActivation.isActive
-        let readsInput = gradients.slope.contains { $0 != 0 }
+        let gradients = stagedGradients, upstreamIsDz = preActivation.isActive && !recompute
+        // (Recomputing dz reads x even where the slope is 0.)
+        let applyReadsInput = recompute || (readsInput && gradients.slope.contains { $0 != 0 })
         if scratch.count < 3 * n { scratch = [Float](repeating: 0, count: 3 * n) }
         scratch.withUnsafeMutableBufferPointer { sp in
             let scale = sp.baseAddress!, slope = scale + n, offset = slope + n
@@ -147,13 +155,15 @@ extension StatisticsWorkspace {
             x.withUnsafeBufferPointer { xp in
                 dx.withUnsafeMutableBufferPointer { dxp in
                     func run(_ upstream: UnsafePointer<Float>) {
-                        guard readsInput else {  // dx = scale·dz + offset, x not read (frozen BN)
+                        guard applyReadsInput else {  // dx = scale·dz + offset, x not read (frozen BN)
                             return NormalizationKernels.apply(
                                 y: dxp.baseAddress!, x: upstream, scale: scale, shift: offset, geometry: g)
                         }
-                        NormalizationKernels.gradientApply(
-                            dx: dxp.baseAddress!, dy: upstream, x: xp.baseAddress!, center: center, scale: scale,
-                            slope: slope, offset: offset, geometry: g)
+                        preActivation.withBackward(dz: dxp.baseAddress!) { activation in
+                            NormalizationKernels.gradientApply(
+                                dx: dxp.baseAddress!, dy: upstream, x: xp.baseAddress!, center: center, scale: scale,
+                                slope: slope, offset: offset, recomputing: recompute ? activation : nil, geometry: g)
+                        }
                     }
                     if upstreamIsDz {
                         run(dxp.baseAddress!)

@@ -48,10 +48,7 @@ public enum KernelBenchmark {
     public enum Layer: String, CaseIterable, Codable, Sendable {
         case gn
         case gnSiLU = "gn-silu"
-        case bn
-        /// BN with ReLU fused (the ResNets' normalization block).
-        case bnReLU = "bn-relu"
-        case brn, mabn
+        case bn, brn, mabn
         case frozenBN = "frozen-bn"
 
         public static let defaults: [Layer] = [.gn, .gnSiLU, .bn]
@@ -67,10 +64,6 @@ public enum KernelBenchmark {
                 layer.activation = .silu
                 return ("GroupNorm+SiLU" + suffix, layer)
             case .bn: return ("BatchNorm" + suffix, try BatchNorm(channels: c, affine: affine))
-            case .bnReLU:
-                let layer = try BatchNorm(channels: c, affine: affine)
-                layer.activation = .relu
-                return ("BatchNorm+ReLU" + suffix, layer)
             case .brn: return ("BatchRenorm" + suffix, try BatchRenorm(channels: c, affine: affine))
             case .mabn:
                 let buffer = TrainingConfiguration().mabnBufferSize
@@ -193,11 +186,12 @@ public enum KernelBenchmark {
     /// which is its training forward), in each of `layouts` (side by side: for every shape and layer, one row per
     /// layout, measured one after the other). `copyBandwidth` measures the machine's copy bandwidth: once before the
     /// first row and again after every row (``Row/copyBytesPerSecond``). With `affine` false the layers have no `γ`,
-    /// `β` (`affine: false`) and their rows' names say so.
+    /// `β` (`affine: false`) and their rows' names say so. `activation` is fused into every layer but GN + SiLU's
+    /// (which keeps its SiLU), and the rows' names say which (`BatchNorm+ReLU`).
     public static func run(
         shapes: [[Int]] = defaultShapes, layouts: [TensorLayout] = TensorLayout.allCases, groups: Int = defaultGroups,
         layers: [Layer] = Layer.defaults, repetitions: Int = 9, statistic: Statistic = .median, affine: Bool = true,
-        copyBandwidth: () -> Double
+        activation: FusedActivation = .identity, copyBandwidth: () -> Double
     ) throws -> [Row] {
         var rows: [Row] = []
         var copyBefore = copyBandwidth()
@@ -212,7 +206,13 @@ public enum KernelBenchmark {
                 first.count < KernelDispatch.streamingStoreThreshold
                 ? try time(repetitions: repetitions, statistic) { try Self.copy(&target, first) } : nil
             for kind in layers {
-                let (name, layer) = try kind.make(channels: c, groups: g, affine: affine)
+                var (name, layer) = try kind.make(channels: c, groups: g, affine: affine)
+                if activation != .identity, kind != .gnSiLU {
+                    layer.activation = activation
+                    name =
+                        name.replacingOccurrences(of: " (no affine)", with: "") + activation.rowSuffix
+                        + (affine ? "" : " (no affine)")
+                }
                 let groups = layer is GroupNorm ? Optional(g) : nil
                 for layout in layouts {
                     let x = first.converted(to: layout), dy = firstDy.converted(to: layout)
@@ -270,5 +270,16 @@ public enum KernelBenchmark {
                 } ?? " | – | – |\n")
         }
         return out
+    }
+}
+
+extension FusedActivation {
+    /// What a bench row's layer name gains with this activation fused (`+ReLU`, `+SiLU`).
+    var rowSuffix: String {
+        switch self {
+        case .identity: return ""
+        case .relu: return "+ReLU"
+        case .silu: return "+SiLU"
+        }
     }
 }
