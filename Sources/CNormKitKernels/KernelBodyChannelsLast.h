@@ -55,9 +55,9 @@ NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0
 #define CL_AHEAD(act, read) ((act) == NK_SILU || (read) == NK_READ_AHEAD)
 
 // Per channel, with d = x − k[ch] (k NULL: 0): fa[ch] += Σ d, fb[ch] += Σ d² (grad 0), or fa[ch] += Σ g,
-// fb[ch] += Σ g·d (grad 1; g = dy, or dz = dy·act'(z) with act > 0, stored to b->dz unless NULL), over `rows` rows of channels
-// 0 … w − 1 (nv vectors, w ≤ CL_WIDTH: all in registers), rows c apart. With ahead = 1 each line of x (and dy) is
-// prefetched `rows` rows on: the same slice of the next tile (CL_AHEAD).
+// fb[ch] += Σ g·d (grad 1; g = dy, or dz = dy·act'(z) with act > 0, stored to b->dz unless it is NULL), over `rows`
+// rows of channels 0 … w − 1 (nv vectors, w ≤ CL_WIDTH: all in registers), rows c apart. With ahead = 1 each line of
+// x (and dy) is prefetched `rows` rows on: the same slice of the next tile (CL_AHEAD).
 NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, const int nv, float *fa, float *fb,
                              const float *dy, const float *x, long rows, long c, long w, const float *k,
                              const nk_activation_backward *b) {

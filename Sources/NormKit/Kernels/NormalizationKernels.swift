@@ -115,9 +115,10 @@ enum NormalizationKernels {
     /// (the sums kernel's operations, so the same bits) instead of storing it over `dx` in the sums pass and reading
     /// it back: for inputs read from memory (``NormalizationGeometry/inputRead``), where those stores fetch every
     /// line of `dx` from memory before writing it, and the apply's stores of `dx` over the `dz` it reads cannot
-    /// stream. GN + SiLU (32, 256, 56, 56) and (32, 512, 28, 28) NHWC forward+backward took 0.91–0.93x the time
-    /// (PERFORMANCE.md, session 40). In L2 or L3 the stored `dz` stays cached, and SiLU's ~25 operations per vector
-    /// would run twice.
+    /// stream. NHWC forward+backward on (32, 256, 56, 56) and (32, 512, 28, 28) took 0.91–0.94x the time with GN +
+    /// SiLU and 0.79–0.87x with BN, MABN or BRN + ReLU (PERFORMANCE.md, session 40). In L2 or L3 the stored `dz`
+    /// stays cached, and SiLU's ~25 operations per vector would run twice. (Frozen BN, whose apply never reads `x`,
+    /// keeps storing `dz`: `StatisticsWorkspace.backwardStaged(readsInput:)`.)
     static func recomputesDz(_ g: NormalizationGeometry, _ activation: ActivationBackward?) -> Bool {
         activation != nil && nativeChannelsLast && g.inputRead == Int32(NK_READ_AHEAD)
     }
