@@ -253,7 +253,7 @@ extension NormalizationKernels {
 
     /// `dx = scale[b,c]·dy + q·(x − k) + r` with `(k, q, r) = setCoefficients(set)` (the set's float centre, slope and
     /// offset at that centre), rows of the batch split over threads; with `activation`, of `dz = dy·act'(z)`
-    /// recomputed from `x` (``recomputesDz(_:_:)``) in place of `dy`.
+    /// recomputed from `x` (``recomputesDz(_:activationFused:)``) in place of `dy`.
     static func nativeGradientApplyChannelsLast(
         dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
         scale: UnsafePointer<Float>, activation: ActivationBackward?, geometry g: NormalizationGeometry,
@@ -608,8 +608,8 @@ extension NormalizationKernels {
     ) {
         let c = g.channels, m = g.positions, sps = g.samplesPerSet, cps = g.channelsPerSet
         let tiles = g.sampleBlocks * ((c + width - 1) / width), store = g.outputStore, read = g.inputRead
-        // From memory the apply recomputes `dz` from `x` and `dy` (``recomputesDz(_:_:)``).
-        let recompute = recomputesDz(g, activation)
+        // From memory the apply recomputes `dz` from `x` and `dy` (``recomputesDz(_:activationFused:)``).
+        let recompute = recomputesDz(g, activationFused: activation != nil)
         let upstream = recompute ? dy : activation.map { UnsafePointer($0.dz) } ?? dy
         let applied = recompute ? activation : nil
 

@@ -7,7 +7,7 @@ import CNormKitKernels
 extension NormalizationKernels {
     /// Per-(n, c) `Σ dy` and `Σ dy·(x − center[set])` (Double); with a fused activation, of `dz = dy·act'(z)`,
     /// which is also written to `activation.dz` (laid out like `dy`) for the apply stage, unless `storingDz` is false
-    /// (channels-last native only: ``recomputesDz(_:_:)``). `partial`: channels-last,
+    /// (channels-last native only: ``recomputesDz(_:activationFused:)``). `partial`: channels-last,
     /// ``reductionPartsScratchCount(_:backward:)`` doubles (`backward: true`).
     static func gradientSums(
         sumDy: UnsafeMutablePointer<Double>, sumDyCentered: UnsafeMutablePointer<Double>,
@@ -58,7 +58,7 @@ extension NormalizationKernels {
     }
 
     /// `dx = scale[b,c]·dy + slope[set]·(x − center[set]) + offset[set]`; with `recomputing` (channels-last native,
-    /// ``recomputesDz(_:_:)``), of `dz = dy·act'(z)` recomputed from `x` in place of `dy`.
+    /// ``recomputesDz(_:activationFused:)``), of `dz = dy·act'(z)` recomputed from `x` in place of `dy`.
     static func gradientApply(
         dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
         center: UnsafePointer<Double>, scale: UnsafePointer<Float>,
@@ -66,7 +66,7 @@ extension NormalizationKernels {
         geometry g: NormalizationGeometry
     ) {
         let c = g.channels, m = g.positions
-        assert(activation == nil || recomputesDz(g, activation) && g.layout == .channelsLast)
+        assert(activation == nil || recomputesDz(g, activationFused: true))
         switch g.layout {
         case .channelsFirst:
             Parallelism.forEachRange(count: g.batch * c, work: 2 * g.elementCount) { rows in
@@ -167,7 +167,7 @@ extension NormalizationKernels {
                     gammaEffective: gammaEffective, scratch: scratch, partial: scratchDouble, activation: activation,
                     width: width, geometry: g)
             }
-            let recompute = recomputesDz(g, activation)
+            let recompute = recomputesDz(g, activationFused: activation != nil)
             gradientSums(
                 sumDy: sumDy, sumDyCentered: sumDyCentered, dy: dy, x: x, center: mean, partial: scratchDouble,
                 activation: activation, storingDz: !recompute, geometry: g)

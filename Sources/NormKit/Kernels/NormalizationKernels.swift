@@ -119,8 +119,8 @@ enum NormalizationKernels {
     /// SiLU and 0.79–0.87x with BN, MABN or BRN + ReLU (PERFORMANCE.md, session 40). In L2 or L3 the stored `dz`
     /// stays cached, and SiLU's ~25 operations per vector would run twice. (Frozen BN, whose apply never reads `x`,
     /// keeps storing `dz`: `StatisticsWorkspace.backwardStaged(readsInput:)`.)
-    static func recomputesDz(_ g: NormalizationGeometry, _ activation: ActivationBackward?) -> Bool {
-        activation != nil && nativeChannelsLast && g.inputRead == Int32(NK_READ_AHEAD)
+    static func recomputesDz(_ g: NormalizationGeometry, activationFused: Bool) -> Bool {
+        activationFused && g.layout == .channelsLast && nativeChannelsLast && g.inputRead == Int32(NK_READ_AHEAD)
     }
 
     /// Per-set mean and biased variance (corrected two-pass, Double results). `scratch`: ``doubleScratchCount(_:)``.

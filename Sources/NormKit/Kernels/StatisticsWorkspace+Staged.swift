@@ -122,15 +122,13 @@ extension StatisticsWorkspace {
         dx.prepare(shape: x.shape, layout: x.layout)
         let center = stagedAffines.center
         // From memory the apply recomputes dz from x and dy (NormalizationKernels.recomputesDz).
-        var recompute = false
+        let recompute =
+            readsInput && NormalizationKernels.recomputesDz(g, activationFused: preActivation.isActive)
         x.withUnsafeBufferPointer { xp in
             dy.withUnsafeBufferPointer { dyp in
                 dx.withUnsafeMutableBufferPointer { dxp in
                     scratchDouble.withDoubles(NormalizationKernels.backwardDoubleScratchCount(g)) { partial in
                         preActivation.withBackward(dz: dxp.baseAddress!) { activation in
-                            recompute =
-                                readsInput && g.layout == .channelsLast
-                                && NormalizationKernels.recomputesDz(g, activation)
                             NormalizationKernels.gradientSums(
                                 sumDy: &sumDy, sumDyCentered: &sumDyCentered, dy: dyp.baseAddress!,
                                 x: xp.baseAddress!, center: center, partial: partial, activation: activation,
