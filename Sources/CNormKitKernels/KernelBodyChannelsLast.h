@@ -223,28 +223,101 @@ NK_INLINE int cl_next_row_aliases(const float *out, const float *in, long c) {
     return offset < span || offset > 4096 - span;
 }
 
-// cl_apply_nv row by row, one call per row and CL_WIDTH channels, CL_MAX channels at a time (a chunk's coefficients,
-// 12–16 KB, stay in L1 and are loaded again for each row): for rows whose tile sweep would alias
-// (cl_next_row_aliases), the loads of a row then follow the stores of the row before by a whole row; and for rows a
-// multiple of 4 KB apart, whose tile puts every row's slice in the same few cache sets (1.4x the time even where x
-// and out are at other page offsets; a C model of both walks, PERFORMANCE.md, session 36). The same operations on each
-// element, so the same bits. (A loop of its own with the coefficients loaded per vector measured the same.) Not
-// under SiLU, whose ~25 operations per vector hide the aliasing and which ran 1.0–1.3x the time this way.
-NK_INLINE void cl_apply_rows(const int grad, const int act, const int stream, const int ahead, float *out,
-                             const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
-                             const float *b, const float *k, const nk_activation_backward *ab) {
-    for (long c1 = 0; c1 < w; c1 += CL_MAX) {
-        const long end = c1 + CL_MAX < w ? c1 + CL_MAX : w;
-        for (long r = 0; r < m; r++) {
-            const long o = r * c;
-            for (long c0 = c1; c0 < end; c0 += CL_WIDTH) {
-                const long cw = end - c0 < CL_WIDTH ? end - c0 : CL_WIDTH;
-                const nk_activation_backward moved = grad && act ? act_at(ab, c0, 0) : (nk_activation_backward){0};
-                cl_apply_run(grad, act, stream, ahead, out + o + c0, grad ? dy + o + c0 : NULL, x + o + c0, 1, c, cw,
-                             grad ? p + c0 : NULL, a + c0, b + c0, k ? k + c0 : NULL, &moved, CL_TILE_ROWS);
-            }
+// One vector of the row walk at channel j: cl_apply_nv's operations on it, so the same bits (part: the row's partial
+// last vector, mask tm; centered: k is not NULL, a constant so that no load of k is made conditional).
+NK_INLINE void cl_walk_vector(const int grad, const int act, const int stream, const int centered, const int part,
+                              const vmask tm, float *out, const float *dy, const float *x, long j, const float *p,
+                              const float *a, const float *b, const float *k, const nk_activation_backward *ab) {
+#define RW_LOAD(ptr) (part ? vload_part(tm, (ptr)) : vload(ptr))
+    const vf xv = RW_LOAD(x + j);
+    const vf kv = centered ? RW_LOAD(k + j) : vzero();
+    vf value = vfma(RW_LOAD(a + j), vsub(xv, kv), RW_LOAD(b + j));
+    if (grad) {
+        vf g = RW_LOAD(dy + j);
+        if (act) {
+            const act_affine aff = {RW_LOAD(ab->scale + j), RW_LOAD(ab->shift + j), RW_LOAD(ab->center + j)};
+            ACT_GRAD(act, g, xv, aff, NULL, (void)0);
         }
+        value = vfma(RW_LOAD(p + j), g, value);
+    } else {
+        value = vact(act, value);
     }
+#undef RW_LOAD
+    if (part) vstore_part(out + j, tm, value);
+    else row_store(stream, out + j, value);
+}
+
+// Rows of w ≤ CL_MAX channels.
+NK_INLINE void cl_row_walk(const int grad, const int act, const int stream, const int centered, float *out,
+                           const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
+                           const float *b, const float *k, const nk_activation_backward *ab) {
+    const long tail = w % NK_LANES, whole = w - tail;
+    const vmask tm = vmask_first(tail ? tail : 1);
+    const float *xr = x, *dyr = dy;
+    float *outr = out;
+    for (long r = 0; r < m; r++, xr += c, outr += c) {
+        for (long j = 0; j < whole; j += NK_LANES)
+            cl_walk_vector(grad, act, stream, centered, 0, tm, outr, dyr, xr, j, p, a, b, k, ab);
+        if (tail) cl_walk_vector(grad, act, stream, centered, 1, tm, outr, dyr, xr, whole, p, a, b, k, ab);
+        if (grad) dyr += c;
+    }
+}
+
+NK_INLINE int cl_on_vector_boundary(const float *p) { return !p || (uintptr_t)p % (NK_LANES * sizeof(float)) == 0; }
+
+// `row` itself when it is on a vector boundary (or NULL), else its first w floats copied to `copy` (on one).
+NK_INLINE const float *cl_on_boundary(const float *row, float *copy, long w) {
+    if (cl_on_vector_boundary(row)) return row;
+    for (long j = 0; j < w; j++) copy[j] = row[j];
+    return copy;
+}
+
+// The apply row by row, CL_MAX channels at a time: each vector's coefficients loaded from L1 beside it (a chunk's,
+// 12–28 KB, stay there), each row's loads and stores in address order. The coefficient rows are read from vector
+// boundaries, copied onto them first where they are not: a load across two cache lines costs two, and the walk makes
+// one per coefficient row per vector of data (GN (2, 2048, 7, 7) NHWC forward 0.85x the time with them aligned;
+// PERFORMANCE.md, session 41). Taken for rows whose tile sweep would alias (cl_next_row_aliases: a row's loads then
+// follow the stores of the row before by a whole row) and for rows a multiple of 4 KB apart, whose tile puts every
+// row's slice in the same few cache sets (1.4x the time even where x and out are at other page offsets; a C model of
+// both walks, PERFORMANCE.md, session 36); and for the backward's apply without an activation (cl_row_walk_fits):
+// there the tile sweep's strided strips of x, dy and out (CL_WIDTH channels down a tile) cost more than the row walk's
+// loads from L1 (session 41). The same operations on each element, so the same bits. Not under SiLU, whose ~25
+// operations per vector hide the aliasing and which ran 1.0–1.3x the time this way.
+NK_INLINE void cl_apply_rows(const int grad, const int act, const int stream, float *out, const float *dy,
+                             const float *x, long m, long c, long w, const float *p, const float *a, const float *b,
+                             const float *k, const nk_activation_backward *ab) {
+    _Alignas(64) float copies[7][CL_MAX];
+    for (long c1 = 0; c1 < w; c1 += CL_MAX) {
+        const long cw = w - c1 < CL_MAX ? w - c1 : CL_MAX;
+        nk_activation_backward moved = {0};
+        if (grad && act) {
+            moved = act_at(ab, c1, 0);
+            moved.scale = cl_on_boundary(moved.scale, copies[4], cw);
+            moved.shift = cl_on_boundary(moved.shift, copies[5], cw);
+            moved.center = cl_on_boundary(moved.center, copies[6], cw);
+        }
+        const float *pc = grad ? cl_on_boundary(p + c1, copies[0], cw) : NULL;
+        const float *ac = cl_on_boundary(a + c1, copies[1], cw), *bc = cl_on_boundary(b + c1, copies[2], cw);
+        const float *kc = k ? cl_on_boundary(k + c1, copies[3], cw) : NULL;
+        float *o = out + c1;
+        const float *d = grad ? dy + c1 : NULL, *xc = x + c1;
+        if (k) cl_row_walk(grad, act, stream, 1, o, d, xc, m, c, cw, pc, ac, bc, kc, &moved);
+        else cl_row_walk(grad, act, stream, 0, o, d, xc, m, c, cw, pc, ac, bc, kc, &moved);
+    }
+}
+
+// Whether the row walk's load of `in` at a vector would follow its store to `out` a vector or a few before at the same
+// low 12 address bits (out up to CL_WIDTH floats past in's page offset): 1.3x the time where out sat 64 bytes on.
+NK_INLINE int cl_row_walk_aliases(const float *out, const float *in) {
+    if (!in) return 0;
+    const unsigned long offset = ((uintptr_t)out - (uintptr_t)in) % 4096;
+    return offset != 0 && offset <= CL_WIDTH * sizeof(float);
+}
+
+// Whether the backward's apply walks rows (cl_apply_rows): without an activation to recompute (its three more
+// coefficient rows made the walk slower) and where the row walk does not alias itself.
+NK_INLINE int cl_row_walk_fits(const int grad, const int act, const float *out, const float *dy, const float *x) {
+    return grad && act == NK_IDENTITY && !cl_row_walk_aliases(out, x) && !cl_row_walk_aliases(out, dy);
 }
 
 NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, const int ahead, float *out,
@@ -257,8 +330,8 @@ NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, c
         return;
     }
     if (act != NK_SILU && ((c * (long)sizeof(float)) % 4096 == 0 || cl_next_row_aliases(out, x, c) ||
-                           cl_next_row_aliases(out, dy, c))) {
-        cl_apply_rows(grad, act, stream, ahead, out, dy, x, m, c, w, p, a, b, k, ab);
+                           cl_next_row_aliases(out, dy, c) || cl_row_walk_fits(grad, act, out, dy, x))) {
+        cl_apply_rows(grad, act, stream, out, dy, x, m, c, w, p, a, b, k, ab);
         return;
     }
     // Wide rows: tiles of about 32 KB of rows (at least CL_TILE_ROWS), swept once per CL_WIDTH channels

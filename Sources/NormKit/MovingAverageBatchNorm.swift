@@ -228,9 +228,19 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
             } else {
                 runIterations(blocks: g.sampleBlocks, mean: mean, variance: variance, into: &chunkFactors)
             }
-            for (s, f) in chunkFactors.enumerated() {
-                affines.scale[s] = Double(gamma?[s % c] ?? 1) * f.r / f.divisor
-                (affines.center[s], affines.shift[s]) = (f.center, Double(beta?[s % c] ?? 0))
+            // Through buffer pointers: a subscript write through `affines` checked the array's uniqueness per element.
+            chunkFactors.withUnsafeBufferPointer { factors in
+                affines.scale.withUnsafeMutableBufferPointer { scale in
+                    affines.center.withUnsafeMutableBufferPointer { center in
+                        affines.shift.withUnsafeMutableBufferPointer { shift in
+                            for s in factors.indices {
+                                let f = factors[s], ch = s % c
+                                scale[s] = Double(gamma?[ch] ?? 1) * f.r / f.divisor
+                                (center[s], shift[s]) = (f.center, Double(beta?[ch] ?? 0))
+                            }
+                        }
+                    }
+                }
             }
         }
         let factors = chunkFactors

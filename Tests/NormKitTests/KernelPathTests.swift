@@ -484,10 +484,14 @@ final class KernelPathTests: XCTestCase {
 
     /// The channels-last apply (`nk_cl_affine_centered`, `nk_cl_gradient_apply`) on rows wider than a slice walks
     /// them row by row when its tile sweep would load a row of `x` at the page offset of the row of `out` it has just
-    /// stored (4K aliasing: rows a multiple of 4 KB apart, `x` and `out` at the same page offset), and in tiles of
-    /// rows otherwise. Both walks give the same bits, and each element is `fma(a, x − k, b)` (then `fma(p, dy, ·)`) as
-    /// a scalar fused multiply-add gives it, for rows of 1,024 channels (the aliasing case with `out` at `x`'s page
-    /// offset; not with `out` 1 KB further) and 1,029 (a partial last vector; aliasing with `out` 20 bytes on), every
+    /// stored (4K aliasing: rows a multiple of 4 KB apart, `x` and `out` at the same page offset), and, for the
+    /// backward without an activation, unless the row walk would alias itself (`out` up to a slice past `x`'s or
+    /// `dy`'s page offset); in tiles of rows otherwise. The row walk reads coefficient rows that are not on vector
+    /// boundaries from aligned copies. Every walk
+    /// gives the same bits, and each element is `fma(a, x − k, b)` (then `fma(p, dy, ·)`) as a scalar fused
+    /// multiply-add gives it, for rows of 1,024 channels (the aliasing case with `out` at `x`'s page offset; not with
+    /// `out` 1 KB further), 1,029 (a partial last vector; aliasing with `out` 20 bytes on) and 1,200 (`out` 64 bytes on:
+    /// the row walk's own aliasing, so tiles), coefficients on a vector boundary and 16 bytes past one, every
     /// activation, a slice narrower than the row, with and without centres, cached and streamed stores.
     func testChannelsLastApplyGivesTheSameBitsRowByRowAndInTiles() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
@@ -497,7 +501,7 @@ final class KernelPathTests: XCTestCase {
         for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
             KernelDispatch.useNativeKernels = true
             KernelDispatch.limitNativeInstructionSet(to: limit)
-            for (c, aliasing, apart) in [(1024, 0, 1024), (1029, 20, 1044)] {
+            for (c, offsets) in [(1024, [0, 1024]), (1029, [20, 1044]), (1200, [64, 1024])] {
                 // x, dy and out each on pages of their own (out then moved `offset` bytes on): dy at x's page offset.
                 let count = m * c, span = (4 * count / 4096 + 2) * 4096
                 let raw = UnsafeMutableRawPointer.allocate(byteCount: 3 * span, alignment: 4096)
@@ -509,59 +513,73 @@ final class KernelPathTests: XCTestCase {
                     x[i] = Float.random(in: -3...3, using: &rng)
                     dy[i] = Float.random(in: -1...1, using: &rng)
                 }
-                let (k, a, b, q) = (
-                    (0..<c).map { _ in Float.random(in: -1...1, using: &rng) },
-                    (0..<c).map { _ in Float.random(in: 0.5...2, using: &rng) },
-                    (0..<c).map { _ in Float.random(in: -1...1, using: &rng) },
-                    (0..<c).map { _ in Float.random(in: -1...1, using: &rng) }
+                // The coefficient rows k, a, b, q, `stride` floats apart (a whole number of cache lines), moved by
+                // `shift` floats: 0 puts them on vector boundaries, 4 puts them 16 bytes past.
+                let stride = (c + 31) / 16 * 16
+                let rows = UnsafeMutableRawPointer.allocate(byteCount: 4 * stride * 4, alignment: 64)
+                    .bindMemory(to: Float.self, capacity: 4 * stride)
+                defer { rows.deallocate() }
+                let values = (
+                    k: (0..<c).map { _ in Float.random(in: -1...1, using: &rng) },
+                    a: (0..<c).map { _ in Float.random(in: 0.5...2, using: &rng) },
+                    b: (0..<c).map { _ in Float.random(in: -1...1, using: &rng) },
+                    q: (0..<c).map { _ in Float.random(in: -1...1, using: &rng) }
                 )
                 for w in [c, c - 40] {
                     for centred in [true, false] {
                         for store in [NK_STORE_CACHED, NK_STORE_STREAMING] {
                             for kind in [NK_IDENTITY, NK_RELU, NK_SILU, -1] {  // -1: the gradient apply
                                 var results: [[UInt32]] = []
-                                for offset in [aliasing, apart] {
-                                    let out = (outBase + offset).bindMemory(to: Float.self, capacity: count)
-                                    out.update(repeating: .nan, count: count)
-                                    k.withUnsafeBufferPointer { kp in
-                                        let centre = centred ? kp.baseAddress : nil
+                                for offset in offsets {
+                                    for shift in [0, 4] {
+                                        let (k, a, b, q) = (
+                                            rows + shift, rows + stride + shift,
+                                            rows + 2 * stride + shift, rows + 3 * stride + shift
+                                        )
+                                        k.update(from: values.k, count: c)
+                                        a.update(from: values.a, count: c)
+                                        b.update(from: values.b, count: c)
+                                        q.update(from: values.q, count: c)
+                                        let out = (outBase + offset).bindMemory(to: Float.self, capacity: count)
+                                        out.update(repeating: .nan, count: count)
                                         if kind < 0 {
-                                            nk_cl_gradient_apply(
-                                                out, dy, x, m, c, w, q, a, b, centre ?? kp.baseAddress!, nil,
-                                                Int32(store))
+                                            nk_cl_gradient_apply(out, dy, x, m, c, w, q, a, b, k, nil, Int32(store))
                                         } else {
                                             nk_cl_affine_centered(
-                                                out, x, m, c, w, centre, a, b, Int32(kind), Int32(store))
+                                                out, x, m, c, w, centred ? k : nil, a, b, Int32(kind), Int32(store))
                                         }
-                                    }
-                                    results.append((0..<count).map { out[$0].bitPattern })
-                                    if kind == NK_IDENTITY || kind < 0 {
-                                        for row in 0..<m {
-                                            for ch in 0..<w {
-                                                let i = row * c + ch
-                                                let d = x[i] - (centred || kind < 0 ? k[ch] : 0)
-                                                var expected = b[ch].addingProduct(a[ch], d)
-                                                if kind < 0 { expected = expected.addingProduct(q[ch], dy[i]) }
-                                                if out[i].bitPattern != expected.bitPattern {
-                                                    return XCTFail(
-                                                        "\(limit.name) c \(c) w \(w) kind \(kind) offset \(offset): "
-                                                            + "element \(i) is \(out[i]), fma gives \(expected)")
+                                        results.append((0..<count).map { out[$0].bitPattern })
+                                        if kind == NK_IDENTITY || kind < 0 {
+                                            for row in 0..<m {
+                                                for ch in 0..<w {
+                                                    let i = row * c + ch
+                                                    let d = x[i] - (centred || kind < 0 ? k[ch] : 0)
+                                                    var expected = b[ch].addingProduct(a[ch], d)
+                                                    if kind < 0 { expected = expected.addingProduct(q[ch], dy[i]) }
+                                                    if out[i].bitPattern != expected.bitPattern {
+                                                        return XCTFail(
+                                                            "\(limit.name) c \(c) w \(w) kind \(kind) offset \(offset) "
+                                                                + "shift \(shift): element \(i) is \(out[i]), fma "
+                                                                + "gives \(expected)")
+                                                    }
                                                 }
                                             }
                                         }
+                                        cases += 1
                                     }
-                                    cases += 1
                                 }
-                                XCTAssertEqual(
-                                    results[0], results[1],
-                                    "\(limit.name) c \(c) w \(w) centred \(centred) store \(store) kind \(kind)")
+                                for other in results.dropFirst() {
+                                    XCTAssertEqual(
+                                        results[0], other,
+                                        "\(limit.name) c \(c) w \(w) centred \(centred) store \(store) kind \(kind)")
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        XCTAssertEqual(cases, 2 * 2 * 2 * 2 * 2 * 4 * 2)
+        XCTAssertEqual(cases, 2 * 3 * 2 * 2 * 2 * 4 * 2 * 2)
     }
 
     /// The evaluation coefficients of BN, BRN and MABN (`nk_evaluation_coefficients`, 8 channels at a time) are the
