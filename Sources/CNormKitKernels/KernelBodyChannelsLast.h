@@ -154,6 +154,16 @@ NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float
 #undef CL_GRADIENT_SUMS
 }
 
+// The apply's value at one vector of x (both walks below, so the same bits): act(a·(x − k) + b), or p·g + (q·(x − k) +
+// r) with g = dy, or dz = dy·act'(z) recomputed as the sums pass computes it (ACT_GRAD: the same operations).
+NK_INLINE vf cl_apply_value(const int grad, const int act, vf xv, vf g, vf kv, vf av, vf bv, vf pv,
+                            const act_affine aff) {
+    const vf value = vfma(av, vsub(xv, kv), bv);
+    if (!grad) return vact(act, value);
+    ACT_GRAD(act, g, xv, aff, NULL, (void)0);
+    return vfma(pv, g, value);
+}
+
 // out = act(a[ch]·(x − k[ch]) + b[ch]) (grad 0), or p·dy + q·(x − k) + r (grad 1: a = q, b = r); out may alias x.
 // Channels c0 … c0 + w − 1 (w ≤ CL_WIDTH: coefficients in registers) of rows c apart; whole vectors streamed when
 // stream = 1 (every row's vectors then start on a vector boundary: cl_apply checks); with ahead = 1 each line of x
@@ -171,6 +181,7 @@ NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, cons
         av[v] = CL_LOAD(a + o, v);
         bv[v] = CL_LOAD(b + o, v);
         pv[v] = grad ? CL_LOAD(p + o, v) : vzero();
+        aff[v] = no_act;
         if (grad && act) {
             aff[v].fa = CL_LOAD(ab->scale + o, v);
             aff[v].fb = CL_LOAD(ab->shift + o, v);
@@ -186,16 +197,8 @@ NK_INLINE void cl_apply_nv(const int grad, const int act, const int stream, cons
         for (int v = 0; v < nv; v++) {
             const long o = v * NK_LANES;
             if (ahead) vprefetch(xr, o + distance * c);
-            const vf xv = CL_LOAD(xr + o, v);
-            vf value = vfma(av[v], vsub(xv, kv[v]), bv[v]);
-            if (grad) {
-                // dz = dy·act'(z) as the sums pass computed it (ACT_GRAD: the same operations, the same bits).
-                vf g = CL_LOAD(dyr + o, v);
-                ACT_GRAD(act, g, xv, aff[v], NULL, (void)0);
-                value = vfma(pv[v], g, value);
-            } else {
-                value = vact(act, value);
-            }
+            const vf g = grad ? CL_LOAD(dyr + o, v) : vzero();
+            const vf value = cl_apply_value(grad, act, CL_LOAD(xr + o, v), g, kv[v], av[v], bv[v], pv[v], aff[v]);
             if (v == nv - 1 && tail) vstore_part(outr + o, tm, value);
             else row_store(stream, outr + o, value);
         }
@@ -223,25 +226,17 @@ NK_INLINE int cl_next_row_aliases(const float *out, const float *in, long c) {
     return offset < span || offset > 4096 - span;
 }
 
-// One vector of the row walk at channel j: cl_apply_nv's operations on it, so the same bits (part: the row's partial
-// last vector, mask tm; centered: k is not NULL, a constant so that no load of k is made conditional).
+// One vector of the row walk at channel j (part: the row's partial last vector, mask tm; centered: k is not NULL, a
+// constant so that no load of k is made conditional).
 NK_INLINE void cl_walk_vector(const int grad, const int act, const int stream, const int centered, const int part,
                               const vmask tm, float *out, const float *dy, const float *x, long j, const float *p,
                               const float *a, const float *b, const float *k, const nk_activation_backward *ab) {
 #define RW_LOAD(ptr) (part ? vload_part(tm, (ptr)) : vload(ptr))
-    const vf xv = RW_LOAD(x + j);
-    const vf kv = centered ? RW_LOAD(k + j) : vzero();
-    vf value = vfma(RW_LOAD(a + j), vsub(xv, kv), RW_LOAD(b + j));
-    if (grad) {
-        vf g = RW_LOAD(dy + j);
-        if (act) {
-            const act_affine aff = {RW_LOAD(ab->scale + j), RW_LOAD(ab->shift + j), RW_LOAD(ab->center + j)};
-            ACT_GRAD(act, g, xv, aff, NULL, (void)0);
-        }
-        value = vfma(RW_LOAD(p + j), g, value);
-    } else {
-        value = vact(act, value);
-    }
+    act_affine aff = no_act;
+    if (grad && act) aff = (act_affine){RW_LOAD(ab->scale + j), RW_LOAD(ab->shift + j), RW_LOAD(ab->center + j)};
+    const vf value = cl_apply_value(grad, act, RW_LOAD(x + j), grad ? RW_LOAD(dy + j) : vzero(),
+                                    centered ? RW_LOAD(k + j) : vzero(), RW_LOAD(a + j), RW_LOAD(b + j),
+                                    grad ? RW_LOAD(p + j) : vzero(), aff);
 #undef RW_LOAD
     if (part) vstore_part(out + j, tm, value);
     else row_store(stream, out + j, value);
