@@ -233,6 +233,10 @@ public final class MovingAverageBatchNorm: NormalizationLayer {
                 affines.scale.withUnsafeMutableBufferPointer { scale in
                     affines.center.withUnsafeMutableBufferPointer { center in
                         affines.shift.withUnsafeMutableBufferPointer { shift in
+                            precondition(
+                                scale.count == factors.count && center.count == factors.count
+                                    && shift.count == factors.count,
+                                "\(self.name): \(factors.count) chunk factors for \(scale.count) sets")
                             for s in factors.indices {
                                 let f = factors[s], ch = s % c
                                 scale[s] = Double(gamma?[ch] ?? 1) * f.r / f.divisor
