@@ -166,4 +166,54 @@ final class NumericsTests: XCTestCase {
                     "NumericsTests: 3e7-element set: running_mean %.2e, running_var %.2e, LN output %.2e (relative)",
                 em, ev, ey))
     }
+
+    /// Sets larger than one statistics group are read once: a first group's two-pass mean shifts the one-pass sums
+    /// of the groups after it, each shifted by the mean of those before (`NormalizationKernels.rangeMoments`). The
+    /// sums of a group whose mean lies far from that shift carry that distance squared; these inputs put it there
+    /// (a large mean throughout, an outlying first group, a step, alternating groups, a drift, an outlying tail) and
+    /// every statistic must still match float64: BN's running mean and unbiased variance (momentum 1) over 4 runs of
+    /// 10,000 floats, LN's output over one run of 40,000, and LN over 300,000 floats, which is split into parts.
+    func testLargeSetsStayExactWhateverTheirGroupsMeans() throws {
+        var rng = SeededGenerator(seed: 0x5E04)
+        func noise(_ count: Int) -> [Double] { VariantTestKit.randomLogical(count, mean: 0, std: 0.01, &rng) }
+        let patterns: [(String, (Int) -> [Double])] = [
+            ("1e4 throughout", { n in noise(n).map { 1e4 + $0 } }),
+            ("outlying first group", { n in noise(n).enumerated().map { i, v in (i < 2048 ? 1e4 : 0) + v } }),
+            ("step at the middle", { n in noise(n).enumerated().map { i, v in (i < n / 2 ? -3e3 : 7e3) + v } }),
+            ("groups alternating", { n in noise(n).enumerated().map { i, v in (i / 8192 % 2 == 0 ? 1e4 : -1e4) + v } }),
+            ("drift", { n in noise(n).enumerated().map { i, v in 1e3 + Double(i) * 1e-3 + v } }),
+            ("outlying tail", { n in noise(n).enumerated().map { i, v in (i >= n - 100 ? 5e3 : 0) + v } }),
+        ]
+        var worstStatistic = 0.0, worstOutput = 0.0
+        for (name, make) in patterns {
+            let bnValues = make(40_000)
+            let x = try Tensor(shape: [4, 1, 100, 100], values: bnValues.map(Float.init))
+            let bn = try BatchNorm(channels: 1, momentum: 1, affine: false)
+            _ = try bn.forward(x, training: true)
+            let ref = Float64Reference.forward(RefTensor(x), sets: .batchNorm(normBatch: 4), gamma: nil, beta: nil)
+            let em =
+                abs(Double(bn.runningMean[0]) - ref.channelMean[0])
+                / max(abs(ref.channelMean[0]), ref.variance[0].squareRoot())
+            let ev = relativeError(bn.runningVariance, ref.channelUnbiasedVariance)
+            worstStatistic = max(worstStatistic, em, ev)
+            XCTAssertLessThanOrEqual(em, 1e-6, "BN running_mean, \(name)")
+            XCTAssertLessThanOrEqual(ev, 1e-6, "BN running_var, \(name)")
+
+            for shape in [[1, 4, 100, 100], [1, 1, 600, 500]] {
+                let count = shape.reduce(1, *)
+                let values = count == bnValues.count ? bnValues : make(count)
+                let xs = try Tensor(shape: shape, values: values.map(Float.init))
+                let ln = try GroupNorm(channels: shape[1], groups: 1, affine: false)
+                let y = try ln.forward(xs, training: true)
+                let want = Float64Reference.forward(RefTensor(xs), sets: .groupNorm(groups: 1), gamma: nil, beta: nil)
+                let e = relativeError(y, want.y)
+                worstOutput = max(worstOutput, e)
+                XCTAssertLessThanOrEqual(e, 1e-5, "LN output \(shape), \(name)")
+            }
+        }
+        print(
+            String(
+                format: "NumericsTests: large sets, groups far apart: statistics %.2e, LN outputs %.2e (relative)",
+                worstStatistic, worstOutput))
+    }
 }

@@ -78,11 +78,16 @@ struct NormalizationGeometry: Equatable {
 
 /// Stateless kernels over raw buffers: outputs first, then inputs, then the geometry.
 enum NormalizationKernels {
-    /// Floats per statistics chunk (32 KB: both passes over a chunk stay in L1). Sets up to this size get their
-    /// moments from the batched set kernel; larger sets are read once from memory in chunks of this size. 4,096
+    /// Floats per statistics chunk (32 KB). Sets up to this size get their two-pass moments from the batched set
+    /// kernel while they sit in cache; larger sets are read once from memory, in groups of this size after a first
+    /// one of ``shiftEstimateFloats`` (``rangeMoments(x:set:elements:geometry:)``). With two passes per group, 4,096
     /// and 12,288 measured slower on GN (2,256,56,56) and (32,256,56,56) (`normkit bench`), and two passes over
     /// whole sets of up to 256 KB measured no faster.
     static let statisticsChunk = 8192
+
+    /// Floats of a large set's first statistics group, whose two-pass mean shifts the one-pass sums of the groups
+    /// after it (``rangeMoments(x:set:elements:geometry:)``): 8 KB, so its second pass reads L1.
+    static let shiftEstimateFloats = 2048
 
     // MARK: Forward
 
@@ -335,11 +340,20 @@ enum NormalizationKernels {
     }
 
     /// Mean and centred sum of squares of the elements `elements` of set `s`, numbered through the set's rows in
-    /// order (one contiguous run of `channelsPerSet·M` floats per sample). The range is cut into groups of
-    /// `statisticsChunk` floats from its start — several short rows form one group, a long row is split — and each
-    /// group gets an exact two-pass mean and centred sum of squares while it sits in L1. Groups are merged with
-    /// Chan's parallel formula in Double: one pass from L2/DRAM, float64-level accuracy, and few merges even when
-    /// rows are short (BN on 7×7 maps).
+    /// order (one contiguous run of `channelsPerSet·M` floats per sample). The range is cut into groups from its
+    /// start — several short rows form one group, a long row is split: a first group of ``shiftEstimateFloats``,
+    /// which gets an exact two-pass mean while it sits in L1, then groups of ``statisticsChunk`` floats, each read
+    /// once for `Σ(x−k)` and `Σ(x−k)²` shifted by `k`, the float mean of the groups before it. Groups are merged
+    /// with Chan's parallel formula in Double: one pass from L2/L3/DRAM, float64-level accuracy, and few merges
+    /// even when rows are short (BN on 7×7 maps).
+    ///
+    /// A group's rounding error is about `u·Σ(x−k)²` (`u` float's): its own centred sum plus its count times the
+    /// squared distance of its mean from `k`. That distance is what the merge adds to the set's sum of squares, at
+    /// least `1/5` of it while the groups before weigh at least a fifth of the merged count (the first group is a
+    /// quarter of the next), so every group's error stays a few `u` of the set's centred sum of squares, whatever
+    /// its groups' means. Shifting each group by its own two-pass mean read every group twice: on Zen 4, whose 32 KB
+    /// L1 a group fills, the moments of GN's sets on (2, 256, 56, 56) took 1.9x one read of them, and the layer's
+    /// forward 1.25x its time now (PERFORMANCE.md, session 42).
     @inline(__always)
     static func rangeMoments(
         x: UnsafePointer<Float>, set s: Int, elements: Range<Int>, geometry g: NormalizationGeometry
@@ -359,22 +373,27 @@ enum NormalizationKernels {
                 i += length
             }
         }
-        var count = 0.0, mean = 0.0, m2 = 0.0
-        for lower in stride(from: elements.lowerBound, to: elements.upperBound, by: statisticsChunk) {
-            let upper = min(lower + statisticsChunk, elements.upperBound)
+        var count = 0.0, mean = 0.0, m2 = 0.0, lower = elements.lowerBound
+        while lower < elements.upperBound {
+            let first = lower == elements.lowerBound
+            let upper = min(lower + (first ? shiftEstimateFloats : statisticsChunk), elements.upperBound)
             let k = Double(upper - lower), inverseK = 1 / k  // one division per group: divisions dominate short sets
-            var total = 0.0
-            forEachPiece(lower, upper) { p, length in total += rowSum(p, length) }
-            let groupMean = Float(total * inverseK)
+            var shift = Float(mean)
+            if first {
+                var total = 0.0
+                forEachPiece(lower, upper) { p, length in total += rowSum(p, length) }
+                shift = Float(total * inverseK)
+            }
             var d1 = 0.0, d2 = 0.0
             forEachPiece(lower, upper) { p, length in
-                let (a, q) = rowCenteredSums(p, length, center: groupMean)
+                let (a, q) = rowCenteredSums(p, length, center: shift)
                 d1 += a
                 d2 += q
             }
-            // Σ(x−μ̃) is not exactly 0 because μ̃ is rounded to float: correct for it.
-            let mu = Double(groupMean) + d1 * inverseK, q = max(0, d2 - d1 * d1 * inverseK)
-            if count == 0 {
+            // Σ(x−k) is not 0: k is rounded to float, and past the first group it is the earlier groups' mean.
+            let mu = Double(shift) + d1 * inverseK, q = max(0, d2 - d1 * d1 * inverseK)
+            lower = upper
+            if first {
                 (count, mean, m2) = (k, mu, q)
                 continue
             }
