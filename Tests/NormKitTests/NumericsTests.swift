@@ -168,7 +168,8 @@ final class NumericsTests: XCTestCase {
     }
 
     /// Sets larger than one statistics group are read once: a first group's two-pass mean shifts the one-pass sums
-    /// of the groups after it, each shifted by the mean of those before (`NormalizationKernels.rangeMoments`). The
+    /// of the groups after it, each shifted by the mean of those before (`NormalizationKernels.rangeMoments`; groups
+    /// of 2,048, then 8,192 floats, which the outlying first group and the alternating groups below follow). The
     /// sums of a group whose mean lies far from that shift carry that distance squared; these inputs put it there
     /// (a large mean throughout, an outlying first group, a step, alternating groups, a drift, an outlying tail) and
     /// every statistic must still match float64: BN's running mean and unbiased variance (momentum 1) over 4 runs of
