@@ -3,13 +3,13 @@
 
 // ---- Channels-last (NHWC): one sample's m positions are m rows of c contiguous floats ------------------------
 // Each row's channels go in vectors, CL_WIDTH channels (4 vectors) at a time with coefficients and accumulators in
-// registers; wider rows are cut into tiles of rows (about 32 KB, and at least CL_TILE_ROWS rows) that every
-// CL_WIDTH-channel slice sweeps in turn, so memory is read once, nearly in order. Each element is read once whatever
-// the tile's height; the height sets how many rows share one load of a slice's coefficients and accumulators: rows
-// of 1,024 channels and more took 8, 4 or fewer rows per sweep before session 21, and 16 made GN's NHWC forward on
-// (2, 2048, 7, 7) and (32, 2048, 7, 7) about 0.9x the time (PERFORMANCE.md, session 21). The apply walks rows whose
-// tile sweep would alias row by row instead (cl_apply_rows, session 36). Each float lane adds at most CL_ROWS
-// positions before its total goes to double.
+// registers; wider rows are cut into tiles of rows (the apply: about 32 KB, and at least CL_TILE_ROWS rows; the sums:
+// chunks of CL_ROWS rows or more) that every CL_WIDTH-channel slice sweeps in turn, so memory is read once, nearly in
+// order. Each element is read once whatever the tile's height; the height sets how many rows share one load of a
+// slice's coefficients (and the sums' accumulators): rows of 1,024 channels and more took 8, 4 or fewer rows per sweep
+// before session 21, and 16 made GN's NHWC forward on (2, 2048, 7, 7) and (32, 2048, 7, 7) about 0.9x the time
+// (PERFORMANCE.md, session 21). The apply walks rows whose tile sweep would alias row by row instead (cl_apply_rows,
+// session 36). Each float lane adds at most CL_ROWS positions before its total goes to double.
 #define CL_VECTORS 4
 #define CL_WIDTH (CL_VECTORS * NK_LANES)
 #define CL_MAX 1024
@@ -54,13 +54,29 @@ NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0
 // and so did the apply's beyond the caches (BN's forward 1.07–1.13x), which therefore prefetches under SiLU only.
 #define CL_AHEAD(act, read) ((act) == NK_SILU || (read) == NK_READ_AHEAD)
 
-// Per channel, with d = x − k[ch] (k NULL: 0): fa[ch] += Σ d, fb[ch] += Σ d² (grad 0), or fa[ch] += Σ g,
-// fb[ch] += Σ g·d (grad 1; g = dy, or dz = dy·act'(z) with act > 0, stored to b->dz unless it is NULL), over `rows`
-// rows of channels 0 … w − 1 (nv vectors, w ≤ CL_WIDTH: all in registers), rows c apart. With ahead = 1 each line of
-// x (and dy) is prefetched `rows` rows on: the same slice of the next tile (CL_AHEAD).
-NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, const int nv, float *fa, float *fb,
+// p[0 … n) += the first n lanes of v (n ≤ NK_LANES), each widened to double: the operations of a scalar loop, so its
+// bits, with whole vectors where n = NK_LANES.
+typedef double nk_double_lanes
+    __attribute__((vector_size(NK_LANES * sizeof(double)), aligned(sizeof(double)), may_alias));
+typedef float nk_float_lanes __attribute__((vector_size(NK_LANES * sizeof(float))));
+NK_INLINE void vadd_widened(double *p, vf v, long n) {
+    if (n == NK_LANES) {
+        *(nk_double_lanes *)p += __builtin_convertvector((nk_float_lanes)v, nk_double_lanes);
+        return;
+    }
+    float lanes[NK_LANES];
+    vstore(lanes, v);
+    for (long j = 0; j < n; j++) p[j] += lanes[j];
+}
+
+// Per channel, with d = x − k[ch] (k NULL: 0): s1[ch] += Σ d, s2[ch] += Σ d² (grad 0), or s1[ch] += Σ g,
+// s2[ch] += Σ g·d (grad 1; g = dy, or dz = dy·act'(z) with act > 0, stored to b->dz unless it is NULL), over `rows`
+// (≤ CL_ROWS) rows of channels 0 … w − 1 (nv vectors, w ≤ CL_WIDTH: all in registers), rows c apart: each lane adds
+// its rows in float, in order, and its total then to double. With ahead = 1 each line of x (and dy) is prefetched
+// `distance` rows on (about 32 KB: CL_AHEAD).
+NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, const int nv, double *s1, double *s2,
                              const float *dy, const float *x, long rows, long c, long w, const float *k,
-                             const nk_activation_backward *b) {
+                             const nk_activation_backward *b, long distance) {
     const long tail = w % NK_LANES;
     const vmask tm = vmask_first(tail ? tail : 1);
     vf kv[CL_VECTORS], a[CL_VECTORS], q[CL_VECTORS];
@@ -68,8 +84,7 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, con
     float *const dz = act ? b->dz : NULL;
     for (int v = 0; v < nv; v++) {
         kv[v] = k ? CL_LOAD(k + v * NK_LANES, v) : vzero();
-        a[v] = vload(fa + v * NK_LANES);
-        q[v] = vload(fb + v * NK_LANES);
+        a[v] = q[v] = vzero();
         if (act) {
             aff[v].fa = CL_LOAD(b->scale + v * NK_LANES, v);
             aff[v].fb = CL_LOAD(b->shift + v * NK_LANES, v);
@@ -80,8 +95,8 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, con
         for (int v = 0; v < nv; v++) {
             const long o = p * c + v * NK_LANES;
             if (ahead) {
-                vprefetch(x, o + rows * c);
-                if (grad) vprefetch(dy, o + rows * c);
+                vprefetch(x, o + distance * c);
+                if (grad) vprefetch(dy, o + distance * c);
             }
             vf xv = CL_LOAD(x + o, v), d = vsub(xv, kv[v]);
             vf g = grad ? CL_LOAD(dy + o, v) : d;
@@ -91,41 +106,43 @@ NK_INLINE void cl_pairs_tile(const int grad, const int act, const int ahead, con
         }
     }
     for (int v = 0; v < nv; v++) {
-        vstore(fa + v * NK_LANES, a[v]);
-        vstore(fb + v * NK_LANES, q[v]);
+        const long lanes = v == nv - 1 && tail ? tail : NK_LANES;
+        vadd_widened(s1 + v * NK_LANES, a[v], lanes);
+        vadd_widened(s2 + v * NK_LANES, q[v], lanes);
     }
 }
 
 // s1[ch] += Σ d (or Σ g), s2[ch] += Σ d² (or Σ g·d) for channels 0 … w − 1 (w ≤ CL_MAX) of m rows c apart. The rows
-// go in tiles of 16, 32 or 64 rows (CL_TILE_ROWS … CL_ROWS), the tallest within about 32 KB; each tile is swept once
-// per CL_WIDTH channels, so x (and dy) come from memory once, nearly in order. A float lane adds one value per row,
-// so its total goes to double every CL_ROWS rows (the accuracy of the channels-first kernels, whose lanes add ~n/64
-// values) and at the last row: at the same rows for every w, so that a channel's sums are the same bits whether its
-// slice of the row is narrow or the whole row (the slice width follows the thread count; session 28).
+// go in chunks of CL_ROWS rows or a power of two times more, the tallest within CL_CHUNK_FLOATS floats of x (and dy);
+// each CL_WIDTH-channel slice sweeps a whole chunk before the next slice starts, so x (and dy) come from memory or L3
+// once (a chunk stays in L2 for the slices after the first). A float lane adds one value per row, so its total goes to
+// double every CL_ROWS rows (the accuracy of the channels-first kernels, whose lanes add ~n/64 values) and at the last
+// row: at the same rows for every w, so that a channel's sums are the same bits whether its slice of the row is narrow
+// or the whole row (the slice width follows the thread count; session 28). The lanes stay in registers for their
+// CL_ROWS rows and go to double in vectors (cl_pairs_tile). Until session 43 a slice swept tiles of 16–64 rows (about
+// 32 KB), storing its lanes to float rows and reloading them from tile to tile, and a scalar loop added those rows to
+// double: the same bits, and GN's NHWC sums pass on (2, 256, 56, 56) split over two threads took 1.08x this one's
+// time (a C model with these kernels; PERFORMANCE.md, session 43).
+#define CL_CHUNK_FLOATS 32768
 NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, double *s1, double *s2, const float *dy,
                             const float *x, long m, long c, long w, const float *k, const nk_activation_backward *b) {
-    float fa[CL_MAX + NK_LANES], fb[CL_MAX + NK_LANES];
-    // Tiles of 16, 32 or 64 rows, all dividing CL_ROWS: every lane's float total goes to double at the same rows
-    // (multiples of CL_ROWS, and m) whatever w, so a channel's sums do not depend on the slice it is summed in.
-    long tile = CL_TILE_ROWS;
-    while (tile < CL_ROWS && 2 * tile * w <= 8192) tile *= 2;
-    for (long j = 0; j < w + NK_LANES; j++) fa[j] = fb[j] = 0;  // the lanes past w are loaded, never used
-    for (long p0 = 0; p0 < m; p0 += tile) {
-        const long rows = p0 + tile < m ? tile : m - p0;
+    long chunk = CL_ROWS;
+    while (2 * chunk * w * (grad ? 2 : 1) <= CL_CHUNK_FLOATS) chunk *= 2;
+    // Prefetches (ahead = 1) go 16, 32 or 64 rows on in each slice's run, the most within about 32 KB (CL_AHEAD).
+    long distance = CL_TILE_ROWS;
+    while (distance < CL_ROWS && 2 * distance * w <= 8192) distance *= 2;
+    for (long p0 = 0; p0 < m; p0 += chunk) {
+        const long rows = p0 + chunk < m ? chunk : m - p0;
         for (long c0 = 0; c0 < w; c0 += CL_WIDTH) {
             const long cw = w - c0 < CL_WIDTH ? w - c0 : CL_WIDTH;
-            nk_activation_backward moved = act ? act_at(b, c0, p0 * c + c0) : (nk_activation_backward){0};
-#define CL_PAIRS_TILE(NV)                                                                                  \
-    cl_pairs_tile(grad, act, ahead, NV, fa + c0, fb + c0, grad ? dy + p0 * c + c0 : NULL, x + p0 * c + c0, rows, c, \
-                  cw, k ? k + c0 : NULL, &moved)
-            CL_NV(cw, CL_PAIRS_TILE)
+            for (long r0 = 0; r0 < rows; r0 += CL_ROWS) {
+                const long block = r0 + CL_ROWS < rows ? CL_ROWS : rows - r0, o = (p0 + r0) * c + c0;
+                nk_activation_backward moved = act ? act_at(b, c0, o) : (nk_activation_backward){0};
+#define CL_PAIRS_TILE(NV)                                                                                   \
+    cl_pairs_tile(grad, act, ahead, NV, s1 + c0, s2 + c0, grad ? dy + o : NULL, x + o, block, c, cw,              \
+                  k ? k + c0 : NULL, &moved, distance)
+                CL_NV(cw, CL_PAIRS_TILE)
 #undef CL_PAIRS_TILE
-        }
-        if ((p0 + rows) % CL_ROWS == 0 || p0 + rows == m) {
-            for (long j = 0; j < w; j++) {
-                s1[j] += fa[j];
-                s2[j] += fb[j];
-                fa[j] = fb[j] = 0;
             }
         }
     }
