@@ -16,8 +16,9 @@
  *   NK_PS(op)          the intrinsic _mm…_<op>_ps (setzero, set1, loadu, storeu, add, sub, mul, fmadd, fnmadd,
  *                      fnmsub)
  *   vmask, vmask_first(n), vload_part(m, p), vstore_part(p, m, v), vkeep(m, v)
- *                      the first n (0 < n < NK_LANES) lanes: loads that read and stores that write no other
+ *                      the first n (0 < n ≤ NK_LANES) lanes: loads that read and stores that write no other
  *                      element, and zeroing of the other lanes
+ *   vblend(m, a, b)    a's lanes where m has them, b's elsewhere
  *   vreduce(v)         the float sum of v's lanes
  *   vreduce_lanes(v)   lane t = the sum of the lanes of v[t], for an array of NK_LANES vectors (a transposing
  *                      reduction: one for NK_LANES sums instead of NK_LANES horizontal sums)

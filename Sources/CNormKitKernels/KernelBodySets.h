@@ -163,9 +163,57 @@ NK_FN void sets_gradient_sums(double *s1, double *s2, long out_stride, const flo
 // Row by row, c = j·rows + r: y = act(a[c]·(x − k[j]) + b[c]) (grad = 0, q = a and r = b per row), or
 // dx = p[c]·dy + q[j]·(x − k[j]) + r[j] (grad = 1); the rows' whole vectors streamed when stream = 1. k NULL: 0.
 #define SET_K(j) (k ? k[(j)] : 0.0f)
+
+// The gradient apply of sets_apply for pieces of several rows of m > NK_LANES floats that are not whole vectors
+// (m % NK_LANES > 0: GN's 7 × 7 maps), without streaming: each piece's rows, contiguous, go as one run of whole vectors
+// from the piece's first float, and a vector that meets two rows takes each lane's p from its own row (two broadcasts
+// blended; q, r and k are the set's). Row by row, most of such rows' vectors cross two cache lines and each row ends
+// in a partial vector: GN's backward apply on (2, 2048, 7, 7) NCHW took 1.25x this walk's time in a C model with these
+// kernels, one thread, and GN + SiLU's forward+backward 1.09x in the layer (PERFORMANCE.md, session 43). Not for the
+// forward's apply, which has two coefficients a row to blend (no faster this way), nor for pieces of one row (BN).
+// Each element gets the same operations as row by row, so the same bits.
+NK_INLINE vf sets_gradient_value(const float *dy, const float *x, long o, const float *p, long c, long next, vmask own,
+                                 vf kv, vf qj, vf rj, int whole, vmask lanes) {
+    const vf xv = whole ? vload(x + o) : vload_part(lanes, x + o);
+    const vf g = whole ? vload(dy + o) : vload_part(lanes, dy + o);
+    return vfma(g, vblend(own, vset1(p[c]), vset1(p[next])), vfma(vsub(xv, kv), qj, rj));
+}
+
+NK_INLINE void sets_apply_runs(float *out, const float *dy, const float *x, long sets, long set_stride, long pieces,
+                               long rows, long m, long piece_stride, const float *p, const float *q, const float *r,
+                               const float *k) {
+    for (long j = 0; j < sets; j++) {
+        const vf kv = vset1(SET_K(j)), qj = vset1(q[j]), rj = vset1(r[j]);
+        for (long i = 0; i < pieces; i++) {
+            const long o = j * set_stride + i * piece_stride, n = rows * m, last = j * rows + rows - 1;
+            // Vector e's lanes below `left` are row c's, the others row c + 1's (or, past the piece's last row, lanes
+            // beyond the piece: loaded as 0 and not stored). No branch on crossing a row: its pattern has no short
+            // period, and mispredicted it cost more than the walk saves.
+            long c = j * rows, left = m, e = 0;
+            for (; e + NK_LANES <= n; e += NK_LANES) {
+                const vmask own = vmask_first(left < NK_LANES ? left : NK_LANES);
+                vstore(out + o + e, sets_gradient_value(dy, x, o + e, p, c, c + (c < last), own, kv, qj, rj, 1, own));
+                left -= NK_LANES;
+                const long crossed = (long)((unsigned long)(left - 1) >> 63);  // left ≤ 0
+                c += crossed;
+                left += crossed * m;
+            }
+            if (e < n) {
+                const vmask own = vmask_first(left < NK_LANES ? left : NK_LANES), lanes = vmask_first(n - e);
+                vstore_part(out + o + e, lanes,
+                            sets_gradient_value(dy, x, o + e, p, c, c + (c < last), own, kv, qj, rj, 0, lanes));
+            }
+        }
+    }
+}
+
 NK_INLINE void sets_apply(const int grad, const int act, const int stream, float *out, const float *dy, const float *x,
                           long sets, long set_stride, long pieces, long rows, long m, long piece_stride, const float *p,
                           const float *q, const float *r, const float *k) {
+    if (grad && !stream && rows > 1 && m > NK_LANES && m % NK_LANES) {
+        sets_apply_runs(out, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k);
+        return;
+    }
     // Rows in (set j, piece i, row) order; c = j·rows + row.
     long j = 0, i = 0, row = 0, o = 0, c = 0, left = sets * pieces * rows;
     if (!grad && GATHER_TAILS(act) && m % NK_LANES) {

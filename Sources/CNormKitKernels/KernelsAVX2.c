@@ -20,6 +20,7 @@ typedef __m256i vmask;
 #define vmask_first(n) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 #define vload_part(m, p) _mm256_maskload_ps(p, m)
 #define vstore_part(p, m, v) _mm256_maskstore_ps(p, m, v)
+#define vblend(m, a, b) _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m))
 #define vkeep(m, v) _mm256_and_ps(v, _mm256_castsi256_ps(m))
 #define vround(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vscale2_floor(p, n)                                                                                    \

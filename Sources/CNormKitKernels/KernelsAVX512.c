@@ -19,6 +19,7 @@ typedef __mmask16 vmask;
 #define vmask_first(n) ((__mmask16)((1u << (n)) - 1))
 #define vload_part(m, p) _mm512_maskz_loadu_ps(m, p)
 #define vstore_part(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+#define vblend(m, a, b) _mm512_mask_blend_ps(m, b, a)
 #define vkeep(m, v) _mm512_maskz_mov_ps(m, v)
 #define vreduce(v) _mm512_reduce_add_ps(v)
 #define vround(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)

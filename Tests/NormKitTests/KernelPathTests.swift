@@ -359,7 +359,9 @@ final class KernelPathTests: XCTestCase {
     /// 130 floats start off vector boundaries (the partial first vector), and 24 channels-last channels are not whole
     /// vectors (ordinary stores), 32 and 64 are (streamed); (1, 64, 64, 64) is one sample of 2^18 floats, which the
     /// channels-last kernels split over the threads, and (1, 4, 520, 521) has one-row sets of 270,920 floats (GN with
-    /// 4 groups is IN there; BN at batch 1), split channels-first into pieces that start off vector boundaries.
+    /// 4 groups is IN there; BN at batch 1), split channels-first into pieces that start off vector boundaries. GN's
+    /// channels-first gradient apply on rows of 49, 99 and 130 floats walks each set's rows as one run of vectors when
+    /// cached and row by row when streamed, so those walks are compared too.
     func testStreamingStoresGiveTheSameBits() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         let saved = KernelDispatch.streamingStoreThreshold
