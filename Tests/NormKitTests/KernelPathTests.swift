@@ -352,6 +352,67 @@ final class KernelPathTests: XCTestCase {
         XCTAssertLessThan(worstSum, 1e-6, "gradient sums vs the one-row kernels', relative to Σ|terms|")
     }
 
+    /// The channels-first gradient apply walks each piece of several rows of more than `NK_LANES` floats that are not
+    /// whole vectors as one run of vectors, blending two rows' `p` where a vector meets both; streamed, it goes row by
+    /// row. Both must give every element the same bits: rows of 17 to 196 floats (and 16 and 64, whole vectors, and 7,
+    /// shorter than a vector), 1 to 64 rows a piece, pieces and sets with gaps between them, with and without `k`,
+    /// on AVX2 and AVX-512. The gaps must stay untouched.
+    func testGradientApplyRunsAreTheRowPathBitForBit() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 4343)
+        var compared = 0, mismatches: [String] = []
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for m in [7, 16, 17, 25, 33, 49, 64, 100, 196] {
+                for (rows, pieces, gap) in [(2, 1, 0), (3, 2, 5), (64, 1, 0), (5, 3, 1)] {
+                    let sets = 3, pieceStride = rows * m + gap, setStride = pieces * pieceStride + gap
+                    let count = sets * setStride, coefficients = sets * rows
+                    let x = VariantTestKit.randomFloats(count, in: -3...4, &rng)
+                    let dy = VariantTestKit.randomFloats(count, in: -1...1, &rng)
+                    let p = VariantTestKit.randomFloats(coefficients, in: -2...2, &rng)
+                    let q = VariantTestKit.randomFloats(sets, in: -2...2, &rng)
+                    let r = VariantTestKit.randomFloats(sets, in: -1...1, &rng)
+                    let k = VariantTestKit.randomFloats(sets, in: -0.5...0.5, &rng)
+                    for centers in [k, nil] as [[Float]?] {
+                        var cached = [Float](repeating: .nan, count: count), streamed = cached
+                        for (store, out) in [(NK_STORE_CACHED, 0), (NK_STORE_STREAMING, 1)] {
+                            var dx = [Float](repeating: .nan, count: count)
+                            if let centers {
+                                nk_sets_gradient_apply(
+                                    &dx, dy, x, sets, setStride, pieces, rows, m, pieceStride, p, q, r, centers,
+                                    Int32(store))
+                            } else {
+                                nk_sets_gradient_apply(
+                                    &dx, dy, x, sets, setStride, pieces, rows, m, pieceStride, p, q, r, nil,
+                                    Int32(store))
+                            }
+                            if out == 0 { cached = dx } else { streamed = dx }
+                        }
+                        compared += count
+                        if cached.map(\.bitPattern) != streamed.map(\.bitPattern) {
+                            mismatches.append("\(limit.name) m \(m) rows \(rows) pieces \(pieces) k \(centers != nil)")
+                        }
+                        var inPieces = [Bool](repeating: false, count: count)
+                        for j in 0..<sets {
+                            for i in 0..<pieces {
+                                let o = j * setStride + i * pieceStride
+                                for e in o..<(o + rows * m) { inPieces[e] = true }
+                            }
+                        }
+                        let touchedGaps = (0..<count).filter {
+                            !inPieces[$0] && cached[$0].bitPattern != Float.nan.bitPattern
+                        }
+                        if !touchedGaps.isEmpty {
+                            mismatches.append("m \(m) rows \(rows): \(touchedGaps.count) gap floats written")
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(mismatches, [], "the run and the row walk differ (\(compared) values compared)")
+    }
+
     /// Non-temporal stores and the channels-last read-ahead (both from ``KernelDispatch/streamingStoreThreshold`` on)
     /// change how the stages write and read, not what: every layer's forward output and backward gradients (GN, BN,
     /// MABN, frozen BN) and the evaluation outputs are the same bits streamed and prefetched (threshold 0) and cached
