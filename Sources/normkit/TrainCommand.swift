@@ -163,7 +163,12 @@ struct TrainCommand: ParsableCommand {
                 "Run as: mpirun -np R --allow-run-as-root --oversubscribe --bind-to none normkit train --distributed --threads T ... (R·T ≤ cores; --allow-run-as-root only as root). --norm bn is per-worker BN, --norm syncbn synchronises the statistics. Needs openmpi-bin and libopenmpi-dev."
         ))
     var distributed = false
-    @Option(help: "Convolution engine: onednn (default when built in; channels-last network) or im2col (OpenBLAS).")
+    @Option(
+        help: ArgumentHelp(
+            "Convolution engine: onednn (default when built in; channels-last network), onednn-direct or im2col (OpenBLAS).",
+            discussion:
+                "onednn runs oneDNN's Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions with channels in blocks of 16 on enough output tiles per thread (AVX-512), direct kernels elsewhere; onednn-direct only direct ones (Winograd rounds differently: about 3x the direct kernels' error, ~1e-6 of the largest value)."
+        ))
     var convEngine: ConvolutionEngine = .preferred
     @Option(
         help: ArgumentHelp(

@@ -117,6 +117,58 @@ final class ConvolutionEngineTests: XCTestCase {
             worst.keys.sorted().map { "\($0) \(String(format: "%.2e", worst[$0]!))" }.joined(separator: ", "))
     }
 
+    /// Shapes where the default oneDNN engine runs Winograd F(4×4, 3×3) (3 × 3, stride 1, channels in blocks of 16,
+    /// enough tiles per thread), in both layouts, on 1 and 2 threads, with and without bias and centring: against a
+    /// convolution in Double and against the direct kernels (``ConvolutionEngine/oneDNNDirect``), outputs, `dx`, `dW`,
+    /// `db`; where oneDNN's direct kernels are AVX-512 ones every pass names Winograd, and the direct engine never.
+    func testWinogradMatchesDirectAndFloat64() throws {
+        try skipUnlessOneDNN()
+        var rng = SeededGenerator(seed: 915)
+        // (batch, channels, height, width, filters, kernel, stride, padding)
+        let specs = ConvSpec.table([
+            (8, 32, 14, 14, 32, 3, 1, 1),  // ResNet-20's second stage
+            (4, 16, 28, 28, 16, 3, 1, 1),  // 16 channels: NHWC is Winograd's blocked layout, read in place
+            (8, 32, 13, 11, 48, 3, 1, 1),  // planes not in whole tiles, more filters than channels
+            (6, 32, 20, 18, 16, 3, 1, 0),  // no padding, fewer filters
+        ])
+        var worst: [String: Double] = [:]
+        var winogradPasses = 0, avx512 = false
+        for (index, spec) in specs.enumerated() {
+            for threads in [1, 2] {
+                Parallelism.threadCount = threads
+                let bias = (index + threads) % 2 == 1, centred = index % 2 == 1
+                let (conv, x, dy) = try makeConvolution(spec, bias: bias, centred: centred, rng: &rng)
+                let want = DoubleConvolution.expected(spec, conv, centred: centred, x: x, dy: dy)
+                for layout in [TensorLayout.channelsLast, .channelsFirst] {
+                    let label = "\(spec) \(layout) threads \(threads) bias \(bias) centred \(centred)"
+                    let direct = try run(conv, .oneDNNDirect, layout, x: x, dy: dy)
+                    let directNames = (0..<3).flatMap { conv.oneDNNImplementations(pass: $0, threads: threads) }
+                    let winograd = try run(conv, .oneDNN, layout, x: x, dy: dy)
+                    let names = (0..<3).flatMap { conv.oneDNNImplementations(pass: $0, threads: threads) }
+                    XCTAssertFalse(directNames.contains { $0.contains("wino") }, "direct engine: \(directNames)")
+                    // oneDNN has Winograd where its direct NHWC kernels are AVX-512 ones (NCHW's may be "gemm:jit").
+                    if layout == .channelsLast { avx512 = directNames.allSatisfy { $0.contains("avx512") } }
+                    if avx512 {
+                        XCTAssertTrue(names.allSatisfy { $0.hasPrefix("jit_wino_4x3:") }, "\(label): \(names)")
+                        winogradPasses += names.count
+                    }
+                    for (name, result) in [("Winograd", winograd), ("direct", direct)] {
+                        worst[name] = max(
+                            worst[name] ?? 0,
+                            result.assertClose(to: want, tolerance: 1e-4, "\(name) vs float64 \(label)"))
+                    }
+                    worst["Winograd vs direct"] = max(
+                        worst["Winograd vs direct"] ?? 0,
+                        winograd.assertClose(
+                            to: ExpectedConvolution(direct), tolerance: 1e-4, "Winograd vs direct \(label)"))
+                }
+            }
+        }
+        print(
+            "ConvolutionEngineTests Winograd (\(winogradPasses) passes), worst relative errors:",
+            worst.keys.sorted().map { "\($0) \(String(format: "%.2e", worst[$0]!))" }.joined(separator: ", "))
+    }
+
     /// Hand-picked edge shapes: 1×1 planes, a window covering the whole padded input, one channel in or out,
     /// batch 1, a 5×5 kernel with stride 2, and channel counts around oneDNN's 8/16-channel blocks.
     func testOneDNNEdgeShapesMatchFloat64() throws {
@@ -192,7 +244,7 @@ final class ConvolutionEngineTests: XCTestCase {
             guard
                 let convolution = nk_dnnl_convolution_create(
                     4, Int32(channels), 14, 14, 16, Int32(kernel),
-                    Int32(stride), 1, 0, 1)
+                    Int32(stride), 1, 0, 1, 0)
             else { return XCTFail(String(cString: nk_dnnl_last_error())) }
             defer { nk_dnnl_convolution_destroy(convolution) }
             let names = (0..<3).map { String(cString: nk_dnnl_convolution_implementation(convolution, Int32($0))) }

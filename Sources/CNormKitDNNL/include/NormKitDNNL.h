@@ -6,8 +6,11 @@
 // the one owner of the cores and oneDNN's OpenMP threads are never started.
 //
 // Activations are float32 in the caller's memory, `(N, C, H, W)` logically, NCHW or NHWC in memory as chosen at
-// creation; oneDNN reads and writes them in place (no reorder). Weights are given and returned in PyTorch's OIHW
-// order and reordered to the layout oneDNN picked only in `nk_dnnl_convolution_set_weights`.
+// creation; the direct kernels read and write them in place (no reorder), Winograd's (where asked for and chosen)
+// through a reorder to and from its blocked layout in working memory of the calling thread (shared by every
+// convolution the thread runs, with their scratchpads; freed when the thread ends), none for NHWC with 16 channels,
+// the same memory. Weights are given and returned in PyTorch's OIHW order and reordered to the layout oneDNN picked
+// only in `nk_dnnl_convolution_set_weights`.
 //
 // Every function returns 0 on success or a oneDNN status (> 0); `nk_dnnl_last_error` describes the last failure
 // of the calling thread.
@@ -33,10 +36,12 @@ const char *nk_dnnl_last_error(void);
 
 /// A convolution of `batch` images of `channels × height × width` into `filters` channels, square kernel `kernel`,
 /// `stride` and zero `padding` on every side; `channels_last` selects NHWC memory for input and output (else
-/// NCHW). NULL on failure (see `nk_dnnl_last_error`).
+/// NCHW); `winograd` non-zero lets a 3 × 3 stride-1 convolution with channels and filters in whole blocks of 16 run
+/// oneDNN's Winograd F(4×4, 3×3) where oneDNN has it (AVX-512) and `batch` gives it enough output tiles (see
+/// `winograd_pays` in Convolution.c), else the direct kernels. NULL on failure (see `nk_dnnl_last_error`).
 nk_dnnl_convolution *nk_dnnl_convolution_create(int batch, int channels, int height, int width, int filters,
                                                 int kernel, int stride, int padding, int has_bias,
-                                                int channels_last);
+                                                int channels_last, int winograd);
 
 void nk_dnnl_convolution_destroy(nk_dnnl_convolution *convolution);
 

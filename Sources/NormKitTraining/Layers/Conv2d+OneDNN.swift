@@ -7,14 +7,17 @@ import NormKit
 extension Conv2d {
     private func threadCount(for g: ConvolutionGeometry) -> Int { max(1, min(Parallelism.threadCount, g.batch)) }
 
-    private func key(_ images: Int, _ g: ConvolutionGeometry, _ layout: TensorLayout) -> OneDNNConvolutions.Key {
-        OneDNNConvolutions.Key(batch: images, height: g.height, width: g.width, channelsLast: layout == .channelsLast)
+    private func key(
+        _ images: Int, _ g: ConvolutionGeometry, _ layout: TensorLayout, winograd: Bool
+    ) -> OneDNNConvolutions.Key {
+        OneDNNConvolutions.Key(
+            batch: images, height: g.height, width: g.width, channelsLast: layout == .channelsLast, winograd: winograd)
     }
 
     /// Creates (or finds) every thread's primitive before the parallel section, so creation errors throw here;
     /// returns them in ``OneDNNConvolutions/current`` (memory reused from call to call: a step allocates nothing).
     private func handles(
-        _ g: ConvolutionGeometry, layout: TensorLayout, threads: Int
+        _ g: ConvolutionGeometry, layout: TensorLayout, threads: Int, winograd: Bool
     ) throws
         -> UnsafeMutablePointer<OpaquePointer?>
     {
@@ -22,18 +25,25 @@ extension Conv2d {
         for t in 0..<threads {
             let images = g.batch * (t + 1) / threads - g.batch * t / threads
             oneDNN.current[t] = try oneDNN.handle(
-                thread: t, key(images, g, layout), geometry: g,
+                thread: t, key(images, g, layout, winograd: winograd), geometry: g,
                 hasBias: bias != nil, layer: name)
         }
         oneDNN.failure.reset()
         return oneDNN.current
     }
 
-    /// The oneDNN forward; returns the thread split it used (the backward uses the same).
+    /// The oneDNN implementation each of the last oneDNN call's threads ran for `pass` (0: forward, 1:
+    /// backward-data, 2: backward-weights), as `ONEDNN_VERBOSE` names it ("jit_wino_4x3:avx512_core", …).
+    package func oneDNNImplementations(pass: Int, threads: Int) -> [String] {
+        (0..<threads).map { String(cString: nk_dnnl_convolution_implementation(oneDNN.current[$0], Int32(pass))) }
+    }
+
+    /// The oneDNN forward (`winograd`: where it pays, see ``ConvolutionEngine/oneDNN``); returns the thread split it
+    /// used (the backward uses the same).
     @discardableResult
-    func forwardOneDNN(_ x: Tensor, into y: inout Tensor, _ g: ConvolutionGeometry) throws -> Int {
+    func forwardOneDNN(_ x: Tensor, into y: inout Tensor, _ g: ConvolutionGeometry, winograd: Bool) throws -> Int {
         let threads = threadCount(for: g)
-        let handles = try handles(g, layout: x.layout, threads: threads)
+        let handles = try handles(g, layout: x.layout, threads: threads, winograd: winograd)
         let w = UnsafePointer(usedWeight.pointer)
         let inImage = g.channels * g.height * g.width, outImage = g.filters * g.positions
         let failure = oneDNN.failure
@@ -65,9 +75,9 @@ extension Conv2d {
     /// forwards of other shapes since, or hold another step's weights).
     func backwardOneDNN(
         _ x: Tensor, _ dy: Tensor, into dx: inout Tensor, _ g: ConvolutionGeometry,
-        threads: Int
+        threads: Int, winograd: Bool
     ) throws -> Int {
-        let handles = try handles(g, layout: x.layout, threads: threads)
+        let handles = try handles(g, layout: x.layout, threads: threads, winograd: winograd)
         let w = UnsafePointer(usedWeight.pointer)
         reserveGradientWorkspaces(threads: threads, g)
         let workspaces = self.workspaces

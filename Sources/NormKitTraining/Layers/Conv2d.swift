@@ -170,7 +170,7 @@ public final class Conv2d: Layer {
         if let plan {
             forwardIm2col(x, into: &y, g, plan)
         } else {
-            threads = try forwardOneDNN(x, into: &y, g)
+            threads = try forwardOneDNN(x, into: &y, g, winograd: engine == .oneDNN)
         }
         if training {
             savedThreads = threads
@@ -208,8 +208,8 @@ public final class Conv2d: Layer {
         }
         try LayerCheck.gradient(dy, shape: savedOutputShape, layout: x.layout, layer: name)
         let threads: Int
-        if savedEngine == .oneDNN {
-            threads = try backwardOneDNN(x, dy, into: &dx, g, threads: savedThreads)
+        if savedEngine.usesOneDNN {
+            threads = try backwardOneDNN(x, dy, into: &dx, g, threads: savedThreads, winograd: savedEngine == .oneDNN)
         } else {
             threads = try backwardIm2col(x, dy, into: &dx, g)
         }
@@ -276,7 +276,7 @@ public final class Conv2d: Layer {
 
     /// Checks `x` and returns the convolution's geometry for it.
     private func geometry(of x: Tensor) throws -> ConvolutionGeometry {
-        try LayerCheck.spatial(x, channels: inChannels, layer: name, channelsLastToo: engine == .oneDNN)
+        try LayerCheck.spatial(x, channels: inChannels, layer: name, channelsLastToo: engine.usesOneDNN)
         let h = x.shape[2], w = x.shape[3]
         guard h + 2 * padding >= kernelSize, w + 2 * padding >= kernelSize else {
             throw LayerError.inputTooSmall(layer: name, height: h, width: w, kernelSize: kernelSize, padding: padding)

@@ -6,9 +6,14 @@ import Synchronization
 /// How ``Conv2d`` computes: oneDNN's convolutions (the engine PyTorch's CPU convolutions use) or NormKit's own
 /// im2col + OpenBLAS `sgemm` lowering.
 ///
-/// - ``oneDNN``: Debian's `libdnnl-dev`, found when NormKit is built (``isAvailable``). Reads and writes
-///   activations in place in either layout, NHWC (channels-last, its fast path: no reorder ever touches an
-///   activation) or NCHW; the weights are reordered to the layout oneDNN picked once per forward.
+/// - ``oneDNN``: Debian's `libdnnl-dev`, found when NormKit is built (``isAvailable``). Direct convolutions that
+///   read and write activations in place in either layout, NHWC (channels-last, its fast path) or NCHW; and, for
+///   3 × 3 stride-1 convolutions with channels in whole blocks of 16 on enough output tiles per thread, oneDNN's
+///   Winograd F(4×4, 3×3) on AVX-512, whose activations are reordered to and from its blocked layout (not at all
+///   for NHWC with 16 channels, the same memory). Winograd rounds differently from a direct sum: about 3× the
+///   direct kernels' error, about 1e-6 of the largest value (``ConvolutionEngineTests``); ``oneDNNDirect`` never
+///   uses it. The weights are reordered to the layout oneDNN picked once per forward.
+/// - ``oneDNNDirect``: oneDNN's direct convolutions only.
 /// - ``im2col``: patches + `sgemm`, channels-first only; the reference the oneDNN path is tested against, and the
 ///   engine on a machine without oneDNN.
 ///
@@ -17,33 +22,41 @@ import Synchronization
 /// and OpenBLAS's threads are never started), and the weight gradients are summed in thread order, so results do
 /// not depend on scheduling.
 public enum ConvolutionEngine: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
-    /// oneDNN (`libdnnl`), NHWC or NCHW.
+    /// oneDNN (`libdnnl`), NHWC or NCHW: direct, and Winograd where it pays.
     case oneDNN = "onednn"
+    /// oneDNN's direct convolutions only (no Winograd).
+    case oneDNNDirect = "onednn-direct"
     /// im2col + OpenBLAS `sgemm`, NCHW.
     case im2col
 
     /// Whether this build has the engine (oneDNN needs `libdnnl-dev` when NormKit is compiled).
     public var isAvailable: Bool {
         switch self {
-        case .oneDNN: return nk_dnnl_is_available() != 0
+        case .oneDNN, .oneDNNDirect: return nk_dnnl_is_available() != 0
         case .im2col: return true
         }
     }
+
+    /// Whether the engine is one of oneDNN's.
+    public var usesOneDNN: Bool { self != .im2col }
 
     /// oneDNN when this build has it, else im2col.
     public static var preferred: ConvolutionEngine { ConvolutionEngine.oneDNN.isAvailable ? .oneDNN : .im2col }
 
     /// The activation layout a network built for this engine keeps: channels-last for oneDNN, channels-first
     /// for im2col.
-    public var activationLayout: TensorLayout { self == .oneDNN ? .channelsLast : .channelsFirst }
+    public var activationLayout: TensorLayout { usesOneDNN ? .channelsLast : .channelsFirst }
 
-    /// `"onednn"` or `"im2col"`.
+    /// `"onednn"`, `"onednn-direct"` or `"im2col"`.
     public var description: String { rawValue }
 
     /// `"oneDNN 2.6.3"` or `"im2col + OpenBLAS (SkylakeX)"`, for logs and benchmarks.
     public var versionDescription: String {
         switch self {
         case .oneDNN: return isAvailable ? "oneDNN \(String(cString: nk_dnnl_version()))" : "oneDNN (not built in)"
+        case .oneDNNDirect:
+            return isAvailable
+                ? "oneDNN \(String(cString: nk_dnnl_version())), direct only" : "oneDNN (not built in)"
         case .im2col: return "im2col + OpenBLAS (\(BLAS.coreName))"
         }
     }
@@ -100,7 +113,13 @@ extension Module {
 /// image count and layout (a few shapes kept, so alternating training and evaluation batches rebuild nothing).
 /// Each handle is used by one thread at a time.
 final class OneDNNConvolutions {
-    struct Key: Hashable { var batch: Int; var height: Int; var width: Int; var channelsLast: Bool }
+    struct Key: Hashable {
+        var batch: Int
+        var height: Int
+        var width: Int
+        var channelsLast: Bool
+        var winograd: Bool
+    }
 
     private var perThread: [[Key: OpaquePointer]] = []
     private static let shapesKept = 4
@@ -140,7 +159,8 @@ final class OneDNNConvolutions {
         guard
             let created = nk_dnnl_convolution_create(
                 Int32(key.batch), Int32(g.channels), Int32(key.height), Int32(key.width), Int32(g.filters),
-                Int32(g.kernel), Int32(g.stride), Int32(g.padding), hasBias ? 1 : 0, key.channelsLast ? 1 : 0)
+                Int32(g.kernel), Int32(g.stride), Int32(g.padding), hasBias ? 1 : 0, key.channelsLast ? 1 : 0,
+                key.winograd ? 1 : 0)
         else {
             throw LayerError.engineFailure(layer: layer, engine: "oneDNN", message: OneDNNConvolutions.lastError)
         }
