@@ -57,11 +57,19 @@ final class ConvolutionEngineTests: XCTestCase {
         XCTAssertEqual(ConvolutionEngine.preferred, .oneDNN)
         XCTAssertEqual(ConvolutionEngine.oneDNN.activationLayout, .channelsLast)
         XCTAssertEqual(ConvolutionEngine.im2col.activationLayout, .channelsFirst)
+        XCTAssertEqual(ConvolutionEngine.oneDNNDirect.activationLayout, .channelsLast)
+        XCTAssertEqual(ConvolutionEngine.allCases.map(\.usesOneDNN), [true, true, false])
+        XCTAssertEqual(ConvolutionEngine(rawValue: "onednn-direct"), .oneDNNDirect)
         XCTAssertNil(ConvolutionEngine.oneDNN.unavailableReason)
+        XCTAssertNil(ConvolutionEngine.oneDNNDirect.unavailableReason)
         XCTAssertNil(ConvolutionEngine.im2col.unavailableReason)
         XCTAssertTrue(
-            ConvolutionEngine.oneDNN.versionDescription.hasPrefix("oneDNN 2."),
+            ConvolutionEngine.oneDNN.versionDescription.hasPrefix("oneDNN 2.")
+                && ConvolutionEngine.oneDNN.versionDescription.hasSuffix(", Winograd where it pays"),
             ConvolutionEngine.oneDNN.versionDescription)
+        XCTAssertTrue(
+            ConvolutionEngine.oneDNNDirect.versionDescription.hasSuffix(", direct only"),
+            ConvolutionEngine.oneDNNDirect.versionDescription)
         var rng = SeededGenerator(seed: 900)
         let conv = try Conv2d(inChannels: 2, outChannels: 3, kernelSize: 3, generator: &rng)
         XCTAssertEqual(conv.engine, .oneDNN, "the default engine is the preferred one")
@@ -73,6 +81,9 @@ final class ConvolutionEngineTests: XCTestCase {
         for conv in convs { XCTAssertEqual(conv.engine, .im2col) }
         model.engine = .oneDNN
         for conv in convs { XCTAssertEqual(conv.engine, .oneDNN) }
+        model.useConvolutionEngine(.oneDNNDirect)
+        for conv in convs { XCTAssertEqual(conv.engine, .oneDNNDirect) }
+        XCTAssertEqual(model.engine, .oneDNNDirect)
     }
 
     // MARK: - oneDNN against im2col and float64

@@ -50,13 +50,13 @@ public enum ConvolutionEngine: String, Sendable, Codable, CaseIterable, CustomSt
     /// `"onednn"`, `"onednn-direct"` or `"im2col"`.
     public var description: String { rawValue }
 
-    /// `"oneDNN 2.6.3"` or `"im2col + OpenBLAS (SkylakeX)"`, for logs and benchmarks.
+    /// `"oneDNN 2.6.3, Winograd where it pays"`, `"oneDNN 2.6.3, direct only"` or `"im2col + OpenBLAS (SkylakeX)"`,
+    /// for logs, benchmarks and a run's summary.
     public var versionDescription: String {
+        let oneDNN = "oneDNN \(String(cString: nk_dnnl_version()))"
         switch self {
-        case .oneDNN: return isAvailable ? "oneDNN \(String(cString: nk_dnnl_version()))" : "oneDNN (not built in)"
-        case .oneDNNDirect:
-            return isAvailable
-                ? "oneDNN \(String(cString: nk_dnnl_version())), direct only" : "oneDNN (not built in)"
+        case .oneDNN: return isAvailable ? oneDNN + ", Winograd where it pays" : "oneDNN (not built in)"
+        case .oneDNNDirect: return isAvailable ? oneDNN + ", direct only" : "oneDNN (not built in)"
         case .im2col: return "im2col + OpenBLAS (\(BLAS.coreName))"
         }
     }
