@@ -11,7 +11,7 @@ import Synchronization
 ///   3 × 3 stride-1 convolutions with channels in whole blocks of 16 on enough output tiles per thread, oneDNN's
 ///   Winograd F(4×4, 3×3) on AVX-512, whose activations are reordered to and from its blocked layout (not at all
 ///   for NHWC with 16 channels, the same memory). Winograd rounds differently from a direct sum: about 3× the
-///   direct kernels' error, about 1e-6 of the largest value (``ConvolutionEngineTests``); ``oneDNNDirect`` never
+///   direct kernels' error, about 1e-6 of the largest value (`ConvolutionEngineTests`); ``oneDNNDirect`` never
 ///   uses it. The weights are reordered to the layout oneDNN picked once per forward.
 /// - ``oneDNNDirect``: oneDNN's direct convolutions only.
 /// - ``im2col``: patches + `sgemm`, channels-first only; the reference the oneDNN path is tested against, and the
