@@ -170,7 +170,7 @@ public final class Conv2d: Layer {
         if let plan {
             forwardIm2col(x, into: &y, g, plan)
         } else {
-            threads = try forwardOneDNN(x, into: &y, g, winograd: engine == .oneDNN)
+            threads = try forwardOneDNN(x, into: &y, g, winograd: engine.allowsWinograd)
         }
         if training {
             savedThreads = threads
@@ -209,7 +209,8 @@ public final class Conv2d: Layer {
         try LayerCheck.gradient(dy, shape: savedOutputShape, layout: x.layout, layer: name)
         let threads: Int
         if savedEngine.usesOneDNN {
-            threads = try backwardOneDNN(x, dy, into: &dx, g, threads: savedThreads, winograd: savedEngine == .oneDNN)
+            threads = try backwardOneDNN(
+                x, dy, into: &dx, g, threads: savedThreads, winograd: savedEngine.allowsWinograd)
         } else {
             threads = try backwardIm2col(x, dy, into: &dx, g)
         }

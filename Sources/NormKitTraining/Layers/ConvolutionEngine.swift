@@ -40,6 +40,9 @@ public enum ConvolutionEngine: String, Sendable, Codable, CaseIterable, CustomSt
     /// Whether the engine is one of oneDNN's.
     public var usesOneDNN: Bool { self != .im2col }
 
+    /// Whether the engine may run oneDNN's Winograd convolutions (where they pay).
+    var allowsWinograd: Bool { self == .oneDNN }
+
     /// oneDNN when this build has it, else im2col.
     public static var preferred: ConvolutionEngine { ConvolutionEngine.oneDNN.isAvailable ? .oneDNN : .im2col }
 
