@@ -9,7 +9,8 @@
 // slice's coefficients (and the sums' accumulators): rows of 1,024 channels and more took 8, 4 or fewer rows per sweep
 // before session 21, and 16 made GN's NHWC forward on (2, 2048, 7, 7) and (32, 2048, 7, 7) about 0.9x the time
 // (PERFORMANCE.md, session 21). The apply walks rows whose tile sweep would alias row by row instead (cl_apply_rows,
-// session 36). Each float lane adds at most CL_ROWS positions before its total goes to double.
+// session 36), and so do whole rows read from memory, sums and streamed forward applies (cl_pairs_walk, session 45).
+// Each float lane adds at most CL_ROWS positions before its total goes to double.
 #define CL_VECTORS 4
 #define CL_WIDTH (CL_VECTORS * NK_LANES)
 #define CL_MAX 1024
@@ -148,8 +149,62 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, doub
     }
 }
 
-NK_INLINE void cl_pairs(const int grad, const int act, const int ahead, double *s1, double *s2, const float *dy,
-                        const float *x, long m, long c, long w, const float *k, const nk_activation_backward *b) {
+// cl_pairs_run's sums for whole rows (w = c) of CL_WIDTH to CL_MAX channels read from memory (NK_READ_AHEAD): row by
+// row, each row's lines in address order (the hardware prefetchers follow; prefetches of our own were no faster), the
+// float lanes in an L1 row of accumulators loaded and stored beside each vector, where the strips keep them in
+// registers. From memory the strips read a quarter of each 1 KB row per sweep, which the prefetchers serve poorly: on
+// (32, 256, 56, 56) the gradient sums take 0.58–0.65x their time this way (a plain loop's rate), the sums of x
+// 0.79–1.01x (scripts/memory_passes_probe.c; PERFORMANCE.md, session 45). Not for slices of rows (w < c: a GN tile's),
+// which took 1.3–1.8x, nor with the lanes kept in registers over four rows read vector by vector (1.2–1.85x). Each lane
+// adds the same values in the same order and goes to double at the same rows (every CL_ROWS from the first, and at the
+// last), so the bits are cl_pairs_run's.
+NK_INLINE void cl_pairs_walk(const int grad, const int act, double *s1, double *s2, const float *dy, const float *x,
+                             long m, long c, long w, const float *k, const nk_activation_backward *b) {
+    _Alignas(64) float lanes[2][CL_MAX];
+    const long tail = w % NK_LANES, whole = w - tail;
+    const vmask tm = vmask_first(tail ? tail : 1);
+    float *const dz = act ? b->dz : NULL;
+    for (long p0 = 0; p0 < m; p0 += CL_ROWS) {
+        const long end = p0 + CL_ROWS < m ? p0 + CL_ROWS : m;
+        for (long j = 0; j < w; j += NK_LANES) {
+            vstore(lanes[0] + j, vzero());
+            vstore(lanes[1] + j, vzero());
+        }
+        for (long o = p0 * c; o < end * c; o += c) {
+            for (long j = 0; j < w; j += NK_LANES) {
+                const int part = j == whole;
+#define CW_LOAD(ptr) (part ? vload_part(tm, (ptr)) : vload(ptr))
+                const vf xv = CW_LOAD(x + o + j), d = vsub(xv, k ? CW_LOAD(k + j) : vzero());
+                vf g = grad ? CW_LOAD(dy + o + j) : d;
+                if (act) {
+                    const act_affine aff = {CW_LOAD(b->scale + j), CW_LOAD(b->shift + j), CW_LOAD(b->center + j)};
+                    ACT_GRAD(act, g, xv, aff, dz, if (dz) {
+                        if (part) vstore_part(dz + o + j, tm, g);
+                        else vstore(dz + o + j, g);
+                    });
+                }
+#undef CW_LOAD
+                vstore(lanes[0] + j, vadd(vload(lanes[0] + j), g));
+                vstore(lanes[1] + j, vfma(g, d, vload(lanes[1] + j)));
+            }
+        }
+        for (long j = 0; j < w; j += NK_LANES) {
+            const long n = j == whole ? tail : NK_LANES;
+            vadd_widened(s1 + j, vload(lanes[0] + j), n);
+            vadd_widened(s2 + j, vload(lanes[1] + j), n);
+        }
+    }
+}
+
+// The sums of channels 0 … w − 1 in runs of CL_MAX channels; fromMemory = 1 (NK_READ_AHEAD) takes cl_pairs_walk for
+// whole rows of CL_WIDTH to CL_MAX channels.
+NK_INLINE void cl_pairs(const int grad, const int act, const int ahead, const int fromMemory, double *s1, double *s2,
+                        const float *dy, const float *x, long m, long c, long w, const float *k,
+                        const nk_activation_backward *b) {
+    if (fromMemory && w == c && w > CL_WIDTH && w <= CL_MAX) {
+        cl_pairs_walk(grad, act, s1, s2, dy, x, m, c, w, k, b);
+        return;
+    }
     for (long c0 = 0; c0 < w; c0 += CL_MAX) {
         const long cw = w - c0 < CL_MAX ? w - c0 : CL_MAX;
         nk_activation_backward moved = act ? act_at(b, c0, c0) : (nk_activation_backward){0};
@@ -160,13 +215,13 @@ NK_INLINE void cl_pairs(const int grad, const int act, const int ahead, double *
 
 NK_FN void cl_centered_sums(double *s1, double *s2, const float *x, long m, long c, long w, const float *k,
                             int read) {
-    if (read == NK_READ_AHEAD) cl_pairs(0, 0, 1, s1, s2, NULL, x, m, c, w, k, NULL);
-    else cl_pairs(0, 0, 0, s1, s2, NULL, x, m, c, w, k, NULL);
+    if (read == NK_READ_AHEAD) cl_pairs(0, 0, 1, 1, s1, s2, NULL, x, m, c, w, k, NULL);
+    else cl_pairs(0, 0, 0, 0, s1, s2, NULL, x, m, c, w, k, NULL);
 }
 
 NK_FN void cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x, long m, long c, long w,
                             const float *k, const nk_activation_backward *b, int read) {
-#define CL_GRADIENT_SUMS(A) cl_pairs(1, A, CL_AHEAD(A, read), s1, s2, dy, x, m, c, w, k, b)
+#define CL_GRADIENT_SUMS(A) cl_pairs(1, A, CL_AHEAD(A, read), read == NK_READ_AHEAD, s1, s2, dy, x, m, c, w, k, b)
     ACT_DISPATCH(b ? b->kind : NK_IDENTITY, CL_GRADIENT_SUMS)
 #undef CL_GRADIENT_SUMS
 }
@@ -291,7 +346,9 @@ NK_INLINE const float *cl_on_boundary(const float *row, float *copy, long w) {
 // PERFORMANCE.md, session 41). Taken for rows whose tile sweep would alias (cl_next_row_aliases: a row's loads then
 // follow the stores of the row before by a whole row) and for rows a multiple of 4 KB apart, whose tile puts every
 // row's slice in the same few cache sets (1.4x the time even where x and out are at other page offsets; a C model of
-// both walks, PERFORMANCE.md, session 36); and for the backward's apply without an activation (cl_row_walk_fits):
+// both walks, PERFORMANCE.md, session 36); for the forward's apply over whole rows streamed beyond the caches, whose
+// tile sweep the prefetchers serve poorly from memory (BN's on (32, 256, 56, 56) 0.86–0.97x the time this way,
+// scripts/memory_passes_probe.c, session 45); and for the backward's apply without an activation (cl_row_walk_fits):
 // there the tile sweep's strided strips of x, dy and out (CL_WIDTH channels down a tile) cost more than the row walk's
 // loads from L1 (session 41). The same operations on each element, so the same bits. Not under SiLU, whose ~25
 // operations per vector hide the aliasing and which ran 1.0–1.3x the time this way.
@@ -332,6 +389,13 @@ NK_INLINE int cl_row_walk_fits(const int grad, const int act, const float *out, 
     return grad && act == NK_IDENTITY && !cl_row_walk_aliases(out, x) && !cl_row_walk_aliases(out, dy);
 }
 
+// Whether the forward's apply walks rows (cl_apply_rows): whole rows (w = c) streamed beyond the caches, where the row
+// walk does not alias itself.
+NK_INLINE int cl_streamed_walk_fits(const int grad, const int stream, const float *out, const float *x, long c,
+                                    long w) {
+    return !grad && stream && w == c && !cl_row_walk_aliases(out, x);
+}
+
 NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, const int ahead, float *out,
                               const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
                               const float *b, const float *k, const nk_activation_backward *ab) {
@@ -342,7 +406,8 @@ NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, c
         return;
     }
     if (act != NK_SILU && ((c * (long)sizeof(float)) % 4096 == 0 || cl_next_row_aliases(out, x, c) ||
-                           cl_next_row_aliases(out, dy, c) || cl_row_walk_fits(grad, act, out, dy, x))) {
+                           cl_next_row_aliases(out, dy, c) || cl_row_walk_fits(grad, act, out, dy, x) ||
+                           cl_streamed_walk_fits(grad, stream, out, x, c, w))) {
         cl_apply_rows(grad, act, stream, out, dy, x, m, c, w, p, a, b, k, ab);
         return;
     }

@@ -422,7 +422,10 @@ final class KernelPathTests: XCTestCase {
     /// channels-last kernels split over the threads, and (1, 4, 520, 521) has one-row sets of 270,920 floats (GN with
     /// 4 groups is IN there; BN at batch 1), split channels-first into pieces that start off vector boundaries. GN's
     /// channels-first gradient apply on rows of 49, 99 and 130 floats walks each set's rows as one run of vectors when
-    /// cached and row by row when streamed, so those walks are compared too.
+    /// cached and row by row when streamed, so those walks are compared too. Channels-last rows wider than a strip
+    /// (64 channels on AVX-512, 32 on AVX2) read from memory are summed row by row (`cl_pairs_walk`) where cached they
+    /// are swept in strips: (3, 200, 9, 10) and (2, 132, 70) (partial last vectors of 8 and 4 channels on AVX-512, of 4
+    /// on AVX2) and (6, 200) (a matrix) compare the two.
     func testStreamingStoresGiveTheSameBits() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         let saved = KernelDispatch.streamingStoreThreshold
@@ -434,7 +437,7 @@ final class KernelPathTests: XCTestCase {
             KernelDispatch.limitNativeInstructionSet(to: limit)
             for shape in [
                 [3, 24, 7, 7], [2, 32, 9, 11], [4, 64, 28, 28], [2, 32, 130], [5, 64], [1, 64, 64, 64],
-                [1, 4, 520, 521],
+                [1, 4, 520, 521], [3, 200, 9, 10], [2, 132, 70], [6, 200],
             ] {
                 for layout in TensorLayout.allCases {
                     let x = randomTensor(shape, layout: layout, scale: 2, offset: 1, using: &rng)

@@ -26,7 +26,9 @@ extension NormalizationKernels {
         let partial = scratch + 2 * g.batch * c
         forEachSamplePart(g, backward: false, work: g.elementCount, sums: (s1, s2), partial: partial) {
             n, rows, a1, a2 in
-            centeredSums(a1, a2, x + (n * m + rows.lowerBound) * c, rows: rows.count, channels: c, shift: shift(n))
+            centeredSums(
+                a1, a2, x + (n * m + rows.lowerBound) * c, rows: rows.count, channels: c, shift: shift(n),
+                read: g.inputRead)
         }
         shiftedSetMoments(
             mean: mean, variance: variance, sets: 0..<g.setCount, s1: s1, s2: s2, shift: { shift($0) }, geometry: g)
@@ -84,14 +86,14 @@ extension NormalizationKernels {
         }
     }
 
-    /// Per channel, `s1 += Σ(x − k)` and `s2 += Σ(x − k)²` over `rows` rows of `channels` floats: the native kernel,
-    /// or the portable loop in Double.
+    /// Per channel, `s1 += Σ(x − k)` and `s2 += Σ(x − k)²` over `rows` rows of `channels` floats: the native kernel
+    /// (reading as ``NormalizationGeometry/inputRead`` says), or the portable loop in Double.
     @inline(__always)
     static func centeredSums(
         _ s1: UnsafeMutablePointer<Double>, _ s2: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Float>, rows: Int,
-        channels c: Int, shift k: UnsafePointer<Float>
+        channels c: Int, shift k: UnsafePointer<Float>, read: Int32
     ) {
-        if nativeChannelsLast { return nk_cl_centered_sums(s1, s2, x, rows, c, c, k, Int32(NK_READ_CACHED)) }
+        if nativeChannelsLast { return nk_cl_centered_sums(s1, s2, x, rows, c, c, k, read) }
         for p in 0..<rows {
             for ch in 0..<c {
                 let d = Double(x[p * c + ch]) - Double(k[ch])
