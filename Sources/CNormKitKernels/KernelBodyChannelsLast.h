@@ -9,7 +9,8 @@
 // slice's coefficients (and the sums' accumulators): rows of 1,024 channels and more took 8, 4 or fewer rows per sweep
 // before session 21, and 16 made GN's NHWC forward on (2, 2048, 7, 7) and (32, 2048, 7, 7) about 0.9x the time
 // (PERFORMANCE.md, session 21). The apply walks rows whose tile sweep would alias row by row instead (cl_apply_rows,
-// session 36), and so do whole rows read from memory, sums and streamed forward applies (cl_pairs_walk, session 45).
+// session 36), and so do whole rows read from memory: the sums (cl_pairs_walk) and the streamed forward applies
+// (cl_streamed_walk_fits), session 45.
 // Each float lane adds at most CL_ROWS positions before its total goes to double.
 #define CL_VECTORS 4
 #define CL_WIDTH (CL_VECTORS * NK_LANES)
