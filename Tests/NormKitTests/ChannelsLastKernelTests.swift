@@ -774,9 +774,11 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
 
     /// GN on an input beyond the caches (`KernelDispatch.streamingStoreThreshold` 0) of a core with less than 2 MB
     /// of L2 (`KernelDispatch.levelTwoCacheBytes` 1 MB) takes slices of 128 channels of its 256- and 512-channel rows
-    /// (`NormalizationKernels.narrowestSlice`), where a 2 MB L2 or a cached input keeps whole samples: the same bits
-    /// every way, on 1, 2 and 3 threads, against the float64 reference too; G = 32 (8 channels per set) and G = 8
-    /// (32 channels per set: a slice that cut a set would fail).
+    /// (`NormalizationKernels.narrowestSlice`), where a 2 MB L2 or a cached input keeps whole samples; on one thread
+    /// its four samples are four per thread, each a thread's whole (`NormalizationKernels.takesWholeSamplePerThread`),
+    /// and (4, 64, 64, 64)'s samples, split over two or three threads in 16 parts of rows, are summed in the same
+    /// parts on one thread. The same bits every way, on 1, 2 and 3 threads, against the float64 reference too; G = 32
+    /// and G = 8 (8 and 32 channels per set on the wide rows: a slice that cut a set would fail).
     func testNarrowSlicesFromMemoryGiveTheSameBits() throws {
         guard select(.native) else { throw XCTSkip("no native kernels on this CPU") }
         let savedThreshold = KernelDispatch.streamingStoreThreshold, savedL2 = KernelDispatch.levelTwoCacheBytes
@@ -787,7 +789,7 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
         }
         var rng = SeededGenerator(seed: 0xC1_39)
         let worst = Worst()
-        for shape in [[4, 256, 28, 28], [2, 512, 196]] {
+        for shape in [[4, 256, 28, 28], [2, 512, 196], [4, 64, 64, 64]] {
             let count = shape.reduce(1, *)
             let x = Kit.randomLogical(count, mean: 0.4, std: 1.7, &rng)
             let dy = Kit.randomLogical(count, mean: 0.1, std: 1, &rng)

@@ -295,15 +295,36 @@ extension NormalizationKernels {
     /// (1 MB of L2) GN's NHWC forward+backward on (32, 256, 56, 56) took 0.85–0.88x the time in slices of 48
     /// channels, on (32, 512, 28, 28) 0.77–0.91x in slices of 128; slices of 32 channels on (32, 128, 56, 56) did
     /// not measure apart from the noise (±20 % between runs of one build there), so 48 is the narrowest. On the Intel
-    /// kind (2 MB) slices of 32–128 channels were 1.20–1.32x slower (PERFORMANCE.md, sessions 22 and 39).
+    /// kind (2 MB) slices of 32–128 channels were 1.20–1.32x slower (PERFORMANCE.md, sessions 22 and 39). Batches of
+    /// four samples per thread or more take whole samples per thread instead (``takesWholeSamplePerThread(_:)``).
     static let narrowSliceFromMemory = 48
 
     /// The narrowest slice `tileWidth` takes for `g`: ``narrowSliceFromMemory`` for sets inside a sample of an input
     /// beyond the caches (``KernelDispatch/streamingStoreThreshold``) on a core with less than 2 MB of L2, else
     /// ``minimumSlice``. Not for BN: a slice of its sets spans the whole batch, rows `C` floats apart.
     static func narrowestSlice(_ g: NormalizationGeometry) -> Int {
-        let fromMemory = g.samplesPerSet == 1 && g.elementCount >= KernelDispatch.streamingStoreThreshold
-        return fromMemory && KernelDispatch.levelTwoCacheBytes < 2 << 20 ? narrowSliceFromMemory : minimumSlice
+        setsFromMemoryOnSmallL2(g) ? narrowSliceFromMemory : minimumSlice
+    }
+
+    /// Whether `g`'s sets lie inside a sample (GN, LN, IN) of an input beyond the caches
+    /// (``KernelDispatch/streamingStoreThreshold``) on a core with less than 2 MB of L2.
+    static func setsFromMemoryOnSmallL2(_ g: NormalizationGeometry) -> Bool {
+        g.samplesPerSet == 1 && g.elementCount >= KernelDispatch.streamingStoreThreshold
+            && KernelDispatch.levelTwoCacheBytes < 2 << 20
+    }
+
+    /// Whether the tiles of `g` are whole samples, each on one thread, where slices (``narrowestSlice(_:)``) or a
+    /// sample split over the threads (``blockParts(_:backward:)``) would take them: sets inside a sample from memory
+    /// on a core with less than 2 MB of L2 (``setsFromMemoryOnSmallL2(_:)``), samples of at most
+    /// ``fusedSampleFloats``, and at least four per thread (a last uneven round costs at most a fifth). A thread's
+    /// sample (3.2 MB on (32, 256, 56, 56)) outgrows its L2 as a slice's tile does not, but its rows are read whole
+    /// and in order, and no thread waits on another between the two passes of every sample, as the split passes do.
+    /// On the AMD Zen 4 kind GN's NHWC forward+backward on (32, 256, 56, 56) took 0.75× the time of 48-channel
+    /// slices, (32, 512, 28, 28) 0.74×, (8, 1024, 28, 28) 0.84× (PERFORMANCE.md, session 46). A split sample sums in
+    /// the same parts either way (``sliceSums``), so the bits do not depend on the thread count.
+    static func takesWholeSamplePerThread(_ g: NormalizationGeometry) -> Bool {
+        setsFromMemoryOnSmallL2(g) && g.positions * g.channels <= fusedSampleFloats
+            && g.sampleBlocks >= 4 * Parallelism.threadCount
     }
     /// Whole-sample tiles of at least this many floats (1 MB) go one sample at a time to all the threads, cut into
     /// parts of rows (``blockParts(_:backward:)``): each thread's parts stay in its own L2 from the sums to the apply,
@@ -321,7 +342,7 @@ extension NormalizationKernels {
 
     /// The slice width (channels) of the tiled path for `g` (the forward's or the backward's), or nil for the unfused
     /// path (statistics of the whole tensor, then the apply). Whole rows when a block's rows fit a tile and there is a
-    /// block per thread; whole rows cut into parts (``blockParts(_:backward:)``) for a block of several samples or a
+    /// block per thread, or when each thread takes whole samples (``takesWholeSamplePerThread(_:)``); whole rows cut into parts (``blockParts(_:backward:)``) for a block of several samples or a
     /// lone sample below ``splitSampleFloats``; else slices of at least ``narrowestSlice(_:)`` channels holding whole
     /// sets, one per thread at least, of equal widths where those are wide enough (else of `fit` channels and a
     /// remainder);
@@ -334,7 +355,7 @@ extension NormalizationKernels {
         let rows = g.samplesPerSet * g.positions, c = g.channels, fit = tileFloats / rows
         let threads = Parallelism.threadCount, slicesPerBlock = (threads + g.sampleBlocks - 1) / g.sampleBlocks
         let narrowest = narrowestSlice(g)
-        if c <= fit && g.sampleBlocks >= threads { return c }
+        if c <= fit && g.sampleBlocks >= threads || takesWholeSamplePerThread(g) { return c }
         if g.samplesPerSet > 1 || g.positions * c < splitSampleFloats, blockParts(g, backward: backward).total > 1 {
             return c
         }
@@ -552,7 +573,8 @@ extension NormalizationKernels {
             }
         }
 
-        let parts = width == c ? blockParts(g, backward: false) : (perSample: 1, total: 1)
+        let split = width == c && !takesWholeSamplePerThread(g)
+        let parts = split ? blockParts(g, backward: false) : (perSample: 1, total: 1)
         if parts.total > 1 {
             let partial = sums + 2 * g.batch * c
             for b in 0..<g.sampleBlocks {
@@ -646,7 +668,8 @@ extension NormalizationKernels {
             }
         }
 
-        let parts = width == c ? blockParts(g, backward: true) : (perSample: 1, total: 1)
+        let split = width == c && !takesWholeSamplePerThread(g)
+        let parts = split ? blockParts(g, backward: true) : (perSample: 1, total: 1)
         if parts.total > 1 {
             for b in 0..<g.sampleBlocks {
                 let k = tileCenters(b: b, c0: 0, w: c), p = k + c, q = p + c, r = q + c
