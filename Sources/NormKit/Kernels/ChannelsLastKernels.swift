@@ -316,16 +316,20 @@ extension NormalizationKernels {
     /// Whether the tiles of `g` are whole samples, each on one thread, where slices (``narrowestSlice(_:)``) or a
     /// sample split over the threads (``blockParts(_:backward:)``) would take them: sets inside a sample from memory
     /// on a core with less than 2 MB of L2 (``setsFromMemoryOnSmallL2(_:)``), samples of at most
-    /// ``fusedSampleFloats``, and at least four per thread (a last uneven round costs at most a fifth). A thread's
+    /// ``fusedSampleFloats``, and at least four per thread when they divide evenly over the threads, else eight (the
+    /// last uneven round then costs at most an eighth: (9, 256, 56, 56) on two threads, five samples on one and four
+    /// on the other, measured GN + SiLU's forward 1.06× the time of 48-channel slices, pairs 0.61–1.36). A thread's
     /// sample (3.2 MB on (32, 256, 56, 56)) outgrows its L2 as a slice's tile does not, but its rows are read whole
     /// and in order, and no thread waits on another between the two passes of every sample, as the split passes do.
     /// On the AMD Zen 4 kind GN's NHWC forward+backward on (32, 256, 56, 56) took 0.75× the time of 48-channel
     /// slices, (32, 512, 28, 28) 0.74×, (8, 1024, 28, 28) 0.84× (PERFORMANCE.md, session 46). A split sample sums in
     /// the same parts either way (``sliceSums``), so the bits do not depend on the thread count.
     static func takesWholeSamplePerThread(_ g: NormalizationGeometry) -> Bool {
-        setsFromMemoryOnSmallL2(g) && g.positions * g.channels <= fusedSampleFloats
-            && g.sampleBlocks >= 4 * Parallelism.threadCount
+        let threads = Parallelism.threadCount, blocks = g.sampleBlocks
+        let balanced = blocks % threads == 0 ? blocks >= 4 * threads : blocks >= 8 * threads
+        return setsFromMemoryOnSmallL2(g) && g.positions * g.channels <= fusedSampleFloats && balanced
     }
+
     /// Whole-sample tiles of at least this many floats (1 MB) go one sample at a time to all the threads, cut into
     /// parts of rows (``blockParts(_:backward:)``): each thread's parts stay in its own L2 from the sums to the apply,
     /// where one thread per sample re-read the whole sample from L3, and a batch smaller than the thread count still
