@@ -346,14 +346,14 @@ extension NormalizationKernels {
 
     /// The slice width (channels) of the tiled path for `g` (the forward's or the backward's), or nil for the unfused
     /// path (statistics of the whole tensor, then the apply). Whole rows when a block's rows fit a tile and there is a
-    /// block per thread, or when each thread takes whole samples (``takesWholeSamplePerThread(_:)``); whole rows cut into parts (``blockParts(_:backward:)``) for a block of several samples or a
-    /// lone sample below ``splitSampleFloats``; else slices of at least ``narrowestSlice(_:)`` channels holding whole
-    /// sets, one per thread at least, of equal widths where those are wide enough (else of `fit` channels and a
-    /// remainder);
-    /// else, for sets inside one sample, the whole sample (its rows split over the threads from
-    /// ``splitSampleFloats``; a sample too short to split only up to ``fusedSampleFloats``). Samples of
-    /// ``splitSampleFloats`` or more take slices before parts where the slices are wide enough: GN (2, 2048, 16, 16)
-    /// NHWC in parts measured 1.07× the forward's time and 1.05× the forward+backward's (PERFORMANCE.md, session 27).
+    /// block per thread, or when each thread takes whole samples (``takesWholeSamplePerThread(_:)``); whole rows cut
+    /// into parts (``blockParts(_:backward:)``) for a block of several samples or a lone sample below
+    /// ``splitSampleFloats``; else slices of at least ``narrowestSlice(_:)`` channels holding whole sets, one per thread
+    /// at least, of equal widths where those are wide enough (else of `fit` channels and a remainder); else, for sets
+    /// inside one sample, the whole sample (its rows split over the threads from ``splitSampleFloats``; a sample too
+    /// short to split only up to ``fusedSampleFloats``). Samples of ``splitSampleFloats`` or more take slices before
+    /// parts where the slices are wide enough: GN (2, 2048, 16, 16) NHWC in parts measured 1.07× the forward's time and
+    /// 1.05× the forward+backward's (PERFORMANCE.md, session 27).
     static func tileWidth(_ g: NormalizationGeometry, backward: Bool) -> Int? {
         guard nativeChannelsLast, g.channels > 0, g.positions > 0 else { return nil }
         let rows = g.samplesPerSet * g.positions, c = g.channels, fit = tileFloats / rows
@@ -406,6 +406,15 @@ extension NormalizationKernels {
         }
         guard m >= minimumPartRows, block >= tileFloats, block <= fusedSampleFloats else { return (1, 1) }
         return (perSample, g.samplesPerSet * perSample)
+    }
+
+    /// The parts the tiled passes split each sample block of `g` into over the threads (``splitPasses``) for tiles
+    /// `width` channels wide: ``blockParts(_:backward:)`` for whole rows, unless each thread takes whole samples
+    /// (``takesWholeSamplePerThread(_:)``); else one part (not split).
+    static func splitParts(
+        _ g: NormalizationGeometry, width: Int, backward: Bool
+    ) -> (perSample: Int, total: Int) {
+        width == g.channels && !takesWholeSamplePerThread(g) ? blockParts(g, backward: backward) : (1, 1)
     }
 
     /// Doubles of scratch for the partial sums of a split block (``blockParts(_:backward:)``): per part, two rows of
@@ -577,8 +586,7 @@ extension NormalizationKernels {
             }
         }
 
-        let split = width == c && !takesWholeSamplePerThread(g)
-        let parts = split ? blockParts(g, backward: false) : (perSample: 1, total: 1)
+        let parts = splitParts(g, width: width, backward: false)
         if parts.total > 1 {
             let partial = sums + 2 * g.batch * c
             for b in 0..<g.sampleBlocks {
@@ -672,8 +680,7 @@ extension NormalizationKernels {
             }
         }
 
-        let split = width == c && !takesWholeSamplePerThread(g)
-        let parts = split ? blockParts(g, backward: true) : (perSample: 1, total: 1)
+        let parts = splitParts(g, width: width, backward: true)
         if parts.total > 1 {
             for b in 0..<g.sampleBlocks {
                 let k = tileCenters(b: b, c0: 0, w: c), p = k + c, q = p + c, r = q + c
