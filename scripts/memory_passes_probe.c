@@ -60,7 +60,7 @@ static void *run(void *argument) {
     case 3: plain_pass(t, dy, x, NULL, first, count); break;
     case 4:
         nk_cl_affine_centered(out + o, x + o, count, CHANNELS, CHANNELS, shift, scale, offset, NK_IDENTITY,
-                              NK_STORE_STREAMING);
+                              NK_STORE_STREAMING, NK_READ_AHEAD);
         break;
     case 5: plain_pass(t, x, NULL, out, first, count); break;
     case 6:

@@ -9,8 +9,8 @@
 // slice's coefficients (and the sums' accumulators): rows of 1,024 channels and more took 8, 4 or fewer rows per sweep
 // before session 21, and 16 made GN's NHWC forward on (2, 2048, 7, 7) and (32, 2048, 7, 7) about 0.9x the time
 // (PERFORMANCE.md, session 21). The apply walks rows whose tile sweep would alias row by row instead (cl_apply_rows,
-// session 36), and so do whole rows read from memory: the sums (cl_pairs_walk) and the streamed forward applies
-// (cl_streamed_walk_fits), session 45.
+// session 36), and so do whole rows read from memory (the sums, cl_pairs_walk; session 45) and the forward's applies
+// of whole rows from beyond L2 (cl_forward_walk_fits; from memory session 45, from L3 session 47).
 // Each float lane adds at most CL_ROWS positions before its total goes to double.
 #define CL_VECTORS 4
 #define CL_WIDTH (CL_VECTORS * NK_LANES)
@@ -347,9 +347,9 @@ NK_INLINE const float *cl_on_boundary(const float *row, float *copy, long w) {
 // PERFORMANCE.md, session 41). Taken for rows whose tile sweep would alias (cl_next_row_aliases: a row's loads then
 // follow the stores of the row before by a whole row) and for rows a multiple of 4 KB apart, whose tile puts every
 // row's slice in the same few cache sets (1.4x the time even where x and out are at other page offsets; a C model of
-// both walks, PERFORMANCE.md, session 36); for the forward's apply over whole rows streamed beyond the caches, whose
-// tile sweep the prefetchers serve poorly from memory (BN's on (32, 256, 56, 56) 0.86–0.97x the time this way,
-// scripts/memory_passes_probe.c, session 45); and for the backward's apply without an activation (cl_row_walk_fits):
+// both walks, PERFORMANCE.md, session 36); for the forward's apply over whole rows from beyond L2
+// (cl_forward_walk_fits), whose tile sweep the prefetchers serve poorly from memory and from L3; and for the
+// backward's apply without an activation (cl_row_walk_fits):
 // there the tile sweep's strided strips of x, dy and out (CL_WIDTH channels down a tile) cost more than the row walk's
 // loads from L1 (session 41). The same operations on each element, so the same bits. Not under SiLU, whose ~25
 // operations per vector hide the aliasing and which ran 1.0–1.3x the time this way.
@@ -390,16 +390,21 @@ NK_INLINE int cl_row_walk_fits(const int grad, const int act, const float *out, 
     return grad && act == NK_IDENTITY && !cl_row_walk_aliases(out, x) && !cl_row_walk_aliases(out, dy);
 }
 
-// Whether the forward's apply walks rows (cl_apply_rows): whole rows (w = c) streamed beyond the caches, where the row
-// walk does not alias itself.
-NK_INLINE int cl_streamed_walk_fits(const int grad, const int stream, const float *out, const float *x, long c,
-                                    long w) {
-    return !grad && stream && w == c && !cl_row_walk_aliases(out, x);
+// Whether the forward's apply walks rows (cl_apply_rows): whole rows (w = c) read from beyond L2 (read NK_READ_FROM_L3
+// or NK_READ_AHEAD), where the row walk does not alias itself. The tile sweep reads a quarter of each row per strip,
+// which the prefetchers serve poorly from memory (BN's on (32, 256, 56, 56) 0.86–0.97x the time row by row,
+// scripts/memory_passes_probe.c, session 45) and from L3 (the forward of 3.2–6.4 MB tensors: the row walk faster in 21
+// to 29 of 30 alternated rounds, scripts/apply_walk_probe.c; GN's NHWC forward+backward on (2, 256, 56, 56) 0.84x the
+// time, as the backward's traffic pushes x out of L3 between forwards); on rows in L2 the row walk took up to 1.13x
+// the time of the strips ((2, 128, 28, 28)), which load each slice's coefficients once a tile (PERFORMANCE.md,
+// session 47).
+NK_INLINE int cl_forward_walk_fits(const int grad, const int read, const float *out, const float *x, long c, long w) {
+    return !grad && read != NK_READ_CACHED && w == c && !cl_row_walk_aliases(out, x);
 }
 
-NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, const int ahead, float *out,
-                              const float *dy, const float *x, long m, long c, long w, const float *p, const float *a,
-                              const float *b, const float *k, const nk_activation_backward *ab) {
+NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, const int ahead, const int read,
+                              float *out, const float *dy, const float *x, long m, long c, long w, const float *p,
+                              const float *a, const float *b, const float *k, const nk_activation_backward *ab) {
     if (w <= CL_WIDTH) {
         // One run: prefetch about 32 KB ahead (the rows that a wide row's tile would hold).
         const long distance = c >= 8192 / CL_TILE_ROWS ? CL_TILE_ROWS : 8192 / c;
@@ -408,7 +413,7 @@ NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, c
     }
     if (act != NK_SILU && ((c * (long)sizeof(float)) % 4096 == 0 || cl_next_row_aliases(out, x, c) ||
                            cl_next_row_aliases(out, dy, c) || cl_row_walk_fits(grad, act, out, dy, x) ||
-                           cl_streamed_walk_fits(grad, stream, out, x, c, w))) {
+                           cl_forward_walk_fits(grad, read, out, x, c, w))) {
         cl_apply_rows(grad, act, stream, out, dy, x, m, c, w, p, a, b, k, ab);
         return;
     }
@@ -428,22 +433,22 @@ NK_INLINE void cl_apply_tiles(const int grad, const int act, const int stream, c
 
 // Streams (store NK_STORE_STREAMING) only where every row's vectors start on a vector boundary (out on one and c a
 // whole number of vectors; the slices' first channels are multiples of CL_WIDTH) and out is not an input; else
-// ordinary stores.
-NK_INLINE void cl_apply(const int grad, const int act, int store, float *out, const float *dy, const float *x, long m,
-                        long c, long w, const float *p, const float *a, const float *b, const float *k,
-                        const nk_activation_backward *ab) {
+// ordinary stores. `read`: where x is (NK_READ_*), for the forward's choice of walk.
+NK_INLINE void cl_apply(const int grad, const int act, int store, int read, float *out, const float *dy,
+                        const float *x, long m, long c, long w, const float *p, const float *a, const float *b,
+                        const float *k, const nk_activation_backward *ab) {
     if (store == NK_STORE_STREAMING && out != x && out != dy && head_to_boundary(out, NK_LANES) == 0 &&
         c % NK_LANES == 0) {
-        cl_apply_tiles(grad, act, 1, act == NK_SILU, out, dy, x, m, c, w, p, a, b, k, ab);
+        cl_apply_tiles(grad, act, 1, act == NK_SILU, read, out, dy, x, m, c, w, p, a, b, k, ab);
         vstream_fence();
     } else {
-        cl_apply_tiles(grad, act, 0, act == NK_SILU, out, dy, x, m, c, w, p, a, b, k, ab);
+        cl_apply_tiles(grad, act, 0, act == NK_SILU, read, out, dy, x, m, c, w, p, a, b, k, ab);
     }
 }
 
 NK_FN void cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
-                              const float *b, int act, int store) {
-#define CL_AFFINE(A) cl_apply(0, A, store, y, NULL, x, m, c, w, NULL, a, b, k, NULL)
+                              const float *b, int act, int store, int read) {
+#define CL_AFFINE(A) cl_apply(0, A, store, read, y, NULL, x, m, c, w, NULL, a, b, k, NULL)
     ACT_DISPATCH(act, CL_AFFINE)
 #undef CL_AFFINE
 }
@@ -453,7 +458,7 @@ NK_FN void cl_affine_centered(float *y, const float *x, long m, long c, long w, 
 NK_FN void cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,
                              const float *q, const float *r, const float *k, const nk_activation_backward *act,
                              int store) {
-#define CL_GRADIENT_APPLY(A) cl_apply(1, A, store, dx, dy, x, m, c, w, p, q, r, k, act)
+#define CL_GRADIENT_APPLY(A) cl_apply(1, A, store, NK_READ_CACHED, dx, dy, x, m, c, w, p, q, r, k, act)
     ACT_DISPATCH(act ? act->kind : NK_IDENTITY, CL_GRADIENT_APPLY)
 #undef CL_GRADIENT_APPLY
 }

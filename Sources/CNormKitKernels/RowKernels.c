@@ -168,8 +168,8 @@ void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x
 }
 
 void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
-                           const float *b, int act, int store) {
-    NK_FORWARD(cl_affine_centered(y, x, m, c, w, k, a, b, act, store));
+                           const float *b, int act, int store, int read) {
+    NK_FORWARD(cl_affine_centered(y, x, m, c, w, k, a, b, act, store, read));
 }
 
 void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,

@@ -552,13 +552,15 @@ final class KernelPathTests: XCTestCase {
     /// them row by row when its tile sweep would load a row of `x` at the page offset of the row of `out` it has just
     /// stored (4K aliasing: rows a multiple of 4 KB apart, `x` and `out` at the same page offset), and, for the
     /// backward without an activation, unless the row walk would alias itself (`out` up to a slice past `x`'s or
-    /// `dy`'s page offset); in tiles of rows otherwise. The row walk reads coefficient rows that are not on vector
-    /// boundaries from aligned copies. Every walk
+    /// `dy`'s page offset), and, for the forward on whole rows read from beyond L2 (`NK_READ_FROM_L3`), wherever the
+    /// row walk does not alias itself; in tiles of rows otherwise. The row walk reads coefficient rows that are not on
+    /// vector boundaries from aligned copies. Every walk
     /// gives the same bits, and each element is `fma(a, x − k, b)` (then `fma(p, dy, ·)`) as a scalar fused
     /// multiply-add gives it, for rows of 1,024 channels (the aliasing case with `out` at `x`'s page offset; not with
     /// `out` 1 KB further), 1,029 (a partial last vector; aliasing with `out` 20 bytes on) and 1,200 (`out` 64 bytes on:
     /// the row walk's own aliasing, so tiles), coefficients on a vector boundary and 16 bytes past one, every
-    /// activation, a slice narrower than the row, with and without centres, cached and streamed stores.
+    /// activation, a slice narrower than the row, with and without centres, cached and streamed stores, inputs read as
+    /// cached and from L3.
     func testChannelsLastApplyGivesTheSameBitsRowByRowAndInTiles() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         var rng = SeededGenerator(seed: 36)
@@ -597,41 +599,44 @@ final class KernelPathTests: XCTestCase {
                             for kind in [NK_IDENTITY, NK_RELU, NK_SILU, -1] {  // -1: the gradient apply
                                 var results: [[UInt32]] = []
                                 for offset in offsets {
-                                    for shift in [0, 4] {
-                                        let (k, a, b, q) = (
-                                            rows + shift, rows + stride + shift,
-                                            rows + 2 * stride + shift, rows + 3 * stride + shift
-                                        )
-                                        k.update(from: values.k, count: c)
-                                        a.update(from: values.a, count: c)
-                                        b.update(from: values.b, count: c)
-                                        q.update(from: values.q, count: c)
-                                        let out = (outBase + offset).bindMemory(to: Float.self, capacity: count)
-                                        out.update(repeating: .nan, count: count)
-                                        if kind < 0 {
-                                            nk_cl_gradient_apply(out, dy, x, m, c, w, q, a, b, k, nil, Int32(store))
-                                        } else {
-                                            nk_cl_affine_centered(
-                                                out, x, m, c, w, centred ? k : nil, a, b, Int32(kind), Int32(store))
-                                        }
-                                        results.append((0..<count).map { out[$0].bitPattern })
-                                        if kind == NK_IDENTITY || kind < 0 {
-                                            for row in 0..<m {
-                                                for ch in 0..<w {
-                                                    let i = row * c + ch
-                                                    let d = x[i] - (centred || kind < 0 ? k[ch] : 0)
-                                                    var expected = b[ch].addingProduct(a[ch], d)
-                                                    if kind < 0 { expected = expected.addingProduct(q[ch], dy[i]) }
-                                                    if out[i].bitPattern != expected.bitPattern {
-                                                        return XCTFail(
-                                                            "\(limit.name) c \(c) w \(w) kind \(kind) offset \(offset) "
-                                                                + "shift \(shift): element \(i) is \(out[i]), fma "
-                                                                + "gives \(expected)")
+                                    for read in [NK_READ_CACHED, NK_READ_FROM_L3] {
+                                        for shift in [0, 4] {
+                                            let (k, a, b, q) = (
+                                                rows + shift, rows + stride + shift,
+                                                rows + 2 * stride + shift, rows + 3 * stride + shift
+                                            )
+                                            k.update(from: values.k, count: c)
+                                            a.update(from: values.a, count: c)
+                                            b.update(from: values.b, count: c)
+                                            q.update(from: values.q, count: c)
+                                            let out = (outBase + offset).bindMemory(to: Float.self, capacity: count)
+                                            out.update(repeating: .nan, count: count)
+                                            if kind < 0 {
+                                                nk_cl_gradient_apply(out, dy, x, m, c, w, q, a, b, k, nil, Int32(store))
+                                            } else {
+                                                nk_cl_affine_centered(
+                                                    out, x, m, c, w, centred ? k : nil, a, b, Int32(kind), Int32(store),
+                                                    Int32(read))
+                                            }
+                                            results.append((0..<count).map { out[$0].bitPattern })
+                                            if kind == NK_IDENTITY || kind < 0 {
+                                                for row in 0..<m {
+                                                    for ch in 0..<w {
+                                                        let i = row * c + ch
+                                                        let d = x[i] - (centred || kind < 0 ? k[ch] : 0)
+                                                        var expected = b[ch].addingProduct(a[ch], d)
+                                                        if kind < 0 { expected = expected.addingProduct(q[ch], dy[i]) }
+                                                        if out[i].bitPattern != expected.bitPattern {
+                                                            return XCTFail(
+                                                                "\(limit.name) c \(c) w \(w) kind \(kind) offset \(offset) "
+                                                                    + "read \(read) shift \(shift): element \(i) is \(out[i]), fma "
+                                                                    + "gives \(expected)")
+                                                        }
                                                     }
                                                 }
                                             }
+                                            cases += 1
                                         }
-                                        cases += 1
                                     }
                                 }
                                 for other in results.dropFirst() {
@@ -645,7 +650,7 @@ final class KernelPathTests: XCTestCase {
                 }
             }
         }
-        XCTAssertEqual(cases, 2 * 3 * 2 * 2 * 2 * 4 * 2 * 2)
+        XCTAssertEqual(cases, 2 * 3 * 2 * 2 * 2 * 4 * 2 * 2 * 2)
     }
 
     /// The evaluation coefficients of BN, BRN and MABN (`nk_evaluation_coefficients`, 8 channels at a time) are the

@@ -45,12 +45,14 @@ enum { NK_IDENTITY = 0, NK_RELU = 1, NK_SILU = 2 };
  */
 enum { NK_STORE_CACHED = 0, NK_STORE_STREAMING = 1 };
 /*
- * How the channels-last sums kernels (nk_cl_centered_sums, nk_cl_gradient_sums) read their inputs. NK_READ_AHEAD, for
- * inputs larger than the caches: each line is prefetched one tile (about 32 KB) ahead; the same values.
- * NK_READ_CACHED: no prefetches (on inputs in L2 or L3 they cost more than they save), except under SiLU, whose
- * passes always prefetch.
+ * Where the channels-last kernels (nk_cl_centered_sums, nk_cl_gradient_sums, nk_cl_affine_centered) find their
+ * inputs. NK_READ_AHEAD, for inputs larger than the caches: the sums kernels prefetch each line one tile (about 32 KB)
+ * ahead. NK_READ_CACHED (inputs in L1 or L2) and NK_READ_FROM_L3 (larger than the L2 of the threads that read them,
+ * within the caches): no prefetches (on inputs in L2 or L3 they cost more than they save), except under SiLU, whose
+ * passes always prefetch. Beyond L2 (NK_READ_FROM_L3 and NK_READ_AHEAD) the forward's apply walks whole rows in
+ * address order rather than in 64-channel strips down a tile. The same values in every mode.
  */
-enum { NK_READ_CACHED = 0, NK_READ_AHEAD = 1 };
+enum { NK_READ_CACHED = 0, NK_READ_AHEAD = 1, NK_READ_FROM_L3 = 2 };
 
 typedef struct nk_activation_backward {
     int kind;
@@ -158,7 +160,7 @@ void nk_cl_gradient_sums(double *s1, double *s2, const float *dy, const float *x
                          const float *k, const nk_activation_backward *act, int read);
 /* y = act(a[ch]·(x − k[ch]) + b[ch]) (k NULL: 0; y may alias x). */
 void nk_cl_affine_centered(float *y, const float *x, long m, long c, long w, const float *k, const float *a,
-                           const float *b, int act, int store);
+                           const float *b, int act, int store, int read);
 /* dx = p[ch]·g + q[ch]·(x − k[ch]) + r[ch], g = dy; with act (non-NULL), g = dz = dy·act'(z) recomputed from x
  * with the same operations as nk_cl_gradient_sums (the same bits; act->dz is not used). */
 void nk_cl_gradient_apply(float *dx, const float *dy, const float *x, long m, long c, long w, const float *p,

@@ -212,13 +212,13 @@ extension NormalizationKernels {
         center: UnsafePointer<Float>?, scale: UnsafePointer<Float>,
         shift: UnsafePointer<Float>, activation: FusedActivation, geometry g: NormalizationGeometry
     ) {
-        let c = g.channels, m = g.positions, store = g.outputStore
+        let c = g.channels, m = g.positions, store = g.outputStore, read = g.inputRead
         Parallelism.forEachRange(count: g.batch * m, work: activation.work(elements: g.elementCount)) { rows in
             forEachSampleRun(rows, rowsPerSample: m) { n, first, count in
                 let k0 = g.coefficient(n: n, c: 0)
                 nk_cl_affine_centered(
                     y + first * c, x + first * c, count, c, c, center.map { $0 + k0 }, scale + k0,
-                    shift + k0, activation.kernelCode, store)
+                    shift + k0, activation.kernelCode, store, read)
             }
         }
     }
@@ -603,7 +603,8 @@ extension NormalizationKernels {
                 } apply: { t in
                     let (rows, o) = blockPart(t, of: parts, block: b, geometry: g)
                     nk_cl_affine_centered(
-                        y + o, x + o, rows, c, c, centers + k, scale + k, shift + k, activation.kernelCode, store)
+                        y + o, x + o, rows, c, c, centers + k, scale + k, shift + k, activation.kernelCode, store,
+                        read)
                 }
             }
             return
@@ -623,7 +624,8 @@ extension NormalizationKernels {
                 tileCoefficients(b: b, c0: c0, w: w, first: first)
                 let k = b * c + c0, o = n0 * m * c + c0
                 nk_cl_affine_centered(
-                    y + o, x + o, sps * m, c, w, centers + k, scale + k, shift + k, activation.kernelCode, store)
+                    y + o, x + o, sps * m, c, w, centers + k, scale + k, shift + k, activation.kernelCode, store,
+                    read)
             }
         }
     }

@@ -40,10 +40,15 @@ struct NormalizationGeometry: Equatable {
     var outputStore: Int32 {
         Int32(elementCount >= KernelDispatch.streamingStoreThreshold ? NK_STORE_STREAMING : NK_STORE_CACHED)
     }
-    /// How the channels-last sums kernels read the inputs (`NK_READ_AHEAD`: prefetched, for tensors beyond the caches,
-    /// the size from which the outputs are streamed).
+    /// Where the channels-last kernels find the inputs: `NK_READ_AHEAD` beyond the caches (the size from which the
+    /// outputs are streamed: the sums prefetch), `NK_READ_FROM_L3` where the tensor is larger than the threads' L2
+    /// (``KernelDispatch/levelTwoCacheBytes`` each), else `NK_READ_CACHED`. Beyond L2 the forward's apply walks whole
+    /// rows in address order rather than in strips of 64 channels (`cl_forward_walk_fits`: PERFORMANCE.md, session 47).
     var inputRead: Int32 {
-        Int32(elementCount >= KernelDispatch.streamingStoreThreshold ? NK_READ_AHEAD : NK_READ_CACHED)
+        if elementCount >= KernelDispatch.streamingStoreThreshold { return Int32(NK_READ_AHEAD) }
+        let bytes = elementCount * MemoryLayout<Float>.size
+        return Int32(
+            bytes > Parallelism.threadCount * KernelDispatch.levelTwoCacheBytes ? NK_READ_FROM_L3 : NK_READ_CACHED)
     }
 
     /// The same sets over the same memory in the form the kernels walk fastest. With one position per sample (inputs
