@@ -49,11 +49,33 @@ NK_FN void set_moments(const float *x, long pieces, long run, long stride, doubl
     finish_moments(k, d[0], d[1], inverse, mean, m2);
 }
 
+// Sets of up to SET_GROUP_FLOATS floats: NK_LANES sets at a time (a group of at most 32 KB), each pass over the whole
+// group and one transposing reduction for the group's sums; the sets after the last group one at a time (set_moments).
+// Larger sets of up to BLOCK floats one at a time, the second pass straight after the first, while the set is in L1,
+// their lanes added as a group's are (vreduce_as_lanes): the bits a group gives them, however the sets are grouped
+// into calls, and the forward batches such sets by fewer than NK_LANES (NormalizationGeometry.forwardSetsPerBatch,
+// whose limit is this one on both instruction sets). Before session 48 those went in groups too: with sets of 784
+// floats (GN (32, 32, 28, 28) NCHW, 49 KB a group) the second pass read L2, and the moments took twice a plain read
+// of the sets (a C model with these kernels; PERFORMANCE.md, session 48).
+#define SET_GROUP_FLOATS 512
 NK_FN void sets_moments(const float *x, long sets, long set_stride, long pieces, long run, long piece_stride,
                         double *mean, double *m2) {
     long j = 0;
+    const double inverse = 1 / ((double)pieces * (double)run);
+    if (pieces * run <= BLOCK && pieces * run > SET_GROUP_FLOATS) {
+        const float scale = (float)inverse;
+        for (; j < sets; j++) {
+            const float *set = x + j * set_stride;
+            vf acc = vzero(), s = vzero(), q = vzero();
+            for (long p = 0; p < pieces; p++) acc = addrun(acc, set + p * piece_stride, run);
+            const float k = vreduce_as_lanes(acc) * scale;
+            for (long p = 0; p < pieces; p++)
+                pairrun(0, 0, &s, &q, NULL, set + p * piece_stride, run, vset1(k), no_act, NULL);
+            finish_moments(k, vreduce_as_lanes(s), vreduce_as_lanes(q), inverse, mean + j, m2 + j);
+        }
+        return;
+    }
     if (pieces * run <= BLOCK) {
-        const double inverse = 1 / ((double)pieces * (double)run);
         for (; j + NK_LANES <= sets; j += NK_LANES) {
             const float *base = x + j * set_stride;
             vf acc[NK_LANES], s[NK_LANES], q[NK_LANES];
@@ -95,6 +117,21 @@ NK_INLINE void sets_gradient_sums_body(const int act, double *s1, double *s2, lo
                                        long piece_stride, const float *k, const nk_activation_backward *b) {
     const long total = sets * pieces * rows;
     long i = 0;
+    if (m > SET_GROUP_FLOATS && m <= BLOCK) {
+        // Rows of more than SET_GROUP_FLOATS floats one at a time, their lanes added as a group's are (pairrun over the
+        // whole row adds its tail last, as a group adds its gathered tails): the bits a group gives them however the
+        // rows are grouped into calls, and the backward batches such rows by fewer than NK_LANES, so that its apply
+        // finds them in L1 (NormalizationGeometry.backwardSetsPerBatch; PERFORMANCE.md, session 48).
+        long j = 0, p = 0, r = 0, o = 0, c = 0;
+        for (; i < total; i++) {
+            vf a = vzero(), q = vzero();
+            pairrun(1, act, &a, &q, dy + o, x + o, m, vset1(k[j]), act_row(act, b, c), act ? b->dz + o : NULL);
+            s1[c + p * out_stride] = (double)vreduce_as_lanes(a);
+            s2[c + p * out_stride] = (double)vreduce_as_lanes(q);
+            NEXT_ROW(j, p, r, o, c);
+        }
+        return;
+    }
     if (m <= BLOCK) {
         // Rows in (set, piece, row) order, NK_LANES at a time. With an activation worth it (GATHER_TAILS) and a
         // partial last vector, pairrun takes each row's full vectors and the rows' tails go through buffers as in

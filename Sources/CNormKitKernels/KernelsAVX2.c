@@ -60,6 +60,14 @@ NK_INLINE vf vreduce_lanes(const vf *v) {
     return _mm256_add_ps(_mm256_permute2f128_ps(l2[0], l2[1], 0x20), _mm256_permute2f128_ps(l2[0], l2[1], 0x31));
 }
 
+// The float sum of v's lanes added in vreduce_lanes's order (within 128-bit lanes (e0 + e2) + (e1 + e3), then the
+// two halves), so the same bits as vreduce_lanes's lane for v.
+NK_INLINE float vreduce_as_lanes(vf v) {
+    v = _mm256_add_ps(v, _mm256_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm256_add_ps(v, _mm256_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
+}
+
 #include "KernelBody.h"
 #include "KernelBodySets.h"
 #include "KernelBodyChannelsLast.h"

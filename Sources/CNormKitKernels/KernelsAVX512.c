@@ -54,6 +54,16 @@ NK_INLINE vf vreduce_lanes(const vf *v) {
                          _mm512_shuffle_f32x4(l3[0], l3[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+// The float sum of v's lanes added in vreduce_lanes's order (within 128-bit lanes (e0 + e2) + (e1 + e3), then those
+// pairwise across them), so the same bits as vreduce_lanes's lane for v.
+NK_INLINE float vreduce_as_lanes(vf v) {
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm512_cvtss_f32(v);
+}
+
 #include "KernelBody.h"
 #include "KernelBodySets.h"
 #include "KernelBodyChannelsLast.h"

@@ -261,6 +261,154 @@ final class KernelPathTests: XCTestCase {
         XCTAssertLessThan(worst, 1e-14)
     }
 
+    /// `nk_sets_moments` takes sets of up to 512 floats in groups of NK_LANES (both passes over the group, one
+    /// transposing reduction), and larger sets of up to 2,048 floats one at a time, both passes while the
+    /// set is in L1, their lanes added as a group's are. Those larger sets' mean and centred sum of squares must be
+    /// the same bits however the sets are grouped into calls (all at once, one at a time, split at an odd set), so
+    /// that the forward's batch size never changes a result; the grouped ones the same bits when a call is split
+    /// between groups; every set within float rounding of the float64 moments of its data. On both instruction sets
+    /// (the limit is the same): 1 to 4 pieces, whole vectors and tails.
+    func testSetMomentsAreTheSameBitsHoweverTheSetsAreGrouped() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 0x5E75)
+        var walked = 0
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            let lanes = limit == .avx2 ? 8 : 16
+            for (pieces, run, sets) in [
+                (1, 7, 33), (1, 49, 40), (2, 49, 19), (1, 196, 35), (1, 512, 18), (1, 513, 17), (2, 392, 21),
+                (1, 784, 16), (1, 1024, 9), (3, 341, 20), (4, 300, 5), (1, 1029, 17), (1, 2048, 3),
+            ] {
+                let pieceStride = run + 3, setStride = pieces * pieceStride + 5
+                let mu = Float.random(in: -1e3...1e3, using: &rng)
+                let x = (0..<(sets * setStride)).map { _ in mu + Float.random(in: -2...2, using: &rng) }
+                func moments(_ first: Int, _ count: Int) -> ([Double], [Double]) {
+                    var mean = [Double](repeating: .nan, count: count), m2 = mean
+                    x.withUnsafeBufferPointer {
+                        nk_sets_moments(
+                            $0.baseAddress! + first * setStride, count, setStride, pieces, run, pieceStride, &mean, &m2)
+                    }
+                    return (mean, m2)
+                }
+                let oneByOne = pieces * run > 512
+                let label = "\(limit) pieces \(pieces) run \(run) sets \(sets)"
+                let whole = moments(0, sets), cut = oneByOne ? 1 + sets / 3 : lanes
+                let (head, tail) = (moments(0, cut), moments(cut, sets - cut))
+                XCTAssertEqual((head.0 + tail.0).map(\.bitPattern), whole.0.map(\.bitPattern), label)
+                XCTAssertEqual((head.1 + tail.1).map(\.bitPattern), whole.1.map(\.bitPattern), label)
+                for j in 0..<sets {
+                    if oneByOne {
+                        let one = moments(j, 1)
+                        XCTAssertEqual(one.0[0].bitPattern, whole.0[j].bitPattern, "\(label) set \(j) mean")
+                        XCTAssertEqual(one.1[0].bitPattern, whole.1[j].bitPattern, "\(label) set \(j) m2")
+                        walked += 1
+                    }
+                    let values = (0..<pieces).flatMap { p in
+                        (0..<run).map { Double(x[j * setStride + p * pieceStride + $0]) }
+                    }
+                    let n = Double(values.count), m = values.reduce(0, +) / n
+                    let m2 = values.reduce(0) { $0 + ($1 - m) * ($1 - m) }
+                    XCTAssertLessThan(abs(whole.0[j] - m), 1e-5 * (m2 / n).squareRoot(), "\(label) set \(j) mean")
+                    XCTAssertLessThan(abs(whole.1[j] - m2), 1e-5 * m2, "\(label) set \(j) m2")
+                }
+            }
+        }
+        XCTAssertGreaterThan(walked, 150)
+    }
+
+    /// `nk_sets_gradient_sums` takes rows of up to 512 floats NK_LANES at a time (one transposing reduction) and longer
+    /// ones (up to 2,048) one at a time, their lanes added as a group's are, so that the backward can batch such rows
+    /// by fewer than NK_LANES. Each long row's sums, and `dz` under a fused activation, must be the same bits however
+    /// the rows are grouped into calls (all sets at once, one set at a time, one row at a time), with no activation,
+    /// ReLU and SiLU, on both instruction sets; and the sums without an activation within float rounding of their
+    /// float64 values. Rows of 513 to 2,048 floats, whole vectors and tails, 2 pieces of 3 rows a set.
+    func testGradientSumsOfLongRowsAreTheSameBitsHoweverTheRowsAreGrouped() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 0x6A05)
+        var compared = 0
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for m in [513, 784, 1029, 2048] {
+                let (sets, pieces, rows) = (4, 2, 3), setStride = rows * m + 3, pieceStride = sets * setStride + 5
+                let count = pieces * pieceStride, coefficients = sets * rows
+                // Inputs in buffers that outlive every call (the activation's arrays are pointers in its descriptor).
+                func buffer(_ values: [Float]) -> UnsafeMutableBufferPointer<Float> {
+                    let b = UnsafeMutableBufferPointer<Float>.allocate(capacity: values.count)
+                    _ = b.initialize(from: values)
+                    return b
+                }
+                let x = buffer(VariantTestKit.randomFloats(count, in: -3...4, &rng))
+                let dy = buffer(VariantTestKit.randomFloats(count, in: -1...1, &rng))
+                let k = buffer(VariantTestKit.randomFloats(sets, in: -0.5...0.5, &rng))
+                let scales = buffer(VariantTestKit.randomFloats(coefficients, in: -2...2, &rng))
+                let shifts = buffer(VariantTestKit.randomFloats(coefficients, in: -1...1, &rng))
+                let centers = buffer((0..<coefficients).map { k[$0 / rows] })
+                defer { [x, dy, k, scales, shifts, centers].forEach { $0.deallocate() } }
+                for kind in [NK_IDENTITY, NK_RELU, NK_SILU].map(Int32.init) {
+                    // Sums and dz of sets first..<first + n, or of one row (piece p, row r) of set `first`.
+                    func sums(sets first: Int, _ n: Int, row: (p: Int, r: Int)? = nil) -> ([Double], [Double], [Float])
+                    {
+                        let s1 = UnsafeMutableBufferPointer<Double>.allocate(capacity: coefficients * pieces)
+                        let s2 = UnsafeMutableBufferPointer<Double>.allocate(capacity: coefficients * pieces)
+                        s1.initialize(repeating: .nan)
+                        s2.initialize(repeating: .nan)
+                        let dz = buffer([Float](repeating: 0, count: count))
+                        defer {
+                            s1.deallocate()
+                            s2.deallocate()
+                            dz.deallocate()
+                        }
+                        let o = first * setStride + (row.map { $0.p * pieceStride + $0.r * m } ?? 0)
+                        let c = first * rows + (row?.r ?? 0), out = c + (row?.p ?? 0) * coefficients
+                        let (pieceCount, rowCount, outStride) = row == nil ? (pieces, rows, coefficients) : (1, 1, 1)
+                        var act = nk_activation_backward(
+                            kind: kind, scale: scales.baseAddress! + c, shift: shifts.baseAddress! + c,
+                            center: centers.baseAddress! + c, dz: dz.baseAddress! + o)
+                        withUnsafeMutablePointer(to: &act) { descriptor in
+                            nk_sets_gradient_sums(
+                                s1.baseAddress! + out, s2.baseAddress! + out, outStride, dy.baseAddress! + o,
+                                x.baseAddress! + o, n, setStride,
+                                pieceCount, rowCount, m, pieceStride, k.baseAddress! + first,
+                                kind == NK_IDENTITY ? nil : descriptor)
+                        }
+                        return (Array(s1), Array(s2), Array(dz))
+                    }
+                    let whole = sums(sets: 0, sets)
+                    let label = "\(limit) m \(m) activation \(kind)"
+                    for j in 0..<sets {
+                        let oneSet = sums(sets: j, 1)
+                        for p in 0..<pieces {
+                            for r in 0..<rows {
+                                let oneRow = sums(sets: j, 1, row: (p, r))
+                                let out = j * rows + r + p * coefficients, o = j * setStride + p * pieceStride + r * m
+                                for part in [oneSet, oneRow] {
+                                    XCTAssertEqual(part.0[out].bitPattern, whole.0[out].bitPattern, "\(label) Σdz")
+                                    XCTAssertEqual(part.1[out].bitPattern, whole.1[out].bitPattern, "\(label) Σdz·d")
+                                    XCTAssertEqual(
+                                        part.2[o..<(o + m)].map(\.bitPattern), whole.2[o..<(o + m)].map(\.bitPattern),
+                                        "\(label) dz")
+                                }
+                                if kind == NK_IDENTITY {
+                                    var t1 = 0.0, t2 = 0.0, magnitude = 0.0
+                                    for i in o..<(o + m) {
+                                        let d = Double(x[i]) - Double(k[j])
+                                        t1 += Double(dy[i])
+                                        t2 += Double(dy[i]) * d
+                                        magnitude += abs(Double(dy[i])) * (1 + abs(d))
+                                    }
+                                    XCTAssertLessThan(abs(whole.0[out] - t1), 1e-6 * magnitude, label)
+                                    XCTAssertLessThan(abs(whole.1[out] - t2), 1e-6 * magnitude, label)
+                                }
+                                compared += 1
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(compared, 2 * 4 * 3 * 4 * 2 * 3)
+    }
+
     /// SiLU on rows whose last vector is partial: the set kernels evaluate the tails of NK_LANES rows together, in
     /// full vectors. Every element's value (`y` forward, `dz` backward) must be the one-row call's bit for bit, and the
     /// per-row sums equal to float rounding (their last addition is the same; the reduction differs), on both

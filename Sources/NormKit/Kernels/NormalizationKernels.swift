@@ -223,7 +223,8 @@ enum NormalizationKernels {
                     beta: beta, epsilon: epsilon, rule: rule, scale: scratchScale, shift: scratchShift, centers: center,
                     partial: scratchDouble, activation: activation, parts: parts, geometry: g)
             }
-            g.forEachSetBatch(work: activation.work(elements: g.elementCount)) { first, size in
+            let perBatch = g.forwardSetsPerBatch(activation: activation)
+            g.forEachSetBatch(work: activation.work(elements: g.elementCount), setsPerBatch: perBatch) { first, size in
                 batchStatistics(mean: mean, variance: variance, x: x, sets: first..<(first + size), geometry: g)
                 let batch = g.batch(ofSets: first, count: size)
                 let k0 = (first / g.channelBlocks) * g.channels + (first % g.channelBlocks) * cps

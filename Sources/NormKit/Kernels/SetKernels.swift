@@ -35,6 +35,34 @@ extension NormalizationGeometry {
         return batch
     }
 
+    /// Sets per batch of the training forward (moments, coefficients, apply) with `activation` fused: ``setsPerBatch``,
+    /// except for sets of more than 512 floats, which the moments kernel takes one at a time (`sets_moments`: both
+    /// passes while the set is in L1), under an apply that memory bounds (identity, ReLU): those go in batches of at
+    /// most 4,096 floats (16 KB), so that the apply finds them in L1 too. In a C model with these kernels
+    /// (`scripts/set_batch_probe.c`) the forward on GN (32, 32, 28, 28) NCHW (sets of 784 floats) took 0.79–0.82x the
+    /// time of 64 KB batches, (16, 32, 56, 56) 0.81–0.83x, and batches of 2,048 or 8,192 floats less; SiLU's apply,
+    /// bound by its arithmetic, took 0.97–1.08x in the smaller batches, so it keeps the larger ones (PERFORMANCE.md,
+    /// session 48).
+    func forwardSetsPerBatch(activation: FusedActivation) -> Int {
+        guard elementsPerSet > 512, activation != .silu else { return setsPerBatch }
+        var batch = 1
+        while batch * 2 * elementsPerSet <= 4096 && channelBlocks % (batch * 2) == 0 { batch *= 2 }
+        return batch
+    }
+
+    /// Sets per batch of the backward (gradient sums, coefficients, gradient apply): ``setsPerBatch``, except for rows
+    /// of more than 512 positions, which the gradient sums kernel takes one at a time (`sets_gradient_sums_body`);
+    /// those go in batches of at most 2,048 floats of each input (`dy` and `x`), so that the apply finds them in L1.
+    /// In a C model with these kernels (`scripts/set_batch_probe.c`) GN's backward on (32, 32, 28, 28) NCHW took
+    /// 0.73–0.75x the time of 64 KB batches, (16, 32, 56, 56) 0.78–0.86x, and with SiLU fused 0.95–1.0x
+    /// (PERFORMANCE.md, session 48).
+    var backwardSetsPerBatch: Int {
+        guard positions > 512 else { return setsPerBatch }
+        var batch = 1
+        while batch * 2 * elementsPerSet <= 2048 && channelBlocks % (batch * 2) == 0 { batch *= 2 }
+        return batch
+    }
+
     /// Sets `first..<first + count`, which must lie in one sample block (consecutive channel blocks).
     @inline(__always)
     func batch(ofSets first: Int, count: Int) -> SetBatch {
@@ -46,14 +74,14 @@ extension NormalizationGeometry {
             m: positions, pieceStride: channels * positions)
     }
 
-    /// Calls `body(first, count)` on every batch of ``setsPerBatch`` consecutive sets (which never crosses a sample
-    /// block), the batches split over threads (`work` as in
+    /// Calls `body(first, count)` on every batch of `perBatch` (by default ``setsPerBatch``) consecutive sets (which
+    /// never crosses a sample block), the batches split over threads (`work` as in
     /// ``Parallelism/forEachRange(count:work:minimumWork:granule:_:)``) only between batches: each batch is the same
     /// whatever the split, and the kernels, whose 16-wide reductions group the sets and rows of a batch, give every set
     /// the same bits on any thread count (and whether a fused activation's cost makes a call use one thread or two).
     @inline(__always)
-    func forEachSetBatch(work: Int, _ body: (Int, Int) -> Void) {
-        let perBatch = setsPerBatch
+    func forEachSetBatch(work: Int, setsPerBatch perBatch: Int? = nil, _ body: (Int, Int) -> Void) {
+        let perBatch = perBatch ?? setsPerBatch
         Parallelism.forEachRange(count: setCount, work: work, granule: perBatch) { sets in
             for first in stride(from: sets.lowerBound, to: sets.upperBound, by: perBatch) {
                 body(first, Swift.min(perBatch, sets.upperBound - first))
