@@ -117,11 +117,11 @@ NK_INLINE void sets_gradient_sums_body(const int act, double *s1, double *s2, lo
                                        long piece_stride, const float *k, const nk_activation_backward *b) {
     const long total = sets * pieces * rows;
     long i = 0;
-    if (m > SET_GROUP_FLOATS && m <= BLOCK) {
-        // Rows of more than SET_GROUP_FLOATS floats one at a time, their lanes added as a group's are (pairrun over the
-        // whole row adds its tail last, as a group adds its gathered tails): the bits a group gives them however the
-        // rows are grouped into calls, and the backward batches such rows by fewer than NK_LANES, so that its apply
-        // finds them in L1 (NormalizationGeometry.backwardSetsPerBatch; PERFORMANCE.md, session 48).
+    if (act != NK_SILU && m > SET_GROUP_FLOATS && m <= BLOCK) {
+        // Rows of more than SET_GROUP_FLOATS floats one at a time, their lanes added as a group's are: the bits a group
+        // gives them however the rows are grouped into calls, and the backward batches such rows by fewer than
+        // NK_LANES, so that its apply finds them in L1 (NormalizationGeometry.backwardSetsPerBatch; PERFORMANCE.md,
+        // session 48). Not under SiLU, whose passes are bound by its arithmetic: it keeps its groups and batches.
         long j = 0, p = 0, r = 0, o = 0, c = 0;
         for (; i < total; i++) {
             vf a = vzero(), q = vzero();

@@ -306,11 +306,10 @@ extension NormalizationKernels {
         setsFromMemoryOnSmallL2(g) ? narrowSliceFromMemory : minimumSlice
     }
 
-    /// Whether `g`'s sets lie inside a sample (GN, LN, IN) of an input beyond the caches
-    /// (``KernelDispatch/streamingStoreThreshold``) on a core with less than 2 MB of L2.
+    /// Whether `g`'s sets lie inside a sample (GN, LN, IN) of an input beyond the caches (read `NK_READ_AHEAD`:
+    /// ``NormalizationGeometry/inputRead``) on a core with less than 2 MB of L2.
     static func setsFromMemoryOnSmallL2(_ g: NormalizationGeometry) -> Bool {
-        g.samplesPerSet == 1 && g.elementCount >= KernelDispatch.streamingStoreThreshold
-            && KernelDispatch.levelTwoCacheBytes < 2 << 20
+        g.samplesPerSet == 1 && g.inputRead == Int32(NK_READ_AHEAD) && KernelDispatch.levelTwoCacheBytes < 2 << 20
     }
 
     /// Whether the tiles of `g` are whole samples, each on one thread, where slices (``narrowestSlice(_:)``) or a

@@ -129,7 +129,8 @@ extension NormalizationKernels {
                     gammaEffective: gammaEffective, p: p, q: q, r: r, center: center, partial: scratchDouble,
                     activation: activation, parts: parts, geometry: g)
             }
-            g.forEachSetBatch(work: backwardWork(g, activation), setsPerBatch: g.backwardSetsPerBatch) { first, size in
+            let perBatch = g.backwardSetsPerBatch(activation: activation?.activation)
+            g.forEachSetBatch(work: backwardWork(g, activation), setsPerBatch: perBatch) { first, size in
                 let b = first / g.channelBlocks, k0 = b * c + (first % g.channelBlocks) * cps
                 let batch = g.batch(ofSets: first, count: size)
                 for s in first..<(first + size) { center[s] = Centering(mean[s]).center }

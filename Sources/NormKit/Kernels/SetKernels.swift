@@ -50,14 +50,15 @@ extension NormalizationGeometry {
         return batch
     }
 
-    /// Sets per batch of the backward (gradient sums, coefficients, gradient apply): ``setsPerBatch``, except for rows
-    /// of more than 512 positions, which the gradient sums kernel takes one at a time (`sets_gradient_sums_body`);
-    /// those go in batches of at most 2,048 floats of each input (`dy` and `x`), so that the apply finds them in L1.
-    /// In a C model with these kernels (`scripts/set_batch_probe.c`) GN's backward on (32, 32, 28, 28) NCHW took
-    /// 0.73–0.75x the time of 64 KB batches, (16, 32, 56, 56) 0.78–0.86x, and with SiLU fused 0.95–1.0x
-    /// (PERFORMANCE.md, session 48).
-    var backwardSetsPerBatch: Int {
-        guard positions > 512 else { return setsPerBatch }
+    /// Sets per batch of the backward (gradient sums, coefficients, gradient apply) with `activation` fused:
+    /// ``setsPerBatch``, except for rows of more than 512 positions, which the gradient sums kernel takes one at a time
+    /// (`sets_gradient_sums_body`), without SiLU: those go in batches of at most 2,048 floats of each input (`dy` and
+    /// `x`), so that the apply finds them in L1. In a C model with these kernels (`scripts/set_batch_probe.c`) GN's
+    /// backward on (32, 32, 28, 28) NCHW took 0.73–0.75x the time of 64 KB batches, (16, 32, 56, 56) 0.78–0.86x. With
+    /// SiLU the model saw 0.95–1.0x, but in the layer the larger batches took 0.92–0.99x the smaller ones' time
+    /// (forward+backward, alternated), so SiLU keeps them (PERFORMANCE.md, session 48).
+    func backwardSetsPerBatch(activation: FusedActivation?) -> Int {
+        guard positions > 512, activation != .silu else { return setsPerBatch }
         var batch = 1
         while batch * 2 * elementsPerSet <= 2048 && channelBlocks % (batch * 2) == 0 { batch *= 2 }
         return batch
