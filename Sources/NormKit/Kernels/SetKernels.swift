@@ -29,9 +29,12 @@ extension NormalizationGeometry {
     /// statistics pass is still in L1/L2 when the apply pass reads it again; measured best on this project's
     /// machine, `normkit bench` for 8,192 to 65,536), rounded down to a power of two that divides a sample block's
     /// sets, so that batches tile every block exactly.
-    var setsPerBatch: Int {
+    var setsPerBatch: Int { setsPerBatch(within: 16384) }
+
+    /// The most sets that fit in `floats` floats (at least one), a power of two that divides a sample block's sets.
+    private func setsPerBatch(within floats: Int) -> Int {
         var batch = 1
-        while batch * 2 * elementsPerSet <= 16384 && channelBlocks % (batch * 2) == 0 { batch *= 2 }
+        while batch * 2 * elementsPerSet <= floats && channelBlocks % (batch * 2) == 0 { batch *= 2 }
         return batch
     }
 
@@ -40,14 +43,11 @@ extension NormalizationGeometry {
     /// passes while the set is in L1), under an apply that memory bounds (identity, ReLU): those go in batches of at
     /// most 4,096 floats (16 KB), so that the apply finds them in L1 too. In a C model with these kernels
     /// (`scripts/set_batch_probe.c`) the forward on GN (32, 32, 28, 28) NCHW (sets of 784 floats) took 0.79–0.82x the
-    /// time of 64 KB batches, (16, 32, 56, 56) 0.81–0.83x, and batches of 2,048 or 8,192 floats less; SiLU's apply,
+    /// time of 64 KB batches, (16, 32, 56, 56) 0.81–0.83x, batches of 2,048 or 8,192 floats gained less; SiLU's apply,
     /// bound by its arithmetic, took 0.97–1.08x in the smaller batches, so it keeps the larger ones (PERFORMANCE.md,
     /// session 48).
     func forwardSetsPerBatch(activation: FusedActivation) -> Int {
-        guard elementsPerSet > 512, activation != .silu else { return setsPerBatch }
-        var batch = 1
-        while batch * 2 * elementsPerSet <= 4096 && channelBlocks % (batch * 2) == 0 { batch *= 2 }
-        return batch
+        elementsPerSet > 512 && activation != .silu ? setsPerBatch(within: 4096) : setsPerBatch
     }
 
     /// Sets per batch of the backward (gradient sums, coefficients, gradient apply) with `activation` fused:
@@ -58,10 +58,7 @@ extension NormalizationGeometry {
     /// SiLU the model saw 0.95–1.0x, but in the layer the larger batches took 0.92–0.99x the smaller ones' time
     /// (forward+backward, alternated), so SiLU keeps them (PERFORMANCE.md, session 48).
     func backwardSetsPerBatch(activation: FusedActivation?) -> Int {
-        guard positions > 512, activation != .silu else { return setsPerBatch }
-        var batch = 1
-        while batch * 2 * elementsPerSet <= 2048 && channelBlocks % (batch * 2) == 0 { batch *= 2 }
-        return batch
+        positions > 512 && activation != .silu ? setsPerBatch(within: 2048) : setsPerBatch
     }
 
     /// Sets `first..<first + count`, which must lie in one sample block (consecutive channel blocks).
