@@ -39,15 +39,19 @@ extension NormalizationGeometry {
     }
 
     /// Sets per batch of the training forward (moments, coefficients, apply) with `activation` fused: ``setsPerBatch``,
-    /// except for sets of more than 512 floats, which the moments kernel takes one at a time (`sets_moments`: both
-    /// passes while the set is in L1), under an apply that memory bounds (identity, ReLU): those go in batches of at
-    /// most 4,096 floats (16 KB), so that the apply finds them in L1 too. In a C model with these kernels
-    /// (`scripts/set_batch_probe.c`) the forward on GN (32, 32, 28, 28) NCHW (sets of 784 floats) took 0.79–0.82x the
-    /// time of 64 KB batches, (16, 32, 56, 56) 0.81–0.83x, batches of 2,048 or 8,192 floats gained less; SiLU's apply,
-    /// bound by its arithmetic, took 0.97–1.08x in the smaller batches, so it keeps the larger ones (PERFORMANCE.md,
-    /// session 48).
+    /// except for rows of more than 512 positions (sets of more than 512 floats, which the moments kernel takes one at
+    /// a time: `sets_moments`, both passes while the set is in L1) under an apply that memory bounds (identity, ReLU):
+    /// those go in batches of at most 4,096 floats (16 KB), so that the apply finds them in L1 too. In a C model with
+    /// these kernels (`scripts/set_batch_probe.c`) the forward on GN (32, 32, 28, 28) NCHW (sets of 784 floats) took
+    /// 0.79–0.82x the time of 64 KB batches, (16, 32, 56, 56) 0.81–0.83x, batches of 2,048 or 8,192 floats gained less;
+    /// SiLU's apply, bound by its arithmetic, took 0.97–1.08x in the smaller batches, so it keeps the larger ones
+    /// (PERFORMANCE.md, session 48). Short rows keep them too: a row of a 7 × 7 map is three vectors and a lane, its
+    /// apply bound by each row's fixed work, not by where the set is: in the same model GN (2, 2048, 7, 7)'s sets of 64
+    /// such rows took 1.03x the time one set a batch (session 48's rule, by the set's size) that they take four a
+    /// batch, (8, 512, 7, 7)'s sets of 16 rows 1.00–1.05x four a batch against sixteen (session 49). The backward's
+    /// rule (``backwardSetsPerBatch``) was already by the row.
     func forwardSetsPerBatch(activation: FusedActivation) -> Int {
-        elementsPerSet > 512 && activation != .silu ? setsPerBatch(within: 4096) : setsPerBatch
+        positions > 512 && activation != .silu ? setsPerBatch(within: 4096) : setsPerBatch
     }
 
     /// Sets per batch of the backward (gradient sums, coefficients, gradient apply) with `activation` fused:
