@@ -14,8 +14,9 @@
 //
 //   clang -O2 -ISources/CNormKitKernels/include scripts/set_batch_probe.c Sources/CNormKitKernels/*.c \
 //       -o /tmp/set_batch_probe -lpthread -lm && /tmp/set_batch_probe 16
+//   /tmp/set_batch_probe 30 2x2048x49x64 8x512x49x16      # other shapes: N x C x H·W x C/G (C/G at most 64)
 //
-// PERFORMANCE.md, session 48.
+// PERFORMANCE.md, sessions 48 (the default shapes) and 49 (7 × 7 maps).
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
@@ -25,7 +26,7 @@
 
 #include "NormKitRowKernels.h"
 
-enum { THREADS = 2, SIZES = 4 };
+enum { THREADS = 2, SIZES = 4, MAX_SET_CHANNELS = 64 };
 static const long batch_sizes[SIZES] = {16, 4, 2, 1};
 static long channels_per_set, positions, set_count, set_floats, per_batch;
 static int activation, backward, repetitions;
@@ -39,7 +40,7 @@ static double now(void) {
 
 static void forward(long o, long sets) {
     double mean[16], m2[16];
-    float k[16], a[16 * 16], b[16 * 16];
+    float k[16], a[16 * MAX_SET_CHANNELS], b[16 * MAX_SET_CHANNELS];
     nk_sets_moments(x + o, sets, set_floats, 1, set_floats, set_floats, mean, m2);
     for (long j = 0; j < sets; j++) {
         k[j] = (float)mean[j];
@@ -51,8 +52,8 @@ static void forward(long o, long sets) {
 }
 
 static void backward_pass(long o, long sets, const float *scale, const float *shift, const float *center) {
-    double s1[16 * 16], s2[16 * 16];
-    float k[16], p[16 * 16], q[16], r[16];
+    double s1[16 * MAX_SET_CHANNELS], s2[16 * MAX_SET_CHANNELS];
+    float k[16], p[16 * MAX_SET_CHANNELS], q[16], r[16];
     for (long j = 0; j < sets; j++) k[j] = 0.5f;
     nk_activation_backward act = {NK_SILU, scale, shift, center, dx + o};
     nk_sets_gradient_sums(s1, s2, 0, dy + o, x + o, sets, set_floats, 1, channels_per_set, positions, set_floats, k,
@@ -68,8 +69,8 @@ static void backward_pass(long o, long sets, const float *scale, const float *sh
 static void *run(void *argument) {
     const long t = (long)argument, batches = set_count / per_batch;
     const long first = batches * t / THREADS, end = batches * (t + 1) / THREADS;
-    float scale[16 * 16], shift[16 * 16], center[16 * 16];
-    for (int i = 0; i < 16 * 16; i++) scale[i] = 1.1f, shift[i] = 0.1f, center[i] = 0.2f;
+    float scale[16 * MAX_SET_CHANNELS], shift[16 * MAX_SET_CHANNELS], center[16 * MAX_SET_CHANNELS];
+    for (int i = 0; i < 16 * MAX_SET_CHANNELS; i++) scale[i] = 1.1f, shift[i] = 0.1f, center[i] = 0.2f;
     for (int i = 0; i < repetitions; i++)
         for (long batch = first; batch < end; batch++) {
             const long o = batch * per_batch * set_floats;
@@ -90,14 +91,28 @@ static double timed(long sets_per_batch) {
 
 int main(int argc, char **argv) {
     const int rounds = argc > 1 ? atoi(argv[1]) : 20;
-    // (N, C, H·W, C/G): GN with G = 32 (G = C where C = 32).
-    static const long shapes[][4] = {{16, 32, 3136, 1}, {32, 32, 784, 1}, {2, 64, 784, 2}, {32, 64, 196, 2}};
+    // (N, C, H·W, C/G): GN with G = 32 (G = C where C = 32), or the shapes given after the rounds.
+    long shapes[16][4] = {{16, 32, 3136, 1}, {32, 32, 784, 1}, {2, 64, 784, 2}, {32, 64, 196, 2}};
+    unsigned shape_count = 4;
+    if (argc > 2) {
+        shape_count = 0;
+        for (int a = 2; a < argc && shape_count < 16; a++, shape_count++) {
+            long *shape = shapes[shape_count];
+            if (sscanf(argv[a], "%ldx%ldx%ldx%ld", &shape[0], &shape[1], &shape[2], &shape[3]) != 4 || shape[0] < 1 ||
+                shape[2] < 1 || shape[3] < 1 || shape[3] > MAX_SET_CHANNELS || shape[1] % shape[3] ||
+                (shape[1] / shape[3]) % 16) {
+                fprintf(stderr, "%s: expected N x C x H·W x C/G with C/G at most %d and C/G·16 dividing C\n", argv[a],
+                        MAX_SET_CHANNELS);
+                return 2;
+            }
+        }
+    }
     printf("channels-first layer model, %d threads, best of %d alternated rounds (us), batches of", THREADS, rounds);
     for (int i = 0; i < SIZES; i++) printf(" %ld", batch_sizes[i]);
     printf(" sets; then each / 16 sets\n");
     for (int mode = 0; mode < 4; mode++) {
         backward = mode / 2, activation = mode % 2 ? NK_SILU : NK_IDENTITY;
-        for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        for (unsigned s = 0; s < shape_count; s++) {
             const long n = shapes[s][0] * shapes[s][1] * shapes[s][2];
             channels_per_set = shapes[s][3], positions = shapes[s][2];
             set_floats = channels_per_set * positions, set_count = n / set_floats;

@@ -47,8 +47,8 @@ extension NormalizationGeometry {
     /// SiLU's apply, bound by its arithmetic, took 0.97–1.08x in the smaller batches, so it keeps the larger ones
     /// (PERFORMANCE.md, session 48). Short rows keep them too: a row of a 7 × 7 map is three vectors and a lane, its
     /// apply bound by each row's fixed work, not by where the set is: in the same model GN (2, 2048, 7, 7)'s sets of 64
-    /// such rows took 1.03x the time one set a batch (session 48's rule, by the set's size) that they take four a
-    /// batch, (8, 512, 7, 7)'s sets of 16 rows 1.00–1.05x four a batch against sixteen (session 49). The backward's
+    /// such rows took 1.03–1.04x the time one set a batch (session 48's rule, by the set's size) that they take four a
+    /// batch, (8, 512, 7, 7)'s sets of 16 rows 0.97–1.05x four a batch against sixteen (session 49). The backward's
     /// rule (``backwardSetsPerBatch``) was already by the row.
     func forwardSetsPerBatch(activation: FusedActivation) -> Int {
         positions > 512 && activation != .silu ? setsPerBatch(within: 4096) : setsPerBatch
