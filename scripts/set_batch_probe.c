@@ -101,7 +101,7 @@ int main(int argc, char **argv) {
             if (sscanf(argv[a], "%ldx%ldx%ldx%ld", &shape[0], &shape[1], &shape[2], &shape[3]) != 4 || shape[0] < 1 ||
                 shape[2] < 1 || shape[3] < 1 || shape[3] > MAX_SET_CHANNELS || shape[1] % shape[3] ||
                 (shape[1] / shape[3]) % 16) {
-                fprintf(stderr, "%s: expected N x C x H·W x C/G with C/G at most %d and C/G·16 dividing C\n", argv[a],
+                fprintf(stderr, "%s: expected N x C x H·W x C/G, C/G at most %d, G = C / (C/G) a multiple of 16\n", argv[a],
                         MAX_SET_CHANNELS);
                 return 2;
             }

@@ -54,9 +54,9 @@ NK_FN void set_moments(const float *x, long pieces, long run, long stride, doubl
 // Larger sets of up to BLOCK floats one at a time, the second pass straight after the first, while the set is in L1,
 // their lanes added as a group's are (vreduce_as_lanes): the bits a group gives them, however the sets are grouped
 // into calls, and the forward batches such sets of rows longer than this limit by fewer than NK_LANES
-// (NormalizationGeometry.forwardSetsPerBatch; sets of short rows, 7 × 7 maps, keep larger batches). Before session 48 those went in groups too: with sets of 784
-// floats (GN (32, 32, 28, 28) NCHW, 49 KB a group) the second pass read L2, and the moments took twice a plain read
-// of the sets (a C model with these kernels; PERFORMANCE.md, session 48).
+// (NormalizationGeometry.forwardSetsPerBatch; sets of short rows, 7 × 7 maps, keep larger batches). Before session 48
+// those went in groups too: with sets of 784 floats (GN (32, 32, 28, 28) NCHW, 49 KB a group) the second pass read L2,
+// and the moments took twice a plain read of the sets (a C model with these kernels; PERFORMANCE.md, session 48).
 #define SET_GROUP_FLOATS 512
 NK_FN void sets_moments(const float *x, long sets, long set_stride, long pieces, long run, long piece_stride,
                         double *mean, double *m2) {
