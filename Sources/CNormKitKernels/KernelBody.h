@@ -23,6 +23,8 @@
  *   vreduce_lanes(v)   lane t = the sum of the lanes of v[t], for an array of NK_LANES vectors (a transposing
  *                      reduction: one for NK_LANES sums instead of NK_LANES horizontal sums)
  *   vround(v)          round to nearest integer
+ *   vindex, vindex_truncate(v), vpermute(i, v)   a vector of 32-bit lane numbers, v's lanes truncated to integers,
+ *                      and the vector whose lane l is v's lane i[l] (i's lanes in 0 … NK_LANES − 1)
  *   NK_EXP_BITS, vexp2_fraction(t)   2^(j/2^NK_EXP_BITS) for j = t mod 2^NK_EXP_BITS, integral t, from a table of
  *                      2^NK_EXP_BITS floats that one lane permute reads (AVX-512: 16 entries, AVX2: 8)
  *   vscale2_floor(p, n)  p·2^⌊n⌋ for n in [−126, 128) (AVX-512: scalef; AVX2: 2^⌊n⌋ from exponent bits, then a

@@ -244,11 +244,87 @@ NK_INLINE void sets_apply_runs(float *out, const float *dy, const float *x, long
     }
 }
 
+// The forward apply of sets_apply for rows of fewer than RUN_FLOATS floats that are not whole vectors (m % NK_LANES
+// > 0: 1 × 1 to 7 × 7 maps), without streaming, where a piece holds several of them: a set's rows (GN, LN) or the
+// one-row sets of a batch side by side (BN: set_stride = m, k per row). They go as one run of whole vectors from the
+// piece's first float, in periods of period_rows = NK_LANES / gcd(m, NK_LANES) rows, period_vectors = m / gcd(m,
+// NK_LANES) < RUN_FLOATS vectors, each starting a multiple of NK_LANES floats into the run: a period's coefficients
+// are one vector each (lane t: the period's row t), and lane l of its vector v belongs to row (NK_LANES·v + l) / m in
+// every period (row_of, built once a call), so each lane's coefficient is one permute. Row by row, a 7 × 7 map's row
+// is three vectors and a lane, most of them across two cache lines. One call on ~12 K floats in L1/L2, one thread,
+// this walk against the rows (C model with these kernels; PERFORMANCE.md, session 50): m = 49 0.55–0.79x the time
+// (SiLU 0.77–0.90x), m = 9 to 25 0.2–0.65x, m = 1 0.05–0.2x; m = 100 0.91–1.02x (SiLU up to 1.04x), m = 196
+// 1.0–1.15x, so rows of RUN_FLOATS floats or more stay row by row. Each element gets the operations of row_apply
+// (act(a·(x − k) + b)), so the same bits.
+#define RUN_FLOATS 64
+NK_INLINE long run_period_vectors(long m) {
+    long g = m, t = NK_LANES;
+    while (t) {
+        const long u = g % t;
+        g = t;
+        t = u;
+    }
+    return m / g;
+}
+
+// One run of `count` rows of m contiguous floats from x (and out): act(a[c]·(x − k) + b[c]) for row c, with k the
+// run's *k (per_row = 0; k NULL: 0) or row c's k[c] (per_row = 1), in periods of period_rows rows (row_of).
+NK_INLINE void affine_run(const int act, const int per_row, float *out, const float *x, long count, long m,
+                          const float *a, const float *b, const float *k, const vindex *row_of, long period_rows) {
+    const vf run_k = vset1(k && !per_row ? *k : 0.0f);
+    for (long r0 = 0; r0 < count; r0 += period_rows) {
+        const long n = count - r0 < period_rows ? count - r0 : period_rows, floats = n * m;
+        const vmask first = vmask_first(n);
+        const vf av = vload_part(first, a + r0), bv = vload_part(first, b + r0);
+        const vf kr = per_row && k ? vload_part(first, k + r0) : run_k;
+        const float *xp = x + r0 * m;
+        float *yp = out + r0 * m;
+#define RUN_VALUE(xv, v) \
+    vfma(vsub(xv, per_row ? vpermute(row_of[v], kr) : kr), vpermute(row_of[v], av), vpermute(row_of[v], bv))
+        long v = 0;
+        for (; (v + 1) * NK_LANES <= floats; v++)
+            vstore(yp + v * NK_LANES, vact(act, RUN_VALUE(vload(xp + v * NK_LANES), v)));
+        if (v * NK_LANES < floats) {
+            const vmask lanes = vmask_first(floats - v * NK_LANES);
+            vstore_part(yp + v * NK_LANES, lanes, vact(act, RUN_VALUE(vload_part(lanes, xp + v * NK_LANES), v)));
+        }
+#undef RUN_VALUE
+    }
+}
+
+NK_INLINE void sets_affine_runs(const int act, float *out, const float *x, long sets, long set_stride, long pieces,
+                                long rows, long m, long piece_stride, const float *a, const float *b, const float *k) {
+    static const float lane_numbers[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const long period_vectors = run_period_vectors(m), period_rows = period_vectors * NK_LANES / m;
+    // (e + 1/2)·fl(1/m) for the float index e, truncated: within (q + 1)·2^−23 of (e + 1/2)/m (q ≤ 15 its integer
+    // part), whose fraction lies in [1/(2m), 1 − 1/(2m)] with m < RUN_FLOATS, so exactly ⌊e/m⌋.
+    vindex row_of[RUN_FLOATS];
+    const vf inverse = vset1(1.0f / (float)m), step = vset1((float)NK_LANES);
+    vf e = vadd(vload(lane_numbers), vset1(0.5f));
+    for (long v = 0; v < period_vectors; v++, e = vadd(e, step)) row_of[v] = vindex_truncate(vmul(e, inverse));
+    if (rows == 1 && set_stride == m) {
+        // One-row sets side by side (BN's channels of one sample): a piece's rows of all the sets are one run.
+        for (long i = 0; i < pieces; i++)
+            affine_run(act, 1, out + i * piece_stride, x + i * piece_stride, sets, m, a, b, k, row_of, period_rows);
+        return;
+    }
+    for (long j = 0; j < sets; j++)
+        for (long i = 0; i < pieces; i++) {
+            const long o = j * set_stride + i * piece_stride;
+            affine_run(act, 0, out + o, x + o, rows, m, a + j * rows, b + j * rows, k ? k + j : NULL, row_of,
+                       period_rows);
+        }
+}
+
 NK_INLINE void sets_apply(const int grad, const int act, const int stream, float *out, const float *dy, const float *x,
                           long sets, long set_stride, long pieces, long rows, long m, long piece_stride, const float *p,
                           const float *q, const float *r, const float *k) {
     if (grad && !stream && rows > 1 && m > NK_LANES && m % NK_LANES) {
         sets_apply_runs(out, dy, x, sets, set_stride, pieces, rows, m, piece_stride, p, q, r, k);
+        return;
+    }
+    if (!grad && !stream && m < RUN_FLOATS && m % NK_LANES && (rows > 1 || (sets > 1 && set_stride == m))) {
+        sets_affine_runs(act, out, x, sets, set_stride, pieces, rows, m, piece_stride, q, r, k);
         return;
     }
     // Rows in (set j, piece i, row) order; c = j·rows + row.

@@ -26,6 +26,9 @@ typedef __m256i vmask;
 #define vscale2_floor(p, n)                                                                                    \
     _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(                                                  \
                          _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_floor_ps(n)), _mm256_set1_epi32(127)), 23)))
+typedef __m256i vindex;
+#define vindex_truncate(v) _mm256_cvttps_epi32(v)
+#define vpermute(i, v) _mm256_permutevar8x32_ps(v, i)
 // 2^(j/8), j = 0 … 7, rounded to float; the permute reads the low 3 bits of each lane's index.
 #define NK_EXP_BITS 3
 #define vexp2_fraction(t)                                                                                      \

@@ -24,6 +24,9 @@ typedef __mmask16 vmask;
 #define vreduce(v) _mm512_reduce_add_ps(v)
 #define vround(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vscale2_floor(p, n) _mm512_scalef_ps(p, n) /* scalef floors n: one instruction where AVX2 needs five */
+typedef __m512i vindex;
+#define vindex_truncate(v) _mm512_cvttps_epi32(v)
+#define vpermute(i, v) _mm512_permutexvar_ps(i, v)
 // 2^(j/16), j = 0 … 15, rounded to float; the permute reads the low 4 bits of each lane's index.
 #define NK_EXP_BITS 4
 static const float exp2_sixteenths[16] __attribute__((aligned(64))) = {

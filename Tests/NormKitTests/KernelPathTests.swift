@@ -562,6 +562,90 @@ final class KernelPathTests: XCTestCase {
         XCTAssertEqual(mismatches, [], "the run and the row walk differ (\(compared) values compared)")
     }
 
+    /// The channels-first forward apply walks each piece of several rows shorter than 64 floats that are not whole
+    /// vectors (`m` not a multiple of `NK_LANES`) as one run of vectors, each lane's coefficients permuted from the
+    /// period's, and so each piece of one-row sets side by side (BN's channels, `k` per row). It must give every
+    /// element the bits of the one-row kernel: rows of 1 to 63 floats (and as controls 16, whole vectors, and 100 to
+    /// 196, which go row by row), 1 to 64 rows a piece and 2 to 37 one-row sets (partial last periods), pieces and
+    /// sets with gaps between them (which must stay untouched), with and without `k`, the identity, ReLU and SiLU, out
+    /// of place and in place, on AVX2 and AVX-512.
+    func testAffineRunsAreTheRowPathBitForBit() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 5050)
+        var compared = 0, mismatches: [String] = []
+        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+            KernelDispatch.useNativeKernels = true
+            KernelDispatch.limitNativeInstructionSet(to: limit)
+            for m in [1, 2, 3, 7, 9, 12, 16, 17, 25, 49, 63, 100, 169, 196] {
+                // GN's sets (rows of one set contiguous), then BN's (one-row sets side by side in each piece).
+                let layouts =
+                    [(2, 1, 0), (3, 2, 5), (64, 1, 0), (5, 3, 1), (17, 2, 3)].map { rows, pieces, gap in
+                        (
+                            sets: 3, rows: rows, pieces: pieces, setStride: pieces * (rows * m + gap) + gap,
+                            pieceStride: rows * m + gap, count: 3 * (pieces * (rows * m + gap) + gap)
+                        )
+                    }
+                    + [(2, 1, 0), (5, 3, 1), (16, 2, 0), (37, 2, 7)].map { sets, pieces, gap in
+                        (
+                            sets: sets, rows: 1, pieces: pieces, setStride: m, pieceStride: sets * m + gap,
+                            count: pieces * (sets * m + gap)
+                        )
+                    }
+                for (sets, rows, pieces, setStride, pieceStride, count) in layouts {
+                    let coefficients = sets * rows
+                    let x = VariantTestKit.randomFloats(count, in: -3...4, &rng)
+                    let a = VariantTestKit.randomFloats(coefficients, in: -2...2, &rng)
+                    let b = VariantTestKit.randomFloats(coefficients, in: -1...1, &rng)
+                    let k = VariantTestKit.randomFloats(sets, in: -0.5...0.5, &rng)
+                    for act in [NK_IDENTITY, NK_RELU, NK_SILU].map(Int32.init) {
+                        for centers in [k, nil] as [[Float]?] {
+                            var runs = [Float](repeating: .nan, count: count), byRow = runs
+                            nk_sets_affine_centered(
+                                &runs, x, sets, setStride, pieces, rows, m, pieceStride, centers, a, b, act,
+                                Int32(NK_STORE_CACHED))
+                            var inPlace = x
+                            inPlace.withUnsafeMutableBufferPointer { y in
+                                nk_sets_affine_centered(
+                                    y.baseAddress!, y.baseAddress!, sets, setStride, pieces, rows, m, pieceStride,
+                                    centers, a, b, act, Int32(NK_STORE_CACHED))
+                            }
+                            var inPieces = [Bool](repeating: false, count: count)
+                            for j in 0..<sets {
+                                for i in 0..<pieces {
+                                    for r in 0..<rows {
+                                        let o = j * setStride + i * pieceStride + r * m, c = j * rows + r
+                                        for e in o..<(o + m) { inPieces[e] = true }
+                                        let row = Array(x[o..<(o + m)])
+                                        byRow.withUnsafeMutableBufferPointer { y in
+                                            if let centers {
+                                                nk_sets_affine_centered(
+                                                    y.baseAddress! + o, row, 1, m, 1, 1, m, m, [centers[j]], [a[c]],
+                                                    [b[c]], act, Int32(NK_STORE_CACHED))
+                                            } else {
+                                                nk_sets_affine_centered(
+                                                    y.baseAddress! + o, row, 1, m, 1, 1, m, m, nil, [a[c]], [b[c]],
+                                                    act, Int32(NK_STORE_CACHED))
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            compared += 2 * count
+                            let label =
+                                "\(limit.name) m \(m) rows \(rows) pieces \(pieces) act \(act) k \(centers != nil)"
+                            if runs.map(\.bitPattern) != byRow.map(\.bitPattern) { mismatches.append(label) }
+                            let expectedInPlace = (0..<count).map { inPieces[$0] ? byRow[$0] : x[$0] }
+                            if inPlace.map(\.bitPattern) != expectedInPlace.map(\.bitPattern) {
+                                mismatches.append(label + " in place")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(mismatches, [], "the run and the row walk differ (\(compared) values compared)")
+    }
+
     /// Non-temporal stores and the channels-last read-ahead (both from ``KernelDispatch/streamingStoreThreshold`` on)
     /// change how the stages write and read, not what: every layer's forward output and backward gradients (GN, BN,
     /// MABN, frozen BN) and the evaluation outputs are the same bits streamed and prefetched (threshold 0) and cached
