@@ -251,11 +251,12 @@ NK_INLINE void sets_apply_runs(float *out, const float *dy, const float *x, long
 // NK_LANES) < RUN_FLOATS vectors, each starting a multiple of NK_LANES floats into the run: a period's coefficients
 // are one vector each (lane t: the period's row t), and lane l of its vector v belongs to row (NK_LANES·v + l) / m in
 // every period (row_of, built once a call), so each lane's coefficient is one permute. Row by row, a 7 × 7 map's row
-// is three vectors and a lane, most of them across two cache lines. One call on ~12 K floats in L1/L2, one thread,
-// this walk against the rows (C model with these kernels; PERFORMANCE.md, session 50): m = 49 0.55–0.79x the time
-// (SiLU 0.77–0.90x), m = 9 to 25 0.2–0.65x, m = 1 0.05–0.2x; m = 100 0.91–1.02x (SiLU up to 1.04x), m = 196
-// 1.0–1.15x, so rows of RUN_FLOATS floats or more stay row by row. Each element gets the operations of row_apply
-// (act(a·(x − k) + b)), so the same bits.
+// is three vectors and a lane, most of them across two cache lines. One call on ~12 K floats in L1/L2, one thread
+// (scripts/short_rows_probe.c against the row walk of 708be00): m = 49 0.69–0.80x the time (SiLU 0.88–0.89x), m = 9
+// and 25 0.27–0.68x (SiLU 0.50–0.86x), m = 1 and 4 0.07–0.42x; the AVX2 bodies 0.64x at m = 49 and less on shorter
+// rows. Rows of 100 and 196 floats walked this way too (a build not kept) took 0.89–1.04x and 0.98–1.15x: rows of
+// RUN_FLOATS floats or more stay row by row (PERFORMANCE.md, session 50). Each element gets the operations of
+// row_apply (act(a·(x − k) + b)), so the same bits.
 #define RUN_FLOATS 64
 NK_INLINE long run_period_vectors(long m) {
     long g = m, t = NK_LANES;

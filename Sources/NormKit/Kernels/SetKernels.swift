@@ -45,11 +45,12 @@ extension NormalizationGeometry {
     /// these kernels (`scripts/set_batch_probe.c`) the forward on GN (32, 32, 28, 28) NCHW (sets of 784 floats) took
     /// 0.79–0.82x the time of 64 KB batches, (16, 32, 56, 56) 0.81–0.83x, batches of 2,048 or 8,192 floats gained less;
     /// SiLU's apply, bound by its arithmetic, took 0.97–1.08x in the smaller batches, so it keeps the larger ones
-    /// (PERFORMANCE.md, session 48). Short rows keep them too: a row of a 7 × 7 map is three vectors and a lane, its
-    /// apply bound by each row's fixed work, not by where the set is: in the same model GN (2, 2048, 7, 7)'s sets of 64
-    /// such rows took 1.03–1.04x the time one set a batch (session 48's rule, by the set's size) that they take four a
-    /// batch, (8, 512, 7, 7)'s sets of 16 rows 0.97–1.05x four a batch against sixteen (session 49). The backward's
-    /// rule (``backwardSetsPerBatch``) was already by the row.
+    /// (PERFORMANCE.md, session 48). Short rows keep them too: in the same model GN (2, 2048, 7, 7)'s sets of 64 rows
+    /// of 49 floats took 1.03–1.04x the time one set a batch (session 48's rule, by the set's size) that they take four
+    /// a batch, (8, 512, 7, 7)'s sets of 16 rows 0.97–1.05x four a batch against sixteen (session 49); since the apply
+    /// walks such rows as one run (session 50), (2, 2048, 7, 7) takes 0.99–1.01x at one to four sets a batch against
+    /// sixteen and (8, 512, 7, 7) 0.98x at four, 1.12x at two, 1.43x at one. The backward's rule
+    /// (``backwardSetsPerBatch``) was already by the row.
     func forwardSetsPerBatch(activation: FusedActivation) -> Int {
         positions > 512 && activation != .silu ? setsPerBatch(within: 4096) : setsPerBatch
     }
