@@ -781,39 +781,63 @@ final class ChannelsLastKernelTests: KernelPathTestCase {
     /// and G = 8 (8 and 32 channels per set on the wide rows: a slice that cut a set would fail).
     func testNarrowSlicesFromMemoryGiveTheSameBits() throws {
         guard select(.native) else { throw XCTSkip("no native kernels on this CPU") }
+        try assertSameBitsUnderCacheSettings(
+            [(2, Int.max, 1 << 20), (2, 0, 2 << 20), (2, 0, 1 << 20), (1, 0, 1 << 20), (3, 0, 1 << 20)],
+            shapes: [[4, 256, 28, 28], [2, 512, 196], [4, 64, 64, 64]], groups: [32, 8], seed: 0xC1_39,
+            label: "narrow slices from memory")
+    }
+
+    /// GN and LN on an input read from L3 (`KernelDispatch.levelTwoCacheBytes` 128 KB, no streaming) whose samples
+    /// of more than 256 K floats divide evenly over the threads (1 and 2 threads for (2, 64, 64, 64), 1 and 3 for
+    /// (3, 128, 48, 48)) take whole samples per thread (`NormalizationKernels.takesWholeSamplePerThread`), where 3
+    /// and 2 threads, and a cached input (L2 64 MB) on 2 threads, split each sample over the threads in 16 parts of
+    /// rows. The whole-sample path sums in the same parts (`sliceSums`): the same bits every way, and against the
+    /// float64 reference too.
+    func testWholeSamplesFromL3GiveTheSameBits() throws {
+        guard select(.native) else { throw XCTSkip("no native kernels on this CPU") }
+        try assertSameBitsUnderCacheSettings(
+            [(2, Int.max, 64 << 20), (1, Int.max, 128 << 10), (2, Int.max, 128 << 10), (3, Int.max, 128 << 10)],
+            shapes: [[2, 64, 64, 64], [3, 128, 48, 48]], groups: [32, 1], seed: 0xC1_50, label: "whole samples from L3")
+    }
+
+    /// GN with each of `groups` on each of `shapes` (random inputs from `seed`) under each (threads, streaming
+    /// threshold, L2 bytes) setting on the native kernels: `y`, `dx`, `dγ` and `dβ` the bits of the first setting's,
+    /// and within the float64 reference's tolerance. Puts the thread count, threshold and L2 size back.
+    private func assertSameBitsUnderCacheSettings(
+        _ settings: [(threads: Int, threshold: Int, l2: Int)], shapes: [[Int]], groups: [Int], seed: UInt64,
+        label: String
+    ) throws {
         let savedThreshold = KernelDispatch.streamingStoreThreshold, savedL2 = KernelDispatch.levelTwoCacheBytes
         defer {
             KernelDispatch.streamingStoreThreshold = savedThreshold
             KernelDispatch.levelTwoCacheBytes = savedL2
             Parallelism.threadCount = Self.defaultThreads
         }
-        var rng = SeededGenerator(seed: 0xC1_39)
+        var rng = SeededGenerator(seed: seed)
         let worst = Worst()
-        for shape in [[4, 256, 28, 28], [2, 512, 196], [4, 64, 64, 64]] {
+        for shape in shapes {
             let count = shape.reduce(1, *)
             let x = Kit.randomLogical(count, mean: 0.4, std: 1.7, &rng)
             let dy = Kit.randomLogical(count, mean: 0.1, std: 1, &rng)
-            for groups in [32, 8] {
-                let c = Self.groupNormCase(shape, groups: groups, &rng)
-                var bits: [String: [[UInt64]]] = [:]
-                for (threads, threshold, l2) in [
-                    (2, Int.max, 1 << 20), (2, 0, 2 << 20), (2, 0, 1 << 20), (1, 0, 1 << 20), (3, 0, 1 << 20),
-                ] {
+            for g in groups {
+                let c = Self.groupNormCase(shape, groups: g, &rng)
+                var bits: [(setting: String, outputs: [[UInt64]])] = []
+                for (threads, threshold, l2) in settings {
                     Parallelism.threadCount = threads
                     KernelDispatch.streamingStoreThreshold = threshold
                     KernelDispatch.levelTwoCacheBytes = l2
                     select(.native)
                     let out = try run(c, shape: shape, x: x, dy: dy, layout: .channelsLast)
-                    bits["\(threads) threads, threshold \(threshold), L2 \(l2)"] = [
-                        out.y, out.dx, out.dgamma ?? [], out.dbeta ?? [],
-                    ].map { $0.map(\.bitPattern) }
+                    let outputs = [out.y, out.dx, out.dgamma ?? [], out.dbeta ?? []].map { $0.map(\.bitPattern) }
+                    bits.append(("\(threads) threads, threshold \(threshold), L2 \(l2)", outputs))
                 }
-                let want = bits["2 threads, threshold \(Int.max), L2 \(1 << 20)"]
-                for (setting, got) in bits { XCTAssertEqual(got, want, "\(c.label) \(shape): \(setting)") }
+                for (setting, got) in bits.dropFirst() {
+                    XCTAssertEqual(got, bits[0].outputs, "\(c.label) \(shape): \(setting) vs \(bits[0].setting)")
+                }
                 try check(c, shape: shape, worst: worst, rng: &rng)
             }
         }
-        worst.assertBelow(tolerance, "ChannelsLastKernelTests narrow slices from memory")
+        worst.assertBelow(tolerance, "ChannelsLastKernelTests \(label)")
     }
 
     /// On a tensor large enough for the threaded paths (780,000 elements; batch 2 and batch 1), one and two threads

@@ -321,12 +321,19 @@ extension NormalizationKernels {
     /// sample (3.2 MB on (32, 256, 56, 56)) outgrows its L2 as a slice's tile does not, but its rows are read whole
     /// and in order, and no thread waits on another between the two passes of every sample, as the split passes do.
     /// On the AMD Zen 4 kind GN's NHWC forward+backward on (32, 256, 56, 56) took 0.75× the time of 48-channel
-    /// slices, (32, 512, 28, 28) 0.74×, (8, 1024, 28, 28) 0.84× (PERFORMANCE.md, session 46). A split sample sums in
-    /// the same parts either way (``sliceSums``), so the bits do not depend on the thread count.
+    /// slices, (32, 512, 28, 28) 0.74×, (8, 1024, 28, 28) 0.84× (PERFORMANCE.md, session 46). Likewise sets inside
+    /// a sample of an input read from L3 (`NK_READ_FROM_L3`) whose samples divide evenly over the threads, however
+    /// few: the split passes wait for every thread twice a sample (after the sums and after the apply) and add the
+    /// parts' sums on one thread in between. GN's NHWC forward on (2, 256, 56, 56), (2, 512, 28, 28) and
+    /// (4, 512, 28, 28) took 0.97–0.98×, 0.96–0.97× and 0.89–0.93× the split passes' time, forward+backward
+    /// 0.94–0.95×, 0.95–0.98× and 0.91–0.95× (medians of alternated rounds; PERFORMANCE.md, session 50). A split
+    /// sample sums in the same parts either way (``sliceSums``), so the bits do not depend on the thread count.
     static func takesWholeSamplePerThread(_ g: NormalizationGeometry) -> Bool {
         let threads = Parallelism.threadCount, blocks = g.sampleBlocks
+        guard g.positions * g.channels <= fusedSampleFloats else { return false }
+        if g.samplesPerSet == 1 && g.inputRead == Int32(NK_READ_FROM_L3) && blocks % threads == 0 { return true }
         let balanced = blocks % threads == 0 ? blocks >= 4 * threads : blocks >= 8 * threads
-        return setsFromMemoryOnSmallL2(g) && g.positions * g.channels <= fusedSampleFloats && balanced
+        return setsFromMemoryOnSmallL2(g) && balanced
     }
 
     /// Whole-sample tiles of at least this many floats (1 MB) go one sample at a time to all the threads, cut into
