@@ -325,9 +325,10 @@ extension NormalizationKernels {
     /// a sample of an input read from L3 (`NK_READ_FROM_L3`) whose samples divide evenly over the threads, however
     /// few: the split passes wait for every thread twice a sample (after the sums and after the apply) and add the
     /// parts' sums on one thread in between. GN's NHWC forward on (2, 256, 56, 56), (2, 512, 28, 28) and
-    /// (4, 512, 28, 28) took 0.97–0.98×, 0.96–0.97× and 0.89–0.93× the split passes' time, forward+backward
-    /// 0.94–0.95×, 0.95–0.98× and 0.91–0.95× (medians of alternated rounds; PERFORMANCE.md, session 50). A split
-    /// sample sums in the same parts either way (``sliceSums``), so the bits do not depend on the thread count.
+    /// (4, 512, 28, 28) took 0.97–0.98×, 0.76–0.97× and 0.83–0.93× the split passes' time, forward+backward
+    /// 0.91–0.95×, 0.79–0.98× and 0.77–0.95× (medians of alternated rounds, three or four runs each; PERFORMANCE.md,
+    /// session 50). A split sample sums in the same parts either way (``sliceSums``), so the bits do not depend on the
+    /// thread count.
     static func takesWholeSamplePerThread(_ g: NormalizationGeometry) -> Bool {
         let threads = Parallelism.threadCount, blocks = g.sampleBlocks
         guard g.positions * g.channels <= fusedSampleFloats else { return false }
