@@ -39,3 +39,14 @@ class KernelPathTestCase: XCTestCase {
         }
     }
 }
+
+/// Runs `body` on the native kernels limited to AVX2, then on this CPU's best instruction set (`limit` names the one
+/// in use; on an AVX2-only CPU both runs are AVX2). The caller puts the kernel selection back (``KernelPathTestCase``
+/// does in its `tearDown`).
+func forEachNativeInstructionSet(_ body: (KernelDispatch.InstructionSet) throws -> Void) rethrows {
+    for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
+        KernelDispatch.useNativeKernels = true
+        KernelDispatch.limitNativeInstructionSet(to: limit)
+        try body(limit)
+    }
+}

@@ -189,11 +189,8 @@ final class KernelPathTests: XCTestCase {
     func testChannelCoefficientsKernelIsTheDoubleArithmeticBitForBit() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         var rng = SeededGenerator(seed: 2026)
-        let widest = KernelDispatch.instructionSet
         var mismatches = 0, compared = 0
-        for limit in [KernelDispatch.InstructionSet.avx2, widest] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             for count in [1, 3, 8, 15, 16, 17, 31, 64, 100, 512] {
                 let gamma = (0..<count).map { _ in Float.random(in: -3...3, using: &rng) }
                 let beta = (0..<count).map { _ in Float.random(in: -3...3, using: &rng) }
@@ -223,11 +220,8 @@ final class KernelPathTests: XCTestCase {
     func testSetMomentsKernelMatchesTheDataMoments() throws {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         var rng = SeededGenerator(seed: 0x5E7)
-        let widest = KernelDispatch.instructionSet
         var worst = 0.0
-        for limit in [KernelDispatch.InstructionSet.avx2, widest] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             for (w, samples, sets, positions) in [
                 (8, 1, 3, 5), (9, 1, 2, 7), (15, 3, 2, 4), (16, 1, 4, 49), (17, 3, 3, 6), (64, 1, 2, 49),
                 (100, 3, 1, 9),
@@ -272,8 +266,7 @@ final class KernelPathTests: XCTestCase {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         var rng = SeededGenerator(seed: 0x5E75)
         var walked = 0
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             let lanes = limit == .avx2 ? 8 : 16
             for (pieces, run, sets) in [
                 (1, 7, 33), (1, 49, 40), (2, 49, 19), (1, 196, 35), (1, 512, 18), (1, 513, 17), (2, 392, 21),
@@ -327,8 +320,7 @@ final class KernelPathTests: XCTestCase {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         var rng = SeededGenerator(seed: 0x6A05)
         var compared = 0
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             for m in [513, 784, 1029, 2048] {
                 let (sets, pieces, rows) = (4, 2, 3), setStride = rows * m + 3, pieceStride = sets * setStride + 5
                 let count = pieces * pieceStride, coefficients = sets * rows
@@ -421,9 +413,7 @@ final class KernelPathTests: XCTestCase {
         var rng = SeededGenerator(seed: 4049)
         let silu = Int32(NK_SILU)
         var mismatches = 0, compared = 0, worstSum = 0.0
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             for m in [3, 7, 17, 49, 196, 2100] {
                 let (sets, pieces, rows) = (3, 2, 6), setStride = rows * m, pieceStride = sets * setStride
                 let count = pieces * pieceStride, coefficients = sets * rows
@@ -510,9 +500,7 @@ final class KernelPathTests: XCTestCase {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         var rng = SeededGenerator(seed: 4343)
         var compared = 0, mismatches: [String] = []
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             for m in [7, 16, 17, 25, 33, 49, 64, 100, 196] {
                 for (rows, pieces, gap) in [(2, 1, 0), (3, 2, 5), (64, 1, 0), (5, 3, 1)] {
                     let sets = 3, pieceStride = rows * m + gap, setStride = pieces * pieceStride + gap
@@ -573,9 +561,7 @@ final class KernelPathTests: XCTestCase {
         try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
         var rng = SeededGenerator(seed: 5050)
         var compared = 0, mismatches: [String] = []
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             for m in [1, 2, 3, 7, 9, 12, 16, 17, 25, 49, 63, 100, 169, 196] {
                 // GN's sets (rows of one set contiguous), then BN's (one-row sets side by side in each piece).
                 let layouts =
@@ -665,9 +651,7 @@ final class KernelPathTests: XCTestCase {
         defer { KernelDispatch.streamingStoreThreshold = saved }
         var rng = SeededGenerator(seed: 16)
         var compared = 0, mismatches: [String] = []
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        try forEachNativeInstructionSet { limit in
             for shape in [
                 [3, 24, 7, 7], [2, 32, 9, 11], [4, 64, 28, 28], [2, 32, 130], [5, 64], [1, 64, 64, 64],
                 [1, 4, 520, 521], [3, 200, 9, 10], [2, 132, 70], [6, 200],
@@ -727,9 +711,7 @@ final class KernelPathTests: XCTestCase {
         KernelDispatch.levelTwoCacheBytes = 1 << 20
         var rng = SeededGenerator(seed: 40)
         var compared = 0, mismatches: [String] = []
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        try forEachNativeInstructionSet { limit in
             for (shape, isBatchNorm) in [
                 ([2, 256, 28, 28], false), ([1, 64, 64, 64], false), ([4, 64, 28, 28], true), ([5, 64, 60, 60], true),
             ] {
@@ -799,9 +781,7 @@ final class KernelPathTests: XCTestCase {
         var rng = SeededGenerator(seed: 36)
         let m = 21
         var cases = 0
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             for (c, offsets) in [(1024, [0, 1024]), (1029, [20, 1044]), (1200, [64, 1024])] {
                 // x, dy and out each on pages of their own (out then moved `offset` bytes on): dy at x's page offset.
                 let count = m * c, span = (4 * count / 4096 + 2) * 4096
@@ -905,9 +885,7 @@ final class KernelPathTests: XCTestCase {
             }
         }
         var checked = 0
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             for n in [1, 7, 8, 9, 17, 63, 1000] {
                 let spread = values(n, 1e-6...1e3), gamma = values(n, -2...2), beta = values(n, -1...1)
                 let center = values(n, -1e4...1e4).enumerated().map { $0 % 3 == 1 ? $1 * 1e26 : $1 }
@@ -960,9 +938,7 @@ final class KernelPathTests: XCTestCase {
             (0..<n).map { i in i % 7 == 6 ? special[(i / 7) % special.count] : Double.random(in: range, using: &rng) }
         }
         var checked = 0
-        for limit in [KernelDispatch.InstructionSet.avx2, KernelDispatch.instructionSet] {
-            KernelDispatch.useNativeKernels = true
-            KernelDispatch.limitNativeInstructionSet(to: limit)
+        forEachNativeInstructionSet { limit in
             for samples in [1, 2, 5] {
                 for w in [1, 7, 8, 9, 63, 65, 130] {
                     let stride = w + 3, count = Double(samples * 49)
