@@ -47,6 +47,10 @@ NK_INLINE nk_activation_backward act_at(const nk_activation_backward *b, long c0
     default: body(4); break;                                              \
     }
 
+// The widest rows the sums take in one slice of registers: NK_SUMS_VECTORS vectors (the layer's; CL_VECTORS where its
+// registers hold no more than the strips', 16 with AVX-512's 32: a 256-channel row). cl_sums_wide.
+#define CL_SUMS_WIDTH (NK_SUMS_VECTORS * NK_LANES)
+
 // Whether the sums pass prefetches: for inputs beyond the caches (read NK_READ_AHEAD), and always with SiLU. A
 // tile's strips (CL_WIDTH channels of each row, rows c apart) are not a stream the hardware prefetcher runs far
 // ahead on, and from memory a pass then holds too few misses in flight; so each line is prefetched one tile
@@ -150,6 +154,81 @@ NK_INLINE void cl_pairs_run(const int grad, const int act, const int ahead, doub
     }
 }
 
+#if NK_SUMS_VECTORS > CL_VECTORS
+// cl_pairs_run's sums without an activation for rows of CL_WIDTH < w ≤ CL_SUMS_WIDTH channels (nv = 5 … NK_SUMS_VECTORS
+// vectors, rows c apart) as one slice: each row read whole and in order, its 2·nv accumulators in registers (AVX-512's
+// 32), the shifts read beside x from L1 (the registers cannot also hold them), no prefetches of our own. Each lane adds
+// the same values in the same order and goes to double every CL_ROWS rows from the first and at the last: the bits of
+// the strips. Until session 51 such rows went as strips of CL_WIDTH channels, a 256-channel row in four sweeps; on
+// (2, 256, 56, 56) from L3, one sample a thread, the sums of x took 1.35–1.65x a plain read's time and the gradient sums
+// 1.40–1.51x, this way 1.20–1.35x and 1.11–1.23x: 0.80–0.89x and 0.76–0.83x the time (scripts/sums_pass_probe.c, the
+// two trees' kernels alternated). Rows of 512 channels as two such slices took 1.45–1.50x against the strips'
+// 1.34–1.43x, so wider rows stay strips. What the compiler needs to keep the
+// accumulators in registers: the loops unrolled by pragma, k never NULL (a test of it in the loop: the sums of x
+// 1.6x a read), a copy for rows of whole vectors (a partial last vector loaded in the loop took a register and three
+// accumulators to the stack: 1.37x), and this code out of line (cl_sums_wide_rows).
+#define CL_NV_WIDE(w, body)                                               \
+    switch ((int)(((w) + NK_LANES - 1) / NK_LANES)) {                     \
+    case 5: body(5); break;                                               \
+    case 6: body(6); break;                                               \
+    case 7: body(7); break;                                               \
+    case 8: body(8); break;                                               \
+    case 9: body(9); break;                                               \
+    case 10: body(10); break;                                             \
+    case 11: body(11); break;                                             \
+    case 12: body(12); break;                                             \
+    case 13: body(13); break;                                             \
+    case 14: body(14); break;                                             \
+    case 15: body(15); break;                                             \
+    default: body(16); break;                                             \
+    }
+NK_INLINE void cl_sums_wide(const int grad, const int nv, const int whole, double *s1, double *s2, const float *dy,
+                            const float *x, long m, long c, long w, const float *k) {
+    const long tail = whole ? 0 : w % NK_LANES;
+    const vmask tm = vmask_first(tail ? tail : 1);
+    vf a[NK_SUMS_VECTORS], q[NK_SUMS_VECTORS];
+    for (long p0 = 0; p0 < m; p0 += CL_ROWS) {
+        const long end = p0 + CL_ROWS < m ? p0 + CL_ROWS : m;
+#pragma clang loop unroll(full)
+        for (int v = 0; v < nv; v++) a[v] = q[v] = vzero();
+        for (long p = p0; p < end; p++) {
+#pragma clang loop unroll(full)
+            for (int v = 0; v < nv; v++) {
+                const long o = p * c + v * NK_LANES;
+                const vf d = vsub(CL_LOAD(x + o, v), CL_LOAD(k + v * NK_LANES, v)), g = grad ? CL_LOAD(dy + o, v) : d;
+                a[v] = vadd(a[v], g);
+                q[v] = vfma(g, d, q[v]);
+            }
+        }
+#pragma clang loop unroll(full)
+        for (int v = 0; v < nv; v++) {
+            const long lanes = v == nv - 1 && tail ? tail : NK_LANES;
+            vadd_widened(s1 + v * NK_LANES, a[v], lanes);
+            vadd_widened(s2 + v * NK_LANES, q[v], lanes);
+        }
+    }
+}
+
+// cl_sums_wide for nv = ⌈w / NK_LANES⌉, with or without a shift (none: a row of zeros, x − 0 being x bit for bit). Out
+// of line: inlined beside the strips, its copies made the strips' passes over 512-channel rows 1.02–1.08x the time.
+__attribute__((target(NK_TARGET), noinline)) static void cl_sums_wide_rows(const int grad, double *s1, double *s2,
+                                                                           const float *dy, const float *x, long m,
+                                                                           long c, long w, const float *k) {
+#define CL_SUMS_WIDE(NV)                                                      \
+    do {                                                                      \
+        if (grad && whole) cl_sums_wide(1, NV, 1, s1, s2, dy, x, m, c, w, k); \
+        else if (grad) cl_sums_wide(1, NV, 0, s1, s2, dy, x, m, c, w, k);     \
+        else if (whole) cl_sums_wide(0, NV, 1, s1, s2, NULL, x, m, c, w, k);  \
+        else cl_sums_wide(0, NV, 0, s1, s2, NULL, x, m, c, w, k);             \
+    } while (0)
+    static const float zeros[CL_SUMS_WIDTH];
+    if (!k) k = zeros;
+    const int whole = w % NK_LANES == 0;
+    CL_NV_WIDE(w, CL_SUMS_WIDE)
+#undef CL_SUMS_WIDE
+}
+#endif
+
 // cl_pairs_run's sums for whole rows (w = c) of CL_WIDTH to CL_MAX channels read from memory (NK_READ_AHEAD): row by
 // row, each row's lines in address order (the hardware prefetchers follow; prefetches of our own were no faster), the
 // float lanes in an L1 row of accumulators loaded and stored beside each vector, where the strips keep them in
@@ -197,11 +276,21 @@ NK_INLINE void cl_pairs_walk(const int grad, const int act, double *s1, double *
     }
 }
 
-// The sums of channels 0 … w − 1 in runs of CL_MAX channels; fromMemory = 1 (NK_READ_AHEAD) takes cl_pairs_walk for
-// whole rows of CL_WIDTH to CL_MAX channels.
+// The sums of channels 0 … w − 1 in runs of CL_MAX channels. Rows of CL_WIDTH < w ≤ CL_SUMS_WIDTH channels without
+// an activation take cl_sums_wide (from memory (fromMemory = 1, NK_READ_AHEAD) whole rows only: slices of rows there
+// are unmeasured); other whole rows of CL_WIDTH to CL_MAX channels from memory cl_pairs_walk. From memory, on
+// (32, 256, 56, 56), the sums of x took 1.00–1.09x a plain read's time by cl_sums_wide against the walk's 1.37–1.69x
+// (1.19–1.20x when the wide rows prefetched), the gradient sums 0.88–1.01x against 0.96–1.03x
+// (scripts/memory_passes_probe.c; PERFORMANCE.md, session 51).
 NK_INLINE void cl_pairs(const int grad, const int act, const int ahead, const int fromMemory, double *s1, double *s2,
                         const float *dy, const float *x, long m, long c, long w, const float *k,
                         const nk_activation_backward *b) {
+#if NK_SUMS_VECTORS > CL_VECTORS
+    if (!act && w > CL_WIDTH && w <= CL_SUMS_WIDTH && (w == c || !fromMemory)) {
+        cl_sums_wide_rows(grad, s1, s2, dy, x, m, c, w, k);
+        return;
+    }
+#endif
     if (fromMemory && w == c && w > CL_WIDTH && w <= CL_MAX) {
         cl_pairs_walk(grad, act, s1, s2, dy, x, m, c, w, k, b);
         return;

@@ -5,7 +5,7 @@
  *
  *   KernelBody.h      every primitive, written once against a small vector layer (vf, vload, vfma, vload_part …),
  *                     in three parts: KernelBody.h (rows), KernelBodySets.h, KernelBodyChannelsLast.h (+ the table)
- *   KernelsAVX512.c   the vector layer for AVX-512F (16 lanes, mask registers), then #include the three parts
+ *   KernelsAVX512.c   the vector layer for AVX-512F+VL (16 lanes, mask registers), then #include the three parts
  *   KernelsAVX2.c     the vector layer for AVX2+FMA (8 lanes, vector masks), then #include the three parts
  *   RowKernels.c      detects the CPU once, points `active` at one table below, and forwards the public
  *                     nk_* calls (include/NormKitRowKernels.h) through it

@@ -8,6 +8,8 @@
 #define NK_TABLE nk_kernels_avx2
 #define NK_LEVEL 2
 #define NK_LANES 8
+// The sums hold the strips' 4 vectors, no more: 16 registers (KernelBodyChannelsLast.h, CL_SUMS_WIDTH).
+#define NK_SUMS_VECTORS CL_VECTORS
 #define NK_PS(op) _mm256_##op##_ps
 typedef __m256 vf;
 #define vstream(p, v) _mm256_stream_ps(p, v)

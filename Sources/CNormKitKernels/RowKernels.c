@@ -5,7 +5,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-// Tables by level (0 none, 2 AVX2+FMA, 3 AVX-512F); level 1 has none.
+// Tables by level (0 none, 2 AVX2+FMA, 3 AVX-512F+VL); level 1 has none.
 #ifdef NK_X86
 static const nk_kernel_table *const tables[4] = {NULL, NULL, &nk_kernels_avx2, &nk_kernels_avx512};
 #else
@@ -28,7 +28,7 @@ static void choose_table(void) {
 static void detect(void) {
 #ifdef NK_X86
     __builtin_cpu_init();
-    detected = __builtin_cpu_supports("avx512f") ? 3
+    detected = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? 3
              : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 2 : 0;
 #endif
     pthread_mutex_lock(&capping);

@@ -763,6 +763,71 @@ final class KernelPathTests: XCTestCase {
         XCTAssertTrue(dx.values.allSatisfy(\.isFinite), "frozen BN + ReLU from memory: dx not finite at an infinite x")
     }
 
+    /// The channels-last sums (`nk_cl_centered_sums`, `nk_cl_gradient_sums` without an activation) are the lane rule
+    /// bit for bit, however a row is cut into slices: per channel, with `d = x − k` in float, a float lane adds `d`
+    /// (or `dy`) and `fma(d, d, ·)` (or `fma(dy, d, ·)`) row by row, and goes to double every 64 rows from the first
+    /// and at the last, added to what the sums held. Widths from under a vector to past 256 channels (AVX-512's 16-vector
+    /// slices of registers, session 51) with tails, whole rows and slices of wider rows, every read mode (from memory
+    /// whole rows of up to 256 channels go in order, wider ones by the walk), with and without a shift.
+    func testChannelsLastSumsAreTheLaneRuleBitForBit() throws {
+        try XCTSkipIf(KernelDispatch.nativeInstructionSet == "none", "this CPU has neither AVX2 nor AVX-512")
+        var rng = SeededGenerator(seed: 51)
+        let m = 150
+        var cases = 0
+        forEachNativeInstructionSet { limit in
+            for w in [7, 16, 65, 100, 200, 256, 257, 300, 520] {
+                for c in [w, w + 24] {
+                    let x = VariantTestKit.randomFloats(m * c, in: -3...4, &rng)
+                    let dy = VariantTestKit.randomFloats(m * c, in: -1...1, &rng)
+                    let k = VariantTestKit.randomFloats(w, in: -0.5...0.5, &rng)
+                    let start = (0..<2 * w).map { Double($0) * 0.25 - 3 }
+                    for gradient in [false, true] {
+                        for centred in [true, false] {
+                            var expected = start
+                            for r0 in stride(from: 0, to: m, by: 64) {
+                                for ch in 0..<w {
+                                    var (a, q) = (Float(0), Float(0))
+                                    for row in r0..<min(r0 + 64, m) {
+                                        let d = x[row * c + ch] - (centred ? k[ch] : 0)
+                                        let g = gradient ? dy[row * c + ch] : d
+                                        a += g
+                                        q = q.addingProduct(g, d)
+                                    }
+                                    expected[ch] += Double(a)
+                                    expected[w + ch] += Double(q)
+                                }
+                            }
+                            for read in [NK_READ_CACHED, NK_READ_AHEAD, NK_READ_FROM_L3] {
+                                var sums = start
+                                sums.withUnsafeMutableBufferPointer { s in
+                                    k.withUnsafeBufferPointer { kp in
+                                        let shift = centred ? kp.baseAddress : nil
+                                        if gradient {
+                                            nk_cl_gradient_sums(
+                                                s.baseAddress!, s.baseAddress! + w, dy, x, m, c, w, shift, nil,
+                                                Int32(read))
+                                        } else {
+                                            nk_cl_centered_sums(
+                                                s.baseAddress!, s.baseAddress! + w, x, m, c, w, shift, Int32(read))
+                                        }
+                                    }
+                                }
+                                let wrong = (0..<2 * w).first { sums[$0].bitPattern != expected[$0].bitPattern }
+                                XCTAssertNil(
+                                    wrong,
+                                    "\(limit.name) w \(w) c \(c) gradient \(gradient) centred \(centred) read \(read): "
+                                        + "sum \(wrong ?? 0) is \(sums[wrong ?? 0]), the lane rule gives \(expected[wrong ?? 0])"
+                                )
+                                cases += 1
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(cases, 2 * 9 * 2 * 2 * 2 * 3)
+    }
+
     /// The channels-last apply (`nk_cl_affine_centered`, `nk_cl_gradient_apply`) on rows wider than a slice walks
     /// them row by row when its tile sweep would load a row of `x` at the page offset of the row of `out` it has just
     /// stored (4K aliasing: rows a multiple of 4 KB apart, `x` and `out` at the same page offset), and, for the

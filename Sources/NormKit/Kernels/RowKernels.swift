@@ -191,7 +191,7 @@ public enum KernelDispatch {
         case none = 0
         /// AVX2 with FMA (256-bit vectors).
         case avx2 = 2
-        /// AVX-512F (512-bit vectors, masked tails, transposing reductions for short rows).
+        /// AVX-512F with VL (512-bit vectors, masked tails, transposing reductions for short rows).
         case avx512 = 3
 
         /// `"none"`, `"avx2"`, `"avx512"`.
